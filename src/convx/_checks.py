@@ -1,0 +1,99 @@
+"""Argument validation shared by every public op.
+
+Everything a kernel relies on (dtype, ndim, shapes, integer ranges) is checked here, in
+Python, before any compiled code runs. Messages name the argument, the value received and
+what would be valid.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_DTYPE_NAMES = "float32 or float64"
+
+
+def as_float_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
+    """Return ``value`` as a float32/float64 ndarray with one of the allowed ``ndims``.
+
+    The array is not copied or cast; a dtype outside float32/float64 is a TypeError.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array (its mask would be ignored)")
+    if not isinstance(value, np.ndarray):
+        if np.isscalar(value) or value is None:
+            raise TypeError(f"{name} must be a numpy.ndarray of {_DTYPE_NAMES}, got {type(value).__name__}")
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # ragged sequences and other non-arrays
+            raise TypeError(f"{name} must be a numpy.ndarray of {_DTYPE_NAMES}, got {type(value).__name__}") from exc
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype {_DTYPE_NAMES}, got dtype {value.dtype}; cast it explicitly first")
+    if value.ndim not in ndims:
+        allowed = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name} must be {allowed}-dimensional, got an array of shape {value.shape}")
+    return value
+
+
+def same_dtype(**arrays: np.ndarray | None) -> np.dtype:
+    """Check that every non-None array shares one dtype and return it (no mixed precision)."""
+    present = {name: a for name, a in arrays.items() if a is not None}
+    dtypes = {a.dtype for a in present.values()}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{name}: {a.dtype}" for name, a in present.items())
+        raise TypeError(
+            f"all arrays must share one dtype ({_DTYPE_NAMES}), got {listing}; cast them to one dtype explicitly"
+        )
+    return next(iter(dtypes))
+
+
+def as_int(name: str, value, minimum: int | None = None) -> int:
+    """``value`` as a Python int (bools and floats refused), at least ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        bound = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def as_pair(name: str, value, minimum: int | None = None) -> tuple[int, int]:
+    """``int | (int, int)`` normalised to a pair of Python ints, each at least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got a sequence of length {len(value)}: {value!r}")
+        return (as_int(f"{name}[0]", value[0], minimum), as_int(f"{name}[1]", value[1], minimum))
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be an int or a tuple of two ints, got an ndarray")
+    v = as_int(name, value, minimum)
+    return v, v
+
+
+def as_shape(name: str, value, ndims: Sequence[int]) -> tuple[int, ...]:
+    """A shape argument (sequence of non-negative ints) with one of the allowed lengths."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r} of type {type(value).__name__}")
+    if len(value) not in ndims:
+        allowed = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name} must have {allowed} entries, got {tuple(value)!r}")
+    return tuple(as_int(f"{name}[{i}]", v, 0) for i, v in enumerate(value))
+
+
+def as_bool(name: str, value) -> bool:
+    """A flag: Python or NumPy bool only."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous view of ``array``, copying only when its layout requires it.
+
+    The caller's array is never written to; the kernels take const memoryviews, so
+    read-only arrays pass as they are.
+    """
+    return np.ascontiguousarray(array)

@@ -1,0 +1,381 @@
+# Convolution kernels: im2col/col2im + BLAS GEMM per image (Caffe's scheme), direct loops for
+# convolutions with one input channel per group (depthwise and friends).
+#
+# Column buffers hold one image (or a bounded chunk of its output rows) per thread, never the
+# whole batch. Threads split the batch; each has its own scratch, and weight gradients are
+# accumulated in per-thread partials that are summed after the parallel region.
+
+# Upper bound on the elements of one thread's column buffer; images needing more are
+# processed in chunks of output rows.
+cdef enum:
+    COL_BUDGET = 1 << 22
+
+
+cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                       const floating* a, int lda, const floating* b, int ldb,
+                       floating beta, floating* c, int ldc) noexcept nogil:
+    """C := alpha * op(A) @ op(B) + beta * C, row-major, C is (m, n)."""
+    # BLAS is column-major: C = A B  <=>  C^T = B^T A^T, so the operands swap places.
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*> b, &ldb, <float*> a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*> b, &ldb, <double*> a, &lda, &beta, c, &ldc)
+
+
+cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_ssize_t out_size,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the outputs o with 0 <= o * stride + offset < size."""
+    cdef Py_ssize_t first = 0, last
+    if offset < 0:
+        first = (-offset + stride - 1) // stride
+    if size - 1 - offset < 0:
+        last = 0
+    else:
+        last = (size - 1 - offset) // stride + 1
+    if first > out_size:
+        first = out_size
+    if last > out_size:
+        last = out_size
+    if last < first:
+        last = first
+    lo[0] = first
+    hi[0] = last
+
+
+cdef void _im2col(const floating* image, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                  Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+                  Py_ssize_t out_w, Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
+    """col[(c, i, j), (oh - row0, ow)] = image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
+    cdef Py_ssize_t n_cols = (row1 - row0) * out_w
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(channels):
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                iw0 = j * dilation_w - pad_w
+                _valid_range(iw0, stride_w, width, out_w, &lo, &hi)
+                dst = col + ((c * kernel_h + i) * kernel_w + j) * n_cols
+                for oh in range(row0, row1):
+                    ih = oh * stride_h - pad_h + i * dilation_h
+                    if ih < 0 or ih >= height:
+                        memset(dst, 0, out_w * sizeof(floating))
+                    else:
+                        src = image + (c * height + ih) * width + iw0
+                        for ow in range(lo):
+                            dst[ow] = 0
+                        if stride_w == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow * stride_w]
+                        for ow in range(hi, out_w):
+                            dst[ow] = 0
+                    dst += out_w
+
+
+cdef void _col2im(const floating* col, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                  Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+                  Py_ssize_t out_w, Py_ssize_t row0, Py_ssize_t row1, floating* image) noexcept nogil:
+    """image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += col[(c, i, j), (oh - row0, ow)] (adjoint of _im2col)."""
+    cdef Py_ssize_t n_cols = (row1 - row0) * out_w
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(channels):
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                iw0 = j * dilation_w - pad_w
+                _valid_range(iw0, stride_w, width, out_w, &lo, &hi)
+                src = col + ((c * kernel_h + i) * kernel_w + j) * n_cols
+                for oh in range(row0, row1):
+                    ih = oh * stride_h - pad_h + i * dilation_h
+                    if ih >= 0 and ih < height:
+                        dst = image + (c * height + ih) * width + iw0
+                        if stride_w == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] += src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * stride_w] += src[ow]
+                    src += out_w
+
+
+cdef inline Py_ssize_t _rows_per_chunk(Py_ssize_t col_rows, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    cdef Py_ssize_t rows = COL_BUDGET // (col_rows * out_w)
+    if rows < 1:
+        rows = 1
+    if rows > out_h:
+        rows = out_h
+    return rows
+
+
+cdef struct ConvGeometry:
+    Py_ssize_t batch, groups
+    Py_ssize_t c_in_g, c_out_g
+    Py_ssize_t height, width, out_h, out_w
+    Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    Py_ssize_t col_rows        # c_in_g * kernel_h * kernel_w
+    Py_ssize_t chunk_rows      # output rows per column buffer
+    bint direct_1x1            # the input plane block is already the column matrix
+
+
+cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height, Py_ssize_t width,
+                            Py_ssize_t c_out, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                            Py_ssize_t out_h, Py_ssize_t out_w, int groups,
+                            int stride_h, int stride_w, int pad_h, int pad_w,
+                            int dilation_h, int dilation_w):
+    cdef ConvGeometry g
+    g.batch = batch
+    g.groups = groups
+    g.c_in_g = c_in // groups
+    g.c_out_g = c_out // groups
+    g.height = height
+    g.width = width
+    g.out_h = out_h
+    g.out_w = out_w
+    g.kernel_h = kernel_h
+    g.kernel_w = kernel_w
+    g.stride_h = stride_h
+    g.stride_w = stride_w
+    g.pad_h = pad_h
+    g.pad_w = pad_w
+    g.dilation_h = dilation_h
+    g.dilation_w = dilation_w
+    g.col_rows = g.c_in_g * kernel_h * kernel_w
+    g.direct_1x1 = (kernel_h == 1 and kernel_w == 1 and stride_h == 1 and stride_w == 1
+                    and pad_h == 0 and pad_w == 0 and out_h == height and out_w == width)
+    g.chunk_rows = out_h if g.direct_1x1 else _rows_per_chunk(g.col_rows, out_h, out_w)
+    return g
+
+
+cdef inline void _im2col_group(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
+                               floating* col) noexcept nogil:
+    _im2col(image, g.c_in_g, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.out_w, row0, row1, col)
+
+
+cdef inline void _col2im_group(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
+                               floating* image) noexcept nogil:
+    _col2im(col, g.c_in_g, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.out_w, row0, row1, image)
+
+
+cdef void _forward_image(const floating* image, const floating* weight, floating* out,
+                         ConvGeometry* g, floating* col) noexcept nogil:
+    """out[g*Cg_out:(g+1)*Cg_out] = W_g @ im2col(image[g*Cg_in:(g+1)*Cg_in]) for every group g."""
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef const floating* image_g
+    cdef const floating* columns
+    for grp in range(g.groups):
+        image_g = image + grp * g.c_in_g * plane
+        row0 = 0
+        while row0 < g.out_h:
+            row1 = min(row0 + g.chunk_rows, g.out_h)
+            n_cols = (row1 - row0) * g.out_w
+            if g.direct_1x1:
+                columns = image_g
+            else:
+                _im2col_group(image_g, g, row0, row1, col)
+                columns = col
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1,
+                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, columns, n_cols,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
+            row0 = row1
+
+
+cdef void _backward_input_image(const floating* grad_out, const floating* weight, floating* grad_in,
+                                ConvGeometry* g, floating* col) noexcept nogil:
+    """grad_in = col2im(W_g^T @ grad_out_g) for every group g; grad_in is overwritten."""
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t grp, row0, row1, n_cols
+    if not g.direct_1x1:
+        memset(grad_in, 0, g.groups * g.c_in_g * plane * sizeof(floating))
+    for grp in range(g.groups):
+        row0 = 0
+        while row0 < g.out_h:
+            row1 = min(row0 + g.chunk_rows, g.out_h)
+            n_cols = (row1 - row0) * g.out_w
+            if g.direct_1x1:
+                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
+                      weight + grp * g.c_out_g * g.col_rows, g.col_rows,
+                      grad_out + grp * g.c_out_g * n_out, n_out,
+                      0, grad_in + grp * g.c_in_g * plane, plane)
+            else:
+                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
+                      weight + grp * g.c_out_g * g.col_rows, g.col_rows,
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                      0, col, n_cols)
+                _col2im_group(col, g, row0, row1, grad_in + grp * g.c_in_g * plane)
+            row0 = row1
+
+
+cdef void _backward_weight_image(const floating* grad_out, const floating* image, floating* grad_weight,
+                                 ConvGeometry* g, floating* col) noexcept nogil:
+    """grad_weight_g += grad_out_g @ im2col(image_g)^T for every group g."""
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef const floating* image_g
+    cdef const floating* columns
+    for grp in range(g.groups):
+        image_g = image + grp * g.c_in_g * plane
+        row0 = 0
+        while row0 < g.out_h:
+            row1 = min(row0 + g.chunk_rows, g.out_h)
+            n_cols = (row1 - row0) * g.out_w
+            if g.direct_1x1:
+                columns = image_g
+            else:
+                _im2col_group(image_g, g, row0, row1, col)
+                columns = col
+            _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
+                  grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, columns, n_cols,
+                  1, grad_weight + grp * g.c_out_g * g.col_rows, g.col_rows)
+            row0 = row1
+
+
+cdef void _add_bias(floating* out, const floating* bias, Py_ssize_t channels, Py_ssize_t n_out) noexcept nogil:
+    cdef Py_ssize_t c, p
+    cdef floating b
+    for c in range(channels):
+        b = bias[c]
+        for p in range(n_out):
+            out[c * n_out + p] += b
+
+
+cdef void _bias_grad_image(const floating* grad_out, floating* grad_bias, Py_ssize_t channels,
+                           Py_ssize_t n_out) noexcept nogil:
+    cdef Py_ssize_t c, p
+    cdef floating total
+    for c in range(channels):
+        total = 0
+        for p in range(n_out):
+            total = total + grad_out[c * n_out + p]
+        grad_bias[c] += total
+
+
+cdef inline Py_ssize_t _col_size(ConvGeometry* g) noexcept nogil:
+    if g.direct_1x1:
+        return 1
+    return g.col_rows * g.chunk_rows * g.out_w
+
+
+cdef void _sum_partials(floating* partials, Py_ssize_t n_parts, Py_ssize_t size, floating* out) noexcept nogil:
+    cdef Py_ssize_t t, i
+    for i in range(size):
+        out[i] = partials[i]
+    for t in range(1, n_parts):
+        for i in range(size):
+            out[i] += partials[t * size + i]
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias, floating[:, :, :, ::1] out,
+                   int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                   int groups, int n_threads):
+    """out[n, co] = bias[co] + sum_{ci in group(co), i, j} w[co, ci, i, j] * x_padded[n, ci, oh*s + i*d, ow*s + j*d]."""
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
+                                    weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t col_size = _col_size(&g)
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t n, tid
+    cdef bint has_bias = bias.shape[0] > 0
+    n_threads = max(1, min(n_threads, g.batch))
+    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=np.asarray(out).dtype)
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        for n in prange(g.batch, schedule='static'):
+            _forward_image(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, &col[tid * col_size])
+            if has_bias:
+                _add_bias(&out[n, 0, 0, 0], &bias[0], out.shape[1], n_out)
+
+
+def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
+                          floating[:, :, :, ::1] grad_in,
+                          int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                          int groups, int n_threads):
+    """grad_in = col2im(W^T @ grad_out): the full correlation of grad_out (dilated by the stride) with the flipped kernel."""
+    cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[1], grad_in.shape[2], grad_in.shape[3],
+                                    weight.shape[0], weight.shape[2], weight.shape[3],
+                                    grad_out.shape[2], grad_out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t col_size = _col_size(&g)
+    cdef Py_ssize_t n, tid
+    n_threads = max(1, min(n_threads, g.batch))
+    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=np.asarray(grad_in).dtype)
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        for n in prange(g.batch, schedule='static'):
+            _backward_input_image(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0],
+                                  &g, &col[tid * col_size])
+
+
+def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
+                           const floating[:, :, :, ::1] weight,
+                           floating[:, :, :, ::1] grad_in, floating[:, :, :, ::1] grad_weight,
+                           floating[::1] grad_bias,
+                           int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                           int groups, int n_threads):
+    """grad_weight = sum_n grad_out[n] @ im2col(x[n])^T, grad_bias = sum_{n, h, w} grad_out,
+    and, when grad_in has a batch, grad_in = col2im(W^T @ grad_out), in one pass over the batch.
+
+    ``grad_weight`` and ``grad_bias`` are overwritten; a zero-length ``grad_bias`` or
+    zero-batch ``grad_in`` skips that gradient.
+    """
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], grad_weight.shape[0],
+                                    grad_weight.shape[2], grad_weight.shape[3],
+                                    grad_out.shape[2], grad_out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t col_size = _col_size(&g)
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = grad_weight.shape[0]
+    cdef Py_ssize_t w_size = c_out * g.col_rows
+    cdef Py_ssize_t n, tid
+    cdef bint want_bias = grad_bias.shape[0] > 0
+    cdef bint want_input = grad_in.shape[0] > 0
+    n_threads = max(1, min(n_threads, g.batch))
+    dtype = np.asarray(grad_weight).dtype
+    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
+    cdef floating[::1] w_parts = np.zeros(n_threads * w_size, dtype=dtype)
+    cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        for n in prange(g.batch, schedule='static'):
+            _backward_weight_image(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size],
+                                   &g, &col[tid * col_size])
+            if want_bias:
+                _bias_grad_image(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], c_out, n_out)
+            if want_input:
+                _backward_input_image(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0],
+                                      &g, &col[tid * col_size])
+    with nogil:
+        _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
+        if want_bias:
+            _sum_partials(&b_parts[0], n_threads, c_out, &grad_bias[0])
+
+
+def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] grad_bias, int n_threads):
+    """grad_bias[c] = sum_{n, h, w} grad_out[n, c, h, w]."""
+    cdef Py_ssize_t batch = grad_out.shape[0], channels = grad_out.shape[1]
+    cdef Py_ssize_t n_out = grad_out.shape[2] * grad_out.shape[3]
+    cdef Py_ssize_t c, n, p
+    cdef floating total
+    cdef const floating* plane
+    with nogil:
+        for c in prange(channels, schedule='static', num_threads=n_threads):
+            total = 0
+            for n in range(batch):
+                plane = &grad_out[n, c, 0, 0]
+                for p in range(n_out):
+                    total = total + plane[p]
+            grad_bias[c] = total

@@ -1,0 +1,1 @@
+# Pooling kernels (max, average, adaptive), forward and backward.

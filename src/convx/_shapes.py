@@ -1,0 +1,58 @@
+"""The one place for output-size, padding and window arithmetic.
+
+Every public op computes its output shape here, so that the kernels, the reference
+implementation and the layer classes agree on a single formula for each quantity.
+"""
+
+from __future__ import annotations
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int) -> int:
+    """Output length of a convolution along one axis.
+
+    ``floor((size + pad_before + pad_after - dilation * (kernel - 1) - 1) / stride) + 1``;
+    may be zero or negative when the dilated kernel is larger than the padded input (the
+    callers turn that into an error).
+    """
+    span = dilation * (kernel - 1) + 1
+    return (size + pad_before + pad_after - span) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
+    """(before, after) padding that keeps a stride-1 output as large as its input.
+
+    The extra element of an odd total goes after (bottom/right), as in PyTorch.
+    """
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
+def conv_transpose_output_size(
+    size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int
+) -> int:
+    """Output length of a transposed convolution along one axis.
+
+    ``(size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``.
+    """
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of a max/avg pooling window sweep along one axis (PyTorch's rule).
+
+    With ``ceil_mode`` a last, partial window is kept, unless it would start beyond the input
+    and its left padding.
+    """
+    span = dilation * (kernel - 1) + 1
+    numerator = size + 2 * padding - span + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def adaptive_window(index: int, in_size: int, out_size: int) -> tuple[int, int]:
+    """Half-open input range ``[floor(i*In/Out), ceil((i+1)*In/Out))`` of adaptive output ``index``."""
+    start = (index * in_size) // out_size
+    end = -((-(index + 1) * in_size) // out_size)
+    return start, end

@@ -1,0 +1,1 @@
+"""Public convolution ops (placeholder while the kernels land)."""
