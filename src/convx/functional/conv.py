@@ -1,1 +1,429 @@
-"""Public convolution ops (placeholder while the kernels land)."""
+"""Public convolution ops: validate, normalise, allocate, then call one kernel in ``convx._core``.
+
+Semantics follow ``torch.nn.functional.conv2d`` / ``conv_transpose2d`` and ``torch.nn.grad``.
+Arrays are NCHW; unbatched CHW input gives unbatched output.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import _core
+from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
+from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
+from .._threads import kernel_threads
+
+# BLAS takes 32-bit dimensions and leading dimensions.
+_INT32_LIMIT = 2**31 - 1
+
+
+class _ConvPlan(NamedTuple):
+    """Everything a convolution kernel needs besides the arrays, validated."""
+
+    batch: int
+    out_channels: int
+    out_h: int
+    out_w: int
+    stride: tuple[int, int]
+    pad: tuple[int, int]  # top, left; bottom/right padding only affects out_h/out_w
+    dilation: tuple[int, int]
+    groups: int
+
+    def kernel_args(self) -> tuple[int, ...]:
+        return (*self.stride, *self.pad, *self.dilation, self.groups)
+
+
+def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+    """((top, bottom), (left, right)) from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={stride}; give explicit padding instead")
+            return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    pad_h, pad_w = as_pair("padding", padding, 0)
+    return (pad_h, pad_h), (pad_w, pad_w)
+
+
+def _check_sizes(**values: int) -> None:
+    for name, value in values.items():
+        if value > _INT32_LIMIT:
+            raise ValueError(f"{name} is {value}, larger than convx supports (at most {_INT32_LIMIT})")
+
+
+def _plan_conv(input_shape, weight_shape, stride, padding, dilation, groups, input_name="x") -> _ConvPlan:
+    """Validate a convolution's geometry and compute its output size.
+
+    ``input_shape`` is (N, C_in, H, W), ``weight_shape`` (C_out, C_in / groups, kH, kW).
+    """
+    batch, c_in, height, width = input_shape
+    c_out, c_in_group, kernel_h, kernel_w = weight_shape
+    stride = as_pair("stride", stride, 1)
+    dilation = as_pair("dilation", dilation, 1)
+    groups = as_int("groups", groups, 1)
+    if kernel_h < 1 or kernel_w < 1:
+        raise ValueError(
+            f"kernel size should be greater than zero, but got kernel_height: {kernel_h}, kernel_width: {kernel_w} "
+            f"(weight shape {tuple(weight_shape)})"
+        )
+    if min(c_in, height, width) < 1:
+        raise ValueError(
+            f"{input_name} must have non-empty channel and spatial dimensions, got shape {tuple(input_shape)}"
+        )
+    if c_out < 1 or c_in_group < 1:
+        raise ValueError(f"weight must have non-empty channel dimensions, got shape {tuple(weight_shape)}")
+    if c_in % groups or c_out % groups:
+        raise ValueError(
+            f"groups={groups} must divide both the input channels ({c_in}) and the output channels ({c_out})"
+        )
+    if c_in_group * groups != c_in:
+        raise ValueError(
+            f"weight of shape {tuple(weight_shape)} expects {c_in_group * groups} input channels "
+            f"(weight.shape[1] * groups = {c_in_group} * {groups}), but {input_name} has {c_in}; "
+            f"weight.shape[1] must be C_in / groups = {c_in // groups}"
+        )
+    (pad_top, pad_bottom), (pad_left, pad_right) = _padding(padding, (kernel_h, kernel_w), stride, dilation)
+    out_h = conv_output_size(height, kernel_h, stride[0], pad_top, pad_bottom, dilation[0])
+    out_w = conv_output_size(width, kernel_w, stride[1], pad_left, pad_right, dilation[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"the dilated kernel ({dilation[0] * (kernel_h - 1) + 1}x{dilation[1] * (kernel_w - 1) + 1}) is larger "
+            f"than the padded input ({height + pad_top + pad_bottom}x{width + pad_left + pad_right}); "
+            f"the output would be {out_h}x{out_w}"
+        )
+    _check_sizes(
+        **{"stride": max(stride), "dilation": max(dilation), "padding": max(pad_top, pad_bottom, pad_left, pad_right)},
+        **{f"{input_name} plane size H*W": height * width, "output plane size": out_h * out_w},
+        **{"C_in/groups * kH * kW": c_in_group * kernel_h * kernel_w},
+    )
+    return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
+
+
+def _batched(array: np.ndarray) -> tuple[np.ndarray, bool]:
+    if array.ndim == 3:
+        return array[None], True
+    return array, False
+
+
+def _check_grad_out(grad_out: np.ndarray, plan: _ConvPlan) -> None:
+    expected = (plan.batch, plan.out_channels, plan.out_h, plan.out_w)
+    if grad_out.shape != expected:
+        raise ValueError(f"grad_out must have the forward output's shape {expected}, got {grad_out.shape}")
+
+
+def _check_bias(bias: np.ndarray | None, channels: int) -> None:
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"bias must have shape ({channels},), one value per output channel, got {bias.shape}")
+
+
+def _no_bias(dtype) -> np.ndarray:
+    return np.empty(0, dtype=dtype)
+
+
+def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
+    return array[0] if unbatched else array
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation) of a batch of images.
+
+    ``y[n, co, oh, ow] = bias[co] + sum_{ci, i, j} weight[co, ci, i, j] *
+    x_pad[n, g*C_in/groups + ci, oh*sH + i*dH, ow*sW + j*dW]`` with ``g`` the group of ``co``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
+        Input images, float32 or float64.
+    weight : ndarray, shape (C_out, C_in / groups, kH, kW)
+        Filters, same dtype as ``x``.
+    bias : ndarray, shape (C_out,), optional
+        Added to every output position of each channel.
+    stride : int or (int, int), default 1
+        Step between windows, positive.
+    padding : int, (int, int), 'valid' or 'same', default 0
+        Implicit zeros on both sides. ``'same'`` (stride 1 only) keeps the spatial size,
+        putting the extra zero of an odd total at the bottom/right.
+    dilation : int or (int, int), default 1
+        Spacing between kernel taps, positive.
+    groups : int, default 1
+        Split channels into this many independent convolutions; must divide C_in and C_out.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        ``H_out = floor((H + 2*pH - dH*(kH - 1) - 1) / sH) + 1``, likewise ``W_out``.
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((1, 1, 4, 4), dtype=np.float32)
+    >>> w = np.ones((2, 1, 3, 3), dtype=np.float32)
+    >>> convx.conv2d(x, w, padding=1)[0, 0]
+    array([[4., 6., 6., 4.],
+           [6., 9., 9., 6.],
+           [6., 9., 9., 6.],
+           [4., 6., 6., 4.]], dtype=float32)
+    """
+    x = as_float_array("x", x, (3, 4))
+    weight = as_float_array("weight", weight, (4,))
+    if bias is not None:
+        bias = as_float_array("bias", bias, (1,))
+    dtype = same_dtype(x=x, weight=weight, bias=bias)
+    x, unbatched = _batched(x)
+    plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_bias(bias, plan.out_channels)
+    out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
+    if plan.batch:
+        bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
+        _core.conv2d_forward(
+            contiguous(x), contiguous(weight), bias_arg, out, *plan.kernel_args(), kernel_threads()
+        )
+    return _unbatch(out, unbatched)
+
+
+def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`conv2d` with respect to its input.
+
+    The "full" correlation of ``grad_out`` (dilated by the stride) with the kernel rotated
+    by 180 degrees, cropped by the padding: ``grad_x = col2im(weight^T @ grad_out)``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        Gradient of the loss with respect to the convolution's output.
+    weight : ndarray, shape (C_out, C_in / groups, kH, kW)
+        The forward pass's filters, same dtype as ``grad_out``.
+    input_shape : tuple of int, (N, C_in, H, W) or (C_in, H, W)
+        Shape of the forward input ``x`` (its H, W cannot always be recovered from the output).
+    stride, padding, dilation, groups
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> convx.conv2d_backward_input(np.ones((1, 1, 2, 2)), w, (1, 1, 3, 3))[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    weight = as_float_array("weight", weight, (4,))
+    dtype = same_dtype(grad_out=grad_out, weight=weight)
+    input_shape = as_shape("input_shape", input_shape, (grad_out.ndim,))
+    grad_out, unbatched = _batched(grad_out)
+    if unbatched:
+        input_shape = (1, *input_shape)
+    plan = _plan_conv(input_shape, weight.shape, stride, padding, dilation, groups, input_name="input_shape")
+    _check_grad_out(grad_out, plan)
+    grad_x = np.empty(input_shape, dtype=dtype)
+    if plan.batch:
+        _core.conv2d_backward_input(
+            contiguous(grad_out), contiguous(weight), grad_x, *plan.kernel_args(), kernel_threads()
+        )
+    return _unbatch(grad_x, unbatched)
+
+
+def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`conv2d` with respect to its weight.
+
+    The correlation of the input with the output gradient:
+    ``grad_w[co, ci, i, j] = sum_{n, oh, ow} grad_out[n, co, oh, ow] * x_pad[n, ci', oh*sH + i*dH, ow*sW + j*dW]``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        Gradient of the loss with respect to the convolution's output.
+    x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
+        The forward pass's input, same dtype as ``grad_out``.
+    weight_shape : tuple of int, (C_out, C_in / groups, kH, kW)
+    stride, padding, dilation, groups
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    grad_w : ndarray, shape ``weight_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> convx.conv2d_backward_weight(np.ones((1, 1, 2, 2)), x, (1, 1, 2, 2))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    x = as_float_array("x", x, (grad_out.ndim,))
+    dtype = same_dtype(grad_out=grad_out, x=x)
+    weight_shape = as_shape("weight_shape", weight_shape, (4,))
+    grad_out, _ = _batched(grad_out)
+    x, _ = _batched(x)
+    plan = _plan_conv(x.shape, weight_shape, stride, padding, dilation, groups)
+    _check_grad_out(grad_out, plan)
+    grad_w = np.zeros(weight_shape, dtype=dtype)
+    if plan.batch:
+        _core.conv2d_backward_params(
+            contiguous(grad_out), contiguous(x), grad_w, np.empty((0, 1, 1, 1), dtype=dtype), grad_w,
+            _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
+        )
+    return grad_w
+
+
+def conv2d_backward_bias(grad_out):
+    """Gradient of :func:`conv2d` with respect to its bias: ``grad_out`` summed over N, H and W.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+
+    Returns
+    -------
+    grad_b : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> convx.conv2d_backward_bias(np.ones((2, 3, 4, 4), dtype=np.float32))
+    array([32., 32., 32.], dtype=float32)
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    grad_out, _ = _batched(grad_out)
+    grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
+    if grad_out.size:
+        _core.conv2d_backward_bias(contiguous(grad_out), grad_b, kernel_threads())
+    return grad_b
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1):
+    """All three gradients of :func:`conv2d` in one pass over the batch.
+
+    Equivalent to :func:`conv2d_backward_input`, :func:`conv2d_backward_weight` and
+    :func:`conv2d_backward_bias`, but each image's output gradient is read once while it is
+    in cache, and the column workspace is shared.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+    x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
+        The forward pass's input.
+    weight : ndarray, shape (C_out, C_in / groups, kH, kW)
+        The forward pass's filters.
+    stride, padding, dilation, groups
+        As given to :func:`conv2d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_w : ndarray, shape of ``weight``
+    grad_b : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((2, 3, 5, 5)); w = np.ones((4, 3, 3, 3))
+    >>> gx, gw, gb = convx.conv2d_backward(np.ones((2, 4, 3, 3)), x, w)
+    >>> gx.shape, gw.shape, gb.tolist()
+    ((2, 3, 5, 5), (4, 3, 3, 3), [18.0, 18.0, 18.0, 18.0])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    x = as_float_array("x", x, (grad_out.ndim,))
+    weight = as_float_array("weight", weight, (4,))
+    dtype = same_dtype(grad_out=grad_out, x=x, weight=weight)
+    grad_out, unbatched = _batched(grad_out)
+    x, _ = _batched(x)
+    plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_grad_out(grad_out, plan)
+    grad_x = np.empty(x.shape, dtype=dtype)
+    grad_w = np.zeros(weight.shape, dtype=dtype)
+    grad_b = np.zeros(plan.out_channels, dtype=dtype)
+    if plan.batch:
+        _core.conv2d_backward_params(
+            contiguous(grad_out), contiguous(x), contiguous(weight), grad_x, grad_w, grad_b,
+            *plan.kernel_args(), kernel_threads(),
+        )
+    return _unbatch(grad_x, unbatched), grad_w, grad_b
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """2-D transposed convolution ("deconvolution"): the adjoint of :func:`conv2d` as a map of its input.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
+    weight : ndarray, shape (C_in, C_out / groups, kH, kW)
+        Same layout as PyTorch's ``ConvTranspose2d.weight``.
+    bias : ndarray, shape (C_out,), optional
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        ``dilation * (kernel - 1) - padding`` zeros are effectively added to each side.
+    output_padding : int or (int, int), default 0
+        Extra rows/columns at the bottom/right; must be smaller than stride or dilation.
+    groups : int, default 1
+    dilation : int or (int, int), default 1
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        ``H_out = (H - 1)*sH - 2*pH + dH*(kH - 1) + output_padding_H + 1``, likewise ``W_out``.
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((1, 1, 2, 2)); w = np.ones((1, 1, 2, 2))
+    >>> convx.conv_transpose2d(x, w, stride=2)[0, 0]
+    array([[1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.]])
+    """
+    x = as_float_array("x", x, (3, 4))
+    weight = as_float_array("weight", weight, (4,))
+    if bias is not None:
+        bias = as_float_array("bias", bias, (1,))
+    dtype = same_dtype(x=x, weight=weight, bias=bias)
+    x, unbatched = _batched(x)
+    if isinstance(padding, str):
+        raise ValueError(f"conv_transpose2d takes padding as an int or a pair of ints, got {padding!r}")
+    stride = as_pair("stride", stride, 1)
+    dilation = as_pair("dilation", dilation, 1)
+    pad = as_pair("padding", padding, 0)
+    out_pad = as_pair("output_padding", output_padding, 0)
+    groups = as_int("groups", groups, 1)
+    batch, c_in, height, width = x.shape
+    if weight.shape[0] != c_in:
+        raise ValueError(
+            f"weight of shape {weight.shape} must have x's {c_in} input channels first "
+            f"(transposed layout (C_in, C_out / groups, kH, kW)), got weight.shape[0] = {weight.shape[0]}"
+        )
+    for axis in range(2):
+        if out_pad[axis] >= max(stride[axis], dilation[axis]):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got output_padding={out_pad}, "
+                f"stride={stride}, dilation={dilation}"
+            )
+    if c_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({c_in})")
+    kernel_h, kernel_w = weight.shape[2:]
+    out_h = conv_transpose_output_size(height, kernel_h, stride[0], pad[0], out_pad[0], dilation[0])
+    out_w = conv_transpose_output_size(width, kernel_w, stride[1], pad[1], out_pad[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"the output would be {out_h}x{out_w}: padding={pad} is too large for this input and kernel")
+    c_out = weight.shape[1] * groups
+    # Transposed convolution is conv2d's input gradient with x as the output gradient.
+    plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
+    _check_grad_out(x, plan._replace(out_h=height, out_w=width))
+    _check_bias(bias, c_out)
+    y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
+    if batch:
+        _core.conv2d_backward_input(contiguous(x), contiguous(weight), y, *plan.kernel_args(), kernel_threads())
+        if bias is not None:
+            y += bias[:, None, None]
+    return _unbatch(y, unbatched)

@@ -1,0 +1,38 @@
+"""convx: fast 2-D convolution and pooling for neural networks written in NumPy."""
+
+from ._threads import get_num_threads, set_num_threads
+from ._version import __version__
+from .functional import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    avg_pool2d,
+    avg_pool2d_backward,
+    conv2d,
+    conv2d_backward,
+    conv2d_backward_bias,
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv_transpose2d,
+    max_pool2d,
+    max_pool2d_backward,
+)
+
+__all__ = [
+    "__version__",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_backward_bias",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "conv_transpose2d",
+    "get_num_threads",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "set_num_threads",
+]
