@@ -154,6 +154,17 @@ cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height
     return g
 
 
+cdef void _split_rows(ConvGeometry* g, int n_threads) noexcept nogil:
+    """Shrink the row chunks so that a batch smaller than the team still gives every thread work."""
+    cdef Py_ssize_t want
+    if g.batch >= n_threads:
+        return
+    want = (n_threads + g.batch - 1) // g.batch
+    if want > g.out_h:
+        want = g.out_h
+    g.chunk_rows = min(g.chunk_rows, (g.out_h + want - 1) // want)
+
+
 cdef inline void _im2col_group(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
                                floating* col) noexcept nogil:
     _im2col(image, g.c_in_g, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
@@ -166,29 +177,25 @@ cdef inline void _col2im_group(const floating* col, ConvGeometry* g, Py_ssize_t 
             g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.out_w, row0, row1, image)
 
 
-cdef void _forward_image(const floating* image, const floating* weight, floating* out,
-                         ConvGeometry* g, floating* col) noexcept nogil:
-    """out[g*Cg_out:(g+1)*Cg_out] = W_g @ im2col(image[g*Cg_in:(g+1)*Cg_in]) for every group g."""
+cdef void _forward_rows(const floating* image, const floating* weight, floating* out,
+                        ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
+    """out[grp, :, rows] = W_grp @ im2col(image[grp], rows) for every group, for output rows [row0, row1)."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
+    cdef Py_ssize_t grp
     cdef const floating* image_g
-    cdef const floating* columns
     for grp in range(g.groups):
         image_g = image + grp * g.c_in_g * plane
-        row0 = 0
-        while row0 < g.out_h:
-            row1 = min(row0 + g.chunk_rows, g.out_h)
-            n_cols = (row1 - row0) * g.out_w
-            if g.direct_1x1:
-                columns = image_g
-            else:
-                _im2col_group(image_g, g, row0, row1, col)
-                columns = col
+        if g.direct_1x1:
             _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1,
-                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, columns, n_cols,
+                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, image_g + row0 * g.out_w, plane,
                   0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
-            row0 = row1
+        else:
+            _im2col_group(image_g, g, row0, row1, col)
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1,
+                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, col, n_cols,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
 
 
 cdef void _backward_input_image(const floating* grad_out, const floating* weight, floating* grad_in,
@@ -207,8 +214,8 @@ cdef void _backward_input_image(const floating* grad_out, const floating* weight
             if g.direct_1x1:
                 _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
                       weight + grp * g.c_out_g * g.col_rows, g.col_rows,
-                      grad_out + grp * g.c_out_g * n_out, n_out,
-                      0, grad_in + grp * g.c_in_g * plane, plane)
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                      0, grad_in + grp * g.c_in_g * plane + row0 * g.out_w, plane)
             else:
                 _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
                       weight + grp * g.c_out_g * g.col_rows, g.col_rows,
@@ -224,6 +231,7 @@ cdef void _backward_weight_image(const floating* grad_out, const floating* image
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef Py_ssize_t ld_columns
     cdef const floating* image_g
     cdef const floating* columns
     for grp in range(g.groups):
@@ -233,23 +241,16 @@ cdef void _backward_weight_image(const floating* grad_out, const floating* image
             row1 = min(row0 + g.chunk_rows, g.out_h)
             n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
-                columns = image_g
+                columns = image_g + row0 * g.out_w
+                ld_columns = plane
             else:
                 _im2col_group(image_g, g, row0, row1, col)
                 columns = col
+                ld_columns = n_cols
             _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
-                  grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, columns, n_cols,
+                  grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, columns, ld_columns,
                   1, grad_weight + grp * g.c_out_g * g.col_rows, g.col_rows)
             row0 = row1
-
-
-cdef void _add_bias(floating* out, const floating* bias, Py_ssize_t channels, Py_ssize_t n_out) noexcept nogil:
-    cdef Py_ssize_t c, p
-    cdef floating b
-    for c in range(channels):
-        b = bias[c]
-        for p in range(n_out):
-            out[c * n_out + p] += b
 
 
 cdef void _bias_grad_image(const floating* grad_out, floating* grad_bias, Py_ssize_t channels,
@@ -286,18 +287,27 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    _split_rows(&g, n_threads)
     cdef Py_ssize_t col_size = _col_size(&g)
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t n, tid
+    cdef Py_ssize_t n_chunks = (g.out_h + g.chunk_rows - 1) // g.chunk_rows
+    cdef Py_ssize_t item, n, row0, row1, c, p, tid
     cdef bint has_bias = bias.shape[0] > 0
-    n_threads = max(1, min(n_threads, g.batch))
+    cdef floating* out_n
+    n_threads = max(1, min(n_threads, g.batch * n_chunks))
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=np.asarray(out).dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        for n in prange(g.batch, schedule='static'):
-            _forward_image(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, &col[tid * col_size])
+        for item in prange(g.batch * n_chunks, schedule='static'):
+            n = item // n_chunks
+            row0 = (item % n_chunks) * g.chunk_rows
+            row1 = min(row0 + g.chunk_rows, g.out_h)
+            out_n = &out[n, 0, 0, 0]
+            _forward_rows(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], out_n, &g, row0, row1, &col[tid * col_size])
             if has_bias:
-                _add_bias(&out[n, 0, 0, 0], &bias[0], out.shape[1], n_out)
+                for c in range(out.shape[1]):
+                    for p in range(row0 * g.out_w, row1 * g.out_w):
+                        out_n[c * n_out + p] += bias[c]
 
 
 def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
@@ -379,3 +389,149 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
                 for p in range(n_out):
                     total = total + plane[p]
             grad_bias[c] = total
+
+
+# Direct kernels for one input channel per group (depthwise convolution and channel
+# multipliers): a GEMM per group would have a single-row operand, so loops over the kernel
+# taps beat im2col there.
+
+cdef void _direct_forward_plane(const floating* image, const floating* weight, floating bias,
+                                floating* out, ConvGeometry* g) noexcept nogil:
+    """out[oh, ow] = bias + sum_{i, j} weight[i, j] * image_padded[oh*sh + i*dh, ow*sw + j*dw]."""
+    cdef Py_ssize_t oh, ow, i, j, ih, iw0, lo, hi
+    cdef floating tap
+    cdef floating* dst
+    cdef const floating* src
+    for oh in range(g.out_h):
+        dst = out + oh * g.out_w
+        for ow in range(g.out_w):
+            dst[ow] = bias
+        for i in range(g.kernel_h):
+            ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+            if ih < 0 or ih >= g.height:
+                continue
+            for j in range(g.kernel_w):
+                tap = weight[i * g.kernel_w + j]
+                iw0 = j * g.dilation_w - g.pad_w
+                _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                src = image + ih * g.width + iw0
+                if g.stride_w == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] += tap * src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] += tap * src[ow * g.stride_w]
+
+
+cdef void _direct_backward_input_plane(const floating* grad_out, const floating* weight,
+                                       floating* grad_in, ConvGeometry* g) noexcept nogil:
+    """grad_in[ih, iw] += weight[m, i, j] * grad_out[m, oh, ow] over the group's c_out_g outputs m; grad_in is overwritten."""
+    cdef Py_ssize_t m, oh, ow, i, j, ih, iw0, lo, hi
+    cdef floating tap
+    cdef floating* dst
+    cdef const floating* src
+    memset(grad_in, 0, g.height * g.width * sizeof(floating))
+    for m in range(g.c_out_g):
+        for oh in range(g.out_h):
+            src = grad_out + (m * g.out_h + oh) * g.out_w
+            for i in range(g.kernel_h):
+                ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                if ih < 0 or ih >= g.height:
+                    continue
+                for j in range(g.kernel_w):
+                    tap = weight[(m * g.kernel_h + i) * g.kernel_w + j]
+                    iw0 = j * g.dilation_w - g.pad_w
+                    _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                    dst = grad_in + ih * g.width + iw0
+                    if g.stride_w == 1:
+                        for ow in range(lo, hi):
+                            dst[ow] += tap * src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow * g.stride_w] += tap * src[ow]
+
+
+cdef floating _direct_weight_tap(const floating* grad_out, const floating* image, ConvGeometry* g,
+                                 Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    """sum_{oh, ow} grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] for one plane."""
+    cdef Py_ssize_t oh, ow, ih, lo, hi
+    cdef Py_ssize_t iw0 = j * g.dilation_w - g.pad_w
+    cdef floating total = 0
+    cdef const floating* src
+    cdef const floating* dy
+    _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+    for oh in range(g.out_h):
+        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+        if ih < 0 or ih >= g.height:
+            continue
+        src = image + ih * g.width + iw0
+        dy = grad_out + oh * g.out_w
+        if g.stride_w == 1:
+            for ow in range(lo, hi):
+                total = total + dy[ow] * src[ow]
+        else:
+            for ow in range(lo, hi):
+                total = total + dy[ow] * src[ow * g.stride_w]
+    return total
+
+
+def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                      const floating[::1] bias, floating[:, :, :, ::1] out,
+                      int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                      int groups, int n_threads):
+    """conv2d_forward for weight.shape[1] == 1: out[n, co] = bias[co] + corr(x[n, co // (C_out/groups)], w[co, 0])."""
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
+                                    weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t c_out = out.shape[1]
+    cdef Py_ssize_t item, n, co
+    cdef bint has_bias = bias.shape[0] > 0
+    with nogil:
+        for item in prange(g.batch * c_out, schedule='static', num_threads=n_threads):
+            n = item // c_out
+            co = item % c_out
+            _direct_forward_plane(&x[n, co // g.c_out_g, 0, 0], &weight[co, 0, 0, 0],
+                                  bias[co] if has_bias else 0, &out[n, co, 0, 0], &g)
+
+
+def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
+                             floating[:, :, :, ::1] grad_in,
+                             int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                             int groups, int n_threads):
+    """conv2d_backward_input for weight.shape[1] == 1, one thread per (n, input channel) plane."""
+    cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[1], grad_in.shape[2], grad_in.shape[3],
+                                    weight.shape[0], weight.shape[2], weight.shape[3],
+                                    grad_out.shape[2], grad_out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t c_in = grad_in.shape[1]
+    cdef Py_ssize_t item, n, ci
+    with nogil:
+        for item in prange(g.batch * c_in, schedule='static', num_threads=n_threads):
+            n = item // c_in
+            ci = item % c_in
+            _direct_backward_input_plane(&grad_out[n, ci * g.c_out_g, 0, 0], &weight[ci * g.c_out_g, 0, 0, 0],
+                                         &grad_in[n, ci, 0, 0], &g)
+
+
+def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
+                              floating[:, :, :, ::1] grad_weight,
+                              int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                              int groups, int n_threads):
+    """grad_weight[co, 0, i, j] = sum_n corr(grad_out[n, co], x[n, co // (C_out/groups)])[i, j]; overwritten."""
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], grad_weight.shape[0],
+                                    grad_weight.shape[2], grad_weight.shape[3],
+                                    grad_out.shape[2], grad_out.shape[3], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    cdef Py_ssize_t c_out = grad_weight.shape[0]
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t item, co, tap, n
+    cdef floating total
+    with nogil:
+        for item in prange(c_out * taps, schedule='static', num_threads=n_threads):
+            co = item // taps
+            tap = item % taps
+            total = 0
+            for n in range(g.batch):
+                total = total + _direct_weight_tap(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], &g,
+                                                   tap // g.kernel_w, tap % g.kernel_w)
+            grad_weight[co, 0, tap // g.kernel_w, tap % g.kernel_w] = total

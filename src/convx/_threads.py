@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 from . import _core
 from ._checks import as_int
 
@@ -35,3 +38,40 @@ def get_num_threads() -> int:
 def kernel_threads() -> int:
     """The count handed to kernels: 1 when the extension has no OpenMP."""
     return _num_threads if _core.openmp_enabled() else 1
+
+
+# The kernels call BLAS from inside their own OpenMP teams. A multi-threaded BLAS (pthreads
+# OpenBLAS in particular) must not start its own threads there: it oversubscribes the cores
+# and can deadlock. So while any convx kernel runs, BLAS is held at one thread; nested and
+# concurrent calls share one limit, released when the last of them ends.
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+_blas_controller = None
+
+
+def _blas_libraries():
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController().select(user_api="blas")
+    return _blas_controller
+
+
+@contextmanager
+def single_threaded_blas():
+    """Hold every loaded BLAS at one thread for the duration (re-entrant, thread-safe)."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_libraries().limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None

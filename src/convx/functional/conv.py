@@ -13,7 +13,7 @@ import numpy as np
 from .. import _core
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .._threads import kernel_threads
+from .._threads import kernel_threads, single_threaded_blas
 
 # BLAS takes 32-bit dimensions and leading dimensions.
 _INT32_LIMIT = 2**31 - 1
@@ -33,6 +33,11 @@ class _ConvPlan(NamedTuple):
 
     def kernel_args(self) -> tuple[int, ...]:
         return (*self.stride, *self.pad, *self.dilation, self.groups)
+
+
+def _is_depthwise(weight_shape, groups) -> bool:
+    """One input channel per group: the direct kernels beat a GEMM with a single-row operand."""
+    return weight_shape[1] == 1 and groups > 1
 
 
 def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
@@ -179,9 +184,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
         bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
-        _core.conv2d_forward(
-            contiguous(x), contiguous(weight), bias_arg, out, *plan.kernel_args(), kernel_threads()
-        )
+        kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
+        with single_threaded_blas():
+            kernel(contiguous(x), contiguous(weight), bias_arg, out, *plan.kernel_args(), kernel_threads())
     return _unbatch(out, unbatched)
 
 
@@ -226,9 +231,11 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, di
     _check_grad_out(grad_out, plan)
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
-        _core.conv2d_backward_input(
-            contiguous(grad_out), contiguous(weight), grad_x, *plan.kernel_args(), kernel_threads()
+        kernel = (
+            _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
         )
+        with single_threaded_blas():
+            kernel(contiguous(grad_out), contiguous(weight), grad_x, *plan.kernel_args(), kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -270,10 +277,15 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     _check_grad_out(grad_out, plan)
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
-        _core.conv2d_backward_params(
-            contiguous(grad_out), contiguous(x), grad_w, np.empty((0, 1, 1, 1), dtype=dtype), grad_w,
-            _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
-        )
+        grad_out, x = contiguous(grad_out), contiguous(x)
+        if _is_depthwise(weight_shape, plan.groups):
+            _core.depthwise_backward_weight(grad_out, x, grad_w, *plan.kernel_args(), kernel_threads())
+        else:
+            with single_threaded_blas():
+                _core.conv2d_backward_params(
+                    grad_out, x, grad_w, np.empty((0, 1, 1, 1), dtype=dtype), grad_w,
+                    _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
+                )
     return grad_w
 
 
@@ -345,10 +357,17 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     grad_w = np.zeros(weight.shape, dtype=dtype)
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
     if plan.batch:
-        _core.conv2d_backward_params(
-            contiguous(grad_out), contiguous(x), contiguous(weight), grad_x, grad_w, grad_b,
-            *plan.kernel_args(), kernel_threads(),
-        )
+        grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
+        n_threads = kernel_threads()
+        if _is_depthwise(weight.shape, plan.groups):
+            _core.depthwise_backward_input(grad_out, weight, grad_x, *plan.kernel_args(), n_threads)
+            _core.depthwise_backward_weight(grad_out, x, grad_w, *plan.kernel_args(), n_threads)
+            _core.conv2d_backward_bias(grad_out, grad_b, n_threads)
+        else:
+            with single_threaded_blas():
+                _core.conv2d_backward_params(
+                    grad_out, x, weight, grad_x, grad_w, grad_b, *plan.kernel_args(), n_threads
+                )
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
@@ -423,7 +442,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     _check_bias(bias, c_out)
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
-        _core.conv2d_backward_input(contiguous(x), contiguous(weight), y, *plan.kernel_args(), kernel_threads())
+        kernel = (
+            _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
+        )
+        with single_threaded_blas():
+            kernel(contiguous(x), contiguous(weight), y, *plan.kernel_args(), kernel_threads())
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
