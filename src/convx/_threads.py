@@ -22,9 +22,11 @@ def set_num_threads(n: int) -> None:
     Examples
     --------
     >>> import convx
+    >>> previous = convx.get_num_threads()
     >>> convx.set_num_threads(1)
     >>> convx.get_num_threads()
     1
+    >>> convx.set_num_threads(previous)
     """
     global _num_threads
     _num_threads = as_int("n", n, 1)
