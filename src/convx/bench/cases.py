@@ -1,0 +1,109 @@
+"""The benchmark's shape suite: the layers of the classic networks, and how to run each op on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._shapes import conv_output_size, pool_output_size
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One convolution layer: ``x`` (N, C_in, H, W) and ``weight`` (C_out, C_in / groups, k, k)."""
+
+    name: str
+    batch: int
+    c_in: int
+    c_out: int
+    size: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    dtype: str = "float32"
+
+    kind = "conv"
+    ops = ("forward", "backward_input", "backward_weight", "backward")
+
+    @property
+    def out_size(self) -> int:
+        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.padding, 1)
+
+    def flops(self, op: str) -> float:
+        """Multiply-adds times two of one op (the fused backward does two products)."""
+        macs = self.batch * self.c_out * self.out_size**2 * (self.c_in // self.groups) * self.kernel**2
+        return 2.0 * macs * (2 if op == "backward" else 1)
+
+    def arrays(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        dtype = np.dtype(self.dtype)
+        x = rng.standard_normal((self.batch, self.c_in, self.size, self.size)).astype(dtype)
+        weight = rng.standard_normal((self.c_out, self.c_in // self.groups, self.kernel, self.kernel)).astype(dtype)
+        weight *= 1.0 / np.sqrt(weight[0].size)
+        grad_out = rng.standard_normal((self.batch, self.c_out, self.out_size, self.out_size)).astype(dtype)
+        return {"x": x, "weight": weight, "grad_out": grad_out}
+
+    def describe(self) -> str:
+        extra = f" s{self.stride}" if self.stride != 1 else ""
+        extra += f" p{self.padding}" if self.padding else ""
+        extra += f" g{self.groups}" if self.groups != 1 else ""
+        dtype = "" if self.dtype == "float32" else f" {self.dtype}"
+        return f"{self.batch}x{self.c_in}->{self.c_out} {self.size}x{self.size} k{self.kernel}{extra}{dtype}"
+
+
+@dataclass(frozen=True)
+class PoolCase:
+    """One pooling layer on ``x`` (N, C, H, W)."""
+
+    name: str
+    mode: str  # "max" or "avg"
+    batch: int
+    channels: int
+    size: int
+    kernel: int
+    stride: int
+    padding: int = 0
+    dtype: str = "float32"
+
+    kind = "pool"
+    ops = ("forward", "backward")
+
+    @property
+    def out_size(self) -> int:
+        return pool_output_size(self.size, self.kernel, self.stride, self.padding, 1, False)
+
+    def flops(self, op: str) -> float:
+        return float(self.batch * self.channels * self.out_size**2 * self.kernel**2)
+
+    def arrays(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        dtype = np.dtype(self.dtype)
+        x = rng.standard_normal((self.batch, self.channels, self.size, self.size)).astype(dtype)
+        grad_out = rng.standard_normal((self.batch, self.channels, self.out_size, self.out_size)).astype(dtype)
+        return {"x": x, "grad_out": grad_out}
+
+    def describe(self) -> str:
+        pad = f" p{self.padding}" if self.padding else ""
+        return f"{self.mode} {self.batch}x{self.channels} {self.size}x{self.size} k{self.kernel} s{self.stride}{pad}"
+
+
+CASES: dict[str, ConvCase | PoolCase] = {
+    case.name: case
+    for case in [
+        ConvCase("lenet_c1", 64, 1, 20, 28, 5),
+        ConvCase("lenet_c2", 64, 20, 50, 12, 5),
+        ConvCase("vgg_3x3", 16, 64, 64, 56, 3, padding=1),
+        ConvCase("resnet_3x3_s2", 16, 128, 256, 28, 3, stride=2, padding=1),
+        ConvCase("resnet_1x1", 16, 256, 64, 56, 1),
+        ConvCase("resnet_stem", 8, 3, 64, 224, 7, stride=2, padding=3),
+        ConvCase("deep_small", 32, 512, 512, 7, 3, padding=1),
+        ConvCase("depthwise", 16, 128, 128, 56, 3, padding=1, groups=128),
+        ConvCase("f64_3x3", 16, 32, 32, 32, 3, padding=1, dtype="float64"),
+        PoolCase("maxpool_2x2", "max", 16, 64, 56, 2, 2),
+        PoolCase("avgpool_2x2", "avg", 16, 64, 56, 2, 2),
+        PoolCase("maxpool_3x3_s2", "max", 16, 64, 56, 3, 2, padding=1),
+    ]
+}
+
+# Small versions for --quick and the CI smoke run: same layer types, a fraction of the work.
+QUICK_BATCH = 2

@@ -1,0 +1,106 @@
+"""Each benchmarked library's version of every op, as zero-argument callables on prepared arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import functional as convx_ops
+from .cases import ConvCase, PoolCase
+
+Calls = dict[str, Callable[[], object]]
+
+
+def _conv_args(case: ConvCase) -> dict:
+    return dict(stride=case.stride, padding=case.padding, dilation=1, groups=case.groups)
+
+
+def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray]) -> Calls:
+    x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
+    args = _conv_args(case)
+    return {
+        "forward": lambda: ops.conv2d(x, weight, None, **args),
+        "backward_input": lambda: ops.conv2d_backward_input(grad_out, weight, x.shape, **args),
+        "backward_weight": lambda: ops.conv2d_backward_weight(grad_out, x, weight.shape, **args),
+        "backward": lambda: ops.conv2d_backward(grad_out, x, weight, **args),
+    }
+
+
+def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray]) -> Calls:
+    x, grad_out = arrays["x"], arrays["grad_out"]
+    args = dict(kernel_size=case.kernel, stride=case.stride, padding=case.padding)
+    if case.mode == "max":
+        _, indices = ops.max_pool2d(x, return_indices=True, **args)
+        return {
+            "forward": lambda: ops.max_pool2d(x, return_indices=True, **args),
+            "backward": lambda: ops.max_pool2d_backward(grad_out, indices, x.shape),
+        }
+    return {
+        "forward": lambda: ops.avg_pool2d(x, **args),
+        "backward": lambda: ops.avg_pool2d_backward(grad_out, x.shape, **args),
+    }
+
+
+def convx_calls(case, arrays) -> Calls:
+    builder = _conv_calls if case.kind == "conv" else _pool_calls
+    return builder(convx_ops, case, arrays)
+
+
+def numpy_calls(case, arrays) -> Calls:
+    """The pure-NumPy reference (``convx.reference``), the baseline a NumPy user starts from."""
+    from .. import reference
+
+    module = reference.conv if case.kind == "conv" else reference.pooling
+    builder = _conv_calls if case.kind == "conv" else _pool_calls
+    calls = builder(module, case, arrays)
+    if case.kind == "conv":
+        # The reference has no fused pass: a NumPy user makes the three calls.
+        args = _conv_args(case)
+        x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
+        calls["backward"] = lambda: (
+            module.conv2d_backward_input(grad_out, weight, x.shape, **args),
+            module.conv2d_backward_weight(grad_out, x, weight.shape, **args),
+            module.conv2d_backward_bias(grad_out),
+        )
+    return calls
+
+
+def torch_calls(case, arrays) -> Calls | None:
+    """PyTorch CPU on the same arrays (shared memory, no copies), or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    aten = torch.ops.aten
+    x = torch.from_numpy(arrays["x"])
+    grad_out = torch.from_numpy(arrays["grad_out"])
+    if case.kind == "conv":
+        weight = torch.from_numpy(arrays["weight"])
+        geometry = ([case.stride] * 2, [case.padding] * 2, [1, 1], False, [0, 0], case.groups)
+
+        def backward(mask):
+            return lambda: aten.convolution_backward(grad_out, x, weight, None, *geometry, mask)
+
+        return {
+            "forward": lambda: torch.nn.functional.conv2d(x, weight, None, case.stride, case.padding, 1, case.groups),
+            "backward_input": backward([True, False, False]),
+            "backward_weight": backward([False, True, False]),
+            "backward": backward([True, True, True]),
+        }
+    kernel, stride, padding = [case.kernel] * 2, [case.stride] * 2, [case.padding] * 2
+    if case.mode == "max":
+        _, indices = aten.max_pool2d_with_indices(x, kernel, stride, padding)
+        return {
+            "forward": lambda: aten.max_pool2d_with_indices(x, kernel, stride, padding),
+            "backward": lambda: aten.max_pool2d_with_indices_backward(
+                grad_out, x, kernel, stride, padding, [1, 1], False, indices
+            ),
+        }
+    return {
+        "forward": lambda: torch.nn.functional.avg_pool2d(x, kernel, stride, padding),
+        "backward": lambda: aten.avg_pool2d_backward(grad_out, x, kernel, stride, padding, False, True, None),
+    }
+
+
+IMPLEMENTATIONS = {"convx": convx_calls, "numpy": numpy_calls, "torch": torch_calls}

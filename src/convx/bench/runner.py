@@ -1,0 +1,148 @@
+"""Timing, memory measurement and machine description for ``python -m convx.bench``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .. import _core, _threads
+from .._version import __version__
+from .cases import ConvCase, PoolCase
+from .implementations import IMPLEMENTATIONS
+
+
+@dataclasses.dataclass
+class Result:
+    case: str
+    op: str
+    flops: float
+    times: dict[str, float]  # implementation -> median seconds
+    runs: dict[str, int]
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        if numerator in self.times and denominator in self.times:
+            return self.times[numerator] / self.times[denominator]
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: CPU, cores, libraries, BLAS, threads and allocator settings."""
+    from threadpoolctl import threadpool_info
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "convx": __version__,
+        "convx_openmp": _core.openmp_enabled(),
+        "convx_threads": _threads.get_num_threads(),
+        "blas": [
+            {k: lib.get(k) for k in ("internal_api", "version", "architecture", "threading_layer", "num_threads")}
+            | {"library": os.path.basename(lib["filepath"])}
+            for lib in threadpool_info()
+            if lib.get("user_api") == "blas"
+        ],
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _time_once(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def time_case(
+    case: ConvCase | PoolCase,
+    ops: Iterable[str],
+    implementations: Iterable[str],
+    repeat: int,
+    seed: int = 0,
+    max_seconds: float = 20.0,
+) -> list[Result]:
+    """Median wall time of each op of ``case`` for each implementation, runs interleaved.
+
+    Every repetition calls each implementation once in turn, so slow drifts of a shared
+    machine hit all of them alike. An implementation whose calls exceed ``max_seconds`` in
+    total stops early with the runs it has (at least one).
+    """
+    arrays = case.arrays(np.random.default_rng(seed))
+    calls = {}
+    for name in implementations:
+        made = IMPLEMENTATIONS[name](case, arrays)
+        if made is not None:
+            calls[name] = made
+    results = []
+    for op in ops:
+        if op not in case.ops:
+            continue
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        spent = {name: _time_once(calls[name][op]) for name in calls}  # warm-up
+        for _ in range(repeat):
+            for name in calls:
+                if samples[name] and spent[name] > max_seconds:
+                    continue
+                elapsed = _time_once(calls[name][op])
+                samples[name].append(elapsed)
+                spent[name] += elapsed
+        results.append(
+            Result(
+                case.name,
+                op,
+                case.flops(op),
+                {name: statistics.median(s) for name, s in samples.items()},
+                {name: len(s) for name, s in samples.items()},
+            )
+        )
+    return results
+
+
+def extra_memory(case: ConvCase | PoolCase, op: str, batch: int) -> int:
+    """Peak bytes convx allocates for ``op`` beyond its outputs (traced by tracemalloc)."""
+    sized = dataclasses.replace(case, batch=batch)
+    arrays = sized.arrays(np.random.default_rng(0))
+    call = IMPLEMENTATIONS["convx"](sized, arrays)[op]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        outputs = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    flat = outputs if isinstance(outputs, tuple) else (outputs,)
+    output_bytes = sum(a.nbytes for a in flat if isinstance(a, np.ndarray))
+    return peak - before - output_bytes
