@@ -8,7 +8,7 @@
 # Upper bound on the elements of one thread's column buffer; images needing more are
 # processed in chunks of output rows.
 cdef enum:
-    COL_BUDGET = 1 << 22
+    COL_BUDGET = 1 << 20
 
 
 cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
