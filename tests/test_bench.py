@@ -1,0 +1,49 @@
+"""Smoke runs of the benchmark CLI and the pytest-benchmark suites (no timing assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convx.bench.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cli_quick_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    status = main(["--quick", "--case", "lenet_c1", "--case", "maxpool_2x2", "--repeat", "1",
+                   "--memory", "--json", str(out)])
+    assert status == 0
+    table = capsys.readouterr().out
+    assert "lenet_c1" in table and "maxpool_2x2" in table
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["convx"]
+    ops = {(r["case"], r["op"]) for r in payload["results"]}
+    assert ("lenet_c1", "backward") in ops and ("maxpool_2x2", "backward") in ops
+    for result in payload["results"]:
+        assert result["times"]["convx"] > 0
+        assert "numpy" in result["times"]
+    assert payload["memory"]
+
+
+def test_cli_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        main(["--case", "no_such_case"])
+
+
+def test_pytest_benchmark_suite_runs():
+    pytest.importorskip("pytest_benchmark")
+    env = dict(os.environ, CONVX_BENCH_QUICK="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "--benchmark-disable",
+         "-k", "lenet_c1 and convx", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed" in done.stdout
