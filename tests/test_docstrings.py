@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["convx._threads", "convx.functional.conv", "convx.functional.pooling"]
+MODULES = ["convx._config", "convx._threads", "convx.functional.conv", "convx.functional.pooling"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

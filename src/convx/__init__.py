@@ -1,5 +1,6 @@
 """convx: fast 2-D convolution and pooling for neural networks written in NumPy."""
 
+from ._config import show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .functional import (
@@ -35,4 +36,5 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "set_num_threads",
+    "show_config",
 ]
