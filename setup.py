@@ -75,7 +75,7 @@ def build_extensions():
     if _flag_set("CONVX_DEBUG_CYTHON"):
         directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
 
-    compile_args = ["-O3"] if sys.platform != "win32" else ["/O2"]
+    compile_args = ["-O3", "-fopenmp-simd"] if sys.platform != "win32" else ["/O2"]
     link_args = []
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
     if _flag_set("CONVX_MARCH_NATIVE"):
@@ -98,7 +98,7 @@ def build_extensions():
     ext = Extension(
         "convx._core",
         sources=["src/convx/_core.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "src/convx"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

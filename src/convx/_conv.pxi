@@ -395,6 +395,40 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
 # multipliers): a GEMM per group would have a single-row operand, so loops over the kernel
 # taps beat im2col there.
 
+cdef extern from "_simd.h" nogil:
+    void convx_axpy_f(float* dst, const float* src, float a, Py_ssize_t n, Py_ssize_t stride)
+    void convx_axpy_d(double* dst, const double* src, double a, Py_ssize_t n, Py_ssize_t stride)
+    void convx_axpy_scatter_f(float* dst, const float* src, float a, Py_ssize_t n, Py_ssize_t stride)
+    void convx_axpy_scatter_d(double* dst, const double* src, double a, Py_ssize_t n, Py_ssize_t stride)
+    float convx_dot_f(const float* a, const float* b, Py_ssize_t n, Py_ssize_t stride)
+    double convx_dot_d(const double* a, const double* b, Py_ssize_t n, Py_ssize_t stride)
+
+
+cdef inline void _axpy(floating* dst, const floating* src, floating a, Py_ssize_t n,
+                       Py_ssize_t stride) noexcept nogil:
+    """dst[i] += a * src[i * stride]."""
+    if floating is float:
+        convx_axpy_f(dst, src, a, n, stride)
+    else:
+        convx_axpy_d(dst, src, a, n, stride)
+
+
+cdef inline void _axpy_scatter(floating* dst, const floating* src, floating a, Py_ssize_t n,
+                               Py_ssize_t stride) noexcept nogil:
+    """dst[i * stride] += a * src[i]."""
+    if floating is float:
+        convx_axpy_scatter_f(dst, src, a, n, stride)
+    else:
+        convx_axpy_scatter_d(dst, src, a, n, stride)
+
+
+cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """sum_i a[i] * b[i * stride]."""
+    if floating is float:
+        return convx_dot_f(a, b, n, stride)
+    else:
+        return convx_dot_d(a, b, n, stride)
+
 cdef void _direct_forward_plane(const floating* image, const floating* weight, floating bias,
                                 floating* out, ConvGeometry* g) noexcept nogil:
     """out[oh, ow] = bias + sum_{i, j} weight[i, j] * image_padded[oh*sh + i*dh, ow*sw + j*dw]."""
@@ -415,12 +449,8 @@ cdef void _direct_forward_plane(const floating* image, const floating* weight, f
                 iw0 = j * g.dilation_w - g.pad_w
                 _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
                 src = image + ih * g.width + iw0
-                if g.stride_w == 1:
-                    for ow in range(lo, hi):
-                        dst[ow] += tap * src[ow]
-                else:
-                    for ow in range(lo, hi):
-                        dst[ow] += tap * src[ow * g.stride_w]
+                if hi > lo:
+                    _axpy(dst + lo, src + lo * g.stride_w, tap, hi - lo, g.stride_w)
 
 
 cdef void _direct_backward_input_plane(const floating* grad_out, const floating* weight,
@@ -443,12 +473,8 @@ cdef void _direct_backward_input_plane(const floating* grad_out, const floating*
                     iw0 = j * g.dilation_w - g.pad_w
                     _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
                     dst = grad_in + ih * g.width + iw0
-                    if g.stride_w == 1:
-                        for ow in range(lo, hi):
-                            dst[ow] += tap * src[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow * g.stride_w] += tap * src[ow]
+                    if hi > lo:
+                        _axpy_scatter(dst + lo * g.stride_w, src + lo, tap, hi - lo, g.stride_w)
 
 
 cdef floating _direct_weight_tap(const floating* grad_out, const floating* image, ConvGeometry* g,
@@ -466,12 +492,8 @@ cdef floating _direct_weight_tap(const floating* grad_out, const floating* image
             continue
         src = image + ih * g.width + iw0
         dy = grad_out + oh * g.out_w
-        if g.stride_w == 1:
-            for ow in range(lo, hi):
-                total = total + dy[ow] * src[ow]
-        else:
-            for ow in range(lo, hi):
-                total = total + dy[ow] * src[ow * g.stride_w]
+        if hi > lo:
+            total = total + _dot(dy + lo, src + lo * g.stride_w, hi - lo, g.stride_w)
     return total
 
 
