@@ -1,14 +1,17 @@
-# Convolution kernels: im2col/col2im + BLAS GEMM per image (Caffe's scheme), direct loops for
+# Convolution kernels: im2col/col2im + BLAS GEMM (Caffe's scheme), and direct loops for
 # convolutions with one input channel per group (depthwise and friends).
 #
-# Column buffers hold one image (or a bounded chunk of its output rows) per thread, never the
-# whole batch. Threads split the batch; each has its own scratch, and weight gradients are
-# accumulated in per-thread partials that are summed after the parallel region.
+# Work is split into tiles: one image (or a chunk of its output rows, when its column matrix
+# would exceed the per-thread budget), or a block of whole images when their planes are so
+# small that one GEMM per image would be too thin for BLAS to run well. Column buffers hold
+# one tile per thread, never the whole batch. Threads split the tiles; each has its own
+# scratch, and weight gradients are accumulated in per-thread partials summed afterwards.
 
-# Upper bound on the elements of one thread's column buffer; images needing more are
-# processed in chunks of output rows.
 cdef enum:
+    # Upper bound on the elements of one thread's scratch (column matrix + gathered gradients).
     COL_BUDGET = 1 << 20
+    # Images with fewer output pixels than this are blocked together into one GEMM.
+    MIN_GEMM_COLS = 512
 
 
 cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -44,93 +47,81 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
     hi[0] = last
 
 
-cdef void _im2col(const floating* image, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
-                  Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
-                  Py_ssize_t out_w, Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
-    """col[(c, i, j), (oh - row0, ow)] = image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
-    cdef Py_ssize_t n_cols = (row1 - row0) * out_w
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
-    cdef floating* dst
-    cdef const floating* src
-    for c in range(channels):
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                iw0 = j * dilation_w - pad_w
-                _valid_range(iw0, stride_w, width, out_w, &lo, &hi)
-                dst = col + ((c * kernel_h + i) * kernel_w + j) * n_cols
-                for oh in range(row0, row1):
-                    ih = oh * stride_h - pad_h + i * dilation_h
-                    if ih < 0 or ih >= height:
-                        memset(dst, 0, out_w * sizeof(floating))
-                    else:
-                        src = image + (c * height + ih) * width + iw0
-                        for ow in range(lo):
-                            dst[ow] = 0
-                        if stride_w == 1:
-                            for ow in range(lo, hi):
-                                dst[ow] = src[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                dst[ow] = src[ow * stride_w]
-                        for ow in range(hi, out_w):
-                            dst[ow] = 0
-                    dst += out_w
-
-
-cdef void _col2im(const floating* col, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
-                  Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
-                  Py_ssize_t out_w, Py_ssize_t row0, Py_ssize_t row1, floating* image) noexcept nogil:
-    """image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += col[(c, i, j), (oh - row0, ow)] (adjoint of _im2col)."""
-    cdef Py_ssize_t n_cols = (row1 - row0) * out_w
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
-    cdef const floating* src
-    cdef floating* dst
-    for c in range(channels):
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                iw0 = j * dilation_w - pad_w
-                _valid_range(iw0, stride_w, width, out_w, &lo, &hi)
-                src = col + ((c * kernel_h + i) * kernel_w + j) * n_cols
-                for oh in range(row0, row1):
-                    ih = oh * stride_h - pad_h + i * dilation_h
-                    if ih >= 0 and ih < height:
-                        dst = image + (c * height + ih) * width + iw0
-                        if stride_w == 1:
-                            for ow in range(lo, hi):
-                                dst[ow] += src[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                dst[ow * stride_w] += src[ow]
-                    src += out_w
-
-
-cdef inline Py_ssize_t _rows_per_chunk(Py_ssize_t col_rows, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
-    cdef Py_ssize_t rows = COL_BUDGET // (col_rows * out_w)
-    if rows < 1:
-        rows = 1
-    if rows > out_h:
-        rows = out_h
-    return rows
-
-
 cdef struct ConvGeometry:
     Py_ssize_t batch, groups
     Py_ssize_t c_in_g, c_out_g
     Py_ssize_t height, width, out_h, out_w
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
     Py_ssize_t col_rows        # c_in_g * kernel_h * kernel_w
-    Py_ssize_t chunk_rows      # output rows per column buffer
-    bint direct_1x1            # the input plane block is already the column matrix
+    Py_ssize_t chunk_rows      # output rows per tile (out_h unless one image is split)
+    Py_ssize_t block           # whole images per tile (1 unless planes are small)
+    bint direct_1x1            # the input plane is already the column matrix
+
+
+cdef void _im2col(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
+                  floating* col, Py_ssize_t ld) noexcept nogil:
+    """col[(c, i, j) * ld + (oh - row0) * out_w + ow] = image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(g.c_in_g):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                iw0 = j * g.dilation_w - g.pad_w
+                _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                dst = col + ((c * g.kernel_h + i) * g.kernel_w + j) * ld
+                for oh in range(row0, row1):
+                    ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                    if ih < 0 or ih >= g.height:
+                        memset(dst, 0, g.out_w * sizeof(floating))
+                    else:
+                        src = image + (c * g.height + ih) * g.width + iw0
+                        for ow in range(lo):
+                            dst[ow] = 0
+                        if g.stride_w == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow * g.stride_w]
+                        for ow in range(hi, g.out_w):
+                            dst[ow] = 0
+                    dst += g.out_w
+
+
+cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
+                  floating* image, Py_ssize_t ld) noexcept nogil:
+    """image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += col[(c, i, j) * ld + (oh - row0) * out_w + ow] (adjoint of _im2col)."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(g.c_in_g):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                iw0 = j * g.dilation_w - g.pad_w
+                _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                src = col + ((c * g.kernel_h + i) * g.kernel_w + j) * ld
+                for oh in range(row0, row1):
+                    ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                    if ih >= 0 and ih < g.height:
+                        dst = image + (c * g.height + ih) * g.width + iw0
+                        if g.stride_w == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] += src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * g.stride_w] += src[ow]
+                    src += g.out_w
 
 
 cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height, Py_ssize_t width,
                             Py_ssize_t c_out, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
                             Py_ssize_t out_h, Py_ssize_t out_w, int groups,
                             int stride_h, int stride_w, int pad_h, int pad_w,
-                            int dilation_h, int dilation_w):
+                            int dilation_h, int dilation_w, int n_threads):
     cdef ConvGeometry g
+    cdef Py_ssize_t n_out = out_h * out_w
+    cdef Py_ssize_t per_image, most, wanted
     g.batch = batch
     g.groups = groups
     g.c_in_g = c_in // groups
@@ -150,14 +141,24 @@ cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height
     g.col_rows = g.c_in_g * kernel_h * kernel_w
     g.direct_1x1 = (kernel_h == 1 and kernel_w == 1 and stride_h == 1 and stride_w == 1
                     and pad_h == 0 and pad_w == 0 and out_h == height and out_w == width)
-    g.chunk_rows = out_h if g.direct_1x1 else _rows_per_chunk(g.col_rows, out_h, out_w)
+    g.chunk_rows = out_h
+    if not g.direct_1x1 and g.col_rows * n_out > COL_BUDGET:
+        g.chunk_rows = max(1, COL_BUDGET // (g.col_rows * out_w))
+    g.block = 1
+    if n_out < MIN_GEMM_COLS and batch > 1:
+        wanted = (MIN_GEMM_COLS + n_out - 1) // n_out
+        per_image = (g.col_rows + g.c_out_g) * n_out
+        most = max(1, COL_BUDGET // per_image)
+        g.block = min(wanted, most, (batch + n_threads - 1) // n_threads)
+        if g.block > 1:
+            g.direct_1x1 = False
     return g
 
 
 cdef void _split_rows(ConvGeometry* g, int n_threads) noexcept nogil:
     """Shrink the row chunks so that a batch smaller than the team still gives every thread work."""
     cdef Py_ssize_t want
-    if g.batch >= n_threads:
+    if g.batch >= n_threads or g.block > 1:
         return
     want = (n_threads + g.batch - 1) // g.batch
     if want > g.out_h:
@@ -165,109 +166,169 @@ cdef void _split_rows(ConvGeometry* g, int n_threads) noexcept nogil:
     g.chunk_rows = min(g.chunk_rows, (g.out_h + want - 1) // want)
 
 
-cdef inline void _im2col_group(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
-                               floating* col) noexcept nogil:
-    _im2col(image, g.c_in_g, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
-            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.out_w, row0, row1, col)
+cdef inline Py_ssize_t _col_size(ConvGeometry* g) noexcept nogil:
+    if g.direct_1x1:
+        return 1
+    return g.col_rows * g.block * g.chunk_rows * g.out_w
 
 
-cdef inline void _col2im_group(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
-                               floating* image) noexcept nogil:
-    _col2im(col, g.c_in_g, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
-            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.out_w, row0, row1, image)
+cdef inline Py_ssize_t _gathered_size(ConvGeometry* g) noexcept nogil:
+    if g.block == 1:
+        return 1
+    return g.c_out_g * g.block * g.out_h * g.out_w
 
 
-cdef void _forward_rows(const floating* image, const floating* weight, floating* out,
-                        ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
-    """out[grp, :, rows] = W_grp @ im2col(image[grp], rows) for every group, for output rows [row0, row1)."""
+cdef void _gather(const floating* grad_out, ConvGeometry* g, Py_ssize_t grp, Py_ssize_t n_images,
+                  floating* gathered) noexcept nogil:
+    """gathered[m, b * n_out + p] = grad_out[b, grp * c_out_g + m, p]: the block's images side by side."""
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t image_stride = g.groups * g.c_out_g * n_out
+    cdef Py_ssize_t ld = n_images * n_out
+    cdef Py_ssize_t b, m, p
+    cdef const floating* src
+    cdef floating* dst
+    for m in range(g.c_out_g):
+        for b in range(n_images):
+            src = grad_out + b * image_stride + (grp * g.c_out_g + m) * n_out
+            dst = gathered + m * ld + b * n_out
+            for p in range(n_out):
+                dst[p] = src[p]
+
+
+cdef void _scatter(const floating* gathered, ConvGeometry* g, Py_ssize_t grp, Py_ssize_t n_images,
+                   floating* out) noexcept nogil:
+    """out[b, grp * c_out_g + m, p] = gathered[m, b * n_out + p] (inverse of _gather)."""
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t image_stride = g.groups * g.c_out_g * n_out
+    cdef Py_ssize_t ld = n_images * n_out
+    cdef Py_ssize_t b, m, p
+    cdef const floating* src
+    cdef floating* dst
+    for m in range(g.c_out_g):
+        for b in range(n_images):
+            src = gathered + m * ld + b * n_out
+            dst = out + b * image_stride + (grp * g.c_out_g + m) * n_out
+            for p in range(n_out):
+                dst[p] = src[p]
+
+
+cdef void _columns(const floating* images, ConvGeometry* g, Py_ssize_t grp, Py_ssize_t n_images,
+                   Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
+    """The column matrix of group grp for images [0, n_images) and output rows [row0, row1), side by side."""
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
+    cdef Py_ssize_t b
+    for b in range(n_images):
+        _im2col(images + (b * g.groups + grp) * g.c_in_g * plane, g, row0, row1,
+                col + b * n_cols, n_images * n_cols)
+
+
+cdef void _forward_tile(const floating* x, const floating* weight, floating* out, ConvGeometry* g,
+                        Py_ssize_t n_images, Py_ssize_t row0, Py_ssize_t row1,
+                        floating* col, floating* gathered) noexcept nogil:
+    """out[b, grp, :, rows] = W_grp @ im2col(x[b, grp], rows) for the tile's images b and every group."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
     cdef Py_ssize_t grp
-    cdef const floating* image_g
+    cdef const floating* w_grp
     for grp in range(g.groups):
-        image_g = image + grp * g.c_in_g * plane
+        w_grp = weight + grp * g.c_out_g * g.col_rows
         if g.direct_1x1:
-            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1,
-                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, image_g + row0 * g.out_w, plane,
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows,
+                  x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
+            continue
+        _columns(x, g, grp, n_images, row0, row1, col)
+        if n_images == 1:
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows, col, n_cols,
                   0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
         else:
-            _im2col_group(image_g, g, row0, row1, col)
-            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1,
-                  weight + grp * g.c_out_g * g.col_rows, g.col_rows, col, n_cols,
-                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
+            _gemm(False, False, g.c_out_g, n_images * n_cols, g.col_rows, 1, w_grp, g.col_rows,
+                  col, n_images * n_cols, 0, gathered, n_images * n_cols)
+            _scatter(gathered, g, grp, n_images, out)
 
 
-cdef void _backward_input_image(const floating* grad_out, const floating* weight, floating* grad_in,
-                                ConvGeometry* g, floating* col) noexcept nogil:
-    """grad_in = col2im(W_g^T @ grad_out_g) for every group g; grad_in is overwritten."""
+cdef void _backward_input_tile(const floating* grad_out, const floating* weight, floating* grad_in,
+                               ConvGeometry* g, Py_ssize_t n_images,
+                               floating* col, floating* gathered) noexcept nogil:
+    """grad_in[b] = col2im(W_grp^T @ grad_out[b, grp]) for the tile's whole images; grad_in is overwritten."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef Py_ssize_t image_in = g.groups * g.c_in_g * plane
+    cdef Py_ssize_t grp, row0, row1, n_cols, b
+    cdef const floating* w_grp
     if not g.direct_1x1:
-        memset(grad_in, 0, g.groups * g.c_in_g * plane * sizeof(floating))
+        memset(grad_in, 0, n_images * image_in * sizeof(floating))
     for grp in range(g.groups):
+        w_grp = weight + grp * g.c_out_g * g.col_rows
+        if n_images > 1:
+            _gather(grad_out, g, grp, n_images, gathered)
+            _gemm(True, False, g.col_rows, n_images * n_out, g.c_out_g, 1, w_grp, g.col_rows,
+                  gathered, n_images * n_out, 0, col, n_images * n_out)
+            for b in range(n_images):
+                _col2im(col + b * n_out, g, 0, g.out_h, grad_in + b * image_in + grp * g.c_in_g * plane,
+                        n_images * n_out)
+            continue
         row0 = 0
         while row0 < g.out_h:
             row1 = min(row0 + g.chunk_rows, g.out_h)
             n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
-                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
-                      weight + grp * g.c_out_g * g.col_rows, g.col_rows,
+                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1, w_grp, g.col_rows,
                       grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
                       0, grad_in + grp * g.c_in_g * plane + row0 * g.out_w, plane)
             else:
-                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1,
-                      weight + grp * g.c_out_g * g.col_rows, g.col_rows,
-                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
-                      0, col, n_cols)
-                _col2im_group(col, g, row0, row1, grad_in + grp * g.c_in_g * plane)
+                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1, w_grp, g.col_rows,
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, 0, col, n_cols)
+                _col2im(col, g, row0, row1, grad_in + grp * g.c_in_g * plane, n_cols)
             row0 = row1
 
 
-cdef void _backward_weight_image(const floating* grad_out, const floating* image, floating* grad_weight,
-                                 ConvGeometry* g, floating* col) noexcept nogil:
-    """grad_weight_g += grad_out_g @ im2col(image_g)^T for every group g."""
+cdef void _backward_weight_tile(const floating* grad_out, const floating* x, floating* grad_weight,
+                                ConvGeometry* g, Py_ssize_t n_images,
+                                floating* col, floating* gathered) noexcept nogil:
+    """grad_weight_grp += grad_out[b, grp] @ im2col(x[b, grp])^T summed over the tile's whole images."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t grp, row0, row1, n_cols
-    cdef Py_ssize_t ld_columns
-    cdef const floating* image_g
-    cdef const floating* columns
+    cdef floating* dw_grp
     for grp in range(g.groups):
-        image_g = image + grp * g.c_in_g * plane
+        dw_grp = grad_weight + grp * g.c_out_g * g.col_rows
+        if n_images > 1:
+            _gather(grad_out, g, grp, n_images, gathered)
+            _columns(x, g, grp, n_images, 0, g.out_h, col)
+            _gemm(False, True, g.c_out_g, g.col_rows, n_images * n_out, 1, gathered, n_images * n_out,
+                  col, n_images * n_out, 1, dw_grp, g.col_rows)
+            continue
         row0 = 0
         while row0 < g.out_h:
             row1 = min(row0 + g.chunk_rows, g.out_h)
             n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
-                columns = image_g + row0 * g.out_w
-                ld_columns = plane
+                _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                      x + grp * g.c_in_g * plane + row0 * g.out_w, plane, 1, dw_grp, g.col_rows)
             else:
-                _im2col_group(image_g, g, row0, row1, col)
-                columns = col
-                ld_columns = n_cols
-            _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
-                  grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, columns, ld_columns,
-                  1, grad_weight + grp * g.c_out_g * g.col_rows, g.col_rows)
+                _columns(x, g, grp, 1, row0, row1, col)
+                _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, col, n_cols,
+                      1, dw_grp, g.col_rows)
             row0 = row1
 
 
-cdef void _bias_grad_image(const floating* grad_out, floating* grad_bias, Py_ssize_t channels,
-                           Py_ssize_t n_out) noexcept nogil:
-    cdef Py_ssize_t c, p
+cdef void _bias_grad_images(const floating* grad_out, floating* grad_bias, Py_ssize_t n_images,
+                            Py_ssize_t channels, Py_ssize_t n_out) noexcept nogil:
+    cdef Py_ssize_t b, c, p
     cdef floating total
-    for c in range(channels):
-        total = 0
-        for p in range(n_out):
-            total = total + grad_out[c * n_out + p]
-        grad_bias[c] += total
-
-
-cdef inline Py_ssize_t _col_size(ConvGeometry* g) noexcept nogil:
-    if g.direct_1x1:
-        return 1
-    return g.col_rows * g.chunk_rows * g.out_w
+    cdef const floating* plane
+    for b in range(n_images):
+        for c in range(channels):
+            plane = grad_out + (b * channels + c) * n_out
+            total = 0
+            for p in range(n_out):
+                total = total + plane[p]
+            grad_bias[c] += total
 
 
 cdef void _sum_partials(floating* partials, Py_ssize_t n_parts, Py_ssize_t size, floating* out) noexcept nogil:
@@ -286,28 +347,35 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     """out[n, co] = bias[co] + sum_{ci in group(co), i, j} w[co, ci, i, j] * x_padded[n, ci, oh*s + i*d, ow*s + j*d]."""
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     _split_rows(&g, n_threads)
-    cdef Py_ssize_t col_size = _col_size(&g)
+    cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t n_chunks = (g.out_h + g.chunk_rows - 1) // g.chunk_rows
-    cdef Py_ssize_t item, n, row0, row1, c, p, tid
+    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t item, n, n_images, row0, row1, b, c, p, tid
     cdef bint has_bias = bias.shape[0] > 0
-    cdef floating* out_n
-    n_threads = max(1, min(n_threads, g.batch * n_chunks))
-    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=np.asarray(out).dtype)
+    cdef floating* out_b
+    n_threads = max(1, min(n_threads, n_blocks * n_chunks))
+    dtype = np.asarray(out).dtype
+    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
+    cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        for item in prange(g.batch * n_chunks, schedule='static'):
-            n = item // n_chunks
+        for item in prange(n_blocks * n_chunks, schedule='static'):
+            n = (item // n_chunks) * g.block
+            n_images = min(g.block, g.batch - n)
             row0 = (item % n_chunks) * g.chunk_rows
             row1 = min(row0 + g.chunk_rows, g.out_h)
-            out_n = &out[n, 0, 0, 0]
-            _forward_rows(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], out_n, &g, row0, row1, &col[tid * col_size])
+            _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
+                          &col[tid * col_size], &gathered[tid * gathered_size])
             if has_bias:
-                for c in range(out.shape[1]):
-                    for p in range(row0 * g.out_w, row1 * g.out_w):
-                        out_n[c * n_out + p] += bias[c]
+                for b in range(n_images):
+                    out_b = &out[n + b, 0, 0, 0]
+                    for c in range(c_out):
+                        for p in range(row0 * g.out_w, row1 * g.out_w):
+                            out_b[c * n_out + p] += bias[c]
 
 
 def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
@@ -318,16 +386,20 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[1], grad_in.shape[2], grad_in.shape[3],
                                     weight.shape[0], weight.shape[2], weight.shape[3],
                                     grad_out.shape[2], grad_out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
-    cdef Py_ssize_t col_size = _col_size(&g)
-    cdef Py_ssize_t n, tid
-    n_threads = max(1, min(n_threads, g.batch))
-    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=np.asarray(grad_in).dtype)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
+    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t item, n, tid
+    n_threads = max(1, min(n_threads, n_blocks))
+    dtype = np.asarray(grad_in).dtype
+    cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
+    cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        for n in prange(g.batch, schedule='static'):
-            _backward_input_image(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0],
-                                  &g, &col[tid * col_size])
+        for item in prange(n_blocks, schedule='static'):
+            n = item * g.block
+            _backward_input_tile(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0], &g,
+                                 min(g.block, g.batch - n), &col[tid * col_size], &gathered[tid * gathered_size])
 
 
 def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -345,29 +417,33 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], grad_weight.shape[0],
                                     grad_weight.shape[2], grad_weight.shape[3],
                                     grad_out.shape[2], grad_out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
-    cdef Py_ssize_t col_size = _col_size(&g)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t w_size = c_out * g.col_rows
-    cdef Py_ssize_t n, tid
+    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
     cdef bint want_input = grad_in.shape[0] > 0
-    n_threads = max(1, min(n_threads, g.batch))
+    n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_weight).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
+    cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     cdef floating[::1] w_parts = np.zeros(n_threads * w_size, dtype=dtype)
     cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        for n in prange(g.batch, schedule='static'):
-            _backward_weight_image(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size],
-                                   &g, &col[tid * col_size])
+        for item in prange(n_blocks, schedule='static'):
+            n = item * g.block
+            n_images = min(g.block, g.batch - n)
+            _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g, n_images,
+                                  &col[tid * col_size], &gathered[tid * gathered_size])
             if want_bias:
-                _bias_grad_image(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], c_out, n_out)
+                _bias_grad_images(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], n_images, c_out, n_out)
             if want_input:
-                _backward_input_image(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0],
-                                      &g, &col[tid * col_size])
+                _backward_input_tile(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0], &g,
+                                     n_images, &col[tid * col_size], &gathered[tid * gathered_size])
     with nogil:
         _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
         if want_bias:
@@ -504,7 +580,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     """conv2d_forward for weight.shape[1] == 1: out[n, co] = bias[co] + corr(x[n, co // (C_out/groups)], w[co, 0])."""
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
@@ -524,7 +600,7 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[1], grad_in.shape[2], grad_in.shape[3],
                                     weight.shape[0], weight.shape[2], weight.shape[3],
                                     grad_out.shape[2], grad_out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
     with nogil:
@@ -543,7 +619,7 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], grad_weight.shape[0],
                                     grad_weight.shape[2], grad_weight.shape[3],
                                     grad_out.shape[2], grad_out.shape[3], groups,
-                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     cdef Py_ssize_t item, co, tap, n
