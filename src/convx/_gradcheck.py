@@ -164,8 +164,8 @@ def gradcheck(
                 if raise_exception:
                     raise AssertionError(
                         f"gradcheck: the analytical gradient of {name} differs from the numerical one; "
-                        f"worst at index {tuple(int(i) for i in worst)}: analytical {grad[worst]!r}, numerical "
-                        f"{numerical[worst]!r} (tolerance atol={atol} + rtol={rtol} * |numerical|); "
+                        f"worst at index {tuple(int(i) for i in worst)}: analytical {float(grad[worst])!r}, numerical "
+                        f"{float(numerical[worst])!r} (tolerance atol={atol} + rtol={rtol} * |numerical|); "
                         f"{int(np.count_nonzero(excess > 0))} of {array.size} elements out of tolerance"
                     )
                 return False
