@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import expit
 
 from .._checks import as_int
-from .module import Module, as_dtype, check_grad_out, check_input
+from .module import Module, as_dtype, check_input
 
 _ANY_NDIM = range(33)
 
@@ -36,14 +36,13 @@ class ReLU(Module):
     def forward(self, x):
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
-        positive = x > 0
-        self._save_for_backward(positive, x.dtype)
-        return np.maximum(x, 0)
+        y = np.maximum(x, 0)
+        self._save_for_backward(y, x > 0)
+        return y
 
     def backward(self, grad_out):
         """``grad_out`` where the input was positive, 0 elsewhere."""
-        positive, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, positive.shape, dtype)
+        grad_out, (positive,) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, 0)
 
 
@@ -70,13 +69,13 @@ class LeakyReLU(Module):
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         positive = x > 0
-        self._save_for_backward(positive, x.dtype)
-        return np.where(positive, x, x * self.negative_slope)
+        y = np.where(positive, x, x * self.negative_slope)
+        self._save_for_backward(y, positive)
+        return y
 
     def backward(self, grad_out):
         """``grad_out`` scaled by 1 or ``negative_slope``."""
-        positive, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, positive.shape, dtype)
+        grad_out, (positive,) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, grad_out * self.negative_slope)
 
     def extra_repr(self):
@@ -133,13 +132,13 @@ class PReLU(Module):
                 f"does not have that many channels in dimension 1"
             )
         positive = x > 0
-        self._save_for_backward(x, positive)
-        return np.where(positive, x, x * self._broadcast_weight(x.ndim))
+        y = np.where(positive, x, x * self._broadcast_weight(x.ndim))
+        self._save_for_backward(y, x, positive)
+        return y
 
     def backward(self, grad_out):
         """Input gradient; overwrites ``grads['weight']``."""
-        x, positive = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, x.shape, self.dtype)
+        grad_out, (x, positive) = self._saved_for_backward(grad_out)
         grad_slope = np.where(positive, 0, grad_out * x)
         if self.num_parameters == 1:
             self._grads["weight"] = np.atleast_1d(grad_slope.sum()).astype(self.dtype, copy=False)
@@ -177,13 +176,13 @@ class ELU(Module):
         positive = x > 0
         # exp of the clipped input: no overflow for large positive x, whose branch is discarded.
         exp_negative = np.exp(np.minimum(x, 0))
-        self._save_for_backward(positive, exp_negative)
-        return np.where(positive, x, self.alpha * np.expm1(np.minimum(x, 0)))
+        y = np.where(positive, x, self.alpha * np.expm1(np.minimum(x, 0)))
+        self._save_for_backward(y, positive, exp_negative)
+        return y
 
     def backward(self, grad_out):
         """Input gradient: ``grad_out`` times 1 or ``alpha * exp(x)``."""
-        positive, exp_negative = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, positive.shape, exp_negative.dtype)
+        grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, grad_out * (self.alpha * exp_negative))
 
     def extra_repr(self):
@@ -211,13 +210,13 @@ class SELU(Module):
         x = check_input(self, x, _ANY_NDIM)
         positive = x > 0
         exp_negative = np.exp(np.minimum(x, 0))
-        self._save_for_backward(positive, exp_negative)
-        return self.SCALE * np.where(positive, x, self.ALPHA * np.expm1(np.minimum(x, 0)))
+        y = self.SCALE * np.where(positive, x, self.ALPHA * np.expm1(np.minimum(x, 0)))
+        self._save_for_backward(y, positive, exp_negative)
+        return y
 
     def backward(self, grad_out):
         """Input gradient: ``grad_out`` times ``scale`` or ``scale * alpha * exp(x)``."""
-        positive, exp_negative = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, positive.shape, exp_negative.dtype)
+        grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
         return np.where(positive, self.SCALE * grad_out, grad_out * (self.SCALE * self.ALPHA * exp_negative))
 
 
@@ -236,13 +235,12 @@ class Sigmoid(Module):
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         y = expit(x)
-        self._save_for_backward(y)
+        self._save_for_backward(y, y)
         return y
 
     def backward(self, grad_out):
         """Input gradient: ``grad_out * y * (1 - y)``."""
-        (y,) = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, y.shape, y.dtype)
+        grad_out, (y,) = self._saved_for_backward(grad_out)
         return grad_out * y * (1 - y)
 
 
@@ -261,11 +259,10 @@ class Tanh(Module):
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         y = np.tanh(x)
-        self._save_for_backward(y)
+        self._save_for_backward(y, y)
         return y
 
     def backward(self, grad_out):
         """Input gradient: ``grad_out * (1 - y**2)``."""
-        (y,) = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, y.shape, y.dtype)
+        grad_out, (y,) = self._saved_for_backward(grad_out)
         return grad_out * (1 - y * y)

@@ -10,7 +10,7 @@ from .. import functional
 from .._checks import as_bool, as_int, as_pair
 from .._shapes import same_padding
 from .init import default_weight_and_bias
-from .module import Module, as_dtype, check_grad_out, check_input
+from .module import Module, as_dtype, check_input
 
 # PyTorch's padding_mode names -> numpy.pad modes with the same copying rule.
 _NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -187,13 +187,12 @@ class Conv2d(Module):
             conv_input, conv_padding = self._pad_input(x), 0
         weight, bias = self._params["weight"], self._params.get("bias")
         y = functional.conv2d(conv_input, weight, bias, self.stride, conv_padding, self.dilation, self.groups)
-        self._save_for_backward(conv_input, conv_padding, y.shape)
+        self._save_for_backward(y, conv_input, conv_padding)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        conv_input, conv_padding, out_shape = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, self.dtype)
+        grad_out, (conv_input, conv_padding) = self._saved_for_backward(grad_out)
         grad_input, grad_weight, grad_bias = functional.conv2d_backward(
             grad_out, conv_input, self._params["weight"], self.stride, conv_padding, self.dilation, self.groups
         )
@@ -311,13 +310,12 @@ class ConvTranspose2d(Module):
             x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
             self.output_padding, self.groups, self.dilation,
         )
-        self._save_for_backward(x, y.shape)
+        self._save_for_backward(y, x)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        x, out_shape = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, self.dtype)
+        grad_out, (x,) = self._saved_for_backward(grad_out)
         weight = self._params["weight"]
         # The transposed convolution is the adjoint of conv2d(., weight) as a map of its input,
         # so its input gradient is that conv2d, and its weight gradient is conv2d's weight gradient

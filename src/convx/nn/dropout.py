@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .init import as_generator
-from .module import Module, check_grad_out, check_input
+from .module import Module, check_input
 
 
 class Dropout(Module):
@@ -50,19 +50,20 @@ class Dropout(Module):
         """``x`` of any shape, masked and rescaled in training mode."""
         x = check_input(self, x, range(33))
         if not self.training or self.p == 0:
-            self._save_for_backward(None, x.shape, x.dtype)
-            return x.copy()
+            y = x.copy()
+            self._save_for_backward(y, None)
+            return y
         keep = self.rng.random(x.shape) >= self.p
         # p == 1 keeps nothing; avoid the division by zero of the usual scale.
         scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
         mask = keep.astype(x.dtype) * x.dtype.type(scale)
-        self._save_for_backward(mask, x.shape, x.dtype)
-        return x * mask
+        y = x * mask
+        self._save_for_backward(y, mask)
+        return y
 
     def backward(self, grad_out):
         """``grad_out`` times the forward pass's mask (unchanged in evaluation mode)."""
-        mask, shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, shape, dtype)
+        grad_out, (mask,) = self._saved_for_backward(grad_out)
         return grad_out.copy() if mask is None else grad_out * mask
 
     def extra_repr(self):

@@ -6,7 +6,7 @@ import numpy as np
 
 from .._checks import as_bool, as_int
 from .init import default_weight_and_bias
-from .module import Module, as_dtype, check_grad_out, check_input
+from .module import Module, as_dtype, check_input
 
 
 class Linear(Module):
@@ -63,13 +63,12 @@ class Linear(Module):
         y = x @ self._params["weight"].T
         if "bias" in self._params:
             y += self._params["bias"]
-        self._save_for_backward(x, y.shape)
+        self._save_for_backward(y, x)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (..., out_features); overwrites ``grads['weight'|'bias']``."""
-        x, out_shape = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, self.dtype)
+        grad_out, (x,) = self._saved_for_backward(grad_out)
         grad_rows = grad_out.reshape(-1, self.out_features)
         self._grads["weight"] = grad_rows.T @ x.reshape(-1, self.in_features)
         if "bias" in self._params:
@@ -115,13 +114,13 @@ class Flatten(Module):
                 f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit x of shape {x.shape}"
             )
         y = x.reshape(*x.shape[:start], -1, *x.shape[end + 1 :]) if x.ndim else x.reshape(1)
-        self._save_for_backward(x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out):
         """``grad_out`` reshaped to the input's shape."""
-        input_shape, out_shape, dtype = self._saved_for_backward()
-        return check_grad_out(self, grad_out, out_shape, dtype).reshape(input_shape)
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return grad_out.reshape(input_shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -226,18 +226,25 @@ class Module:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
-    def _save_for_backward(self, *values) -> None:
-        self._cache = values
+    def _save_for_backward(self, output: np.ndarray, *values) -> None:
+        """Keep ``values`` for backward, with the output's shape and dtype to check grad_out against."""
+        self._cache = (output.shape, output.dtype, values)
 
-    def _saved_for_backward(self) -> tuple:
-        """The forward pass's cache, released: a second backward needs a new forward."""
+    def _saved_for_backward(self, grad_out) -> tuple[np.ndarray, tuple]:
+        """Validate ``grad_out`` against the forward output, then release the cache.
+
+        Returns ``(grad_out, values)``. A rejected ``grad_out`` leaves the cache in place, so the
+        caller can retry; a successful call releases it (a second backward needs a new forward).
+        """
         if self._cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding forward(): call forward(x) first "
                 "(each forward supports one backward)"
             )
-        cache, self._cache = self._cache, None
-        return cache
+        shape, dtype, values = self._cache
+        grad_out = check_grad_out(self, grad_out, shape, dtype)
+        self._cache = None
+        return grad_out, values
 
     def extra_repr(self) -> str:
         return ""

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .._checks import as_bool, as_int
-from .module import Module, as_dtype, check_grad_out, check_input
+from .module import Module, as_dtype, check_input
 
 
 class BatchNorm2d(Module):
@@ -111,15 +111,16 @@ class BatchNorm2d(Module):
             mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.eps)
         x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
-        self._save_for_backward(x_hat, inv_std, use_batch_stats)
-        if not self.affine:
-            return x_hat
-        return x_hat * self._params["weight"][:, None, None] + self._params["bias"][:, None, None]
+        if self.affine:
+            y = x_hat * self._params["weight"][:, None, None] + self._params["bias"][:, None, None]
+        else:
+            y = x_hat.copy()  # x_hat itself stays private to backward
+        self._save_for_backward(y, x_hat, inv_std, use_batch_stats)
+        return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
-        x_hat, inv_std, used_batch_stats = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, x_hat.shape, self.dtype)
+        grad_out, (x_hat, inv_std, used_batch_stats) = self._saved_for_backward(grad_out)
         if self.affine:
             self._grads["weight"] = (grad_out * x_hat).sum(axis=(0, 2, 3))
             self._grads["bias"] = grad_out.sum(axis=(0, 2, 3))

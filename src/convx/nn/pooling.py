@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import functional
 from .._checks import as_bool, as_int, as_pair
-from .module import Module, check_grad_out, check_input
+from .module import Module, check_input
 
 
 def _output_size_arg(value):
@@ -67,13 +67,12 @@ class MaxPool2d(Module):
         y, indices = functional.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
         )
-        self._save_for_backward(indices, x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, indices, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape)."""
-        indices, input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out, indices, input_shape)
 
     def extra_repr(self):
@@ -128,13 +127,12 @@ class AvgPool2d(Module):
         """Mean over each window of ``x`` (N, C, H, W) or (C, H, W)."""
         x = check_input(self, x, (3, 4))
         y = functional.avg_pool2d(x, *self._options())
-        self._save_for_backward(x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape)."""
-        input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.avg_pool2d_backward(grad_out, input_shape, *self._options())
 
     def extra_repr(self):
@@ -174,13 +172,12 @@ class AdaptiveAvgPool2d(Module):
         """Average ``x`` (N, C, H, W) or (C, H, W) down to (N, C, H_out, W_out)."""
         x = check_input(self, x, (3, 4))
         y = functional.adaptive_avg_pool2d(x, _resolve_output_size(self.output_size, x))
-        self._save_for_backward(x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape)."""
-        input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.adaptive_avg_pool2d_backward(grad_out, input_shape)
 
     def extra_repr(self):
@@ -211,13 +208,12 @@ class AdaptiveMaxPool2d(Module):
         """Max of ``x`` (N, C, H, W) or (C, H, W) over adaptive windows: (N, C, H_out, W_out)."""
         x = check_input(self, x, (3, 4))
         y, indices = functional.adaptive_max_pool2d(x, _resolve_output_size(self.output_size, x), return_indices=True)
-        self._save_for_backward(indices, x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, indices, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape)."""
-        indices, input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out, indices, input_shape)
 
     def extra_repr(self):
@@ -250,13 +246,12 @@ class GlobalAvgPool2d(Module):
         y = functional.adaptive_avg_pool2d(x, (1, 1))
         if not self.keepdims:
             y = y[..., 0, 0]
-        self._save_for_backward(x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape): each position gets 1/(H*W) of its channel's."""
-        input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.adaptive_avg_pool2d_backward(grad_out.reshape(*input_shape[:-2], 1, 1), input_shape)
 
     def extra_repr(self):
@@ -289,13 +284,12 @@ class GlobalMaxPool2d(Module):
         y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
         if not self.keepdims:
             y = y[..., 0, 0]
-        self._save_for_backward(indices, x.shape, y.shape, y.dtype)
+        self._save_for_backward(y, indices, x.shape)
         return y
 
     def backward(self, grad_out):
         """Input gradient for ``grad_out`` (the output's shape): each channel's goes to its (first) maximum."""
-        indices, input_shape, out_shape, dtype = self._saved_for_backward()
-        grad_out = check_grad_out(self, grad_out, out_shape, dtype)
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out.reshape(indices.shape), indices, input_shape)
 
     def extra_repr(self):
