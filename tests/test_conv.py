@@ -13,7 +13,14 @@ import pytest
 from _helpers import (
     CHANNELS,
     CONV_OPS,
+    DILATIONS,
+    DTYPE_IDS,
+    IMAGES,
     LAYOUTS,
+    PADDINGS,
+    SPECIAL_CASES,
+    STRIDES,
+    TRANSPOSE_CASES,
     ConvCase,
     TransposeCase,
     check_fresh_outputs,
@@ -26,19 +33,6 @@ from conftest import DTYPES, assert_close
 import convx
 import convx.functional as F
 from convx.reference import conv as reference
-
-DTYPE_IDS = ["float32", "float64"]
-
-# (N, H, W, kernel): an odd and an even spatial size, non-square kernels.
-IMAGES = {
-    "2x7x10-k3x2": (2, 7, 10, (3, 2)),
-    "3x6x5-k1x3": (3, 6, 5, (1, 3)),
-}
-
-STRIDES = [1, 2, (1, 3)]
-PADDINGS = [0, 1, (2, 0)]
-DILATIONS = [1, 2, (2, 1)]
-
 
 def _check_conv_op(case: ConvCase, op: str, dtype, rng):
     """Run ``op`` in convx and in the reference on the same data and compare everything."""
@@ -84,58 +78,6 @@ def test_conv_grid_matches_reference(dtype, stride, padding, dilation, channels,
     _check_conv_op(case, op, dtype, rng)
 
 
-# Geometries the grid does not reach: (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups).
-SPECIAL_CASES = {
-    "stride-larger-than-kernel": ConvCase(2, 3, 11, 13, 4, (2, 2), stride=3),
-    "stride-larger-than-kernel-asymmetric": ConvCase(2, 2, 9, 14, 3, (1, 2), stride=(4, 3), padding=(0, 1)),
-    "padding-at-least-kernel": ConvCase(2, 3, 5, 6, 2, (2, 3), padding=(3, 4)),
-    "padding-at-least-kernel-strided": ConvCase(1, 2, 4, 5, 3, (3, 2), stride=2, padding=(4, 3)),
-    "kernel-equals-input": ConvCase(2, 3, 5, 4, 6, (5, 4)),
-    "dilated-kernel-equals-input": ConvCase(2, 2, 5, 7, 3, (3, 4), dilation=(2, 2)),
-    "kernel-equals-padded-input": ConvCase(1, 2, 3, 2, 2, (5, 6), padding=(1, 2)),
-    "1x1": ConvCase(2, 3, 6, 7, 5, (1, 1)),
-    "1x1-no-bias": ConvCase(3, 4, 5, 5, 2, (1, 1), bias=False),
-    "1x1-stride2": ConvCase(2, 3, 7, 8, 5, (1, 1), stride=2),
-    "1x1-stride-asymmetric": ConvCase(2, 3, 7, 8, 5, (1, 1), stride=(1, 2)),
-    "1x1-padded": ConvCase(2, 3, 4, 5, 2, (1, 1), padding=1),
-    "1x1-dilated": ConvCase(2, 3, 4, 5, 2, (1, 1), dilation=3),
-    "1x1-grouped": ConvCase(2, 6, 5, 4, 9, (1, 1), groups=3),
-    "1x1-depthwise": ConvCase(2, 5, 5, 4, 5, (1, 1), groups=5),
-    "single-input-channel": ConvCase(3, 1, 9, 8, 4, (3, 3), padding=1),
-    "single-input-and-output-channel": ConvCase(2, 1, 6, 9, 1, (2, 4), stride=(2, 1)),
-    "same-odd-kernel": ConvCase(2, 3, 7, 6, 4, (3, 5), padding="same"),
-    "same-even-kernel": ConvCase(2, 3, 7, 6, 4, (4, 2), padding="same"),
-    "same-even-kernel-dilated": ConvCase(2, 2, 9, 8, 3, (2, 4), padding="same", dilation=(3, 2)),
-    "same-even-kernel-grouped": ConvCase(2, 4, 6, 7, 6, (2, 2), padding="same", groups=2),
-    "same-even-kernel-depthwise": ConvCase(2, 3, 8, 9, 6, (4, 3), padding="same", groups=3),
-    "same-1x1": ConvCase(2, 3, 5, 4, 2, (1, 1), padding="same"),
-    "valid-even-kernel": ConvCase(2, 3, 7, 6, 4, (4, 2), padding="valid"),
-    "valid-depthwise": ConvCase(2, 4, 7, 6, 4, (2, 3), padding="valid", groups=4),
-    "asymmetric-everything": ConvCase(2, 4, 13, 11, 6, (3, 2), stride=(2, 3), padding=(1, 2), dilation=(3, 2), groups=2),
-    "depthwise-wide-rows": ConvCase(2, 8, 9, 67, 8, (3, 5), stride=(1, 2), padding=(1, 2), dilation=(1, 2), groups=8),
-    "depthwise-x2-wide-rows": ConvCase(2, 4, 13, 41, 8, (5, 3), stride=2, padding=2, groups=4),
-    "depthwise-x3-odd": ConvCase(3, 2, 17, 19, 6, (3, 3), stride=(3, 1), padding=(0, 1), dilation=(1, 3), groups=2),
-    "depthwise-no-bias": ConvCase(2, 6, 10, 33, 6, (3, 3), padding=1, groups=6, bias=False),
-    "depthwise-kernel-equals-input": ConvCase(2, 3, 4, 5, 3, (4, 5), groups=3),
-    "many-small-images": ConvCase(19, 3, 4, 5, 4, (3, 2), padding=1),
-    "many-small-images-grouped": ConvCase(23, 4, 3, 3, 4, (2, 2), stride=1, padding=(0, 1), groups=2),
-    "many-small-images-depthwise": ConvCase(21, 3, 5, 4, 3, (3, 3), padding=1, groups=3),
-    "one-tall-image": ConvCase(1, 3, 61, 7, 5, (3, 3), padding=1),
-    "one-wide-image-strided": ConvCase(1, 2, 5, 83, 3, (2, 4), stride=(1, 3), dilation=(2, 1)),
-    "unbatched": ConvCase(1, 3, 8, 9, 4, (3, 2), stride=(1, 2), padding=1, unbatched=True),
-    "unbatched-grouped-dilated": ConvCase(1, 4, 9, 8, 6, (2, 3), padding=(2, 1), dilation=2, groups=2, unbatched=True),
-    "unbatched-depthwise": ConvCase(1, 5, 8, 9, 5, (3, 3), stride=2, groups=5, unbatched=True),
-    "unbatched-same": ConvCase(1, 3, 6, 7, 2, (2, 4), padding="same", unbatched=True),
-    "unbatched-1x1": ConvCase(1, 3, 6, 7, 2, (1, 1), unbatched=True),
-    "many-channels": ConvCase(2, 24, 6, 5, 40, (3, 3), padding=1),
-    # Column matrices of more than 2^22 elements per image, so the kernels must split each
-    # image's output rows into chunks (16 * 3 * 3 rows by 200 * 200 or 171 * 171 columns).
-    "chunked-rows": ConvCase(2, 16, 200, 200, 8, (3, 3), padding=1),
-    "chunked-rows-strided-dilated": ConvCase(1, 16, 343, 344, 5, (3, 3), stride=2, padding=(2, 1), dilation=2),
-    "chunked-rows-grouped": ConvCase(1, 32, 190, 170, 6, (3, 3), padding=(1, 0), groups=2),
-}
-
-
 @pytest.mark.parametrize("op", CONV_OPS)
 @pytest.mark.parametrize("name", list(SPECIAL_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -162,27 +104,6 @@ def test_conv_transpose2d_grid_matches_reference(
         extra = 0
     case = TransposeCase(n, c_in, height, width, c_out, kernel, stride, padding, extra, dilation, groups)
     _check_conv_transpose(case, dtype, rng)
-
-
-TRANSPOSE_CASES = {
-    "stride2-output-padding": TransposeCase(2, 3, 5, 6, 4, (3, 3), stride=2, padding=1, output_padding=1),
-    "output-padding-below-dilation": TransposeCase(2, 3, 5, 6, 4, (3, 2), padding=1, output_padding=2, dilation=3),
-    "output-padding-asymmetric": TransposeCase(
-        2, 4, 4, 5, 6, (2, 3), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), groups=2
-    ),
-    "stride-larger-than-kernel": TransposeCase(2, 3, 4, 5, 2, (2, 2), stride=3),
-    "large-padding": TransposeCase(2, 2, 6, 6, 3, (3, 3), stride=2, padding=(4, 3)),
-    "1x1": TransposeCase(2, 3, 5, 4, 6, (1, 1)),
-    "1x1-stride2": TransposeCase(2, 3, 5, 4, 6, (1, 1), stride=2, output_padding=1),
-    "depthwise": TransposeCase(2, 4, 7, 9, 4, (3, 3), stride=2, padding=1, output_padding=1, groups=4),
-    "depthwise-x2-wide": TransposeCase(2, 3, 5, 37, 6, (3, 5), stride=(1, 2), padding=(1, 2), groups=3),
-    "single-input-channel": TransposeCase(3, 1, 4, 5, 3, (4, 4), stride=2, padding=1),
-    "no-bias": TransposeCase(2, 3, 5, 5, 2, (2, 2), stride=2, bias=False),
-    "many-small-images": TransposeCase(17, 2, 3, 3, 3, (2, 2), stride=2),
-    "unbatched": TransposeCase(1, 4, 5, 6, 6, (3, 2), stride=2, padding=1, groups=2, unbatched=True),
-    "unbatched-depthwise": TransposeCase(1, 3, 5, 6, 3, (3, 3), dilation=2, groups=3, unbatched=True),
-    "chunked-rows": TransposeCase(1, 8, 100, 120, 16, (3, 3), stride=2, padding=1, output_padding=1),
-}
 
 
 @pytest.mark.parametrize("name", list(TRANSPOSE_CASES))
