@@ -159,12 +159,16 @@ SPECIAL_CASES = {
     "kernel-equals-input": ConvCase(2, 3, 5, 4, 6, (5, 4)),
     "dilated-kernel-equals-input": ConvCase(2, 2, 5, 7, 3, (3, 4), dilation=(2, 2)),
     "kernel-equals-padded-input": ConvCase(1, 2, 3, 2, 2, (5, 6), padding=(1, 2)),
+    "stride-larger-than-input": ConvCase(2, 3, 5, 4, 2, (2, 2), stride=(7, 9)),
+    "padding-much-larger-than-input": ConvCase(2, 2, 3, 2, 3, (2, 3), stride=(2, 3), padding=(6, 5)),
+    "dilation-larger-than-input": ConvCase(2, 2, 9, 8, 3, (2, 2), dilation=(8, 7)),
     "1x1": ConvCase(2, 3, 6, 7, 5, (1, 1)),
     "1x1-no-bias": ConvCase(3, 4, 5, 5, 2, (1, 1), bias=False),
     "1x1-stride2": ConvCase(2, 3, 7, 8, 5, (1, 1), stride=2),
     "1x1-stride-asymmetric": ConvCase(2, 3, 7, 8, 5, (1, 1), stride=(1, 2)),
     "1x1-padded": ConvCase(2, 3, 4, 5, 2, (1, 1), padding=1),
     "1x1-dilated": ConvCase(2, 3, 4, 5, 2, (1, 1), dilation=3),
+    "1x1-strided-padded-depthwise": ConvCase(2, 4, 7, 6, 8, (1, 1), stride=(2, 3), padding=(1, 0), groups=4),
     "1x1-grouped": ConvCase(2, 6, 5, 4, 9, (1, 1), groups=3),
     "1x1-depthwise": ConvCase(2, 5, 5, 4, 5, (1, 1), groups=5),
     "single-input-channel": ConvCase(3, 1, 9, 8, 4, (3, 3), padding=1),
@@ -297,12 +301,22 @@ def _axes_permuted(a):
     return storage.transpose(tuple(reversed(range(a.ndim))))
 
 
+def _unaligned(a):
+    """Elements one byte off their natural alignment (as from a packed binary buffer)."""
+    storage = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    shifted = np.ndarray(a.shape, dtype=a.dtype, buffer=storage.data, offset=1)
+    shifted[...] = a
+    assert not shifted.flags.aligned
+    return shifted
+
+
 LAYOUTS = {
     "fortran": _fortran,
     "non-contiguous": _non_contiguous,
     "negative-strides": _negative_strides,
     "read-only": _read_only,
     "axes-permuted": _axes_permuted,
+    "unaligned": _unaligned,
 }
 
 

@@ -221,6 +221,28 @@ def test_large_image_separate_backward_passes_strided(rng):
     )
 
 
+FLOAT32_ACCURACY_CASES = {
+    "many-channels": ConvCase(4, 64, 14, 13, 48, (3, 3), padding=1),
+    "grouped-large-reduction": ConvCase(8, 8, 40, 44, 8, (3, 3), stride=(1, 2), padding=1, groups=2),
+    "depthwise-large-plane": ConvCase(2, 3, 250, 230, 6, (3, 3), padding=1, dilation=(1, 2), groups=3),
+    "1x1-large-reduction": ConvCase(8, 96, 20, 20, 32, (1, 1)),
+}
+
+
+@pytest.mark.parametrize("op", CONV_OPS)
+@pytest.mark.parametrize("name", list(FLOAT32_ACCURACY_CASES))
+def test_float32_results_are_accurate_against_float64(name, op, rng):
+    # float32 inputs, compared with the float64 reference on the same (float32-representable)
+    # values: the float32 accumulation error must stay within the float32 tolerance.
+    case = FLOAT32_ACCURACY_CASES[name]
+    arrays = case.arrays(rng, np.float32)
+    outputs = run_conv_op(F, op, *arrays, case.kwargs)
+    exact = run_conv_op(reference, op, *[None if a is None else a.astype(np.float64) for a in arrays], case.kwargs)
+    for out, truth in zip(outputs, exact, strict=True):
+        assert out.dtype == np.float32
+        assert_close(out, truth, np.float32)
+
+
 def _coverage(op, case, x_mask=None, grad_mask=None):
     """Which outputs of ``op`` read a masked input: the reference run on 0/1 indicators and |w| = 1."""
     ones_weight = np.ones(case.weight_shape)

@@ -120,6 +120,20 @@ def test_bad_thread_count_raises_and_changes_nothing(module, value, error, resto
     assert module.get_num_threads() == before
 
 
+def test_huge_thread_count_is_refused_or_harmless(restore_threads, rng):
+    # A count that no OpenMP team can have (and that overflows a C int): set_num_threads
+    # must refuse it with a ValueError naming n, or the ops must still run with it.
+    x = rng.standard_normal((2, 3, 8, 8))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    try:
+        convx.set_num_threads(2**31)
+    except ValueError as exc:
+        assert "n" in str(exc).split()[0]
+        return
+    assert_close(F.conv2d(x, weight, padding=1), reference.conv2d(x, weight, padding=1))
+    assert_close(F.conv2d(x, weight[:, :1], groups=3), reference.conv2d(x, weight[:, :1], groups=3))
+
+
 CONCURRENT_CASES = [
     ConvCase(3, 4, 12, 11, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
     ConvCase(4, 6, 10, 13, 6, (3, 3), padding="same", groups=6),
