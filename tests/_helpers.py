@@ -285,8 +285,9 @@ def _non_contiguous(a):
 
 
 def _negative_strides(a):
-    flipped = np.ascontiguousarray(a[..., ::-1, ::-1]) if a.ndim >= 2 else np.ascontiguousarray(a[::-1])
-    return flipped[..., ::-1, ::-1] if a.ndim >= 2 else flipped[::-1]
+    """A view with every stride negative: the reversed storage of a reversed copy."""
+    reverse_all = (slice(None, None, -1),) * a.ndim
+    return np.ascontiguousarray(a[reverse_all])[reverse_all]
 
 
 def _read_only(a):
