@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import convx.functional as F
-from convx.reference import conv as reference
 
 # The ops of the conv2d family; each test compares them one at a time.
 CONV_OPS = ["forward", "backward_input", "backward_weight", "backward_bias", "backward"]
@@ -180,8 +179,12 @@ SPECIAL_CASES = {
     "same-even-kernel-depthwise": ConvCase(2, 3, 8, 9, 6, (4, 3), padding="same", groups=3),
     "same-1x1": ConvCase(2, 3, 5, 4, 2, (1, 1), padding="same"),
     "valid-even-kernel": ConvCase(2, 3, 7, 6, 4, (4, 2), padding="valid"),
+    "valid-strided": ConvCase(2, 3, 9, 8, 4, (3, 2), stride=(2, 3), padding="valid", dilation=(1, 2)),
+    "same-stride-pair-of-ones": ConvCase(2, 3, 6, 5, 2, (3, 4), stride=(1, 1), padding="same"),
     "valid-depthwise": ConvCase(2, 4, 7, 6, 4, (2, 3), padding="valid", groups=4),
-    "asymmetric-everything": ConvCase(2, 4, 13, 11, 6, (3, 2), stride=(2, 3), padding=(1, 2), dilation=(3, 2), groups=2),
+    "asymmetric-everything": ConvCase(
+        2, 4, 13, 11, 6, (3, 2), stride=(2, 3), padding=(1, 2), dilation=(3, 2), groups=2
+    ),
     "depthwise-wide-rows": ConvCase(2, 8, 9, 67, 8, (3, 5), stride=(1, 2), padding=(1, 2), dilation=(1, 2), groups=8),
     "depthwise-x2-wide-rows": ConvCase(2, 4, 13, 41, 8, (5, 3), stride=2, padding=2, groups=4),
     "depthwise-x3-odd": ConvCase(3, 2, 17, 19, 6, (3, 3), stride=(3, 1), padding=(0, 1), dilation=(1, 3), groups=2),

@@ -34,6 +34,7 @@ import convx
 import convx.functional as F
 from convx.reference import conv as reference
 
+
 def _check_conv_op(case: ConvCase, op: str, dtype, rng):
     """Run ``op`` in convx and in the reference on the same data and compare everything."""
     x, weight, bias, grad_out = case.arrays(rng, dtype)
@@ -251,7 +252,12 @@ def _coverage(op, case, x_mask=None, grad_mask=None):
     if op == "backward_input":
         return reference.conv2d_backward_input(grad_mask.astype(float), ones_weight, case.x_shape, **case.kwargs) > 0
     if op == "backward_weight":
-        return reference.conv2d_backward_weight(grad_mask.astype(float), x_mask.astype(float), case.weight_shape, **case.kwargs) > 0
+        return (
+            reference.conv2d_backward_weight(
+                grad_mask.astype(float), x_mask.astype(float), case.weight_shape, **case.kwargs
+            )
+            > 0
+        )
     raise AssertionError(op)
 
 

@@ -30,8 +30,13 @@ def _base(op):
         return dict(grad_out=grad_out, x=x, weight=weight, **GEOMETRY)
     if op == "conv_transpose2d":
         # x (2, 4, 5, 5) -> y (2, 6, 7, 6): the adjoint of the conv2d above.
-        return dict(x=grad_out[:, :4], weight=rng.standard_normal((4, 3, 3, 2)), bias=rng.standard_normal(6),
-                    output_padding=0, **GEOMETRY)
+        return dict(
+            x=grad_out[:, :4],
+            weight=rng.standard_normal((4, 3, 3, 2)),
+            bias=rng.standard_normal(6),
+            output_padding=0,
+            **GEOMETRY,
+        )
     raise AssertionError(op)
 
 
@@ -41,8 +46,14 @@ def _call(op, **overrides):
     return getattr(F, op)(**kwargs)
 
 
-ALL_OPS = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias", "conv2d_backward",
-           "conv_transpose2d"]
+ALL_OPS = [
+    "conv2d",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "conv2d_backward_bias",
+    "conv2d_backward",
+    "conv_transpose2d",
+]
 GEOMETRY_OPS = [op for op in ALL_OPS if op != "conv2d_backward_bias"]
 ARRAY_ARGS = [(op, name) for op in ALL_OPS for name, value in _base(op).items() if isinstance(value, np.ndarray)]
 ARRAY_IDS = [f"{op}-{name}" for op, name in ARRAY_ARGS]
@@ -77,8 +88,11 @@ def test_unsupported_dtype_is_type_error(op_and_arg, bad_dtype):
     assert "float64" in str(info.value)
 
 
-@pytest.mark.parametrize("op_and_arg", [(op, a) for op, a in ARRAY_ARGS if op != "conv2d_backward_bias"],
-                         ids=[i for i in ARRAY_IDS if not i.startswith("conv2d_backward_bias")])
+@pytest.mark.parametrize(
+    "op_and_arg",
+    [(op, a) for op, a in ARRAY_ARGS if op != "conv2d_backward_bias"],
+    ids=[i for i in ARRAY_IDS if not i.startswith("conv2d_backward_bias")],
+)
 @pytest.mark.parametrize("odd_one", [np.float32, np.float64], ids=["float32-among-float64", "float64-among-float32"])
 def test_mixed_precision_is_type_error(op_and_arg, odd_one):
     op, argument = op_and_arg
@@ -91,8 +105,11 @@ def test_mixed_precision_is_type_error(op_and_arg, odd_one):
 
 
 @pytest.mark.parametrize("value", [None, 3.0, "x", [[1.0, 2.0], [3.0]]], ids=["None", "float", "str", "ragged"])
-@pytest.mark.parametrize("op_and_arg", [(op, a) for op, a in ARRAY_ARGS if a != "bias"],
-                         ids=[i for i in ARRAY_IDS if not i.endswith("-bias")])
+@pytest.mark.parametrize(
+    "op_and_arg",
+    [(op, a) for op, a in ARRAY_ARGS if a != "bias"],
+    ids=[i for i in ARRAY_IDS if not i.endswith("-bias")],
+)
 def test_non_array_is_type_error(op_and_arg, value):
     op, argument = op_and_arg
     with pytest.raises(TypeError, match=_name(argument)):
@@ -211,8 +228,13 @@ def test_bad_weight_shape(weight_shape, error):
 @pytest.mark.parametrize(
     "weight_shape",
     [(6, 3, 3, 2), (6, 1, 3, 2), (5, 2, 3, 2), (6, 2, 5, 2), (6, 2, 3, 3)],
-    ids=["c-in-per-group-too-big", "c-in-per-group-too-small", "c-out-not-multiple-of-groups", "kernel-height",
-         "kernel-width"],
+    ids=[
+        "c-in-per-group-too-big",
+        "c-in-per-group-too-small",
+        "c-out-not-multiple-of-groups",
+        "kernel-height",
+        "kernel-width",
+    ],
 )
 def test_weight_shape_inconsistent_with_x_or_grad_out_is_value_error(weight_shape):
     with pytest.raises(ValueError, match=r"weight_shape|\bx\b|grad_out|groups"):
@@ -302,8 +324,10 @@ def test_negative_output_padding_is_value_error(value):
         _call("conv_transpose2d", output_padding=value)
 
 
-PAIR_ARGS = {op: ["stride", "padding", "dilation"] + (["output_padding"] if op == "conv_transpose2d" else [])
-             for op in GEOMETRY_OPS}
+PAIR_ARGS = {
+    op: ["stride", "padding", "dilation"] + (["output_padding"] if op == "conv_transpose2d" else [])
+    for op in GEOMETRY_OPS
+}
 PAIR_CASES = [(op, argument) for op in GEOMETRY_OPS for argument in PAIR_ARGS[op]]
 PAIR_IDS = [f"{op}-{argument}" for op, argument in PAIR_CASES]
 
@@ -367,6 +391,7 @@ def test_array_as_an_int_argument_is_type_error(op):
 
 # --- padding strings ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["full", "SAME", "Valid", "", "same "], ids=repr)
 @pytest.mark.parametrize("op", [op for op in GEOMETRY_OPS if op != "conv_transpose2d"])
 def test_unknown_padding_string_is_value_error(op, value):
@@ -388,6 +413,7 @@ def test_conv_transpose2d_takes_no_padding_strings(value):
 
 
 # --- sizes -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "overrides",
@@ -451,7 +477,11 @@ def test_output_padding_must_be_below_stride_or_dilation(overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(stride=2, output_padding=1), dict(stride=1, dilation=3, output_padding=2), dict(stride=(3, 1), output_padding=(2, 0))],
+    [
+        dict(stride=2, output_padding=1),
+        dict(stride=1, dilation=3, output_padding=2),
+        dict(stride=(3, 1), output_padding=(2, 0)),
+    ],
     ids=["below-stride", "below-dilation", "per-axis"],
 )
 def test_output_padding_below_stride_or_dilation_is_accepted(overrides):

@@ -79,9 +79,13 @@ def test_conv2d_backward_input_is_the_adjoint(name, rng):
 
 
 TRANSPOSE_GRADIENT_CASES = {
-    "strided-output-padding": TransposeCase(2, 4, 4, 5, 6, (3, 2), stride=(2, 3), padding=1, output_padding=(1, 2), groups=2),
+    "strided-output-padding": TransposeCase(
+        2, 4, 4, 5, 6, (3, 2), stride=(2, 3), padding=1, output_padding=(1, 2), groups=2
+    ),
     "dilated": TransposeCase(1, 3, 5, 4, 2, (2, 3), padding=(1, 0), dilation=(2, 1)),
-    "output-padding-below-dilation": TransposeCase(1, 2, 4, 4, 3, (3, 2), padding=1, output_padding=(2, 1), dilation=(3, 2)),
+    "output-padding-below-dilation": TransposeCase(
+        1, 2, 4, 4, 3, (3, 2), padding=1, output_padding=(2, 1), dilation=(3, 2)
+    ),
     "depthwise": TransposeCase(2, 3, 4, 4, 3, (3, 3), stride=2, padding=1, output_padding=1, groups=3),
     "unbatched": TransposeCase(1, 2, 4, 3, 4, (2, 2), stride=2, unbatched=True),
 }
@@ -116,7 +120,9 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(name, rng):
         # rows/columns than y has; the adjoint pairs y with the leading ones.
         assert all(op >= s for op, s in zip(pair(case.output_padding), pair(case.stride)) if op)
         leading = conv_of_x[..., : y.shape[-2], : y.shape[-1]]
-        np.testing.assert_allclose(np.vdot(F.conv_transpose2d(y, weight, **case.kwargs), x), np.vdot(y, leading), rtol=1e-12)
+        np.testing.assert_allclose(
+            np.vdot(F.conv_transpose2d(y, weight, **case.kwargs), x), np.vdot(y, leading), rtol=1e-12
+        )
 
 
 @pytest.mark.parametrize("name", list(TRANSPOSE_GRADIENT_CASES))
@@ -157,4 +163,3 @@ def test_conv_transpose2d_gradients_by_central_differences(name, rng):
     _assert_gradient(grad_x, _numerical_gradient(loss, x))
     _assert_gradient(grad_w, _numerical_gradient(loss, weight))
     _assert_gradient(F.conv2d_backward_bias(probe), _numerical_gradient(loss, bias))
-

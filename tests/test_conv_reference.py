@@ -70,7 +70,9 @@ def test_reference_weight_and_bias_gradients_match_naive_jacobian(name, rng):
 
 TINY_TRANSPOSE_CASES = {
     "plain": TransposeCase(2, 2, 3, 4, 3, (3, 2)),
-    "strided-output-padding": TransposeCase(1, 2, 3, 3, 2, (2, 3), stride=(2, 3), padding=(1, 0), output_padding=(1, 2)),
+    "strided-output-padding": TransposeCase(
+        1, 2, 3, 3, 2, (2, 3), stride=(2, 3), padding=(1, 0), output_padding=(1, 2)
+    ),
     "dilated-output-padding": TransposeCase(1, 2, 4, 3, 2, (2, 2), padding=1, output_padding=(1, 0), dilation=(2, 1)),
     "grouped": TransposeCase(2, 4, 3, 3, 6, (2, 2), stride=2, padding=1, groups=2),
     "depthwise": TransposeCase(1, 3, 4, 3, 3, (3, 2), stride=(1, 2), groups=3),
