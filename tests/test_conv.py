@@ -413,3 +413,60 @@ def test_reference_docstring_examples():
     result = doctest.testmod(reference, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5
     assert result.failed == 0
+
+
+def _random_case(seed):
+    """A seeded random valid geometry: groups, channels, kernel, stride, padding, dilation, batch, size."""
+    rng = np.random.default_rng(seed)
+    while True:
+        groups = int(rng.choice([1, 1, 2, 3, 4]))
+        c_in = groups * int(rng.choice([1, 1, 2, 3]))
+        c_out = groups * int(rng.integers(1, 4))
+        kernel = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+        if rng.random() < 0.15:
+            stride, padding = 1, "same"
+        n = int(rng.choice([0, 1, 2, 3, 5, 9, 17]))
+        case = ConvCase(
+            n,
+            c_in,
+            int(rng.integers(1, 25)),
+            int(rng.integers(1, 25)),
+            c_out,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias=bool(rng.random() < 0.7),
+        )
+        if min(case.out_size()) >= 1:
+            return case
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_geometries_match_reference(seed):
+    case = _random_case(seed)
+    dtype = DTYPES[seed % 2]
+    for op in CONV_OPS:
+        _check_conv_op(case, op, dtype, np.random.default_rng(seed))
+    if not isinstance(case.padding, str):
+        rng = np.random.default_rng(seed)
+        extra = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(pair(case.stride), pair(case.dilation)))
+        transposed = TransposeCase(
+            case.n,
+            case.c_in,
+            case.height,
+            case.width,
+            case.c_out,
+            case.kernel,
+            case.stride,
+            case.padding,
+            extra,
+            case.dilation,
+            case.groups,
+        )
+        if min(transposed.out_size()) >= 1:
+            _check_conv_transpose(transposed, dtype, rng)
