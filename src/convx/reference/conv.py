@@ -3,14 +3,16 @@
 Each op pads explicitly and then loops only over the ``kH * kW`` kernel offsets. For the
 offset ``(i, j)`` the input pixels it meets form one strided slice of the padded input,
 ``x_pad[..., i*dH :: sH, j*dW :: sW]`` cut to the output size, so an offset's whole
-contribution is one batched matrix product over channels (one product per group).
+contribution is one matrix product per group: the group's channels by the pixels of every
+image (the batch folded into the columns, so BLAS sees one large product, not N thin ones).
+With ``X[g]`` the ``(C / groups, N * pixels)`` matrix of group ``g``:
 
-* forward: ``y[n, g, o] += w[g, o, :, i, j] @ x_pad[n, g, :, window(i, j)]``;
+* forward: ``Y[g] += w[g, :, :, i, j] @ X_pad[g, window(i, j)]``;
 * input gradient (the adjoint, written as a scatter-add, not derived from the forward):
-  ``grad_x_pad[n, g, :, window(i, j)] += w[g, :, :, i, j].T @ grad_out[n, g]``;
-* weight gradient: ``grad_w[g, :, :, i, j] = sum_n grad_out[n, g] @ x_pad[n, g, :, window(i, j)].T``;
+  ``grad_X_pad[g, window(i, j)] += w[g, :, :, i, j].T @ grad_Y[g]``;
+* weight gradient: ``grad_w[g, :, :, i, j] = grad_Y[g] @ X_pad[g, window(i, j)].T``;
 * transposed convolution: every input pixel is spread over the output through the kernel,
-  ``y_full[n, g, :, h*sH + i*dH, w*sW + j*dW] += w[g, :, :, i, j].T @ x[n, g, :, h, w]``,
+  ``Y_full[g, (h*sH + i*dH, w*sW + j*dW)] += w[g, :, :, i, j].T @ X[g, (h, w)]``,
   then ``padding`` rows and columns are cropped from each side.
 
 Arguments are trusted: the public functions in :mod:`convx.functional` validate, these do not.
@@ -76,6 +78,30 @@ def _geometry(spatial_shape, weight_shape, stride, padding, dilation):
     return stride, dilation, pads, out_shape
 
 
+def _by_group(images: np.ndarray, groups: int) -> np.ndarray:
+    """(N, C, H, W) -> (groups, C / groups, N * H * W): a group's channels by the pixels of all images."""
+    n, channels, height, width = images.shape
+    grouped = images.reshape(n, groups, channels // groups, height * width).transpose(1, 2, 0, 3)
+    return grouped.reshape(groups, channels // groups, n * height * width)
+
+
+def _from_groups(columns: np.ndarray, n: int, height: int, width: int) -> np.ndarray:
+    """The inverse of :func:`_by_group`: (groups, C / groups, N * H * W) -> (N, C, H, W)."""
+    groups, channels_per_group, _ = columns.shape
+    return columns.reshape(groups * channels_per_group, n, height, width).transpose(1, 0, 2, 3)
+
+
+def _channel_product(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``weights @ values`` over the last two axes, per group.
+
+    With a single channel to sum over (depthwise convolutions) it is the same product written
+    as a broadcast multiplication, which NumPy runs far faster than thousands of 1-deep matmuls.
+    """
+    if weights.shape[-1] == 1:
+        return weights * values
+    return weights @ values
+
+
 def _pad(x: np.ndarray, pads) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), *pads))
 
@@ -119,14 +145,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride, dilation, pads, (out_h, out_w) = _geometry((height, width), weight.shape, stride, padding, dilation)
     x_pad = _pad(x, pads)
     w = weight.reshape(groups, c_out // groups, c_in_group, kernel_h, kernel_w)
-    y = np.zeros((n, groups, c_out // groups, out_h * out_w), dtype=x.dtype)
+    y = np.zeros((groups, c_out // groups, n * out_h * out_w), dtype=x.dtype)
     for i in range(kernel_h):
         for j in range(kernel_w):
             rows = _window(i * dilation[0], stride[0], out_h)
             cols = _window(j * dilation[1], stride[1], out_w)
-            patch = x_pad[:, :, rows, cols].reshape(n, groups, c_in_group, out_h * out_w)
-            y += w[..., i, j] @ patch
-    y = y.reshape(n, c_out, out_h, out_w)
+            y += _channel_product(w[..., i, j], _by_group(x_pad[:, :, rows, cols], groups))
+    y = np.ascontiguousarray(_from_groups(y, n, out_h, out_w))
     if bias is not None:
         y += bias[:, None, None]
     return y
@@ -170,12 +195,13 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, di
     (top, bottom), (left, right) = pads
     grad_x_pad = np.zeros((n, c_in, height + top + bottom, width + left + right), dtype=grad_out.dtype)
     w = weight.reshape(groups, c_out // groups, c_in_group, kernel_h, kernel_w)
-    g = grad_out.reshape(n, groups, c_out // groups, out_h * out_w)
+    grad_y = _by_group(grad_out, groups)
     for i in range(kernel_h):
         for j in range(kernel_w):
             rows = _window(i * dilation[0], stride[0], out_h)
             cols = _window(j * dilation[1], stride[1], out_w)
-            grad_x_pad[:, :, rows, cols] += (w[..., i, j].swapaxes(1, 2) @ g).reshape(n, c_in, out_h, out_w)
+            contribution = _channel_product(w[..., i, j].swapaxes(1, 2), grad_y)
+            grad_x_pad[:, :, rows, cols] += _from_groups(contribution, n, out_h, out_w)
     return grad_x_pad[:, :, top : top + height, left : left + width].copy()
 
 
@@ -213,14 +239,13 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     _, _, out_h, out_w = grad_out.shape
     stride, dilation, pads, _ = _geometry((height, width), weight_shape, stride, padding, dilation)
     x_pad = _pad(x, pads)
-    g = grad_out.reshape(n, groups, c_out // groups, out_h * out_w)
+    grad_y = _by_group(grad_out, groups)
     grad_w = np.zeros((groups, c_out // groups, c_in_group, kernel_h, kernel_w), dtype=x.dtype)
     for i in range(kernel_h):
         for j in range(kernel_w):
             rows = _window(i * dilation[0], stride[0], out_h)
             cols = _window(j * dilation[1], stride[1], out_w)
-            patch = x_pad[:, :, rows, cols].reshape(n, groups, c_in_group, out_h * out_w)
-            grad_w[..., i, j] = (g @ patch.swapaxes(-1, -2)).sum(axis=0)
+            grad_w[..., i, j] = grad_y @ _by_group(x_pad[:, :, rows, cols], groups).swapaxes(1, 2)
     return grad_w.reshape(tuple(weight_shape))
 
 
@@ -287,12 +312,13 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     c_out = c_out_group * groups
     y_full = np.zeros((n, c_out, full_h, full_w), dtype=x.dtype)
     w = weight.reshape(groups, c_in // groups, c_out_group, kernel_h, kernel_w)
-    x_groups = x.reshape(n, groups, c_in // groups, height * width)
+    x_groups = _by_group(x, groups)
     for i in range(kernel_h):
         for j in range(kernel_w):
             rows = _window(i * dil_h, stride_h, height)
             cols = _window(j * dil_w, stride_w, width)
-            y_full[:, :, rows, cols] += (w[..., i, j].swapaxes(1, 2) @ x_groups).reshape(n, c_out, height, width)
+            contribution = _channel_product(w[..., i, j].swapaxes(1, 2), x_groups)
+            y_full[:, :, rows, cols] += _from_groups(contribution, n, height, width)
     y = y_full[:, :, pad_h : full_h - pad_h, pad_w : full_w - pad_w].copy()
     if bias is not None:
         y += bias[:, None, None]
