@@ -1,1 +1,438 @@
 # Pooling kernels (max, average, adaptive), forward and backward.
+#
+# Threads split the N*C planes; every plane of an output (or of an input gradient) is written by
+# exactly one thread, so no two threads ever touch the same memory and nothing needs a reduction.
+#
+# The forward kernels sweep each output row in two parts: the border windows that overlap the
+# padding go one window at a time over their clipped tap range; the interior windows, which lie
+# wholly inside the input horizontally, go tap by tap across the row, so the innermost loop runs
+# along the output row with a fixed stride and no bounds checks, which the compiler vectorises.
+# Taps are still visited in row-major window order for every output, so ties, NaN and summation
+# order come out exactly as in the one-window-at-a-time loop (and as in PyTorch).
+
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+
+
+cdef struct PoolGeometry:
+    Py_ssize_t height, width, out_h, out_w
+    Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    # Taps [row_lo[oh], row_hi[oh]) of output row oh land inside the input; same for columns.
+    const int64_t* row_lo
+    const int64_t* row_hi
+    const int64_t* col_lo
+    const int64_t* col_hi
+    # Output columns [inner_lo, inner_hi) use every tap of the kernel's width.
+    Py_ssize_t inner_lo, inner_hi
+
+
+cdef inline void _tap_range(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t dilation,
+                            int64_t* lo, int64_t* hi) noexcept nogil:
+    """[lo, hi): the taps t < kernel with 0 <= start + t * dilation < size."""
+    cdef Py_ssize_t first = 0, last
+    if start < 0:
+        first = (-start + dilation - 1) // dilation
+    last = (size - start + dilation - 1) // dilation
+    if last > kernel:
+        last = kernel
+    if last < first:
+        last = first
+    lo[0] = first
+    hi[0] = last
+
+
+cdef inline void _tap_ranges(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride,
+                             Py_ssize_t pad, Py_ssize_t dilation, int64_t* lo, int64_t* hi) noexcept nogil:
+    cdef Py_ssize_t o
+    for o in range(out_size):
+        _tap_range(o * stride - pad, size, kernel, dilation, &lo[o], &hi[o])
+
+
+cdef PoolGeometry _pool_geometry(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                 Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                                 Py_ssize_t stride_w, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                 Py_ssize_t dilation_h, Py_ssize_t dilation_w, int64_t[::1] ranges) noexcept:
+    """Fill ``ranges`` (2 * (out_h + out_w) entries, owned by the caller) with the tap ranges."""
+    cdef PoolGeometry g
+    cdef Py_ssize_t ow
+    g.height = height
+    g.width = width
+    g.out_h = out_h
+    g.out_w = out_w
+    g.kernel_h = kernel_h
+    g.kernel_w = kernel_w
+    g.stride_h = stride_h
+    g.stride_w = stride_w
+    g.pad_h = pad_h
+    g.pad_w = pad_w
+    g.dilation_h = dilation_h
+    g.dilation_w = dilation_w
+    g.row_lo = &ranges[0]
+    g.row_hi = &ranges[out_h]
+    g.col_lo = &ranges[2 * out_h]
+    g.col_hi = &ranges[2 * out_h + out_w]
+    _tap_ranges(height, out_h, kernel_h, stride_h, pad_h, dilation_h, <int64_t*> g.row_lo, <int64_t*> g.row_hi)
+    _tap_ranges(width, out_w, kernel_w, stride_w, pad_w, dilation_w, <int64_t*> g.col_lo, <int64_t*> g.col_hi)
+    # Windows start further right as ow grows, so the full-width ones form one contiguous run.
+    g.inner_lo = 0
+    while g.inner_lo < out_w and g.col_lo[g.inner_lo] != 0:
+        g.inner_lo += 1
+    g.inner_hi = g.inner_lo
+    while g.inner_hi < out_w and g.col_lo[g.inner_hi] == 0 and g.col_hi[g.inner_hi] == kernel_w:
+        g.inner_hi += 1
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Max pooling
+
+cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
+                             Py_ssize_t i_hi, Py_ssize_t dilation_h, Py_ssize_t w0, Py_ssize_t j_lo,
+                             Py_ssize_t j_hi, Py_ssize_t dilation_w, floating* value,
+                             int64_t* where) noexcept nogil:
+    """value, where = max and flat index of plane over taps [i_lo, i_hi) x [j_lo, j_hi) (NaN wins, last NaN)."""
+    cdef Py_ssize_t i, j, pos
+    cdef floating v, best = -INFINITY
+    # Where the maximum is -inf (or every tap is -inf) the first valid tap is the answer.
+    cdef int64_t best_pos = (h0 + i_lo * dilation_h) * width + w0 + j_lo * dilation_w
+    cdef bint take
+    for i in range(i_lo, i_hi):
+        for j in range(j_lo, j_hi):
+            pos = (h0 + i * dilation_h) * width + w0 + j * dilation_w
+            v = plane[pos]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            best_pos = pos if take else best_pos
+    value[0] = best
+    where[0] = best_pos
+
+
+cdef inline void _max_tap(const floating* row, Py_ssize_t row_pos, Py_ssize_t stride, Py_ssize_t lo,
+                          Py_ssize_t hi, bint first, floating* best, int64_t* best_pos) noexcept nogil:
+    """best[o], best_pos[o] absorb tap row[o * stride] (row starts at flat index row_pos) for o in [lo, hi)."""
+    cdef Py_ssize_t o
+    cdef floating v
+    cdef bint take
+    if first:
+        for o in range(lo, hi):
+            best[o] = row[o * stride]
+            best_pos[o] = row_pos + o * stride
+    else:
+        for o in range(lo, hi):
+            v = row[o * stride]
+            take = (v > best[o]) | (v != v)
+            best[o] = v if take else best[o]
+            best_pos[o] = row_pos + o * stride if take else best_pos[o]
+
+
+cdef inline void _max_tap_values(const floating* row, Py_ssize_t stride, Py_ssize_t lo, Py_ssize_t hi,
+                                 bint first, floating* best) noexcept nogil:
+    """best[o] absorbs tap row[o * stride] for o in [lo, hi), value only."""
+    cdef Py_ssize_t o
+    cdef floating v
+    if first:
+        for o in range(lo, hi):
+            best[o] = row[o * stride]
+    else:
+        for o in range(lo, hi):
+            v = row[o * stride]
+            best[o] = v if (v > best[o]) | (v != v) else best[o]
+
+
+cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, int64_t* scratch,
+                          PoolGeometry* g) noexcept nogil:
+    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index; indices may be NULL."""
+    cdef Py_ssize_t width = g.width, out_w = g.out_w
+    cdef Py_ssize_t oh, ow, i, j, h, h0, offset
+    cdef int64_t* where
+    cdef const floating* row
+    cdef bint first
+    for oh in range(g.out_h):
+        h0 = oh * g.stride_h - g.pad_h
+        where = indices + oh * out_w if indices != NULL else scratch
+        for ow in range(g.inner_lo):
+            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
+                        &out[oh * out_w + ow], &where[ow])
+        for ow in range(g.inner_hi, out_w):
+            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
+                        &out[oh * out_w + ow], &where[ow])
+        if g.inner_lo == g.inner_hi:
+            continue
+        first = True
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            h = h0 + i * g.dilation_h
+            for j in range(g.kernel_w):
+                offset = h * width + j * g.dilation_w - g.pad_w
+                row = plane + offset
+                # Literal strides let the compiler turn the strided loads into shuffles.
+                if indices == NULL:
+                    if g.stride_w == 1:
+                        _max_tap_values(row, 1, g.inner_lo, g.inner_hi, first, out + oh * out_w)
+                    elif g.stride_w == 2:
+                        _max_tap_values(row, 2, g.inner_lo, g.inner_hi, first, out + oh * out_w)
+                    else:
+                        _max_tap_values(row, g.stride_w, g.inner_lo, g.inner_hi, first, out + oh * out_w)
+                elif g.stride_w == 1:
+                    _max_tap(row, offset, 1, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
+                elif g.stride_w == 2:
+                    _max_tap(row, offset, 2, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
+                else:
+                    _max_tap(row, offset, g.stride_w, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
+                first = False
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       int64_t[:, :, :, ::1] indices,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+                       int n_threads):
+    """out[n, c, oh, ow] = max_{i, j} x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] (padding -inf, NaN wins),
+    indices[n, c, oh, ow] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(x.shape[2], x.shape[3], out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
+    n_threads = max(1, min(n_threads, n_planes))
+    # Without indices, each thread's border windows still need somewhere to put theirs.
+    cdef int64_t[::1] scratch = np.empty(1 if want_indices else n_threads * out_w, dtype=np.int64)
+    cdef Py_ssize_t p, tid
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        for p in prange(n_planes, schedule='static'):
+            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
+                            &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
+                            &scratch[0] if want_indices else &scratch[tid * out_w], &g)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
+                        floating[:, :, :, ::1] grad_in, int n_threads):
+    """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t plane_size = grad_in.shape[2] * grad_in.shape[3]
+    cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
+    cdef Py_ssize_t p, o
+    cdef floating* dst
+    cdef const floating* src
+    cdef const int64_t* where
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            where = &indices[0, 0, 0, 0] + p * out_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for o in range(out_size):
+                dst[where[o]] += src[o]
+
+
+# ---------------------------------------------------------------------------------------------
+# Average pooling
+
+cdef inline Py_ssize_t _avg_divisor(PoolGeometry* g, Py_ssize_t oh, Py_ssize_t ow, bint count_include_pad,
+                                    Py_ssize_t divisor_override) noexcept nogil:
+    """The window's divisor, as PyTorch: the padded window clipped to the padded input, or the inside part."""
+    if divisor_override > 0:
+        return divisor_override
+    if count_include_pad:
+        return (min(g.kernel_h, g.height + g.pad_h - (oh * g.stride_h - g.pad_h))
+                * min(g.kernel_w, g.width + g.pad_w - (ow * g.stride_w - g.pad_w)))
+    return (g.row_hi[oh] - g.row_lo[oh]) * (g.col_hi[ow] - g.col_lo[ow])
+
+
+cdef inline floating _window_sum(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
+                                 Py_ssize_t i_hi, Py_ssize_t w0, Py_ssize_t j_lo,
+                                 Py_ssize_t j_hi) noexcept nogil:
+    """sum of plane[h0 + i, w0 + j] over [i_lo, i_hi) x [j_lo, j_hi), row-major from 0."""
+    cdef Py_ssize_t i, j
+    cdef floating total = 0
+    for i in range(i_lo, i_hi):
+        for j in range(j_lo, j_hi):
+            total = total + plane[(h0 + i) * width + w0 + j]
+    return total
+
+
+cdef inline void _sum_tap(const floating* row, Py_ssize_t stride, Py_ssize_t lo, Py_ssize_t hi,
+                          floating* total) noexcept nogil:
+    """total[o] += row[o * stride] for o in [lo, hi)."""
+    cdef Py_ssize_t o
+    for o in range(lo, hi):
+        total[o] = total[o] + row[o * stride]
+
+
+cdef inline void _avg_window(const floating* plane, floating* out, PoolGeometry* g, Py_ssize_t oh,
+                             Py_ssize_t ow, bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    out[oh * g.out_w + ow] = (
+        _window_sum(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh],
+                    ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow])
+        / <floating> _avg_divisor(g, oh, ow, count_include_pad, divisor_override))
+
+
+cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g, bint count_include_pad,
+                          Py_ssize_t divisor_override) noexcept nogil:
+    """out[oh, ow] = (sum of the window's taps inside the input) / divisor."""
+    cdef Py_ssize_t width = g.width
+    cdef Py_ssize_t oh, ow, i, j, h0
+    cdef const floating* row
+    cdef floating* out_row
+    cdef floating divisor
+    for oh in range(g.out_h):
+        for ow in range(g.inner_lo):
+            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+        for ow in range(g.inner_hi, g.out_w):
+            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+        if g.inner_lo == g.inner_hi:
+            continue
+        h0 = oh * g.stride_h - g.pad_h
+        out_row = out + oh * g.out_w
+        for ow in range(g.inner_lo, g.inner_hi):
+            out_row[ow] = 0
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            for j in range(g.kernel_w):
+                row = plane + (h0 + i) * width + j - g.pad_w
+                if g.stride_w == 1:
+                    _sum_tap(row, 1, g.inner_lo, g.inner_hi, out_row)
+                elif g.stride_w == 2:
+                    _sum_tap(row, 2, g.inner_lo, g.inner_hi, out_row)
+                else:
+                    _sum_tap(row, g.stride_w, g.inner_lo, g.inner_hi, out_row)
+        # Interior windows of one row share their divisor.
+        divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
+        for ow in range(g.inner_lo, g.inner_hi):
+            out_row[ow] = out_row[ow] / divisor
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                       Py_ssize_t divisor_override, int n_threads):
+    """out[n, c, oh, ow] = sum_{i, j} x_zero_padded[n, c, oh*sh + i, ow*sw + j] / divisor(oh, ow)
+    (divisor_override when positive, else PyTorch's count with or without the padding)."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(x.shape[2], x.shape[3], out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+    cdef Py_ssize_t p
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            _avg_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size, &g,
+                            count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                        Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                        Py_ssize_t divisor_override, int n_threads):
+    """grad_in[n, c, oh*sh - ph + i, ow*sw - pw + j] += grad_out[n, c, oh, ow] / divisor(oh, ow) over the
+    taps inside the input; grad_in is overwritten."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(grad_in.shape[2], width, out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+    cdef Py_ssize_t p, oh, ow, i, j, h0, w0
+    cdef floating share
+    cdef floating* dst
+    cdef const floating* src
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for oh in range(out_h):
+                h0 = oh * stride_h - pad_h
+                for ow in range(out_w):
+                    w0 = ow * stride_w - pad_w
+                    share = src[oh * out_w + ow] / <floating> _avg_divisor(&g, oh, ow, count_include_pad, divisor_override)
+                    for i in range(g.row_lo[oh], g.row_hi[oh]):
+                        for j in range(g.col_lo[ow], g.col_hi[ow]):
+                            dst[(h0 + i) * width + w0 + j] += share
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive pooling: output (oh, ow) covers rows [row_start[oh], row_end[oh]) and columns
+# [col_start[ow], col_end[ow]), windows computed by the caller (convx._shapes.adaptive_window).
+
+def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                                const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """out[n, c, oh, ow] = sum_{h, w in window(oh, ow)} x[n, c, h, w] / window_h / window_w."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t p, oh, ow, h, w
+    cdef floating total
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            src = &x[0, 0, 0, 0] + p * plane_size
+            dst = &out[0, 0, 0, 0] + p * out_size
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    total = 0
+                    for h in range(row_start[oh], row_end[oh]):
+                        for w in range(col_start[ow], col_end[ow]):
+                            total = total + src[h * width + w]
+                    # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
+                    dst[oh * out_w + ow] = (total / <floating> (row_end[oh] - row_start[oh])
+                                            / <floating> (col_end[ow] - col_start[ow]))
+
+
+def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                                 const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                 const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """grad_in[n, c, h, w] = sum_{(oh, ow) whose window holds (h, w)} grad_out[n, c, oh, ow] / window_h / window_w."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t p, oh, ow, h, w
+    cdef floating share
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    share = (src[oh * out_w + ow] / <floating> (row_end[oh] - row_start[oh])
+                             / <floating> (col_end[ow] - col_start[ow]))
+                    for h in range(row_start[oh], row_end[oh]):
+                        for w in range(col_start[ow], col_end[ow]):
+                            dst[h * width + w] += share
+
+
+def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                                int64_t[:, :, :, ::1] indices,
+                                const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
+    a zero-batch ``indices`` skips them."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef Py_ssize_t p, oh, ow
+    cdef const floating* src
+    cdef floating* dst
+    cdef int64_t* where
+    cdef int64_t unused
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+            src = &x[0, 0, 0, 0] + p * plane_size
+            dst = &out[0, 0, 0, 0] + p * out_size
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    # An adaptive window is a unit-dilation window starting at its first row and column.
+                    _max_window(src, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
+                                col_start[ow], 0, col_end[ow] - col_start[ow], 1, &dst[oh * out_w + ow],
+                                &indices[0, 0, 0, 0] + p * out_size + oh * out_w + ow if want_indices
+                                else &unused)
