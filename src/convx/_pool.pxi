@@ -107,80 +107,102 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     where[0] = best_pos
 
 
-cdef inline void _max_tap(const floating* row, Py_ssize_t row_pos, Py_ssize_t stride, Py_ssize_t lo,
-                          Py_ssize_t hi, bint first, floating* best, int64_t* best_pos) noexcept nogil:
-    """best[o], best_pos[o] absorb tap row[o * stride] (row starts at flat index row_pos) for o in [lo, hi)."""
-    cdef Py_ssize_t o
-    cdef floating v
+cdef inline void _max_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t dilation,
+                           Py_ssize_t lo, Py_ssize_t hi, bint first, bint track, floating offset0,
+                           floating* best, floating* offset) noexcept nogil:
+    """best[o] absorbs row[o*stride + j*dilation] for j < n_taps, o in [lo, hi); with track, offset[o]
+    follows the winner's offset0 + j*dilation. ``first`` starts from -inf at offset0 instead."""
+    cdef Py_ssize_t o, j
+    cdef floating v, b, candidate, at = 0
     cdef bint take
-    if first:
-        for o in range(lo, hi):
-            best[o] = row[o * stride]
-            best_pos[o] = row_pos + o * stride
+    for o in range(lo, hi):
+        if first:
+            # -inf at the first tap inside the input, as in the one-window loop.
+            b = -INFINITY
+            at = offset0
+        else:
+            b = best[o]
+            if track:
+                at = offset[o]
+        for j in range(n_taps):
+            v = row[o * stride + j * dilation]
+            # Computed outside the select: a float add inside a branch may trap, so the compiler
+            # would keep the branch instead of a vector blend.
+            candidate = offset0 + j * dilation
+            take = (v > b) | (v != v)
+            b = v if take else b
+            if track:
+                at = candidate if take else at
+        best[o] = b
+        if track:
+            offset[o] = at
+
+
+cdef inline void _max_row(const floating* row, PoolGeometry* g, bint first, bint track, floating offset0,
+                          floating* best, floating* offset) noexcept nogil:
+    """The taps of one kernel row for the interior outputs of one output row."""
+    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
+    # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
+    # vectorise along the output row.
+    if g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 2:
+        _max_taps(row, 2, 2, 1, lo, hi, first, track, offset0, best, offset)
+    elif g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 3:
+        _max_taps(row, 2, 3, 1, lo, hi, first, track, offset0, best, offset)
+    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 2:
+        _max_taps(row, 1, 2, 1, lo, hi, first, track, offset0, best, offset)
+    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 3:
+        _max_taps(row, 1, 3, 1, lo, hi, first, track, offset0, best, offset)
     else:
-        for o in range(lo, hi):
-            v = row[o * stride]
-            take = (v > best[o]) | (v != v)
-            best[o] = v if take else best[o]
-            best_pos[o] = row_pos + o * stride if take else best_pos[o]
+        _max_taps(row, g.stride_w, g.kernel_w, g.dilation_w, lo, hi, first, track, offset0, best, offset)
 
 
-cdef inline void _max_tap_values(const floating* row, Py_ssize_t stride, Py_ssize_t lo, Py_ssize_t hi,
-                                 bint first, floating* best) noexcept nogil:
-    """best[o] absorbs tap row[o * stride] for o in [lo, hi), value only."""
-    cdef Py_ssize_t o
-    cdef floating v
-    if first:
-        for o in range(lo, hi):
-            best[o] = row[o * stride]
-    else:
-        for o in range(lo, hi):
-            v = row[o * stride]
-            best[o] = v if (v > best[o]) | (v != v) else best[o]
-
-
-cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, int64_t* scratch,
+cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* offsets,
                           PoolGeometry* g) noexcept nogil:
-    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index; indices may be NULL."""
+    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL).
+
+    ``offsets`` (out_w entries, NULL when offsets might not be exact in floating point) holds the
+    winners' offsets from their window's corner while a row is swept.
+    """
     cdef Py_ssize_t width = g.width, out_w = g.out_w
-    cdef Py_ssize_t oh, ow, i, j, h, h0, offset
+    cdef Py_ssize_t oh, ow, i, h0, corner
+    cdef Py_ssize_t inner_lo = g.inner_lo if offsets != NULL else g.out_w
+    cdef Py_ssize_t inner_hi = g.inner_hi if offsets != NULL else g.out_w
+    cdef int64_t unused
+    cdef floating* out_row
     cdef int64_t* where
     cdef const floating* row
-    cdef bint first
+    cdef floating offset0
     for oh in range(g.out_h):
         h0 = oh * g.stride_h - g.pad_h
-        where = indices + oh * out_w if indices != NULL else scratch
-        for ow in range(g.inner_lo):
+        out_row = out + oh * out_w
+        where = indices + oh * out_w if indices != NULL else NULL
+        for ow in range(inner_lo):
             _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
                         ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out[oh * out_w + ow], &where[ow])
-        for ow in range(g.inner_hi, out_w):
+                        &out_row[ow], &where[ow] if where != NULL else &unused)
+        for ow in range(inner_hi, out_w):
             _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
                         ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out[oh * out_w + ow], &where[ow])
-        if g.inner_lo == g.inner_hi:
+                        &out_row[ow], &where[ow] if where != NULL else &unused)
+        if inner_lo == inner_hi:
             continue
-        first = True
         for i in range(g.row_lo[oh], g.row_hi[oh]):
-            h = h0 + i * g.dilation_h
-            for j in range(g.kernel_w):
-                offset = h * width + j * g.dilation_w - g.pad_w
-                row = plane + offset
-                # Literal strides let the compiler turn the strided loads into shuffles.
-                if indices == NULL:
-                    if g.stride_w == 1:
-                        _max_tap_values(row, 1, g.inner_lo, g.inner_hi, first, out + oh * out_w)
-                    elif g.stride_w == 2:
-                        _max_tap_values(row, 2, g.inner_lo, g.inner_hi, first, out + oh * out_w)
-                    else:
-                        _max_tap_values(row, g.stride_w, g.inner_lo, g.inner_hi, first, out + oh * out_w)
-                elif g.stride_w == 1:
-                    _max_tap(row, offset, 1, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
-                elif g.stride_w == 2:
-                    _max_tap(row, offset, 2, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
+            row = plane + (h0 + i * g.dilation_h) * width - g.pad_w
+            offset0 = <floating> (i * g.dilation_h * width)
+            if i == g.row_lo[oh]:
+                if where != NULL:
+                    _max_row(row, g, True, True, offset0, out_row, offsets)
                 else:
-                    _max_tap(row, offset, g.stride_w, g.inner_lo, g.inner_hi, first, out + oh * out_w, where)
-                first = False
+                    _max_row(row, g, True, False, 0, out_row, offsets)
+            elif where != NULL:
+                _max_row(row, g, False, True, offset0, out_row, offsets)
+            else:
+                _max_row(row, g, False, False, 0, out_row, offsets)
+        if where != NULL:
+            corner = h0 * width - g.pad_w
+            for ow in range(inner_lo, inner_hi):
+                # Offsets fit an int (see max_pool2d_forward), whose conversion vectorises.
+                where[ow] = corner + ow * g.stride_w + <int> offsets[ow]
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -191,22 +213,32 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     """out[n, c, oh, ow] = max_{i, j} x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] (padding -inf, NaN wins),
     indices[n, c, oh, ow] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef bint want_indices = indices.shape[0] > 0
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
-    cdef PoolGeometry g = _pool_geometry(x.shape[2], x.shape[3], out_h, out_w, kernel_h, kernel_w,
+    cdef PoolGeometry g = _pool_geometry(x.shape[2], width, out_h, out_w, kernel_h, kernel_w,
                                          stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
+    # Offsets within a window are tracked as floating-point values, alongside the maxima, so that
+    # both vectorise in the same lanes; beyond the float mantissa or an int the slow path takes over.
+    cdef Py_ssize_t largest_offset = dilation_h * (kernel_h - 1) * width + dilation_w * (kernel_w - 1)
+    cdef bint exact
+    if floating is float:
+        exact = largest_offset < (1 << 24)
+    else:
+        exact = largest_offset < (1 << 31)
     n_threads = max(1, min(n_threads, n_planes))
-    # Without indices, each thread's border windows still need somewhere to put theirs.
-    cdef int64_t[::1] scratch = np.empty(1 if want_indices else n_threads * out_w, dtype=np.int64)
+    # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
+    # between the cores on every store.
+    cdef Py_ssize_t slot = (out_w + 15) // 16 * 16 + 16
+    cdef floating[::1] offsets = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t p, tid
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
             _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
                             &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                            &scratch[0] if want_indices else &scratch[tid * out_w], &g)
+                            &offsets[tid * slot] if exact else NULL, &g)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
@@ -255,12 +287,33 @@ cdef inline floating _window_sum(const floating* plane, Py_ssize_t width, Py_ssi
     return total
 
 
-cdef inline void _sum_tap(const floating* row, Py_ssize_t stride, Py_ssize_t lo, Py_ssize_t hi,
-                          floating* total) noexcept nogil:
-    """total[o] += row[o * stride] for o in [lo, hi)."""
-    cdef Py_ssize_t o
+cdef inline void _sum_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t lo,
+                           Py_ssize_t hi, bint first, floating* total) noexcept nogil:
+    """total[o] += row[o*stride + j] for j < n_taps in order, o in [lo, hi); ``first`` starts from 0."""
+    cdef Py_ssize_t o, j
+    cdef floating t
     for o in range(lo, hi):
-        total[o] = total[o] + row[o * stride]
+        t = 0 if first else total[o]
+        for j in range(n_taps):
+            t = t + row[o * stride + j]
+        total[o] = t
+
+
+cdef inline void _sum_row(const floating* row, PoolGeometry* g, bint first, floating* total) noexcept nogil:
+    """The taps of one kernel row for the interior outputs of one output row."""
+    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
+    # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
+    # vectorise along the output row.
+    if g.stride_w == 2 and g.kernel_w == 2:
+        _sum_taps(row, 2, 2, lo, hi, first, total)
+    elif g.stride_w == 2 and g.kernel_w == 3:
+        _sum_taps(row, 2, 3, lo, hi, first, total)
+    elif g.stride_w == 1 and g.kernel_w == 2:
+        _sum_taps(row, 1, 2, lo, hi, first, total)
+    elif g.stride_w == 1 and g.kernel_w == 3:
+        _sum_taps(row, 1, 3, lo, hi, first, total)
+    else:
+        _sum_taps(row, g.stride_w, g.kernel_w, lo, hi, first, total)
 
 
 cdef inline void _avg_window(const floating* plane, floating* out, PoolGeometry* g, Py_ssize_t oh,
@@ -275,7 +328,7 @@ cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g,
                           Py_ssize_t divisor_override) noexcept nogil:
     """out[oh, ow] = (sum of the window's taps inside the input) / divisor."""
     cdef Py_ssize_t width = g.width
-    cdef Py_ssize_t oh, ow, i, j, h0
+    cdef Py_ssize_t oh, ow, i, h0
     cdef const floating* row
     cdef floating* out_row
     cdef floating divisor
@@ -288,17 +341,12 @@ cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g,
             continue
         h0 = oh * g.stride_h - g.pad_h
         out_row = out + oh * g.out_w
-        for ow in range(g.inner_lo, g.inner_hi):
-            out_row[ow] = 0
         for i in range(g.row_lo[oh], g.row_hi[oh]):
-            for j in range(g.kernel_w):
-                row = plane + (h0 + i) * width + j - g.pad_w
-                if g.stride_w == 1:
-                    _sum_tap(row, 1, g.inner_lo, g.inner_hi, out_row)
-                elif g.stride_w == 2:
-                    _sum_tap(row, 2, g.inner_lo, g.inner_hi, out_row)
-                else:
-                    _sum_tap(row, g.stride_w, g.inner_lo, g.inner_hi, out_row)
+            row = plane + (h0 + i) * width - g.pad_w
+            if i == g.row_lo[oh]:
+                _sum_row(row, g, True, out_row)
+            else:
+                _sum_row(row, g, False, out_row)
         # Interior windows of one row share their divisor.
         divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
         for ow in range(g.inner_lo, g.inner_hi):
