@@ -397,7 +397,8 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
                 h0 = oh * stride_h - pad_h
                 for ow in range(out_w):
                     w0 = ow * stride_w - pad_w
-                    share = src[oh * out_w + ow] / <floating> _avg_divisor(&g, oh, ow, count_include_pad, divisor_override)
+                    share = src[oh * out_w + ow] / <floating> _avg_divisor(&g, oh, ow, count_include_pad,
+                                                                           divisor_override)
                     for i in range(g.row_lo[oh], g.row_hi[oh]):
                         for j in range(g.col_lo[ow], g.col_hi[ow]):
                             dst[(h0 + i) * width + w0 + j] += share

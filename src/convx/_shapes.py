@@ -58,7 +58,9 @@ def adaptive_window(index: int, in_size: int, out_size: int) -> tuple[int, int]:
     return start, end
 
 
-def pool_first_empty_window(size: int, kernel: int, stride: int, padding: int, dilation: int, out_size: int) -> int | None:
+def pool_first_empty_window(
+    size: int, kernel: int, stride: int, padding: int, dilation: int, out_size: int
+) -> int | None:
     """The first output index whose dilated window has no tap inside ``[0, size)``, or None.
 
     Every window starts before ``size`` (the output-size rule sees to that), so only windows

@@ -105,7 +105,9 @@ def _adaptive_windows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarr
 
 def _nonempty_plane(name: str, height: int, width: int) -> None:
     if height < 1 or width < 1:
-        raise ValueError(f"{name} must have a non-empty plane for adaptive pooling, got height {height} and width {width}")
+        raise ValueError(
+            f"{name} must have a non-empty plane for adaptive pooling, got height {height} and width {width}"
+        )
 
 
 def _input_shape(input_shape, grad_out: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
@@ -113,7 +115,8 @@ def _input_shape(input_shape, grad_out: np.ndarray) -> tuple[tuple[int, int, int
     shape = as_shape("input_shape", input_shape, (3, 4))
     if grad_out.ndim != len(shape):
         raise ValueError(
-            f"grad_out must be {len(shape)}-dimensional like input_shape {shape}, got an array of shape {grad_out.shape}"
+            f"grad_out must be {len(shape)}-dimensional like input_shape {shape}, "
+            f"got an array of shape {grad_out.shape}"
         )
     if grad_out.shape[:-2] != shape[:-2]:
         raise ValueError(
@@ -490,8 +493,8 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
     >>> import numpy as np
     >>> from convx.functional import adaptive_avg_pool2d_backward
     >>> adaptive_avg_pool2d_backward(np.ones((1, 1, 2)), (1, 2, 4))
-    array([[[0.125, 0.125, 0.125, 0.125],
-            [0.125, 0.125, 0.125, 0.125]]])
+    array([[[0.25, 0.25, 0.25, 0.25],
+            [0.25, 0.25, 0.25, 0.25]]])
     """
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     shape, unbatched = _input_shape(input_shape, grad_out)
