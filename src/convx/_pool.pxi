@@ -3,12 +3,15 @@
 # Threads split the N*C planes; every plane of an output (or of an input gradient) is written by
 # exactly one thread, so no two threads ever touch the same memory and nothing needs a reduction.
 #
-# The forward kernels sweep each output row in two parts: the border windows that overlap the
-# padding go one window at a time over their clipped tap range; the interior windows, which lie
-# wholly inside the input horizontally, go tap by tap across the row, so the innermost loop runs
-# along the output row with a fixed stride and no bounds checks, which the compiler vectorises.
+# The max and average forward kernels sweep each output row in two parts: the border windows that
+# overlap the padding go one window at a time over their clipped tap range; the interior windows,
+# which lie wholly inside the input horizontally, go one kernel row at a time across the whole
+# output row, so the innermost loop runs along the output row with a fixed stride and no bounds
+# checks, which the compiler vectorises (with the common kernel widths and strides as literals).
 # Taps are still visited in row-major window order for every output, so ties, NaN and summation
-# order come out exactly as in the one-window-at-a-time loop (and as in PyTorch).
+# order come out exactly as in the one-window-at-a-time loop (and as in PyTorch). While sweeping,
+# max pooling tracks each winner's offset within its window as a floating-point number, in the
+# same vector lanes as the values, and turns it into an int64 index once per row.
 
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
@@ -54,7 +57,6 @@ cdef PoolGeometry _pool_geometry(Py_ssize_t height, Py_ssize_t width, Py_ssize_t
                                  Py_ssize_t dilation_h, Py_ssize_t dilation_w, int64_t[::1] ranges) noexcept:
     """Fill ``ranges`` (2 * (out_h + out_w) entries, owned by the caller) with the tap ranges."""
     cdef PoolGeometry g
-    cdef Py_ssize_t ow
     g.height = height
     g.width = width
     g.out_h = out_h
@@ -93,7 +95,7 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     """value, where = max and flat index of plane over taps [i_lo, i_hi) x [j_lo, j_hi) (NaN wins, last NaN)."""
     cdef Py_ssize_t i, j, pos
     cdef floating v, best = -INFINITY
-    # Where the maximum is -inf (or every tap is -inf) the first valid tap is the answer.
+    # If no tap beats -inf, PyTorch reports the first tap inside the input.
     cdef int64_t best_pos = (h0 + i_lo * dilation_h) * width + w0 + j_lo * dilation_w
     cdef bint take
     for i in range(i_lo, i_hi):
@@ -459,6 +461,21 @@ def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating
                             dst[h * width + w] += share
 
 
+cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t width, floating* out, int64_t* indices,
+                              Py_ssize_t out_h, Py_ssize_t out_w, const int64_t* row_start,
+                              const int64_t* row_end, const int64_t* col_start,
+                              const int64_t* col_end) noexcept nogil:
+    """out[oh, ow] = max over window (oh, ow), indices[oh, ow] = its flat index (indices may be NULL)."""
+    cdef Py_ssize_t oh, ow
+    cdef int64_t unused
+    for oh in range(out_h):
+        for ow in range(out_w):
+            # An adaptive window is a unit-dilation window starting at its first row and column.
+            _max_window(plane, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
+                        col_start[ow], 0, col_end[ow] - col_start[ow], 1, &out[oh * out_w + ow],
+                        &indices[oh * out_w + ow] if indices != NULL else &unused)
+
+
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                                 int64_t[:, :, :, ::1] indices,
                                 const int64_t[::1] row_start, const int64_t[::1] row_end,
@@ -466,22 +483,12 @@ def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :
     """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef bint want_indices = indices.shape[0] > 0
-    cdef Py_ssize_t p, oh, ow
-    cdef const floating* src
-    cdef floating* dst
-    cdef int64_t* where
-    cdef int64_t unused
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
-            src = &x[0, 0, 0, 0] + p * plane_size
-            dst = &out[0, 0, 0, 0] + p * out_size
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    # An adaptive window is a unit-dilation window starting at its first row and column.
-                    _max_window(src, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
-                                col_start[ow], 0, col_end[ow] - col_start[ow], 1, &dst[oh * out_w + ow],
-                                &indices[0, 0, 0, 0] + p * out_size + oh * out_w + ow if want_indices
-                                else &unused)
+            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, x.shape[3], &out[0, 0, 0, 0] + p * out_size,
+                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
+                                out_h, out_w, &row_start[0], &row_end[0], &col_start[0], &col_end[0])
