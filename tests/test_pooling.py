@@ -174,6 +174,19 @@ def test_max_pool2d_special_values(torch, dtype):
     np.testing.assert_array_equal(y, torch_y)
     np.testing.assert_array_equal(indices, torch_indices)
 
+    # Kernel width 3 without indices takes the sweep that skips NaN and flags it by window sums:
+    # NaN, and +inf with -inf (a NaN sum without any NaN), must both come out exact.
+    x3 = np.zeros((1, 1, 3, 12), dtype=dtype)
+    x3[0, 0, 1, 1] = nan
+    x3[0, 0, 0, 4], x3[0, 0, 2, 5] = inf, -inf
+    x3[0, 0, :, 6:9] = -inf
+    x3[0, 0, 1, 7] = inf
+    for stride in (1, 3):
+        y = F.max_pool2d(x3, 3, stride)
+        np.testing.assert_array_equal(y, R.max_pool2d(x3, 3, stride))
+        np.testing.assert_array_equal(y, torch.nn.functional.max_pool2d(torch.from_numpy(x3), 3, stride).numpy())
+    np.testing.assert_array_equal(F.max_pool2d(x3, 3, 3)[0, 0, 0], [nan, inf, inf, 0])
+
     # Two NaNs in one window: PyTorch's (val > max) || isnan(val) keeps the last one.
     row = np.array([[[[nan, 1.0, nan, 2.0]]]], dtype=dtype)
     _, indices = F.max_pool2d(row, (1, 4), return_indices=True)
@@ -485,8 +498,9 @@ def test_unbatched_input(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_thread_count_does_not_change_results(rng, num_threads, dtype):
-    # More planes than threads, and an odd count, so the static split is uneven.
-    x = make_input(rng, (3, 5, 11, 13), dtype, "special")
+    # More planes than threads, and a count that splits unevenly; big enough (over three times
+    # the kernels' per-thread grain of 32768 elements) that every thread count is really used.
+    x = make_input(rng, (3, 11, 45, 59), dtype, "special")
     num_threads(1)
     serial = _all_ops(x)
     num_threads(2)

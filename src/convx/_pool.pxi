@@ -17,6 +17,18 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 
 
+cdef enum:
+    # Elements (read plus written) per thread below which another thread costs more in start-up
+    # than it saves; PyTorch's grain size.
+    POOL_GRAIN = 32768
+
+
+cdef inline int _team_size(int n_threads, Py_ssize_t n_planes, Py_ssize_t plane_work) noexcept nogil:
+    """Threads for n_planes planes of plane_work elements each: at most one per plane and per grain."""
+    cdef Py_ssize_t by_work = n_planes * plane_work // POOL_GRAIN
+    return <int> max(1, min(<Py_ssize_t> n_threads, min(n_planes, by_work)))
+
+
 cdef struct PoolGeometry:
     Py_ssize_t height, width, out_h, out_w
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
@@ -109,66 +121,107 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     where[0] = best_pos
 
 
+cdef inline bint _any_nan(const floating* data, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef bint found = False
+    for k in range(size):
+        found = found | (data[k] != data[k])
+    return found
+
+
 cdef inline void _max_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t dilation,
-                           Py_ssize_t lo, Py_ssize_t hi, bint first, bint track, floating offset0,
-                           floating* best, floating* offset) noexcept nogil:
-    """best[o] absorbs row[o*stride + j*dilation] for j < n_taps, o in [lo, hi); with track, offset[o]
-    follows the winner's offset0 + j*dilation. ``first`` starts from -inf at offset0 instead."""
+                           Py_ssize_t lo, Py_ssize_t hi, bint first, bint track, bint nan_by_sum,
+                           floating offset0, floating* best, floating* offset, floating* total) noexcept nogil:
+    """best[o] absorbs row[o*stride + j*dilation] for j < n_taps, o in [lo, hi) (NaN wins); with track,
+    offset[o] follows the winner's offset0 + j*dilation. ``first`` starts from -inf at offset0.
+
+    With ``nan_by_sum`` NaN is skipped instead and total[o] sums the taps, so a NaN total flags
+    the windows to redo exactly (see _nan_by_sum).
+    """
     cdef Py_ssize_t o, j
-    cdef floating v, b, candidate, at = 0
+    cdef floating v, b, candidate, t = 0, at = 0
     cdef bint take
     for o in range(lo, hi):
         if first:
             # -inf at the first tap inside the input, as in the one-window loop.
             b = -INFINITY
             at = offset0
+            t = 0
         else:
             b = best[o]
             if track:
                 at = offset[o]
+            if nan_by_sum:
+                t = total[o]
         for j in range(n_taps):
             v = row[o * stride + j * dilation]
             # Computed outside the select: a float add inside a branch may trap, so the compiler
             # would keep the branch instead of a vector blend.
             candidate = offset0 + j * dilation
-            take = (v > b) | (v != v)
+            if nan_by_sum:
+                take = v > b
+                t = t + v
+            else:
+                take = (v > b) | (v != v)
             b = v if take else b
             if track:
                 at = candidate if take else at
         best[o] = b
         if track:
             offset[o] = at
+        if nan_by_sum:
+            total[o] = t
+
+
+cdef inline bint _nan_by_sum(PoolGeometry* g, bint track) noexcept nogil:
+    """Whether the sweep skips NaN and flags it through window sums.
+
+    Without NaN the select is a strict maximum, one instruction (maxps) instead of five, and a
+    running sum, which turns NaN once any tap is NaN, costs one more. That pays where a kernel row
+    has three taps and only values are wanted; otherwise the extra row of sums costs more.
+    """
+    return not track and g.dilation_w == 1 and g.kernel_w == 3 and (g.stride_w == 1 or g.stride_w == 2)
 
 
 cdef inline void _max_row(const floating* row, PoolGeometry* g, bint first, bint track, floating offset0,
-                          floating* best, floating* offset) noexcept nogil:
+                          floating* best, floating* offset, floating* total) noexcept nogil:
     """The taps of one kernel row for the interior outputs of one output row."""
     cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
     # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
     # vectorise along the output row.
     if g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 2:
-        _max_taps(row, 2, 2, 1, lo, hi, first, track, offset0, best, offset)
+        _max_taps(row, 2, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
     elif g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 3:
-        _max_taps(row, 2, 3, 1, lo, hi, first, track, offset0, best, offset)
+        if _nan_by_sum(g, track):
+            _max_taps(row, 2, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
+        else:
+            _max_taps(row, 2, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
     elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 2:
-        _max_taps(row, 1, 2, 1, lo, hi, first, track, offset0, best, offset)
+        _max_taps(row, 1, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
     elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 3:
-        _max_taps(row, 1, 3, 1, lo, hi, first, track, offset0, best, offset)
+        if _nan_by_sum(g, track):
+            _max_taps(row, 1, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
+        else:
+            _max_taps(row, 1, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
     else:
-        _max_taps(row, g.stride_w, g.kernel_w, g.dilation_w, lo, hi, first, track, offset0, best, offset)
+        _max_taps(row, g.stride_w, g.kernel_w, g.dilation_w, lo, hi, first, track, False, offset0,
+                  best, offset, total)
 
 
-cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* offsets,
+cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
                           PoolGeometry* g) noexcept nogil:
     """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL).
 
-    ``offsets`` (out_w entries, NULL when offsets might not be exact in floating point) holds the
-    winners' offsets from their window's corner while a row is swept.
+    ``scratch`` (2 * out_w entries, NULL when window offsets might not be exact in floating point)
+    holds the winners' offsets from their window's corner and the windows' sums while a row is
+    swept.
     """
     cdef Py_ssize_t width = g.width, out_w = g.out_w
     cdef Py_ssize_t oh, ow, i, h0, corner
-    cdef Py_ssize_t inner_lo = g.inner_lo if offsets != NULL else g.out_w
-    cdef Py_ssize_t inner_hi = g.inner_hi if offsets != NULL else g.out_w
+    cdef Py_ssize_t inner_lo = g.inner_lo if scratch != NULL else g.out_w
+    cdef Py_ssize_t inner_hi = g.inner_hi if scratch != NULL else g.out_w
+    cdef floating* offsets = scratch
+    cdef floating* totals = scratch + out_w if scratch != NULL else NULL
     cdef int64_t unused
     cdef floating* out_row
     cdef int64_t* where
@@ -193,18 +246,25 @@ cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices
             offset0 = <floating> (i * g.dilation_h * width)
             if i == g.row_lo[oh]:
                 if where != NULL:
-                    _max_row(row, g, True, True, offset0, out_row, offsets)
+                    _max_row(row, g, True, True, offset0, out_row, offsets, totals)
                 else:
-                    _max_row(row, g, True, False, 0, out_row, offsets)
+                    _max_row(row, g, True, False, 0, out_row, offsets, totals)
             elif where != NULL:
-                _max_row(row, g, False, True, offset0, out_row, offsets)
+                _max_row(row, g, False, True, offset0, out_row, offsets, totals)
             else:
-                _max_row(row, g, False, False, 0, out_row, offsets)
+                _max_row(row, g, False, False, 0, out_row, offsets, totals)
         if where != NULL:
             corner = h0 * width - g.pad_w
             for ow in range(inner_lo, inner_hi):
                 # Offsets fit an int (see max_pool2d_forward), whose conversion vectorises.
                 where[ow] = corner + ow * g.stride_w + <int> offsets[ow]
+        # A NaN sum means a NaN tap (or +inf and -inf together): redo those windows exactly.
+        if _nan_by_sum(g, where != NULL) and _any_nan(totals + inner_lo, inner_hi - inner_lo):
+            for ow in range(inner_lo, inner_hi):
+                if totals[ow] != totals[ow]:
+                    _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                                ow * g.stride_w - g.pad_w, 0, g.kernel_w, g.dilation_w,
+                                &out_row[ow], &where[ow] if where != NULL else &unused)
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -229,18 +289,18 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         exact = largest_offset < (1 << 24)
     else:
         exact = largest_offset < (1 << 31)
-    n_threads = max(1, min(n_threads, n_planes))
+    n_threads = _team_size(n_threads, n_planes, plane_size + out_size)
     # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
     # between the cores on every store.
-    cdef Py_ssize_t slot = (out_w + 15) // 16 * 16 + 16
-    cdef floating[::1] offsets = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
+    cdef Py_ssize_t slot = (2 * out_w + 15) // 16 * 16 + 16
+    cdef floating[::1] scratch = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t p, tid
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
             _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
                             &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                            &offsets[tid * slot] if exact else NULL, &g)
+                            &scratch[tid * slot] if exact else NULL, &g)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
@@ -254,7 +314,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
     cdef const floating* src
     cdef const int64_t* where
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             dst = &grad_in[0, 0, 0, 0] + p * plane_size
             src = &grad_out[0, 0, 0, 0] + p * out_size
             where = &indices[0, 0, 0, 0] + p * out_size
@@ -369,7 +429,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                                          stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
     cdef Py_ssize_t p
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             _avg_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size, &g,
                             count_include_pad, divisor_override)
 
@@ -391,7 +451,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
     cdef floating* dst
     cdef const floating* src
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             dst = &grad_in[0, 0, 0, 0] + p * plane_size
             src = &grad_out[0, 0, 0, 0] + p * out_size
             memset(dst, 0, plane_size * sizeof(floating))
@@ -422,7 +482,7 @@ def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :
     cdef const floating* src
     cdef floating* dst
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             src = &x[0, 0, 0, 0] + p * plane_size
             dst = &out[0, 0, 0, 0] + p * out_size
             for oh in range(out_h):
@@ -448,7 +508,7 @@ def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating
     cdef const floating* src
     cdef floating* dst
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             src = &grad_out[0, 0, 0, 0] + p * out_size
             dst = &grad_in[0, 0, 0, 0] + p * plane_size
             memset(dst, 0, plane_size * sizeof(floating))
@@ -488,7 +548,7 @@ def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :
     cdef bint want_indices = indices.shape[0] > 0
     cdef Py_ssize_t p
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=max(1, min(n_threads, n_planes))):
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
             _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, x.shape[3], &out[0, 0, 0, 0] + p * out_size,
                                 &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
                                 out_h, out_w, &row_start[0], &row_end[0], &col_start[0], &col_end[0])
