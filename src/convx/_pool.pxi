@@ -11,7 +11,8 @@
 # Taps are still visited in row-major window order for every output, so ties, NaN and summation
 # order come out exactly as in the one-window-at-a-time loop (and as in PyTorch). While sweeping,
 # max pooling tracks each winner's offset within its window as a floating-point number, in the
-# same vector lanes as the values, and turns it into an int64 index once per row.
+# same vector lanes as the values, and turns it into an int64 index once per row; where only
+# values are wanted it may skip NaN and redo the few windows whose running sum turned NaN.
 
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
