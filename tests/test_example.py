@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_nn_layers import requires_pooling
 
 pytest.importorskip("sklearn")
 
@@ -33,7 +32,6 @@ def test_the_data_split_is_stratified(example):
         assert counts.min() > 0.08 * len(split_labels) and counts.max() < 0.12 * len(split_labels)
 
 
-@requires_pooling
 def test_short_training_run_learns(example):
     lines = []
     history = example.train(epochs=3, train_limit=600, progress=False, log=lines.append)
@@ -46,7 +44,6 @@ def test_short_training_run_learns(example):
     assert lines[-1].startswith("test accuracy")
 
 
-@requires_pooling
 def test_command_line_writes_the_learning_curve(example, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "curve.png"

@@ -10,20 +10,6 @@ from convx import nn
 from convx.nn.conv import fold_padding
 
 
-def _pooling_landed():
-    try:
-        convx.max_pool2d(np.zeros((1, 1, 2, 2)), 2)
-    except NotImplementedError:
-        return False
-    return True
-
-
-requires_pooling = pytest.mark.skipif(
-    not _pooling_landed(),
-    reason="the convx pooling kernels have not landed yet (convx.functional.pooling raises NotImplementedError)",
-)
-
-
 def away_from_kinks(x, margin=1e-3):
     """Move entries off 0, where ReLU-like activations have no derivative."""
     return np.where(np.abs(x) < margin, x + 10 * margin, x)
@@ -215,7 +201,6 @@ def _pool_id(case):
     return name + "(" + ",".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
 
 
-@requires_pooling
 @pytest.mark.parametrize("case", POOLING_CASES, ids=_pool_id)
 def test_pooling_gradcheck(case, rng):
     name, kwargs = case
@@ -224,7 +209,6 @@ def test_pooling_gradcheck(case, rng):
     assert convx.gradcheck(getattr(nn, name)(**kwargs), x)
 
 
-@requires_pooling
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOLING_CASES, ids=_pool_id)
 def test_pooling_matches_torch(case, dtype, torch, rng):
@@ -233,7 +217,6 @@ def test_pooling_matches_torch(case, dtype, torch, rng):
     compare_with_torch(torch, getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs), x, rng)
 
 
-@requires_pooling
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["Avg", "Max"])
@@ -246,7 +229,6 @@ def test_global_pooling_matches_torch_adaptive_pooling(kind, dtype, keepdims, to
     assert ours.forward(x).shape == ((3, 4, 1, 1) if keepdims else (3, 4))
 
 
-@requires_pooling
 @pytest.mark.parametrize("kind", ["Avg", "Max"])
 def test_global_pooling_gradcheck_unbatched(kind, rng):
     layer = getattr(nn, f"Global{kind}Pool2d")()
@@ -368,12 +350,13 @@ def _all_layers(dtype=np.float32):
         nn.Dropout(0.5, rng=0),
         nn.BatchNorm2d(3, dtype=dtype),
         nn.Sequential(nn.Conv2d(3, 2, 1, dtype=dtype), nn.ReLU()),
+        nn.MaxPool2d(2),
+        nn.AvgPool2d(2),
+        nn.AdaptiveAvgPool2d(2),
+        nn.AdaptiveMaxPool2d(2),
+        nn.GlobalAvgPool2d(),
+        nn.GlobalMaxPool2d(),
     ]
-    if _pooling_landed():
-        layers += [
-            nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(2), nn.AdaptiveMaxPool2d(2),
-            nn.GlobalAvgPool2d(), nn.GlobalMaxPool2d(),
-        ]
     return layers
 
 

@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close
-from test_nn_layers import requires_pooling
+from conftest import DTYPES, TOLERANCES, assert_close
 
 import convx
 from convx import nn, optim
@@ -59,7 +58,7 @@ def full_net(lib, dtype=np.float32, rng=None):
     )
 
 
-NETS = [pytest.param(conv_only_net, id="conv-only"), pytest.param(full_net, id="full", marks=requires_pooling)]
+NETS = [pytest.param(conv_only_net, id="conv-only"), pytest.param(full_net, id="full")]
 
 
 def make_pair(torch, build, dtype, seed=0):
@@ -102,8 +101,6 @@ def assert_same_state(ours, theirs):
 
 
 def convx_rtol(dtype):
-    from conftest import TOLERANCES
-
     return TOLERANCES[np.dtype(dtype)]["rtol"]
 
 
