@@ -1,6 +1,7 @@
 """convx: fast 2-D convolution and pooling for neural networks written in NumPy."""
 
 from ._config import show_config
+from ._gradcheck import gradcheck
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .functional import (
@@ -18,6 +19,7 @@ from .functional import (
     max_pool2d,
     max_pool2d_backward,
 )
+from . import nn, optim
 
 __all__ = [
     "__version__",
@@ -33,6 +35,7 @@ __all__ = [
     "conv2d_backward_weight",
     "conv_transpose2d",
     "get_num_threads",
+    "gradcheck",
     "max_pool2d",
     "max_pool2d_backward",
     "set_num_threads",

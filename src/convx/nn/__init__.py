@@ -1,0 +1,53 @@
+"""Neural-network layers, losses and initialisation on top of the convx kernels.
+
+Every layer has ``forward(x)`` (also ``layer(x)``), ``backward(grad_out) -> grad_x``, ``params``
+and ``grads`` (PyTorch's names and shapes), ``train()``/``eval()``, ``state_dict()`` and
+``load_state_dict()``. ``backward`` overwrites ``grads`` with fresh arrays; gradients never
+accumulate across calls (see :mod:`convx.nn.module`).
+"""
+
+from . import init
+from .activations import ELU, PReLU, ReLU, SELU, LeakyReLU, Sigmoid, Tanh
+from .containers import Sequential
+from .conv import Conv2d, ConvTranspose2d
+from .dropout import Dropout
+from .linear import Flatten, Linear
+from .losses import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter
+from .normalization import BatchNorm2d
+from .pooling import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+    MaxPool2d,
+)
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "AvgPool2d",
+    "BatchNorm2d",
+    "Conv2d",
+    "ConvTranspose2d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "ELU",
+    "Flatten",
+    "GlobalAvgPool2d",
+    "GlobalMaxPool2d",
+    "LeakyReLU",
+    "Linear",
+    "MSELoss",
+    "MaxPool2d",
+    "Module",
+    "PReLU",
+    "Parameter",
+    "ReLU",
+    "SELU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "init",
+]

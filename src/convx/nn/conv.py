@@ -1,0 +1,351 @@
+"""Convolution layers over the convx kernels: Conv2d and ConvTranspose2d."""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import numpy as np
+
+from .. import functional
+from .._checks import as_bool, as_int, as_pair
+from .._shapes import same_padding
+from .init import default_weight_and_bias
+from .module import Module, as_dtype, check_input
+
+# PyTorch's padding_mode names -> numpy.pad modes with the same copying rule.
+_NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
+
+
+def _check_channels(module: Module, x: np.ndarray, expected: int) -> None:
+    if x.shape[-3] != expected:
+        raise ValueError(
+            f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
+            f"with {x.shape[-3]} channels (layout (N, C, H, W) or (C, H, W))"
+        )
+
+
+def fold_padding(grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: str) -> np.ndarray:
+    """Adjoint of ``numpy.pad`` over the last two axes: the gradient of the unpadded input.
+
+    Every padded position is a copy of one input element (which one depends on ``mode``:
+    ``'reflect'``, ``'edge'`` or ``'wrap'``), so its gradient is added back to that element.
+
+    Parameters
+    ----------
+    grad_padded : ndarray, shape (..., H + top + bottom, W + left + right)
+    pads : ((top, bottom), (left, right))
+    mode : {'reflect', 'edge', 'wrap'}
+
+    Returns
+    -------
+    grad : ndarray, shape (..., H, W)
+    """
+    grad = grad_padded
+    for axis, (before, after) in zip((-2, -1), pads):
+        grad = _fold_axis(grad, axis, before, after, mode)
+    return grad
+
+
+def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: str) -> np.ndarray:
+    grad = np.moveaxis(grad, axis, -1)
+    size = grad.shape[-1] - before - after
+    # np.pad applied to the indices tells which input element each padded position copies.
+    source = np.pad(np.arange(size), (before, after), mode=mode)
+    folded = grad[..., before : before + size].copy()
+    # Loop over the (few) padded columns; a column can map to an index more than once.
+    for position in chain(range(before), range(before + size, before + size + after)):
+        folded[..., source[position]] += grad[..., position]
+    return np.moveaxis(folded, -1, axis)
+
+
+class Conv2d(Module):
+    """2-D convolution layer, ``torch.nn.Conv2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int, (int, int), 'valid' or 'same', default 0
+        ``'same'`` (stride 1 only) keeps the spatial size, the extra row/column of an odd total at
+        the bottom/right.
+    dilation : int or (int, int), default 1
+    groups : int, default 1
+        Must divide ``in_channels`` and ``out_channels``.
+    bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+        What fills the padding: zeros, a mirror image without the edge (``reflect``, padding
+        smaller than the input), copies of the edge, or the opposite side (``circular``, padding
+        at most the input size).
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's default: :func:`convx.nn.init.kaiming_uniform`
+        with ``a = sqrt(5)``, bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_out, C_in / groups, kH, kW) and, with ``bias``, ``'bias'`` (C_out,).
+
+    Notes
+    -----
+    Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, H_out, W_out) with
+    ``H_out = floor((H + pad_top + pad_bottom - dH*(kH - 1) - 1) / sH) + 1``.
+    ``backward(grad_out)`` returns the input gradient and overwrites ``grads``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> conv = nn.Conv2d(3, 8, kernel_size=3, padding="same", rng=0)
+    >>> x = np.ones((2, 3, 16, 16), dtype=np.float32)
+    >>> conv(x).shape
+    (2, 8, 16, 16)
+    >>> grad_x = conv.backward(np.ones((2, 8, 16, 16), dtype=np.float32))
+    >>> grad_x.shape, conv.grads["weight"].shape, conv.grads["bias"].shape
+    ((2, 3, 16, 16), (8, 3, 3, 3), (8,))
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        *,
+        dtype=np.float32,
+        rng=None,
+    ):
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = as_pair("stride", stride, 1)
+        self.dilation = as_pair("dilation", dilation, 1)
+        self.groups = as_int("groups", groups, 1)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide both in_channels ({self.in_channels}) "
+                f"and out_channels ({self.out_channels})"
+            )
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
+            self.padding = padding
+        else:
+            self.padding = as_pair("padding", padding, 0)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        has_bias = as_bool("bias", bias)
+        weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
+        self._add_param("weight", weight)
+        if has_bias:
+            self._add_param("bias", bias_values)
+
+    def _pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right))."""
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        if self.padding == "same":
+            return (same_padding(self.kernel_size[0], self.dilation[0]), same_padding(self.kernel_size[1], self.dilation[1]))
+        return (self.padding[0],) * 2, (self.padding[1],) * 2
+
+    def _pad_input(self, x: np.ndarray) -> np.ndarray:
+        pads = self._pads()
+        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], pads):
+            # PyTorch refuses these instead of reflecting or wrapping more than once.
+            if self.padding_mode == "reflect" and max(before, after) >= size:
+                raise ValueError(
+                    f"padding_mode='reflect' needs padding smaller than the input: padding ({before}, {after}) "
+                    f"along the {axis_name} of size {size}"
+                )
+            if self.padding_mode == "circular" and max(before, after) > size:
+                raise ValueError(
+                    f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
+                    f"along the {axis_name} of size {size}"
+                )
+        return np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
+
+    def forward(self, x):
+        """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
+        x = check_input(self, x, (3, 4), self.dtype)
+        _check_channels(self, x, self.in_channels)
+        if self.padding_mode == "zeros":
+            conv_input, conv_padding = x, self.padding
+        else:
+            conv_input, conv_padding = self._pad_input(x), 0
+        weight, bias = self._params["weight"], self._params.get("bias")
+        y = functional.conv2d(conv_input, weight, bias, self.stride, conv_padding, self.dilation, self.groups)
+        self._save_for_backward(y, conv_input, conv_padding)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (conv_input, conv_padding) = self._saved_for_backward(grad_out)
+        grad_input, grad_weight, grad_bias = functional.conv2d_backward(
+            grad_out, conv_input, self._params["weight"], self.stride, conv_padding, self.dilation, self.groups
+        )
+        self._grads["weight"] = grad_weight
+        if "bias" in self._params:
+            self._grads["bias"] = grad_bias
+        if self.padding_mode == "zeros":
+            return grad_input
+        return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
+
+    def extra_repr(self):
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
+        return text + f", dtype={self.dtype}"
+
+
+class ConvTranspose2d(Module):
+    """2-D transposed convolution layer, ``torch.nn.ConvTranspose2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+        Removes ``padding`` rows/columns from each side of the full transposed convolution.
+    output_padding : int or (int, int), default 0
+        Extra rows/columns at the bottom/right; smaller than the stride or the dilation.
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int, int), default 1
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in
+        ``C_out / groups * kH * kW``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_in, C_out / groups, kH, kW) and, with ``bias``, ``'bias'`` (C_out,).
+
+    Notes
+    -----
+    Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, H_out, W_out) with
+    ``H_out = (H - 1)*sH - 2*pH + dH*(kH - 1) + output_padding_H + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> up = nn.ConvTranspose2d(4, 2, kernel_size=2, stride=2, rng=0)
+    >>> up(np.ones((1, 4, 5, 5), dtype=np.float32)).shape
+    (1, 2, 10, 10)
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        *,
+        dtype=np.float32,
+        rng=None,
+    ):
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = as_pair("stride", stride, 1)
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d takes padding as an int or a pair of ints, got {padding!r}")
+        self.padding = as_pair("padding", padding, 0)
+        self.output_padding = as_pair("output_padding", output_padding, 0)
+        self.dilation = as_pair("dilation", dilation, 1)
+        self.groups = as_int("groups", groups, 1)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide both in_channels ({self.in_channels}) "
+                f"and out_channels ({self.out_channels})"
+            )
+        for axis in range(2):
+            if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
+                raise ValueError(
+                    f"output_padding must be smaller than either stride or dilation, got "
+                    f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}"
+                )
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        has_bias = as_bool("bias", bias)
+        weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
+        self._add_param("weight", weight)
+        if has_bias:
+            self._add_param("bias", bias_values)
+
+    def forward(self, x):
+        """Transposed convolution of ``x`` (N, C_in, H, W) or (C_in, H, W)."""
+        x = check_input(self, x, (3, 4), self.dtype)
+        _check_channels(self, x, self.in_channels)
+        y = functional.conv_transpose2d(
+            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
+            self.output_padding, self.groups, self.dilation,
+        )
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"]
+        # The transposed convolution is the adjoint of conv2d(., weight) as a map of its input,
+        # so its input gradient is that conv2d, and its weight gradient is conv2d's weight gradient
+        # with the roles of input and output gradient swapped.
+        grad_x = functional.conv2d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        height, width = x.shape[-2:]
+        if grad_x.shape[-2:] != (height, width):
+            # output_padding >= stride (possible when dilation > stride): the forward pass saw x
+            # extended by zero rows/columns that conv2d's output still covers; zeros contribute
+            # nothing to the weight gradient, and their input gradient is dropped.
+            extra_h, extra_w = grad_x.shape[-2] - height, grad_x.shape[-1] - width
+            x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)])
+            grad_x = np.ascontiguousarray(grad_x[..., :height, :width])
+        self._grads["weight"] = functional.conv2d_backward_weight(
+            x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups
+        )
+        if "bias" in self._params:
+            self._grads["bias"] = functional.conv2d_backward_bias(grad_out)
+        return grad_x
+
+    def extra_repr(self):
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        return text + f", dtype={self.dtype}"

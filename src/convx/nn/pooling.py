@@ -1,0 +1,296 @@
+"""Pooling layers over the convx pooling kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional
+from .._checks import as_bool, as_int, as_pair
+from .module import Module, check_input
+
+
+def _output_size_arg(value):
+    """``int | (int | None, int | None)``: None keeps that input dimension (as in PyTorch)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"output_size must be an int or a pair, got a sequence of length {len(value)}: {value!r}")
+        return tuple(None if v is None else as_int(f"output_size[{i}]", v, 1) for i, v in enumerate(value))
+    return as_pair("output_size", value, 1)
+
+
+class MaxPool2d(Module):
+    """2-D max pooling, ``torch.nn.MaxPool2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit ``-inf`` on both sides, at most half the kernel.
+    dilation : int or (int, int), default 1
+    ceil_mode : bool, default False
+        Round the output size up, keeping a last partial window.
+
+    Notes
+    -----
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out). The backward pass sends each
+    output's gradient to the input element that won its window (the first maximum); the winners'
+    indices are kept from ``forward``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.MaxPool2d(2)
+    >>> pool(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    >>> pool.backward(np.ones((1, 1, 2, 2)))[0, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]])
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.padding = as_pair("padding", padding, 0)
+        self.dilation = as_pair("dilation", dilation, 1)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+    def forward(self, x):
+        """Max over each window of ``x`` (N, C, H, W) or (C, H, W)."""
+        x = check_input(self, x, (3, 4))
+        y, indices = functional.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        )
+        self._save_for_backward(y, indices, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool2d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self):
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class AvgPool2d(Module):
+    """2-D average pooling, ``torch.nn.AvgPool2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit zeros on both sides, at most half the kernel.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Whether padded zeros count in each window's divisor.
+    divisor_override : int, optional
+        Divide every window sum by this instead.
+
+    Notes
+    -----
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AvgPool2d(2)(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+        super().__init__()
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.padding = as_pair("padding", padding, 0)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = as_bool("count_include_pad", count_include_pad)
+        self.divisor_override = None if divisor_override is None else as_int("divisor_override", divisor_override, 1)
+
+    def _options(self):
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
+
+    def forward(self, x):
+        """Mean over each window of ``x`` (N, C, H, W) or (C, H, W)."""
+        x = check_input(self, x, (3, 4))
+        y = functional.avg_pool2d(x, *self._options())
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.avg_pool2d_backward(grad_out, input_shape, *self._options())
+
+    def extra_repr(self):
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        text += f", count_include_pad={self.count_include_pad}"
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        return text
+
+
+def _resolve_output_size(output_size, x: np.ndarray) -> tuple[int, int]:
+    return tuple(size if wanted is None else wanted for wanted, size in zip(output_size, x.shape[-2:]))
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size, ``torch.nn.AdaptiveAvgPool2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+        (H_out, W_out); None keeps that input dimension. Output ``i`` averages the input range
+        ``[floor(i*H/H_out), ceil((i+1)*H/H_out))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveAvgPool2d((1, 2))(np.arange(8.0).reshape(1, 1, 2, 4))[0, 0]
+    array([[2.5, 4.5]])
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _output_size_arg(output_size)
+
+    def forward(self, x):
+        """Average ``x`` (N, C, H, W) or (C, H, W) down to (N, C, H_out, W_out)."""
+        x = check_input(self, x, (3, 4))
+        y = functional.adaptive_avg_pool2d(x, _resolve_output_size(self.output_size, x))
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.adaptive_avg_pool2d_backward(grad_out, input_shape)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max pooling to a fixed output size, ``torch.nn.AdaptiveMaxPool2d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+        (H_out, W_out); None keeps that input dimension.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveMaxPool2d(1)(np.arange(8.0).reshape(1, 1, 2, 4))[0, 0]
+    array([[7.]])
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _output_size_arg(output_size)
+
+    def forward(self, x):
+        """Max of ``x`` (N, C, H, W) or (C, H, W) over adaptive windows: (N, C, H_out, W_out)."""
+        x = check_input(self, x, (3, 4))
+        y, indices = functional.adaptive_max_pool2d(x, _resolve_output_size(self.output_size, x), return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool2d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over all spatial positions of each channel.
+
+    Parameters
+    ----------
+    keepdims : bool, default False
+        Output (N, C, 1, 1) instead of (N, C) (or (C, 1, 1) instead of (C,) unbatched).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.GlobalAvgPool2d()(np.ones((2, 3, 4, 4), dtype=np.float32)).shape
+    (2, 3)
+    """
+
+    def __init__(self, keepdims=False):
+        super().__init__()
+        self.keepdims = as_bool("keepdims", keepdims)
+
+    def forward(self, x):
+        """Channel means of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
+        x = check_input(self, x, (3, 4))
+        y = functional.adaptive_avg_pool2d(x, (1, 1))
+        if not self.keepdims:
+            y = y[..., 0, 0]
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape): each position gets 1/(H*W) of its channel's."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.adaptive_avg_pool2d_backward(grad_out.reshape(*input_shape[:-2], 1, 1), input_shape)
+
+    def extra_repr(self):
+        return f"keepdims={self.keepdims}"
+
+
+class GlobalMaxPool2d(Module):
+    """Maximum over all spatial positions of each channel.
+
+    Parameters
+    ----------
+    keepdims : bool, default False
+        Output (N, C, 1, 1) instead of (N, C) (or (C, 1, 1) instead of (C,) unbatched).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.GlobalMaxPool2d()(np.arange(8.0).reshape(1, 2, 2, 2))
+    array([[3., 7.]])
+    """
+
+    def __init__(self, keepdims=False):
+        super().__init__()
+        self.keepdims = as_bool("keepdims", keepdims)
+
+    def forward(self, x):
+        """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
+        x = check_input(self, x, (3, 4))
+        y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
+        if not self.keepdims:
+            y = y[..., 0, 0]
+        self._save_for_backward(y, indices, x.shape)
+        return y
+
+    def backward(self, grad_out):
+        """Input gradient for ``grad_out`` (the output's shape): each channel's goes to its (first) maximum."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool2d_backward(grad_out.reshape(indices.shape), indices, input_shape)
+
+    def extra_repr(self):
+        return f"keepdims={self.keepdims}"

@@ -1,0 +1,28 @@
+"""The examples in the convx.nn, convx.optim and convx.gradcheck docstrings run as shown."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "convx._gradcheck",
+    "convx.optim",
+    "convx.nn.activations",
+    "convx.nn.containers",
+    "convx.nn.conv",
+    "convx.nn.dropout",
+    "convx.nn.init",
+    "convx.nn.linear",
+    "convx.nn.losses",
+    "convx.nn.module",
+    "convx.nn.normalization",
+    "convx.nn.pooling",
+]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples(module_name):
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
