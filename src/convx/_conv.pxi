@@ -607,6 +607,14 @@ cdef floating _direct_weight_tap(const floating* grad_out, const floating* image
     return total
 
 
+cdef inline bint _reaches_padding(ConvGeometry* g) noexcept nogil:
+    """Whether some tap falls outside the input: in the top/left padding or, with 'same' and
+    even kernels or a stride that overshoots, in the bottom/right one."""
+    return (g.pad_h > 0 or g.pad_w > 0
+            or (g.out_h - 1) * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h >= g.height
+            or (g.out_w - 1) * g.stride_w - g.pad_w + (g.kernel_w - 1) * g.dilation_w >= g.width)
+
+
 cdef floating _direct_weight_tap_padding(const floating* grad_out, ConvGeometry* g,
                                          Py_ssize_t i, Py_ssize_t j) noexcept nogil:
     """sum of 0 * grad_out[oh, ow] over the outputs whose tap (i, j) falls in the padding.
@@ -680,7 +688,7 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef Py_ssize_t item, co, tap, n
     cdef floating total
     # Planes of grad_out holding inf or NaN, whose products with the padding are NaN.
-    cdef bint padded = g.pad_h > 0 or g.pad_w > 0
+    cdef bint padded = _reaches_padding(&g)
     cdef unsigned char[::1] non_finite = np.zeros(g.batch * c_out if padded else 1, dtype=np.uint8)
     with nogil:
         if padded:
