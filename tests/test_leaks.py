@@ -1,0 +1,123 @@
+"""No leaks: 10,000 calls of every op on small arrays leave the memory where it was.
+
+Two views: the resident set size sees everything, including memory that compiled code takes
+from the C allocator directly; tracemalloc sees every Python object and NumPy buffer exactly
+(a leaked output, column buffer or reference cycle per call adds up at once). The RSS is
+checked over 10,000 calls; tracemalloc, which slows every allocation down several times,
+over 1,000 in the ordinary run and 10,000 with ``--run-slow``. The tolerances are far below
+what leaking one small allocation per call would cost (a self-check leaks on purpose), and
+above the allocators' own noise.
+"""
+
+import gc
+import os
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import convx.functional as F
+
+CALLS = 10_000
+TRACED_CALLS = 1_000
+TRACED_TOLERANCE = 16 * 1024  # bytes; one leaked object per call is >= 24 KB in 1,000 calls
+RSS_TOLERANCE = 1024 * 1024  # bytes; one leaked small array per call is >= 2 MB in 10,000 calls
+
+
+def _ops():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    bias = rng.standard_normal(4)
+    grad_y = rng.standard_normal((2, 4, 8, 8))
+    depthwise = rng.standard_normal((6, 1, 3, 3))
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    # Float32, non-contiguous and unbatched inputs take the copying and reshaping paths too.
+    x32 = x.astype(np.float32)[..., ::-1]
+    return {
+        "conv2d": lambda: F.conv2d(x, weight, bias, padding=1),
+        "conv2d-float32-strided-view": lambda: F.conv2d(x32, weight.astype(np.float32), stride=2),
+        "conv2d-depthwise": lambda: F.conv2d(x, depthwise, padding=1, groups=3),
+        "conv2d_backward_input": lambda: F.conv2d_backward_input(grad_y, weight, x.shape, padding=1),
+        "conv2d_backward_weight": lambda: F.conv2d_backward_weight(grad_y, x, weight.shape, padding=1),
+        "conv2d_backward_bias": lambda: F.conv2d_backward_bias(grad_y),
+        "conv2d_backward": lambda: F.conv2d_backward(grad_y, x, weight, padding=1),
+        "conv2d_backward-depthwise": lambda: F.conv2d_backward(grad_y[:, :3].repeat(2, 1), x, depthwise, padding=1,
+                                                               groups=3),
+        "conv_transpose2d": lambda: F.conv_transpose2d(grad_y, weight, bias[:3], padding=1),
+        "max_pool2d": lambda: F.max_pool2d(x, 2, return_indices=True),
+        "max_pool2d_backward": lambda: F.max_pool2d_backward(pooled, indices, x.shape),
+        "avg_pool2d": lambda: F.avg_pool2d(x[0], 3, 2, 1, ceil_mode=True),
+        "avg_pool2d_backward": lambda: F.avg_pool2d_backward(pooled, x.shape, 2),
+        "adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(x, (3, 5)),
+        "adaptive_avg_pool2d_backward": lambda: F.adaptive_avg_pool2d_backward(pooled, x.shape),
+        "adaptive_max_pool2d": lambda: F.adaptive_max_pool2d(x, 3, return_indices=True),
+        # Refused calls build and drop exception objects with tracebacks.
+        "refused-call": lambda: _refused(x, weight),
+    }
+
+
+def _refused(x, weight):
+    try:
+        F.conv2d(x, weight, stride=0)
+    except ValueError:
+        pass
+
+
+OPS = _ops()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_growth(op, calls: int) -> int:
+    for _ in range(200):  # caches, pools and the first BLAS/OpenMP use settle here
+        op()
+    gc.collect()
+    before = _rss()
+    for _ in range(calls):
+        op()
+    gc.collect()
+    return _rss() - before
+
+
+def _traced_growth(op, calls: int) -> int:
+    tracemalloc.start()
+    try:
+        for _ in range(100):  # whatever is allocated once, lazily, is allocated here
+            op()
+        gc.collect()
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(calls):
+            op()
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+
+
+@linux_only
+@pytest.mark.parametrize("name", list(OPS))
+def test_ten_thousand_calls_leave_the_resident_set_flat(name):
+    assert _rss_growth(OPS[name], CALLS) < RSS_TOLERANCE
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_calls_leave_traced_memory_flat(name, request):
+    calls = CALLS if request.config.getoption("--run-slow") else TRACED_CALLS
+    assert _traced_growth(OPS[name], calls) < TRACED_TOLERANCE
+
+
+@linux_only
+def test_the_checks_catch_a_leak_of_one_small_allocation_per_call():
+    leaked = []
+    assert _traced_growth(lambda: leaked.append(object()), TRACED_CALLS) > TRACED_TOLERANCE
+    leaked.clear()
+    assert _rss_growth(lambda: leaked.append(np.ones(16)), CALLS) > RSS_TOLERANCE
