@@ -108,6 +108,14 @@ def window_args(draw, with_dilation):
     return spelling, plain
 
 
+def _plain_kwargs(geometry, with_dilation):
+    """The geometry as plain Python ints for the reference, which trusts its arguments."""
+    kwargs = dict(kernel_size=geometry["kernel"], stride=geometry["stride"], padding=geometry["padding"])
+    if with_dilation:
+        kwargs["dilation"] = geometry["dilation"]
+    return kwargs
+
+
 @given(plane=planes(), window=window_args(with_dilation=True), ceil_mode=st.booleans(),
        return_indices=st.booleans())
 def test_max_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ceil_mode, return_indices):
@@ -120,7 +128,8 @@ def test_max_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
         return
     saved = laid_out.copy()
     result = call()
-    expected_y, expected_indices = reference.max_pool2d(x, **kwargs, ceil_mode=ceil_mode, return_indices=True)
+    expected_y, expected_indices = reference.max_pool2d(x, **_plain_kwargs(geometry, True), ceil_mode=ceil_mode,
+                                                        return_indices=True)
     y, indices = result if return_indices else (result, None)
     assert_matches(y, expected_y, plane["dtype"])
     np.testing.assert_array_equal(laid_out, saved)
@@ -147,12 +156,13 @@ def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
         assert_refused(lambda: F.avg_pool2d_backward(grad_out, x.shape, **kwargs, **flags), reasons)
         return
     y = F.avg_pool2d(laid_out, **kwargs, **flags)
+    plain = _plain_kwargs(geometry, False)
     with np.errstate(invalid="ignore"):
-        assert_matches(y, reference.avg_pool2d(x, **kwargs, **flags), plane["dtype"])
+        assert_matches(y, reference.avg_pool2d(x, **plain, **flags), plane["dtype"])
     grad_out = _values(grad_rng, y.shape, plane["dtype"], plane["kind"])
     grad_x = F.avg_pool2d_backward(in_layout(grad_out, plane["layout"]), x.shape, **kwargs, **flags)
     with np.errstate(invalid="ignore"):
-        expected = reference.avg_pool2d_backward(grad_out, x.shape, **kwargs, **flags)
+        expected = reference.avg_pool2d_backward(grad_out, x.shape, **plain, **flags)
     assert_matches(grad_x, expected, plane["dtype"])
     # A grad_out of another output size is refused.
     wrong = np.zeros((*y.shape[:-1], y.shape[-1] + 1), dtype=plane["dtype"])
@@ -191,13 +201,13 @@ def test_adaptive_pools_match_the_reference_or_refuse(pool, plane, output_size, 
     result = call()
     if pool == "avg":
         with np.errstate(invalid="ignore"):
-            assert_matches(result, reference.adaptive_avg_pool2d(x, spelling), plane["dtype"])
+            assert_matches(result, reference.adaptive_avg_pool2d(x, (out_h, out_w)), plane["dtype"])
         grad_out = _values(grad_rng, result.shape, plane["dtype"], plane["kind"])
         grad_x = F.adaptive_avg_pool2d_backward(in_layout(grad_out, plane["layout"]), x.shape)
         with np.errstate(invalid="ignore"):
             assert_matches(grad_x, reference.adaptive_avg_pool2d_backward(grad_out, x.shape), plane["dtype"])
         return
-    expected_y, expected_indices = reference.adaptive_max_pool2d(x, spelling, return_indices=True)
+    expected_y, expected_indices = reference.adaptive_max_pool2d(x, (out_h, out_w), return_indices=True)
     y, indices = result if return_indices else (result, None)
     assert y.shape[-2:] == (out_h, out_w)
     assert_matches(y, expected_y, plane["dtype"])
