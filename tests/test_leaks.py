@@ -11,10 +11,12 @@ call does). RSS: 10,000 calls; tracemalloc: 3 windows of 500 calls in the ordina
 freed memory in quarantine, the RSS check is skipped.
 """
 
+import ctypes
 import gc
 import os
 import sys
 import tracemalloc
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import pytest
@@ -76,33 +78,56 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@contextmanager
+def _quiet_heap():
+    """Objects alive before the measurement frozen out of the collector's way (in a whole
+    test session, full collections would otherwise take most of the time)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _trim():
+    """Give the C heap's free pages back to the system (glibc), so the RSS follows live memory
+    instead of hiding new allocations in space freed by earlier tests."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _rss_growth(op, calls: int) -> int:
-    for _ in range(200):  # caches, pools and the first BLAS/OpenMP use settle here
-        op()
-    gc.collect()
-    before = _rss()
-    for _ in range(calls):
-        op()
-    gc.collect()
-    return _rss() - before
+    with _quiet_heap():
+        for _ in range(200):  # caches, pools and the first BLAS/OpenMP use settle here
+            op()
+        gc.collect()
+        _trim()
+        before = _rss()
+        for _ in range(calls):
+            op()
+        gc.collect()
+        _trim()
+        return _rss() - before
 
 
 def _traced_growth(op, windows: int, calls: int) -> int:
     """The smallest growth of traced memory over ``windows`` runs of ``calls`` calls."""
     growth = []
-    tracemalloc.start()
-    try:
-        for _ in range(100):  # whatever is allocated once, lazily, is allocated here
-            op()
-        gc.collect()
-        for _ in range(windows):
-            before, _ = tracemalloc.get_traced_memory()
-            for _ in range(calls):
+    with _quiet_heap():
+        tracemalloc.start()
+        try:
+            for _ in range(100):  # whatever is allocated once, lazily, is allocated here
                 op()
             gc.collect()
-            growth.append(tracemalloc.get_traced_memory()[0] - before)
-    finally:
-        tracemalloc.stop()
+            for _ in range(windows):
+                before, _ = tracemalloc.get_traced_memory()
+                for _ in range(calls):
+                    op()
+                gc.collect()
+                growth.append(tracemalloc.get_traced_memory()[0] - before)
+        finally:
+            tracemalloc.stop()
     return min(growth)
 
 
