@@ -1,7 +1,8 @@
 """Public convolution ops: validate, normalise, allocate, then call one kernel in ``convx._core``.
 
 Semantics follow ``torch.nn.functional.conv2d`` / ``conv_transpose2d`` and ``torch.nn.grad``.
-Arrays are NCHW; unbatched CHW input gives unbatched output.
+Arrays are NCHW; unbatched CHW input gives unbatched output. A huge batch goes to the kernel in
+bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 """
 
 from __future__ import annotations

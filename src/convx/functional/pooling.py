@@ -2,7 +2,8 @@
 
 Semantics follow ``torch.nn.functional`` of the same names. Every function validates its
 arguments, computes the output size with ``convx._shapes``, allocates C-contiguous outputs and
-calls one kernel of ``convx._core``. Inputs are never modified; any memory layout is accepted.
+calls one kernel of ``convx._core`` (per bounded sub-batch of a huge batch, so that Ctrl-C can
+stop it: ``convx._batching``). Inputs are never modified; any memory layout is accepted.
 """
 
 from __future__ import annotations
