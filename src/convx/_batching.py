@@ -16,6 +16,7 @@ Most calls fit one sub-batch and make exactly the single kernel call they always
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -25,6 +26,12 @@ from ._threads import kernel_threads
 # Units of work per thread in one kernel call: about 30 ms of pooling (an element visited is a
 # unit) or of convolution (four multiply-adds are one) on a 2020s x86-64 core.
 SUB_BATCH_WORK = 1 << 28
+
+
+def conv_work(weight_shape: Sequence[int], output_plane: int, input_shape: Sequence[int]) -> int:
+    """One image's share of a convolution's work: the elements it reads, and its multiply-adds
+    at a quarter each (BLAS runs several per cycle, pooling visits about one element)."""
+    return math.prod(weight_shape) * output_plane // 4 + math.prod(input_shape[1:])
 
 
 def sub_batches(batch: int, work_per_image: int) -> Iterator[slice]:

@@ -91,7 +91,7 @@ def as_bool(name: str, value) -> bool:
 
 
 def contiguous(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous, aligned view of ``array``, copying only when its layout requires it.
+    """A C-contiguous view of ``array``, copying only when its layout requires it.
 
     The caller's array is never written to; the kernels take const memoryviews, so
     read-only arrays pass as they are. Misaligned data (from a packed buffer) is copied:

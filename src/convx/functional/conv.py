@@ -7,13 +7,12 @@ bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from .. import _core
-from .._batching import sub_batches, summed_sub_batches
+from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads, single_threaded_blas
@@ -136,12 +135,6 @@ def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
     return array[0] if unbatched else array
 
 
-def _work(weight_shape, plan: _ConvPlan, input_shape) -> int:
-    """One image's share of a sub-batch's work: the elements it reads, and its multiply-adds at
-    a quarter each (BLAS runs several per cycle, pooling about one element)."""
-    return math.prod(weight_shape) * plan.out_h * plan.out_w // 4 + math.prod(input_shape[1:])
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation) of a batch of images.
 
@@ -196,7 +189,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
-            for part in sub_batches(plan.batch, _work(weight.shape, plan, x.shape)):
+            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
                 kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), kernel_threads())
     return _unbatch(out, unbatched)
 
@@ -247,7 +240,7 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, di
         )
         grad_out, weight = contiguous(grad_out), contiguous(weight)
         with single_threaded_blas():
-            for part in sub_batches(plan.batch, _work(weight.shape, plan, input_shape)):
+            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
                 kernel(grad_out[part], weight, grad_x[part], *plan.kernel_args(), kernel_threads())
     return _unbatch(grad_x, unbatched)
 
@@ -291,7 +284,8 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
-        parts = summed_sub_batches(plan.batch, _work(weight_shape, plan, x.shape), (grad_w,))
+        work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
+        parts = summed_sub_batches(plan.batch, work, (grad_w,))
         if _is_depthwise(weight_shape, plan.groups):
             for part, (grad_w_part,) in parts:
                 _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(),
@@ -328,7 +322,7 @@ def conv2d_backward_bias(grad_out):
     grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
     if grad_out.size:
         grad_out = contiguous(grad_out)
-        for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], math.prod(grad_out.shape[1:]), (grad_b,)):
+        for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
             _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
     return grad_b
 
@@ -378,7 +372,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
         n_threads = kernel_threads()
-        parts = summed_sub_batches(plan.batch, 2 * _work(weight.shape, plan, x.shape), (grad_w, grad_b))
+        work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
+        parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
         if _is_depthwise(weight.shape, plan.groups):
             for part, (grad_w_part, grad_b_part) in parts:
                 _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
@@ -470,7 +465,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         )
         x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
-            for part in sub_batches(batch, _work(weight.shape, plan, y.shape)):
+            for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
                 kernel(x[part], weight, y[part], *plan.kernel_args(), kernel_threads())
         if bias is not None:
             y += bias[:, None, None]
