@@ -250,6 +250,28 @@ def test_thread_count_changes_results_only_by_rounding(n_threads, rng, restore_t
                                                                  count_include_pad=False), x.dtype)
 
 
+def test_the_largest_accepted_thread_count_runs_every_op(rng, restore_threads):
+    # set_num_threads accepted 65536, and a depthwise convolution then tried to start 65536
+    # OpenMP threads and crashed the process (each thread maps a stack; a process may hold
+    # about 65530 maps). Now at most 1024 are accepted, and no kernel starts more threads
+    # than it has work items.
+    jobs = _jobs(rng, 2)
+    x = rng.standard_normal((64, 16, 5, 4))  # 1024 depthwise planes: a full team of 1024
+    depthwise = rng.standard_normal((16, 1, 3, 3))
+    convx.set_num_threads(1)
+    expected = [_every_op(job) for job in jobs] + [F.conv2d(x, depthwise, padding=1, groups=16)]
+    convx.set_num_threads(convx._threads.MAX_THREADS)
+    got = [_every_op(job) for job in jobs] + [F.conv2d(x, depthwise, padding=1, groups=16)]
+    flat = lambda results: [a for r in results for a in (r if isinstance(r, list) else [r])]  # noqa: E731
+    for out, want in zip(flat(got), flat(expected), strict=True):
+        if out.dtype.kind == "f":
+            assert_close(out, want, out.dtype)
+        else:
+            np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="at most 1024"):
+        convx.set_num_threads(convx._threads.MAX_THREADS + 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The BLAS thread limit
 

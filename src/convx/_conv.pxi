@@ -14,6 +14,12 @@ cdef enum:
     MIN_GEMM_COLS = 512
 
 
+cdef inline int _team(int n_threads, Py_ssize_t n_items) noexcept nogil:
+    """Threads for a loop of n_items: never more than the items (each thread costs its start-up
+    and a stack, whatever it gets to do)."""
+    return <int> max(1, min(<Py_ssize_t> n_threads, n_items))
+
+
 cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil:
@@ -458,7 +464,7 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
     cdef floating total
     cdef const floating* plane
     with nogil:
-        for c in prange(channels, schedule='static', num_threads=n_threads):
+        for c in prange(channels, schedule='static', num_threads=_team(n_threads, channels)):
             total = 0
             for n in range(batch):
                 plane = &grad_out[n, c, 0, 0]
@@ -647,7 +653,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
     with nogil:
-        for item in prange(g.batch * c_out, schedule='static', num_threads=n_threads):
+        for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
             n = item // c_out
             co = item % c_out
             _direct_forward_plane(&x[n, co // g.c_out_g, 0, 0], &weight[co, 0, 0, 0],
@@ -666,7 +672,7 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
     with nogil:
-        for item in prange(g.batch * c_in, schedule='static', num_threads=n_threads):
+        for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
             n = item // c_in
             ci = item % c_in
             _direct_backward_input_plane(&grad_out[n, ci * g.c_out_g, 0, 0], &weight[ci * g.c_out_g, 0, 0, 0],
@@ -692,9 +698,9 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef unsigned char[::1] non_finite = np.zeros(g.batch * c_out if padded else 1, dtype=np.uint8)
     with nogil:
         if padded:
-            for item in prange(g.batch * c_out, schedule='static', num_threads=n_threads):
+            for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
                 non_finite[item] = not _all_finite(&grad_out[0, 0, 0, 0] + item * n_out, n_out)
-        for item in prange(c_out * taps, schedule='static', num_threads=n_threads):
+        for item in prange(c_out * taps, schedule='static', num_threads=_team(n_threads, c_out * taps)):
             co = item // taps
             tap = item % taps
             total = 0

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from . import _core
 from ._checks import as_int
 
-# Far beyond any machine's cores, and well inside the C int the kernels take.
-MAX_THREADS = 1 << 16
+# Far beyond any machine's cores, and few enough for any system to start: every thread takes a
+# stack, and tens of thousands exhaust the memory maps a process may have (a crash, not an error).
+MAX_THREADS = 1024
 
 _num_threads: int = min(max(1, _core.default_num_threads()), MAX_THREADS)
 
@@ -20,7 +21,7 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        A positive thread count, at most ``MAX_THREADS`` (65536). Without OpenMP the
+        A positive thread count, at most ``MAX_THREADS`` (1024). Without OpenMP the
         kernels always run on one thread.
 
     Examples
