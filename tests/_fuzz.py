@@ -12,7 +12,6 @@ from _helpers import LAYOUTS
 from conftest import assert_close
 from hypothesis import strategies as st
 
-INT32_MAX = 2**31 - 1
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
 LAYOUT_NAMES = ["c-contiguous", *LAYOUTS]
 

@@ -20,25 +20,30 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
 
-# On a failure Hypothesis writes a patch of the failing examples with libcst, when that is
-# installed; some libcst versions warn on import (mypy_extensions.TypedDict), and under
-# filterwarnings=error that warning would become an INTERNALERROR hiding the failure itself.
-# So the module is imported once here, quietly (where libcst is missing it is simply skipped).
-with warnings.catch_warnings(), contextlib.suppress(ImportError):
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import hypothesis.extra._patching  # noqa: F401
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property-based modules skip themselves (pytest.importorskip)
+    settings = None
 
-# Health checks that measure the machine rather than the test: on a loaded 2-core CI box a
-# slow example or a large draw must not fail the run (and under filterwarnings=error nothing
-# may be left to warn either).
-_RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=_RELAXED, print_blob=True)
-settings.register_profile("thorough", max_examples=2500, deadline=None, suppress_health_check=_RELAXED,
-                          print_blob=True)
-settings.load_profile(os.environ.get("CONVX_HYPOTHESIS_PROFILE", "ci"))
+if settings is not None:
+    # On a failure Hypothesis writes a patch of the failing examples with libcst, when that is
+    # installed; some libcst versions warn on import (mypy_extensions.TypedDict), and under
+    # filterwarnings=error that warning would become an INTERNALERROR hiding the failure
+    # itself. So the module is imported once here, quietly (skipped where libcst is missing).
+    with warnings.catch_warnings(), contextlib.suppress(ImportError):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import hypothesis.extra._patching  # noqa: F401
+
+    # Health checks that measure the machine rather than the test: on a loaded 2-core CI box
+    # a slow example or a large draw must not fail the run (and under filterwarnings=error
+    # nothing may be left to warn either).
+    _RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=_RELAXED, print_blob=True)
+    settings.register_profile("thorough", max_examples=2500, deadline=None, suppress_health_check=_RELAXED,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("CONVX_HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_addoption(parser):

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from _fuzz import (
+
+pytest.importorskip("hypothesis")
+
+from _fuzz import (  # noqa: E402
     DTYPES,
-    INT32_MAX,
     LAYOUT_NAMES,
     assert_matches,
     assert_refused,
@@ -26,12 +28,12 @@ from _fuzz import (
     spelled,
     sprinkle,
 )
-from _helpers import CONV_OPS
-from hypothesis import assume, given
-from hypothesis import strategies as st
+from _helpers import CONV_OPS  # noqa: E402
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-import convx.functional as F
-from convx.reference import conv as reference
+import convx.functional as F  # noqa: E402
+from convx.reference import conv as reference  # noqa: E402
 
 NON_FINITE = [None, None, None, np.nan, np.inf, -np.inf]
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _fuzz import (
+
+pytest.importorskip("hypothesis")
+
+from _fuzz import (  # noqa: E402
     DTYPES,
     LAYOUT_NAMES,
     assert_matches,
@@ -22,11 +25,11 @@ from _fuzz import (
     in_layout,
     spelled,
 )
-from hypothesis import assume, given
-from hypothesis import strategies as st
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-import convx.functional as F
-from convx.reference import pooling as reference
+import convx.functional as F  # noqa: E402
+from convx.reference import pooling as reference  # noqa: E402
 
 
 def _values(rng, shape, dtype, kind):
