@@ -350,3 +350,39 @@ def _stays_invalid(op, name, axis, call) -> bool:
     if name == "weight":
         return axis == 1 or (axis == 0 and (op != "forward" or call.bias))
     return False
+
+
+@given(args=transpose_calls().filter(lambda args: args[-1] is not None), data=st.data())
+def test_conv_transpose2d_one_bad_argument_is_refused_with_a_message(args, data):
+    dtype, arrays, _, kwargs, _, _ = args
+    kwargs = {**arrays, **kwargs}
+    name = data.draw(st.sampled_from(sorted(kwargs)), label="argument")
+    value = kwargs[name]
+    names = (name,)
+    if name in ("stride", "dilation"):
+        bad = data.draw(bad_geometry_values(1), label="bad")
+        names = (name, "dilated", "output_padding")
+    elif name in ("padding", "output_padding"):
+        bad = data.draw(st.one_of(bad_geometry_values(0), st.just("same")), label="bad")
+        names = ("padding", "output")
+    elif name == "groups":
+        bad = data.draw(st.sampled_from(BAD_GROUPS), label="bad")
+    elif value is None or name == "bias":
+        c_out = arrays["weight"].shape[1] * kwargs["groups"]
+        like = np.zeros(c_out, dtype=dtype) if value is None else value
+        bad = data.draw(st.one_of(bad_array(like, optional=True), st.just(np.zeros(like.size + 1, dtype=dtype))),
+                        label="bad")
+    else:
+        kind = data.draw(st.sampled_from(["bad-array", "other-dtype", "wrong-shape"]), label="kind")
+        if kind == "bad-array":
+            bad = data.draw(bad_array(value), label="bad")
+        elif kind == "other-dtype":
+            bad = value.astype(DTYPES[1] if value.dtype == DTYPES[0] else DTYPES[0])
+        else:
+            # More input channels than the weight's first axis, or the other way round.
+            grown = list(value.shape)
+            grown[-3 if name == "x" else 0] += data.draw(st.integers(1, 3), label="by")
+            bad = np.zeros(grown, dtype=value.dtype)
+            names = ("channels", "weight", "groups")
+    kwargs[name] = bad
+    assert_refused(lambda: F.conv_transpose2d(**kwargs), names)
