@@ -8,6 +8,10 @@ CONVX_DISABLE_OPENMP=1
     Build without OpenMP even where the compiler has it.
 CONVX_MARCH_NATIVE=1
     Add ``-march=native`` (the binary then only runs on CPUs like the build machine's).
+CONVX_SANITIZE=1
+    Build with AddressSanitizer and UndefinedBehaviorSanitizer (GCC or Clang; any undefined
+    behaviour aborts). Python itself is not instrumented, so the ASan runtime must be loaded
+    first: see ``.ci/sanitize.sh``.
 """
 
 import os
@@ -80,6 +84,10 @@ def build_extensions():
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
     if _flag_set("CONVX_MARCH_NATIVE"):
         compile_args.append("-march=native")
+    if _flag_set("CONVX_SANITIZE"):
+        sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        compile_args += [*sanitizers, "-fno-omit-frame-pointer", "-g", "-O1"]
+        link_args += sanitizers
 
     omp = openmp_flags()
     if omp is None:

@@ -1,7 +1,66 @@
-"""Shared test configuration: per-dtype tolerances and the optional PyTorch oracle."""
+"""Shared test configuration: per-dtype tolerances, the optional PyTorch oracle, Hypothesis
+profiles and the ``slow`` marker.
+
+Hypothesis profiles, chosen by ``CONVX_HYPOTHESIS_PROFILE``:
+
+``ci`` (default)
+    A few dozen examples per property, derandomised (the same examples on every run, so the
+    ordinary test run is fast and never flaky) and without an example database.
+``thorough``
+    Thousands of examples per property, fresh random ones on every run, failures kept in the
+    ``.hypothesis/`` database and replayed first next time (``.ci/reliability.sh``).
+
+Tests marked ``slow`` (minutes of CPU or gigabytes of address space) run only with
+``--run-slow``.
+"""
+
+import contextlib
+import os
+import warnings
 
 import numpy as np
 import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property-based modules skip themselves (pytest.importorskip)
+    settings = None
+
+if settings is not None:
+    # On a failure Hypothesis writes a patch of the failing examples with libcst, when that is
+    # installed; some libcst versions warn on import (mypy_extensions.TypedDict), and under
+    # filterwarnings=error that warning would become an INTERNALERROR hiding the failure
+    # itself. So the module is imported once here, quietly (skipped where libcst is missing).
+    with warnings.catch_warnings(), contextlib.suppress(ImportError):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import hypothesis.extra._patching  # noqa: F401
+
+    # Health checks that measure the machine rather than the test: on a loaded 2-core CI box
+    # a slow example or a large draw must not fail the run (and under filterwarnings=error
+    # nothing may be left to warn either).
+    _RELAXED = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=_RELAXED, print_blob=True)
+    settings.register_profile("thorough", max_examples=2500, deadline=None, suppress_health_check=_RELAXED,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("CONVX_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes of CPU or gigabytes of memory; run with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 # One place for tolerances: (rtol, atol) per dtype for comparisons with the references.
 TOLERANCES = {

@@ -94,6 +94,10 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     """A C-contiguous view of ``array``, copying only when its layout requires it.
 
     The caller's array is never written to; the kernels take const memoryviews, so
-    read-only arrays pass as they are.
+    read-only arrays pass as they are. Misaligned data (from a packed buffer) is copied:
+    the kernels load whole floats, which is undefined behaviour there (and a fault on some
+    CPUs), and ``np.ascontiguousarray`` alone keeps a contiguous but misaligned array.
     """
-    return np.ascontiguousarray(array)
+    if array.flags.c_contiguous and array.flags.aligned:
+        return array
+    return np.array(array, order="C", copy=True)

@@ -14,6 +14,12 @@ cdef enum:
     MIN_GEMM_COLS = 512
 
 
+cdef inline int _team(int n_threads, Py_ssize_t n_items) noexcept nogil:
+    """Threads for a loop of n_items: never more than the items (each thread costs its start-up
+    and a stack, whatever it gets to do)."""
+    return <int> max(1, min(<Py_ssize_t> n_threads, n_items))
+
+
 cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil:
@@ -458,7 +464,7 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
     cdef floating total
     cdef const floating* plane
     with nogil:
-        for c in prange(channels, schedule='static', num_threads=n_threads):
+        for c in prange(channels, schedule='static', num_threads=_team(n_threads, channels)):
             total = 0
             for n in range(batch):
                 plane = &grad_out[n, c, 0, 0]
@@ -527,6 +533,40 @@ cdef void _direct_forward_plane(const floating* image, const floating* weight, f
                 src = image + ih * g.width + iw0
                 if hi > lo:
                     _axpy(dst + lo, src + lo * g.stride_w, tap, hi - lo, g.stride_w)
+    if not _all_finite(weight, g.kernel_h * g.kernel_w):
+        _direct_forward_padding(weight, out, g)
+
+
+cdef inline bint _all_finite(const floating* values, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef bint finite = True
+    for k in range(n):
+        # v - v is 0 for finite v, NaN for NaN and +-inf.
+        finite = finite & (values[k] - values[k] == 0)
+    return finite
+
+
+cdef void _direct_forward_padding(const floating* weight, floating* out, ConvGeometry* g) noexcept nogil:
+    """out[oh, ow] += 0 * weight[i, j] for every tap in the padding: NaN where the tap is not finite.
+
+    im2col multiplies the padding's zeros by the weights, as the definition (and PyTorch) does;
+    the direct loops skip those products, so a non-finite tap's would go missing without this.
+    """
+    cdef Py_ssize_t oh, ow, i, j, ih, lo, hi
+    cdef floating zero_product
+    cdef floating* dst
+    for i in range(g.kernel_h):
+        for j in range(g.kernel_w):
+            zero_product = 0 * weight[i * g.kernel_w + j]
+            if zero_product == 0:
+                continue
+            _valid_range(j * g.dilation_w - g.pad_w, g.stride_w, g.width, g.out_w, &lo, &hi)
+            for oh in range(g.out_h):
+                dst = out + oh * g.out_w
+                ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                for ow in range(g.out_w):
+                    if ih < 0 or ih >= g.height or ow < lo or ow >= hi:
+                        dst[ow] = dst[ow] + zero_product
 
 
 cdef void _direct_backward_input_plane(const floating* grad_out, const floating* weight,
@@ -573,6 +613,34 @@ cdef floating _direct_weight_tap(const floating* grad_out, const floating* image
     return total
 
 
+cdef inline bint _reaches_padding(ConvGeometry* g) noexcept nogil:
+    """Whether some tap falls outside the input: in the top/left padding or, with 'same' and
+    even kernels or a stride that overshoots, in the bottom/right one."""
+    return (g.pad_h > 0 or g.pad_w > 0
+            or (g.out_h - 1) * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h >= g.height
+            or (g.out_w - 1) * g.stride_w - g.pad_w + (g.kernel_w - 1) * g.dilation_w >= g.width)
+
+
+cdef floating _direct_weight_tap_padding(const floating* grad_out, ConvGeometry* g,
+                                         Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    """sum of 0 * grad_out[oh, ow] over the outputs whose tap (i, j) falls in the padding.
+
+    Zero for finite gradients, NaN where one of them is not finite: the products with the
+    padding's zeros that im2col computes and the direct loops skip.
+    """
+    cdef Py_ssize_t oh, ow, ih, lo, hi
+    cdef floating total = 0
+    cdef const floating* dy
+    _valid_range(j * g.dilation_w - g.pad_w, g.stride_w, g.width, g.out_w, &lo, &hi)
+    for oh in range(g.out_h):
+        dy = grad_out + oh * g.out_w
+        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+        for ow in range(g.out_w):
+            if ih < 0 or ih >= g.height or ow < lo or ow >= hi:
+                total = total + 0 * dy[ow]
+    return total
+
+
 def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                       const floating[::1] bias, floating[:, :, :, ::1] out,
                       int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
@@ -585,7 +653,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
     with nogil:
-        for item in prange(g.batch * c_out, schedule='static', num_threads=n_threads):
+        for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
             n = item // c_out
             co = item % c_out
             _direct_forward_plane(&x[n, co // g.c_out_g, 0, 0], &weight[co, 0, 0, 0],
@@ -604,7 +672,7 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
     with nogil:
-        for item in prange(g.batch * c_in, schedule='static', num_threads=n_threads):
+        for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
             n = item // c_in
             ci = item % c_in
             _direct_backward_input_plane(&grad_out[n, ci * g.c_out_g, 0, 0], &weight[ci * g.c_out_g, 0, 0, 0],
@@ -622,14 +690,24 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t item, co, tap, n
     cdef floating total
+    # Planes of grad_out holding inf or NaN, whose products with the padding are NaN.
+    cdef bint padded = _reaches_padding(&g)
+    cdef unsigned char[::1] non_finite = np.zeros(g.batch * c_out if padded else 1, dtype=np.uint8)
     with nogil:
-        for item in prange(c_out * taps, schedule='static', num_threads=n_threads):
+        if padded:
+            for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
+                non_finite[item] = not _all_finite(&grad_out[0, 0, 0, 0] + item * n_out, n_out)
+        for item in prange(c_out * taps, schedule='static', num_threads=_team(n_threads, c_out * taps)):
             co = item // taps
             tap = item % taps
             total = 0
             for n in range(g.batch):
                 total = total + _direct_weight_tap(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], &g,
                                                    tap // g.kernel_w, tap % g.kernel_w)
+                if padded and non_finite[n * c_out + co]:
+                    total = total + _direct_weight_tap_padding(&grad_out[n, co, 0, 0], &g,
+                                                               tap // g.kernel_w, tap % g.kernel_w)
             grad_weight[co, 0, tap // g.kernel_w, tap % g.kernel_w] = total

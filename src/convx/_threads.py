@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from . import _core
 from ._checks import as_int
 
-# Far beyond any machine's cores, and well inside the C int the kernels take.
-MAX_THREADS = 1 << 16
+# Far beyond any machine's cores, and few enough for any system to start: every thread takes a
+# stack, and tens of thousands exhaust the memory maps a process may have (a crash, not an error).
+MAX_THREADS = 1024
 
 _num_threads: int = min(max(1, _core.default_num_threads()), MAX_THREADS)
 
@@ -20,7 +21,7 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        A positive thread count, at most ``MAX_THREADS`` (65536). Without OpenMP the
+        A positive thread count, at most ``MAX_THREADS`` (1024). Without OpenMP the
         kernels always run on one thread.
 
     Examples
@@ -68,13 +69,31 @@ def _blas_libraries():
     return _blas_controller
 
 
+def _release_openblas_claim():
+    """Let the next thread set a pthreads OpenBLAS's thread count.
+
+    threadpoolctl (3.7 and later) lets only one Python thread set that process-wide count:
+    the first to do so, until it clears its claim; the others are silently ignored. The
+    limit here is shared by all threads, may be set in one and restored in another, and
+    changes only under ``_blas_lock``, so the claim is cleared around every change.
+    """
+    import threadpoolctl
+
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 @contextmanager
 def single_threaded_blas():
     """Hold every loaded BLAS at one thread for the duration (re-entrant, thread-safe)."""
     global _blas_users, _blas_limiter
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = _blas_libraries().limit(limits=1)
+            libraries = _blas_libraries()
+            _release_openblas_claim()
+            _blas_limiter = libraries.limit(limits=1)
+            _release_openblas_claim()
         _blas_users += 1
     try:
         yield
@@ -82,5 +101,7 @@ def single_threaded_blas():
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
+                _release_openblas_claim()
                 _blas_limiter.restore_original_limits()
+                _release_openblas_claim()
                 _blas_limiter = None

@@ -1,7 +1,8 @@
 """Public convolution ops: validate, normalise, allocate, then call one kernel in ``convx._core``.
 
 Semantics follow ``torch.nn.functional.conv2d`` / ``conv_transpose2d`` and ``torch.nn.grad``.
-Arrays are NCHW; unbatched CHW input gives unbatched output.
+Arrays are NCHW; unbatched CHW input gives unbatched output. A huge batch goes to the kernel in
+bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _core
+from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads, single_threaded_blas
@@ -185,8 +187,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if plan.batch:
         bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
         kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
+        x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
-            kernel(contiguous(x), contiguous(weight), bias_arg, out, *plan.kernel_args(), kernel_threads())
+            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), kernel_threads())
     return _unbatch(out, unbatched)
 
 
@@ -234,8 +238,10 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, di
         kernel = (
             _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
         )
+        grad_out, weight = contiguous(grad_out), contiguous(weight)
         with single_threaded_blas():
-            kernel(contiguous(grad_out), contiguous(weight), grad_x, *plan.kernel_args(), kernel_threads())
+            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
+                kernel(grad_out[part], weight, grad_x[part], *plan.kernel_args(), kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -278,14 +284,19 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
+        work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
+        parts = summed_sub_batches(plan.batch, work, (grad_w,))
         if _is_depthwise(weight_shape, plan.groups):
-            _core.depthwise_backward_weight(grad_out, x, grad_w, *plan.kernel_args(), kernel_threads())
+            for part, (grad_w_part,) in parts:
+                _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(),
+                                                kernel_threads())
         else:
             with single_threaded_blas():
-                _core.conv2d_backward_params(
-                    grad_out, x, grad_w, np.empty((0, 1, 1, 1), dtype=dtype), grad_w,
-                    _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
-                )
+                for part, (grad_w_part,) in parts:
+                    _core.conv2d_backward_params(
+                        grad_out[part], x[part], grad_w_part, np.empty((0, 1, 1, 1), dtype=dtype), grad_w_part,
+                        _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
+                    )
     return grad_w
 
 
@@ -310,7 +321,9 @@ def conv2d_backward_bias(grad_out):
     grad_out, _ = _batched(grad_out)
     grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
     if grad_out.size:
-        _core.conv2d_backward_bias(contiguous(grad_out), grad_b, kernel_threads())
+        grad_out = contiguous(grad_out)
+        for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
+            _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
     return grad_b
 
 
@@ -359,15 +372,20 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
         n_threads = kernel_threads()
+        work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
+        parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
         if _is_depthwise(weight.shape, plan.groups):
-            _core.depthwise_backward_input(grad_out, weight, grad_x, *plan.kernel_args(), n_threads)
-            _core.depthwise_backward_weight(grad_out, x, grad_w, *plan.kernel_args(), n_threads)
-            _core.conv2d_backward_bias(grad_out, grad_b, n_threads)
+            for part, (grad_w_part, grad_b_part) in parts:
+                _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
+                _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
+                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
         else:
             with single_threaded_blas():
-                _core.conv2d_backward_params(
-                    grad_out, x, weight, grad_x, grad_w, grad_b, *plan.kernel_args(), n_threads
-                )
+                for part, (grad_w_part, grad_b_part) in parts:
+                    _core.conv2d_backward_params(
+                        grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
+                        *plan.kernel_args(), n_threads,
+                    )
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
@@ -445,8 +463,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         kernel = (
             _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
         )
+        x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
-            kernel(contiguous(x), contiguous(weight), y, *plan.kernel_args(), kernel_threads())
+            for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
+                kernel(x[part], weight, y[part], *plan.kernel_args(), kernel_threads())
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)

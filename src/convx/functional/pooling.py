@@ -2,7 +2,8 @@
 
 Semantics follow ``torch.nn.functional`` of the same names. Every function validates its
 arguments, computes the output size with ``convx._shapes``, allocates C-contiguous outputs and
-calls one kernel of ``convx._core``. Inputs are never modified; any memory layout is accepted.
+calls one kernel of ``convx._core`` (per bounded sub-batch of a huge batch, so that Ctrl-C can
+stop it: ``convx._batching``). Inputs are never modified; any memory layout is accepted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
 from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
@@ -132,6 +134,15 @@ def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
     return array[0] if unbatched else array
 
 
+def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
+    """Elements one image reads and writes, with each output's taps: the size of a sub-batch's work.
+
+    (Adaptive windows overlap: an input element lies in at most four, a window has at most
+    four elements where the output is larger than the input, hence their 4s.)
+    """
+    return channels * (plane + outputs * taps)
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
 
@@ -199,7 +210,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
     if y.size:
-        _core.max_pool2d_forward(contiguous(x), y, indices, *kernel, *stride, *padding, *dilation, kernel_threads())
+        x = contiguous(x)
+        for part in sub_batches(n, _work(c, height * width, out_h * out_w, kernel[0] * kernel[1])):
+            _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
+                                     kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -263,9 +277,10 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
-        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
-        indices4 = indices[np.newaxis] if unbatched else indices
-        _core.max_pool2d_backward(contiguous(grad_out4), contiguous(indices4), grad_x, kernel_threads())
+        grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
+        indices4 = contiguous(indices[np.newaxis] if unbatched else indices)
+        for part in sub_batches(shape[0], _work(shape[1], plane_size, grad_out4.shape[2] * grad_out4.shape[3], 1)):
+            _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -341,9 +356,11 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     if y.size:
-        _core.avg_pool2d_forward(
-            contiguous(x), y, *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
-        )
+        x = contiguous(x)
+        for part in sub_batches(n, _work(c, height * width, out_h * out_w, kernel[0] * kernel[1])):
+            _core.avg_pool2d_forward(
+                x[part], y[part], *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
+            )
     return _unbatch(y, unbatched)
 
 
@@ -408,10 +425,12 @@ def avg_pool2d_backward(
 
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
-        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
-        _core.avg_pool2d_backward(
-            contiguous(grad_out4), grad_x, *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
-        )
+        grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
+        for part in sub_batches(shape[0], _work(shape[1], shape[2] * shape[3], out_h * out_w, kernel[0] * kernel[1])):
+            _core.avg_pool2d_backward(
+                grad_out4[part], grad_x[part], *kernel, *stride, *padding, count_include_pad, divisor,
+                kernel_threads(),
+            )
     return _unbatch(grad_x, unbatched)
 
 
@@ -457,9 +476,10 @@ def adaptive_avg_pool2d(x, output_size):
 
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     if y.size:
-        _core.adaptive_avg_pool2d_forward(
-            contiguous(x), y, *_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w), kernel_threads()
-        )
+        x = contiguous(x)
+        windows = (*_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w))
+        for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
+            _core.adaptive_avg_pool2d_forward(x[part], y[part], *windows, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -505,14 +525,10 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
 
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
-        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
-        _core.adaptive_avg_pool2d_backward(
-            contiguous(grad_out4),
-            grad_x,
-            *_adaptive_windows(shape[2], out_h),
-            *_adaptive_windows(shape[3], out_w),
-            kernel_threads(),
-        )
+        grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
+        windows = (*_adaptive_windows(shape[2], out_h), *_adaptive_windows(shape[3], out_w))
+        for part in sub_batches(shape[0], _work(shape[1], 4 * shape[2] * shape[3], out_h * out_w, 4)):
+            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], *windows, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -567,14 +583,10 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
     if y.size:
-        _core.adaptive_max_pool2d_forward(
-            contiguous(x),
-            y,
-            indices,
-            *_adaptive_windows(height, out_h),
-            *_adaptive_windows(width, out_w),
-            kernel_threads(),
-        )
+        x = contiguous(x)
+        windows = (*_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w))
+        for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
+            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], *windows, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)

@@ -72,11 +72,12 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     """grad_x[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]."""
     grad_out, unbatched = _nchw(grad_out)
     indices, _ = _nchw(indices)
-    n, c = grad_out.shape[:2]
+    n, c, out_h, out_w = grad_out.shape
     height, width = input_shape[-2:]
     grad_x = np.zeros((n * c, height * width), dtype=grad_out.dtype)
     planes = np.arange(n * c)[:, None]
-    np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_out.reshape(n * c, -1))
+    # Explicit sizes: -1 cannot be inferred for an empty batch.
+    np.add.at(grad_x, (planes, indices.reshape(n * c, out_h * out_w)), grad_out.reshape(n * c, out_h * out_w))
     return grad_x.reshape(input_shape)
 
 
@@ -174,7 +175,7 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
         h0, h1 = adaptive_window(oh, height, out_h)
         for ow in range(out_w):
             w0, w1 = adaptive_window(ow, width, out_w)
-            window = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+            window = x[:, :, h0:h1, w0:w1].reshape(n, c, (h1 - h0) * (w1 - w0))
             is_nan = np.isnan(window)
             last_nan = window.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
             first_max = np.argmax(np.where(is_nan, -np.inf, window), axis=-1)

@@ -1,0 +1,347 @@
+"""Concurrency: every kernel releases the GIL; eight Python threads calling every op at once get
+exactly what serial calls get; changing the thread count from another thread while ops run is
+safe; the refcounted BLAS thread limit (convx._threads.single_threaded_blas) holds under many
+threads, nesting and exceptions, and is released at the end.
+"""
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import convx
+import convx._core as core
+import convx._threads
+import convx.functional as F
+from convx.reference import conv as reference_conv
+from convx.reference import pooling as reference_pooling
+
+
+@pytest.fixture
+def restore_threads():
+    original = convx.get_num_threads()
+    yield
+    convx.set_num_threads(original)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GIL
+
+def _windows(size, out):
+    bounds = np.array([((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)], dtype=np.int64)
+    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+
+
+def _kernel_call(name, batch):
+    """(kernel, args) of a direct ``convx._core`` call on ``batch`` images, on one OpenMP thread."""
+    rng = np.random.default_rng(0)
+    geometry = (1, 1, 1, 1, 1, 1)  # stride, padding (top/left), dilation
+    x = rng.standard_normal((batch, 32, 24, 24))
+    if name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"):
+        weight = rng.standard_normal((32, 32, 3, 3))
+        grad_out = rng.standard_normal((batch, 32, 24, 24))
+        return {
+            "conv2d_forward": (core.conv2d_forward, (x, weight, np.empty(0), np.empty_like(x), *geometry, 1, 1)),
+            "conv2d_backward_input": (core.conv2d_backward_input,
+                                      (grad_out, weight, np.empty_like(x), *geometry, 1, 1)),
+            "conv2d_backward_params": (core.conv2d_backward_params,
+                                       (grad_out, x, weight, np.empty_like(x), np.empty_like(weight),
+                                        np.empty(32), *geometry, 1, 1)),
+        }[name]
+    if name.startswith("depthwise"):
+        weight = rng.standard_normal((32, 1, 5, 5))
+        geometry = (1, 1, 2, 2, 1, 1)
+        return {
+            "depthwise_forward": (core.depthwise_forward, (x, weight, np.empty(0), np.empty_like(x), *geometry, 32, 1)),
+            "depthwise_backward_input": (core.depthwise_backward_input,
+                                         (x, weight, np.empty_like(x), *geometry, 32, 1)),
+            "depthwise_backward_weight": (core.depthwise_backward_weight,
+                                          (x, x, np.empty_like(weight), *geometry, 32, 1)),
+        }[name]
+    if name == "conv2d_backward_bias":
+        return core.conv2d_backward_bias, (np.repeat(x, 8, axis=0), np.empty(32), 1)
+    # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
+    pooled = np.empty_like(x)
+    indices = np.empty(x.shape, dtype=np.int64)
+    window = (5, 5, 1, 1, 2, 2)
+    rows, cols = _windows(24, 7), _windows(24, 7)
+    small = np.empty((batch, 32, 7, 7))
+    return {
+        "max_pool2d_forward": (core.max_pool2d_forward, (x, pooled, indices, *window, 1, 1, 1)),
+        "max_pool2d_backward": (core.max_pool2d_backward,
+                                (np.repeat(x, 4, axis=0), np.zeros((4 * batch, 32, 24, 24), dtype=np.int64),
+                                 np.empty((4 * batch, 32, 24, 24)), 1)),
+        "avg_pool2d_forward": (core.avg_pool2d_forward, (x, pooled, *window, True, 0, 1)),
+        "avg_pool2d_backward": (core.avg_pool2d_backward, (x, pooled, *window, True, 0, 1)),
+        "adaptive_avg_pool2d_forward": (core.adaptive_avg_pool2d_forward, (x, small, *rows, *cols, 1)),
+        "adaptive_avg_pool2d_backward": (core.adaptive_avg_pool2d_backward, (small, pooled, *rows, *cols, 1)),
+        "adaptive_max_pool2d_forward": (core.adaptive_max_pool2d_forward,
+                                        (x, small, np.empty(small.shape, dtype=np.int64), *rows, *cols, 1)),
+    }[name]
+
+
+KERNELS = [
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
+    "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+]
+
+
+def test_every_kernel_is_listed():
+    public = {name for name in dir(core) if not name.startswith("_") and callable(getattr(core, name))}
+    assert public - {"openmp_enabled", "default_num_threads"} == set(KERNELS)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernels_release_the_gil(name):
+    # A Python thread stamps the time in a loop; it can only run while it holds the GIL. If
+    # the kernel held the GIL, no stamp could fall inside the call; while it runs without it,
+    # the other core keeps stamping. The batch grows until a call lasts 60 ms.
+    batch = 1
+    while True:
+        kernel, args = _kernel_call(name, batch)
+        start = time.perf_counter()
+        kernel(*args)
+        if time.perf_counter() - start > 0.06 or batch >= 256:
+            break
+        batch *= 2
+    stamps = []
+    stop = threading.Event()
+
+    def stamp():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    for attempt in range(3):  # a busy machine may not schedule the other thread at once
+        stamps.clear()
+        stop.clear()
+        thread = threading.Thread(target=stamp)
+        thread.start()
+        time.sleep(0.005)
+        start = time.perf_counter()
+        kernel(*args)
+        end = time.perf_counter()
+        stop.set()
+        thread.join()
+        middle = (start + 0.25 * (end - start), end - 0.25 * (end - start))
+        if any(middle[0] < t < middle[1] for t in stamps):
+            return
+    pytest.fail(f"{name}: no Python thread ran during a {end - start:.3f} s call: the GIL was held")
+
+
+# ---------------------------------------------------------------------------------------------
+# Many Python threads at once
+
+def _every_op(arrays):
+    x, weight, grad_out, depthwise = arrays
+    y, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    return [
+        F.conv2d(x, weight, padding=1, stride=(1, 2)),
+        F.conv2d(x, depthwise, padding=2, groups=4),
+        F.conv2d_backward_input(grad_out, weight, x.shape, padding=1, stride=(1, 2)),
+        F.conv2d_backward_weight(grad_out, x, weight.shape, padding=1, stride=(1, 2)),
+        F.conv2d_backward_bias(grad_out),
+        *F.conv2d_backward(grad_out, x, weight, padding=1, stride=(1, 2)),
+        F.conv_transpose2d(grad_out, weight, padding=1, stride=(1, 2), output_padding=(0, 1)),
+        y,
+        indices,
+        F.max_pool2d_backward(y, indices, x.shape),
+        F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+        F.avg_pool2d_backward(y, x.shape, 3, 2, 1),
+        F.adaptive_avg_pool2d(x, (5, 3)),
+        F.adaptive_avg_pool2d_backward(y, x.shape),
+        *F.adaptive_max_pool2d(x, 4, return_indices=True),
+    ]
+
+
+def _jobs(rng, count):
+    jobs = []
+    for i in range(count):
+        dtype = (np.float32, np.float64)[i % 2]
+        batch = 1 + i % 5  # batches smaller and larger than the OpenMP team
+        x = rng.standard_normal((batch, 4, 12 + i % 3, 11)).astype(dtype)
+        weight = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
+        grad_out = rng.standard_normal(F.conv2d(x, weight, padding=1, stride=(1, 2)).shape).astype(dtype)
+        depthwise = rng.standard_normal((8, 1, 5, 5)).astype(dtype)
+        jobs.append((x, weight, grad_out, depthwise))
+    return jobs
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=["omp-1", "omp-2"])
+def test_eight_python_threads_get_exactly_what_serial_calls_get(n_threads, rng, restore_threads):
+    convx.set_num_threads(n_threads)
+    jobs = _jobs(rng, 16)
+    serial = [_every_op(job) for job in jobs]
+    barrier = threading.Barrier(8)
+
+    def worker(worker_id):
+        barrier.wait()  # all eight start together
+        order = list(range(len(jobs)))
+        random.Random(worker_id).shuffle(order)
+        return [(i, _every_op(jobs[i])) for i in order for _ in range(2)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [future.result(timeout=300) for future in [pool.submit(worker, w) for w in range(8)]]
+    for per_worker in results:
+        for i, outputs in per_worker:
+            for got, expected in zip(outputs, serial[i], strict=True):
+                np.testing.assert_array_equal(got, expected)
+
+
+def test_changing_the_thread_count_while_ops_run_is_safe(rng, restore_threads):
+    jobs = _jobs(rng, 8)
+    expected = [_every_op(job) for job in jobs]
+    stop = threading.Event()
+    counts_set = []
+
+    def churn():
+        chooser = random.Random(0)
+        while not stop.is_set():
+            count = chooser.choice([1, 2, 3, 4, 7])
+            convx.set_num_threads(count)
+            counts_set.append(count)
+            time.sleep(0.0005)
+
+    def worker(worker_id):
+        for i in random.Random(worker_id).sample(range(len(jobs)), len(jobs)):
+            for got, want in zip(_every_op(jobs[i]), expected[i], strict=True):
+                if got.dtype.kind == "i":
+                    np.testing.assert_array_equal(got, want)
+                else:
+                    assert_close(got, want, got.dtype)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for future in [pool.submit(worker, w) for w in range(8)]:
+                future.result(timeout=300)
+    finally:
+        stop.set()
+        churner.join()
+    assert len(set(counts_set)) > 1
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 5])
+def test_thread_count_changes_results_only_by_rounding(n_threads, rng, restore_threads):
+    jobs = _jobs(rng, 6)
+    convx.set_num_threads(1)
+    one_thread = [_every_op(job) for job in jobs]
+    convx.set_num_threads(n_threads)
+    for job, expected in zip(jobs, one_thread):
+        outputs = _every_op(job)
+        for got, want in zip(outputs, expected, strict=True):
+            if got.dtype.kind == "i":
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert_close(got, want, got.dtype)
+        # Pooling works plane by plane, whatever the team: bitwise the same.
+        for got, want in zip(outputs[9:], expected[9:], strict=True):
+            np.testing.assert_array_equal(got, want)
+    x, weight, grad_out, _ = jobs[0]
+    assert_close(one_thread[0][0], reference_conv.conv2d(x, weight, padding=1, stride=(1, 2)), x.dtype)
+    assert_close(one_thread[0][12], reference_pooling.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
+                                                                 count_include_pad=False), x.dtype)
+
+
+def test_the_largest_accepted_thread_count_runs_every_op(rng, restore_threads):
+    # set_num_threads accepted 65536, and a depthwise convolution then tried to start 65536
+    # OpenMP threads and crashed the process (each thread maps a stack; a process may hold
+    # about 65530 maps). Now at most 1024 are accepted, and no kernel starts more threads
+    # than it has work items.
+    jobs = _jobs(rng, 2)
+    x = rng.standard_normal((64, 16, 5, 4))  # 1024 depthwise planes: a full team of 1024
+    depthwise = rng.standard_normal((16, 1, 3, 3))
+    convx.set_num_threads(1)
+    expected = [_every_op(job) for job in jobs] + [F.conv2d(x, depthwise, padding=1, groups=16)]
+    convx.set_num_threads(convx._threads.MAX_THREADS)
+    got = [_every_op(job) for job in jobs] + [F.conv2d(x, depthwise, padding=1, groups=16)]
+    flat = lambda results: [a for r in results for a in (r if isinstance(r, list) else [r])]  # noqa: E731
+    for out, want in zip(flat(got), flat(expected), strict=True):
+        if out.dtype.kind == "f":
+            assert_close(out, want, out.dtype)
+        else:
+            np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="at most 1024"):
+        convx.set_num_threads(convx._threads.MAX_THREADS + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The BLAS thread limit
+
+def _blas_thread_counts():
+    return sorted(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+def test_blas_is_held_at_one_thread_in_whichever_python_thread_calls(rng, monkeypatch):
+    # threadpoolctl lets only the first Python thread that sets a pthreads OpenBLAS's thread
+    # count change it, until that thread clears its claim: convx used to leave the claim with
+    # the first thread that ran an op, so the limit did nothing in every other thread (and a
+    # limit set in one thread and released in another stayed on for good).
+    if not _blas_thread_counts():
+        pytest.skip("no BLAS found by threadpoolctl")
+    during_kernels = []
+    real_kernel = core.conv2d_forward
+
+    def spy(*args):
+        during_kernels.append(_blas_thread_counts())
+        real_kernel(*args)
+
+    monkeypatch.setattr(core, "conv2d_forward", spy)
+    x = rng.standard_normal((2, 3, 8, 8))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = _blas_thread_counts()
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a worker that stays alive throughout
+            pool.submit(F.conv2d, x, weight).result()
+            F.conv2d(x, weight)  # the main thread, while the worker lives
+            pool.submit(F.conv2d, x, weight).result()
+            assert _blas_thread_counts() == outside
+        F.conv2d(x, weight)
+        assert _blas_thread_counts() == outside
+    assert len(during_kernels) == 4
+    assert all(counts == [1] * len(counts) for counts in during_kernels), during_kernels
+
+
+def test_blas_limit_holds_under_many_threads_nesting_and_exceptions():
+    if not _blas_thread_counts():
+        pytest.skip("no BLAS found by threadpoolctl")
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = _blas_thread_counts()
+        assert convx._threads._blas_users == 0
+        seen_inside = set()
+        errors = []
+
+        def worker(worker_id):
+            chooser = random.Random(worker_id)
+            for step in range(200):
+                depth = chooser.randint(1, 3)
+                try:
+                    with convx._threads.single_threaded_blas():
+                        if depth > 1:
+                            with convx._threads.single_threaded_blas():
+                                assert convx._threads._blas_users >= 2
+                                if depth > 2:
+                                    raise KeyError(step)
+                        assert convx._threads._blas_users >= 1
+                        if step % 50 == 0:
+                            seen_inside.update(_blas_thread_counts())
+                except KeyError:
+                    pass
+                except AssertionError as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for future in [pool.submit(worker, w) for w in range(16)]:
+                future.result(timeout=120)
+        assert not errors, errors
+        assert seen_inside == {1}
+        assert convx._threads._blas_users == 0
+        assert convx._threads._blas_limiter is None
+        assert _blas_thread_counts() == outside

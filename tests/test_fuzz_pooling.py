@@ -1,0 +1,296 @@
+"""Property-based tests of the pooling ops (Hypothesis; profiles in conftest.py).
+
+Random planes (empty batches and channels too), windows, strides, paddings, dilations, flags,
+argument spellings and memory layouts, values with ties, NaN and +-inf: calls that PyTorch's
+rules allow (modelled here from those rules, not from convx's checks) agree with
+``convx.reference.pooling``, forward and backward, indices included; the others raise
+ValueError or TypeError with a message. Then one argument at a time is replaced by a value
+that is wrong in any context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hypothesis")
+
+from _fuzz import (  # noqa: E402
+    DTYPES,
+    LAYOUT_NAMES,
+    assert_matches,
+    assert_refused,
+    bad_array,
+    bad_geometry_values,
+    in_layout,
+    spelled,
+)
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import convx.functional as F  # noqa: E402
+from convx.reference import pooling as reference  # noqa: E402
+
+
+def _values(rng, shape, dtype, kind):
+    """Normal values; small integers (ties everywhere); or integers salted with NaN and +-inf."""
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    values = rng.integers(-2, 3, size=shape).astype(dtype)
+    if kind == "special" and values.size:
+        flat = values.reshape(-1)
+        spots = rng.choice(flat.size, size=max(1, flat.size // 6), replace=False)
+        flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
+    return values
+
+
+def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
+    """PyTorch's pooling_output_shape, written out again."""
+    numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _has_empty_window(size, out, kernel, stride, padding, dilation) -> bool:
+    return any(
+        not any(0 <= o * stride - padding + t * dilation < size for t in range(kernel)) for o in range(max(out, 0))
+    )
+
+
+def _window_reasons(height, width, kernel, stride, padding, dilation, ceil_mode) -> tuple[str, ...]:
+    """Empty when PyTorch's rules allow the window sweep, else words one of which the error names."""
+    words = []
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        words += ["padding"]
+    outs = [_pool_out(*args, ceil_mode) for args in zip((height, width), kernel, stride, padding, dilation)]
+    if min(outs) < 1:
+        words += ["output", "would be"]
+    elif any(_has_empty_window(size, out, *args) for size, out, *args in
+             zip((height, width), outs, kernel, stride, padding, dilation)):
+        words += ["padding", "dilation"]
+    return tuple(words)
+
+
+@st.composite
+def planes(draw, max_size=10):
+    """(shape, unbatched, dtype, values kind, layout, seed) of a pooling input."""
+    unbatched = draw(st.booleans())
+    batch = draw(st.integers(0, 3))
+    channels = draw(st.integers(0, 3))
+    height, width = draw(st.integers(0, max_size)), draw(st.integers(0, max_size))
+    shape = (channels, height, width) if unbatched else (batch, channels, height, width)
+    return dict(shape=shape, dtype=draw(st.sampled_from(DTYPES)),
+                kind=draw(st.sampled_from(["normal", "ties", "special"])),
+                layout=draw(st.sampled_from(LAYOUT_NAMES)), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _make(plane):
+    rng = np.random.default_rng(plane["seed"])
+    x = _values(rng, plane["shape"], plane["dtype"], plane["kind"])
+    grad_rng = np.random.default_rng(plane["seed"] + 1)
+    return x, in_layout(x, plane["layout"]), grad_rng
+
+
+def _pair_draw(draw, low, high):
+    return (draw(st.integers(low, high)), draw(st.integers(low, high)))
+
+
+@st.composite
+def window_args(draw, with_dilation):
+    kernel = _pair_draw(draw, 1, 5)
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    padding = _pair_draw(draw, 0, 3)
+    dilation = _pair_draw(draw, 1, 3) if with_dilation else (1, 1)
+    spelling = dict(kernel_size=draw(spelled(kernel)), stride=None if stride is None else draw(spelled(stride)),
+                    padding=draw(spelled(padding)))
+    if with_dilation:
+        spelling["dilation"] = draw(spelled(dilation))
+    plain = dict(kernel=kernel, stride=kernel if stride is None else stride, padding=padding, dilation=dilation)
+    return spelling, plain
+
+
+def _plain_kwargs(geometry, with_dilation):
+    """The geometry as plain Python ints for the reference, which trusts its arguments."""
+    kwargs = dict(kernel_size=geometry["kernel"], stride=geometry["stride"], padding=geometry["padding"])
+    if with_dilation:
+        kwargs["dilation"] = geometry["dilation"]
+    return kwargs
+
+
+@given(plane=planes(), window=window_args(with_dilation=True), ceil_mode=st.booleans(),
+       return_indices=st.booleans())
+def test_max_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ceil_mode, return_indices):
+    x, laid_out, grad_rng = _make(plane)
+    kwargs, geometry = window
+    reasons = _window_reasons(*plane["shape"][-2:], *geometry.values(), ceil_mode)
+    call = lambda: F.max_pool2d(laid_out, **kwargs, ceil_mode=ceil_mode, return_indices=return_indices)  # noqa: E731
+    if reasons:
+        assert_refused(call, reasons)
+        return
+    saved = laid_out.copy()
+    result = call()
+    expected_y, expected_indices = reference.max_pool2d(x, **_plain_kwargs(geometry, True), ceil_mode=ceil_mode,
+                                                        return_indices=True)
+    y, indices = result if return_indices else (result, None)
+    assert_matches(y, expected_y, plane["dtype"])
+    np.testing.assert_array_equal(laid_out, saved)
+    if indices is None:
+        return
+    assert indices.dtype == np.int64
+    assert_matches(indices, expected_indices, plane["dtype"])
+    grad_out = grad_rng.standard_normal(y.shape).astype(plane["dtype"])
+    grad_x = F.max_pool2d_backward(grad_out, indices, x.shape)
+    assert_matches(grad_x, reference.max_pool2d_backward(grad_out, indices, x.shape), plane["dtype"])
+
+
+@given(plane=planes(), window=window_args(with_dilation=False), ceil_mode=st.booleans(),
+       count_include_pad=st.booleans(), divisor_override=st.one_of(st.none(), st.integers(1, 7)))
+def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ceil_mode, count_include_pad,
+                                                               divisor_override):
+    x, laid_out, grad_rng = _make(plane)
+    kwargs, geometry = window
+    flags = dict(ceil_mode=ceil_mode, count_include_pad=count_include_pad, divisor_override=divisor_override)
+    reasons = _window_reasons(*plane["shape"][-2:], *geometry.values(), ceil_mode)
+    if reasons:
+        assert_refused(lambda: F.avg_pool2d(laid_out, **kwargs, **flags), reasons)
+        grad_out = np.zeros((*plane["shape"][:-2], 1, 1), dtype=plane["dtype"])
+        assert_refused(lambda: F.avg_pool2d_backward(grad_out, x.shape, **kwargs, **flags), reasons)
+        return
+    y = F.avg_pool2d(laid_out, **kwargs, **flags)
+    plain = _plain_kwargs(geometry, False)
+    with np.errstate(invalid="ignore"):
+        assert_matches(y, reference.avg_pool2d(x, **plain, **flags), plane["dtype"])
+    grad_out = _values(grad_rng, y.shape, plane["dtype"], plane["kind"])
+    grad_x = F.avg_pool2d_backward(in_layout(grad_out, plane["layout"]), x.shape, **kwargs, **flags)
+    with np.errstate(invalid="ignore"):
+        expected = reference.avg_pool2d_backward(grad_out, x.shape, **plain, **flags)
+    assert_matches(grad_x, expected, plane["dtype"])
+    # A grad_out of another output size is refused.
+    wrong = np.zeros((*y.shape[:-1], y.shape[-1] + 1), dtype=plane["dtype"])
+    assert_refused(lambda: F.avg_pool2d_backward(wrong, x.shape, **kwargs, **flags), ("grad_out",))
+
+
+@st.composite
+def output_sizes(draw):
+    """(spelling, function of (H, W) giving the model's (out_h, out_w))."""
+    kind = draw(st.sampled_from(["int", "pair", "none"]))
+    if kind == "int":
+        size = draw(st.integers(1, 8))
+        return draw(st.sampled_from([size, np.int64(size)])), lambda h, w: (size, size)
+    sizes = _pair_draw(draw, 1, 8)
+    if kind == "pair":
+        return draw(spelled(sizes)), lambda h, w: sizes
+    keep = draw(st.sampled_from([0, 1]))
+    spelling = (None, sizes[1]) if keep == 0 else (sizes[0], None)
+    return spelling, lambda h, w: (h if keep == 0 else sizes[0], w if keep == 1 else sizes[1])
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@given(plane=planes(), output_size=output_sizes(), return_indices=st.booleans())
+def test_adaptive_pools_match_the_reference_or_refuse(pool, plane, output_size, return_indices):
+    x, laid_out, grad_rng = _make(plane)
+    spelling, model = output_size
+    height, width = plane["shape"][-2:]
+    out_h, out_w = model(height, width)
+    if pool == "avg":
+        call = lambda: F.adaptive_avg_pool2d(laid_out, spelling)  # noqa: E731
+    else:
+        call = lambda: F.adaptive_max_pool2d(laid_out, spelling, return_indices=return_indices)  # noqa: E731
+    if min(height, width, out_h, out_w) < 1:
+        assert_refused(call, ("x", "plane", "output_size"))
+        return
+    result = call()
+    if pool == "avg":
+        with np.errstate(invalid="ignore"):
+            assert_matches(result, reference.adaptive_avg_pool2d(x, (out_h, out_w)), plane["dtype"])
+        grad_out = _values(grad_rng, result.shape, plane["dtype"], plane["kind"])
+        grad_x = F.adaptive_avg_pool2d_backward(in_layout(grad_out, plane["layout"]), x.shape)
+        with np.errstate(invalid="ignore"):
+            assert_matches(grad_x, reference.adaptive_avg_pool2d_backward(grad_out, x.shape), plane["dtype"])
+        return
+    expected_y, expected_indices = reference.adaptive_max_pool2d(x, (out_h, out_w), return_indices=True)
+    y, indices = result if return_indices else (result, None)
+    assert y.shape[-2:] == (out_h, out_w)
+    assert_matches(y, expected_y, plane["dtype"])
+    if indices is not None:
+        assert_matches(indices, expected_indices, plane["dtype"])
+        grad_out = grad_rng.standard_normal(y.shape).astype(plane["dtype"])
+        assert_matches(F.max_pool2d_backward(grad_out, indices, x.shape),
+                       reference.max_pool2d_backward(grad_out, indices, x.shape), plane["dtype"])
+
+
+# ---------------------------------------------------------------------------------------------
+# One argument replaced by a value that is wrong whatever the rest of the call.
+
+X = np.random.default_rng(0).standard_normal((2, 3, 7, 8))
+
+
+def _base_calls():
+    """(function, valid keyword arguments) of every pooling op, on X with 3x3 windows."""
+    y, indices = F.max_pool2d(X, 3, 2, 1, return_indices=True)
+    avg_kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False,
+                      divisor_override=None)
+    return {
+        "max_pool2d": (F.max_pool2d, dict(x=X, kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False,
+                                          return_indices=True)),
+        "max_pool2d_backward": (F.max_pool2d_backward, dict(grad_out=y, indices=indices, input_shape=X.shape)),
+        "avg_pool2d": (F.avg_pool2d, dict(x=X, **avg_kwargs)),
+        "avg_pool2d_backward": (F.avg_pool2d_backward,
+                                dict(grad_out=F.avg_pool2d(X, **avg_kwargs), input_shape=X.shape, **avg_kwargs)),
+        "adaptive_avg_pool2d": (F.adaptive_avg_pool2d, dict(x=X, output_size=(3, None))),
+        "adaptive_avg_pool2d_backward": (F.adaptive_avg_pool2d_backward,
+                                         dict(grad_out=np.ones((2, 3, 3, 4)), input_shape=X.shape)),
+        "adaptive_max_pool2d": (F.adaptive_max_pool2d, dict(x=X, output_size=4, return_indices=False)),
+    }
+
+
+BASE_CALLS = _base_calls()
+BAD_FLAGS = [1, 0, "True", None, np.array(True), [True], 1.0]
+BAD_SHAPES = [None, 3, "abc", (1, 2), (1, 2, 3, 4, 5), (2, 3, -7, 8), (2.0, 3, 7, 8), (2, 3, 7, None),
+              (3, 3, 7, 8), (2, 4, 7, 8), {2, 3, 7, 8}]
+BAD_OUTPUT_SIZES = [0, -1, (0, 2), (2, 0), (None, -1), 1.5, True, "2", (1, 2, 3), (), np.array([2, 2]), (1.0, 2)]
+
+
+def _bad_value(data, op, name, value):
+    """A value of argument ``name`` that is wrong for every rest of the call."""
+    if name in ("kernel_size", "stride", "dilation"):
+        return data.draw(bad_geometry_values(1), label="bad")
+    if name == "padding":
+        # Also more than half the kernel (3 // 2 = 1).
+        return data.draw(st.one_of(bad_geometry_values(0), st.sampled_from([2, (1, 2), (5, 0)])), label="bad")
+    if name in ("ceil_mode", "count_include_pad", "return_indices"):
+        return data.draw(st.sampled_from(BAD_FLAGS), label="bad")
+    if name == "divisor_override":
+        return data.draw(st.sampled_from([0, -1, 2**31, 2**63, 1.5, True, "2", (2,)]), label="bad")
+    if name == "output_size":
+        return data.draw(st.sampled_from(BAD_OUTPUT_SIZES), label="bad")
+    if name == "input_shape":
+        return data.draw(st.sampled_from(BAD_SHAPES), label="bad")
+    if name == "indices":
+        return data.draw(st.sampled_from([
+            value.astype(np.int32), value.astype(np.float64), value.tolist(), value[..., :-1], value - 10**6,
+            value + X.shape[2] * X.shape[3], np.full_like(value, -1), np.full_like(value, 2**62), None,
+        ]), label="bad")
+    if op.endswith("_backward") and name == "grad_out":
+        wrong = [value[0]]
+        if op != "adaptive_avg_pool2d_backward":  # which takes any output size
+            wrong.append(np.zeros((*value.shape[:-1], value.shape[-1] + 1)))
+        return data.draw(st.one_of(bad_array(value), st.sampled_from(wrong)), label="bad")
+    return data.draw(bad_array(value), label="bad")
+
+
+@pytest.mark.parametrize("op", list(BASE_CALLS))
+@given(data=st.data())
+def test_one_bad_argument_is_refused_with_a_message(op, data):
+    function, kwargs = BASE_CALLS[op]
+    kwargs = dict(kwargs)
+    function(**kwargs)  # the base call is valid
+    name = data.draw(st.sampled_from(sorted(kwargs)), label="argument")
+    bad = _bad_value(data, op, name, kwargs[name])
+    assume(not (name == "stride" and bad is None))  # stride=None means kernel_size
+    kwargs[name] = bad
+    names = {"grad_out": ("grad_out", "indices", "input_shape"), "indices": ("indices",),
+             "input_shape": ("input_shape", "grad_out"), "padding": ("padding",)}.get(name, (name,))
+    assert_refused(lambda: function(**kwargs), names)
