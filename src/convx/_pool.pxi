@@ -1,1 +1,555 @@
 # Pooling kernels (max, average, adaptive), forward and backward.
+#
+# Threads split the N*C planes; every plane of an output (or of an input gradient) is written by
+# exactly one thread, so no two threads ever touch the same memory and nothing needs a reduction.
+#
+# The max and average forward kernels sweep each output row in two parts: the border windows that
+# overlap the padding go one window at a time over their clipped tap range; the interior windows,
+# which lie wholly inside the input horizontally, go one kernel row at a time across the whole
+# output row, so the innermost loop runs along the output row with a fixed stride and no bounds
+# checks, which the compiler vectorises (with the common kernel widths and strides as literals).
+# Taps are still visited in row-major window order for every output, so ties, NaN and summation
+# order come out exactly as in the one-window-at-a-time loop (and as in PyTorch). While sweeping,
+# max pooling tracks each winner's offset within its window as a floating-point number, in the
+# same vector lanes as the values, and turns it into an int64 index once per row; where only
+# values are wanted it may skip NaN and redo the few windows whose running sum turned NaN.
+
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+
+
+cdef enum:
+    # Elements (read plus written) per thread below which another thread costs more in start-up
+    # than it saves; PyTorch's grain size.
+    POOL_GRAIN = 32768
+
+
+cdef inline int _team_size(int n_threads, Py_ssize_t n_planes, Py_ssize_t plane_work) noexcept nogil:
+    """Threads for n_planes planes of plane_work elements each: at most one per plane and per grain."""
+    cdef Py_ssize_t by_work = n_planes * plane_work // POOL_GRAIN
+    return <int> max(1, min(<Py_ssize_t> n_threads, min(n_planes, by_work)))
+
+
+cdef struct PoolGeometry:
+    Py_ssize_t height, width, out_h, out_w
+    Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    # Taps [row_lo[oh], row_hi[oh]) of output row oh land inside the input; same for columns.
+    const int64_t* row_lo
+    const int64_t* row_hi
+    const int64_t* col_lo
+    const int64_t* col_hi
+    # Output columns [inner_lo, inner_hi) use every tap of the kernel's width.
+    Py_ssize_t inner_lo, inner_hi
+
+
+cdef inline void _tap_range(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t dilation,
+                            int64_t* lo, int64_t* hi) noexcept nogil:
+    """[lo, hi): the taps t < kernel with 0 <= start + t * dilation < size."""
+    cdef Py_ssize_t first = 0, last
+    if start < 0:
+        first = (-start + dilation - 1) // dilation
+    last = (size - start + dilation - 1) // dilation
+    if last > kernel:
+        last = kernel
+    if last < first:
+        last = first
+    lo[0] = first
+    hi[0] = last
+
+
+cdef inline void _tap_ranges(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride,
+                             Py_ssize_t pad, Py_ssize_t dilation, int64_t* lo, int64_t* hi) noexcept nogil:
+    cdef Py_ssize_t o
+    for o in range(out_size):
+        _tap_range(o * stride - pad, size, kernel, dilation, &lo[o], &hi[o])
+
+
+cdef PoolGeometry _pool_geometry(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                 Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                                 Py_ssize_t stride_w, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                 Py_ssize_t dilation_h, Py_ssize_t dilation_w, int64_t[::1] ranges) noexcept:
+    """Fill ``ranges`` (2 * (out_h + out_w) entries, owned by the caller) with the tap ranges."""
+    cdef PoolGeometry g
+    g.height = height
+    g.width = width
+    g.out_h = out_h
+    g.out_w = out_w
+    g.kernel_h = kernel_h
+    g.kernel_w = kernel_w
+    g.stride_h = stride_h
+    g.stride_w = stride_w
+    g.pad_h = pad_h
+    g.pad_w = pad_w
+    g.dilation_h = dilation_h
+    g.dilation_w = dilation_w
+    g.row_lo = &ranges[0]
+    g.row_hi = &ranges[out_h]
+    g.col_lo = &ranges[2 * out_h]
+    g.col_hi = &ranges[2 * out_h + out_w]
+    _tap_ranges(height, out_h, kernel_h, stride_h, pad_h, dilation_h, <int64_t*> g.row_lo, <int64_t*> g.row_hi)
+    _tap_ranges(width, out_w, kernel_w, stride_w, pad_w, dilation_w, <int64_t*> g.col_lo, <int64_t*> g.col_hi)
+    # Windows start further right as ow grows, so the full-width ones form one contiguous run.
+    g.inner_lo = 0
+    while g.inner_lo < out_w and g.col_lo[g.inner_lo] != 0:
+        g.inner_lo += 1
+    g.inner_hi = g.inner_lo
+    while g.inner_hi < out_w and g.col_lo[g.inner_hi] == 0 and g.col_hi[g.inner_hi] == kernel_w:
+        g.inner_hi += 1
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Max pooling
+
+cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
+                             Py_ssize_t i_hi, Py_ssize_t dilation_h, Py_ssize_t w0, Py_ssize_t j_lo,
+                             Py_ssize_t j_hi, Py_ssize_t dilation_w, floating* value,
+                             int64_t* where) noexcept nogil:
+    """value, where = max and flat index of plane over taps [i_lo, i_hi) x [j_lo, j_hi) (NaN wins, last NaN)."""
+    cdef Py_ssize_t i, j, pos
+    cdef floating v, best = -INFINITY
+    # If no tap beats -inf, PyTorch reports the first tap inside the input.
+    cdef int64_t best_pos = (h0 + i_lo * dilation_h) * width + w0 + j_lo * dilation_w
+    cdef bint take
+    for i in range(i_lo, i_hi):
+        for j in range(j_lo, j_hi):
+            pos = (h0 + i * dilation_h) * width + w0 + j * dilation_w
+            v = plane[pos]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            best_pos = pos if take else best_pos
+    value[0] = best
+    where[0] = best_pos
+
+
+cdef inline bint _any_nan(const floating* data, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef bint found = False
+    for k in range(size):
+        found = found | (data[k] != data[k])
+    return found
+
+
+cdef inline void _max_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t dilation,
+                           Py_ssize_t lo, Py_ssize_t hi, bint first, bint track, bint nan_by_sum,
+                           floating offset0, floating* best, floating* offset, floating* total) noexcept nogil:
+    """best[o] absorbs row[o*stride + j*dilation] for j < n_taps, o in [lo, hi) (NaN wins); with track,
+    offset[o] follows the winner's offset0 + j*dilation. ``first`` starts from -inf at offset0.
+
+    With ``nan_by_sum`` NaN is skipped instead and total[o] sums the taps, so a NaN total flags
+    the windows to redo exactly (see _nan_by_sum).
+    """
+    cdef Py_ssize_t o, j
+    cdef floating v, b, candidate, t = 0, at = 0
+    cdef bint take
+    for o in range(lo, hi):
+        if first:
+            # -inf at the first tap inside the input, as in the one-window loop.
+            b = -INFINITY
+            at = offset0
+            t = 0
+        else:
+            b = best[o]
+            if track:
+                at = offset[o]
+            if nan_by_sum:
+                t = total[o]
+        for j in range(n_taps):
+            v = row[o * stride + j * dilation]
+            # Computed outside the select: a float add inside a branch may trap, so the compiler
+            # would keep the branch instead of a vector blend.
+            candidate = offset0 + j * dilation
+            if nan_by_sum:
+                take = v > b
+                t = t + v
+            else:
+                take = (v > b) | (v != v)
+            b = v if take else b
+            if track:
+                at = candidate if take else at
+        best[o] = b
+        if track:
+            offset[o] = at
+        if nan_by_sum:
+            total[o] = t
+
+
+cdef inline bint _nan_by_sum(PoolGeometry* g, bint track) noexcept nogil:
+    """Whether the sweep skips NaN and flags it through window sums.
+
+    Without NaN the select is a strict maximum, one instruction (maxps) instead of five, and a
+    running sum, which turns NaN once any tap is NaN, costs one more. That pays where a kernel row
+    has three taps and only values are wanted; otherwise the extra row of sums costs more.
+    """
+    return not track and g.dilation_w == 1 and g.kernel_w == 3 and (g.stride_w == 1 or g.stride_w == 2)
+
+
+cdef inline void _max_row(const floating* row, PoolGeometry* g, bint first, bint track, floating offset0,
+                          floating* best, floating* offset, floating* total) noexcept nogil:
+    """The taps of one kernel row for the interior outputs of one output row."""
+    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
+    # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
+    # vectorise along the output row.
+    if g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 2:
+        _max_taps(row, 2, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
+    elif g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 3:
+        if _nan_by_sum(g, track):
+            _max_taps(row, 2, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
+        else:
+            _max_taps(row, 2, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
+    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 2:
+        _max_taps(row, 1, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
+    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 3:
+        if _nan_by_sum(g, track):
+            _max_taps(row, 1, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
+        else:
+            _max_taps(row, 1, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
+    else:
+        _max_taps(row, g.stride_w, g.kernel_w, g.dilation_w, lo, hi, first, track, False, offset0,
+                  best, offset, total)
+
+
+cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
+                          PoolGeometry* g) noexcept nogil:
+    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL).
+
+    ``scratch`` (2 * out_w entries, NULL when window offsets might not be exact in floating point)
+    holds the winners' offsets from their window's corner and the windows' sums while a row is
+    swept.
+    """
+    cdef Py_ssize_t width = g.width, out_w = g.out_w
+    cdef Py_ssize_t oh, ow, i, h0, corner
+    cdef Py_ssize_t inner_lo = g.inner_lo if scratch != NULL else g.out_w
+    cdef Py_ssize_t inner_hi = g.inner_hi if scratch != NULL else g.out_w
+    cdef floating* offsets = scratch
+    cdef floating* totals = scratch + out_w if scratch != NULL else NULL
+    cdef int64_t unused
+    cdef floating* out_row
+    cdef int64_t* where
+    cdef const floating* row
+    cdef floating offset0
+    for oh in range(g.out_h):
+        h0 = oh * g.stride_h - g.pad_h
+        out_row = out + oh * out_w
+        where = indices + oh * out_w if indices != NULL else NULL
+        for ow in range(inner_lo):
+            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
+                        &out_row[ow], &where[ow] if where != NULL else &unused)
+        for ow in range(inner_hi, out_w):
+            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
+                        &out_row[ow], &where[ow] if where != NULL else &unused)
+        if inner_lo == inner_hi:
+            continue
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            row = plane + (h0 + i * g.dilation_h) * width - g.pad_w
+            offset0 = <floating> (i * g.dilation_h * width)
+            if i == g.row_lo[oh]:
+                if where != NULL:
+                    _max_row(row, g, True, True, offset0, out_row, offsets, totals)
+                else:
+                    _max_row(row, g, True, False, 0, out_row, offsets, totals)
+            elif where != NULL:
+                _max_row(row, g, False, True, offset0, out_row, offsets, totals)
+            else:
+                _max_row(row, g, False, False, 0, out_row, offsets, totals)
+        if where != NULL:
+            corner = h0 * width - g.pad_w
+            for ow in range(inner_lo, inner_hi):
+                # Offsets fit an int (see max_pool2d_forward), whose conversion vectorises.
+                where[ow] = corner + ow * g.stride_w + <int> offsets[ow]
+        # A NaN sum means a NaN tap (or +inf and -inf together): redo those windows exactly.
+        if _nan_by_sum(g, where != NULL) and _any_nan(totals + inner_lo, inner_hi - inner_lo):
+            for ow in range(inner_lo, inner_hi):
+                if totals[ow] != totals[ow]:
+                    _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                                ow * g.stride_w - g.pad_w, 0, g.kernel_w, g.dilation_w,
+                                &out_row[ow], &where[ow] if where != NULL else &unused)
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       int64_t[:, :, :, ::1] indices,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+                       int n_threads):
+    """out[n, c, oh, ow] = max_{i, j} x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] (padding -inf, NaN wins),
+    indices[n, c, oh, ow] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(x.shape[2], width, out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
+    # Offsets within a window are tracked as floating-point values, alongside the maxima, so that
+    # both vectorise in the same lanes; beyond the float mantissa or an int the slow path takes over.
+    cdef Py_ssize_t largest_offset = dilation_h * (kernel_h - 1) * width + dilation_w * (kernel_w - 1)
+    cdef bint exact
+    if floating is float:
+        exact = largest_offset < (1 << 24)
+    else:
+        exact = largest_offset < (1 << 31)
+    n_threads = _team_size(n_threads, n_planes, plane_size + out_size)
+    # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
+    # between the cores on every store.
+    cdef Py_ssize_t slot = (2 * out_w + 15) // 16 * 16 + 16
+    cdef floating[::1] scratch = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
+    cdef Py_ssize_t p, tid
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        for p in prange(n_planes, schedule='static'):
+            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
+                            &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
+                            &scratch[tid * slot] if exact else NULL, &g)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
+                        floating[:, :, :, ::1] grad_in, int n_threads):
+    """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t plane_size = grad_in.shape[2] * grad_in.shape[3]
+    cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
+    cdef Py_ssize_t p, o
+    cdef floating* dst
+    cdef const floating* src
+    cdef const int64_t* where
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            where = &indices[0, 0, 0, 0] + p * out_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for o in range(out_size):
+                dst[where[o]] += src[o]
+
+
+# ---------------------------------------------------------------------------------------------
+# Average pooling
+
+cdef inline Py_ssize_t _avg_divisor(PoolGeometry* g, Py_ssize_t oh, Py_ssize_t ow, bint count_include_pad,
+                                    Py_ssize_t divisor_override) noexcept nogil:
+    """The window's divisor, as PyTorch: the padded window clipped to the padded input, or the inside part."""
+    if divisor_override > 0:
+        return divisor_override
+    if count_include_pad:
+        return (min(g.kernel_h, g.height + g.pad_h - (oh * g.stride_h - g.pad_h))
+                * min(g.kernel_w, g.width + g.pad_w - (ow * g.stride_w - g.pad_w)))
+    return (g.row_hi[oh] - g.row_lo[oh]) * (g.col_hi[ow] - g.col_lo[ow])
+
+
+cdef inline floating _window_sum(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
+                                 Py_ssize_t i_hi, Py_ssize_t w0, Py_ssize_t j_lo,
+                                 Py_ssize_t j_hi) noexcept nogil:
+    """sum of plane[h0 + i, w0 + j] over [i_lo, i_hi) x [j_lo, j_hi), row-major from 0."""
+    cdef Py_ssize_t i, j
+    cdef floating total = 0
+    for i in range(i_lo, i_hi):
+        for j in range(j_lo, j_hi):
+            total = total + plane[(h0 + i) * width + w0 + j]
+    return total
+
+
+cdef inline void _sum_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t lo,
+                           Py_ssize_t hi, bint first, floating* total) noexcept nogil:
+    """total[o] += row[o*stride + j] for j < n_taps in order, o in [lo, hi); ``first`` starts from 0."""
+    cdef Py_ssize_t o, j
+    cdef floating t
+    for o in range(lo, hi):
+        t = 0 if first else total[o]
+        for j in range(n_taps):
+            t = t + row[o * stride + j]
+        total[o] = t
+
+
+cdef inline void _sum_row(const floating* row, PoolGeometry* g, bint first, floating* total) noexcept nogil:
+    """The taps of one kernel row for the interior outputs of one output row."""
+    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
+    # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
+    # vectorise along the output row.
+    if g.stride_w == 2 and g.kernel_w == 2:
+        _sum_taps(row, 2, 2, lo, hi, first, total)
+    elif g.stride_w == 2 and g.kernel_w == 3:
+        _sum_taps(row, 2, 3, lo, hi, first, total)
+    elif g.stride_w == 1 and g.kernel_w == 2:
+        _sum_taps(row, 1, 2, lo, hi, first, total)
+    elif g.stride_w == 1 and g.kernel_w == 3:
+        _sum_taps(row, 1, 3, lo, hi, first, total)
+    else:
+        _sum_taps(row, g.stride_w, g.kernel_w, lo, hi, first, total)
+
+
+cdef inline void _avg_window(const floating* plane, floating* out, PoolGeometry* g, Py_ssize_t oh,
+                             Py_ssize_t ow, bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    out[oh * g.out_w + ow] = (
+        _window_sum(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh],
+                    ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow])
+        / <floating> _avg_divisor(g, oh, ow, count_include_pad, divisor_override))
+
+
+cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g, bint count_include_pad,
+                          Py_ssize_t divisor_override) noexcept nogil:
+    """out[oh, ow] = (sum of the window's taps inside the input) / divisor."""
+    cdef Py_ssize_t width = g.width
+    cdef Py_ssize_t oh, ow, i, h0
+    cdef const floating* row
+    cdef floating* out_row
+    cdef floating divisor
+    for oh in range(g.out_h):
+        for ow in range(g.inner_lo):
+            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+        for ow in range(g.inner_hi, g.out_w):
+            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+        if g.inner_lo == g.inner_hi:
+            continue
+        h0 = oh * g.stride_h - g.pad_h
+        out_row = out + oh * g.out_w
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            row = plane + (h0 + i) * width - g.pad_w
+            if i == g.row_lo[oh]:
+                _sum_row(row, g, True, out_row)
+            else:
+                _sum_row(row, g, False, out_row)
+        # Interior windows of one row share their divisor.
+        divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
+        for ow in range(g.inner_lo, g.inner_hi):
+            out_row[ow] = out_row[ow] / divisor
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                       Py_ssize_t divisor_override, int n_threads):
+    """out[n, c, oh, ow] = sum_{i, j} x_zero_padded[n, c, oh*sh + i, ow*sw + j] / divisor(oh, ow)
+    (divisor_override when positive, else PyTorch's count with or without the padding)."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(x.shape[2], x.shape[3], out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+    cdef Py_ssize_t p
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            _avg_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size, &g,
+                            count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                        Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                        Py_ssize_t divisor_override, int n_threads):
+    """grad_in[n, c, oh*sh - ph + i, ow*sw - pw + j] += grad_out[n, c, oh, ow] / divisor(oh, ow) over the
+    taps inside the input; grad_in is overwritten."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(grad_in.shape[2], width, out_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+    cdef Py_ssize_t p, oh, ow, i, j, h0, w0
+    cdef floating share
+    cdef floating* dst
+    cdef const floating* src
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for oh in range(out_h):
+                h0 = oh * stride_h - pad_h
+                for ow in range(out_w):
+                    w0 = ow * stride_w - pad_w
+                    share = src[oh * out_w + ow] / <floating> _avg_divisor(&g, oh, ow, count_include_pad,
+                                                                           divisor_override)
+                    for i in range(g.row_lo[oh], g.row_hi[oh]):
+                        for j in range(g.col_lo[ow], g.col_hi[ow]):
+                            dst[(h0 + i) * width + w0 + j] += share
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive pooling: output (oh, ow) covers rows [row_start[oh], row_end[oh]) and columns
+# [col_start[ow], col_end[ow]), windows computed by the caller (convx._shapes.adaptive_window).
+
+def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                                const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """out[n, c, oh, ow] = sum_{h, w in window(oh, ow)} x[n, c, h, w] / window_h / window_w."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t p, oh, ow, h, w
+    cdef floating total
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            src = &x[0, 0, 0, 0] + p * plane_size
+            dst = &out[0, 0, 0, 0] + p * out_size
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    total = 0
+                    for h in range(row_start[oh], row_end[oh]):
+                        for w in range(col_start[ow], col_end[ow]):
+                            total = total + src[h * width + w]
+                    # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
+                    dst[oh * out_w + ow] = (total / <floating> (row_end[oh] - row_start[oh])
+                                            / <floating> (col_end[ow] - col_start[ow]))
+
+
+def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                                 const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                 const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """grad_in[n, c, h, w] = sum_{(oh, ow) whose window holds (h, w)} grad_out[n, c, oh, ow] / window_h / window_w."""
+    cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
+    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t p, oh, ow, h, w
+    cdef floating share
+    cdef const floating* src
+    cdef floating* dst
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            src = &grad_out[0, 0, 0, 0] + p * out_size
+            dst = &grad_in[0, 0, 0, 0] + p * plane_size
+            memset(dst, 0, plane_size * sizeof(floating))
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    share = (src[oh * out_w + ow] / <floating> (row_end[oh] - row_start[oh])
+                             / <floating> (col_end[ow] - col_start[ow]))
+                    for h in range(row_start[oh], row_end[oh]):
+                        for w in range(col_start[ow], col_end[ow]):
+                            dst[h * width + w] += share
+
+
+cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t width, floating* out, int64_t* indices,
+                              Py_ssize_t out_h, Py_ssize_t out_w, const int64_t* row_start,
+                              const int64_t* row_end, const int64_t* col_start,
+                              const int64_t* col_end) noexcept nogil:
+    """out[oh, ow] = max over window (oh, ow), indices[oh, ow] = its flat index (indices may be NULL)."""
+    cdef Py_ssize_t oh, ow
+    cdef int64_t unused
+    for oh in range(out_h):
+        for ow in range(out_w):
+            # An adaptive window is a unit-dilation window starting at its first row and column.
+            _max_window(plane, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
+                        col_start[ow], 0, col_end[ow] - col_start[ow], 1, &out[oh * out_w + ow],
+                        &indices[oh * out_w + ow] if indices != NULL else &unused)
+
+
+def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                                int64_t[:, :, :, ::1] indices,
+                                const int64_t[::1] row_start, const int64_t[::1] row_end,
+                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+    """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
+    a zero-batch ``indices`` skips them."""
+    cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef Py_ssize_t p
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, x.shape[3], &out[0, 0, 0, 0] + p * out_size,
+                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
+                                out_h, out_w, &row_start[0], &row_end[0], &col_start[0], &col_end[0])

@@ -56,3 +56,20 @@ def adaptive_window(index: int, in_size: int, out_size: int) -> tuple[int, int]:
     start = (index * in_size) // out_size
     end = -((-(index + 1) * in_size) // out_size)
     return start, end
+
+
+def pool_first_empty_window(
+    size: int, kernel: int, stride: int, padding: int, dilation: int, out_size: int
+) -> int | None:
+    """The first output index whose dilated window has no tap inside ``[0, size)``, or None.
+
+    Every window starts before ``size`` (the output-size rule sees to that), so only windows
+    starting in the left padding can miss the input: their taps may step over it when the
+    dilation exceeds the input size.
+    """
+    for index in range(min(out_size, -(-padding // stride))):
+        start = index * stride - padding
+        first_tap = -(start // dilation)  # ceil(-start / dilation) for start < 0
+        if first_tap >= kernel or start + first_tap * dilation >= size:
+            return index
+    return None

@@ -10,7 +10,10 @@ from typing import Any
 from . import _core
 from ._checks import as_int
 
-_num_threads: int = max(1, _core.default_num_threads())
+# Far beyond any machine's cores, and well inside the C int the kernels take.
+MAX_THREADS = 1 << 16
+
+_num_threads: int = min(max(1, _core.default_num_threads()), MAX_THREADS)
 
 
 def set_num_threads(n: int) -> None:
@@ -19,7 +22,8 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        A positive thread count. Without OpenMP the kernels always run on one thread.
+        A positive thread count, at most ``MAX_THREADS`` (65536). Without OpenMP the
+        kernels always run on one thread.
 
     Examples
     --------
@@ -31,7 +35,10 @@ def set_num_threads(n: int) -> None:
     >>> convx.set_num_threads(previous)
     """
     global _num_threads
-    _num_threads = as_int("n", n, 1)
+    n = as_int("n", n, 1)
+    if n > MAX_THREADS:
+        raise ValueError(f"n must be at most {MAX_THREADS} threads, got {n}")
+    _num_threads = n
 
 
 def get_num_threads() -> int:

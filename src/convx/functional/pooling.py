@@ -1,9 +1,580 @@
-"""Public pooling ops: max, average and adaptive pooling with their backward passes."""
+"""Public pooling ops: max, average and adaptive pooling with their backward passes.
+
+Semantics follow ``torch.nn.functional`` of the same names. Every function validates its
+arguments, computes the output size with ``convx._shapes``, allocates C-contiguous outputs and
+calls one kernel of ``convx._core``. Inputs are never modified; any memory layout is accepted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
+from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
+from .._threads import kernel_threads
+
+__all__ = [
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+]
+
+# The kernels take geometry as C integers; PyTorch's pooling refuses larger values too.
+_MAX_PARAM = 2**31 - 1
 
 
-def _not_yet(*args, **kwargs):
-    raise NotImplementedError("pooling is not implemented yet")
+def _batched(name: str, array) -> tuple[np.ndarray, bool]:
+    """``array`` as a float32/float64 NCHW array and whether it came without the batch axis."""
+    array = as_float_array(name, array, (3, 4))
+    if array.ndim == 3:
+        return array[np.newaxis], True
+    return array, False
 
 
-max_pool2d = max_pool2d_backward = avg_pool2d = avg_pool2d_backward = _not_yet
-adaptive_avg_pool2d = adaptive_avg_pool2d_backward = adaptive_max_pool2d = _not_yet
+def _bounded_pair(name: str, value, minimum: int) -> tuple[int, int]:
+    pair = as_pair(name, value, minimum)
+    for v in pair:
+        if v > _MAX_PARAM:
+            raise ValueError(f"{name} must be at most {_MAX_PARAM}, got {value!r}")
+    return pair
+
+
+def _window_params(kernel_size, stride, padding, dilation=1):
+    """kernel, stride, padding and dilation as pairs; padding at most half the kernel (PyTorch's rule)."""
+    kernel = _bounded_pair("kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else _bounded_pair("stride", stride, 1)
+    padding = _bounded_pair("padding", padding, 0)
+    dilation = _bounded_pair("dilation", dilation, 1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size (at most ({kernel[0] // 2}, {kernel[1] // 2}) "
+            f"for kernel_size={kernel}), got padding={padding}"
+        )
+    return kernel, stride, padding, dilation
+
+
+def _pool_output_shape(name, height, width, kernel, stride, padding, dilation, ceil_mode) -> tuple[int, int]:
+    """(out_h, out_w) of a window sweep over a ``height x width`` input, refusing empty results."""
+    out_h = pool_output_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    out_w = pool_output_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"the pooling output of {name} would be {out_h}x{out_w} for a {height}x{width} input with "
+            f"kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}; "
+            f"the input (plus padding) must hold at least one dilated kernel"
+        )
+    for axis, size, out_size in (("height", height, out_h), ("width", width, out_w)):
+        k = 0 if axis == "height" else 1
+        empty = pool_first_empty_window(size, kernel[k], stride[k], padding[k], dilation[k], out_size)
+        if empty is not None:
+            raise ValueError(
+                f"with kernel_size={kernel}, padding={padding} and dilation={dilation}, window {empty} along "
+                f"the {axis} of {name} ({size}) has every tap in the padding; reduce the dilation or padding"
+            )
+    return out_h, out_w
+
+
+def _adaptive_output_size(output_size, height: int, width: int) -> tuple[int, int]:
+    """``int | (int | None, int | None)`` as a pair of positive ints, None keeping the input size."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(
+                f"output_size must be an int or a pair of ints (or None), got a sequence of length "
+                f"{len(output_size)}: {output_size!r}"
+            )
+        sizes = (height, width)
+        return tuple(
+            sizes[k] if v is None else as_int(f"output_size[{k}]", v, 1) for k, v in enumerate(output_size)
+        )
+    if isinstance(output_size, np.ndarray):
+        raise TypeError("output_size must be an int or a tuple of two ints (or None), got an ndarray")
+    size = as_int("output_size", output_size, 1)
+    return size, size
+
+
+def _adaptive_windows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end arrays of the adaptive windows along one axis."""
+    bounds = np.array([adaptive_window(i, in_size, out_size) for i in range(out_size)], dtype=np.int64)
+    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+
+
+def _nonempty_plane(name: str, height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"{name} must have a non-empty plane for adaptive pooling, got height {height} and width {width}"
+        )
+
+
+def _input_shape(input_shape, grad_out: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
+    """``input_shape`` as NCHW (and whether it was CHW), checked against grad_out's leading axes."""
+    shape = as_shape("input_shape", input_shape, (3, 4))
+    if grad_out.ndim != len(shape):
+        raise ValueError(
+            f"grad_out must be {len(shape)}-dimensional like input_shape {shape}, "
+            f"got an array of shape {grad_out.shape}"
+        )
+    if grad_out.shape[:-2] != shape[:-2]:
+        raise ValueError(
+            f"grad_out of shape {grad_out.shape} does not match input_shape {shape}: the leading "
+            f"(batch and channel) axes must be {shape[:-2]}"
+        )
+    if len(shape) == 3:
+        return (1, *shape), True
+    return shape, False
+
+
+def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
+    return array[0] if unbatched else array
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
+
+    ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` over
+    the taps ``0 <= i < kh``, ``0 <= j < kw`` that fall inside the input (padding counts as -inf).
+    NaN propagates: a window holding NaN gives NaN (and points at its last NaN); otherwise the
+    first maximum in row-major window order wins ties.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+        Input, any memory layout; not modified.
+    kernel_size : int or (int, int)
+        Window size ``(kh, kw)``, positive.
+    stride : int or (int, int), optional
+        Window step ``(sh, sw)``, positive; defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit -inf padding on both sides, at most half of ``kernel_size``.
+    dilation : int or (int, int), default 1
+        Spacing between the taps of a window, positive.
+    ceil_mode : bool, default False
+        Round the output size up, keeping a last partial window (unless it would start in the
+        right padding).
+    return_indices : bool, default False
+        Also return the position of every maximum.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Same dtype as ``x``; ``out_h = (H + 2ph - dh(kh - 1) - 1) // sh + 1`` (see ``ceil_mode``),
+        likewise ``out_w``.
+    indices : ndarray of int64, same shape as ``y``
+        Only with ``return_indices``: the flat position ``h * W + w`` of each maximum within its
+        (unpadded) plane, the format of ``max_unpool2d`` and of :func:`max_pool2d_backward`.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64, or non-int geometry or non-bool flags.
+    ValueError
+        For a wrong ndim, non-positive sizes, padding over half the kernel, or an empty output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import max_pool2d
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> max_pool2d(x, 2)
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    >>> y, indices = max_pool2d(x, 3, stride=1, padding=1, return_indices=True)
+    >>> indices[0, 0]
+    array([[ 5,  6,  7,  7],
+           [ 9, 10, 11, 11],
+           [13, 14, 15, 15],
+           [13, 14, 15, 15]])
+    """
+    x, unbatched = _batched("x", x)
+    kernel, stride, padding, dilation = _window_params(kernel_size, stride, padding, dilation)
+    ceil_mode = as_bool("ceil_mode", ceil_mode)
+    return_indices = as_bool("return_indices", return_indices)
+    n, c, height, width = x.shape
+    out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, dilation, ceil_mode)
+
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    if y.size:
+        _core.max_pool2d_forward(contiguous(x), y, indices, *kernel, *stride, *padding, *dilation, kernel_threads())
+    if return_indices:
+        return _unbatch(y, unbatched), _unbatch(indices, unbatched)
+    return _unbatch(y, unbatched)
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """Gradient of :func:`max_pool2d` (and :func:`adaptive_max_pool2d`) with respect to its input.
+
+    Every ``grad_out[n, c, oh, ow]`` is added to ``grad_x[n, c]`` at the flat position
+    ``indices[n, c, oh, ow]``; overlapping windows that share a maximum accumulate.
+
+    Parameters
+    ----------
+    grad_out : ndarray of float32 or float64, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Gradient of the loss with respect to the pooled output.
+    indices : ndarray of int64, same shape as ``grad_out``
+        The indices returned by the forward pass: flat ``h * W + w`` positions, each in
+        ``[0, H * W)``.
+    input_shape : tuple of int
+        ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input.
+
+    Returns
+    -------
+    grad_x : ndarray, shape ``input_shape``
+        Same dtype as ``grad_out``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64 (``grad_out``) or int64 (``indices``).
+    ValueError
+        For mismatched shapes or an index outside its plane.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import max_pool2d, max_pool2d_backward
+    >>> x = np.array([[[1., 2.], [4., 3.]]])
+    >>> y, indices = max_pool2d(x, 2, return_indices=True)
+    >>> max_pool2d_backward(np.ones_like(y), indices, x.shape)
+    array([[[0., 0.],
+            [1., 0.]]])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray of int64, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"indices must have dtype int64, got dtype {indices.dtype}; cast it explicitly first")
+    if indices.shape != grad_out.shape:
+        raise ValueError(f"indices must have the shape of grad_out {grad_out.shape}, got {indices.shape}")
+    shape, unbatched = _input_shape(input_shape, grad_out)
+    plane_size = shape[2] * shape[3]
+    if indices.size:
+        # Indices become write addresses in the kernel: an out-of-range one must never get there.
+        lowest, highest = int(indices.min()), int(indices.max())
+        if lowest < 0 or highest >= plane_size:
+            bad = lowest if lowest < 0 else highest
+            raise ValueError(
+                f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {bad}"
+            )
+
+    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    if grad_x.size:
+        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
+        indices4 = indices[np.newaxis] if unbatched else indices
+        _core.max_pool2d_backward(contiguous(grad_out4), contiguous(indices4), grad_x, kernel_threads())
+    return _unbatch(grad_x, unbatched)
+
+
+def _avg_args(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    kernel, stride, padding, _ = _window_params(kernel_size, stride, padding)
+    ceil_mode = as_bool("ceil_mode", ceil_mode)
+    count_include_pad = as_bool("count_include_pad", count_include_pad)
+    if divisor_override is None:
+        divisor = 0
+    else:
+        divisor = as_int("divisor_override", divisor_override, 1)
+        if divisor > _MAX_PARAM:
+            raise ValueError(f"divisor_override must be at most {_MAX_PARAM}, got {divisor}")
+    return kernel, stride, padding, ceil_mode, count_include_pad, divisor
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """2-D average pooling over the planes of ``x``, as ``torch.nn.functional.avg_pool2d``.
+
+    ``y[n, c, oh, ow]`` is the sum of ``x[n, c, oh*sh - ph + i, ow*sw - pw + j]`` over the taps
+    inside the input, divided by ``divisor_override`` if given, else by the window's size
+    counting the zero padding (``count_include_pad``; a ``ceil_mode`` window hanging past the
+    padding is clipped to it) or not counting it.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+        Input, any memory layout; not modified.
+    kernel_size : int or (int, int)
+        Window size ``(kh, kw)``, positive.
+    stride : int or (int, int), optional
+        Window step ``(sh, sw)``, positive; defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit zero padding on both sides, at most half of ``kernel_size``.
+    ceil_mode : bool, default False
+        Round the output size up, keeping a last partial window.
+    count_include_pad : bool, default True
+        Count the padding in the divisor.
+    divisor_override : int, optional
+        A positive divisor used for every window instead.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Same dtype as ``x``; ``out_h = (H + 2ph - kh) // sh + 1`` (see ``ceil_mode``), likewise
+        ``out_w``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64, or non-int geometry or non-bool flags.
+    ValueError
+        For a wrong ndim, non-positive sizes, padding over half the kernel, or an empty output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import avg_pool2d
+    >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    >>> avg_pool2d(x, 2)
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]])
+    >>> avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+    array([[[[ 2.5,  4. ],
+             [ 8.5, 10. ]]]])
+    """
+    x, unbatched = _batched("x", x)
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+    n, c, height, width = x.shape
+    out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, (1, 1), ceil_mode)
+
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    if y.size:
+        _core.avg_pool2d_forward(
+            contiguous(x), y, *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
+        )
+    return _unbatch(y, unbatched)
+
+
+def avg_pool2d_backward(
+    grad_out,
+    input_shape,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    """Gradient of :func:`avg_pool2d` with respect to its input.
+
+    Each ``grad_out[n, c, oh, ow]``, divided by its window's divisor, is added to every input
+    element of that window (padding excluded).
+
+    Parameters
+    ----------
+    grad_out : ndarray of float32 or float64, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Gradient of the loss with respect to the pooled output; its shape must be the forward
+        output shape for these arguments.
+    input_shape : tuple of int
+        ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        As in :func:`avg_pool2d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape ``input_shape``
+        Same dtype as ``grad_out``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64, or non-int geometry or non-bool flags.
+    ValueError
+        For invalid arguments (as :func:`avg_pool2d`) or a ``grad_out`` of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import avg_pool2d_backward
+    >>> avg_pool2d_backward(np.ones((1, 1, 2, 2)), (1, 1, 4, 4), 2)[0, 0]
+    array([[0.25, 0.25, 0.25, 0.25],
+           [0.25, 0.25, 0.25, 0.25],
+           [0.25, 0.25, 0.25, 0.25],
+           [0.25, 0.25, 0.25, 0.25]])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    shape, unbatched = _input_shape(input_shape, grad_out)
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+    out_h, out_w = _pool_output_shape("input_shape", shape[2], shape[3], kernel, stride, padding, (1, 1), ceil_mode)
+    if grad_out.shape[-2:] != (out_h, out_w):
+        raise ValueError(
+            f"grad_out must have the forward output shape {(*grad_out.shape[:-2], out_h, out_w)} for "
+            f"input_shape {tuple(input_shape)} and these pooling arguments, got {grad_out.shape}"
+        )
+
+    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    if grad_x.size:
+        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
+        _core.avg_pool2d_backward(
+            contiguous(grad_out4), grad_x, *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
+        )
+    return _unbatch(grad_x, unbatched)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output ``(oh, ow)`` averages rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and columns
+    ``[floor(ow*W/out_w), ceil((ow+1)*W/out_w))``; ``output_size=1`` is global average pooling.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+        Input with ``H, W >= 1``, any memory layout; not modified.
+    output_size : int or (int or None, int or None)
+        ``(out_h, out_w)``, positive; None keeps that input dimension.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Same dtype as ``x``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64 or a non-int ``output_size``.
+    ValueError
+        For a wrong ndim, an empty plane or a non-positive ``output_size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import adaptive_avg_pool2d
+    >>> x = np.arange(15, dtype=np.float64).reshape(1, 3, 5)
+    >>> adaptive_avg_pool2d(x, (1, 2))
+    array([[[6., 8.]]])
+    >>> adaptive_avg_pool2d(x, 1)
+    array([[[7.]]])
+    """
+    x, unbatched = _batched("x", x)
+    n, c, height, width = x.shape
+    _nonempty_plane("x", height, width)
+    out_h, out_w = _adaptive_output_size(output_size, height, width)
+
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    if y.size:
+        _core.adaptive_avg_pool2d_forward(
+            contiguous(x), y, *_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w), kernel_threads()
+        )
+    return _unbatch(y, unbatched)
+
+
+def adaptive_avg_pool2d_backward(grad_out, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
+
+    The output size is read from ``grad_out``'s last two axes; each ``grad_out[n, c, oh, ow]``,
+    divided by its window's size, is added to every input element of that window.
+
+    Parameters
+    ----------
+    grad_out : ndarray of float32 or float64, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Gradient of the loss with respect to the pooled output, ``out_h, out_w >= 1``.
+    input_shape : tuple of int
+        ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input, ``H, W >= 1``.
+
+    Returns
+    -------
+    grad_x : ndarray, shape ``input_shape``
+        Same dtype as ``grad_out``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64.
+    ValueError
+        For mismatched shapes or empty planes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import adaptive_avg_pool2d_backward
+    >>> adaptive_avg_pool2d_backward(np.ones((1, 1, 2)), (1, 2, 4))
+    array([[[0.25, 0.25, 0.25, 0.25],
+            [0.25, 0.25, 0.25, 0.25]]])
+    """
+    grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    shape, unbatched = _input_shape(input_shape, grad_out)
+    _nonempty_plane("input_shape", shape[2], shape[3])
+    out_h, out_w = grad_out.shape[-2:]
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"grad_out must have a non-empty output plane, got shape {grad_out.shape}")
+
+    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    if grad_x.size:
+        grad_out4 = grad_out[np.newaxis] if unbatched else grad_out
+        _core.adaptive_avg_pool2d_backward(
+            contiguous(grad_out4),
+            grad_x,
+            *_adaptive_windows(shape[2], out_h),
+            *_adaptive_windows(shape[3], out_w),
+            kernel_threads(),
+        )
+    return _unbatch(grad_x, unbatched)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
+
+    Output ``(oh, ow)`` is the maximum over rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and
+    columns ``[floor(ow*W/out_w), ceil((ow+1)*W/out_w))``, with :func:`max_pool2d`'s rules for
+    ties and NaN.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+        Input with ``H, W >= 1``, any memory layout; not modified.
+    output_size : int or (int or None, int or None)
+        ``(out_h, out_w)``, positive; None keeps that input dimension.
+    return_indices : bool, default False
+        Also return the position of every maximum.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+        Same dtype as ``x``.
+    indices : ndarray of int64, same shape as ``y``
+        Only with ``return_indices``: flat ``h * W + w`` positions within each plane, as
+        :func:`max_pool2d_backward` takes them.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64, a non-int ``output_size`` or a non-bool flag.
+    ValueError
+        For a wrong ndim, an empty plane or a non-positive ``output_size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import adaptive_max_pool2d
+    >>> x = np.array([[[1., 5., 2.], [4., 3., 6.]]])
+    >>> y, indices = adaptive_max_pool2d(x, (1, 2), return_indices=True)
+    >>> y
+    array([[[5., 6.]]])
+    >>> indices
+    array([[[1, 5]]])
+    """
+    x, unbatched = _batched("x", x)
+    n, c, height, width = x.shape
+    _nonempty_plane("x", height, width)
+    out_h, out_w = _adaptive_output_size(output_size, height, width)
+    return_indices = as_bool("return_indices", return_indices)
+
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    if y.size:
+        _core.adaptive_max_pool2d_forward(
+            contiguous(x),
+            y,
+            indices,
+            *_adaptive_windows(height, out_h),
+            *_adaptive_windows(width, out_w),
+            kernel_threads(),
+        )
+    if return_indices:
+        return _unbatch(y, unbatched), _unbatch(indices, unbatched)
+    return _unbatch(y, unbatched)
