@@ -16,6 +16,9 @@ IntPair = Union[int, tuple[int, int]]
 #: :func:`convx.conv2d`'s padding: an ``IntPair``, ``'valid'`` or ``'same'``.
 Padding = Union[IntPair, Literal["valid", "same"]]
 
+#: Adaptive pooling's output size: an int, or ``(height, width)`` where ``None`` keeps that input size.
+AdaptiveSize = Union[int, tuple[Union[int, None], Union[int, None]]]
+
 #: A shape argument such as ``input_shape`` (a tuple of ints).
 Shape = tuple[int, ...]
 
