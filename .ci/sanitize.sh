@@ -14,7 +14,7 @@ SECONDS=0
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/convx-sanitize.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-cp -R setup.py pyproject.toml README.md src tests bench "$work/"
+cp -R setup.py pyproject.toml README.md LICENSE src tests bench docs examples "$work/"
 find "$work/src" \( -name '*.so' -o -name '_core.c' -o -name '__pycache__' -o -name '_core.html' \) \
     -prune -exec rm -rf {} +
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_NAMES = "float32 or float64"
 
 
-def as_float_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
+def as_float_array(name: str, value: object, ndims: Sequence[int]) -> npt.NDArray[Any]:
     """Return ``value`` as a float32/float64 ndarray with one of the allowed ``ndims``.
 
     The array is not copied or cast; a dtype outside float32/float64 is a TypeError.
@@ -38,7 +40,7 @@ def as_float_array(name: str, value, ndims: Sequence[int]) -> np.ndarray:
     return value
 
 
-def same_dtype(**arrays: np.ndarray | None) -> np.dtype:
+def same_dtype(**arrays: npt.NDArray[Any] | None) -> np.dtype[Any]:
     """Check that every non-None array shares one dtype and return it (no mixed precision)."""
     present = {name: a for name, a in arrays.items() if a is not None}
     dtypes = {a.dtype for a in present.values()}
@@ -50,7 +52,7 @@ def same_dtype(**arrays: np.ndarray | None) -> np.dtype:
     return next(iter(dtypes))
 
 
-def as_int(name: str, value, minimum: int | None = None) -> int:
+def as_int(name: str, value: object, minimum: int | None = None) -> int:
     """``value`` as a Python int (bools and floats refused), at least ``minimum``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
@@ -61,7 +63,7 @@ def as_int(name: str, value, minimum: int | None = None) -> int:
     return value
 
 
-def as_pair(name: str, value, minimum: int | None = None) -> tuple[int, int]:
+def as_pair(name: str, value: object, minimum: int | None = None) -> tuple[int, int]:
     """``int | (int, int)`` normalised to a pair of Python ints, each at least ``minimum``."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -73,7 +75,7 @@ def as_pair(name: str, value, minimum: int | None = None) -> tuple[int, int]:
     return v, v
 
 
-def as_shape(name: str, value, ndims: Sequence[int]) -> tuple[int, ...]:
+def as_shape(name: str, value: object, ndims: Sequence[int]) -> tuple[int, ...]:
     """A shape argument (sequence of non-negative ints) with one of the allowed lengths."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a tuple of ints, got {value!r} of type {type(value).__name__}")
@@ -83,14 +85,14 @@ def as_shape(name: str, value, ndims: Sequence[int]) -> tuple[int, ...]:
     return tuple(as_int(f"{name}[{i}]", v, 0) for i, v in enumerate(value))
 
 
-def as_bool(name: str, value) -> bool:
+def as_bool(name: str, value: object) -> bool:
     """A flag: Python or NumPy bool only."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
     return bool(value)
 
 
-def contiguous(array: np.ndarray) -> np.ndarray:
+def contiguous(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """A C-contiguous view of ``array``, copying only when its layout requires it.
 
     The caller's array is never written to; the kernels take const memoryviews, so

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -12,37 +14,73 @@ from . import _core, _threads
 from ._version import __version__
 
 
-def config() -> dict:
-    """The build and runtime configuration as a dict (see :func:`show_config`)."""
+def build_info() -> dict[str, Any]:
+    """How the compiled extension was built, as recorded by ``setup.py`` beside it.
+
+    ``convx/_build_info.py`` is generated at build time (it is not in git); an extension
+    built some other way has none, and this returns an empty dict.
+    """
+    try:
+        module = importlib.import_module("convx._build_info")
+    except ImportError:
+        return {}
+    return dict(module.BUILD_INFO)
+
+
+def _blas_libraries() -> list[str]:
+    """Every BLAS loaded in the process, with the package that shipped it (convx calls SciPy's)."""
     from threadpoolctl import threadpool_info
 
-    return {
+    def shipped_in(path: str) -> str:
+        return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+    return [
+        f"{lib.get('internal_api')} {lib.get('version')} ({shipped_in(lib['filepath'])}, "
+        f"{lib.get('threading_layer')}, {lib.get('num_threads')} threads)"
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
+
+
+def config() -> dict[str, Any]:
+    """The build and runtime configuration as a dict (see :func:`show_config`).
+
+    Keys starting with ``build.`` describe how the extension was compiled; the others the
+    running process.
+    """
+    runtime: dict[str, Any] = {
         "convx": __version__,
+        "location": os.path.dirname(os.path.abspath(__file__)),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": np.__version__,
         "openmp": _core.openmp_enabled(),
         "threads": _threads.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "blas": [
-            f"{lib.get('internal_api')} {lib.get('version')} ({os.path.basename(lib['filepath'])}, "
-            f"{lib.get('threading_layer')}, {lib.get('num_threads')} threads)"
-            for lib in threadpool_info()
-            if lib.get("user_api") == "blas"
-        ],
+        "blas": _blas_libraries(),
     }
+    built = build_info() or {"info": "not recorded (extension not built by convx's setup.py)"}
+    return {**runtime, **{f"build.{key}": value for key, value in built.items()}}
 
 
 def show_config() -> None:
-    """Print convx's version, build options, OpenMP status, thread count and the BLAS in use.
+    """Print convx's version, build flags, OpenMP status, thread count and the BLAS in use.
 
-    Paste its output into bug reports.
+    Paste its output into bug reports. ``openmp`` says whether the loaded extension runs its
+    kernels on OpenMP threads (a compiler without OpenMP gives a serial build); ``threads``
+    is the count they use (see :func:`convx.set_num_threads`); ``blas`` the BLAS libraries
+    loaded in the process (convx calls SciPy's); the ``build.*`` lines are the compiler,
+    flags, macros and Cython directives the extension was compiled with.
 
     Examples
     --------
     >>> import convx
     >>> convx.show_config()  # doctest: +ELLIPSIS
     convx: ...
+    openmp: ...
+    threads: ...
+    blas: ...
+    build.openmp: ...
     """
     for key, value in config().items():
         if isinstance(value, list):

@@ -46,3 +46,35 @@ def depthwise_backward_weight(
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
     groups: int, n_threads: int,
 ) -> None: ...
+
+# Pooling: geometry arguments are kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w (and
+# dilation for max pooling); indices are int64 flat h*W + w positions in each input plane.
+def max_pool2d_forward(
+    x: _Float, out: _Float, indices: _Index,
+    kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+    pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, n_threads: int,
+) -> None: ...
+def max_pool2d_backward(grad_out: _Float, indices: _Index, grad_in: _Float, n_threads: int) -> None: ...
+def avg_pool2d_forward(
+    x: _Float, out: _Float,
+    kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+    count_include_pad: bool, divisor_override: int, n_threads: int,
+) -> None: ...
+def avg_pool2d_backward(
+    grad_out: _Float, grad_in: _Float,
+    kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+    count_include_pad: bool, divisor_override: int, n_threads: int,
+) -> None: ...
+# Adaptive pooling: per-output-row/column half-open window bounds, int64 of length out_h/out_w.
+def adaptive_avg_pool2d_forward(
+    x: _Float, out: _Float, row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index,
+    n_threads: int,
+) -> None: ...
+def adaptive_avg_pool2d_backward(
+    grad_out: _Float, grad_in: _Float, row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index,
+    n_threads: int,
+) -> None: ...
+def adaptive_max_pool2d_forward(
+    x: _Float, out: _Float, indices: _Index,
+    row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index, n_threads: int,
+) -> None: ...

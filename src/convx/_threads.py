@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from . import _core
 from ._checks import as_int
@@ -56,11 +58,11 @@ def kernel_threads() -> int:
 # concurrent calls share one limit, released when the last of them ends.
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter = None
-_blas_controller = None
+_blas_limiter: Any = None
+_blas_controller: Any = None
 
 
-def _blas_libraries():
+def _blas_libraries() -> Any:
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
@@ -85,7 +87,7 @@ def _release_openblas_claim():
 
 
 @contextmanager
-def single_threaded_blas():
+def single_threaded_blas() -> Iterator[None]:
     """Hold every loaded BLAS at one thread for the duration (re-entrant, thread-safe)."""
     global _blas_users, _blas_limiter
     with _blas_lock:

@@ -7,15 +7,17 @@ bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads, single_threaded_blas
+from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
 # BLAS takes 32-bit dimensions and leading dimensions.
 _INT32_LIMIT = 2**31 - 1
@@ -33,16 +35,18 @@ class _ConvPlan(NamedTuple):
     dilation: tuple[int, int]
     groups: int
 
-    def kernel_args(self) -> tuple[int, ...]:
+    def kernel_args(self) -> tuple[int, int, int, int, int, int, int]:
         return (*self.stride, *self.pad, *self.dilation, self.groups)
 
 
-def _is_depthwise(weight_shape, groups) -> bool:
+def _is_depthwise(weight_shape: Shape, groups: int) -> bool:
     """One input channel per group: the direct kernels beat a GEMM with a single-row operand."""
     return weight_shape[1] == 1 and groups > 1
 
 
-def _padding(padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+def _padding(
+    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)) from an int, a pair, 'valid' or 'same'."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -62,7 +66,10 @@ def _check_sizes(**values: int) -> None:
             raise ValueError(f"{name} is {value}, larger than convx supports (at most {_INT32_LIMIT})")
 
 
-def _plan_conv(input_shape, weight_shape, stride, padding, dilation, groups, input_name="x") -> _ConvPlan:
+def _plan_conv(
+    input_shape: Shape, weight_shape: Shape, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
+    input_name: str = "x",
+) -> _ConvPlan:
     """Validate a convolution's geometry and compute its output size.
 
     ``input_shape`` is (N, C_in, H, W), ``weight_shape`` (C_out, C_in / groups, kH, kW).
@@ -110,32 +117,35 @@ def _plan_conv(input_shape, weight_shape, stride, padding, dilation, groups, inp
     return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
 
 
-def _batched(array: np.ndarray) -> tuple[np.ndarray, bool]:
+def _batched(array: AnyArray) -> tuple[AnyArray, bool]:
     if array.ndim == 3:
         return array[None], True
     return array, False
 
 
-def _check_grad_out(grad_out: np.ndarray, plan: _ConvPlan) -> None:
+def _check_grad_out(grad_out: AnyArray, plan: _ConvPlan) -> None:
     expected = (plan.batch, plan.out_channels, plan.out_h, plan.out_w)
     if grad_out.shape != expected:
         raise ValueError(f"grad_out must have the forward output's shape {expected}, got {grad_out.shape}")
 
 
-def _check_bias(bias: np.ndarray | None, channels: int) -> None:
+def _check_bias(bias: AnyArray | None, channels: int) -> None:
     if bias is not None and bias.shape != (channels,):
         raise ValueError(f"bias must have shape ({channels},), one value per output channel, got {bias.shape}")
 
 
-def _no_bias(dtype) -> np.ndarray:
+def _no_bias(dtype: np.dtype[Any]) -> AnyArray:
     return np.empty(0, dtype=dtype)
 
 
-def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
+def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(
+    x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+) -> NDArray[Float]:
     """2-D convolution (cross-correlation) of a batch of images.
 
     ``y[n, co, oh, ow] = bias[co] + sum_{ci, i, j} weight[co, ci, i, j] *
@@ -194,7 +204,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _unbatch(out, unbatched)
 
 
-def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward_input(
+    grad_out: NDArray[Float], weight: NDArray[Float], input_shape: Shape,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its input.
 
     The "full" correlation of ``grad_out`` (dilated by the stride) with the kernel rotated
@@ -245,7 +258,10 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride=1, padding=0, di
     return _unbatch(grad_x, unbatched)
 
 
-def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward_weight(
+    grad_out: NDArray[Float], x: NDArray[Float], weight_shape: Shape,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its weight.
 
     The correlation of the input with the output gradient:
@@ -300,7 +316,7 @@ def conv2d_backward_weight(grad_out, x, weight_shape, stride=1, padding=0, dilat
     return grad_w
 
 
-def conv2d_backward_bias(grad_out):
+def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its bias: ``grad_out`` summed over N, H and W.
 
     Parameters
@@ -327,7 +343,10 @@ def conv2d_backward_bias(grad_out):
     return grad_b
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward(
+    grad_out: NDArray[Float], x: NDArray[Float], weight: NDArray[Float],
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]:
     """All three gradients of :func:`conv2d` in one pass over the batch.
 
     Equivalent to :func:`conv2d_backward_input`, :func:`conv2d_backward_weight` and
@@ -389,7 +408,10 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+def conv_transpose2d(
+    x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntPair = 1,
+    padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1,
+) -> NDArray[Float]:
     """2-D transposed convolution ("deconvolution"): the adjoint of :func:`conv2d` as a map of its input.
 
     Parameters

@@ -8,13 +8,17 @@ stop it: ``convx._batching``). Inputs are never modified; any memory layout is a
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
 from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
+from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -30,7 +34,7 @@ __all__ = [
 _MAX_PARAM = 2**31 - 1
 
 
-def _batched(name: str, array) -> tuple[np.ndarray, bool]:
+def _batched(name: str, array: object) -> tuple[AnyArray, bool]:
     """``array`` as a float32/float64 NCHW array and whether it came without the batch axis."""
     array = as_float_array(name, array, (3, 4))
     if array.ndim == 3:
@@ -38,7 +42,7 @@ def _batched(name: str, array) -> tuple[np.ndarray, bool]:
     return array, False
 
 
-def _bounded_pair(name: str, value, minimum: int) -> tuple[int, int]:
+def _bounded_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     pair = as_pair(name, value, minimum)
     for v in pair:
         if v > _MAX_PARAM:
@@ -46,7 +50,9 @@ def _bounded_pair(name: str, value, minimum: int) -> tuple[int, int]:
     return pair
 
 
-def _window_params(kernel_size, stride, padding, dilation=1):
+def _window_params(
+    kernel_size: IntPair, stride: IntPair | None, padding: IntPair, dilation: IntPair = 1
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
     """kernel, stride, padding and dilation as pairs; padding at most half the kernel (PyTorch's rule)."""
     kernel = _bounded_pair("kernel_size", kernel_size, 1)
     stride = kernel if stride is None else _bounded_pair("stride", stride, 1)
@@ -60,7 +66,10 @@ def _window_params(kernel_size, stride, padding, dilation=1):
     return kernel, stride, padding, dilation
 
 
-def _pool_output_shape(name, height, width, kernel, stride, padding, dilation, ceil_mode) -> tuple[int, int]:
+def _pool_output_shape(
+    name: str, height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
+    padding: tuple[int, int], dilation: tuple[int, int], ceil_mode: bool,
+) -> tuple[int, int]:
     """(out_h, out_w) of a window sweep over a ``height x width`` input, refusing empty results."""
     out_h = pool_output_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     out_w = pool_output_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
@@ -81,7 +90,7 @@ def _pool_output_shape(name, height, width, kernel, stride, padding, dilation, c
     return out_h, out_w
 
 
-def _adaptive_output_size(output_size, height: int, width: int) -> tuple[int, int]:
+def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) -> tuple[int, ...]:
     """``int | (int | None, int | None)`` as a pair of positive ints, None keeping the input size."""
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
@@ -99,7 +108,7 @@ def _adaptive_output_size(output_size, height: int, width: int) -> tuple[int, in
     return size, size
 
 
-def _adaptive_windows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _adaptive_windows(in_size: int, out_size: int) -> tuple[AnyArray, AnyArray]:
     """Start and end arrays of the adaptive windows along one axis."""
     bounds = np.array([adaptive_window(i, in_size, out_size) for i in range(out_size)], dtype=np.int64)
     return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
@@ -112,7 +121,7 @@ def _nonempty_plane(name: str, height: int, width: int) -> None:
         )
 
 
-def _input_shape(input_shape, grad_out: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
+def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...], bool]:
     """``input_shape`` as NCHW (and whether it was CHW), checked against grad_out's leading axes."""
     shape = as_shape("input_shape", input_shape, (3, 4))
     if grad_out.ndim != len(shape):
@@ -130,7 +139,7 @@ def _input_shape(input_shape, grad_out: np.ndarray) -> tuple[tuple[int, int, int
     return shape, False
 
 
-def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
+def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
 
 
@@ -143,7 +152,20 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     return channels * (plane + outputs * taps)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+@overload
+def max_pool2d(
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: IntPair = ...,
+    dilation: IntPair = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+) -> NDArray[Float]: ...
+@overload
+def max_pool2d(
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: IntPair = ...,
+    dilation: IntPair = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
+) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+def max_pool2d(
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False,
+) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
     """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
 
     ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` over
@@ -219,7 +241,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _unbatch(y, unbatched)
 
 
-def max_pool2d_backward(grad_out, indices, input_shape):
+def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape) -> NDArray[Float]:
     """Gradient of :func:`max_pool2d` (and :func:`adaptive_max_pool2d`) with respect to its input.
 
     Every ``grad_out[n, c, oh, ow]`` is added to ``grad_x[n, c]`` at the flat position
@@ -284,7 +306,10 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     return _unbatch(grad_x, unbatched)
 
 
-def _avg_args(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def _avg_args(
+    kernel_size: IntPair, stride: IntPair | None, padding: IntPair, ceil_mode: bool, count_include_pad: bool,
+    divisor_override: int | None,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool, bool, int]:
     kernel, stride, padding, _ = _window_params(kernel_size, stride, padding)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     count_include_pad = as_bool("count_include_pad", count_include_pad)
@@ -297,7 +322,10 @@ def _avg_args(kernel_size, stride, padding, ceil_mode, count_include_pad, diviso
     return kernel, stride, padding, ceil_mode, count_include_pad, divisor
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool2d(
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+) -> NDArray[Float]:
     """2-D average pooling over the planes of ``x``, as ``torch.nn.functional.avg_pool2d``.
 
     ``y[n, c, oh, ow]`` is the sum of ``x[n, c, oh*sh - ph + i, ow*sw - pw + j]`` over the taps
@@ -365,15 +393,15 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
 
 def avg_pool2d_backward(
-    grad_out,
-    input_shape,
-    kernel_size,
-    stride=None,
-    padding=0,
-    ceil_mode=False,
-    count_include_pad=True,
-    divisor_override=None,
-):
+    grad_out: NDArray[Float],
+    input_shape: Shape,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> NDArray[Float]:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
     Each ``grad_out[n, c, oh, ow]``, divided by its window's divisor, is added to every input
@@ -434,7 +462,7 @@ def avg_pool2d_backward(
     return _unbatch(grad_x, unbatched)
 
 
-def adaptive_avg_pool2d(x, output_size):
+def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray[Float]:
     """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
 
     Output ``(oh, ow)`` averages rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and columns
@@ -483,7 +511,7 @@ def adaptive_avg_pool2d(x, output_size):
     return _unbatch(y, unbatched)
 
 
-def adaptive_avg_pool2d_backward(grad_out, input_shape):
+def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -> NDArray[Float]:
     """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
 
     The output size is read from ``grad_out``'s last two axes; each ``grad_out[n, c, oh, ow]``,
@@ -532,7 +560,17 @@ def adaptive_avg_pool2d_backward(grad_out, input_shape):
     return _unbatch(grad_x, unbatched)
 
 
-def adaptive_max_pool2d(x, output_size, return_indices=False):
+@overload
+def adaptive_max_pool2d(
+    x: NDArray[Float], output_size: AdaptiveSize, return_indices: Literal[False] = ...
+) -> NDArray[Float]: ...
+@overload
+def adaptive_max_pool2d(
+    x: NDArray[Float], output_size: AdaptiveSize, return_indices: Literal[True]
+) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+def adaptive_max_pool2d(
+    x: NDArray[Float], output_size: AdaptiveSize, return_indices: bool = False
+) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
     """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
 
     Output ``(oh, ow)`` is the maximum over rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and

@@ -1,0 +1,26 @@
+"""Type aliases for the public signatures (PyTorch's ``_size_2_t`` and friends)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar, Union
+
+import numpy as np
+import numpy.typing as npt
+
+#: The two dtypes every op supports; an op returns arrays of its inputs' dtype.
+Float = TypeVar("Float", np.float32, np.float64)
+
+#: An ``int`` for both spatial axes, or ``(height, width)``.
+IntPair = Union[int, tuple[int, int]]
+
+#: :func:`convx.conv2d`'s padding: an ``IntPair``, ``'valid'`` or ``'same'``.
+Padding = Union[IntPair, Literal["valid", "same"]]
+
+#: Adaptive pooling's output size: an int, or ``(height, width)`` where ``None`` keeps that input size.
+AdaptiveSize = Union[int, tuple[Union[int, None], Union[int, None]]]
+
+#: A shape argument such as ``input_shape`` (a tuple of ints).
+Shape = tuple[int, ...]
+
+#: An array whose dtype is not known statically.
+AnyArray = npt.NDArray[Any]

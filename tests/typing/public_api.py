@@ -1,0 +1,35 @@
+"""Type-checked, never run: what ``mypy --strict`` infers for users of convx's public API.
+
+CI runs mypy on this file together with the package (see ``[tool.mypy]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import assert_type
+
+import convx
+
+x32 = np.zeros((2, 3, 8, 8), dtype=np.float32)
+w32 = np.zeros((4, 3, 3, 3), dtype=np.float32)
+x64 = np.zeros((2, 3, 8, 8), dtype=np.float64)
+w64 = np.zeros((4, 3, 3, 3), dtype=np.float64)
+
+assert_type(convx.conv2d(x32, w32, padding="same"), npt.NDArray[np.float32])
+assert_type(convx.conv2d(x64, w64, stride=(2, 1), dilation=2, groups=1), npt.NDArray[np.float64])
+grad_x, grad_w, grad_b = convx.conv2d_backward(np.ones((2, 4, 6, 6), dtype=np.float32), x32, w32)
+assert_type(grad_w, npt.NDArray[np.float32])
+assert_type(convx.conv2d_backward_input(np.ones((2, 4, 6, 6)), w64, (2, 3, 8, 8)), npt.NDArray[np.float64])
+assert_type(convx.conv_transpose2d(x32, np.zeros((3, 4, 2, 2), dtype=np.float32), stride=2), npt.NDArray[np.float32])
+assert_type(convx.get_num_threads(), int)
+assert_type(convx.__version__, str)
+assert_type(convx.max_pool2d(x32, 2), npt.NDArray[np.float32])
+pooled, indices = convx.max_pool2d(x64, 3, stride=2, padding=1, return_indices=True)
+assert_type(pooled, npt.NDArray[np.float64])
+assert_type(indices, npt.NDArray[np.int64])
+assert_type(convx.max_pool2d_backward(pooled, indices, x64.shape), npt.NDArray[np.float64])
+assert_type(convx.avg_pool2d(x32, (2, 2), count_include_pad=False), npt.NDArray[np.float32])
+assert_type(convx.avg_pool2d_backward(np.ones((2, 3, 4, 4)), x64.shape, 2), npt.NDArray[np.float64])
+assert_type(convx.adaptive_avg_pool2d(x32, (4, None)), npt.NDArray[np.float32])
+assert_type(convx.adaptive_max_pool2d(x32, 1, return_indices=True)[1], npt.NDArray[np.int64])
