@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from convx.bench.__main__ import main
+from convx.bench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

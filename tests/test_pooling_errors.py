@@ -157,8 +157,22 @@ def test_bad_arguments_are_refused(op, args, kwargs, exception, message):
         op(*args, **kwargs)
 
 
-def test_bad_indices_never_reach_the_kernel():
-    # An index one past the plane would be an out-of-bounds write; it must be refused up front,
+@pytest.mark.parametrize("bad", [42, 43, 2**31, 2**32 + 1, 2**63 - 1, -1, -42, -(2**63), -(2**63) + 41])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (0, 1, 2, 1), (1, 2, 2, 2)])
+def test_each_bad_index_value_is_refused_in_any_plane(bad, where):
+    indices = np.full((2, 3, 3, 3), 41, dtype=np.int64)
+    indices[where] = bad
+    with pytest.raises(ValueError, match=rf"\[0, 42\).*got {bad}$"):
+        F.max_pool2d_backward(GRAD, indices, X.shape)
+
+
+def test_indices_into_an_empty_plane_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 0\).*got 0"):
+        F.max_pool2d_backward(GRAD, np.zeros_like(INDICES), (2, 3, 0, 7))
+
+
+def test_bad_indices_are_never_written_through():
+    # An index one past the plane would be an out-of-bounds write; it must be refused,
     # wherever it sits in the array.
     indices = np.zeros((2, 3, 3, 3), dtype=np.int64)
     indices[1, 2, 2, 2] = 6 * 7

@@ -15,7 +15,7 @@
 # values are wanted it may skip NaN and redo the few windows whose running sum turned NaN.
 
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 
 cdef enum:
@@ -304,13 +304,29 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                             &scratch[tid * slot] if exact else NULL, &g)
 
 
+cdef inline bint _indices_outside(const int64_t* where, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
+    """Whether any where[o] lies outside [0, limit), without branches: it vectorises on any x86-64."""
+    cdef Py_ssize_t o
+    cdef uint64_t flags = 0, v
+    for o in range(n):
+        v = <uint64_t> where[o]
+        # Bit 63 of v is the sign; bit 63 of ~(v - limit) is set when v >= limit (as a signed number).
+        flags = flags | v | ~(v - <uint64_t> limit)
+    return (flags >> 63) != 0
+
+
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
                         floating[:, :, :, ::1] grad_in, int n_threads):
-    """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten."""
+    """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten.
+
+    Returns the number of planes left unwritten because one of their indices lies outside the
+    plane: each plane's indices are checked before it is written (while they are in cache), so
+    no index, whatever the caller passed, becomes a write outside grad_in.
+    """
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t plane_size = grad_in.shape[2] * grad_in.shape[3]
     cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
-    cdef Py_ssize_t p, o
+    cdef Py_ssize_t p, o, refused = 0
     cdef floating* dst
     cdef const floating* src
     cdef const int64_t* where
@@ -319,9 +335,13 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
             dst = &grad_in[0, 0, 0, 0] + p * plane_size
             src = &grad_out[0, 0, 0, 0] + p * out_size
             where = &indices[0, 0, 0, 0] + p * out_size
+            if _indices_outside(where, out_size, plane_size):
+                refused += 1
+                continue
             memset(dst, 0, plane_size * sizeof(floating))
             for o in range(out_size):
                 dst[where[o]] += src[o]
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +455,67 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                             count_include_pad, divisor_override)
 
 
+cdef inline void _spread_taps(floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t lo, Py_ssize_t hi,
+                              const floating* share) noexcept nogil:
+    """row[o*stride + j] += share[o] for o in [lo, hi), j < n_taps; tap-major, so the inner loop
+    never writes one element twice and vectorises."""
+    cdef Py_ssize_t o, j
+    for j in range(n_taps):
+        for o in range(lo, hi):
+            row[o * stride + j] += share[o]
+
+
+cdef inline void _spread_row(floating* row, PoolGeometry* g, const floating* share) noexcept nogil:
+    """One kernel row's taps of the interior windows of one output row (``_sum_row`` backwards)."""
+    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
+    if g.stride_w == 2 and g.kernel_w == 2:
+        _spread_taps(row, 2, 2, lo, hi, share)
+    elif g.stride_w == 2 and g.kernel_w == 3:
+        _spread_taps(row, 2, 3, lo, hi, share)
+    elif g.stride_w == 1 and g.kernel_w == 2:
+        _spread_taps(row, 1, 2, lo, hi, share)
+    elif g.stride_w == 1 and g.kernel_w == 3:
+        _spread_taps(row, 1, 3, lo, hi, share)
+    else:
+        _spread_taps(row, g.stride_w, g.kernel_w, lo, hi, share)
+
+
+cdef inline void _avg_spread_window(const floating* src, floating* dst, PoolGeometry* g, Py_ssize_t oh,
+                                    Py_ssize_t ow, bint count_include_pad,
+                                    Py_ssize_t divisor_override) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t h0 = oh * g.stride_h - g.pad_h, w0 = ow * g.stride_w - g.pad_w
+    cdef floating share = src[oh * g.out_w + ow] / <floating> _avg_divisor(g, oh, ow, count_include_pad,
+                                                                           divisor_override)
+    for i in range(g.row_lo[oh], g.row_hi[oh]):
+        for j in range(g.col_lo[ow], g.col_hi[ow]):
+            dst[(h0 + i) * g.width + w0 + j] += share
+
+
+cdef void _avg_backward_plane(const floating* src, floating* dst, floating* share, PoolGeometry* g,
+                              bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    """dst = the input gradient of one plane; border windows one at a time, interior ones by rows."""
+    cdef Py_ssize_t oh, ow, i, h0
+    cdef floating divisor
+    cdef const floating* src_row
+    memset(dst, 0, g.height * g.width * sizeof(floating))
+    for oh in range(g.out_h):
+        for ow in range(g.inner_lo):
+            _avg_spread_window(src, dst, g, oh, ow, count_include_pad, divisor_override)
+        for ow in range(g.inner_hi, g.out_w):
+            _avg_spread_window(src, dst, g, oh, ow, count_include_pad, divisor_override)
+        if g.inner_lo == g.inner_hi:
+            continue
+        # Interior windows of one row share their divisor.
+        divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
+        src_row = src + oh * g.out_w
+        for ow in range(g.inner_lo, g.inner_hi):
+            share[ow] = src_row[ow] / divisor
+        h0 = oh * g.stride_h - g.pad_h
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            _spread_row(dst + (h0 + i) * g.width - g.pad_w, g, share)
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
                         Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                         Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
@@ -447,24 +528,16 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
     cdef PoolGeometry g = _pool_geometry(grad_in.shape[2], width, out_h, out_w, kernel_h, kernel_w,
                                          stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
-    cdef Py_ssize_t p, oh, ow, i, j, h0, w0
-    cdef floating share
-    cdef floating* dst
-    cdef const floating* src
-    with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            dst = &grad_in[0, 0, 0, 0] + p * plane_size
-            src = &grad_out[0, 0, 0, 0] + p * out_size
-            memset(dst, 0, plane_size * sizeof(floating))
-            for oh in range(out_h):
-                h0 = oh * stride_h - pad_h
-                for ow in range(out_w):
-                    w0 = ow * stride_w - pad_w
-                    share = src[oh * out_w + ow] / <floating> _avg_divisor(&g, oh, ow, count_include_pad,
-                                                                           divisor_override)
-                    for i in range(g.row_lo[oh], g.row_hi[oh]):
-                        for j in range(g.col_lo[ow], g.col_hi[ow]):
-                            dst[(h0 + i) * width + w0 + j] += share
+    cdef int team = _team_size(n_threads, n_planes, plane_size + out_size)
+    # One row of shares per thread, each on its own cache lines.
+    cdef Py_ssize_t slot = (out_w + 15) // 16 * 16 + 16
+    cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
+    cdef Py_ssize_t p, tid
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for p in prange(n_planes, schedule='static'):
+            _avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                &shares[tid * slot], &g, count_include_pad, divisor_override)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Benchmarks of convx against pure NumPy and PyTorch: ``python -m convx.bench --help``."""
 
-from .__main__ import main
+from .cli import main
 
 __all__ = ["main"]

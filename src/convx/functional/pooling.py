@@ -8,7 +8,7 @@ stop it: ``convx._batching``). Inputs are never modified; any memory layout is a
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Literal, NoReturn, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -288,22 +288,26 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
         raise ValueError(f"indices must have the shape of grad_out {grad_out.shape}, got {indices.shape}")
     shape, unbatched = _input_shape(input_shape, grad_out)
     plane_size = shape[2] * shape[3]
-    if indices.size:
-        # Indices become write addresses in the kernel: an out-of-range one must never get there.
-        lowest, highest = int(indices.min()), int(indices.max())
-        if lowest < 0 or highest >= plane_size:
-            bad = lowest if lowest < 0 else highest
-            raise ValueError(
-                f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {bad}"
-            )
-
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         indices4 = contiguous(indices[np.newaxis] if unbatched else indices)
         for part in sub_batches(shape[0], _work(shape[1], plane_size, grad_out4.shape[2] * grad_out4.shape[3], 1)):
-            _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads())
+            # Indices become write addresses: the kernel checks each plane's before writing it
+            # (in the same pass over memory) and refuses a plane with any outside [0, H*W).
+            if _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads()):
+                _refuse_indices(indices, plane_size, input_shape)
+    elif indices.size:  # an empty input plane, where no index is valid
+        _refuse_indices(indices, plane_size, input_shape)
     return _unbatch(grad_x, unbatched)
+
+
+def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Shape) -> NoReturn:
+    lowest, highest = int(indices.min()), int(indices.max())
+    bad = lowest if lowest < 0 else highest
+    raise ValueError(
+        f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {bad}"
+    )
 
 
 def _avg_args(

@@ -1,0 +1,147 @@
+"""The command line of ``python -m convx.bench``: time convx against pure NumPy and PyTorch on the same machine, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+
+from .. import _threads
+from .cases import CASES, QUICK_BATCH
+from .runner import Result, extra_memory, machine_info, time_case
+
+ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m convx.bench",
+        description="Benchmark convx against its pure-NumPy reference and PyTorch (when installed).",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"batch {QUICK_BATCH} and 3 repetitions: a fast check")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="only this case (repeatable)")
+    parser.add_argument("--op", action="append", choices=ALL_OPS, help="only this op (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for convx and PyTorch (default: convx's)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per op (median reported; default 7)")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
+    parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error(f"--repeat must be positive, got {args.repeat}")
+    return args
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:9.2f}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:6.2f}"
+
+
+def format_table(results: list[Result]) -> str:
+    header = (
+        f"{'case':15s} {'op':16s} {'convx ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} "
+        f"{'GFLOP/s':>8s} {'numpy/convx':>11s} {'convx/torch':>11s}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        convx_time = r.times.get("convx")
+        gflops = r.flops / convx_time / 1e9 if convx_time else None
+        lines.append(
+            f"{r.case:15s} {r.op:16s} {_fmt_ms(convx_time)} {_fmt_ms(r.times.get('numpy'))} "
+            f"{_fmt_ms(r.times.get('torch'))} {'-' if gflops is None else f'{gflops:8.1f}'} "
+            f"{_fmt_ratio(r.ratio('numpy', 'convx')):>11s} {_fmt_ratio(r.ratio('convx', 'torch')):>11s}"
+        )
+    for label, (num, den) in {"numpy/convx": ("numpy", "convx"), "convx/torch": ("convx", "torch")}.items():
+        ratios = [x for r in results if (x := r.ratio(num, den))]
+        if ratios:
+            geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+            lines.append(f"geometric mean {label}: {geomean:.2f} over {len(ratios)} ops")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.case}\n{r.op}" for r in results]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(results)), 8), sharex=True)
+    for ax, (num, den, title) in zip(
+        axes,
+        [("convx", "torch", "time convx / time PyTorch (lower is better, 1 = parity)"),
+         ("numpy", "convx", "speed-up of convx over pure NumPy (higher is better)")],
+    ):
+        values = [r.ratio(num, den) or 0.0 for r in results]
+        ax.bar(range(len(values)), values, color="tab:blue" if num == "convx" else "tab:green")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_title(title)
+        ax.set_yscale("log" if num == "numpy" else "linear")
+    axes[-1].set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        _threads.set_num_threads(args.threads)
+    threads = _threads.get_num_threads()
+    implementations = ["convx"] + ([] if args.no_numpy else ["numpy"]) + ([] if args.no_torch else ["torch"])
+    if "torch" in implementations:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            implementations.remove("torch")
+            print("PyTorch is not installed: comparing with NumPy only.", file=sys.stderr)
+    repeat = args.repeat or (3 if args.quick else 7)
+    cases = [CASES[name] for name in args.case] if args.case else list(CASES.values())
+    if args.quick:
+        cases = [dataclasses.replace(c, batch=min(c.batch, QUICK_BATCH)) for c in cases]
+    ops = tuple(args.op) if args.op else ALL_OPS
+
+    info = machine_info()
+    print(f"convx {info['convx']} (OpenMP {'on' if info['convx_openmp'] else 'OFF'}), {threads} threads; "
+          f"{info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; torch {info['torch']}", file=sys.stderr)
+    results: list[Result] = []
+    for index, case in enumerate(cases, 1):
+        print(f"[{index}/{len(cases)}] {case.name}: {case.describe()}", file=sys.stderr, flush=True)
+        results += time_case(case, ops, implementations, repeat)
+    print(format_table(results))
+
+    memory = []
+    if args.memory:
+        print("\nextra memory beyond the outputs (MiB), batch N and 4N:")
+        for case in cases:
+            for op in case.ops:
+                if op not in ops and not (case.kind == "pool" and op in ("forward", "backward")):
+                    continue
+                small, large = (extra_memory(case, op, b) for b in (case.batch, 4 * case.batch))
+                memory.append({"case": case.name, "op": op, "batch": case.batch, "extra_bytes": small,
+                               "batch_x4": 4 * case.batch, "extra_bytes_x4": large})
+                print(f"  {case.name:15s} {op:16s} N={case.batch:<3d} {small / 2**20:8.2f}   "
+                      f"N={4 * case.batch:<3d} {large / 2**20:8.2f}")
+
+    if args.json:
+        payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
+                   "results": [dataclasses.asdict(r) for r in results], "memory": memory}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
