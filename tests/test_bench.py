@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_cli_quick_run_writes_json(tmp_path, capsys):
     out = tmp_path / "results.json"
     status = main(["--quick", "--case", "lenet_c1", "--case", "maxpool_2x2", "--repeat", "1",
-                   "--memory", "--json", str(out)])
+                   "--memory", "--ceiling", "--json", str(out)])
     assert status == 0
     table = capsys.readouterr().out
     assert "lenet_c1" in table and "maxpool_2x2" in table
@@ -28,6 +28,9 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
         assert result["times"]["convx"] > 0
         assert "numpy" in result["times"]
     assert payload["memory"]
+    (ceiling,) = payload["ceilings"]  # the convolution case only
+    assert ceiling["case"] == "lenet_c1" and ceiling["gemm_flops_per_s"] > 0 and ceiling["forward_1_thread_s"] > 0
+    assert "of it" in table and "faster than 1" in table
 
 
 def test_cli_rejects_bad_arguments():

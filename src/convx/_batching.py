@@ -36,10 +36,12 @@ def conv_work(weight_shape: Sequence[int], output_plane: int, input_shape: Seque
 
 def sub_batches(batch: int, work_per_image: int) -> Iterator[slice]:
     """Consecutive slices covering ``range(batch)``, each at most ``SUB_BATCH_WORK`` per thread
-    (but at least one image)."""
-    images = max(1, SUB_BATCH_WORK * kernel_threads() // max(1, work_per_image))
-    for start in range(0, batch, images):
-        yield slice(start, min(start + images, batch))
+    (but at least one image), as equal in size as whole images allow: a short last sub-batch
+    would leave threads idle."""
+    most = max(1, SUB_BATCH_WORK * kernel_threads() // max(1, work_per_image))
+    n_parts = -(-batch // most)
+    for index in range(n_parts):
+        yield slice(index * batch // n_parts, (index + 1) * batch // n_parts)
 
 
 def summed_sub_batches(

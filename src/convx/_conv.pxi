@@ -158,6 +158,9 @@ cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height
         g.block = min(wanted, most, (batch + n_threads - 1) // n_threads)
         if g.block > 1:
             g.direct_1x1 = False
+            # The block tiles take whole images (and their scratch is sized so); the budget
+            # test above already implies this, stated here because the tiles rely on it.
+            g.chunk_rows = out_h
     return g
 
 
@@ -170,6 +173,20 @@ cdef void _split_rows(ConvGeometry* g, int n_threads) noexcept nogil:
     if want > g.out_h:
         want = g.out_h
     g.chunk_rows = min(g.chunk_rows, (g.out_h + want - 1) // want)
+
+
+cdef inline Py_ssize_t _n_blocks(ConvGeometry* g, int n_threads) noexcept nogil:
+    """Tiles of whole images: at most g.block images each, and (where the batch allows) a
+    multiple of the team, so that no thread idles while another finishes a last block."""
+    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    if g.block > 1 and n_blocks % n_threads:
+        n_blocks = min(g.batch, (n_blocks + n_threads - 1) // n_threads * n_threads)
+    return n_blocks
+
+
+cdef inline Py_ssize_t _block_start(ConvGeometry* g, Py_ssize_t item, Py_ssize_t n_blocks) noexcept nogil:
+    """First image of tile ``item`` of ``n_blocks`` near-equal tiles of the batch."""
+    return item * g.batch // n_blocks
 
 
 cdef inline Py_ssize_t _col_size(ConvGeometry* g) noexcept nogil:
@@ -359,7 +376,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t n_chunks = (g.out_h + g.chunk_rows - 1) // g.chunk_rows
-    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, n_images, row0, row1, b, c, p, tid
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
@@ -370,8 +387,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks * n_chunks, schedule='static'):
-            n = (item // n_chunks) * g.block
-            n_images = min(g.block, g.batch - n)
+            n = _block_start(&g, item // n_chunks, n_blocks)
+            n_images = _block_start(&g, item // n_chunks + 1, n_blocks) - n
             row0 = (item % n_chunks) * g.chunk_rows
             row1 = min(row0 + g.chunk_rows, g.out_h)
             _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
@@ -394,7 +411,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
                                     grad_out.shape[2], grad_out.shape[3], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
-    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_in).dtype
@@ -403,9 +420,10 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks, schedule='static'):
-            n = item * g.block
+            n = _block_start(&g, item, n_blocks)
             _backward_input_tile(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0], &g,
-                                 min(g.block, g.batch - n), &col[tid * col_size], &gathered[tid * gathered_size])
+                                 _block_start(&g, item + 1, n_blocks) - n, &col[tid * col_size],
+                                 &gathered[tid * gathered_size])
 
 
 def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -428,7 +446,7 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t w_size = c_out * g.col_rows
-    cdef Py_ssize_t n_blocks = (g.batch + g.block - 1) // g.block
+    cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
     cdef bint want_input = grad_in.shape[0] > 0
@@ -441,8 +459,8 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks, schedule='static'):
-            n = item * g.block
-            n_images = min(g.block, g.batch - n)
+            n = _block_start(&g, item, n_blocks)
+            n_images = _block_start(&g, item + 1, n_blocks) - n
             _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g, n_images,
                                   &col[tid * col_size], &gathered[tid * gathered_size])
             if want_bias:

@@ -10,7 +10,7 @@ import sys
 
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
-from .runner import Result, extra_memory, machine_info, time_case
+from .runner import Result, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 
@@ -28,6 +28,9 @@ def parse_args(argv):
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling) "
+                             "and convx's forward with one thread (the thread scaling)")
     parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -121,6 +124,22 @@ def main(argv=None) -> int:
         results += time_case(case, ops, implementations, repeat)
     print(format_table(results))
 
+    ceilings = []
+    if args.ceiling:
+        by_key = {(r.case, r.op): r for r in results}
+        print(f"\nforward vs numpy's GEMM on the same product ({threads} threads), and 1 -> {threads} threads:")
+        for case in cases:
+            forward = by_key.get((case.name, "forward"))
+            if case.kind != "conv" or forward is None or "convx" not in forward.times:
+                continue
+            rate = gemm_ceiling(case, threads, repeat)
+            convx_rate = forward.flops / forward.times["convx"]
+            one, many = thread_scaling(case, "forward", threads, repeat)
+            ceilings.append({"case": case.name, "gemm_flops_per_s": rate, "convx_forward_flops_per_s": convx_rate,
+                             "forward_1_thread_s": one, f"forward_{threads}_threads_s": many})
+            print(f"  {case.name:15s} GEMM {rate / 1e9:7.1f} GFLOP/s   convx forward {convx_rate / 1e9:7.1f} "
+                  f"({100 * convx_rate / rate:5.1f}% of it)   {threads} threads {one / many:4.2f}x faster than 1")
+
     memory = []
     if args.memory:
         print("\nextra memory beyond the outputs (MiB), batch N and 4N:")
@@ -136,7 +155,8 @@ def main(argv=None) -> int:
 
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
-                   "results": [dataclasses.asdict(r) for r in results], "memory": memory}
+                   "results": [dataclasses.asdict(r) for r in results], "memory": memory,
+                   "ceilings": ceilings}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)

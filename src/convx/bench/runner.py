@@ -146,3 +146,39 @@ def extra_memory(case: ConvCase | PoolCase, op: str, batch: int) -> int:
     flat = outputs if isinstance(outputs, tuple) else (outputs,)
     output_bytes = sum(a.nbytes for a in flat if isinstance(a, np.ndarray))
     return peak - before - output_bytes
+
+
+def gemm_ceiling(case: ConvCase, threads: int, repeat: int, seed: int = 0) -> float:
+    """FLOP/s of numpy's matmul on the forward pass's product, ``W (C_out, K) @ cols (K, N*H_out*W_out)``,
+    with BLAS held at ``threads``: the rate an im2col convolution could reach at best."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    k = case.c_in // case.groups * case.kernel**2
+    a = rng.standard_normal((case.c_out // case.groups, k)).astype(case.dtype)
+    b = rng.standard_normal((k, case.batch * case.out_size**2)).astype(case.dtype)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=case.dtype)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=out)
+        seconds = statistics.median(_time_once(lambda: np.matmul(a, b, out=out)) for _ in range(repeat))
+    return case.groups * 2.0 * a.shape[0] * k * b.shape[1] / seconds
+
+
+def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int = 0) -> tuple[float, float]:
+    """Median seconds of convx's ``op`` on ``case`` with one thread and with ``threads``, interleaved."""
+    from .implementations import convx_calls
+
+    call = convx_calls(case, case.arrays(np.random.default_rng(seed)))[op]
+    previous = _threads.get_num_threads()
+    samples: dict[int, list[float]] = {1: [], threads: []}
+    try:
+        for n in samples:
+            _threads.set_num_threads(n)
+            _time_once(call)
+        for _ in range(repeat):
+            for n in samples:
+                _threads.set_num_threads(n)
+                samples[n].append(_time_once(call))
+    finally:
+        _threads.set_num_threads(previous)
+    return statistics.median(samples[1]), statistics.median(samples[threads])
