@@ -24,14 +24,19 @@ import numpy as np
 from ._threads import kernel_threads
 
 # Units of work per thread in one kernel call: about 30 ms of pooling (an element visited is a
-# unit) or of convolution (four multiply-adds are one) on a 2020s x86-64 core.
+# unit) or of convolution (sixteen multiply-adds are one) on a 2020s x86-64 core.
 SUB_BATCH_WORK = 1 << 28
 
 
 def conv_work(weight_shape: Sequence[int], output_plane: int, input_shape: Sequence[int]) -> int:
     """One image's share of a convolution's work: the elements it reads, and its multiply-adds
-    at a quarter each (BLAS runs several per cycle, pooling visits about one element)."""
-    return math.prod(weight_shape) * output_plane // 4 + math.prod(input_shape[1:])
+    at a sixteenth each (BLAS runs 16 or more per cycle with AVX2 or AVX-512 FMA, where pooling
+    visits about one element).
+
+    Sub-batches cost convolutions more than pooling: each starts its thread team afresh and
+    sums its per-thread weight-gradient partials, so they should not be cut finer than this.
+    """
+    return math.prod(weight_shape) * output_plane // 16 + math.prod(input_shape[1:])
 
 
 def sub_batches(batch: int, work_per_image: int) -> Iterator[slice]:
