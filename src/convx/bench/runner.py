@@ -85,6 +85,14 @@ def _time_once(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+SETTLE_SECONDS = 0.3
+
+
+def settle() -> None:
+    """Wait until threads left spinning by a multi-threaded BLAS call have gone to sleep."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def time_case(
     case: ConvCase | PoolCase,
     ops: Iterable[str],
@@ -93,11 +101,14 @@ def time_case(
     seed: int = 0,
     max_seconds: float = 20.0,
 ) -> list[Result]:
-    """Median wall time of each op of ``case`` for each implementation, runs interleaved.
+    """Median wall time of each op of ``case`` for each implementation.
 
-    Every repetition calls each implementation once in turn, so slow drifts of a shared
-    machine hit all of them alike. An implementation whose calls exceed ``max_seconds`` in
-    total stops early with the runs it has (at least one).
+    convx and PyTorch run interleaved: every repetition calls each once in turn, so slow drifts
+    of a shared machine hit both alike. The NumPy reference runs first, on its own, followed by
+    a pause: its matrix products leave OpenBLAS's worker threads spinning for a while after
+    they return (tens of milliseconds), which would steal a core from whichever library ran
+    next. An implementation whose calls exceed ``max_seconds`` in total stops early with the
+    runs it has (at least one).
     """
     arrays = case.arrays(np.random.default_rng(seed))
     calls = {}
@@ -105,19 +116,26 @@ def time_case(
         made = IMPLEMENTATIONS[name](case, arrays)
         if made is not None:
             calls[name] = made
+    alone = [name for name in calls if name == "numpy"]
+    together = [name for name in calls if name != "numpy"]
     results = []
     for op in ops:
         if op not in case.ops:
             continue
         samples: dict[str, list[float]] = {name: [] for name in calls}
-        spent = {name: _time_once(calls[name][op]) for name in calls}  # warm-up
-        for _ in range(repeat):
-            for name in calls:
-                if samples[name] and spent[name] > max_seconds:
-                    continue
-                elapsed = _time_once(calls[name][op])
-                samples[name].append(elapsed)
-                spent[name] += elapsed
+        spent: dict[str, float] = {}
+        for group in [[name] for name in alone] + [together]:
+            for name in group:
+                spent[name] = _time_once(calls[name][op])  # warm-up
+            for _ in range(repeat):
+                for name in group:
+                    if samples[name] and spent[name] > max_seconds:
+                        continue
+                    elapsed = _time_once(calls[name][op])
+                    samples[name].append(elapsed)
+                    spent[name] += elapsed
+            if group == alone:
+                settle()
         results.append(
             Result(
                 case.name,
@@ -161,6 +179,7 @@ def gemm_ceiling(case: ConvCase, threads: int, repeat: int, seed: int = 0) -> fl
     with threadpool_limits(limits=threads, user_api="blas"):
         np.matmul(a, b, out=out)
         seconds = statistics.median(_time_once(lambda: np.matmul(a, b, out=out)) for _ in range(repeat))
+    settle()
     return case.groups * 2.0 * a.shape[0] * k * b.shape[1] / seconds
 
 
