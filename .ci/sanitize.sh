@@ -34,7 +34,10 @@ fi
 # Reports go to files as well as stderr: pytest captures stderr, and a run that aborts loses it.
 reports="$work/reports"
 mkdir -p "$reports"
-export LD_PRELOAD="$asan_runtime"
+# libstdc++ too, so that ASan finds the real C++ exception functions when it starts: C++
+# extensions the tests load (matplotlib's) throw and catch exceptions, which abort otherwise.
+libstdcxx="$("${CC:-cc}" -print-file-name=libstdc++.so.6)"
+export LD_PRELOAD="$asan_runtime${libstdcxx:+:$libstdcxx}"
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:log_path=$reports/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan"
 # Python's own allocations through malloc, where ASan watches them.
