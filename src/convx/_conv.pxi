@@ -496,63 +496,59 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
 # taps beat im2col there.
 
 cdef extern from "_simd.h" nogil:
-    void convx_axpy_f(float* dst, const float* src, float a, Py_ssize_t n, Py_ssize_t stride)
-    void convx_axpy_d(double* dst, const double* src, double a, Py_ssize_t n, Py_ssize_t stride)
-    void convx_axpy_scatter_f(float* dst, const float* src, float a, Py_ssize_t n, Py_ssize_t stride)
-    void convx_axpy_scatter_d(double* dst, const double* src, double a, Py_ssize_t n, Py_ssize_t stride)
-    float convx_dot_f(const float* a, const float* b, Py_ssize_t n, Py_ssize_t stride)
-    double convx_dot_d(const double* a, const double* b, Py_ssize_t n, Py_ssize_t stride)
+    void convx_dw_forward_plane_f(const float* image, const float* w, float bias, float* out,
+                                  Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                  Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* lo,
+                                  const Py_ssize_t* hi)
+    void convx_dw_forward_plane_d(const double* image, const double* w, double bias, double* out,
+                                  Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                  Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* lo,
+                                  const Py_ssize_t* hi)
+    void convx_dw_backward_input_plane_f(const float* grad_out, const float* w, float* grad_in,
+                                         Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h,
+                                         Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                         Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                                         Py_ssize_t dw, const Py_ssize_t* lo, const Py_ssize_t* hi)
+    void convx_dw_backward_input_plane_d(const double* grad_out, const double* w, double* grad_in,
+                                         Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h,
+                                         Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                         Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                                         Py_ssize_t dw, const Py_ssize_t* lo, const Py_ssize_t* hi)
+    float convx_dw_weight_tap_f(const float* grad_out, const float* image, Py_ssize_t height,
+                                Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t sh,
+                                Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                                Py_ssize_t i, Py_ssize_t j, Py_ssize_t lo, Py_ssize_t hi)
+    double convx_dw_weight_tap_d(const double* grad_out, const double* image, Py_ssize_t height,
+                                 Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t sh,
+                                 Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                                 Py_ssize_t i, Py_ssize_t j, Py_ssize_t lo, Py_ssize_t hi)
 
-
-cdef inline void _axpy(floating* dst, const floating* src, floating a, Py_ssize_t n,
-                       Py_ssize_t stride) noexcept nogil:
-    """dst[i] += a * src[i * stride]."""
-    if floating is float:
-        convx_axpy_f(dst, src, a, n, stride)
-    else:
-        convx_axpy_d(dst, src, a, n, stride)
-
-
-cdef inline void _axpy_scatter(floating* dst, const floating* src, floating a, Py_ssize_t n,
-                               Py_ssize_t stride) noexcept nogil:
-    """dst[i * stride] += a * src[i]."""
-    if floating is float:
-        convx_axpy_scatter_f(dst, src, a, n, stride)
-    else:
-        convx_axpy_scatter_d(dst, src, a, n, stride)
-
-
-cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    """sum_i a[i] * b[i * stride]."""
-    if floating is float:
-        return convx_dot_f(a, b, n, stride)
-    else:
-        return convx_dot_d(a, b, n, stride)
 
 cdef void _direct_forward_plane(const floating* image, const floating* weight, floating bias,
-                                floating* out, ConvGeometry* g) noexcept nogil:
+                                floating* out, ConvGeometry* g, const Py_ssize_t* lo,
+                                const Py_ssize_t* hi) noexcept nogil:
     """out[oh, ow] = bias + sum_{i, j} weight[i, j] * image_padded[oh*sh + i*dh, ow*sw + j*dw]."""
-    cdef Py_ssize_t oh, ow, i, j, ih, iw0, lo, hi
-    cdef floating tap
-    cdef floating* dst
-    cdef const floating* src
-    for oh in range(g.out_h):
-        dst = out + oh * g.out_w
-        for ow in range(g.out_w):
-            dst[ow] = bias
-        for i in range(g.kernel_h):
-            ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
-            if ih < 0 or ih >= g.height:
-                continue
-            for j in range(g.kernel_w):
-                tap = weight[i * g.kernel_w + j]
-                iw0 = j * g.dilation_w - g.pad_w
-                _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
-                src = image + ih * g.width + iw0
-                if hi > lo:
-                    _axpy(dst + lo, src + lo * g.stride_w, tap, hi - lo, g.stride_w)
+    if floating is float:
+        convx_dw_forward_plane_f(image, weight, bias, out, g.height, g.width, g.out_h, g.out_w, g.kernel_h,
+                                 g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h,
+                                 g.dilation_w, lo, hi)
+    else:
+        convx_dw_forward_plane_d(image, weight, bias, out, g.height, g.width, g.out_h, g.out_w, g.kernel_h,
+                                 g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h,
+                                 g.dilation_w, lo, hi)
     if not _all_finite(weight, g.kernel_h * g.kernel_w):
         _direct_forward_padding(weight, out, g)
+
+
+cdef Py_ssize_t[::1] _column_ranges(ConvGeometry* g):
+    """lo[j], hi[j] (in one array: lo, then hi): the outputs ow whose tap j lands inside the row."""
+    cdef Py_ssize_t[::1] ranges = np.empty(2 * g.kernel_w, dtype=np.intp)
+    cdef Py_ssize_t j
+    for j in range(g.kernel_w):
+        _valid_range(j * g.dilation_w - g.pad_w, g.stride_w, g.width, g.out_w, &ranges[j], &ranges[g.kernel_w + j])
+    return ranges
 
 
 cdef inline bint _all_finite(const floating* values, Py_ssize_t n) noexcept nogil:
@@ -588,47 +584,34 @@ cdef void _direct_forward_padding(const floating* weight, floating* out, ConvGeo
 
 
 cdef void _direct_backward_input_plane(const floating* grad_out, const floating* weight,
-                                       floating* grad_in, ConvGeometry* g) noexcept nogil:
+                                       floating* grad_in, ConvGeometry* g, const Py_ssize_t* lo,
+                                       const Py_ssize_t* hi) noexcept nogil:
     """grad_in[ih, iw] += weight[m, i, j] * grad_out[m, oh, ow] over the group's c_out_g outputs m; grad_in is overwritten."""
-    cdef Py_ssize_t m, oh, ow, i, j, ih, iw0, lo, hi
-    cdef floating tap
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t m
+    cdef Py_ssize_t n_out = g.out_h * g.out_w, taps = g.kernel_h * g.kernel_w
     memset(grad_in, 0, g.height * g.width * sizeof(floating))
     for m in range(g.c_out_g):
-        for oh in range(g.out_h):
-            src = grad_out + (m * g.out_h + oh) * g.out_w
-            for i in range(g.kernel_h):
-                ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
-                if ih < 0 or ih >= g.height:
-                    continue
-                for j in range(g.kernel_w):
-                    tap = weight[(m * g.kernel_h + i) * g.kernel_w + j]
-                    iw0 = j * g.dilation_w - g.pad_w
-                    _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
-                    dst = grad_in + ih * g.width + iw0
-                    if hi > lo:
-                        _axpy_scatter(dst + lo * g.stride_w, src + lo, tap, hi - lo, g.stride_w)
+        if floating is float:
+            convx_dw_backward_input_plane_f(grad_out + m * n_out, weight + m * taps, grad_in, g.height, g.width,
+                                            g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+                                            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, lo, hi)
+        else:
+            convx_dw_backward_input_plane_d(grad_out + m * n_out, weight + m * taps, grad_in, g.height, g.width,
+                                            g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+                                            g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, lo, hi)
 
 
 cdef floating _direct_weight_tap(const floating* grad_out, const floating* image, ConvGeometry* g,
                                  Py_ssize_t i, Py_ssize_t j) noexcept nogil:
     """sum_{oh, ow} grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] for one plane."""
-    cdef Py_ssize_t oh, ow, ih, lo, hi
-    cdef Py_ssize_t iw0 = j * g.dilation_w - g.pad_w
-    cdef floating total = 0
-    cdef const floating* src
-    cdef const floating* dy
-    _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
-    for oh in range(g.out_h):
-        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
-        if ih < 0 or ih >= g.height:
-            continue
-        src = image + ih * g.width + iw0
-        dy = grad_out + oh * g.out_w
-        if hi > lo:
-            total = total + _dot(dy + lo, src + lo * g.stride_w, hi - lo, g.stride_w)
-    return total
+    cdef Py_ssize_t lo, hi
+    _valid_range(j * g.dilation_w - g.pad_w, g.stride_w, g.width, g.out_w, &lo, &hi)
+    if floating is float:
+        return convx_dw_weight_tap_f(grad_out, image, g.height, g.width, g.out_h, g.out_w, g.stride_h,
+                                     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, i, j, lo, hi)
+    else:
+        return convx_dw_weight_tap_d(grad_out, image, g.height, g.width, g.out_h, g.out_w, g.stride_h,
+                                     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, i, j, lo, hi)
 
 
 cdef inline bint _reaches_padding(ConvGeometry* g) noexcept nogil:
@@ -670,12 +653,14 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     with nogil:
         for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
             n = item // c_out
             co = item % c_out
             _direct_forward_plane(&x[n, co // g.c_out_g, 0, 0], &weight[co, 0, 0, 0],
-                                  bias[co] if has_bias else 0, &out[n, co, 0, 0], &g)
+                                  bias[co] if has_bias else 0, &out[n, co, 0, 0], &g,
+                                  &ranges[0], &ranges[g.kernel_w])
 
 
 def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
@@ -689,12 +674,13 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
+    cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     with nogil:
         for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
             n = item // c_in
             ci = item % c_in
             _direct_backward_input_plane(&grad_out[n, ci * g.c_out_g, 0, 0], &weight[ci * g.c_out_g, 0, 0, 0],
-                                         &grad_in[n, ci, 0, 0], &g)
+                                         &grad_in[n, ci, 0, 0], &g, &ranges[0], &ranges[g.kernel_w])
 
 
 def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,

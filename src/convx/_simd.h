@@ -1,4 +1,4 @@
-/* Row kernels for the direct (depthwise) loops, compiled once per instruction-set level.
+/* Plane kernels of the direct (depthwise) convolution loops, compiled once per instruction-set level.
  *
  * The default build targets baseline x86-64 (SSE2) so that a wheel runs anywhere; on
  * GCC/x86-64 these small functions are cloned for AVX2+FMA and AVX-512 as well, and the
@@ -27,44 +27,96 @@
 #define CONVX_SIMD_SUM(var) CONVX_PRAGMA(omp simd reduction(+:var))
 #endif
 
-#define CONVX_ROW_KERNELS(T, SUFFIX)                                                           \
-    /* dst[i] += a * src[i * stride], i < n */                                                 \
-    CONVX_CLONES static void convx_axpy_##SUFFIX(T *CONVX_RESTRICT dst,                          \
-                                                 const T *CONVX_RESTRICT src, T a,             \
-                                                 ptrdiff_t n, ptrdiff_t stride) {              \
-        ptrdiff_t i;                                                                           \
-        if (stride == 1) {                                                                     \
-            CONVX_SIMD for (i = 0; i < n; i++) dst[i] += a * src[i];                           \
-        } else {                                                                               \
-            CONVX_SIMD for (i = 0; i < n; i++) dst[i] += a * src[i * stride];                  \
+
+/* One call per plane, with the row loops inside, so that the short rows of a feature map do
+ * not each pay for a call through the ifunc. lo[j], hi[j]: the outputs ow whose tap j lands
+ * inside the input row, [lo, hi). Geometry as in ConvGeometry (_conv.pxi). */
+#define CONVX_PLANE_KERNELS(T, SUFFIX)                                                         \
+    /* out = bias + sum_{i, j} w[i, j] * image_padded[oh*sh + i*dh, ow*sw + j*dw] */           \
+    CONVX_CLONES static void convx_dw_forward_plane_##SUFFIX(                                  \
+        const T *CONVX_RESTRICT image, const T *CONVX_RESTRICT w, T bias,                      \
+        T *CONVX_RESTRICT out, ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,             \
+        ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,               \
+        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, const ptrdiff_t *lo,           \
+        const ptrdiff_t *hi) {                                                                 \
+        ptrdiff_t oh, ow, i, j, ih;                                                            \
+        for (oh = 0; oh < out_h; oh++) {                                                       \
+            T *dst = out + oh * out_w;                                                         \
+            for (ow = 0; ow < out_w; ow++) dst[ow] = bias;                                     \
+            for (i = 0; i < kh; i++) {                                                         \
+                ih = oh * sh - ph + i * dh;                                                    \
+                if (ih < 0 || ih >= height) continue;                                          \
+                for (j = 0; j < kw; j++) {                                                     \
+                    const T t = w[i * kw + j];                                                 \
+                    const T *src = image + ih * width;                                         \
+                    const ptrdiff_t off = j * dw - pw;                                         \
+                    if (sw == 1) {                                                             \
+                        CONVX_SIMD for (ow = lo[j]; ow < hi[j]; ow++)                          \
+                            dst[ow] += t * src[ow + off];                                      \
+                    } else {                                                                   \
+                        CONVX_SIMD for (ow = lo[j]; ow < hi[j]; ow++)                          \
+                            dst[ow] += t * src[ow * sw + off];                                 \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
         }                                                                                      \
     }                                                                                          \
-    /* dst[i * stride] += a * src[i], i < n */                                                 \
-    CONVX_CLONES static void convx_axpy_scatter_##SUFFIX(T *CONVX_RESTRICT dst,                  \
-                                                         const T *CONVX_RESTRICT src, T a,     \
-                                                         ptrdiff_t n, ptrdiff_t stride) {      \
-        ptrdiff_t i;                                                                           \
-        if (stride == 1) {                                                                     \
-            CONVX_SIMD for (i = 0; i < n; i++) dst[i] += a * src[i];                           \
-        } else {                                                                               \
-            for (i = 0; i < n; i++) dst[i * stride] += a * src[i];                             \
+    /* grad_in[ih, iw] += w[i, j] * grad_out[oh, ow] for one output plane (not cleared here) */ \
+    CONVX_CLONES static void convx_dw_backward_input_plane_##SUFFIX(                           \
+        const T *CONVX_RESTRICT grad_out, const T *CONVX_RESTRICT w,                           \
+        T *CONVX_RESTRICT grad_in, ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,         \
+        ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,               \
+        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, const ptrdiff_t *lo,           \
+        const ptrdiff_t *hi) {                                                                 \
+        ptrdiff_t oh, ow, i, j, ih;                                                            \
+        for (oh = 0; oh < out_h; oh++) {                                                       \
+            const T *src = grad_out + oh * out_w;                                              \
+            for (i = 0; i < kh; i++) {                                                         \
+                ih = oh * sh - ph + i * dh;                                                    \
+                if (ih < 0 || ih >= height) continue;                                          \
+                for (j = 0; j < kw; j++) {                                                     \
+                    const T t = w[i * kw + j];                                                 \
+                    T *dst = grad_in + ih * width;                                             \
+                    const ptrdiff_t off = j * dw - pw;                                         \
+                    if (sw == 1) {                                                             \
+                        CONVX_SIMD for (ow = lo[j]; ow < hi[j]; ow++)                          \
+                            dst[ow + off] += t * src[ow];                                      \
+                    } else {                                                                   \
+                        for (ow = lo[j]; ow < hi[j]; ow++) dst[ow * sw + off] += t * src[ow];  \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
         }                                                                                      \
     }                                                                                          \
-    /* sum_i a[i] * b[i * stride], i < n */                                                    \
-    CONVX_CLONES static T convx_dot_##SUFFIX(const T *CONVX_RESTRICT a,                          \
-                                             const T *CONVX_RESTRICT b, ptrdiff_t n,           \
-                                             ptrdiff_t stride) {                               \
-        ptrdiff_t i;                                                                           \
+    /* sum_{oh, ow} grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] over the       \
+     * taps inside the input, row by row */                                                    \
+    CONVX_CLONES static T convx_dw_weight_tap_##SUFFIX(                                        \
+        const T *CONVX_RESTRICT grad_out, const T *CONVX_RESTRICT image, ptrdiff_t height,     \
+        ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t sh, ptrdiff_t sw,         \
+        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t i, ptrdiff_t j,      \
+        ptrdiff_t lo, ptrdiff_t hi) {                                                          \
+        ptrdiff_t oh, ow, ih;                                                                  \
+        const ptrdiff_t off = j * dw - pw;                                                     \
         T total = 0;                                                                           \
-        if (stride == 1) {                                                                     \
-            CONVX_SIMD_SUM(total) for (i = 0; i < n; i++) total += a[i] * b[i];                \
-        } else {                                                                               \
-            CONVX_SIMD_SUM(total) for (i = 0; i < n; i++) total += a[i] * b[i * stride];      \
+        for (oh = 0; oh < out_h; oh++) {                                                       \
+            const T *dy = grad_out + oh * out_w;                                               \
+            const T *src;                                                                      \
+            T row = 0;                                                                         \
+            ih = oh * sh - ph + i * dh;                                                        \
+            if (ih < 0 || ih >= height || hi <= lo) continue;                                  \
+            src = image + ih * width;                                                          \
+            if (sw == 1) {                                                                     \
+                CONVX_SIMD_SUM(row) for (ow = lo; ow < hi; ow++) row += dy[ow] * src[ow + off]; \
+            } else {                                                                           \
+                CONVX_SIMD_SUM(row)                                                            \
+                for (ow = lo; ow < hi; ow++) row += dy[ow] * src[ow * sw + off];               \
+            }                                                                                  \
+            total += row;                                                                      \
         }                                                                                      \
         return total;                                                                          \
     }
 
-CONVX_ROW_KERNELS(float, f)
-CONVX_ROW_KERNELS(double, d)
+CONVX_PLANE_KERNELS(float, f)
+CONVX_PLANE_KERNELS(double, d)
 
 #endif
