@@ -71,7 +71,7 @@ def _blas_libraries() -> Any:
     return _blas_controller
 
 
-def _release_openblas_claim():
+def _release_openblas_claim() -> None:
     """Let the next thread set a pthreads OpenBLAS's thread count.
 
     threadpoolctl (3.7 and later) lets only one Python thread set that process-wide count:

@@ -509,9 +509,10 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     if y.size:
         x = contiguous(x)
-        windows = (*_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w))
+        row_start, row_end = _adaptive_windows(height, out_h)
+        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_forward(x[part], y[part], *windows, kernel_threads())
+            _core.adaptive_avg_pool2d_forward(x[part], y[part], row_start, row_end, col_start, col_end, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -558,9 +559,10 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
-        windows = (*_adaptive_windows(shape[2], out_h), *_adaptive_windows(shape[3], out_w))
+        row_start, row_end = _adaptive_windows(shape[2], out_h)
+        col_start, col_end = _adaptive_windows(shape[3], out_w)
         for part in sub_batches(shape[0], _work(shape[1], 4 * shape[2] * shape[3], out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], *windows, kernel_threads())
+            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], row_start, row_end, col_start, col_end, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -626,9 +628,10 @@ def adaptive_max_pool2d(
     indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
     if y.size:
         x = contiguous(x)
-        windows = (*_adaptive_windows(height, out_h), *_adaptive_windows(width, out_w))
+        row_start, row_end = _adaptive_windows(height, out_h)
+        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], *windows, kernel_threads())
+            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], row_start, row_end, col_start, col_end, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
