@@ -631,7 +631,9 @@ def adaptive_max_pool2d(
         row_start, row_end = _adaptive_windows(height, out_h)
         col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], row_start, row_end, col_start, col_end, kernel_threads())
+            _core.adaptive_max_pool2d_forward(
+                x[part], y[part], indices[part], row_start, row_end, col_start, col_end, kernel_threads()
+            )
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
