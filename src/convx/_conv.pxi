@@ -516,14 +516,16 @@ cdef extern from "_simd.h" nogil:
                                          Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
                                          Py_ssize_t dw, const Py_ssize_t* lo, const Py_ssize_t* hi)
-    float convx_dw_weight_tap_f(const float* grad_out, const float* image, Py_ssize_t height,
-                                Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t sh,
-                                Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                                Py_ssize_t i, Py_ssize_t j, Py_ssize_t lo, Py_ssize_t hi)
-    double convx_dw_weight_tap_d(const double* grad_out, const double* image, Py_ssize_t height,
-                                 Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t sh,
-                                 Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                                 Py_ssize_t i, Py_ssize_t j, Py_ssize_t lo, Py_ssize_t hi)
+    void convx_dw_weight_plane_f(const float* grad_out, const float* image, float* partial,
+                                 Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                 Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                 Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* lo,
+                                 const Py_ssize_t* hi)
+    void convx_dw_weight_plane_d(const double* grad_out, const double* image, double* partial,
+                                 Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                 Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                 Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* lo,
+                                 const Py_ssize_t* hi)
 
 
 cdef void _direct_forward_plane(const floating* image, const floating* weight, floating bias,
@@ -601,17 +603,17 @@ cdef void _direct_backward_input_plane(const floating* grad_out, const floating*
                                             g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, lo, hi)
 
 
-cdef floating _direct_weight_tap(const floating* grad_out, const floating* image, ConvGeometry* g,
-                                 Py_ssize_t i, Py_ssize_t j) noexcept nogil:
-    """sum_{oh, ow} grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] for one plane."""
-    cdef Py_ssize_t lo, hi
-    _valid_range(j * g.dilation_w - g.pad_w, g.stride_w, g.width, g.out_w, &lo, &hi)
+cdef void _direct_weight_plane(const floating* grad_out, const floating* image, floating* partial,
+                               ConvGeometry* g, const Py_ssize_t* lo, const Py_ssize_t* hi) noexcept nogil:
+    """partial[tap, ow] += grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] over oh, every tap."""
     if floating is float:
-        return convx_dw_weight_tap_f(grad_out, image, g.height, g.width, g.out_h, g.out_w, g.stride_h,
-                                     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, i, j, lo, hi)
+        convx_dw_weight_plane_f(grad_out, image, partial, g.height, g.width, g.out_h, g.out_w, g.kernel_h,
+                                g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h,
+                                g.dilation_w, lo, hi)
     else:
-        return convx_dw_weight_tap_d(grad_out, image, g.height, g.width, g.out_h, g.out_w, g.stride_h,
-                                     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, i, j, lo, hi)
+        convx_dw_weight_plane_d(grad_out, image, partial, g.height, g.width, g.out_h, g.out_w, g.kernel_h,
+                                g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h,
+                                g.dilation_w, lo, hi)
 
 
 cdef inline bint _reaches_padding(ConvGeometry* g) noexcept nogil:
@@ -687,7 +689,11 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
                               floating[:, :, :, ::1] grad_weight,
                               int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
                               int groups, int n_threads):
-    """grad_weight[co, 0, i, j] = sum_n corr(grad_out[n, co], x[n, co // (C_out/groups)])[i, j]; overwritten."""
+    """grad_weight[co, 0, i, j] = sum_n corr(grad_out[n, co], x[n, co // (C_out/groups)])[i, j]; overwritten.
+
+    One thread per output channel: its planes' products are summed per output column (in a
+    per-thread row for each tap) over the whole batch, and across the columns at the end.
+    """
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], grad_weight.shape[0],
                                     grad_weight.shape[2], grad_weight.shape[3],
                                     grad_out.shape[2], grad_out.shape[3], groups,
@@ -695,23 +701,36 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t item, co, tap, n
+    cdef Py_ssize_t co, tap, n, ow, tid
     cdef floating total
+    cdef floating* partial
+    cdef int team = _team(n_threads, c_out)
+    cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
+    # One row of out_w partial sums per tap and thread, each thread's on its own cache lines.
+    cdef Py_ssize_t slot = (taps * g.out_w + 15) // 16 * 16 + 16
+    cdef floating[::1] partials = np.empty(team * slot, dtype=np.asarray(grad_weight).dtype)
     # Planes of grad_out holding inf or NaN, whose products with the padding are NaN.
     cdef bint padded = _reaches_padding(&g)
     cdef unsigned char[::1] non_finite = np.zeros(g.batch * c_out if padded else 1, dtype=np.uint8)
     with nogil:
         if padded:
-            for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
-                non_finite[item] = not _all_finite(&grad_out[0, 0, 0, 0] + item * n_out, n_out)
-        for item in prange(c_out * taps, schedule='static', num_threads=_team(n_threads, c_out * taps)):
-            co = item // taps
-            tap = item % taps
-            total = 0
-            for n in range(g.batch):
-                total = total + _direct_weight_tap(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], &g,
-                                                   tap // g.kernel_w, tap % g.kernel_w)
-                if padded and non_finite[n * c_out + co]:
-                    total = total + _direct_weight_tap_padding(&grad_out[n, co, 0, 0], &g,
-                                                               tap // g.kernel_w, tap % g.kernel_w)
-            grad_weight[co, 0, tap // g.kernel_w, tap % g.kernel_w] = total
+            for n in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
+                non_finite[n] = not _all_finite(&grad_out[0, 0, 0, 0] + n * n_out, n_out)
+        with parallel(num_threads=team):
+            tid = threadid()
+            for co in prange(c_out, schedule='static'):
+                partial = &partials[tid * slot]
+                memset(partial, 0, taps * g.out_w * sizeof(floating))
+                for n in range(g.batch):
+                    _direct_weight_plane(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], partial, &g,
+                                         &ranges[0], &ranges[g.kernel_w])
+                for tap in range(taps):
+                    total = 0
+                    for ow in range(g.out_w):
+                        total = total + partial[tap * g.out_w + ow]
+                    if padded:
+                        for n in range(g.batch):
+                            if non_finite[n * c_out + co]:
+                                total = total + _direct_weight_tap_padding(&grad_out[n, co, 0, 0], &g,
+                                                                           tap // g.kernel_w, tap % g.kernel_w)
+                    grad_weight[co, 0, tap // g.kernel_w, tap % g.kernel_w] = total

@@ -88,32 +88,36 @@
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
-    /* sum_{oh, ow} grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] over the       \
-     * taps inside the input, row by row */                                                    \
-    CONVX_CLONES static T convx_dw_weight_tap_##SUFFIX(                                        \
-        const T *CONVX_RESTRICT grad_out, const T *CONVX_RESTRICT image, ptrdiff_t height,     \
-        ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t sh, ptrdiff_t sw,         \
-        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t i, ptrdiff_t j,      \
-        ptrdiff_t lo, ptrdiff_t hi) {                                                          \
-        ptrdiff_t oh, ow, ih;                                                                  \
-        const ptrdiff_t off = j * dw - pw;                                                     \
-        T total = 0;                                                                           \
+    /* partial[(i*kw + j)*out_w + ow] += grad_out[oh, ow] * image_padded[oh*sh + i*dh,        \
+     * ow*sw + j*dw] over the rows oh, for every tap inside the input: the weight gradient     \
+     * of one plane, still spread over the output columns (summed by the caller once all       \
+     * planes of a channel are in). No reduction inside the loops, so they vectorise. */       \
+    CONVX_CLONES static void convx_dw_weight_plane_##SUFFIX(                                   \
+        const T *CONVX_RESTRICT grad_out, const T *CONVX_RESTRICT image,                       \
+        T *CONVX_RESTRICT partial, ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,         \
+        ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,               \
+        ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, const ptrdiff_t *lo,           \
+        const ptrdiff_t *hi) {                                                                 \
+        ptrdiff_t oh, ow, i, j, ih;                                                            \
         for (oh = 0; oh < out_h; oh++) {                                                       \
             const T *dy = grad_out + oh * out_w;                                               \
-            const T *src;                                                                      \
-            T row = 0;                                                                         \
-            ih = oh * sh - ph + i * dh;                                                        \
-            if (ih < 0 || ih >= height || hi <= lo) continue;                                  \
-            src = image + ih * width;                                                          \
-            if (sw == 1) {                                                                     \
-                CONVX_SIMD_SUM(row) for (ow = lo; ow < hi; ow++) row += dy[ow] * src[ow + off]; \
-            } else {                                                                           \
-                CONVX_SIMD_SUM(row)                                                            \
-                for (ow = lo; ow < hi; ow++) row += dy[ow] * src[ow * sw + off];               \
+            for (i = 0; i < kh; i++) {                                                         \
+                ih = oh * sh - ph + i * dh;                                                    \
+                if (ih < 0 || ih >= height) continue;                                          \
+                for (j = 0; j < kw; j++) {                                                     \
+                    const T *src = image + ih * width;                                         \
+                    const ptrdiff_t off = j * dw - pw;                                         \
+                    T *acc = partial + (i * kw + j) * out_w;                                   \
+                    if (sw == 1) {                                                             \
+                        CONVX_SIMD for (ow = lo[j]; ow < hi[j]; ow++)                          \
+                            acc[ow] += dy[ow] * src[ow + off];                                 \
+                    } else {                                                                   \
+                        CONVX_SIMD for (ow = lo[j]; ow < hi[j]; ow++)                          \
+                            acc[ow] += dy[ow] * src[ow * sw + off];                            \
+                    }                                                                          \
+                }                                                                              \
             }                                                                                  \
-            total += row;                                                                      \
         }                                                                                      \
-        return total;                                                                          \
     }
 
 CONVX_PLANE_KERNELS(float, f)
