@@ -109,7 +109,13 @@ def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) ->
 
 
 def _adaptive_windows(in_size: int, out_size: int) -> tuple[AnyArray, AnyArray]:
-    """Start and end arrays of the adaptive windows along one axis."""
+    """Start and end arrays of the adaptive windows along one axis (int64, computed as arrays:
+    a huge ``output_size`` must not become a Python loop)."""
+    if in_size * (out_size + 1) < 2**63:
+        index = np.arange(out_size, dtype=np.int64)
+        starts = (index * in_size) // out_size
+        ends = -((-(index + 1) * in_size) // out_size)
+        return starts, ends
     bounds = np.array([adaptive_window(i, in_size, out_size) for i in range(out_size)], dtype=np.int64)
     return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
 
