@@ -118,6 +118,9 @@ cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssiz
                         if g.stride_w == 1:
                             for ow in range(lo, hi):
                                 dst[ow] += src[ow]
+                        elif g.stride_w == 2:
+                            for ow in range(lo, hi):
+                                dst[2 * ow] += src[ow]
                         else:
                             for ow in range(lo, hi):
                                 dst[ow * g.stride_w] += src[ow]
