@@ -47,9 +47,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def kernel_threads() -> int:
-    """The count handed to kernels: 1 when the extension has no OpenMP."""
-    return _num_threads if _core.openmp_enabled() else 1
+# Multiply-adds of a convolution below which one more thread costs more than it saves: its
+# start-up and the closing barrier, and on a loaded machine the wait for a descheduled thread.
+CONV_GRAIN = 1 << 20
+
+
+def kernel_threads(macs: int | None = None) -> int:
+    """The count handed to kernels: 1 when the extension has no OpenMP; given a convolution's
+    multiply-adds, no more than one thread per ``CONV_GRAIN`` of them."""
+    n_threads = _num_threads if _core.openmp_enabled() else 1
+    if macs is not None:
+        n_threads = max(1, min(n_threads, macs // CONV_GRAIN))
+    return n_threads
 
 
 # The kernels call BLAS from inside their own OpenMP teams. A multi-threaded BLAS (pthreads

@@ -7,6 +7,8 @@ bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +39,10 @@ class _ConvPlan(NamedTuple):
 
     def kernel_args(self) -> tuple[int, int, int, int, int, int, int]:
         return (*self.stride, *self.pad, *self.dilation, self.groups)
+
+    def threads(self, weight_shape: Shape) -> int:
+        """Kernel threads for one pass over the batch: small convolutions run on fewer."""
+        return kernel_threads(self.batch * self.out_h * self.out_w * math.prod(weight_shape))
 
 
 def _is_depthwise(weight_shape: Shape, groups: int) -> bool:
@@ -200,7 +206,7 @@ def conv2d(
         x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
             for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), kernel_threads())
+                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), plan.threads(weight.shape))
     return _unbatch(out, unbatched)
 
 
@@ -254,7 +260,7 @@ def conv2d_backward_input(
         grad_out, weight = contiguous(grad_out), contiguous(weight)
         with single_threaded_blas():
             for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
-                kernel(grad_out[part], weight, grad_x[part], *plan.kernel_args(), kernel_threads())
+                kernel(grad_out[part], weight, grad_x[part], *plan.kernel_args(), plan.threads(weight.shape))
     return _unbatch(grad_x, unbatched)
 
 
@@ -305,13 +311,13 @@ def conv2d_backward_weight(
         if _is_depthwise(weight_shape, plan.groups):
             for part, (grad_w_part,) in parts:
                 _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(),
-                                                kernel_threads())
+                                                plan.threads(weight_shape))
         else:
             with single_threaded_blas():
                 for part, (grad_w_part,) in parts:
                     _core.conv2d_backward_params(
                         grad_out[part], x[part], grad_w_part, np.empty((0, 1, 1, 1), dtype=dtype), grad_w_part,
-                        _no_bias(dtype), *plan.kernel_args(), kernel_threads(),
+                        _no_bias(dtype), *plan.kernel_args(), plan.threads(weight_shape),
                     )
     return grad_w
 
@@ -390,7 +396,7 @@ def conv2d_backward(
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
-        n_threads = kernel_threads()
+        n_threads = plan.threads(weight.shape)
         work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
         parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
         if _is_depthwise(weight.shape, plan.groups):
@@ -488,7 +494,7 @@ def conv_transpose2d(
         x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
             for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
-                kernel(x[part], weight, y[part], *plan.kernel_args(), kernel_threads())
+                kernel(x[part], weight, y[part], *plan.kernel_args(), plan.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
