@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
-def _dtype_error(name: str, array) -> TypeError:
+def _dtype_error(name: str, array: object) -> TypeError:
     return TypeError(
         f"gradcheck needs float64 arrays (central differences in float32 are dominated by rounding), "
         f"but {name} has dtype {np.asarray(array).dtype}; build layers with dtype=np.float64 and cast inputs"
     )
 
 
-def _as_list(values) -> list:
+def _as_list(values: Any) -> list[Any]:
     return list(values) if isinstance(values, (list, tuple)) else [values]
 
 
 def gradcheck(
-    fn,
-    inputs,
-    backward: Callable | None = None,
+    fn: Any,
+    inputs: Any,
+    backward: Callable[[Any], Any] | None = None,
     *,
     eps: float = 1e-6,
     atol: float = 1e-5,
     rtol: float = 1e-3,
-    seed=0,
+    seed: int | np.random.Generator | None = 0,
     check_params: bool = True,
     raise_exception: bool = True,
 ) -> bool:
@@ -128,7 +129,10 @@ def gradcheck(
             checked.append((f"parameter {name!r}", param))
 
     saved_state = fn.state_dict() if is_layer and hasattr(fn, "state_dict") else None
-    evaluate = (lambda: fn.forward(points[0])) if is_layer else (lambda: fn(*points))
+
+    def evaluate() -> Any:
+        return fn.forward(points[0]) if is_layer else fn(*points)
+
     try:
         output = np.asarray(evaluate(), dtype=np.float64)
         grad_out = np.random.default_rng(seed).standard_normal(output.shape)
@@ -137,6 +141,7 @@ def gradcheck(
             if check_params:
                 analytical += [fn.grads[name] for name in fn.params]
         else:
+            assert backward is not None
             analytical = _as_list(backward(grad_out if output.ndim else grad_out.item()))
             if len(analytical) != len(points):
                 raise ValueError(f"backward returned {len(analytical)} gradients for {len(points)} inputs")
@@ -149,14 +154,14 @@ def gradcheck(
                 raise ValueError(f"the analytical gradient of {name} has shape {grad.shape}, expected {array.shape}")
             numerical = np.empty(array.shape)
             # Index the array itself: perturbing a reshaped copy would not reach fn.
-            for index in np.ndindex(array.shape):
-                original = array[index]
-                array[index] = original + eps
-                plus = float(np.vdot(grad_out, evaluate()))
-                array[index] = original - eps
-                minus = float(np.vdot(grad_out, evaluate()))
-                array[index] = original
-                numerical[index] = (plus - minus) / (2 * eps)
+            for element in np.ndindex(array.shape):
+                original = array[element]
+                array[element] = original + eps
+                plus = float(np.vdot(grad_out, np.asarray(evaluate(), dtype=np.float64)))
+                array[element] = original - eps
+                minus = float(np.vdot(grad_out, np.asarray(evaluate(), dtype=np.float64)))
+                array[element] = original
+                numerical[element] = (plus - minus) / (2 * eps)
             error = np.abs(grad - numerical)
             excess = error - (atol + rtol * np.abs(numerical))
             if np.any(excess > 0) or not np.all(np.isfinite(grad)):
