@@ -25,24 +25,28 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable
+from typing import Any, Union
 
 import numpy as np
 
 from ._checks import as_bool
 from .nn.module import Module, Parameter
 
+#: What optimizers take: ``model.parameters()``, or parameter groups (dicts with ``'params'``).
+ParamsArg = Union[Iterable[Parameter], Iterable[dict[str, Any]]]
+
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop"]
 
 
-def _as_number(name: str, value, minimum: float = 0.0, below: float | None = None) -> float:
+def _as_number(name: str, value: object, minimum: float = 0.0, below: float | None = None) -> float:
     """A real hyperparameter in ``[minimum, below)`` (or ``[minimum, inf)``)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    if not value >= minimum or (below is not None and not value < below):
+    number = float(value)
+    if not number >= minimum or (below is not None and not number < below):
         valid = f"in [{minimum}, {below})" if below is not None else f"at least {minimum}"
-        raise ValueError(f"{name} must be {valid}, got {value}")
-    return value
+        raise ValueError(f"{name} must be {valid}, got {number}")
+    return number
 
 
 class Optimizer:
@@ -65,22 +69,22 @@ class Optimizer:
         Per-parameter state (step count, moment estimates...), keyed by Parameter handle.
     """
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params: ParamsArg, defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
-        self.state: dict[Parameter, dict] = {}
-        self.param_groups: list[dict] = []
+        self.state: dict[Parameter, dict[str, Any]] = {}
+        self.param_groups: list[dict[str, Any]] = []
         if isinstance(params, Module):
             raise TypeError(f"pass model.parameters() to the optimizer, not the {type(params).__name__} itself")
-        params = list(params) if isinstance(params, Iterable) else params
-        if not isinstance(params, list):
+        if not isinstance(params, Iterable):
             raise TypeError(f"params must be an iterable of Parameter handles (model.parameters()), got {params!r}")
-        if not params:
+        entries: list[Any] = list(params)
+        if not entries:
             raise ValueError("optimizer got an empty parameter list")
-        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        groups = entries if isinstance(entries[0], dict) else [{"params": entries}]
         for group in groups:
             self.add_param_group(group)
 
-    def add_param_group(self, group: dict) -> None:
+    def add_param_group(self, group: dict[str, Any]) -> None:
         """Add a group of parameters (a dict with ``'params'`` and optional per-group options)."""
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a parameter group must be a dict with a 'params' entry")
@@ -102,7 +106,7 @@ class Optimizer:
         options = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
         self.param_groups.append({"params": params, **self._validate(options)})
 
-    def _validate(self, options: dict) -> dict:  # pragma: no cover - abstract
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -128,10 +132,12 @@ class Optimizer:
                     raise ValueError(f"gradient of {param.name!r} has shape {grad.shape}, the parameter {data.shape}")
                 self._update(data, grad, self.state.setdefault(param, {}), group)
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:  # pragma: no cover
+    def _update(  # pragma: no cover - abstract
+        self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         options = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({options})"
 
@@ -166,12 +172,15 @@ class SGD(Optimizer):
     array([[0.95, 1.05]], dtype=float32)
     """
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+        weight_decay: float = 0.0, nesterov: bool = False,
+    ) -> None:
         super().__init__(
             params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         )
 
-    def _validate(self, options):
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:
         options = dict(
             lr=_as_number("lr", options["lr"]),
             momentum=_as_number("momentum", options["momentum"]),
@@ -183,7 +192,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         return options
 
-    def _update(self, param, grad, state, group):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
         momentum = group["momentum"]
@@ -233,10 +242,13 @@ class Adam(Optimizer):
 
     _decoupled_weight_decay = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0.0, amsgrad: bool = False,
+    ) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
 
-    def _validate(self, options):
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:
         betas = options["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
@@ -248,7 +260,7 @@ class Adam(Optimizer):
             amsgrad=as_bool("amsgrad", options["amsgrad"]),
         )
 
-    def _update(self, param, grad, state, group):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
             if group["amsgrad"]:
@@ -293,7 +305,10 @@ class AdamW(Adam):
 
     _decoupled_weight_decay = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 1e-2, amsgrad: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
@@ -313,7 +328,10 @@ class Adagrad(Optimizer):
     eps : float, default 1e-10
     """
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0, eps: float = 1e-10,
+    ) -> None:
         super().__init__(
             params,
             dict(
@@ -322,10 +340,10 @@ class Adagrad(Optimizer):
             ),
         )
 
-    def _validate(self, options):
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:
         return {name: _as_number(name, value) for name, value in options.items()}
 
-    def _update(self, param, grad, state, group):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             state.update(step=0, sum=np.full_like(param, group["initial_accumulator_value"]))
         state["step"] += 1
@@ -354,17 +372,20 @@ class RMSprop(Optimizer):
     centered : bool, default False
     """
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+        momentum: float = 0.0, centered: bool = False,
+    ) -> None:
         super().__init__(
             params,
             dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered),
         )
 
-    def _validate(self, options):
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:
         centered = as_bool("centered", options.pop("centered"))
         return {**{name: _as_number(name, value) for name, value in options.items()}, "centered": centered}
 
-    def _update(self, param, grad, state, group):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             state.update(step=0, square_avg=np.zeros_like(param))
             if group["momentum"] > 0:
@@ -410,16 +431,18 @@ class Adadelta(Optimizer):
     weight_decay : float, default 0
     """
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    def __init__(
+        self, params: ParamsArg, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0
+    ) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay))
 
-    def _validate(self, options):
+    def _validate(self, options: dict[str, Any]) -> dict[str, Any]:
         validated = {name: _as_number(name, value) for name, value in options.items()}
         if validated["rho"] > 1:
             raise ValueError(f"rho must be in [0, 1], got {validated['rho']}")
         return validated
 
-    def _update(self, param, grad, state, group):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         if not state:
             state.update(step=0, square_avg=np.zeros_like(param), acc_delta=np.zeros_like(param))
         state["step"] += 1

@@ -5,6 +5,8 @@ CI runs mypy on this file together with the package (see ``[tool.mypy]`` in pypr
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import assert_type
@@ -33,3 +35,20 @@ assert_type(convx.avg_pool2d(x32, (2, 2), count_include_pad=False), npt.NDArray[
 assert_type(convx.avg_pool2d_backward(np.ones((2, 3, 4, 4)), x64.shape, 2), npt.NDArray[np.float64])
 assert_type(convx.adaptive_avg_pool2d(x32, (4, None)), npt.NDArray[np.float32])
 assert_type(convx.adaptive_max_pool2d(x32, 1, return_indices=True)[1], npt.NDArray[np.int64])
+
+# The layers, losses and optimizers.
+model = convx.nn.Sequential(
+    convx.nn.Conv2d(3, 4, 3, padding="same", rng=0), convx.nn.ReLU(), convx.nn.MaxPool2d(2),
+    convx.nn.Flatten(), convx.nn.Linear(4 * 4 * 4, 10, rng=np.random.default_rng(0)),
+)
+optimizer = convx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+loss_fn = convx.nn.CrossEntropyLoss()
+logits = model(x32)
+assert_type(logits, npt.NDArray[Any])
+loss = loss_fn(logits, np.zeros(2, dtype=np.int64))
+assert_type(loss, float)
+model.backward(loss_fn.backward())
+optimizer.step()
+assert_type(model[0], convx.nn.Module)
+assert_type(model[1:], convx.nn.Sequential)
+assert_type(convx.gradcheck(convx.nn.Tanh(), np.zeros(3)), bool)

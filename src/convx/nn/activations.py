@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 from scipy.special import expit
 
 from .._checks import as_int
@@ -13,7 +15,7 @@ from .module import Module, as_dtype, check_input
 _ANY_NDIM = range(33)
 
 
-def _as_float(name: str, value) -> float:
+def _as_float(name: str, value: object) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     return float(value)
@@ -33,14 +35,14 @@ class ReLU(Module):
     array([0., 5.])
     """
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
-        y = np.maximum(x, 0)
+        y: np.ndarray = np.maximum(x, 0)
         self._save_for_backward(y, x > 0)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` where the input was positive, 0 elsewhere."""
         grad_out, (positive,) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, 0)
@@ -61,11 +63,11 @@ class LeakyReLU(Module):
     array([-0.1,  2. ])
     """
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = _as_float("negative_slope", negative_slope)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         positive = x > 0
@@ -73,12 +75,12 @@ class LeakyReLU(Module):
         self._save_for_backward(y, positive)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` scaled by 1 or ``negative_slope``."""
         grad_out, (positive,) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, grad_out * self.negative_slope)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
 
 
@@ -111,7 +113,7 @@ class PReLU(Module):
     array([[-0.5,  3. ]], dtype=float32)
     """
 
-    def __init__(self, num_parameters=1, init=0.25, *, dtype=np.float32):
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, *, dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_parameters = as_int("num_parameters", num_parameters, 1)
         self.dtype = as_dtype(dtype)
@@ -123,7 +125,7 @@ class PReLU(Module):
             return weight.reshape(())
         return weight.reshape((-1,) + (1,) * (ndim - 2))
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of shape (N, C, ...)."""
         x = check_input(self, x, _ANY_NDIM, self.dtype)
         if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
@@ -136,7 +138,7 @@ class PReLU(Module):
         self._save_for_backward(y, x, positive)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient; overwrites ``grads['weight']``."""
         grad_out, (x, positive) = self._saved_for_backward(grad_out)
         grad_slope = np.where(positive, 0, grad_out * x)
@@ -147,7 +149,7 @@ class PReLU(Module):
             self._grads["weight"] = grad_slope.sum(axis=axes)
         return np.where(positive, grad_out, grad_out * self._broadcast_weight(x.ndim))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}, dtype={self.dtype}"
 
 
@@ -166,11 +168,11 @@ class ELU(Module):
     array([0., 1.])
     """
 
-    def __init__(self, alpha=1.0):
+    def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         self.alpha = _as_float("alpha", alpha)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         positive = x > 0
@@ -180,12 +182,12 @@ class ELU(Module):
         self._save_for_backward(y, positive, exp_negative)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient: ``grad_out`` times 1 or ``alpha * exp(x)``."""
         grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
         return np.where(positive, grad_out, grad_out * (self.alpha * exp_negative))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
@@ -205,7 +207,7 @@ class SELU(Module):
     ALPHA = 1.6732632423543772848170429916717
     SCALE = 1.0507009873554804934193349852946
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
         positive = x > 0
@@ -214,7 +216,7 @@ class SELU(Module):
         self._save_for_backward(y, positive, exp_negative)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient: ``grad_out`` times ``scale`` or ``scale * alpha * exp(x)``."""
         grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
         return np.where(positive, self.SCALE * grad_out, grad_out * (self.SCALE * self.ALPHA * exp_negative))
@@ -231,17 +233,19 @@ class Sigmoid(Module):
     array([0.5])
     """
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
-        y = expit(x)
+        y: np.ndarray = expit(x)
         self._save_for_backward(y, y)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient: ``grad_out * y * (1 - y)``."""
-        grad_out, (y,) = self._saved_for_backward(grad_out)
-        return grad_out * y * (1 - y)
+        grad_out, saved = self._saved_for_backward(grad_out)
+        y: np.ndarray = saved[0]
+        result: np.ndarray = grad_out * y * (1 - y)
+        return result
 
 
 class Tanh(Module):
@@ -255,14 +259,16 @@ class Tanh(Module):
     array([0.])
     """
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape."""
         x = check_input(self, x, _ANY_NDIM)
-        y = np.tanh(x)
+        y: np.ndarray = np.tanh(x)
         self._save_for_backward(y, y)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient: ``grad_out * (1 - y**2)``."""
-        grad_out, (y,) = self._saved_for_backward(grad_out)
-        return grad_out * (1 - y * y)
+        grad_out, saved = self._saved_for_backward(grad_out)
+        y: np.ndarray = saved[0]
+        result: np.ndarray = grad_out * (1 - y * y)
+        return result

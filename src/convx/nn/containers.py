@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import overload
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Sequential(Module):
     ['0.bias', '0.weight', '2.bias', '2.weight']
     """
 
-    def __init__(self, *layers: Module):
+    def __init__(self, *layers: Module) -> None:
         super().__init__()
         for index, layer in enumerate(layers):
             if not isinstance(layer, Module):
@@ -78,7 +79,11 @@ class Sequential(Module):
         self.layers.append(layer)
         return self
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> Module: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+    def __getitem__(self, index: int | slice) -> Module:
         if isinstance(index, slice):
             return Sequential(*self.layers[index])
         return self.layers[index]
@@ -89,13 +94,13 @@ class Sequential(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self.layers)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` through every layer in order."""
         for layer in self.layers:
             x = layer(x)
         return x
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` back through every layer in reverse; returns the input gradient.
 
         Each layer overwrites its ``grads``.
@@ -104,7 +109,7 @@ class Sequential(Module):
             grad_out = layer.backward(grad_out)
         return grad_out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if not self.layers:
             return "Sequential()"
         lines = [f"  ({index}): {layer!r}".replace("\n", "\n  ") for index, layer in enumerate(self.layers)]

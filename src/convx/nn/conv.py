@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from itertools import chain
+from typing import Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .. import functional
 from .._checks import as_bool, as_int, as_pair
 from .._shapes import same_padding
-from .init import default_weight_and_bias
+from .._typing import IntPair, Padding
+from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
 # PyTorch's padding_mode names -> numpy.pad modes with the same copying rule.
-_NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_NumpyPadMode = Literal["reflect", "edge", "wrap"]
+_NUMPY_PAD_MODES: dict[str, _NumpyPadMode] = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 
@@ -25,7 +29,9 @@ def _check_channels(module: Module, x: np.ndarray, expected: int) -> None:
         )
 
 
-def fold_padding(grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: str) -> np.ndarray:
+def fold_padding(
+    grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: _NumpyPadMode
+) -> np.ndarray:
     """Adjoint of ``numpy.pad`` over the last two axes: the gradient of the unpadded input.
 
     Every padded position is a copy of one input element (which one depends on ``mode``:
@@ -47,7 +53,7 @@ def fold_padding(grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int
     return grad
 
 
-def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: str) -> np.ndarray:
+def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: _NumpyPadMode) -> np.ndarray:
     grad = np.moveaxis(grad, axis, -1)
     size = grad.shape[-1] - before - after
     # np.pad applied to the indices tells which input element each padded position copies.
@@ -107,21 +113,23 @@ class Conv2d(Module):
     ((2, 3, 16, 16), (8, 3, 3, 3), (8,))
     """
 
+    padding: tuple[int, int] | Literal["valid", "same"]
+
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        bias=True,
-        padding_mode="zeros",
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
         *,
-        dtype=np.float32,
-        rng=None,
-    ):
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
         super().__init__()
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
@@ -139,7 +147,7 @@ class Conv2d(Module):
                 raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
             if padding == "same" and self.stride != (1, 1):
                 raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
-            self.padding = padding
+            self.padding = "same" if padding == "same" else "valid"
         else:
             self.padding = as_pair("padding", padding, 0)
         if padding_mode not in PADDING_MODES:
@@ -150,7 +158,7 @@ class Conv2d(Module):
         has_bias = as_bool("bias", bias)
         weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
         self._add_param("weight", weight)
-        if has_bias:
+        if bias_values is not None:
             self._add_param("bias", bias_values)
 
     def _pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -159,7 +167,8 @@ class Conv2d(Module):
             return (0, 0), (0, 0)
         if self.padding == "same":
             return (same_padding(self.kernel_size[0], self.dilation[0]), same_padding(self.kernel_size[1], self.dilation[1]))
-        return (self.padding[0],) * 2, (self.padding[1],) * 2
+        top, left = self.padding
+        return (top, top), (left, left)
 
     def _pad_input(self, x: np.ndarray) -> np.ndarray:
         pads = self._pads()
@@ -175,12 +184,14 @@ class Conv2d(Module):
                     f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
                     f"along the {axis_name} of size {size}"
                 )
-        return np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
+        result: np.ndarray = np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
+        return result
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
         x = check_input(self, x, (3, 4), self.dtype)
         _check_channels(self, x, self.in_channels)
+        conv_padding: Padding
         if self.padding_mode == "zeros":
             conv_input, conv_padding = x, self.padding
         else:
@@ -190,7 +201,7 @@ class Conv2d(Module):
         self._save_for_backward(y, conv_input, conv_padding)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
         grad_out, (conv_input, conv_padding) = self._saved_for_backward(grad_out)
         grad_input, grad_weight, grad_bias = functional.conv2d_backward(
@@ -203,7 +214,7 @@ class Conv2d(Module):
             return grad_input
         return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding not in ((0, 0), "valid"):
             text += f", padding={self.padding!r}"
@@ -259,19 +270,19 @@ class ConvTranspose2d(Module):
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        output_padding=0,
-        groups=1,
-        bias=True,
-        dilation=1,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        output_padding: IntPair = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntPair = 1,
         *,
-        dtype=np.float32,
-        rng=None,
-    ):
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
         super().__init__()
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
@@ -299,10 +310,10 @@ class ConvTranspose2d(Module):
         has_bias = as_bool("bias", bias)
         weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
         self._add_param("weight", weight)
-        if has_bias:
+        if bias_values is not None:
             self._add_param("bias", bias_values)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Transposed convolution of ``x`` (N, C_in, H, W) or (C_in, H, W)."""
         x = check_input(self, x, (3, 4), self.dtype)
         _check_channels(self, x, self.in_channels)
@@ -313,7 +324,7 @@ class ConvTranspose2d(Module):
         self._save_for_backward(y, x)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         weight = self._params["weight"]
@@ -336,7 +347,7 @@ class ConvTranspose2d(Module):
             self._grads["bias"] = functional.conv2d_backward_bias(grad_out)
         return grad_x
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0, 0):
             text += f", padding={self.padding}"

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .init import as_generator
+from .init import RngLike, as_generator
 from .module import Module, check_input
 
 
@@ -39,16 +39,20 @@ class Dropout(Module):
     array([1., 1., 1.])
     """
 
-    def __init__(self, p=0.5, *, rng=None):
+    p: float
+    rng: np.random.Generator
+
+    def __init__(self, p: float = 0.5, *, rng: RngLike = None) -> None:
         super().__init__()
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= float(p) <= 1:
             raise ValueError(f"dropout probability p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
         self.rng = as_generator(rng)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape, masked and rescaled in training mode."""
         x = check_input(self, x, range(33))
+        y: np.ndarray
         if not self.training or self.p == 0:
             y = x.copy()
             self._save_for_backward(y, None)
@@ -61,10 +65,12 @@ class Dropout(Module):
         self._save_for_backward(y, mask)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` times the forward pass's mask (unchanged in evaluation mode)."""
-        grad_out, (mask,) = self._saved_for_backward(grad_out)
-        return grad_out.copy() if mask is None else grad_out * mask
+        grad_out, saved = self._saved_for_backward(grad_out)
+        mask: np.ndarray | None = saved[0]
+        grad_x: np.ndarray = grad_out.copy() if mask is None else grad_out * mask
+        return grad_x
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -9,13 +9,18 @@ from the same seed hold the same weights up to rounding.
 from __future__ import annotations
 
 import math
+from typing import Any, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .module import as_dtype
 
+#: What layers accept as ``rng``: None, an int seed, a SeedSequence or a Generator.
+RngLike = Union[None, int, np.random.SeedSequence, np.random.Generator]
 
-def as_generator(rng) -> np.random.Generator:
+
+def as_generator(rng: Any) -> np.random.Generator:
     """``rng`` (None, an int seed, a SeedSequence or a Generator) as a ``numpy.random.Generator``.
 
     A Generator is returned as it is, so layers built from one Generator draw successive values.
@@ -39,7 +44,7 @@ def fan_in(shape: tuple[int, ...]) -> int:
     return int(shape[1] * math.prod(shape[2:]))
 
 
-def uniform(shape, bound: float, rng=None, dtype=np.float32) -> np.ndarray:
+def uniform(shape: tuple[int, ...], bound: float, rng: RngLike = None, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Samples of ``U(-bound, bound)`` with the given shape and dtype.
 
     Parameters
@@ -66,7 +71,9 @@ def uniform(shape, bound: float, rng=None, dtype=np.float32) -> np.ndarray:
     return as_generator(rng).uniform(-bound, bound, size=tuple(shape)).astype(as_dtype(dtype))
 
 
-def kaiming_uniform(shape, a: float = 0.0, rng=None, dtype=np.float32) -> np.ndarray:
+def kaiming_uniform(
+    shape: tuple[int, ...], a: float = 0.0, rng: RngLike = None, dtype: DTypeLike = np.float32
+) -> np.ndarray:
     """He/Kaiming uniform initialisation for a leaky-ReLU of slope ``a`` (``fan_in`` mode).
 
     ``U(-bound, bound)`` with ``bound = gain * sqrt(3 / fan_in)`` and
@@ -99,7 +106,9 @@ def kaiming_uniform(shape, a: float = 0.0, rng=None, dtype=np.float32) -> np.nda
     return uniform(shape, gain * math.sqrt(3.0 / fan_in(shape)), rng, dtype)
 
 
-def default_weight_and_bias(weight_shape, bias_size: int | None, rng, dtype):
+def default_weight_and_bias(
+    weight_shape: tuple[int, ...], bias_size: int | None, rng: RngLike, dtype: DTypeLike
+) -> tuple[np.ndarray, np.ndarray | None]:
     """PyTorch's ``reset_parameters`` for Conv2d, ConvTranspose2d and Linear.
 
     The weight from ``kaiming_uniform(a=sqrt(5))``, then (unless ``bias_size`` is None) a bias of

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
-from .init import default_weight_and_bias
+from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
 
@@ -42,7 +43,10 @@ class Linear(Module):
     ((2, 3), (2, 4), (3, 4))
     """
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
         super().__init__()
         self.in_features = as_int("in_features", in_features, 1)
         self.out_features = as_int("out_features", out_features, 1)
@@ -52,10 +56,10 @@ class Linear(Module):
             (self.out_features, self.in_features), self.out_features if has_bias else None, rng, dtype
         )
         self._add_param("weight", weight)
-        if has_bias:
+        if bias_values is not None:
             self._add_param("bias", bias_values)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` (..., in_features) to (..., out_features)."""
         x = check_input(self, x, range(1, 33), self.dtype)
         if x.shape[-1] != self.in_features:
@@ -64,18 +68,20 @@ class Linear(Module):
         if "bias" in self._params:
             y += self._params["bias"]
         self._save_for_backward(y, x)
-        return y
+        result: np.ndarray = y
+        return result
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (..., out_features); overwrites ``grads['weight'|'bias']``."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         grad_rows = grad_out.reshape(-1, self.out_features)
         self._grads["weight"] = grad_rows.T @ x.reshape(-1, self.in_features)
         if "bias" in self._params:
             self._grads["bias"] = grad_rows.sum(axis=0)
-        return grad_out @ self._params["weight"]
+        result: np.ndarray = grad_out @ self._params["weight"]
+        return result
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         bias = "" if "bias" in self._params else ", bias=False"
         return f"in_features={self.in_features}, out_features={self.out_features}{bias}, dtype={self.dtype}"
 
@@ -98,12 +104,12 @@ class Flatten(Module):
     (2, 48)
     """
 
-    def __init__(self, start_dim=1, end_dim=-1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
         self.start_dim = as_int("start_dim", start_dim)
         self.end_dim = as_int("end_dim", end_dim)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` with dimensions ``start_dim..end_dim`` merged (a view when possible)."""
         x = check_input(self, x, range(33))
         ndim = max(x.ndim, 1)
@@ -117,10 +123,11 @@ class Flatten(Module):
         self._save_for_backward(y, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` reshaped to the input's shape."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        grad_out, saved = self._saved_for_backward(grad_out)
+        input_shape: tuple[int, ...] = saved[0]
         return grad_out.reshape(input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

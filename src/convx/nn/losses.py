@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._checks import as_float_array, same_dtype
@@ -10,16 +12,19 @@ _REDUCTIONS = ("mean", "sum")
 
 
 class _Loss:
-    def __init__(self, reduction="mean"):
+    def __init__(self, reduction: str = "mean") -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self._cache = None
+        self._cache: tuple[Any, ...] | None = None
 
-    def __call__(self, *args) -> float:
-        return self.forward(*args)
+    def forward(self, prediction: np.ndarray, target: np.ndarray) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    def _saved_for_backward(self):
+    def __call__(self, prediction: np.ndarray, target: np.ndarray) -> float:
+        return self.forward(prediction, target)
+
+    def _saved_for_backward(self) -> tuple[Any, ...]:
         if self._cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding forward(): compute the loss first "
@@ -28,7 +33,7 @@ class _Loss:
         cache, self._cache = self._cache, None
         return cache
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
@@ -61,7 +66,7 @@ class CrossEntropyLoss(_Loss):
            [ 0.125,  0.125,  0.125, -0.375]])
     """
 
-    def forward(self, logits, target) -> float:
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
         """Loss of ``logits`` (N, C) for labels ``target`` (N,)."""
         logits = as_float_array("logits", logits, (2,))
         target = np.asarray(target)
@@ -84,7 +89,7 @@ class CrossEntropyLoss(_Loss):
     def backward(self) -> np.ndarray:
         """Gradient of the loss with respect to the logits, (N, C), in the logits' dtype."""
         log_probs, target = self._saved_for_backward()
-        grad = np.exp(log_probs)
+        grad: np.ndarray = np.exp(log_probs)
         grad[np.arange(len(target)), target] -= 1
         if self.reduction == "mean" and len(target):
             grad /= len(target)
@@ -114,7 +119,7 @@ class MSELoss(_Loss):
     array([1., 2.])
     """
 
-    def forward(self, prediction, target) -> float:
+    def forward(self, prediction: np.ndarray, target: np.ndarray) -> float:
         """Loss of ``prediction`` against ``target``, same shape and dtype."""
         prediction = as_float_array("prediction", prediction, range(33))
         target = as_float_array("target", target, range(33))
@@ -129,7 +134,7 @@ class MSELoss(_Loss):
     def backward(self) -> np.ndarray:
         """Gradient of the loss with respect to ``prediction``, in its shape and dtype."""
         (difference,) = self._saved_for_backward()
-        grad = 2 * difference
+        grad: np.ndarray = 2 * difference
         if self.reduction == "mean" and difference.size:
             grad /= difference.size
         return grad

@@ -12,17 +12,18 @@ next, and an array a caller took from ``grads`` is never written to again. Befor
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .._checks import SUPPORTED_DTYPES, as_float_array
 
 
-def as_dtype(dtype) -> np.dtype:
+def as_dtype(dtype: Any) -> np.dtype[Any]:
     """``dtype`` as a NumPy dtype, float32 or float64 only."""
     try:
-        resolved = np.dtype(dtype)
+        resolved: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
     if resolved not in SUPPORTED_DTYPES:
@@ -48,7 +49,7 @@ class Parameter:
 
     __slots__ = ("name", "module", "key")
 
-    def __init__(self, name: str, module: Module, key: str):
+    def __init__(self, name: str, module: Module, key: str) -> None:
         self.name = name
         self.module = module
         self.key = key
@@ -97,7 +98,7 @@ class Module:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray | None] = {}
         self._buffers: dict[str, np.ndarray] = {}
-        self._cache: tuple | None = None
+        self._cache: tuple[Any, ...] | None = None
 
     # -- arrays ------------------------------------------------------------------------------
     @property
@@ -207,11 +208,11 @@ class Module:
             # Copy into the existing arrays: optimizers and callers hold references to them.
             np.copyto(target, value, casting="same_kind")
 
-    def save(self, file: str | os.PathLike) -> None:
+    def save(self, file: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to an uncompressed ``.npz`` file (``numpy.savez``)."""
-        np.savez(file, **self.state_dict())
+        np.savez(file, **self.state_dict())  # type: ignore[arg-type]  # numpy types **kwds as bool
 
-    def load(self, file: str | os.PathLike, strict: bool = True) -> None:
+    def load(self, file: str | os.PathLike[str], strict: bool = True) -> None:
         """Load a file written by :meth:`save` into this module (see :meth:`load_state_dict`)."""
         with np.load(file, allow_pickle=False) as archive:
             self.load_state_dict({name: archive[name] for name in archive.files}, strict=strict)
@@ -226,11 +227,11 @@ class Module:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
-    def _save_for_backward(self, output: np.ndarray, *values) -> None:
+    def _save_for_backward(self, output: np.ndarray, *values: Any) -> None:
         """Keep ``values`` for backward, with the output's shape and dtype to check grad_out against."""
         self._cache = (output.shape, output.dtype, values)
 
-    def _saved_for_backward(self, grad_out) -> tuple[np.ndarray, tuple]:
+    def _saved_for_backward(self, grad_out: object) -> tuple[np.ndarray, tuple[Any, ...]]:
         """Validate ``grad_out`` against the forward output, then release the cache.
 
         Returns ``(grad_out, values)``. A rejected ``grad_out`` leaves the cache in place, so the
@@ -242,9 +243,9 @@ class Module:
                 "(each forward supports one backward)"
             )
         shape, dtype, values = self._cache
-        grad_out = check_grad_out(self, grad_out, shape, dtype)
+        checked = check_grad_out(self, grad_out, shape, dtype)
         self._cache = None
-        return grad_out, values
+        return checked, values
 
     def extra_repr(self) -> str:
         return ""
@@ -253,29 +254,29 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def check_input(module: Module, x, ndims, dtype: np.dtype | None = None) -> np.ndarray:
+def check_input(module: Module, x: object, ndims: Sequence[int], dtype: np.dtype[Any] | None = None) -> np.ndarray:
     """Validate a layer's input: a float32/float64 ndarray of an allowed ndim and, for layers
     with parameters, of the parameters' dtype."""
-    x = as_float_array("x", x, ndims)
-    if dtype is not None and x.dtype != dtype:
+    array = as_float_array("x", x, ndims)
+    if dtype is not None and array.dtype != dtype:
         raise TypeError(
-            f"{type(module).__name__} has {dtype} parameters but x has dtype {x.dtype}; cast x "
-            f"(x.astype(np.{dtype})) or build the layer with dtype=np.{x.dtype}"
+            f"{type(module).__name__} has {dtype} parameters but x has dtype {array.dtype}; cast x "
+            f"(x.astype(np.{dtype})) or build the layer with dtype=np.{array.dtype}"
         )
-    return x
+    return array
 
 
-def check_grad_out(module: Module, grad_out, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def check_grad_out(module: Module, grad_out: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     """Validate ``grad_out`` against the forward output's shape and dtype."""
-    grad_out = as_float_array("grad_out", grad_out, range(33))
-    if grad_out.shape != tuple(shape):
+    array = as_float_array("grad_out", grad_out, range(33))
+    if array.shape != tuple(shape):
         raise ValueError(
             f"{type(module).__name__}.backward: grad_out must have the forward output's shape {tuple(shape)}, "
-            f"got {grad_out.shape}"
+            f"got {array.shape}"
         )
-    if grad_out.dtype != dtype:
+    if array.dtype != dtype:
         raise TypeError(
             f"{type(module).__name__}.backward: grad_out must have the forward output's dtype {dtype}, "
-            f"got {grad_out.dtype}"
+            f"got {array.dtype}"
         )
-    return grad_out
+    return array

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
 from .module import Module, as_dtype, check_input
@@ -55,14 +57,24 @@ class BatchNorm2d(Module):
     (True, array(1))
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *, dtype=np.float32):
+    num_features: int
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
+    dtype: np.dtype[Any]
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+        track_running_stats: bool = True, *, dtype: DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         self.num_features = as_int("num_features", num_features, 1)
-        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real) or not float(eps) >= 0:
             raise ValueError(f"eps must be a non-negative number, got {eps!r}")
         self.eps = float(eps)
         if momentum is not None and (
-            isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1
+            isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real) or not 0 <= float(momentum) <= 1
         ):
             raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
         self.momentum = None if momentum is None else float(momentum)
@@ -77,7 +89,7 @@ class BatchNorm2d(Module):
             self._buffers["running_var"] = np.ones(self.num_features, dtype=self.dtype)
             self._buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
 
-    def _update_running_stats(self, batch_mean, batch_var, count: int) -> None:
+    def _update_running_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
         self._buffers["num_batches_tracked"] += 1
         if self.momentum is None:
             factor = 1.0 / float(self._buffers["num_batches_tracked"])
@@ -91,7 +103,7 @@ class BatchNorm2d(Module):
         running_var *= 1 - factor
         running_var += factor * unbiased_var
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalise ``x`` (N, C, H, W)."""
         x = check_input(self, x, (4,), self.dtype)
         if x.shape[1] != self.num_features:
@@ -111,6 +123,7 @@ class BatchNorm2d(Module):
             mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.eps)
         x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        y: np.ndarray
         if self.affine:
             y = x_hat * self._params["weight"][:, None, None] + self._params["bias"][:, None, None]
         else:
@@ -118,9 +131,12 @@ class BatchNorm2d(Module):
         self._save_for_backward(y, x_hat, inv_std, use_batch_stats)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x_hat, inv_std, used_batch_stats) = self._saved_for_backward(grad_out)
+        grad_out, saved = self._saved_for_backward(grad_out)
+        x_hat: np.ndarray = saved[0]
+        inv_std: np.ndarray = saved[1]
+        used_batch_stats: bool = saved[2]
         if self.affine:
             self._grads["weight"] = (grad_out * x_hat).sum(axis=(0, 2, 3))
             self._grads["bias"] = grad_out.sum(axis=(0, 2, 3))
@@ -128,16 +144,18 @@ class BatchNorm2d(Module):
         else:
             grad_x_hat = grad_out
         if not used_batch_stats:
-            return grad_x_hat * inv_std[:, None, None]
+            result: np.ndarray = grad_x_hat * inv_std[:, None, None]
+            return result
         # With batch statistics the mean and variance depend on x too:
         # grad_x = inv_std * (grad_x_hat - mean(grad_x_hat) - x_hat * mean(grad_x_hat * x_hat)).
         mean_grad = grad_x_hat.mean(axis=(0, 2, 3))
         mean_grad_dot_x_hat = (grad_x_hat * x_hat).mean(axis=(0, 2, 3))
-        return (
+        grad_x: np.ndarray = (
             grad_x_hat - mean_grad[:, None, None] - x_hat * mean_grad_dot_x_hat[:, None, None]
         ) * inv_std[:, None, None]
+        return grad_x
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import functional
 from .._checks import as_bool, as_int, as_pair
+from .._typing import AdaptiveSize, IntPair
 from .module import Module, check_input
 
 
-def _output_size_arg(value):
+def _output_size_arg(value: Any) -> Any:
     """``int | (int | None, int | None)``: None keeps that input dimension (as in PyTorch)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -53,7 +56,10 @@ class MaxPool2d(Module):
            [0., 1., 0., 1.]])
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, dilation: IntPair = 1,
+        ceil_mode: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
@@ -61,7 +67,7 @@ class MaxPool2d(Module):
         self.dilation = as_pair("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Max over each window of ``x`` (N, C, H, W) or (C, H, W)."""
         x = check_input(self, x, (3, 4))
         y, indices = functional.max_pool2d(
@@ -70,12 +76,12 @@ class MaxPool2d(Module):
         self._save_for_backward(y, indices, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out, indices, input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
@@ -111,7 +117,10 @@ class AvgPool2d(Module):
            [10.5, 12.5]])
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, ceil_mode: bool = False,
+        count_include_pad: bool = True, divisor_override: int | None = None,
+    ) -> None:
         super().__init__()
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
@@ -120,22 +129,22 @@ class AvgPool2d(Module):
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else as_int("divisor_override", divisor_override, 1)
 
-    def _options(self):
+    def _options(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool, bool, int | None]:
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Mean over each window of ``x`` (N, C, H, W) or (C, H, W)."""
         x = check_input(self, x, (3, 4))
         y = functional.avg_pool2d(x, *self._options())
         self._save_for_backward(y, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.avg_pool2d_backward(grad_out, input_shape, *self._options())
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
         text += f", count_include_pad={self.count_include_pad}"
         if self.divisor_override is not None:
@@ -143,8 +152,9 @@ class AvgPool2d(Module):
         return text
 
 
-def _resolve_output_size(output_size, x: np.ndarray) -> tuple[int, int]:
-    return tuple(size if wanted is None else wanted for wanted, size in zip(output_size, x.shape[-2:]))
+def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarray) -> tuple[int, int]:
+    height, width = (size if wanted is None else wanted for wanted, size in zip(output_size, x.shape[-2:]))
+    return height, width
 
 
 class AdaptiveAvgPool2d(Module):
@@ -164,23 +174,23 @@ class AdaptiveAvgPool2d(Module):
     array([[2.5, 4.5]])
     """
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Average ``x`` (N, C, H, W) or (C, H, W) down to (N, C, H_out, W_out)."""
         x = check_input(self, x, (3, 4))
         y = functional.adaptive_avg_pool2d(x, _resolve_output_size(self.output_size, x))
         self._save_for_backward(y, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.adaptive_avg_pool2d_backward(grad_out, input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
 
@@ -200,23 +210,23 @@ class AdaptiveMaxPool2d(Module):
     array([[7.]])
     """
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Max of ``x`` (N, C, H, W) or (C, H, W) over adaptive windows: (N, C, H_out, W_out)."""
         x = check_input(self, x, (3, 4))
         y, indices = functional.adaptive_max_pool2d(x, _resolve_output_size(self.output_size, x), return_indices=True)
         self._save_for_backward(y, indices, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out, indices, input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
 
@@ -236,11 +246,11 @@ class GlobalAvgPool2d(Module):
     (2, 3)
     """
 
-    def __init__(self, keepdims=False):
+    def __init__(self, keepdims: bool = False) -> None:
         super().__init__()
         self.keepdims = as_bool("keepdims", keepdims)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Channel means of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
         x = check_input(self, x, (3, 4))
         y = functional.adaptive_avg_pool2d(x, (1, 1))
@@ -249,12 +259,12 @@ class GlobalAvgPool2d(Module):
         self._save_for_backward(y, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape): each position gets 1/(H*W) of its channel's."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         return functional.adaptive_avg_pool2d_backward(grad_out.reshape(*input_shape[:-2], 1, 1), input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"keepdims={self.keepdims}"
 
 
@@ -274,11 +284,11 @@ class GlobalMaxPool2d(Module):
     array([[3., 7.]])
     """
 
-    def __init__(self, keepdims=False):
+    def __init__(self, keepdims: bool = False) -> None:
         super().__init__()
         self.keepdims = as_bool("keepdims", keepdims)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
         x = check_input(self, x, (3, 4))
         y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
@@ -287,10 +297,10 @@ class GlobalMaxPool2d(Module):
         self._save_for_backward(y, indices, x.shape)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape): each channel's goes to its (first) maximum."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         return functional.max_pool2d_backward(grad_out.reshape(indices.shape), indices, input_shape)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"keepdims={self.keepdims}"
