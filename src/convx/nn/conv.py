@@ -29,6 +29,24 @@ def _check_channels(module: Module, x: np.ndarray, expected: int) -> None:
         )
 
 
+def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide both in_channels ({in_channels}) and out_channels ({out_channels})"
+        )
+
+
+def _init_params(
+    module: Module, weight_shape: tuple[int, ...], out_channels: int, bias: bool, rng: RngLike, dtype: DTypeLike
+) -> None:
+    """PyTorch's initial weight, and a bias of ``out_channels`` values unless ``bias`` is False."""
+    has_bias = as_bool("bias", bias)
+    weight, bias_values = default_weight_and_bias(weight_shape, out_channels if has_bias else None, rng, dtype)
+    module._add_param("weight", weight)
+    if bias_values is not None:
+        module._add_param("bias", bias_values)
+
+
 def fold_padding(
     grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: _NumpyPadMode
 ) -> np.ndarray:
@@ -137,11 +155,7 @@ class Conv2d(Module):
         self.stride = as_pair("stride", stride, 1)
         self.dilation = as_pair("dilation", dilation, 1)
         self.groups = as_int("groups", groups, 1)
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"groups={self.groups} must divide both in_channels ({self.in_channels}) "
-                f"and out_channels ({self.out_channels})"
-            )
+        _check_groups(self.in_channels, self.out_channels, self.groups)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
@@ -155,11 +169,7 @@ class Conv2d(Module):
         self.padding_mode = padding_mode
         self.dtype = as_dtype(dtype)
         weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        has_bias = as_bool("bias", bias)
-        weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
-        self._add_param("weight", weight)
-        if bias_values is not None:
-            self._add_param("bias", bias_values)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
 
     def _pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((top, bottom), (left, right))."""
@@ -294,11 +304,7 @@ class ConvTranspose2d(Module):
         self.output_padding = as_pair("output_padding", output_padding, 0)
         self.dilation = as_pair("dilation", dilation, 1)
         self.groups = as_int("groups", groups, 1)
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"groups={self.groups} must divide both in_channels ({self.in_channels}) "
-                f"and out_channels ({self.out_channels})"
-            )
+        _check_groups(self.in_channels, self.out_channels, self.groups)
         for axis in range(2):
             if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
                 raise ValueError(
@@ -307,11 +313,7 @@ class ConvTranspose2d(Module):
                 )
         self.dtype = as_dtype(dtype)
         weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
-        has_bias = as_bool("bias", bias)
-        weight, bias_values = default_weight_and_bias(weight_shape, self.out_channels if has_bias else None, rng, dtype)
-        self._add_param("weight", weight)
-        if bias_values is not None:
-            self._add_param("bias", bias_values)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Transposed convolution of ``x`` (N, C_in, H, W) or (C_in, H, W)."""
