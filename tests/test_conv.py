@@ -208,6 +208,28 @@ def test_large_image_forward_and_backward_in_row_chunks(rng):
     assert_close(grad_b, reference.conv2d_backward_bias(grad_out))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [2, 3, 5, 9, 17, 47, 64])
+def test_small_planes_blocked_in_balanced_tiles(rng, batch, threads):
+    # 5x5 outputs from 80 input channels: images are blocked together into one GEMM and the
+    # blocks are spread evenly over the team (sizes differ by at most one image); every pass
+    # must still see every image exactly once. Enough work that the thread count applies.
+    case = ConvCase(batch, 80, 7, 7, 96, (3, 3))
+    x, weight, bias, grad_out = case.arrays(rng, np.float64)
+    previous = convx.get_num_threads()
+    convx.set_num_threads(threads)
+    try:
+        assert_close(F.conv2d(x, weight, bias), reference.conv2d(x, weight, bias))
+        grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, weight)
+        assert_close(grad_x, reference.conv2d_backward_input(grad_out, weight, x.shape))
+        assert_close(grad_w, reference.conv2d_backward_weight(grad_out, x, weight.shape))
+        assert_close(grad_b, reference.conv2d_backward_bias(grad_out))
+        assert_close(F.conv2d_backward_weight(grad_out, x, weight.shape),
+                     reference.conv2d_backward_weight(grad_out, x, weight.shape))
+    finally:
+        convx.set_num_threads(previous)
+
+
 def test_large_image_separate_backward_passes_strided(rng):
     case = ConvCase(1, 3, 1100, 1100, 2, (3, 3), stride=(1, 2), padding=(0, 1), dilation=2)
     x, weight, _, grad_out = case.arrays(rng, np.float32)
