@@ -63,6 +63,12 @@ def _kernel_call(name, batch):
             "depthwise_backward_weight": (core.depthwise_backward_weight,
                                           (x, x, np.empty_like(weight), *geometry, 32, 1)),
         }[name]
+    if name.startswith("winograd"):
+        weight = rng.standard_normal((32, 32, 3, 3))
+        return {
+            "winograd_forward": (core.winograd_forward, (x, weight, np.empty(0), np.empty_like(x), 1, 1, False, 1)),
+            "winograd_backward_weight": (core.winograd_backward_weight, (x, x, np.empty_like(weight), 1, 1, 1)),
+        }[name]
     if name == "conv2d_backward_bias":
         return core.conv2d_backward_bias, (np.repeat(x, 8, axis=0), np.empty(32), 1)
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
@@ -88,7 +94,7 @@ def _kernel_call(name, batch):
 KERNELS = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
-    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
 ]
 
@@ -140,6 +146,7 @@ def test_kernels_release_the_gil(name):
 
 def _every_op(arrays):
     x, weight, grad_out, depthwise = arrays
+    winograd_grad = x[:, :1].repeat(weight.shape[0], axis=1)  # a stride-1 output's shape
     y, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
     return [
         F.conv2d(x, weight, padding=1, stride=(1, 2)),
@@ -157,6 +164,8 @@ def _every_op(arrays):
         F.adaptive_avg_pool2d(x, (5, 3)),
         F.adaptive_avg_pool2d_backward(y, x.shape),
         *F.adaptive_max_pool2d(x, 4, return_indices=True),
+        F.conv2d(x, weight, padding=1, algorithm="winograd"),
+        *F.conv2d_backward(winograd_grad, x, weight, padding=1, algorithm="winograd"),
     ]
 
 
@@ -241,7 +250,8 @@ def test_thread_count_changes_results_only_by_rounding(n_threads, rng, restore_t
                 np.testing.assert_array_equal(got, want)
             else:
                 assert_close(got, want, got.dtype)
-        # Pooling works plane by plane, whatever the team: bitwise the same.
+        # Pooling works plane by plane, and Winograd point by point, whatever the team: bitwise
+        # the same.
         for got, want in zip(outputs[9:], expected[9:], strict=True):
             np.testing.assert_array_equal(got, want)
     x, weight, grad_out, _ = jobs[0]

@@ -1,7 +1,8 @@
 """Type stubs for the compiled kernels (private: call the public functions in convx.functional).
 
 Every kernel writes into caller-allocated, C-contiguous outputs of the inputs' dtype
-(float32 or float64) and returns None; ``n_threads`` is the OpenMP team size.
+(float32 or float64) and returns None (but winograd_forward: a flag); ``n_threads`` is the
+OpenMP team size.
 """
 
 import numpy as np
@@ -45,6 +46,16 @@ def depthwise_backward_weight(
     grad_out: _Float, x: _Float, grad_weight: _Float,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
     groups: int, n_threads: int,
+) -> None: ...
+
+# Winograd F(4x4, 3x3), 3x3 kernels with stride 1: pad_h, pad_w are the top/left offsets of the
+# input patches (2 - padding for an input gradient, computed with flip=True). winograd_forward
+# returns whether an output is not finite (the caller recomputes those directly).
+def winograd_forward(
+    x: _Float, weight: _Float, bias: _Float, out: _Float, pad_h: int, pad_w: int, flip: bool, n_threads: int,
+) -> bool: ...
+def winograd_backward_weight(
+    grad_out: _Float, x: _Float, grad_weight: _Float, pad_h: int, pad_w: int, n_threads: int,
 ) -> None: ...
 
 # Pooling: geometry arguments are kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w (and

@@ -42,3 +42,4 @@ def default_num_threads():
 
 include "_conv.pxi"
 include "_pool.pxi"
+include "_winograd.pxi"

@@ -10,6 +10,7 @@ import sys
 
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
+from .implementations import winograd_applies
 from .runner import Result, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
@@ -27,6 +28,8 @@ def parse_args(argv):
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per op (median reported; default 7)")
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--no-winograd", action="store_true",
+                        help="skip convx's algorithm='winograd' on the 3x3 stride-1 cases")
     parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
     parser.add_argument("--ceiling", action="store_true",
                         help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling) "
@@ -42,7 +45,7 @@ def parse_args(argv):
 
 
 def _fmt_ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:9.2f}"
+    return f"{'-':>9s}" if seconds is None else f"{seconds * 1e3:9.2f}"
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -50,20 +53,24 @@ def _fmt_ratio(value: float | None) -> str:
 
 
 def format_table(results: list[Result]) -> str:
+    """One row per case and op; ``wino`` is convx with algorithm='winograd' (3x3 stride-1 cases),
+    ``auto`` the time algorithm='auto' gives: Winograd's where it applies, else convx's."""
     header = (
-        f"{'case':15s} {'op':16s} {'convx ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} "
-        f"{'GFLOP/s':>8s} {'numpy/convx':>11s} {'convx/torch':>11s}"
+        f"{'case':15s} {'op':16s} {'convx ms':>9s} {'wino ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} "
+        f"{'GFLOP/s':>8s} {'numpy/convx':>11s} {'convx/torch':>11s} {'wino/torch':>10s}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         convx_time = r.times.get("convx")
         gflops = r.flops / convx_time / 1e9 if convx_time else None
         lines.append(
-            f"{r.case:15s} {r.op:16s} {_fmt_ms(convx_time)} {_fmt_ms(r.times.get('numpy'))} "
-            f"{_fmt_ms(r.times.get('torch'))} {'-' if gflops is None else f'{gflops:8.1f}'} "
-            f"{_fmt_ratio(r.ratio('numpy', 'convx')):>11s} {_fmt_ratio(r.ratio('convx', 'torch')):>11s}"
+            f"{r.case:15s} {r.op:16s} {_fmt_ms(convx_time)} {_fmt_ms(r.times.get('winograd'))} "
+            f"{_fmt_ms(r.times.get('numpy'))} {_fmt_ms(r.times.get('torch'))} "
+            f"{'-' if gflops is None else f'{gflops:8.1f}'} {_fmt_ratio(r.ratio('numpy', 'convx')):>11s} "
+            f"{_fmt_ratio(r.ratio('convx', 'torch')):>11s} {_fmt_ratio(r.ratio('winograd', 'torch')):>10s}"
         )
-    for label, (num, den) in {"numpy/convx": ("numpy", "convx"), "convx/torch": ("convx", "torch")}.items():
+    for label, (num, den) in {"numpy/convx": ("numpy", "convx"), "convx/torch": ("convx", "torch"),
+                              "auto/torch": ("auto", "torch")}.items():
         ratios = [x for r in results if (x := r.ratio(num, den))]
         if ratios:
             geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
@@ -86,6 +93,11 @@ def plot(results: list[Result], path: str) -> None:
     ):
         values = [r.ratio(num, den) or 0.0 for r in results]
         ax.bar(range(len(values)), values, color="tab:blue" if num == "convx" else "tab:green")
+        if num == "convx":
+            winograd = [(i, x) for i, r in enumerate(results) if (x := r.ratio("winograd", "torch"))]
+            if winograd:
+                ax.plot(*zip(*winograd), "o", color="tab:orange", label="algorithm='winograd'")
+                ax.legend(loc="upper right", fontsize=8)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_title(title)
         ax.set_yscale("log" if num == "numpy" else "linear")
@@ -100,7 +112,8 @@ def main(argv=None) -> int:
     if args.threads is not None:
         _threads.set_num_threads(args.threads)
     threads = _threads.get_num_threads()
-    implementations = ["convx"] + ([] if args.no_numpy else ["numpy"]) + ([] if args.no_torch else ["torch"])
+    implementations = (["convx"] + ([] if args.no_winograd else ["winograd"]) + ([] if args.no_numpy else ["numpy"])
+                       + ([] if args.no_torch else ["torch"]))
     if "torch" in implementations:
         try:
             import torch
@@ -147,11 +160,14 @@ def main(argv=None) -> int:
             for op in case.ops:
                 if op not in ops and not (case.kind == "pool" and op in ("forward", "backward")):
                     continue
-                small, large = (extra_memory(case, op, b) for b in (case.batch, 4 * case.batch))
-                memory.append({"case": case.name, "op": op, "batch": case.batch, "extra_bytes": small,
-                               "batch_x4": 4 * case.batch, "extra_bytes_x4": large})
-                print(f"  {case.name:15s} {op:16s} N={case.batch:<3d} {small / 2**20:8.2f}   "
-                      f"N={4 * case.batch:<3d} {large / 2**20:8.2f}")
+                with_winograd = "winograd" in implementations and winograd_applies(case)
+                for name in ["convx", "winograd"] if with_winograd else ["convx"]:
+                    small, large = (extra_memory(case, op, b, name) for b in (case.batch, 4 * case.batch))
+                    memory.append({"case": case.name, "op": op, "implementation": name, "batch": case.batch,
+                                   "extra_bytes": small, "batch_x4": 4 * case.batch, "extra_bytes_x4": large})
+                    label = op if name == "convx" else f"{op} (wino)"
+                    print(f"  {case.name:15s} {label:23s} N={case.batch:<3d} {small / 2**20:8.2f}   "
+                          f"N={4 * case.batch:<3d} {large / 2**20:8.2f}")
 
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,

@@ -16,9 +16,9 @@ def _conv_args(case: ConvCase) -> dict:
     return dict(stride=case.stride, padding=case.padding, dilation=1, groups=case.groups)
 
 
-def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray]) -> Calls:
+def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
     x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
-    args = _conv_args(case)
+    args = dict(_conv_args(case), **extra)
     return {
         "forward": lambda: ops.conv2d(x, weight, None, **args),
         "backward_input": lambda: ops.conv2d_backward_input(grad_out, weight, x.shape, **args),
@@ -45,6 +45,17 @@ def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray]) -> Calls:
 def convx_calls(case, arrays) -> Calls:
     builder = _conv_calls if case.kind == "conv" else _pool_calls
     return builder(convx_ops, case, arrays)
+
+
+def winograd_applies(case: ConvCase | PoolCase) -> bool:
+    return case.kind == "conv" and (case.kernel, case.stride, case.groups) == (3, 1, 1)
+
+
+def winograd_calls(case, arrays) -> Calls | None:
+    """convx with ``algorithm="winograd"``, on the cases it applies to (3x3, stride 1, one group)."""
+    if not winograd_applies(case):
+        return None
+    return _conv_calls(convx_ops, case, arrays, algorithm="winograd")
 
 
 def numpy_calls(case, arrays) -> Calls:
@@ -103,4 +114,4 @@ def torch_calls(case, arrays) -> Calls | None:
     }
 
 
-IMPLEMENTATIONS = {"convx": convx_calls, "numpy": numpy_calls, "torch": torch_calls}
+IMPLEMENTATIONS = {"convx": convx_calls, "winograd": winograd_calls, "numpy": numpy_calls, "torch": torch_calls}

@@ -28,9 +28,16 @@ class Result:
     times: dict[str, float]  # implementation -> median seconds
     runs: dict[str, int]
 
+    def time(self, name: str) -> float | None:
+        """Median seconds of ``name``; ``'auto'``: Winograd's where it ran, else convx's."""
+        if name == "auto":
+            return self.times.get("winograd", self.times.get("convx"))
+        return self.times.get(name)
+
     def ratio(self, numerator: str, denominator: str) -> float | None:
-        if numerator in self.times and denominator in self.times:
-            return self.times[numerator] / self.times[denominator]
+        top, bottom = self.time(numerator), self.time(denominator)
+        if top is not None and bottom is not None:
+            return top / bottom
         return None
 
 
@@ -148,11 +155,11 @@ def time_case(
     return results
 
 
-def extra_memory(case: ConvCase | PoolCase, op: str, batch: int) -> int:
+def extra_memory(case: ConvCase | PoolCase, op: str, batch: int, implementation: str = "convx") -> int:
     """Peak bytes convx allocates for ``op`` beyond its outputs (traced by tracemalloc)."""
     sized = dataclasses.replace(case, batch=batch)
     arrays = sized.arrays(np.random.default_rng(0))
-    call = IMPLEMENTATIONS["convx"](sized, arrays)[op]
+    call = IMPLEMENTATIONS[implementation](sized, arrays)[op]
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()

@@ -50,6 +50,52 @@ def _is_depthwise(weight_shape: Shape, groups: int) -> bool:
     return weight_shape[1] == 1 and groups > 1
 
 
+ALGORITHMS = ("direct", "winograd", "auto")
+
+# Below this many channels on either side, Winograd's transforms cost more than its GEMMs save.
+_WINOGRAD_MIN_CHANNELS = 16
+
+
+def check_algorithm(
+    algorithm: str, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], groups: int
+) -> bool:
+    """Validate ``algorithm`` for a convolution's geometry; return whether Winograd F(4x4, 3x3) applies to it."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    applies = tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+    if algorithm == "winograd" and not applies:
+        raise ValueError(
+            f"algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups=1, got kernel {tuple(kernel)}, "
+            f"stride={tuple(stride)}, dilation={tuple(dilation)}, groups={groups}; use algorithm='auto' to fall back "
+            "to 'direct' where Winograd does not apply"
+        )
+    return applies
+
+
+def _winograd(algorithm: str, weight_shape: Shape, plan: _ConvPlan) -> bool:
+    """Whether to compute with Winograd F(4x4, 3x3): ``algorithm`` validated against the geometry."""
+    kernel = (weight_shape[2], weight_shape[3])
+    applies = check_algorithm(algorithm, kernel, plan.stride, plan.dilation, plan.groups)
+    if algorithm == "direct" or not applies:
+        return False
+    return algorithm == "winograd" or min(weight_shape[:2]) >= _WINOGRAD_MIN_CHANNELS
+
+
+def _input_gradient(
+    grad_out: AnyArray, weight: AnyArray, grad_in: AnyArray, plan: _ConvPlan, winograd: bool, n_threads: int
+) -> None:
+    """grad_in := conv2d's input gradient, for C-contiguous arrays of one (sub-)batch."""
+    if winograd:
+        # A stride-1 3x3 convolution's input gradient is one too: the kernel rotated by 180
+        # degrees and transposed, padding 2 - p.
+        pad_h, pad_w = plan.pad
+        if not _core.winograd_forward(grad_out, weight, _no_bias(grad_out.dtype), grad_in, 2 - pad_h, 2 - pad_w,
+                                      True, n_threads):
+            return
+    kernel = _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
+    kernel(grad_out, weight, grad_in, *plan.kernel_args(), n_threads)
+
+
 def _padding(
     padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
 ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -150,7 +196,8 @@ def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
 
 def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
-    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
+    algorithm: str = "direct",
 ) -> NDArray[Float]:
     """2-D convolution (cross-correlation) of a batch of images.
 
@@ -174,6 +221,14 @@ def conv2d(
         Spacing between kernel taps, positive.
     groups : int, default 1
         Split channels into this many independent convolutions; must divide C_in and C_out.
+    algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
+        ``'direct'`` sums the definition's products (im2col and GEMM, or direct loops),
+        within the float32 accuracy bound of the README. ``'winograd'`` uses Winograd's
+        F(4x4, 3x3): 4x fewer multiplies, for 3x3 kernels with stride 1, dilation 1 and
+        groups=1 only, with a larger rounding error (about 1e-5 relative in float32); a
+        result that comes out non-finite is recomputed with ``'direct'``, so NaN and inf
+        behave exactly as there. ``'auto'``: ``'winograd'`` where it applies and both
+        channel counts are at least 16, else ``'direct'``.
 
     Returns
     -------
@@ -199,20 +254,26 @@ def conv2d(
     x, unbatched = _batched(x)
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias(bias, plan.out_channels)
+    winograd = _winograd(algorithm, weight.shape, plan)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
         bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
         kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
+        n_threads = plan.threads(weight.shape)
         with single_threaded_blas():
             for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), plan.threads(weight.shape))
+                if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
+                                                           n_threads):
+                    continue
+                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
     return _unbatch(out, unbatched)
 
 
 def conv2d_backward_input(
     grad_out: NDArray[Float], weight: NDArray[Float], input_shape: Shape,
-    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
+    algorithm: str = "direct",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its input.
 
@@ -227,7 +288,7 @@ def conv2d_backward_input(
         The forward pass's filters, same dtype as ``grad_out``.
     input_shape : tuple of int, (N, C_in, H, W) or (C_in, H, W)
         Shape of the forward input ``x`` (its H, W cannot always be recovered from the output).
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, algorithm
         As given to :func:`conv2d`.
 
     Returns
@@ -252,21 +313,20 @@ def conv2d_backward_input(
         input_shape = (1, *input_shape)
     plan = _plan_conv(input_shape, weight.shape, stride, padding, dilation, groups, input_name="input_shape")
     _check_grad_out(grad_out, plan)
+    winograd = _winograd(algorithm, weight.shape, plan)
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
-        kernel = (
-            _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
-        )
         grad_out, weight = contiguous(grad_out), contiguous(weight)
         with single_threaded_blas():
             for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
-                kernel(grad_out[part], weight, grad_x[part], *plan.kernel_args(), plan.threads(weight.shape))
+                _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, plan.threads(weight.shape))
     return _unbatch(grad_x, unbatched)
 
 
 def conv2d_backward_weight(
     grad_out: NDArray[Float], x: NDArray[Float], weight_shape: Shape,
-    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
+    algorithm: str = "direct",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its weight.
 
@@ -280,7 +340,7 @@ def conv2d_backward_weight(
     x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
         The forward pass's input, same dtype as ``grad_out``.
     weight_shape : tuple of int, (C_out, C_in / groups, kH, kW)
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, algorithm
         As given to :func:`conv2d`.
 
     Returns
@@ -303,23 +363,33 @@ def conv2d_backward_weight(
     x, _ = _batched(x)
     plan = _plan_conv(x.shape, weight_shape, stride, padding, dilation, groups)
     _check_grad_out(grad_out, plan)
+    winograd = _winograd(algorithm, weight_shape, plan)
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
         work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
-        parts = summed_sub_batches(plan.batch, work, (grad_w,))
-        if _is_depthwise(weight_shape, plan.groups):
-            for part, (grad_w_part,) in parts:
-                _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(),
-                                                plan.threads(weight_shape))
-        else:
-            with single_threaded_blas():
-                for part, (grad_w_part,) in parts:
-                    _core.conv2d_backward_params(
-                        grad_out[part], x[part], grad_w_part, np.empty((0, 1, 1, 1), dtype=dtype), grad_w_part,
-                        _no_bias(dtype), *plan.kernel_args(), plan.threads(weight_shape),
-                    )
+        n_threads = plan.threads(weight_shape)
+        with single_threaded_blas():
+            for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
+                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
     return grad_w
+
+
+def _weight_gradient(
+    grad_out: AnyArray, x: AnyArray, grad_w: AnyArray, plan: _ConvPlan, winograd: bool, n_threads: int
+) -> None:
+    """grad_w := conv2d's weight gradient, for C-contiguous arrays of one (sub-)batch."""
+    if winograd:
+        _core.winograd_backward_weight(grad_out, x, grad_w, *plan.pad, n_threads)
+        if np.isfinite(grad_w).all():
+            return
+    if _is_depthwise(grad_w.shape, plan.groups):
+        _core.depthwise_backward_weight(grad_out, x, grad_w, *plan.kernel_args(), n_threads)
+    else:
+        _core.conv2d_backward_params(
+            grad_out, x, grad_w, np.empty((0, 1, 1, 1), dtype=grad_w.dtype), grad_w, _no_bias(grad_w.dtype),
+            *plan.kernel_args(), n_threads,
+        )
 
 
 def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
@@ -351,7 +421,8 @@ def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
 
 def conv2d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], weight: NDArray[Float],
-    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+    stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
+    algorithm: str = "direct",
 ) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]:
     """All three gradients of :func:`conv2d` in one pass over the batch.
 
@@ -366,7 +437,7 @@ def conv2d_backward(
         The forward pass's input.
     weight : ndarray, shape (C_out, C_in / groups, kH, kW)
         The forward pass's filters.
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, algorithm
         As given to :func:`conv2d`.
 
     Returns
@@ -391,6 +462,7 @@ def conv2d_backward(
     x, _ = _batched(x)
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_grad_out(grad_out, plan)
+    winograd = _winograd(algorithm, weight.shape, plan)
     grad_x = np.empty(x.shape, dtype=dtype)
     grad_w = np.zeros(weight.shape, dtype=dtype)
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
@@ -399,7 +471,14 @@ def conv2d_backward(
         n_threads = plan.threads(weight.shape)
         work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
         parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
-        if _is_depthwise(weight.shape, plan.groups):
+        if winograd:
+            # The two products share no transform: Winograd's fused pass is the three ops in turn.
+            with single_threaded_blas():
+                for part, (grad_w_part, grad_b_part) in parts:
+                    _input_gradient(grad_out[part], weight, grad_x[part], plan, True, n_threads)
+                    _weight_gradient(grad_out[part], x[part], grad_w_part, plan, True, n_threads)
+                    _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+        elif _is_depthwise(weight.shape, plan.groups):
             for part, (grad_w_part, grad_b_part) in parts:
                 _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
                 _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
@@ -416,7 +495,8 @@ def conv2d_backward(
 
 def conv_transpose2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntPair = 1,
-    padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1,
+    padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
+    algorithm: str = "direct",
 ) -> NDArray[Float]:
     """2-D transposed convolution ("deconvolution"): the adjoint of :func:`conv2d` as a map of its input.
 
@@ -433,6 +513,9 @@ def conv_transpose2d(
         Extra rows/columns at the bottom/right; must be smaller than stride or dilation.
     groups : int, default 1
     dilation : int or (int, int), default 1
+    algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
+        As for :func:`conv2d` (Winograd applies with stride 1: the output is then a stride-1
+        3x3 convolution of the zero-padded input).
 
     Returns
     -------
@@ -486,15 +569,13 @@ def conv_transpose2d(
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
     _check_grad_out(x, plan._replace(out_h=height, out_w=width))
     _check_bias(bias, c_out)
+    winograd = _winograd(algorithm, weight.shape, plan)
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
-        kernel = (
-            _core.depthwise_backward_input if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_backward_input
-        )
         x, weight = contiguous(x), contiguous(weight)
         with single_threaded_blas():
             for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
-                kernel(x[part], weight, y[part], *plan.kernel_args(), plan.threads(weight.shape))
+                _input_gradient(x[part], weight, y[part], plan, winograd, plan.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)

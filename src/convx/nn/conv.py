@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .. import functional
+from ..functional.conv import check_algorithm
 from .._checks import as_bool, as_int, as_pair
 from .._shapes import same_padding
 from .._typing import IntPair, Padding
@@ -102,6 +103,9 @@ class Conv2d(Module):
         What fills the padding: zeros, a mirror image without the edge (``reflect``, padding
         smaller than the input), copies of the edge, or the opposite side (``circular``, padding
         at most the input size).
+    algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
+        How forward and backward compute: see :func:`convx.conv2d`. ``'auto'`` takes Winograd's
+        faster F(4x4, 3x3) for 3x3 stride-1 layers of 16 or more channels.
     dtype : float32 or float64, default float32
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's default: :func:`convx.nn.init.kaiming_uniform`
@@ -145,6 +149,7 @@ class Conv2d(Module):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
+        algorithm: str = "direct",
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
     ) -> None:
@@ -156,6 +161,8 @@ class Conv2d(Module):
         self.dilation = as_pair("dilation", dilation, 1)
         self.groups = as_int("groups", groups, 1)
         _check_groups(self.in_channels, self.out_channels, self.groups)
+        check_algorithm(algorithm, self.kernel_size, self.stride, self.dilation, self.groups)
+        self.algorithm = algorithm
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
@@ -207,7 +214,8 @@ class Conv2d(Module):
         else:
             conv_input, conv_padding = self._pad_input(x), 0
         weight, bias = self._params["weight"], self._params.get("bias")
-        y = functional.conv2d(conv_input, weight, bias, self.stride, conv_padding, self.dilation, self.groups)
+        y = functional.conv2d(conv_input, weight, bias, self.stride, conv_padding, self.dilation, self.groups,
+                              algorithm=self.algorithm)
         self._save_for_backward(y, conv_input, conv_padding)
         return y
 
@@ -215,7 +223,8 @@ class Conv2d(Module):
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
         grad_out, (conv_input, conv_padding) = self._saved_for_backward(grad_out)
         grad_input, grad_weight, grad_bias = functional.conv2d_backward(
-            grad_out, conv_input, self._params["weight"], self.stride, conv_padding, self.dilation, self.groups
+            grad_out, conv_input, self._params["weight"], self.stride, conv_padding, self.dilation, self.groups,
+            algorithm=self.algorithm,
         )
         self._grads["weight"] = grad_weight
         if "bias" in self._params:
@@ -236,6 +245,8 @@ class Conv2d(Module):
             text += ", bias=False"
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
         return text + f", dtype={self.dtype}"
 
 
