@@ -189,6 +189,14 @@ SPECIAL_CASES = {
     "depthwise-x2-wide-rows": ConvCase(2, 4, 13, 41, 8, (5, 3), stride=2, padding=2, groups=4),
     "depthwise-x3-odd": ConvCase(3, 2, 17, 19, 6, (3, 3), stride=(3, 1), padding=(0, 1), dilation=(1, 3), groups=2),
     "depthwise-no-bias": ConvCase(2, 6, 10, 33, 6, (3, 3), padding=1, groups=6, bias=False),
+    # 3x3 stride 1, the register-blocked plane kernels: interiors of zero, one and several
+    # blocks of 16 columns (the last overlapping), padding 0..3, planes shorter than the kernel.
+    "depthwise-3x3-wide": ConvCase(2, 3, 7, 50, 3, (3, 3), padding=1, groups=3),
+    "depthwise-3x3-block-exactly": ConvCase(2, 2, 5, 18, 2, (3, 3), groups=2),
+    "depthwise-3x3-narrow": ConvCase(2, 2, 6, 5, 2, (3, 3), padding=1, groups=2),
+    "depthwise-3x3-padding-2": ConvCase(2, 3, 4, 21, 3, (3, 3), padding=2, groups=3),
+    "depthwise-3x3-padding-3": ConvCase(1, 2, 3, 19, 2, (3, 3), padding=(3, 2), groups=2),
+    "depthwise-3x3-one-row": ConvCase(2, 2, 1, 37, 2, (3, 3), padding=1, groups=2),
     "depthwise-kernel-equals-input": ConvCase(2, 3, 4, 5, 3, (4, 5), groups=3),
     "many-small-images": ConvCase(19, 3, 4, 5, 4, (3, 2), padding=1),
     "many-small-images-grouped": ConvCase(23, 4, 3, 3, 4, (2, 2), stride=1, padding=(0, 1), groups=2),

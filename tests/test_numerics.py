@@ -39,6 +39,8 @@ PADDED_CASES = {
     "dense": ConvCase(2, 3, 7, 8, 4, (3, 3), padding=1),
     "grouped-strided": ConvCase(2, 4, 9, 8, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
     "depthwise": ConvCase(2, 4, 7, 9, 4, (3, 3), padding=1, groups=4),
+    # Wide enough for the 3x3 kernels' register blocks (16 columns at a time).
+    "depthwise-wide": ConvCase(2, 3, 6, 40, 3, (3, 3), padding=1, groups=3),
     "depthwise-x2-dilated": ConvCase(2, 3, 9, 8, 6, (3, 2), stride=(1, 2), padding=(2, 1), dilation=2, groups=3),
     # Padding only at the bottom/right (the extra zero of 'same' with an even kernel).
     "depthwise-same-even-kernel": ConvCase(2, 3, 5, 6, 3, (2, 2), padding="same", groups=3),

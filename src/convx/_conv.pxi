@@ -684,6 +684,31 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
+    cdef ConvGeometry flipped
+    cdef const floating[:, :, :, ::1] rotated
+    if (g.c_out_g == 1 and g.kernel_h == 3 and g.kernel_w == 3 and stride_h == 1 and stride_w == 1
+            and dilation_h == 1 and dilation_w == 1):
+        # One output channel per input channel, 3x3, stride 1: the input gradient is the
+        # correlation of grad_out, padded by 2 - p, with the kernel rotated by 180 degrees,
+        # which the forward plane kernel computes with its nine sums in registers (only the
+        # products inside grad_out, as the scatter below).
+        flipped = _geometry(g.batch, grad_out.shape[1], g.out_h, g.out_w, c_in, 3, 3, g.height, g.width, groups,
+                            1, 1, 2 - pad_h, 2 - pad_w, 1, 1, n_threads)
+        ranges = _column_ranges(&flipped)
+        rotated = np.ascontiguousarray(np.asarray(weight)[:, :, ::-1, ::-1])
+        with nogil:
+            for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
+                n = item // c_in
+                ci = item % c_in
+                if floating is float:
+                    convx_dw_forward_plane_f(&grad_out[n, ci, 0, 0], &rotated[ci, 0, 0, 0], 0, &grad_in[n, ci, 0, 0],
+                                             g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1, 2 - pad_h,
+                                             2 - pad_w, 1, 1, &ranges[0], &ranges[3])
+                else:
+                    convx_dw_forward_plane_d(&grad_out[n, ci, 0, 0], &rotated[ci, 0, 0, 0], 0, &grad_in[n, ci, 0, 0],
+                                             g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1, 2 - pad_h,
+                                             2 - pad_w, 1, 1, &ranges[0], &ranges[3])
+        return
     with nogil:
         for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
             n = item // c_in
