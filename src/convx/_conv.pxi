@@ -741,13 +741,11 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     # One row of out_w partial sums per tap and thread, each thread's on its own cache lines.
     cdef Py_ssize_t slot = (taps * g.out_w + 15) // 16 * 16 + 16
     cdef floating[::1] partials = np.empty(team * slot, dtype=np.asarray(grad_weight).dtype)
-    # Planes of grad_out holding inf or NaN, whose products with the padding are NaN.
+    # Planes of grad_out holding inf or NaN, whose products with the padding are NaN (each
+    # checked right after its products, while it is in cache).
     cdef bint padded = _reaches_padding(&g)
     cdef unsigned char[::1] non_finite = np.zeros(g.batch * c_out if padded else 1, dtype=np.uint8)
     with nogil:
-        if padded:
-            for n in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
-                non_finite[n] = not _all_finite(&grad_out[0, 0, 0, 0] + n * n_out, n_out)
         with parallel(num_threads=team):
             tid = threadid()
             for co in prange(c_out, schedule='static'):
@@ -756,6 +754,8 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
                 for n in range(g.batch):
                     _direct_weight_plane(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], partial, &g,
                                          &ranges[0], &ranges[g.kernel_w])
+                    if padded:
+                        non_finite[n * c_out + co] = not _all_finite(&grad_out[n, co, 0, 0], n_out)
                 for tap in range(taps):
                     total = 0
                     for ow in range(g.out_w):

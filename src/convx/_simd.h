@@ -226,10 +226,24 @@
                                       1, 1, lo, hi, 0, row0, 0, out_w);                                   \
         convx_dw_weight_rows_##SUFFIX(grad_out, image, partial, height, width, out_w, 3, 3, 1, 1, ph, pw, \
                                       1, 1, lo, hi, row1, out_h, 0, out_w);                               \
-        convx_dw_weight_rows_##SUFFIX(grad_out, image, partial, height, width, out_w, 3, 3, 1, 1, ph, pw, \
-                                      1, 1, lo, hi, row0, row1, 0, inner0);                               \
-        convx_dw_weight_rows_##SUFFIX(grad_out, image, partial, height, width, out_w, 3, 3, 1, 1, ph, pw, \
-                                      1, 1, lo, hi, row0, row1, inner1, out_w);                           \
+        /* The columns beside the blocks, one at a time down the rows, their taps in registers. */        \
+        for (ptrdiff_t ow = 0; ow < out_w; ow++) {                                                        \
+            if (ow == inner0) ow = inner1;                                                                \
+            if (ow >= out_w) break;                                                                       \
+            const int in0 = ow >= lo[0] && ow < hi[0], in1 = ow >= lo[1] && ow < hi[1];                   \
+            const int in2 = ow >= lo[2] && ow < hi[2];                                                    \
+            T a[9] = {0};                                                                                 \
+            for (ptrdiff_t oh = row0; oh < row1; oh++) {                                                  \
+                const T d = grad_out[oh * out_w + ow];                                                    \
+                for (ptrdiff_t i = 0; i < 3; i++) {                                                       \
+                    const T *src = image + (oh - ph + i) * width;                                         \
+                    if (in0) a[3 * i] += d * src[ow - pw];                                                \
+                    if (in1) a[3 * i + 1] += d * src[ow - pw + 1];                                        \
+                    if (in2) a[3 * i + 2] += d * src[ow - pw + 2];                                        \
+                }                                                                                         \
+            }                                                                                             \
+            for (ptrdiff_t tap = 0; tap < 9; tap++) partial[tap * out_w + ow] += a[tap];                  \
+        }                                                                                                 \
     }
 
 CONVX_PLANE_KERNELS(float, f)
