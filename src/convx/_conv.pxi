@@ -347,18 +347,24 @@ cdef void _backward_weight_tile(const floating* grad_out, const floating* x, flo
             row0 = row1
 
 
+cdef extern from "_simd.h" nogil:
+    float convx_sum_f(const float* x, Py_ssize_t n)
+    double convx_sum_d(const double* x, Py_ssize_t n)
+
+
+cdef inline floating _plane_sum(const floating* plane, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return convx_sum_f(plane, n)
+    else:
+        return convx_sum_d(plane, n)
+
+
 cdef void _bias_grad_images(const floating* grad_out, floating* grad_bias, Py_ssize_t n_images,
                             Py_ssize_t channels, Py_ssize_t n_out) noexcept nogil:
-    cdef Py_ssize_t b, c, p
-    cdef floating total
-    cdef const floating* plane
+    cdef Py_ssize_t b, c
     for b in range(n_images):
         for c in range(channels):
-            plane = grad_out + (b * channels + c) * n_out
-            total = 0
-            for p in range(n_out):
-                total = total + plane[p]
-            grad_bias[c] += total
+            grad_bias[c] += _plane_sum(grad_out + (b * channels + c) * n_out, n_out)
 
 
 cdef void _sum_partials(floating* partials, Py_ssize_t n_parts, Py_ssize_t size, floating* out) noexcept nogil:
@@ -485,16 +491,13 @@ def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] gr
     """grad_bias[c] = sum_{n, h, w} grad_out[n, c, h, w]."""
     cdef Py_ssize_t batch = grad_out.shape[0], channels = grad_out.shape[1]
     cdef Py_ssize_t n_out = grad_out.shape[2] * grad_out.shape[3]
-    cdef Py_ssize_t c, n, p
+    cdef Py_ssize_t c, n
     cdef floating total
-    cdef const floating* plane
     with nogil:
         for c in prange(channels, schedule='static', num_threads=_team(n_threads, channels)):
             total = 0
             for n in range(batch):
-                plane = &grad_out[n, c, 0, 0]
-                for p in range(n_out):
-                    total = total + plane[p]
+                total = total + _plane_sum(&grad_out[n, c, 0, 0], n_out)
             grad_bias[c] = total
 
 
@@ -651,6 +654,55 @@ cdef floating _direct_weight_tap_padding(const floating* grad_out, ConvGeometry*
     return total
 
 
+cdef void _direct_weight_finish(const floating* partial, const floating* grad_out, Py_ssize_t image_stride,
+                                const unsigned char* non_finite, Py_ssize_t flag_stride, ConvGeometry* g,
+                                floating* grad_weight) noexcept nogil:
+    """grad_weight[tap] = partial summed over its columns, plus the padding's products with the
+    non-finite planes n of grad_out (grad_out + n * image_stride, flagged non_finite[n * flag_stride];
+    none when non_finite is NULL): one output channel's weight gradient."""
+    cdef Py_ssize_t tap, ow, n
+    cdef floating total
+    for tap in range(g.kernel_h * g.kernel_w):
+        total = 0
+        for ow in range(g.out_w):
+            total = total + partial[tap * g.out_w + ow]
+        if non_finite != NULL:
+            for n in range(g.batch):
+                if non_finite[n * flag_stride]:
+                    total = total + _direct_weight_tap_padding(grad_out + n * image_stride, g, tap // g.kernel_w,
+                                                               tap % g.kernel_w)
+        grad_weight[tap] = total
+
+
+cdef inline bint _rotated_applies(ConvGeometry* g) noexcept nogil:
+    """One output channel per input channel, 3x3, stride 1, dilation 1: the input gradient is the
+    correlation of grad_out, padded by 2 - p, with the kernel rotated by 180 degrees, which the
+    forward plane kernel computes with its nine sums in registers (only the products inside
+    grad_out, as the scatter of _direct_backward_input_plane)."""
+    return (g.c_out_g == 1 and g.kernel_h == 3 and g.kernel_w == 3 and g.stride_h == 1 and g.stride_w == 1
+            and g.dilation_h == 1 and g.dilation_w == 1)
+
+
+cdef Py_ssize_t[::1] _rotated_ranges(ConvGeometry* g):
+    """_column_ranges of that correlation: grad_out (out_w wide) in, grad_in (width wide) out."""
+    cdef Py_ssize_t[::1] ranges = np.empty(6, dtype=np.intp)
+    cdef Py_ssize_t j
+    for j in range(3):
+        _valid_range(j - (2 - g.pad_w), 1, g.out_w, g.width, &ranges[j], &ranges[3 + j])
+    return ranges
+
+
+cdef void _rotated_input_plane(const floating* grad_out, const floating* rotated, floating* grad_in,
+                               ConvGeometry* g, const Py_ssize_t* ranges) noexcept nogil:
+    """grad_in = corr(grad_out padded by 2 - p, rotated), one plane (see _rotated_applies); overwritten."""
+    if floating is float:
+        convx_dw_forward_plane_f(grad_out, rotated, 0, grad_in, g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1,
+                                 2 - g.pad_h, 2 - g.pad_w, 1, 1, ranges, ranges + 3)
+    else:
+        convx_dw_forward_plane_d(grad_out, rotated, 0, grad_in, g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1,
+                                 2 - g.pad_h, 2 - g.pad_w, 1, 1, ranges, ranges + 3)
+
+
 def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                       const floating[::1] bias, floating[:, :, :, ::1] out,
                       int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
@@ -684,30 +736,16 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t c_in = grad_in.shape[1]
     cdef Py_ssize_t item, n, ci
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
-    cdef ConvGeometry flipped
     cdef const floating[:, :, :, ::1] rotated
-    if (g.c_out_g == 1 and g.kernel_h == 3 and g.kernel_w == 3 and stride_h == 1 and stride_w == 1
-            and dilation_h == 1 and dilation_w == 1):
-        # One output channel per input channel, 3x3, stride 1: the input gradient is the
-        # correlation of grad_out, padded by 2 - p, with the kernel rotated by 180 degrees,
-        # which the forward plane kernel computes with its nine sums in registers (only the
-        # products inside grad_out, as the scatter below).
-        flipped = _geometry(g.batch, grad_out.shape[1], g.out_h, g.out_w, c_in, 3, 3, g.height, g.width, groups,
-                            1, 1, 2 - pad_h, 2 - pad_w, 1, 1, n_threads)
-        ranges = _column_ranges(&flipped)
+    if _rotated_applies(&g):
         rotated = np.ascontiguousarray(np.asarray(weight)[:, :, ::-1, ::-1])
+        ranges = _rotated_ranges(&g)
         with nogil:
             for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
                 n = item // c_in
                 ci = item % c_in
-                if floating is float:
-                    convx_dw_forward_plane_f(&grad_out[n, ci, 0, 0], &rotated[ci, 0, 0, 0], 0, &grad_in[n, ci, 0, 0],
-                                             g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1, 2 - pad_h,
-                                             2 - pad_w, 1, 1, &ranges[0], &ranges[3])
-                else:
-                    convx_dw_forward_plane_d(&grad_out[n, ci, 0, 0], &rotated[ci, 0, 0, 0], 0, &grad_in[n, ci, 0, 0],
-                                             g.out_h, g.out_w, g.height, g.width, 3, 3, 1, 1, 2 - pad_h,
-                                             2 - pad_w, 1, 1, &ranges[0], &ranges[3])
+                _rotated_input_plane(&grad_out[n, ci, 0, 0], &rotated[ci, 0, 0, 0], &grad_in[n, ci, 0, 0], &g,
+                                     &ranges[0])
         return
     with nogil:
         for item in prange(g.batch * c_in, schedule='static', num_threads=_team(n_threads, g.batch * c_in)):
@@ -733,8 +771,7 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef Py_ssize_t c_out = grad_weight.shape[0]
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t co, tap, n, ow, tid
-    cdef floating total
+    cdef Py_ssize_t co, n, tid
     cdef floating* partial
     cdef int team = _team(n_threads, c_out)
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
@@ -756,13 +793,6 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
                                          &ranges[0], &ranges[g.kernel_w])
                     if padded:
                         non_finite[n * c_out + co] = not _all_finite(&grad_out[n, co, 0, 0], n_out)
-                for tap in range(taps):
-                    total = 0
-                    for ow in range(g.out_w):
-                        total = total + partial[tap * g.out_w + ow]
-                    if padded:
-                        for n in range(g.batch):
-                            if non_finite[n * c_out + co]:
-                                total = total + _direct_weight_tap_padding(&grad_out[n, co, 0, 0], &g,
-                                                                           tap // g.kernel_w, tap % g.kernel_w)
-                    grad_weight[co, 0, tap // g.kernel_w, tap % g.kernel_w] = total
+                _direct_weight_finish(partial, &grad_out[0, co, 0, 0], c_out * n_out,
+                                      &non_finite[co] if padded else NULL, c_out, &g, &grad_weight[co, 0, 0, 0])
+

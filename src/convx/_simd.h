@@ -35,6 +35,13 @@
  * not each pay for a call through the ifunc. lo[j], hi[j]: the outputs ow whose tap j lands
  * inside the input row, [lo, hi). Geometry as in ConvGeometry (_conv.pxi). */
 #define CONVX_PLANE_KERNELS(T, SUFFIX)                                                                    \
+    /* sum of x[0..n): a bias gradient's plane, in SIMD lanes (any order of the sum is within the         \
+     * accuracy bound; one dependent chain of adds would run at a few cycles per element). */             \
+    CONVX_CLONES static T convx_sum_##SUFFIX(const T *CONVX_RESTRICT x, ptrdiff_t n) {                    \
+        T total = 0;                                                                                      \
+        CONVX_SIMD_SUM(total) for (ptrdiff_t k = 0; k < n; k++) total += x[k];                            \
+        return total;                                                                                     \
+    }                                                                                                     \
     /* acc[ow] += grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] for the rows                \
      * [oh0, oh1) and the columns [c0, c1), every tap inside the input; acc = partial + tap * out_w. */   \
     static inline void convx_dw_weight_rows_##SUFFIX(                                                     \
