@@ -206,6 +206,15 @@ def test_auto_takes_winograd_for_16_or_more_channels(channels, winograd, rng):
     np.testing.assert_array_equal(F.conv2d(x, weight, padding=1, algorithm="auto"), expected)
 
 
+def test_auto_keeps_the_transformed_weight_under_256_mib(rng):
+    # 36 * 1024 * 1024 float64 = 288 MiB of transformed weight: 'auto' stays direct.
+    x = rng.standard_normal((1, 1024, 3, 3))
+    weight = rng.standard_normal((1024, 1024, 3, 3))
+    np.testing.assert_array_equal(F.conv2d(x, weight, algorithm="auto"), F.conv2d(x, weight))
+    small = weight[:512]  # 144 MiB: Winograd
+    np.testing.assert_array_equal(F.conv2d(x, small, algorithm="auto"), F.conv2d(x, small, algorithm="winograd"))
+
+
 @pytest.mark.parametrize("kwargs", [dict(stride=2), dict(dilation=2), dict(groups=2), dict(stride=(1, 2))])
 def test_auto_falls_back_to_direct_where_winograd_does_not_apply(kwargs, rng):
     x = rng.standard_normal((2, 32, 9, 9))

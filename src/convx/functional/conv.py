@@ -54,6 +54,8 @@ ALGORITHMS = ("direct", "winograd", "auto")
 
 # Below this many channels on either side, Winograd's transforms cost more than its GEMMs save.
 _WINOGRAD_MIN_CHANNELS = 16
+# algorithm="auto" keeps Winograd's transformed weight (36/9 of the weight) below this size.
+_WINOGRAD_AUTO_BYTES = 256 * 2**20
 
 
 def check_algorithm(
@@ -72,13 +74,16 @@ def check_algorithm(
     return applies
 
 
-def _winograd(algorithm: str, weight_shape: Shape, plan: _ConvPlan) -> bool:
+def _winograd(algorithm: str, weight_shape: Shape, plan: _ConvPlan, itemsize: int) -> bool:
     """Whether to compute with Winograd F(4x4, 3x3): ``algorithm`` validated against the geometry."""
     kernel = (weight_shape[2], weight_shape[3])
     applies = check_algorithm(algorithm, kernel, plan.stride, plan.dilation, plan.groups)
     if algorithm == "direct" or not applies:
         return False
-    return algorithm == "winograd" or min(weight_shape[:2]) >= _WINOGRAD_MIN_CHANNELS
+    if algorithm == "winograd":
+        return True
+    transformed_bytes = 36 * weight_shape[0] * weight_shape[1] * itemsize
+    return min(weight_shape[:2]) >= _WINOGRAD_MIN_CHANNELS and transformed_bytes <= _WINOGRAD_AUTO_BYTES
 
 
 def _input_gradient(
@@ -227,8 +232,9 @@ def conv2d(
         F(4x4, 3x3): 4x fewer multiplies, for 3x3 kernels with stride 1, dilation 1 and
         groups=1 only, with a larger rounding error (about 1e-5 relative in float32); a
         result that comes out non-finite is recomputed with ``'direct'``, so NaN and inf
-        behave exactly as there. ``'auto'``: ``'winograd'`` where it applies and both
-        channel counts are at least 16, else ``'direct'``.
+        behave exactly as there. ``'auto'``: ``'winograd'`` where it applies, both
+        channel counts are at least 16 and its transformed weight (4x the weight) takes at
+        most 256 MiB, else ``'direct'``.
 
     Returns
     -------
@@ -254,7 +260,7 @@ def conv2d(
     x, unbatched = _batched(x)
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias(bias, plan.out_channels)
-    winograd = _winograd(algorithm, weight.shape, plan)
+    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
         bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
@@ -313,7 +319,7 @@ def conv2d_backward_input(
         input_shape = (1, *input_shape)
     plan = _plan_conv(input_shape, weight.shape, stride, padding, dilation, groups, input_name="input_shape")
     _check_grad_out(grad_out, plan)
-    winograd = _winograd(algorithm, weight.shape, plan)
+    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
@@ -363,7 +369,7 @@ def conv2d_backward_weight(
     x, _ = _batched(x)
     plan = _plan_conv(x.shape, weight_shape, stride, padding, dilation, groups)
     _check_grad_out(grad_out, plan)
-    winograd = _winograd(algorithm, weight_shape, plan)
+    winograd = _winograd(algorithm, weight_shape, plan, dtype.itemsize)
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
@@ -462,7 +468,7 @@ def conv2d_backward(
     x, _ = _batched(x)
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_grad_out(grad_out, plan)
-    winograd = _winograd(algorithm, weight.shape, plan)
+    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     grad_x = np.empty(x.shape, dtype=dtype)
     grad_w = np.zeros(weight.shape, dtype=dtype)
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
@@ -569,7 +575,7 @@ def conv_transpose2d(
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
     _check_grad_out(x, plan._replace(out_h=height, out_w=width))
     _check_bias(bias, c_out)
-    winograd = _winograd(algorithm, weight.shape, plan)
+    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)

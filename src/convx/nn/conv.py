@@ -105,7 +105,8 @@ class Conv2d(Module):
         at most the input size).
     algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
         How forward and backward compute: see :func:`convx.conv2d`. ``'auto'`` takes Winograd's
-        faster F(4x4, 3x3) for 3x3 stride-1 layers of 16 or more channels.
+        faster F(4x4, 3x3) for 3x3 stride-1 layers of 16 or more channels (whose transformed
+        weight fits in 256 MiB).
     dtype : float32 or float64, default float32
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's default: :func:`convx.nn.init.kaiming_uniform`
