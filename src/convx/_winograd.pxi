@@ -47,6 +47,9 @@ cdef enum:
     WINO_MIN_TILES = 128
     # Tiles per transform call (rounded up to whole tile rows): vectors this long vectorise fully.
     WINO_RUN = 128
+    # Elements between consecutive points' planes beyond their size: planes a multiple of 4 KiB
+    # apart would put the 36 streams of a transform in the same cache sets.
+    WINO_PAD = 16
 
 
 cdef struct WinoGeometry:
@@ -86,6 +89,25 @@ cdef WinoGeometry _wino_geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t h
     return g
 
 
+cdef inline Py_ssize_t _point_stride(Py_ssize_t plane) noexcept nogil:
+    """Elements from one point's plane (of ``plane`` elements) to the next."""
+    return plane + WINO_PAD
+
+
+cdef tuple _wino_workspace(WinoGeometry* g, dtype):
+    """The transformed weight (or its gradient), V and M of one chunk: one allocation, the three
+    an odd number of cache lines apart, so that no two of them stream through the same
+    cache sets at the same offsets."""
+    cdef Py_ssize_t sizes[3]
+    sizes[0] = WINO_POINTS * _point_stride(g.c_out * g.c_in)
+    sizes[1] = WINO_POINTS * _point_stride(g.c_in * g.chunk_rows * g.tiles_w)
+    sizes[2] = WINO_POINTS * _point_stride(g.c_out * g.chunk_rows * g.tiles_w)
+    work = np.empty(sizes[0] + sizes[1] + sizes[2] + 4 * WINO_PAD, dtype=dtype)
+    first = sizes[0] + WINO_PAD
+    second = first + sizes[1] + 3 * WINO_PAD
+    return work[:sizes[0]], work[first:first + sizes[1]], work[second:second + sizes[2]]
+
+
 cdef inline Py_ssize_t _wino_runs(WinoGeometry* g, Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
     return (q1 - q0 + g.run_rows - 1) // g.run_rows
 
@@ -103,22 +125,24 @@ cdef void _wino_input_chunk(const floating* x, WinoGeometry* g, Py_ssize_t q0, P
         if floating is float:
             convx_wino_input_f(x + c * plane, g.c_in * plane, g.height, g.width, g.pad_h, g.pad_w, g.tiles_h,
                                g.tiles_w, q, min(g.run_rows, q1 - q), v + c * n_tiles + (q - q0) * g.tiles_w,
-                               g.c_in * n_tiles, scratch + threadid() * g.scratch)
+                               _point_stride(g.c_in * n_tiles), scratch + threadid() * g.scratch)
         else:
             convx_wino_input_d(x + c * plane, g.c_in * plane, g.height, g.width, g.pad_h, g.pad_w, g.tiles_h,
                                g.tiles_w, q, min(g.run_rows, q1 - q), v + c * n_tiles + (q - q0) * g.tiles_w,
-                               g.c_in * n_tiles, scratch + threadid() * g.scratch)
+                               _point_stride(g.c_in * n_tiles), scratch + threadid() * g.scratch)
 
 
 cdef void _wino_products(const floating* a, const floating* b, floating* c, bint trans_b, Py_ssize_t m,
                          Py_ssize_t n, Py_ssize_t k, floating beta, int n_threads) noexcept nogil:
-    """C[p] := A[p] @ op(B[p]) + beta * C[p] for the 36 points p; A[p] is (m, k), C[p] (m, n)."""
+    """C[p] := A[p] @ op(B[p]) + beta * C[p] for the 36 points p; A[p] is (m, k), C[p] (m, n),
+    each point's plane _point_stride(its size) after the previous one's."""
     cdef Py_ssize_t p
+    cdef Py_ssize_t a_stride = _point_stride(m * k), b_stride = _point_stride(n * k), c_stride = _point_stride(m * n)
     for p in prange(WINO_POINTS, schedule='static', num_threads=_team(n_threads, WINO_POINTS)):
         if trans_b:
-            _gemm(False, True, m, n, k, 1, a + p * m * k, k, b + p * n * k, k, beta, c + p * m * n, n)
+            _gemm(False, True, m, n, k, 1, a + p * a_stride, k, b + p * b_stride, k, beta, c + p * c_stride, n)
         else:
-            _gemm(False, False, m, n, k, 1, a + p * m * k, k, b + p * k * n, n, beta, c + p * m * n, n)
+            _gemm(False, False, m, n, k, 1, a + p * a_stride, k, b + p * b_stride, n, beta, c + p * c_stride, n)
 
 
 cdef void _wino_weight(const floating* weight, Py_ssize_t rows, Py_ssize_t cols, bint flip, floating* u,
@@ -128,10 +152,10 @@ cdef void _wino_weight(const floating* weight, Py_ssize_t rows, Py_ssize_t cols,
     for r in prange(rows, schedule='static', num_threads=_team(n_threads, rows)):
         if floating is float:
             convx_wino_weight_row_f(weight + (r * 9 if flip else r * cols * 9), rows * 9 if flip else 9, flip,
-                                    cols, u + r * cols, rows * cols, scratch + threadid() * scratch_size)
+                                    cols, u + r * cols, _point_stride(rows * cols), scratch + threadid() * scratch_size)
         else:
             convx_wino_weight_row_d(weight + (r * 9 if flip else r * cols * 9), rows * 9 if flip else 9, flip,
-                                    cols, u + r * cols, rows * cols, scratch + threadid() * scratch_size)
+                                    cols, u + r * cols, _point_stride(rows * cols), scratch + threadid() * scratch_size)
 
 
 def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
@@ -152,9 +176,8 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef bint has_bias = bias.shape[0] > 0
     cdef int bad = 0
     dtype = np.asarray(out).dtype
-    cdef floating[::1] u = np.empty(WINO_POINTS * c_out * c_in, dtype=dtype)
-    cdef floating[::1] v = np.empty(WINO_POINTS * c_in * g.chunk_rows * g.tiles_w, dtype=dtype)
-    cdef floating[::1] m = np.empty(WINO_POINTS * c_out * g.chunk_rows * g.tiles_w, dtype=dtype)
+    cdef floating[::1] u, v, m
+    u, v, m = _wino_workspace(&g, dtype)
     cdef floating[::1] scratch = np.empty(max(1, n_threads) * g.scratch, dtype=dtype)
     with nogil:
         _wino_weight(&weight[0, 0, 0, 0], c_out, c_in, flip, &u[0], &scratch[0], g.scratch, n_threads)
@@ -169,12 +192,12 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
                 k = job // n_runs
                 q = q0 + (job % n_runs) * g.run_rows
                 if floating is float:
-                    bad += convx_wino_output_f(&m[0] + k * n_tiles + (q - q0) * g.tiles_w, c_out * n_tiles,
+                    bad += convx_wino_output_f(&m[0] + k * n_tiles + (q - q0) * g.tiles_w, _point_stride(c_out * n_tiles),
                                                bias[k] if has_bias else 0, &out[0, 0, 0, 0] + k * plane_out,
                                                c_out * plane_out, g.out_h, g.out_w, g.tiles_h, g.tiles_w, q,
                                                min(g.run_rows, q1 - q), &scratch[0] + threadid() * g.scratch)
                 else:
-                    bad += convx_wino_output_d(&m[0] + k * n_tiles + (q - q0) * g.tiles_w, c_out * n_tiles,
+                    bad += convx_wino_output_d(&m[0] + k * n_tiles + (q - q0) * g.tiles_w, _point_stride(c_out * n_tiles),
                                                bias[k] if has_bias else 0, &out[0, 0, 0, 0] + k * plane_out,
                                                c_out * plane_out, g.out_h, g.out_w, g.tiles_h, g.tiles_w, q,
                                                min(g.run_rows, q1 - q), &scratch[0] + threadid() * g.scratch)
@@ -192,11 +215,11 @@ def winograd_backward_weight(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t plane_out = g.out_h * g.out_w
     cdef Py_ssize_t q0, q1, n_tiles, n_runs, job, q, k
     dtype = np.asarray(grad_weight).dtype
-    cdef floating[::1] du = np.zeros(WINO_POINTS * c_out * c_in, dtype=dtype)
-    cdef floating[::1] v = np.empty(WINO_POINTS * c_in * g.chunk_rows * g.tiles_w, dtype=dtype)
-    cdef floating[::1] m = np.empty(WINO_POINTS * c_out * g.chunk_rows * g.tiles_w, dtype=dtype)
+    cdef floating[::1] du, v, m
+    du, v, m = _wino_workspace(&g, dtype)
     cdef floating[::1] scratch = np.empty(max(1, n_threads) * g.scratch, dtype=dtype)
     with nogil:
+        memset(&du[0], 0, du.shape[0] * sizeof(floating))
         q0 = 0
         while q0 < g.n_rows:
             q1 = min(q0 + g.chunk_rows, g.n_rows)
@@ -209,19 +232,19 @@ def winograd_backward_weight(const floating[:, :, :, ::1] grad_out, const floati
                 if floating is float:
                     convx_wino_grad_out_f(&grad_out[0, 0, 0, 0] + k * plane_out, c_out * plane_out, g.out_h,
                                           g.out_w, g.tiles_h, g.tiles_w, q, min(g.run_rows, q1 - q),
-                                          &m[0] + k * n_tiles + (q - q0) * g.tiles_w, c_out * n_tiles,
+                                          &m[0] + k * n_tiles + (q - q0) * g.tiles_w, _point_stride(c_out * n_tiles),
                                           &scratch[0] + threadid() * g.scratch)
                 else:
                     convx_wino_grad_out_d(&grad_out[0, 0, 0, 0] + k * plane_out, c_out * plane_out, g.out_h,
                                           g.out_w, g.tiles_h, g.tiles_w, q, min(g.run_rows, q1 - q),
-                                          &m[0] + k * n_tiles + (q - q0) * g.tiles_w, c_out * n_tiles,
+                                          &m[0] + k * n_tiles + (q - q0) * g.tiles_w, _point_stride(c_out * n_tiles),
                                           &scratch[0] + threadid() * g.scratch)
             _wino_products(&m[0], &v[0], &du[0], True, c_out, c_in, n_tiles, 1, n_threads)
             q0 = q1
         for k in prange(c_out, schedule='static', num_threads=_team(n_threads, c_out)):
             if floating is float:
-                convx_wino_weight_grad_row_f(&du[0] + k * c_in, c_out * c_in, c_in, &grad_weight[k, 0, 0, 0],
+                convx_wino_weight_grad_row_f(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in, &grad_weight[k, 0, 0, 0],
                                              &scratch[0] + threadid() * g.scratch)
             else:
-                convx_wino_weight_grad_row_d(&du[0] + k * c_in, c_out * c_in, c_in, &grad_weight[k, 0, 0, 0],
+                convx_wino_weight_grad_row_d(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in, &grad_weight[k, 0, 0, 0],
                                              &scratch[0] + threadid() * g.scratch)
