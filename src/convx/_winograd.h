@@ -29,12 +29,18 @@
 #define CONVX_WINO_JOIN(a, b) CONVX_WINO_JOIN2(a, b)
 #define CONVX_WINO(name) CONVX_WINO_JOIN(name, WS)
 
-/* Scratch elements one thread needs for any transform below: runs of run_rows tile rows of
- * tiles_w tiles, weight rows of at most n_cols columns. */
+/* Elements between a transform's vectors in scratch beyond their length: vectors a power of
+ * two apart would share cache sets. */
+#define CONVX_WINO_SKEW 16
+
+/* Scratch elements one thread needs for any transform below (runs of run_rows tile rows of
+ * tiles_w tiles, weight rows of at most n_cols columns), a whole number of cache lines plus
+ * one, so that the threads' scratch neither shares lines nor lines up. */
 static inline ptrdiff_t convx_wino_scratch(ptrdiff_t tiles_w, ptrdiff_t run_rows, ptrdiff_t n_cols) {
-    ptrdiff_t runs = 72 * run_rows * tiles_w + 8 * (tiles_w + 2);
+    ptrdiff_t runs = 72 * (run_rows * tiles_w + CONVX_WINO_SKEW) + 8 * (tiles_w + 2);
     ptrdiff_t weights = 27 * n_cols;
-    return runs > weights ? runs : weights;
+    ptrdiff_t most = runs > weights ? runs : weights;
+    return (most + 15) / 16 * 16 + 16;
 }
 
 #define WT float

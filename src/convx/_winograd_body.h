@@ -157,9 +157,9 @@ CONVX_CLONES static void CONVX_WINO(convx_wino_input)(
         const WT *x, ptrdiff_t image_stride, ptrdiff_t height, ptrdiff_t width, ptrdiff_t pad_h,
         ptrdiff_t pad_w, ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t q_first, ptrdiff_t n_rows,
         WT *v, ptrdiff_t point_stride, WT *scratch) {
-    ptrdiff_t n = n_rows * tiles_w, len = tiles_w + 1;
-    WT *patches = scratch, *rows = scratch + 36 * n;           /* patches[i*6 + j][s], rows[i*6 + j'][s] */
-    WT *buffer = scratch + 72 * n, *phase = buffer + 4 * len;
+    ptrdiff_t n = n_rows * tiles_w, ns = n + CONVX_WINO_SKEW, len = tiles_w + 1;
+    WT *patches = scratch, *rows = scratch + 36 * ns;           /* patches[i*6 + j][s], rows[i*6 + j'][s] */
+    WT *buffer = scratch + 72 * ns, *phase = buffer + 4 * len;
     for (ptrdiff_t r = 0; r < n_rows; r++) {
         ptrdiff_t q = q_first + r;
         const WT *plane = x + (q / tiles_h) * image_stride;
@@ -168,15 +168,15 @@ CONVX_CLONES static void CONVX_WINO(convx_wino_input)(
             CONVX_WINO(convx_wino_phases)(ih >= 0 && ih < height ? plane + ih * width : NULL, width, -pad_w, len,
                                           buffer, phase);
             for (ptrdiff_t j = 0; j < 6; j++)
-                memcpy(patches + (i * 6 + j) * n + r * tiles_w, phase + (j % 4) * len + j / 4, tiles_w * sizeof(WT));
+                memcpy(patches + (i * 6 + j) * ns + r * tiles_w, phase + (j % 4) * len + j / 4, tiles_w * sizeof(WT));
         }
     }
     for (ptrdiff_t i = 0; i < 6; i++) {
         const WT *in[6];
         WT *out[6];
         for (ptrdiff_t j = 0; j < 6; j++) {
-            in[j] = patches + (i * 6 + j) * n;
-            out[j] = rows + (i * 6 + j) * n;
+            in[j] = patches + (i * 6 + j) * ns;
+            out[j] = rows + (i * 6 + j) * ns;
         }
         CONVX_WINO(convx_wino_bt)(in, out, n);
     }
@@ -184,7 +184,7 @@ CONVX_CLONES static void CONVX_WINO(convx_wino_input)(
         const WT *in[6];
         WT *out[6];
         for (ptrdiff_t i = 0; i < 6; i++) {
-            in[i] = rows + (i * 6 + j) * n;
+            in[i] = rows + (i * 6 + j) * ns;
             out[i] = v + (i * 6 + j) * point_stride;
         }
         CONVX_WINO(convx_wino_bt)(in, out, n);
@@ -197,9 +197,9 @@ CONVX_CLONES static void CONVX_WINO(convx_wino_input)(
 CONVX_CLONES static void CONVX_WINO(convx_wino_grad_out)(
         const WT *grad_out, ptrdiff_t image_stride, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t tiles_h,
         ptrdiff_t tiles_w, ptrdiff_t q_first, ptrdiff_t n_rows, WT *v, ptrdiff_t point_stride, WT *scratch) {
-    ptrdiff_t n = n_rows * tiles_w;
-    WT *patches = scratch, *rows = scratch + 16 * n;           /* patches[a*4 + b][s], rows[a*6 + j][s] */
-    WT *buffer = scratch + 40 * n, *phase = buffer + 4 * tiles_w;
+    ptrdiff_t n = n_rows * tiles_w, ns = n + CONVX_WINO_SKEW;
+    WT *patches = scratch, *rows = scratch + 16 * ns;           /* patches[a*4 + b][s], rows[a*6 + j][s] */
+    WT *buffer = scratch + 40 * ns, *phase = buffer + 4 * tiles_w;
     for (ptrdiff_t r = 0; r < n_rows; r++) {
         ptrdiff_t q = q_first + r;
         const WT *plane = grad_out + (q / tiles_h) * image_stride;
@@ -207,20 +207,20 @@ CONVX_CLONES static void CONVX_WINO(convx_wino_grad_out)(
             ptrdiff_t oh = 4 * (q % tiles_h) + a;
             CONVX_WINO(convx_wino_phases)(oh < out_h ? plane + oh * out_w : NULL, out_w, 0, tiles_w, buffer, phase);
             for (ptrdiff_t b = 0; b < 4; b++)
-                memcpy(patches + (a * 4 + b) * n + r * tiles_w, phase + b * tiles_w, tiles_w * sizeof(WT));
+                memcpy(patches + (a * 4 + b) * ns + r * tiles_w, phase + b * tiles_w, tiles_w * sizeof(WT));
         }
     }
     for (ptrdiff_t a = 0; a < 4; a++) {
-        const WT *in[4] = {patches + (a * 4) * n, patches + (a * 4 + 1) * n, patches + (a * 4 + 2) * n,
-                           patches + (a * 4 + 3) * n};
+        const WT *in[4] = {patches + (a * 4) * ns, patches + (a * 4 + 1) * ns, patches + (a * 4 + 2) * ns,
+                           patches + (a * 4 + 3) * ns};
         WT *out[6];
-        for (ptrdiff_t j = 0; j < 6; j++) out[j] = rows + (a * 6 + j) * n;
+        for (ptrdiff_t j = 0; j < 6; j++) out[j] = rows + (a * 6 + j) * ns;
         CONVX_WINO(convx_wino_a)(in, out, n);
     }
     for (ptrdiff_t j = 0; j < 6; j++) {
         const WT *in[4];
         WT *out[6];
-        for (ptrdiff_t a = 0; a < 4; a++) in[a] = rows + (a * 6 + j) * n;
+        for (ptrdiff_t a = 0; a < 4; a++) in[a] = rows + (a * 6 + j) * ns;
         for (ptrdiff_t i = 0; i < 6; i++) out[i] = v + (i * 6 + j) * point_stride;
         CONVX_WINO(convx_wino_a)(in, out, n);
     }
@@ -234,22 +234,22 @@ CONVX_CLONES static int CONVX_WINO(convx_wino_output)(
         const WT *m, ptrdiff_t point_stride, WT bias, WT *out, ptrdiff_t image_stride, ptrdiff_t out_h,
         ptrdiff_t out_w, ptrdiff_t tiles_h, ptrdiff_t tiles_w, ptrdiff_t q_first, ptrdiff_t n_rows,
         WT *scratch) {
-    ptrdiff_t n = n_rows * tiles_w;
-    WT *cols = scratch, *values = scratch + 24 * n;            /* cols[a*6 + j][s], values[a*4 + b][s] */
-    WT *buffer = scratch + 40 * n;
+    ptrdiff_t n = n_rows * tiles_w, ns = n + CONVX_WINO_SKEW;
+    WT *cols = scratch, *values = scratch + 24 * ns;            /* cols[a*6 + j][s], values[a*4 + b][s] */
+    WT *buffer = scratch + 40 * ns;
     WT finite = 0;
     for (ptrdiff_t j = 0; j < 6; j++) {
         const WT *in[6];
         WT *res[4];
         for (ptrdiff_t i = 0; i < 6; i++) in[i] = m + (i * 6 + j) * point_stride;
-        for (ptrdiff_t a = 0; a < 4; a++) res[a] = cols + (a * 6 + j) * n;
+        for (ptrdiff_t a = 0; a < 4; a++) res[a] = cols + (a * 6 + j) * ns;
         CONVX_WINO(convx_wino_at)(in, res, n);
     }
     for (ptrdiff_t a = 0; a < 4; a++) {
         const WT *in[6];
-        WT *res[4] = {values + (a * 4) * n, values + (a * 4 + 1) * n, values + (a * 4 + 2) * n,
-                      values + (a * 4 + 3) * n};
-        for (ptrdiff_t j = 0; j < 6; j++) in[j] = cols + (a * 6 + j) * n;
+        WT *res[4] = {values + (a * 4) * ns, values + (a * 4 + 1) * ns, values + (a * 4 + 2) * ns,
+                      values + (a * 4 + 3) * ns};
+        for (ptrdiff_t j = 0; j < 6; j++) in[j] = cols + (a * 6 + j) * ns;
         CONVX_WINO(convx_wino_at)(in, res, n);
     }
     for (ptrdiff_t r = 0; r < n_rows; r++) {
@@ -257,7 +257,7 @@ CONVX_CLONES static int CONVX_WINO(convx_wino_output)(
         WT *plane = out + (q / tiles_h) * image_stride;
         for (ptrdiff_t a = 0; a < 4 && 4 * (q % tiles_h) + a < out_h; a++) {
             for (ptrdiff_t b = 0; b < 4; b++) {
-                const WT *CONVX_RESTRICT src = values + (a * 4 + b) * n + r * tiles_w;
+                const WT *CONVX_RESTRICT src = values + (a * 4 + b) * ns + r * tiles_w;
                 CONVX_SIMD for (ptrdiff_t t = 0; t < tiles_w; t++) buffer[4 * t + b] = src[t] + bias;
             }
             WT *CONVX_RESTRICT dst = plane + (4 * (q % tiles_h) + a) * out_w;
