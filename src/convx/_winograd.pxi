@@ -173,10 +173,31 @@ cdef inline void _wino_grad_run(const floating* grad_out, WinoGeometry* g, Py_ss
                               _point_stride(g.c_out * n_tiles), scratch)
 
 
-cdef int _wino_forward_chunk(const floating* x, const floating* u, const floating* bias, bint has_bias,
-                             floating* out, WinoGeometry* g, Py_ssize_t q0, Py_ssize_t q1, floating* v, floating* m,
+cdef inline void _wino_product(const floating* a, const floating* b, floating* c, bint trans_b, Py_ssize_t m,
+                               Py_ssize_t n, Py_ssize_t k, floating beta, Py_ssize_t p) noexcept nogil:
+    """C[p] := A[p] @ op(B[p]) + beta * C[p] for point p; A[p] is (m, k), C[p] (m, n), each point's
+    plane _point_stride(its size) after the previous one's."""
+    if trans_b:
+        _gemm(False, True, m, n, k, 1, a + p * _point_stride(m * k), k, b + p * _point_stride(n * k), k, beta,
+              c + p * _point_stride(m * n), n)
+    else:
+        _gemm(False, False, m, n, k, 1, a + p * _point_stride(m * k), k, b + p * _point_stride(n * k), n, beta,
+              c + p * _point_stride(m * n), n)
+
+
+cdef void _wino_products(const floating* a, const floating* b, floating* c, bint trans_b, Py_ssize_t m,
+                         Py_ssize_t n, Py_ssize_t k, floating beta, int n_threads) noexcept nogil:
+    """_wino_product for the 36 points, split across the team."""
+    cdef Py_ssize_t p
+    for p in prange(WINO_POINTS, schedule='static', num_threads=_team(n_threads, WINO_POINTS)):
+        _wino_product(a, b, c, trans_b, m, n, k, beta, p)
+
+
+cdef int _wino_forward_chunk(const floating* x, const floating* u, const floating* bias, floating* out,
+                             WinoGeometry* g, Py_ssize_t q0, Py_ssize_t q1, floating* v, floating* m,
                              floating* scratch) noexcept nogil:
-    """One chunk of the forward pass on the calling thread alone; whether an output is not finite."""
+    """One chunk of the forward pass on the calling thread alone (bias NULL: none); whether an
+    output is not finite."""
     cdef Py_ssize_t n_tiles = (q1 - q0) * g.tiles_w
     cdef Py_ssize_t n_runs = _wino_runs(g, q0, q1)
     cdef Py_ssize_t c, k, r, p
@@ -185,25 +206,12 @@ cdef int _wino_forward_chunk(const floating* x, const floating* u, const floatin
         for r in range(n_runs):
             _wino_input_run(x, g, c, q0, q1, q0 + r * g.run_rows, v, scratch)
     for p in range(WINO_POINTS):
-        _gemm(False, False, g.c_out, n_tiles, g.c_in, 1, u + p * _point_stride(g.c_out * g.c_in), g.c_in,
-              v + p * _point_stride(g.c_in * n_tiles), n_tiles, 0, m + p * _point_stride(g.c_out * n_tiles), n_tiles)
+        _wino_product(u, v, m, False, g.c_out, n_tiles, g.c_in, 0, p)
     for k in range(g.c_out):
         for r in range(n_runs):
-            bad |= _wino_output_run(m, bias[k] if has_bias else 0, out, g, k, q0, q1, q0 + r * g.run_rows, scratch)
+            bad |= _wino_output_run(m, bias[k] if bias != NULL else 0, out, g, k, q0, q1, q0 + r * g.run_rows,
+                                    scratch)
     return bad
-
-
-cdef void _wino_products(const floating* a, const floating* b, floating* c, bint trans_b, Py_ssize_t m,
-                         Py_ssize_t n, Py_ssize_t k, floating beta, int n_threads) noexcept nogil:
-    """C[p] := A[p] @ op(B[p]) + beta * C[p] for the 36 points p; A[p] is (m, k), C[p] (m, n),
-    each point's plane _point_stride(its size) after the previous one's."""
-    cdef Py_ssize_t p
-    cdef Py_ssize_t a_stride = _point_stride(m * k), b_stride = _point_stride(n * k), c_stride = _point_stride(m * n)
-    for p in prange(WINO_POINTS, schedule='static', num_threads=_team(n_threads, WINO_POINTS)):
-        if trans_b:
-            _gemm(False, True, m, n, k, 1, a + p * a_stride, k, b + p * b_stride, k, beta, c + p * c_stride, n)
-        else:
-            _gemm(False, False, m, n, k, 1, a + p * a_stride, k, b + p * b_stride, n, beta, c + p * c_stride, n)
 
 
 cdef void _wino_weight(const floating* weight, Py_ssize_t rows, Py_ssize_t cols, bint flip, floating* u,
@@ -239,7 +247,7 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef int team = _team(n_threads, g.n_chunks)
     cdef bint own_chunks = g.n_chunks > 1
     cdef Py_ssize_t v_size = _wino_chunk_size(&g, c_in), m_size = _wino_chunk_size(&g, c_out)
-    cdef Py_ssize_t q0, q1, n_tiles, n_runs, job, q, k, chunk, tid
+    cdef Py_ssize_t q0, q1, n_tiles, n_runs, job, k, chunk, tid
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating* bias_ptr = &bias[0] if has_bias else NULL
     cdef int bad = 0
@@ -255,7 +263,7 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
                 tid = threadid()
                 for chunk in prange(g.n_chunks, schedule='static'):
                     bad_parts[tid] |= _wino_forward_chunk(
-                        &x[0, 0, 0, 0], &u[0], bias_ptr, has_bias, &out[0, 0, 0, 0], &g, chunk * g.chunk_rows,
+                        &x[0, 0, 0, 0], &u[0], bias_ptr, &out[0, 0, 0, 0], &g, chunk * g.chunk_rows,
                         min((chunk + 1) * g.chunk_rows, g.n_rows), &v[0] + tid * v_size, &m[0] + tid * m_size,
                         &scratch[0] + tid * g.scratch)
             for tid in range(team):
@@ -289,8 +297,7 @@ cdef void _wino_weight_grad_chunk(const floating* grad_out, const floating* x, W
         for r in range(n_runs):
             _wino_grad_run(grad_out, g, k, q0, q1, q0 + r * g.run_rows, m, scratch)
     for p in range(WINO_POINTS):
-        _gemm(False, True, g.c_out, g.c_in, n_tiles, 1, m + p * _point_stride(g.c_out * n_tiles), n_tiles,
-              v + p * _point_stride(g.c_in * n_tiles), n_tiles, 1, du + p * _point_stride(g.c_out * g.c_in), g.c_in)
+        _wino_product(m, v, du, True, g.c_out, g.c_in, n_tiles, 1, p)
 
 
 def winograd_backward_weight(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -324,9 +331,9 @@ def winograd_backward_weight(const floating[:, :, :, ::1] grad_out, const floati
                     chunk = lane
                     while chunk < g.n_chunks:
                         _wino_weight_grad_chunk(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &g, chunk * g.chunk_rows,
-                                                min((chunk + 1) * g.chunk_rows, g.n_rows), &lane_sums[0] + lane * du_size,
-                                                &v[0] + tid * v_size, &m[0] + tid * m_size,
-                                                &scratch[0] + tid * g.scratch)
+                                                min((chunk + 1) * g.chunk_rows, g.n_rows),
+                                                &lane_sums[0] + lane * du_size, &v[0] + tid * v_size,
+                                                &m[0] + tid * m_size, &scratch[0] + tid * g.scratch)
                         chunk = chunk + lanes
             for i in prange(du_size, schedule='static', num_threads=n_threads):
                 for lane in range(lanes):
