@@ -269,3 +269,20 @@ def test_conv2d_layer_with_winograd(rng):
         assert_close(actual, wanted, np.float64, WINOGRAD_TOLERANCES)
     with pytest.raises(ValueError, match="algorithm='winograd' needs"):
         nn.Conv2d(16, 24, 3, stride=2, algorithm="winograd")
+
+
+def test_conv_transpose2d_layer_with_winograd(rng):
+    direct = nn.ConvTranspose2d(16, 20, 3, padding=1, dtype=np.float64, rng=0)
+    layer = nn.ConvTranspose2d(16, 20, 3, padding=1, algorithm="auto", dtype=np.float64, rng=0)
+    assert "algorithm='auto'" in repr(layer)
+    x = rng.standard_normal((2, 16, 9, 7))
+    y = layer(x)
+    assert_close(y, direct(x), np.float64, WINOGRAD_TOLERANCES)
+    grad_out = rng.standard_normal(y.shape)
+    assert_close(layer.backward(grad_out), direct.backward(grad_out), np.float64, WINOGRAD_TOLERANCES)
+    for name in ("weight", "bias"):
+        assert_close(layer.grads[name], direct.grads[name], np.float64, WINOGRAD_TOLERANCES)
+    # Winograd ran (its rounding differs from the direct sums'), it was not a silent fallback.
+    assert not np.array_equal(y, direct(x))
+    with pytest.raises(ValueError, match="algorithm='winograd' needs"):
+        nn.ConvTranspose2d(16, 20, 3, stride=2, algorithm="winograd")

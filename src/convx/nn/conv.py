@@ -266,6 +266,9 @@ class ConvTranspose2d(Module):
     groups : int, default 1
     bias : bool, default True
     dilation : int or (int, int), default 1
+    algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
+        As for :class:`Conv2d`: Winograd's F(4x4, 3x3) applies with a 3x3 kernel, stride 1,
+        dilation 1 and groups=1.
     dtype : float32 or float64, default float32
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in
@@ -302,6 +305,7 @@ class ConvTranspose2d(Module):
         bias: bool = True,
         dilation: IntPair = 1,
         *,
+        algorithm: str = "direct",
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
     ) -> None:
@@ -323,6 +327,8 @@ class ConvTranspose2d(Module):
                     f"output_padding must be smaller than either stride or dilation, got "
                     f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}"
                 )
+        check_algorithm(algorithm, self.kernel_size, self.stride, self.dilation, self.groups)
+        self.algorithm = algorithm
         self.dtype = as_dtype(dtype)
         weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
@@ -333,7 +339,7 @@ class ConvTranspose2d(Module):
         _check_channels(self, x, self.in_channels)
         y = functional.conv_transpose2d(
             x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation,
+            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
         )
         self._save_for_backward(y, x)
         return y
@@ -345,7 +351,8 @@ class ConvTranspose2d(Module):
         # The transposed convolution is the adjoint of conv2d(., weight) as a map of its input,
         # so its input gradient is that conv2d, and its weight gradient is conv2d's weight gradient
         # with the roles of input and output gradient swapped.
-        grad_x = functional.conv2d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        grad_x = functional.conv2d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
+                                   algorithm=self.algorithm)
         height, width = x.shape[-2:]
         if grad_x.shape[-2:] != (height, width):
             # output_padding >= stride (possible when dilation > stride): the forward pass saw x
@@ -355,7 +362,8 @@ class ConvTranspose2d(Module):
             x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)])
             grad_x = np.ascontiguousarray(grad_x[..., :height, :width])
         self._grads["weight"] = functional.conv2d_backward_weight(
-            x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups
+            x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
+            algorithm=self.algorithm,
         )
         if "bias" in self._params:
             self._grads["bias"] = functional.conv2d_backward_bias(grad_out)
@@ -373,4 +381,6 @@ class ConvTranspose2d(Module):
             text += f", groups={self.groups}"
         if "bias" not in self._params:
             text += ", bias=False"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
         return text + f", dtype={self.dtype}"
