@@ -15,6 +15,7 @@ CONVX_SANITIZE=1
 """
 
 import os
+import pathlib
 import platform
 import pprint
 import shlex
@@ -120,6 +121,8 @@ def build_extensions():
     ext = Extension(
         "convx._core",
         sources=["src/convx/_core.pyx"],
+        # The C headers the kernels include: an edit to one rebuilds the extension.
+        depends=sorted(str(path) for path in pathlib.Path("src/convx").glob("*.h")),
         include_dirs=[numpy.get_include(), "src/convx"],
         define_macros=macros,
         extra_compile_args=compile_args,

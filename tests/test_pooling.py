@@ -514,3 +514,79 @@ def test_concurrent_calls_from_python_threads(rng):
         for _ in range(3):
             for results, want in zip(pool.map(_all_ops, inputs), expected):
                 _assert_same(results, want)
+
+
+# Widths whose outputs fill the kernels' 16-lane blocks exactly, leave one lane over or one short,
+# with planes just tall enough that the last block's reads run up to the end of the plane.
+BLOCK_WIDTHS = [5, 30, 32, 34, 62, 64, 66]
+# (kernel_size, stride, padding, dilation, ceil_mode): the 2x2 stride-2 kernel, the literal
+# phase-plane sweeps, and the generic one (strides 3, dilation, non-square).
+BLOCK_MAX_GEOMETRIES = [
+    (2, 2, 0, 1, False),
+    (2, 2, 0, 1, True),
+    (2, 2, 1, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 2, 1, 1, True),
+    (3, 1, 1, 1, False),
+    (2, 1, 0, 1, False),
+    (3, 3, 1, 1, True),
+    ((3, 2), (2, 3), (1, 1), (2, 1), True),
+    ((2, 5), (3, 4), (1, 2), (1, 2), False),
+]
+
+
+@pytest.mark.parametrize("kind", ["normal", "special"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", BLOCK_WIDTHS)
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation, ceil_mode", BLOCK_MAX_GEOMETRIES)
+def test_max_pool2d_across_block_boundaries(rng, width, kernel_size, stride, padding, dilation, ceil_mode,
+                                            dtype, kind):
+    x = make_input(rng, (2, 2, 7, width + 1 if ceil_mode else width), dtype, kind)
+    y, indices = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    ref_y, ref_indices = R.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(y, ref_y)
+    np.testing.assert_array_equal(indices, ref_indices)
+    np.testing.assert_array_equal(F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode), y)
+
+
+def test_max_pool2d_windows_of_minus_infinity_report_their_first_tap_inside(torch):
+    # All -inf, and -inf beside padding: no tap beats the start, so the first tap inside the input wins.
+    x = np.full((1, 1, 5, 35), -np.inf, dtype=np.float32)
+    x[0, 0, 2, 3:30:4] = 1
+    for args in [(2, 2, 0), (3, 2, 1), (3, 1, 1), ((3, 2), (1, 3), (1, 1))]:
+        y, indices = F.max_pool2d(x, *args, return_indices=True)
+        torch_y, torch_indices = torch_max_pool(torch, x, *args, 1, False)
+        np.testing.assert_array_equal(y, torch_y)
+        np.testing.assert_array_equal(indices, torch_indices)
+
+
+# (kernel_size, stride, padding, ceil_mode) with kernel width == stride width: the tiled backward,
+# with window rows that overlap (kernel_h > stride_h), leave gaps (kernel_h < stride_h) or tile.
+TILED_AVG_GEOMETRIES = [
+    (2, 2, 0, False),
+    (2, 2, 1, True),
+    (3, 3, 1, False),
+    (3, 3, 1, True),
+    ((3, 2), 2, (1, 1), False),
+    ((1, 2), (3, 2), (0, 1), True),
+    ((4, 4), (1, 4), (2, 2), False),
+    ((2, 5), (2, 5), (1, 2), True),
+]
+
+
+@pytest.mark.parametrize("count_include_pad, divisor_override", AVG_COUNTING)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", BLOCK_WIDTHS)
+@pytest.mark.parametrize("kernel_size, stride, padding, ceil_mode", TILED_AVG_GEOMETRIES)
+def test_avg_pool2d_backward_tiled_windows(rng, torch, width, kernel_size, stride, padding, ceil_mode, dtype,
+                                           count_include_pad, divisor_override):
+    shape = (2, 2, 7, width + 1)
+    args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    out_shape = F.avg_pool2d(np.zeros(shape, dtype), *args).shape
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    grad_x = F.avg_pool2d_backward(grad_out, shape, *args)
+    assert_close(grad_x, R.avg_pool2d_backward(grad_out, shape, *args))
+    # Each element adds its windows' shares onto zero in output order, as PyTorch does: same bits.
+    x = np.zeros(shape, dtype)
+    expected = torch_grad(torch, lambda t: torch.nn.functional.avg_pool2d(t, *args), x, grad_out)
+    np.testing.assert_array_equal(grad_x, expected)

@@ -3,16 +3,17 @@
 # Threads split the N*C planes; every plane of an output (or of an input gradient) is written by
 # exactly one thread, so no two threads ever touch the same memory and nothing needs a reduction.
 #
-# The max and average forward kernels sweep each output row in two parts: the border windows that
-# overlap the padding go one window at a time over their clipped tap range; the interior windows,
-# which lie wholly inside the input horizontally, go one kernel row at a time across the whole
-# output row, so the innermost loop runs along the output row with a fixed stride and no bounds
-# checks, which the compiler vectorises (with the common kernel widths and strides as literals).
-# Taps are still visited in row-major window order for every output, so ties, NaN and summation
-# order come out exactly as in the one-window-at-a-time loop (and as in PyTorch). While sweeping,
-# max pooling tracks each winner's offset within its window as a floating-point number, in the
-# same vector lanes as the values, and turns it into an int64 index once per row; where only
-# values are wanted it may skip NaN and redo the few windows whose running sum turned NaN.
+# The max forward (in C, _pool.h, cloned per instruction set) splits each plane, padded with -inf,
+# into its stride phases, so that every tap of every window is one long unit-stride sweep over all
+# of the plane's outputs at once (2x2 stride-2 windows without padding read the input directly);
+# it tracks each winner's offset within its window as a floating-point number, in the same vector
+# lanes as the values. The average backward with windows as wide as their stride (also in C)
+# writes every input row once per window row over it, with no zero fill first. The average forward
+# sweeps each output row in two parts: the border windows that overlap the padding one window at
+# a time over their clipped tap range, the interior ones one kernel row at a time across the
+# whole output row, with the common kernel widths and strides as literals so that the compiler
+# vectorises. Every kernel visits the taps of a window in row-major order, so ties, NaN and
+# summation order come out exactly as in the one-window-at-a-time loop (and as in PyTorch).
 
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint64_t
@@ -30,16 +31,27 @@ cdef inline int _team_size(int n_threads, Py_ssize_t n_planes, Py_ssize_t plane_
     return <int> max(1, min(<Py_ssize_t> n_threads, min(n_planes, by_work)))
 
 
-cdef struct PoolGeometry:
-    Py_ssize_t height, width, out_h, out_w
-    Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+cdef extern from "_pool.h" nogil:
     # Taps [row_lo[oh], row_hi[oh]) of output row oh land inside the input; same for columns.
-    const int64_t* row_lo
-    const int64_t* row_hi
-    const int64_t* col_lo
-    const int64_t* col_hi
     # Output columns [inner_lo, inner_hi) use every tap of the kernel's width.
-    Py_ssize_t inner_lo, inner_hi
+    ctypedef struct PoolGeometry "convx_pool_geometry":
+        Py_ssize_t height, width, out_h, out_w
+        Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+        const int64_t* row_lo
+        const int64_t* row_hi
+        const int64_t* col_lo
+        const int64_t* col_hi
+        Py_ssize_t inner_lo, inner_hi
+    Py_ssize_t convx_max_pool_scratch(const PoolGeometry* g)
+    Py_ssize_t convx_avg_backward_scratch(const PoolGeometry* g)
+    void convx_max_pool_plane_f(const float* plane, float* out, int64_t* indices, float* scratch,
+                                const PoolGeometry* g)
+    void convx_max_pool_plane_d(const double* plane, double* out, int64_t* indices, double* scratch,
+                                const PoolGeometry* g)
+    void convx_avg_backward_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
+                                    const int64_t* row_div, const int64_t* col_div)
+    void convx_avg_backward_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
+                                    const int64_t* row_div, const int64_t* col_div)
 
 
 cdef inline void _tap_range(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t dilation,
@@ -122,150 +134,27 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     where[0] = best_pos
 
 
-cdef inline bint _any_nan(const floating* data, Py_ssize_t size) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef bint found = False
-    for k in range(size):
-        found = found | (data[k] != data[k])
-    return found
-
-
-cdef inline void _max_taps(const floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t dilation,
-                           Py_ssize_t lo, Py_ssize_t hi, bint first, bint track, bint nan_by_sum,
-                           floating offset0, floating* best, floating* offset, floating* total) noexcept nogil:
-    """best[o] absorbs row[o*stride + j*dilation] for j < n_taps, o in [lo, hi) (NaN wins); with track,
-    offset[o] follows the winner's offset0 + j*dilation. ``first`` starts from -inf at offset0.
-
-    With ``nan_by_sum`` NaN is skipped instead and total[o] sums the taps, so a NaN total flags
-    the windows to redo exactly (see _nan_by_sum).
-    """
-    cdef Py_ssize_t o, j
-    cdef floating v, b, candidate, t = 0, at = 0
-    cdef bint take
-    for o in range(lo, hi):
-        if first:
-            # -inf at the first tap inside the input, as in the one-window loop.
-            b = -INFINITY
-            at = offset0
-            t = 0
-        else:
-            b = best[o]
-            if track:
-                at = offset[o]
-            if nan_by_sum:
-                t = total[o]
-        for j in range(n_taps):
-            v = row[o * stride + j * dilation]
-            # Computed outside the select: a float add inside a branch may trap, so the compiler
-            # would keep the branch instead of a vector blend.
-            candidate = offset0 + j * dilation
-            if nan_by_sum:
-                take = v > b
-                t = t + v
-            else:
-                take = (v > b) | (v != v)
-            b = v if take else b
-            if track:
-                at = candidate if take else at
-        best[o] = b
-        if track:
-            offset[o] = at
-        if nan_by_sum:
-            total[o] = t
-
-
-cdef inline bint _nan_by_sum(PoolGeometry* g, bint track) noexcept nogil:
-    """Whether the sweep skips NaN and flags it through window sums.
-
-    Without NaN the select is a strict maximum, one instruction (maxps) instead of five, and a
-    running sum, which turns NaN once any tap is NaN, costs one more. That pays where a kernel row
-    has three taps and only values are wanted; otherwise the extra row of sums costs more.
-    """
-    return not track and g.dilation_w == 1 and g.kernel_w == 3 and (g.stride_w == 1 or g.stride_w == 2)
-
-
-cdef inline void _max_row(const floating* row, PoolGeometry* g, bint first, bint track, floating offset0,
-                          floating* best, floating* offset, floating* total) noexcept nogil:
-    """The taps of one kernel row for the interior outputs of one output row."""
-    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
-    # Literal geometry (and literal flags from the callers) let the compiler unroll the taps and
-    # vectorise along the output row.
-    if g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 2:
-        _max_taps(row, 2, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
-    elif g.dilation_w == 1 and g.stride_w == 2 and g.kernel_w == 3:
-        if _nan_by_sum(g, track):
-            _max_taps(row, 2, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
-        else:
-            _max_taps(row, 2, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
-    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 2:
-        _max_taps(row, 1, 2, 1, lo, hi, first, track, False, offset0, best, offset, total)
-    elif g.dilation_w == 1 and g.stride_w == 1 and g.kernel_w == 3:
-        if _nan_by_sum(g, track):
-            _max_taps(row, 1, 3, 1, lo, hi, first, track, True, offset0, best, offset, total)
-        else:
-            _max_taps(row, 1, 3, 1, lo, hi, first, track, False, offset0, best, offset, total)
-    else:
-        _max_taps(row, g.stride_w, g.kernel_w, g.dilation_w, lo, hi, first, track, False, offset0,
-                  best, offset, total)
-
-
-cdef void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
-                          PoolGeometry* g) noexcept nogil:
-    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL).
-
-    ``scratch`` (2 * out_w entries, NULL when window offsets might not be exact in floating point)
-    holds the winners' offsets from their window's corner and the windows' sums while a row is
-    swept.
-    """
-    cdef Py_ssize_t width = g.width, out_w = g.out_w
-    cdef Py_ssize_t oh, ow, i, h0, corner
-    cdef Py_ssize_t inner_lo = g.inner_lo if scratch != NULL else g.out_w
-    cdef Py_ssize_t inner_hi = g.inner_hi if scratch != NULL else g.out_w
-    cdef floating* offsets = scratch
-    cdef floating* totals = scratch + out_w if scratch != NULL else NULL
+cdef void _max_pool_plane_by_window(const floating* plane, floating* out, int64_t* indices,
+                                   PoolGeometry* g) noexcept nogil:
+    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL),
+    one window at a time: for windows whose offsets a floating-point number cannot hold exactly."""
+    cdef Py_ssize_t oh, ow
     cdef int64_t unused
-    cdef floating* out_row
-    cdef int64_t* where
-    cdef const floating* row
-    cdef floating offset0
     for oh in range(g.out_h):
-        h0 = oh * g.stride_h - g.pad_h
-        out_row = out + oh * out_w
-        where = indices + oh * out_w if indices != NULL else NULL
-        for ow in range(inner_lo):
-            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+        for ow in range(g.out_w):
+            _max_window(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
                         ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out_row[ow], &where[ow] if where != NULL else &unused)
-        for ow in range(inner_hi, out_w):
-            _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
-                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out_row[ow], &where[ow] if where != NULL else &unused)
-        if inner_lo == inner_hi:
-            continue
-        for i in range(g.row_lo[oh], g.row_hi[oh]):
-            row = plane + (h0 + i * g.dilation_h) * width - g.pad_w
-            offset0 = <floating> (i * g.dilation_h * width)
-            if i == g.row_lo[oh]:
-                if where != NULL:
-                    _max_row(row, g, True, True, offset0, out_row, offsets, totals)
-                else:
-                    _max_row(row, g, True, False, 0, out_row, offsets, totals)
-            elif where != NULL:
-                _max_row(row, g, False, True, offset0, out_row, offsets, totals)
-            else:
-                _max_row(row, g, False, False, 0, out_row, offsets, totals)
-        if where != NULL:
-            corner = h0 * width - g.pad_w
-            for ow in range(inner_lo, inner_hi):
-                # Offsets fit an int (see max_pool2d_forward), whose conversion vectorises.
-                where[ow] = corner + ow * g.stride_w + <int> offsets[ow]
-        # A NaN sum means a NaN tap (or +inf and -inf together): redo those windows exactly.
-        if _nan_by_sum(g, where != NULL) and _any_nan(totals + inner_lo, inner_hi - inner_lo):
-            for ow in range(inner_lo, inner_hi):
-                if totals[ow] != totals[ow]:
-                    _max_window(plane, width, h0, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
-                                ow * g.stride_w - g.pad_w, 0, g.kernel_w, g.dilation_w,
-                                &out_row[ow], &where[ow] if where != NULL else &unused)
+                        &out[oh * g.out_w + ow], &indices[oh * g.out_w + ow] if indices != NULL else &unused)
+
+
+cdef inline void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
+                                 PoolGeometry* g) noexcept nogil:
+    if scratch == NULL:
+        _max_pool_plane_by_window(plane, out, indices, g)
+    elif floating is float:
+        convx_max_pool_plane_f(plane, out, indices, scratch, g)
+    else:
+        convx_max_pool_plane_d(plane, out, indices, scratch, g)
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -293,7 +182,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     n_threads = _team_size(n_threads, n_planes, plane_size + out_size)
     # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
     # between the cores on every store.
-    cdef Py_ssize_t slot = (2 * out_w + 15) // 16 * 16 + 16
+    cdef Py_ssize_t slot = convx_max_pool_scratch(&g)
     cdef floating[::1] scratch = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t p, tid
     with nogil, parallel(num_threads=n_threads):
@@ -347,15 +236,26 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
 # ---------------------------------------------------------------------------------------------
 # Average pooling
 
+cdef inline Py_ssize_t _avg_rows(PoolGeometry* g, Py_ssize_t oh, bint count_include_pad) noexcept nogil:
+    """The rows of window oh that its divisor counts, as PyTorch: the padded window clipped to the
+    padded input, or the part inside the input."""
+    if count_include_pad:
+        return min(g.kernel_h, g.height + g.pad_h - (oh * g.stride_h - g.pad_h))
+    return g.row_hi[oh] - g.row_lo[oh]
+
+
+cdef inline Py_ssize_t _avg_cols(PoolGeometry* g, Py_ssize_t ow, bint count_include_pad) noexcept nogil:
+    """The columns of window ow that its divisor counts (see _avg_rows)."""
+    if count_include_pad:
+        return min(g.kernel_w, g.width + g.pad_w - (ow * g.stride_w - g.pad_w))
+    return g.col_hi[ow] - g.col_lo[ow]
+
+
 cdef inline Py_ssize_t _avg_divisor(PoolGeometry* g, Py_ssize_t oh, Py_ssize_t ow, bint count_include_pad,
                                     Py_ssize_t divisor_override) noexcept nogil:
-    """The window's divisor, as PyTorch: the padded window clipped to the padded input, or the inside part."""
     if divisor_override > 0:
         return divisor_override
-    if count_include_pad:
-        return (min(g.kernel_h, g.height + g.pad_h - (oh * g.stride_h - g.pad_h))
-                * min(g.kernel_w, g.width + g.pad_w - (ow * g.stride_w - g.pad_w)))
-    return (g.row_hi[oh] - g.row_lo[oh]) * (g.col_hi[ow] - g.col_lo[ow])
+    return _avg_rows(g, oh, count_include_pad) * _avg_cols(g, ow, count_include_pad)
 
 
 cdef inline floating _window_sum(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
@@ -516,6 +416,14 @@ cdef void _avg_backward_plane(const floating* src, floating* dst, floating* shar
             _spread_row(dst + (h0 + i) * g.width - g.pad_w, g, share)
 
 
+cdef inline void _avg_backward_tiled(const floating* grad_out, floating* grad_in, floating* share,
+                                     PoolGeometry* g, const int64_t* row_div, const int64_t* col_div) noexcept nogil:
+    if floating is float:
+        convx_avg_backward_plane_f(grad_out, grad_in, share, g, row_div, col_div)
+    else:
+        convx_avg_backward_plane_d(grad_out, grad_in, share, g, row_div, col_div)
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
                         Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                         Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
@@ -530,14 +438,27 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
                                          stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
     cdef int team = _team_size(n_threads, n_planes, plane_size + out_size)
     # One row of shares per thread, each on its own cache lines.
-    cdef Py_ssize_t slot = (out_w + 15) // 16 * 16 + 16
+    cdef Py_ssize_t slot = convx_avg_backward_scratch(&g)
     cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
-    cdef Py_ssize_t p, tid
+    # Windows as wide as their stride tile the row: each element takes one share per window row.
+    cdef bint tiled = kernel_w == stride_w
+    cdef int64_t[::1] divisors = np.empty(out_h + out_w, dtype=np.int64)
+    cdef Py_ssize_t p, tid, o
+    if tiled:
+        # divisor(oh, ow) = divisors[oh] * divisors[out_h + ow]
+        for o in range(out_h):
+            divisors[o] = divisor_override if divisor_override > 0 else _avg_rows(&g, o, count_include_pad)
+        for o in range(out_w):
+            divisors[out_h + o] = 1 if divisor_override > 0 else _avg_cols(&g, o, count_include_pad)
     with nogil, parallel(num_threads=team):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
-            _avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
-                                &shares[tid * slot], &g, count_include_pad, divisor_override)
+            if tiled:
+                _avg_backward_tiled(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                    &shares[tid * slot], &g, &divisors[0], &divisors[out_h])
+            else:
+                _avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                    &shares[tid * slot], &g, count_include_pad, divisor_override)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+/* Plane kernels of max pooling (forward) and average pooling (backward), compiled once per
+ * instruction-set level (see _simd.h).
+ *
+ * The feature maps of a CNN have short rows (7 to 112 outputs), so a loop along one output row
+ * spends much of its time in its prologue, its vector remainder and the border windows that
+ * overlap the padding. The max forward therefore first splits the plane, padded with -inf, into
+ * its stride_h x stride_w phases (phase (q, p) holds the padded rows r*sh + q, columns c*sw + p):
+ * in a phase plane with rows of `cols` elements, tap (i, j) of every output of the plane lies at
+ * one fixed offset from lane oh * cols + ow, so each tap is one long unit-stride sweep over all
+ * the outputs at once, with no border windows and no remainders. A -inf tap never beats the
+ * running maximum (strict >, from -inf), so the padding never wins; a window that ends at -inf
+ * reports its first tap inside the input, as in PyTorch. The lanes past out_w in each row compute
+ * harmless values that are never stored.
+ */
+#ifndef CONVX_POOL_H
+#define CONVX_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include "_simd.h"
+
+#define CONVX_POOL_BLOCK 16
+
+/* The tap loops are instantiated with literal geometry and flags; only inlined do they vectorise. */
+#if defined(__GNUC__)
+#define CONVX_POOL_INLINE static inline __attribute__((always_inline))
+#else
+#define CONVX_POOL_INLINE static inline
+#endif
+
+#define CONVX_POOL_JOIN2(a, b) a##_##b
+#define CONVX_POOL_JOIN(a, b) CONVX_POOL_JOIN2(a, b)
+#define CONVX_POOL(name) CONVX_POOL_JOIN(name, PS)
+
+typedef struct {
+    ptrdiff_t height, width, out_h, out_w;
+    ptrdiff_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    /* Taps [row_lo[oh], row_hi[oh]) of output row oh land inside the input; same for columns. */
+    const int64_t *row_lo, *row_hi, *col_lo, *col_hi;
+    /* Output columns [inner_lo, inner_hi) use every tap of the kernel's width. */
+    ptrdiff_t inner_lo, inner_hi;
+} convx_pool_geometry;
+
+/* The max forward's layout (see convx_max_pool_plane): the padded plane split into stride_h x
+ * stride_w phase planes of rows x cols elements each, outputs (oh, o) at lane oh * cols + o. */
+typedef struct {
+    ptrdiff_t rows, cols, plane, lanes;
+} convx_pool_phases;
+
+static inline convx_pool_phases convx_max_pool_phases(const convx_pool_geometry *g) {
+    convx_pool_phases f;
+    const ptrdiff_t sh = g->stride_h, sw = g->stride_w;
+    const ptrdiff_t row_reach = g->out_h + (g->kernel_h - 1) * g->dilation_h / sh;
+    const ptrdiff_t col_reach = g->out_w + (g->kernel_w - 1) * g->dilation_w / sw;
+    const ptrdiff_t rows = (g->pad_h + g->height + sh - 1) / sh, cols = (g->pad_w + g->width + sw - 1) / sw;
+    f.rows = row_reach > rows ? row_reach : rows;
+    f.cols = col_reach > cols ? col_reach : cols;
+    /* Slack after each phase plane for the split's whole blocks. */
+    f.plane = f.rows * f.cols + CONVX_POOL_BLOCK;
+    f.lanes = (g->out_h * f.cols + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK * CONVX_POOL_BLOCK;
+    return f;
+}
+
+/* Scratch elements one thread needs for convx_max_pool_plane: the phase planes, the lanes a last
+ * block may read past them, the running maxima and offsets, and a cache line so that threads'
+ * slots share none. */
+static inline ptrdiff_t convx_max_pool_scratch(const convx_pool_geometry *g) {
+    const convx_pool_phases f = convx_max_pool_phases(g);
+    return g->stride_h * g->stride_w * f.plane + f.cols + CONVX_POOL_BLOCK + 2 * f.lanes + 16;
+}
+
+/* Scratch elements for convx_avg_backward_plane: one row of shares. */
+static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g) {
+    return (g->out_w + 15) / 16 * 16 + 16;
+}
+
+#define PT float
+#define PS f
+#include "_pool_body.h"
+#undef PT
+#undef PS
+
+#define PT double
+#define PS d
+#include "_pool_body.h"
+#undef PT
+#undef PS
+
+#endif

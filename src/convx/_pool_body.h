@@ -1,0 +1,330 @@
+/* The pooling plane kernels for one element type: included by _pool.h with PT the type (float,
+ * double) and PS its suffix (f, d). */
+
+/* best[f], offset[f] for the lanes f of [0, lanes): the maximum over the taps (i, j) of
+ * phases[tap_at(i, j) + f] (NaN wins, the last NaN in tap order) and, with track, the winner's
+ * offset i*dh*W + j*dw. Taps in the register loop when the geometry is literal; otherwise one
+ * sweep per tap over best and offset. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_sweep)(const PT *CONVX_RESTRICT phases, ptrdiff_t lanes,
+                                                   const convx_pool_geometry *g, convx_pool_phases f,
+                                                   ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                                   ptrdiff_t dh, ptrdiff_t dw, int literal, int track,
+                                                   PT *CONVX_RESTRICT best, PT *CONVX_RESTRICT offset) {
+    const ptrdiff_t width = g->width;
+#define CONVX_TAP_AT(i, j)                                                                                \
+    ((((i) * dh % sh) * sw + (j) * dw % sw) * f.plane + ((i) * dh / sh) * f.cols + (j) * dw / sw)
+    if (literal) {
+        for (ptrdiff_t f0 = 0; f0 < lanes; f0 += CONVX_POOL_BLOCK) {
+            CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++) {
+                PT b = (PT)-INFINITY, at = 0;
+                for (ptrdiff_t i = 0; i < kh; i++) {
+                    for (ptrdiff_t j = 0; j < kw; j++) {
+                        const PT v = phases[CONVX_TAP_AT(i, j) + f0 + l];
+                        /* Computed outside the select: a float add inside a branch may trap, so
+                         * the compiler would keep the branch instead of a blend. */
+                        const PT candidate = (PT)(i * dh * width + j * dw);
+                        const int take = (v > b) | (v != v);
+                        b = take ? v : b;
+                        if (track) at = take ? candidate : at;
+                    }
+                }
+                best[f0 + l] = b;
+                if (track) offset[f0 + l] = at;
+            }
+        }
+        return;
+    }
+    ptrdiff_t k;
+    CONVX_SIMD for (k = 0; k < lanes; k++) {
+        best[k] = (PT)-INFINITY;
+        offset[k] = 0;
+    }
+    for (ptrdiff_t i = 0; i < kh; i++) {
+        for (ptrdiff_t j = 0; j < kw; j++) {
+            const PT *CONVX_RESTRICT tap = phases + CONVX_TAP_AT(i, j);
+            const PT candidate = (PT)(i * dh * width + j * dw);
+            CONVX_SIMD for (k = 0; k < lanes; k++) {
+                const PT v = tap[k];
+                const int take = (v > best[k]) | (v != v);
+                best[k] = take ? v : best[k];
+                if (track) offset[k] = take ? candidate : offset[k];
+            }
+        }
+    }
+#undef CONVX_TAP_AT
+}
+
+/* Phase plane (q, p) of the padded plane: split[(q*sw + p) * f.plane + r * f.cols + c] =
+ * padded[r*sh + q, c*sw + p], -inf outside the input. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_split)(const PT *CONVX_RESTRICT plane, const convx_pool_geometry *g,
+                                                   convx_pool_phases f, PT *CONVX_RESTRICT split) {
+    const ptrdiff_t height = g->height, width = g->width, sh = g->stride_h, sw = g->stride_w;
+    const ptrdiff_t ph = g->pad_h, pw = g->pad_w;
+    ptrdiff_t p, c, rr, lo[CONVX_POOL_BLOCK], hi[CONVX_POOL_BLOCK];
+    /* Phase p holds the input columns c*sw + p - pw for c in [lo[p], hi[p]). */
+    for (p = 0; p < sw; p++) {
+        ptrdiff_t a = pw > p ? (pw - p + sw - 1) / sw : 0, b = (width + pw - p + sw - 1) / sw;
+        if (b > f.cols) b = f.cols;
+        if (b < a) b = a;
+        if (p < CONVX_POOL_BLOCK) {
+            lo[p] = a;
+            hi[p] = b;
+        }
+    }
+    ptrdiff_t q = 0, r = 0;
+    for (rr = 0; rr < f.rows * sh; rr++, q++) {
+        if (q == sh) {
+            q = 0;
+            r++;
+        }
+        const ptrdiff_t h = rr - ph;
+        PT *CONVX_RESTRICT dst = split + q * sw * f.plane + r * f.cols;
+        if (h < 0 || h >= height) {
+            for (p = 0; p < sw; p++)
+                for (c = 0; c < f.cols; c++) dst[p * f.plane + c] = (PT)-INFINITY;
+            continue;
+        }
+        const PT *CONVX_RESTRICT in = plane + h * width - pw;
+        if (sw == 2) {
+            /* Both phases in one loop where both land inside the input: a pair of loads that
+             * vectorises; then the columns where only one does, and the padding. Where the input
+             * goes on far enough, the loop runs in whole blocks: the stores past b land in the
+             * next row (written after this one) or in the slack after the phase plane. */
+            PT *CONVX_RESTRICT even = dst, *CONVX_RESTRICT odd = dst + f.plane;
+            const ptrdiff_t a = lo[0] > lo[1] ? lo[0] : lo[1], b = hi[0] < hi[1] ? hi[0] : hi[1];
+            const ptrdiff_t blocks = b > a ? (b - a + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK : 0;
+            if (h * width - pw + 2 * (a + blocks * CONVX_POOL_BLOCK) <= height * width) {
+                for (ptrdiff_t c0 = a; c0 < a + blocks * CONVX_POOL_BLOCK; c0 += CONVX_POOL_BLOCK) {
+                    CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++) {
+                        even[c0 + l] = in[2 * (c0 + l)];
+                        odd[c0 + l] = in[2 * (c0 + l) + 1];
+                    }
+                }
+            } else {
+                CONVX_SIMD for (c = a; c < b; c++) {
+                    even[c] = in[2 * c];
+                    odd[c] = in[2 * c + 1];
+                }
+            }
+            for (p = 0; p < 2; p++) {
+                PT *CONVX_RESTRICT phase = dst + p * f.plane;
+                for (c = 0; c < f.cols; c++) {
+                    if (c == a && a < b) c = b;
+                    if (c >= f.cols) break;
+                    phase[c] = c >= lo[p] && c < hi[p] ? in[2 * c + p] : (PT)-INFINITY;
+                }
+            }
+        } else {
+            for (p = 0; p < sw; p++) {
+                PT *CONVX_RESTRICT phase = dst + p * f.plane;
+                const ptrdiff_t a = p < CONVX_POOL_BLOCK ? lo[p] : 0, b = p < CONVX_POOL_BLOCK ? hi[p] : 0;
+                if (p >= CONVX_POOL_BLOCK) {
+                    for (c = 0; c < f.cols; c++) {
+                        const ptrdiff_t w = c * sw + p;
+                        phase[c] = w >= pw && w < pw + width ? in[w] : (PT)-INFINITY;
+                    }
+                    continue;
+                }
+                for (c = 0; c < a; c++) phase[c] = (PT)-INFINITY;
+                CONVX_SIMD for (c = a; c < b; c++) phase[c] = in[c * sw + p];
+                for (c = b; c < f.cols; c++) phase[c] = (PT)-INFINITY;
+            }
+        }
+    }
+}
+
+/* The 2x2 stride-2 windows of a plane without padding, dilation or windows past its end (ceil_mode),
+ * straight from the input: each
+ * tap is read once, so splitting the plane first would only add a pass. Blocks of outputs run
+ * whole where the reads stay inside the plane (the lanes past out_w are computed and dropped). */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_pool_2x2)(const PT *CONVX_RESTRICT plane, PT *CONVX_RESTRICT out,
+                                                      int64_t *CONVX_RESTRICT indices,
+                                                      const convx_pool_geometry *g, int track) {
+    const ptrdiff_t width = g->width, out_w = g->out_w;
+    PT best[CONVX_POOL_BLOCK], offset[CONVX_POOL_BLOCK];
+    for (ptrdiff_t oh = 0; oh < g->out_h; oh++) {
+        const PT *CONVX_RESTRICT top = plane + 2 * oh * width, *CONVX_RESTRICT bottom = top + width;
+        PT *CONVX_RESTRICT out_row = out + oh * out_w;
+        int64_t *CONVX_RESTRICT where = track ? indices + oh * out_w : NULL;
+        const ptrdiff_t corner = 2 * oh * width;
+        for (ptrdiff_t o0 = 0; o0 < out_w; o0 += CONVX_POOL_BLOCK) {
+            const ptrdiff_t n = out_w - o0 < CONVX_POOL_BLOCK ? out_w - o0 : CONVX_POOL_BLOCK;
+            if (n < CONVX_POOL_BLOCK && corner + width + 2 * (o0 + CONVX_POOL_BLOCK) > g->height * width) {
+                for (ptrdiff_t l = 0; l < n; l++) {
+                    const ptrdiff_t o = o0 + l;
+                    PT b = (PT)-INFINITY, at = 0;
+                    const PT v[4] = {top[2 * o], top[2 * o + 1], bottom[2 * o], bottom[2 * o + 1]};
+                    const PT cand[4] = {0, 1, (PT)width, (PT)(width + 1)};
+                    for (int t = 0; t < 4; t++) {
+                        const int take = (v[t] > b) | (v[t] != v[t]);
+                        b = take ? v[t] : b;
+                        at = take ? cand[t] : at;
+                    }
+                    best[l] = b;
+                    offset[l] = at;
+                }
+            } else {
+                CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++) {
+                    PT b = (PT)-INFINITY, at = 0;
+                    for (ptrdiff_t i = 0; i < 2; i++) {
+                        for (ptrdiff_t j = 0; j < 2; j++) {
+                            const PT v = top[i * width + 2 * (o0 + l) + j];
+                            const PT candidate = (PT)(i * width + j);
+                            const int take = (v > b) | (v != v);
+                            b = take ? v : b;
+                            at = take ? candidate : at;
+                        }
+                    }
+                    best[l] = b;
+                    offset[l] = at;
+                }
+            }
+            if (n == CONVX_POOL_BLOCK) {
+                CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++) out_row[o0 + l] = best[l];
+                if (track)
+                    CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++)
+                        where[o0 + l] = corner + 2 * (o0 + l) + (int)offset[l];
+            } else {
+                for (ptrdiff_t l = 0; l < n; l++) out_row[o0 + l] = best[l];
+                if (track)
+                    for (ptrdiff_t l = 0; l < n; l++) where[o0 + l] = corner + 2 * (o0 + l) + (int)offset[l];
+            }
+        }
+    }
+}
+
+/* out[oh, ow] = the maximum of the window's taps (padding -inf, NaN wins), indices[oh, ow] = its
+ * flat index in the plane (indices may be NULL). Window offsets are tracked as PT, so the caller
+ * guarantees they are exact: dh*(kh-1)*W + dw*(kw-1) below 2^24 (float) or 2^31 (double).
+ * scratch: convx_max_pool_scratch(g) elements. */
+CONVX_CLONES static void CONVX_POOL(convx_max_pool_plane)(const PT *CONVX_RESTRICT plane, PT *CONVX_RESTRICT out,
+                                                          int64_t *CONVX_RESTRICT indices, PT *CONVX_RESTRICT scratch,
+                                                          const convx_pool_geometry *g) {
+    const convx_pool_phases f = convx_max_pool_phases(g);
+    const ptrdiff_t width = g->width, out_w = g->out_w, kh = g->kernel_h, kw = g->kernel_w;
+    const ptrdiff_t sh = g->stride_h, sw = g->stride_w, dh = g->dilation_h, dw = g->dilation_w;
+    if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && g->pad_h == 0 && g->pad_w == 0 &&
+        2 * g->out_h <= g->height && 2 * out_w <= width) {
+        CONVX_POOL(convx_max_pool_2x2)(plane, out, indices, g, indices != NULL);
+        return;
+    }
+    PT *split = scratch;
+    PT *best = split + sh * sw * f.plane + f.cols + CONVX_POOL_BLOCK;
+    PT *offset = best + f.lanes;
+    ptrdiff_t oh, o;
+    CONVX_POOL(convx_max_split)(plane, g, f, split);
+    /* Literal geometry lets the compiler unroll the taps into the register loop. */
+#define CONVX_MAX_SWEEP(KH, KW, SH, SW, LITERAL)                                                              \
+    do {                                                                                                    \
+        if (indices != NULL)                                                                                \
+            CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 1, best, offset); \
+        else                                                                                                \
+            CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 0, best, offset); \
+    } while (0)
+    if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 2 && sw == 2)
+        CONVX_MAX_SWEEP(2, 2, 2, 2, 1);
+    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 2 && sw == 2)
+        CONVX_MAX_SWEEP(3, 3, 2, 2, 1);
+    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 1 && sw == 1)
+        CONVX_MAX_SWEEP(3, 3, 1, 1, 1);
+    else if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 1 && sw == 1)
+        CONVX_MAX_SWEEP(2, 2, 1, 1, 1);
+    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 3 && sw == 3)
+        CONVX_MAX_SWEEP(3, 3, 3, 3, 1);
+    else if (indices != NULL)
+        CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 1, best, offset);
+    else
+        CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 0, best, offset);
+#undef CONVX_MAX_SWEEP
+    for (oh = 0; oh < g->out_h; oh++) {
+        const PT *CONVX_RESTRICT row_best = best + oh * f.cols;
+        PT *CONVX_RESTRICT out_row = out + oh * out_w;
+        CONVX_SIMD for (o = 0; o < out_w; o++) out_row[o] = row_best[o];
+        if (indices == NULL) continue;
+        const PT *CONVX_RESTRICT row_offset = offset + oh * f.cols;
+        const int64_t *CONVX_RESTRICT col_lo = g->col_lo;
+        const ptrdiff_t h0 = oh * sh - g->pad_h, corner = h0 * width - g->pad_w;
+        const ptrdiff_t first_row = (h0 + g->row_lo[oh] * dh) * width - g->pad_w;
+        int64_t *CONVX_RESTRICT where = indices + oh * out_w;
+        /* The offsets fit an int, whose conversion vectorises. A window that ends at -inf (no tap
+         * beats it, none is NaN) reports its first tap inside the input. */
+        CONVX_SIMD for (o = 0; o < out_w; o++) {
+            const int64_t won = corner + o * sw + (int)row_offset[o];
+            const int64_t first = first_row + o * sw + col_lo[o] * dw;
+            where[o] = row_best[o] == (PT)-INFINITY ? first : won;
+        }
+    }
+}
+
+/* One input row of the average backward for windows exactly as wide as their stride: window o
+ * covers the columns [o*s - pw, (o+1)*s - pw) clipped to the row, so each column takes the share
+ * of at most one window of the output row. ``first``: the row's first window row (dst = 0 +
+ * share, 0 where no window covers it), else dst += share. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_avg_spread)(PT *CONVX_RESTRICT dst, const PT *CONVX_RESTRICT share,
+                                                ptrdiff_t width, ptrdiff_t out_w, ptrdiff_t s, ptrdiff_t pw,
+                                                int first) {
+    /* Windows [o_lo, o_hi) lie wholly inside the row. */
+    ptrdiff_t o_lo = (pw + s - 1) / s, o_hi = (width + pw) / s, w, o;
+    if (o_hi > out_w) o_hi = out_w;
+    if (o_hi < o_lo) o_hi = o_lo;
+    const ptrdiff_t head = o_lo * s - pw < width ? o_lo * s - pw : width;
+    const ptrdiff_t tail = o_hi * s - pw > head ? o_hi * s - pw : head;
+    for (w = 0; w < head; w++) {
+        o = (w + pw) / s;
+        if (o < out_w) dst[w] = (first ? (PT)0 : dst[w]) + share[o];
+        else if (first) dst[w] = 0;
+    }
+    if (first) {
+        CONVX_SIMD for (o = o_lo; o < o_hi; o++) {
+            const PT v = (PT)0 + share[o];
+            for (ptrdiff_t j = 0; j < s; j++) dst[o * s - pw + j] = v;
+        }
+    } else {
+        CONVX_SIMD for (o = o_lo; o < o_hi; o++) {
+            const PT v = share[o];
+            for (ptrdiff_t j = 0; j < s; j++) dst[o * s - pw + j] += v;
+        }
+    }
+    for (w = tail; w < width; w++) {
+        o = (w + pw) / s;
+        if (o < out_w) dst[w] = (first ? (PT)0 : dst[w]) + share[o];
+        else if (first) dst[w] = 0;
+    }
+}
+
+/* grad_in = the input gradient of one plane of average pooling whose windows are as wide as their
+ * stride (kernel_w == stride_w, any kernel_h and stride_h): grad_in[h, w] = sum over the windows
+ * holding (h, w), in output order, of grad_out[oh, ow] / (row_div[oh] * col_div[ow]), every
+ * element written once per window row and never read before it is written. scratch:
+ * convx_avg_backward_scratch(g) elements. */
+CONVX_CLONES static void CONVX_POOL(convx_avg_backward_plane)(const PT *CONVX_RESTRICT grad_out,
+                                                              PT *CONVX_RESTRICT grad_in, PT *CONVX_RESTRICT share,
+                                                              const convx_pool_geometry *g, const int64_t *row_div,
+                                                              const int64_t *col_div) {
+    const ptrdiff_t width = g->width, out_w = g->out_w, s = g->stride_w, pw = g->pad_w;
+    ptrdiff_t next = 0, oh, i, o;
+    for (oh = 0; oh < g->out_h; oh++) {
+        const PT *src = grad_out + oh * out_w;
+        const int64_t rd = row_div[oh];
+        CONVX_SIMD for (o = 0; o < out_w; o++) share[o] = src[o] / (PT)(rd * col_div[o]);
+        for (i = g->row_lo[oh]; i < g->row_hi[oh]; i++) {
+            const ptrdiff_t h = oh * g->stride_h - g->pad_h + i;
+            const int first = h >= next;
+            /* Rows that no window holds (below the previous window, above this one) are zero. */
+            if (h > next) memset(grad_in + next * width, 0, (size_t)((h - next) * width) * sizeof(PT));
+            if (first) next = h + 1;
+            PT *dst = grad_in + h * width;
+            if (s == 2 && first)
+                CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, 2, pw, 1);
+            else if (s == 2)
+                CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, 2, pw, 0);
+            else if (s == 3 && first)
+                CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, 3, pw, 1);
+            else if (s == 3)
+                CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, 3, pw, 0);
+            else
+                CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, s, pw, first);
+        }
+    }
+    if (next < g->height) memset(grad_in + next * width, 0, (size_t)((g->height - next) * width) * sizeof(PT));
+}
