@@ -31,6 +31,13 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
     (ceiling,) = payload["ceilings"]  # the convolution case only
     assert ceiling["case"] == "lenet_c1" and ceiling["gemm_flops_per_s"] > 0 and ceiling["forward_1_thread_s"] > 0
     assert "of it" in table and "faster than 1" in table
+    copies = {(c["case"], c["op"]): c for c in payload["copies"]}  # the pooling case only
+    assert set(copies) == {("maxpool_2x2", "forward"), ("maxpool_2x2", "backward")}
+    # 2x64x56x56 float32 in; 2x64x28x28 float32 values and int64 indices out.
+    assert copies["maxpool_2x2", "forward"]["bytes_read"] == 2 * 64 * 56 * 56 * 4
+    assert copies["maxpool_2x2", "forward"]["bytes_written"] == 2 * 64 * 28 * 28 * 12
+    assert copies["maxpool_2x2", "backward"]["bytes_written"] == 2 * 64 * 56 * 56 * 4
+    assert all(c["copy_s"] > 0 for c in copies.values()) and "the copy" in table
 
 
 def test_cli_rejects_bad_arguments():

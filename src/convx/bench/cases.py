@@ -76,6 +76,17 @@ class PoolCase:
     def flops(self, op: str) -> float:
         return float(self.batch * self.channels * self.out_size**2 * self.kernel**2)
 
+    def bytes_moved(self, op: str) -> tuple[int, int]:
+        """Bytes the op must read and write at least: its inputs and its outputs (max pooling's
+        int64 indices included, as the benchmark asks for them)."""
+        item = np.dtype(self.dtype).itemsize
+        inputs = self.batch * self.channels * self.size**2 * item
+        outputs = self.batch * self.channels * self.out_size**2 * item
+        indices = self.batch * self.channels * self.out_size**2 * 8 if self.mode == "max" else 0
+        if op == "forward":
+            return inputs, outputs + indices
+        return outputs + indices, inputs
+
     def arrays(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         dtype = np.dtype(self.dtype)
         x = rng.standard_normal((self.batch, self.channels, self.size, self.size)).astype(dtype)

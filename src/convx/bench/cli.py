@@ -11,7 +11,7 @@ import sys
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
 from .implementations import winograd_applies
-from .runner import Result, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
+from .runner import Result, copy_time, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 
@@ -32,8 +32,9 @@ def parse_args(argv):
                         help="skip convx's algorithm='winograd' on the 3x3 stride-1 cases")
     parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
     parser.add_argument("--ceiling", action="store_true",
-                        help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling) "
-                             "and convx's forward with one thread (the thread scaling)")
+                        help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling), "
+                             "convx's forward with one thread (the thread scaling), and a copy of each pooling "
+                             "op's bytes (the memory-speed yardstick)")
     parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -153,6 +154,22 @@ def main(argv=None) -> int:
             print(f"  {case.name:15s} GEMM {rate / 1e9:7.1f} GFLOP/s   convx forward {convx_rate / 1e9:7.1f} "
                   f"({100 * convx_rate / rate:5.1f}% of it)   {threads} threads {one / many:4.2f}x faster than 1")
 
+    copies = []
+    if args.ceiling and any(case.kind == "pool" for case in cases):
+        by_key = {(r.case, r.op): r for r in results}
+        print("\npooling vs a one-thread copy of the bytes it must read and write:")
+        for case in cases:
+            for op in case.ops if case.kind == "pool" else ():
+                timed = by_key.get((case.name, op))
+                if timed is None or "convx" not in timed.times:
+                    continue
+                copy = copy_time(case, op, repeat)
+                read, written = case.bytes_moved(op)
+                copies.append({"case": case.name, "op": op, "bytes_read": read, "bytes_written": written,
+                               "copy_s": copy, "convx_s": timed.times["convx"]})
+                print(f"  {case.name:15s} {op:9s} {(read + written) / 2**20:6.1f} MiB   copy {copy * 1e3:6.2f} ms   "
+                      f"convx {timed.times['convx'] * 1e3:6.2f} ms = {timed.times['convx'] / copy:4.2f}x the copy")
+
     memory = []
     if args.memory:
         print("\nextra memory beyond the outputs (MiB), batch N and 4N:")
@@ -172,7 +189,7 @@ def main(argv=None) -> int:
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
                    "results": [dataclasses.asdict(r) for r in results], "memory": memory,
-                   "ceilings": ceilings}
+                   "ceilings": ceilings, "copies": copies}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
