@@ -30,6 +30,12 @@
 #define CONVX_POOL_INLINE static inline
 #endif
 
+#if defined(_MSC_VER)
+#define CONVX_SIMD_OR(var)
+#else
+#define CONVX_SIMD_OR(var) CONVX_PRAGMA(omp simd reduction(|:var))
+#endif
+
 #define CONVX_POOL_JOIN2(a, b) a##_##b
 #define CONVX_POOL_JOIN(a, b) CONVX_POOL_JOIN2(a, b)
 #define CONVX_POOL(name) CONVX_POOL_JOIN(name, PS)
@@ -69,6 +75,21 @@ static inline convx_pool_phases convx_max_pool_phases(const convx_pool_geometry 
 static inline ptrdiff_t convx_max_pool_scratch(const convx_pool_geometry *g) {
     const convx_pool_phases f = convx_max_pool_phases(g);
     return g->stride_h * g->stride_w * f.plane + f.cols + CONVX_POOL_BLOCK + 2 * f.lanes + 16;
+}
+
+/* Scratch int32 elements for convx_max_backward_plane: one code per output, and a cache line. */
+static inline ptrdiff_t convx_max_backward_scratch(ptrdiff_t out_h, ptrdiff_t out_w) {
+    return (out_h * out_w + 15) / 16 * 16 + 16;
+}
+
+/* corners[oh * out_w + ow] = the flat index of the top-left corner of 2x2 block (oh, ow), if the
+ * blocks fit the plane (returns 0 and leaves corners alone if they do not). */
+static inline int convx_max_backward_corners(ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w,
+                                             int64_t *corners) {
+    if (2 * out_h > height || 2 * out_w > width) return 0;
+    for (ptrdiff_t oh = 0; oh < out_h; oh++)
+        for (ptrdiff_t ow = 0; ow < out_w; ow++) corners[oh * out_w + ow] = 2 * oh * width + 2 * ow;
+    return 1;
 }
 
 /* Scratch elements for convx_avg_backward_plane: one row of shares. */

@@ -16,7 +16,7 @@
 # summation order come out exactly as in the one-window-at-a-time loop (and as in PyTorch).
 
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t
 
 
 cdef enum:
@@ -48,6 +48,15 @@ cdef extern from "_pool.h" nogil:
                                 const PoolGeometry* g)
     void convx_max_pool_plane_d(const double* plane, double* out, int64_t* indices, double* scratch,
                                 const PoolGeometry* g)
+    Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
+    int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                   int64_t* corners)
+    int convx_max_backward_plane_f(const float* grad_out, const int64_t* indices, float* grad_in,
+                                   const int64_t* corners, int32_t* code, Py_ssize_t height, Py_ssize_t width,
+                                   Py_ssize_t out_h, Py_ssize_t out_w)
+    int convx_max_backward_plane_d(const double* grad_out, const int64_t* indices, double* grad_in,
+                                   const int64_t* corners, int32_t* code, Py_ssize_t height, Py_ssize_t width,
+                                   Py_ssize_t out_h, Py_ssize_t out_w)
     void convx_avg_backward_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
                                     const int64_t* row_div, const int64_t* col_div)
     void convx_avg_backward_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
@@ -193,17 +202,6 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                             &scratch[tid * slot] if exact else NULL, &g)
 
 
-cdef inline bint _indices_outside(const int64_t* where, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
-    """Whether any where[o] lies outside [0, limit), without branches: it vectorises on any x86-64."""
-    cdef Py_ssize_t o
-    cdef uint64_t flags = 0, v
-    for o in range(n):
-        v = <uint64_t> where[o]
-        # Bit 63 of v is the sign; bit 63 of ~(v - limit) is set when v >= limit (as a signed number).
-        flags = flags | v | ~(v - <uint64_t> limit)
-    return (flags >> 63) != 0
-
-
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
                         floating[:, :, :, ::1] grad_in, int n_threads):
     """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten.
@@ -213,23 +211,32 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
     no index, whatever the caller passed, becomes a write outside grad_in.
     """
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
-    cdef Py_ssize_t plane_size = grad_in.shape[2] * grad_in.shape[3]
-    cdef Py_ssize_t out_size = grad_out.shape[2] * grad_out.shape[3]
-    cdef Py_ssize_t p, o, refused = 0
-    cdef floating* dst
-    cdef const floating* src
-    cdef const int64_t* where
-    with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            dst = &grad_in[0, 0, 0, 0] + p * plane_size
-            src = &grad_out[0, 0, 0, 0] + p * out_size
-            where = &indices[0, 0, 0, 0] + p * out_size
-            if _indices_outside(where, out_size, plane_size):
-                refused += 1
-                continue
-            memset(dst, 0, plane_size * sizeof(floating))
-            for o in range(out_size):
-                dst[where[o]] += src[o]
+    cdef Py_ssize_t height = grad_in.shape[2], width = grad_in.shape[3], plane_size = height * width
+    cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
+    cdef int team = _team_size(n_threads, n_planes, plane_size + out_size)
+    cdef Py_ssize_t slot = convx_max_backward_scratch(out_h, out_w)
+    cdef int32_t[::1] codes = np.empty(team * slot, dtype=np.int32)
+    # The corners of the 2x2 blocks, when they fit: then planes whose indices all lie in their own
+    # block are written in one pass.
+    cdef int64_t[::1] corners = np.empty(max(out_size, 1), dtype=np.int64)
+    cdef const int64_t* blocks = &corners[0] if convx_max_backward_corners(
+        height, width, out_h, out_w, &corners[0]) else NULL
+    cdef Py_ssize_t p, tid, refused = 0
+    cdef int outside
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for p in prange(n_planes, schedule='static'):
+            if floating is float:
+                outside = convx_max_backward_plane_f(&grad_out[0, 0, 0, 0] + p * out_size,
+                                                     &indices[0, 0, 0, 0] + p * out_size,
+                                                     &grad_in[0, 0, 0, 0] + p * plane_size, blocks, &codes[tid * slot],
+                                                     height, width, out_h, out_w)
+            else:
+                outside = convx_max_backward_plane_d(&grad_out[0, 0, 0, 0] + p * out_size,
+                                                     &indices[0, 0, 0, 0] + p * out_size,
+                                                     &grad_in[0, 0, 0, 0] + p * plane_size, blocks, &codes[tid * slot],
+                                                     height, width, out_h, out_w)
+            refused += outside
     return refused
 
 

@@ -328,3 +328,81 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_backward_plane)(const PT *CONVX_RE
     }
     if (next < g->height) memset(grad_in + next * width, 0, (size_t)((g->height - next) * width) * sizeof(PT));
 }
+
+/* Whether any where[o] lies outside [0, limit), without branches. */
+static inline int CONVX_POOL(convx_indices_outside)(const int64_t *CONVX_RESTRICT where, ptrdiff_t n, ptrdiff_t limit) {
+    uint64_t flags = 0;
+    /* Bit 63 of v is the sign; bit 63 of ~(v - limit) is set when v >= limit (as a signed number). */
+    CONVX_SIMD_OR(flags) for (ptrdiff_t o = 0; o < n; o++) {
+        const uint64_t v = (uint64_t)where[o];
+        flags |= v | ~(v - (uint64_t)limit);
+    }
+    return (flags >> 63) != 0;
+}
+
+/* grad_in[indices[o]] += grad_out[o] over the plane's outputs, grad_in overwritten; 1 (and
+ * grad_in untouched) if an index lies outside the plane. Where every index lies in its own 2x2
+ * block (rows 2oh, 2oh+1, columns 2ow, 2ow+1: what a 2x2 stride-2 max pool records), no two
+ * outputs share an input, and each input element is written once, with its block's gradient
+ * if it is the recorded one and 0 otherwise (0 + gradient, as the scatter onto zeros gives): one
+ * vectorised pass instead of a zero fill and a scatter. corners: convx_max_backward_corners (NULL
+ * where the blocks do not fit the plane); code: convx_max_backward_scratch int32 elements. */
+CONVX_CLONES static int CONVX_POOL(convx_max_backward_plane)(const PT *CONVX_RESTRICT grad_out,
+                                                             const int64_t *CONVX_RESTRICT indices,
+                                                             PT *CONVX_RESTRICT grad_in,
+                                                             const int64_t *CONVX_RESTRICT corners,
+                                                             int32_t *CONVX_RESTRICT code, ptrdiff_t height,
+                                                             ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w) {
+    const ptrdiff_t plane = height * width, n = out_h * out_w;
+    const ptrdiff_t whole = (out_w + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK * CONVX_POOL_BLOCK;
+    ptrdiff_t h, w, o;
+    if (corners != NULL) {
+        uint64_t stray = 0;
+        /* code = 2 * (row within the block) + (column within it), for an index in its block; in
+         * runs of outputs, so that indices of another pooling (overlapping windows) stop it early. */
+        for (ptrdiff_t o0 = 0; o0 < n && !stray; o0 += 4 * CONVX_POOL_BLOCK) {
+            const ptrdiff_t o1 = o0 + 4 * CONVX_POOL_BLOCK < n ? o0 + 4 * CONVX_POOL_BLOCK : n;
+            CONVX_SIMD_OR(stray) for (o = o0; o < o1; o++) {
+                const int64_t k = indices[o] - corners[o];
+                /* In its block: k is 0, 1, width or width + 1: within [0, width + 1], not in [2, width). */
+                stray |= (uint64_t)(((uint64_t)k > (uint64_t)(width + 1)) | ((uint64_t)(k - 2) < (uint64_t)(width - 2)));
+                code[o] = (int32_t)(2 * (k >= width) + (k & 1));
+            }
+        }
+        if (!stray) {
+            for (h = 0; h < 2 * out_h; h++) {
+                const PT *CONVX_RESTRICT g = grad_out + (h >> 1) * out_w;
+                const int32_t *CONVX_RESTRICT row_code = code + (h >> 1) * out_w;
+                const int32_t left = (int32_t)(2 * (h & 1)), right = left + 1;
+                PT *CONVX_RESTRICT dst = grad_in + h * width;
+                /* Whole blocks where they stay inside the plane and grad_out: the stores past
+                 * 2 * out_w land in this row's tail or the next rows, written after them. */
+                if (h * width + 2 * whole <= plane && (h >> 1) * out_w + whole <= n) {
+                    for (ptrdiff_t o0 = 0; o0 < whole; o0 += CONVX_POOL_BLOCK) {
+                        CONVX_SIMD for (ptrdiff_t l = 0; l < CONVX_POOL_BLOCK; l++) {
+                            const PT gv = g[o0 + l];
+                            const int32_t c = row_code[o0 + l];
+                            dst[2 * (o0 + l)] = (PT)0 + (c == left ? gv : (PT)0);
+                            dst[2 * (o0 + l) + 1] = (PT)0 + (c == right ? gv : (PT)0);
+                        }
+                    }
+                } else {
+                    CONVX_SIMD for (o = 0; o < out_w; o++) {
+                        const PT gv = g[o];
+                        const int32_t c = row_code[o];
+                        dst[2 * o] = (PT)0 + (c == left ? gv : (PT)0);
+                        dst[2 * o + 1] = (PT)0 + (c == right ? gv : (PT)0);
+                    }
+                }
+                for (w = 2 * out_w; w < width; w++) dst[w] = 0;
+            }
+            if (2 * out_h < height)
+                memset(grad_in + 2 * out_h * width, 0, (size_t)((height - 2 * out_h) * width) * sizeof(PT));
+            return 0;
+        }
+    }
+    if (CONVX_POOL(convx_indices_outside)(indices, n, plane)) return 1;
+    memset(grad_in, 0, (size_t)plane * sizeof(PT));
+    for (o = 0; o < n; o++) grad_in[indices[o]] += grad_out[o];
+    return 0;
+}
