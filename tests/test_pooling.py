@@ -590,3 +590,50 @@ def test_avg_pool2d_backward_tiled_windows(rng, torch, width, kernel_size, strid
     x = np.zeros(shape, dtype)
     expected = torch_grad(torch, lambda t: torch.nn.functional.avg_pool2d(t, *args), x, grad_out)
     np.testing.assert_array_equal(grad_x, expected)
+
+
+# (input shape, output shape): 2x2 blocks that fill the plane, leave a column or a row over, or
+# leave more; and one where they do not fit (output wider than half the input).
+BLOCK_BACKWARD_SHAPES = [
+    ((2, 3, 8, 10), (4, 5)),
+    ((2, 3, 9, 11), (4, 5)),
+    ((1, 2, 7, 40), (2, 16)),
+    ((1, 1, 2, 2), (1, 1)),
+    ((1, 2, 6, 5), (3, 3)),
+]
+
+
+def _block_indices(rng, input_shape, out_shape):
+    """An index inside 2x2 block (oh, ow) for every output, as a 2x2 stride-2 max pool records."""
+    n, c, _, width = input_shape
+    oh, ow = np.meshgrid(np.arange(out_shape[0]), np.arange(out_shape[1]), indexing="ij")
+    rows = 2 * oh + rng.integers(0, 2, size=(n, c) + out_shape)
+    cols = 2 * ow + rng.integers(0, 2, size=(n, c) + out_shape)
+    return np.minimum(rows, input_shape[2] - 1) * width + np.minimum(cols, width - 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("input_shape, out_shape", BLOCK_BACKWARD_SHAPES)
+def test_max_pool2d_backward_block_and_scatter_paths(rng, input_shape, out_shape, dtype):
+    indices = _block_indices(rng, input_shape, out_shape).astype(np.int64)
+    grad_out = rng.standard_normal(input_shape[:2] + out_shape).astype(dtype)
+    grad_out[0, 0, 0, 0] = -0.0
+    expected = R.max_pool2d_backward(grad_out, indices, input_shape)
+    grad_x = F.max_pool2d_backward(grad_out, indices, input_shape)
+    np.testing.assert_array_equal(grad_x, expected)
+    # The scatter onto zeros turns -0.0 into +0.0; so does the one-pass write.
+    assert not np.signbit(grad_x).any() or np.signbit(expected).any()
+    np.testing.assert_array_equal(np.signbit(grad_x), np.signbit(expected))
+
+    # One plane's index leaves its block (to a valid element elsewhere, shared with another
+    # output): that plane takes the scatter, the others keep the one-pass write.
+    strayed = indices.copy()
+    strayed[-1, -1, 0, 0] = strayed[-1, -1, -1, -1]
+    np.testing.assert_array_equal(F.max_pool2d_backward(grad_out, strayed, input_shape),
+                                  R.max_pool2d_backward(grad_out, strayed, input_shape))
+    # Offsets that look like a block's (width, width + 1) from the wrong corner, and negative ones.
+    for shift in (-1, 2, input_shape[3] - 1, 2 * input_shape[3]):
+        moved = indices.copy()
+        moved[0, 0, -1, -1] = min(max(moved[0, 0, -1, -1] + shift, 0), input_shape[2] * input_shape[3] - 1)
+        np.testing.assert_array_equal(F.max_pool2d_backward(grad_out, moved, input_shape),
+                                      R.max_pool2d_backward(grad_out, moved, input_shape))

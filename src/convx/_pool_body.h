@@ -366,7 +366,8 @@ CONVX_CLONES static int CONVX_POOL(convx_max_backward_plane)(const PT *CONVX_RES
                 const int64_t k = indices[o] - corners[o];
                 /* In its block: k is 0, 1, width or width + 1: within [0, width + 1], not in [2, width). */
                 stray |= (uint64_t)(((uint64_t)k > (uint64_t)(width + 1)) | ((uint64_t)(k - 2) < (uint64_t)(width - 2)));
-                code[o] = (int32_t)(2 * (k >= width) + (k & 1));
+                const int64_t row = k >= width;
+                code[o] = (int32_t)(2 * row + k - row * width);
             }
         }
         if (!stray) {
