@@ -11,7 +11,7 @@ import sys
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
 from .implementations import winograd_applies
-from .runner import Result, copy_time, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
+from .runner import Result, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         _threads.set_num_threads(args.threads)
     threads = _threads.get_num_threads()
     implementations = (["convx"] + ([] if args.no_winograd else ["winograd"]) + ([] if args.no_numpy else ["numpy"])
-                       + ([] if args.no_torch else ["torch"]))
+                       + ([] if args.no_torch else ["torch"]) + (["copy"] if args.ceiling else []))
     if "torch" in implementations:
         try:
             import torch
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     print(format_table(results))
 
     ceilings = []
-    if args.ceiling:
+    if args.ceiling and any(case.kind == "conv" for case in cases):
         by_key = {(r.case, r.op): r for r in results}
         print(f"\nforward vs numpy's GEMM on the same product ({threads} threads), and 1 -> {threads} threads:")
         for case in cases:
@@ -156,19 +156,17 @@ def main(argv=None) -> int:
 
     copies = []
     if args.ceiling and any(case.kind == "pool" for case in cases):
-        by_key = {(r.case, r.op): r for r in results}
-        print("\npooling vs a one-thread copy of the bytes it must read and write:")
-        for case in cases:
-            for op in case.ops if case.kind == "pool" else ():
-                timed = by_key.get((case.name, op))
-                if timed is None or "convx" not in timed.times:
-                    continue
-                copy = copy_time(case, op, repeat)
-                read, written = case.bytes_moved(op)
-                copies.append({"case": case.name, "op": op, "bytes_read": read, "bytes_written": written,
-                               "copy_s": copy, "convx_s": timed.times["convx"]})
-                print(f"  {case.name:15s} {op:9s} {(read + written) / 2**20:6.1f} MiB   copy {copy * 1e3:6.2f} ms   "
-                      f"convx {timed.times['convx'] * 1e3:6.2f} ms = {timed.times['convx'] / copy:4.2f}x the copy")
+        print("\npooling vs a one-thread copy of the bytes it must read and write (timed with the others):")
+        by_name = {case.name: case for case in cases}
+        for r in results:
+            case = by_name[r.case]
+            if "copy" not in r.times or "convx" not in r.times:
+                continue
+            read, written = case.bytes_moved(r.op)
+            copies.append({"case": r.case, "op": r.op, "bytes_read": read, "bytes_written": written,
+                           "copy_s": r.times["copy"], "convx_s": r.times["convx"]})
+            print(f"  {r.case:15s} {r.op:9s} {(read + written) / 2**20:6.1f} MiB   copy {r.times['copy'] * 1e3:6.2f} ms   "
+                  f"convx {r.times['convx'] * 1e3:6.2f} ms = {r.ratio('convx', 'copy'):4.2f}x the copy")
 
     memory = []
     if args.memory:

@@ -114,4 +114,20 @@ def torch_calls(case, arrays) -> Calls | None:
     }
 
 
-IMPLEMENTATIONS = {"convx": convx_calls, "winograd": winograd_calls, "numpy": numpy_calls, "torch": torch_calls}
+def copy_calls(case: ConvCase | PoolCase, arrays: dict[str, np.ndarray]) -> Calls | None:
+    """Pooling's memory-speed yardstick: one-thread ``np.copyto`` of (read + written) / 2 bytes, so
+    that it reads and writes as many bytes as the op must (timed interleaved with the others, so
+    it finds the caches as they do)."""
+    if case.kind != "pool":
+        return None
+    calls = {}
+    for op in case.ops:
+        read, written = case.bytes_moved(op)
+        source = np.ones((read + written) // 2 // 4, dtype=np.float32)
+        target = np.empty_like(source)
+        calls[op] = lambda source=source, target=target: np.copyto(target, source)
+    return calls
+
+
+IMPLEMENTATIONS = {"convx": convx_calls, "winograd": winograd_calls, "numpy": numpy_calls, "torch": torch_calls,
+                   "copy": copy_calls}

@@ -190,16 +190,6 @@ def gemm_ceiling(case: ConvCase, threads: int, repeat: int, seed: int = 0) -> fl
     return case.groups * 2.0 * a.shape[0] * k * b.shape[1] / seconds
 
 
-def copy_time(case: PoolCase, op: str, repeat: int) -> float:
-    """Median seconds of one-threaded ``np.copyto`` moving as many bytes as ``op`` of ``case`` must
-    (reading and writing (read + written) / 2 bytes): the memory-speed yardstick of pooling."""
-    read, written = case.bytes_moved(op)
-    source = np.ones((read + written) // 2 // 4, dtype=np.float32)
-    target = np.empty_like(source)
-    np.copyto(target, source)
-    return statistics.median(_time_once(lambda: np.copyto(target, source)) for _ in range(repeat))
-
-
 def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int = 0) -> tuple[float, float]:
     """Median seconds of convx's ``op`` on ``case`` with one thread and with ``threads``, interleaved."""
     from .implementations import convx_calls
