@@ -637,3 +637,17 @@ def test_max_pool2d_backward_block_and_scatter_paths(rng, input_shape, out_shape
         moved[0, 0, -1, -1] = min(max(moved[0, 0, -1, -1] + shift, 0), input_shape[2] * input_shape[3] - 1)
         np.testing.assert_array_equal(F.max_pool2d_backward(grad_out, moved, input_shape),
                                       R.max_pool2d_backward(grad_out, moved, input_shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "kernel_size, stride, padding, dilation, ceil_mode",
+    [(3, 2, 1, 1, False), (3, 1, 1, 1, True), (2, 1, 0, 1, False), ((2, 5), (3, 4), (1, 2), (1, 2), True)],
+)
+def test_max_pool2d_planes_in_several_bands(rng, kernel_size, stride, padding, dilation, ceil_mode, dtype):
+    # Wide and tall enough that the max forward splits the plane in bands of output rows.
+    x = make_input(rng, (1, 2, 131, 300), dtype, "special")
+    y, indices = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    ref_y, ref_indices = R.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(y, ref_y)
+    np.testing.assert_array_equal(indices, ref_indices)

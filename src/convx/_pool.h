@@ -7,7 +7,8 @@
  * its stride_h x stride_w phases (phase (q, p) holds the padded rows r*sh + q, columns c*sw + p):
  * in a phase plane with rows of `cols` elements, tap (i, j) of every output of the plane lies at
  * one fixed offset from lane oh * cols + ow, so each tap is one long unit-stride sweep over all
- * the outputs at once, with no border windows and no remainders. A -inf tap never beats the
+ * the outputs at once, with no border windows and no remainders. Planes too large for the
+ * caches go in bands of output rows, each split on its own. A -inf tap never beats the
  * running maximum (strict >, from -inf), so the padding never wins; a window that ends at -inf
  * reports its first tap inside the input, as in PyTorch. The lanes past out_w in each row compute
  * harmless values that are never stored.
@@ -49,30 +50,46 @@ typedef struct {
     ptrdiff_t inner_lo, inner_hi;
 } convx_pool_geometry;
 
-/* The max forward's layout (see convx_max_pool_plane): the padded plane split into stride_h x
- * stride_w phase planes of rows x cols elements each, outputs (oh, o) at lane oh * cols + o. */
+/* The max forward's layout (see convx_max_pool_plane), for a band of `band` output rows: the rows of
+ * the padded plane it reads split into stride_h x stride_w phase planes of rows x cols elements
+ * (each followed by a block of slack), outputs (oh0 + r, o) at lane r * cols + o. */
 typedef struct {
-    ptrdiff_t rows, cols, plane, lanes;
+    ptrdiff_t band, rows, cols, plane, lanes;
 } convx_pool_phases;
+
+/* Elements of the phase planes of one band at most (unless a single output row needs more):
+ * within the core's caches, whatever the plane. */
+#define CONVX_POOL_BAND_BUDGET (1 << 15)
 
 static inline convx_pool_phases convx_max_pool_phases(const convx_pool_geometry *g) {
     convx_pool_phases f;
     const ptrdiff_t sh = g->stride_h, sw = g->stride_w;
-    const ptrdiff_t row_reach = g->out_h + (g->kernel_h - 1) * g->dilation_h / sh;
+    const ptrdiff_t row_reach = (g->kernel_h - 1) * g->dilation_h / sh;
     const ptrdiff_t col_reach = g->out_w + (g->kernel_w - 1) * g->dilation_w / sw;
-    const ptrdiff_t rows = (g->pad_h + g->height + sh - 1) / sh, cols = (g->pad_w + g->width + sw - 1) / sw;
-    f.rows = row_reach > rows ? row_reach : rows;
+    const ptrdiff_t cols = (g->pad_w + g->width + sw - 1) / sw;
     f.cols = col_reach > cols ? col_reach : cols;
-    /* Slack after each phase plane for the split's whole blocks. */
+    f.band = CONVX_POOL_BAND_BUDGET / (sh * sw * f.cols) - row_reach;
+    if (f.band > g->out_h) f.band = g->out_h;
+    if (f.band < 1) f.band = 1;
+    f.rows = f.band + row_reach;
     f.plane = f.rows * f.cols + CONVX_POOL_BLOCK;
-    f.lanes = (g->out_h * f.cols + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK * CONVX_POOL_BLOCK;
+    f.lanes = (f.band * f.cols + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK * CONVX_POOL_BLOCK;
     return f;
+}
+
+/* 2x2 stride-2 windows without padding, dilation or windows past the plane's end: read directly. */
+static inline int convx_max_pool_2x2_applies(const convx_pool_geometry *g) {
+    return g->kernel_h == 2 && g->kernel_w == 2 && g->stride_h == 2 && g->stride_w == 2 && g->dilation_h == 1 &&
+           g->dilation_w == 1 && g->pad_h == 0 && g->pad_w == 0 && 2 * g->out_h <= g->height &&
+           2 * g->out_w <= g->width;
 }
 
 /* Scratch elements one thread needs for convx_max_pool_plane: the phase planes, the lanes a last
  * block may read past them, the running maxima and offsets, and a cache line so that threads'
- * slots share none. */
+ * slots share none (just the line where the 2x2 kernel reads the input directly). */
+
 static inline ptrdiff_t convx_max_pool_scratch(const convx_pool_geometry *g) {
+    if (convx_max_pool_2x2_applies(g)) return 16;
     const convx_pool_phases f = convx_max_pool_phases(g);
     return g->stride_h * g->stride_w * f.plane + f.cols + CONVX_POOL_BLOCK + 2 * f.lanes + 16;
 }

@@ -54,10 +54,10 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_max_sweep)(const PT *CONVX_RESTRICT phas
 #undef CONVX_TAP_AT
 }
 
-/* Phase plane (q, p) of the padded plane: split[(q*sw + p) * f.plane + r * f.cols + c] =
- * padded[r*sh + q, c*sw + p], -inf outside the input. */
+/* Phase plane (q, p) of the band of output rows from oh0: split[(q*sw + p) * f.plane + r * f.cols + c]
+ * = padded[(oh0 + r)*sh + q, c*sw + p], -inf outside the input. */
 CONVX_POOL_INLINE void CONVX_POOL(convx_max_split)(const PT *CONVX_RESTRICT plane, const convx_pool_geometry *g,
-                                                   convx_pool_phases f, PT *CONVX_RESTRICT split) {
+                                                   convx_pool_phases f, ptrdiff_t oh0, PT *CONVX_RESTRICT split) {
     const ptrdiff_t height = g->height, width = g->width, sh = g->stride_h, sw = g->stride_w;
     const ptrdiff_t ph = g->pad_h, pw = g->pad_w;
     ptrdiff_t p, c, rr, lo[CONVX_POOL_BLOCK], hi[CONVX_POOL_BLOCK];
@@ -77,7 +77,7 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_max_split)(const PT *CONVX_RESTRICT plan
             q = 0;
             r++;
         }
-        const ptrdiff_t h = rr - ph;
+        const ptrdiff_t h = oh0 * sh + rr - ph;
         PT *CONVX_RESTRICT dst = split + q * sw * f.plane + r * f.cols;
         if (h < 0 || h >= height) {
             for (p = 0; p < sw; p++)
@@ -203,8 +203,7 @@ CONVX_CLONES static void CONVX_POOL(convx_max_pool_plane)(const PT *CONVX_RESTRI
     const convx_pool_phases f = convx_max_pool_phases(g);
     const ptrdiff_t width = g->width, out_w = g->out_w, kh = g->kernel_h, kw = g->kernel_w;
     const ptrdiff_t sh = g->stride_h, sw = g->stride_w, dh = g->dilation_h, dw = g->dilation_w;
-    if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && g->pad_h == 0 && g->pad_w == 0 &&
-        2 * g->out_h <= g->height && 2 * out_w <= width) {
+    if (convx_max_pool_2x2_applies(g)) {
         CONVX_POOL(convx_max_pool_2x2)(plane, out, indices, g, indices != NULL);
         return;
     }
@@ -212,46 +211,50 @@ CONVX_CLONES static void CONVX_POOL(convx_max_pool_plane)(const PT *CONVX_RESTRI
     PT *best = split + sh * sw * f.plane + f.cols + CONVX_POOL_BLOCK;
     PT *offset = best + f.lanes;
     ptrdiff_t oh, o;
-    CONVX_POOL(convx_max_split)(plane, g, f, split);
-    /* Literal geometry lets the compiler unroll the taps into the register loop. */
+    for (ptrdiff_t oh0 = 0; oh0 < g->out_h; oh0 += f.band) {
+        const ptrdiff_t oh1 = oh0 + f.band < g->out_h ? oh0 + f.band : g->out_h;
+        const ptrdiff_t lanes = ((oh1 - oh0) * f.cols + CONVX_POOL_BLOCK - 1) / CONVX_POOL_BLOCK * CONVX_POOL_BLOCK;
+        CONVX_POOL(convx_max_split)(plane, g, f, oh0, split);
+        /* Literal geometry lets the compiler unroll the taps into the register loop. */
 #define CONVX_MAX_SWEEP(KH, KW, SH, SW, LITERAL)                                                              \
     do {                                                                                                    \
         if (indices != NULL)                                                                                \
-            CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 1, best, offset); \
+            CONVX_POOL(convx_max_sweep)(split, lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 1, best, offset);   \
         else                                                                                                \
-            CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 0, best, offset); \
+            CONVX_POOL(convx_max_sweep)(split, lanes, g, f, KH, KW, SH, SW, 1, 1, LITERAL, 0, best, offset);   \
     } while (0)
-    if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 2 && sw == 2)
-        CONVX_MAX_SWEEP(2, 2, 2, 2, 1);
-    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 2 && sw == 2)
-        CONVX_MAX_SWEEP(3, 3, 2, 2, 1);
-    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 1 && sw == 1)
-        CONVX_MAX_SWEEP(3, 3, 1, 1, 1);
-    else if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 1 && sw == 1)
-        CONVX_MAX_SWEEP(2, 2, 1, 1, 1);
-    else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 3 && sw == 3)
-        CONVX_MAX_SWEEP(3, 3, 3, 3, 1);
-    else if (indices != NULL)
-        CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 1, best, offset);
-    else
-        CONVX_POOL(convx_max_sweep)(split, f.lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 0, best, offset);
+        if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 2 && sw == 2)
+            CONVX_MAX_SWEEP(2, 2, 2, 2, 1);
+        else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 2 && sw == 2)
+            CONVX_MAX_SWEEP(3, 3, 2, 2, 1);
+        else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 1 && sw == 1)
+            CONVX_MAX_SWEEP(3, 3, 1, 1, 1);
+        else if (dh == 1 && dw == 1 && kh == 2 && kw == 2 && sh == 1 && sw == 1)
+            CONVX_MAX_SWEEP(2, 2, 1, 1, 1);
+        else if (dh == 1 && dw == 1 && kh == 3 && kw == 3 && sh == 3 && sw == 3)
+            CONVX_MAX_SWEEP(3, 3, 3, 3, 1);
+        else if (indices != NULL)
+            CONVX_POOL(convx_max_sweep)(split, lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 1, best, offset);
+        else
+            CONVX_POOL(convx_max_sweep)(split, lanes, g, f, kh, kw, sh, sw, dh, dw, 0, 0, best, offset);
 #undef CONVX_MAX_SWEEP
-    for (oh = 0; oh < g->out_h; oh++) {
-        const PT *CONVX_RESTRICT row_best = best + oh * f.cols;
-        PT *CONVX_RESTRICT out_row = out + oh * out_w;
-        CONVX_SIMD for (o = 0; o < out_w; o++) out_row[o] = row_best[o];
-        if (indices == NULL) continue;
-        const PT *CONVX_RESTRICT row_offset = offset + oh * f.cols;
-        const int64_t *CONVX_RESTRICT col_lo = g->col_lo;
-        const ptrdiff_t h0 = oh * sh - g->pad_h, corner = h0 * width - g->pad_w;
-        const ptrdiff_t first_row = (h0 + g->row_lo[oh] * dh) * width - g->pad_w;
-        int64_t *CONVX_RESTRICT where = indices + oh * out_w;
-        /* The offsets fit an int, whose conversion vectorises. A window that ends at -inf (no tap
-         * beats it, none is NaN) reports its first tap inside the input. */
-        CONVX_SIMD for (o = 0; o < out_w; o++) {
-            const int64_t won = corner + o * sw + (int)row_offset[o];
-            const int64_t first = first_row + o * sw + col_lo[o] * dw;
-            where[o] = row_best[o] == (PT)-INFINITY ? first : won;
+        for (oh = oh0; oh < oh1; oh++) {
+            const PT *CONVX_RESTRICT row_best = best + (oh - oh0) * f.cols;
+            PT *CONVX_RESTRICT out_row = out + oh * out_w;
+            CONVX_SIMD for (o = 0; o < out_w; o++) out_row[o] = row_best[o];
+            if (indices == NULL) continue;
+            const PT *CONVX_RESTRICT row_offset = offset + (oh - oh0) * f.cols;
+            const int64_t *CONVX_RESTRICT col_lo = g->col_lo;
+            const ptrdiff_t h0 = oh * sh - g->pad_h, corner = h0 * width - g->pad_w;
+            const ptrdiff_t first_row = (h0 + g->row_lo[oh] * dh) * width - g->pad_w;
+            int64_t *CONVX_RESTRICT where = indices + oh * out_w;
+            /* The offsets fit an int, whose conversion vectorises. A window that ends at -inf (no
+             * tap beats it, none is NaN) reports its first tap inside the input. */
+            CONVX_SIMD for (o = 0; o < out_w; o++) {
+                const int64_t won = corner + o * sw + (int)row_offset[o];
+                const int64_t first = first_row + o * sw + col_lo[o] * dw;
+                where[o] = row_best[o] == (PT)-INFINITY ? first : won;
+            }
         }
     }
 }
