@@ -560,9 +560,10 @@ def test_max_pool2d_windows_of_minus_infinity_report_their_first_tap_inside(torc
         np.testing.assert_array_equal(indices, torch_indices)
 
 
-# (kernel_size, stride, padding, ceil_mode) with kernel width == stride width: the tiled backward,
-# with window rows that overlap (kernel_h > stride_h), leave gaps (kernel_h < stride_h) or tile.
-TILED_AVG_GEOMETRIES = [
+# (kernel_size, stride, padding, ceil_mode). Kernel width == stride width: the tiled backward, with
+# window rows that overlap (kernel_h > stride_h), leave gaps (kernel_h < stride_h) or tile; then
+# the general one: columns that overlap (literal and generic phases) or leave gaps.
+AVG_BACKWARD_GEOMETRIES = [
     (2, 2, 0, False),
     (2, 2, 1, True),
     (3, 3, 1, False),
@@ -571,14 +572,21 @@ TILED_AVG_GEOMETRIES = [
     ((1, 2), (3, 2), (0, 1), True),
     ((4, 4), (1, 4), (2, 2), False),
     ((2, 5), (2, 5), (1, 2), True),
+    (3, 2, 1, False),
+    (3, 2, 1, True),
+    (3, 1, 1, False),
+    ((2, 3), (1, 1), (1, 1), True),
+    ((3, 5), (2, 3), (1, 2), True),
+    ((2, 1), (1, 3), (1, 0), False),
+    (4, (3, 2), 2, True),
 ]
 
 
 @pytest.mark.parametrize("count_include_pad, divisor_override", AVG_COUNTING)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", BLOCK_WIDTHS)
-@pytest.mark.parametrize("kernel_size, stride, padding, ceil_mode", TILED_AVG_GEOMETRIES)
-def test_avg_pool2d_backward_tiled_windows(rng, torch, width, kernel_size, stride, padding, ceil_mode, dtype,
+@pytest.mark.parametrize("kernel_size, stride, padding, ceil_mode", AVG_BACKWARD_GEOMETRIES)
+def test_avg_pool2d_backward_bit_for_bit(rng, torch, width, kernel_size, stride, padding, ceil_mode, dtype,
                                            count_include_pad, divisor_override):
     shape = (2, 2, 7, width + 1)
     args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

@@ -109,9 +109,32 @@ static inline int convx_max_backward_corners(ptrdiff_t height, ptrdiff_t width, 
     return 1;
 }
 
-/* Scratch elements for convx_avg_backward_plane: one row of shares. */
+/* The general average backward (convx_avg_gather_plane) keeps the shares of the output rows over
+ * one input row: at most ceil(kernel_h / stride_h) of them, in a ring of rows a whole number of
+ * cache lines apart. */
+static inline ptrdiff_t convx_avg_share_rows(const convx_pool_geometry *g) {
+    return (g->kernel_h + g->stride_h - 1) / g->stride_h;
+}
+
+static inline ptrdiff_t convx_avg_share_stride(const convx_pool_geometry *g) {
+    return (g->out_w + 15) / 16 * 16;
+}
+
+/* lo[w], hi[w]: the windows ow in [lo, hi) whose columns hold input column w. */
+static inline void convx_avg_column_windows(const convx_pool_geometry *g, int64_t *lo, int64_t *hi) {
+    const ptrdiff_t kw = g->kernel_w, sw = g->stride_w, pw = g->pad_w;
+    for (ptrdiff_t w = 0; w < g->width; w++) {
+        ptrdiff_t a = w + pw - kw + 1 > 0 ? (w + pw - kw + 1 + sw - 1) / sw : 0, b = (w + pw) / sw + 1;
+        if (b > g->out_w) b = g->out_w;
+        if (b < a) b = a;
+        lo[w] = a;
+        hi[w] = b;
+    }
+}
+
+/* Scratch elements for either average backward: the ring of shares (one row for the tiled one). */
 static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g) {
-    return (g->out_w + 15) / 16 * 16 + 16;
+    return convx_avg_share_rows(g) * convx_avg_share_stride(g) + 16;
 }
 
 #define PT float

@@ -57,9 +57,14 @@ cdef extern from "_pool.h" nogil:
     int convx_max_backward_plane_d(const double* grad_out, const int64_t* indices, double* grad_in,
                                    const int64_t* corners, int32_t* code, Py_ssize_t height, Py_ssize_t width,
                                    Py_ssize_t out_h, Py_ssize_t out_w)
-    void convx_avg_backward_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
+    void convx_avg_column_windows(const PoolGeometry* g, int64_t* lo, int64_t* hi)
+    void convx_avg_gather_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
+                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi)
+    void convx_avg_gather_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
+                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi)
+    void convx_avg_tiled_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
                                     const int64_t* row_div, const int64_t* col_div)
-    void convx_avg_backward_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
+    void convx_avg_tiled_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
                                     const int64_t* row_div, const int64_t* col_div)
 
 
@@ -362,73 +367,12 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                             count_include_pad, divisor_override)
 
 
-cdef inline void _spread_taps(floating* row, Py_ssize_t stride, Py_ssize_t n_taps, Py_ssize_t lo, Py_ssize_t hi,
-                              const floating* share) noexcept nogil:
-    """row[o*stride + j] += share[o] for o in [lo, hi), j < n_taps; tap-major, so the inner loop
-    never writes one element twice and vectorises."""
-    cdef Py_ssize_t o, j
-    for j in range(n_taps):
-        for o in range(lo, hi):
-            row[o * stride + j] += share[o]
-
-
-cdef inline void _spread_row(floating* row, PoolGeometry* g, const floating* share) noexcept nogil:
-    """One kernel row's taps of the interior windows of one output row (``_sum_row`` backwards)."""
-    cdef Py_ssize_t lo = g.inner_lo, hi = g.inner_hi
-    if g.stride_w == 2 and g.kernel_w == 2:
-        _spread_taps(row, 2, 2, lo, hi, share)
-    elif g.stride_w == 2 and g.kernel_w == 3:
-        _spread_taps(row, 2, 3, lo, hi, share)
-    elif g.stride_w == 1 and g.kernel_w == 2:
-        _spread_taps(row, 1, 2, lo, hi, share)
-    elif g.stride_w == 1 and g.kernel_w == 3:
-        _spread_taps(row, 1, 3, lo, hi, share)
-    else:
-        _spread_taps(row, g.stride_w, g.kernel_w, lo, hi, share)
-
-
-cdef inline void _avg_spread_window(const floating* src, floating* dst, PoolGeometry* g, Py_ssize_t oh,
-                                    Py_ssize_t ow, bint count_include_pad,
-                                    Py_ssize_t divisor_override) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef Py_ssize_t h0 = oh * g.stride_h - g.pad_h, w0 = ow * g.stride_w - g.pad_w
-    cdef floating share = src[oh * g.out_w + ow] / <floating> _avg_divisor(g, oh, ow, count_include_pad,
-                                                                           divisor_override)
-    for i in range(g.row_lo[oh], g.row_hi[oh]):
-        for j in range(g.col_lo[ow], g.col_hi[ow]):
-            dst[(h0 + i) * g.width + w0 + j] += share
-
-
-cdef void _avg_backward_plane(const floating* src, floating* dst, floating* share, PoolGeometry* g,
-                              bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
-    """dst = the input gradient of one plane; border windows one at a time, interior ones by rows."""
-    cdef Py_ssize_t oh, ow, i, h0
-    cdef floating divisor
-    cdef const floating* src_row
-    memset(dst, 0, g.height * g.width * sizeof(floating))
-    for oh in range(g.out_h):
-        for ow in range(g.inner_lo):
-            _avg_spread_window(src, dst, g, oh, ow, count_include_pad, divisor_override)
-        for ow in range(g.inner_hi, g.out_w):
-            _avg_spread_window(src, dst, g, oh, ow, count_include_pad, divisor_override)
-        if g.inner_lo == g.inner_hi:
-            continue
-        # Interior windows of one row share their divisor.
-        divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
-        src_row = src + oh * g.out_w
-        for ow in range(g.inner_lo, g.inner_hi):
-            share[ow] = src_row[ow] / divisor
-        h0 = oh * g.stride_h - g.pad_h
-        for i in range(g.row_lo[oh], g.row_hi[oh]):
-            _spread_row(dst + (h0 + i) * g.width - g.pad_w, g, share)
-
-
 cdef inline void _avg_backward_tiled(const floating* grad_out, floating* grad_in, floating* share,
                                      PoolGeometry* g, const int64_t* row_div, const int64_t* col_div) noexcept nogil:
     if floating is float:
-        convx_avg_backward_plane_f(grad_out, grad_in, share, g, row_div, col_div)
+        convx_avg_tiled_plane_f(grad_out, grad_in, share, g, row_div, col_div)
     else:
-        convx_avg_backward_plane_d(grad_out, grad_in, share, g, row_div, col_div)
+        convx_avg_tiled_plane_d(grad_out, grad_in, share, g, row_div, col_div)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
@@ -449,23 +393,29 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
     cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
     # Windows as wide as their stride tile the row: each element takes one share per window row.
     cdef bint tiled = kernel_w == stride_w
+    # divisor(oh, ow) = divisors[oh] * divisors[out_h + ow]
     cdef int64_t[::1] divisors = np.empty(out_h + out_w, dtype=np.int64)
+    cdef int64_t[::1] columns = np.empty(2 * width, dtype=np.int64)
     cdef Py_ssize_t p, tid, o
-    if tiled:
-        # divisor(oh, ow) = divisors[oh] * divisors[out_h + ow]
-        for o in range(out_h):
-            divisors[o] = divisor_override if divisor_override > 0 else _avg_rows(&g, o, count_include_pad)
-        for o in range(out_w):
-            divisors[out_h + o] = 1 if divisor_override > 0 else _avg_cols(&g, o, count_include_pad)
+    for o in range(out_h):
+        divisors[o] = divisor_override if divisor_override > 0 else _avg_rows(&g, o, count_include_pad)
+    for o in range(out_w):
+        divisors[out_h + o] = 1 if divisor_override > 0 else _avg_cols(&g, o, count_include_pad)
+    convx_avg_column_windows(&g, &columns[0], &columns[width])
     with nogil, parallel(num_threads=team):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
             if tiled:
                 _avg_backward_tiled(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
                                     &shares[tid * slot], &g, &divisors[0], &divisors[out_h])
+            elif floating is float:
+                convx_avg_gather_plane_f(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                         &shares[tid * slot], &g, &divisors[0], &divisors[out_h], &columns[0],
+                                         &columns[width])
             else:
-                _avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
-                                    &shares[tid * slot], &g, count_include_pad, divisor_override)
+                convx_avg_gather_plane_d(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                         &shares[tid * slot], &g, &divisors[0], &divisors[out_h], &columns[0],
+                                         &columns[width])
 
 
 # ---------------------------------------------------------------------------------------------

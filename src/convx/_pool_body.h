@@ -300,7 +300,7 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_avg_spread)(PT *CONVX_RESTRICT dst, cons
  * holding (h, w), in output order, of grad_out[oh, ow] / (row_div[oh] * col_div[ow]), every
  * element written once per window row and never read before it is written. scratch:
  * convx_avg_backward_scratch(g) elements. */
-CONVX_CLONES static void CONVX_POOL(convx_avg_backward_plane)(const PT *CONVX_RESTRICT grad_out,
+CONVX_CLONES static void CONVX_POOL(convx_avg_tiled_plane)(const PT *CONVX_RESTRICT grad_out,
                                                               PT *CONVX_RESTRICT grad_in, PT *CONVX_RESTRICT share,
                                                               const convx_pool_geometry *g, const int64_t *row_div,
                                                               const int64_t *col_div) {
@@ -409,4 +409,93 @@ CONVX_CLONES static int CONVX_POOL(convx_max_backward_plane)(const PT *CONVX_RES
     memset(grad_in, 0, (size_t)plane * sizeof(PT));
     for (o = 0; o < n; o++) grad_in[indices[o]] += grad_out[o];
     return 0;
+}
+
+/* One input row of the average backward for any windows (see convx_avg_gather_plane): dst[w] =
+ * (first ? 0 : dst[w]) + share[ow] for each window ow holding column w, in ascending ow. The
+ * interior columns [m_lo*sw - pw, m_hi*sw - pw) go by phase: column m*sw + p - pw lies in the
+ * windows m - t for t <= (kw - 1 - p) / sw (none where p >= kw), so each phase is a fixed sum
+ * that vectorises along m; the border columns use their ranges [lo[w], hi[w]). */
+CONVX_POOL_INLINE void CONVX_POOL(convx_avg_gather_row)(PT *CONVX_RESTRICT dst, const PT *CONVX_RESTRICT share,
+                                                        ptrdiff_t width, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t pw,
+                                                        const int64_t *CONVX_RESTRICT lo,
+                                                        const int64_t *CONVX_RESTRICT hi, ptrdiff_t m_lo,
+                                                        ptrdiff_t m_hi, int first) {
+    ptrdiff_t w, m, p, t;
+    const ptrdiff_t head = m_lo * sw - pw, tail = m_hi * sw - pw;
+    for (w = 0; w < width; w++) {
+        if (w == head && m_lo < m_hi) w = tail;
+        if (w >= width) break;
+        PT v = first ? (PT)0 : dst[w];
+        for (ptrdiff_t ow = lo[w]; ow < hi[w]; ow++) v += share[ow];
+        dst[w] = v;
+    }
+    if (m_lo >= m_hi) return;
+    PT *CONVX_RESTRICT base = dst - pw;
+    CONVX_SIMD for (m = m_lo; m < m_hi; m++) {
+        for (p = 0; p < sw; p++) {
+            PT v = first ? (PT)0 : base[m * sw + p];
+            for (t = (kw - 1 - p) / sw; t >= 0 && p < kw; t--) v += share[m - t];
+            base[m * sw + p] = v;
+        }
+    }
+}
+
+/* grad_in = the input gradient of one plane of average pooling, any windows: grad_in[h, w] = the sum
+ * over the windows (oh, ow) holding (h, w), in output order (as PyTorch adds them), of
+ * grad_out[oh, ow] / (row_div[oh] * col_div[ow]); each input row is written once per window row
+ * over it, rows under no window set to 0. lo[w], hi[w]: the windows [lo, hi) holding column w.
+ * share: convx_avg_backward_scratch(g) elements (a ring of rows of shares). */
+CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_RESTRICT grad_out,
+                                                              PT *CONVX_RESTRICT grad_in, PT *CONVX_RESTRICT share,
+                                                              const convx_pool_geometry *g, const int64_t *row_div,
+                                                              const int64_t *col_div, const int64_t *lo,
+                                                              const int64_t *hi) {
+    const ptrdiff_t height = g->height, width = g->width, out_h = g->out_h, out_w = g->out_w;
+    const ptrdiff_t kh = g->kernel_h, kw = g->kernel_w, sh = g->stride_h, sw = g->stride_w;
+    const ptrdiff_t ph = g->pad_h, pw = g->pad_w, ring = convx_avg_share_rows(g), stride = convx_avg_share_stride(g);
+    /* Columns whose every window lies inside the output row, with all of their phase's windows. */
+    ptrdiff_t m_lo = (kw - 1) / sw, m_hi = (width + pw - sw) / sw + 1;
+    if (m_lo * sw < pw) m_lo = (pw + sw - 1) / sw;
+    if (m_hi > out_w) m_hi = out_w;
+    if (m_hi < m_lo) m_hi = m_lo;
+    ptrdiff_t h, oh, o, computed = 0;
+    for (h = 0; h < height; h++) {
+        PT *CONVX_RESTRICT dst = grad_in + h * width;
+        /* Windows oh with oh*sh - ph <= h < oh*sh - ph + kh. */
+        ptrdiff_t a = h + ph - kh + 1 > 0 ? (h + ph - kh + 1 + sh - 1) / sh : 0, b = (h + ph) / sh + 1;
+        if (b > out_h) b = out_h;
+        if (a >= b) {
+            memset(dst, 0, (size_t)width * sizeof(PT));
+            continue;
+        }
+        for (; computed < b; computed++) {
+            const PT *CONVX_RESTRICT src = grad_out + computed * out_w;
+            PT *CONVX_RESTRICT row = share + (computed % ring) * stride;
+            const int64_t rd = row_div[computed];
+            CONVX_SIMD for (o = 0; o < out_w; o++) row[o] = src[o] / (PT)(rd * col_div[o]);
+        }
+        for (oh = a; oh < b; oh++) {
+            const PT *row = share + (oh % ring) * stride;
+            const int first = oh == a;
+            if (sw == 2 && kw == 2 && first)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 2, pw, lo, hi, m_lo, m_hi, 1);
+            else if (sw == 2 && kw == 2)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 2, pw, lo, hi, m_lo, m_hi, 0);
+            else if (sw == 2 && kw == 3 && first)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 3, pw, lo, hi, m_lo, m_hi, 1);
+            else if (sw == 2 && kw == 3)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 3, pw, lo, hi, m_lo, m_hi, 0);
+            else if (sw == 1 && kw == 3 && first)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 1, 3, pw, lo, hi, m_lo, m_hi, 1);
+            else if (sw == 1 && kw == 3)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 1, 3, pw, lo, hi, m_lo, m_hi, 0);
+            else if (sw == 3 && kw == 3 && first)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 3, 3, pw, lo, hi, m_lo, m_hi, 1);
+            else if (sw == 3 && kw == 3)
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 3, 3, pw, lo, hi, m_lo, m_hi, 0);
+            else
+                CONVX_POOL(convx_avg_gather_row)(dst, row, width, sw, kw, pw, lo, hi, m_lo, m_hi, first);
+        }
+    }
 }
