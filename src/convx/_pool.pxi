@@ -7,8 +7,8 @@
 # into its stride phases, so that every tap of every window is one long unit-stride sweep over all
 # of the plane's outputs at once (2x2 stride-2 windows without padding read the input directly);
 # it tracks each winner's offset within its window as a floating-point number, in the same vector
-# lanes as the values. The average backward with windows as wide as their stride (also in C)
-# writes every input row once per window row over it, with no zero fill first. The average forward
+# lanes as the values. The average backward (also in C) has each input row gather the shares of
+# the windows over it, in output order, with no zero fill first. The average forward
 # sweeps each output row in two parts: the border windows that overlap the padding one window at
 # a time over their clipped tap range, the interior ones one kernel row at a time across the
 # whole output row, with the common kernel widths and strides as literals so that the compiler
