@@ -659,3 +659,22 @@ def test_max_pool2d_planes_in_several_bands(rng, kernel_size, stride, padding, d
     ref_y, ref_indices = R.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
     np.testing.assert_array_equal(y, ref_y)
     np.testing.assert_array_equal(indices, ref_indices)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape, kernel_size, stride, padding, ceil_mode",
+    [((1, 2, 3, 1), 3, 3, 1, True), ((1, 2, 2, 1), (1, 3), (1, 3), (0, 1), True),
+     ((1, 1, 4, 2), (2, 3), (2, 4), (1, 1), True), ((1, 1, 1, 1), 2, 3, 1, True),
+     ((1, 2, 3, 1), (2, 1), (1, 2), 0, False), ((1, 1, 3, 3), 1, 4, 0, True), ((2, 1, 2, 2), (1, 2), 3, 0, True)],
+)
+def test_avg_pool2d_backward_rows_narrower_than_a_stride(rng, torch, shape, kernel_size, stride, padding, ceil_mode,
+                                                         dtype):
+    # Rows shorter than the stride leave the gather no interior columns (found by the thorough fuzz).
+    args = (kernel_size, stride, padding, ceil_mode)
+    out_shape = F.avg_pool2d(np.zeros(shape, dtype), *args).shape
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    grad_x = F.avg_pool2d_backward(grad_out, shape, *args)
+    assert_close(grad_x, R.avg_pool2d_backward(grad_out, shape, *args))
+    expected = torch_grad(torch, lambda t: torch.nn.functional.avg_pool2d(t, *args), np.zeros(shape, dtype), grad_out)
+    np.testing.assert_array_equal(grad_x, expected)

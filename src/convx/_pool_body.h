@@ -455,7 +455,8 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_REST
     const ptrdiff_t kh = g->kernel_h, kw = g->kernel_w, sh = g->stride_h, sw = g->stride_w;
     const ptrdiff_t ph = g->pad_h, pw = g->pad_w, ring = convx_avg_share_rows(g), stride = convx_avg_share_stride(g);
     /* Columns whose every window lies inside the output row, with all of their phase's windows. */
-    ptrdiff_t m_lo = (kw - 1) / sw, m_hi = (width + pw - sw) / sw + 1;
+    /* (width + pw - sw) / sw + 1, floored: C's division truncates a negative numerator up. */
+    ptrdiff_t m_lo = (kw - 1) / sw, m_hi = width + pw >= sw ? (width + pw - sw) / sw + 1 : 0;
     if (m_lo * sw < pw) m_lo = (pw + sw - 1) / sw;
     if (m_hi > out_w) m_hi = out_w;
     if (m_hi < m_lo) m_hi = m_lo;
