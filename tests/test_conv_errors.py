@@ -292,6 +292,15 @@ def test_conv_transpose2d_input_channels_not_divisible_by_groups():
         _call("conv_transpose2d", groups=3)
 
 
+def test_conv_transpose2d_empty_output_names_every_term_of_its_size():
+    # A smaller dilation (not a larger padding) is what empties this output: the message must say
+    # which terms make the size, so that whichever argument was wrong is named (found by the fuzz).
+    x, weight = np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1, 3), np.float32)
+    with pytest.raises(ValueError, match=r"1x-1.*padding=\(0, 2\).*stride=\(1, 1\).*dilation=\(1, 1\)"):
+        F.conv_transpose2d(x, weight, padding=(0, 2), dilation=1)
+    assert F.conv_transpose2d(x, weight, padding=(0, 2), dilation=(1, 2)).shape == (1, 1, 1)
+
+
 # --- integer arguments -------------------------------------------------------------------------
 
 POSITIVE_ARGS = ["stride", "dilation", "groups"]

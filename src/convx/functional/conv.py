@@ -569,7 +569,11 @@ def conv_transpose2d(
     out_h = conv_transpose_output_size(height, kernel_h, stride[0], pad[0], out_pad[0], dilation[0])
     out_w = conv_transpose_output_size(width, kernel_w, stride[1], pad[1], out_pad[1], dilation[1])
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"the output would be {out_h}x{out_w}: padding={pad} is too large for this input and kernel")
+        # (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1: name every term.
+        raise ValueError(
+            f"the output would be {out_h}x{out_w}: padding={pad} is too large for this {height}x{width} input, "
+            f"{kernel_h}x{kernel_w} kernel, stride={stride}, dilation={dilation} and output_padding={out_pad}"
+        )
     c_out = weight.shape[1] * groups
     # Transposed convolution is conv2d's input gradient with x as the output gradient.
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
