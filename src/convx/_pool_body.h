@@ -479,24 +479,21 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_REST
         for (oh = a; oh < b; oh++) {
             const PT *row = share + (oh % ring) * stride;
             const int first = oh == a;
-            if (sw == 2 && kw == 2 && first)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 2, pw, lo, hi, m_lo, m_hi, 1);
-            else if (sw == 2 && kw == 2)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 2, pw, lo, hi, m_lo, m_hi, 0);
-            else if (sw == 2 && kw == 3 && first)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 3, pw, lo, hi, m_lo, m_hi, 1);
+            /* Literal geometry and flag: each case its own unrolled, vectorised loop. */
+#define CONVX_AVG_GATHER(SW, KW)                                                                              \
+    (first ? CONVX_POOL(convx_avg_gather_row)(dst, row, width, SW, KW, pw, lo, hi, m_lo, m_hi, 1)               \
+           : CONVX_POOL(convx_avg_gather_row)(dst, row, width, SW, KW, pw, lo, hi, m_lo, m_hi, 0))
+            if (sw == 2 && kw == 2)
+                CONVX_AVG_GATHER(2, 2);
             else if (sw == 2 && kw == 3)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 2, 3, pw, lo, hi, m_lo, m_hi, 0);
-            else if (sw == 1 && kw == 3 && first)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 1, 3, pw, lo, hi, m_lo, m_hi, 1);
+                CONVX_AVG_GATHER(2, 3);
             else if (sw == 1 && kw == 3)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 1, 3, pw, lo, hi, m_lo, m_hi, 0);
-            else if (sw == 3 && kw == 3 && first)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 3, 3, pw, lo, hi, m_lo, m_hi, 1);
+                CONVX_AVG_GATHER(1, 3);
             else if (sw == 3 && kw == 3)
-                CONVX_POOL(convx_avg_gather_row)(dst, row, width, 3, 3, pw, lo, hi, m_lo, m_hi, 0);
+                CONVX_AVG_GATHER(3, 3);
             else
                 CONVX_POOL(convx_avg_gather_row)(dst, row, width, sw, kw, pw, lo, hi, m_lo, m_hi, first);
+#undef CONVX_AVG_GATHER
         }
     }
 }
