@@ -58,6 +58,7 @@ def config() -> dict[str, Any]:
         "threads": _threads.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "blas": _blas_libraries(),
+        "gemm": _core.gemm_kernel(),
     }
     built = build_info() or {"info": "not recorded (extension not built by convx's setup.py)"}
     return {**runtime, **{f"build.{key}": value for key, value in built.items()}}
@@ -69,7 +70,9 @@ def show_config() -> None:
     Paste its output into bug reports. ``openmp`` says whether the loaded extension runs its
     kernels on OpenMP threads (a compiler without OpenMP gives a serial build); ``threads``
     is the count they use (see :func:`convx.set_num_threads`); ``blas`` the BLAS libraries
-    loaded in the process (convx calls SciPy's); the ``build.*`` lines are the compiler,
+    loaded in the process (convx calls SciPy's); ``gemm`` the kernel of the convolutions'
+    weight products ('avx512' or 'avx2', convx's own, picked for the CPU at run time, else
+    'blas'); the ``build.*`` lines are the compiler,
     flags, macros and Cython directives the extension was compiled with.
 
     Examples

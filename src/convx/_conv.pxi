@@ -33,6 +33,186 @@ cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*> b, &ldb, <double*> a, &lda, &beta, c, &ldc)
 
 
+cdef extern from "_gemm.h" nogil:
+    enum:
+        CONVX_GEMM_BLAS
+        CONVX_GEMM_AVX2
+        CONVX_GEMM_AVX512
+    int convx_gemm_detect()
+    size_t convx_gemm_packed_size_f(int level, Py_ssize_t m, Py_ssize_t k)
+    size_t convx_gemm_packed_size_d(int level, Py_ssize_t m, Py_ssize_t k)
+    size_t convx_gemm_work_size_f(int level)
+    size_t convx_gemm_work_size_d(int level)
+    void convx_gemm_pack_a_f(int level, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t rs,
+                             Py_ssize_t cs, float* packed)
+    void convx_gemm_pack_a_d(int level, Py_ssize_t m, Py_ssize_t k, const double* a, Py_ssize_t rs,
+                             Py_ssize_t cs, double* packed)
+    void convx_gemm_f(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* packed,
+                      const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc, int accumulate, float* work)
+    void convx_gemm_d(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* packed,
+                      const double* b, Py_ssize_t ldb, double* c, Py_ssize_t ldc, int accumulate, double* work)
+    ctypedef struct convx_conv_shape:
+        Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
+        Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
+    Py_ssize_t convx_conv_block_cols_f(int level)
+    Py_ssize_t convx_conv_block_cols_d(int level)
+    void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
+                            const float* bias, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
+                            float* work)
+    void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
+                            const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
+                            double* work)
+
+
+GEMM_KERNELS = ("blas", "avx2", "avx512")
+cdef int _gemm_supported = convx_gemm_detect()
+cdef int _gemm_level = _gemm_supported
+
+
+def gemm_kernel():
+    """The kernel of the convolutions' weight products: 'avx512', 'avx2' (convx's own) or 'blas'."""
+    return GEMM_KERNELS[_gemm_level]
+
+
+def set_gemm_kernel(name):
+    """Use kernel ``name`` (see gemm_kernel) from now on: 'blas', or one of convx's that this CPU runs.
+
+    For tests and benchmarks, which compare the kernels; not thread-safe against running calls.
+    """
+    global _gemm_level
+    if name not in GEMM_KERNELS:
+        raise ValueError(f"gemm kernel must be one of {', '.join(map(repr, GEMM_KERNELS))}, got {name!r}")
+    level = GEMM_KERNELS.index(name)
+    if level > _gemm_supported:
+        raise ValueError(f"this CPU does not run the {name!r} kernel; it runs {GEMM_KERNELS[:_gemm_supported + 1]}")
+    _gemm_level = level
+
+
+cdef struct WeightProduct:
+    # op(W_grp) @ B for each group: op(W) = W (m = c_out_g, k = col_rows) or W^T (m = col_rows,
+    # k = c_out_g). With level CONVX_GEMM_BLAS through BLAS from weight, else through
+    # convx_gemm from packed (group grp at packed + grp * group_size).
+    int level
+    bint transpose
+    Py_ssize_t m, k, group_size
+    const void* weight
+    void* packed
+
+
+cdef object _pack_weight(const floating[:, :, :, ::1] weight, int groups, bint transpose, WeightProduct* p):
+    """Fill p for op(W) of each group of weight (see WeightProduct); returns the array holding
+    the packing, which must outlive every use of p."""
+    cdef Py_ssize_t c_out_g = weight.shape[0] // groups
+    cdef Py_ssize_t col_rows = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    cdef Py_ssize_t grp, w_size = c_out_g * col_rows
+    cdef floating[::1] packed
+    cdef const floating* w = &weight[0, 0, 0, 0] if weight.shape[0] else NULL
+    p.level = _gemm_level
+    p.transpose = transpose
+    p.m = col_rows if transpose else c_out_g
+    p.k = c_out_g if transpose else col_rows
+    p.weight = w
+    p.packed = NULL
+    p.group_size = 0
+    if p.level == CONVX_GEMM_BLAS or w_size == 0:
+        p.level = CONVX_GEMM_BLAS
+        return None
+    if floating is float:
+        p.group_size = convx_gemm_packed_size_f(p.level, p.m, p.k)
+    else:
+        p.group_size = convx_gemm_packed_size_d(p.level, p.m, p.k)
+    packed = np.empty(groups * p.group_size, dtype=np.asarray(weight).dtype)
+    with nogil:
+        for grp in range(groups):
+            # element (r, j) of op(W_grp) at w_grp[r * rs + j * cs]
+            if floating is float:
+                convx_gemm_pack_a_f(p.level, p.m, p.k, w + grp * w_size, 1 if transpose else col_rows,
+                                    col_rows if transpose else 1, &packed[grp * p.group_size])
+            else:
+                convx_gemm_pack_a_d(p.level, p.m, p.k, w + grp * w_size, 1 if transpose else col_rows,
+                                    col_rows if transpose else 1, &packed[grp * p.group_size])
+    p.packed = &packed[0]
+    return packed
+
+
+cdef inline Py_ssize_t _product_work_size(WeightProduct* p, bint is_float) noexcept nogil:
+    """Scratch elements one thread needs for _product."""
+    if p.level == CONVX_GEMM_BLAS:
+        return 1
+    if is_float:
+        return convx_gemm_work_size_f(p.level)
+    return convx_gemm_work_size_d(p.level)
+
+
+cdef inline void _product(WeightProduct* p, Py_ssize_t grp, Py_ssize_t n, const floating* b, Py_ssize_t ldb,
+                          floating* c, Py_ssize_t ldc, floating* work) noexcept nogil:
+    """C (p.m x n, row stride ldc) = op(W_grp) @ B (p.k x n, row stride ldb)."""
+    if p.level == CONVX_GEMM_BLAS:
+        _gemm(p.transpose, False, p.m, n, p.k, 1,
+              <const floating*> p.weight + grp * p.m * p.k, p.k if not p.transpose else p.m,
+              b, ldb, 0, c, ldc)
+    elif floating is float:
+        convx_gemm_f(p.level, p.m, n, p.k, <const float*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
+    else:
+        convx_gemm_d(p.level, p.m, n, p.k, <const double*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
+
+
+cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bias, floating* out,
+                        convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
+    """out = conv(x) (bias added where given) by convx_conv_block: each thread packs the column
+    matrix of its share of the batch's output pixels straight from x, a block at a time."""
+    cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
+    cdef Py_ssize_t block, work_size, lo, hi, q0, nc
+    cdef int team, t
+    if n_cols == 0:
+        return 0
+    if floating is float:
+        block = convx_conv_block_cols_f(wp.level)
+        work_size = convx_gemm_work_size_f(wp.level)
+        dtype = np.float32
+    else:
+        block = convx_conv_block_cols_d(wp.level)
+        work_size = convx_gemm_work_size_d(wp.level)
+        dtype = np.float64
+    team = _team(n_threads, (n_cols + 63) // 64)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            lo = t * n_cols // team
+            hi = (t + 1) * n_cols // team
+            q0 = lo
+            while q0 < hi:
+                nc = min(block, hi - q0)
+                if floating is float:
+                    convx_conv_block_f(wp.level, s, <const float*> wp.packed, wp.group_size, bias, x, out, q0,
+                                       nc, &work[t * work_size])
+                else:
+                    convx_conv_block_d(wp.level, s, <const double*> wp.packed, wp.group_size, bias, x, out, q0,
+                                       nc, &work[t * work_size])
+                q0 = q0 + nc
+    return 0
+
+
+cdef inline convx_conv_shape _conv_shape(ConvGeometry* g) noexcept nogil:
+    cdef convx_conv_shape s
+    s.groups = g.groups
+    s.c_in_g = g.c_in_g
+    s.c_out_g = g.c_out_g
+    s.height = g.height
+    s.width = g.width
+    s.out_h = g.out_h
+    s.out_w = g.out_w
+    s.kh = g.kernel_h
+    s.kw = g.kernel_w
+    s.sh = g.stride_h
+    s.sw = g.stride_w
+    s.ph = g.pad_h
+    s.pw = g.pad_w
+    s.dh = g.dilation_h
+    s.dw = g.dilation_w
+    return s
+
+
 cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_ssize_t out_size,
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
     """[lo, hi): the outputs o with 0 <= o * stride + offset < size."""
@@ -253,49 +433,41 @@ cdef void _columns(const floating* images, ConvGeometry* g, Py_ssize_t grp, Py_s
                 col + b * n_cols, n_images * n_cols)
 
 
-cdef void _forward_tile(const floating* x, const floating* weight, floating* out, ConvGeometry* g,
+cdef void _forward_tile(const floating* x, WeightProduct* wp, floating* out, ConvGeometry* g,
                         Py_ssize_t n_images, Py_ssize_t row0, Py_ssize_t row1,
-                        floating* col, floating* gathered) noexcept nogil:
+                        floating* col, floating* gathered, floating* work) noexcept nogil:
     """out[b, grp, :, rows] = W_grp @ im2col(x[b, grp], rows) for the tile's images b and every group."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
     cdef Py_ssize_t grp
-    cdef const floating* w_grp
     for grp in range(g.groups):
-        w_grp = weight + grp * g.c_out_g * g.col_rows
         if g.direct_1x1:
-            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows,
-                  x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
-                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
+            _product(wp, grp, n_cols, x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
+                     out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, work)
             continue
         _columns(x, g, grp, n_images, row0, row1, col)
         if n_images == 1:
-            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows, col, n_cols,
-                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
+            _product(wp, grp, n_cols, col, n_cols, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, work)
         else:
-            _gemm(False, False, g.c_out_g, n_images * n_cols, g.col_rows, 1, w_grp, g.col_rows,
-                  col, n_images * n_cols, 0, gathered, n_images * n_cols)
+            _product(wp, grp, n_images * n_cols, col, n_images * n_cols, gathered, n_images * n_cols, work)
             _scatter(gathered, g, grp, n_images, out)
 
 
-cdef void _backward_input_tile(const floating* grad_out, const floating* weight, floating* grad_in,
+cdef void _backward_input_tile(const floating* grad_out, WeightProduct* wp, floating* grad_in,
                                ConvGeometry* g, Py_ssize_t n_images,
-                               floating* col, floating* gathered) noexcept nogil:
+                               floating* col, floating* gathered, floating* work) noexcept nogil:
     """grad_in[b] = col2im(W_grp^T @ grad_out[b, grp]) for the tile's whole images; grad_in is overwritten."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t image_in = g.groups * g.c_in_g * plane
     cdef Py_ssize_t grp, row0, row1, n_cols, b
-    cdef const floating* w_grp
     if not g.direct_1x1:
         memset(grad_in, 0, n_images * image_in * sizeof(floating))
     for grp in range(g.groups):
-        w_grp = weight + grp * g.c_out_g * g.col_rows
         if n_images > 1:
             _gather(grad_out, g, grp, n_images, gathered)
-            _gemm(True, False, g.col_rows, n_images * n_out, g.c_out_g, 1, w_grp, g.col_rows,
-                  gathered, n_images * n_out, 0, col, n_images * n_out)
+            _product(wp, grp, n_images * n_out, gathered, n_images * n_out, col, n_images * n_out, work)
             for b in range(n_images):
                 _col2im(col + b * n_out, g, 0, g.out_h, grad_in + b * image_in + grp * g.c_in_g * plane,
                         n_images * n_out)
@@ -305,12 +477,11 @@ cdef void _backward_input_tile(const floating* grad_out, const floating* weight,
             row1 = min(row0 + g.chunk_rows, g.out_h)
             n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
-                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1, w_grp, g.col_rows,
-                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
-                      0, grad_in + grp * g.c_in_g * plane + row0 * g.out_w, plane)
+                _product(wp, grp, n_cols, grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                         grad_in + grp * g.c_in_g * plane + row0 * g.out_w, plane, work)
             else:
-                _gemm(True, False, g.col_rows, n_cols, g.c_out_g, 1, w_grp, g.col_rows,
-                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, 0, col, n_cols)
+                _product(wp, grp, n_cols, grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                         col, n_cols, work)
                 _col2im(col, g, row0, row1, grad_in + grp * g.c_in_g * plane, n_cols)
             row0 = row1
 
@@ -393,10 +564,20 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t item, n, n_images, row0, row1, b, c, p, tid
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
+    cdef WeightProduct wp
+    packed = _pack_weight(weight, groups, False, &wp)
+    cdef convx_conv_shape shape
+    if wp.level != CONVX_GEMM_BLAS:
+        shape = _conv_shape(&g)
+        _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
+                       &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
+        return
+    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks * n_chunks))
     dtype = np.asarray(out).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks * n_chunks, schedule='static'):
@@ -404,8 +585,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             n_images = _block_start(&g, item // n_chunks + 1, n_blocks) - n
             row0 = (item % n_chunks) * g.chunk_rows
             row1 = min(row0 + g.chunk_rows, g.out_h)
-            _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
-                          &col[tid * col_size], &gathered[tid * gathered_size])
+            _forward_tile(&x[n, 0, 0, 0], &wp, &out[n, 0, 0, 0], &g, n_images, row0, row1,
+                          &col[tid * col_size], &gathered[tid * gathered_size], &work[tid * work_size])
             if has_bias:
                 for b in range(n_images):
                     out_b = &out[n + b, 0, 0, 0]
@@ -426,17 +607,21 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
+    cdef WeightProduct wp
+    packed = _pack_weight(weight, groups, True, &wp)
+    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_in).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks, schedule='static'):
             n = _block_start(&g, item, n_blocks)
-            _backward_input_tile(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0], &g,
+            _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
                                  _block_start(&g, item + 1, n_blocks) - n, &col[tid * col_size],
-                                 &gathered[tid * gathered_size])
+                                 &gathered[tid * gathered_size], &work[tid * work_size])
 
 
 def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -463,10 +648,16 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
     cdef bint want_input = grad_in.shape[0] > 0
+    cdef WeightProduct wp
+    packed = _pack_weight(weight, groups, True, &wp) if want_input else None
+    if not want_input:
+        wp.level = CONVX_GEMM_BLAS
+    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_weight).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
     cdef floating[::1] w_parts = np.zeros(n_threads * w_size, dtype=dtype)
     cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
@@ -479,8 +670,9 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
             if want_bias:
                 _bias_grad_images(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], n_images, c_out, n_out)
             if want_input:
-                _backward_input_tile(&grad_out[n, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[n, 0, 0, 0], &g,
-                                     n_images, &col[tid * col_size], &gathered[tid * gathered_size])
+                _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
+                                     n_images, &col[tid * col_size], &gathered[tid * gathered_size],
+                                     &work[tid * work_size])
     with nogil:
         _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
         if want_bias:

@@ -1,0 +1,241 @@
+/* convx's own single-threaded GEMM, C = A @ B, for the convolution's products, in the layout of
+ * a blocked BLAS (Goto's scheme, as in BLIS): A (the weights, the same for every tile of a call)
+ * is packed once per call into panels of MR rows; each call packs B in blocks of KC x NC into
+ * strips of NR columns, and a register tile of MR x NR accumulates over KC with broadcasts of A
+ * and vector loads of B.
+ *
+ * Every thread runs its own GEMM on its own tile, so that no BLAS thread pool sits between the
+ * OpenMP threads and the cores, and the weights are not repacked per image as a BLAS call would
+ * do. The kernels are written for AVX-512 and AVX2+FMA and picked at run time (the default build
+ * stays baseline x86-64); without either, or away from GCC/Clang on x86-64, the callers use BLAS.
+ */
+#ifndef CONVX_GEMM_H
+#define CONVX_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+#include "_simd.h"
+
+enum { CONVX_GEMM_BLAS = 0, CONVX_GEMM_AVX2 = 1, CONVX_GEMM_AVX512 = 2 };
+
+/* A convolution's geometry, as in ConvGeometry (_conv.pxi); the padding may be negative. */
+typedef struct {
+    ptrdiff_t groups, c_in_g, c_out_g, height, width, out_h, out_w;
+    ptrdiff_t kh, kw, sh, sw, ph, pw, dh, dw;
+} convx_conv_shape;
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CONVX_GEMM_X86 1
+#include <immintrin.h>
+#else
+#define CONVX_GEMM_X86 0
+#endif
+
+/* The best kernel this CPU runs. */
+static int convx_gemm_detect(void) {
+#if CONVX_GEMM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return CONVX_GEMM_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return CONVX_GEMM_AVX2;
+#endif
+    return CONVX_GEMM_BLAS;
+}
+
+#define CONVX_GEMM_JOIN2(a, b) a##_##b
+#define CONVX_GEMM_JOIN(a, b) CONVX_GEMM_JOIN2(a, b)
+
+#if CONVX_GEMM_X86
+
+/* Lanes [lo, hi) of 16 (either bound may lie outside [0, 16)). */
+static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
+    if (lo < 0) lo = 0;
+    if (hi > 16) hi = 16;
+    return hi <= lo ? 0u : ((1u << hi) - 1u) & ~((1u << lo) - 1u);
+}
+
+#define GN(name) CONVX_GEMM_JOIN(name, f512)
+#define GT float
+#define GV __m512
+#define GVL 16
+#define GMR 8
+#define GNV 2
+#define GKC 256
+#define GNC 384
+#define GMC 128
+#define GTARGET __attribute__((target("avx512f")))
+#define GLOAD _mm512_loadu_ps
+#define GSTORE _mm512_storeu_ps
+#define GFMA _mm512_fmadd_ps
+#define GSET1 _mm512_set1_ps
+#define GZERO _mm512_setzero_ps
+#define GADD _mm512_add_ps
+#define GMASK __mmask16
+#define GMASK_LOAD _mm512_maskz_loadu_ps
+#define GMASK_STORE _mm512_mask_storeu_ps
+#define GMASK_RANGE(lo, hi) convx_mask16(lo, hi)
+#include "_gemm_body.h"
+#undef GN
+#undef GT
+#undef GV
+#undef GVL
+#undef GKC
+#undef GLOAD
+#undef GSTORE
+#undef GFMA
+#undef GSET1
+#undef GZERO
+#undef GADD
+#undef GMASK
+#undef GMASK_LOAD
+#undef GMASK_STORE
+#undef GMASK_RANGE
+
+#define GN(name) CONVX_GEMM_JOIN(name, d512)
+#define GT double
+#define GV __m512d
+#define GVL 8
+#define GKC 128
+#define GLOAD _mm512_loadu_pd
+#define GSTORE _mm512_storeu_pd
+#define GFMA _mm512_fmadd_pd
+#define GSET1 _mm512_set1_pd
+#define GZERO _mm512_setzero_pd
+#define GADD _mm512_add_pd
+#define GMASK __mmask8
+#define GMASK_LOAD _mm512_maskz_loadu_pd
+#define GMASK_STORE _mm512_mask_storeu_pd
+#define GMASK_RANGE(lo, hi) ((__mmask8)convx_mask16(lo, hi))
+#include "_gemm_body.h"
+#undef GN
+#undef GT
+#undef GV
+#undef GVL
+#undef GMR
+#undef GNV
+#undef GKC
+#undef GTARGET
+#undef GLOAD
+#undef GSTORE
+#undef GFMA
+#undef GSET1
+#undef GZERO
+#undef GADD
+#undef GMASK
+#undef GMASK_LOAD
+#undef GMASK_STORE
+#undef GMASK_RANGE
+
+/* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast. */
+#define GN(name) CONVX_GEMM_JOIN(name, f256)
+#define GT float
+#define GV __m256
+#define GVL 8
+#define GMR 6
+#define GNV 2
+#define GKC 256
+#define GTARGET __attribute__((target("avx2,fma")))
+#define GLOAD _mm256_loadu_ps
+#define GSTORE _mm256_storeu_ps
+#define GFMA _mm256_fmadd_ps
+#define GSET1 _mm256_set1_ps
+#define GZERO _mm256_setzero_ps
+#define GADD _mm256_add_ps
+#include "_gemm_body.h"
+#undef GN
+#undef GT
+#undef GV
+#undef GVL
+#undef GKC
+#undef GLOAD
+#undef GSTORE
+#undef GFMA
+#undef GSET1
+#undef GZERO
+#undef GADD
+
+#define GN(name) CONVX_GEMM_JOIN(name, d256)
+#define GT double
+#define GV __m256d
+#define GVL 4
+#define GKC 128
+#define GLOAD _mm256_loadu_pd
+#define GSTORE _mm256_storeu_pd
+#define GFMA _mm256_fmadd_pd
+#define GSET1 _mm256_set1_pd
+#define GZERO _mm256_setzero_pd
+#define GADD _mm256_add_pd
+#include "_gemm_body.h"
+#undef GN
+#undef GT
+#undef GV
+#undef GVL
+#undef GMR
+#undef GNV
+#undef GKC
+#undef GNC
+#undef GMC
+#undef GTARGET
+#undef GLOAD
+#undef GSTORE
+#undef GFMA
+#undef GSET1
+#undef GZERO
+#undef GADD
+
+/* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
+#define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) {                       \
+        return level == CONVX_GEMM_AVX512 ? convx_gemm_packed_size_##S##512(m, k)                         \
+                                          : convx_gemm_packed_size_##S##256(m, k);                        \
+    }                                                                                                     \
+    static size_t convx_gemm_work_size_##S(int level) {                                                   \
+        return level == CONVX_GEMM_AVX512 ? convx_gemm_work_size_##S##512() : convx_gemm_work_size_##S##256(); \
+    }                                                                                                     \
+    static void convx_gemm_pack_a_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rs,      \
+                                      ptrdiff_t cs, T *packed) {                                          \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_gemm_pack_a_##S##512(m, k, a, rs, cs, packed);                                          \
+        else                                                                                              \
+            convx_gemm_pack_a_##S##256(m, k, a, rs, cs, packed);                                          \
+    }                                                                                                     \
+    static void convx_gemm_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,         \
+                               const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate, T *work) { \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_gemm_##S##512(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                       \
+        else                                                                                              \
+            convx_gemm_##S##256(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                       \
+    }                                                                                                     \
+    static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
+                                     size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
+                                     ptrdiff_t nc, T *work) {                                             \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_conv_block_##S##512(s, packed, group_size, bias, x, out, q0, nc, work);                 \
+        else                                                                                              \
+            convx_conv_block_##S##256(s, packed, group_size, bias, x, out, q0, nc, work);                 \
+    }                                                                                                     \
+    static ptrdiff_t convx_conv_block_cols_##S(int level) {                                               \
+        return level == CONVX_GEMM_AVX512 ? convx_conv_block_cols_##S##512() : convx_conv_block_cols_##S##256(); \
+    }
+
+#else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
+
+#define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) { return 0; }           \
+    static size_t convx_gemm_work_size_##S(int level) { return 0; }                                       \
+    static void convx_gemm_pack_a_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rs,      \
+                                      ptrdiff_t cs, T *packed) {}                                         \
+    static void convx_gemm_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,         \
+                               const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate, T *work) {} \
+    static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
+                                     size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
+                                     ptrdiff_t nc, T *work) {}                                            \
+    static ptrdiff_t convx_conv_block_cols_##S(int level) { return 1; }
+
+#endif
+
+CONVX_GEMM_DISPATCH(float, f)
+CONVX_GEMM_DISPATCH(double, d)
+
+#endif

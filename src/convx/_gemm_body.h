@@ -1,0 +1,262 @@
+/* The packed GEMM for one element type and one instruction set: included by _gemm.h with
+ *   GT      the element type (float, double)     GN(name)  name suffixed with type and ISA
+ *   GV      the vector type                      GVL       elements per vector
+ *   GMR     rows of the register tile            GNV       vectors across the register tile
+ *   GKC     depth of a packed block              GNC, GMC  columns, rows of a packed block
+ *   GTARGET the function attribute enabling the instruction set
+ *   GLOAD, GSTORE, GFMA, GSET1, GZERO, GADD the unaligned load/store, fused multiply-add,
+ *   broadcast, zero and add of GV.
+ */
+
+#define GNR (GNV * GVL)
+
+/* c[0:rows, 0:cols] (ldc) = start + a_panel @ b_panel over kc, where start is c itself when
+ * accumulating, else bias[r] per row (0 without bias): a_panel is kc columns of GMR rows
+ * (a[k * GMR + r]), b_panel kc rows of GNR columns (b[k * GNR + q]). */
+GTARGET static void GN(convx_gemm_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a, const GT *CONVX_RESTRICT b,
+                                        GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols,
+                                        int accumulate, const GT *CONVX_RESTRICT bias) {
+    GV acc[GMR][GNV];
+    const int full = rows == GMR && cols == GNR;
+    for (int r = 0; r < GMR; r++)
+        for (int v = 0; v < GNV; v++)
+            acc[r][v] = !full ? GZERO() : accumulate ? GLOAD(c + r * ldc + v * GVL) : bias ? GSET1(bias[r]) : GZERO();
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        GV bv[GNV];
+        for (int v = 0; v < GNV; v++) bv[v] = GLOAD(b + v * GVL);
+        for (int r = 0; r < GMR; r++) {
+            const GV av = GSET1(a[r]);
+            for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
+        }
+        a += GMR;
+        b += GNR;
+    }
+    if (full) {
+        for (int r = 0; r < GMR; r++)
+            for (int v = 0; v < GNV; v++) GSTORE(c + r * ldc + v * GVL, acc[r][v]);
+        return;
+    }
+    GT tile[GMR * GNR];
+    for (int r = 0; r < GMR; r++)
+        for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const GT start = bias ? bias[r] : (GT)0;
+        for (ptrdiff_t q = 0; q < cols; q++)
+            c[r * ldc + q] = (accumulate ? c[r * ldc + q] : start) + tile[r * GNR + q];
+    }
+}
+
+/* Elements of the packed A of an m x k matrix. */
+static size_t GN(convx_gemm_packed_size)(ptrdiff_t m, ptrdiff_t k) {
+    return (size_t)((m + GMR - 1) / GMR * GMR) * (size_t)k;
+}
+
+/* Scratch elements of one convx_gemm call (one thread's packed block of B). */
+static size_t GN(convx_gemm_work_size)(void) { return (size_t)GKC * GNC; }
+
+/* Columns of one convx_conv_block at most. */
+static ptrdiff_t GN(convx_conv_block_cols)(void) { return GNC; }
+
+/* packed = A (m x k, element (r, j) at a[r * rs + j * cs]) in depth blocks of GKC, each a run
+ * of panels of GMR rows (k-major within a panel), the rows past m zero. */
+static void GN(convx_gemm_pack_a)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t rs,
+                                  ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
+    const ptrdiff_t panels = (m + GMR - 1) / GMR;
+    for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
+        const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
+        for (ptrdiff_t ip = 0; ip < panels; ip++) {
+            GT *dst = packed + p0 * panels * GMR + ip * kc * GMR;
+            for (ptrdiff_t j = 0; j < kc; j++)
+                for (ptrdiff_t r = 0; r < GMR; r++) {
+                    const ptrdiff_t row = ip * GMR + r;
+                    dst[j * GMR + r] = row < m ? a[row * rs + (p0 + j) * cs] : (GT)0;
+                }
+        }
+    }
+}
+
+/* C (m x n, ldc) = (accumulate ? C : 0) + A @ B, with A packed by convx_gemm_pack_a and B
+ * (k x n) row-major with row stride ldb; work holds convx_gemm_work_size elements. */
+static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed,
+                           const GT *CONVX_RESTRICT b, ptrdiff_t ldb, GT *CONVX_RESTRICT c, ptrdiff_t ldc,
+                           int accumulate, GT *CONVX_RESTRICT work) {
+    const ptrdiff_t panels = (m + GMR - 1) / GMR;
+    if (m <= 0 || n <= 0)
+        return;
+    if (k <= 0) {
+        if (!accumulate)
+            for (ptrdiff_t r = 0; r < m; r++) memset(c + r * ldc, 0, (size_t)n * sizeof(GT));
+        return;
+    }
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += GNC) {
+        const ptrdiff_t nc = n - j0 < GNC ? n - j0 : GNC;
+        const ptrdiff_t strips = (nc + GNR - 1) / GNR;
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
+            const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
+            for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                const ptrdiff_t cols = nc - jp * GNR < GNR ? nc - jp * GNR : GNR;
+                const GT *src = b + p0 * ldb + j0 + jp * GNR;
+                GT *dst = work + jp * kc * GNR;
+                for (ptrdiff_t j = 0; j < kc; j++) {
+                    memcpy(dst + j * GNR, src + j * ldb, (size_t)cols * sizeof(GT));
+                    if (cols < GNR) memset(dst + j * GNR + cols, 0, (size_t)(GNR - cols) * sizeof(GT));
+                }
+            }
+            const GT *a_block = packed + p0 * panels * GMR;
+            for (ptrdiff_t i0 = 0; i0 < panels; i0 += GMC / GMR) {
+                const ptrdiff_t i1 = i0 + GMC / GMR < panels ? i0 + GMC / GMR : panels;
+                for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                    const ptrdiff_t cols = nc - jp * GNR < GNR ? nc - jp * GNR : GNR;
+                    for (ptrdiff_t ip = i0; ip < i1; ip++) {
+                        const ptrdiff_t rows = m - ip * GMR < GMR ? m - ip * GMR : GMR;
+                        GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR,
+                                            c + ip * GMR * ldc + j0 + jp * GNR, ldc, rows, cols,
+                                            accumulate || p0 > 0, NULL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+
+/* dst[t] = src[t] for t in [lo, hi), 0 for the other t in [0, len), len <= GNR; src is
+ * read only in [lo, hi). */
+GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *CONVX_RESTRICT src, ptrdiff_t lo,
+                                              ptrdiff_t hi, ptrdiff_t len) {
+#ifdef GMASK
+    for (int v = 0; v < GNV; v++) {
+        const ptrdiff_t base = v * GVL;
+        if (base >= len) break;
+        const GMASK load = GMASK_RANGE(lo - base, hi - base), store = GMASK_RANGE(-base, len - base);
+        GMASK_STORE(dst + base, store, GMASK_LOAD(load, src + base));
+    }
+#else
+    for (ptrdiff_t t = 0; t < lo; t++) dst[t] = 0;
+    for (ptrdiff_t t = lo; t < hi; t++) dst[t] = src[t];
+    for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
+#endif
+}
+
+/* The column block [q0, q0 + nc) of the column matrix of group grp (column q: image
+ * q / (out_h * out_w), output pixel q % (out_h * out_w); row k: input channel k / (kh * kw) of
+ * the group, tap (k / kw % kh, k % kw)), rows [p0, p0 + kc), packed into strips of GNR columns
+ * as convx_gemm packs B: work[strip * kc * GNR + (k - p0) * GNR + lane], lanes past nc zero.
+ * The block is cut into runs of columns along one output row within one strip; each row of
+ * the block copies its runs from the input rows they read, zero where a tap is in the padding.
+ * Padding may be negative (a crop). */
+static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
+                                   ptrdiff_t q0, ptrdiff_t nc, ptrdiff_t p0, ptrdiff_t kc,
+                                   GT *CONVX_RESTRICT work) {
+    ptrdiff_t run_at[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
+    const GT *run_plane[GNC + GNC / GNR + 1];
+    ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
+    const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
+    const ptrdiff_t strips = (nc + GNR - 1) / GNR;
+    ptrdiff_t runs = 0;
+    for (ptrdiff_t q = 0; q < nc;) {
+        const ptrdiff_t n = (q0 + q) / n_out, pos = (q0 + q) % n_out;
+        const ptrdiff_t oh = pos / s->out_w, ow = pos % s->out_w;
+        ptrdiff_t len = s->out_w - ow;
+        if (len > nc - q) len = nc - q;
+        if (len > GNR - q % GNR) len = GNR - q % GNR;
+        run_at[runs] = q / GNR * kc * GNR + q % GNR;
+        run_len[runs] = len;
+        run_plane[runs] = x + (n * s->groups + grp) * s->c_in_g * plane;
+        run_ih[runs] = oh * s->sh - s->ph;
+        run_iw[runs] = ow * s->sw - s->pw;
+        runs++;
+        q += len;
+    }
+    ptrdiff_t ci = p0 / taps, i = p0 / s->kw % s->kh, j = p0 % s->kw;
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        const ptrdiff_t ih_off = i * s->dh, iw_off = j * s->dw, channel = ci * plane;
+        for (ptrdiff_t r = 0; r < runs; r++) {
+            GT *dst = work + run_at[r] + k * GNR;
+            const ptrdiff_t len = run_len[r], ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
+            ptrdiff_t lo = 0, hi = len;
+            if (ih < 0 || ih >= s->height) {
+                hi = 0;
+            } else {
+                /* the t with 0 <= iw + t * sw < width */
+                if (iw < 0) lo = (-iw + s->sw - 1) / s->sw;
+                if (iw + (len - 1) * s->sw >= s->width)
+                    hi = iw >= s->width ? 0 : (s->width - 1 - iw) / s->sw + 1;
+                if (lo > len) lo = len;
+                if (hi < lo) hi = lo;
+            }
+            const GT *src = run_plane[r] + channel + ih * s->width + iw;
+            if (s->sw == 1) {
+                GN(convx_copy_run)(dst, src, lo, hi, len);
+            } else {
+                for (ptrdiff_t t = 0; t < lo; t++) dst[t] = 0;
+                for (ptrdiff_t t = lo; t < hi; t++) dst[t] = src[t * s->sw];
+                for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
+            }
+        }
+        if (nc % GNR) {
+            GT *dst = work + (strips - 1) * kc * GNR + k * GNR;
+            for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
+        }
+        if (++j == s->kw) {
+            j = 0;
+            if (++i == s->kh) {
+                i = 0;
+                ci++;
+            }
+        }
+    }
+}
+
+/* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
+ * (see convx_pack_columns) and every group; packed holds each group's W packed by
+ * convx_gemm_pack_a, group_size elements apart; work holds convx_gemm_work_size elements. */
+static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
+                                 const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
+                                 ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
+    const ptrdiff_t m = s->c_out_g, k = s->c_in_g * s->kh * s->kw, n_out = s->out_h * s->out_w;
+    const ptrdiff_t panels = (m + GMR - 1) / GMR, strips = (nc + GNR - 1) / GNR;
+    const ptrdiff_t c_out = s->groups * m;
+    GT tile[GMR * GNR];
+    for (ptrdiff_t grp = 0; grp < s->groups; grp++) {
+        const GT *a = packed + grp * group_size;
+        const GT *b_grp = bias ? bias + grp * m : NULL;
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
+            const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
+            GN(convx_pack_columns)(s, x, grp, q0, nc, p0, kc, work);
+            const GT *a_block = a + p0 * panels * GMR;
+            for (ptrdiff_t i0 = 0; i0 < panels; i0 += GMC / GMR) {
+                const ptrdiff_t i1 = i0 + GMC / GMR < panels ? i0 + GMC / GMR : panels;
+                for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                    const ptrdiff_t q = q0 + jp * GNR;
+                    const ptrdiff_t cols = nc - jp * GNR < GNR ? nc - jp * GNR : GNR;
+                    const ptrdiff_t n = q / n_out, pos = q % n_out;
+                    for (ptrdiff_t ip = i0; ip < i1; ip++) {
+                        const ptrdiff_t rows = m - ip * GMR < GMR ? m - ip * GMR : GMR;
+                        const ptrdiff_t co = grp * m + ip * GMR;
+                        const GT *tile_bias = p0 == 0 && b_grp ? b_grp + ip * GMR : NULL;
+                        if (pos + cols <= n_out) {
+                            GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR,
+                                                out + (n * c_out + co) * n_out + pos, n_out, rows, cols,
+                                                p0 > 0, tile_bias);
+                            continue;
+                        }
+                        /* the strip runs on into the next images */
+                        GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR, tile, GNR, GMR,
+                                            GNR, 0, NULL);
+                        for (ptrdiff_t t = 0; t < cols; t++) {
+                            const ptrdiff_t nt = (q + t) / n_out, pt = (q + t) % n_out;
+                            GT *dst = out + (nt * c_out + co) * n_out + pt;
+                            for (ptrdiff_t r = 0; r < rows; r++) {
+                                const GT start = p0 > 0 ? dst[r * n_out] : tile_bias ? tile_bias[r] : (GT)0;
+                                dst[r * n_out] = start + tile[r * GNR + t];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#undef GNR

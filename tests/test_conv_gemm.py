@@ -1,0 +1,134 @@
+"""convx's own GEMM kernels (AVX-512, AVX2) and the BLAS path, each against the NumPy reference.
+
+The rest of the suite runs whichever kernel the CPU picks; here every kernel this CPU can run
+is forced in turn, on the geometries that exercise the blocking of the packed products: column
+strips that run from one image into the next (output planes smaller or not a multiple of the
+strip), several column blocks per thread, depths beyond one packed block (so that later blocks
+accumulate onto the first, which carried the bias), row panels cut short by the channel count,
+groups, strides (a strided gather when packing), dilation, padding of any size, and 1, 2 or 3
+threads (their shares of the batch's pixels start anywhere).
+"""
+
+import numpy as np
+import pytest
+from _helpers import ConvCase, run_conv_op
+from conftest import DTYPES, assert_close
+
+import convx
+import convx._core as core
+import convx.functional as F
+from convx.reference import conv as reference
+
+
+
+def _runs(name):
+    saved = core.gemm_kernel()
+    try:
+        core.set_gemm_kernel(name)
+    except ValueError:
+        return False
+    finally:
+        core.set_gemm_kernel(saved)
+    return True
+
+
+KERNELS = [name for name in core.GEMM_KERNELS if _runs(name)]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    saved = core.gemm_kernel()
+    core.set_gemm_kernel(request.param)
+    yield request.param
+    core.set_gemm_kernel(saved)
+
+
+# (n, c_in, height, width, c_out, kernel, stride, padding, dilation, groups)
+GEOMETRIES = {
+    "strips-cross-images": (5, 3, 7, 7, 10, (3, 3), 1, 1, 1, 1),
+    "plane-of-one": (40, 6, 3, 3, 9, (3, 3), 1, 0, 1, 1),
+    "many-blocks": (3, 4, 30, 29, 17, (3, 2), 1, 1, 1, 1),
+    "deep": (2, 70, 9, 8, 12, (2, 2), 1, 0, 1, 1),
+    "deep-groups": (2, 60, 6, 7, 18, (3, 3), 1, 1, 1, 3),
+    "one-by-one": (3, 40, 11, 13, 33, (1, 1), 1, 0, 1, 1),
+    "stride-2": (3, 5, 17, 19, 11, (3, 3), 2, 1, 1, 1),
+    "stride-3x2-dilated": (2, 4, 20, 15, 7, (3, 2), (3, 2), (2, 1), (2, 3), 1),
+    "padding-beyond-kernel": (2, 3, 5, 6, 8, (2, 3), 1, (3, 4), 1, 1),
+    "one-output-channel": (4, 7, 9, 9, 1, (3, 3), 1, 1, 1, 1),
+    "kernel-equals-input": (6, 3, 5, 4, 13, (5, 4), 1, 0, 1, 1),
+    "stride-beyond-kernel": (3, 2, 13, 14, 9, (2, 2), 4, 0, 1, 1),
+}
+
+
+def _case(name):
+    n, c_in, h, w, c_out, k, s, p, d, g = GEOMETRIES[name]
+    return ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng):
+    case = _case(geometry)
+    x, weight, bias, grad_out = case.arrays(rng, dtype)
+    saved = convx.get_num_threads()
+    convx.set_num_threads(threads)
+    try:
+        outputs = run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)
+    finally:
+        convx.set_num_threads(saved)
+    expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
+    for out, ref in zip(outputs, expected, strict=True):
+        assert_close(out, ref, dtype)
+
+
+def test_large_layer_matches_reference(kernel, rng):
+    """Depth 3 * 3 * 64 (several depth blocks), 64 rows of weights, a batch of big planes."""
+    case = ConvCase(2, 64, 20, 23, 40, (3, 3), 1, 1, 1, 1)
+    x, weight, bias, grad_out = case.arrays(rng, np.float32)
+    for op in ("forward", "backward_input"):
+        outputs = run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)
+        expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
+        for out, ref in zip(outputs, expected, strict=True):
+            assert_close(out, ref, np.float32)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_values_propagate_like_blas(kernel, value, rng):
+    # The packed path multiplies the padding's zeros like im2col + BLAS does, so the same
+    # outputs turn NaN/inf.
+    case = _case("strips-cross-images")
+    x, weight, bias, grad_out = case.arrays(rng, np.float64)
+    x[1, 2, 3, 4] = value
+    weight[4, 1, 0, 2] = value
+    got = F.conv2d(x, weight, bias, **case.kwargs)
+    core.set_gemm_kernel("blas")
+    want = F.conv2d(x, weight, bias, **case.kwargs)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert_close(np.where(np.isfinite(want), got, 0), np.where(np.isfinite(want), want, 0), np.float64)
+
+
+def test_empty_batch_and_channels(kernel):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    assert F.conv2d(x, w).shape == (0, 4, 3, 3)
+    assert F.conv2d_backward_input(np.zeros((0, 4, 3, 3), np.float32), w, x.shape).shape == x.shape
+
+
+def test_gemm_kernel_names():
+    assert core.gemm_kernel() in core.GEMM_KERNELS
+    assert "blas" in KERNELS
+    with pytest.raises(ValueError, match="gemm kernel must be one of"):
+        core.set_gemm_kernel("sse")
+    unsupported = [name for name in core.GEMM_KERNELS if name not in KERNELS]
+    for name in unsupported:
+        with pytest.raises(ValueError, match="does not run"):
+            core.set_gemm_kernel(name)
+
+
+def test_show_config_names_the_kernel():
+    from convx._config import config
+
+    assert config()["gemm"] == core.gemm_kernel()
