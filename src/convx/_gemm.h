@@ -75,6 +75,9 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #define GMASK_LOAD _mm512_maskz_loadu_ps
 #define GMASK_STORE _mm512_mask_storeu_ps
 #define GMASK_RANGE(lo, hi) convx_mask16(lo, hi)
+#define GMASK_EVEN 0x5555
+#define GEVENS(a, b)                                                                                      \
+    _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
 #include "_gemm_body.h"
 #undef GN
 #undef GT
@@ -91,6 +94,8 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #undef GMASK_LOAD
 #undef GMASK_STORE
 #undef GMASK_RANGE
+#undef GMASK_EVEN
+#undef GEVENS
 
 #define GN(name) CONVX_GEMM_JOIN(name, d512)
 #define GT double
@@ -107,6 +112,8 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #define GMASK_LOAD _mm512_maskz_loadu_pd
 #define GMASK_STORE _mm512_mask_storeu_pd
 #define GMASK_RANGE(lo, hi) ((__mmask8)convx_mask16(lo, hi))
+#define GMASK_EVEN 0x55
+#define GEVENS(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #include "_gemm_body.h"
 #undef GN
 #undef GT
@@ -126,6 +133,8 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #undef GMASK_LOAD
 #undef GMASK_STORE
 #undef GMASK_RANGE
+#undef GMASK_EVEN
+#undef GEVENS
 
 /* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast. */
 #define GN(name) CONVX_GEMM_JOIN(name, f256)

@@ -120,22 +120,32 @@ static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONV
 }
 
 
-/* dst[t] = src[t] for t in [lo, hi), 0 for the other t in [0, len), len <= GNR; src is
- * read only in [lo, hi). */
+/* dst[t] = src[t * step] for t in [lo, hi), 0 for the other t in [0, len), len <= GNR; src is
+ * read only there. */
 GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *CONVX_RESTRICT src, ptrdiff_t lo,
-                                              ptrdiff_t hi, ptrdiff_t len) {
+                                              ptrdiff_t hi, ptrdiff_t len, ptrdiff_t step) {
 #ifdef GMASK
-    for (int v = 0; v < GNV; v++) {
-        const ptrdiff_t base = v * GVL;
-        if (base >= len) break;
-        const GMASK load = GMASK_RANGE(lo - base, hi - base), store = GMASK_RANGE(-base, len - base);
-        GMASK_STORE(dst + base, store, GMASK_LOAD(load, src + base));
+    if (step <= 2) {
+        for (int v = 0; v < GNV; v++) {
+            const ptrdiff_t base = v * GVL;
+            if (base >= len) break;
+            const GMASK store = GMASK_RANGE(-base, len - base);
+            if (step == 1) {
+                GMASK_STORE(dst + base, store, GMASK_LOAD(GMASK_RANGE(lo - base, hi - base), src + base));
+            } else {
+                /* the even elements of two vectors' worth of src */
+                const ptrdiff_t a = 2 * (lo - base), b = 2 * (hi - base);
+                const GV first = GMASK_LOAD(GMASK_RANGE(a, b) & GMASK_EVEN, src + 2 * base);
+                const GV second = GMASK_LOAD(GMASK_RANGE(a - GVL, b - GVL) & GMASK_EVEN, src + 2 * base + GVL);
+                GMASK_STORE(dst + base, store, GEVENS(first, second));
+            }
+        }
+        return;
     }
-#else
-    for (ptrdiff_t t = 0; t < lo; t++) dst[t] = 0;
-    for (ptrdiff_t t = lo; t < hi; t++) dst[t] = src[t];
-    for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
 #endif
+    for (ptrdiff_t t = 0; t < lo; t++) dst[t] = 0;
+    for (ptrdiff_t t = lo; t < hi; t++) dst[t] = src[t * step];
+    for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
 }
 
 /* The column block [q0, q0 + nc) of the column matrix of group grp (column q: image
@@ -145,7 +155,7 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
  * The block is cut into runs of columns along one output row within one strip; each row of
  * the block copies its runs from the input rows they read, zero where a tap is in the padding.
  * Padding may be negative (a crop). */
-static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
+GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
                                    ptrdiff_t q0, ptrdiff_t nc, ptrdiff_t p0, ptrdiff_t kc,
                                    GT *CONVX_RESTRICT work) {
     ptrdiff_t run_at[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
@@ -153,11 +163,14 @@ static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RE
     ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
     const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
     const ptrdiff_t strips = (nc + GNR - 1) / GNR;
+    /* A 1x1 kernel with stride 1 and no padding reads each plane as it is: runs cross rows. */
+    const int flat = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0 &&
+                     s->out_w == s->width && s->out_h == s->height;
     ptrdiff_t runs = 0;
     for (ptrdiff_t q = 0; q < nc;) {
         const ptrdiff_t n = (q0 + q) / n_out, pos = (q0 + q) % n_out;
-        const ptrdiff_t oh = pos / s->out_w, ow = pos % s->out_w;
-        ptrdiff_t len = s->out_w - ow;
+        const ptrdiff_t oh = flat ? 0 : pos / s->out_w, ow = flat ? pos : pos % s->out_w;
+        ptrdiff_t len = (flat ? n_out : s->out_w) - ow;
         if (len > nc - q) len = nc - q;
         if (len > GNR - q % GNR) len = GNR - q % GNR;
         run_at[runs] = q / GNR * kc * GNR + q % GNR;
@@ -175,9 +188,9 @@ static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RE
             GT *dst = work + run_at[r] + k * GNR;
             const ptrdiff_t len = run_len[r], ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
             ptrdiff_t lo = 0, hi = len;
-            if (ih < 0 || ih >= s->height) {
+            if (!flat && (ih < 0 || ih >= s->height)) {
                 hi = 0;
-            } else {
+            } else if (!flat) {
                 /* the t with 0 <= iw + t * sw < width */
                 if (iw < 0) lo = (-iw + s->sw - 1) / s->sw;
                 if (iw + (len - 1) * s->sw >= s->width)
@@ -185,14 +198,7 @@ static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RE
                 if (lo > len) lo = len;
                 if (hi < lo) hi = lo;
             }
-            const GT *src = run_plane[r] + channel + ih * s->width + iw;
-            if (s->sw == 1) {
-                GN(convx_copy_run)(dst, src, lo, hi, len);
-            } else {
-                for (ptrdiff_t t = 0; t < lo; t++) dst[t] = 0;
-                for (ptrdiff_t t = lo; t < hi; t++) dst[t] = src[t * s->sw];
-                for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
-            }
+            GN(convx_copy_run)(dst, run_plane[r] + channel + ih * s->width + iw, lo, hi, len, s->sw);
         }
         if (nc % GNR) {
             GT *dst = work + (strips - 1) * kc * GNR + k * GNR;
@@ -211,7 +217,7 @@ static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RE
 /* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
  * (see convx_pack_columns) and every group; packed holds each group's W packed by
  * convx_gemm_pack_a, group_size elements apart; work holds convx_gemm_work_size elements. */
-static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
+GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
                                  const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
                                  ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
     const ptrdiff_t m = s->c_out_g, k = s->c_in_g * s->kh * s->kw, n_out = s->out_h * s->out_w;
