@@ -5,7 +5,8 @@ is forced in turn, on the geometries that exercise the blocking of the packed pr
 strips that run from one image into the next (output planes smaller or not a multiple of the
 strip), several column blocks per thread, depths beyond one packed block (so that later blocks
 accumulate onto the first, which carried the bias), row panels cut short by the channel count,
-groups, strides (a strided gather when packing), dilation, padding of any size, and 1, 2 or 3
+groups, depths wider than one block of the weight gradient, strides (a strided gather when
+packing), dilation, padding of any size, and 1, 2 or 3
 threads (their shares of the batch's pixels start anywhere).
 """
 
@@ -50,6 +51,7 @@ GEOMETRIES = {
     "many-blocks": (3, 4, 30, 29, 17, (3, 2), 1, 1, 1, 1),
     "deep": (2, 70, 9, 8, 12, (2, 2), 1, 0, 1, 1),
     "deep-groups": (2, 60, 6, 7, 18, (3, 3), 1, 1, 1, 3),
+    "wider-than-a-block": (2, 50, 6, 9, 10, (3, 3), 1, 1, 1, 1),
     "one-by-one": (3, 40, 11, 13, 33, (1, 1), 1, 0, 1, 1),
     "stride-2": (3, 5, 17, 19, 11, (3, 3), 2, 1, 1, 1),
     "stride-3x2-dilated": (2, 4, 20, 15, 7, (3, 2), (3, 2), (2, 1), (2, 3), 1),
@@ -57,6 +59,11 @@ GEOMETRIES = {
     "one-output-channel": (4, 7, 9, 9, 1, (3, 3), 1, 1, 1, 1),
     "kernel-equals-input": (6, 3, 5, 4, 13, (5, 4), 1, 0, 1, 1),
     "stride-beyond-kernel": (3, 2, 13, 14, 9, (2, 2), 4, 0, 1, 1),
+    # channels and rows enough for the packed weight gradient (convx's blocks, not BLAS)
+    "weight-strips": (3, 16, 9, 20, 40, (3, 3), 1, 1, 1, 1),
+    "weight-groups-stride": (2, 12, 12, 36, 64, (3, 3), 2, 1, 1, 2),
+    "weight-dilated": (2, 5, 10, 24, 33, (2, 3), 1, (2, 1), (2, 2), 1),
+    "weight-one-by-one": (2, 9, 5, 40, 32, (1, 1), 1, 0, 1, 1),
 }
 
 
@@ -66,7 +73,7 @@ def _case(name):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("op", ["forward", "backward_input", "backward"])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng):
@@ -87,7 +94,7 @@ def test_large_layer_matches_reference(kernel, rng):
     """Depth 3 * 3 * 64 (several depth blocks), 64 rows of weights, a batch of big planes."""
     case = ConvCase(2, 64, 20, 23, 40, (3, 3), 1, 1, 1, 1)
     x, weight, bias, grad_out = case.arrays(rng, np.float32)
-    for op in ("forward", "backward_input"):
+    for op in ("forward", "backward_input", "backward_weight"):
         outputs = run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)
         expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
         for out, ref in zip(outputs, expected, strict=True):

@@ -12,6 +12,8 @@ cdef enum:
     COL_BUDGET = 1 << 20
     # Images with fewer output pixels than this are blocked together into one GEMM.
     MIN_GEMM_COLS = 512
+    # Largest gradient (per group) the packed weight gradient takes.
+    PACKED_WEIGHT_MOST = 1 << 17
 
 
 cdef inline int _team(int n_threads, Py_ssize_t n_items) noexcept nogil:
@@ -55,6 +57,14 @@ cdef extern from "_gemm.h" nogil:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
     Py_ssize_t convx_conv_block_cols_f(int level)
+    Py_ssize_t convx_conv_weight_cols_f(int level)
+    Py_ssize_t convx_conv_weight_cols_d(int level)
+    size_t convx_conv_weight_work_size_f(int level, Py_ssize_t m)
+    size_t convx_conv_weight_work_size_d(int level, Py_ssize_t m)
+    void convx_conv_weight_block_f(int level, const convx_conv_shape* s, const float* grad_out, const float* x,
+                                   Py_ssize_t q0, Py_ssize_t nc, float* partial, float* work)
+    void convx_conv_weight_block_d(int level, const convx_conv_shape* s, const double* grad_out, const double* x,
+                                   Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
     Py_ssize_t convx_conv_block_cols_d(int level)
     void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
                             const float* bias, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
@@ -190,6 +200,50 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
                     convx_conv_block_d(wp.level, s, <const double*> wp.packed, wp.group_size, bias, x, out, q0,
                                        nc, &work[t * work_size])
                 q0 = q0 + nc
+    return 0
+
+
+cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
+                                 Py_ssize_t batch, floating* grad_weight, int n_threads) except -1:
+    """grad_weight = sum_q grad_out[:, q] col[:, q]^T by convx_conv_weight_block: each thread sums
+    its share of the batch's output pixels into its own partial (transposed), the partials are
+    added after."""
+    cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
+    cdef Py_ssize_t w_size = s.groups * s.c_out_g * s.c_in_g * s.kh * s.kw
+    cdef Py_ssize_t col_rows = s.c_in_g * s.kh * s.kw
+    cdef Py_ssize_t block, work_size, lo, hi, q0, nc, grp, co, kk
+    cdef int team, t
+    if floating is float:
+        block = convx_conv_weight_cols_f(_gemm_level)
+        work_size = convx_conv_weight_work_size_f(_gemm_level, s.c_out_g)
+        dtype = np.float32
+    else:
+        block = convx_conv_weight_cols_d(_gemm_level)
+        work_size = convx_conv_weight_work_size_d(_gemm_level, s.c_out_g)
+        dtype = np.float64
+    team = _team(n_threads, (n_cols + block - 1) // block)
+    cdef floating[::1] parts = np.zeros(team * w_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            lo = t * n_cols // team
+            hi = (t + 1) * n_cols // team
+            q0 = lo
+            while q0 < hi:
+                nc = min(block, hi - q0)
+                if floating is float:
+                    convx_conv_weight_block_f(_gemm_level, s, grad_out, x, q0, nc, &parts[t * w_size],
+                                              &work[t * work_size])
+                else:
+                    convx_conv_weight_block_d(_gemm_level, s, grad_out, x, q0, nc, &parts[t * w_size],
+                                              &work[t * work_size])
+                q0 = q0 + nc
+        _sum_partials(&parts[0], team, w_size, &parts[0])
+        # the blocks sum the transposed gradient of each group
+        for grp in range(s.groups):
+            for co in range(s.c_out_g):
+                for kk in range(col_rows):
+                    grad_weight[(grp * s.c_out_g + co) * col_rows + kk] = parts[(grp * col_rows + kk) * s.c_out_g + co]
     return 0
 
 
@@ -653,20 +707,33 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     if not want_input:
         wp.level = CONVX_GEMM_BLAS
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
+    # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
+    # GKC pixels, and pack the column matrix's rows in runs along output rows: BLAS does better
+    # with large gradients, short rows, or few output channels to fill a strip.
+    cdef bint packed_weight = (_gemm_level != CONVX_GEMM_BLAS and w_size > 0 and g.c_out_g >= 32
+                               and g.out_w >= 16 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
+    cdef convx_conv_shape shape
+    if packed_weight:
+        shape = _conv_shape(&g)
+        _packed_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0],
+                                n_threads)
+        if not (want_bias or want_input):
+            return
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_weight).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
-    cdef floating[::1] w_parts = np.zeros(n_threads * w_size, dtype=dtype)
+    cdef floating[::1] w_parts = np.zeros(1 if packed_weight else n_threads * w_size, dtype=dtype)
     cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks, schedule='static'):
             n = _block_start(&g, item, n_blocks)
             n_images = _block_start(&g, item + 1, n_blocks) - n
-            _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g, n_images,
-                                  &col[tid * col_size], &gathered[tid * gathered_size])
+            if not packed_weight:
+                _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g,
+                                      n_images, &col[tid * col_size], &gathered[tid * gathered_size])
             if want_bias:
                 _bias_grad_images(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], n_images, c_out, n_out)
             if want_input:
@@ -674,7 +741,8 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
                                      n_images, &col[tid * col_size], &gathered[tid * gathered_size],
                                      &work[tid * work_size])
     with nogil:
-        _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
+        if not packed_weight:
+            _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
         if want_bias:
             _sum_partials(&b_parts[0], n_threads, c_out, &grad_bias[0])
 

@@ -55,6 +55,57 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
     return hi <= lo ? 0u : ((1u << hi) - 1u) & ~((1u << lo) - 1u);
 }
 
+/* The four 128-bit lanes L of v0..v3 gathered as out[L] = [v0.L, v1.L, v2.L, v3.L]. */
+#define CONVX_LANES_TRANSPOSE(SHUF, V, v0, v1, v2, v3, out)                                               \
+    do {                                                                                                  \
+        const V x0 = SHUF(v0, v1, 0x44), x1 = SHUF(v0, v1, 0xEE);                                         \
+        const V y0 = SHUF(v2, v3, 0x44), y1 = SHUF(v2, v3, 0xEE);                                         \
+        out[0] = SHUF(x0, y0, 0x88);                                                                      \
+        out[1] = SHUF(x0, y0, 0xDD);                                                                      \
+        out[2] = SHUF(x1, y1, 0x88);                                                                      \
+        out[3] = SHUF(x1, y1, 0xDD);                                                                      \
+    } while (0)
+
+/* dst[j * ldd + i] = src[i * ld + j] for i, j < 16. */
+__attribute__((target("avx512f"))) static inline void convx_transpose16_f(const float *src, ptrdiff_t ld,
+                                                                           float *dst, ptrdiff_t ldd) {
+    __m512 r[16], t[16], out[4];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ld);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + c], lane L: column 4L + c of rows 4g..4g+3 */
+    for (int g = 0; g < 16; g += 4) {
+        const __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
+        const __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
+        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; c++) {
+        CONVX_LANES_TRANSPOSE(_mm512_shuffle_f32x4, __m512, r[c], r[4 + c], r[8 + c], r[12 + c], out);
+        for (int lane = 0; lane < 4; lane++) _mm512_storeu_ps(dst + (4 * lane + c) * ldd, out[lane]);
+    }
+}
+
+/* dst[j * ldd + i] = src[i * ld + j] for i, j < 8. */
+__attribute__((target("avx512f"))) static inline void convx_transpose8_d(const double *src, ptrdiff_t ld,
+                                                                          double *dst, ptrdiff_t ldd) {
+    __m512d r[8], t[8], out[4];
+    for (int i = 0; i < 8; i++) r[i] = _mm512_loadu_pd(src + i * ld);
+    /* t[2g + c], lane L: column 2L + c of rows 2g, 2g+1 */
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+    }
+    for (int c = 0; c < 2; c++) {
+        CONVX_LANES_TRANSPOSE(_mm512_shuffle_f64x2, __m512d, t[c], t[2 + c], t[4 + c], t[6 + c], out);
+        for (int lane = 0; lane < 4; lane++) _mm512_storeu_pd(dst + (2 * lane + c) * ldd, out[lane]);
+    }
+}
+
 #define GN(name) CONVX_GEMM_JOIN(name, f512)
 #define GT float
 #define GV __m512
@@ -76,6 +127,7 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #define GMASK_STORE _mm512_mask_storeu_ps
 #define GMASK_RANGE(lo, hi) convx_mask16(lo, hi)
 #define GMASK_EVEN 0x5555
+#define GTRANSPOSE convx_transpose16_f
 #define GEVENS(a, b)                                                                                      \
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
 #include "_gemm_body.h"
@@ -95,6 +147,7 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #undef GMASK_STORE
 #undef GMASK_RANGE
 #undef GMASK_EVEN
+#undef GTRANSPOSE
 #undef GEVENS
 
 #define GN(name) CONVX_GEMM_JOIN(name, d512)
@@ -113,6 +166,7 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #define GMASK_STORE _mm512_mask_storeu_pd
 #define GMASK_RANGE(lo, hi) ((__mmask8)convx_mask16(lo, hi))
 #define GMASK_EVEN 0x55
+#define GTRANSPOSE convx_transpose8_d
 #define GEVENS(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #include "_gemm_body.h"
 #undef GN
@@ -134,6 +188,7 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
 #undef GMASK_STORE
 #undef GMASK_RANGE
 #undef GMASK_EVEN
+#undef GTRANSPOSE
 #undef GEVENS
 
 /* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast. */
@@ -226,6 +281,20 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
     }                                                                                                     \
     static ptrdiff_t convx_conv_block_cols_##S(int level) {                                               \
         return level == CONVX_GEMM_AVX512 ? convx_conv_block_cols_##S##512() : convx_conv_block_cols_##S##256(); \
+    }                                                                                                     \
+    static ptrdiff_t convx_conv_weight_cols_##S(int level) {                                              \
+        return level == CONVX_GEMM_AVX512 ? convx_conv_weight_cols_##S##512() : convx_conv_weight_cols_##S##256(); \
+    }                                                                                                     \
+    static size_t convx_conv_weight_work_size_##S(int level, ptrdiff_t m) {                               \
+        return level == CONVX_GEMM_AVX512 ? convx_conv_weight_work_size_##S##512(m)                       \
+                                          : convx_conv_weight_work_size_##S##256(m);                      \
+    }                                                                                                     \
+    static void convx_conv_weight_block_##S(int level, const convx_conv_shape *s, const T *grad_out,      \
+                                            const T *x, ptrdiff_t q0, ptrdiff_t nc, T *partial, T *work) { \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_conv_weight_block_##S##512(s, grad_out, x, q0, nc, partial, work);                      \
+        else                                                                                              \
+            convx_conv_weight_block_##S##256(s, grad_out, x, q0, nc, partial, work);                      \
     }
 
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
@@ -240,7 +309,11 @@ static inline unsigned convx_mask16(ptrdiff_t lo, ptrdiff_t hi) {
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
                                      size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
                                      ptrdiff_t nc, T *work) {}                                            \
-    static ptrdiff_t convx_conv_block_cols_##S(int level) { return 1; }
+    static ptrdiff_t convx_conv_block_cols_##S(int level) { return 1; }                                   \
+    static ptrdiff_t convx_conv_weight_cols_##S(int level) { return 1; }                                  \
+    static size_t convx_conv_weight_work_size_##S(int level, ptrdiff_t m) { return 0; }                   \
+    static void convx_conv_weight_block_##S(int level, const convx_conv_shape *s, const T *grad_out,      \
+                                            const T *x, ptrdiff_t q0, ptrdiff_t nc, T *partial, T *work) {}
 
 #endif
 

@@ -10,12 +10,13 @@
 
 #define GNR (GNV * GVL)
 
-/* c[0:rows, 0:cols] (ldc) = start + a_panel @ b_panel over kc, where start is c itself when
- * accumulating, else bias[r] per row (0 without bias): a_panel is kc columns of GMR rows
- * (a[k * GMR + r]), b_panel kc rows of GNR columns (b[k * GNR + q]). */
-GTARGET static void GN(convx_gemm_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a, const GT *CONVX_RESTRICT b,
-                                        GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols,
-                                        int accumulate, const GT *CONVX_RESTRICT bias) {
+/* c[0:rows, 0:cols] (ldc) = start + A @ b_panel over kc, where start is c itself when
+ * accumulating, else bias[r] per row (0 without bias): A's element (r, k) at a[r * ars + k * aks]
+ * for r < GMR, b_panel kc rows of GNR columns (b[k * GNR + q]). */
+GTARGET static inline __attribute__((always_inline)) void GN(convx_gemm_tile_strided)(
+    ptrdiff_t kc, const GT *CONVX_RESTRICT a, ptrdiff_t ars, ptrdiff_t aks, const GT *CONVX_RESTRICT b,
+    GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols, int accumulate,
+    const GT *CONVX_RESTRICT bias) {
     GV acc[GMR][GNV];
     const int full = rows == GMR && cols == GNR;
     for (int r = 0; r < GMR; r++)
@@ -25,10 +26,9 @@ GTARGET static void GN(convx_gemm_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a
         GV bv[GNV];
         for (int v = 0; v < GNV; v++) bv[v] = GLOAD(b + v * GVL);
         for (int r = 0; r < GMR; r++) {
-            const GV av = GSET1(a[r]);
+            const GV av = GSET1(a[r * ars + k * aks]);
             for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
         }
-        a += GMR;
         b += GNR;
     }
     if (full) {
@@ -46,6 +46,20 @@ GTARGET static void GN(convx_gemm_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a
     }
 }
 
+/* The tile with A a packed panel: a[k * GMR + r]. */
+GTARGET static void GN(convx_gemm_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a, const GT *CONVX_RESTRICT b,
+                                        GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols,
+                                        int accumulate, const GT *CONVX_RESTRICT bias) {
+    GN(convx_gemm_tile_strided)(kc, a, 1, GMR, b, c, ldc, rows, cols, accumulate, bias);
+}
+
+/* The tile with A GMR rows of a row-major matrix: a[r * lda + k] (rows past `rows` are read too). */
+GTARGET static void GN(convx_gemm_tile_rows)(ptrdiff_t kc, const GT *CONVX_RESTRICT a, ptrdiff_t lda,
+                                             const GT *CONVX_RESTRICT b, GT *CONVX_RESTRICT c, ptrdiff_t ldc,
+                                             ptrdiff_t rows, ptrdiff_t cols, int accumulate) {
+    GN(convx_gemm_tile_strided)(kc, a, lda, 1, b, c, ldc, rows, cols, accumulate, NULL);
+}
+
 /* Elements of the packed A of an m x k matrix. */
 static size_t GN(convx_gemm_packed_size)(ptrdiff_t m, ptrdiff_t k) {
     return (size_t)((m + GMR - 1) / GMR * GMR) * (size_t)k;
@@ -56,6 +70,9 @@ static size_t GN(convx_gemm_work_size)(void) { return (size_t)GKC * GNC; }
 
 /* Columns of one convx_conv_block at most. */
 static ptrdiff_t GN(convx_conv_block_cols)(void) { return GNC; }
+
+/* Columns of one convx_conv_weight_block at most. */
+static ptrdiff_t GN(convx_conv_weight_cols)(void) { return GKC; }
 
 /* packed = A (m x k, element (r, j) at a[r * rs + j * cs]) in depth blocks of GKC, each a run
  * of panels of GMR rows (k-major within a panel), the rows past m zero. */
@@ -259,6 +276,101 @@ GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CO
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/* dst[t] = col[kr, q0 + t] for t < nc: row kr of group grp's column matrix (as in
+ * convx_pack_columns) over the block, in runs along output rows. */
+GTARGET static void GN(convx_column_row)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
+                                         ptrdiff_t kr, ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT dst) {
+    const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
+    const ptrdiff_t ci = kr / taps, i = kr / s->kw % s->kh, j = kr % s->kw;
+    const int flat = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0 &&
+                     s->out_w == s->width && s->out_h == s->height;
+    for (ptrdiff_t t = 0; t < nc;) {
+        const ptrdiff_t n = (q0 + t) / n_out, pos = (q0 + t) % n_out;
+        const ptrdiff_t oh = flat ? 0 : pos / s->out_w, ow = flat ? pos : pos % s->out_w;
+        ptrdiff_t len = (flat ? n_out : s->out_w) - ow;
+        if (len > nc - t) len = nc - t;
+        const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh, iw = ow * s->sw - s->pw + j * s->dw;
+        ptrdiff_t lo = 0, hi = len;
+        if (!flat && (ih < 0 || ih >= s->height)) {
+            hi = 0;
+        } else if (!flat) {
+            if (iw < 0) lo = (-iw + s->sw - 1) / s->sw;
+            if (iw + (len - 1) * s->sw >= s->width)
+                hi = iw >= s->width ? 0 : (s->width - 1 - iw) / s->sw + 1;
+            if (lo > len) lo = len;
+            if (hi < lo) hi = lo;
+        }
+        const GT *src = x + ((n * s->groups + grp) * s->c_in_g + ci) * plane + ih * s->width + iw;
+        for (ptrdiff_t u = 0; u < len; u += GNR) {
+            const ptrdiff_t piece = len - u < GNR ? len - u : GNR;
+            const ptrdiff_t a = lo - u < 0 ? 0 : lo - u > piece ? piece : lo - u;
+            const ptrdiff_t b = hi - u < a ? a : hi - u > piece ? piece : hi - u;
+            GN(convx_copy_run)(dst + t + u, src + u * s->sw, a, b, piece, s->sw);
+        }
+        t += len;
+    }
+}
+
+/* Scratch elements of one convx_conv_weight_block call for m = c_out_g. */
+static size_t GN(convx_conv_weight_work_size)(ptrdiff_t m) {
+    const ptrdiff_t strips = (m + GNR - 1) / GNR;
+    return (size_t)GKC * (size_t)(strips * GNR) + (size_t)GKC * (GMC + GMR);
+}
+
+/* dst[kk * GNR + lane] = src[lane * ld + kk] for kk < kc, lane < lanes (lanes <= GNR), and 0
+ * for the lanes past `lanes`: GNR rows of a row-major matrix as convx_gemm's B strip. */
+GTARGET static inline void GN(convx_transpose_strip)(const GT *CONVX_RESTRICT src, ptrdiff_t ld, ptrdiff_t kc,
+                                                     ptrdiff_t lanes, GT *CONVX_RESTRICT dst) {
+    ptrdiff_t kk = 0;
+#ifdef GTRANSPOSE
+    if (lanes == GNR)
+        for (; kk + GVL <= kc; kk += GVL)
+            for (int v = 0; v < GNV; v++) GTRANSPOSE(src + v * GVL * ld + kk, ld, dst + kk * GNR + v * GVL, GNR);
+#endif
+    for (; kk < kc; kk++)
+        for (ptrdiff_t lane = 0; lane < GNR; lane++) dst[kk * GNR + lane] = lane < lanes ? src[lane * ld + kk] : 0;
+}
+
+/* partial[k, co] += sum_q col[k, q] grad_out[n, co, pixel] over the columns q of [q0, q0 + nc)
+ * (nc <= GKC; columns as in convx_pack_columns) for every group: the weight gradient
+ * transposed, group grp's (c_in_g * kh * kw) x c_out_g block at grp * c_out_g * c_in_g * kh * kw.
+ * A is the column matrix's rows over the block (GMC at a time), B grad_out's rows turned into
+ * strips of channels. work holds convx_conv_weight_work_size(c_out_g) elements. */
+GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT grad_out,
+                                                const GT *CONVX_RESTRICT x, ptrdiff_t q0, ptrdiff_t nc,
+                                                GT *CONVX_RESTRICT partial, GT *CONVX_RESTRICT work) {
+    const ptrdiff_t m = s->c_out_g, k = s->c_in_g * s->kh * s->kw, n_out = s->out_h * s->out_w;
+    const ptrdiff_t strips = (m + GNR - 1) / GNR;
+    GT *b_block = work, *rows = work + (size_t)GKC * (size_t)(strips * GNR);
+    for (ptrdiff_t grp = 0; grp < s->groups; grp++) {
+        GT *part = partial + grp * m * k;
+        /* B: strip jp, pixel t, lane l = grad_out[n, grp * m + jp * GNR + l, pixel of q0 + t] */
+        for (ptrdiff_t t = 0; t < nc;) {
+            const ptrdiff_t n = (q0 + t) / n_out, pos = (q0 + t) % n_out;
+            const ptrdiff_t len = n_out - pos < nc - t ? n_out - pos : nc - t;
+            const GT *src = grad_out + (n * s->groups * m + grp * m) * n_out + pos;
+            for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                const ptrdiff_t lanes = m - jp * GNR < GNR ? m - jp * GNR : GNR;
+                GN(convx_transpose_strip)(src + jp * GNR * n_out, n_out, len, lanes, b_block + jp * nc * GNR + t * GNR);
+            }
+            t += len;
+        }
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += GMC) {
+            const ptrdiff_t kb = k - k0 < GMC ? k - k0 : GMC;
+            for (ptrdiff_t r = 0; r < kb; r++) GN(convx_column_row)(s, x, grp, k0 + r, q0, nc, rows + r * GKC);
+            for (ptrdiff_t r = kb; r < (kb + GMR - 1) / GMR * GMR; r++) memset(rows + r * GKC, 0, (size_t)nc * sizeof(GT));
+            for (ptrdiff_t ip = 0; ip * GMR < kb; ip++) {
+                const ptrdiff_t rows_here = kb - ip * GMR < GMR ? kb - ip * GMR : GMR;
+                for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                    const ptrdiff_t cols = m - jp * GNR < GNR ? m - jp * GNR : GNR;
+                    GN(convx_gemm_tile_rows)(nc, rows + ip * GMR * GKC, GKC, b_block + jp * nc * GNR,
+                                             part + (k0 + ip * GMR) * m + jp * GNR, m, rows_here, cols, 1);
                 }
             }
         }
