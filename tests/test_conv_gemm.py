@@ -139,3 +139,8 @@ def test_show_config_names_the_kernel():
     from convx._config import config
 
     assert config()["gemm"] == core.gemm_kernel()
+
+
+def test_default_kernel_is_avx512_where_the_cpu_has_it():
+    # (the fixture restores the kernel after each test, so this is still the import-time choice)
+    assert core.gemm_kernel() == ("avx512" if "avx512" in KERNELS else "blas")

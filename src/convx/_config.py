@@ -71,8 +71,7 @@ def show_config() -> None:
     kernels on OpenMP threads (a compiler without OpenMP gives a serial build); ``threads``
     is the count they use (see :func:`convx.set_num_threads`); ``blas`` the BLAS libraries
     loaded in the process (convx calls SciPy's); ``gemm`` the kernel of the convolutions'
-    weight products ('avx512' or 'avx2', convx's own, picked for the CPU at run time, else
-    'blas'); the ``build.*`` lines are the compiler,
+    weight products ('avx512', convx's own, where the CPU has AVX-512, else 'blas'); the ``build.*`` lines are the compiler,
     flags, macros and Cython directives the extension was compiled with.
 
     Examples

@@ -76,11 +76,14 @@ cdef extern from "_gemm.h" nogil:
 
 GEMM_KERNELS = ("blas", "avx2", "avx512")
 cdef int _gemm_supported = convx_gemm_detect()
-cdef int _gemm_level = _gemm_supported
+# The AVX2 kernel is not the default: it ran within noise of OpenBLAS's AVX-512 kernels on the
+# one (AVX-512) machine it was measured on, and has not been timed on a CPU without AVX-512.
+cdef int _gemm_level = CONVX_GEMM_AVX512 if _gemm_supported == CONVX_GEMM_AVX512 else CONVX_GEMM_BLAS
 
 
 def gemm_kernel():
-    """The kernel of the convolutions' weight products: 'avx512', 'avx2' (convx's own) or 'blas'."""
+    """The kernel of the convolutions' weight products: 'avx512' (convx's own, the default where
+    the CPU has AVX-512), 'avx2' (convx's own, only when chosen) or 'blas'."""
     return GEMM_KERNELS[_gemm_level]
 
 

@@ -6,8 +6,10 @@
  *
  * Every thread runs its own GEMM on its own tile, so that no BLAS thread pool sits between the
  * OpenMP threads and the cores, and the weights are not repacked per image as a BLAS call would
- * do. The kernels are written for AVX-512 and AVX2+FMA and picked at run time (the default build
- * stays baseline x86-64); without either, or away from GCC/Clang on x86-64, the callers use BLAS.
+ * do. The kernels are written for AVX-512 and AVX2+FMA, compiled with function-level target
+ * attributes so that the default build stays baseline x86-64, and picked at run time: AVX-512
+ * where the CPU has it; elsewhere, and away from GCC/Clang on x86-64, the callers use BLAS (the
+ * AVX2 kernels only when asked for, see set_gemm_kernel in _conv.pxi).
  */
 #ifndef CONVX_GEMM_H
 #define CONVX_GEMM_H
