@@ -1,9 +1,12 @@
-# Convolution kernels: im2col/col2im + BLAS GEMM (Caffe's scheme), and direct loops for
+# Convolution kernels: im2col/col2im + GEMM (Caffe's scheme), and direct loops for
 # convolutions with one input channel per group (depthwise and friends).
 #
-# Work is split into tiles: one image (or a chunk of its output rows, when its column matrix
-# would exceed the per-thread budget), or a block of whole images when their planes are so
-# small that one GEMM per image would be too thin for BLAS to run well. Column buffers hold
+# The GEMMs are convx's own packed kernels (_gemm.h) where the CPU has them, else BLAS. With
+# convx's, the forward (and, for layers it suits, the weight gradient) packs column blocks
+# straight from the input, each thread taking an equal share of the batch's output pixels.
+# Otherwise work is split into tiles: one image (or a chunk of its output rows, when its column
+# matrix would exceed the per-thread budget), or a block of whole images when their planes are
+# so small that one GEMM per image would be too thin for BLAS to run well. Column buffers hold
 # one tile per thread, never the whole batch. Threads split the tiles; each has its own
 # scratch, and weight gradients are accumulated in per-thread partials summed afterwards.
 
@@ -57,6 +60,13 @@ cdef extern from "_gemm.h" nogil:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
     Py_ssize_t convx_conv_block_cols_f(int level)
+    Py_ssize_t convx_conv_block_cols_d(int level)
+    void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
+                            const float* bias, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
+                            float* work)
+    void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
+                            const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
+                            double* work)
     Py_ssize_t convx_conv_weight_cols_f(int level)
     Py_ssize_t convx_conv_weight_cols_d(int level)
     size_t convx_conv_weight_work_size_f(int level, Py_ssize_t m)
@@ -65,13 +75,6 @@ cdef extern from "_gemm.h" nogil:
                                    Py_ssize_t q0, Py_ssize_t nc, float* partial, float* work)
     void convx_conv_weight_block_d(int level, const convx_conv_shape* s, const double* grad_out, const double* x,
                                    Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
-    Py_ssize_t convx_conv_block_cols_d(int level)
-    void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
-                            const float* bias, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
-                            float* work)
-    void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
-                            const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
-                            double* work)
 
 
 GEMM_KERNELS = ("blas", "avx2", "avx512")
@@ -82,7 +85,7 @@ cdef int _gemm_level = CONVX_GEMM_AVX512 if _gemm_supported == CONVX_GEMM_AVX512
 
 
 def gemm_kernel():
-    """The kernel of the convolutions' weight products: 'avx512' (convx's own, the default where
+    """The kernel of the convolutions' matrix products: 'avx512' (convx's own, the default where
     the CPU has AVX-512), 'avx2' (convx's own, only when chosen) or 'blas'."""
     return GEMM_KERNELS[_gemm_level]
 
