@@ -45,6 +45,31 @@ static int convx_gemm_detect(void) {
     return CONVX_GEMM_BLAS;
 }
 
+/* A 1x1 kernel with stride 1 and no padding reads each input plane as it is, so runs of
+ * columns may cross output rows. */
+static inline int convx_conv_flat(const convx_conv_shape *s) {
+    return s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0 &&
+           s->out_w == s->width && s->out_h == s->height;
+}
+
+/* [lo, hi): the t in [0, len) whose tap, input row ih and column iw + t * sw, lies inside the
+ * input (none when the row is outside); every t of a flat run. */
+static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_t ih, ptrdiff_t iw, ptrdiff_t len,
+                                   ptrdiff_t *lo, ptrdiff_t *hi) {
+    *lo = 0;
+    *hi = len;
+    if (flat)
+        return;
+    if (ih < 0 || ih >= s->height) {
+        *hi = 0;
+        return;
+    }
+    if (iw < 0) *lo = (-iw + s->sw - 1) / s->sw;
+    if (iw + (len - 1) * s->sw >= s->width) *hi = iw >= s->width ? 0 : (s->width - 1 - iw) / s->sw + 1;
+    if (*lo > len) *lo = len;
+    if (*hi < *lo) *hi = *lo;
+}
+
 #define CONVX_GEMM_JOIN2(a, b) a##_##b
 #define CONVX_GEMM_JOIN(a, b) CONVX_GEMM_JOIN2(a, b)
 
@@ -112,9 +137,9 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GT float
 #define GV __m512
 #define GVL 16
+#define GKC 256
 #define GMR 8
 #define GNV 2
-#define GKC 256
 #define GNC 384
 #define GMC 128
 #define GTARGET __attribute__((target("avx512f")))
@@ -133,30 +158,17 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GEVENS(a, b)                                                                                      \
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
 #include "_gemm_body.h"
-#undef GN
-#undef GT
-#undef GV
-#undef GVL
-#undef GKC
-#undef GLOAD
-#undef GSTORE
-#undef GFMA
-#undef GSET1
-#undef GZERO
-#undef GADD
-#undef GMASK
-#undef GMASK_LOAD
-#undef GMASK_STORE
-#undef GMASK_RANGE
-#undef GMASK_EVEN
-#undef GTRANSPOSE
-#undef GEVENS
 
 #define GN(name) CONVX_GEMM_JOIN(name, d512)
 #define GT double
 #define GV __m512d
 #define GVL 8
 #define GKC 128
+#define GMR 8
+#define GNV 2
+#define GNC 384
+#define GMC 128
+#define GTARGET __attribute__((target("avx512f")))
 #define GLOAD _mm512_loadu_pd
 #define GSTORE _mm512_storeu_pd
 #define GFMA _mm512_fmadd_pd
@@ -171,36 +183,17 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GTRANSPOSE convx_transpose8_d
 #define GEVENS(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #include "_gemm_body.h"
-#undef GN
-#undef GT
-#undef GV
-#undef GVL
-#undef GMR
-#undef GNV
-#undef GKC
-#undef GTARGET
-#undef GLOAD
-#undef GSTORE
-#undef GFMA
-#undef GSET1
-#undef GZERO
-#undef GADD
-#undef GMASK
-#undef GMASK_LOAD
-#undef GMASK_STORE
-#undef GMASK_RANGE
-#undef GMASK_EVEN
-#undef GTRANSPOSE
-#undef GEVENS
 
 /* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast. */
 #define GN(name) CONVX_GEMM_JOIN(name, f256)
 #define GT float
 #define GV __m256
 #define GVL 8
+#define GKC 256
 #define GMR 6
 #define GNV 2
-#define GKC 256
+#define GNC 384
+#define GMC 128
 #define GTARGET __attribute__((target("avx2,fma")))
 #define GLOAD _mm256_loadu_ps
 #define GSTORE _mm256_storeu_ps
@@ -209,23 +202,17 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GZERO _mm256_setzero_ps
 #define GADD _mm256_add_ps
 #include "_gemm_body.h"
-#undef GN
-#undef GT
-#undef GV
-#undef GVL
-#undef GKC
-#undef GLOAD
-#undef GSTORE
-#undef GFMA
-#undef GSET1
-#undef GZERO
-#undef GADD
 
 #define GN(name) CONVX_GEMM_JOIN(name, d256)
 #define GT double
 #define GV __m256d
 #define GVL 4
 #define GKC 128
+#define GMR 6
+#define GNV 2
+#define GNC 384
+#define GMC 128
+#define GTARGET __attribute__((target("avx2,fma")))
 #define GLOAD _mm256_loadu_pd
 #define GSTORE _mm256_storeu_pd
 #define GFMA _mm256_fmadd_pd
@@ -233,22 +220,6 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GZERO _mm256_setzero_pd
 #define GADD _mm256_add_pd
 #include "_gemm_body.h"
-#undef GN
-#undef GT
-#undef GV
-#undef GVL
-#undef GMR
-#undef GNV
-#undef GKC
-#undef GNC
-#undef GMC
-#undef GTARGET
-#undef GLOAD
-#undef GSTORE
-#undef GFMA
-#undef GSET1
-#undef GZERO
-#undef GADD
 
 /* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \

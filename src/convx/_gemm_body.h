@@ -5,7 +5,11 @@
  *   GKC     depth of a packed block              GNC, GMC  columns, rows of a packed block
  *   GTARGET the function attribute enabling the instruction set
  *   GLOAD, GSTORE, GFMA, GSET1, GZERO, GADD the unaligned load/store, fused multiply-add,
- *   broadcast, zero and add of GV.
+ *   broadcast, zero and add of GV
+ * and, where the instruction set has masked loads and stores (AVX-512), GMASK (the mask type),
+ * GMASK_LOAD, GMASK_STORE, GMASK_RANGE(lo, hi) (lanes [lo, hi)), GMASK_EVEN (the even lanes),
+ * GEVENS(a, b) (the even elements of a then b) and GTRANSPOSE (a GVL x GVL transpose).
+ * Every parameter is #undef'd at the end, ready for the next instantiation.
  */
 
 #define GNR (GNV * GVL)
@@ -180,9 +184,7 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
     ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
     const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
     const ptrdiff_t strips = (nc + GNR - 1) / GNR;
-    /* A 1x1 kernel with stride 1 and no padding reads each plane as it is: runs cross rows. */
-    const int flat = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0 &&
-                     s->out_w == s->width && s->out_h == s->height;
+    const int flat = convx_conv_flat(s);
     ptrdiff_t runs = 0;
     for (ptrdiff_t q = 0; q < nc;) {
         const ptrdiff_t n = (q0 + q) / n_out, pos = (q0 + q) % n_out;
@@ -204,17 +206,8 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
         for (ptrdiff_t r = 0; r < runs; r++) {
             GT *dst = work + run_at[r] + k * GNR;
             const ptrdiff_t len = run_len[r], ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
-            ptrdiff_t lo = 0, hi = len;
-            if (!flat && (ih < 0 || ih >= s->height)) {
-                hi = 0;
-            } else if (!flat) {
-                /* the t with 0 <= iw + t * sw < width */
-                if (iw < 0) lo = (-iw + s->sw - 1) / s->sw;
-                if (iw + (len - 1) * s->sw >= s->width)
-                    hi = iw >= s->width ? 0 : (s->width - 1 - iw) / s->sw + 1;
-                if (lo > len) lo = len;
-                if (hi < lo) hi = lo;
-            }
+            ptrdiff_t lo, hi;
+            convx_run_range(s, flat, ih, iw, len, &lo, &hi);
             GN(convx_copy_run)(dst, run_plane[r] + channel + ih * s->width + iw, lo, hi, len, s->sw);
         }
         if (nc % GNR) {
@@ -288,24 +281,15 @@ GTARGET static void GN(convx_column_row)(const convx_conv_shape *s, const GT *CO
                                          ptrdiff_t kr, ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT dst) {
     const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
     const ptrdiff_t ci = kr / taps, i = kr / s->kw % s->kh, j = kr % s->kw;
-    const int flat = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 && s->pw == 0 &&
-                     s->out_w == s->width && s->out_h == s->height;
+    const int flat = convx_conv_flat(s);
     for (ptrdiff_t t = 0; t < nc;) {
         const ptrdiff_t n = (q0 + t) / n_out, pos = (q0 + t) % n_out;
         const ptrdiff_t oh = flat ? 0 : pos / s->out_w, ow = flat ? pos : pos % s->out_w;
         ptrdiff_t len = (flat ? n_out : s->out_w) - ow;
         if (len > nc - t) len = nc - t;
         const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh, iw = ow * s->sw - s->pw + j * s->dw;
-        ptrdiff_t lo = 0, hi = len;
-        if (!flat && (ih < 0 || ih >= s->height)) {
-            hi = 0;
-        } else if (!flat) {
-            if (iw < 0) lo = (-iw + s->sw - 1) / s->sw;
-            if (iw + (len - 1) * s->sw >= s->width)
-                hi = iw >= s->width ? 0 : (s->width - 1 - iw) / s->sw + 1;
-            if (lo > len) lo = len;
-            if (hi < lo) hi = lo;
-        }
+        ptrdiff_t lo, hi;
+        convx_run_range(s, flat, ih, iw, len, &lo, &hi);
         const GT *src = x + ((n * s->groups + grp) * s->c_in_g + ci) * plane + ih * s->width + iw;
         for (ptrdiff_t u = 0; u < len; u += GNR) {
             const ptrdiff_t piece = len - u < GNR ? len - u : GNR;
@@ -378,3 +362,26 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 }
 
 #undef GNR
+#undef GN
+#undef GT
+#undef GV
+#undef GVL
+#undef GMR
+#undef GNV
+#undef GKC
+#undef GNC
+#undef GMC
+#undef GTARGET
+#undef GLOAD
+#undef GSTORE
+#undef GFMA
+#undef GSET1
+#undef GZERO
+#undef GADD
+#undef GMASK
+#undef GMASK_LOAD
+#undef GMASK_STORE
+#undef GMASK_RANGE
+#undef GMASK_EVEN
+#undef GEVENS
+#undef GTRANSPOSE
