@@ -493,24 +493,30 @@ cdef void _columns(const floating* images, ConvGeometry* g, Py_ssize_t grp, Py_s
                 col + b * n_cols, n_images * n_cols)
 
 
-cdef void _forward_tile(const floating* x, WeightProduct* wp, floating* out, ConvGeometry* g,
+cdef void _forward_tile(const floating* x, const floating* weight, floating* out, ConvGeometry* g,
                         Py_ssize_t n_images, Py_ssize_t row0, Py_ssize_t row1,
-                        floating* col, floating* gathered, floating* work) noexcept nogil:
-    """out[b, grp, :, rows] = W_grp @ im2col(x[b, grp], rows) for the tile's images b and every group."""
+                        floating* col, floating* gathered) noexcept nogil:
+    """out[b, grp, :, rows] = W_grp @ im2col(x[b, grp], rows) for the tile's images b and every group,
+    by BLAS (convx's own GEMM packs its columns itself: _implicit_conv)."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
     cdef Py_ssize_t grp
+    cdef const floating* w_grp
     for grp in range(g.groups):
+        w_grp = weight + grp * g.c_out_g * g.col_rows
         if g.direct_1x1:
-            _product(wp, grp, n_cols, x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
-                     out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, work)
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows,
+                  x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
             continue
         _columns(x, g, grp, n_images, row0, row1, col)
         if n_images == 1:
-            _product(wp, grp, n_cols, col, n_cols, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, work)
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows, col, n_cols,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
         else:
-            _product(wp, grp, n_images * n_cols, col, n_images * n_cols, gathered, n_images * n_cols, work)
+            _gemm(False, False, g.c_out_g, n_images * n_cols, g.col_rows, 1, w_grp, g.col_rows,
+                  col, n_images * n_cols, 0, gathered, n_images * n_cols)
             _scatter(gathered, g, grp, n_images, out)
 
 
@@ -632,12 +638,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
                        &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
         return
-    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks * n_chunks))
     dtype = np.asarray(out).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
-    cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks * n_chunks, schedule='static'):
@@ -645,8 +649,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             n_images = _block_start(&g, item // n_chunks + 1, n_blocks) - n
             row0 = (item % n_chunks) * g.chunk_rows
             row1 = min(row0 + g.chunk_rows, g.out_h)
-            _forward_tile(&x[n, 0, 0, 0], &wp, &out[n, 0, 0, 0], &g, n_images, row0, row1,
-                          &col[tid * col_size], &gathered[tid * gathered_size], &work[tid * work_size])
+            _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
+                          &col[tid * col_size], &gathered[tid * gathered_size])
             if has_bias:
                 for b in range(n_images):
                     out_b = &out[n + b, 0, 0, 0]
@@ -710,9 +714,7 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef bint want_input = grad_in.shape[0] > 0
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
-    if not want_input:
-        wp.level = CONVX_GEMM_BLAS
-    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
+    cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
     # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
     # GKC pixels, and pack the column matrix's rows in runs along output rows: BLAS does better
     # with large gradients, short rows, or few output channels to fill a strip.

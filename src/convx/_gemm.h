@@ -52,6 +52,17 @@ static inline int convx_conv_flat(const convx_conv_shape *s) {
            s->out_w == s->width && s->out_h == s->height;
 }
 
+/* The run of columns from column q (see convx_pack_columns): its image n, output row oh and
+ * column ow; returns the columns to the end of its output row (of its plane when flat). */
+static inline ptrdiff_t convx_run_start(const convx_conv_shape *s, int flat, ptrdiff_t q, ptrdiff_t *n, ptrdiff_t *oh,
+                                        ptrdiff_t *ow) {
+    const ptrdiff_t n_out = s->out_h * s->out_w, pos = q % n_out;
+    *n = q / n_out;
+    *oh = flat ? 0 : pos / s->out_w;
+    *ow = flat ? pos : pos % s->out_w;
+    return (flat ? n_out : s->out_w) - *ow;
+}
+
 /* [lo, hi): the t in [0, len) whose tap, input row ih and column iw + t * sw, lies inside the
  * input (none when the row is outside); every t of a flat run. */
 static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_t ih, ptrdiff_t iw, ptrdiff_t len,

@@ -182,14 +182,13 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
     ptrdiff_t run_at[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
     const GT *run_plane[GNC + GNC / GNR + 1];
     ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
-    const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
+    const ptrdiff_t plane = s->height * s->width, taps = s->kh * s->kw;
     const ptrdiff_t strips = (nc + GNR - 1) / GNR;
     const int flat = convx_conv_flat(s);
     ptrdiff_t runs = 0;
     for (ptrdiff_t q = 0; q < nc;) {
-        const ptrdiff_t n = (q0 + q) / n_out, pos = (q0 + q) % n_out;
-        const ptrdiff_t oh = flat ? 0 : pos / s->out_w, ow = flat ? pos : pos % s->out_w;
-        ptrdiff_t len = (flat ? n_out : s->out_w) - ow;
+        ptrdiff_t n, oh, ow;
+        ptrdiff_t len = convx_run_start(s, flat, q0 + q, &n, &oh, &ow);
         if (len > nc - q) len = nc - q;
         if (len > GNR - q % GNR) len = GNR - q % GNR;
         run_at[runs] = q / GNR * kc * GNR + q % GNR;
@@ -279,13 +278,12 @@ GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CO
  * convx_pack_columns) over the block, in runs along output rows. */
 GTARGET static void GN(convx_column_row)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
                                          ptrdiff_t kr, ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT dst) {
-    const ptrdiff_t n_out = s->out_h * s->out_w, plane = s->height * s->width, taps = s->kh * s->kw;
+    const ptrdiff_t plane = s->height * s->width, taps = s->kh * s->kw;
     const ptrdiff_t ci = kr / taps, i = kr / s->kw % s->kh, j = kr % s->kw;
     const int flat = convx_conv_flat(s);
     for (ptrdiff_t t = 0; t < nc;) {
-        const ptrdiff_t n = (q0 + t) / n_out, pos = (q0 + t) % n_out;
-        const ptrdiff_t oh = flat ? 0 : pos / s->out_w, ow = flat ? pos : pos % s->out_w;
-        ptrdiff_t len = (flat ? n_out : s->out_w) - ow;
+        ptrdiff_t n, oh, ow;
+        ptrdiff_t len = convx_run_start(s, flat, q0 + t, &n, &oh, &ow);
         if (len > nc - t) len = nc - t;
         const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh, iw = ow * s->sw - s->pw + j * s->dw;
         ptrdiff_t lo, hi;
