@@ -64,6 +64,15 @@ GEOMETRIES = {
     "weight-groups-stride": (2, 12, 12, 36, 64, (3, 3), 2, 1, 1, 2),
     "weight-dilated": (2, 5, 10, 24, 33, (2, 3), 1, (2, 1), (2, 2), 1),
     "weight-one-by-one": (2, 9, 5, 40, 32, (1, 1), 1, 0, 1, 1),
+    # input channels enough for the packed input gradient on 3 threads (each thread its own
+    # channels; shares not a multiple of the row panel, cut inside a group, or at its edge)
+    "input-channels": (3, 27, 10, 11, 20, (3, 3), 1, 1, 1, 1),
+    "input-groups-split": (2, 30, 8, 9, 12, (3, 3), 1, 1, 1, 3),
+    "input-stride-2": (2, 24, 15, 17, 40, (3, 3), 2, 1, 1, 1),
+    "input-stride-3x2-dilated": (2, 25, 16, 19, 12, (3, 2), (3, 2), (2, 1), (2, 2), 1),
+    "input-stride-beyond-kernel": (3, 24, 13, 14, 9, (2, 2), 4, 0, 1, 1),
+    "input-padding-beyond-kernel": (2, 24, 5, 6, 8, (2, 3), 1, (3, 4), 1, 1),
+    "input-deep-filters": (2, 24, 5, 6, 300, (3, 3), 1, 1, 1, 1),
 }
 
 
@@ -101,20 +110,43 @@ def test_large_layer_matches_reference(kernel, rng):
             assert_close(out, ref, np.float32)
 
 
+@pytest.mark.parametrize("op", ["forward", "backward_input"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_values_propagate_like_blas(kernel, value, rng):
-    # The packed path multiplies the padding's zeros like im2col + BLAS does, so the same
+def test_non_finite_values_propagate_like_blas(kernel, value, op, rng):
+    # The packed paths multiply the padding's zeros like im2col + BLAS does (and the input
+    # gradient drops the products that fall in the padding as col2im does), so the same
     # outputs turn NaN/inf.
-    case = _case("strips-cross-images")
+    case = _case("strips-cross-images" if op == "forward" else "input-channels")
     x, weight, bias, grad_out = case.arrays(rng, np.float64)
     x[1, 2, 3, 4] = value
     weight[4, 1, 0, 2] = value
-    got = F.conv2d(x, weight, bias, **case.kwargs)
+    grad_out[0, 3, 0, 5] = value
+
+    def run():
+        if op == "forward":
+            return F.conv2d(x, weight, bias, **case.kwargs)
+        return F.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs)
+
+    got = run()
     core.set_gemm_kernel("blas")
-    want = F.conv2d(x, weight, bias, **case.kwargs)
+    want = run()
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert_close(np.where(np.isfinite(want), got, 0), np.where(np.isfinite(want), want, 0), np.float64)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("geometry", ["input-channels", "input-groups-split", "input-stride-beyond-kernel",
+                                      "input-padding-beyond-kernel"])
+def test_input_gradient_overwrites_its_output(kernel, geometry, threads, rng):
+    # The kernels own the zeroing of grad_in (the packed path zeroes rows just ahead of its
+    # blocks): rows no tap reaches must come out zero whatever the memory held.
+    case = _case(geometry)
+    x, weight, bias, grad_out = case.arrays(rng, np.float32)
+    grad_in = np.full(x.shape, np.nan, np.float32)
+    (sh, sw), (ph, pw), (dh, dw) = (np.broadcast_to(case.kwargs[k], 2) for k in ("stride", "padding", "dilation"))
+    core.conv2d_backward_input(grad_out, weight, grad_in, sh, sw, ph, pw, dh, dw, case.kwargs["groups"], threads)
+    assert_close(grad_in, reference.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs), np.float32)
 
 
 def test_empty_batch_and_channels(kernel):

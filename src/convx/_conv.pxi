@@ -3,8 +3,10 @@
 #
 # The GEMMs are convx's own packed kernels (_gemm.h) where the CPU has them, else BLAS. With
 # convx's, the forward (and, for layers it suits, the weight gradient) packs column blocks
-# straight from the input, each thread taking an equal share of the batch's output pixels.
-# Otherwise work is split into tiles: one image (or a chunk of its output rows, when its column
+# straight from the input, each thread taking an equal share of the batch's output pixels; the
+# input gradient (with enough input channels) adds each tile of W^T @ grad_out straight into
+# grad_in, each thread taking an equal share of the input channels. Otherwise work is split
+# into tiles: one image (or a chunk of its output rows, when its column
 # matrix would exceed the per-thread budget), or a block of whole images when their planes are
 # so small that one GEMM per image would be too thin for BLAS to run well. Column buffers hold
 # one tile per thread, never the whole batch. Threads split the tiles; each has its own
@@ -67,6 +69,16 @@ cdef extern from "_gemm.h" nogil:
     void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                             const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
                             double* work)
+    void convx_gemm_pack_a_cyclic_f(int level, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t cycle,
+                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t cs, float* packed)
+    void convx_gemm_pack_a_cyclic_d(int level, Py_ssize_t m, Py_ssize_t k, const double* a, Py_ssize_t cycle,
+                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t cs, double* packed)
+    void convx_conv_input_block_f(int level, const convx_conv_shape* s, const float* packed, Py_ssize_t grp,
+                                  Py_ssize_t c0, Py_ssize_t nch, const float* grad_out, float* grad_in,
+                                  Py_ssize_t q0, Py_ssize_t nc, float* work)
+    void convx_conv_input_block_d(int level, const convx_conv_shape* s, const double* packed, Py_ssize_t grp,
+                                  Py_ssize_t c0, Py_ssize_t nch, const double* grad_out, double* grad_in,
+                                  Py_ssize_t q0, Py_ssize_t nc, double* work)
     Py_ssize_t convx_conv_weight_cols_f(int level)
     Py_ssize_t convx_conv_weight_cols_d(int level)
     size_t convx_conv_weight_work_size_f(int level, Py_ssize_t m)
@@ -207,6 +219,111 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
                                        nc, &work[t * work_size])
                 q0 = q0 + nc
     return 0
+
+
+cdef inline bint _packed_input(ConvGeometry* g, int n_threads) noexcept nogil:
+    """Whether the input gradient goes through _packed_input_gradient: with convx's GEMM, where
+    the product is not written straight into grad_in already (a 1x1 kernel over whole planes),
+    and with enough input channels for each thread to take eight."""
+    return (_gemm_level != CONVX_GEMM_BLAS and not g.direct_1x1 and g.batch > 0 and g.c_out_g > 0
+            and g.groups * g.c_in_g >= 8 * max(1, n_threads))
+
+
+cdef int _packed_input_gradient(const floating* grad_out, const floating* weight, floating* grad_in,
+                                convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
+    """grad_in = col2im(W^T @ grad_out) by convx_conv_input_block, with no column matrix: each
+    thread takes an equal share of the input channels (so that no two write the same element),
+    packs its rows of W^T (cut where groups end) and adds its rows of every tile of the product
+    into grad_in, over all the batch's pixels."""
+    cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
+    cdef Py_ssize_t c_in = s.groups * s.c_in_g, taps = s.kh * s.kw, n_out = s.out_h * s.out_w
+    cdef Py_ssize_t col_rows = s.c_in_g * taps, w_size = s.c_out_g * col_rows
+    cdef Py_ssize_t block, work_size, c, c0, c1, end, grp, q0, nc, n, u, zn, zr
+    cdef int level = _gemm_level, team = _team(n_threads, c_in), t
+    # segment u: thread seg_thread[u], group seg_group[u], its channels [seg_c0[u], + seg_nch[u]),
+    # packed at seg_at[u]
+    segments = []
+    packed_size = 0
+    for t in range(team):
+        c = t * c_in // team
+        c1 = (t + 1) * c_in // team
+        while c < c1:
+            grp = c // s.c_in_g
+            end = min(c1, (grp + 1) * s.c_in_g)
+            segments.append((t, grp, c - grp * s.c_in_g, end - c, packed_size))
+            if floating is float:
+                packed_size += convx_gemm_packed_size_f(level, (end - c) * taps, s.c_out_g)
+            else:
+                packed_size += convx_gemm_packed_size_d(level, (end - c) * taps, s.c_out_g)
+            c = end
+    cdef Py_ssize_t[:, ::1] seg = np.array(segments, dtype=np.intp)
+    cdef Py_ssize_t n_segs = seg.shape[0]
+    if floating is float:
+        block = convx_conv_block_cols_f(level)
+        work_size = convx_gemm_work_size_f(level)
+        dtype = np.float32
+    else:
+        block = convx_conv_block_cols_d(level)
+        work_size = convx_gemm_work_size_d(level)
+        dtype = np.float64
+    cdef floating[::1] packed = np.empty(max(1, packed_size), dtype=dtype)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            c0 = t * c_in // team
+            c1 = (t + 1) * c_in // team
+            # grad_in is zeroed just ahead of the blocks, while it stays in cache: rows [0, zr)
+            # of image zn, and the images before it, are zeroed
+            zn = 0
+            zr = 0
+            for u in range(n_segs):
+                if seg[u, 0] == t:
+                    # row r of the segment's W^T: channel r % nch, tap r / nch; column co
+                    if floating is float:
+                        convx_gemm_pack_a_cyclic_f(level, seg[u, 3] * taps, s.c_out_g,
+                                                   weight + seg[u, 1] * w_size + seg[u, 2] * taps, seg[u, 3],
+                                                   taps, 1, col_rows, &packed[seg[u, 4]])
+                    else:
+                        convx_gemm_pack_a_cyclic_d(level, seg[u, 3] * taps, s.c_out_g,
+                                                   weight + seg[u, 1] * w_size + seg[u, 2] * taps, seg[u, 3],
+                                                   taps, 1, col_rows, &packed[seg[u, 4]])
+            q0 = 0
+            while q0 < n_cols:
+                nc = min(block, n_cols - q0)
+                n = (q0 + nc - 1) // n_out
+                end = (q0 + nc - 1) % n_out // s.out_w * s.sh - s.ph + (s.kh - 1) * s.dh + 1
+                while zn < n:
+                    _zero_rows(grad_in, s, zn, c0, c1, zr, s.height)
+                    zn = zn + 1
+                    zr = 0
+                end = min(max(end, zr), s.height)
+                _zero_rows(grad_in, s, n, c0, c1, zr, end)
+                zr = end
+                for u in range(n_segs):
+                    if seg[u, 0] == t:
+                        if floating is float:
+                            convx_conv_input_block_f(level, s, &packed[seg[u, 4]], seg[u, 1], seg[u, 2], seg[u, 3],
+                                                     grad_out, grad_in, q0, nc, &work[t * work_size])
+                        else:
+                            convx_conv_input_block_d(level, s, &packed[seg[u, 4]], seg[u, 1], seg[u, 2], seg[u, 3],
+                                                     grad_out, grad_in, q0, nc, &work[t * work_size])
+                q0 = q0 + nc
+            while zn < batch:
+                _zero_rows(grad_in, s, zn, c0, c1, zr, s.height)
+                zn = zn + 1
+                zr = 0
+    return 0
+
+
+cdef inline void _zero_rows(floating* grad_in, convx_conv_shape* s, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t c1,
+                            Py_ssize_t row0, Py_ssize_t row1) noexcept nogil:
+    """grad_in[n, c0:c1, row0:row1] = 0."""
+    cdef Py_ssize_t c
+    if row1 <= row0:
+        return
+    for c in range(c0, c1):
+        memset(grad_in + ((n * s.groups * s.c_in_g + c) * s.height + row0) * s.width, 0,
+               (row1 - row0) * s.width * sizeof(floating))
 
 
 cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
@@ -671,6 +788,12 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
+    cdef convx_conv_shape shape
+    if _packed_input(&g, n_threads):
+        shape = _conv_shape(&g)
+        _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
+                               n_threads)
+        return
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp)
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
@@ -712,6 +835,9 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
     cdef bint want_input = grad_in.shape[0] > 0
+    cdef bint packed_input = want_input and _packed_input(&g, n_threads)
+    if packed_input:
+        want_input = False
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
@@ -720,13 +846,15 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     # with large gradients, short rows, or few output channels to fill a strip.
     cdef bint packed_weight = (_gemm_level != CONVX_GEMM_BLAS and w_size > 0 and g.c_out_g >= 32
                                and g.out_w >= 16 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
-    cdef convx_conv_shape shape
+    cdef convx_conv_shape shape = _conv_shape(&g)
     if packed_weight:
-        shape = _conv_shape(&g)
         _packed_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0],
                                 n_threads)
-        if not (want_bias or want_input):
-            return
+    if packed_input:
+        _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
+                               n_threads)
+    if packed_weight and not (want_bias or want_input):
+        return
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_weight).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)

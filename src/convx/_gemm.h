@@ -166,6 +166,8 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GMASK_RANGE(lo, hi) convx_mask16(lo, hi)
 #define GMASK_EVEN 0x5555
 #define GTRANSPOSE convx_transpose16_f
+#define GSPREAD_EVEN(v, half) \
+    _mm512_maskz_expand_ps(0x5555, (half) ? _mm512_shuffle_f32x4(v, v, 0xEE) : (v))
 #define GEVENS(a, b)                                                                                      \
     _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b)
 #include "_gemm_body.h"
@@ -192,6 +194,7 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GMASK_RANGE(lo, hi) ((__mmask8)convx_mask16(lo, hi))
 #define GMASK_EVEN 0x55
 #define GTRANSPOSE convx_transpose8_d
+#define GSPREAD_EVEN(v, half) _mm512_maskz_expand_pd(0x55, (half) ? _mm512_shuffle_f64x2(v, v, 0xEE) : (v))
 #define GEVENS(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #include "_gemm_body.h"
 
@@ -263,6 +266,21 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
         else                                                                                              \
             convx_conv_block_##S##256(s, packed, group_size, bias, x, out, q0, nc, work);                 \
     }                                                                                                     \
+    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t cycle, \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, T *packed) {      \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_gemm_pack_a_cyclic_##S##512(m, k, a, cycle, rs, rs2, cs, packed);                       \
+        else                                                                                              \
+            convx_gemm_pack_a_cyclic_##S##256(m, k, a, cycle, rs, rs2, cs, packed);                       \
+    }                                                                                                     \
+    static void convx_conv_input_block_##S(int level, const convx_conv_shape *s, const T *packed,         \
+                                           ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch, const T *grad_out, \
+                                           T *grad_in, ptrdiff_t q0, ptrdiff_t nc, T *work) {             \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_conv_input_block_##S##512(s, packed, grp, c0, nch, grad_out, grad_in, q0, nc, work);    \
+        else                                                                                              \
+            convx_conv_input_block_##S##256(s, packed, grp, c0, nch, grad_out, grad_in, q0, nc, work);    \
+    }                                                                                                     \
     static ptrdiff_t convx_conv_block_cols_##S(int level) {                                               \
         return level == CONVX_GEMM_AVX512 ? convx_conv_block_cols_##S##512() : convx_conv_block_cols_##S##256(); \
     }                                                                                                     \
@@ -293,6 +311,11 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
                                      size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
                                      ptrdiff_t nc, T *work) {}                                            \
+    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t cycle, \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, T *packed) {}     \
+    static void convx_conv_input_block_##S(int level, const convx_conv_shape *s, const T *packed,         \
+                                           ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch, const T *grad_out, \
+                                           T *grad_in, ptrdiff_t q0, ptrdiff_t nc, T *work) {}            \
     static ptrdiff_t convx_conv_block_cols_##S(int level) { return 1; }                                   \
     static ptrdiff_t convx_conv_weight_cols_##S(int level) { return 1; }                                  \
     static size_t convx_conv_weight_work_size_##S(int level, ptrdiff_t m) { return 0; }                   \

@@ -8,7 +8,8 @@
  *   broadcast, zero and add of GV
  * and, where the instruction set has masked loads and stores (AVX-512), GMASK (the mask type),
  * GMASK_LOAD, GMASK_STORE, GMASK_RANGE(lo, hi) (lanes [lo, hi)), GMASK_EVEN (the even lanes),
- * GEVENS(a, b) (the even elements of a then b) and GTRANSPOSE (a GVL x GVL transpose).
+ * GEVENS(a, b) (the even elements of a then b), GSPREAD_EVEN(v, half) (half 0 or 1 of v's
+ * elements in the even lanes) and GTRANSPOSE (a GVL x GVL transpose).
  * Every parameter is #undef'd at the end, ready for the next instantiation.
  */
 
@@ -78,22 +79,30 @@ static ptrdiff_t GN(convx_conv_block_cols)(void) { return GNC; }
 /* Columns of one convx_conv_weight_block at most. */
 static ptrdiff_t GN(convx_conv_weight_cols)(void) { return GKC; }
 
-/* packed = A (m x k, element (r, j) at a[r * rs + j * cs]) in depth blocks of GKC, each a run
- * of panels of GMR rows (k-major within a panel), the rows past m zero. */
-static void GN(convx_gemm_pack_a)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t rs,
-                                  ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
+/* packed = A (m x k, element (r, j) at a[(r % cycle) * rs + (r / cycle) * rs2 + j * cs]) in depth
+ * blocks of GKC, each a run of panels of GMR rows (k-major within a panel), the rows past m zero. */
+static void GN(convx_gemm_pack_a_cyclic)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t cycle,
+                                         ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
     const ptrdiff_t panels = (m + GMR - 1) / GMR;
-    for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
-        const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
-        for (ptrdiff_t ip = 0; ip < panels; ip++) {
+    ptrdiff_t offset[GMR];
+    for (ptrdiff_t ip = 0; ip < panels; ip++) {
+        for (ptrdiff_t r = 0; r < GMR; r++) {
+            const ptrdiff_t row = ip * GMR + r;
+            offset[r] = row < m ? row % cycle * rs + row / cycle * rs2 : -1;
+        }
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
+            const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
             GT *dst = packed + p0 * panels * GMR + ip * kc * GMR;
             for (ptrdiff_t j = 0; j < kc; j++)
-                for (ptrdiff_t r = 0; r < GMR; r++) {
-                    const ptrdiff_t row = ip * GMR + r;
-                    dst[j * GMR + r] = row < m ? a[row * rs + (p0 + j) * cs] : (GT)0;
-                }
+                for (ptrdiff_t r = 0; r < GMR; r++) dst[j * GMR + r] = offset[r] < 0 ? (GT)0 : a[offset[r] + (p0 + j) * cs];
         }
     }
+}
+
+/* packed = A (m x k, element (r, j) at a[r * rs + j * cs]), as convx_gemm_pack_a_cyclic packs it. */
+static void GN(convx_gemm_pack_a)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t rs,
+                                  ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
+    GN(convx_gemm_pack_a_cyclic)(m, k, a, m > 0 ? m : 1, rs, 0, cs, packed);
 }
 
 /* C (m x n, ldc) = (accumulate ? C : 0) + A @ B, with A packed by convx_gemm_pack_a and B
@@ -223,6 +232,32 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
     }
 }
 
+/* c[r * ldc + t] = (accumulate ? c[r * ldc + t] : bias ? bias[r] : 0) + tile[r * GNR + t] for
+ * r < rows, t in [t0, t1): lanes of a tile into a piece of C (c is addressed from lane 0, and
+ * only lanes [t0, t1) are touched). */
+GTARGET static inline void GN(convx_add_lanes)(const GT *CONVX_RESTRICT tile, GT *c, ptrdiff_t ldc, ptrdiff_t rows,
+                                               ptrdiff_t t0, ptrdiff_t t1, int accumulate,
+                                               const GT *CONVX_RESTRICT bias) {
+#ifdef GMASK
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const GV start = bias && !accumulate ? GSET1(bias[r]) : GZERO();
+        for (int v = 0; v < GNV; v++) {
+            const GMASK mask = GMASK_RANGE(t0 - v * GVL, t1 - v * GVL);
+            if (!mask) continue;
+            GT *dst = c + r * ldc + v * GVL;
+            const GV old = accumulate ? GMASK_LOAD(mask, dst) : start;
+            GMASK_STORE(dst, mask, GADD(old, GLOAD(tile + r * GNR + v * GVL)));
+        }
+    }
+#else
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const GT start = bias ? bias[r] : (GT)0;
+        for (ptrdiff_t t = t0; t < t1; t++)
+            c[r * ldc + t] = (accumulate ? c[r * ldc + t] : start) + tile[r * GNR + t];
+    }
+#endif
+}
+
 /* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
  * (see convx_pack_columns) and every group; packed holds each group's W packed by
  * convx_gemm_pack_a, group_size elements apart; work holds convx_gemm_work_size elements. */
@@ -259,14 +294,136 @@ GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CO
                         /* the strip runs on into the next images */
                         GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR, tile, GNR, GMR,
                                             GNR, 0, NULL);
-                        for (ptrdiff_t t = 0; t < cols; t++) {
-                            const ptrdiff_t nt = (q + t) / n_out, pt = (q + t) % n_out;
-                            GT *dst = out + (nt * c_out + co) * n_out + pt;
-                            for (ptrdiff_t r = 0; r < rows; r++) {
-                                const GT start = p0 > 0 ? dst[r * n_out] : tile_bias ? tile_bias[r] : (GT)0;
-                                dst[r * n_out] = start + tile[r * GNR + t];
-                            }
+                        for (ptrdiff_t t0 = 0; t0 < cols;) {
+                            const ptrdiff_t nt = (q + t0) / n_out, pt = (q + t0) % n_out;
+                            const ptrdiff_t t1 = n_out - pt < cols - t0 ? t0 + n_out - pt : cols;
+                            GN(convx_add_lanes)(tile, out + (nt * c_out + co) * n_out + pt - t0, n_out, rows, t0, t1,
+                                                p0 > 0, tile_bias);
+                            t0 = t1;
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dst[offset[i] + t * step] += src[i * GNR + t] for t in [lo, hi) (hi <= GNR), i < rows: a run
+ * of `rows` tile rows added into the input gradient (dst addressed from t = 0, only the t in
+ * [lo, hi) touched). */
+GTARGET static inline void GN(convx_add_runs)(GT *dst, const ptrdiff_t *offset, ptrdiff_t rows,
+                                              const GT *CONVX_RESTRICT src, ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t step) {
+#ifdef GMASK
+    if (step == 1) {
+        for (ptrdiff_t b = lo / GVL * GVL; b < hi; b += GVL) {
+            const GMASK mask = GMASK_RANGE(lo - b, hi - b);
+            for (ptrdiff_t i = 0; i < rows; i++) {
+                GT *d = dst + offset[i] + b;
+                GMASK_STORE(d, mask, GADD(GMASK_LOAD(mask, d), GMASK_LOAD(mask, src + i * GNR + b)));
+            }
+        }
+        return;
+    }
+    if (step == 2) {
+        /* t in [b, b + GVL/2) to the even lanes of dst + 2b, the rest to those of dst + 2b + GVL */
+        for (ptrdiff_t b = lo / GVL * GVL; b < hi; b += GVL) {
+            const GMASK mask = GMASK_RANGE(lo - b, hi - b);
+            const GMASK even0 = GMASK_RANGE(2 * (lo - b), 2 * (hi - b)) & GMASK_EVEN;
+            const GMASK even1 = GMASK_RANGE(2 * (lo - b) - GVL, 2 * (hi - b) - GVL) & GMASK_EVEN;
+            for (ptrdiff_t i = 0; i < rows; i++) {
+                GT *d = dst + offset[i] + 2 * b;
+                const GV v = GMASK_LOAD(mask, src + i * GNR + b);
+                if (even0) GMASK_STORE(d, even0, GADD(GMASK_LOAD(even0, d), GSPREAD_EVEN(v, 0)));
+                if (even1) GMASK_STORE(d + GVL, even1, GADD(GMASK_LOAD(even1, d + GVL), GSPREAD_EVEN(v, 1)));
+            }
+        }
+        return;
+    }
+#endif
+    for (ptrdiff_t i = 0; i < rows; i++)
+        for (ptrdiff_t t = lo; t < hi; t++) dst[offset[i] + t * step] += src[i * GNR + t];
+}
+
+/* grad_in[n, grp * c_in_g + c] += col2im(W_grp^T @ grad_out) for the input channels c in
+ * [c0, c0 + nch) of group grp, over the columns [q0, q0 + nc) (as in convx_pack_columns), with
+ * no column matrix: each tile of the product is added into grad_in along the runs of its strip.
+ * The rows are ordered tap by tap (row r: channel c0 + r % nch, tap r / nch = (i, j) in row-major
+ * order), so that the rows of a tile write different planes; packed is that W_grp^T
+ * (nch * kh * kw x c_out_g), packed by convx_gemm_pack_a_cyclic. work holds
+ * convx_gemm_work_size elements. */
+GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
+                                               ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch,
+                                               const GT *CONVX_RESTRICT grad_out, GT *CONVX_RESTRICT grad_in,
+                                               ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
+    ptrdiff_t run_lane[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
+    ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
+    GT *run_plane[GNC + GNC / GNR + 1];
+    ptrdiff_t strip_runs[GNC / GNR + 1];
+    ptrdiff_t row_plane[GMC], row_dh[GMC], row_dw[GMC];
+    GT tile[GMR * GNR];
+    const ptrdiff_t m = s->c_out_g, n_out = s->out_h * s->out_w, plane = s->height * s->width;
+    const ptrdiff_t taps = s->kh * s->kw, strips = (nc + GNR - 1) / GNR;
+    const ptrdiff_t panels = (nch * taps + GMR - 1) / GMR;
+    ptrdiff_t runs = 0;
+    for (ptrdiff_t q = 0, jp = 0; q < nc;) {
+        ptrdiff_t n, oh, ow;
+        ptrdiff_t len = convx_run_start(s, 0, q0 + q, &n, &oh, &ow);
+        if (len > nc - q) len = nc - q;
+        if (len > GNR - q % GNR) len = GNR - q % GNR;
+        run_lane[runs] = q % GNR;
+        run_len[runs] = len;
+        run_plane[runs] = grad_in + (n * s->groups + grp) * s->c_in_g * plane;
+        run_ih[runs] = oh * s->sh - s->ph;
+        run_iw[runs] = ow * s->sw - s->pw;
+        runs++;
+        q += len;
+        if (q % GNR == 0 || q == nc) strip_runs[jp++] = runs;
+    }
+    for (ptrdiff_t p0 = 0; p0 < m; p0 += GKC) {
+        const ptrdiff_t kc = m - p0 < GKC ? m - p0 : GKC;
+        /* B: strip jp, row kk, lane l = grad_out[n, grp * m + p0 + kk, pixel of q0 + jp * GNR + l] */
+        for (ptrdiff_t t = 0; t < nc;) {
+            const ptrdiff_t n = (q0 + t) / n_out, pos = (q0 + t) % n_out;
+            ptrdiff_t len = n_out - pos < nc - t ? n_out - pos : nc - t;
+            if (len > GNR - t % GNR) len = GNR - t % GNR;
+            const GT *src = grad_out + (n * s->groups * m + grp * m + p0) * n_out + pos;
+            GT *dst = work + t / GNR * kc * GNR + t % GNR;
+            for (ptrdiff_t kk = 0; kk < kc; kk++) GN(convx_copy_run)(dst + kk * GNR, src + kk * n_out, 0, len, len, 1);
+            t += len;
+        }
+        if (nc % GNR)
+            for (ptrdiff_t kk = 0; kk < kc; kk++) {
+                GT *dst = work + (strips - 1) * kc * GNR + kk * GNR;
+                for (ptrdiff_t l = nc % GNR; l < GNR; l++) dst[l] = 0;
+            }
+        const GT *a_block = packed + p0 * panels * GMR;
+        for (ptrdiff_t i0 = 0; i0 < panels; i0 += GMC / GMR) {
+            const ptrdiff_t i1 = i0 + GMC / GMR < panels ? i0 + GMC / GMR : panels;
+            for (ptrdiff_t r = i0 * GMR; r < i1 * GMR; r++) {
+                const ptrdiff_t tap = r / nch;
+                row_plane[r - i0 * GMR] = (c0 + r % nch) * plane;
+                row_dh[r - i0 * GMR] = tap / s->kw * s->dh;
+                row_dw[r - i0 * GMR] = tap % s->kw * s->dw;
+            }
+            for (ptrdiff_t jp = 0; jp < strips; jp++) {
+                for (ptrdiff_t ip = i0; ip < i1; ip++) {
+                    const ptrdiff_t lo_row = ip * GMR, hi_row = ip * GMR + GMR < nch * taps ? ip * GMR + GMR : nch * taps;
+                    GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR, tile, GNR, GMR, GNR, 0,
+                                        NULL);
+                    /* the tile's rows in runs of one tap: each run of the strip lands at the same
+                     * place in each of their planes */
+                    for (ptrdiff_t r = lo_row; r < hi_row;) {
+                        const ptrdiff_t rb = r - i0 * GMR, tap_end = (r / nch + 1) * nch;
+                        const ptrdiff_t r_end = tap_end < hi_row ? tap_end : hi_row;
+                        for (ptrdiff_t u = jp ? strip_runs[jp - 1] : 0; u < strip_runs[jp]; u++) {
+                            const ptrdiff_t ih = run_ih[u] + row_dh[rb], iw = run_iw[u] + row_dw[rb];
+                            ptrdiff_t lo, hi;
+                            convx_run_range(s, 0, ih, iw, run_len[u], &lo, &hi);
+                            if (lo < hi)
+                                GN(convx_add_runs)(run_plane[u] + ih * s->width + iw, row_plane + rb, r_end - r,
+                                                   tile + (r - ip * GMR) * GNR + run_lane[u], lo, hi, s->sw);
+                        }
+                        r = r_end;
                     }
                 }
             }
@@ -382,4 +539,5 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 #undef GMASK_RANGE
 #undef GMASK_EVEN
 #undef GEVENS
+#undef GSPREAD_EVEN
 #undef GTRANSPOSE
