@@ -69,10 +69,12 @@ cdef extern from "_gemm.h" nogil:
     void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                             const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
                             double* work)
-    void convx_gemm_pack_a_cyclic_f(int level, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t cycle,
-                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t cs, float* packed)
-    void convx_gemm_pack_a_cyclic_d(int level, Py_ssize_t m, Py_ssize_t k, const double* a, Py_ssize_t cycle,
-                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t cs, double* packed)
+    void convx_gemm_pack_a_cyclic_f(int level, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t rcycle,
+                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t kcycle, Py_ssize_t cs,
+                                    Py_ssize_t cs2, float* packed)
+    void convx_gemm_pack_a_cyclic_d(int level, Py_ssize_t m, Py_ssize_t k, const double* a, Py_ssize_t rcycle,
+                                    Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t kcycle, Py_ssize_t cs,
+                                    Py_ssize_t cs2, double* packed)
     void convx_conv_input_block_f(int level, const convx_conv_shape* s, const float* packed, Py_ssize_t grp,
                                   Py_ssize_t c0, Py_ssize_t nch, const float* grad_out, float* grad_in,
                                   Py_ssize_t q0, Py_ssize_t nc, float* work)
@@ -119,7 +121,8 @@ def set_gemm_kernel(name):
 cdef struct WeightProduct:
     # op(W_grp) @ B for each group: op(W) = W (m = c_out_g, k = col_rows) or W^T (m = col_rows,
     # k = c_out_g). With level CONVX_GEMM_BLAS through BLAS from weight, else through
-    # convx_gemm from packed (group grp at packed + grp * group_size).
+    # convx_gemm from packed (group grp at packed + grp * group_size); a packed W (not W^T) has
+    # its columns in the forward's tap-major order, for convx_conv_block only.
     int level
     bint transpose
     Py_ssize_t m, k, group_size
@@ -130,8 +133,8 @@ cdef struct WeightProduct:
 cdef object _pack_weight(const floating[:, :, :, ::1] weight, int groups, bint transpose, WeightProduct* p):
     """Fill p for op(W) of each group of weight (see WeightProduct); returns the array holding
     the packing, which must outlive every use of p."""
-    cdef Py_ssize_t c_out_g = weight.shape[0] // groups
-    cdef Py_ssize_t col_rows = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    cdef Py_ssize_t c_out_g = weight.shape[0] // groups, c_in_g = weight.shape[1]
+    cdef Py_ssize_t taps = weight.shape[2] * weight.shape[3], col_rows = c_in_g * taps
     cdef Py_ssize_t grp, w_size = c_out_g * col_rows
     cdef floating[::1] packed
     cdef const floating* w = &weight[0, 0, 0, 0] if weight.shape[0] else NULL
@@ -152,13 +155,21 @@ cdef object _pack_weight(const floating[:, :, :, ::1] weight, int groups, bint t
     packed = np.empty(groups * p.group_size, dtype=np.asarray(weight).dtype)
     with nogil:
         for grp in range(groups):
-            # element (r, j) of op(W_grp) at w_grp[r * rs + j * cs]
+            # W^T: element (r, j) at w_grp[r + j * col_rows]. W with its columns in the forward's
+            # tap-major order (convx_pack_columns): column j is channel j % c_in_g, tap
+            # j / c_in_g, element (r, j) at w_grp[r * col_rows + (j % c_in_g) * taps + j / c_in_g].
             if floating is float:
-                convx_gemm_pack_a_f(p.level, p.m, p.k, w + grp * w_size, 1 if transpose else col_rows,
-                                    col_rows if transpose else 1, &packed[grp * p.group_size])
+                if transpose:
+                    convx_gemm_pack_a_f(p.level, p.m, p.k, w + grp * w_size, 1, col_rows, &packed[grp * p.group_size])
+                else:
+                    convx_gemm_pack_a_cyclic_f(p.level, p.m, p.k, w + grp * w_size, p.m, col_rows, 0, c_in_g, taps,
+                                               1, &packed[grp * p.group_size])
             else:
-                convx_gemm_pack_a_d(p.level, p.m, p.k, w + grp * w_size, 1 if transpose else col_rows,
-                                    col_rows if transpose else 1, &packed[grp * p.group_size])
+                if transpose:
+                    convx_gemm_pack_a_d(p.level, p.m, p.k, w + grp * w_size, 1, col_rows, &packed[grp * p.group_size])
+                else:
+                    convx_gemm_pack_a_cyclic_d(p.level, p.m, p.k, w + grp * w_size, p.m, col_rows, 0, c_in_g, taps,
+                                               1, &packed[grp * p.group_size])
     p.packed = &packed[0]
     return packed
 
@@ -282,11 +293,11 @@ cdef int _packed_input_gradient(const floating* grad_out, const floating* weight
                     if floating is float:
                         convx_gemm_pack_a_cyclic_f(level, seg[u, 3] * taps, s.c_out_g,
                                                    weight + seg[u, 1] * w_size + seg[u, 2] * taps, seg[u, 3],
-                                                   taps, 1, col_rows, &packed[seg[u, 4]])
+                                                   taps, 1, s.c_out_g, col_rows, 0, &packed[seg[u, 4]])
                     else:
                         convx_gemm_pack_a_cyclic_d(level, seg[u, 3] * taps, s.c_out_g,
                                                    weight + seg[u, 1] * w_size + seg[u, 2] * taps, seg[u, 3],
-                                                   taps, 1, col_rows, &packed[seg[u, 4]])
+                                                   taps, 1, s.c_out_g, col_rows, 0, &packed[seg[u, 4]])
             q0 = 0
             while q0 < n_cols:
                 nc = min(block, n_cols - q0)

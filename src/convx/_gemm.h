@@ -266,12 +266,13 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
         else                                                                                              \
             convx_conv_block_##S##256(s, packed, group_size, bias, x, out, q0, nc, work);                 \
     }                                                                                                     \
-    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t cycle, \
-                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, T *packed) {      \
+    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
+                                             ptrdiff_t cs2, T *packed) {                                  \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_gemm_pack_a_cyclic_##S##512(m, k, a, cycle, rs, rs2, cs, packed);                       \
+            convx_gemm_pack_a_cyclic_##S##512(m, k, a, rcycle, rs, rs2, kcycle, cs, cs2, packed);         \
         else                                                                                              \
-            convx_gemm_pack_a_cyclic_##S##256(m, k, a, cycle, rs, rs2, cs, packed);                       \
+            convx_gemm_pack_a_cyclic_##S##256(m, k, a, rcycle, rs, rs2, kcycle, cs, cs2, packed);         \
     }                                                                                                     \
     static void convx_conv_input_block_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch, const T *grad_out, \
@@ -311,8 +312,9 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
                                      size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
                                      ptrdiff_t nc, T *work) {}                                            \
-    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t cycle, \
-                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, T *packed) {}     \
+    static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
+                                             ptrdiff_t cs2, T *packed) {}                                 \
     static void convx_conv_input_block_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch, const T *grad_out, \
                                            T *grad_in, ptrdiff_t q0, ptrdiff_t nc, T *work) {}            \

@@ -79,22 +79,25 @@ static ptrdiff_t GN(convx_conv_block_cols)(void) { return GNC; }
 /* Columns of one convx_conv_weight_block at most. */
 static ptrdiff_t GN(convx_conv_weight_cols)(void) { return GKC; }
 
-/* packed = A (m x k, element (r, j) at a[(r % cycle) * rs + (r / cycle) * rs2 + j * cs]) in depth
- * blocks of GKC, each a run of panels of GMR rows (k-major within a panel), the rows past m zero. */
-static void GN(convx_gemm_pack_a_cyclic)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t cycle,
-                                         ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
+/* packed = A (m x k, element (r, j) at a[(r % rcycle) * rs + (r / rcycle) * rs2 + (j % kcycle) * cs
+ * + (j / kcycle) * cs2]) in depth blocks of GKC, each a run of panels of GMR rows (k-major within
+ * a panel), the rows past m zero. */
+static void GN(convx_gemm_pack_a_cyclic)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t rcycle,
+                                         ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs, ptrdiff_t cs2,
+                                         GT *CONVX_RESTRICT packed) {
     const ptrdiff_t panels = (m + GMR - 1) / GMR;
-    ptrdiff_t offset[GMR];
-    for (ptrdiff_t ip = 0; ip < panels; ip++) {
-        for (ptrdiff_t r = 0; r < GMR; r++) {
-            const ptrdiff_t row = ip * GMR + r;
-            offset[r] = row < m ? row % cycle * rs + row / cycle * rs2 : -1;
-        }
-        for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
-            const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
+    ptrdiff_t row[GMR], col[GKC];
+    for (ptrdiff_t p0 = 0; p0 < k; p0 += GKC) {
+        const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
+        for (ptrdiff_t j = 0; j < kc; j++) col[j] = (p0 + j) % kcycle * cs + (p0 + j) / kcycle * cs2;
+        for (ptrdiff_t ip = 0; ip < panels; ip++) {
+            for (ptrdiff_t r = 0; r < GMR; r++) {
+                const ptrdiff_t i = ip * GMR + r;
+                row[r] = i < m ? i % rcycle * rs + i / rcycle * rs2 : -1;
+            }
             GT *dst = packed + p0 * panels * GMR + ip * kc * GMR;
             for (ptrdiff_t j = 0; j < kc; j++)
-                for (ptrdiff_t r = 0; r < GMR; r++) dst[j * GMR + r] = offset[r] < 0 ? (GT)0 : a[offset[r] + (p0 + j) * cs];
+                for (ptrdiff_t r = 0; r < GMR; r++) dst[j * GMR + r] = row[r] < 0 ? (GT)0 : a[row[r] + col[j]];
         }
     }
 }
@@ -102,7 +105,7 @@ static void GN(convx_gemm_pack_a_cyclic)(ptrdiff_t m, ptrdiff_t k, const GT *CON
 /* packed = A (m x k, element (r, j) at a[r * rs + j * cs]), as convx_gemm_pack_a_cyclic packs it. */
 static void GN(convx_gemm_pack_a)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_RESTRICT a, ptrdiff_t rs,
                                   ptrdiff_t cs, GT *CONVX_RESTRICT packed) {
-    GN(convx_gemm_pack_a_cyclic)(m, k, a, m > 0 ? m : 1, rs, 0, cs, packed);
+    GN(convx_gemm_pack_a_cyclic)(m, k, a, m > 0 ? m : 1, rs, 0, k > 0 ? k : 1, cs, 0, packed);
 }
 
 /* C (m x n, ldc) = (accumulate ? C : 0) + A @ B, with A packed by convx_gemm_pack_a and B
@@ -179,8 +182,8 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
 }
 
 /* The column block [q0, q0 + nc) of the column matrix of group grp (column q: image
- * q / (out_h * out_w), output pixel q % (out_h * out_w); row k: input channel k / (kh * kw) of
- * the group, tap (k / kw % kh, k % kw)), rows [p0, p0 + kc), packed into strips of GNR columns
+ * q / (out_h * out_w), output pixel q % (out_h * out_w); row k, in tap-major order: input
+ * channel k % c_in_g of the group, tap t = k / c_in_g = (t / kw, t % kw)), rows [p0, p0 + kc), packed into strips of GNR columns
  * as convx_gemm packs B: work[strip * kc * GNR + (k - p0) * GNR + lane], lanes past nc zero.
  * The block is cut into runs of columns along one output row within one strip; each row of
  * the block copies its runs from the input rows they read, zero where a tap is in the padding.
@@ -191,7 +194,7 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
     ptrdiff_t run_at[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
     const GT *run_plane[GNC + GNC / GNR + 1];
     ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
-    const ptrdiff_t plane = s->height * s->width, taps = s->kh * s->kw;
+    const ptrdiff_t plane = s->height * s->width;
     const ptrdiff_t strips = (nc + GNR - 1) / GNR;
     const int flat = convx_conv_flat(s);
     ptrdiff_t runs = 0;
@@ -208,25 +211,25 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
         runs++;
         q += len;
     }
-    ptrdiff_t ci = p0 / taps, i = p0 / s->kw % s->kh, j = p0 % s->kw;
-    for (ptrdiff_t k = 0; k < kc; k++) {
-        const ptrdiff_t ih_off = i * s->dh, iw_off = j * s->dw, channel = ci * plane;
+    ptrdiff_t run_lo[GNC + GNC / GNR + 1], run_hi[GNC + GNC / GNR + 1], run_at_tap[GNC + GNC / GNR + 1];
+    for (ptrdiff_t k = 0; k < kc;) {
+        /* the rows of one tap: their runs read the same places of their planes */
+        const ptrdiff_t tap = (p0 + k) / s->c_in_g, ci = (p0 + k) % s->c_in_g;
+        const ptrdiff_t rows = s->c_in_g - ci < kc - k ? s->c_in_g - ci : kc - k;
+        const ptrdiff_t ih_off = tap / s->kw * s->dh, iw_off = tap % s->kw * s->dw;
         for (ptrdiff_t r = 0; r < runs; r++) {
-            GT *dst = work + run_at[r] + k * GNR;
-            const ptrdiff_t len = run_len[r], ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
-            ptrdiff_t lo, hi;
-            convx_run_range(s, flat, ih, iw, len, &lo, &hi);
-            GN(convx_copy_run)(dst, run_plane[r] + channel + ih * s->width + iw, lo, hi, len, s->sw);
+            const ptrdiff_t ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
+            convx_run_range(s, flat, ih, iw, run_len[r], &run_lo[r], &run_hi[r]);
+            run_at_tap[r] = ih * s->width + iw;
         }
-        if (nc % GNR) {
-            GT *dst = work + (strips - 1) * kc * GNR + k * GNR;
-            for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
-        }
-        if (++j == s->kw) {
-            j = 0;
-            if (++i == s->kh) {
-                i = 0;
-                ci++;
+        for (ptrdiff_t c = 0; c < rows; c++, k++) {
+            const ptrdiff_t channel = (ci + c) * plane;
+            for (ptrdiff_t r = 0; r < runs; r++)
+                GN(convx_copy_run)(work + run_at[r] + k * GNR, run_plane[r] + channel + run_at_tap[r], run_lo[r],
+                                   run_hi[r], run_len[r], s->sw);
+            if (nc % GNR) {
+                GT *dst = work + (strips - 1) * kc * GNR + k * GNR;
+                for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
             }
         }
     }
@@ -259,8 +262,8 @@ GTARGET static inline void GN(convx_add_lanes)(const GT *CONVX_RESTRICT tile, GT
 }
 
 /* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
- * (see convx_pack_columns) and every group; packed holds each group's W packed by
- * convx_gemm_pack_a, group_size elements apart; work holds convx_gemm_work_size elements. */
+ * (see convx_pack_columns) and every group; packed holds each group's W, its columns in the
+ * column matrix's tap-major order, packed by convx_gemm_pack_a_cyclic, group_size elements apart; work holds convx_gemm_work_size elements. */
 GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
                                  const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
                                  ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
