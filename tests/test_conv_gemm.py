@@ -59,7 +59,7 @@ GEOMETRIES = {
     "one-output-channel": (4, 7, 9, 9, 1, (3, 3), 1, 1, 1, 1),
     "kernel-equals-input": (6, 3, 5, 4, 13, (5, 4), 1, 0, 1, 1),
     "stride-beyond-kernel": (3, 2, 13, 14, 9, (2, 2), 4, 0, 1, 1),
-    # channels and rows enough for the packed weight gradient (convx's blocks, not BLAS)
+    # filters enough for the packed weight gradient (convx's blocks, not BLAS)
     "weight-strips": (3, 16, 9, 20, 40, (3, 3), 1, 1, 1, 1),
     "weight-groups-stride": (2, 12, 12, 36, 64, (3, 3), 2, 1, 1, 2),
     "weight-dilated": (2, 5, 10, 24, 33, (2, 3), 1, (2, 1), (2, 2), 1),

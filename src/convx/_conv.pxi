@@ -344,7 +344,7 @@ cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, co
     added after."""
     cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
     cdef Py_ssize_t w_size = s.groups * s.c_out_g * s.c_in_g * s.kh * s.kw
-    cdef Py_ssize_t col_rows = s.c_in_g * s.kh * s.kw
+    cdef Py_ssize_t taps = s.kh * s.kw, col_rows = s.c_in_g * taps
     cdef Py_ssize_t block, work_size, lo, hi, q0, nc, grp, co, kk
     cdef int team, t
     if floating is float:
@@ -373,11 +373,13 @@ cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, co
                                               &work[t * work_size])
                 q0 = q0 + nc
         _sum_partials(&parts[0], team, w_size, &parts[0])
-        # the blocks sum the transposed gradient of each group
+        # the blocks sum the transposed gradient of each group, its rows tap-major: row
+        # tap * c_in_g + ci is grad_weight[co, ci * taps + tap]
         for grp in range(s.groups):
             for co in range(s.c_out_g):
                 for kk in range(col_rows):
-                    grad_weight[(grp * s.c_out_g + co) * col_rows + kk] = parts[(grp * col_rows + kk) * s.c_out_g + co]
+                    grad_weight[(grp * s.c_out_g + co) * col_rows + kk] = parts[
+                        (grp * col_rows + kk % taps * s.c_in_g + kk // taps) * s.c_out_g + co]
     return 0
 
 
@@ -853,10 +855,9 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
     # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
-    # GKC pixels, and pack the column matrix's rows in runs along output rows: BLAS does better
-    # with large gradients, short rows, or few output channels to fill a strip.
+    # GKC pixels: BLAS does better with large gradients, or few output channels to fill a strip.
     cdef bint packed_weight = (_gemm_level != CONVX_GEMM_BLAS and w_size > 0 and g.c_out_g >= 32
-                               and g.out_w >= 16 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
+                               and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
     cdef convx_conv_shape shape = _conv_shape(&g)
     if packed_weight:
         _packed_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0],

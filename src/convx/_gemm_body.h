@@ -434,28 +434,46 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
     }
 }
 
-/* dst[t] = col[kr, q0 + t] for t < nc: row kr of group grp's column matrix (as in
- * convx_pack_columns) over the block, in runs along output rows. */
-GTARGET static void GN(convx_column_row)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
-                                         ptrdiff_t kr, ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT dst) {
-    const ptrdiff_t plane = s->height * s->width, taps = s->kh * s->kw;
-    const ptrdiff_t ci = kr / taps, i = kr / s->kw % s->kh, j = kr % s->kw;
+/* dst[r * ldd + t] = col[k0 + r, q0 + t] for r < kb, t < nc (nc <= GKC): rows [k0, k0 + kb) of
+ * group grp's column matrix (rows in tap-major order, as in convx_pack_columns) over the block,
+ * in runs along output rows of at most GNR columns. */
+GTARGET static void GN(convx_column_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
+                                          ptrdiff_t k0, ptrdiff_t kb, ptrdiff_t q0, ptrdiff_t nc,
+                                          GT *CONVX_RESTRICT dst, ptrdiff_t ldd) {
+    ptrdiff_t run_t[2 * GKC], run_len[2 * GKC], run_ih[2 * GKC], run_iw[2 * GKC];
+    ptrdiff_t run_lo[2 * GKC], run_hi[2 * GKC], run_at[2 * GKC];
+    const GT *run_plane[2 * GKC];
+    const ptrdiff_t plane = s->height * s->width;
     const int flat = convx_conv_flat(s);
+    ptrdiff_t runs = 0;
     for (ptrdiff_t t = 0; t < nc;) {
         ptrdiff_t n, oh, ow;
         ptrdiff_t len = convx_run_start(s, flat, q0 + t, &n, &oh, &ow);
         if (len > nc - t) len = nc - t;
-        const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh, iw = ow * s->sw - s->pw + j * s->dw;
-        ptrdiff_t lo, hi;
-        convx_run_range(s, flat, ih, iw, len, &lo, &hi);
-        const GT *src = x + ((n * s->groups + grp) * s->c_in_g + ci) * plane + ih * s->width + iw;
         for (ptrdiff_t u = 0; u < len; u += GNR) {
-            const ptrdiff_t piece = len - u < GNR ? len - u : GNR;
-            const ptrdiff_t a = lo - u < 0 ? 0 : lo - u > piece ? piece : lo - u;
-            const ptrdiff_t b = hi - u < a ? a : hi - u > piece ? piece : hi - u;
-            GN(convx_copy_run)(dst + t + u, src + u * s->sw, a, b, piece, s->sw);
+            run_t[runs] = t + u;
+            run_len[runs] = len - u < GNR ? len - u : GNR;
+            run_plane[runs] = x + (n * s->groups + grp) * s->c_in_g * plane;
+            run_ih[runs] = oh * s->sh - s->ph;
+            run_iw[runs] = ow * s->sw - s->pw + u * s->sw;
+            runs++;
         }
         t += len;
+    }
+    for (ptrdiff_t r = 0; r < kb;) {
+        /* the rows of one tap: their runs read the same places of their planes */
+        const ptrdiff_t tap = (k0 + r) / s->c_in_g, ci = (k0 + r) % s->c_in_g;
+        const ptrdiff_t rows = s->c_in_g - ci < kb - r ? s->c_in_g - ci : kb - r;
+        const ptrdiff_t ih_off = tap / s->kw * s->dh, iw_off = tap % s->kw * s->dw;
+        for (ptrdiff_t u = 0; u < runs; u++) {
+            const ptrdiff_t ih = run_ih[u] + ih_off, iw = run_iw[u] + iw_off;
+            convx_run_range(s, flat, ih, iw, run_len[u], &run_lo[u], &run_hi[u]);
+            run_at[u] = ih * s->width + iw;
+        }
+        for (ptrdiff_t c = 0; c < rows; c++, r++)
+            for (ptrdiff_t u = 0; u < runs; u++)
+                GN(convx_copy_run)(dst + r * ldd + run_t[u], run_plane[u] + (ci + c) * plane + run_at[u], run_lo[u],
+                                   run_hi[u], run_len[u], s->sw);
     }
 }
 
@@ -480,8 +498,9 @@ GTARGET static inline void GN(convx_transpose_strip)(const GT *CONVX_RESTRICT sr
 }
 
 /* partial[k, co] += sum_q col[k, q] grad_out[n, co, pixel] over the columns q of [q0, q0 + nc)
- * (nc <= GKC; columns as in convx_pack_columns) for every group: the weight gradient
- * transposed, group grp's (c_in_g * kh * kw) x c_out_g block at grp * c_out_g * c_in_g * kh * kw.
+ * (nc <= GKC; rows and columns as in convx_pack_columns, rows tap-major) for every group: the
+ * weight gradient transposed, group grp's (c_in_g * kh * kw) x c_out_g block at
+ * grp * c_out_g * c_in_g * kh * kw.
  * A is the column matrix's rows over the block (GMC at a time), B grad_out's rows turned into
  * strips of channels. work holds convx_conv_weight_work_size(c_out_g) elements. */
 GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT grad_out,
@@ -505,7 +524,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
         }
         for (ptrdiff_t k0 = 0; k0 < k; k0 += GMC) {
             const ptrdiff_t kb = k - k0 < GMC ? k - k0 : GMC;
-            for (ptrdiff_t r = 0; r < kb; r++) GN(convx_column_row)(s, x, grp, k0 + r, q0, nc, rows + r * GKC);
+            GN(convx_column_rows)(s, x, grp, k0, kb, q0, nc, rows, GKC);
             for (ptrdiff_t r = kb; r < (kb + GMR - 1) / GMR * GMR; r++) memset(rows + r * GKC, 0, (size_t)nc * sizeof(GT));
             for (ptrdiff_t ip = 0; ip * GMR < kb; ip++) {
                 const ptrdiff_t rows_here = kb - ip * GMR < GMR ? kb - ip * GMR : GMR;
