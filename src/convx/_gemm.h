@@ -63,6 +63,35 @@ static inline ptrdiff_t convx_run_start(const convx_conv_shape *s, int flat, ptr
     return (flat ? n_out : s->out_w) - *ow;
 }
 
+/* A run of a column block: columns [t, t + len) of the block (t from the block's first column),
+ * along one output row (one plane when flat) within one strip of NR columns; their image's
+ * group's input planes start base elements into the input (or its gradient), and tap (0, 0)
+ * of the run's first column sits at input row ih, column iw. */
+typedef struct {
+    ptrdiff_t t, len, base, ih, iw;
+} convx_run;
+
+/* The runs of the columns [q0, q0 + nc) of group grp's column matrix, cut where output rows (or
+ * planes, when flat) and strips of nr columns end; returns their number, at most
+ * nc + nc / nr + 1. */
+static inline ptrdiff_t convx_block_runs(const convx_conv_shape *s, int flat, ptrdiff_t grp, ptrdiff_t q0,
+                                         ptrdiff_t nc, ptrdiff_t nr, convx_run *run) {
+    ptrdiff_t runs = 0;
+    for (ptrdiff_t q = 0; q < nc; runs++) {
+        ptrdiff_t n, oh, ow;
+        ptrdiff_t len = convx_run_start(s, flat, q0 + q, &n, &oh, &ow);
+        if (len > nc - q) len = nc - q;
+        if (len > nr - q % nr) len = nr - q % nr;
+        run[runs].t = q;
+        run[runs].len = len;
+        run[runs].base = (n * s->groups + grp) * s->c_in_g * s->height * s->width;
+        run[runs].ih = oh * s->sh - s->ph;
+        run[runs].iw = ow * s->sw - s->pw;
+        q += len;
+    }
+    return runs;
+}
+
 /* [lo, hi): the t in [0, len) whose tap, input row ih and column iw + t * sw, lies inside the
  * input (none when the row is outside); every t of a flat run. */
 static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_t ih, ptrdiff_t iw, ptrdiff_t len,

@@ -14,6 +14,8 @@
  */
 
 #define GNR (GNV * GVL)
+/* runs of one column block at most (convx_block_runs; blocks are at most GNC columns) */
+#define GRUNS (GNC + GNC / GNR + 1)
 
 /* c[0:rows, 0:cols] (ldc) = start + A @ b_panel over kc, where start is c itself when
  * accumulating, else bias[r] per row (0 without bias): A's element (r, k) at a[r * ars + k * aks]
@@ -181,6 +183,30 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
     for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
 }
 
+/* dst[r * ld + at[u] + t] = col[k0 + r, column run[u].t + t] for r < kb, t < run[u].len: rows
+ * [k0, k0 + kb) of a column matrix (tap-major, see convx_pack_columns) over the runs of a block,
+ * zero where a tap is in the padding. The rows of one tap share their runs' ranges and source
+ * offsets; only the channel changes. */
+GTARGET static void GN(convx_pack_rows)(const convx_conv_shape *s, int flat, const GT *CONVX_RESTRICT x,
+                                        const convx_run *run, const ptrdiff_t *at, ptrdiff_t runs, ptrdiff_t k0,
+                                        ptrdiff_t kb, GT *CONVX_RESTRICT dst, ptrdiff_t ld) {
+    ptrdiff_t lo[GRUNS], hi[GRUNS], src[GRUNS];
+    const ptrdiff_t plane = s->height * s->width;
+    for (ptrdiff_t r = 0; r < kb;) {
+        const ptrdiff_t tap = (k0 + r) / s->c_in_g, ci = (k0 + r) % s->c_in_g;
+        const ptrdiff_t rows = s->c_in_g - ci < kb - r ? s->c_in_g - ci : kb - r;
+        const ptrdiff_t ih_off = tap / s->kw * s->dh, iw_off = tap % s->kw * s->dw;
+        for (ptrdiff_t u = 0; u < runs; u++) {
+            const ptrdiff_t ih = run[u].ih + ih_off, iw = run[u].iw + iw_off;
+            convx_run_range(s, flat, ih, iw, run[u].len, &lo[u], &hi[u]);
+            src[u] = run[u].base + ci * plane + ih * s->width + iw;
+        }
+        for (ptrdiff_t c = 0; c < rows; c++, r++)
+            for (ptrdiff_t u = 0; u < runs; u++)
+                GN(convx_copy_run)(dst + r * ld + at[u], x + src[u] + c * plane, lo[u], hi[u], run[u].len, s->sw);
+    }
+}
+
 /* The column block [q0, q0 + nc) of the column matrix of group grp (column q: image
  * q / (out_h * out_w), output pixel q % (out_h * out_w); row k, in tap-major order: input
  * channel k % c_in_g of the group, tap t = k / c_in_g = (t / kw, t % kw)), rows [p0, p0 + kc), packed into strips of GNR columns
@@ -191,48 +217,17 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
 GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
                                    ptrdiff_t q0, ptrdiff_t nc, ptrdiff_t p0, ptrdiff_t kc,
                                    GT *CONVX_RESTRICT work) {
-    ptrdiff_t run_at[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
-    const GT *run_plane[GNC + GNC / GNR + 1];
-    ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
-    const ptrdiff_t plane = s->height * s->width;
-    const ptrdiff_t strips = (nc + GNR - 1) / GNR;
+    convx_run run[GRUNS];
+    ptrdiff_t at[GRUNS];
     const int flat = convx_conv_flat(s);
-    ptrdiff_t runs = 0;
-    for (ptrdiff_t q = 0; q < nc;) {
-        ptrdiff_t n, oh, ow;
-        ptrdiff_t len = convx_run_start(s, flat, q0 + q, &n, &oh, &ow);
-        if (len > nc - q) len = nc - q;
-        if (len > GNR - q % GNR) len = GNR - q % GNR;
-        run_at[runs] = q / GNR * kc * GNR + q % GNR;
-        run_len[runs] = len;
-        run_plane[runs] = x + (n * s->groups + grp) * s->c_in_g * plane;
-        run_ih[runs] = oh * s->sh - s->ph;
-        run_iw[runs] = ow * s->sw - s->pw;
-        runs++;
-        q += len;
-    }
-    ptrdiff_t run_lo[GNC + GNC / GNR + 1], run_hi[GNC + GNC / GNR + 1], run_at_tap[GNC + GNC / GNR + 1];
-    for (ptrdiff_t k = 0; k < kc;) {
-        /* the rows of one tap: their runs read the same places of their planes */
-        const ptrdiff_t tap = (p0 + k) / s->c_in_g, ci = (p0 + k) % s->c_in_g;
-        const ptrdiff_t rows = s->c_in_g - ci < kc - k ? s->c_in_g - ci : kc - k;
-        const ptrdiff_t ih_off = tap / s->kw * s->dh, iw_off = tap % s->kw * s->dw;
-        for (ptrdiff_t r = 0; r < runs; r++) {
-            const ptrdiff_t ih = run_ih[r] + ih_off, iw = run_iw[r] + iw_off;
-            convx_run_range(s, flat, ih, iw, run_len[r], &run_lo[r], &run_hi[r]);
-            run_at_tap[r] = ih * s->width + iw;
+    const ptrdiff_t runs = convx_block_runs(s, flat, grp, q0, nc, GNR, run);
+    for (ptrdiff_t u = 0; u < runs; u++) at[u] = run[u].t / GNR * kc * GNR + run[u].t % GNR;
+    GN(convx_pack_rows)(s, flat, x, run, at, runs, p0, kc, work, GNR);
+    if (nc % GNR)
+        for (ptrdiff_t k = 0; k < kc; k++) {
+            GT *dst = work + (nc / GNR) * kc * GNR + k * GNR;
+            for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
         }
-        for (ptrdiff_t c = 0; c < rows; c++, k++) {
-            const ptrdiff_t channel = (ci + c) * plane;
-            for (ptrdiff_t r = 0; r < runs; r++)
-                GN(convx_copy_run)(work + run_at[r] + k * GNR, run_plane[r] + channel + run_at_tap[r], run_lo[r],
-                                   run_hi[r], run_len[r], s->sw);
-            if (nc % GNR) {
-                GT *dst = work + (strips - 1) * kc * GNR + k * GNR;
-                for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
-            }
-        }
-    }
 }
 
 /* c[r * ldc + t] = (accumulate ? c[r * ldc + t] : bias ? bias[r] : 0) + tile[r * GNR + t] for
@@ -358,30 +353,16 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
                                                ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch,
                                                const GT *CONVX_RESTRICT grad_out, GT *CONVX_RESTRICT grad_in,
                                                ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
-    ptrdiff_t run_lane[GNC + GNC / GNR + 1], run_len[GNC + GNC / GNR + 1];
-    ptrdiff_t run_ih[GNC + GNC / GNR + 1], run_iw[GNC + GNC / GNR + 1];
-    GT *run_plane[GNC + GNC / GNR + 1];
+    convx_run run[GRUNS];
     ptrdiff_t strip_runs[GNC / GNR + 1];
     ptrdiff_t row_plane[GMC], row_dh[GMC], row_dw[GMC];
     GT tile[GMR * GNR];
     const ptrdiff_t m = s->c_out_g, n_out = s->out_h * s->out_w, plane = s->height * s->width;
     const ptrdiff_t taps = s->kh * s->kw, strips = (nc + GNR - 1) / GNR;
     const ptrdiff_t panels = (nch * taps + GMR - 1) / GMR;
-    ptrdiff_t runs = 0;
-    for (ptrdiff_t q = 0, jp = 0; q < nc;) {
-        ptrdiff_t n, oh, ow;
-        ptrdiff_t len = convx_run_start(s, 0, q0 + q, &n, &oh, &ow);
-        if (len > nc - q) len = nc - q;
-        if (len > GNR - q % GNR) len = GNR - q % GNR;
-        run_lane[runs] = q % GNR;
-        run_len[runs] = len;
-        run_plane[runs] = grad_in + (n * s->groups + grp) * s->c_in_g * plane;
-        run_ih[runs] = oh * s->sh - s->ph;
-        run_iw[runs] = ow * s->sw - s->pw;
-        runs++;
-        q += len;
-        if (q % GNR == 0 || q == nc) strip_runs[jp++] = runs;
-    }
+    const ptrdiff_t runs = convx_block_runs(s, 0, grp, q0, nc, GNR, run);
+    for (ptrdiff_t u = 0, jp = 0; u < runs; u++)
+        if ((run[u].t + run[u].len) % GNR == 0 || run[u].t + run[u].len == nc) strip_runs[jp++] = u + 1;
     for (ptrdiff_t p0 = 0; p0 < m; p0 += GKC) {
         const ptrdiff_t kc = m - p0 < GKC ? m - p0 : GKC;
         /* B: strip jp, row kk, lane l = grad_out[n, grp * m + p0 + kk, pixel of q0 + jp * GNR + l] */
@@ -419,12 +400,13 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
                         const ptrdiff_t rb = r - i0 * GMR, tap_end = (r / nch + 1) * nch;
                         const ptrdiff_t r_end = tap_end < hi_row ? tap_end : hi_row;
                         for (ptrdiff_t u = jp ? strip_runs[jp - 1] : 0; u < strip_runs[jp]; u++) {
-                            const ptrdiff_t ih = run_ih[u] + row_dh[rb], iw = run_iw[u] + row_dw[rb];
+                            const ptrdiff_t ih = run[u].ih + row_dh[rb], iw = run[u].iw + row_dw[rb];
                             ptrdiff_t lo, hi;
-                            convx_run_range(s, 0, ih, iw, run_len[u], &lo, &hi);
+                            convx_run_range(s, 0, ih, iw, run[u].len, &lo, &hi);
                             if (lo < hi)
-                                GN(convx_add_runs)(run_plane[u] + ih * s->width + iw, row_plane + rb, r_end - r,
-                                                   tile + (r - ip * GMR) * GNR + run_lane[u], lo, hi, s->sw);
+                                GN(convx_add_runs)(grad_in + run[u].base + ih * s->width + iw, row_plane + rb,
+                                                   r_end - r, tile + (r - ip * GMR) * GNR + run[u].t % GNR, lo, hi,
+                                                   s->sw);
                         }
                         r = r_end;
                     }
@@ -440,41 +422,12 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
 GTARGET static void GN(convx_column_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT x, ptrdiff_t grp,
                                           ptrdiff_t k0, ptrdiff_t kb, ptrdiff_t q0, ptrdiff_t nc,
                                           GT *CONVX_RESTRICT dst, ptrdiff_t ldd) {
-    ptrdiff_t run_t[2 * GKC], run_len[2 * GKC], run_ih[2 * GKC], run_iw[2 * GKC];
-    ptrdiff_t run_lo[2 * GKC], run_hi[2 * GKC], run_at[2 * GKC];
-    const GT *run_plane[2 * GKC];
-    const ptrdiff_t plane = s->height * s->width;
+    convx_run run[GRUNS];
+    ptrdiff_t at[GRUNS];
     const int flat = convx_conv_flat(s);
-    ptrdiff_t runs = 0;
-    for (ptrdiff_t t = 0; t < nc;) {
-        ptrdiff_t n, oh, ow;
-        ptrdiff_t len = convx_run_start(s, flat, q0 + t, &n, &oh, &ow);
-        if (len > nc - t) len = nc - t;
-        for (ptrdiff_t u = 0; u < len; u += GNR) {
-            run_t[runs] = t + u;
-            run_len[runs] = len - u < GNR ? len - u : GNR;
-            run_plane[runs] = x + (n * s->groups + grp) * s->c_in_g * plane;
-            run_ih[runs] = oh * s->sh - s->ph;
-            run_iw[runs] = ow * s->sw - s->pw + u * s->sw;
-            runs++;
-        }
-        t += len;
-    }
-    for (ptrdiff_t r = 0; r < kb;) {
-        /* the rows of one tap: their runs read the same places of their planes */
-        const ptrdiff_t tap = (k0 + r) / s->c_in_g, ci = (k0 + r) % s->c_in_g;
-        const ptrdiff_t rows = s->c_in_g - ci < kb - r ? s->c_in_g - ci : kb - r;
-        const ptrdiff_t ih_off = tap / s->kw * s->dh, iw_off = tap % s->kw * s->dw;
-        for (ptrdiff_t u = 0; u < runs; u++) {
-            const ptrdiff_t ih = run_ih[u] + ih_off, iw = run_iw[u] + iw_off;
-            convx_run_range(s, flat, ih, iw, run_len[u], &run_lo[u], &run_hi[u]);
-            run_at[u] = ih * s->width + iw;
-        }
-        for (ptrdiff_t c = 0; c < rows; c++, r++)
-            for (ptrdiff_t u = 0; u < runs; u++)
-                GN(convx_copy_run)(dst + r * ldd + run_t[u], run_plane[u] + (ci + c) * plane + run_at[u], run_lo[u],
-                                   run_hi[u], run_len[u], s->sw);
-    }
+    const ptrdiff_t runs = convx_block_runs(s, flat, grp, q0, nc, GNR, run);
+    for (ptrdiff_t u = 0; u < runs; u++) at[u] = run[u].t;
+    GN(convx_pack_rows)(s, flat, x, run, at, runs, k0, kb, dst, ldd);
 }
 
 /* Scratch elements of one convx_conv_weight_block call for m = c_out_g. */
@@ -539,6 +492,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 }
 
 #undef GNR
+#undef GRUNS
 #undef GN
 #undef GT
 #undef GV
