@@ -251,8 +251,8 @@ cdef int _packed_input_gradient(const floating* grad_out, const floating* weight
     cdef Py_ssize_t col_rows = s.c_in_g * taps, w_size = s.c_out_g * col_rows
     cdef Py_ssize_t block, work_size, c, c0, c1, end, grp, q0, nc, n, u, zn, zr
     cdef int level = _gemm_level, team = _team(n_threads, c_in), t
-    # segment u: thread seg_thread[u], group seg_group[u], its channels [seg_c0[u], + seg_nch[u]),
-    # packed at seg_at[u]
+    # seg[u] = (thread, group, its first channel in the group, channels, where its W^T is packed):
+    # a thread's channels cut where groups end
     segments = []
     packed_size = 0
     for t in range(team):

@@ -75,7 +75,7 @@ static size_t GN(convx_gemm_packed_size)(ptrdiff_t m, ptrdiff_t k) {
 /* Scratch elements of one convx_gemm call (one thread's packed block of B). */
 static size_t GN(convx_gemm_work_size)(void) { return (size_t)GKC * GNC; }
 
-/* Columns of one convx_conv_block at most. */
+/* Columns of one convx_conv_block (or convx_conv_input_block) at most. */
 static ptrdiff_t GN(convx_conv_block_cols)(void) { return GNC; }
 
 /* Columns of one convx_conv_weight_block at most. */
