@@ -166,7 +166,13 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
             if (base >= len) break;
             const GMASK store = GMASK_RANGE(-base, len - base);
             if (step == 1) {
-                GMASK_STORE(dst + base, store, GMASK_LOAD(GMASK_RANGE(lo - base, hi - base), src + base));
+                /* (plain loads and stores where a whole vector is in range: masked ones are slower) */
+                const GV v = lo <= base && hi >= base + GVL ? GLOAD(src + base)
+                                                            : GMASK_LOAD(GMASK_RANGE(lo - base, hi - base), src + base);
+                if (len >= base + GVL)
+                    GSTORE(dst + base, v);
+                else
+                    GMASK_STORE(dst + base, store, v);
             } else {
                 /* the even elements of two vectors' worth of src */
                 const ptrdiff_t a = 2 * (lo - base), b = 2 * (hi - base);
