@@ -174,11 +174,19 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
                 else
                     GMASK_STORE(dst + base, store, v);
             } else {
-                /* the even elements of two vectors' worth of src */
+                /* the even elements of two vectors' worth of src (a plain load where the
+                 * element after its last is still in range) */
                 const ptrdiff_t a = 2 * (lo - base), b = 2 * (hi - base);
-                const GV first = GMASK_LOAD(GMASK_RANGE(a, b) & GMASK_EVEN, src + 2 * base);
-                const GV second = GMASK_LOAD(GMASK_RANGE(a - GVL, b - GVL) & GMASK_EVEN, src + 2 * base + GVL);
-                GMASK_STORE(dst + base, store, GEVENS(first, second));
+                const GV first = lo <= base && hi > base + GVL / 2
+                                     ? GLOAD(src + 2 * base)
+                                     : GMASK_LOAD(GMASK_RANGE(a, b) & GMASK_EVEN, src + 2 * base);
+                const GV second = lo <= base + GVL / 2 && hi > base + GVL
+                                      ? GLOAD(src + 2 * base + GVL)
+                                      : GMASK_LOAD(GMASK_RANGE(a - GVL, b - GVL) & GMASK_EVEN, src + 2 * base + GVL);
+                if (len >= base + GVL)
+                    GSTORE(dst + base, GEVENS(first, second));
+                else
+                    GMASK_STORE(dst + base, store, GEVENS(first, second));
             }
         }
         return;
