@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,14 +64,14 @@ def _torch_ops(torch: Any, case: ConvCase, arrays: dict[str, np.ndarray]) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("old", type=Path, help="a built convx package directory (containing _core*.so)")
+    parser.add_argument("old", type=Path, help="a convx package directory with its extension built in place")
     conv_cases = [name for name, case in CASES.items() if isinstance(case, ConvCase)]
     parser.add_argument("--case", action="append", choices=conv_cases, help="(repeatable; default: all)")
     parser.add_argument("--op", action="append", choices=OPS, help="(repeatable; default: fwd, bin, bw)")
     parser.add_argument("--repeat", type=int, default=11, help="timed rounds per op (default 11)")
     args = parser.parse_args(argv)
-    if not list(args.old.glob("_core*")):
-        parser.error(f"{args.old} holds no built extension (_core*); build it in place first")
+    if not any((args.old / f"_core{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        parser.error(f"{args.old} holds no built extension (_core{EXTENSION_SUFFIXES[0]}); build it in place first")
 
     staging = Path(tempfile.mkdtemp(prefix="convx-ab-"))
     shutil.copytree(args.old, staging / "convx_old", ignore=shutil.ignore_patterns("__pycache__"))

@@ -249,7 +249,7 @@ cdef int _packed_input_gradient(const floating* grad_out, const floating* weight
     cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
     cdef Py_ssize_t c_in = s.groups * s.c_in_g, taps = s.kh * s.kw, n_out = s.out_h * s.out_w
     cdef Py_ssize_t col_rows = s.c_in_g * taps, w_size = s.c_out_g * col_rows
-    cdef Py_ssize_t block, work_size, c, c0, c1, end, grp, q0, nc, n, u, zn, zr
+    cdef Py_ssize_t block, work_size, c, c0, c1, end, grp, q0, nc, n, u, zn, zr, row_end
     cdef int level = _gemm_level, team = _team(n_threads, c_in), t
     # seg[u] = (thread, group, its first channel in the group, channels, where its W^T is packed):
     # a thread's channels cut where groups end
@@ -301,15 +301,16 @@ cdef int _packed_input_gradient(const floating* grad_out, const floating* weight
             q0 = 0
             while q0 < n_cols:
                 nc = min(block, n_cols - q0)
+                # the block reaches image n up to input row row_end (exclusive)
                 n = (q0 + nc - 1) // n_out
-                end = (q0 + nc - 1) % n_out // s.out_w * s.sh - s.ph + (s.kh - 1) * s.dh + 1
+                row_end = (q0 + nc - 1) % n_out // s.out_w * s.sh - s.ph + (s.kh - 1) * s.dh + 1
                 while zn < n:
                     _zero_rows(grad_in, s, zn, c0, c1, zr, s.height)
                     zn = zn + 1
                     zr = 0
-                end = min(max(end, zr), s.height)
-                _zero_rows(grad_in, s, n, c0, c1, zr, end)
-                zr = end
+                row_end = min(max(row_end, zr), s.height)
+                _zero_rows(grad_in, s, n, c0, c1, zr, row_end)
+                zr = row_end
                 for u in range(n_segs):
                     if seg[u, 0] == t:
                         if floating is float:
@@ -847,10 +848,9 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
-    cdef bint want_input = grad_in.shape[0] > 0
-    cdef bint packed_input = want_input and _packed_input(&g, n_threads)
-    if packed_input:
-        want_input = False
+    # the input gradient, when wanted, goes through _packed_input_gradient or the tiles below
+    cdef bint packed_input = grad_in.shape[0] > 0 and _packed_input(&g, n_threads)
+    cdef bint want_input = grad_in.shape[0] > 0 and not packed_input
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1

@@ -197,6 +197,16 @@ GTARGET static inline void GN(convx_copy_run)(GT *CONVX_RESTRICT dst, const GT *
     for (ptrdiff_t t = hi; t < len; t++) dst[t] = 0;
 }
 
+/* The lanes past nc of the last strip of a packed block of B (kc rows of strips of GNR), zero. */
+static inline void GN(convx_zero_tail)(GT *work, ptrdiff_t nc, ptrdiff_t kc) {
+    if (nc % GNR == 0)
+        return;
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        GT *dst = work + (nc / GNR) * kc * GNR + k * GNR;
+        for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
+    }
+}
+
 /* dst[r * ld + at[u] + t] = col[k0 + r, column run[u].t + t] for r < kb, t < run[u].len: rows
  * [k0, k0 + kb) of a column matrix (tap-major, see convx_pack_columns) over the runs of a block,
  * zero where a tap is in the padding. The rows of one tap share their runs' ranges and source
@@ -223,8 +233,9 @@ GTARGET static void GN(convx_pack_rows)(const convx_conv_shape *s, int flat, con
 
 /* The column block [q0, q0 + nc) of the column matrix of group grp (column q: image
  * q / (out_h * out_w), output pixel q % (out_h * out_w); row k, in tap-major order: input
- * channel k % c_in_g of the group, tap t = k / c_in_g = (t / kw, t % kw)), rows [p0, p0 + kc), packed into strips of GNR columns
- * as convx_gemm packs B: work[strip * kc * GNR + (k - p0) * GNR + lane], lanes past nc zero.
+ * channel k % c_in_g of the group, tap t = k / c_in_g = (t / kw, t % kw)), rows [p0, p0 + kc),
+ * packed into strips of GNR columns as convx_gemm packs B:
+ * work[strip * kc * GNR + (k - p0) * GNR + lane], lanes past nc zero.
  * The block is cut into runs of columns along one output row within one strip; each row of
  * the block copies its runs from the input rows they read, zero where a tap is in the padding.
  * Padding may be negative (a crop). */
@@ -237,11 +248,7 @@ GTARGET static void GN(convx_pack_columns)(const convx_conv_shape *s, const GT *
     const ptrdiff_t runs = convx_block_runs(s, flat, grp, q0, nc, GNR, run);
     for (ptrdiff_t u = 0; u < runs; u++) at[u] = run[u].t / GNR * kc * GNR + run[u].t % GNR;
     GN(convx_pack_rows)(s, flat, x, run, at, runs, p0, kc, work, GNR);
-    if (nc % GNR)
-        for (ptrdiff_t k = 0; k < kc; k++) {
-            GT *dst = work + (nc / GNR) * kc * GNR + k * GNR;
-            for (ptrdiff_t t = nc % GNR; t < GNR; t++) dst[t] = 0;
-        }
+    GN(convx_zero_tail)(work, nc, kc);
 }
 
 /* c[r * ldc + t] = (accumulate ? c[r * ldc + t] : bias ? bias[r] : 0) + tile[r * GNR + t] for
@@ -272,7 +279,8 @@ GTARGET static inline void GN(convx_add_lanes)(const GT *CONVX_RESTRICT tile, GT
 
 /* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
  * (see convx_pack_columns) and every group; packed holds each group's W, its columns in the
- * column matrix's tap-major order, packed by convx_gemm_pack_a_cyclic, group_size elements apart; work holds convx_gemm_work_size elements. */
+ * column matrix's tap-major order, packed by convx_gemm_pack_a_cyclic, group_size elements
+ * apart; work holds convx_gemm_work_size elements. */
 GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
                                  const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
                                  ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
@@ -324,7 +332,8 @@ GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CO
  * of `rows` tile rows added into the input gradient (dst addressed from t = 0, only the t in
  * [lo, hi) touched). */
 GTARGET static inline void GN(convx_add_runs)(GT *dst, const ptrdiff_t *offset, ptrdiff_t rows,
-                                              const GT *CONVX_RESTRICT src, ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t step) {
+                                              const GT *CONVX_RESTRICT src, ptrdiff_t lo, ptrdiff_t hi,
+                                              ptrdiff_t step) {
 #ifdef GMASK
     if (step == 1) {
         for (ptrdiff_t b = lo / GVL * GVL; b < hi; b += GVL) {
@@ -389,11 +398,7 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
             for (ptrdiff_t kk = 0; kk < kc; kk++) GN(convx_copy_run)(dst + kk * GNR, src + kk * n_out, 0, len, len, 1);
             t += len;
         }
-        if (nc % GNR)
-            for (ptrdiff_t kk = 0; kk < kc; kk++) {
-                GT *dst = work + (strips - 1) * kc * GNR + kk * GNR;
-                for (ptrdiff_t l = nc % GNR; l < GNR; l++) dst[l] = 0;
-            }
+        GN(convx_zero_tail)(work, nc, kc);
         const GT *a_block = packed + p0 * panels * GMR;
         for (ptrdiff_t i0 = 0; i0 < panels; i0 += GMC / GMR) {
             const ptrdiff_t i1 = i0 + GMC / GMR < panels ? i0 + GMC / GMR : panels;
@@ -405,7 +410,8 @@ GTARGET static void GN(convx_conv_input_block)(const convx_conv_shape *s, const 
             }
             for (ptrdiff_t jp = 0; jp < strips; jp++) {
                 for (ptrdiff_t ip = i0; ip < i1; ip++) {
-                    const ptrdiff_t lo_row = ip * GMR, hi_row = ip * GMR + GMR < nch * taps ? ip * GMR + GMR : nch * taps;
+                    const ptrdiff_t lo_row = ip * GMR;
+                    const ptrdiff_t hi_row = lo_row + GMR < nch * taps ? lo_row + GMR : nch * taps;
                     GN(convx_gemm_tile)(kc, a_block + ip * kc * GMR, work + jp * kc * GNR, tile, GNR, GMR, GNR, 0,
                                         NULL);
                     /* the tile's rows in runs of one tap: each run of the strip lands at the same
