@@ -99,6 +99,102 @@ def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng
         assert_close(out, ref, dtype)
 
 
+# Geometries for the channels-last direct kernel (convx_direct_conv_*), which every mode is
+# forced onto below: output rows not a multiple of the tile's pixels, batches not a multiple of
+# its images (a last chunk of planes past the batch), output channels beyond one block of lanes
+# or short of it, groups, strides, dilation, padding beyond the kernel (taps of whole rows
+# skipped), rows no tap reaches, a 1x1 kernel, and a kernel as large as the input.
+DIRECT_GEOMETRIES = {
+    "direct-rows": (3, 5, 9, 13, 40, (3, 3), 1, 1, 1, 1),
+    "direct-images": (11, 6, 5, 4, 33, (3, 3), 1, 1, 1, 1),
+    "direct-groups": (2, 12, 7, 10, 96, (3, 2), 1, (1, 0), 1, 2),
+    "direct-stride-2": (3, 7, 15, 17, 32, (3, 3), 2, 1, 1, 1),
+    "direct-stride-3x2-dilated": (2, 4, 20, 15, 20, (3, 2), (3, 2), (2, 1), (2, 3), 1),
+    "direct-padding-beyond-kernel": (9, 3, 5, 6, 17, (2, 3), 1, (3, 4), 1, 1),
+    "direct-stride-beyond-kernel": (2, 3, 13, 14, 9, (2, 2), 4, 0, 1, 1),
+    "direct-one-by-one": (3, 9, 6, 7, 48, (1, 1), 1, 0, 1, 1),
+    "direct-kernel-equals-input": (9, 5, 4, 5, 16, (4, 5), 1, 0, 1, 1),
+    "direct-deep": (2, 70, 6, 6, 64, (3, 3), 1, 1, 1, 1),
+}
+
+
+@pytest.fixture(params=["rows", "images"])
+def direct(request):
+    saved = core.direct_conv()
+    core.set_direct_conv(request.param)
+    yield request.param
+    core.set_direct_conv(saved)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward"])
+@pytest.mark.parametrize("geometry", list(DIRECT_GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_kernel_matches_reference(kernel, direct, dtype, geometry, op, threads, rng):
+    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES[geometry]
+    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    x, weight, bias, grad_out = case.arrays(rng, dtype)
+    saved = convx.get_num_threads()
+    convx.set_num_threads(threads)
+    try:
+        outputs = run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)
+    finally:
+        convx.set_num_threads(saved)
+    expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
+    for out, ref in zip(outputs, expected, strict=True):
+        assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("geometry", ["direct-rows", "direct-images", "direct-padding-beyond-kernel"])
+def test_direct_kernel_overwrites_its_output(kernel, direct, geometry, rng):
+    # Every output element is written (the input gradient too, through the same kernel).
+    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES[geometry]
+    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    x, weight, bias, grad_out = case.arrays(rng, np.float32)
+    (sh, sw), (ph, pw), (dh, dw) = (np.broadcast_to(case.kwargs[k], 2) for k in ("stride", "padding", "dilation"))
+    out = np.full(grad_out.shape, np.nan, np.float32)
+    core.conv2d_forward(x, weight, bias, out, sh, sw, ph, pw, dh, dw, g, 2)
+    assert_close(out, reference.conv2d(x, weight, bias, **case.kwargs), np.float32)
+    if (sh, sw) == (1, 1):
+        grad_in = np.full(x.shape, np.nan, np.float32)
+        core.conv2d_backward_input(grad_out, weight, grad_in, sh, sw, ph, pw, dh, dw, g, 2)
+        assert_close(grad_in, reference.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs), np.float32)
+
+
+@pytest.mark.parametrize("op", ["forward", "backward_input"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
+    # The direct kernel skips taps in the padding; with a non-finite weight it declines, and
+    # the path taken multiplies the padding's zeros, so the same outputs turn NaN/inf as with BLAS.
+    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES["direct-rows"]
+    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    x, weight, bias, grad_out = case.arrays(rng, np.float64)
+    for weight_value in (1.0, value):
+        x[1, 2, 3, 4] = value
+        weight[4, 1, 0, 2] = weight_value
+        grad_out[0, 3, 0, 5] = value
+
+        def run():
+            if op == "forward":
+                return F.conv2d(x, weight, bias, **case.kwargs)
+            return F.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs)
+
+        got = run()
+        saved = core.gemm_kernel()
+        core.set_gemm_kernel("blas")
+        want = run()
+        core.set_gemm_kernel(saved)
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert_close(np.where(np.isfinite(want), got, 0), np.where(np.isfinite(want), want, 0), np.float64)
+
+
+def test_direct_conv_modes():
+    assert core.direct_conv() == "auto"
+    with pytest.raises(ValueError, match="direct conv mode must be one of"):
+        core.set_direct_conv("fast")
+
+
 def test_large_layer_matches_reference(kernel, rng):
     """Depth 3 * 3 * 64 (several depth blocks), 64 rows of weights, a batch of big planes."""
     case = ConvCase(2, 64, 20, 23, 40, (3, 3), 1, 1, 1, 1)

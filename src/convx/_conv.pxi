@@ -89,6 +89,31 @@ cdef extern from "_gemm.h" nogil:
                                    Py_ssize_t q0, Py_ssize_t nc, float* partial, float* work)
     void convx_conv_weight_block_d(int level, const convx_conv_shape* s, const double* grad_out, const double* x,
                                    Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
+    enum:
+        CONVX_DIRECT_TAPS
+    size_t convx_direct_buffer_size(const convx_conv_shape* s, Py_ssize_t mr, Py_ssize_t rows)
+    size_t convx_direct_weight_size_f(int level, Py_ssize_t m, Py_ssize_t k)
+    size_t convx_direct_weight_size_d(int level, Py_ssize_t m, Py_ssize_t k)
+    Py_ssize_t convx_direct_lanes_f(int level)
+    Py_ssize_t convx_direct_lanes_d(int level)
+    Py_ssize_t convx_direct_rows_f(int level)
+    Py_ssize_t convx_direct_rows_d(int level)
+    int convx_direct_pack_weight_f(int level, const float* w, Py_ssize_t m, Py_ssize_t channels, Py_ssize_t taps,
+                                   Py_ssize_t s_m, Py_ssize_t s_c, Py_ssize_t s_t, Py_ssize_t blk, float* packed)
+    int convx_direct_pack_weight_d(int level, const double* w, Py_ssize_t m, Py_ssize_t channels, Py_ssize_t taps,
+                                   Py_ssize_t s_m, Py_ssize_t s_c, Py_ssize_t s_t, Py_ssize_t blk, double* packed)
+    void convx_direct_conv_rows_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
+                                  const float* bias, const float* x, float* out, Py_ssize_t r0, Py_ssize_t r1,
+                                  float* buf)
+    void convx_direct_conv_rows_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
+                                  const double* bias, const double* x, double* out, Py_ssize_t r0, Py_ssize_t r1,
+                                  double* buf)
+    void convx_direct_conv_images_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
+                                    const float* bias, const float* x, float* out, Py_ssize_t n_images,
+                                    Py_ssize_t blk0, Py_ssize_t blk1, float* buf)
+    void convx_direct_conv_images_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
+                                    const double* bias, const double* x, double* out, Py_ssize_t n_images,
+                                    Py_ssize_t blk0, Py_ssize_t blk1, double* buf)
 
 
 GEMM_KERNELS = ("blas", "avx2", "avx512")
@@ -116,6 +141,27 @@ def set_gemm_kernel(name):
     if level > _gemm_supported:
         raise ValueError(f"this CPU does not run the {name!r} kernel; it runs {GEMM_KERNELS[:_gemm_supported + 1]}")
     _gemm_level = level
+
+
+DIRECT_MODES = ("auto", "off", "rows", "images")
+# 'auto' picks per layer (_direct_choice); the others force a mode wherever the direct kernel
+# applies at all, for tests and benchmarks.
+cdef int _direct_mode = 0
+
+
+def direct_conv():
+    """How convolutions use the channels-last direct kernel (convx_direct_conv_*): 'auto' (per
+    layer), 'off', or forced to 'rows' (tiles of pixels along an output row) or 'images' (tiles
+    of one pixel of several images) wherever it applies."""
+    return DIRECT_MODES[_direct_mode]
+
+
+def set_direct_conv(mode):
+    """Set direct_conv's mode; for tests and benchmarks, not thread-safe against running calls."""
+    global _direct_mode
+    if mode not in DIRECT_MODES:
+        raise ValueError(f"direct conv mode must be one of {', '.join(map(repr, DIRECT_MODES))}, got {mode!r}")
+    _direct_mode = DIRECT_MODES.index(mode)
 
 
 cdef struct WeightProduct:
@@ -230,6 +276,167 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
                                        nc, &work[t * work_size])
                 q0 = q0 + nc
     return 0
+
+
+cdef enum:
+    DIRECT_OFF = 0
+    DIRECT_ROWS = 1
+    DIRECT_IMAGES = 2
+
+
+cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not)."""
+    cdef int level = _gemm_level
+    cdef Py_ssize_t lanes, rows, padded
+    if level == CONVX_GEMM_BLAS or _direct_mode == 1 or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+        return DIRECT_OFF
+    if s.ph < 0 or s.pw < 0 or s.kh * s.kw > CONVX_DIRECT_TAPS:
+        return DIRECT_OFF
+    if _direct_mode == 2:
+        return DIRECT_ROWS
+    if _direct_mode == 3:
+        return DIRECT_IMAGES
+    lanes = convx_direct_lanes_f(level) if is_float else convx_direct_lanes_d(level)
+    rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
+    # Lanes past c_out_g are computed and dropped: at most 1/3 more work (lenet_c2's 50 filters in
+    # 64 lanes still ran in 0.85 of the packed path's time). A 1x1 kernel over whole planes stays a
+    # plain GEMM of the planes.
+    padded = (s.c_out_g + lanes - 1) // lanes * lanes
+    if 3 * padded > 4 * s.c_out_g:
+        return DIRECT_OFF
+    if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
+            and s.out_h == s.height and s.out_w == s.width):
+        return DIRECT_OFF
+    # Rows of a few pixels would leave most of a tile's rows idle: tile across the images.
+    if s.out_w < 2 * rows and batch >= rows:
+        return DIRECT_IMAGES
+    return DIRECT_ROWS
+
+
+cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
+                      Py_ssize_t s_t, const floating* bias, floating* out, convx_conv_shape* s, Py_ssize_t batch, int n_threads,
+                      int mode) except -1:
+    """out = conv(x) (bias added where given) by convx_direct_conv_rows or _images (mode). Group
+    grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
+    weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take whole images (or
+    chunks of their output rows, or of their output channels, where the batch is too small to go
+    round), each with its own channels-last buffer. Returns 0, having written nothing, where a
+    weight is not finite (the caller then takes another path: see convx_direct_pack_weight)."""
+    cdef int level = _gemm_level, team, t
+    cdef Py_ssize_t taps = s.kh * s.kw, k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks, u, co, grp
+    cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
+    if floating is float:
+        lanes = convx_direct_lanes_f(level)
+        mr = convx_direct_rows_f(level)
+        group_size = convx_direct_weight_size_f(level, s.c_out_g, k)
+        dtype = np.float32
+    else:
+        lanes = convx_direct_lanes_d(level)
+        mr = convx_direct_rows_d(level)
+        group_size = convx_direct_weight_size_d(level, s.c_out_g, k)
+        dtype = np.float64
+    blocks = (s.c_out_g + lanes - 1) // lanes
+    cdef floating[::1] packed = np.empty(s.groups * group_size, dtype=dtype)
+    cdef floating[::1] lane_bias = np.zeros(s.groups * blocks * lanes if bias != NULL else 1, dtype=dtype)
+    if bias != NULL:
+        for grp in range(s.groups):
+            for co in range(s.c_out_g):
+                lane_bias[grp * blocks * lanes + co] = bias[grp * s.c_out_g + co]
+    cdef const floating* b = &lane_bias[0] if bias != NULL else NULL
+    team = _team(n_threads, s.groups * blocks)
+    cdef Py_ssize_t finite = 0
+    with nogil:
+        for u in prange(s.groups * blocks, schedule='static', num_threads=team):
+            if floating is float:
+                finite += convx_direct_pack_weight_f(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
+                                           taps, s_m, s_c, s_t, u % blocks,
+                                           &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+            else:
+                finite += convx_direct_pack_weight_d(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
+                                           taps, s_m, s_c, s_t, u % blocks,
+                                           &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+    if finite < s.groups * blocks:
+        return 0
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    cdef floating[::1] buf
+    if mode == DIRECT_ROWS:
+        per_image = 1
+        if batch % n_threads:
+            per_image = min(s.out_h, (4 * n_threads + batch - 1) // batch)
+        chunk = (s.out_h + per_image - 1) // per_image
+        n_items = batch * per_image
+        team = _team(n_threads, n_items)
+        buf_size = convx_direct_buffer_size(s, mr, chunk)
+        buf = np.empty(team * buf_size, dtype=dtype)
+        with nogil, parallel(num_threads=team):
+            t = threadid()
+            for item in prange(n_items, schedule='static'):
+                n = item // per_image
+                r0 = (item % per_image) * s.out_h // per_image
+                r1 = (item % per_image + 1) * s.out_h // per_image
+                if r0 < r1:
+                    if floating is float:
+                        convx_direct_conv_rows_f(level, s, &packed[0], group_size, b, x + n * image_in,
+                                                 out + n * image_out, r0, r1, &buf[t * buf_size])
+                    else:
+                        convx_direct_conv_rows_d(level, s, &packed[0], group_size, b, x + n * image_in,
+                                                 out + n * image_out, r0, r1, &buf[t * buf_size])
+        return 1
+    chunks = (batch + mr - 1) // mr
+    splits = 1 if chunks % n_threads == 0 else min(s.groups * blocks, n_threads)
+    n_items = chunks * splits
+    team = _team(n_threads, n_items)
+    buf_size = mr * image_in
+    # zeros: the planes past a last chunk's images are read (into rows never stored)
+    buf = np.zeros(team * buf_size, dtype=dtype)
+    with nogil, parallel(num_threads=team):
+        t = threadid()
+        for item in prange(n_items, schedule='static'):
+            n = (item // splits) * mr
+            b0 = (item % splits) * s.groups * blocks // splits
+            b1 = (item % splits + 1) * s.groups * blocks // splits
+            if floating is float:
+                convx_direct_conv_images_f(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
+                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+            else:
+                convx_direct_conv_images_d(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
+                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+    return 1
+
+
+cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float) noexcept nogil:
+    """The direct kernel's mode for the input gradient of a stride-1 convolution, which is the
+    convolution a of grad_out with W^T's taps reversed, padded by dilation * (kernel - 1) - pad
+    (DIRECT_OFF for other strides, or where that padding is negative)."""
+    if g.stride_h != 1 or g.stride_w != 1:
+        return DIRECT_OFF
+    a.groups = g.groups
+    a.c_in_g = g.c_out_g
+    a.c_out_g = g.c_in_g
+    a.height = g.out_h
+    a.width = g.out_w
+    a.out_h = g.height
+    a.out_w = g.width
+    a.kh = g.kernel_h
+    a.kw = g.kernel_w
+    a.sh = 1
+    a.sw = 1
+    a.ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h
+    a.pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w
+    a.dh = g.dilation_h
+    a.dw = g.dilation_w
+    return _direct_choice(a, g.batch, is_float)
+
+
+cdef int _direct_input_gradient(const floating* grad_out, const floating* weight, floating* grad_in,
+                                ConvGeometry* g, convx_conv_shape* a, int n_threads, int mode) except -1:
+    """grad_in by _direct_conv on the shape _direct_input_mode gave: its output channel is W's
+    input channel ci, its input channel W's output channel co, its tap t W's tap taps - 1 - t.
+    Returns 0 where _direct_conv declines (a weight not finite)."""
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    return _direct_conv(grad_out, weight + (taps - 1), g.c_out_g * g.col_rows, taps, g.col_rows, -1, NULL, grad_in,
+                        a, g.batch, n_threads, mode)
 
 
 cdef inline bint _packed_input(ConvGeometry* g, int n_threads) noexcept nogil:
@@ -761,9 +968,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t item, n, n_images, row0, row1, b, c, p, tid
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
+    cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef int mode = _direct_choice(&shape, g.batch, floating is float)
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    if mode != DIRECT_OFF and _direct_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows,
+                                           taps, 1, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
+                                           g.batch, n_threads, mode):
+        return
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, False, &wp)
-    cdef convx_conv_shape shape
     if wp.level != CONVX_GEMM_BLAS:
         shape = _conv_shape(&g)
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
@@ -803,6 +1016,10 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
     cdef convx_conv_shape shape
+    cdef int mode = _direct_input_mode(&g, &shape, floating is float) if g.batch else DIRECT_OFF
+    if mode != DIRECT_OFF and _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                                     &grad_in[0, 0, 0, 0], &g, &shape, n_threads, mode):
+        return
     if _packed_input(&g, n_threads):
         shape = _conv_shape(&g)
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
@@ -848,9 +1065,15 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
-    # the input gradient, when wanted, goes through _packed_input_gradient or the tiles below
-    cdef bint packed_input = grad_in.shape[0] > 0 and _packed_input(&g, n_threads)
-    cdef bint want_input = grad_in.shape[0] > 0 and not packed_input
+    # the input gradient, when wanted, goes through _direct_input_gradient, _packed_input_gradient or the tiles below
+    cdef convx_conv_shape adjoint
+    cdef int direct_input = _direct_input_mode(&g, &adjoint, floating is float) if grad_in.shape[0] > 0 else DIRECT_OFF
+    if direct_input != DIRECT_OFF and not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                                                 &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads,
+                                                                 direct_input):
+        direct_input = DIRECT_OFF
+    cdef bint packed_input = grad_in.shape[0] > 0 and direct_input == DIRECT_OFF and _packed_input(&g, n_threads)
+    cdef bint want_input = grad_in.shape[0] > 0 and not packed_input and direct_input == DIRECT_OFF
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1

@@ -110,6 +110,24 @@ static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_
     if (*hi < *lo) *hi = *lo;
 }
 
+/* Taps of a kernel convx_direct_conv_* take at most. */
+#define CONVX_DIRECT_TAPS 128
+
+/* Columns of a row of convx_direct_conv_rows's channels-last buffer: the padding, the input
+ * row, and zero columns out to the last one a tile of mr pixels reads. */
+static inline ptrdiff_t convx_direct_buffer_width(const convx_conv_shape *s, ptrdiff_t mr) {
+    const ptrdiff_t tiles = (s->out_w + mr - 1) / mr;
+    const ptrdiff_t reach = (tiles * mr - 1) * s->sw + (s->kw - 1) * s->dw + 1;
+    return reach > s->width + s->pw ? reach : s->width + s->pw;
+}
+
+/* Elements of convx_direct_conv_rows's buffer for chunks of at most rows output rows. */
+static inline size_t convx_direct_buffer_size(const convx_conv_shape *s, ptrdiff_t mr, ptrdiff_t rows) {
+    ptrdiff_t in_rows = (rows - 1) * s->sh + (s->kh - 1) * s->dh + 1;
+    if (in_rows > s->height) in_rows = s->height;
+    return (size_t)in_rows * (size_t)convx_direct_buffer_width(s, mr) * (size_t)(s->groups * s->c_in_g);
+}
+
 #define CONVX_GEMM_JOIN2(a, b) a##_##b
 #define CONVX_GEMM_JOIN(a, b) CONVX_GEMM_JOIN2(a, b)
 
@@ -266,6 +284,39 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 /* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_weight_size_##S(int level, ptrdiff_t m, ptrdiff_t k) {                     \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_weight_size_##S##512(m, k)                       \
+                                          : convx_direct_weight_size_##S##256(m, k);                      \
+    }                                                                                                     \
+    static ptrdiff_t convx_direct_lanes_##S(int level) {                                                  \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_lanes_##S##512() : convx_direct_lanes_##S##256(); \
+    }                                                                                                     \
+    static ptrdiff_t convx_direct_rows_##S(int level) {                                                   \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_rows_##S##512() : convx_direct_rows_##S##256();  \
+    }                                                                                                     \
+    static int convx_direct_pack_weight_##S(int level, const T *w, ptrdiff_t m, ptrdiff_t channels,       \
+                                            ptrdiff_t taps, ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t,  \
+                                            ptrdiff_t blk, T *packed) {                                   \
+        return level == CONVX_GEMM_AVX512                                                                 \
+                   ? convx_direct_pack_weight_##S##512(w, m, channels, taps, s_m, s_c, s_t, blk, packed)  \
+                   : convx_direct_pack_weight_##S##256(w, m, channels, taps, s_m, s_c, s_t, blk, packed); \
+    }                                                                                                     \
+    static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
+                                           size_t group_size, const T *bias, const T *x, T *out,          \
+                                           ptrdiff_t r0, ptrdiff_t r1, T *buf) {                          \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_conv_rows_##S##512(s, packed, group_size, bias, x, out, r0, r1, buf);            \
+        else                                                                                              \
+            convx_direct_conv_rows_##S##256(s, packed, group_size, bias, x, out, r0, r1, buf);            \
+    }                                                                                                     \
+    static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
+                                             size_t group_size, const T *bias, const T *x, T *out,        \
+                                             ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1, T *buf) { \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_conv_images_##S##512(s, packed, group_size, bias, x, out, n_images, blk0, blk1, buf); \
+        else                                                                                              \
+            convx_direct_conv_images_##S##256(s, packed, group_size, bias, x, out, n_images, blk0, blk1, buf); \
+    }                                                                                                     \
     static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) {                       \
         return level == CONVX_GEMM_AVX512 ? convx_gemm_packed_size_##S##512(m, k)                         \
                                           : convx_gemm_packed_size_##S##256(m, k);                        \
@@ -332,6 +383,18 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
 
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_weight_size_##S(int level, ptrdiff_t m, ptrdiff_t k) { return 0; }         \
+    static ptrdiff_t convx_direct_lanes_##S(int level) { return 1; }                                      \
+    static ptrdiff_t convx_direct_rows_##S(int level) { return 1; }                                       \
+    static int convx_direct_pack_weight_##S(int level, const T *w, ptrdiff_t m, ptrdiff_t channels,       \
+                                            ptrdiff_t taps, ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t,  \
+                                            ptrdiff_t blk, T *packed) { return 0; }                       \
+    static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
+                                           size_t group_size, const T *bias, const T *x, T *out,          \
+                                           ptrdiff_t r0, ptrdiff_t r1, T *buf) {}                         \
+    static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
+                                             size_t group_size, const T *bias, const T *x, T *out,        \
+                                             ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1, T *buf) {} \
     static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) { return 0; }           \
     static size_t convx_gemm_work_size_##S(int level) { return 0; }                                       \
     static void convx_gemm_pack_a_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rs,      \

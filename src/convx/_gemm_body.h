@@ -511,6 +511,8 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
     }
 }
 
+#include "_direct_body.h"
+
 #undef GNR
 #undef GRUNS
 #undef GN

@@ -1,0 +1,183 @@
+/* The channels-last direct convolution for one element type and one instruction set, included by
+ * _gemm_body.h with its parameters (GT, GV, GVL, GMR, GNV, GNR, GLOAD, GSTORE, GFMA, GSET1,
+ * GZERO, GTARGET and, with AVX-512, GTRANSPOSE).
+ *
+ * The forward as a product with the roles of the GEMM path swapped: a register tile holds GMR
+ * output pixels (or one pixel of GMR images) by GNR output channels. Each step of its depth
+ * loads GNR channels of one (input channel, tap) row of the packed weight and broadcasts the
+ * input value of each of its GMR pixels, read straight from a channels-last copy of the input:
+ * for one tap the depth runs along the channels, contiguous there, so nothing is packed per
+ * tile, and taps that fall in the padding for a whole tile (rows above and below the plane, or
+ * every tap off the plane in batch tiles) are skipped rather than multiplied by zero. The tile
+ * takes the whole depth (channels x taps) in registers and is written once.
+ */
+
+/* Elements of one group's packed weight: ceil(m / GNR) blocks of k rows of GNR lanes. */
+static size_t GN(convx_direct_weight_size)(ptrdiff_t m, ptrdiff_t k) {
+    return (size_t)((m + GNR - 1) / GNR) * (size_t)k * GNR;
+}
+
+/* Output channels of one block of the packed weight (its lanes). */
+static ptrdiff_t GN(convx_direct_lanes)(void) { return GNR; }
+
+/* Pixels (or images) of one register tile. */
+static ptrdiff_t GN(convx_direct_rows)(void) { return GMR; }
+
+/* Block blk of one group's packed weight: packed[(t * channels + c) * GNR + l] = the weight of
+ * output lane co = blk * GNR + l, input channel c and tap t, w[co * s_m + c * s_c + t * s_t]
+ * (0 for the lanes past m). The strides let the input gradient pack W^T with its taps reversed.
+ * Returns whether every weight is finite (the direct kernels skip the taps in the padding, which
+ * only a non-finite weight can tell from multiplying them by its zeros). */
+static int GN(convx_direct_pack_weight)(const GT *CONVX_RESTRICT w, ptrdiff_t m, ptrdiff_t channels, ptrdiff_t taps,
+                                        ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t, ptrdiff_t blk,
+                                        GT *CONVX_RESTRICT packed) {
+    GT zero = 0;
+    for (ptrdiff_t l = 0; l < GNR; l++) {
+        const ptrdiff_t co = blk * GNR + l;
+        for (ptrdiff_t c = 0; c < channels; c++)
+            for (ptrdiff_t t = 0; t < taps; t++) {
+                const GT v = co < m ? w[co * s_m + c * s_c + t * s_t] : (GT)0;
+                packed[(t * channels + c) * GNR + l] = v;
+                zero += v * (GT)0;
+            }
+    }
+    return zero == 0;
+}
+
+/* dst[iw * ld + c] = src[c * plane + iw] for c < channels, iw < width: one input row, channels
+ * last. */
+GTARGET static void GN(convx_direct_row_nhwc)(const GT *CONVX_RESTRICT src, ptrdiff_t plane, ptrdiff_t channels,
+                                              ptrdiff_t width, GT *CONVX_RESTRICT dst, ptrdiff_t ld) {
+    ptrdiff_t c0 = 0;
+#ifdef GTRANSPOSE
+    for (; c0 + GVL <= channels; c0 += GVL) {
+        ptrdiff_t iw = 0;
+        for (; iw + GVL <= width; iw += GVL) GTRANSPOSE(src + c0 * plane + iw, plane, dst + iw * ld + c0, ld);
+        for (; iw < width; iw++)
+            for (ptrdiff_t c = c0; c < c0 + GVL; c++) dst[iw * ld + c] = src[c * plane + iw];
+    }
+#endif
+    for (ptrdiff_t c = c0; c < channels; c++)
+        for (ptrdiff_t iw = 0; iw < width; iw++) dst[iw * ld + c] = src[c * plane + iw];
+}
+
+/* out[r * ors + l * ocs] = (bias ? bias[l] : 0) + sum over the taps t and channels c of
+ * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l], for r < rows, l < lanes. */
+GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
+                                          const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
+                                          const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
+                                          GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
+                                          ptrdiff_t lanes) {
+    GV acc[GMR][GNV];
+    for (int v = 0; v < GNV; v++) {
+        const GV start = bias ? GLOAD(bias + v * GVL) : GZERO();
+        for (int r = 0; r < GMR; r++) acc[r][v] = start;
+    }
+    for (ptrdiff_t t = 0; t < taps; t++) {
+        const GT *pa = a + aoff[t];
+        const GT *pb = b + boff[t];
+        for (ptrdiff_t c = 0; c < channels; c++) {
+            GV bv[GNV];
+            for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);
+            for (int r = 0; r < GMR; r++) {
+                const GV av = GSET1(pa[r * ars]);
+                for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
+            }
+            pa++;
+            pb += GNR;
+        }
+    }
+    GT tile[GMR * GNR];
+    for (int r = 0; r < GMR; r++)
+        for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
+    for (ptrdiff_t l = 0; l < lanes; l++)
+        for (ptrdiff_t r = 0; r < rows; r++) out[r * ors + l * ocs] = tile[r * GNR + l];
+}
+
+/* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
+ * out point at the image, packed holds each group's weight (convx_direct_pack_weight, group_size
+ * elements apart), bias (NULL or) each group's ceil(c_out_g / GNR) * GNR lanes, buf
+ * convx_direct_buffer_size elements (the rows the output rows read, channels last, with zero
+ * columns for the padding and the last tile's spare pixels). Padding must not be negative. */
+GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
+                                               size_t group_size, const GT *CONVX_RESTRICT bias,
+                                               const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
+                                               ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
+    const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), blocks = (s->c_out_g + GNR - 1) / GNR;
+    const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
+    ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
+    if (ih0 < 0) ih0 = 0;
+    if (ih1 > s->height) ih1 = s->height;
+    for (ptrdiff_t ih = ih0; ih < ih1; ih++) {
+        GT *row = buf + (ih - ih0) * wb * channels;
+        memset(row, 0, (size_t)(s->pw * channels) * sizeof(GT));
+        GN(convx_direct_row_nhwc)(x + ih * s->width, plane, channels, s->width, row + s->pw * channels, channels);
+        memset(row + (s->pw + s->width) * channels, 0, (size_t)((wb - s->pw - s->width) * channels) * sizeof(GT));
+    }
+    ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
+    for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+        for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+            const GT *b = packed + grp * group_size + blk * k * GNR;
+            const GT *b_bias = bias ? bias + (grp * blocks + blk) * GNR : NULL;
+            const ptrdiff_t co = grp * s->c_out_g + blk * GNR;
+            const ptrdiff_t lanes = s->c_out_g - blk * GNR < GNR ? s->c_out_g - blk * GNR : GNR;
+            for (ptrdiff_t oh = r0; oh < r1; oh++) {
+                ptrdiff_t taps = 0;
+                for (ptrdiff_t i = 0; i < s->kh; i++) {
+                    const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
+                    if (ih < 0 || ih >= s->height) continue;
+                    for (ptrdiff_t j = 0; j < s->kw; j++, taps++) {
+                        aoff[taps] = ((ih - ih0) * wb + j * s->dw) * channels + grp * s->c_in_g;
+                        boff[taps] = (i * s->kw + j) * s->c_in_g * GNR;
+                    }
+                }
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow += GMR)
+                    GN(convx_direct_tile)(buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g,
+                                          b, b_bias, out + co * n_out + oh * s->out_w + ow, 1, n_out,
+                                          s->out_w - ow < GMR ? s->out_w - ow : GMR, lanes);
+            }
+        }
+}
+
+/* Output channel blocks [blk0, blk1) (counted over all groups) of images [0, n_images) of
+ * x and out, n_images <= GMR, one tile per output pixel with the images as its rows; buf holds
+ * GMR channels-last planes, those past n_images initialised (they feed only rows not stored). */
+GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
+                                                 size_t group_size, const GT *CONVX_RESTRICT bias,
+                                                 const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
+                                                 ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1,
+                                                 GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
+    const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR, k = s->c_in_g * s->kh * s->kw;
+    const ptrdiff_t image = plane * channels, c_out = s->groups * s->c_out_g;
+    for (ptrdiff_t n = 0; n < n_images; n++)
+        for (ptrdiff_t ih = 0; ih < s->height; ih++)
+            GN(convx_direct_row_nhwc)(x + n * image + ih * s->width, plane, channels, s->width,
+                                      buf + n * image + ih * s->width * channels, channels);
+    ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
+    for (ptrdiff_t u = blk0; u < blk1; u++) {
+        const ptrdiff_t grp = u / blocks, blk = u % blocks;
+        const GT *b = packed + grp * group_size + blk * k * GNR;
+        const GT *b_bias = bias ? bias + u * GNR : NULL;
+        const ptrdiff_t co = grp * s->c_out_g + blk * GNR;
+        const ptrdiff_t lanes = s->c_out_g - blk * GNR < GNR ? s->c_out_g - blk * GNR : GNR;
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                ptrdiff_t taps = 0;
+                for (ptrdiff_t i = 0; i < s->kh; i++) {
+                    const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
+                    if (ih < 0 || ih >= s->height) continue;
+                    for (ptrdiff_t j = 0; j < s->kw; j++) {
+                        const ptrdiff_t iw = ow * s->sw - s->pw + j * s->dw;
+                        if (iw < 0 || iw >= s->width) continue;
+                        aoff[taps] = (ih * s->width + iw) * channels + grp * s->c_in_g;
+                        boff[taps] = (i * s->kw + j) * s->c_in_g * GNR;
+                        taps++;
+                    }
+                }
+                GN(convx_direct_tile)(buf, image, aoff, boff, taps, s->c_in_g, b, b_bias,
+                                      out + co * n_out + oh * s->out_w + ow, c_out * n_out, n_out, n_images, lanes);
+            }
+    }
+}
