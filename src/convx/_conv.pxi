@@ -307,8 +307,9 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
     if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
             and s.out_h == s.height and s.out_w == s.width):
         return DIRECT_OFF
-    # Rows of a few pixels would leave most of a tile's rows idle: tile across the images.
-    if s.out_w < 2 * rows and batch >= rows:
+    # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
+    # columns: tile across the images, which skips every tap in the padding.
+    if s.out_w < rows and batch >= rows:
         return DIRECT_IMAGES
     return DIRECT_ROWS
 

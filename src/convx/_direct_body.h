@@ -28,20 +28,57 @@ static ptrdiff_t GN(convx_direct_rows)(void) { return GMR; }
  * (0 for the lanes past m). The strides let the input gradient pack W^T with its taps reversed.
  * Returns whether every weight is finite (the direct kernels skip the taps in the padding, which
  * only a non-finite weight can tell from multiplying them by its zeros). */
-static int GN(convx_direct_pack_weight)(const GT *CONVX_RESTRICT w, ptrdiff_t m, ptrdiff_t channels, ptrdiff_t taps,
-                                        ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t, ptrdiff_t blk,
-                                        GT *CONVX_RESTRICT packed) {
-    GT zero = 0;
-    for (ptrdiff_t l = 0; l < GNR; l++) {
-        const ptrdiff_t co = blk * GNR + l;
-        for (ptrdiff_t c = 0; c < channels; c++)
-            for (ptrdiff_t t = 0; t < taps; t++) {
-                const GT v = co < m ? w[co * s_m + c * s_c + t * s_t] : (GT)0;
-                packed[(t * channels + c) * GNR + l] = v;
-                zero += v * (GT)0;
+GTARGET static int GN(convx_direct_pack_weight)(const GT *CONVX_RESTRICT w, ptrdiff_t m, ptrdiff_t channels,
+                                                ptrdiff_t taps, ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t,
+                                                ptrdiff_t blk, GT *CONVX_RESTRICT packed) {
+    /* (one sum of v * 0 per lane, so that no chain of dependent adds runs through the loop) */
+    GT zero[GNR];
+    const ptrdiff_t lanes = m - blk * GNR < GNR ? m - blk * GNR : GNR;
+    const GT *src = w + blk * GNR * s_m;
+    ptrdiff_t c0 = 0;
+    for (ptrdiff_t l = 0; l < GNR; l++) zero[l] = 0;
+#ifdef GTRANSPOSE
+    /* The forward's layout (the weight's rows, tap fastest): a row's elements are read a cache
+     * line at a time by blocks of GVL x GVL transposes, as the element-wise loop below reads
+     * GNR rows a whole weight row apart, which map to the same few L1 sets. */
+    if (s_t == 1 && s_c == taps && lanes == GNR) {
+        const ptrdiff_t k = channels * taps, k_blocked = k / GVL * GVL;
+        GT block[GVL * GVL];
+        GV z = GZERO();
+        for (ptrdiff_t j0 = 0; j0 < k_blocked; j0 += GVL)
+            for (ptrdiff_t l0 = 0; l0 < GNR; l0 += GVL) {
+                GTRANSPOSE(src + l0 * s_m + j0, s_m, block, GVL);
+                for (ptrdiff_t jj = 0; jj < GVL; jj++) {
+                    const ptrdiff_t c = (j0 + jj) / taps, t = (j0 + jj) % taps;
+                    const GV v = GLOAD(block + jj * GVL);
+                    GSTORE(packed + (t * channels + c) * GNR + l0, v);
+                    z = GFMA(v, GZERO(), z);
+                }
             }
+        GSTORE(zero, z);
+        for (ptrdiff_t j = k_blocked; j < k; j++)
+            for (ptrdiff_t l = 0; l < GNR; l++) {
+                const GT v = src[l * s_m + j];
+                packed[(j % taps * channels + j / taps) * GNR + l] = v;
+                zero[l] += v * (GT)0;
+            }
+        c0 = channels;
     }
-    return zero == 0;
+#endif
+    for (ptrdiff_t c = c0; c < channels; c++)
+        for (ptrdiff_t t = 0; t < taps; t++) {
+            GT *dst = packed + (t * channels + c) * GNR;
+            const GT *at = src + c * s_c + t * s_t;
+            for (ptrdiff_t l = 0; l < lanes; l++) {
+                const GT v = at[l * s_m];
+                dst[l] = v;
+                zero[l] += v * (GT)0;
+            }
+            for (ptrdiff_t l = lanes; l < GNR; l++) dst[l] = 0;
+        }
+    int finite = 1;
+    for (ptrdiff_t l = 0; l < GNR; l++) finite &= zero[l] == 0;
+    return finite;
 }
 
 /* dst[iw * ld + c] = src[c * plane + iw] for c < channels, iw < width: one input row, channels
@@ -62,16 +99,16 @@ GTARGET static void GN(convx_direct_row_nhwc)(const GT *CONVX_RESTRICT src, ptrd
 }
 
 /* out[r * ors + l * ocs] = (bias ? bias[l] : 0) + sum over the taps t and channels c of
- * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l], for r < rows, l < lanes. */
-GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
-                                          const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
-                                          const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
-                                          GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
-                                          ptrdiff_t lanes) {
+ * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l], for r < rows, l < lanes; the register
+ * tile has mr <= GMR rows (a constant where it is inlined). */
+GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_body)(
+    const int mr, const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff, const ptrdiff_t *boff,
+    ptrdiff_t taps, ptrdiff_t channels, const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
+    GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows, ptrdiff_t lanes) {
     GV acc[GMR][GNV];
     for (int v = 0; v < GNV; v++) {
         const GV start = bias ? GLOAD(bias + v * GVL) : GZERO();
-        for (int r = 0; r < GMR; r++) acc[r][v] = start;
+        for (int r = 0; r < mr; r++) acc[r][v] = start;
     }
     for (ptrdiff_t t = 0; t < taps; t++) {
         const GT *pa = a + aoff[t];
@@ -79,7 +116,7 @@ GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t 
         for (ptrdiff_t c = 0; c < channels; c++) {
             GV bv[GNV];
             for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);
-            for (int r = 0; r < GMR; r++) {
+            for (int r = 0; r < mr; r++) {
                 const GV av = GSET1(pa[r * ars]);
                 for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
             }
@@ -88,10 +125,27 @@ GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t 
         }
     }
     GT tile[GMR * GNR];
-    for (int r = 0; r < GMR; r++)
+    for (int r = 0; r < mr; r++)
         for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
     for (ptrdiff_t l = 0; l < lanes; l++)
         for (ptrdiff_t r = 0; r < rows; r++) out[r * ors + l * ocs] = tile[r * GNR + l];
+}
+
+GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
+                                          const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
+                                          const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
+                                          GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
+                                          ptrdiff_t lanes) {
+    GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
+}
+
+/* The tile of GMR - 1 rows. */
+GTARGET static void GN(convx_direct_tile_short)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
+                                                const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
+                                                const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
+                                                GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
+                                                ptrdiff_t lanes) {
+    GN(convx_direct_tile_body)(GMR - 1, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
 }
 
 /* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
@@ -104,7 +158,8 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                                                const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
                                                ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
     const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
-    const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), blocks = (s->c_out_g + GNR - 1) / GNR;
+    const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), tile = convx_direct_row_tile(s, GMR);
+    const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR;
     const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
     ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
     if (ih0 < 0) ih0 = 0;
@@ -132,10 +187,12 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                         boff[taps] = (i * s->kw + j) * s->c_in_g * GNR;
                     }
                 }
-                for (ptrdiff_t ow = 0; ow < s->out_w; ow += GMR)
-                    GN(convx_direct_tile)(buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g,
-                                          b, b_bias, out + co * n_out + oh * s->out_w + ow, 1, n_out,
-                                          s->out_w - ow < GMR ? s->out_w - ow : GMR, lanes);
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
+                    const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
+                    (tile == GMR ? GN(convx_direct_tile) : GN(convx_direct_tile_short))(
+                        buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias,
+                        out + co * n_out + oh * s->out_w + ow, 1, n_out, rows, lanes);
+                }
             }
         }
 }

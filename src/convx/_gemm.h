@@ -113,11 +113,18 @@ static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_
 /* Taps of a kernel convx_direct_conv_* take at most. */
 #define CONVX_DIRECT_TAPS 128
 
+/* Pixels of convx_direct_conv_rows's tiles for a register tile of mr rows: mr, or mr - 1 where
+ * that covers the output row with fewer (14, 28 pixels wide: 7 tiles of 7 lanes, not 8). */
+static inline ptrdiff_t convx_direct_row_tile(const convx_conv_shape *s, ptrdiff_t mr) {
+    const ptrdiff_t full = (s->out_w + mr - 1) / mr * mr, short_ = (s->out_w + mr - 2) / (mr - 1) * (mr - 1);
+    return mr > 2 && short_ < full ? mr - 1 : mr;
+}
+
 /* Columns of a row of convx_direct_conv_rows's channels-last buffer: the padding, the input
- * row, and zero columns out to the last one a tile of mr pixels reads. */
+ * row, and zero columns out to the last one a tile reads (mr: the register tile's rows). */
 static inline ptrdiff_t convx_direct_buffer_width(const convx_conv_shape *s, ptrdiff_t mr) {
-    const ptrdiff_t tiles = (s->out_w + mr - 1) / mr;
-    const ptrdiff_t reach = (tiles * mr - 1) * s->sw + (s->kw - 1) * s->dw + 1;
+    const ptrdiff_t tile = convx_direct_row_tile(s, mr), tiles = (s->out_w + tile - 1) / tile;
+    const ptrdiff_t reach = (tiles * tile - 1) * s->sw + (s->kw - 1) * s->dw + 1;
     return reach > s->width + s->pw ? reach : s->width + s->pw;
 }
 
