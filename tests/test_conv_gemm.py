@@ -127,7 +127,7 @@ def direct(request):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("op", ["forward", "backward_input", "backward"])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
 @pytest.mark.parametrize("geometry", list(DIRECT_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_kernel_matches_reference(kernel, direct, dtype, geometry, op, threads, rng):
@@ -161,11 +161,12 @@ def test_direct_kernel_overwrites_its_output(kernel, direct, geometry, rng):
         assert_close(grad_in, reference.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs), np.float32)
 
 
-@pytest.mark.parametrize("op", ["forward", "backward_input"])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
-    # The direct kernel skips taps in the padding; with a non-finite weight it declines, and
-    # the path taken multiplies the padding's zeros, so the same outputs turn NaN/inf as with BLAS.
+    # The direct kernel skips taps in the padding; with a non-finite weight it declines (and a
+    # weight gradient that comes out non-finite is recomputed), and the path taken multiplies
+    # the padding's zeros, so the same outputs turn NaN/inf as with BLAS.
     n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES["direct-rows"]
     case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
     x, weight, bias, grad_out = case.arrays(rng, np.float64)
@@ -177,6 +178,8 @@ def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
         def run():
             if op == "forward":
                 return F.conv2d(x, weight, bias, **case.kwargs)
+            if op == "backward_weight":
+                return F.conv2d_backward_weight(grad_out, x, weight.shape, **case.kwargs)
             return F.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs)
 
         got = run()

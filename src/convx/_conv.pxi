@@ -91,6 +91,20 @@ cdef extern from "_gemm.h" nogil:
                                    Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
     enum:
         CONVX_DIRECT_TAPS
+    size_t convx_direct_weight_part_size_f(int level, const convx_conv_shape* s, Py_ssize_t tiles)
+    size_t convx_direct_weight_part_size_d(int level, const convx_conv_shape* s, Py_ssize_t tiles)
+    Py_ssize_t convx_direct_weight_tiles_f(int level, const convx_conv_shape* s)
+    Py_ssize_t convx_direct_weight_tiles_d(int level, const convx_conv_shape* s)
+    size_t convx_direct_weight_image_size_f(int level, const convx_conv_shape* s)
+    size_t convx_direct_weight_image_size_d(int level, const convx_conv_shape* s)
+    void convx_direct_weight_images_f(int level, const convx_conv_shape* s, const float* grad_out, const float* x,
+                                      Py_ssize_t n_images, Py_ssize_t u0, Py_ssize_t u1, float* part, float* buf)
+    void convx_direct_weight_images_d(int level, const convx_conv_shape* s, const double* grad_out, const double* x,
+                                      Py_ssize_t n_images, Py_ssize_t u0, Py_ssize_t u1, double* part, double* buf)
+    int convx_direct_weight_store_f(int level, const convx_conv_shape* s, const float* part, Py_ssize_t u0,
+                                    Py_ssize_t u1, float* grad_weight)
+    int convx_direct_weight_store_d(int level, const convx_conv_shape* s, const double* part, Py_ssize_t u0,
+                                    Py_ssize_t u1, double* grad_weight)
     size_t convx_direct_buffer_size(const convx_conv_shape* s, Py_ssize_t mr, Py_ssize_t rows)
     size_t convx_direct_weight_size_f(int level, Py_ssize_t m, Py_ssize_t k)
     size_t convx_direct_weight_size_d(int level, Py_ssize_t m, Py_ssize_t k)
@@ -404,6 +418,115 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
                 convx_direct_conv_images_d(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
                                            min(mr, batch - n), b0, b1, &buf[t * buf_size])
     return 1
+
+
+cdef enum:
+    # how _direct_weight_gradient splits the work between threads
+    DIRECT_BY_CHANNELS = 1
+    DIRECT_BY_IMAGES = 2
+    # Largest per-thread partial (elements) the split over images sums.
+    DIRECT_PARTIAL_MOST = 1 << 18
+
+
+cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+    """How _direct_weight_gradient takes the weight gradient of shape s: DIRECT_OFF (it does not),
+    DIRECT_BY_IMAGES (threads take shares of the batch, each summing a whole partial) or
+    DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image).
+    The forced modes force it too: 'rows' split by images where the batch allows, 'images' by
+    channels."""
+    cdef int level = _gemm_level
+    cdef Py_ssize_t lanes, tiles, part
+    if level == CONVX_GEMM_BLAS or _direct_mode == 1 or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+        return DIRECT_OFF
+    if s.ph < 0 or s.pw < 0:
+        return DIRECT_OFF
+    if _direct_mode == 2:
+        return DIRECT_BY_IMAGES
+    if _direct_mode == 3:
+        return DIRECT_BY_CHANNELS
+    lanes = convx_direct_lanes_f(level) if is_float else convx_direct_lanes_d(level)
+    if 3 * ((s.c_in_g + lanes - 1) // lanes * lanes) > 4 * s.c_in_g:
+        return DIRECT_OFF
+    if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
+            and s.out_h == s.height and s.out_w == s.width):
+        return DIRECT_OFF
+    if is_float:
+        tiles = s.groups * convx_direct_weight_tiles_f(level, s)
+        part = convx_direct_weight_part_size_f(level, s, tiles)
+    else:
+        tiles = s.groups * convx_direct_weight_tiles_d(level, s)
+        part = convx_direct_weight_part_size_d(level, s, tiles)
+    if batch >= n_threads and part <= DIRECT_PARTIAL_MOST:
+        return DIRECT_BY_IMAGES
+    return DIRECT_BY_CHANNELS
+
+
+cdef int _direct_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
+                                 Py_ssize_t batch, floating* grad_weight, int n_threads, int split) except -1:
+    """grad_weight = sum over the batch's pixels of grad_out x im2col(x)^T by
+    convx_direct_weight_images, the work split as _direct_weight_choice chose. Returns 0 where
+    the result is not finite (grad_weight then holds garbage, and the caller recomputes it on a
+    path that multiplies the padding's zeros, as the taps this one skips would)."""
+    cdef int level = _gemm_level, team, t
+    cdef bint by_images = split == DIRECT_BY_IMAGES
+    cdef Py_ssize_t tiles, n_tiles, share, part_size, image_size, per_chunk, buf_size
+    cdef Py_ssize_t u0, u1, n0, n1, n, c, finite = 0
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    if floating is float:
+        tiles = convx_direct_weight_tiles_f(level, s)
+        image_size = convx_direct_weight_image_size_f(level, s)
+        dtype = np.float32
+    else:
+        tiles = convx_direct_weight_tiles_d(level, s)
+        image_size = convx_direct_weight_image_size_d(level, s)
+        dtype = np.float64
+    n_tiles = s.groups * tiles
+    team = _team(n_threads, batch if by_images else n_tiles)
+    share = n_tiles if by_images else (n_tiles + team - 1) // team
+    if floating is float:
+        part_size = convx_direct_weight_part_size_f(level, s, share)
+    else:
+        part_size = convx_direct_weight_part_size_d(level, s, share)
+    # images per pass: their channels-last copies about 256 KB (in L2 beside the partial), or 8
+    per_chunk = max(1, min(8, (1 << 16) // max(1, image_size)))
+    buf_size = per_chunk * image_size + 64
+    cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
+    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            if by_images:
+                u0 = 0
+                u1 = n_tiles
+                n0 = t * batch // team
+                n1 = (t + 1) * batch // team
+            else:
+                u0 = t * n_tiles // team
+                u1 = (t + 1) * n_tiles // team
+                n0 = 0
+                n1 = batch
+            n = n0
+            while n < n1:
+                c = min(per_chunk, n1 - n)
+                if floating is float:
+                    convx_direct_weight_images_f(level, s, grad_out + n * image_out, x + n * image_in, c, u0, u1,
+                                                 &parts[t * part_size], &buf[t * buf_size])
+                else:
+                    convx_direct_weight_images_d(level, s, grad_out + n * image_out, x + n * image_in, c, u0, u1,
+                                                 &parts[t * part_size], &buf[t * buf_size])
+                n = n + c
+            if not by_images:
+                if floating is float:
+                    finite += convx_direct_weight_store_f(level, s, &parts[t * part_size], u0, u1, grad_weight)
+                else:
+                    finite += convx_direct_weight_store_d(level, s, &parts[t * part_size], u0, u1, grad_weight)
+        if by_images:
+            _sum_partials(&parts[0], team, part_size, &parts[0])
+            if floating is float:
+                finite = team * convx_direct_weight_store_f(level, s, &parts[0], 0, n_tiles, grad_weight)
+            else:
+                finite = team * convx_direct_weight_store_d(level, s, &parts[0], 0, n_tiles, grad_weight)
+    return finite == team
 
 
 cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float) noexcept nogil:
@@ -1080,30 +1203,34 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
     # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
     # GKC pixels: BLAS does better with large gradients, or few output channels to fill a strip.
-    cdef bint packed_weight = (_gemm_level != CONVX_GEMM_BLAS and w_size > 0 and g.c_out_g >= 32
-                               and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
     cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef int direct_weight = _direct_weight_choice(&shape, g.batch, floating is float, n_threads) if w_size else 0
+    cdef bint weight_done = direct_weight != DIRECT_OFF and _direct_weight_gradient(
+        &grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0], n_threads, direct_weight)
+    cdef bint packed_weight = (not weight_done and _gemm_level != CONVX_GEMM_BLAS and w_size > 0
+                               and g.c_out_g >= 32 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
     if packed_weight:
         _packed_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0],
                                 n_threads)
+    weight_done = weight_done or packed_weight
     if packed_input:
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
                                n_threads)
-    if packed_weight and not (want_bias or want_input):
+    if weight_done and not (want_bias or want_input):
         return
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_weight).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
-    cdef floating[::1] w_parts = np.zeros(1 if packed_weight else n_threads * w_size, dtype=dtype)
+    cdef floating[::1] w_parts = np.zeros(1 if weight_done else n_threads * w_size, dtype=dtype)
     cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for item in prange(n_blocks, schedule='static'):
             n = _block_start(&g, item, n_blocks)
             n_images = _block_start(&g, item + 1, n_blocks) - n
-            if not packed_weight:
+            if not weight_done:
                 _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g,
                                       n_images, &col[tid * col_size], &gathered[tid * gathered_size])
             if want_bias:
@@ -1113,7 +1240,7 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
                                      n_images, &col[tid * col_size], &gathered[tid * gathered_size],
                                      &work[tid * work_size])
     with nogil:
-        if not packed_weight:
+        if not weight_done:
             _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
         if want_bias:
             _sum_partials(&b_parts[0], n_threads, c_out, &grad_bias[0])

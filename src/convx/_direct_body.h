@@ -238,3 +238,122 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
             }
     }
 }
+
+/* part[r * GNR + l] += the sum over the segments u and their pixels p < len of
+ * a[aoff[u] + r' * ars + p] * b[boff[u] + p * bstep + l] for r < GMR, with r' = r for the
+ * first `rows` rows and 0 past them (rows that are never stored). */
+GTARGET static void GN(convx_direct_weight_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, ptrdiff_t rows,
+                                                 const ptrdiff_t *aoff, const ptrdiff_t *boff, ptrdiff_t segs,
+                                                 ptrdiff_t len, ptrdiff_t bstep, const GT *CONVX_RESTRICT b,
+                                                 GT *CONVX_RESTRICT part) {
+    GV acc[GMR][GNV];
+    for (int r = 0; r < GMR; r++)
+        for (int v = 0; v < GNV; v++) acc[r][v] = GLOAD(part + r * GNR + v * GVL);
+    for (ptrdiff_t u = 0; u < segs; u++) {
+        const GT *ra[GMR];
+        for (int r = 0; r < GMR; r++) ra[r] = a + aoff[u] + (r < rows ? r : 0) * ars;
+        const GT *pb = b + boff[u];
+        for (ptrdiff_t p = 0; p < len; p++) {
+            GV bv[GNV];
+            for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);
+            for (int r = 0; r < GMR; r++) {
+                const GV av = GSET1(ra[r][p]);
+                for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
+            }
+            pb += bstep;
+        }
+    }
+    for (int r = 0; r < GMR; r++)
+        for (int v = 0; v < GNV; v++) GSTORE(part + r * GNR + v * GVL, acc[r][v]);
+}
+
+/* Elements of the partial convx_direct_weight_images sums for tiles tiles of output channels. */
+static size_t GN(convx_direct_weight_part_size)(const convx_conv_shape *s, ptrdiff_t tiles) {
+    return (size_t)tiles * (size_t)(s->kh * s->kw) * (size_t)((s->c_in_g + GNR - 1) / GNR) * GMR * GNR;
+}
+
+/* Tiles of GMR output channels in one group. */
+static ptrdiff_t GN(convx_direct_weight_tiles)(const convx_conv_shape *s) { return (s->c_out_g + GMR - 1) / GMR; }
+
+/* Elements of one image of convx_direct_weight_images's buffer (channels last, every input row,
+ * the padding's columns zero). */
+static size_t GN(convx_direct_weight_image_size)(const convx_conv_shape *s) {
+    return (size_t)s->height * (size_t)convx_direct_buffer_width(s, 1) * (size_t)(s->groups * s->c_in_g);
+}
+
+/* The weight gradient of tiles [u0, u1) (tile u: group u / tiles, output channels
+ * GMR * (u % tiles) onwards) over images [0, n_images) of grad_out and x, added to part
+ * (convx_direct_weight_part_size(s, u1 - u0) elements; tile, then tap, then block of GNR input
+ * channels, then GMR x GNR); buf holds n_images convx_direct_weight_image_size images and GNR
+ * elements more. Taps in the padding's rows are skipped, its columns multiplied as zeros. */
+GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, const GT *CONVX_RESTRICT grad_out,
+                                                   const GT *CONVX_RESTRICT x, ptrdiff_t n_images, ptrdiff_t u0,
+                                                   ptrdiff_t u1, GT *CONVX_RESTRICT part, GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
+    const ptrdiff_t wb = convx_direct_buffer_width(s, 1), image = s->height * wb * channels;
+    const ptrdiff_t image_out = s->groups * s->c_out_g * n_out, taps = s->kh * s->kw;
+    const ptrdiff_t tiles = GN(convx_direct_weight_tiles)(s), blocks = (s->c_in_g + GNR - 1) / GNR;
+    for (ptrdiff_t n = 0; n < n_images; n++)
+        for (ptrdiff_t ih = 0; ih < s->height; ih++) {
+            GT *row = buf + n * image + ih * wb * channels;
+            memset(row, 0, (size_t)(s->pw * channels) * sizeof(GT));
+            GN(convx_direct_row_nhwc)(x + n * plane * channels + ih * s->width, plane, channels, s->width,
+                                      row + s->pw * channels, channels);
+            memset(row + (s->pw + s->width) * channels, 0, (size_t)((wb - s->pw - s->width) * channels) * sizeof(GT));
+        }
+    memset(buf + n_images * image, 0, GNR * sizeof(GT));
+    ptrdiff_t per = CONVX_DIRECT_SEGS / n_images;
+    if (per > s->out_h) per = s->out_h;
+    if (per < 1) per = 1;
+    ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS];
+    for (ptrdiff_t o0 = 0; o0 < s->out_h; o0 += per) {
+        const ptrdiff_t o1 = o0 + per < s->out_h ? o0 + per : s->out_h;
+        for (ptrdiff_t u = u0; u < u1; u++) {
+            const ptrdiff_t grp = u / tiles, co = (u % tiles) * GMR;
+            const ptrdiff_t rows = s->c_out_g - co < GMR ? s->c_out_g - co : GMR;
+            const GT *a = grad_out + (grp * s->c_out_g + co) * n_out;
+            for (ptrdiff_t i = 0; i < s->kh; i++)
+                for (ptrdiff_t j = 0; j < s->kw; j++) {
+                    ptrdiff_t segs = 0;
+                    for (ptrdiff_t n = 0; n < n_images; n++)
+                        for (ptrdiff_t oh = o0; oh < o1; oh++) {
+                            const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
+                            if (ih < 0 || ih >= s->height) continue;
+                            aoff[segs] = n * image_out + oh * s->out_w;
+                            boff[segs] = n * image + (ih * wb + j * s->dw) * channels;
+                            segs++;
+                        }
+                    if (!segs) continue;
+                    for (ptrdiff_t blk = 0; blk < blocks; blk++)
+                        GN(convx_direct_weight_tile)(a, n_out, rows, aoff, boff, segs, s->out_w, s->sw * channels,
+                                                     buf + grp * s->c_in_g + blk * GNR,
+                                                     part + (((u - u0) * taps + i * s->kw + j) * blocks + blk) *
+                                                                GMR * GNR);
+                }
+        }
+    }
+}
+
+/* grad_weight's rows of tiles [u0, u1) from their partial (convx_direct_weight_images); returns
+ * whether all of them are finite. */
+static int GN(convx_direct_weight_store)(const convx_conv_shape *s, const GT *CONVX_RESTRICT part, ptrdiff_t u0,
+                                         ptrdiff_t u1, GT *CONVX_RESTRICT grad_weight) {
+    const ptrdiff_t taps = s->kh * s->kw, tiles = GN(convx_direct_weight_tiles)(s);
+    const ptrdiff_t blocks = (s->c_in_g + GNR - 1) / GNR;
+    GT zero[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (ptrdiff_t u = u0; u < u1; u++) {
+        const ptrdiff_t grp = u / tiles, co0 = (u % tiles) * GMR;
+        for (ptrdiff_t r = 0; r < GMR && co0 + r < s->c_out_g; r++) {
+            GT *dst = grad_weight + (grp * s->c_out_g + co0 + r) * s->c_in_g * taps;
+            for (ptrdiff_t ci = 0; ci < s->c_in_g; ci++)
+                for (ptrdiff_t t = 0; t < taps; t++) {
+                    const GT v = part[(((u - u0) * taps + t) * blocks + ci / GNR) * GMR * GNR + r * GNR + ci % GNR];
+                    dst[ci * taps + t] = v;
+                    zero[(ci * taps + t) & 7] += v * (GT)0;
+                }
+        }
+    }
+    int finite = 1;
+    for (int q = 0; q < 8; q++) finite &= zero[q] == 0;
+    return finite;
+}

@@ -112,6 +112,8 @@ static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_
 
 /* Taps of a kernel convx_direct_conv_* take at most. */
 #define CONVX_DIRECT_TAPS 128
+/* Segments (runs along one output row) of one tile of convx_direct_weight_images at most. */
+#define CONVX_DIRECT_SEGS 512
 
 /* Pixels of convx_direct_conv_rows's tiles for a register tile of mr rows: mr, or mr - 1 where
  * that covers the output row with fewer (14, 28 pixels wide: 7 tiles of 7 lanes, not 8). */
@@ -291,6 +293,31 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 /* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_weight_part_size_##S(int level, const convx_conv_shape *s, ptrdiff_t tiles) { \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_weight_part_size_##S##512(s, tiles)              \
+                                          : convx_direct_weight_part_size_##S##256(s, tiles);             \
+    }                                                                                                     \
+    static ptrdiff_t convx_direct_weight_tiles_##S(int level, const convx_conv_shape *s) {                \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_weight_tiles_##S##512(s)                         \
+                                          : convx_direct_weight_tiles_##S##256(s);                        \
+    }                                                                                                     \
+    static size_t convx_direct_weight_image_size_##S(int level, const convx_conv_shape *s) {              \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_weight_image_size_##S##512(s)                    \
+                                          : convx_direct_weight_image_size_##S##256(s);                   \
+    }                                                                                                     \
+    static void convx_direct_weight_images_##S(int level, const convx_conv_shape *s, const T *grad_out,   \
+                                               const T *x, ptrdiff_t n_images, ptrdiff_t u0, ptrdiff_t u1, \
+                                               T *part, T *buf) {                                         \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_weight_images_##S##512(s, grad_out, x, n_images, u0, u1, part, buf);             \
+        else                                                                                              \
+            convx_direct_weight_images_##S##256(s, grad_out, x, n_images, u0, u1, part, buf);             \
+    }                                                                                                     \
+    static int convx_direct_weight_store_##S(int level, const convx_conv_shape *s, const T *part,         \
+                                             ptrdiff_t u0, ptrdiff_t u1, T *grad_weight) {                \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_weight_store_##S##512(s, part, u0, u1, grad_weight) \
+                                          : convx_direct_weight_store_##S##256(s, part, u0, u1, grad_weight); \
+    }                                                                                                     \
     static size_t convx_direct_weight_size_##S(int level, ptrdiff_t m, ptrdiff_t k) {                     \
         return level == CONVX_GEMM_AVX512 ? convx_direct_weight_size_##S##512(m, k)                       \
                                           : convx_direct_weight_size_##S##256(m, k);                      \
@@ -390,6 +417,16 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
 
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_weight_part_size_##S(int level, const convx_conv_shape *s, ptrdiff_t tiles) { \
+        return 0;                                                                                         \
+    }                                                                                                     \
+    static ptrdiff_t convx_direct_weight_tiles_##S(int level, const convx_conv_shape *s) { return 1; }    \
+    static size_t convx_direct_weight_image_size_##S(int level, const convx_conv_shape *s) { return 0; }  \
+    static void convx_direct_weight_images_##S(int level, const convx_conv_shape *s, const T *grad_out,   \
+                                               const T *x, ptrdiff_t n_images, ptrdiff_t u0, ptrdiff_t u1, \
+                                               T *part, T *buf) {}                                        \
+    static int convx_direct_weight_store_##S(int level, const convx_conv_shape *s, const T *part,         \
+                                             ptrdiff_t u0, ptrdiff_t u1, T *grad_weight) { return 0; }    \
     static size_t convx_direct_weight_size_##S(int level, ptrdiff_t m, ptrdiff_t k) { return 0; }         \
     static ptrdiff_t convx_direct_lanes_##S(int level) { return 1; }                                      \
     static ptrdiff_t convx_direct_rows_##S(int level) { return 1; }                                       \
