@@ -118,8 +118,10 @@ static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_
 /* Pixels of convx_direct_conv_rows's tiles for a register tile of mr rows: mr, or mr - 1 where
  * that covers the output row with fewer (14, 28 pixels wide: 7 tiles of 7 lanes, not 8). */
 static inline ptrdiff_t convx_direct_row_tile(const convx_conv_shape *s, ptrdiff_t mr) {
+    if (mr <= 2)
+        return mr;
     const ptrdiff_t full = (s->out_w + mr - 1) / mr * mr, short_ = (s->out_w + mr - 2) / (mr - 1) * (mr - 1);
-    return mr > 2 && short_ < full ? mr - 1 : mr;
+    return short_ < full ? mr - 1 : mr;
 }
 
 /* Columns of a row of convx_direct_conv_rows's channels-last buffer: the padding, the input
