@@ -77,16 +77,11 @@ GEOMETRIES = {
 
 
 def _case(name):
-    n, c_in, h, w, c_out, k, s, p, d, g = GEOMETRIES[name]
+    n, c_in, h, w, c_out, k, s, p, d, g = GEOMETRIES[name] if name in GEOMETRIES else DIRECT_GEOMETRIES[name]
     return ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
-@pytest.mark.parametrize("geometry", list(GEOMETRIES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng):
-    case = _case(geometry)
+def _check_against_reference(case, dtype, op, threads, rng):
     x, weight, bias, grad_out = case.arrays(rng, dtype)
     saved = convx.get_num_threads()
     convx.set_num_threads(threads)
@@ -97,6 +92,14 @@ def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng
     expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
     for out, ref in zip(outputs, expected, strict=True):
         assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_each_kernel_matches_reference(kernel, dtype, geometry, op, threads, rng):
+    _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
 # Geometries for the channels-last direct kernel (convx_direct_conv_*), which every mode is
@@ -131,33 +134,22 @@ def direct(request):
 @pytest.mark.parametrize("geometry", list(DIRECT_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_kernel_matches_reference(kernel, direct, dtype, geometry, op, threads, rng):
-    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES[geometry]
-    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
-    x, weight, bias, grad_out = case.arrays(rng, dtype)
-    saved = convx.get_num_threads()
-    convx.set_num_threads(threads)
-    try:
-        outputs = run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)
-    finally:
-        convx.set_num_threads(saved)
-    expected = run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)
-    for out, ref in zip(outputs, expected, strict=True):
-        assert_close(out, ref, dtype)
+    _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
 @pytest.mark.parametrize("geometry", ["direct-rows", "direct-images", "direct-padding-beyond-kernel"])
 def test_direct_kernel_overwrites_its_output(kernel, direct, geometry, rng):
     # Every output element is written (the input gradient too, through the same kernel).
-    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES[geometry]
-    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    case = _case(geometry)
     x, weight, bias, grad_out = case.arrays(rng, np.float32)
     (sh, sw), (ph, pw), (dh, dw) = (np.broadcast_to(case.kwargs[k], 2) for k in ("stride", "padding", "dilation"))
+    groups = case.kwargs["groups"]
     out = np.full(grad_out.shape, np.nan, np.float32)
-    core.conv2d_forward(x, weight, bias, out, sh, sw, ph, pw, dh, dw, g, 2)
+    core.conv2d_forward(x, weight, bias, out, sh, sw, ph, pw, dh, dw, groups, 2)
     assert_close(out, reference.conv2d(x, weight, bias, **case.kwargs), np.float32)
     if (sh, sw) == (1, 1):
         grad_in = np.full(x.shape, np.nan, np.float32)
-        core.conv2d_backward_input(grad_out, weight, grad_in, sh, sw, ph, pw, dh, dw, g, 2)
+        core.conv2d_backward_input(grad_out, weight, grad_in, sh, sw, ph, pw, dh, dw, groups, 2)
         assert_close(grad_in, reference.conv2d_backward_input(grad_out, weight, x.shape, **case.kwargs), np.float32)
 
 
@@ -167,8 +159,7 @@ def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
     # The direct kernel skips taps in the padding; with a non-finite weight it declines (and a
     # weight gradient that comes out non-finite is recomputed), and the path taken multiplies
     # the padding's zeros, so the same outputs turn NaN/inf as with BLAS.
-    n, c_in, h, w, c_out, k, s, p, d, g = DIRECT_GEOMETRIES["direct-rows"]
-    case = ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    case = _case("direct-rows")
     x, weight, bias, grad_out = case.arrays(rng, np.float64)
     for weight_value in (1.0, value):
         x[1, 2, 3, 4] = value
