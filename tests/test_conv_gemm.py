@@ -121,7 +121,7 @@ DIRECT_GEOMETRIES = {
 }
 
 
-@pytest.fixture(params=["rows", "images"])
+@pytest.fixture(params=["rows", "images", "outer"])
 def direct(request):
     saved = core.direct_conv()
     core.set_direct_conv(request.param)

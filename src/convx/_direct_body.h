@@ -240,24 +240,22 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
 }
 
 /* part[r * GNR + l] += the sum over the segments u and their pixels p < len of
- * a[aoff[u] + r' * ars + p] * b[boff[u] + p * bstep + l] for r < GMR, with r' = r for the
- * first `rows` rows and 0 past them (rows that are never stored). */
-GTARGET static void GN(convx_direct_weight_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, ptrdiff_t rows,
-                                                 const ptrdiff_t *aoff, const ptrdiff_t *boff, ptrdiff_t segs,
-                                                 ptrdiff_t len, ptrdiff_t bstep, const GT *CONVX_RESTRICT b,
-                                                 GT *CONVX_RESTRICT part) {
+ * a[aoff[u] + roff[r] + p * astep] * b[boff[u] + p * bstep + l] for r < GMR. */
+GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_weight_tile_body)(
+    const GT *CONVX_RESTRICT a, const ptrdiff_t *roff, ptrdiff_t astep, const ptrdiff_t *aoff, const ptrdiff_t *boff,
+    ptrdiff_t segs, ptrdiff_t len, ptrdiff_t bstep, const GT *CONVX_RESTRICT b, GT *CONVX_RESTRICT part) {
     GV acc[GMR][GNV];
     for (int r = 0; r < GMR; r++)
         for (int v = 0; v < GNV; v++) acc[r][v] = GLOAD(part + r * GNR + v * GVL);
     for (ptrdiff_t u = 0; u < segs; u++) {
         const GT *ra[GMR];
-        for (int r = 0; r < GMR; r++) ra[r] = a + aoff[u] + (r < rows ? r : 0) * ars;
+        for (int r = 0; r < GMR; r++) ra[r] = a + aoff[u] + roff[r];
         const GT *pb = b + boff[u];
         for (ptrdiff_t p = 0; p < len; p++) {
             GV bv[GNV];
             for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);
             for (int r = 0; r < GMR; r++) {
-                const GV av = GSET1(ra[r][p]);
+                const GV av = GSET1(ra[r][p * astep]);
                 for (int v = 0; v < GNV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
             }
             pb += bstep;
@@ -265,6 +263,26 @@ GTARGET static void GN(convx_direct_weight_tile)(const GT *CONVX_RESTRICT a, ptr
     }
     for (int r = 0; r < GMR; r++)
         for (int v = 0; v < GNV; v++) GSTORE(part + r * GNR + v * GVL, acc[r][v]);
+}
+
+/* The tile with rows r' * ars of a, r' = r for the first `rows` rows and 0 past them (rows that
+ * are never stored), read at consecutive pixels. */
+GTARGET static void GN(convx_direct_weight_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, ptrdiff_t rows,
+                                                 const ptrdiff_t *aoff, const ptrdiff_t *boff, ptrdiff_t segs,
+                                                 ptrdiff_t len, ptrdiff_t bstep, const GT *CONVX_RESTRICT b,
+                                                 GT *CONVX_RESTRICT part) {
+    ptrdiff_t roff[GMR];
+    for (int r = 0; r < GMR; r++) roff[r] = (r < rows ? r : 0) * ars;
+    GN(convx_direct_weight_tile_body)(a, roff, 1, aoff, boff, segs, len, bstep, b, part);
+}
+
+/* The tile with rows at any offsets roff[r], read every astep elements. */
+GTARGET static void GN(convx_direct_weight_tile_strided)(const GT *CONVX_RESTRICT a, const ptrdiff_t *roff,
+                                                         ptrdiff_t astep, const ptrdiff_t *aoff,
+                                                         const ptrdiff_t *boff, ptrdiff_t segs, ptrdiff_t len,
+                                                         ptrdiff_t bstep, const GT *CONVX_RESTRICT b,
+                                                         GT *CONVX_RESTRICT part) {
+    GN(convx_direct_weight_tile_body)(a, roff, astep, aoff, boff, segs, len, bstep, b, part);
 }
 
 /* Elements of the partial convx_direct_weight_images sums for tiles tiles of output channels. */
@@ -356,4 +374,72 @@ static int GN(convx_direct_weight_store)(const convx_conv_shape *s, const GT *CO
     int finite = 1;
     for (int q = 0; q < 8; q++) finite &= zero[q] == 0;
     return finite;
+}
+
+/* The weight gradient the other way round, for layers with few input channels per group: tiles
+ * of GMR rows k = ci * taps + t of the gradient (t = i * kw + j) by GNR output channels, the
+ * input broadcast from a zero-padded copy of its planes (every product of im2col, the
+ * padding's zeros included) and grad_out read channels last. Images [0, n_images) of grad_out
+ * and x are added to part (convx_direct_outer_part_size elements: group, row tile, block of
+ * GNR output channels, then GMR x GNR); buf holds convx_direct_outer_buffer_size elements. */
+static size_t GN(convx_direct_outer_part_size)(const convx_conv_shape *s) {
+    const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
+    return (size_t)(s->groups * ((k + GMR - 1) / GMR) * ((s->c_out_g + GNR - 1) / GNR)) * GMR * GNR;
+}
+
+static size_t GN(convx_direct_outer_buffer_size)(const convx_conv_shape *s) {
+    const ptrdiff_t hp = s->height + 2 * s->ph, wp = s->width + 2 * s->pw;
+    return (size_t)(s->groups * s->c_in_g * hp * wp) + (size_t)(s->out_h * s->out_w * s->groups * s->c_out_g) + GNR;
+}
+
+GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, const GT *CONVX_RESTRICT grad_out,
+                                                  const GT *CONVX_RESTRICT x, ptrdiff_t n_images,
+                                                  GT *CONVX_RESTRICT part, GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, c_out = s->groups * s->c_out_g, taps = s->kh * s->kw;
+    const ptrdiff_t hp = s->height + 2 * s->ph, wp = s->width + 2 * s->pw, n_out = s->out_h * s->out_w;
+    const ptrdiff_t k = s->c_in_g * taps, row_tiles = (k + GMR - 1) / GMR, blocks = (s->c_out_g + GNR - 1) / GNR;
+    GT *xp = buf, *go = buf + channels * hp * wp;
+    ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS], roff[GMR];
+    memset(go + n_out * c_out, 0, GNR * sizeof(GT));
+    for (ptrdiff_t n = 0; n < n_images; n++) {
+        const GT *xn = x + n * channels * s->height * s->width, *gn = grad_out + n * c_out * n_out;
+        memset(xp, 0, (size_t)(channels * hp * wp) * sizeof(GT));
+        for (ptrdiff_t c = 0; c < channels; c++)
+            for (ptrdiff_t ih = 0; ih < s->height; ih++)
+                memcpy(xp + (c * hp + ih + s->ph) * wp + s->pw, xn + (c * s->height + ih) * s->width,
+                       (size_t)s->width * sizeof(GT));
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            GN(convx_direct_row_nhwc)(gn + oh * s->out_w, n_out, c_out, s->out_w, go + oh * s->out_w * c_out, c_out);
+        for (ptrdiff_t o0 = 0; o0 < s->out_h; o0 += CONVX_DIRECT_SEGS) {
+            const ptrdiff_t segs = s->out_h - o0 < CONVX_DIRECT_SEGS ? s->out_h - o0 : CONVX_DIRECT_SEGS;
+            for (ptrdiff_t u = 0; u < segs; u++) {
+                aoff[u] = (o0 + u) * s->sh * wp;
+                boff[u] = (o0 + u) * s->out_w * c_out;
+            }
+            for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+                for (ptrdiff_t rt = 0; rt < row_tiles; rt++) {
+                    for (int r = 0; r < GMR; r++) {
+                        const ptrdiff_t kr = rt * GMR + r < k ? rt * GMR + r : k - 1;
+                        const ptrdiff_t ci = kr / taps, t = kr % taps;
+                        roff[r] = ((grp * s->c_in_g + ci) * hp + t / s->kw * s->dh) * wp + t % s->kw * s->dw;
+                    }
+                    for (ptrdiff_t blk = 0; blk < blocks; blk++)
+                        GN(convx_direct_weight_tile_strided)(xp, roff, s->sw, aoff, boff, segs, s->out_w, c_out,
+                                                             go + grp * s->c_out_g + blk * GNR,
+                                                             part + ((grp * row_tiles + rt) * blocks + blk) * GMR * GNR);
+                }
+        }
+    }
+}
+
+/* grad_weight from convx_direct_weight_outer's partial. */
+static void GN(convx_direct_outer_store)(const convx_conv_shape *s, const GT *CONVX_RESTRICT part,
+                                         GT *CONVX_RESTRICT grad_weight) {
+    const ptrdiff_t k = s->c_in_g * s->kh * s->kw, row_tiles = (k + GMR - 1) / GMR;
+    const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR;
+    for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+        for (ptrdiff_t co = 0; co < s->c_out_g; co++)
+            for (ptrdiff_t kr = 0; kr < k; kr++)
+                grad_weight[(grp * s->c_out_g + co) * k + kr] =
+                    part[((grp * row_tiles + kr / GMR) * blocks + co / GNR) * GMR * GNR + kr % GMR * GNR + co % GNR];
 }

@@ -295,6 +295,28 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 /* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_outer_part_size_##S(int level, const convx_conv_shape *s) {                \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_outer_part_size_##S##512(s)                      \
+                                          : convx_direct_outer_part_size_##S##256(s);                     \
+    }                                                                                                     \
+    static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) {              \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_outer_buffer_size_##S##512(s)                    \
+                                          : convx_direct_outer_buffer_size_##S##256(s);                   \
+    }                                                                                                     \
+    static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \
+                                              const T *x, ptrdiff_t n_images, T *part, T *buf) {          \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_weight_outer_##S##512(s, grad_out, x, n_images, part, buf);                      \
+        else                                                                                              \
+            convx_direct_weight_outer_##S##256(s, grad_out, x, n_images, part, buf);                      \
+    }                                                                                                     \
+    static void convx_direct_outer_store_##S(int level, const convx_conv_shape *s, const T *part,         \
+                                             T *grad_weight) {                                            \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_outer_store_##S##512(s, part, grad_weight);                                      \
+        else                                                                                              \
+            convx_direct_outer_store_##S##256(s, part, grad_weight);                                      \
+    }                                                                                                     \
     static size_t convx_direct_weight_part_size_##S(int level, const convx_conv_shape *s, ptrdiff_t tiles) { \
         return level == CONVX_GEMM_AVX512 ? convx_direct_weight_part_size_##S##512(s, tiles)              \
                                           : convx_direct_weight_part_size_##S##256(s, tiles);             \
@@ -419,6 +441,12 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
 
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_direct_outer_part_size_##S(int level, const convx_conv_shape *s) { return 0; }    \
+    static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }  \
+    static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \
+                                              const T *x, ptrdiff_t n_images, T *part, T *buf) {}         \
+    static void convx_direct_outer_store_##S(int level, const convx_conv_shape *s, const T *part,         \
+                                             T *grad_weight) {}                                           \
     static size_t convx_direct_weight_part_size_##S(int level, const convx_conv_shape *s, ptrdiff_t tiles) { \
         return 0;                                                                                         \
     }                                                                                                     \
