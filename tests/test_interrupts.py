@@ -129,11 +129,19 @@ CHILD = textwrap.dedent(
         "max_pool2d": (pool_image, lambda x: F.max_pool2d(x, 31, 1, 15)),
     }
     for name, (image, op) in ops.items():
-        probe = np.repeat(image, 8, axis=0)
-        op(probe)
-        start = time.perf_counter()
-        op(probe)
-        per_image = (time.perf_counter() - start) / 8
+        # The rate from a probe of at least 0.2 s: a few milliseconds' probe is skewed by
+        # per-call costs (packing the weight) and by any hiccup of the machine.
+        n = 8
+        while True:
+            probe = np.repeat(image, n, axis=0)
+            op(probe)
+            start = time.perf_counter()
+            op(probe)
+            elapsed = time.perf_counter() - start
+            if elapsed >= 0.2 or n >= 4096:
+                break
+            n *= 4
+        per_image = elapsed / n
         # About three seconds of work, within 300 MB of images.
         batch = int(min(3.0 / per_image, 300e6 / image.nbytes))
         x = np.repeat(image, batch, axis=0)
