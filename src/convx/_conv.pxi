@@ -91,6 +91,7 @@ cdef extern from "_gemm.h" nogil:
                                    Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
     enum:
         CONVX_DIRECT_TAPS
+    int convx_conv_flat(const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_f(int level, const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_d(int level, const convx_conv_shape* s)
     size_t convx_direct_outer_buffer_size_f(int level, const convx_conv_shape* s)
@@ -171,7 +172,14 @@ DIRECT_MODES = ("auto", "off", "rows", "images", "outer")
 # 'auto' picks per layer (_direct_choice, _direct_weight_choice); the others force a mode
 # wherever the direct kernels apply at all, for tests and benchmarks ('outer': the forward and
 # input gradient as 'rows', the weight gradient as _direct_outer_weight_gradient).
-cdef int _direct_mode = 0
+cdef enum:
+    # _direct_mode: the index of its name in DIRECT_MODES
+    MODE_AUTO = 0
+    MODE_OFF = 1
+    MODE_ROWS = 2
+    MODE_IMAGES = 3
+    MODE_OUTER = 4
+cdef int _direct_mode = MODE_AUTO
 
 
 def direct_conv():
@@ -311,29 +319,30 @@ cdef enum:
     DIRECT_IMAGES = 2
 
 
+cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil:
+    """Whether channels fill at least 3/4 of the direct kernels' lanes (the lanes past them are
+    computed and dropped: lenet_c2's 50 filters in 64 lanes still ran in 0.85 of the packed
+    path's time)."""
+    cdef Py_ssize_t lanes = convx_direct_lanes_f(_gemm_level) if is_float else convx_direct_lanes_d(_gemm_level)
+    return 3 * ((channels + lanes - 1) // lanes * lanes) <= 4 * channels
+
+
 cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
     """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not)."""
     cdef int level = _gemm_level
-    cdef Py_ssize_t lanes, rows, padded
-    if level == CONVX_GEMM_BLAS or _direct_mode == 1 or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+    cdef Py_ssize_t rows
+    if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0 or s.kh * s.kw > CONVX_DIRECT_TAPS:
         return DIRECT_OFF
-    if _direct_mode == 2 or _direct_mode == 4:
+    if _direct_mode == MODE_ROWS or _direct_mode == MODE_OUTER:
         return DIRECT_ROWS
-    if _direct_mode == 3:
+    if _direct_mode == MODE_IMAGES:
         return DIRECT_IMAGES
-    lanes = convx_direct_lanes_f(level) if is_float else convx_direct_lanes_d(level)
+    # A 1x1 kernel over whole planes stays a plain GEMM of the planes.
+    if not _fills_lanes(s.c_out_g, is_float) or convx_conv_flat(s):
+        return DIRECT_OFF
     rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
-    # Lanes past c_out_g are computed and dropped: at most 1/3 more work (lenet_c2's 50 filters in
-    # 64 lanes still ran in 0.85 of the packed path's time). A 1x1 kernel over whole planes stays a
-    # plain GEMM of the planes.
-    padded = (s.c_out_g + lanes - 1) // lanes * lanes
-    if 3 * padded > 4 * s.c_out_g:
-        return DIRECT_OFF
-    if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
-            and s.out_h == s.height and s.out_w == s.width):
-        return DIRECT_OFF
     # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
     # columns: tile across the images, which skips every tap in the padding.
     if s.out_w < rows and batch >= rows:
@@ -342,8 +351,8 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
 
 
 cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
-                      Py_ssize_t s_t, const floating* bias, floating* out, convx_conv_shape* s, Py_ssize_t batch, int n_threads,
-                      int mode) except -1:
+                      Py_ssize_t s_t, const floating* bias, floating* out, convx_conv_shape* s, Py_ssize_t batch,
+                      int n_threads, int mode) except -1:
     """out = conv(x) (bias added where given) by convx_direct_conv_rows or _images (mode). Group
     grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
     weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take whole images (or
@@ -377,12 +386,12 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
         for u in prange(s.groups * blocks, schedule='static', num_threads=team):
             if floating is float:
                 finite += convx_direct_pack_weight_f(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
-                                           taps, s_m, s_c, s_t, u % blocks,
-                                           &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+                                                     taps, s_m, s_c, s_t, u % blocks,
+                                                     &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
             else:
                 finite += convx_direct_pack_weight_d(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
-                                           taps, s_m, s_c, s_t, u % blocks,
-                                           &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+                                                     taps, s_m, s_c, s_t, u % blocks,
+                                                     &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
     if finite < s.groups * blocks:
         return 0
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
@@ -450,28 +459,24 @@ cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     or, for few input channels, DIRECT_OUTER (_direct_outer_weight_gradient). The forced modes
     force them too: 'rows' split by images where the batch allows, 'images' by channels."""
     cdef int level = _gemm_level
-    cdef Py_ssize_t lanes, tiles, part
-    if level == CONVX_GEMM_BLAS or _direct_mode == 1 or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+    cdef Py_ssize_t tiles, part
+    if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0:
         return DIRECT_OFF
-    if _direct_mode == 2:
+    if _direct_mode == MODE_ROWS:
         return DIRECT_BY_IMAGES
-    if _direct_mode == 3:
+    if _direct_mode == MODE_IMAGES:
         return DIRECT_BY_CHANNELS
-    if _direct_mode == 4:
+    if _direct_mode == MODE_OUTER:
         return DIRECT_OUTER
-    lanes = convx_direct_lanes_f(level) if is_float else convx_direct_lanes_d(level)
     # The output channels as lanes where they fill them and the input channels do not, or the
     # stride makes grad_out the smaller tensor to copy channels-last (resnet_3x3_s2: 0.93 of
     # the other way's time).
-    if 3 * ((s.c_out_g + lanes - 1) // lanes * lanes) <= 4 * s.c_out_g and s.kh * s.kw > 1:
-        if 3 * ((s.c_in_g + lanes - 1) // lanes * lanes) > 4 * s.c_in_g or s.sh * s.sw > 1:
+    if _fills_lanes(s.c_out_g, is_float) and s.kh * s.kw > 1:
+        if not _fills_lanes(s.c_in_g, is_float) or s.sh * s.sw > 1:
             return DIRECT_OUTER
-    if 3 * ((s.c_in_g + lanes - 1) // lanes * lanes) > 4 * s.c_in_g:
-        return DIRECT_OFF
-    if (s.kh == 1 and s.kw == 1 and s.sh == 1 and s.sw == 1 and s.ph == 0 and s.pw == 0
-            and s.out_h == s.height and s.out_w == s.width):
+    if not _fills_lanes(s.c_in_g, is_float) or convx_conv_flat(s):
         return DIRECT_OFF
     if is_float:
         tiles = s.groups * convx_direct_weight_tiles_f(level, s)
@@ -1161,7 +1166,6 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, False, &wp)
     if wp.level != CONVX_GEMM_BLAS:
-        shape = _conv_shape(&g)
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
                        &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
         return

@@ -98,6 +98,15 @@ GTARGET static void GN(convx_direct_row_nhwc)(const GT *CONVX_RESTRICT src, ptrd
         for (ptrdiff_t iw = 0; iw < width; iw++) dst[iw * ld + c] = src[c * plane + iw];
 }
 
+/* One input row channels last in a buffer row of wb columns: pw zero columns, the row's width
+ * columns (convx_direct_row_nhwc), zero columns to wb. */
+GTARGET static void GN(convx_direct_padded_row)(const GT *CONVX_RESTRICT src, ptrdiff_t plane, ptrdiff_t channels,
+                                                ptrdiff_t width, ptrdiff_t pw, ptrdiff_t wb, GT *CONVX_RESTRICT row) {
+    memset(row, 0, (size_t)(pw * channels) * sizeof(GT));
+    GN(convx_direct_row_nhwc)(src, plane, channels, width, row + pw * channels, channels);
+    memset(row + (pw + width) * channels, 0, (size_t)((wb - pw - width) * channels) * sizeof(GT));
+}
+
 /* out[r * ors + l * ocs] = (bias ? bias[l] : 0) + sum over the taps t and channels c of
  * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l], for r < rows, l < lanes; the register
  * tile has mr <= GMR rows (a constant where it is inlined). */
@@ -164,12 +173,9 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
     ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
     if (ih0 < 0) ih0 = 0;
     if (ih1 > s->height) ih1 = s->height;
-    for (ptrdiff_t ih = ih0; ih < ih1; ih++) {
-        GT *row = buf + (ih - ih0) * wb * channels;
-        memset(row, 0, (size_t)(s->pw * channels) * sizeof(GT));
-        GN(convx_direct_row_nhwc)(x + ih * s->width, plane, channels, s->width, row + s->pw * channels, channels);
-        memset(row + (s->pw + s->width) * channels, 0, (size_t)((wb - s->pw - s->width) * channels) * sizeof(GT));
-    }
+    for (ptrdiff_t ih = ih0; ih < ih1; ih++)
+        GN(convx_direct_padded_row)(x + ih * s->width, plane, channels, s->width, s->pw, wb,
+                                    buf + (ih - ih0) * wb * channels);
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t grp = 0; grp < s->groups; grp++)
         for (ptrdiff_t blk = 0; blk < blocks; blk++) {
@@ -312,13 +318,9 @@ GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, co
     const ptrdiff_t image_out = s->groups * s->c_out_g * n_out, taps = s->kh * s->kw;
     const ptrdiff_t tiles = GN(convx_direct_weight_tiles)(s), blocks = (s->c_in_g + GNR - 1) / GNR;
     for (ptrdiff_t n = 0; n < n_images; n++)
-        for (ptrdiff_t ih = 0; ih < s->height; ih++) {
-            GT *row = buf + n * image + ih * wb * channels;
-            memset(row, 0, (size_t)(s->pw * channels) * sizeof(GT));
-            GN(convx_direct_row_nhwc)(x + n * plane * channels + ih * s->width, plane, channels, s->width,
-                                      row + s->pw * channels, channels);
-            memset(row + (s->pw + s->width) * channels, 0, (size_t)((wb - s->pw - s->width) * channels) * sizeof(GT));
-        }
+        for (ptrdiff_t ih = 0; ih < s->height; ih++)
+            GN(convx_direct_padded_row)(x + n * plane * channels + ih * s->width, plane, channels, s->width, s->pw, wb,
+                                        buf + n * image + ih * wb * channels);
     memset(buf + n_images * image, 0, GNR * sizeof(GT));
     ptrdiff_t per = CONVX_DIRECT_SEGS / n_images;
     if (per > s->out_h) per = s->out_h;
@@ -423,10 +425,11 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
                         const ptrdiff_t ci = kr / taps, t = kr % taps;
                         roff[r] = ((grp * s->c_in_g + ci) * hp + t / s->kw * s->dh) * wp + t % s->kw * s->dw;
                     }
+                    GT *tile_part = part + (grp * row_tiles + rt) * blocks * GMR * GNR;
                     for (ptrdiff_t blk = 0; blk < blocks; blk++)
                         GN(convx_direct_weight_tile_strided)(xp, roff, s->sw, aoff, boff, segs, s->out_w, c_out,
                                                              go + grp * s->c_out_g + blk * GNR,
-                                                             part + ((grp * row_tiles + rt) * blocks + blk) * GMR * GNR);
+                                                             tile_part + blk * GMR * GNR);
                 }
         }
     }
