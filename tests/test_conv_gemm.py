@@ -183,6 +183,61 @@ def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
         assert_close(np.where(np.isfinite(want), got, 0), np.where(np.isfinite(want), want, 0), np.float64)
 
 
+# Geometries for the plane-wise kernels of 1x1 convolutions (convx_flat_*), forced below onto
+# each: planes shorter than a strip or not a multiple of it, output channels not a multiple of
+# the row panel (or fewer than one tile of the weight gradient), depths beyond one packed block
+# (the forward's input channels, the input gradient's filters), groups, a plane of one pixel,
+# planes longer than a chunk of the weight gradient, and planes shorter than one (a chunk of
+# several images, a batch not a multiple of them).
+FLAT_GEOMETRIES = {
+    "flat-short-plane": (3, 9, 5, 7, 13, (1, 1), 1, 0, 1, 1),
+    "flat-deep": (2, 300, 3, 5, 17, (1, 1), 1, 0, 1, 1),
+    "flat-deep-filters": (2, 20, 14, 15, 300, (1, 1), 1, 0, 1, 1),
+    "flat-groups": (2, 12, 13, 17, 18, (1, 1), 1, 0, 1, 3),
+    "flat-plane-of-one": (5, 7, 1, 1, 9, (1, 1), 1, 0, 1, 1),
+    "flat-few-channels": (3, 2, 9, 40, 3, (1, 1), 1, 0, 1, 1),
+    "flat-long-planes": (2, 5, 40, 41, 6, (1, 1), 1, 0, 1, 1),
+    "flat-images-per-chunk": (45, 6, 7, 7, 10, (1, 1), 1, 0, 1, 1),
+}
+
+
+@pytest.fixture
+def flat():
+    saved = core.direct_conv()
+    core.set_direct_conv("flat")
+    yield
+    core.set_direct_conv(saved)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
+@pytest.mark.parametrize("geometry", list(FLAT_GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_flat_kernel_matches_reference(kernel, flat, dtype, geometry, op, threads, rng):
+    n, c_in, h, w, c_out, k, s, p, d, g = FLAT_GEOMETRIES[geometry]
+    _check_against_reference(ConvCase(n, c_in, h, w, c_out, k, s, p, d, g), dtype, op, threads, rng)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 5])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_flat_kernel_streams_large_outputs_at_any_alignment(kernel, dtype, offset, rng):
+    # Outputs of 16 MiB or more are stored past the caches, which needs cache-line-aligned
+    # strips: a plane's first strip is cut short to get there, from wherever the output starts.
+    # Every element is written (the output starts as NaN), from 2 threads.
+    x = rng.standard_normal((2, 8, 184, 184)).astype(dtype)
+    weight = rng.standard_normal((64, 8, 1, 1)).astype(dtype)
+    bias = rng.standard_normal(64).astype(dtype)
+    w64 = weight[:, :, 0, 0].astype(np.float64)
+    buffer = np.full(2 * 64 * 184 * 184 + offset, np.nan, dtype)
+    out = buffer[offset:].reshape(2, 64, 184, 184)
+    core.conv2d_forward(x, weight, bias, out, 1, 1, 0, 0, 1, 1, 1, 2)
+    want = np.einsum("oc,nchw->nohw", w64, x.astype(np.float64)) + bias[:, None, None]
+    assert_close(out, want, dtype)
+    grad_in = np.full(2 * 64 * 184 * 184 + offset, np.nan, dtype)[offset:].reshape(2, 64, 184, 184)
+    core.conv2d_backward_input(x, weight.transpose(1, 0, 2, 3).copy(), grad_in, 1, 1, 0, 0, 1, 1, 1, 2)
+    assert_close(grad_in, np.einsum("oc,nchw->nohw", w64, x.astype(np.float64)), dtype)
+
+
 def test_direct_conv_modes():
     assert core.direct_conv() == "auto"
     with pytest.raises(ValueError, match="direct conv mode must be one of"):

@@ -139,6 +139,26 @@ cdef extern from "_gemm.h" nogil:
     void convx_direct_conv_images_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                                     const double* bias, const double* x, double* out, Py_ssize_t n_images,
                                     Py_ssize_t blk0, Py_ssize_t blk1, double* buf)
+    size_t convx_flat_work_size_f(int level)
+    size_t convx_flat_work_size_d(int level)
+    Py_ssize_t convx_flat_strips_f(int level, const float* c, Py_ssize_t n_pix, int stream)
+    Py_ssize_t convx_flat_strips_d(int level, const double* c, Py_ssize_t n_pix, int stream)
+    void convx_flat_conv_f(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_pix,
+                           const float* packed, size_t group_size, const float* bias, const float* b,
+                           Py_ssize_t b_image, float* c, Py_ssize_t c_image, int stream, Py_ssize_t i0,
+                           Py_ssize_t i1, float* work)
+    void convx_flat_conv_d(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_pix,
+                           const double* packed, size_t group_size, const double* bias, const double* b,
+                           Py_ssize_t b_image, double* c, Py_ssize_t c_image, int stream, Py_ssize_t i0,
+                           Py_ssize_t i1, double* work)
+    Py_ssize_t convx_flat_weight_blocks_f(int level, Py_ssize_t c)
+    Py_ssize_t convx_flat_weight_blocks_d(int level, Py_ssize_t c)
+    void convx_flat_weight_f(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t c, Py_ssize_t n_pix,
+                             Py_ssize_t batch, const float* gy, const float* x, float* gw, Py_ssize_t u0,
+                             Py_ssize_t u1)
+    void convx_flat_weight_d(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t c, Py_ssize_t n_pix,
+                             Py_ssize_t batch, const double* gy, const double* x, double* gw, Py_ssize_t u0,
+                             Py_ssize_t u1)
 
 
 GEMM_KERNELS = ("blas", "avx2", "avx512")
@@ -168,10 +188,11 @@ def set_gemm_kernel(name):
     _gemm_level = level
 
 
-DIRECT_MODES = ("auto", "off", "rows", "images", "outer")
-# 'auto' picks per layer (_direct_choice, _direct_weight_choice); the others force a mode
-# wherever the direct kernels apply at all, for tests and benchmarks ('outer': the forward and
-# input gradient as 'rows', the weight gradient as _direct_outer_weight_gradient).
+DIRECT_MODES = ("auto", "off", "rows", "images", "outer", "flat")
+# 'auto' picks per layer (_direct_choice, _direct_weight_choice, _flat_choice); the others force
+# a mode wherever the direct kernels apply at all, for tests and benchmarks ('outer': the forward
+# and input gradient as 'rows', the weight gradient as _direct_outer_weight_gradient; 'flat': the
+# convx_flat_* kernels for every 1x1 kernel over whole planes, other layers as 'auto').
 cdef enum:
     # _direct_mode: the index of its name in DIRECT_MODES
     MODE_AUTO = 0
@@ -179,6 +200,7 @@ cdef enum:
     MODE_ROWS = 2
     MODE_IMAGES = 3
     MODE_OUTER = 4
+    MODE_FLAT = 5
 cdef int _direct_mode = MODE_AUTO
 
 
@@ -186,8 +208,9 @@ def direct_conv():
     """How convolutions use the channels-last direct kernels (convx_direct_*): 'auto' (per
     layer), 'off', or forced to 'rows' (tiles of pixels along an output row; the weight
     gradient split over the batch), 'images' (tiles of one pixel of several images; the weight
-    gradient split over the output channels) or 'outer' (the weight gradient with the output
-    channels as lanes) wherever they apply."""
+    gradient split over the output channels), 'outer' (the weight gradient with the output
+    channels as lanes) or 'flat' (the plane-wise kernels of 1x1 convolutions, convx_flat_*)
+    wherever they apply."""
     return DIRECT_MODES[_direct_mode]
 
 
@@ -311,6 +334,103 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
                                        nc, &work[t * work_size])
                 q0 = q0 + nc
     return 0
+
+
+cdef enum:
+    # Pixels per plane from which the flat kernels take a 1x1 convolution's forward and input
+    # gradient, and its weight gradient. Their strips and chunks end with each plane, where the
+    # packed path's run on into the next image, and each strip streams the whole weight: on
+    # 14x14 planes (256 -> 1024 channels) they took 1.2-1.3x the packed path's time, on 28x28
+    # 0.85-0.96 (the weight gradient 1.0-1.24), on 56x56 0.74-0.83. The float64 weight gradient
+    # took 0.99-1.12 on 56x56, and stays on the packed path.
+    FLAT_LEAST_PIXELS = 512
+    FLAT_WEIGHT_LEAST_PIXELS = 2048
+    # Outputs of at least this many bytes are streamed past the caches.
+    FLAT_STREAM_BYTES = 16 << 20
+
+
+cdef inline bint _flat_choice(convx_conv_shape* s, Py_ssize_t batch, bint weight, bint is_float) noexcept nogil:
+    """Whether the convx_flat_* kernels take the convolution of shape s (its forward and input
+    gradient, or with weight its weight gradient): a 1x1 kernel over whole planes, on convx's
+    own kernels."""
+    if _gemm_level == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0 or not convx_conv_flat(s):
+        return False
+    if _direct_mode == MODE_FLAT:
+        return True
+    if _direct_mode != MODE_AUTO or (weight and not is_float):
+        return False
+    return s.height * s.width >= (FLAT_WEIGHT_LEAST_PIXELS if weight else FLAT_LEAST_PIXELS)
+
+
+cdef int _flat_conv(const floating* b, WeightProduct* wp, const floating* bias, floating* c, convx_conv_shape* s,
+                    Py_ssize_t batch, int n_threads) except -1:
+    """C = op(W) @ B plane by plane by convx_flat_conv, for a shape _flat_choice took: the
+    forward (B = x, C = out, op(W) = W, with the bias) or the input gradient (B = grad_out,
+    C = grad_in, op(W) = W^T). Threads take equal shares of the planes' strips."""
+    cdef Py_ssize_t n_pix = s.height * s.width, strips, items, work_size, lo, hi
+    cdef Py_ssize_t b_image = s.groups * wp.k * n_pix, c_image = s.groups * wp.m * n_pix
+    cdef int team, t
+    cdef int stream = batch * c_image * <Py_ssize_t> sizeof(floating) >= FLAT_STREAM_BYTES
+    if floating is float:
+        strips = convx_flat_strips_f(wp.level, c, n_pix, stream)
+        work_size = convx_flat_work_size_f(wp.level)
+        dtype = np.float32
+    else:
+        strips = convx_flat_strips_d(wp.level, c, n_pix, stream)
+        work_size = convx_flat_work_size_d(wp.level)
+        dtype = np.float64
+    items = batch * s.groups * strips
+    team = _team(n_threads, items)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            lo = t * items // team
+            hi = (t + 1) * items // team
+            if floating is float:
+                convx_flat_conv_f(wp.level, s.groups, wp.m, wp.k, n_pix, <const float*> wp.packed, wp.group_size,
+                                  bias, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
+            else:
+                convx_flat_conv_d(wp.level, s.groups, wp.m, wp.k, n_pix, <const double*> wp.packed, wp.group_size,
+                                  bias, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
+    return 0
+
+
+cdef int _flat_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s, Py_ssize_t batch,
+                               floating* grad_weight, int n_threads) except -1:
+    """grad_weight = sum over the batch's pixels of grad_out x x^T by convx_flat_weight, for a
+    shape _flat_choice took. Threads take equal shares of the batch, each summing its own
+    partial, or, for fewer images than threads, of the blocks of input channels (each
+    writing its own elements and reading all of grad_out)."""
+    cdef int level = _gemm_level, team, t
+    cdef Py_ssize_t n_pix = s.height * s.width, items, lo, hi, n0, n1
+    cdef Py_ssize_t w_size = s.groups * s.c_out_g * s.c_in_g
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * n_pix, image_out = s.groups * s.c_out_g * n_pix
+    if floating is float:
+        items = s.groups * convx_flat_weight_blocks_f(level, s.c_in_g)
+        dtype = np.float32
+    else:
+        items = s.groups * convx_flat_weight_blocks_d(level, s.c_in_g)
+        dtype = np.float64
+    cdef bint by_images = batch >= n_threads
+    team = _team(n_threads, batch if by_images else items)
+    cdef floating[::1] parts = np.empty(team * w_size if by_images else 1, dtype=dtype)
+    cdef floating* dst
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            lo = 0 if by_images else t * items // team
+            hi = items if by_images else (t + 1) * items // team
+            n0 = t * batch // team if by_images else 0
+            n1 = (t + 1) * batch // team if by_images else batch
+            dst = &parts[t * w_size] if by_images else grad_weight
+            if floating is float:
+                convx_flat_weight_f(level, s.groups, s.c_out_g, s.c_in_g, n_pix, n1 - n0, grad_out + n0 * image_out,
+                                    x + n0 * image_in, dst, lo, hi)
+            else:
+                convx_flat_weight_d(level, s.groups, s.c_out_g, s.c_in_g, n_pix, n1 - n0, grad_out + n0 * image_out,
+                                    x + n0 * image_in, dst, lo, hi)
+        if by_images:
+            _sum_partials(&parts[0], team, w_size, grad_weight)
+    return 1
 
 
 cdef enum:
@@ -1157,13 +1277,17 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
     cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef WeightProduct wp
+    if _flat_choice(&shape, g.batch, False, floating is float):
+        packed = _pack_weight(weight, groups, False, &wp)
+        _flat_conv(&x[0, 0, 0, 0], &wp, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch, n_threads)
+        return
     cdef int mode = _direct_choice(&shape, g.batch, floating is float)
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     if mode != DIRECT_OFF and _direct_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows,
                                            taps, 1, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
                                            g.batch, n_threads, mode):
         return
-    cdef WeightProduct wp
     packed = _pack_weight(weight, groups, False, &wp)
     if wp.level != CONVX_GEMM_BLAS:
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
@@ -1202,7 +1326,12 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
-    cdef convx_conv_shape shape
+    cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef WeightProduct wp
+    if _flat_choice(&shape, g.batch, False, floating is float):
+        packed = _pack_weight(weight, groups, True, &wp)
+        _flat_conv(&grad_out[0, 0, 0, 0], &wp, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
+        return
     cdef int mode = _direct_input_mode(&g, &shape, floating is float) if g.batch else DIRECT_OFF
     if mode != DIRECT_OFF and _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
                                                      &grad_in[0, 0, 0, 0], &g, &shape, n_threads, mode):
@@ -1212,7 +1341,6 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
                                n_threads)
         return
-    cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp)
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks))
@@ -1252,24 +1380,37 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, n_images, tid
     cdef bint want_bias = grad_bias.shape[0] > 0
-    # the input gradient, when wanted, goes through _direct_input_gradient, _packed_input_gradient or the tiles below
+    # the input gradient, when wanted, goes through _flat_conv, _direct_input_gradient, _packed_input_gradient or
+    # the tiles below
+    cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef bint flat = _flat_choice(&shape, g.batch, False, floating is float)
+    cdef bint flat_weight = _flat_choice(&shape, g.batch, True, floating is float)
+    cdef WeightProduct fp
+    if flat and grad_in.shape[0] > 0:
+        flat_packed = _pack_weight(weight, groups, True, &fp)
+        _flat_conv(&grad_out[0, 0, 0, 0], &fp, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
     cdef convx_conv_shape adjoint
-    cdef int direct_input = _direct_input_mode(&g, &adjoint, floating is float) if grad_in.shape[0] > 0 else DIRECT_OFF
+    cdef int direct_input = (_direct_input_mode(&g, &adjoint, floating is float) if grad_in.shape[0] > 0 and not flat
+                             else DIRECT_OFF)
     if direct_input != DIRECT_OFF and not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
                                                                  &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads,
                                                                  direct_input):
         direct_input = DIRECT_OFF
-    cdef bint packed_input = grad_in.shape[0] > 0 and direct_input == DIRECT_OFF and _packed_input(&g, n_threads)
-    cdef bint want_input = grad_in.shape[0] > 0 and not packed_input and direct_input == DIRECT_OFF
+    cdef bint packed_input = (grad_in.shape[0] > 0 and not flat and direct_input == DIRECT_OFF
+                              and _packed_input(&g, n_threads))
+    cdef bint want_input = grad_in.shape[0] > 0 and not flat and not packed_input and direct_input == DIRECT_OFF
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
     # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
     # GKC pixels: BLAS does better with large gradients, or few output channels to fill a strip.
-    cdef convx_conv_shape shape = _conv_shape(&g)
-    cdef int direct_weight = _direct_weight_choice(&shape, g.batch, floating is float, n_threads) if w_size else 0
+    cdef int direct_weight = (_direct_weight_choice(&shape, g.batch, floating is float, n_threads)
+                              if w_size and not flat_weight else DIRECT_OFF)
     cdef bint weight_done = False
-    if direct_weight == DIRECT_OUTER:
+    if flat_weight:
+        weight_done = _flat_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
+                                            &grad_weight[0, 0, 0, 0], n_threads)
+    elif direct_weight == DIRECT_OUTER:
         weight_done = _direct_outer_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
                                                     &grad_weight[0, 0, 0, 0], n_threads)
     elif direct_weight != DIRECT_OFF:

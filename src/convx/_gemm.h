@@ -15,6 +15,7 @@
 #define CONVX_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include "_simd.h"
 
@@ -209,6 +210,11 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GKC 256
 #define GMR 8
 #define GNV 2
+#define GFV 3
+#define GWA 4
+#define GWB 4
+#define GREDUCE _mm512_reduce_add_ps
+#define GSTREAM _mm512_stream_ps
 #define GNC 384
 #define GMC 128
 #define GTARGET __attribute__((target("avx512f")))
@@ -237,6 +243,11 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GKC 128
 #define GMR 8
 #define GNV 2
+#define GFV 3
+#define GWA 4
+#define GWB 4
+#define GREDUCE _mm512_reduce_add_pd
+#define GSTREAM _mm512_stream_pd
 #define GNC 384
 #define GMC 128
 #define GTARGET __attribute__((target("avx512f")))
@@ -256,7 +267,19 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GEVENS(a, b) _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b)
 #include "_gemm_body.h"
 
-/* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast. */
+__attribute__((target("avx2,fma"))) static inline float convx_reduce8_f(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+__attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d v) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+/* AVX2 has 16 vector registers: 6 x 2 accumulators, two of B and a broadcast (and 3 x 3 dot
+ * products with three input rows and one of grad_out for convx_flat_weight). */
 #define GN(name) CONVX_GEMM_JOIN(name, f256)
 #define GT float
 #define GV __m256
@@ -264,6 +287,11 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GKC 256
 #define GMR 6
 #define GNV 2
+#define GFV 2
+#define GWA 3
+#define GWB 3
+#define GREDUCE convx_reduce8_f
+#define GSTREAM _mm256_stream_ps
 #define GNC 384
 #define GMC 128
 #define GTARGET __attribute__((target("avx2,fma")))
@@ -282,6 +310,11 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #define GKC 128
 #define GMR 6
 #define GNV 2
+#define GFV 2
+#define GWA 3
+#define GWB 3
+#define GREDUCE convx_reduce4_d
+#define GSTREAM _mm256_stream_pd
 #define GNC 384
 #define GMC 128
 #define GTARGET __attribute__((target("avx2,fma")))
@@ -295,6 +328,36 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 /* One entry point per element type; level is CONVX_GEMM_AVX512 or CONVX_GEMM_AVX2. */
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_flat_work_size_##S(int level) {                                                   \
+        return level == CONVX_GEMM_AVX512 ? convx_flat_work_size_##S##512() : convx_flat_work_size_##S##256(); \
+    }                                                                                                     \
+    static ptrdiff_t convx_flat_strips_##S(int level, const T *c, ptrdiff_t n_pix, int stream) {          \
+        return level == CONVX_GEMM_AVX512 ? convx_flat_strips_##S##512(c, n_pix, stream)                  \
+                                          : convx_flat_strips_##S##256(c, n_pix, stream);                 \
+    }                                                                                                     \
+    static void convx_flat_conv_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n_pix, \
+                                    const T *packed, size_t group_size, const T *bias, const T *b,        \
+                                    ptrdiff_t b_image, T *c, ptrdiff_t c_image, int stream, ptrdiff_t i0, \
+                                    ptrdiff_t i1, T *work) {                                              \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_flat_conv_##S##512(groups, m, k, n_pix, packed, group_size, bias, b, b_image, c, c_image, \
+                                     stream, i0, i1, work);                                               \
+        else                                                                                              \
+            convx_flat_conv_##S##256(groups, m, k, n_pix, packed, group_size, bias, b, b_image, c, c_image, \
+                                     stream, i0, i1, work);                                               \
+    }                                                                                                     \
+    static ptrdiff_t convx_flat_weight_blocks_##S(int level, ptrdiff_t c) {                               \
+        return level == CONVX_GEMM_AVX512 ? convx_flat_weight_blocks_##S##512(c)                          \
+                                          : convx_flat_weight_blocks_##S##256(c);                         \
+    }                                                                                                     \
+    static void convx_flat_weight_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t c, ptrdiff_t n_pix, \
+                                      ptrdiff_t batch, const T *gy, const T *x, T *gw, ptrdiff_t u0,      \
+                                      ptrdiff_t u1) {                                                     \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_flat_weight_##S##512(groups, m, c, n_pix, batch, gy, x, gw, u0, u1);                    \
+        else                                                                                              \
+            convx_flat_weight_##S##256(groups, m, c, n_pix, batch, gy, x, gw, u0, u1);                    \
+    }                                                                                                     \
     static size_t convx_direct_outer_part_size_##S(int level, const convx_conv_shape *s) {                \
         return level == CONVX_GEMM_AVX512 ? convx_direct_outer_part_size_##S##512(s)                      \
                                           : convx_direct_outer_part_size_##S##256(s);                     \
@@ -441,6 +504,16 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
 
 #define CONVX_GEMM_DISPATCH(T, S)                                                                         \
+    static size_t convx_flat_work_size_##S(int level) { return 0; }                                       \
+    static ptrdiff_t convx_flat_strips_##S(int level, const T *c, ptrdiff_t n_pix, int stream) { return 0; } \
+    static void convx_flat_conv_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n_pix, \
+                                    const T *packed, size_t group_size, const T *bias, const T *b,        \
+                                    ptrdiff_t b_image, T *c, ptrdiff_t c_image, int stream, ptrdiff_t i0, \
+                                    ptrdiff_t i1, T *work) {}                                             \
+    static ptrdiff_t convx_flat_weight_blocks_##S(int level, ptrdiff_t c) { return 1; }                   \
+    static void convx_flat_weight_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t c, ptrdiff_t n_pix, \
+                                      ptrdiff_t batch, const T *gy, const T *x, T *gw, ptrdiff_t u0,      \
+                                      ptrdiff_t u1) {}                                                    \
     static size_t convx_direct_outer_part_size_##S(int level, const convx_conv_shape *s) { return 0; }    \
     static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }  \
     static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \

@@ -512,6 +512,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 }
 
 #include "_direct_body.h"
+#include "_flat_body.h"
 
 #undef GNR
 #undef GRUNS
@@ -539,3 +540,8 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 #undef GEVENS
 #undef GSPREAD_EVEN
 #undef GTRANSPOSE
+#undef GFV
+#undef GWA
+#undef GWB
+#undef GREDUCE
+#undef GSTREAM
