@@ -31,6 +31,9 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
     (ceiling,) = payload["ceilings"]  # the convolution case only
     assert ceiling["case"] == "lenet_c1" and ceiling["gemm_flops_per_s"] > 0 and ceiling["forward_1_thread_s"] > 0
     assert "of it" in table and "faster than 1" in table
+    (fused,) = payload["fused"]  # the convolution case only
+    assert fused["case"] == "lenet_c1" and fused["fused_s"] > 0 and fused["separate_s"] > 0
+    assert "% cheaper" in table
     copies = {(c["case"], c["op"]): c for c in payload["copies"]}  # the pooling case only
     assert set(copies) == {("maxpool_2x2", "forward"), ("maxpool_2x2", "backward")}
     # 2x64x56x56 float32 in; 2x64x28x28 float32 values and int64 indices out.

@@ -11,7 +11,7 @@ import sys
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
 from .implementations import winograd_applies
-from .runner import Result, extra_memory, gemm_ceiling, machine_info, thread_scaling, time_case
+from .runner import Result, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 
@@ -33,8 +33,9 @@ def parse_args(argv):
     parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
     parser.add_argument("--ceiling", action="store_true",
                         help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling), "
-                             "convx's forward with one thread (the thread scaling), and a copy of each pooling "
-                             "op's bytes (the memory-speed yardstick)")
+                             "convx's forward with one thread (the thread scaling), the fused backward against "
+                             "the three separate calls, and a copy of each pooling op's bytes (the memory-speed "
+                             "yardstick)")
     parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -154,6 +155,17 @@ def main(argv=None) -> int:
             print(f"  {case.name:15s} GEMM {rate / 1e9:7.1f} GFLOP/s   convx forward {convx_rate / 1e9:7.1f} "
                   f"({100 * convx_rate / rate:5.1f}% of it)   {threads} threads {one / many:4.2f}x faster than 1")
 
+    fused = []
+    if args.ceiling and "backward" in ops and any(case.kind == "conv" for case in cases):
+        print("\nfused backward vs the three separate calls (input, weight and bias gradients), interleaved:")
+        for case in cases:
+            if case.kind != "conv":
+                continue
+            together, apart = fused_backward(case, repeat)
+            fused.append({"case": case.name, "fused_s": together, "separate_s": apart})
+            print(f"  {case.name:15s} fused {together * 1e3:8.2f} ms   separate {apart * 1e3:8.2f} ms   "
+                  f"{100 * (1 - together / apart):5.1f}% cheaper")
+
     copies = []
     if args.ceiling and any(case.kind == "pool" for case in cases):
         print("\npooling vs a one-thread copy of the bytes it must read and write (timed with the others):")
@@ -187,7 +199,7 @@ def main(argv=None) -> int:
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
                    "results": [dataclasses.asdict(r) for r in results], "memory": memory,
-                   "ceilings": ceilings, "copies": copies}
+                   "ceilings": ceilings, "fused": fused, "copies": copies}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -208,3 +208,29 @@ def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int
     finally:
         _threads.set_num_threads(previous)
     return statistics.median(samples[1]), statistics.median(samples[threads])
+
+
+def fused_backward(case: ConvCase, repeat: int, seed: int = 0) -> tuple[float, float]:
+    """Median seconds of convx's fused ``conv2d_backward`` on ``case`` and of the three separate
+    calls it replaces (input, weight and bias gradients, back to back), interleaved."""
+    from .. import functional
+
+    arrays = case.arrays(np.random.default_rng(seed))
+    x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
+    args = dict(stride=case.stride, padding=case.padding, groups=case.groups)
+
+    def fused() -> object:
+        return functional.conv2d_backward(grad_out, x, weight, **args)
+
+    def separate() -> object:
+        return (functional.conv2d_backward_input(grad_out, weight, x.shape, **args),
+                functional.conv2d_backward_weight(grad_out, x, weight.shape, **args),
+                functional.conv2d_backward_bias(grad_out))
+
+    samples: dict[str, list[float]] = {"fused": [], "separate": []}
+    _time_once(fused)
+    _time_once(separate)
+    for _ in range(repeat):
+        samples["fused"].append(_time_once(fused))
+        samples["separate"].append(_time_once(separate))
+    return statistics.median(samples["fused"]), statistics.median(samples["separate"])
