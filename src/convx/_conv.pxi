@@ -1231,6 +1231,9 @@ cdef void _backward_weight_tile(const floating* grad_out, const floating* x, flo
 
 
 cdef extern from "_simd.h" nogil:
+    void convx_prefetch(const void* p, size_t bytes)
+    int convx_all_finite_f(const float* x, Py_ssize_t n)
+    int convx_all_finite_d(const double* x, Py_ssize_t n)
     float convx_sum_f(const float* x, Py_ssize_t n)
     double convx_sum_d(const double* x, Py_ssize_t n)
 
@@ -1532,12 +1535,10 @@ cdef Py_ssize_t[::1] _column_ranges(ConvGeometry* g):
 
 
 cdef inline bint _all_finite(const floating* values, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef bint finite = True
-    for k in range(n):
-        # v - v is 0 for finite v, NaN for NaN and +-inf.
-        finite = finite & (values[k] - values[k] == 0)
-    return finite
+    if floating is float:
+        return convx_all_finite_f(values, n)
+    else:
+        return convx_all_finite_d(values, n)
 
 
 cdef void _direct_forward_padding(const floating* weight, floating* out, ConvGeometry* g) noexcept nogil:
@@ -1757,6 +1758,11 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
                 partial = &partials[tid * slot]
                 memset(partial, 0, taps * g.out_w * sizeof(floating))
                 for n in range(g.batch):
+                    # the next image's planes, a whole image apart: the hardware prefetcher does
+                    # not cross to them
+                    if n + 1 < g.batch:
+                        convx_prefetch(&grad_out[n + 1, co, 0, 0], n_out * sizeof(floating))
+                        convx_prefetch(&x[n + 1, co // g.c_out_g, 0, 0], g.height * g.width * sizeof(floating))
                     _direct_weight_plane(&grad_out[n, co, 0, 0], &x[n, co // g.c_out_g, 0, 0], partial, &g,
                                          &ranges[0], &ranges[g.kernel_w])
                     if padded:

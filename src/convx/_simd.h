@@ -28,6 +28,17 @@
 #endif
 
 
+/* Ask for bytes from p into L2, a cache line at a time (a hint: nothing where the compiler
+ * has no prefetch). */
+static inline void convx_prefetch(const void *p, size_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* Columns per register block of the 3x3 weight gradient (one AVX-512 vector of float). */
 #define CONVX_DW_BLOCK 16
 
@@ -41,6 +52,12 @@
         T total = 0;                                                                                      \
         CONVX_SIMD_SUM(total) for (ptrdiff_t k = 0; k < n; k++) total += x[k];                            \
         return total;                                                                                     \
+    }                                                                                                     \
+    /* whether every x[0..n) is finite: x * 0 is 0 for finite x, NaN for NaN and +-inf */                \
+    CONVX_CLONES static int convx_all_finite_##SUFFIX(const T *CONVX_RESTRICT x, ptrdiff_t n) {           \
+        T total = 0;                                                                                      \
+        CONVX_SIMD_SUM(total) for (ptrdiff_t k = 0; k < n; k++) total += x[k] * (T)0;                     \
+        return total == 0;                                                                                \
     }                                                                                                     \
     /* acc[ow] += grad_out[oh, ow] * image_padded[oh*sh + i*dh, ow*sw + j*dw] for the rows                \
      * [oh0, oh1) and the columns [c0, c1), every tap inside the input; acc = partial + tap * out_w. */   \
