@@ -77,8 +77,10 @@ GEOMETRIES = {
 
 
 def _case(name):
-    n, c_in, h, w, c_out, k, s, p, d, g = GEOMETRIES[name] if name in GEOMETRIES else DIRECT_GEOMETRIES[name]
-    return ConvCase(n, c_in, h, w, c_out, k, s, p, d, g)
+    for table in (GEOMETRIES, DIRECT_GEOMETRIES, FLAT_GEOMETRIES):
+        if name in table:
+            return ConvCase(*table[name])
+    raise KeyError(name)
 
 
 def _check_against_reference(case, dtype, op, threads, rng):
@@ -214,8 +216,7 @@ def flat():
 @pytest.mark.parametrize("geometry", list(FLAT_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_flat_kernel_matches_reference(kernel, flat, dtype, geometry, op, threads, rng):
-    n, c_in, h, w, c_out, k, s, p, d, g = FLAT_GEOMETRIES[geometry]
-    _check_against_reference(ConvCase(n, c_in, h, w, c_out, k, s, p, d, g), dtype, op, threads, rng)
+    _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
 @pytest.mark.parametrize("offset", [0, 1, 3, 5])
