@@ -362,11 +362,14 @@ cdef inline bint _flat_choice(convx_conv_shape* s, Py_ssize_t batch, bint weight
     return s.height * s.width >= (FLAT_WEIGHT_LEAST_PIXELS if weight else FLAT_LEAST_PIXELS)
 
 
-cdef int _flat_conv(const floating* b, WeightProduct* wp, const floating* bias, floating* c, convx_conv_shape* s,
-                    Py_ssize_t batch, int n_threads) except -1:
+cdef int _flat_conv(const floating* b, const floating[:, :, :, ::1] weight, bint transpose, const floating* bias,
+                    floating* c, convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
     """C = op(W) @ B plane by plane by convx_flat_conv, for a shape _flat_choice took: the
     forward (B = x, C = out, op(W) = W, with the bias) or the input gradient (B = grad_out,
-    C = grad_in, op(W) = W^T). Threads take equal shares of the planes' strips."""
+    C = grad_in, op(W) = W^T, transpose). Threads take equal shares of the planes' strips."""
+    cdef WeightProduct product
+    cdef WeightProduct* wp = &product
+    packed = _pack_weight(weight, s.groups, transpose, wp)
     cdef Py_ssize_t n_pix = s.height * s.width, strips, items, work_size, lo, hi
     cdef Py_ssize_t b_image = s.groups * wp.k * n_pix, c_image = s.groups * wp.m * n_pix
     cdef int team, t
@@ -1280,10 +1283,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
     cdef convx_conv_shape shape = _conv_shape(&g)
-    cdef WeightProduct wp
     if _flat_choice(&shape, g.batch, False, floating is float):
-        packed = _pack_weight(weight, groups, False, &wp)
-        _flat_conv(&x[0, 0, 0, 0], &wp, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch, n_threads)
+        _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch,
+                   n_threads)
         return
     cdef int mode = _direct_choice(&shape, g.batch, floating is float)
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
@@ -1291,6 +1293,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                                            taps, 1, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
                                            g.batch, n_threads, mode):
         return
+    cdef WeightProduct wp
     packed = _pack_weight(weight, groups, False, &wp)
     if wp.level != CONVX_GEMM_BLAS:
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
@@ -1330,10 +1333,8 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
     cdef convx_conv_shape shape = _conv_shape(&g)
-    cdef WeightProduct wp
     if _flat_choice(&shape, g.batch, False, floating is float):
-        packed = _pack_weight(weight, groups, True, &wp)
-        _flat_conv(&grad_out[0, 0, 0, 0], &wp, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
+        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
         return
     cdef int mode = _direct_input_mode(&g, &shape, floating is float) if g.batch else DIRECT_OFF
     if mode != DIRECT_OFF and _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
@@ -1344,6 +1345,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
                                n_threads)
         return
+    cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp)
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks))
@@ -1388,10 +1390,8 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef convx_conv_shape shape = _conv_shape(&g)
     cdef bint flat = _flat_choice(&shape, g.batch, False, floating is float)
     cdef bint flat_weight = _flat_choice(&shape, g.batch, True, floating is float)
-    cdef WeightProduct fp
     if flat and grad_in.shape[0] > 0:
-        flat_packed = _pack_weight(weight, groups, True, &fp)
-        _flat_conv(&grad_out[0, 0, 0, 0], &fp, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
+        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
     cdef convx_conv_shape adjoint
     cdef int direct_input = (_direct_input_mode(&g, &adjoint, floating is float) if grad_in.shape[0] > 0 and not flat
                              else DIRECT_OFF)

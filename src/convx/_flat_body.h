@@ -121,9 +121,9 @@ GTARGET static void GN(convx_flat_conv)(ptrdiff_t groups, ptrdiff_t m, ptrdiff_t
                                         const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT b, ptrdiff_t b_image,
                                         GT *CONVX_RESTRICT c, ptrdiff_t c_image, int stream, ptrdiff_t i0,
                                         ptrdiff_t i1, GT *CONVX_RESTRICT work) {
+    const ptrdiff_t strips = GN(convx_flat_strips)(c, n_pix, stream);
     stream = GN(convx_flat_streams)(c, n_pix, stream);
     const ptrdiff_t head = GN(convx_flat_head)(c, n_pix, stream);
-    const ptrdiff_t strips = (head > 0) + (n_pix - head + GFR - 1) / GFR;
     for (ptrdiff_t i = i0; i < i1; i++) {
         const ptrdiff_t plane = i / strips, st = i % strips, n = plane / groups, grp = plane % groups;
         const ptrdiff_t lo = head > 0 ? (st == 0 ? 0 : head + (st - 1) * GFR) : st * GFR;

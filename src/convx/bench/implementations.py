@@ -67,14 +67,15 @@ def numpy_calls(case, arrays) -> Calls:
     calls = builder(module, case, arrays)
     if case.kind == "conv":
         # The reference has no fused pass: a NumPy user makes the three calls.
-        args = _conv_args(case)
-        x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
-        calls["backward"] = lambda: (
-            module.conv2d_backward_input(grad_out, weight, x.shape, **args),
-            module.conv2d_backward_weight(grad_out, x, weight.shape, **args),
-            module.conv2d_backward_bias(grad_out),
-        )
+        calls["backward"] = separate_backward(module, case, arrays)
     return calls
+
+
+def separate_backward(ops, case: ConvCase, arrays: dict[str, np.ndarray]) -> Callable[[], object]:
+    """The three calls a fused ``conv2d_backward`` replaces (input, weight and bias gradients), in ``ops``."""
+    calls = _conv_calls(ops, case, arrays)
+    grad_out = arrays["grad_out"]
+    return lambda: (calls["backward_input"](), calls["backward_weight"](), ops.conv2d_backward_bias(grad_out))
 
 
 def torch_calls(case, arrays) -> Calls | None:

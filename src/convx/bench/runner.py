@@ -214,19 +214,11 @@ def fused_backward(case: ConvCase, repeat: int, seed: int = 0) -> tuple[float, f
     """Median seconds of convx's fused ``conv2d_backward`` on ``case`` and of the three separate
     calls it replaces (input, weight and bias gradients, back to back), interleaved."""
     from .. import functional
+    from .implementations import convx_calls, separate_backward
 
     arrays = case.arrays(np.random.default_rng(seed))
-    x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
-    args = dict(stride=case.stride, padding=case.padding, groups=case.groups)
-
-    def fused() -> object:
-        return functional.conv2d_backward(grad_out, x, weight, **args)
-
-    def separate() -> object:
-        return (functional.conv2d_backward_input(grad_out, weight, x.shape, **args),
-                functional.conv2d_backward_weight(grad_out, x, weight.shape, **args),
-                functional.conv2d_backward_bias(grad_out))
-
+    fused = convx_calls(case, arrays)["backward"]
+    separate = separate_backward(functional, case, arrays)
     samples: dict[str, list[float]] = {"fused": [], "separate": []}
     _time_once(fused)
     _time_once(separate)
