@@ -4,6 +4,7 @@ safe; the refcounted BLAS thread limit (convx._threads.single_threaded_blas) hol
 threads, nesting and exceptions, and is released at the end.
 """
 
+import contextlib
 import random
 import threading
 import time
@@ -290,21 +291,41 @@ def _blas_thread_counts():
     return sorted(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-def test_blas_is_held_at_one_thread_in_whichever_python_thread_calls(rng, monkeypatch):
+@pytest.fixture
+def blas_gemm():
+    """convx's products through BLAS (the im2col path), the direct kernels off."""
+    saved = core.gemm_kernel(), core.direct_conv()
+    core.set_gemm_kernel("blas")
+    core.set_direct_conv("off")
+    yield
+    core.set_gemm_kernel(saved[0])
+    core.set_direct_conv(saved[1])
+
+
+def _watch_blas_limit(monkeypatch):
+    """The BLAS thread counts seen inside each entry of single_threaded_blas (the kernels look
+    it up at every use)."""
+    seen = []
+    real_limit = convx._threads.single_threaded_blas
+
+    @contextlib.contextmanager
+    def watched():
+        with real_limit():
+            seen.append(_blas_thread_counts())
+            yield
+
+    monkeypatch.setattr(convx._threads, "single_threaded_blas", watched)
+    return seen
+
+
+def test_blas_is_held_at_one_thread_in_whichever_python_thread_calls(rng, monkeypatch, blas_gemm):
     # threadpoolctl lets only the first Python thread that sets a pthreads OpenBLAS's thread
     # count change it, until that thread clears its claim: convx used to leave the claim with
     # the first thread that ran an op, so the limit did nothing in every other thread (and a
     # limit set in one thread and released in another stayed on for good).
     if not _blas_thread_counts():
         pytest.skip("no BLAS found by threadpoolctl")
-    during_kernels = []
-    real_kernel = core.conv2d_forward
-
-    def spy(*args):
-        during_kernels.append(_blas_thread_counts())
-        real_kernel(*args)
-
-    monkeypatch.setattr(core, "conv2d_forward", spy)
+    during_kernels = _watch_blas_limit(monkeypatch)
     x = rng.standard_normal((2, 3, 8, 8))
     weight = rng.standard_normal((4, 3, 3, 3))
     with threadpool_limits(limits=2, user_api="blas"):
@@ -318,6 +339,50 @@ def test_blas_is_held_at_one_thread_in_whichever_python_thread_calls(rng, monkey
         assert _blas_thread_counts() == outside
     assert len(during_kernels) == 4
     assert all(counts == [1] * len(counts) for counts in during_kernels), during_kernels
+
+
+def test_kernels_that_call_blas_hold_it_at_one_thread_and_the_others_skip_the_limit(rng, monkeypatch):
+    if not _blas_thread_counts():
+        pytest.skip("no BLAS found by threadpoolctl")
+    seen = _watch_blas_limit(monkeypatch)
+    x = rng.standard_normal((2, 8, 10, 9))
+    weight = rng.standard_normal((16, 8, 3, 3))
+    grad_out = rng.standard_normal((2, 16, 8, 7))
+    ops = [
+        lambda: F.conv2d(x, weight),
+        lambda: F.conv2d_backward_input(grad_out, weight, x.shape),
+        lambda: F.conv2d_backward_weight(grad_out, x, weight.shape),
+        lambda: F.conv2d_backward(grad_out, x, weight),
+        lambda: F.conv_transpose2d(grad_out, weight),
+    ]
+    winograd = [
+        lambda: F.conv2d(x, weight, algorithm="winograd"),
+        lambda: F.conv2d_backward(grad_out, x, weight, algorithm="winograd"),
+    ]
+    with threadpool_limits(limits=2, user_api="blas"):
+        saved = core.gemm_kernel(), core.direct_conv()
+        try:
+            for op in winograd:  # its 36 products per chunk are BLAS GEMMs
+                seen.clear()
+                op()
+                assert seen and all(counts == [1] * len(counts) for counts in seen), seen
+            core.set_gemm_kernel("blas")
+            core.set_direct_conv("off")
+            for op in ops:
+                seen.clear()
+                op()
+                assert seen and all(counts == [1] * len(counts) for counts in seen), seen
+            if saved[0] != "blas":  # convx's own GEMM and direct kernels call no BLAS
+                core.set_gemm_kernel(saved[0])
+                core.set_direct_conv("auto")
+                for op in ops:
+                    seen.clear()
+                    op()
+                    assert seen == [], seen
+        finally:
+            core.set_gemm_kernel(saved[0])
+            core.set_direct_conv(saved[1])
+        assert _blas_thread_counts() == [2] * len(_blas_thread_counts())
 
 
 def test_blas_limit_holds_under_many_threads_nesting_and_exceptions():
@@ -354,5 +419,5 @@ def test_blas_limit_holds_under_many_threads_nesting_and_exceptions():
         assert not errors, errors
         assert seen_inside == {1}
         assert convx._threads._blas_users == 0
-        assert convx._threads._blas_limiter is None
+        assert convx._threads._blas_restore == []
         assert _blas_thread_counts() == outside

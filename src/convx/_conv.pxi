@@ -27,6 +27,19 @@ cdef inline int _team(int n_threads, Py_ssize_t n_items) noexcept nogil:
     return <int> max(1, min(<Py_ssize_t> n_threads, n_items))
 
 
+cdef object _NO_LIMIT = _nullcontext()
+
+
+cdef object _blas_limit(bint needed):
+    """convx._threads.single_threaded_blas() where a kernel is about to call BLAS from its team
+    (looked up at each use, so that tests can watch it), else a context that does nothing: the
+    limit costs some microseconds, as much as a small convolution, so only BLAS calls pay it."""
+    if not needed:
+        return _NO_LIMIT
+    from convx import _threads
+    return _threads.single_threaded_blas()
+
+
 cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil:
@@ -1303,21 +1316,22 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     dtype = np.asarray(out).dtype
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
-    with nogil, parallel(num_threads=n_threads):
-        tid = threadid()
-        for item in prange(n_blocks * n_chunks, schedule='static'):
-            n = _block_start(&g, item // n_chunks, n_blocks)
-            n_images = _block_start(&g, item // n_chunks + 1, n_blocks) - n
-            row0 = (item % n_chunks) * g.chunk_rows
-            row1 = min(row0 + g.chunk_rows, g.out_h)
-            _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
-                          &col[tid * col_size], &gathered[tid * gathered_size])
-            if has_bias:
-                for b in range(n_images):
-                    out_b = &out[n + b, 0, 0, 0]
-                    for c in range(c_out):
-                        for p in range(row0 * g.out_w, row1 * g.out_w):
-                            out_b[c * n_out + p] += bias[c]
+    with _blas_limit(True):
+        with nogil, parallel(num_threads=n_threads):
+            tid = threadid()
+            for item in prange(n_blocks * n_chunks, schedule='static'):
+                n = _block_start(&g, item // n_chunks, n_blocks)
+                n_images = _block_start(&g, item // n_chunks + 1, n_blocks) - n
+                row0 = (item % n_chunks) * g.chunk_rows
+                row1 = min(row0 + g.chunk_rows, g.out_h)
+                _forward_tile(&x[n, 0, 0, 0], &weight[0, 0, 0, 0], &out[n, 0, 0, 0], &g, n_images, row0, row1,
+                              &col[tid * col_size], &gathered[tid * gathered_size])
+                if has_bias:
+                    for b in range(n_images):
+                        out_b = &out[n + b, 0, 0, 0]
+                        for c in range(c_out):
+                            for p in range(row0 * g.out_w, row1 * g.out_w):
+                                out_b[c * n_out + p] += bias[c]
 
 
 def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
@@ -1353,13 +1367,14 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef floating[::1] col = np.empty(n_threads * col_size, dtype=dtype)
     cdef floating[::1] gathered = np.empty(n_threads * gathered_size, dtype=dtype)
     cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
-    with nogil, parallel(num_threads=n_threads):
-        tid = threadid()
-        for item in prange(n_blocks, schedule='static'):
-            n = _block_start(&g, item, n_blocks)
-            _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
-                                 _block_start(&g, item + 1, n_blocks) - n, &col[tid * col_size],
-                                 &gathered[tid * gathered_size], &work[tid * work_size])
+    with _blas_limit(wp.level == CONVX_GEMM_BLAS):
+        with nogil, parallel(num_threads=n_threads):
+            tid = threadid()
+            for item in prange(n_blocks, schedule='static'):
+                n = _block_start(&g, item, n_blocks)
+                _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
+                                     _block_start(&g, item + 1, n_blocks) - n, &col[tid * col_size],
+                                     &gathered[tid * gathered_size], &work[tid * work_size])
 
 
 def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
@@ -1437,20 +1452,21 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef floating[::1] work = np.empty(n_threads * work_size, dtype=dtype)
     cdef floating[::1] w_parts = np.zeros(1 if weight_done else n_threads * w_size, dtype=dtype)
     cdef floating[::1] b_parts = np.zeros(n_threads * c_out, dtype=dtype)
-    with nogil, parallel(num_threads=n_threads):
-        tid = threadid()
-        for item in prange(n_blocks, schedule='static'):
-            n = _block_start(&g, item, n_blocks)
-            n_images = _block_start(&g, item + 1, n_blocks) - n
-            if not weight_done:
-                _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g,
-                                      n_images, &col[tid * col_size], &gathered[tid * gathered_size])
-            if want_bias:
-                _bias_grad_images(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], n_images, c_out, n_out)
-            if want_input:
-                _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
-                                     n_images, &col[tid * col_size], &gathered[tid * gathered_size],
-                                     &work[tid * work_size])
+    with _blas_limit(not weight_done or (want_input and wp.level == CONVX_GEMM_BLAS)):
+        with nogil, parallel(num_threads=n_threads):
+            tid = threadid()
+            for item in prange(n_blocks, schedule='static'):
+                n = _block_start(&g, item, n_blocks)
+                n_images = _block_start(&g, item + 1, n_blocks) - n
+                if not weight_done:
+                    _backward_weight_tile(&grad_out[n, 0, 0, 0], &x[n, 0, 0, 0], &w_parts[tid * w_size], &g,
+                                          n_images, &col[tid * col_size], &gathered[tid * gathered_size])
+                if want_bias:
+                    _bias_grad_images(&grad_out[n, 0, 0, 0], &b_parts[tid * c_out], n_images, c_out, n_out)
+                if want_input:
+                    _backward_input_tile(&grad_out[n, 0, 0, 0], &wp, &grad_in[n, 0, 0, 0], &g,
+                                         n_images, &col[tid * col_size], &gathered[tid * gathered_size],
+                                         &work[tid * work_size])
     with nogil:
         if not weight_done:
             _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])

@@ -12,6 +12,8 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
+from contextlib import nullcontext as _nullcontext
+
 import numpy as np
 
 cdef extern from *:

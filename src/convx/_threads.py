@@ -61,22 +61,26 @@ def kernel_threads(macs: int | None = None) -> int:
     return n_threads
 
 
-# The kernels call BLAS from inside their own OpenMP teams. A multi-threaded BLAS (pthreads
+# Some kernels call BLAS from inside their own OpenMP teams. A multi-threaded BLAS (pthreads
 # OpenBLAS in particular) must not start its own threads there: it oversubscribes the cores
-# and can deadlock. So while any convx kernel runs, BLAS is held at one thread; nested and
-# concurrent calls share one limit, released when the last of them ends.
+# and can deadlock. So while such a kernel runs (it enters single_threaded_blas itself), BLAS
+# is held at one thread; nested and concurrent calls share one limit, released when the last
+# of them ends.
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter: Any = None
+_blas_restore: list[tuple[Any, int]] = []
 _blas_controller: Any = None
+_clear_openblas_claim: Any = None
 
 
 def _blas_libraries() -> Any:
-    global _blas_controller
+    global _blas_controller, _clear_openblas_claim
     if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
+        import threadpoolctl
 
-        _blas_controller = ThreadpoolController().select(user_api="blas")
+        _blas_controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        openblas = getattr(threadpoolctl, "OpenBLASController", None)
+        _clear_openblas_claim = getattr(openblas, "clear_controlling_thread", None)
     return _blas_controller
 
 
@@ -88,23 +92,32 @@ def _release_openblas_claim() -> None:
     limit here is shared by all threads, may be set in one and restored in another, and
     changes only under ``_blas_lock``, so the claim is cleared around every change.
     """
-    import threadpoolctl
+    if _clear_openblas_claim is not None:
+        _clear_openblas_claim(force=True)
 
-    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
-    if clear is not None:
-        clear(force=True)
+
+def _set_blas_threads(changes: list[tuple[Any, int]]) -> None:
+    _release_openblas_claim()
+    for library, n_threads in changes:
+        library.set_num_threads(n_threads)
+    _release_openblas_claim()
 
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Hold every loaded BLAS at one thread for the duration (re-entrant, thread-safe)."""
-    global _blas_users, _blas_limiter
+    """Hold every loaded BLAS at one thread for the duration (re-entrant, thread-safe).
+
+    Each library's count is read and set directly (threadpoolctl's ``limit`` also gathers
+    every library's description, some 20 us per call, as long as a small convolution), and
+    only the libraries not already at one thread are set and restored.
+    """
+    global _blas_users, _blas_restore
     with _blas_lock:
         if _blas_users == 0:
-            libraries = _blas_libraries()
-            _release_openblas_claim()
-            _blas_limiter = libraries.limit(limits=1)
-            _release_openblas_claim()
+            libraries = _blas_libraries().lib_controllers
+            counts = [(library, library.get_num_threads()) for library in libraries]
+            _blas_restore = [(library, n) for library, n in counts if n is not None and n != 1]
+            _set_blas_threads([(library, 1) for library, _ in _blas_restore])
         _blas_users += 1
     try:
         yield
@@ -112,7 +125,5 @@ def single_threaded_blas() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _release_openblas_claim()
-                _blas_limiter.restore_original_limits()
-                _release_openblas_claim()
-                _blas_limiter = None
+                _set_blas_threads(_blas_restore)
+                _blas_restore = []

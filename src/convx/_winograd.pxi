@@ -256,30 +256,31 @@ def winograd_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     u, v, m = _wino_workspace(&g, dtype, team if own_chunks else 1)
     cdef floating[::1] scratch = np.empty(max(1, n_threads) * g.scratch, dtype=dtype)
     cdef int[::1] bad_parts = np.zeros(team, dtype=np.intc)
-    with nogil:
-        _wino_weight(&weight[0, 0, 0, 0], c_out, c_in, flip, &u[0], &scratch[0], g.scratch, n_threads)
-        if own_chunks:
-            with parallel(num_threads=team):
-                tid = threadid()
-                for chunk in prange(g.n_chunks, schedule='static'):
-                    bad_parts[tid] |= _wino_forward_chunk(
-                        &x[0, 0, 0, 0], &u[0], bias_ptr, &out[0, 0, 0, 0], &g, chunk * g.chunk_rows,
-                        min((chunk + 1) * g.chunk_rows, g.n_rows), &v[0] + tid * v_size, &m[0] + tid * m_size,
-                        &scratch[0] + tid * g.scratch)
-            for tid in range(team):
-                bad |= bad_parts[tid]
-        else:
-            q0, q1 = 0, g.n_rows
-            n_tiles = q1 * g.tiles_w
-            n_runs = _wino_runs(&g, q0, q1)
-            for job in prange(n_runs * c_in, schedule='static', num_threads=_team(n_threads, n_runs * c_in)):
-                _wino_input_run(&x[0, 0, 0, 0], &g, job // n_runs, q0, q1, (job % n_runs) * g.run_rows, &v[0],
-                                &scratch[0] + threadid() * g.scratch)
-            _wino_products(&u[0], &v[0], &m[0], False, c_out, n_tiles, c_in, 0, n_threads)
-            for job in prange(n_runs * c_out, schedule='static', num_threads=_team(n_threads, n_runs * c_out)):
-                k = job // n_runs
-                bad += _wino_output_run(&m[0], bias[k] if has_bias else 0, &out[0, 0, 0, 0], &g, k, q0, q1,
-                                        (job % n_runs) * g.run_rows, &scratch[0] + threadid() * g.scratch)
+    with _blas_limit(True):
+        with nogil:
+            _wino_weight(&weight[0, 0, 0, 0], c_out, c_in, flip, &u[0], &scratch[0], g.scratch, n_threads)
+            if own_chunks:
+                with parallel(num_threads=team):
+                    tid = threadid()
+                    for chunk in prange(g.n_chunks, schedule='static'):
+                        bad_parts[tid] |= _wino_forward_chunk(
+                            &x[0, 0, 0, 0], &u[0], bias_ptr, &out[0, 0, 0, 0], &g, chunk * g.chunk_rows,
+                            min((chunk + 1) * g.chunk_rows, g.n_rows), &v[0] + tid * v_size, &m[0] + tid * m_size,
+                            &scratch[0] + tid * g.scratch)
+                for tid in range(team):
+                    bad |= bad_parts[tid]
+            else:
+                q0, q1 = 0, g.n_rows
+                n_tiles = q1 * g.tiles_w
+                n_runs = _wino_runs(&g, q0, q1)
+                for job in prange(n_runs * c_in, schedule='static', num_threads=_team(n_threads, n_runs * c_in)):
+                    _wino_input_run(&x[0, 0, 0, 0], &g, job // n_runs, q0, q1, (job % n_runs) * g.run_rows, &v[0],
+                                    &scratch[0] + threadid() * g.scratch)
+                _wino_products(&u[0], &v[0], &m[0], False, c_out, n_tiles, c_in, 0, n_threads)
+                for job in prange(n_runs * c_out, schedule='static', num_threads=_team(n_threads, n_runs * c_out)):
+                    k = job // n_runs
+                    bad += _wino_output_run(&m[0], bias[k] if has_bias else 0, &out[0, 0, 0, 0], &g, k, q0, q1,
+                                            (job % n_runs) * g.run_rows, &scratch[0] + threadid() * g.scratch)
     return bad != 0
 
 
@@ -322,42 +323,44 @@ def winograd_backward_weight(const floating[:, :, :, ::1] grad_out, const floati
     du, v, m = _wino_workspace(&g, dtype, team if own_chunks else 1)
     lane_sums = np.zeros(lanes * du_size if own_chunks else 1, dtype=dtype)
     cdef floating[::1] scratch = np.empty(max(1, n_threads) * g.scratch, dtype=dtype)
-    with nogil:
-        memset(&du[0], 0, du.shape[0] * sizeof(floating))
-        if own_chunks:
-            with parallel(num_threads=team):
-                tid = threadid()
-                for lane in prange(lanes, schedule='static'):
-                    chunk = lane
-                    while chunk < g.n_chunks:
-                        _wino_weight_grad_chunk(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &g, chunk * g.chunk_rows,
-                                                min((chunk + 1) * g.chunk_rows, g.n_rows),
-                                                &lane_sums[0] + lane * du_size, &v[0] + tid * v_size,
-                                                &m[0] + tid * m_size, &scratch[0] + tid * g.scratch)
-                        chunk = chunk + lanes
-            for i in prange(du_size, schedule='static', num_threads=n_threads):
-                for lane in range(lanes):
-                    du[i] = du[i] + lane_sums[lane * du_size + i]
-        else:
-            q0 = 0
-            while q0 < g.n_rows:
-                q1 = min(q0 + g.chunk_rows, g.n_rows)
-                n_tiles = (q1 - q0) * g.tiles_w
-                n_runs = _wino_runs(&g, q0, q1)
-                for job in prange(n_runs * (c_in + c_out), schedule='static',
-                                  num_threads=_team(n_threads, n_runs * (c_in + c_out))):
-                    if job < n_runs * c_in:
-                        _wino_input_run(&x[0, 0, 0, 0], &g, job // n_runs, q0, q1, q0 + (job % n_runs) * g.run_rows,
-                                        &v[0], &scratch[0] + threadid() * g.scratch)
-                    else:
-                        _wino_grad_run(&grad_out[0, 0, 0, 0], &g, job // n_runs - c_in, q0, q1,
-                                       q0 + (job % n_runs) * g.run_rows, &m[0], &scratch[0] + threadid() * g.scratch)
-                _wino_products(&m[0], &v[0], &du[0], True, c_out, c_in, n_tiles, 1, n_threads)
-                q0 = q1
-        for k in prange(c_out, schedule='static', num_threads=_team(n_threads, c_out)):
-            if floating is float:
-                convx_wino_weight_grad_row_f(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in,
-                                             &grad_weight[k, 0, 0, 0], &scratch[0] + threadid() * g.scratch)
+    with _blas_limit(True):
+        with nogil:
+            memset(&du[0], 0, du.shape[0] * sizeof(floating))
+            if own_chunks:
+                with parallel(num_threads=team):
+                    tid = threadid()
+                    for lane in prange(lanes, schedule='static'):
+                        chunk = lane
+                        while chunk < g.n_chunks:
+                            _wino_weight_grad_chunk(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &g, chunk * g.chunk_rows,
+                                                    min((chunk + 1) * g.chunk_rows, g.n_rows),
+                                                    &lane_sums[0] + lane * du_size, &v[0] + tid * v_size,
+                                                    &m[0] + tid * m_size, &scratch[0] + tid * g.scratch)
+                            chunk = chunk + lanes
+                for i in prange(du_size, schedule='static', num_threads=n_threads):
+                    for lane in range(lanes):
+                        du[i] = du[i] + lane_sums[lane * du_size + i]
             else:
-                convx_wino_weight_grad_row_d(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in,
-                                             &grad_weight[k, 0, 0, 0], &scratch[0] + threadid() * g.scratch)
+                q0 = 0
+                while q0 < g.n_rows:
+                    q1 = min(q0 + g.chunk_rows, g.n_rows)
+                    n_tiles = (q1 - q0) * g.tiles_w
+                    n_runs = _wino_runs(&g, q0, q1)
+                    for job in prange(n_runs * (c_in + c_out), schedule='static',
+                                      num_threads=_team(n_threads, n_runs * (c_in + c_out))):
+                        if job < n_runs * c_in:
+                            _wino_input_run(&x[0, 0, 0, 0], &g, job // n_runs, q0, q1, q0 + (job % n_runs) * g.run_rows,
+                                            &v[0], &scratch[0] + threadid() * g.scratch)
+                        else:
+                            _wino_grad_run(&grad_out[0, 0, 0, 0], &g, job // n_runs - c_in, q0, q1,
+                                           q0 + (job % n_runs) * g.run_rows, &m[0], &scratch[0] + threadid() * g.scratch)
+                    _wino_products(&m[0], &v[0], &du[0], True, c_out, c_in, n_tiles, 1, n_threads)
+                    q0 = q1
+            for k in prange(c_out, schedule='static', num_threads=_team(n_threads, c_out)):
+                if floating is float:
+                    convx_wino_weight_grad_row_f(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in,
+                                                 &grad_weight[k, 0, 0, 0], &scratch[0] + threadid() * g.scratch)
+                else:
+                    convx_wino_weight_grad_row_d(&du[0] + k * c_in, _point_stride(c_out * c_in), c_in,
+                                                 &grad_weight[k, 0, 0, 0], &scratch[0] + threadid() * g.scratch)
+

@@ -18,7 +18,7 @@ from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .._threads import kernel_threads, single_threaded_blas
+from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
 # BLAS takes 32-bit dimensions and leading dimensions.
@@ -267,12 +267,11 @@ def conv2d(
         kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
         n_threads = plan.threads(weight.shape)
-        with single_threaded_blas():
-            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-                if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
-                                                           n_threads):
-                    continue
-                kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+            if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
+                                                       n_threads):
+                continue
+            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
     return _unbatch(out, unbatched)
 
 
@@ -323,9 +322,8 @@ def conv2d_backward_input(
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
-        with single_threaded_blas():
-            for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
-                _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, plan.threads(weight.shape))
+        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
+            _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, plan.threads(weight.shape))
     return _unbatch(grad_x, unbatched)
 
 
@@ -375,9 +373,8 @@ def conv2d_backward_weight(
         grad_out, x = contiguous(grad_out), contiguous(x)
         work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
         n_threads = plan.threads(weight_shape)
-        with single_threaded_blas():
-            for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
-                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
+        for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
+            _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
     return grad_w
 
 
@@ -479,23 +476,21 @@ def conv2d_backward(
         parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
         if winograd:
             # The two products share no transform: Winograd's fused pass is the three ops in turn.
-            with single_threaded_blas():
-                for part, (grad_w_part, grad_b_part) in parts:
-                    _input_gradient(grad_out[part], weight, grad_x[part], plan, True, n_threads)
-                    _weight_gradient(grad_out[part], x[part], grad_w_part, plan, True, n_threads)
-                    _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+            for part, (grad_w_part, grad_b_part) in parts:
+                _input_gradient(grad_out[part], weight, grad_x[part], plan, True, n_threads)
+                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, True, n_threads)
+                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
         elif _is_depthwise(weight.shape, plan.groups):
             for part, (grad_w_part, grad_b_part) in parts:
                 _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
                 _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
                 _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
         else:
-            with single_threaded_blas():
-                for part, (grad_w_part, grad_b_part) in parts:
-                    _core.conv2d_backward_params(
-                        grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
-                        *plan.kernel_args(), n_threads,
-                    )
+            for part, (grad_w_part, grad_b_part) in parts:
+                _core.conv2d_backward_params(
+                    grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
+                    *plan.kernel_args(), n_threads,
+                )
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
@@ -583,9 +578,8 @@ def conv_transpose2d(
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)
-        with single_threaded_blas():
-            for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
-                _input_gradient(x[part], weight, y[part], plan, winograd, plan.threads(weight.shape))
+        for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
+            _input_gradient(x[part], weight, y[part], plan, winograd, plan.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
