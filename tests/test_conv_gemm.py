@@ -239,6 +239,29 @@ def test_flat_kernel_streams_large_outputs_at_any_alignment(kernel, dtype, offse
     assert_close(grad_in, np.einsum("oc,nchw->nohw", w64, x.astype(np.float64)), dtype)
 
 
+@pytest.mark.parametrize("offsets", [(0, 0), (1, 1), (4, 9), (7, 0), (12, 3), (15, 15)], ids=str)
+@pytest.mark.parametrize("side", [16, 48], ids=["chunk-of-images", "chunks-of-a-plane"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_flat_weight_gradient_at_any_alignment(kernel, flat, dtype, side, offsets, threads, rng):
+    # Planes a whole number of cache lines long all start at x's offset within a line: the
+    # pixels before the next line are a masked step of their own, and so are the last ones.
+    # 16 x 16 planes go several images to a chunk, 48 x 48 several chunks to a plane.
+    x_offset, g_offset = offsets
+    x = np.empty(3 * 8 * side * side + x_offset, dtype)[x_offset:].reshape(3, 8, side, side)
+    grad_out = np.empty(3 * 12 * side * side + g_offset, dtype)[g_offset:].reshape(3, 12, side, side)
+    x[...] = rng.standard_normal(x.shape)
+    grad_out[...] = rng.standard_normal(grad_out.shape)
+    saved = convx.get_num_threads()
+    convx.set_num_threads(threads)
+    try:
+        grad_w = F.conv2d_backward_weight(grad_out, x, (12, 8, 1, 1))
+    finally:
+        convx.set_num_threads(saved)
+    want = np.einsum("nohw,nchw->oc", grad_out.astype(np.float64), x.astype(np.float64))
+    assert_close(grad_w[:, :, 0, 0], want, dtype)
+
+
 def test_direct_conv_modes():
     assert core.direct_conv() == "auto"
     with pytest.raises(ValueError, match="direct conv mode must be one of"):

@@ -137,10 +137,13 @@ GTARGET static void GN(convx_flat_conv)(ptrdiff_t groups, ptrdiff_t m, ptrdiff_t
 }
 
 /* sums[i][j] = sum_{t < images, p < len} g[i][t * g_image + p] x[j][t * x_image + p]: a tile of
- * dot products over the same pixels of consecutive images, the pixels as lanes. */
+ * dot products over the same pixels of consecutive images, the pixels as lanes. With masked
+ * loads (AVX-512), the first head pixels of each image (head < GVL: those before x's rows reach
+ * a cache line) and the last ones are one masked step each; otherwise head is 0 and the last
+ * pixels are summed one by one. */
 GTARGET static inline __attribute__((always_inline)) void GN(convx_flat_dots)(
-    ptrdiff_t images, ptrdiff_t len, const GT *const *g, ptrdiff_t g_image, const GT *const *x, ptrdiff_t x_image,
-    GT sums[GWA][GWB]) {
+    ptrdiff_t images, ptrdiff_t len, ptrdiff_t head, const GT *const *g, ptrdiff_t g_image, const GT *const *x,
+    ptrdiff_t x_image, GT sums[GWA][GWB]) {
     GV acc[GWA][GWB];
     GT tail[GWA][GWB];
     for (int i = 0; i < GWA; i++)
@@ -148,9 +151,26 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_flat_dots)(
             acc[i][j] = GZERO();
             tail[i][j] = 0;
         }
-    const ptrdiff_t full = len / GVL * GVL;
+    const ptrdiff_t full = head + (len - head) / GVL * GVL;
     for (ptrdiff_t t = 0; t < images; t++) {
-        for (ptrdiff_t p = t * g_image, q = t * x_image; p < t * g_image + full; p += GVL, q += GVL) {
+        const ptrdiff_t g0 = t * g_image, x0 = t * x_image;
+#ifdef GMASK
+        if (head > 0 || full < len) {
+            /* the masked steps, [0, head) and [full, len) */
+            for (int step = 0; step < 2; step++) {
+                const ptrdiff_t lo = step ? full : 0, n = step ? len - full : head;
+                if (n <= 0) continue;
+                const GMASK mask = GMASK_RANGE(0, n);
+                GV xv[GWB];
+                for (int j = 0; j < GWB; j++) xv[j] = GMASK_LOAD(mask, x[j] + x0 + lo);
+                for (int i = 0; i < GWA; i++) {
+                    const GV gv = GMASK_LOAD(mask, g[i] + g0 + lo);
+                    for (int j = 0; j < GWB; j++) acc[i][j] = GFMA(gv, xv[j], acc[i][j]);
+                }
+            }
+        }
+#endif
+        for (ptrdiff_t p = g0 + head, q = x0 + head; p < g0 + full; p += GVL, q += GVL) {
             GV xv[GWB];
             for (int j = 0; j < GWB; j++) xv[j] = GLOAD(x[j] + q);
             for (int i = 0; i < GWA; i++) {
@@ -158,9 +178,11 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_flat_dots)(
                 for (int j = 0; j < GWB; j++) acc[i][j] = GFMA(gv, xv[j], acc[i][j]);
             }
         }
+#ifndef GMASK
         for (ptrdiff_t p = full; p < len; p++)
             for (int i = 0; i < GWA; i++)
-                for (int j = 0; j < GWB; j++) tail[i][j] += g[i][t * g_image + p] * x[j][t * x_image + p];
+                for (int j = 0; j < GWB; j++) tail[i][j] += g[i][g0 + p] * x[j][x0 + p];
+#endif
     }
     for (int i = 0; i < GWA; i++)
         for (int j = 0; j < GWB; j++) sums[i][j] = GREDUCE(acc[i][j]) + tail[i][j];
@@ -192,9 +214,19 @@ GTARGET static void GN(convx_flat_weight)(ptrdiff_t groups, ptrdiff_t m, ptrdiff
     /* planes shorter than a chunk: a chunk of whole planes of several images */
     const ptrdiff_t per_chunk = n_pix < chunk ? chunk / (n_pix > 0 ? n_pix : 1) : 1;
     const ptrdiff_t g_image = groups * m * n_pix, x_image = groups * c * n_pix;
+    /* Where every plane of x starts at the same offset in a cache line (numpy aligns its buffers
+     * to 16 bytes only), the pixels before the first line (lead) join the first chunk as a
+     * masked step, and every vector load of x's rows after them stays within one line. */
+    ptrdiff_t lead = 0;
+#ifdef GMASK
+    if (n_pix * (ptrdiff_t)sizeof(GT) % 64 == 0 && (uintptr_t)x % sizeof(GT) == 0)
+        lead = (ptrdiff_t)((64 - (uintptr_t)x % 64) % 64 / sizeof(GT));
+    if (lead >= n_pix) lead = 0;
+#endif
     for (ptrdiff_t n = 0; n < batch; n += per_chunk)
-        for (ptrdiff_t p0 = 0; p0 < n_pix; p0 += chunk) {
-            const ptrdiff_t len = n_pix - p0 < chunk ? n_pix - p0 : chunk;
+        for (ptrdiff_t p0 = 0; p0 < n_pix; p0 = p0 == 0 ? lead + chunk : p0 + chunk) {
+            const ptrdiff_t end = p0 == 0 ? lead + chunk : p0 + chunk;
+            const ptrdiff_t len = (n_pix < end ? n_pix : end) - p0, head = p0 == 0 ? lead : 0;
             const ptrdiff_t images = batch - n < per_chunk ? batch - n : per_chunk;
             for (ptrdiff_t u = u0; u < u1; u++) {
                 const ptrdiff_t grp = u / blocks, ci0 = u % blocks * GWB;
@@ -208,7 +240,7 @@ GTARGET static void GN(convx_flat_weight)(ptrdiff_t groups, ptrdiff_t m, ptrdiff
                     const ptrdiff_t na = m - co0 < GWA ? m - co0 : GWA;
                     for (int i = 0; i < GWA; i++)
                         gr[i] = gy + ((n * groups + grp) * m + co0 + (i < na ? i : na - 1)) * n_pix + p0;
-                    GN(convx_flat_dots)(images, len, gr, g_image, xr, x_image, sums);
+                    GN(convx_flat_dots)(images, len, head, gr, g_image, xr, x_image, sums);
                     for (ptrdiff_t i = 0; i < na; i++)
                         for (ptrdiff_t j = 0; j < nb; j++) gw[(grp * m + co0 + i) * c + ci0 + j] += sums[i][j];
                 }
