@@ -8,22 +8,39 @@
 # compiler that understands -print-file-name=libasan.so) and the test extras installed.
 #
 # Usage: bash .ci/sanitize.sh [extra pytest arguments]
+#
+# With CONVX_SANITIZE_DIR set, the copy and its build live in that (new or empty) directory
+# and are kept: `bash .ci/sanitize.sh --build-only` stops after the build, and a later run
+# with the same directory tests that build (CI builds while another stage runs its tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS=0
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/convx-sanitize.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-cp -R setup.py pyproject.toml README.md LICENSE src tests bench docs examples "$work/"
-find "$work/src" \( -name '*.so' -o -name '_core.c' -o -name '__pycache__' -o -name '_core.html' \) \
-    -prune -exec rm -rf {} +
+if [[ -n "${CONVX_SANITIZE_DIR:-}" ]]; then
+    work="$CONVX_SANITIZE_DIR"
+    mkdir -p "$work"
+else
+    work="$(mktemp -d "${TMPDIR:-/tmp}/convx-sanitize.XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+fi
 
-# The build needs Cython (pip's isolated build environments are not used here).
-python -c "import Cython" 2>/dev/null || python -m pip install --quiet "Cython>=3.0" "setuptools>=64"
+if [[ ! -e "$work/.built" ]]; then
+    cp -R setup.py pyproject.toml README.md LICENSE src tests bench docs examples "$work/"
+    find "$work/src" \( -name '*.so' -o -name '_core.c' -o -name '__pycache__' -o -name '_core.html' \) \
+        -prune -exec rm -rf {} +
 
-echo "== sanitize: building with ASan + UBSan + Cython bounds checks"
-(cd "$work" && CONVX_SANITIZE=1 CONVX_DEBUG_CYTHON=1 python setup.py -q build_ext --inplace \
-    > "$work/build.log" 2>&1) || { cat "$work/build.log"; exit 1; }
+    # The build needs Cython (pip's isolated build environments are not used here).
+    python -c "import Cython" 2>/dev/null || python -m pip install --quiet "Cython>=3.0" "setuptools>=64"
+
+    echo "== sanitize: building with ASan + UBSan + Cython bounds checks"
+    (cd "$work" && CONVX_SANITIZE=1 CONVX_DEBUG_CYTHON=1 python setup.py -q build_ext --inplace \
+        > "$work/build.log" 2>&1) || { cat "$work/build.log"; exit 1; }
+    touch "$work/.built"
+fi
+if [[ "${1:-}" == "--build-only" ]]; then
+    echo "== sanitize: built in $work (${SECONDS}s)"
+    exit 0
+fi
 
 asan_runtime="$("${CC:-cc}" -print-file-name=libasan.so)"
 if [[ ! -e "$asan_runtime" ]]; then
