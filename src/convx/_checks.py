@@ -23,7 +23,7 @@ def as_float_array(name: str, value: object, ndims: Sequence[int]) -> npt.NDArra
 
     The array is not copied or cast; a dtype outside float32/float64 is a TypeError.
     """
-    if isinstance(value, np.ma.MaskedArray):
+    if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array (its mask would be ignored)")
     if not isinstance(value, np.ndarray):
         if np.isscalar(value) or value is None:
@@ -54,7 +54,10 @@ def same_dtype(**arrays: npt.NDArray[Any] | None) -> np.dtype[Any]:
 
 def as_int(name: str, value: object, minimum: int | None = None) -> int:
     """``value`` as a Python int (bools and floats refused), at least ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if type(value) is int:  # the common case, without the ABC check below (bool is not int here)
+        if minimum is None or value >= minimum:
+            return value
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:

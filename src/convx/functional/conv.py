@@ -117,8 +117,9 @@ def _padding(
     return (pad_h, pad_h), (pad_w, pad_w)
 
 
-def _check_sizes(**values: int) -> None:
-    for name, value in values.items():
+def _check_sizes(*values: tuple[str, int]) -> None:
+    """Each (name, value) at most ``_INT32_LIMIT``."""
+    for name, value in values:
         if value > _INT32_LIMIT:
             raise ValueError(f"{name} is {value}, larger than convx supports (at most {_INT32_LIMIT})")
 
@@ -167,9 +168,9 @@ def _plan_conv(
             f"the output would be {out_h}x{out_w}"
         )
     _check_sizes(
-        **{"stride": max(stride), "dilation": max(dilation), "padding": max(pad_top, pad_bottom, pad_left, pad_right)},
-        **{f"{input_name} plane size H*W": height * width, "output plane size": out_h * out_w},
-        **{"C_in/groups * kH * kW": c_in_group * kernel_h * kernel_w},
+        ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
+        (f"{input_name} plane size H*W", height * width), ("output plane size", out_h * out_w),
+        ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w),
     )
     return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
 
