@@ -492,3 +492,59 @@ def test_random_geometries_match_reference(seed):
         )
         if min(transposed.out_size()) >= 1:
             _check_conv_transpose(transposed, dtype, rng)
+
+
+# Windows that cover the whole input (a 1x1 output, no padding inside the window, dilation 1,
+# one group): one matrix product over the batch, through numpy's BLAS (functional.conv).
+WHOLE_WINDOW_CASES = {
+    "lenet-c5": ConvCase(5, 4, 5, 5, 7, (5, 5)),
+    "non-square": ConvCase(3, 2, 3, 6, 5, (3, 6), stride=(2, 3)),
+    "1x1-planes": ConvCase(6, 9, 1, 1, 4, (1, 1)),
+    "unbatched-no-bias": ConvCase(1, 3, 2, 2, 5, (2, 2), unbatched=True, bias=False),
+    "one-image": ConvCase(1, 6, 3, 3, 2, (3, 3)),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("op", CONV_OPS)
+@pytest.mark.parametrize("name", list(WHOLE_WINDOW_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_whole_window_convolutions_match_reference(dtype, name, op, threads, rng, monkeypatch):
+    case = WHOLE_WINDOW_CASES[name]
+    products = []
+    real_matmul = F.conv._matmul
+
+    def counting(a, b, out, n_threads):
+        products.append(out.shape)
+        real_matmul(a, b, out, n_threads)
+
+    monkeypatch.setattr(F.conv, "_matmul", counting)
+    saved = convx.get_num_threads()
+    convx.set_num_threads(threads)
+    try:
+        _check_conv_op(case, op, dtype, rng)
+    finally:
+        convx.set_num_threads(saved)
+    assert len(products) == {"forward": 1, "backward_input": 1, "backward_weight": 1, "backward_bias": 0,
+                             "backward": 2}[op], products
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_whole_window_convolution_transposed_and_not_finite(dtype, rng):
+    # conv_transpose2d from 1x1 inputs is the adjoint product; NaN and inf propagate as in the
+    # sums of products (inf * 0 is NaN), from a non-contiguous, read-only input.
+    x = rng.standard_normal((3, 4, 1, 1)).astype(dtype)
+    weight = rng.standard_normal((4, 2, 3, 3)).astype(dtype)
+    assert_close(F.conv_transpose2d(x, weight), reference.conv_transpose2d(x, weight), dtype)
+    image = rng.standard_normal((2, 3, 4, 8)).astype(dtype)[:, :, :, ::2]
+    image[0, 1, 2, 3] = np.nan
+    image[1, 0, 0, 0] = np.inf
+    image.flags.writeable = False
+    filters = rng.standard_normal((5, 3, 4, 4)).astype(dtype)
+    filters[2] = 0
+    y = F.conv2d(image, filters)
+    assert np.isnan(y[0]).all() and np.isnan(y[1, 2]) and np.isinf(y[1, [0, 1, 3, 4]]).all()
+    with np.errstate(all="ignore"):
+        expected = reference.conv2d(image, filters)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert_close(np.nan_to_num(y), np.nan_to_num(expected), dtype)

@@ -8,6 +8,7 @@ bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .._threads import kernel_threads
+from .._threads import kernel_threads, single_threaded_blas
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
 # BLAS takes 32-bit dimensions and leading dimensions.
@@ -48,6 +49,31 @@ class _ConvPlan(NamedTuple):
 def _is_depthwise(weight_shape: Shape, groups: int) -> bool:
     """One input channel per group: the direct kernels beat a GEMM with a single-row operand."""
     return weight_shape[1] == 1 and groups > 1
+
+
+def _whole_window(input_shape: Shape, weight_shape: Shape, plan: _ConvPlan) -> bool:
+    """Whether each output is one filter dotted with one whole input image: a 1x1 output whose
+    window is exactly the input (no padding inside it, dilation 1, one group). The convolution
+    is then one matrix product over the batch, ``(N, C*H*W) @ (C*H*W, C_out)``, which numpy's
+    BLAS does far better than one small product per image."""
+    return (
+        plan.out_h == plan.out_w == 1 and plan.pad == (0, 0) and plan.dilation == (1, 1) and plan.groups == 1
+        and tuple(weight_shape[2:]) == tuple(input_shape[2:])
+    )
+
+
+def _matmul(a: AnyArray, b: AnyArray, out: AnyArray, n_threads: int) -> None:
+    """out := a @ b through numpy's BLAS, held at one thread when the kernels would run on one.
+
+    NaN and inf propagate as in the kernels, without numpy's floating-point warnings."""
+    with single_threaded_blas() if n_threads == 1 else nullcontext(), np.errstate(all="ignore"):
+        np.matmul(a, b, out=out)
+
+
+def _whole_window_input_gradient(grad_out: AnyArray, weight: AnyArray, grad_in: AnyArray, n_threads: int) -> None:
+    """grad_in := _whole_window's input gradient, ``grad_out (N, C_out) @ W (C_out, C*H*W)``."""
+    n, c_out = grad_out.shape[:2]
+    _matmul(grad_out.reshape(n, c_out), weight.reshape(c_out, -1), grad_in.reshape(n, -1), n_threads)
 
 
 ALGORITHMS = ("direct", "winograd", "auto")
@@ -90,6 +116,9 @@ def _input_gradient(
     grad_out: AnyArray, weight: AnyArray, grad_in: AnyArray, plan: _ConvPlan, winograd: bool, n_threads: int
 ) -> None:
     """grad_in := conv2d's input gradient, for C-contiguous arrays of one (sub-)batch."""
+    if not winograd and _whole_window(grad_in.shape, weight.shape, plan):
+        _whole_window_input_gradient(grad_out, weight, grad_in, n_threads)
+        return
     if winograd:
         # A stride-1 3x3 convolution's input gradient is one too: the kernel rotated by 180
         # degrees and transposed, padding 2 - p.
@@ -268,7 +297,14 @@ def conv2d(
         kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
         n_threads = plan.threads(weight.shape)
+        whole = not winograd and _whole_window(x.shape, weight.shape, plan)
         for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+            if whole:
+                rows = out[part].reshape(-1, plan.out_channels)
+                _matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
+                if bias is not None:
+                    rows += bias_arg
+                continue
             if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
                                                        n_threads):
                 continue
@@ -383,6 +419,10 @@ def _weight_gradient(
     grad_out: AnyArray, x: AnyArray, grad_w: AnyArray, plan: _ConvPlan, winograd: bool, n_threads: int
 ) -> None:
     """grad_w := conv2d's weight gradient, for C-contiguous arrays of one (sub-)batch."""
+    if not winograd and _whole_window(x.shape, grad_w.shape, plan):
+        n, c_out = grad_out.shape[:2]
+        _matmul(grad_out.reshape(n, c_out).T, x.reshape(n, -1), grad_w.reshape(c_out, -1), n_threads)
+        return
     if winograd:
         _core.winograd_backward_weight(grad_out, x, grad_w, *plan.pad, n_threads)
         if np.isfinite(grad_w).all():
@@ -480,6 +520,11 @@ def conv2d_backward(
             for part, (grad_w_part, grad_b_part) in parts:
                 _input_gradient(grad_out[part], weight, grad_x[part], plan, True, n_threads)
                 _weight_gradient(grad_out[part], x[part], grad_w_part, plan, True, n_threads)
+                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+        elif _whole_window(x.shape, weight.shape, plan):
+            for part, (grad_w_part, grad_b_part) in parts:
+                _input_gradient(grad_out[part], weight, grad_x[part], plan, False, n_threads)
+                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, False, n_threads)
                 _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
         elif _is_depthwise(weight.shape, plan.groups):
             for part, (grad_w_part, grad_b_part) in parts:
