@@ -224,8 +224,8 @@ GTARGET static void GN(convx_flat_weight)(ptrdiff_t groups, ptrdiff_t m, ptrdiff
     if (lead >= n_pix) lead = 0;
 #endif
     for (ptrdiff_t n = 0; n < batch; n += per_chunk)
-        for (ptrdiff_t p0 = 0; p0 < n_pix; p0 = p0 == 0 ? lead + chunk : p0 + chunk) {
-            const ptrdiff_t end = p0 == 0 ? lead + chunk : p0 + chunk;
+        for (ptrdiff_t p0 = 0, end; p0 < n_pix; p0 = end) {
+            end = (p0 == 0 ? lead : p0) + chunk;
             const ptrdiff_t len = (n_pix < end ? n_pix : end) - p0, head = p0 == 0 ? lead : 0;
             const ptrdiff_t images = batch - n < per_chunk ? batch - n : per_chunk;
             for (ptrdiff_t u = u0; u < u1; u++) {

@@ -70,12 +70,6 @@ def _matmul(a: AnyArray, b: AnyArray, out: AnyArray, n_threads: int) -> None:
         np.matmul(a, b, out=out)
 
 
-def _whole_window_input_gradient(grad_out: AnyArray, weight: AnyArray, grad_in: AnyArray, n_threads: int) -> None:
-    """grad_in := _whole_window's input gradient, ``grad_out (N, C_out) @ W (C_out, C*H*W)``."""
-    n, c_out = grad_out.shape[:2]
-    _matmul(grad_out.reshape(n, c_out), weight.reshape(c_out, -1), grad_in.reshape(n, -1), n_threads)
-
-
 ALGORITHMS = ("direct", "winograd", "auto")
 
 # Below this many channels on either side, Winograd's transforms cost more than its GEMMs save.
@@ -117,7 +111,8 @@ def _input_gradient(
 ) -> None:
     """grad_in := conv2d's input gradient, for C-contiguous arrays of one (sub-)batch."""
     if not winograd and _whole_window(grad_in.shape, weight.shape, plan):
-        _whole_window_input_gradient(grad_out, weight, grad_in, n_threads)
+        n, c_out = grad_out.shape[:2]
+        _matmul(grad_out.reshape(n, c_out), weight.reshape(c_out, -1), grad_in.reshape(n, -1), n_threads)
         return
     if winograd:
         # A stride-1 3x3 convolution's input gradient is one too: the kernel rotated by 180
@@ -515,16 +510,12 @@ def conv2d_backward(
         n_threads = plan.threads(weight.shape)
         work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
         parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
-        if winograd:
-            # The two products share no transform: Winograd's fused pass is the three ops in turn.
+        if winograd or _whole_window(x.shape, weight.shape, plan):
+            # The two products share no transform (Winograd) or are one matrix product each (a
+            # whole-window convolution): the fused pass is the three ops in turn.
             for part, (grad_w_part, grad_b_part) in parts:
-                _input_gradient(grad_out[part], weight, grad_x[part], plan, True, n_threads)
-                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, True, n_threads)
-                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
-        elif _whole_window(x.shape, weight.shape, plan):
-            for part, (grad_w_part, grad_b_part) in parts:
-                _input_gradient(grad_out[part], weight, grad_x[part], plan, False, n_threads)
-                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, False, n_threads)
+                _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, n_threads)
+                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
                 _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
         elif _is_depthwise(weight.shape, plan.groups):
             for part, (grad_w_part, grad_b_part) in parts:
