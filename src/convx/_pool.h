@@ -138,15 +138,19 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
 }
 
 #define PT float
+#define PU uint32_t
 #define PS f
 #include "_pool_body.h"
 #undef PT
+#undef PU
 #undef PS
 
 #define PT double
+#define PU uint64_t
 #define PS d
 #include "_pool_body.h"
 #undef PT
+#undef PU
 #undef PS
 
 #endif
