@@ -77,7 +77,7 @@ GEOMETRIES = {
 
 
 def _case(name):
-    for table in (GEOMETRIES, DIRECT_GEOMETRIES, FLAT_GEOMETRIES):
+    for table in (GEOMETRIES, DIRECT_GEOMETRIES, FLAT_GEOMETRIES, PLANE_GEOMETRIES):
         if name in table:
             return ConvCase(*table[name])
     raise KeyError(name)
@@ -120,10 +120,14 @@ DIRECT_GEOMETRIES = {
     "direct-one-by-one": (3, 9, 6, 7, 48, (1, 1), 1, 0, 1, 1),
     "direct-kernel-equals-input": (9, 5, 4, 5, 16, (4, 5), 1, 0, 1, 1),
     "direct-deep": (2, 70, 6, 6, 64, (3, 3), 1, 1, 1, 1),
+    # 'same' with an even kernel pads one more at the bottom and right than at the top and left:
+    # zero-padded copies must reach the last row and column a window reads
+    "direct-same-even-kernel": (3, 4, 6, 5, 20, (2, 3), 1, "same", 1, 1),
+    "direct-same-dilated": (2, 3, 7, 9, 40, (4, 2), 1, "same", (1, 2), 1),
 }
 
 
-@pytest.fixture(params=["rows", "images", "outer"])
+@pytest.fixture(params=["rows", "images", "outer", "plane"])
 def direct(request):
     saved = core.direct_conv()
     core.set_direct_conv(request.param)
@@ -183,6 +187,59 @@ def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert_close(np.where(np.isfinite(want), got, 0), np.where(np.isfinite(want), want, 0), np.float64)
+
+
+# Geometries for the forward with the pixels as lanes (convx_plane_conv), forced below onto each:
+# output rows of one tile, of several, with a last tile of one or two vectors or part of one
+# (and rows narrower than a vector), output channels not a multiple of a tile's (or fewer),
+# groups, dilation, a row stride, padding beyond the kernel and asymmetric ('same' with an even
+# kernel), the deepest depth it takes, and a batch of one split over threads by channel blocks.
+PLANE_GEOMETRIES = {
+    "plane-lenet": (3, 1, 28, 28, 20, (5, 5), 1, 0, 1, 1),
+    "plane-long-rows": (2, 2, 5, 61, 7, (3, 3), 1, 1, 1, 1),
+    "plane-narrow": (4, 3, 6, 3, 5, (2, 2), 1, 0, 1, 1),
+    "plane-one-channel-out": (3, 2, 9, 17, 1, (3, 2), 1, (1, 0), 1, 1),
+    "plane-groups": (2, 6, 8, 19, 10, (3, 3), 1, 1, 1, 2),
+    "plane-dilated-row-stride": (2, 3, 17, 20, 9, (3, 3), (2, 1), (2, 1), (2, 3), 1),
+    "plane-padding-beyond-kernel": (2, 2, 4, 5, 6, (2, 3), 1, (3, 4), 1, 1),
+    "plane-same-even-kernel": (2, 3, 7, 10, 8, (4, 2), 1, "same", 1, 1),
+    "plane-deepest": (2, 16, 6, 9, 5, (4, 4), 1, 1, 1, 1),
+    "plane-one-image": (1, 3, 12, 33, 21, (3, 3), 1, 1, 1, 1),
+}
+
+
+@pytest.fixture
+def plane():
+    saved = core.direct_conv()
+    core.set_direct_conv("plane")
+    yield
+    core.set_direct_conv(saved)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("geometry", list(PLANE_GEOMETRIES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_plane_kernel_matches_reference(kernel, plane, dtype, geometry, threads, rng):
+    _check_against_reference(_case(geometry), dtype, "forward", threads, rng)
+
+
+@pytest.mark.parametrize("geometry", ["plane-long-rows", "plane-padding-beyond-kernel", "plane-one-image"])
+def test_plane_kernel_overwrites_its_output_and_multiplies_the_padding(kernel, plane, geometry, rng):
+    # Every output element is written (the output starts as NaN); an inf in the weight meets the
+    # padding's zeros as inf * 0 = NaN, as im2col has it (the reference's sums do the same).
+    case = _case(geometry)
+    x, weight, bias, _ = case.arrays(rng, np.float64)
+    (sh, sw), (ph, pw), (dh, dw) = (np.broadcast_to(case.kwargs[k], 2) for k in ("stride", "padding", "dilation"))
+    out = np.full((case.n, case.c_out) + case.out_size(), np.nan)
+    core.conv2d_forward(x, weight, bias, out, sh, sw, ph, pw, dh, dw, case.groups, 3)
+    assert_close(out, reference.conv2d(x, weight, bias, **case.kwargs), np.float64)
+    weight[0, 0, 0, 0] = np.inf
+    got = F.conv2d(x, weight, bias, **case.kwargs)
+    with np.errstate(invalid="ignore"):
+        want = reference.conv2d(x, weight, bias, **case.kwargs)
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
 
 
 # Geometries for the plane-wise kernels of 1x1 convolutions (convx_flat_*), forced below onto
@@ -342,6 +399,6 @@ def test_show_config_names_the_kernel():
     assert config()["gemm"] == core.gemm_kernel()
 
 
-def test_default_kernel_is_avx512_where_the_cpu_has_it():
+def test_default_kernel_is_the_widest_the_cpu_runs():
     # (the fixture restores the kernel after each test, so this is still the import-time choice)
-    assert core.gemm_kernel() == ("avx512" if "avx512" in KERNELS else "blas")
+    assert core.gemm_kernel() == KERNELS[-1]

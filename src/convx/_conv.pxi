@@ -129,7 +129,28 @@ cdef extern from "_gemm.h" nogil:
                                     Py_ssize_t u1, float* grad_weight)
     int convx_direct_weight_store_d(int level, const convx_conv_shape* s, const double* part, Py_ssize_t u0,
                                     Py_ssize_t u1, double* grad_weight)
+    enum: CONVX_PLANE_DEPTH
+    Py_ssize_t convx_padded_height(const convx_conv_shape* s)
+    Py_ssize_t convx_padded_width(const convx_conv_shape* s)
+    Py_ssize_t convx_plane_channels_f(int level)
+    Py_ssize_t convx_plane_channels_d(int level)
+    Py_ssize_t convx_plane_lanes_f(int level)
+    Py_ssize_t convx_plane_lanes_d(int level)
+    size_t convx_plane_weight_size_f(int level, Py_ssize_t c_out_g, Py_ssize_t k)
+    size_t convx_plane_weight_size_d(int level, Py_ssize_t c_out_g, Py_ssize_t k)
+    size_t convx_plane_buffer_size_f(int level, const convx_conv_shape* s)
+    size_t convx_plane_buffer_size_d(int level, const convx_conv_shape* s)
+    void convx_plane_pack_weight_f(int level, const float* w, Py_ssize_t c_out_g, Py_ssize_t depth, Py_ssize_t blk,
+                                   float* packed)
+    void convx_plane_pack_weight_d(int level, const double* w, Py_ssize_t c_out_g, Py_ssize_t depth, Py_ssize_t blk,
+                                   double* packed)
+    void convx_plane_conv_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
+                            const float* bias, const float* x, float* out, Py_ssize_t u0, Py_ssize_t u1, float* buf)
+    void convx_plane_conv_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
+                            const double* bias, const double* x, double* out, Py_ssize_t u0, Py_ssize_t u1,
+                            double* buf)
     size_t convx_direct_buffer_size(const convx_conv_shape* s, Py_ssize_t mr, Py_ssize_t rows)
+    Py_ssize_t convx_direct_row_tile(const convx_conv_shape* s, Py_ssize_t mr)
     size_t convx_direct_weight_size_f(int level, Py_ssize_t m, Py_ssize_t k)
     size_t convx_direct_weight_size_d(int level, Py_ssize_t m, Py_ssize_t k)
     Py_ssize_t convx_direct_lanes_f(int level)
@@ -176,14 +197,14 @@ cdef extern from "_gemm.h" nogil:
 
 GEMM_KERNELS = ("blas", "avx2", "avx512")
 cdef int _gemm_supported = convx_gemm_detect()
-# The AVX2 kernel is not the default: it ran within noise of OpenBLAS's AVX-512 kernels on the
-# one (AVX-512) machine it was measured on, and has not been timed on a CPU without AVX-512.
-cdef int _gemm_level = CONVX_GEMM_AVX512 if _gemm_supported == CONVX_GEMM_AVX512 else CONVX_GEMM_BLAS
+# On an AVX2-only EPYC (Zen 1) the AVX2 kernels took 0.6-0.9 of the BLAS path's time on most
+# layers of the benchmark (vgg_3x3's forward 48 ms against 59-79 ms, PyTorch 44 ms).
+cdef int _gemm_level = _gemm_supported
 
 
 def gemm_kernel():
-    """The kernel of the convolutions' matrix products: 'avx512' (convx's own, the default where
-    the CPU has AVX-512), 'avx2' (convx's own, only when chosen) or 'blas'."""
+    """The kernel of the convolutions' matrix products: convx's own 'avx512' or 'avx2' (the default
+    where the CPU has it), or 'blas' (elsewhere)."""
     return GEMM_KERNELS[_gemm_level]
 
 
@@ -201,11 +222,12 @@ def set_gemm_kernel(name):
     _gemm_level = level
 
 
-DIRECT_MODES = ("auto", "off", "rows", "images", "outer", "flat")
-# 'auto' picks per layer (_direct_choice, _direct_weight_choice, _flat_choice); the others force
-# a mode wherever the direct kernels apply at all, for tests and benchmarks ('outer': the forward
-# and input gradient as 'rows', the weight gradient as _direct_outer_weight_gradient; 'flat': the
-# convx_flat_* kernels for every 1x1 kernel over whole planes, other layers as 'auto').
+DIRECT_MODES = ("auto", "off", "rows", "images", "outer", "flat", "plane")
+# 'auto' picks per layer (_direct_choice, _direct_weight_choice, _flat_choice, _plane_choice); the
+# others force a mode wherever the direct kernels apply at all, for tests and benchmarks ('outer':
+# the forward and input gradient as 'rows', the weight gradient as _direct_outer_weight_gradient;
+# 'flat': the convx_flat_* kernels for every 1x1 kernel over whole planes, other layers as 'auto';
+# 'plane': the forward by convx_plane_conv wherever it applies, other ops as 'auto').
 cdef enum:
     # _direct_mode: the index of its name in DIRECT_MODES
     MODE_AUTO = 0
@@ -214,6 +236,7 @@ cdef enum:
     MODE_IMAGES = 3
     MODE_OUTER = 4
     MODE_FLAT = 5
+    MODE_PLANE = 6
 cdef int _direct_mode = MODE_AUTO
 
 
@@ -222,8 +245,8 @@ def direct_conv():
     layer), 'off', or forced to 'rows' (tiles of pixels along an output row; the weight
     gradient split over the batch), 'images' (tiles of one pixel of several images; the weight
     gradient split over the output channels), 'outer' (the weight gradient with the output
-    channels as lanes) or 'flat' (the plane-wise kernels of 1x1 convolutions, convx_flat_*)
-    wherever they apply."""
+    channels as lanes), 'flat' (the plane-wise kernels of 1x1 convolutions, convx_flat_*) or
+    'plane' (the forward with the pixels as lanes, convx_plane_conv) wherever they apply."""
     return DIRECT_MODES[_direct_mode]
 
 
@@ -450,6 +473,82 @@ cdef int _flat_weight_gradient(const floating* grad_out, const floating* x, conv
 
 
 cdef enum:
+    # Depths (input channels per group x taps) up to which convx_plane_conv takes a forward (on
+    # AVX2, against the packed and channels-last paths, float32 and float64): where its vectors
+    # cover the output rows with at most 15% idle (1->32, 3->64 and 16->32 3x3 layers on 28-32
+    # pixel rows in 0.7-0.9 of the other paths' time, 3->64 7x7 0.9), and where they do not but
+    # the output channels are too few for the channels-last lanes (LeNet's 1->20 5x5 on rows of
+    # 24: 0.58 ms against 1.04; 1->6 5x5 on rows of 10: 0.19 against 0.26). 8->32 3x3 on rows of
+    # 10 took 0.73 ms against the channels-last 0.49. Also the most elements of the per-thread
+    # copy of one image's padded planes.
+    PLANE_DEPTH_COVERED = 160
+    PLANE_DEPTH_FEW_CHANNELS = 75
+    PLANE_BUFFER = 1 << 22
+
+
+cdef inline bint _plane_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """Whether convx_plane_conv takes the forward of shape s."""
+    cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, covered
+    if _gemm_level == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+        return False
+    if s.sw != 1 or s.ph < 0 or s.pw < 0 or depth > CONVX_PLANE_DEPTH:
+        return False
+    if s.c_in_g * convx_padded_height(s) * convx_padded_width(s) > PLANE_BUFFER:
+        return False
+    if _direct_mode == MODE_PLANE:
+        return True
+    # Measured on AVX2 only (an AVX2 EPYC): on AVX-512 the other kernels' choices stand.
+    if _direct_mode != MODE_AUTO or _gemm_level != CONVX_GEMM_AVX2 or convx_conv_flat(s):
+        return False
+    lanes = convx_plane_lanes_f(_gemm_level) if is_float else convx_plane_lanes_d(_gemm_level)
+    covered = (s.out_w + lanes - 1) // lanes * lanes
+    if 20 * s.out_w >= 17 * covered:
+        return depth <= PLANE_DEPTH_COVERED
+    return depth <= PLANE_DEPTH_FEW_CHANNELS and not _fills_lanes(s.c_out_g, is_float)
+
+
+cdef int _plane_conv(const floating* x, const floating* weight, const floating* bias, floating* out,
+                     convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
+    """out = conv(x) (bias added where given) by convx_plane_conv, for a shape _plane_choice took.
+    Threads take equal shares of the items (image, group, block of output channels), in order,
+    so that consecutive items of one image share its padded copy."""
+    cdef int level = _gemm_level, team, t
+    cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, blocks, group_size, buf_size, u, n_items, lo, hi
+    if floating is float:
+        lanes = convx_plane_channels_f(level)
+        group_size = convx_plane_weight_size_f(level, s.c_out_g, depth)
+        buf_size = convx_plane_buffer_size_f(level, s)
+        dtype = np.float32
+    else:
+        lanes = convx_plane_channels_d(level)
+        group_size = convx_plane_weight_size_d(level, s.c_out_g, depth)
+        buf_size = convx_plane_buffer_size_d(level, s)
+        dtype = np.float64
+    blocks = (s.c_out_g + lanes - 1) // lanes
+    cdef floating[::1] packed = np.empty(s.groups * group_size, dtype=dtype)
+    with nogil:
+        for u in range(s.groups * blocks):
+            if floating is float:
+                convx_plane_pack_weight_f(level, weight + (u // blocks) * s.c_out_g * depth, s.c_out_g, depth,
+                                          u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * depth * lanes])
+            else:
+                convx_plane_pack_weight_d(level, weight + (u // blocks) * s.c_out_g * depth, s.c_out_g, depth,
+                                          u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * depth * lanes])
+    n_items = batch * s.groups * blocks
+    team = _team(n_threads, n_items)
+    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            lo = t * n_items // team
+            hi = (t + 1) * n_items // team
+            if floating is float:
+                convx_plane_conv_f(level, s, &packed[0], group_size, bias, x, out, lo, hi, &buf[t * buf_size])
+            else:
+                convx_plane_conv_d(level, s, &packed[0], group_size, bias, x, out, lo, hi, &buf[t * buf_size])
+    return 0
+
+
+cdef enum:
     DIRECT_OFF = 0
     DIRECT_ROWS = 1
     DIRECT_IMAGES = 2
@@ -466,7 +565,7 @@ cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil
 cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
     """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not)."""
     cdef int level = _gemm_level
-    cdef Py_ssize_t rows
+    cdef Py_ssize_t rows, tile
     if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0 or s.kh * s.kw > CONVX_DIRECT_TAPS:
@@ -480,8 +579,11 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
         return DIRECT_OFF
     rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
     # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
-    # columns: tile across the images, which skips every tap in the padding.
-    if s.out_w < rows and batch >= rows:
+    # columns: tile across the images, which skips every tap in the padding. So do rows that
+    # the tiles cover with more than 15% idle (AVX2's tiles of 6 or 5 pixels on rows of 7 or 8:
+    # deep_small's forward took 112 ms in rows, 79 ms in images; lenet_c2's 4.1 and 3.3 ms).
+    tile = convx_direct_row_tile(s, rows)
+    if batch >= rows and (s.out_w < rows or 20 * s.out_w < 17 * ((s.out_w + tile - 1) // tile * tile)):
         return DIRECT_IMAGES
     return DIRECT_ROWS
 
@@ -1299,6 +1401,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if _flat_choice(&shape, g.batch, False, floating is float):
         _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch,
                    n_threads)
+        return
+    if _plane_choice(&shape, g.batch, floating is float):
+        _plane_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
+                    g.batch, n_threads)
         return
     cdef int mode = _direct_choice(&shape, g.batch, floating is float)
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w

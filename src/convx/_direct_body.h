@@ -390,7 +390,7 @@ static size_t GN(convx_direct_outer_part_size)(const convx_conv_shape *s) {
 }
 
 static size_t GN(convx_direct_outer_buffer_size)(const convx_conv_shape *s) {
-    const ptrdiff_t hp = s->height + 2 * s->ph, wp = s->width + 2 * s->pw;
+    const ptrdiff_t hp = convx_padded_height(s), wp = convx_padded_width(s);
     return (size_t)(s->groups * s->c_in_g * hp * wp) + (size_t)(s->out_h * s->out_w * s->groups * s->c_out_g) + GNR;
 }
 
@@ -398,7 +398,7 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
                                                   const GT *CONVX_RESTRICT x, ptrdiff_t n_images,
                                                   GT *CONVX_RESTRICT part, GT *CONVX_RESTRICT buf) {
     const ptrdiff_t channels = s->groups * s->c_in_g, c_out = s->groups * s->c_out_g, taps = s->kh * s->kw;
-    const ptrdiff_t hp = s->height + 2 * s->ph, wp = s->width + 2 * s->pw, n_out = s->out_h * s->out_w;
+    const ptrdiff_t hp = convx_padded_height(s), wp = convx_padded_width(s), n_out = s->out_h * s->out_w;
     const ptrdiff_t k = s->c_in_g * taps, row_tiles = (k + GMR - 1) / GMR, blocks = (s->c_out_g + GNR - 1) / GNR;
     GT *xp = buf, *go = buf + channels * hp * wp;
     ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS], roff[GMR];

@@ -8,8 +8,8 @@
  * OpenMP threads and the cores, and the weights are not repacked per image as a BLAS call would
  * do. The kernels are written for AVX-512 and AVX2+FMA, compiled with function-level target
  * attributes so that the default build stays baseline x86-64, and picked at run time: AVX-512
- * where the CPU has it; elsewhere, and away from GCC/Clang on x86-64, the callers use BLAS (the
- * AVX2 kernels only when asked for, see set_gemm_kernel in _conv.pxi).
+ * where the CPU has it, else AVX2+FMA; elsewhere, and away from GCC/Clang on x86-64, the callers
+ * use BLAS (see set_gemm_kernel in _conv.pxi).
  */
 #ifndef CONVX_GEMM_H
 #define CONVX_GEMM_H
@@ -110,6 +110,22 @@ static inline void convx_run_range(const convx_conv_shape *s, int flat, ptrdiff_
     if (*lo > len) *lo = len;
     if (*hi < *lo) *hi = *lo;
 }
+
+/* Rows and columns of a zero-padded copy of an input plane: the top (left) padding, the plane,
+ * and zeros down to the last row (column) a window reads, which lies past the same padding again
+ * where the padding is asymmetric ('same' with an even kernel: the output's size carries it). */
+static inline ptrdiff_t convx_padded_height(const convx_conv_shape *s) {
+    const ptrdiff_t reach = (s->out_h - 1) * s->sh + (s->kh - 1) * s->dh + 1;
+    return reach > s->ph + s->height ? reach : s->ph + s->height;
+}
+
+static inline ptrdiff_t convx_padded_width(const convx_conv_shape *s) {
+    const ptrdiff_t reach = (s->out_w - 1) * s->sw + (s->kw - 1) * s->dw + 1;
+    return reach > s->pw + s->width ? reach : s->pw + s->width;
+}
+
+/* Depth (input channels per group x taps) convx_plane_conv takes at most. */
+#define CONVX_PLANE_DEPTH 256
 
 /* Taps of a kernel convx_direct_conv_* take at most. */
 #define CONVX_DIRECT_TAPS 128
@@ -499,6 +515,34 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
             convx_conv_weight_block_##S##512(s, grad_out, x, q0, nc, partial, work);                      \
         else                                                                                              \
             convx_conv_weight_block_##S##256(s, grad_out, x, q0, nc, partial, work);                      \
+    }                                                                                                     \
+    static ptrdiff_t convx_plane_channels_##S(int level) {                                                \
+        return level == CONVX_GEMM_AVX512 ? convx_plane_channels_##S##512() : convx_plane_channels_##S##256(); \
+    }                                                                                                     \
+    static ptrdiff_t convx_plane_lanes_##S(int level) {                                                   \
+        return level == CONVX_GEMM_AVX512 ? convx_plane_lanes_##S##512() : convx_plane_lanes_##S##256();  \
+    }                                                                                                     \
+    static size_t convx_plane_weight_size_##S(int level, ptrdiff_t c_out_g, ptrdiff_t k) {                \
+        return level == CONVX_GEMM_AVX512 ? convx_plane_weight_size_##S##512(c_out_g, k)                  \
+                                          : convx_plane_weight_size_##S##256(c_out_g, k);                 \
+    }                                                                                                     \
+    static size_t convx_plane_buffer_size_##S(int level, const convx_conv_shape *s) {                     \
+        return level == CONVX_GEMM_AVX512 ? convx_plane_buffer_size_##S##512(s)                           \
+                                          : convx_plane_buffer_size_##S##256(s);                          \
+    }                                                                                                     \
+    static void convx_plane_pack_weight_##S(int level, const T *w, ptrdiff_t c_out_g, ptrdiff_t depth,    \
+                                            ptrdiff_t blk, T *packed) {                                   \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_plane_pack_weight_##S##512(w, c_out_g, depth, blk, packed);                             \
+        else                                                                                              \
+            convx_plane_pack_weight_##S##256(w, c_out_g, depth, blk, packed);                             \
+    }                                                                                                     \
+    static void convx_plane_conv_##S(int level, const convx_conv_shape *s, const T *packed, size_t group_size, \
+                                     const T *bias, const T *x, T *out, ptrdiff_t u0, ptrdiff_t u1, T *buf) { \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_plane_conv_##S##512(s, packed, group_size, bias, x, out, u0, u1, buf);                  \
+        else                                                                                              \
+            convx_plane_conv_##S##256(s, packed, group_size, bias, x, out, u0, u1, buf);                  \
     }
 
 #else /* no kernels here: convx_gemm_detect() says BLAS, and these are never called */
@@ -561,7 +605,15 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static ptrdiff_t convx_conv_weight_cols_##S(int level) { return 1; }                                  \
     static size_t convx_conv_weight_work_size_##S(int level, ptrdiff_t m) { return 0; }                   \
     static void convx_conv_weight_block_##S(int level, const convx_conv_shape *s, const T *grad_out,      \
-                                            const T *x, ptrdiff_t q0, ptrdiff_t nc, T *partial, T *work) {}
+                                            const T *x, ptrdiff_t q0, ptrdiff_t nc, T *partial, T *work) {}                                                                                                     \
+    static ptrdiff_t convx_plane_channels_##S(int level) { return 1; }                                    \
+    static ptrdiff_t convx_plane_lanes_##S(int level) { return 1; }                                       \
+    static size_t convx_plane_weight_size_##S(int level, ptrdiff_t c_out_g, ptrdiff_t k) { return 0; }    \
+    static size_t convx_plane_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }         \
+    static void convx_plane_pack_weight_##S(int level, const T *w, ptrdiff_t c_out_g, ptrdiff_t depth,    \
+                                            ptrdiff_t blk, T *packed) {}                                  \
+    static void convx_plane_conv_##S(int level, const convx_conv_shape *s, const T *packed, size_t group_size, \
+                                     const T *bias, const T *x, T *out, ptrdiff_t u0, ptrdiff_t u1, T *buf) {}
 
 #endif
 

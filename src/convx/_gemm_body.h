@@ -513,6 +513,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 
 #include "_direct_body.h"
 #include "_flat_body.h"
+#include "_plane_body.h"
 
 #undef GNR
 #undef GRUNS
