@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import convx
 from convx import nn, optim
@@ -215,18 +214,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         convx.set_num_threads(args.threads)
-    # The Linear layers' matrices are tiny: NumPy's BLAS gains nothing from threads there, and
-    # its worker threads, left spinning after each product, take a core from convx's kernels
-    # (on two cores this halves the training time: 4.0 s -> 1.9 s).
-    with threadpool_limits(limits=1, user_api="blas"):
-        history = train(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            train_limit=args.train_limit,
-            progress=not args.no_progress,
-        )
+    history = train(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        progress=not args.no_progress,
+    )
     if args.plot:
         plot_learning_curve(history, args.plot)
         print(f"learning curve saved to {args.plot}")

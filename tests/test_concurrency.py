@@ -70,6 +70,10 @@ def _kernel_call(name, batch):
             "winograd_forward": (core.winograd_forward, (x, weight, np.empty(0), np.empty_like(x), 1, 1, False, 1)),
             "winograd_backward_weight": (core.winograd_backward_weight, (x, x, np.empty_like(weight), 1, 1, 1)),
         }[name]
+    if name == "matmul":
+        # (batch * 32, 576) @ (576, 576)
+        images = x.reshape(batch * 32, 576)
+        return core.matmul, (images, False, rng.standard_normal((576, 576)), False, np.empty_like(images), 1)
     if name == "conv2d_backward_bias":
         return core.conv2d_backward_bias, (np.repeat(x, 8, axis=0), np.empty(32), 1)
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
@@ -96,7 +100,7 @@ KERNELS = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
 ]
 
 
@@ -382,6 +386,33 @@ def test_kernels_that_call_blas_hold_it_at_one_thread_and_the_others_skip_the_li
         finally:
             core.set_gemm_kernel(saved[0])
             core.set_direct_conv(saved[1])
+        assert _blas_thread_counts() == [2] * len(_blas_thread_counts())
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_matrix_products_run_blas_at_one_thread_on_convx_threads(rng, monkeypatch, restore_threads, n_threads):
+    # Whole-window convolutions and nn.Linear multiply through _core.matmul: BLAS held at one
+    # thread inside convx's own team, so that no BLAS thread pool is left spinning after them.
+    if not _blas_thread_counts():
+        pytest.skip("no BLAS found by threadpoolctl")
+    convx.set_num_threads(n_threads)
+    seen = _watch_blas_limit(monkeypatch)
+    x = rng.standard_normal((64, 16, 5, 5))
+    weight = rng.standard_normal((120, 16, 5, 5))
+    grad_out = rng.standard_normal((64, 120, 1, 1))
+    layer = convx.nn.Linear(400, 120, dtype=np.float64, rng=0)
+    ops = [
+        lambda: F.conv2d(x, weight),
+        lambda: F.conv2d_backward_input(grad_out, weight, x.shape),
+        lambda: F.conv2d_backward_weight(grad_out, x, weight.shape),
+        lambda: layer(x.reshape(64, 400)),
+        lambda: layer.backward(grad_out.reshape(64, 120)),
+    ]
+    with threadpool_limits(limits=2, user_api="blas"):
+        for op in ops:
+            seen.clear()
+            op()
+            assert seen and all(counts == [1] * len(counts) for counts in seen), seen
         assert _blas_thread_counts() == [2] * len(_blas_thread_counts())
 
 

@@ -8,7 +8,6 @@ bounded sub-batches, so that Ctrl-C can stop it (``convx._batching``).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 from typing import Any, NamedTuple
 
@@ -18,8 +17,9 @@ from numpy.typing import NDArray
 from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
+from .._products import matmul
 from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
-from .._threads import kernel_threads, single_threaded_blas
+from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
 # BLAS takes 32-bit dimensions and leading dimensions.
@@ -60,14 +60,6 @@ def _whole_window(input_shape: Shape, weight_shape: Shape, plan: _ConvPlan) -> b
         plan.out_h == plan.out_w == 1 and plan.pad == (0, 0) and plan.dilation == (1, 1) and plan.groups == 1
         and tuple(weight_shape[2:]) == tuple(input_shape[2:])
     )
-
-
-def _matmul(a: AnyArray, b: AnyArray, out: AnyArray, n_threads: int) -> None:
-    """out := a @ b through numpy's BLAS, held at one thread when the kernels would run on one.
-
-    NaN and inf propagate as in the kernels, without numpy's floating-point warnings."""
-    with single_threaded_blas() if n_threads == 1 else nullcontext(), np.errstate(all="ignore"):
-        np.matmul(a, b, out=out)
 
 
 ALGORITHMS = ("direct", "winograd", "auto")
@@ -112,7 +104,7 @@ def _input_gradient(
     """grad_in := conv2d's input gradient, for C-contiguous arrays of one (sub-)batch."""
     if not winograd and _whole_window(grad_in.shape, weight.shape, plan):
         n, c_out = grad_out.shape[:2]
-        _matmul(grad_out.reshape(n, c_out), weight.reshape(c_out, -1), grad_in.reshape(n, -1), n_threads)
+        matmul(grad_out.reshape(n, c_out), weight.reshape(c_out, -1), grad_in.reshape(n, -1), n_threads)
         return
     if winograd:
         # A stride-1 3x3 convolution's input gradient is one too: the kernel rotated by 180
@@ -296,7 +288,7 @@ def conv2d(
         for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
             if whole:
                 rows = out[part].reshape(-1, plan.out_channels)
-                _matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
+                matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
                 if bias is not None:
                     rows += bias_arg
                 continue
@@ -416,7 +408,7 @@ def _weight_gradient(
     """grad_w := conv2d's weight gradient, for C-contiguous arrays of one (sub-)batch."""
     if not winograd and _whole_window(x.shape, grad_w.shape, plan):
         n, c_out = grad_out.shape[:2]
-        _matmul(grad_out.reshape(n, c_out).T, x.reshape(n, -1), grad_w.reshape(c_out, -1), n_threads)
+        matmul(grad_out.reshape(n, c_out).T, x.reshape(n, -1), grad_w.reshape(c_out, -1), n_threads)
         return
     if winograd:
         _core.winograd_backward_weight(grad_out, x, grad_w, *plan.pad, n_threads)

@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
+from .._products import matmul
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
@@ -64,7 +65,8 @@ class Linear(Module):
         x = check_input(self, x, range(1, 33), self.dtype)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features, got x of shape {x.shape}")
-        y = x @ self._params["weight"].T
+        rows = x.reshape(-1, self.in_features)
+        y = matmul(rows, self._params["weight"].T).reshape(*x.shape[:-1], self.out_features)
         if "bias" in self._params:
             y += self._params["bias"]
         self._save_for_backward(y, x)
@@ -75,10 +77,10 @@ class Linear(Module):
         """Input gradient for ``grad_out`` (..., out_features); overwrites ``grads['weight'|'bias']``."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         grad_rows = grad_out.reshape(-1, self.out_features)
-        self._grads["weight"] = grad_rows.T @ x.reshape(-1, self.in_features)
+        self._grads["weight"] = matmul(grad_rows.T, x.reshape(-1, self.in_features))
         if "bias" in self._params:
             self._grads["bias"] = grad_rows.sum(axis=0)
-        result: np.ndarray = grad_out @ self._params["weight"]
+        result: np.ndarray = matmul(grad_rows, self._params["weight"]).reshape(*grad_out.shape[:-1], self.in_features)
         return result
 
     def extra_repr(self) -> str:

@@ -1,0 +1,40 @@
+"""Matrix products on convx's own threads, for the layers that are one product (nn.Linear,
+convolutions whose window covers the whole input)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._threads import kernel_threads
+from ._typing import AnyArray
+
+_BLAS_INT_MAX = 2**31 - 1
+
+
+def matmul(a: AnyArray, b: AnyArray, out: AnyArray | None = None, n_threads: int | None = None) -> AnyArray:
+    """``a @ b`` for 2-D float arrays of one dtype, into ``out`` (C-contiguous) or a new array.
+
+    The product runs on the kernels' threads, each part one BLAS call with BLAS held at one
+    thread: a multi-threaded BLAS leaves its own threads spinning for a while after each call,
+    and they take cores from the convolutions that run next. ``a`` and ``b`` may be C-contiguous
+    or the transpose of a C-contiguous array (anything else is copied). NaN and inf propagate as
+    in the sums, without numpy's floating-point warnings.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), dtype=a.dtype)
+    if n_threads is None:
+        n_threads = kernel_threads(m * n * k)
+    if max(m, n, k) > _BLAS_INT_MAX:  # (BLAS takes int sizes)
+        with np.errstate(all="ignore"):
+            np.matmul(a, b, out=out)
+        return out
+    trans_a, trans_b = not a.flags.c_contiguous, not b.flags.c_contiguous
+    if trans_a and not a.T.flags.c_contiguous:
+        a, trans_a = np.ascontiguousarray(a), False
+    if trans_b and not b.T.flags.c_contiguous:
+        b, trans_b = np.ascontiguousarray(b), False
+    _core.matmul(a.T if trans_a else a, trans_a, b.T if trans_b else b, trans_b, out, n_threads)
+    return out
