@@ -76,6 +76,14 @@ GEOMETRIES = {
 }
 
 
+def _forced_mode(mode):
+    """A fixture's body: core.set_direct_conv(mode) for the test, then the mode before it."""
+    saved = core.direct_conv()
+    core.set_direct_conv(mode)
+    yield mode
+    core.set_direct_conv(saved)
+
+
 def _case(name):
     for table in (GEOMETRIES, DIRECT_GEOMETRIES, FLAT_GEOMETRIES, PLANE_GEOMETRIES):
         if name in table:
@@ -129,10 +137,7 @@ DIRECT_GEOMETRIES = {
 
 @pytest.fixture(params=["rows", "images", "outer", "plane"])
 def direct(request):
-    saved = core.direct_conv()
-    core.set_direct_conv(request.param)
-    yield request.param
-    core.set_direct_conv(saved)
+    yield from _forced_mode(request.param)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -210,10 +215,7 @@ PLANE_GEOMETRIES = {
 
 @pytest.fixture
 def plane():
-    saved = core.direct_conv()
-    core.set_direct_conv("plane")
-    yield
-    core.set_direct_conv(saved)
+    yield from _forced_mode("plane")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -262,10 +264,7 @@ FLAT_GEOMETRIES = {
 
 @pytest.fixture
 def flat():
-    saved = core.direct_conv()
-    core.set_direct_conv("flat")
-    yield
-    core.set_direct_conv(saved)
+    yield from _forced_mode("flat")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
