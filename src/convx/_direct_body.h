@@ -148,13 +148,33 @@ GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t 
     GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
 }
 
-/* The tile of GMR - 1 rows. */
-GTARGET static void GN(convx_direct_tile_short)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
+/* The tile of exactly rows <= GMR rows: a row's last tile computes only the pixels it stores (on
+ * AVX2's tiles of 6, a 56-pixel row is 9 tiles and one of 2, not 10 of 6). */
+GTARGET static void GN(convx_direct_tile_exact)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
                                                 const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
                                                 const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
                                                 GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
                                                 ptrdiff_t lanes) {
-    GN(convx_direct_tile_body)(GMR - 1, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
+#define CONVX_TILE_ROWS(MR)                                                                               \
+    case MR:                                                                                              \
+        GN(convx_direct_tile_body)(MR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes); \
+        return;
+    switch (rows) {
+        CONVX_TILE_ROWS(1)
+        CONVX_TILE_ROWS(2)
+        CONVX_TILE_ROWS(3)
+        CONVX_TILE_ROWS(4)
+        CONVX_TILE_ROWS(5)
+#if GMR > 6
+        CONVX_TILE_ROWS(6)
+#endif
+#if GMR > 7
+        CONVX_TILE_ROWS(7)
+#endif
+    default:
+        GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
+    }
+#undef CONVX_TILE_ROWS
 }
 
 /* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
@@ -195,7 +215,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                 }
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
                     const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
-                    (tile == GMR ? GN(convx_direct_tile) : GN(convx_direct_tile_short))(
+                    GN(convx_direct_tile_exact)(
                         buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias,
                         out + co * n_out + oh * s->out_w + ow, 1, n_out, rows, lanes);
                 }

@@ -349,8 +349,8 @@ static inline int CONVX_POOL(convx_indices_outside)(const int64_t *CONVX_RESTRIC
 static inline void CONVX_POOL(convx_block_pair)(PT gv, int32_t code, int32_t left, PT *CONVX_RESTRICT dst) {
     PU bits, first, second;
     memcpy(&bits, &gv, sizeof bits);
-    first = bits & (PU)0 - (PU)(code == left);
-    second = bits & (PU)0 - (PU)(code == left + 1);
+    first = bits & ((PU)0 - (PU)(code == left));
+    second = bits & ((PU)0 - (PU)(code == left + 1));
     PT a, b;
     memcpy(&a, &first, sizeof a);
     memcpy(&b, &second, sizeof b);
