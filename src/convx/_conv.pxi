@@ -610,11 +610,13 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
         return DIRECT_OFF
     rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
     # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
-    # columns: tile across the images, which skips every tap in the padding. So do rows that
-    # the tiles cover with more than 15% idle (AVX2's tiles of 6 or 5 pixels on rows of 7 or 8:
-    # deep_small's forward took 112 ms in rows, 79 ms in images; lenet_c2's 4.1 and 3.3 ms).
+    # columns: tile across the images, which skips every tap in the padding. So do rows whose
+    # last tile is short enough that whole tiles would leave a quarter of their pixels idle
+    # (the last tile computes only its pixels, but few of them run slower per product): on
+    # AVX2's tiles of 5 and 6, deep_small's rows of 7 (5 + 2) took 89 ms in rows, 83 in
+    # images; lenet_c2's rows of 8 (5 + 3) 3.8 and 4.3 ms.
     tile = convx_direct_row_tile(s, rows)
-    if batch >= rows and (s.out_w < rows or 20 * s.out_w < 17 * ((s.out_w + tile - 1) // tile * tile)):
+    if batch >= rows and (s.out_w < rows or 4 * s.out_w < 3 * ((s.out_w + tile - 1) // tile * tile)):
         return DIRECT_IMAGES
     return DIRECT_ROWS
 
