@@ -2,14 +2,15 @@
  * included by _gemm_body.h with its parameters (GT, GV, GVL, GLOAD, GSTORE, GFMA, GSET1, GZERO,
  * GTARGET).
  *
- * For layers whose depth (input channels per group x taps) is small and whose output channels
- * are too few to fill the channels-last kernels' lanes (LeNet's first layer: 20 filters of one
- * 5x5 channel), the output pixels are the lanes: a register tile holds GPC output channels by
- * GPV vectors of pixels along one output row, and each step of the depth, one (input channel,
- * tap), loads GPV vectors of the input row it reads and broadcasts GPC weights. The input is
- * read from a zero-padded copy of one image's planes, so that every tap of a run of pixels is
- * one unit-stride load (stride 1 along the rows) and the padding's zeros are multiplied, as
- * im2col multiplies them. Nothing is packed per pixel: the depth's loads come from L1.
+ * For layers whose depth (input channels per group x taps) is small (LeNet's first layer: 20
+ * filters of one 5x5 channel, whose output channels are too few for the channels-last kernels'
+ * lanes; the first 3x3 layers of CIFAR-sized nets), the output pixels are the lanes: a register
+ * tile holds GPC output channels by GPV vectors of pixels along one output row, and each step
+ * of the depth, one (input channel, tap), loads GPV vectors of the input row it reads and
+ * broadcasts GPC weights. The input is read from a zero-padded copy of one image's planes, so
+ * that every tap of a run of pixels is one unit-stride load (stride 1 along the rows) and the
+ * padding's zeros are multiplied, as im2col multiplies them. Nothing is packed per pixel: the
+ * depth's loads come from L1.
  */
 
 #define GPC 4
