@@ -171,10 +171,8 @@ cdef extern from "_gemm.h" nogil:
     size_t convx_plane_weight_size_d(int level, Py_ssize_t c_out_g, Py_ssize_t k)
     size_t convx_plane_buffer_size_f(int level, const convx_conv_shape* s)
     size_t convx_plane_buffer_size_d(int level, const convx_conv_shape* s)
-    void convx_plane_pack_weight_f(int level, const float* w, Py_ssize_t c_out_g, Py_ssize_t depth, Py_ssize_t blk,
-                                   float* packed)
-    void convx_plane_pack_weight_d(int level, const double* w, Py_ssize_t c_out_g, Py_ssize_t depth, Py_ssize_t blk,
-                                   double* packed)
+    void convx_plane_pack_weight_f(int level, const float* w, Py_ssize_t c_out_g, Py_ssize_t depth, float* packed)
+    void convx_plane_pack_weight_d(int level, const double* w, Py_ssize_t c_out_g, Py_ssize_t depth, double* packed)
     void convx_plane_conv_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
                             const float* bias, const float* x, float* out, Py_ssize_t u0, Py_ssize_t u1, float* buf)
     void convx_plane_conv_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
@@ -544,7 +542,7 @@ cdef int _plane_conv(const floating* x, const floating* weight, const floating* 
     Threads take equal shares of the items (image, group, block of output channels), in order,
     so that consecutive items of one image share its padded copy."""
     cdef int level = _gemm_level, team, t
-    cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, blocks, group_size, buf_size, u, n_items, lo, hi
+    cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, blocks, group_size, buf_size, grp, n_items, lo, hi
     if floating is float:
         lanes = convx_plane_channels_f(level)
         group_size = convx_plane_weight_size_f(level, s.c_out_g, depth)
@@ -558,13 +556,13 @@ cdef int _plane_conv(const floating* x, const floating* weight, const floating* 
     blocks = (s.c_out_g + lanes - 1) // lanes
     cdef floating[::1] packed = np.empty(s.groups * group_size, dtype=dtype)
     with nogil:
-        for u in range(s.groups * blocks):
+        for grp in range(s.groups):
             if floating is float:
-                convx_plane_pack_weight_f(level, weight + (u // blocks) * s.c_out_g * depth, s.c_out_g, depth,
-                                          u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * depth * lanes])
+                convx_plane_pack_weight_f(level, weight + grp * s.c_out_g * depth, s.c_out_g, depth,
+                                          &packed[grp * group_size])
             else:
-                convx_plane_pack_weight_d(level, weight + (u // blocks) * s.c_out_g * depth, s.c_out_g, depth,
-                                          u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * depth * lanes])
+                convx_plane_pack_weight_d(level, weight + grp * s.c_out_g * depth, s.c_out_g, depth,
+                                          &packed[grp * group_size])
     n_items = batch * s.groups * blocks
     team = _team(n_threads, n_items)
     cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)

@@ -531,11 +531,11 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                                           : convx_plane_buffer_size_##S##256(s);                          \
     }                                                                                                     \
     static void convx_plane_pack_weight_##S(int level, const T *w, ptrdiff_t c_out_g, ptrdiff_t depth,    \
-                                            ptrdiff_t blk, T *packed) {                                   \
+                                            T *packed) {                                                  \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_plane_pack_weight_##S##512(w, c_out_g, depth, blk, packed);                             \
+            convx_plane_pack_weight_##S##512(w, c_out_g, depth, packed);                                  \
         else                                                                                              \
-            convx_plane_pack_weight_##S##256(w, c_out_g, depth, blk, packed);                             \
+            convx_plane_pack_weight_##S##256(w, c_out_g, depth, packed);                                  \
     }                                                                                                     \
     static void convx_plane_conv_##S(int level, const convx_conv_shape *s, const T *packed, size_t group_size, \
                                      const T *bias, const T *x, T *out, ptrdiff_t u0, ptrdiff_t u1, T *buf) { \
@@ -611,7 +611,7 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static size_t convx_plane_weight_size_##S(int level, ptrdiff_t c_out_g, ptrdiff_t k) { return 0; }    \
     static size_t convx_plane_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }         \
     static void convx_plane_pack_weight_##S(int level, const T *w, ptrdiff_t c_out_g, ptrdiff_t depth,    \
-                                            ptrdiff_t blk, T *packed) {}                                  \
+                                            T *packed) {}                                                 \
     static void convx_plane_conv_##S(int level, const convx_conv_shape *s, const T *packed, size_t group_size, \
                                      const T *bias, const T *x, T *out, ptrdiff_t u0, ptrdiff_t u1, T *buf) {}
 

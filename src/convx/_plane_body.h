@@ -34,15 +34,17 @@ static size_t GN(convx_plane_buffer_size)(const convx_conv_shape *s) {
     return (size_t)(s->c_in_g * hp * wp + (s->kw - 1) * s->dw + GPV * GVL);
 }
 
-/* Block blk of one group's weight w (c_out_g rows of c_in_g * kh * kw): packed[k * GPC + l] =
- * w[(blk * GPC + l) * depth + k], 0 for the lanes past c_out_g. */
-static void GN(convx_plane_pack_weight)(const GT *CONVX_RESTRICT w, ptrdiff_t c_out_g, ptrdiff_t depth, ptrdiff_t blk,
+/* One group's weight w (c_out_g rows of depth = c_in_g * kh * kw) in blocks of GPC output
+ * channels: packed[(blk * depth + k) * GPC + l] = w[(blk * GPC + l) * depth + k], 0 for the
+ * lanes past c_out_g (convx_plane_weight_size elements). */
+static void GN(convx_plane_pack_weight)(const GT *CONVX_RESTRICT w, ptrdiff_t c_out_g, ptrdiff_t depth,
                                         GT *CONVX_RESTRICT packed) {
-    for (ptrdiff_t k = 0; k < depth; k++)
-        for (ptrdiff_t l = 0; l < GPC; l++) {
-            const ptrdiff_t co = blk * GPC + l;
-            packed[k * GPC + l] = co < c_out_g ? w[co * depth + k] : (GT)0;
-        }
+    for (ptrdiff_t blk = 0; blk < (c_out_g + GPC - 1) / GPC; blk++)
+        for (ptrdiff_t k = 0; k < depth; k++)
+            for (ptrdiff_t l = 0; l < GPC; l++) {
+                const ptrdiff_t co = blk * GPC + l;
+                packed[(blk * depth + k) * GPC + l] = co < c_out_g ? w[co * depth + k] : (GT)0;
+            }
 }
 
 /* out[c * n_out + p] = bias[c] + sum over the depth's steps k of w[k * GPC + c] * a[off[k] + p]
