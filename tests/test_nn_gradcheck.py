@@ -86,3 +86,41 @@ def test_rejects_float32_and_misuse(rng):
         convx.gradcheck(np.sin, rng.standard_normal(3), backward=lambda g: (g, g))
     with pytest.raises(ValueError, match="shape"):
         convx.gradcheck(np.sin, rng.standard_normal(3), backward=lambda g: g[:2])
+
+
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    [
+        ("eps", 0.0, ValueError, "eps must be a finite positive number, got 0.0"),
+        ("eps", -1e-6, ValueError, "eps must be a finite positive number"),
+        ("eps", float("nan"), ValueError, "eps must be a finite positive number, got nan"),
+        ("eps", float("inf"), ValueError, "eps must be a finite positive number"),
+        ("atol", float("inf"), ValueError, "atol must be a finite non-negative number, got inf"),
+        ("atol", float("nan"), ValueError, "atol must be a finite non-negative number"),
+        ("atol", -1.0, ValueError, "atol must be a finite non-negative number"),
+        ("rtol", float("nan"), ValueError, "rtol must be a finite non-negative number"),
+        ("rtol", np.float64("inf"), ValueError, "rtol must be a finite non-negative number"),
+        ("eps", "1e-6", TypeError, "eps must be a real number"),
+        ("atol", True, TypeError, "atol must be a real number"),
+        ("rtol", None, TypeError, "rtol must be a real number"),
+    ],
+)
+def test_refuses_tolerances_that_would_pass_anything(name, value, error, message, rng):
+    """eps=nan, atol=inf and a NaN tolerance let any gradient through; eps=0 divided by zero."""
+    wrong = ScaledLinear("input", factor=2.0)
+    with pytest.raises(error, match=re.escape(message)):
+        convx.gradcheck(wrong, rng.standard_normal((4, 3)), **{name: value})
+
+
+def test_tolerances_of_other_numeric_types_are_accepted(rng):
+    x = rng.standard_normal((4, 3))
+    assert convx.gradcheck(nn.Linear(3, 2, dtype=np.float64, rng=0), x, eps=np.float32(1e-6), atol=0, rtol=np.float64(1e-3))
+    assert not convx.gradcheck(ScaledLinear("input", factor=2.0), x, atol=0, rtol=0, raise_exception=False)
+
+
+def test_a_non_finite_numerical_derivative_fails(rng):
+    """A function that is NaN around the point cannot confirm any gradient."""
+    x = rng.standard_normal(3)
+    with pytest.raises(AssertionError, match="numerical nan"):
+        convx.gradcheck(lambda v: v * np.nan, x, backward=lambda g: g)
+    assert not convx.gradcheck(lambda v: v * np.nan, x, backward=lambda g: g, raise_exception=False)

@@ -5,7 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import math
+import numbers
+
 import numpy as np
+
+
+def _tolerance(name: str, value: object, *, zero_allowed: bool) -> float:
+    """``value`` as a finite float, positive (or non-negative where ``zero_allowed``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
+        bound = "non-negative" if zero_allowed else "positive"
+        raise ValueError(f"{name} must be a finite {bound} number, got {value!r}")
+    return number
 
 
 def _dtype_error(name: str, array: object) -> TypeError:
@@ -71,10 +85,12 @@ def gradcheck(
     Raises
     ------
     AssertionError
-        A gradient differs (``raise_exception``); the message names the array, the worst element,
-        both values, and the tolerance.
+        A gradient differs, or either derivative is not finite (``raise_exception``); the message
+        names the array, the worst element, both values, and the tolerance.
     TypeError
-        An input or parameter is not float64.
+        An input or parameter is not float64, or a tolerance is not a real number.
+    ValueError
+        ``eps`` is not finite and positive, or ``atol`` / ``rtol`` not finite and non-negative.
 
     Notes
     -----
@@ -102,6 +118,9 @@ def gradcheck(
     >>> convx.gradcheck(square, np.array([1.0, 2.0]), backward=lambda g: g, raise_exception=False)
     False
     """
+    eps = _tolerance("eps", eps, zero_allowed=False)
+    atol = _tolerance("atol", atol, zero_allowed=True)
+    rtol = _tolerance("rtol", rtol, zero_allowed=True)
     is_layer = all(hasattr(fn, attr) for attr in ("forward", "backward", "params", "grads"))
     if is_layer:
         if backward is not None:
@@ -164,7 +183,9 @@ def gradcheck(
                 numerical[element] = (plus - minus) / (2 * eps)
             error = np.abs(grad - numerical)
             excess = error - (atol + rtol * np.abs(numerical))
-            if np.any(excess > 0) or not np.all(np.isfinite(grad)):
+            # A non-finite derivative on either side cannot be checked: NaN compares false with
+            # every tolerance, so it must fail here rather than pass unseen.
+            if np.any(excess > 0) or not (np.all(np.isfinite(grad)) and np.all(np.isfinite(numerical))):
                 worst = np.unravel_index(np.nanargmax(np.where(np.isfinite(excess), excess, np.inf)), array.shape)
                 if raise_exception:
                     raise AssertionError(
