@@ -21,11 +21,14 @@ _DTYPE_NAMES = "float32 or float64"
 def as_float_array(name: str, value: object, ndims: Sequence[int]) -> npt.NDArray[Any]:
     """Return ``value`` as a float32/float64 ndarray with one of the allowed ``ndims``.
 
-    The array is not copied or cast; a dtype outside float32/float64 is a TypeError.
+    The array is not copied or cast; a dtype outside float32/float64 is a TypeError. A subclass
+    comes back as a plain ndarray view of its data (see :func:`plain_array`).
     """
     if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array (its mask would be ignored)")
-    if not isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray):
+        value = plain_array(value)
+    else:
         if np.isscalar(value) or value is None:
             raise TypeError(f"{name} must be a numpy.ndarray of {_DTYPE_NAMES}, got {type(value).__name__}")
         try:
@@ -38,6 +41,16 @@ def as_float_array(name: str, value: object, ndims: Sequence[int]) -> npt.NDArra
         allowed = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must be {allowed}-dimensional, got an array of shape {value.shape}")
     return value
+
+
+def plain_array(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array`` itself, or for an ndarray subclass a base-class view of the same memory.
+
+    A subclass's Python-level ``shape``, ``dtype`` or ``__getitem__`` could tell validation one
+    thing and hand the kernel another (a slice of another size, another buffer): past this point
+    only the ndarray's own C-level description of its memory is read.
+    """
+    return array if type(array) is np.ndarray else np.asarray(array)
 
 
 def same_dtype(**arrays: npt.NDArray[Any] | None) -> np.dtype[Any]:

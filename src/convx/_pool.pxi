@@ -211,9 +211,9 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
                         floating[:, :, :, ::1] grad_in, int n_threads):
     """grad_in[n, c].flat[indices[n, c, oh, ow]] += grad_out[n, c, oh, ow]; grad_in is overwritten.
 
-    Returns the number of planes left unwritten because one of their indices lies outside the
-    plane: each plane's indices are checked before it is written (while they are in cache), so
-    no index, whatever the caller passed, becomes a write outside grad_in.
+    Returns the number of planes left unfinished because one of their indices lies outside the
+    plane: every index is read once, checked and only then used as an address, so no index,
+    whatever the caller passed or another thread writes meanwhile, becomes a write outside grad_in.
     """
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t height = grad_in.shape[2], width = grad_in.shape[3], plane_size = height * width

@@ -332,17 +332,6 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_tiled_plane)(const PT *CONVX_RESTR
     if (next < g->height) memset(grad_in + next * width, 0, (size_t)((g->height - next) * width) * sizeof(PT));
 }
 
-/* Whether any where[o] lies outside [0, limit), without branches. */
-static inline int CONVX_POOL(convx_indices_outside)(const int64_t *CONVX_RESTRICT where, ptrdiff_t n, ptrdiff_t limit) {
-    uint64_t flags = 0;
-    /* Bit 63 of v is the sign; bit 63 of ~(v - limit) is set when v >= limit (as a signed number). */
-    CONVX_SIMD_OR(flags) for (ptrdiff_t o = 0; o < n; o++) {
-        const uint64_t v = (uint64_t)where[o];
-        flags |= v | ~(v - (uint64_t)limit);
-    }
-    return (flags >> 63) != 0;
-}
-
 /* dst[0], dst[1] = 0 + (the gradient gv where code is left, left + 1; else 0): the two columns of one
  * row of a 2x2 block. The select is a bit mask, not a branch on floats: GCC vectorises that for AVX2
  * too, where the branch stayed scalar (and mispredicted on the random winners: 4x slower). */
@@ -359,9 +348,11 @@ static inline void CONVX_POOL(convx_block_pair)(PT gv, int32_t code, int32_t lef
 }
 
 /* grad_in[indices[o]] += grad_out[o] over the plane's outputs, grad_in overwritten; 1 (and
- * grad_in untouched) if an index lies outside the plane. Where every index lies in its own 2x2
- * block (rows 2oh, 2oh+1, columns 2ow, 2ow+1: what a 2x2 stride-2 max pool records), no two
- * outputs share an input, and each input element is written once, with its block's gradient
+ * grad_in partly written) if an index lies outside the plane. Each index is read once and the write
+ * goes where that read said, so indices rewritten meanwhile by another thread never send a write
+ * outside grad_in (the block path below writes only inside each output's own block whatever it
+ * reads). Where every index lies in its own 2x2 block (rows 2oh, 2oh+1, columns 2ow, 2ow+1: what
+ * a 2x2 stride-2 max pool records), no two outputs share an input, and each input element is written once, with its block's gradient
  * if it is the recorded one and 0 otherwise (0 + gradient, as the scatter onto zeros gives): one
  * vectorised pass instead of a zero fill and a scatter. corners: convx_max_backward_corners (NULL
  * where the blocks do not fit the plane); code: convx_max_backward_scratch int32 elements. */
@@ -412,9 +403,15 @@ CONVX_CLONES static int CONVX_POOL(convx_max_backward_plane)(const PT *CONVX_RES
             return 0;
         }
     }
-    if (CONVX_POOL(convx_indices_outside)(indices, n, plane)) return 1;
     memset(grad_in, 0, (size_t)plane * sizeof(PT));
-    for (o = 0; o < n; o++) grad_in[indices[o]] += grad_out[o];
+    for (o = 0; o < n; o++) {
+        /* One read of each index, checked and used: another thread may be rewriting the caller's
+         * array, and a second read could bring an address the check never saw (volatile keeps the
+         * compiler from reloading it). */
+        const int64_t at = *(const volatile int64_t *)&indices[o];
+        if ((uint64_t)at >= (uint64_t)plane) return 1;
+        grad_in[at] += grad_out[o];
+    }
     return 0;
 }
 

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
+from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous, plain_array
 from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
@@ -295,6 +295,7 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"indices must be a numpy.ndarray of int64, got {type(indices).__name__}")
+    indices = plain_array(indices)
     if indices.dtype != np.int64:
         raise TypeError(f"indices must have dtype int64, got dtype {indices.dtype}; cast it explicitly first")
     if indices.shape != grad_out.shape:
@@ -306,8 +307,9 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         indices4 = contiguous(indices[np.newaxis] if unbatched else indices)
         for part in sub_batches(shape[0], _work(shape[1], plane_size, grad_out4.shape[2] * grad_out4.shape[3], 1)):
-            # Indices become write addresses: the kernel checks each plane's before writing it
-            # (in the same pass over memory) and refuses a plane with any outside [0, H*W).
+            # Indices become write addresses: the kernel reads each once, checks it and writes
+            # where that read said, and stops a plane at the first outside [0, H*W). They are not
+            # copied: another thread rewriting them can change the result, never the memory written.
             if _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads()):
                 _refuse_indices(indices, plane_size, input_shape)
     elif indices.size:  # an empty input plane, where no index is valid
@@ -318,8 +320,12 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
 def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Shape) -> NoReturn:
     lowest, highest = int(indices.min()), int(indices.max())
     bad = lowest if lowest < 0 else highest
+    if 0 <= bad < plane_size:  # the kernel read a value that another thread has since replaced
+        got = "a value outside it while they were being read (were they modified concurrently?)"
+    else:
+        got = str(bad)
     raise ValueError(
-        f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {bad}"
+        f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {got}"
     )
 
 
