@@ -76,6 +76,7 @@ PRELUDE = textwrap.dedent(
         return {
             "pid": os.getpid(),
             "capped": convx._threads.fork_capped(),
+            "reason": convx._threads._fork_cap_reason,
             "config_capped": convx._config.config()["fork_capped"],
             "threads": convx.get_num_threads(),
             "kernel_threads": kernel_threads,
@@ -103,11 +104,11 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def _run(script, tmp_path):
-    """Run ``PRELUDE + script`` as a file (spawned processes re-import it); return its reports
+def _run(script, tmp_path, first=""):
+    """Run ``first + PRELUDE + script`` as a file (spawned processes re-import it); return its reports
     as {tag: [fields, ...]}. A run past TIMEOUT is killed with all its descendants and fails."""
     path = tmp_path / "scenario.py"
-    path.write_text(PRELUDE + textwrap.dedent(script))
+    path.write_text(first + PRELUDE + textwrap.dedent(script))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="2")
     process = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env, cwd=tmp_path, start_new_session=True)
@@ -201,6 +202,36 @@ def test_a_child_forked_before_any_multi_thread_call_keeps_its_threads(tmp_path)
     for child in reports["child"]:
         assert child["right"] and child["fork_warnings"] == 0 and child["other_warnings"] == []
         assert not child["capped"] and child["kernel_threads"] == 2
+
+
+@pytest.mark.parametrize("first", ["torch", "convx"], ids=["torch-imported-first", "convx-imported-first"])
+def test_a_child_forked_after_pytorch_ran_teams_on_the_same_libgomp_is_capped(first, tmp_path):
+    # A GCC-built convx and PyTorch share one libgomp (the loader keeps one libgomp.so.1,
+    # PyTorch's copy or the system's, whichever came first): PyTorch's teams alone made the
+    # child's first convx team wait forever.
+    _gomp()
+    pytest.importorskip("torch")
+    reports = _run(
+        """
+        import torch
+        torch.set_num_threads(2)
+        big = torch.randn(1000, 1000)
+        assert torch.allclose(big @ big, torch.from_numpy(big.numpy() @ big.numpy()), atol=1e-3)
+        torch.nn.functional.max_pool2d(torch.randn(8, 16, 64, 64), 2)
+        convx.set_num_threads(2)  # but no convx call before the fork
+
+        def child():
+            report("child", **work(), **status())
+
+        report("exit", code=forked(child))
+        """,
+        tmp_path,
+        first="import torch\n" if first == "torch" else "",
+    )
+    assert reports["exit"] == [{"code": 0}]
+    [child] = reports["child"]
+    assert child["right"] and child["fork_warnings"] == 1 and child["other_warnings"] == []
+    assert child["capped"] and child["kernel_threads"] == 1 and "libtorch" in child["reason"], child
 
 
 def test_a_child_forked_while_the_blas_limit_is_held_starts_with_it_released(tmp_path):

@@ -25,6 +25,72 @@ cdef extern from *:
     static const char* convx_openmp_library(void) { return ""; }
     #endif
 
+    #if CONVX_OPENMP && defined(__linux__)
+    #include <link.h>
+    #include <stdio.h>
+    #include <string.h>
+    /* Another loaded object that links the same OpenMP runtime as this extension (the loader
+       keeps one copy per soname: PyTorch's libtorch_cpu.so shares "libgomp.so.1" with a convx
+       built by GCC, whichever of them is loaded first), whose teams then share its thread
+       pools. Found from each object's DT_NEEDED entries; copied into `out`, "" if none. */
+    typedef struct {
+        const char* self;    /* this extension's file */
+        char runtime[256];   /* its DT_NEEDED entry of the OpenMP runtime */
+        char* out;
+        size_t out_size;
+    } convx_sharer_scan;
+
+    static const char* convx_needed_runtime(struct dl_phdr_info* info, const char* wanted) {
+        for (int p = 0; p < info->dlpi_phnum; p++) {
+            if (info->dlpi_phdr[p].p_type != PT_DYNAMIC) continue;
+            const ElfW(Dyn)* dyn = (const ElfW(Dyn)*) (info->dlpi_addr + info->dlpi_phdr[p].p_vaddr);
+            uintptr_t strtab = 0;
+            for (const ElfW(Dyn)* d = dyn; d->d_tag != DT_NULL; d++)
+                if (d->d_tag == DT_STRTAB) strtab = (uintptr_t) d->d_un.d_ptr;
+            if (!strtab) continue;
+            /* glibc relocates d_ptr in place for most objects, musl and the vDSO do not. */
+            if (strtab < (uintptr_t) info->dlpi_addr) strtab += (uintptr_t) info->dlpi_addr;
+            for (const ElfW(Dyn)* d = dyn; d->d_tag != DT_NULL; d++) {
+                if (d->d_tag != DT_NEEDED) continue;
+                const char* name = (const char*) strtab + d->d_un.d_val;
+                if (wanted ? strcmp(name, wanted) == 0 : strstr(name, "omp") != NULL) return name;
+            }
+        }
+        return NULL;
+    }
+
+    static int convx_find_own_runtime(struct dl_phdr_info* info, size_t size, void* data) {
+        convx_sharer_scan* scan = (convx_sharer_scan*) data;
+        if (!info->dlpi_name || strcmp(info->dlpi_name, scan->self) != 0) return 0;
+        const char* name = convx_needed_runtime(info, NULL);
+        if (name) snprintf(scan->runtime, sizeof scan->runtime, "%s", name);
+        return 1;
+    }
+
+    static int convx_find_sharer(struct dl_phdr_info* info, size_t size, void* data) {
+        convx_sharer_scan* scan = (convx_sharer_scan*) data;
+        if (info->dlpi_name && strcmp(info->dlpi_name, scan->self) == 0) return 0;
+        if (!convx_needed_runtime(info, scan->runtime)) return 0;
+        snprintf(scan->out, scan->out_size, "%s", info->dlpi_name && info->dlpi_name[0] ? info->dlpi_name : "(main program)");
+        return 1;
+    }
+
+    static void convx_openmp_sharer(char* out, size_t out_size) {
+        Dl_info self;
+        convx_sharer_scan scan;
+        out[0] = 0;
+        if (!dladdr((void*) &convx_openmp_sharer, &self) || !self.dli_fname) return;
+        scan.self = self.dli_fname;
+        scan.runtime[0] = 0;
+        scan.out = out;
+        scan.out_size = out_size;
+        dl_iterate_phdr(convx_find_own_runtime, &scan);
+        if (scan.runtime[0]) dl_iterate_phdr(convx_find_sharer, &scan);
+    }
+    #else
+    static void convx_openmp_sharer(char* out, size_t out_size) { out[0] = 0; }
+    #endif
+
     typedef int (*convx_int_getter)(void);
     typedef void (*convx_int_setter)(int);
     typedef int64_t (*convx_wide_getter)(void);
@@ -41,6 +107,7 @@ cdef extern from *:
     }
     """
     const char* convx_openmp_library() noexcept nogil
+    void convx_openmp_sharer(char* out, size_t out_size) noexcept nogil
     int convx_blas_get(uintptr_t get, int wide) noexcept nogil
     void convx_blas_set(uintptr_t set, int wide, int n) noexcept nogil
 
@@ -49,6 +116,14 @@ def _openmp_library():
     """The path of the OpenMP runtime the kernels run on, as the dynamic loader found it ('' when
     unknown or without OpenMP)."""
     return convx_openmp_library().decode("utf-8", "replace")
+
+
+def _openmp_sharer():
+    """Another loaded library linking the same OpenMP runtime as the kernels (its path), whose
+    multi-thread teams would share the runtime's thread pools; '' when none is found."""
+    cdef char out[4096]
+    convx_openmp_sharer(out, sizeof(out))
+    return out.decode("utf-8", "replace")
 
 
 cdef enum:

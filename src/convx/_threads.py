@@ -71,15 +71,15 @@ CONV_GRAIN = 1 << 20
 # ---------------------------------------------------------------------------------------------
 # Fork
 #
-# GNU libgomp keeps the threads of a process's first multi-thread team for later teams, and
+# GNU libgomp keeps the threads of a thread's first multi-thread team for its later teams, and
 # after os.fork() the child still believes it has them: its next team of two or more waits
 # for them forever (inside GOMP_parallel). Teams of one never touch that pool. LLVM's libomp
 # and Intel's libiomp5 start afresh in the child (pthread_atfork handlers), so only libgomp
-# is capped. A process is marked once convx has handed any kernel a count above one (whether
-# the kernel's team then used it or not: which thread ran it, or whether another library
-# sharing the runtime did, cannot be seen from here), and a child forked from a marked
-# process (or from a capped one: the pool's stale state is inherited) runs every kernel on
-# one thread.
+# is capped. A child runs every kernel on one thread when, in its parent, convx had handed
+# any kernel a count above one (whether the kernel's team then used it or not: which thread
+# ran it cannot be seen from here), or another loaded library links the same libgomp (PyTorch
+# does: its teams fill the same pools, and nothing tells whether they ran), or the parent was
+# itself capped (the stale pools are inherited).
 
 
 class ForkedProcessWarning(RuntimeWarning):
@@ -94,17 +94,26 @@ _FORK_UNSAFE_OPENMP: bool = _core.openmp_enabled() and (
 
 # Set (never cleared) once a kernel may have started a team of several threads.
 _teams_started = False
-# Set in a forked child whose OpenMP runtime cannot start teams again.
-_fork_capped = False
+# Why this process's kernels are held at one thread ('' while they are not).
+_fork_cap_reason = ""
 # One token per process, taken (list.pop is atomic) by the call that warns.
 _warning_token: list[None] = [None]
 
 
 def _after_fork_in_child() -> None:
-    global _fork_capped
+    global _fork_cap_reason
     _core._blas_after_fork_in_child()
-    if _FORK_UNSAFE_OPENMP and (_teams_started or _fork_capped):
-        _fork_capped = True
+    if not _FORK_UNSAFE_OPENMP:
+        return
+    if not _fork_cap_reason:
+        if _teams_started:
+            _fork_cap_reason = "convx had run multi-thread kernels in its parent"
+        else:
+            sharer = _core._openmp_sharer()
+            if sharer:
+                _fork_cap_reason = (f"{os.path.basename(sharer)}, loaded in its parent, shares convx's OpenMP "
+                                    "runtime and may have run multi-thread teams there")
+    if _fork_cap_reason:
         _warning_token[:] = [None]
 
 
@@ -127,9 +136,9 @@ def _warn_capped(wanted: int) -> None:
     except IndexError:
         return
     warnings.warn(
-        f"convx runs on 1 thread in this process (it would have used {wanted}): the process was forked "
-        f"after convx had run multi-thread kernels in its parent, and the OpenMP runtime "
-        f"({os.path.basename(_OPENMP_LIBRARY) or 'GNU libgomp'}) cannot start threads in a forked child. "
+        f"convx runs on 1 thread in this process (it would have used {wanted}): it was forked and "
+        f"{_fork_cap_reason}; the OpenMP runtime ({os.path.basename(_OPENMP_LIBRARY) or 'GNU libgomp'}) "
+        "cannot start threads in a forked child after that. "
         "Start processes with the 'spawn' or 'forkserver' method (multiprocessing.get_context) to keep them.",
         ForkedProcessWarning,
         stacklevel=_caller_outside_convx(),
@@ -145,7 +154,7 @@ def kernel_threads(macs: int | None = None) -> int:
     if macs is not None:
         n_threads = max(1, min(n_threads, macs // CONV_GRAIN))
     if n_threads > 1:
-        if _fork_capped:
+        if _fork_cap_reason:
             _warn_capped(n_threads)
             return 1
         _teams_started = True
@@ -154,7 +163,7 @@ def kernel_threads(macs: int | None = None) -> int:
 
 def fork_capped() -> bool:
     """Whether this process's kernels are held at one thread because it was forked (see :func:`set_num_threads`)."""
-    return _fork_capped
+    return bool(_fork_cap_reason)
 
 
 # ---------------------------------------------------------------------------------------------
