@@ -293,3 +293,26 @@ def _child_env():
     import os
 
     return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def test_only_libraries_not_already_at_one_thread_are_set_and_restored(two_blas_threads):
+    import threadpoolctl
+
+    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    if len(libraries) < 2:
+        pytest.skip("needs two BLAS libraries (NumPy's and SciPy's)")
+    first = libraries[0]
+    threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)
+    first.set_num_threads(1)
+    threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)
+    try:
+        with convx._threads.single_threaded_blas():
+            users, restore = core._blas_state()
+            assert users == 1 and [n for _, n in restore] == [2] * (len(libraries) - 1)
+            assert first.filepath not in [library.filepath for library, _ in restore]
+            assert _blas_counts() == [1] * len(libraries)
+        assert first.get_num_threads() == 1
+        assert sorted(_blas_counts()) == [1] + [2] * (len(libraries) - 1)
+    finally:
+        first.set_num_threads(2)
+        threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)
