@@ -100,25 +100,36 @@ _fork_cap_reason = ""
 _warning_token: list[None] = [None]
 
 
+# What the child will be told, worked out in the parent just before the fork: the loaded
+# objects are walked there (dl_iterate_phdr takes the loader's lock, which a child may
+# inherit held by a thread it does not have).
+_reason_at_fork = ""
+
+
+def _before_fork() -> None:
+    global _reason_at_fork
+    _reason_at_fork = _fork_cap_reason
+    if not _FORK_UNSAFE_OPENMP or _reason_at_fork:
+        return
+    if _teams_started:
+        _reason_at_fork = "convx had run multi-thread kernels in its parent"
+        return
+    sharer = _core._openmp_sharer()
+    if sharer:
+        _reason_at_fork = (f"{os.path.basename(sharer)}, loaded in its parent, shares convx's OpenMP "
+                           "runtime and may have run multi-thread teams there")
+
+
 def _after_fork_in_child() -> None:
     global _fork_cap_reason
     _core._blas_after_fork_in_child()
-    if not _FORK_UNSAFE_OPENMP:
-        return
-    if not _fork_cap_reason:
-        if _teams_started:
-            _fork_cap_reason = "convx had run multi-thread kernels in its parent"
-        else:
-            sharer = _core._openmp_sharer()
-            if sharer:
-                _fork_cap_reason = (f"{os.path.basename(sharer)}, loaded in its parent, shares convx's OpenMP "
-                                    "runtime and may have run multi-thread teams there")
+    _fork_cap_reason = _reason_at_fork
     if _fork_cap_reason:
         _warning_token[:] = [None]
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _caller_outside_convx() -> int:
