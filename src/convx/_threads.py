@@ -30,13 +30,15 @@ def set_num_threads(n: int) -> None:
 
     Notes
     -----
-    In a process made by ``os.fork()`` (``multiprocessing``'s "fork" start method,
-    ``ProcessPoolExecutor`` on Linux before Python 3.14) from one in which convx had
-    already run kernels on several threads, GNU libgomp cannot start threads again: there
-    the kernels run on one thread whatever is set here, and the first op that would have
-    used more says so with a :class:`ForkedProcessWarning`. The count set is still kept and
-    returned by :func:`get_num_threads`. The "spawn" and "forkserver" start methods, and
-    forks made before any multi-thread call, keep every thread.
+    With GNU libgomp (GCC builds), a process made by ``os.fork()`` (``multiprocessing``'s
+    "fork" start method, ``ProcessPoolExecutor`` on Linux before Python 3.14) cannot start
+    OpenMP threads if its parent had run teams of several: so where convx had run kernels
+    on several threads in the parent, or another loaded library shares its libgomp (PyTorch
+    does) and may have, the child's kernels run on one thread whatever is set here, and the
+    first op that would have used more says so with a :class:`ForkedProcessWarning`. The
+    count set is still kept and returned by :func:`get_num_threads`. The "spawn" and
+    "forkserver" start methods, and forks made before any multi-thread call, keep every
+    thread; so do builds on LLVM's libomp, which starts afresh in a forked child.
 
     Examples
     --------
@@ -83,7 +85,8 @@ CONV_GRAIN = 1 << 20
 
 
 class ForkedProcessWarning(RuntimeWarning):
-    """convx runs on one thread in this process: it was forked after multi-thread calls (GNU libgomp)."""
+    """convx runs on one thread in this process: it was forked from one whose OpenMP runtime
+    (GNU libgomp) had, or may have, run multi-thread teams (see :func:`convx.set_num_threads`)."""
 
 
 _OPENMP_LIBRARY: str = _core._openmp_library()
