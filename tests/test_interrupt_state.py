@@ -9,6 +9,7 @@ leaked limit used to leave NumPy's BLAS at one thread for the rest of the proces
 2000 x 2000 matmul 0.155 s -> 0.281 s.)
 """
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -75,8 +76,12 @@ def _interrupt_everywhere(call, expected_state, most=200_000):
     checking ``_global_state()`` after every run. Returns (runs interrupted, of which while
     the limit was held)."""
     held = 0
+    # No collections during a run: a gc callback (Hypothesis installs one) would be traced too,
+    # and its interrupt reported as unraisable rather than reaching the call.
+    collecting = gc.isenabled()
     for fire_at in range(1, most):
         tracer = _Tracer(fire_at)
+        gc.disable()
         sys.settrace(tracer)
         try:
             call()
@@ -86,6 +91,8 @@ def _interrupt_everywhere(call, expected_state, most=200_000):
             interrupted = False
         finally:
             sys.settrace(None)
+            if collecting:
+                gc.enable()
         state = _global_state()
         assert state == expected_state, (fire_at, tracer.held_when_fired, state, expected_state)
         held += tracer.held_when_fired
