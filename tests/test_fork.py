@@ -316,3 +316,10 @@ def test_process_pools_work_with_every_start_method(tmp_path):
             warnings_per_process[result["pid"]] = warnings_per_process.get(result["pid"], 0) + result["fork_warnings"]
         # Once in every worker that ran a job, however many it ran.
         assert set(warnings_per_process.values()) == ({1} if capped else {0}), (run["method"], warnings_per_process)
+
+
+def test_the_warning_is_public_and_a_runtime_warning():
+    assert convx.ForkedProcessWarning is convx._threads.ForkedProcessWarning
+    assert issubclass(convx.ForkedProcessWarning, RuntimeWarning)
+    assert "ForkedProcessWarning" in convx.__all__
+    assert not convx._threads.fork_capped()  # this process was not forked from a capped one
