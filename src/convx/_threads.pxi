@@ -61,6 +61,7 @@ cdef extern from *:
 
     static int convx_find_own_runtime(struct dl_phdr_info* info, size_t size, void* data) {
         convx_sharer_scan* scan = (convx_sharer_scan*) data;
+        (void) size;
         if (!info->dlpi_name || strcmp(info->dlpi_name, scan->self) != 0) return 0;
         const char* name = convx_needed_runtime(info, NULL);
         if (name) snprintf(scan->runtime, sizeof scan->runtime, "%s", name);
@@ -69,6 +70,7 @@ cdef extern from *:
 
     static int convx_find_sharer(struct dl_phdr_info* info, size_t size, void* data) {
         convx_sharer_scan* scan = (convx_sharer_scan*) data;
+        (void) size;
         if (info->dlpi_name && strcmp(info->dlpi_name, scan->self) == 0) return 0;
         if (!convx_needed_runtime(info, scan->runtime)) return 0;
         snprintf(scan->out, scan->out_size, "%s", info->dlpi_name && info->dlpi_name[0] ? info->dlpi_name : "(main program)");
