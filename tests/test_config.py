@@ -1,5 +1,7 @@
 """convx.show_config(): version, build flags, OpenMP status, threads and BLAS, as recorded at build time."""
 
+import sys
+
 import convx
 from convx import _config, _core
 
@@ -10,6 +12,9 @@ def test_config_reports_runtime_and_build():
     assert config["openmp"] is _core.openmp_enabled()
     assert config["threads"] == convx.get_num_threads()
     assert isinstance(config["blas"], list)
+    assert config["fork_capped"] is False  # not a forked child (tests/test_fork.py has those)
+    if sys.platform.startswith("linux"):  # found with dladdr (elsewhere it may be unknown: None)
+        assert (config["openmp_runtime"] is not None) == _core.openmp_enabled()
     # setup.py writes convx/_build_info.py beside the extension it builds
     build = _config.build_info()
     assert build, "convx/_build_info.py missing: the extension was not built by convx's setup.py"

@@ -2,7 +2,7 @@
 
 from ._config import show_config
 from ._gradcheck import gradcheck
-from ._threads import get_num_threads, set_num_threads
+from ._threads import ForkedProcessWarning, get_num_threads, set_num_threads
 from ._version import __version__
 from .functional import (
     adaptive_avg_pool2d,
@@ -22,6 +22,7 @@ from .functional import (
 from . import nn, optim
 
 __all__ = [
+    "ForkedProcessWarning",
     "__version__",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",

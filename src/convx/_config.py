@@ -56,6 +56,8 @@ def config() -> dict[str, Any]:
         "numpy": np.__version__,
         "openmp": _core.openmp_enabled(),
         "threads": _threads.get_num_threads(),
+        "openmp_runtime": _threads._OPENMP_LIBRARY or None,
+        "fork_capped": _threads.fork_capped(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "blas": _blas_libraries(),
         "gemm": _core.gemm_kernel(),
@@ -69,7 +71,9 @@ def show_config() -> None:
 
     Paste its output into bug reports. ``openmp`` says whether the loaded extension runs its
     kernels on OpenMP threads (a compiler without OpenMP gives a serial build); ``threads``
-    is the count they use (see :func:`convx.set_num_threads`); ``blas`` the BLAS libraries
+    is the count they use (see :func:`convx.set_num_threads`); ``openmp_runtime`` the OpenMP
+    library they run on; ``fork_capped`` whether they are held at one thread because this
+    process was forked after multi-thread calls (GNU libgomp); ``blas`` the BLAS libraries
     loaded in the process (convx calls SciPy's); ``gemm`` the kernel of the convolutions'
     weight products ('avx512', convx's own, where the CPU has AVX-512, else 'blas'); the ``build.*`` lines are the compiler,
     flags, macros and Cython directives the extension was compiled with.

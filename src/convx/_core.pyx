@@ -45,3 +45,4 @@ def default_num_threads():
 include "_conv.pxi"
 include "_pool.pxi"
 include "_winograd.pxi"
+include "_threads.pxi"

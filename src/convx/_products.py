@@ -3,6 +3,8 @@ convolutions whose window covers the whole input)."""
 
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 
 from . import _core
@@ -28,8 +30,9 @@ def matmul(a: AnyArray, b: AnyArray, out: AnyArray | None = None, n_threads: int
     if n_threads is None:
         n_threads = kernel_threads(m * n * k)
     if max(m, n, k) > _BLAS_INT_MAX:  # (BLAS takes int sizes)
-        with np.errstate(all="ignore"):
-            np.matmul(a, b, out=out)
+        # In a context of its own: NumPy's error state is a context variable, and an interrupt
+        # between errstate's change and its try would otherwise leave warnings off for good.
+        contextvars.copy_context().run(_quiet_matmul, a, b, out)
         return out
     trans_a, trans_b = not a.flags.c_contiguous, not b.flags.c_contiguous
     if trans_a and not a.T.flags.c_contiguous:
@@ -38,3 +41,8 @@ def matmul(a: AnyArray, b: AnyArray, out: AnyArray | None = None, n_threads: int
         b, trans_b = np.ascontiguousarray(b), False
     _core.matmul(a.T if trans_a else a, trans_a, b.T if trans_b else b, trans_b, out, n_threads)
     return out
+
+
+def _quiet_matmul(a: AnyArray, b: AnyArray, out: AnyArray) -> None:
+    with np.errstate(all="ignore"):
+        np.matmul(a, b, out=out)
