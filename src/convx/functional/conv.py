@@ -18,7 +18,7 @@ from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._products import matmul
-from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
+from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
@@ -216,6 +216,62 @@ def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
 
 
+class _KernelPlan(NamedTuple):
+    """The convolution the kernels compute: ``plan`` without its outputs that read padding only."""
+
+    plan: _ConvPlan
+    rows: slice  # the outputs of the full convolution that plan's are
+    cols: slice
+
+    def trims(self, full: _ConvPlan) -> bool:
+        return (self.plan.out_h, self.plan.out_w) != (full.out_h, full.out_w)
+
+    def crop(self, array: AnyArray) -> AnyArray:
+        """The outputs (or output gradient) of ``array`` (N, C, H_out, W_out) the kernels take, C-contiguous."""
+        return np.ascontiguousarray(array[:, :, self.rows, self.cols])
+
+
+def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelPlan:
+    """The problem handed to the kernels, the same convolution with nothing in it that padding, stride or
+    dilation alone would make large.
+
+    Outputs whose windows lie wholly in the padding are cut off (``conv_reading_outputs``): with a padding
+    of 10**8 and a stride of 10**8, a 1x1 image's 2x2 output is one output computed and three that read
+    only zeros, where the kernels' padded copies and column buffers would span the padding (9 GiB for
+    the forward, 35 PiB for the weight gradient). The stride of an axis with one output, and the
+    dilation of an axis with one tap, multiply nothing and are set to 1. The outputs cut off are the
+    bias plus products with zeros (``_padding_only_output``, ``_padding_weight_gradient``); the input
+    gradient never reads them. Padding left inside the windows that remain (and dilated taps that step
+    past the input) is bounded in the kernels' choice of path (``_conv.pxi``, SCRATCH_*).
+    """
+    rows = conv_reading_outputs(input_hw[0], kernel_hw[0], plan.stride[0], plan.pad[0], plan.dilation[0], plan.out_h)
+    cols = conv_reading_outputs(input_hw[1], kernel_hw[1], plan.stride[1], plan.pad[1], plan.dilation[1], plan.out_w)
+    out_h, out_w = rows[1] - rows[0], cols[1] - cols[0]
+    reduced = plan._replace(
+        out_h=out_h, out_w=out_w,
+        stride=(1 if out_h == 1 else plan.stride[0], 1 if out_w == 1 else plan.stride[1]),
+        pad=(plan.pad[0] - rows[0] * plan.stride[0], plan.pad[1] - cols[0] * plan.stride[1]),
+        dilation=(1 if kernel_hw[0] == 1 else plan.dilation[0], 1 if kernel_hw[1] == 1 else plan.dilation[1]),
+    )
+    return _KernelPlan(reduced, slice(*rows), slice(*cols))
+
+
+def _padding_only_output(weight: AnyArray, bias: AnyArray | None) -> AnyArray:
+    """Each output channel's value where every tap of the window is in the padding: its bias plus the
+    products of its weights with zeros, which are NaN where a weight is not finite (as where im2col
+    computes them)."""
+    value = np.where(np.isfinite(weight).all(axis=(1, 2, 3)), 0, np.nan).astype(weight.dtype)
+    return value if bias is None else value + bias
+
+
+def _padding_weight_gradient(grad_out: AnyArray, kept: _KernelPlan, grad_w: AnyArray) -> None:
+    """Add to grad_w the cut-off outputs' share of the weight gradient: their gradient times zeros, for
+    every tap, which is NaN for the output channels whose gradient there is not finite."""
+    finite = np.isfinite(grad_out)
+    finite[:, :, kept.rows, kept.cols] = True
+    grad_w[~finite.all(axis=(0, 2, 3))] = np.nan
+
+
 def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
@@ -280,23 +336,37 @@ def conv2d(
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
-        bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
-        kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
-        n_threads = plan.threads(weight.shape)
-        whole = not winograd and _whole_window(x.shape, weight.shape, plan)
-        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-            if whole:
-                rows = out[part].reshape(-1, plan.out_channels)
-                matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
-                if bias is not None:
-                    rows += bias_arg
-                continue
-            if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
-                                                       n_threads):
-                continue
-            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+        kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
+        if not kept.trims(plan):
+            _forward(x, weight, bias, kept.plan, winograd, out)
+        else:
+            computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
+            _forward(x, weight, bias, kept.plan, winograd, computed)
+            out[...] = _padding_only_output(weight, bias)[:, None, None]
+            out[:, :, kept.rows, kept.cols] = computed
     return _unbatch(out, unbatched)
+
+
+def _forward(
+    x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, winograd: bool, out: AnyArray
+) -> None:
+    """out := conv2d(x, weight) + bias for C-contiguous x and weight, plan as the kernels take it."""
+    bias_arg = _no_bias(out.dtype) if bias is None else contiguous(bias)
+    kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
+    n_threads = plan.threads(weight.shape)
+    whole = not winograd and _whole_window(x.shape, weight.shape, plan)
+    for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+        if whole:
+            rows = out[part].reshape(-1, plan.out_channels)
+            matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
+            if bias is not None:
+                rows += bias_arg
+            continue
+        if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
+                                                   n_threads):
+            continue
+        kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
 
 
 def conv2d_backward_input(
@@ -346,8 +416,12 @@ def conv2d_backward_input(
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
-        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
-            _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, plan.threads(weight.shape))
+        kept = _kernel_plan(input_shape[2:], weight.shape[2:], plan)
+        if kept.trims(plan):
+            grad_out = kept.crop(grad_out)
+        inner = kept.plan
+        for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
+            _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
     return _unbatch(grad_x, unbatched)
 
 
@@ -395,10 +469,15 @@ def conv2d_backward_weight(
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
-        work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
-        n_threads = plan.threads(weight_shape)
+        kept = _kernel_plan(x.shape[2:], weight_shape[2:], plan)
+        inner = kept.plan
+        kept_grad_out = kept.crop(grad_out) if kept.trims(plan) else grad_out
+        work = conv_work(weight_shape, inner.out_h * inner.out_w, x.shape)
+        n_threads = inner.threads(weight_shape)
         for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
-            _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
+            _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
+        if kept.trims(plan):
+            _padding_weight_gradient(grad_out, kept, grad_w)
     return grad_w
 
 
@@ -444,10 +523,14 @@ def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
     grad_out, _ = _batched(grad_out)
     grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
     if grad_out.size:
-        grad_out = contiguous(grad_out)
-        for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
-            _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
+        _bias_gradient(contiguous(grad_out), grad_b)
     return grad_b
+
+
+def _bias_gradient(grad_out: AnyArray, grad_b: AnyArray) -> None:
+    """grad_b := grad_out summed over N, H and W, for a non-empty C-contiguous grad_out."""
+    for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
+        _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
 
 
 def conv2d_backward(
@@ -499,28 +582,45 @@ def conv2d_backward(
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
-        n_threads = plan.threads(weight.shape)
-        work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
-        parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
-        if winograd or _whole_window(x.shape, weight.shape, plan):
-            # The two products share no transform (Winograd) or are one matrix product each (a
-            # whole-window convolution): the fused pass is the three ops in turn.
-            for part, (grad_w_part, grad_b_part) in parts:
-                _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, n_threads)
-                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
-                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
-        elif _is_depthwise(weight.shape, plan.groups):
-            for part, (grad_w_part, grad_b_part) in parts:
-                _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
-                _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
-                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+        kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
+        if kept.trims(plan):
+            # The gradients of the outputs that read padding only: none for x, zeros times them for the
+            # weight; all of grad_out for the bias.
+            _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+            _padding_weight_gradient(grad_out, kept, grad_w)
+            grad_b[...] = 0
+            _bias_gradient(grad_out, grad_b)
         else:
-            for part, (grad_w_part, grad_b_part) in parts:
-                _core.conv2d_backward_params(
-                    grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
-                    *plan.kernel_args(), n_threads,
-                )
+            _fused_backward(grad_out, x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
     return _unbatch(grad_x, unbatched), grad_w, grad_b
+
+
+def _fused_backward(
+    grad_out: AnyArray, x: AnyArray, weight: AnyArray, plan: _ConvPlan, winograd: bool,
+    grad_x: AnyArray, grad_w: AnyArray, grad_b: AnyArray,
+) -> None:
+    """conv2d_backward's three gradients for C-contiguous arrays, plan as the kernels take it."""
+    n_threads = plan.threads(weight.shape)
+    work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
+    parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
+    if winograd or _whole_window(x.shape, weight.shape, plan):
+        # The two products share no transform (Winograd) or are one matrix product each (a
+        # whole-window convolution): the fused pass is the three ops in turn.
+        for part, (grad_w_part, grad_b_part) in parts:
+            _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, n_threads)
+            _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
+            _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+    elif _is_depthwise(weight.shape, plan.groups):
+        for part, (grad_w_part, grad_b_part) in parts:
+            _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
+            _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
+            _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+    else:
+        for part, (grad_w_part, grad_b_part) in parts:
+            _core.conv2d_backward_params(
+                grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
+                *plan.kernel_args(), n_threads,
+            )
 
 
 def conv_transpose2d(
@@ -607,8 +707,15 @@ def conv_transpose2d(
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)
-        for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
-            _input_gradient(x[part], weight, y[part], plan, winograd, plan.threads(weight.shape))
+        # x is the output gradient of the convolution of y (output_padding may give that convolution
+        # more outputs than x has: the kernels take x's).
+        full = plan._replace(out_h=height, out_w=width)
+        kept = _kernel_plan((out_h, out_w), weight.shape[2:], full)
+        if kept.trims(full):
+            x = kept.crop(x)
+        inner = kept.plan
+        for part in sub_batches(batch, conv_work(weight.shape, inner.out_h * inner.out_w, y.shape)):
+            _input_gradient(x[part], weight, y[part], inner, winograd, inner.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
