@@ -180,6 +180,7 @@ cdef extern from "_gemm.h" nogil:
                             double* buf)
     size_t convx_direct_buffer_size(const convx_conv_shape* s, Py_ssize_t mr, Py_ssize_t rows)
     Py_ssize_t convx_direct_row_tile(const convx_conv_shape* s, Py_ssize_t mr)
+    Py_ssize_t convx_direct_buffer_width(const convx_conv_shape* s, Py_ssize_t mr)
     size_t convx_direct_weight_size_f(int level, Py_ssize_t m, Py_ssize_t k)
     size_t convx_direct_weight_size_d(int level, Py_ssize_t m, Py_ssize_t k)
     Py_ssize_t convx_direct_lanes_f(int level)
@@ -402,6 +403,35 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
 
 
 cdef enum:
+    # Paths whose per-thread scratch holds a zero-padded (or stride-spread) copy of an image are
+    # taken only where that copy stays within SCRATCH_IMAGE_MULTIPLE times one image's input and
+    # output, plus SCRATCH_SLACK elements; elsewhere the paths that clip each tap to the input
+    # (convx_conv_block's packing, im2col tiles) run, whose scratch the padding, stride and
+    # dilation do not size. The outputs that read padding only are cut off before (functional/
+    # conv.py, _kernel_plan); what this bounds is the padding inside the windows left, and
+    # dilated taps stepping past the input: a 1x1 image, dilation and padding 10**4 had the
+    # direct weight gradient take 6 GiB and 19 s, 3 GiB and 1.7 s its forward (Xeon, family 6
+    # model 167, AVX-512). The layers of the benchmark copy at most about twice an image (a 3x3
+    # kernel with padding 1 over 7x7 planes: 9 / 7 columns per row, plus the output), so none
+    # of them changes path.
+    SCRATCH_IMAGE_MULTIPLE = 4
+    SCRATCH_SLACK = 1 << 18
+
+
+cdef inline bint _scratch_fits(double elements, convx_conv_shape* s) noexcept nogil:
+    """Whether a per-thread copy of elements stays within the bound above for the shape s
+    (in double: the padded sizes of an unbounded path could overflow a 64-bit product)."""
+    cdef double image = (<double> (s.groups * s.c_in_g) * <double> s.height * <double> s.width
+                         + <double> (s.groups * s.c_out_g) * <double> s.out_h * <double> s.out_w)
+    return elements <= SCRATCH_IMAGE_MULTIPLE * image + SCRATCH_SLACK
+
+
+cdef inline double _padded_planes(convx_conv_shape* s, Py_ssize_t channels) noexcept nogil:
+    """Elements of channels zero-padded planes (convx_padded_height x convx_padded_width), in double."""
+    return <double> channels * <double> convx_padded_height(s) * <double> convx_padded_width(s)
+
+
+cdef enum:
     # Pixels per plane from which the flat kernels take a 1x1 convolution's forward and input
     # gradient, and its weight gradient. Their strips and chunks end with each plane, where the
     # packed path's run on into the next image, and each strip streams the whole weight: on
@@ -522,7 +552,7 @@ cdef inline bint _plane_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
         return False
     if s.sw != 1 or s.ph < 0 or s.pw < 0 or depth > CONVX_PLANE_DEPTH:
         return False
-    if s.c_in_g * convx_padded_height(s) * convx_padded_width(s) > PLANE_BUFFER:
+    if _padded_planes(s, s.c_in_g) > PLANE_BUFFER or not _scratch_fits(_padded_planes(s, s.c_in_g), s):
         return False
     if _direct_mode == MODE_PLANE:
         return True
@@ -592,7 +622,22 @@ cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil
 
 
 cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
-    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not)."""
+    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not): as
+    _direct_mode_wanted, but not in rows whose channels-last copy of the rows read (their
+    padding's columns, and the columns out to a last tile's spare pixels) would exceed
+    _scratch_fits (images copy the images only, and skip the taps in the padding)."""
+    cdef int mode = _direct_mode_wanted(s, batch, is_float)
+    cdef Py_ssize_t mr = convx_direct_rows_f(_gemm_level) if is_float else convx_direct_rows_d(_gemm_level)
+    cdef double in_rows
+    if mode == DIRECT_ROWS:
+        in_rows = min(<double> s.height, <double> ((s.out_h - 1) * s.sh + (s.kh - 1) * s.dh + 1))
+        if not _scratch_fits(in_rows * <double> convx_direct_buffer_width(s, mr) * <double> (s.groups * s.c_in_g), s):
+            return DIRECT_OFF
+    return mode
+
+
+cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """How convx_direct_conv_* would best take a convolution of shape s, scratch aside."""
     cdef int level = _gemm_level
     cdef Py_ssize_t rows, tile
     if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
@@ -722,6 +767,20 @@ cdef enum:
 
 
 cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+    """_direct_weight_wanted, or DIRECT_OFF where its channels-last copy of an image (all its
+    rows; the padding's columns, and for DIRECT_OUTER its rows, zero) would exceed _scratch_fits."""
+    cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads)
+    cdef double copy
+    if split == DIRECT_OFF:
+        return split
+    if split == DIRECT_OUTER:
+        copy = _padded_planes(s, s.groups * s.c_in_g)
+    else:
+        copy = <double> s.height * <double> convx_direct_buffer_width(s, 1) * <double> (s.groups * s.c_in_g)
+    return split if _scratch_fits(copy, s) else DIRECT_OFF
+
+
+cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
     """How _direct_weight_gradient takes the weight gradient of shape s: DIRECT_OFF (it does not),
     DIRECT_BY_IMAGES (threads take shares of the batch, each summing a whole partial) or
     DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image),

@@ -185,7 +185,9 @@ def _plan_conv(
         )
     _check_sizes(
         ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
-        (f"{input_name} plane size H*W", height * width), ("output plane size", out_h * out_w),
+        (f"{input_name} plane size H*W", height * width),
+        (f"output plane size H_out*W_out = {out_h}*{out_w} (from padding=({pad_top}, {pad_bottom}, {pad_left}, "
+         f"{pad_right}), stride={stride}, dilation={dilation})", out_h * out_w),
         ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w),
     )
     return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
