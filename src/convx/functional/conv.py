@@ -175,16 +175,19 @@ def _plan_conv(
             f"weight.shape[1] must be C_in / groups = {c_in // groups}"
         )
     (pad_top, pad_bottom), (pad_left, pad_right) = _padding(padding, (kernel_h, kernel_w), stride, dilation)
+    _check_sizes(
+        ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
+    )
     out_h = conv_output_size(height, kernel_h, stride[0], pad_top, pad_bottom, dilation[0])
     out_w = conv_output_size(width, kernel_w, stride[1], pad_left, pad_right, dilation[1])
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"the dilated kernel ({dilation[0] * (kernel_h - 1) + 1}x{dilation[1] * (kernel_w - 1) + 1}) is larger "
             f"than the padded input ({height + pad_top + pad_bottom}x{width + pad_left + pad_right}); "
-            f"the output would be {out_h}x{out_w}"
+            f"the output would be {out_h}x{out_w} (kernel {kernel_h}x{kernel_w}, dilation={dilation}, "
+            f"padding=({pad_top}, {pad_bottom}, {pad_left}, {pad_right}))"
         )
     _check_sizes(
-        ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
         (f"{input_name} plane size H*W", height * width),
         (f"output plane size H_out*W_out = {out_h}*{out_w} (from padding=({pad_top}, {pad_bottom}, {pad_left}, "
          f"{pad_right}), stride={stride}, dilation={dilation})", out_h * out_w),
