@@ -252,7 +252,8 @@ def test_conv_winograd_with_padding_beyond_the_image(algorithm, dtype, rng):
         ]
         actual = [
             y,
-            _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs), (grad_out, weight)),
+            _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                               (grad_out, weight)),
             _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs), (grad_out, x)),
         ]
         for got, want in zip(actual, expected):

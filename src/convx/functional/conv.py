@@ -188,11 +188,14 @@ def _plan_conv(
             f"padding=({pad_top}, {pad_bottom}, {pad_left}, {pad_right}))"
         )
     _check_sizes(
-        (f"{input_name} plane size H*W", height * width),
-        (f"output plane size H_out*W_out = {out_h}*{out_w} (from padding=({pad_top}, {pad_bottom}, {pad_left}, "
-         f"{pad_right}), stride={stride}, dilation={dilation})", out_h * out_w),
-        ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w),
+        (f"{input_name} plane size H*W", height * width), ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w)
     )
+    if out_h * out_w > _INT32_LIMIT:
+        raise ValueError(
+            f"output plane size H_out*W_out = {out_h}*{out_w} (from padding=({pad_top}, {pad_bottom}, {pad_left}, "
+            f"{pad_right}), stride={stride}, dilation={dilation}) is {out_h * out_w}, larger than convx supports "
+            f"(at most {_INT32_LIMIT})"
+        )
     return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
 
 
@@ -219,6 +222,9 @@ def _no_bias(dtype: np.dtype[Any]) -> AnyArray:
 
 def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
+
+
+_ALL = slice(None)
 
 
 class _KernelPlan(NamedTuple):
@@ -249,6 +255,16 @@ def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelP
     gradient never reads them. Padding left inside the windows that remain (and dilated taps that step
     past the input) is bounded in the kernels' choice of path (``_conv.pxi``, SCRATCH_*).
     """
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = kernel_hw, plan.stride, plan.pad
+    if (
+        pad_h <= plan.dilation[0] * (kernel_h - 1) and pad_w <= plan.dilation[1] * (kernel_w - 1)
+        and (input_hw[0] - 1 + pad_h) // stride_h >= plan.out_h - 1
+        and (input_hw[1] - 1 + pad_w) // stride_w >= plan.out_w - 1
+        and (plan.out_h > 1 or stride_h == 1) and (plan.out_w > 1 or stride_w == 1)
+        and (kernel_h > 1 or plan.dilation[0] == 1) and (kernel_w > 1 or plan.dilation[1] == 1)
+    ):
+        # Nothing to cut off or set to 1 (most layers: padding within the kernel's reach), cheaply.
+        return _KernelPlan(plan, _ALL, _ALL)
     rows = conv_reading_outputs(input_hw[0], kernel_hw[0], plan.stride[0], plan.pad[0], plan.dilation[0], plan.out_h)
     cols = conv_reading_outputs(input_hw[1], kernel_hw[1], plan.stride[1], plan.pad[1], plan.dilation[1], plan.out_w)
     out_h, out_w = rows[1] - rows[0], cols[1] - cols[0]
