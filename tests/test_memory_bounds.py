@@ -289,6 +289,60 @@ def test_conv_same_valid_and_asymmetric_padding_beyond_the_image(conv_direct_mod
         assert_close(grad_w, reference.conv2d_backward_weight(grad_out, xs, weight.shape, **kwargs), dtype)
 
 
+@pytest.fixture(params=["blas", None])
+def conv_gemm_kernel(request):
+    """convx's own GEMM (the default, where the CPU has one) or BLAS, whose forward runs the im2col tiles."""
+    saved = core.gemm_kernel()
+    core.set_gemm_kernel(request.param or saved)
+    yield
+    core.set_gemm_kernel(saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_conv_kernel_larger_than_the_image(conv_direct_mode, conv_gemm_kernel, conv_threads, dtype, threads, rng):
+    """A 32x32 kernel over a 1x1, 2x3 and 1x5 image padded by 31: the im2col columns of one output row would
+    be 32 * 32 * 32 taps by 32-36 output columns, 16-18 times the weight, over the 2**20-element budget from
+    width 33 on; they are tiled within the row. Every op, against the NumPy reference."""
+    convx.set_num_threads(threads)
+    for shape in [(1, 32, 1, 1), (2, 32, 2, 3), (1, 32, 1, 5)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        weight = rng.standard_normal((2, 32, 32, 32)).astype(dtype)
+        bias = rng.standard_normal(2).astype(dtype)
+        kwargs = dict(padding=31, stride=(2, 1))
+        y = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
+        assert_close(y, reference.conv2d(x, weight, bias, **kwargs), dtype)
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        expected = (reference.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                    reference.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                    reference.conv2d_backward_bias(grad_out))
+        got = _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs), (grad_out, x, weight))
+        for actual, want in zip(got, expected):
+            assert_close(actual, want, dtype)
+        got_x = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                                   (grad_out, weight))
+        assert_close(got_x, expected[0], dtype)
+        got_w = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                                   (grad_out, x))
+        assert_close(got_w, expected[1], dtype)
+
+
+def test_conv_kernel_much_larger_than_the_image_memory(conv_direct_mode):
+    """A 128x128 kernel, 4 -> 2 channels, over a 1x65 image padded by 127: the columns of one output row were
+    160 MiB in float64 (128 MiB over a 1x1 image; the direct weight gradient's partials 64 MiB), for 1 MiB of
+    inputs."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 4, 1, 65))
+    weight = rng.standard_normal((2, 4, 128, 128))
+    kwargs = dict(padding=127, stride=(8, 1))
+    y = _conv_check_memory(lambda: F.conv2d(x, weight, **kwargs), (x, weight))
+    assert_close(y, reference.conv2d(x, weight, **kwargs))
+    grad_out = rng.standard_normal(y.shape)
+    _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs), (grad_out, x, weight))
+    _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs), (grad_out, weight))
+    _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs), (grad_out, x))
+
+
 def _conv_transpose_sweep():
     """(H, W, kernel, stride, padding, output_padding, dilation): stride and dilation up to 2**31 - 1,
     the padding chosen so that the output is a few pixels."""
