@@ -23,6 +23,7 @@ from conftest import DTYPES, WINOGRAD_TOLERANCES, assert_close
 import convx
 import convx._core as core
 import convx.functional as F
+from convx import nn
 from convx.reference import conv as reference
 
 # --- convolution --------------------------------------------------------------------------------
@@ -352,14 +353,14 @@ def _conv_transpose_sweep():
     ):
         if max(stride, dilation) < 10**4:
             continue
-        padding, output_padding = [], []
+        padding = []
         for size, k in zip((height, width), kernel):
             full = (size - 1) * stride + dilation * (k - 1) + 1
             padding.append(max(0, (full - 3) // 2))
-            output_padding.append(0)
         if max(padding) > _CONV_HUGE:
             continue
-        cases.append(((height, width), kernel, stride, tuple(padding), tuple(output_padding), dilation))
+        for output_padding in [(0, 0), (2, 1)]:
+            cases.append(((height, width), kernel, stride, tuple(padding), output_padding, dilation))
     return cases
 
 
@@ -369,7 +370,7 @@ def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, 
     within the memory bound, equal to the reference (the input gradient of the matching convolution) and
     to PyTorch."""
     cases = _conv_transpose_sweep()
-    assert len(cases) >= 20
+    assert len(cases) >= 40
     for index, ((height, width), kernel, stride, padding, output_padding, dilation) in enumerate(cases):
         convx.set_num_threads(1 + index % 3)
         rng = np.random.default_rng(index)
@@ -382,11 +383,14 @@ def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, 
         # y is the input gradient of the convolution of y's shape with weight (C_in, C_out, ...) at grad_out x
         forward_weight = weight
         y_shape = (2, 3, *y.shape[2:])
+        # (with output_padding >= stride that convolution has more outputs than x: x's are the first)
         (out_h, out_w), products = _conv_products(y_shape, forward_weight.shape, (stride, stride), pads,
                                                   (dilation, dilation), 1)
-        assert (out_h, out_w) == (height, width)
+        assert out_h >= height and out_w >= width
         expected = np.zeros(y_shape)
         for oh, ow, ih, iw, i, j in products:
+            if oh >= height or ow >= width:
+                continue
             expected[..., ih, iw] += np.einsum("mc,nm->nc", forward_weight[..., i, j].astype(np.float64),
                                                x[..., oh, ow].astype(np.float64))
         expected += bias[:, None, None]
@@ -464,3 +468,85 @@ def test_conv_size_refusals_name_the_argument(op, kwargs, argument):
 def test_conv_transpose_size_refusals_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         F.conv_transpose2d(np.ones((1, 2, 1, 1)), np.ones((2, 3, 2, 2)), **kwargs)
+
+
+# nn.Conv2d's padding modes copy the padded input: only the elements windows read.
+
+_CONV_NN_MODES = ["replicate", "reflect", "circular"]
+
+
+def _conv_nn_source(position, size, mode):
+    """The input element a padded position (counted from the input's first) copies, by PyTorch's rules."""
+    if mode == "replicate":
+        return min(max(position, 0), size - 1)
+    if mode == "circular":
+        return position % size
+    period = 2 * (size - 1)
+    folded = position % period if period else 0
+    return folded if folded < size else period - folded
+
+
+def _conv_nn_reference(x, weight, bias, grad_out, stride, padding, dilation, mode):
+    """(y, grad_x, grad_w) of a padding-mode convolution, from the definition, in float64 loops."""
+    n, c_in, height, width = x.shape
+    kernel_h, kernel_w = weight.shape[2:]
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
+    x64, w64 = x.astype(np.float64), weight.astype(np.float64)
+    y = np.zeros((n, weight.shape[0], out_h, out_w))
+    grad_x, grad_w = np.zeros_like(x64), np.zeros_like(w64)
+    for oh, ow, i, j in itertools.product(range(out_h), range(out_w), range(kernel_h), range(kernel_w)):
+        ih = _conv_nn_source(oh * stride[0] - padding[0] + i * dilation[0], height, mode)
+        iw = _conv_nn_source(ow * stride[1] - padding[1] + j * dilation[1], width, mode)
+        y[..., oh, ow] += x64[..., ih, iw] @ w64[..., i, j].T
+        grad_x[..., ih, iw] += grad_out[..., oh, ow] @ w64[..., i, j]
+        grad_w[..., i, j] += grad_out[..., oh, ow].T @ x64[..., ih, iw]
+    return y + bias[:, None, None], grad_x, grad_w
+
+
+@pytest.mark.parametrize("mode", _CONV_NN_MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_nn_padding_modes_copy_only_what_is_read(conv_direct_mode, mode, dtype):
+    """nn.Conv2d with replicate padding up to 2**31 - 1 (reflect and circular padding is at most the input),
+    strides past a window and dilations: within the memory bound, equal to the definition."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 3, 4)).astype(dtype)
+    if mode == "replicate":
+        geometries = [((10**8, 10**8), (10**8, 10**8), (1, 1)), ((_CONV_HUGE, 1), (2**30, 1), (1, 1)),
+                      ((10**4, 7), (10**4, 3), (10**4, 2)), ((1, 10**4), (1, 10**4), (1, 10**4))]
+    else:
+        geometries = [((5, 7), (2, 3), (1, 1)), ((1, 4), (2, 3), (1, 2)), ((3, 2), (1, 2), (2, 1))]
+    for stride, padding, dilation in geometries:
+        layer = nn.Conv2d(3, 4, (3, 2), stride=stride, padding=padding, dilation=dilation, padding_mode=mode,
+                          dtype=dtype, rng=1)
+        y = _conv_check_memory(lambda: layer(x), (x, *layer.params.values()))
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        grad_x = _conv_check_memory(lambda: layer.backward(grad_out), (grad_out, x, *layer.params.values()))
+        expected = _conv_nn_reference(x, layer.params["weight"], layer.params["bias"], grad_out.astype(np.float64),
+                                      stride, padding, dilation, mode)
+        for actual, want in zip((y, grad_x, layer.grads["weight"]), expected):
+            assert_close(actual, want, dtype)
+        assert_close(layer.grads["bias"], grad_out.astype(np.float64).sum(axis=(0, 2, 3)), dtype)
+
+
+@pytest.mark.parametrize("mode", _CONV_NN_MODES)
+def test_conv_nn_padding_modes_with_strides_past_the_window_match_torch(mode, torch):
+    """Strides longer than the kernel (each window's taps copied side by side) and shorter (the padded input),
+    against torch.nn.Conv2d's forward and gradients."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 4, 6, 7))
+    for stride, padding, dilation in [((5, 6), (2, 3), (1, 1)), ((4, 1), (3, 2), (2, 1)), ((1, 2), (1, 1), (1, 3))]:
+        ours = nn.Conv2d(4, 6, (2, 3), stride=stride, padding=padding, dilation=dilation, padding_mode=mode,
+                         groups=2, dtype=np.float64, rng=3)
+        theirs = torch.nn.Conv2d(4, 6, (2, 3), stride=stride, padding=padding, dilation=dilation,
+                                 padding_mode=mode, groups=2).double()
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        tx = torch.tensor(x, requires_grad=True)
+        ty = theirs(tx)
+        y = ours(x)
+        assert_close(y, ty.detach().numpy())
+        grad_out = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(grad_out))
+        assert_close(ours.backward(grad_out), tx.grad.numpy())
+        assert_close(ours.grads["weight"], theirs.weight.grad.numpy())
+        assert_close(ours.grads["bias"], theirs.bias.grad.numpy())
