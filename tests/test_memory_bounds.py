@@ -464,10 +464,13 @@ def test_conv_size_refusals_name_the_argument(op, kwargs, argument):
 
 
 @pytest.mark.parametrize("kwargs, argument", [(dict(stride=2**31), "stride"), (dict(padding=2**31), "padding"),
-                                              (dict(dilation=2**31), "dilation")], ids=str)
+                                              (dict(dilation=2**31), "dilation"),
+                                              (dict(stride=(2**30, 1)), r"stride=\(1073741824, 1\)"),
+                                              (dict(dilation=(1, 2**30)), r"dilation=\(1, 1073741824\)")], ids=str)
 def test_conv_transpose_size_refusals_name_the_argument(kwargs, argument):
+    # x 3x2, kernel 2x3: stride 2**30 makes an output of 2**31 + 1 rows
     with pytest.raises(ValueError, match=argument):
-        F.conv_transpose2d(np.ones((1, 2, 1, 1)), np.ones((2, 3, 2, 2)), **kwargs)
+        F.conv_transpose2d(np.ones((1, 2, 3, 2)), np.ones((2, 3, 2, 3)), **kwargs)
 
 
 # nn.Conv2d's padding modes copy the padded input: only the elements windows read.

@@ -719,6 +719,12 @@ def conv_transpose2d(
             f"the output would be {out_h}x{out_w}: padding={pad} is too large for this {height}x{width} input, "
             f"{kernel_h}x{kernel_w} kernel, stride={stride}, dilation={dilation} and output_padding={out_pad}"
         )
+    if out_h * out_w > _INT32_LIMIT:
+        raise ValueError(
+            f"the output would be {out_h}x{out_w}, more than the {_INT32_LIMIT} pixels per plane convx supports: "
+            f"stride={stride}, padding={pad}, dilation={dilation} and output_padding={out_pad} with this "
+            f"{height}x{width} input and {kernel_h}x{kernel_w} kernel"
+        )
     c_out = weight.shape[1] * groups
     # Transposed convolution is conv2d's input gradient with x as the output gradient.
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
