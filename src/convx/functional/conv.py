@@ -225,6 +225,13 @@ def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
 
 
 _ALL = slice(None)
+# Outputs that read padding only are cut off where at most this fraction of the output is left: the
+# copies that cutting takes (the computed outputs into place, the output gradient cropped) cost more
+# than computing a few such outputs. One row and column of 30 cut (16x64x56x56, 3x3, stride 2,
+# padding 3; Xeon, family 6 model 167, AVX-512, medians of 5): forward 6.08 ms cut, 4.66 not;
+# fused backward 11.75 and 11.14. Above it the kernels take the padding (their scratch is bounded
+# apart from this, _conv.pxi SCRATCH_*), at most twice the outputs' work.
+_CUT_KEEPS_AT_MOST = 0.5
 
 
 class _KernelPlan(NamedTuple):
@@ -249,7 +256,8 @@ def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelP
     Outputs whose windows lie wholly in the padding are cut off (``conv_reading_outputs``): with a padding
     of 10**8 and a stride of 10**8, a 1x1 image's 2x2 output is one output computed and three that read
     only zeros, where the kernels' padded copies and column buffers would span the padding (9 GiB for
-    the forward, 35 PiB for the weight gradient). The stride of an axis with one output, and the
+    the forward, 35 PiB for the weight gradient); where they are fewer than half (_CUT_KEEPS_AT_MOST),
+    the kernels compute them as they are. The stride of an axis with one output, and the
     dilation of an axis with one tap, multiply nothing and are set to 1. The outputs cut off are the
     bias plus products with zeros (``_padding_only_output``, ``_padding_weight_gradient``); the input
     gradient never reads them. Padding left inside the windows that remain (and dilated taps that step
@@ -267,6 +275,8 @@ def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelP
         return _KernelPlan(plan, _ALL, _ALL)
     rows = conv_reading_outputs(input_hw[0], kernel_hw[0], plan.stride[0], plan.pad[0], plan.dilation[0], plan.out_h)
     cols = conv_reading_outputs(input_hw[1], kernel_hw[1], plan.stride[1], plan.pad[1], plan.dilation[1], plan.out_w)
+    if (rows[1] - rows[0]) * (cols[1] - cols[0]) > _CUT_KEEPS_AT_MOST * plan.out_h * plan.out_w:
+        rows, cols = (0, plan.out_h), (0, plan.out_w)
     out_h, out_w = rows[1] - rows[0], cols[1] - cols[0]
     reduced = plan._replace(
         out_h=out_h, out_w=out_w,
