@@ -302,15 +302,15 @@ def conv_gemm_kernel(request):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 3])
 def test_conv_kernel_larger_than_the_image(conv_direct_mode, conv_gemm_kernel, conv_threads, dtype, threads, rng):
-    """A 32x32 kernel over a 1x1, 2x3 and 1x5 image padded by 31: the im2col columns of one output row would
-    be 32 * 32 * 32 taps by 32-36 output columns, 16-18 times the weight, over the 2**20-element budget from
-    width 33 on; they are tiled within the row. Every op, against the NumPy reference."""
+    """A 32x32 kernel over a 1x1, 2x3 and 1x5 image (two groups) padded by 31: the im2col columns of one output
+    row would be 32 * 32 * 32 taps by 32-36 output columns, 16-18 times the weight, over the 2**20-element
+    budget from width 33 on; they are tiled within the row. Every op, against the NumPy reference."""
     convx.set_num_threads(threads)
-    for shape in [(1, 32, 1, 1), (2, 32, 2, 3), (1, 32, 1, 5)]:
+    for shape, groups in [((1, 32, 1, 1), 1), ((2, 32, 2, 3), 1), ((1, 64, 1, 5), 2)]:
         x = rng.standard_normal(shape).astype(dtype)
-        weight = rng.standard_normal((2, 32, 32, 32)).astype(dtype)
-        bias = rng.standard_normal(2).astype(dtype)
-        kwargs = dict(padding=31, stride=(2, 1))
+        weight = rng.standard_normal((2 * groups, 32, 32, 32)).astype(dtype)
+        bias = rng.standard_normal(2 * groups).astype(dtype)
+        kwargs = dict(padding=31, stride=(2, 1), groups=groups)
         y = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
         assert_close(y, reference.conv2d(x, weight, bias, **kwargs), dtype)
         grad_out = rng.standard_normal(y.shape).astype(dtype)
