@@ -12,6 +12,7 @@ input, which is what cannot be done here) and against PyTorch; and the refusals 
 naming the argument at fault. Its helpers are named ``_conv_*``.
 """
 
+import contextlib
 import functools
 import itertools
 import tracemalloc
@@ -50,6 +51,15 @@ def _conv_check_memory(call, inputs):
     budget = 2 * sum(array.nbytes for array in inputs if array is not None) + _CONV_SLACK
     assert extra <= budget, f"{extra / 2**20:.1f} MiB of scratch, more than {budget / 2**20:.1f} MiB"
     return result
+
+
+@contextlib.contextmanager
+def _conv_case(description):
+    """Name the sweep case in any assertion that fails inside."""
+    try:
+        yield
+    except AssertionError as error:
+        raise AssertionError(f"{description}: {error}") from None
 
 
 def _conv_output_size(size, kernel, stride, pads, dilation):
@@ -176,22 +186,23 @@ def test_conv_extreme_geometry_memory_and_results(conv_direct_mode, conv_threads
         x, weight, bias, grad_out, (y, grad_x, grad_w, grad_b) = _conv_arrays(
             layer, kernel, dtype, stride, padding, dilation)
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        case = f"{layer} kernel={kernel} {kwargs}"
-        if op == "forward":
-            got = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
-            assert_close(got, y, dtype)
-        elif op == "backward_input":
-            got = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
-                                     (grad_out, weight))
-            assert_close(got, grad_x, dtype)
-        elif op == "backward_weight":
-            got = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
-                                     (grad_out, x))
-            assert_close(got, grad_w, dtype)
-        else:
-            got = _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs), (grad_out, x, weight))
-            for actual, expected in zip(got, (grad_x, grad_w, grad_b)):
-                assert_close(actual, expected, dtype)
+        with _conv_case(f"{layer} kernel={kernel} {kwargs}"):
+            if op == "forward":
+                got = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
+                assert_close(got, y, dtype)
+            elif op == "backward_input":
+                got = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                                         (grad_out, weight))
+                assert_close(got, grad_x, dtype)
+            elif op == "backward_weight":
+                got = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                                         (grad_out, x))
+                assert_close(got, grad_w, dtype)
+            else:
+                got = _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs),
+                                         (grad_out, x, weight))
+                for actual, expected in zip(got, (grad_x, grad_w, grad_b)):
+                    assert_close(actual, expected, dtype)
 
 
 def test_conv_extreme_geometry_matches_torch(torch):
@@ -394,14 +405,14 @@ def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, 
             expected[..., ih, iw] += np.einsum("mc,nm->nc", forward_weight[..., i, j].astype(np.float64),
                                                x[..., oh, ow].astype(np.float64))
         expected += bias[:, None, None]
-        case = f"x {x.shape} kernel={kernel} {kwargs}"
-        assert_close(y, expected, dtype)
-        # PyTorch sizes a transposed convolution's output in 32-bit ints (-4294967292 for dilation 2**31 - 1)
-        spans = [2 * max(padding), dilation * (max(kernel) - 1), (max(height, width) - 1) * stride]
-        if dtype == np.float64 and max(spans) < 2**30:
-            got = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight), torch.tensor(bias),
-                                                       **kwargs).numpy()
-            assert_close(y, got)
+        with _conv_case(f"x {x.shape} kernel={kernel} {kwargs}"):
+            assert_close(y, expected, dtype)
+            # PyTorch sizes a transposed convolution's output in 32-bit ints (-4294967292 for dilation 2**31 - 1)
+            spans = [2 * max(padding), dilation * (max(kernel) - 1), (max(height, width) - 1) * stride]
+            if dtype == np.float64 and max(spans) < 2**30:
+                got = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight),
+                                                           torch.tensor(bias), **kwargs).numpy()
+                assert_close(y, got)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
