@@ -180,6 +180,7 @@ cdef extern from "_gemm.h" nogil:
                             double* buf)
     size_t convx_direct_buffer_size(const convx_conv_shape* s, Py_ssize_t mr, Py_ssize_t rows)
     Py_ssize_t convx_direct_row_tile(const convx_conv_shape* s, Py_ssize_t mr)
+    Py_ssize_t convx_direct_buffer_width(const convx_conv_shape* s, Py_ssize_t mr)
     size_t convx_direct_weight_size_f(int level, Py_ssize_t m, Py_ssize_t k)
     size_t convx_direct_weight_size_d(int level, Py_ssize_t m, Py_ssize_t k)
     Py_ssize_t convx_direct_lanes_f(int level)
@@ -402,6 +403,35 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
 
 
 cdef enum:
+    # Paths whose per-thread scratch holds a zero-padded (or stride-spread) copy of an image are
+    # taken only where that copy stays within SCRATCH_IMAGE_MULTIPLE times one image's input and
+    # output, plus SCRATCH_SLACK elements; elsewhere the paths that clip each tap to the input
+    # (convx_conv_block's packing, im2col tiles) run, whose scratch the padding, stride and
+    # dilation do not size. The outputs that read padding only are cut off before (functional/
+    # conv.py, _kernel_plan); what this bounds is the padding inside the windows left, and
+    # dilated taps stepping past the input: a 1x1 image, dilation and padding 10**4 had the
+    # direct weight gradient take 6 GiB and 19 s, 3 GiB and 1.7 s its forward (Xeon, family 6
+    # model 167, AVX-512). The layers of the benchmark copy at most about twice an image (a 3x3
+    # kernel with padding 1 over 7x7 planes: 9 / 7 columns per row, plus the output), so none
+    # of them changes path.
+    SCRATCH_IMAGE_MULTIPLE = 4
+    SCRATCH_SLACK = 1 << 18
+
+
+cdef inline bint _scratch_fits(double elements, convx_conv_shape* s) noexcept nogil:
+    """Whether a per-thread copy of elements stays within the bound above for the shape s
+    (in double: the padded sizes of an unbounded path could overflow a 64-bit product)."""
+    cdef double image = (<double> (s.groups * s.c_in_g) * <double> s.height * <double> s.width
+                         + <double> (s.groups * s.c_out_g) * <double> s.out_h * <double> s.out_w)
+    return elements <= SCRATCH_IMAGE_MULTIPLE * image + SCRATCH_SLACK
+
+
+cdef inline double _padded_planes(convx_conv_shape* s, Py_ssize_t channels) noexcept nogil:
+    """Elements of channels zero-padded planes (convx_padded_height x convx_padded_width), in double."""
+    return <double> channels * <double> convx_padded_height(s) * <double> convx_padded_width(s)
+
+
+cdef enum:
     # Pixels per plane from which the flat kernels take a 1x1 convolution's forward and input
     # gradient, and its weight gradient. Their strips and chunks end with each plane, where the
     # packed path's run on into the next image, and each strip streams the whole weight: on
@@ -522,7 +552,7 @@ cdef inline bint _plane_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
         return False
     if s.sw != 1 or s.ph < 0 or s.pw < 0 or depth > CONVX_PLANE_DEPTH:
         return False
-    if s.c_in_g * convx_padded_height(s) * convx_padded_width(s) > PLANE_BUFFER:
+    if _padded_planes(s, s.c_in_g) > PLANE_BUFFER or not _scratch_fits(_padded_planes(s, s.c_in_g), s):
         return False
     if _direct_mode == MODE_PLANE:
         return True
@@ -592,7 +622,22 @@ cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil
 
 
 cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
-    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not)."""
+    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not): as
+    _direct_mode_wanted, but not in rows whose channels-last copy of the rows read (their
+    padding's columns, and the columns out to a last tile's spare pixels) would exceed
+    _scratch_fits (images copy the images only, and skip the taps in the padding)."""
+    cdef int mode = _direct_mode_wanted(s, batch, is_float)
+    cdef Py_ssize_t mr = convx_direct_rows_f(_gemm_level) if is_float else convx_direct_rows_d(_gemm_level)
+    cdef double in_rows
+    if mode == DIRECT_ROWS:
+        in_rows = min(<double> s.height, <double> ((s.out_h - 1) * s.sh + (s.kh - 1) * s.dh + 1))
+        if not _scratch_fits(in_rows * <double> convx_direct_buffer_width(s, mr) * <double> (s.groups * s.c_in_g), s):
+            return DIRECT_OFF
+    return mode
+
+
+cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """How convx_direct_conv_* would best take a convolution of shape s, scratch aside."""
     cdef int level = _gemm_level
     cdef Py_ssize_t rows, tile
     if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
@@ -722,6 +767,31 @@ cdef enum:
 
 
 cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+    """_direct_weight_wanted, or DIRECT_OFF where its channels-last copy of an image (all its
+    rows; the padding's columns, and for DIRECT_OUTER its rows, zero) would exceed _scratch_fits."""
+    cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads)
+    cdef int level = _gemm_level
+    cdef double copy, part
+    cdef double weight = <double> (s.groups * s.c_out_g * s.c_in_g) * <double> (s.kh * s.kw)
+    if split == DIRECT_OFF:
+        return split
+    if split == DIRECT_OUTER:
+        copy = _padded_planes(s, s.groups * s.c_in_g)
+        part = convx_direct_outer_part_size_f(level, s) if is_float else convx_direct_outer_part_size_d(level, s)
+    else:
+        copy = <double> s.height * <double> convx_direct_buffer_width(s, 1) * <double> (s.groups * s.c_in_g)
+        if is_float:
+            part = convx_direct_weight_part_size_f(level, s, s.groups * convx_direct_weight_tiles_f(level, s))
+        else:
+            part = convx_direct_weight_part_size_d(level, s, s.groups * convx_direct_weight_tiles_d(level, s))
+    # The partials hold whole register tiles of output by input channels for every tap: for few
+    # channels a multiple of the weight (2 -> 4 channels of a 256x256 kernel: 64 MiB for a 2 MiB weight).
+    if not _scratch_fits(copy, s) or part > SCRATCH_IMAGE_MULTIPLE * weight + SCRATCH_SLACK:
+        return DIRECT_OFF
+    return split
+
+
+cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
     """How _direct_weight_gradient takes the weight gradient of shape s: DIRECT_OFF (it does not),
     DIRECT_BY_IMAGES (threads take shares of the batch, each summing a whole partial) or
     DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image),
@@ -1095,14 +1165,22 @@ cdef struct ConvGeometry:
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
     Py_ssize_t col_rows        # c_in_g * kernel_h * kernel_w
     Py_ssize_t chunk_rows      # output rows per tile (out_h unless one image is split)
+    Py_ssize_t chunk_cols      # output columns per tile (out_w unless one row's columns exceed COL_BUDGET)
     Py_ssize_t block           # whole images per tile (1 unless planes are small)
     bint direct_1x1            # the input plane is already the column matrix
 
 
-cdef void _im2col(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
-                  floating* col, Py_ssize_t ld) noexcept nogil:
-    """col[(c, i, j) * ld + (oh - row0) * out_w + ow] = image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside)."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+cdef inline void _clip_range(Py_ssize_t col0, Py_ssize_t col1, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi) := [lo, hi) within [col0, col1), as offsets from col0."""
+    lo[0] = min(max(lo[0], col0), col1) - col0
+    hi[0] = min(max(hi[0], col0 + lo[0]), col1) - col0
+
+
+cdef void _im2col(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1, Py_ssize_t col0,
+                  Py_ssize_t col1, floating* col, Py_ssize_t ld) noexcept nogil:
+    """col[(c, i, j) * ld + (oh - row0) * (col1 - col0) + ow - col0] = image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+    (0 outside) for output rows [row0, row1) and columns [col0, col1)."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi, n = col1 - col0
     cdef floating* dst
     cdef const floating* src
     for c in range(g.c_in_g):
@@ -1110,13 +1188,15 @@ cdef void _im2col(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ss
             for j in range(g.kernel_w):
                 iw0 = j * g.dilation_w - g.pad_w
                 _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                _clip_range(col0, col1, &lo, &hi)
                 dst = col + ((c * g.kernel_h + i) * g.kernel_w + j) * ld
                 for oh in range(row0, row1):
                     ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
                     if ih < 0 or ih >= g.height:
-                        memset(dst, 0, g.out_w * sizeof(floating))
+                        memset(dst, 0, n * sizeof(floating))
                     else:
-                        src = image + (c * g.height + ih) * g.width + iw0
+                        # output column col0 + ow reads src[ow * stride_w]
+                        src = image + (c * g.height + ih) * g.width + iw0 + col0 * g.stride_w
                         for ow in range(lo):
                             dst[ow] = 0
                         if g.stride_w == 1:
@@ -1129,15 +1209,16 @@ cdef void _im2col(const floating* image, ConvGeometry* g, Py_ssize_t row0, Py_ss
                         else:
                             for ow in range(lo, hi):
                                 dst[ow] = src[ow * g.stride_w]
-                        for ow in range(hi, g.out_w):
+                        for ow in range(hi, n):
                             dst[ow] = 0
-                    dst += g.out_w
+                    dst += n
 
 
-cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1,
-                  floating* image, Py_ssize_t ld) noexcept nogil:
-    """image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += col[(c, i, j) * ld + (oh - row0) * out_w + ow] (adjoint of _im2col)."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi
+cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssize_t row1, Py_ssize_t col0,
+                  Py_ssize_t col1, floating* image, Py_ssize_t ld) noexcept nogil:
+    """image[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += col[(c, i, j) * ld + (oh - row0) * (col1 - col0) + ow - col0]
+    (adjoint of _im2col)."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, iw0, lo, hi, n = col1 - col0
     cdef const floating* src
     cdef floating* dst
     for c in range(g.c_in_g):
@@ -1145,11 +1226,12 @@ cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssiz
             for j in range(g.kernel_w):
                 iw0 = j * g.dilation_w - g.pad_w
                 _valid_range(iw0, g.stride_w, g.width, g.out_w, &lo, &hi)
+                _clip_range(col0, col1, &lo, &hi)
                 src = col + ((c * g.kernel_h + i) * g.kernel_w + j) * ld
                 for oh in range(row0, row1):
                     ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
                     if ih >= 0 and ih < g.height:
-                        dst = image + (c * g.height + ih) * g.width + iw0
+                        dst = image + (c * g.height + ih) * g.width + iw0 + col0 * g.stride_w
                         if g.stride_w == 1:
                             for ow in range(lo, hi):
                                 dst[ow] += src[ow]
@@ -1159,7 +1241,7 @@ cdef void _col2im(const floating* col, ConvGeometry* g, Py_ssize_t row0, Py_ssiz
                         else:
                             for ow in range(lo, hi):
                                 dst[ow * g.stride_w] += src[ow]
-                    src += g.out_w
+                    src += n
 
 
 cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height, Py_ssize_t width,
@@ -1190,8 +1272,14 @@ cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height
     g.direct_1x1 = (kernel_h == 1 and kernel_w == 1 and stride_h == 1 and stride_w == 1
                     and pad_h == 0 and pad_w == 0 and out_h == height and out_w == width)
     g.chunk_rows = out_h
+    g.chunk_cols = out_w
     if not g.direct_1x1 and g.col_rows * n_out > COL_BUDGET:
         g.chunk_rows = max(1, COL_BUDGET // (g.col_rows * out_w))
+        if g.col_rows * out_w > COL_BUDGET:
+            # A kernel much larger than the image (padded as far): the columns of one output row
+            # would be kernel x output width, a multiple of the weight (a 256x256 kernel over a
+            # 1x1 image with padding 255: 256 MiB per thread). Tiles of a row's columns instead.
+            g.chunk_cols = max(1, COL_BUDGET // g.col_rows)
     g.block = 1
     if n_out < MIN_GEMM_COLS and batch > 1:
         wanted = (MIN_GEMM_COLS + n_out - 1) // n_out
@@ -1203,6 +1291,7 @@ cdef ConvGeometry _geometry(Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height
             # The block tiles take whole images (and their scratch is sized so); the budget
             # test above already implies this, stated here because the tiles rely on it.
             g.chunk_rows = out_h
+            g.chunk_cols = out_w
     return g
 
 
@@ -1234,7 +1323,7 @@ cdef inline Py_ssize_t _block_start(ConvGeometry* g, Py_ssize_t item, Py_ssize_t
 cdef inline Py_ssize_t _col_size(ConvGeometry* g) noexcept nogil:
     if g.direct_1x1:
         return 1
-    return g.col_rows * g.block * g.chunk_rows * g.out_w
+    return g.col_rows * g.block * g.chunk_rows * g.chunk_cols
 
 
 cdef inline Py_ssize_t _gathered_size(ConvGeometry* g) noexcept nogil:
@@ -1278,13 +1367,14 @@ cdef void _scatter(const floating* gathered, ConvGeometry* g, Py_ssize_t grp, Py
 
 
 cdef void _columns(const floating* images, ConvGeometry* g, Py_ssize_t grp, Py_ssize_t n_images,
-                   Py_ssize_t row0, Py_ssize_t row1, floating* col) noexcept nogil:
-    """The column matrix of group grp for images [0, n_images) and output rows [row0, row1), side by side."""
+                   Py_ssize_t row0, Py_ssize_t row1, Py_ssize_t col0, Py_ssize_t col1, floating* col) noexcept nogil:
+    """The column matrix of group grp for images [0, n_images), output rows [row0, row1) and columns
+    [col0, col1), side by side."""
     cdef Py_ssize_t plane = g.height * g.width
-    cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
+    cdef Py_ssize_t n_cols = (row1 - row0) * (col1 - col0)
     cdef Py_ssize_t b
     for b in range(n_images):
-        _im2col(images + (b * g.groups + grp) * g.c_in_g * plane, g, row0, row1,
+        _im2col(images + (b * g.groups + grp) * g.c_in_g * plane, g, row0, row1, col0, col1,
                 col + b * n_cols, n_images * n_cols)
 
 
@@ -1296,7 +1386,7 @@ cdef void _forward_tile(const floating* x, const floating* weight, floating* out
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t n_cols = (row1 - row0) * g.out_w
-    cdef Py_ssize_t grp
+    cdef Py_ssize_t grp, col0, col1
     cdef const floating* w_grp
     for grp in range(g.groups):
         w_grp = weight + grp * g.c_out_g * g.col_rows
@@ -1305,14 +1395,21 @@ cdef void _forward_tile(const floating* x, const floating* weight, floating* out
                   x + grp * g.c_in_g * plane + row0 * g.out_w, plane,
                   0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
             continue
-        _columns(x, g, grp, n_images, row0, row1, col)
-        if n_images == 1:
-            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows, col, n_cols,
-                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out)
-        else:
+        if n_images > 1:
+            _columns(x, g, grp, n_images, row0, row1, 0, g.out_w, col)
             _gemm(False, False, g.c_out_g, n_images * n_cols, g.col_rows, 1, w_grp, g.col_rows,
                   col, n_images * n_cols, 0, gathered, n_images * n_cols)
             _scatter(gathered, g, grp, n_images, out)
+            continue
+        # whole rows, or (chunk_cols < out_w, one row) a part of one
+        col0 = 0
+        while col0 < g.out_w:
+            col1 = min(col0 + g.chunk_cols, g.out_w)
+            n_cols = (row1 - row0) * (col1 - col0)
+            _columns(x, g, grp, 1, row0, row1, col0, col1, col)
+            _gemm(False, False, g.c_out_g, n_cols, g.col_rows, 1, w_grp, g.col_rows, col, n_cols,
+                  0, out + grp * g.c_out_g * n_out + row0 * g.out_w + col0, n_out)
+            col0 = col1
 
 
 cdef void _backward_input_tile(const floating* grad_out, WeightProduct* wp, floating* grad_in,
@@ -1322,7 +1419,7 @@ cdef void _backward_input_tile(const floating* grad_out, WeightProduct* wp, floa
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t image_in = g.groups * g.c_in_g * plane
-    cdef Py_ssize_t grp, row0, row1, n_cols, b
+    cdef Py_ssize_t grp, row0, row1, col0, col1, n_cols, b
     if not g.direct_1x1:
         memset(grad_in, 0, n_images * image_in * sizeof(floating))
     for grp in range(g.groups):
@@ -1330,20 +1427,26 @@ cdef void _backward_input_tile(const floating* grad_out, WeightProduct* wp, floa
             _gather(grad_out, g, grp, n_images, gathered)
             _product(wp, grp, n_images * n_out, gathered, n_images * n_out, col, n_images * n_out, work)
             for b in range(n_images):
-                _col2im(col + b * n_out, g, 0, g.out_h, grad_in + b * image_in + grp * g.c_in_g * plane,
+                _col2im(col + b * n_out, g, 0, g.out_h, 0, g.out_w, grad_in + b * image_in + grp * g.c_in_g * plane,
                         n_images * n_out)
             continue
         row0 = 0
         while row0 < g.out_h:
             row1 = min(row0 + g.chunk_rows, g.out_h)
-            n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
+                n_cols = (row1 - row0) * g.out_w
                 _product(wp, grp, n_cols, grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
                          grad_in + grp * g.c_in_g * plane + row0 * g.out_w, plane, work)
-            else:
-                _product(wp, grp, n_cols, grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
+                row0 = row1
+                continue
+            col0 = 0
+            while col0 < g.out_w:
+                col1 = min(col0 + g.chunk_cols, g.out_w)
+                n_cols = (row1 - row0) * (col1 - col0)
+                _product(wp, grp, n_cols, grad_out + grp * g.c_out_g * n_out + row0 * g.out_w + col0, n_out,
                          col, n_cols, work)
-                _col2im(col, g, row0, row1, grad_in + grp * g.c_in_g * plane, n_cols)
+                _col2im(col, g, row0, row1, col0, col1, grad_in + grp * g.c_in_g * plane, n_cols)
+                col0 = col1
             row0 = row1
 
 
@@ -1353,29 +1456,35 @@ cdef void _backward_weight_tile(const floating* grad_out, const floating* x, flo
     """grad_weight_grp += grad_out[b, grp] @ im2col(x[b, grp])^T summed over the tile's whole images."""
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t n_out = g.out_h * g.out_w
-    cdef Py_ssize_t grp, row0, row1, n_cols
+    cdef Py_ssize_t grp, row0, row1, col0, col1, n_cols
     cdef floating* dw_grp
     for grp in range(g.groups):
         dw_grp = grad_weight + grp * g.c_out_g * g.col_rows
         if n_images > 1:
             _gather(grad_out, g, grp, n_images, gathered)
-            _columns(x, g, grp, n_images, 0, g.out_h, col)
+            _columns(x, g, grp, n_images, 0, g.out_h, 0, g.out_w, col)
             _gemm(False, True, g.c_out_g, g.col_rows, n_images * n_out, 1, gathered, n_images * n_out,
                   col, n_images * n_out, 1, dw_grp, g.col_rows)
             continue
         row0 = 0
         while row0 < g.out_h:
             row1 = min(row0 + g.chunk_rows, g.out_h)
-            n_cols = (row1 - row0) * g.out_w
             if g.direct_1x1:
+                n_cols = (row1 - row0) * g.out_w
                 _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
                       grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out,
                       x + grp * g.c_in_g * plane + row0 * g.out_w, plane, 1, dw_grp, g.col_rows)
-            else:
-                _columns(x, g, grp, 1, row0, row1, col)
+                row0 = row1
+                continue
+            col0 = 0
+            while col0 < g.out_w:
+                col1 = min(col0 + g.chunk_cols, g.out_w)
+                n_cols = (row1 - row0) * (col1 - col0)
+                _columns(x, g, grp, 1, row0, row1, col0, col1, col)
                 _gemm(False, True, g.c_out_g, g.col_rows, n_cols, 1,
-                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w, n_out, col, n_cols,
+                      grad_out + grp * g.c_out_g * n_out + row0 * g.out_w + col0, n_out, col, n_cols,
                       1, dw_grp, g.col_rows)
+                col0 = col1
             row0 = row1
 
 

@@ -18,6 +18,28 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     return (size + pad_before + pad_after - span) // stride + 1
 
 
+def conv_reading_outputs(
+    size: int, kernel: int, stride: int, pad_before: int, dilation: int, out_size: int
+) -> tuple[int, int]:
+    """``[first, stop)``: the outputs along one axis that a convolution's kernels need compute.
+
+    The outputs before ``first`` have every tap of their window in the leading padding
+    (``o*stride - pad_before + dilation*(kernel - 1) < 0``), those from ``stop`` on in the
+    trailing padding (``o*stride - pad_before >= size``): they read zeros only, whatever the
+    stride, padding and dilation, so the kernels are given the outputs between, with
+    ``pad_before - first*stride`` as their leading padding. ``first`` stops short of a window
+    that would start inside the input, so that padding is never negative (at most one
+    all-padding output is kept there). ``first < stop`` always: output ``pad_before // stride``
+    starts at most at the input's first element.
+    """
+    reach = dilation * (kernel - 1)
+    first = 0
+    if pad_before > reach:
+        first = min(-(-(pad_before - reach) // stride), pad_before // stride)
+    stop = min(out_size, (size - 1 + pad_before) // stride + 1)
+    return first, stop
+
+
 def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
     """(before, after) padding that keeps a stride-1 output as large as its input.
 

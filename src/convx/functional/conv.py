@@ -18,7 +18,7 @@ from .. import _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._products import matmul
-from .._shapes import conv_output_size, conv_transpose_output_size, same_padding
+from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 
@@ -175,19 +175,27 @@ def _plan_conv(
             f"weight.shape[1] must be C_in / groups = {c_in // groups}"
         )
     (pad_top, pad_bottom), (pad_left, pad_right) = _padding(padding, (kernel_h, kernel_w), stride, dilation)
+    _check_sizes(
+        ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
+    )
     out_h = conv_output_size(height, kernel_h, stride[0], pad_top, pad_bottom, dilation[0])
     out_w = conv_output_size(width, kernel_w, stride[1], pad_left, pad_right, dilation[1])
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"the dilated kernel ({dilation[0] * (kernel_h - 1) + 1}x{dilation[1] * (kernel_w - 1) + 1}) is larger "
             f"than the padded input ({height + pad_top + pad_bottom}x{width + pad_left + pad_right}); "
-            f"the output would be {out_h}x{out_w}"
+            f"the output would be {out_h}x{out_w} (kernel {kernel_h}x{kernel_w}, dilation={dilation}, "
+            f"padding=({pad_top}, {pad_bottom}, {pad_left}, {pad_right}))"
         )
     _check_sizes(
-        ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
-        (f"{input_name} plane size H*W", height * width), ("output plane size", out_h * out_w),
-        ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w),
+        (f"{input_name} plane size H*W", height * width), ("C_in/groups * kH * kW", c_in_group * kernel_h * kernel_w)
     )
+    if out_h * out_w > _INT32_LIMIT:
+        raise ValueError(
+            f"output plane size H_out*W_out = {out_h}*{out_w} (from padding=({pad_top}, {pad_bottom}, {pad_left}, "
+            f"{pad_right}), stride={stride}, dilation={dilation}) is {out_h * out_w}, larger than convx supports "
+            f"(at most {_INT32_LIMIT})"
+        )
     return _ConvPlan(batch, c_out, out_h, out_w, stride, (pad_top, pad_left), dilation, groups)
 
 
@@ -214,6 +222,85 @@ def _no_bias(dtype: np.dtype[Any]) -> AnyArray:
 
 def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
+
+
+_ALL = slice(None)
+# Outputs that read padding only are cut off where at most this fraction of the output is left: the
+# copies that cutting takes (the computed outputs into place, the output gradient cropped) cost more
+# than computing a few such outputs. One row and column of 30 cut (16x64x56x56, 3x3, stride 2,
+# padding 3; Xeon, family 6 model 167, AVX-512, medians of 5): forward 6.08 ms cut, 4.66 not;
+# fused backward 11.75 and 11.14. Above it the kernels take the padding (their scratch is bounded
+# apart from this, _conv.pxi SCRATCH_*), at most twice the outputs' work.
+_CUT_KEEPS_AT_MOST = 0.5
+
+
+class _KernelPlan(NamedTuple):
+    """The convolution the kernels compute: ``plan`` without its outputs that read padding only."""
+
+    plan: _ConvPlan
+    rows: slice  # the outputs of the full convolution that plan's are
+    cols: slice
+
+    def trims(self, full: _ConvPlan) -> bool:
+        return (self.plan.out_h, self.plan.out_w) != (full.out_h, full.out_w)
+
+    def crop(self, array: AnyArray) -> AnyArray:
+        """The outputs (or output gradient) of ``array`` (N, C, H_out, W_out) the kernels take, C-contiguous."""
+        return np.ascontiguousarray(array[:, :, self.rows, self.cols])
+
+
+def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelPlan:
+    """The problem handed to the kernels, the same convolution with nothing in it that padding, stride or
+    dilation alone would make large.
+
+    Outputs whose windows lie wholly in the padding are cut off (``conv_reading_outputs``): with a padding
+    of 10**8 and a stride of 10**8, a 1x1 image's 2x2 output is one output computed and three that read
+    only zeros, where the kernels' padded copies and column buffers would span the padding (9 GiB for
+    the forward, 35 PiB for the weight gradient); where they are fewer than half (_CUT_KEEPS_AT_MOST),
+    the kernels compute them as they are. The stride of an axis with one output, and the
+    dilation of an axis with one tap, multiply nothing and are set to 1. The outputs cut off are the
+    bias plus products with zeros (``_padding_only_output``, ``_padding_weight_gradient``); the input
+    gradient never reads them. Padding left inside the windows that remain (and dilated taps that step
+    past the input) is bounded in the kernels' choice of path (``_conv.pxi``, SCRATCH_*).
+    """
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = kernel_hw, plan.stride, plan.pad
+    if (
+        pad_h <= plan.dilation[0] * (kernel_h - 1) and pad_w <= plan.dilation[1] * (kernel_w - 1)
+        and (input_hw[0] - 1 + pad_h) // stride_h >= plan.out_h - 1
+        and (input_hw[1] - 1 + pad_w) // stride_w >= plan.out_w - 1
+        and (plan.out_h > 1 or stride_h == 1) and (plan.out_w > 1 or stride_w == 1)
+        and (kernel_h > 1 or plan.dilation[0] == 1) and (kernel_w > 1 or plan.dilation[1] == 1)
+    ):
+        # Nothing to cut off or set to 1 (most layers: padding within the kernel's reach), cheaply.
+        return _KernelPlan(plan, _ALL, _ALL)
+    rows = conv_reading_outputs(input_hw[0], kernel_hw[0], plan.stride[0], plan.pad[0], plan.dilation[0], plan.out_h)
+    cols = conv_reading_outputs(input_hw[1], kernel_hw[1], plan.stride[1], plan.pad[1], plan.dilation[1], plan.out_w)
+    if (rows[1] - rows[0]) * (cols[1] - cols[0]) > _CUT_KEEPS_AT_MOST * plan.out_h * plan.out_w:
+        rows, cols = (0, plan.out_h), (0, plan.out_w)
+    out_h, out_w = rows[1] - rows[0], cols[1] - cols[0]
+    reduced = plan._replace(
+        out_h=out_h, out_w=out_w,
+        stride=(1 if out_h == 1 else plan.stride[0], 1 if out_w == 1 else plan.stride[1]),
+        pad=(plan.pad[0] - rows[0] * plan.stride[0], plan.pad[1] - cols[0] * plan.stride[1]),
+        dilation=(1 if kernel_hw[0] == 1 else plan.dilation[0], 1 if kernel_hw[1] == 1 else plan.dilation[1]),
+    )
+    return _KernelPlan(reduced, slice(*rows), slice(*cols))
+
+
+def _padding_only_output(weight: AnyArray, bias: AnyArray | None) -> AnyArray:
+    """Each output channel's value where every tap of the window is in the padding: its bias plus the
+    products of its weights with zeros, which are NaN where a weight is not finite (as where im2col
+    computes them)."""
+    value = np.where(np.isfinite(weight).all(axis=(1, 2, 3)), 0, np.nan).astype(weight.dtype)
+    return value if bias is None else value + bias
+
+
+def _padding_weight_gradient(grad_out: AnyArray, kept: _KernelPlan, grad_w: AnyArray) -> None:
+    """Add to grad_w the cut-off outputs' share of the weight gradient: their gradient times zeros, for
+    every tap, which is NaN for the output channels whose gradient there is not finite."""
+    finite = np.isfinite(grad_out)
+    finite[:, :, kept.rows, kept.cols] = True
+    grad_w[~finite.all(axis=(0, 2, 3))] = np.nan
 
 
 def conv2d(
@@ -280,23 +367,37 @@ def conv2d(
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
-        bias_arg = _no_bias(dtype) if bias is None else contiguous(bias)
-        kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
         x, weight = contiguous(x), contiguous(weight)
-        n_threads = plan.threads(weight.shape)
-        whole = not winograd and _whole_window(x.shape, weight.shape, plan)
-        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-            if whole:
-                rows = out[part].reshape(-1, plan.out_channels)
-                matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
-                if bias is not None:
-                    rows += bias_arg
-                continue
-            if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
-                                                       n_threads):
-                continue
-            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+        kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
+        if not kept.trims(plan):
+            _forward(x, weight, bias, kept.plan, winograd, out)
+        else:
+            computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
+            _forward(x, weight, bias, kept.plan, winograd, computed)
+            out[...] = _padding_only_output(weight, bias)[:, None, None]
+            out[:, :, kept.rows, kept.cols] = computed
     return _unbatch(out, unbatched)
+
+
+def _forward(
+    x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, winograd: bool, out: AnyArray
+) -> None:
+    """out := conv2d(x, weight) + bias for C-contiguous x and weight, plan as the kernels take it."""
+    bias_arg = _no_bias(out.dtype) if bias is None else contiguous(bias)
+    kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
+    n_threads = plan.threads(weight.shape)
+    whole = not winograd and _whole_window(x.shape, weight.shape, plan)
+    for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+        if whole:
+            rows = out[part].reshape(-1, plan.out_channels)
+            matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
+            if bias is not None:
+                rows += bias_arg
+            continue
+        if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
+                                                   n_threads):
+            continue
+        kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
 
 
 def conv2d_backward_input(
@@ -346,8 +447,12 @@ def conv2d_backward_input(
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
-        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, input_shape)):
-            _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, plan.threads(weight.shape))
+        kept = _kernel_plan(input_shape[2:], weight.shape[2:], plan)
+        if kept.trims(plan):
+            grad_out = kept.crop(grad_out)
+        inner = kept.plan
+        for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
+            _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
     return _unbatch(grad_x, unbatched)
 
 
@@ -395,10 +500,15 @@ def conv2d_backward_weight(
     grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
-        work = conv_work(weight_shape, plan.out_h * plan.out_w, x.shape)
-        n_threads = plan.threads(weight_shape)
+        kept = _kernel_plan(x.shape[2:], weight_shape[2:], plan)
+        inner = kept.plan
+        kept_grad_out = kept.crop(grad_out) if kept.trims(plan) else grad_out
+        work = conv_work(weight_shape, inner.out_h * inner.out_w, x.shape)
+        n_threads = inner.threads(weight_shape)
         for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
-            _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
+            _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
+        if kept.trims(plan):
+            _padding_weight_gradient(grad_out, kept, grad_w)
     return grad_w
 
 
@@ -444,10 +554,14 @@ def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
     grad_out, _ = _batched(grad_out)
     grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
     if grad_out.size:
-        grad_out = contiguous(grad_out)
-        for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
-            _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
+        _bias_gradient(contiguous(grad_out), grad_b)
     return grad_b
+
+
+def _bias_gradient(grad_out: AnyArray, grad_b: AnyArray) -> None:
+    """grad_b := grad_out summed over N, H and W, for a non-empty C-contiguous grad_out."""
+    for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
+        _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
 
 
 def conv2d_backward(
@@ -499,28 +613,45 @@ def conv2d_backward(
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
-        n_threads = plan.threads(weight.shape)
-        work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
-        parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
-        if winograd or _whole_window(x.shape, weight.shape, plan):
-            # The two products share no transform (Winograd) or are one matrix product each (a
-            # whole-window convolution): the fused pass is the three ops in turn.
-            for part, (grad_w_part, grad_b_part) in parts:
-                _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, n_threads)
-                _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
-                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
-        elif _is_depthwise(weight.shape, plan.groups):
-            for part, (grad_w_part, grad_b_part) in parts:
-                _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
-                _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
-                _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+        kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
+        if kept.trims(plan):
+            # The gradients of the outputs that read padding only: none for x, zeros times them for the
+            # weight; all of grad_out for the bias.
+            _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+            _padding_weight_gradient(grad_out, kept, grad_w)
+            grad_b[...] = 0
+            _bias_gradient(grad_out, grad_b)
         else:
-            for part, (grad_w_part, grad_b_part) in parts:
-                _core.conv2d_backward_params(
-                    grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
-                    *plan.kernel_args(), n_threads,
-                )
+            _fused_backward(grad_out, x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
     return _unbatch(grad_x, unbatched), grad_w, grad_b
+
+
+def _fused_backward(
+    grad_out: AnyArray, x: AnyArray, weight: AnyArray, plan: _ConvPlan, winograd: bool,
+    grad_x: AnyArray, grad_w: AnyArray, grad_b: AnyArray,
+) -> None:
+    """conv2d_backward's three gradients for C-contiguous arrays, plan as the kernels take it."""
+    n_threads = plan.threads(weight.shape)
+    work = 2 * conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)
+    parts = summed_sub_batches(plan.batch, work, (grad_w, grad_b))
+    if winograd or _whole_window(x.shape, weight.shape, plan):
+        # The two products share no transform (Winograd) or are one matrix product each (a
+        # whole-window convolution): the fused pass is the three ops in turn.
+        for part, (grad_w_part, grad_b_part) in parts:
+            _input_gradient(grad_out[part], weight, grad_x[part], plan, winograd, n_threads)
+            _weight_gradient(grad_out[part], x[part], grad_w_part, plan, winograd, n_threads)
+            _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+    elif _is_depthwise(weight.shape, plan.groups):
+        for part, (grad_w_part, grad_b_part) in parts:
+            _core.depthwise_backward_input(grad_out[part], weight, grad_x[part], *plan.kernel_args(), n_threads)
+            _core.depthwise_backward_weight(grad_out[part], x[part], grad_w_part, *plan.kernel_args(), n_threads)
+            _core.conv2d_backward_bias(grad_out[part], grad_b_part, n_threads)
+    else:
+        for part, (grad_w_part, grad_b_part) in parts:
+            _core.conv2d_backward_params(
+                grad_out[part], x[part], weight, grad_x[part], grad_w_part, grad_b_part,
+                *plan.kernel_args(), n_threads,
+            )
 
 
 def conv_transpose2d(
@@ -598,6 +729,12 @@ def conv_transpose2d(
             f"the output would be {out_h}x{out_w}: padding={pad} is too large for this {height}x{width} input, "
             f"{kernel_h}x{kernel_w} kernel, stride={stride}, dilation={dilation} and output_padding={out_pad}"
         )
+    if out_h * out_w > _INT32_LIMIT:
+        raise ValueError(
+            f"the output would be {out_h}x{out_w}, more than the {_INT32_LIMIT} pixels per plane convx supports: "
+            f"stride={stride}, padding={pad}, dilation={dilation} and output_padding={out_pad} with this "
+            f"{height}x{width} input and {kernel_h}x{kernel_w} kernel"
+        )
     c_out = weight.shape[1] * groups
     # Transposed convolution is conv2d's input gradient with x as the output gradient.
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
@@ -607,8 +744,15 @@ def conv_transpose2d(
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)
-        for part in sub_batches(batch, conv_work(weight.shape, plan.out_h * plan.out_w, y.shape)):
-            _input_gradient(x[part], weight, y[part], plan, winograd, plan.threads(weight.shape))
+        # x is the output gradient of the convolution of y (output_padding may give that convolution
+        # more outputs than x has: the kernels take x's).
+        full = plan._replace(out_h=height, out_w=width)
+        kept = _kernel_plan((out_h, out_w), weight.shape[2:], full)
+        if kept.trims(full):
+            x = kept.crop(x)
+        inner = kept.plan
+        for part in sub_batches(batch, conv_work(weight.shape, inner.out_h * inner.out_w, y.shape)):
+            _input_gradient(x[part], weight, y[part], inner, winograd, inner.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)

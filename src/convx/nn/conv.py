@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import chain
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -81,6 +81,65 @@ def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: _Nump
     # Loop over the (few) padded columns; a column can map to an index more than once.
     for position in chain(range(before), range(before + size, before + size + after)):
         folded[..., source[position]] += grad[..., position]
+    return np.moveaxis(folded, -1, axis)
+
+
+def _padded_source(positions: np.ndarray, size: int, mode: _NumpyPadMode) -> np.ndarray:
+    """The input element (0..size-1) that each position of a ``numpy.pad``-ed axis copies, the positions
+    counted from the input's first element (negative in the leading padding)."""
+    result: np.ndarray
+    if mode == "edge":
+        result = np.clip(positions, 0, size - 1)
+    elif mode == "wrap":
+        result = positions % size
+    elif size == 1:
+        result = np.zeros_like(positions)
+    else:
+        folded = positions % (2 * (size - 1))  # 'reflect': period 2 * (size - 1), the edges not repeated
+        result = np.where(folded < size, folded, 2 * (size - 1) - folded)
+    return result
+
+
+class _ReadAxis(NamedTuple):
+    """Along one axis, the elements of a padded input that a convolution reads, as the input elements they copy
+    (``source``), and the stride and dilation of the convolution over them."""
+
+    source: np.ndarray
+    stride: int
+    dilation: int
+    identity: int | None  # where source runs 0, 1, ..., size - 1 (the unpadded input), if it does
+
+
+def _read_axis(size: int, pads: tuple[int, int], kernel: int, stride: int, dilation: int,
+               mode: _NumpyPadMode) -> _ReadAxis | None:
+    """The padded axis up to the last position read (stride and dilation as given), or, where that is
+    longer, each window's taps side by side (stride = kernel, dilation 1: out * kernel positions, so that a
+    padding of 10**8 with a stride of 10**8 copies a few elements, not 10**8). None where no window fits."""
+    before, after = pads
+    span = dilation * (kernel - 1) + 1
+    out = (size + before + after - span) // stride + 1
+    if out < 1:
+        return None
+    reach = (out - 1) * stride + span
+    if reach <= out * kernel:
+        source = _padded_source(np.arange(reach) - before, size, mode)
+        return _ReadAxis(source, stride, dilation, before if before + size <= reach else None)
+    positions = (np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation).ravel() - before
+    return _ReadAxis(_padded_source(positions, size, mode), kernel, 1, None)
+
+
+def _fold_read(grad: np.ndarray, axis: int, read: _ReadAxis, size: int) -> np.ndarray:
+    """Adjoint of taking ``read.source`` along ``axis``: each read position's gradient added to the element it
+    copies (the unpadded run, where there is one, as one slice)."""
+    grad = np.moveaxis(grad, axis, -1)
+    others = np.arange(len(read.source))
+    if read.identity is None:
+        folded = np.zeros((*grad.shape[:-1], size), dtype=grad.dtype)
+    else:
+        folded = grad[..., read.identity: read.identity + size].copy()
+        others = np.concatenate([others[: read.identity], others[read.identity + size:]])
+    if len(others):
+        np.add.at(folded, (Ellipsis, read.source[others]), grad[..., others])  # type: ignore[arg-type]
     return np.moveaxis(folded, -1, axis)
 
 
@@ -188,9 +247,24 @@ class Conv2d(Module):
         top, left = self.padding
         return (top, top), (left, left)
 
-    def _pad_input(self, x: np.ndarray) -> np.ndarray:
-        pads = self._pads()
-        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], pads):
+    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis] | None]:
+        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read; or
+        (where the kernel does not fit, for conv2d's error) the whole padded input and None."""
+        self._check_padding_mode_limits(x)
+        mode = _NUMPY_PAD_MODES[self.padding_mode]
+        reads = [
+            _read_axis(size, pads, kernel, stride, dilation, mode)
+            for size, pads, kernel, stride, dilation in zip(
+                x.shape[-2:], self._pads(), self.kernel_size, self.stride, self.dilation
+            )
+        ]
+        read_h, read_w = reads
+        if read_h is None or read_w is None:
+            return self._pad_input(x), None
+        return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
+
+    def _check_padding_mode_limits(self, x: np.ndarray) -> None:
+        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], self._pads()):
             # PyTorch refuses these instead of reflecting or wrapping more than once.
             if self.padding_mode == "reflect" and max(before, after) >= size:
                 raise ValueError(
@@ -202,6 +276,9 @@ class Conv2d(Module):
                     f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
                     f"along the {axis_name} of size {size}"
                 )
+
+    def _pad_input(self, x: np.ndarray) -> np.ndarray:
+        pads = self._pads()
         result: np.ndarray = np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
         return result
 
@@ -210,21 +287,30 @@ class Conv2d(Module):
         x = check_input(self, x, (3, 4), self.dtype)
         _check_channels(self, x, self.in_channels)
         conv_padding: Padding
+        reads = None
+        stride, dilation = self.stride, self.dilation
         if self.padding_mode == "zeros":
             conv_input, conv_padding = x, self.padding
         else:
-            conv_input, conv_padding = self._pad_input(x), 0
+            # Only the padded elements that windows read are copied: replicate padding may be any size.
+            (conv_input, reads), conv_padding = self._read_input(x), 0
+            if reads is not None:
+                stride = (reads[0].stride, reads[1].stride)
+                dilation = (reads[0].dilation, reads[1].dilation)
         weight, bias = self._params["weight"], self._params.get("bias")
-        y = functional.conv2d(conv_input, weight, bias, self.stride, conv_padding, self.dilation, self.groups,
+        y = functional.conv2d(conv_input, weight, bias, stride, conv_padding, dilation, self.groups,
                               algorithm=self.algorithm)
-        self._save_for_backward(y, conv_input, conv_padding)
+        self._save_for_backward(y, conv_input, conv_padding, reads, x.shape[-2:])
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (conv_input, conv_padding) = self._saved_for_backward(grad_out)
+        grad_out, (conv_input, conv_padding, reads, input_hw) = self._saved_for_backward(grad_out)
+        stride, dilation = self.stride, self.dilation
+        if reads is not None:
+            stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
         grad_input, grad_weight, grad_bias = functional.conv2d_backward(
-            grad_out, conv_input, self._params["weight"], self.stride, conv_padding, self.dilation, self.groups,
+            grad_out, conv_input, self._params["weight"], stride, conv_padding, dilation, self.groups,
             algorithm=self.algorithm,
         )
         self._grads["weight"] = grad_weight
@@ -232,7 +318,10 @@ class Conv2d(Module):
             self._grads["bias"] = grad_bias
         if self.padding_mode == "zeros":
             return grad_input
-        return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
+        if reads is None:
+            return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
+        folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
+        return np.ascontiguousarray(folded)
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

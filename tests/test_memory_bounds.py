@@ -1,0 +1,567 @@
+"""Scratch memory is sized by the data, never by stride, padding, dilation or kernel size alone.
+
+Issue 25, item 4: conv2d of a 1x1 image with stride = padding = 10**8 asked for 9 GiB for a 2x2
+output, its weight gradient for 35 PiB. Each call here runs under tracemalloc, which sees every
+NumPy allocation (the kernels' scratch is NumPy arrays): its peak, less the bytes of the arrays
+the call returns, must stay within twice its inputs' bytes plus 64 MiB.
+
+Convolution section: every convolution op, every direct mode (``convx._core.set_direct_conv``)
+and algorithm, on tiny inputs with stride, padding and dilation up to 2**31 - 1, checked against
+a reference that sums the definition's products inside the input (the NumPy reference pads the
+input, which is what cannot be done here) and against PyTorch; and the refusals for sizes,
+naming the argument at fault. Its helpers are named ``_conv_*``.
+"""
+
+import contextlib
+import functools
+import itertools
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from conftest import DTYPES, WINOGRAD_TOLERANCES, assert_close
+
+import convx
+import convx._core as core
+import convx.functional as F
+from convx import nn
+from convx.reference import conv as reference
+
+# --- convolution --------------------------------------------------------------------------------
+
+_CONV_SLACK = 64 * 2**20
+_CONV_HUGE = 2**31 - 1
+
+
+def _conv_extra_memory(call):
+    """(result, bytes): ``call()``'s result and its tracemalloc peak less the bytes of the arrays it returns."""
+    tracemalloc.start()
+    try:
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    returned = result if isinstance(result, tuple) else (result,)
+    return result, peak - sum(array.nbytes for array in returned)
+
+
+def _conv_check_memory(call, inputs):
+    """``call()``'s result, after checking its extra memory against the bound."""
+    result, extra = _conv_extra_memory(call)
+    budget = 2 * sum(array.nbytes for array in inputs if array is not None) + _CONV_SLACK
+    assert extra <= budget, f"{extra / 2**20:.1f} MiB of scratch, more than {budget / 2**20:.1f} MiB"
+    return result
+
+
+@contextlib.contextmanager
+def _conv_case(description):
+    """Name the sweep case in any assertion that fails inside."""
+    try:
+        yield
+    except AssertionError as error:
+        raise AssertionError(f"{description}: {error}") from None
+
+
+def _conv_output_size(size, kernel, stride, pads, dilation):
+    return (size + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_products(x_shape, weight_shape, stride, pads, dilation, groups):
+    """Every product of the definition with its input element inside x: (oh, ow, ih, iw, i, j), from the
+    formula ``ih = oh*sH - pad_top + i*dH`` directly (loops over outputs and taps)."""
+    height, width = x_shape[2:]
+    kernel_h, kernel_w = weight_shape[2:]
+    out_h = _conv_output_size(height, kernel_h, stride[0], pads[0], dilation[0])
+    out_w = _conv_output_size(width, kernel_w, stride[1], pads[1], dilation[1])
+    products = []
+    for oh, ow, i, j in itertools.product(range(out_h), range(out_w), range(kernel_h), range(kernel_w)):
+        ih = oh * stride[0] - pads[0][0] + i * dilation[0]
+        iw = ow * stride[1] - pads[1][0] + j * dilation[1]
+        if 0 <= ih < height and 0 <= iw < width:
+            products.append((oh, ow, ih, iw, i, j))
+    return (out_h, out_w), products
+
+
+def _conv_reference(x, weight, bias, grad_out, stride, pads, dilation, groups):
+    """(y, grad_x, grad_w, grad_b) in float64 from the definition's products inside x (the padding's are
+    zeros: the inputs here are finite)."""
+    n, c_in, height, width = x.shape
+    c_out = weight.shape[0]
+    (out_h, out_w), products = _conv_products(x.shape, weight.shape, stride, pads, dilation, groups)
+    xg = x.astype(np.float64).reshape(n, groups, c_in // groups, height, width)
+    wg = weight.astype(np.float64).reshape(groups, c_out // groups, *weight.shape[1:])
+    y = np.zeros((n, groups, c_out // groups, out_h, out_w))
+    grad_x = np.zeros_like(xg)
+    grad_w = np.zeros_like(wg)
+    gg = None if grad_out is None else grad_out.astype(np.float64).reshape(n, groups, c_out // groups, out_h, out_w)
+    for oh, ow, ih, iw, i, j in products:
+        y[..., oh, ow] += np.einsum("gmc,ngc->ngm", wg[..., i, j], xg[..., ih, iw])
+        if gg is not None:
+            grad_x[..., ih, iw] += np.einsum("gmc,ngm->ngc", wg[..., i, j], gg[..., oh, ow])
+            grad_w[..., i, j] += np.einsum("ngm,ngc->gmc", gg[..., oh, ow], xg[..., ih, iw])
+    y = y.reshape(n, c_out, out_h, out_w)
+    if bias is not None:
+        y += bias[:, None, None]
+    grad_b = None if grad_out is None else grad_out.astype(np.float64).sum(axis=(0, 2, 3))
+    return y, grad_x.reshape(x.shape), grad_w.reshape(weight.shape), grad_b
+
+
+# (N, C_in, H, W, C_out, groups): the issue's 1x1 image with 4 -> 64 channels, and a grouped, a
+# depthwise and a wider layer, all small enough for the loops of _conv_reference.
+_CONV_LAYERS = {
+    "issue-1x1-image": (1, 4, 1, 1, 64, 1),
+    "grouped": (2, 6, 3, 2, 9, 3),
+    "depthwise": (2, 4, 2, 3, 4, 4),
+    "channels-16": (1, 16, 4, 5, 32, 1),
+}
+_CONV_KERNELS = [(3, 3), (1, 1), (2, 3), (5, 1)]
+_CONV_EXTREMES = [1, 2, 10**4, 10**8, _CONV_HUGE]
+
+
+@functools.cache
+def _conv_sweep():
+    """(layer, kernel, stride, padding, dilation) with at least one of them extreme and an output of
+    at most 64 pixels: every combination of the extremes on each axis alike, then asymmetric ones."""
+    cases = []
+    for layer, kernel in itertools.product(_CONV_LAYERS, _CONV_KERNELS):
+        height, width = _CONV_LAYERS[layer][2:4]
+        pairs = [(v, v) for v in _CONV_EXTREMES] + [(1, 10**8), (_CONV_HUGE, 3)]
+        for stride, padding, dilation in itertools.product(pairs, pairs, pairs):
+            if max(*stride, *padding, *dilation) < 10**4:
+                continue
+            pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+            out_h = _conv_output_size(height, kernel[0], stride[0], pads[0], dilation[0])
+            out_w = _conv_output_size(width, kernel[1], stride[1], pads[1], dilation[1])
+            if 1 <= out_h * out_w <= 64 and out_h >= 1 and out_w >= 1:
+                cases.append((layer, kernel, stride, padding, dilation))
+    return cases
+
+
+@functools.cache
+def _conv_arrays(layer, kernel, dtype, stride, padding, dilation):
+    """x, weight, bias, grad_out and the float64 reference results of one sweep case."""
+    n, c_in, height, width, c_out, groups = _CONV_LAYERS[layer]
+    rng = np.random.default_rng(zlib.crc32(repr((layer, kernel, stride, padding, dilation)).encode()))
+    x = rng.standard_normal((n, c_in, height, width)).astype(dtype)
+    weight = rng.standard_normal((c_out, c_in // groups, *kernel)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+    out_h = _conv_output_size(height, kernel[0], stride[0], pads[0], dilation[0])
+    out_w = _conv_output_size(width, kernel[1], stride[1], pads[1], dilation[1])
+    grad_out = rng.standard_normal((n, c_out, out_h, out_w)).astype(dtype)
+    expected = _conv_reference(x, weight, bias, grad_out, stride, pads, dilation, groups)
+    return x, weight, bias, grad_out, expected
+
+
+@pytest.fixture(params=["auto", "off", "rows", "images", "outer", "flat", "plane"])
+def conv_direct_mode(request):
+    saved = core.direct_conv()
+    core.set_direct_conv(request.param)
+    yield request.param
+    core.set_direct_conv(saved)
+
+
+@pytest.fixture
+def conv_threads():
+    saved = convx.get_num_threads()
+    yield
+    convx.set_num_threads(saved)
+
+
+def test_conv_sweep_reaches_the_extremes():
+    cases = _conv_sweep()
+    assert len(cases) > 100
+    for value in (10**4, 10**8, _CONV_HUGE):
+        for position in range(2, 5):
+            assert any(value in case[position] for case in cases), (value, position)
+
+
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_extreme_geometry_memory_and_results(conv_direct_mode, conv_threads, op, dtype):
+    """Each op on every sweep case (1, 2 and 3 threads in turn) within the memory bound, equal to the reference."""
+    for index, (layer, kernel, stride, padding, dilation) in enumerate(_conv_sweep()):
+        convx.set_num_threads(1 + index % 3)
+        groups = _CONV_LAYERS[layer][5]
+        x, weight, bias, grad_out, (y, grad_x, grad_w, grad_b) = _conv_arrays(
+            layer, kernel, dtype, stride, padding, dilation)
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        with _conv_case(f"{layer} kernel={kernel} {kwargs}"):
+            if op == "forward":
+                got = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
+                assert_close(got, y, dtype)
+            elif op == "backward_input":
+                got = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                                         (grad_out, weight))
+                assert_close(got, grad_x, dtype)
+            elif op == "backward_weight":
+                got = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                                         (grad_out, x))
+                assert_close(got, grad_w, dtype)
+            else:
+                got = _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs),
+                                         (grad_out, x, weight))
+                for actual, expected in zip(got, (grad_x, grad_w, grad_b)):
+                    assert_close(actual, expected, dtype)
+
+
+def test_conv_extreme_geometry_matches_torch(torch):
+    """PyTorch runs these geometries too (1 ms for the issue's): the forward and all three gradients agree."""
+    torch.set_num_threads(1)
+    for layer, kernel, stride, padding, dilation in _conv_sweep()[::3]:
+        groups = _CONV_LAYERS[layer][5]
+        x, weight, bias, grad_out, _ = _conv_arrays(layer, kernel, np.float64, stride, padding, dilation)
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        tx = torch.tensor(x, requires_grad=True)
+        tw = torch.tensor(weight, requires_grad=True)
+        tb = torch.tensor(bias, requires_grad=True)
+        ty = torch.nn.functional.conv2d(tx, tw, tb, **kwargs)
+        ty.backward(torch.tensor(grad_out))
+        assert_close(F.conv2d(x, weight, bias, **kwargs), ty.detach().numpy())
+        for actual, expected in zip(F.conv2d_backward(grad_out, x, weight, **kwargs),
+                                    (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())):
+            assert_close(actual, expected)
+
+
+def test_conv_issue_reproducer_is_small_and_right(conv_direct_mode, torch):
+    """The issue's calls: a 1x1 image, 4 -> 64 channels, 3x3, stride = padding = 10**8 (and 10**4)."""
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((1, 4, 1, 1)).astype(np.float32)
+    weight = rng.standard_normal((64, 4, 3, 3)).astype(np.float32)
+    for value in (10**4, 10**8):
+        kwargs = dict(stride=value, padding=value)
+        y = _conv_check_memory(lambda: F.conv2d(x, weight, **kwargs), (x, weight))
+        assert y.shape == (1, 64, 2, 2)
+        expected = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), **kwargs).numpy()
+        assert_close(y, expected)
+        grad_out = rng.standard_normal(y.shape).astype(np.float32)
+        grad_w = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                                    (grad_out, x))
+        # Only output (1, 1) reads the image, with its tap (0, 0).
+        expected_w = np.zeros_like(weight)
+        expected_w[:, :, 0, 0] = grad_out[0, :, 1, 1][:, None] * x[0, :, 0, 0][None, :]
+        assert_close(grad_w, expected_w)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto", "direct"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_winograd_with_padding_beyond_the_image(algorithm, dtype, rng):
+    """Winograd's geometry (3x3, stride 1) with padding far past a small image: the outputs that read only
+    padding are cut off before its tiles are sized; the rest match the NumPy reference."""
+    x = rng.standard_normal((2, 16, 3, 2)).astype(dtype)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(16).astype(dtype)
+    tolerances = WINOGRAD_TOLERANCES if algorithm != "direct" else None
+    for padding in [4, (7, 1), (0, 9)]:
+        kwargs = dict(padding=padding, algorithm=algorithm)
+        ref_kwargs = dict(padding=padding)
+        y = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        expected = [
+            reference.conv2d(x, weight, bias, **ref_kwargs),
+            reference.conv2d_backward_input(grad_out, weight, x.shape, **ref_kwargs),
+            reference.conv2d_backward_weight(grad_out, x, weight.shape, **ref_kwargs),
+        ]
+        actual = [
+            y,
+            _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                               (grad_out, weight)),
+            _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs), (grad_out, x)),
+        ]
+        for got, want in zip(actual, expected):
+            if tolerances is None:
+                assert_close(got, want, dtype)
+            else:
+                assert_close(got, want, dtype, tolerances=tolerances)
+        fused = F.conv2d_backward(grad_out, x, weight, **kwargs)
+        for got, want in zip(fused, [*expected[1:], reference.conv2d_backward_bias(grad_out)]):
+            assert_close(got, want, dtype, tolerances=tolerances or WINOGRAD_TOLERANCES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_conv_same_valid_and_asymmetric_padding_beyond_the_image(conv_direct_mode, dtype, unbatched, rng):
+    """'same' with a large dilation (its padding is the kernel's span), 'valid', and asymmetric pairs, on
+    unbatched input too: the NumPy reference can still pad these."""
+    x = rng.standard_normal((2, 4, 3, 4)).astype(dtype)
+    weight = rng.standard_normal((8, 2, 3, 2)).astype(dtype)
+    bias = rng.standard_normal(8).astype(dtype)
+    for kwargs in [dict(padding="same", dilation=(40, 7), groups=2), dict(padding="valid", dilation=(1, 3), groups=2),
+                   dict(padding=(30, 0), stride=(7, 1), groups=2), dict(padding=(0, 50), stride=(1, 60), groups=2),
+                   dict(padding="same", dilation=(1, 25), groups=2)]:
+        xs = x[0] if unbatched else x
+        y = _conv_check_memory(lambda: F.conv2d(xs, weight, bias, **kwargs), (xs, weight, bias))
+        assert_close(y, reference.conv2d(xs, weight, bias, **kwargs), dtype)
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        grad_x = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, xs.shape, **kwargs),
+                                    (grad_out, weight))
+        assert_close(grad_x, reference.conv2d_backward_input(grad_out, weight, xs.shape, **kwargs), dtype)
+        grad_w = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, xs, weight.shape, **kwargs),
+                                    (grad_out, xs))
+        assert_close(grad_w, reference.conv2d_backward_weight(grad_out, xs, weight.shape, **kwargs), dtype)
+
+
+@pytest.fixture(params=["blas", None])
+def conv_gemm_kernel(request):
+    """convx's own GEMM (the default, where the CPU has one) or BLAS, whose forward runs the im2col tiles."""
+    saved = core.gemm_kernel()
+    core.set_gemm_kernel(request.param or saved)
+    yield
+    core.set_gemm_kernel(saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_conv_kernel_larger_than_the_image(conv_direct_mode, conv_gemm_kernel, conv_threads, dtype, threads, rng):
+    """A 32x32 kernel over a 1x1, 2x3 and 1x5 image (two groups) padded by 31: the im2col columns of one output
+    row would be 32 * 32 * 32 taps by 32-36 output columns, 16-18 times the weight, over the 2**20-element
+    budget from width 33 on; they are tiled within the row. Every op, against the NumPy reference."""
+    convx.set_num_threads(threads)
+    for shape, groups in [((1, 32, 1, 1), 1), ((2, 32, 2, 3), 1), ((1, 64, 1, 5), 2)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        weight = rng.standard_normal((2 * groups, 32, 32, 32)).astype(dtype)
+        bias = rng.standard_normal(2 * groups).astype(dtype)
+        kwargs = dict(padding=31, stride=(2, 1), groups=groups)
+        y = _conv_check_memory(lambda: F.conv2d(x, weight, bias, **kwargs), (x, weight, bias))
+        assert_close(y, reference.conv2d(x, weight, bias, **kwargs), dtype)
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        expected = (reference.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                    reference.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                    reference.conv2d_backward_bias(grad_out))
+        got = _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs), (grad_out, x, weight))
+        for actual, want in zip(got, expected):
+            assert_close(actual, want, dtype)
+        got_x = _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+                                   (grad_out, weight))
+        assert_close(got_x, expected[0], dtype)
+        got_w = _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                                   (grad_out, x))
+        assert_close(got_w, expected[1], dtype)
+
+
+def test_conv_kernel_much_larger_than_the_image_memory(conv_direct_mode):
+    """A 128x128 kernel, 4 -> 2 channels, over a 1x65 image padded by 127: the columns of one output row were
+    160 MiB in float64 (128 MiB over a 1x1 image; the direct weight gradient's partials 64 MiB), for 1 MiB of
+    inputs."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 4, 1, 65))
+    weight = rng.standard_normal((2, 4, 128, 128))
+    kwargs = dict(padding=127, stride=(8, 1))
+    y = _conv_check_memory(lambda: F.conv2d(x, weight, **kwargs), (x, weight))
+    assert_close(y, reference.conv2d(x, weight, **kwargs))
+    grad_out = rng.standard_normal(y.shape)
+    _conv_check_memory(lambda: F.conv2d_backward(grad_out, x, weight, **kwargs), (grad_out, x, weight))
+    _conv_check_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs), (grad_out, weight))
+    _conv_check_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs), (grad_out, x))
+
+
+def _conv_transpose_sweep():
+    """(H, W, kernel, stride, padding, output_padding, dilation): stride and dilation up to 2**31 - 1,
+    the padding chosen so that the output is a few pixels."""
+    cases = []
+    for (height, width), kernel, stride, dilation in itertools.product(
+        [(1, 1), (2, 1), (1, 3)], [(3, 3), (2, 1)], [1, 10**4, 10**8, _CONV_HUGE], [1, 10**4, _CONV_HUGE]
+    ):
+        if max(stride, dilation) < 10**4:
+            continue
+        padding = []
+        for size, k in zip((height, width), kernel):
+            full = (size - 1) * stride + dilation * (k - 1) + 1
+            padding.append(max(0, (full - 3) // 2))
+        if max(padding) > _CONV_HUGE:
+            continue
+        for output_padding in [(0, 0), (2, 1)]:
+            cases.append(((height, width), kernel, stride, tuple(padding), output_padding, dilation))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, torch):
+    """conv_transpose2d with stride and dilation up to 2**31 - 1 and the padding that leaves a few outputs:
+    within the memory bound, equal to the reference (the input gradient of the matching convolution) and
+    to PyTorch."""
+    cases = _conv_transpose_sweep()
+    assert len(cases) >= 40
+    for index, ((height, width), kernel, stride, padding, output_padding, dilation) in enumerate(cases):
+        convx.set_num_threads(1 + index % 3)
+        rng = np.random.default_rng(index)
+        x = rng.standard_normal((2, 4, height, width)).astype(dtype)
+        weight = rng.standard_normal((4, 3, *kernel)).astype(dtype)
+        bias = rng.standard_normal(3).astype(dtype)
+        kwargs = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation)
+        y = _conv_check_memory(lambda: F.conv_transpose2d(x, weight, bias, **kwargs), (x, weight, bias))
+        pads = tuple((p, p) for p in padding)
+        # y is the input gradient of the convolution of y's shape with weight (C_in, C_out, ...) at grad_out x
+        forward_weight = weight
+        y_shape = (2, 3, *y.shape[2:])
+        # (with output_padding >= stride that convolution has more outputs than x: x's are the first)
+        (out_h, out_w), products = _conv_products(y_shape, forward_weight.shape, (stride, stride), pads,
+                                                  (dilation, dilation), 1)
+        assert out_h >= height and out_w >= width
+        expected = np.zeros(y_shape)
+        for oh, ow, ih, iw, i, j in products:
+            if oh >= height or ow >= width:
+                continue
+            expected[..., ih, iw] += np.einsum("mc,nm->nc", forward_weight[..., i, j].astype(np.float64),
+                                               x[..., oh, ow].astype(np.float64))
+        expected += bias[:, None, None]
+        with _conv_case(f"x {x.shape} kernel={kernel} {kwargs}"):
+            assert_close(y, expected, dtype)
+            # PyTorch sizes a transposed convolution's output in 32-bit ints (-4294967292 for dilation 2**31 - 1)
+            spans = [2 * max(padding), dilation * (max(kernel) - 1), (max(height, width) - 1) * stride]
+            if dtype == np.float64 and max(spans) < 2**30:
+                got = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight),
+                                                           torch.tensor(bias), **kwargs).numpy()
+                assert_close(y, got)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_conv_outputs_cut_off_keep_the_padding_products(conv_direct_mode, value, rng):
+    """The outputs whose windows read only padding are computed apart (the bias) but still multiply the
+    zeros: a non-finite weight makes them NaN, as im2col (and the NumPy reference) does; a non-finite
+    output gradient there makes its channel's weight gradient NaN."""
+    x = rng.standard_normal((1, 2, 2, 2))
+    weight = rng.standard_normal((3, 2, 2, 2))
+    bias = rng.standard_normal(3)
+    kwargs = dict(stride=3, padding=5)
+    bad_weight = weight.copy()
+    bad_weight[1, 0, 1, 1] = value
+    y = F.conv2d(x, bad_weight, bias, **kwargs)
+    with np.errstate(invalid="ignore"):  # the reference's 0 * inf
+        expected = reference.conv2d(x, bad_weight, bias, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isnan(y[0, 1]).all() and not np.isnan(y[0, [0, 2]]).any()
+    assert_close(np.nan_to_num(y), np.nan_to_num(expected))
+    grad_out = rng.standard_normal(y.shape)
+    grad_out[0, 2, 0, 0] = value  # output (0, 0) reads padding only
+    grad_w = F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    with np.errstate(invalid="ignore"):
+        expected_w = reference.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs)
+        expected_x = reference.conv2d_backward_input(grad_out, weight, x.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(expected_w))
+    assert np.isnan(grad_w[2]).all() and not np.isnan(grad_w[:2]).any()
+    assert_close(grad_w[:2], expected_w[:2])
+    fused = F.conv2d_backward(grad_out, x, weight, **kwargs)
+    np.testing.assert_array_equal(np.isnan(fused[1]), np.isnan(expected_w))
+    assert_close(fused[0], expected_x)
+    # the bias gradient sums all of grad_out, the cut-off outputs included
+    np.testing.assert_array_equal(np.isinf(fused[2]) | np.isnan(fused[2]), [False, False, True])
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(padding=2**31), "padding"),
+        (dict(padding=(1, 2**31)), "padding"),
+        (dict(stride=2**31), "stride"),
+        (dict(dilation=(2**31, 1)), "dilation"),
+        (dict(padding=40000), "padding"),  # an output plane of 80000 x 80001 pixels
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward"])
+def test_conv_size_refusals_name_the_argument(op, kwargs, argument):
+    x = np.ones((1, 2, 1, 1), dtype=np.float32)
+    weight = np.ones((3, 2, 2, 1), dtype=np.float32)
+    grad_out = np.ones((1, 3, 1, 1), dtype=np.float32)
+    call = {
+        "conv2d": lambda: F.conv2d(x, weight, **kwargs),
+        "conv2d_backward_input": lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs),
+        "conv2d_backward_weight": lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs),
+        "conv2d_backward": lambda: F.conv2d_backward(grad_out, x, weight, **kwargs),
+    }[op]
+    with pytest.raises(ValueError, match=argument):
+        call()
+
+
+@pytest.mark.parametrize("kwargs, argument", [(dict(stride=2**31), "stride"), (dict(padding=2**31), "padding"),
+                                              (dict(dilation=2**31), "dilation"),
+                                              (dict(stride=(2**30, 1)), r"stride=\(1073741824, 1\)"),
+                                              (dict(dilation=(1, 2**30)), r"dilation=\(1, 1073741824\)")], ids=str)
+def test_conv_transpose_size_refusals_name_the_argument(kwargs, argument):
+    # x 3x2, kernel 2x3: stride 2**30 makes an output of 2**31 + 1 rows
+    with pytest.raises(ValueError, match=argument):
+        F.conv_transpose2d(np.ones((1, 2, 3, 2)), np.ones((2, 3, 2, 3)), **kwargs)
+
+
+# nn.Conv2d's padding modes copy the padded input: only the elements windows read.
+
+_CONV_NN_MODES = ["replicate", "reflect", "circular"]
+
+
+def _conv_nn_source(position, size, mode):
+    """The input element a padded position (counted from the input's first) copies, by PyTorch's rules."""
+    if mode == "replicate":
+        return min(max(position, 0), size - 1)
+    if mode == "circular":
+        return position % size
+    period = 2 * (size - 1)
+    folded = position % period if period else 0
+    return folded if folded < size else period - folded
+
+
+def _conv_nn_reference(x, weight, bias, grad_out, stride, padding, dilation, mode):
+    """(y, grad_x, grad_w) of a padding-mode convolution, from the definition, in float64 loops."""
+    n, c_in, height, width = x.shape
+    kernel_h, kernel_w = weight.shape[2:]
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
+    x64, w64 = x.astype(np.float64), weight.astype(np.float64)
+    y = np.zeros((n, weight.shape[0], out_h, out_w))
+    grad_x, grad_w = np.zeros_like(x64), np.zeros_like(w64)
+    for oh, ow, i, j in itertools.product(range(out_h), range(out_w), range(kernel_h), range(kernel_w)):
+        ih = _conv_nn_source(oh * stride[0] - padding[0] + i * dilation[0], height, mode)
+        iw = _conv_nn_source(ow * stride[1] - padding[1] + j * dilation[1], width, mode)
+        y[..., oh, ow] += x64[..., ih, iw] @ w64[..., i, j].T
+        grad_x[..., ih, iw] += grad_out[..., oh, ow] @ w64[..., i, j]
+        grad_w[..., i, j] += grad_out[..., oh, ow].T @ x64[..., ih, iw]
+    return y + bias[:, None, None], grad_x, grad_w
+
+
+@pytest.mark.parametrize("mode", _CONV_NN_MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_nn_padding_modes_copy_only_what_is_read(conv_direct_mode, mode, dtype):
+    """nn.Conv2d with replicate padding up to 2**31 - 1 (reflect and circular padding is at most the input),
+    strides past a window and dilations: within the memory bound, equal to the definition."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 3, 4)).astype(dtype)
+    if mode == "replicate":
+        geometries = [((10**8, 10**8), (10**8, 10**8), (1, 1)), ((_CONV_HUGE, 1), (2**30, 1), (1, 1)),
+                      ((10**4, 7), (10**4, 3), (10**4, 2)), ((1, 10**4), (1, 10**4), (1, 10**4))]
+    else:
+        geometries = [((5, 7), (2, 3), (1, 1)), ((1, 4), (2, 3), (1, 2)), ((3, 2), (1, 2), (2, 1))]
+    for stride, padding, dilation in geometries:
+        layer = nn.Conv2d(3, 4, (3, 2), stride=stride, padding=padding, dilation=dilation, padding_mode=mode,
+                          dtype=dtype, rng=1)
+        y = _conv_check_memory(lambda: layer(x), (x, *layer.params.values()))
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        grad_x = _conv_check_memory(lambda: layer.backward(grad_out), (grad_out, x, *layer.params.values()))
+        expected = _conv_nn_reference(x, layer.params["weight"], layer.params["bias"], grad_out.astype(np.float64),
+                                      stride, padding, dilation, mode)
+        for actual, want in zip((y, grad_x, layer.grads["weight"]), expected):
+            assert_close(actual, want, dtype)
+        assert_close(layer.grads["bias"], grad_out.astype(np.float64).sum(axis=(0, 2, 3)), dtype)
+
+
+@pytest.mark.parametrize("mode", _CONV_NN_MODES)
+def test_conv_nn_padding_modes_with_strides_past_the_window_match_torch(mode, torch):
+    """Strides longer than the kernel (each window's taps copied side by side) and shorter (the padded input),
+    against torch.nn.Conv2d's forward and gradients."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 4, 6, 7))
+    for stride, padding, dilation in [((5, 6), (2, 3), (1, 1)), ((4, 1), (3, 2), (2, 1)), ((1, 2), (1, 1), (1, 3))]:
+        ours = nn.Conv2d(4, 6, (2, 3), stride=stride, padding=padding, dilation=dilation, padding_mode=mode,
+                         groups=2, dtype=np.float64, rng=3)
+        theirs = torch.nn.Conv2d(4, 6, (2, 3), stride=stride, padding=padding, dilation=dilation,
+                                 padding_mode=mode, groups=2).double()
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        tx = torch.tensor(x, requires_grad=True)
+        ty = theirs(tx)
+        y = ours(x)
+        assert_close(y, ty.detach().numpy())
+        grad_out = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(grad_out))
+        assert_close(ours.backward(grad_out), tx.grad.numpy())
+        assert_close(ours.grads["weight"], theirs.weight.grad.numpy())
+        assert_close(ours.grads["bias"], theirs.bias.grad.numpy())
