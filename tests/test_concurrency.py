@@ -83,7 +83,7 @@ def _kernel_call(name, batch):
     rows, cols = _windows(24, 7), _windows(24, 7)
     small = np.empty((batch, 32, 7, 7))
     return {
-        "max_pool2d_forward": (core.max_pool2d_forward, (x, pooled, indices, *window, 1, 1, 1)),
+        "max_pool2d_forward": (core.max_pool2d_forward, (x, pooled, indices, *window, 1, 1, False, 0, x.shape[2], 1)),
         "max_pool2d_backward": (core.max_pool2d_backward,
                                 (np.repeat(x, 4, axis=0), np.zeros((4 * batch, 32, 24, 24), dtype=np.int64),
                                  np.empty((4 * batch, 32, 24, 24)), 1)),

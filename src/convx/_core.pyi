@@ -70,7 +70,8 @@ def winograd_backward_weight(
 def max_pool2d_forward(
     x: _Float, out: _Float, indices: _Index,
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
-    pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, n_threads: int,
+    pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
+    separable: bool, row_begin: int, row_end: int, n_threads: int,
 ) -> None: ...
 def max_pool2d_backward(grad_out: _Float, indices: _Index, grad_in: _Float, n_threads: int) -> int: ...
 def avg_pool2d_forward(

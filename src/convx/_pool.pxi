@@ -48,6 +48,12 @@ cdef extern from "_pool.h" nogil:
                                 const PoolGeometry* g)
     void convx_max_pool_plane_d(const double* plane, double* out, int64_t* indices, double* scratch,
                                 const PoolGeometry* g)
+    void convx_max_pool_separable_f(const float* plane, float* out, int64_t* indices, float* scratch,
+                                    int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                    const int64_t* col_order)
+    void convx_max_pool_separable_d(const double* plane, double* out, int64_t* indices, double* scratch,
+                                    int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                    const int64_t* col_order)
     Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
     int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                    int64_t* corners)
@@ -148,63 +154,95 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     where[0] = best_pos
 
 
-cdef void _max_pool_plane_by_window(const floating* plane, floating* out, int64_t* indices,
-                                   PoolGeometry* g) noexcept nogil:
-    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL),
-    one window at a time: for windows whose offsets a floating-point number cannot hold exactly."""
-    cdef Py_ssize_t oh, ow
-    cdef int64_t unused
-    for oh in range(g.out_h):
-        for ow in range(g.out_w):
-            _max_window(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
-                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out[oh * g.out_w + ow], &indices[oh * g.out_w + ow] if indices != NULL else &unused)
-
-
 cdef inline void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
-                                 PoolGeometry* g) noexcept nogil:
-    if scratch == NULL:
-        _max_pool_plane_by_window(plane, out, indices, g)
+                                 int32_t* rcol, PoolGeometry* g, const int64_t* row_order,
+                                 const int64_t* col_order, bint separable) noexcept nogil:
+    if separable:
+        if floating is float:
+            convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order)
+        else:
+            convx_max_pool_separable_d(plane, out, indices, scratch, rcol, g, row_order, col_order)
     elif floating is float:
         convx_max_pool_plane_f(plane, out, indices, scratch, g)
     else:
         convx_max_pool_plane_d(plane, out, indices, scratch, g)
 
 
+cdef object _residue_order(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t stride, Py_ssize_t pad,
+                           Py_ssize_t dilation, const int64_t* lo):
+    """The outputs of one axis sorted (stably) by the residue modulo ``dilation`` of their first tap
+    inside the input, as convx_max_line takes them; None for dilation 1 (the identity). A counting
+    sort over at most ``size`` residues (a first tap lies inside the input): memory linear in the
+    input and output, whatever the dilation."""
+    if dilation == 1:
+        return None
+    cdef Py_ssize_t buckets = min(dilation, size), o, r
+    cdef int64_t[::1] start = np.zeros(buckets + 1, dtype=np.int64)
+    cdef int64_t[::1] order = np.empty(out_size, dtype=np.int64)
+    for o in range(out_size):
+        start[(o * stride - pad + lo[o] * dilation) % dilation + 1] += 1
+    for r in range(buckets):
+        start[r + 1] += start[r]
+    for o in range(out_size):
+        r = (o * stride - pad + lo[o] * dilation) % dilation
+        order[start[r]] = o
+        start[r] += 1
+    return np.asarray(order)
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] indices,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
-                       int n_threads):
+                       bint separable, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
     """out[n, c, oh, ow] = max_{i, j} x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] (padding -inf, NaN wins),
-    indices[n, c, oh, ow] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
+    indices[n, c, oh, ow] = the flat h*W + w of that maximum, for the output rows [row_begin, row_end)
+    only; a zero-batch ``indices`` skips them.
+
+    ``separable``: the row-then-column deque kernel (time linear in the plane, any window), else the
+    phase-split one, whose window offsets the caller has checked fit the floating-point type exactly
+    and whose scratch it has checked is bounded (convx.functional.pooling decides)."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
-    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
+    cdef Py_ssize_t out_w = out.shape[3], out_size = out.shape[2] * out_w
     cdef bint want_indices = indices.shape[0] > 0
-    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
-    cdef PoolGeometry g = _pool_geometry(x.shape[2], width, out_h, out_w, kernel_h, kernel_w,
-                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
-    # Offsets within a window are tracked as floating-point values, alongside the maxima, so that
-    # both vectorise in the same lanes; beyond the float mantissa or an int the slow path takes over.
-    cdef Py_ssize_t largest_offset = dilation_h * (kernel_h - 1) * width + dilation_w * (kernel_w - 1)
-    cdef bint exact
-    if floating is float:
-        exact = largest_offset < (1 << 24)
-    else:
-        exact = largest_offset < (1 << 31)
-    n_threads = _team_size(n_threads, n_planes, plane_size + out_size)
+    # The band of output rows reads input rows [first, last): a plane of its own, whose padding on top
+    # is what lies above its first row, and whose indices are first * width short.
+    cdef Py_ssize_t top = row_begin * stride_h - pad_h
+    cdef Py_ssize_t first = max(top, 0)
+    cdef Py_ssize_t last = min(height, (row_end - 1) * stride_h - pad_h + (kernel_h - 1) * dilation_h + 1)
+    cdef Py_ssize_t band_h = row_end - row_begin, band_size = band_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (band_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(last - first, width, band_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, first - top, pad_w, dilation_h, dilation_w, ranges)
+    n_threads = _team_size(n_threads, n_planes, (last - first) * width + band_size)
     # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
-    # between the cores on every store.
-    cdef Py_ssize_t slot = convx_max_pool_scratch(&g)
-    cdef floating[::1] scratch = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
-    cdef Py_ssize_t p, tid
+    # between the cores on every store. The separable kernel's deque holds int64 positions and
+    # values, one of each per element of the longer line, in a slot of an even number of elements.
+    cdef Py_ssize_t line = max(last - first, width)
+    cdef Py_ssize_t slot = (line * (8 // sizeof(floating) + 1) + 17) // 2 * 2 if separable else convx_max_pool_scratch(&g)
+    cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
+    cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
+    cdef int32_t[::1] rcol = np.empty(max(1, n_threads * rcol_slot), dtype=np.int32)
+    row_order = _residue_order(last - first, band_h, stride_h, first - top, dilation_h, g.row_lo) if separable else None
+    col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo) if separable else None
+    cdef const int64_t[::1] row_view = row_order if row_order is not None else ranges
+    cdef const int64_t[::1] col_view = col_order if col_order is not None else ranges
+    cdef const int64_t* row_ptr = &row_view[0] if row_order is not None else NULL
+    cdef const int64_t* col_ptr = &col_view[0] if col_order is not None else NULL
+    cdef Py_ssize_t p, tid, o
+    cdef int64_t shift = first * width
+    cdef int64_t* where
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
-            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
-                            &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                            &scratch[tid * slot] if exact else NULL, &g)
+            where = &indices[0, 0, 0, 0] + p * out_size + row_begin * out_w if want_indices else NULL
+            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size + first * width,
+                            &out[0, 0, 0, 0] + p * out_size + row_begin * out_w, where,
+                            &scratch[tid * slot], &rcol[tid * rcol_slot], &g, row_ptr, col_ptr, separable)
+            if where != NULL and shift != 0:
+                for o in range(band_size):
+                    where[o] += shift
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,

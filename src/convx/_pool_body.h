@@ -504,3 +504,82 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_REST
         }
     }
 }
+
+/* The separable max pool's sweep along one line of the plane, for the windows of one axis: output
+ * o's window holds the in-input positions t = first(o) + j * dil, j < count(o), with first(o) =
+ * o * stride - pad + lo[o] * dil and count(o) = hi[o] - lo[o] (windows clipped to the input, so
+ * padding costs nothing). Outputs are taken in `order` (by first(o) % dil, ascending o within a
+ * residue; NULL when dil is 1): within a residue both ends of the windows only move forward, so a
+ * deque of the candidates that no later position beats (NaN beats everything, else a strictly
+ * greater value: so the first maximum, or the last NaN, is the front) gives every window's winner
+ * with each position pushed and popped once: time linear in the line and the outputs, whatever the
+ * window.
+ * Row pass (indirect = 0): values line[t]; stores the winning column t in rcol[o].
+ * Column pass (indirect = 1): values plane[t * width + rcol[t * out_w]] (the row winners of one
+ * output column); stores out[o * out_w] and, with indices, the winner's flat index.
+ * dq_pos, dq_val: one entry per position of the line. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_line)(const PT *CONVX_RESTRICT line, const PT *CONVX_RESTRICT plane,
+                                                  ptrdiff_t width, const int32_t *CONVX_RESTRICT rcol_in,
+                                                  ptrdiff_t out_w, int indirect, ptrdiff_t outputs,
+                                                  ptrdiff_t stride, ptrdiff_t pad, ptrdiff_t dil,
+                                                  const int64_t *CONVX_RESTRICT lo, const int64_t *CONVX_RESTRICT hi,
+                                                  const int64_t *CONVX_RESTRICT order, int64_t *CONVX_RESTRICT dq_pos,
+                                                  PT *CONVX_RESTRICT dq_val, int32_t *CONVX_RESTRICT rcol_out,
+                                                  PT *CONVX_RESTRICT out, int64_t *CONVX_RESTRICT indices) {
+    ptrdiff_t head = 0, tail = 0, next = 0, residue = -1;
+    for (ptrdiff_t k = 0; k < outputs; k++) {
+        const ptrdiff_t o = order != NULL ? (ptrdiff_t)order[k] : k;
+        const ptrdiff_t a = o * stride - pad + (ptrdiff_t)lo[o] * dil;
+        const ptrdiff_t b = a + ((ptrdiff_t)(hi[o] - lo[o]) - 1) * dil;
+        const ptrdiff_t r = dil == 1 ? 0 : a % dil;
+        /* A new residue, or a window past every candidate: start afresh at its first position. */
+        if (r != residue || next < a) {
+            residue = r;
+            head = tail = 0;
+            next = a;
+        }
+        for (; next <= b; next += dil) {
+            const PT v = indirect ? plane[next * width + rcol_in[next * out_w]] : line[next];
+            while (tail > head && ((v > dq_val[tail - 1]) | (v != v))) tail--;
+            dq_pos[tail] = next;
+            dq_val[tail] = v;
+            tail++;
+        }
+        while (dq_pos[head] < a) head++;
+        const ptrdiff_t t = (ptrdiff_t)dq_pos[head];
+        if (!indirect) {
+            rcol_out[o] = (int32_t)t;
+        } else {
+            out[o * out_w] = dq_val[head];
+            if (indices != NULL) indices[o * out_w] = (int64_t)t * width + rcol_in[t * out_w];
+        }
+    }
+}
+
+/* out[oh, ow] = the maximum of the window's taps inside the input (NaN wins, the last NaN; else the
+ * first maximum in row-major window order), indices[oh, ow] = its flat index (indices may be NULL),
+ * in time linear in the plane and the output, whatever the kernel, stride, padding and dilation:
+ * a row pass finds, for every input row and output column, the winner among that row's taps
+ * (the first maximum or last NaN in column order), then a column pass combines the rows of each
+ * window in row order by the same rule, which is the row-major rule on the whole window.
+ * row_order, col_order: convx_max_line's `order` for each axis. scratch:
+ * convx_max_separable_scratch(g) elements of PT; rcol: height * out_w int32 (width < 2^31). */
+CONVX_CLONES static void CONVX_POOL(convx_max_pool_separable)(const PT *CONVX_RESTRICT plane, PT *CONVX_RESTRICT out,
+                                                              int64_t *CONVX_RESTRICT indices,
+                                                              PT *CONVX_RESTRICT scratch, int32_t *CONVX_RESTRICT rcol,
+                                                              const convx_pool_geometry *g,
+                                                              const int64_t *row_order, const int64_t *col_order) {
+    const ptrdiff_t height = g->height, width = g->width, out_h = g->out_h, out_w = g->out_w;
+    const ptrdiff_t line = height > width ? height : width;
+    /* The deque's positions as PT-sized slots would not hold an int64 for float: keep them apart. */
+    int64_t *dq_pos = (int64_t *)(void *)scratch;
+    PT *dq_val = (PT *)(void *)(dq_pos + line);
+    for (ptrdiff_t h = 0; h < height; h++)
+        CONVX_POOL(convx_max_line)(plane + h * width, plane, width, NULL, out_w, 0, out_w, g->stride_w, g->pad_w,
+                                   g->dilation_w, g->col_lo, g->col_hi, col_order, dq_pos, dq_val,
+                                   rcol + h * out_w, NULL, NULL);
+    for (ptrdiff_t ow = 0; ow < out_w; ow++)
+        CONVX_POOL(convx_max_line)(NULL, plane, width, rcol + ow, out_w, 1, out_h, g->stride_h, g->pad_h,
+                                   g->dilation_h, g->row_lo, g->row_hi, row_order, dq_pos, dq_val, NULL,
+                                   out + ow, indices != NULL ? indices + ow : NULL);
+}

@@ -8,12 +8,13 @@ stop it: ``convx._batching``). Inputs are never modified; any memory layout is a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .. import _core
+from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
 from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
@@ -164,6 +165,73 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     """
     return channels * (plane + outputs * taps)
 
+# Units of work per element of the separable max pool's passes (the input plane, the row pass's
+# winners, the output): about 7 ns of deque steps, scalar and branchy, where MAX_TAP_WORK's 8
+# units are ~1.2 ns (Xeon family 6 model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable
+# 17 ms for 3 passes of 803k elements; phase split 24 ms for 25 taps of 803k outputs).
+SEPARABLE_WORK = 48
+
+# The phase-split max pool sweeps every tap over every output; the separable one makes three
+# passes (plane, rows x output columns, output) whatever the window. Taps times outputs over
+# separable elements at the crossover, Xeon family 6 model 167 (AVX-512), 1 thread, float32
+# 8x32x56x56, medians of 7 interleaved, separable / phase ms: k3 s1 14.8 / 2.0 (literal), k4 s1
+# 16.4 / 13.0 (ratio 5.3), k5 s1 17.2 / 24.0 (8.3), k5 s2 11.0 / 8.2 (3.6), k7 s2 11.3 / 13.0
+# (7.0), k9 s2 10.9 / 18.1 (11.6), k5 s4 10.1 / 2.5 (1.2): the phase split wins below about 6.
+PHASE_TAP_RATIO = 6
+
+# Scratch elements per thread the phase split may take beyond a plane and its output (its band
+# budget, CONVX_POOL_BAND_BUDGET in _pool.h, and slack), so that its memory never grows with
+# stride, padding or dilation.
+PHASE_SCRATCH_SLACK = 1 << 16
+
+
+def _phase_scratch(
+    width: int, out_h: int, out_w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: int,
+    dilation: tuple[int, int],
+) -> int:
+    """Scratch elements per thread of the phase-split kernel: convx_max_pool_phases and
+    convx_max_pool_scratch of _pool.h, in Python's unbounded integers (the C ones could overflow
+    for the geometries this is to rule out)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    row_reach = (kh - 1) * dh // sh
+    cols = max(out_w + (kw - 1) * dw // sw, (padding + width + sw - 1) // sw)
+    band = min(max((1 << 15) // (sh * sw * cols) - row_reach, 1), out_h)
+    lanes = -(-band * cols // 16) * 16
+    return sh * sw * ((band + row_reach) * cols + 16) + cols + 2 * lanes + 32
+
+
+def _max_pool_separable(
+    dtype: np.dtype, height: int, width: int, out_h: int, out_w: int, kernel: tuple[int, int],
+    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+) -> bool:
+    """Whether max pooling runs the separable kernel (else the phase-split one): the one place that decides.
+
+    The phase split costs kernel_h * kernel_w per output, lays the padded plane out in its
+    stride phases (scratch that grows with strides larger than the kernel) and tracks window
+    offsets in the floating-point type, exact below 2^24 (float32) or 2^31 (float64); the
+    separable kernel costs three passes of a few deque steps per element, whatever the window.
+    """
+    (kh, kw), (dh, dw) = kernel, dilation
+    plane, outputs = height * width, out_h * out_w
+    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
+    cheap = kh * kw * outputs <= PHASE_TAP_RATIO * (plane + height * out_w + outputs)
+    return not (
+        exact and cheap
+        and _phase_scratch(width, out_h, out_w, kernel, stride, padding[1], dilation)
+        <= plane + outputs + PHASE_SCRATCH_SLACK
+    )
+
+
+def _row_bands(batch: int, work_per_image: int, out_h: int) -> Iterator[tuple[slice, int, int]]:
+    """(images, first and end output row) of each kernel call: sub-batches of whole images, and an
+    image too large for one call in bands of output rows, so that Ctrl-C is seen between calls
+    (some tens of milliseconds each) even in a single huge plane."""
+    limit = _batching.SUB_BATCH_WORK * kernel_threads()
+    bands = min(out_h, -(-work_per_image // limit))
+    for part in sub_batches(batch, work_per_image):
+        for band in range(bands):
+            yield part, band * out_h // bands, (band + 1) * out_h // bands
+
 
 @overload
 def max_pool2d(
@@ -246,9 +314,14 @@ def max_pool2d(
     indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
     if y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])):
+        separable = _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride, padding, dilation)
+        if separable:
+            work = SEPARABLE_WORK * c * (height * width + height * out_w + out_h * out_w)
+        else:
+            work = _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])
+        for part, first, end in _row_bands(n, work, out_h):
             _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
-                                     kernel_threads())
+                                     separable, first, end, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
