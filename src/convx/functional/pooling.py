@@ -146,6 +146,18 @@ def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...
     return shape, False
 
 
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, cause: str) -> AnyArray:
+    """``np.empty(shape, dtype)``, refused naming ``cause`` (the argument that sized it) where NumPy
+    cannot allocate it: its own errors ("array is too big", a bare MemoryError) name no argument."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except (ValueError, MemoryError) as error:
+        raise type(error)(
+            f"{cause} asks for an array of shape {tuple(shape)} and dtype {np.dtype(dtype)}, too large to "
+            f"allocate ({error})"
+        ) from None
+
+
 def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
 
@@ -310,11 +322,15 @@ def max_pool2d(
     n, c, height, width = x.shape
     out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, dilation, ceil_mode)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    cause = "kernel_size, stride, padding, dilation and ceil_mode"
+    y = _allocate((n, c, out_h, out_w), x.dtype, cause)
+    indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, cause)
     if y.size:
         x = contiguous(x)
         separable = _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride, padding, dilation)
+        if separable and width > _MAX_PARAM:
+            # The separable kernel keeps each row's winning columns as int32.
+            raise ValueError(f"x must have at most {_MAX_PARAM} columns for this max pooling, got width {width}")
         if separable:
             work = SEPARABLE_WORK * c * (height * width + height * out_w + out_h * out_w)
         else:
@@ -472,7 +488,7 @@ def avg_pool2d(
     n, c, height, width = x.shape
     out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, (1, 1), ceil_mode)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, height * width, out_h * out_w, kernel[0] * kernel[1])):
@@ -541,7 +557,7 @@ def avg_pool2d_backward(
             f"input_shape {tuple(input_shape)} and these pooling arguments, got {grad_out.shape}"
         )
 
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         for part in sub_batches(shape[0], _work(shape[1], shape[2] * shape[3], out_h * out_w, kernel[0] * kernel[1])):
@@ -592,7 +608,7 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     _nonempty_plane("x", height, width)
     out_h, out_w = _adaptive_output_size(output_size, height, width)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "output_size")
     if y.size:
         x = contiguous(x)
         row_start, row_end = _adaptive_windows(height, out_h)
@@ -642,7 +658,7 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     if out_h < 1 or out_w < 1:
         raise ValueError(f"grad_out must have a non-empty output plane, got shape {grad_out.shape}")
 
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         row_start, row_end = _adaptive_windows(shape[2], out_h)
@@ -710,8 +726,8 @@ def adaptive_max_pool2d(
     out_h, out_w = _adaptive_output_size(output_size, height, width)
     return_indices = as_bool("return_indices", return_indices)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "output_size")
+    indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, "output_size")
     if y.size:
         x = contiguous(x)
         row_start, row_end = _adaptive_windows(height, out_h)
