@@ -8,6 +8,13 @@ Both kernels (phase split and separable) are forced on every case of test_poolin
 huge images split into bands of output rows must give what one call gives.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import numpy as np
 import pytest
 from conftest import DTYPES
@@ -195,3 +202,63 @@ def test_the_choice_of_kernel():
     assert choose(f32, 3, 3, 1, 1, (3, 3), (10_000, 10_000), (0, 0), (1, 1))
     assert choose(f32, 5000, 5000, 1, 2, (2, 2), (1, 1), (0, 0), (4999, 4998))
     assert not choose(np.dtype(np.float64), 5000, 5000, 1, 2, (2, 2), (1, 1), (0, 0), (4999, 4998))
+
+
+# The child: one plane of 4096x4096 (64 MiB), max-pooled by the separable kernel (about a second
+# on one core), with sub-batches of 2^24 units (a few milliseconds: the bands of output rows
+# that one image is split into); interrupted by the parent shortly after it starts.
+CHILD = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import convx, convx._batching
+    import convx.functional as F
+    convx._batching.SUB_BATCH_WORK = 1 << 24
+    x = np.random.default_rng(0).standard_normal((1, 1, 4096, 4096)).astype(np.float32)
+    small = x[:, :, :300, :300].copy()
+    F.max_pool2d(small, 31, 1, 15)  # warm-up
+    start = time.perf_counter()
+    F.max_pool2d(x[:, :, :1024], 31, 1, 15)
+    estimate = 4 * (time.perf_counter() - start)
+    print("start", estimate, flush=True)
+    start = time.time()
+    try:
+        F.max_pool2d(x, 31, 1, 15)
+    except KeyboardInterrupt:
+        print("interrupted", time.time(), time.time() - start, flush=True)
+    else:
+        print("finished", time.time(), time.time() - start, flush=True)
+    from convx.reference import pooling as reference
+    assert np.array_equal(F.max_pool2d(small[:, :, :40, :40], 31, 1, 15),
+                          reference.max_pool2d(small[:, :, :40, :40], 31, 1, 15))
+    print("usable", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
+def test_ctrl_c_stops_a_single_huge_plane_between_bands_of_rows():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env) as child:
+        try:
+            lines = []
+            for line in child.stdout:
+                words = line.split()
+                lines.append(words)
+                if words[0] == "start":
+                    time.sleep(0.2)
+                    sent = time.time()
+                    child.send_signal(signal.SIGINT)
+                elif words[0] == "usable":
+                    break
+            stderr = child.stderr.read()
+            assert child.wait(timeout=60) == 0, stderr
+        finally:
+            child.kill()
+    (_, estimate), (outcome, caught, elapsed) = lines[0], lines[1]
+    assert outcome == "interrupted", (lines, estimate)
+    # Bands of a few milliseconds: the signal is seen within a fraction of a second, long before
+    # the ~second the whole plane takes.
+    assert float(caught) - sent < 0.25, (lines, sent)
+    assert float(elapsed) < 0.7 * float(estimate), lines
