@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from .. import _batching, _core
 from .._batching import sub_batches
@@ -146,7 +146,7 @@ def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...
     return shape, False
 
 
-def _allocate(shape: tuple[int, ...], dtype: np.dtype, cause: str) -> AnyArray:
+def _allocate(shape: tuple[int, ...], dtype: DTypeLike, cause: str) -> AnyArray:
     """``np.empty(shape, dtype)``, refused naming ``cause`` (the argument that sized it) where NumPy
     cannot allocate it: its own errors ("array is too big", a bare MemoryError) name no argument."""
     try:
