@@ -189,6 +189,16 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
             assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bands, bands[1:]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tall_narrow_planes_take_the_column_pass_one_column_at_a_time(rng, dtype):
+    # 16400 rows of 64 output columns: the block column pass's scratch for 64 columns (16 MiB and
+    # more) exceeds its budget, so the columns go one at a time by deque; and with dilation the
+    # rows go by deque too.
+    x = _input(rng, (1, 1, 16400, 64), dtype, "ties")
+    for args in [((5, 3), 1, (2, 1)), ((5, 3), (2, 1), (2, 1), (1, 2)), ((4, 3), 1, (1, 1), (3, 1), True)]:
+        _assert_same(F.max_pool2d(x, *args, return_indices=True), R.max_pool2d(x, *args, return_indices=True))
+
+
 def test_the_choice_of_kernel():
     choose = pooling._max_pool_separable
     f32 = np.dtype(np.float32)
@@ -204,8 +214,8 @@ def test_the_choice_of_kernel():
     assert not choose(np.dtype(np.float64), 5000, 5000, 1, 2, (2, 2), (1, 1), (0, 0), (4999, 4998))
 
 
-# The child: one plane of 4096x4096 (64 MiB), max-pooled by the separable kernel (about a second
-# on one core), with sub-batches of 2^24 units (a few milliseconds: the bands of output rows
+# The child: one plane of 4096x4096 (64 MiB), max-pooled by the separable kernel with dilation
+# 2 (its slower deque passes: most of a second on one core), with sub-batches of 2^24 units (a few milliseconds: the bands of output rows
 # that one image is split into); interrupted by the parent shortly after it starts.
 CHILD = textwrap.dedent(
     """
@@ -216,14 +226,14 @@ CHILD = textwrap.dedent(
     convx._batching.SUB_BATCH_WORK = 1 << 24
     x = np.random.default_rng(0).standard_normal((1, 1, 4096, 4096)).astype(np.float32)
     small = x[:, :, :300, :300].copy()
-    F.max_pool2d(small, 31, 1, 15)  # warm-up
+    F.max_pool2d(small, 15, 1, 7, 2)  # warm-up
     start = time.perf_counter()
-    F.max_pool2d(x[:, :, :1024], 31, 1, 15)
+    F.max_pool2d(x[:, :, :1024], 15, 1, 7, 2)
     estimate = 4 * (time.perf_counter() - start)
     print("start", estimate, flush=True)
     start = time.time()
     try:
-        F.max_pool2d(x, 31, 1, 15)
+        F.max_pool2d(x, 15, 1, 7, 2)
     except KeyboardInterrupt:
         print("interrupted", time.time(), time.time() - start, flush=True)
     else:
@@ -247,7 +257,7 @@ def test_ctrl_c_stops_a_single_huge_plane_between_bands_of_rows():
                 words = line.split()
                 lines.append(words)
                 if words[0] == "start":
-                    time.sleep(0.2)
+                    time.sleep(0.05)
                     sent = time.time()
                     child.send_signal(signal.SIGINT)
                 elif words[0] == "usable":

@@ -50,10 +50,12 @@ cdef extern from "_pool.h" nogil:
                                 const PoolGeometry* g)
     void convx_max_pool_separable_f(const float* plane, float* out, int64_t* indices, float* scratch,
                                     int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
-                                    const int64_t* col_order)
+                                    const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                    Py_ssize_t chunk)
     void convx_max_pool_separable_d(const double* plane, double* out, int64_t* indices, double* scratch,
                                     int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
-                                    const int64_t* col_order)
+                                    const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                    Py_ssize_t chunk)
     Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
     int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                    int64_t* corners)
@@ -156,12 +158,15 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
 
 cdef inline void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
                                  int32_t* rcol, PoolGeometry* g, const int64_t* row_order,
-                                 const int64_t* col_order, bint separable) noexcept nogil:
+                                 const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                 Py_ssize_t chunk, bint separable) noexcept nogil:
     if separable:
         if floating is float:
-            convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order)
+            convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                       col_win, chunk)
         else:
-            convx_max_pool_separable_d(plane, out, indices, scratch, rcol, g, row_order, col_order)
+            convx_max_pool_separable_d(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                       col_win, chunk)
     elif floating is float:
         convx_max_pool_plane_f(plane, out, indices, scratch, g)
     else:
@@ -190,6 +195,30 @@ cdef object _residue_order(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t stri
     return np.asarray(order)
 
 
+cdef object _block_windows(Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
+                           const int64_t* lo, const int64_t* hi):
+    """convx_max_row_blocks's ``win`` for one axis of dilation 1: each output's first and last tap
+    inside the input, then which of its blocks' prefix and suffix it takes."""
+    cdef int64_t[::1] win = np.empty(3 * out_size, dtype=np.int64)
+    cdef Py_ssize_t o, a, b
+    for o in range(out_size):
+        a = o * stride - pad + lo[o]
+        b = a + hi[o] - lo[o] - 1
+        win[o] = a
+        win[out_size + o] = b
+        win[2 * out_size + o] = 0 if a % kernel == 0 else (1 if a // kernel == b // kernel else 2)
+    return np.asarray(win)
+
+
+cdef enum:
+    # Output columns the block column pass combines at once: a few vectors' worth, so that each
+    # step is a unit-stride loop, with its rows of scratch within the core's caches.
+    POOL_COLUMN_CHUNK = 64
+    # Bytes the block column pass may take per thread beyond a plane's own size (else it goes one
+    # column at a time by deque, in memory linear in the height).
+    POOL_COLUMN_BUDGET = 1 << 24
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] indices,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
@@ -216,20 +245,33 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef PoolGeometry g = _pool_geometry(last - first, width, band_h, out_w, kernel_h, kernel_w,
                                          stride_h, stride_w, first - top, pad_w, dilation_h, dilation_w, ranges)
     n_threads = _team_size(n_threads, n_planes, (last - first) * width + band_size)
-    # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
-    # between the cores on every store. The separable kernel's deque holds int64 positions and
-    # values, one of each per element of the longer line, in a slot of an even number of elements.
-    cdef Py_ssize_t line = max(last - first, width)
-    cdef Py_ssize_t slot = (line * (8 // sizeof(floating) + 1) + 17) // 2 * 2 if separable else convx_max_pool_scratch(&g)
+    # The separable kernel goes by blocks along an axis of dilation 1, by deque along the others;
+    # its column pass by blocks of output columns where their scratch fits the budget.
+    cdef Py_ssize_t item = sizeof(floating), rows = last - first
+    cdef Py_ssize_t chunk = min(<Py_ssize_t> POOL_COLUMN_CHUNK, out_w)
+    if chunk * rows * (2 * item + 8) > max(<Py_ssize_t> POOL_COLUMN_BUDGET, rows * width * item):
+        chunk = 0
+    cdef Py_ssize_t row_bytes = width * (2 * item + 8) if dilation_w == 1 else width * (8 + item)
+    cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
+    # Each thread's slot starts on its own cache lines (slots sharing a line would bounce it
+    # between the cores on every store), an even number of elements so that int64s stay aligned.
+    cdef Py_ssize_t slot = ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2 if separable else convx_max_pool_scratch(&g)
     cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
     cdef int32_t[::1] rcol = np.empty(max(1, n_threads * rcol_slot), dtype=np.int32)
-    row_order = _residue_order(last - first, band_h, stride_h, first - top, dilation_h, g.row_lo) if separable else None
+    row_order = _residue_order(rows, band_h, stride_h, first - top, dilation_h, g.row_lo) if separable else None
     col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo) if separable else None
+    row_win = (_block_windows(band_h, kernel_h, stride_h, first - top, g.row_lo, g.row_hi)
+               if separable and dilation_h == 1 and chunk else None)
+    col_win = _block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi) if separable and dilation_w == 1 else None
     cdef const int64_t[::1] row_view = row_order if row_order is not None else ranges
     cdef const int64_t[::1] col_view = col_order if col_order is not None else ranges
+    cdef const int64_t[::1] row_win_view = row_win if row_win is not None else ranges
+    cdef const int64_t[::1] col_win_view = col_win if col_win is not None else ranges
     cdef const int64_t* row_ptr = &row_view[0] if row_order is not None else NULL
     cdef const int64_t* col_ptr = &col_view[0] if col_order is not None else NULL
+    cdef const int64_t* row_win_ptr = &row_win_view[0] if row_win is not None else NULL
+    cdef const int64_t* col_win_ptr = &col_win_view[0] if col_win is not None else NULL
     cdef Py_ssize_t p, tid, o
     cdef int64_t shift = first * width
     cdef int64_t* where
@@ -239,7 +281,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
             where = &indices[0, 0, 0, 0] + p * out_size + row_begin * out_w if want_indices else NULL
             _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size + first * width,
                             &out[0, 0, 0, 0] + p * out_size + row_begin * out_w, where,
-                            &scratch[tid * slot], &rcol[tid * rcol_slot], &g, row_ptr, col_ptr, separable)
+                            &scratch[tid * slot], &rcol[tid * rcol_slot], &g, row_ptr, col_ptr, row_win_ptr,
+                            col_win_ptr, chunk, separable)
             if where != NULL and shift != 0:
                 for o in range(band_size):
                     where[o] += shift

@@ -178,18 +178,19 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     return channels * (plane + outputs * taps)
 
 # Units of work per element of the separable max pool's passes (the input plane, the row pass's
-# winners, the output): about 7 ns of deque steps, scalar and branchy, where MAX_TAP_WORK's 8
-# units are ~1.2 ns (Xeon family 6 model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable
-# 17 ms for 3 passes of 803k elements; phase split 24 ms for 25 taps of 803k outputs).
-SEPARABLE_WORK = 48
+# winners, the output): about 4.6 ns, where MAX_TAP_WORK's 8 units are ~1.2 ns (Xeon family 6
+# model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable 10.8 ms for 3 passes of 803k
+# elements; phase split 26 ms for 25 taps of 803k outputs).
+SEPARABLE_WORK = 32
 
 # The phase-split max pool sweeps every tap over every output; the separable one makes three
 # passes (plane, rows x output columns, output) whatever the window. Taps times outputs over
 # separable elements at the crossover, Xeon family 6 model 167 (AVX-512), 1 thread, float32
-# 8x32x56x56, medians of 7 interleaved, separable / phase ms: k3 s1 14.8 / 2.0 (literal), k4 s1
-# 16.4 / 13.0 (ratio 5.3), k5 s1 17.2 / 24.0 (8.3), k5 s2 11.0 / 8.2 (3.6), k7 s2 11.3 / 13.0
-# (7.0), k9 s2 10.9 / 18.1 (11.6), k5 s4 10.1 / 2.5 (1.2): the phase split wins below about 6.
-PHASE_TAP_RATIO = 6
+# 8x32x56x56, medians of 21 interleaved, phase / separable ms (ratio): k3 s1 1.6 / 11.2 (3.0,
+# literal), k4 s2 4.6 / 8.7 (2.4), k5 s3 4.3 / 7.7 (2.0), k5 s2 8.4 / 8.7 (3.6), k7 s3 6.7 / 7.4
+# (3.9), k9 s4 5.4 / 6.8 (3.9), k6 s2 9.8 / 8.7 (5.4), k4 s1 14.3 / 11.3 (5.4), k7 s2 13.9 / 8.2
+# (7.0): the phase split wins below about 4.
+PHASE_TAP_RATIO = 4
 
 # Scratch elements per thread the phase split may take beyond a plane and its output (its band
 # budget, CONVX_POOL_BAND_BUDGET in _pool.h, and slack), so that its memory never grows with
