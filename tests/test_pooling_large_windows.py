@@ -166,7 +166,9 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
     threads(n_threads)
     x = _input(rng, (2, 3, 23, 19), dtype, "special")
     real = convx._core.max_pool2d_forward
-    for args in [(5, 1, 2), ((4, 3), (2, 1), (1, 1), (2, 3), True), (2, 2), (3, 2, 1), (19, 1, 9)]:
+    # (arguments, the rows a window reaches beyond its first: (kernel_h - 1) * dilation_h)
+    for args, reach in [((5, 1, 2), 4), (((4, 3), (2, 1), (1, 1), (2, 3), True), 6), ((2, 2), 1), ((3, 2, 1), 2),
+                        ((19, 1, 9), 18)]:
         whole = F.max_pool2d(x, *args, return_indices=True)
         calls = []
 
@@ -182,7 +184,10 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
         _assert_same(whole, R.max_pool2d(x, *args, return_indices=True))
         out_h = whole[0].shape[2]
         per_image = len(calls) // x.shape[0]
-        assert per_image > 1 and len(calls) == per_image * x.shape[0]
+        assert len(calls) == per_image * x.shape[0]
+        # As many bands as the overlaps of their windows allow: one call for a window of the
+        # plane's height, where bands would each read all of it.
+        assert per_image == min(out_h, x.shape[2] // reach), (args, per_image)
         for image in range(x.shape[0]):
             bands = calls[image * per_image:(image + 1) * per_image]
             assert bands[0][0] == 0 and bands[-1][1] == out_h
