@@ -138,8 +138,10 @@ def test_large_max_pool_scratch_stays_within_the_bound(rng, pool_threads):
     # (16 MiB), one plane per thread, windows of each kernel.
     pool_threads(2)
     x = rng.standard_normal((1, 2, 2048, 2048)).astype(np.float32)
-    for args in [(3, 2, 1), (2, 2), (127, 1, 63), (9, 3, 4, 2), (5, 7, 2)]:
+    transposed = x.transpose(0, 1, 3, 2)  # not contiguous: the call's copy counts too
+    for args in [(3, 2, 1), (2, 2), (127, 1, 63), (9, 3, 4, 2), (5, 7, 2), ((2047, 3), 1, (1023, 1))]:
         _pool_extra_memory(lambda: F.max_pool2d(x, *args, return_indices=True), x)
+        _pool_extra_memory(lambda: F.max_pool2d(transposed, *args), transposed)
 
 
 @pytest.mark.parametrize(

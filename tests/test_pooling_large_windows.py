@@ -196,10 +196,10 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tall_narrow_planes_take_the_column_pass_one_column_at_a_time(rng, dtype):
-    # 16400 rows of 64 output columns: the block column pass's scratch for 64 columns (16 MiB and
-    # more) exceeds its budget, so the columns go one at a time by deque; and with dilation the
-    # rows go by deque too.
-    x = _input(rng, (1, 1, 16400, 64), dtype, "ties")
+    # Over a million rows: the block column pass's scratch for even one column (16 bytes or more
+    # a row) exceeds its 16 MiB budget, so the columns go one at a time by deque; and with
+    # dilation the rows go by deque too.
+    x = _input(rng, (1, 1, 2**20 + 64, 3), dtype, "ties")
     for args in [((5, 3), 1, (2, 1)), ((5, 3), (2, 1), (2, 1), (1, 2)), ((4, 3), 1, (1, 1), (3, 1), True)]:
         _assert_same(F.max_pool2d(x, *args, return_indices=True), R.max_pool2d(x, *args, return_indices=True))
 

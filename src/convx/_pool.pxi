@@ -214,8 +214,9 @@ cdef enum:
     # Output columns the block column pass combines at once: a few vectors' worth, so that each
     # step is a unit-stride loop, with its rows of scratch within the core's caches.
     POOL_COLUMN_CHUNK = 64
-    # Bytes the block column pass may take per thread beyond a plane's own size (else it goes one
-    # column at a time by deque, in memory linear in the height).
+    # Bytes the block column pass may take per thread (fewer columns at once for taller planes;
+    # one at a time by deque, in memory linear in the height, past a million rows): with the row
+    # winners (a plane of int32) and a contiguous copy of the input, under twice the input + 64 MiB.
     POOL_COLUMN_BUDGET = 1 << 24
 
 
@@ -246,10 +247,12 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                                          stride_h, stride_w, first - top, pad_w, dilation_h, dilation_w, ranges)
     n_threads = _team_size(n_threads, n_planes, (last - first) * width + band_size)
     # The separable kernel goes by blocks along an axis of dilation 1, by deque along the others;
-    # its column pass by blocks of output columns where their scratch fits the budget.
+    # its column pass by blocks of as many output columns as the budget holds (with int32 rows), or
+    # else one column at a time by deque.
     cdef Py_ssize_t item = sizeof(floating), rows = last - first
-    cdef Py_ssize_t chunk = min(<Py_ssize_t> POOL_COLUMN_CHUNK, out_w)
-    if chunk * rows * (2 * item + 8) > max(<Py_ssize_t> POOL_COLUMN_BUDGET, rows * width * item):
+    cdef Py_ssize_t chunk = min(<Py_ssize_t> POOL_COLUMN_CHUNK, out_w,
+                                <Py_ssize_t> POOL_COLUMN_BUDGET // (rows * (2 * item + 8)))
+    if rows > 2**31 - 1:
         chunk = 0
     cdef Py_ssize_t row_bytes = width * (2 * item + 8) if dilation_w == 1 else width * (8 + item)
     cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
