@@ -277,3 +277,4 @@ def test_ctrl_c_stops_a_single_huge_plane_between_bands_of_rows():
     # the ~second the whole plane takes.
     assert float(caught) - sent < 0.25, (lines, sent)
     assert float(elapsed) < 0.7 * float(estimate), lines
+

@@ -7,7 +7,11 @@
 # into its stride phases, so that every tap of every window is one long unit-stride sweep over all
 # of the plane's outputs at once (2x2 stride-2 windows without padding read the input directly);
 # it tracks each winner's offset within its window as a floating-point number, in the same vector
-# lanes as the values. The average backward (also in C) has each input row gather the shares of
+# lanes as the values. Windows large against the plane (or strides past the kernel, or offsets
+# past the float mantissa) go to the separable max forward instead: a row pass then a column pass
+# over the windows clipped to the input, by blocks (dilation 1) or by deque, in time and memory
+# linear in the plane and the output whatever the window (convx.functional.pooling chooses). The
+# average backward (also in C) has each input row gather the shares of
 # the windows over it, in output order, with no zero fill first. The average forward
 # sweeps each output row in two parts: the border windows that overlap the padding one window at
 # a time over their clipped tap range, the interior ones one kernel row at a time across the
