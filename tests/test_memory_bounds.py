@@ -156,3 +156,23 @@ def test_large_max_pool_scratch_stays_within_the_bound(rng, pool_threads):
 def test_pool_refusals_for_size_name_the_argument(call, argument):
     with pytest.raises((ValueError, MemoryError), match=argument):
         call()
+
+
+@pytest.mark.parametrize("output_size", [(1, 2**21), (2**21 + 3, 1)])
+def test_adaptive_pool_memory_does_not_grow_with_output_size(rng, torch, output_size):
+    # Windows are walked output by output, not laid out in arrays as long as the output's sides
+    # (which for a 1 x 2^21 output were 96 MiB, three times the output, where the input is 80 bytes).
+    x = _pool_input(rng, (5, 4), np.float32)
+    (y, indices), extra = _pool_extra_memory(lambda: F.adaptive_max_pool2d(x, output_size, return_indices=True), x)
+    expected_y, expected_indices = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x), output_size, True)
+    np.testing.assert_array_equal(y, expected_y.numpy())
+    np.testing.assert_array_equal(indices, expected_indices.numpy())
+    x = rng.standard_normal(x.shape).astype(np.float32)
+    y, extra_avg = _pool_extra_memory(lambda: F.adaptive_avg_pool2d(x, output_size), x)
+    np.testing.assert_allclose(y, torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), output_size).numpy(),
+                               rtol=1e-6)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.adaptive_avg_pool2d(xt, output_size).backward(torch.from_numpy(y))
+    grad, extra_backward = _pool_extra_memory(lambda: F.adaptive_avg_pool2d_backward(y, x.shape), y)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5)
+    assert max(extra, extra_avg, extra_backward) < MiB

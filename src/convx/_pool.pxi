@@ -507,88 +507,165 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
 
 
 # ---------------------------------------------------------------------------------------------
-# Adaptive pooling: output (oh, ow) covers rows [row_start[oh], row_end[oh]) and columns
-# [col_start[ow], col_end[ow]), windows computed by the caller (convx._shapes.adaptive_window).
+# Adaptive pooling: output o of an axis of in_size inputs and out_size outputs covers
+# [floor(o * in_size / out_size), ceil((o + 1) * in_size / out_size)) (convx._shapes.adaptive_window),
+# walked output by output without divisions and without arrays of windows (memory that would grow
+# with output_size): o * in_size is kept as q * out_size + r, and each step adds in_size as
+# (in_size // out_size, in_size % out_size), one carry at most. Nothing overflows: q <= in_size
+# and r < out_size.
 
-def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                                const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+cdef struct AdaptiveWalk:
+    Py_ssize_t start, end  # the current output's window
+    Py_ssize_t q, r        # the next output's (o + 1) * in_size = q * out_size + r
+    Py_ssize_t whole, part, out_size
+
+
+cdef inline void _adaptive_next(AdaptiveWalk* walk) noexcept nogil:
+    """Move to the next output's window."""
+    walk.start = walk.q
+    walk.q += walk.whole
+    walk.r += walk.part
+    if walk.r >= walk.out_size:
+        walk.r -= walk.out_size
+        walk.q += 1
+    walk.end = walk.q + (1 if walk.r != 0 else 0)
+
+
+cdef inline AdaptiveWalk _adaptive_walk(Py_ssize_t in_size, Py_ssize_t out_size) noexcept nogil:
+    """A walk positioned at output 0."""
+    cdef AdaptiveWalk walk
+    walk.whole = in_size // out_size
+    walk.part = in_size - walk.whole * out_size
+    walk.out_size = out_size
+    walk.q = 0
+    walk.r = 0
+    _adaptive_next(&walk)
+    return walk
+
+
+cdef enum:
+    # Output columns whose windows are laid out at once (on the stack) for the plane loops, so
+    # that the inner loops read them rather than carry the walk.
+    ADAPTIVE_COLUMNS = 256
+
+
+cdef inline Py_ssize_t _adaptive_columns(AdaptiveWalk* cols, Py_ssize_t ow0, Py_ssize_t out_w,
+                                         int64_t* start, int64_t* end) noexcept nogil:
+    """start, end = the windows of output columns [ow0, ow0 + n), walked on from ``cols``; returns n."""
+    cdef Py_ssize_t n = min(<Py_ssize_t> ADAPTIVE_COLUMNS, out_w - ow0), k
+    for k in range(n):
+        start[k] = cols.start
+        end[k] = cols.end
+        _adaptive_next(cols)
+    return n
+
+
+cdef void _adaptive_avg_plane(const floating* src, Py_ssize_t height, Py_ssize_t width, floating* dst,
+                              Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    cdef AdaptiveWalk rows, cols = _adaptive_walk(width, out_w)
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, h, w, h0, h1
+    cdef floating total
+    ow0 = 0
+    while ow0 < out_w:
+        n = _adaptive_columns(&cols, ow0, out_w, start, end)
+        rows = _adaptive_walk(height, out_h)
+        for oh in range(out_h):
+            h0 = rows.start
+            h1 = rows.end
+            for k in range(n):
+                total = 0
+                for h in range(h0, h1):
+                    for w in range(start[k], end[k]):
+                        total = total + src[h * width + w]
+                # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
+                dst[oh * out_w + ow0 + k] = total / <floating> (h1 - h0) / <floating> (end[k] - start[k])
+            _adaptive_next(&rows)
+        ow0 += n
+
+
+def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int n_threads):
     """out[n, c, oh, ow] = sum_{h, w in window(oh, ow)} x[n, c, h, w] / window_h / window_w."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
-    cdef Py_ssize_t p, oh, ow, h, w
-    cdef floating total
-    cdef const floating* src
-    cdef floating* dst
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            src = &x[0, 0, 0, 0] + p * plane_size
-            dst = &out[0, 0, 0, 0] + p * out_size
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    total = 0
-                    for h in range(row_start[oh], row_end[oh]):
-                        for w in range(col_start[ow], col_end[ow]):
-                            total = total + src[h * width + w]
-                    # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
-                    dst[oh * out_w + ow] = (total / <floating> (row_end[oh] - row_start[oh])
-                                            / <floating> (col_end[ow] - col_start[ow]))
+            _adaptive_avg_plane(&x[0, 0, 0, 0] + p * plane_size, height, width, &out[0, 0, 0, 0] + p * out_size,
+                                out_h, out_w)
 
 
-def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
-                                 const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                 const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+cdef void _adaptive_avg_backward_plane(const floating* src, floating* dst, Py_ssize_t height, Py_ssize_t width,
+                                       Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    cdef AdaptiveWalk rows = _adaptive_walk(height, out_h), cols
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, h, w, h0, h1
+    cdef floating share
+    memset(dst, 0, height * width * sizeof(floating))
+    # Output rows outside, column chunks inside: each element takes its shares in output order.
+    for oh in range(out_h):
+        h0 = rows.start
+        h1 = rows.end
+        cols = _adaptive_walk(width, out_w)
+        ow0 = 0
+        while ow0 < out_w:
+            n = _adaptive_columns(&cols, ow0, out_w, start, end)
+            for k in range(n):
+                share = src[oh * out_w + ow0 + k] / <floating> (h1 - h0) / <floating> (end[k] - start[k])
+                for h in range(h0, h1):
+                    for w in range(start[k], end[k]):
+                        dst[h * width + w] += share
+            ow0 += n
+        _adaptive_next(&rows)
+
+
+def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in, int n_threads):
     """grad_in[n, c, h, w] = sum_{(oh, ow) whose window holds (h, w)} grad_out[n, c, oh, ow] / window_h / window_w."""
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
-    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t height = grad_in.shape[2], width = grad_in.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
-    cdef Py_ssize_t p, oh, ow, h, w
-    cdef floating share
-    cdef const floating* src
-    cdef floating* dst
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            src = &grad_out[0, 0, 0, 0] + p * out_size
-            dst = &grad_in[0, 0, 0, 0] + p * plane_size
-            memset(dst, 0, plane_size * sizeof(floating))
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    share = (src[oh * out_w + ow] / <floating> (row_end[oh] - row_start[oh])
-                             / <floating> (col_end[ow] - col_start[ow]))
-                    for h in range(row_start[oh], row_end[oh]):
-                        for w in range(col_start[ow], col_end[ow]):
-                            dst[h * width + w] += share
+            _adaptive_avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                         height, width, out_h, out_w)
 
 
-cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t width, floating* out, int64_t* indices,
-                              Py_ssize_t out_h, Py_ssize_t out_w, const int64_t* row_start,
-                              const int64_t* row_end, const int64_t* col_start,
-                              const int64_t* col_end) noexcept nogil:
+cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t height, Py_ssize_t width, floating* out,
+                              int64_t* indices, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
     """out[oh, ow] = max over window (oh, ow), indices[oh, ow] = its flat index (indices may be NULL)."""
-    cdef Py_ssize_t oh, ow
+    cdef AdaptiveWalk rows, cols = _adaptive_walk(width, out_w)
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, o
     cdef int64_t unused
-    for oh in range(out_h):
-        for ow in range(out_w):
-            # An adaptive window is a unit-dilation window starting at its first row and column.
-            _max_window(plane, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
-                        col_start[ow], 0, col_end[ow] - col_start[ow], 1, &out[oh * out_w + ow],
-                        &indices[oh * out_w + ow] if indices != NULL else &unused)
+    ow0 = 0
+    while ow0 < out_w:
+        n = _adaptive_columns(&cols, ow0, out_w, start, end)
+        rows = _adaptive_walk(height, out_h)
+        for oh in range(out_h):
+            for k in range(n):
+                o = oh * out_w + ow0 + k
+                # An adaptive window is a unit-dilation window starting at its first row and column.
+                _max_window(plane, width, rows.start, 0, rows.end - rows.start, 1, start[k], 0, end[k] - start[k], 1,
+                            &out[o], &indices[o] if indices != NULL else &unused)
+            _adaptive_next(&rows)
+        ow0 += n
 
 
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                                int64_t[:, :, :, ::1] indices,
-                                const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+                                int64_t[:, :, :, ::1] indices, int n_threads):
     """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef bint want_indices = indices.shape[0] > 0
     cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, x.shape[3], &out[0, 0, 0, 0] + p * out_size,
-                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                                out_h, out_w, &row_start[0], &row_end[0], &col_start[0], &col_end[0])
+            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, height, width, &out[0, 0, 0, 0] + p * out_size,
+                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL, out_h, out_w)

@@ -17,7 +17,7 @@ from numpy.typing import DTypeLike, NDArray
 from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous
-from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
+from .._shapes import pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
 
@@ -107,18 +107,6 @@ def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) ->
         raise TypeError("output_size must be an int or a tuple of two ints (or None), got an ndarray")
     size = as_int("output_size", output_size, 1)
     return size, size
-
-
-def _adaptive_windows(in_size: int, out_size: int) -> tuple[AnyArray, AnyArray]:
-    """Start and end arrays of the adaptive windows along one axis (int64, computed as arrays:
-    a huge ``output_size`` must not become a Python loop)."""
-    if in_size * (out_size + 1) < 2**63:
-        index = np.arange(out_size, dtype=np.int64)
-        starts = (index * in_size) // out_size
-        ends = -((-(index + 1) * in_size) // out_size)
-        return starts, ends
-    bounds = np.array([adaptive_window(i, in_size, out_size) for i in range(out_size)], dtype=np.int64)
-    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
 
 
 def _nonempty_plane(name: str, height: int, width: int) -> None:
@@ -620,10 +608,8 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     y = _allocate((n, c, out_h, out_w), x.dtype, "output_size")
     if y.size:
         x = contiguous(x)
-        row_start, row_end = _adaptive_windows(height, out_h)
-        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_forward(x[part], y[part], row_start, row_end, col_start, col_end, kernel_threads())
+            _core.adaptive_avg_pool2d_forward(x[part], y[part], kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -670,10 +656,8 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
-        row_start, row_end = _adaptive_windows(shape[2], out_h)
-        col_start, col_end = _adaptive_windows(shape[3], out_w)
         for part in sub_batches(shape[0], _work(shape[1], 4 * shape[2] * shape[3], out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], row_start, row_end, col_start, col_end, kernel_threads())
+            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -739,12 +723,8 @@ def adaptive_max_pool2d(
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, "output_size")
     if y.size:
         x = contiguous(x)
-        row_start, row_end = _adaptive_windows(height, out_h)
-        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_forward(
-                x[part], y[part], indices[part], row_start, row_end, col_start, col_end, kernel_threads()
-            )
+            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
