@@ -220,8 +220,9 @@ def test_the_choice_of_kernel():
 
 
 # The child: one plane of 4096x4096 (64 MiB), max-pooled by the separable kernel with dilation
-# 2 (its slower deque passes: most of a second on one core), with sub-batches of 2^24 units (a few milliseconds: the bands of output rows
-# that one image is split into); interrupted by the parent shortly after it starts.
+# 2 (its slower deque passes: most of a second on one core), with sub-batches of 2^24 units (a
+# few milliseconds: the bands of output rows that one image is split into); interrupted by the
+# parent shortly after it starts.
 CHILD = textwrap.dedent(
     """
     import time

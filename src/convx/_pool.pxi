@@ -262,7 +262,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
     # Each thread's slot starts on its own cache lines (slots sharing a line would bounce it
     # between the cores on every store), an even number of elements so that int64s stay aligned.
-    cdef Py_ssize_t slot = ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2 if separable else convx_max_pool_scratch(&g)
+    cdef Py_ssize_t slot = convx_max_pool_scratch(&g) if not separable else (
+        ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2)
     cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
     cdef int32_t[::1] rcol = np.empty(max(1, n_threads * rcol_slot), dtype=np.int32)
@@ -270,7 +271,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo) if separable else None
     row_win = (_block_windows(band_h, kernel_h, stride_h, first - top, g.row_lo, g.row_hi)
                if separable and dilation_h == 1 and chunk else None)
-    col_win = _block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi) if separable and dilation_w == 1 else None
+    col_win = (_block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi)
+               if separable and dilation_w == 1 else None)
     cdef const int64_t[::1] row_view = row_order if row_order is not None else ranges
     cdef const int64_t[::1] col_view = col_order if col_order is not None else ranges
     cdef const int64_t[::1] row_win_view = row_win if row_win is not None else ranges

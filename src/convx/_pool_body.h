@@ -594,7 +594,8 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_max_row_blocks)(const PT *CONVX_RESTRICT
         suf_pos[t] = at;
         c = c == 0 ? kernel - 1 : c - 1;
     }
-    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + outputs, *CONVX_RESTRICT kind = win + 2 * outputs;
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + outputs;
+    const int64_t *CONVX_RESTRICT kind = win + 2 * outputs;
     for (ptrdiff_t o = 0; o < outputs; o++) {
         const ptrdiff_t a = (ptrdiff_t)first[o], b = (ptrdiff_t)last[o];
         const int later = kind[o] == 0 || (kind[o] == 2 && ((pre_val[b] > suf_val[a]) | (pre_val[b] != pre_val[b])));
@@ -609,7 +610,8 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_max_column_blocks)(const PT *CONVX_RESTR
                                                            ptrdiff_t height, const int32_t *CONVX_RESTRICT rcol,
                                                            ptrdiff_t out_w, ptrdiff_t ow0, ptrdiff_t n,
                                                            ptrdiff_t kernel, ptrdiff_t out_h,
-                                                           const int64_t *CONVX_RESTRICT win, PT *CONVX_RESTRICT pre_val,
+                                                           const int64_t *CONVX_RESTRICT win,
+                                                           PT *CONVX_RESTRICT pre_val,
                                                            int32_t *CONVX_RESTRICT pre_row, PT *CONVX_RESTRICT suf_val,
                                                            int32_t *CONVX_RESTRICT suf_row, PT *CONVX_RESTRICT out,
                                                            int64_t *CONVX_RESTRICT indices) {
@@ -658,7 +660,8 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_max_column_blocks)(const PT *CONVX_RESTR
         }
         q = q == 0 ? kernel - 1 : q - 1;
     }
-    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h, *CONVX_RESTRICT kind = win + 2 * out_h;
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h;
+    const int64_t *CONVX_RESTRICT kind = win + 2 * out_h;
     for (ptrdiff_t o = 0; o < out_h; o++) {
         const ptrdiff_t a = (ptrdiff_t)first[o], b = (ptrdiff_t)last[o];
         const PT *CONVX_RESTRICT pv = pre_val + b * n, *CONVX_RESTRICT sv = suf_val + a * n;

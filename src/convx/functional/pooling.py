@@ -165,6 +165,7 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     """
     return channels * (plane + outputs * taps)
 
+
 # Units of work per element of the separable max pool's passes (the input plane, the row pass's
 # winners, the output): about 4.6 ns, where MAX_TAP_WORK's 8 units are ~1.2 ns (Xeon family 6
 # model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable 10.8 ms for 3 passes of 803k
@@ -210,7 +211,8 @@ def _max_pool_separable(
     The phase split costs kernel_h * kernel_w per output, lays the padded plane out in its
     stride phases (scratch that grows with strides larger than the kernel) and tracks window
     offsets in the floating-point type, exact below 2^24 (float32) or 2^31 (float64); the
-    separable kernel costs three passes of a few deque steps per element, whatever the window.
+    separable kernel costs three passes of a few steps per element (by blocks, or by deque where
+    dilated), whatever the window, in scratch of about a plane.
     """
     (kh, kw), (dh, dw) = kernel, dilation
     plane, outputs = height * width, out_h * out_w
@@ -223,7 +225,9 @@ def _max_pool_separable(
     )
 
 
-def _row_bands(batch: int, work_per_image: int, height: int, out_h: int, reach: int) -> Iterator[tuple[slice, int, int]]:
+def _row_bands(
+    batch: int, work_per_image: int, height: int, out_h: int, reach: int
+) -> Iterator[tuple[slice, int, int]]:
     """(images, first and end output row) of each kernel call: sub-batches of whole images, and an
     image too large for one call in bands of output rows, so that Ctrl-C is seen between calls
     (some tens of milliseconds each) even in a single huge plane.
