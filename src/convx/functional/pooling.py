@@ -265,7 +265,8 @@ def max_pool2d(
     ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` over
     the taps ``0 <= i < kh``, ``0 <= j < kw`` that fall inside the input (padding counts as -inf).
     NaN propagates: a window holding NaN gives NaN (and points at its last NaN); otherwise the
-    first maximum in row-major window order wins ties.
+    first maximum in row-major window order wins ties. Time and scratch memory grow with the
+    input and output sizes only, not with the window, stride, padding or dilation.
 
     Parameters
     ----------
