@@ -266,21 +266,35 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2)
     cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
-    cdef int32_t[::1] rcol = np.empty(max(1, n_threads * rcol_slot), dtype=np.int32)
-    row_order = _residue_order(rows, band_h, stride_h, first - top, dilation_h, g.row_lo) if separable else None
-    col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo) if separable else None
-    row_win = (_block_windows(band_h, kernel_h, stride_h, first - top, g.row_lo, g.row_hi)
-               if separable and dilation_h == 1 and chunk else None)
-    col_win = (_block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi)
-               if separable and dilation_w == 1 else None)
-    cdef const int64_t[::1] row_view = row_order if row_order is not None else ranges
-    cdef const int64_t[::1] col_view = col_order if col_order is not None else ranges
-    cdef const int64_t[::1] row_win_view = row_win if row_win is not None else ranges
-    cdef const int64_t[::1] col_win_view = col_win if col_win is not None else ranges
-    cdef const int64_t* row_ptr = &row_view[0] if row_order is not None else NULL
-    cdef const int64_t* col_ptr = &col_view[0] if col_order is not None else NULL
-    cdef const int64_t* row_win_ptr = &row_win_view[0] if row_win is not None else NULL
-    cdef const int64_t* col_win_ptr = &col_win_view[0] if col_win is not None else NULL
+    # The separable kernel's arrays (held by these names while it runs), as pointers: NULL where
+    # unused, so that the phase split's calls acquire no buffers for them.
+    cdef int32_t* rcol_ptr = NULL
+    cdef const int64_t* row_ptr = NULL
+    cdef const int64_t* col_ptr = NULL
+    cdef const int64_t* row_win_ptr = NULL
+    cdef const int64_t* col_win_ptr = NULL
+    cdef int32_t[::1] rcol
+    cdef const int64_t[::1] view
+    if separable:
+        rcol = np.empty(n_threads * rcol_slot, dtype=np.int32)
+        rcol_ptr = &rcol[0]
+        row_order = _residue_order(rows, band_h, stride_h, first - top, dilation_h, g.row_lo)
+        col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo)
+        row_win = (_block_windows(band_h, kernel_h, stride_h, first - top, g.row_lo, g.row_hi)
+                   if dilation_h == 1 and chunk else None)
+        col_win = _block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi) if dilation_w == 1 else None
+        if row_order is not None:
+            view = row_order
+            row_ptr = &view[0]
+        if col_order is not None:
+            view = col_order
+            col_ptr = &view[0]
+        if row_win is not None:
+            view = row_win
+            row_win_ptr = &view[0]
+        if col_win is not None:
+            view = col_win
+            col_win_ptr = &view[0]
     cdef Py_ssize_t p, tid, o
     cdef int64_t shift = first * width
     cdef int64_t* where
@@ -290,7 +304,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
             where = &indices[0, 0, 0, 0] + p * out_size + row_begin * out_w if want_indices else NULL
             _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size + first * width,
                             &out[0, 0, 0, 0] + p * out_size + row_begin * out_w, where,
-                            &scratch[tid * slot], &rcol[tid * rcol_slot], &g, row_ptr, col_ptr, row_win_ptr,
+                            &scratch[tid * slot], rcol_ptr + tid * rcol_slot, &g, row_ptr, col_ptr, row_win_ptr,
                             col_win_ptr, chunk, separable)
             if where != NULL and shift != 0:
                 for o in range(band_size):

@@ -8,7 +8,6 @@ stop it: ``convx._batching``). Inputs are never modified; any memory layout is a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
 import numpy as np
@@ -225,12 +224,10 @@ def _max_pool_separable(
     )
 
 
-def _row_bands(
-    batch: int, work_per_image: int, height: int, out_h: int, reach: int
-) -> Iterator[tuple[slice, int, int]]:
-    """(images, first and end output row) of each kernel call: sub-batches of whole images, and an
-    image too large for one call in bands of output rows, so that Ctrl-C is seen between calls
-    (some tens of milliseconds each) even in a single huge plane.
+def _row_bands(work_per_image: int, height: int, out_h: int, reach: int) -> int:
+    """Bands of output rows to split each image into (one kernel call each), so that Ctrl-C is
+    seen between calls (some tens of milliseconds each) even in a single huge plane; whole images
+    go in sub-batches, as everywhere.
 
     Each band reads the input rows its windows reach, ``reach`` (the dilated kernel's height less
     one) beyond its own: bands are never so many that these overlaps read the plane's ``height``
@@ -241,9 +238,7 @@ def _row_bands(
     bands = min(out_h, -(-work_per_image // limit))
     if reach > 0:
         bands = min(bands, max(1, height // reach))
-    for part in sub_batches(batch, work_per_image):
-        for band in range(bands):
-            yield part, band * out_h // bands, (band + 1) * out_h // bands
+    return bands
 
 
 @overload
@@ -337,9 +332,12 @@ def max_pool2d(
             work = SEPARABLE_WORK * c * (height * width + height * out_w + out_h * out_w)
         else:
             work = _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])
-        for part, first, end in _row_bands(n, work, height, out_h, (kernel[0] - 1) * dilation[0]):
-            _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
-                                     separable, first, end, kernel_threads())
+        bands = _row_bands(work, height, out_h, (kernel[0] - 1) * dilation[0])
+        for part in sub_batches(n, work):
+            for band in range(bands):
+                _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
+                                         separable, band * out_h // bands, (band + 1) * out_h // bands,
+                                         kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
