@@ -60,3 +60,15 @@ def test_pytest_benchmark_suite_runs():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout
+
+
+def test_large_window_cases_run(capsys):
+    # The large-window max-pool cases (issue 25): present, and quick on convx (the two cheapest).
+    from convx.bench.cases import CASES
+
+    large = [name for name in CASES if name.startswith("maxpool_large_")]
+    assert len(large) >= 3 and "maxpool_large_k127" in large
+    assert main(["--quick", "--case", "maxpool_large_1x1_k2049", "--case", "maxpool_large_k31_s2",
+                 "--repeat", "1", "--no-torch"]) == 0
+    table = capsys.readouterr().out
+    assert "maxpool_large_1x1_k2049" in table and "maxpool_large_k31_s2" in table

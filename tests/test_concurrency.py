@@ -33,11 +33,6 @@ def restore_threads():
 # ---------------------------------------------------------------------------------------------
 # The GIL
 
-def _windows(size, out):
-    bounds = np.array([((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)], dtype=np.int64)
-    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
-
-
 def _kernel_call(name, batch):
     """(kernel, args) of a direct ``convx._core`` call on ``batch`` images, on one OpenMP thread."""
     rng = np.random.default_rng(0)
@@ -80,19 +75,18 @@ def _kernel_call(name, batch):
     pooled = np.empty_like(x)
     indices = np.empty(x.shape, dtype=np.int64)
     window = (5, 5, 1, 1, 2, 2)
-    rows, cols = _windows(24, 7), _windows(24, 7)
     small = np.empty((batch, 32, 7, 7))
     return {
-        "max_pool2d_forward": (core.max_pool2d_forward, (x, pooled, indices, *window, 1, 1, 1)),
+        "max_pool2d_forward": (core.max_pool2d_forward, (x, pooled, indices, *window, 1, 1, False, 0, x.shape[2], 1)),
         "max_pool2d_backward": (core.max_pool2d_backward,
                                 (np.repeat(x, 4, axis=0), np.zeros((4 * batch, 32, 24, 24), dtype=np.int64),
                                  np.empty((4 * batch, 32, 24, 24)), 1)),
         "avg_pool2d_forward": (core.avg_pool2d_forward, (x, pooled, *window, True, 0, 1)),
         "avg_pool2d_backward": (core.avg_pool2d_backward, (x, pooled, *window, True, 0, 1)),
-        "adaptive_avg_pool2d_forward": (core.adaptive_avg_pool2d_forward, (x, small, *rows, *cols, 1)),
-        "adaptive_avg_pool2d_backward": (core.adaptive_avg_pool2d_backward, (small, pooled, *rows, *cols, 1)),
+        "adaptive_avg_pool2d_forward": (core.adaptive_avg_pool2d_forward, (x, small, 1)),
+        "adaptive_avg_pool2d_backward": (core.adaptive_avg_pool2d_backward, (small, pooled, 1)),
         "adaptive_max_pool2d_forward": (core.adaptive_max_pool2d_forward,
-                                        (x, small, np.empty(small.shape, dtype=np.int64), *rows, *cols, 1)),
+                                        (x, small, np.empty(small.shape, dtype=np.int64), 1)),
     }[name]
 
 

@@ -29,6 +29,7 @@ from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import convx.functional as F  # noqa: E402
+import convx.functional.pooling  # noqa: E402
 from convx.reference import pooling as reference  # noqa: E402
 
 
@@ -294,3 +295,43 @@ def test_one_bad_argument_is_refused_with_a_message(op, data):
     names = {"grad_out": ("grad_out", "indices", "input_shape"), "indices": ("indices",),
              "input_shape": ("input_shape", "grad_out"), "padding": ("padding",)}.get(name, (name,))
     assert_refused(lambda: function(**kwargs), names)
+
+
+@st.composite
+def _large_window_calls(draw):
+    """A plane and a window geometry PyTorch allows, the windows often far larger than the plane."""
+    height, width = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    geometry = []
+    for size in (height, width):
+        kernel = draw(st.one_of(st.integers(1, 4), st.integers(size, 3 * size + 40)))
+        dilation = draw(st.sampled_from([1, 1, 2, 3]))
+        padding = draw(st.integers(0, kernel // 2))
+        stride = draw(st.one_of(st.integers(1, 3), st.integers(1, 2 * kernel + 2)))
+        geometry.append((kernel, stride, padding, dilation))
+    ceil_mode = draw(st.booleans())
+    kernel, stride, padding, dilation = (tuple(pair) for pair in zip(*geometry))
+    return (height, width), (kernel, stride, padding, dilation, ceil_mode)
+
+
+@given(call=_large_window_calls(), kind=st.sampled_from(["normal", "ties", "special"]),
+       dtype=st.sampled_from(DTYPES), force=st.sampled_from([None, 0, 10**12]), seed=st.integers(0, 2**32 - 1))
+def test_max_pool2d_any_window_matches_the_reference_with_either_kernel(call, kind, dtype, force, seed):
+    # Windows up to several times the plane (issue 25): the phase split and the separable kernel
+    # (by blocks and by deque) forced in turn, or chosen as convx.functional.pooling chooses.
+    plane, args = call
+    x = _values(np.random.default_rng(seed), (2, 2, *plane), dtype, kind)
+    try:
+        expected = reference.max_pool2d(x, *args, return_indices=True)
+    except ValueError:  # an empty output: the reference cannot allocate it
+        assume(False)
+    assume(expected[0].size > 0)
+    with pytest.MonkeyPatch.context() as patch:
+        if force is not None:
+            patch.setattr(convx.functional.pooling, "PHASE_TAP_RATIO", force)
+        try:
+            result = F.max_pool2d(x, *args, return_indices=True)
+        except ValueError as error:  # a window wholly in the padding (PyTorch refuses it too)
+            assert "padding" in str(error)
+            return
+    np.testing.assert_array_equal(result[0], expected[0])
+    np.testing.assert_array_equal(result[1], expected[1])

@@ -139,7 +139,10 @@ CHILD = textwrap.dedent(
     ops = {
         "conv2d": (conv_image, lambda x: F.conv2d(x, weight, padding=2)),
         "conv2d_backward": (conv_image, lambda x: F.conv2d_backward(x, x, weight, padding=2)),
-        "max_pool2d": (pool_image, lambda x: F.max_pool2d(x, 31, 1, 15)),
+        # Max pooling's time is linear in its data whatever the window (issue 25), so it has no
+        # seconds of work within the memory cap; its Ctrl-C is tested on one huge plane in
+        # test_pooling_large_windows. Average pooling's border windows still cost k^2 each.
+        "avg_pool2d": (pool_image, lambda x: F.avg_pool2d(x, 31, 1, 15)),
     }
     for name, (image, op) in ops.items():
         # The rate from a probe of at least 0.2 s: a few milliseconds' probe is skewed by
@@ -201,7 +204,7 @@ def test_ctrl_c_interrupts_a_long_call_between_sub_batches_and_leaves_the_proces
             assert child.wait(timeout=60) == 0, stderr
         finally:
             child.kill()
-    assert [r[0] for r in reports] == ["conv2d", "conv2d_backward", "max_pool2d"], reports
+    assert [r[0] for r in reports] == ["conv2d", "conv2d_backward", "avg_pool2d"], reports
     for name, estimate, sub_batch, sent, outcome, *times in reports:
         assert outcome == "interrupted", (name, estimate, times)
         caught, elapsed = times

@@ -84,7 +84,8 @@ def winograd_backward_weight(
 def max_pool2d_forward(
     x: _Float, out: _Float, indices: _Index,
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
-    pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, n_threads: int,
+    pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
+    separable: bool, row_begin: int, row_end: int, n_threads: int,
 ) -> None: ...
 def max_pool2d_backward(grad_out: _Float, indices: _Index, grad_in: _Float, n_threads: int) -> int: ...
 def avg_pool2d_forward(
@@ -97,16 +98,7 @@ def avg_pool2d_backward(
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
     count_include_pad: bool, divisor_override: int, n_threads: int,
 ) -> None: ...
-# Adaptive pooling: per-output-row/column half-open window bounds, int64 of length out_h/out_w.
-def adaptive_avg_pool2d_forward(
-    x: _Float, out: _Float, row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index,
-    n_threads: int,
-) -> None: ...
-def adaptive_avg_pool2d_backward(
-    grad_out: _Float, grad_in: _Float, row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index,
-    n_threads: int,
-) -> None: ...
-def adaptive_max_pool2d_forward(
-    x: _Float, out: _Float, indices: _Index,
-    row_start: _Index, row_end: _Index, col_start: _Index, col_end: _Index, n_threads: int,
-) -> None: ...
+# Adaptive pooling: windows [floor(o*In/Out), ceil((o+1)*In/Out)) along each axis, from the shapes.
+def adaptive_avg_pool2d_forward(x: _Float, out: _Float, n_threads: int) -> None: ...
+def adaptive_avg_pool2d_backward(grad_out: _Float, grad_in: _Float, n_threads: int) -> None: ...
+def adaptive_max_pool2d_forward(x: _Float, out: _Float, indices: _Index, n_threads: int) -> None: ...

@@ -110,10 +110,12 @@ static inline int convx_max_backward_corners(ptrdiff_t height, ptrdiff_t width, 
 }
 
 /* The general average backward (convx_avg_gather_plane) keeps the shares of the output rows over
- * one input row: at most ceil(kernel_h / stride_h) of them, in a ring of rows a whole number of
- * cache lines apart. */
+ * one input row: at most ceil(kernel_h / stride_h) of them, and at most out_h (a kernel far taller
+ * than the input, stride 1, would otherwise ask for a ring of kernel_h rows), in a ring of rows a
+ * whole number of cache lines apart. */
 static inline ptrdiff_t convx_avg_share_rows(const convx_pool_geometry *g) {
-    return (g->kernel_h + g->stride_h - 1) / g->stride_h;
+    const ptrdiff_t over_a_row = (g->kernel_h + g->stride_h - 1) / g->stride_h;
+    return over_a_row < g->out_h ? over_a_row : g->out_h;
 }
 
 static inline ptrdiff_t convx_avg_share_stride(const convx_pool_geometry *g) {

@@ -7,7 +7,11 @@
 # into its stride phases, so that every tap of every window is one long unit-stride sweep over all
 # of the plane's outputs at once (2x2 stride-2 windows without padding read the input directly);
 # it tracks each winner's offset within its window as a floating-point number, in the same vector
-# lanes as the values. The average backward (also in C) has each input row gather the shares of
+# lanes as the values. Windows large against the plane (or strides past the kernel, or offsets
+# past the float mantissa) go to the separable max forward instead: a row pass then a column pass
+# over the windows clipped to the input, by blocks (dilation 1) or by deque, in time and memory
+# linear in the plane and the output whatever the window (convx.functional.pooling chooses). The
+# average backward (also in C) has each input row gather the shares of
 # the windows over it, in output order, with no zero fill first. The average forward
 # sweeps each output row in two parts: the border windows that overlap the padding one window at
 # a time over their clipped tap range, the interior ones one kernel row at a time across the
@@ -48,6 +52,14 @@ cdef extern from "_pool.h" nogil:
                                 const PoolGeometry* g)
     void convx_max_pool_plane_d(const double* plane, double* out, int64_t* indices, double* scratch,
                                 const PoolGeometry* g)
+    void convx_max_pool_separable_f(const float* plane, float* out, int64_t* indices, float* scratch,
+                                    int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                    const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                    Py_ssize_t chunk)
+    void convx_max_pool_separable_d(const double* plane, double* out, int64_t* indices, double* scratch,
+                                    int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                    const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                    Py_ssize_t chunk)
     Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
     int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                    int64_t* corners)
@@ -148,63 +160,155 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
     where[0] = best_pos
 
 
-cdef void _max_pool_plane_by_window(const floating* plane, floating* out, int64_t* indices,
-                                   PoolGeometry* g) noexcept nogil:
-    """out[oh, ow] = max of the window's taps, indices[oh, ow] = its flat index (indices may be NULL),
-    one window at a time: for windows whose offsets a floating-point number cannot hold exactly."""
-    cdef Py_ssize_t oh, ow
-    cdef int64_t unused
-    for oh in range(g.out_h):
-        for ow in range(g.out_w):
-            _max_window(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
-                        ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w,
-                        &out[oh * g.out_w + ow], &indices[oh * g.out_w + ow] if indices != NULL else &unused)
-
-
 cdef inline void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
-                                 PoolGeometry* g) noexcept nogil:
-    if scratch == NULL:
-        _max_pool_plane_by_window(plane, out, indices, g)
+                                 int32_t* rcol, PoolGeometry* g, const int64_t* row_order,
+                                 const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                 Py_ssize_t chunk, bint separable) noexcept nogil:
+    if separable:
+        if floating is float:
+            convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                       col_win, chunk)
+        else:
+            convx_max_pool_separable_d(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                       col_win, chunk)
     elif floating is float:
         convx_max_pool_plane_f(plane, out, indices, scratch, g)
     else:
         convx_max_pool_plane_d(plane, out, indices, scratch, g)
 
 
+cdef object _residue_order(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t stride, Py_ssize_t pad,
+                           Py_ssize_t dilation, const int64_t* lo):
+    """The outputs of one axis sorted (stably) by the residue modulo ``dilation`` of their first tap
+    inside the input, as convx_max_line takes them; None for dilation 1 (the identity). A counting
+    sort over at most ``size`` residues (a first tap lies inside the input): memory linear in the
+    input and output, whatever the dilation."""
+    if dilation == 1:
+        return None
+    cdef Py_ssize_t buckets = min(dilation, size), o, r
+    cdef int64_t[::1] start = np.zeros(buckets + 1, dtype=np.int64)
+    cdef int64_t[::1] order = np.empty(out_size, dtype=np.int64)
+    for o in range(out_size):
+        start[(o * stride - pad + lo[o] * dilation) % dilation + 1] += 1
+    for r in range(buckets):
+        start[r + 1] += start[r]
+    for o in range(out_size):
+        r = (o * stride - pad + lo[o] * dilation) % dilation
+        order[start[r]] = o
+        start[r] += 1
+    return np.asarray(order)
+
+
+cdef object _block_windows(Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
+                           const int64_t* lo, const int64_t* hi):
+    """convx_max_row_blocks's ``win`` for one axis of dilation 1: each output's first and last tap
+    inside the input, then which of its blocks' prefix and suffix it takes."""
+    cdef int64_t[::1] win = np.empty(3 * out_size, dtype=np.int64)
+    cdef Py_ssize_t o, a, b
+    for o in range(out_size):
+        a = o * stride - pad + lo[o]
+        b = a + hi[o] - lo[o] - 1
+        win[o] = a
+        win[out_size + o] = b
+        win[2 * out_size + o] = 0 if a % kernel == 0 else (1 if a // kernel == b // kernel else 2)
+    return np.asarray(win)
+
+
+cdef enum:
+    # Output columns the block column pass combines at once: a few vectors' worth, so that each
+    # step is a unit-stride loop, with its rows of scratch within the core's caches.
+    POOL_COLUMN_CHUNK = 64
+    # Bytes the block column pass may take per thread (fewer columns at once for taller planes;
+    # one at a time by deque, in memory linear in the height, past a million rows): with the row
+    # winners (a plane of int32) and a contiguous copy of the input, under twice the input + 64 MiB.
+    POOL_COLUMN_BUDGET = 1 << 24
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] indices,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
-                       int n_threads):
+                       bint separable, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
     """out[n, c, oh, ow] = max_{i, j} x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] (padding -inf, NaN wins),
-    indices[n, c, oh, ow] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
+    indices[n, c, oh, ow] = the flat h*W + w of that maximum, for the output rows [row_begin, row_end)
+    only; a zero-batch ``indices`` skips them.
+
+    ``separable``: the row-then-column deque kernel (time linear in the plane, any window), else the
+    phase-split one, whose window offsets the caller has checked fit the floating-point type exactly
+    and whose scratch it has checked is bounded (convx.functional.pooling decides)."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
-    cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
+    cdef Py_ssize_t out_w = out.shape[3], out_size = out.shape[2] * out_w
     cdef bint want_indices = indices.shape[0] > 0
-    cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
-    cdef PoolGeometry g = _pool_geometry(x.shape[2], width, out_h, out_w, kernel_h, kernel_w,
-                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
-    # Offsets within a window are tracked as floating-point values, alongside the maxima, so that
-    # both vectorise in the same lanes; beyond the float mantissa or an int the slow path takes over.
-    cdef Py_ssize_t largest_offset = dilation_h * (kernel_h - 1) * width + dilation_w * (kernel_w - 1)
-    cdef bint exact
-    if floating is float:
-        exact = largest_offset < (1 << 24)
-    else:
-        exact = largest_offset < (1 << 31)
-    n_threads = _team_size(n_threads, n_planes, plane_size + out_size)
-    # Each thread's slot starts on its own cache lines: slots sharing a line would bounce it
-    # between the cores on every store.
-    cdef Py_ssize_t slot = convx_max_pool_scratch(&g)
-    cdef floating[::1] scratch = np.empty(n_threads * slot if exact else 1, dtype=np.asarray(out).dtype)
-    cdef Py_ssize_t p, tid
+    # The band of output rows reads input rows [first, last): a plane of its own, whose padding on top
+    # is what lies above its first row, and whose indices are first * width short.
+    cdef Py_ssize_t top = row_begin * stride_h - pad_h
+    cdef Py_ssize_t first = max(top, 0)
+    cdef Py_ssize_t last = min(height, (row_end - 1) * stride_h - pad_h + (kernel_h - 1) * dilation_h + 1)
+    cdef Py_ssize_t band_h = row_end - row_begin, band_size = band_h * out_w
+    cdef int64_t[::1] ranges = np.empty(2 * (band_h + out_w), dtype=np.int64)
+    cdef PoolGeometry g = _pool_geometry(last - first, width, band_h, out_w, kernel_h, kernel_w,
+                                         stride_h, stride_w, first - top, pad_w, dilation_h, dilation_w, ranges)
+    n_threads = _team_size(n_threads, n_planes, (last - first) * width + band_size)
+    # The separable kernel goes by blocks along an axis of dilation 1, by deque along the others;
+    # its column pass by blocks of as many output columns as the budget holds (with int32 rows), or
+    # else one column at a time by deque.
+    cdef Py_ssize_t item = sizeof(floating), rows = last - first
+    cdef Py_ssize_t chunk = min(<Py_ssize_t> POOL_COLUMN_CHUNK, out_w,
+                                <Py_ssize_t> POOL_COLUMN_BUDGET // (rows * (2 * item + 8)))
+    if rows > 2**31 - 1:
+        chunk = 0
+    cdef Py_ssize_t row_bytes = width * (2 * item + 8) if dilation_w == 1 else width * (8 + item)
+    cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
+    # Each thread's slot starts on its own cache lines (slots sharing a line would bounce it
+    # between the cores on every store), an even number of elements so that int64s stay aligned.
+    cdef Py_ssize_t slot = convx_max_pool_scratch(&g) if not separable else (
+        ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2)
+    cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
+    cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
+    # The separable kernel's arrays (held by these names while it runs), as pointers: NULL where
+    # unused, so that the phase split's calls acquire no buffers for them.
+    cdef int32_t* rcol_ptr = NULL
+    cdef const int64_t* row_ptr = NULL
+    cdef const int64_t* col_ptr = NULL
+    cdef const int64_t* row_win_ptr = NULL
+    cdef const int64_t* col_win_ptr = NULL
+    cdef int32_t[::1] rcol
+    cdef const int64_t[::1] view
+    if separable:
+        rcol = np.empty(n_threads * rcol_slot, dtype=np.int32)
+        rcol_ptr = &rcol[0]
+        row_order = _residue_order(rows, band_h, stride_h, first - top, dilation_h, g.row_lo)
+        col_order = _residue_order(width, out_w, stride_w, pad_w, dilation_w, g.col_lo)
+        row_win = (_block_windows(band_h, kernel_h, stride_h, first - top, g.row_lo, g.row_hi)
+                   if dilation_h == 1 and chunk else None)
+        col_win = _block_windows(out_w, kernel_w, stride_w, pad_w, g.col_lo, g.col_hi) if dilation_w == 1 else None
+        if row_order is not None:
+            view = row_order
+            row_ptr = &view[0]
+        if col_order is not None:
+            view = col_order
+            col_ptr = &view[0]
+        if row_win is not None:
+            view = row_win
+            row_win_ptr = &view[0]
+        if col_win is not None:
+            view = col_win
+            col_win_ptr = &view[0]
+    cdef Py_ssize_t p, tid, o
+    cdef int64_t shift = first * width
+    cdef int64_t* where
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
-            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size,
-                            &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                            &scratch[tid * slot] if exact else NULL, &g)
+            where = &indices[0, 0, 0, 0] + p * out_size + row_begin * out_w if want_indices else NULL
+            _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size + first * width,
+                            &out[0, 0, 0, 0] + p * out_size + row_begin * out_w, where,
+                            &scratch[tid * slot], rcol_ptr + tid * rcol_slot, &g, row_ptr, col_ptr, row_win_ptr,
+                            col_win_ptr, chunk, separable)
+            if where != NULL and shift != 0:
+                for o in range(band_size):
+                    where[o] += shift
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
@@ -419,88 +523,165 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
 
 
 # ---------------------------------------------------------------------------------------------
-# Adaptive pooling: output (oh, ow) covers rows [row_start[oh], row_end[oh]) and columns
-# [col_start[ow], col_end[ow]), windows computed by the caller (convx._shapes.adaptive_window).
+# Adaptive pooling: output o of an axis of in_size inputs and out_size outputs covers
+# [floor(o * in_size / out_size), ceil((o + 1) * in_size / out_size)) (convx._shapes.adaptive_window),
+# walked output by output without divisions and without arrays of windows (memory that would grow
+# with output_size): o * in_size is kept as q * out_size + r, and each step adds in_size as
+# (in_size // out_size, in_size % out_size), one carry at most. Nothing overflows: q <= in_size
+# and r < out_size.
 
-def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                                const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+cdef struct AdaptiveWalk:
+    Py_ssize_t start, end  # the current output's window
+    Py_ssize_t q, r        # the next output's (o + 1) * in_size = q * out_size + r
+    Py_ssize_t whole, part, out_size
+
+
+cdef inline void _adaptive_next(AdaptiveWalk* walk) noexcept nogil:
+    """Move to the next output's window."""
+    walk.start = walk.q
+    walk.q += walk.whole
+    walk.r += walk.part
+    if walk.r >= walk.out_size:
+        walk.r -= walk.out_size
+        walk.q += 1
+    walk.end = walk.q + (1 if walk.r != 0 else 0)
+
+
+cdef inline AdaptiveWalk _adaptive_walk(Py_ssize_t in_size, Py_ssize_t out_size) noexcept nogil:
+    """A walk positioned at output 0."""
+    cdef AdaptiveWalk walk
+    walk.whole = in_size // out_size
+    walk.part = in_size - walk.whole * out_size
+    walk.out_size = out_size
+    walk.q = 0
+    walk.r = 0
+    _adaptive_next(&walk)
+    return walk
+
+
+cdef enum:
+    # Output columns whose windows are laid out at once (on the stack) for the plane loops, so
+    # that the inner loops read them rather than carry the walk.
+    ADAPTIVE_COLUMNS = 256
+
+
+cdef inline Py_ssize_t _adaptive_columns(AdaptiveWalk* cols, Py_ssize_t ow0, Py_ssize_t out_w,
+                                         int64_t* start, int64_t* end) noexcept nogil:
+    """start, end = the windows of output columns [ow0, ow0 + n), walked on from ``cols``; returns n."""
+    cdef Py_ssize_t n = min(<Py_ssize_t> ADAPTIVE_COLUMNS, out_w - ow0), k
+    for k in range(n):
+        start[k] = cols.start
+        end[k] = cols.end
+        _adaptive_next(cols)
+    return n
+
+
+cdef void _adaptive_avg_plane(const floating* src, Py_ssize_t height, Py_ssize_t width, floating* dst,
+                              Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    cdef AdaptiveWalk rows, cols = _adaptive_walk(width, out_w)
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, h, w, h0, h1
+    cdef floating total
+    ow0 = 0
+    while ow0 < out_w:
+        n = _adaptive_columns(&cols, ow0, out_w, start, end)
+        rows = _adaptive_walk(height, out_h)
+        for oh in range(out_h):
+            h0 = rows.start
+            h1 = rows.end
+            for k in range(n):
+                total = 0
+                for h in range(h0, h1):
+                    for w in range(start[k], end[k]):
+                        total = total + src[h * width + w]
+                # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
+                dst[oh * out_w + ow0 + k] = total / <floating> (h1 - h0) / <floating> (end[k] - start[k])
+            _adaptive_next(&rows)
+        ow0 += n
+
+
+def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int n_threads):
     """out[n, c, oh, ow] = sum_{h, w in window(oh, ow)} x[n, c, h, w] / window_h / window_w."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t width = x.shape[3], plane_size = x.shape[2] * width
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
-    cdef Py_ssize_t p, oh, ow, h, w
-    cdef floating total
-    cdef const floating* src
-    cdef floating* dst
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            src = &x[0, 0, 0, 0] + p * plane_size
-            dst = &out[0, 0, 0, 0] + p * out_size
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    total = 0
-                    for h in range(row_start[oh], row_end[oh]):
-                        for w in range(col_start[ow], col_end[ow]):
-                            total = total + src[h * width + w]
-                    # Two divisions, in PyTorch's order, so float32 results agree bit for bit.
-                    dst[oh * out_w + ow] = (total / <floating> (row_end[oh] - row_start[oh])
-                                            / <floating> (col_end[ow] - col_start[ow]))
+            _adaptive_avg_plane(&x[0, 0, 0, 0] + p * plane_size, height, width, &out[0, 0, 0, 0] + p * out_size,
+                                out_h, out_w)
 
 
-def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
-                                 const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                 const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+cdef void _adaptive_avg_backward_plane(const floating* src, floating* dst, Py_ssize_t height, Py_ssize_t width,
+                                       Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    cdef AdaptiveWalk rows = _adaptive_walk(height, out_h), cols
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, h, w, h0, h1
+    cdef floating share
+    memset(dst, 0, height * width * sizeof(floating))
+    # Output rows outside, column chunks inside: each element takes its shares in output order.
+    for oh in range(out_h):
+        h0 = rows.start
+        h1 = rows.end
+        cols = _adaptive_walk(width, out_w)
+        ow0 = 0
+        while ow0 < out_w:
+            n = _adaptive_columns(&cols, ow0, out_w, start, end)
+            for k in range(n):
+                share = src[oh * out_w + ow0 + k] / <floating> (h1 - h0) / <floating> (end[k] - start[k])
+                for h in range(h0, h1):
+                    for w in range(start[k], end[k]):
+                        dst[h * width + w] += share
+            ow0 += n
+        _adaptive_next(&rows)
+
+
+def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in, int n_threads):
     """grad_in[n, c, h, w] = sum_{(oh, ow) whose window holds (h, w)} grad_out[n, c, oh, ow] / window_h / window_w."""
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
-    cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
+    cdef Py_ssize_t height = grad_in.shape[2], width = grad_in.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
-    cdef Py_ssize_t p, oh, ow, h, w
-    cdef floating share
-    cdef const floating* src
-    cdef floating* dst
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            src = &grad_out[0, 0, 0, 0] + p * out_size
-            dst = &grad_in[0, 0, 0, 0] + p * plane_size
-            memset(dst, 0, plane_size * sizeof(floating))
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    share = (src[oh * out_w + ow] / <floating> (row_end[oh] - row_start[oh])
-                             / <floating> (col_end[ow] - col_start[ow]))
-                    for h in range(row_start[oh], row_end[oh]):
-                        for w in range(col_start[ow], col_end[ow]):
-                            dst[h * width + w] += share
+            _adaptive_avg_backward_plane(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
+                                         height, width, out_h, out_w)
 
 
-cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t width, floating* out, int64_t* indices,
-                              Py_ssize_t out_h, Py_ssize_t out_w, const int64_t* row_start,
-                              const int64_t* row_end, const int64_t* col_start,
-                              const int64_t* col_end) noexcept nogil:
+cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t height, Py_ssize_t width, floating* out,
+                              int64_t* indices, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
     """out[oh, ow] = max over window (oh, ow), indices[oh, ow] = its flat index (indices may be NULL)."""
-    cdef Py_ssize_t oh, ow
+    cdef AdaptiveWalk rows, cols = _adaptive_walk(width, out_w)
+    cdef int64_t start[ADAPTIVE_COLUMNS]
+    cdef int64_t end[ADAPTIVE_COLUMNS]
+    cdef Py_ssize_t oh, ow0, k, n, o
     cdef int64_t unused
-    for oh in range(out_h):
-        for ow in range(out_w):
-            # An adaptive window is a unit-dilation window starting at its first row and column.
-            _max_window(plane, width, row_start[oh], 0, row_end[oh] - row_start[oh], 1,
-                        col_start[ow], 0, col_end[ow] - col_start[ow], 1, &out[oh * out_w + ow],
-                        &indices[oh * out_w + ow] if indices != NULL else &unused)
+    ow0 = 0
+    while ow0 < out_w:
+        n = _adaptive_columns(&cols, ow0, out_w, start, end)
+        rows = _adaptive_walk(height, out_h)
+        for oh in range(out_h):
+            for k in range(n):
+                o = oh * out_w + ow0 + k
+                # An adaptive window is a unit-dilation window starting at its first row and column.
+                _max_window(plane, width, rows.start, 0, rows.end - rows.start, 1, start[k], 0, end[k] - start[k], 1,
+                            &out[o], &indices[o] if indices != NULL else &unused)
+            _adaptive_next(&rows)
+        ow0 += n
 
 
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                                int64_t[:, :, :, ::1] indices,
-                                const int64_t[::1] row_start, const int64_t[::1] row_end,
-                                const int64_t[::1] col_start, const int64_t[::1] col_end, int n_threads):
+                                int64_t[:, :, :, ::1] indices, int n_threads):
     """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef bint want_indices = indices.shape[0] > 0
     cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
-            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, x.shape[3], &out[0, 0, 0, 0] + p * out_size,
-                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL,
-                                out_h, out_w, &row_start[0], &row_end[0], &col_start[0], &col_end[0])
+            _adaptive_max_plane(&x[0, 0, 0, 0] + p * plane_size, height, width, &out[0, 0, 0, 0] + p * out_size,
+                                &indices[0, 0, 0, 0] + p * out_size if want_indices else NULL, out_h, out_w)

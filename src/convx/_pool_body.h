@@ -501,3 +501,231 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_REST
         }
     }
 }
+
+/* The separable max pool's sweep along one line of the plane, for the windows of one axis: output
+ * o's window holds the in-input positions t = first(o) + j * dil, j < count(o), with first(o) =
+ * o * stride - pad + lo[o] * dil and count(o) = hi[o] - lo[o] (windows clipped to the input, so
+ * padding costs nothing). Outputs are taken in `order` (by first(o) % dil, ascending o within a
+ * residue; NULL when dil is 1): within a residue both ends of the windows only move forward, so a
+ * deque of the candidates that no later position beats (NaN beats everything, else a strictly
+ * greater value: so the first maximum, or the last NaN, is the front) gives every window's winner
+ * with each position pushed and popped once: time linear in the line and the outputs, whatever the
+ * window.
+ * Row pass (indirect = 0): values line[t]; stores the winning column t in rcol[o].
+ * Column pass (indirect = 1): values plane[t * width + rcol[t * out_w]] (the row winners of one
+ * output column); stores out[o * out_w] and, with indices, the winner's flat index.
+ * dq_pos, dq_val: one entry per position of the line. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_line)(const PT *CONVX_RESTRICT line, const PT *CONVX_RESTRICT plane,
+                                                  ptrdiff_t width, const int32_t *CONVX_RESTRICT rcol_in,
+                                                  ptrdiff_t out_w, int indirect, ptrdiff_t outputs,
+                                                  ptrdiff_t stride, ptrdiff_t pad, ptrdiff_t dil,
+                                                  const int64_t *CONVX_RESTRICT lo, const int64_t *CONVX_RESTRICT hi,
+                                                  const int64_t *CONVX_RESTRICT order, int64_t *CONVX_RESTRICT dq_pos,
+                                                  PT *CONVX_RESTRICT dq_val, int32_t *CONVX_RESTRICT rcol_out,
+                                                  PT *CONVX_RESTRICT out, int64_t *CONVX_RESTRICT indices) {
+    ptrdiff_t head = 0, tail = 0, next = 0, residue = -1;
+    for (ptrdiff_t k = 0; k < outputs; k++) {
+        const ptrdiff_t o = order != NULL ? (ptrdiff_t)order[k] : k;
+        const ptrdiff_t a = o * stride - pad + (ptrdiff_t)lo[o] * dil;
+        const ptrdiff_t b = a + ((ptrdiff_t)(hi[o] - lo[o]) - 1) * dil;
+        const ptrdiff_t r = dil == 1 ? 0 : a % dil;
+        /* A new residue, or a window past every candidate: start afresh at its first position. */
+        if (r != residue || next < a) {
+            residue = r;
+            head = tail = 0;
+            next = a;
+        }
+        for (; next <= b; next += dil) {
+            const PT v = indirect ? plane[next * width + rcol_in[next * out_w]] : line[next];
+            while (tail > head && ((v > dq_val[tail - 1]) | (v != v))) tail--;
+            dq_pos[tail] = next;
+            dq_val[tail] = v;
+            tail++;
+        }
+        while (dq_pos[head] < a) head++;
+        const ptrdiff_t t = (ptrdiff_t)dq_pos[head];
+        if (!indirect) {
+            rcol_out[o] = (int32_t)t;
+        } else {
+            out[o * out_w] = dq_val[head];
+            if (indices != NULL) indices[o * out_w] = (int64_t)t * width + rcol_in[t * out_w];
+        }
+    }
+}
+
+/* Windows of dilation 1 by blocks (van Herk / Gil-Werman), without branches on the data: the line
+ * in blocks of `kernel` positions, the winner of each block's prefixes and of its suffixes (by the
+ * same rule: a later position wins if NaN or strictly greater), and each window (at most `kernel`
+ * long, so within two blocks) the suffix of its first block followed by the prefix of its second.
+ * A window inside one block is clipped by the input: it starts its block (a prefix) or ends the
+ * line (a suffix). win: the outputs' first positions a, then their last b, then their kind (0: the
+ * prefix to b, 1: the suffix from a, 2: both), from convx.functional's caller (no divisions here).
+ *
+ * Row pass of one input row: rcol[o] = the winning column of output column o. pre_*, suf_*: width
+ * entries each. */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_row_blocks)(const PT *CONVX_RESTRICT line, ptrdiff_t size,
+                                                        ptrdiff_t kernel, ptrdiff_t last_phase, ptrdiff_t outputs,
+                                                        const int64_t *CONVX_RESTRICT win, PT *CONVX_RESTRICT pre_val,
+                                                        int32_t *CONVX_RESTRICT pre_pos, PT *CONVX_RESTRICT suf_val,
+                                                        int32_t *CONVX_RESTRICT suf_pos, int32_t *CONVX_RESTRICT rcol) {
+    PT best = 0;
+    int32_t at = 0;
+    ptrdiff_t t, left = 0;
+    for (t = 0; t < size; t++) {
+        const PT v = line[t];
+        const int take = (left == 0) | (v > best) | (v != v);
+        left = left == 0 ? kernel - 1 : left - 1;
+        best = take ? v : best;
+        at = take ? (int32_t)t : at;
+        pre_val[t] = best;
+        pre_pos[t] = at;
+    }
+    /* c = t % kernel (last_phase = (size - 1) % kernel): a suffix restarts where a block (or the line) ends. */
+    ptrdiff_t c = last_phase;
+    for (t = size - 1; t >= 0; t--) {
+        const PT v = line[t];
+        const int keep = (t != size - 1) & (c != kernel - 1) & ((best > v) | (best != best));
+        best = keep ? best : v;
+        at = keep ? at : (int32_t)t;
+        suf_val[t] = best;
+        suf_pos[t] = at;
+        c = c == 0 ? kernel - 1 : c - 1;
+    }
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + outputs;
+    const int64_t *CONVX_RESTRICT kind = win + 2 * outputs;
+    for (ptrdiff_t o = 0; o < outputs; o++) {
+        const ptrdiff_t a = (ptrdiff_t)first[o], b = (ptrdiff_t)last[o];
+        const int later = kind[o] == 0 || (kind[o] == 2 && ((pre_val[b] > suf_val[a]) | (pre_val[b] != pre_val[b])));
+        rcol[o] = later ? pre_pos[b] : suf_pos[a];
+    }
+}
+
+/* Column pass by blocks (see convx_max_row_blocks) for the output columns [ow0, ow0 + n): the rows
+ * of the row winners are combined for all n columns at once, each step one unit-stride loop across
+ * the columns. pre_*, suf_*: height * n entries each (row h at h * n). */
+CONVX_POOL_INLINE void CONVX_POOL(convx_max_column_blocks)(const PT *CONVX_RESTRICT plane, ptrdiff_t width,
+                                                           ptrdiff_t height, const int32_t *CONVX_RESTRICT rcol,
+                                                           ptrdiff_t out_w, ptrdiff_t ow0, ptrdiff_t n,
+                                                           ptrdiff_t kernel, ptrdiff_t out_h,
+                                                           const int64_t *CONVX_RESTRICT win,
+                                                           PT *CONVX_RESTRICT pre_val,
+                                                           int32_t *CONVX_RESTRICT pre_row, PT *CONVX_RESTRICT suf_val,
+                                                           int32_t *CONVX_RESTRICT suf_row, PT *CONVX_RESTRICT out,
+                                                           int64_t *CONVX_RESTRICT indices) {
+    ptrdiff_t h, c, left = 0;
+    for (h = 0; h < height; h++) {
+        const int32_t *CONVX_RESTRICT cols = rcol + h * out_w + ow0;
+        const PT *CONVX_RESTRICT row = plane + h * width;
+        PT *CONVX_RESTRICT pv = pre_val + h * n, *CONVX_RESTRICT sv = suf_val + h * n;
+        int32_t *CONVX_RESTRICT pr = pre_row + h * n;
+        if (left == 0) {
+            for (c = 0; c < n; c++) {
+                const PT v = row[cols[c]];
+                pv[c] = v;
+                pr[c] = (int32_t)h;
+                sv[c] = v;
+            }
+            left = kernel;
+        } else {
+            const PT *CONVX_RESTRICT pv_up = pv - n;
+            const int32_t *CONVX_RESTRICT pr_up = pr - n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const PT v = row[cols[c]];
+                const int take = (v > pv_up[c]) | (v != v);
+                pv[c] = take ? v : pv_up[c];
+                pr[c] = take ? (int32_t)h : pr_up[c];
+                sv[c] = v;
+            }
+        }
+        left--;
+    }
+    ptrdiff_t q = (height - 1) % kernel;
+    for (h = height - 1; h >= 0; h--) {
+        PT *CONVX_RESTRICT sv = suf_val + h * n;
+        int32_t *CONVX_RESTRICT sr = suf_row + h * n;
+        if (h == height - 1 || q == kernel - 1) {
+            for (c = 0; c < n; c++) sr[c] = (int32_t)h;
+        } else {
+            const PT *CONVX_RESTRICT sv_down = sv + n;
+            const int32_t *CONVX_RESTRICT sr_down = sr + n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const PT v = sv[c], below = sv_down[c];
+                const int keep = (below > v) | (below != below);
+                sv[c] = keep ? below : v;
+                sr[c] = keep ? sr_down[c] : (int32_t)h;
+            }
+        }
+        q = q == 0 ? kernel - 1 : q - 1;
+    }
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h;
+    const int64_t *CONVX_RESTRICT kind = win + 2 * out_h;
+    for (ptrdiff_t o = 0; o < out_h; o++) {
+        const ptrdiff_t a = (ptrdiff_t)first[o], b = (ptrdiff_t)last[o];
+        const PT *CONVX_RESTRICT pv = pre_val + b * n, *CONVX_RESTRICT sv = suf_val + a * n;
+        const int32_t *CONVX_RESTRICT pr = pre_row + b * n, *CONVX_RESTRICT sr = suf_row + a * n;
+        PT *CONVX_RESTRICT dst = out + o * out_w + ow0;
+        int64_t *CONVX_RESTRICT where = indices != NULL ? indices + o * out_w + ow0 : NULL;
+        const int64_t k = kind[o];
+        CONVX_SIMD for (c = 0; c < n; c++) {
+            const int later = k == 0 || (k == 2 && ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+            dst[c] = later ? pv[c] : sv[c];
+        }
+        if (where == NULL) continue;
+        for (c = 0; c < n; c++) {
+            const int later = k == 0 || (k == 2 && ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+            const ptrdiff_t r = later ? pr[c] : sr[c];
+            where[c] = (int64_t)r * width + rcol[r * out_w + ow0 + c];
+        }
+    }
+}
+
+/* out[oh, ow] = the maximum of the window's taps inside the input (NaN wins, the last NaN; else the
+ * first maximum in row-major window order), indices[oh, ow] = its flat index (indices may be NULL),
+ * in time linear in the plane and the output, whatever the kernel, stride, padding and dilation:
+ * a row pass finds, for every input row and output column, the winner among that row's taps
+ * (the first maximum or last NaN in column order), then a column pass combines the rows of each
+ * window in row order by the same rule, which is the row-major rule on the whole window.
+ * Along an axis of dilation 1 the passes go by blocks (row_win, col_win: convx_max_row_blocks's
+ * `win`; the column pass `chunk` output columns at a time, 0 for one at a time by deque), else by
+ * deque (row_order, col_order: convx_max_line's `order`; NULL where a win is given or the dilation
+ * is 1). scratch (bytes, 8-aligned): the larger of the row pass's (blocks: width * (2 PT + 2 int32),
+ * deque: width * (int64 + PT)) and the column pass's (blocks: height * chunk * (2 PT + 2 int32),
+ * deque: height * (int64 + PT)); rcol: height * out_w int32 (width < 2^31). */
+CONVX_CLONES static void CONVX_POOL(convx_max_pool_separable)(const PT *CONVX_RESTRICT plane, PT *CONVX_RESTRICT out,
+                                                              int64_t *CONVX_RESTRICT indices,
+                                                              PT *CONVX_RESTRICT scratch, int32_t *CONVX_RESTRICT rcol,
+                                                              const convx_pool_geometry *g,
+                                                              const int64_t *row_order, const int64_t *col_order,
+                                                              const int64_t *row_win, const int64_t *col_win,
+                                                              ptrdiff_t chunk) {
+    const ptrdiff_t height = g->height, width = g->width, out_h = g->out_h, out_w = g->out_w;
+    /* The deques' positions first (int64), then their values: PT-sized slots hold no int64 for float. */
+    int64_t *dq_pos = (int64_t *)(void *)scratch;
+    if (col_win != NULL) {
+        PT *pre_val = scratch, *suf_val = pre_val + width;
+        int32_t *pre_pos = (int32_t *)(void *)(suf_val + width), *suf_pos = pre_pos + width;
+        const ptrdiff_t last_phase = (width - 1) % g->kernel_w;
+        for (ptrdiff_t h = 0; h < height; h++)
+            CONVX_POOL(convx_max_row_blocks)(plane + h * width, width, g->kernel_w, last_phase, out_w, col_win,
+                                             pre_val, pre_pos, suf_val, suf_pos, rcol + h * out_w);
+    } else {
+        for (ptrdiff_t h = 0; h < height; h++)
+            CONVX_POOL(convx_max_line)(plane + h * width, plane, width, NULL, out_w, 0, out_w, g->stride_w,
+                                       g->pad_w, g->dilation_w, g->col_lo, g->col_hi, col_order, dq_pos,
+                                       (PT *)(void *)(dq_pos + width), rcol + h * out_w, NULL, NULL);
+    }
+    if (row_win != NULL && chunk > 0) {
+        PT *pre_val = scratch, *suf_val = pre_val + height * chunk;
+        int32_t *pre_row = (int32_t *)(void *)(suf_val + height * chunk), *suf_row = pre_row + height * chunk;
+        for (ptrdiff_t ow0 = 0; ow0 < out_w; ow0 += chunk)
+            CONVX_POOL(convx_max_column_blocks)(plane, width, height, rcol, out_w, ow0,
+                                                out_w - ow0 < chunk ? out_w - ow0 : chunk, g->kernel_h, out_h,
+                                                row_win, pre_val, pre_row, suf_val, suf_row, out, indices);
+    } else {
+        for (ptrdiff_t ow = 0; ow < out_w; ow++)
+            CONVX_POOL(convx_max_line)(NULL, plane, width, rcol + ow, out_w, 1, out_h, g->stride_h, g->pad_h,
+                                       g->dilation_h, g->row_lo, g->row_hi, row_order, dq_pos,
+                                       (PT *)(void *)(dq_pos + height), NULL, out + ow,
+                                       indices != NULL ? indices + ow : NULL);
+    }
+}

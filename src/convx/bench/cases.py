@@ -113,6 +113,14 @@ CASES: dict[str, ConvCase | PoolCase] = {
         PoolCase("maxpool_2x2", "max", 16, 64, 56, 2, 2),
         PoolCase("avgpool_2x2", "avg", 16, 64, 56, 2, 2),
         PoolCase("maxpool_3x3_s2", "max", 16, 64, 56, 3, 2, padding=1),
+        # Windows large against the input (issue 25): time must not grow with the window. The
+        # issue's realistic geometry (k127 over 128x128, stride 1, padding 63) at 1x4 planes, as
+        # PyTorch's windows take it seconds; its 1x1 plane under a k2049 window; a strided and a
+        # mid-sized window (the latter near the crossover of the two max-pool kernels).
+        PoolCase("maxpool_large_k127", "max", 1, 4, 128, 127, 1, padding=63),
+        PoolCase("maxpool_large_1x1_k2049", "max", 16, 64, 1, 2049, 1, padding=1024),
+        PoolCase("maxpool_large_k31_s2", "max", 4, 16, 64, 31, 2, padding=15),
+        PoolCase("maxpool_large_k9", "max", 8, 32, 56, 9, 1, padding=4),
     ]
 }
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Literal, NoReturn, overload
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
-from .. import _core
+from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous, plain_array
-from .._shapes import adaptive_window, pool_first_empty_window, pool_output_size
+from .._shapes import pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
 
@@ -108,18 +108,6 @@ def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) ->
     return size, size
 
 
-def _adaptive_windows(in_size: int, out_size: int) -> tuple[AnyArray, AnyArray]:
-    """Start and end arrays of the adaptive windows along one axis (int64, computed as arrays:
-    a huge ``output_size`` must not become a Python loop)."""
-    if in_size * (out_size + 1) < 2**63:
-        index = np.arange(out_size, dtype=np.int64)
-        starts = (index * in_size) // out_size
-        ends = -((-(index + 1) * in_size) // out_size)
-        return starts, ends
-    bounds = np.array([adaptive_window(i, in_size, out_size) for i in range(out_size)], dtype=np.int64)
-    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
-
-
 def _nonempty_plane(name: str, height: int, width: int) -> None:
     if height < 1 or width < 1:
         raise ValueError(
@@ -145,6 +133,18 @@ def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...
     return shape, False
 
 
+def _allocate(shape: tuple[int, ...], dtype: DTypeLike, cause: str) -> AnyArray:
+    """``np.empty(shape, dtype)``, refused naming ``cause`` (the argument that sized it) where NumPy
+    cannot allocate it: its own errors ("array is too big", a bare MemoryError) name no argument."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except (ValueError, MemoryError) as error:
+        raise type(error)(
+            f"{cause} asks for an array of shape {tuple(shape)} and dtype {np.dtype(dtype)}, too large to "
+            f"allocate ({error})"
+        ) from None
+
+
 def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
 
@@ -163,6 +163,82 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     four elements where the output is larger than the input, hence their 4s.)
     """
     return channels * (plane + outputs * taps)
+
+
+# Units of work per element of the separable max pool's passes (the input plane, the row pass's
+# winners, the output): about 4.6 ns, where MAX_TAP_WORK's 8 units are ~1.2 ns (Xeon family 6
+# model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable 10.8 ms for 3 passes of 803k
+# elements; phase split 26 ms for 25 taps of 803k outputs).
+SEPARABLE_WORK = 32
+
+# The phase-split max pool sweeps every tap over every output; the separable one makes three
+# passes (plane, rows x output columns, output) whatever the window. Taps times outputs over
+# separable elements at the crossover, Xeon family 6 model 167 (AVX-512), 1 thread, float32
+# 8x32x56x56, medians of 21 interleaved, phase / separable ms (ratio): k3 s1 1.6 / 11.2 (3.0,
+# literal), k4 s2 4.6 / 8.7 (2.4), k5 s3 4.3 / 7.7 (2.0), k5 s2 8.4 / 8.7 (3.6), k7 s3 6.7 / 7.4
+# (3.9), k9 s4 5.4 / 6.8 (3.9), k6 s2 9.8 / 8.7 (5.4), k4 s1 14.3 / 11.3 (5.4), k7 s2 13.9 / 8.2
+# (7.0): the phase split wins below about 4.
+PHASE_TAP_RATIO = 4
+
+# Scratch elements per thread the phase split may take beyond a plane and its output (its band
+# budget, CONVX_POOL_BAND_BUDGET in _pool.h, and slack), so that its memory never grows with
+# stride, padding or dilation.
+PHASE_SCRATCH_SLACK = 1 << 16
+
+
+def _phase_scratch(
+    width: int, out_h: int, out_w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: int,
+    dilation: tuple[int, int],
+) -> int:
+    """Scratch elements per thread of the phase-split kernel: convx_max_pool_phases and
+    convx_max_pool_scratch of _pool.h, in Python's unbounded integers (the C ones could overflow
+    for the geometries this is to rule out)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    row_reach = (kh - 1) * dh // sh
+    cols = max(out_w + (kw - 1) * dw // sw, (padding + width + sw - 1) // sw)
+    band = min(max((1 << 15) // (sh * sw * cols) - row_reach, 1), out_h)
+    lanes = -(-band * cols // 16) * 16
+    return sh * sw * ((band + row_reach) * cols + 16) + cols + 2 * lanes + 32
+
+
+def _max_pool_separable(
+    dtype: np.dtype, height: int, width: int, out_h: int, out_w: int, kernel: tuple[int, int],
+    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+) -> bool:
+    """Whether max pooling runs the separable kernel (else the phase-split one): the one place that decides.
+
+    The phase split costs kernel_h * kernel_w per output, lays the padded plane out in its
+    stride phases (scratch that grows with strides larger than the kernel) and tracks window
+    offsets in the floating-point type, exact below 2^24 (float32) or 2^31 (float64); the
+    separable kernel costs three passes of a few steps per element (by blocks, or by deque where
+    dilated), whatever the window, in scratch of about a plane.
+    """
+    (kh, kw), (dh, dw) = kernel, dilation
+    plane, outputs = height * width, out_h * out_w
+    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
+    cheap = kh * kw * outputs <= PHASE_TAP_RATIO * (plane + height * out_w + outputs)
+    return not (
+        exact and cheap
+        and _phase_scratch(width, out_h, out_w, kernel, stride, padding[1], dilation)
+        <= plane + outputs + PHASE_SCRATCH_SLACK
+    )
+
+
+def _row_bands(work_per_image: int, height: int, out_h: int, reach: int) -> int:
+    """Bands of output rows to split each image into (one kernel call each), so that Ctrl-C is
+    seen between calls (some tens of milliseconds each) even in a single huge plane; whole images
+    go in sub-batches, as everywhere.
+
+    Each band reads the input rows its windows reach, ``reach`` (the dilated kernel's height less
+    one) beyond its own: bands are never so many that these overlaps read the plane's ``height``
+    rows more than twice in all. (So a plane under a window about as tall as itself goes in one
+    call, however large.)
+    """
+    limit = _batching.SUB_BATCH_WORK * kernel_threads()
+    bands = min(out_h, -(-work_per_image // limit))
+    if reach > 0:
+        bands = min(bands, max(1, height // reach))
+    return bands
 
 
 @overload
@@ -184,7 +260,8 @@ def max_pool2d(
     ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` over
     the taps ``0 <= i < kh``, ``0 <= j < kw`` that fall inside the input (padding counts as -inf).
     NaN propagates: a window holding NaN gives NaN (and points at its last NaN); otherwise the
-    first maximum in row-major window order wins ties.
+    first maximum in row-major window order wins ties. Time and scratch memory grow with the
+    input and output sizes only, not with the window, stride, padding or dilation.
 
     Parameters
     ----------
@@ -242,13 +319,25 @@ def max_pool2d(
     n, c, height, width = x.shape
     out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, dilation, ceil_mode)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    cause = "kernel_size, stride, padding, dilation and ceil_mode"
+    y = _allocate((n, c, out_h, out_w), x.dtype, cause)
+    indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, cause)
     if y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])):
-            _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
-                                     kernel_threads())
+        separable = _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride, padding, dilation)
+        if separable and width > _MAX_PARAM:
+            # The separable kernel keeps each row's winning columns as int32.
+            raise ValueError(f"x must have at most {_MAX_PARAM} columns for this max pooling, got width {width}")
+        if separable:
+            work = SEPARABLE_WORK * c * (height * width + height * out_w + out_h * out_w)
+        else:
+            work = _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])
+        bands = _row_bands(work, height, out_h, (kernel[0] - 1) * dilation[0])
+        for part in sub_batches(n, work):
+            for band in range(bands):
+                _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
+                                         separable, band * out_h // bands, (band + 1) * out_h // bands,
+                                         kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -405,7 +494,7 @@ def avg_pool2d(
     n, c, height, width = x.shape
     out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, (1, 1), ceil_mode)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, height * width, out_h * out_w, kernel[0] * kernel[1])):
@@ -474,7 +563,7 @@ def avg_pool2d_backward(
             f"input_shape {tuple(input_shape)} and these pooling arguments, got {grad_out.shape}"
         )
 
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         for part in sub_batches(shape[0], _work(shape[1], shape[2] * shape[3], out_h * out_w, kernel[0] * kernel[1])):
@@ -525,13 +614,11 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     _nonempty_plane("x", height, width)
     out_h, out_w = _adaptive_output_size(output_size, height, width)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "output_size")
     if y.size:
         x = contiguous(x)
-        row_start, row_end = _adaptive_windows(height, out_h)
-        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_forward(x[part], y[part], row_start, row_end, col_start, col_end, kernel_threads())
+            _core.adaptive_avg_pool2d_forward(x[part], y[part], kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -575,13 +662,11 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     if out_h < 1 or out_w < 1:
         raise ValueError(f"grad_out must have a non-empty output plane, got shape {grad_out.shape}")
 
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
-        row_start, row_end = _adaptive_windows(shape[2], out_h)
-        col_start, col_end = _adaptive_windows(shape[3], out_w)
         for part in sub_batches(shape[0], _work(shape[1], 4 * shape[2] * shape[3], out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], row_start, row_end, col_start, col_end, kernel_threads())
+            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -643,16 +728,12 @@ def adaptive_max_pool2d(
     out_h, out_w = _adaptive_output_size(output_size, height, width)
     return_indices = as_bool("return_indices", return_indices)
 
-    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-    indices = np.empty(y.shape if return_indices else (0, 0, 0, 0), dtype=np.int64)
+    y = _allocate((n, c, out_h, out_w), x.dtype, "output_size")
+    indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, "output_size")
     if y.size:
         x = contiguous(x)
-        row_start, row_end = _adaptive_windows(height, out_h)
-        col_start, col_end = _adaptive_windows(width, out_w)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_forward(
-                x[part], y[part], indices[part], row_start, row_end, col_start, col_end, kernel_threads()
-            )
+            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)

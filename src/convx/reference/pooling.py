@@ -28,9 +28,17 @@ def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
 
 
 def _taps(size, out_size, kernel, stride, padding, dilation):
-    """For each tap t in order: positions o*stride - padding + t*dilation of every output o, and which are inside."""
+    """For each tap t in order: positions o*stride - padding + t*dilation of every output o, and which are inside.
+
+    Taps that land outside the input for every output (all padding) are skipped: they add
+    nothing, and a huge kernel over a tiny input has billions of them.
+    """
     start = np.arange(out_size) * stride - padding
-    for t in range(kernel):
+    first, end = 0, kernel
+    if out_size > 0:
+        first = max(0, -(int(start[-1]) // dilation))  # ceil(-start[-1] / dilation): the last window reaches 0
+        end = min(kernel, (size - 1 - int(start[0])) // dilation + 1)  # the first window still inside
+    for t in range(first, end):
         pos = start + t * dilation
         yield pos, (pos >= 0) & (pos < size)
 

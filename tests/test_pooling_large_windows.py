@@ -1,0 +1,281 @@
+"""Max pooling with windows large against the input (issue 25, item 3): the separable kernel.
+
+Windows far larger than the input, clipped by padding to a few taps, must cost time linear in
+the data; the results must be exactly those of the one-window-at-a-time rule (ties to the first
+maximum in row-major window order, the last NaN, -inf padding that never wins, the first tap
+inside the input for an all -inf window), which the NumPy reference and PyTorch both define.
+Both kernels (phase split and separable) are forced on every case of test_pooling's table, and
+huge images split into bands of output rows must give what one call gives.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import DTYPES
+
+import convx._batching
+import convx.functional as F
+import convx.functional.pooling as pooling
+import convx.reference.pooling as R
+from convx import _threads
+
+
+def _input(rng, shape, dtype, kind):
+    """Normal values; small integers (ties everywhere); or small integers salted with NaN and +-inf."""
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    if kind == "special":
+        flat = x.reshape(-1)
+        spots = rng.choice(flat.size, size=max(2, flat.size // 6), replace=False)
+        flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
+    return x
+
+
+def _torch_max_pool(torch, x, kernel_size, stride, padding, dilation, ceil_mode):
+    y, indices = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True
+    )
+    return y.numpy(), indices.numpy()
+
+
+def _assert_same(actual, expected):
+    """Max pooling only selects: values (NaN equal to NaN) and indices agree exactly."""
+    np.testing.assert_array_equal(actual[0], expected[0])
+    np.testing.assert_array_equal(actual[1], expected[1])
+
+
+@pytest.fixture
+def threads():
+    before = _threads.get_num_threads()
+    yield _threads.set_num_threads
+    _threads.set_num_threads(before)
+
+
+@pytest.fixture(params=["separable", "phase split"])
+def kernel_choice(request, monkeypatch):
+    """Force one max-pool kernel: a tap ratio of 0 sends every geometry to the separable kernel,
+    a huge one every geometry the phase split can take (exact offsets, bounded scratch)."""
+    monkeypatch.setattr(pooling, "PHASE_TAP_RATIO", 0 if request.param == "separable" else 10**12)
+    return request.param
+
+
+# (input shape, kernel_size, stride, padding, dilation, ceil_mode): windows at or beyond the input.
+LARGE_CASES = [
+    ((1, 2, 1, 1), 9, 1, 4, 1, False),
+    ((1, 2, 1, 1), 65, 1, 32, 1, True),
+    ((2, 2, 3, 3), 33, 1, 16, 1, False),
+    ((2, 2, 3, 4), (33, 17), (5, 3), (16, 8), 1, True),
+    ((1, 3, 9, 11), 15, 1, 7, 1, False),
+    ((1, 3, 9, 11), (15, 9), (2, 3), (7, 4), (1, 2), True),
+    ((1, 2, 12, 13), (7, 5), 1, (3, 2), (2, 3), False),
+    ((1, 2, 12, 13), (5, 7), (3, 1), (2, 3), (3, 2), True),
+    ((1, 2, 20, 21), 11, 4, 5, 2, True),
+    ((1, 2, 17, 19), (9, 3), (1, 7), (4, 1), (2, 9), True),
+    ((1, 1, 40, 40), 39, 1, 19, 1, False),
+    ((1, 2, 6, 30), (1, 29), 1, (0, 14), 1, True),
+    ((1, 2, 30, 6), (29, 1), (3, 1), (14, 0), 1, False),
+]
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+@pytest.mark.parametrize("kind", ["normal", "ties", "special"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel_size, stride, padding, dilation, ceil_mode", LARGE_CASES)
+def test_large_windows_match_reference_and_torch(
+    rng, torch, threads, shape, kernel_size, stride, padding, dilation, ceil_mode, dtype, kind, n_threads
+):
+    threads(n_threads)
+    x = _input(rng, shape, dtype, kind)
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    result = F.max_pool2d(x, *args, return_indices=True)
+    _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
+    _assert_same(result, _torch_max_pool(torch, x, *args))
+    np.testing.assert_array_equal(F.max_pool2d(x, *args), result[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", [1025, 2049, 4097])
+def test_huge_window_over_a_single_pixel(rng, torch, dtype, kernel):
+    # The issue's case: stride 1, padding kernel // 2, a 1x1 plane. Every window holds one tap.
+    x = _input(rng, (2, 3, 1, 1), dtype, "special")
+    result = F.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True)
+    _assert_same(result, R.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True))
+    _assert_same(result, _torch_max_pool(torch, x, kernel, 1, kernel // 2, 1, False))
+    _assert_same(result, (x, np.zeros(x.shape, dtype=np.int64)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_realistic_large_window(rng, torch, threads, dtype):
+    # The issue's (2, 16, 128, 128), k=127, stride 1, padding 63, at one image of two channels
+    # (PyTorch alone takes ~0.5 s on it); ties make the first-maximum rule do the work.
+    x = _input(rng, (1, 2, 128, 128), dtype, "ties")
+    expected = _torch_max_pool(torch, x, 127, 1, 63, 1, False)
+    for n_threads in (1, 2, 3):
+        threads(n_threads)
+        _assert_same(F.max_pool2d(x, 127, 1, 63, return_indices=True), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_separable_windows_keep_the_tie_nan_and_padding_rules(torch, dtype):
+    nan, inf = np.nan, np.inf
+    x = np.full((1, 4, 5, 6), -inf, dtype=dtype)
+    x[0, 1] = 1.0  # all tied: the first tap inside the input of each window
+    x[0, 2, 1, 4], x[0, 2, 3, 2], x[0, 2, 4, 5] = nan, nan, 7.0  # NaNs win, the last in row-major order
+    x[0, 3] = -2.0
+    x[0, 3, 2, 1] = x[0, 3, 2, 4] = x[0, 3, 0, 3] = 3.0  # ties between rows: row-major order
+    for args in [(9, 1, 4), ((11, 7), (2, 1), (5, 3)), ((5, 5), 1, 2, (2, 2)), (13, 3, 6, 1, True)]:
+        result = F.max_pool2d(x, *args, return_indices=True)
+        _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
+        torch_args = tuple(args) + (1, False)[len(args) - 3:]
+        _assert_same(result, _torch_max_pool(torch, x, *torch_args))
+    y, indices = F.max_pool2d(x, 13, 1, 6, return_indices=True)
+    assert np.all(y[0, 0] == -inf) and np.all(indices[0, 0] == 0)  # all -inf: the first tap inside
+    assert np.all(indices[0, 1] == 0)
+    assert np.all(np.isnan(y[0, 2])) and np.all(indices[0, 2] == 3 * 6 + 2)
+    assert np.all(y[0, 3] == 3.0) and np.all(indices[0, 3] == 3)
+
+
+def _table():
+    from test_pooling import MAX_CASES
+
+    return MAX_CASES
+
+
+@pytest.mark.parametrize("kind", ["ties", "special"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel_size, stride, padding, dilation, ceil_mode", _table())
+def test_both_kernels_on_ordinary_windows(rng, kernel_choice, shape, kernel_size, stride, padding, dilation,
+                                          ceil_mode, dtype, kind):
+    x = _input(rng, shape, dtype, kind)
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    _assert_same(F.max_pool2d(x, *args, return_indices=True), R.max_pool2d(x, *args, return_indices=True))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threads, dtype, n_threads):
+    # A sub-batch budget far below one image: every image goes in bands of output rows (down to
+    # one row per call), as a huge single plane would, so that Ctrl-C is seen between calls.
+    threads(n_threads)
+    x = _input(rng, (2, 3, 23, 19), dtype, "special")
+    real = convx._core.max_pool2d_forward
+    # (arguments, the rows a window reaches beyond its first: (kernel_h - 1) * dilation_h)
+    for args, reach in [((5, 1, 2), 4), (((4, 3), (2, 1), (1, 1), (2, 3), True), 6), ((2, 2), 1), ((3, 2, 1), 2),
+                        ((19, 1, 9), 18)]:
+        whole = F.max_pool2d(x, *args, return_indices=True)
+        calls = []
+
+        def counting(*call):
+            calls.append(call[-3:-1])  # (first, end) output rows
+            return real(*call)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(convx._batching, "SUB_BATCH_WORK", 64)
+            patch.setattr(convx._core, "max_pool2d_forward", counting)
+            banded = F.max_pool2d(x, *args, return_indices=True)
+        _assert_same(banded, whole)
+        _assert_same(whole, R.max_pool2d(x, *args, return_indices=True))
+        out_h = whole[0].shape[2]
+        per_image = len(calls) // x.shape[0]
+        assert len(calls) == per_image * x.shape[0]
+        # As many bands as the overlaps of their windows allow: one call for a window of the
+        # plane's height, where bands would each read all of it.
+        assert per_image == min(out_h, x.shape[2] // reach), (args, per_image)
+        for image in range(x.shape[0]):
+            bands = calls[image * per_image:(image + 1) * per_image]
+            assert bands[0][0] == 0 and bands[-1][1] == out_h
+            assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bands, bands[1:]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tall_narrow_planes_take_the_column_pass_one_column_at_a_time(rng, dtype):
+    # Over a million rows: the block column pass's scratch for even one column (16 bytes or more
+    # a row) exceeds its 16 MiB budget, so the columns go one at a time by deque; and with
+    # dilation the rows go by deque too.
+    x = _input(rng, (1, 1, 2**20 + 64, 3), dtype, "ties")
+    for args in [((5, 3), 1, (2, 1)), ((5, 3), (2, 1), (2, 1), (1, 2)), ((4, 3), 1, (1, 1), (3, 1), True)]:
+        _assert_same(F.max_pool2d(x, *args, return_indices=True), R.max_pool2d(x, *args, return_indices=True))
+
+
+def test_the_choice_of_kernel():
+    choose = pooling._max_pool_separable
+    f32 = np.dtype(np.float32)
+    # The literal fast paths keep the phase split.
+    assert not choose(f32, 56, 56, 28, 28, (2, 2), (2, 2), (0, 0), (1, 1))
+    assert not choose(f32, 56, 56, 28, 28, (3, 3), (2, 2), (1, 1), (1, 1))
+    assert not choose(f32, 56, 56, 56, 56, (3, 3), (1, 1), (1, 1), (1, 1))
+    # Large windows, strides beyond the kernel, offsets past the float mantissa: separable.
+    assert choose(f32, 1, 1, 1, 1, (2049, 2049), (1, 1), (1024, 1024), (1, 1))
+    assert choose(f32, 128, 128, 128, 128, (127, 127), (1, 1), (63, 63), (1, 1))
+    assert choose(f32, 3, 3, 1, 1, (3, 3), (10_000, 10_000), (0, 0), (1, 1))
+    assert choose(f32, 5000, 5000, 1, 2, (2, 2), (1, 1), (0, 0), (4999, 4998))
+    assert not choose(np.dtype(np.float64), 5000, 5000, 1, 2, (2, 2), (1, 1), (0, 0), (4999, 4998))
+
+
+# The child: one plane of 4096x4096 (64 MiB), max-pooled by the separable kernel with dilation
+# 2 (its slower deque passes: most of a second on one core), with sub-batches of 2^24 units (a
+# few milliseconds: the bands of output rows that one image is split into); interrupted by the
+# parent shortly after it starts.
+CHILD = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import convx, convx._batching
+    import convx.functional as F
+    convx._batching.SUB_BATCH_WORK = 1 << 24
+    x = np.random.default_rng(0).standard_normal((1, 1, 4096, 4096)).astype(np.float32)
+    small = x[:, :, :300, :300].copy()
+    F.max_pool2d(small, 15, 1, 7, 2)  # warm-up
+    start = time.perf_counter()
+    F.max_pool2d(x[:, :, :1024], 15, 1, 7, 2)
+    estimate = 4 * (time.perf_counter() - start)
+    print("start", estimate, flush=True)
+    start = time.time()
+    try:
+        F.max_pool2d(x, 15, 1, 7, 2)
+    except KeyboardInterrupt:
+        print("interrupted", time.time(), time.time() - start, flush=True)
+    else:
+        print("finished", time.time(), time.time() - start, flush=True)
+    from convx.reference import pooling as reference
+    assert np.array_equal(F.max_pool2d(small[:, :, :40, :40], 31, 1, 15),
+                          reference.max_pool2d(small[:, :, :40, :40], 31, 1, 15))
+    print("usable", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
+def test_ctrl_c_stops_a_single_huge_plane_between_bands_of_rows():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env) as child:
+        try:
+            lines = []
+            for line in child.stdout:
+                words = line.split()
+                lines.append(words)
+                if words[0] == "start":
+                    time.sleep(0.05)
+                    sent = time.time()
+                    child.send_signal(signal.SIGINT)
+                elif words[0] == "usable":
+                    break
+            stderr = child.stderr.read()
+            assert child.wait(timeout=60) == 0, stderr
+        finally:
+            child.kill()
+    (_, estimate), (outcome, caught, elapsed) = lines[0], lines[1]
+    assert outcome == "interrupted", (lines, estimate)
+    # Bands of a few milliseconds: the signal is seen within a fraction of a second, long before
+    # the ~second the whole plane takes.
+    assert float(caught) - sent < 0.25, (lines, sent)
+    assert float(elapsed) < 0.7 * float(estimate), lines
+
