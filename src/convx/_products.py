@@ -30,9 +30,7 @@ def matmul(a: AnyArray, b: AnyArray, out: AnyArray | None = None, n_threads: int
     if n_threads is None:
         n_threads = kernel_threads(m * n * k)
     if max(m, n, k) > _BLAS_INT_MAX:  # (BLAS takes int sizes)
-        # In a context of its own: NumPy's error state is a context variable, and an interrupt
-        # between errstate's change and its try would otherwise leave warnings off for good.
-        contextvars.copy_context().run(_quiet_matmul, a, b, out)
+        _quiet_matmul(a, b, out)
         return out
     trans_a, trans_b = not a.flags.c_contiguous, not b.flags.c_contiguous
     if trans_a and not a.T.flags.c_contiguous:
@@ -43,6 +41,20 @@ def matmul(a: AnyArray, b: AnyArray, out: AnyArray | None = None, n_threads: int
     return out
 
 
+# NumPy 2 keeps its error state in a context variable; NumPy 1 per thread, but its ufuncs take
+# the state for one call (extobj: buffer size, error mask 0 = ignore all, no callback).
+_ERRSTATE_IN_CONTEXT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
 def _quiet_matmul(a: AnyArray, b: AnyArray, out: AnyArray) -> None:
+    """``out = a @ b`` with floating-point warnings off, changing no state that outlives the call:
+    an interrupt between errstate's change and its try would otherwise leave them off for good."""
+    if _ERRSTATE_IN_CONTEXT:
+        contextvars.copy_context().run(_matmul_ignoring_errors, a, b, out)
+    else:
+        np.matmul(a, b, out=out, extobj=[np.getbufsize(), 0, None])
+
+
+def _matmul_ignoring_errors(a: AnyArray, b: AnyArray, out: AnyArray) -> None:
     with np.errstate(all="ignore"):
         np.matmul(a, b, out=out)

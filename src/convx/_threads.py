@@ -228,7 +228,8 @@ def _blas_entry_points() -> list[tuple[Any, int, int, bool]]:
     found = []
     for library in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
         names = _BLAS_COUNT_FUNCTIONS.get(library.internal_api)
-        dynlib = getattr(library, "dynlib", None)
+        # (threadpoolctl before 3.2 names it _dynlib)
+        dynlib = getattr(library, "dynlib", None) or getattr(library, "_dynlib", None)
         if names is None or dynlib is None:
             continue
         get_name, set_name, wide = names
