@@ -248,6 +248,8 @@ def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: i
     so many that this repeated work covers the source more than twice in all. (So a max-pooled
     plane under a window about as tall as itself goes in one call, however large.)
     """
+    if work_per_image <= _batching.SUB_BATCH_WORK:  # every ordinary layer: no more to decide
+        return 1
     limit = _batching.SUB_BATCH_WORK * max(1, min(kernel_threads(), planes))
     bands = min(rows_written, -(-work_per_image // limit))
     if reach > 0:
