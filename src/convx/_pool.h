@@ -134,6 +134,17 @@ static inline void convx_avg_column_windows(const convx_pool_geometry *g, int64_
     }
 }
 
+/* [*first, *end): the output rows oh whose windows hold input row h (oh*sh - ph <= h < oh*sh - ph + kh),
+ * empty where none does. */
+static inline void convx_avg_row_windows(const convx_pool_geometry *g, ptrdiff_t h, ptrdiff_t *first,
+                                         ptrdiff_t *end) {
+    const ptrdiff_t kh = g->kernel_h, sh = g->stride_h, ph = g->pad_h;
+    ptrdiff_t a = h + ph - kh + 1 > 0 ? (h + ph - kh + 1 + sh - 1) / sh : 0, b = (h + ph) / sh + 1;
+    if (b > g->out_h) b = g->out_h;
+    *first = a;
+    *end = b;
+}
+
 /* Scratch elements for either average backward: the ring of shares (one row for the tiled one). */
 static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g) {
     return convx_avg_share_rows(g) * convx_avg_share_stride(g) + 16;

@@ -12,7 +12,9 @@
 # over the windows clipped to the input, by blocks (dilation 1) or by deque, in time and memory
 # linear in the plane and the output whatever the window (convx.functional.pooling chooses). The
 # average backward (also in C) has each input row gather the shares of
-# the windows over it, in output order, with no zero fill first. The average forward
+# the windows over it, in output order, with no zero fill first: so any band of input rows can be
+# written by a call of its own, bit for bit as in the whole plane (as can any band of output rows
+# of the average forward, each row summed on its own). The average forward
 # sweeps each output row in two parts: the border windows that overlap the padding one window at
 # a time over their clipped tap range, the interior ones one kernel row at a time across the
 # whole output row, with the common kernel widths and strides as literals so that the compiler
@@ -71,13 +73,17 @@ cdef extern from "_pool.h" nogil:
                                    Py_ssize_t out_h, Py_ssize_t out_w)
     void convx_avg_column_windows(const PoolGeometry* g, int64_t* lo, int64_t* hi)
     void convx_avg_gather_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
-                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi)
+                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi,
+                                  Py_ssize_t row_begin, Py_ssize_t row_end)
     void convx_avg_gather_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
-                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi)
+                                  const int64_t* row_div, const int64_t* col_div, const int64_t* lo, const int64_t* hi,
+                                  Py_ssize_t row_begin, Py_ssize_t row_end)
     void convx_avg_tiled_plane_f(const float* grad_out, float* grad_in, float* share, const PoolGeometry* g,
-                                    const int64_t* row_div, const int64_t* col_div)
+                                 const int64_t* row_div, const int64_t* col_div, Py_ssize_t row_begin,
+                                 Py_ssize_t row_end)
     void convx_avg_tiled_plane_d(const double* grad_out, double* grad_in, double* share, const PoolGeometry* g,
-                                    const int64_t* row_div, const int64_t* col_div)
+                                 const int64_t* row_div, const int64_t* col_div, Py_ssize_t row_begin,
+                                 Py_ssize_t row_end)
 
 
 cdef inline void _tap_range(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t dilation,
@@ -424,14 +430,15 @@ cdef inline void _avg_window(const floating* plane, floating* out, PoolGeometry*
 
 
 cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g, bint count_include_pad,
-                          Py_ssize_t divisor_override) noexcept nogil:
-    """out[oh, ow] = (sum of the window's taps inside the input) / divisor."""
+                          Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """out[oh, ow] = (sum of the window's taps inside the input) / divisor, for the output rows
+    [row_begin, row_end): each row on its own, so bands of rows come out as the whole plane."""
     cdef Py_ssize_t width = g.width
     cdef Py_ssize_t oh, ow, i, h0
     cdef const floating* row
     cdef floating* out_row
     cdef floating divisor
-    for oh in range(g.out_h):
+    for oh in range(row_begin, row_end):
         for ow in range(g.inner_lo):
             _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
         for ow in range(g.inner_hi, g.out_w):
@@ -455,43 +462,53 @@ cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g,
 def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
-                       Py_ssize_t divisor_override, int n_threads):
+                       Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
     """out[n, c, oh, ow] = sum_{i, j} x_zero_padded[n, c, oh*sh + i, ow*sw + j] / divisor(oh, ow)
-    (divisor_override when positive, else PyTorch's count with or without the padding)."""
+    (divisor_override when positive, else PyTorch's count with or without the padding), for the
+    output rows [row_begin, row_end) only."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
-    cdef Py_ssize_t plane_size = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t height = x.shape[2], plane_size = height * x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
-    cdef PoolGeometry g = _pool_geometry(x.shape[2], x.shape[3], out_h, out_w, kernel_h, kernel_w,
+    cdef PoolGeometry g = _pool_geometry(height, x.shape[3], out_h, out_w, kernel_h, kernel_w,
                                          stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+    # The band's share of a plane: the input rows its windows reach and its outputs.
+    cdef Py_ssize_t rows_read = min(height, (row_end - 1) * stride_h - pad_h + kernel_h) - max(
+        row_begin * stride_h - pad_h, 0)
+    cdef int team = _team_size(n_threads, n_planes, rows_read * x.shape[3] + (row_end - row_begin) * out_w)
     cdef Py_ssize_t p
     with nogil:
-        for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, plane_size + out_size)):
+        for p in prange(n_planes, schedule='static', num_threads=team):
             _avg_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size, &g,
-                            count_include_pad, divisor_override)
+                            count_include_pad, divisor_override, row_begin, row_end)
 
 
 cdef inline void _avg_backward_tiled(const floating* grad_out, floating* grad_in, floating* share,
-                                     PoolGeometry* g, const int64_t* row_div, const int64_t* col_div) noexcept nogil:
+                                     PoolGeometry* g, const int64_t* row_div, const int64_t* col_div,
+                                     Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
     if floating is float:
-        convx_avg_tiled_plane_f(grad_out, grad_in, share, g, row_div, col_div)
+        convx_avg_tiled_plane_f(grad_out, grad_in, share, g, row_div, col_div, row_begin, row_end)
     else:
-        convx_avg_tiled_plane_d(grad_out, grad_in, share, g, row_div, col_div)
+        convx_avg_tiled_plane_d(grad_out, grad_in, share, g, row_div, col_div, row_begin, row_end)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
                         Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                         Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
-                        Py_ssize_t divisor_override, int n_threads):
+                        Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
     """grad_in[n, c, oh*sh - ph + i, ow*sw - pw + j] += grad_out[n, c, oh, ow] / divisor(oh, ow) over the
-    taps inside the input; grad_in is overwritten."""
+    taps inside the input, for the input rows [row_begin, row_end) of grad_in only (each gathers from
+    the windows over it, so a band's rows are what the whole plane's would be); those are overwritten."""
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
     cdef PoolGeometry g = _pool_geometry(grad_in.shape[2], width, out_h, out_w, kernel_h, kernel_w,
                                          stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
-    cdef int team = _team_size(n_threads, n_planes, plane_size + out_size)
+    # The band's share of a plane: its rows and the rows of grad_out over them.
+    cdef Py_ssize_t first_window = max(0, (row_begin + pad_h - kernel_h + stride_h) // stride_h)
+    cdef Py_ssize_t windows = min(out_h, (row_end - 1 + pad_h) // stride_h + 1) - first_window
+    cdef int team = _team_size(n_threads, n_planes, (row_end - row_begin) * width + max(windows, 0) * out_w)
     # One row of shares per thread, each on its own cache lines.
     cdef Py_ssize_t slot = convx_avg_backward_scratch(&g)
     cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
@@ -511,15 +528,15 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :,
         for p in prange(n_planes, schedule='static'):
             if tiled:
                 _avg_backward_tiled(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
-                                    &shares[tid * slot], &g, &divisors[0], &divisors[out_h])
+                                    &shares[tid * slot], &g, &divisors[0], &divisors[out_h], row_begin, row_end)
             elif floating is float:
                 convx_avg_gather_plane_f(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
                                          &shares[tid * slot], &g, &divisors[0], &divisors[out_h], &columns[0],
-                                         &columns[width])
+                                         &columns[width], row_begin, row_end)
             else:
                 convx_avg_gather_plane_d(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
                                          &shares[tid * slot], &g, &divisors[0], &divisors[out_h], &columns[0],
-                                         &columns[width])
+                                         &columns[width], row_begin, row_end)
 
 
 # ---------------------------------------------------------------------------------------------

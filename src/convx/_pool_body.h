@@ -295,23 +295,31 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_avg_spread)(PT *CONVX_RESTRICT dst, cons
     }
 }
 
-/* grad_in = the input gradient of one plane of average pooling whose windows are as wide as their
- * stride (kernel_w == stride_w, any kernel_h and stride_h): grad_in[h, w] = sum over the windows
- * holding (h, w), in output order, of grad_out[oh, ow] / (row_div[oh] * col_div[ow]), every
- * element written once per window row and never read before it is written. scratch:
- * convx_avg_backward_scratch(g) elements. */
+/* grad_in rows [row_begin, row_end) of the input gradient of one plane of average pooling whose
+ * windows are as wide as their stride (kernel_w == stride_w, any kernel_h and stride_h): grad_in[h, w]
+ * = sum over the windows holding (h, w), in output order, of grad_out[oh, ow] / (row_div[oh] *
+ * col_div[ow]), every element written once per window row and never read before it is written.
+ * A band of rows takes exactly the sums the whole plane does (the windows over a row, in the same
+ * order), so bands may be written by separate calls. scratch: convx_avg_backward_scratch(g) elements. */
 CONVX_CLONES static void CONVX_POOL(convx_avg_tiled_plane)(const PT *CONVX_RESTRICT grad_out,
                                                               PT *CONVX_RESTRICT grad_in, PT *CONVX_RESTRICT share,
                                                               const convx_pool_geometry *g, const int64_t *row_div,
-                                                              const int64_t *col_div) {
+                                                              const int64_t *col_div, ptrdiff_t row_begin,
+                                                              ptrdiff_t row_end) {
     const ptrdiff_t width = g->width, out_w = g->out_w, s = g->stride_w, pw = g->pad_w;
-    ptrdiff_t next = 0, oh, i, o;
-    for (oh = 0; oh < g->out_h; oh++) {
+    ptrdiff_t next = row_begin, oh, i, o, oh_first, oh_end, unused;
+    convx_avg_row_windows(g, row_begin, &oh_first, &unused);
+    convx_avg_row_windows(g, row_end - 1, &unused, &oh_end);
+    for (oh = oh_first; oh < oh_end; oh++) {
         const PT *src = grad_out + oh * out_w;
         const int64_t rd = row_div[oh];
+        const ptrdiff_t top = oh * g->stride_h - g->pad_h;
+        const ptrdiff_t i_lo = row_begin - top > g->row_lo[oh] ? row_begin - top : g->row_lo[oh];
+        const ptrdiff_t i_hi = row_end - top < g->row_hi[oh] ? row_end - top : g->row_hi[oh];
+        if (i_lo >= i_hi) continue;
         CONVX_SIMD for (o = 0; o < out_w; o++) share[o] = src[o] / (PT)(rd * col_div[o]);
-        for (i = g->row_lo[oh]; i < g->row_hi[oh]; i++) {
-            const ptrdiff_t h = oh * g->stride_h - g->pad_h + i;
+        for (i = i_lo; i < i_hi; i++) {
+            const ptrdiff_t h = top + i;
             const int first = h >= next;
             /* Rows that no window holds (below the previous window, above this one) are zero. */
             if (h > next) memset(grad_in + next * width, 0, (size_t)((h - next) * width) * sizeof(PT));
@@ -329,7 +337,7 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_tiled_plane)(const PT *CONVX_RESTR
                 CONVX_POOL(convx_avg_spread)(dst, share, width, out_w, s, pw, first);
         }
     }
-    if (next < g->height) memset(grad_in + next * width, 0, (size_t)((g->height - next) * width) * sizeof(PT));
+    if (next < row_end) memset(grad_in + next * width, 0, (size_t)((row_end - next) * width) * sizeof(PT));
 }
 
 /* dst[0], dst[1] = 0 + (the gradient gv where code is left, left + 1; else 0): the two columns of one
@@ -445,35 +453,37 @@ CONVX_POOL_INLINE void CONVX_POOL(convx_avg_gather_row)(PT *CONVX_RESTRICT dst, 
     }
 }
 
-/* grad_in = the input gradient of one plane of average pooling, any windows: grad_in[h, w] = the sum
- * over the windows (oh, ow) holding (h, w), in output order (as PyTorch adds them), of
- * grad_out[oh, ow] / (row_div[oh] * col_div[ow]); each input row is written once per window row
- * over it, rows under no window set to 0. lo[w], hi[w]: the windows [lo, hi) holding column w.
- * share: convx_avg_backward_scratch(g) elements (a ring of rows of shares). */
+/* grad_in rows [row_begin, row_end) of the input gradient of one plane of average pooling, any
+ * windows: grad_in[h, w] = the sum over the windows (oh, ow) holding (h, w), in output order (as
+ * PyTorch adds them), of grad_out[oh, ow] / (row_div[oh] * col_div[ow]); each input row is written
+ * once per window row over it, rows under no window set to 0. Each row gathers from its own windows
+ * only, so a band of rows comes out exactly as in the whole plane. lo[w], hi[w]: the windows
+ * [lo, hi) holding column w. share: convx_avg_backward_scratch(g) elements (a ring of rows of shares). */
 CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_RESTRICT grad_out,
                                                               PT *CONVX_RESTRICT grad_in, PT *CONVX_RESTRICT share,
                                                               const convx_pool_geometry *g, const int64_t *row_div,
                                                               const int64_t *col_div, const int64_t *lo,
-                                                              const int64_t *hi) {
-    const ptrdiff_t height = g->height, width = g->width, out_h = g->out_h, out_w = g->out_w;
-    const ptrdiff_t kh = g->kernel_h, kw = g->kernel_w, sh = g->stride_h, sw = g->stride_w;
-    const ptrdiff_t ph = g->pad_h, pw = g->pad_w, ring = convx_avg_share_rows(g), stride = convx_avg_share_stride(g);
+                                                              const int64_t *hi, ptrdiff_t row_begin,
+                                                              ptrdiff_t row_end) {
+    const ptrdiff_t width = g->width, out_w = g->out_w;
+    const ptrdiff_t kw = g->kernel_w, sw = g->stride_w;
+    const ptrdiff_t pw = g->pad_w, ring = convx_avg_share_rows(g), stride = convx_avg_share_stride(g);
     /* Columns whose every window lies inside the output row, with all of their phase's windows. */
     /* (width + pw - sw) / sw + 1, floored: C's division truncates a negative numerator up. */
     ptrdiff_t m_lo = (kw - 1) / sw, m_hi = width + pw >= sw ? (width + pw - sw) / sw + 1 : 0;
     if (m_lo * sw < pw) m_lo = (pw + sw - 1) / sw;
     if (m_hi > out_w) m_hi = out_w;
     if (m_hi < m_lo) m_hi = m_lo;
-    ptrdiff_t h, oh, o, computed = 0;
-    for (h = 0; h < height; h++) {
+    ptrdiff_t h, oh, o, a, b, computed = 0;
+    for (h = row_begin; h < row_end; h++) {
         PT *CONVX_RESTRICT dst = grad_in + h * width;
-        /* Windows oh with oh*sh - ph <= h < oh*sh - ph + kh. */
-        ptrdiff_t a = h + ph - kh + 1 > 0 ? (h + ph - kh + 1 + sh - 1) / sh : 0, b = (h + ph) / sh + 1;
-        if (b > out_h) b = out_h;
+        convx_avg_row_windows(g, h, &a, &b);
         if (a >= b) {
             memset(dst, 0, (size_t)width * sizeof(PT));
             continue;
         }
+        /* Shares from this row's first window on (a band's first row need not start at window 0). */
+        if (computed < a) computed = a;
         for (; computed < b; computed++) {
             const PT *CONVX_RESTRICT src = grad_out + computed * out_w;
             PT *CONVX_RESTRICT row = share + (computed % ring) * stride;

@@ -2,8 +2,9 @@
 
 Semantics follow ``torch.nn.functional`` of the same names. Every function validates its
 arguments, computes the output size with ``convx._shapes``, allocates C-contiguous outputs and
-calls one kernel of ``convx._core`` (per bounded sub-batch of a huge batch, so that Ctrl-C can
-stop it: ``convx._batching``). Inputs are never modified; any memory layout is accepted.
+calls one kernel of ``convx._core`` (per bounded sub-batch of a huge batch, and per band of rows
+of a huge image, so that Ctrl-C can stop it: ``convx._batching``, ``_row_bands``). Inputs are
+never modified; any memory layout is accepted.
 """
 
 from __future__ import annotations
@@ -165,6 +166,13 @@ def _work(channels: int, plane: int, outputs: int, taps: int) -> int:
     return channels * (plane + outputs * taps)
 
 
+# Units of work per tap of an average-pool window (forward), or per share an input element
+# gathers (backward: as many in all). The general kernels, one 4096x4096 float32 plane, Xeon
+# family 6 model 167, 1 thread, kernel 31 / 63, stride 1: forward ~43 / ~55 ms, backward ~72 /
+# ~61 ms per 2^28 taps, where a sub-batch's 2^28 units are meant to take about 30 ms.
+AVG_TAP_WORK = 2
+
+
 # Units of work per element of the separable max pool's passes (the input plane, the row pass's
 # winners, the output): about 4.6 ns, where MAX_TAP_WORK's 8 units are ~1.2 ns (Xeon family 6
 # model 167, 1 thread: 8x32x56x56 float32, k5 s1 p2 separable 10.8 ms for 3 passes of 803k
@@ -224,20 +232,28 @@ def _max_pool_separable(
     )
 
 
-def _row_bands(work_per_image: int, height: int, out_h: int, reach: int) -> int:
-    """Bands of output rows to split each image into (one kernel call each), so that Ctrl-C is
-    seen between calls (some tens of milliseconds each) even in a single huge plane; whole images
-    go in sub-batches, as everywhere.
+def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: int, reach: int) -> int:
+    """Bands of rows to split each image into (one kernel call each), so that Ctrl-C is seen
+    between calls (some tens of milliseconds each) even in a single huge plane; whole images go in
+    sub-batches, as everywhere. Band ``b`` of ``bands`` writes the rows
+    ``[b * rows_written // bands, (b + 1) * rows_written // bands)`` of each of the image's
+    ``planes`` planes: output rows of a forward pass, input-gradient rows of a backward one.
 
-    Each band reads the input rows its windows reach, ``reach`` (the dilated kernel's height less
-    one) beyond its own: bands are never so many that these overlaps read the plane's ``height``
-    rows more than twice in all. (So a plane under a window about as tall as itself goes in one
-    call, however large.)
+    An image is banded only when it alone fills a sub-batch, whose threads then share its
+    ``planes`` planes: no more threads than planes do a band's work.
+
+    ``reach``: the rows of the source (``rows_read`` of them) that a band processes beyond its own
+    share, and its neighbour processes too (for max pooling's passes over the input, the dilated
+    kernel's height less one; none where each band's work is its own rows' alone). Bands are never
+    so many that this repeated work covers the source more than twice in all. (So a max-pooled
+    plane under a window about as tall as itself goes in one call, however large.)
     """
-    limit = _batching.SUB_BATCH_WORK * kernel_threads()
-    bands = min(out_h, -(-work_per_image // limit))
+    if work_per_image <= _batching.SUB_BATCH_WORK:  # every ordinary layer: no more to decide
+        return 1
+    limit = _batching.SUB_BATCH_WORK * max(1, min(kernel_threads(), planes))
+    bands = min(rows_written, -(-work_per_image // limit))
     if reach > 0:
-        bands = min(bands, max(1, height // reach))
+        bands = min(bands, max(1, rows_read // reach))
     return bands
 
 
@@ -332,7 +348,7 @@ def max_pool2d(
             work = SEPARABLE_WORK * c * (height * width + height * out_w + out_h * out_w)
         else:
             work = _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])
-        bands = _row_bands(work, height, out_h, (kernel[0] - 1) * dilation[0])
+        bands = _row_bands(work, c, height, out_h, (kernel[0] - 1) * dilation[0])
         for part in sub_batches(n, work):
             for band in range(bands):
                 _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
@@ -497,10 +513,13 @@ def avg_pool2d(
     y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, height * width, out_h * out_w, kernel[0] * kernel[1])):
-            _core.avg_pool2d_forward(
-                x[part], y[part], *kernel, *stride, *padding, count_include_pad, divisor, kernel_threads()
-            )
+        work = _work(c, height * width, out_h * out_w, AVG_TAP_WORK * kernel[0] * kernel[1])
+        # Each output row is summed on its own, so bands repeat no work (reach 0).
+        bands = _row_bands(work, c, height, out_h, 0)
+        for part in sub_batches(n, work):
+            for band in range(bands):
+                _core.avg_pool2d_forward(x[part], y[part], *kernel, *stride, *padding, count_include_pad, divisor,
+                                         band * out_h // bands, (band + 1) * out_h // bands, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -566,11 +585,18 @@ def avg_pool2d_backward(
     grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
-        for part in sub_batches(shape[0], _work(shape[1], shape[2] * shape[3], out_h * out_w, kernel[0] * kernel[1])):
-            _core.avg_pool2d_backward(
-                grad_out4[part], grad_x[part], *kernel, *stride, *padding, count_include_pad, divisor,
-                kernel_threads(),
-            )
+        height = shape[2]
+        work = _work(shape[1], height * shape[3], out_h * out_w, AVG_TAP_WORK * kernel[0] * kernel[1])
+        # Bands of input rows, each row gathering from the windows over it as in one call. A band
+        # repeats only the division of the grad_out rows its first row shares with the band
+        # before, (kernel_h - 1) // stride_h rows at most: less than one input row's gathering
+        # from them, so no cap on the bands for it (reach 0).
+        bands = _row_bands(work, shape[1], out_h, height, 0)
+        for part in sub_batches(shape[0], work):
+            for band in range(bands):
+                _core.avg_pool2d_backward(grad_out4[part], grad_x[part], *kernel, *stride, *padding,
+                                          count_include_pad, divisor, band * height // bands,
+                                          (band + 1) * height // bands, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
