@@ -552,6 +552,25 @@ def test_conv_nn_padding_modes_copy_only_what_is_read(conv_direct_mode, mode, dt
         assert_close(layer.grads["bias"], grad_out.astype(np.float64).sum(axis=(0, 2, 3)), dtype)
 
 
+@pytest.mark.parametrize("padding, dilation", [(3000, 3001), (10**4, 10**4 + 1), (10**8 - 1, 10**8)])
+def test_conv_nn_padding_mode_kernel_past_the_padded_input_is_refused_without_padding_it(padding, dilation):
+    """A replicate-padded layer whose dilated kernel outreaches the padded input is refused naming the layer's
+    padding and dilation, without the padded input being made to find that out (10**4 took 2.3 GiB and 9 s,
+    10**8 a bare MemoryError for 142 PiB)."""
+    layer = nn.Conv2d(1, 1, 3, padding=padding, dilation=dilation, padding_mode="replicate")
+    x = np.ones((1, 1, 1, 1), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="padding") as refusal:
+            layer(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(padding) in str(refusal.value) and str(dilation) in str(refusal.value), refusal.value
+    assert "replicate" in str(refusal.value), refusal.value
+    assert peak <= _CONV_SLACK, f"{peak / 2**20:.1f} MiB to refuse"
+
+
 @pytest.mark.parametrize("mode", _CONV_NN_MODES)
 def test_conv_nn_padding_modes_with_strides_past_the_window_match_torch(mode, torch):
     """Strides longer than the kernel (each window's taps copied side by side) and shorter (the padded input),

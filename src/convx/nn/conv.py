@@ -247,20 +247,28 @@ class Conv2d(Module):
         top, left = self.padding
         return (top, top), (left, left)
 
-    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis] | None]:
-        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read; or
-        (where the kernel does not fit, for conv2d's error) the whole padded input and None."""
+    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis]]:
+        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
         self._check_padding_mode_limits(x)
         mode = _NUMPY_PAD_MODES[self.padding_mode]
+        pads = self._pads()
         reads = [
-            _read_axis(size, pads, kernel, stride, dilation, mode)
-            for size, pads, kernel, stride, dilation in zip(
-                x.shape[-2:], self._pads(), self.kernel_size, self.stride, self.dilation
+            _read_axis(size, axis_pads, kernel, stride, dilation, mode)
+            for size, axis_pads, kernel, stride, dilation in zip(
+                x.shape[-2:], pads, self.kernel_size, self.stride, self.dilation
             )
         ]
         read_h, read_w = reads
         if read_h is None or read_w is None:
-            return self._pad_input(x), None
+            # Refused here, from the sizes: padding the input only for conv2d to find no window in it
+            # would copy all of the padding (2 GiB for a padding of 10**4).
+            (kernel_h, kernel_w), (dilation_h, dilation_w) = self.kernel_size, self.dilation
+            raise ValueError(
+                f"the dilated kernel ({dilation_h * (kernel_h - 1) + 1}x{dilation_w * (kernel_w - 1) + 1}: "
+                f"kernel_size={self.kernel_size}, dilation={self.dilation}) is larger than the padded input "
+                f"({x.shape[-2] + sum(pads[0])}x{x.shape[-1] + sum(pads[1])}: x of shape {x.shape}, "
+                f"padding={self.padding}, padding_mode={self.padding_mode!r})"
+            )
         return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
 
     def _check_padding_mode_limits(self, x: np.ndarray) -> None:
@@ -277,11 +285,6 @@ class Conv2d(Module):
                     f"along the {axis_name} of size {size}"
                 )
 
-    def _pad_input(self, x: np.ndarray) -> np.ndarray:
-        pads = self._pads()
-        result: np.ndarray = np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
-        return result
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
         x = check_input(self, x, (3, 4), self.dtype)
@@ -294,9 +297,8 @@ class Conv2d(Module):
         else:
             # Only the padded elements that windows read are copied: replicate padding may be any size.
             (conv_input, reads), conv_padding = self._read_input(x), 0
-            if reads is not None:
-                stride = (reads[0].stride, reads[1].stride)
-                dilation = (reads[0].dilation, reads[1].dilation)
+            stride = (reads[0].stride, reads[1].stride)
+            dilation = (reads[0].dilation, reads[1].dilation)
         weight, bias = self._params["weight"], self._params.get("bias")
         y = functional.conv2d(conv_input, weight, bias, stride, conv_padding, dilation, self.groups,
                               algorithm=self.algorithm)
@@ -316,10 +318,8 @@ class Conv2d(Module):
         self._grads["weight"] = grad_weight
         if "bias" in self._params:
             self._grads["bias"] = grad_bias
-        if self.padding_mode == "zeros":
+        if reads is None:  # padding_mode 'zeros'
             return grad_input
-        if reads is None:
-            return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
         return np.ascontiguousarray(folded)
 
