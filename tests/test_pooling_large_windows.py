@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 from conftest import DTYPES
+from test_pooling import torch_max_pool
 
 import convx._batching
 import convx.functional as F
@@ -36,13 +37,6 @@ def _input(rng, shape, dtype, kind):
         spots = rng.choice(flat.size, size=max(2, flat.size // 6), replace=False)
         flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
     return x
-
-
-def _torch_max_pool(torch, x, kernel_size, stride, padding, dilation, ceil_mode):
-    y, indices = torch.nn.functional.max_pool2d(
-        torch.from_numpy(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True
-    )
-    return y.numpy(), indices.numpy()
 
 
 def _assert_same(actual, expected):
@@ -96,7 +90,7 @@ def test_large_windows_match_reference_and_torch(
     args = (kernel_size, stride, padding, dilation, ceil_mode)
     result = F.max_pool2d(x, *args, return_indices=True)
     _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
-    _assert_same(result, _torch_max_pool(torch, x, *args))
+    _assert_same(result, torch_max_pool(torch, x, *args))
     np.testing.assert_array_equal(F.max_pool2d(x, *args), result[0])
 
 
@@ -107,7 +101,7 @@ def test_huge_window_over_a_single_pixel(rng, torch, dtype, kernel):
     x = _input(rng, (2, 3, 1, 1), dtype, "special")
     result = F.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True)
     _assert_same(result, R.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True))
-    _assert_same(result, _torch_max_pool(torch, x, kernel, 1, kernel // 2, 1, False))
+    _assert_same(result, torch_max_pool(torch, x, kernel, 1, kernel // 2, 1, False))
     _assert_same(result, (x, np.zeros(x.shape, dtype=np.int64)))
 
 
@@ -116,7 +110,7 @@ def test_realistic_large_window(rng, torch, threads, dtype):
     # The (2, 16, 128, 128), k=127, stride 1, padding 63, at one image of two channels
     # (PyTorch alone takes ~0.5 s on it); ties make the first-maximum rule do the work.
     x = _input(rng, (1, 2, 128, 128), dtype, "ties")
-    expected = _torch_max_pool(torch, x, 127, 1, 63, 1, False)
+    expected = torch_max_pool(torch, x, 127, 1, 63, 1, False)
     for n_threads in (1, 2, 3):
         threads(n_threads)
         _assert_same(F.max_pool2d(x, 127, 1, 63, return_indices=True), expected)
@@ -134,7 +128,7 @@ def test_separable_windows_keep_the_tie_nan_and_padding_rules(torch, dtype):
         result = F.max_pool2d(x, *args, return_indices=True)
         _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
         torch_args = tuple(args) + (1, False)[len(args) - 3:]
-        _assert_same(result, _torch_max_pool(torch, x, *torch_args))
+        _assert_same(result, torch_max_pool(torch, x, *torch_args))
     y, indices = F.max_pool2d(x, 13, 1, 6, return_indices=True)
     assert np.all(y[0, 0] == -inf) and np.all(indices[0, 0] == 0)  # all -inf: the first tap inside
     assert np.all(indices[0, 1] == 0)
