@@ -424,6 +424,33 @@ def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, 
                 assert_close(y, got)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_transpose_whose_inputs_all_land_in_the_padding(conv_direct_mode, conv_threads, dtype, torch):
+    """output_padding can make the matching convolution's outputs more than x has, so that every row (or
+    column) of x lands in the cropped padding: y is then the bias alone (PyTorch agrees; this crashed the
+    process with SIGFPE when the kernels were handed no outputs)."""
+    rng = np.random.default_rng(25)
+    cases = [
+        ((1, 4), dict(stride=(1, 30), padding=(1, 20), output_padding=(6, 12), dilation=(7, 2))),  # rows
+        ((4, 1), dict(stride=(30, 1), padding=(20, 1), output_padding=(12, 6), dilation=(2, 7))),  # columns
+        ((1, 4), dict(stride=(1, 1), padding=(1, 1), output_padding=(4, 4), dilation=(5, 5))),  # both
+        ((4, 1), dict(stride=(1, 1), padding=(1, 1), output_padding=(4, 4), dilation=(5, 5))),
+    ]
+    for index, (plane, kwargs) in enumerate(cases):
+        convx.set_num_threads(1 + index % 3)
+        x = rng.standard_normal((2, 1, *plane)).astype(dtype)
+        x[0, 0, 0, 0] = np.inf  # lands nowhere: multiplies nothing
+        weight = rng.standard_normal((1, 2, 1, 1)).astype(dtype)
+        bias = rng.standard_normal(2).astype(dtype)
+        with _conv_case(f"x {x.shape} {kwargs}"):
+            y = F.conv_transpose2d(x, weight, bias, **kwargs)
+            got = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight), torch.tensor(bias),
+                                                       **kwargs).numpy()
+            assert y.shape == got.shape
+            assert_close(y, got, dtype)
+            assert_close(y, reference.conv_transpose2d(x, weight, bias, **kwargs), dtype)
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_conv_outputs_cut_off_keep_the_padding_products(conv_direct_mode, value, rng):
     """The outputs whose windows read only padding are computed apart (the bias) but still multiply the
