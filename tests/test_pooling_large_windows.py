@@ -189,6 +189,19 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_tall_planes_take_the_block_column_pass_a_few_columns_at_a_time(rng, monkeypatch, threads, dtype, torch):
+    # 40,000 rows: the block column pass's 16 MiB holds 26 (float32) or 17 (float64) output columns of
+    # them, not 64, so the 70 columns go in several chunks, the last one short.
+    monkeypatch.setattr(pooling, "PHASE_TAP_RATIO", 0)  # the separable kernel
+    threads(2)
+    x = _input(rng, (1, 1, 40_000, 70), dtype, "special")
+    for args in [((7, 3), 1, (3, 1), 1, False), ((4, 5), (3, 2), (2, 2), 1, True)]:
+        result = F.max_pool2d(x, *args, return_indices=True)
+        _assert_same(result, torch_max_pool(torch, x, *args))
+        _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_tall_narrow_planes_take_the_column_pass_one_column_at_a_time(rng, dtype):
     # Over a million rows: the block column pass's scratch for even one column (16 bytes or more
     # a row) exceeds its 16 MiB budget, so the columns go one at a time by deque; and with
