@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -46,42 +45,6 @@ def _init_params(
     module._add_param("weight", weight)
     if bias_values is not None:
         module._add_param("bias", bias_values)
-
-
-def fold_padding(
-    grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: _NumpyPadMode
-) -> np.ndarray:
-    """Adjoint of ``numpy.pad`` over the last two axes: the gradient of the unpadded input.
-
-    Every padded position is a copy of one input element (which one depends on ``mode``:
-    ``'reflect'``, ``'edge'`` or ``'wrap'``), so its gradient is added back to that element.
-
-    Parameters
-    ----------
-    grad_padded : ndarray, shape (..., H + top + bottom, W + left + right)
-    pads : ((top, bottom), (left, right))
-    mode : {'reflect', 'edge', 'wrap'}
-
-    Returns
-    -------
-    grad : ndarray, shape (..., H, W)
-    """
-    grad = grad_padded
-    for axis, (before, after) in zip((-2, -1), pads):
-        grad = _fold_axis(grad, axis, before, after, mode)
-    return grad
-
-
-def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: _NumpyPadMode) -> np.ndarray:
-    grad = np.moveaxis(grad, axis, -1)
-    size = grad.shape[-1] - before - after
-    # np.pad applied to the indices tells which input element each padded position copies.
-    source = np.pad(np.arange(size), (before, after), mode=mode)
-    folded = grad[..., before : before + size].copy()
-    # Loop over the (few) padded columns; a column can map to an index more than once.
-    for position in chain(range(before), range(before + size, before + size + after)):
-        folded[..., source[position]] += grad[..., position]
-    return np.moveaxis(folded, -1, axis)
 
 
 def _padded_source(positions: np.ndarray, size: int, mode: _NumpyPadMode) -> np.ndarray:
