@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from conftest import DTYPES
-from test_pooling import torch_max_pool
+from test_pooling import make_input, torch_max_pool
 
 import convx._batching
 import convx.functional as F
@@ -28,15 +28,8 @@ from convx import _threads
 
 
 def _input(rng, shape, dtype, kind):
-    """Normal values; small integers (ties everywhere); or small integers salted with NaN and +-inf."""
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(dtype)
-    x = rng.integers(-2, 3, size=shape).astype(dtype)
-    if kind == "special":
-        flat = x.reshape(-1)
-        spots = rng.choice(flat.size, size=max(2, flat.size // 6), replace=False)
-        flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
-    return x
+    """test_pooling's inputs, salted a little more densely (one element in 6, at least 2)."""
+    return make_input(rng, shape, dtype, kind, salt=6, least=2)
 
 
 def _assert_same(actual, expected):
