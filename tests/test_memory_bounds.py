@@ -424,6 +424,33 @@ def test_conv_transpose_extreme_geometry(conv_direct_mode, conv_threads, dtype, 
                 assert_close(y, got)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_transpose_whose_inputs_all_land_in_the_padding(conv_direct_mode, conv_threads, dtype, torch):
+    """output_padding can make the matching convolution's outputs more than x has, so that every row (or
+    column) of x lands in the cropped padding: y is then the bias alone (PyTorch agrees; this crashed the
+    process with SIGFPE when the kernels were handed no outputs)."""
+    rng = np.random.default_rng(25)
+    cases = [
+        ((1, 4), dict(stride=(1, 30), padding=(1, 20), output_padding=(6, 12), dilation=(7, 2))),  # rows
+        ((4, 1), dict(stride=(30, 1), padding=(20, 1), output_padding=(12, 6), dilation=(2, 7))),  # columns
+        ((1, 4), dict(stride=(1, 1), padding=(1, 1), output_padding=(4, 4), dilation=(5, 5))),  # both
+        ((4, 1), dict(stride=(1, 1), padding=(1, 1), output_padding=(4, 4), dilation=(5, 5))),
+    ]
+    for index, (plane, kwargs) in enumerate(cases):
+        convx.set_num_threads(1 + index % 3)
+        x = rng.standard_normal((2, 1, *plane)).astype(dtype)
+        x[0, 0, 0, 0] = np.inf  # lands nowhere: multiplies nothing
+        weight = rng.standard_normal((1, 2, 1, 1)).astype(dtype)
+        bias = rng.standard_normal(2).astype(dtype)
+        with _conv_case(f"x {x.shape} {kwargs}"):
+            y = F.conv_transpose2d(x, weight, bias, **kwargs)
+            got = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight), torch.tensor(bias),
+                                                       **kwargs).numpy()
+            assert y.shape == got.shape
+            assert_close(y, got, dtype)
+            assert_close(y, reference.conv_transpose2d(x, weight, bias, **kwargs), dtype)
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_conv_outputs_cut_off_keep_the_padding_products(conv_direct_mode, value, rng):
     """The outputs whose windows read only padding are computed apart (the bias) but still multiply the
@@ -550,6 +577,25 @@ def test_conv_nn_padding_modes_copy_only_what_is_read(conv_direct_mode, mode, dt
         for actual, want in zip((y, grad_x, layer.grads["weight"]), expected):
             assert_close(actual, want, dtype)
         assert_close(layer.grads["bias"], grad_out.astype(np.float64).sum(axis=(0, 2, 3)), dtype)
+
+
+@pytest.mark.parametrize("padding, dilation", [(3000, 3001), (10**4, 10**4 + 1), (10**8 - 1, 10**8)])
+def test_conv_nn_padding_mode_kernel_past_the_padded_input_is_refused_without_padding_it(padding, dilation):
+    """A replicate-padded layer whose dilated kernel outreaches the padded input is refused naming the layer's
+    padding and dilation, without the padded input being made to find that out (10**4 took 2.3 GiB and 9 s,
+    10**8 a bare MemoryError for 142 PiB)."""
+    layer = nn.Conv2d(1, 1, 3, padding=padding, dilation=dilation, padding_mode="replicate")
+    x = np.ones((1, 1, 1, 1), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="padding") as refusal:
+            layer(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(padding) in str(refusal.value) and str(dilation) in str(refusal.value), refusal.value
+    assert "replicate" in str(refusal.value), refusal.value
+    assert peak <= _CONV_SLACK, f"{peak / 2**20:.1f} MiB to refuse"
 
 
 @pytest.mark.parametrize("mode", _CONV_NN_MODES)

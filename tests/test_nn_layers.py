@@ -7,7 +7,7 @@ from conftest import DTYPES, assert_close
 
 import convx
 from convx import nn
-from convx.nn.conv import fold_padding
+from convx.nn.conv import _fold_read, _read_axis
 
 
 def away_from_kinks(x, margin=1e-3):
@@ -84,20 +84,29 @@ def test_conv2d_unbatched_input_matches_torch(torch, rng):
     compare_with_torch(torch, ours, torch.nn.Conv2d(**case), rng.standard_normal((2, 5, 5)), rng)
 
 
+def _fold_padding(grad_padded, shape, pads, mode):
+    """The padded axes read whole (a 1-tap kernel, stride 1), and the adjoint of that read."""
+    reads = [_read_axis(size, axis_pads, 1, 1, 1, mode) for size, axis_pads in zip(shape[-2:], pads)]
+    folded = _fold_read(_fold_read(grad_padded, -1, reads[1], shape[-1]), -2, reads[0], shape[-2])
+    return reads, folded
+
+
 @pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
 @pytest.mark.parametrize("pads", [((1, 2), (0, 3)), ((2, 2), (1, 1)), ((0, 0), (4, 1))])
 def test_fold_padding_is_the_adjoint_of_numpy_pad(mode, pads, rng):
     x = rng.standard_normal((2, 3, 5, 4))
     padded = np.pad(x, [(0, 0), (0, 0), *pads], mode=mode)
     grad_padded = rng.standard_normal(padded.shape)
-    folded = fold_padding(grad_padded, pads, mode)
+    reads, folded = _fold_padding(grad_padded, x.shape, pads, mode)
+    # the read copies what numpy.pad copies
+    np.testing.assert_array_equal(np.take(np.take(x, reads[0].source, axis=-2), reads[1].source, axis=-1), padded)
     assert folded.shape == x.shape
     assert np.vdot(grad_padded, padded) == pytest.approx(np.vdot(folded, x), rel=1e-12)
 
 
 def test_fold_padding_replicate_pad_larger_than_input():
     grad = np.ones((1, 1, 1, 7))
-    folded = fold_padding(grad, ((0, 0), (3, 2)), "edge")
+    _, folded = _fold_padding(grad, (1, 1, 1, 2), ((0, 0), (3, 2)), "edge")
     np.testing.assert_array_equal(folded, [[[[4.0, 3.0]]]])
 
 

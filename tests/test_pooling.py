@@ -72,14 +72,15 @@ ADAPTIVE_CASES = [
 ]
 
 
-def make_input(rng, shape, dtype, kind):
-    """Normal values; small integers (ties everywhere); or integers salted with NaN and +-inf."""
+def make_input(rng, shape, dtype, kind, salt=8, least=3):
+    """Normal values; small integers (ties everywhere); or integers salted with NaN and +-inf (one
+    element in ``salt``, at least ``least`` of them)."""
     if kind == "normal":
         return rng.standard_normal(shape).astype(dtype)
     x = rng.integers(-2, 3, size=shape).astype(dtype)
     if kind == "special":
         flat = x.reshape(-1)
-        spots = rng.choice(flat.size, size=max(3, flat.size // 8), replace=False)
+        spots = rng.choice(flat.size, size=max(least, flat.size // salt), replace=False)
         flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
     return x
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 from conftest import DTYPES
+from test_pooling import make_input, torch_max_pool
 
 import convx._batching
 import convx.functional as F
@@ -27,22 +28,8 @@ from convx import _threads
 
 
 def _input(rng, shape, dtype, kind):
-    """Normal values; small integers (ties everywhere); or small integers salted with NaN and +-inf."""
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(dtype)
-    x = rng.integers(-2, 3, size=shape).astype(dtype)
-    if kind == "special":
-        flat = x.reshape(-1)
-        spots = rng.choice(flat.size, size=max(2, flat.size // 6), replace=False)
-        flat[spots] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype), size=spots.size)
-    return x
-
-
-def _torch_max_pool(torch, x, kernel_size, stride, padding, dilation, ceil_mode):
-    y, indices = torch.nn.functional.max_pool2d(
-        torch.from_numpy(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True
-    )
-    return y.numpy(), indices.numpy()
+    """test_pooling's inputs, salted a little more densely (one element in 6, at least 2)."""
+    return make_input(rng, shape, dtype, kind, salt=6, least=2)
 
 
 def _assert_same(actual, expected):
@@ -96,7 +83,7 @@ def test_large_windows_match_reference_and_torch(
     args = (kernel_size, stride, padding, dilation, ceil_mode)
     result = F.max_pool2d(x, *args, return_indices=True)
     _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
-    _assert_same(result, _torch_max_pool(torch, x, *args))
+    _assert_same(result, torch_max_pool(torch, x, *args))
     np.testing.assert_array_equal(F.max_pool2d(x, *args), result[0])
 
 
@@ -107,7 +94,7 @@ def test_huge_window_over_a_single_pixel(rng, torch, dtype, kernel):
     x = _input(rng, (2, 3, 1, 1), dtype, "special")
     result = F.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True)
     _assert_same(result, R.max_pool2d(x, kernel, 1, kernel // 2, return_indices=True))
-    _assert_same(result, _torch_max_pool(torch, x, kernel, 1, kernel // 2, 1, False))
+    _assert_same(result, torch_max_pool(torch, x, kernel, 1, kernel // 2, 1, False))
     _assert_same(result, (x, np.zeros(x.shape, dtype=np.int64)))
 
 
@@ -116,7 +103,7 @@ def test_realistic_large_window(rng, torch, threads, dtype):
     # The issue's (2, 16, 128, 128), k=127, stride 1, padding 63, at one image of two channels
     # (PyTorch alone takes ~0.5 s on it); ties make the first-maximum rule do the work.
     x = _input(rng, (1, 2, 128, 128), dtype, "ties")
-    expected = _torch_max_pool(torch, x, 127, 1, 63, 1, False)
+    expected = torch_max_pool(torch, x, 127, 1, 63, 1, False)
     for n_threads in (1, 2, 3):
         threads(n_threads)
         _assert_same(F.max_pool2d(x, 127, 1, 63, return_indices=True), expected)
@@ -134,7 +121,7 @@ def test_separable_windows_keep_the_tie_nan_and_padding_rules(torch, dtype):
         result = F.max_pool2d(x, *args, return_indices=True)
         _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
         torch_args = tuple(args) + (1, False)[len(args) - 3:]
-        _assert_same(result, _torch_max_pool(torch, x, *torch_args))
+        _assert_same(result, torch_max_pool(torch, x, *torch_args))
     y, indices = F.max_pool2d(x, 13, 1, 6, return_indices=True)
     assert np.all(y[0, 0] == -inf) and np.all(indices[0, 0] == 0)  # all -inf: the first tap inside
     assert np.all(indices[0, 1] == 0)
@@ -192,6 +179,19 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, kernel_choice, threa
             bands = calls[image * per_image:(image + 1) * per_image]
             assert bands[0][0] == 0 and bands[-1][1] == out_h
             assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bands, bands[1:]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tall_planes_take_the_block_column_pass_a_few_columns_at_a_time(rng, monkeypatch, threads, dtype, torch):
+    # 40,000 rows: the block column pass's 16 MiB holds 26 (float32) or 17 (float64) output columns of
+    # them, not 64, so the 70 columns go in several chunks, the last one short.
+    monkeypatch.setattr(pooling, "PHASE_TAP_RATIO", 0)  # the separable kernel
+    threads(2)
+    x = _input(rng, (1, 1, 40_000, 70), dtype, "special")
+    for args in [((7, 3), 1, (3, 1), 1, False), ((4, 5), (3, 2), (2, 2), 1, True)]:
+        result = F.max_pool2d(x, *args, return_indices=True)
+        _assert_same(result, torch_max_pool(torch, x, *args))
+        _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

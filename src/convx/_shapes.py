@@ -29,15 +29,17 @@ def conv_reading_outputs(
     stride, padding and dilation, so the kernels are given the outputs between, with
     ``pad_before - first*stride`` as their leading padding. ``first`` stops short of a window
     that would start inside the input, so that padding is never negative (at most one
-    all-padding output is kept there). ``first < stop`` always: output ``pad_before // stride``
-    starts at most at the input's first element.
+    all-padding output is kept there). ``first < stop`` where ``out_size`` is the convolution's own
+    output count: output ``pad_before // stride`` starts at most at the input's first element. Where
+    it is fewer (conv_transpose2d's x, whose output_padding gives the convolution of its output more
+    outputs than x has) the range may be empty, ``first == stop``: no output reads the input.
     """
     reach = dilation * (kernel - 1)
     first = 0
     if pad_before > reach:
         first = min(-(-(pad_before - reach) // stride), pad_before // stride)
     stop = min(out_size, (size - 1 + pad_before) // stride + 1)
-    return first, stop
+    return first, max(first, stop)
 
 
 def same_padding(kernel: int, dilation: int) -> tuple[int, int]:

@@ -748,11 +748,15 @@ def conv_transpose2d(
         # more outputs than x has: the kernels take x's).
         full = plan._replace(out_h=height, out_w=width)
         kept = _kernel_plan((out_h, out_w), weight.shape[2:], full)
-        if kept.trims(full):
-            x = kept.crop(x)
         inner = kept.plan
-        for part in sub_batches(batch, conv_work(weight.shape, inner.out_h * inner.out_w, y.shape)):
-            _input_gradient(x[part], weight, y[part], inner, winograd, inner.threads(weight.shape))
+        if inner.out_h == 0 or inner.out_w == 0:
+            # Every row (or column) of x lands in the cropped padding: y is the bias alone.
+            y[...] = 0
+        else:
+            if kept.trims(full):
+                x = kept.crop(x)
+            for part in sub_batches(batch, conv_work(weight.shape, inner.out_h * inner.out_w, y.shape)):
+                _input_gradient(x[part], weight, y[part], inner, winograd, inner.threads(weight.shape))
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)

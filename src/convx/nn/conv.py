@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -46,42 +45,6 @@ def _init_params(
     module._add_param("weight", weight)
     if bias_values is not None:
         module._add_param("bias", bias_values)
-
-
-def fold_padding(
-    grad_padded: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: _NumpyPadMode
-) -> np.ndarray:
-    """Adjoint of ``numpy.pad`` over the last two axes: the gradient of the unpadded input.
-
-    Every padded position is a copy of one input element (which one depends on ``mode``:
-    ``'reflect'``, ``'edge'`` or ``'wrap'``), so its gradient is added back to that element.
-
-    Parameters
-    ----------
-    grad_padded : ndarray, shape (..., H + top + bottom, W + left + right)
-    pads : ((top, bottom), (left, right))
-    mode : {'reflect', 'edge', 'wrap'}
-
-    Returns
-    -------
-    grad : ndarray, shape (..., H, W)
-    """
-    grad = grad_padded
-    for axis, (before, after) in zip((-2, -1), pads):
-        grad = _fold_axis(grad, axis, before, after, mode)
-    return grad
-
-
-def _fold_axis(grad: np.ndarray, axis: int, before: int, after: int, mode: _NumpyPadMode) -> np.ndarray:
-    grad = np.moveaxis(grad, axis, -1)
-    size = grad.shape[-1] - before - after
-    # np.pad applied to the indices tells which input element each padded position copies.
-    source = np.pad(np.arange(size), (before, after), mode=mode)
-    folded = grad[..., before : before + size].copy()
-    # Loop over the (few) padded columns; a column can map to an index more than once.
-    for position in chain(range(before), range(before + size, before + size + after)):
-        folded[..., source[position]] += grad[..., position]
-    return np.moveaxis(folded, -1, axis)
 
 
 def _padded_source(positions: np.ndarray, size: int, mode: _NumpyPadMode) -> np.ndarray:
@@ -247,20 +210,28 @@ class Conv2d(Module):
         top, left = self.padding
         return (top, top), (left, left)
 
-    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis] | None]:
-        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read; or
-        (where the kernel does not fit, for conv2d's error) the whole padded input and None."""
+    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis]]:
+        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
         self._check_padding_mode_limits(x)
         mode = _NUMPY_PAD_MODES[self.padding_mode]
+        pads = self._pads()
         reads = [
-            _read_axis(size, pads, kernel, stride, dilation, mode)
-            for size, pads, kernel, stride, dilation in zip(
-                x.shape[-2:], self._pads(), self.kernel_size, self.stride, self.dilation
+            _read_axis(size, axis_pads, kernel, stride, dilation, mode)
+            for size, axis_pads, kernel, stride, dilation in zip(
+                x.shape[-2:], pads, self.kernel_size, self.stride, self.dilation
             )
         ]
         read_h, read_w = reads
         if read_h is None or read_w is None:
-            return self._pad_input(x), None
+            # Refused here, from the sizes: padding the input only for conv2d to find no window in it
+            # would copy all of the padding (2 GiB for a padding of 10**4).
+            (kernel_h, kernel_w), (dilation_h, dilation_w) = self.kernel_size, self.dilation
+            raise ValueError(
+                f"the dilated kernel ({dilation_h * (kernel_h - 1) + 1}x{dilation_w * (kernel_w - 1) + 1}: "
+                f"kernel_size={self.kernel_size}, dilation={self.dilation}) is larger than the padded input "
+                f"({x.shape[-2] + sum(pads[0])}x{x.shape[-1] + sum(pads[1])}: x of shape {x.shape}, "
+                f"padding={self.padding}, padding_mode={self.padding_mode!r})"
+            )
         return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
 
     def _check_padding_mode_limits(self, x: np.ndarray) -> None:
@@ -277,11 +248,6 @@ class Conv2d(Module):
                     f"along the {axis_name} of size {size}"
                 )
 
-    def _pad_input(self, x: np.ndarray) -> np.ndarray:
-        pads = self._pads()
-        result: np.ndarray = np.pad(x, [(0, 0)] * (x.ndim - 2) + list(pads), mode=_NUMPY_PAD_MODES[self.padding_mode])
-        return result
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
         x = check_input(self, x, (3, 4), self.dtype)
@@ -294,9 +260,8 @@ class Conv2d(Module):
         else:
             # Only the padded elements that windows read are copied: replicate padding may be any size.
             (conv_input, reads), conv_padding = self._read_input(x), 0
-            if reads is not None:
-                stride = (reads[0].stride, reads[1].stride)
-                dilation = (reads[0].dilation, reads[1].dilation)
+            stride = (reads[0].stride, reads[1].stride)
+            dilation = (reads[0].dilation, reads[1].dilation)
         weight, bias = self._params["weight"], self._params.get("bias")
         y = functional.conv2d(conv_input, weight, bias, stride, conv_padding, dilation, self.groups,
                               algorithm=self.algorithm)
@@ -316,10 +281,8 @@ class Conv2d(Module):
         self._grads["weight"] = grad_weight
         if "bias" in self._params:
             self._grads["bias"] = grad_bias
-        if self.padding_mode == "zeros":
+        if reads is None:  # padding_mode 'zeros'
             return grad_input
-        if reads is None:
-            return fold_padding(grad_input, self._pads(), _NUMPY_PAD_MODES[self.padding_mode])
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
         return np.ascontiguousarray(folded)
 
