@@ -304,13 +304,15 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef Py_ssize_t p, tid, o
     cdef int64_t shift = first * width
     cdef int64_t* where
+    cdef int32_t* rcol_mine
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
+        rcol_mine = rcol_ptr + tid * rcol_slot if rcol_ptr != NULL else NULL  # (no arithmetic on NULL)
         for p in prange(n_planes, schedule='static'):
             where = &indices[0, 0, 0, 0] + p * out_size + row_begin * out_w if want_indices else NULL
             _max_pool_plane(&x[0, 0, 0, 0] + p * plane_size + first * width,
                             &out[0, 0, 0, 0] + p * out_size + row_begin * out_w, where,
-                            &scratch[tid * slot], rcol_ptr + tid * rcol_slot, &g, row_ptr, col_ptr, row_win_ptr,
+                            &scratch[tid * slot], rcol_mine, &g, row_ptr, col_ptr, row_win_ptr,
                             col_win_ptr, chunk, separable)
             if where != NULL and shift != 0:
                 for o in range(band_size):
