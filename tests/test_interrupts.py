@@ -5,15 +5,12 @@ over bounded sub-batches; a SIGINT then surfaces as KeyboardInterrupt between tw
 Splitting must not change per-image outputs at all, and batch sums only by rounding.
 """
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
+from _child import interrupt_child
 from conftest import DTYPES, assert_close
 
 import convx
@@ -184,26 +181,9 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
 def test_ctrl_c_interrupts_a_long_call_between_sub_batches_and_leaves_the_process_usable():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env) as child:
-        try:
-            reports = []
-            for line in child.stdout:
-                words = line.split()
-                if words[0] == "start":
-                    time.sleep(0.3)
-                    sent = time.time()
-                    child.send_signal(signal.SIGINT)
-                    reports.append((words[1], float(words[2]), float(words[3]), sent))
-                elif words[0] in ("interrupted", "finished"):
-                    reports[-1] += (words[0], *map(float, words[2:]))
-                elif words[0] == "usable":
-                    break
-            stderr = child.stderr.read()
-            assert child.wait(timeout=60) == 0, stderr
-        finally:
-            child.kill()
+    lines = interrupt_child(CHILD, delay=0.3, timeout=60)
+    reports = [(start[1], float(start[2]), float(start[3]), sent, end[0], *map(float, end[2:]))
+               for (start, sent), (end, _) in zip(lines[::2], lines[1::2])]
     assert [r[0] for r in reports] == ["conv2d", "conv2d_backward", "avg_pool2d"], reports
     for name, estimate, sub_batch, sent, outcome, *times in reports:
         assert outcome == "interrupted", (name, estimate, times)

@@ -8,15 +8,12 @@ any thread count, whatever the geometry (both backward kernels: windows as wide 
 and any windows; rows under no window; ceil_mode windows; every divisor rule).
 """
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
+from _child import interrupt_child
 from conftest import DTYPES, assert_close
 
 import convx._batching
@@ -198,26 +195,9 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
 def test_ctrl_c_stops_a_single_huge_average_pooled_plane_between_bands_of_rows():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
-    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env) as child:
-        try:
-            reports = []
-            for line in child.stdout:
-                words = line.split()
-                if words[0] == "start":
-                    time.sleep(0.2)
-                    sent = time.time()
-                    child.send_signal(signal.SIGINT)
-                    reports.append((words[1], float(words[2]), sent))
-                elif words[0] in ("interrupted", "finished"):
-                    reports[-1] += (words[0], float(words[2]), float(words[3]))
-                elif words[0] == "usable":
-                    break
-            stderr = child.stderr.read()
-            assert child.wait(timeout=120) == 0, stderr
-        finally:
-            child.kill()
+    lines = interrupt_child(CHILD, delay=0.2, OMP_NUM_THREADS="1")
+    reports = [(start[1], float(start[2]), sent, end[0], float(end[2]), float(end[3]))
+               for (start, sent), (end, _) in zip(lines[::2], lines[1::2])]
     assert [r[0] for r in reports] == ["forward", "backward"], reports
     for name, estimate, sent, outcome, caught, elapsed in reports:
         assert outcome == "interrupted", (name, estimate, elapsed)

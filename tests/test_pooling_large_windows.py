@@ -8,15 +8,12 @@ Both kernels (phase split and separable) are forced on every case of test_poolin
 huge images split into bands of output rows must give what one call gives.
 """
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
+from _child import interrupt_child
 from conftest import DTYPES
 from test_pooling import make_input, torch_max_pool
 
@@ -254,28 +251,10 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
 def test_ctrl_c_stops_a_single_huge_plane_between_bands_of_rows():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
-    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env) as child:
-        try:
-            lines = []
-            for line in child.stdout:
-                words = line.split()
-                lines.append(words)
-                if words[0] == "start":
-                    time.sleep(0.05)
-                    sent = time.time()
-                    child.send_signal(signal.SIGINT)
-                elif words[0] == "usable":
-                    break
-            stderr = child.stderr.read()
-            assert child.wait(timeout=60) == 0, stderr
-        finally:
-            child.kill()
-    (_, estimate), (outcome, caught, elapsed) = lines[0], lines[1]
-    assert outcome == "interrupted", (lines, estimate)
+    ((_, estimate), sent), ((outcome, caught, elapsed), _) = interrupt_child(CHILD, delay=0.05, OMP_NUM_THREADS="1")
+    assert outcome == "interrupted", (outcome, estimate, elapsed)
     # Bands of a few milliseconds: the signal is seen within a fraction of a second, long before
     # the ~second the whole plane takes.
-    assert float(caught) - sent < 0.25, (lines, sent)
-    assert float(elapsed) < 0.7 * float(estimate), lines
+    assert float(caught) - sent < 0.25, (caught, sent)
+    assert float(elapsed) < 0.7 * float(estimate), (elapsed, estimate)
 
