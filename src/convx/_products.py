@@ -4,6 +4,7 @@ convolutions whose window covers the whole input)."""
 from __future__ import annotations
 
 import contextvars
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,8 @@ def _quiet_matmul(a: AnyArray, b: AnyArray, out: AnyArray) -> None:
     if _ERRSTATE_IN_CONTEXT:
         contextvars.copy_context().run(_matmul_ignoring_errors, a, b, out)
     else:
-        np.matmul(a, b, out=out, extobj=[np.getbufsize(), 0, None])
+        numpy1_matmul: Any = np.matmul  # (NumPy 2's stubs know no extobj)
+        numpy1_matmul(a, b, out=out, extobj=[np.getbufsize(), 0, None])
 
 
 def _matmul_ignoring_errors(a: AnyArray, b: AnyArray, out: AnyArray) -> None:
