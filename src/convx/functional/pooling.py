@@ -9,6 +9,7 @@ never modified; any memory layout is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
 import numpy as np
@@ -232,6 +233,12 @@ def _max_pool_separable(
     )
 
 
+def _band_edges(rows: int, bands: int) -> Iterator[tuple[int, int]]:
+    """The rows ``[begin, end)`` of each of ``bands`` bands of ``rows`` rows, as equal as whole rows allow."""
+    for band in range(bands):
+        yield band * rows // bands, (band + 1) * rows // bands
+
+
 def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: int, reach: int) -> int:
     """Bands of rows to split each image into (one kernel call each), so that Ctrl-C is seen
     between calls (some tens of milliseconds each) even in a single huge plane; whole images go in
@@ -350,10 +357,9 @@ def max_pool2d(
             work = _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])
         bands = _row_bands(work, c, height, out_h, (kernel[0] - 1) * dilation[0])
         for part in sub_batches(n, work):
-            for band in range(bands):
+            for begin, end in _band_edges(out_h, bands):
                 _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
-                                         separable, band * out_h // bands, (band + 1) * out_h // bands,
-                                         kernel_threads())
+                                         separable, begin, end, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -517,9 +523,9 @@ def avg_pool2d(
         # Each output row is summed on its own, so bands repeat no work (reach 0).
         bands = _row_bands(work, c, height, out_h, 0)
         for part in sub_batches(n, work):
-            for band in range(bands):
+            for begin, end in _band_edges(out_h, bands):
                 _core.avg_pool2d_forward(x[part], y[part], *kernel, *stride, *padding, count_include_pad, divisor,
-                                         band * out_h // bands, (band + 1) * out_h // bands, kernel_threads())
+                                         begin, end, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -593,10 +599,9 @@ def avg_pool2d_backward(
         # from them, so no cap on the bands for it (reach 0).
         bands = _row_bands(work, shape[1], out_h, height, 0)
         for part in sub_batches(shape[0], work):
-            for band in range(bands):
+            for begin, end in _band_edges(height, bands):
                 _core.avg_pool2d_backward(grad_out4[part], grad_x[part], *kernel, *stride, *padding,
-                                          count_include_pad, divisor, band * height // bands,
-                                          (band + 1) * height // bands, kernel_threads())
+                                          count_include_pad, divisor, begin, end, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
