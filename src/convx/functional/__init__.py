@@ -1,5 +1,20 @@
 """Public functional ops (PyTorch-compatible semantics) on NumPy arrays."""
 
+from .activations import (
+    activation_backward,
+    elu,
+    gelu,
+    hardsigmoid,
+    hardswish,
+    leaky_relu,
+    relu,
+    relu6,
+    selu,
+    sigmoid,
+    silu,
+    softplus,
+    tanh,
+)
 from .conv import (
     conv2d,
     conv2d_backward,
@@ -8,6 +23,7 @@ from .conv import (
     conv2d_backward_weight,
     conv_transpose2d,
 )
+from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -19,17 +35,33 @@ from .pooling import (
 )
 
 __all__ = [
+    "activation_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_forward",
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_bias",
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "conv_transpose2d",
+    "elu",
+    "gelu",
+    "hardsigmoid",
+    "hardswish",
+    "leaky_relu",
     "max_pool2d",
     "max_pool2d_backward",
+    "relu",
+    "relu6",
+    "selu",
+    "sigmoid",
+    "silu",
+    "softplus",
+    "tanh",
 ]

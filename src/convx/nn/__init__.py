@@ -7,7 +7,21 @@ accumulate across calls (see :mod:`convx.nn.module`).
 """
 
 from . import init
-from .activations import ELU, PReLU, ReLU, SELU, LeakyReLU, Sigmoid, Tanh
+from .activations import (
+    ELU,
+    GELU,
+    SELU,
+    Hardsigmoid,
+    Hardswish,
+    LeakyReLU,
+    PReLU,
+    ReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Softplus,
+    Tanh,
+)
 from .containers import Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
@@ -34,9 +48,12 @@ __all__ = [
     "CrossEntropyLoss",
     "Dropout",
     "ELU",
+    "GELU",
     "Flatten",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
+    "Hardsigmoid",
+    "Hardswish",
     "LeakyReLU",
     "Linear",
     "MSELoss",
@@ -45,9 +62,12 @@ __all__ = [
     "PReLU",
     "Parameter",
     "ReLU",
+    "ReLU6",
     "SELU",
     "Sequential",
+    "SiLU",
     "Sigmoid",
+    "Softplus",
     "Tanh",
     "init",
 ]

@@ -1,4 +1,11 @@
-"""Element-wise activations in NumPy. Output and gradients keep the input's dtype."""
+"""Element-wise activations: compiled, threaded kernels (``convx.functional.activations``).
+
+Output and gradients keep the input's dtype. Each layer keeps for its backward only what the
+gradient reads: the output for ReLU, ReLU6, LeakyReLU (non-negative slope), Sigmoid and Tanh,
+the input (a reference, not a copy) for the others. ``inplace=True`` overwrites the input with
+the output, as in PyTorch; for the activations whose gradient reads the input it then keeps a
+copy of the input, so it saves memory only for the first group.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike
-from scipy.special import expit
 
-from .._checks import as_int
+from .._checks import as_bool, as_int
+from ..functional import activations as F
 from .module import Module, as_dtype, check_input
 
 _ANY_NDIM = range(33)
@@ -21,8 +28,60 @@ def _as_float(name: str, value: object) -> float:
     return float(value)
 
 
-class ReLU(Module):
+class _Activation(Module):
+    """An element-wise activation computed by ``convx.functional.activations``.
+
+    Subclasses set ``name`` (the functional's name) and ``reads`` (what the backward needs:
+    ``'input'`` or ``'output'``), and give their options in ``_options``.
+    """
+
+    name: str = ""
+    reads: str = "input"
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = as_bool("inplace", inplace)
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def _forward_options(self) -> dict[str, Any]:
+        options = self._options()
+        if self.inplace:
+            options["inplace"] = True
+        return options
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x`` of any shape."""
+        x = check_input(self, x, _ANY_NDIM)
+        reads = self._reads()
+        saved_input = x.copy() if self.inplace and reads == "input" else x
+        y: np.ndarray = getattr(F, self.name)(x, **self._forward_options())
+        self._save_for_backward(y, y if reads == "output" else saved_input)
+        return y
+
+    def _reads(self) -> str:
+        return self.reads
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient: ``grad_out * act'(x)``."""
+        grad_out, (saved,) = self._saved_for_backward(grad_out)
+        return F.activation_backward(self.name, grad_out, saved, saved_is=self._reads(), **self._options())
+
+    def extra_repr(self) -> str:
+        text = ", ".join(f"{key}={value!r}" for key, value in self._options().items())
+        if self.inplace:
+            text = f"{text}, inplace=True" if text else "inplace=True"
+        return text
+
+
+class ReLU(_Activation):
     """``max(x, 0)``.
+
+    Parameters
+    ----------
+    inplace : bool, default False
+        Overwrite the input with the output.
 
     Examples
     --------
@@ -35,25 +94,37 @@ class ReLU(Module):
     array([0., 5.])
     """
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        y: np.ndarray = np.maximum(x, 0)
-        self._save_for_backward(y, x > 0)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """``grad_out`` where the input was positive, 0 elsewhere."""
-        grad_out, (positive,) = self._saved_for_backward(grad_out)
-        return np.where(positive, grad_out, 0)
+    name = "relu"
+    reads = "output"
 
 
-class LeakyReLU(Module):
+class ReLU6(_Activation):
+    """``min(max(x, 0), 6)``.
+
+    Parameters
+    ----------
+    inplace : bool, default False
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.ReLU6()(np.array([-1.0, 2.0, 8.0]))
+    array([0., 2., 6.])
+    """
+
+    name = "relu6"
+    reads = "output"
+
+
+class LeakyReLU(_Activation):
     """``x`` where positive, ``negative_slope * x`` elsewhere.
 
     Parameters
     ----------
     negative_slope : float, default 0.01
+    inplace : bool, default False
+        Needs a non-negative slope.
 
     Examples
     --------
@@ -63,25 +134,19 @@ class LeakyReLU(Module):
     array([-0.1,  2. ])
     """
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__()
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.negative_slope = _as_float("negative_slope", negative_slope)
+        if self.inplace and self.negative_slope < 0:
+            raise ValueError(f"inplace=True needs a non-negative negative_slope, got {self.negative_slope}")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        positive = x > 0
-        y = np.where(positive, x, x * self.negative_slope)
-        self._save_for_backward(y, positive)
-        return y
+    def _options(self) -> dict[str, Any]:
+        return {"negative_slope": self.negative_slope}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """``grad_out`` scaled by 1 or ``negative_slope``."""
-        grad_out, (positive,) = self._saved_for_backward(grad_out)
-        return np.where(positive, grad_out, grad_out * self.negative_slope)
-
-    def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
+    def _reads(self) -> str:
+        return "output" if self.negative_slope >= 0 else "input"
 
 
 class PReLU(Module):
@@ -147,18 +212,21 @@ class PReLU(Module):
         else:
             axes = (0,) + tuple(range(2, x.ndim))
             self._grads["weight"] = grad_slope.sum(axis=axes)
-        return np.where(positive, grad_out, grad_out * self._broadcast_weight(x.ndim))
+        grad_in: np.ndarray = grad_out * np.where(positive, 1, self._broadcast_weight(x.ndim)).astype(x.dtype, copy=False)
+        return grad_in
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}, dtype={self.dtype}"
 
 
-class ELU(Module):
+class ELU(_Activation):
     """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere.
 
     Parameters
     ----------
     alpha : float, default 1.0
+    inplace : bool, default False
+        Needs a non-negative alpha; the gradient is then computed from the output.
 
     Examples
     --------
@@ -168,33 +236,30 @@ class ELU(Module):
     array([0., 1.])
     """
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        super().__init__()
+    name = "elu"
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.alpha = _as_float("alpha", alpha)
+        if self.inplace and self.alpha < 0:
+            raise ValueError(f"inplace=True needs a non-negative alpha, got {self.alpha}")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        positive = x > 0
-        # exp of the clipped input: no overflow for large positive x, whose branch is discarded.
-        exp_negative = np.exp(np.minimum(x, 0))
-        y = np.where(positive, x, self.alpha * np.expm1(np.minimum(x, 0)))
-        self._save_for_backward(y, positive, exp_negative)
-        return y
+    def _options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient: ``grad_out`` times 1 or ``alpha * exp(x)``."""
-        grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
-        return np.where(positive, grad_out, grad_out * (self.alpha * exp_negative))
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+    def _reads(self) -> str:
+        # As PyTorch: from the input (exact), unless in place overwrote it.
+        return "output" if self.inplace else "input"
 
 
-class SELU(Module):
+class SELU(_Activation):
     """Scaled ELU, ``scale * ELU(x, alpha)`` with the self-normalising constants of Klambauer et al.
 
     ``alpha = 1.6732632423543772``, ``scale = 1.0507009873554805``, as ``torch.nn.SELU``.
+
+    Parameters
+    ----------
+    inplace : bool, default False
 
     Examples
     --------
@@ -204,26 +269,16 @@ class SELU(Module):
     array([1.05070099])
     """
 
-    ALPHA = 1.6732632423543772848170429916717
-    SCALE = 1.0507009873554804934193349852946
+    ALPHA = F.SELU_ALPHA
+    SCALE = F.SELU_SCALE
+    name = "selu"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        positive = x > 0
-        exp_negative = np.exp(np.minimum(x, 0))
-        y = self.SCALE * np.where(positive, x, self.ALPHA * np.expm1(np.minimum(x, 0)))
-        self._save_for_backward(y, positive, exp_negative)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient: ``grad_out`` times ``scale`` or ``scale * alpha * exp(x)``."""
-        grad_out, (positive, exp_negative) = self._saved_for_backward(grad_out)
-        return np.where(positive, self.SCALE * grad_out, grad_out * (self.SCALE * self.ALPHA * exp_negative))
+    def _reads(self) -> str:
+        return "output" if self.inplace else "input"
 
 
-class Sigmoid(Module):
-    """``1 / (1 + exp(-x))``, computed without overflow.
+class Sigmoid(_Activation):
+    """``1 / (1 + exp(-x))``.
 
     Examples
     --------
@@ -233,22 +288,14 @@ class Sigmoid(Module):
     array([0.5])
     """
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        y: np.ndarray = expit(x)
-        self._save_for_backward(y, y)
-        return y
+    name = "sigmoid"
+    reads = "output"
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient: ``grad_out * y * (1 - y)``."""
-        grad_out, saved = self._saved_for_backward(grad_out)
-        y: np.ndarray = saved[0]
-        result: np.ndarray = grad_out * y * (1 - y)
-        return result
+    def __init__(self) -> None:
+        super().__init__(False)
 
 
-class Tanh(Module):
+class Tanh(_Activation):
     """Hyperbolic tangent.
 
     Examples
@@ -259,16 +306,117 @@ class Tanh(Module):
     array([0.])
     """
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` of any shape."""
-        x = check_input(self, x, _ANY_NDIM)
-        y: np.ndarray = np.tanh(x)
-        self._save_for_backward(y, y)
-        return y
+    name = "tanh"
+    reads = "output"
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient: ``grad_out * (1 - y**2)``."""
-        grad_out, saved = self._saved_for_backward(grad_out)
-        y: np.ndarray = saved[0]
-        result: np.ndarray = grad_out * (1 - y * y)
-        return result
+    def __init__(self) -> None:
+        super().__init__(False)
+
+
+class SiLU(_Activation):
+    """``x * sigmoid(x)`` (Swish).
+
+    Parameters
+    ----------
+    inplace : bool, default False
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.SiLU()(np.array([0.0]))
+    array([0.])
+    """
+
+    name = "silu"
+
+
+class GELU(_Activation):
+    """``x * Phi(x)``, Phi the standard normal CDF, or its tanh approximation.
+
+    Parameters
+    ----------
+    approximate : {'none', 'tanh'}, default 'none'
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.GELU()(np.array([0.0]))
+    array([0.])
+    """
+
+    name = "gelu"
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__(False)
+        F._gelu_kind(approximate)
+        self.approximate = approximate
+
+    def _options(self) -> dict[str, Any]:
+        return {"approximate": self.approximate}
+
+
+class Hardswish(_Activation):
+    """``x * relu6(x + 3) / 6`` (MobileNetV3).
+
+    Parameters
+    ----------
+    inplace : bool, default False
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.Hardswish()(np.array([-4.0, 4.0]))
+    array([-0.,  4.])
+    """
+
+    name = "hardswish"
+
+
+class Hardsigmoid(_Activation):
+    """``relu6(x + 3) / 6``.
+
+    Parameters
+    ----------
+    inplace : bool, default False
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.Hardsigmoid()(np.array([0.0]))
+    array([0.5])
+    """
+
+    name = "hardsigmoid"
+
+
+class Softplus(_Activation):
+    """``log(1 + exp(beta * x)) / beta``, and ``x`` where ``beta * x > threshold``.
+
+    Parameters
+    ----------
+    beta : float, default 1.0
+    threshold : float, default 20.0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.Softplus()(np.array([0.0]))
+    array([0.69314718])
+    """
+
+    name = "softplus"
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__(False)
+        self.beta = _as_float("beta", beta)
+        self.threshold = _as_float("threshold", threshold)
+        if self.beta == 0:
+            raise ValueError("beta must be non-zero, got 0.0")
+
+    def _options(self) -> dict[str, Any]:
+        return {"beta": self.beta, "threshold": self.threshold}

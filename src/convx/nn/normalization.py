@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
+from ..functional.normalization import batch_norm_backward, batch_norm_forward
 from .module import Module, as_dtype, check_input
 
 
@@ -89,70 +90,43 @@ class BatchNorm2d(Module):
             self._buffers["running_var"] = np.ones(self.num_features, dtype=self.dtype)
             self._buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
 
-    def _update_running_stats(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
-        self._buffers["num_batches_tracked"] += 1
-        if self.momentum is None:
-            factor = 1.0 / float(self._buffers["num_batches_tracked"])
-        else:
-            factor = self.momentum
-        unbiased_var = batch_var * (count / (count - 1))
-        # In place: state_dict consumers and callers may hold the arrays.
-        running_mean, running_var = self._buffers["running_mean"], self._buffers["running_var"]
-        running_mean *= 1 - factor
-        running_mean += factor * batch_mean
-        running_var *= 1 - factor
-        running_var += factor * unbiased_var
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalise ``x`` (N, C, H, W)."""
         x = check_input(self, x, (4,), self.dtype)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got x of shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
-        if use_batch_stats:
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            if self.training and count < 2:
-                raise ValueError(
-                    f"BatchNorm2d needs more than one value per channel when training, got x of shape {x.shape}"
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+            raise ValueError(
+                f"BatchNorm2d needs more than one value per channel when training, got x of shape {x.shape}"
+            )
+        running: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        momentum = 0.0
+        if self.track_running_stats:
+            running = (self._buffers["running_mean"], self._buffers["running_var"])
+            if self.training:
+                self._buffers["num_batches_tracked"] += 1
+                momentum = (
+                    1.0 / float(self._buffers["num_batches_tracked"]) if self.momentum is None else self.momentum
                 )
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
-            if self.training and self.track_running_stats:
-                self._update_running_stats(mean, var, count)
-        else:
-            mean, var = self._buffers["running_mean"], self._buffers["running_var"]
-        inv_std = 1.0 / np.sqrt(var + self.eps)
-        x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
-        y: np.ndarray
-        if self.affine:
-            y = x_hat * self._params["weight"][:, None, None] + self._params["bias"][:, None, None]
-        else:
-            y = x_hat.copy()  # x_hat itself stays private to backward
-        self._save_for_backward(y, x_hat, inv_std, use_batch_stats)
+        weight = self._params["weight"] if self.affine else None
+        bias = self._params["bias"] if self.affine else None
+        # The running statistics are updated in place: state_dict consumers and callers may hold them.
+        y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, use_batch_stats, momentum, self.eps)
+        # The input itself (not a copy): the backward recomputes x_hat from it.
+        self._save_for_backward(y, x, mean, inv_std, use_batch_stats)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
-        grad_out, saved = self._saved_for_backward(grad_out)
-        x_hat: np.ndarray = saved[0]
-        inv_std: np.ndarray = saved[1]
-        used_batch_stats: bool = saved[2]
+        grad_out, (x, mean, inv_std, used_batch_stats) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"] if self.affine else None
+        grad_x, grad_weight, grad_bias = batch_norm_backward(
+            grad_out, x, mean, inv_std, weight, used_batch_stats, needs_param_grads=self.affine
+        )
         if self.affine:
-            self._grads["weight"] = (grad_out * x_hat).sum(axis=(0, 2, 3))
-            self._grads["bias"] = grad_out.sum(axis=(0, 2, 3))
-            grad_x_hat = grad_out * self._params["weight"][:, None, None]
-        else:
-            grad_x_hat = grad_out
-        if not used_batch_stats:
-            result: np.ndarray = grad_x_hat * inv_std[:, None, None]
-            return result
-        # With batch statistics the mean and variance depend on x too:
-        # grad_x = inv_std * (grad_x_hat - mean(grad_x_hat) - x_hat * mean(grad_x_hat * x_hat)).
-        mean_grad = grad_x_hat.mean(axis=(0, 2, 3))
-        mean_grad_dot_x_hat = (grad_x_hat * x_hat).mean(axis=(0, 2, 3))
-        grad_x: np.ndarray = (
-            grad_x_hat - mean_grad[:, None, None] - x_hat * mean_grad_dot_x_hat[:, None, None]
-        ) * inv_std[:, None, None]
+            self._grads["weight"] = grad_weight
+            self._grads["bias"] = grad_bias
         return grad_x
 
     def extra_repr(self) -> str:

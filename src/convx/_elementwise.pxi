@@ -1,0 +1,187 @@
+# Activations and batch normalisation (C bodies in _elementwise.h).
+#
+# An activation splits its elements into one contiguous run per thread. Batch normalisation's
+# sums over a channel run one channel per thread (each thread owns its channels' figures); its
+# element-wise passes run one (image, channel) plane per thread. No thread writes what another
+# reads or writes.
+
+cdef extern from "_elementwise.h" nogil:
+    enum:
+        CONVX_ACT_RELU
+        CONVX_ACT_RELU6
+        CONVX_ACT_LEAKY_RELU
+        CONVX_ACT_ELU
+        CONVX_ACT_ELU_INPUT
+        CONVX_ACT_SIGMOID
+        CONVX_ACT_TANH
+        CONVX_ACT_SILU
+        CONVX_ACT_GELU
+        CONVX_ACT_GELU_TANH
+        CONVX_ACT_HARDSWISH
+        CONVX_ACT_HARDSIGMOID
+        CONVX_ACT_SOFTPLUS
+        CONVX_ACT_COUNT
+    void convx_activation_forward_f(int kind, const float* x, float* y, Py_ssize_t n, double p0, double p1)
+    void convx_activation_forward_d(int kind, const double* x, double* y, Py_ssize_t n, double p0, double p1)
+    void convx_activation_backward_f(int kind, const float* grad_out, const float* saved, float* grad_in,
+                                     Py_ssize_t n, double p0, double p1)
+    void convx_activation_backward_d(int kind, const double* grad_out, const double* saved, double* grad_in,
+                                     Py_ssize_t n, double p0, double p1)
+    void convx_bn_channel_moments_f(const float* x, Py_ssize_t n_images, Py_ssize_t image_stride,
+                                    Py_ssize_t plane, double count, double* mean, double* m2)
+    void convx_bn_channel_moments_d(const double* x, Py_ssize_t n_images, Py_ssize_t image_stride,
+                                    Py_ssize_t plane, double count, double* mean, double* m2)
+    void convx_bn_channel_grad_sums_f(const float* grad_out, const float* x, Py_ssize_t n_images,
+                                      Py_ssize_t image_stride, Py_ssize_t plane, double mean, double* sum_grad,
+                                      double* sum_grad_centered)
+    void convx_bn_channel_grad_sums_d(const double* grad_out, const double* x, Py_ssize_t n_images,
+                                      Py_ssize_t image_stride, Py_ssize_t plane, double mean, double* sum_grad,
+                                      double* sum_grad_centered)
+    void convx_bn_normalize_plane_f(const float* x, float* out, Py_ssize_t n, double mean, double scale,
+                                    double shift)
+    void convx_bn_normalize_plane_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
+                                    double shift)
+    void convx_bn_input_grad_plane_f(const float* grad_out, const float* x, float* grad_in, Py_ssize_t n,
+                                     double mean, double k_grad, double k_centered, double k_0)
+    void convx_bn_input_grad_plane_d(const double* grad_out, const double* x, double* grad_in, Py_ssize_t n,
+                                     double mean, double k_grad, double k_centered, double k_0)
+
+
+#: The activations the kernels know, by the name convx.functional gives them.
+ACTIVATIONS = {
+    "relu": CONVX_ACT_RELU,
+    "relu6": CONVX_ACT_RELU6,
+    "leaky_relu": CONVX_ACT_LEAKY_RELU,
+    "elu": CONVX_ACT_ELU,
+    "elu_input": CONVX_ACT_ELU_INPUT,
+    "sigmoid": CONVX_ACT_SIGMOID,
+    "tanh": CONVX_ACT_TANH,
+    "silu": CONVX_ACT_SILU,
+    "gelu": CONVX_ACT_GELU,
+    "gelu_tanh": CONVX_ACT_GELU_TANH,
+    "hardswish": CONVX_ACT_HARDSWISH,
+    "hardsigmoid": CONVX_ACT_HARDSIGMOID,
+    "softplus": CONVX_ACT_SOFTPLUS,
+}
+
+
+cdef enum:
+    # Elements per thread below which another thread costs more to start than it saves.
+    ELEMENTWISE_GRAIN = 32768
+
+
+cdef inline int _elementwise_team(int n_threads, Py_ssize_t units, Py_ssize_t work) noexcept nogil:
+    """Threads for `units` independent pieces of `work` elements in all."""
+    return <int> max(1, min(<Py_ssize_t> n_threads, min(units, work // ELEMENTWISE_GRAIN)))
+
+
+def activation_forward(const floating[::1] x, floating[::1] y, int kind, double p0, double p1, int n_threads):
+    """y = act(x) element by element (y may share x's memory)."""
+    cdef Py_ssize_t n = x.shape[0], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n, n)
+    if n == 0:
+        return
+    cdef const floating* src = &x[0]
+    cdef floating* dst = &y[0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n // team
+            end = (t + 1) * n // team
+            if floating is float:
+                convx_activation_forward_f(kind, src + begin, dst + begin, end - begin, p0, p1)
+            else:
+                convx_activation_forward_d(kind, src + begin, dst + begin, end - begin, p0, p1)
+
+
+def activation_backward(const floating[::1] grad_out, const floating[::1] saved, floating[::1] grad_in, int kind,
+                        double p0, double p1, int n_threads):
+    """grad_in = grad_out * act'(.) from the forward's input or output `saved` (grad_in may share
+    grad_out's memory)."""
+    cdef Py_ssize_t n = grad_out.shape[0], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n, 2 * n)
+    if n == 0:
+        return
+    cdef const floating* g = &grad_out[0]
+    cdef const floating* s = &saved[0]
+    cdef floating* dst = &grad_in[0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n // team
+            end = (t + 1) * n // team
+            if floating is float:
+                convx_activation_backward_f(kind, g + begin, s + begin, dst + begin, end - begin, p0, p1)
+            else:
+                convx_activation_backward_d(kind, g + begin, s + begin, dst + begin, end - begin, p0, p1)
+
+
+def batch_norm_moments(const floating[:, :, ::1] x, double count, double[::1] mean, double[::1] m2, int n_threads):
+    """Merge x (N, C, H*W) into each channel's running mean[c] and sum of squared deviations
+    m2[c] of `count` values so far."""
+    cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], plane = x.shape[2], c
+    cdef int team = _elementwise_team(n_threads, channels, x.shape[0] * channels * plane)
+    if n_images == 0 or plane == 0:
+        return
+    with nogil:
+        for c in prange(channels, schedule='static', num_threads=team):
+            if floating is float:
+                convx_bn_channel_moments_f(&x[0, c, 0], n_images, channels * plane, plane, count, &mean[c], &m2[c])
+            else:
+                convx_bn_channel_moments_d(&x[0, c, 0], n_images, channels * plane, plane, count, &mean[c], &m2[c])
+
+
+def batch_norm_grad_sums(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x, const double[::1] mean,
+                         double[::1] sum_grad, double[::1] sum_grad_centered, int n_threads):
+    """sum_grad[c] += sum grad_out[:, c]; sum_grad_centered[c] += sum grad_out[:, c] * (x[:, c] - mean[c])
+    over (N, C, H*W) arrays."""
+    cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], plane = x.shape[2], c
+    cdef int team = _elementwise_team(n_threads, channels, 2 * x.shape[0] * channels * plane)
+    if n_images == 0 or plane == 0:
+        return
+    with nogil:
+        for c in prange(channels, schedule='static', num_threads=team):
+            if floating is float:
+                convx_bn_channel_grad_sums_f(&grad_out[0, c, 0], &x[0, c, 0], n_images, channels * plane, plane,
+                                             mean[c], &sum_grad[c], &sum_grad_centered[c])
+            else:
+                convx_bn_channel_grad_sums_d(&grad_out[0, c, 0], &x[0, c, 0], n_images, channels * plane, plane,
+                                             mean[c], &sum_grad[c], &sum_grad_centered[c])
+
+
+def batch_norm_normalize(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
+                         const double[::1] scale, const double[::1] shift, int n_threads):
+    """out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over (N, C, H*W) arrays."""
+    cdef Py_ssize_t channels = x.shape[1], plane = x.shape[2], n_planes = x.shape[0] * channels, p, c
+    cdef int team = _elementwise_team(n_threads, n_planes, 2 * n_planes * plane)
+    if n_planes == 0 or plane == 0:
+        return
+    cdef const floating* src = &x[0, 0, 0]
+    cdef floating* dst = &out[0, 0, 0]
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=team):
+            c = p % channels
+            if floating is float:
+                convx_bn_normalize_plane_f(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c])
+            else:
+                convx_bn_normalize_plane_d(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c])
+
+
+def batch_norm_input_grad(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
+                          floating[:, :, ::1] grad_in, const double[::1] mean, const double[::1] k_grad,
+                          const double[::1] k_centered, const double[::1] k_0, int n_threads):
+    """grad_in[n, c] = k_grad[c] * grad_out[n, c] + k_centered[c] * (x[n, c] - mean[c]) + k_0[c]."""
+    cdef Py_ssize_t channels = x.shape[1], plane = x.shape[2], n_planes = x.shape[0] * channels, p, c
+    cdef int team = _elementwise_team(n_threads, n_planes, 3 * n_planes * plane)
+    if n_planes == 0 or plane == 0:
+        return
+    cdef const floating* g = &grad_out[0, 0, 0]
+    cdef const floating* src = &x[0, 0, 0]
+    cdef floating* dst = &grad_in[0, 0, 0]
+    with nogil:
+        for p in prange(n_planes, schedule='static', num_threads=team):
+            c = p % channels
+            if floating is float:
+                convx_bn_input_grad_plane_f(g + p * plane, src + p * plane, dst + p * plane, plane, mean[c],
+                                            k_grad[c], k_centered[c], k_0[c])
+            else:
+                convx_bn_input_grad_plane_d(g + p * plane, src + p * plane, dst + p * plane, plane, mean[c],
+                                            k_grad[c], k_centered[c], k_0[c])

@@ -1,0 +1,195 @@
+/* The element-wise kernels for one element type: included by _elementwise.h with ET the type
+ * (float, double), ES its suffix (f, d) and CONVX_EW_EXP & co. its libm functions. */
+
+/* y[i] = act(x[i]) for i < n; y may be x (in place). */
+CONVX_CLONES static void CONVX_EW(convx_activation_forward)(int kind, const ET *x, ET *y, ptrdiff_t n, double p0,
+                                                            double p1) {
+#define CONVX_EW_MAP(expr) CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) { const ET v = x[i]; y[i] = (expr); }
+    const ET a = (ET)p0, b = (ET)p1;
+    switch (kind) {
+    case CONVX_ACT_RELU:
+        CONVX_EW_MAP(v < 0 ? (ET)0 : v)
+        break;
+    case CONVX_ACT_RELU6:
+        CONVX_EW_MAP(v < 0 ? (ET)0 : (v > 6 ? (ET)6 : v))
+        break;
+    case CONVX_ACT_LEAKY_RELU:
+        CONVX_EW_MAP(v > 0 ? v : v * a)
+        break;
+    case CONVX_ACT_ELU:
+    case CONVX_ACT_ELU_INPUT:
+        CONVX_EW_MAP(v <= 0 ? CONVX_EW_EXPM1(v) * (a * b) : v * b)
+        break;
+    case CONVX_ACT_SIGMOID:
+        CONVX_EW_MAP((ET)1 / ((ET)1 + CONVX_EW_EXP(-v)))
+        break;
+    case CONVX_ACT_TANH:
+        CONVX_EW_MAP(CONVX_EW_TANH(v))
+        break;
+    case CONVX_ACT_SILU:
+        CONVX_EW_MAP(v / ((ET)1 + CONVX_EW_EXP(-v)))
+        break;
+    case CONVX_ACT_GELU:
+        CONVX_EW_MAP((ET)0.5 * v * CONVX_EW_ERFC(v * (ET)-M_SQRT1_2))
+        break;
+    case CONVX_ACT_GELU_TANH: {
+        const ET beta = (ET)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = (ET)0.044715;
+        CONVX_EW_MAP((ET)0.5 * v * ((ET)1 + CONVX_EW_TANH(beta * (v + kappa * v * v * v))))
+        break;
+    }
+    case CONVX_ACT_HARDSWISH:
+        CONVX_EW_MAP(v * (v + 3 < 0 ? (ET)0 : (v + 3 > 6 ? (ET)6 : v + 3)) / (ET)6)
+        break;
+    case CONVX_ACT_HARDSIGMOID:
+        CONVX_EW_MAP((v + 3 < 0 ? (ET)0 : (v + 3 > 6 ? (ET)6 : v + 3)) / (ET)6)
+        break;
+    case CONVX_ACT_SOFTPLUS:
+        CONVX_EW_MAP(v * a > b ? v : CONVX_EW_LOG1P(CONVX_EW_EXP(v * a)) / a)
+        break;
+    default:
+        break;
+    }
+#undef CONVX_EW_MAP
+}
+
+/* grad_in[i] = grad_out[i] * act'(x[i]), from saved[i]: the forward's output y or its input x
+ * (see enum convx_activation). grad_in may be grad_out. */
+CONVX_CLONES static void CONVX_EW(convx_activation_backward)(int kind, const ET *grad_out, const ET *saved,
+                                                             ET *grad_in, ptrdiff_t n, double p0, double p1) {
+#define CONVX_EW_MAP(expr)                                                                                \
+    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {                                                        \
+        const ET g = grad_out[i], s = saved[i];                                                           \
+        grad_in[i] = (expr);                                                                              \
+    }
+    const ET a = (ET)p0, b = (ET)p1;
+    switch (kind) {
+    case CONVX_ACT_RELU:
+        CONVX_EW_MAP(s <= 0 ? (ET)0 : g)
+        break;
+    case CONVX_ACT_RELU6:
+        CONVX_EW_MAP((s <= 0 || s >= 6) ? (ET)0 : g)
+        break;
+    case CONVX_ACT_LEAKY_RELU:
+        CONVX_EW_MAP(s > 0 ? g : g * a)
+        break;
+    case CONVX_ACT_ELU:
+        CONVX_EW_MAP(s <= 0 ? g * (s + a * b) : g * b)
+        break;
+    case CONVX_ACT_ELU_INPUT:
+        CONVX_EW_MAP(s <= 0 ? g * (a * b) * CONVX_EW_EXP(s) : g * b)
+        break;
+    case CONVX_ACT_SIGMOID:
+        CONVX_EW_MAP(g * ((ET)1 - s) * s)
+        break;
+    case CONVX_ACT_TANH:
+        CONVX_EW_MAP(g * ((ET)1 - s * s))
+        break;
+    case CONVX_ACT_SILU:
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            const ET s = saved[i], sigmoid = (ET)1 / ((ET)1 + CONVX_EW_EXP(-s));
+            grad_in[i] = grad_out[i] * sigmoid * ((ET)1 + s * ((ET)1 - sigmoid));
+        }
+        break;
+    case CONVX_ACT_GELU: {
+        const ET half_sqrt_2_over_pi = (ET)(M_2_SQRTPI * M_SQRT1_2 * 0.5);
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            const ET s = saved[i];
+            const ET cdf = (ET)0.5 * CONVX_EW_ERFC(s * (ET)-M_SQRT1_2);
+            const ET pdf = CONVX_EW_EXP((ET)-0.5 * s * s) * half_sqrt_2_over_pi;
+            grad_in[i] = grad_out[i] * (cdf + s * pdf);
+        }
+        break;
+    }
+    case CONVX_ACT_GELU_TANH: {
+        const ET beta = (ET)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = (ET)0.044715;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            const ET s = saved[i], s2 = s * s;
+            const ET t = CONVX_EW_TANH(beta * (s + kappa * s2 * s));
+            const ET left = (ET)0.5 * s, right = (ET)1 + t;
+            const ET right_derivative = left * ((ET)1 - t * t) * beta * ((ET)1 + (ET)3 * kappa * s2);
+            grad_in[i] = grad_out[i] * ((ET)0.5 * right + right_derivative);
+        }
+        break;
+    }
+    case CONVX_ACT_HARDSWISH:
+        CONVX_EW_MAP(s <= -3 ? (ET)0 : (s < 3 ? g * (s / (ET)3 + (ET)0.5) : g))
+        break;
+    case CONVX_ACT_HARDSIGMOID:
+        CONVX_EW_MAP((s > -3 && s < 3) ? g * (ET)(1.0 / 6.0) : (ET)0)
+        break;
+    case CONVX_ACT_SOFTPLUS:
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            const ET s = saved[i], z = CONVX_EW_EXP(s * a);
+            grad_in[i] = s * a > b ? grad_out[i] : grad_out[i] * z / (z + (ET)1);
+        }
+        break;
+    default:
+        break;
+    }
+#undef CONVX_EW_MAP
+}
+
+/* Merge the planes x + k * image_stride (k < n_images, plane elements each) into one channel's
+ * running figures: *count values so far (the same for every channel; not updated here), their
+ * mean *mean and sum of squared deviations *m2 (Chan, Golub and LeVeque's pairwise update,
+ * a block of CONVX_BN_BLOCK elements at a time, each block's own figures in two sweeps). */
+CONVX_CLONES static void CONVX_EW(convx_bn_channel_moments)(const ET *CONVX_RESTRICT x, ptrdiff_t n_images,
+                                                            ptrdiff_t image_stride, ptrdiff_t plane, double count,
+                                                            double *mean, double *m2) {
+    double total_mean = *mean, total_m2 = *m2;
+    for (ptrdiff_t k = 0; k < n_images; k++) {
+        const ET *src = x + k * image_stride;
+        for (ptrdiff_t b0 = 0; b0 < plane; b0 += CONVX_BN_BLOCK) {
+            const ptrdiff_t len = plane - b0 < CONVX_BN_BLOCK ? plane - b0 : CONVX_BN_BLOCK;
+            double sum = 0, squares = 0;
+            CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < len; i++) sum += (double)src[b0 + i];
+            const double block_mean = sum / (double)len;
+            CONVX_SIMD_SUM(squares) for (ptrdiff_t i = 0; i < len; i++) {
+                const double d = (double)src[b0 + i] - block_mean;
+                squares += d * d;
+            }
+            const double merged = count + (double)len, delta = block_mean - total_mean;
+            total_mean += delta * ((double)len / merged);
+            total_m2 += squares + delta * delta * (count * (double)len / merged);
+            count = merged;
+        }
+    }
+    *mean = total_mean;
+    *m2 = total_m2;
+}
+
+/* *sum_grad += sum of grad_out, *sum_grad_centered += sum of grad_out * (x - mean), over the
+ * planes of one channel (laid out as in convx_bn_channel_moments). */
+CONVX_CLONES static void CONVX_EW(convx_bn_channel_grad_sums)(const ET *CONVX_RESTRICT grad_out,
+                                                              const ET *CONVX_RESTRICT x, ptrdiff_t n_images,
+                                                              ptrdiff_t image_stride, ptrdiff_t plane, double mean,
+                                                              double *sum_grad, double *sum_grad_centered) {
+    double total = *sum_grad, total_centered = *sum_grad_centered;
+    for (ptrdiff_t k = 0; k < n_images; k++) {
+        const ET *g = grad_out + k * image_stride, *src = x + k * image_stride;
+        double s = 0, sc = 0;
+        CONVX_SIMD_SUM(s) for (ptrdiff_t i = 0; i < plane; i++) s += (double)g[i];
+        CONVX_SIMD_SUM(sc) for (ptrdiff_t i = 0; i < plane; i++) sc += (double)g[i] * ((double)src[i] - mean);
+        total += s;
+        total_centered += sc;
+    }
+    *sum_grad = total;
+    *sum_grad_centered = total_centered;
+}
+
+/* out[i] = (x[i] - mean) * scale + shift: the normalisation and the affine map of one plane. */
+CONVX_CLONES static void CONVX_EW(convx_bn_normalize_plane)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT out,
+                                                            ptrdiff_t n, double mean, double scale, double shift) {
+    const ET m = (ET)mean, sc = (ET)scale, sh = (ET)shift;
+    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) out[i] = (x[i] - m) * sc + sh;
+}
+
+/* grad_in[i] = k_grad * grad_out[i] + k_centered * (x[i] - mean) + k_0: the input gradient of one
+ * plane, whichever statistics the forward used. */
+CONVX_CLONES static void CONVX_EW(convx_bn_input_grad_plane)(const ET *CONVX_RESTRICT grad_out,
+                                                             const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT grad_in,
+                                                             ptrdiff_t n, double mean, double k_grad,
+                                                             double k_centered, double k_0) {
+    const ET m = (ET)mean, kg = (ET)k_grad, kc = (ET)k_centered, k0 = (ET)k_0;
+    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) grad_in[i] = kg * grad_out[i] + kc * (x[i] - m) + k0;
+}
