@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -298,6 +298,51 @@ def softplus(x: NDArray[Any], beta: float = 1.0, threshold: float = 20.0) -> NDA
     if beta_value == 0:
         raise ValueError("beta must be non-zero, got 0.0")
     return _forward(x, "softplus", "softplus", beta_value, _real("threshold", threshold))
+
+
+# name -> (kernel, p0, p1) from the keyword arguments of the forward.
+_FORWARD: dict[str, Callable[..., tuple[str, float, float]]] = {
+    "relu": lambda: ("relu", 0.0, 0.0),
+    "relu6": lambda: ("relu6", 0.0, 0.0),
+    "leaky_relu": lambda negative_slope=0.01: ("leaky_relu", _real("negative_slope", negative_slope), 0.0),
+    "elu": lambda alpha=1.0: ("elu", _real("alpha", alpha), 1.0),
+    "selu": lambda: ("elu", SELU_ALPHA, SELU_SCALE),
+    "sigmoid": lambda: ("sigmoid", 0.0, 0.0),
+    "tanh": lambda: ("tanh", 0.0, 0.0),
+    "silu": lambda: ("silu", 0.0, 0.0),
+    "gelu": lambda approximate="none": (_gelu_kind(approximate), 0.0, 0.0),
+    "hardswish": lambda: ("hardswish", 0.0, 0.0),
+    "hardsigmoid": lambda: ("hardsigmoid", 0.0, 0.0),
+    "softplus": lambda beta=1.0, threshold=20.0: ("softplus", _nonzero_beta(beta), _real("threshold", threshold)),
+}
+
+
+def _nonzero_beta(beta: object) -> float:
+    value = _real("beta", beta)
+    if value == 0:
+        raise ValueError("beta must be non-zero, got 0.0")
+    return value
+
+
+def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Callable[[NDArray[Any]], None]:
+    """A function that applies activation ``name`` with keyword arguments ``params`` in place to a
+    C-contiguous float array: what a convolution runs on its output. Validates both now."""
+    if not isinstance(name, str) or name not in _FORWARD:
+        raise ValueError(f"activation must be None or one of {sorted(_FORWARD)}, got {name!r}")
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(f"activation_params must be a dict of keyword arguments, got {type(params).__name__}")
+    try:
+        kind, p0, p1 = _FORWARD[name](**(params or {}))
+    except TypeError as exc:
+        raise TypeError(f"activation_params for {name!r}: {exc}") from None
+    code = _core.ACTIVATIONS[kind]
+
+    def apply(out: NDArray[Any]) -> None:
+        flat = out.reshape(-1)
+        for part in _chunks(flat.size):
+            _core.activation_forward(flat[part], flat[part], code, p0, p1, kernel_threads())
+
+    return apply
 
 
 # name -> (kernel, p0, p1, reads) from the keyword arguments of the forward, for the backward.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +22,7 @@ from .._products import matmul
 from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
+from .activations import activation_epilogue
 
 # BLAS takes 32-bit dimensions and leading dimensions.
 _INT32_LIMIT = 2**31 - 1
@@ -306,7 +308,7 @@ def _padding_weight_gradient(grad_out: AnyArray, kept: _KernelPlan, grad_w: AnyA
 def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", activation: str | None = None, activation_params: Mapping[str, Any] | None = None,
 ) -> NDArray[Float]:
     """2-D convolution (cross-correlation) of a batch of images.
 
@@ -339,6 +341,13 @@ def conv2d(
         behave exactly as there. ``'auto'``: ``'winograd'`` where it applies, both
         channel counts are at least 16 and its transformed weight (4x the weight) takes at
         most 256 MiB, else ``'direct'``.
+    activation : str, optional
+        An activation of :mod:`convx.functional.activations` (``'relu'``, ``'relu6'``,
+        ``'leaky_relu'``, ``'silu'``, ``'gelu'``, ``'hardswish'``...) applied to the output, as
+        the same function on the unfused result would, but in place, each sub-batch as soon as it
+        is computed: no second output array.
+    activation_params : dict, optional
+        The activation's keyword arguments (``{'negative_slope': 0.1}``).
 
     Returns
     -------
@@ -365,24 +374,29 @@ def conv2d(
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias(bias, plan.out_channels)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
+    epilogue = None if activation is None else activation_epilogue(activation, activation_params)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
         x, weight = contiguous(x), contiguous(weight)
         kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
         if not kept.trims(plan):
-            _forward(x, weight, bias, kept.plan, winograd, out)
+            _forward(x, weight, bias, kept.plan, winograd, out, epilogue)
         else:
             computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
             _forward(x, weight, bias, kept.plan, winograd, computed)
             out[...] = _padding_only_output(weight, bias)[:, None, None]
             out[:, :, kept.rows, kept.cols] = computed
+            if epilogue is not None:
+                epilogue(out)
     return _unbatch(out, unbatched)
 
 
 def _forward(
-    x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, winograd: bool, out: AnyArray
+    x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, winograd: bool, out: AnyArray,
+    epilogue: Callable[[AnyArray], None] | None = None,
 ) -> None:
-    """out := conv2d(x, weight) + bias for C-contiguous x and weight, plan as the kernels take it."""
+    """out := epilogue(conv2d(x, weight) + bias) for C-contiguous x and weight, plan as the kernels take
+    it; the epilogue (in place) runs on each sub-batch's output as soon as it is computed."""
     bias_arg = _no_bias(out.dtype) if bias is None else contiguous(bias)
     kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
     n_threads = plan.threads(weight.shape)
@@ -393,11 +407,11 @@ def _forward(
             matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
             if bias is not None:
                 rows += bias_arg
-            continue
-        if winograd and not _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
-                                                   n_threads):
-            continue
-        kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+        elif not winograd or _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
+                                                    n_threads):
+            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+        if epilogue is not None:
+            epilogue(out[part])
 
 
 def conv2d_backward_input(

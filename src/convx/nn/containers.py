@@ -3,11 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 
+from .activations import _Activation
+from .conv import Conv2d
 from .module import Module
+from .normalization import BatchNorm2d
+
+
+class _Fusion(NamedTuple):
+    """Layers [start, stop) that run as one convolution: ``batch_norm`` folded into it (evaluation
+    only), then ``activation`` applied in place to its output."""
+
+    start: int
+    stop: int
+    conv: Conv2d
+    batch_norm: BatchNorm2d | None
+    activation: _Activation | None
+
+
+def _fusion_at(layers: list[Module], start: int) -> _Fusion | None:
+    """The fusion that begins with layers[start], if any.
+
+    In evaluation a Conv2d takes a BatchNorm2d with running statistics after it (folded into its
+    weight and bias, exact up to rounding) and then any activation. In training the batch
+    statistics are not known before the convolution, and the activation's backward must be able
+    to read the convolution's output: a Conv2d takes only an activation whose gradient reads its
+    output (ReLU, ReLU6, LeakyReLU with a non-negative slope, Sigmoid, Tanh).
+    """
+    conv = layers[start]
+    if type(conv) is not Conv2d:
+        return None
+    stop = start + 1
+    batch_norm = None
+    following = layers[stop] if stop < len(layers) else None
+    if (
+        not conv.training and type(following) is BatchNorm2d and not following.training
+        and following.track_running_stats and following.num_features == conv.out_channels
+        and following.dtype == conv.dtype
+    ):
+        batch_norm, stop = following, stop + 1
+    following = layers[stop] if stop < len(layers) else None
+    activation = None
+    both_evaluating = not conv.training and not getattr(following, "training", True)
+    both_training = conv.training and getattr(following, "training", False)
+    if isinstance(following, _Activation) and (
+        both_evaluating or (both_training and batch_norm is None and following._reads() == "output")
+    ):
+        activation, stop = following, stop + 1
+    if batch_norm is None and activation is None:
+        return None
+    return _Fusion(start, stop, conv, batch_norm, activation)
 
 
 class Sequential(Module):
@@ -52,6 +100,12 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential takes convx.nn layers, got {type(layer).__name__} at position {index}")
         self.layers: list[Module] = list(layers)
+        #: Run a Conv2d with the BatchNorm2d (evaluation) and the activation after it as one
+        #: convolution (see :meth:`forward`); False runs every layer on its own.
+        self.fuse = True
+        # Evaluation fusions of the last forward, by stop index, with their input: backward
+        # reruns those layers one by one first (their own forwards saved nothing).
+        self._recompute: dict[int, tuple[_Fusion, np.ndarray]] = {}
 
     def children(self) -> Iterator[tuple[str, Module]]:
         return ((str(index), layer) for index, layer in enumerate(self.layers))
@@ -95,18 +149,63 @@ class Sequential(Module):
         return iter(self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """``x`` through every layer in order."""
-        for layer in self.layers:
-            x = layer(x)
+        """``x`` through every layer in order.
+
+        With ``fuse`` (the default), a Conv2d runs together with what follows it: in evaluation
+        mode a BatchNorm2d (its running statistics and affine map folded into the convolution's
+        weight and bias, equal to the two layers up to float rounding) and an activation (applied
+        in place to each sub-batch of the convolution's output); in training mode an activation
+        whose gradient reads its output (ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh), with results
+        identical to the separate layers. ``backward`` works after either; after an evaluation
+        fusion it first reruns those layers separately.
+        """
+        self._recompute = {}
+        index = 0
+        while index < len(self.layers):
+            fusion = _fusion_at(self.layers, index) if self.fuse else None
+            if fusion is not None and fusion.batch_norm is not None and np.ndim(x) != 4:
+                fusion = None  # BatchNorm2d's own forward says what is wrong with x
+            if fusion is None:
+                x = self.layers[index](x)
+                index += 1
+                continue
+            x = self._run_fused(fusion, x)
+            index = fusion.stop
         return x
+
+    def _run_fused(self, fusion: _Fusion, x: np.ndarray) -> np.ndarray:
+        conv, batch_norm, activation = fusion.conv, fusion.batch_norm, fusion.activation
+        weight, bias = conv.params["weight"], conv.params.get("bias")
+        if batch_norm is not None:
+            inv_std = 1.0 / np.sqrt(batch_norm.buffers["running_var"].astype(np.float64) + batch_norm.eps)
+            scale = inv_std if not batch_norm.affine else inv_std * batch_norm.params["weight"]
+            shift = (0.0 if bias is None else bias) - batch_norm.buffers["running_mean"].astype(np.float64)
+            shift = shift * scale + (batch_norm.params["bias"] if batch_norm.affine else 0.0)
+            weight = (weight * scale[:, None, None, None]).astype(conv.dtype)
+            bias = shift.astype(conv.dtype)
+        name, options = (None, None) if activation is None else (activation.name, activation._options())
+        training = conv.training
+        y = conv._convolve(x, weight, bias, name, options, save=training)
+        if training:
+            assert activation is not None
+            activation._save_for_backward(y, y)
+        else:
+            for layer in self.layers[fusion.start:fusion.stop]:
+                layer._cache = None
+            self._recompute[fusion.stop] = (fusion, x)
+        return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` back through every layer in reverse; returns the input gradient.
 
         Each layer overwrites its ``grads``.
         """
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out)
+        for stop in range(len(self.layers), 0, -1):
+            if stop in self._recompute:
+                fusion, x = self._recompute.pop(stop)
+                for layer in self.layers[fusion.start:fusion.stop]:
+                    x = layer(x)
+            grad_out = self.layers[stop - 1].backward(grad_out)
         return grad_out
 
     def __repr__(self) -> str:

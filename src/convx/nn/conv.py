@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -250,6 +250,14 @@ class Conv2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
+        return self._convolve(x, self._params["weight"], self._params.get("bias"))
+
+    def _convolve(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, activation: str | None = None,
+        activation_params: dict[str, Any] | None = None, save: bool = True,
+    ) -> np.ndarray:
+        """The forward with this layer's geometry and the given weight and bias (BatchNorm folded in,
+        for nn.Sequential), followed by an activation in place; ``save`` keeps what backward needs."""
         x = check_input(self, x, (3, 4), self.dtype)
         _check_channels(self, x, self.in_channels)
         conv_padding: Padding
@@ -262,10 +270,10 @@ class Conv2d(Module):
             (conv_input, reads), conv_padding = self._read_input(x), 0
             stride = (reads[0].stride, reads[1].stride)
             dilation = (reads[0].dilation, reads[1].dilation)
-        weight, bias = self._params["weight"], self._params.get("bias")
         y = functional.conv2d(conv_input, weight, bias, stride, conv_padding, dilation, self.groups,
-                              algorithm=self.algorithm)
-        self._save_for_backward(y, conv_input, conv_padding, reads, x.shape[-2:])
+                              algorithm=self.algorithm, activation=activation, activation_params=activation_params)
+        if save:
+            self._save_for_backward(y, conv_input, conv_padding, reads, x.shape[-2:])
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
