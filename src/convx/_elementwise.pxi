@@ -31,21 +31,22 @@ cdef extern from "_elementwise.h" nogil:
                                     Py_ssize_t plane, double count, double* mean, double* m2)
     void convx_bn_channel_moments_d(const double* x, Py_ssize_t n_images, Py_ssize_t image_stride,
                                     Py_ssize_t plane, double count, double* mean, double* m2)
-    void convx_bn_channel_grad_sums_f(const float* grad_out, const float* x, Py_ssize_t n_images,
-                                      Py_ssize_t image_stride, Py_ssize_t plane, double mean, double* sum_grad,
-                                      double* sum_grad_centered)
-    void convx_bn_channel_grad_sums_d(const double* grad_out, const double* x, Py_ssize_t n_images,
-                                      Py_ssize_t image_stride, Py_ssize_t plane, double mean, double* sum_grad,
-                                      double* sum_grad_centered)
+    void convx_bn_channel_grad_sums_f(const float* grad_out, const float* x, const float* y, int kind, double p0,
+                                      double p1, Py_ssize_t n_images, Py_ssize_t image_stride, Py_ssize_t plane,
+                                      double mean, double* sum_grad, double* sum_grad_centered)
+    void convx_bn_channel_grad_sums_d(const double* grad_out, const double* x, const double* y, int kind, double p0,
+                                      double p1, Py_ssize_t n_images, Py_ssize_t image_stride, Py_ssize_t plane,
+                                      double mean, double* sum_grad, double* sum_grad_centered)
     void convx_bn_normalize_plane_f(const float* x, float* out, Py_ssize_t n, double mean, double scale,
-                                    double shift)
+                                    double shift, int kind, double p0, double p1)
     void convx_bn_normalize_plane_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
-                                    double shift)
-    void convx_bn_input_grad_plane_f(const float* grad_out, const float* x, float* grad_in, Py_ssize_t n,
-                                     double mean, double k_grad, double k_centered, double k_0)
-    void convx_bn_input_grad_plane_d(const double* grad_out, const double* x, double* grad_in, Py_ssize_t n,
-                                     double mean, double k_grad, double k_centered, double k_0)
-
+                                    double shift, int kind, double p0, double p1)
+    void convx_bn_input_grad_plane_f(const float* grad_out, const float* x, const float* y, int kind, double p0,
+                                     double p1, float* grad_in, Py_ssize_t n, double mean, double k_grad,
+                                     double k_centered, double k_0)
+    void convx_bn_input_grad_plane_d(const double* grad_out, const double* x, const double* y, int kind, double p0,
+                                     double p1, double* grad_in, Py_ssize_t n, double mean, double k_grad,
+                                     double k_centered, double k_0)
 
 #: The activations the kernels know, by the name convx.functional gives them.
 ACTIVATIONS = {
@@ -129,27 +130,34 @@ def batch_norm_moments(const floating[:, :, ::1] x, double count, double[::1] me
                 convx_bn_channel_moments_d(&x[0, c, 0], n_images, channels * plane, plane, count, &mean[c], &m2[c])
 
 
-def batch_norm_grad_sums(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x, const double[::1] mean,
+def batch_norm_grad_sums(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
+                         const floating[:, :, ::1] y, int kind, double p0, double p1, const double[::1] mean,
                          double[::1] sum_grad, double[::1] sum_grad_centered, int n_threads):
-    """sum_grad[c] += sum grad_out[:, c]; sum_grad_centered[c] += sum grad_out[:, c] * (x[:, c] - mean[c])
-    over (N, C, H*W) arrays."""
+    """sum_grad[c] += sum g[:, c]; sum_grad_centered[c] += sum g[:, c] * (x[:, c] - mean[c]) over
+    (N, C, H*W) arrays, g = grad_out through the backward of activation `kind` at its output y
+    (kind < 0: g = grad_out, y unread)."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], plane = x.shape[2], c
     cdef int team = _elementwise_team(n_threads, channels, 2 * x.shape[0] * channels * plane)
     if n_images == 0 or plane == 0:
         return
+    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 else NULL
     with nogil:
         for c in prange(channels, schedule='static', num_threads=team):
             if floating is float:
-                convx_bn_channel_grad_sums_f(&grad_out[0, c, 0], &x[0, c, 0], n_images, channels * plane, plane,
-                                             mean[c], &sum_grad[c], &sum_grad_centered[c])
+                convx_bn_channel_grad_sums_f(&grad_out[0, c, 0], &x[0, c, 0], y0 + c * plane if y0 else NULL, kind,
+                                             p0, p1, n_images, channels * plane, plane, mean[c], &sum_grad[c],
+                                             &sum_grad_centered[c])
             else:
-                convx_bn_channel_grad_sums_d(&grad_out[0, c, 0], &x[0, c, 0], n_images, channels * plane, plane,
-                                             mean[c], &sum_grad[c], &sum_grad_centered[c])
+                convx_bn_channel_grad_sums_d(&grad_out[0, c, 0], &x[0, c, 0], y0 + c * plane if y0 else NULL, kind,
+                                             p0, p1, n_images, channels * plane, plane, mean[c], &sum_grad[c],
+                                             &sum_grad_centered[c])
 
 
 def batch_norm_normalize(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
-                         const double[::1] scale, const double[::1] shift, int n_threads):
-    """out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over (N, C, H*W) arrays."""
+                         const double[::1] scale, const double[::1] shift, int kind, double p0, double p1,
+                         int n_threads):
+    """out[n, c] = act((x[n, c] - mean[c]) * scale[c] + shift[c]) over (N, C, H*W) arrays, act the
+    activation `kind` (none when negative)."""
     cdef Py_ssize_t channels = x.shape[1], plane = x.shape[2], n_planes = x.shape[0] * channels, p, c
     cdef int team = _elementwise_team(n_threads, n_planes, 2 * n_planes * plane)
     if n_planes == 0 or plane == 0:
@@ -160,28 +168,33 @@ def batch_norm_normalize(const floating[:, :, ::1] x, floating[:, :, ::1] out, c
         for p in prange(n_planes, schedule='static', num_threads=team):
             c = p % channels
             if floating is float:
-                convx_bn_normalize_plane_f(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c])
+                convx_bn_normalize_plane_f(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c],
+                                           kind, p0, p1)
             else:
-                convx_bn_normalize_plane_d(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c])
+                convx_bn_normalize_plane_d(src + p * plane, dst + p * plane, plane, mean[c], scale[c], shift[c],
+                                           kind, p0, p1)
 
 
 def batch_norm_input_grad(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
+                          const floating[:, :, ::1] y, int kind, double p0, double p1,
                           floating[:, :, ::1] grad_in, const double[::1] mean, const double[::1] k_grad,
                           const double[::1] k_centered, const double[::1] k_0, int n_threads):
-    """grad_in[n, c] = k_grad[c] * grad_out[n, c] + k_centered[c] * (x[n, c] - mean[c]) + k_0[c]."""
+    """grad_in[n, c] = k_grad[c] * g[n, c] + k_centered[c] * (x[n, c] - mean[c]) + k_0[c], g as in
+    batch_norm_grad_sums."""
     cdef Py_ssize_t channels = x.shape[1], plane = x.shape[2], n_planes = x.shape[0] * channels, p, c
     cdef int team = _elementwise_team(n_threads, n_planes, 3 * n_planes * plane)
     if n_planes == 0 or plane == 0:
         return
     cdef const floating* g = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
+    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 else NULL
     cdef floating* dst = &grad_in[0, 0, 0]
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=team):
             c = p % channels
             if floating is float:
-                convx_bn_input_grad_plane_f(g + p * plane, src + p * plane, dst + p * plane, plane, mean[c],
-                                            k_grad[c], k_centered[c], k_0[c])
+                convx_bn_input_grad_plane_f(g + p * plane, src + p * plane, y0 + p * plane if y0 else NULL, kind,
+                                            p0, p1, dst + p * plane, plane, mean[c], k_grad[c], k_centered[c], k_0[c])
             else:
-                convx_bn_input_grad_plane_d(g + p * plane, src + p * plane, dst + p * plane, plane, mean[c],
-                                            k_grad[c], k_centered[c], k_0[c])
+                convx_bn_input_grad_plane_d(g + p * plane, src + p * plane, y0 + p * plane if y0 else NULL, kind,
+                                            p0, p1, dst + p * plane, plane, mean[c], k_grad[c], k_centered[c], k_0[c])

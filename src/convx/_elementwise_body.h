@@ -158,38 +158,69 @@ CONVX_CLONES static void CONVX_EW(convx_bn_channel_moments)(const ET *CONVX_REST
     *m2 = total_m2;
 }
 
-/* *sum_grad += sum of grad_out, *sum_grad_centered += sum of grad_out * (x - mean), over the
- * planes of one channel (laid out as in convx_bn_channel_moments). */
-CONVX_CLONES static void CONVX_EW(convx_bn_channel_grad_sums)(const ET *CONVX_RESTRICT grad_out,
-                                                              const ET *CONVX_RESTRICT x, ptrdiff_t n_images,
+/* The gradient that reaches a batch normalisation followed by an activation (kind >= 0, its output
+ * y): grad_out[0..n) through the activation's backward into scratch; grad_out itself otherwise. */
+static inline const ET *CONVX_EW(convx_bn_incoming)(const ET *grad_out, const ET *y, int kind, double p0,
+                                                    double p1, ET *scratch, ptrdiff_t n) {
+    if (kind < 0) return grad_out;
+    CONVX_EW(convx_activation_backward)(kind, grad_out, y, scratch, n, p0, p1);
+    return scratch;
+}
+
+/* *sum_grad += sum of grad, *sum_grad_centered += sum of grad * (x - mean), over the planes of one
+ * channel (laid out as in convx_bn_channel_moments), grad being grad_out taken back through the
+ * activation `kind` (< 0: none) of output y first. */
+CONVX_CLONES static void CONVX_EW(convx_bn_channel_grad_sums)(const ET *grad_out, const ET *x, const ET *y, int kind,
+                                                              double p0, double p1, ptrdiff_t n_images,
                                                               ptrdiff_t image_stride, ptrdiff_t plane, double mean,
                                                               double *sum_grad, double *sum_grad_centered) {
+    ET scratch[CONVX_BN_BLOCK];
     double total = *sum_grad, total_centered = *sum_grad_centered;
     for (ptrdiff_t k = 0; k < n_images; k++) {
-        const ET *g = grad_out + k * image_stride, *src = x + k * image_stride;
-        double s = 0, sc = 0;
-        CONVX_SIMD_SUM(s) for (ptrdiff_t i = 0; i < plane; i++) s += (double)g[i];
-        CONVX_SIMD_SUM(sc) for (ptrdiff_t i = 0; i < plane; i++) sc += (double)g[i] * ((double)src[i] - mean);
-        total += s;
-        total_centered += sc;
+        for (ptrdiff_t b0 = 0; b0 < plane; b0 += CONVX_BN_BLOCK) {
+            const ptrdiff_t len = plane - b0 < CONVX_BN_BLOCK ? plane - b0 : CONVX_BN_BLOCK;
+            const ptrdiff_t at = k * image_stride + b0;
+            const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + at, y ? y + at : NULL, kind, p0, p1,
+                                                                     scratch, len);
+            const ET *CONVX_RESTRICT src = x + at;
+            double s = 0, sc = 0;
+            CONVX_SIMD_SUM(s) for (ptrdiff_t i = 0; i < len; i++) s += (double)g[i];
+            CONVX_SIMD_SUM(sc) for (ptrdiff_t i = 0; i < len; i++) sc += (double)g[i] * ((double)src[i] - mean);
+            total += s;
+            total_centered += sc;
+        }
     }
     *sum_grad = total;
     *sum_grad_centered = total_centered;
 }
 
-/* out[i] = (x[i] - mean) * scale + shift: the normalisation and the affine map of one plane. */
+/* out[i] = act((x[i] - mean) * scale + shift): the normalisation, the affine map and the
+ * activation `kind` (< 0: none) of one plane, a block at a time while it is in L1. */
 CONVX_CLONES static void CONVX_EW(convx_bn_normalize_plane)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT out,
-                                                            ptrdiff_t n, double mean, double scale, double shift) {
+                                                            ptrdiff_t n, double mean, double scale, double shift,
+                                                            int kind, double p0, double p1) {
     const ET m = (ET)mean, sc = (ET)scale, sh = (ET)shift;
-    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) out[i] = (x[i] - m) * sc + sh;
+    for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
+        const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
+        CONVX_SIMD for (ptrdiff_t i = b0; i < b0 + len; i++) out[i] = (x[i] - m) * sc + sh;
+        if (kind >= 0) CONVX_EW(convx_activation_forward)(kind, out + b0, out + b0, len, p0, p1);
+    }
 }
 
-/* grad_in[i] = k_grad * grad_out[i] + k_centered * (x[i] - mean) + k_0: the input gradient of one
- * plane, whichever statistics the forward used. */
-CONVX_CLONES static void CONVX_EW(convx_bn_input_grad_plane)(const ET *CONVX_RESTRICT grad_out,
-                                                             const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT grad_in,
+/* grad_in[i] = k_grad * grad[i] + k_centered * (x[i] - mean) + k_0: the input gradient of one
+ * plane, whichever statistics the forward used, grad as in convx_bn_channel_grad_sums. */
+CONVX_CLONES static void CONVX_EW(convx_bn_input_grad_plane)(const ET *grad_out, const ET *x, const ET *y, int kind,
+                                                             double p0, double p1, ET *CONVX_RESTRICT grad_in,
                                                              ptrdiff_t n, double mean, double k_grad,
                                                              double k_centered, double k_0) {
+    ET scratch[CONVX_BN_BLOCK];
     const ET m = (ET)mean, kg = (ET)k_grad, kc = (ET)k_centered, k0 = (ET)k_0;
-    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) grad_in[i] = kg * grad_out[i] + kc * (x[i] - m) + k0;
+    for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
+        const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
+        const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + b0, y ? y + b0 : NULL, kind, p0, p1,
+                                                                 scratch, len);
+        const ET *CONVX_RESTRICT src = x + b0;
+        ET *CONVX_RESTRICT dst = grad_in + b0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < len; i++) dst[i] = kg * g[i] + kc * (src[i] - m) + k0;
+    }
 }

@@ -324,18 +324,45 @@ def _nonzero_beta(beta: object) -> float:
     return value
 
 
-def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Callable[[NDArray[Any]], None]:
-    """A function that applies activation ``name`` with keyword arguments ``params`` in place to a
-    C-contiguous float array: what a convolution runs on its output. Validates both now."""
-    if not isinstance(name, str) or name not in _FORWARD:
-        raise ValueError(f"activation must be None or one of {sorted(_FORWARD)}, got {name!r}")
+def _kernel_args(
+    table: dict[str, Callable[..., tuple[str, float, float]]], name: object, params: Mapping[str, Any] | None
+) -> tuple[str, float, float]:
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"activation must be None or one of {sorted(table)}, got {name!r}")
     if params is not None and not isinstance(params, Mapping):
         raise TypeError(f"activation_params must be a dict of keyword arguments, got {type(params).__name__}")
     try:
-        kind, p0, p1 = _FORWARD[name](**(params or {}))
+        return table[name](**(params or {}))
     except TypeError as exc:
         raise TypeError(f"activation_params for {name!r}: {exc}") from None
-    code = _core.ACTIVATIONS[kind]
+
+
+def forward_kernel(name: object, params: Mapping[str, Any] | None = None) -> tuple[int, float, float]:
+    """The kernel code and its two parameters for activation ``name`` with keyword arguments
+    ``params`` (both validated)."""
+    kind, p0, p1 = _kernel_args(_FORWARD, name, params)
+    return _core.ACTIVATIONS[kind], p0, p1
+
+
+def output_backward_kernel(name: object, params: Mapping[str, Any] | None = None) -> tuple[int, float, float]:
+    """Like :func:`forward_kernel`, for the gradient computed from the activation's output; a
+    ValueError for the activations whose gradient needs their input."""
+    kind, p0, p1 = _kernel_args(_BACKWARD, name, params)
+    if kind == "elu_input" and p0 >= 0:
+        kind = "elu"
+    if kind not in _FROM_OUTPUT or (kind == "leaky_relu" and p0 < 0):
+        raise ValueError(
+            f"the gradient of {name!r} with these parameters needs its input, not its output; the activations "
+            "whose gradient reads the output: relu, relu6, leaky_relu (slope >= 0), elu and selu (alpha >= 0), "
+            "sigmoid, tanh"
+        )
+    return _core.ACTIVATIONS[kind], p0, p1
+
+
+def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Callable[[NDArray[Any]], None]:
+    """A function that applies activation ``name`` with keyword arguments ``params`` in place to a
+    C-contiguous float array: what a convolution runs on its output. Validates both now."""
+    code, p0, p1 = forward_kernel(name, params)
 
     def apply(out: NDArray[Any]) -> None:
         flat = out.reshape(-1)
@@ -360,6 +387,9 @@ _BACKWARD: dict[str, Callable[..., tuple[str, float, float]]] = {
     "hardsigmoid": lambda: ("hardsigmoid", 0.0, 0.0),
     "softplus": lambda beta=1.0, threshold=20.0: ("softplus", _real("beta", beta), _real("threshold", threshold)),
 }
+
+# The kernels whose gradient can be computed from the activation's output.
+_FROM_OUTPUT = ("relu", "relu6", "leaky_relu", "elu", "sigmoid", "tanh")
 
 
 def activation_backward(

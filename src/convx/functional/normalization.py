@@ -18,6 +18,7 @@ from .. import _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, contiguous
 from .._threads import kernel_threads
+from .activations import forward_kernel, output_backward_kernel
 
 __all__ = ["batch_norm", "batch_norm_backward"]
 
@@ -67,16 +68,20 @@ def batch_moments(x: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.floa
     return mean, m2 / max(count, 1)
 
 
+_NO_ACTIVATION = (-1, 0.0, 0.0)
+
+
 def normalize(
     x: NDArray[Any], mean: NDArray[np.float64], inv_std: NDArray[np.float64],
     weight: NDArray[np.float64] | None, bias: NDArray[np.float64] | None,
+    activation: tuple[int, float, float] = _NO_ACTIVATION,
 ) -> NDArray[Any]:
-    """``(x - mean) * inv_std * weight + bias`` per channel of a validated (N, C, L) array."""
+    """``act((x - mean) * inv_std * weight + bias)`` per channel of a validated (N, C, L) array."""
     scale = inv_std if weight is None else inv_std * weight
     shift = np.zeros_like(mean) if bias is None else bias
     out = np.empty(x.shape, dtype=x.dtype)
     for part in sub_batches(x.shape[0], 2 * _work(x)):
-        _core.batch_norm_normalize(x[part], out[part], mean, scale, shift, kernel_threads())
+        _core.batch_norm_normalize(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
     return out
 
 
@@ -89,6 +94,9 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    activation: str | None = None,
+    activation_params: dict[str, Any] | None = None,
 ) -> NDArray[Any]:
     """Normalise each channel of ``x``, as ``torch.nn.functional.batch_norm``.
 
@@ -108,11 +116,16 @@ def batch_norm(
     training : bool, default False
     momentum : float in [0, 1], default 0.1
     eps : float, default 1e-5
+    activation : str, optional
+        An activation of :mod:`convx.functional.activations` applied to ``y`` in the same pass
+        (each block of a plane while it is in L1): no second output array.
+    activation_params : dict, optional
+        Its keyword arguments (``{'negative_slope': 0.1}``).
 
     Returns
     -------
     ndarray
-        ``y``, x's shape and dtype.
+        ``y`` (after the activation), x's shape and dtype.
 
     Examples
     --------
@@ -123,7 +136,8 @@ def batch_norm(
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    y, _, _ = batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    y, _, _ = batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                 activation=activation, activation_params=activation_params)
     return y
 
 
@@ -136,6 +150,9 @@ def batch_norm_forward(
     training: object = False,
     momentum: object = 0.1,
     eps: object = 1e-5,
+    *,
+    activation: str | None = None,
+    activation_params: dict[str, Any] | None = None,
 ) -> tuple[NDArray[Any], NDArray[np.float64], NDArray[np.float64]]:
     """:func:`batch_norm`, also returning the mean and ``1 / sqrt(var + eps)`` it used (float64,
     (C,)): what :func:`batch_norm_backward` needs."""
@@ -148,6 +165,7 @@ def batch_norm_forward(
     momentum_value = _number("momentum", momentum, 0.0, 1.0)
     weight_vector = _channel_vector("weight", weight, channels, array.dtype)
     bias_vector = _channel_vector("bias", bias, channels, array.dtype)
+    act = _NO_ACTIVATION if activation is None else forward_kernel(activation, activation_params)
     if (running_mean is None) != (running_var is None):
         raise ValueError("give both running_mean and running_var, or neither")
     stats: list[NDArray[Any]] = []
@@ -170,7 +188,7 @@ def batch_norm_forward(
     else:
         mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
     inv_std = 1.0 / np.sqrt(var + eps_value)
-    y = normalize(flat, mean, inv_std, weight_vector, bias_vector)
+    y = normalize(flat, mean, inv_std, weight_vector, bias_vector, act)
     return y.reshape(shape), mean, inv_std
 
 
@@ -182,6 +200,10 @@ def batch_norm_backward(
     weight: NDArray[Any] | None = None,
     batch_stats: bool = True,
     needs_param_grads: bool = True,
+    *,
+    activation: str | None = None,
+    activation_params: dict[str, Any] | None = None,
+    output: NDArray[Any] | None = None,
 ) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`batch_norm` for ``grad_out``.
 
@@ -199,6 +221,12 @@ def batch_norm_backward(
     needs_param_grads : bool, default True
         Whether to return ``grad_weight`` and ``grad_bias`` (else None: with fixed statistics
         that saves the pass that sums them).
+    activation, activation_params : optional
+        The activation the forward applied (``grad_out`` is then the gradient of its output);
+        only those whose gradient reads their output: relu, relu6, leaky_relu (slope >= 0), elu
+        and selu (alpha >= 0), sigmoid, tanh.
+    output : ndarray, x's shape and dtype
+        The forward's result (after the activation); needed with ``activation``.
 
     Returns
     -------
@@ -222,6 +250,19 @@ def batch_norm_backward(
             f"grad_out must have x's shape and dtype {source.shape} {source.dtype}, got {grad.shape} {grad.dtype}"
         )
     flat_grad, flat_x = _as_nchw("grad_out", grad), _as_nchw("x", source)
+    act = _NO_ACTIVATION
+    flat_y = flat_x
+    if activation is not None:
+        act = output_backward_kernel(activation, activation_params)
+        if output is None:
+            raise ValueError("batch_norm_backward with an activation needs the forward's output (output=)")
+        y_array = as_float_array("output", output, _NDIMS)
+        if y_array.shape != source.shape or y_array.dtype != source.dtype:
+            raise ValueError(
+                f"output must have x's shape and dtype {source.shape} {source.dtype}, got {y_array.shape} "
+                f"{y_array.dtype}"
+            )
+        flat_y = _as_nchw("output", y_array)
     channels = flat_x.shape[1]
     mean64 = as_float_array("mean", mean, (1,)).astype(np.float64)
     inv64 = as_float_array("inv_std", inv_std, (1,)).astype(np.float64)
@@ -240,7 +281,8 @@ def batch_norm_backward(
         sum_grad = np.zeros(channels)
         sum_centered = np.zeros(channels)
         for part in sub_batches(flat_x.shape[0], 2 * _work(flat_x)):
-            _core.batch_norm_grad_sums(flat_grad[part], flat_x[part], mean64, sum_grad, sum_centered, kernel_threads())
+            _core.batch_norm_grad_sums(flat_grad[part], flat_x[part], flat_y[part], *act, mean64, sum_grad, sum_centered,
+                                       kernel_threads())
         if want_params:
             grad_weight = (sum_centered * inv64).astype(source.dtype)
             grad_bias = sum_grad.astype(source.dtype)
@@ -252,6 +294,6 @@ def batch_norm_backward(
         k_0 = np.zeros(channels)
     grad_x = np.empty(flat_x.shape, dtype=source.dtype)
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
-        _core.batch_norm_input_grad(flat_grad[part], flat_x[part], grad_x[part], mean64, scale, k_centered, k_0,
-                                    kernel_threads())
+        _core.batch_norm_input_grad(flat_grad[part], flat_x[part], flat_y[part], *act, grad_x[part], mean64, scale,
+                                    k_centered, k_0, kernel_threads())
     return grad_x.reshape(source.shape), grad_weight, grad_bias

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, overload
 
 import numpy as np
 
+from ..functional.activations import output_backward_kernel
 from .activations import _Activation
 from .conv import Conv2d
 from .module import Module
@@ -14,12 +15,13 @@ from .normalization import BatchNorm2d
 
 
 class _Fusion(NamedTuple):
-    """Layers [start, stop) that run as one convolution: ``batch_norm`` folded into it (evaluation
-    only), then ``activation`` applied in place to its output."""
+    """Layers [start, stop) that run as one: a convolution with ``batch_norm`` folded into it
+    (evaluation only) and ``activation`` applied in place to its output; or (``conv`` None) a
+    batch normalisation with the activation in the same pass."""
 
     start: int
     stop: int
-    conv: Conv2d
+    conv: Conv2d | None
     batch_norm: BatchNorm2d | None
     activation: _Activation | None
 
@@ -34,6 +36,8 @@ def _fusion_at(layers: list[Module], start: int) -> _Fusion | None:
     output (ReLU, ReLU6, LeakyReLU with a non-negative slope, Sigmoid, Tanh).
     """
     conv = layers[start]
+    if type(conv) is BatchNorm2d:
+        return _batch_norm_fusion(layers, start)
     if type(conv) is not Conv2d:
         return None
     stop = start + 1
@@ -56,6 +60,22 @@ def _fusion_at(layers: list[Module], start: int) -> _Fusion | None:
     if batch_norm is None and activation is None:
         return None
     return _Fusion(start, stop, conv, batch_norm, activation)
+
+
+def _batch_norm_fusion(layers: list[Module], start: int) -> _Fusion | None:
+    """A BatchNorm2d with the activation after it: in evaluation any activation, in training one
+    whose gradient reads its output (the backward takes the gradient through it on the fly)."""
+    batch_norm = layers[start]
+    assert isinstance(batch_norm, BatchNorm2d)
+    following = layers[start + 1] if start + 1 < len(layers) else None
+    if not isinstance(following, _Activation) or following.training != batch_norm.training:
+        return None
+    if batch_norm.training:
+        try:
+            output_backward_kernel(following.name, following._options())
+        except ValueError:
+            return None
+    return _Fusion(start, start + 2, None, batch_norm, following)
 
 
 class Sequential(Module):
@@ -106,6 +126,8 @@ class Sequential(Module):
         # Evaluation fusions of the last forward, by stop index, with their input: backward
         # reruns those layers one by one first (their own forwards saved nothing).
         self._recompute: dict[int, tuple[_Fusion, np.ndarray]] = {}
+        # Activations of the last forward whose backward runs inside the layer before them.
+        self._absorbed: set[int] = set()
 
     def children(self) -> Iterator[tuple[str, Module]]:
         return ((str(index), layer) for index, layer in enumerate(self.layers))
@@ -160,6 +182,7 @@ class Sequential(Module):
         fusion it first reruns those layers separately.
         """
         self._recompute = {}
+        self._absorbed = set()
         index = 0
         while index < len(self.layers):
             fusion = _fusion_at(self.layers, index) if self.fuse else None
@@ -175,6 +198,16 @@ class Sequential(Module):
 
     def _run_fused(self, fusion: _Fusion, x: np.ndarray) -> np.ndarray:
         conv, batch_norm, activation = fusion.conv, fusion.batch_norm, fusion.activation
+        if conv is None:
+            assert batch_norm is not None and activation is not None
+            y = batch_norm._normalize(x, activation.name, activation._options())
+            if batch_norm.training or activation._reads() == "output":
+                # The activation's gradient is taken inside the batch normalisation's backward.
+                self._absorbed.add(fusion.start + 1)
+            else:
+                batch_norm._cache = activation._cache = None
+                self._recompute[fusion.stop] = (fusion, x)
+            return y
         weight, bias = conv.params["weight"], conv.params.get("bias")
         if batch_norm is not None:
             inv_std = 1.0 / np.sqrt(batch_norm.buffers["running_var"].astype(np.float64) + batch_norm.eps)
@@ -205,7 +238,10 @@ class Sequential(Module):
                 fusion, x = self._recompute.pop(stop)
                 for layer in self.layers[fusion.start:fusion.stop]:
                     x = layer(x)
+            if stop - 1 in self._absorbed:
+                continue
             grad_out = self.layers[stop - 1].backward(grad_out)
+        self._absorbed = set()
         return grad_out
 
     def __repr__(self) -> str:

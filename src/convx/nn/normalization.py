@@ -92,6 +92,11 @@ class BatchNorm2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalise ``x`` (N, C, H, W)."""
+        return self._normalize(x)
+
+    def _normalize(self, x: np.ndarray, activation: str | None = None,
+                   activation_params: dict[str, Any] | None = None) -> np.ndarray:
+        """The forward, followed by an activation in the same pass (for nn.Sequential)."""
         x = check_input(self, x, (4,), self.dtype)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got x of shape {x.shape}")
@@ -112,17 +117,21 @@ class BatchNorm2d(Module):
         weight = self._params["weight"] if self.affine else None
         bias = self._params["bias"] if self.affine else None
         # The running statistics are updated in place: state_dict consumers and callers may hold them.
-        y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, use_batch_stats, momentum, self.eps)
+        y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, use_batch_stats, momentum, self.eps,
+                                              activation=activation, activation_params=activation_params)
         # The input itself (not a copy): the backward recomputes x_hat from it.
-        self._save_for_backward(y, x, mean, inv_std, use_batch_stats)
+        fused = None if activation is None else (activation, activation_params, y)
+        self._save_for_backward(y, x, mean, inv_std, use_batch_stats, fused)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x, mean, inv_std, used_batch_stats) = self._saved_for_backward(grad_out)
+        grad_out, (x, mean, inv_std, used_batch_stats, fused) = self._saved_for_backward(grad_out)
         weight = self._params["weight"] if self.affine else None
+        activation, activation_params, output = (None, None, None) if fused is None else fused
         grad_x, grad_weight, grad_bias = batch_norm_backward(
-            grad_out, x, mean, inv_std, weight, used_batch_stats, needs_param_grads=self.affine
+            grad_out, x, mean, inv_std, weight, used_batch_stats, needs_param_grads=self.affine,
+            activation=activation, activation_params=activation_params, output=output,
         )
         if self.affine:
             self._grads["weight"] = grad_weight
