@@ -1,6 +1,77 @@
 /* The element-wise kernels for one element type: included by _elementwise.h with ET the type
  * (float, double), ES its suffix (f, d) and CONVX_EW_EXP & co. its libm functions. */
 
+/* e^x - 1, and through *scale 2^(n-1), for x = n ln2 + r, |r| <= ln2/2, with e^x = (result + 1) *
+ * 2 * scale where x is not 0-ish... (see convx_exp, convx_expm1). Written for SIMD lanes: no libm
+ * call, no branch, so that the loops over it vectorise: e^r - 1 is its Taylor polynomial (no
+ * constant term, so no cancellation near 0) and 2^(n-1) is built in the exponent bits; n is
+ * rounded by adding 1.5 * 2^mantissa. Within about an ulp of libm. */
+static inline ET CONVX_EW(convx_expm1_reduced)(ET x, ET *scale, ET *n_out) {
+    const ET clamped = x > CONVX_EW_EXP_HI ? CONVX_EW_EXP_HI : (x < CONVX_EW_EXP_LO ? CONVX_EW_EXP_LO : x);
+    const ET rounder = CONVX_EW_ROUNDER;
+    const ET shifted = clamped * (ET)M_LOG2E + rounder;
+    const ET n = shifted - rounder;
+    EU bits, rounder_bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    memcpy(&rounder_bits, &rounder, sizeof bits);
+    const EU scale_bits = ((bits - rounder_bits) + (EU)(CONVX_EW_BIAS - 1)) << CONVX_EW_MANTISSA;
+    memcpy(scale, &scale_bits, sizeof bits);
+    *n_out = n;
+    const ET r = (clamped - n * CONVX_EW_LN2_HI) - n * CONVX_EW_LN2_LO;
+    ET p = (ET)convx_inverse_factorial[CONVX_EW_EXP_TERMS];
+    for (int k = CONVX_EW_EXP_TERMS - 1; k >= 2; k--) p = p * r + (ET)convx_inverse_factorial[k];
+    return r + r * r * p;
+}
+
+/* e^x: +inf above the overflow threshold, 0 below 2^-125 (float) or 2^-1021 (double) (libm gives
+ * subnormals there), NaN for NaN. */
+static inline ET CONVX_EW(convx_exp)(ET x) {
+    ET scale, n;
+    const ET q = CONVX_EW(convx_expm1_reduced)(x, &scale, &n);
+    const ET e = (q + (ET)1) * scale * (ET)2;
+    return x > CONVX_EW_EXP_HI ? (ET)INFINITY : (x < CONVX_EW_EXP_LO ? (ET)0 : e);
+}
+
+/* e^x - 1, accurate near 0 (there n = 0 and the polynomial is the result). */
+static inline ET CONVX_EW(convx_expm1)(ET x) {
+    ET scale, n;
+    const ET q = CONVX_EW(convx_expm1_reduced)(x, &scale, &n);
+    const ET e = n == 0 ? q : (q + (ET)1) * scale * (ET)2 - (ET)1;
+    return x > CONVX_EW_EXP_HI ? (ET)INFINITY : (x < CONVX_EW_EXP_LO ? (ET)-1 : e);
+}
+
+/* tanh(x) = sign(x) e / (e + 2), e = e^(2|x|) - 1, with |x| clamped where tanh rounds to 1. */
+static inline ET CONVX_EW(convx_tanh)(ET x) {
+    const ET a = x < 0 ? -x : x;
+    const ET e = CONVX_EW(convx_expm1)((ET)2 * (a > CONVX_EW_TANH_ONE ? (ET)CONVX_EW_TANH_ONE : a));
+    const ET t = e / (e + (ET)2);
+    return x < 0 ? -t : (x > 0 ? t : x);
+}
+
+/* log(1 + u) for u in [0, 1]: 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), s = u / (2 + u) <= 1/3. */
+static inline ET CONVX_EW(convx_log1p_unit)(ET u) {
+    const ET s = u / ((ET)2 + u), w = s * s;
+    ET p = (ET)(1.0 / (2 * CONVX_EW_LOG_TERMS + 1));
+    for (int k = CONVX_EW_LOG_TERMS - 1; k >= 0; k--) p = p * w + (ET)(1.0 / (2 * k + 1));
+    return (ET)2 * s * p;
+}
+
+/* softplus of z = beta x before the division by beta: max(z, 0) + log(1 + e^-|z|). */
+static inline ET CONVX_EW(convx_softplus)(ET z) {
+    const ET a = z < 0 ? -z : z;
+    return (z > 0 ? z : (ET)0) + CONVX_EW(convx_log1p_unit)(CONVX_EW(convx_exp)(-a));
+}
+
+/* erfc(x) by the fit convx_erfc_fit (float accuracy), and 2 - erfc(-x) for x < 0. */
+static inline ET CONVX_EW(convx_erfc_fit)(ET x) {
+    const ET z = x < 0 ? -x : x;
+    const ET t = (ET)1 / ((ET)1 + (ET)0.5 * z);
+    ET p = (ET)convx_erfc_fit[11];
+    for (int k = 10; k >= 0; k--) p = p * t + (ET)convx_erfc_fit[k];
+    const ET e = t * CONVX_EW(convx_exp)(p - z * z);
+    return x < 0 ? (ET)2 - e : e;
+}
+
 /* y[i] = act(x[i]) for i < n; y may be x (in place). */
 CONVX_CLONES static void CONVX_EW(convx_activation_forward)(int kind, const ET *x, ET *y, ptrdiff_t n, double p0,
                                                             double p1) {
@@ -44,7 +115,7 @@ CONVX_CLONES static void CONVX_EW(convx_activation_forward)(int kind, const ET *
         CONVX_EW_MAP((v + 3 < 0 ? (ET)0 : (v + 3 > 6 ? (ET)6 : v + 3)) / (ET)6)
         break;
     case CONVX_ACT_SOFTPLUS:
-        CONVX_EW_MAP(v * a > b ? v : CONVX_EW_LOG1P(CONVX_EW_EXP(v * a)) / a)
+        CONVX_EW_MAP(v * a > b ? v : CONVX_EW(convx_softplus)(v * a) / a)
         break;
     default:
         break;
