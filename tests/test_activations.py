@@ -602,7 +602,8 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name, options, error, match", BAD_OPTIONS, ids=lambda v: repr(v) if isinstance(v, dict) else None)
+@pytest.mark.parametrize("name, options, error, match", BAD_OPTIONS,
+                         ids=[f"{name}-{options!r}" for name, options, _, _ in BAD_OPTIONS])
 def test_forward_rejects_bad_options(name, options, error, match):
     with pytest.raises(error, match=match):
         getattr(F, name)(np.ones(3), **options)
