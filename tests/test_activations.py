@@ -392,7 +392,11 @@ def _layouts(rng, dtype):
     base = (3 * rng.standard_normal((6, 8, 5))).astype(dtype)
     read_only = base.copy()
     read_only.setflags(write=False)
+    packed = np.zeros(base.nbytes + 1, dtype=np.uint8)
+    misaligned = np.ndarray(base.shape, dtype=dtype, buffer=packed[1:].data)  # from a packed buffer
+    misaligned[...] = base
     return [
+        ("misaligned", misaligned),
         ("strided", base[:, ::2, 1:]),
         ("transposed", base.transpose(2, 0, 1)),
         ("fortran", np.asfortranarray(base)),
@@ -550,7 +554,10 @@ def test_inplace_refuses_what_it_cannot_overwrite(case, rng):
             case.forward(x, inplace=True)
         np.testing.assert_array_equal(x, base)
         return
-    for x in (read_only, base[:, ::2], np.asfortranarray(base), base.T):
+    packed = np.zeros(base.nbytes + 1, dtype=np.uint8)
+    misaligned = np.ndarray(base.shape, dtype=base.dtype, buffer=packed[1:].data)
+    misaligned[...] = base
+    for x in (read_only, base[:, ::2], np.asfortranarray(base), base.T, misaligned):
         before = x.copy()
         with pytest.raises(ValueError, match="inplace=True needs x writeable, C-contiguous and aligned"):
             case.forward(x, inplace=True)
@@ -568,7 +575,7 @@ def test_inplace_numpy_true_is_refused_like_true(case):
 
 
 # ----------------------------------------------------------------------------- bad arguments
-@pytest.mark.parametrize("dtype", [np.int64, np.float16, object, np.complex128, bool])
+@pytest.mark.parametrize("dtype", [np.int64, np.float16, object, np.complex128, bool, ">f8", ">f4"])
 def test_rejects_other_dtypes(dtype):
     x = np.ones(3, dtype=dtype)
     good = np.ones(3)

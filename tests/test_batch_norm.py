@@ -14,9 +14,11 @@ gives PyTorch an empty output and unchanged running statistics; convx raises.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
-from conftest import DTYPES, TOLERANCES, assert_close
+from conftest import DTYPES, assert_close
 
 import convx
 import convx._batching
@@ -280,7 +282,11 @@ def _layouts(rng, dtype):
     base = (1 + 2 * rng.standard_normal((6, 3, 4, 10))).astype(dtype)
     read_only = base.copy()
     read_only.setflags(write=False)
+    packed = np.zeros(base.nbytes + 1, dtype=np.uint8)
+    misaligned = np.ndarray(base.shape, dtype=dtype, buffer=packed[1:].data)  # from a packed buffer
+    misaligned[...] = base
     return [
+        ("misaligned", misaligned),
         ("strided", base[::2, :, :, 1::3]),
         ("transposed", base.transpose(0, 1, 3, 2)),
         ("fortran", np.asfortranarray(base)),
@@ -383,11 +389,28 @@ def test_sub_batches_give_the_result_of_one_call(dtype, rng, monkeypatch):
         np.testing.assert_array_equal(actual, expected)
 
 
+def test_calls_from_several_python_threads_at_once(rng):
+    cases = [_arrays(rng, (3, 4, 6, 5 + k), dtype) for k in range(3) for dtype in (np.float32, np.float64)]
+
+    def run(index):
+        x, grad_out, weight, bias, running_mean, running_var = cases[index % len(cases)]
+        running = [running_mean.copy(), running_var.copy()]
+        y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, training=index % 2 == 0)
+        return [y, *running, *batch_norm_backward(grad_out, x, mean, inv_std, weight, index % 2 == 0)]
+
+    serial = [run(index) for index in range(24)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(run, range(24)))
+    for expected, actual in zip(serial, parallel):
+        for e, a in zip(expected, actual):
+            np.testing.assert_array_equal(a, e)
+
+
 # ------------------------------------------------------------------------------ bad arguments
 def test_forward_rejects_bad_arrays():
     x = np.ones((2, 3, 4))
     three = np.ones(3)
-    for dtype in (np.int64, np.float16, object, bool):
+    for dtype in (np.int64, np.float16, object, bool, ">f8"):
         with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
             batch_norm(x.astype(dtype))
     with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
