@@ -5,7 +5,14 @@ import importlib
 
 import pytest
 
-MODULES = ["convx._config", "convx._threads", "convx.functional.conv", "convx.functional.pooling"]
+MODULES = [
+    "convx._config",
+    "convx._threads",
+    "convx.functional.activations",
+    "convx.functional.conv",
+    "convx.functional.normalization",
+    "convx.functional.pooling",
+]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

@@ -3,6 +3,6 @@
 They are the test suite's oracle and the benchmark's pure-NumPy baseline.
 """
 
-from . import conv, pooling
+from . import activations, conv, normalization, pooling
 
-__all__ = ["conv", "pooling"]
+__all__ = ["activations", "conv", "normalization", "pooling"]
