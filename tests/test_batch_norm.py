@@ -8,8 +8,8 @@ float64: outputs, the input, weight and bias gradients, running statistics after
 mean offsets (the one-pass statistics against a two-pass float64 reference), constant channels,
 one value per channel, sub-batches, 1 to 3 threads, layouts, and bad arguments.
 
-PyTorch differences found (see the strict xfails): an empty batch (N, C or the spatial size 0)
-gives PyTorch an empty output and unchanged running statistics; convx raises.
+An empty batch (N or the spatial size 0) gives an empty output and unchanged running statistics,
+as in PyTorch.
 """
 
 from __future__ import annotations
@@ -225,13 +225,7 @@ def test_one_value_per_channel_is_refused_when_training_as_in_torch(shape, torch
     assert_close(batch_norm(x, *running, training=False), expected.numpy())
 
 
-EMPTY_BUGS = {
-    "N=0": "an empty batch: convx's (N, C, -1) reshape of a size-0 array raises 'cannot reshape array of size 0'; "
-    "PyTorch returns an empty output and leaves the running statistics alone",
-    "HW=0-training": "an empty plane in training: convx refuses ('needs more than one value per channel'); PyTorch "
-    "(which only refuses exactly one value per channel) returns an empty output and leaves the running statistics "
-    "alone",
-}
+EMPTY_BUGS: dict[str, str] = {}
 
 
 def _empty_params():

@@ -67,9 +67,9 @@ static const double convx_erfc_fit[12] = {
 #define CONVX_EW_BIAS 127
 /* 1.5 * 2^23: x + this rounds x to an integer, held in the low bits. */
 #define CONVX_EW_ROUNDER 12582912.0f
-/* exp overflows above HI; below LO its result is flushed to 0 (it would be below 2^-125). */
+/* exp overflows above HI and is 0 below LO (below half the smallest subnormal). */
 #define CONVX_EW_EXP_HI 88.72283935546875f
-#define CONVX_EW_EXP_LO -86.98f
+#define CONVX_EW_EXP_LO -103.98f
 #define CONVX_EW_LN2_HI 0.693145751953125f
 #define CONVX_EW_LN2_LO 1.428606765330187e-06f
 /* |x| past which tanh(x) rounds to +-1 */
@@ -108,7 +108,7 @@ static const double convx_erfc_fit[12] = {
 #define CONVX_EW_BIAS 1023
 #define CONVX_EW_ROUNDER 6755399441055744.0
 #define CONVX_EW_EXP_HI 709.782712893384
-#define CONVX_EW_EXP_LO -708.04
+#define CONVX_EW_EXP_LO -745.2
 #define CONVX_EW_LN2_HI 0.6931471803691238
 #define CONVX_EW_LN2_LO 1.90821492927058770002e-10
 #define CONVX_EW_TANH_ONE 19.1

@@ -1,42 +1,55 @@
 /* The element-wise kernels for one element type: included by _elementwise.h with ET the type
  * (float, double), ES its suffix (f, d) and CONVX_EW_EXP & co. its libm functions. */
 
-/* e^x - 1, and through *scale 2^(n-1), for x = n ln2 + r, |r| <= ln2/2, with e^x = (result + 1) *
- * 2 * scale where x is not 0-ish... (see convx_exp, convx_expm1). Written for SIMD lanes: no libm
- * call, no branch, so that the loops over it vectorise: e^r - 1 is its Taylor polynomial (no
- * constant term, so no cancellation near 0) and 2^(n-1) is built in the exponent bits; n is
- * rounded by adding 1.5 * 2^mantissa. Within about an ulp of libm. */
-static inline ET CONVX_EW(convx_expm1_reduced)(ET x, ET *scale, ET *n_out) {
-    const ET clamped = x > CONVX_EW_EXP_HI ? CONVX_EW_EXP_HI : (x < CONVX_EW_EXP_LO ? CONVX_EW_EXP_LO : x);
-    const ET rounder = CONVX_EW_ROUNDER;
-    const ET shifted = clamped * (ET)M_LOG2E + rounder;
-    const ET n = shifted - rounder;
+/* 2^k for an integral k of the normal exponent range, built in the exponent bits (adding
+ * 1.5 * 2^mantissa leaves k in the low bits). */
+static inline ET CONVX_EW(convx_pow2)(ET k) {
+    const ET rounder = CONVX_EW_ROUNDER, shifted = k + rounder;
     EU bits, rounder_bits;
     memcpy(&bits, &shifted, sizeof bits);
     memcpy(&rounder_bits, &rounder, sizeof bits);
-    const EU scale_bits = ((bits - rounder_bits) + (EU)(CONVX_EW_BIAS - 1)) << CONVX_EW_MANTISSA;
-    memcpy(scale, &scale_bits, sizeof bits);
+    bits = ((bits - rounder_bits) + (EU)CONVX_EW_BIAS) << CONVX_EW_MANTISSA;
+    ET power;
+    memcpy(&power, &bits, sizeof bits);
+    return power;
+}
+
+/* e^r - 1 for x = n ln2 + r, |r| <= ln2/2, and n; x clamped to [LO, HI] first. Written for SIMD
+ * lanes (no libm call, no branch, so that loops over it vectorise): e^r - 1 is its Taylor
+ * polynomial, r (1 + r (1/2 + r (1/6 + ...))): no constant term, so no cancellation near 0, and
+ * -0 stays -0. n is rounded by adding 1.5 * 2^mantissa. */
+static inline ET CONVX_EW(convx_expm1_reduced)(ET x, ET *n_out) {
+    const ET clamped = x > CONVX_EW_EXP_HI ? CONVX_EW_EXP_HI : (x < CONVX_EW_EXP_LO ? CONVX_EW_EXP_LO : x);
+    const ET rounder = CONVX_EW_ROUNDER;
+    const ET n = (clamped * (ET)M_LOG2E + rounder) - rounder;
     *n_out = n;
     const ET r = (clamped - n * CONVX_EW_LN2_HI) - n * CONVX_EW_LN2_LO;
     ET p = (ET)convx_inverse_factorial[CONVX_EW_EXP_TERMS];
-    for (int k = CONVX_EW_EXP_TERMS - 1; k >= 2; k--) p = p * r + (ET)convx_inverse_factorial[k];
-    return r + r * r * p;
+    for (int k = CONVX_EW_EXP_TERMS - 1; k >= 1; k--) p = p * r + (ET)convx_inverse_factorial[k];
+    return r * p;
 }
 
-/* e^x: +inf above the overflow threshold, 0 below 2^-125 (float) or 2^-1021 (double) (libm gives
- * subnormals there), NaN for NaN. */
+/* (q + 1) 2^n, scaled in two halves so that the subnormal results round as libm's do. */
+static inline ET CONVX_EW(convx_scale)(ET q, ET n) {
+    const ET rounder = CONVX_EW_ROUNDER;
+    const ET half = (n * (ET)0.5 + rounder) - rounder;
+    return (q + (ET)1) * CONVX_EW(convx_pow2)(half) * CONVX_EW(convx_pow2)(n - half);
+}
+
+/* e^x within an ulp or two of libm: +inf above the overflow threshold, 0 below the smallest
+ * subnormal, NaN for NaN. */
 static inline ET CONVX_EW(convx_exp)(ET x) {
-    ET scale, n;
-    const ET q = CONVX_EW(convx_expm1_reduced)(x, &scale, &n);
-    const ET e = (q + (ET)1) * scale * (ET)2;
+    ET n;
+    const ET q = CONVX_EW(convx_expm1_reduced)(x, &n);
+    const ET e = CONVX_EW(convx_scale)(q, n);
     return x > CONVX_EW_EXP_HI ? (ET)INFINITY : (x < CONVX_EW_EXP_LO ? (ET)0 : e);
 }
 
 /* e^x - 1, accurate near 0 (there n = 0 and the polynomial is the result). */
 static inline ET CONVX_EW(convx_expm1)(ET x) {
-    ET scale, n;
-    const ET q = CONVX_EW(convx_expm1_reduced)(x, &scale, &n);
-    const ET e = n == 0 ? q : (q + (ET)1) * scale * (ET)2 - (ET)1;
+    ET n;
+    const ET q = CONVX_EW(convx_expm1_reduced)(x, &n);
+    const ET e = n == 0 ? q : CONVX_EW(convx_scale)(q, n) - (ET)1;
     return x > CONVX_EW_EXP_HI ? (ET)INFINITY : (x < CONVX_EW_EXP_LO ? (ET)-1 : e);
 }
 
@@ -76,7 +89,8 @@ static inline ET CONVX_EW(convx_erfc_fit)(ET x) {
 CONVX_CLONES static void CONVX_EW(convx_activation_forward)(int kind, const ET *x, ET *y, ptrdiff_t n, double p0,
                                                             double p1) {
 #define CONVX_EW_MAP(expr) CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) { const ET v = x[i]; y[i] = (expr); }
-    const ET a = (ET)p0, b = (ET)p1;
+    /* a * b rounded once, as PyTorch's coefficient is (no fused multiply-add in the loops). */
+    const ET a = (ET)p0, b = (ET)p1, ab = (ET)(p0 * p1);
     switch (kind) {
     case CONVX_ACT_RELU:
         CONVX_EW_MAP(v < 0 ? (ET)0 : v)
@@ -89,7 +103,7 @@ CONVX_CLONES static void CONVX_EW(convx_activation_forward)(int kind, const ET *
         break;
     case CONVX_ACT_ELU:
     case CONVX_ACT_ELU_INPUT:
-        CONVX_EW_MAP(v <= 0 ? CONVX_EW_EXPM1(v) * (a * b) : v * b)
+        CONVX_EW_MAP(v < 0 ? CONVX_EW_EXPM1(v) * ab : v * b)
         break;
     case CONVX_ACT_SIGMOID:
         CONVX_EW_MAP((ET)1 / ((ET)1 + CONVX_EW_EXP(-v)))
@@ -132,22 +146,22 @@ CONVX_CLONES static void CONVX_EW(convx_activation_backward)(int kind, const ET 
         const ET g = grad_out[i], s = saved[i];                                                           \
         grad_in[i] = (expr);                                                                              \
     }
-    const ET a = (ET)p0, b = (ET)p1;
+    const ET a = (ET)p0, b = (ET)p1, ab = (ET)(p0 * p1);
     switch (kind) {
     case CONVX_ACT_RELU:
         CONVX_EW_MAP(s <= 0 ? (ET)0 : g)
         break;
     case CONVX_ACT_RELU6:
-        CONVX_EW_MAP((s <= 0 || s >= 6) ? (ET)0 : g)
+        CONVX_EW_MAP((s > 0 && s < 6) ? g : (ET)0)
         break;
     case CONVX_ACT_LEAKY_RELU:
         CONVX_EW_MAP(s > 0 ? g : g * a)
         break;
     case CONVX_ACT_ELU:
-        CONVX_EW_MAP(s <= 0 ? g * (s + a * b) : g * b)
+        CONVX_EW_MAP(s > 0 ? g * b : g * (s + ab))
         break;
     case CONVX_ACT_ELU_INPUT:
-        CONVX_EW_MAP(s <= 0 ? g * (a * b) * CONVX_EW_EXP(s) : g * b)
+        CONVX_EW_MAP(s > 0 ? g * b : g * ab * CONVX_EW_EXP(s))
         break;
     case CONVX_ACT_SIGMOID:
         CONVX_EW_MAP(g * ((ET)1 - s) * s)
@@ -183,7 +197,7 @@ CONVX_CLONES static void CONVX_EW(convx_activation_backward)(int kind, const ET 
         break;
     }
     case CONVX_ACT_HARDSWISH:
-        CONVX_EW_MAP(s <= -3 ? (ET)0 : (s < 3 ? g * (s / (ET)3 + (ET)0.5) : g))
+        CONVX_EW_MAP(s <= -3 ? (ET)0 : (s >= 3 ? g : g * (s / (ET)3 + (ET)0.5)))
         break;
     case CONVX_ACT_HARDSIGMOID:
         CONVX_EW_MAP((s > -3 && s < 3) ? g * (ET)(1.0 / 6.0) : (ET)0)

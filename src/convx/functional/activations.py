@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _core
-from .._batching import SUB_BATCH_WORK
+from .. import _batching
 from .._checks import as_bool, as_float_array, contiguous
 from .._threads import kernel_threads
 
@@ -48,18 +48,19 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 #: What :func:`activation_backward` reads for each activation: the forward's ``'input'`` or its
-#: ``'output'``. ``'leaky_relu'`` reads the output only for a non-negative slope and ``'elu'``
-#: only for a non-negative alpha (see :func:`activation_backward`).
+#: ``'output'``. ``'leaky_relu'`` reads the output only for a non-negative slope; ``'elu'`` and
+#: ``'selu'`` read the input (as PyTorch, exact), or the output for a non-negative alpha when asked
+#: (``saved_is='output'``, what an in-place forward leaves; see :func:`activation_backward`).
 BACKWARD_READS: dict[str, Literal["input", "output"]] = {
     "relu": "output",
     "relu6": "output",
     "leaky_relu": "output",
     "elu": "input",
+    "selu": "input",
     "sigmoid": "output",
     "tanh": "output",
     "silu": "input",
     "gelu": "input",
-    "gelu_tanh": "input",
     "hardswish": "input",
     "hardsigmoid": "input",
     "softplus": "input",
@@ -87,7 +88,7 @@ def _writeable_target(x: NDArray[Any]) -> NDArray[Any]:
 
 def _chunks(size: int) -> list[slice]:
     """Runs of at most SUB_BATCH_WORK elements per thread, so that Ctrl-C is acted on between them."""
-    most = max(1, SUB_BATCH_WORK * kernel_threads())
+    most = max(1, _batching.SUB_BATCH_WORK * kernel_threads())
     parts = max(1, -(-size // most))
     return [slice(k * size // parts, (k + 1) * size // parts) for k in range(parts)]
 
@@ -157,7 +158,7 @@ def leaky_relu(x: NDArray[Any], negative_slope: float = 0.01, inplace: bool = Fa
     array([-0.2,  2. ])
     """
     slope = _real("negative_slope", negative_slope)
-    if inplace is True and slope < 0:
+    if as_bool("inplace", inplace) and slope < 0:
         raise ValueError(f"inplace=True needs a non-negative negative_slope, got {slope}")
     return _forward(x, "leaky_relu", "leaky_relu", slope, inplace=inplace)
 
@@ -173,7 +174,7 @@ def elu(x: NDArray[Any], alpha: float = 1.0, inplace: bool = False) -> NDArray[A
     array([-0.63212056,  2.        ])
     """
     value = _real("alpha", alpha)
-    if inplace is True and value < 0:
+    if as_bool("inplace", inplace) and value < 0:
         raise ValueError(f"inplace=True needs a non-negative alpha, got {value}")
     return _forward(x, "elu", "elu", value, 1.0, inplace=inplace)
 
@@ -385,7 +386,7 @@ _BACKWARD: dict[str, Callable[..., tuple[str, float, float]]] = {
     "gelu": lambda approximate="none": (_gelu_kind(approximate), 0.0, 0.0),
     "hardswish": lambda: ("hardswish", 0.0, 0.0),
     "hardsigmoid": lambda: ("hardsigmoid", 0.0, 0.0),
-    "softplus": lambda beta=1.0, threshold=20.0: ("softplus", _real("beta", beta), _real("threshold", threshold)),
+    "softplus": lambda beta=1.0, threshold=20.0: ("softplus", _nonzero_beta(beta), _real("threshold", threshold)),
 }
 
 # The kernels whose gradient can be computed from the activation's output.

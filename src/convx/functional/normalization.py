@@ -28,7 +28,7 @@ _NDIMS = range(2, 33)
 def _as_nchw(name: str, value: object) -> NDArray[Any]:
     """``value`` validated, as a C-contiguous (N, C, rest) view (or copy)."""
     array = contiguous(as_float_array(name, value, _NDIMS))
-    return array.reshape(array.shape[0], array.shape[1], -1)
+    return array.reshape(array.shape[0], array.shape[1], int(np.prod(array.shape[2:])))
 
 
 def _channel_vector(name: str, value: object, channels: int, dtype: np.dtype[Any]) -> NDArray[np.float64] | None:
@@ -176,6 +176,9 @@ def batch_norm_forward(
     if stats and is_training and not all(s.flags.writeable for s in stats):
         raise ValueError("running_mean and running_var are updated in place when training: pass writeable arrays")
     count = flat.shape[0] * flat.shape[2]
+    if count == 0:
+        # Nothing to normalise (as PyTorch: an empty result, the running statistics untouched).
+        return np.empty(shape, dtype=array.dtype), np.zeros(channels), np.ones(channels)
     if is_training or not stats:
         if is_training and count < 2:
             raise ValueError(f"batch_norm needs more than one value per channel when training, got x of shape {shape}")

@@ -101,7 +101,7 @@ class BatchNorm2d(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got x of shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             raise ValueError(
                 f"BatchNorm2d needs more than one value per channel when training, got x of shape {x.shape}"
             )
