@@ -36,9 +36,12 @@ def _model(dtype):
     return nn.Sequential(nn.Conv2d(2, 3, 3, dtype=dtype, rng=0), nn.Linear(4, 3, dtype=dtype, rng=1))
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_steps_match_torch(case, dtype, torch, rng):
+def test_steps_match_torch(case, dtype, compiled, torch, rng, monkeypatch):
+    """Both forms of each update: the compiled kernel and the NumPy lines (its reference)."""
+    monkeypatch.setattr(optim.Optimizer, "compiled", compiled)
     name, options = case
     model = _model(dtype)
     torch_params = [torch.from_numpy(p.data.copy()).requires_grad_(True) for p in model.parameters()]
@@ -143,3 +146,54 @@ def test_gradient_shape_mismatch_is_an_error():
     layer.grads["weight"] = np.zeros((2, 3), dtype=np.float32)
     with pytest.raises(ValueError, match=r"gradient of 'weight' has shape \(2, 3\)"):
         optim.SGD(layer.parameters(), lr=0.1).step()
+
+
+def _trajectory(name, options, dtype, compiled, layout, n_threads=None, scale=1):
+    """Parameters after five steps of a (60 scale, 70 scale) parameter whose gradient depends on it."""
+    import convx
+
+    previous = convx.get_num_threads()
+    if n_threads is not None:
+        convx.set_num_threads(n_threads)
+    try:
+        layer = nn.Linear(70 * scale, 60 * scale, dtype=dtype, rng=0)
+        if layout == "fortran":  # a parameter the kernel does not take: NumPy updates it
+            layer.params["weight"] = np.asfortranarray(layer.params["weight"])
+        optimizer = getattr(optim, name)(layer.parameters(), **options)
+        optimizer.compiled = compiled
+        rng = np.random.default_rng(1)
+        for _ in range(5):
+            for key, value in layer.params.items():
+                grad = 0.5 * value + rng.standard_normal(value.shape)
+                if layout == "strided-grad":
+                    grad = np.repeat(grad, 2, axis=-1)[..., ::2]
+                layer.grads[key] = grad.astype(dtype) if layout != "float64-grad" else grad
+            optimizer.step()
+        return {key: value.copy() for key, value in layer.params.items()}
+    finally:
+        convx.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "fortran", "strided-grad", "float64-grad"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_compiled_update_matches_the_numpy_form(case, layout):
+    """The kernel's arithmetic is the NumPy form's, element by element (up to the contraction of a
+    multiply and an add into one rounding); parameters and gradients the kernel does not take
+    (another layout or dtype) go through NumPy."""
+    name, options = case
+    compiled = _trajectory(name, options, np.float32, True, layout)
+    reference = _trajectory(name, options, np.float32, False, layout)
+    for key in reference:
+        np.testing.assert_allclose(compiled[key], reference[key], rtol=2e-6, atol=1e-7)
+        assert compiled[key].dtype == np.float32
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_compiled_update_is_the_same_on_any_thread_count(case):
+    name, options = case
+    # 420,000 elements: enough for three threads.
+    one = _trajectory(name, options, np.float64, True, "contiguous", n_threads=1, scale=10)
+    for n_threads in (2, 3):
+        other = _trajectory(name, options, np.float64, True, "contiguous", n_threads=n_threads, scale=10)
+        for key in one:
+            np.testing.assert_array_equal(other[key], one[key])

@@ -125,3 +125,8 @@ def batch_norm_input_grad(
     mean: npt.NDArray[np.float64], k_grad: npt.NDArray[np.float64], k_centered: npt.NDArray[np.float64],
     k_0: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...
+OPTIMIZERS: dict[str, int]
+def optimizer_step(
+    kind: int, param: _Float, grad: _Float, state0: _Float, state1: _Float, state2: _Float,
+    hyper: npt.NDArray[np.float64], n_threads: int,
+) -> None: ...

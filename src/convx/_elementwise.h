@@ -33,6 +33,15 @@ enum convx_activation {
     CONVX_ACT_COUNT = 13
 };
 
+/* Which optimizer step (convx/optim.py). */
+enum convx_optimizer {
+    CONVX_OPT_SGD = 0,
+    CONVX_OPT_ADAM = 1,
+    CONVX_OPT_ADAGRAD = 2,
+    CONVX_OPT_RMSPROP = 3,
+    CONVX_OPT_ADADELTA = 4
+};
+
 /* Elements of a plane whose mean and squared deviations are summed in two sweeps (both from
  * L1) before being merged into the channel's running figures. */
 #define CONVX_BN_BLOCK 2048
@@ -79,6 +88,7 @@ static const double convx_erfc_fit[12] = {
 #define CONVX_EW_EXPM1 CONVX_EW(convx_expm1)
 #define CONVX_EW_TANH CONVX_EW(convx_tanh)
 #define CONVX_EW_ERFC CONVX_EW(convx_erfc_fit)
+#define CONVX_SQRT sqrtf
 #define CONVX_EW_LOG_TERMS 7
 #include "_elementwise_body.h"
 #undef ET
@@ -99,6 +109,7 @@ static const double convx_erfc_fit[12] = {
 #undef CONVX_EW_TANH_ONE
 #undef CONVX_EW_EXP_TERMS
 #undef CONVX_EW_LOG_TERMS
+#undef CONVX_SQRT
 
 #define ET double
 #define ES d
@@ -117,6 +128,7 @@ static const double convx_erfc_fit[12] = {
 #define CONVX_EW_EXPM1 CONVX_EW(convx_expm1)
 #define CONVX_EW_TANH CONVX_EW(convx_tanh)
 #define CONVX_EW_ERFC erfc
+#define CONVX_SQRT sqrt
 #define CONVX_EW_LOG_TERMS 16
 #include "_elementwise_body.h"
 #undef ET
@@ -137,5 +149,6 @@ static const double convx_erfc_fit[12] = {
 #undef CONVX_EW_TANH_ONE
 #undef CONVX_EW_EXP_TERMS
 #undef CONVX_EW_LOG_TERMS
+#undef CONVX_SQRT
 
 #endif

@@ -47,6 +47,26 @@ cdef extern from "_elementwise.h" nogil:
     void convx_bn_input_grad_plane_d(const double* grad_out, const double* x, const double* y, int kind, double p0,
                                      double p1, double* grad_in, Py_ssize_t n, double mean, double k_grad,
                                      double k_centered, double k_0)
+    enum:
+        CONVX_OPT_SGD
+        CONVX_OPT_ADAM
+        CONVX_OPT_ADAGRAD
+        CONVX_OPT_RMSPROP
+        CONVX_OPT_ADADELTA
+    void convx_optimizer_step_f(int kind, float* p, const float* grad, float* s0, float* s1, float* s2,
+                                Py_ssize_t n, const double* h)
+    void convx_optimizer_step_d(int kind, double* p, const double* grad, double* s0, double* s1, double* s2,
+                                Py_ssize_t n, const double* h)
+
+
+#: The optimizer updates the kernel knows, by class name in convx.optim.
+OPTIMIZERS = {
+    "SGD": CONVX_OPT_SGD,
+    "Adam": CONVX_OPT_ADAM,
+    "Adagrad": CONVX_OPT_ADAGRAD,
+    "RMSprop": CONVX_OPT_RMSPROP,
+    "Adadelta": CONVX_OPT_ADADELTA,
+}
 
 #: The activations the kernels know, by the name convx.functional gives them.
 ACTIVATIONS = {
@@ -198,3 +218,33 @@ def batch_norm_input_grad(const floating[:, :, ::1] grad_out, const floating[:, 
             else:
                 convx_bn_input_grad_plane_d(g + p * plane, src + p * plane, y0 + p * plane if y0 else NULL, kind,
                                             p0, p1, dst + p * plane, plane, mean[c], k_grad[c], k_centered[c], k_0[c])
+
+
+cdef inline floating* _state_pointer(floating[::1] state) noexcept nogil:
+    return &state[0] if state.shape[0] > 0 else NULL
+
+
+def optimizer_step(int kind, floating[::1] param, const floating[::1] grad, floating[::1] state0,
+                   floating[::1] state1, floating[::1] state2, const double[::1] hyper, int n_threads):
+    """One update of `param` in place from `grad` and the state arrays the optimizer `kind` keeps
+    (each either param's size or empty when unused); hyper: its hyperparameters."""
+    cdef Py_ssize_t n = param.shape[0], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n, 4 * n)
+    if n == 0:
+        return
+    cdef floating* p = &param[0]
+    cdef const floating* g = &grad[0]
+    cdef floating* s0 = _state_pointer(state0)
+    cdef floating* s1 = _state_pointer(state1)
+    cdef floating* s2 = _state_pointer(state2)
+    cdef const double* h = &hyper[0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n // team
+            end = (t + 1) * n // team
+            if floating is float:
+                convx_optimizer_step_f(kind, p + begin, g + begin, s0 + begin if s0 else NULL,
+                                       s1 + begin if s1 else NULL, s2 + begin if s2 else NULL, end - begin, h)
+            else:
+                convx_optimizer_step_d(kind, p + begin, g + begin, s0 + begin if s0 else NULL,
+                                       s1 + begin if s1 else NULL, s2 + begin if s2 else NULL, end - begin, h)

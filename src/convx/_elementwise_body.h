@@ -309,3 +309,107 @@ CONVX_CLONES static void CONVX_EW(convx_bn_input_grad_plane)(const ET *grad_out,
         CONVX_SIMD for (ptrdiff_t i = 0; i < len; i++) dst[i] = kg * g[i] + kc * (src[i] - m) + k0;
     }
 }
+
+/* One optimizer step on n elements of a parameter, in place: the update of each optimizer of
+ * convx.optim, element by element in the order of its NumPy form (which is the reference), with
+ * every hyperparameter rounded to ET first, as NumPy rounds a Python float meeting an ET array.
+ * h: the hyperparameters (see convx/optim.py for each kind's list); state0..2: its state arrays. */
+CONVX_CLONES static void CONVX_EW(convx_optimizer_step)(int kind, ET *CONVX_RESTRICT p, const ET *CONVX_RESTRICT grad,
+                                                        ET *CONVX_RESTRICT s0, ET *CONVX_RESTRICT s1,
+                                                        ET *CONVX_RESTRICT s2, ptrdiff_t n, const double *h) {
+    switch (kind) {
+    case CONVX_OPT_SGD: {
+        const ET lr = (ET)h[0], momentum = (ET)h[1], keep = (ET)(1.0 - h[2]), decay = (ET)h[3];
+        const int has_momentum = h[1] != 0, nesterov = h[4] != 0, first = h[5] != 0, decays = h[3] != 0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            ET g = grad[i];
+            if (decays) g = g + decay * p[i];
+            if (has_momentum) {
+                const ET b = first ? g : s0[i] * momentum + keep * g;
+                s0[i] = b;
+                g = nesterov ? g + momentum * b : b;
+            }
+            p[i] = p[i] - lr * g;
+        }
+        break;
+    }
+    case CONVX_OPT_ADAM: {
+        const ET keep1 = (ET)(1.0 - h[1]), beta2 = (ET)h[2], keep2 = (ET)(1.0 - h[2]), eps = (ET)h[3];
+        const ET decay = (ET)h[4], shrink = (ET)(1.0 - h[0] * h[4]), step_size = (ET)h[7], root2 = (ET)h[8];
+        const int decays = h[4] != 0, decoupled = h[5] != 0, amsgrad = h[6] != 0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            ET g = grad[i], w = p[i];
+            if (decays && decoupled) w = w * shrink;
+            if (decays && !decoupled) g = g + decay * w;
+            const ET m = s0[i] + keep1 * (g - s0[i]);
+            const ET v = s1[i] * beta2 + keep2 * g * g;
+            s0[i] = m;
+            s1[i] = v;
+            ET second = v;
+            if (amsgrad) {
+                const ET top = s2[i];
+                second = (top != top || top > v) ? top : v;
+                s2[i] = second;
+            }
+            const ET denom = CONVX_SQRT(second) / root2 + eps;
+            p[i] = w - step_size * (m / denom);
+        }
+        break;
+    }
+    case CONVX_OPT_ADAGRAD: {
+        const ET lr = (ET)h[0], decay = (ET)h[1], eps = (ET)h[2];
+        const int decays = h[1] != 0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            ET g = grad[i];
+            if (decays) g = g + decay * p[i];
+            const ET sum = s0[i] + g * g;
+            s0[i] = sum;
+            p[i] = p[i] - lr * (g / (CONVX_SQRT(sum) + eps));
+        }
+        break;
+    }
+    case CONVX_OPT_RMSPROP: {
+        const ET lr = (ET)h[0], alpha = (ET)h[1], keep = (ET)(1.0 - h[1]), eps = (ET)h[2], decay = (ET)h[3];
+        const ET momentum = (ET)h[4];
+        const int decays = h[3] != 0, has_momentum = h[4] > 0, centered = h[5] != 0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            ET g = grad[i];
+            if (decays) g = g + decay * p[i];
+            const ET v = s0[i] * alpha + keep * g * g;
+            s0[i] = v;
+            ET denom;
+            if (centered) {
+                const ET mean = s1[i] + keep * (g - s1[i]);
+                s1[i] = mean;
+                denom = CONVX_SQRT(v - mean * mean) + eps;
+            } else {
+                denom = CONVX_SQRT(v) + eps;
+            }
+            if (has_momentum) {
+                const ET b = s2[i] * momentum + g / denom;
+                s2[i] = b;
+                p[i] = p[i] - lr * b;
+            } else {
+                p[i] = p[i] - lr * (g / denom);
+            }
+        }
+        break;
+    }
+    case CONVX_OPT_ADADELTA: {
+        const ET lr = (ET)h[0], rho = (ET)h[1], keep = (ET)(1.0 - h[1]), eps = (ET)h[2], decay = (ET)h[3];
+        const int decays = h[3] != 0;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            ET g = grad[i];
+            if (decays) g = g + decay * p[i];
+            const ET v = s0[i] * rho + keep * g * g;
+            s0[i] = v;
+            const ET delta = CONVX_SQRT(s1[i] + eps) / CONVX_SQRT(v + eps) * g;
+            s1[i] = s1[i] * rho + keep * delta * delta;
+            p[i] = p[i] - lr * delta;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}

@@ -29,7 +29,9 @@ from typing import Any, Union
 
 import numpy as np
 
+from . import _core
 from ._checks import as_bool
+from ._threads import kernel_threads
 from .nn.module import Module, Parameter
 
 #: What optimizers take: ``model.parameters()``, or parameter groups (dicts with ``'params'``).
@@ -137,6 +139,34 @@ class Optimizer:
     ) -> None:
         raise NotImplementedError
 
+    #: Set False to run every update with NumPy (the reference form of each ``_update``).
+    compiled = True
+
+    def _compiled_step(
+        self, param: np.ndarray, grad: np.ndarray, states: list[np.ndarray | None], hyper: list[float]
+    ) -> bool:
+        """The update in one threaded pass of the compiled kernel (the same arithmetic as the NumPy
+        lines after the call), where it applies: a C-contiguous writeable parameter, a gradient and
+        state of its dtype. False leaves the update to NumPy."""
+        if not (
+            self.compiled and type(param) is np.ndarray and param.flags.c_contiguous and param.flags.writeable
+            and param.flags.aligned and param.dtype in (np.float32, np.float64)
+            and type(grad) is np.ndarray and grad.dtype == param.dtype and grad.shape == param.shape
+            and all(s is None or (s.dtype == param.dtype and s.flags.c_contiguous and s.shape == param.shape)
+                    for s in states)
+        ):
+            return False
+        empty = np.empty(0, dtype=param.dtype)
+        arrays = [empty if s is None else s.reshape(-1) for s in states] + [empty] * (3 - len(states))
+        gradient = np.ascontiguousarray(grad).reshape(-1)
+        _core.optimizer_step(
+            _core.OPTIMIZERS[self._kernel_name], param.reshape(-1), gradient, arrays[0], arrays[1], arrays[2],
+            np.asarray(hyper, dtype=np.float64), kernel_threads(),
+        )
+        return True
+
+    _kernel_name = ""
+
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({options})"
@@ -192,10 +222,21 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         return options
 
+    _kernel_name = "SGD"
+
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
+        momentum = group["momentum"]
+        first = momentum and state.get("momentum_buffer") is None
+        buffer_state = None
+        if momentum:
+            buffer_state = np.empty_like(param) if first else state["momentum_buffer"]
+        hyper = [group["lr"], momentum, group["dampening"], group["weight_decay"], group["nesterov"], first]
+        if self._compiled_step(param, grad, [buffer_state], hyper):
+            if first:
+                state["momentum_buffer"] = buffer_state
+            return
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
-        momentum = group["momentum"]
         if momentum:
             buffer = state.get("momentum_buffer")
             if buffer is None:
@@ -241,6 +282,7 @@ class Adam(Optimizer):
     """
 
     _decoupled_weight_decay = False
+    _kernel_name = "Adam"
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -268,6 +310,13 @@ class Adam(Optimizer):
         state["step"] += 1
         step, lr = state["step"], group["lr"]
         beta1, beta2 = group["betas"]
+        step_size = lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        hyper = [lr, beta1, beta2, group["eps"], group["weight_decay"], self._decoupled_weight_decay, group["amsgrad"],
+                 step_size, bias_correction2_sqrt]
+        states = [state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")]
+        if self._compiled_step(param, grad, states, hyper):
+            return
         if group["weight_decay"]:
             if self._decoupled_weight_decay:
                 param *= 1 - lr * group["weight_decay"]
@@ -277,8 +326,6 @@ class Adam(Optimizer):
         exp_avg += (1 - beta1) * (grad - exp_avg)
         exp_avg_sq *= beta2
         exp_avg_sq += (1 - beta2) * grad * grad
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         if group["amsgrad"]:
             np.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
             second_moment = state["max_exp_avg_sq"]
@@ -328,6 +375,8 @@ class Adagrad(Optimizer):
     eps : float, default 1e-10
     """
 
+    _kernel_name = "Adagrad"
+
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
         initial_accumulator_value: float = 0.0, eps: float = 1e-10,
@@ -347,9 +396,11 @@ class Adagrad(Optimizer):
         if not state:
             state.update(step=0, sum=np.full_like(param, group["initial_accumulator_value"]))
         state["step"] += 1
+        current_lr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+        if self._compiled_step(param, grad, [state["sum"]], [current_lr, group["weight_decay"], group["eps"]]):
+            return
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
-        current_lr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         state["sum"] += grad * grad
         param -= current_lr * (grad / (np.sqrt(state["sum"]) + group["eps"]))
 
@@ -371,6 +422,8 @@ class RMSprop(Optimizer):
     momentum : float, default 0
     centered : bool, default False
     """
+
+    _kernel_name = "RMSprop"
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
@@ -394,6 +447,10 @@ class RMSprop(Optimizer):
                 state["grad_avg"] = np.zeros_like(param)
         state["step"] += 1
         alpha = group["alpha"]
+        hyper = [group["lr"], alpha, group["eps"], group["weight_decay"], group["momentum"], group["centered"]]
+        if self._compiled_step(param, grad, [state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer")],
+                               hyper):
+            return
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
         square_avg = state["square_avg"]
@@ -431,6 +488,8 @@ class Adadelta(Optimizer):
     weight_decay : float, default 0
     """
 
+    _kernel_name = "Adadelta"
+
     def __init__(
         self, params: ParamsArg, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0
     ) -> None:
@@ -447,6 +506,9 @@ class Adadelta(Optimizer):
             state.update(step=0, square_avg=np.zeros_like(param), acc_delta=np.zeros_like(param))
         state["step"] += 1
         rho, eps = group["rho"], group["eps"]
+        hyper = [group["lr"], rho, eps, group["weight_decay"]]
+        if self._compiled_step(param, grad, [state["square_avg"], state["acc_delta"]], hyper):
+            return
         if group["weight_decay"]:
             grad = grad + group["weight_decay"] * param
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
