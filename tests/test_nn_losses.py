@@ -47,7 +47,9 @@ def test_cross_entropy_of_a_confident_correct_prediction_is_zero():
         (np.zeros((2, 3)), np.array([0.0, 1.0]), TypeError, "integer class indices"),
         (np.zeros((2, 3)), np.array([0, 1, 2]), ValueError, r"shape \(2,\)"),
         (np.zeros((2, 3), dtype=np.int64), np.array([0, 1]), TypeError, "float32 or float64"),
-        (np.zeros(3), np.array([0]), ValueError, "2-dimensional"),
+        (np.zeros(3), np.array([0]), ValueError, r"shape \(\)"),
+        (np.zeros((2, 3, 4)), np.zeros((2, 3)), ValueError, "probability target must have the logits' shape"),
+        (np.zeros((2, 3)), np.array([0, -100, 5]), ValueError, r"shape \(2,\)"),
     ],
 )
 def test_cross_entropy_rejects_bad_inputs(logits, target, error, match):
@@ -96,4 +98,69 @@ def test_loss_backward_needs_a_preceding_forward(loss_fn):
 
 def test_loss_rejects_unknown_reduction():
     with pytest.raises(ValueError, match="reduction must be one of"):
-        nn.CrossEntropyLoss(reduction="none")
+        nn.CrossEntropyLoss(reduction="average")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("target_kind", ["indices", "ignored", "probabilities"])
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 2, 5), (4,)], ids=["NC", "NCHW", "C"])
+def test_cross_entropy_options_match_torch(shape, target_kind, weighted, label_smoothing, reduction, dtype, torch,
+                                           rng):
+    """weight, ignore_index, label_smoothing, every reduction, spatial and unbatched logits, class
+    probabilities: loss and logits gradient as torch.nn.CrossEntropyLoss with autograd."""
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    logits = (3 * rng.standard_normal(shape)).astype(dtype)
+    sample_shape = () if len(shape) == 1 else (shape[0],) + shape[2:]
+    if target_kind == "probabilities":
+        target = rng.random(shape).astype(dtype)
+        target /= target.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+    else:
+        target = rng.integers(0, classes, sample_shape)
+        if target_kind == "ignored":
+            target = np.where(rng.random(sample_shape) < 0.4, 2, target)
+    options = dict(reduction=reduction, label_smoothing=label_smoothing)
+    if target_kind == "ignored":
+        options["ignore_index"] = 2
+    weight = (rng.random(classes) + 0.5).astype(dtype) if weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, **options)
+    torch_fn = torch.nn.CrossEntropyLoss(weight=None if weight is None else torch.from_numpy(weight), **options)
+    leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+    expected = torch_fn(leaf, torch.from_numpy(np.array(target)))
+    loss = loss_fn(logits, target)
+    grad_output = None
+    if reduction == "none":
+        grad_output = rng.standard_normal(sample_shape).astype(dtype)
+        expected.backward(torch.from_numpy(np.array(grad_output)))
+        assert loss.shape == sample_shape and loss.dtype == dtype
+        assert_close(loss, expected.detach().numpy())
+    else:
+        expected.backward()
+        assert isinstance(loss, float)
+        np.testing.assert_allclose(loss, expected.item(), rtol=1e-5 if dtype == np.float32 else 1e-12)
+    grad = loss_fn.backward(grad_output)
+    assert grad.shape == logits.shape and grad.dtype == dtype
+    assert_close(grad, leaf.grad.numpy())
+
+
+def test_cross_entropy_mean_over_only_ignored_targets_is_nan_as_in_torch(torch):
+    logits = np.zeros((2, 3))
+    loss_fn = nn.CrossEntropyLoss(ignore_index=1)
+    leaf = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.CrossEntropyLoss(ignore_index=1)(leaf, torch.tensor([1, 1]))
+    expected.backward()
+    assert np.isnan(loss_fn(logits, np.array([1, 1]))) and np.isnan(expected.item())
+    np.testing.assert_array_equal(loss_fn.backward(), leaf.grad.numpy())
+
+
+def test_cross_entropy_rejects_bad_options():
+    with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+        nn.CrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(ValueError, match=r"weight must have one entry per class, shape \(3,\)"):
+        nn.CrossEntropyLoss(weight=np.ones(4))(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(TypeError, match="weight has dtype float32 but logits float64"):
+        nn.CrossEntropyLoss(weight=np.ones(3, dtype=np.float32))(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(TypeError, match="ignore_index"):
+        nn.CrossEntropyLoss(ignore_index=1.5)

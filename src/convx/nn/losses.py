@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 
-from .._checks import as_float_array, same_dtype
+from .._checks import as_float_array, as_int, same_dtype
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -38,21 +39,35 @@ class _Loss:
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy between logits and integer class labels.
+    """Softmax cross-entropy between logits and class labels or class probabilities, as
+    ``torch.nn.CrossEntropyLoss``.
 
-    ``loss_n = logsumexp(logits[n]) - logits[n, target[n]]``, averaged (or summed) over the batch,
-    computed with the maximum logit subtracted so that large logits neither overflow nor lose
-    precision.
+    With class indices ``y``: ``loss_n = -w[y_n] * log_softmax(x_n)[y_n]`` (0 where
+    ``y_n == ignore_index``); the mean divides the sum by the summed weights of the targets not
+    ignored. With ``label_smoothing = e``: ``(1 - e) * loss_n + e / C * smooth_n``, ``smooth_n =
+    -sum_c w[c] * log_softmax(x_n)[c]``, reduced the same way. With class probabilities ``t`` (a
+    float target of the logits' shape): ``loss_n = -sum_c w[c] * t'[n, c] * log_softmax(x_n)[c]``,
+    ``t' = (1 - e) t + e / C``; the mean divides by the number of samples. The log-softmax
+    subtracts each row's maximum first, so large logits neither overflow nor lose precision.
 
     Parameters
     ----------
-    reduction : {'mean', 'sum'}, default 'mean'
+    weight : ndarray (C,) of the logits' dtype, optional
+        A weight per class (1 when absent).
+    ignore_index : int, default -100
+        Class-index targets equal to it contribute neither to the loss nor to the mean's divisor.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        ``'none'``: ``forward`` returns the per-sample losses (N, d1, ...) and ``backward`` takes
+        their gradient (ones when omitted).
+    label_smoothing : float in [0, 1], default 0
 
     Notes
     -----
-    ``forward(logits, target)``: logits (N, C) float32/float64, target (N,) integers in [0, C).
-    ``backward()`` returns the gradient with respect to the logits, (N, C):
-    ``(softmax(logits) - one_hot(target)) / N`` for the mean.
+    ``forward(logits, target)``: logits (N, C), (N, C, d1, ...) or (C,), float32/float64; target
+    integer class indices (N,), (N, d1, ...) or () in [0, C) (or ``ignore_index``), or float
+    probabilities of the logits' shape and dtype. ``backward()`` returns the gradient with respect
+    to the logits, their shape and dtype: ``(softmax(logits) - one_hot(target)) / N`` for the
+    plain mean.
 
     Examples
     --------
@@ -64,36 +79,150 @@ class CrossEntropyLoss(_Loss):
     >>> loss_fn.backward()
     array([[-0.375,  0.125,  0.125,  0.125],
            [ 0.125,  0.125,  0.125, -0.375]])
+    >>> smoothed = nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=0)
+    >>> round(smoothed(np.zeros((2, 4)), np.array([0, 3])), 6)  # only the second sample counts
+    1.386294
     """
 
-    def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
-        """Loss of ``logits`` (N, C) for labels ``target`` (N,)."""
-        logits = as_float_array("logits", logits, (2,))
-        target = np.asarray(target)
-        if not np.issubdtype(target.dtype, np.integer):
-            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-        batch, classes = logits.shape
-        if target.shape != (batch,):
-            raise ValueError(f"target must have shape ({batch},), one label per row of logits, got {target.shape}")
-        if batch and (target.min() < 0 or target.max() >= classes):
-            bad = target[(target < 0) | (target >= classes)][0]
-            raise ValueError(f"target values must be class indices in [0, {classes}), got {bad}")
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_norm
-        rows = np.arange(batch)
-        losses = -log_probs[rows, target]
-        self._cache = (log_probs, target)
-        return float(losses.sum() if self.reduction == "sum" else losses.mean())
+    weight: np.ndarray | None
+    ignore_index: int
+    label_smoothing: float
 
-    def backward(self) -> np.ndarray:
-        """Gradient of the loss with respect to the logits, (N, C), in the logits' dtype."""
-        log_probs, target = self._saved_for_backward()
-        grad: np.ndarray = np.exp(log_probs)
-        grad[np.arange(len(target)), target] -= 1
-        if self.reduction == "mean" and len(target):
-            grad /= len(target)
-        return grad
+    def __init__(
+        self, weight: np.ndarray | None = None, ignore_index: int = -100, reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if reduction not in _REDUCTIONS + ("none",):
+            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+        self.reduction = reduction
+        self._cache = None
+        self.weight = None if weight is None else as_float_array("weight", weight, (1,)).copy()
+        self.ignore_index = as_int("ignore_index", ignore_index)
+        if (
+            isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real)
+            or not 0 <= float(label_smoothing) <= 1
+        ):
+            raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _rows(self, logits: np.ndarray) -> np.ndarray:
+        """The logits as (samples, C): the class axis last."""
+        if logits.ndim == 1:
+            return logits[np.newaxis]
+        return np.moveaxis(logits, 1, -1).reshape(-1, logits.shape[1])
+
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> Any:
+        """Loss of ``logits`` (N, C, ...) for ``target``: a float, or per sample with reduction='none'."""
+        logits = as_float_array("logits", logits, range(1, 33))
+        classes = logits.shape[0] if logits.ndim == 1 else logits.shape[1]
+        sample_shape = () if logits.ndim == 1 else (logits.shape[0],) + logits.shape[2:]
+        weight = self.weight
+        if weight is not None:
+            if weight.shape != (classes,):
+                raise ValueError(f"weight must have one entry per class, shape ({classes},), got {weight.shape}")
+            if weight.dtype != logits.dtype:
+                raise TypeError(f"weight has dtype {weight.dtype} but logits {logits.dtype}; build the loss with "
+                                f"a weight of the logits' dtype")
+        target = np.asarray(target)
+        rows = self._rows(logits)
+        shifted = rows - rows.max(axis=1, keepdims=True) if rows.size else rows
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        class_weight = np.ones(classes, dtype=logits.dtype) if weight is None else weight
+        smoothing = self.label_smoothing
+        if np.issubdtype(target.dtype, np.floating) and target.shape == sample_shape != logits.shape:
+            raise TypeError(
+                f"target must hold integer class indices (or float class probabilities of the logits' shape "
+                f"{logits.shape}), got dtype {target.dtype} of shape {target.shape}"
+            )
+        if np.issubdtype(target.dtype, np.floating):
+            if target.shape != logits.shape or target.dtype != logits.dtype:
+                raise ValueError(
+                    f"a probability target must have the logits' shape and dtype {logits.shape} {logits.dtype}, "
+                    f"got {target.shape} {target.dtype}"
+                )
+            probabilities = self._rows(target)
+            if smoothing:
+                probabilities = probabilities * (1 - smoothing) + smoothing / classes
+            coefficients = probabilities * class_weight
+            losses = -(coefficients * log_probs).sum(axis=1)
+            divisor = float(len(losses))
+            self._cache = (log_probs, coefficients, None, divisor, logits.shape, sample_shape)
+        elif np.issubdtype(target.dtype, np.integer):
+            if target.shape != sample_shape:
+                raise ValueError(
+                    f"target must have shape {sample_shape}, one class index per sample of logits {logits.shape}, "
+                    f"got {target.shape}"
+                )
+            labels = target.reshape(-1).astype(np.int64)
+            kept = labels != self.ignore_index
+            bad = kept & ((labels < 0) | (labels >= classes))
+            if bad.any():
+                raise ValueError(
+                    f"target values must be class indices in [0, {classes}), got {labels[bad][0]} "
+                    f"(ignore_index={self.ignore_index} marks a sample to skip)"
+                )
+            safe = np.where(kept, labels, 0)
+            sample_weight = np.where(kept, class_weight[safe], 0).astype(logits.dtype)
+            picked = log_probs[np.arange(len(labels)), safe]
+            losses = -sample_weight * picked
+            if smoothing:
+                smooth = np.where(kept, -(log_probs * class_weight).sum(axis=1), 0)
+                losses = (1 - smoothing) * losses + (smoothing / classes) * smooth
+            divisor = float(sample_weight.sum())
+            self._cache = (log_probs, sample_weight, safe, divisor, logits.shape, sample_shape, kept)
+        else:
+            raise TypeError(f"target must hold integer class indices or float probabilities, got dtype {target.dtype}")
+        if self.reduction == "none":
+            per_sample: np.ndarray = losses.astype(logits.dtype, copy=False).reshape(sample_shape)
+            return per_sample
+        total = float(losses.sum())
+        if self.reduction == "sum":
+            return total
+        return total / divisor if divisor else float("nan")
+
+    def backward(self, grad_output: np.ndarray | None = None) -> np.ndarray:
+        """Gradient with respect to the logits, their shape and dtype; with reduction='none', of
+        ``sum(grad_output * losses)`` (``grad_output`` of the losses' shape; ones when omitted)."""
+        cache = self._saved_for_backward()
+        log_probs, coefficients, labels, divisor, logits_shape, sample_shape = cache[:6]
+        probs = np.exp(log_probs)
+        classes = log_probs.shape[1]
+        if labels is None:  # probabilities: d/dx of -sum_c a_c log p_c = p * sum(a) - a
+            grad = probs * coefficients.sum(axis=1, keepdims=True) - coefficients
+        else:
+            kept = cache[6]
+            sample_weight = coefficients
+            grad = probs * sample_weight[:, None]
+            grad[np.arange(len(labels)), labels] -= sample_weight
+            smoothing = self.label_smoothing
+            if smoothing:
+                class_weight = np.ones(classes, dtype=log_probs.dtype) if self.weight is None else self.weight
+                smooth = probs * class_weight.sum() - class_weight
+                grad = (1 - smoothing) * grad + (smoothing / classes) * np.where(kept[:, None], smooth, 0)
+        if self.reduction == "mean":
+            # Nothing counted (every target ignored): the loss is NaN, its gradient 0, as in PyTorch.
+            grad = grad / divisor if divisor else grad * 0
+        elif self.reduction == "none":
+            scale = np.ones(len(grad), dtype=grad.dtype) if grad_output is None else np.asarray(grad_output)
+            if scale.shape != tuple(sample_shape) and grad_output is not None:
+                raise ValueError(f"grad_output must have the losses' shape {tuple(sample_shape)}, got {scale.shape}")
+            grad = grad * scale.reshape(-1)[:, None]
+        grad = grad.astype(log_probs.dtype, copy=False)
+        if len(logits_shape) == 1:
+            result: np.ndarray = grad[0]
+            return result
+        moved = grad.reshape((logits_shape[0],) + tuple(logits_shape[2:]) + (classes,))
+        return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
+
+    def __repr__(self) -> str:
+        text = f"reduction={self.reduction!r}"
+        if self.weight is not None:
+            text += ", weight=..."
+        if self.ignore_index != -100:
+            text += f", ignore_index={self.ignore_index}"
+        if self.label_smoothing:
+            text += f", label_smoothing={self.label_smoothing}"
+        return f"{type(self).__name__}({text})"
 
 
 class MSELoss(_Loss):
