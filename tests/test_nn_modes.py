@@ -52,6 +52,47 @@ def test_dropout_masks_are_reproducible_from_a_seed():
     assert not np.array_equal(first(x), nn.Dropout(0.5, rng=8)(x))
 
 
+def test_dropout_masks_do_not_depend_on_threads_or_sub_batches(monkeypatch):
+    """Each element's mask is a hash of the forward's seed and the element's index."""
+    import convx._batching
+
+    x = np.arange(1, 200001, dtype=np.float64).reshape(400, 500)
+    previous = convx.get_num_threads()
+    try:
+        results = []
+        for n_threads, work in [(1, convx._batching.SUB_BATCH_WORK), (3, convx._batching.SUB_BATCH_WORK), (2, 999)]:
+            convx.set_num_threads(n_threads)
+            monkeypatch.setattr(convx._batching, "SUB_BATCH_WORK", work)
+            layer = nn.Dropout(0.4, rng=5)
+            results.append((layer(x), layer.backward(np.full_like(x, 2.0))))
+    finally:
+        convx.set_num_threads(previous)
+    for y, grad in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+
+
+def test_dropout_in_place_overwrites_the_input_and_backward_still_works():
+    x = np.arange(1.0, 101.0)
+    expected_layer, layer = nn.Dropout(0.5, rng=3), nn.Dropout(0.5, inplace=True, rng=3)
+    expected = expected_layer(x.copy())
+    y = layer(x)
+    assert y is x
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(layer.backward(np.ones(100)), expected_layer.backward(np.ones(100)))
+    with pytest.raises(ValueError, match="inplace=True needs x writeable"):
+        nn.Dropout(0.5, inplace=True)(np.ones((4, 4))[:, ::2])
+
+
+def test_dropout_masks_of_successive_calls_and_neighbours_are_independent():
+    layer = nn.Dropout(0.5, rng=11)
+    first = (layer(np.ones(400000)) != 0).astype(float)
+    second = (layer(np.ones(400000)) != 0).astype(float)
+    # 400,000 fair coins: correlations of independent masks are within a few 1/sqrt(n) = 0.0016.
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.01
+    assert abs(np.corrcoef(first[:-1], first[1:])[0, 1]) < 0.01
+
+
 def test_dropout_rejects_bad_probability():
     for p in (-0.1, 1.5, "half", True):
         with pytest.raises(ValueError, match="probability"):

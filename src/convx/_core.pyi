@@ -130,3 +130,6 @@ def optimizer_step(
     kind: int, param: _Float, grad: _Float, state0: _Float, state1: _Float, state2: _Float,
     hyper: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...
+def dropout(
+    x: _Float, out: _Float, first: int, seed: int, threshold: int, scale: float, n_threads: int,
+) -> None: ...

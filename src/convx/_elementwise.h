@@ -11,6 +11,8 @@
 #define CONVX_ELEMENTWISE_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 #include <math.h>
 #include "_simd.h"
 
@@ -61,12 +63,28 @@ static const double convx_erfc_fit[12] = {
     2.3986076668692045, -2.205012198312522, 0.9913167417008433, -0.17874966294259773,
 };
 
+/* A 32-bit hash of (seed, index), two rounds of MurmurHash3's finaliser: the dropout mask of
+ * element `index` is a function of the seed and the index alone, so it does not depend on how the
+ * elements are split between threads or sub-batches, and the backward recomputes it. */
+static inline uint32_t convx_hash32(uint64_t seed, uint64_t index) {
+    uint32_t h = (uint32_t)index * 0x9E3779B1u + (uint32_t)seed;
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    h ^= (uint32_t)(seed >> 32) ^ ((uint32_t)(index >> 32) * 0x85EBCA6Bu);
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
 #define CONVX_EW_CAT2(a, b) a##_##b
 #define CONVX_EW_CAT(a, b) CONVX_EW_CAT2(a, b)
 #define CONVX_EW(name) CONVX_EW_CAT(name, ES)
-
-#include <stdint.h>
-#include <string.h>
 
 #define ET float
 #define ES f

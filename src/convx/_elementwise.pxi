@@ -5,6 +5,8 @@
 # element-wise passes run one (image, channel) plane per thread. No thread writes what another
 # reads or writes.
 
+from libc.stdint cimport uint32_t, uint64_t
+
 cdef extern from "_elementwise.h" nogil:
     enum:
         CONVX_ACT_RELU
@@ -57,6 +59,11 @@ cdef extern from "_elementwise.h" nogil:
                                 Py_ssize_t n, const double* h)
     void convx_optimizer_step_d(int kind, double* p, const double* grad, double* s0, double* s1, double* s2,
                                 Py_ssize_t n, const double* h)
+
+    void convx_dropout_f(const float* x, float* out, Py_ssize_t n, uint64_t first, uint64_t seed,
+                         uint32_t threshold, double scale)
+    void convx_dropout_d(const double* x, double* out, Py_ssize_t n, uint64_t first, uint64_t seed,
+                         uint32_t threshold, double scale)
 
 
 #: The optimizer updates the kernel knows, by class name in convx.optim.
@@ -248,3 +255,22 @@ def optimizer_step(int kind, floating[::1] param, const floating[::1] grad, floa
             else:
                 convx_optimizer_step_d(kind, p + begin, g + begin, s0 + begin if s0 else NULL,
                                        s1 + begin if s1 else NULL, s2 + begin if s2 else NULL, end - begin, h)
+
+
+def dropout(const floating[::1] x, floating[::1] out, uint64_t first, uint64_t seed, uint32_t threshold,
+            double scale, int n_threads):
+    """out[i] = x[i] * scale where hash(seed, first + i) >= threshold, else 0 (out may share x's memory)."""
+    cdef Py_ssize_t n = x.shape[0], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n, 2 * n)
+    if n == 0:
+        return
+    cdef const floating* src = &x[0]
+    cdef floating* dst = &out[0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n // team
+            end = (t + 1) * n // team
+            if floating is float:
+                convx_dropout_f(src + begin, dst + begin, end - begin, first + <uint64_t> begin, seed, threshold, scale)
+            else:
+                convx_dropout_d(src + begin, dst + begin, end - begin, first + <uint64_t> begin, seed, threshold, scale)

@@ -413,3 +413,15 @@ CONVX_CLONES static void CONVX_EW(convx_optimizer_step)(int kind, ET *CONVX_REST
         break;
     }
 }
+
+/* out[i] = x[i] * scale where element first + i is kept (its hash at least `threshold`), else 0:
+ * dropout's forward (x the input) and backward (x the output's gradient). out may be x. */
+CONVX_CLONES static void CONVX_EW(convx_dropout)(const ET *x, ET *out, ptrdiff_t n, uint64_t first, uint64_t seed,
+                                                 uint32_t threshold, double scale) {
+    const ET s = (ET)scale;
+    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const uint32_t h = convx_hash32(seed, first + (uint64_t)i);
+        const ET scaled = x[i] * s; /* outside the select, so that it is a blend, not a branch */
+        out[i] = h >= threshold ? scaled : (ET)0;
+    }
+}

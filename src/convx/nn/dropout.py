@@ -6,6 +6,10 @@ import numbers
 
 import numpy as np
 
+from .. import _core
+from .._checks import as_bool, contiguous
+from .._threads import kernel_threads
+from ..functional.activations import _chunks
 from .init import RngLike, as_generator
 from .module import Module, check_input
 
@@ -20,8 +24,13 @@ class Dropout(Module):
     ----------
     p : float, default 0.5
         Probability of zeroing an element, in [0, 1].
+    inplace : bool, default False
+        Overwrite the input with the output.
     rng : None, int or numpy.random.Generator
-        Source of the masks: a seed makes the sequence of masks reproducible.
+        Source of the masks: a seed makes the sequence of masks reproducible. Each forward draws
+        one 64-bit number from it; an element's mask is a hash of that number and the element's
+        index (so it does not depend on the thread count, and the backward recomputes it instead
+        of keeping a mask).
 
     Notes
     -----
@@ -40,14 +49,24 @@ class Dropout(Module):
     """
 
     p: float
+    inplace: bool
     rng: np.random.Generator
 
-    def __init__(self, p: float = 0.5, *, rng: RngLike = None) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, rng: RngLike = None) -> None:
         super().__init__()
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= float(p) <= 1:
             raise ValueError(f"dropout probability p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
+        self.inplace = as_bool("inplace", inplace)
         self.rng = as_generator(rng)
+
+    def _apply(self, source: np.ndarray, out: np.ndarray, seed: int) -> None:
+        """out = source * scale where the element's hash under ``seed`` keeps it, else 0."""
+        threshold = round(self.p * 2.0**32)
+        scale = 1.0 / (1.0 - self.p)
+        flat_in, flat_out = source.reshape(-1), out.reshape(-1)
+        for part in _chunks(flat_in.size):
+            _core.dropout(flat_in[part], flat_out[part], part.start, seed, threshold, scale, kernel_threads())
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape, masked and rescaled in training mode."""
@@ -57,20 +76,37 @@ class Dropout(Module):
             y = x.copy()
             self._save_for_backward(y, None)
             return y
-        keep = self.rng.random(x.shape) >= self.p
-        # p == 1 keeps nothing; avoid the division by zero of the usual scale.
-        scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
-        mask = keep.astype(x.dtype) * x.dtype.type(scale)
-        y = x * mask
-        self._save_for_backward(y, mask)
+        if self.p == 1 or round(self.p * 2.0**32) >= 2**32:
+            y = np.zeros(x.shape, dtype=x.dtype)
+            self._save_for_backward(y, -1)
+            return y
+        # One seed per forward: each element's mask is a hash of (seed, its index), which the
+        # backward recomputes, so no mask is kept.
+        seed = int(self.rng.integers(0, 2**64, dtype=np.uint64))
+        if self.inplace:
+            if not (x.flags.writeable and x.flags.c_contiguous and x.flags.aligned):
+                raise ValueError("Dropout(inplace=True) needs x writeable, C-contiguous and aligned")
+            y = x
+            source = x
+        else:
+            source = contiguous(x)
+            y = np.empty(x.shape, dtype=x.dtype)
+        self._apply(source, y, seed)
+        self._save_for_backward(y, seed)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """``grad_out`` times the forward pass's mask (unchanged in evaluation mode)."""
         grad_out, saved = self._saved_for_backward(grad_out)
-        mask: np.ndarray | None = saved[0]
-        grad_x: np.ndarray = grad_out.copy() if mask is None else grad_out * mask
+        seed: int | None = saved[0]
+        if seed is None:
+            unchanged: np.ndarray = grad_out.copy()
+            return unchanged
+        if seed == -1:
+            return np.zeros(grad_out.shape, dtype=grad_out.dtype)
+        grad_x = np.empty(grad_out.shape, dtype=grad_out.dtype)
+        self._apply(contiguous(grad_out), grad_x, seed)
         return grad_x
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace=True" if self.inplace else f"p={self.p}"
