@@ -85,7 +85,7 @@ class Dropout(Module):
         seed = int(self.rng.integers(0, 2**64, dtype=np.uint64))
         if self.inplace:
             if not (x.flags.writeable and x.flags.c_contiguous and x.flags.aligned):
-                raise ValueError("Dropout(inplace=True) needs x writeable, C-contiguous and aligned")
+                raise ValueError("inplace=True needs x writeable, C-contiguous and aligned (it is overwritten): pass inplace=False for a new array")
             y = x
             source = x
         else:
