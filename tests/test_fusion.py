@@ -76,12 +76,17 @@ ACTIVATIONS = [
 ]
 ACTIVATION_IDS = [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in ACTIVATIONS]
 
-# Whose gradient the fused batch normalisation backward takes from the output.
-OUTPUT_READING = [
-    ("relu", {}), ("relu6", {}), ("leaky_relu", {}), ("leaky_relu", {"negative_slope": 0.0}),
-    ("leaky_relu", {"negative_slope": 1.5}), ("elu", {}), ("elu", {"alpha": 0.5}), ("elu", {"alpha": 0.0}),
-    ("selu", {}), ("sigmoid", {}), ("tanh", {}),
-]
+# Whose gradient the fused batch normalisation backward takes from the output: relu, relu6,
+# sigmoid, tanh, leaky_relu with a non-negative slope, elu and selu with a non-negative alpha.
+def _reads_output(name, params):
+    if name == "leaky_relu":
+        return params.get("negative_slope", 0.01) >= 0
+    if name == "elu":
+        return params.get("alpha", 1.0) >= 0
+    return name in ("relu", "relu6", "selu", "sigmoid", "tanh")
+
+
+OUTPUT_READING = [item for item in ACTIVATIONS if _reads_output(*item)]
 INPUT_READING = [item for item in ACTIVATIONS if item not in OUTPUT_READING]
 
 
@@ -293,3 +298,453 @@ def test_activation_params_without_an_activation_is_refused(params, rng):
     x, weight, bias = _conv_arrays(rng, np.float32, (2, 3, 5, 5), (4, 3, 3, 3))
     with pytest.raises((TypeError, ValueError), match="activation"):
         F.conv2d(x, weight, bias, activation_params=params)
+
+
+# -- batch_norm(..., activation=) and its backward ----------------------------------------------
+
+BN_SHAPES = [(6, 3), (4, 3, 7), (3, 2, 5, 4), (2, 3, 2, 3, 4)]
+BN_SHAPE_IDS = ["NC", "NCL", "NCHW", "NCDHW"]
+
+
+def _bn_arrays(rng, dtype, shape):
+    channels = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 0.3).astype(dtype)
+    weight = rng.uniform(-1.5, 1.5, channels).astype(dtype)
+    bias = rng.standard_normal(channels).astype(dtype)
+    running_mean = rng.standard_normal(channels).astype(dtype)
+    running_var = rng.uniform(0.5, 3.0, channels).astype(dtype)
+    return x, weight, bias, running_mean, running_var
+
+
+# (training, affine, with running statistics)
+BN_MODES = [(training, affine, running) for training in (True, False) for affine in (True, False)
+            for running in (True, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=BN_SHAPE_IDS)
+@pytest.mark.parametrize(("name", "params"), ACTIVATIONS, ids=ACTIVATION_IDS)
+def test_batch_norm_activation_forward_is_the_activation_of_batch_norm(name, params, shape, dtype, rng):
+    x, weight, bias, running_mean, running_var = _bn_arrays(rng, dtype, shape)
+    for training, affine, running in BN_MODES:
+        affine_args = (weight, bias) if affine else (None, None)
+        stats_fused = (running_mean.copy(), running_var.copy()) if running else (None, None)
+        stats_plain = (running_mean.copy(), running_var.copy()) if running else (None, None)
+        fused, mean_f, inv_f = F.batch_norm_forward(x, *stats_fused, *affine_args, training, 0.3, 1e-3,
+                                                    activation=name, activation_params=params)
+        plain, mean_p, inv_p = F.batch_norm_forward(x, *stats_plain, *affine_args, training, 0.3, 1e-3)
+        assert_bitwise_equal(fused, unfused_activation(name, params, plain))
+        assert_bitwise_equal(mean_f, mean_p)
+        assert_bitwise_equal(inv_f, inv_p)
+        for after_fused, after_plain in zip(stats_fused, stats_plain):
+            if running:
+                assert_bitwise_equal(after_fused, after_plain)
+        short = F.batch_norm(x, *(s if s is None else s.copy() for s in stats_plain), *affine_args, training,
+                             0.3, 1e-3, activation=name, activation_params=params)
+        assert_bitwise_equal(short, fused)
+
+
+def _bn_backward_cases(rng, dtype, shape):
+    """(x, y-less forward arguments, batch_stats) for training and evaluation, affine or not."""
+    x, weight, bias, running_mean, running_var = _bn_arrays(rng, dtype, shape)
+    for training in (True, False):
+        for affine in (True, False):
+            yield x, (weight, bias) if affine else (None, None), (running_mean.copy(), running_var.copy()), training
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=BN_SHAPE_IDS)
+@pytest.mark.parametrize(("name", "params"), OUTPUT_READING, ids=_ids(OUTPUT_READING))
+def test_batch_norm_activation_backward_is_the_chain_rule(name, params, shape, dtype, rng):
+    grad_out = rng.standard_normal(shape).astype(dtype)
+    for x, (weight, bias), running, training in _bn_backward_cases(rng, dtype, shape):
+        y, mean, inv_std = F.batch_norm_forward(x, *running, weight, bias, training, 0.1, 1e-3,
+                                                activation=name, activation_params=params)
+        fused = F.batch_norm_backward(grad_out, x, mean, inv_std, weight, training, weight is not None,
+                                      activation=name, activation_params=params, output=y)
+        # The same gradient from the output, then the batch normalisation's backward: the same
+        # kernels on the same values.
+        through_output = F.activation_backward(name, grad_out, y, saved_is="output", **params)
+        plain = F.batch_norm_backward(through_output, x, mean, inv_std, weight, training, weight is not None)
+        for got, expected in zip(fused, plain):
+            assert (got is None) == (expected is None)
+            if got is not None:
+                assert_bitwise_equal(got, expected)
+        # And from the input, as the unfused layer computes ELU's and SELU's: equal up to rounding.
+        normalized = F.batch_norm(x, *(s.copy() for s in running), weight, bias, training, 0.1, 1e-3)
+        through_input = F.activation_backward(name, grad_out, normalized, saved_is="input", **params) \
+            if name not in ("sigmoid", "tanh") else through_output
+        plain = F.batch_norm_backward(through_input, x, mean, inv_std, weight, training, weight is not None)
+        for got, expected in zip(fused, plain):
+            if got is not None:
+                assert_close(got, expected)
+
+
+TORCH_ACTIVATIONS = {
+    "relu": lambda torch, t, **k: torch.nn.functional.relu(t),
+    "relu6": lambda torch, t, **k: torch.nn.functional.relu6(t),
+    "leaky_relu": lambda torch, t, negative_slope=0.01: torch.nn.functional.leaky_relu(t, negative_slope),
+    "elu": lambda torch, t, alpha=1.0: torch.nn.functional.elu(t, alpha),
+    "selu": lambda torch, t: torch.nn.functional.selu(t),
+    "sigmoid": lambda torch, t: torch.sigmoid(t),
+    "tanh": lambda torch, t: torch.tanh(t),
+    "silu": lambda torch, t: torch.nn.functional.silu(t),
+    "gelu": lambda torch, t, approximate="none": torch.nn.functional.gelu(t, approximate=approximate),
+    "hardswish": lambda torch, t: torch.nn.functional.hardswish(t),
+    "hardsigmoid": lambda torch, t: torch.nn.functional.hardsigmoid(t),
+    "softplus": lambda torch, t, beta=1.0, threshold=20.0: torch.nn.functional.softplus(t, beta, threshold),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 3), (3, 2, 5, 4), (2, 3, 2, 3, 4)], ids=["NC", "NCHW", "NCDHW"])
+@pytest.mark.parametrize(("name", "params"), OUTPUT_READING, ids=_ids(OUTPUT_READING))
+def test_batch_norm_activation_forward_and_backward_match_torch(name, params, shape, dtype, torch, rng):
+    grad_out = rng.standard_normal(shape).astype(dtype)
+    for x, (weight, bias), running, training in _bn_backward_cases(rng, dtype, shape):
+        ours_running = tuple(s.copy() for s in running)
+        y, mean, inv_std = F.batch_norm_forward(x, *ours_running, weight, bias, training, 0.1, 1e-3,
+                                                activation=name, activation_params=params)
+        grads = F.batch_norm_backward(grad_out, x, mean, inv_std, weight, training, weight is not None,
+                                      activation=name, activation_params=params, output=y)
+        x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+        affine_t = [None if a is None else torch.from_numpy(a.copy()).requires_grad_(True) for a in (weight, bias)]
+        running_t = [torch.from_numpy(s.copy()) for s in running]
+        y_t = TORCH_ACTIVATIONS[name](torch, torch.nn.functional.batch_norm(x_t, *running_t, *affine_t, training,
+                                                                            0.1, 1e-3), **params)
+        y_t.backward(torch.from_numpy(grad_out))
+        assert_close(y, y_t.detach().numpy())
+        assert_close(grads[0], x_t.grad.numpy())
+        if weight is not None:
+            assert_close(grads[1], affine_t[0].grad.numpy())
+            assert_close(grads[2], affine_t[1].grad.numpy())
+        for ours_stat, torch_stat in zip(ours_running, running_t):
+            assert_close(ours_stat, torch_stat.numpy())
+
+
+@pytest.mark.parametrize(("name", "params"), INPUT_READING, ids=_ids(INPUT_READING))
+def test_batch_norm_backward_refuses_activations_whose_gradient_reads_their_input(name, params, rng):
+    x = rng.standard_normal((4, 3, 5))
+    y, mean, inv_std = F.batch_norm_forward(x, training=True, activation=name, activation_params=params)
+    with pytest.raises(ValueError, match=f"gradient of '{name}'.*needs its input") as info:
+        F.batch_norm_backward(np.ones_like(x), x, mean, inv_std, activation=name, activation_params=params,
+                              output=y)
+    assert "relu" in str(info.value) and "sigmoid" in str(info.value)  # says which would do
+
+
+def test_batch_norm_backward_with_an_activation_needs_a_matching_output(rng):
+    x = rng.standard_normal((4, 3, 5))
+    y, mean, inv_std = F.batch_norm_forward(x, training=True, activation="relu")
+    grad_out = np.ones_like(x)
+    with pytest.raises(ValueError, match=r"output="):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu")
+    for bad in (y[:2], y.astype(np.float32), y.reshape(4, 15)):
+        with pytest.raises(ValueError, match="output must have x's shape and dtype"):
+            F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output=bad)
+    with pytest.raises(TypeError, match="output"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output="y")
+    with pytest.raises(ValueError, match="activation must be None or one of"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="swish", output=y)
+    with pytest.raises(TypeError, match="activation_params"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", activation_params=[1], output=y)
+    # A non-contiguous output is read as it is.
+    y_strided = np.asfortranarray(y)
+    expected = F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output=y)
+    got = F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output=y_strided)
+    for a, b in zip(got, expected):
+        assert_bitwise_equal(a, b)
+
+
+@pytest.mark.xfail(strict=True, reason="output= without activation is silently ignored (not validated)")
+def test_batch_norm_backward_refuses_an_output_without_an_activation(rng):
+    x = rng.standard_normal((4, 3, 5))
+    _, mean, inv_std = F.batch_norm_forward(x, training=True)
+    with pytest.raises((TypeError, ValueError), match="output"):
+        F.batch_norm_backward(np.ones_like(x), x, mean, inv_std, output="not an array")
+
+
+@pytest.mark.parametrize("work", [1, 40])
+@pytest.mark.parametrize(("name", "params"), [("relu", {}), ("tanh", {}), ("selu", {}), ("silu", {})])
+def test_batch_norm_activation_in_sub_batches(name, params, work, monkeypatch, rng):
+    x, weight, bias, running_mean, running_var = _bn_arrays(rng, np.float32, (7, 3, 4, 5))
+    grad_out = rng.standard_normal(x.shape).astype(np.float32)
+    y, mean, inv_std = F.batch_norm_forward(x, None, None, weight, bias, True)
+    expected_y = unfused_activation(name, params, y)
+    monkeypatch.setattr(convx._batching, "SUB_BATCH_WORK", work)
+    fused_y, _, _ = F.batch_norm_forward(x, None, None, weight, bias, True, activation=name, activation_params=params)
+    assert_bitwise_equal(fused_y, expected_y)
+    if (name, params) in OUTPUT_READING:
+        fused = F.batch_norm_backward(grad_out, x, mean, inv_std, weight, activation=name, activation_params=params,
+                                      output=fused_y)
+        through = F.activation_backward(name, grad_out, fused_y, saved_is="output", **params)
+        for got, expected in zip(fused, F.batch_norm_backward(through, x, mean, inv_std, weight)):
+            assert_bitwise_equal(got, expected)
+
+
+def test_batch_norm_activation_leaves_its_inputs_alone(rng):
+    x, weight, bias, running_mean, running_var = _bn_arrays(rng, np.float64, (4, 3, 5, 2))
+    arrays = (x, weight, bias)
+    before = [a.copy() for a in arrays]
+    y, mean, inv_std = F.batch_norm_forward(x, None, None, weight, bias, True, activation="relu6")
+    grad_out = rng.standard_normal(x.shape)
+    kept = [grad_out.copy(), y.copy()]
+    F.batch_norm_backward(grad_out, x, mean, inv_std, weight, activation="relu6", output=y)
+    for a, b in zip((*arrays, grad_out, y), (*before, *kept)):
+        assert_bitwise_equal(a, b)
+
+
+# -- nn.Sequential ------------------------------------------------------------------------------
+
+# Activation layers: (class name, keyword arguments). PyTorch builds the same without inplace.
+ACT_LAYERS = [
+    ("ReLU", {}), ("ReLU", {"inplace": True}), ("ReLU6", {}), ("ReLU6", {"inplace": True}),
+    ("LeakyReLU", {"negative_slope": 0.1}), ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+    ("LeakyReLU", {"negative_slope": 0.0}), ("LeakyReLU", {"negative_slope": -0.2}),
+    ("ELU", {}), ("ELU", {"alpha": 0.6, "inplace": True}), ("ELU", {"alpha": -0.5}),
+    ("SELU", {}), ("SELU", {"inplace": True}), ("Sigmoid", {}), ("Tanh", {}),
+    ("SiLU", {}), ("SiLU", {"inplace": True}), ("GELU", {}), ("GELU", {"approximate": "tanh"}),
+    ("Hardswish", {}), ("Hardswish", {"inplace": True}), ("Hardsigmoid", {}), ("Hardsigmoid", {"inplace": True}),
+    ("Softplus", {"beta": 2.0, "threshold": 1.0}),
+]
+ACT_IDS = [f"{cls}({','.join(f'{k}={v}' for k, v in kw.items())})" for cls, kw in ACT_LAYERS]
+
+
+def make_act(lib, spec):
+    cls, kwargs = spec
+    if lib is not nn:
+        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    return getattr(lib, cls)(**kwargs)
+
+
+def conv_takes(spec):
+    """Whether a training Conv2d fuses with this activation: its layer's gradient reads its output
+    (so the fused run is the unfused one, bit for bit)."""
+    cls, kwargs = spec
+    if cls == "LeakyReLU":
+        return kwargs["negative_slope"] >= 0
+    if cls in ("ELU", "SELU"):
+        return bool(kwargs.get("inplace"))
+    return cls in ("ReLU", "ReLU6", "Sigmoid", "Tanh")
+
+
+def bn_takes(spec):
+    """Whether a training BatchNorm2d fuses with this activation: its gradient can be taken from
+    the output (batch_norm_backward(activation=) accepts it)."""
+    cls, kwargs = spec
+    if cls == "LeakyReLU":
+        return kwargs["negative_slope"] >= 0
+    if cls == "ELU":
+        return kwargs.get("alpha", 1.0) >= 0
+    return cls in ("ReLU", "ReLU6", "SELU", "Sigmoid", "Tanh")
+
+
+def _kwargs(lib, dtype, seed):
+    """Constructor options for layers with random parameters and for the others (none for torch)."""
+    if lib is nn:
+        return dict(dtype=dtype, rng=np.random.default_rng(seed)), dict(dtype=dtype)
+    return {}, {}
+
+
+def pattern_net(lib, pattern, spec, dtype=np.float32, seed=0):
+    random_init, fixed_init = _kwargs(lib, dtype, seed)
+    conv = lambda c_in, c_out, **kw: lib.Conv2d(c_in, c_out, 3, padding=1, **kw, **random_init)  # noqa: E731
+    layers = {
+        "conv-bn-act": lambda: [conv(3, 4), lib.BatchNorm2d(4, **fixed_init), make_act(lib, spec)],
+        "conv-act": lambda: [conv(3, 4), make_act(lib, spec)],
+        "bn-act": lambda: [lib.BatchNorm2d(3, **fixed_init), make_act(lib, spec)],
+        "conv-bn": lambda: [conv(3, 4, bias=False), lib.BatchNorm2d(4, **fixed_init)],  # spec unused
+        "conv-bn-act-conv-act": lambda: [conv(3, 4), lib.BatchNorm2d(4, **fixed_init), make_act(lib, spec),
+                                         conv(4, 2), make_act(lib, spec)],
+    }[pattern]()
+    return lib.Sequential(*layers)
+
+
+def expected_fusions(pattern, spec, training):
+    if not training:
+        return {"conv-bn-act": [(0, 3)], "conv-act": [(0, 2)], "bn-act": [(0, 2)], "conv-bn": [(0, 2)],
+                "conv-bn-act-conv-act": [(0, 3), (3, 5)]}[pattern]
+    if pattern == "conv-bn":
+        return []
+    bn = [(1, 3)] if bn_takes(spec) else []
+    return {"conv-bn-act": bn, "conv-act": [(0, 2)] if conv_takes(spec) else [],
+            "bn-act": [(0, 2)] if bn_takes(spec) else [],
+            "conv-bn-act-conv-act": bn + ([(3, 5)] if conv_takes(spec) else [])}[pattern]
+
+
+@pytest.fixture
+def fusions(monkeypatch):
+    """The (start, stop) of every fused group run, in order: so that a test knows that it compared
+    a fused run (Sequential._run_fused) and not two unfused ones."""
+    seen = []
+    original = nn.Sequential._run_fused
+
+    def recording(self, fusion, x):
+        seen.append((fusion.start, fusion.stop))
+        return original(self, fusion, x)
+
+    monkeypatch.setattr(nn.Sequential, "_run_fused", recording)
+    return seen
+
+
+def set_fuse(model, flag):
+    """``fuse`` on a Sequential and every Sequential nested in it."""
+    if isinstance(model, nn.Sequential):
+        model.fuse = flag
+        for layer in model:
+            set_fuse(layer, flag)
+    return model
+
+
+def randomize_state(model, seed=1):
+    """Random BatchNorm2d weights, biases and running statistics (positive variances), so that
+    folding them into a convolution changes something."""
+    rng = np.random.default_rng(seed)
+    state = model.state_dict()
+    batch_norm_keys = {name.rsplit(".", 1)[0] for name in state if name.endswith("running_mean")}
+    batch_norm_keys |= {f"{i}" for i, layer in enumerate(getattr(model, "layers", [])) if isinstance(layer, nn.BatchNorm2d)}
+    for name, value in state.items():
+        prefix, key = name.rsplit(".", 1) if "." in name else ("", name)
+        if key == "running_mean":
+            state[name] = rng.standard_normal(value.shape).astype(value.dtype)
+        elif key == "running_var":
+            state[name] = rng.uniform(0.3, 2.5, value.shape).astype(value.dtype)
+        elif key == "num_batches_tracked":
+            state[name] = np.array(3, dtype=np.int64)
+        elif prefix in batch_norm_keys and key == "weight":
+            state[name] = (rng.uniform(0.5, 1.5, value.shape) * rng.choice([-1, 1], value.shape)).astype(value.dtype)
+        elif prefix in batch_norm_keys and key == "bias":
+            state[name] = rng.standard_normal(value.shape).astype(value.dtype)
+    model.load_state_dict(state)
+    return state
+
+
+def _all_batch_norms(model):
+    if isinstance(model, nn.Sequential):
+        for layer in model:
+            yield from _all_batch_norms(layer)
+    elif isinstance(model, nn.BatchNorm2d):
+        yield model
+
+
+def fused_and_unfused(build, seed=0):
+    """Two copies of one model with the same (randomized) state: fuse=True and fuse=False."""
+    fused, unfused = build(), build()
+    state = fused.state_dict()
+    rng = np.random.default_rng(seed + 1)
+    for batch_norm in _all_batch_norms(fused):
+        channels = batch_norm.num_features
+        if batch_norm.affine:
+            batch_norm.params["weight"][...] = rng.uniform(0.5, 1.5, channels) * rng.choice([-1, 1], channels)
+            batch_norm.params["bias"][...] = rng.standard_normal(channels)
+        if batch_norm.track_running_stats:
+            batch_norm.buffers["running_mean"][...] = rng.standard_normal(channels)
+            batch_norm.buffers["running_var"][...] = rng.uniform(0.3, 2.5, channels)
+            batch_norm.buffers["num_batches_tracked"][...] = 3
+    state = fused.state_dict()
+    unfused.load_state_dict(state)
+    return set_fuse(fused, True), set_fuse(unfused, False), state
+
+
+def as_torch(torch, build_torch, state, dtype):
+    model = build_torch().to(torch.float64 if dtype == np.float64 else torch.float32)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    return model
+
+
+def step(model, x, grad_out):
+    """Forward and backward: (output, input gradient, parameter gradients, state_dict), all copies."""
+    y = model(x).copy()
+    grad_x = model.backward(grad_out)
+    grads = {name: None if g is None else g.copy() for name, g in model.grads.items()}
+    return y, grad_x, grads, model.state_dict()
+
+
+def torch_step(torch, model, x, grad_out):
+    x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+    y = model(x_t)
+    y.backward(torch.from_numpy(grad_out))
+    grads = {name: p.grad.numpy() for name, p in model.named_parameters()}
+    return y.detach().numpy(), x_t.grad.numpy(), grads, {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def compare_steps(fused, unfused, forward_exact, backward_exact):
+    y, grad_x, grads, state = fused
+    y_ref, grad_x_ref, grads_ref, state_ref = unfused
+    (assert_bitwise_equal if forward_exact else assert_fused_close)(y, y_ref)
+    same = assert_bitwise_equal if backward_exact else assert_fused_close
+    same(grad_x, grad_x_ref)
+    assert list(grads) == list(grads_ref)
+    for name in grads:
+        same(grads[name], grads_ref[name])
+    assert list(state) == list(state_ref)
+    for name in state:
+        # Running statistics come from the same batch statistics either way; evaluation leaves them.
+        assert_bitwise_equal(state[name], state_ref[name])
+
+
+# PyTorch's float64 Hardsigmoid backward multiplies by float32's 1/6 (3e-8 off; see
+# test_activations.py): gradients through it are compared at this relative tolerance.
+HARDSIGMOID_TORCH_TOLERANCES = {**TOLERANCES, np.dtype(np.float64): dict(rtol=1e-7, atol=1e-12)}
+
+
+def compare_with_torch(ours, theirs, has_hardsigmoid=False):
+    y, grad_x, grads, state = ours
+    y_t, grad_x_t, grads_t, state_t = theirs
+    grad_tolerances = HARDSIGMOID_TORCH_TOLERANCES if has_hardsigmoid else TOLERANCES
+    assert_close(y, y_t)
+    assert_close(grad_x, grad_x_t, tolerances=grad_tolerances)
+    assert list(grads) == list(grads_t)
+    for name in grads:
+        assert_close(grads[name], grads_t[name], tolerances=grad_tolerances)
+    assert list(state) == list(state_t)
+    for name in state:
+        if name.endswith("num_batches_tracked"):
+            assert state[name] == state_t[name]
+        else:
+            assert_close(state[name], state_t[name])
+
+
+PATTERN_CASES = [
+    pytest.param(pattern, spec, id=f"{pattern}-{spec_id}")
+    for pattern in ["conv-bn-act", "conv-act", "bn-act", "conv-bn-act-conv-act"]
+    for spec, spec_id in zip(ACT_LAYERS, ACT_IDS)
+] + [pytest.param("conv-bn", None, id="conv-bn")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(("pattern", "spec"), PATTERN_CASES)
+def test_sequential_fused_matches_unfused_and_torch(pattern, spec, training, dtype, fusions, torch, rng):
+    fused, unfused, state = fused_and_unfused(lambda: pattern_net(nn, pattern, spec, dtype))
+    for model in (fused, unfused):
+        model.train(training)
+    x = rng.standard_normal((3, 3, 5, 4)).astype(dtype)
+    x_before = x.copy()
+    # Two forwards (the running statistics move twice in training), then the backward.
+    grad_out = rng.standard_normal(fused(x).shape).astype(dtype)
+    grad_before = grad_out.copy()
+    fusions.clear()
+    fused_result = step(fused, x, grad_out)
+    assert fusions == expected_fusions(pattern, spec, training)
+    unfused(x)
+    unfused_result = step(unfused, x, grad_out)
+    assert fusions == expected_fusions(pattern, spec, training), "fuse=False must not fuse"
+    assert_bitwise_equal(x, x_before)
+    assert_bitwise_equal(grad_out, grad_before)
+
+    # Exactly equal where the same kernels run on the same values. Not: the forward of a
+    # BatchNorm2d folded into the convolution, and the backward behind it; the gradient of a
+    # training BatchNorm2d + ELU/SELU, taken from the output fused and from the input unfused.
+    folded = not training and "conv-bn" in pattern
+    reads_input = spec is not None and spec[0] in ("ELU", "SELU") and not conv_takes(spec) and bn_takes(spec)
+    if training:
+        backward_exact = not ("bn-act" in pattern and reads_input)
+    else:
+        backward_exact = pattern != "conv-bn-act-conv-act"
+    compare_steps(fused_result, unfused_result, forward_exact=not folded, backward_exact=backward_exact)
+
+    theirs = as_torch(torch, lambda: pattern_net(torch.nn, pattern, spec), state, dtype)
+    theirs.train(training)
+    theirs(torch.from_numpy(x.copy()))
+    compare_with_torch(fused_result, torch_step(torch, theirs, x, grad_out),
+                       has_hardsigmoid=spec is not None and spec[0] == "Hardsigmoid")
