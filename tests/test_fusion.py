@@ -45,8 +45,25 @@ def assert_bitwise_equal(actual, expected):
     )
 
 
+# Gradients behind a folded BatchNorm2d: in float32 a deep net's fused and unfused gradients
+# differ by as much as the unfused float32 gradient differs from float64 (measured on mixed_net
+# below: up to 1.1e-4 and 1.4e-4 of the largest element, a sum over a batch-statistics layer),
+# so float32 is held to the library's usual tolerance, float64 to issue 18's 1e-12.
+FUSED_GRAD_TOLERANCES = {
+    np.dtype(np.float32): TOLERANCES[np.dtype(np.float32)],
+    np.dtype(np.float64): FUSION_TOLERANCES[np.dtype(np.float64)],
+}
+
+
 def assert_fused_close(actual, expected):
-    assert_close(actual, expected, tolerances=FUSION_TOLERANCES)
+    if np.asarray(expected).dtype.kind != "f":
+        assert_bitwise_equal(actual, expected)
+    else:
+        assert_close(actual, expected, tolerances=FUSION_TOLERANCES)
+
+
+def assert_fused_grad_close(actual, expected):
+    assert_close(actual, expected, tolerances=FUSED_GRAD_TOLERANCES)
 
 
 # (functional name, keyword arguments): every activation with each of its options.
@@ -595,29 +612,6 @@ def set_fuse(model, flag):
     return model
 
 
-def randomize_state(model, seed=1):
-    """Random BatchNorm2d weights, biases and running statistics (positive variances), so that
-    folding them into a convolution changes something."""
-    rng = np.random.default_rng(seed)
-    state = model.state_dict()
-    batch_norm_keys = {name.rsplit(".", 1)[0] for name in state if name.endswith("running_mean")}
-    batch_norm_keys |= {f"{i}" for i, layer in enumerate(getattr(model, "layers", [])) if isinstance(layer, nn.BatchNorm2d)}
-    for name, value in state.items():
-        prefix, key = name.rsplit(".", 1) if "." in name else ("", name)
-        if key == "running_mean":
-            state[name] = rng.standard_normal(value.shape).astype(value.dtype)
-        elif key == "running_var":
-            state[name] = rng.uniform(0.3, 2.5, value.shape).astype(value.dtype)
-        elif key == "num_batches_tracked":
-            state[name] = np.array(3, dtype=np.int64)
-        elif prefix in batch_norm_keys and key == "weight":
-            state[name] = (rng.uniform(0.5, 1.5, value.shape) * rng.choice([-1, 1], value.shape)).astype(value.dtype)
-        elif prefix in batch_norm_keys and key == "bias":
-            state[name] = rng.standard_normal(value.shape).astype(value.dtype)
-    model.load_state_dict(state)
-    return state
-
-
 def _all_batch_norms(model):
     if isinstance(model, nn.Sequential):
         for layer in model:
@@ -629,7 +623,6 @@ def _all_batch_norms(model):
 def fused_and_unfused(build, seed=0):
     """Two copies of one model with the same (randomized) state: fuse=True and fuse=False."""
     fused, unfused = build(), build()
-    state = fused.state_dict()
     rng = np.random.default_rng(seed + 1)
     for batch_norm in _all_batch_norms(fused):
         channels = batch_norm.num_features
@@ -667,11 +660,28 @@ def torch_step(torch, model, x, grad_out):
     return y.detach().numpy(), x_t.grad.numpy(), grads, {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-def compare_steps(fused, unfused, forward_exact, backward_exact):
+def assert_as_accurate(actual, expected, reference):
+    """``actual`` is as close to the float64 ``reference`` as ``expected`` is, within a factor of 4
+    (or within a few float32 ulps of the reference's largest element)."""
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    error = float(np.max(np.abs(actual.astype(np.float64) - reference)))
+    expected_error = float(np.max(np.abs(expected.astype(np.float64) - reference)))
+    assert error <= 4 * expected_error + 8 * np.finfo(np.float32).eps * scale, (error, expected_error)
+
+
+def compare_steps(fused, unfused, forward_exact, backward_exact, reference=None):
+    """``reference``: the unfused step in float64, for float32 gradients that are not exact (the
+    fused ones must then be as accurate as the unfused ones)."""
     y, grad_x, grads, state = fused
     y_ref, grad_x_ref, grads_ref, state_ref = unfused
     (assert_bitwise_equal if forward_exact else assert_fused_close)(y, y_ref)
-    same = assert_bitwise_equal if backward_exact else assert_fused_close
+    if backward_exact:
+        same = assert_bitwise_equal
+    elif reference is not None:
+        references = iter([reference[1], *reference[2].values()])
+        same = lambda got, expected: assert_as_accurate(got, expected, next(references))  # noqa: E731
+    else:
+        same = assert_fused_grad_close
     same(grad_x, grad_x_ref)
     assert list(grads) == list(grads_ref)
     for name in grads:
@@ -748,3 +758,517 @@ def test_sequential_fused_matches_unfused_and_torch(pattern, spec, training, dty
     theirs(torch.from_numpy(x.copy()))
     compare_with_torch(fused_result, torch_step(torch, theirs, x, grad_out),
                        has_hardsigmoid=spec is not None and spec[0] == "Hardsigmoid")
+
+
+def _conv(lib, *args, algorithm=None, **kwargs):
+    if lib is nn and algorithm is not None:
+        kwargs["algorithm"] = algorithm
+    return lib.Conv2d(*args, **kwargs)
+
+
+def mixed_net(lib, dtype=np.float32, seed=0):
+    """Every padding mode, bias or not, groups, BatchNorm2d variants (with batch statistics in
+    both modes first: behind it, gradients sum terms that cancel, which float32 cannot compare
+    closely), pooling, a nested Sequential, Flatten and Linear at the end. Input (N, 3, 8, 8)."""
+    r, f = _kwargs(lib, dtype, seed)
+    return lib.Sequential(
+        lib.BatchNorm2d(3, track_running_stats=False, **f),
+        make_act(lib, ("ReLU6", {})),
+        lib.Conv2d(3, 8, 3, padding=1, bias=False, **r),
+        lib.BatchNorm2d(8, **f),
+        make_act(lib, ("ReLU", {"inplace": True})),
+        lib.MaxPool2d(2),
+        lib.Conv2d(8, 8, 3, padding=1, padding_mode="reflect", groups=2, **r),
+        lib.BatchNorm2d(8, affine=False, momentum=None, **f),
+        make_act(lib, ("LeakyReLU", {"negative_slope": 0.1})),
+        lib.Conv2d(8, 6, 3, padding=1, padding_mode="circular", **r),
+        lib.BatchNorm2d(6, momentum=None, **f),
+        lib.SiLU(),
+        lib.Conv2d(6, 6, 1, padding=1, padding_mode="replicate", **r),
+        lib.Tanh(),
+        lib.Sequential(
+            lib.Conv2d(6, 4, 3, padding=1, padding_mode="replicate", **r),
+            lib.BatchNorm2d(4, **f),
+            make_act(lib, ("Hardswish", {"inplace": True})),
+        ),
+        lib.Flatten(),
+        lib.Linear(4 * 6 * 6, 5, **r),
+    )
+
+
+def separable_net(lib, dtype=np.float32, seed=0):
+    """MobileNet-like: strided, depthwise, 1x1 and dilated grouped convolutions, each with
+    BatchNorm2d and an activation, nested blocks. Input (N, 3, 8, 8)."""
+    r, f = _kwargs(lib, dtype, seed)
+    return lib.Sequential(
+        lib.Conv2d(3, 6, 3, stride=2, padding=1, **r), lib.BatchNorm2d(6, **f), lib.ReLU6(),
+        lib.Sequential(
+            lib.Conv2d(6, 6, 3, padding=1, groups=6, bias=False, **r), lib.BatchNorm2d(6, **f), lib.ELU(),
+            lib.Conv2d(6, 8, 1, **r), lib.BatchNorm2d(8, eps=0.1, **f), lib.Sigmoid(),
+        ),
+        lib.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, padding_mode="reflect", **r), lib.GELU(),
+        lib.Conv2d(8, 4, 3, padding=1, **r), lib.BatchNorm2d(4, **f),
+        lib.Flatten(), lib.Linear(4 * 4 * 4, 3, **r),
+    )
+
+
+def winograd_net(lib, dtype=np.float32, seed=0):
+    """Convolutions run by Winograd (BatchNorm2d folded into their weights in evaluation).
+    Input (N, 16, 6, 6)."""
+    r, f = _kwargs(lib, dtype, seed)
+    return lib.Sequential(
+        _conv(lib, 16, 16, 3, padding=1, algorithm="winograd", **r), lib.BatchNorm2d(16, **f), lib.ReLU(),
+        _conv(lib, 16, 16, 3, padding=1, algorithm="auto", bias=False, **r), lib.BatchNorm2d(16, **f),
+        make_act(lib, ("Hardswish", {})),
+        lib.MaxPool2d(2), lib.Flatten(), lib.Linear(16 * 3 * 3, 4, **r),
+    )
+
+
+# (builder, input shape, whether a training run is bit for bit the unfused one)
+NETS = {
+    "mixed": (mixed_net, (4, 3, 8, 8), True),
+    "separable": (separable_net, (4, 3, 8, 8), False),  # BatchNorm2d + ELU: gradient from the output
+    "winograd": (winograd_net, (3, 16, 6, 6), True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("net", list(NETS))
+def test_networks_fused_match_unfused_and_torch(net, training, dtype, fusions, torch, rng):
+    build, x_shape, train_exact = NETS[net]
+    fused, unfused, state = fused_and_unfused(lambda: build(nn, dtype))
+    for model in (fused, unfused):
+        model.train(training)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    x_before = x.copy()
+    grad_out = rng.standard_normal(fused(x).shape).astype(dtype)
+    assert fusions, "nothing was fused"
+    fused_result = step(fused, x, grad_out)
+    count = len(fusions)
+    unfused(x)
+    unfused_result = step(unfused, x, grad_out)
+    assert len(fusions) == count
+    assert_bitwise_equal(x, x_before)
+    exact = training and train_exact
+    reference = None
+    if dtype == np.float32 and not exact:
+        twin = set_fuse(build(nn, np.float64), False)
+        twin.load_state_dict(state)
+        twin.train(training)
+        twin(x.astype(np.float64))
+        reference = step(twin, x.astype(np.float64), grad_out.astype(np.float64))
+    compare_steps(fused_result, unfused_result, forward_exact=exact, backward_exact=exact, reference=reference)
+
+    theirs = as_torch(torch, lambda: build(torch.nn), state, dtype)
+    theirs.train(training)
+    theirs(torch.from_numpy(x.copy()))
+    compare_with_torch(fused_result, torch_step(torch, theirs, x, grad_out))
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_training_steps_with_an_optimizer_fused_and_unfused(net, rng):
+    build, x_shape, train_exact = NETS[net]
+    fused, unfused, _ = fused_and_unfused(lambda: build(nn, np.float64))
+    target = rng.integers(0, 3, x_shape[0])
+    optimizers = [convx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) for model in (fused, unfused)]
+    for _ in range(3):
+        x = rng.standard_normal(x_shape)
+        for model, optimizer in zip((fused, unfused), optimizers):
+            loss = nn.CrossEntropyLoss()
+            loss(model(x), target)
+            model.backward(loss.backward())
+            optimizer.step()
+    fused.eval()
+    unfused.eval()
+    x = rng.standard_normal(x_shape)
+    same = assert_bitwise_equal if train_exact else assert_fused_close
+    for name, value in fused.state_dict().items():
+        same(value, unfused.state_dict()[name])
+    assert_fused_close(fused(x), unfused(x))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_on_fused_sequentials(training, fusions, rng):
+    models = [
+        nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), nn.BatchNorm2d(3, dtype=np.float64),
+                      nn.Tanh(), nn.Conv2d(3, 2, 3, padding_mode="reflect", padding=1, dtype=np.float64, rng=1),
+                      nn.Sigmoid()),
+        nn.Sequential(nn.BatchNorm2d(2, dtype=np.float64), nn.ELU(alpha=0.7),
+                      nn.Conv2d(2, 3, 3, groups=1, dtype=np.float64, rng=2), nn.BatchNorm2d(3, dtype=np.float64),
+                      nn.SELU(inplace=True)),
+        nn.Sequential(nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2, dtype=np.float64, rng=3),
+                      nn.BatchNorm2d(4, dtype=np.float64), nn.GELU(),
+                      nn.Sequential(nn.Conv2d(4, 2, 1, dtype=np.float64, rng=4), nn.LeakyReLU(0.1))),
+    ]
+    x = rng.standard_normal((3, 2, 5, 4))
+    for model in models:
+        for batch_norm in _all_batch_norms(model):
+            batch_norm.buffers["running_mean"][...] = rng.standard_normal(batch_norm.num_features)
+            batch_norm.buffers["running_var"][...] = rng.uniform(0.5, 2.0, batch_norm.num_features)
+            batch_norm.params["weight"][...] = rng.uniform(0.5, 1.5, batch_norm.num_features)
+        model.train(training)
+        fusions.clear()
+        assert convx.gradcheck(model, x)
+        assert fusions
+
+
+# -- the forward's mode, state and the recomputation after an evaluation fusion -----------------
+
+def conv_bn_act(dtype=np.float64, act=None, seed=0):
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=dtype, rng=seed), nn.BatchNorm2d(3, dtype=dtype),
+                         act if act is not None else nn.ReLU())
+
+
+RECOMPUTE_IN_TRAIN_MODE = pytest.mark.xfail(
+    strict=True, reason="the recomputation after an evaluation fusion runs in the backward's mode: after "
+    "model.train() BatchNorm2d normalises with batch statistics (a wrong gradient) and updates its running statistics")
+
+
+@pytest.mark.parametrize(("pattern", "act"), [
+    pytest.param("conv-bn-act", nn.ReLU, marks=RECOMPUTE_IN_TRAIN_MODE),
+    pytest.param("conv-bn-act", nn.SiLU, marks=RECOMPUTE_IN_TRAIN_MODE),
+    pytest.param("bn-act", nn.SiLU, marks=RECOMPUTE_IN_TRAIN_MODE),
+    ("bn-act", nn.ReLU),  # not recomputed: the activation's gradient is taken in the batch norm's backward
+    ("conv-act", nn.GELU),  # recomputed, but nothing there depends on the mode
+])
+def test_backward_after_an_evaluation_forward_then_train_mode_is_the_evaluation_gradient(pattern, act, rng):
+    def build():
+        layers = conv_bn_act(act=act()).layers
+        return nn.Sequential(*{"conv-bn-act": layers, "bn-act": layers[1:], "conv-act": layers[::2]}[pattern])
+
+    fused, unfused, state = fused_and_unfused(build)
+    x = rng.standard_normal((4, 3, 5, 5) if pattern == "bn-act" else (4, 2, 5, 5))
+    results = []
+    for model in (fused, unfused):
+        model.eval()
+        y = model(x)
+        model.train()
+        grad_out = np.ones_like(y)
+        results.append((model.backward(grad_out), model.state_dict()))
+    assert_bitwise_equal(results[0][0], results[1][0])
+    for name, value in results[0][1].items():
+        assert_bitwise_equal(value, state[name])
+        assert_bitwise_equal(value, results[1][1][name])
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.GELU, nn.Tanh])
+def test_backward_after_a_training_forward_then_evaluation_mode(act, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: nn.Sequential(*conv_bn_act(act=act()).layers, nn.Conv2d(3, 2, 1, rng=5, dtype=np.float64), act()))
+    x = rng.standard_normal((4, 2, 5, 5))
+    results = []
+    for model in (fused, unfused):
+        y = model(x)
+        model.eval()
+        results.append((model.backward(np.ones_like(y) * 0.5), model.grads, model.state_dict()))
+    assert_bitwise_equal(results[0][0], results[1][0])
+    for name in results[0][1]:
+        assert_bitwise_equal(results[0][1][name], results[1][1][name])
+        assert_bitwise_equal(results[0][2][name], results[1][2][name])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_two_forwards_then_one_backward_differentiate_the_second(training, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: nn.Sequential(*conv_bn_act(act=nn.SiLU()).layers,
+                                                                nn.Conv2d(3, 3, 3, padding=1, rng=3, dtype=np.float64),
+                                                                nn.ReLU(), nn.BatchNorm2d(3, dtype=np.float64),
+                                                                nn.Sigmoid()))
+    first, second = rng.standard_normal((2, 3, 2, 5, 5))
+    results = []
+    for model in (fused, unfused):
+        model.train(training)
+        model(first)
+        y = model(second)
+        grad_x = model.backward(np.cos(y))
+        results.append((grad_x, dict(model.grads)))
+        with pytest.raises(RuntimeError, match="preceding forward"):
+            model.backward(np.cos(y))
+    same = assert_fused_close if not training else assert_bitwise_equal
+    same(results[0][0], results[1][0])
+    for name in results[0][1]:
+        same(results[0][1][name], results[1][1][name])
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_evaluation_forwards_and_backwards_leave_the_running_statistics_alone(momentum, fusions, rng):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0),
+                          nn.BatchNorm2d(3, momentum=momentum, dtype=np.float64), nn.SiLU(),
+                          nn.BatchNorm2d(3, momentum=momentum, dtype=np.float64), nn.ReLU())
+    model.train()
+    model(rng.standard_normal((4, 2, 5, 5)) + 2)  # statistics worth keeping
+    before = model.state_dict()
+    model.eval()
+    fusions.clear()
+    for _ in range(2):
+        y = model(rng.standard_normal((4, 2, 5, 5)))
+        model.backward(np.ones_like(y))
+    assert fusions == [(0, 3), (3, 5)] * 2
+    for name, value in model.state_dict().items():
+        assert_bitwise_equal(value, before[name])
+
+
+def test_mixed_modes_never_fuse_across_a_mode_boundary(fusions, torch, rng):
+    """Every split of Conv2d, BatchNorm2d, ReLU, Conv2d, SiLU into training and evaluation layers."""
+    x = rng.standard_normal((3, 2, 5, 5))
+    grad_out = rng.standard_normal((3, 2, 5, 5))
+    for modes in np.ndindex(2, 2, 2, 2, 2):
+
+        def build(lib=nn):
+            r, f = _kwargs(lib, np.float64, 0)
+            return lib.Sequential(lib.Conv2d(2, 3, 3, padding=1, **r), lib.BatchNorm2d(3, **f), lib.ReLU(),
+                                  lib.Conv2d(3, 2, 3, padding=1, **r), lib.SiLU())
+
+        fused, unfused, state = fused_and_unfused(build)
+        theirs = as_torch(torch, lambda: build(torch.nn), state, np.float64)
+        for model, layers in ((fused, fused.layers), (unfused, unfused.layers), (theirs, list(theirs))):
+            for layer, mode in zip(layers, modes):
+                layer.train(bool(mode))
+        fusions.clear()
+        fused_result = step(fused, x, grad_out)
+        for start, stop in fusions:
+            assert len({modes[i] for i in range(start, stop)}) == 1, (modes, fusions)
+        unfused_result = step(unfused, x, grad_out)
+        folded = (0, 2) in fusions or (0, 3) in fusions
+        compare_steps(fused_result, unfused_result, forward_exact=not folded, backward_exact=not folded)
+        compare_with_torch(fused_result, torch_step(torch, theirs, x, grad_out))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_a_batch_norm_that_does_not_fit_the_convolution_raises_its_own_error(training, fusions, rng):
+    cases = [
+        (nn.BatchNorm2d(4, dtype=np.float32), ValueError),  # 3 channels come out of the convolution
+        (nn.BatchNorm2d(3, dtype=np.float64), TypeError),   # float64 parameters, float32 data
+    ]
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    for batch_norm, error in cases:
+        messages = []
+        for fuse in (True, False):
+            model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0), copy.deepcopy(batch_norm), nn.ReLU())
+            model.fuse = fuse
+            model.train(training)
+            with pytest.raises(error, match="BatchNorm2d") as info:
+                model(x)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+        # The convolution ran alone (a BatchNorm2d + ReLU group may be tried, and BatchNorm2d refuses).
+        assert all(start != 0 for start, _ in fusions), fusions
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_unbatched_input_to_a_convolution_and_batch_norm_raises_the_batch_norms_error(training, rng):
+    x = rng.standard_normal((2, 5, 5))
+    messages = []
+    for fuse in (True, False):
+        model = conv_bn_act()
+        model.fuse = fuse
+        model.train(training)
+        with pytest.raises(ValueError, match="x must have 4 dimensions|ndim|dimension") as info:
+            model(x)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Hardswish, nn.Sigmoid])
+def test_unbatched_input_to_a_convolution_and_activation(act, training, fusions, rng):
+    fused, unfused, _ = fused_and_unfused(
+        lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), act(),
+                              nn.Conv2d(3, 2, 3, dtype=np.float64, rng=1), nn.Tanh()))
+    x = rng.standard_normal((2, 5, 5))
+    results = []
+    for model in (fused, unfused):
+        model.train(training)
+        y = model(x)
+        assert y.shape == (2, 3, 3)
+        results.append(step(model, x, np.sin(y)))
+    assert fusions
+    compare_steps(results[0], results[1], forward_exact=True, backward_exact=True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batches_through_fused_groups(training, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: nn.Sequential(*conv_bn_act().layers, nn.BatchNorm2d(3, dtype=np.float64),
+                                                                nn.Sigmoid()))
+    x = np.empty((0, 2, 5, 5))
+    results = []
+    for model in (fused, unfused):
+        model.train(training)
+        results.append(step(model, x, np.empty((0, 3, 5, 5))))
+    compare_steps(results[0], results[1], forward_exact=True, backward_exact=True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_the_users_input_is_never_modified_even_with_inplace_activations(training, rng):
+    def build():
+        return nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), nn.ReLU(inplace=True),
+            nn.Hardswish(inplace=True),
+            nn.Sequential(nn.Conv2d(3, 3, 1, dtype=np.float64, rng=1), nn.BatchNorm2d(3, dtype=np.float64),
+                          nn.SiLU(inplace=True)),
+            nn.ELU(inplace=True), nn.BatchNorm2d(3, dtype=np.float64), nn.LeakyReLU(0.2, inplace=True),
+            nn.MaxPool2d(2), nn.SELU(inplace=True),
+        )
+
+    fused, unfused, _ = fused_and_unfused(build)
+    x = rng.standard_normal((3, 2, 6, 6))
+    x_before = x.copy()
+    x.flags.writeable = False  # and it need not be writeable
+    grad_out = rng.standard_normal((3, 3, 3, 3))
+    grad_before = grad_out.copy()
+    results = []
+    for model in (fused, unfused):
+        model.train(training)
+        model(x)
+        results.append(step(model, x, grad_out))
+        assert_bitwise_equal(x, x_before)
+        assert_bitwise_equal(grad_out, grad_before)
+    compare_steps(results[0], results[1], forward_exact=training, backward_exact=training)
+
+
+def test_an_output_kept_by_the_caller_survives_the_backward_of_an_evaluation_fusion(rng):
+    # The recomputation must not write into the array the fused forward returned.
+    model = conv_bn_act(act=nn.ReLU(inplace=True))
+    model.eval()
+    x = rng.standard_normal((2, 2, 4, 4))
+    y = model(x)
+    kept = y.copy()
+    model.backward(np.ones_like(y))
+    assert_bitwise_equal(y, kept)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_state_dict_identical_after_fused_and_unfused_runs(training, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: mixed_net(nn, np.float64))
+    inputs = rng.standard_normal((2, 2, 3, 8, 8))
+    for model in (fused, unfused):
+        model.train(training)
+        for x in inputs:
+            y = model(x)
+            model.backward(np.ones_like(y))
+    fused_state, unfused_state = fused.state_dict(), unfused.state_dict()
+    assert list(fused_state) == list(unfused_state)
+    for name in fused_state:
+        assert_bitwise_equal(fused_state[name], unfused_state[name])
+
+
+@pytest.mark.parametrize("work", [1, 300])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_sequential_in_sub_batches(training, work, monkeypatch, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: mixed_net(nn, np.float32))
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    for model in (fused, unfused):
+        model.train(training)
+    # Sub-batches sum weight gradients in another order: both runs take the same ones.
+    monkeypatch.setattr(convx._batching, "SUB_BATCH_WORK", work)
+    expected = step(unfused, x, np.ones((5, 5), np.float32))
+    got = step(fused, x, np.ones((5, 5), np.float32))
+    compare_steps(got, expected, forward_exact=training, backward_exact=training)
+
+
+# -- what a user does with a model after a fused forward --------------------------------------
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_of_a_model_after_a_fused_forward_backpropagate_alike(how, training, fusions, rng):
+    fused, unfused, _ = fused_and_unfused(lambda: mixed_net(nn, np.float64))
+    x = rng.standard_normal((2, 3, 8, 8))
+    grad_out = rng.standard_normal((2, 5))
+    fused.train(training)
+    fused(x)
+    assert fusions
+    clone = copy.deepcopy(fused) if how == "deepcopy" else pickle.loads(pickle.dumps(fused))
+    clone_grad = clone.backward(grad_out)
+    clone_state = clone.state_dict()
+    original_grad = fused.backward(grad_out)
+    assert_bitwise_equal(clone_grad, original_grad)
+    for name, value in fused.grads.items():
+        assert_bitwise_equal(clone.grads[name], value)
+    for name, value in fused.state_dict().items():
+        assert_bitwise_equal(clone_state[name], value)
+    # The clone is a model of its own: its parameters are not the original's.
+    clone.params["2.weight"][...] = 0
+    assert fused.params["2.weight"].any()
+
+
+def test_layer_by_layer_backward_after_a_training_conv_activation_fusion(fusions, rng):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), nn.ReLU(),
+                          nn.Conv2d(3, 2, 3, dtype=np.float64, rng=1), nn.Tanh())
+    reference = copy.deepcopy(model)
+    x = rng.standard_normal((2, 2, 5, 5))
+    y = model(x)
+    assert fusions == [(0, 2), (2, 4)]
+    grad = np.cos(y)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    reference(x)
+    assert_bitwise_equal(grad, reference.backward(np.cos(y)))
+
+
+@pytest.mark.xfail(strict=True, reason="a BatchNorm2d + activation fusion leaves the activation's cache of an "
+                                       "earlier (unfused) forward in place: activation.backward then silently "
+                                       "differentiates that earlier forward")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layer_backward_after_a_fused_forward_never_uses_an_earlier_forward(training, rng):
+    model = nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU())
+    model.train(training)
+    model.fuse = False
+    model(rng.standard_normal((2, 3, 4, 4)) + 3)  # an unfused forward: ReLU keeps its output
+    model.fuse = True
+    y = model(rng.standard_normal((2, 3, 4, 4)))
+    grad_out = np.ones_like(y)
+    try:
+        grad = model.layers[1].backward(grad_out)
+    except RuntimeError:
+        return  # refusing is fine
+    assert_bitwise_equal(grad, grad_out * (y > 0))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layer_backward_after_an_evaluation_fusion_is_refused(training, rng):
+    # The fused layers kept nothing for their own backward: calling it directly is a RuntimeError,
+    # even after an earlier unfused forward had filled their caches.
+    model = conv_bn_act(act=nn.SiLU())
+    model.fuse = False
+    model(rng.standard_normal((2, 2, 4, 4)))
+    model.fuse = True
+    model.eval()
+    y = model(rng.standard_normal((2, 2, 4, 4)))
+    for layer, grad in zip(reversed(model.layers), (np.ones_like(y),) * 3):
+        with pytest.raises(RuntimeError, match="preceding forward"):
+            layer.backward(grad)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("pattern", ["conv-bn-act", "bn-act", "conv-act"])
+def test_a_refused_grad_out_can_be_retried_after_a_fused_forward(pattern, training, rng):
+    def build():
+        layers = conv_bn_act(act=nn.ReLU()).layers
+        return nn.Sequential(*{"conv-bn-act": layers, "bn-act": layers[1:], "conv-act": layers[::2]}[pattern])
+
+    fused, unfused, _ = fused_and_unfused(build)
+    x = rng.standard_normal((4, 3, 5, 5) if pattern == "bn-act" else (4, 2, 5, 5))
+    grads = []
+    for model in (fused, unfused):
+        model.train(training)
+        y = model(x)
+        with pytest.raises(ValueError, match="grad_out must have the forward output's shape"):
+            model.backward(np.ones((1, *y.shape[1:])))
+        with pytest.raises(TypeError, match="grad_out must have the forward output's dtype"):
+            model.backward(np.ones(y.shape, np.float32))
+        grads.append(model.backward(np.cos(np.arange(y.size)).reshape(y.shape)))
+    assert_bitwise_equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_an_input_of_the_wrong_dtype_is_refused_as_unfused(training, rng):
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    for build in (conv_bn_act, lambda: nn.Sequential(*conv_bn_act(act=nn.SiLU()).layers[1:])):
+        messages = []
+        for fuse in (True, False):
+            model = build()
+            model.fuse = fuse
+            model.train(training)
+            with pytest.raises(TypeError, match="float64 parameters but x has dtype float32") as info:
+                model(x if len(model) == 3 else x[:, :1].repeat(3, axis=1))
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
