@@ -89,7 +89,13 @@ ACTIVATIONS = [
     ("softplus", {"beta": 2.0, "threshold": 1.5}),
     ("softplus", {"beta": -0.5, "threshold": 3}),
 ]
-ACTIVATION_IDS = [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in ACTIVATIONS]
+
+def _ids(items):
+    return [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in items]
+
+
+ACTIVATION_IDS = _ids(ACTIVATIONS)
+
 
 # Whose gradient the fused batch normalisation backward takes from the output: relu, relu6,
 # sigmoid, tanh, leaky_relu with a non-negative slope, elu and selu with a non-negative alpha.
@@ -103,10 +109,6 @@ def _reads_output(name, params):
 
 OUTPUT_READING = [item for item in ACTIVATIONS if _reads_output(*item)]
 INPUT_READING = [item for item in ACTIVATIONS if item not in OUTPUT_READING]
-
-
-def _ids(items):
-    return [name + "".join(f"-{k}={v}" for k, v in params.items()) for name, params in items]
 
 
 def unfused_activation(name, params, y):
@@ -354,13 +356,14 @@ def test_batch_norm_activation_forward_is_the_activation_of_batch_norm(name, par
         for after_fused, after_plain in zip(stats_fused, stats_plain):
             if running:
                 assert_bitwise_equal(after_fused, after_plain)
-        short = F.batch_norm(x, *(s if s is None else s.copy() for s in stats_plain), *affine_args, training,
-                             0.3, 1e-3, activation=name, activation_params=params)
+        stats = (running_mean.copy(), running_var.copy()) if running else (None, None)
+        short = F.batch_norm(x, *stats, *affine_args, training, 0.3, 1e-3, activation=name, activation_params=params)
         assert_bitwise_equal(short, fused)
 
 
 def _bn_backward_cases(rng, dtype, shape):
-    """(x, y-less forward arguments, batch_stats) for training and evaluation, affine or not."""
+    """(x, (weight, bias) or (None, None), fresh running statistics, training) for training and
+    evaluation, affine or not."""
     x, weight, bias, running_mean, running_var = _bn_arrays(rng, dtype, shape)
     for training in (True, False):
         for affine in (True, False):
@@ -978,11 +981,12 @@ def test_two_forwards_then_one_backward_differentiate_the_second(training, rng):
         model.train(training)
         model(first)
         y = model(second)
-        grad_x = model.backward(np.cos(y))
+        grad_out = np.cos(np.arange(y.size)).reshape(y.shape)
+        grad_x = model.backward(grad_out)
         results.append((grad_x, dict(model.grads)))
         with pytest.raises(RuntimeError, match="preceding forward"):
-            model.backward(np.cos(y))
-    same = assert_fused_close if not training else assert_bitwise_equal
+            model.backward(grad_out)
+    same = assert_fused_grad_close if not training else assert_bitwise_equal
     same(results[0][0], results[1][0])
     for name in results[0][1]:
         same(results[0][1][name], results[1][1][name])
@@ -1308,3 +1312,28 @@ def test_an_inplace_activation_after_an_output_keeping_one_is_refused_or_right(f
     except (RuntimeError, ValueError):
         return
     assert_fused_grad_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_nan_and_inf_go_where_they_go_unfused(training, dtype, rng):
+    def build():
+        return nn.Sequential(nn.Conv2d(2, 16, 3, padding=1, dtype=dtype, rng=0), nn.BatchNorm2d(16, dtype=dtype),
+                             nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, algorithm="winograd", dtype=dtype, rng=1),
+                             nn.Tanh(), nn.BatchNorm2d(16, dtype=dtype), nn.ELU())
+
+    fused, unfused, _ = fused_and_unfused(build)
+    x = rng.standard_normal((2, 2, 7, 7)).astype(dtype)
+    x[0, 0, 1, 1] = np.nan
+    x[1, 1, 5, 2] = np.inf
+    x[1, 0, 0, 6] = -np.inf
+    outputs = []
+    for model in (fused, unfused):
+        model.train(training)
+        outputs.append(model(x))
+    fused_y, unfused_y = outputs
+    np.testing.assert_array_equal(np.isnan(fused_y), np.isnan(unfused_y))
+    np.testing.assert_array_equal(np.isposinf(fused_y), np.isposinf(unfused_y))
+    np.testing.assert_array_equal(np.isneginf(fused_y), np.isneginf(unfused_y))
+    finite = np.isfinite(unfused_y)
+    (assert_bitwise_equal if training else assert_fused_close)(fused_y[finite], unfused_y[finite])
