@@ -324,7 +324,6 @@ def test_batch_norm_refuses_bad_activations_before_touching_the_running_statisti
     assert_bitwise_equal(running_var, np.full(3, 2.0, np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="activation_params without activation is silently ignored (not validated)")
 @pytest.mark.parametrize("params", [{"negative_slope": 0.2}, 5])
 def test_activation_params_without_an_activation_is_refused(params, rng):
     x, weight, bias = _conv_arrays(rng, np.float32, (2, 3, 5, 5), (4, 3, 3, 3))
@@ -488,7 +487,6 @@ def test_batch_norm_backward_with_an_activation_needs_a_matching_output(rng):
         assert_bitwise_equal(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="output= without activation is silently ignored (not validated)")
 def test_batch_norm_backward_refuses_an_output_without_an_activation(rng):
     x = rng.standard_normal((4, 3, 5))
     _, mean, inv_std = F.batch_norm_forward(x, training=True)
@@ -561,14 +559,15 @@ def conv_takes(spec):
 
 
 def bn_takes(spec):
-    """Whether a training BatchNorm2d fuses with this activation: its gradient can be taken from
-    the output (batch_norm_backward(activation=) accepts it)."""
+    """Whether a training BatchNorm2d fuses with this activation: the layer itself keeps its output
+    for its gradient (so the fused layers keep nothing the unfused ones do not): ReLU, ReLU6,
+    Sigmoid, Tanh, LeakyReLU with a non-negative slope, ELU and SELU only in place."""
     cls, kwargs = spec
     if cls == "LeakyReLU":
         return kwargs["negative_slope"] >= 0
-    if cls == "ELU":
-        return kwargs.get("alpha", 1.0) >= 0
-    return cls in ("ReLU", "ReLU6", "SELU", "Sigmoid", "Tanh")
+    if cls in ("ELU", "SELU"):
+        return kwargs.get("inplace", False) and kwargs.get("alpha", 1.0) >= 0
+    return cls in ("ReLU", "ReLU6", "Sigmoid", "Tanh")
 
 
 def _kwargs(lib, dtype, seed):
@@ -936,15 +935,10 @@ def conv_bn_act(dtype=np.float64, act=None, seed=0):
                          act if act is not None else nn.ReLU())
 
 
-RECOMPUTE_IN_TRAIN_MODE = pytest.mark.xfail(
-    strict=True, reason="the recomputation after an evaluation fusion runs in the backward's mode: after "
-    "model.train() BatchNorm2d normalises with batch statistics (a wrong gradient) and updates its running statistics")
-
-
 @pytest.mark.parametrize(("pattern", "act"), [
-    pytest.param("conv-bn-act", nn.ReLU, marks=RECOMPUTE_IN_TRAIN_MODE),
-    pytest.param("conv-bn-act", nn.SiLU, marks=RECOMPUTE_IN_TRAIN_MODE),
-    pytest.param("bn-act", nn.SiLU, marks=RECOMPUTE_IN_TRAIN_MODE),
+    ("conv-bn-act", nn.ReLU),
+    ("conv-bn-act", nn.SiLU),
+    ("bn-act", nn.SiLU),
     ("bn-act", nn.ReLU),  # not recomputed: the activation's gradient is taken in the batch norm's backward
     ("conv-act", nn.GELU),  # recomputed, but nothing there depends on the mode
 ])
@@ -1119,8 +1113,11 @@ def test_empty_batches_through_fused_groups(training, rng):
 def test_the_users_input_is_never_modified_even_with_inplace_activations(training, rng):
     def build():
         return nn.Sequential(
-            nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), nn.ReLU(inplace=True),
-            nn.Hardswish(inplace=True),
+            # (Hardswish keeps a copy of its input, so the ReLU after it may overwrite its output;
+            # the other way round ReLU's kept output would be overwritten: see
+            # test_an_inplace_activation_after_an_output_keeping_one_is_refused_or_right.)
+            nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0), nn.Hardswish(inplace=True),
+            nn.ReLU(inplace=True),
             nn.Sequential(nn.Conv2d(3, 3, 1, dtype=np.float64, rng=1), nn.BatchNorm2d(3, dtype=np.float64),
                           nn.SiLU(inplace=True)),
             nn.ELU(inplace=True), nn.BatchNorm2d(3, dtype=np.float64), nn.LeakyReLU(0.2, inplace=True),
@@ -1222,9 +1219,6 @@ def test_layer_by_layer_backward_after_a_training_conv_activation_fusion(fusions
     assert_bitwise_equal(grad, reference.backward(np.cos(y)))
 
 
-@pytest.mark.xfail(strict=True, reason="a BatchNorm2d + activation fusion leaves the activation's cache of an "
-                                       "earlier (unfused) forward in place: activation.backward then silently "
-                                       "differentiates that earlier forward")
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_layer_backward_after_a_fused_forward_never_uses_an_earlier_forward(training, rng):
     model = nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU())
@@ -1292,9 +1286,6 @@ def test_an_input_of_the_wrong_dtype_is_refused_as_unfused(training, rng):
         assert messages[0] == messages[1]
 
 
-@pytest.mark.xfail(strict=True, reason="a training BatchNorm2d + ELU/SELU fusion keeps the activation's output for "
-                                       "its backward, where the unfused ELU/SELU keep their input: an in-place "
-                                       "layer after them overwrites it and the fused gradient is wrong")
 @pytest.mark.parametrize(("act", "inplace_layer"), [(nn.SELU, nn.Hardsigmoid), (nn.ELU, nn.Hardswish),
                                                     (nn.ELU, nn.SiLU)])
 def test_an_inplace_layer_after_a_fused_batch_norm_and_elu_leaves_the_gradient_alone(act, inplace_layer, rng):
@@ -1306,9 +1297,6 @@ def test_an_inplace_layer_after_a_fused_batch_norm_and_elu_leaves_the_gradient_a
     compare_steps(results[0], results[1], forward_exact=True, backward_exact=False)
 
 
-@pytest.mark.xfail(strict=True, reason="not fusion's own (unfused alike): an in-place activation overwrites the "
-                                       "output that the layer before it kept for its backward (ReLU, Sigmoid, "
-                                       "Tanh...), and the gradient is silently wrong; PyTorch raises there")
 @pytest.mark.parametrize("fuse", [True, False])
 def test_an_inplace_activation_after_an_output_keeping_one_is_refused_or_right(fuse, rng):
     def build(inplace):

@@ -360,6 +360,12 @@ def output_backward_kernel(name: object, params: Mapping[str, Any] | None = None
     return _core.ACTIVATIONS[kind], p0, p1
 
 
+def check_no_activation_params(activation: object, params: object) -> None:
+    """activation_params make sense only with an activation."""
+    if activation is None and params is not None:
+        raise ValueError(f"activation_params={params!r} given without an activation: pass activation= too, or drop them")
+
+
 def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Callable[[NDArray[Any]], None]:
     """A function that applies activation ``name`` with keyword arguments ``params`` in place to a
     C-contiguous float array: what a convolution runs on its output. Validates both now."""

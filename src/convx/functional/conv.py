@@ -22,7 +22,7 @@ from .._products import matmul
 from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, same_padding
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
-from .activations import activation_epilogue
+from .activations import activation_epilogue, check_no_activation_params
 
 # BLAS takes 32-bit dimensions and leading dimensions.
 _INT32_LIMIT = 2**31 - 1
@@ -374,6 +374,7 @@ def conv2d(
     plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias(bias, plan.out_channels)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
+    check_no_activation_params(activation, activation_params)
     epilogue = None if activation is None else activation_epilogue(activation, activation_params)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:

@@ -18,7 +18,7 @@ from .. import _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, contiguous
 from .._threads import kernel_threads
-from .activations import forward_kernel, output_backward_kernel
+from .activations import check_no_activation_params, forward_kernel, output_backward_kernel
 
 __all__ = ["batch_norm", "batch_norm_backward"]
 
@@ -165,6 +165,7 @@ def batch_norm_forward(
     momentum_value = _number("momentum", momentum, 0.0, 1.0)
     weight_vector = _channel_vector("weight", weight, channels, array.dtype)
     bias_vector = _channel_vector("bias", bias, channels, array.dtype)
+    check_no_activation_params(activation, activation_params)
     act = _NO_ACTIVATION if activation is None else forward_kernel(activation, activation_params)
     if (running_mean is None) != (running_var is None):
         raise ValueError("give both running_mean and running_var, or neither")
@@ -255,6 +256,10 @@ def batch_norm_backward(
     flat_grad, flat_x = _as_nchw("grad_out", grad), _as_nchw("x", source)
     act = _NO_ACTIVATION
     flat_y = flat_x
+    check_no_activation_params(activation, activation_params)
+    if activation is None and output is not None:
+        raise ValueError("output= is read only with an activation (the forward's result after it): pass activation= "
+                         "too, or drop output")
     if activation is not None:
         act = output_backward_kernel(activation, activation_params)
         if output is None:

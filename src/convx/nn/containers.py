@@ -7,7 +7,6 @@ from typing import Any, NamedTuple, overload
 
 import numpy as np
 
-from ..functional.activations import output_backward_kernel
 from .activations import _Activation
 from .conv import Conv2d
 from .module import Module
@@ -70,11 +69,11 @@ def _batch_norm_fusion(layers: list[Module], start: int) -> _Fusion | None:
     following = layers[start + 1] if start + 1 < len(layers) else None
     if not isinstance(following, _Activation) or following.training != batch_norm.training:
         return None
-    if batch_norm.training:
-        try:
-            output_backward_kernel(following.name, following._options())
-        except ValueError:
-            return None
+    if batch_norm.training and following._reads() != "output":
+        # The fused backward reads the activation's output: only where the layer itself keeps its
+        # output does the fused layer keep nothing else than the unfused ones (an in-place layer
+        # after them would overwrite it for both).
+        return None
     return _Fusion(start, start + 2, None, batch_norm, following)
 
 
@@ -161,7 +160,9 @@ class Sequential(Module):
     def __getitem__(self, index: slice) -> Sequential: ...
     def __getitem__(self, index: int | slice) -> Module:
         if isinstance(index, slice):
-            return Sequential(*self.layers[index])
+            part = Sequential(*self.layers[index])
+            part.fuse = self.fuse
+            return part
         return self.layers[index]
 
     def __len__(self) -> int:
@@ -177,9 +178,13 @@ class Sequential(Module):
         mode a BatchNorm2d (its running statistics and affine map folded into the convolution's
         weight and bias, equal to the two layers up to float rounding) and an activation (applied
         in place to each sub-batch of the convolution's output); in training mode an activation
-        whose gradient reads its output (ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh), with results
-        identical to the separate layers. ``backward`` works after either; after an evaluation
-        fusion it first reruns those layers separately.
+        whose layer keeps its output for its gradient (ReLU, ReLU6, LeakyReLU with a non-negative
+        slope, Sigmoid, Tanh; ELU and SELU in place), with results identical to the separate
+        layers. A BatchNorm2d likewise takes the activation after it into its own two passes (in
+        training, the same activations). ``backward`` works after either; after an evaluation
+        fusion it first reruns those layers separately, in evaluation mode. An in-place layer that
+        overwrites an array an earlier layer kept for its backward makes that backward refuse (a
+        RuntimeError), as PyTorch's version counters do.
         """
         self._recompute = {}
         self._absorbed = set()
@@ -189,7 +194,11 @@ class Sequential(Module):
             if fusion is not None and fusion.batch_norm is not None and np.ndim(x) != 4:
                 fusion = None  # BatchNorm2d's own forward says what is wrong with x
             if fusion is None:
-                x = self.layers[index](x)
+                layer = self.layers[index]
+                if getattr(layer, "inplace", False) is True and isinstance(x, np.ndarray):
+                    for earlier in self.layers[:index]:
+                        earlier._mark_overwritten(x, type(layer).__name__)
+                x = layer(x)
                 index += 1
                 continue
             x = self._run_fused(fusion, x)
@@ -202,7 +211,9 @@ class Sequential(Module):
             assert batch_norm is not None and activation is not None
             y = batch_norm._normalize(x, activation.name, activation._options())
             if batch_norm.training or activation._reads() == "output":
-                # The activation's gradient is taken inside the batch normalisation's backward.
+                # The activation's gradient is taken inside the batch normalisation's backward;
+                # the layer itself kept nothing of this forward.
+                activation._cache = None
                 self._absorbed.add(fusion.start + 1)
             else:
                 batch_norm._cache = activation._cache = None
@@ -237,7 +248,12 @@ class Sequential(Module):
             if stop in self._recompute:
                 fusion, x = self._recompute.pop(stop)
                 for layer in self.layers[fusion.start:fusion.stop]:
-                    x = layer(x)
+                    # In the mode of the forward (evaluation), whatever train() said since.
+                    mode, layer.training = layer.training, False
+                    try:
+                        x = layer(x)
+                    finally:
+                        layer.training = mode
             if stop - 1 in self._absorbed:
                 continue
             grad_out = self.layers[stop - 1].backward(grad_out)

@@ -98,7 +98,7 @@ class Module:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray | None] = {}
         self._buffers: dict[str, np.ndarray] = {}
-        self._cache: tuple[Any, ...] | None = None
+        self._cache: tuple[Any, ...] | _Overwritten | None = None
 
     # -- arrays ------------------------------------------------------------------------------
     @property
@@ -231,12 +231,25 @@ class Module:
         """Keep ``values`` for backward, with the output's shape and dtype to check grad_out against."""
         self._cache = (output.shape, output.dtype, values)
 
+    def _mark_overwritten(self, array: np.ndarray, by: str) -> None:
+        """If this layer (or one inside it) kept ``array`` for its backward, make that backward
+        refuse: ``by`` (an in-place layer) is about to overwrite it."""
+        for _, child in self.children():
+            child._mark_overwritten(array, by)
+        if self._cache is not None and not isinstance(self._cache, _Overwritten) and _holds(self._cache[2], array):
+            self._cache = _Overwritten(by)
+
     def _saved_for_backward(self, grad_out: object) -> tuple[np.ndarray, tuple[Any, ...]]:
         """Validate ``grad_out`` against the forward output, then release the cache.
 
         Returns ``(grad_out, values)``. A rejected ``grad_out`` leaves the cache in place, so the
         caller can retry; a successful call releases it (a second backward needs a new forward).
         """
+        if isinstance(self._cache, _Overwritten):
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): the array it kept for its gradient was overwritten by the "
+                f"in-place {self._cache.by} after it; build that layer with inplace=False"
+            )
         if self._cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding forward(): call forward(x) first "
@@ -252,6 +265,21 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class _Overwritten:
+    """A layer's cache once an in-place layer after it overwrote what it kept (as PyTorch's
+    version counters catch): its backward refuses instead of computing a wrong gradient."""
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+
+
+def _holds(values: Any, array: np.ndarray) -> bool:
+    """Whether ``array`` itself is among ``values`` (nested tuples searched)."""
+    if values is array:
+        return True
+    return isinstance(values, tuple) and any(_holds(value, array) for value in values)
 
 
 def check_input(module: Module, x: object, ndims: Sequence[int], dtype: np.dtype[Any] | None = None) -> np.ndarray:
