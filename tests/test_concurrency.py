@@ -71,6 +71,34 @@ def _kernel_call(name, batch):
         return core.matmul, (images, False, rng.standard_normal((576, 576)), False, np.empty_like(images), 1)
     if name == "conv2d_backward_bias":
         return core.conv2d_backward_bias, (np.repeat(x, 8, axis=0), np.empty(32), 1)
+    # Activations, batch normalisation, dropout and optimizer steps: GELU and Adam, the costliest
+    # per element, over the same elements four times over.
+    flat = np.repeat(x, 4, axis=0).reshape(-1)
+    planes = np.repeat(x, 4, axis=0).reshape(4 * batch, 32, -1)
+    per_channel = [rng.random(32) + 0.5 for _ in range(4)]
+    gelu = core.ACTIVATIONS["gelu"]
+    if name in ("activation_forward", "activation_backward", "dropout", "optimizer_step"):
+        return {
+            "activation_forward": (core.activation_forward, (flat, np.empty_like(flat), gelu, 0.0, 0.0, 1)),
+            "activation_backward": (core.activation_backward,
+                                    (flat, flat, np.empty_like(flat), gelu, 0.0, 0.0, 1)),
+            "dropout": (core.dropout, (flat, np.empty_like(flat), 0, 123, 2**31, 2.0, 1)),
+            "optimizer_step": (core.optimizer_step,
+                               (core.OPTIMIZERS["Adam"], flat.copy(), flat, np.zeros_like(flat), np.zeros_like(flat),
+                                np.zeros_like(flat), np.array([1e-3, 0.9, 0.999, 1e-8, 0.1, 1.0, 1.0, 0.01, 0.03]), 1)),
+        }[name]
+    if name.startswith("batch_norm"):
+        return {
+            "batch_norm_moments": (core.batch_norm_moments, (planes, 0.0, np.zeros(32), np.zeros(32), 1)),
+            "batch_norm_grad_sums": (core.batch_norm_grad_sums,
+                                     (planes, planes, planes, core.ACTIVATIONS["relu"], 0.0, 0.0, per_channel[0],
+                                      np.zeros(32), np.zeros(32), 1)),
+            "batch_norm_normalize": (core.batch_norm_normalize,
+                                     (planes, np.empty_like(planes), *per_channel[:3], gelu, 0.0, 0.0, 1)),
+            "batch_norm_input_grad": (core.batch_norm_input_grad,
+                                      (planes, planes, planes, core.ACTIVATIONS["relu"], 0.0, 0.0,
+                                       np.empty_like(planes), *per_channel, 1)),
+        }[name]
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
     pooled = np.empty_like(x)
     indices = np.empty(x.shape, dtype=np.int64)
@@ -95,6 +123,8 @@ KERNELS = [
     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
+    "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",
+    "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step",
 ]
 
 
@@ -166,6 +196,12 @@ def _every_op(arrays):
         *F.adaptive_max_pool2d(x, 4, return_indices=True),
         F.conv2d(x, weight, padding=1, algorithm="winograd"),
         *F.conv2d_backward(winograd_grad, x, weight, padding=1, algorithm="winograd"),
+        F.conv2d(x, weight, padding=1, activation="gelu"),
+        F.silu(x),
+        F.activation_backward("silu", y, y),
+        *F.batch_norm_forward(x, training=True, activation="relu"),
+        *F.batch_norm_backward(x, x, x.mean(axis=(0, 2, 3)), 1 / (x.std(axis=(0, 2, 3)) + 1), activation="relu",
+                               output=x),
     ]
 
 
