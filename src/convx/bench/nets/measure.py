@@ -1,0 +1,312 @@
+"""Training steps and inference of one net in convx, PyTorch and ONNX Runtime: agreement and time."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ... import nn, optim
+from ...nn.module import Module
+from . import models
+from .onnx_graph import ort_session, to_onnx
+
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
+
+def relative_error(value: Any, reference: Any) -> float:
+    """``max|value - reference| / max|reference|``: the error on the scale of the whole tensor
+    (an element-wise ratio would blow up wherever the reference crosses zero)."""
+    value, reference = np.asarray(value, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    scale = np.abs(reference).max()
+    return float(np.abs(value - reference).max() / scale) if scale > 0 else float(np.abs(value).max())
+
+
+# -- one step of each library -----------------------------------------------------------------
+
+
+class ConvxTrainer:
+    """convx's training step: forward, cross-entropy, backward, SGD with momentum."""
+
+    def __init__(self, model: Module, x: np.ndarray, target: np.ndarray) -> None:
+        self.model, self.x, self.target = model.train(), x, target
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+
+    def step(self) -> float:
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.target)
+        self.model.backward(self.loss_fn.backward())
+        self.optimizer.step()
+        return loss
+
+
+class TorchTrainer:
+    """PyTorch eager's training step, the same."""
+
+    def __init__(self, model: Any, x: np.ndarray, target: np.ndarray) -> None:
+        import torch
+
+        self.model = model.train()
+        self.x, self.target = torch.from_numpy(x), torch.from_numpy(target)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+
+    def step(self) -> float:
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(self.x), self.target)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def torch_inference(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    import torch
+
+    model.eval()
+    x_torch = torch.from_numpy(x)
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            result: np.ndarray = model(x_torch).numpy()
+        return result
+
+    return run
+
+
+def ort_inference(session: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    def run() -> np.ndarray:
+        result: np.ndarray = session.run(None, {"x": x})[0]
+        return result
+
+    return run
+
+
+def convx_inference(model: Module, x: np.ndarray) -> Callable[[], np.ndarray]:
+    model.eval()
+    return lambda: model(x)
+
+
+# -- agreement --------------------------------------------------------------------------------
+
+
+@dataclass
+class Agreement:
+    """Relative errors (:func:`relative_error`) of convx against PyTorch and ONNX Runtime, from
+    identical weights and batch; None where the other library is missing."""
+
+    inference_vs_torch: float | None = None
+    inference_vs_ort: float | None = None
+    train_logits: float | None = None
+    loss: float | None = None
+    gradients: dict[str, float] = field(default_factory=dict)
+    weights_after_step: float | None = None
+
+    def worst_gradient(self) -> tuple[str, float] | None:
+        if not self.gradients:
+            return None
+        name = max(self.gradients, key=self.gradients.__getitem__)
+        return name, self.gradients[name]
+
+    def values(self) -> dict[str, float | None]:
+        """Every measured error by label (the worst gradient stands for all of them)."""
+        worst = self.worst_gradient()
+        return {"inference_vs_torch": self.inference_vs_torch, "inference_vs_ort": self.inference_vs_ort,
+                "train_logits": self.train_logits, "loss": self.loss,
+                "worst_gradient": None if worst is None else worst[1],
+                "weights_after_step": self.weights_after_step}
+
+
+def compare(net: models.Net, batch_size: int, threads: int, use_torch: bool, use_ort: bool,
+            seed: int = 0) -> Agreement:
+    """Inference (evaluation mode) then one training step in each library, from the same state."""
+    x, target = models.batch(net, batch_size, seed)
+    result = Agreement()
+    torch_model = models.torch_model(net, seed) if use_torch else None
+    convx_model = models.convx_copy_of(torch_model, net) if use_torch else models.convx_initial_model(net, seed)
+    convx_logits = convx_inference(convx_model, x)()
+    if use_ort:
+        session = ort_session(to_onnx(convx_model, x.shape), threads)
+        result.inference_vs_ort = relative_error(convx_logits, ort_inference(session, x)())
+    if torch_model is None:
+        return result
+    import torch
+
+    result.inference_vs_torch = relative_error(convx_logits, torch_inference(torch_model, x)())
+
+    ours, theirs = ConvxTrainer(convx_model, x, target), TorchTrainer(torch_model, x, target)
+    logits = ours.model(x)
+    loss = ours.loss_fn(logits, target)
+    ours.model.backward(ours.loss_fn.backward())
+    theirs.optimizer.zero_grad()
+    torch_logits = theirs.model(theirs.x)
+    torch_loss = theirs.loss_fn(torch_logits, theirs.target)
+    torch_loss.backward()
+    result.train_logits = relative_error(logits, torch_logits.detach().numpy())
+    result.loss = relative_error(loss, float(torch_loss.detach()))
+    torch_params = dict(theirs.model.named_parameters())
+    for name, param in ours.model.named_parameters():
+        grad = torch_params[name].grad
+        assert grad is not None and param.grad is not None, name
+        result.gradients[name] = relative_error(param.grad, grad.numpy())
+    ours.optimizer.step()
+    theirs.optimizer.step()
+    with torch.no_grad():
+        result.weights_after_step = max(relative_error(param.data, torch_params[name].numpy())
+                                        for name, param in ours.model.named_parameters())
+    return result
+
+
+# -- time -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Seconds per call of each library (``'convx'``, ``'torch'``, ``'ort'``), all runs kept."""
+
+    samples: dict[str, list[float]]
+
+    def median(self, name: str) -> float | None:
+        runs = self.samples.get(name)
+        return statistics.median(runs) if runs else None
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        top, bottom = self.median(numerator), self.median(denominator)
+        return top / bottom if top is not None and bottom is not None else None
+
+    def summary(self) -> dict[str, dict[str, float | int]]:
+        out: dict[str, dict[str, float | int]] = {}
+        for name, runs in self.samples.items():
+            quartiles = statistics.quantiles(runs, n=4) if len(runs) > 1 else [runs[0]] * 3
+            out[name] = {"median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs),
+                         "q1_s": quartiles[0], "q3_s": quartiles[2], "runs": len(runs)}
+        return out
+
+
+def round_robin(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> Timing:
+    """Time every call ``repeat`` times, taking turns within each repetition (so that slow drifts
+    of a shared machine hit all alike), after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return Timing(samples)
+
+
+def time_net(net: models.Net, batch_size: int, threads: int, repeat: int, use_torch: bool, use_ort: bool,
+             seed: int = 0) -> tuple[Timing, Timing]:
+    """(training step, inference) timings of ``net`` in each available library."""
+    x, target = models.batch(net, batch_size, seed)
+    torch_model = models.torch_model(net, seed) if use_torch else None
+    convx_model = models.convx_copy_of(torch_model, net) if use_torch else models.convx_initial_model(net, seed)
+    inference: dict[str, Callable[[], object]] = {"convx": convx_inference(convx_model, x)}
+    if torch_model is not None:
+        inference["torch"] = torch_inference(torch_model, x)
+    if use_ort:
+        inference["ort"] = ort_inference(ort_session(to_onnx(convx_model, x.shape), threads), x)
+    inference_timing = round_robin(inference, repeat)
+
+    train: dict[str, Callable[[], object]] = {"convx": ConvxTrainer(convx_model, x, target).step}
+    if torch_model is not None:
+        train["torch"] = TorchTrainer(torch_model, x, target).step
+    return round_robin(train, repeat), inference_timing
+
+
+# -- where convx's training step spends its time ----------------------------------------------
+
+
+def layer_label(module: Module) -> str:
+    """A profile row: the layer type, with the convolution's kernel and depthwise-ness."""
+    if isinstance(module, nn.Conv2d):
+        height, width = module.kernel_size
+        depthwise = " depthwise" if module.groups > 1 and module.groups == module.in_channels else ""
+        return f"Conv2d {height}x{width}{depthwise}"
+    if isinstance(module, models.Residual):
+        return "Residual (add)"
+    if isinstance(module, nn.Sequential):
+        return "Sequential (Python)"
+    return type(module).__name__
+
+
+class _SelfTimer:
+    """Adds each wrapped call's own time (its time minus that of the wrapped calls inside it)
+    to ``totals[label, phase]``."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], float] = defaultdict(float)
+        self._inner: list[float] = []
+
+    def wrap(self, label: str, phase: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            self._inner.append(0.0)
+            start = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                elapsed = time.perf_counter() - start
+                inner = self._inner.pop()
+                self.totals[label, phase] += elapsed - inner
+                if self._inner:
+                    self._inner[-1] += elapsed
+
+        return timed
+
+
+def profile_convx(net: models.Net, batch_size: int, repeat: int, seed: int = 0) -> dict[str, Any]:
+    """convx's training step by layer type: median milliseconds per step of each (label, phase),
+    phases forward, backward, step (the optimizer); self time, so the rows add up to the step.
+
+    Every module's ``forward`` and ``backward`` (and the loss's and the optimizer's) are wrapped
+    on the instances of a model of its own, so the timed models of :func:`time_net` carry no
+    timers.
+    """
+    x, target = models.batch(net, batch_size, seed)
+    trainer = ConvxTrainer(models.convx_initial_model(net, seed), x, target)
+    timer = _SelfTimer()
+    for module in models.modules(trainer.model):
+        label = layer_label(module)
+        # Instance attributes shadow the class's methods: Module.__call__ and Sequential find these.
+        setattr(module, "forward", timer.wrap(label, "forward", module.forward))
+        setattr(module, "backward", timer.wrap(label, "backward", module.backward))
+    setattr(trainer.loss_fn, "forward", timer.wrap("CrossEntropyLoss", "forward", trainer.loss_fn.forward))
+    setattr(trainer.loss_fn, "backward", timer.wrap("CrossEntropyLoss", "backward", trainer.loss_fn.backward))
+    setattr(trainer.optimizer, "step", timer.wrap("SGD", "step", trainer.optimizer.step))
+    step = timer.wrap("(rest of the step)", "step", trainer.step)
+
+    trainer.step()
+    per_step: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for _ in range(repeat):
+        timer.totals.clear()
+        step()
+        for key, seconds in timer.totals.items():
+            per_step[key].append(seconds)
+    rows = [{"layer": label, "phase": phase, "ms": 1e3 * statistics.median(values)}
+            for (label, phase), values in per_step.items()]
+    return {"rows": sorted(rows, key=lambda row: -row["ms"])}
+
+
+def profile_torch(net: models.Net, batch_size: int, repeat: int, top: int = 12, seed: int = 0) -> list[dict[str, Any]]:
+    """PyTorch's training step by operator (``torch.profiler``): self CPU milliseconds per step of
+    the ``top`` most expensive."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, target = models.batch(net, batch_size, seed)
+    trainer = TorchTrainer(models.torch_model(net, seed), x, target)
+    trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(repeat):
+            trainer.step()
+    events = sorted(profiler.key_averages(), key=lambda event: -event.self_cpu_time_total)[:top]
+    return [{"op": event.key, "ms": event.self_cpu_time_total / 1e3 / repeat, "calls": event.count / repeat}
+            for event in events]
