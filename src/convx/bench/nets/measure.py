@@ -189,15 +189,33 @@ class Timing:
         return out
 
 
+# Untimed calls of a library, for at least this long, before each of its timed calls.
+LEAD_IN_SECONDS = 0.02
+
+
 def round_robin(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> Timing:
     """Time every call ``repeat`` times, taking turns within each repetition (so that slow drifts
-    of a shared machine hit all alike), after ``warmup`` untimed rounds."""
+    of a shared machine hit all alike), after ``warmup`` untimed rounds.
+
+    Each timed call follows untimed calls of the same library lasting ``LEAD_IN_SECONDS`` (at
+    least one call), as one training step follows another in a loop. Without them, a library
+    would be timed while the previous library's idle OpenMP threads still spin (GNU libgomp's,
+    which convx and PyTorch each load, spin for milliseconds after a parallel region before
+    they sleep) and take one of its cores: on two cores, ONNX Runtime's VGG inference took 25%
+    longer right after PyTorch's or convx's than right after its own. A pause instead of the
+    lead-in does not do: an idle virtual CPU wakes slowly (LeNet-5's 1.6 ms took 13 ms after
+    50 ms of sleep).
+    """
     for _ in range(warmup):
         for call in calls.values():
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeat):
         for name, call in calls.items():
+            lead_in_end = time.perf_counter() + LEAD_IN_SECONDS
+            call()
+            while time.perf_counter() < lead_in_end:
+                call()
             start = time.perf_counter()
             call()
             samples[name].append(time.perf_counter() - start)

@@ -178,11 +178,11 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
     versions(info, use_ort)
     setting = (f"batch {batch_size}, {threads} threads each (convx, torch.set_num_threads, ORT intra-op; ORT "
                f"inter-op 1, sequential), medians of {repeat} interleaved runs")
-    print(f"convx {info['convx']} (OpenMP {'on' if info['convx_openmp'] else 'OFF'}); {info['cpu']} "
-          f"(family {info.get('cpu_family')} model {info.get('cpu_model_number')}, {info.get('cpu_simd')}), "
-          f"{info['cores']} cores; numpy {info['numpy']}; torch {info['torch']}; onnxruntime {info['onnxruntime']}",
-          file=sys.stderr)
-    print(setting, file=sys.stderr)
+    machine = (f"convx {info['convx']} (OpenMP {'on' if info['convx_openmp'] else 'OFF'}); {info['cpu']} "
+               f"(family {info.get('cpu_family')} model {info.get('cpu_model_number')}, {info.get('cpu_simd')}), "
+               f"{info['cores']} cores; numpy {info['numpy']}; torch {info['torch']}; "
+               f"onnxruntime {info['onnxruntime']}")
+    print(f"{machine}\n{setting}", file=sys.stderr)
     results = []
     for index, net in enumerate(nets, 1):
         print(f"[{index}/{len(nets)}] {net.name}: {net.description}", file=sys.stderr, flush=True)
@@ -214,6 +214,8 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
                 result["profile"]["torch"] = measure.profile_torch(net, batch_size, repeat)
         results.append(result)
 
+    print(" ".join(command))
+    print(machine)
     print(f"Whole networks, {setting}.")
     print(format_timings(results))
     print()
