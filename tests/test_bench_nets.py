@@ -128,6 +128,7 @@ def test_cli_nets_runs_end_to_end(tmp_path, capsys, torch, ort):
     printed = capsys.readouterr().out
     assert all(name in printed for name in NETS)
     assert "training step <= 0.80x PyTorch eager" in printed and "convx training step of resnet" in printed
+    assert "flagged (> 1e-04): none" in printed
     assert picture.stat().st_size > 0
     payload = json.loads(out.read_text())
     assert payload["mode"] == "nets" and payload["batch"] == BATCH and payload["threads"] == 2

@@ -108,6 +108,13 @@ def format_agreement(results: list[dict[str, Any]]) -> str:
         f"worst shown) and every weight after the SGD step against PyTorch. * above {AGREEMENT_TARGET:.0e} "
         f"(the issue's target), !! above {AGREEMENT_FLAG:.0e}"
     )
+    for bound, label in ((AGREEMENT_FLAG, "flagged"), (AGREEMENT_TARGET, "above the target")):
+        over = [f"{result['net']} {key} {value:.1e}" for result in results
+                for key, value in result["agreement"].items()
+                if isinstance(value, float) and key != "worst_gradient" and value > bound]
+        over += [f"{result['net']} gradient {name} {value:.1e}" for result in results
+                 for name, value in result["agreement"]["gradients"].items() if value > bound]
+        lines.append(f"{label} (> {bound:.0e}): {', '.join(over) if over else 'none'}")
     return "\n".join(lines)
 
 
