@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections import defaultdict
@@ -99,7 +100,16 @@ def convx_inference(model: Module, x: np.ndarray) -> Callable[[], np.ndarray]:
 @dataclass
 class Agreement:
     """Relative errors (:func:`relative_error`) of convx against PyTorch and ONNX Runtime, from
-    identical weights and batch; None where the other library is missing."""
+    identical weights and batch; None where the other library is missing.
+
+    float32: inference (evaluation mode) against PyTorch and ONNX Runtime; one training step's
+    logits, loss, every parameter gradient (``gradients``) and every weight after the SGD step
+    against PyTorch. float64: the worst of the training step's logits, loss and gradients,
+    convx against PyTorch, both in float64. And how far each library's float32 gradients are
+    from PyTorch's float64 ones: float32 gradients of these nets move by up to 1e-2 when a single
+    pre-activation near zero changes sign under rounding (ReLU's mask flips), so the float32
+    difference between two libraries means little without its yardstick, PyTorch's own.
+    """
 
     inference_vs_torch: float | None = None
     inference_vs_ort: float | None = None
@@ -107,6 +117,10 @@ class Agreement:
     loss: float | None = None
     gradients: dict[str, float] = field(default_factory=dict)
     weights_after_step: float | None = None
+    float64: float | None = None
+    float64_worst: str | None = None
+    convx_float32_vs_float64: float | None = None
+    torch_float32_vs_float64: float | None = None
 
     def worst_gradient(self) -> tuple[str, float] | None:
         if not self.gradients:
@@ -120,12 +134,48 @@ class Agreement:
         return {"inference_vs_torch": self.inference_vs_torch, "inference_vs_ort": self.inference_vs_ort,
                 "train_logits": self.train_logits, "loss": self.loss,
                 "worst_gradient": None if worst is None else worst[1],
-                "weights_after_step": self.weights_after_step}
+                "weights_after_step": self.weights_after_step, "float64": self.float64,
+                "convx_float32_vs_float64": self.convx_float32_vs_float64,
+                "torch_float32_vs_float64": self.torch_float32_vs_float64}
+
+
+@dataclass
+class _Step:
+    """What one forward and backward gave: logits, loss and every parameter gradient by name."""
+
+    logits: np.ndarray
+    loss: float
+    gradients: dict[str, np.ndarray]
+
+
+def _convx_step(model: Module, x: np.ndarray, target: np.ndarray) -> _Step:
+    loss_fn = nn.CrossEntropyLoss()
+    logits = model.train()(x)
+    loss = loss_fn(logits, target)
+    model.backward(loss_fn.backward())
+    gradients = {param.name: param.grad for param in model.parameters() if param.grad is not None}
+    return _Step(logits, loss, gradients)
+
+
+def _torch_step(model: Any, x: np.ndarray, target: np.ndarray) -> _Step:
+    import torch
+
+    model.train().zero_grad()
+    logits = model(torch.from_numpy(x))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(target))
+    loss.backward()
+    gradients = {name: param.grad.numpy() for name, param in model.named_parameters() if param.grad is not None}
+    return _Step(logits.detach().numpy(), float(loss.detach()), gradients)
+
+
+def _worst(values: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> tuple[float, str]:
+    assert values.keys() == references.keys(), (sorted(values), sorted(references))
+    return max((relative_error(values[name], references[name]), name) for name in references)
 
 
 def compare(net: models.Net, batch_size: int, threads: int, use_torch: bool, use_ort: bool,
             seed: int = 0) -> Agreement:
-    """Inference (evaluation mode) then one training step in each library, from the same state."""
+    """Inference (evaluation mode), then one training step, in each library from the same state."""
     x, target = models.batch(net, batch_size, seed)
     result = Agreement()
     torch_model = models.torch_model(net, seed) if use_torch else None
@@ -139,27 +189,31 @@ def compare(net: models.Net, batch_size: int, threads: int, use_torch: bool, use
     import torch
 
     result.inference_vs_torch = relative_error(convx_logits, torch_inference(torch_model, x)())
+    torch_float64 = copy.deepcopy(torch_model).double()  # before training mode moves the running statistics
 
-    ours, theirs = ConvxTrainer(convx_model, x, target), TorchTrainer(torch_model, x, target)
-    logits = ours.model(x)
-    loss = ours.loss_fn(logits, target)
-    ours.model.backward(ours.loss_fn.backward())
-    theirs.optimizer.zero_grad()
-    torch_logits = theirs.model(theirs.x)
-    torch_loss = theirs.loss_fn(torch_logits, theirs.target)
-    torch_loss.backward()
-    result.train_logits = relative_error(logits, torch_logits.detach().numpy())
-    result.loss = relative_error(loss, float(torch_loss.detach()))
-    torch_params = dict(theirs.model.named_parameters())
-    for name, param in ours.model.named_parameters():
-        grad = torch_params[name].grad
-        assert grad is not None and param.grad is not None, name
-        result.gradients[name] = relative_error(param.grad, grad.numpy())
-    ours.optimizer.step()
-    theirs.optimizer.step()
+    ours, theirs = _convx_step(convx_model, x, target), _torch_step(torch_model, x, target)
+    result.train_logits = relative_error(ours.logits, theirs.logits)
+    result.loss = relative_error(ours.loss, theirs.loss)
+    assert ours.gradients.keys() == theirs.gradients.keys()
+    result.gradients = {name: relative_error(ours.gradients[name], theirs.gradients[name]) for name in ours.gradients}
+    our_optimizer = optim.SGD(convx_model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    their_optimizer = torch.optim.SGD(torch_model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    our_optimizer.step()
+    their_optimizer.step()
     with torch.no_grad():
-        result.weights_after_step = max(relative_error(param.data, torch_params[name].numpy())
-                                        for name, param in ours.model.named_parameters())
+        their_weights = {name: param.numpy() for name, param in torch_model.named_parameters()}
+        result.weights_after_step = _worst({p.name: p.data for p in convx_model.parameters()}, their_weights)[0]
+
+    x64 = x.astype(np.float64)
+    ours64 = _convx_step(models.convx_copy_of(torch_float64, net), x64, target)
+    theirs64 = _torch_step(torch_float64, x64, target)
+    result.float64, result.float64_worst = max(
+        (relative_error(ours64.logits, theirs64.logits), "logits"),
+        (relative_error(ours64.loss, theirs64.loss), "loss"),
+        _worst(ours64.gradients, theirs64.gradients),
+    )
+    result.convx_float32_vs_float64 = _worst(ours.gradients, theirs64.gradients)[0]
+    result.torch_float32_vs_float64 = _worst(theirs.gradients, theirs64.gradients)[0]
     return result
 
 

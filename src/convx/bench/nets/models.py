@@ -9,6 +9,7 @@ PyTorch's initial weights load into convx as they are.
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -196,8 +197,14 @@ def batch(net: Net, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, target
 
 
-def convx_model(net: Net) -> Module:
-    model: Module = net.build(nn, Residual)
+def convx_model(net: Net, dtype: type = np.float32) -> Module:
+    """The convx model of ``net``, its arrays of ``dtype``."""
+    # The builders pass no dtype (torch.nn's layers take a torch one): the layers that hold
+    # arrays get it here.
+    layers = types.SimpleNamespace(**{name: getattr(nn, name) for name in nn.__all__})
+    for name in ("Conv2d", "BatchNorm2d", "Linear"):
+        setattr(layers, name, functools.partial(getattr(nn, name), dtype=dtype))
+    model: Module = net.build(layers, Residual)
     return model
 
 
@@ -224,8 +231,11 @@ def torch_model(net: Net, seed: int = 0) -> Any:
 
 
 def convx_copy_of(torch_model: Any, net: Net) -> Module:
-    """The convx model of ``net`` holding ``torch_model``'s parameters and buffers (same keys)."""
-    model = convx_model(net)
+    """The convx model of ``net`` holding ``torch_model``'s parameters and buffers (same keys and dtype)."""
+    import torch
+
+    float64 = next(iter(torch_model.parameters())).dtype == torch.float64
+    model = convx_model(net, np.float64 if float64 else np.float32)
     model.load_state_dict({key: value.detach().numpy() for key, value in torch_model.state_dict().items()})
     return model
 
