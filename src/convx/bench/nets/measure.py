@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -218,6 +219,37 @@ def compare(net: models.Net, batch_size: int, threads: int, use_torch: bool, use
 
 
 # -- time -------------------------------------------------------------------------------------
+
+
+class OtherLoad:
+    """How busy other processes kept the CPUs while this one ran: the CPU time all processes
+    used (``/proc/stat``) minus this process's own, as a fraction of the wall time of every core.
+    On a shared machine that says which timings to distrust. None where /proc/stat is missing.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(value) for value in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+        own = time.process_time()
+        return busy, own, time.perf_counter()
+
+    def fraction(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
+        cores = os.cpu_count() or 1
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * cores)
+
 
 
 @dataclass

@@ -17,6 +17,8 @@ INFERENCE_TARGET = 1.0  # inference, against ONNX Runtime
 AGREEMENT_FLAG = 1e-4
 AGREEMENT_TARGET = 1e-5
 FLOAT64_TARGET = 1e-12
+# Other processes' share of the CPUs (measure.OtherLoad) above which a net's timings are marked.
+BUSY_MACHINE = 0.05
 DEFAULT_BATCH = 64
 QUICK_BATCH = 8
 
@@ -91,6 +93,11 @@ def format_timings(results: list[dict[str, Any]]) -> str:
             )
     lines.append(f"targets (issue 18): training step <= {TRAIN_TARGET:.2f}x PyTorch eager, "
                  f"inference <= {INFERENCE_TARGET:.2f}x ONNX Runtime (medians); ok/FAIL beside each ratio")
+    loads = [f"{r['net']} {100 * r['other_load']:.0f}%" for r in results if r["other_load"] is not None]
+    if loads:
+        busy = [r["net"] for r in results if r["other_load"] is not None and r["other_load"] > BUSY_MACHINE]
+        lines.append(f"other processes' share of the CPUs while each net was timed: {', '.join(loads)}"
+                     + (f" (distrust {', '.join(busy)}: above {100 * BUSY_MACHINE:.0f}%)" if busy else ""))
     return "\n".join(lines)
 
 
@@ -217,13 +224,16 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
     for index, net in enumerate(nets, 1):
         print(f"[{index}/{len(nets)}] {net.name}: {net.description}", file=sys.stderr, flush=True)
         agreement = measure.compare(net, batch_size, threads, use_torch, use_ort)
+        load = measure.OtherLoad()
         train, inference = measure.time_net(net, batch_size, threads, repeat, use_torch, use_ort)
+        other_load = load.fraction()
         worst = agreement.worst_gradient()
         result: dict[str, Any] = {
             "net": net.name,
             "description": net.description,
             "input_shape": [batch_size, *net.image_shape],
             "parameters": models.count_parameters(models.convx_model(net)),
+            "other_load": other_load,
             "train": train.summary(),
             "inference": inference.summary(),
             "ratios": {"train_convx_torch": train.ratio("convx", "torch"),
