@@ -96,7 +96,7 @@ def format_timings(results: list[dict[str, Any]]) -> str:
     loads = [f"{r['net']} {100 * r['other_load']:.0f}%" for r in results if r["other_load"] is not None]
     if loads:
         busy = [r["net"] for r in results if r["other_load"] is not None and r["other_load"] > BUSY_MACHINE]
-        lines.append(f"other processes' share of the CPUs while each net was timed: {', '.join(loads)}"
+        lines.append(f"other processes' share of the CPUs while each net was timed (and profiled): {', '.join(loads)}"
                      + (f" (distrust {', '.join(busy)}: above {100 * BUSY_MACHINE:.0f}%)" if busy else ""))
     return "\n".join(lines)
 
@@ -226,14 +226,12 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
         agreement = measure.compare(net, batch_size, threads, use_torch, use_ort)
         load = measure.OtherLoad()
         train, inference = measure.time_net(net, batch_size, threads, repeat, use_torch, use_ort)
-        other_load = load.fraction()
         worst = agreement.worst_gradient()
         result: dict[str, Any] = {
             "net": net.name,
             "description": net.description,
             "input_shape": [batch_size, *net.image_shape],
             "parameters": models.count_parameters(models.convx_model(net)),
-            "other_load": other_load,
             "train": train.summary(),
             "inference": inference.summary(),
             "ratios": {"train_convx_torch": train.ratio("convx", "torch"),
@@ -253,6 +251,7 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
             result["profile"] = {"convx": measure.profile_convx(net, batch_size, repeat)["rows"]}
             if use_torch:
                 result["profile"]["torch"] = measure.profile_torch(net, batch_size, repeat)
+        result["other_load"] = load.fraction()  # over the timing and the profile
         results.append(result)
 
     print(" ".join(command))
