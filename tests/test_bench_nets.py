@@ -175,7 +175,22 @@ def test_cli_nets_times_convx_alone_without_the_others(tmp_path, capsys, monkeyp
 
 
 def test_cli_nets_rejects_mixed_options():
-    for argv in (["--nets", "--case", "lenet_c1"], ["--nets", "--memory"], ["--net", "lenet5"],
-                 ["--profile"], ["--nets", "--batch", "1"], ["--nets", "--net", "alexnet"]):
+    for argv in (["--nets", "--case", "lenet_c1"], ["--nets", "--memory"], ["--net", "lenet5"], ["--profile"],
+                 ["--retry-busy", "1"], ["--nets", "--retry-busy", "-1"], ["--nets", "--batch", "1"],
+                 ["--nets", "--net", "alexnet"]):
         with pytest.raises(SystemExit):
             main(argv)
+
+
+def test_cli_nets_times_a_net_again_when_the_machine_was_busy(tmp_path, capsys, monkeypatch):
+    loads = iter([0.5, 0.01])  # other processes' share during the first attempt, then the second
+    monkeypatch.setattr(measure.OtherLoad, "fraction", lambda self: next(loads))
+    waits = []
+    monkeypatch.setattr(measure, "wait_for_quiet", lambda threshold, timeout: waits.append(threshold) or True)
+    out = tmp_path / "retried.json"
+    assert main(["--nets", "--net", "lenet5", "--no-torch", "--no-onnx", "--batch", "2", "--repeat", "1",
+                 "--retry-busy", "2", "--json", str(out)]) == 0
+    assert waits == [report.BUSY_MACHINE]
+    (result,) = json.loads(out.read_text())["nets"]
+    assert result["attempts"] == 2 and result["other_load"] == 0.01
+    assert "lenet5 1% (2 attempts)" in capsys.readouterr().out

@@ -49,10 +49,15 @@ def parse_args(argv):
     nets.add_argument("--nets", action="store_true", help="benchmark whole networks (see above)")
     nets.add_argument("--net", action="append", choices=sorted(net_models.NETS), help="only this net (repeatable)")
     nets.add_argument("--batch", type=int, default=None,
-                      help=f"images per batch (default {net_report.DEFAULT_BATCH}; {net_report.QUICK_BATCH} with --quick)")
+                      help=f"images per batch (default {net_report.DEFAULT_BATCH}; "
+                           f"{net_report.QUICK_BATCH} with --quick)")
     nets.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even if installed")
     nets.add_argument("--profile", action="store_true",
                       help="also break convx's training step down by layer type, and PyTorch's by operator")
+    nets.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                      help="time a net again, up to N times, if other processes took more than "
+                           f"{100 * net_report.BUSY_MACHINE:.0f}%% of the CPUs meanwhile, after waiting for them to "
+                           "quieten (Linux; the least disturbed attempt is kept)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
@@ -62,7 +67,10 @@ def parse_args(argv):
         parser.error(f"--batch must be at least 2 (BatchNorm's batch statistics), got {args.batch}")
     op_options = {"--case": args.case, "--op": args.op, "--memory": args.memory, "--ceiling": args.ceiling,
                   "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd}
-    net_options = {"--net": args.net, "--batch": args.batch, "--no-onnx": args.no_onnx, "--profile": args.profile}
+    if args.retry_busy < 0:
+        parser.error(f"--retry-busy must be at least 0, got {args.retry_busy}")
+    net_options = {"--net": args.net, "--batch": args.batch, "--no-onnx": args.no_onnx, "--profile": args.profile,
+                   "--retry-busy": args.retry_busy}
     if args.nets and any(op_options.values()):
         parser.error(f"{', '.join(k for k, v in op_options.items() if v)}: single-op options, not for --nets")
     if not args.nets and any(net_options.values()):
@@ -141,7 +149,7 @@ def main(argv=None) -> int:
     if args.nets:
         return net_report.run(args.net, args.batch, args.repeat, args.quick, not args.no_torch, not args.no_onnx,
                               args.profile, args.json, args.plot, ["python", "-m", "convx.bench", *(
-                                  sys.argv[1:] if argv is None else argv)])
+                                  sys.argv[1:] if argv is None else argv)], args.retry_busy)
     implementations = (["convx"] + ([] if args.no_winograd else ["winograd"]) + ([] if args.no_numpy else ["numpy"])
                        + ([] if args.no_torch else ["torch"]) + (["copy"] if args.ceiling else []))
     if "torch" in implementations:

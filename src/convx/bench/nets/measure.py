@@ -251,6 +251,21 @@ class OtherLoad:
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * cores)
 
 
+def wait_for_quiet(threshold: float, timeout: float, window: float = 5.0) -> bool:
+    """Wait until other processes take at most ``threshold`` of the CPUs over ``window`` seconds;
+    False after ``timeout`` seconds (or without /proc/stat)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        load = OtherLoad()
+        time.sleep(window)
+        fraction = load.fraction()
+        if fraction is None:
+            return False
+        if fraction <= threshold:
+            return True
+    return False
+
+
 
 @dataclass
 class Timing:

@@ -66,8 +66,9 @@ class Residual(Module):
         return result
 
     def __repr__(self) -> str:
-        shortcut = "identity" if self.shortcut is None else repr(self.shortcut)
-        return f"Residual(\n  body={self.body!r}\n  shortcut={shortcut}\n)".replace("\n", "\n  ").replace("\n  )", "\n)")
+        body = repr(self.body).replace("\n", "\n  ")
+        shortcut = "identity" if self.shortcut is None else repr(self.shortcut).replace("\n", "\n  ")
+        return f"Residual(\n  body={body}\n  shortcut={shortcut}\n)"
 
 
 @functools.cache
@@ -180,7 +181,8 @@ NETS: dict[str, Net] = {
     net.name: net
     for net in [
         Net("lenet5", lenet5, (1, 28, 28), "LeNet-5, 1x28x28: conv 6 5x5, pool, conv 16 5x5, pool, 120, 84, 10"),
-        Net("vgg_bn", vgg_bn, (3, 32, 32), "VGG-style with BatchNorm, 3x32x32: 32, 32, pool, 64, 64, pool, 128, avg, 10"),
+        Net("vgg_bn", vgg_bn, (3, 32, 32),
+            "VGG-style with BatchNorm, 3x32x32: 32, 32, pool, 64, 64, pool, 128, avg, 10"),
         Net("mobilenet", mobilenet, (3, 32, 32),
             "MobileNet-style with BatchNorm, 3x32x32: stem 32, depthwise-separable 64, 128 s2, 128, 256 s2, avg, 10"),
         Net("resnet", resnet, (3, 32, 32),
