@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Any
 
 from ... import _threads
@@ -186,12 +187,14 @@ def plot(results: list[dict[str, Any]], path: str, title: str) -> None:
         points = [(i, r["ratios"][key]) for i, r in enumerate(results) if r["ratios"].get(key) is not None]
         if points:
             positions, values = zip(*points)
-            ax.bar([p + (offset - 1) * width for p in positions], values, width, label=label, color=color)
+            drawn = ax.bar([p + (offset - 1) * width for p in positions], values, width, label=label, color=color)
+            ax.bar_label(drawn, fmt="%.2f", fontsize=6)
     ax.axhline(TRAIN_TARGET, color="tab:blue", linestyle="--", linewidth=0.8, label=f"training target {TRAIN_TARGET}")
     ax.axhline(INFERENCE_TARGET, color="black", linewidth=0.8, label=f"inference target {INFERENCE_TARGET} (parity)")
     ax.set_xticks(range(len(results)), [r["net"] for r in results])
-    ax.set_ylabel("time convx / time other (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_yscale("log")
+    ax.set_ylabel("time convx / time other (lower is better, log scale)")
+    ax.set_title(textwrap.fill(title, 110), fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -304,6 +307,6 @@ def run(net_names: list[str] | None, batch_size: int | None, repeat: int | None,
             json.dump(payload, f, indent=2)
         print(f"wrote {json_path}", file=sys.stderr)
     if plot_path:
-        plot(results, plot_path, f"{info['cpu']}, {setting}")
+        plot(results, plot_path, f"{machine}; {setting}")
         print(f"wrote {plot_path}", file=sys.stderr)
     return 0
