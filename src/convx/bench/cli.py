@@ -11,6 +11,8 @@ import sys
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
 from .implementations import winograd_applies
+from .nets import models as net_models
+from .nets import report as net_report
 from .runner import Result, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling, time_case
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
@@ -38,11 +40,41 @@ def parse_args(argv):
                              "yardstick)")
     parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
+    nets = parser.add_argument_group(
+        "whole networks",
+        "--nets times whole networks instead of single ops: the training step (forward, cross-entropy, "
+        "backward, SGD with momentum) and inference, against PyTorch eager with the same weights and "
+        "ONNX Runtime (CPU, same threads), where installed, and compares their outputs and gradients",
+    )
+    nets.add_argument("--nets", action="store_true", help="benchmark whole networks (see above)")
+    nets.add_argument("--net", action="append", choices=sorted(net_models.NETS), help="only this net (repeatable)")
+    nets.add_argument("--batch", type=int, default=None,
+                      help=f"images per batch (default {net_report.DEFAULT_BATCH}; "
+                           f"{net_report.QUICK_BATCH} with --quick)")
+    nets.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even if installed")
+    nets.add_argument("--profile", action="store_true",
+                      help="also break convx's training step down by layer type, and PyTorch's by operator")
+    nets.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                      help="time a net again, up to N times, if other processes took more than "
+                           f"{100 * net_report.BUSY_MACHINE:.0f}%% of the CPUs meanwhile, after waiting for them to "
+                           "quieten (Linux; the least disturbed attempt is kept)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be positive, got {args.repeat}")
+    if args.batch is not None and args.batch < 2:
+        parser.error(f"--batch must be at least 2 (BatchNorm's batch statistics), got {args.batch}")
+    op_options = {"--case": args.case, "--op": args.op, "--memory": args.memory, "--ceiling": args.ceiling,
+                  "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd}
+    if args.retry_busy < 0:
+        parser.error(f"--retry-busy must be at least 0, got {args.retry_busy}")
+    net_options = {"--net": args.net, "--batch": args.batch, "--no-onnx": args.no_onnx, "--profile": args.profile,
+                   "--retry-busy": args.retry_busy}
+    if args.nets and any(op_options.values()):
+        parser.error(f"{', '.join(k for k, v in op_options.items() if v)}: single-op options, not for --nets")
+    if not args.nets and any(net_options.values()):
+        parser.error(f"{', '.join(k for k, v in net_options.items() if v)} need --nets")
     return args
 
 
@@ -114,6 +146,10 @@ def main(argv=None) -> int:
     if args.threads is not None:
         _threads.set_num_threads(args.threads)
     threads = _threads.get_num_threads()
+    if args.nets:
+        return net_report.run(args.net, args.batch, args.repeat, args.quick, not args.no_torch, not args.no_onnx,
+                              args.profile, args.json, args.plot, ["python", "-m", "convx.bench", *(
+                                  sys.argv[1:] if argv is None else argv)], args.retry_busy)
     implementations = (["convx"] + ([] if args.no_winograd else ["winograd"]) + ([] if args.no_numpy else ["numpy"])
                        + ([] if args.no_torch else ["torch"]) + (["copy"] if args.ceiling else []))
     if "torch" in implementations:

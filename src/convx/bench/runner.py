@@ -52,6 +52,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_details() -> dict:
+    """x86 family and model numbers and the widest SIMD extension (what the model name, under a
+    hypervisor often just "Intel(R) Xeon(R) Processor", does not say); empty where unknown."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {}
+    flags = set(fields.get("flags", "").split())
+    simd = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags), None)
+    return {"cpu_family": fields.get("cpu family"), "cpu_model_number": fields.get("model"), "cpu_simd": simd}
+
+
 def machine_info() -> dict:
     """What the numbers depend on: CPU, cores, libraries, BLAS, threads and allocator settings."""
     from threadpoolctl import threadpool_info
@@ -75,7 +91,7 @@ def machine_info() -> dict:
         ],
         "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-    }
+    } | _cpu_details()
     try:
         import torch
 
