@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from convx.bench.cli import main
+from convx.bench.layers import LAYERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +73,18 @@ def test_large_window_cases_run(capsys):
                  "--repeat", "1", "--no-torch"]) == 0
     table = capsys.readouterr().out
     assert "maxpool_large_1x1_k2049" in table and "maxpool_large_k31_s2" in table
+
+
+def test_layers_mode_times_every_element_wise_layer(tmp_path, capsys, torch):
+    out = tmp_path / "layers.json"
+    assert main(["--layers", "--quick", "--repeat", "1", "--threads", "1", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    names = [row["name"] for row in data["layers"]]
+    assert names == [name for name, *_ in LAYERS]
+    for row in data["layers"]:
+        assert row["forward"] > 0 and row["backward"] > 0 and row["copy_forward"] > 0
+        assert row["torch_forward"] > 0 and row["torch_backward"] > 0
+        assert row["name"] in table
+    with pytest.raises(SystemExit):
+        main(["--layers", "--nets"])

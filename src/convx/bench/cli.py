@@ -11,6 +11,7 @@ import sys
 from .. import _threads
 from .cases import CASES, QUICK_BATCH
 from .implementations import winograd_applies
+from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
 from .runner import Result, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling, time_case
@@ -58,7 +59,13 @@ def parse_args(argv):
                       help="time a net again, up to N times, if other processes took more than "
                            f"{100 * net_report.BUSY_MACHINE:.0f}%% of the CPUs meanwhile, after waiting for them to "
                            "quieten (Linux; the least disturbed attempt is kept)")
+    parser.add_argument("--layers", action="store_true",
+                        help="time the element-wise layers (activations, Dropout, BatchNorm2d) forward and backward "
+                             "against a one-thread copy of the bytes each must read and write (issue 18's yardstick) "
+                             "and PyTorch's layers")
     args = parser.parse_args(argv)
+    if args.layers and args.nets:
+        parser.error("--layers and --nets are separate benchmarks: run one at a time")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
@@ -141,11 +148,33 @@ def plot(results: list[Result], path: str) -> None:
     plt.close(fig)
 
 
+def _run_layers(args, threads: int) -> int:
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            print("PyTorch is not installed: timing convx alone.", file=sys.stderr)
+    shape = (8, 32, 32, 32) if args.quick else (64, 32, 32, 32)
+    repeat = args.repeat or (3 if args.quick else 11)
+    results = layer_bench.run_layers(shape, repeat, threads, torch)
+    print(layer_bench.format_layers(results, shape, threads))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_info(), "threads": threads, "shape": shape,
+                       "layers": [dataclasses.asdict(r) for r in results]}, f, indent=2)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         _threads.set_num_threads(args.threads)
     threads = _threads.get_num_threads()
+    if args.layers:
+        return _run_layers(args, threads)
     if args.nets:
         return net_report.run(args.net, args.batch, args.repeat, args.quick, not args.no_torch, not args.no_onnx,
                               args.profile, args.json, args.plot, ["python", "-m", "convx.bench", *(
