@@ -822,3 +822,30 @@ def test_layer_rejects_bad_input(layer):
     with pytest.raises(TypeError, match="grad_out must have the forward output's dtype"):
         ours.backward(np.ones((2, 3), dtype=np.float32))
     assert ours.backward(np.ones_like(y)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu", "gelu", "silu"])
+def test_add_is_the_sum_then_the_activation(activation, dtype, rng):
+    """convx.functional.add (a residual connection's sum and activation in one pass), bit for bit
+    the two separate steps, on sizes that split between threads and blocks."""
+    a = rng.standard_normal((3, 70001)).astype(dtype)
+    b = rng.standard_normal((3, 70001)).astype(dtype)[:, ::-1]  # not contiguous
+    a_before, b_before = a.copy(), b.copy()
+    got = F.add(a, b, activation=activation)
+    expected = a + b if activation is None else getattr(F, activation)(a + b)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(a, a_before)
+    np.testing.assert_array_equal(b, b_before)
+
+
+def test_add_refuses_mismatched_arrays():
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        F.add(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        F.add(np.ones(3), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="activation_params"):
+        F.add(np.ones(3), np.ones(3), activation_params={"negative_slope": 0.1})
+    with pytest.raises(TypeError, match="float32 or float64"):
+        F.add(np.ones(3, np.int64), np.ones(3, np.int64))

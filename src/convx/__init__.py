@@ -6,6 +6,7 @@ from ._threads import ForkedProcessWarning, get_num_threads, set_num_threads
 from ._version import __version__
 from .functional import (
     activation_backward,
+    add,
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
     adaptive_max_pool2d,
@@ -43,6 +44,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d",
+    "add",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",

@@ -65,6 +65,9 @@ cdef extern from "_elementwise.h" nogil:
     void convx_dropout_d(const double* x, double* out, Py_ssize_t n, uint64_t first, uint64_t seed,
                          uint32_t threshold, double scale)
 
+    void convx_add_f(const float* a, const float* b, float* out, Py_ssize_t n, int kind, double p0, double p1)
+    void convx_add_d(const double* a, const double* b, double* out, Py_ssize_t n, int kind, double p0, double p1)
+
 
 #: The optimizer updates the kernel knows, by class name in convx.optim.
 OPTIMIZERS = {
@@ -274,3 +277,23 @@ def dropout(const floating[::1] x, floating[::1] out, uint64_t first, uint64_t s
                 convx_dropout_f(src + begin, dst + begin, end - begin, first + <uint64_t> begin, seed, threshold, scale)
             else:
                 convx_dropout_d(src + begin, dst + begin, end - begin, first + <uint64_t> begin, seed, threshold, scale)
+
+
+def add(const floating[::1] a, const floating[::1] b, floating[::1] out, int kind, double p0, double p1,
+        int n_threads):
+    """out = act(a + b) element by element (act none for a negative kind; out may share a's or b's memory)."""
+    cdef Py_ssize_t n = a.shape[0], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n, 3 * n)
+    if n == 0:
+        return
+    cdef const floating* pa = &a[0]
+    cdef const floating* pb = &b[0]
+    cdef floating* dst = &out[0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n // team
+            end = (t + 1) * n // team
+            if floating is float:
+                convx_add_f(pa + begin, pb + begin, dst + begin, end - begin, kind, p0, p1)
+            else:
+                convx_add_d(pa + begin, pb + begin, dst + begin, end - begin, kind, p0, p1)

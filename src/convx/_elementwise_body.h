@@ -425,3 +425,14 @@ CONVX_CLONES static void CONVX_EW(convx_dropout)(const ET *x, ET *out, ptrdiff_t
         out[i] = h >= threshold ? scaled : (ET)0;
     }
 }
+
+/* out[i] = act(a[i] + b[i]), act the activation `kind` (none when negative), a block at a time
+ * while it is in L1: a residual connection's sum and the activation after it. out may be a or b. */
+CONVX_CLONES static void CONVX_EW(convx_add)(const ET *a, const ET *b, ET *out, ptrdiff_t n, int kind, double p0,
+                                             double p1) {
+    for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
+        const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
+        CONVX_SIMD for (ptrdiff_t i = b0; i < b0 + len; i++) out[i] = a[i] + b[i];
+        if (kind >= 0) CONVX_EW(convx_activation_forward)(kind, out + b0, out + b0, len, p0, p1);
+    }
+}

@@ -2,6 +2,7 @@
 
 from .activations import (
     activation_backward,
+    add,
     elu,
     gelu,
     hardsigmoid,
@@ -39,6 +40,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d",
+    "add",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",

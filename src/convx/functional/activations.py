@@ -27,6 +27,7 @@ from .._threads import kernel_threads
 __all__ = [
     "BACKWARD_READS",
     "activation_backward",
+    "add",
     "elu",
     "gelu",
     "hardsigmoid",
@@ -468,3 +469,47 @@ def activation_backward(
     for part in _chunks(flat_grad.size):
         _core.activation_backward(flat_grad[part], flat_saved[part], flat_in[part], code, p0, p1, kernel_threads())
     return grad_in
+
+
+def add(
+    a: NDArray[Any], b: NDArray[Any], *, activation: str | None = None,
+    activation_params: Mapping[str, Any] | None = None,
+) -> NDArray[Any]:
+    """``a + b``, then an activation, in one threaded pass: a residual connection's sum.
+
+    Parameters
+    ----------
+    a, b : ndarray of float32 or float64, one shape and dtype (no broadcasting)
+    activation : str, optional
+        An activation of this module applied to the sum in the same pass (ResNet's ``relu(x +
+        shortcut)``); its gradient, from the result, is :func:`activation_backward`'s.
+    activation_params : dict, optional
+        The activation's keyword arguments.
+
+    Returns
+    -------
+    ndarray
+        A new array, ``a``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import add
+    >>> add(np.array([1.0, -3.0]), np.array([1.0, 1.0]), activation="relu")
+    array([2., 0.])
+    """
+    check_no_activation_params(activation, activation_params)
+    first = as_float_array("a", a, _ANY_NDIM)
+    second = as_float_array("b", b, _ANY_NDIM)
+    if first.shape != second.shape or first.dtype != second.dtype:
+        raise ValueError(
+            f"a and b must have one shape and dtype (add does not broadcast), got {first.shape} {first.dtype} "
+            f"and {second.shape} {second.dtype}"
+        )
+    code, p0, p1 = (-1, 0.0, 0.0) if activation is None else forward_kernel(activation, activation_params)
+    first, second = contiguous(first), contiguous(second)
+    out = np.empty(first.shape, dtype=first.dtype)
+    flat_a, flat_b, flat_out = first.reshape(-1), second.reshape(-1), out.reshape(-1)
+    for part in _chunks(flat_a.size):
+        _core.add(flat_a[part], flat_b[part], flat_out[part], code, p0, p1, kernel_threads())
+    return out

@@ -367,11 +367,11 @@ class _SelfTimer:
         self._inner: list[float] = []
 
     def wrap(self, label: str, phase: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             self._inner.append(0.0)
             start = time.perf_counter()
             try:
-                return call(*args)
+                return call(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
                 inner = self._inner.pop()
@@ -380,6 +380,24 @@ class _SelfTimer:
                     self._inner[-1] += elapsed
 
         return timed
+
+
+def _fused_timer(timer: _SelfTimer, label: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` (Conv2d._convolve or BatchNorm2d._normalize) timed under ``label``, or under
+    ``label + activation`` when nn.Sequential passes it an activation to apply."""
+    plain = timer.wrap(label, "forward", call)
+    fused: dict[str, Callable[..., Any]] = {}
+
+    def timed(x: Any, *args: Any, **kwargs: Any) -> Any:
+        activation = args[2] if call.__name__ == "_convolve" and len(args) > 2 else (
+            args[0] if call.__name__ == "_normalize" and args else None)
+        if activation is None:
+            return plain(x, *args, **kwargs)
+        if activation not in fused:
+            fused[activation] = timer.wrap(f"{label} + {activation} (fused)", "forward", call)
+        return fused[activation](x, *args, **kwargs)
+
+    return timed
 
 
 def profile_convx(net: models.Net, batch_size: int, repeat: int, seed: int = 0) -> dict[str, Any]:
@@ -398,6 +416,11 @@ def profile_convx(net: models.Net, batch_size: int, repeat: int, seed: int = 0) 
         # Instance attributes shadow the class's methods: Module.__call__ and Sequential find these.
         setattr(module, "forward", timer.wrap(label, "forward", module.forward))
         setattr(module, "backward", timer.wrap(label, "backward", module.backward))
+        # nn.Sequential runs fused groups through these (a Conv2d with its BatchNorm2d folded in
+        # and an activation, a BatchNorm2d with an activation): their time goes to a fused label.
+        for method in ("_convolve", "_normalize"):
+            if hasattr(module, method):
+                setattr(module, method, _fused_timer(timer, label, getattr(module, method)))
     setattr(trainer.loss_fn, "forward", timer.wrap("CrossEntropyLoss", "forward", trainer.loss_fn.forward))
     setattr(trainer.loss_fn, "backward", timer.wrap("CrossEntropyLoss", "backward", trainer.loss_fn.backward))
     setattr(trainer.optimizer, "step", timer.wrap("SGD", "step", trainer.optimizer.step))

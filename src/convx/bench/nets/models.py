@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import nn
+from ... import functional, nn
 from ...nn.module import Module
 
 
@@ -56,11 +56,15 @@ class Residual(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         skip = x if self.shortcut is None else self.shortcut(x)
-        return self.relu(self.body(x) + skip)
+        # The sum and the ReLU in one threaded pass; ReLU's gradient is read from the result.
+        y = functional.add(self.body(x), skip, activation="relu")
+        self._save_for_backward(y, y)
+        return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         # The sum sends the same gradient down both paths; x feeds both, so theirs add up.
-        grad_sum = self.relu.backward(grad_out)
+        grad_out, (y,) = self._saved_for_backward(grad_out)
+        grad_sum = functional.activation_backward("relu", grad_out, y)
         grad_skip = grad_sum if self.shortcut is None else self.shortcut.backward(grad_sum)
         result: np.ndarray = self.body.backward(grad_sum) + grad_skip
         return result
