@@ -16,6 +16,13 @@
 #include <math.h>
 #include "_simd.h"
 
+/* Two sums in one SIMD loop (a vectorised reduction of each). */
+#if defined(_MSC_VER)
+#define CONVX_SIMD_SUM2(a, b)
+#else
+#define CONVX_SIMD_SUM2(a, b) CONVX_PRAGMA(omp simd reduction(+:a, b))
+#endif
+
 /* Which activation; the backward of each reads either the forward's input or its output
  * (convx/nn/activations.py keeps the one it needs). */
 enum convx_activation {

@@ -226,13 +226,18 @@ CONVX_CLONES static void CONVX_EW(convx_bn_channel_moments)(const ET *CONVX_REST
         const ET *src = x + k * image_stride;
         for (ptrdiff_t b0 = 0; b0 < plane; b0 += CONVX_BN_BLOCK) {
             const ptrdiff_t len = plane - b0 < CONVX_BN_BLOCK ? plane - b0 : CONVX_BN_BLOCK;
-            double sum = 0, squares = 0;
+            double sum = 0, squares = 0, residual = 0;
             CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < len; i++) sum += (double)src[b0 + i];
-            const double block_mean = sum / (double)len;
-            CONVX_SIMD_SUM(squares) for (ptrdiff_t i = 0; i < len; i++) {
-                const double d = (double)src[b0 + i] - block_mean;
+            const double rough_mean = sum / (double)len;
+            /* The corrected two-pass form: the deviations' own sum corrects the mean for the
+             * rounding of the first sum (whatever its order), and the squares for the offset. */
+            CONVX_SIMD_SUM2(squares, residual) for (ptrdiff_t i = 0; i < len; i++) {
+                const double d = (double)src[b0 + i] - rough_mean;
                 squares += d * d;
+                residual += d;
             }
+            const double block_mean = rough_mean + residual / (double)len;
+            squares -= residual * residual / (double)len;
             const double merged = count + (double)len, delta = block_mean - total_mean;
             total_mean += delta * ((double)len / merged);
             total_m2 += squares + delta * delta * (count * (double)len / merged);
