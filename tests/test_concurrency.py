@@ -77,8 +77,9 @@ def _kernel_call(name, batch):
     planes = np.repeat(x, 4, axis=0).reshape(4 * batch, 32, -1)
     per_channel = [rng.random(32) + 0.5 for _ in range(4)]
     gelu = core.ACTIVATIONS["gelu"]
-    if name in ("activation_forward", "activation_backward", "dropout", "optimizer_step"):
+    if name in ("activation_forward", "activation_backward", "dropout", "optimizer_step", "add"):
         return {
+            "add": (core.add, (flat, flat, np.empty_like(flat), gelu, 0.0, 0.0, 1)),
             "activation_forward": (core.activation_forward, (flat, np.empty_like(flat), gelu, 0.0, 0.0, 1)),
             "activation_backward": (core.activation_backward,
                                     (flat, flat, np.empty_like(flat), gelu, 0.0, 0.0, 1)),
@@ -124,7 +125,7 @@ KERNELS = [
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
     "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",
-    "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step",
+    "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add",
 ]
 
 
