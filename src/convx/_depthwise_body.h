@@ -15,34 +15,24 @@
 #define CONVX_DW_GB (CONVX_DW_GATHER_BYTES / (ptrdiff_t)sizeof(DT))
 #define CONVX_DW_WB (CONVX_DW_WEIGHT_BYTES / (ptrdiff_t)sizeof(DT))
 
-/* dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width; with check, *bad gathers
- * the values times 0 (0 for finite values, NaN otherwise). */
+/* dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width. */
 CONVX_DW_INLINE void CONVX_DW(convx_dw_copy_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_stride,
                                                   DT *CONVX_RESTRICT dst, ptrdiff_t dst_stride, ptrdiff_t rows,
-                                                  ptrdiff_t width, int check, DT *bad) {
-    DT total = 0;
+                                                  ptrdiff_t width) {
     for (ptrdiff_t r = 0; r < rows; r++) {
         const DT *CONVX_RESTRICT in = src + r * src_stride;
         DT *CONVX_RESTRICT out = dst + r * dst_stride;
-        if (check) {
-            CONVX_SIMD_SUM(total) for (ptrdiff_t c = 0; c < width; c++) {
-                out[c] = in[c];
-                total += in[c] * (DT)0;
-            }
-        } else {
-            CONVX_SIMD for (ptrdiff_t c = 0; c < width; c++) out[c] = in[c];
-        }
+        CONVX_SIMD for (ptrdiff_t c = 0; c < width; c++) out[c] = in[c];
     }
-    if (check) *bad += total;
 }
 
 /* convx_dw_copy_rows with the narrow widths of small planes as literals: a row is then a few
  * vector moves instead of a scalar remainder loop. */
 CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_stride, DT *dst, ptrdiff_t dst_stride,
-                                             ptrdiff_t rows, ptrdiff_t width, int check, DT *bad) {
+                                             ptrdiff_t rows, ptrdiff_t width) {
 #define CONVX_DW_COPY_CASE(W)                                                                       \
     case W:                                                                                         \
-        CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, W, check, bad);        \
+        CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, W);                    \
         return;
     switch (width) {
         CONVX_DW_COPY_CASE(1)
@@ -56,7 +46,7 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_stride
         CONVX_DW_COPY_CASE(14)
         CONVX_DW_COPY_CASE(16)
         default:
-            CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, width, check, bad);
+            CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, width);
     }
 #undef CONVX_DW_COPY_CASE
 }
@@ -65,39 +55,24 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_stride
  * phases of `rows` rows of `width` (the last column of an odd width to even alone). */
 CONVX_DW_INLINE void CONVX_DW(convx_dw_split_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_stride,
                                                    DT *CONVX_RESTRICT even, DT *CONVX_RESTRICT odd,
-                                                   ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width, int check,
-                                                   DT *bad) {
+                                                   ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width) {
     const ptrdiff_t pairs = width / 2;
-    DT total = 0;
     for (ptrdiff_t r = 0; r < rows; r++) {
         const DT *CONVX_RESTRICT in = src + r * src_stride;
         DT *CONVX_RESTRICT e = even + r * dst_stride, *CONVX_RESTRICT o = odd + r * dst_stride;
-        if (check) {
-            CONVX_SIMD_SUM(total) for (ptrdiff_t c = 0; c < pairs; c++) {
-                e[c] = in[2 * c];
-                o[c] = in[2 * c + 1];
-                total += (in[2 * c] + in[2 * c + 1]) * (DT)0;
-            }
-        } else {
-            CONVX_SIMD for (ptrdiff_t c = 0; c < pairs; c++) {
-                e[c] = in[2 * c];
-                o[c] = in[2 * c + 1];
-            }
+        CONVX_SIMD for (ptrdiff_t c = 0; c < pairs; c++) {
+            e[c] = in[2 * c];
+            o[c] = in[2 * c + 1];
         }
-        if (width & 1) {
-            e[pairs] = in[width - 1];
-            total += in[width - 1] * (DT)0;
-        }
+        if (width & 1) e[pairs] = in[width - 1];
     }
-    if (check) *bad += total;
 }
 
 CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_stride, DT *even, DT *odd,
-                                              ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width, int check,
-                                              DT *bad) {
+                                              ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width) {
 #define CONVX_DW_SPLIT_CASE(W)                                                                      \
     case W:                                                                                         \
-        CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, W, check, bad); \
+        CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, W);             \
         return;
     switch (width) {
         CONVX_DW_SPLIT_CASE(4)
@@ -108,7 +83,7 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_strid
         CONVX_DW_SPLIT_CASE(28)
         CONVX_DW_SPLIT_CASE(32)
         default:
-            CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, width, check, bad);
+            CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, width);
     }
 #undef CONVX_DW_SPLIT_CASE
 }
@@ -119,7 +94,7 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_strid
  * (zero since the buffer was cleared). */
 CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src_h, ptrdiff_t src_w, ptrdiff_t h0,
                                                   ptrdiff_t G0, ptrdiff_t n, const convx_dw_layout *L, DT *buf,
-                                                  int zeros, int check, DT *bad) {
+                                                  int zeros) {
     const ptrdiff_t rp = L->row_phases, cp = L->col_phases, cols = L->cols, phase = L->phase;
     DT *dst = buf + (G0 % rp) * cp * phase + L->head + (G0 / rp) * cols;
     /* rows [lo, hi) lie in the source */
@@ -135,22 +110,17 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src
     const DT *src = plane + (h0 + lo * rp) * src_w;
     dst += lo * cols;
     if (cp == 1) {
-        CONVX_DW(convx_dw_copy)(src, rp * src_w, dst, cols, hi - lo, src_w, check, bad);
+        CONVX_DW(convx_dw_copy)(src, rp * src_w, dst, cols, hi - lo, src_w);
     } else if (cp == 2) {
-        CONVX_DW(convx_dw_split)(src, rp * src_w, dst, dst + phase, cols, hi - lo, src_w, check, bad);
+        CONVX_DW(convx_dw_split)(src, rp * src_w, dst, dst + phase, cols, hi - lo, src_w);
     } else {
         for (ptrdiff_t p = 0; p < cp && p < src_w; p++) {
             const ptrdiff_t m = (src_w - p + cp - 1) / cp;
-            DT total = 0;
             for (ptrdiff_t k = lo; k < hi; k++) {
                 const DT *CONVX_RESTRICT in = plane + (h0 + k * rp) * src_w + p;
                 DT *CONVX_RESTRICT out = buf + (G0 % rp) * cp * phase + p * phase + L->head + (G0 / rp + k) * cols;
-                for (ptrdiff_t c = 0; c < m; c++) {
-                    out[c] = in[c * cp];
-                    total += in[c * cp] * (DT)0;
-                }
+                for (ptrdiff_t c = 0; c < m; c++) out[c] = in[c * cp];
             }
-            if (check) *bad += total;
         }
     }
 }
@@ -158,21 +128,29 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src
 /* The buffer for `count` source planes (src_h x src_w, src_stride apart), band starting at
  * source row first_row (see convx_dw_layout). Without `banded` (one band per plane: every call
  * of the thread puts the zeros in the same places), the rows outside the source are left as the
- * cleared buffer has them. Returns whether (with check) every value is finite. */
+ * cleared buffer has them. Returns whether (with check) every value copied is finite. */
 CONVX_DW_INLINE int CONVX_DW(convx_dw_fill)(const DT *src, ptrdiff_t src_stride, ptrdiff_t count, ptrdiff_t src_h,
                                             ptrdiff_t src_w, ptrdiff_t first_row, const convx_dw_layout *L,
                                             DT *buf, int banded, int check) {
-    DT bad = 0;
     const ptrdiff_t head = L->head_rows, slot = L->slot_rows, rp = L->row_phases;
     /* the rows above slot 0 (the scatter layout's, whose row_phases is 1) */
-    CONVX_DW(convx_dw_fill_rows)(src, src_h, src_w, first_row - head, 0, head, L, buf, banded, check, &bad);
+    CONVX_DW(convx_dw_fill_rows)(src, src_h, src_w, first_row - head, 0, head, L, buf, banded);
     for (ptrdiff_t p = 0; p < count; p++)
         for (ptrdiff_t q = 0; q < rp; q++)
             CONVX_DW(convx_dw_fill_rows)(src + p * src_stride, src_h, src_w, first_row + q, head + p * slot + q,
-                                         slot / rp, L, buf, banded, check, &bad);
+                                         slot / rp, L, buf, banded);
     if (banded)
         for (ptrdiff_t q = 0; q < rp; q++)
-            CONVX_DW(convx_dw_fill_rows)(src, 0, src_w, 0, head + count * slot + q, L->tail_rows, L, buf, 1, 0, &bad);
+            CONVX_DW(convx_dw_fill_rows)(src, 0, src_w, 0, head + count * slot + q, L->tail_rows, L, buf, 1);
+    if (!check) return 1;
+    /* x * 0 is 0 for finite x, NaN otherwise: summed in vector lanes over the rows copied (each
+     * plane's a contiguous run, in cache), one horizontal sum at the end */
+    const ptrdiff_t h0 = convx_dw_max(0, first_row), h1 = convx_dw_min(src_h, first_row + slot);
+    DT bad = 0;
+    for (ptrdiff_t p = 0; p < count && h1 > h0; p++) {
+        const DT *CONVX_RESTRICT rows = src + p * src_stride + h0 * src_w;
+        CONVX_SIMD_SUM(bad) for (ptrdiff_t k = 0; k < (h1 - h0) * src_w; k++) bad += rows[k] * (DT)0;
+    }
     return bad == 0;
 }
 
@@ -294,8 +272,7 @@ CONVX_CLONES static void CONVX_DW(convx_dw_forward_planes)(const DT *x, ptrdiff_
                                       0);
             for (ptrdiff_t p = 0; p < count; p++)
                 CONVX_DW(convx_dw_copy)(res + p * L->lane_rows * cols, cols,
-                                        out + p * out_stride + m * plane_out + oh0 * out_w, out_w, band, out_w, 0,
-                                        NULL);
+                                        out + p * out_stride + m * plane_out + oh0 * out_w, out_w, band, out_w);
         }
     }
 }
@@ -387,7 +364,7 @@ CONVX_CLONES static void CONVX_DW(convx_dw_weight_channel)(const DT *x, ptrdiff_
                 DT *acc_m = acc + m * taps * 16;
                 for (ptrdiff_t p = 0; p < count; p++)
                     CONVX_DW(convx_dw_copy)(dy + (n0 + p) * dy_stride + m * plane_out + oh0 * out_w, out_w,
-                                            dyl + p * L->lane_rows * cols, cols, band, out_w, 0, NULL);
+                                            dyl + p * L->lane_rows * cols, cols, band, out_w);
                 if (!*dirty) {
                     CONVX_DW(convx_dw_dot)(buf, off, taps, dyl, lanes, acc_m);
                     continue;
@@ -465,7 +442,7 @@ CONVX_CLONES static void CONVX_DW(convx_dw_input_planes)(const DT *dy, ptrdiff_t
                     const ptrdiff_t t = (h_q + ph) / sh - a0;
                     CONVX_DW(convx_dw_copy)(res + q * lanes_size + (p * slot + t) * cols + pw, cols,
                                             grad_in + p * gi_stride + h_q * width, sh * width,
-                                            convx_dw_ceil(h1 - h_q, sh), width, 0, NULL);
+                                            convx_dw_ceil(h1 - h_q, sh), width);
                 }
                 continue;
             }
