@@ -92,6 +92,13 @@ static inline ptrdiff_t convx_dw_round(ptrdiff_t a, ptrdiff_t b) { return (a + b
 static inline ptrdiff_t convx_dw_floordiv(ptrdiff_t a, ptrdiff_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static inline ptrdiff_t convx_dw_floormod(ptrdiff_t a, ptrdiff_t b) { return a - convx_dw_floordiv(a, b) * b; }
 
+/* Planes per buffer: at most `most`, in groups as equal as the batch allows (a short last group
+ * would leave the threads that take it idle for the rest). */
+static inline ptrdiff_t convx_dw_planes(ptrdiff_t batch, ptrdiff_t most) {
+    most = convx_dw_max(1, convx_dw_min(batch, most));
+    return convx_dw_ceil(batch, convx_dw_ceil(batch, most));
+}
+
 static inline void convx_dw_finish_layout(convx_dw_layout *L, ptrdiff_t reach_rows, ptrdiff_t reach_cols) {
     L->lane_rows = L->slot_rows / L->row_phases;
     L->lanes = L->planes * L->lane_rows * L->cols;
@@ -123,7 +130,7 @@ static inline convx_dw_layout convx_dw_gather_layout(const convx_dw_geometry *g,
     const ptrdiff_t reach = (g->out_h - 1) * sh + (kh - 1) * dh + 1;  /* rows the stored lanes read */
     const ptrdiff_t slot = convx_dw_round(convx_dw_max(convx_dw_max(g->height + ph, g->out_h * sh), reach - ph), sh);
     if (slot * row <= budget) {
-        L.planes = convx_dw_max(1, convx_dw_min(batch, budget / (slot * row)));
+        L.planes = convx_dw_planes(batch, budget / (slot * row));
         L.band = g->out_h;
         L.slot_rows = slot;
         L.tail_rows = convx_dw_ceil(convx_dw_max(0, reach - slot), sh);
@@ -159,7 +166,7 @@ static inline convx_dw_layout convx_dw_scatter_layout(const convx_dw_geometry *g
     /* the buffer, and sh * sw phases of lanes as large */
     const ptrdiff_t per_row = L.cols * (1 + sh * sw);
     if (slot * per_row <= budget) {
-        L.planes = convx_dw_max(1, convx_dw_min(batch, budget / (slot * per_row)));
+        L.planes = convx_dw_planes(batch, budget / (slot * per_row));
         L.band = phase_rows;
         L.slot_rows = slot;
     } else {

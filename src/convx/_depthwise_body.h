@@ -250,22 +250,13 @@ CONVX_CLONES static void CONVX_DW(convx_dw_forward_planes)(const DT *x, ptrdiff_
     for (ptrdiff_t oh0 = 0; oh0 < g->out_h; oh0 += L->band) {
         const ptrdiff_t band = convx_dw_min(L->band, g->out_h - oh0);
         /* The outputs' lines, owned before the copy below stores to them: a burst of stores to
-         * lines not in cache would wait for each one's read in turn. */
+         * lines not in cache would wait for each one's read in turn. (Prefetching the next planes'
+         * input as well made no difference or lost: the hardware prefetcher follows the rows.) */
         for (ptrdiff_t p = 0; p < count; p++)
             for (ptrdiff_t m = 0; m < multiplier; m++)
                 convx_dw_prefetch_write(out + p * out_stride + m * plane_out + oh0 * out_w, band * out_w * sizeof(DT));
         CONVX_DW(convx_dw_fill)(x, x_stride, count, g->height, g->width, oh0 * g->stride_h - g->pad_h, L, buf,
                                 L->band < g->out_h, 0);
-        /* What the thread reads next, into L2 while this band is swept: the next band's rows, or the
-         * planes after ours (the next channel's, a whole image apart from each other: the hardware
-         * prefetcher would meet each only when the fill starts reading it). */
-        if (oh0 + L->band < g->out_h) {
-            const ptrdiff_t next = convx_dw_max(0, (oh0 + L->band) * g->stride_h - g->pad_h);
-            convx_prefetch(x + next * g->width, convx_dw_min(L->band * g->stride_h, g->height - next) * g->width * sizeof(DT));
-        } else {
-            for (ptrdiff_t p = 0; p < count; p++)
-                convx_prefetch(x + p * x_stride + g->height * g->width, g->height * g->width * sizeof(DT));
-        }
         const ptrdiff_t lanes = ((count - 1) * L->lane_rows + band) * cols;
         for (ptrdiff_t m = 0; m < multiplier; m++) {
             CONVX_DW(convx_dw_gather)(buf, off, L->taps, w + m * L->taps, bias != NULL ? bias[m] : (DT)0, lanes, res,
@@ -353,12 +344,6 @@ CONVX_CLONES static void CONVX_DW(convx_dw_weight_channel)(const DT *x, ptrdiff_
             if (!CONVX_DW(convx_dw_fill)(x + n0 * x_stride, x_stride, count, g->height, g->width,
                                          oh0 * g->stride_h - g->pad_h, L, buf, L->band < g->out_h, 1))
                 *dirty = 1;
-            /* the next group's planes on their way, a whole image apart from each other */
-            if (oh0 + L->band >= g->out_h)
-                for (ptrdiff_t p = n0 + count; p < convx_dw_min(batch, n0 + 2 * count); p++) {
-                    convx_prefetch(x + p * x_stride, g->height * g->width * sizeof(DT));
-                    convx_prefetch(dy + p * dy_stride, multiplier * plane_out * sizeof(DT));
-                }
             const ptrdiff_t lanes = ((count - 1) * L->lane_rows + band) * cols;
             for (ptrdiff_t m = 0; m < multiplier; m++) {
                 DT *acc_m = acc + m * taps * 16;
@@ -414,13 +399,9 @@ CONVX_CLONES static void CONVX_DW(convx_dw_input_planes)(const DT *dy, ptrdiff_t
         const ptrdiff_t band = convx_dw_min(L->band, phase_rows - a0);
         const ptrdiff_t lanes = ((count - 1) * slot + band) * cols;
         const ptrdiff_t h0 = convx_dw_max(0, a0 * sh - ph), h1 = convx_dw_min(g->height, (a0 + band) * sh - ph);
-        /* as in convx_dw_forward_planes: grad_in's lines owned before the copy stores to them, and
-         * the next channel's grad_out on its way (for a band, the next band's rows are nearby) */
-        for (ptrdiff_t p = 0; p < count; p++) {
-            if (h1 > h0) convx_dw_prefetch_write(grad_in + p * gi_stride + h0 * width, (h1 - h0) * width * sizeof(DT));
-            if (a0 + L->band >= phase_rows)
-                convx_prefetch(dy + p * dy_stride + multiplier * plane_out, multiplier * plane_out * sizeof(DT));
-        }
+        /* as in convx_dw_forward_planes: grad_in's lines owned before the copy stores to them */
+        for (ptrdiff_t p = 0; p < count && h1 > h0; p++)
+            convx_dw_prefetch_write(grad_in + p * gi_stride + h0 * width, (h1 - h0) * width * sizeof(DT));
         for (ptrdiff_t m = 0; m < multiplier; m++) {
             CONVX_DW(convx_dw_fill)(dy + m * plane_out, dy_stride, count, g->out_h, g->out_w, a0, L, buf,
                                     L->band < phase_rows, 0);
