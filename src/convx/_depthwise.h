@@ -70,9 +70,9 @@ typedef struct {
 /* Elements a register block of the gather sweeps holds (two AVX-512 vectors), and of the weight
  * gradient's accumulators per tap (one); the sweeps run whole blocks, reading up to a block past
  * the last lane into the buffers' slack. */
-#define CONVX_DW_GATHER_BYTES 128
+#define CONVX_DW_GATHER_BYTES 256
 #define CONVX_DW_WEIGHT_BYTES 64
-#define CONVX_DW_SLACK 64
+#define CONVX_DW_SLACK 128
 
 /* Ask for bytes from p into L2 for writing (prefetchw), a cache line at a time. */
 static inline void convx_dw_prefetch_write(void *p, size_t bytes) {
