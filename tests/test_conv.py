@@ -699,8 +699,8 @@ def _depthwise_choice(op, case, dtype=np.float32):
 
 def test_depthwise_choice_follows_the_table():
     """The sweeps for the layers of MobileNet- and EfficientNet-style nets; the direct loops' 3x3 stride-1
-    kernels on rows at least DW_DIRECT_FROM long (float32: 48 forward, 64 for the gradients); the direct
-    loops wherever the sweeps' buffers would span padding far past the plane."""
+    kernels on rows at least DW_DIRECT_FROM long (float32: 56 forward, 48 input gradient, 64 weight
+    gradient); the direct loops wherever the sweeps' buffers would span padding far past the plane."""
     assert convx._core.depthwise_kernel() == "auto"
     for case in [ConvCase(64, 32, 32, 32, 32, (3, 3), padding=1, groups=32),
                  ConvCase(64, 64, 32, 32, 64, (3, 3), stride=2, padding=1, groups=64),
@@ -714,7 +714,7 @@ def test_depthwise_choice_follows_the_table():
     doubled = ConvCase(8, 16, 112, 112, 32, (3, 3), padding=1, groups=16)
     assert [_depthwise_choice(op, doubled) for op in ("forward", "input", "weight")] == ["direct", "split", "direct"]
     wide = ConvCase(16, 128, 56, 56, 128, (3, 3), padding=1, groups=128)
-    assert [_depthwise_choice(op, wide) for op in ("forward", "input", "weight")] == ["direct", "split", "split"]
+    assert [_depthwise_choice(op, wide) for op in ("forward", "input", "weight")] == ["direct", "direct", "split"]
     wider = ConvCase(16, 32, 64, 64, 32, (3, 3), padding=1, groups=32)
     assert [_depthwise_choice(op, wider) for op in ("forward", "input", "weight")] == ["direct"] * 3
     assert [_depthwise_choice(op, wider, np.float64) for op in ("forward", "input", "weight")] == ["direct"] * 3

@@ -53,9 +53,10 @@ cdef enum:
     DW_WORK_SLACK = 1 << 12
 
 
-# Bytes of one thread's phase-split buffer (plus as many of lanes of results): planes are stacked,
-# or large ones banded, to about this size, within L1 with the outputs they are copied to (8 to
-# 32 KiB ran within noise of each other on the Xeon of DW_DIRECT_FROM, 16 KiB the best or near it).
+# Bytes of one thread's phase-split buffer (and about as many of results): planes are stacked, or
+# large ones banded, to about this size, within L1 with the outputs they are copied to (on the
+# Xeon of DW_DIRECT_FROM 8, 16 and 32 KiB ran within about 15% of each other, 16 KiB the best or
+# near it on most layers).
 cdef Py_ssize_t DW_BUDGET_BYTES = 1 << 14
 
 
@@ -152,19 +153,20 @@ cdef enum:
 # DW_DIRECT_FROM[dtype * 3 + op] (dtype 0 float32, 1 float64; op DW_FORWARD, DW_INPUT,
 # DW_WEIGHT): the output row length (out_w) from which a 3x3, stride-1, dilation-1 layer takes
 # the direct loops. Measured on one CPU only, a 2-core Intel Xeon (family 6 model 167, Sapphire
-# Rapids; the AVX-512 clones), kernels called directly at batch 32 with C*H*W = 2**16 per image,
-# square planes of 16 to 112, 1 and 2 threads, interleaved medians of 5; sweeps' time / direct
-# loops' time at the rows around each threshold, 1 thread / 2 threads:
-#   float32 forward  40: 0.89 / 1.03   48: 0.91 / 1.05   56: 1.01 / 1.15   64: 1.23 / 1.32
-#   float32 input    48: 0.93 / 1.02   56: 0.98 / 1.01   64: 1.03 / 1.10   80: 1.01 / 1.26
-#   float32 weight   48: 0.94 / 0.91   56: 0.88 / 0.90   64: 1.17 / 1.14   80: 0.99 / 1.03
-#   float64 forward  16: 0.83 / 0.88   24: 1.16 / 1.43
-#   float64 input    16: 0.90 / 0.98   24: 1.02 / 0.99   28: 1.06 / 1.06   32: 1.10 / 1.09
-#   float64 weight   16: 0.62 / 0.49   24: 1.35 / 1.08
-# (float64's sweeps lose early: their row copies of 16 doubles and more are calls to memcpy, and
-# the results make two passes over twice the bytes.) AVX2-only CPUs were not measured.
+# Rapids; the AVX-512 clones) by bench/depthwise_crossovers.py: kernels called directly at batch
+# 32 with C*H*W = 2**16 per image, square planes of 16 to 112, 1 and 2 threads, interleaved
+# medians; sweeps' time / direct loops' time at the rows around each threshold, 1 thread / 2 threads:
+#   float32 forward  48: 0.85 / 0.89   56: 0.99 / 1.00   64: 1.25 / 1.21   80: 1.25 / 1.15
+#   float32 input    40: 0.86 / 0.85   48: 1.00 / 1.04   56: 1.03 / 1.06   64: 1.14 / 1.09
+#   float32 weight   56: 0.85 / 0.87   64: 1.16 / 1.09   80: 1.02 / 0.95  112: 1.04 / 1.02
+#   float64 forward  16: 0.78 / 0.83   24: 0.98 / 1.02   32: 1.16 / 1.12
+#   float64 input    16: 0.79 / 0.83   24: 1.01 / 1.17   32: 1.20 / 1.25
+#   float64 weight   24: 1.11 / 0.91   32: 0.92 / 0.98   40: 1.00 / 0.99   48: 1.08 / 1.07
+# and below the thresholds down to 2x2 planes 0.17-0.87 (float32), 0.26-0.98 (float64). float64's
+# sweeps lose earlier: their rows of 16 doubles and more are copied by calls to memcpy, through
+# twice the bytes. AVX2-only CPUs were not measured.
 cdef Py_ssize_t DW_DIRECT_FROM[6]
-DW_DIRECT_FROM[:] = [48, 64, 64, 24, 28, 24]
+DW_DIRECT_FROM[:] = [56, 48, 64, 24, 24, 48]
 
 
 cdef bint _direct_3x3_applies(int op, ConvGeometry* g) noexcept nogil:
@@ -220,7 +222,8 @@ def depthwise_implementation(op, batch, c_in, height, width, c_out, kernel_h, ke
     if _depthwise_mode == 2:
         return "direct", "set_depthwise_kernel('direct')"
     if not _split_layout(index, &g, itemsize, &L, &slot):
-        return "direct", "the sweeps' buffers or work would outgrow their bounds (padding or dilation far past the plane)"
+        return "direct", ("the sweeps' buffers or work would outgrow their bounds (padding or dilation far past "
+                          "the plane)")
     if _depthwise_mode == 1:
         return "split", "set_depthwise_kernel('split')"
     if not _split_prefers(index, &g, itemsize == 8):

@@ -65,7 +65,8 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_split_rows)(const DT *CONVX_RESTRICT src,
     for (ptrdiff_t p = 0; p < planes; p++) {
         for (ptrdiff_t r = 0; r < rows; r++) {
             const DT *CONVX_RESTRICT in = src + p * src_plane + r * src_row;
-            DT *CONVX_RESTRICT e = even + p * dst_plane + r * dst_row, *CONVX_RESTRICT o = odd + p * dst_plane + r * dst_row;
+            DT *CONVX_RESTRICT e = even + p * dst_plane + r * dst_row;
+            DT *CONVX_RESTRICT o = odd + p * dst_plane + r * dst_row;
             CONVX_SIMD for (ptrdiff_t c = 0; c < pairs; c++) {
                 e[c] = in[2 * c];
                 o[c] = in[2 * c + 1];
