@@ -548,3 +548,188 @@ def test_whole_window_convolution_transposed_and_not_finite(dtype, rng):
         expected = reference.conv2d(image, filters)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
     assert_close(np.nan_to_num(y), np.nan_to_num(expected), dtype)
+
+
+# Depthwise convolutions (one input channel per group, any channel multiplier) have two
+# implementations (src/convx/_depthwise.pxi): the phase-split sweeps and the direct row loops.
+# Each is forced in turn over the geometries of depthwise layers (strides 2 and 3, 5x5 and 7x7,
+# dilation, multipliers, planes of 1x1 to 4x4 stacked many to a sweep, odd sizes, planes large
+# enough to go in bands), as is the automatic choice between them.
+DEPTHWISE_CASES = {
+    "3x3-stride2": ConvCase(3, 4, 16, 16, 4, (3, 3), stride=2, padding=1, groups=4),
+    "3x3-stride2-odd": ConvCase(2, 3, 15, 13, 3, (3, 3), stride=2, padding=1, groups=3),
+    "3x3-stride3": ConvCase(2, 3, 11, 13, 3, (3, 3), stride=3, padding=1, groups=3),
+    "5x5-stride1": ConvCase(2, 3, 9, 10, 3, (5, 5), padding=2, groups=3),
+    "5x5-stride2-x2": ConvCase(2, 3, 9, 10, 6, (5, 5), stride=2, padding=2, groups=3),
+    "7x7-stride2": ConvCase(2, 2, 13, 12, 2, (7, 7), stride=2, padding=3, groups=2),
+    "3x3-dilated": ConvCase(2, 3, 12, 11, 3, (3, 3), padding=2, dilation=2, groups=3),
+    "3x3-dilated-strided-x2": ConvCase(2, 2, 12, 11, 4, (3, 3), stride=2, padding=2, dilation=(2, 3), groups=2),
+    "1x1-planes": ConvCase(5, 3, 1, 1, 3, (3, 3), padding=1, groups=3),
+    "2x2-planes": ConvCase(9, 3, 2, 2, 3, (3, 3), padding=1, groups=3),
+    "3x3-planes-stride2": ConvCase(7, 2, 3, 3, 2, (3, 3), stride=2, padding=1, groups=2),
+    "4x4-planes-many-images": ConvCase(70, 2, 4, 4, 2, (3, 3), padding=1, groups=2),
+    "4x4-planes-x2": ConvCase(9, 2, 4, 4, 4, (3, 3), padding=1, groups=2),
+    "8x8-planes-x3-stride2": ConvCase(33, 2, 8, 8, 6, (3, 3), stride=2, padding=1, groups=2),
+    "asymmetric": ConvCase(3, 2, 10, 9, 2, (3, 5), stride=(2, 1), padding=(1, 2), groups=2),
+    "even-kernel-same": ConvCase(2, 3, 8, 9, 3, (4, 2), padding="same", groups=3),
+    "stride-past-kernel": ConvCase(2, 2, 11, 10, 2, (2, 2), stride=3, groups=2),
+    "1x1-kernel-stride2": ConvCase(2, 3, 7, 6, 3, (1, 1), stride=2, groups=3),
+    "no-padding-stride2": ConvCase(2, 2, 9, 9, 2, (3, 3), stride=2, groups=2),
+    "3x3-wide-rows": ConvCase(2, 2, 9, 70, 2, (3, 3), padding=1, groups=2),
+    "large-plane-bands-5x5-stride2": ConvCase(1, 2, 150, 140, 2, (5, 5), stride=2, padding=2, groups=2),
+    "large-plane-bands-3x3": ConvCase(1, 2, 130, 120, 4, (3, 3), padding=1, groups=2),
+}
+DEPTHWISE_OPS = ["forward", "backward_input", "backward_weight", "backward"]
+
+
+@pytest.fixture(params=["auto", "split", "direct"])
+def depthwise_kernel(request):
+    """Each depthwise implementation forced in turn (convx._core.set_depthwise_kernel), and the choice."""
+    saved = convx._core.depthwise_kernel()
+    convx._core.set_depthwise_kernel(request.param)
+    yield request.param
+    convx._core.set_depthwise_kernel(saved)
+
+
+@pytest.mark.parametrize("op", DEPTHWISE_OPS)
+@pytest.mark.parametrize("name", list(DEPTHWISE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_depthwise_implementations_match_reference(depthwise_kernel, dtype, name, op, rng):
+    _check_conv_op(DEPTHWISE_CASES[name], op, dtype, rng)
+
+
+@pytest.mark.parametrize("name", ["3x3-stride2", "5x5-stride2-x2", "4x4-planes-many-images", "large-plane-bands-3x3"])
+def test_depthwise_thread_count_changes_no_bit(depthwise_kernel, name, rng):
+    """Every output (and every weight-gradient sum) is computed by one thread in an order of its own, so 1, 2
+    and 3 threads give the same bits."""
+    case = DEPTHWISE_CASES[name]
+    x, weight, bias, grad_out = case.arrays(rng, np.float32)
+    previous = convx.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            convx.set_num_threads(threads)
+            results.append([F.conv2d(x, weight, bias, **case.kwargs),
+                            *F.conv2d_backward(grad_out, x, weight, **case.kwargs),
+                            F.conv2d_backward_weight(grad_out, x, weight.shape, **case.kwargs)])
+    finally:
+        convx.set_num_threads(previous)
+    for other in results[1:]:
+        for got, first in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, first)
+
+
+def _same_non_finite(actual, expected, dtype):
+    """NaN, +inf and -inf exactly where ``expected`` has them; the finite values close."""
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(actual), test(expected))
+    finite = np.isfinite(expected)
+    assert_close(actual[finite], expected[finite], dtype)
+
+
+DEPTHWISE_NAN_CASES = ["3x3-stride2", "5x5-stride2-x2", "4x4-planes-many-images", "3x3-dilated",
+                       "large-plane-bands-5x5-stride2", "3x3-wide-rows"]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["x-inside", "x-corner", "x-last-column-last-image", "weight", "grad_out"])
+@pytest.mark.parametrize("name", DEPTHWISE_NAN_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_depthwise_non_finite_values_as_the_definition(depthwise_kernel, dtype, name, where, value, rng):
+    """NaN and +-inf where the definition's sum of products (the padding's zeros included, as im2col
+    multiplies them) puts them: a non-finite weight makes the forward's border outputs NaN but not the
+    input gradient's (the sweeps read grad_out's padding, which the definition never multiplies), and an
+    infinite input value must not meet the zeros of grad_out's lanes past its rows in the weight gradient."""
+    case = DEPTHWISE_CASES[name]
+    x, weight, bias, grad_out = case.arrays(rng, dtype)
+    if where == "x-inside":
+        x[0, 0, x.shape[2] // 2, 1] = value
+    elif where == "x-corner":
+        x[0, 0, 0, 0] = value
+    elif where == "x-last-column-last-image":
+        x[-1, -1, x.shape[2] // 2, -1] = value
+    elif where == "weight":
+        weight[0, 0, 0, -1] = value
+    else:
+        grad_out[0, 0, 0, 0] = grad_out[-1, -1, -1, -1] = value
+    with np.errstate(all="ignore"):
+        expected = [run_conv_op(reference, op, x, weight, bias, grad_out, case.kwargs)[0]
+                    for op in ("forward", "backward_input", "backward_weight")]
+    actual = [run_conv_op(F, op, x, weight, bias, grad_out, case.kwargs)[0]
+              for op in ("forward", "backward_input", "backward_weight")]
+    assert any(not np.isfinite(e).all() for e in expected)
+    for got, want in zip(actual, expected, strict=True):
+        _same_non_finite(got, want, dtype)
+
+
+def test_depthwise_non_finite_input_in_an_early_sweep_only(depthwise_kernel, rng):
+    """The weight gradient's buffer keeps the zeros of its padding and whatever the previous sweep left
+    in the lanes past the last plane: an infinite input in the first of several sweeps of a thread must
+    not reach the gradient through the later ones."""
+    case = DEPTHWISE_CASES["4x4-planes-many-images"]
+    x, weight, bias, grad_out = case.arrays(rng, np.float64)
+    x[0, 0, 1, 3] = np.inf
+    x[0, 1, 0, 0] = np.nan
+    with np.errstate(all="ignore"):
+        expected = reference.conv2d_backward_weight(grad_out, x, weight.shape, **case.kwargs)
+    for threads in (1, 2):
+        previous = convx.get_num_threads()
+        convx.set_num_threads(threads)
+        try:
+            for batch in (70, 69, 40):
+                with np.errstate(all="ignore"):
+                    want = reference.conv2d_backward_weight(grad_out[:batch], x[:batch], weight.shape, **case.kwargs)
+                _same_non_finite(F.conv2d_backward_weight(grad_out[:batch], x[:batch], weight.shape, **case.kwargs),
+                                 want, np.float64)
+        finally:
+            convx.set_num_threads(previous)
+    _same_non_finite(F.conv2d_backward_weight(grad_out, x, weight.shape, **case.kwargs), expected, np.float64)
+
+
+def _depthwise_choice(op, case, dtype=np.float32):
+    """convx._core.depthwise_implementation's name for ``op`` of ``case`` (symmetric int padding)."""
+    n, c_in, height, width = case.x_shape
+    c_out, _, kernel_h, kernel_w = case.weight_shape
+    out_h, out_w = case.out_size()
+    (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = pair(case.stride), pair(case.padding), pair(case.dilation)
+    return convx._core.depthwise_implementation(
+        op, n, c_in, height, width, c_out, kernel_h, kernel_w, out_h, out_w, stride_h, stride_w, pad_h, pad_w,
+        dil_h, dil_w, case.groups, np.dtype(dtype).itemsize)[0]
+
+
+def test_depthwise_choice_follows_the_table():
+    """The sweeps for the layers of MobileNet- and EfficientNet-style nets; the direct loops' 3x3 stride-1
+    kernels on rows at least DW_DIRECT_FROM long (float32: 56 forward, 48 input gradient, 64 weight
+    gradient); the direct loops wherever the sweeps' buffers would span padding far past the plane."""
+    assert convx._core.depthwise_kernel() == "auto"
+    for case in [ConvCase(64, 32, 32, 32, 32, (3, 3), padding=1, groups=32),
+                 ConvCase(64, 64, 32, 32, 64, (3, 3), stride=2, padding=1, groups=64),
+                 ConvCase(64, 128, 16, 16, 128, (3, 3), padding=1, groups=128),
+                 ConvCase(64, 256, 4, 4, 256, (3, 3), padding=1, groups=256),
+                 ConvCase(8, 240, 28, 28, 240, (5, 5), padding=2, groups=240),
+                 ConvCase(8, 96, 112, 112, 96, (3, 3), stride=2, padding=1, groups=96),
+                 ConvCase(8, 96, 112, 112, 96, (5, 5), padding=2, groups=96)]:
+        assert [_depthwise_choice(op, case) for op in ("forward", "input", "weight")] == ["split"] * 3, case
+    # a channel multiplier: the direct loops' 3x3 input gradient needs one filter per channel
+    doubled = ConvCase(8, 16, 112, 112, 32, (3, 3), padding=1, groups=16)
+    assert [_depthwise_choice(op, doubled) for op in ("forward", "input", "weight")] == ["direct", "split", "direct"]
+    wide = ConvCase(16, 128, 56, 56, 128, (3, 3), padding=1, groups=128)
+    assert [_depthwise_choice(op, wide) for op in ("forward", "input", "weight")] == ["direct", "direct", "split"]
+    wider = ConvCase(16, 32, 64, 64, 32, (3, 3), padding=1, groups=32)
+    assert [_depthwise_choice(op, wider) for op in ("forward", "input", "weight")] == ["direct"] * 3
+    assert [_depthwise_choice(op, wider, np.float64) for op in ("forward", "input", "weight")] == ["direct"] * 3
+    small = ConvCase(16, 32, 16, 16, 32, (3, 3), padding=1, groups=32)
+    assert [_depthwise_choice(op, small, np.float64) for op in ("forward", "input", "weight")] == ["split"] * 3
+    far = ConvCase(1, 4, 2, 3, 4, (3, 3), padding=10**4, dilation=10**4, groups=4)
+    assert [_depthwise_choice(op, far) for op in ("forward", "input", "weight")] == ["direct"] * 3
+
+
+def test_depthwise_choice_forced(depthwise_kernel):
+    case = ConvCase(16, 32, 64, 64, 32, (3, 3), padding=1, groups=32)
+    far = ConvCase(1, 4, 2, 3, 4, (3, 3), padding=10**4, dilation=10**4, groups=4)
+    for op in ("forward", "input", "weight"):
+        assert _depthwise_choice(op, far) == "direct"
+        if depthwise_kernel != "auto":
+            assert _depthwise_choice(op, case) == depthwise_kernel
+    with pytest.raises(ValueError, match="depthwise kernel must be one of 'auto', 'split', 'direct', got 'fast'"):
+        convx._core.set_depthwise_kernel("fast")

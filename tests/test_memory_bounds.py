@@ -189,7 +189,26 @@ def test_conv_sweep_reaches_the_extremes():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv_extreme_geometry_memory_and_results(conv_direct_mode, conv_threads, op, dtype):
     """Each op on every sweep case (1, 2 and 3 threads in turn) within the memory bound, equal to the reference."""
-    for index, (layer, kernel, stride, padding, dilation) in enumerate(_conv_sweep()):
+    _conv_check_sweep(op, dtype, _conv_sweep())
+
+
+@pytest.mark.parametrize("mode", ["split", "direct"])
+@pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_extreme_geometry_depthwise_implementations(conv_threads, mode, op, dtype):
+    """The depthwise layer's sweep cases with each depthwise implementation forced (the phase-split
+    sweeps decline geometries whose buffers the padding or dilation would make large)."""
+    saved = core.depthwise_kernel()
+    core.set_depthwise_kernel(mode)
+    try:
+        _conv_check_sweep(op, dtype, [case for case in _conv_sweep() if case[0] == "depthwise"])
+    finally:
+        core.set_depthwise_kernel(saved)
+
+
+def _conv_check_sweep(op, dtype, cases):
+    """Each op on the sweep cases (1, 2 and 3 threads in turn) within the memory bound, equal to the reference."""
+    for index, (layer, kernel, stride, padding, dilation) in enumerate(cases):
         convx.set_num_threads(1 + index % 3)
         groups = _CONV_LAYERS[layer][5]
         x, weight, bias, grad_out, (y, grad_x, grad_w, grad_b) = _conv_arrays(
@@ -230,6 +249,33 @@ def test_conv_extreme_geometry_matches_torch(torch):
         for actual, expected in zip(F.conv2d_backward(grad_out, x, weight, **kwargs),
                                     (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy())):
             assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("geometry", [((16, 4, 4), 3, 1, 512), ((32, 32, 32), 3, 2, 128), ((4, 200, 180), 5, 1, 24)],
+                         ids=["4x4", "32x32-stride2", "200x180-bands"])
+def test_conv_depthwise_sweeps_scratch_does_not_grow_with_the_batch(conv_threads, geometry):
+    """The phase-split sweeps' scratch is a buffer per thread of a fixed budget (small planes stacked up
+    to it, large ones in bands of rows): a few tens of KiB per thread at any batch."""
+    (channels, height, width), kernel, stride, batch = geometry
+    saved = core.depthwise_kernel()
+    core.set_depthwise_kernel("split")
+    convx.set_num_threads(2)
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((channels, 1, kernel, kernel)).astype(np.float32)
+    kwargs = dict(stride=stride, padding=kernel // 2, groups=channels)
+    x = rng.standard_normal((batch, channels, height, width)).astype(np.float32)
+    y = F.conv2d(x, weight, **kwargs)
+    grad_out = rng.standard_normal(y.shape).astype(np.float32)
+    try:
+        extras = [
+            _conv_extra_memory(lambda: F.conv2d(x, weight, **kwargs))[1],
+            _conv_extra_memory(lambda: F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs))[1],
+            _conv_extra_memory(lambda: F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs))[1],
+        ]
+    finally:
+        core.set_depthwise_kernel(saved)
+    # two threads' buffers of 16 KiB and their lanes, with the slack of their layouts
+    assert max(extras) < 2 * 96 * 1024, extras
 
 
 def test_conv_issue_reproducer_is_small_and_right(conv_direct_mode, torch):

@@ -68,6 +68,17 @@ def depthwise_backward_weight(
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
     groups: int, n_threads: int,
 ) -> None: ...
+# Which depthwise implementation runs: 'split' (phase-split sweeps) or 'direct' (row loops).
+DEPTHWISE_KERNELS: tuple[str, ...]
+DEPTHWISE_OPS: tuple[str, ...]
+def depthwise_kernel() -> str: ...
+def set_depthwise_kernel(name: str) -> None: ...
+def depthwise_implementation(
+    op: str, batch: int, c_in: int, height: int, width: int, c_out: int, kernel_h: int, kernel_w: int,
+    out_h: int, out_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+    dilation_w: int, groups: int, itemsize: int,
+) -> tuple[str, str]: ...
+def _set_depthwise_budget(budget_bytes: int) -> int: ...
 
 # Winograd F(4x4, 3x3), 3x3 kernels with stride 1: pad_h, pad_w are the top/left offsets of the
 # input patches (2 - padding for an input gradient, computed with flip=True). winograd_forward

@@ -53,16 +53,18 @@ cdef enum:
     DW_WORK_SLACK = 1 << 12
 
 
-# Elements of one thread's phase-split buffer (plus as many lanes of results): planes are
-# stacked, or large ones banded, to about this size, within L1 and L2.
-cdef Py_ssize_t DW_BUDGET = 1 << 12
+# Bytes of one thread's phase-split buffer (and about as many of results): planes are stacked, or
+# large ones banded, to about this size, within L1 with the outputs they are copied to (on the
+# Xeon of DW_DIRECT_FROM 8, 16 and 32 KiB ran within about 15% of each other, 16 KiB the best or
+# near it on most layers).
+cdef Py_ssize_t DW_BUDGET_BYTES = 1 << 14
 
 
-def _set_depthwise_budget(Py_ssize_t elements):
-    """For tuning only: the phase-split buffer's budget in elements; returns the previous one."""
-    global DW_BUDGET
-    previous = DW_BUDGET
-    DW_BUDGET = elements
+def _set_depthwise_budget(Py_ssize_t budget_bytes):
+    """For tuning only: the phase-split buffer's budget in bytes; returns the previous one."""
+    global DW_BUDGET_BYTES
+    previous = DW_BUDGET_BYTES
+    DW_BUDGET_BYTES = budget_bytes
     return previous
 
 
@@ -143,23 +145,101 @@ cdef enum:
     DW_WEIGHT = 2
 
 
-cdef bint _split_prefers(int op, ConvGeometry* g) noexcept nogil:
-    """Whether the phase-split sweeps should run where both implementations apply."""
+# Which implementation runs where both apply, as data. The direct loops' 3x3 stride-1 kernels
+# (the nine products of an output in registers along a row; the input gradient's only with one
+# filter per channel) beat the sweeps on wide rows, which they take in one pass where the sweeps
+# copy the planes in and the results out; everywhere else measured the sweeps ran 1.6-5x faster
+# (3x3 stride 2, 5x5 and 7x7 at strides 1 and 2, dilated taps, planes of 2x2 to 16x16, up to 112x112).
+# DW_DIRECT_FROM[dtype * 3 + op] (dtype 0 float32, 1 float64; op DW_FORWARD, DW_INPUT,
+# DW_WEIGHT): the output row length (out_w) from which a 3x3, stride-1, dilation-1 layer takes
+# the direct loops. Measured on one CPU only, a 2-core Intel Xeon (family 6 model 167, Sapphire
+# Rapids; the AVX-512 clones) by bench/depthwise_crossovers.py: kernels called directly at batch
+# 32 with C*H*W = 2**16 per image, square planes of 16 to 112, 1 and 2 threads, interleaved
+# medians; sweeps' time / direct loops' time at the rows around each threshold, 1 thread / 2 threads:
+#   float32 forward  48: 0.85 / 0.89   56: 0.99 / 1.00   64: 1.25 / 1.21   80: 1.25 / 1.15
+#   float32 input    40: 0.86 / 0.85   48: 1.00 / 1.04   56: 1.03 / 1.06   64: 1.14 / 1.09
+#   float32 weight   56: 0.85 / 0.87   64: 1.16 / 1.09   80: 1.02 / 0.95  112: 1.04 / 1.02
+#   float64 forward  16: 0.78 / 0.83   24: 0.98 / 1.02   32: 1.16 / 1.12
+#   float64 input    16: 0.79 / 0.83   24: 1.01 / 1.17   32: 1.20 / 1.25
+#   float64 weight   24: 1.11 / 0.91   32: 0.92 / 0.98   40: 1.00 / 0.99   48: 1.08 / 1.07
+# and below the thresholds down to 2x2 planes 0.17-0.87 (float32), 0.26-0.98 (float64). float64's
+# sweeps lose earlier: their rows of 16 doubles and more are copied by calls to memcpy, through
+# twice the bytes. AVX2-only CPUs were not measured.
+cdef Py_ssize_t DW_DIRECT_FROM[6]
+DW_DIRECT_FROM[:] = [56, 48, 64, 24, 24, 48]
+
+
+cdef bint _direct_3x3_applies(int op, ConvGeometry* g) noexcept nogil:
+    """Whether the direct loops' 3x3 stride-1 kernel (convx_dw_*_plane's, _rotated_applies's) runs
+    the op: 3x3, stride 1, dilation 1 (and for the input gradient one filter per channel)."""
+    if not (g.kernel_h == 3 and g.kernel_w == 3 and g.stride_h == 1 and g.stride_w == 1
+            and g.dilation_h == 1 and g.dilation_w == 1):
+        return False
+    return op != DW_INPUT or g.c_out_g == 1
+
+
+cdef bint _split_prefers(int op, ConvGeometry* g, bint double) noexcept nogil:
+    """Whether the phase-split sweeps should run where both implementations apply (the mode set by
+    set_depthwise_kernel, else DW_DIRECT_FROM)."""
     if _depthwise_mode != 0:
         return _depthwise_mode == 1
-    return True
+    return not (_direct_3x3_applies(op, g) and g.out_w >= DW_DIRECT_FROM[3 * double + op])
+
+
+cdef bint _split_layout(int op, ConvGeometry* g, Py_ssize_t itemsize, DwLayout* L, Py_ssize_t* slot) noexcept nogil:
+    """The sweeps' layout *L and per-thread scratch *slot (elements) for op on g; whether the sweeps
+    apply to it (hard limits only: sizes that cannot overflow, scratch and work within bounds)."""
+    if not _dw_geometry_bounded(g):
+        return False
+    cdef DwGeometry d = _dw_geometry(g)
+    cdef Py_ssize_t budget = DW_BUDGET_BYTES // itemsize, m = g.c_out_g
+    cdef Py_ssize_t phase_rows = (g.height + g.pad_h + g.stride_h - 1) // g.stride_h
+    if op == DW_INPUT:
+        L[0] = convx_dw_scatter_layout(&d, g.batch, budget)
+        slot[0] = convx_dw_input_scratch(L, &d)
+        return _dw_scratch_fits(slot[0], g) and _dw_work_fits(L, g, phase_rows, m, g.stride_h * g.stride_w * m)
+    L[0] = convx_dw_gather_layout(&d, g.batch, budget)
+    if op == DW_FORWARD:
+        slot[0] = convx_dw_forward_scratch(L)
+        return _dw_scratch_fits(slot[0], g) and _dw_work_fits(L, g, g.out_h, 1, m)
+    slot[0] = convx_dw_weight_scratch(L, m)
+    return _dw_scratch_fits(slot[0], g) and _dw_work_fits(L, g, g.out_h, 1 + m, m)
+
+
+DEPTHWISE_OPS = ("forward", "input", "weight")
+
+
+def depthwise_implementation(op, batch, c_in, height, width, c_out, kernel_h, kernel_w, out_h, out_w,
+                             stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups, itemsize):
+    """(name, why): which implementation the depthwise kernel of ``op`` (one of DEPTHWISE_OPS) runs for
+    this geometry, given as the kernels take it: 'split' (the phase-split sweeps) or 'direct' (the
+    row loops). The input gradient's channels with a non-finite weight take 'direct' whatever this says."""
+    cdef int index = DEPTHWISE_OPS.index(op)
+    cdef ConvGeometry g = _geometry(batch, c_in, height, width, c_out, kernel_h, kernel_w, out_h, out_w, groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, 1)
+    cdef DwLayout L
+    cdef Py_ssize_t slot
+    if _depthwise_mode == 2:
+        return "direct", "set_depthwise_kernel('direct')"
+    if not _split_layout(index, &g, itemsize, &L, &slot):
+        return "direct", ("the sweeps' buffers or work would outgrow their bounds (padding or dilation far past "
+                          "the plane)")
+    if _depthwise_mode == 1:
+        return "split", "set_depthwise_kernel('split')"
+    if not _split_prefers(index, &g, itemsize == 8):
+        return "direct", (f"3x3 stride 1 with rows of {out_w} outputs, at least DW_DIRECT_FROM's "
+                          f"{DW_DIRECT_FROM[3 * (itemsize == 8) + index]} for this dtype and op")
+    return "split", f"{L.planes} plane(s) per sweep" + (f", bands of {L.band} rows" if L.planes == 1 else "")
 
 
 cdef object _split_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                            const floating[::1] bias, floating[:, :, :, ::1] out, ConvGeometry* g, int n_threads):
     """depthwise_forward by the phase-split sweeps; False (having done nothing) where they do not apply."""
+    cdef DwLayout L
+    cdef Py_ssize_t slot
+    if not _split_layout(DW_FORWARD, g, sizeof(floating), &L, &slot):
+        return False
     cdef DwGeometry d = _dw_geometry(g)
-    if not _dw_geometry_bounded(g):
-        return False
-    cdef DwLayout L = convx_dw_gather_layout(&d, g.batch, DW_BUDGET)
-    cdef Py_ssize_t slot = convx_dw_forward_scratch(&L)
-    if not _dw_scratch_fits(slot, g) or not _dw_work_fits(&L, g, g.out_h, 1, g.c_out_g):
-        return False
     cdef Py_ssize_t[::1] off = np.empty(L.taps, dtype=np.intp)
     convx_dw_gather_offsets(&d, &L, &off[0])
     cdef Py_ssize_t c_in = x.shape[1], m = g.c_out_g, c_out = out.shape[1]
@@ -194,15 +274,11 @@ cdef object _split_input(const floating[:, :, :, ::1] grad_out, const floating[:
                          floating[:, :, :, ::1] grad_in, ConvGeometry* g, int n_threads):
     """depthwise_backward_input by the phase-split sweeps (input channels with a non-finite weight by
     the direct loops); False (having done nothing) where they do not apply."""
+    cdef DwLayout L
+    cdef Py_ssize_t slot
+    if not _split_layout(DW_INPUT, g, sizeof(floating), &L, &slot):
+        return False
     cdef DwGeometry d = _dw_geometry(g)
-    if not _dw_geometry_bounded(g):
-        return False
-    cdef DwLayout L = convx_dw_scatter_layout(&d, g.batch, DW_BUDGET)
-    cdef Py_ssize_t slot = convx_dw_input_scratch(&L, &d)
-    cdef Py_ssize_t phase_rows = (g.height + g.pad_h + g.stride_h - 1) // g.stride_h
-    if (not _dw_scratch_fits(slot, g)
-            or not _dw_work_fits(&L, g, phase_rows, g.c_out_g, g.stride_h * g.stride_w * g.c_out_g)):
-        return False
     cdef Py_ssize_t[::1] off = np.empty(L.taps, dtype=np.intp)
     cdef Py_ssize_t[::1] taps = np.empty(L.taps, dtype=np.intp)
     cdef Py_ssize_t[::1] start = np.empty(g.stride_h * g.stride_w + 1, dtype=np.intp)
@@ -249,14 +325,12 @@ cdef object _split_weight(const floating[:, :, :, ::1] grad_out, const floating[
                           floating[:, :, :, ::1] grad_weight, ConvGeometry* g, int n_threads):
     """depthwise_backward_weight by the phase-split sweeps, one thread per input channel (all its
     filters, the whole batch); False (having done nothing) where they do not apply."""
+    cdef DwLayout L
+    cdef Py_ssize_t slot
+    if not _split_layout(DW_WEIGHT, g, sizeof(floating), &L, &slot):
+        return False
     cdef DwGeometry d = _dw_geometry(g)
-    if not _dw_geometry_bounded(g):
-        return False
     cdef Py_ssize_t m = g.c_out_g
-    cdef DwLayout L = convx_dw_gather_layout(&d, g.batch, DW_BUDGET)
-    cdef Py_ssize_t slot = convx_dw_weight_scratch(&L, m)
-    if not _dw_scratch_fits(slot, g) or not _dw_work_fits(&L, g, g.out_h, 1 + m, m):
-        return False
     cdef Py_ssize_t[::1] off = np.empty(L.taps, dtype=np.intp)
     convx_dw_gather_offsets(&d, &L, &off[0])
     cdef Py_ssize_t c_in = x.shape[1], c_out = grad_out.shape[1]
@@ -491,7 +565,7 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
-    if _split_prefers(DW_FORWARD, &g) and _split_forward(x, weight, bias, out, &g, n_threads):
+    if _split_prefers(DW_FORWARD, &g, sizeof(floating) == 8) and _split_forward(x, weight, bias, out, &g, n_threads):
         return
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     with nogil:
@@ -516,7 +590,7 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t item, n, ci
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     cdef const floating[:, :, :, ::1] rotated
-    if _split_prefers(DW_INPUT, &g) and _split_input(grad_out, weight, grad_in, &g, n_threads):
+    if _split_prefers(DW_INPUT, &g, sizeof(floating) == 8) and _split_input(grad_out, weight, grad_in, &g, n_threads):
         return
     if _rotated_applies(&g):
         rotated = np.ascontiguousarray(np.asarray(weight)[:, :, ::-1, ::-1])
@@ -554,7 +628,7 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef Py_ssize_t n_out = g.out_h * g.out_w
     cdef Py_ssize_t co, n, tid
     cdef floating* partial
-    if _split_prefers(DW_WEIGHT, &g) and _split_weight(grad_out, x, grad_weight, &g, n_threads):
+    if _split_prefers(DW_WEIGHT, &g, sizeof(floating) == 8) and _split_weight(grad_out, x, grad_weight, &g, n_threads):
         return
     cdef int team = _team(n_threads, c_out)
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)

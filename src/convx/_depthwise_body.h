@@ -15,24 +15,28 @@
 #define CONVX_DW_GB (CONVX_DW_GATHER_BYTES / (ptrdiff_t)sizeof(DT))
 #define CONVX_DW_WB (CONVX_DW_WEIGHT_BYTES / (ptrdiff_t)sizeof(DT))
 
-/* dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < width. */
-CONVX_DW_INLINE void CONVX_DW(convx_dw_copy_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_stride,
-                                                  DT *CONVX_RESTRICT dst, ptrdiff_t dst_stride, ptrdiff_t rows,
-                                                  ptrdiff_t width) {
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        const DT *CONVX_RESTRICT in = src + r * src_stride;
-        DT *CONVX_RESTRICT out = dst + r * dst_stride;
-        CONVX_SIMD for (ptrdiff_t c = 0; c < width; c++) out[c] = in[c];
+/* dst[p * dst_plane + r * dst_row + c] = src[p * src_plane + r * src_row + c] for p < planes, r < rows,
+ * c < width. */
+CONVX_DW_INLINE void CONVX_DW(convx_dw_copy_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_plane, ptrdiff_t src_row,
+                                                  DT *CONVX_RESTRICT dst, ptrdiff_t dst_plane, ptrdiff_t dst_row,
+                                                  ptrdiff_t planes, ptrdiff_t rows, ptrdiff_t width) {
+    for (ptrdiff_t p = 0; p < planes; p++) {
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const DT *CONVX_RESTRICT in = src + p * src_plane + r * src_row;
+            DT *CONVX_RESTRICT out = dst + p * dst_plane + r * dst_row;
+            CONVX_SIMD for (ptrdiff_t c = 0; c < width; c++) out[c] = in[c];
+        }
     }
 }
 
 /* convx_dw_copy_rows with the narrow widths of small planes as literals: a row is then a few
  * vector moves instead of a scalar remainder loop. */
-CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_stride, DT *dst, ptrdiff_t dst_stride,
-                                             ptrdiff_t rows, ptrdiff_t width) {
+CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_plane, ptrdiff_t src_row, DT *dst,
+                                             ptrdiff_t dst_plane, ptrdiff_t dst_row, ptrdiff_t planes, ptrdiff_t rows,
+                                             ptrdiff_t width) {
 #define CONVX_DW_COPY_CASE(W)                                                                       \
     case W:                                                                                         \
-        CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, W);                    \
+        CONVX_DW(convx_dw_copy_rows)(src, src_plane, src_row, dst, dst_plane, dst_row, planes, rows, W); \
         return;
     switch (width) {
         CONVX_DW_COPY_CASE(1)
@@ -46,33 +50,38 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_copy)(const DT *src, ptrdiff_t src_stride
         CONVX_DW_COPY_CASE(14)
         CONVX_DW_COPY_CASE(16)
         default:
-            CONVX_DW(convx_dw_copy_rows)(src, src_stride, dst, dst_stride, rows, width);
+            CONVX_DW(convx_dw_copy_rows)(src, src_plane, src_row, dst, dst_plane, dst_row, planes, rows, width);
     }
 #undef CONVX_DW_COPY_CASE
 }
 
-/* even[r * dst_stride + c] = src[r * src_stride + 2c], odd[...] = src[... + 2c + 1]: the two column
- * phases of `rows` rows of `width` (the last column of an odd width to even alone). */
-CONVX_DW_INLINE void CONVX_DW(convx_dw_split_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_stride,
-                                                   DT *CONVX_RESTRICT even, DT *CONVX_RESTRICT odd,
-                                                   ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width) {
+/* even[p * dst_plane + r * dst_row + c] = src[p * src_plane + r * src_row + 2c], odd[...] = src[... + 2c + 1]:
+ * the two column phases of `rows` rows of `width` (the last column of an odd width to even alone). */
+CONVX_DW_INLINE void CONVX_DW(convx_dw_split_rows)(const DT *CONVX_RESTRICT src, ptrdiff_t src_plane,
+                                                   ptrdiff_t src_row, DT *CONVX_RESTRICT even, DT *CONVX_RESTRICT odd,
+                                                   ptrdiff_t dst_plane, ptrdiff_t dst_row, ptrdiff_t planes,
+                                                   ptrdiff_t rows, ptrdiff_t width) {
     const ptrdiff_t pairs = width / 2;
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        const DT *CONVX_RESTRICT in = src + r * src_stride;
-        DT *CONVX_RESTRICT e = even + r * dst_stride, *CONVX_RESTRICT o = odd + r * dst_stride;
-        CONVX_SIMD for (ptrdiff_t c = 0; c < pairs; c++) {
-            e[c] = in[2 * c];
-            o[c] = in[2 * c + 1];
+    for (ptrdiff_t p = 0; p < planes; p++) {
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const DT *CONVX_RESTRICT in = src + p * src_plane + r * src_row;
+            DT *CONVX_RESTRICT e = even + p * dst_plane + r * dst_row;
+            DT *CONVX_RESTRICT o = odd + p * dst_plane + r * dst_row;
+            CONVX_SIMD for (ptrdiff_t c = 0; c < pairs; c++) {
+                e[c] = in[2 * c];
+                o[c] = in[2 * c + 1];
+            }
+            if (width & 1) e[pairs] = in[width - 1];
         }
-        if (width & 1) e[pairs] = in[width - 1];
     }
 }
 
-CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_stride, DT *even, DT *odd,
-                                              ptrdiff_t dst_stride, ptrdiff_t rows, ptrdiff_t width) {
+CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_plane, ptrdiff_t src_row, DT *even,
+                                              DT *odd, ptrdiff_t dst_plane, ptrdiff_t dst_row, ptrdiff_t planes,
+                                              ptrdiff_t rows, ptrdiff_t width) {
 #define CONVX_DW_SPLIT_CASE(W)                                                                      \
     case W:                                                                                         \
-        CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, W);             \
+        CONVX_DW(convx_dw_split_rows)(src, src_plane, src_row, even, odd, dst_plane, dst_row, planes, rows, W); \
         return;
     switch (width) {
         CONVX_DW_SPLIT_CASE(4)
@@ -83,19 +92,21 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_split)(const DT *src, ptrdiff_t src_strid
         CONVX_DW_SPLIT_CASE(28)
         CONVX_DW_SPLIT_CASE(32)
         default:
-            CONVX_DW(convx_dw_split_rows)(src, src_stride, even, odd, dst_stride, rows, width);
+            CONVX_DW(convx_dw_split_rows)(src, src_plane, src_row, even, odd, dst_plane, dst_row, planes, rows, width);
     }
 #undef CONVX_DW_SPLIT_CASE
 }
 
-/* Buffer rows G0, G0 + rp, ... (n of them, one row phase) := source rows h0, h0 + rp, ... of plane
- * (src_h x src_w), split into the column phases; zeros outside the source (left alone unless
- * `zeros`: where they are zero already). The rows' tails past the source's columns are left alone
- * (zero since the buffer was cleared). */
-CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src_h, ptrdiff_t src_w, ptrdiff_t h0,
-                                                  ptrdiff_t G0, ptrdiff_t n, const convx_dw_layout *L, DT *buf,
-                                                  int zeros) {
+/* For `planes` planes (src_h x src_w, src_plane apart), buffer rows G0, G0 + rp, ... of each one's slot
+ * (n of them, one row phase; the slots one slot apart) := source rows h0, h0 + rp, ..., split into
+ * the column phases; zeros outside the source (left alone unless `zeros`: where they are zero
+ * already). The rows' tails past the source's columns are left alone (zero since the buffer was
+ * cleared). */
+CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src_plane, ptrdiff_t planes,
+                                                  ptrdiff_t src_h, ptrdiff_t src_w, ptrdiff_t h0, ptrdiff_t G0,
+                                                  ptrdiff_t n, const convx_dw_layout *L, DT *buf, int zeros) {
     const ptrdiff_t rp = L->row_phases, cp = L->col_phases, cols = L->cols, phase = L->phase;
+    const ptrdiff_t slot = L->slot_rows / rp * cols;  /* a slot's elements in each phase plane */
     DT *dst = buf + (G0 % rp) * cp * phase + L->head + (G0 / rp) * cols;
     /* rows [lo, hi) lie in the source */
     ptrdiff_t lo = h0 >= 0 ? 0 : convx_dw_ceil(-h0, rp), hi = src_h > h0 ? convx_dw_ceil(src_h - h0, rp) : 0;
@@ -104,22 +115,25 @@ CONVX_DW_INLINE void CONVX_DW(convx_dw_fill_rows)(const DT *plane, ptrdiff_t src
     for (ptrdiff_t k = 0; k < n && zeros; k++) {
         if (k == lo) k = hi;
         if (k >= n) break;
-        for (ptrdiff_t p = 0; p < cp; p++) memset(dst + p * phase + k * cols, 0, cols * sizeof(DT));
+        for (ptrdiff_t p = 0; p < planes; p++)
+            for (ptrdiff_t c = 0; c < cp; c++) memset(dst + p * slot + c * phase + k * cols, 0, cols * sizeof(DT));
     }
     if (hi == lo) return;
     const DT *src = plane + (h0 + lo * rp) * src_w;
     dst += lo * cols;
     if (cp == 1) {
-        CONVX_DW(convx_dw_copy)(src, rp * src_w, dst, cols, hi - lo, src_w);
+        CONVX_DW(convx_dw_copy)(src, src_plane, rp * src_w, dst, slot, cols, planes, hi - lo, src_w);
     } else if (cp == 2) {
-        CONVX_DW(convx_dw_split)(src, rp * src_w, dst, dst + phase, cols, hi - lo, src_w);
+        CONVX_DW(convx_dw_split)(src, src_plane, rp * src_w, dst, dst + phase, slot, cols, planes, hi - lo, src_w);
     } else {
-        for (ptrdiff_t p = 0; p < cp && p < src_w; p++) {
-            const ptrdiff_t m = (src_w - p + cp - 1) / cp;
-            for (ptrdiff_t k = lo; k < hi; k++) {
-                const DT *CONVX_RESTRICT in = plane + (h0 + k * rp) * src_w + p;
-                DT *CONVX_RESTRICT out = buf + (G0 % rp) * cp * phase + p * phase + L->head + (G0 / rp + k) * cols;
-                for (ptrdiff_t c = 0; c < m; c++) out[c] = in[c * cp];
+        for (ptrdiff_t p = 0; p < planes; p++) {
+            for (ptrdiff_t c = 0; c < cp && c < src_w; c++) {
+                const ptrdiff_t m = (src_w - c + cp - 1) / cp;
+                for (ptrdiff_t k = 0; k < hi - lo; k++) {
+                    const DT *CONVX_RESTRICT in = src + p * src_plane + k * rp * src_w + c;
+                    DT *CONVX_RESTRICT out = dst + p * slot + c * phase + k * cols;
+                    for (ptrdiff_t e = 0; e < m; e++) out[e] = in[e * cp];
+                }
             }
         }
     }
@@ -133,15 +147,15 @@ CONVX_DW_INLINE int CONVX_DW(convx_dw_fill)(const DT *src, ptrdiff_t src_stride,
                                             ptrdiff_t src_w, ptrdiff_t first_row, const convx_dw_layout *L,
                                             DT *buf, int banded, int check) {
     const ptrdiff_t head = L->head_rows, slot = L->slot_rows, rp = L->row_phases;
-    /* the rows above slot 0 (the scatter layout's, whose row_phases is 1) */
-    CONVX_DW(convx_dw_fill_rows)(src, src_h, src_w, first_row - head, 0, head, L, buf, banded);
-    for (ptrdiff_t p = 0; p < count; p++)
-        for (ptrdiff_t q = 0; q < rp; q++)
-            CONVX_DW(convx_dw_fill_rows)(src + p * src_stride, src_h, src_w, first_row + q, head + p * slot + q,
-                                         slot / rp, L, buf, banded);
+    /* the rows above slot 0 (the scatter layout's, whose row_phases is 1), then each row phase of
+     * every slot (head is 0 where rp is not 1) */
+    CONVX_DW(convx_dw_fill_rows)(src, 0, 1, src_h, src_w, first_row - head, 0, head, L, buf, banded);
+    for (ptrdiff_t q = 0; q < rp; q++)
+        CONVX_DW(convx_dw_fill_rows)(src, src_stride, count, src_h, src_w, first_row + q, head + q, slot / rp, L, buf,
+                                     banded);
     if (banded)
         for (ptrdiff_t q = 0; q < rp; q++)
-            CONVX_DW(convx_dw_fill_rows)(src, 0, src_w, 0, head + count * slot + q, L->tail_rows, L, buf, 1);
+            CONVX_DW(convx_dw_fill_rows)(src, 0, 1, 0, src_w, 0, head + count * slot + q, L->tail_rows, L, buf, 1);
     if (!check) return 1;
     /* x * 0 is 0 for finite x, NaN otherwise: summed in vector lanes over the rows copied (each
      * plane's a contiguous run, in cache), one horizontal sum at the end */
@@ -261,9 +275,8 @@ CONVX_CLONES static void CONVX_DW(convx_dw_forward_planes)(const DT *x, ptrdiff_
         for (ptrdiff_t m = 0; m < multiplier; m++) {
             CONVX_DW(convx_dw_gather)(buf, off, L->taps, w + m * L->taps, bias != NULL ? bias[m] : (DT)0, lanes, res,
                                       0);
-            for (ptrdiff_t p = 0; p < count; p++)
-                CONVX_DW(convx_dw_copy)(res + p * L->lane_rows * cols, cols,
-                                        out + p * out_stride + m * plane_out + oh0 * out_w, out_w, band, out_w);
+            CONVX_DW(convx_dw_copy)(res, L->lane_rows * cols, cols, out + m * plane_out + oh0 * out_w, out_stride,
+                                    out_w, count, band, out_w);
         }
     }
 }
@@ -347,9 +360,8 @@ CONVX_CLONES static void CONVX_DW(convx_dw_weight_channel)(const DT *x, ptrdiff_
             const ptrdiff_t lanes = ((count - 1) * L->lane_rows + band) * cols;
             for (ptrdiff_t m = 0; m < multiplier; m++) {
                 DT *acc_m = acc + m * taps * 16;
-                for (ptrdiff_t p = 0; p < count; p++)
-                    CONVX_DW(convx_dw_copy)(dy + (n0 + p) * dy_stride + m * plane_out + oh0 * out_w, out_w,
-                                            dyl + p * L->lane_rows * cols, cols, band, out_w);
+                CONVX_DW(convx_dw_copy)(dy + n0 * dy_stride + m * plane_out + oh0 * out_w, dy_stride, out_w, dyl,
+                                        L->lane_rows * cols, cols, count, band, out_w);
                 if (!*dirty) {
                     CONVX_DW(convx_dw_dot)(buf, off, taps, dyl, lanes, acc_m);
                     continue;
@@ -414,19 +426,18 @@ CONVX_CLONES static void CONVX_DW(convx_dw_input_planes)(const DT *dy, ptrdiff_t
                     memset(res + k * lanes_size, 0, lanes * sizeof(DT));
             }
         }
-        for (ptrdiff_t p = 0; p < count; p++) {
-            if (sw == 1) {
-                /* the rows of phase q: h = h_q, h_q + sh, ... */
-                for (ptrdiff_t q = 0; q < sh; q++) {
-                    const ptrdiff_t h_q = h0 + convx_dw_floormod(q - h0 - ph, sh);
-                    if (h_q >= h1) continue;
-                    const ptrdiff_t t = (h_q + ph) / sh - a0;
-                    CONVX_DW(convx_dw_copy)(res + q * lanes_size + (p * slot + t) * cols + pw, cols,
-                                            grad_in + p * gi_stride + h_q * width, sh * width,
-                                            convx_dw_ceil(h1 - h_q, sh), width);
-                }
-                continue;
+        if (sw == 1) {
+            /* the rows of phase q: h = h_q, h_q + sh, ... */
+            for (ptrdiff_t q = 0; q < sh; q++) {
+                const ptrdiff_t h_q = h0 + convx_dw_floormod(q - h0 - ph, sh);
+                if (h_q >= h1) continue;
+                const ptrdiff_t t = (h_q + ph) / sh - a0;
+                CONVX_DW(convx_dw_copy)(res + q * lanes_size + t * cols + pw, slot * cols, cols, grad_in + h_q * width,
+                                        gi_stride, sh * width, count, convx_dw_ceil(h1 - h_q, sh), width);
             }
+            continue;
+        }
+        for (ptrdiff_t p = 0; p < count; p++) {
             for (ptrdiff_t h = h0; h < h1; h++) {
                 const ptrdiff_t q = (h + ph) % sh, t = (h + ph) / sh - a0;
                 const DT *CONVX_RESTRICT row = res + q * sw * lanes_size + (p * slot + t) * cols;
