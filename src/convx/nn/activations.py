@@ -208,10 +208,10 @@ class PReLU(Module):
         grad_out, (x, positive) = self._saved_for_backward(grad_out)
         grad_slope = np.where(positive, 0, grad_out * x)
         if self.num_parameters == 1:
-            self._grads["weight"] = np.atleast_1d(grad_slope.sum()).astype(self.dtype, copy=False)
+            self._store_grad("weight", np.atleast_1d(grad_slope.sum()).astype(self.dtype, copy=False))
         else:
             axes = (0,) + tuple(range(2, x.ndim))
-            self._grads["weight"] = grad_slope.sum(axis=axes)
+            self._store_grad("weight", grad_slope.sum(axis=axes))
         grad_in: np.ndarray = grad_out * np.where(positive, 1, self._broadcast_weight(x.ndim)).astype(x.dtype, copy=False)
         return grad_in
 

@@ -282,13 +282,20 @@ class Conv2d(Module):
         stride, dilation = self.stride, self.dilation
         if reads is not None:
             stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
-        grad_input, grad_weight, grad_bias = functional.conv2d_backward(
-            grad_out, conv_input, self._params["weight"], stride, conv_padding, dilation, self.groups,
-            algorithm=self.algorithm,
-        )
-        self._grads["weight"] = grad_weight
-        if "bias" in self._params:
-            self._grads["bias"] = grad_bias
+        weight = self._params["weight"]
+        if self._needs_grad("weight"):
+            grad_input, grad_weight, grad_bias = functional.conv2d_backward(
+                grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
+            )
+            self._store_grad("weight", grad_weight)
+        else:  # frozen: the input gradient alone
+            grad_input = functional.conv2d_backward_input(
+                grad_out, weight, conv_input.shape, stride, conv_padding, dilation, self.groups,
+                algorithm=self.algorithm,
+            )
+            grad_bias = functional.conv2d_backward_bias(grad_out) if self._needs_grad("bias") else None
+        if self._needs_grad("bias"):
+            self._store_grad("bias", grad_bias)
         if reads is None:  # padding_mode 'zeros'
             return grad_input
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
@@ -421,12 +428,13 @@ class ConvTranspose2d(Module):
             extra_h, extra_w = grad_x.shape[-2] - height, grad_x.shape[-1] - width
             x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)])
             grad_x = np.ascontiguousarray(grad_x[..., :height, :width])
-        self._grads["weight"] = functional.conv2d_backward_weight(
-            x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
-            algorithm=self.algorithm,
-        )
-        if "bias" in self._params:
-            self._grads["bias"] = functional.conv2d_backward_bias(grad_out)
+        if self._needs_grad("weight"):
+            self._store_grad("weight", functional.conv2d_backward_weight(
+                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
+                algorithm=self.algorithm,
+            ))
+        if self._needs_grad("bias"):
+            self._store_grad("bias", functional.conv2d_backward_bias(grad_out))
         return grad_x
 
     def extra_repr(self) -> str:

@@ -77,9 +77,9 @@ class Linear(Module):
         """Input gradient for ``grad_out`` (..., out_features); overwrites ``grads['weight'|'bias']``."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         grad_rows = grad_out.reshape(-1, self.out_features)
-        self._grads["weight"] = matmul(grad_rows.T, x.reshape(-1, self.in_features))
+        self._store_grad("weight", matmul(grad_rows.T, x.reshape(-1, self.in_features)))
         if "bias" in self._params:
-            self._grads["bias"] = grad_rows.sum(axis=0)
+            self._store_grad("bias", grad_rows.sum(axis=0))
         result: np.ndarray = matmul(grad_rows, self._params["weight"]).reshape(*grad_out.shape[:-1], self.in_features)
         return result
 

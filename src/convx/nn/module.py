@@ -117,6 +117,14 @@ class Module:
         self._params[key] = value
         self._grads[key] = None
 
+    def _needs_grad(self, key: str) -> bool:
+        """Whether ``backward`` should compute the gradient of ``params[key]`` (not for a frozen one)."""
+        return key in self._params
+
+    def _store_grad(self, key: str, value: np.ndarray | None) -> None:
+        """Record the gradient of ``params[key]`` that a ``backward`` computed."""
+        self._grads[key] = value
+
     def children(self) -> Iterator[tuple[str, Module]]:
         """(name, sub-module) pairs; leaf layers have none."""
         return iter(())

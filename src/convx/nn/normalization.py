@@ -134,8 +134,8 @@ class BatchNorm2d(Module):
             activation=activation, activation_params=activation_params, output=output,
         )
         if self.affine:
-            self._grads["weight"] = grad_weight
-            self._grads["bias"] = grad_bias
+            self._store_grad("weight", grad_weight)
+            self._store_grad("bias", grad_bias)
         return grad_x
 
     def extra_repr(self) -> str:
