@@ -610,9 +610,9 @@ def fusions(monkeypatch):
     seen = []
     original = nn.Sequential._run_fused
 
-    def recording(self, fusion, x):
+    def recording(self, fusion, x, *rest):
         seen.append((fusion.start, fusion.stop))
-        return original(self, fusion, x)
+        return original(self, fusion, x, *rest)
 
     monkeypatch.setattr(nn.Sequential, "_run_fused", recording)
     return seen

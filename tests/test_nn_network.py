@@ -250,9 +250,14 @@ def test_load_state_dict_checks_keys_and_shapes():
         model.load_state_dict({**state, "0.weight": np.zeros((3, 2))})
     with pytest.raises(TypeError):  # a float cannot become the int64 batch count
         model.load_state_dict({**state, "1.num_batches_tracked": np.array(1.5)})
-    model.load_state_dict({"0.bias": np.array([1.0, 2.0])}, strict=False)
+    with pytest.raises(TypeError, match=r"state\['0.bias'\] has dtype float64, which does not convert to the module's float32 without loss: convert the module first \(model.to\(np.float64\)\) or pass cast=True"):
+        model.load_state_dict({"0.bias": np.array([1.0, 2.0])}, strict=False)
+    np.testing.assert_array_equal(model.params["0.bias"], state["0.bias"])  # nothing loaded
+    model.load_state_dict({"0.bias": np.array([1.0, 2.0])}, strict=False, cast=True)
     np.testing.assert_array_equal(model.params["0.bias"], [1.0, 2.0])
     assert model.params["0.bias"].dtype == np.float32
+    model.load_state_dict({"0.bias": np.array([3.0, 4.0], dtype=np.float32)}, strict=False)
+    np.testing.assert_array_equal(model.params["0.bias"], [3.0, 4.0])
 
 
 def test_load_a_torch_state_dict(torch, rng):

@@ -22,7 +22,8 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .containers import Sequential
+from .blocks import Add, Cat, Concat, Identity, Residual
+from .containers import ModuleDict, ModuleList, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
@@ -41,28 +42,35 @@ from .pooling import (
 __all__ = [
     "AdaptiveAvgPool2d",
     "AdaptiveMaxPool2d",
+    "Add",
     "AvgPool2d",
     "BatchNorm2d",
+    "Cat",
+    "Concat",
     "Conv2d",
     "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
     "ELU",
-    "GELU",
     "Flatten",
+    "GELU",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
     "Hardsigmoid",
     "Hardswish",
+    "Identity",
     "LeakyReLU",
     "Linear",
     "MSELoss",
     "MaxPool2d",
     "Module",
+    "ModuleDict",
+    "ModuleList",
     "PReLU",
     "Parameter",
     "ReLU",
     "ReLU6",
+    "Residual",
     "SELU",
     "Sequential",
     "SiLU",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, overload
 
 import numpy as np
 
+from .._checks import as_int
 from .activations import _Activation
 from .conv import Conv2d
 from .module import Module
@@ -77,6 +78,19 @@ def _batch_norm_fusion(layers: list[Module], start: int) -> _Fusion | None:
     return _Fusion(start, start + 2, None, batch_norm, following)
 
 
+class _Run:
+    """What one forward of a Sequential leaves its backward besides the layers' own caches."""
+
+    __slots__ = ("recompute", "absorbed")
+
+    def __init__(self) -> None:
+        # Evaluation fusions, by stop index, with their input: backward reruns those layers one
+        # by one first (the fused forward kept nothing for them).
+        self.recompute: dict[int, tuple[_Fusion, np.ndarray]] = {}
+        # Activations whose backward runs inside the layer before them.
+        self.absorbed: set[int] = set()
+
+
 class Sequential(Module):
     """Layers applied in order; ``backward`` runs through them in reverse.
 
@@ -122,30 +136,9 @@ class Sequential(Module):
         #: Run a Conv2d with the BatchNorm2d (evaluation) and the activation after it as one
         #: convolution (see :meth:`forward`); False runs every layer on its own.
         self.fuse = True
-        # Evaluation fusions of the last forward, by stop index, with their input: backward
-        # reruns those layers one by one first (their own forwards saved nothing).
-        self._recompute: dict[int, tuple[_Fusion, np.ndarray]] = {}
-        # Activations of the last forward whose backward runs inside the layer before them.
-        self._absorbed: set[int] = set()
 
     def children(self) -> Iterator[tuple[str, Module]]:
         return ((str(index), layer) for index, layer in enumerate(self.layers))
-
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        return {name: param.data for name, param in self.named_parameters()}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray | None]:
-        return {name: param.grad for name, param in self.named_parameters()}
-
-    @property
-    def buffers(self) -> dict[str, np.ndarray]:
-        return {
-            f"{child_name}.{key}": value
-            for child_name, child in self.children()
-            for key, value in child.buffers.items()
-        }
 
     def append(self, layer: Module) -> Sequential:
         """Add ``layer`` at the end; returns self."""
@@ -186,8 +179,7 @@ class Sequential(Module):
         overwrites an array an earlier layer kept for its backward makes that backward refuse (a
         RuntimeError), as PyTorch's version counters do.
         """
-        self._recompute = {}
-        self._absorbed = set()
+        run = _Run()
         index = 0
         while index < len(self.layers):
             fusion = _fusion_at(self.layers, index) if self.fuse else None
@@ -201,23 +193,24 @@ class Sequential(Module):
                 x = layer(x)
                 index += 1
                 continue
-            x = self._run_fused(fusion, x)
+            x = self._run_fused(fusion, x, run)
             index = fusion.stop
+        self._push(run)
         return x
 
-    def _run_fused(self, fusion: _Fusion, x: np.ndarray) -> np.ndarray:
+    def _run_fused(self, fusion: _Fusion, x: np.ndarray, run: _Run) -> np.ndarray:
         conv, batch_norm, activation = fusion.conv, fusion.batch_norm, fusion.activation
+        for layer in self.layers[fusion.start:fusion.stop]:
+            layer._begin_pass()
         if conv is None:
             assert batch_norm is not None and activation is not None
             y = batch_norm._normalize(x, activation.name, activation._options())
             if batch_norm.training or activation._reads() == "output":
-                # The activation's gradient is taken inside the batch normalisation's backward;
-                # the layer itself kept nothing of this forward.
-                activation._cache = None
-                self._absorbed.add(fusion.start + 1)
+                # The activation's gradient is taken inside the batch normalisation's backward.
+                run.absorbed.add(fusion.start + 1)
             else:
-                batch_norm._cache = activation._cache = None
-                self._recompute[fusion.stop] = (fusion, x)
+                batch_norm._pop()
+                run.recompute[fusion.stop] = (fusion, x)
             return y
         weight, bias = conv.params["weight"], conv.params.get("bias")
         if batch_norm is not None:
@@ -234,9 +227,7 @@ class Sequential(Module):
             assert activation is not None
             activation._save_for_backward(y, y)
         else:
-            for layer in self.layers[fusion.start:fusion.stop]:
-                layer._cache = None
-            self._recompute[fusion.stop] = (fusion, x)
+            run.recompute[fusion.stop] = (fusion, x)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
@@ -244,9 +235,10 @@ class Sequential(Module):
 
         Each layer overwrites its ``grads``.
         """
+        run: _Run = self._peek()
         for stop in range(len(self.layers), 0, -1):
-            if stop in self._recompute:
-                fusion, x = self._recompute.pop(stop)
+            if stop in run.recompute:
+                fusion, x = run.recompute[stop]
                 for layer in self.layers[fusion.start:fusion.stop]:
                     # In the mode of the forward (evaluation), whatever train() said since.
                     mode, layer.training = layer.training, False
@@ -254,14 +246,188 @@ class Sequential(Module):
                         x = layer(x)
                     finally:
                         layer.training = mode
-            if stop - 1 in self._absorbed:
+            if stop - 1 in run.absorbed:
                 continue
             grad_out = self.layers[stop - 1].backward(grad_out)
-        self._absorbed = set()
+        # Kept until here: a grad_out the last layer rejects leaves everything for a retry.
+        self._pop()
         return grad_out
 
-    def __repr__(self) -> str:
-        if not self.layers:
-            return "Sequential()"
-        lines = [f"  ({index}): {layer!r}".replace("\n", "\n  ") for index, layer in enumerate(self.layers)]
-        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+class ModuleList(Module):
+    """A list of modules, registered: their parameters, buffers and modes follow the owner's.
+
+    It has no ``forward``: the owner's ``forward`` calls its entries (and its ``backward`` calls
+    theirs in reverse), as with ``torch.nn.ModuleList``. Entries are named by position in
+    :meth:`state_dict` (``'blocks.0.weight'``).
+
+    Parameters
+    ----------
+    modules : iterable of Module, optional
+
+    Examples
+    --------
+    >>> from convx import nn
+    >>> layers = nn.ModuleList([nn.Linear(4, 4, rng=i) for i in range(3)])
+    >>> len(layers), sorted(layers.state_dict())[:2]
+    (3, ['0.bias', '0.weight'])
+    """
+
+    def __init__(self, modules: Iterable[Module] | None = None) -> None:
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    @staticmethod
+    def _checked(module: object) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList holds convx.nn Modules, got {type(module).__name__}")
+        return module
+
+    def _entries(self) -> list[Module]:
+        return [module for module in self._modules.values() if module is not None]
+
+    def _reset(self, modules: list[Module]) -> None:
+        self._modules.clear()
+        for index, module in enumerate(modules):
+            self._modules[str(index)] = module
+
+    def append(self, module: Module) -> ModuleList:
+        """Add ``module`` at the end; returns self."""
+        self._modules[str(len(self._modules))] = self._checked(module)
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> ModuleList:
+        """Append each of ``modules``; returns self."""
+        if isinstance(modules, Module) and not isinstance(modules, ModuleList):
+            raise TypeError("ModuleList.extend takes an iterable of modules: use append for one module")
+        for module in list(modules):
+            self.append(module)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index``."""
+        entries = self._entries()
+        entries.insert(as_int("index", index), self._checked(module))
+        self._reset(entries)
+
+    def _index(self, index: object) -> int:
+        position = as_int("index", index)
+        size = len(self._modules)
+        if not -size <= position < size:
+            raise IndexError(f"ModuleList index {position} is out of range for {size} modules")
+        return position % size
+
+    @overload
+    def __getitem__(self, index: int) -> Module: ...
+    @overload
+    def __getitem__(self, index: slice) -> ModuleList: ...
+    def __getitem__(self, index: int | slice) -> Module:
+        if isinstance(index, slice):
+            return ModuleList(self._entries()[index])
+        return self._entries()[self._index(index)]
+
+    def __setitem__(self, index: int, module: Module) -> None:
+        self._modules[str(self._index(index))] = self._checked(module)
+
+    def __delitem__(self, index: int | slice) -> None:
+        entries = self._entries()
+        if isinstance(index, slice):
+            del entries[index]
+        else:
+            del entries[self._index(index)]
+        self._reset(entries)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._entries())
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(
+            "ModuleList is a container without a forward: call its modules from your module's forward"
+        )
+
+
+class ModuleDict(Module):
+    """A dict of modules by name, registered: their parameters, buffers and modes follow the owner's.
+
+    Like :class:`ModuleList` it has no ``forward``. Keys are the names in :meth:`state_dict`
+    (``'heads.cls.weight'``); insertion order is kept.
+
+    Parameters
+    ----------
+    modules : mapping or iterable of (str, Module) pairs, optional
+
+    Examples
+    --------
+    >>> from convx import nn
+    >>> heads = nn.ModuleDict({"cls": nn.Linear(8, 3, rng=0), "box": nn.Linear(8, 4, rng=1)})
+    >>> list(heads), heads["box"].out_features
+    (['cls', 'box'], 4)
+    """
+
+    def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None) -> None:
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ModuleDict keys must be non-empty strings without '.', got {key!r}")
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict holds convx.nn Modules, got {type(module).__name__} for key {key!r}")
+        self._modules[key] = module
+
+    def __getitem__(self, key: str) -> Module:
+        module = self._modules[key]
+        assert module is not None
+        return module
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._modules
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._modules))
+
+    def keys(self) -> list[str]:
+        """The names, in insertion order."""
+        return list(self._modules)
+
+    def values(self) -> list[Module]:
+        """The modules, in insertion order."""
+        return [self[key] for key in self._modules]
+
+    def items(self) -> list[tuple[str, Module]]:
+        """(name, module) pairs, in insertion order."""
+        return [(key, self[key]) for key in self._modules]
+
+    def update(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]]) -> None:
+        """Add or replace entries from a mapping or from (name, module) pairs."""
+        pairs = modules.items() if isinstance(modules, Mapping) else modules
+        for entry in pairs:
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                raise TypeError(f"ModuleDict.update takes a mapping or (name, module) pairs, got {entry!r}")
+            self[entry[0]] = entry[1]
+
+    def pop(self, key: str) -> Module:
+        """Remove ``key`` and return its module."""
+        module = self[key]
+        del self._modules[key]
+        return module
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        self._modules.clear()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(
+            "ModuleDict is a container without a forward: call its modules from your module's forward"
+        )

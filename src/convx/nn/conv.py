@@ -283,6 +283,7 @@ class Conv2d(Module):
         if reads is not None:
             stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
         weight = self._params["weight"]
+        grad_bias: np.ndarray | None
         if self._needs_grad("weight"):
             grad_input, grad_weight, grad_bias = functional.conv2d_backward(
                 grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
