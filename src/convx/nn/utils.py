@@ -140,17 +140,20 @@ def clip_grad_norm_(
     if not grads:
         return 0.0
     dtype = np.result_type(*grads)
-    norms = np.array([_vector_norm(g, p) for g in grads], dtype=dtype)
-    total = _vector_norm(norms, p)
-    if error_if_nonfinite and not np.isfinite(total):
-        raise RuntimeError(
-            f"the total norm of order {p} of the gradients is {float(total)}, so they cannot be clipped; "
-            "pass error_if_nonfinite=False to scale them by it anyway"
-        )
-    coefficient = np.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1.0))
-    if not coefficient == 1.0:
-        for grad in grads:
-            grad *= grad.dtype.type(coefficient)
+    # Overflow to inf, and inf * 0 = NaN when scaling by an infinite norm, are results here (as in
+    # PyTorch), not accidents to warn about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.array([_vector_norm(g, p) for g in grads], dtype=dtype)
+        total = _vector_norm(norms, p)
+        if error_if_nonfinite and not np.isfinite(total):
+            raise RuntimeError(
+                f"the total norm of order {p} of the gradients is {float(total)}, so they cannot be clipped; "
+                "pass error_if_nonfinite=False to scale them by it anyway"
+            )
+        coefficient = np.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1.0))
+        if not coefficient == 1.0:
+            for grad in grads:
+                grad *= grad.dtype.type(coefficient)
     return float(total)
 
 
