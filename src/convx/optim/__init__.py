@@ -3,7 +3,9 @@
 Each optimizer takes the handles from ``model.parameters()`` (or PyTorch-style parameter groups:
 a list of dicts with a ``'params'`` entry and per-group options) and, on ``step()``, reads every
 parameter's latest gradient (``param.grad``, i.e. ``layer.grads[name]``) and updates the array
-``param.data`` (``layer.params[name]``) in place.
+``param.data`` (``layer.params[name]``) in place. Learning-rate schedulers, which change each
+group's ``'lr'`` between steps, are in :mod:`convx.optim.lr_scheduler`; gradient clipping is in
+:mod:`convx.nn.utils`.
 
 Gradients and ``zero_grad``
 ---------------------------
