@@ -153,8 +153,18 @@ def test_one_cycle_matches_torch(case, torch):
 def test_one_cycle_empty_phase_is_a_clear_error(torch):
     # pct_start * total_steps == 1 leaves the first phase no steps; PyTorch divides by zero.
     optimizer = optim.SGD(nn.Linear(2, 1, rng=0).parameters(), lr=0.1, momentum=0.9)
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     with pytest.raises(ValueError, match="phase 0 is empty"):
         lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=10, pct_start=0.1)
+    # A constructor that fails leaves the optimizer's groups as they were.
+    assert [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups] == groups
+    # pct_start=1 leaves the last phase empty: reached only at the final step.
+    scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=4, pct_start=1.0)
+    for _ in range(3):
+        scheduler.step()
+    with pytest.raises(ValueError, match="phase 1 is empty at step 4"):
+        scheduler.step()
+    assert scheduler.last_epoch == 3
     torch_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
     with pytest.raises(ZeroDivisionError):
         torch.optim.lr_scheduler.OneCycleLR(torch_optimizer, max_lr=1.0, total_steps=10, pct_start=0.1)
@@ -408,8 +418,7 @@ def test_bad_arguments(case):
     lrs = _group_values(optimizer, "lr")
     with pytest.raises(error, match=match):
         getattr(lr_scheduler, name)(optimizer, **options)
-    if name != "OneCycleLR":  # OneCycleLR validates everything before touching the groups
-        assert _group_values(optimizer, "lr") == lrs
+    assert _group_values(optimizer, "lr") == lrs
     assert "initial_lr" not in optimizer.param_groups[0]
 
 

@@ -26,10 +26,11 @@ anything changes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,19 @@ def _per_group(name: str, value: object, n_groups: int, **bounds: float) -> list
     return [_as_real(name, value, **bounds)] * n_groups
 
 
+@contextlib.contextmanager
+def _groups_restored_on_error(optimizer: Optimizer) -> Iterator[None]:
+    """Put every parameter group's options back as they were if the block raises."""
+    saved = [dict(group) for group in optimizer.param_groups]
+    try:
+        yield
+    except BaseException:
+        for group, options in zip(optimizer.param_groups, saved):
+            group.clear()
+            group.update(options)
+        raise
+
+
 def _check_optimizer(optimizer: object) -> Optimizer:
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a convx.optim.Optimizer, got {type(optimizer).__name__}")
@@ -107,6 +121,10 @@ class LRScheduler:
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         self.optimizer = _check_optimizer(optimizer)
         last_epoch = as_int("last_epoch", last_epoch, -1)
+        with _groups_restored_on_error(optimizer):
+            self._start(optimizer, last_epoch)
+
+    def _start(self, optimizer: Optimizer, last_epoch: int) -> None:
         if last_epoch == -1:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
@@ -445,6 +463,8 @@ class OneCycleLR(LRScheduler):
         max_lrs = _per_group("max_lr", max_lr, len(groups), strictly_above=0.0)
         self.cycle_momentum = as_bool("cycle_momentum", cycle_momentum)
         self.use_beta1 = "betas" in optimizer.defaults
+        max_momentums: list[float] = []
+        base_momentums: list[float] = []
         if self.cycle_momentum:
             if "momentum" not in optimizer.defaults and not self.use_beta1:
                 raise ValueError(f"cycle_momentum=True needs an optimizer with momentum or betas; "
@@ -467,7 +487,15 @@ class OneCycleLR(LRScheduler):
                 (float(self.total_steps - 1), "max_lr", "min_lr", "base_momentum", "max_momentum"),
             ]
 
-        if as_int("last_epoch", last_epoch, -1) == -1:
+        with _groups_restored_on_error(optimizer):
+            self._set_up_groups(optimizer, as_int("last_epoch", last_epoch, -1), max_lrs, div_factor,
+                                final_div_factor, max_momentums, base_momentums)
+            super().__init__(optimizer, last_epoch)
+
+    def _set_up_groups(self, optimizer: Optimizer, last_epoch: int, max_lrs: list[float], div_factor: float,
+                       final_div_factor: float, max_momentums: list[float], base_momentums: list[float]) -> None:
+        groups = optimizer.param_groups
+        if last_epoch == -1:
             for group, peak in zip(groups, max_lrs):
                 group["initial_lr"] = peak / div_factor
                 group["max_lr"] = peak
@@ -480,7 +508,6 @@ class OneCycleLR(LRScheduler):
                         group["momentum"] = high
                     group["max_momentum"] = high
                     group["base_momentum"] = low
-        super().__init__(optimizer, last_epoch)
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal_strategy == "cos":
