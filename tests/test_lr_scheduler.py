@@ -297,6 +297,14 @@ def test_custom_subclass_of_the_base():
     scheduler.step()
     assert scheduler.get_last_lr() == [0.05, 0.15]
 
+    class Short(lr_scheduler.LRScheduler):
+        def get_lr(self):
+            return [1.0]
+
+    with pytest.raises(ValueError, match=r"Short.get_lr\(\) returned 1 rates for 2 parameter groups"):
+        Short(optimizer)
+    assert _group_values(optimizer, "lr") == [0.05, 0.15]
+
 
 # -- the optimizer uses what the scheduler sets ----------------------------------------------------------------
 

@@ -156,6 +156,10 @@ class LRScheduler:
         except Exception:
             self.last_epoch -= 1
             raise
+        if len(values) != len(self.optimizer.param_groups):
+            self.last_epoch -= 1
+            raise ValueError(f"{type(self).__name__}.get_lr() returned {len(values)} rates for "
+                             f"{len(self.optimizer.param_groups)} parameter groups")
         self._step_count += 1
         for group, lr in zip(self.optimizer.param_groups, values):
             group["lr"] = lr
