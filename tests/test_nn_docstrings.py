@@ -18,6 +18,8 @@ MODULES = [
     "convx.nn.module",
     "convx.nn.normalization",
     "convx.nn.pooling",
+    "convx.nn.utils",
+    "convx.optim.lr_scheduler",
 ]
 
 

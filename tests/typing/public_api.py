@@ -52,3 +52,13 @@ optimizer.step()
 assert_type(model[0], convx.nn.Module)
 assert_type(model[1:], convx.nn.Sequential)
 assert_type(convx.gradcheck(convx.nn.Tanh(), np.zeros(3)), bool)
+
+# Learning-rate schedulers and gradient clipping.
+scheduler = convx.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.5, total_steps=10)
+scheduler.step()
+assert_type(scheduler.get_last_lr(), list[float])
+plateau = convx.optim.ReduceLROnPlateau(convx.optim.Adam(model.parameters()), mode="max", patience=2)
+plateau.step(0.5)
+assert_type(convx.nn.utils.clip_grad_norm_(model.parameters(), 1.0, norm_type="inf"), float)
+assert_type(convx.nn.utils.clip_grad_value_(model.parameters()[0], 0.1), None)
+assert_type(convx.nn.utils.parameters_to_vector(model.parameters()), npt.NDArray[Any])

@@ -6,7 +6,7 @@ and ``grads`` (PyTorch's names and shapes), ``train()``/``eval()``, ``state_dict
 accumulate across calls (see :mod:`convx.nn.module`).
 """
 
-from . import init
+from . import init, utils
 from .activations import (
     ELU,
     GELU,
@@ -78,4 +78,5 @@ __all__ = [
     "Softplus",
     "Tanh",
     "init",
+    "utils",
 ]

@@ -3,7 +3,9 @@
 Each optimizer takes the handles from ``model.parameters()`` (or PyTorch-style parameter groups:
 a list of dicts with a ``'params'`` entry and per-group options) and, on ``step()``, reads every
 parameter's latest gradient (``param.grad``, i.e. ``layer.grads[name]``) and updates the array
-``param.data`` (``layer.params[name]``) in place.
+``param.data`` (``layer.params[name]``) in place. Learning-rate schedulers, which change each
+group's ``'lr'`` between steps, are in :mod:`convx.optim.lr_scheduler`; gradient clipping is in
+:mod:`convx.nn.utils`.
 
 Gradients and ``zero_grad``
 ---------------------------
@@ -29,15 +31,31 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _core
-from ._checks import as_bool
-from ._threads import kernel_threads
-from .nn.module import Module, Parameter
+from .. import _core
+from .._checks import as_bool
+from .._threads import kernel_threads
+from ..nn.module import Module, Parameter
 
 #: What optimizers take: ``model.parameters()``, or parameter groups (dicts with ``'params'``).
 ParamsArg = Union[Iterable[Parameter], Iterable[dict[str, Any]]]
 
-__all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop"]
+__all__ = [
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CosineAnnealingLR",
+    "ExponentialLR",
+    "LRScheduler",
+    "MultiStepLR",
+    "OneCycleLR",
+    "Optimizer",
+    "RMSprop",
+    "ReduceLROnPlateau",
+    "StepLR",
+    "lr_scheduler",
+]
 
 
 def _as_number(name: str, value: object, minimum: float = 0.0, below: float | None = None) -> float:
@@ -518,3 +536,17 @@ class Adadelta(Optimizer):
         acc_delta *= rho
         acc_delta += (1 - rho) * delta * delta
         param -= group["lr"] * delta
+
+
+# The schedulers need Optimizer, defined above. They live in convx.optim.lr_scheduler, as in
+# torch.optim.lr_scheduler, and are also importable from convx.optim itself.
+from . import lr_scheduler  # noqa: E402
+from .lr_scheduler import (  # noqa: E402
+    CosineAnnealingLR,
+    ExponentialLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    StepLR,
+)
