@@ -9,6 +9,7 @@ MODULES = [
     "convx._gradcheck",
     "convx.optim",
     "convx.nn.activations",
+    "convx.nn.blocks",
     "convx.nn.containers",
     "convx.nn.conv",
     "convx.nn.dropout",

@@ -145,14 +145,14 @@ class Parameter:
         """The live parameter array (``module.params[key]``)."""
         if self.module is None and self._data is not None:
             return self._data
-        return self._owner().params[self.key]
+        return self._owner()._params[self.key]
 
     @property
     def grad(self) -> np.ndarray | None:
         """The gradient from the latest ``backward`` (``module.grads[key]``), or None."""
         if self.module is None:
             return None
-        return self.module.grads[self.key]
+        return self.module._grads[self.key]
 
     @property
     def requires_grad(self) -> bool:
@@ -179,7 +179,7 @@ class Parameter:
         """Forget the gradient (``None``), or, with ``set_to_none=False``, make it zeros."""
         module = self._owner()
         frozen = self.key in module._frozen
-        module.grads[self.key] = None if set_to_none or frozen else np.zeros_like(self.data)
+        module._grads[self.key] = None if set_to_none or frozen else np.zeros_like(self.data)
 
     def __repr__(self) -> str:
         if self.module is None:

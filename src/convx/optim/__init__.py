@@ -141,11 +141,11 @@ class Optimizer:
                 param.zero_grad(set_to_none)
 
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient and is not frozen, in place."""
         for group in self.param_groups:
             for param in group["params"]:
                 grad = param.grad
-                if grad is None:
+                if grad is None or not param.requires_grad:
                     continue
                 data = param.data
                 if grad.shape != data.shape:
