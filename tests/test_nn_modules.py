@@ -583,3 +583,38 @@ def test_copies_of_a_custom_module(rng):
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         np.testing.assert_array_equal(twin.backward(np.ones_like(y)), copy.deepcopy(model).backward(np.ones_like(y)))
         assert list(twin.state_dict()) == list(model.state_dict())
+
+
+# ------------------------------------------------------------------------------------- no_grad
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_no_grad_keeps_nothing_and_changes_nothing(mode, rng):
+    model = ResNet(np.float64).train(mode == "train")
+    fused = nn.Sequential(nn.Conv2d(3, 4, 3, dtype=np.float64, rng=0), nn.BatchNorm2d(4, dtype=np.float64),
+                          nn.SiLU(), nn.Conv2d(4, 4, 1, dtype=np.float64, rng=1), nn.ReLU()).train(mode == "train")
+    x = rng.standard_normal((2, 3, 8, 8))
+    for net in (model, fused):
+        state = net.state_dict()
+        expected = net(x)
+        net.load_state_dict(state)  # the same running statistics again
+        assert nn.is_grad_enabled()
+        with nn.no_grad():
+            assert not nn.is_grad_enabled()
+            np.testing.assert_array_equal(net(x), expected)
+        assert nn.is_grad_enabled()
+        assert all(module._caches == [] for module in net.modules())
+        with pytest.raises(RuntimeError, match=r"a forward under nn.no_grad\(\) keeps nothing"):
+            net.backward(np.ones_like(expected))
+        with nn.set_grad_enabled(False), nn.set_grad_enabled(True):
+            net(x)
+        net.backward(np.ones_like(expected))  # the inner block kept what backward needs
+
+
+def test_no_grad_is_per_thread(rng):
+    import threading
+
+    seen = []
+    with nn.no_grad():
+        thread = threading.Thread(target=lambda: seen.append(nn.is_grad_enabled()))
+        thread.start()
+        thread.join()
+    assert seen == [True]

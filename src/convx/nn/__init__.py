@@ -28,7 +28,7 @@ from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .losses import CrossEntropyLoss, MSELoss
-from .module import Module, Parameter
+from .module import Module, Parameter, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .normalization import BatchNorm2d
 from .pooling import (
     AdaptiveAvgPool2d,
@@ -40,6 +40,10 @@ from .pooling import (
 )
 
 __all__ = [
+    "inference_mode",
+    "is_grad_enabled",
+    "no_grad",
+    "set_grad_enabled",
     "AdaptiveAvgPool2d",
     "AdaptiveMaxPool2d",
     "Add",

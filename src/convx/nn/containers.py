@@ -10,7 +10,7 @@ import numpy as np
 from .._checks import as_int
 from .activations import _Activation
 from .conv import Conv2d
-from .module import Module
+from .module import Module, is_grad_enabled
 from .normalization import BatchNorm2d
 
 
@@ -209,7 +209,8 @@ class Sequential(Module):
                 # The activation's gradient is taken inside the batch normalisation's backward.
                 run.absorbed.add(fusion.start + 1)
             else:
-                batch_norm._pop()
+                if is_grad_enabled():
+                    batch_norm._pop()
                 run.recompute[fusion.stop] = (fusion, x)
             return y
         weight, bias = conv.params["weight"], conv.params.get("bias")

@@ -54,10 +54,12 @@ def as_dtype(dtype: Any) -> np.dtype[Any]:
 
 
 class _PassState(threading.local):
-    """Per thread: how deep inside module calls we are, and the current pass."""
+    """Per thread: how deep inside module calls we are, the current pass, and whether forwards
+    keep what their backward needs."""
 
     depth = 0
     pass_id = 0
+    grad_enabled = True
 
 
 _state = _PassState()
@@ -86,6 +88,55 @@ def _tracked(method: Callable[..., Any], starts_pass: bool) -> Callable[..., Any
 
     wrapper.__convx_tracked__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def is_grad_enabled() -> bool:
+    """Whether forwards in this thread keep what their backward needs (see :class:`no_grad`)."""
+    return _state.grad_enabled
+
+
+class set_grad_enabled:
+    """Within the ``with`` block, forwards in this thread keep what their backward needs (``mode``
+    True, the default outside any block) or keep nothing (``mode`` False, see :class:`no_grad`)."""
+
+    def __init__(self, mode: bool) -> None:
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be a bool, got {mode!r}")
+        self.mode = bool(mode)
+        self._previous: list[bool] = []
+
+    def __enter__(self) -> None:
+        self._previous.append(_state.grad_enabled)
+        _state.grad_enabled = self.mode
+
+    def __exit__(self, *exc: object) -> None:
+        _state.grad_enabled = self._previous.pop()
+
+
+class no_grad(set_grad_enabled):
+    """Inference without backward: within the ``with`` block, forwards keep nothing for a backward.
+
+    Each layer otherwise keeps references to what its gradient reads (its input or output) until
+    the next pass, so the activations of a whole network stay alive after ``model(x)``; under
+    ``no_grad`` they are released as soon as the next layer has used them, as under PyTorch's
+    ``torch.no_grad()``. Results are the same. A ``backward`` after such a forward is a RuntimeError.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.ReLU(), nn.Linear(8, 2, rng=1)).eval()
+    >>> with nn.no_grad():
+    ...     y = model(np.ones((3, 4), dtype=np.float32))
+    >>> y.shape
+    (3, 2)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(False)
+
+
+inference_mode = no_grad
 
 
 class Parameter:
@@ -697,16 +748,19 @@ class Module:
             object.__setattr__(self, "_pass", pass_id)
 
     def _push(self, entry: Any) -> None:
-        """Keep ``entry`` for the backward of this call (see "Layers used more than once")."""
+        """Keep ``entry`` for the backward of this call (see "Layers used more than once"), unless
+        under :class:`no_grad`."""
         self._begin_pass()
-        self._caches.append(entry)
+        if _state.grad_enabled:
+            self._caches.append(entry)
 
     def _peek(self) -> Any:
         """The entry the next backward consumes (raising what went wrong if there is none)."""
         if not self._caches:
             raise RuntimeError(
                 f"{type(self).__name__}.backward() needs a preceding forward(): call forward(x) first "
-                "(each forward call supports one backward, and this layer's have all been used)"
+                "(each forward call supports one backward, and this layer's have all been used; a forward "
+                "under nn.no_grad() keeps nothing for one)"
             )
         entry = self._caches[-1]
         if isinstance(entry, _Overwritten):
