@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ... import nn, optim
-from ...nn.module import Module
+from ...nn.module import Module, no_grad
 from . import models
 from .onnx_graph import ort_session, to_onnx
 
@@ -92,7 +92,13 @@ def ort_inference(session: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
 
 def convx_inference(model: Module, x: np.ndarray) -> Callable[[], np.ndarray]:
     model.eval()
-    return lambda: model(x)
+
+    def run() -> np.ndarray:
+        # As PyTorch's inference_mode: nothing kept for a backward.
+        with no_grad():
+            return model(x)
+
+    return run
 
 
 # -- agreement --------------------------------------------------------------------------------
