@@ -164,3 +164,98 @@ def test_cross_entropy_rejects_bad_options():
         nn.CrossEntropyLoss(weight=np.ones(3, dtype=np.float32))(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(TypeError, match="ignore_index"):
         nn.CrossEntropyLoss(ignore_index=1.5)
+
+
+# ---------------------------------------------------------------- element-wise regression and binary losses
+def _elementwise_cases(rng, dtype):
+    shape = (3, 4, 5)
+    prediction = rng.standard_normal(shape).astype(dtype) * 2
+    target = rng.standard_normal(shape).astype(dtype)
+    prediction[0, 0, :2] = target[0, 0, :2]  # ties: the L1 gradient is 0 there, as PyTorch's sign
+    probabilities = rng.uniform(0.02, 0.98, shape).astype(dtype)
+    probabilities[0, 0, 0], probabilities[0, 0, 1] = 0.0, 1.0  # the clamped logs
+    labels = rng.uniform(0, 1, shape).astype(dtype)
+    labels[1] = (labels[1] > 0.5).astype(dtype)
+    weight = rng.uniform(0.5, 2, (4, 1)).astype(dtype)
+    pos_weight = rng.uniform(0.5, 3, (5,)).astype(dtype)
+    return {
+        "mse": (lambda r: nn.MSELoss(reduction=r), lambda t, r: t.nn.MSELoss(reduction=r), prediction, target),
+        "l1": (lambda r: nn.L1Loss(reduction=r), lambda t, r: t.nn.L1Loss(reduction=r), prediction, target),
+        "smooth_l1": (lambda r: nn.SmoothL1Loss(reduction=r, beta=0.7),
+                      lambda t, r: t.nn.SmoothL1Loss(reduction=r, beta=0.7), prediction, target),
+        "smooth_l1_beta0": (lambda r: nn.SmoothL1Loss(reduction=r, beta=0.0),
+                            lambda t, r: t.nn.SmoothL1Loss(reduction=r, beta=0.0), prediction, target),
+        "huber": (lambda r: nn.HuberLoss(reduction=r, delta=1.3), lambda t, r: t.nn.HuberLoss(reduction=r, delta=1.3),
+                  prediction, target),
+        "bce_logits": (lambda r: nn.BCEWithLogitsLoss(reduction=r), lambda t, r: t.nn.BCEWithLogitsLoss(reduction=r),
+                       prediction * 20, labels),
+        "bce_logits_weighted": (
+            lambda r: nn.BCEWithLogitsLoss(weight=weight, reduction=r, pos_weight=pos_weight),
+            lambda t, r: t.nn.BCEWithLogitsLoss(weight=t.from_numpy(weight), reduction=r,
+                                                pos_weight=t.from_numpy(pos_weight)),
+            prediction * 20, labels),
+        "bce": (lambda r: nn.BCELoss(weight=weight, reduction=r),
+                lambda t, r: t.nn.BCELoss(weight=t.from_numpy(weight), reduction=r), probabilities, labels),
+    }
+
+
+ELEMENTWISE = ["mse", "l1", "smooth_l1", "smooth_l1_beta0", "huber", "bce_logits", "bce_logits_weighted", "bce"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_losses_match_torch(name, dtype, reduction, torch, rng):
+    ours_fn, torch_fn, prediction, target = _elementwise_cases(rng, dtype)[name]
+    loss_fn = ours_fn(reduction)
+    loss = loss_fn(prediction, target)
+    leaf = torch.from_numpy(prediction.copy()).requires_grad_(True)
+    expected = torch_fn(torch, reduction)(leaf, torch.from_numpy(target))
+    grad_output = rng.standard_normal(prediction.shape).astype(dtype)
+    if reduction == "none":
+        assert loss.dtype == dtype and loss.shape == prediction.shape
+        assert_close(loss, expected.detach().numpy())
+        expected.backward(torch.from_numpy(grad_output))
+        grad = loss_fn.backward(grad_output)
+    else:
+        assert isinstance(loss, float)
+        assert loss == pytest.approx(expected.item(), rel=10 * TOLERANCES[np.dtype(dtype)]["rtol"])
+        expected.backward()
+        grad = loss_fn.backward()
+    assert grad.dtype == dtype and grad.shape == prediction.shape
+    assert_close(grad, leaf.grad.numpy())
+
+
+@pytest.mark.parametrize("name", [n for n in ELEMENTWISE if n not in ("l1", "smooth_l1_beta0")])
+def test_elementwise_losses_gradcheck(name, rng):
+    _, _, prediction, target = _elementwise_cases(rng, np.float64)[name]
+    if name == "bce":
+        prediction = np.clip(prediction, 0.05, 0.95)
+    else:  # away from the kinks of the piecewise losses
+        prediction = prediction / 20 if name.startswith("bce") else prediction
+    loss_fn = _elementwise_cases(rng, np.float64)[name][0]("sum")
+    assert convx.gradcheck(lambda p: loss_fn(p, target), prediction, backward=lambda g: g * loss_fn.backward())
+
+
+def test_elementwise_losses_reject_bad_arguments(rng):
+    with pytest.raises(ValueError, match="beta must be a non-negative number"):
+        nn.SmoothL1Loss(beta=-1)
+    with pytest.raises(ValueError, match="delta must be positive"):
+        nn.HuberLoss(delta=0)
+    with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum', 'none'\)"):
+        nn.L1Loss(reduction="avg")
+    with pytest.raises(ValueError, match="BCELoss takes probabilities in"):
+        nn.BCELoss()(np.array([1.5]), np.array([1.0]))
+    with pytest.raises(ValueError, match=r"weight of shape \(3,\) does not broadcast"):
+        nn.BCEWithLogitsLoss(weight=np.ones(3))(np.zeros((2, 4)), np.zeros((2, 4)))
+    with pytest.raises(TypeError, match="pos_weight has dtype float32"):
+        nn.BCEWithLogitsLoss(pos_weight=np.ones(4, np.float32))(np.zeros((2, 4)), np.zeros((2, 4)))
+    loss_fn = nn.MSELoss(reduction="none")
+    loss_fn(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"grad_output must have the losses' shape \(2, 3\)"):
+        loss_fn.backward(np.ones(3))
+    loss_fn.backward(np.ones((2, 3)))  # the rejected grad_output left the forward's state
+    reduced = nn.MSELoss()
+    reduced(np.zeros(2), np.ones(2))
+    with pytest.raises(ValueError, match="grad_output is for reduction='none' only"):
+        reduced.backward(np.ones(2))

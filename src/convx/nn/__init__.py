@@ -27,7 +27,7 @@ from .containers import ModuleDict, ModuleList, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
-from .losses import CrossEntropyLoss, MSELoss
+from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, SmoothL1Loss
 from .module import Module, Parameter, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .normalization import BatchNorm2d
 from .pooling import (
@@ -40,6 +40,11 @@ from .pooling import (
 )
 
 __all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "HuberLoss",
+    "L1Loss",
+    "SmoothL1Loss",
     "inference_mode",
     "is_grad_enabled",
     "no_grad",

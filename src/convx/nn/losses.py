@@ -225,12 +225,75 @@ class CrossEntropyLoss(_Loss):
         return f"{type(self).__name__}({text})"
 
 
-class MSELoss(_Loss):
-    """Mean squared error, ``mean((prediction - target)**2)`` over all elements (or their sum).
+class _ElementwiseLoss(_Loss):
+    """A loss of each element of ``prediction`` against ``target`` (one shape and dtype), reduced by
+    mean, sum or not at all; subclasses give the losses and their derivative in the prediction."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in _REDUCTIONS + ("none",):
+            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+        self.reduction = reduction
+        self._cache = None
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The losses (prediction's shape) and what ``_derivative`` needs."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _derivative(self, saved: Any) -> Any:
+        """d loss_i / d prediction_i."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _check(self, prediction: object, target: object) -> tuple[np.ndarray, np.ndarray]:
+        prediction = as_float_array("prediction", prediction, range(33))
+        target = as_float_array("target", target, range(33))
+        same_dtype(prediction=prediction, target=target)
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction and target must have one shape, got {prediction.shape} and {target.shape}")
+        return prediction, target
+
+    def forward(self, prediction: np.ndarray, target: np.ndarray) -> Any:
+        """The loss of ``prediction`` against ``target`` (one shape and dtype): a float, or with
+        ``reduction='none'`` the array of per-element losses."""
+        prediction, target = self._check(prediction, target)
+        losses, saved = self._losses(prediction, target)
+        losses = np.asarray(losses, dtype=prediction.dtype)
+        self._cache = (saved, prediction.shape, prediction.dtype)
+        if self.reduction == "none":
+            return losses
+        total = float(losses.sum(dtype=np.float64))
+        if self.reduction == "sum":
+            return total
+        return total / losses.size if losses.size else float("nan")
+
+    def backward(self, grad_output: np.ndarray | None = None) -> np.ndarray:
+        """Gradient with respect to ``prediction``, its shape and dtype; with reduction='none', of
+        ``sum(grad_output * losses)`` (``grad_output`` of the losses' shape; ones when omitted)."""
+        if grad_output is not None and self.reduction != "none":
+            raise ValueError("grad_output is for reduction='none' only: a reduced loss is one number")
+        if self._cache is None:
+            self._saved_for_backward()  # raises what went wrong
+        assert self._cache is not None
+        saved, shape, dtype = self._cache
+        scale = None
+        if grad_output is not None:
+            scale = as_float_array("grad_output", grad_output, range(33))
+            if scale.shape != shape:
+                raise ValueError(f"grad_output must have the losses' shape {shape}, got {scale.shape}")
+        self._cache = None
+        grad = np.asarray(self._derivative(saved))
+        if scale is not None:
+            grad = grad * scale
+        elif self.reduction == "mean" and grad.size:
+            grad = grad / grad.size
+        return np.ascontiguousarray(grad, dtype=dtype)
+
+
+class MSELoss(_ElementwiseLoss):
+    """Mean squared error, ``(prediction - target)**2`` per element, averaged (or summed, or kept).
 
     Parameters
     ----------
-    reduction : {'mean', 'sum'}, default 'mean'
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
 
     Notes
     -----
@@ -248,22 +311,242 @@ class MSELoss(_Loss):
     array([1., 2.])
     """
 
-    def forward(self, prediction: np.ndarray, target: np.ndarray) -> float:
-        """Loss of ``prediction`` against ``target``, same shape and dtype."""
-        prediction = as_float_array("prediction", prediction, range(33))
-        target = as_float_array("target", target, range(33))
-        same_dtype(prediction=prediction, target=target)
-        if prediction.shape != target.shape:
-            raise ValueError(f"prediction and target must have one shape, got {prediction.shape} and {target.shape}")
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
         difference = prediction - target
-        self._cache = (difference,)
-        squared = difference * difference
-        return float(squared.sum() if self.reduction == "sum" else squared.mean())
+        return difference * difference, difference
 
-    def backward(self) -> np.ndarray:
-        """Gradient of the loss with respect to ``prediction``, in its shape and dtype."""
-        (difference,) = self._saved_for_backward()
-        grad: np.ndarray = 2 * difference
-        if self.reduction == "mean" and difference.size:
-            grad /= difference.size
+    def _derivative(self, saved: Any) -> Any:
+        grad: np.ndarray = 2 * saved
         return grad
+
+
+class L1Loss(_ElementwiseLoss):
+    """Mean absolute error, ``|prediction - target|`` per element (gradient ``sign``, 0 where equal).
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> loss_fn = nn.L1Loss(reduction="sum")
+    >>> loss_fn(np.array([1.0, -2.0, 0.5]), np.array([0.0, 0.0, 0.5]))
+    3.0
+    >>> loss_fn.backward()
+    array([ 1., -1.,  0.])
+    """
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        difference = prediction - target
+        return np.abs(difference), difference
+
+    def _derivative(self, saved: Any) -> Any:
+        return np.sign(saved)
+
+
+class SmoothL1Loss(_ElementwiseLoss):
+    """``0.5 * z**2 / beta`` where ``|z| < beta``, else ``|z| - 0.5 * beta``, for ``z = prediction - target``.
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    beta : float, default 1.0
+        Non-negative; 0 is the L1 loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.SmoothL1Loss(reduction="none")(np.array([0.5, 3.0]), np.zeros(2))
+    array([0.125, 2.5  ])
+    """
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.beta = _non_negative("beta", beta)
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        z = prediction - target
+        size = np.abs(z)
+        if self.beta == 0:
+            return size, z
+        return np.where(size < self.beta, 0.5 * z * z / self.beta, size - 0.5 * self.beta), z
+
+    def _derivative(self, saved: Any) -> Any:
+        if self.beta == 0:
+            return np.sign(saved)
+        return np.where(np.abs(saved) < self.beta, saved / self.beta, np.sign(saved))
+
+    def __repr__(self) -> str:
+        return f"SmoothL1Loss(reduction={self.reduction!r}, beta={self.beta})"
+
+
+class HuberLoss(_ElementwiseLoss):
+    """``0.5 * z**2`` where ``|z| < delta``, else ``delta * (|z| - 0.5 * delta)``, for ``z = prediction - target``.
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    delta : float, default 1.0
+        Positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.HuberLoss(reduction="none", delta=2.0)(np.array([1.0, 3.0]), np.zeros(2))
+    array([0.5, 4. ])
+    """
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.delta = _non_negative("delta", delta)
+        if self.delta == 0:
+            raise ValueError("delta must be positive, got 0.0")
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        z = prediction - target
+        size = np.abs(z)
+        return np.where(size < self.delta, 0.5 * z * z, self.delta * (size - 0.5 * self.delta)), z
+
+    def _derivative(self, saved: Any) -> Any:
+        return np.where(np.abs(saved) < self.delta, saved, self.delta * np.sign(saved))
+
+    def __repr__(self) -> str:
+        return f"HuberLoss(reduction={self.reduction!r}, delta={self.delta})"
+
+
+def _non_negative(name: str, value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value) >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _broadcast_weight(name: str, weight: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+    if weight is None:
+        return None
+    if weight.dtype != dtype:
+        raise TypeError(f"{name} has dtype {weight.dtype} but prediction has {dtype}; give them one dtype")
+    try:
+        np.broadcast_shapes(weight.shape, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {weight.shape} does not broadcast to prediction's shape {shape}") from None
+    if np.broadcast_shapes(weight.shape, shape) != shape:
+        raise ValueError(f"{name} of shape {weight.shape} would broadcast prediction's shape {shape} to a larger one")
+    return weight
+
+
+class BCEWithLogitsLoss(_ElementwiseLoss):
+    """Binary cross-entropy of ``sigmoid(prediction)`` against targets in [0, 1], computed from the
+    logits without overflow: ``w * ((1 - t) * softplus(x) + p * t * softplus(-x))``.
+
+    Parameters
+    ----------
+    weight : ndarray, optional
+        Broadcast against the prediction (a weight per element, per class...).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    pos_weight : ndarray, optional
+        ``p``: the weight of positive targets, broadcast against the prediction (one per class,
+        the last axis, in the multi-label case).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> loss_fn = nn.BCEWithLogitsLoss()
+    >>> round(loss_fn(np.array([0.0, 100.0]), np.array([1.0, 1.0])), 6)
+    0.346574
+    >>> loss_fn.backward()
+    array([-0.25,  0.  ])
+    """
+
+    def __init__(self, weight: np.ndarray | None = None, reduction: str = "mean",
+                 pos_weight: np.ndarray | None = None) -> None:
+        super().__init__(reduction)
+        self.weight = None if weight is None else as_float_array("weight", weight, range(33)).copy()
+        self.pos_weight = None if pos_weight is None else as_float_array("pos_weight", pos_weight, range(33)).copy()
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        weight = _broadcast_weight("weight", self.weight, prediction.shape, prediction.dtype)
+        pos_weight = _broadcast_weight("pos_weight", self.pos_weight, prediction.shape, prediction.dtype)
+        # softplus(x) = max(x, 0) + log1p(exp(-|x|)); softplus(-x) = softplus(x) - x
+        softplus = np.maximum(prediction, 0) + np.log1p(np.exp(-np.abs(prediction)))
+        if pos_weight is None:
+            losses = softplus - target * prediction
+        else:
+            losses = (1 - target) * softplus + pos_weight * target * (softplus - prediction)
+        if weight is not None:
+            losses = losses * weight
+        return losses, (prediction, target, weight, pos_weight)
+
+    def _derivative(self, saved: Any) -> Any:
+        prediction, target, weight, pos_weight = saved
+        probability = _sigmoid(prediction)
+        if pos_weight is None:
+            grad = probability - target
+        else:  # (1 - t) * s - p * t * (1 - s)
+            grad = (1 - target) * probability - pos_weight * target * (1 - probability)
+        return grad if weight is None else grad * weight
+
+    def __repr__(self) -> str:
+        text = f"reduction={self.reduction!r}"
+        if self.weight is not None:
+            text += ", weight=..."
+        if self.pos_weight is not None:
+            text += ", pos_weight=..."
+        return f"BCEWithLogitsLoss({text})"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow in exp."""
+    e = np.exp(-np.abs(x))
+    result: np.ndarray = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return result
+
+
+class BCELoss(_ElementwiseLoss):
+    """Binary cross-entropy of probabilities in [0, 1]: ``-w * (t * log(p) + (1 - t) * log(1 - p))``,
+    each log clamped at -100 as PyTorch does (prefer :class:`BCEWithLogitsLoss` on logits).
+
+    Parameters
+    ----------
+    weight : ndarray, optional
+        Broadcast against the prediction.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> round(nn.BCELoss()(np.array([0.5, 1.0]), np.array([1.0, 1.0])), 6)
+    0.346574
+    """
+
+    def __init__(self, weight: np.ndarray | None = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.weight = None if weight is None else as_float_array("weight", weight, range(33)).copy()
+
+    def _losses(self, prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, Any]:
+        if prediction.size and not (np.all(prediction >= 0) and np.all(prediction <= 1)):
+            raise ValueError("BCELoss takes probabilities in [0, 1] as prediction (for logits use BCEWithLogitsLoss)")
+        weight = _broadcast_weight("weight", self.weight, prediction.shape, prediction.dtype)
+        with np.errstate(divide="ignore"):
+            log_p = np.maximum(np.log(prediction), -100)
+            log_q = np.maximum(np.log1p(-prediction), -100)
+        losses = -(target * log_p + (1 - target) * log_q)
+        if weight is not None:
+            losses = losses * weight
+        return losses, (prediction, target, weight)
+
+    def _derivative(self, saved: Any) -> Any:
+        prediction, target, weight = saved
+        eps = float(np.float32(1e-12))  # PyTorch's constant is a float 1e-12
+        grad = (prediction - target) / np.maximum((1 - prediction) * prediction, eps)
+        return grad if weight is None else grad * weight
+
+    def __repr__(self) -> str:
+        return f"BCELoss(reduction={self.reduction!r}{', weight=...' if self.weight is not None else ''})"
