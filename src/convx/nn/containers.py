@@ -187,7 +187,7 @@ class Sequential(Module):
                 fusion = None  # BatchNorm2d's own forward says what is wrong with x
             if fusion is None:
                 layer = self.layers[index]
-                if getattr(layer, "inplace", False) is True and isinstance(x, np.ndarray):
+                if layer.__dict__.get("inplace", False) is True and isinstance(x, np.ndarray):
                     for earlier in self.layers[:index]:
                         earlier._mark_overwritten(x, type(layer).__name__)
                 x = layer(x)
