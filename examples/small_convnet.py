@@ -4,7 +4,7 @@
 
 ``python small_convnet.py`` times one forward/backward pass with each set of layers, checks
 that they agree, trains the convx version for a few steps on synthetic data and, with
-``--plot FILE.png`` (needs matplotlib: ``pip install "convx[examples]"``), draws its loss
+``--plot FILE.png`` (needs matplotlib: ``pip install ".[examples]"``), draws its loss
 curve. See ``docs/tutorials/numpy_cnn.rst``.
 """
 

@@ -4,7 +4,7 @@ The 1,797 8x8 grey-level digits ship inside scikit-learn (``sklearn.datasets.loa
 nothing is downloaded. A stratified 20% is held out as the test set and touched once, at the end;
 10% of the rest is a validation set watched after every epoch.
 
-    pip install "convx[examples]"          # scikit-learn, tqdm, matplotlib
+    pip install ".[examples]"          # scikit-learn, tqdm, matplotlib
     python examples/train_digits.py        # about 97-99% test accuracy
     python examples/train_digits.py --epochs 5 --plot curve.png
 

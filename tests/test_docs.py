@@ -5,6 +5,7 @@ NumPy CNNs imports the classroom layers from ``examples/``.
 """
 
 import doctest
+import re
 import sys
 from pathlib import Path
 
@@ -39,3 +40,18 @@ def test_page_examples(page, examples_on_path):
         for name in [m for m in sys.modules if m in {"classroom_layers", "convx_layers"}]:
             del sys.modules[name]
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {page.name}"
+
+
+def test_installation_page_lists_the_extras_of_pyproject():
+    """Every optional-dependency group of pyproject.toml is described on the installation page,
+    and the page describes no other; the distribution name is the one the page tells users."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    page = (ROOT / "docs" / "installation.rst").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^``([a-z]+)``\n    ", page, re.M))
+    assert listed == set(project["optional-dependencies"])
+    assert project["name"] == "convx-nn"
+    for text in (page, (ROOT / "README.md").read_text(encoding="utf-8")):
+        assert not re.search(r"pip install\s+\"?convx(\[|\s|\"|$)", text), "an install instruction with the old name"

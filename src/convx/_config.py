@@ -74,9 +74,10 @@ def show_config() -> None:
     is the count they use (see :func:`convx.set_num_threads`); ``openmp_runtime`` the OpenMP
     library they run on; ``fork_capped`` whether they are held at one thread because this
     process was forked after multi-thread calls (GNU libgomp); ``blas`` the BLAS libraries
-    loaded in the process (convx calls SciPy's); ``gemm`` the kernel of the convolutions'
-    weight products ('avx512', convx's own, where the CPU has AVX-512, else 'blas'); the ``build.*`` lines are the compiler,
-    flags, macros and Cython directives the extension was compiled with.
+    loaded in the process (convx calls SciPy's); ``gemm`` the ISA level of convx's own kernels
+    ('avx512' or 'avx2' where the CPU has it, else 'blas': SciPy's BLAS over im2col blocks); the
+    ``build.*`` lines are the compiler, flags, macros and Cython directives the extension was
+    compiled with.
 
     Examples
     --------
