@@ -23,9 +23,10 @@ from ...nn.module import Module
 class Residual(Module):
     """``relu(body(x) + shortcut(x))``, the shortcut an identity when ``shortcut`` is None.
 
-    The minimal residual block the benchmark needs (convx.nn has no residual container yet,
-    issue 22). Its children are ``body``, ``shortcut`` (when given) and ``relu``, the names of
-    the attributes of the PyTorch twin (:func:`torch_residual`), so the state_dict keys agree.
+    Written as a user writes a block (``nn.Residual`` does the same with the child ``activation``
+    instead of ``relu``). Its children are ``body``, ``shortcut`` (when given) and ``relu``, the
+    names of the attributes of the PyTorch twin (:func:`torch_residual`), so the state_dict keys
+    agree.
     """
 
     def __init__(self, body: Module, shortcut: Module | None = None) -> None:
@@ -33,26 +34,6 @@ class Residual(Module):
         self.body = body
         self.shortcut = shortcut
         self.relu = nn.ReLU()
-
-    def children(self) -> Iterator[tuple[str, Module]]:
-        yield "body", self.body
-        if self.shortcut is not None:
-            yield "shortcut", self.shortcut
-        yield "relu", self.relu
-
-    # Flat views keyed by qualified name, as Sequential's (gradcheck and optimizers read these).
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        return {name: param.data for name, param in self.named_parameters()}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray | None]:
-        return {name: param.grad for name, param in self.named_parameters()}
-
-    @property
-    def buffers(self) -> dict[str, np.ndarray]:
-        return {f"{child_name}.{key}": value for child_name, child in self.children()
-                for key, value in child.buffers.items()}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         skip = x if self.shortcut is None else self.shortcut(x)
@@ -68,11 +49,6 @@ class Residual(Module):
         grad_skip = grad_sum if self.shortcut is None else self.shortcut.backward(grad_sum)
         result: np.ndarray = self.body.backward(grad_sum) + grad_skip
         return result
-
-    def __repr__(self) -> str:
-        body = repr(self.body).replace("\n", "\n  ")
-        shortcut = "identity" if self.shortcut is None else repr(self.shortcut).replace("\n", "\n  ")
-        return f"Residual(\n  body={body}\n  shortcut={shortcut}\n)"
 
 
 @functools.cache
