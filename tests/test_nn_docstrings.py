@@ -17,7 +17,9 @@ MODULES = [
     "convx.nn.losses",
     "convx.nn.module",
     "convx.nn.normalization",
+    "convx.nn.padding",
     "convx.nn.pooling",
+    "convx.nn.resample",
 ]
 
 

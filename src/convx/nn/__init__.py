@@ -29,6 +29,7 @@ from .linear import Flatten, Linear
 from .losses import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 from .normalization import BatchNorm2d
+from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pooling import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -37,19 +38,22 @@ from .pooling import (
     GlobalMaxPool2d,
     MaxPool2d,
 )
+from .resample import PixelShuffle, PixelUnshuffle, Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
     "AdaptiveMaxPool2d",
     "AvgPool2d",
     "BatchNorm2d",
+    "CircularPad2d",
+    "ConstantPad2d",
     "Conv2d",
     "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
     "ELU",
-    "GELU",
     "Flatten",
+    "GELU",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
     "Hardsigmoid",
@@ -61,13 +65,21 @@ __all__ = [
     "Module",
     "PReLU",
     "Parameter",
+    "PixelShuffle",
+    "PixelUnshuffle",
     "ReLU",
     "ReLU6",
+    "ReflectionPad2d",
+    "ReplicationPad2d",
     "SELU",
     "Sequential",
     "SiLU",
     "Sigmoid",
     "Softplus",
     "Tanh",
+    "Upsample",
+    "UpsamplingBilinear2d",
+    "UpsamplingNearest2d",
+    "ZeroPad2d",
     "init",
 ]
