@@ -57,6 +57,13 @@ def _check_mode(mode: object, n_axes: int, ndim: int, shape: tuple[int, ...], na
     return mode
 
 
+def _positions(count: int, where: str) -> NDArray[np.int64]:
+    try:
+        return np.arange(count, dtype=np.int64)
+    except (ValueError, MemoryError) as error:
+        raise (MemoryError if isinstance(error, MemoryError) else ValueError)(f"{where} asks for a padded axis of {count} elements, too large ({error})") from None
+
+
 def _table(size: int, before: int, after: int, mode: str, axis: str, least: int = 0) -> NDArray[np.int64]:
     """The input element each output position along one axis copies (-1: the constant fill); reflect and
     replicate leave at least ``least`` elements."""
@@ -65,7 +72,7 @@ def _table(size: int, before: int, after: int, mode: str, axis: str, least: int 
     if mode == "constant":
         if size + min(before, 0) + min(after, 0) < 0:
             raise ValueError(f"{where} crops more than the axis holds (negative pads crop first, as PyTorch)")
-        source = np.arange(out_size, dtype=np.int64) - before
+        source = _positions(out_size, where) - before
         source[(source < 0) | (source >= size)] = -1
         return source
     if size < 1:
@@ -79,13 +86,13 @@ def _table(size: int, before: int, after: int, mode: str, axis: str, least: int 
                 f"mode='circular' wraps around at most once: {where} needs each positive pad at most the "
                 f"{kept} elements left after the negative ones crop"
             )
-        positions = np.arange(out_size, dtype=np.int64) - lead
+        positions = _positions(out_size, where) - lead
         return first + positions % kept if kept else positions
     if mode == "reflect" and (before >= size or after >= size):
         raise ValueError(f"mode='reflect' needs each pad smaller than the axis it pads, got {where}")
     if out_size < least:
         raise ValueError(f"{where} would leave {out_size} elements, fewer than {least}")
-    return padded_source(np.arange(out_size, dtype=np.int64) - before, size, "reflect" if mode == "reflect" else "edge")
+    return padded_source(_positions(out_size, where) - before, size, "reflect" if mode == "reflect" else "edge")
 
 
 def _plan(
