@@ -107,7 +107,7 @@ def _kernel_call(name, batch):
         pairs = np.ascontiguousarray(np.stack([rows, np.minimum(rows + 1, 23)], axis=1))
         weights = np.full((96, 2), 0.5)
         return {
-            "gather2d_forward": (core.gather2d_forward, (planes, up, rows, rows, 0.0, 1)),
+            "gather2d_forward": (core.gather2d_forward, (planes, up, rows, rows, 0, 0, 0.0, 1)),
             "gather2d_backward": (core.gather2d_backward, (up, planes.copy(), rows, rows, 1)),
             "bilinear2d_forward": (core.bilinear2d_forward, (planes, up, pairs, weights, pairs, weights, 1)),
             "bilinear2d_backward": (core.bilinear2d_backward, (up, planes.copy(), pairs, weights, pairs, weights, 1)),

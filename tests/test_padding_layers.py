@@ -336,3 +336,12 @@ def test_pixel_shuffle_bad_arguments():
 def test_huge_pads_are_refused_naming_pad():
     with pytest.raises((MemoryError, ValueError), match="pad"):
         F.pad(np.zeros((1, 2, 3)), (10**15, 0))
+
+
+@pytest.mark.parametrize("table, run", [([], (0, 0)), ([0], (0, 1)), ([-1], (0, 0)), ([2, 1, 0, 1, 2, 3, 2], (2, 6)),
+                                        ([-1, -1, 0, 1, 2, -1], (2, 5)), ([0, 0, 1, 1], (1, 3)),
+                                        ([3, 4, 5, 0, 1], (0, 3)), ([-1, 0, 1, 2], (1, 4))])
+def test_the_block_copied_by_the_gather_kernel(table, run):
+    from convx._shapes import counting_run
+
+    assert counting_run(np.array(table, dtype=np.int64)) == run

@@ -116,8 +116,11 @@ def adaptive_max_pool2d_forward(x: _Float, out: _Float, indices: _Index, n_threa
 
 # Resampling and padding (_resample.pxi) over (N*C, H, W) planes, through one int64 table per axis:
 # gather tables name one source element per output (negative: the constant ``value``), bilinear
-# tables two, with their weights (of the arrays' dtype), shape (out_size, 2).
-def gather2d_forward(x: _Float, out: _Float, rows: _Index, cols: _Index, value: float, n_threads: int) -> None: ...
+# tables two, with their weights (of the arrays' dtype), shape (out_size, 2). Over columns
+# [run_begin, run_end) a gather table counts up by one (a block copy).
+def gather2d_forward(
+    x: _Float, out: _Float, rows: _Index, cols: _Index, run_begin: int, run_end: int, value: float, n_threads: int,
+) -> None: ...
 def gather2d_backward(grad_out: _Float, grad_in: _Float, rows: _Index, cols: _Index, n_threads: int) -> None: ...
 def bilinear2d_forward(
     x: _Float, out: _Float, rows: _Index, row_weights: _Float, cols: _Index, col_weights: _Float, n_threads: int,

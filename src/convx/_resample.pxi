@@ -6,9 +6,12 @@
 # the N*C planes and each plane of an output or input gradient is written by one thread only, so
 # the backward's scatter-adds need no reduction.
 
+from libc.string cimport memcpy
+
 
 cdef void _gather_plane(const floating* src, Py_ssize_t width, floating* dst, Py_ssize_t out_h, Py_ssize_t out_w,
-                        const int64_t* rows, const int64_t* cols, floating value) noexcept nogil:
+                        const int64_t* rows, const int64_t* cols, Py_ssize_t run_begin, Py_ssize_t run_end,
+                        floating value) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef int64_t c
     cdef const floating* row
@@ -18,15 +21,21 @@ cdef void _gather_plane(const floating* src, Py_ssize_t width, floating* dst, Py
                 dst[j] = value
         else:
             row = src + rows[i] * width
-            for j in range(out_w):
+            for j in range(run_begin):
+                c = cols[j]
+                dst[j] = row[c] if c >= 0 else value
+            if run_end > run_begin:
+                memcpy(dst + run_begin, row + cols[run_begin], (run_end - run_begin) * sizeof(floating))
+            for j in range(run_end, out_w):
                 c = cols[j]
                 dst[j] = row[c] if c >= 0 else value
         dst += out_w
 
 
 def gather2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, const int64_t[::1] rows,
-                     const int64_t[::1] cols, double value, int n_threads):
-    """out[p, i, j] = x[p, rows[i], cols[j]], or value where rows[i] or cols[j] is negative."""
+                     const int64_t[::1] cols, Py_ssize_t run_begin, Py_ssize_t run_end, double value, int n_threads):
+    """out[p, i, j] = x[p, rows[i], cols[j]], or value where rows[i] or cols[j] is negative; cols[j] runs
+    cols[run_begin], cols[run_begin] + 1, ... over [run_begin, run_end) (copied as one block)."""
     cdef Py_ssize_t n_planes = out.shape[0], height = x.shape[1], width = x.shape[2]
     cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2], p
     if n_planes == 0 or out_h == 0 or out_w == 0:
@@ -37,7 +46,7 @@ def gather2d_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, const
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=_team_size(n_threads, n_planes, 2 * out_h * out_w)):
             _gather_plane(src + p * height * width if src else NULL, width, dst + p * out_h * out_w, out_h, out_w,
-                          &rows[0], &cols[0], fill)
+                          &rows[0], &cols[0], run_begin, run_end, fill)
 
 
 cdef void _gather_backward_plane(const floating* grad_out, Py_ssize_t out_h, Py_ssize_t out_w, floating* grad_in,

@@ -122,3 +122,18 @@ def padded_source(positions: np.ndarray, size: int, mode: NumpyPadMode) -> np.nd
         folded = positions % (2 * (size - 1))  # 'reflect': period 2 * (size - 1), the edges not repeated
         result = np.where(folded < size, folded, 2 * (size - 1) - folded)
     return result
+
+
+def counting_run(table: np.ndarray) -> tuple[int, int]:
+    """``[begin, end)``: the longest stretch of non-negative entries of ``table`` that count up by one
+    (``table[j] = table[begin] + j - begin``), which a gather copies as one block; ``(0, 0)`` if none."""
+    if len(table) == 0:
+        return 0, 0
+    steps = np.flatnonzero(~((table[1:] == table[:-1] + 1) & (table[:-1] >= 0)))
+    # Runs end after each position in steps (and at the end of the table).
+    ends = np.concatenate([steps + 1, [len(table)]])
+    begins = np.concatenate([[0], steps + 1])
+    lengths = ends - begins
+    lengths[table[begins] < 0] = 0
+    best = int(np.argmax(lengths))
+    return (int(begins[best]), int(ends[best])) if lengths[best] > 0 else (0, 0)

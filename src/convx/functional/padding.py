@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from .. import _core
 from .._batching import sub_batches
 from .._checks import as_float_array, as_int, as_shape, contiguous
-from .._shapes import padded_source
+from .._shapes import counting_run, padded_source
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, Shape
 from .pooling import _allocate
@@ -182,8 +182,9 @@ def pad(x: NDArray[Float], pad: Sequence[int], mode: PadMode = "constant", value
         n_planes, height, width = _planes(x.shape, n_axes)
         planes = contiguous(x).reshape(n_planes, height, width)
         out = y.reshape(n_planes, len(rows), len(cols))
+        run = counting_run(cols)
         for part in sub_batches(n_planes, 2 * len(rows) * len(cols)):
-            _core.gather2d_forward(planes[part], out[part], rows, cols, fill, kernel_threads())
+            _core.gather2d_forward(planes[part], out[part], rows, cols, *run, fill, kernel_threads())
     return y
 
 

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from .. import _core
 from .._batching import sub_batches
 from .._checks import as_bool, as_float_array, as_int, as_shape, contiguous
+from .._shapes import counting_run
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, Shape
 from .pooling import _allocate
@@ -263,8 +264,9 @@ def interpolate(
                                          kernel_threads())
         else:
             rows, cols = _nearest_tables(height, width, out_h, out_w, scales, kind)
+            run = counting_run(cols)
             for part in parts:
-                _core.gather2d_forward(planes[part], out[part], rows, cols, 0.0, kernel_threads())
+                _core.gather2d_forward(planes[part], out[part], rows, cols, *run, 0.0, kernel_threads())
     return y
 
 
