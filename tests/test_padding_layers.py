@@ -44,7 +44,8 @@ def _reference_tables(shape, pad, mode):
     for axis in range(axes):
         size = shape[-1 - axis]
         before, after = pad[2 * axis], pad[2 * axis + 1]
-        tables.append(np.array([_source(j, size, before, after, mode) for j in range(size + before + after)], dtype=int))
+        positions = range(size + before + after)
+        tables.append(np.array([_source(j, size, before, after, mode) for j in positions], dtype=int))
     return tables  # last axis first
 
 

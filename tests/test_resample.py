@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES, TOLERANCES, assert_close
+from conftest import DTYPES, assert_close
 
 import convx
 import convx.functional as F
@@ -252,7 +252,8 @@ def test_empty_batch_and_channels():
 def test_backward_of_copying_sizes_is_the_identity(rng):
     grad_out = rng.standard_normal((2, 3, 5, 6))
     for mode in ("nearest", "nearest-exact", "bilinear"):
-        np.testing.assert_array_equal(F.interpolate_backward(grad_out, grad_out.shape, size=(5, 6), mode=mode), grad_out)
+        grad_x = F.interpolate_backward(grad_out, grad_out.shape, size=(5, 6), mode=mode)
+        np.testing.assert_array_equal(grad_x, grad_out)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +335,3 @@ def test_layer_arguments_are_checked_at_construction():
     layer(np.zeros((1, 1, 2, 2)))
     with pytest.raises(ValueError, match=r"grad_out must have the forward output's shape \(1, 1, 4, 4\)"):
         layer.backward(np.zeros((1, 1, 2, 2)))
-
-
-def test_tolerances_are_the_shared_ones():
-    assert set(TOLERANCES) == {np.dtype(np.float32), np.dtype(np.float64)}

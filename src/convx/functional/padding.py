@@ -61,7 +61,8 @@ def _positions(count: int, where: str) -> NDArray[np.int64]:
     try:
         return np.arange(count, dtype=np.int64)
     except (ValueError, MemoryError) as error:
-        raise (MemoryError if isinstance(error, MemoryError) else ValueError)(f"{where} asks for a padded axis of {count} elements, too large ({error})") from None
+        kind = MemoryError if isinstance(error, MemoryError) else ValueError
+        raise kind(f"{where} asks for a padded axis of {count} elements, too large ({error})") from None
 
 
 def _table(size: int, before: int, after: int, mode: str, axis: str, least: int = 0) -> NDArray[np.int64]:
@@ -119,7 +120,9 @@ def _planes(shape: Sequence[int], n_axes: int) -> tuple[int, int, int]:
     return math.prod(shape[:-n_axes]), height, shape[-1]
 
 
-def pad(x: NDArray[Float], pad: Sequence[int], mode: PadMode = "constant", value: float | None = None) -> NDArray[Float]:
+def pad(
+    x: NDArray[Float], pad: Sequence[int], mode: PadMode = "constant", value: float | None = None
+) -> NDArray[Float]:
     """Pad (or crop) the last one or two axes of ``x``, as ``torch.nn.functional.pad``.
 
     ``pad`` is ``(left, right)`` for the last axis, or ``(left, right, top, bottom)`` for the last two.

@@ -52,7 +52,8 @@ class Upsample(Module):
         _check_mode(mode, align_corners)
         if (size is None) == (scale_factor is None):
             raise ValueError(
-                f"exactly one of size and scale_factor must be given, got size={size!r} and scale_factor={scale_factor!r}"
+                f"exactly one of size and scale_factor must be given, got size={size!r} and "
+                f"scale_factor={scale_factor!r}"
             )
         if size is not None:
             _pair_of("size", size, lambda name, v: as_int(name, v, 1))
