@@ -100,6 +100,18 @@ def _kernel_call(name, batch):
                                       (planes, planes, planes, core.ACTIVATIONS["relu"], 0.0, 0.0,
                                        np.empty_like(planes), *per_channel, 1)),
         }[name]
+    if name.startswith(("gather2d", "bilinear2d")):
+        # Upsampling the (batch * 32) planes 24x24 -> 96x96, bilinear and nearest.
+        planes, up = x.reshape(batch * 32, 24, 24), np.empty((batch * 32, 96, 96))
+        rows = np.arange(96) // 4
+        pairs = np.ascontiguousarray(np.stack([rows, np.minimum(rows + 1, 23)], axis=1))
+        weights = np.full((96, 2), 0.5)
+        return {
+            "gather2d_forward": (core.gather2d_forward, (planes, up, rows, rows, 0, 0, 0.0, 1)),
+            "gather2d_backward": (core.gather2d_backward, (up, planes.copy(), rows, rows, 1)),
+            "bilinear2d_forward": (core.bilinear2d_forward, (planes, up, pairs, weights, pairs, weights, 1)),
+            "bilinear2d_backward": (core.bilinear2d_backward, (up, planes.copy(), pairs, weights, pairs, weights, 1)),
+        }[name]
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
     pooled = np.empty_like(x)
     indices = np.empty(x.shape, dtype=np.int64)
@@ -126,6 +138,7 @@ KERNELS = [
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
     "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",
     "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add",
+    "gather2d_forward", "gather2d_backward", "bilinear2d_forward", "bilinear2d_backward",
 ]
 
 
@@ -204,6 +217,13 @@ def _every_op(arrays):
         *F.batch_norm_forward(x, training=True, activation="relu"),
         *F.batch_norm_backward(x, x, x.mean(axis=(0, 2, 3)), 1 / (x.std(axis=(0, 2, 3)) + 1), activation="relu",
                                output=x),
+        F.interpolate(x, scale_factor=(1.5, 0.7), mode="bilinear"),
+        F.interpolate_backward(x, (x.shape[0], x.shape[1], 5, 7), size=x.shape[2:], mode="bilinear",
+                               align_corners=True),
+        F.interpolate(x, size=(7, 23), mode="nearest-exact"),
+        F.interpolate_backward(x, (x.shape[0], x.shape[1], 6, 4), size=x.shape[2:]),
+        F.pad(x, (2, 1, 3, -1), mode="reflect"),
+        F.pad_backward(x, (x.shape[0], x.shape[1], x.shape[2] - 3, x.shape[3] - 2), (1, 1, 2, 1), mode="circular"),
     ]
 
 

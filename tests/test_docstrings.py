@@ -11,7 +11,9 @@ MODULES = [
     "convx.functional.activations",
     "convx.functional.conv",
     "convx.functional.normalization",
+    "convx.functional.padding",
     "convx.functional.pooling",
+    "convx.functional.resample",
 ]
 
 

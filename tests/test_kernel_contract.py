@@ -47,6 +47,12 @@ def _every_op(x, weight, grad_out, pooled_grad, indices):
     F.adaptive_avg_pool2d(x, 3)
     F.adaptive_avg_pool2d_backward(pooled_grad, x.shape)
     F.adaptive_max_pool2d(x, 3, return_indices=True)
+    F.interpolate(x, scale_factor=1.5, mode="bilinear")
+    F.interpolate_backward(grad_out, (2, 3, 3, 4), size=(6, 6), mode="bilinear", align_corners=True)
+    F.interpolate(x, size=(4, 9), mode="nearest-exact")
+    F.interpolate_backward(grad_out, (2, 3, 3, 3), size=(6, 6))
+    F.pad(x, (1, 2, -1, 3), mode="reflect")
+    F.pad_backward(grad_out, (2, 3, 4, 3), (1, 2, -1, 3), mode="circular")
 
 
 @pytest.mark.parametrize("layout", ["c-contiguous", *LAYOUTS])
@@ -60,7 +66,8 @@ def test_kernels_get_contiguous_aligned_arrays(dtype, layout, kernel_arrays, rng
     _, indices = F.max_pool2d(x, 2, return_indices=True)
     kernel_arrays.clear()
     _every_op(*(make(a) for a in (x, weight, grad_out, pooled_grad, indices)))
-    assert {name for name, _ in kernel_arrays} >= {"conv2d_forward", "depthwise_forward", "max_pool2d_backward"}
+    assert {name for name, _ in kernel_arrays} >= {"conv2d_forward", "depthwise_forward", "max_pool2d_backward",
+                                                   "bilinear2d_backward", "gather2d_forward"}
     for name, array in kernel_arrays:
         assert array.flags.c_contiguous, (name, array.shape, array.strides)
         assert array.flags.aligned, (name, array.shape)

@@ -58,6 +58,12 @@ def _ops():
         "adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(x, (3, 5)),
         "adaptive_avg_pool2d_backward": lambda: F.adaptive_avg_pool2d_backward(pooled, x.shape),
         "adaptive_max_pool2d": lambda: F.adaptive_max_pool2d(x, 3, return_indices=True),
+        "interpolate": lambda: F.interpolate(x, scale_factor=(1.5, 0.7), mode="bilinear"),
+        "interpolate_backward": lambda: F.interpolate_backward(grad_y, (x.shape[0], grad_y.shape[1], 3, 4),
+                                                               size=grad_y.shape[2:]),
+        "pad": lambda: F.pad(x32, (2, 1, 1, 3), mode="reflect"),
+        "pad_backward": lambda: F.pad_backward(grad_y, (*grad_y.shape[:2], grad_y.shape[2] - 2, grad_y.shape[3] - 1),
+                                               (1, 0, 1, 1), mode="replicate"),
         # Refused calls build and drop exception objects with tracebacks.
         "refused-call": lambda: _refused(x, weight),
     }

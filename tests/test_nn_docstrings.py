@@ -18,9 +18,11 @@ MODULES = [
     "convx.nn.losses",
     "convx.nn.module",
     "convx.nn.normalization",
+    "convx.nn.padding",
     "convx.nn.pooling",
     "convx.nn.utils",
     "convx.optim.lr_scheduler",
+    "convx.nn.resample",
 ]
 
 

@@ -6,6 +6,10 @@ implementation and the layer classes agree on a single formula for each quantity
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
+
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int) -> int:
     """Output length of a convolution along one axis.
@@ -97,3 +101,39 @@ def pool_first_empty_window(
         if first_tap >= kernel or start + first_tap * dilation >= size:
             return index
     return None
+
+
+#: ``numpy.pad``'s names for PyTorch's padding modes (the same copying rule).
+NumpyPadMode = Literal["reflect", "edge", "wrap"]
+NUMPY_PAD_MODES: dict[str, NumpyPadMode] = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def padded_source(positions: np.ndarray, size: int, mode: NumpyPadMode) -> np.ndarray:
+    """The input element (0..size-1) that each position of a ``numpy.pad``-ed axis copies, the positions
+    counted from the input's first element (negative in the leading padding)."""
+    result: np.ndarray
+    if mode == "edge":
+        result = np.clip(positions, 0, size - 1)
+    elif mode == "wrap":
+        result = positions % size
+    elif size == 1:
+        result = np.zeros_like(positions)
+    else:
+        folded = positions % (2 * (size - 1))  # 'reflect': period 2 * (size - 1), the edges not repeated
+        result = np.where(folded < size, folded, 2 * (size - 1) - folded)
+    return result
+
+
+def counting_run(table: np.ndarray) -> tuple[int, int]:
+    """``[begin, end)``: the longest stretch of non-negative entries of ``table`` that count up by one
+    (``table[j] = table[begin] + j - begin``), which a gather copies as one block; ``(0, 0)`` if none."""
+    if len(table) == 0:
+        return 0, 0
+    steps = np.flatnonzero(~((table[1:] == table[:-1] + 1) & (table[:-1] >= 0)))
+    # Runs end after each position in steps (and at the end of the table).
+    ends = np.concatenate([steps + 1, [len(table)]])
+    begins = np.concatenate([[0], steps + 1])
+    lengths = ends - begins
+    lengths[table[begins] < 0] = 0
+    best = int(np.argmax(lengths))
+    return (int(begins[best]), int(ends[best])) if lengths[best] > 0 else (0, 0)

@@ -35,6 +35,11 @@ assert_type(convx.avg_pool2d(x32, (2, 2), count_include_pad=False), npt.NDArray[
 assert_type(convx.avg_pool2d_backward(np.ones((2, 3, 4, 4)), x64.shape, 2), npt.NDArray[np.float64])
 assert_type(convx.adaptive_avg_pool2d(x32, (4, None)), npt.NDArray[np.float32])
 assert_type(convx.adaptive_max_pool2d(x32, 1, return_indices=True)[1], npt.NDArray[np.int64])
+assert_type(convx.interpolate(x32, scale_factor=2.0, mode="bilinear", align_corners=True), npt.NDArray[np.float32])
+assert_type(convx.interpolate_backward(np.ones((2, 3, 4, 4)), (2, 3, 8, 8), size=4), npt.NDArray[np.float64])
+assert_type(convx.pad(x32, (1, 1, 2, 0), mode="reflect"), npt.NDArray[np.float32])
+assert_type(convx.pad_backward(x64, (2, 3, 6, 8), (0, 0, 1, 1)), npt.NDArray[np.float64])
+assert_type(convx.pixel_shuffle(x32, 1), npt.NDArray[np.float32])
 
 # The layers, losses and optimizers.
 model = convx.nn.Sequential(

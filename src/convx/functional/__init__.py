@@ -25,6 +25,7 @@ from .conv import (
     conv_transpose2d,
 )
 from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
+from .padding import pad, pad_backward
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -34,6 +35,7 @@ from .pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
 
 __all__ = [
     "activation_backward",
@@ -56,9 +58,15 @@ __all__ = [
     "gelu",
     "hardsigmoid",
     "hardswish",
+    "interpolate",
+    "interpolate_backward",
     "leaky_relu",
     "max_pool2d",
     "max_pool2d_backward",
+    "pad",
+    "pad_backward",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "relu",
     "relu6",
     "selu",

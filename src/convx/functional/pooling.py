@@ -141,7 +141,8 @@ def _allocate(shape: tuple[int, ...], dtype: DTypeLike, cause: str) -> AnyArray:
     try:
         return np.empty(shape, dtype=dtype)
     except (ValueError, MemoryError) as error:
-        raise type(error)(
+        # NumPy raises a MemoryError subclass whose constructor takes other arguments.
+        raise (MemoryError if isinstance(error, MemoryError) else ValueError)(
             f"{cause} asks for an array of shape {tuple(shape)} and dtype {np.dtype(dtype)}, too large to "
             f"allocate ({error})"
         ) from None

@@ -10,14 +10,14 @@ from numpy.typing import DTypeLike
 from .. import functional
 from ..functional.conv import check_algorithm
 from .._checks import as_bool, as_int, as_pair
+from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
+from .._shapes import NumpyPadMode as _NumpyPadMode
+from .._shapes import padded_source as _padded_source
 from .._shapes import same_padding
 from .._typing import IntPair, Padding
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
-# PyTorch's padding_mode names -> numpy.pad modes with the same copying rule.
-_NumpyPadMode = Literal["reflect", "edge", "wrap"]
-_NUMPY_PAD_MODES: dict[str, _NumpyPadMode] = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 
@@ -45,22 +45,6 @@ def _init_params(
     module._add_param("weight", weight)
     if bias_values is not None:
         module._add_param("bias", bias_values)
-
-
-def _padded_source(positions: np.ndarray, size: int, mode: _NumpyPadMode) -> np.ndarray:
-    """The input element (0..size-1) that each position of a ``numpy.pad``-ed axis copies, the positions
-    counted from the input's first element (negative in the leading padding)."""
-    result: np.ndarray
-    if mode == "edge":
-        result = np.clip(positions, 0, size - 1)
-    elif mode == "wrap":
-        result = positions % size
-    elif size == 1:
-        result = np.zeros_like(positions)
-    else:
-        folded = positions % (2 * (size - 1))  # 'reflect': period 2 * (size - 1), the edges not repeated
-        result = np.where(folded < size, folded, 2 * (size - 1) - folded)
-    return result
 
 
 class _ReadAxis(NamedTuple):
