@@ -12,6 +12,7 @@ MODULES = [
     "convx.functional.conv",
     "convx.functional.normalization",
     "convx.functional.pooling",
+    "convx.functional.softmax",
 ]
 
 

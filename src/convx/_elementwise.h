@@ -23,6 +23,13 @@
 #define CONVX_SIMD_SUM2(a, b) CONVX_PRAGMA(omp simd reduction(+:a, b))
 #endif
 
+/* A vectorised maximum (which NaN wins is unspecified: the softmax needs neither). */
+#if defined(_MSC_VER)
+#define CONVX_SIMD_MAX(a)
+#else
+#define CONVX_SIMD_MAX(a) CONVX_PRAGMA(omp simd reduction(max:a))
+#endif
+
 /* Which activation; the backward of each reads either the forward's input or its output
  * (convx/nn/activations.py keeps the one it needs). */
 enum convx_activation {

@@ -24,7 +24,17 @@ from .conv import (
     conv2d_backward_weight,
     conv_transpose2d,
 )
-from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
+from .normalization import (
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+)
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -34,6 +44,7 @@ from .pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
 __all__ = [
     "activation_backward",
@@ -54,9 +65,17 @@ __all__ = [
     "conv_transpose2d",
     "elu",
     "gelu",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
     "hardsigmoid",
     "hardswish",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "leaky_relu",
+    "log_softmax",
+    "log_softmax_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "relu",
@@ -64,6 +83,8 @@ __all__ = [
     "selu",
     "sigmoid",
     "silu",
+    "softmax",
+    "softmax_backward",
     "softplus",
     "tanh",
 ]

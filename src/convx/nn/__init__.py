@@ -14,21 +14,23 @@ from .activations import (
     Hardsigmoid,
     Hardswish,
     LeakyReLU,
+    LogSoftmax,
     PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
     SiLU,
+    Softmax,
     Softplus,
     Tanh,
 )
 from .containers import Sequential
 from .conv import Conv2d, ConvTranspose2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import Flatten, Linear
 from .losses import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
-from .normalization import BatchNorm2d
+from .normalization import BatchNorm2d, GroupNorm, LayerNorm
 from .pooling import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -47,15 +49,21 @@ __all__ = [
     "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "ELU",
     "GELU",
     "Flatten",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
+    "GroupNorm",
     "Hardsigmoid",
     "Hardswish",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
+    "LogSoftmax",
     "MSELoss",
     "MaxPool2d",
     "Module",
@@ -67,6 +75,7 @@ __all__ = [
     "Sequential",
     "SiLU",
     "Sigmoid",
+    "Softmax",
     "Softplus",
     "Tanh",
     "init",
