@@ -451,7 +451,7 @@ def group_norm_forward(
 
 
 def _statistics(name: str, value: object, shape: tuple[int, ...]) -> NDArray[np.float64]:
-    array = as_float_array(name, value, (len(shape),))
+    array = as_float_array(name, value, range(33))
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, as the forward returned it, got {array.shape}")
     return np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
@@ -553,7 +553,7 @@ def _layer_shape(x: NDArray[Any], normalized_shape: object) -> tuple[tuple[int, 
 def _elementwise_param(name: str, value: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any] | None:
     if value is None:
         return None
-    array = as_float_array(name, value, (len(shape),))
+    array = as_float_array(name, value, range(33))
     if array.shape != shape:
         raise ValueError(f"{name} must have the normalized shape {shape}, got {array.shape}")
     if array.dtype != dtype:
