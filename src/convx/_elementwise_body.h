@@ -460,22 +460,27 @@ CONVX_CLONES static void CONVX_EW(convx_channel_dropout)(const ET *x, ET *out, p
 #define CONVX_SOFTMAX_COLUMNS 64
 
 /* Softmax (log-softmax when log_out) of one contiguous row of n: e = exp(x - max), summed in
- * double; y = e / sum, or (x - max) - log(sum). A NaN anywhere makes the sum, so the row, NaN. */
+ * double; y = e / sum, or (x - max) - log(sum). A NaN anywhere makes the sum, so the row, NaN.
+ * The exponentials are stored (into y, or a block at a time into scratch) before they are summed:
+ * a loop that converts them to double as it goes does not vectorise. */
 CONVX_CLONES static void CONVX_EW(convx_softmax_row)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT y, ptrdiff_t n,
                                                      int log_out) {
     ET top = -(ET)INFINITY;
     CONVX_SIMD_MAX(top) for (ptrdiff_t i = 0; i < n; i++) top = x[i] > top ? x[i] : top;
     double sum = 0;
     if (log_out) {
-        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) sum += (double)CONVX_EW_EXP(x[i] - top);
+        ET scratch[CONVX_BN_BLOCK];
+        for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
+            const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
+            const ET *src = x + b0;
+            CONVX_SIMD for (ptrdiff_t i = 0; i < len; i++) scratch[i] = CONVX_EW_EXP(src[i] - top);
+            CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < len; i++) sum += (double)scratch[i];
+        }
         const ET log_sum = (ET)log(sum);
         CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - top) - log_sum;
     } else {
-        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) {
-            const ET e = CONVX_EW_EXP(x[i] - top);
-            y[i] = e;
-            sum += (double)e;
-        }
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] = CONVX_EW_EXP(x[i] - top);
+        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) sum += (double)y[i];
         const ET inverse = (ET)(1.0 / sum);
         CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] *= inverse;
     }
@@ -486,7 +491,7 @@ CONVX_CLONES static void CONVX_EW(convx_softmax_row)(const ET *CONVX_RESTRICT x,
 CONVX_CLONES static void CONVX_EW(convx_softmax_columns)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT y,
                                                          ptrdiff_t n, ptrdiff_t stride, ptrdiff_t width,
                                                          int log_out) {
-    ET top[CONVX_SOFTMAX_COLUMNS];
+    ET top[CONVX_SOFTMAX_COLUMNS], scratch[CONVX_SOFTMAX_COLUMNS];
     double sum[CONVX_SOFTMAX_COLUMNS];
     for (ptrdiff_t j = 0; j < width; j++) {
         top[j] = -(ET)INFINITY;
@@ -498,16 +503,9 @@ CONVX_CLONES static void CONVX_EW(convx_softmax_columns)(const ET *CONVX_RESTRIC
     }
     for (ptrdiff_t k = 0; k < n; k++) {
         const ET *row = x + k * stride;
-        ET *out = y + k * stride;
-        if (log_out) {
-            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) sum[j] += (double)CONVX_EW_EXP(row[j] - top[j]);
-        } else {
-            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) {
-                const ET e = CONVX_EW_EXP(row[j] - top[j]);
-                out[j] = e;
-                sum[j] += (double)e;
-            }
-        }
+        ET *e = log_out ? scratch : y + k * stride;
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) e[j] = CONVX_EW_EXP(row[j] - top[j]);
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) sum[j] += (double)e[j];
     }
     ET factor[CONVX_SOFTMAX_COLUMNS];
     for (ptrdiff_t j = 0; j < width; j++) factor[j] = log_out ? (ET)log(sum[j]) : (ET)(1.0 / sum[j]);
