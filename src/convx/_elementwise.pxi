@@ -1,9 +1,12 @@
-# Activations and batch normalisation (C bodies in _elementwise.h).
+# Activations, normalisations, softmax and dropout (C bodies in _elementwise.h).
 #
 # An activation splits its elements into one contiguous run per thread. Batch normalisation's
 # sums over a channel run one channel per thread (each thread owns its channels' figures); its
-# element-wise passes run one (image, channel) plane per thread. No thread writes what another
-# reads or writes.
+# element-wise passes run one (image, channel) plane per thread. Group and layer normalisation
+# reuse them on other views, plus row kernels for layer normalisation's element-wise weight and
+# its parameter gradients a block of columns per thread (each column's rows summed in order, so
+# the result does not depend on the thread count). A softmax runs one row, or one block of
+# neighbouring columns, per thread. No thread writes what another reads or writes.
 
 from libc.stdint cimport uint32_t, uint64_t
 
