@@ -109,6 +109,14 @@ def test_unbatched_inputs_follow_torch(torch):
     _channel_masks(theirs, 240)
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 4)], ids=str)
+def test_empty_inputs(shape):
+    layer = nn.Dropout2d(0.5, rng=0)
+    y = layer(np.ones(shape))
+    assert y.shape == shape
+    assert layer.backward(np.ones(shape)).shape == shape
+
+
 def test_masks_do_not_depend_on_threads_or_sub_batches(monkeypatch):
     x = np.arange(1, 2 * 300 * 17 * 9 + 1, dtype=np.float64).reshape(2, 300, 17, 9)
     previous = convx.get_num_threads()

@@ -227,6 +227,9 @@ def test_constant_groups(dtype, torch, rng):
 def test_group_norm_empty_and_non_contiguous(rng):
     y, mean, inv_std = group_norm_forward(np.zeros((0, 4, 3, 3)), 2)
     assert y.shape == (0, 4, 3, 3) and mean.shape == (0, 2)
+    y, mean, inv_std = group_norm_forward(np.zeros((2, 4, 0)), 2)
+    assert y.shape == (2, 4, 0) and mean.shape == (2, 2)
+    assert group_norm_backward(y, y, 2, mean, inv_std)[0].shape == (2, 4, 0)
     grad_x, grad_weight, grad_bias = group_norm_backward(np.zeros((0, 4, 3)), np.zeros((0, 4, 3)), 2,
                                                          np.zeros((0, 2)), np.ones((0, 2)))
     assert grad_x.shape == (0, 4, 3)

@@ -137,6 +137,8 @@ class _ChannelDropout(Dropout):
         threshold = round(self.p * 2.0**32)
         scale = 1.0 / (1.0 - self.p)
         planes = self._planes(source.shape)
+        if source.size == 0:
+            return
         flat_in = source.reshape(planes, -1)
         flat_out = out.reshape(planes, -1)
         for part in sub_batches(planes, 2 * flat_in.shape[1]):
