@@ -88,6 +88,24 @@ def _kernel_call(name, batch):
                                (core.OPTIMIZERS["Adam"], flat.copy(), flat, np.zeros_like(flat), np.zeros_like(flat),
                                 np.zeros_like(flat), np.array([1e-3, 0.9, 0.999, 1e-8, 0.1, 1.0, 1.0, 0.01, 0.03]), 1)),
         }[name]
+    if name in ("channel_dropout", "softmax_forward", "softmax_backward") or name.startswith("layer_norm"):
+        rows = planes.reshape(-1, planes.shape[2])
+        per_row = [rng.random(len(rows)) + 0.5 for _ in range(4)]
+        weight = rng.random(rows.shape[1])
+        return {
+            "channel_dropout": (core.channel_dropout, (rows, np.empty_like(rows), 0, 123, 2**31, 2.0, 1)),
+            "softmax_forward": (core.softmax_forward, (planes, np.empty_like(planes), True, 1)),
+            "softmax_backward": (core.softmax_backward, (planes, planes, np.empty_like(planes), True, 1)),
+            "layer_norm_normalize": (core.layer_norm_normalize,
+                                     (rows, np.empty_like(rows), *per_row[:2], weight, weight, 1)),
+            "layer_norm_row_sums": (core.layer_norm_row_sums,
+                                    (rows, rows, weight, per_row[0], np.empty(len(rows)), np.empty(len(rows)), 1)),
+            "layer_norm_input_grad": (core.layer_norm_input_grad,
+                                      (rows, rows, weight, np.empty_like(rows), *per_row, 1)),
+            "layer_norm_param_grads": (core.layer_norm_param_grads,
+                                       (rows, rows, *per_row[:2], np.zeros(rows.shape[1]), np.zeros(rows.shape[1]),
+                                        1)),
+        }[name]
     if name.startswith("batch_norm"):
         return {
             "batch_norm_moments": (core.batch_norm_moments, (planes, 0.0, np.zeros(32), np.zeros(32), 1)),
@@ -137,8 +155,10 @@ KERNELS = [
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
     "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",
-    "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add",
     "gather2d_forward", "gather2d_backward", "bilinear2d_forward", "bilinear2d_backward",
+    "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add", "channel_dropout",
+    "softmax_forward", "softmax_backward", "layer_norm_normalize", "layer_norm_row_sums", "layer_norm_input_grad",
+    "layer_norm_param_grads",
 ]
 
 
@@ -224,7 +244,20 @@ def _every_op(arrays):
         F.interpolate_backward(x, (x.shape[0], x.shape[1], 6, 4), size=x.shape[2:]),
         F.pad(x, (2, 1, 3, -1), mode="reflect"),
         F.pad_backward(x, (x.shape[0], x.shape[1], x.shape[2] - 3, x.shape[3] - 2), (1, 1, 2, 1), mode="circular"),
+        *_norms(x),
+        F.softmax(x, 1),
+        F.log_softmax(x, -1),
+        F.softmax_backward(x, x, 1),
+        F.log_softmax_backward(x, x, -1),
     ]
+
+
+def _norms(x):
+    weight, bias = x[0, :, 0, 0].copy(), x[-1, :, 0, 0].copy()
+    y, mean, inv_std = F.group_norm_forward(x, 2, weight, bias)
+    outputs = [y, mean, inv_std, *F.group_norm_backward(x, x, 2, mean, inv_std, weight)]
+    y, mean, inv_std = F.layer_norm_forward(x, x.shape[2:], x[0, 0].copy(), x[0, 1].copy())
+    return outputs + [y, mean, inv_std, *F.layer_norm_backward(x, x, x.shape[2:], mean, inv_std, x[0, 0].copy())]
 
 
 def _jobs(rng, count):

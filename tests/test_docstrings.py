@@ -14,6 +14,7 @@ MODULES = [
     "convx.functional.padding",
     "convx.functional.pooling",
     "convx.functional.resample",
+    "convx.functional.softmax",
 ]
 
 

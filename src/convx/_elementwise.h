@@ -1,8 +1,8 @@
-/* Kernels of the layers that touch each element once: activations and batch normalisation,
- * compiled once per instruction-set level (see _simd.h).
+/* Kernels of the layers that touch each element once: activations, batch, group and layer
+ * normalisation, softmax, dropout, compiled once per instruction-set level (see _simd.h).
  *
  * Every function works on one contiguous run of elements (a thread's share of an activation, one
- * plane of a batch normalisation); the Cython drivers (_elementwise.pxi) split the work between
+ * plane of a batch normalisation, one row or block of columns of a softmax); the Cython drivers (_elementwise.pxi) split the work between
  * threads, so that no two threads ever write the same memory. The conditions and formulas are
  * PyTorch's, including how NaN goes through each comparison, so that NaN and +-inf come out as
  * they do there. Sums over a channel run in double whatever the element type.
@@ -21,6 +21,13 @@
 #define CONVX_SIMD_SUM2(a, b)
 #else
 #define CONVX_SIMD_SUM2(a, b) CONVX_PRAGMA(omp simd reduction(+:a, b))
+#endif
+
+/* A vectorised maximum (which NaN wins is unspecified: the softmax needs neither). */
+#if defined(_MSC_VER)
+#define CONVX_SIMD_MAX(a)
+#else
+#define CONVX_SIMD_MAX(a) CONVX_PRAGMA(omp simd reduction(max:a))
 #endif
 
 /* Which activation; the backward of each reads either the forward's input or its output

@@ -1,9 +1,12 @@
-# Activations and batch normalisation (C bodies in _elementwise.h).
+# Activations, normalisations, softmax and dropout (C bodies in _elementwise.h).
 #
 # An activation splits its elements into one contiguous run per thread. Batch normalisation's
 # sums over a channel run one channel per thread (each thread owns its channels' figures); its
-# element-wise passes run one (image, channel) plane per thread. No thread writes what another
-# reads or writes.
+# element-wise passes run one (image, channel) plane per thread. Group and layer normalisation
+# reuse them on other views, plus row kernels for layer normalisation's element-wise weight and
+# its parameter gradients a block of columns per thread (each column's rows summed in order, so
+# the result does not depend on the thread count). A softmax runs one row, or one block of
+# neighbouring columns, per thread. No thread writes what another reads or writes.
 
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -68,6 +71,45 @@ cdef extern from "_elementwise.h" nogil:
     void convx_add_f(const float* a, const float* b, float* out, Py_ssize_t n, int kind, double p0, double p1)
     void convx_add_d(const double* a, const double* b, double* out, Py_ssize_t n, int kind, double p0, double p1)
 
+    void convx_channel_dropout_f(const float* x, float* out, Py_ssize_t n_planes, Py_ssize_t plane, uint64_t first,
+                                 uint64_t seed, uint32_t threshold, double scale)
+    void convx_channel_dropout_d(const double* x, double* out, Py_ssize_t n_planes, Py_ssize_t plane, uint64_t first,
+                                 uint64_t seed, uint32_t threshold, double scale)
+
+    enum:
+        CONVX_SOFTMAX_COLUMNS
+    void convx_softmax_row_f(const float* x, float* y, Py_ssize_t n, int log_out)
+    void convx_softmax_row_d(const double* x, double* y, Py_ssize_t n, int log_out)
+    void convx_softmax_columns_f(const float* x, float* y, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t width,
+                                 int log_out)
+    void convx_softmax_columns_d(const double* x, double* y, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t width,
+                                 int log_out)
+    void convx_softmax_backward_row_f(const float* g, const float* y, float* grad_in, Py_ssize_t n, int log_out)
+    void convx_softmax_backward_row_d(const double* g, const double* y, double* grad_in, Py_ssize_t n, int log_out)
+    void convx_softmax_backward_columns_f(const float* g, const float* y, float* grad_in, Py_ssize_t n,
+                                          Py_ssize_t stride, Py_ssize_t width, int log_out)
+    void convx_softmax_backward_columns_d(const double* g, const double* y, double* grad_in, Py_ssize_t n,
+                                          Py_ssize_t stride, Py_ssize_t width, int log_out)
+
+    void convx_ln_normalize_row_f(const float* x, float* out, const float* weight, const float* bias, Py_ssize_t n,
+                                  double mean, double inv_std)
+    void convx_ln_normalize_row_d(const double* x, double* out, const double* weight, const double* bias,
+                                  Py_ssize_t n, double mean, double inv_std)
+    void convx_ln_row_grad_sums_f(const float* g, const float* x, const float* weight, Py_ssize_t n, double mean,
+                                  double* sum_wg, double* sum_wg_centered)
+    void convx_ln_row_grad_sums_d(const double* g, const double* x, const double* weight, Py_ssize_t n, double mean,
+                                  double* sum_wg, double* sum_wg_centered)
+    void convx_ln_input_grad_row_f(const float* g, const float* x, const float* weight, float* grad_in, Py_ssize_t n,
+                                   double mean, double k_grad, double k_centered, double k_0)
+    void convx_ln_input_grad_row_d(const double* g, const double* x, const double* weight, double* grad_in,
+                                   Py_ssize_t n, double mean, double k_grad, double k_centered, double k_0)
+    void convx_ln_column_sums_f(const float* g, const float* x, Py_ssize_t rows, Py_ssize_t stride,
+                                Py_ssize_t width, const double* mean, const double* inv_std, double* grad_weight,
+                                double* grad_bias)
+    void convx_ln_column_sums_d(const double* g, const double* x, Py_ssize_t rows, Py_ssize_t stride,
+                                Py_ssize_t width, const double* mean, const double* inv_std, double* grad_weight,
+                                double* grad_bias)
+
 
 #: The optimizer updates the kernel knows, by class name in convx.optim.
 OPTIMIZERS = {
@@ -99,6 +141,8 @@ ACTIVATIONS = {
 cdef enum:
     # Elements per thread below which another thread costs more to start than it saves.
     ELEMENTWISE_GRAIN = 32768
+    # Columns of a layer normalisation's parameter gradients one thread sums at a time.
+    LAYER_NORM_COLUMNS = 256
 
 
 cdef inline int _elementwise_team(int n_threads, Py_ssize_t units, Py_ssize_t work) noexcept nogil:
@@ -297,3 +341,171 @@ def add(const floating[::1] a, const floating[::1] b, floating[::1] out, int kin
                 convx_add_f(pa + begin, pb + begin, dst + begin, end - begin, kind, p0, p1)
             else:
                 convx_add_d(pa + begin, pb + begin, dst + begin, end - begin, kind, p0, p1)
+
+
+def channel_dropout(const floating[:, ::1] x, floating[:, ::1] out, uint64_t first, uint64_t seed,
+                    uint32_t threshold, double scale, int n_threads):
+    """out[p] = x[p] * (scale if hash(seed, first + p) >= threshold else 0) for each plane (row) p
+    (out may share x's memory)."""
+    cdef Py_ssize_t n_planes = x.shape[0], plane = x.shape[1], t, begin, end
+    cdef int team = _elementwise_team(n_threads, n_planes, 2 * n_planes * plane)
+    if n_planes == 0 or plane == 0:
+        return
+    cdef const floating* src = &x[0, 0]
+    cdef floating* dst = &out[0, 0]
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            begin = t * n_planes // team
+            end = (t + 1) * n_planes // team
+            if floating is float:
+                convx_channel_dropout_f(src + begin * plane, dst + begin * plane, end - begin, plane,
+                                        first + <uint64_t> begin, seed, threshold, scale)
+            else:
+                convx_channel_dropout_d(src + begin * plane, dst + begin * plane, end - begin, plane,
+                                        first + <uint64_t> begin, seed, threshold, scale)
+
+
+def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, bint log_out, int n_threads):
+    """y[o, :, i] = softmax(x[o, :, i]) (log_softmax when log_out) over (outer, length, inner) arrays."""
+    cdef Py_ssize_t outer = x.shape[0], length = x.shape[1], inner = x.shape[2], u, o, b, width
+    cdef Py_ssize_t blocks = (inner + CONVX_SOFTMAX_COLUMNS - 1) // CONVX_SOFTMAX_COLUMNS
+    cdef Py_ssize_t units = outer if inner == 1 else outer * blocks
+    cdef int team = _elementwise_team(n_threads, units, 3 * outer * length * inner)
+    if outer == 0 or length == 0 or inner == 0:
+        return
+    cdef const floating* src = &x[0, 0, 0]
+    cdef floating* dst = &y[0, 0, 0]
+    with nogil:
+        if inner == 1:
+            for o in prange(outer, schedule='static', num_threads=team):
+                if floating is float:
+                    convx_softmax_row_f(src + o * length, dst + o * length, length, log_out)
+                else:
+                    convx_softmax_row_d(src + o * length, dst + o * length, length, log_out)
+        else:
+            for u in prange(units, schedule='static', num_threads=team):
+                o = u // blocks
+                b = (u % blocks) * CONVX_SOFTMAX_COLUMNS
+                width = min(<Py_ssize_t> CONVX_SOFTMAX_COLUMNS, inner - b)
+                if floating is float:
+                    convx_softmax_columns_f(src + o * length * inner + b, dst + o * length * inner + b, length, inner,
+                                            width, log_out)
+                else:
+                    convx_softmax_columns_d(src + o * length * inner + b, dst + o * length * inner + b, length, inner,
+                                            width, log_out)
+
+
+def softmax_backward(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] y, floating[:, :, ::1] grad_in,
+                     bint log_out, int n_threads):
+    """grad_in = y * (g - sum g y), or g - exp(y) * sum g when log_out, the sums along axis 1 of
+    (outer, length, inner) arrays, y the forward's output."""
+    cdef Py_ssize_t outer = y.shape[0], length = y.shape[1], inner = y.shape[2], u, o, b, width, at
+    cdef Py_ssize_t blocks = (inner + CONVX_SOFTMAX_COLUMNS - 1) // CONVX_SOFTMAX_COLUMNS
+    cdef Py_ssize_t units = outer if inner == 1 else outer * blocks
+    cdef int team = _elementwise_team(n_threads, units, 3 * outer * length * inner)
+    if outer == 0 or length == 0 or inner == 0:
+        return
+    cdef const floating* g = &grad_out[0, 0, 0]
+    cdef const floating* src = &y[0, 0, 0]
+    cdef floating* dst = &grad_in[0, 0, 0]
+    with nogil:
+        if inner == 1:
+            for o in prange(outer, schedule='static', num_threads=team):
+                if floating is float:
+                    convx_softmax_backward_row_f(g + o * length, src + o * length, dst + o * length, length, log_out)
+                else:
+                    convx_softmax_backward_row_d(g + o * length, src + o * length, dst + o * length, length, log_out)
+        else:
+            for u in prange(units, schedule='static', num_threads=team):
+                o = u // blocks
+                b = (u % blocks) * CONVX_SOFTMAX_COLUMNS
+                width = min(<Py_ssize_t> CONVX_SOFTMAX_COLUMNS, inner - b)
+                at = o * length * inner + b
+                if floating is float:
+                    convx_softmax_backward_columns_f(g + at, src + at, dst + at, length, inner, width, log_out)
+                else:
+                    convx_softmax_backward_columns_d(g + at, src + at, dst + at, length, inner, width, log_out)
+
+
+cdef inline const floating* _optional_pointer(const floating[::1] values) noexcept nogil:
+    return &values[0] if values.shape[0] > 0 else NULL
+
+
+def layer_norm_normalize(const floating[:, ::1] x, floating[:, ::1] out, const double[::1] mean,
+                         const double[::1] inv_std, const floating[::1] weight, const floating[::1] bias,
+                         int n_threads):
+    """out[m] = (x[m] - mean[m]) * inv_std[m] * weight + bias for each row m of (M, K) arrays
+    (bias empty: none)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], m
+    cdef int team = _elementwise_team(n_threads, rows, 2 * rows * n)
+    if rows == 0 or n == 0:
+        return
+    cdef const floating* w = &weight[0]
+    cdef const floating* b = _optional_pointer(bias)
+    with nogil:
+        for m in prange(rows, schedule='static', num_threads=team):
+            if floating is float:
+                convx_ln_normalize_row_f(&x[m, 0], &out[m, 0], w, b, n, mean[m], inv_std[m])
+            else:
+                convx_ln_normalize_row_d(&x[m, 0], &out[m, 0], w, b, n, mean[m], inv_std[m])
+
+
+def layer_norm_row_sums(const floating[:, ::1] grad_out, const floating[:, ::1] x, const floating[::1] weight,
+                        const double[::1] mean, double[::1] sum_wg, double[::1] sum_wg_centered, int n_threads):
+    """sum_wg[m] = sum weight * grad_out[m]; sum_wg_centered[m] = sum weight * grad_out[m] * (x[m] - mean[m])
+    over each row m of (M, K) arrays."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], m
+    cdef int team = _elementwise_team(n_threads, rows, 2 * rows * n)
+    if rows == 0 or n == 0:
+        return
+    cdef const floating* w = &weight[0]
+    with nogil:
+        for m in prange(rows, schedule='static', num_threads=team):
+            if floating is float:
+                convx_ln_row_grad_sums_f(&grad_out[m, 0], &x[m, 0], w, n, mean[m], &sum_wg[m], &sum_wg_centered[m])
+            else:
+                convx_ln_row_grad_sums_d(&grad_out[m, 0], &x[m, 0], w, n, mean[m], &sum_wg[m], &sum_wg_centered[m])
+
+
+def layer_norm_input_grad(const floating[:, ::1] grad_out, const floating[:, ::1] x, const floating[::1] weight,
+                          floating[:, ::1] grad_in, const double[::1] mean, const double[::1] k_grad,
+                          const double[::1] k_centered, const double[::1] k_0, int n_threads):
+    """grad_in[m] = k_grad[m] * weight * grad_out[m] + k_centered[m] * (x[m] - mean[m]) + k_0[m] per row
+    of (M, K) arrays."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], m
+    cdef int team = _elementwise_team(n_threads, rows, 3 * rows * n)
+    if rows == 0 or n == 0:
+        return
+    cdef const floating* w = &weight[0]
+    with nogil:
+        for m in prange(rows, schedule='static', num_threads=team):
+            if floating is float:
+                convx_ln_input_grad_row_f(&grad_out[m, 0], &x[m, 0], w, &grad_in[m, 0], n, mean[m], k_grad[m],
+                                          k_centered[m], k_0[m])
+            else:
+                convx_ln_input_grad_row_d(&grad_out[m, 0], &x[m, 0], w, &grad_in[m, 0], n, mean[m], k_grad[m],
+                                          k_centered[m], k_0[m])
+
+
+def layer_norm_param_grads(const floating[:, ::1] grad_out, const floating[:, ::1] x, const double[::1] mean,
+                           const double[::1] inv_std, double[::1] grad_weight, double[::1] grad_bias,
+                           int n_threads):
+    """grad_weight += sum over rows m of grad_out[m] * (x[m] - mean[m]) * inv_std[m]; grad_bias +=
+    sum of grad_out[m], over (M, K) arrays; each column's rows summed in order, whatever the
+    thread count."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], u, b
+    cdef Py_ssize_t blocks = (n + LAYER_NORM_COLUMNS - 1) // LAYER_NORM_COLUMNS
+    cdef int team = _elementwise_team(n_threads, blocks, 2 * rows * n)
+    if rows == 0 or n == 0:
+        return
+    cdef const floating* g = &grad_out[0, 0]
+    cdef const floating* src = &x[0, 0]
+    with nogil:
+        for u in prange(blocks, schedule='static', num_threads=team):
+            b = u * LAYER_NORM_COLUMNS
+            if floating is float:
+                convx_ln_column_sums_f(g + b, src + b, rows, n, min(<Py_ssize_t> LAYER_NORM_COLUMNS, n - b), &mean[0],
+                                       &inv_std[0], &grad_weight[b], &grad_bias[b])
+            else:
+                convx_ln_column_sums_d(g + b, src + b, rows, n, min(<Py_ssize_t> LAYER_NORM_COLUMNS, n - b), &mean[0],
+                                       &inv_std[0], &grad_weight[b], &grad_bias[b])

@@ -441,3 +441,183 @@ CONVX_CLONES static void CONVX_EW(convx_add)(const ET *a, const ET *b, ET *out, 
         if (kind >= 0) CONVX_EW(convx_activation_forward)(kind, out + b0, out + b0, len, p0, p1);
     }
 }
+
+/* out[p * plane + i] = x[p * plane + i] * (scale if plane first + p is kept, else 0) for p < n_planes:
+ * channel dropout, one hash per plane (the product, not a select, so that NaN and inf in a dropped
+ * plane give NaN as x * 0 does). out may be x. */
+CONVX_CLONES static void CONVX_EW(convx_channel_dropout)(const ET *x, ET *out, ptrdiff_t n_planes, ptrdiff_t plane,
+                                                         uint64_t first, uint64_t seed, uint32_t threshold,
+                                                         double scale) {
+    for (ptrdiff_t p = 0; p < n_planes; p++) {
+        const ET factor = convx_hash32(seed, first + (uint64_t)p) >= threshold ? (ET)scale : (ET)0;
+        const ET *src = x + p * plane;
+        ET *dst = out + p * plane;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < plane; i++) dst[i] = src[i] * factor;
+    }
+}
+
+/* Columns of a softmax block: at most this many, side by side in memory, handled together. */
+#define CONVX_SOFTMAX_COLUMNS 64
+
+/* Softmax (log-softmax when log_out) of one contiguous row of n: e = exp(x - max), summed in
+ * double; y = e / sum, or (x - max) - log(sum). A NaN anywhere makes the sum, so the row, NaN.
+ * The exponentials are stored (into y, or a block at a time into scratch) before they are summed:
+ * a loop that converts them to double as it goes does not vectorise. */
+CONVX_CLONES static void CONVX_EW(convx_softmax_row)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT y, ptrdiff_t n,
+                                                     int log_out) {
+    ET top = -(ET)INFINITY;
+    CONVX_SIMD_MAX(top) for (ptrdiff_t i = 0; i < n; i++) top = x[i] > top ? x[i] : top;
+    double sum = 0;
+    if (log_out) {
+        ET scratch[CONVX_BN_BLOCK];
+        for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
+            const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
+            const ET *src = x + b0;
+            CONVX_SIMD for (ptrdiff_t i = 0; i < len; i++) scratch[i] = CONVX_EW_EXP(src[i] - top);
+            CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < len; i++) sum += (double)scratch[i];
+        }
+        const ET log_sum = (ET)log(sum);
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - top) - log_sum;
+    } else {
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] = CONVX_EW_EXP(x[i] - top);
+        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) sum += (double)y[i];
+        const ET inverse = (ET)(1.0 / sum);
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] *= inverse;
+    }
+}
+
+/* The softmax of convx_softmax_row along the rows of a block: width (<= CONVX_SOFTMAX_COLUMNS)
+ * columns, each n elements `stride` apart, y laid out as x. */
+CONVX_CLONES static void CONVX_EW(convx_softmax_columns)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT y,
+                                                         ptrdiff_t n, ptrdiff_t stride, ptrdiff_t width,
+                                                         int log_out) {
+    ET top[CONVX_SOFTMAX_COLUMNS], scratch[CONVX_SOFTMAX_COLUMNS];
+    double sum[CONVX_SOFTMAX_COLUMNS];
+    for (ptrdiff_t j = 0; j < width; j++) {
+        top[j] = -(ET)INFINITY;
+        sum[j] = 0;
+    }
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ET *row = x + k * stride;
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) top[j] = row[j] > top[j] ? row[j] : top[j];
+    }
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ET *row = x + k * stride;
+        ET *e = log_out ? scratch : y + k * stride;
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) e[j] = CONVX_EW_EXP(row[j] - top[j]);
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) sum[j] += (double)e[j];
+    }
+    ET factor[CONVX_SOFTMAX_COLUMNS];
+    for (ptrdiff_t j = 0; j < width; j++) factor[j] = log_out ? (ET)log(sum[j]) : (ET)(1.0 / sum[j]);
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ET *row = x + k * stride;
+        ET *out = y + k * stride;
+        if (log_out) {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) out[j] = (row[j] - top[j]) - factor[j];
+        } else {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) out[j] *= factor[j];
+        }
+    }
+}
+
+/* Input gradient of a softmax row from its output y: grad_in = y (g - sum g y), or for the
+ * log-softmax g - exp(y) sum g; sums in double. */
+CONVX_CLONES static void CONVX_EW(convx_softmax_backward_row)(const ET *CONVX_RESTRICT g, const ET *CONVX_RESTRICT y,
+                                                              ET *CONVX_RESTRICT grad_in, ptrdiff_t n, int log_out) {
+    double sum = 0;
+    if (log_out) {
+        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) sum += (double)g[i];
+        const ET s = (ET)sum;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) grad_in[i] = g[i] - CONVX_EW_EXP(y[i]) * s;
+    } else {
+        CONVX_SIMD_SUM(sum) for (ptrdiff_t i = 0; i < n; i++) sum += (double)g[i] * (double)y[i];
+        const ET s = (ET)sum;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) grad_in[i] = y[i] * (g[i] - s);
+    }
+}
+
+/* convx_softmax_backward_row along the rows of a block laid out as in convx_softmax_columns. */
+CONVX_CLONES static void CONVX_EW(convx_softmax_backward_columns)(const ET *CONVX_RESTRICT g,
+                                                                  const ET *CONVX_RESTRICT y,
+                                                                  ET *CONVX_RESTRICT grad_in, ptrdiff_t n,
+                                                                  ptrdiff_t stride, ptrdiff_t width, int log_out) {
+    double sum[CONVX_SOFTMAX_COLUMNS];
+    ET s[CONVX_SOFTMAX_COLUMNS];
+    for (ptrdiff_t j = 0; j < width; j++) sum[j] = 0;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ET *gr = g + k * stride, *yr = y + k * stride;
+        if (log_out) {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) sum[j] += (double)gr[j];
+        } else {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) sum[j] += (double)gr[j] * (double)yr[j];
+        }
+    }
+    for (ptrdiff_t j = 0; j < width; j++) s[j] = (ET)sum[j];
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ET *gr = g + k * stride, *yr = y + k * stride;
+        ET *out = grad_in + k * stride;
+        if (log_out) {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) out[j] = gr[j] - CONVX_EW_EXP(yr[j]) * s[j];
+        } else {
+            CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) out[j] = yr[j] * (gr[j] - s[j]);
+        }
+    }
+}
+
+/* out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i] (bias NULL: 0) over one row of a layer
+ * normalisation. */
+CONVX_CLONES static void CONVX_EW(convx_ln_normalize_row)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT out,
+                                                          const ET *CONVX_RESTRICT weight,
+                                                          const ET *CONVX_RESTRICT bias, ptrdiff_t n, double mean,
+                                                          double inv_std) {
+    const ET m = (ET)mean, r = (ET)inv_std;
+    if (bias) {
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) out[i] = (x[i] - m) * r * weight[i] + bias[i];
+    } else {
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) out[i] = (x[i] - m) * r * weight[i];
+    }
+}
+
+/* *sum_wg = sum of weight[i] g[i], *sum_wg_centered = sum of weight[i] g[i] (x[i] - mean) over one
+ * row of a layer normalisation (in double). */
+CONVX_CLONES static void CONVX_EW(convx_ln_row_grad_sums)(const ET *CONVX_RESTRICT g, const ET *CONVX_RESTRICT x,
+                                                          const ET *CONVX_RESTRICT weight, ptrdiff_t n, double mean,
+                                                          double *sum_wg, double *sum_wg_centered) {
+    double s = 0, sc = 0;
+    CONVX_SIMD_SUM2(s, sc) for (ptrdiff_t i = 0; i < n; i++) {
+        const double wg = (double)weight[i] * (double)g[i];
+        s += wg;
+        sc += wg * ((double)x[i] - mean);
+    }
+    *sum_wg = s;
+    *sum_wg_centered = sc;
+}
+
+/* grad_in[i] = k_grad * weight[i] * g[i] + k_centered * (x[i] - mean) + k_0 over one row. */
+CONVX_CLONES static void CONVX_EW(convx_ln_input_grad_row)(const ET *CONVX_RESTRICT g, const ET *CONVX_RESTRICT x,
+                                                           const ET *CONVX_RESTRICT weight,
+                                                           ET *CONVX_RESTRICT grad_in, ptrdiff_t n, double mean,
+                                                           double k_grad, double k_centered, double k_0) {
+    const ET m = (ET)mean, kg = (ET)k_grad, kc = (ET)k_centered, k0 = (ET)k_0;
+    CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) grad_in[i] = kg * weight[i] * g[i] + kc * (x[i] - m) + k0;
+}
+
+/* grad_weight[j] += sum over rows k of g[k, j] (x[k, j] - mean[k]) inv_std[k] and grad_bias[j] +=
+ * sum of g[k, j], for the columns j < width of `rows` rows `stride` apart: a layer normalisation's
+ * parameter gradients over one block of columns, the rows summed in order (in double). */
+CONVX_CLONES static void CONVX_EW(convx_ln_column_sums)(const ET *CONVX_RESTRICT g, const ET *CONVX_RESTRICT x,
+                                                        ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t width,
+                                                        const double *CONVX_RESTRICT mean,
+                                                        const double *CONVX_RESTRICT inv_std,
+                                                        double *CONVX_RESTRICT grad_weight,
+                                                        double *CONVX_RESTRICT grad_bias) {
+    for (ptrdiff_t k = 0; k < rows; k++) {
+        const ET *gr = g + k * stride, *xr = x + k * stride;
+        const double m = mean[k], r = inv_std[k];
+        CONVX_SIMD for (ptrdiff_t j = 0; j < width; j++) {
+            const double gj = (double)gr[j];
+            grad_bias[j] += gj;
+            grad_weight[j] += gj * (((double)xr[j] - m) * r);
+        }
+    }
+}

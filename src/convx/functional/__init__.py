@@ -26,6 +26,17 @@ from .conv import (
 )
 from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
 from .padding import pad, pad_backward
+from .normalization import (
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+)
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -36,6 +47,7 @@ from .pooling import (
     max_pool2d_backward,
 )
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
+from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
 __all__ = [
     "activation_backward",
@@ -56,11 +68,19 @@ __all__ = [
     "conv_transpose2d",
     "elu",
     "gelu",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
     "hardsigmoid",
     "hardswish",
     "interpolate",
     "interpolate_backward",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "leaky_relu",
+    "log_softmax",
+    "log_softmax_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "pad",
@@ -72,6 +92,8 @@ __all__ = [
     "selu",
     "sigmoid",
     "silu",
+    "softmax",
+    "softmax_backward",
     "softplus",
     "tanh",
 ]

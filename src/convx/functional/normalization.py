@@ -1,4 +1,7 @@
-"""Batch normalisation over the channels (dimension 1) of (N, C, ...) arrays, as PyTorch's.
+"""Batch, group and layer normalisation, as PyTorch's.
+
+Batch normalisation works over the channels (dimension 1) of (N, C, ...) arrays; group and
+layer normalisation over groups of each sample's elements (see the section further down).
 
 Training statistics take one pass over the input (each block of a plane summed twice while it
 is in L1, the blocks merged by Chan's update) and the normalisation a second; the backward
@@ -16,11 +19,20 @@ from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_float_array, contiguous
+from .._checks import as_bool, as_float_array, as_int, contiguous
 from .._threads import kernel_threads
 from .activations import check_no_activation_params, forward_kernel, output_backward_kernel
 
-__all__ = ["batch_norm", "batch_norm_backward"]
+__all__ = [
+    "batch_norm",
+    "batch_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+]
 
 _NDIMS = range(2, 33)
 
@@ -304,4 +316,398 @@ def batch_norm_backward(
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
         _core.batch_norm_input_grad(flat_grad[part], flat_x[part], flat_y[part], *act, grad_x[part], mean64, scale,
                                     k_centered, k_0, kernel_threads())
+    return grad_x.reshape(source.shape), grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------------
+# Group and layer normalisation
+#
+# Both normalise groups of contiguous elements by their own mean and variance: GroupNorm the
+# C/G*L elements of each (image, group), LayerNorm the K trailing elements of each leading index.
+# Seen as (1, rows, K), those rows are batch normalisation's channels, so its kernels compute the
+# statistics; GroupNorm's per-channel affine map and its gradients are per (image, channel) plane
+# coefficients of batch normalisation's element-wise passes too. LayerNorm's element-wise weight
+# has kernels of its own (one row at a time, and the parameter gradients a block of columns at a
+# time, each column's rows summed in order).
+
+
+def _row_moments(rows: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and biased variance of each row of a C-contiguous (R, K) array, K > 0."""
+    mean = np.zeros(rows.shape[0])
+    m2 = np.zeros(rows.shape[0])
+    for part in sub_batches(rows.shape[0], rows.shape[1]):
+        _core.batch_norm_moments(rows[part][np.newaxis], 0.0, mean[part], m2[part], kernel_threads())
+    return mean, m2 / rows.shape[1]
+
+
+def _plane_normalize(planes: NDArray[Any], mean: NDArray[np.float64], scale: NDArray[np.float64],
+                     shift: NDArray[np.float64]) -> NDArray[Any]:
+    """``(planes[p] - mean[p]) * scale[p] + shift[p]`` for each row p of a C-contiguous (P, L) array."""
+    out = np.empty(planes.shape, dtype=planes.dtype)
+    for part in sub_batches(planes.shape[0], 2 * planes.shape[1]):
+        _core.batch_norm_normalize(planes[part][np.newaxis], out[part][np.newaxis], mean[part], scale[part],
+                                   shift[part], *_NO_ACTIVATION, kernel_threads())
+    return out
+
+
+def _plane_grad_sums(grad: NDArray[Any], planes: NDArray[Any],
+                     mean: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``sum grad[p]`` and ``sum grad[p] * (planes[p] - mean[p])`` for each row p of (P, L) arrays."""
+    sum_grad = np.zeros(planes.shape[0])
+    sum_centered = np.zeros(planes.shape[0])
+    for part in sub_batches(planes.shape[0], 2 * planes.shape[1]):
+        view = planes[part][np.newaxis]
+        _core.batch_norm_grad_sums(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, mean[part], sum_grad[part],
+                                   sum_centered[part], kernel_threads())
+    return sum_grad, sum_centered
+
+
+def _plane_input_grad(grad: NDArray[Any], planes: NDArray[Any], mean: NDArray[np.float64],
+                      k_grad: NDArray[np.float64], k_centered: NDArray[np.float64],
+                      k_0: NDArray[np.float64]) -> NDArray[Any]:
+    """``k_grad[p] * grad[p] + k_centered[p] * (planes[p] - mean[p]) + k_0[p]`` for each row p."""
+    grad_in = np.empty(planes.shape, dtype=planes.dtype)
+    for part in sub_batches(planes.shape[0], 3 * planes.shape[1]):
+        view = planes[part][np.newaxis]
+        _core.batch_norm_input_grad(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, grad_in[part][np.newaxis],
+                                    mean[part], k_grad[part], k_centered[part], k_0[part], kernel_threads())
+    return grad_in
+
+
+def _group_shape(x: NDArray[Any], num_groups: object) -> tuple[int, int, int, int]:
+    """(N, C, G, L) of a validated (N, C, ...) input, L the elements of each channel's plane."""
+    groups = as_int("num_groups", num_groups, 1)
+    channels = x.shape[1]
+    if channels % groups:
+        raise ValueError(
+            f"num_groups must divide the channels of x: x has {channels} channels (shape {x.shape}), "
+            f"not divisible into {groups} groups"
+        )
+    return x.shape[0], channels, groups, int(np.prod(x.shape[2:]))
+
+
+def group_norm(
+    x: NDArray[Any],
+    num_groups: int,
+    weight: NDArray[Any] | None = None,
+    bias: NDArray[Any] | None = None,
+    eps: float = 1e-5,
+) -> NDArray[Any]:
+    """Normalise each group of channels of each sample, as ``torch.nn.functional.group_norm``.
+
+    The C channels are split into ``num_groups`` groups of consecutive channels;
+    ``y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]``, the mean and biased variance
+    taken over each sample's group (its C / num_groups channels and all their positions), in
+    float64.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, ...)
+    num_groups : int
+        A divisor of C.
+    weight, bias : ndarray (C,) of x's dtype, optional
+        The per-channel affine map (1 and 0 when absent).
+    eps : float, default 1e-5
+
+    Returns
+    -------
+    ndarray
+        x's shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import group_norm
+    >>> x = np.array([[[1.0], [3.0], [10.0], [30.0]]])
+    >>> group_norm(x, 2, eps=0.0)[0, :, 0]
+    array([-1.,  1., -1.,  1.])
+    """
+    y, _, _ = group_norm_forward(x, num_groups, weight, bias, eps)
+    return y
+
+
+def group_norm_forward(
+    x: object, num_groups: object, weight: object = None, bias: object = None, eps: object = 1e-5,
+) -> tuple[NDArray[Any], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`group_norm`, also returning each (sample, group)'s mean and ``1 / sqrt(var + eps)``
+    (float64, (N, num_groups)): what :func:`group_norm_backward` needs."""
+    array = as_float_array("x", x, _NDIMS)
+    n, channels, groups, plane = _group_shape(array, num_groups)
+    weight_vector = _channel_vector("weight", weight, channels, array.dtype)
+    bias_vector = _channel_vector("bias", bias, channels, array.dtype)
+    eps_value = _number("eps", eps, 0.0)
+    if n * plane == 0:
+        return np.empty(array.shape, dtype=array.dtype), np.zeros((n, groups)), np.ones((n, groups))
+    source = contiguous(array)
+    mean, var = _row_moments(source.reshape(n * groups, channels // groups * plane))
+    inv_std = 1.0 / np.sqrt(var + eps_value)
+    per_plane = channels // groups
+    plane_mean = np.repeat(mean, per_plane)
+    plane_inv = np.repeat(inv_std, per_plane)
+    scale = plane_inv if weight_vector is None else plane_inv * np.tile(weight_vector, n)
+    shift = np.zeros(n * channels) if bias_vector is None else np.tile(bias_vector, n)
+    y = _plane_normalize(source.reshape(n * channels, plane), plane_mean, scale, shift)
+    return y.reshape(array.shape), mean.reshape(n, groups), inv_std.reshape(n, groups)
+
+
+def _statistics(name: str, value: object, shape: tuple[int, ...]) -> NDArray[np.float64]:
+    array = as_float_array(name, value, range(33))
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, as the forward returned it, got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+
+
+def group_norm_backward(
+    grad_out: NDArray[Any],
+    x: NDArray[Any],
+    num_groups: int,
+    mean: NDArray[Any],
+    inv_std: NDArray[Any],
+    weight: NDArray[Any] | None = None,
+    needs_param_grads: bool = True,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
+    """Gradients of :func:`group_norm` for ``grad_out``.
+
+    Parameters
+    ----------
+    grad_out, x : ndarray (N, C, ...), one shape and dtype
+        The output's gradient and the forward's input.
+    num_groups : int
+    mean, inv_std : ndarray (N, num_groups)
+        What the forward normalised with (:func:`group_norm_forward` returns them).
+    weight : ndarray (C,), optional
+        The forward's scale (1 when absent).
+    needs_param_grads : bool, default True
+        Whether to return ``grad_weight`` and ``grad_bias`` (else None).
+
+    Returns
+    -------
+    grad_x : ndarray, x's shape and dtype
+    grad_weight, grad_bias : ndarray (C,) of x's dtype, or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import group_norm_forward, group_norm_backward
+    >>> x = np.array([[[1.0], [3.0]]])
+    >>> y, mean, inv_std = group_norm_forward(x, 1, eps=0.0)
+    >>> grad_x, grad_weight, grad_bias = group_norm_backward(np.array([[[1.0], [0.0]]]), x, 1, mean, inv_std)
+    >>> grad_x[0, :, 0], grad_weight, grad_bias
+    (array([0., 0.]), array([-1.,  0.]), array([1., 0.]))
+    """
+    grad = as_float_array("grad_out", grad_out, _NDIMS)
+    source = as_float_array("x", x, _NDIMS)
+    if grad.shape != source.shape or grad.dtype != source.dtype:
+        raise ValueError(
+            f"grad_out must have x's shape and dtype {source.shape} {source.dtype}, got {grad.shape} {grad.dtype}"
+        )
+    n, channels, groups, plane = _group_shape(source, num_groups)
+    mean64 = _statistics("mean", mean, (n, groups))
+    inv64 = _statistics("inv_std", inv_std, (n, groups))
+    weight_vector = _channel_vector("weight", weight, channels, source.dtype)
+    want_params = as_bool("needs_param_grads", needs_param_grads)
+    if n * plane == 0:
+        zeros = np.zeros(channels, dtype=source.dtype)
+        return (np.zeros(source.shape, dtype=source.dtype), zeros if want_params else None,
+                zeros.copy() if want_params else None)
+    per_plane = channels // groups
+    count = per_plane * plane
+    planes = contiguous(source).reshape(n * channels, plane)
+    grad_planes = contiguous(grad).reshape(n * channels, plane)
+    plane_mean = np.repeat(mean64, per_plane)
+    plane_inv = np.repeat(inv64, per_plane)
+    sum_grad, sum_centered = _plane_grad_sums(grad_planes, planes, plane_mean)
+    grad_weight = grad_bias = None
+    if want_params:
+        grad_weight = (sum_centered * plane_inv).reshape(n, channels).sum(axis=0).astype(source.dtype)
+        grad_bias = sum_grad.reshape(n, channels).sum(axis=0).astype(source.dtype)
+    plane_weight = np.ones(n * channels) if weight_vector is None else np.tile(weight_vector, n)
+    # Sums over each group of weight * grad and of weight * grad * (x - mean).
+    group_grad = (plane_weight * sum_grad).reshape(n * groups, per_plane).sum(axis=1)
+    group_centered = (plane_weight * sum_centered).reshape(n * groups, per_plane).sum(axis=1)
+    k_centered = np.repeat(-inv64**3 * group_centered / count, per_plane)
+    k_0 = np.repeat(-inv64 * group_grad / count, per_plane)
+    grad_x = _plane_input_grad(grad_planes, planes, plane_mean, plane_inv * plane_weight, k_centered, k_0)
+    return grad_x.reshape(source.shape), grad_weight, grad_bias
+
+
+def _normalized_shape(value: object) -> tuple[int, ...]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise TypeError(f"normalized_shape must be an int or a non-empty sequence of ints, got {value!r}")
+    return tuple(as_int("normalized_shape", size, 0) for size in value)
+
+
+def _layer_shape(x: NDArray[Any], normalized_shape: object) -> tuple[tuple[int, ...], int, int]:
+    """(normalized_shape, M, K) of a validated input whose trailing dimensions it must match."""
+    shape = _normalized_shape(normalized_shape)
+    if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(
+            f"normalized_shape {shape} must be the trailing dimensions of x, got x of shape {x.shape}"
+        )
+    k = int(np.prod(shape))
+    return shape, int(np.prod(x.shape[: x.ndim - len(shape)])), k
+
+
+def _elementwise_param(name: str, value: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any] | None:
+    if value is None:
+        return None
+    array = as_float_array(name, value, range(33))
+    if array.shape != shape:
+        raise ValueError(f"{name} must have the normalized shape {shape}, got {array.shape}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must have x's dtype {dtype}, got {array.dtype}; cast it explicitly")
+    return contiguous(array).reshape(-1)
+
+
+def layer_norm(
+    x: NDArray[Any],
+    normalized_shape: int | tuple[int, ...],
+    weight: NDArray[Any] | None = None,
+    bias: NDArray[Any] | None = None,
+    eps: float = 1e-5,
+) -> NDArray[Any]:
+    """Normalise over the trailing dimensions, as ``torch.nn.functional.layer_norm``.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, the mean and biased variance taken (in
+    float64) over the last ``len(normalized_shape)`` dimensions, separately for each index of the
+    leading ones; ``weight`` and ``bias`` apply element by element.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (..., *normalized_shape)
+    normalized_shape : int or tuple of int
+        x's trailing dimensions.
+    weight, bias : ndarray of shape normalized_shape and x's dtype, optional
+        1 and 0 when absent.
+    eps : float, default 1e-5
+
+    Returns
+    -------
+    ndarray
+        x's shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import layer_norm
+    >>> layer_norm(np.array([[1.0, 3.0], [10.0, 30.0]]), 2, eps=0.0)
+    array([[-1.,  1.],
+           [-1.,  1.]])
+    """
+    y, _, _ = layer_norm_forward(x, normalized_shape, weight, bias, eps)
+    return y
+
+
+def layer_norm_forward(
+    x: object, normalized_shape: object, weight: object = None, bias: object = None, eps: object = 1e-5,
+) -> tuple[NDArray[Any], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`layer_norm`, also returning the mean and ``1 / sqrt(var + eps)`` of each leading
+    index (float64, x's leading shape): what :func:`layer_norm_backward` needs."""
+    array = as_float_array("x", x, range(1, 33))
+    shape, rows, k = _layer_shape(array, normalized_shape)
+    weight_vector = _elementwise_param("weight", weight, shape, array.dtype)
+    bias_vector = _elementwise_param("bias", bias, shape, array.dtype)
+    eps_value = _number("eps", eps, 0.0)
+    leading = array.shape[: array.ndim - len(shape)]
+    if rows * k == 0:
+        return np.empty(array.shape, dtype=array.dtype), np.zeros(leading), np.ones(leading)
+    source = contiguous(array).reshape(rows, k)
+    mean, var = _row_moments(source)
+    inv_std = 1.0 / np.sqrt(var + eps_value)
+    if weight_vector is None and bias_vector is None:
+        y = _plane_normalize(source, mean, inv_std, np.zeros(rows))
+    else:
+        if weight_vector is None:
+            weight_vector = np.ones(k, dtype=array.dtype)
+        no_bias = np.empty(0, dtype=array.dtype)
+        y = np.empty(source.shape, dtype=array.dtype)
+        for part in sub_batches(rows, 2 * k):
+            _core.layer_norm_normalize(source[part], y[part], mean[part], inv_std[part], weight_vector,
+                                       no_bias if bias_vector is None else bias_vector, kernel_threads())
+    return y.reshape(array.shape), mean.reshape(leading), inv_std.reshape(leading)
+
+
+def layer_norm_backward(
+    grad_out: NDArray[Any],
+    x: NDArray[Any],
+    normalized_shape: int | tuple[int, ...],
+    mean: NDArray[Any],
+    inv_std: NDArray[Any],
+    weight: NDArray[Any] | None = None,
+    needs_param_grads: bool = True,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
+    """Gradients of :func:`layer_norm` for ``grad_out``.
+
+    Parameters
+    ----------
+    grad_out, x : ndarray (..., *normalized_shape), one shape and dtype
+        The output's gradient and the forward's input.
+    normalized_shape : int or tuple of int
+    mean, inv_std : ndarray of x's leading shape
+        What the forward normalised with (:func:`layer_norm_forward` returns them).
+    weight : ndarray of shape normalized_shape, optional
+        The forward's scale (1 when absent).
+    needs_param_grads : bool, default True
+        Whether to return ``grad_weight`` and ``grad_bias`` (else None, and one pass fewer).
+
+    Returns
+    -------
+    grad_x : ndarray, x's shape and dtype
+    grad_weight, grad_bias : ndarray of shape normalized_shape and x's dtype, or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import layer_norm_forward, layer_norm_backward
+    >>> x = np.array([[1.0, 3.0]])
+    >>> y, mean, inv_std = layer_norm_forward(x, 2, eps=0.0)
+    >>> layer_norm_backward(np.array([[1.0, 0.0]]), x, 2, mean, inv_std)
+    (array([[0., 0.]]), array([-1.,  0.]), array([1., 0.]))
+    """
+    grad = as_float_array("grad_out", grad_out, range(1, 33))
+    source = as_float_array("x", x, range(1, 33))
+    if grad.shape != source.shape or grad.dtype != source.dtype:
+        raise ValueError(
+            f"grad_out must have x's shape and dtype {source.shape} {source.dtype}, got {grad.shape} {grad.dtype}"
+        )
+    shape, rows, k = _layer_shape(source, normalized_shape)
+    leading = source.shape[: source.ndim - len(shape)]
+    mean64 = _statistics("mean", mean, leading)
+    inv64 = _statistics("inv_std", inv_std, leading)
+    weight_vector = _elementwise_param("weight", weight, shape, source.dtype)
+    want_params = as_bool("needs_param_grads", needs_param_grads)
+    if rows * k == 0:
+        zeros = np.zeros(shape, dtype=source.dtype)
+        return (np.zeros(source.shape, dtype=source.dtype), zeros if want_params else None,
+                zeros.copy() if want_params else None)
+    planes = contiguous(source).reshape(rows, k)
+    grad_rows = contiguous(grad).reshape(rows, k)
+    grad_weight = grad_bias = None
+    if want_params:
+        sum_weight = np.zeros(k)
+        sum_bias = np.zeros(k)
+        for part in sub_batches(rows, 2 * k):
+            _core.layer_norm_param_grads(grad_rows[part], planes[part], mean64[part], inv64[part], sum_weight,
+                                         sum_bias, kernel_threads())
+        grad_weight = sum_weight.astype(source.dtype).reshape(shape)
+        grad_bias = sum_bias.astype(source.dtype).reshape(shape)
+    if weight_vector is None:
+        sum_grad, sum_centered = _plane_grad_sums(grad_rows, planes, mean64)
+    else:
+        sum_grad = np.empty(rows)
+        sum_centered = np.empty(rows)
+        for part in sub_batches(rows, 2 * k):
+            _core.layer_norm_row_sums(grad_rows[part], planes[part], weight_vector, mean64[part], sum_grad[part],
+                                      sum_centered[part], kernel_threads())
+    k_centered = -inv64**3 * sum_centered / k
+    k_0 = -inv64 * sum_grad / k
+    if weight_vector is None:
+        grad_x = _plane_input_grad(grad_rows, planes, mean64, inv64, k_centered, k_0)
+    else:
+        grad_x = np.empty(planes.shape, dtype=source.dtype)
+        for part in sub_batches(rows, 3 * k):
+            _core.layer_norm_input_grad(grad_rows[part], planes[part], weight_vector, grad_x[part], mean64[part],
+                                        inv64[part], k_centered[part], k_0[part], kernel_threads())
     return grad_x.reshape(source.shape), grad_weight, grad_bias

@@ -14,23 +14,28 @@ from .activations import (
     Hardsigmoid,
     Hardswish,
     LeakyReLU,
+    LogSoftmax,
     PReLU,
     ReLU,
     ReLU6,
     Sigmoid,
     SiLU,
+    Softmax,
     Softplus,
     Tanh,
 )
 from .blocks import Add, Cat, Concat, Identity, Residual
 from .containers import ModuleDict, ModuleList, Sequential
 from .conv import Conv2d, ConvTranspose2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
 from .linear import Flatten, Linear
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, SmoothL1Loss
 from .module import Module, Parameter, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .normalization import BatchNorm2d
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
+from .losses import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter
+from .normalization import BatchNorm2d, GroupNorm, LayerNorm
 from .pooling import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -57,18 +62,24 @@ __all__ = [
     "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "ELU",
     "Flatten",
     "GELU",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
+    "GroupNorm",
     "Hardsigmoid",
     "Hardswish",
     "HuberLoss",
     "Identity",
     "L1Loss",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
+    "LogSoftmax",
     "MSELoss",
     "MaxPool2d",
     "Module",
@@ -88,6 +99,7 @@ __all__ = [
     "SiLU",
     "Sigmoid",
     "SmoothL1Loss",
+    "Softmax",
     "Softplus",
     "Tanh",
     "Upsample",

@@ -17,6 +17,7 @@ from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
 from ..functional import activations as F
+from ..functional.softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 from .module import Module, as_dtype, check_input
 
 _ANY_NDIM = range(33)
@@ -420,3 +421,66 @@ class Softplus(_Activation):
 
     def _options(self) -> dict[str, Any]:
         return {"beta": self.beta, "threshold": self.threshold}
+
+
+class _Softmax(Module):
+    """Softmax or log-softmax along ``dim``; the backward reads the output."""
+
+    log_out: bool = False
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = as_int("dim", dim)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x`` of any shape with a dimension ``dim``."""
+        x = check_input(self, x, _ANY_NDIM)
+        y = (log_softmax if self.log_out else softmax)(x, self.dim)
+        self._save_for_backward(y, y)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient, from the forward's output."""
+        grad_out, (y,) = self._saved_for_backward(grad_out)
+        return (log_softmax_backward if self.log_out else softmax_backward)(grad_out, y, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_Softmax):
+    """``exp(x) / sum(exp(x))`` along ``dim``, as ``torch.nn.Softmax`` (see
+    :func:`convx.functional.softmax`).
+
+    Parameters
+    ----------
+    dim : int
+        The dimension whose slices sum to 1 (negative counts from the end).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.Softmax(dim=-1)(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+
+
+class LogSoftmax(_Softmax):
+    """``x - log(sum(exp(x)))`` along ``dim``, as ``torch.nn.LogSoftmax`` (see
+    :func:`convx.functional.log_softmax`).
+
+    Parameters
+    ----------
+    dim : int
+        The dimension to normalise along (negative counts from the end).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> np.exp(nn.LogSoftmax(dim=1)(np.array([[0.0, np.log(3.0)]])))
+    array([[0.25, 0.75]])
+    """
+
+    log_out = True

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import as_float_array, as_int, same_dtype
+from ..functional.softmax import log_softmax
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -125,8 +126,7 @@ class CrossEntropyLoss(_Loss):
                                 f"a weight of the logits' dtype")
         target = np.asarray(target)
         rows = self._rows(logits)
-        shifted = rows - rows.max(axis=1, keepdims=True) if rows.size else rows
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(rows, 1)
         class_weight = np.ones(classes, dtype=logits.dtype) if weight is None else weight
         smoothing = self.label_smoothing
         if np.issubdtype(target.dtype, np.floating) and target.shape == sample_shape != logits.shape:

@@ -1,4 +1,4 @@
-"""Batch normalisation over the channels of NCHW images."""
+"""Batch normalisation over the channels of NCHW images; group and layer normalisation over each sample."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .._checks import as_bool, as_int
-from ..functional.normalization import batch_norm_backward, batch_norm_forward
+from ..functional.normalization import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+)
 from .module import Module, as_dtype, check_input
 
 
@@ -142,4 +149,187 @@ class BatchNorm2d(Module):
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"
+        )
+
+
+def _eps(value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value) >= 0:
+        raise ValueError(f"eps must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class GroupNorm(Module):
+    """Normalise each group of channels of each sample by its own statistics, as ``torch.nn.GroupNorm``.
+
+    The C channels are split into ``num_groups`` groups of consecutive channels;
+    ``y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]``, the mean and biased variance
+    taken over one sample's group (C / num_groups channels, all their positions). The same in
+    training and evaluation: no running statistics.
+
+    Parameters
+    ----------
+    num_groups : int
+        A divisor of ``num_channels``; 1 normalises each sample as a whole, ``num_channels``
+        each channel of each sample (instance normalisation).
+    num_channels : int
+        Channels C.
+    eps : float, default 1e-5
+    affine : bool, default True
+        Learn a per-channel scale ``weight`` (init 1) and shift ``bias`` (init 0).
+    dtype : float32 or float64, default float32
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` and ``'bias'``, each (C,), when ``affine``.
+
+    Notes
+    -----
+    Input and output (N, C, ...) (at least two dimensions).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> gn = nn.GroupNorm(2, 4)
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, (3, 4, 5, 5)).astype(np.float32)
+    >>> y = gn(x)
+    >>> bool(np.abs(y[0, :2].mean()) < 1e-5), bool(np.abs(y[0, :2].std() - 1) < 1e-3)
+    (True, True)
+    """
+
+    num_groups: int
+    num_channels: int
+    eps: float
+    affine: bool
+    dtype: np.dtype[Any]
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 dtype: DTypeLike = np.float32) -> None:
+        super().__init__()
+        self.num_groups = as_int("num_groups", num_groups, 1)
+        self.num_channels = as_int("num_channels", num_channels, 1)
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels must be divisible by num_groups, got num_channels={self.num_channels} and "
+                f"num_groups={self.num_groups}"
+            )
+        self.eps = _eps(eps)
+        self.affine = as_bool("affine", affine)
+        self.dtype = as_dtype(dtype)
+        if self.affine:
+            self._add_param("weight", np.ones(self.num_channels, dtype=self.dtype))
+            self._add_param("bias", np.zeros(self.num_channels, dtype=self.dtype))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalise ``x`` (N, C, ...)."""
+        x = check_input(self, x, range(2, 33), self.dtype)
+        if x.shape[1] != self.num_channels:
+            raise ValueError(f"GroupNorm expects {self.num_channels} channels, got x of shape {x.shape}")
+        weight = self._params["weight"] if self.affine else None
+        bias = self._params["bias"] if self.affine else None
+        y, mean, inv_std = group_norm_forward(x, self.num_groups, weight, bias, self.eps)
+        self._save_for_backward(y, x, mean, inv_std)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (N, C, ...); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x, mean, inv_std) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"] if self.affine else None
+        wanted = self.affine and (self._needs_grad("weight") or self._needs_grad("bias"))
+        grad_x, grad_weight, grad_bias = group_norm_backward(grad_out, x, self.num_groups, mean, inv_std, weight,
+                                                             needs_param_grads=wanted)
+        if wanted:
+            if self._needs_grad("weight"):
+                self._store_grad("weight", grad_weight)
+            if self._needs_grad("bias"):
+                self._store_grad("bias", grad_bias)
+        return grad_x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, dtype={self.dtype}"
+
+
+class LayerNorm(Module):
+    """Normalise over the trailing dimensions of each sample, as ``torch.nn.LayerNorm``.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, the mean and biased variance taken over
+    the last ``len(normalized_shape)`` dimensions for each index of the leading ones; ``weight``
+    and ``bias`` of ``normalized_shape`` apply element by element. The same in training and
+    evaluation.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The input's trailing dimensions.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learn ``weight`` (init 1) and, with ``bias``, ``bias`` (init 0).
+    bias : bool, default True
+        Whether the affine map has a shift.
+    dtype : float32 or float64, default float32
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` and ``'bias'`` of shape ``normalized_shape``, as the options ask.
+
+    Notes
+    -----
+    Input and output (..., *normalized_shape).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> ln = nn.LayerNorm(4)
+    >>> ln(np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)).round(4)
+    array([[-1.3416, -0.4472,  0.4472,  1.3416]], dtype=float32)
+    """
+
+    normalized_shape: tuple[int, ...]
+    eps: float
+    elementwise_affine: bool
+    dtype: np.dtype[Any]
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, (bool, np.bool_)):
+            normalized_shape = (int(normalized_shape),)
+        if not isinstance(normalized_shape, (tuple, list)) or not normalized_shape:
+            raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints, got {normalized_shape!r}")
+        self.normalized_shape = tuple(as_int("normalized_shape", size, 1) for size in normalized_shape)
+        self.eps = _eps(eps)
+        self.elementwise_affine = as_bool("elementwise_affine", elementwise_affine)
+        with_bias = as_bool("bias", bias)
+        self.dtype = as_dtype(dtype)
+        if self.elementwise_affine:
+            self._add_param("weight", np.ones(self.normalized_shape, dtype=self.dtype))
+            if with_bias:
+                self._add_param("bias", np.zeros(self.normalized_shape, dtype=self.dtype))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalise ``x`` (..., *normalized_shape)."""
+        x = check_input(self, x, range(len(self.normalized_shape), 33), self.dtype)
+        y, mean, inv_std = layer_norm_forward(x, self.normalized_shape, self._params.get("weight"),
+                                              self._params.get("bias"), self.eps)
+        self._save_for_backward(y, x, mean, inv_std)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out``; overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x, mean, inv_std) = self._saved_for_backward(grad_out)
+        keys = [key for key in ("weight", "bias") if key in self._params and self._needs_grad(key)]
+        grad_x, grad_weight, grad_bias = layer_norm_backward(grad_out, x, self.normalized_shape, mean, inv_std,
+                                                             self._params.get("weight"), needs_param_grads=bool(keys))
+        for key, value in (("weight", grad_weight), ("bias", grad_bias)):
+            if key in keys:
+                self._store_grad(key, value)
+        return grad_x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={'bias' in self._params}, dtype={self.dtype}"
         )
