@@ -1,10 +1,10 @@
 """A small U-Net, written the way a PyTorch user writes one, segmenting synthetic shapes.
 
-The dataset is drawn here, from a seed: 16x16 grey images holding two to four discs and squares
-of random size and position, all of the same random brightness, under Gaussian noise (nothing
-downloaded). The target is a mask of three classes per pixel: background, disc, square. Telling
-the two shapes apart takes context (their pixels look alike), which is what the U-Net's encoder
-provides and its skip connections bring back to full resolution.
+The dataset is drawn here, from a seed: 16x16 grey images holding one to three discs and
+crosses of random size and position, all of one random brightness, under Gaussian noise
+(nothing downloaded). The target is a mask of three classes per pixel: background, disc, cross.
+Telling the two shapes apart takes context (their pixels look alike), which is what the U-Net's
+encoder provides and its skip connections bring back to full resolution.
 
 The network has three levels: conv-BN-ReLU pairs at 16x16, 8x8 and 4x4 (one ``nn.MaxPool2d``
 used twice), decoders that upsample with ``nn.ConvTranspose2d(stride=2)``, concatenate the
@@ -37,7 +37,7 @@ CLASSES = ("background", "disc", "cross")
 
 
 def make_scenes(n, size=16, noise=0.2, seed=0):
-    """``n`` noisy images of discs and squares, and their per-pixel class masks.
+    """``n`` noisy images of discs and crosses, and their per-pixel class masks.
 
     Parameters
     ----------
@@ -51,7 +51,7 @@ def make_scenes(n, size=16, noise=0.2, seed=0):
     -------
     images : ndarray (n, 1, size, size) of float32
     masks : ndarray (n, size, size) of int64
-        0 background, 1 disc, 2 square (:data:`CLASSES`); a shape drawn later covers earlier ones.
+        0 background, 1 disc, 2 cross (:data:`CLASSES`); a shape drawn later covers earlier ones.
     """
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
