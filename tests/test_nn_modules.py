@@ -189,7 +189,7 @@ class SharedNet(nn.Module):
         return self.activated * self.scale
 
     def backward(self, grad):
-        self._store_grad("scale", (grad * self.activated).sum(axis=(0, 2, 3), keepdims=True))
+        self.store_grad("scale", (grad * self.activated).sum(axis=(0, 2, 3), keepdims=True))
         grad = self.relu.backward(grad * self.scale)
         return self.conv.backward(self.relu.backward(self.conv.backward(grad)))
 
@@ -618,3 +618,14 @@ def test_no_grad_is_per_thread(rng):
         thread.start()
         thread.join()
     assert seen == [True]
+
+
+def test_store_grad_checks_what_it_records():
+    block = SharedNet(np.float64)
+    with pytest.raises(KeyError, match="SharedNet has no parameter 'conv' of its own; it has \\['scale'\\]"):
+        block.store_grad("conv", np.ones(3))
+    with pytest.raises(ValueError, match=r"must have the parameter's shape \(1, 3, 1, 1\) and dtype float64"):
+        block.store_grad("scale", np.ones(3))
+    block.requires_grad_(False)
+    block.store_grad("scale", np.ones((1, 3, 1, 1)))
+    assert block.grads["scale"] is None  # frozen

@@ -576,7 +576,7 @@ def layer_norm(
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (..., *normalized_shape)
+    x : ndarray of float32 or float64, shape ``(..., *normalized_shape)``
     normalized_shape : int or tuple of int
         x's trailing dimensions.
     weight, bias : ndarray of shape normalized_shape and x's dtype, optional
@@ -642,7 +642,7 @@ def layer_norm_backward(
 
     Parameters
     ----------
-    grad_out, x : ndarray (..., *normalized_shape), one shape and dtype
+    grad_out, x : ndarray ``(..., *normalized_shape)``, one shape and dtype
         The output's gradient and the forward's input.
     normalized_shape : int or tuple of int
     mean, inv_std : ndarray of x's leading shape

@@ -355,14 +355,14 @@ def pixel_shuffle(x: NDArray[Float], upscale_factor: int) -> NDArray[Float]:
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (*, C * r**2, H, W)
+    x : ndarray of float32 or float64, shape ``(*, C * r**2, H, W)``
         At least 3-D, any memory layout; not modified.
     upscale_factor : int
         ``r``, positive; ``r**2`` must divide the channel count.
 
     Returns
     -------
-    y : ndarray, shape (*, C, H * r, W * r)
+    y : ndarray, shape ``(*, C, H * r, W * r)``
         A new C-contiguous array of ``x``'s dtype. Its gradient is ``pixel_unshuffle(grad_y, r)``.
 
     Examples
@@ -395,14 +395,14 @@ def pixel_unshuffle(x: NDArray[Float], downscale_factor: int) -> NDArray[Float]:
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (*, C, H * r, W * r)
+    x : ndarray of float32 or float64, shape ``(*, C, H * r, W * r)``
         At least 3-D, any memory layout; not modified.
     downscale_factor : int
         ``r``, positive; it must divide the height and width.
 
     Returns
     -------
-    y : ndarray, shape (*, C * r**2, H, W)
+    y : ndarray, shape ``(*, C * r**2, H, W)``
         A new C-contiguous array of ``x``'s dtype.
 
     Examples

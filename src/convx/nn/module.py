@@ -462,6 +462,32 @@ class Module:
         """Whether ``backward`` should compute the gradient of ``params[key]`` (not for a frozen one)."""
         return key in self._params and key not in self._frozen
 
+    def store_grad(self, key: str, value: np.ndarray) -> None:
+        """Record the gradient of this module's own parameter ``key``, from its ``backward``.
+
+        The first call in a pass replaces the gradient of an earlier pass, later ones add to it
+        (into a new array), as for a layer called more than once; a frozen parameter's gradient
+        stays None. A block written by hand calls it for the parameters it owns itself
+        (``self.scale = nn.Parameter(...)``); its layers record theirs.
+
+        Parameters
+        ----------
+        key : str
+            The parameter's name in ``self.params`` (the attribute name).
+        value : ndarray
+            The gradient, of the parameter's shape and dtype.
+        """
+        if key not in self._params:
+            raise KeyError(f"{type(self).__name__} has no parameter {key!r} of its own; it has {list(self._params)}")
+        target = self._params[key]
+        gradient = as_float_array("value", value, range(33))
+        if gradient.shape != target.shape or gradient.dtype != target.dtype:
+            raise ValueError(
+                f"the gradient of {key!r} must have the parameter's shape {target.shape} and dtype {target.dtype}, "
+                f"got {gradient.shape} {gradient.dtype}"
+            )
+        self._store_grad(key, gradient)
+
     def _store_grad(self, key: str, value: np.ndarray | None) -> None:
         """Record the gradient of ``params[key]`` that a ``backward`` computed: it replaces the
         gradient of an earlier pass and adds to one of this pass (a layer called more than once)."""

@@ -276,7 +276,7 @@ class LayerNorm(Module):
 
     Notes
     -----
-    Input and output (..., *normalized_shape).
+    Input and output ``(..., *normalized_shape)``.
 
     Examples
     --------
@@ -310,7 +310,7 @@ class LayerNorm(Module):
                 self._add_param("bias", np.zeros(self.normalized_shape, dtype=self.dtype))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Normalise ``x`` (..., *normalized_shape)."""
+        """Normalise ``x`` of shape ``(..., *normalized_shape)``."""
         x = check_input(self, x, range(len(self.normalized_shape), 33), self.dtype)
         y, mean, inv_std = layer_norm_forward(x, self.normalized_shape, self._params.get("weight"),
                                               self._params.get("bias"), self.eps)
