@@ -21,6 +21,7 @@ from conftest import assert_close
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import convx
+from convx.nn import module as nn_module
 import convx._core as core
 import convx._products
 import convx._threads
@@ -68,6 +69,9 @@ def _global_state():
         "gemm_kernel": core.gemm_kernel(),
         "direct_conv": core.direct_conv(),
         "threads": convx.get_num_threads(),
+        # convx.nn's per-thread settings: a stuck call depth would merge every later pass.
+        "nn_depth": nn_module._state.depth,
+        "nn_grad_enabled": nn_module._state.grad_enabled,
     }
 
 
@@ -368,3 +372,27 @@ def test_only_libraries_not_already_at_one_thread_are_set_and_restored(two_blas_
     finally:
         first.set_num_threads(2)
         _clear_openblas_claim()
+
+
+def test_nn_calls_interrupted_anywhere_restore_the_module_state(rng):
+    # Module calls (depth and pass bookkeeping) and no_grad blocks, interrupted at every trace event.
+    nn = convx.nn
+    block = nn.Residual(nn.Sequential(nn.Linear(6, 6, dtype=np.float64, rng=0), nn.ReLU()), activation=nn.Tanh())
+    x = rng.standard_normal((3, 6))
+
+    def step():
+        y = block(x)
+        block.backward(np.ones_like(y))
+        with nn.no_grad():
+            block(x)
+
+    expected = _global_state()
+    interrupted, _ = _interrupt_everywhere(step, expected)
+    assert interrupted > 100
+    # And the next pass is a fresh one: its gradients replace, they do not add.
+    y = block(x)
+    block.backward(np.ones_like(y))
+    first = block.grads["body.0.weight"].copy()
+    y = block(x)
+    block.backward(np.ones_like(y))
+    np.testing.assert_array_equal(block.grads["body.0.weight"], first)

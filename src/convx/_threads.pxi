@@ -249,3 +249,40 @@ def _blas_after_fork_in_child():
         _blas_give_back()
     _blas_users = 0
     _blas_generation += 1
+
+
+cdef class _Scope:
+    """``setattr(state, field, value)`` while entered, the previous value back on exit: the
+    per-thread settings of convx.nn (module-call depth, gradient mode), kept here so that no
+    Python line runs between the change and the guarantee of its undoing (an interrupt at any
+    bytecode, as tests/test_interrupt_state.py injects, leaves them as they were). As with
+    _BlasLimit, an object dropped while entered undoes its change. Each object is entered once.
+    """
+    cdef object state
+    cdef str field
+    cdef object value
+    cdef object previous
+    cdef bint held
+
+    def __init__(self, state, str field, value):
+        self.state = state
+        self.field = field
+        self.value = value
+
+    def __enter__(self):
+        if self.held:
+            raise RuntimeError(f"this {type(self).__name__} is already entered; make a new one per use")
+        self.previous = getattr(self.state, self.field)
+        setattr(self.state, self.field, self.value)
+        self.held = True
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        if self.held:
+            self.held = False
+            setattr(self.state, self.field, self.previous)
+        return False
+
+    def __dealloc__(self):
+        if self.held:
+            self.held = False
+            setattr(self.state, self.field, self.previous)

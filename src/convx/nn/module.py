@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .. import _core
 from .._checks import SUPPORTED_DTYPES, as_float_array
 
 _ModuleT = TypeVar("_ModuleT", bound="Module")
@@ -73,18 +74,18 @@ def _tracked(method: Callable[..., Any], starts_pass: bool) -> Callable[..., Any
     @functools.wraps(method)
     def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
         state = _state
-        if state.depth == 0:
+        depth = state.depth
+        if depth == 0:
             if starts_pass:
                 state.pass_id = next(_pass_ids)
             else:
                 state.pass_id = self.__dict__.get("_last_pass", state.pass_id)
         if starts_pass:
             self.__dict__["_last_pass"] = state.pass_id
-        state.depth += 1
-        try:
+        # The depth is set and restored in compiled code: a KeyboardInterrupt at any point of
+        # this function leaves it as it was (a stuck depth would merge every later pass).
+        with _core._Scope(state, "depth", depth + 1):
             return method(self, *args, **kwargs)
-        finally:
-            state.depth -= 1
 
     wrapper.__convx_tracked__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -95,22 +96,19 @@ def is_grad_enabled() -> bool:
     return _state.grad_enabled
 
 
-class set_grad_enabled:
+class set_grad_enabled(_core._Scope):
     """Within the ``with`` block, forwards in this thread keep what their backward needs (``mode``
-    True, the default outside any block) or keep nothing (``mode`` False, see :class:`no_grad`)."""
+    True, the default outside any block) or keep nothing (``mode`` False, see :class:`no_grad`).
+
+    Each object is entered once (``with nn.set_grad_enabled(False): ...``); the previous mode
+    comes back on leaving the block, also after an exception or a KeyboardInterrupt.
+    """
 
     def __init__(self, mode: bool) -> None:
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode must be a bool, got {mode!r}")
         self.mode = bool(mode)
-        self._previous: list[bool] = []
-
-    def __enter__(self) -> None:
-        self._previous.append(_state.grad_enabled)
-        _state.grad_enabled = self.mode
-
-    def __exit__(self, *exc: object) -> None:
-        _state.grad_enabled = self._previous.pop()
+        super().__init__(_state, "grad_enabled", self.mode)
 
 
 class no_grad(set_grad_enabled):
