@@ -175,6 +175,10 @@ def test_trust_says_steady_or_warns_and_names_the_unsteady_ops():
     text = " ".join(quiet.verdict(wobbly, 5).splitlines())
     assert text.startswith("WARNING: 1 of 4 ops varied by more than ±7.5%") and "vgg_3x3 backward (convx ±" in text
     assert Trust(0.01, {}, (1e-3, 2e-3)).verdict(STEADY, 5).startswith("WARNING: a reference convolution took 1.00 ms")
+    # Only the implementations the table shows count (the default table has no Winograd column).
+    winograd = [_result("vgg_3x3", "forward", {"convx": [1e-3] * 5, "winograd": [1e-3, 1e-3, 2e-3, 3e-3, 3e-3]})]
+    assert Trust(0.01, {}, None, ("convx", "numpy", "torch")).warnings(winograd, 5) == []
+    assert "convx's Winograd ±50%" in " ".join(Trust(0.01, {}, None).warnings(winograd, 5))
     busy = " ".join(Trust(0.4, {"lenet_c1": 0.5, "vgg_3x3": 0.2}, None).verdict(STEADY, 5).splitlines())
     assert busy.startswith("WARNING: other processes used 40% of the CPUs during this run")
     assert "lenet_c1 50%" in busy and "rerun on an idle machine" in busy.lower()

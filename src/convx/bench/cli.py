@@ -185,7 +185,8 @@ def main(argv=None) -> int:
         results += time_case(case, ops, implementations, repeat,
                              reference_seconds=QUICK_REFERENCE_SECONDS if args.quick else None)
         load_by_case[case.name] = case_load.fraction()
-    trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()))
+    trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()),
+                  ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch"))
     batches = sorted({c.batch for c in cases})
     print(textwrap.fill(f"convx {info['convx']}, {threads} threads, {info['cpu']} ({info['cores']} cores); "
                         f"{'--quick: ' if args.quick else ''}batch "

@@ -45,6 +45,12 @@ def _ratio(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _rate(result: Result) -> str:
+    """convx's GFLOP/s (convolutions) or GB/s (pooling)."""
+    rate = result.rate()
+    return "-" if rate is None else f"{rate / 1e9:.1f}"
+
+
 @dataclass
 class Column:
     top: str
@@ -65,11 +71,7 @@ def _columns(results: Sequence[Result], kind: str, wide: bool) -> list[Column]:
     for name in peers:
         if name in ran:
             columns.append(Column(PEERS[name], "ms", 12, lambda r, name=name: _cell(r, name)))
-    if kind == "pool":
-        columns.append(Column("convx", "GB/s", 7, lambda r: _ratio((r.rate() or 0) / 1e9, 1) if r.rate() else "-"))
-    else:
-        columns.append(Column("convx", "GFLOP/s", 7,
-                              lambda r: _ratio((r.rate() or 0) / 1e9, 1) if r.rate() else "-"))
+    columns.append(Column("convx", "GB/s" if kind == "pool" else "GFLOP/s", 7, _rate))
     if "numpy" in ran:
         columns.append(Column("x faster", "than NumPy", 10, lambda r: _ratio(r.ratio("numpy", "convx"), 1)))
     if "torch" in ran:
@@ -170,11 +172,12 @@ class Trust:
     other_load: float | None
     load_by_case: dict[str, float | None]
     calibration: tuple[float, float] | None = None
+    shown: tuple[str, ...] = ("convx", "numpy", "torch", "winograd")  # the implementations in the table
 
     def unsteady(self, results: Sequence[Result]) -> list[tuple[Result, str, float]]:
-        """(result, implementation, spread) of every timing whose spread is above ``SPREAD_LIMIT``."""
+        """(result, implementation, spread) of every timing shown whose spread is above ``SPREAD_LIMIT``."""
         return [(r, name, s) for r in results for name, s in r.spread.items()
-                if s > SPREAD_LIMIT and name != "copy"]
+                if s > SPREAD_LIMIT and name in self.shown]
 
     def warnings(self, results: Sequence[Result], repeat: int) -> list[str]:
         found = []
