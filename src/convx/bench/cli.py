@@ -23,7 +23,7 @@ ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 REPEAT = 7
 QUICK_REPEAT = 5
 # --quick's budget per op for the NumPy reference (at least one call): its slowest calls take seconds.
-QUICK_REFERENCE_SECONDS = 1.0
+QUICK_REFERENCE_SECONDS = 0.5
 
 
 def parse_args(argv):
@@ -32,11 +32,13 @@ def parse_args(argv):
         description="Benchmark convx against its pure-NumPy reference and PyTorch (when installed).",
     )
     parser.add_argument("--quick", action="store_true",
-                        help=f"batch {QUICK_BATCH} and {QUICK_REPEAT} repetitions: a check in under a minute")
+                        help=f"batch {QUICK_BATCH}, {QUICK_REPEAT} repetitions (the NumPy reference: as many as fit in "
+                             f"{QUICK_REFERENCE_SECONDS:g} s, at least one): a check in under a minute")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="only this case (repeatable)")
     parser.add_argument("--op", action="append", choices=ALL_OPS, help="only this op (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="threads for convx and PyTorch (default: convx's)")
-    parser.add_argument("--repeat", type=int, default=None, help=f"timed runs per op (median and spread reported; default {REPEAT})")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help=f"timed runs per op (median and spread reported; default {REPEAT})")
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-winograd", action="store_true",
