@@ -121,6 +121,8 @@ def test_table_fits_100_columns_and_says_which_way_is_better():
     header = "\n".join(text.splitlines()[1:3])
     assert "x faster" in header and "than NumPy" in header and "time /" in header and "PyTorch" in header
     assert "higher is better" in text and "lower is better" in text
+    assert "median of 5 runs ± half the" in text and "fewer" not in text
+    assert "median of 7 runs (fewer where calls are slow)" in format_table(STEADY, 7)
     # Every cell is the median and its spread.
     row = next(line for line in text.splitlines() if line.startswith("lenet_c1 forward"))
     assert "1.00 ± 0%" in row and "4.00 ± 0%" in row and "2.00 ± 0%" in row

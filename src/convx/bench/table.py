@@ -4,6 +4,7 @@ and warnings when the figures cannot be trusted."""
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,9 @@ def format_table(results: Sequence[Result], repeat: int, wide: bool = False) -> 
         if means:
             lines += _wrap(f"geometric mean over {len(rows)} ops: {', '.join(means)}")
     lines.append("")
-    legend = [f"ms: median of {repeat} runs ± half the interquartile range (* above ±{50 * SPREAD_LIMIT:g}%)."]
+    fewer = any(n < repeat for r in results for n in r.runs.values())
+    legend = [f"ms: median of {repeat} runs{' (fewer where calls are slow)' if fewer else ''} ± half the "
+              f"interquartile range (* above ±{50 * SPREAD_LIMIT:g}%)."]
     if "numpy" in ran:
         legend.append("x faster than NumPy: NumPy's time / convx's (higher is better).")
     if "torch" in ran:
@@ -137,8 +140,6 @@ def format_table(results: Sequence[Result], repeat: int, wide: bool = False) -> 
 
 
 def _wrap(text: str) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text, WIDTH)
 
 
