@@ -289,14 +289,15 @@ def fused_backward(case: ConvCase, repeat: int, seed: int = 0) -> tuple[float, f
     return statistics.median(samples["fused"]), statistics.median(samples["separate"])
 
 
-def calibration(repeat: int = 7, seed: int = 0) -> float:
-    """Median seconds of a fixed small convolution on convx's threads (about a millisecond),
-    timed at the start and the end of a run: if the two differ, the machine's speed changed."""
+def calibration(repeat: int = 9, seed: int = 0) -> float:
+    """Median seconds of a fixed convolution on convx's threads (150 MFLOP, about a millisecond on
+    two cores), timed at the start and the end of a run: if the two differ, the machine's speed
+    changed. (With other processes on the cores, threads wait for each other: 0.9 ms became 20.)"""
     from .. import functional
 
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((4, 16, 32, 32)).astype(np.float32)
-    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((8, 32, 32, 32)).astype(np.float32)
+    weight = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     call = lambda: functional.conv2d(x, weight, padding=1)  # noqa: E731
     _warm_up(call, 1.0)
     return statistics.median(_time_once(call) for _ in range(repeat))
