@@ -157,8 +157,9 @@ def time_case(
     """Every run of each op of ``case`` for each implementation, and their median.
 
     convx, its Winograd variant and PyTorch run round-robin: every repetition calls each once in
-    turn, so slow drifts of a shared machine hit them alike (convx and PyTorch share one OpenMP
-    runtime, libgomp, loaded once, so neither finds the other's threads spinning). The NumPy
+    turn, so slow drifts of a shared machine hit them alike (on Linux, convx and PyTorch's wheel
+    share one libgomp, loaded once by its soname, so neither finds the other's threads still
+    spinning, unlike ONNX Runtime's in ``--nets``). The NumPy
     reference runs first, every op of the case on its own, followed by one pause: its matrix
     products leave OpenBLAS's worker threads spinning for a while after they return (tens of
     milliseconds), which would steal a core from whichever library ran next. Each implementation
