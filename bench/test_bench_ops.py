@@ -7,13 +7,12 @@
 Results group by case and op, so ``--benchmark-compare`` lines up runs of the same layer.
 """
 
-import dataclasses
 import os
 
 import numpy as np
 import pytest
 
-from convx.bench.cases import CASES, QUICK_BATCH
+from convx.bench.cases import CASES, quick
 from convx.bench.implementations import IMPLEMENTATIONS
 
 QUICK = os.environ.get("CONVX_BENCH_QUICK", "") not in ("", "0")
@@ -30,7 +29,7 @@ PARAMS = [
 def test_op(benchmark, case_name, op, implementation):
     case = CASES[case_name]
     if QUICK:
-        case = dataclasses.replace(case, batch=min(case.batch, QUICK_BATCH))
+        case = quick(case)
     calls = IMPLEMENTATIONS[implementation](case, case.arrays(np.random.default_rng(0)))
     if calls is None:
         pytest.skip(f"{implementation} is not installed")

@@ -88,3 +88,141 @@ def test_layers_mode_times_every_element_wise_layer(tmp_path, capsys, torch):
         assert row["name"] in table
     with pytest.raises(SystemExit):
         main(["--layers", "--nets"])
+
+
+# -- the report: readable in 100 columns, directions said, spread shown, warnings when disturbed --
+
+
+def _result(case, op, samples, kind="conv", flops=1e9, bytes_moved=None):
+    """A Result from made-up runs (seconds per implementation), as runner.time_case makes them."""
+    import statistics
+
+    from convx.bench._load import relative_iqr
+    from convx.bench.runner import Result
+
+    return Result(case, op, flops, {name: statistics.median(s) for name, s in samples.items()},
+                  {name: len(s) for name, s in samples.items()}, samples=samples,
+                  spread={name: relative_iqr(s) for name, s in samples.items()}, kind=kind, bytes_moved=bytes_moved)
+
+
+STEADY = [
+    _result("lenet_c1", "forward", {"convx": [1e-3] * 5, "numpy": [4e-3] * 5, "torch": [2e-3] * 5}),
+    _result("lenet_c1", "backward_weight", {"convx": [2e-3] * 5, "numpy": [8e-3] * 5, "torch": [2e-3] * 5}),
+    _result("maxpool_large_1x1_k2049", "backward", {"convx": [1e-3] * 5, "numpy": [1e-3] * 5, "torch": [4e-3] * 5},
+            kind="pool", flops=123.0, bytes_moved=3_000_000),
+]
+
+
+def test_table_fits_100_columns_and_says_which_way_is_better():
+    from convx.bench.table import format_table
+
+    text = format_table(STEADY, 5)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header = "\n".join(text.splitlines()[1:3])
+    assert "x faster" in header and "than NumPy" in header and "time /" in header and "PyTorch" in header
+    assert "higher is better" in text and "lower is better" in text
+    assert "median of 5 runs ± half the" in text and "fewer" not in text
+    assert "median of 7 runs (fewer where calls are slow)" in format_table(STEADY, 7)
+    # Every cell is the median and its spread.
+    row = next(line for line in text.splitlines() if line.startswith("lenet_c1 forward"))
+    assert "1.00 ± 0%" in row and "4.00 ± 0%" in row and "2.00 ± 0%" in row
+    assert row.split()[-2:] == ["4.0", "0.50"]  # x faster than NumPy, time / PyTorch
+
+
+def test_pooling_rows_show_bytes_per_second_and_convolutions_flops():
+    from convx.bench.table import format_table
+
+    text = format_table(STEADY, 5)
+    conv, pool = text.split("\nPooling\n")
+    assert "GFLOP/s" in conv and "GB/s" not in conv
+    assert "GB/s" in pool and "GFLOP/s" not in pool.split("\n\n")[0]
+    row = next(line for line in pool.splitlines() if line.startswith("maxpool_large_1x1_k2049"))
+    assert row.split()[-3] == "3.0"  # 3 MB read and written in 1 ms
+    conv_row = next(line for line in conv.splitlines() if line.startswith("lenet_c1 forward"))
+    assert conv_row.split()[-3] == "1000.0"  # 1 GFLOP in 1 ms
+
+
+def test_wide_table_keeps_the_detail():
+    from convx.bench.table import format_table
+
+    rows = STEADY + [_result("vgg_3x3", "forward", {"convx": [2e-3] * 3, "winograd": [1e-3] * 3, "torch": [4e-3] * 3})]
+    text = format_table(rows, 3, wide=True)
+    assert "backward_weight" in text and "wino" in text and "algorithm='auto'" in text
+    assert "wino" not in format_table(rows, 3).split("\n\n")[0]
+
+
+def test_summary_names_only_the_peers_that_ran():
+    from convx.bench.table import format_table, summary
+
+    text = " ".join(summary(STEADY).splitlines())
+    assert text.startswith("convx took 0.71x PyTorch's time on convolutions (geomean of 2 ops) and 0.25x on pooling "
+                           "(1 op);")
+    assert "it was 2.5x faster than pure NumPy (geomean of 3 ops)." in text
+    without_torch = [_result(r.case, r.op, {k: v for k, v in r.samples.items() if k != "torch"}) for r in STEADY]
+    assert summary(without_torch).startswith("convx was 2.5x faster than pure NumPy") and "PyTorch" not in summary(
+        without_torch)
+    slower = [_result("a", "forward", {"convx": [2e-3], "numpy": [1e-3]})]
+    assert "2.0x slower than pure NumPy" in summary(slower)
+    alone = [_result(r.case, r.op, {"convx": r.samples["convx"]}) for r in STEADY]
+    assert "NumPy" not in format_table(alone, 5).split("ms: median")[0] and "alone" in summary(alone)
+
+
+def test_trust_says_steady_or_warns_and_names_the_unsteady_ops():
+    from convx.bench.table import Trust
+
+    quiet = Trust(0.01, {"lenet_c1": 0.01}, (1e-3, 1.05e-3))
+    assert quiet.warnings(STEADY, 5) == []
+    assert quiet.verdict(STEADY, 5).startswith("Steady: every op within ±7.5% over its 5 runs")
+    wobbly = STEADY + [_result("vgg_3x3", "backward", {"convx": [1e-3, 1e-3, 2e-3, 3e-3, 3e-3], "torch": [1e-3] * 5})]
+    text = " ".join(quiet.verdict(wobbly, 5).splitlines())
+    assert text.startswith("WARNING: 1 of 4 ops varied by more than ±7.5%") and "vgg_3x3 backward (convx ±" in text
+    assert Trust(0.01, {}, (1e-3, 2e-3)).verdict(STEADY, 5).startswith("WARNING: a reference convolution took 1.00 ms")
+    # Only the implementations the table shows count (the default table has no Winograd column).
+    winograd = [_result("vgg_3x3", "forward", {"convx": [1e-3] * 5, "winograd": [1e-3, 1e-3, 2e-3, 3e-3, 3e-3]})]
+    assert Trust(0.01, {}, None, ("convx", "numpy", "torch")).warnings(winograd, 5) == []
+    assert "convx's Winograd ±50%" in " ".join(Trust(0.01, {}, None).warnings(winograd, 5))
+    busy = " ".join(Trust(0.4, {"lenet_c1": 0.5, "vgg_3x3": 0.2}, None).verdict(STEADY, 5).splitlines())
+    assert busy.startswith("WARNING: other processes used 40% of the CPUs during this run")
+    assert "lenet_c1 50%" in busy and "rerun on an idle machine" in busy.lower()
+    assert Trust(None, {}, None).verdict(STEADY, 5).startswith("Steady")  # no /proc/stat: nothing to say about load
+
+
+def test_cli_warns_when_the_load_monitor_saw_other_processes(tmp_path, capsys, monkeypatch, torch):
+    from convx.bench import _load
+
+    monkeypatch.setattr(_load.OtherLoad, "fraction", lambda self: 0.37)
+    out = tmp_path / "results.json"
+    assert main(["--quick", "--case", "lenet_c1", "--case", "maxpool_large_1x1_k2049", "--repeat", "3",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "WARNING: other processes used 37% of the CPUs during this run" in text
+    assert "x faster" in text and "GB/s" in text and "GFLOP/s" in text
+    said = " ".join(text.split("\nconvx took", 1)[1].split("\nWARNING")[0].splitlines())
+    assert "PyTorch's time on convolutions (geomean of 4 ops) and" in said and "on pooling (2 ops)" in said
+    assert "than pure NumPy (geomean of 6 ops)" in said
+    payload = json.loads(out.read_text())
+    assert payload["trust"]["other_load"] == 0.37 and payload["trust"]["other_load_by_case"]["lenet_c1"] == 0.37
+    start, end = payload["trust"]["calibration_s"]
+    assert start > 0 and end > 0
+    assert payload["summary"].startswith("convx took")
+    for result in payload["results"]:
+        for name in ("convx", "numpy", "torch"):
+            runs = result["samples"][name]
+            assert len(runs) == result["runs"][name] and all(t > 0 for t in runs)
+            assert result["times"][name] == sorted(runs)[len(runs) // 2]
+            assert result["spread"][name] >= 0
+        assert result["kind"] == ("pool" if result["case"].startswith("maxpool") else "conv")
+    pool = next(r for r in payload["results"] if r["kind"] == "pool")
+    assert pool["bytes_moved"] == 2 * 64 * 1 * (4 + 4 + 8)  # 2x64 1x1 planes: float32 in, float32 and int64 out
+
+
+def test_a_slow_reference_is_timed_once_within_its_budget(monkeypatch):
+    # --quick gives the NumPy reference a budget: its slowest ops (seconds a call) run once.
+    from convx.bench import runner
+    from convx.bench.cases import CASES
+
+    monkeypatch.setattr(runner, "_time_once", lambda call: 3.0)  # every call "takes" 3 s
+    (result,) = runner.time_case(CASES["lenet_c1"], ["forward"], ["numpy", "convx"], 5, reference_seconds=1.0)
+    assert result.runs == {"numpy": 1, "convx": 5}  # convx within the others' 20 s
+    assert result.samples["numpy"] == [3.0] and result.spread == {"numpy": 0.0, "convx": 0.0}

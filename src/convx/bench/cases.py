@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -126,3 +126,8 @@ CASES: dict[str, ConvCase | PoolCase] = {
 
 # Small versions for --quick and the CI smoke run: same layer types, a fraction of the work.
 QUICK_BATCH = 2
+
+
+def quick(case: ConvCase | PoolCase) -> ConvCase | PoolCase:
+    """``case`` as ``--quick`` times it: at most ``QUICK_BATCH`` images."""
+    return replace(case, batch=min(case.batch, QUICK_BATCH))

@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
+import textwrap
 
 from .. import _threads
-from .cases import CASES, QUICK_BATCH
+from . import _load
+from .cases import CASES, QUICK_BATCH, quick
 from .implementations import winograd_applies
 from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
-from .runner import Result, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling, time_case
+from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling,
+                     time_case)
+from .table import WIDTH, Trust, format_table, summary
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
+REPEAT = 7
+QUICK_REPEAT = 5
+# --quick's budget per op for the NumPy reference (at least one call): its slowest calls take seconds.
+QUICK_REFERENCE_SECONDS = 0.5
 
 
 def parse_args(argv):
@@ -24,11 +31,14 @@ def parse_args(argv):
         prog="python -m convx.bench",
         description="Benchmark convx against its pure-NumPy reference and PyTorch (when installed).",
     )
-    parser.add_argument("--quick", action="store_true", help=f"batch {QUICK_BATCH} and 3 repetitions: a fast check")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"batch {QUICK_BATCH}, {QUICK_REPEAT} repetitions (the NumPy reference: as many as fit in "
+                             f"{QUICK_REFERENCE_SECONDS:g} s, at least one): a check in under a minute")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="only this case (repeatable)")
     parser.add_argument("--op", action="append", choices=ALL_OPS, help="only this op (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="threads for convx and PyTorch (default: convx's)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per op (median reported; default 7)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help=f"timed runs per op (median and spread reported; default {REPEAT})")
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-winograd", action="store_true",
@@ -39,7 +49,10 @@ def parse_args(argv):
                              "convx's forward with one thread (the thread scaling), the fused backward against "
                              "the three separate calls, and a copy of each pooling op's bytes (the memory-speed "
                              "yardstick)")
-    parser.add_argument("--json", metavar="FILE", help="write results and machine information as JSON")
+    parser.add_argument("--wide", action="store_true",
+                        help="a wider table: full op names and convx's algorithm='winograd' beside the default")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write results (every run of every op), machine information and the load as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
     nets = parser.add_argument_group(
         "whole networks",
@@ -73,7 +86,7 @@ def parse_args(argv):
     if args.batch is not None and args.batch < 2:
         parser.error(f"--batch must be at least 2 (BatchNorm's batch statistics), got {args.batch}")
     op_options = {"--case": args.case, "--op": args.op, "--memory": args.memory, "--ceiling": args.ceiling,
-                  "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd}
+                  "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd, "--wide": args.wide}
     if args.retry_busy < 0:
         parser.error(f"--retry-busy must be at least 0, got {args.retry_busy}")
     net_options = {"--net": args.net, "--batch": args.batch, "--no-onnx": args.no_onnx, "--profile": args.profile,
@@ -83,40 +96,6 @@ def parse_args(argv):
     if not args.nets and any(net_options.values()):
         parser.error(f"{', '.join(k for k, v in net_options.items() if v)} need --nets")
     return args
-
-
-def _fmt_ms(seconds: float | None) -> str:
-    return f"{'-':>9s}" if seconds is None else f"{seconds * 1e3:9.2f}"
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:6.2f}"
-
-
-def format_table(results: list[Result]) -> str:
-    """One row per case and op; ``wino`` is convx with algorithm='winograd' (3x3 stride-1 cases),
-    ``auto`` the time algorithm='auto' gives: Winograd's where it applies, else convx's."""
-    header = (
-        f"{'case':15s} {'op':16s} {'convx ms':>9s} {'wino ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} "
-        f"{'GFLOP/s':>8s} {'numpy/convx':>11s} {'convx/torch':>11s} {'wino/torch':>10s}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        convx_time = r.times.get("convx")
-        gflops = r.flops / convx_time / 1e9 if convx_time else None
-        lines.append(
-            f"{r.case:15s} {r.op:16s} {_fmt_ms(convx_time)} {_fmt_ms(r.times.get('winograd'))} "
-            f"{_fmt_ms(r.times.get('numpy'))} {_fmt_ms(r.times.get('torch'))} "
-            f"{'-' if gflops is None else f'{gflops:8.1f}'} {_fmt_ratio(r.ratio('numpy', 'convx')):>11s} "
-            f"{_fmt_ratio(r.ratio('convx', 'torch')):>11s} {_fmt_ratio(r.ratio('winograd', 'torch')):>10s}"
-        )
-    for label, (num, den) in {"numpy/convx": ("numpy", "convx"), "convx/torch": ("convx", "torch"),
-                              "auto/torch": ("auto", "torch")}.items():
-        ratios = [x for r in results if (x := r.ratio(num, den))]
-        if ratios:
-            geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-            lines.append(f"geometric mean {label}: {geomean:.2f} over {len(ratios)} ops")
-    return "\n".join(lines)
 
 
 def plot(results: list[Result], path: str) -> None:
@@ -189,20 +168,32 @@ def main(argv=None) -> int:
         except ImportError:
             implementations.remove("torch")
             print("PyTorch is not installed: comparing with NumPy only.", file=sys.stderr)
-    repeat = args.repeat or (3 if args.quick else 7)
+    repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
     cases = [CASES[name] for name in args.case] if args.case else list(CASES.values())
     if args.quick:
-        cases = [dataclasses.replace(c, batch=min(c.batch, QUICK_BATCH)) for c in cases]
+        cases = [quick(c) for c in cases]
     ops = tuple(args.op) if args.op else ALL_OPS
 
     info = machine_info()
     print(f"convx {info['convx']} (OpenMP {'on' if info['convx_openmp'] else 'OFF'}), {threads} threads; "
           f"{info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; torch {info['torch']}", file=sys.stderr)
     results: list[Result] = []
+    run_load = _load.OtherLoad()
+    start_calibration = calibration()
+    load_by_case: dict[str, float | None] = {}
     for index, case in enumerate(cases, 1):
         print(f"[{index}/{len(cases)}] {case.name}: {case.describe()}", file=sys.stderr, flush=True)
-        results += time_case(case, ops, implementations, repeat)
-    print(format_table(results))
+        case_load = _load.OtherLoad()
+        results += time_case(case, ops, implementations, repeat,
+                             reference_seconds=QUICK_REFERENCE_SECONDS if args.quick else None)
+        load_by_case[case.name] = case_load.fraction()
+    trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()),
+                  ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch"))
+    batches = sorted({c.batch for c in cases})
+    print(textwrap.fill(f"convx {info['convx']}, {threads} threads, {info['cpu']} ({info['cores']} cores); "
+                        f"{'--quick: ' if args.quick else ''}batch "
+                        f"{'-'.join(str(b) for b in batches[::len(batches) - 1 or 1])}, {repeat} runs per op", WIDTH))
+    print(format_table(results, repeat, wide=args.wide))
 
     ceilings = []
     if args.ceiling and any(case.kind == "conv" for case in cases):
@@ -264,12 +255,16 @@ def main(argv=None) -> int:
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
                    "results": [dataclasses.asdict(r) for r in results], "memory": memory,
-                   "ceilings": ceilings, "fused": fused, "copies": copies}
+                   "ceilings": ceilings, "fused": fused, "copies": copies, "summary": summary(results),
+                   "trust": trust.as_json(results)}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         plot(results, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    print()
+    print(summary(results))
+    print(trust.verdict(results, repeat))
     return 0
 

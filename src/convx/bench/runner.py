@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import _core, _threads
 from .._version import __version__
+from ._load import relative_iqr
 from .cases import ConvCase, PoolCase
 from .implementations import IMPLEMENTATIONS
 
@@ -27,6 +28,12 @@ class Result:
     flops: float
     times: dict[str, float]  # implementation -> median seconds
     runs: dict[str, int]
+    # implementation -> every timed run, seconds, in the order taken
+    samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # implementation -> interquartile range / median of the runs
+    spread: dict[str, float] = dataclasses.field(default_factory=dict)
+    kind: str = "conv"  # "conv" or "pool"
+    bytes_moved: int | None = None  # pooling: the bytes the op must read and write at least
 
     def time(self, name: str) -> float | None:
         """Median seconds of ``name``; ``'auto'``: Winograd's where it ran, else convx's."""
@@ -39,6 +46,13 @@ class Result:
         if top is not None and bottom is not None:
             return top / bottom
         return None
+
+    def rate(self) -> float | None:
+        """convx's speed: FLOP/s for a convolution, bytes/s (read and written) for pooling."""
+        seconds = self.times.get("convx")
+        if not seconds:
+            return None
+        return (self.bytes_moved if self.kind == "pool" and self.bytes_moved is not None else self.flops) / seconds
 
 
 def _cpu_model() -> str:
@@ -109,11 +123,26 @@ def _time_once(call: Callable[[], object]) -> float:
 
 
 SETTLE_SECONDS = 0.3
+# Untimed calls of each implementation, for at least this long, before its timed ones.
+WARMUP_SECONDS = 0.02
 
 
 def settle() -> None:
     """Wait until threads left spinning by a multi-threaded BLAS call have gone to sleep."""
     time.sleep(SETTLE_SECONDS)
+
+
+def _warm_up(call: Callable[[], object], max_seconds: float) -> tuple[float, list[float]]:
+    """Untimed calls for ``WARMUP_SECONDS`` (at least one): seconds spent, and the one call as a
+    timed run if it alone took over a second (a call that long needs no warming, and NumPy's
+    slowest references take many)."""
+    first = _time_once(call)
+    if first > 1.0:
+        return first, [first]
+    spent, end = first, time.perf_counter() + WARMUP_SECONDS - first
+    while time.perf_counter() < end and spent < max_seconds:
+        spent += _time_once(call)
+    return spent, []
 
 
 def time_case(
@@ -123,15 +152,20 @@ def time_case(
     repeat: int,
     seed: int = 0,
     max_seconds: float = 20.0,
+    reference_seconds: float | None = None,
 ) -> list[Result]:
-    """Median wall time of each op of ``case`` for each implementation.
+    """Every run of each op of ``case`` for each implementation, and their median.
 
-    convx and PyTorch run interleaved: every repetition calls each once in turn, so slow drifts
-    of a shared machine hit both alike. The NumPy reference runs first, on its own, followed by
-    a pause: its matrix products leave OpenBLAS's worker threads spinning for a while after
-    they return (tens of milliseconds), which would steal a core from whichever library ran
-    next. An implementation whose calls exceed ``max_seconds`` in total stops early with the
-    runs it has (at least one).
+    convx, its Winograd variant and PyTorch run round-robin: every repetition calls each once in
+    turn, so slow drifts of a shared machine hit them alike (on Linux, convx and PyTorch's wheel
+    share one libgomp, loaded once by its soname, so neither finds the other's threads still
+    spinning, unlike ONNX Runtime's in ``--nets``). The NumPy
+    reference runs first, every op of the case on its own, followed by one pause: its matrix
+    products leave OpenBLAS's worker threads spinning for a while after they return (tens of
+    milliseconds), which would steal a core from whichever library ran next. Each implementation
+    is warmed up (``_warm_up``) before its timed runs. One whose calls exceed ``max_seconds`` in
+    total (the NumPy reference: ``reference_seconds``, if given) stops early with the runs it has
+    (at least one).
     """
     arrays = case.arrays(np.random.default_rng(seed))
     calls = {}
@@ -139,33 +173,45 @@ def time_case(
         made = IMPLEMENTATIONS[name](case, arrays)
         if made is not None:
             calls[name] = made
-    alone = [name for name in calls if name == "numpy"]
     together = [name for name in calls if name != "numpy"]
-    results = []
-    for op in ops:
-        if op not in case.ops:
-            continue
-        samples: dict[str, list[float]] = {name: [] for name in calls}
-        spent: dict[str, float] = {}
-        for group in [[name] for name in alone] + [together]:
+    selected = [op for op in ops if op in case.ops]
+    samples: dict[str, dict[str, list[float]]] = {op: {name: [] for name in calls} for op in selected}
+
+    budget = {name: max_seconds for name in calls}
+    if reference_seconds is not None:
+        budget["numpy"] = reference_seconds
+
+    def run(op: str, group: list[str]) -> None:
+        spent = {}
+        for name in group:
+            spent[name], samples[op][name] = _warm_up(calls[name][op], budget[name])
+        for _ in range(repeat):
             for name in group:
-                spent[name] = _time_once(calls[name][op])  # warm-up
-            for _ in range(repeat):
-                for name in group:
-                    if samples[name] and spent[name] > max_seconds:
-                        continue
-                    elapsed = _time_once(calls[name][op])
-                    samples[name].append(elapsed)
-                    spent[name] += elapsed
-            if group == alone:
-                settle()
+                if len(samples[op][name]) >= repeat or (samples[op][name] and spent[name] > budget[name]):
+                    continue
+                elapsed = _time_once(calls[name][op])
+                samples[op][name].append(elapsed)
+                spent[name] += elapsed
+
+    if "numpy" in calls:
+        for op in selected:
+            run(op, ["numpy"])
+        settle()
+    results = []
+    for op in selected:
+        run(op, together)
+        runs = samples[op]
         results.append(
             Result(
                 case.name,
                 op,
                 case.flops(op),
-                {name: statistics.median(s) for name, s in samples.items()},
-                {name: len(s) for name, s in samples.items()},
+                {name: statistics.median(s) for name, s in runs.items()},
+                {name: len(s) for name, s in runs.items()},
+                samples={name: list(s) for name, s in runs.items()},
+                spread={name: relative_iqr(s) for name, s in runs.items()},
+                kind=case.kind,
+                bytes_moved=sum(case.bytes_moved(op)) if isinstance(case, PoolCase) else None,
             )
         )
     return results
@@ -242,3 +288,17 @@ def fused_backward(case: ConvCase, repeat: int, seed: int = 0) -> tuple[float, f
         samples["fused"].append(_time_once(fused))
         samples["separate"].append(_time_once(separate))
     return statistics.median(samples["fused"]), statistics.median(samples["separate"])
+
+
+def calibration(repeat: int = 9, seed: int = 0) -> float:
+    """Median seconds of a fixed convolution on convx's threads (150 MFLOP, about a millisecond on
+    two cores), timed at the start and the end of a run: if the two differ, the machine's speed
+    changed. (With other processes on the cores, threads wait for each other: 0.9 ms became 20.)"""
+    from .. import functional
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((8, 32, 32, 32)).astype(np.float32)
+    weight = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    call = lambda: functional.conv2d(x, weight, padding=1)  # noqa: E731
+    _warm_up(call, 1.0)
+    return statistics.median(_time_once(call) for _ in range(repeat))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -15,6 +14,7 @@ import numpy as np
 
 from ... import nn, optim
 from ...nn.module import Module, no_grad
+from .._load import OtherLoad, spread, wait_for_quiet  # noqa: F401 (report.py and tests use them from here)
 from . import models
 from .onnx_graph import ort_session, to_onnx
 
@@ -227,52 +227,6 @@ def compare(net: models.Net, batch_size: int, threads: int, use_torch: bool, use
 # -- time -------------------------------------------------------------------------------------
 
 
-class OtherLoad:
-    """How busy other processes kept the CPUs while this one ran: the CPU time all processes
-    used (``/proc/stat``) minus this process's own, as a fraction of the wall time of every core.
-    On a shared machine that says which timings to distrust. None where /proc/stat is missing.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(value) for value in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks  # all but idle and iowait
-        own = time.process_time()
-        return busy, own, time.perf_counter()
-
-    def fraction(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
-        cores = os.cpu_count() or 1
-        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * cores)
-
-
-def wait_for_quiet(threshold: float, timeout: float, window: float = 5.0) -> bool:
-    """Wait until other processes take at most ``threshold`` of the CPUs over ``window`` seconds;
-    False after ``timeout`` seconds (or without /proc/stat)."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        load = OtherLoad()
-        time.sleep(window)
-        fraction = load.fraction()
-        if fraction is None:
-            return False
-        if fraction <= threshold:
-            return True
-    return False
-
-
-
 @dataclass
 class Timing:
     """Seconds per call of each library (``'convx'``, ``'torch'``, ``'ort'``), all runs kept."""
@@ -290,9 +244,7 @@ class Timing:
     def summary(self) -> dict[str, dict[str, float | int]]:
         out: dict[str, dict[str, float | int]] = {}
         for name, runs in self.samples.items():
-            quartiles = statistics.quantiles(runs, n=4) if len(runs) > 1 else [runs[0]] * 3
-            out[name] = {"median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs),
-                         "q1_s": quartiles[0], "q3_s": quartiles[2], "runs": len(runs)}
+            out[name] = spread(runs)
         return out
 
 

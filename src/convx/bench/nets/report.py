@@ -8,6 +8,7 @@ import textwrap
 from typing import Any
 
 from ... import _threads
+from .. import _load
 from ..runner import machine_info
 from . import measure, models
 
@@ -19,7 +20,7 @@ AGREEMENT_FLAG = 1e-4
 AGREEMENT_TARGET = 1e-5
 FLOAT64_TARGET = 1e-12
 # Other processes' share of the CPUs (measure.OtherLoad) above which a net's timings are marked.
-BUSY_MACHINE = 0.05
+BUSY_MACHINE = _load.BUSY_MACHINE
 QUIET_TIMEOUT = 600.0
 DEFAULT_BATCH = 64
 QUICK_BATCH = 8
