@@ -1,0 +1,110 @@
+"""Batch-inference throughput of convx.dask.predict on a LocalCluster against one process.
+
+    python bench/dask_predict.py [--images 4096] [--chunk 256] [--repeats 3] [--net vgg_bn]
+
+Compares, for the CIFAR-size nets of ``convx.bench.nets``, evaluation-mode inference under
+``nn.no_grad()`` of the same images in chunks of ``--chunk``:
+
+- one process, convx on 2 threads, the chunks one after the other;
+- ``convx.dask.predict`` on a LocalCluster of 2 worker processes x 1 thread (loopback), with the
+  images (a) already on the workers (``persist``: compute and scheduling only) and (b) in the
+  client's memory (``from_array``: each chunk is also sent to a worker).
+
+Then the peak resident memory of each worker for an input 4x its memory limit (generated on the
+workers and reduced there, so nothing returns whole). Prints the best of ``--repeats`` runs and
+the load average before and after (the numbers mean little on a machine busy with other work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--net", default="vgg_bn")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    args = parser.parse_args()
+
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    import convx
+    import convx.dask
+    from convx import nn
+    from convx.bench.nets.models import NETS, convx_model
+
+    net = NETS[args.net]
+    model = convx_model(net).eval()
+    images = np.random.default_rng(0).standard_normal((args.images, *net.image_shape), dtype=np.float32)
+    print(f"net {net.name}: {net.description}; {args.images} images in chunks of {args.chunk}")
+    print(f"load average before: {os.getloadavg()}")
+
+    convx.set_num_threads(2)
+
+    def in_process() -> None:
+        with nn.no_grad():
+            for start in range(0, args.images, args.chunk):
+                model(images[start:start + args.chunk])
+
+    in_process()  # warm-up
+    single = best_of(args.repeats, in_process)
+    print(f"one process, 2 threads:            {args.images / single:8.0f} images/s")
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        on_workers = da.from_array(images, chunks=(args.chunk, *net.image_shape)).persist()
+        from distributed import wait
+
+        wait(on_workers)
+        convx.dask.predict(model, on_workers).compute()  # warm-up
+        persisted = best_of(args.repeats, lambda: convx.dask.predict(model, on_workers).compute())
+        print(f"2 workers x 1 thread, data there:  {args.images / persisted:8.0f} images/s "
+              f"({single / persisted:.2f}x the one process)")
+        in_client = da.from_array(images, chunks=(args.chunk, *net.image_shape))
+        sent = best_of(args.repeats, lambda: convx.dask.predict(model, in_client).compute())
+        print(f"2 workers x 1 thread, data sent:   {args.images / sent:8.0f} images/s "
+              f"({single / sent:.2f}x the one process)")
+    print(f"load average after: {os.getloadavg()}")
+
+    if not args.no_memory:
+        limit = 256 * 2**20
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, memory_limit=limit) as cluster, Client(cluster) as client:
+            image_bytes = int(np.prod(net.image_shape)) * 4
+            count = 4 * limit // image_bytes
+            big = da.random.default_rng(1).standard_normal((count, *net.image_shape), chunks=(args.chunk, *net.image_shape),
+                                                          dtype=np.float32)
+            baseline = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+            start = time.perf_counter()
+            total = convx.dask.predict(model, big).sum().compute()
+            elapsed = time.perf_counter() - start
+
+            def peak() -> int:
+                import resource
+                return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+            peaks = client.run(peak)
+            print(f"memory: {count} images ({count * image_bytes / 2**20:.0f} MiB, 4x the 256 MiB limit of each "
+                  f"worker) in {elapsed:.1f} s (sum {total:.3g}); worker RSS at start "
+                  f"{[round(v / 2**20) for v in baseline.values()]} MiB, peak {[round(v / 2**20) for v in peaks.values()]} MiB")
+
+
+if __name__ == "__main__":
+    main()
