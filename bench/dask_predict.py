@@ -7,12 +7,13 @@ Compares, for the CIFAR-size nets of ``convx.bench.nets``, evaluation-mode infer
 
 - one process, convx on 2 threads, the chunks one after the other;
 - ``convx.dask.predict`` on a LocalCluster of 2 worker processes x 1 thread (loopback), with the
-  images (a) already on the workers (``persist``: compute and scheduling only) and (b) in the
+  images (a) already on the workers (generated there and persisted: compute and scheduling only) and (b) in the
   client's memory (``from_array``: each chunk is also sent to a worker).
 
-Then the peak resident memory of each worker for an input 4x its memory limit (generated on the
-workers and reduced there, so nothing returns whole). Prints the best of ``--repeats`` runs and
-the load average before and after (the numbers mean little on a machine busy with other work).
+The three run in turn ``--repeats`` times (so that other load on the machine falls on each alike)
+and the median and best of each are printed, with the load average before and after. Then the
+peak resident memory of each worker for an input 4x its memory limit (generated on the workers and
+reduced there, so nothing returns whole).
 """
 
 from __future__ import annotations
@@ -63,24 +64,36 @@ def main() -> None:
             for start in range(0, args.images, args.chunk):
                 model(images[start:start + args.chunk])
 
-    in_process()  # warm-up
-    single = best_of(args.repeats, in_process)
-    print(f"one process, 2 threads:            {args.images / single:8.0f} images/s")
-
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        on_workers = da.from_array(images, chunks=(args.chunk, *net.image_shape)).persist()
         from distributed import wait
 
+        # Generated on the workers (root tasks spread over both), then kept there.
+        on_workers = da.random.default_rng(0).standard_normal(
+            images.shape, chunks=(args.chunk, *net.image_shape), dtype=np.float32).persist()
         wait(on_workers)
-        convx.dask.predict(model, on_workers).compute()  # warm-up
-        persisted = best_of(args.repeats, lambda: convx.dask.predict(model, on_workers).compute())
-        print(f"2 workers x 1 thread, data there:  {args.images / persisted:8.0f} images/s "
-              f"({single / persisted:.2f}x the one process)")
+        held = sorted(len(keys) for keys in client.has_what().values())
         in_client = da.from_array(images, chunks=(args.chunk, *net.image_shape))
-        sent = best_of(args.repeats, lambda: convx.dask.predict(model, in_client).compute())
-        print(f"2 workers x 1 thread, data sent:   {args.images / sent:8.0f} images/s "
-              f"({single / sent:.2f}x the one process)")
+        runs = {
+            "one process, 2 threads": in_process,
+            "2 workers x 1 thread, data there": lambda: convx.dask.predict(model, on_workers).compute(),
+            "2 workers x 1 thread, data sent": lambda: convx.dask.predict(model, in_client).compute(),
+        }
+        for run in runs.values():  # warm-up
+            run()
+        # Interleaved, so that the machine's other load falls on every variant alike.
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+        print(f"(chunks held per worker: {held})")
+        reference = float(np.median(times["one process, 2 threads"]))
+        for name, measured in times.items():
+            median = float(np.median(measured))
+            print(f"{name:34s} median {args.images / median:6.0f} images/s, best {args.images / min(measured):6.0f} "
+                  f"({reference / median:.2f}x the one process, medians)")
     print(f"load average after: {os.getloadavg()}")
 
     if not args.no_memory:

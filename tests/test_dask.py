@@ -8,6 +8,7 @@ convx call on the whole array in memory.
 
 import doctest
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +33,9 @@ CLUSTER_TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def client():
+    # Dask's nanny puts OMP_NUM_THREADS=1 (and the BLAS counts) into this process's environment
+    # for its workers to inherit, and leaves them there: later tests' subprocesses must not.
+    environ = dict(os.environ)
     with dask.config.set({"distributed.comm.timeouts.connect": "60s"}):
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
@@ -43,6 +47,8 @@ def client():
     finally:
         client.close()
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def synchronous():

@@ -66,7 +66,8 @@ def worker_threads() -> int | None:
     count, or 1 where it is not set (a worker thread of the client's own process). The tasks of
     :mod:`convx.dask` set it with :func:`convx.set_num_threads` before they compute: a worker forked
     from a process whose convx count was higher (the ``fork`` start method) would otherwise run
-    every task on that many threads.
+    every task on that many threads. (Workers that are threads of the client's process,
+    ``LocalCluster(processes=False)``, set the client's own count so.)
     """
     try:
         from distributed import get_worker
@@ -299,7 +300,7 @@ def _plan_axis(name: str, x_name: str, size: int, chunks: tuple[int, ...], windo
         lead += window.pad_before * stride
         field += (window.kernel - 1) * window.dilation * stride
         stride *= window.stride
-        out_size = window.output_size(out_size)
+        out_size = window.output_size(out_size) if out_size >= 1 else out_size
     if out_size < 1:
         raise ValueError(f"{what} has no output along {name}: {x_name} has {size} positions there, fewer than its "
                          f"receptive field ({field}) with its padding")
