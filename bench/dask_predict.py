@@ -1,6 +1,7 @@
 """Batch-inference throughput of convx.dask.predict on a LocalCluster against one process.
 
     python bench/dask_predict.py [--images 4096] [--chunk 256] [--repeats 3] [--net vgg_bn]
+    python bench/dask_predict.py --tiled 8192
 
 Compares, for the CIFAR-size nets of ``convx.bench.nets``, evaluation-mode inference under
 ``nn.no_grad()`` of the same images in chunks of ``--chunk``:
@@ -14,6 +15,10 @@ The three run in turn ``--repeats`` times (so that other load on the machine fal
 and the median and best of each are printed, with the load average before and after. Then the
 peak resident memory of each worker for an input 4x its memory limit (generated on the workers and
 reduced there, so nothing returns whole).
+
+``--tiled SIZE`` instead runs :func:`convx.dask.predict_tiled` of a 3-layer fully convolutional
+net over a SIZE x SIZE image from Zarr to Zarr in 1024 x 1024 tiles, with the workers' peak
+memory, and compares it with the net on the whole image in memory.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--net", default="vgg_bn")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--tiled", type=int, default=0, metavar="SIZE",
+                        help="only: tiled inference of a 3-layer fully convolutional net over a SIZE x SIZE "
+                             "image in 1024 x 1024 tiles, written to Zarr, against the same net in memory")
     args = parser.parse_args()
+    if args.tiled:
+        tiled(args.tiled)
+        return
 
     import dask.array as da
     from distributed import Client, LocalCluster
@@ -117,6 +128,54 @@ def main() -> None:
             print(f"memory: {count} images ({count * image_bytes / 2**20:.0f} MiB, 4x the 256 MiB limit of each "
                   f"worker) in {elapsed:.1f} s (sum {total:.3g}); worker RSS at start "
                   f"{[round(v / 2**20) for v in baseline.values()]} MiB, peak {[round(v / 2**20) for v in peaks.values()]} MiB")
+
+
+def tiled(size: int) -> None:
+    """The issue's tiled target: SIZE x SIZE float32 in 1k x 1k tiles to Zarr; equality with the
+    whole image in memory and the workers' peak resident memory."""
+    import tempfile
+
+    import dask.array as da
+    import zarr
+    from distributed import Client, LocalCluster
+
+    import convx
+    import convx.dask
+    from convx import nn
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, rng=0), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, rng=1), nn.ReLU(),
+        nn.Conv2d(8, 1, 1, rng=2),
+    ).eval()
+    print(f"tiled: {size} x {size} float32 image, 1024 x 1024 tiles; load average {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as scratch, LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+    ) as cluster, Client(cluster) as client:
+        image = da.random.default_rng(0).standard_normal((1, 1, size, size), chunks=(1, 1, 1024, 1024),
+                                                         dtype=np.float32)
+        image.to_zarr(f"{scratch}/image.zarr")
+        start = time.perf_counter()
+        convx.dask.predict_tiled(net, da.from_zarr(f"{scratch}/image.zarr")).to_zarr(f"{scratch}/out.zarr")
+        elapsed = time.perf_counter() - start
+
+        def peak() -> int:
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        peaks = [round(v / 2**20) for v in client.run(peak).values()]
+        print(f"tiled on 2 workers x 1 thread: {elapsed:.1f} s, {size * size / elapsed / 1e6:.2f} Mpixel/s; "
+              f"worker peak RSS {peaks} MiB")
+        whole = zarr.open_array(f"{scratch}/image.zarr")[...]
+        convx.set_num_threads(2)
+        start = time.perf_counter()
+        with nn.no_grad():
+            expected = net(whole)
+        elapsed = time.perf_counter() - start
+        got = zarr.open_array(f"{scratch}/out.zarr")[...]
+        error = float(np.abs(got.astype(np.float64) - expected).max() / np.abs(expected).max())
+        print(f"in memory, one process x 2 threads: {elapsed:.1f} s; tiled vs whole: bitwise "
+              f"{bool(np.array_equal(got, expected))}, max relative difference {error:.2e}")
 
 
 if __name__ == "__main__":
