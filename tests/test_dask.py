@@ -29,6 +29,10 @@ from convx import nn, optim  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds: bounds for a loaded two-core machine.
 CLUSTER_TIMEOUT = 120
+# The scheduler's HTTP server (metrics; no dashboard without bokeh) on a free loopback port: with
+# dashboard_address=None distributed still takes port 8787, and where another cluster on the
+# machine holds it, says so with a warning (an error in this suite).
+HTTP = "127.0.0.1:0"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def client():
     environ = dict(os.environ)
     with dask.config.set({"distributed.comm.timeouts.connect": "60s"}):
         cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=HTTP,
             timeout=CLUSTER_TIMEOUT,
         )
         client = distributed.Client(cluster, timeout=CLUSTER_TIMEOUT)
@@ -133,6 +137,26 @@ def test_predict_runs_convx_on_the_workers_thread_budget(client):
     assert (y.compute() == 1).all()
     assert client.submit(cd.worker_threads, pure=False).result() == 1
     assert cd.worker_threads() is None  # not in a worker
+
+
+def test_predict_on_a_worker_with_two_threads():
+    """Two tasks of one worker run side by side, each on its own copy of the model."""
+    model = classifier().eval()
+    images = np.random.default_rng(10).standard_normal((32, 3, 12, 12)).astype(np.float32)
+    with nn.no_grad():
+        expected = np.concatenate([model(images[start:start + 2]) for start in range(0, 32, 2)])
+    environ = dict(os.environ)
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                      dashboard_address=HTTP, timeout=CLUSTER_TIMEOUT) as cluster, \
+                distributed.Client(cluster, set_as_default=False) as local:
+            for _ in range(2):
+                y = cd.predict(model, da.from_array(images, chunks=(2, 3, 12, 12)))
+                assert np.array_equal(local.compute(y).result(), expected)
+            assert local.submit(cd.worker_threads, pure=False).result() == 1
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 # -- tiled convolution ----------------------------------------------------------------------
@@ -365,7 +389,7 @@ START_METHODS_SCRIPT = textwrap.dedent(
         for method in sys.argv[1:]:
             with dask.config.set({"distributed.worker.multiprocessing-method": method}):
                 with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                              dashboard_address=None) as cluster, distributed.Client(cluster):
+                                              dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster):
                     x = da.from_array(images, chunks=(4, 3, 64, 64))
                     equal = bool(np.array_equal(cd.predict(model, x).compute(), expected))
                     threads = cd.predict(counts, x, meta=np.empty((1, 1), np.int64)).compute()
