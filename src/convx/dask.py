@@ -208,7 +208,7 @@ def predict(model: object, x: object, *, batch_chunks: int | Sequence[int] | Non
     """
     array = _as_dask("x", x)
     if array.ndim < 1:
-        raise ValueError(f"x must have a batch axis, got a 0-d array")
+        raise ValueError("x must have a batch axis, got a 0-d array")
     if batch_chunks is not None:
         array = array.rechunk({0: batch_chunks})
     for axis in range(1, array.ndim):
