@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,29 @@ def test_a_slow_reference_is_timed_once_within_its_budget(monkeypatch):
     from convx.bench import runner
     from convx.bench.cases import CASES
 
-    monkeypatch.setattr(runner, "_time_once", lambda call: 3.0)  # every call "takes" 3 s
+    monkeypatch.setattr(runner, "_time_once", lambda call, number=1: 3.0)  # every call "takes" 3 s
     (result,) = runner.time_case(CASES["lenet_c1"], ["forward"], ["numpy", "convx"], 5, reference_seconds=1.0)
     assert result.runs == {"numpy": 1, "convx": 5}  # convx within the others' 20 s
     assert result.samples["numpy"] == [3.0] and result.spread == {"numpy": 0.0, "convx": 0.0}
+
+
+def test_short_calls_are_timed_in_runs_of_several(monkeypatch):
+    # A call of about 1 us is timed as runs of MIN_RUN_SECONDS worth of calls, each run's time
+    # their mean; a call over MIN_RUN_SECONDS is timed alone.
+    from convx.bench import runner
+
+    counts = {"fast": 0, "slow": 0}
+
+    def fast():
+        counts["fast"] += 1
+
+    def slow():
+        counts["slow"] += 1
+        time.sleep(runner.MIN_RUN_SECONDS * 1.2)
+
+    _, _, number = runner._warm_up(fast, 10.0)
+    assert 1 < number <= runner.MAX_CALLS_PER_RUN
+    before = counts["fast"]
+    assert runner._time_once(fast, number) < runner.MIN_RUN_SECONDS
+    assert counts["fast"] - before == number
+    assert runner._warm_up(slow, 10.0)[2] == 1
