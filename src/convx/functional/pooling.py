@@ -9,6 +9,8 @@ never modified; any memory layout is accepted.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
@@ -135,9 +137,21 @@ def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...
     return shape, False
 
 
+# No process on x86-64 or AArch64 Linux addresses more than 2**47 bytes (128 TiB): a larger array
+# is refused without asking the allocator (which AddressSanitizer reports, and which overcommit
+# may grant lazily for sizes that can never be touched).
+_ADDRESSABLE_BYTES = 2**47
+
+
 def _allocate(shape: tuple[int, ...], dtype: DTypeLike, cause: str) -> AnyArray:
     """``np.empty(shape, dtype)``, refused naming ``cause`` (the argument that sized it) where NumPy
     cannot allocate it: its own errors ("array is too big", a bare MemoryError) name no argument."""
+    nbytes = math.prod(int(size) for size in shape) * np.dtype(dtype).itemsize
+    if nbytes > _ADDRESSABLE_BYTES:
+        raise MemoryError(
+            f"{cause} asks for an array of shape {tuple(shape)} and dtype {np.dtype(dtype)}: {nbytes / 2**40:.3g} TiB, "
+            f"more than a process can address"
+        )
     try:
         return np.empty(shape, dtype=dtype)
     except (ValueError, MemoryError) as error:
