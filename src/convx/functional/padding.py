@@ -22,7 +22,7 @@ from .._checks import as_float_array, as_int, as_shape, contiguous
 from .._shapes import counting_run, padded_source
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, Shape
-from .pooling import _allocate
+from .pooling import _ADDRESSABLE_BYTES, _allocate
 
 __all__ = ["pad", "pad_backward"]
 
@@ -58,6 +58,8 @@ def _check_mode(mode: object, n_axes: int, ndim: int, shape: tuple[int, ...], na
 
 
 def _positions(count: int, where: str) -> NDArray[np.int64]:
+    if count * 8 > _ADDRESSABLE_BYTES:  # refused before asking the allocator, as _allocate does
+        raise MemoryError(f"{where} asks for a padded axis of {count} elements, more than a process can address")
     try:
         return np.arange(count, dtype=np.int64)
     except (ValueError, MemoryError) as error:
