@@ -10,7 +10,6 @@ never modified; any memory layout is accepted.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from typing import Literal, NoReturn, overload
 
