@@ -252,6 +252,37 @@ def set_gemm_kernel(name):
     _gemm_level = level
 
 
+cdef extern from *:
+    """
+    /* A calling thread's own choice of GEMM level and direct mode (-1: the process-wide
+       setting), set around one call by convx.autotune. The kernels' teams never read them:
+       every choice is made, and every level passed on, before a parallel region starts. */
+    static __thread int convx_thread_gemm_level = -1;
+    static __thread int convx_thread_direct_mode = -1;
+    static int convx_get_thread_gemm_level(void) { return convx_thread_gemm_level; }
+    static int convx_get_thread_direct_mode(void) { return convx_thread_direct_mode; }
+    static void convx_set_thread_config(int level, int mode) {
+        convx_thread_gemm_level = level;
+        convx_thread_direct_mode = mode;
+    }
+    """
+    int convx_get_thread_gemm_level() noexcept nogil
+    int convx_get_thread_direct_mode() noexcept nogil
+    void convx_set_thread_config(int level, int mode) noexcept nogil
+
+
+cdef inline int _level() noexcept nogil:
+    """The GEMM level this thread's calls use: its own (ConvConfig), else set_gemm_kernel's."""
+    cdef int level = convx_get_thread_gemm_level()
+    return _gemm_level if level < 0 else level
+
+
+cdef inline int _dmode() noexcept nogil:
+    """The direct mode this thread's calls use: its own (ConvConfig), else set_direct_conv's."""
+    cdef int mode = convx_get_thread_direct_mode()
+    return _direct_mode if mode < 0 else mode
+
+
 DIRECT_MODES = ("auto", "off", "rows", "images", "outer", "flat", "plane")
 # 'auto' picks per layer (_direct_choice, _direct_weight_choice, _flat_choice, _plane_choice); the
 # others force a mode wherever the direct kernels apply at all, for tests and benchmarks ('outer':
@@ -308,7 +339,7 @@ cdef object _pack_weight(const floating[:, :, :, ::1] weight, int groups, bint t
     cdef Py_ssize_t grp, w_size = c_out_g * col_rows
     cdef floating[::1] packed
     cdef const floating* w = &weight[0, 0, 0, 0] if weight.shape[0] else NULL
-    p.level = _gemm_level
+    p.level = _level()
     p.transpose = transpose
     p.m = col_rows if transpose else c_out_g
     p.k = c_out_g if transpose else col_rows
@@ -448,11 +479,11 @@ cdef inline bint _flat_choice(convx_conv_shape* s, Py_ssize_t batch, bint weight
     """Whether the convx_flat_* kernels take the convolution of shape s (its forward and input
     gradient, or with weight its weight gradient): a 1x1 kernel over whole planes, on convx's
     own kernels."""
-    if _gemm_level == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0 or not convx_conv_flat(s):
+    if _level() == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0 or not convx_conv_flat(s):
         return False
-    if _direct_mode == MODE_FLAT:
+    if _dmode() == MODE_FLAT:
         return True
-    if _direct_mode != MODE_AUTO or (weight and not is_float):
+    if _dmode() != MODE_AUTO or (weight and not is_float):
         return False
     return s.height * s.width >= (FLAT_WEIGHT_LEAST_PIXELS if weight else FLAT_LEAST_PIXELS)
 
@@ -499,7 +530,7 @@ cdef int _flat_weight_gradient(const floating* grad_out, const floating* x, conv
     shape _flat_choice took. Threads take equal shares of the batch, each summing its own
     partial, or, for fewer images than threads, of the blocks of input channels (each
     writing its own elements and reading all of grad_out)."""
-    cdef int level = _gemm_level, team, t
+    cdef int level = _level(), team, t
     cdef Py_ssize_t n_pix = s.height * s.width, items, lo, hi, n0, n1
     cdef Py_ssize_t w_size = s.groups * s.c_out_g * s.c_in_g
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * n_pix, image_out = s.groups * s.c_out_g * n_pix
@@ -548,18 +579,18 @@ cdef enum:
 cdef inline bint _plane_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
     """Whether convx_plane_conv takes the forward of shape s."""
     cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, covered
-    if _gemm_level == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+    if _level() == CONVX_GEMM_BLAS or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return False
     if s.sw != 1 or s.ph < 0 or s.pw < 0 or depth > CONVX_PLANE_DEPTH:
         return False
     if _padded_planes(s, s.c_in_g) > PLANE_BUFFER or not _scratch_fits(_padded_planes(s, s.c_in_g), s):
         return False
-    if _direct_mode == MODE_PLANE:
+    if _dmode() == MODE_PLANE:
         return True
     # Measured on AVX2 only (an AVX2 EPYC): on AVX-512 the other kernels' choices stand.
-    if _direct_mode != MODE_AUTO or _gemm_level != CONVX_GEMM_AVX2 or convx_conv_flat(s):
+    if _dmode() != MODE_AUTO or _level() != CONVX_GEMM_AVX2 or convx_conv_flat(s):
         return False
-    lanes = convx_plane_lanes_f(_gemm_level) if is_float else convx_plane_lanes_d(_gemm_level)
+    lanes = convx_plane_lanes_f(_level()) if is_float else convx_plane_lanes_d(_level())
     covered = (s.out_w + lanes - 1) // lanes * lanes
     if 20 * s.out_w >= 17 * covered:
         return depth <= PLANE_DEPTH_COVERED
@@ -571,7 +602,7 @@ cdef int _plane_conv(const floating* x, const floating* weight, const floating* 
     """out = conv(x) (bias added where given) by convx_plane_conv, for a shape _plane_choice took.
     Threads take equal shares of the items (image, group, block of output channels), in order,
     so that consecutive items of one image share its padded copy."""
-    cdef int level = _gemm_level, team, t
+    cdef int level = _level(), team, t
     cdef Py_ssize_t depth = s.c_in_g * s.kh * s.kw, lanes, blocks, group_size, buf_size, grp, n_items, lo, hi
     if floating is float:
         lanes = convx_plane_channels_f(level)
@@ -617,7 +648,7 @@ cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil
     """Whether channels fill at least 3/4 of the direct kernels' lanes (the lanes past them are
     computed and dropped: lenet_c2's 50 filters in 64 lanes still ran in 0.85 of the packed
     path's time)."""
-    cdef Py_ssize_t lanes = convx_direct_lanes_f(_gemm_level) if is_float else convx_direct_lanes_d(_gemm_level)
+    cdef Py_ssize_t lanes = convx_direct_lanes_f(_level()) if is_float else convx_direct_lanes_d(_level())
     return 3 * ((channels + lanes - 1) // lanes * lanes) <= 4 * channels
 
 
@@ -627,7 +658,7 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
     padding's columns, and the columns out to a last tile's spare pixels) would exceed
     _scratch_fits (images copy the images only, and skip the taps in the padding)."""
     cdef int mode = _direct_mode_wanted(s, batch, is_float)
-    cdef Py_ssize_t mr = convx_direct_rows_f(_gemm_level) if is_float else convx_direct_rows_d(_gemm_level)
+    cdef Py_ssize_t mr = convx_direct_rows_f(_level()) if is_float else convx_direct_rows_d(_level())
     cdef double in_rows
     if mode == DIRECT_ROWS:
         in_rows = min(<double> s.height, <double> ((s.out_h - 1) * s.sh + (s.kh - 1) * s.dh + 1))
@@ -638,15 +669,15 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
 
 cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
     """How convx_direct_conv_* would best take a convolution of shape s, scratch aside."""
-    cdef int level = _gemm_level
+    cdef int level = _level()
     cdef Py_ssize_t rows, tile
-    if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+    if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0 or s.kh * s.kw > CONVX_DIRECT_TAPS:
         return DIRECT_OFF
-    if _direct_mode == MODE_ROWS or _direct_mode == MODE_OUTER:
+    if _dmode() == MODE_ROWS or _dmode() == MODE_OUTER:
         return DIRECT_ROWS
-    if _direct_mode == MODE_IMAGES:
+    if _dmode() == MODE_IMAGES:
         return DIRECT_IMAGES
     # A 1x1 kernel over whole planes stays a plain GEMM of the planes.
     if not _fills_lanes(s.c_out_g, is_float) or convx_conv_flat(s):
@@ -673,7 +704,7 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
     chunks of their output rows, or of their output channels, where the batch is too small to go
     round), each with its own channels-last buffer. Returns 0, having written nothing, where a
     weight is not finite (the caller then takes another path: see convx_direct_pack_weight)."""
-    cdef int level = _gemm_level, team, t
+    cdef int level = _level(), team, t
     cdef Py_ssize_t taps = s.kh * s.kw, k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks, u, co, grp
     cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
     if floating is float:
@@ -770,7 +801,7 @@ cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     """_direct_weight_wanted, or DIRECT_OFF where its channels-last copy of an image (all its
     rows; the padding's columns, and for DIRECT_OUTER its rows, zero) would exceed _scratch_fits."""
     cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads)
-    cdef int level = _gemm_level
+    cdef int level = _level()
     cdef double copy, part
     cdef double weight = <double> (s.groups * s.c_out_g * s.c_in_g) * <double> (s.kh * s.kw)
     if split == DIRECT_OFF:
@@ -797,17 +828,17 @@ cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image),
     or, for few input channels, DIRECT_OUTER (_direct_outer_weight_gradient). The forced modes
     force them too: 'rows' split by images where the batch allows, 'images' by channels."""
-    cdef int level = _gemm_level
+    cdef int level = _level()
     cdef Py_ssize_t tiles, part
-    if level == CONVX_GEMM_BLAS or _direct_mode == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+    if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0:
         return DIRECT_OFF
-    if _direct_mode == MODE_ROWS:
+    if _dmode() == MODE_ROWS:
         return DIRECT_BY_IMAGES
-    if _direct_mode == MODE_IMAGES:
+    if _dmode() == MODE_IMAGES:
         return DIRECT_BY_CHANNELS
-    if _direct_mode == MODE_OUTER:
+    if _dmode() == MODE_OUTER:
         return DIRECT_OUTER
     # The output channels as lanes where they fill them and the input channels do not, or the
     # stride makes grad_out the smaller tensor to copy channels-last (resnet_3x3_s2: 0.93 of
@@ -834,7 +865,7 @@ cdef int _direct_weight_gradient(const floating* grad_out, const floating* x, co
     convx_direct_weight_images, the work split as _direct_weight_choice chose. Returns 0 where
     the result is not finite (grad_weight then holds garbage, and the caller recomputes it on a
     path that multiplies the padding's zeros, as the taps this one skips would)."""
-    cdef int level = _gemm_level, team, t
+    cdef int level = _level(), team, t
     cdef bint by_images = split == DIRECT_BY_IMAGES
     cdef Py_ssize_t tiles, n_tiles, share, part_size, image_size, per_chunk, buf_size
     cdef Py_ssize_t u0, u1, n0, n1, n, c, finite = 0
@@ -900,7 +931,7 @@ cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating*
                                        Py_ssize_t batch, floating* grad_weight, int n_threads) except -1:
     """grad_weight by convx_direct_weight_outer (the output channels as lanes, every product of
     im2col taken): threads take shares of the batch, each summing a partial."""
-    cdef int level = _gemm_level, team = _team(n_threads, batch), t
+    cdef int level = _level(), team = _team(n_threads, batch), t
     cdef Py_ssize_t part_size, buf_size, n0, n1
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
     cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
@@ -970,7 +1001,7 @@ cdef inline bint _packed_input(ConvGeometry* g, int n_threads) noexcept nogil:
     """Whether the input gradient goes through _packed_input_gradient: with convx's GEMM, where
     the product is not written straight into grad_in already (a 1x1 kernel over whole planes),
     and with enough input channels for each thread to take eight."""
-    return (_gemm_level != CONVX_GEMM_BLAS and not g.direct_1x1 and g.batch > 0 and g.c_out_g > 0
+    return (_level() != CONVX_GEMM_BLAS and not g.direct_1x1 and g.batch > 0 and g.c_out_g > 0
             and g.groups * g.c_in_g >= 8 * max(1, n_threads))
 
 
@@ -984,7 +1015,7 @@ cdef int _packed_input_gradient(const floating* grad_out, const floating* weight
     cdef Py_ssize_t c_in = s.groups * s.c_in_g, taps = s.kh * s.kw, n_out = s.out_h * s.out_w
     cdef Py_ssize_t col_rows = s.c_in_g * taps, w_size = s.c_out_g * col_rows
     cdef Py_ssize_t block, work_size, c, c0, c1, end, grp, q0, nc, n, u, zn, zr, row_end
-    cdef int level = _gemm_level, team = _team(n_threads, c_in), t
+    cdef int level = _level(), team = _team(n_threads, c_in), t
     # seg[u] = (thread, group, its first channel in the group, channels, where its W^T is packed):
     # a thread's channels cut where groups end
     segments = []
@@ -1081,14 +1112,14 @@ cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, co
     cdef Py_ssize_t w_size = s.groups * s.c_out_g * s.c_in_g * s.kh * s.kw
     cdef Py_ssize_t taps = s.kh * s.kw, col_rows = s.c_in_g * taps
     cdef Py_ssize_t block, work_size, lo, hi, q0, nc, grp, co, kk
-    cdef int team, t
+    cdef int team, t, level = _level()
     if floating is float:
-        block = convx_conv_weight_cols_f(_gemm_level)
-        work_size = convx_conv_weight_work_size_f(_gemm_level, s.c_out_g)
+        block = convx_conv_weight_cols_f(level)
+        work_size = convx_conv_weight_work_size_f(level, s.c_out_g)
         dtype = np.float32
     else:
-        block = convx_conv_weight_cols_d(_gemm_level)
-        work_size = convx_conv_weight_work_size_d(_gemm_level, s.c_out_g)
+        block = convx_conv_weight_cols_d(level)
+        work_size = convx_conv_weight_work_size_d(level, s.c_out_g)
         dtype = np.float64
     team = _team(n_threads, (n_cols + block - 1) // block)
     cdef floating[::1] parts = np.zeros(team * w_size, dtype=dtype)
@@ -1101,10 +1132,10 @@ cdef int _packed_weight_gradient(const floating* grad_out, const floating* x, co
             while q0 < hi:
                 nc = min(block, hi - q0)
                 if floating is float:
-                    convx_conv_weight_block_f(_gemm_level, s, grad_out, x, q0, nc, &parts[t * w_size],
+                    convx_conv_weight_block_f(level, s, grad_out, x, q0, nc, &parts[t * w_size],
                                               &work[t * work_size])
                 else:
-                    convx_conv_weight_block_d(_gemm_level, s, grad_out, x, q0, nc, &parts[t * w_size],
+                    convx_conv_weight_block_d(level, s, grad_out, x, q0, nc, &parts[t * w_size],
                                               &work[t * work_size])
                 q0 = q0 + nc
         _sum_partials(&parts[0], team, w_size, &parts[0])
@@ -1520,6 +1551,188 @@ cdef void _sum_partials(floating* partials, Py_ssize_t n_parts, Py_ssize_t size,
             out[i] += partials[t * size + i]
 
 
+cdef enum:
+    # The implementations of the convolution entry points, as _forward_impl, _input_impl and
+    # _weight_impl name them (the index of the name in IMPLEMENTATIONS).
+    IMPL_NONE = 0
+    IMPL_FLAT = 1               # _flat_conv / _flat_weight_gradient
+    IMPL_PLANE = 2              # _plane_conv
+    IMPL_DIRECT_ROWS = 3        # _direct_conv, tiles along output rows
+    IMPL_DIRECT_IMAGES = 4      # _direct_conv, tiles across images
+    IMPL_PACKED = 5             # _implicit_conv, _packed_input_gradient, _packed_weight_gradient
+    IMPL_IM2COL = 6             # im2col / col2im tiles and a GEMM (convx's, or BLAS)
+    IMPL_DIRECT_OUTER = 7       # _direct_outer_weight_gradient
+    IMPL_DIRECT_BY_IMAGES = 8   # _direct_weight_gradient, threads split the batch
+    IMPL_DIRECT_BY_CHANNELS = 9  # _direct_weight_gradient, threads split the output channels
+
+IMPLEMENTATIONS = ("none", "flat", "plane", "direct-rows", "direct-images", "packed", "im2col", "direct-outer",
+                   "direct-split-images", "direct-split-channels")
+
+cdef extern from *:
+    """
+    /* What the calling thread's last convolution ran, per op (forward, input gradient, weight
+       gradient): implementation * 4 + GEMM level, or -1. */
+    static __thread int convx_thread_ran[3] = {-1, -1, -1};
+    static void convx_set_ran(int op, int code) { convx_thread_ran[op] = code; }
+    static int convx_get_ran(int op) { return convx_thread_ran[op]; }
+    """
+    void convx_set_ran(int op, int code) noexcept nogil
+    int convx_get_ran(int op) noexcept nogil
+
+cdef enum:
+    OP_FORWARD = 0
+    OP_INPUT = 1
+    OP_WEIGHT = 2
+
+CONV_OPS = ("forward", "input", "weight")
+
+
+cdef inline void _ran(int op, int impl, int level) noexcept nogil:
+    convx_set_ran(op, impl * 4 + level)
+
+
+cdef str _impl_name(int code):
+    if code < 0:
+        return None
+    impl, level = divmod(code, 4)
+    return f"{GEMM_KERNELS[level]}/{IMPLEMENTATIONS[impl]}"
+
+
+cdef int _forward_impl(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """The implementation that takes the forward of shape s (where the data let it)."""
+    cdef int mode
+    if _flat_choice(s, batch, False, is_float):
+        return IMPL_FLAT
+    if _plane_choice(s, batch, is_float):
+        return IMPL_PLANE
+    mode = _direct_choice(s, batch, is_float)
+    if mode == DIRECT_ROWS:
+        return IMPL_DIRECT_ROWS
+    if mode == DIRECT_IMAGES:
+        return IMPL_DIRECT_IMAGES
+    return IMPL_IM2COL if _level() == CONVX_GEMM_BLAS else IMPL_PACKED
+
+
+cdef int _input_impl(ConvGeometry* g, convx_conv_shape* s, convx_conv_shape* adjoint, bint is_float,
+                     int n_threads) noexcept nogil:
+    """The implementation that takes the input gradient of g (s its shape); adjoint receives the
+    shape of the direct kernels' convolution where they take it."""
+    cdef int mode
+    if _flat_choice(s, g.batch, False, is_float):
+        return IMPL_FLAT
+    mode = _direct_input_mode(g, adjoint, is_float) if g.batch else DIRECT_OFF
+    if mode == DIRECT_ROWS:
+        return IMPL_DIRECT_ROWS
+    if mode == DIRECT_IMAGES:
+        return IMPL_DIRECT_IMAGES
+    if _packed_input(g, n_threads):
+        return IMPL_PACKED
+    return IMPL_IM2COL
+
+
+cdef int _weight_impl(ConvGeometry* g, convx_conv_shape* s, bint is_float, int n_threads) noexcept nogil:
+    """The implementation that takes the weight gradient of g (s its shape)."""
+    cdef int split
+    if g.groups * g.c_out_g * g.col_rows == 0:
+        return IMPL_NONE
+    if _flat_choice(s, g.batch, True, is_float):
+        return IMPL_FLAT
+    split = _direct_weight_choice(s, g.batch, is_float, n_threads)
+    if split == DIRECT_OUTER:
+        return IMPL_DIRECT_OUTER
+    if split == DIRECT_BY_IMAGES:
+        return IMPL_DIRECT_BY_IMAGES
+    if split == DIRECT_BY_CHANNELS:
+        return IMPL_DIRECT_BY_CHANNELS
+    if _level() != CONVX_GEMM_BLAS and g.c_out_g >= 32 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST:
+        return IMPL_PACKED
+    return IMPL_IM2COL
+
+
+def conv_implementation(str op, Py_ssize_t batch, Py_ssize_t c_in, Py_ssize_t height, Py_ssize_t width,
+                        Py_ssize_t c_out, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t out_h,
+                        Py_ssize_t out_w, int groups, int stride_h, int stride_w, int pad_h, int pad_w,
+                        int dilation_h, int dilation_w, bint is_float, int n_threads):
+    """'level/implementation' that conv2d_forward ('forward'), conv2d_backward_input ('input') or
+    conv2d_backward_params' weight gradient ('weight') takes for these sizes (as its arguments,
+    already validated and cut as functional/conv.py cuts them), on finite data, under this
+    thread's settings. Nothing is computed."""
+    cdef ConvGeometry g = _geometry(batch, c_in, height, width, c_out, kernel_h, kernel_w, out_h, out_w, groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef convx_conv_shape shape, adjoint
+    cdef int impl
+    if op == "forward":
+        _split_rows(&g, n_threads)
+        shape = _conv_shape(&g)
+        impl = _forward_impl(&shape, g.batch, is_float)
+    elif op == "input":
+        shape = _conv_shape(&g)
+        impl = _input_impl(&g, &shape, &adjoint, is_float, n_threads)
+    elif op == "weight":
+        shape = _conv_shape(&g)
+        impl = _weight_impl(&g, &shape, is_float, n_threads)
+    else:
+        raise ValueError(f"op must be one of {CONV_OPS}, got {op!r}")
+    return _impl_name(impl * 4 + (CONVX_GEMM_BLAS if op == "weight" and impl == IMPL_IM2COL else _level()))
+
+
+def conv_ran():
+    """{'forward': ..., 'input': ..., 'weight': ...}: what the calling thread's last
+    conv2d_forward, input gradient and weight gradient ran ('level/implementation'; None before
+    any)."""
+    return {name: _impl_name(convx_get_ran(op)) for op, name in enumerate(CONV_OPS)}
+
+
+cdef class ConvConfig:
+    """While entered, the calling thread's convolutions use GEMM kernel ``gemm`` and direct mode
+    ``direct`` (None: the process-wide setting of set_gemm_kernel / set_direct_conv); the
+    thread's previous setting comes back on exit. Other threads are not affected."""
+    cdef int level, mode, previous_level, previous_mode
+    cdef bint held
+
+    def __init__(self, gemm=None, direct=None):
+        if gemm is None:
+            self.level = -1
+        elif gemm not in GEMM_KERNELS:
+            raise ValueError(f"gemm kernel must be one of {', '.join(map(repr, GEMM_KERNELS))}, got {gemm!r}")
+        else:
+            self.level = GEMM_KERNELS.index(gemm)
+            if self.level > _gemm_supported:
+                raise ValueError(f"this CPU does not run the {gemm!r} kernel; it runs "
+                                 f"{GEMM_KERNELS[:_gemm_supported + 1]}")
+        if direct is None:
+            self.mode = -1
+        elif direct not in DIRECT_MODES:
+            raise ValueError(f"direct conv mode must be one of {', '.join(map(repr, DIRECT_MODES))}, got {direct!r}")
+        else:
+            self.mode = DIRECT_MODES.index(direct)
+
+    def __enter__(self):
+        if self.held:
+            raise RuntimeError("this ConvConfig is already entered; make a new one per use")
+        self.previous_level = convx_get_thread_gemm_level()
+        self.previous_mode = convx_get_thread_direct_mode()
+        convx_set_thread_config(self.level, self.mode)
+        self.held = True
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        if self.held:
+            self.held = False
+            convx_set_thread_config(self.previous_level, self.previous_mode)
+        return False
+
+    def __dealloc__(self):
+        if self.held:
+            self.held = False
+            convx_set_thread_config(self.previous_level, self.previous_mode)
+
+
+def supported_gemm_kernels():
+    """The GEMM kernels this CPU runs, in GEMM_KERNELS' order."""
+    return GEMM_KERNELS[:_gemm_supported + 1]
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, floating[:, :, :, ::1] out,
                    int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
@@ -1538,22 +1751,27 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* out_b
     cdef convx_conv_shape shape = _conv_shape(&g)
-    if _flat_choice(&shape, g.batch, False, floating is float):
+    cdef int impl = _forward_impl(&shape, g.batch, floating is float), level = _level()
+    if impl == IMPL_FLAT:
+        _ran(OP_FORWARD, impl, level)
         _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch,
                    n_threads)
         return
-    if _plane_choice(&shape, g.batch, floating is float):
+    if impl == IMPL_PLANE:
+        _ran(OP_FORWARD, impl, level)
         _plane_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
                     g.batch, n_threads)
         return
-    cdef int mode = _direct_choice(&shape, g.batch, floating is float)
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
-    if mode != DIRECT_OFF and _direct_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows,
-                                           taps, 1, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
-                                           g.batch, n_threads, mode):
+    if (impl == IMPL_DIRECT_ROWS or impl == IMPL_DIRECT_IMAGES) and _direct_conv(
+            &x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows, taps, 1,
+            &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch, n_threads,
+            DIRECT_ROWS if impl == IMPL_DIRECT_ROWS else DIRECT_IMAGES):
+        _ran(OP_FORWARD, impl, level)
         return
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, False, &wp)
+    _ran(OP_FORWARD, IMPL_IM2COL if wp.level == CONVX_GEMM_BLAS else IMPL_PACKED, wp.level)
     if wp.level != CONVX_GEMM_BLAS:
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
                        &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
@@ -1592,21 +1810,25 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef Py_ssize_t col_size = _col_size(&g), gathered_size = _gathered_size(&g)
     cdef Py_ssize_t n_blocks = _n_blocks(&g, n_threads)
     cdef Py_ssize_t item, n, tid
-    cdef convx_conv_shape shape = _conv_shape(&g)
-    if _flat_choice(&shape, g.batch, False, floating is float):
+    cdef convx_conv_shape shape = _conv_shape(&g), adjoint
+    cdef int impl = _input_impl(&g, &shape, &adjoint, floating is float, n_threads), level = _level()
+    if impl == IMPL_FLAT:
+        _ran(OP_INPUT, impl, level)
         _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
         return
-    cdef int mode = _direct_input_mode(&g, &shape, floating is float) if g.batch else DIRECT_OFF
-    if mode != DIRECT_OFF and _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
-                                                     &grad_in[0, 0, 0, 0], &g, &shape, n_threads, mode):
+    if (impl == IMPL_DIRECT_ROWS or impl == IMPL_DIRECT_IMAGES) and _direct_input_gradient(
+            &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads,
+            DIRECT_ROWS if impl == IMPL_DIRECT_ROWS else DIRECT_IMAGES):
+        _ran(OP_INPUT, impl, level)
         return
-    if _packed_input(&g, n_threads):
-        shape = _conv_shape(&g)
+    if impl != IMPL_IM2COL and _packed_input(&g, n_threads):
+        _ran(OP_INPUT, IMPL_PACKED, level)
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
                                n_threads)
         return
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp)
+    _ran(OP_INPUT, IMPL_IM2COL, wp.level)
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
     n_threads = max(1, min(n_threads, n_blocks))
     dtype = np.asarray(grad_in).dtype
@@ -1648,43 +1870,50 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef bint want_bias = grad_bias.shape[0] > 0
     # the input gradient, when wanted, goes through _flat_conv, _direct_input_gradient, _packed_input_gradient or
     # the tiles below
-    cdef convx_conv_shape shape = _conv_shape(&g)
-    cdef bint flat = _flat_choice(&shape, g.batch, False, floating is float)
-    cdef bint flat_weight = _flat_choice(&shape, g.batch, True, floating is float)
-    if flat and grad_in.shape[0] > 0:
+    cdef convx_conv_shape shape = _conv_shape(&g), adjoint
+    cdef int level = _level()
+    cdef int input_impl = (_input_impl(&g, &shape, &adjoint, floating is float, n_threads) if grad_in.shape[0] > 0
+                           else IMPL_NONE)
+    # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
+    # GKC pixels: BLAS does better with large gradients, or few output channels to fill a strip.
+    cdef int weight_impl = _weight_impl(&g, &shape, floating is float, n_threads)
+    cdef bint flat = input_impl == IMPL_FLAT
+    if flat:
         _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
-    cdef convx_conv_shape adjoint
-    cdef int direct_input = (_direct_input_mode(&g, &adjoint, floating is float) if grad_in.shape[0] > 0 and not flat
-                             else DIRECT_OFF)
-    if direct_input != DIRECT_OFF and not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
-                                                                 &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads,
-                                                                 direct_input):
-        direct_input = DIRECT_OFF
-    cdef bint packed_input = (grad_in.shape[0] > 0 and not flat and direct_input == DIRECT_OFF
-                              and _packed_input(&g, n_threads))
-    cdef bint want_input = grad_in.shape[0] > 0 and not flat and not packed_input and direct_input == DIRECT_OFF
+    cdef bint direct_input = input_impl == IMPL_DIRECT_ROWS or input_impl == IMPL_DIRECT_IMAGES
+    if direct_input and not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0],
+                                                   &g, &adjoint, n_threads,
+                                                   DIRECT_ROWS if input_impl == IMPL_DIRECT_ROWS else DIRECT_IMAGES):
+        direct_input = False
+        input_impl = IMPL_PACKED if _packed_input(&g, n_threads) else IMPL_IM2COL
+    cdef bint packed_input = input_impl == IMPL_PACKED
+    cdef bint want_input = input_impl == IMPL_IM2COL
     cdef WeightProduct wp
     packed = _pack_weight(weight, groups, True, &wp) if want_input else None
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float) if want_input else 1
-    # convx's blocks sweep a per-thread partial of the whole (transposed) gradient for every
-    # GKC pixels: BLAS does better with large gradients, or few output channels to fill a strip.
-    cdef int direct_weight = (_direct_weight_choice(&shape, g.batch, floating is float, n_threads)
-                              if w_size and not flat_weight else DIRECT_OFF)
     cdef bint weight_done = False
-    if flat_weight:
+    if weight_impl == IMPL_FLAT:
         weight_done = _flat_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
                                             &grad_weight[0, 0, 0, 0], n_threads)
-    elif direct_weight == DIRECT_OUTER:
+    elif weight_impl == IMPL_DIRECT_OUTER:
         weight_done = _direct_outer_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
                                                     &grad_weight[0, 0, 0, 0], n_threads)
-    elif direct_weight != DIRECT_OFF:
+    elif weight_impl == IMPL_DIRECT_BY_IMAGES or weight_impl == IMPL_DIRECT_BY_CHANNELS:
         weight_done = _direct_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
-                                              &grad_weight[0, 0, 0, 0], n_threads, direct_weight)
-    cdef bint packed_weight = (not weight_done and _gemm_level != CONVX_GEMM_BLAS and w_size > 0
+                                              &grad_weight[0, 0, 0, 0], n_threads,
+                                              DIRECT_BY_IMAGES if weight_impl == IMPL_DIRECT_BY_IMAGES
+                                              else DIRECT_BY_CHANNELS)
+    cdef bint packed_weight = (not weight_done and level != CONVX_GEMM_BLAS and w_size > 0
                                and g.c_out_g >= 32 and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
     if packed_weight:
         _packed_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch, &grad_weight[0, 0, 0, 0],
                                 n_threads)
+    if w_size > 0:
+        # the tiles' weight products are BLAS's at every level
+        _ran(OP_WEIGHT, weight_impl if weight_done else (IMPL_PACKED if packed_weight else IMPL_IM2COL),
+             level if weight_done or packed_weight else CONVX_GEMM_BLAS)
+    if grad_in.shape[0] > 0:
+        _ran(OP_INPUT, input_impl, wp.level if want_input else level)
     weight_done = weight_done or packed_weight
     if packed_input:
         _packed_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &shape, g.batch,
