@@ -1,5 +1,6 @@
 """convx: fast 2-D convolution and pooling for neural networks written in NumPy."""
 
+from ._autotune import autotune_path, clear_autotune, get_autotune, load_autotune, save_autotune, set_autotune
 from ._config import show_config
 from ._gradcheck import gradcheck
 from ._threads import ForkedProcessWarning, get_num_threads, set_num_threads
@@ -49,7 +50,12 @@ from .functional import (
     softplus,
     tanh,
 )
+from ._explain import explain
 from . import nn, optim
+
+from . import _autotune  # noqa: E402
+
+_autotune._load_from_environment()
 
 __all__ = [
     "ForkedProcessWarning",
@@ -59,6 +65,7 @@ __all__ = [
     "adaptive_avg_pool2d_backward",
     "adaptive_max_pool2d",
     "add",
+    "autotune_path",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",
@@ -68,9 +75,12 @@ __all__ = [
     "conv2d_backward_bias",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "clear_autotune",
     "conv_transpose2d",
     "elu",
+    "explain",
     "gelu",
+    "get_autotune",
     "get_num_threads",
     "gradcheck",
     "group_norm",
@@ -82,6 +92,7 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "leaky_relu",
+    "load_autotune",
     "log_softmax",
     "log_softmax_backward",
     "max_pool2d",
@@ -92,7 +103,9 @@ __all__ = [
     "pixel_unshuffle",
     "relu",
     "relu6",
+    "save_autotune",
     "selu",
+    "set_autotune",
     "set_num_threads",
     "show_config",
     "sigmoid",

@@ -42,6 +42,13 @@ def _blas_libraries() -> list[str]:
     ]
 
 
+def _autotune_state() -> str:
+    from . import _autotune
+
+    state = "on" if _autotune.get_autotune() else "off"
+    return f"{state} ({len(_autotune.autotune_entries())} geometries tuned; cache file {_autotune.autotune_path()})"
+
+
 def config() -> dict[str, Any]:
     """The build and runtime configuration as a dict (see :func:`show_config`).
 
@@ -61,6 +68,7 @@ def config() -> dict[str, Any]:
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "blas": _blas_libraries(),
         "gemm": _core.gemm_kernel(),
+        "autotune": _autotune_state(),
     }
     built = build_info() or {"info": "not recorded (extension not built by convx's setup.py)"}
     return {**runtime, **{f"build.{key}": value for key, value in built.items()}}
@@ -77,7 +85,8 @@ def show_config() -> None:
     loaded in the process (convx calls SciPy's); ``gemm`` the ISA level of convx's own kernels
     ('avx512' or 'avx2' where the CPU has it, else 'blas': SciPy's BLAS over im2col blocks); the
     ``build.*`` lines are the compiler, flags, macros and Cython directives the extension was
-    compiled with.
+    compiled with; ``autotune`` whether convolutions choose their implementation by measurement
+    (:func:`convx.set_autotune`), how many geometries this process tuned, and the cache file.
 
     Examples
     --------

@@ -1685,8 +1685,9 @@ def conv_ran():
 
 cdef class ConvConfig:
     """While entered, the calling thread's convolutions use GEMM kernel ``gemm`` and direct mode
-    ``direct`` (None: the process-wide setting of set_gemm_kernel / set_direct_conv); the
-    thread's previous setting comes back on exit. Other threads are not affected."""
+    ``direct`` (None: as before, which outside any ConvConfig is the process-wide setting of
+    set_gemm_kernel / set_direct_conv); the thread's previous settings come back on exit. Other
+    threads are not affected."""
     cdef int level, mode, previous_level, previous_mode
     cdef bint held
 
@@ -1712,7 +1713,8 @@ cdef class ConvConfig:
             raise RuntimeError("this ConvConfig is already entered; make a new one per use")
         self.previous_level = convx_get_thread_gemm_level()
         self.previous_mode = convx_get_thread_direct_mode()
-        convx_set_thread_config(self.level, self.mode)
+        convx_set_thread_config(self.previous_level if self.level < 0 else self.level,
+                                self.previous_mode if self.mode < 0 else self.mode)
         self.held = True
         return self
 

@@ -5,6 +5,8 @@ Every kernel writes into caller-allocated, C-contiguous outputs of the inputs' d
 OpenMP team size.
 """
 
+from types import TracebackType
+
 import numpy as np
 import numpy.typing as npt
 
@@ -19,9 +21,23 @@ def set_gemm_kernel(name: str) -> None: ...
 DIRECT_MODES: tuple[str, ...]
 def direct_conv() -> str: ...
 def set_direct_conv(mode: str) -> None: ...
+IMPLEMENTATIONS: tuple[str, ...]
+CONV_OPS: tuple[str, ...]
+def supported_gemm_kernels() -> tuple[str, ...]: ...
+def conv_implementation(
+    op: str, batch: int, c_in: int, height: int, width: int, c_out: int, kernel_h: int, kernel_w: int,
+    out_h: int, out_w: int, groups: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+    dilation_h: int, dilation_w: int, is_float: bool, n_threads: int,
+) -> str: ...
+def conv_ran() -> dict[str, str | None]: ...
+class ConvConfig:
+    def __init__(self, gemm: str | None = None, direct: str | None = None) -> None: ...
+    def __enter__(self) -> ConvConfig: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
+    ) -> None: ...
 
 # The process-wide thread state of _threads.pxi (see convx._threads).
-from types import TracebackType
 from typing import Any
 
 def _openmp_library() -> str: ...

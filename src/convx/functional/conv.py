@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from .. import _core
+from .. import _autotune, _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
 from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
 from .._products import matmul
@@ -305,6 +305,21 @@ def _padding_weight_gradient(grad_out: AnyArray, kept: _KernelPlan, grad_w: AnyA
     grad_w[~finite.all(axis=(0, 2, 3))] = np.nan
 
 
+def _conv_call(
+    op: str, input_shape: Shape, weight_shape: Shape, plan: _ConvPlan, dtype: np.dtype[Any], algorithm: str,
+    winograd: bool,
+) -> _autotune.ConvCall:
+    """The convolution the kernels see (plan as they take it), for the autotuner."""
+    applies = check_algorithm(algorithm, (weight_shape[2], weight_shape[3]), plan.stride, plan.dilation, plan.groups)
+    n, c, h, w = input_shape
+    o, i, kh, kw = weight_shape
+    return _autotune.ConvCall(
+        op, (n, c, h, w), (o, i, kh, kw), (plan.out_h, plan.out_w), plan.stride, plan.pad, plan.dilation,
+        plan.groups, dtype.name, plan.threads(weight_shape), algorithm, winograd, applies,
+        _is_depthwise(weight_shape, plan.groups), _whole_window(input_shape, weight_shape, plan),
+    )
+
+
 def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
@@ -380,15 +395,19 @@ def conv2d(
     if plan.batch:
         x, weight = contiguous(x), contiguous(weight)
         kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
-        if not kept.trims(plan):
-            _forward(x, weight, bias, kept.plan, winograd, out, epilogue)
-        else:
+
+        def compute(winograd: bool) -> None:
+            if not kept.trims(plan):
+                _forward(x, weight, bias, kept.plan, winograd, out, epilogue)
+                return
             computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
             _forward(x, weight, bias, kept.plan, winograd, computed)
             out[...] = _padding_only_output(weight, bias)[:, None, None]
             out[:, :, kept.rows, kept.cols] = computed
             if epilogue is not None:
                 epilogue(out)
+
+        _autotune.run(_conv_call("forward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd), compute)
     return _unbatch(out, unbatched)
 
 
@@ -466,8 +485,12 @@ def conv2d_backward_input(
         if kept.trims(plan):
             grad_out = kept.crop(grad_out)
         inner = kept.plan
-        for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
-            _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
+
+        def compute(winograd: bool) -> None:
+            for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
+                _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
+
+        _autotune.run(_conv_call("input", input_shape, weight.shape, inner, dtype, algorithm, winograd), compute)
     return _unbatch(grad_x, unbatched)
 
 
@@ -520,10 +543,14 @@ def conv2d_backward_weight(
         kept_grad_out = kept.crop(grad_out) if kept.trims(plan) else grad_out
         work = conv_work(weight_shape, inner.out_h * inner.out_w, x.shape)
         n_threads = inner.threads(weight_shape)
-        for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
-            _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
-        if kept.trims(plan):
-            _padding_weight_gradient(grad_out, kept, grad_w)
+
+        def compute(winograd: bool) -> None:
+            for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
+                _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
+            if kept.trims(plan):
+                _padding_weight_gradient(grad_out, kept, grad_w)
+
+        _autotune.run(_conv_call("weight", x.shape, weight_shape, inner, dtype, algorithm, winograd), compute)
     return grad_w
 
 
@@ -629,15 +656,19 @@ def conv2d_backward(
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
         kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
-        if kept.trims(plan):
-            # The gradients of the outputs that read padding only: none for x, zeros times them for the
-            # weight; all of grad_out for the bias.
-            _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
-            _padding_weight_gradient(grad_out, kept, grad_w)
-            grad_b[...] = 0
-            _bias_gradient(grad_out, grad_b)
-        else:
-            _fused_backward(grad_out, x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+
+        def compute(winograd: bool) -> None:
+            if kept.trims(plan):
+                # The gradients of the outputs that read padding only: none for x, zeros times them for the
+                # weight; all of grad_out for the bias.
+                _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+                _padding_weight_gradient(grad_out, kept, grad_w)
+                grad_b[...] = 0
+                _bias_gradient(grad_out, grad_b)
+            else:
+                _fused_backward(grad_out, x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+
+        _autotune.run(_conv_call("backward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd), compute)
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
