@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import convx
 from convx.bench.cli import main
 from convx.bench.layers import LAYERS
 
@@ -249,3 +250,30 @@ def test_short_calls_are_timed_in_runs_of_several(monkeypatch):
     assert runner._time_once(fast, number) < runner.MIN_RUN_SECONDS
     assert counts["fast"] - before == number
     assert runner._warm_up(slow, 10.0)[2] == 1
+
+
+def test_tune_mode_compares_every_implementation_and_saves_the_fastest(tmp_path, capsys, monkeypatch, torch):
+    from convx import _autotune
+
+    monkeypatch.setenv("CONVX_CACHE_DIR", str(tmp_path))
+    out = tmp_path / "tune.json"
+    try:
+        assert main(["--tune", "--quick", "--case", "lenet_c2", "--case", "resnet_1x1", "--op", "forward",
+                     "--op", "backward", "--repeat", "1", "--json", str(out), "--save-tuning"]) == 0
+        text = capsys.readouterr().out
+        assert "lenet_c2 forward" in text and "resnet_1x1 backward" in text
+        assert "autotuned choice within 5% of the fastest in" in text and "time / PyTorch's" in text
+        results = json.loads(out.read_text())["tune"]
+        assert {(r["case"], r["op"]) for r in results} == {(c, o) for c in ("lenet_c2", "resnet_1x1")
+                                                           for o in ("forward", "backward")}
+        for r in results:
+            assert r["rules"] in r["times"] and r["tuned"] in r["times"] and "torch" in r["times"]
+        assert not _autotune.get_autotune()
+        _autotune.clear_autotune()
+        assert convx.load_autotune() == 4
+    finally:
+        _autotune.clear_autotune()
+    with pytest.raises(SystemExit):
+        main(["--save-tuning"])
+    with pytest.raises(SystemExit):
+        main(["--tune", "--nets"])

@@ -76,7 +76,20 @@ def parse_args(argv):
                         help="time the element-wise layers (activations, Dropout, BatchNorm2d) forward and backward "
                              "against a one-thread copy of the bytes each must read and write (issue 18's yardstick) "
                              "and PyTorch's layers")
+    tune = parser.add_argument_group(
+        "kernel choice",
+        "--tune times every implementation of each convolution op (interleaved, medians) against the one "
+        "the built-in rules choose and the one the autotuner (convx.set_autotune) chooses on a first call",
+    )
+    tune.add_argument("--tune", action="store_true", help="compare the implementations of each convolution op")
+    tune.add_argument("--save-tuning", action="store_true",
+                      help="with --tune: keep each op's fastest implementation as its autotune choice and save "
+                           "the choices to convx.autotune_path() (loaded by CONVX_AUTOTUNE=1)")
     args = parser.parse_args(argv)
+    if args.save_tuning and not args.tune:
+        parser.error("--save-tuning needs --tune")
+    if args.tune and (args.nets or args.layers):
+        parser.error("--tune is a separate benchmark: run it without --nets / --layers")
     if args.layers and args.nets:
         parser.error("--layers and --nets are separate benchmarks: run one at a time")
     if args.threads is not None and args.threads < 1:
@@ -147,6 +160,45 @@ def _run_layers(args, threads: int) -> int:
     return 0
 
 
+def _run_tune(args, threads: int) -> int:
+    from . import tune
+
+    with_torch = not args.no_torch
+    if with_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            with_torch = False
+            print("PyTorch is not installed: comparing convx's implementations only.", file=sys.stderr)
+    cases = [CASES[name] for name in args.case] if args.case else list(CASES.values())
+    cases = [quick(c) if args.quick else c for c in cases if c.kind == "conv"]
+    ops = tuple(args.op) if args.op else ALL_OPS
+    repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
+    info = machine_info()
+    print(f"convx {info['convx']}, {threads} threads; {info['cpu']}, {info['cores']} cores; torch {info['torch']}",
+          file=sys.stderr)
+    results = []
+    run_load = _load.OtherLoad()
+    for index, case in enumerate(cases, 1):
+        print(f"[{index}/{len(cases)}] {case.name}: {case.describe()}", file=sys.stderr, flush=True)
+        results += tune.tune_case(case, ops, repeat, with_torch)
+    print(tune.format_tune(results))
+    load = run_load.fraction()
+    if load is not None and load > _load.BUSY_MACHINE:
+        print(f"warning: other processes used {100 * load:.0f}% of the CPUs during the run; the times are not "
+              "to be trusted", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
+                       "tune": [dataclasses.asdict(r) for r in results]}, f, indent=2)
+    if args.save_tuning:
+        print(f"saved the fastest choices to {tune.save_fastest(results, {c.name: c for c in cases})}",
+              file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -154,6 +206,8 @@ def main(argv=None) -> int:
     threads = _threads.get_num_threads()
     if args.layers:
         return _run_layers(args, threads)
+    if args.tune:
+        return _run_tune(args, threads)
     if args.nets:
         return net_report.run(args.net, args.batch, args.repeat, args.quick, not args.no_torch, not args.no_onnx,
                               args.profile, args.json, args.plot, ["python", "-m", "convx.bench", *(
