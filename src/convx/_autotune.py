@@ -2,7 +2,7 @@
 
 convx's convolutions have several implementations (channels-last direct tiles, packed GEMM,
 im2col with BLAS, plane-wise and 1x1 kernels, Winograd), and by default pick one from rules
-measured on a few CPUs (the thresholds in ``_conv.pxi``). With autotuning on, the first call of
+measured on a few CPUs (the thresholds in ``_conv_*.pxi``). With autotuning on, the first call of
 each geometry (op, shapes, stride, padding, dilation, groups, dtype, threads, algorithm) runs the
 implementations that apply to it, times them, and keeps the fastest for later calls of that
 geometry in this process; the choices can be saved to a file per CPU and convx version, and

@@ -141,7 +141,7 @@ def explain(
             seconds = dict(entry.times)
         else:
             runs, seconds = signatures[0], {}
-            reason = "the built-in rules (the thresholds in _conv.pxi)"
+            reason = "the built-in rules (the thresholds in src/convx/_conv_*.pxi)"
             if entry is not None:
                 reason += "; a measured choice exists but autotuning is off"
             elif len(options) > 1 and autotune == "on":

@@ -232,7 +232,7 @@ _ALL = slice(None)
 # than computing a few such outputs. One row and column of 30 cut (16x64x56x56, 3x3, stride 2,
 # padding 3; Xeon, family 6 model 167, AVX-512, medians of 5): forward 6.08 ms cut, 4.66 not;
 # fused backward 11.75 and 11.14. Above it the kernels take the padding (their scratch is bounded
-# apart from this, _conv.pxi SCRATCH_*), at most twice the outputs' work.
+# apart from this, _conv_base.pxi SCRATCH_*), at most twice the outputs' work.
 _CUT_KEEPS_AT_MOST = 0.5
 
 
@@ -263,7 +263,7 @@ def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelP
     dilation of an axis with one tap, multiply nothing and are set to 1. The outputs cut off are the
     bias plus products with zeros (``_padding_only_output``, ``_padding_weight_gradient``); the input
     gradient never reads them. Padding left inside the windows that remain (and dilated taps that step
-    past the input) is bounded in the kernels' choice of path (``_conv.pxi``, SCRATCH_*).
+    past the input) is bounded in the kernels' choice of path (``_conv_base.pxi``, SCRATCH_*).
     """
     (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = kernel_hw, plan.stride, plan.pad
     if (

@@ -1,0 +1,360 @@
+# The channels-last direct tiles (convx_direct_* in _direct_body.h): forward, input gradient (a
+# stride-1 convolution of grad_out) and the weight gradient's three splits.
+
+cdef enum:
+    DIRECT_OFF = 0
+    DIRECT_ROWS = 1
+    DIRECT_IMAGES = 2
+
+
+cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil:
+    """Whether channels fill at least 3/4 of the direct kernels' lanes (the lanes past them are
+    computed and dropped: lenet_c2's 50 filters in 64 lanes still ran in 0.85 of the packed
+    path's time)."""
+    cdef Py_ssize_t lanes = convx_direct_lanes_f(_level()) if is_float else convx_direct_lanes_d(_level())
+    return 3 * ((channels + lanes - 1) // lanes * lanes) <= 4 * channels
+
+
+cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not): as
+    _direct_mode_wanted, but not in rows whose channels-last copy of the rows read (their
+    padding's columns, and the columns out to a last tile's spare pixels) would exceed
+    _scratch_fits (images copy the images only, and skip the taps in the padding)."""
+    cdef int mode = _direct_mode_wanted(s, batch, is_float)
+    cdef Py_ssize_t mr = convx_direct_rows_f(_level()) if is_float else convx_direct_rows_d(_level())
+    cdef double in_rows
+    if mode == DIRECT_ROWS:
+        in_rows = min(<double> s.height, <double> ((s.out_h - 1) * s.sh + (s.kh - 1) * s.dh + 1))
+        if not _scratch_fits(in_rows * <double> convx_direct_buffer_width(s, mr) * <double> (s.groups * s.c_in_g), s):
+            return DIRECT_OFF
+    return mode
+
+
+cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+    """How convx_direct_conv_* would best take a convolution of shape s, scratch aside."""
+    cdef int level = _level()
+    cdef Py_ssize_t rows, tile
+    if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+        return DIRECT_OFF
+    if s.ph < 0 or s.pw < 0 or s.kh * s.kw > CONVX_DIRECT_TAPS:
+        return DIRECT_OFF
+    if _dmode() == MODE_ROWS or _dmode() == MODE_OUTER:
+        return DIRECT_ROWS
+    if _dmode() == MODE_IMAGES:
+        return DIRECT_IMAGES
+    # A 1x1 kernel over whole planes stays a plain GEMM of the planes.
+    if not _fills_lanes(s.c_out_g, is_float) or convx_conv_flat(s):
+        return DIRECT_OFF
+    rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
+    # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
+    # columns: tile across the images, which skips every tap in the padding. So do rows whose
+    # last tile is short enough that whole tiles would leave a quarter of their pixels idle
+    # (the last tile computes only its pixels, but few of them run slower per product): on
+    # AVX2's tiles of 5 and 6, deep_small's rows of 7 (5 + 2) took 89 ms in rows, 83 in
+    # images; lenet_c2's rows of 8 (5 + 3) 3.8 and 4.3 ms.
+    tile = convx_direct_row_tile(s, rows)
+    if batch >= rows and (s.out_w < rows or 4 * s.out_w < 3 * ((s.out_w + tile - 1) // tile * tile)):
+        return DIRECT_IMAGES
+    return DIRECT_ROWS
+
+
+cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
+                      Py_ssize_t s_t, const floating* bias, floating* out, convx_conv_shape* s, Py_ssize_t batch,
+                      int n_threads, int mode) except -1:
+    """out = conv(x) (bias added where given) by convx_direct_conv_rows or _images (mode). Group
+    grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
+    weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take whole images (or
+    chunks of their output rows, or of their output channels, where the batch is too small to go
+    round), each with its own channels-last buffer. Returns 0, having written nothing, where a
+    weight is not finite (the caller then takes another path: see convx_direct_pack_weight)."""
+    cdef int level = _level(), team, t
+    cdef Py_ssize_t taps = s.kh * s.kw, k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks, u, co, grp
+    cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
+    if floating is float:
+        lanes = convx_direct_lanes_f(level)
+        mr = convx_direct_rows_f(level)
+        group_size = convx_direct_weight_size_f(level, s.c_out_g, k)
+        dtype = np.float32
+    else:
+        lanes = convx_direct_lanes_d(level)
+        mr = convx_direct_rows_d(level)
+        group_size = convx_direct_weight_size_d(level, s.c_out_g, k)
+        dtype = np.float64
+    blocks = (s.c_out_g + lanes - 1) // lanes
+    cdef floating[::1] packed = np.empty(s.groups * group_size, dtype=dtype)
+    cdef floating[::1] lane_bias = np.zeros(s.groups * blocks * lanes if bias != NULL else 1, dtype=dtype)
+    if bias != NULL:
+        for grp in range(s.groups):
+            for co in range(s.c_out_g):
+                lane_bias[grp * blocks * lanes + co] = bias[grp * s.c_out_g + co]
+    cdef const floating* b = &lane_bias[0] if bias != NULL else NULL
+    team = _team(n_threads, s.groups * blocks)
+    cdef Py_ssize_t finite = 0
+    with nogil:
+        for u in prange(s.groups * blocks, schedule='static', num_threads=team):
+            if floating is float:
+                finite += convx_direct_pack_weight_f(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
+                                                     taps, s_m, s_c, s_t, u % blocks,
+                                                     &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+            else:
+                finite += convx_direct_pack_weight_d(level, weight + (u // blocks) * s_g, s.c_out_g, s.c_in_g,
+                                                     taps, s_m, s_c, s_t, u % blocks,
+                                                     &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
+    if finite < s.groups * blocks:
+        return 0
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    cdef floating[::1] buf
+    if mode == DIRECT_ROWS:
+        per_image = 1
+        if batch % n_threads:
+            per_image = min(s.out_h, (4 * n_threads + batch - 1) // batch)
+        chunk = (s.out_h + per_image - 1) // per_image
+        n_items = batch * per_image
+        team = _team(n_threads, n_items)
+        buf_size = convx_direct_buffer_size(s, mr, chunk)
+        buf = np.empty(team * buf_size, dtype=dtype)
+        with nogil, parallel(num_threads=team):
+            t = threadid()
+            for item in prange(n_items, schedule='static'):
+                n = item // per_image
+                r0 = (item % per_image) * s.out_h // per_image
+                r1 = (item % per_image + 1) * s.out_h // per_image
+                if r0 < r1:
+                    if floating is float:
+                        convx_direct_conv_rows_f(level, s, &packed[0], group_size, b, x + n * image_in,
+                                                 out + n * image_out, r0, r1, &buf[t * buf_size])
+                    else:
+                        convx_direct_conv_rows_d(level, s, &packed[0], group_size, b, x + n * image_in,
+                                                 out + n * image_out, r0, r1, &buf[t * buf_size])
+        return 1
+    chunks = (batch + mr - 1) // mr
+    splits = 1 if chunks % n_threads == 0 else min(s.groups * blocks, n_threads)
+    n_items = chunks * splits
+    team = _team(n_threads, n_items)
+    buf_size = mr * image_in
+    # zeros: the planes past a last chunk's images are read (into rows never stored)
+    buf = np.zeros(team * buf_size, dtype=dtype)
+    with nogil, parallel(num_threads=team):
+        t = threadid()
+        for item in prange(n_items, schedule='static'):
+            n = (item // splits) * mr
+            b0 = (item % splits) * s.groups * blocks // splits
+            b1 = (item % splits + 1) * s.groups * blocks // splits
+            if floating is float:
+                convx_direct_conv_images_f(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
+                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+            else:
+                convx_direct_conv_images_d(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
+                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+    return 1
+
+
+cdef enum:
+    # how _direct_weight_gradient splits the work between threads
+    DIRECT_BY_CHANNELS = 1
+    DIRECT_BY_IMAGES = 2
+    # _direct_outer_weight_gradient instead
+    DIRECT_OUTER = 3
+    # Largest per-thread partial (elements) the split over images sums.
+    DIRECT_PARTIAL_MOST = 1 << 18
+
+
+cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+    """_direct_weight_wanted, or DIRECT_OFF where its channels-last copy of an image (all its
+    rows; the padding's columns, and for DIRECT_OUTER its rows, zero) would exceed _scratch_fits."""
+    cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads)
+    cdef int level = _level()
+    cdef double copy, part
+    cdef double weight = <double> (s.groups * s.c_out_g * s.c_in_g) * <double> (s.kh * s.kw)
+    if split == DIRECT_OFF:
+        return split
+    if split == DIRECT_OUTER:
+        copy = _padded_planes(s, s.groups * s.c_in_g)
+        part = convx_direct_outer_part_size_f(level, s) if is_float else convx_direct_outer_part_size_d(level, s)
+    else:
+        copy = <double> s.height * <double> convx_direct_buffer_width(s, 1) * <double> (s.groups * s.c_in_g)
+        if is_float:
+            part = convx_direct_weight_part_size_f(level, s, s.groups * convx_direct_weight_tiles_f(level, s))
+        else:
+            part = convx_direct_weight_part_size_d(level, s, s.groups * convx_direct_weight_tiles_d(level, s))
+    # The partials hold whole register tiles of output by input channels for every tap: for few
+    # channels a multiple of the weight (2 -> 4 channels of a 256x256 kernel: 64 MiB for a 2 MiB weight).
+    if not _scratch_fits(copy, s) or part > SCRATCH_IMAGE_MULTIPLE * weight + SCRATCH_SLACK:
+        return DIRECT_OFF
+    return split
+
+
+cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+    """How _direct_weight_gradient takes the weight gradient of shape s: DIRECT_OFF (it does not),
+    DIRECT_BY_IMAGES (threads take shares of the batch, each summing a whole partial) or
+    DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image),
+    or, for few input channels, DIRECT_OUTER (_direct_outer_weight_gradient). The forced modes
+    force them too: 'rows' split by images where the batch allows, 'images' by channels."""
+    cdef int level = _level()
+    cdef Py_ssize_t tiles, part
+    if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
+        return DIRECT_OFF
+    if s.ph < 0 or s.pw < 0:
+        return DIRECT_OFF
+    if _dmode() == MODE_ROWS:
+        return DIRECT_BY_IMAGES
+    if _dmode() == MODE_IMAGES:
+        return DIRECT_BY_CHANNELS
+    if _dmode() == MODE_OUTER:
+        return DIRECT_OUTER
+    # The output channels as lanes where they fill them and the input channels do not, or the
+    # stride makes grad_out the smaller tensor to copy channels-last (resnet_3x3_s2: 0.93 of
+    # the other way's time).
+    if _fills_lanes(s.c_out_g, is_float) and s.kh * s.kw > 1:
+        if not _fills_lanes(s.c_in_g, is_float) or s.sh * s.sw > 1:
+            return DIRECT_OUTER
+    if not _fills_lanes(s.c_in_g, is_float) or convx_conv_flat(s):
+        return DIRECT_OFF
+    if is_float:
+        tiles = s.groups * convx_direct_weight_tiles_f(level, s)
+        part = convx_direct_weight_part_size_f(level, s, tiles)
+    else:
+        tiles = s.groups * convx_direct_weight_tiles_d(level, s)
+        part = convx_direct_weight_part_size_d(level, s, tiles)
+    if batch >= n_threads and part <= DIRECT_PARTIAL_MOST:
+        return DIRECT_BY_IMAGES
+    return DIRECT_BY_CHANNELS
+
+
+cdef int _direct_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
+                                 Py_ssize_t batch, floating* grad_weight, int n_threads, int split) except -1:
+    """grad_weight = sum over the batch's pixels of grad_out x im2col(x)^T by
+    convx_direct_weight_images, the work split as _direct_weight_choice chose. Returns 0 where
+    the result is not finite (grad_weight then holds garbage, and the caller recomputes it on a
+    path that multiplies the padding's zeros, as the taps this one skips would)."""
+    cdef int level = _level(), team, t
+    cdef bint by_images = split == DIRECT_BY_IMAGES
+    cdef Py_ssize_t tiles, n_tiles, share, part_size, image_size, per_chunk, buf_size
+    cdef Py_ssize_t u0, u1, n0, n1, n, c, finite = 0
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    if floating is float:
+        tiles = convx_direct_weight_tiles_f(level, s)
+        image_size = convx_direct_weight_image_size_f(level, s)
+        dtype = np.float32
+    else:
+        tiles = convx_direct_weight_tiles_d(level, s)
+        image_size = convx_direct_weight_image_size_d(level, s)
+        dtype = np.float64
+    n_tiles = s.groups * tiles
+    team = _team(n_threads, batch if by_images else n_tiles)
+    share = n_tiles if by_images else (n_tiles + team - 1) // team
+    if floating is float:
+        part_size = convx_direct_weight_part_size_f(level, s, share)
+    else:
+        part_size = convx_direct_weight_part_size_d(level, s, share)
+    # images per pass: their channels-last copies about 256 KB (in L2 beside the partial), or 8
+    per_chunk = max(1, min(8, (1 << 16) // max(1, image_size)))
+    buf_size = per_chunk * image_size + 64
+    cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
+    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            if by_images:
+                u0 = 0
+                u1 = n_tiles
+                n0 = t * batch // team
+                n1 = (t + 1) * batch // team
+            else:
+                u0 = t * n_tiles // team
+                u1 = (t + 1) * n_tiles // team
+                n0 = 0
+                n1 = batch
+            n = n0
+            while n < n1:
+                c = min(per_chunk, n1 - n)
+                if floating is float:
+                    convx_direct_weight_images_f(level, s, grad_out + n * image_out, x + n * image_in, c, u0, u1,
+                                                 &parts[t * part_size], &buf[t * buf_size])
+                else:
+                    convx_direct_weight_images_d(level, s, grad_out + n * image_out, x + n * image_in, c, u0, u1,
+                                                 &parts[t * part_size], &buf[t * buf_size])
+                n = n + c
+            if not by_images:
+                if floating is float:
+                    finite += convx_direct_weight_store_f(level, s, &parts[t * part_size], u0, u1, grad_weight)
+                else:
+                    finite += convx_direct_weight_store_d(level, s, &parts[t * part_size], u0, u1, grad_weight)
+        if by_images:
+            _sum_partials(&parts[0], team, part_size, &parts[0])
+            if floating is float:
+                finite = team * convx_direct_weight_store_f(level, s, &parts[0], 0, n_tiles, grad_weight)
+            else:
+                finite = team * convx_direct_weight_store_d(level, s, &parts[0], 0, n_tiles, grad_weight)
+    return finite == team
+
+
+cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
+                                       Py_ssize_t batch, floating* grad_weight, int n_threads) except -1:
+    """grad_weight by convx_direct_weight_outer (the output channels as lanes, every product of
+    im2col taken): threads take shares of the batch, each summing a partial."""
+    cdef int level = _level(), team = _team(n_threads, batch), t
+    cdef Py_ssize_t part_size, buf_size, n0, n1
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    if floating is float:
+        part_size = convx_direct_outer_part_size_f(level, s)
+        buf_size = convx_direct_outer_buffer_size_f(level, s)
+        dtype = np.float32
+    else:
+        part_size = convx_direct_outer_part_size_d(level, s)
+        buf_size = convx_direct_outer_buffer_size_d(level, s)
+        dtype = np.float64
+    cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
+    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            n0 = t * batch // team
+            n1 = (t + 1) * batch // team
+            if floating is float:
+                convx_direct_weight_outer_f(level, s, grad_out + n0 * image_out, x + n0 * image_in, n1 - n0,
+                                            &parts[t * part_size], &buf[t * buf_size])
+            else:
+                convx_direct_weight_outer_d(level, s, grad_out + n0 * image_out, x + n0 * image_in, n1 - n0,
+                                            &parts[t * part_size], &buf[t * buf_size])
+        _sum_partials(&parts[0], team, part_size, &parts[0])
+        if floating is float:
+            convx_direct_outer_store_f(level, s, &parts[0], grad_weight)
+        else:
+            convx_direct_outer_store_d(level, s, &parts[0], grad_weight)
+    return 1
+
+
+cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float) noexcept nogil:
+    """The direct kernel's mode for the input gradient of a stride-1 convolution, which is the
+    convolution a of grad_out with W^T's taps reversed, padded by dilation * (kernel - 1) - pad
+    (DIRECT_OFF for other strides, or where that padding is negative)."""
+    if g.stride_h != 1 or g.stride_w != 1:
+        return DIRECT_OFF
+    a.groups = g.groups
+    a.c_in_g = g.c_out_g
+    a.c_out_g = g.c_in_g
+    a.height = g.out_h
+    a.width = g.out_w
+    a.out_h = g.height
+    a.out_w = g.width
+    a.kh = g.kernel_h
+    a.kw = g.kernel_w
+    a.sh = 1
+    a.sw = 1
+    a.ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h
+    a.pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w
+    a.dh = g.dilation_h
+    a.dw = g.dilation_w
+    return _direct_choice(a, g.batch, is_float)
+
+
+cdef int _direct_input_gradient(const floating* grad_out, const floating* weight, floating* grad_in,
+                                ConvGeometry* g, convx_conv_shape* a, int n_threads, int mode) except -1:
+    """grad_in by _direct_conv on the shape _direct_input_mode gave: its output channel is W's
+    input channel ci, its input channel W's output channel co, its tap t W's tap taps - 1 - t.
+    Returns 0 where _direct_conv declines (a weight not finite)."""
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    return _direct_conv(grad_out, weight + (taps - 1), g.c_out_g * g.col_rows, taps, g.col_rows, -1, NULL, grad_in,
+                        a, g.batch, n_threads, mode)
