@@ -1,6 +1,6 @@
 """``python -m convx.bench --tune``: every implementation of each convolution op of the suite,
 timed interleaved, against what the built-in rules and the autotuner (its first call's own
-measurement) choose, and PyTorch where installed."""
+measurement) choose, and PyTorch (timed after them) where installed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .. import functional as convx_ops
 from ..functional.conv import _conv_call, _kernel_plan, _plan_conv, _winograd
 from .cases import ConvCase
 from .implementations import torch_calls
-from .runner import _time_once, _warm_up
+from .runner import _time_once, _warm_up, settle
 
 OPS = {"forward": "forward", "backward_input": "input", "backward_weight": "weight", "backward": "backward"}
 # issue 19: the autotuner's choice within this factor of the fastest implementation
@@ -83,8 +83,6 @@ def tune_case(case: ConvCase, ops: tuple[str, ...], repeat: int, with_torch: boo
         calls = {}
         for signature, choice in options.items():
             calls[signature] = winograd_call if choice.winograd else _under(choice, public)
-        if torch is not None:
-            calls["torch"] = torch[op]
         # the autotuner, as a user's first call meets it
         _autotune._state.cache.pop(call.key(), None)
         enabled = _autotune.get_autotune()
@@ -105,6 +103,14 @@ def tune_case(case: ConvCase, ops: tuple[str, ...], repeat: int, with_torch: boo
             for name, fn in calls.items():
                 if len(samples[name]) < repeat:
                     samples[name].append(_time_once(fn, number[name]))
+        if torch is not None:
+            # PyTorch alone, after convx's: in the round-robin, whichever candidate followed it
+            # ran up to 5x slower (resnet_stem's forward 45 ms, 8.4 alone; Xeon, family 6 model 167)
+            settle()
+            _, samples["torch"], number["torch"] = _warm_up(torch[op], 20.0)
+            while len(samples["torch"]) < repeat:
+                samples["torch"].append(_time_once(torch[op], number["torch"]))
+            settle()
         times = {name: statistics.median(runs) for name, runs in samples.items()}
         rules = next(iter(options))
         results.append(TuneResult(case.name, op, times, rules, tuned, tuning, times[rules]))
