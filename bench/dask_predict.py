@@ -13,7 +13,7 @@ Compares, for the CIFAR-size nets of ``convx.bench.nets``, evaluation-mode infer
 
 The three run in turn ``--repeats`` times (so that other load on the machine falls on each alike)
 and the median and best of each are printed, with the load average before and after. Then the
-peak resident memory of each worker for an input 4x its memory limit (generated on the workers and
+peak resident memory of each worker for an input 4x its memory limit (``--memory-multiple``; generated on the workers and
 reduced there, so nothing returns whole).
 
 ``--tiled SIZE`` instead runs :func:`convx.dask.predict_tiled` of a 3-layer fully convolutional
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--net", default="vgg_bn")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--memory-multiple", type=float, default=4.0,
+                        help="the memory measurement's input, in multiples of a worker's memory limit (default 4)")
     parser.add_argument("--tiled", type=int, default=0, metavar="SIZE",
                         help="only: tiled inference of a 3-layer fully convolutional net over a SIZE x SIZE "
                              "image in 1024 x 1024 tiles, written to Zarr, against the same net in memory")
@@ -112,7 +114,7 @@ def main() -> None:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, memory_limit=limit) as cluster, Client(cluster) as client:
             image_bytes = int(np.prod(net.image_shape)) * 4
-            count = 4 * limit // image_bytes
+            count = int(args.memory_multiple * limit) // image_bytes
             big = da.random.default_rng(1).standard_normal((count, *net.image_shape), chunks=(args.chunk, *net.image_shape),
                                                           dtype=np.float32)
             baseline = client.run(lambda: __import__("psutil").Process().memory_info().rss)
@@ -125,7 +127,8 @@ def main() -> None:
                 return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
             peaks = client.run(peak)
-            print(f"memory: {count} images ({count * image_bytes / 2**20:.0f} MiB, 4x the 256 MiB limit of each "
+            print(f"memory: {count} images ({count * image_bytes / 2**20:.0f} MiB, {args.memory_multiple:g}x the 256 MiB "
+                  "limit of each "
                   f"worker) in {elapsed:.1f} s (sum {total:.3g}); worker RSS at start "
                   f"{[round(v / 2**20) for v in baseline.values()]} MiB, peak {[round(v / 2**20) for v in peaks.values()]} MiB")
 
