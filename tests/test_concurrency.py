@@ -166,7 +166,8 @@ def test_every_kernel_is_listed():
     public = {name for name in dir(core) if not name.startswith("_") and callable(getattr(core, name))}
     assert public - {"openmp_enabled", "default_num_threads", "gemm_kernel", "set_gemm_kernel", "direct_conv",
                      "set_direct_conv", "depthwise_kernel", "set_depthwise_kernel",
-                     "depthwise_implementation"} == set(KERNELS)
+                     "depthwise_implementation", "supported_gemm_kernels", "conv_implementation", "conv_ran",
+                     "ConvConfig"} == set(KERNELS)
 
 
 @pytest.mark.parametrize("name", KERNELS)
