@@ -44,6 +44,16 @@ def kernel(request):
     core.set_gemm_kernel(saved)
 
 
+# The direct, plane and flat kernels are convx's own: with BLAS no forced mode applies (every
+# choice falls back to the im2col tiles that test_each_kernel_matches_reference covers).
+@pytest.fixture(params=[name for name in KERNELS if name != "blas"])
+def own_kernel(request):
+    saved = core.gemm_kernel()
+    core.set_gemm_kernel(request.param)
+    yield request.param
+    core.set_gemm_kernel(saved)
+
+
 # (n, c_in, height, width, c_out, kernel, stride, padding, dilation, groups)
 GEOMETRIES = {
     "strips-cross-images": (5, 3, 7, 7, 10, (3, 3), 1, 1, 1, 1),
@@ -144,12 +154,12 @@ def direct(request):
 @pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
 @pytest.mark.parametrize("geometry", list(DIRECT_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_direct_kernel_matches_reference(kernel, direct, dtype, geometry, op, threads, rng):
+def test_direct_kernel_matches_reference(own_kernel, direct, dtype, geometry, op, threads, rng):
     _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
 @pytest.mark.parametrize("geometry", ["direct-rows", "direct-images", "direct-padding-beyond-kernel"])
-def test_direct_kernel_overwrites_its_output(kernel, direct, geometry, rng):
+def test_direct_kernel_overwrites_its_output(own_kernel, direct, geometry, rng):
     # Every output element is written (the input gradient too, through the same kernel).
     case = _case(geometry)
     x, weight, bias, grad_out = case.arrays(rng, np.float32)
@@ -166,7 +176,7 @@ def test_direct_kernel_overwrites_its_output(kernel, direct, geometry, rng):
 
 @pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_direct_kernel_non_finite_like_blas(kernel, direct, value, op, rng):
+def test_direct_kernel_non_finite_like_blas(own_kernel, direct, value, op, rng):
     # The direct kernel skips taps in the padding; with a non-finite weight it declines (and a
     # weight gradient that comes out non-finite is recomputed), and the path taken multiplies
     # the padding's zeros, so the same outputs turn NaN/inf as with BLAS.
@@ -221,12 +231,12 @@ def plane():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("geometry", list(PLANE_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_plane_kernel_matches_reference(kernel, plane, dtype, geometry, threads, rng):
+def test_plane_kernel_matches_reference(own_kernel, plane, dtype, geometry, threads, rng):
     _check_against_reference(_case(geometry), dtype, "forward", threads, rng)
 
 
 @pytest.mark.parametrize("geometry", ["plane-long-rows", "plane-padding-beyond-kernel", "plane-one-image"])
-def test_plane_kernel_overwrites_its_output_and_multiplies_the_padding(kernel, plane, geometry, rng):
+def test_plane_kernel_overwrites_its_output_and_multiplies_the_padding(own_kernel, plane, geometry, rng):
     # Every output element is written (the output starts as NaN); an inf in the weight meets the
     # padding's zeros as inf * 0 = NaN, as im2col has it (the reference's sums do the same).
     case = _case(geometry)
@@ -271,7 +281,7 @@ def flat():
 @pytest.mark.parametrize("op", ["forward", "backward_input", "backward_weight", "backward"])
 @pytest.mark.parametrize("geometry", list(FLAT_GEOMETRIES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_flat_kernel_matches_reference(kernel, flat, dtype, geometry, op, threads, rng):
+def test_flat_kernel_matches_reference(own_kernel, flat, dtype, geometry, op, threads, rng):
     _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
@@ -299,7 +309,7 @@ def test_flat_kernel_streams_large_outputs_at_any_alignment(kernel, dtype, offse
 @pytest.mark.parametrize("side", [16, 48], ids=["chunk-of-images", "chunks-of-a-plane"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_flat_weight_gradient_at_any_alignment(kernel, flat, dtype, side, offsets, threads, rng):
+def test_flat_weight_gradient_at_any_alignment(own_kernel, flat, dtype, side, offsets, threads, rng):
     # Planes a whole number of cache lines long all start at x's offset within a line: the
     # pixels before the next line are a masked step of their own, and so are the last ones.
     # 16 x 16 planes go several images to a chunk, 48 x 48 several chunks to a plane.

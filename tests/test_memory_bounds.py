@@ -356,18 +356,20 @@ def test_conv_same_valid_and_asymmetric_padding_beyond_the_image(conv_direct_mod
         assert_close(grad_w, reference.conv2d_backward_weight(grad_out, xs, weight.shape, **kwargs), dtype)
 
 
-@pytest.fixture(params=["blas", None])
-def conv_gemm_kernel(request):
-    """convx's own GEMM (the default, where the CPU has one) or BLAS, whose forward runs the im2col tiles."""
-    saved = core.gemm_kernel()
-    core.set_gemm_kernel(request.param or saved)
-    yield
-    core.set_gemm_kernel(saved)
+@pytest.fixture(params=[("blas", "auto")] + [(None, mode) for mode in ["auto", "off", "rows", "images", "outer",
+                                                                        "flat", "plane"]],
+                ids=lambda path: f"{path[0] or 'own'}-{path[1]}")
+def conv_path(request):
+    """BLAS, whose forward runs the im2col tiles (no direct mode applies there), or convx's own GEMM
+    (the default, where the CPU has one) under each direct mode."""
+    gemm, mode = request.param
+    with core.ConvConfig(gemm, mode):
+        yield
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 3])
-def test_conv_kernel_larger_than_the_image(conv_direct_mode, conv_gemm_kernel, conv_threads, dtype, threads, rng):
+def test_conv_kernel_larger_than_the_image(conv_path, conv_threads, dtype, threads, rng):
     """A 32x32 kernel over a 1x1, 2x3 and 1x5 image (two groups) padded by 31: the im2col columns of one output
     row would be 32 * 32 * 32 taps by 32-36 output columns, 16-18 times the weight, over the 2**20-element
     budget from width 33 on; they are tiled within the row. Every op, against the NumPy reference."""
