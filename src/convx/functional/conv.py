@@ -320,6 +320,17 @@ def _conv_call(
     )
 
 
+def _tuned(
+    op: str, input_shape: Shape, weight_shape: Shape, plan: _ConvPlan, dtype: np.dtype[Any], algorithm: str,
+    winograd: bool, compute: Callable[[bool], None],
+) -> None:
+    """compute(winograd), or with autotuning on, under the implementation the autotuner chose."""
+    if not _autotune.get_autotune():
+        compute(winograd)
+        return
+    _autotune.run(_conv_call(op, input_shape, weight_shape, plan, dtype, algorithm, winograd), compute)
+
+
 def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
@@ -407,7 +418,7 @@ def conv2d(
             if epilogue is not None:
                 epilogue(out)
 
-        _autotune.run(_conv_call("forward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd), compute)
+        _tuned("forward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd, compute)
     return _unbatch(out, unbatched)
 
 
@@ -490,7 +501,7 @@ def conv2d_backward_input(
             for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
                 _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
 
-        _autotune.run(_conv_call("input", input_shape, weight.shape, inner, dtype, algorithm, winograd), compute)
+        _tuned("input", input_shape, weight.shape, inner, dtype, algorithm, winograd, compute)
     return _unbatch(grad_x, unbatched)
 
 
@@ -550,7 +561,7 @@ def conv2d_backward_weight(
             if kept.trims(plan):
                 _padding_weight_gradient(grad_out, kept, grad_w)
 
-        _autotune.run(_conv_call("weight", x.shape, weight_shape, inner, dtype, algorithm, winograd), compute)
+        _tuned("weight", x.shape, weight_shape, inner, dtype, algorithm, winograd, compute)
     return grad_w
 
 
@@ -668,7 +679,7 @@ def conv2d_backward(
             else:
                 _fused_backward(grad_out, x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
 
-        _autotune.run(_conv_call("backward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd), compute)
+        _tuned("backward", x.shape, weight.shape, kept.plan, dtype, algorithm, winograd, compute)
     return _unbatch(grad_x, unbatched), grad_w, grad_b
 
 
