@@ -408,11 +408,17 @@ def test_unknown_padding_string_is_value_error(op, value):
         _call(op, padding=value)
 
 
-@pytest.mark.parametrize("stride", [2, (1, 2), (2, 1)], ids=str)
+@pytest.mark.parametrize(
+    "value, match",
+    [((1, 0, 1, 0), "ambiguous"), ([1, 2, 3, 4], "ambiguous"), (((1, 0), 2), r"\(\(top, bottom\)"),
+     (((1, 0), (1, -1)), r"padding\[1\]\[1\] must be at least 0"), (((1, 0, 2), (1, 1)), "pair"),
+     ("same_upper", "'same_lower', got 'same_upper'")],
+    ids=str,
+)
 @pytest.mark.parametrize("op", [op for op in GEOMETRY_OPS if op != "conv_transpose2d"])
-def test_same_padding_needs_stride_one(op, stride):
-    with pytest.raises(ValueError, match="same"):
-        _call(op, padding="same", stride=stride)
+def test_padding_sides_are_refused_when_malformed(op, value, match):
+    with pytest.raises(ValueError, match=match):
+        _call(op, padding=value)
 
 
 @pytest.mark.parametrize("value", ["same", "valid", "full"])

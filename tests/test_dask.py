@@ -175,11 +175,14 @@ GEOMETRIES = [
     (5, 2, 0, 1, 1, 63, 40, (20, 16)),
     (5, 2, 2, 2, 1, 64, 45, (16, 14)),
     (3, 3, 1, 1, 1, 49, 50, (15, 18)),
+    (3, 1, ((2, 0), (1, 3)), 1, 1, 33, 35, (10, 12)),
+    (4, 1, "same_lower", 1, 1, 30, 29, (9, 10)),
+    (3, 2, ((0, 1), (1, 0)), 1, 1, 40, 38, (12, 14)),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[str(g[:5]) for g in GEOMETRIES])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[str(g[:5]).replace(" ", "") for g in GEOMETRIES])
 def test_tiled_conv2d_equals_in_memory(geometry, dtype):
     kernel, stride, padding, dilation, groups, height, width, chunks = geometry
     rng = np.random.default_rng(2)
@@ -338,6 +341,13 @@ def test_bad_arguments_have_clear_errors(client):
     with pytest.raises(ValueError, match=r"along width \(\[10, 20, 30\]\) must be multiples of the net's total "
                                          r"stride 4 \(got \[10, 30\]\)"):
         cd.predict_tiled(net, da.from_array(image, chunks=(1, 3, 16, 10)))
+    with pytest.raises(ValueError, match=r"padding='same_lower' needs stride 1 here, got stride=\(2, 2\)"):
+        cd.conv2d(da.from_array(image, chunks=(1, 3, 16, 16)), weight, stride=2, padding="same_lower")
+    with pytest.raises(ValueError, match=r"\(\(top, bottom\), \(left, right\)\)"):
+        cd.conv2d(da.from_array(image), weight, padding=(1, 0, 1, 0))
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, stride=2, padding="same")).eval()
+    with pytest.raises(ValueError, match=r"padding='same' at stride \(2, 2\) depends on the input size"):
+        cd.predict_tiled(net, da.from_array(image, chunks=(1, 3, 16, 16)))
     with pytest.raises(TypeError, match=r"weight has dtype float64 but x float32"):
         cd.conv2d(da.from_array(image), weight.astype(np.float64))
     with pytest.raises(ValueError, match=r"x has 3 channels but weight \(2, 2, 3, 3\) with groups=1 expects 2"):

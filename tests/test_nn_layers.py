@@ -127,8 +127,10 @@ def test_conv2d_padding_mode_limits_match_torch(mode, padding, size, message, to
     "kwargs, error, match",
     [
         (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), ValueError, "groups=2 must divide"),
-        (dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding="same"), ValueError, "stride 1"),
-        (dict(in_channels=2, out_channels=4, kernel_size=3, padding="full"), ValueError, "'valid' or 'same'"),
+        (dict(in_channels=2, out_channels=4, kernel_size=3, padding="full"), ValueError, "'same_lower', got 'full'"),
+        (dict(in_channels=2, out_channels=4, kernel_size=3, padding=(1, 0, 1, 0)), ValueError, "ambiguous"),
+        (dict(in_channels=2, out_channels=4, kernel_size=3, padding=((1, 0), 1)), ValueError,
+         r"\(\(top, bottom\), \(left, right\)\)"),
         (dict(in_channels=2, out_channels=4, kernel_size=3, padding_mode="mirror"), ValueError, "padding_mode"),
         (dict(in_channels=2, out_channels=4, kernel_size=0), ValueError, "kernel_size must be positive"),
         (dict(in_channels=2, out_channels=4, kernel_size=2.0), TypeError, "kernel_size must be an int"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+
+from ._typing import PaddingWord
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_NAMES = "float32 or float64"
@@ -89,6 +91,33 @@ def as_pair(name: str, value: object, minimum: int | None = None) -> tuple[int, 
         raise TypeError(f"{name} must be an int or a tuple of two ints, got an ndarray")
     v = as_int(name, value, minimum)
     return v, v
+
+
+PADDING_WORDS = ("valid", "same", "same_lower")
+
+
+def as_padding(value: object, name: str = "padding") -> PaddingWord | tuple[tuple[int, int], tuple[int, int]]:
+    """A convolution's padding: ``'valid'``, ``'same'`` or ``'same_lower'``, or
+    ``((top, bottom), (left, right))`` of ints >= 0 from an int (every side), ``(pad_h, pad_w)``
+    (both sides of each axis) or the nested pairs themselves."""
+    if isinstance(value, str):
+        if value not in PADDING_WORDS:
+            raise ValueError(
+                f"{name} must be an int, (pad_h, pad_w), ((top, bottom), (left, right)), 'valid', 'same' or "
+                f"'same_lower', got {value!r}"
+            )
+        return cast(PaddingWord, value)
+    if isinstance(value, (tuple, list)) and len(value) == 4:
+        raise ValueError(
+            f"{name} as four numbers {tuple(value)!r} is ambiguous (PyTorch's F.pad reads them as (left, right, top, "
+            f"bottom), other libraries as (top, bottom, left, right)): give ((top, bottom), (left, right))"
+        )
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (tuple, list)) for v in value):
+        return as_pair(f"{name}[0]", value[0], 0), as_pair(f"{name}[1]", value[1], 0)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and any(isinstance(v, (tuple, list)) for v in value):
+        raise ValueError(f"{name} must be (pad_h, pad_w) or ((top, bottom), (left, right)), got {value!r}")
+    pad_h, pad_w = as_pair(name, value, 0)
+    return (pad_h, pad_h), (pad_w, pad_w)
 
 
 def as_shape(name: str, value: object, ndims: Sequence[int]) -> tuple[int, ...]:

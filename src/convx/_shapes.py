@@ -55,6 +55,29 @@ def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def padding_sides(
+    padding: str | tuple[tuple[int, int], tuple[int, int]], sizes: tuple[int, ...], kernel: tuple[int, int],
+    stride: tuple[int, int], dilation: tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a convolution's padding, checked by ``_checks.as_padding``.
+
+    ``'same'`` (ONNX's SAME_UPPER, TensorFlow's 'SAME') pads each axis so that the output has
+    ``ceil(size / stride)`` elements, the extra element of an odd total after (bottom/right);
+    at stride 1 that is PyTorch's ``'same'``. ``'same_lower'`` puts the extra element before.
+    """
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    sides = []
+    for size, k, s, d in zip(sizes, kernel, stride, dilation):
+        out = -(-size // s)
+        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        sides.append((small, large) if padding == "same" else (large, small))
+    return sides[0], sides[1]
+
+
 def conv_transpose_output_size(
     size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int
 ) -> int:

@@ -13,8 +13,10 @@ Float = TypeVar("Float", np.float32, np.float64)
 #: An ``int`` for both spatial axes, or ``(height, width)``.
 IntPair = Union[int, tuple[int, int]]
 
-#: :func:`convx.conv2d`'s padding: an ``IntPair``, ``'valid'`` or ``'same'``.
-Padding = Union[IntPair, Literal["valid", "same"]]
+#: :func:`convx.conv2d`'s padding: an ``IntPair``, ``((top, bottom), (left, right))``,
+#: ``'valid'``, ``'same'`` or ``'same_lower'``.
+PaddingWord = Literal["valid", "same", "same_lower"]
+Padding = Union[IntPair, tuple[tuple[int, int], tuple[int, int]], PaddingWord]
 
 #: Adaptive pooling's output size: an int, or ``(height, width)`` where ``None`` keeps that input size.
 AdaptiveSize = Union[int, tuple[Union[int, None], Union[int, None]]]

@@ -38,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from . import _threads
-from ._checks import SUPPORTED_DTYPES, as_float_array, as_int, as_pair
-from ._shapes import conv_output_size, pool_output_size, same_padding
+from ._checks import SUPPORTED_DTYPES, as_float_array, as_int, as_padding, as_pair
+from ._shapes import conv_output_size, padding_sides, pool_output_size
 from .functional import conv2d as _conv2d
 from .nn.activations import PReLU, _Activation
 from .nn.blocks import Identity
@@ -386,16 +386,15 @@ class _Conv2dTile:
                        algorithm=self.algorithm)
 
 
-def _conv_pads(padding: object, kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[Any, list[tuple[int, int]]]:
-    """``padding`` normalised (a pair, 'same' or 'valid') and its (before, after) per axis."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return padding, [(0, 0), (0, 0)]
-        if padding == "same":
-            return padding, [same_padding(k, d) for k, d in zip(kernel, dilation)]
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    pair = as_pair("padding", padding, 0)
-    return pair, [(p, p) for p in pair]
+def _conv_pads(padding: object, kernel: tuple[int, int], stride: tuple[int, int],
+               dilation: tuple[int, int]) -> tuple[Any, list[tuple[int, int]]]:
+    """``padding`` checked (``_checks.as_padding``) and its (before, after) per axis; 'same' and
+    'same_lower' at stride 1 only (at other strides the sides depend on the whole image's size)."""
+    checked = as_padding(padding)
+    if isinstance(checked, str) and checked != "valid" and stride != (1, 1):
+        raise ValueError(f"padding={checked!r} needs stride 1 here, got stride={stride}; give the sides explicitly")
+    top_bottom, left_right = padding_sides(checked, (1, 1), kernel, stride, dilation)
+    return checked, [top_bottom, left_right]
 
 
 def conv2d(x: object, weight: np.ndarray, bias: np.ndarray | None = None, stride: Any = 1, padding: Any = 0,
@@ -459,9 +458,7 @@ def conv2d(x: object, weight: np.ndarray, bias: np.ndarray | None = None, stride
     if weight.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide the {weight.shape[0]} output channels of weight")
     kernel = (weight.shape[2], weight.shape[3])
-    padding_norm, pads = _conv_pads(padding, kernel, dilation_pair)
-    if padding_norm == "same" and stride_pair != (1, 1):
-        raise ValueError(f"padding='same' needs stride 1, got stride={stride_pair}")
+    padding_norm, pads = _conv_pads(padding, kernel, stride_pair, dilation_pair)
     windows = [_Window(kernel[axis], stride_pair[axis], dilation_pair[axis], *pads[axis], False) for axis in (0, 1)]
     run = _Conv2dTile(np.ascontiguousarray(weight), None if bias is None else np.ascontiguousarray(bias),
                       stride_pair, padding_norm, dilation_pair, groups, algorithm)
@@ -487,7 +484,7 @@ def _layer_windows(model: Module) -> list[tuple[_Window, _Window]]:
                     f"predict_tiled needs zero padding; {layer!r} pads with padding_mode={layer.padding_mode!r}, "
                     "which reads the image's far side or its edge"
                 )
-            pads = layer._pads()
+            pads = layer._pads(None)
             windows.append(tuple(  # type: ignore[arg-type]
                 _Window(layer.kernel_size[a], layer.stride[a], layer.dilation[a], *pads[a], False) for a in (0, 1)
             ))

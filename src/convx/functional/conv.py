@@ -17,9 +17,9 @@ from numpy.typing import NDArray
 
 from .. import _autotune, _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
-from .._checks import as_float_array, as_int, as_pair, as_shape, contiguous, same_dtype
+from .._checks import as_float_array, as_int, as_padding, as_pair, as_shape, contiguous, same_dtype
 from .._products import matmul
-from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, same_padding
+from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, padding_sides
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
 from .activations import activation_epilogue, check_no_activation_params
@@ -119,22 +119,6 @@ def _input_gradient(
     kernel(grad_out, weight, grad_in, *plan.kernel_args(), n_threads)
 
 
-def _padding(
-    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((top, bottom), (left, right)) from an int, a pair, 'valid' or 'same'."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0), (0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={stride}; give explicit padding instead")
-            return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    pad_h, pad_w = as_pair("padding", padding, 0)
-    return (pad_h, pad_h), (pad_w, pad_w)
-
-
 def _check_sizes(*values: tuple[str, int]) -> None:
     """Each (name, value) at most ``_INT32_LIMIT``."""
     for name, value in values:
@@ -176,7 +160,9 @@ def _plan_conv(
             f"(weight.shape[1] * groups = {c_in_group} * {groups}), but {input_name} has {c_in}; "
             f"weight.shape[1] must be C_in / groups = {c_in // groups}"
         )
-    (pad_top, pad_bottom), (pad_left, pad_right) = _padding(padding, (kernel_h, kernel_w), stride, dilation)
+    (pad_top, pad_bottom), (pad_left, pad_right) = padding_sides(
+        as_padding(padding), (height, width), (kernel_h, kernel_w), stride, dilation
+    )
     _check_sizes(
         ("stride", max(stride)), ("dilation", max(dilation)), ("padding", max(pad_top, pad_bottom, pad_left, pad_right)),
     )
@@ -351,9 +337,12 @@ def conv2d(
         Added to every output position of each channel.
     stride : int or (int, int), default 1
         Step between windows, positive.
-    padding : int, (int, int), 'valid' or 'same', default 0
-        Implicit zeros on both sides. ``'same'`` (stride 1 only) keeps the spatial size,
-        putting the extra zero of an odd total at the bottom/right.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros on both sides of each axis, or per side as ``((top, bottom), (left,
+        right))``. ``'same'`` gives ``ceil(H / sH)`` x ``ceil(W / sW)`` outputs (at stride 1 the
+        input's size), putting the extra zero of an odd total at the bottom/right: PyTorch's
+        ``'same'`` at stride 1, TensorFlow's ``'SAME'`` and ONNX's ``SAME_UPPER`` at any stride.
+        ``'same_lower'`` puts it at the top/left (ONNX's ``SAME_LOWER``).
     dilation : int or (int, int), default 1
         Spacing between kernel taps, positive.
     groups : int, default 1

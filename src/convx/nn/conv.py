@@ -9,11 +9,11 @@ from numpy.typing import DTypeLike
 
 from .. import functional
 from ..functional.conv import check_algorithm
-from .._checks import as_bool, as_int, as_pair
+from .._checks import as_bool, as_int, as_padding, as_pair
 from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
 from .._shapes import NumpyPadMode as _NumpyPadMode
 from .._shapes import padded_source as _padded_source
-from .._shapes import same_padding
+from .._shapes import padding_sides
 from .._typing import IntPair, Padding
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
@@ -98,9 +98,11 @@ class Conv2d(Module):
     in_channels, out_channels : int
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
-    padding : int, (int, int), 'valid' or 'same', default 0
-        ``'same'`` (stride 1 only) keeps the spatial size, the extra row/column of an odd total at
-        the bottom/right.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Zeros on both sides of each axis, or ``((top, bottom), (left, right))``. ``'same'`` gives
+        ``ceil(size / stride)`` outputs per axis, the extra row/column of an odd total at the
+        bottom/right (PyTorch's 'same' at stride 1; TensorFlow's and ONNX's SAME_UPPER at any
+        stride); ``'same_lower'`` puts it at the top/left (ONNX's SAME_LOWER).
     dilation : int or (int, int), default 1
     groups : int, default 1
         Must divide ``in_channels`` and ``out_channels``.
@@ -142,7 +144,7 @@ class Conv2d(Module):
     ((2, 3, 16, 16), (8, 3, 3, 3), (8,))
     """
 
-    padding: tuple[int, int] | Literal["valid", "same"]
+    padding: tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | Literal["valid", "same", "same_lower"]
 
     def __init__(
         self,
@@ -170,14 +172,12 @@ class Conv2d(Module):
         _check_groups(self.in_channels, self.out_channels, self.groups)
         check_algorithm(algorithm, self.kernel_size, self.stride, self.dilation, self.groups)
         self.algorithm = algorithm
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
-            self.padding = "same" if padding == "same" else "valid"
-        else:
-            self.padding = as_pair("padding", padding, 0)
+        sides = as_padding(padding)
+        # PyTorch's form where it has one: a word, or (pad_h, pad_w) for symmetric padding
+        self.padding = (
+            sides if isinstance(sides, str) or sides[0][0] != sides[0][1] or sides[1][0] != sides[1][1]
+            else (sides[0][0], sides[1][0])
+        )
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
@@ -185,20 +185,21 @@ class Conv2d(Module):
         weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
 
-    def _pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """((top, bottom), (left, right))."""
-        if self.padding == "valid":
-            return (0, 0), (0, 0)
-        if self.padding == "same":
-            return (same_padding(self.kernel_size[0], self.dilation[0]), same_padding(self.kernel_size[1], self.dilation[1]))
-        top, left = self.padding
-        return (top, top), (left, left)
+    def _pads(self, sizes: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) for an input of spatial ``sizes`` (None: any size, which
+        'same' and 'same_lower' allow at stride 1 only)."""
+        padding = as_padding(self.padding)
+        if isinstance(padding, str) and padding != "valid" and sizes is None:
+            if self.stride != (1, 1):
+                raise ValueError(f"padding={padding!r} at stride {self.stride} depends on the input size")
+            sizes = (1, 1)
+        return padding_sides(padding, sizes or (1, 1), self.kernel_size, self.stride, self.dilation)
 
     def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis]]:
         """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
         self._check_padding_mode_limits(x)
         mode = _NUMPY_PAD_MODES[self.padding_mode]
-        pads = self._pads()
+        pads = self._pads(x.shape[-2:])
         reads = [
             _read_axis(size, axis_pads, kernel, stride, dilation, mode)
             for size, axis_pads, kernel, stride, dilation in zip(
@@ -219,7 +220,7 @@ class Conv2d(Module):
         return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
 
     def _check_padding_mode_limits(self, x: np.ndarray) -> None:
-        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], self._pads()):
+        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], self._pads(x.shape[-2:])):
             # PyTorch refuses these instead of reflecting or wrapping more than once.
             if self.padding_mode == "reflect" and max(before, after) >= size:
                 raise ValueError(

@@ -22,6 +22,7 @@ Semantics are PyTorch's (``torch.nn.functional.conv2d``, ``conv_transpose2d`` an
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -42,17 +43,27 @@ def _pair(value) -> tuple[int, int]:
     return int(first), int(second)
 
 
-def _paddings(padding, kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[tuple[int, int], ...]:
-    """((top, bottom), (left, right)) zeros for an int, a pair, 'valid' or 'same'."""
+def _paddings(padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+              sizes: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """((top, bottom), (left, right)) zeros for an int, a pair, the sides themselves, 'valid',
+    'same' or 'same_lower'."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0, 0), (0, 0)
-        if padding == "same":
-            # A stride-1 output keeps the input size when dilation * (kernel - 1) zeros are
-            # added; an odd total puts its extra zero at the bottom/right, as PyTorch does.
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-            return tuple((total // 2, total - total // 2) for total in totals)
-        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if padding in ("same", "same_lower"):
+            # ceil(size / stride) outputs: the last window starts at (out - 1) * stride and spans
+            # dilation * (kernel - 1) + 1; what it reaches past the input is padding, split in two
+            # with the odd one after ('same', as PyTorch at stride 1 and ONNX's SAME_UPPER) or
+            # before ('same_lower').
+            sides = []
+            for size, k, s, d in zip(sizes, kernel, stride, dilation):
+                out = math.ceil(size / s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+                sides.append((total // 2, total - total // 2) if padding == "same" else (total - total // 2, total // 2))
+            return tuple(sides)
+        raise ValueError(f"padding must be an int, a pair, the sides, 'valid', 'same' or 'same_lower', got {padding!r}")
+    if isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+        return tuple((int(p[0]), int(p[1])) for p in padding)
     pad_h, pad_w = _pair(padding)
     return (pad_h, pad_h), (pad_w, pad_w)
 
@@ -71,7 +82,7 @@ def _geometry(spatial_shape, weight_shape, stride, padding, dilation):
     """Normalised stride/dilation pairs, paddings and the output size of a convolution."""
     kernel = tuple(weight_shape[2:])
     stride, dilation = _pair(stride), _pair(dilation)
-    pads = _paddings(padding, kernel, dilation)
+    pads = _paddings(padding, kernel, stride, dilation, tuple(spatial_shape))
     out_shape = tuple(
         _output_size(size, k, s, p, d) for size, k, s, p, d in zip(spatial_shape, kernel, stride, pads, dilation)
     )
