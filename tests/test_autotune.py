@@ -31,11 +31,13 @@ GEOMETRIES = {
     "grouped-dilated": dict(x=(2, 32, 13, 11), w=(32, 16, 3, 2), dilation=2, padding=(2, 1), groups=2),
     "padding-cut": dict(x=(2, 8, 5, 6), w=(16, 8, 2, 3), padding=(3, 4)),
     "one-image-wide": dict(x=(1, 48, 9, 40), w=(96, 48, 3, 3), padding=1),
+    "depthwise-3x3": dict(x=(2, 16, 20, 40), w=(16, 1, 3, 3), padding=1, groups=16),
+    "depthwise-5x5-stride-2-multiplier": dict(x=(2, 8, 19, 21), w=(16, 1, 5, 5), stride=2, padding=2, groups=8),
 }
 
 CHOICES = [_autotune.Choice()] + [
     _autotune.Choice(gemm, direct) for gemm in _core.supported_gemm_kernels() for direct in _core.DIRECT_MODES
-]
+] + [_autotune.Choice(depthwise=kernel) for kernel in _core.DEPTHWISE_KERNELS]
 
 
 def _kwargs(geometry):
@@ -81,7 +83,7 @@ def test_every_setting_runs_what_it_predicts_and_computes_the_reference(name, dt
     for choice in CHOICES:
         predicted = {op: _autotune._signature(_call(op, geometry, dtype), choice)
                      for op in ("forward", "input", "weight")}
-        with _core.ConvConfig(choice.gemm, choice.direct):
+        with _core.ConvConfig(choice.gemm, choice.direct, choice.depthwise):
             assert_close(convx.conv2d(x, w, b, **kwargs), y)
             assert _core.conv_ran()["forward"] == predicted["forward"], choice
             assert_close(convx.conv2d_backward_input(grad_out, w, x.shape, **kwargs), expected_x)
@@ -96,7 +98,7 @@ def test_every_setting_runs_what_it_predicts_and_computes_the_reference(name, dt
         assert_close(grad_w, expected_w)
         seen.update(predicted.values())
     # the settings reach more than one implementation of every geometry here
-    assert len(seen) > 3, seen
+    assert len(seen) > (1 if name.startswith("depthwise") else 3), seen
 
 
 def test_the_default_choice_is_what_the_process_settings_run(rng):
@@ -240,10 +242,13 @@ def test_winograd_is_a_candidate_only_where_algorithm_auto_allows_it(autotune_st
     assert "winograd" not in _autotune.candidates(_call("forward", GEOMETRIES["strided"], np.float32, "auto"))
 
 
-def test_depthwise_and_whole_window_convolutions_are_not_tuned(autotune_state):
-    depthwise = dict(x=(2, 8, 9, 9), w=(8, 1, 3, 3), padding=1, groups=8)
+def test_depthwise_candidates_are_the_depthwise_kernels_and_a_whole_window_has_one(autotune_state):
+    depthwise = dict(x=(2, 8, 9, 40), w=(8, 1, 3, 3), padding=1, groups=8)
     whole = dict(x=(4, 3, 5, 5), w=(6, 3, 5, 5))
-    assert list(_autotune.candidates(_call("forward", depthwise, np.float32))) == ["depthwise"]
+    assert sorted(_autotune.candidates(_call("forward", depthwise, np.float32))) == ["depthwise-direct",
+                                                                                  "depthwise-split"]
+    assert sorted(_autotune.candidates(_call("backward", depthwise, np.float32))) == [
+        "depthwise-direct + depthwise-direct", "depthwise-split + depthwise-split"]
     assert list(_autotune.candidates(_call("weight", whole, np.float32))) == ["matmul (whole window)"]
 
 
@@ -355,8 +360,9 @@ def test_explain_names_what_runs_and_what_else_applies(autotune_state, rng):
 
 def test_explain_depthwise_whole_window_and_bad_arguments():
     depthwise = convx.explain((2, 8, 9, 9), (8, 1, 3, 3), padding=1, groups=8)
-    assert depthwise.ops["forward"].implementation == "depthwise"
+    assert depthwise.ops["forward"].implementation in ("depthwise-split", "depthwise-direct")
     assert "depthwise kernels" in depthwise.ops["forward"].reason
+    assert depthwise.ops["forward"].alternatives
     whole = convx.explain((4, 3, 5, 5), (6, 3, 5, 5))
     assert whole.ops["weight"].implementation == "matmul (whole window)"
     assert convx.explain((3, 9, 9), (4, 3, 3, 3), dtype=np.float64).ops["input"].implementation

@@ -49,29 +49,39 @@ _WARM_BELOW = 2e-3
 
 @dataclass(frozen=True)
 class Choice:
-    """How a convolution runs: convx's GEMM level and direct mode (None: the process-wide
-    setting), and whether Winograd computes it."""
+    """How a convolution runs: convx's GEMM level, direct mode and depthwise kernel (None: the
+    process-wide setting), and whether Winograd computes it."""
 
     gemm: str | None = None
     direct: str | None = None
     winograd: bool = False
+    depthwise: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.gemm is None and self.direct is None and self.depthwise is None
 
     def label(self) -> str:
         if self.winograd:
             return "winograd"
-        if self.gemm is None and self.direct is None:
+        if self.is_default:
             return "default"
+        if self.depthwise is not None:
+            return f"depthwise={self.depthwise}"
         return f"gemm={self.gemm}, direct={self.direct}"
 
     def to_json(self) -> list[Any]:
-        return [self.gemm, self.direct, self.winograd]
+        return [self.gemm, self.direct, self.winograd, self.depthwise]
 
     @classmethod
     def from_json(cls, value: list[Any]) -> Choice:
-        gemm, direct, winograd = value
-        if gemm is not None and gemm not in _core.GEMM_KERNELS or direct is not None and direct not in _core.DIRECT_MODES:
+        if not isinstance(value, list) or len(value) != 4:
             raise ValueError(f"not a convx choice: {value!r}")
-        return cls(gemm, direct, bool(winograd))
+        gemm, direct, winograd, depthwise = value
+        if (gemm is not None and gemm not in _core.GEMM_KERNELS or direct is not None and direct not in _core.DIRECT_MODES
+                or depthwise is not None and depthwise not in _core.DEPTHWISE_KERNELS):
+            raise ValueError(f"not a convx choice: {value!r}")
+        return cls(gemm, direct, bool(winograd), depthwise)
 
 
 _DEFAULT = Choice()
@@ -93,7 +103,7 @@ class ConvCall(NamedTuple):
     algorithm: str
     winograd: bool  # what the rules chose for algorithm
     winograd_applies: bool
-    depthwise: bool  # the depthwise kernels take it (their choice is not tuned)
+    depthwise: bool  # the depthwise kernels take it
     whole_window: bool  # one matrix product over the batch (numpy's BLAS), unless Winograd
 
     def key(self) -> str:
@@ -145,8 +155,9 @@ def set_autotune(enabled: bool = True, *, budget: float | None = None) -> None:
     Implementations differ by rounding (float32: about 1e-6 relative). With
     ``algorithm='auto'`` the tuner may also choose Winograd (about 1e-5), which
     ``algorithm='direct'`` never runs. Only :func:`convx.conv2d`, its gradients
-    and the layers built on them are tuned; depthwise convolutions and convolutions whose
-    window is the whole image have one implementation each.
+    and the layers built on them are tuned (depthwise convolutions between the phase-split
+    sweeps and the row loops); a convolution whose window is the whole image has one
+    implementation.
 
     Examples
     --------
@@ -260,13 +271,21 @@ def _signature(call: ConvCall, choice: Choice) -> str:
     """What ``choice`` runs for ``call``: the implementations of its ops, as the kernels name them."""
     if choice.winograd:
         return "winograd"
-    if call.depthwise:
-        return "depthwise"
     if call.whole_window:
         return "matmul (whole window)"
     n, c_in, h, w = call.input_shape
     c_out, _, kh, kw = call.weight_shape
     ops = ("input", "weight") if call.op == "backward" else (call.op,)
+    if call.depthwise:
+        itemsize = 4 if call.dtype == "float32" else 8
+        with _core.ConvConfig(None, None, choice.depthwise):
+            names = [
+                "depthwise-" + _core.depthwise_implementation(
+                    op, n, c_in, h, w, c_out, kh, kw, *call.out_hw, *call.stride, *call.pad, *call.dilation,
+                    call.groups, itemsize)[0]
+                for op in ops
+            ]
+        return " + ".join(names)
     with _core.ConvConfig(choice.gemm, choice.direct):
         names = [
             _core.conv_implementation(op, n, c_in, h, w, c_out, kh, kw, *call.out_hw, call.groups, *call.stride,
@@ -283,7 +302,10 @@ def candidates(call: ConvCall) -> dict[str, Choice]:
     found = {_signature(call, default): default}
     if call.algorithm == "auto" and call.winograd_applies:
         found.setdefault("winograd", Choice(winograd=True))
-    if not (call.depthwise or call.whole_window):
+    if call.depthwise:
+        for kernel in _core.DEPTHWISE_KERNELS[1:]:
+            found.setdefault(_signature(call, Choice(depthwise=kernel)), Choice(depthwise=kernel))
+    elif not call.whole_window:
         for gemm in reversed(_core.supported_gemm_kernels()):
             for direct in _core.DIRECT_MODES:
                 choice = Choice(gemm, direct)
@@ -300,9 +322,9 @@ def chosen(call: ConvCall) -> Choice | None:
 
 
 def _run(choice: Choice, compute: Callable[[bool], T]) -> T:
-    if choice.gemm is None and choice.direct is None:
+    if choice.is_default:
         return compute(choice.winograd)
-    with _core.ConvConfig(choice.gemm, choice.direct):
+    with _core.ConvConfig(choice.gemm, choice.direct, choice.depthwise):
         return compute(choice.winograd)
 
 

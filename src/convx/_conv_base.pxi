@@ -244,21 +244,25 @@ def set_gemm_kernel(name):
 
 cdef extern from *:
     """
-    /* A calling thread's own choice of GEMM level and direct mode (-1: the process-wide
+    /* A calling thread's own choice of GEMM level, direct mode and depthwise kernel (-1: the process-wide
        setting), set around one call by convx.autotune. The kernels' teams never read them:
        every choice is made, and every level passed on, before a parallel region starts. */
     static __thread int convx_thread_gemm_level = -1;
     static __thread int convx_thread_direct_mode = -1;
+    static __thread int convx_thread_depthwise_mode = -1;
     static int convx_get_thread_gemm_level(void) { return convx_thread_gemm_level; }
     static int convx_get_thread_direct_mode(void) { return convx_thread_direct_mode; }
-    static void convx_set_thread_config(int level, int mode) {
+    static int convx_get_thread_depthwise_mode(void) { return convx_thread_depthwise_mode; }
+    static void convx_set_thread_config(int level, int mode, int depthwise) {
         convx_thread_gemm_level = level;
         convx_thread_direct_mode = mode;
+        convx_thread_depthwise_mode = depthwise;
     }
     """
     int convx_get_thread_gemm_level() noexcept nogil
     int convx_get_thread_direct_mode() noexcept nogil
-    void convx_set_thread_config(int level, int mode) noexcept nogil
+    int convx_get_thread_depthwise_mode() noexcept nogil
+    void convx_set_thread_config(int level, int mode, int depthwise) noexcept nogil
 
 
 cdef inline int _level() noexcept nogil:

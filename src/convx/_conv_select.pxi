@@ -14,9 +14,11 @@ cdef enum:
     IMPL_DIRECT_OUTER = 7       # _direct_outer_weight_gradient
     IMPL_DIRECT_BY_IMAGES = 8   # _direct_weight_gradient, threads split the batch
     IMPL_DIRECT_BY_CHANNELS = 9  # _direct_weight_gradient, threads split the output channels
+    IMPL_DEPTHWISE_SPLIT = 10   # _depthwise.pxi's phase-split sweeps (no GEMM level)
+    IMPL_DEPTHWISE_DIRECT = 11  # _depthwise.pxi's row loops
 
 IMPLEMENTATIONS = ("none", "flat", "plane", "direct-rows", "direct-images", "packed", "im2col", "direct-outer",
-                   "direct-split-images", "direct-split-channels")
+                   "direct-split-images", "direct-split-channels", "depthwise-split", "depthwise-direct")
 
 cdef extern from *:
     """
@@ -45,6 +47,8 @@ cdef str _impl_name(int code):
     if code < 0:
         return None
     impl, level = divmod(code, 4)
+    if impl >= IMPL_DEPTHWISE_SPLIT:
+        return IMPLEMENTATIONS[impl]
     return f"{GEMM_KERNELS[level]}/{IMPLEMENTATIONS[impl]}"
 
 
@@ -134,14 +138,15 @@ def conv_ran():
 
 
 cdef class ConvConfig:
-    """While entered, the calling thread's convolutions use GEMM kernel ``gemm`` and direct mode
-    ``direct`` (None: as before, which outside any ConvConfig is the process-wide setting of
-    set_gemm_kernel / set_direct_conv); the thread's previous settings come back on exit. Other
+    """While entered, the calling thread's convolutions use GEMM kernel ``gemm``, direct mode
+    ``direct`` and depthwise kernel ``depthwise`` (None: as before, which outside any ConvConfig is the process-wide setting of
+    set_gemm_kernel / set_direct_conv / set_depthwise_kernel); the thread's previous settings come
+    back on exit. Other
     threads are not affected."""
-    cdef int level, mode, previous_level, previous_mode
+    cdef int level, mode, depthwise, previous_level, previous_mode, previous_depthwise
     cdef bint held
 
-    def __init__(self, gemm=None, direct=None):
+    def __init__(self, gemm=None, direct=None, depthwise=None):
         if gemm is None:
             self.level = -1
         elif gemm not in GEMM_KERNELS:
@@ -157,27 +162,36 @@ cdef class ConvConfig:
             raise ValueError(f"direct conv mode must be one of {', '.join(map(repr, DIRECT_MODES))}, got {direct!r}")
         else:
             self.mode = DIRECT_MODES.index(direct)
+        if depthwise is None:
+            self.depthwise = -1
+        elif depthwise not in DEPTHWISE_KERNELS:
+            raise ValueError(f"depthwise kernel must be one of {', '.join(map(repr, DEPTHWISE_KERNELS))}, "
+                             f"got {depthwise!r}")
+        else:
+            self.depthwise = DEPTHWISE_KERNELS.index(depthwise)
 
     def __enter__(self):
         if self.held:
             raise RuntimeError("this ConvConfig is already entered; make a new one per use")
         self.previous_level = convx_get_thread_gemm_level()
         self.previous_mode = convx_get_thread_direct_mode()
+        self.previous_depthwise = convx_get_thread_depthwise_mode()
         convx_set_thread_config(self.previous_level if self.level < 0 else self.level,
-                                self.previous_mode if self.mode < 0 else self.mode)
+                                self.previous_mode if self.mode < 0 else self.mode,
+                                self.previous_depthwise if self.depthwise < 0 else self.depthwise)
         self.held = True
         return self
 
     def __exit__(self, exc_type, exc_value, traceback):
         if self.held:
             self.held = False
-            convx_set_thread_config(self.previous_level, self.previous_mode)
+            convx_set_thread_config(self.previous_level, self.previous_mode, self.previous_depthwise)
         return False
 
     def __dealloc__(self):
         if self.held:
             self.held = False
-            convx_set_thread_config(self.previous_level, self.previous_mode)
+            convx_set_thread_config(self.previous_level, self.previous_mode, self.previous_depthwise)
 
 
 def supported_gemm_kernels():

@@ -123,6 +123,12 @@ DEPTHWISE_KERNELS = ("auto", "split", "direct")
 cdef int _depthwise_mode = 0
 
 
+cdef inline int _dw_mode() noexcept nogil:
+    """The depthwise kernel this thread's calls use: its own (ConvConfig), else set_depthwise_kernel's."""
+    cdef int mode = convx_get_thread_depthwise_mode()
+    return _depthwise_mode if mode < 0 else mode
+
+
 def depthwise_kernel():
     """How depthwise convolutions run: 'auto' (per layer and op, the preference table in
     _depthwise.pxi), or forced to 'split' (the phase-split sweeps, wherever they apply) or
@@ -181,8 +187,8 @@ cdef bint _direct_3x3_applies(int op, ConvGeometry* g) noexcept nogil:
 cdef bint _split_prefers(int op, ConvGeometry* g, bint double) noexcept nogil:
     """Whether the phase-split sweeps should run where both implementations apply (the mode set by
     set_depthwise_kernel, else DW_DIRECT_FROM)."""
-    if _depthwise_mode != 0:
-        return _depthwise_mode == 1
+    if _dw_mode() != 0:
+        return _dw_mode() == 1
     return not (_direct_3x3_applies(op, g) and g.out_w >= DW_DIRECT_FROM[3 * double + op])
 
 
@@ -219,12 +225,12 @@ def depthwise_implementation(op, batch, c_in, height, width, c_out, kernel_h, ke
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, 1)
     cdef DwLayout L
     cdef Py_ssize_t slot
-    if _depthwise_mode == 2:
+    if _dw_mode() == 2:
         return "direct", "set_depthwise_kernel('direct')"
     if not _split_layout(index, &g, itemsize, &L, &slot):
         return "direct", ("the sweeps' buffers or work would outgrow their bounds (padding or dilation far past "
                           "the plane)")
-    if _depthwise_mode == 1:
+    if _dw_mode() == 1:
         return "split", "set_depthwise_kernel('split')"
     if not _split_prefers(index, &g, itemsize == 8):
         return "direct", (f"3x3 stride 1 with rows of {out_w} outputs, at least DW_DIRECT_FROM's "
@@ -566,7 +572,9 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
     if _split_prefers(DW_FORWARD, &g, sizeof(floating) == 8) and _split_forward(x, weight, bias, out, &g, n_threads):
+        _ran(OP_FORWARD, IMPL_DEPTHWISE_SPLIT, 0)
         return
+    _ran(OP_FORWARD, IMPL_DEPTHWISE_DIRECT, 0)
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     with nogil:
         for item in prange(g.batch * c_out, schedule='static', num_threads=_team(n_threads, g.batch * c_out)):
@@ -591,7 +599,9 @@ def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     cdef const floating[:, :, :, ::1] rotated
     if _split_prefers(DW_INPUT, &g, sizeof(floating) == 8) and _split_input(grad_out, weight, grad_in, &g, n_threads):
+        _ran(OP_INPUT, IMPL_DEPTHWISE_SPLIT, 0)
         return
+    _ran(OP_INPUT, IMPL_DEPTHWISE_DIRECT, 0)
     if _rotated_applies(&g):
         rotated = np.ascontiguousarray(np.asarray(weight)[:, :, ::-1, ::-1])
         ranges = _rotated_ranges(&g)
@@ -629,7 +639,9 @@ def depthwise_backward_weight(const floating[:, :, :, ::1] grad_out, const float
     cdef Py_ssize_t co, n, tid
     cdef floating* partial
     if _split_prefers(DW_WEIGHT, &g, sizeof(floating) == 8) and _split_weight(grad_out, x, grad_weight, &g, n_threads):
+        _ran(OP_WEIGHT, IMPL_DEPTHWISE_SPLIT, 0)
         return
+    _ran(OP_WEIGHT, IMPL_DEPTHWISE_DIRECT, 0)
     cdef int team = _team(n_threads, c_out)
     cdef Py_ssize_t[::1] ranges = _column_ranges(&g)
     # One row of out_w partial sums per tap and thread, each thread's on its own cache lines.

@@ -146,14 +146,8 @@ def explain(
                 reason += "; a measured choice exists but autotuning is off"
             elif len(options) > 1 and autotune == "on":
                 reason += "; the autotuner measures the alternatives on the first call"
-        if call.depthwise and runs == "depthwise":
-            reason = "one input channel per group: the depthwise kernels " + ", ".join(
-                "{} {}".format(name, _core.depthwise_implementation(
-                    name, x_shape[0], x_shape[1], x_shape[2], x_shape[3], weight_shape[0], weight_shape[2],
-                    weight_shape[3], kept.out_h, kept.out_w, *kept.stride, *kept.pad, *kept.dilation, kept.groups,
-                    chosen.itemsize)[0])
-                for name in ("forward", "input", "weight")
-            )
+        if call.depthwise and tuned is None:
+            reason = "one input channel per group: the depthwise kernels' own rules (DW_DIRECT_FROM in _depthwise.pxi)"
         elif call.whole_window and runs.startswith("matmul"):
             reason = "each output is one filter dotted with one whole image: one matrix product over the batch"
         alternatives = {s: options[s].label() for s in signatures if s != runs}

@@ -56,7 +56,7 @@ def _public_call(case: ConvCase, op: str, arrays: dict[str, np.ndarray], algorit
 
 def _under(choice: _autotune.Choice, call: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
-        with _core.ConvConfig(choice.gemm, choice.direct):
+        with _core.ConvConfig(choice.gemm, choice.direct, choice.depthwise):
             return call()
 
     return run
