@@ -31,6 +31,9 @@ GEOMETRIES = {
     "same-lower-stride-1-even": ((2, 3, 7, 6), (4, 3, 4, 2), 1, "same_lower", 1, 1),
     "same-lower-stride-2": ((2, 3, 9, 10), (4, 3, 3, 4), 2, "same_lower", (1, 2), 1),
     "same-lower-depthwise-strided": ((2, 6, 11, 9), (6, 1, 3, 3), 2, "same_lower", 1, 6),
+    # every window in the padding: nothing for the kernels to compute
+    "no-window-reads-the-input": ((2, 2, 1, 5), (3, 2, 2, 2), (2, 1), ((2, 0), (0, 0)), 1, 1),
+    "no-window-reads-the-input-depthwise": ((2, 3, 4, 1), (3, 1, 2, 3), (1, 3), ((0, 0), (4, 0)), 1, 3),
 }
 
 
@@ -169,3 +172,18 @@ def test_winograd_takes_the_sides(padding, op, rng):
     expected = run_conv_op(reference, op, x, weight, bias, grad_out, kwargs)
     for actual, want in zip(got, expected):
         assert_close(actual, want, np.float64)
+
+
+@pytest.mark.parametrize("name", ["no-window-reads-the-input", "no-window-reads-the-input-depthwise"])
+def test_windows_all_in_the_padding_with_autotuning_and_explain(name, rng):
+    x, weight, bias, grad_out, kwargs = _arrays(name, np.float64, rng)
+    convx.set_autotune(True)
+    try:
+        for op in OPS:
+            got = run_conv_op(F, op, x, weight, bias, grad_out, kwargs)
+            for actual, want in zip(got, run_conv_op(reference, op, x, weight, bias, grad_out, kwargs)):
+                assert_close(actual, want, np.float64)
+    finally:
+        convx.set_autotune(False)
+        convx.clear_autotune()
+    assert convx.explain(x, weight, **kwargs).ops["forward"].implementation.startswith("none")

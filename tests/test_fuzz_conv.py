@@ -51,7 +51,7 @@ class ConvCall:
     c_in_group: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
-    padding: object  # (int, int) or 'valid' / 'same'
+    padding: object  # (int, int), ((top, bottom), (left, right)), 'valid', 'same' or 'same_lower'
     dilation: tuple[int, int]
     groups: int
     spelling: dict
@@ -62,12 +62,19 @@ class ConvCall:
     bias: bool
 
     def pads(self):
-        """((top, bottom), (left, right)) by the spec."""
+        """((top, bottom), (left, right)) by the spec: 'same' / 'same_lower' give ceil(size / stride)
+        outputs, the odd one of the padding after / before."""
         if self.padding == "valid":
             return (0, 0), (0, 0)
-        if self.padding == "same":
-            totals = [d * (k - 1) for k, d in zip(self.kernel, self.dilation)]
-            return tuple((t // 2, t - t // 2) for t in totals)
+        if self.padding in ("same", "same_lower"):
+            sides = []
+            for size, k, s, d in zip((self.height, self.width), self.kernel, self.stride, self.dilation):
+                total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size)
+                sides.append((total // 2, total - total // 2) if self.padding == "same"
+                             else (total - total // 2, total // 2))
+            return tuple(sides)
+        if isinstance(self.padding[0], tuple):
+            return self.padding
         return tuple((p, p) for p in self.padding)
 
     def out_size(self):
@@ -82,8 +89,6 @@ class ConvCall:
         """Empty when the definitions allow this call, else words one of which the error names
         (several rules may be broken at once; any of them may be reported)."""
         words = []
-        if self.padding == "same" and self.stride != (1, 1):
-            words += ["same", "stride"]
         if self.c_in % self.groups or self.c_out % self.groups:
             words += ["groups"]
         if self.c_in_group * self.groups != self.c_in:
@@ -140,13 +145,16 @@ def conv_calls(draw, valid_only=False):
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding_kind = draw(st.sampled_from(["pair", "pair", "valid", "same"]))
-    if padding_kind == "same":
-        if valid_only or draw(st.booleans()):
+    padding_kind = draw(st.sampled_from(["pair", "pair", "valid", "same", "same_lower", "sides"]))
+    if padding_kind in ("same", "same_lower"):
+        if draw(st.booleans()):
             stride = (1, 1)
-        padding, padding_spelling = "same", "same"
+        padding, padding_spelling = padding_kind, padding_kind
     elif padding_kind == "valid":
         padding, padding_spelling = "valid", "valid"
+    elif padding_kind == "sides":
+        padding = tuple((draw(st.integers(0, 4)), draw(st.integers(0, 4))) for _ in range(2))
+        padding_spelling = draw(st.sampled_from([padding, [list(side) for side in padding]]))
     else:
         padding = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
         padding_spelling = draw(spelled(padding))

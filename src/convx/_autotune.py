@@ -269,6 +269,8 @@ def load_autotune(path: str | os.PathLike[str] | None = None) -> int:
 
 def _signature(call: ConvCall, choice: Choice) -> str:
     """What ``choice`` runs for ``call``: the implementations of its ops, as the kernels name them."""
+    if 0 in call.out_hw:
+        return "none (every window lies in the padding)"
     if choice.winograd:
         return "winograd"
     if call.whole_window:
@@ -300,6 +302,8 @@ def candidates(call: ConvCall) -> dict[str, Choice]:
     default choice (the rules') first."""
     default = Choice(winograd=call.winograd)
     found = {_signature(call, default): default}
+    if 0 in call.out_hw:
+        return found
     if call.algorithm == "auto" and call.winograd_applies:
         found.setdefault("winograd", Choice(winograd=True))
     if call.depthwise:

@@ -146,7 +146,9 @@ def explain(
                 reason += "; a measured choice exists but autotuning is off"
             elif len(options) > 1 and autotune == "on":
                 reason += "; the autotuner measures the alternatives on the first call"
-        if call.depthwise and tuned is None:
+        if runs.startswith("none"):
+            reason = "every window lies in the padding: the outputs are the bias and products with zeros alone"
+        elif call.depthwise and tuned is None:
             reason = "one input channel per group: the depthwise kernels' own rules (DW_DIRECT_FROM in _depthwise.pxi)"
         elif call.whole_window and runs.startswith("matmul"):
             reason = "each output is one filter dotted with one whole image: one matrix product over the batch"

@@ -275,6 +275,13 @@ def _kernel_plan(input_hw: Shape, kernel_hw: Shape, plan: _ConvPlan) -> _KernelP
     return _KernelPlan(reduced, slice(*rows), slice(*cols))
 
 
+def _reads_input(plan: _ConvPlan) -> bool:
+    """Whether any output of the kernels' plan reads the input: with per-side padding, every window
+    may lie in the padding (a 1-row image, 2 rows of padding on top and none below, stride 2), and
+    the kernels are then given nothing to compute."""
+    return plan.out_h > 0 and plan.out_w > 0
+
+
 def _padding_only_output(weight: AnyArray, bias: AnyArray | None) -> AnyArray:
     """Each output channel's value where every tap of the window is in the padding: its bias plus the
     products of its weights with zeros, which are NaN where a weight is not finite (as where im2col
@@ -400,10 +407,11 @@ def conv2d(
             if not kept.trims(plan):
                 _forward(x, weight, bias, kept.plan, winograd, out, epilogue)
                 return
-            computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
-            _forward(x, weight, bias, kept.plan, winograd, computed)
             out[...] = _padding_only_output(weight, bias)[:, None, None]
-            out[:, :, kept.rows, kept.cols] = computed
+            if _reads_input(kept.plan):
+                computed = np.empty((plan.batch, plan.out_channels, kept.plan.out_h, kept.plan.out_w), dtype=dtype)
+                _forward(x, weight, bias, kept.plan, winograd, computed)
+                out[:, :, kept.rows, kept.cols] = computed
             if epilogue is not None:
                 epilogue(out)
 
@@ -487,6 +495,9 @@ def conv2d_backward_input(
         inner = kept.plan
 
         def compute(winograd: bool) -> None:
+            if not _reads_input(inner):
+                grad_x[...] = 0
+                return
             for part in sub_batches(plan.batch, conv_work(weight.shape, inner.out_h * inner.out_w, input_shape)):
                 _input_gradient(grad_out[part], weight, grad_x[part], inner, winograd, inner.threads(weight.shape))
 
@@ -545,8 +556,11 @@ def conv2d_backward_weight(
         n_threads = inner.threads(weight_shape)
 
         def compute(winograd: bool) -> None:
-            for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
-                _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
+            if _reads_input(inner):
+                for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
+                    _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
+            else:
+                grad_w[...] = 0
             if kept.trims(plan):
                 _padding_weight_gradient(grad_out, kept, grad_w)
 
@@ -661,7 +675,11 @@ def conv2d_backward(
             if kept.trims(plan):
                 # The gradients of the outputs that read padding only: none for x, zeros times them for the
                 # weight; all of grad_out for the bias.
-                _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+                if _reads_input(kept.plan):
+                    _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
+                else:
+                    grad_x[...] = 0
+                    grad_w[...] = 0
                 _padding_weight_gradient(grad_out, kept, grad_w)
                 grad_b[...] = 0
                 _bias_gradient(grad_out, grad_b)
