@@ -277,3 +277,14 @@ def test_tune_mode_compares_every_implementation_and_saves_the_fastest(tmp_path,
         main(["--save-tuning"])
     with pytest.raises(SystemExit):
         main(["--tune", "--nets"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_the_command_keeps_freed_memory_unless_told_not_to(tmp_path):
+    # In a child process: the allocator setting is process-wide.
+    for extra, expected in (([], True), (["--fresh-pages"], False)):
+        out = tmp_path / "run.json"
+        subprocess.run([sys.executable, "-m", "convx.bench", "--quick", "--case", "lenet_c1", "--op", "forward",
+                        "--repeat", "1", "--no-numpy", "--no-torch", "--no-winograd", "--json", str(out), *extra],
+                       check=True, capture_output=True, cwd=ROOT)
+        assert json.loads(out.read_text())["machine"]["freed_memory_reused"] is expected

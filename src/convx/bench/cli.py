@@ -15,8 +15,8 @@ from .implementations import winograd_applies
 from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
-from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info, thread_scaling,
-                     time_case)
+from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info,
+                     reuse_freed_memory, thread_scaling, time_case)
 from .table import WIDTH, Trust, format_table, summary
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
@@ -54,6 +54,10 @@ def parse_args(argv):
     parser.add_argument("--json", metavar="FILE",
                         help="write results (every run of every op), machine information and the load as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a bar chart (needs matplotlib)")
+    parser.add_argument("--fresh-pages", action="store_true",
+                        help="leave glibc's allocator as it is: by default the single-op, --tune and --layers "
+                             "runs keep freed memory for reuse, so that no library's calls pay for first touches "
+                             "of new pages that another's frees caused (see convx.bench.runner.reuse_freed_memory)")
     nets = parser.add_argument_group(
         "whole networks",
         "--nets times whole networks instead of single ops: the training step (forward, cross-entropy, "
@@ -199,11 +203,16 @@ def _run_tune(args, threads: int) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv=None, reuse_memory: bool = False) -> int:
+    """The benchmark; ``reuse_memory`` (what ``python -m convx.bench`` passes) keeps freed memory
+    in the process unless ``--fresh-pages`` is given: a process-wide allocator setting, which a
+    caller that goes on running other code may not want."""
     args = parse_args(argv)
     if args.threads is not None:
         _threads.set_num_threads(args.threads)
     threads = _threads.get_num_threads()
+    if reuse_memory and not args.nets and not args.fresh_pages:
+        reuse_freed_memory()
     if args.layers:
         return _run_layers(args, threads)
     if args.tune:
