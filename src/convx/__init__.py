@@ -1,5 +1,6 @@
 """convx: fast 2-D convolution and pooling for neural networks written in NumPy."""
 
+from . import _autotune
 from ._autotune import autotune_path, clear_autotune, get_autotune, load_autotune, save_autotune, set_autotune
 from ._config import show_config
 from ._gradcheck import gradcheck
@@ -52,8 +53,6 @@ from .functional import (
 )
 from ._explain import explain
 from . import nn, optim
-
-from . import _autotune  # noqa: E402
 
 _autotune._load_from_environment()
 

@@ -16,6 +16,7 @@ implementation on a given CPU and thread count, and results are reproducible bit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -194,6 +195,7 @@ def autotune_entries() -> dict[str, dict[str, Any]]:
         return {key: {"choice": entry.choice.label(), "times": dict(entry.times)} for key, entry in _state.cache.items()}
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_id() -> str:
     """A name for this CPU model and the kernels convx runs on it (the cache file's key)."""
     model = platform.processor() or platform.machine()
@@ -351,7 +353,8 @@ def run(call: ConvCall, compute: Callable[[bool], T]) -> T:
         with _state.lock:
             _state.cache[key] = Entry(default)
         return result
-    times: dict[str, list[float]] = {next(iter(options)): [first]}
+    default_signature = next(iter(options))
+    times: dict[str, list[float]] = {default_signature: [first]}
     warm: set[str] = set()
     last = default
 
@@ -367,8 +370,8 @@ def run(call: ConvCall, compute: Callable[[bool], T]) -> T:
         nonlocal result, last
         for _ in range(2):
             estimate = min(min(t) for t in times.values())
-            overhead = time.perf_counter() - start - estimate
-            if overhead + 2 * estimate > min(_state.budget, _CALLS_BUDGET * estimate):
+            # spent beyond the call itself (one estimate), plus this run and the reserve
+            if time.perf_counter() - start + estimate > min(_state.budget, _CALLS_BUDGET * estimate):
                 return False
             began = time.perf_counter()
             result = _run(choice, compute)
@@ -386,7 +389,6 @@ def run(call: ConvCall, compute: Callable[[bool], T]) -> T:
     # Then rounds over the contenders (within _RETIME_WITHIN of the best), while the budget
     # lasts; the default, which ran first and cold (its scratch's pages were new), is one of
     # them in the first round.
-    default_signature = next(iter(options))
     for round in range(_RETIME_ROUNDS):
         best_time = min(min(t) for t in times.values())
         contenders = [s for s in times if min(times[s]) <= _RETIME_WITHIN * best_time

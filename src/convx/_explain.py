@@ -129,8 +129,8 @@ def explain(
         options = _autotune.candidates(call)
         signatures = list(options)
         entry = _autotune._state.cache.get(call.key())
-        tuned = _autotune.chosen(call)
-        if tuned is not None and entry is not None:
+        tuned = entry.choice if entry is not None and autotune == "on" else None
+        if entry is not None and tuned is not None:
             runs = next((s for s, c in options.items() if c == tuned), signatures[0])
             if len(options) == 1:
                 reason = "the only implementation that applies"

@@ -46,15 +46,6 @@ def conv_reading_outputs(
     return first, max(first, stop)
 
 
-def same_padding(kernel: int, dilation: int) -> tuple[int, int]:
-    """(before, after) padding that keeps a stride-1 output as large as its input.
-
-    The extra element of an odd total goes after (bottom/right), as in PyTorch.
-    """
-    total = dilation * (kernel - 1)
-    return total // 2, total - total // 2
-
-
 def padding_sides(
     padding: str | tuple[tuple[int, int], tuple[int, int]], sizes: tuple[int, ...], kernel: tuple[int, int],
     stride: tuple[int, int], dilation: tuple[int, int],

@@ -198,7 +198,7 @@ def _run_tune(args, threads: int) -> int:
             json.dump({"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
                        "tune": [dataclasses.asdict(r) for r in results]}, f, indent=2)
     if args.save_tuning:
-        print(f"saved the fastest choices to {tune.save_fastest(results, {c.name: c for c in cases})}",
+        print(f"saved the fastest choices to {tune.save_fastest(results)}",
               file=sys.stderr)
     return 0
 

@@ -33,6 +33,8 @@ class TuneResult:
     tuned: str
     tuning_seconds: float  # the autotuned first call, tuning included
     call_seconds: float  # one call of the rules' choice (median)
+    key: str  # the autotune cache's key of this call
+    choices: dict[str, list[object]]  # each implementation's settings (Choice.to_json)
 
     @property
     def fastest(self) -> str:
@@ -113,7 +115,8 @@ def tune_case(case: ConvCase, ops: tuple[str, ...], repeat: int, with_torch: boo
             settle()
         times = {name: statistics.median(runs) for name, runs in samples.items()}
         rules = next(iter(options))
-        results.append(TuneResult(case.name, op, times, rules, tuned, tuning, times[rules]))
+        results.append(TuneResult(case.name, op, times, rules, tuned, tuning, times[rules], call.key(),
+                                  {signature: choice.to_json() for signature, choice in options.items()}))
     return results
 
 
@@ -152,20 +155,11 @@ def summary(results: list[TuneResult]) -> str:
     return text
 
 
-def save_fastest(results: list[TuneResult], cases: dict[str, ConvCase], algorithm: str = "direct") -> str:
-    """Keep each op's fastest implementation by these medians as its autotune choice, and save the
-    cache (convx.save_autotune)."""
+def save_fastest(results: list[TuneResult]) -> str:
+    """Keep each op's fastest implementation by these medians as its autotune choice (the rules'
+    where it is within WITHIN of it), and save the cache (convx.save_autotune)."""
     for r in results:
-        case = cases[r.case]
-        arrays = case.arrays(np.random.default_rng(0))
-        x, weight = arrays["x"], arrays["weight"]
-        plan = _plan_conv(x.shape, weight.shape, case.stride, case.padding, 1, case.groups)
-        kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan).plan
-        call = _conv_call(OPS[r.op], x.shape, weight.shape, kept, x.dtype, algorithm,
-                          _winograd(algorithm, weight.shape, plan, x.dtype.itemsize))
-        options = _autotune.candidates(call)
-        fastest = r.fastest
-        choice = options[fastest] if r.ratio(r.rules) > WITHIN else options[r.rules]
+        kept = r.fastest if r.ratio(r.rules) > WITHIN else r.rules
         mine = {k: v for k, v in r.times.items() if k != "torch"}
-        _autotune._state.cache[call.key()] = _autotune.Entry(choice, mine)
+        _autotune._state.cache[r.key] = _autotune.Entry(_autotune.Choice.from_json(list(r.choices[kept])), mine)
     return _autotune.save_autotune()

@@ -556,11 +556,9 @@ def conv2d_backward_weight(
         n_threads = inner.threads(weight_shape)
 
         def compute(winograd: bool) -> None:
-            if _reads_input(inner):
+            if _reads_input(inner):  # else grad_w keeps its zeros
                 for part, (grad_w_part,) in summed_sub_batches(plan.batch, work, (grad_w,)):
                     _weight_gradient(kept_grad_out[part], x[part], grad_w_part, inner, winograd, n_threads)
-            else:
-                grad_w[...] = 0
             if kept.trims(plan):
                 _padding_weight_gradient(grad_out, kept, grad_w)
 
@@ -677,9 +675,8 @@ def conv2d_backward(
                 # weight; all of grad_out for the bias.
                 if _reads_input(kept.plan):
                     _fused_backward(kept.crop(grad_out), x, weight, kept.plan, winograd, grad_x, grad_w, grad_b)
-                else:
+                else:  # grad_w keeps its zeros
                     grad_x[...] = 0
-                    grad_w[...] = 0
                 _padding_weight_gradient(grad_out, kept, grad_w)
                 grad_b[...] = 0
                 _bias_gradient(grad_out, grad_b)

@@ -189,11 +189,11 @@ class Conv2d(Module):
         """((top, bottom), (left, right)) for an input of spatial ``sizes`` (None: any size, which
         'same' and 'same_lower' allow at stride 1 only)."""
         padding = as_padding(self.padding)
-        if isinstance(padding, str) and padding != "valid" and sizes is None:
-            if self.stride != (1, 1):
+        if sizes is None:
+            if isinstance(padding, str) and padding != "valid" and self.stride != (1, 1):
                 raise ValueError(f"padding={padding!r} at stride {self.stride} depends on the input size")
-            sizes = (1, 1)
-        return padding_sides(padding, sizes or (1, 1), self.kernel_size, self.stride, self.dilation)
+            sizes = (1, 1)  # no side depends on it here
+        return padding_sides(padding, sizes, self.kernel_size, self.stride, self.dilation)
 
     def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, tuple[_ReadAxis, _ReadAxis]]:
         """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
