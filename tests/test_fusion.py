@@ -208,6 +208,36 @@ def test_conv2d_activation_in_sub_batches(geometry, name, params, work, monkeypa
     assert_bitwise_equal(unfused_activation(name, params, F.conv2d(x, weight, bias, **kwargs)), expected)
 
 
+# Geometries that the settings below send through every forward implementation (direct rows
+# and images, plane, flat, packed, im2col), with row tiles that end short and lanes past C_out.
+IMPLEMENTATION_GEOMETRIES = {
+    "3x3": ((9, 16, 11, 13), (40, 16, 3, 3), dict(padding=1)),
+    "strided-grouped": ((3, 12, 10, 9), (36, 6, 3, 3), dict(stride=2, padding=1, groups=2)),
+    "1x1": ((2, 24, 7, 9), (33, 24, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", list(IMPLEMENTATION_GEOMETRIES))
+def test_conv2d_activation_inside_every_implementation_is_the_activation_after_it(geometry, dtype, rng):
+    # The direct kernels apply the epilogue to each register tile, im2col to each chunk of rows,
+    # the others after the product: all of them give the unfused result bit for bit.
+    x_shape, w_shape, kwargs = IMPLEMENTATION_GEOMETRIES[geometry]
+    x, weight, bias = _conv_arrays(rng, dtype, x_shape, w_shape)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    ran = set()
+    for gemm in convx._core.supported_gemm_kernels():
+        for direct in convx._core.DIRECT_MODES:
+            with convx._core.ConvConfig(gemm, direct):
+                plain = F.conv2d(x, weight, bias, **kwargs)
+                for name, params in ACTIVATIONS:
+                    fused = F.conv2d(x, weight, bias, **kwargs, activation=name, activation_params=params)
+                    assert_bitwise_equal(fused, unfused_activation(name, params, plain))
+                ran.add(convx._core.conv_ran()["forward"])
+    if len(convx._core.supported_gemm_kernels()) > 1:
+        assert "blas/im2col" in ran and any("direct" in name for name in ran), ran
+
+
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_conv2d_activation_thread_counts_agree(n_threads, rng):
     x, weight, bias = _conv_arrays(rng, np.float32, (4, 8, 9, 9), (8, 8, 3, 3))

@@ -28,8 +28,11 @@ include "_conv_select.pxi"
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, floating[:, :, :, ::1] out,
                    int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
-                   int groups, int n_threads):
-    """out[n, co] = bias[co] + sum_{ci in group(co), i, j} w[co, ci, i, j] * x_padded[n, ci, oh*s + i*d, ow*s + j*d]."""
+                   int groups, int n_threads, int activation=-1, double p0=0, double p1=0):
+    """out[n, co] = act(bias[co] + sum_{ci in group(co), i, j} w[co, ci, i, j] * x_padded[n, ci, oh*s + i*d, ow*s + j*d]),
+    act the activation of activation_forward's kind `activation` with parameters p0, p1 (none where
+    it is negative): the direct kernels apply it to each register tile, im2col to each chunk of
+    rows, the others to the whole output."""
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
@@ -44,20 +47,29 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef floating* out_b
     cdef convx_conv_shape shape = _conv_shape(&g)
     cdef int impl = _forward_impl(&shape, g.batch, floating is float), level = _level()
+    _check_activation(activation)
+    cdef convx_epilogue epilogue
+    epilogue.kind = activation
+    epilogue.p0 = p0
+    epilogue.p1 = p1
+    cdef convx_epilogue* epi = &epilogue if activation >= 0 else NULL
+    cdef Py_ssize_t n_total = g.batch * c_out * n_out
     if impl == IMPL_FLAT:
         _ran(OP_FORWARD, impl, level)
         _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch,
                    n_threads)
+        _apply_epilogue(&out[0, 0, 0, 0] if n_total else NULL, n_total, epi, n_threads)
         return
     if impl == IMPL_PLANE:
         _ran(OP_FORWARD, impl, level)
         _plane_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape,
                     g.batch, n_threads)
+        _apply_epilogue(&out[0, 0, 0, 0] if n_total else NULL, n_total, epi, n_threads)
         return
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     if (impl == IMPL_DIRECT_ROWS or impl == IMPL_DIRECT_IMAGES) and _direct_conv(
             &x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows, taps, 1,
-            &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch, n_threads,
+            &bias[0] if has_bias else NULL, epi, &out[0, 0, 0, 0], &shape, g.batch, n_threads,
             DIRECT_ROWS if impl == IMPL_DIRECT_ROWS else DIRECT_IMAGES):
         _ran(OP_FORWARD, impl, level)
         return
@@ -67,6 +79,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if wp.level != CONVX_GEMM_BLAS:
         _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
                        &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
+        _apply_epilogue(&out[0, 0, 0, 0] if n_total else NULL, n_total, epi, n_threads)
         return
     n_threads = max(1, min(n_threads, n_blocks * n_chunks))
     dtype = np.asarray(out).dtype
@@ -88,6 +101,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                         for c in range(c_out):
                             for p in range(row0 * g.out_w, row1 * g.out_w):
                                 out_b[c * n_out + p] += bias[c]
+                if epi != NULL:
+                    for b in range(n_images):
+                        out_b = &out[n + b, 0, 0, 0]
+                        for c in range(c_out):
+                            _activate(out_b + c * n_out + row0 * g.out_w, (row1 - row0) * g.out_w, epi)
 
 
 def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,

@@ -95,6 +95,9 @@ cdef extern from "_gemm.h" nogil:
     ctypedef struct convx_conv_shape:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
+    ctypedef struct convx_epilogue:
+        int kind
+        double p0, p1
     Py_ssize_t convx_conv_block_cols_f(int level)
     Py_ssize_t convx_conv_block_cols_d(int level)
     void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
@@ -182,16 +185,16 @@ cdef extern from "_gemm.h" nogil:
     int convx_direct_pack_weight_d(int level, const double* w, Py_ssize_t m, Py_ssize_t channels, Py_ssize_t taps,
                                    Py_ssize_t s_m, Py_ssize_t s_c, Py_ssize_t s_t, Py_ssize_t blk, double* packed)
     void convx_direct_conv_rows_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
-                                  const float* bias, const float* x, float* out, Py_ssize_t r0, Py_ssize_t r1,
+                                  const float* bias, const convx_epilogue* epi, const float* x, float* out, Py_ssize_t r0, Py_ssize_t r1,
                                   float* buf)
     void convx_direct_conv_rows_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
-                                  const double* bias, const double* x, double* out, Py_ssize_t r0, Py_ssize_t r1,
+                                  const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t r0, Py_ssize_t r1,
                                   double* buf)
     void convx_direct_conv_images_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
-                                    const float* bias, const float* x, float* out, Py_ssize_t n_images,
+                                    const float* bias, const convx_epilogue* epi, const float* x, float* out, Py_ssize_t n_images,
                                     Py_ssize_t blk0, Py_ssize_t blk1, float* buf)
     void convx_direct_conv_images_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
-                                    const double* bias, const double* x, double* out, Py_ssize_t n_images,
+                                    const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t n_images,
                                     Py_ssize_t blk0, Py_ssize_t blk1, double* buf)
     size_t convx_flat_work_size_f(int level)
     size_t convx_flat_work_size_d(int level)

@@ -59,9 +59,10 @@ cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_floa
 
 
 cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
-                      Py_ssize_t s_t, const floating* bias, floating* out, convx_conv_shape* s, Py_ssize_t batch,
-                      int n_threads, int mode) except -1:
-    """out = conv(x) (bias added where given) by convx_direct_conv_rows or _images (mode). Group
+                      Py_ssize_t s_t, const floating* bias, const convx_epilogue* epi, floating* out,
+                      convx_conv_shape* s, Py_ssize_t batch, int n_threads, int mode) except -1:
+    """out = act(conv(x) + bias) (bias and the activation of epi where given) by
+    convx_direct_conv_rows or _images (mode). Group
     grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
     weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take whole images (or
     chunks of their output rows, or of their output channels, where the batch is too small to go
@@ -122,10 +123,10 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
                 r1 = (item % per_image + 1) * s.out_h // per_image
                 if r0 < r1:
                     if floating is float:
-                        convx_direct_conv_rows_f(level, s, &packed[0], group_size, b, x + n * image_in,
+                        convx_direct_conv_rows_f(level, s, &packed[0], group_size, b, epi, x + n * image_in,
                                                  out + n * image_out, r0, r1, &buf[t * buf_size])
                     else:
-                        convx_direct_conv_rows_d(level, s, &packed[0], group_size, b, x + n * image_in,
+                        convx_direct_conv_rows_d(level, s, &packed[0], group_size, b, epi, x + n * image_in,
                                                  out + n * image_out, r0, r1, &buf[t * buf_size])
         return 1
     chunks = (batch + mr - 1) // mr
@@ -142,11 +143,11 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
             b0 = (item % splits) * s.groups * blocks // splits
             b1 = (item % splits + 1) * s.groups * blocks // splits
             if floating is float:
-                convx_direct_conv_images_f(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
-                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+                convx_direct_conv_images_f(level, s, &packed[0], group_size, b, epi, x + n * image_in,
+                                           out + n * image_out, min(mr, batch - n), b0, b1, &buf[t * buf_size])
             else:
-                convx_direct_conv_images_d(level, s, &packed[0], group_size, b, x + n * image_in, out + n * image_out,
-                                           min(mr, batch - n), b0, b1, &buf[t * buf_size])
+                convx_direct_conv_images_d(level, s, &packed[0], group_size, b, epi, x + n * image_in,
+                                           out + n * image_out, min(mr, batch - n), b0, b1, &buf[t * buf_size])
     return 1
 
 
@@ -356,5 +357,5 @@ cdef int _direct_input_gradient(const floating* grad_out, const floating* weight
     input channel ci, its input channel W's output channel co, its tap t W's tap taps - 1 - t.
     Returns 0 where _direct_conv declines (a weight not finite)."""
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
-    return _direct_conv(grad_out, weight + (taps - 1), g.c_out_g * g.col_rows, taps, g.col_rows, -1, NULL, grad_in,
-                        a, g.batch, n_threads, mode)
+    return _direct_conv(grad_out, weight + (taps - 1), g.c_out_g * g.col_rows, taps, g.col_rows, -1, NULL, NULL,
+                        grad_in, a, g.batch, n_threads, mode)

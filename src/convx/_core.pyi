@@ -61,7 +61,7 @@ def _blas_after_fork_in_child() -> None: ...
 def conv2d_forward(
     x: _Float, weight: _Float, bias: _Float, out: _Float,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
-    groups: int, n_threads: int,
+    groups: int, n_threads: int, activation: int = ..., p0: float = ..., p1: float = ...,
 ) -> None: ...
 def conv2d_backward_input(
     grad_out: _Float, weight: _Float, grad_in: _Float,

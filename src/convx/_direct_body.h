@@ -9,7 +9,8 @@
  * for one tap the depth runs along the channels, contiguous there, so nothing is packed per
  * tile, and taps that fall in the padding for a whole tile (rows above and below the plane, or
  * every tap off the plane in batch tiles) are skipped rather than multiplied by zero. The tile
- * takes the whole depth (channels x taps) in registers and is written once.
+ * takes the whole depth (channels x taps) in registers and is written once, through the
+ * activation of the forward's epilogue where there is one.
  */
 
 /* Elements of one group's packed weight: ceil(m / GNR) blocks of k rows of GNR lanes. */
@@ -107,13 +108,15 @@ GTARGET static void GN(convx_direct_padded_row)(const GT *CONVX_RESTRICT src, pt
     memset(row + (pw + width) * channels, 0, (size_t)((wb - pw - width) * channels) * sizeof(GT));
 }
 
-/* out[r * ors + l * ocs] = (bias ? bias[l] : 0) + sum over the taps t and channels c of
- * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l], for r < rows, l < lanes; the register
- * tile has mr <= GMR rows (a constant where it is inlined). */
+/* out[r * ors + l * ocs] = act((bias ? bias[l] : 0) + sum over the taps t and channels c of
+ * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l]), for r < rows, l < lanes, act the
+ * activation of epi (none where epi is NULL); the register tile has mr <= GMR rows (a constant
+ * where it is inlined). */
 GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_body)(
     const int mr, const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff, const ptrdiff_t *boff,
     ptrdiff_t taps, ptrdiff_t channels, const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
-    GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows, ptrdiff_t lanes) {
+    const convx_epilogue *epi, GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
+    ptrdiff_t lanes) {
     GV acc[GMR][GNV];
     for (int v = 0; v < GNV; v++) {
         const GV start = bias ? GLOAD(bias + v * GVL) : GZERO();
@@ -136,6 +139,7 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_b
     GT tile[GMR * GNR];
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
+    if (epi) GACT(epi->kind, tile, tile, mr * GNR, epi->p0, epi->p1);
     for (ptrdiff_t l = 0; l < lanes; l++)
         for (ptrdiff_t r = 0; r < rows; r++) out[r * ors + l * ocs] = tile[r * GNR + l];
 }
@@ -143,9 +147,9 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_b
 GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
                                           const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
                                           const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
-                                          GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
-                                          ptrdiff_t lanes) {
-    GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
+                                          const convx_epilogue *epi, GT *CONVX_RESTRICT out, ptrdiff_t ors,
+                                          ptrdiff_t ocs, ptrdiff_t rows, ptrdiff_t lanes) {
+    GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, epi, out, ors, ocs, rows, lanes);
 }
 
 /* The tile of exactly rows <= GMR rows: a row's last tile computes only the pixels it stores (on
@@ -153,11 +157,12 @@ GTARGET static void GN(convx_direct_tile)(const GT *CONVX_RESTRICT a, ptrdiff_t 
 GTARGET static void GN(convx_direct_tile_exact)(const GT *CONVX_RESTRICT a, ptrdiff_t ars, const ptrdiff_t *aoff,
                                                 const ptrdiff_t *boff, ptrdiff_t taps, ptrdiff_t channels,
                                                 const GT *CONVX_RESTRICT b, const GT *CONVX_RESTRICT bias,
-                                                GT *CONVX_RESTRICT out, ptrdiff_t ors, ptrdiff_t ocs, ptrdiff_t rows,
-                                                ptrdiff_t lanes) {
+                                                const convx_epilogue *epi, GT *CONVX_RESTRICT out, ptrdiff_t ors,
+                                                ptrdiff_t ocs, ptrdiff_t rows, ptrdiff_t lanes) {
 #define CONVX_TILE_ROWS(MR)                                                                               \
     case MR:                                                                                              \
-        GN(convx_direct_tile_body)(MR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes); \
+        GN(convx_direct_tile_body)(MR, a, ars, aoff, boff, taps, channels, b, bias, epi, out, ors, ocs, rows, \
+                                   lanes);                                                                \
         return;
     switch (rows) {
         CONVX_TILE_ROWS(1)
@@ -172,19 +177,20 @@ GTARGET static void GN(convx_direct_tile_exact)(const GT *CONVX_RESTRICT a, ptrd
         CONVX_TILE_ROWS(7)
 #endif
     default:
-        GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, out, ors, ocs, rows, lanes);
+        GN(convx_direct_tile_body)(GMR, a, ars, aoff, boff, taps, channels, b, bias, epi, out, ors, ocs, rows,
+                                   lanes);
     }
 #undef CONVX_TILE_ROWS
 }
 
 /* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
  * out point at the image, packed holds each group's weight (convx_direct_pack_weight, group_size
- * elements apart), bias (NULL or) each group's ceil(c_out_g / GNR) * GNR lanes, buf
- * convx_direct_buffer_size elements (the rows the output rows read, channels last, with zero
+ * elements apart), bias (NULL or) each group's ceil(c_out_g / GNR) * GNR lanes, epi (NULL or)
+ * the activation applied to each tile, buf convx_direct_buffer_size elements (the rows the output rows read, channels last, with zero
  * columns for the padding and the last tile's spare pixels). Padding must not be negative. */
 GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
                                                size_t group_size, const GT *CONVX_RESTRICT bias,
-                                               const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
+                                               const convx_epilogue *epi, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
                                                ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
     const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
     const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), tile = convx_direct_row_tile(s, GMR);
@@ -216,7 +222,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
                     const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
                     GN(convx_direct_tile_exact)(
-                        buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias,
+                        buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
                         out + co * n_out + oh * s->out_w + ow, 1, n_out, rows, lanes);
                 }
             }
@@ -224,11 +230,11 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
 }
 
 /* Output channel blocks [blk0, blk1) (counted over all groups) of images [0, n_images) of
- * x and out, n_images <= GMR, one tile per output pixel with the images as its rows; buf holds
- * GMR channels-last planes, those past n_images initialised (they feed only rows not stored). */
+ * x and out, n_images <= GMR, one tile per output pixel with the images as its rows (epi as in
+ * convx_direct_conv_rows); buf holds GMR channels-last planes, those past n_images initialised (they feed only rows not stored). */
 GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
                                                  size_t group_size, const GT *CONVX_RESTRICT bias,
-                                                 const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
+                                                 const convx_epilogue *epi, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
                                                  ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1,
                                                  GT *CONVX_RESTRICT buf) {
     const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
@@ -259,7 +265,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
                         taps++;
                     }
                 }
-                GN(convx_direct_tile)(buf, image, aoff, boff, taps, s->c_in_g, b, b_bias,
+                GN(convx_direct_tile)(buf, image, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
                                       out + co * n_out + oh * s->out_w + ow, c_out * n_out, n_out, n_images, lanes);
             }
     }

@@ -168,6 +168,30 @@ def activation_forward(const floating[::1] x, floating[::1] y, int kind, double 
                 convx_activation_forward_d(kind, src + begin, dst + begin, end - begin, p0, p1)
 
 
+cdef int _check_activation(int kind) except -1:
+    """A convolution's activation: a kind of ACTIVATIONS, or negative for none."""
+    if kind >= CONVX_ACT_COUNT:
+        raise ValueError(f"activation kind {kind} is none of ACTIVATIONS (0 to {CONVX_ACT_COUNT - 1}), nor negative")
+    return 0
+
+
+cdef inline void _activate(floating* y, Py_ssize_t n, const convx_epilogue* epi) noexcept nogil:
+    """y = act(y) in place, act the activation of epi."""
+    if floating is float:
+        convx_activation_forward_f(epi.kind, y, y, n, epi.p0, epi.p1)
+    else:
+        convx_activation_forward_d(epi.kind, y, y, n, epi.p0, epi.p1)
+
+
+cdef void _apply_epilogue(floating* y, Py_ssize_t n, const convx_epilogue* epi, int n_threads) noexcept nogil:
+    """y = act(y) in place over n elements, threaded (nothing where epi is NULL)."""
+    cdef int team = _elementwise_team(n_threads, n, n), t
+    if epi == NULL or n == 0:
+        return
+    for t in prange(team, schedule='static', num_threads=team):
+        _activate(y + t * n // team, (t + 1) * n // team - t * n // team, epi)
+
+
 def activation_backward(const floating[::1] grad_out, const floating[::1] saved, floating[::1] grad_in, int kind,
                         double p0, double p1, int n_threads):
     """grad_in = grad_out * act'(.) from the forward's input or output `saved` (grad_in may share

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "_simd.h"
+#include "_elementwise.h"
 
 enum { CONVX_GEMM_BLAS = 0, CONVX_GEMM_AVX2 = 1, CONVX_GEMM_AVX512 = 2 };
 
@@ -26,6 +27,13 @@ typedef struct {
     ptrdiff_t groups, c_in_g, c_out_g, height, width, out_h, out_w;
     ptrdiff_t kh, kw, sh, sw, ph, pw, dh, dw;
 } convx_conv_shape;
+
+/* An activation the direct kernels apply to each register tile before storing it
+ * (convx_activation_forward's kind and parameters); NULL where there is none. */
+typedef struct {
+    int kind;
+    double p0, p1;
+} convx_epilogue;
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define CONVX_GEMM_X86 1
@@ -221,6 +229,7 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 #define GN(name) CONVX_GEMM_JOIN(name, f512)
 #define GT float
+#define GACT convx_activation_forward_f
 #define GV __m512
 #define GVL 16
 #define GKC 256
@@ -254,6 +263,7 @@ __attribute__((target("avx512f"))) static inline void convx_transpose8_d(const d
 
 #define GN(name) CONVX_GEMM_JOIN(name, d512)
 #define GT double
+#define GACT convx_activation_forward_d
 #define GV __m512d
 #define GVL 8
 #define GKC 128
@@ -298,6 +308,7 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
  * products with three input rows and one of grad_out for convx_flat_weight). */
 #define GN(name) CONVX_GEMM_JOIN(name, f256)
 #define GT float
+#define GACT convx_activation_forward_f
 #define GV __m256
 #define GVL 8
 #define GKC 256
@@ -321,6 +332,7 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
 
 #define GN(name) CONVX_GEMM_JOIN(name, d256)
 #define GT double
+#define GACT convx_activation_forward_d
 #define GV __m256d
 #define GVL 4
 #define GKC 128
@@ -439,20 +451,23 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                    : convx_direct_pack_weight_##S##256(w, m, channels, taps, s_m, s_c, s_t, blk, packed); \
     }                                                                                                     \
     static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
-                                           size_t group_size, const T *bias, const T *x, T *out,          \
-                                           ptrdiff_t r0, ptrdiff_t r1, T *buf) {                          \
+                                           size_t group_size, const T *bias, const convx_epilogue *epi,   \
+                                           const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, T *buf) {      \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_direct_conv_rows_##S##512(s, packed, group_size, bias, x, out, r0, r1, buf);            \
+            convx_direct_conv_rows_##S##512(s, packed, group_size, bias, epi, x, out, r0, r1, buf);       \
         else                                                                                              \
-            convx_direct_conv_rows_##S##256(s, packed, group_size, bias, x, out, r0, r1, buf);            \
+            convx_direct_conv_rows_##S##256(s, packed, group_size, bias, epi, x, out, r0, r1, buf);       \
     }                                                                                                     \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
-                                             size_t group_size, const T *bias, const T *x, T *out,        \
-                                             ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1, T *buf) { \
+                                             size_t group_size, const T *bias, const convx_epilogue *epi, \
+                                             const T *x, T *out, ptrdiff_t n_images, ptrdiff_t blk0,      \
+                                             ptrdiff_t blk1, T *buf) {                                    \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_direct_conv_images_##S##512(s, packed, group_size, bias, x, out, n_images, blk0, blk1, buf); \
+            convx_direct_conv_images_##S##512(s, packed, group_size, bias, epi, x, out, n_images, blk0, blk1, \
+                                              buf);                                                       \
         else                                                                                              \
-            convx_direct_conv_images_##S##256(s, packed, group_size, bias, x, out, n_images, blk0, blk1, buf); \
+            convx_direct_conv_images_##S##256(s, packed, group_size, bias, epi, x, out, n_images, blk0, blk1, \
+                                              buf);                                                       \
     }                                                                                                     \
     static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) {                       \
         return level == CONVX_GEMM_AVX512 ? convx_gemm_packed_size_##S##512(m, k)                         \
@@ -581,11 +596,12 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                                             ptrdiff_t taps, ptrdiff_t s_m, ptrdiff_t s_c, ptrdiff_t s_t,  \
                                             ptrdiff_t blk, T *packed) { return 0; }                       \
     static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
-                                           size_t group_size, const T *bias, const T *x, T *out,          \
-                                           ptrdiff_t r0, ptrdiff_t r1, T *buf) {}                         \
+                                           size_t group_size, const T *bias, const convx_epilogue *epi,   \
+                                           const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, T *buf) {}     \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
-                                             size_t group_size, const T *bias, const T *x, T *out,        \
-                                             ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1, T *buf) {} \
+                                             size_t group_size, const T *bias, const convx_epilogue *epi, \
+                                             const T *x, T *out, ptrdiff_t n_images, ptrdiff_t blk0,      \
+                                             ptrdiff_t blk1, T *buf) {}                                   \
     static size_t convx_gemm_packed_size_##S(int level, ptrdiff_t m, ptrdiff_t k) { return 0; }           \
     static size_t convx_gemm_work_size_##S(int level) { return 0; }                                       \
     static void convx_gemm_pack_a_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rs,      \

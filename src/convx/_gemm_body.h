@@ -519,6 +519,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 #undef GRUNS
 #undef GN
 #undef GT
+#undef GACT
 #undef GV
 #undef GVL
 #undef GMR

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -367,17 +367,26 @@ def check_no_activation_params(activation: object, params: object) -> None:
         raise ValueError(f"activation_params={params!r} given without an activation: pass activation= too, or drop them")
 
 
-def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Callable[[NDArray[Any]], None]:
-    """A function that applies activation ``name`` with keyword arguments ``params`` in place to a
-    C-contiguous float array: what a convolution runs on its output. Validates both now."""
-    code, p0, p1 = forward_kernel(name, params)
+class Epilogue(NamedTuple):
+    """Activation ``kind`` (a kernel code) with parameters ``p0``, ``p1``, as a convolution
+    applies it to its output: inside the kernels (``conv2d_forward``'s last three arguments), or
+    by calling it on an output computed without."""
 
-    def apply(out: NDArray[Any]) -> None:
+    kind: int
+    p0: float
+    p1: float
+
+    def __call__(self, out: NDArray[Any]) -> None:
+        """Apply the activation in place to the C-contiguous float array ``out``."""
         flat = out.reshape(-1)
         for part in _chunks(flat.size):
-            _core.activation_forward(flat[part], flat[part], code, p0, p1, kernel_threads())
+            _core.activation_forward(flat[part], flat[part], self.kind, self.p0, self.p1, kernel_threads())
 
-    return apply
+
+def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Epilogue:
+    """Activation ``name`` with keyword arguments ``params`` as a convolution's epilogue
+    (both validated now)."""
+    return Epilogue(*forward_kernel(name, params))
 
 
 # name -> (kernel, p0, p1, reads) from the keyword arguments of the forward, for the backward.

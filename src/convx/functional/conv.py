@@ -22,7 +22,7 @@ from .._products import matmul
 from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, padding_sides
 from .._threads import kernel_threads
 from .._typing import AnyArray, Float, IntPair, Padding, Shape
-from .activations import activation_epilogue, check_no_activation_params
+from .activations import Epilogue, activation_epilogue, check_no_activation_params
 
 # BLAS takes 32-bit dimensions and leading dimensions.
 _INT32_LIMIT = 2**31 - 1
@@ -421,15 +421,17 @@ def conv2d(
 
 def _forward(
     x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, winograd: bool, out: AnyArray,
-    epilogue: Callable[[AnyArray], None] | None = None,
+    epilogue: Epilogue | None = None,
 ) -> None:
     """out := epilogue(conv2d(x, weight) + bias) for C-contiguous x and weight, plan as the kernels take
-    it; the epilogue (in place) runs on each sub-batch's output as soon as it is computed."""
+    it; conv2d_forward applies the epilogue inside, the other paths on each sub-batch's output as
+    soon as it is computed."""
     bias_arg = _no_bias(out.dtype) if bias is None else contiguous(bias)
-    kernel = _core.depthwise_forward if _is_depthwise(weight.shape, plan.groups) else _core.conv2d_forward
+    depthwise = _is_depthwise(weight.shape, plan.groups)
     n_threads = plan.threads(weight.shape)
     whole = not winograd and _whole_window(x.shape, weight.shape, plan)
     for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+        inside = False
         if whole:
             rows = out[part].reshape(-1, plan.out_channels)
             matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
@@ -437,8 +439,13 @@ def _forward(
                 rows += bias_arg
         elif not winograd or _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
                                                     n_threads):
-            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
-        if epilogue is not None:
+            if depthwise:
+                _core.depthwise_forward(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
+            else:
+                _core.conv2d_forward(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads,
+                                     *(epilogue or ()))
+                inside = True
+        if epilogue is not None and not inside:
             epilogue(out[part])
 
 
