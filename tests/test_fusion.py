@@ -238,6 +238,19 @@ def test_conv2d_activation_inside_every_implementation_is_the_activation_after_i
         assert "blas/im2col" in ran and any("direct" in name for name in ran), ran
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", convx._core.DEPTHWISE_KERNELS)
+def test_conv2d_activation_inside_each_depthwise_kernel_is_the_activation_after_it(kernel, dtype, rng):
+    x, weight, bias = _conv_arrays(rng, dtype, (5, 6, 13, 11), (12, 1, 3, 3))
+    x[1, 2, 3, :2] = [np.nan, np.inf]
+    for kwargs in (dict(padding=1, groups=6), dict(stride=2, padding=1, groups=6)):
+        with convx._core.ConvConfig(None, None, kernel):
+            plain = F.conv2d(x, weight, bias, **kwargs)
+            for name, params in ACTIVATIONS:
+                fused = F.conv2d(x, weight, bias, **kwargs, activation=name, activation_params=params)
+                assert_bitwise_equal(fused, unfused_activation(name, params, plain))
+
+
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_conv2d_activation_thread_counts_agree(n_threads, rng):
     x, weight, bias = _conv_arrays(rng, np.float32, (4, 8, 9, 9), (8, 8, 3, 3))

@@ -31,8 +31,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    int groups, int n_threads, int activation=-1, double p0=0, double p1=0):
     """out[n, co] = act(bias[co] + sum_{ci in group(co), i, j} w[co, ci, i, j] * x_padded[n, ci, oh*s + i*d, ow*s + j*d]),
     act the activation of activation_forward's kind `activation` with parameters p0, p1 (none where
-    it is negative): the direct kernels apply it to each register tile, im2col to each chunk of
-    rows, the others to the whole output."""
+    it is negative): the direct and flat kernels apply it to each register tile, the packed GEMM
+    to each block of columns, im2col to each chunk of rows, the plane kernel to the whole output."""
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
@@ -56,9 +56,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t n_total = g.batch * c_out * n_out
     if impl == IMPL_FLAT:
         _ran(OP_FORWARD, impl, level)
-        _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, &out[0, 0, 0, 0], &shape, g.batch,
-                   n_threads)
-        _apply_epilogue(&out[0, 0, 0, 0] if n_total else NULL, n_total, epi, n_threads)
+        _flat_conv(&x[0, 0, 0, 0], weight, False, &bias[0] if has_bias else NULL, epi, &out[0, 0, 0, 0], &shape,
+                   g.batch, n_threads)
         return
     if impl == IMPL_PLANE:
         _ran(OP_FORWARD, impl, level)
@@ -77,9 +76,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     packed = _pack_weight(weight, groups, False, &wp)
     _ran(OP_FORWARD, IMPL_IM2COL if wp.level == CONVX_GEMM_BLAS else IMPL_PACKED, wp.level)
     if wp.level != CONVX_GEMM_BLAS:
-        _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL,
+        _implicit_conv(&x[0, 0, 0, 0] if g.batch else NULL, &wp, &bias[0] if has_bias else NULL, epi,
                        &out[0, 0, 0, 0] if g.batch else NULL, &shape, g.batch, n_threads)
-        _apply_epilogue(&out[0, 0, 0, 0] if n_total else NULL, n_total, epi, n_threads)
         return
     n_threads = max(1, min(n_threads, n_blocks * n_chunks))
     dtype = np.asarray(out).dtype
@@ -124,7 +122,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[
     cdef int impl = _input_impl(&g, &shape, &adjoint, floating is float, n_threads), level = _level()
     if impl == IMPL_FLAT:
         _ran(OP_INPUT, impl, level)
-        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
+        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
         return
     if (impl == IMPL_DIRECT_ROWS or impl == IMPL_DIRECT_IMAGES) and _direct_input_gradient(
             &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads,
@@ -189,7 +187,7 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
     cdef int weight_impl = _weight_impl(&g, &shape, floating is float, n_threads)
     cdef bint flat = input_impl == IMPL_FLAT
     if flat:
-        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
+        _flat_conv(&grad_out[0, 0, 0, 0], weight, True, NULL, NULL, &grad_in[0, 0, 0, 0], &shape, g.batch, n_threads)
     cdef bint direct_input = input_impl == IMPL_DIRECT_ROWS or input_impl == IMPL_DIRECT_IMAGES
     if direct_input and not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], &grad_in[0, 0, 0, 0],
                                                    &g, &adjoint, n_threads,

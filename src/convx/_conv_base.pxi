@@ -101,10 +101,10 @@ cdef extern from "_gemm.h" nogil:
     Py_ssize_t convx_conv_block_cols_f(int level)
     Py_ssize_t convx_conv_block_cols_d(int level)
     void convx_conv_block_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
-                            const float* bias, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
+                            const float* bias, const convx_epilogue* epi, const float* x, float* out, Py_ssize_t q0, Py_ssize_t nc,
                             float* work)
     void convx_conv_block_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
-                            const double* bias, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
+                            const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t q0, Py_ssize_t nc,
                             double* work)
     void convx_gemm_pack_a_cyclic_f(int level, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t rcycle,
                                     Py_ssize_t rs, Py_ssize_t rs2, Py_ssize_t kcycle, Py_ssize_t cs,
@@ -201,11 +201,13 @@ cdef extern from "_gemm.h" nogil:
     Py_ssize_t convx_flat_strips_f(int level, const float* c, Py_ssize_t n_pix, int stream)
     Py_ssize_t convx_flat_strips_d(int level, const double* c, Py_ssize_t n_pix, int stream)
     void convx_flat_conv_f(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_pix,
-                           const float* packed, size_t group_size, const float* bias, const float* b,
+                           const float* packed, size_t group_size, const float* bias, const convx_epilogue* epi,
+                           const float* b,
                            Py_ssize_t b_image, float* c, Py_ssize_t c_image, int stream, Py_ssize_t i0,
                            Py_ssize_t i1, float* work)
     void convx_flat_conv_d(int level, Py_ssize_t groups, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_pix,
-                           const double* packed, size_t group_size, const double* bias, const double* b,
+                           const double* packed, size_t group_size, const double* bias, const convx_epilogue* epi,
+                           const double* b,
                            Py_ssize_t b_image, double* c, Py_ssize_t c_image, int stream, Py_ssize_t i0,
                            Py_ssize_t i1, double* work)
     Py_ssize_t convx_flat_weight_blocks_f(int level, Py_ssize_t c)

@@ -27,10 +27,12 @@ cdef inline bint _flat_choice(convx_conv_shape* s, Py_ssize_t batch, bint weight
 
 
 cdef int _flat_conv(const floating* b, const floating[:, :, :, ::1] weight, bint transpose, const floating* bias,
-                    floating* c, convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
+                    const convx_epilogue* epi, floating* c, convx_conv_shape* s, Py_ssize_t batch,
+                    int n_threads) except -1:
     """C = op(W) @ B plane by plane by convx_flat_conv, for a shape _flat_choice took: the
-    forward (B = x, C = out, op(W) = W, with the bias) or the input gradient (B = grad_out,
-    C = grad_in, op(W) = W^T, transpose). Threads take equal shares of the planes' strips."""
+    forward (B = x, C = out, op(W) = W, with the bias and the activation of epi) or the input
+    gradient (B = grad_out, C = grad_in, op(W) = W^T, transpose). Threads take equal shares of
+    the planes' strips."""
     cdef WeightProduct product
     cdef WeightProduct* wp = &product
     packed = _pack_weight(weight, s.groups, transpose, wp)
@@ -55,10 +57,10 @@ cdef int _flat_conv(const floating* b, const floating[:, :, :, ::1] weight, bint
             hi = (t + 1) * items // team
             if floating is float:
                 convx_flat_conv_f(wp.level, s.groups, wp.m, wp.k, n_pix, <const float*> wp.packed, wp.group_size,
-                                  bias, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
+                                  bias, epi, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
             else:
                 convx_flat_conv_d(wp.level, s.groups, wp.m, wp.k, n_pix, <const double*> wp.packed, wp.group_size,
-                                  bias, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
+                                  bias, epi, b, b_image, c, c_image, stream, lo, hi, &work[t * work_size])
     return 0
 
 

@@ -80,10 +80,11 @@ cdef inline void _product(WeightProduct* p, Py_ssize_t grp, Py_ssize_t n, const 
         convx_gemm_d(p.level, p.m, n, p.k, <const double*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
 
 
-cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bias, floating* out,
-                        convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
-    """out = conv(x) (bias added where given) by convx_conv_block: each thread packs the column
-    matrix of its share of the batch's output pixels straight from x, a block at a time."""
+cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bias, const convx_epilogue* epi,
+                        floating* out, convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
+    """out = act(conv(x) + bias) (bias and the activation of epi where given) by convx_conv_block:
+    each thread packs the column matrix of its share of the batch's output pixels straight from
+    x, a block at a time."""
     cdef Py_ssize_t n_cols = batch * s.out_h * s.out_w
     cdef Py_ssize_t block, work_size, lo, hi, q0, nc
     cdef int team, t
@@ -107,10 +108,10 @@ cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bi
             while q0 < hi:
                 nc = min(block, hi - q0)
                 if floating is float:
-                    convx_conv_block_f(wp.level, s, <const float*> wp.packed, wp.group_size, bias, x, out, q0,
+                    convx_conv_block_f(wp.level, s, <const float*> wp.packed, wp.group_size, bias, epi, x, out, q0,
                                        nc, &work[t * work_size])
                 else:
-                    convx_conv_block_d(wp.level, s, <const double*> wp.packed, wp.group_size, bias, x, out, q0,
+                    convx_conv_block_d(wp.level, s, <const double*> wp.packed, wp.group_size, bias, epi, x, out, q0,
                                        nc, &work[t * work_size])
                 q0 = q0 + nc
     return 0

@@ -78,7 +78,7 @@ def matmul(a: _Float, trans_a: bool, b: _Float, trans_b: bool, out: _Float, n_th
 def depthwise_forward(
     x: _Float, weight: _Float, bias: _Float, out: _Float,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
-    groups: int, n_threads: int,
+    groups: int, n_threads: int, activation: int = ..., p0: float = ..., p1: float = ...,
 ) -> None: ...
 def depthwise_backward_input(
     grad_out: _Float, weight: _Float, grad_in: _Float,

@@ -239,8 +239,11 @@ def depthwise_implementation(op, batch, c_in, height, width, c_out, kernel_h, ke
 
 
 cdef object _split_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
-                           const floating[::1] bias, floating[:, :, :, ::1] out, ConvGeometry* g, int n_threads):
-    """depthwise_forward by the phase-split sweeps; False (having done nothing) where they do not apply."""
+                           const floating[::1] bias, floating[:, :, :, ::1] out, ConvGeometry* g, int n_threads,
+                           const convx_epilogue* epi):
+    """depthwise_forward by the phase-split sweeps, the activation of epi (where given) applied to
+    each item's planes as soon as they are written; False (having done nothing) where they do not
+    apply."""
     cdef DwLayout L
     cdef Py_ssize_t slot
     if not _split_layout(DW_FORWARD, g, sizeof(floating), &L, &slot):
@@ -255,7 +258,7 @@ cdef object _split_forward(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef floating[::1] scratch = np.empty(team * slot, dtype=np.asarray(out).dtype)
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t x_stride = c_in * g.height * g.width, out_stride = c_out * g.out_h * g.out_w
-    cdef Py_ssize_t item, ci, n0, tid
+    cdef Py_ssize_t item, ci, n0, tid, b
     cdef floating* mine
     with nogil, parallel(num_threads=team):
         tid = threadid()
@@ -273,6 +276,9 @@ cdef object _split_forward(const floating[:, :, :, ::1] x, const floating[:, :, 
                 convx_dw_forward_planes_d(&x[n0, ci, 0, 0], x_stride, min(L.planes, g.batch - n0),
                                           &weight[ci * m, 0, 0, 0], &bias[ci * m] if has_bias else NULL, m,
                                           &out[n0, ci * m, 0, 0], out_stride, &d, &L, &off[0], mine)
+            if epi != NULL:
+                for b in range(min(L.planes, g.batch - n0)):
+                    _activate(&out[n0 + b, ci * m, 0, 0], m * g.out_h * g.out_w, epi)
     return True
 
 
@@ -563,15 +569,23 @@ cdef void _rotated_input_plane(const floating* grad_out, const floating* rotated
 def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                       const floating[::1] bias, floating[:, :, :, ::1] out,
                       int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
-                      int groups, int n_threads):
-    """conv2d_forward for weight.shape[1] == 1: out[n, co] = bias[co] + corr(x[n, co // (C_out/groups)], w[co, 0])."""
+                      int groups, int n_threads, int activation=-1, double p0=0, double p1=0):
+    """conv2d_forward for weight.shape[1] == 1: out[n, co] = act(bias[co] + corr(x[n, co // (C_out/groups)], w[co, 0])),
+    act as in conv2d_forward, applied to each plane as soon as it is written."""
     cdef ConvGeometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], weight.shape[0],
                                     weight.shape[2], weight.shape[3], out.shape[2], out.shape[3], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
-    if _split_prefers(DW_FORWARD, &g, sizeof(floating) == 8) and _split_forward(x, weight, bias, out, &g, n_threads):
+    _check_activation(activation)
+    cdef convx_epilogue epilogue
+    epilogue.kind = activation
+    epilogue.p0 = p0
+    epilogue.p1 = p1
+    cdef convx_epilogue* epi = &epilogue if activation >= 0 else NULL
+    if _split_prefers(DW_FORWARD, &g, sizeof(floating) == 8) and _split_forward(x, weight, bias, out, &g, n_threads,
+                                                                                 epi):
         _ran(OP_FORWARD, IMPL_DEPTHWISE_SPLIT, 0)
         return
     _ran(OP_FORWARD, IMPL_DEPTHWISE_DIRECT, 0)
@@ -583,6 +597,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
             _direct_forward_plane(&x[n, co // g.c_out_g, 0, 0], &weight[co, 0, 0, 0],
                                   bias[co] if has_bias else 0, &out[n, co, 0, 0], &g,
                                   &ranges[0], &ranges[g.kernel_w])
+            if epi != NULL:
+                _activate(&out[n, co, 0, 0], g.out_h * g.out_w, epi)
 
 
 def depthwise_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,

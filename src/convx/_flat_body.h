@@ -18,13 +18,14 @@
 /* Strips ahead whose planes a tile prefetches. */
 #define GFLAT_AHEAD 4
 
-/* c[r * ldc + q] = start + sum_k a[k * GMR + r] b[k * ldb + q] for r < rows, q < GFR, where
- * start is c itself (accumulate), bias[r] or 0. stream: c is aligned for GSTREAM and the rows
- * are stored with it. pf, when given, is a strip of b's rows to prefetch into L2. */
+/* c[r * ldc + q] = act(start + sum_k a[k * GMR + r] b[k * ldb + q]) for r < rows, q < GFR,
+ * where start is c itself (accumulate), bias[r] or 0, and act the activation of epi (none where
+ * epi is NULL). stream: c is aligned for GSTREAM and the rows are stored with it. pf, when
+ * given, is a strip of b's rows to prefetch into L2. */
 GTARGET static inline void GN(convx_flat_tile)(ptrdiff_t kc, const GT *CONVX_RESTRICT a, const GT *CONVX_RESTRICT b,
                                                ptrdiff_t ldb, GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t rows,
-                                               int accumulate, const GT *CONVX_RESTRICT bias, int stream,
-                                               const GT *pf) {
+                                               int accumulate, const GT *CONVX_RESTRICT bias,
+                                               const convx_epilogue *epi, int stream, const GT *pf) {
     GV acc[GMR][GFV];
     for (int r = 0; r < GMR; r++)
         for (int v = 0; v < GFV; v++)
@@ -38,6 +39,14 @@ GTARGET static inline void GN(convx_flat_tile)(ptrdiff_t kc, const GT *CONVX_RES
             const GV av = GSET1(a[k * GMR + r]);
             for (int v = 0; v < GFV; v++) acc[r][v] = GFMA(av, bv[v], acc[r][v]);
         }
+    }
+    if (epi) {
+        GT tile[GMR * GFR];
+        for (int r = 0; r < GMR; r++)
+            for (int v = 0; v < GFV; v++) GSTORE(tile + r * GFR + v * GVL, acc[r][v]);
+        GACT(epi->kind, tile, tile, GMR * GFR, epi->p0, epi->p1);
+        for (int r = 0; r < GMR; r++)
+            for (int v = 0; v < GFV; v++) acc[r][v] = GLOAD(tile + r * GFR + v * GVL);
     }
     for (int r = 0; r < GMR; r++) {
         if (r >= rows) break;
@@ -53,11 +62,12 @@ GTARGET static inline void GN(convx_flat_tile)(ptrdiff_t kc, const GT *CONVX_RES
 /* Scratch elements of one convx_flat_conv call. */
 static size_t GN(convx_flat_work_size)(void) { return (size_t)GKC * GFR + (size_t)GMR * GFR; }
 
-/* Columns [lo, hi) (hi - lo <= GFR) of C (m x n, ldc) = (bias ? bias[r] : 0) + A @ B, with A
- * packed by convx_gemm_pack_a and B (k x n, ldb): a full strip straight from b, a shorter one
- * through copies in work. */
+/* Columns [lo, hi) (hi - lo <= GFR) of C (m x n, ldc) = act((bias ? bias[r] : 0) + A @ B), with
+ * A packed by convx_gemm_pack_a and B (k x n, ldb), act as in convx_flat_tile: a full strip
+ * straight from b, a shorter one through copies in work. */
 GTARGET static void GN(convx_flat_strip)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed,
-                                         const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT b, ptrdiff_t ldb,
+                                         const GT *CONVX_RESTRICT bias, const convx_epilogue *epi,
+                                         const GT *CONVX_RESTRICT b, ptrdiff_t ldb,
                                          GT *CONVX_RESTRICT c, ptrdiff_t ldc, ptrdiff_t lo, ptrdiff_t hi, int stream,
                                          GT *CONVX_RESTRICT work) {
     const ptrdiff_t panels = (m + GMR - 1) / GMR, cols = hi - lo;
@@ -77,16 +87,18 @@ GTARGET static void GN(convx_flat_strip)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
         for (ptrdiff_t ip = 0; ip < panels; ip++) {
             const ptrdiff_t rows = m - ip * GMR < GMR ? m - ip * GMR : GMR;
             const GT *tile_bias = p0 == 0 && bias ? bias + ip * GMR : NULL;
+            const convx_epilogue *tile_epi = p0 + kc >= k ? epi : NULL;
             GT *dst = c + ip * GMR * ldc + lo;
             if (full) {
                 const GT *pf = ip == 0 && ahead + GFR <= n ? b + p0 * ldb + ahead : NULL;
-                GN(convx_flat_tile)(kc, a_block + ip * kc * GMR, bb, ldb, dst, ldc, rows, p0 > 0, tile_bias,
+                GN(convx_flat_tile)(kc, a_block + ip * kc * GMR, bb, ldb, dst, ldc, rows, p0 > 0, tile_bias, tile_epi,
                                     stream && rows == GMR && p0 + kc >= k, pf);
                 continue;
             }
             if (p0 > 0)
                 for (ptrdiff_t r = 0; r < rows; r++) memcpy(tile + r * GFR, dst + r * ldc, (size_t)cols * sizeof(GT));
-            GN(convx_flat_tile)(kc, a_block + ip * kc * GMR, work, GFR, tile, GFR, rows, p0 > 0, tile_bias, 0, NULL);
+            GN(convx_flat_tile)(kc, a_block + ip * kc * GMR, work, GFR, tile, GFR, rows, p0 > 0, tile_bias, tile_epi, 0,
+                                NULL);
             for (ptrdiff_t r = 0; r < rows; r++) memcpy(dst + r * ldc, tile + r * GFR, (size_t)cols * sizeof(GT));
         }
     }
@@ -110,17 +122,18 @@ static ptrdiff_t GN(convx_flat_strips)(const GT *c, ptrdiff_t n_pix, int stream)
     return (head > 0) + (n_pix - head + GFR - 1) / GFR;
 }
 
-/* c[n, grp * m + r, p] = (bias ? bias[grp * m + r] : 0) + sum_j A_grp[r, j] b[n, grp * k + j, p]
- * for the strips [i0, i1) of the call's planes (strip i: image n, group grp of plane i / strips,
+/* c[n, grp * m + r, p] = act((bias ? bias[grp * m + r] : 0) + sum_j A_grp[r, j] b[n, grp * k + j, p])
+ * (act as in convx_flat_tile) for the strips [i0, i1) of the call's planes (strip i: image n, group grp of plane i / strips,
  * strips = convx_flat_strips), with P = n_pix pixels per plane, images b_image and c_image
  * elements apart, and A_grp (m x k) packed by convx_gemm_pack_a at packed + grp * group_size.
  * A strip is GFR pixels; streaming, the first strip of a plane is cut short so that the others
  * start on a cache line. work holds convx_flat_work_size elements. */
 GTARGET static void GN(convx_flat_conv)(ptrdiff_t groups, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n_pix,
                                         const GT *CONVX_RESTRICT packed, size_t group_size,
-                                        const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT b, ptrdiff_t b_image,
-                                        GT *CONVX_RESTRICT c, ptrdiff_t c_image, int stream, ptrdiff_t i0,
-                                        ptrdiff_t i1, GT *CONVX_RESTRICT work) {
+                                        const GT *CONVX_RESTRICT bias, const convx_epilogue *epi,
+                                        const GT *CONVX_RESTRICT b, ptrdiff_t b_image, GT *CONVX_RESTRICT c,
+                                        ptrdiff_t c_image, int stream, ptrdiff_t i0, ptrdiff_t i1,
+                                        GT *CONVX_RESTRICT work) {
     const ptrdiff_t strips = GN(convx_flat_strips)(c, n_pix, stream);
     stream = GN(convx_flat_streams)(c, n_pix, stream);
     const ptrdiff_t head = GN(convx_flat_head)(c, n_pix, stream);
@@ -128,7 +141,7 @@ GTARGET static void GN(convx_flat_conv)(ptrdiff_t groups, ptrdiff_t m, ptrdiff_t
         const ptrdiff_t plane = i / strips, st = i % strips, n = plane / groups, grp = plane % groups;
         const ptrdiff_t lo = head > 0 ? (st == 0 ? 0 : head + (st - 1) * GFR) : st * GFR;
         const ptrdiff_t end = head > 0 && st == 0 ? head : lo + GFR;
-        GN(convx_flat_strip)(m, n_pix, k, packed + grp * group_size, bias ? bias + grp * m : NULL,
+        GN(convx_flat_strip)(m, n_pix, k, packed + grp * group_size, bias ? bias + grp * m : NULL, epi,
                              b + n * b_image + grp * k * n_pix, n_pix, c + n * c_image + grp * m * n_pix, n_pix, lo,
                              end < n_pix ? end : n_pix, stream, work);
     }

@@ -364,15 +364,15 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                                           : convx_flat_strips_##S##256(c, n_pix, stream);                 \
     }                                                                                                     \
     static void convx_flat_conv_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n_pix, \
-                                    const T *packed, size_t group_size, const T *bias, const T *b,        \
-                                    ptrdiff_t b_image, T *c, ptrdiff_t c_image, int stream, ptrdiff_t i0, \
-                                    ptrdiff_t i1, T *work) {                                              \
+                                    const T *packed, size_t group_size, const T *bias,                    \
+                                    const convx_epilogue *epi, const T *b, ptrdiff_t b_image, T *c,       \
+                                    ptrdiff_t c_image, int stream, ptrdiff_t i0, ptrdiff_t i1, T *work) { \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_flat_conv_##S##512(groups, m, k, n_pix, packed, group_size, bias, b, b_image, c, c_image, \
-                                     stream, i0, i1, work);                                               \
+            convx_flat_conv_##S##512(groups, m, k, n_pix, packed, group_size, bias, epi, b, b_image, c,   \
+                                     c_image, stream, i0, i1, work);                                      \
         else                                                                                              \
-            convx_flat_conv_##S##256(groups, m, k, n_pix, packed, group_size, bias, b, b_image, c, c_image, \
-                                     stream, i0, i1, work);                                               \
+            convx_flat_conv_##S##256(groups, m, k, n_pix, packed, group_size, bias, epi, b, b_image, c,   \
+                                     c_image, stream, i0, i1, work);                                      \
     }                                                                                                     \
     static ptrdiff_t convx_flat_weight_blocks_##S(int level, ptrdiff_t c) {                               \
         return level == CONVX_GEMM_AVX512 ? convx_flat_weight_blocks_##S##512(c)                          \
@@ -491,12 +491,12 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
             convx_gemm_##S##256(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                       \
     }                                                                                                     \
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
-                                     size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
-                                     ptrdiff_t nc, T *work) {                                             \
+                                     size_t group_size, const T *bias, const convx_epilogue *epi,         \
+                                     const T *x, T *out, ptrdiff_t q0, ptrdiff_t nc, T *work) {           \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_conv_block_##S##512(s, packed, group_size, bias, x, out, q0, nc, work);                 \
+            convx_conv_block_##S##512(s, packed, group_size, bias, epi, x, out, q0, nc, work);            \
         else                                                                                              \
-            convx_conv_block_##S##256(s, packed, group_size, bias, x, out, q0, nc, work);                 \
+            convx_conv_block_##S##256(s, packed, group_size, bias, epi, x, out, q0, nc, work);            \
     }                                                                                                     \
     static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
                                              ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
@@ -566,9 +566,9 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static size_t convx_flat_work_size_##S(int level) { return 0; }                                       \
     static ptrdiff_t convx_flat_strips_##S(int level, const T *c, ptrdiff_t n_pix, int stream) { return 0; } \
     static void convx_flat_conv_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n_pix, \
-                                    const T *packed, size_t group_size, const T *bias, const T *b,        \
-                                    ptrdiff_t b_image, T *c, ptrdiff_t c_image, int stream, ptrdiff_t i0, \
-                                    ptrdiff_t i1, T *work) {}                                             \
+                                    const T *packed, size_t group_size, const T *bias,                    \
+                                    const convx_epilogue *epi, const T *b, ptrdiff_t b_image, T *c,       \
+                                    ptrdiff_t c_image, int stream, ptrdiff_t i0, ptrdiff_t i1, T *work) {} \
     static ptrdiff_t convx_flat_weight_blocks_##S(int level, ptrdiff_t c) { return 1; }                   \
     static void convx_flat_weight_##S(int level, ptrdiff_t groups, ptrdiff_t m, ptrdiff_t c, ptrdiff_t n_pix, \
                                       ptrdiff_t batch, const T *gy, const T *x, T *gw, ptrdiff_t u0,      \
@@ -609,8 +609,8 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static void convx_gemm_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,         \
                                const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate, T *work) {} \
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
-                                     size_t group_size, const T *bias, const T *x, T *out, ptrdiff_t q0,  \
-                                     ptrdiff_t nc, T *work) {}                                            \
+                                     size_t group_size, const T *bias, const convx_epilogue *epi,         \
+                                     const T *x, T *out, ptrdiff_t q0, ptrdiff_t nc, T *work) {}          \
     static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
                                              ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
                                              ptrdiff_t cs2, T *packed) {}                                 \

@@ -277,13 +277,31 @@ GTARGET static inline void GN(convx_add_lanes)(const GT *CONVX_RESTRICT tile, GT
 #endif
 }
 
-/* out[n, co, pixel] = bias[co] + sum_k W[co, k] col[k, q] for the columns q of [q0, q0 + nc)
- * (see convx_pack_columns) and every group; packed holds each group's W, its columns in the
- * column matrix's tap-major order, packed by convx_gemm_pack_a_cyclic, group_size elements
- * apart; work holds convx_gemm_work_size elements. */
+/* out[n, co, pixel] = act(out[n, co, pixel]) for the columns q of [q0, q0 + nc) (see
+ * convx_pack_columns) and channels co of [co0, co0 + m), act the activation of epi. */
+static void GN(convx_activate_columns)(const convx_conv_shape *s, const convx_epilogue *epi, GT *out, ptrdiff_t co0,
+                                       ptrdiff_t m, ptrdiff_t q0, ptrdiff_t nc) {
+    const ptrdiff_t n_out = s->out_h * s->out_w, c_out = s->groups * s->c_out_g;
+    for (ptrdiff_t q = q0; q < q0 + nc;) {
+        const ptrdiff_t n = q / n_out, pos = q % n_out;
+        const ptrdiff_t len = n_out - pos < q0 + nc - q ? n_out - pos : q0 + nc - q;
+        for (ptrdiff_t co = co0; co < co0 + m; co++) {
+            GT *run = out + (n * c_out + co) * n_out + pos;
+            GACT(epi->kind, run, run, len, epi->p0, epi->p1);
+        }
+        q += len;
+    }
+}
+
+/* out[n, co, pixel] = act(bias[co] + sum_k W[co, k] col[k, q]) for the columns q of [q0, q0 + nc)
+ * (see convx_pack_columns) and every group, act the activation of epi (none where it is NULL),
+ * applied to each group's block of columns as soon as it is complete; packed holds each group's
+ * W, its columns in the column matrix's tap-major order, packed by convx_gemm_pack_a_cyclic,
+ * group_size elements apart; work holds convx_gemm_work_size elements. */
 GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed, size_t group_size,
-                                 const GT *CONVX_RESTRICT bias, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
-                                 ptrdiff_t q0, ptrdiff_t nc, GT *CONVX_RESTRICT work) {
+                                 const GT *CONVX_RESTRICT bias, const convx_epilogue *epi,
+                                 const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t q0, ptrdiff_t nc,
+                                 GT *CONVX_RESTRICT work) {
     const ptrdiff_t m = s->c_out_g, k = s->c_in_g * s->kh * s->kw, n_out = s->out_h * s->out_w;
     const ptrdiff_t panels = (m + GMR - 1) / GMR, strips = (nc + GNR - 1) / GNR;
     const ptrdiff_t c_out = s->groups * m;
@@ -325,6 +343,7 @@ GTARGET static void GN(convx_conv_block)(const convx_conv_shape *s, const GT *CO
                 }
             }
         }
+        if (epi) GN(convx_activate_columns)(s, epi, out, grp * m, m, q0, nc);
     }
 }
 

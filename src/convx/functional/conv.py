@@ -424,8 +424,8 @@ def _forward(
     epilogue: Epilogue | None = None,
 ) -> None:
     """out := epilogue(conv2d(x, weight) + bias) for C-contiguous x and weight, plan as the kernels take
-    it; conv2d_forward applies the epilogue inside, the other paths on each sub-batch's output as
-    soon as it is computed."""
+    it; the kernels apply the epilogue inside, the other paths (a whole-window product, Winograd)
+    to each sub-batch's output as soon as it is computed."""
     bias_arg = _no_bias(out.dtype) if bias is None else contiguous(bias)
     depthwise = _is_depthwise(weight.shape, plan.groups)
     n_threads = plan.threads(weight.shape)
@@ -439,12 +439,9 @@ def _forward(
                 rows += bias_arg
         elif not winograd or _core.winograd_forward(x[part], weight, bias_arg, out[part], *plan.pad, False,
                                                     n_threads):
-            if depthwise:
-                _core.depthwise_forward(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads)
-            else:
-                _core.conv2d_forward(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads,
-                                     *(epilogue or ()))
-                inside = True
+            kernel = _core.depthwise_forward if depthwise else _core.conv2d_forward
+            kernel(x[part], weight, bias_arg, out[part], *plan.kernel_args(), n_threads, *(epilogue or ()))
+            inside = True
         if epilogue is not None and not inside:
             epilogue(out[part])
 
