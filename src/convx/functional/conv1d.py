@@ -10,13 +10,13 @@ names the 1-D argument and shape the caller gave, never the internal 2-D view.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from numpy.typing import NDArray
 
 from .._checks import as_float_array, as_int, as_layout_array, as_padding_1d, as_shape, as_single, same_dtype
 from .._shapes import conv_output_size, padding_sides
-from .._typing import AnyArray, Float, PaddingWord, Shape
+from .._typing import AnyArray, Float, IntSingle, Padding1d, PaddingWord, Shape
 from .conv import (
     ALGORITHMS,
     check_conv_shapes,
@@ -38,10 +38,6 @@ __all__ = [
     "conv_transpose1d",
 ]
 
-#: An int or PyTorch's 1-tuple ``(int,)`` (``_size_1_t``).
-IntSingle = Union[int, tuple[int]]
-#: conv1d's padding: an int, ``(p,)``, ``((left, right),)``, 'valid', 'same' or 'same_lower'.
-Padding1d = Union[IntSingle, tuple[tuple[int, int]], PaddingWord]
 
 _X_LAYOUT = "(N, C_in, L) or (C_in, L)"
 _GRAD_LAYOUT = "(N, C_out, L_out) or (C_out, L_out)"
@@ -58,6 +54,15 @@ class _Conv1dArgs(NamedTuple):
     out_length: int
 
 
+def check_algorithm_1d(algorithm: object) -> None:
+    """A 1-D convolution's ``algorithm``: 'direct' or 'auto' (Winograd's 3x3 transform has no 1-D kernel)."""
+    if algorithm == "winograd":
+        raise ValueError("algorithm='winograd' applies to 3x3 2-D kernels only; a 1-D convolution takes 'direct' "
+                         "or 'auto'")
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+
+
 def _conv1d_args(
     input_shape: Shape, weight_shape: Shape, stride: object, padding: object, dilation: object, groups: object,
     algorithm: object, input_name: str = "x",
@@ -67,11 +72,7 @@ def _conv1d_args(
     dilation_ = as_single("dilation", dilation, 1)
     groups_ = as_int("groups", groups, 1)
     pads = as_padding_1d(padding)
-    if algorithm == "winograd":
-        raise ValueError("algorithm='winograd' applies to 3x3 2-D kernels only; a 1-D convolution takes 'direct' "
-                         "or 'auto'")
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    check_algorithm_1d(algorithm)
     check_conv_shapes(input_shape, weight_shape, groups_, input_name)
     length, kernel = input_shape[2], weight_shape[2]
     if isinstance(pads, str):
@@ -192,11 +193,12 @@ def conv1d_backward_input(
     grad_out = as_layout_array("conv1d_backward_input", "grad_out", grad_out, (2, 3), _GRAD_LAYOUT)
     weight = as_layout_array("conv1d_backward_input", "weight", weight, (3,), _WEIGHT_LAYOUT)
     same_dtype(grad_out=grad_out, weight=weight)
-    shape = as_shape("input_shape", input_shape, (grad_out.ndim,))
+    shape: Shape = as_shape("input_shape", input_shape, (grad_out.ndim,))
     args = _conv1d_args(_batch_shape(shape), weight.shape, stride, padding, dilation, groups, algorithm,
                         "input_shape")
     _check_grad_out(grad_out, shape, weight.shape[0], args.out_length)
-    grad_x = conv2d_backward_input(_plane(grad_out), _plane(weight), (*shape[:-1], 1, shape[-1]), args.stride,
+    plane_shape: Shape = (*shape[:-1], 1, shape[-1])
+    grad_x = conv2d_backward_input(_plane(grad_out), _plane(weight), plane_shape, args.stride,
                                    args.padding, args.dilation, args.groups, algorithm=algorithm)
     return _line(grad_x)
 
@@ -348,9 +350,7 @@ def conv_transpose1d(
     out_pad = as_single("output_padding", output_padding, 0)
     dilation_ = as_single("dilation", dilation, 1)
     groups_ = as_int("groups", groups, 1)
-    if algorithm == "winograd":
-        raise ValueError("algorithm='winograd' applies to 3x3 2-D kernels only; a 1-D convolution takes 'direct' "
-                         "or 'auto'")
+    check_algorithm_1d(algorithm)
     x_shape = _batch_shape(x.shape)
     (out_length,) = check_transpose_geometry(x_shape, weight.shape, (stride_,), (pad,), (out_pad,), (dilation_,),
                                              groups_)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal, NoReturn, overload
+from typing import Literal, NoReturn, cast, overload
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -59,7 +59,17 @@ def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+_Pair = tuple[int, int]
+
+
 def _window_params(
+    kernel_size: object, stride: object, padding: object, dilation: object = 1,
+) -> tuple[_Pair, _Pair, _Pair, _Pair]:
+    """kernel, stride, padding and dilation as pairs; padding at most half the kernel (PyTorch's rule)."""
+    return cast("tuple[_Pair, _Pair, _Pair, _Pair]", _window_values(kernel_size, stride, padding, dilation, 2))
+
+
+def _window_values(
     kernel_size: object, stride: object, padding: object, dilation: object = 1, dims: int = 2,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """kernel, stride, padding and dilation as pairs (1-tuples for ``dims`` 1); padding at most half
@@ -487,9 +497,19 @@ def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Sh
 
 def _avg_args(
     kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
-    divisor_override: int | None, dims: int = 2,
+    divisor_override: int | None,
+) -> tuple[_Pair, _Pair, _Pair, bool, bool, int]:
+    return cast("tuple[_Pair, _Pair, _Pair, bool, bool, int]", _avg_values(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2
+    ))
+
+
+def _avg_values(
+    kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
+    divisor_override: int | None, dims: int,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool, bool, int]:
-    kernel, stride, padding, _ = _window_params(kernel_size, stride, padding, dims=dims)
+    """avg pooling's arguments validated: kernel, stride and padding as pairs (1-tuples for ``dims`` 1)."""
+    kernel, stride, padding, _ = _window_values(kernel_size, stride, padding, dims=dims)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     count_include_pad = as_bool("count_include_pad", count_include_pad)
     if divisor_override is None:

@@ -9,20 +9,20 @@ names the 1-D argument and shape the caller gave.
 
 from __future__ import annotations
 
-from typing import Literal, Union, overload
+from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .._checks import as_bool, as_layout_array, as_single
-from .._typing import AnyArray, Float, Shape
+from .._typing import AnyArray, Float, IntSingle, Shape
 from .pooling import (
     _as_indices,
-    _avg_args,
+    _avg_values,
     _input_shape,
     _pool_output_shape,
     _scatter_maxima,
-    _window_params,
+    _window_values,
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
     adaptive_max_pool2d,
@@ -41,8 +41,6 @@ __all__ = [
     "max_pool1d_backward",
 ]
 
-#: An int or PyTorch's 1-tuple ``(int,)`` (``_size_1_t``).
-IntSingle = Union[int, tuple[int]]
 
 _LAYOUT = "(N, C, L) or (C, L)"
 
@@ -120,7 +118,7 @@ def max_pool1d(
     (array([[3., 5.]]), array([[1, 3]]))
     """
     x = as_layout_array("max_pool1d", "x", x, (2, 3), _LAYOUT)
-    (kernel,), (stride_,), (pad,), (dilation_,) = _window_params(kernel_size, stride, padding, dilation, dims=1)
+    (kernel,), (stride_,), (pad,), (dilation_,) = _window_values(kernel_size, stride, padding, dilation, dims=1)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
     _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), (pad,), (dilation_,), ceil_mode)
@@ -158,7 +156,7 @@ def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
     grad_out = as_layout_array("max_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
     indices = _as_indices(indices, grad_out)
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
-    grad_x = _scatter_maxima(_plane(grad_out), _plane(indices), (*shape[:2], 1, shape[2]), unbatched,
+    grad_x = _scatter_maxima(_plane(grad_out), _plane(indices), _plane_shape(shape, False), unbatched,
                              input_shape, "L")
     return _line(grad_x)
 
@@ -198,8 +196,8 @@ def avg_pool1d(
     array([[1.5, 3. , 4.5]])
     """
     x = as_layout_array("avg_pool1d", "x", x, (2, 3), _LAYOUT)
-    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_args(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, None, dims=1
+    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_values(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1
     )
     _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), (pad,), (1,), ceil_mode)
     return _line(avg_pool2d(_plane(x), (1, kernel), (1, stride_), (0, pad), ceil_mode, count_include_pad))
@@ -233,8 +231,8 @@ def avg_pool1d_backward(
     """
     grad_out = as_layout_array("avg_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
-    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_args(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, None, dims=1
+    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_values(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1
     )
     (out_length,) = _pool_output_shape("input_shape", shape[2:], (kernel,), (stride_,), (pad,), (1,), ceil_mode)
     _grad_out_shape(grad_out, input_shape, out_length)
@@ -272,7 +270,7 @@ def adaptive_avg_pool1d(x: NDArray[Float], output_size: IntSingle) -> NDArray[Fl
     >>> import numpy as np
     >>> from convx.functional import adaptive_avg_pool1d
     >>> adaptive_avg_pool1d(np.array([[1., 2., 3., 4., 5.]]), 2)
-    array([[2. , 4. ]])
+    array([[2., 4.]])
     """
     x = as_layout_array("adaptive_avg_pool1d", "x", x, (2, 3), _LAYOUT)
     _nonempty_length("x", x.shape)

@@ -1,4 +1,4 @@
-"""Convolution layers over the convx kernels: Conv2d and ConvTranspose2d."""
+"""Convolution layers over the convx kernels: Conv2d, ConvTranspose2d, Conv1d and ConvTranspose1d."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from numpy.typing import DTypeLike
 
 from .. import functional
 from ..functional.conv import check_algorithm
-from .._checks import as_bool, as_int, as_padding, as_pair
+from ..functional.conv1d import check_algorithm_1d
+from .._checks import as_bool, as_int, as_padding, as_padding_1d, as_pair, as_single
 from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
 from .._shapes import NumpyPadMode as _NumpyPadMode
 from .._shapes import padded_source as _padded_source
 from .._shapes import padding_sides
-from .._typing import IntPair, Padding
+from .._typing import IntPair, IntSingle, Padding, Padding1d
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
@@ -73,6 +74,21 @@ def _read_axis(size: int, pads: tuple[int, int], kernel: int, stride: int, dilat
         return _ReadAxis(source, stride, dilation, before if before + size <= reach else None)
     positions = (np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation).ravel() - before
     return _ReadAxis(_padded_source(positions, size, mode), kernel, 1, None)
+
+
+def _check_padding_mode_limit(mode: str, axis_name: str, size: int, pads: tuple[int, int]) -> None:
+    """PyTorch refuses these instead of reflecting or wrapping more than once."""
+    before, after = pads
+    if mode == "reflect" and max(before, after) >= size:
+        raise ValueError(
+            f"padding_mode='reflect' needs padding smaller than the input: padding ({before}, {after}) "
+            f"along the {axis_name} of size {size}"
+        )
+    if mode == "circular" and max(before, after) > size:
+        raise ValueError(
+            f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
+            f"along the {axis_name} of size {size}"
+        )
 
 
 def _fold_read(grad: np.ndarray, axis: int, read: _ReadAxis, size: int) -> np.ndarray:
@@ -220,18 +236,8 @@ class Conv2d(Module):
         return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
 
     def _check_padding_mode_limits(self, x: np.ndarray) -> None:
-        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], self._pads(x.shape[-2:])):
-            # PyTorch refuses these instead of reflecting or wrapping more than once.
-            if self.padding_mode == "reflect" and max(before, after) >= size:
-                raise ValueError(
-                    f"padding_mode='reflect' needs padding smaller than the input: padding ({before}, {after}) "
-                    f"along the {axis_name} of size {size}"
-                )
-            if self.padding_mode == "circular" and max(before, after) > size:
-                raise ValueError(
-                    f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
-                    f"along the {axis_name} of size {size}"
-                )
+        for axis_name, size, pads in zip(("height", "width"), x.shape[-2:], self._pads(x.shape[-2:])):
+            _check_padding_mode_limit(self.padding_mode, axis_name, size, pads)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
@@ -430,6 +436,301 @@ class ConvTranspose2d(Module):
         if self.output_padding != (0, 0):
             text += f", output_padding={self.output_padding}"
         if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
+        return text + f", dtype={self.dtype}"
+
+
+def _check_channels_1d(module: Module, x: np.ndarray, expected: int) -> None:
+    if x.shape[-2] != expected:
+        raise ValueError(
+            f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
+            f"with {x.shape[-2]} channels (layout (N, C, L) or (C, L))"
+        )
+
+
+class Conv1d(Module):
+    """1-D convolution layer, ``torch.nn.Conv1d`` on the convx kernels (:func:`convx.conv1d`).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int,)
+    stride : int or (int,), default 1
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Zeros on both ends, or ``((left, right),)``. ``'same'`` gives ``ceil(L / stride)`` outputs,
+        the extra element of an odd total on the right (PyTorch's 'same' at stride 1, ONNX's
+        SAME_UPPER at any stride); ``'same_lower'`` puts it on the left.
+    dilation : int or (int,), default 1
+    groups : int, default 1
+        Must divide ``in_channels`` and ``out_channels``.
+    bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+        What fills the padding, as for :class:`Conv2d`.
+    algorithm : {'direct', 'auto'}, default 'direct'
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's default: kaiming-uniform with ``a = sqrt(5)``,
+        bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = C_in / groups * K``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_out, C_in / groups, K) and, with ``bias``, ``'bias'`` (C_out,):
+        PyTorch's names and shapes, so that its ``state_dict`` loads.
+
+    Notes
+    -----
+    Input (N, C_in, L) or (C_in, L); output (N, C_out, L_out) with
+    ``L_out = floor((L + left + right - d*(K - 1) - 1) / s) + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> conv = nn.Conv1d(3, 8, kernel_size=5, padding="same", rng=0)
+    >>> conv(np.ones((2, 3, 20), dtype=np.float32)).shape
+    (2, 8, 20)
+    >>> conv.backward(np.ones((2, 8, 20), dtype=np.float32)).shape, conv.grads["weight"].shape
+    ((2, 3, 20), (8, 3, 5))
+    """
+
+    padding: tuple[int] | tuple[tuple[int, int]] | Literal["valid", "same", "same_lower"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntSingle,
+        stride: IntSingle = 1,
+        padding: Padding1d = 0,
+        dilation: IntSingle = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        algorithm: str = "direct",
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
+        self.stride = (as_single("stride", stride, 1),)
+        self.dilation = (as_single("dilation", dilation, 1),)
+        self.groups = as_int("groups", groups, 1)
+        _check_groups(self.in_channels, self.out_channels, self.groups)
+        check_algorithm_1d(algorithm)
+        self.algorithm = algorithm
+        sides = as_padding_1d(padding)
+        # PyTorch's form where it has one: a word, or (p,) for the same padding at both ends
+        self.padding = sides if isinstance(sides, str) else (sides[0],) if sides[0] == sides[1] else (sides,)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
+
+    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, _ReadAxis]:
+        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
+        length = x.shape[-1]
+        sides = as_padding_1d(self.padding)
+        if isinstance(sides, str):
+            _, sides = padding_sides(sides, (1, length), (1, *self.kernel_size), (1, *self.stride),
+                                     (1, *self.dilation))
+        _check_padding_mode_limit(self.padding_mode, "length", length, sides)
+        (kernel,), (stride,), (dilation,) = self.kernel_size, self.stride, self.dilation
+        read = _read_axis(length, sides, kernel, stride, dilation, _NUMPY_PAD_MODES[self.padding_mode])
+        if read is None:
+            raise ValueError(
+                f"the dilated kernel ({dilation * (kernel - 1) + 1}: kernel_size={kernel}, dilation={dilation}) is "
+                f"longer than the padded input ({length + sum(sides)}: x of shape {x.shape}, padding={self.padding}, "
+                f"padding_mode={self.padding_mode!r})"
+            )
+        return np.take(x, read.source, axis=-1), read
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Convolve ``x`` (N, C_in, L) or (C_in, L); returns (N, C_out, L_out) or (C_out, L_out)."""
+        x = check_input(self, x, (2, 3), self.dtype)
+        _check_channels_1d(self, x, self.in_channels)
+        conv_padding: Padding1d
+        read = None
+        stride, dilation = self.stride[0], self.dilation[0]
+        if self.padding_mode == "zeros":
+            conv_input, conv_padding = x, self.padding
+        else:
+            # Only the padded elements that windows read are copied: replicate padding may be any size.
+            (conv_input, read), conv_padding = self._read_input(x), 0
+            stride, dilation = read.stride, read.dilation
+        y = functional.conv1d(conv_input, self._params["weight"], self._params.get("bias"), stride, conv_padding,
+                              dilation, self.groups, algorithm=self.algorithm)
+        self._save_for_backward(y, conv_input, conv_padding, stride, dilation, read, x.shape[-1])
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (conv_input, conv_padding, stride, dilation, read, length) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"]
+        grad_bias: np.ndarray | None
+        if self._needs_grad("weight"):
+            grad_input, grad_weight, grad_bias = functional.conv1d_backward(
+                grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
+            )
+            self._store_grad("weight", grad_weight)
+        else:  # frozen: the input gradient alone
+            grad_input = functional.conv1d_backward_input(
+                grad_out, weight, conv_input.shape, stride, conv_padding, dilation, self.groups,
+                algorithm=self.algorithm,
+            )
+            grad_bias = functional.conv1d_backward_bias(grad_out) if self._needs_grad("bias") else None
+        if self._needs_grad("bias"):
+            self._store_grad("bias", grad_bias)
+        if read is None:  # padding_mode 'zeros'
+            return grad_input
+        return np.ascontiguousarray(_fold_read(grad_input, -1, read, length))
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in ((0,), "valid"):
+            text += f", padding={self.padding!r}"
+        if self.dilation != (1,):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
+        return text + f", dtype={self.dtype}"
+
+
+class ConvTranspose1d(Module):
+    """1-D transposed convolution layer, ``torch.nn.ConvTranspose1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int,)
+    stride : int or (int,), default 1
+    padding : int or (int,), default 0
+        Removes ``padding`` elements from each end of the full transposed convolution.
+    output_padding : int or (int,), default 0
+        Extra elements on the right; smaller than the stride or the dilation.
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int,), default 1
+    algorithm : {'direct', 'auto'}, default 'direct'
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in ``C_out / groups * K``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_in, C_out / groups, K) and, with ``bias``, ``'bias'`` (C_out,).
+
+    Notes
+    -----
+    Input (N, C_in, L) or (C_in, L); output (N, C_out, L_out) with
+    ``L_out = (L - 1)*s - 2*padding + d*(K - 1) + output_padding + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> up = nn.ConvTranspose1d(4, 2, kernel_size=2, stride=2, rng=0)
+    >>> up(np.ones((1, 4, 5), dtype=np.float32)).shape
+    (1, 2, 10)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntSingle,
+        stride: IntSingle = 1,
+        padding: IntSingle = 0,
+        output_padding: IntSingle = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntSingle = 1,
+        *,
+        algorithm: str = "direct",
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
+        self.stride = (as_single("stride", stride, 1),)
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose1d takes padding as an int or (int,), got {padding!r}")
+        self.padding = (as_single("padding", padding, 0),)
+        self.output_padding = (as_single("output_padding", output_padding, 0),)
+        self.dilation = (as_single("dilation", dilation, 1),)
+        self.groups = as_int("groups", groups, 1)
+        _check_groups(self.in_channels, self.out_channels, self.groups)
+        if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got "
+                f"output_padding={self.output_padding[0]}, stride={self.stride[0]}, dilation={self.dilation[0]}"
+            )
+        check_algorithm_1d(algorithm)
+        self.algorithm = algorithm
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Transposed convolution of ``x`` (N, C_in, L) or (C_in, L)."""
+        x = check_input(self, x, (2, 3), self.dtype)
+        _check_channels_1d(self, x, self.in_channels)
+        y = functional.conv_transpose1d(
+            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
+            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
+        )
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"]
+        # As ConvTranspose2d: the input gradient is conv1d of grad_out, the weight gradient conv1d's with
+        # the roles of input and output gradient swapped.
+        grad_x = functional.conv1d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
+                                   algorithm=self.algorithm)
+        length = x.shape[-1]
+        if grad_x.shape[-1] != length:
+            # output_padding >= stride (dilation > stride): x extended by zeros that conv1d's output still covers.
+            x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, grad_x.shape[-1] - length)])
+            grad_x = np.ascontiguousarray(grad_x[..., :length])
+        if self._needs_grad("weight"):
+            self._store_grad("weight", functional.conv1d_backward_weight(
+                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
+                algorithm=self.algorithm,
+            ))
+        if self._needs_grad("bias"):
+            self._store_grad("bias", functional.conv1d_backward_bias(grad_out))
+        return grad_x
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0,):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1,):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import functional
-from .._checks import as_bool, as_int, as_pair
-from .._typing import AdaptiveSize, IntPair
+from .._checks import as_bool, as_int, as_pair, as_single
+from .._typing import AdaptiveSize, IntPair, IntSingle
 from .module import Module, check_input
 
 
@@ -304,3 +304,203 @@ class GlobalMaxPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"keepdims={self.keepdims}"
+
+
+class MaxPool1d(Module):
+    """1-D max pooling, ``torch.nn.MaxPool1d`` on the convx kernels (:func:`convx.max_pool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+        Implicit ``-inf`` on both ends, at most half the kernel.
+    dilation : int or (int,), default 1
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
+    ceil_mode : bool, default False
+        Round the output length up, keeping a last partial window.
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out). ``backward(grad_out)`` takes the gradient of
+    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.MaxPool1d(2, return_indices=True)
+    >>> pool(np.array([[[1., 3., 2., 5., 4.]]]))
+    (array([[[3., 5.]]]), array([[[1, 3]]]))
+    >>> pool.backward(np.ones((1, 1, 2)))
+    array([[[0., 1., 0., 1., 0.]]])
+    """
+
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+        dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
+        self.dilation = as_single("dilation", dilation, 1)
+        self.return_indices = as_bool("return_indices", return_indices)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max over each window of ``x`` (N, C, L) or (C, L); ``(y, indices)`` with ``return_indices``."""
+        x = check_input(self, x, (2, 3))
+        y, indices = functional.max_pool1d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        )
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool1d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class AvgPool1d(Module):
+    """1-D average pooling, ``torch.nn.AvgPool1d`` on the convx kernels (:func:`convx.avg_pool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+        Implicit zeros on both ends, at most half the kernel.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Whether padded zeros count in each window's divisor.
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AvgPool1d(2)(np.array([[[1., 2., 3., 4., 5.]]]))
+    array([[[1.5, 3.5]]])
+    """
+
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+        ceil_mode: bool = False, count_include_pad: bool = True,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = as_bool("count_include_pad", count_include_pad)
+
+    def _options(self) -> tuple[int, int, int, bool, bool]:
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Mean over each window of ``x`` (N, C, L) or (C, L)."""
+        x = check_input(self, x, (2, 3))
+        y = functional.avg_pool1d(x, *self._options())
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.avg_pool1d_backward(grad_out, input_shape, *self._options())
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"
+        )
+
+
+class AdaptiveAvgPool1d(Module):
+    """Average pooling to a fixed output length, ``torch.nn.AdaptiveAvgPool1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int,)
+        L_out; output ``i`` averages the input range ``[floor(i*L/L_out), ceil((i+1)*L/L_out))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveAvgPool1d(1)(np.arange(8.0).reshape(1, 2, 4))
+    array([[[1.5],
+            [5.5]]])
+    """
+
+    def __init__(self, output_size: IntSingle) -> None:
+        super().__init__()
+        self.output_size = as_single("output_size", output_size, 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Average ``x`` (N, C, L) or (C, L) down to (N, C, L_out)."""
+        x = check_input(self, x, (2, 3))
+        y = functional.adaptive_avg_pool1d(x, self.output_size)
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.adaptive_avg_pool1d_backward(grad_out, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool1d(Module):
+    """Max pooling to a fixed output length, ``torch.nn.AdaptiveMaxPool1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int,)
+        L_out.
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveMaxPool1d(2)(np.array([[[1., 5., 2., 4., 3.]]]))
+    array([[[5., 4.]]])
+    """
+
+    def __init__(self, output_size: IntSingle, return_indices: bool = False) -> None:
+        super().__init__()
+        self.output_size = as_single("output_size", output_size, 1)
+        self.return_indices = as_bool("return_indices", return_indices)
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max of ``x`` (N, C, L) or (C, L) over adaptive windows; ``(y, indices)`` with ``return_indices``."""
+        x = check_input(self, x, (2, 3))
+        y, indices = functional.adaptive_max_pool1d(x, self.output_size, return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool1d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
