@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -22,11 +23,16 @@ from .module import Module, as_dtype, check_input
 PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 
-def _check_channels(module: Module, x: np.ndarray, expected: int) -> None:
-    if x.shape[-3] != expected:
+_LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)"}
+
+
+def _check_channels(module: Module, x: np.ndarray, expected: int, dims: int = 2) -> None:
+    """x's channels (axis -dims-1 of an input with ``dims`` spatial axes) are ``expected``."""
+    channels = x.shape[-dims - 1]
+    if channels != expected:
         raise ValueError(
             f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
-            f"with {x.shape[-3]} channels (layout (N, C, H, W) or (C, H, W))"
+            f"with {channels} channels (layout {_LAYOUTS[dims]})"
         )
 
 
@@ -104,6 +110,46 @@ def _fold_read(grad: np.ndarray, axis: int, read: _ReadAxis, size: int) -> np.nd
     if len(others):
         np.add.at(folded, (Ellipsis, read.source[others]), grad[..., others])  # type: ignore[arg-type]
     return np.moveaxis(folded, -1, axis)
+
+
+class _ConvOps(NamedTuple):
+    """The functional ops of one dimensionality, for the layers that share their logic."""
+
+    conv: Callable[..., np.ndarray]
+    backward: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+    backward_input: Callable[..., np.ndarray]
+    backward_weight: Callable[..., np.ndarray]
+    backward_bias: Callable[..., np.ndarray]
+    transpose: Callable[..., np.ndarray]
+
+
+_OPS_1D = _ConvOps(functional.conv1d, functional.conv1d_backward, functional.conv1d_backward_input,
+                   functional.conv1d_backward_weight, functional.conv1d_backward_bias, functional.conv_transpose1d)
+_OPS_2D = _ConvOps(functional.conv2d, functional.conv2d_backward, functional.conv2d_backward_input,
+                   functional.conv2d_backward_weight, functional.conv2d_backward_bias, functional.conv_transpose2d)
+
+
+def _conv_gradients(
+    module: Module, ops: _ConvOps, grad_out: np.ndarray, conv_input: np.ndarray, stride: Any, padding: Any,
+    dilation: Any, groups: int, algorithm: str,
+) -> np.ndarray:
+    """A convolution layer's backward for the convolution of ``conv_input``: records the gradients of
+    the parameters that need one and returns the gradient of ``conv_input``."""
+    weight = module._params["weight"]
+    grad_bias: np.ndarray | None
+    if module._needs_grad("weight"):
+        grad_input, grad_weight, grad_bias = ops.backward(
+            grad_out, conv_input, weight, stride, padding, dilation, groups, algorithm=algorithm,
+        )
+        module._store_grad("weight", grad_weight)
+    else:  # frozen: the input gradient alone
+        grad_input = ops.backward_input(
+            grad_out, weight, conv_input.shape, stride, padding, dilation, groups, algorithm=algorithm,
+        )
+        grad_bias = ops.backward_bias(grad_out) if module._needs_grad("bias") else None
+    if module._needs_grad("bias"):
+        module._store_grad("bias", grad_bias)
+    return grad_input
 
 
 class Conv2d(Module):
@@ -273,21 +319,8 @@ class Conv2d(Module):
         stride, dilation = self.stride, self.dilation
         if reads is not None:
             stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
-        weight = self._params["weight"]
-        grad_bias: np.ndarray | None
-        if self._needs_grad("weight"):
-            grad_input, grad_weight, grad_bias = functional.conv2d_backward(
-                grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
-            )
-            self._store_grad("weight", grad_weight)
-        else:  # frozen: the input gradient alone
-            grad_input = functional.conv2d_backward_input(
-                grad_out, weight, conv_input.shape, stride, conv_padding, dilation, self.groups,
-                algorithm=self.algorithm,
-            )
-            grad_bias = functional.conv2d_backward_bias(grad_out) if self._needs_grad("bias") else None
-        if self._needs_grad("bias"):
-            self._store_grad("bias", grad_bias)
+        grad_input = _conv_gradients(self, _OPS_2D, grad_out, conv_input, stride, conv_padding, dilation,
+                                     self.groups, self.algorithm)
         if reads is None:  # padding_mode 'zeros'
             return grad_input
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
@@ -310,7 +343,80 @@ class Conv2d(Module):
         return text + f", dtype={self.dtype}"
 
 
-class ConvTranspose2d(Module):
+class _ConvTransposeNd(Module):
+    """The forward, backward and repr of ConvTranspose1d and ConvTranspose2d."""
+
+    _OPS: _ConvOps
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    algorithm: str
+    dtype: np.dtype[Any]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Transposed convolution of ``x`` (N, C_in, *spatial) or (C_in, *spatial)."""
+        dims = len(self.kernel_size)
+        x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
+        _check_channels(self, x, self.in_channels, dims)
+        y = self._OPS.transpose(
+            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
+            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
+        )
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"]
+        # The transposed convolution is the adjoint of the convolution by weight as a map of its input,
+        # so its input gradient is that convolution, and its weight gradient is the convolution's weight
+        # gradient with the roles of input and output gradient swapped.
+        grad_x = self._OPS.conv(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
+                                algorithm=self.algorithm)
+        dims = len(self.kernel_size)
+        sizes = x.shape[-dims:]
+        if grad_x.shape[-dims:] != sizes:
+            # output_padding >= stride (possible when dilation > stride): the forward pass saw x
+            # extended by zeros that the convolution's output still covers; zeros contribute
+            # nothing to the weight gradient, and their input gradient is dropped.
+            extra = [(0, out - size) for out, size in zip(grad_x.shape[-dims:], sizes)]
+            x = np.pad(x, [(0, 0)] * (x.ndim - dims) + extra)
+            crop: tuple[Any, ...] = (Ellipsis,) + tuple(slice(0, size) for size in sizes)
+            grad_x = np.ascontiguousarray(grad_x[crop])
+        if self._needs_grad("weight"):
+            self._store_grad("weight", self._OPS.backward_weight(
+                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
+                algorithm=self.algorithm,
+            ))
+        if self._needs_grad("bias"):
+            self._store_grad("bias", self._OPS.backward_bias(grad_out))
+        return grad_x
+
+    def extra_repr(self) -> str:
+        zeros, ones = (0,) * len(self.kernel_size), (1,) * len(self.kernel_size)
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != zeros:
+            text += f", padding={self.padding}"
+        if self.output_padding != zeros:
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != ones:
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
+        return text + f", dtype={self.dtype}"
+
+
+class ConvTranspose2d(_ConvTransposeNd):
     """2-D transposed convolution layer, ``torch.nn.ConvTranspose2d`` on the convx kernels.
 
     Parameters
@@ -352,6 +458,8 @@ class ConvTranspose2d(Module):
     (1, 2, 10, 10)
     """
 
+    _OPS = _OPS_2D
+
     def __init__(
         self,
         in_channels: int,
@@ -391,67 +499,6 @@ class ConvTranspose2d(Module):
         self.dtype = as_dtype(dtype)
         weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Transposed convolution of ``x`` (N, C_in, H, W) or (C_in, H, W)."""
-        x = check_input(self, x, (3, 4), self.dtype)
-        _check_channels(self, x, self.in_channels)
-        y = functional.conv_transpose2d(
-            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
-        )
-        self._save_for_backward(y, x)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x,) = self._saved_for_backward(grad_out)
-        weight = self._params["weight"]
-        # The transposed convolution is the adjoint of conv2d(., weight) as a map of its input,
-        # so its input gradient is that conv2d, and its weight gradient is conv2d's weight gradient
-        # with the roles of input and output gradient swapped.
-        grad_x = functional.conv2d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
-                                   algorithm=self.algorithm)
-        height, width = x.shape[-2:]
-        if grad_x.shape[-2:] != (height, width):
-            # output_padding >= stride (possible when dilation > stride): the forward pass saw x
-            # extended by zero rows/columns that conv2d's output still covers; zeros contribute
-            # nothing to the weight gradient, and their input gradient is dropped.
-            extra_h, extra_w = grad_x.shape[-2] - height, grad_x.shape[-1] - width
-            x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)])
-            grad_x = np.ascontiguousarray(grad_x[..., :height, :width])
-        if self._needs_grad("weight"):
-            self._store_grad("weight", functional.conv2d_backward_weight(
-                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
-                algorithm=self.algorithm,
-            ))
-        if self._needs_grad("bias"):
-            self._store_grad("bias", functional.conv2d_backward_bias(grad_out))
-        return grad_x
-
-    def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.output_padding != (0, 0):
-            text += f", output_padding={self.output_padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if "bias" not in self._params:
-            text += ", bias=False"
-        if self.algorithm != "direct":
-            text += f", algorithm={self.algorithm!r}"
-        return text + f", dtype={self.dtype}"
-
-
-def _check_channels_1d(module: Module, x: np.ndarray, expected: int) -> None:
-    if x.shape[-2] != expected:
-        raise ValueError(
-            f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
-            f"with {x.shape[-2]} channels (layout (N, C, L) or (C, L))"
-        )
 
 
 class Conv1d(Module):
@@ -559,7 +606,7 @@ class Conv1d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, L) or (C_in, L); returns (N, C_out, L_out) or (C_out, L_out)."""
         x = check_input(self, x, (2, 3), self.dtype)
-        _check_channels_1d(self, x, self.in_channels)
+        _check_channels(self, x, self.in_channels, dims=1)
         conv_padding: Padding1d
         read = None
         stride, dilation = self.stride[0], self.dilation[0]
@@ -577,21 +624,8 @@ class Conv1d(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
         grad_out, (conv_input, conv_padding, stride, dilation, read, length) = self._saved_for_backward(grad_out)
-        weight = self._params["weight"]
-        grad_bias: np.ndarray | None
-        if self._needs_grad("weight"):
-            grad_input, grad_weight, grad_bias = functional.conv1d_backward(
-                grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
-            )
-            self._store_grad("weight", grad_weight)
-        else:  # frozen: the input gradient alone
-            grad_input = functional.conv1d_backward_input(
-                grad_out, weight, conv_input.shape, stride, conv_padding, dilation, self.groups,
-                algorithm=self.algorithm,
-            )
-            grad_bias = functional.conv1d_backward_bias(grad_out) if self._needs_grad("bias") else None
-        if self._needs_grad("bias"):
-            self._store_grad("bias", grad_bias)
+        grad_input = _conv_gradients(self, _OPS_1D, grad_out, conv_input, stride, conv_padding, dilation,
+                                     self.groups, self.algorithm)
         if read is None:  # padding_mode 'zeros'
             return grad_input
         return np.ascontiguousarray(_fold_read(grad_input, -1, read, length))
@@ -613,7 +647,7 @@ class Conv1d(Module):
         return text + f", dtype={self.dtype}"
 
 
-class ConvTranspose1d(Module):
+class ConvTranspose1d(_ConvTransposeNd):
     """1-D transposed convolution layer, ``torch.nn.ConvTranspose1d`` on the convx kernels.
 
     Parameters
@@ -651,6 +685,8 @@ class ConvTranspose1d(Module):
     >>> up(np.ones((1, 4, 5), dtype=np.float32)).shape
     (1, 2, 10)
     """
+
+    _OPS = _OPS_1D
 
     def __init__(
         self,
@@ -690,52 +726,3 @@ class ConvTranspose1d(Module):
         self.dtype = as_dtype(dtype)
         weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Transposed convolution of ``x`` (N, C_in, L) or (C_in, L)."""
-        x = check_input(self, x, (2, 3), self.dtype)
-        _check_channels_1d(self, x, self.in_channels)
-        y = functional.conv_transpose1d(
-            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
-        )
-        self._save_for_backward(y, x)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x,) = self._saved_for_backward(grad_out)
-        weight = self._params["weight"]
-        # As ConvTranspose2d: the input gradient is conv1d of grad_out, the weight gradient conv1d's with
-        # the roles of input and output gradient swapped.
-        grad_x = functional.conv1d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
-                                   algorithm=self.algorithm)
-        length = x.shape[-1]
-        if grad_x.shape[-1] != length:
-            # output_padding >= stride (dilation > stride): x extended by zeros that conv1d's output still covers.
-            x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, grad_x.shape[-1] - length)])
-            grad_x = np.ascontiguousarray(grad_x[..., :length])
-        if self._needs_grad("weight"):
-            self._store_grad("weight", functional.conv1d_backward_weight(
-                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
-                algorithm=self.algorithm,
-            ))
-        if self._needs_grad("bias"):
-            self._store_grad("bias", functional.conv1d_backward_bias(grad_out))
-        return grad_x
-
-    def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0,):
-            text += f", padding={self.padding}"
-        if self.output_padding != (0,):
-            text += f", output_padding={self.output_padding}"
-        if self.dilation != (1,):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if "bias" not in self._params:
-            text += ", bias=False"
-        if self.algorithm != "direct":
-            text += f", algorithm={self.algorithm!r}"
-        return text + f", dtype={self.dtype}"
