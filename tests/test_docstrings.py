@@ -17,6 +17,7 @@ MODULES = [
     "convx.functional.pooling1d",
     "convx.functional.resample",
     "convx.functional.softmax",
+    "convx.functional.unpooling",
 ]
 
 

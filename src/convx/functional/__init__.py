@@ -63,6 +63,7 @@ from .pooling1d import (
     max_pool1d,
     max_pool1d_backward,
 )
+from .unpooling import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
@@ -113,6 +114,10 @@ __all__ = [
     "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_unpool1d",
+    "max_unpool1d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "pad",
     "pad_backward",
     "pixel_shuffle",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -504,3 +505,103 @@ class AdaptiveMaxPool1d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class _MaxUnpoolNd(Module):
+    """The forward and backward of MaxUnpool1d and MaxUnpool2d."""
+
+    _DIMS: int
+    kernel_size: Any
+    stride: Any
+    padding: Any
+
+    def forward(  # type: ignore[override]  # PyTorch's signature: the indices are a second input
+        self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Write ``x`` at ``indices`` (a max pooling's) in zero planes; see :func:`convx.max_unpool2d`."""
+        unpool = functional.max_unpool1d if self._DIMS == 1 else functional.max_unpool2d
+        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        # The indices are the forward's to gather with: a copy, so that the caller may reuse its array.
+        self._save_for_backward(y, np.array(indices))
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Gradient of ``x`` for ``grad_out`` (the output's shape): ``grad_out`` gathered at the indices."""
+        grad_out, (indices,) = self._saved_for_backward(grad_out)
+        gather = functional.max_unpool1d_backward if self._DIMS == 1 else functional.max_unpool2d_backward
+        return gather(grad_out, indices)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool2d(_MaxUnpoolNd):
+    """Partial inverse of :class:`MaxPool2d`, ``torch.nn.MaxUnpool2d`` (:func:`convx.max_unpool2d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)``: x and indices (N, C, H, W) or (C, H, W), the indices
+    flat positions in each output plane (as :func:`convx.max_pool2d` returns them). Where two
+    inputs of a plane name one position, the later one (row-major) is written, as in PyTorch;
+    ``backward`` gives each input its position's gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> import convx
+    >>> y, indices = convx.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2, return_indices=True)
+    >>> nn.MaxUnpool2d(2)(y, indices)[0, 0]
+    array([[ 0.,  0.,  0.,  0.],
+           [ 0.,  5.,  0.,  7.],
+           [ 0.,  0.,  0.,  0.],
+           [ 0., 13.,  0., 15.]])
+    """
+
+    _DIMS = 2
+
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
+        super().__init__()
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.padding = as_pair("padding", padding, 0)
+
+
+class MaxUnpool1d(_MaxUnpoolNd):
+    """Partial inverse of :class:`MaxPool1d`, ``torch.nn.MaxUnpool1d`` (:func:`convx.max_unpool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)``: x and indices (N, C, L) or (C, L), the indices
+    positions in the output (as :func:`convx.max_pool1d` returns them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> y, indices = nn.MaxPool1d(2, return_indices=True)(np.array([[[1., 3., 2., 5., 4.]]]))
+    >>> nn.MaxUnpool1d(2)(y, indices, output_size=(5,))
+    array([[[0., 3., 0., 5., 0.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
