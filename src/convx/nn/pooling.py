@@ -22,7 +22,79 @@ def _output_size_arg(value: Any) -> Any:
     return as_pair("output_size", value, 1)
 
 
-class MaxPool2d(Module):
+class _MaxPoolNd(Module):
+    """The forward, backward and repr of MaxPool1d and MaxPool2d."""
+
+    _DIMS: int
+    return_indices = False
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    ceil_mode: bool
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max over each window of ``x`` (N, C, *spatial) or (C, *spatial); ``(y, indices)`` with
+        ``return_indices``."""
+        pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y, indices = pool(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        )
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
+        return scatter(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class _AvgPoolNd(Module):
+    """The forward, backward and repr of AvgPool1d and AvgPool2d."""
+
+    _DIMS: int
+    divisor_override: int | None = None
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    ceil_mode: bool
+    count_include_pad: bool
+
+    def _options(self) -> tuple[Any, ...]:
+        options = (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return options if self._DIMS == 1 else (*options, self.divisor_override)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Mean over each window of ``x`` (N, C, *spatial) or (C, *spatial)."""
+        pool = functional.avg_pool1d if self._DIMS == 1 else functional.avg_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, *self._options())
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        gather = functional.avg_pool1d_backward if self._DIMS == 1 else functional.avg_pool2d_backward
+        return gather(grad_out, input_shape, *self._options())
+
+    def extra_repr(self) -> str:
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        text += f", count_include_pad={self.count_include_pad}"
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        return text
+
+
+class MaxPool2d(_MaxPoolNd):
     """2-D max pooling, ``torch.nn.MaxPool2d`` on the convx kernels.
 
     Parameters
@@ -57,6 +129,8 @@ class MaxPool2d(Module):
            [0., 1., 0., 1.]])
     """
 
+    _DIMS = 2
+
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, dilation: IntPair = 1,
         ceil_mode: bool = False,
@@ -68,28 +142,8 @@ class MaxPool2d(Module):
         self.dilation = as_pair("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Max over each window of ``x`` (N, C, H, W) or (C, H, W)."""
-        x = check_input(self, x, (3, 4))
-        y, indices = functional.max_pool2d(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
-        )
-        self._save_for_backward(y, indices, x.shape)
-        return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool2d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
-
-
-class AvgPool2d(Module):
+class AvgPool2d(_AvgPoolNd):
     """2-D average pooling, ``torch.nn.AvgPool2d`` on the convx kernels.
 
     Parameters
@@ -118,6 +172,8 @@ class AvgPool2d(Module):
            [10.5, 12.5]])
     """
 
+    _DIMS = 2
+
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, ceil_mode: bool = False,
         count_include_pad: bool = True, divisor_override: int | None = None,
@@ -130,27 +186,6 @@ class AvgPool2d(Module):
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else as_int("divisor_override", divisor_override, 1)
 
-    def _options(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool, bool, int | None]:
-        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Mean over each window of ``x`` (N, C, H, W) or (C, H, W)."""
-        x = check_input(self, x, (3, 4))
-        y = functional.avg_pool2d(x, *self._options())
-        self._save_for_backward(y, x.shape)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.avg_pool2d_backward(grad_out, input_shape, *self._options())
-
-    def extra_repr(self) -> str:
-        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
-        text += f", count_include_pad={self.count_include_pad}"
-        if self.divisor_override is not None:
-            text += f", divisor_override={self.divisor_override}"
-        return text
 
 
 def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarray) -> tuple[int, int]:
@@ -158,7 +193,55 @@ def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarr
     return height, width
 
 
-class AdaptiveAvgPool2d(Module):
+class _AdaptiveAvgPoolNd(Module):
+    """The forward, backward and repr of AdaptiveAvgPool1d and AdaptiveAvgPool2d."""
+
+    _DIMS: int
+    output_size: Any
+
+    def _size(self, x: np.ndarray) -> Any:
+        return self.output_size if self._DIMS == 1 else _resolve_output_size(self.output_size, x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Average ``x`` (N, C, *spatial) or (C, *spatial) down to the output size."""
+        pool = functional.adaptive_avg_pool1d if self._DIMS == 1 else functional.adaptive_avg_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, self._size(x))
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        gather = functional.adaptive_avg_pool1d_backward if self._DIMS == 1 else functional.adaptive_avg_pool2d_backward
+        return gather(grad_out, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
+    """The forward and backward of AdaptiveMaxPool1d and AdaptiveMaxPool2d."""
+
+    return_indices = False
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max of ``x`` (N, C, *spatial) or (C, *spatial) over adaptive windows; ``(y, indices)`` with
+        ``return_indices``."""
+        pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y, indices = pool(x, self._size(x), return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
+        return scatter(grad_out, indices, input_shape)
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Average pooling to a fixed output size, ``torch.nn.AdaptiveAvgPool2d`` on the convx kernels.
 
     Parameters
@@ -175,27 +258,14 @@ class AdaptiveAvgPool2d(Module):
     array([[2.5, 4.5]])
     """
 
+    _DIMS = 2
+
     def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Average ``x`` (N, C, H, W) or (C, H, W) down to (N, C, H_out, W_out)."""
-        x = check_input(self, x, (3, 4))
-        y = functional.adaptive_avg_pool2d(x, _resolve_output_size(self.output_size, x))
-        self._save_for_backward(y, x.shape)
-        return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.adaptive_avg_pool2d_backward(grad_out, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
-
-
-class AdaptiveMaxPool2d(Module):
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     """Max pooling to a fixed output size, ``torch.nn.AdaptiveMaxPool2d`` on the convx kernels.
 
     Parameters
@@ -211,24 +281,11 @@ class AdaptiveMaxPool2d(Module):
     array([[7.]])
     """
 
+    _DIMS = 2
+
     def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Max of ``x`` (N, C, H, W) or (C, H, W) over adaptive windows: (N, C, H_out, W_out)."""
-        x = check_input(self, x, (3, 4))
-        y, indices = functional.adaptive_max_pool2d(x, _resolve_output_size(self.output_size, x), return_indices=True)
-        self._save_for_backward(y, indices, x.shape)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool2d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
 
 
 class GlobalAvgPool2d(Module):
@@ -307,7 +364,7 @@ class GlobalMaxPool2d(Module):
         return f"keepdims={self.keepdims}"
 
 
-class MaxPool1d(Module):
+class MaxPool1d(_MaxPoolNd):
     """1-D max pooling, ``torch.nn.MaxPool1d`` on the convx kernels (:func:`convx.max_pool1d`).
 
     Parameters
@@ -339,6 +396,8 @@ class MaxPool1d(Module):
     array([[[0., 1., 0., 1., 0.]]])
     """
 
+    _DIMS = 1
+
     def __init__(
         self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
         dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False,
@@ -351,28 +410,8 @@ class MaxPool1d(Module):
         self.return_indices = as_bool("return_indices", return_indices)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
 
-    def forward(self, x: np.ndarray) -> Any:
-        """Max over each window of ``x`` (N, C, L) or (C, L); ``(y, indices)`` with ``return_indices``."""
-        x = check_input(self, x, (2, 3))
-        y, indices = functional.max_pool1d(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
-        )
-        self._save_for_backward(y, indices, x.shape)
-        return (y, indices) if self.return_indices else y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool1d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
-
-
-class AvgPool1d(Module):
+class AvgPool1d(_AvgPoolNd):
     """1-D average pooling, ``torch.nn.AvgPool1d`` on the convx kernels (:func:`convx.avg_pool1d`).
 
     Parameters
@@ -398,6 +437,8 @@ class AvgPool1d(Module):
     array([[[1.5, 3.5]]])
     """
 
+    _DIMS = 1
+
     def __init__(
         self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
         ceil_mode: bool = False, count_include_pad: bool = True,
@@ -409,29 +450,9 @@ class AvgPool1d(Module):
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
 
-    def _options(self) -> tuple[int, int, int, bool, bool]:
-        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Mean over each window of ``x`` (N, C, L) or (C, L)."""
-        x = check_input(self, x, (2, 3))
-        y = functional.avg_pool1d(x, *self._options())
-        self._save_for_backward(y, x.shape)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.avg_pool1d_backward(grad_out, input_shape, *self._options())
-
-    def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"
-        )
 
 
-class AdaptiveAvgPool1d(Module):
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
     """Average pooling to a fixed output length, ``torch.nn.AdaptiveAvgPool1d`` on the convx kernels.
 
     Parameters
@@ -448,27 +469,14 @@ class AdaptiveAvgPool1d(Module):
             [5.5]]])
     """
 
+    _DIMS = 1
+
     def __init__(self, output_size: IntSingle) -> None:
         super().__init__()
         self.output_size = as_single("output_size", output_size, 1)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Average ``x`` (N, C, L) or (C, L) down to (N, C, L_out)."""
-        x = check_input(self, x, (2, 3))
-        y = functional.adaptive_avg_pool1d(x, self.output_size)
-        self._save_for_backward(y, x.shape)
-        return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.adaptive_avg_pool1d_backward(grad_out, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
-
-
-class AdaptiveMaxPool1d(Module):
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
     """Max pooling to a fixed output length, ``torch.nn.AdaptiveMaxPool1d`` on the convx kernels.
 
     Parameters
@@ -486,25 +494,12 @@ class AdaptiveMaxPool1d(Module):
     array([[[5., 4.]]])
     """
 
+    _DIMS = 1
+
     def __init__(self, output_size: IntSingle, return_indices: bool = False) -> None:
         super().__init__()
         self.output_size = as_single("output_size", output_size, 1)
         self.return_indices = as_bool("return_indices", return_indices)
-
-    def forward(self, x: np.ndarray) -> Any:
-        """Max of ``x`` (N, C, L) or (C, L) over adaptive windows; ``(y, indices)`` with ``return_indices``."""
-        x = check_input(self, x, (2, 3))
-        y, indices = functional.adaptive_max_pool1d(x, self.output_size, return_indices=True)
-        self._save_for_backward(y, indices, x.shape)
-        return (y, indices) if self.return_indices else y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool1d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
 
 
 class _MaxUnpoolNd(Module):
