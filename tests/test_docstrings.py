@@ -10,11 +10,14 @@ MODULES = [
     "convx._threads",
     "convx.functional.activations",
     "convx.functional.conv",
+    "convx.functional.conv1d",
     "convx.functional.normalization",
     "convx.functional.padding",
     "convx.functional.pooling",
+    "convx.functional.pooling1d",
     "convx.functional.resample",
     "convx.functional.softmax",
+    "convx.functional.unpooling",
 ]
 
 

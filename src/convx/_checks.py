@@ -93,6 +93,33 @@ def as_pair(name: str, value: object, minimum: int | None = None) -> tuple[int, 
     return v, v
 
 
+def as_single(name: str, value: object, minimum: int | None = None) -> int:
+    """A 1-D op's size argument: an int or PyTorch's 1-tuple ``(int,)``, at least ``minimum``.
+
+    A pair is refused: a 1-D op has one spatial axis, and a 2-D op's ``(kh, kw)`` given to it by
+    mistake must not be read as something else.
+    """
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"{name} of a 1-D op must be an int or a 1-tuple (int,), got a sequence of length {len(value)}: "
+                f"{value!r}"
+            )
+        return as_int(f"{name}[0]", value[0], minimum)
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be an int or a tuple of one int, got an ndarray")
+    return as_int(name, value, minimum)
+
+
+def as_layout_array(op: str, name: str, value: object, ndims: Sequence[int], layout: str) -> npt.NDArray[Any]:
+    """:func:`as_float_array` for an op whose arrays have a named layout: a wrong ndim is refused
+    naming the op and the layouts it takes (``conv1d expects x of shape (N, C_in, L) or (C_in, L)``)."""
+    array = as_float_array(name, value, range(33))
+    if array.ndim not in ndims:
+        raise ValueError(f"{op} expects {name} of shape {layout}, got an array of shape {array.shape}")
+    return array
+
+
 PADDING_WORDS = ("valid", "same", "same_lower")
 
 
@@ -118,6 +145,32 @@ def as_padding(value: object, name: str = "padding") -> PaddingWord | tuple[tupl
         raise ValueError(f"{name} must be (pad_h, pad_w) or ((top, bottom), (left, right)), got {value!r}")
     pad_h, pad_w = as_pair(name, value, 0)
     return (pad_h, pad_h), (pad_w, pad_w)
+
+
+def as_padding_1d(value: object, name: str = "padding") -> PaddingWord | tuple[int, int]:
+    """A 1-D convolution's padding: ``'valid'``, ``'same'`` or ``'same_lower'``, or ``(left, right)``
+    of ints >= 0 from an int, PyTorch's ``(p,)``, or ``((left, right),)``.
+
+    A flat pair is refused: ``(1, 2)`` could mean per-side padding or a 2-D op's ``(pad_h, pad_w)``.
+    """
+    spellings = "an int, (p,), ((left, right),), 'valid', 'same' or 'same_lower'"
+    if isinstance(value, str):
+        if value not in PADDING_WORDS:
+            raise ValueError(f"{name} must be {spellings}, got {value!r}")
+        return cast(PaddingWord, value)
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1 and isinstance(value[0], (tuple, list)):
+            if len(value[0]) != 2:
+                raise ValueError(f"{name} per side must be ((left, right),), got {value!r}")
+            return as_int(f"{name}[0][0]", value[0][0], 0), as_int(f"{name}[0][1]", value[0][1], 0)
+        if len(value) == 1:
+            pad = as_int(f"{name}[0]", value[0], 0)
+            return pad, pad
+        raise ValueError(f"{name} of a 1-D convolution must be {spellings} (per side: ((left, right),)), got {value!r}")
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be {spellings}, got an ndarray")
+    pad = as_int(name, value, 0)
+    return pad, pad
 
 
 def as_shape(name: str, value: object, ndims: Sequence[int]) -> tuple[int, ...]:

@@ -13,10 +13,17 @@ Float = TypeVar("Float", np.float32, np.float64)
 #: An ``int`` for both spatial axes, or ``(height, width)``.
 IntPair = Union[int, tuple[int, int]]
 
+#: A 1-D op's size argument: an ``int`` or PyTorch's 1-tuple ``(int,)`` (``_size_1_t``).
+IntSingle = Union[int, tuple[int]]
+
 #: :func:`convx.conv2d`'s padding: an ``IntPair``, ``((top, bottom), (left, right))``,
 #: ``'valid'``, ``'same'`` or ``'same_lower'``.
 PaddingWord = Literal["valid", "same", "same_lower"]
 Padding = Union[IntPair, tuple[tuple[int, int], tuple[int, int]], PaddingWord]
+
+#: :func:`convx.conv1d`'s padding: an ``IntSingle``, ``((left, right),)``, ``'valid'``, ``'same'`` or
+#: ``'same_lower'``.
+Padding1d = Union[IntSingle, tuple[tuple[int, int]], PaddingWord]
 
 #: Adaptive pooling's output size: an int, or ``(height, width)`` where ``None`` keeps that input size.
 AdaptiveSize = Union[int, tuple[Union[int, None], Union[int, None]]]

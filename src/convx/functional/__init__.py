@@ -24,6 +24,14 @@ from .conv import (
     conv2d_backward_weight,
     conv_transpose2d,
 )
+from .conv1d import (
+    conv1d,
+    conv1d_backward,
+    conv1d_backward_bias,
+    conv1d_backward_input,
+    conv1d_backward_weight,
+    conv_transpose1d,
+)
 from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
 from .padding import pad, pad_backward
 from .normalization import (
@@ -46,25 +54,46 @@ from .pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from .pooling1d import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool1d_backward,
+    adaptive_max_pool1d,
+    avg_pool1d,
+    avg_pool1d_backward,
+    max_pool1d,
+    max_pool1d_backward,
+)
+from .unpooling import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
 __all__ = [
     "activation_backward",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool1d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool1d",
     "adaptive_max_pool2d",
     "add",
+    "avg_pool1d",
+    "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
+    "conv1d",
+    "conv1d_backward",
+    "conv1d_backward_bias",
+    "conv1d_backward_input",
+    "conv1d_backward_weight",
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_bias",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "conv_transpose1d",
     "conv_transpose2d",
     "elu",
     "gelu",
@@ -81,8 +110,14 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "log_softmax_backward",
+    "max_pool1d",
+    "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_unpool1d",
+    "max_unpool1d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "pad",
     "pad_backward",
     "pixel_shuffle",

@@ -126,25 +126,19 @@ def _check_sizes(*values: tuple[str, int]) -> None:
             raise ValueError(f"{name} is {value}, larger than convx supports (at most {_INT32_LIMIT})")
 
 
-def _plan_conv(
-    input_shape: Shape, weight_shape: Shape, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
-    input_name: str = "x",
-) -> _ConvPlan:
-    """Validate a convolution's geometry and compute its output size.
+_KERNEL_AXES = {1: ("kernel_length",), 2: ("kernel_height", "kernel_width")}
 
-    ``input_shape`` is (N, C_in, H, W), ``weight_shape`` (C_out, C_in / groups, kH, kW).
-    """
-    batch, c_in, height, width = input_shape
-    c_out, c_in_group, kernel_h, kernel_w = weight_shape
-    stride = as_pair("stride", stride, 1)
-    dilation = as_pair("dilation", dilation, 1)
-    groups = as_int("groups", groups, 1)
-    if kernel_h < 1 or kernel_w < 1:
+
+def check_conv_shapes(input_shape: Shape, weight_shape: Shape, groups: int, input_name: str = "x") -> None:
+    """A convolution's input (N, C_in, *spatial) and weight (C_out, C_in / groups, *kernel) shapes,
+    1-D or 2-D, checked against each other and ``groups``; messages show the shapes as given."""
+    c_in, c_out, c_in_group, kernel = input_shape[1], weight_shape[0], weight_shape[1], weight_shape[2:]
+    if min(kernel) < 1:
+        sizes = ", ".join(f"{axis}: {size}" for axis, size in zip(_KERNEL_AXES[len(kernel)], kernel))
         raise ValueError(
-            f"kernel size should be greater than zero, but got kernel_height: {kernel_h}, kernel_width: {kernel_w} "
-            f"(weight shape {tuple(weight_shape)})"
+            f"kernel size should be greater than zero, but got {sizes} (weight shape {tuple(weight_shape)})"
         )
-    if min(c_in, height, width) < 1:
+    if min(c_in, *input_shape[2:]) < 1:
         raise ValueError(
             f"{input_name} must have non-empty channel and spatial dimensions, got shape {tuple(input_shape)}"
         )
@@ -160,6 +154,22 @@ def _plan_conv(
             f"(weight.shape[1] * groups = {c_in_group} * {groups}), but {input_name} has {c_in}; "
             f"weight.shape[1] must be C_in / groups = {c_in // groups}"
         )
+
+
+def _plan_conv(
+    input_shape: Shape, weight_shape: Shape, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
+    input_name: str = "x",
+) -> _ConvPlan:
+    """Validate a convolution's geometry and compute its output size.
+
+    ``input_shape`` is (N, C_in, H, W), ``weight_shape`` (C_out, C_in / groups, kH, kW).
+    """
+    batch, c_in, height, width = input_shape
+    c_out, c_in_group, kernel_h, kernel_w = weight_shape
+    stride = as_pair("stride", stride, 1)
+    dilation = as_pair("dilation", dilation, 1)
+    groups = as_int("groups", groups, 1)
+    check_conv_shapes(input_shape, weight_shape, groups, input_name)
     (pad_top, pad_bottom), (pad_left, pad_right) = padding_sides(
         as_padding(padding), (height, width), (kernel_h, kernel_w), stride, dilation
     )
@@ -719,6 +729,60 @@ def _fused_backward(
             )
 
 
+def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """A 1-D op's argument as its user wrote it (an int), a 2-D op's as its pair."""
+    return values[0] if len(values) == 1 else values
+
+
+def check_transpose_geometry(
+    input_shape: Shape, weight_shape: Shape, stride: tuple[int, ...], padding: tuple[int, ...],
+    output_padding: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+) -> tuple[int, ...]:
+    """A transposed convolution's output sizes (1-D or 2-D), its shapes and arguments checked first;
+    messages show them as given."""
+    c_in, spatial, kernel = input_shape[1], tuple(input_shape[2:]), tuple(weight_shape[2:])
+    stride_, pad_, out_pad_, dilation_ = map(_shown, (stride, padding, output_padding, dilation))
+    if weight_shape[0] != c_in:
+        raise ValueError(
+            f"weight of shape {tuple(weight_shape)} must have x's {c_in} input channels first "
+            f"(transposed layout (C_in, C_out / groups, {', '.join(_KERNEL_NAMES[len(kernel)])})), "
+            f"got weight.shape[0] = {weight_shape[0]}"
+        )
+    for axis in range(len(spatial)):
+        if output_padding[axis] >= max(stride[axis], dilation[axis]):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got output_padding={out_pad_}, "
+                f"stride={stride_}, dilation={dilation_}"
+            )
+    if c_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({c_in})")
+    out = tuple(
+        conv_transpose_output_size(*args)
+        for args in zip(spatial, kernel, stride, padding, output_padding, dilation)
+    )
+    if min(out) < 1:
+        # (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1: name every term.
+        raise ValueError(
+            f"the output would be {_by(out)}: padding={pad_} is too large for this {_by(spatial)} input, "
+            f"{_by(kernel)} kernel, stride={stride_}, dilation={dilation_} and output_padding={out_pad_}"
+        )
+    if math.prod(out) > _INT32_LIMIT:
+        raise ValueError(
+            f"the output would be {_by(out)}, more than the {_INT32_LIMIT} pixels per plane convx supports: "
+            f"stride={stride_}, padding={pad_}, dilation={dilation_} and output_padding={out_pad_} with this "
+            f"{_by(spatial)} input and {_by(kernel)} kernel"
+        )
+    return out
+
+
+_KERNEL_NAMES = {1: ("K",), 2: ("kH", "kW")}
+
+
+def _by(sizes: tuple[int, ...]) -> str:
+    """Sizes as ``5x7`` (2-D) or ``5`` (1-D)."""
+    return "x".join(map(str, sizes))
+
+
 def conv_transpose2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntPair = 1,
     padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
@@ -772,34 +836,7 @@ def conv_transpose2d(
     out_pad = as_pair("output_padding", output_padding, 0)
     groups = as_int("groups", groups, 1)
     batch, c_in, height, width = x.shape
-    if weight.shape[0] != c_in:
-        raise ValueError(
-            f"weight of shape {weight.shape} must have x's {c_in} input channels first "
-            f"(transposed layout (C_in, C_out / groups, kH, kW)), got weight.shape[0] = {weight.shape[0]}"
-        )
-    for axis in range(2):
-        if out_pad[axis] >= max(stride[axis], dilation[axis]):
-            raise ValueError(
-                f"output_padding must be smaller than either stride or dilation, got output_padding={out_pad}, "
-                f"stride={stride}, dilation={dilation}"
-            )
-    if c_in % groups:
-        raise ValueError(f"groups={groups} must divide the input channels ({c_in})")
-    kernel_h, kernel_w = weight.shape[2:]
-    out_h = conv_transpose_output_size(height, kernel_h, stride[0], pad[0], out_pad[0], dilation[0])
-    out_w = conv_transpose_output_size(width, kernel_w, stride[1], pad[1], out_pad[1], dilation[1])
-    if out_h < 1 or out_w < 1:
-        # (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1: name every term.
-        raise ValueError(
-            f"the output would be {out_h}x{out_w}: padding={pad} is too large for this {height}x{width} input, "
-            f"{kernel_h}x{kernel_w} kernel, stride={stride}, dilation={dilation} and output_padding={out_pad}"
-        )
-    if out_h * out_w > _INT32_LIMIT:
-        raise ValueError(
-            f"the output would be {out_h}x{out_w}, more than the {_INT32_LIMIT} pixels per plane convx supports: "
-            f"stride={stride}, padding={pad}, dilation={dilation} and output_padding={out_pad} with this "
-            f"{height}x{width} input and {kernel_h}x{kernel_w} kernel"
-        )
+    out_h, out_w = check_transpose_geometry(x.shape, weight.shape, stride, pad, out_pad, dilation, groups)
     c_out = weight.shape[1] * groups
     # Transposed convolution is conv2d's input gradient with x as the output gradient.
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal, NoReturn, overload
+from typing import Literal, NoReturn, cast, overload
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .. import _batching, _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, contiguous, plain_array
+from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, as_single, contiguous, plain_array
 from .._shapes import pool_first_empty_window, pool_output_size
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
@@ -45,52 +45,77 @@ def _batched(name: str, array: object) -> tuple[AnyArray, bool]:
     return array, False
 
 
-def _bounded_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
-    pair = as_pair(name, value, minimum)
-    for v in pair:
+def _bounded(name: str, value: object, minimum: int, dims: int = 2) -> tuple[int, ...]:
+    """An ``int | (int, int)`` argument as a pair (``dims`` 2), or ``int | (int,)`` as a 1-tuple (``dims`` 1)."""
+    values = as_pair(name, value, minimum) if dims == 2 else (as_single(name, value, minimum),)
+    for v in values:
         if v > _MAX_PARAM:
             raise ValueError(f"{name} must be at most {_MAX_PARAM}, got {value!r}")
-    return pair
+    return values
+
+
+def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """An argument in a message as its user wrote it: an int for a 1-D op, the pair for a 2-D one."""
+    return values[0] if len(values) == 1 else values
+
+
+_Pair = tuple[int, int]
 
 
 def _window_params(
-    kernel_size: IntPair, stride: IntPair | None, padding: IntPair, dilation: IntPair = 1
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    kernel_size: object, stride: object, padding: object, dilation: object = 1,
+) -> tuple[_Pair, _Pair, _Pair, _Pair]:
     """kernel, stride, padding and dilation as pairs; padding at most half the kernel (PyTorch's rule)."""
-    kernel = _bounded_pair("kernel_size", kernel_size, 1)
-    stride = kernel if stride is None else _bounded_pair("stride", stride, 1)
-    padding = _bounded_pair("padding", padding, 0)
-    dilation = _bounded_pair("dilation", dilation, 1)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+    return cast("tuple[_Pair, _Pair, _Pair, _Pair]", _window_values(kernel_size, stride, padding, dilation, 2))
+
+
+def _window_values(
+    kernel_size: object, stride: object, padding: object, dilation: object = 1, dims: int = 2,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """kernel, stride, padding and dilation as pairs (1-tuples for ``dims`` 1); padding at most half
+    the kernel (PyTorch's rule)."""
+    kernel = _bounded("kernel_size", kernel_size, 1, dims)
+    stride_ = kernel if stride is None else _bounded("stride", stride, 1, dims)
+    padding_ = _bounded("padding", padding, 0, dims)
+    dilation_ = _bounded("dilation", dilation, 1, dims)
+    if any(p > k // 2 for p, k in zip(padding_, kernel)):
+        half = tuple(k // 2 for k in kernel)
         raise ValueError(
-            f"padding must be at most half of kernel_size (at most ({kernel[0] // 2}, {kernel[1] // 2}) "
-            f"for kernel_size={kernel}), got padding={padding}"
+            f"padding must be at most half of kernel_size (at most {_shown(half)} "
+            f"for kernel_size={_shown(kernel)}), got padding={_shown(padding_)}"
         )
-    return kernel, stride, padding, dilation
+    return kernel, stride_, padding_, dilation_
+
+
+_AXES = {1: ("length",), 2: ("height", "width")}
 
 
 def _pool_output_shape(
-    name: str, height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
-    padding: tuple[int, int], dilation: tuple[int, int], ceil_mode: bool,
-) -> tuple[int, int]:
-    """(out_h, out_w) of a window sweep over a ``height x width`` input, refusing empty results."""
-    out_h = pool_output_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    out_w = pool_output_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    if out_h < 1 or out_w < 1:
+    name: str, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+    padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool,
+) -> tuple[int, ...]:
+    """The output sizes of a window sweep over an input of spatial ``sizes`` (1-D or 2-D), refusing
+    empty results."""
+    out = tuple(pool_output_size(*args, ceil_mode) for args in zip(sizes, kernel, stride, padding, dilation))
+    geometry = (
+        f"kernel_size={_shown(kernel)}, stride={_shown(stride)}, padding={_shown(padding)}, "
+        f"dilation={_shown(dilation)}"
+    )
+    if min(out) < 1:
+        sized = f"a {'x'.join(map(str, sizes))} input" if len(sizes) == 2 else f"an input of length {sizes[0]}"
         raise ValueError(
-            f"the pooling output of {name} would be {out_h}x{out_w} for a {height}x{width} input with "
-            f"kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}; "
+            f"the pooling output of {name} would be {'x'.join(map(str, out))} for {sized} with {geometry}; "
             f"the input (plus padding) must hold at least one dilated kernel"
         )
-    for axis, size, out_size in (("height", height, out_h), ("width", width, out_w)):
-        k = 0 if axis == "height" else 1
+    for k, (axis, size, out_size) in enumerate(zip(_AXES[len(sizes)], sizes, out)):
         empty = pool_first_empty_window(size, kernel[k], stride[k], padding[k], dilation[k], out_size)
         if empty is not None:
             raise ValueError(
-                f"with kernel_size={kernel}, padding={padding} and dilation={dilation}, window {empty} along "
-                f"the {axis} of {name} ({size}) has every tap in the padding; reduce the dilation or padding"
+                f"with kernel_size={_shown(kernel)}, padding={_shown(padding)} and dilation={_shown(dilation)}, "
+                f"window {empty} along the {axis} of {name} ({size}) has every tap in the padding; reduce the "
+                f"dilation or padding"
             )
-    return out_h, out_w
+    return out
 
 
 def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) -> tuple[int, ...]:
@@ -118,20 +143,21 @@ def _nonempty_plane(name: str, height: int, width: int) -> None:
         )
 
 
-def _input_shape(input_shape: Shape, grad_out: AnyArray) -> tuple[tuple[int, ...], bool]:
-    """``input_shape`` as NCHW (and whether it was CHW), checked against grad_out's leading axes."""
-    shape = as_shape("input_shape", input_shape, (3, 4))
+def _input_shape(input_shape: Shape, grad_out: AnyArray, dims: int = 2) -> tuple[tuple[int, ...], bool]:
+    """``input_shape`` as NCHW (and whether it was CHW), checked against grad_out's leading axes; with
+    ``dims`` 1, as NCL (whether it was CL)."""
+    shape = as_shape("input_shape", input_shape, (dims + 1, dims + 2))
     if grad_out.ndim != len(shape):
         raise ValueError(
             f"grad_out must be {len(shape)}-dimensional like input_shape {shape}, "
             f"got an array of shape {grad_out.shape}"
         )
-    if grad_out.shape[:-2] != shape[:-2]:
+    if grad_out.shape[:-dims] != shape[:-dims]:
         raise ValueError(
             f"grad_out of shape {grad_out.shape} does not match input_shape {shape}: the leading "
-            f"(batch and channel) axes must be {shape[:-2]}"
+            f"(batch and channel) axes must be {shape[:-dims]}"
         )
-    if len(shape) == 3:
+    if len(shape) == dims + 1:
         return (1, *shape), True
     return shape, False
 
@@ -354,7 +380,7 @@ def max_pool2d(
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
     n, c, height, width = x.shape
-    out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, dilation, ceil_mode)
+    out_h, out_w = _pool_output_shape("x", (height, width), kernel, stride, padding, dilation, ceil_mode)
 
     cause = "kernel_size, stride, padding, dilation and ceil_mode"
     y = _allocate((n, c, out_h, out_w), x.dtype, cause)
@@ -418,6 +444,13 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
             [1., 0.]]])
     """
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
+    indices = _as_indices(indices, grad_out)
+    shape, unbatched = _input_shape(input_shape, grad_out)
+    return _scatter_maxima(grad_out, indices, shape, unbatched, input_shape)
+
+
+def _as_indices(indices: object, grad_out: AnyArray) -> NDArray[np.int64]:
+    """Max pooling's ``indices``: an int64 ndarray of ``grad_out``'s shape (its values are checked as read)."""
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"indices must be a numpy.ndarray of int64, got {type(indices).__name__}")
     indices = plain_array(indices)
@@ -425,7 +458,15 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
         raise TypeError(f"indices must have dtype int64, got dtype {indices.dtype}; cast it explicitly first")
     if indices.shape != grad_out.shape:
         raise ValueError(f"indices must have the shape of grad_out {grad_out.shape}, got {indices.shape}")
-    shape, unbatched = _input_shape(input_shape, grad_out)
+    return indices
+
+
+def _scatter_maxima(
+    grad_out: AnyArray, indices: NDArray[np.int64], shape: Shape, unbatched: bool, input_shape: Shape,
+    plane: str = "H*W",
+) -> AnyArray:
+    """grad_x of ``shape`` (NCHW) with each grad_out added at its index; ``input_shape`` and ``plane``
+    (what the indices count: ``H*W``, or ``L`` for 1-D pooling) name the user's shape in a refusal."""
     plane_size = shape[2] * shape[3]
     grad_x = np.empty(shape, dtype=grad_out.dtype)
     if grad_x.size:
@@ -436,13 +477,13 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
             # where that read said, and stops a plane at the first outside [0, H*W). They are not
             # copied: another thread rewriting them can change the result, never the memory written.
             if _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads()):
-                _refuse_indices(indices, plane_size, input_shape)
+                _refuse_indices(indices, plane_size, input_shape, plane)
     elif indices.size:  # an empty input plane, where no index is valid
-        _refuse_indices(indices, plane_size, input_shape)
+        _refuse_indices(indices, plane_size, input_shape, plane)
     return _unbatch(grad_x, unbatched)
 
 
-def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Shape) -> NoReturn:
+def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Shape, plane: str = "H*W") -> NoReturn:
     lowest, highest = int(indices.min()), int(indices.max())
     bad = lowest if lowest < 0 else highest
     if 0 <= bad < plane_size:  # the kernel read a value that another thread has since replaced
@@ -450,15 +491,25 @@ def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Sh
     else:
         got = str(bad)
     raise ValueError(
-        f"indices must lie in [0, H*W) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {got}"
+        f"indices must lie in [0, {plane}) = [0, {plane_size}) for input_shape {tuple(input_shape)}, got {got}"
     )
 
 
 def _avg_args(
-    kernel_size: IntPair, stride: IntPair | None, padding: IntPair, ceil_mode: bool, count_include_pad: bool,
+    kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
     divisor_override: int | None,
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool, bool, int]:
-    kernel, stride, padding, _ = _window_params(kernel_size, stride, padding)
+) -> tuple[_Pair, _Pair, _Pair, bool, bool, int]:
+    return cast("tuple[_Pair, _Pair, _Pair, bool, bool, int]", _avg_values(
+        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2
+    ))
+
+
+def _avg_values(
+    kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
+    divisor_override: int | None, dims: int,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool, bool, int]:
+    """avg pooling's arguments validated: kernel, stride and padding as pairs (1-tuples for ``dims`` 1)."""
+    kernel, stride, padding, _ = _window_values(kernel_size, stride, padding, dims=dims)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     count_include_pad = as_bool("count_include_pad", count_include_pad)
     if divisor_override is None:
@@ -528,7 +579,7 @@ def avg_pool2d(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     n, c, height, width = x.shape
-    out_h, out_w = _pool_output_shape("x", height, width, kernel, stride, padding, (1, 1), ceil_mode)
+    out_h, out_w = _pool_output_shape("x", (height, width), kernel, stride, padding, (1, 1), ceil_mode)
 
     y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
@@ -595,7 +646,7 @@ def avg_pool2d_backward(
     kernel, stride, padding, ceil_mode, count_include_pad, divisor = _avg_args(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
-    out_h, out_w = _pool_output_shape("input_shape", shape[2], shape[3], kernel, stride, padding, (1, 1), ceil_mode)
+    out_h, out_w = _pool_output_shape("input_shape", shape[2:], kernel, stride, padding, (1, 1), ceil_mode)
     if grad_out.shape[-2:] != (out_h, out_w):
         raise ValueError(
             f"grad_out must have the forward output shape {(*grad_out.shape[:-2], out_h, out_w)} for "

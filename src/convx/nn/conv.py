@@ -1,7 +1,8 @@
-"""Convolution layers over the convx kernels: Conv2d and ConvTranspose2d."""
+"""Convolution layers over the convx kernels: Conv2d, ConvTranspose2d, Conv1d and ConvTranspose1d."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -9,23 +10,29 @@ from numpy.typing import DTypeLike
 
 from .. import functional
 from ..functional.conv import check_algorithm
-from .._checks import as_bool, as_int, as_padding, as_pair
+from ..functional.conv1d import check_algorithm_1d
+from .._checks import as_bool, as_int, as_padding, as_padding_1d, as_pair, as_single
 from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
 from .._shapes import NumpyPadMode as _NumpyPadMode
 from .._shapes import padded_source as _padded_source
 from .._shapes import padding_sides
-from .._typing import IntPair, Padding
+from .._typing import IntPair, IntSingle, Padding, Padding1d
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
 PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 
-def _check_channels(module: Module, x: np.ndarray, expected: int) -> None:
-    if x.shape[-3] != expected:
+_LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)"}
+
+
+def _check_channels(module: Module, x: np.ndarray, expected: int, dims: int = 2) -> None:
+    """x's channels (axis -dims-1 of an input with ``dims`` spatial axes) are ``expected``."""
+    channels = x.shape[-dims - 1]
+    if channels != expected:
         raise ValueError(
             f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
-            f"with {x.shape[-3]} channels (layout (N, C, H, W) or (C, H, W))"
+            f"with {channels} channels (layout {_LAYOUTS[dims]})"
         )
 
 
@@ -75,6 +82,21 @@ def _read_axis(size: int, pads: tuple[int, int], kernel: int, stride: int, dilat
     return _ReadAxis(_padded_source(positions, size, mode), kernel, 1, None)
 
 
+def _check_padding_mode_limit(mode: str, axis_name: str, size: int, pads: tuple[int, int]) -> None:
+    """PyTorch refuses these instead of reflecting or wrapping more than once."""
+    before, after = pads
+    if mode == "reflect" and max(before, after) >= size:
+        raise ValueError(
+            f"padding_mode='reflect' needs padding smaller than the input: padding ({before}, {after}) "
+            f"along the {axis_name} of size {size}"
+        )
+    if mode == "circular" and max(before, after) > size:
+        raise ValueError(
+            f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
+            f"along the {axis_name} of size {size}"
+        )
+
+
 def _fold_read(grad: np.ndarray, axis: int, read: _ReadAxis, size: int) -> np.ndarray:
     """Adjoint of taking ``read.source`` along ``axis``: each read position's gradient added to the element it
     copies (the unpadded run, where there is one, as one slice)."""
@@ -88,6 +110,46 @@ def _fold_read(grad: np.ndarray, axis: int, read: _ReadAxis, size: int) -> np.nd
     if len(others):
         np.add.at(folded, (Ellipsis, read.source[others]), grad[..., others])  # type: ignore[arg-type]
     return np.moveaxis(folded, -1, axis)
+
+
+class _ConvOps(NamedTuple):
+    """The functional ops of one dimensionality, for the layers that share their logic."""
+
+    conv: Callable[..., np.ndarray]
+    backward: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+    backward_input: Callable[..., np.ndarray]
+    backward_weight: Callable[..., np.ndarray]
+    backward_bias: Callable[..., np.ndarray]
+    transpose: Callable[..., np.ndarray]
+
+
+_OPS_1D = _ConvOps(functional.conv1d, functional.conv1d_backward, functional.conv1d_backward_input,
+                   functional.conv1d_backward_weight, functional.conv1d_backward_bias, functional.conv_transpose1d)
+_OPS_2D = _ConvOps(functional.conv2d, functional.conv2d_backward, functional.conv2d_backward_input,
+                   functional.conv2d_backward_weight, functional.conv2d_backward_bias, functional.conv_transpose2d)
+
+
+def _conv_gradients(
+    module: Module, ops: _ConvOps, grad_out: np.ndarray, conv_input: np.ndarray, stride: Any, padding: Any,
+    dilation: Any, groups: int, algorithm: str,
+) -> np.ndarray:
+    """A convolution layer's backward for the convolution of ``conv_input``: records the gradients of
+    the parameters that need one and returns the gradient of ``conv_input``."""
+    weight = module._params["weight"]
+    grad_bias: np.ndarray | None
+    if module._needs_grad("weight"):
+        grad_input, grad_weight, grad_bias = ops.backward(
+            grad_out, conv_input, weight, stride, padding, dilation, groups, algorithm=algorithm,
+        )
+        module._store_grad("weight", grad_weight)
+    else:  # frozen: the input gradient alone
+        grad_input = ops.backward_input(
+            grad_out, weight, conv_input.shape, stride, padding, dilation, groups, algorithm=algorithm,
+        )
+        grad_bias = ops.backward_bias(grad_out) if module._needs_grad("bias") else None
+    if module._needs_grad("bias"):
+        module._store_grad("bias", grad_bias)
+    return grad_input
 
 
 class Conv2d(Module):
@@ -220,18 +282,8 @@ class Conv2d(Module):
         return np.take(np.take(x, read_h.source, axis=-2), read_w.source, axis=-1), (read_h, read_w)
 
     def _check_padding_mode_limits(self, x: np.ndarray) -> None:
-        for axis_name, size, (before, after) in zip(("height", "width"), x.shape[-2:], self._pads(x.shape[-2:])):
-            # PyTorch refuses these instead of reflecting or wrapping more than once.
-            if self.padding_mode == "reflect" and max(before, after) >= size:
-                raise ValueError(
-                    f"padding_mode='reflect' needs padding smaller than the input: padding ({before}, {after}) "
-                    f"along the {axis_name} of size {size}"
-                )
-            if self.padding_mode == "circular" and max(before, after) > size:
-                raise ValueError(
-                    f"padding_mode='circular' needs padding at most the input size: padding ({before}, {after}) "
-                    f"along the {axis_name} of size {size}"
-                )
+        for axis_name, size, pads in zip(("height", "width"), x.shape[-2:], self._pads(x.shape[-2:])):
+            _check_padding_mode_limit(self.padding_mode, axis_name, size, pads)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); returns (N, C_out, H_out, W_out) or unbatched."""
@@ -267,21 +319,8 @@ class Conv2d(Module):
         stride, dilation = self.stride, self.dilation
         if reads is not None:
             stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
-        weight = self._params["weight"]
-        grad_bias: np.ndarray | None
-        if self._needs_grad("weight"):
-            grad_input, grad_weight, grad_bias = functional.conv2d_backward(
-                grad_out, conv_input, weight, stride, conv_padding, dilation, self.groups, algorithm=self.algorithm,
-            )
-            self._store_grad("weight", grad_weight)
-        else:  # frozen: the input gradient alone
-            grad_input = functional.conv2d_backward_input(
-                grad_out, weight, conv_input.shape, stride, conv_padding, dilation, self.groups,
-                algorithm=self.algorithm,
-            )
-            grad_bias = functional.conv2d_backward_bias(grad_out) if self._needs_grad("bias") else None
-        if self._needs_grad("bias"):
-            self._store_grad("bias", grad_bias)
+        grad_input = _conv_gradients(self, _OPS_2D, grad_out, conv_input, stride, conv_padding, dilation,
+                                     self.groups, self.algorithm)
         if reads is None:  # padding_mode 'zeros'
             return grad_input
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
@@ -304,7 +343,80 @@ class Conv2d(Module):
         return text + f", dtype={self.dtype}"
 
 
-class ConvTranspose2d(Module):
+class _ConvTransposeNd(Module):
+    """The forward, backward and repr of ConvTranspose1d and ConvTranspose2d."""
+
+    _OPS: _ConvOps
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    algorithm: str
+    dtype: np.dtype[Any]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Transposed convolution of ``x`` (N, C_in, *spatial) or (C_in, *spatial)."""
+        dims = len(self.kernel_size)
+        x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
+        _check_channels(self, x, self.in_channels, dims)
+        y = self._OPS.transpose(
+            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
+            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
+        )
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        weight = self._params["weight"]
+        # The transposed convolution is the adjoint of the convolution by weight as a map of its input,
+        # so its input gradient is that convolution, and its weight gradient is the convolution's weight
+        # gradient with the roles of input and output gradient swapped.
+        grad_x = self._OPS.conv(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
+                                algorithm=self.algorithm)
+        dims = len(self.kernel_size)
+        sizes = x.shape[-dims:]
+        if grad_x.shape[-dims:] != sizes:
+            # output_padding >= stride (possible when dilation > stride): the forward pass saw x
+            # extended by zeros that the convolution's output still covers; zeros contribute
+            # nothing to the weight gradient, and their input gradient is dropped.
+            extra = [(0, out - size) for out, size in zip(grad_x.shape[-dims:], sizes)]
+            x = np.pad(x, [(0, 0)] * (x.ndim - dims) + extra)
+            crop: tuple[Any, ...] = (Ellipsis,) + tuple(slice(0, size) for size in sizes)
+            grad_x = np.ascontiguousarray(grad_x[crop])
+        if self._needs_grad("weight"):
+            self._store_grad("weight", self._OPS.backward_weight(
+                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
+                algorithm=self.algorithm,
+            ))
+        if self._needs_grad("bias"):
+            self._store_grad("bias", self._OPS.backward_bias(grad_out))
+        return grad_x
+
+    def extra_repr(self) -> str:
+        zeros, ones = (0,) * len(self.kernel_size), (1,) * len(self.kernel_size)
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != zeros:
+            text += f", padding={self.padding}"
+        if self.output_padding != zeros:
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != ones:
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self._params:
+            text += ", bias=False"
+        if self.algorithm != "direct":
+            text += f", algorithm={self.algorithm!r}"
+        return text + f", dtype={self.dtype}"
+
+
+class ConvTranspose2d(_ConvTransposeNd):
     """2-D transposed convolution layer, ``torch.nn.ConvTranspose2d`` on the convx kernels.
 
     Parameters
@@ -346,6 +458,8 @@ class ConvTranspose2d(Module):
     (1, 2, 10, 10)
     """
 
+    _OPS = _OPS_2D
+
     def __init__(
         self,
         in_channels: int,
@@ -386,55 +500,229 @@ class ConvTranspose2d(Module):
         weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
 
+
+class Conv1d(Module):
+    """1-D convolution layer, ``torch.nn.Conv1d`` on the convx kernels (:func:`convx.conv1d`).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int,)
+    stride : int or (int,), default 1
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Zeros on both ends, or ``((left, right),)``. ``'same'`` gives ``ceil(L / stride)`` outputs,
+        the extra element of an odd total on the right (PyTorch's 'same' at stride 1, ONNX's
+        SAME_UPPER at any stride); ``'same_lower'`` puts it on the left.
+    dilation : int or (int,), default 1
+    groups : int, default 1
+        Must divide ``in_channels`` and ``out_channels``.
+    bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+        What fills the padding, as for :class:`Conv2d`.
+    algorithm : {'direct', 'auto'}, default 'direct'
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's default: kaiming-uniform with ``a = sqrt(5)``,
+        bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = C_in / groups * K``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_out, C_in / groups, K) and, with ``bias``, ``'bias'`` (C_out,):
+        PyTorch's names and shapes, so that its ``state_dict`` loads.
+
+    Notes
+    -----
+    Input (N, C_in, L) or (C_in, L); output (N, C_out, L_out) with
+    ``L_out = floor((L + left + right - d*(K - 1) - 1) / s) + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> conv = nn.Conv1d(3, 8, kernel_size=5, padding="same", rng=0)
+    >>> conv(np.ones((2, 3, 20), dtype=np.float32)).shape
+    (2, 8, 20)
+    >>> conv.backward(np.ones((2, 8, 20), dtype=np.float32)).shape, conv.grads["weight"].shape
+    ((2, 3, 20), (8, 3, 5))
+    """
+
+    padding: tuple[int] | tuple[tuple[int, int]] | Literal["valid", "same", "same_lower"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntSingle,
+        stride: IntSingle = 1,
+        padding: Padding1d = 0,
+        dilation: IntSingle = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        algorithm: str = "direct",
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
+        self.stride = (as_single("stride", stride, 1),)
+        self.dilation = (as_single("dilation", dilation, 1),)
+        self.groups = as_int("groups", groups, 1)
+        _check_groups(self.in_channels, self.out_channels, self.groups)
+        check_algorithm_1d(algorithm)
+        self.algorithm = algorithm
+        sides = as_padding_1d(padding)
+        # PyTorch's form where it has one: a word, or (p,) for the same padding at both ends
+        self.padding = sides if isinstance(sides, str) else (sides[0],) if sides[0] == sides[1] else (sides,)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
+
+    def _read_input(self, x: np.ndarray) -> tuple[np.ndarray, _ReadAxis]:
+        """The padded input as far as the convolution reads it (``_read_axis``), and how it was read."""
+        length = x.shape[-1]
+        sides = as_padding_1d(self.padding)
+        if isinstance(sides, str):
+            _, sides = padding_sides(sides, (1, length), (1, *self.kernel_size), (1, *self.stride),
+                                     (1, *self.dilation))
+        _check_padding_mode_limit(self.padding_mode, "length", length, sides)
+        (kernel,), (stride,), (dilation,) = self.kernel_size, self.stride, self.dilation
+        read = _read_axis(length, sides, kernel, stride, dilation, _NUMPY_PAD_MODES[self.padding_mode])
+        if read is None:
+            raise ValueError(
+                f"the dilated kernel ({dilation * (kernel - 1) + 1}: kernel_size={kernel}, dilation={dilation}) is "
+                f"longer than the padded input ({length + sum(sides)}: x of shape {x.shape}, padding={self.padding}, "
+                f"padding_mode={self.padding_mode!r})"
+            )
+        return np.take(x, read.source, axis=-1), read
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Transposed convolution of ``x`` (N, C_in, H, W) or (C_in, H, W)."""
-        x = check_input(self, x, (3, 4), self.dtype)
-        _check_channels(self, x, self.in_channels)
-        y = functional.conv_transpose2d(
-            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
-        )
-        self._save_for_backward(y, x)
+        """Convolve ``x`` (N, C_in, L) or (C_in, L); returns (N, C_out, L_out) or (C_out, L_out)."""
+        x = check_input(self, x, (2, 3), self.dtype)
+        _check_channels(self, x, self.in_channels, dims=1)
+        conv_padding: Padding1d
+        read = None
+        stride, dilation = self.stride[0], self.dilation[0]
+        if self.padding_mode == "zeros":
+            conv_input, conv_padding = x, self.padding
+        else:
+            # Only the padded elements that windows read are copied: replicate padding may be any size.
+            (conv_input, read), conv_padding = self._read_input(x), 0
+            stride, dilation = read.stride, read.dilation
+        y = functional.conv1d(conv_input, self._params["weight"], self._params.get("bias"), stride, conv_padding,
+                              dilation, self.groups, algorithm=self.algorithm)
+        self._save_for_backward(y, conv_input, conv_padding, stride, dilation, read, x.shape[-1])
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x,) = self._saved_for_backward(grad_out)
-        weight = self._params["weight"]
-        # The transposed convolution is the adjoint of conv2d(., weight) as a map of its input,
-        # so its input gradient is that conv2d, and its weight gradient is conv2d's weight gradient
-        # with the roles of input and output gradient swapped.
-        grad_x = functional.conv2d(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
-                                   algorithm=self.algorithm)
-        height, width = x.shape[-2:]
-        if grad_x.shape[-2:] != (height, width):
-            # output_padding >= stride (possible when dilation > stride): the forward pass saw x
-            # extended by zero rows/columns that conv2d's output still covers; zeros contribute
-            # nothing to the weight gradient, and their input gradient is dropped.
-            extra_h, extra_w = grad_x.shape[-2] - height, grad_x.shape[-1] - width
-            x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)])
-            grad_x = np.ascontiguousarray(grad_x[..., :height, :width])
-        if self._needs_grad("weight"):
-            self._store_grad("weight", functional.conv2d_backward_weight(
-                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
-                algorithm=self.algorithm,
-            ))
-        if self._needs_grad("bias"):
-            self._store_grad("bias", functional.conv2d_backward_bias(grad_out))
-        return grad_x
+        grad_out, (conv_input, conv_padding, stride, dilation, read, length) = self._saved_for_backward(grad_out)
+        grad_input = _conv_gradients(self, _OPS_1D, grad_out, conv_input, stride, conv_padding, dilation,
+                                     self.groups, self.algorithm)
+        if read is None:  # padding_mode 'zeros'
+            return grad_input
+        return np.ascontiguousarray(_fold_read(grad_input, -1, read, length))
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.output_padding != (0, 0):
-            text += f", output_padding={self.output_padding}"
-        if self.dilation != (1, 1):
+        if self.padding not in ((0,), "valid"):
+            text += f", padding={self.padding!r}"
+        if self.dilation != (1,):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
         if "bias" not in self._params:
             text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.algorithm != "direct":
             text += f", algorithm={self.algorithm!r}"
         return text + f", dtype={self.dtype}"
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-D transposed convolution layer, ``torch.nn.ConvTranspose1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int,)
+    stride : int or (int,), default 1
+    padding : int or (int,), default 0
+        Removes ``padding`` elements from each end of the full transposed convolution.
+    output_padding : int or (int,), default 0
+        Extra elements on the right; smaller than the stride or the dilation.
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int,), default 1
+    algorithm : {'direct', 'auto'}, default 'direct'
+    dtype : float32 or float64, default float32
+    rng : None, int or numpy.random.Generator
+        Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in ``C_out / groups * K``).
+
+    Attributes
+    ----------
+    params : dict
+        ``'weight'`` of shape (C_in, C_out / groups, K) and, with ``bias``, ``'bias'`` (C_out,).
+
+    Notes
+    -----
+    Input (N, C_in, L) or (C_in, L); output (N, C_out, L_out) with
+    ``L_out = (L - 1)*s - 2*padding + d*(K - 1) + output_padding + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> up = nn.ConvTranspose1d(4, 2, kernel_size=2, stride=2, rng=0)
+    >>> up(np.ones((1, 4, 5), dtype=np.float32)).shape
+    (1, 2, 10)
+    """
+
+    _OPS = _OPS_1D
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntSingle,
+        stride: IntSingle = 1,
+        padding: IntSingle = 0,
+        output_padding: IntSingle = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntSingle = 1,
+        *,
+        algorithm: str = "direct",
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = as_int("in_channels", in_channels, 1)
+        self.out_channels = as_int("out_channels", out_channels, 1)
+        self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
+        self.stride = (as_single("stride", stride, 1),)
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose1d takes padding as an int or (int,), got {padding!r}")
+        self.padding = (as_single("padding", padding, 0),)
+        self.output_padding = (as_single("output_padding", output_padding, 0),)
+        self.dilation = (as_single("dilation", dilation, 1),)
+        self.groups = as_int("groups", groups, 1)
+        _check_groups(self.in_channels, self.out_channels, self.groups)
+        if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got "
+                f"output_padding={self.output_padding[0]}, stride={self.stride[0]}, dilation={self.dilation[0]}"
+            )
+        check_algorithm_1d(algorithm)
+        self.algorithm = algorithm
+        self.dtype = as_dtype(dtype)
+        weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)

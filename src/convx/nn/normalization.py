@@ -65,6 +65,8 @@ class BatchNorm2d(Module):
     (True, array(1))
     """
 
+    _INPUT_NDIMS: tuple[int, ...] = (4,)
+    _INPUT_LAYOUT = "(N, C, H, W)"
     num_features: int
     eps: float
     momentum: float | None
@@ -104,14 +106,15 @@ class BatchNorm2d(Module):
     def _normalize(self, x: np.ndarray, activation: str | None = None,
                    activation_params: dict[str, Any] | None = None) -> np.ndarray:
         """The forward, followed by an activation in the same pass (for nn.Sequential)."""
-        x = check_input(self, x, (4,), self.dtype)
+        name = type(self).__name__
+        x = check_input(self, x, self._INPUT_NDIMS, self.dtype)
         if x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got x of shape {x.shape}")
-        use_batch_stats = self.training or not self.track_running_stats
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             raise ValueError(
-                f"BatchNorm2d needs more than one value per channel when training, got x of shape {x.shape}"
+                f"{name} expects {self.num_features} channels, got x of shape {x.shape} (layout {self._INPUT_LAYOUT})"
             )
+        use_batch_stats = self.training or not self.track_running_stats
+        if self.training and x.size == x.shape[1]:
+            raise ValueError(f"{name} needs more than one value per channel when training, got x of shape {x.shape}")
         running: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         momentum = 0.0
         if self.track_running_stats:
@@ -333,3 +336,32 @@ class LayerNorm(Module):
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
             f"bias={'bias' in self._params}, dtype={self.dtype}"
         )
+
+
+class BatchNorm1d(BatchNorm2d):
+    """Normalise each channel of (N, C) or (N, C, L) inputs, as ``torch.nn.BatchNorm1d``.
+
+    The same statistics, parameters, buffers and ``state_dict`` keys as :class:`BatchNorm2d`, over
+    the batch (and length) axes; the running variance is divided by ``N*L - 1``.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C.
+    eps, momentum, affine, track_running_stats, dtype
+        As for :class:`BatchNorm2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> bn = nn.BatchNorm1d(4)
+    >>> y = bn(np.random.default_rng(0).normal(3.0, 2.0, (16, 4, 10)).astype(np.float32))
+    >>> y.shape, bool(abs(y.mean()) < 1e-5)
+    ((16, 4, 10), True)
+    >>> bn(np.ones((8, 4), dtype=np.float32)).shape
+    (8, 4)
+    """
+
+    _INPUT_NDIMS = (2, 3)
+    _INPUT_LAYOUT = "(N, C) or (N, C, L)"

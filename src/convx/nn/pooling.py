@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import functional
-from .._checks import as_bool, as_int, as_pair
-from .._typing import AdaptiveSize, IntPair
+from .._checks import as_bool, as_int, as_pair, as_single
+from .._typing import AdaptiveSize, IntPair, IntSingle
 from .module import Module, check_input
 
 
@@ -21,7 +22,79 @@ def _output_size_arg(value: Any) -> Any:
     return as_pair("output_size", value, 1)
 
 
-class MaxPool2d(Module):
+class _MaxPoolNd(Module):
+    """The forward, backward and repr of MaxPool1d and MaxPool2d."""
+
+    _DIMS: int
+    return_indices = False
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    ceil_mode: bool
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max over each window of ``x`` (N, C, *spatial) or (C, *spatial); ``(y, indices)`` with
+        ``return_indices``."""
+        pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y, indices = pool(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        )
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
+        return scatter(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class _AvgPoolNd(Module):
+    """The forward, backward and repr of AvgPool1d and AvgPool2d."""
+
+    _DIMS: int
+    divisor_override: int | None = None
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    ceil_mode: bool
+    count_include_pad: bool
+
+    def _options(self) -> tuple[Any, ...]:
+        options = (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return options if self._DIMS == 1 else (*options, self.divisor_override)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Mean over each window of ``x`` (N, C, *spatial) or (C, *spatial)."""
+        pool = functional.avg_pool1d if self._DIMS == 1 else functional.avg_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, *self._options())
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        gather = functional.avg_pool1d_backward if self._DIMS == 1 else functional.avg_pool2d_backward
+        return gather(grad_out, input_shape, *self._options())
+
+    def extra_repr(self) -> str:
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        text += f", count_include_pad={self.count_include_pad}"
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        return text
+
+
+class MaxPool2d(_MaxPoolNd):
     """2-D max pooling, ``torch.nn.MaxPool2d`` on the convx kernels.
 
     Parameters
@@ -56,6 +129,8 @@ class MaxPool2d(Module):
            [0., 1., 0., 1.]])
     """
 
+    _DIMS = 2
+
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, dilation: IntPair = 1,
         ceil_mode: bool = False,
@@ -67,28 +142,8 @@ class MaxPool2d(Module):
         self.dilation = as_pair("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Max over each window of ``x`` (N, C, H, W) or (C, H, W)."""
-        x = check_input(self, x, (3, 4))
-        y, indices = functional.max_pool2d(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
-        )
-        self._save_for_backward(y, indices, x.shape)
-        return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool2d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
-
-
-class AvgPool2d(Module):
+class AvgPool2d(_AvgPoolNd):
     """2-D average pooling, ``torch.nn.AvgPool2d`` on the convx kernels.
 
     Parameters
@@ -117,6 +172,8 @@ class AvgPool2d(Module):
            [10.5, 12.5]])
     """
 
+    _DIMS = 2
+
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, ceil_mode: bool = False,
         count_include_pad: bool = True, divisor_override: int | None = None,
@@ -129,27 +186,6 @@ class AvgPool2d(Module):
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else as_int("divisor_override", divisor_override, 1)
 
-    def _options(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], bool, bool, int | None]:
-        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Mean over each window of ``x`` (N, C, H, W) or (C, H, W)."""
-        x = check_input(self, x, (3, 4))
-        y = functional.avg_pool2d(x, *self._options())
-        self._save_for_backward(y, x.shape)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.avg_pool2d_backward(grad_out, input_shape, *self._options())
-
-    def extra_repr(self) -> str:
-        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
-        text += f", count_include_pad={self.count_include_pad}"
-        if self.divisor_override is not None:
-            text += f", divisor_override={self.divisor_override}"
-        return text
 
 
 def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarray) -> tuple[int, int]:
@@ -157,7 +193,55 @@ def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarr
     return height, width
 
 
-class AdaptiveAvgPool2d(Module):
+class _AdaptiveAvgPoolNd(Module):
+    """The forward, backward and repr of AdaptiveAvgPool1d and AdaptiveAvgPool2d."""
+
+    _DIMS: int
+    output_size: Any
+
+    def _size(self, x: np.ndarray) -> Any:
+        return self.output_size if self._DIMS == 1 else _resolve_output_size(self.output_size, x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Average ``x`` (N, C, *spatial) or (C, *spatial) down to the output size."""
+        pool = functional.adaptive_avg_pool1d if self._DIMS == 1 else functional.adaptive_avg_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, self._size(x))
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        gather = functional.adaptive_avg_pool1d_backward if self._DIMS == 1 else functional.adaptive_avg_pool2d_backward
+        return gather(grad_out, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
+    """The forward and backward of AdaptiveMaxPool1d and AdaptiveMaxPool2d."""
+
+    return_indices = False
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max of ``x`` (N, C, *spatial) or (C, *spatial) over adaptive windows; ``(y, indices)`` with
+        ``return_indices``."""
+        pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y, indices = pool(x, self._size(x), return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
+        return scatter(grad_out, indices, input_shape)
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Average pooling to a fixed output size, ``torch.nn.AdaptiveAvgPool2d`` on the convx kernels.
 
     Parameters
@@ -174,27 +258,14 @@ class AdaptiveAvgPool2d(Module):
     array([[2.5, 4.5]])
     """
 
+    _DIMS = 2
+
     def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Average ``x`` (N, C, H, W) or (C, H, W) down to (N, C, H_out, W_out)."""
-        x = check_input(self, x, (3, 4))
-        y = functional.adaptive_avg_pool2d(x, _resolve_output_size(self.output_size, x))
-        self._save_for_backward(y, x.shape)
-        return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.adaptive_avg_pool2d_backward(grad_out, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
-
-
-class AdaptiveMaxPool2d(Module):
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     """Max pooling to a fixed output size, ``torch.nn.AdaptiveMaxPool2d`` on the convx kernels.
 
     Parameters
@@ -210,24 +281,11 @@ class AdaptiveMaxPool2d(Module):
     array([[7.]])
     """
 
+    _DIMS = 2
+
     def __init__(self, output_size: AdaptiveSize) -> None:
         super().__init__()
         self.output_size = _output_size_arg(output_size)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Max of ``x`` (N, C, H, W) or (C, H, W) over adaptive windows: (N, C, H_out, W_out)."""
-        x = check_input(self, x, (3, 4))
-        y, indices = functional.adaptive_max_pool2d(x, _resolve_output_size(self.output_size, x), return_indices=True)
-        self._save_for_backward(y, indices, x.shape)
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (the output's shape)."""
-        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool2d_backward(grad_out, indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
 
 
 class GlobalAvgPool2d(Module):
@@ -304,3 +362,241 @@ class GlobalMaxPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"keepdims={self.keepdims}"
+
+
+class MaxPool1d(_MaxPoolNd):
+    """1-D max pooling, ``torch.nn.MaxPool1d`` on the convx kernels (:func:`convx.max_pool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+        Implicit ``-inf`` on both ends, at most half the kernel.
+    dilation : int or (int,), default 1
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
+    ceil_mode : bool, default False
+        Round the output length up, keeping a last partial window.
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out). ``backward(grad_out)`` takes the gradient of
+    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.MaxPool1d(2, return_indices=True)
+    >>> pool(np.array([[[1., 3., 2., 5., 4.]]]))
+    (array([[[3., 5.]]]), array([[[1, 3]]]))
+    >>> pool.backward(np.ones((1, 1, 2)))
+    array([[[0., 1., 0., 1., 0.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+        dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
+        self.dilation = as_single("dilation", dilation, 1)
+        self.return_indices = as_bool("return_indices", return_indices)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+
+class AvgPool1d(_AvgPoolNd):
+    """1-D average pooling, ``torch.nn.AvgPool1d`` on the convx kernels (:func:`convx.avg_pool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+        Implicit zeros on both ends, at most half the kernel.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Whether padded zeros count in each window's divisor.
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AvgPool1d(2)(np.array([[[1., 2., 3., 4., 5.]]]))
+    array([[[1.5, 3.5]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+        ceil_mode: bool = False, count_include_pad: bool = True,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = as_bool("count_include_pad", count_include_pad)
+
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
+    """Average pooling to a fixed output length, ``torch.nn.AdaptiveAvgPool1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int,)
+        L_out; output ``i`` averages the input range ``[floor(i*L/L_out), ceil((i+1)*L/L_out))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveAvgPool1d(1)(np.arange(8.0).reshape(1, 2, 4))
+    array([[[1.5],
+            [5.5]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(self, output_size: IntSingle) -> None:
+        super().__init__()
+        self.output_size = as_single("output_size", output_size, 1)
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    """Max pooling to a fixed output length, ``torch.nn.AdaptiveMaxPool1d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int,)
+        L_out.
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveMaxPool1d(2)(np.array([[[1., 5., 2., 4., 3.]]]))
+    array([[[5., 4.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(self, output_size: IntSingle, return_indices: bool = False) -> None:
+        super().__init__()
+        self.output_size = as_single("output_size", output_size, 1)
+        self.return_indices = as_bool("return_indices", return_indices)
+
+
+class _MaxUnpoolNd(Module):
+    """The forward and backward of MaxUnpool1d and MaxUnpool2d."""
+
+    _DIMS: int
+    kernel_size: Any
+    stride: Any
+    padding: Any
+
+    def forward(  # type: ignore[override]  # PyTorch's signature: the indices are a second input
+        self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Write ``x`` at ``indices`` (a max pooling's) in zero planes; see :func:`convx.max_unpool2d`."""
+        unpool = functional.max_unpool1d if self._DIMS == 1 else functional.max_unpool2d
+        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        # The indices are the forward's to gather with: a copy, so that the caller may reuse its array.
+        self._save_for_backward(y, np.array(indices))
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Gradient of ``x`` for ``grad_out`` (the output's shape): ``grad_out`` gathered at the indices."""
+        grad_out, (indices,) = self._saved_for_backward(grad_out)
+        gather = functional.max_unpool1d_backward if self._DIMS == 1 else functional.max_unpool2d_backward
+        return gather(grad_out, indices)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool2d(_MaxUnpoolNd):
+    """Partial inverse of :class:`MaxPool2d`, ``torch.nn.MaxUnpool2d`` (:func:`convx.max_unpool2d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)``: x and indices (N, C, H, W) or (C, H, W), the indices
+    flat positions in each output plane (as :func:`convx.max_pool2d` returns them). Where two
+    inputs of a plane name one position, the later one (row-major) is written, as in PyTorch;
+    ``backward`` gives each input its position's gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> import convx
+    >>> y, indices = convx.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2, return_indices=True)
+    >>> nn.MaxUnpool2d(2)(y, indices)[0, 0]
+    array([[ 0.,  0.,  0.,  0.],
+           [ 0.,  5.,  0.,  7.],
+           [ 0.,  0.,  0.,  0.],
+           [ 0., 13.,  0., 15.]])
+    """
+
+    _DIMS = 2
+
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
+        super().__init__()
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.padding = as_pair("padding", padding, 0)
+
+
+class MaxUnpool1d(_MaxUnpoolNd):
+    """Partial inverse of :class:`MaxPool1d`, ``torch.nn.MaxUnpool1d`` (:func:`convx.max_unpool1d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int,), default 0
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)``: x and indices (N, C, L) or (C, L), the indices
+    positions in the output (as :func:`convx.max_pool1d` returns them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> y, indices = nn.MaxPool1d(2, return_indices=True)(np.array([[[1., 3., 2., 5., 4.]]]))
+    >>> nn.MaxUnpool1d(2)(y, indices, output_size=(5,))
+    array([[[0., 3., 0., 5., 0.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0) -> None:
+        super().__init__()
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.padding = as_single("padding", padding, 0)
