@@ -167,7 +167,7 @@ def test_every_kernel_is_listed():
     assert public - {"openmp_enabled", "default_num_threads", "gemm_kernel", "set_gemm_kernel", "direct_conv",
                      "set_direct_conv", "depthwise_kernel", "set_depthwise_kernel",
                      "depthwise_implementation", "supported_gemm_kernels", "conv_implementation", "conv_ran",
-                     "ConvConfig"} == set(KERNELS)
+                     "ConvConfig", "CachedMemory", "set_memory_cache_limit", "memory_cache_stats"} == set(KERNELS)
 
 
 @pytest.mark.parametrize("name", KERNELS)

@@ -2,6 +2,7 @@
 
 from . import _autotune
 from ._autotune import autotune_path, clear_autotune, get_autotune, load_autotune, save_autotune, set_autotune
+from ._memory import clear_memory_cache, get_memory_cache, set_memory_cache
 from ._config import show_config
 from ._gradcheck import gradcheck
 from ._threads import ForkedProcessWarning, get_num_threads, set_num_threads
@@ -102,12 +103,14 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "clear_autotune",
+    "clear_memory_cache",
     "conv_transpose1d",
     "conv_transpose2d",
     "elu",
     "explain",
     "gelu",
     "get_autotune",
+    "get_memory_cache",
     "get_num_threads",
     "gradcheck",
     "group_norm",
@@ -139,6 +142,7 @@ __all__ = [
     "save_autotune",
     "selu",
     "set_autotune",
+    "set_memory_cache",
     "set_num_threads",
     "show_config",
     "sigmoid",

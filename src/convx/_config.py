@@ -49,6 +49,14 @@ def _autotune_state() -> str:
     return f"{state} ({len(_autotune.autotune_entries())} geometries tuned; cache file {_autotune.autotune_path()})"
 
 
+def _memory_cache_state() -> str:
+    from . import _memory
+
+    cache = _memory.get_memory_cache()
+    return (f"limit {cache['limit'] / 2**20:.0f} MiB, holding {cache['cached'] / 2**20:.1f} MiB in "
+            f"{cache['buffers']} buffers; {cache['hits']} hits, {cache['misses']} misses")
+
+
 def config() -> dict[str, Any]:
     """The build and runtime configuration as a dict (see :func:`show_config`).
 
@@ -69,6 +77,7 @@ def config() -> dict[str, Any]:
         "blas": _blas_libraries(),
         "gemm": _core.gemm_kernel(),
         "autotune": _autotune_state(),
+        "memory_cache": _memory_cache_state(),
     }
     built = build_info() or {"info": "not recorded (extension not built by convx's setup.py)"}
     return {**runtime, **{f"build.{key}": value for key, value in built.items()}}
@@ -86,7 +95,9 @@ def show_config() -> None:
     ('avx512' or 'avx2' where the CPU has it, else 'blas': SciPy's BLAS over im2col blocks); the
     ``build.*`` lines are the compiler, flags, macros and Cython directives the extension was
     compiled with; ``autotune`` whether convolutions choose their implementation by measurement
-    (:func:`convx.set_autotune`), how many geometries this process tuned, and the cache file.
+    (:func:`convx.set_autotune`), how many geometries this process tuned, and the cache file;
+    ``memory_cache`` the limit and contents of the cache of freed array buffers
+    (:func:`convx.set_memory_cache`).
 
     Examples
     --------

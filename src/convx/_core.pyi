@@ -37,6 +37,17 @@ class ConvConfig:
         self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
     ) -> None: ...
 
+# The cache of freed array buffers of _memory.pxi (see convx._memory).
+MEMORY_CACHE_MIN: int
+MEMORY_CACHE_SLOTS: int
+class CachedMemory:
+    def __enter__(self) -> CachedMemory: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_value: BaseException | None, traceback: TracebackType | None
+    ) -> bool: ...
+def set_memory_cache_limit(limit: int) -> None: ...
+def memory_cache_stats() -> dict[str, int]: ...
+
 # The process-wide thread state of _threads.pxi (see convx._threads).
 from typing import Any
 

@@ -375,9 +375,10 @@ def conv2d(
         most 256 MiB, else ``'direct'``.
     activation : str, optional
         An activation of :mod:`convx.functional.activations` (``'relu'``, ``'relu6'``,
-        ``'leaky_relu'``, ``'silu'``, ``'gelu'``, ``'hardswish'``...) applied to the output, as
-        the same function on the unfused result would, but in place, each sub-batch as soon as it
-        is computed: no second output array.
+        ``'leaky_relu'``, ``'silu'``, ``'gelu'``, ``'hardswish'``...) applied to the output
+        exactly as the same function on the unfused result would, but inside the kernels: to
+        each register tile before it is stored (the direct and 1x1 kernels), to each block of
+        output as soon as it is complete (the others); no second pass over the output.
     activation_params : dict, optional
         The activation's keyword arguments (``{'negative_slope': 0.1}``).
 

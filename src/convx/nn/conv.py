@@ -359,7 +359,7 @@ class _ConvTransposeNd(Module):
     dtype: np.dtype[Any]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Transposed convolution of ``x`` (N, C_in, *spatial) or (C_in, *spatial)."""
+        """Transposed convolution of ``x``, shape ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``."""
         dims = len(self.kernel_size)
         x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
         _check_channels(self, x, self.in_channels, dims)

@@ -84,7 +84,11 @@ def _tracked(method: Callable[..., Any], starts_pass: bool) -> Callable[..., Any
             self.__dict__["_last_pass"] = state.pass_id
         # The depth is set and restored in compiled code: a KeyboardInterrupt at any point of
         # this function leaves it as it was (a stuck depth would merge every later pass).
-        with _core._Scope(state, "depth", depth + 1):
+        if depth:
+            with _core._Scope(state, "depth", depth + 1):
+                return method(self, *args, **kwargs)
+        # The outermost call's arrays come from the memory cache (convx.set_memory_cache).
+        with _core._Scope(state, "depth", 1), _core.CachedMemory():
             return method(self, *args, **kwargs)
 
     wrapper.__convx_tracked__ = True  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ class _MaxPoolNd(Module):
     ceil_mode: bool
 
     def forward(self, x: np.ndarray) -> Any:
-        """Max over each window of ``x`` (N, C, *spatial) or (C, *spatial); ``(y, indices)`` with
+        """Max over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
         x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
@@ -73,7 +73,7 @@ class _AvgPoolNd(Module):
         return options if self._DIMS == 1 else (*options, self.divisor_override)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Mean over each window of ``x`` (N, C, *spatial) or (C, *spatial)."""
+        """Mean over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
         pool = functional.avg_pool1d if self._DIMS == 1 else functional.avg_pool2d
         x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
         y = pool(x, *self._options())
@@ -203,7 +203,7 @@ class _AdaptiveAvgPoolNd(Module):
         return self.output_size if self._DIMS == 1 else _resolve_output_size(self.output_size, x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Average ``x`` (N, C, *spatial) or (C, *spatial) down to the output size."""
+        """Average ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, down to the output size."""
         pool = functional.adaptive_avg_pool1d if self._DIMS == 1 else functional.adaptive_avg_pool2d
         x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
         y = pool(x, self._size(x))
@@ -226,7 +226,7 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
     return_indices = False
 
     def forward(self, x: np.ndarray) -> Any:
-        """Max of ``x`` (N, C, *spatial) or (C, *spatial) over adaptive windows; ``(y, indices)`` with
+        """Max of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, over adaptive windows; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
         x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
