@@ -110,12 +110,12 @@ def _kernel_call(name, batch):
         return {
             "batch_norm_moments": (core.batch_norm_moments, (planes, 0.0, np.zeros(32), np.zeros(32), 1)),
             "batch_norm_grad_sums": (core.batch_norm_grad_sums,
-                                     (planes, planes, planes, core.ACTIVATIONS["relu"], 0.0, 0.0, per_channel[0],
+                                     (planes, planes, None, core.ACTIVATIONS["relu"], 0.0, 0.0, *per_channel[:3],
                                       np.zeros(32), np.zeros(32), 1)),
             "batch_norm_normalize": (core.batch_norm_normalize,
                                      (planes, np.empty_like(planes), *per_channel[:3], gelu, 0.0, 0.0, 1)),
             "batch_norm_input_grad": (core.batch_norm_input_grad,
-                                      (planes, planes, planes, core.ACTIVATIONS["relu"], 0.0, 0.0,
+                                      (planes, planes, None, core.ACTIVATIONS["relu"], 0.0, 0.0, per_channel[2],
                                        np.empty_like(planes), *per_channel, 1)),
         }[name]
     if name.startswith(("gather2d", "bilinear2d")):

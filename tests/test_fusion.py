@@ -511,8 +511,6 @@ def test_batch_norm_backward_with_an_activation_needs_a_matching_output(rng):
     x = rng.standard_normal((4, 3, 5))
     y, mean, inv_std = F.batch_norm_forward(x, training=True, activation="relu")
     grad_out = np.ones_like(x)
-    with pytest.raises(ValueError, match=r"output="):
-        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu")
     for bad in (y[:2], y.astype(np.float32), y.reshape(4, 15)):
         with pytest.raises(ValueError, match="output must have x's shape and dtype"):
             F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output=bad)
@@ -535,6 +533,43 @@ def test_batch_norm_backward_refuses_an_output_without_an_activation(rng):
     _, mean, inv_std = F.batch_norm_forward(x, training=True)
     with pytest.raises((TypeError, ValueError), match="output"):
         F.batch_norm_backward(np.ones_like(x), x, mean, inv_std, output="not an array")
+    with pytest.raises(ValueError, match="bias= are read only with an activation"):
+        F.batch_norm_backward(np.ones_like(x), x, mean, inv_std, bias=np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "params"), [("relu", {}), ("relu6", {}), ("leaky_relu", {"negative_slope": 0.2}),
+                                              ("elu", {"alpha": 0.5}), ("selu", {}), ("sigmoid", {}), ("tanh", {})])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_recomputes_the_output_bit_for_bit(name, params, training, affine, dtype, rng):
+    # Without output=, each pass recomputes the activation's output from x as the forward did
+    # (reading x and grad_out only): the gradients are those computed from the output itself.
+    x, weight, bias, running_mean, running_var = _bn_arrays(rng, dtype, (6, 5, 7, 9))
+    x *= 4
+    x[0, 1, 2, :3] = [np.nan, np.inf, -np.inf]
+    if not affine:
+        weight = bias = None
+    grad_out = rng.standard_normal(x.shape).astype(dtype)
+    y, mean, inv_std = F.batch_norm_forward(x, running_mean, running_var, weight, bias, training,
+                                            activation=name, activation_params=params)
+    kwargs = dict(activation=name, activation_params=params)
+    expected = F.batch_norm_backward(grad_out, x, mean, inv_std, weight, training, output=y, **kwargs)
+    got = F.batch_norm_backward(grad_out, x, mean, inv_std, weight, training, bias=bias, **kwargs)
+    for a, b in zip(got, expected):
+        assert_bitwise_equal(a, b)
+
+
+def test_batch_norm_backward_bias_is_validated(rng):
+    x = rng.standard_normal((4, 3, 5))
+    y, mean, inv_std = F.batch_norm_forward(x, training=True, activation="relu")
+    grad_out = np.ones_like(x)
+    with pytest.raises(ValueError, match="not both"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", output=y, bias=np.zeros(3))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", bias=np.zeros(4))
+    with pytest.raises(TypeError, match="bias must have x's dtype"):
+        F.batch_norm_backward(grad_out, x, mean, inv_std, activation="relu", bias=np.zeros(3, np.float32))
 
 
 @pytest.mark.parametrize("work", [1, 40])

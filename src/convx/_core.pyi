@@ -173,7 +173,8 @@ def batch_norm_moments(
     x: _Float, count: float, mean: npt.NDArray[np.float64], m2: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...
 def batch_norm_grad_sums(
-    grad_out: _Float, x: _Float, y: _Float, kind: int, p0: float, p1: float, mean: npt.NDArray[np.float64],
+    grad_out: _Float, x: _Float, y: _Float | None, kind: int, p0: float, p1: float, mean: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float64], shift: npt.NDArray[np.float64],
     sum_grad: npt.NDArray[np.float64], sum_grad_centered: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...
 def batch_norm_normalize(
@@ -181,7 +182,8 @@ def batch_norm_normalize(
     shift: npt.NDArray[np.float64], kind: int, p0: float, p1: float, n_threads: int,
 ) -> None: ...
 def batch_norm_input_grad(
-    grad_out: _Float, x: _Float, y: _Float, kind: int, p0: float, p1: float, grad_in: _Float,
+    grad_out: _Float, x: _Float, y: _Float | None, kind: int, p0: float, p1: float, shift: npt.NDArray[np.float64],
+    grad_in: _Float,
     mean: npt.NDArray[np.float64], k_grad: npt.NDArray[np.float64], k_centered: npt.NDArray[np.float64],
     k_0: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...

@@ -38,20 +38,22 @@ cdef extern from "_elementwise.h" nogil:
                                     Py_ssize_t plane, double count, double* mean, double* m2)
     void convx_bn_channel_grad_sums_f(const float* grad_out, const float* x, const float* y, int kind, double p0,
                                       double p1, Py_ssize_t n_images, Py_ssize_t image_stride, Py_ssize_t plane,
-                                      double mean, double* sum_grad, double* sum_grad_centered)
+                                      double mean, double scale, double shift, double* sum_grad,
+                                      double* sum_grad_centered)
     void convx_bn_channel_grad_sums_d(const double* grad_out, const double* x, const double* y, int kind, double p0,
                                       double p1, Py_ssize_t n_images, Py_ssize_t image_stride, Py_ssize_t plane,
-                                      double mean, double* sum_grad, double* sum_grad_centered)
+                                      double mean, double scale, double shift, double* sum_grad,
+                                      double* sum_grad_centered)
     void convx_bn_normalize_plane_f(const float* x, float* out, Py_ssize_t n, double mean, double scale,
                                     double shift, int kind, double p0, double p1)
     void convx_bn_normalize_plane_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
                                     double shift, int kind, double p0, double p1)
     void convx_bn_input_grad_plane_f(const float* grad_out, const float* x, const float* y, int kind, double p0,
-                                     double p1, float* grad_in, Py_ssize_t n, double mean, double k_grad,
-                                     double k_centered, double k_0)
+                                     double p1, double scale, double shift, float* grad_in, Py_ssize_t n,
+                                     double mean, double k_grad, double k_centered, double k_0)
     void convx_bn_input_grad_plane_d(const double* grad_out, const double* x, const double* y, int kind, double p0,
-                                     double p1, double* grad_in, Py_ssize_t n, double mean, double k_grad,
-                                     double k_centered, double k_0)
+                                     double p1, double scale, double shift, double* grad_in, Py_ssize_t n,
+                                     double mean, double k_grad, double k_centered, double k_0)
     enum:
         CONVX_OPT_SGD
         CONVX_OPT_ADAM
@@ -230,24 +232,29 @@ def batch_norm_moments(const floating[:, :, ::1] x, double count, double[::1] me
 
 def batch_norm_grad_sums(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
                          const floating[:, :, ::1] y, int kind, double p0, double p1, const double[::1] mean,
-                         double[::1] sum_grad, double[::1] sum_grad_centered, int n_threads):
+                         const double[::1] scale, const double[::1] shift, double[::1] sum_grad,
+                         double[::1] sum_grad_centered, int n_threads):
     """sum_grad[c] += sum g[:, c]; sum_grad_centered[c] += sum g[:, c] * (x[:, c] - mean[c]) over
     (N, C, H*W) arrays, g = grad_out through the backward of activation `kind` at its output y
-    (kind < 0: g = grad_out, y unread)."""
+    (kind < 0: g = grad_out, y unread); y None: the output recomputed from x as batch_norm_normalize
+    computed it with mean, scale and shift (read only then)."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], plane = x.shape[2], c
     cdef int team = _elementwise_team(n_threads, channels, 2 * x.shape[0] * channels * plane)
     if n_images == 0 or plane == 0:
         return
-    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 else NULL
+    cdef bint recompute = kind >= 0 and y is None
+    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 and not recompute else NULL
     with nogil:
         for c in prange(channels, schedule='static', num_threads=team):
             if floating is float:
                 convx_bn_channel_grad_sums_f(&grad_out[0, c, 0], &x[0, c, 0], y0 + c * plane if y0 else NULL, kind,
-                                             p0, p1, n_images, channels * plane, plane, mean[c], &sum_grad[c],
+                                             p0, p1, n_images, channels * plane, plane, mean[c],
+                                             scale[c] if recompute else 0, shift[c] if recompute else 0, &sum_grad[c],
                                              &sum_grad_centered[c])
             else:
                 convx_bn_channel_grad_sums_d(&grad_out[0, c, 0], &x[0, c, 0], y0 + c * plane if y0 else NULL, kind,
-                                             p0, p1, n_images, channels * plane, plane, mean[c], &sum_grad[c],
+                                             p0, p1, n_images, channels * plane, plane, mean[c],
+                                             scale[c] if recompute else 0, shift[c] if recompute else 0, &sum_grad[c],
                                              &sum_grad_centered[c])
 
 
@@ -274,28 +281,31 @@ def batch_norm_normalize(const floating[:, :, ::1] x, floating[:, :, ::1] out, c
 
 
 def batch_norm_input_grad(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
-                          const floating[:, :, ::1] y, int kind, double p0, double p1,
+                          const floating[:, :, ::1] y, int kind, double p0, double p1, const double[::1] shift,
                           floating[:, :, ::1] grad_in, const double[::1] mean, const double[::1] k_grad,
                           const double[::1] k_centered, const double[::1] k_0, int n_threads):
     """grad_in[n, c] = k_grad[c] * g[n, c] + k_centered[c] * (x[n, c] - mean[c]) + k_0[c], g as in
-    batch_norm_grad_sums."""
+    batch_norm_grad_sums, k_grad the forward's scale (y None: with shift, recompute its output)."""
     cdef Py_ssize_t channels = x.shape[1], plane = x.shape[2], n_planes = x.shape[0] * channels, p, c
     cdef int team = _elementwise_team(n_threads, n_planes, 3 * n_planes * plane)
     if n_planes == 0 or plane == 0:
         return
     cdef const floating* g = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
-    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 else NULL
+    cdef bint recompute = kind >= 0 and y is None
+    cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 and not recompute else NULL
     cdef floating* dst = &grad_in[0, 0, 0]
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=team):
             c = p % channels
             if floating is float:
                 convx_bn_input_grad_plane_f(g + p * plane, src + p * plane, y0 + p * plane if y0 else NULL, kind,
-                                            p0, p1, dst + p * plane, plane, mean[c], k_grad[c], k_centered[c], k_0[c])
+                                            p0, p1, k_grad[c], shift[c] if recompute else 0, dst + p * plane, plane,
+                                            mean[c], k_grad[c], k_centered[c], k_0[c])
             else:
                 convx_bn_input_grad_plane_d(g + p * plane, src + p * plane, y0 + p * plane if y0 else NULL, kind,
-                                            p0, p1, dst + p * plane, plane, mean[c], k_grad[c], k_centered[c], k_0[c])
+                                            p0, p1, k_grad[c], shift[c] if recompute else 0, dst + p * plane, plane,
+                                            mean[c], k_grad[c], k_centered[c], k_0[c])
 
 
 cdef inline floating* _state_pointer(floating[::1] state) noexcept nogil:

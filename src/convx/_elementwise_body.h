@@ -248,30 +248,41 @@ CONVX_CLONES static void CONVX_EW(convx_bn_channel_moments)(const ET *CONVX_REST
     *m2 = total_m2;
 }
 
-/* The gradient that reaches a batch normalisation followed by an activation (kind >= 0, its output
- * y): grad_out[0..n) through the activation's backward into scratch; grad_out itself otherwise. */
-static inline const ET *CONVX_EW(convx_bn_incoming)(const ET *grad_out, const ET *y, int kind, double p0,
-                                                    double p1, ET *scratch, ptrdiff_t n) {
+/* The gradient that reaches a batch normalisation followed by an activation (kind >= 0): grad_out[0..n)
+ * through the activation's backward at its output y into scratch; grad_out itself otherwise. Where y is
+ * NULL, the output is recomputed from x as convx_bn_normalize_plane computed it, with mean, scale and
+ * shift: a pass reads x and grad_out only. */
+static inline const ET *CONVX_EW(convx_bn_incoming)(const ET *grad_out, const ET *x, const ET *y, int kind, double p0,
+                                                    double p1, double mean, double scale, double shift, ET *scratch,
+                                                    ptrdiff_t n) {
     if (kind < 0) return grad_out;
+    if (y == NULL) {
+        const ET m = (ET)mean, sc = (ET)scale, sh = (ET)shift;
+        CONVX_SIMD for (ptrdiff_t i = 0; i < n; i++) scratch[i] = (x[i] - m) * sc + sh;
+        CONVX_EW(convx_activation_forward)(kind, scratch, scratch, n, p0, p1);
+        y = scratch;
+    }
     CONVX_EW(convx_activation_backward)(kind, grad_out, y, scratch, n, p0, p1);
     return scratch;
 }
 
 /* *sum_grad += sum of grad, *sum_grad_centered += sum of grad * (x - mean), over the planes of one
  * channel (laid out as in convx_bn_channel_moments), grad being grad_out taken back through the
- * activation `kind` (< 0: none) of output y first. */
+ * activation `kind` (< 0: none) of output y first (y NULL: recomputed with scale and shift, see
+ * convx_bn_incoming). */
 CONVX_CLONES static void CONVX_EW(convx_bn_channel_grad_sums)(const ET *grad_out, const ET *x, const ET *y, int kind,
                                                               double p0, double p1, ptrdiff_t n_images,
                                                               ptrdiff_t image_stride, ptrdiff_t plane, double mean,
-                                                              double *sum_grad, double *sum_grad_centered) {
+                                                              double scale, double shift, double *sum_grad,
+                                                              double *sum_grad_centered) {
     ET scratch[CONVX_BN_BLOCK];
     double total = *sum_grad, total_centered = *sum_grad_centered;
     for (ptrdiff_t k = 0; k < n_images; k++) {
         for (ptrdiff_t b0 = 0; b0 < plane; b0 += CONVX_BN_BLOCK) {
             const ptrdiff_t len = plane - b0 < CONVX_BN_BLOCK ? plane - b0 : CONVX_BN_BLOCK;
             const ptrdiff_t at = k * image_stride + b0;
-            const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + at, y ? y + at : NULL, kind, p0, p1,
-                                                                     scratch, len);
+            const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + at, x + at, y ? y + at : NULL, kind,
+                                                                     p0, p1, mean, scale, shift, scratch, len);
             const ET *CONVX_RESTRICT src = x + at;
             double s = 0, sc = 0;
             CONVX_SIMD_SUM(s) for (ptrdiff_t i = 0; i < len; i++) s += (double)g[i];
@@ -300,15 +311,15 @@ CONVX_CLONES static void CONVX_EW(convx_bn_normalize_plane)(const ET *CONVX_REST
 /* grad_in[i] = k_grad * grad[i] + k_centered * (x[i] - mean) + k_0: the input gradient of one
  * plane, whichever statistics the forward used, grad as in convx_bn_channel_grad_sums. */
 CONVX_CLONES static void CONVX_EW(convx_bn_input_grad_plane)(const ET *grad_out, const ET *x, const ET *y, int kind,
-                                                             double p0, double p1, ET *CONVX_RESTRICT grad_in,
-                                                             ptrdiff_t n, double mean, double k_grad,
-                                                             double k_centered, double k_0) {
+                                                             double p0, double p1, double scale, double shift,
+                                                             ET *CONVX_RESTRICT grad_in, ptrdiff_t n, double mean,
+                                                             double k_grad, double k_centered, double k_0) {
     ET scratch[CONVX_BN_BLOCK];
     const ET m = (ET)mean, kg = (ET)k_grad, kc = (ET)k_centered, k0 = (ET)k_0;
     for (ptrdiff_t b0 = 0; b0 < n; b0 += CONVX_BN_BLOCK) {
         const ptrdiff_t len = n - b0 < CONVX_BN_BLOCK ? n - b0 : CONVX_BN_BLOCK;
-        const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + b0, y ? y + b0 : NULL, kind, p0, p1,
-                                                                 scratch, len);
+        const ET *CONVX_RESTRICT g = CONVX_EW(convx_bn_incoming)(grad_out + b0, x + b0, y ? y + b0 : NULL, kind, p0,
+                                                                 p1, mean, scale, shift, scratch, len);
         const ET *CONVX_RESTRICT src = x + b0;
         ET *CONVX_RESTRICT dst = grad_in + b0;
         CONVX_SIMD for (ptrdiff_t i = 0; i < len; i++) dst[i] = kg * g[i] + kc * (src[i] - m) + k0;

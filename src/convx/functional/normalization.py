@@ -81,6 +81,8 @@ def batch_moments(x: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.floa
 
 
 _NO_ACTIVATION = (-1, 0.0, 0.0)
+# The scale and shift the backward kernels read only to recompute an activation's output.
+_UNUSED = np.zeros(0)
 
 
 def normalize(
@@ -220,6 +222,7 @@ def batch_norm_backward(
     activation: str | None = None,
     activation_params: dict[str, Any] | None = None,
     output: NDArray[Any] | None = None,
+    bias: NDArray[Any] | None = None,
 ) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`batch_norm` for ``grad_out``.
 
@@ -241,8 +244,12 @@ def batch_norm_backward(
         The activation the forward applied (``grad_out`` is then the gradient of its output);
         only those whose gradient reads their output: relu, relu6, leaky_relu (slope >= 0), elu
         and selu (alpha >= 0), sigmoid, tanh.
-    output : ndarray, x's shape and dtype
-        The forward's result (after the activation); needed with ``activation``.
+    output : ndarray, x's shape and dtype, optional
+        The forward's result (after the activation), read with ``activation``. Without it the
+        backward recomputes that result from ``x``, ``mean``, ``inv_std``, ``weight`` and ``bias``
+        exactly as the forward computed it, and reads a third less memory.
+    bias : ndarray (C,), optional
+        The forward's shift (0 when absent), read with ``activation`` and no ``output``.
 
     Returns
     -------
@@ -269,13 +276,15 @@ def batch_norm_backward(
     act = _NO_ACTIVATION
     flat_y = flat_x
     check_no_activation_params(activation, activation_params)
-    if activation is None and output is not None:
-        raise ValueError("output= is read only with an activation (the forward's result after it): pass activation= "
-                         "too, or drop output")
+    if activation is None and (output is not None or bias is not None):
+        raise ValueError("output= and bias= are read only with an activation (the forward's result after it, or the "
+                         "shift to recompute it): pass activation= too, or drop them")
+    if output is not None and bias is not None:
+        raise ValueError("pass the forward's output (output=) or its bias (bias=, to recompute the output), not both")
+    recompute = activation is not None and output is None
     if activation is not None:
         act = output_backward_kernel(activation, activation_params)
-        if output is None:
-            raise ValueError("batch_norm_backward with an activation needs the forward's output (output=)")
+    if output is not None:
         y_array = as_float_array("output", output, _NDIMS)
         if y_array.shape != source.shape or y_array.dtype != source.dtype:
             raise ValueError(
@@ -292,17 +301,20 @@ def batch_norm_backward(
             f"and {inv64.shape}"
         )
     weight_vector = _channel_vector("weight", weight, channels, source.dtype)
+    bias_vector = _channel_vector("bias", bias, channels, source.dtype)
     use_batch = as_bool("batch_stats", batch_stats)
     want_params = as_bool("needs_param_grads", needs_param_grads)
     count = flat_x.shape[0] * flat_x.shape[2]
+    # the forward's scale and shift (see normalize)
     scale = inv64 if weight_vector is None else inv64 * weight_vector
+    shift = np.zeros(channels) if bias_vector is None else bias_vector
     grad_weight = grad_bias = None
     if use_batch or want_params:
         sum_grad = np.zeros(channels)
         sum_centered = np.zeros(channels)
         for part in sub_batches(flat_x.shape[0], 2 * _work(flat_x)):
-            _core.batch_norm_grad_sums(flat_grad[part], flat_x[part], flat_y[part], *act, mean64, sum_grad, sum_centered,
-                                       kernel_threads())
+            _core.batch_norm_grad_sums(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, mean64,
+                                       scale, shift, sum_grad, sum_centered, kernel_threads())
         if want_params:
             grad_weight = (sum_centered * inv64).astype(source.dtype)
             grad_bias = sum_grad.astype(source.dtype)
@@ -314,8 +326,8 @@ def batch_norm_backward(
         k_0 = np.zeros(channels)
     grad_x = np.empty(flat_x.shape, dtype=source.dtype)
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
-        _core.batch_norm_input_grad(flat_grad[part], flat_x[part], flat_y[part], *act, grad_x[part], mean64, scale,
-                                    k_centered, k_0, kernel_threads())
+        _core.batch_norm_input_grad(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, shift,
+                                    grad_x[part], mean64, scale, k_centered, k_0, kernel_threads())
     return grad_x.reshape(source.shape), grad_weight, grad_bias
 
 
@@ -357,8 +369,8 @@ def _plane_grad_sums(grad: NDArray[Any], planes: NDArray[Any],
     sum_centered = np.zeros(planes.shape[0])
     for part in sub_batches(planes.shape[0], 2 * planes.shape[1]):
         view = planes[part][np.newaxis]
-        _core.batch_norm_grad_sums(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, mean[part], sum_grad[part],
-                                   sum_centered[part], kernel_threads())
+        _core.batch_norm_grad_sums(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, mean[part], _UNUSED, _UNUSED,
+                                   sum_grad[part], sum_centered[part], kernel_threads())
     return sum_grad, sum_centered
 
 
@@ -369,8 +381,9 @@ def _plane_input_grad(grad: NDArray[Any], planes: NDArray[Any], mean: NDArray[np
     grad_in = np.empty(planes.shape, dtype=planes.dtype)
     for part in sub_batches(planes.shape[0], 3 * planes.shape[1]):
         view = planes[part][np.newaxis]
-        _core.batch_norm_input_grad(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, grad_in[part][np.newaxis],
-                                    mean[part], k_grad[part], k_centered[part], k_0[part], kernel_threads())
+        _core.batch_norm_input_grad(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, _UNUSED,
+                                    grad_in[part][np.newaxis], mean[part], k_grad[part], k_centered[part], k_0[part],
+                                    kernel_threads())
     return grad_in
 
 

@@ -129,8 +129,9 @@ class BatchNorm2d(Module):
         # The running statistics are updated in place: state_dict consumers and callers may hold them.
         y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, use_batch_stats, momentum, self.eps,
                                               activation=activation, activation_params=activation_params)
-        # The input itself (not a copy): the backward recomputes x_hat from it.
-        fused = None if activation is None else (activation, activation_params, y)
+        # The input itself (not a copy): the backward recomputes x_hat (and the activation's
+        # output) from it.
+        fused = None if activation is None else (activation, activation_params)
         self._save_for_backward(y, x, mean, inv_std, use_batch_stats, fused)
         return y
 
@@ -138,10 +139,11 @@ class BatchNorm2d(Module):
         """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
         grad_out, (x, mean, inv_std, used_batch_stats, fused) = self._saved_for_backward(grad_out)
         weight = self._params["weight"] if self.affine else None
-        activation, activation_params, output = (None, None, None) if fused is None else fused
+        activation, activation_params = (None, None) if fused is None else fused
+        bias = self._params["bias"] if self.affine and activation is not None else None
         grad_x, grad_weight, grad_bias = batch_norm_backward(
             grad_out, x, mean, inv_std, weight, used_batch_stats, needs_param_grads=self.affine,
-            activation=activation, activation_params=activation_params, output=output,
+            activation=activation, activation_params=activation_params, bias=bias,
         )
         if self.affine:
             self._store_grad("weight", grad_weight)
