@@ -47,7 +47,7 @@ class Residual(Module):
         grad_out, (y,) = self._saved_for_backward(grad_out)
         grad_sum = functional.activation_backward("relu", grad_out, y)
         grad_skip = grad_sum if self.shortcut is None else self.shortcut.backward(grad_sum)
-        result: np.ndarray = self.body.backward(grad_sum) + grad_skip
+        result: np.ndarray = functional.add(self.body.backward(grad_sum), grad_skip)
         return result
 
 
