@@ -20,6 +20,11 @@ import pytest
 from conftest import assert_close
 from threadpoolctl import threadpool_info, threadpool_limits
 
+try:
+    from numpy._core.multiarray import get_handler_name
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import get_handler_name
+
 import convx
 from convx.nn import module as nn_module
 import convx._core as core
@@ -72,6 +77,8 @@ def _global_state():
         # convx.nn's per-thread settings: a stuck call depth would merge every later pass.
         "nn_depth": nn_module._state.depth,
         "nn_grad_enabled": nn_module._state.grad_enabled,
+        # NumPy's memory handler: convx's cache of freed buffers only while a layer runs.
+        "numpy_memory_handler": get_handler_name(),
     }
 
 

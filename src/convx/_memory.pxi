@@ -21,7 +21,9 @@ cdef class CachedMemory:
     """Within the ``with`` block, the arrays NumPy allocates in this thread (context) keep their
     buffers of at least MEMORY_CACHE_MIN bytes in convx's cache when they are freed, whenever
     that is, and take one of exactly their size from it; nothing changes while the limit is 0.
-    Each object is entered once."""
+    Each object is entered once. As _Scope, it changes the handler and undoes the change in
+    compiled code, and an object dropped while entered (an interrupt between __enter__ and the
+    block) undoes it too."""
     cdef object previous
     cdef bint entered
 
@@ -34,10 +36,22 @@ cdef class CachedMemory:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.previous is not None:
-            convx_set_handler(self.previous)
-            self.previous = None
+        self._restore()
         return False
+
+    cdef int _restore(self) except -1:
+        previous = self.previous
+        if previous is not None:
+            self.previous = None
+            convx_set_handler(previous)
+        return 0
+
+    def __dealloc__(self):
+        if self.previous is not None:
+            try:
+                self._restore()
+            except BaseException:
+                pass
 
 
 def set_memory_cache_limit(Py_ssize_t limit):
