@@ -258,6 +258,9 @@ def _every_op(arrays):
         F.log_softmax(x, -1),
         F.softmax_backward(x, x, 1),
         F.log_softmax_backward(x, x, -1),
+        F.conv_transpose2d(grad_out, weight, padding="same_lower", stride=(1, 2), output_padding=(0, 1)),
+        F.unfold(x, 3, dilation=2, padding=1, stride=(1, 2)),
+        F.fold_backward(x, 2, padding=1, stride=2),
     ]
 
 
