@@ -118,6 +118,14 @@ def _kernel_call(name, batch):
                                       (planes, planes, None, core.ACTIVATIONS["relu"], 0.0, 0.0, per_channel[2],
                                        np.empty_like(planes), *per_channel, 1)),
         }[name]
+    if name in ("unfold_forward", "fold_forward"):
+        # 3x3 blocks, padding 1: (batch, 32 * 9, 24 * 24) columns.
+        cols = np.ones((batch, 32 * 9, 24 * 24))
+        geometry = (3, 3, 1, 1, 1, 1, 1, 1, 24, 24, 1)  # kernel, dilation, padding, stride, blocks, threads
+        return {
+            "unfold_forward": (core.unfold_forward, (x, cols, *geometry)),
+            "fold_forward": (core.fold_forward, (cols, np.empty_like(x), *geometry)),
+        }[name]
     if name.startswith(("gather2d", "bilinear2d")):
         # Upsampling the (batch * 32) planes 24x24 -> 96x96, bilinear and nearest.
         planes, up = x.reshape(batch * 32, 24, 24), np.empty((batch * 32, 96, 96))
@@ -158,7 +166,7 @@ KERNELS = [
     "gather2d_forward", "gather2d_backward", "bilinear2d_forward", "bilinear2d_backward",
     "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add", "channel_dropout",
     "softmax_forward", "softmax_backward", "layer_norm_normalize", "layer_norm_row_sums", "layer_norm_input_grad",
-    "layer_norm_param_grads",
+    "layer_norm_param_grads", "unfold_forward", "fold_forward",
 ]
 
 
@@ -250,6 +258,9 @@ def _every_op(arrays):
         F.log_softmax(x, -1),
         F.softmax_backward(x, x, 1),
         F.log_softmax_backward(x, x, -1),
+        F.conv_transpose2d(grad_out, weight, padding="same_lower", stride=(1, 2), output_padding=(0, 1)),
+        F.unfold(x, 3, dilation=2, padding=1, stride=(1, 2)),
+        F.fold_backward(x, 2, padding=1, stride=2),
     ]
 
 

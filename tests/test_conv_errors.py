@@ -421,8 +421,9 @@ def test_padding_sides_are_refused_when_malformed(op, value, match):
         _call(op, padding=value)
 
 
-@pytest.mark.parametrize("value", ["same", "valid", "full"])
-def test_conv_transpose2d_takes_no_padding_strings(value):
+@pytest.mark.parametrize("value", ["full", "SAME", (1, 2, 3, 4)])
+def test_conv_transpose2d_takes_no_other_padding_strings(value):
+    # 'valid', 'same' and 'same_lower' are taken (tests/test_conv_transpose_padding.py); nothing else.
     with pytest.raises((TypeError, ValueError), match="padding"):
         _call("conv_transpose2d", padding=value)
 

@@ -53,6 +53,9 @@ def _every_op(x, weight, grad_out, pooled_grad, indices):
     F.interpolate_backward(grad_out, (2, 3, 3, 3), size=(6, 6))
     F.pad(x, (1, 2, -1, 3), mode="reflect")
     F.pad_backward(grad_out, (2, 3, 4, 3), (1, 2, -1, 3), mode="circular")
+    F.unfold(x, 2, padding=1)
+    F.fold_backward(grad_out, 3, stride=2)
+    F.fold(x[:, 0], (2, 4), (1, 2))  # (2, 6, 6) as columns: 3 channels of 1x2 blocks, 2x3 of them
 
 
 @pytest.mark.parametrize("layout", ["c-contiguous", *LAYOUTS])
@@ -67,7 +70,8 @@ def test_kernels_get_contiguous_aligned_arrays(dtype, layout, kernel_arrays, rng
     kernel_arrays.clear()
     _every_op(*(make(a) for a in (x, weight, grad_out, pooled_grad, indices)))
     assert {name for name, _ in kernel_arrays} >= {"conv2d_forward", "depthwise_forward", "max_pool2d_backward",
-                                                   "bilinear2d_backward", "gather2d_forward"}
+                                                   "bilinear2d_backward", "gather2d_forward", "unfold_forward",
+                                                   "fold_forward"}
     for name, array in kernel_arrays:
         assert array.flags.c_contiguous, (name, array.shape, array.strides)
         assert array.flags.aligned, (name, array.shape)

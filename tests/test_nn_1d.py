@@ -167,7 +167,7 @@ def test_frozen_conv1d_still_gives_the_input_gradient(rng):
      r"the dilated kernel \(5: kernel_size=5, dilation=1\) is longer than the padded input"),
     (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, output_padding=2), ValueError,
      "output_padding must be smaller than either stride or dilation, got output_padding=2, stride=2, dilation=1"),
-    (lambda: nn.ConvTranspose1d(4, 6, 3, padding="same"), ValueError, "takes padding as an int or"),
+    (lambda: nn.ConvTranspose1d(4, 6, 3, padding="full"), ValueError, "padding must be an int, .* got 'full'"),
     (lambda: nn.MaxPool1d((2, 2)), ValueError, "kernel_size of a 1-D op"),
     (lambda: nn.MaxPool1d(2)(np.ones((1, 2, 3, 4))), ValueError, "x must be 2 or 3-dimensional"),
     (lambda: nn.AvgPool1d(2, padding=(1, 1)), ValueError, "padding of a 1-D op"),

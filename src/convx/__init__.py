@@ -35,6 +35,8 @@ from .functional import (
     conv_transpose1d,
     conv_transpose2d,
     elu,
+    fold,
+    fold_backward,
     gelu,
     group_norm,
     group_norm_backward,
@@ -68,6 +70,8 @@ from .functional import (
     softmax_backward,
     softplus,
     tanh,
+    unfold,
+    unfold_backward,
 )
 from ._explain import explain
 from . import nn, optim
@@ -107,6 +111,8 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "elu",
+    "fold",
+    "fold_backward",
     "explain",
     "gelu",
     "get_autotune",
@@ -151,4 +157,6 @@ __all__ = [
     "softmax_backward",
     "softplus",
     "tanh",
+    "unfold",
+    "unfold_backward",
 ]

@@ -218,3 +218,11 @@ def layer_norm_param_grads(
     grad_out: _Float, x: _Float, mean: npt.NDArray[np.float64], inv_std: npt.NDArray[np.float64],
     grad_weight: npt.NDArray[np.float64], grad_bias: npt.NDArray[np.float64], n_threads: int,
 ) -> None: ...
+def unfold_forward(
+    x: _Float, cols: _Float, kernel_h: int, kernel_w: int, dilation_h: int, dilation_w: int, pad_h: int, pad_w: int,
+    stride_h: int, stride_w: int, out_h: int, out_w: int, n_threads: int,
+) -> None: ...
+def fold_forward(
+    cols: _Float, out: _Float, kernel_h: int, kernel_w: int, dilation_h: int, dilation_w: int, pad_h: int, pad_w: int,
+    stride_h: int, stride_w: int, out_h: int, out_w: int, n_threads: int,
+) -> None: ...

@@ -70,13 +70,16 @@ def padding_sides(
 
 
 def conv_transpose_output_size(
-    size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int
+    size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int,
+    pad_after: int | None = None,
 ) -> int:
     """Output length of a transposed convolution along one axis.
 
-    ``(size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``.
+    ``(size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``, or with
+    ``pad_after``, ``padding + pad_after`` in place of ``2 * padding``.
     """
-    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    after = padding if pad_after is None else pad_after
+    return (size - 1) * stride - padding - after + dilation * (kernel - 1) + output_padding + 1
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:

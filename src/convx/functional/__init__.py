@@ -63,6 +63,7 @@ from .pooling1d import (
     max_pool1d,
     max_pool1d_backward,
 )
+from .unfold import fold, fold_backward, unfold, unfold_backward
 from .unpooling import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
@@ -96,6 +97,8 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "elu",
+    "fold",
+    "fold_backward",
     "gelu",
     "group_norm",
     "group_norm_backward",
@@ -131,4 +134,6 @@ __all__ = [
     "softmax_backward",
     "softplus",
     "tanh",
+    "unfold",
+    "unfold_backward",
 ]

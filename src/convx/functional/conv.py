@@ -21,7 +21,7 @@ from .._checks import as_float_array, as_int, as_padding, as_pair, as_shape, con
 from .._products import matmul
 from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, padding_sides
 from .._threads import kernel_threads
-from .._typing import AnyArray, Float, IntPair, Padding, Shape
+from .._typing import AnyArray, Float, IntPair, Padding, PaddingWord, Shape
 from .activations import Epilogue, activation_epilogue, check_no_activation_params
 
 # BLAS takes 32-bit dimensions and leading dimensions.
@@ -735,14 +735,22 @@ def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def _shown_padding(sides: tuple[tuple[int, int], ...]) -> object:
+    """Per-side padding as its user wrote it: ``p`` or ``(pH, pW)`` where both sides agree."""
+    if all(before == after for before, after in sides):
+        return _shown(tuple(before for before, _ in sides))
+    return sides
+
+
 def check_transpose_geometry(
-    input_shape: Shape, weight_shape: Shape, stride: tuple[int, ...], padding: tuple[int, ...],
+    input_shape: Shape, weight_shape: Shape, stride: tuple[int, ...], padding: tuple[tuple[int, int], ...],
     output_padding: tuple[int, ...], dilation: tuple[int, ...], groups: int,
 ) -> tuple[int, ...]:
     """A transposed convolution's output sizes (1-D or 2-D), its shapes and arguments checked first;
-    messages show them as given."""
+    ``padding`` is ``(before, after)`` per axis; messages show the arguments as given."""
     c_in, spatial, kernel = input_shape[1], tuple(input_shape[2:]), tuple(weight_shape[2:])
-    stride_, pad_, out_pad_, dilation_ = map(_shown, (stride, padding, output_padding, dilation))
+    stride_, out_pad_, dilation_ = map(_shown, (stride, output_padding, dilation))
+    pad_ = _shown_padding(padding)
     if weight_shape[0] != c_in:
         raise ValueError(
             f"weight of shape {tuple(weight_shape)} must have x's {c_in} input channels first "
@@ -757,9 +765,10 @@ def check_transpose_geometry(
             )
     if c_in % groups:
         raise ValueError(f"groups={groups} must divide the input channels ({c_in})")
+    _check_sizes(("padding", max(max(sides) for sides in padding)))
     out = tuple(
-        conv_transpose_output_size(*args)
-        for args in zip(spatial, kernel, stride, padding, output_padding, dilation)
+        conv_transpose_output_size(size, k, s, before, op, d, after)
+        for size, k, s, (before, after), op, d in zip(spatial, kernel, stride, padding, output_padding, dilation)
     )
     if min(out) < 1:
         # (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1: name every term.
@@ -776,6 +785,77 @@ def check_transpose_geometry(
     return out
 
 
+def transpose_padding(
+    padding: PaddingWord | tuple[tuple[int, int], ...], output_padding: tuple[int, ...], output_size: object,
+    spatial: Shape, kernel: Shape, stride: tuple[int, ...], dilation: tuple[int, ...],
+) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """A transposed convolution's ``(before, after)`` padding per axis and its output_padding, from
+    its padding (checked by ``as_padding`` / ``as_padding_1d``, per axis), output_padding and the
+    ``output_size`` requested, if any.
+
+    ``'same'`` / ``'same_lower'`` (ONNX ConvTranspose's auto_pad SAME_UPPER / SAME_LOWER) remove
+    ``stride*(size - 1) + output_padding + dilation*(kernel - 1) + 1 - out`` elements in all, ``out``
+    being ``size * stride`` or the ``output_size`` requested, half from each end, the odd one from the
+    end ('same') or the beginning ('same_lower'). With numbers, an ``output_size`` sets output_padding
+    (PyTorch's ``ConvTranspose2d.forward(x, output_size)``), within ``[0, max(stride, dilation))``.
+    """
+    dims = len(spatial)
+    target = _transpose_output_size(output_size, dims)
+    if isinstance(padding, str) and padding != "valid":
+        wanted = target if target is not None else tuple(size * s for size, s in zip(spatial, stride))
+        sides = []
+        for size, k, s, d, op, out in zip(spatial, kernel, stride, dilation, output_padding, wanted):
+            total = s * (size - 1) + op + d * (k - 1) + 1 - out
+            if total < 0:
+                full = tuple(
+                    conv_transpose_output_size(n, k_, s_, 0, op_, d_)
+                    for n, k_, s_, op_, d_ in zip(spatial, kernel, stride, output_padding, dilation)
+                )
+                raise ValueError(
+                    f"padding={padding!r} cannot give a {_by(wanted)} output: the full transposed convolution of this "
+                    f"{_by(spatial)} input is only {_by(full)} (kernel {_by(kernel)}, stride={_shown(stride)}, "
+                    f"dilation={_shown(dilation)}, output_padding={_shown(output_padding)}); give a larger "
+                    f"output_padding, or padding=0"
+                )
+            small, large = total // 2, total - total // 2
+            sides.append((small, large) if padding == "same" else (large, small))
+        return tuple(sides), output_padding
+    numeric = ((0, 0),) * dims if isinstance(padding, str) else padding
+    if target is None:
+        return numeric, output_padding
+    smallest = tuple(
+        conv_transpose_output_size(size, k, s, before, 0, d, after)
+        for size, k, s, (before, after), d in zip(spatial, kernel, stride, numeric, dilation)
+    )
+    largest = tuple(low + max(s, d) - 1 for low, s, d in zip(smallest, stride, dilation))
+    if any(not low <= out <= high for low, out, high in zip(smallest, target, largest)):
+        raise ValueError(
+            f"output_size={_shown(target)} cannot be reached: this {_by(spatial)} input gives sizes from "
+            f"{_shown(smallest)} to {_shown(largest)} (output_padding from 0 to max(stride, dilation) - 1, "
+            f"stride={_shown(stride)}, dilation={_shown(dilation)}, padding={_shown_padding(numeric)})"
+        )
+    derived = tuple(out - low for out, low in zip(target, smallest))
+    if any(output_padding) and output_padding != derived:
+        raise ValueError(
+            f"output_padding={_shown(output_padding)} disagrees with output_size={_shown(target)}, which needs "
+            f"output_padding={_shown(derived)}; give one of them"
+        )
+    return numeric, derived
+
+
+def _transpose_output_size(value: object, dims: int) -> tuple[int, ...] | None:
+    """``output_size`` as the spatial sizes: PyTorch takes them alone or after (N, C)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and dims == 1:
+        value = (value,)
+    shape = as_shape("output_size", value, (dims, dims + 2))
+    spatial = shape[-dims:]
+    if min(spatial) < 1:
+        raise ValueError(f"output_size must be positive sizes, got {_shown(tuple(spatial))}")
+    return tuple(spatial)
+
+
 _KERNEL_NAMES = {1: ("K",), 2: ("kH", "kW")}
 
 
@@ -786,8 +866,8 @@ def _by(sizes: tuple[int, ...]) -> str:
 
 def conv_transpose2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntPair = 1,
-    padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
-    algorithm: str = "direct",
+    padding: Padding = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
+    output_size: Shape | None = None, algorithm: str = "direct",
 ) -> NDArray[Float]:
     """2-D transposed convolution ("deconvolution"): the adjoint of :func:`conv2d` as a map of its input.
 
@@ -798,12 +878,25 @@ def conv_transpose2d(
         Same layout as PyTorch's ``ConvTranspose2d.weight``.
     bias : ndarray, shape (C_out,), optional
     stride : int or (int, int), default 1
-    padding : int or (int, int), default 0
-        ``dilation * (kernel - 1) - padding`` zeros are effectively added to each side.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Rows/columns removed from each side of the full transposed convolution (``dilation *
+        (kernel - 1) - padding`` zeros are effectively added to each side of ``x``), or per side
+        ``((top, bottom), (left, right))``; four flat numbers are refused as ambiguous.
+        ``'same'`` and ``'same_lower'`` are ONNX ConvTranspose's auto_pad SAME_UPPER / SAME_LOWER:
+        the output is ``H * sH`` by ``W * sW`` (or ``output_size``), the
+        ``sH*(H - 1) + output_padding_H + dH*(kH - 1) + 1 - H_out`` rows removed half from each
+        side, the odd one from the bottom ('same') or the top ('same_lower'), likewise columns;
+        a kernel too small to reach that size (that total below zero) is refused.
     output_padding : int or (int, int), default 0
         Extra rows/columns at the bottom/right; must be smaller than stride or dilation.
     groups : int, default 1
     dilation : int or (int, int), default 1
+    output_size : (H_out, W_out) or (N, C_out, H_out, W_out), optional
+        The output size wanted, as PyTorch's ``ConvTranspose2d.forward(x, output_size)``: with
+        numeric padding it sets output_padding (each within ``[0, max(stride, dilation))``; a size
+        outside the reachable range is a ValueError naming the range, and a nonzero
+        ``output_padding`` must agree with it); with 'same' / 'same_lower' it replaces
+        ``H * sH`` by ``W * sW`` (ONNX's output_shape).
     algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
         As for :func:`conv2d` (Winograd applies with stride 1: the output is then a stride-1
         3x3 convolution of the zero-padded input).
@@ -811,7 +904,7 @@ def conv_transpose2d(
     Returns
     -------
     y : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
-        ``H_out = (H - 1)*sH - 2*pH + dH*(kH - 1) + output_padding_H + 1``, likewise ``W_out``.
+        ``H_out = (H - 1)*sH - top - bottom + dH*(kH - 1) + output_padding_H + 1``, likewise ``W_out``.
 
     Examples
     --------
@@ -822,6 +915,11 @@ def conv_transpose2d(
            [1., 1., 1., 1.],
            [1., 1., 1., 1.],
            [1., 1., 1., 1.]])
+    >>> convx.conv_transpose2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)), stride=2, padding="same").shape
+    (1, 1, 6, 6)
+    >>> convx.conv_transpose2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)), stride=2, padding=1,
+    ...                        output_size=(6, 6)).shape
+    (1, 1, 6, 6)
     """
     x = as_float_array("x", x, (3, 4))
     weight = as_float_array("weight", weight, (4,))
@@ -829,17 +927,19 @@ def conv_transpose2d(
         bias = as_float_array("bias", bias, (1,))
     dtype = same_dtype(x=x, weight=weight, bias=bias)
     x, unbatched = _batched(x)
-    if isinstance(padding, str):
-        raise ValueError(f"conv_transpose2d takes padding as an int or a pair of ints, got {padding!r}")
     stride = as_pair("stride", stride, 1)
     dilation = as_pair("dilation", dilation, 1)
-    pad = as_pair("padding", padding, 0)
+    parsed = as_padding(padding)
     out_pad = as_pair("output_padding", output_padding, 0)
     groups = as_int("groups", groups, 1)
     batch, c_in, height, width = x.shape
-    out_h, out_w = check_transpose_geometry(x.shape, weight.shape, stride, pad, out_pad, dilation, groups)
+    sides, out_pad_ = transpose_padding(parsed, out_pad, output_size, (height, width), weight.shape[2:], stride,
+                                        dilation)
+    out_h, out_w = check_transpose_geometry(x.shape, weight.shape, stride, sides, out_pad_, dilation, groups)
     c_out = weight.shape[1] * groups
-    # Transposed convolution is conv2d's input gradient with x as the output gradient.
+    # Transposed convolution is conv2d's input gradient with x as the output gradient (per-side
+    # padding as conv2d's: its top/left padding places the output, the bottom/right only sizes it).
+    pad = (sides[0], sides[1])
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
     _check_grad_out(x, plan._replace(out_h=height, out_w=width))
     _check_bias(bias, c_out)

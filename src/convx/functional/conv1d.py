@@ -27,6 +27,7 @@ from .conv import (
     conv2d_backward_input,
     conv2d_backward_weight,
     conv_transpose2d,
+    transpose_padding,
 )
 
 __all__ = [
@@ -306,8 +307,8 @@ def conv1d_backward(
 
 def conv_transpose1d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntSingle = 1,
-    padding: IntSingle = 0, output_padding: IntSingle = 0, groups: int = 1, dilation: IntSingle = 1, *,
-    algorithm: str = "direct",
+    padding: Padding1d = 0, output_padding: IntSingle = 0, groups: int = 1, dilation: IntSingle = 1, *,
+    output_size: int | Shape | None = None, algorithm: str = "direct",
 ) -> NDArray[Float]:
     """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``: the adjoint of
     :func:`conv1d` as a map of its input (:func:`conv_transpose2d` on views).
@@ -319,18 +320,22 @@ def conv_transpose1d(
         Same layout as PyTorch's ``ConvTranspose1d.weight``.
     bias : ndarray, shape (C_out,), optional
     stride : int or (int,), default 1
-    padding : int or (int,), default 0
-        Removes ``padding`` elements from each end of the full transposed convolution.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Removes ``padding`` elements from each end of the full transposed convolution, or
+        ``((left, right),)`` per end; 'same' / 'same_lower' as for :func:`conv_transpose2d`
+        (``L * s`` outputs, ONNX's SAME_UPPER / SAME_LOWER).
     output_padding : int or (int,), default 0
         Extra elements on the right; smaller than the stride or the dilation.
     groups : int, default 1
     dilation : int or (int,), default 1
+    output_size : int, (L_out,) or (N, C_out, L_out), optional
+        The output length wanted, as for :func:`conv_transpose2d`.
     algorithm : {'direct', 'auto'}, default 'direct'
 
     Returns
     -------
     y : ndarray, shape (N, C_out, L_out) or (C_out, L_out)
-        ``L_out = (L - 1)*s - 2*padding + d*(K - 1) + output_padding + 1``.
+        ``L_out = (L - 1)*s - left - right + d*(K - 1) + output_padding + 1``.
 
     Examples
     --------
@@ -343,19 +348,21 @@ def conv_transpose1d(
     if bias is not None:
         bias = as_float_array("bias", bias, (1,))
     same_dtype(x=x, weight=weight, bias=bias)
-    if isinstance(padding, str):
-        raise ValueError(f"conv_transpose1d takes padding as an int or (int,), got {padding!r}")
     stride_ = as_single("stride", stride, 1)
-    pad = as_single("padding", padding, 0)
+    parsed = as_padding_1d(padding)
     out_pad = as_single("output_padding", output_padding, 0)
     dilation_ = as_single("dilation", dilation, 1)
     groups_ = as_int("groups", groups, 1)
     check_algorithm_1d(algorithm)
     x_shape = _batch_shape(x.shape)
-    (out_length,) = check_transpose_geometry(x_shape, weight.shape, (stride_,), (pad,), (out_pad,), (dilation_,),
+    (sides,), (out_pad,) = transpose_padding(
+        parsed if isinstance(parsed, str) else (parsed,), (out_pad,), output_size, x_shape[2:], weight.shape[2:],
+        (stride_,), (dilation_,),
+    )
+    (out_length,) = check_transpose_geometry(x_shape, weight.shape, (stride_,), (sides,), (out_pad,), (dilation_,),
                                              groups_)
     c_out = weight.shape[1] * groups_
     check_conv_shapes((x_shape[0], c_out, out_length), weight.shape, groups_, "output")
-    y = conv_transpose2d(_plane(x), _plane(weight), bias, (1, stride_), (0, pad), (0, out_pad), groups_,
+    y = conv_transpose2d(_plane(x), _plane(weight), bias, (1, stride_), ((0, 0), sides), (0, out_pad), groups_,
                          (1, dilation_), algorithm=algorithm)
     return _line(y)

@@ -50,6 +50,7 @@ from .pooling import (
     MaxUnpool1d,
     MaxUnpool2d,
 )
+from .fold import Fold, Unfold
 from .resample import PixelShuffle, PixelUnshuffle, Upsample, UpsamplingBilinear2d, UpsamplingNearest2d
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "Dropout3d",
     "ELU",
     "Flatten",
+    "Fold",
     "GELU",
     "GlobalAvgPool2d",
     "GlobalMaxPool2d",
@@ -117,6 +119,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Tanh",
+    "Unfold",
     "Upsample",
     "UpsamplingBilinear2d",
     "UpsamplingNearest2d",

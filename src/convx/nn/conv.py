@@ -9,14 +9,14 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .. import functional
-from ..functional.conv import check_algorithm
+from ..functional.conv import check_algorithm, transpose_padding
 from ..functional.conv1d import check_algorithm_1d
 from .._checks import as_bool, as_int, as_padding, as_padding_1d, as_pair, as_single
 from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
 from .._shapes import NumpyPadMode as _NumpyPadMode
 from .._shapes import padded_source as _padded_source
 from .._shapes import padding_sides
-from .._typing import IntPair, IntSingle, Padding, Padding1d
+from .._typing import IntPair, IntSingle, Padding, Padding1d, PaddingWord
 from .init import RngLike, default_weight_and_bias
 from .module import Module, as_dtype, check_input
 
@@ -349,7 +349,7 @@ class _ConvTransposeNd(Module):
     _OPS: _ConvOps
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
-    padding: tuple[int, ...]
+    padding: Any  # PyTorch's spelling where it has one: a word, (p,) / (pH, pW), or the sides
     output_padding: tuple[int, ...]
     dilation: tuple[int, ...]
     in_channels: int
@@ -358,26 +358,45 @@ class _ConvTransposeNd(Module):
     algorithm: str
     dtype: np.dtype[Any]
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Transposed convolution of ``x``, shape ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``."""
+    def _padding_per_axis(self) -> PaddingWord | tuple[tuple[int, int], ...]:
+        """The padding as a word or ``(before, after)`` per axis."""
+        if len(self.kernel_size) == 1:
+            sides_1d = as_padding_1d(self.padding)
+            return sides_1d if isinstance(sides_1d, str) else (sides_1d,)
+        sides_2d = as_padding(self.padding)
+        return sides_2d if isinstance(sides_2d, str) else tuple(sides_2d)
+
+    def forward(self, x: np.ndarray, output_size: Any = None) -> np.ndarray:
+        """Transposed convolution of ``x``, shape ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``.
+
+        ``output_size`` (the spatial sizes, alone or after (N, C_out)) picks the output's size as
+        PyTorch's ``forward(x, output_size)``: with numeric padding it replaces output_padding,
+        with 'same' / 'same_lower' the input size times the stride (see
+        :func:`convx.functional.conv_transpose2d`).
+        """
         dims = len(self.kernel_size)
         x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
         _check_channels(self, x, self.in_channels, dims)
+        padding = self._padding_per_axis()
+        numeric = not isinstance(padding, str) or padding == "valid"
+        output_padding = (0,) * dims if output_size is not None and numeric else self.output_padding
+        sides, output_padding = transpose_padding(padding, output_padding, output_size, x.shape[-dims:],
+                                                  self.kernel_size, self.stride, self.dilation)
         y = self._OPS.transpose(
-            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation, algorithm=self.algorithm,
+            x, self._params["weight"], self._params.get("bias"), self.stride, sides, output_padding, self.groups,
+            self.dilation, algorithm=self.algorithm,
         )
-        self._save_for_backward(y, x)
+        self._save_for_backward(y, x, sides)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x,) = self._saved_for_backward(grad_out)
+        grad_out, (x, sides) = self._saved_for_backward(grad_out)
         weight = self._params["weight"]
         # The transposed convolution is the adjoint of the convolution by weight as a map of its input,
         # so its input gradient is that convolution, and its weight gradient is the convolution's weight
         # gradient with the roles of input and output gradient swapped.
-        grad_x = self._OPS.conv(grad_out, weight, None, self.stride, self.padding, self.dilation, self.groups,
+        grad_x = self._OPS.conv(grad_out, weight, None, self.stride, sides, self.dilation, self.groups,
                                 algorithm=self.algorithm)
         dims = len(self.kernel_size)
         sizes = x.shape[-dims:]
@@ -391,8 +410,7 @@ class _ConvTransposeNd(Module):
             grad_x = np.ascontiguousarray(grad_x[crop])
         if self._needs_grad("weight"):
             self._store_grad("weight", self._OPS.backward_weight(
-                x, grad_out, weight.shape, self.stride, self.padding, self.dilation, self.groups,
-                algorithm=self.algorithm,
+                x, grad_out, weight.shape, self.stride, sides, self.dilation, self.groups, algorithm=self.algorithm,
             ))
         if self._needs_grad("bias"):
             self._store_grad("bias", self._OPS.backward_bias(grad_out))
@@ -402,7 +420,7 @@ class _ConvTransposeNd(Module):
         zeros, ones = (0,) * len(self.kernel_size), (1,) * len(self.kernel_size)
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != zeros:
-            text += f", padding={self.padding}"
+            text += f", padding={self.padding!r}"
         if self.output_padding != zeros:
             text += f", output_padding={self.output_padding}"
         if self.dilation != ones:
@@ -424,8 +442,11 @@ class ConvTranspose2d(_ConvTransposeNd):
     in_channels, out_channels : int
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
-    padding : int or (int, int), default 0
-        Removes ``padding`` rows/columns from each side of the full transposed convolution.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Removes ``padding`` rows/columns from each side of the full transposed convolution, or per
+        side ``((top, bottom), (left, right))``; 'same' / 'same_lower' give an output of the input
+        size times the stride (ONNX's SAME_UPPER / SAME_LOWER, see
+        :func:`convx.functional.conv_transpose2d`).
     output_padding : int or (int, int), default 0
         Extra rows/columns at the bottom/right; smaller than the stride or the dilation.
     groups : int, default 1
@@ -447,7 +468,8 @@ class ConvTranspose2d(_ConvTransposeNd):
     Notes
     -----
     Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, H_out, W_out) with
-    ``H_out = (H - 1)*sH - 2*pH + dH*(kH - 1) + output_padding_H + 1``.
+    ``H_out = (H - 1)*sH - top - bottom + dH*(kH - 1) + output_padding_H + 1``; ``forward(x,
+    output_size)`` picks ``(H_out, W_out)`` as PyTorch's does (output_padding derived from it).
 
     Examples
     --------
@@ -455,6 +477,9 @@ class ConvTranspose2d(_ConvTransposeNd):
     >>> from convx import nn
     >>> up = nn.ConvTranspose2d(4, 2, kernel_size=2, stride=2, rng=0)
     >>> up(np.ones((1, 4, 5, 5), dtype=np.float32)).shape
+    (1, 2, 10, 10)
+    >>> down_then_up = nn.ConvTranspose2d(4, 2, kernel_size=3, stride=2, padding=1, rng=0)
+    >>> down_then_up(np.ones((1, 4, 5, 5), dtype=np.float32), output_size=(10, 10)).shape
     (1, 2, 10, 10)
     """
 
@@ -466,7 +491,7 @@ class ConvTranspose2d(_ConvTransposeNd):
         out_channels: int,
         kernel_size: IntPair,
         stride: IntPair = 1,
-        padding: IntPair = 0,
+        padding: Padding = 0,
         output_padding: IntPair = 0,
         groups: int = 1,
         bias: bool = True,
@@ -481,9 +506,12 @@ class ConvTranspose2d(_ConvTransposeNd):
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = as_pair("stride", stride, 1)
-        if isinstance(padding, str):
-            raise ValueError(f"ConvTranspose2d takes padding as an int or a pair of ints, got {padding!r}")
-        self.padding = as_pair("padding", padding, 0)
+        sides = as_padding(padding)
+        # PyTorch's form where it has one: a word, or (pH, pW) for the same padding on both sides
+        self.padding = (
+            sides if isinstance(sides, str) or sides[0][0] != sides[0][1] or sides[1][0] != sides[1][1]
+            else (sides[0][0], sides[1][0])
+        )
         self.output_padding = as_pair("output_padding", output_padding, 0)
         self.dilation = as_pair("dilation", dilation, 1)
         self.groups = as_int("groups", groups, 1)
@@ -655,8 +683,10 @@ class ConvTranspose1d(_ConvTransposeNd):
     in_channels, out_channels : int
     kernel_size : int or (int,)
     stride : int or (int,), default 1
-    padding : int or (int,), default 0
-        Removes ``padding`` elements from each end of the full transposed convolution.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Removes ``padding`` elements from each end of the full transposed convolution, or
+        ``((left, right),)``; 'same' / 'same_lower' give ``L * s`` outputs (ONNX's SAME_UPPER /
+        SAME_LOWER).
     output_padding : int or (int,), default 0
         Extra elements on the right; smaller than the stride or the dilation.
     groups : int, default 1
@@ -675,7 +705,8 @@ class ConvTranspose1d(_ConvTransposeNd):
     Notes
     -----
     Input (N, C_in, L) or (C_in, L); output (N, C_out, L_out) with
-    ``L_out = (L - 1)*s - 2*padding + d*(K - 1) + output_padding + 1``.
+    ``L_out = (L - 1)*s - left - right + d*(K - 1) + output_padding + 1``; ``forward(x,
+    output_size)`` picks ``L_out`` as PyTorch's does.
 
     Examples
     --------
@@ -694,7 +725,7 @@ class ConvTranspose1d(_ConvTransposeNd):
         out_channels: int,
         kernel_size: IntSingle,
         stride: IntSingle = 1,
-        padding: IntSingle = 0,
+        padding: Padding1d = 0,
         output_padding: IntSingle = 0,
         groups: int = 1,
         bias: bool = True,
@@ -709,9 +740,10 @@ class ConvTranspose1d(_ConvTransposeNd):
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
         self.stride = (as_single("stride", stride, 1),)
-        if isinstance(padding, str):
-            raise ValueError(f"ConvTranspose1d takes padding as an int or (int,), got {padding!r}")
-        self.padding = (as_single("padding", padding, 0),)
+        sides_1d = as_padding_1d(padding)
+        self.padding = (
+            sides_1d if isinstance(sides_1d, str) else (sides_1d[0],) if sides_1d[0] == sides_1d[1] else (sides_1d,)
+        )
         self.output_padding = (as_single("output_padding", output_padding, 0),)
         self.dilation = (as_single("dilation", dilation, 1),)
         self.groups = as_int("groups", groups, 1)
