@@ -10,6 +10,7 @@ import numpy as np
 from .. import functional
 from .._checks import as_bool, as_int, as_pair, as_single
 from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
+from ..functional.lppool import _norm_type
 from ..functional.pooling import _window_values
 from .module import Module, check_input
 
@@ -626,3 +627,109 @@ class MaxUnpool1d(_MaxUnpoolNd):
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.padding = as_single("padding", padding, 0)
+
+
+class _LPPoolNd(Module):
+    """The forward, backward and repr of LPPool1d and LPPool2d."""
+
+    _DIMS: int
+    norm_type: float
+    kernel_size: Any
+    stride: Any
+    ceil_mode: bool
+
+    def _options(self) -> tuple[Any, ...]:
+        return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The ``norm_type``-norm of each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
+        pool = functional.lp_pool1d if self._DIMS == 1 else functional.lp_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, *self._options())
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        gather = functional.lp_pool1d_backward if self._DIMS == 1 else functional.lp_pool2d_backward
+        return gather(grad_out, x, *self._options())
+
+    def extra_repr(self) -> str:
+        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}"
+
+
+class LPPool2d(_LPPoolNd):
+    """2-D power-average pooling, ``torch.nn.LPPool2d`` (:func:`convx.lp_pool2d`).
+
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Notes
+    -----
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out), each window's
+    ``(sum of x ** p) ** (1 / p)``. The input is kept from ``forward`` for the backward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.LPPool2d(2, (1, 2))
+    >>> pool(np.array([[[[3., 4.]]]]))
+    array([[[[5.]]]])
+    >>> pool.backward(np.ones((1, 1, 1, 1)))
+    array([[[[0.6, 0.8]]]])
+    """
+
+    _DIMS = 2
+
+    def __init__(
+        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type)
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+
+class LPPool1d(_LPPoolNd):
+    """1-D power-average pooling, ``torch.nn.LPPool1d`` (:func:`convx.lp_pool1d`).
+
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.LPPool1d(1, 2)(np.array([[[1., 2., 3., 4.]]]))
+    array([[[3., 7.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(
+        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type)
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
