@@ -158,3 +158,48 @@ def test_layers(rng):
 def test_refusals(call, error, match):
     with pytest.raises(error, match=match):
         call(np.ones((1, 1, 6, 6)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_type, kernel, stride, sides, dilation", [
+    (2, (3, 3), (2, 2), ((2, 0), (1, 2)), (1, 1)),
+    (3, (2, 3), (1, 2), ((1, 1), (0, 4)), (2, 2)),
+    (1.5, (3, 2), (3, 1), ((0, 2), (1, 0)), (1, 3)),
+])
+def test_lp_pool2d_padding_and_dilation_as_onnx(rng, dtype, norm_type, kernel, stride, sides, dilation):
+    """ONNX's LpPool pads and dilates: the p-norm of each window's taps of the zero-padded input
+    (an explicitly padded array, windows taken by their taps' indices)."""
+    x = rng.uniform(0.1, 2.0, (2, 3, 7, 9)).astype(dtype)
+    (top, bottom), (left, right) = sides
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(padded.shape[-2:], kernel, stride, dilation)]
+    rows = np.arange(out[0])[:, None] * stride[0] + np.arange(kernel[0]) * dilation[0]
+    cols = np.arange(out[1])[:, None] * stride[1] + np.arange(kernel[1]) * dilation[1]
+    windows = padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+    expected = np.power(np.power(windows, norm_type).sum(axis=(-2, -1)), 1.0 / norm_type)
+    y = F.lp_pool2d(x, norm_type, kernel, stride, padding=sides, dilation=dilation)
+    assert_close(y, expected.astype(dtype), dtype)
+    grad_out = rng.standard_normal(y.shape).astype(dtype)
+    grad_x = F.lp_pool2d_backward(grad_out, x, norm_type, kernel, stride, padding=sides, dilation=dilation)
+    if dtype == np.float64:
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            plus, minus = x.copy(), x.copy()
+            plus[index] += 1e-6
+            minus[index] -= 1e-6
+            numeric[index] = np.vdot(F.lp_pool2d(plus, norm_type, kernel, stride, padding=sides, dilation=dilation)
+                                     - F.lp_pool2d(minus, norm_type, kernel, stride, padding=sides, dilation=dilation),
+                                     grad_out) / 2e-6
+        np.testing.assert_allclose(grad_x, numeric, rtol=1e-6, atol=1e-8)
+    line = x[:, :, 0]
+    y1 = F.lp_pool1d(line, norm_type, kernel[1], stride[1], padding=(sides[1],), dilation=dilation[1])
+    assert_close(y1, F.lp_pool2d(line[:, :, None], norm_type, (1, kernel[1]), (1, stride[1]),
+                                 padding=((0, 0), sides[1]), dilation=(1, dilation[1]))[:, :, 0], dtype)
+    assert F.lp_pool1d(line, 2, 3, 2, padding="same").shape[-1] == 5
+    with pytest.raises(ValueError, match="ceil_mode=False"):
+        F.lp_pool1d(line, 2, 3, 2, True, padding="same")
+    g1 = F.lp_pool1d_backward(np.ones_like(y1), line, norm_type, kernel[1], stride[1], padding=(sides[1],),
+                              dilation=dilation[1])
+    g2 = F.lp_pool2d_backward(np.ones_like(y1)[:, :, None], line[:, :, None], norm_type, (1, kernel[1]),
+                              (1, stride[1]), padding=((0, 0), sides[1]), dilation=(1, dilation[1]))
+    np.testing.assert_array_equal(g1, g2[:, :, 0])
