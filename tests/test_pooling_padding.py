@@ -361,3 +361,31 @@ def test_limits_follow_dilation_and_other_refusals():
     # Taps that step over a short input: every one in the padding.
     with pytest.raises(ValueError, match="every tap in the padding"):
         F.avg_pool2d(np.zeros((1, 1, 1, 4)), (2, 1), 1, ((2, 1), (0, 0)), dilation=(3, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_and_two_threads_agree_on_strided_views(rng, dtype):
+    import convx
+
+    base = rng.standard_normal((3, 5, 19, 23)).astype(dtype)
+    x = base[:, ::2, 1:, ::2]  # not contiguous
+    calls = [
+        lambda: F.max_pool2d(x, 3, 2, ((2, 0), (1, 2)), 2, True, return_indices=True),
+        lambda: F.avg_pool2d(x, 3, (2, 1), "same_lower", False, False, dilation=(2, 3)),
+        lambda: F.avg_pool2d_backward(np.ones((3, 3, 9, 12), dtype), x.shape, 3, (2, 1), "same_lower", False, False,
+                                      dilation=(2, 3)),
+        lambda: F.avg_pool2d(x, (3, 2), 2, ((1, 2), (0, 1)), True, True),
+    ]
+    before = convx.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            convx.set_num_threads(n)
+            results.append([call() for call in calls])
+    finally:
+        convx.set_num_threads(before)
+    for one, two in zip(*results):
+        for a, b in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(results[0][1], F.avg_pool2d(np.ascontiguousarray(x), 3, (2, 1), "same_lower", False,
+                                                               False, dilation=(2, 3)))
