@@ -389,3 +389,54 @@ def test_one_and_two_threads_agree_on_strided_views(rng, dtype):
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(results[0][1], F.avg_pool2d(np.ascontiguousarray(x), 3, (2, 1), "same_lower", False,
                                                                False, dilation=(2, 3)))
+
+
+# --- random geometries, both max-pooling kernels ---------------------------------------------------
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_random_geometries_against_reference(monkeypatch, separable):
+    """Per-side padding up to the limit, strides, dilations, ceil_mode and odd planes drawn by
+    Hypothesis (its 'ci' profile: a fixed set), through each max-pooling kernel (the choice forced),
+    and average pooling; refusals must name the padding or the empty window."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    import convx.functional.pooling as pooling
+
+    monkeypatch.setattr(pooling, "_max_pool_separable", lambda *args: separable)
+
+    @st.composite
+    def geometry(draw):
+        kernel = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+        dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        sides = tuple((draw(st.integers(0, d * (k - 1))), draw(st.integers(0, d * (k - 1))))
+                      for k, d in zip(kernel, dilation))
+        plane = (draw(st.integers(1, 13)), draw(st.integers(1, 13)))
+        return kernel, stride, sides, dilation, draw(st.booleans()), plane, draw(st.integers(0, 2**32 - 1))
+
+    @given(geometry())
+    def check(args):
+        kernel, stride, sides, dilation, ceil_mode, plane, seed = args
+        rng = np.random.default_rng(seed)
+        x = distinct(rng, (2, 2, *plane), np.float64)
+        try:
+            y, indices = F.max_pool2d(x, kernel, stride, sides, dilation, ceil_mode, return_indices=True)
+        except ValueError as error:
+            assert "would be" in str(error) or "every tap in the padding" in str(error)
+            return
+        expected, expected_indices = ref_pool(x, "max", kernel, stride, sides, dilation, ceil_mode)
+        np.testing.assert_array_equal(y, expected)
+        np.testing.assert_array_equal(indices, expected_indices)
+        for count_include_pad in (True, False):
+            y = F.avg_pool2d(x, kernel, stride, sides, ceil_mode, count_include_pad, dilation=dilation)
+            expected = ref_pool(x, "avg", kernel, stride, sides, dilation, ceil_mode, count_include_pad)
+            np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+            grad_out = rng.standard_normal(y.shape)
+            grad_x = F.avg_pool2d_backward(grad_out, x.shape, kernel, stride, sides, ceil_mode, count_include_pad,
+                                           dilation=dilation)
+            assert np.isclose(np.vdot(y, grad_out), np.vdot(x, grad_x), rtol=1e-10, atol=1e-12)
+
+    check()
