@@ -250,6 +250,10 @@ def test_tiled_fcn_equals_in_memory_on_the_cluster(client):
     ([nn.Sequential(nn.Conv2d(2, 3, 3, padding=2, rng=0), nn.LeakyReLU(0.1)),
       nn.MaxPool2d(3, 2, padding=1, ceil_mode=True), nn.Dropout(0.5), nn.Conv2d(3, 2, 5, padding="same", rng=1)],
      (1, 2, 45, 50), (12, 14)),
+    # pooling padded per side, up to the kernel less one, with ceil_mode; dilated average pooling
+    ([nn.Conv2d(2, 3, 3, rng=0), nn.MaxPool2d(3, 2, ((2, 0), (1, 2)), ceil_mode=True),
+      nn.AvgPool2d(2, 1, ((0, 2), (2, 1)), dilation=2, count_include_pad=False), nn.Conv2d(3, 1, 1, rng=1)],
+     (1, 2, 41, 39), (12, 14)),
     # no padding anywhere: the output is smaller, the last chunks give little or nothing
     ([nn.Conv2d(2, 3, 5, rng=0), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 1, 3, dilation=2, rng=1)],
      (1, 2, 60, 47), (16, 12)),
@@ -443,3 +447,10 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=3 * CLUSTER_TIMEOUT, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def test_tiled_pooling_with_same_padding_is_refused():
+    net = nn.Sequential(nn.MaxPool2d(3, 2, "same")).eval()
+    image = np.zeros((1, 1, 24, 24), np.float32)
+    with pytest.raises(ValueError, match=r"depends on the whole input's size; give the padding per side"):
+        cd.predict_tiled(net, da.from_array(image, chunks=(1, 1, 12, 12)))

@@ -61,9 +61,10 @@ def _has_empty_window(size, out, kernel, stride, padding, dilation) -> bool:
 
 
 def _window_reasons(height, width, kernel, stride, padding, dilation, ceil_mode) -> tuple[str, ...]:
-    """Empty when PyTorch's rules allow the window sweep, else words one of which the error names."""
+    """Empty when the rules allow the window sweep (PyTorch's, with ONNX's padding limit: up to
+    dilation * (kernel - 1) per side), else words one of which the error names."""
     words = []
-    if any(p > k // 2 for p, k in zip(padding, kernel)):
+    if any(p > d * (k - 1) for p, k, d in zip(padding, kernel, dilation)):
         words += ["padding"]
     outs = [_pool_out(*args, ceil_mode) for args in zip((height, width), kernel, stride, padding, dilation)]
     if min(outs) < 1:
@@ -259,8 +260,9 @@ def _bad_value(data, op, name, value):
     if name in ("kernel_size", "stride", "dilation"):
         return data.draw(bad_geometry_values(1), label="bad")
     if name == "padding":
-        # Also more than half the kernel (3 // 2 = 1).
-        return data.draw(st.one_of(bad_geometry_values(0), st.sampled_from([2, (1, 2), (5, 0)])), label="bad")
+        # Also more than the kernel less one (3 - 1 = 2), ONNX's limit, and four numbers.
+        return data.draw(st.one_of(bad_geometry_values(0), st.sampled_from([3, (1, 3), (5, 0), (1, 0, 1, 0)])),
+                         label="bad")
     if name in ("ceil_mode", "count_include_pad", "return_indices"):
         return data.draw(st.sampled_from(BAD_FLAGS), label="bad")
     if name == "divisor_override":

@@ -828,3 +828,93 @@ def test_adaptive_pool_memory_does_not_grow_with_output_size(rng, torch, output_
     grad, extra_backward = _pool_extra_memory(lambda: F.adaptive_avg_pool2d_backward(y, x.shape), y)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5)
     assert max(extra, extra_avg, extra_backward) < MiB
+
+
+def _pool_clipped_reference(x, kind, kernel, stride, sides, dilation, ceil_mode=False, count_include_pad=True):
+    """Max (with indices) or average pooling with padding per side, from the taps of each window that
+    fall inside the input (none of the padding is laid out, so any padding is cheap): the average
+    divides by the taps inside the padded input (count_include_pad) or inside the input."""
+    height, width = x.shape[-2:]
+    out = []
+    for size, k, s, (before, after), d in zip((height, width), kernel, stride, sides, dilation):
+        numerator = size + before + after - d * (k - 1) - 1
+        count = (-(-numerator // s) if ceil_mode else numerator // s) + 1
+        if ceil_mode and (count - 1) * s >= size + before:
+            count -= 1
+        out.append(count)
+
+    def taps(o, axis):
+        start = o * stride[axis] - sides[axis][0]
+        size = (height, width)[axis]
+        first = max(0, -(start // dilation[axis]))  # the first tap at or after 0
+        last = min(kernel[axis], -(-(size - start) // dilation[axis]))  # past the last tap before size
+        inside = [start + t * dilation[axis] for t in range(first, last)]
+        padded_end = size + sides[axis][1]
+        padded = min(kernel[axis], -(-(padded_end - start) // dilation[axis]))
+        return inside, padded
+
+    y = np.empty((*x.shape[:2], *out), x.dtype)
+    indices = np.empty(y.shape, np.int64)
+    for oh, ow in itertools.product(range(out[0]), range(out[1])):
+        rows, padded_rows = taps(oh, 0)
+        cols, padded_cols = taps(ow, 1)
+        window = x[:, :, rows][:, :, :, cols].reshape(*x.shape[:2], -1)
+        if kind == "max":
+            nan = np.isnan(window)
+            # NaN wins (the last NaN), else the first maximum.
+            last_nan = window.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+            best = np.where(nan.any(axis=-1), last_nan, np.argmax(np.where(nan, -np.inf, window), axis=-1))
+            y[:, :, oh, ow] = np.take_along_axis(window, best[..., None], -1)[..., 0]
+            flat = np.array([r * width + c for r in rows for c in cols])
+            indices[:, :, oh, ow] = flat[best]
+        else:
+            divisor = padded_rows * padded_cols if count_include_pad else len(rows) * len(cols)
+            y[:, :, oh, ow] = window.astype(np.float64).sum(axis=-1) / divisor
+    return (y, indices) if kind == "max" else y
+
+
+# (plane, kernel_size, stride, ((top, bottom), (left, right)) or a word, dilation, ceil_mode): padding
+# per side up to dilation * (kernel_size - 1) of 2^31 - 1, on tiny planes.
+POOL_SIDED_GEOMETRIES = [
+    ((3, 3), BIG, 1, ((BIG - 1, 0), (0, BIG - 1)), 1, False),
+    ((3, 3), 3, 2**20, ((2, 0), (0, 2)), 1, True),
+    ((1, 1), (BIG, 1), (BIG, 1), ((BIG - 1, BIG - 1), (0, 0)), 1, False),
+    ((3, 3), 3, (2**30, 1), ((2**30, 2**30), (0, 1)), (2**29, 1), False),
+    ((3, 2), (3, 2), (2**30, 3), ((2**30, 0), (0, 3)), (2**29, 3), True),
+    ((3, 3), 3, BIG, "same", 1, False),
+    ((3, 3), 2**20, 1, "same_lower", 1, False),
+    ((2, 3), (3, 2**19), (1, 2**19), "same", (1, 2), False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plane, kernel_size, stride, padding, dilation, ceil_mode", POOL_SIDED_GEOMETRIES)
+def test_pooling_padded_per_side_memory(rng, plane, kernel_size, stride, padding, dilation, ceil_mode, dtype):
+    x = _pool_input(rng, plane, dtype)
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+    kernel, strides, dilations = pair(kernel_size), pair(stride), pair(dilation)
+    if isinstance(padding, str):
+        sides = []
+        for size, k, s, d in zip(plane, kernel, strides, dilations):
+            total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+            sides.append((total // 2, total - total // 2) if padding == "same" else (total - total // 2, total // 2))
+    else:
+        sides = padding
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    (y, indices), _ = _pool_extra_memory(lambda: F.max_pool2d(x, *args, return_indices=True), x)
+    expected_y, expected_indices = _pool_clipped_reference(x, "max", kernel, strides, sides, dilations, ceil_mode)
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(indices, expected_indices)
+    x = rng.standard_normal((1, 2, *plane)).astype(dtype)
+    tolerance = dict(rtol=1e-5) if dtype == np.float32 else dict(rtol=1e-12)
+    for count_include_pad in (True, False):
+        kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                      count_include_pad=count_include_pad, dilation=dilation)
+        y, _ = _pool_extra_memory(lambda: F.avg_pool2d(x, **kwargs), x)
+        expected = _pool_clipped_reference(x, "avg", kernel, strides, sides, dilations, ceil_mode, count_include_pad)
+        np.testing.assert_allclose(y, expected, **tolerance)
+        grad_out = rng.standard_normal(y.shape).astype(dtype)
+        grad, _ = _pool_extra_memory(lambda: F.avg_pool2d_backward(grad_out, x.shape, **kwargs), grad_out)
+        # The adjoint of a linear map: <avg(x), g> = <x, avg_backward(g)>.
+        np.testing.assert_allclose(np.vdot(y.astype(np.float64), grad_out), np.vdot(x.astype(np.float64), grad),
+                                   **tolerance)

@@ -369,8 +369,9 @@ I = np.zeros((2, 3, 5), np.int64)
     (lambda: F.max_pool1d(X, 2.0), TypeError, "kernel_size must be an int, got 2.0"),
     (lambda: F.max_pool1d(X, 2, stride=0), ValueError, "stride must be positive, got 0"),
     (lambda: F.max_pool1d(X, 2**31), ValueError, "kernel_size must be at most 2147483647"),
-    (lambda: F.max_pool1d(X, 3, padding=2), ValueError,
-     r"padding must be at most half of kernel_size \(at most 1 for kernel_size=3\), got padding=2"),
+    (lambda: F.max_pool1d(X, 3, padding=3), ValueError,
+     r"padding on each side must be at most dilation \* \(kernel_size - 1\) = 2 for kernel_size=3 and dilation=1 "
+     r"\(a window must reach the input\), got padding=3"),
     (lambda: F.max_pool1d(X, 11), ValueError,
      "the pooling output of x would be 0 for an input of length 10 with kernel_size=11, stride=11, padding=0, "
      "dilation=1"),
@@ -391,7 +392,7 @@ I = np.zeros((2, 3, 5), np.int64)
     (lambda: F.max_pool1d_backward(G[None], I[None], X.shape), ValueError, "max_pool1d_backward expects grad_out"),
     (lambda: F.avg_pool1d_backward(G[:, :, :4], X.shape, 2), ValueError,
      r"grad_out must have the forward output shape \(2, 3, 5\) for input_shape \(2, 3, 10\)"),
-    (lambda: F.avg_pool1d_backward(G, X.shape, 2, padding=2), ValueError, "padding must be at most half"),
+    (lambda: F.avg_pool1d_backward(G, X.shape, 2, padding=2), ValueError, r"at most dilation \* \(kernel_size - 1\)"),
     (lambda: F.avg_pool1d(X, 2, divisor_override=2), TypeError, "divisor_override"),
     (lambda: F.adaptive_avg_pool1d(X, (2, 2)), ValueError, "output_size of a 1-D op"),
     (lambda: F.adaptive_avg_pool1d(X, 0), ValueError, "output_size must be positive, got 0"),

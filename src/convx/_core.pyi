@@ -135,12 +135,12 @@ def max_pool2d_backward(grad_out: _Float, indices: _Index, grad_in: _Float, n_th
 def avg_pool2d_forward(
     x: _Float, out: _Float,
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
-    count_include_pad: bool, divisor_override: int, row_begin: int, row_end: int, n_threads: int,
+    pad_bottom: int, pad_right: int, dilation_h: int, dilation_w: int, count_include_pad: bool, divisor_override: int, row_begin: int, row_end: int, n_threads: int,
 ) -> None: ...
 def avg_pool2d_backward(
     grad_out: _Float, grad_in: _Float,
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
-    count_include_pad: bool, divisor_override: int, row_begin: int, row_end: int, n_threads: int,
+    pad_bottom: int, pad_right: int, dilation_h: int, dilation_w: int, count_include_pad: bool, divisor_override: int, row_begin: int, row_end: int, n_threads: int,
 ) -> None: ...
 # Adaptive pooling: windows [floor(o*In/Out), ceil((o+1)*In/Out)) along each axis, from the shapes.
 def adaptive_avg_pool2d_forward(x: _Float, out: _Float, n_threads: int) -> None: ...

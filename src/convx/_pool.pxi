@@ -360,37 +360,39 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
 # ---------------------------------------------------------------------------------------------
 # Average pooling
 
-cdef inline Py_ssize_t _avg_rows(PoolGeometry* g, Py_ssize_t oh, bint count_include_pad) noexcept nogil:
-    """The rows of window oh that its divisor counts, as PyTorch: the padded window clipped to the
-    padded input, or the part inside the input."""
+cdef inline Py_ssize_t _avg_count(Py_ssize_t start, Py_ssize_t size, Py_ssize_t pad_after, Py_ssize_t kernel,
+                                  Py_ssize_t dilation, Py_ssize_t lo, Py_ssize_t hi, bint count_include_pad) noexcept nogil:
+    """The taps along one axis of a window starting at ``start`` that its divisor counts, as PyTorch
+    (and ONNX, with dilation): those inside the padded input [-pad_before, size + pad_after) (a
+    window always starts inside it), or those inside the input, [lo, hi)."""
     if count_include_pad:
-        return min(g.kernel_h, g.height + g.pad_h - (oh * g.stride_h - g.pad_h))
-    return g.row_hi[oh] - g.row_lo[oh]
+        return min(kernel, (size + pad_after - start + dilation - 1) // dilation)
+    return hi - lo
 
 
-cdef inline Py_ssize_t _avg_cols(PoolGeometry* g, Py_ssize_t ow, bint count_include_pad) noexcept nogil:
-    """The columns of window ow that its divisor counts (see _avg_rows)."""
-    if count_include_pad:
-        return min(g.kernel_w, g.width + g.pad_w - (ow * g.stride_w - g.pad_w))
-    return g.col_hi[ow] - g.col_lo[ow]
-
-
-cdef inline Py_ssize_t _avg_divisor(PoolGeometry* g, Py_ssize_t oh, Py_ssize_t ow, bint count_include_pad,
-                                    Py_ssize_t divisor_override) noexcept nogil:
-    if divisor_override > 0:
-        return divisor_override
-    return _avg_rows(g, oh, count_include_pad) * _avg_cols(g, ow, count_include_pad)
+cdef void _avg_divisors(PoolGeometry* g, Py_ssize_t pad_bottom, Py_ssize_t pad_right, bint count_include_pad,
+                        Py_ssize_t divisor_override, int64_t* divisors) noexcept:
+    """divisor(oh, ow) = divisors[oh] * divisors[out_h + ow]."""
+    cdef Py_ssize_t o
+    for o in range(g.out_h):
+        divisors[o] = divisor_override if divisor_override > 0 else _avg_count(
+            o * g.stride_h - g.pad_h, g.height, pad_bottom, g.kernel_h, g.dilation_h, g.row_lo[o], g.row_hi[o],
+            count_include_pad)
+    for o in range(g.out_w):
+        divisors[g.out_h + o] = 1 if divisor_override > 0 else _avg_count(
+            o * g.stride_w - g.pad_w, g.width, pad_right, g.kernel_w, g.dilation_w, g.col_lo[o], g.col_hi[o],
+            count_include_pad)
 
 
 cdef inline floating _window_sum(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
-                                 Py_ssize_t i_hi, Py_ssize_t w0, Py_ssize_t j_lo,
-                                 Py_ssize_t j_hi) noexcept nogil:
-    """sum of plane[h0 + i, w0 + j] over [i_lo, i_hi) x [j_lo, j_hi), row-major from 0."""
+                                 Py_ssize_t i_hi, Py_ssize_t dilation_h, Py_ssize_t w0, Py_ssize_t j_lo,
+                                 Py_ssize_t j_hi, Py_ssize_t dilation_w) noexcept nogil:
+    """sum of plane[h0 + i*dh, w0 + j*dw] over [i_lo, i_hi) x [j_lo, j_hi), row-major from 0."""
     cdef Py_ssize_t i, j
     cdef floating total = 0
     for i in range(i_lo, i_hi):
         for j in range(j_lo, j_hi):
-            total = total + plane[(h0 + i) * width + w0 + j]
+            total = total + plane[(h0 + i * dilation_h) * width + w0 + j * dilation_w]
     return total
 
 
@@ -424,15 +426,15 @@ cdef inline void _sum_row(const floating* row, PoolGeometry* g, bint first, floa
 
 
 cdef inline void _avg_window(const floating* plane, floating* out, PoolGeometry* g, Py_ssize_t oh,
-                             Py_ssize_t ow, bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+                             Py_ssize_t ow, const int64_t* row_div, const int64_t* col_div) noexcept nogil:
     out[oh * g.out_w + ow] = (
-        _window_sum(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh],
-                    ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow])
-        / <floating> _avg_divisor(g, oh, ow, count_include_pad, divisor_override))
+        _window_sum(plane, g.width, oh * g.stride_h - g.pad_h, g.row_lo[oh], g.row_hi[oh], g.dilation_h,
+                    ow * g.stride_w - g.pad_w, g.col_lo[ow], g.col_hi[ow], g.dilation_w)
+        / <floating> (row_div[oh] * col_div[ow]))
 
 
-cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g, bint count_include_pad,
-                          Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g, const int64_t* row_div,
+                          const int64_t* col_div, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
     """out[oh, ow] = (sum of the window's taps inside the input) / divisor, for the output rows
     [row_begin, row_end): each row on its own, so bands of rows come out as the whole plane."""
     cdef Py_ssize_t width = g.width
@@ -441,48 +443,55 @@ cdef void _avg_pool_plane(const floating* plane, floating* out, PoolGeometry* g,
     cdef floating* out_row
     cdef floating divisor
     for oh in range(row_begin, row_end):
+        if g.dilation_w > 1:  # the row sweeps below take adjacent columns
+            for ow in range(g.out_w):
+                _avg_window(plane, out, g, oh, ow, row_div, col_div)
+            continue
         for ow in range(g.inner_lo):
-            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+            _avg_window(plane, out, g, oh, ow, row_div, col_div)
         for ow in range(g.inner_hi, g.out_w):
-            _avg_window(plane, out, g, oh, ow, count_include_pad, divisor_override)
+            _avg_window(plane, out, g, oh, ow, row_div, col_div)
         if g.inner_lo == g.inner_hi:
             continue
         h0 = oh * g.stride_h - g.pad_h
         out_row = out + oh * g.out_w
         for i in range(g.row_lo[oh], g.row_hi[oh]):
-            row = plane + (h0 + i) * width - g.pad_w
+            row = plane + (h0 + i * g.dilation_h) * width - g.pad_w
             if i == g.row_lo[oh]:
                 _sum_row(row, g, True, out_row)
             else:
                 _sum_row(row, g, False, out_row)
         # Interior windows of one row share their divisor.
-        divisor = <floating> _avg_divisor(g, oh, g.inner_lo, count_include_pad, divisor_override)
+        divisor = <floating> (row_div[oh] * col_div[g.inner_lo])
         for ow in range(g.inner_lo, g.inner_hi):
             out_row[ow] = out_row[ow] / divisor
 
 
 def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                       Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
+                       Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
                        Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
-    """out[n, c, oh, ow] = sum_{i, j} x_zero_padded[n, c, oh*sh + i, ow*sw + j] / divisor(oh, ow)
-    (divisor_override when positive, else PyTorch's count with or without the padding), for the
-    output rows [row_begin, row_end) only."""
+    """out[n, c, oh, ow] = sum_{i, j} x_zero_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] / divisor(oh, ow)
+    (divisor_override when positive, else the count of taps in the padded input, padding pad_h/pad_w
+    before and pad_bottom/pad_right after, or in the input), for the output rows [row_begin, row_end) only."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t height = x.shape[2], plane_size = height * x.shape[3]
     cdef Py_ssize_t out_h = out.shape[2], out_w = out.shape[3], out_size = out_h * out_w
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
     cdef PoolGeometry g = _pool_geometry(height, x.shape[3], out_h, out_w, kernel_h, kernel_w,
-                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
+    cdef int64_t[::1] divisors = np.empty(out_h + out_w, dtype=np.int64)
+    _avg_divisors(&g, pad_bottom, pad_right, count_include_pad, divisor_override, &divisors[0])
     # The band's share of a plane: the input rows its windows reach and its outputs.
-    cdef Py_ssize_t rows_read = min(height, (row_end - 1) * stride_h - pad_h + kernel_h) - max(
+    cdef Py_ssize_t rows_read = min(height, (row_end - 1) * stride_h - pad_h + (kernel_h - 1) * dilation_h + 1) - max(
         row_begin * stride_h - pad_h, 0)
     cdef int team = _team_size(n_threads, n_planes, rows_read * x.shape[3] + (row_end - row_begin) * out_w)
     cdef Py_ssize_t p
     with nogil:
         for p in prange(n_planes, schedule='static', num_threads=team):
             _avg_pool_plane(&x[0, 0, 0, 0] + p * plane_size, &out[0, 0, 0, 0] + p * out_size, &g,
-                            count_include_pad, divisor_override, row_begin, row_end)
+                            &divisors[0], &divisors[out_h], row_begin, row_end)
 
 
 cdef inline void _avg_backward_tiled(const floating* grad_out, floating* grad_in, floating* share,
@@ -494,41 +503,64 @@ cdef inline void _avg_backward_tiled(const floating* grad_out, floating* grad_in
         convx_avg_tiled_plane_d(grad_out, grad_in, share, g, row_div, col_div, row_begin, row_end)
 
 
+cdef void _avg_backward_dilated_plane(const floating* grad_out, floating* grad_in, PoolGeometry* g,
+                                      const int64_t* row_div, const int64_t* col_div, Py_ssize_t row_begin,
+                                      Py_ssize_t row_end) noexcept nogil:
+    """The rows [row_begin, row_end) of grad_in, zeroed, then each window's share added at its taps
+    inside them, windows in output order: any dilation, one window at a time."""
+    cdef Py_ssize_t width = g.width, oh, ow, i, j, h, w0
+    cdef floating share
+    memset(grad_in + row_begin * width, 0, (row_end - row_begin) * width * sizeof(floating))
+    for oh in range(g.out_h):
+        for i in range(g.row_lo[oh], g.row_hi[oh]):
+            h = oh * g.stride_h - g.pad_h + i * g.dilation_h
+            if h < row_begin or h >= row_end:
+                continue
+            for ow in range(g.out_w):
+                share = grad_out[oh * g.out_w + ow] / <floating> (row_div[oh] * col_div[ow])
+                w0 = ow * g.stride_w - g.pad_w
+                for j in range(g.col_lo[ow], g.col_hi[ow]):
+                    grad_in[h * width + w0 + j * g.dilation_w] += share
+
+
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
                         Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-                        Py_ssize_t pad_h, Py_ssize_t pad_w, bint count_include_pad,
+                        Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
+                        Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
                         Py_ssize_t divisor_override, Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
-    """grad_in[n, c, oh*sh - ph + i, ow*sw - pw + j] += grad_out[n, c, oh, ow] / divisor(oh, ow) over the
-    taps inside the input, for the input rows [row_begin, row_end) of grad_in only (each gathers from
+    """grad_in[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] += grad_out[n, c, oh, ow] / divisor(oh, ow) over
+    the taps inside the input, for the input rows [row_begin, row_end) of grad_in only (each gathers from
     the windows over it, so a band's rows are what the whole plane's would be); those are overwritten."""
     cdef Py_ssize_t n_planes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t width = grad_in.shape[3], plane_size = grad_in.shape[2] * width
     cdef Py_ssize_t out_h = grad_out.shape[2], out_w = grad_out.shape[3], out_size = out_h * out_w
     cdef int64_t[::1] ranges = np.empty(2 * (out_h + out_w), dtype=np.int64)
     cdef PoolGeometry g = _pool_geometry(grad_in.shape[2], width, out_h, out_w, kernel_h, kernel_w,
-                                         stride_h, stride_w, pad_h, pad_w, 1, 1, ranges)
+                                         stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, ranges)
+    cdef bint dilated = dilation_h > 1 or dilation_w > 1
     # The band's share of a plane: its rows and the rows of grad_out over them.
-    cdef Py_ssize_t first_window = max(0, (row_begin + pad_h - kernel_h + stride_h) // stride_h)
+    cdef Py_ssize_t first_window = max(0, (row_begin + pad_h - (kernel_h - 1) * dilation_h - 1 + stride_h) // stride_h)
     cdef Py_ssize_t windows = min(out_h, (row_end - 1 + pad_h) // stride_h + 1) - first_window
     cdef int team = _team_size(n_threads, n_planes, (row_end - row_begin) * width + max(windows, 0) * out_w)
     # One row of shares per thread, each on its own cache lines.
     cdef Py_ssize_t slot = convx_avg_backward_scratch(&g)
     cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
     # Windows as wide as their stride tile the row: each element takes one share per window row.
-    cdef bint tiled = kernel_w == stride_w
+    cdef bint tiled = kernel_w == stride_w and not dilated
     # divisor(oh, ow) = divisors[oh] * divisors[out_h + ow]
     cdef int64_t[::1] divisors = np.empty(out_h + out_w, dtype=np.int64)
     cdef int64_t[::1] columns = np.empty(2 * width, dtype=np.int64)
-    cdef Py_ssize_t p, tid, o
-    for o in range(out_h):
-        divisors[o] = divisor_override if divisor_override > 0 else _avg_rows(&g, o, count_include_pad)
-    for o in range(out_w):
-        divisors[out_h + o] = 1 if divisor_override > 0 else _avg_cols(&g, o, count_include_pad)
+    cdef Py_ssize_t p, tid
+    _avg_divisors(&g, pad_bottom, pad_right, count_include_pad, divisor_override, &divisors[0])
     convx_avg_column_windows(&g, &columns[0], &columns[width])
     with nogil, parallel(num_threads=team):
         tid = threadid()
         for p in prange(n_planes, schedule='static'):
-            if tiled:
+            if dilated:
+                _avg_backward_dilated_plane(&grad_out[0, 0, 0, 0] + p * out_size,
+                                            &grad_in[0, 0, 0, 0] + p * plane_size, &g, &divisors[0],
+                                            &divisors[out_h], row_begin, row_end)
+            elif tiled:
                 _avg_backward_tiled(&grad_out[0, 0, 0, 0] + p * out_size, &grad_in[0, 0, 0, 0] + p * plane_size,
                                     &shares[tid * slot], &g, &divisors[0], &divisors[out_h], row_begin, row_end)
             elif floating is float:

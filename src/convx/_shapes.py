@@ -82,18 +82,43 @@ def conv_transpose_output_size(
     return (size - 1) * stride - padding - after + dilation * (kernel - 1) + output_padding + 1
 
 
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+def pool_output_size(
+    size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool, pad_after: int | None = None
+) -> int:
     """Output length of a max/avg pooling window sweep along one axis (PyTorch's rule).
 
-    With ``ceil_mode`` a last, partial window is kept, unless it would start beyond the input
-    and its left padding.
+    ``padding`` is the padding before the input, ``pad_after`` the padding after it (``padding``
+    when None). With ``ceil_mode`` a last, partial window is kept, unless it would start beyond
+    the input and its leading padding.
     """
     span = dilation * (kernel - 1) + 1
-    numerator = size + 2 * padding - span + (stride - 1 if ceil_mode else 0)
+    after = padding if pad_after is None else pad_after
+    numerator = size + padding + after - span + (stride - 1 if ceil_mode else 0)
     out = numerator // stride + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
+
+
+def pool_padding_sides(
+    padding: str | tuple[tuple[int, int], ...], sizes: tuple[int, ...], kernel: tuple[int, ...],
+    stride: tuple[int, ...], dilation: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    """(before, after) padding of each axis of a pooling (1-D or 2-D), checked by ``_checks``.
+
+    ``'same'`` and ``'same_lower'`` as :func:`padding_sides` (output ``ceil(size / stride)``), and
+    ``'valid'`` no padding.
+    """
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return tuple((0, 0) for _ in sizes)
+    sides = []
+    for size, k, s, d in zip(sizes, kernel, stride, dilation):
+        total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        sides.append((small, large) if padding == "same" else (large, small))
+    return tuple(sides)
 
 
 def adaptive_window(index: int, in_size: int, out_size: int) -> tuple[int, int]:

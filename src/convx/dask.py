@@ -266,9 +266,26 @@ class _Window(NamedTuple):
     ceil_mode: bool
 
     def output_size(self, size: int) -> int:
-        if self.ceil_mode:  # pooling only; its padding is the same on both sides
-            return pool_output_size(size, self.kernel, self.stride, self.pad_before, self.dilation, True)
+        if self.ceil_mode:  # pooling only
+            return pool_output_size(size, self.kernel, self.stride, self.pad_before, self.dilation, True,
+                                    self.pad_after)
         return conv_output_size(size, self.kernel, self.stride, self.pad_before, self.pad_after, self.dilation)
+
+
+def _pool_pads(layer: MaxPool2d | AvgPool2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A pooling layer's (before, after) padding of each axis: a tile cannot know the whole input's
+    size, which 'same' padding depends on."""
+    padding = layer.padding
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if isinstance(padding, str):
+        raise ValueError(
+            f"predict_tiled needs pooling padding in numbers: {layer!r} pads {padding!r}, which depends on the "
+            f"whole input's size; give the padding per side, ((top, bottom), (left, right))"
+        )
+    if isinstance(padding[0], tuple):
+        return padding[0], padding[1]
+    return (padding[0], padding[0]), (padding[1], padding[1])
 
 
 class _AxisPlan(NamedTuple):
@@ -488,15 +505,11 @@ def _layer_windows(model: Module) -> list[tuple[_Window, _Window]]:
             windows.append(tuple(  # type: ignore[arg-type]
                 _Window(layer.kernel_size[a], layer.stride[a], layer.dilation[a], *pads[a], False) for a in (0, 1)
             ))
-        elif type(layer) is MaxPool2d:
+        elif type(layer) is MaxPool2d or type(layer) is AvgPool2d:
+            pool_pads = _pool_pads(layer)
             windows.append(tuple(  # type: ignore[arg-type]
-                _Window(layer.kernel_size[a], layer.stride[a], layer.dilation[a], layer.padding[a],
-                        layer.padding[a], layer.ceil_mode) for a in (0, 1)
-            ))
-        elif type(layer) is AvgPool2d:
-            windows.append(tuple(  # type: ignore[arg-type]
-                _Window(layer.kernel_size[a], layer.stride[a], 1, layer.padding[a], layer.padding[a],
-                        layer.ceil_mode) for a in (0, 1)
+                _Window(layer.kernel_size[a], layer.stride[a], layer.dilation[a], *pool_pads[a], layer.ceil_mode)
+                for a in (0, 1)
             ))
         else:
             raise TypeError(

@@ -45,6 +45,7 @@ from .normalization import (
     layer_norm_backward,
     layer_norm_forward,
 )
+from .lppool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backward
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -113,6 +114,10 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "log_softmax_backward",
+    "lp_pool1d",
+    "lp_pool1d_backward",
+    "lp_pool2d",
+    "lp_pool2d_backward",
     "max_pool1d",
     "max_pool1d_backward",
     "max_pool2d",

@@ -18,10 +18,12 @@ from numpy.typing import DTypeLike, NDArray
 
 from .. import _batching, _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_float_array, as_int, as_pair, as_shape, as_single, contiguous, plain_array
-from .._shapes import pool_first_empty_window, pool_output_size
+from .._checks import (
+    as_bool, as_float_array, as_int, as_pair, as_padding, as_padding_1d, as_shape, as_single, contiguous, plain_array,
+)
+from .._shapes import pool_first_empty_window, pool_output_size, pool_padding_sides
 from .._threads import kernel_threads
-from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Shape
+from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Padding, PaddingWord, Shape
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -60,31 +62,68 @@ def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
 
 
 _Pair = tuple[int, int]
+# Padding before and after the input along each axis (one pair for a 1-D op, two for a 2-D one).
+_Sides = tuple[tuple[int, int], ...]
 
 
-def _window_params(
-    kernel_size: object, stride: object, padding: object, dilation: object = 1,
-) -> tuple[_Pair, _Pair, _Pair, _Pair]:
-    """kernel, stride, padding and dilation as pairs; padding at most half the kernel (PyTorch's rule)."""
-    return cast("tuple[_Pair, _Pair, _Pair, _Pair]", _window_values(kernel_size, stride, padding, dilation, 2))
+def _padding_spec(padding: object, dims: int) -> PaddingWord | _Sides:
+    """A pooling's padding as given: a padding word, or ``dims`` (before, after) pairs."""
+    if dims == 2:
+        return as_padding(padding)
+    if isinstance(padding, (tuple, list)) and len(padding) != 1:
+        raise ValueError(
+            f"padding of a 1-D op must be an int or a 1-tuple ((p,), or ((left, right),) per side), 'valid', "
+            f"'same' or 'same_lower', got {padding!r}"
+        )
+    spec = as_padding_1d(padding)
+    return spec if isinstance(spec, str) else (spec,)
 
 
 def _window_values(
     kernel_size: object, stride: object, padding: object, dilation: object = 1, dims: int = 2,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """kernel, stride, padding and dilation as pairs (1-tuples for ``dims`` 1); padding at most half
-    the kernel (PyTorch's rule)."""
+    ceil_mode: bool = False,
+) -> tuple[tuple[int, ...], tuple[int, ...], PaddingWord | _Sides, tuple[int, ...]]:
+    """kernel, stride and dilation as pairs (1-tuples for ``dims`` 1), and the padding as given (a word,
+    resolved with the input's size by :func:`_pool_output_shape`) or as (before, after) pairs, each side
+    at most ``dilation * (kernel_size - 1)`` (ONNX's rule), so that no window lies wholly in the padding."""
     kernel = _bounded("kernel_size", kernel_size, 1, dims)
     stride_ = kernel if stride is None else _bounded("stride", stride, 1, dims)
-    padding_ = _bounded("padding", padding, 0, dims)
     dilation_ = _bounded("dilation", dilation, 1, dims)
-    if any(p > k // 2 for p, k in zip(padding_, kernel)):
-        half = tuple(k // 2 for k in kernel)
+    spec = _padding_spec(padding, dims)
+    if isinstance(spec, str):
+        if ceil_mode and spec != "valid":
+            raise ValueError(
+                f"padding={spec!r} gives ceil(size / stride) outputs whatever the rounding: use it with "
+                f"ceil_mode=False, or give the padding per side with ceil_mode=True"
+            )
+        return kernel, stride_, spec, dilation_
+    if any(side > _MAX_PARAM for pair in spec for side in pair):
+        raise ValueError(f"padding must be at most {_MAX_PARAM} on each side, got {spec!r}")
+    reach = tuple(d * (k - 1) for k, d in zip(kernel, dilation_))
+    if any(side > r for pair, r in zip(spec, reach) for side in pair):
         raise ValueError(
-            f"padding must be at most half of kernel_size (at most {_shown(half)} "
-            f"for kernel_size={_shown(kernel)}), got padding={_shown(padding_)}"
+            f"padding on each side must be at most dilation * (kernel_size - 1) = {_shown(reach)} for "
+            f"kernel_size={_shown(kernel)} and dilation={_shown(dilation_)} (a window must reach the input), "
+            f"got padding={_shown_padding(spec)}"
         )
-    return kernel, stride_, padding_, dilation_
+    return kernel, stride_, spec, dilation_
+
+
+def _window_params(
+    kernel_size: object, stride: object, padding: object, dilation: object = 1, ceil_mode: bool = False,
+) -> tuple[_Pair, _Pair, PaddingWord | _Sides, _Pair]:
+    """kernel, stride and dilation as pairs, and the padding as :func:`_window_values` gives it."""
+    return cast(
+        "tuple[_Pair, _Pair, PaddingWord | _Sides, _Pair]",
+        _window_values(kernel_size, stride, padding, dilation, 2, ceil_mode),
+    )
+
+
+def _shown_padding(sides: PaddingWord | _Sides) -> object:
+    """Padding in a message: as PyTorch writes it where every axis is padded alike on both sides."""
+    if isinstance(sides, str) or any(before != after for before, after in sides):
+        return sides
+    return _shown(tuple(before for before, _ in sides))
 
 
 _AXES = {1: ("length",), 2: ("height", "width")}
@@ -92,13 +131,17 @@ _AXES = {1: ("length",), 2: ("height", "width")}
 
 def _pool_output_shape(
     name: str, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-    padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool,
-) -> tuple[int, ...]:
+    padding: PaddingWord | _Sides, dilation: tuple[int, ...], ceil_mode: bool,
+) -> tuple[tuple[int, ...], _Sides]:
     """The output sizes of a window sweep over an input of spatial ``sizes`` (1-D or 2-D), refusing
-    empty results."""
-    out = tuple(pool_output_size(*args, ceil_mode) for args in zip(sizes, kernel, stride, padding, dilation))
+    empty results, and the padding resolved to (before, after) pairs."""
+    sides = pool_padding_sides(padding, sizes, kernel, stride, dilation)
+    out = tuple(
+        pool_output_size(size, k, s, before, d, ceil_mode, after)
+        for size, k, s, (before, after), d in zip(sizes, kernel, stride, sides, dilation)
+    )
     geometry = (
-        f"kernel_size={_shown(kernel)}, stride={_shown(stride)}, padding={_shown(padding)}, "
+        f"kernel_size={_shown(kernel)}, stride={_shown(stride)}, padding={_shown_padding(padding)}, "
         f"dilation={_shown(dilation)}"
     )
     if min(out) < 1:
@@ -108,14 +151,14 @@ def _pool_output_shape(
             f"the input (plus padding) must hold at least one dilated kernel"
         )
     for k, (axis, size, out_size) in enumerate(zip(_AXES[len(sizes)], sizes, out)):
-        empty = pool_first_empty_window(size, kernel[k], stride[k], padding[k], dilation[k], out_size)
+        empty = pool_first_empty_window(size, kernel[k], stride[k], sides[k][0], dilation[k], out_size)
         if empty is not None:
             raise ValueError(
-                f"with kernel_size={_shown(kernel)}, padding={_shown(padding)} and dilation={_shown(dilation)}, "
-                f"window {empty} along the {axis} of {name} ({size}) has every tap in the padding; reduce the "
-                f"dilation or padding"
+                f"with kernel_size={_shown(kernel)}, padding={_shown_padding(padding)} and "
+                f"dilation={_shown(dilation)}, window {empty} along the {axis} of {name} ({size}) has every tap "
+                f"in the padding; reduce the dilation or padding"
             )
-    return out
+    return out, sides
 
 
 def _adaptive_output_size(output_size: AdaptiveSize, height: int, width: int) -> tuple[int, ...]:
@@ -306,21 +349,21 @@ def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: i
 
 @overload
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: IntPair = ...,
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
     dilation: IntPair = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
 ) -> NDArray[Float]: ...
 @overload
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: IntPair = ...,
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
     dilation: IntPair = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
 ) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
     dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
     """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
 
-    ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` over
+    ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - top + i*dh, ow*sw - left + j*dw]`` over
     the taps ``0 <= i < kh``, ``0 <= j < kw`` that fall inside the input (padding counts as -inf).
     NaN propagates: a window holding NaN gives NaN (and points at its last NaN); otherwise the
     first maximum in row-major window order wins ties. Time and scratch memory grow with the
@@ -334,8 +377,14 @@ def max_pool2d(
         Window size ``(kh, kw)``, positive.
     stride : int or (int, int), optional
         Window step ``(sh, sw)``, positive; defaults to ``kernel_size``.
-    padding : int or (int, int), default 0
-        Implicit -inf padding on both sides, at most half of ``kernel_size``.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit -inf padding: ``p`` on every side, ``(ph, pw)`` on both sides of each axis, or
+        ``((top, bottom), (left, right))``; each side at most ``dilation * (kernel_size - 1)`` (ONNX's
+        limit; PyTorch's is half the kernel), so that every window reaches the input. ``'valid'``
+        pads nothing; ``'same'`` (ONNX's SAME_UPPER, TensorFlow's 'SAME') pads each axis so that
+        ``out = ceil(size / stride)``, any odd extra row or column at the bottom or right, and
+        ``'same_lower'`` puts it at the top or left; neither takes ``ceil_mode``. A flat 4-tuple is
+        refused as ambiguous.
     dilation : int or (int, int), default 1
         Spacing between the taps of a window, positive.
     ceil_mode : bool, default False
@@ -347,8 +396,8 @@ def max_pool2d(
     Returns
     -------
     y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
-        Same dtype as ``x``; ``out_h = (H + 2ph - dh(kh - 1) - 1) // sh + 1`` (see ``ceil_mode``),
-        likewise ``out_w``.
+        Same dtype as ``x``; ``out_h = (H + top + bottom - dh(kh - 1) - 1) // sh + 1`` (see
+        ``ceil_mode``), likewise ``out_w``.
     indices : ndarray of int64, same shape as ``y``
         Only with ``return_indices``: the flat position ``h * W + w`` of each maximum within its
         (unpadded) plane, the format of ``max_unpool2d`` and of :func:`max_pool2d_backward`.
@@ -358,7 +407,8 @@ def max_pool2d(
     TypeError
         For a dtype other than float32/float64, or non-int geometry or non-bool flags.
     ValueError
-        For a wrong ndim, non-positive sizes, padding over half the kernel, or an empty output.
+        For a wrong ndim, non-positive sizes, a side's padding over ``dilation * (kernel_size - 1)``,
+        a flat 4-tuple or unknown word as padding, ``'same'`` with ``ceil_mode``, or an empty output.
 
     Examples
     --------
@@ -374,13 +424,18 @@ def max_pool2d(
            [ 9, 10, 11, 11],
            [13, 14, 15, 15],
            [13, 14, 15, 15]])
+    >>> max_pool2d(x, 3, stride=2, padding="same")[0, 0]
+    array([[10., 11.],
+           [14., 15.]], dtype=float32)
     """
     x, unbatched = _batched("x", x)
-    kernel, stride, padding, dilation = _window_params(kernel_size, stride, padding, dilation)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
+    kernel, stride, spec, dilation = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
     n, c, height, width = x.shape
-    out_h, out_w = _pool_output_shape("x", (height, width), kernel, stride, padding, dilation, ceil_mode)
+    (out_h, out_w), sides = _pool_output_shape("x", (height, width), kernel, stride, spec, dilation, ceil_mode)
+    # The kernels take the padding before each axis; the output size says how far the windows go.
+    padding = (sides[0][0], sides[1][0])
 
     cause = "kernel_size, stride, padding, dilation and ceil_mode"
     y = _allocate((n, c, out_h, out_w), x.dtype, cause)
@@ -496,21 +551,22 @@ def _refuse_indices(indices: NDArray[np.int64], plane_size: int, input_shape: Sh
 
 
 def _avg_args(
-    kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
+    kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: bool, count_include_pad: bool,
     divisor_override: int | None,
-) -> tuple[_Pair, _Pair, _Pair, bool, bool, int]:
-    return cast("tuple[_Pair, _Pair, _Pair, bool, bool, int]", _avg_values(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2
+) -> tuple[_Pair, _Pair, PaddingWord | _Sides, _Pair, bool, bool, int]:
+    return cast("tuple[_Pair, _Pair, PaddingWord | _Sides, _Pair, bool, bool, int]", _avg_values(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override, 2
     ))
 
 
 def _avg_values(
-    kernel_size: object, stride: object, padding: object, ceil_mode: bool, count_include_pad: bool,
-    divisor_override: int | None, dims: int,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool, bool, int]:
-    """avg pooling's arguments validated: kernel, stride and padding as pairs (1-tuples for ``dims`` 1)."""
-    kernel, stride, padding, _ = _window_values(kernel_size, stride, padding, dims=dims)
+    kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: bool,
+    count_include_pad: bool, divisor_override: int | None, dims: int,
+) -> tuple[tuple[int, ...], tuple[int, ...], PaddingWord | _Sides, tuple[int, ...], bool, bool, int]:
+    """avg pooling's arguments validated: kernel, stride and dilation as pairs (1-tuples for ``dims``
+    1), the padding as :func:`_window_values` gives it, the flags, and the divisor (0: none given)."""
     ceil_mode = as_bool("ceil_mode", ceil_mode)
+    kernel, stride_, spec, dilation_ = _window_values(kernel_size, stride, padding, dilation, dims, ceil_mode)
     count_include_pad = as_bool("count_include_pad", count_include_pad)
     if divisor_override is None:
         divisor = 0
@@ -518,19 +574,20 @@ def _avg_values(
         divisor = as_int("divisor_override", divisor_override, 1)
         if divisor > _MAX_PARAM:
             raise ValueError(f"divisor_override must be at most {_MAX_PARAM}, got {divisor}")
-    return kernel, stride, padding, ceil_mode, count_include_pad, divisor
+    return kernel, stride_, spec, dilation_, ceil_mode, count_include_pad, divisor
 
 
 def avg_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    dilation: IntPair = 1,
 ) -> NDArray[Float]:
     """2-D average pooling over the planes of ``x``, as ``torch.nn.functional.avg_pool2d``.
 
-    ``y[n, c, oh, ow]`` is the sum of ``x[n, c, oh*sh - ph + i, ow*sw - pw + j]`` over the taps
-    inside the input, divided by ``divisor_override`` if given, else by the window's size
-    counting the zero padding (``count_include_pad``; a ``ceil_mode`` window hanging past the
-    padding is clipped to it) or not counting it.
+    ``y[n, c, oh, ow]`` is the sum of ``x[n, c, oh*sh - top + i*dh, ow*sw - left + j*dw]`` over the
+    taps inside the input, divided by ``divisor_override`` if given, else by the number of the
+    window's taps inside the zero-padded input (``count_include_pad``; a ``ceil_mode`` window
+    hanging past the padding is clipped to it, as PyTorch and ONNX) or inside the input.
 
     Parameters
     ----------
@@ -540,27 +597,32 @@ def avg_pool2d(
         Window size ``(kh, kw)``, positive.
     stride : int or (int, int), optional
         Window step ``(sh, sw)``, positive; defaults to ``kernel_size``.
-    padding : int or (int, int), default 0
-        Implicit zero padding on both sides, at most half of ``kernel_size``.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit zero padding, spelled and limited as in :func:`max_pool2d`: each side at most
+        ``dilation * (kernel_size - 1)``.
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
     count_include_pad : bool, default True
         Count the padding in the divisor.
     divisor_override : int, optional
         A positive divisor used for every window instead.
+    dilation : int or (int, int), default 1
+        Spacing ``(dh, dw)`` between the taps of a window, positive (ONNX's AveragePool
+        ``dilations``; PyTorch has none).
 
     Returns
     -------
     y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
-        Same dtype as ``x``; ``out_h = (H + 2ph - kh) // sh + 1`` (see ``ceil_mode``), likewise
-        ``out_w``.
+        Same dtype as ``x``; ``out_h = (H + top + bottom - dh(kh - 1) - 1) // sh + 1`` (see
+        ``ceil_mode``), likewise ``out_w``.
 
     Raises
     ------
     TypeError
         For a dtype other than float32/float64, or non-int geometry or non-bool flags.
     ValueError
-        For a wrong ndim, non-positive sizes, padding over half the kernel, or an empty output.
+        For a wrong ndim, non-positive sizes, a side's padding over ``dilation * (kernel_size - 1)``,
+        a flat 4-tuple or unknown word as padding, ``'same'`` with ``ceil_mode``, or an empty output.
 
     Examples
     --------
@@ -573,15 +635,20 @@ def avg_pool2d(
     >>> avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
     array([[[[ 2.5,  4. ],
              [ 8.5, 10. ]]]])
+    >>> avg_pool2d(x, 2, padding=((0, 1), (0, 1)), dilation=2, count_include_pad=False)
+    array([[[[ 5.,  6.],
+             [ 9., 10.]]]])
     """
     x, unbatched = _batched("x", x)
-    kernel, stride, padding, ceil_mode, count_include_pad, divisor = _avg_args(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    kernel, stride, spec, dilation, ceil_mode, count_include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override
     )
     n, c, height, width = x.shape
-    out_h, out_w = _pool_output_shape("x", (height, width), kernel, stride, padding, (1, 1), ceil_mode)
+    (out_h, out_w), ((top, bottom), (left, right)) = _pool_output_shape(
+        "x", (height, width), kernel, stride, spec, dilation, ceil_mode
+    )
 
-    y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding and ceil_mode")
+    y = _allocate((n, c, out_h, out_w), x.dtype, "kernel_size, stride, padding, dilation and ceil_mode")
     if y.size:
         x = contiguous(x)
         work = _work(c, height * width, out_h * out_w, AVG_TAP_WORK * kernel[0] * kernel[1])
@@ -589,8 +656,8 @@ def avg_pool2d(
         bands = _row_bands(work, c, height, out_h, 0)
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out_h, bands):
-                _core.avg_pool2d_forward(x[part], y[part], *kernel, *stride, *padding, count_include_pad, divisor,
-                                         begin, end, kernel_threads())
+                _core.avg_pool2d_forward(x[part], y[part], *kernel, *stride, top, left, bottom, right, *dilation,
+                                         count_include_pad, divisor, begin, end, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -599,10 +666,11 @@ def avg_pool2d_backward(
     input_shape: Shape,
     kernel_size: IntPair,
     stride: IntPair | None = None,
-    padding: IntPair = 0,
+    padding: Padding = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     divisor_override: int | None = None,
+    dilation: IntPair = 1,
 ) -> NDArray[Float]:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
@@ -616,7 +684,7 @@ def avg_pool2d_backward(
         output shape for these arguments.
     input_shape : tuple of int
         ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input.
-    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation
         As in :func:`avg_pool2d`.
 
     Returns
@@ -643,10 +711,12 @@ def avg_pool2d_backward(
     """
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     shape, unbatched = _input_shape(input_shape, grad_out)
-    kernel, stride, padding, ceil_mode, count_include_pad, divisor = _avg_args(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    kernel, stride, spec, dilation, ceil_mode, count_include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override
     )
-    out_h, out_w = _pool_output_shape("input_shape", shape[2:], kernel, stride, padding, (1, 1), ceil_mode)
+    (out_h, out_w), ((top, bottom), (left, right)) = _pool_output_shape(
+        "input_shape", shape[2:], kernel, stride, spec, dilation, ceil_mode
+    )
     if grad_out.shape[-2:] != (out_h, out_w):
         raise ValueError(
             f"grad_out must have the forward output shape {(*grad_out.shape[:-2], out_h, out_w)} for "
@@ -665,8 +735,8 @@ def avg_pool2d_backward(
         bands = _row_bands(work, shape[1], out_h, height, 0)
         for part in sub_batches(shape[0], work):
             for begin, end in _band_edges(height, bands):
-                _core.avg_pool2d_backward(grad_out4[part], grad_x[part], *kernel, *stride, *padding,
-                                          count_include_pad, divisor, begin, end, kernel_threads())
+                _core.avg_pool2d_backward(grad_out4[part], grad_x[part], *kernel, *stride, top, left, bottom, right,
+                                          *dilation, count_include_pad, divisor, begin, end, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 

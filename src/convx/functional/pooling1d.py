@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._checks import as_bool, as_layout_array, as_single
-from .._typing import AnyArray, Float, IntSingle, Shape
+from .._typing import AnyArray, Float, IntSingle, Padding1d, Shape
 from .pooling import (
     _as_indices,
     _avg_values,
@@ -70,21 +70,21 @@ def _grad_out_shape(grad_out: AnyArray, input_shape: Shape, out_length: int) -> 
 
 @overload
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: IntSingle = ...,
+    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
     dilation: IntSingle = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
 ) -> NDArray[Float]: ...
 @overload
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: IntSingle = ...,
+    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
     dilation: IntSingle = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
 ) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
     dilation: IntSingle = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
     """1-D max pooling, as ``torch.nn.functional.max_pool1d`` (:func:`max_pool2d` on views).
 
-    ``y[n, c, o]`` is the maximum of ``x[n, c, o*s - p + i*d]`` over the taps ``0 <= i < k``
+    ``y[n, c, o]`` is the maximum of ``x[n, c, o*s - left + i*d]`` over the taps ``0 <= i < k``
     inside the input, with :func:`max_pool2d`'s rules for ties (the first maximum) and NaN.
 
     Parameters
@@ -94,8 +94,10 @@ def max_pool1d(
     kernel_size : int or (int,)
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
-    padding : int or (int,), default 0
-        Implicit -inf on both ends, at most half of ``kernel_size``.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Implicit -inf: ``p`` on both ends or ``((left, right),)``, each at most
+        ``dilation * (kernel_size - 1)``; the words as in :func:`max_pool2d` (``'same'``:
+        ``ceil(L / stride)`` outputs, any odd extra element on the right).
     dilation : int or (int,), default 1
     ceil_mode : bool, default False
         Round the output length up, keeping a last partial window.
@@ -118,15 +120,16 @@ def max_pool1d(
     (array([[3., 5.]]), array([[1, 3]]))
     """
     x = as_layout_array("max_pool1d", "x", x, (2, 3), _LAYOUT)
-    (kernel,), (stride_,), (pad,), (dilation_,) = _window_values(kernel_size, stride, padding, dilation, dims=1)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
+    (kernel,), (stride_,), spec, (dilation_,) = _window_values(kernel_size, stride, padding, dilation, 1, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
-    _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), (pad,), (dilation_,), ceil_mode)
+    _, (sides,) = _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), spec, (dilation_,), ceil_mode)
+    padding2d = ((0, 0), sides)
     if return_indices:
-        y, indices = max_pool2d(_plane(x), (1, kernel), (1, stride_), (0, pad), (1, dilation_), ceil_mode,
+        y, indices = max_pool2d(_plane(x), (1, kernel), (1, stride_), padding2d, (1, dilation_), ceil_mode,
                                 return_indices=True)
         return _line(y), _line(indices)
-    return _line(max_pool2d(_plane(x), (1, kernel), (1, stride_), (0, pad), (1, dilation_), ceil_mode))
+    return _line(max_pool2d(_plane(x), (1, kernel), (1, stride_), padding2d, (1, dilation_), ceil_mode))
 
 
 def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape) -> NDArray[Float]:
@@ -162,14 +165,14 @@ def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
 
 
 def avg_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
-    ceil_mode: bool = False, count_include_pad: bool = True,
+    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
+    ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
 ) -> NDArray[Float]:
     """1-D average pooling, as ``torch.nn.functional.avg_pool1d`` (:func:`avg_pool2d` on views).
 
-    ``y[n, c, o]`` is the sum of ``x[n, c, o*s - p + i]`` over the taps inside the input, divided
-    by the window's size counting the zero padding (``count_include_pad``; a ``ceil_mode`` window
-    hanging past the padding is clipped to it) or not counting it.
+    ``y[n, c, o]`` is the sum of ``x[n, c, o*s - left + i*d]`` over the taps inside the input,
+    divided by the number of taps inside the zero-padded input (``count_include_pad``; a
+    ``ceil_mode`` window hanging past the padding is clipped to it) or inside the input.
 
     Parameters
     ----------
@@ -178,15 +181,17 @@ def avg_pool1d(
     kernel_size : int or (int,)
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
-    padding : int or (int,), default 0
-        Implicit zeros on both ends, at most half of ``kernel_size``.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros, spelled and limited as in :func:`max_pool1d`.
     ceil_mode : bool, default False
     count_include_pad : bool, default True
+    dilation : int or (int,), default 1
+        Spacing between the taps of a window (ONNX's AveragePool ``dilations``).
 
     Returns
     -------
     y : ndarray, shape (N, C, L_out) or (C, L_out)
-        ``L_out = (L + 2p - k) // s + 1`` (see ``ceil_mode``).
+        ``L_out = (L + left + right - d(k - 1) - 1) // s + 1`` (see ``ceil_mode``).
 
     Examples
     --------
@@ -196,16 +201,17 @@ def avg_pool1d(
     array([[1.5, 3. , 4.5]])
     """
     x = as_layout_array("avg_pool1d", "x", x, (2, 3), _LAYOUT)
-    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_values(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1
+    (kernel,), (stride_,), spec, (dilation_,), ceil_mode, count_include_pad, _ = _avg_values(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, None, 1
     )
-    _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), (pad,), (1,), ceil_mode)
-    return _line(avg_pool2d(_plane(x), (1, kernel), (1, stride_), (0, pad), ceil_mode, count_include_pad))
+    _, (sides,) = _pool_output_shape("x", x.shape[-1:], (kernel,), (stride_,), spec, (dilation_,), ceil_mode)
+    return _line(avg_pool2d(_plane(x), (1, kernel), (1, stride_), ((0, 0), sides), ceil_mode, count_include_pad,
+                            dilation=(1, dilation_)))
 
 
 def avg_pool1d_backward(
     grad_out: NDArray[Float], input_shape: Shape, kernel_size: IntSingle, stride: IntSingle | None = None,
-    padding: IntSingle = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+    padding: Padding1d = 0, ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
 ) -> NDArray[Float]:
     """Gradient of :func:`avg_pool1d` with respect to its input.
 
@@ -215,7 +221,7 @@ def avg_pool1d_backward(
         The forward output's shape for these arguments.
     input_shape : tuple of int
         ``(N, C, L)`` or ``(C, L)``, the shape of the forward input.
-    kernel_size, stride, padding, ceil_mode, count_include_pad
+    kernel_size, stride, padding, ceil_mode, count_include_pad, dilation
         As in :func:`avg_pool1d`.
 
     Returns
@@ -231,13 +237,15 @@ def avg_pool1d_backward(
     """
     grad_out = as_layout_array("avg_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
-    (kernel,), (stride_,), (pad,), ceil_mode, count_include_pad, _ = _avg_values(
-        kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1
+    (kernel,), (stride_,), spec, (dilation_,), ceil_mode, count_include_pad, _ = _avg_values(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, None, 1
     )
-    (out_length,) = _pool_output_shape("input_shape", shape[2:], (kernel,), (stride_,), (pad,), (1,), ceil_mode)
+    (out_length,), (sides,) = _pool_output_shape(
+        "input_shape", shape[2:], (kernel,), (stride_,), spec, (dilation_,), ceil_mode
+    )
     _grad_out_shape(grad_out, input_shape, out_length)
-    return _line(avg_pool2d_backward(_plane(grad_out), _plane_shape(shape, unbatched), (1, kernel), (1, stride_), (0, pad), ceil_mode,
-                                     count_include_pad))
+    return _line(avg_pool2d_backward(_plane(grad_out), _plane_shape(shape, unbatched), (1, kernel), (1, stride_),
+                                     ((0, 0), sides), ceil_mode, count_include_pad, dilation=(1, dilation_)))
 
 
 def _adaptive_length(output_size: object) -> int:

@@ -9,8 +9,20 @@ import numpy as np
 
 from .. import functional
 from .._checks import as_bool, as_int, as_pair, as_single
-from .._typing import AdaptiveSize, IntPair, IntSingle
+from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
+from ..functional.lppool import _norm_type
+from ..functional.pooling import _window_values
 from .module import Module, check_input
+
+
+def _padding_arg(padding: Any, kernel_size: Any, dilation: Any, ceil_mode: bool, dims: int) -> Any:
+    """A pooling layer's padding, checked as the functional op checks it: a padding word, the
+    per-axis amounts where every axis is padded alike on both sides (as PyTorch keeps them), or the
+    per-side pairs."""
+    _, _, spec, _ = _window_values(kernel_size, None, padding, dilation, dims, ceil_mode)
+    if isinstance(spec, str) or any(before != after for before, after in spec):
+        return spec
+    return spec[0][0] if dims == 1 else (spec[0][0], spec[1][0])
 
 
 def _output_size_arg(value: Any) -> Any:
@@ -52,7 +64,7 @@ class _MaxPoolNd(Module):
 
     def extra_repr(self) -> str:
         return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
             f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
         )
 
@@ -68,15 +80,18 @@ class _AvgPoolNd(Module):
     ceil_mode: bool
     count_include_pad: bool
 
-    def _options(self) -> tuple[Any, ...]:
-        options = (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
-        return options if self._DIMS == 1 else (*options, self.divisor_override)
+    dilation: Any
+
+    def _options(self) -> dict[str, Any]:
+        options = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode,
+                       count_include_pad=self.count_include_pad, dilation=self.dilation)
+        return options if self._DIMS == 1 else {**options, "divisor_override": self.divisor_override}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Mean over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
         pool = functional.avg_pool1d if self._DIMS == 1 else functional.avg_pool2d
         x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
-        y = pool(x, *self._options())
+        y = pool(x, **self._options())
         self._save_for_backward(y, x.shape)
         return y
 
@@ -84,13 +99,15 @@ class _AvgPoolNd(Module):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         gather = functional.avg_pool1d_backward if self._DIMS == 1 else functional.avg_pool2d_backward
-        return gather(grad_out, input_shape, *self._options())
+        return gather(grad_out, input_shape, **self._options())
 
     def extra_repr(self) -> str:
-        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, ceil_mode={self.ceil_mode}"
         text += f", count_include_pad={self.count_include_pad}"
         if self.divisor_override is not None:
             text += f", divisor_override={self.divisor_override}"
+        if self.dilation not in (1, (1, 1)):
+            text += f", dilation={self.dilation}"
         return text
 
 
@@ -102,8 +119,9 @@ class MaxPool2d(_MaxPoolNd):
     kernel_size : int or (int, int)
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
-    padding : int or (int, int), default 0
-        Implicit ``-inf`` on both sides, at most half the kernel.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit ``-inf``, as :func:`convx.max_pool2d` takes it: per side up to
+        ``dilation * (kernel_size - 1)``; ``'same'`` gives ``ceil(size / stride)`` outputs.
     dilation : int or (int, int), default 1
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
@@ -132,15 +150,15 @@ class MaxPool2d(_MaxPoolNd):
     _DIMS = 2
 
     def __init__(
-        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, dilation: IntPair = 1,
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0, dilation: IntPair = 1,
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
-        self.padding = as_pair("padding", padding, 0)
         self.dilation = as_pair("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.padding = _padding_arg(padding, self.kernel_size, self.dilation, self.ceil_mode, 2)
 
 
 class AvgPool2d(_AvgPoolNd):
@@ -151,13 +169,16 @@ class AvgPool2d(_AvgPoolNd):
     kernel_size : int or (int, int)
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
-    padding : int or (int, int), default 0
-        Implicit zeros on both sides, at most half the kernel.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros, as :func:`convx.avg_pool2d` takes them: per side up to
+        ``dilation * (kernel_size - 1)``; ``'same'`` gives ``ceil(size / stride)`` outputs.
     ceil_mode : bool, default False
     count_include_pad : bool, default True
         Whether padded zeros count in each window's divisor.
     divisor_override : int, optional
         Divide every window sum by this instead.
+    dilation : int or (int, int), default 1
+        Spacing between a window's taps (ONNX's AveragePool ``dilations``; not in PyTorch).
 
     Notes
     -----
@@ -175,14 +196,15 @@ class AvgPool2d(_AvgPoolNd):
     _DIMS = 2
 
     def __init__(
-        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, ceil_mode: bool = False,
-        count_include_pad: bool = True, divisor_override: int | None = None,
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0, ceil_mode: bool = False,
+        count_include_pad: bool = True, divisor_override: int | None = None, dilation: IntPair = 1,
     ) -> None:
         super().__init__()
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
-        self.padding = as_pair("padding", padding, 0)
+        self.dilation = as_pair("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.padding = _padding_arg(padding, self.kernel_size, self.dilation, self.ceil_mode, 2)
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else as_int("divisor_override", divisor_override, 1)
 
@@ -372,8 +394,9 @@ class MaxPool1d(_MaxPoolNd):
     kernel_size : int or (int,)
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
-    padding : int or (int,), default 0
-        Implicit ``-inf`` on both ends, at most half the kernel.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Implicit ``-inf``, as :func:`convx.max_pool1d` takes it (per side up to
+        ``dilation * (kernel_size - 1)``).
     dilation : int or (int,), default 1
     return_indices : bool, default False
         ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
@@ -399,16 +422,16 @@ class MaxPool1d(_MaxPoolNd):
     _DIMS = 1
 
     def __init__(
-        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
         dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False,
     ) -> None:
         super().__init__()
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
-        self.padding = as_single("padding", padding, 0)
         self.dilation = as_single("dilation", dilation, 1)
         self.return_indices = as_bool("return_indices", return_indices)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.padding = _padding_arg(padding, self.kernel_size, self.dilation, self.ceil_mode, 1)
 
 
 class AvgPool1d(_AvgPoolNd):
@@ -419,11 +442,14 @@ class AvgPool1d(_AvgPoolNd):
     kernel_size : int or (int,)
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
-    padding : int or (int,), default 0
-        Implicit zeros on both ends, at most half the kernel.
+    padding : int, (int,), ((int, int),), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros, as :func:`convx.avg_pool1d` takes them (per side up to
+        ``dilation * (kernel_size - 1)``).
     ceil_mode : bool, default False
     count_include_pad : bool, default True
         Whether padded zeros count in each window's divisor.
+    dilation : int or (int,), default 1
+        Spacing between a window's taps (ONNX's AveragePool ``dilations``; not in PyTorch).
 
     Notes
     -----
@@ -440,14 +466,15 @@ class AvgPool1d(_AvgPoolNd):
     _DIMS = 1
 
     def __init__(
-        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0,
-        ceil_mode: bool = False, count_include_pad: bool = True,
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
+        ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
     ) -> None:
         super().__init__()
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
-        self.padding = as_single("padding", padding, 0)
+        self.dilation = as_single("dilation", dilation, 1)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        self.padding = _padding_arg(padding, self.kernel_size, self.dilation, self.ceil_mode, 1)
         self.count_include_pad = as_bool("count_include_pad", count_include_pad)
 
 
@@ -527,7 +554,7 @@ class _MaxUnpoolNd(Module):
         return gather(grad_out, indices)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
 
 
 class MaxUnpool2d(_MaxUnpoolNd):
@@ -600,3 +627,109 @@ class MaxUnpool1d(_MaxUnpoolNd):
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.padding = as_single("padding", padding, 0)
+
+
+class _LPPoolNd(Module):
+    """The forward, backward and repr of LPPool1d and LPPool2d."""
+
+    _DIMS: int
+    norm_type: float
+    kernel_size: Any
+    stride: Any
+    ceil_mode: bool
+
+    def _options(self) -> tuple[Any, ...]:
+        return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The ``norm_type``-norm of each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
+        pool = functional.lp_pool1d if self._DIMS == 1 else functional.lp_pool2d
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        y = pool(x, *self._options())
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        gather = functional.lp_pool1d_backward if self._DIMS == 1 else functional.lp_pool2d_backward
+        return gather(grad_out, x, *self._options())
+
+    def extra_repr(self) -> str:
+        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}"
+
+
+class LPPool2d(_LPPoolNd):
+    """2-D power-average pooling, ``torch.nn.LPPool2d`` (:func:`convx.lp_pool2d`).
+
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Notes
+    -----
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out), each window's
+    ``(sum of x ** p) ** (1 / p)``. The input is kept from ``forward`` for the backward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.LPPool2d(2, (1, 2))
+    >>> pool(np.array([[[[3., 4.]]]]))
+    array([[[[5.]]]])
+    >>> pool.backward(np.ones((1, 1, 1, 1)))
+    array([[[[0.6, 0.8]]]])
+    """
+
+    _DIMS = 2
+
+    def __init__(
+        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type)
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+
+class LPPool1d(_LPPoolNd):
+    """1-D power-average pooling, ``torch.nn.LPPool1d`` (:func:`convx.lp_pool1d`).
+
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int,)
+    stride : int or (int,), optional
+        Defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Notes
+    -----
+    Input (N, C, L) or (C, L); output (N, C, L_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.LPPool1d(1, 2)(np.array([[[1., 2., 3., 4.]]]))
+    array([[[3., 7.]]])
+    """
+
+    _DIMS = 1
+
+    def __init__(
+        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type)
+        self.kernel_size = as_single("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
