@@ -371,7 +371,9 @@ def test_conv_transpose2d_one_bad_argument_is_refused_with_a_message(args, data)
         bad = data.draw(bad_geometry_values(1), label="bad")
         names = (name, "dilated", "output_padding")
     elif name in ("padding", "output_padding"):
-        bad = data.draw(st.one_of(bad_geometry_values(0), st.just("same")), label="bad")
+        # 'same' is a padding of transposed convolutions too (ONNX's auto_pad), not an output_padding
+        word = "full" if name == "padding" else "same"
+        bad = data.draw(st.one_of(bad_geometry_values(0), st.just(word)), label="bad")
         names = ("padding", "output")
     elif name == "groups":
         bad = data.draw(st.sampled_from(BAD_GROUPS), label="bad")
