@@ -140,6 +140,13 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_b
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
     if (epi) GACT(epi->kind, tile, tile, mr * GNR, epi->p0, epi->p1);
+#ifdef GCOLUMN8
+    /* A full tile along an output row: each lane's 8 pixels are contiguous there. */
+    if (mr == 8 && rows == 8 && ors == 1) {
+        for (ptrdiff_t l = 0; l < lanes; l++) GCOLUMN8(out + l * ocs, tile + l);
+        return;
+    }
+#endif
     for (ptrdiff_t l = 0; l < lanes; l++)
         for (ptrdiff_t r = 0; r < rows; r++) out[r * ors + l * ocs] = tile[r * GNR + l];
 }

@@ -561,6 +561,7 @@ GTARGET static void GN(convx_conv_weight_block)(const convx_conv_shape *s, const
 #undef GEVENS
 #undef GSPREAD_EVEN
 #undef GTRANSPOSE
+#undef GCOLUMN8
 #undef GFV
 #undef GWA
 #undef GWB
