@@ -47,12 +47,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef floating* out_b
     cdef convx_conv_shape shape = _conv_shape(&g)
     cdef int impl = _forward_impl(&shape, g.batch, floating is float), level = _level()
-    _check_activation(activation)
     cdef convx_epilogue epilogue
-    epilogue.kind = activation
-    epilogue.p0 = p0
-    epilogue.p1 = p1
-    cdef convx_epilogue* epi = &epilogue if activation >= 0 else NULL
+    cdef convx_epilogue* epi = _epilogue(activation, p0, p1, &epilogue)
     cdef Py_ssize_t n_total = g.batch * c_out * n_out
     if impl == IMPL_FLAT:
         _ran(OP_FORWARD, impl, level)

@@ -578,12 +578,8 @@ def depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::
     cdef Py_ssize_t c_out = out.shape[1]
     cdef Py_ssize_t item, n, co
     cdef bint has_bias = bias.shape[0] > 0
-    _check_activation(activation)
     cdef convx_epilogue epilogue
-    epilogue.kind = activation
-    epilogue.p0 = p0
-    epilogue.p1 = p1
-    cdef convx_epilogue* epi = &epilogue if activation >= 0 else NULL
+    cdef convx_epilogue* epi = _epilogue(activation, p0, p1, &epilogue)
     if _split_prefers(DW_FORWARD, &g, sizeof(floating) == 8) and _split_forward(x, weight, bias, out, &g, n_threads,
                                                                                  epi):
         _ran(OP_FORWARD, IMPL_DEPTHWISE_SPLIT, 0)

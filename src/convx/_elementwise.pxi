@@ -170,11 +170,17 @@ def activation_forward(const floating[::1] x, floating[::1] y, int kind, double 
                 convx_activation_forward_d(kind, src + begin, dst + begin, end - begin, p0, p1)
 
 
-cdef int _check_activation(int kind) except -1:
-    """A convolution's activation: a kind of ACTIVATIONS, or negative for none."""
+cdef convx_epilogue* _epilogue(int kind, double p0, double p1, convx_epilogue* storage) except? NULL:
+    """A convolution's activation (a kind of ACTIVATIONS with its parameters) in storage, or NULL
+    for a negative kind (none)."""
     if kind >= CONVX_ACT_COUNT:
         raise ValueError(f"activation kind {kind} is none of ACTIVATIONS (0 to {CONVX_ACT_COUNT - 1}), nor negative")
-    return 0
+    if kind < 0:
+        return NULL
+    storage.kind = kind
+    storage.p0 = p0
+    storage.p1 = p1
+    return storage
 
 
 cdef inline void _activate(floating* y, Py_ssize_t n, const convx_epilogue* epi) noexcept nogil:
