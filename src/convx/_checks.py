@@ -120,6 +120,48 @@ def as_layout_array(op: str, name: str, value: object, ndims: Sequence[int], lay
     return array
 
 
+# The memory layouts of an op's images, by spatial dimensions: channels first, then channels last.
+DATA_LAYOUTS = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+
+
+def as_data_layout(value: object, dims: int = 2, name: str = "layout") -> bool:
+    """Whether ``value`` names the channels-last layout of ``dims``-D images (``'NHWC'``) rather than
+    the channels-first one (``'NCHW'``, PyTorch's); anything else is refused naming both."""
+    first, last = DATA_LAYOUTS[dims]
+    if isinstance(value, str) and value in (first, last):
+        return value == last
+    raise ValueError(
+        f"{name} must be {first!r} (channels first, PyTorch's) or {last!r} (channels last), got {value!r}"
+    )
+
+
+def channels_first(array: npt.NDArray[Any], dims: int = 2) -> npt.NDArray[Any]:
+    """A view of a channels-last batch or image, (N, *spatial, C) or (*spatial, C), as channels
+    first, (N, C, *spatial) or (C, *spatial): no copy, the channel axis moved."""
+    return np.moveaxis(array, -1, -dims - 1)
+
+
+def channels_last(array: npt.NDArray[Any], dims: int = 2) -> npt.NDArray[Any]:
+    """The inverse view of :func:`channels_first`."""
+    return np.moveaxis(array, -dims - 1, -1)
+
+
+def channels_first_shape(shape: Sequence[int], dims: int = 2) -> tuple[int, ...]:
+    """A channels-last shape as channels first: (N, H, W, C) -> (N, C, H, W), (H, W, C) -> (C, H, W)."""
+    shape = tuple(shape)
+    if len(shape) < dims + 1:
+        return shape
+    return (*shape[: -dims - 1], shape[-1], *shape[-dims - 1 : -1])
+
+
+def channels_last_shape(shape: Sequence[int], dims: int = 2) -> tuple[int, ...]:
+    """The inverse of :func:`channels_first_shape`."""
+    shape = tuple(shape)
+    if len(shape) < dims + 1:
+        return shape
+    return (*shape[: -dims - 1], *shape[-dims:], shape[-dims - 1])
+
+
 PADDING_WORDS = ("valid", "same", "same_lower")
 
 
