@@ -60,6 +60,7 @@ class ConvCall:
     non_finite: object
     poisoned: str
     bias: bool
+    channels_last: bool = False  # x, grad_out and grad_x given and returned as (N, H, W, C)
 
     def pads(self):
         """((top, bottom), (left, right)) by the spec: 'same' / 'same_lower' give ceil(size / stride)
@@ -177,14 +178,46 @@ def conv_calls(draw, valid_only=False):
         non_finite=draw(st.sampled_from(NON_FINITE)),
         poisoned=draw(st.sampled_from(["x", "weight", "bias", "grad_out"])),
         bias=draw(st.booleans()),
+        channels_last=draw(st.integers(0, 3)) == 0,
     )
     if valid_only:
         assume(not call.why_invalid())
     return call
 
 
+def _last(array):
+    """(N, C, H, W) or (C, H, W) channels last."""
+    return np.moveaxis(array, -3, -1)
+
+
+def _first(array):
+    """A channels-last output (checked C-contiguous, as every output must be) as channels first."""
+    assert array.flags.c_contiguous
+    return np.ascontiguousarray(np.moveaxis(array, -1, -3))
+
+
+def _channels_last_outputs(op, arrays, call, kwargs):
+    """The op's outputs with layout='NHWC', x and grad_out given channels last, each output brought
+    back channels first (the reference's layout)."""
+    x, grad_out = _last(arrays["x"]), _last(arrays["grad_out"])
+    x_shape = call.x_shape()[:-3] + (call.height, call.width, call.c_in)
+    kwargs = dict(kwargs, layout="NHWC")
+    if op == "forward":
+        return (_first(F.conv2d(x, arrays["weight"], arrays["bias"], **kwargs)),)
+    if op == "backward_input":
+        return (_first(F.conv2d_backward_input(grad_out, arrays["weight"], x_shape, **kwargs)),)
+    if op == "backward_weight":
+        return (F.conv2d_backward_weight(grad_out, x, call.weight_shape(), **kwargs),)
+    if op == "backward_bias":
+        return (F.conv2d_backward_bias(grad_out, layout="NHWC"),)
+    grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, arrays["weight"], **kwargs)
+    return _first(grad_x), grad_w, grad_b
+
+
 def _outputs(module, op, arrays, call, kwargs):
     """The op's outputs as a tuple; the reference has no fused backward, so its parts stand in."""
+    if module is F and call.channels_last:
+        return _channels_last_outputs(op, arrays, call, kwargs)
     x, weight, bias, grad_out = (arrays[k] for k in ("x", "weight", "bias", "grad_out"))
     if op == "forward":
         return (module.conv2d(x, weight, bias, **kwargs),)

@@ -102,6 +102,78 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             _activate(out_b + c * n_out + row0 * g.out_w, (row1 - row0) * g.out_w, epi)
 
 
+def conv2d_forward_channels_last(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                                 const floating[::1] bias, floating[:, :, :, ::1] out,
+                                 int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,
+                                 int groups, int n_threads, int activation=-1, double p0=0, double p1=0):
+    """conv2d_forward of channels-last x (N, H, W, C_in) into channels-last out (N, H_out, W_out,
+    C_out), where the direct kernels take it (they read and write that layout themselves, and apply
+    the activation to each tile); returns whether they did (else out is untouched)."""
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[3], x.shape[1], x.shape[2], weight.shape[0],
+                                    weight.shape[2], weight.shape[3], out.shape[1], out.shape[2], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef int mode = _direct_choice(&shape, g.batch, floating is float, True), level = _level()
+    cdef convx_epilogue epilogue
+    cdef convx_epilogue* epi = _epilogue(activation, p0, p1, &epilogue)
+    if mode == DIRECT_OFF:
+        return False
+    shape.x_last = 1
+    shape.out_last = 1
+    if not _direct_conv(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], g.c_out_g * g.col_rows, g.col_rows,
+                        g.kernel_h * g.kernel_w, 1, &bias[0] if bias.shape[0] > 0 else NULL, epi,
+                        &out[0, 0, 0, 0], &shape, g.batch, n_threads, mode):
+        return False
+    _ran(OP_FORWARD, IMPL_DIRECT_ROWS if mode == DIRECT_ROWS else IMPL_DIRECT_IMAGES, level)
+    return True
+
+
+def conv2d_backward_input_channels_last(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
+                                        floating[:, :, :, ::1] grad_in, int stride_h, int stride_w, int pad_h,
+                                        int pad_w, int dilation_h, int dilation_w, int groups, int n_threads):
+    """conv2d_backward_input of channels-last grad_out (N, H_out, W_out, C_out) into channels-last
+    grad_in (N, H, W, C_in), where the direct kernels take it (stride 1); returns whether they did."""
+    cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[3], grad_in.shape[1], grad_in.shape[2],
+                                    weight.shape[0], weight.shape[2], weight.shape[3],
+                                    grad_out.shape[1], grad_out.shape[2], groups,
+                                    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef convx_conv_shape adjoint
+    cdef int mode = _direct_input_mode(&g, &adjoint, floating is float, True) if g.batch else DIRECT_OFF
+    cdef int level = _level()
+    if mode == DIRECT_OFF or not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                                                        &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads, mode):
+        return False
+    _ran(OP_INPUT, IMPL_DIRECT_ROWS if mode == DIRECT_ROWS else IMPL_DIRECT_IMAGES, level)
+    return True
+
+
+def conv2d_backward_weight_channels_last(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] x,
+                                         floating[:, :, :, ::1] grad_weight, int stride_h, int stride_w, int pad_h,
+                                         int pad_w, int dilation_h, int dilation_w, int groups, int n_threads):
+    """grad_weight (overwritten) of channels-last grad_out (N, H_out, W_out, C_out) and x (N, H, W,
+    C_in), where the direct kernels take it; returns whether they did (else grad_weight holds
+    garbage: a result not finite is recomputed by the caller on a path that multiplies the padding)."""
+    cdef ConvGeometry g = _geometry(x.shape[0], x.shape[3], x.shape[1], x.shape[2], grad_weight.shape[0],
+                                    grad_weight.shape[2], grad_weight.shape[3], grad_out.shape[1], grad_out.shape[2],
+                                    groups, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
+    cdef convx_conv_shape shape = _conv_shape(&g)
+    cdef int split = _direct_weight_choice(&shape, g.batch, floating is float, n_threads, True), level = _level()
+    cdef bint done
+    if split == DIRECT_OFF or g.groups * g.c_out_g * g.col_rows == 0:
+        return False
+    shape.x_last = 1
+    shape.out_last = 1
+    if split == DIRECT_OUTER:
+        done = _direct_outer_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
+                                             &grad_weight[0, 0, 0, 0], n_threads)
+        _ran(OP_WEIGHT, IMPL_DIRECT_OUTER, level)
+    else:
+        done = _direct_weight_gradient(&grad_out[0, 0, 0, 0], &x[0, 0, 0, 0], &shape, g.batch,
+                                       &grad_weight[0, 0, 0, 0], n_threads, split)
+        _ran(OP_WEIGHT, IMPL_DIRECT_BY_IMAGES if split == DIRECT_BY_IMAGES else IMPL_DIRECT_BY_CHANNELS, level)
+    return done
+
+
 def conv2d_backward_input(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
                           floating[:, :, :, ::1] grad_in,
                           int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w,

@@ -95,6 +95,7 @@ cdef extern from "_gemm.h" nogil:
     ctypedef struct convx_conv_shape:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
+        int x_last, out_last
     ctypedef struct convx_epilogue:
         int kind
         double p0, p1

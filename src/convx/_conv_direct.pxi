@@ -15,12 +15,12 @@ cdef inline bint _fills_lanes(Py_ssize_t channels, bint is_float) noexcept nogil
     return 3 * ((channels + lanes - 1) // lanes * lanes) <= 4 * channels
 
 
-cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
+cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, bint channels_last=False) noexcept nogil:
     """How convx_direct_conv_* takes a convolution of shape s (DIRECT_OFF: it does not): as
     _direct_mode_wanted, but not in rows whose channels-last copy of the rows read (their
     padding's columns, and the columns out to a last tile's spare pixels) would exceed
     _scratch_fits (images copy the images only, and skip the taps in the padding)."""
-    cdef int mode = _direct_mode_wanted(s, batch, is_float)
+    cdef int mode = _direct_mode_wanted(s, batch, is_float, channels_last)
     cdef Py_ssize_t mr = convx_direct_rows_f(_level()) if is_float else convx_direct_rows_d(_level())
     cdef double in_rows
     if mode == DIRECT_ROWS:
@@ -30,8 +30,10 @@ cdef int _direct_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float) no
     return mode
 
 
-cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float) noexcept nogil:
-    """How convx_direct_conv_* would best take a convolution of shape s, scratch aside."""
+cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, bint channels_last) noexcept nogil:
+    """How convx_direct_conv_* would best take a convolution of shape s, scratch aside; with
+    channels_last (input and output in that layout), also where it leaves lanes idle or the kernel
+    is 1x1, which the other kernels would take only through two transposes."""
     cdef int level = _level()
     cdef Py_ssize_t rows, tile
     if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
@@ -43,7 +45,7 @@ cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_floa
     if _dmode() == MODE_IMAGES:
         return DIRECT_IMAGES
     # A 1x1 kernel over whole planes stays a plain GEMM of the planes.
-    if not _fills_lanes(s.c_out_g, is_float) or convx_conv_flat(s):
+    if not channels_last and (not _fills_lanes(s.c_out_g, is_float) or convx_conv_flat(s)):
         return DIRECT_OFF
     rows = convx_direct_rows_f(level) if is_float else convx_direct_rows_d(level)
     # Rows shorter than a tile would leave some of its rows idle, and waste the padding's
@@ -161,10 +163,11 @@ cdef enum:
     DIRECT_PARTIAL_MOST = 1 << 18
 
 
-cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads,
+                               bint channels_last=False) noexcept nogil:
     """_direct_weight_wanted, or DIRECT_OFF where its channels-last copy of an image (all its
     rows; the padding's columns, and for DIRECT_OUTER its rows, zero) would exceed _scratch_fits."""
-    cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads)
+    cdef int split = _direct_weight_wanted(s, batch, is_float, n_threads, channels_last)
     cdef int level = _level()
     cdef double copy, part
     cdef double weight = <double> (s.groups * s.c_out_g * s.c_in_g) * <double> (s.kh * s.kw)
@@ -186,12 +189,15 @@ cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     return split
 
 
-cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads) noexcept nogil:
+cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads,
+                               bint channels_last) noexcept nogil:
     """How _direct_weight_gradient takes the weight gradient of shape s: DIRECT_OFF (it does not),
     DIRECT_BY_IMAGES (threads take shares of the batch, each summing a whole partial) or
     DIRECT_BY_CHANNELS (threads take shares of the output channels, each reading every image),
     or, for few input channels, DIRECT_OUTER (_direct_outer_weight_gradient). The forced modes
-    force them too: 'rows' split by images where the batch allows, 'images' by channels."""
+    force them too: 'rows' split by images where the batch allows, 'images' by channels. With
+    channels_last (grad_out and x in that layout), also where the lanes are not filled, which the
+    other kernels would take only through transposes."""
     cdef int level = _level()
     cdef Py_ssize_t tiles, part
     if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
@@ -210,7 +216,9 @@ cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     if _fills_lanes(s.c_out_g, is_float) and s.kh * s.kw > 1:
         if not _fills_lanes(s.c_in_g, is_float) or s.sh * s.sw > 1:
             return DIRECT_OUTER
-    if not _fills_lanes(s.c_in_g, is_float) or convx_conv_flat(s):
+    if channels_last and s.kh * s.kw > 1 and not _fills_lanes(s.c_in_g, is_float):
+        return DIRECT_OUTER
+    if not channels_last and (not _fills_lanes(s.c_in_g, is_float) or convx_conv_flat(s)):
         return DIRECT_OFF
     if is_float:
         tiles = s.groups * convx_direct_weight_tiles_f(level, s)
@@ -327,7 +335,7 @@ cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating*
     return 1
 
 
-cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float) noexcept nogil:
+cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float, bint channels_last=False) noexcept nogil:
     """The direct kernel's mode for the input gradient of a stride-1 convolution, which is the
     convolution a of grad_out with W^T's taps reversed, padded by dilation * (kernel - 1) - pad
     (DIRECT_OFF for other strides, or where that padding is negative)."""
@@ -348,7 +356,9 @@ cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float)
     a.pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w
     a.dh = g.dilation_h
     a.dw = g.dilation_w
-    return _direct_choice(a, g.batch, is_float)
+    a.x_last = channels_last
+    a.out_last = channels_last
+    return _direct_choice(a, g.batch, is_float, channels_last)
 
 
 cdef int _direct_input_gradient(const floating* grad_out, const floating* weight, floating* grad_in,

@@ -18,6 +18,8 @@ cdef inline convx_conv_shape _conv_shape(ConvGeometry* g) noexcept nogil:
     s.pw = g.pad_w
     s.dh = g.dilation_h
     s.dw = g.dilation_w
+    s.x_last = 0
+    s.out_last = 0
     return s
 
 

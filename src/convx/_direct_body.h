@@ -108,6 +108,15 @@ GTARGET static void GN(convx_direct_padded_row)(const GT *CONVX_RESTRICT src, pt
     memset(row + (pw + width) * channels, 0, (size_t)((wb - pw - width) * channels) * sizeof(GT));
 }
 
+/* One input row channels last in a buffer row of wb columns, from a channels-last input (src its
+ * width * channels elements): as convx_direct_padded_row. */
+static void GN(convx_direct_padded_row_last)(const GT *CONVX_RESTRICT src, ptrdiff_t channels, ptrdiff_t width,
+                                             ptrdiff_t pw, ptrdiff_t wb, GT *CONVX_RESTRICT row) {
+    memset(row, 0, (size_t)(pw * channels) * sizeof(GT));
+    memcpy(row + pw * channels, src, (size_t)(width * channels) * sizeof(GT));
+    memset(row + (pw + width) * channels, 0, (size_t)((wb - pw - width) * channels) * sizeof(GT));
+}
+
 /* out[r * ors + l * ocs] = act((bias ? bias[l] : 0) + sum over the taps t and channels c of
  * a[r * ars + aoff[t] + c] * b[boff[t] + c * GNR + l]), for r < rows, l < lanes, act the
  * activation of epi (none where epi is NULL); the register tile has mr <= GMR rows (a constant
@@ -140,6 +149,11 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_b
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < GNV; v++) GSTORE(tile + r * GNR + v * GVL, acc[r][v]);
     if (epi) GACT(epi->kind, tile, tile, mr * GNR, epi->p0, epi->p1);
+    if (ocs == 1) {
+        /* channels last: each pixel's lanes are contiguous */
+        for (ptrdiff_t r = 0; r < rows; r++) memcpy(out + r * ors, tile + r * GNR, (size_t)lanes * sizeof(GT));
+        return;
+    }
 #ifdef GCOLUMN8
     /* A full tile along an output row: each lane's 8 pixels are contiguous there. */
     if (mr == 8 && rows == 8 && ors == 1) {
@@ -206,9 +220,17 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
     ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
     if (ih0 < 0) ih0 = 0;
     if (ih1 > s->height) ih1 = s->height;
-    for (ptrdiff_t ih = ih0; ih < ih1; ih++)
-        GN(convx_direct_padded_row)(x + ih * s->width, plane, channels, s->width, s->pw, wb,
-                                    buf + (ih - ih0) * wb * channels);
+    for (ptrdiff_t ih = ih0; ih < ih1; ih++) {
+        if (s->x_last)
+            GN(convx_direct_padded_row_last)(x + ih * s->width * channels, channels, s->width, s->pw, wb,
+                                             buf + (ih - ih0) * wb * channels);
+        else
+            GN(convx_direct_padded_row)(x + ih * s->width, plane, channels, s->width, s->pw, wb,
+                                        buf + (ih - ih0) * wb * channels);
+    }
+    const ptrdiff_t c_out = s->groups * s->c_out_g;
+    /* where output (co, oh, ow) is, and the steps to the next pixel and channel */
+    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = s->out_last ? c_out : 1;
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t grp = 0; grp < s->groups; grp++)
         for (ptrdiff_t blk = 0; blk < blocks; blk++) {
@@ -230,7 +252,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                     const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
                     GN(convx_direct_tile_exact)(
                         buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
-                        out + co * n_out + oh * s->out_w + ow, 1, n_out, rows, lanes);
+                        out + co * o_ch + (oh * s->out_w + ow) * o_px, o_px, o_ch, rows, lanes);
                 }
             }
         }
@@ -247,10 +269,16 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
     const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
     const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR, k = s->c_in_g * s->kh * s->kw;
     const ptrdiff_t image = plane * channels, c_out = s->groups * s->c_out_g;
-    for (ptrdiff_t n = 0; n < n_images; n++)
+    for (ptrdiff_t n = 0; n < n_images; n++) {
+        if (s->x_last) {
+            memcpy(buf + n * image, x + n * image, (size_t)image * sizeof(GT));
+            continue;
+        }
         for (ptrdiff_t ih = 0; ih < s->height; ih++)
             GN(convx_direct_row_nhwc)(x + n * image + ih * s->width, plane, channels, s->width,
                                       buf + n * image + ih * s->width * channels, channels);
+    }
+    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = s->out_last ? c_out : 1;
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t u = blk0; u < blk1; u++) {
         const ptrdiff_t grp = u / blocks, blk = u % blocks;
@@ -273,7 +301,8 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
                     }
                 }
                 GN(convx_direct_tile)(buf, image, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
-                                      out + co * n_out + oh * s->out_w + ow, c_out * n_out, n_out, n_images, lanes);
+                                      out + co * o_ch + (oh * s->out_w + ow) * o_px, c_out * n_out, o_ch, n_images,
+                                      lanes);
             }
     }
 }
@@ -351,10 +380,17 @@ GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, co
     const ptrdiff_t image_out = s->groups * s->c_out_g * n_out, taps = s->kh * s->kw;
     const ptrdiff_t tiles = GN(convx_direct_weight_tiles)(s), blocks = (s->c_in_g + GNR - 1) / GNR;
     for (ptrdiff_t n = 0; n < n_images; n++)
-        for (ptrdiff_t ih = 0; ih < s->height; ih++)
-            GN(convx_direct_padded_row)(x + n * plane * channels + ih * s->width, plane, channels, s->width, s->pw, wb,
-                                        buf + n * image + ih * wb * channels);
+        for (ptrdiff_t ih = 0; ih < s->height; ih++) {
+            if (s->x_last)
+                GN(convx_direct_padded_row_last)(x + (n * plane + ih * s->width) * channels, channels, s->width, s->pw,
+                                                 wb, buf + n * image + ih * wb * channels);
+            else
+                GN(convx_direct_padded_row)(x + n * plane * channels + ih * s->width, plane, channels, s->width, s->pw,
+                                            wb, buf + n * image + ih * wb * channels);
+        }
     memset(buf + n_images * image, 0, GNR * sizeof(GT));
+    /* grad_out (an output of the forward): where (co, oh, ow) is, and the step to the next pixel */
+    const ptrdiff_t g_ch = s->out_last ? 1 : n_out, g_px = s->out_last ? s->groups * s->c_out_g : 1;
     ptrdiff_t per = CONVX_DIRECT_SEGS / n_images;
     if (per > s->out_h) per = s->out_h;
     if (per < 1) per = 1;
@@ -364,7 +400,9 @@ GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, co
         for (ptrdiff_t u = u0; u < u1; u++) {
             const ptrdiff_t grp = u / tiles, co = (u % tiles) * GMR;
             const ptrdiff_t rows = s->c_out_g - co < GMR ? s->c_out_g - co : GMR;
-            const GT *a = grad_out + (grp * s->c_out_g + co) * n_out;
+            const GT *a = grad_out + (grp * s->c_out_g + co) * g_ch;
+            ptrdiff_t roff[GMR];
+            for (int r = 0; r < GMR; r++) roff[r] = (r < rows ? r : 0) * g_ch;
             for (ptrdiff_t i = 0; i < s->kh; i++)
                 for (ptrdiff_t j = 0; j < s->kw; j++) {
                     ptrdiff_t segs = 0;
@@ -372,16 +410,21 @@ GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, co
                         for (ptrdiff_t oh = o0; oh < o1; oh++) {
                             const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
                             if (ih < 0 || ih >= s->height) continue;
-                            aoff[segs] = n * image_out + oh * s->out_w;
+                            aoff[segs] = n * image_out + oh * s->out_w * g_px;
                             boff[segs] = n * image + (ih * wb + j * s->dw) * channels;
                             segs++;
                         }
                     if (!segs) continue;
-                    for (ptrdiff_t blk = 0; blk < blocks; blk++)
-                        GN(convx_direct_weight_tile)(a, n_out, rows, aoff, boff, segs, s->out_w, s->sw * channels,
-                                                     buf + grp * s->c_in_g + blk * GNR,
-                                                     part + (((u - u0) * taps + i * s->kw + j) * blocks + blk) *
-                                                                GMR * GNR);
+                    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+                        GT *tile_part = part + (((u - u0) * taps + i * s->kw + j) * blocks + blk) * GMR * GNR;
+                        if (s->out_last)
+                            GN(convx_direct_weight_tile_strided)(a, roff, g_px, aoff, boff, segs, s->out_w,
+                                                                 s->sw * channels, buf + grp * s->c_in_g + blk * GNR,
+                                                                 tile_part);
+                        else
+                            GN(convx_direct_weight_tile)(a, n_out, rows, aoff, boff, segs, s->out_w, s->sw * channels,
+                                                         buf + grp * s->c_in_g + blk * GNR, tile_part);
+                    }
                 }
         }
     }
@@ -439,12 +482,23 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
     for (ptrdiff_t n = 0; n < n_images; n++) {
         const GT *xn = x + n * channels * s->height * s->width, *gn = grad_out + n * c_out * n_out;
         memset(xp, 0, (size_t)(channels * hp * wp) * sizeof(GT));
-        for (ptrdiff_t c = 0; c < channels; c++)
+        if (s->x_last) {
             for (ptrdiff_t ih = 0; ih < s->height; ih++)
-                memcpy(xp + (c * hp + ih + s->ph) * wp + s->pw, xn + (c * s->height + ih) * s->width,
-                       (size_t)s->width * sizeof(GT));
-        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-            GN(convx_direct_row_nhwc)(gn + oh * s->out_w, n_out, c_out, s->out_w, go + oh * s->out_w * c_out, c_out);
+                for (ptrdiff_t iw = 0; iw < s->width; iw++)
+                    for (ptrdiff_t c = 0; c < channels; c++)
+                        xp[(c * hp + ih + s->ph) * wp + s->pw + iw] = xn[(ih * s->width + iw) * channels + c];
+        } else {
+            for (ptrdiff_t c = 0; c < channels; c++)
+                for (ptrdiff_t ih = 0; ih < s->height; ih++)
+                    memcpy(xp + (c * hp + ih + s->ph) * wp + s->pw, xn + (c * s->height + ih) * s->width,
+                           (size_t)s->width * sizeof(GT));
+        }
+        if (s->out_last)
+            memcpy(go, gn, (size_t)(n_out * c_out) * sizeof(GT));
+        else
+            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+                GN(convx_direct_row_nhwc)(gn + oh * s->out_w, n_out, c_out, s->out_w, go + oh * s->out_w * c_out,
+                                          c_out);
         for (ptrdiff_t o0 = 0; o0 < s->out_h; o0 += CONVX_DIRECT_SEGS) {
             const ptrdiff_t segs = s->out_h - o0 < CONVX_DIRECT_SEGS ? s->out_h - o0 : CONVX_DIRECT_SEGS;
             for (ptrdiff_t u = 0; u < segs; u++) {

@@ -22,10 +22,13 @@
 
 enum { CONVX_GEMM_BLAS = 0, CONVX_GEMM_AVX2 = 1, CONVX_GEMM_AVX512 = 2 };
 
-/* A convolution's geometry, as in ConvGeometry (_conv.pxi); the padding may be negative. */
+/* A convolution's geometry, as in ConvGeometry (_conv.pxi); the padding may be negative. The
+ * direct kernels (convx_direct_conv_*) also read x_last and out_last: whether the input, and the
+ * output, are channels last (N, H, W, C) rather than (N, C, H, W); the others take channels first. */
 typedef struct {
     ptrdiff_t groups, c_in_g, c_out_g, height, width, out_h, out_w;
     ptrdiff_t kh, kw, sh, sw, ph, pw, dh, dw;
+    int x_last, out_last;
 } convx_conv_shape;
 
 /* An activation the direct kernels apply to each register tile before storing it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,7 +17,19 @@ from numpy.typing import NDArray
 
 from .. import _autotune, _core
 from .._batching import conv_work, sub_batches, summed_sub_batches
-from .._checks import as_float_array, as_int, as_padding, as_pair, as_shape, contiguous, same_dtype
+from .._checks import (
+    as_data_layout,
+    as_float_array,
+    as_int,
+    as_padding,
+    as_pair,
+    as_shape,
+    channels_first,
+    channels_first_shape,
+    channels_last,
+    contiguous,
+    same_dtype,
+)
 from .._products import matmul
 from .._shapes import conv_output_size, conv_reading_outputs, conv_transpose_output_size, padding_sides
 from .._threads import kernel_threads
@@ -129,9 +141,18 @@ def _check_sizes(*values: tuple[str, int]) -> None:
 _KERNEL_AXES = {1: ("kernel_length",), 2: ("kernel_height", "kernel_width")}
 
 
-def check_conv_shapes(input_shape: Shape, weight_shape: Shape, groups: int, input_name: str = "x") -> None:
+# How each layout reads an input's shape, for messages.
+_LAYOUT_SHAPES = {
+    "NCW": "(N, C_in, L)", "NWC": "(N, L, C_in)", "NCHW": "(N, C_in, H, W)", "NHWC": "(N, H, W, C_in)",
+}
+
+
+def check_conv_shapes(
+    input_shape: Shape, weight_shape: Shape, groups: int, input_name: str = "x", layout: str | None = None
+) -> None:
     """A convolution's input (N, C_in, *spatial) and weight (C_out, C_in / groups, *kernel) shapes,
-    1-D or 2-D, checked against each other and ``groups``; messages show the shapes as given."""
+    1-D or 2-D, checked against each other and ``groups``; messages show the shapes as given, and
+    name the ``layout`` the input's shape was read in where given."""
     c_in, c_out, c_in_group, kernel = input_shape[1], weight_shape[0], weight_shape[1], weight_shape[2:]
     if min(kernel) < 1:
         sizes = ", ".join(f"{axis}: {size}" for axis, size in zip(_KERNEL_AXES[len(kernel)], kernel))
@@ -152,13 +173,24 @@ def check_conv_shapes(input_shape: Shape, weight_shape: Shape, groups: int, inpu
         raise ValueError(
             f"weight of shape {tuple(weight_shape)} expects {c_in_group * groups} input channels "
             f"(weight.shape[1] * groups = {c_in_group} * {groups}), but {input_name} has {c_in}; "
-            f"weight.shape[1] must be C_in / groups = {c_in // groups}"
+            f"weight.shape[1] must be C_in / groups = {c_in // groups}{_layout_read(input_name, layout)}"
         )
+
+
+def _layout_read(name: str, layout: str | None) -> str:
+    """How the layout assumed read an array's shape, and the other layout, for a shape that does not fit."""
+    if layout is None:
+        return ""
+    other = {"NCW": "NWC", "NWC": "NCW", "NCHW": "NHWC", "NHWC": "NCHW"}[layout]
+    return (
+        f" ({name} read as {_LAYOUT_SHAPES[layout]}, layout={layout!r}; if it is {_LAYOUT_SHAPES[other]}, pass "
+        f"layout={other!r})"
+    )
 
 
 def _plan_conv(
     input_shape: Shape, weight_shape: Shape, stride: IntPair, padding: Padding, dilation: IntPair, groups: int,
-    input_name: str = "x",
+    input_name: str = "x", layout: str | None = None,
 ) -> _ConvPlan:
     """Validate a convolution's geometry and compute its output size.
 
@@ -169,7 +201,7 @@ def _plan_conv(
     stride = as_pair("stride", stride, 1)
     dilation = as_pair("dilation", dilation, 1)
     groups = as_int("groups", groups, 1)
-    check_conv_shapes(input_shape, weight_shape, groups, input_name)
+    check_conv_shapes(input_shape, weight_shape, groups, input_name, layout)
     (pad_top, pad_bottom), (pad_left, pad_right) = padding_sides(
         as_padding(padding), (height, width), (kernel_h, kernel_w), stride, dilation
     )
@@ -203,8 +235,10 @@ def _batched(array: AnyArray) -> tuple[AnyArray, bool]:
     return array, False
 
 
-def _check_grad_out(grad_out: AnyArray, plan: _ConvPlan) -> None:
-    expected = (plan.batch, plan.out_channels, plan.out_h, plan.out_w)
+def _check_grad_out(grad_out: AnyArray, plan: _ConvPlan, channels_last: bool = False) -> None:
+    expected: tuple[int, ...] = (plan.batch, plan.out_channels, plan.out_h, plan.out_w)
+    if channels_last:
+        expected = (plan.batch, plan.out_h, plan.out_w, plan.out_channels)
     if grad_out.shape != expected:
         raise ValueError(f"grad_out must have the forward output's shape {expected}, got {grad_out.shape}")
 
@@ -220,6 +254,109 @@ def _no_bias(dtype: np.dtype[Any]) -> AnyArray:
 
 def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
     return array[0] if unbatched else array
+
+
+def _first(array: AnyArray, last: bool) -> AnyArray:
+    """A batch as channels first: a view of a channels-last one."""
+    return channels_first(array) if last else array
+
+
+def _pointwise(weight_shape: Shape, plan: _ConvPlan, input_hw: Shape) -> bool:
+    """Whether a convolution is one product of the pixels (N*H*W, C_in) by the weight (C_out, C_in)^T."""
+    return (
+        weight_shape[2:] == (1, 1) and plan.stride == (1, 1) and plan.groups == 1
+        and (plan.out_h, plan.out_w) == tuple(input_hw) and plan.pad == (0, 0)
+    )
+
+
+def _last_kernels(weight_shape: Shape, plan: _ConvPlan, input_hw: Shape) -> _ConvPlan | None:
+    """The plan the direct kernels take a channels-last convolution by (``_kernel_plan``'s), or None
+    where they do not (the depthwise kernels, and convolutions with outputs to cut off, take channels
+    first)."""
+    kept = _kernel_plan(input_hw, weight_shape[2:], plan)
+    return None if _is_depthwise(weight_shape, plan.groups) or kept.trims(plan) else kept.plan
+
+
+def _last_forward(
+    x: AnyArray, weight: AnyArray, bias: AnyArray | None, plan: _ConvPlan, epilogue: Epilogue | None, y: AnyArray
+) -> bool:
+    """y := the convolution of channels-last x, if it is a product of the pixels or the direct kernels take it
+    channels last; else False, y untouched."""
+    x, weight = contiguous(x), contiguous(weight)
+    n_threads = plan.threads(weight.shape)
+    if _pointwise(weight.shape, plan, x.shape[1:3]):
+        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+            rows = y[part].reshape(-1, plan.out_channels)
+            matmul(x[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1).T, rows, n_threads)
+            if bias is not None:
+                rows += bias
+            if epilogue is not None:
+                epilogue(rows)
+        return True
+    inner = _last_kernels(weight.shape, plan, x.shape[1:3])
+    if inner is None:
+        return False
+    bias_arg = _no_bias(y.dtype) if bias is None else contiguous(bias)
+    for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
+        if not _core.conv2d_forward_channels_last(x[part], weight, bias_arg, y[part], *inner.kernel_args(), n_threads,
+                                                  *(epilogue or ())):
+            return False
+    return True
+
+
+def _last_input(grad_out: AnyArray, weight: AnyArray, plan: _ConvPlan, grad_x: AnyArray) -> bool:
+    """grad_x := the input gradient of a channels-last convolution, as :func:`_last_forward` does the forward."""
+    grad_out, weight = contiguous(grad_out), contiguous(weight)
+    n_threads = plan.threads(weight.shape)
+    if _pointwise(weight.shape, plan, grad_x.shape[1:3]):
+        for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, grad_x.shape)):
+            rows = grad_x[part].reshape(-1, grad_x.shape[3])
+            matmul(grad_out[part].reshape(len(rows), -1), weight.reshape(plan.out_channels, -1), rows, n_threads)
+        return True
+    inner = _last_kernels(weight.shape, plan, grad_x.shape[1:3])
+    if inner is None:
+        return False
+    for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, grad_x.shape)):
+        if not _core.conv2d_backward_input_channels_last(grad_out[part], weight, grad_x[part], *inner.kernel_args(),
+                                                         n_threads):
+            return False
+    return True
+
+
+def _last_weight(grad_out: AnyArray, x: AnyArray, plan: _ConvPlan, grad_w: AnyArray) -> bool:
+    """grad_w := the weight gradient of a channels-last convolution, as :func:`_last_forward` does the
+    forward; else False, grad_w zero."""
+    n_threads = plan.threads(grad_w.shape)
+    c_out, c_in = grad_w.shape[:2]
+    grad_out, x = contiguous(grad_out), contiguous(x)
+    pointwise = _pointwise(grad_w.shape, plan, x.shape[1:3])
+    inner = _last_kernels(grad_w.shape, plan, x.shape[1:3])
+    if not pointwise and inner is None:
+        return False
+    work = conv_work(grad_w.shape, plan.out_h * plan.out_w, x.shape)
+    for part, (total,) in summed_sub_batches(plan.batch, work, (grad_w,)):
+        if pointwise:
+            matmul(grad_out[part].reshape(-1, c_out).T, x[part].reshape(-1, c_in), total.reshape(c_out, c_in),
+                   n_threads)
+        elif inner is None or not _core.conv2d_backward_weight_channels_last(grad_out[part], x[part], total,
+                                                                             *inner.kernel_args(), n_threads):
+            grad_w[...] = 0
+            return False
+    return True
+
+
+# A channels-last batch goes to the channels-first kernels in parts, each copied channels first and
+# back: at most this many elements of the part's arrays (one image at least, and one per thread).
+_LAYOUT_PART_ELEMENTS = 1 << 22
+
+
+def _layout_parts(batch: int, image_elements: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(batch)``, each image's arrays ``image_elements`` elements, as
+    equal in size as whole images allow."""
+    most = max(kernel_threads(), _LAYOUT_PART_ELEMENTS // max(1, image_elements))
+    n_parts = -(-batch // most)
+    for index in range(n_parts):
+        yield slice(index * batch // n_parts, (index + 1) * batch // n_parts)
 
 
 _ALL = slice(None)
@@ -338,6 +475,7 @@ def conv2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
     algorithm: str = "direct", activation: str | None = None, activation_params: Mapping[str, Any] | None = None,
+    layout: str = "NCHW",
 ) -> NDArray[Float]:
     """2-D convolution (cross-correlation) of a batch of images.
 
@@ -381,6 +519,11 @@ def conv2d(
         output as soon as it is complete (the others); no second pass over the output.
     activation_params : dict, optional
         The activation's keyword arguments (``{'negative_slope': 0.1}``).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        The layout of ``x`` and ``y``: channels first (PyTorch's) or channels last, ``x`` then
+        (N, H, W, C_in) or (H, W, C_in) and ``y`` (N, H_out, W_out, C_out). The weight stays
+        (C_out, C_in / groups, kH, kW) in both; a TensorFlow / Keras HWIO kernel ``k`` is
+        ``k.transpose(3, 2, 0, 1)``. See :ref:`channels-last`.
 
     Returns
     -------
@@ -398,17 +541,27 @@ def conv2d(
            [6., 9., 9., 6.],
            [4., 6., 6., 4.]], dtype=float32)
     """
+    last = as_data_layout(layout)
     x = as_float_array("x", x, (3, 4))
     weight = as_float_array("weight", weight, (4,))
     if bias is not None:
         bias = as_float_array("bias", bias, (1,))
     dtype = same_dtype(x=x, weight=weight, bias=bias)
     x, unbatched = _batched(x)
-    plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
+    plan = _plan_conv(_first(x, last).shape, weight.shape, stride, padding, dilation, groups, layout=layout)
     _check_bias(bias, plan.out_channels)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     check_no_activation_params(activation, activation_params)
     epilogue = None if activation is None else activation_epilogue(activation, activation_params)
+    if last:
+        y = np.empty((plan.batch, plan.out_h, plan.out_w, plan.out_channels), dtype=dtype)
+        if plan.batch and (winograd or not _last_forward(x, weight, bias, plan, epilogue, y)):
+            for part in _layout_parts(plan.batch, x[:1].size + y[:1].size):
+                y[part] = channels_last(conv2d(
+                    np.ascontiguousarray(channels_first(x[part])), weight, bias, stride, padding, dilation, groups,
+                    algorithm=algorithm, activation=activation, activation_params=activation_params,
+                ))
+        return _unbatch(y, unbatched)
     out = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=dtype)
     if plan.batch:
         x, weight = contiguous(x), contiguous(weight)
@@ -460,7 +613,7 @@ def _forward(
 def conv2d_backward_input(
     grad_out: NDArray[Float], weight: NDArray[Float], input_shape: Shape,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCHW",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its input.
 
@@ -475,8 +628,9 @@ def conv2d_backward_input(
         The forward pass's filters, same dtype as ``grad_out``.
     input_shape : tuple of int, (N, C_in, H, W) or (C_in, H, W)
         Shape of the forward input ``x`` (its H, W cannot always be recovered from the output).
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv2d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv2d`; with ``layout='NHWC'`` ``grad_out`` is (N, H_out, W_out,
+        C_out) and ``input_shape`` and ``grad_x`` (N, H, W, C_in).
 
     Returns
     -------
@@ -491,6 +645,7 @@ def conv2d_backward_input(
            [2., 4., 2.],
            [1., 2., 1.]])
     """
+    last = as_data_layout(layout)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     weight = as_float_array("weight", weight, (4,))
     dtype = same_dtype(grad_out=grad_out, weight=weight)
@@ -498,9 +653,20 @@ def conv2d_backward_input(
     grad_out, unbatched = _batched(grad_out)
     if unbatched:
         input_shape = (1, *input_shape)
-    plan = _plan_conv(input_shape, weight.shape, stride, padding, dilation, groups, input_name="input_shape")
-    _check_grad_out(grad_out, plan)
+    first_shape: Shape = channels_first_shape(input_shape) if last else input_shape
+    plan = _plan_conv(first_shape, weight.shape, stride, padding, dilation, groups, "input_shape", layout)
+    _check_grad_out(grad_out, plan, last)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
+    if last:
+        grad_x_last = np.empty(input_shape, dtype=dtype)
+        if not plan.batch or (not winograd and _last_input(grad_out, weight, plan, grad_x_last)):
+            return _unbatch(grad_x_last, unbatched)
+        for part in _layout_parts(plan.batch, grad_out[:1].size + grad_x_last[:1].size):
+            grad_x_last[part] = channels_last(conv2d_backward_input(
+                np.ascontiguousarray(channels_first(grad_out[part])), weight,
+                (part.stop - part.start, *first_shape[1:]), stride, padding, dilation, groups, algorithm=algorithm,
+            ))
+        return _unbatch(grad_x_last, unbatched)
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
@@ -523,7 +689,7 @@ def conv2d_backward_input(
 def conv2d_backward_weight(
     grad_out: NDArray[Float], x: NDArray[Float], weight_shape: Shape,
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCHW",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its weight.
 
@@ -537,8 +703,8 @@ def conv2d_backward_weight(
     x : ndarray, shape (N, C_in, H, W) or (C_in, H, W)
         The forward pass's input, same dtype as ``grad_out``.
     weight_shape : tuple of int, (C_out, C_in / groups, kH, kW)
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv2d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv2d`; with ``layout='NHWC'`` ``grad_out`` and ``x`` are channels last.
 
     Returns
     -------
@@ -552,16 +718,26 @@ def conv2d_backward_weight(
     array([[ 8., 12.],
            [20., 24.]])
     """
+    last = as_data_layout(layout)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     x = as_float_array("x", x, (grad_out.ndim,))
     dtype = same_dtype(grad_out=grad_out, x=x)
     weight_shape = as_shape("weight_shape", weight_shape, (4,))
     grad_out, _ = _batched(grad_out)
     x, _ = _batched(x)
-    plan = _plan_conv(x.shape, weight_shape, stride, padding, dilation, groups)
-    _check_grad_out(grad_out, plan)
+    plan = _plan_conv(_first(x, last).shape, weight_shape, stride, padding, dilation, groups, layout=layout)
+    _check_grad_out(grad_out, plan, last)
     winograd = _winograd(algorithm, weight_shape, plan, dtype.itemsize)
     grad_w = np.zeros(weight_shape, dtype=dtype)
+    if last:
+        if not plan.batch or (not winograd and _last_weight(grad_out, x, plan, grad_w)):
+            return grad_w
+        for part in _layout_parts(plan.batch, x[:1].size + grad_out[:1].size):
+            grad_w += conv2d_backward_weight(
+                np.ascontiguousarray(channels_first(grad_out[part])), np.ascontiguousarray(channels_first(x[part])),
+                weight_shape, stride, padding, dilation, groups, algorithm=algorithm,
+            )
+        return grad_w
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
         kept = _kernel_plan(x.shape[2:], weight_shape[2:], plan)
@@ -602,12 +778,14 @@ def _weight_gradient(
         )
 
 
-def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
+def conv2d_backward_bias(grad_out: NDArray[Float], *, layout: str = "NCHW") -> NDArray[Float]:
     """Gradient of :func:`conv2d` with respect to its bias: ``grad_out`` summed over N, H and W.
 
     Parameters
     ----------
     grad_out : ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        As given to :func:`conv2d`: channels last, ``grad_out`` is (N, H_out, W_out, C_out).
 
     Returns
     -------
@@ -619,24 +797,27 @@ def conv2d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
     >>> convx.conv2d_backward_bias(np.ones((2, 3, 4, 4), dtype=np.float32))
     array([32., 32., 32.], dtype=float32)
     """
+    last = as_data_layout(layout)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     grad_out, _ = _batched(grad_out)
-    grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
+    channels = grad_out.shape[-1 if last else 1]
+    grad_b = np.zeros(channels, dtype=grad_out.dtype)
     if grad_out.size:
-        _bias_gradient(contiguous(grad_out), grad_b)
+        # channels last, the pixels are the images of a batch of 1x1 planes
+        _bias_gradient(contiguous(grad_out).reshape(-1, channels, 1, 1) if last else contiguous(grad_out), grad_b)
     return grad_b
 
 
 def _bias_gradient(grad_out: AnyArray, grad_b: AnyArray) -> None:
     """grad_b := grad_out summed over N, H and W, for a non-empty C-contiguous grad_out."""
-    for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[0].size, (grad_b,)):
+    for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[:1].size, (grad_b,)):
         _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
 
 
 def conv2d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], weight: NDArray[Float],
     stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCHW",
 ) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]:
     """All three gradients of :func:`conv2d` in one pass over the batch.
 
@@ -651,8 +832,9 @@ def conv2d_backward(
         The forward pass's input.
     weight : ndarray, shape (C_out, C_in / groups, kH, kW)
         The forward pass's filters.
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv2d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv2d`; with ``layout='NHWC'`` ``grad_out``, ``x`` and ``grad_x`` are
+        channels last.
 
     Returns
     -------
@@ -668,14 +850,22 @@ def conv2d_backward(
     >>> gx.shape, gw.shape, gb.tolist()
     ((2, 3, 5, 5), (4, 3, 3, 3), [18.0, 18.0, 18.0, 18.0])
     """
+    last = as_data_layout(layout)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     x = as_float_array("x", x, (grad_out.ndim,))
     weight = as_float_array("weight", weight, (4,))
     dtype = same_dtype(grad_out=grad_out, x=x, weight=weight)
     grad_out, unbatched = _batched(grad_out)
     x, _ = _batched(x)
-    plan = _plan_conv(x.shape, weight.shape, stride, padding, dilation, groups)
-    _check_grad_out(grad_out, plan)
+    plan = _plan_conv(_first(x, last).shape, weight.shape, stride, padding, dilation, groups, layout=layout)
+    _check_grad_out(grad_out, plan, last)
+    if last:
+        # each gradient channels last where its kernels take it, else in parts copied channels first
+        grad_x = conv2d_backward_input(grad_out, weight, x.shape, stride, padding, dilation, groups,
+                                       algorithm=algorithm, layout=layout)
+        grad_w = conv2d_backward_weight(grad_out, x, weight.shape, stride, padding, dilation, groups,
+                                        algorithm=algorithm, layout=layout)
+        return _unbatch(grad_x, unbatched), grad_w, conv2d_backward_bias(grad_out, layout=layout)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     grad_x = np.empty(x.shape, dtype=dtype)
     grad_w = np.zeros(weight.shape, dtype=dtype)
@@ -867,7 +1057,7 @@ def _by(sizes: tuple[int, ...]) -> str:
 def conv_transpose2d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntPair = 1,
     padding: Padding = 0, output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *,
-    output_size: Shape | None = None, algorithm: str = "direct",
+    output_size: Shape | None = None, algorithm: str = "direct", layout: str = "NCHW",
 ) -> NDArray[Float]:
     """2-D transposed convolution ("deconvolution"): the adjoint of :func:`conv2d` as a map of its input.
 
@@ -900,6 +1090,9 @@ def conv_transpose2d(
     algorithm : {'direct', 'winograd', 'auto'}, default 'direct'
         As for :func:`conv2d` (Winograd applies with stride 1: the output is then a stride-1
         3x3 convolution of the zero-padded input).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        As for :func:`conv2d`: channels last, ``x`` is (N, H, W, C_in), ``y`` (N, H_out, W_out,
+        C_out) and a 4-entry ``output_size`` (N, H_out, W_out, C_out).
 
     Returns
     -------
@@ -921,12 +1114,18 @@ def conv_transpose2d(
     ...                        output_size=(6, 6)).shape
     (1, 1, 6, 6)
     """
+    last = as_data_layout(layout)
     x = as_float_array("x", x, (3, 4))
     weight = as_float_array("weight", weight, (4,))
     if bias is not None:
         bias = as_float_array("bias", bias, (1,))
     dtype = same_dtype(x=x, weight=weight, bias=bias)
     x, unbatched = _batched(x)
+    if last:
+        if output_size is not None and not isinstance(output_size, (int, np.integer)) and len(output_size) == 4:
+            output_size = channels_first_shape(as_shape("output_size", output_size, (4,)))
+        return _unbatch(_transpose_channels_last(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                                                 output_size, algorithm), unbatched)
     stride = as_pair("stride", stride, 1)
     dilation = as_pair("dilation", dilation, 1)
     parsed = as_padding(padding)
@@ -963,3 +1162,21 @@ def conv_transpose2d(
         if bias is not None:
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
+
+
+def _transpose_channels_last(
+    x: AnyArray, weight: AnyArray, bias: AnyArray | None, stride: IntPair, padding: Padding,
+    output_padding: IntPair, groups: int, dilation: IntPair, output_size: Shape | None, algorithm: str,
+) -> AnyArray:
+    """conv_transpose2d of a channels-last batch (N, H, W, C_in), in parts copied channels first; the
+    whole batch's geometry is checked before any part runs (an empty batch's too)."""
+    first = channels_first(x)
+    checked = conv_transpose2d(np.empty((0, *first.shape[1:]), dtype=x.dtype), weight, bias, stride, padding,
+                               output_padding, groups, dilation, output_size=output_size, algorithm=algorithm)
+    y = np.empty((x.shape[0], *checked.shape[2:], checked.shape[1]), dtype=x.dtype)
+    for part in _layout_parts(x.shape[0], x[:1].size + y[:1].size):
+        y[part] = channels_last(conv_transpose2d(
+            np.ascontiguousarray(first[part]), weight, bias, stride, padding, output_padding, groups, dilation,
+            output_size=output_size, algorithm=algorithm,
+        ))
+    return y

@@ -14,7 +14,17 @@ from typing import Any, NamedTuple
 
 from numpy.typing import NDArray
 
-from .._checks import as_float_array, as_int, as_layout_array, as_padding_1d, as_shape, as_single, same_dtype
+from .._checks import (
+    as_data_layout,
+    as_float_array,
+    as_int,
+    as_layout_array,
+    as_padding_1d,
+    as_shape,
+    as_single,
+    channels_first_shape,
+    same_dtype,
+)
 from .._shapes import conv_output_size, padding_sides
 from .._typing import AnyArray, Float, IntSingle, Padding1d, PaddingWord, Shape
 from .conv import (
@@ -66,15 +76,16 @@ def check_algorithm_1d(algorithm: object) -> None:
 
 def _conv1d_args(
     input_shape: Shape, weight_shape: Shape, stride: object, padding: object, dilation: object, groups: object,
-    algorithm: object, input_name: str = "x",
+    algorithm: object, input_name: str = "x", last: bool = False,
 ) -> _Conv1dArgs:
-    """Validate a 1-D convolution of an (N, C_in, L) input by a (C_out, C_in / groups, K) weight."""
+    """Validate a 1-D convolution of an (N, C_in, L) input by a (C_out, C_in / groups, K) weight; ``last``:
+    the input is (N, L, C_in), ``input_shape`` still given channels first."""
     stride_ = as_single("stride", stride, 1)
     dilation_ = as_single("dilation", dilation, 1)
     groups_ = as_int("groups", groups, 1)
     pads = as_padding_1d(padding)
     check_algorithm_1d(algorithm)
-    check_conv_shapes(input_shape, weight_shape, groups_, input_name)
+    check_conv_shapes(input_shape, weight_shape, groups_, input_name, "NWC" if last else "NCW")
     length, kernel = input_shape[2], weight_shape[2]
     if isinstance(pads, str):
         _, (left, right) = padding_sides(pads, (1, length), (1, kernel), (1, stride_), (1, dilation_))
@@ -94,26 +105,33 @@ def _batch_shape(shape: Shape) -> Shape:
     return shape if len(shape) == 3 else (1, *shape)
 
 
-def _check_grad_out(grad_out: AnyArray, x_shape: Shape, c_out: int, out_length: int) -> None:
-    expected = (*x_shape[:-2], c_out, out_length)
+def _check_grad_out(grad_out: AnyArray, x_shape: Shape, c_out: int, out_length: int, last: bool = False) -> None:
+    expected = (*x_shape[:-2], out_length, c_out) if last else (*x_shape[:-2], c_out, out_length)
     if grad_out.shape != expected:
         raise ValueError(f"grad_out must have the forward output's shape {expected}, got {grad_out.shape}")
 
 
-def _plane(array: AnyArray) -> AnyArray:
-    """(..., L) viewed as (..., 1, L)."""
-    return array[..., None, :]
+def _plane(array: AnyArray, last: bool = False) -> AnyArray:
+    """(..., L) viewed as (..., 1, L); channels last, (..., L, C) as (..., 1, L, C)."""
+    return array[..., None, :, :] if last else array[..., None, :]
 
 
-def _line(array: AnyArray) -> AnyArray:
-    """(..., 1, L) viewed as (..., L)."""
-    return array[..., 0, :]
+def _line(array: AnyArray, last: bool = False) -> AnyArray:
+    """The inverse view of :func:`_plane`."""
+    return array[..., 0, :, :] if last else array[..., 0, :]
+
+
+def _first_shape(shape: Shape, last: bool) -> Shape:
+    """A batch's shape channels first, (N, C, L)."""
+    return _batch_shape(channels_first_shape(shape, 1) if last else shape)
+
 
 
 def conv1d(
     x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
     stride: IntSingle = 1, padding: Padding1d = 0, dilation: IntSingle = 1, groups: int = 1, *,
     algorithm: str = "direct", activation: str | None = None, activation_params: Mapping[str, Any] | None = None,
+    layout: str = "NCW",
 ) -> NDArray[Float]:
     """1-D convolution (cross-correlation) of a batch of sequences, as ``torch.nn.functional.conv1d``.
 
@@ -140,6 +158,9 @@ def conv1d(
         As for :func:`conv2d` (Winograd's 3x3 transform does not apply to 1-D kernels).
     activation, activation_params
         An activation applied to the output in place, as for :func:`conv2d`.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Channels first (PyTorch's) or channels last: ``x`` (N, L, C_in), ``y`` (N, L_out, C_out),
+        run by :func:`conv2d` with ``layout='NHWC'`` on views.
 
     Returns
     -------
@@ -160,16 +181,19 @@ def conv1d(
     if bias is not None:
         bias = as_float_array("bias", bias, (1,))
     same_dtype(x=x, weight=weight, bias=bias)
-    args = _conv1d_args(_batch_shape(x.shape), weight.shape, stride, padding, dilation, groups, algorithm)
-    y = conv2d(_plane(x), _plane(weight), bias, args.stride, args.padding, args.dilation, args.groups,
-               algorithm=algorithm, activation=activation, activation_params=activation_params)
-    return _line(y)
+    last = as_data_layout(layout, 1)
+    args = _conv1d_args(_first_shape(x.shape, last), weight.shape, stride, padding, dilation, groups, algorithm,
+                        last=last)
+    y = conv2d(_plane(x, last), _plane(weight), bias, args.stride, args.padding, args.dilation, args.groups,
+               algorithm=algorithm, activation=activation, activation_params=activation_params,
+               layout="NHWC" if last else "NCHW")
+    return _line(y, last)
 
 
 def conv1d_backward_input(
     grad_out: NDArray[Float], weight: NDArray[Float], input_shape: Shape,
     stride: IntSingle = 1, padding: Padding1d = 0, dilation: IntSingle = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCW",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv1d` with respect to its input (:func:`conv2d_backward_input` on views).
 
@@ -178,8 +202,8 @@ def conv1d_backward_input(
     grad_out : ndarray, shape (N, C_out, L_out) or (C_out, L_out)
     weight : ndarray, shape (C_out, C_in / groups, K)
     input_shape : tuple of int, (N, C_in, L) or (C_in, L)
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv1d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv1d` (channels last, the arrays and shapes (N, L, C)).
 
     Returns
     -------
@@ -195,19 +219,21 @@ def conv1d_backward_input(
     weight = as_layout_array("conv1d_backward_input", "weight", weight, (3,), _WEIGHT_LAYOUT)
     same_dtype(grad_out=grad_out, weight=weight)
     shape: Shape = as_shape("input_shape", input_shape, (grad_out.ndim,))
-    args = _conv1d_args(_batch_shape(shape), weight.shape, stride, padding, dilation, groups, algorithm,
-                        "input_shape")
-    _check_grad_out(grad_out, shape, weight.shape[0], args.out_length)
-    plane_shape: Shape = (*shape[:-1], 1, shape[-1])
-    grad_x = conv2d_backward_input(_plane(grad_out), _plane(weight), plane_shape, args.stride,
-                                   args.padding, args.dilation, args.groups, algorithm=algorithm)
-    return _line(grad_x)
+    last = as_data_layout(layout, 1)
+    args = _conv1d_args(_first_shape(shape, last), weight.shape, stride, padding, dilation, groups, algorithm,
+                        "input_shape", last)
+    _check_grad_out(grad_out, shape, weight.shape[0], args.out_length, last)
+    plane_shape: Shape = (*shape[:-2], 1, *shape[-2:]) if last else (*shape[:-1], 1, shape[-1])
+    grad_x = conv2d_backward_input(_plane(grad_out, last), _plane(weight), plane_shape, args.stride,
+                                   args.padding, args.dilation, args.groups, algorithm=algorithm,
+                                   layout="NHWC" if last else "NCHW")
+    return _line(grad_x, last)
 
 
 def conv1d_backward_weight(
     grad_out: NDArray[Float], x: NDArray[Float], weight_shape: Shape,
     stride: IntSingle = 1, padding: Padding1d = 0, dilation: IntSingle = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCW",
 ) -> NDArray[Float]:
     """Gradient of :func:`conv1d` with respect to its weight (:func:`conv2d_backward_weight` on views).
 
@@ -219,8 +245,8 @@ def conv1d_backward_weight(
     x : ndarray, shape (N, C_in, L) or (C_in, L)
         The forward pass's input.
     weight_shape : tuple of int, (C_out, C_in / groups, K)
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv1d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv1d` (channels last, the arrays and shapes (N, L, C)).
 
     Returns
     -------
@@ -236,19 +262,24 @@ def conv1d_backward_weight(
     x = as_layout_array("conv1d_backward_weight", "x", x, (grad_out.ndim,), _X_LAYOUT)
     same_dtype(grad_out=grad_out, x=x)
     weight_shape = as_shape("weight_shape", weight_shape, (3,))
-    args = _conv1d_args(_batch_shape(x.shape), weight_shape, stride, padding, dilation, groups, algorithm)
-    _check_grad_out(grad_out, x.shape, weight_shape[0], args.out_length)
-    grad_w = conv2d_backward_weight(_plane(grad_out), _plane(x), (*weight_shape[:2], 1, weight_shape[2]),
-                                    args.stride, args.padding, args.dilation, args.groups, algorithm=algorithm)
+    last = as_data_layout(layout, 1)
+    args = _conv1d_args(_first_shape(x.shape, last), weight_shape, stride, padding, dilation, groups, algorithm,
+                        last=last)
+    _check_grad_out(grad_out, x.shape, weight_shape[0], args.out_length, last)
+    grad_w = conv2d_backward_weight(_plane(grad_out, last), _plane(x, last), (*weight_shape[:2], 1, weight_shape[2]),
+                                    args.stride, args.padding, args.dilation, args.groups, algorithm=algorithm,
+                                    layout="NHWC" if last else "NCHW")
     return _line(grad_w)
 
 
-def conv1d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
+def conv1d_backward_bias(grad_out: NDArray[Float], *, layout: str = "NCW") -> NDArray[Float]:
     """Gradient of :func:`conv1d` with respect to its bias: ``grad_out`` summed over N and L.
 
     Parameters
     ----------
     grad_out : ndarray, shape (N, C_out, L_out) or (C_out, L_out)
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        As given to :func:`conv1d`: channels last, ``grad_out`` is (N, L_out, C_out).
 
     Returns
     -------
@@ -261,13 +292,14 @@ def conv1d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
     array([10., 10., 10.])
     """
     grad_out = as_layout_array("conv1d_backward_bias", "grad_out", grad_out, (2, 3), _GRAD_LAYOUT)
-    return conv2d_backward_bias(_plane(grad_out))
+    last = as_data_layout(layout, 1)
+    return conv2d_backward_bias(_plane(grad_out, last), layout="NHWC" if last else "NCHW")
 
 
 def conv1d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], weight: NDArray[Float],
     stride: IntSingle = 1, padding: Padding1d = 0, dilation: IntSingle = 1, groups: int = 1, *,
-    algorithm: str = "direct",
+    algorithm: str = "direct", layout: str = "NCW",
 ) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]:
     """All three gradients of :func:`conv1d` in one pass over the batch (:func:`conv2d_backward` on views).
 
@@ -278,8 +310,8 @@ def conv1d_backward(
         The forward pass's input.
     weight : ndarray, shape (C_out, C_in / groups, K)
         The forward pass's filters.
-    stride, padding, dilation, groups, algorithm
-        As given to :func:`conv1d`.
+    stride, padding, dilation, groups, algorithm, layout
+        As given to :func:`conv1d` (channels last, the arrays and shapes (N, L, C)).
 
     Returns
     -------
@@ -298,11 +330,14 @@ def conv1d_backward(
     x = as_layout_array("conv1d_backward", "x", x, (grad_out.ndim,), _X_LAYOUT)
     weight = as_layout_array("conv1d_backward", "weight", weight, (3,), _WEIGHT_LAYOUT)
     same_dtype(grad_out=grad_out, x=x, weight=weight)
-    args = _conv1d_args(_batch_shape(x.shape), weight.shape, stride, padding, dilation, groups, algorithm)
-    _check_grad_out(grad_out, x.shape, weight.shape[0], args.out_length)
-    grad_x, grad_w, grad_b = conv2d_backward(_plane(grad_out), _plane(x), _plane(weight), args.stride,
-                                             args.padding, args.dilation, args.groups, algorithm=algorithm)
-    return _line(grad_x), _line(grad_w), grad_b
+    last = as_data_layout(layout, 1)
+    args = _conv1d_args(_first_shape(x.shape, last), weight.shape, stride, padding, dilation, groups, algorithm,
+                        last=last)
+    _check_grad_out(grad_out, x.shape, weight.shape[0], args.out_length, last)
+    grad_x, grad_w, grad_b = conv2d_backward(_plane(grad_out, last), _plane(x, last), _plane(weight), args.stride,
+                                             args.padding, args.dilation, args.groups, algorithm=algorithm,
+                                             layout="NHWC" if last else "NCHW")
+    return _line(grad_x, last), _line(grad_w), grad_b
 
 
 def conv_transpose1d(

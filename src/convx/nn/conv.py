@@ -11,7 +11,19 @@ from numpy.typing import DTypeLike
 from .. import functional
 from ..functional.conv import check_algorithm, transpose_padding
 from ..functional.conv1d import check_algorithm_1d
-from .._checks import as_bool, as_int, as_padding, as_padding_1d, as_pair, as_single
+from .._checks import (
+    as_bool,
+    as_data_layout,
+    as_int,
+    as_padding,
+    as_padding_1d,
+    as_pair,
+    as_shape,
+    as_single,
+    channels_first,
+    channels_first_shape,
+    channels_last,
+)
 from .._shapes import NUMPY_PAD_MODES as _NUMPY_PAD_MODES
 from .._shapes import NumpyPadMode as _NumpyPadMode
 from .._shapes import padded_source as _padded_source
@@ -23,16 +35,19 @@ from .module import Module, as_dtype, check_input
 PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 
-_LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)"}
+_LAYOUTS = {
+    "NCW": "(N, C, L) or (C, L)", "NWC": "(N, L, C) or (L, C)", "NCHW": "(N, C, H, W) or (C, H, W)", "NHWC": "(N, H, W, C) or (H, W, C)",
+}
 
 
-def _check_channels(module: Module, x: np.ndarray, expected: int, dims: int = 2) -> None:
-    """x's channels (axis -dims-1 of an input with ``dims`` spatial axes) are ``expected``."""
-    channels = x.shape[-dims - 1]
+def _check_channels(module: Module, x: np.ndarray, expected: int, dims: int = 2, layout: str | None = None) -> None:
+    """x's channels (axis -dims-1 of an input with ``dims`` spatial axes, -1 channels last) are ``expected``."""
+    layout = layout or ("NCW" if dims == 1 else "NCHW")
+    channels = x.shape[-1 if layout in ("NHWC", "NWC") else -dims - 1]
     if channels != expected:
         raise ValueError(
             f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
-            f"with {channels} channels (layout {_LAYOUTS[dims]})"
+            f"with {channels} channels (layout {_LAYOUTS[layout]})"
         )
 
 
@@ -131,22 +146,24 @@ _OPS_2D = _ConvOps(functional.conv2d, functional.conv2d_backward, functional.con
 
 def _conv_gradients(
     module: Module, ops: _ConvOps, grad_out: np.ndarray, conv_input: np.ndarray, stride: Any, padding: Any,
-    dilation: Any, groups: int, algorithm: str,
+    dilation: Any, groups: int, algorithm: str, layout: dict[str, str] | None = None,
 ) -> np.ndarray:
     """A convolution layer's backward for the convolution of ``conv_input``: records the gradients of
-    the parameters that need one and returns the gradient of ``conv_input``."""
+    the parameters that need one and returns the gradient of ``conv_input``. ``layout``: the ops'
+    ``layout`` keyword, where the layer has one."""
     weight = module._params["weight"]
     grad_bias: np.ndarray | None
+    layout = layout or {}
     if module._needs_grad("weight"):
         grad_input, grad_weight, grad_bias = ops.backward(
-            grad_out, conv_input, weight, stride, padding, dilation, groups, algorithm=algorithm,
+            grad_out, conv_input, weight, stride, padding, dilation, groups, algorithm=algorithm, **layout,
         )
         module._store_grad("weight", grad_weight)
     else:  # frozen: the input gradient alone
         grad_input = ops.backward_input(
-            grad_out, weight, conv_input.shape, stride, padding, dilation, groups, algorithm=algorithm,
+            grad_out, weight, conv_input.shape, stride, padding, dilation, groups, algorithm=algorithm, **layout,
         )
-        grad_bias = ops.backward_bias(grad_out) if module._needs_grad("bias") else None
+        grad_bias = ops.backward_bias(grad_out, **layout) if module._needs_grad("bias") else None
     if module._needs_grad("bias"):
         module._store_grad("bias", grad_bias)
     return grad_input
@@ -181,6 +198,10 @@ class Conv2d(Module):
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's default: :func:`convx.nn.init.kaiming_uniform`
         with ``a = sqrt(5)``, bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        The layout of the input and output (:func:`convx.conv2d`): channels last, input (N, H, W,
+        C_in) and output (N, H_out, W_out, C_out). The weight is (C_out, C_in / groups, kH, kW) in
+        both, so a state_dict moves between them unchanged.
 
     Attributes
     ----------
@@ -223,8 +244,11 @@ class Conv2d(Module):
         algorithm: str = "direct",
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self._channels_last = as_data_layout(layout)
+        self.layout = layout
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
@@ -296,21 +320,25 @@ class Conv2d(Module):
         """The forward with this layer's geometry and the given weight and bias (BatchNorm folded in,
         for nn.Sequential), followed by an activation in place; ``save`` keeps what backward needs."""
         x = check_input(self, x, (3, 4), self.dtype)
-        _check_channels(self, x, self.in_channels)
+        _check_channels(self, x, self.in_channels, layout=self.layout)
         conv_padding: Padding
         reads = None
         stride, dilation = self.stride, self.dilation
+        first = channels_first(x) if self._channels_last else x
         if self.padding_mode == "zeros":
             conv_input, conv_padding = x, self.padding
         else:
             # Only the padded elements that windows read are copied: replicate padding may be any size.
-            (conv_input, reads), conv_padding = self._read_input(x), 0
+            (conv_input, reads), conv_padding = self._read_input(first), 0
+            if self._channels_last:
+                conv_input = np.ascontiguousarray(channels_last(conv_input))
             stride = (reads[0].stride, reads[1].stride)
             dilation = (reads[0].dilation, reads[1].dilation)
         y = functional.conv2d(conv_input, weight, bias, stride, conv_padding, dilation, self.groups,
-                              algorithm=self.algorithm, activation=activation, activation_params=activation_params)
+                              algorithm=self.algorithm, activation=activation, activation_params=activation_params,
+                              layout=self.layout)
         if save:
-            self._save_for_backward(y, conv_input, conv_padding, reads, x.shape[-2:])
+            self._save_for_backward(y, conv_input, conv_padding, reads, first.shape[-2:])
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
@@ -320,11 +348,13 @@ class Conv2d(Module):
         if reads is not None:
             stride, dilation = (reads[0].stride, reads[1].stride), (reads[0].dilation, reads[1].dilation)
         grad_input = _conv_gradients(self, _OPS_2D, grad_out, conv_input, stride, conv_padding, dilation,
-                                     self.groups, self.algorithm)
+                                     self.groups, self.algorithm, {"layout": self.layout})
         if reads is None:  # padding_mode 'zeros'
             return grad_input
+        if self._channels_last:
+            grad_input = channels_first(grad_input)
         folded = _fold_read(_fold_read(grad_input, -1, reads[1], input_hw[1]), -2, reads[0], input_hw[0])
-        return np.ascontiguousarray(folded)
+        return np.ascontiguousarray(channels_last(folded) if self._channels_last else folded)
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -340,6 +370,8 @@ class Conv2d(Module):
             text += f", padding_mode={self.padding_mode!r}"
         if self.algorithm != "direct":
             text += f", algorithm={self.algorithm!r}"
+        if self._channels_last:
+            text += f", layout={self.layout!r}"
         return text + f", dtype={self.dtype}"
 
 
@@ -357,6 +389,11 @@ class _ConvTransposeNd(Module):
     groups: int
     algorithm: str
     dtype: np.dtype[Any]
+    layout: str | None = None  # the 2-D layer's; the 1-D layer's ops take channels first only
+
+    def _layout(self) -> dict[str, str]:
+        """The ops' layout keyword, where the layer has one."""
+        return {} if self.layout is None else {"layout": self.layout}
 
     def _padding_per_axis(self) -> PaddingWord | tuple[tuple[int, int], ...]:
         """The padding as a word or ``(before, after)`` per axis."""
@@ -376,15 +413,19 @@ class _ConvTransposeNd(Module):
         """
         dims = len(self.kernel_size)
         x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
-        _check_channels(self, x, self.in_channels, dims)
+        _check_channels(self, x, self.in_channels, dims, self.layout)
+        last = self.layout == "NHWC"
+        if last and output_size is not None and not isinstance(output_size, int) and len(output_size) == dims + 2:
+            output_size = channels_first_shape(as_shape("output_size", output_size, (dims + 2,)))
         padding = self._padding_per_axis()
         numeric = not isinstance(padding, str) or padding == "valid"
         output_padding = (0,) * dims if output_size is not None and numeric else self.output_padding
-        sides, output_padding = transpose_padding(padding, output_padding, output_size, x.shape[-dims:],
+        sizes = x.shape[-dims - 1:-1] if last else x.shape[-dims:]
+        sides, output_padding = transpose_padding(padding, output_padding, output_size, sizes,
                                                   self.kernel_size, self.stride, self.dilation)
         y = self._OPS.transpose(
             x, self._params["weight"], self._params.get("bias"), self.stride, sides, output_padding, self.groups,
-            self.dilation, algorithm=self.algorithm,
+            self.dilation, algorithm=self.algorithm, **self._layout(),
         )
         self._save_for_backward(y, x, sides)
         return y
@@ -397,8 +438,11 @@ class _ConvTransposeNd(Module):
         # so its input gradient is that convolution, and its weight gradient is the convolution's weight
         # gradient with the roles of input and output gradient swapped.
         grad_x = self._OPS.conv(grad_out, weight, None, self.stride, sides, self.dilation, self.groups,
-                                algorithm=self.algorithm)
+                                algorithm=self.algorithm, **self._layout())
         dims = len(self.kernel_size)
+        if self.layout == "NHWC":
+            # the same steps on channels-first views
+            grad_x, x, grad_out = channels_first(grad_x), channels_first(x), channels_first(grad_out)
         sizes = x.shape[-dims:]
         if grad_x.shape[-dims:] != sizes:
             # output_padding >= stride (possible when dilation > stride): the forward pass saw x
@@ -408,13 +452,16 @@ class _ConvTransposeNd(Module):
             x = np.pad(x, [(0, 0)] * (x.ndim - dims) + extra)
             crop: tuple[Any, ...] = (Ellipsis,) + tuple(slice(0, size) for size in sizes)
             grad_x = np.ascontiguousarray(grad_x[crop])
+        if self.layout == "NHWC":
+            grad_x, x, grad_out = channels_last(grad_x), channels_last(x), channels_last(grad_out)
         if self._needs_grad("weight"):
             self._store_grad("weight", self._OPS.backward_weight(
                 x, grad_out, weight.shape, self.stride, sides, self.dilation, self.groups, algorithm=self.algorithm,
+                **self._layout(),
             ))
         if self._needs_grad("bias"):
-            self._store_grad("bias", self._OPS.backward_bias(grad_out))
-        return grad_x
+            self._store_grad("bias", self._OPS.backward_bias(grad_out, **self._layout()))
+        return np.ascontiguousarray(grad_x)
 
     def extra_repr(self) -> str:
         zeros, ones = (0,) * len(self.kernel_size), (1,) * len(self.kernel_size)
@@ -431,6 +478,8 @@ class _ConvTransposeNd(Module):
             text += ", bias=False"
         if self.algorithm != "direct":
             text += f", algorithm={self.algorithm!r}"
+        if self.layout == "NHWC":
+            text += f", layout={self.layout!r}"
         return text + f", dtype={self.dtype}"
 
 
@@ -459,6 +508,9 @@ class ConvTranspose2d(_ConvTransposeNd):
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in
         ``C_out / groups * kH * kW``).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        The layout of the input and output (:func:`convx.conv_transpose2d`); the weight is the
+        same in both.
 
     Attributes
     ----------
@@ -500,8 +552,11 @@ class ConvTranspose2d(_ConvTransposeNd):
         algorithm: str = "direct",
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        as_data_layout(layout)
+        self.layout = layout
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
@@ -552,6 +607,8 @@ class Conv1d(Module):
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's default: kaiming-uniform with ``a = sqrt(5)``,
         bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = C_in / groups * K``).
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        The layout of the input and output (:func:`convx.conv1d`); the weight is the same in both.
 
     Attributes
     ----------
@@ -592,8 +649,11 @@ class Conv1d(Module):
         algorithm: str = "direct",
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
+        layout: str = "NCW",
     ) -> None:
         super().__init__()
+        self._channels_last = as_data_layout(layout, 1)
+        self.layout = layout
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = (as_single("kernel_size", kernel_size, 1),)
@@ -634,28 +694,33 @@ class Conv1d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Convolve ``x`` (N, C_in, L) or (C_in, L); returns (N, C_out, L_out) or (C_out, L_out)."""
         x = check_input(self, x, (2, 3), self.dtype)
-        _check_channels(self, x, self.in_channels, dims=1)
+        _check_channels(self, x, self.in_channels, dims=1, layout=self.layout)
         conv_padding: Padding1d
         read = None
         stride, dilation = self.stride[0], self.dilation[0]
+        first = channels_first(x, 1) if self._channels_last else x
         if self.padding_mode == "zeros":
             conv_input, conv_padding = x, self.padding
         else:
             # Only the padded elements that windows read are copied: replicate padding may be any size.
-            (conv_input, read), conv_padding = self._read_input(x), 0
+            (conv_input, read), conv_padding = self._read_input(first), 0
+            if self._channels_last:
+                conv_input = np.ascontiguousarray(channels_last(conv_input, 1))
             stride, dilation = read.stride, read.dilation
         y = functional.conv1d(conv_input, self._params["weight"], self._params.get("bias"), stride, conv_padding,
-                              dilation, self.groups, algorithm=self.algorithm)
-        self._save_for_backward(y, conv_input, conv_padding, stride, dilation, read, x.shape[-1])
+                              dilation, self.groups, algorithm=self.algorithm, layout=self.layout)
+        self._save_for_backward(y, conv_input, conv_padding, stride, dilation, read, first.shape[-1])
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape); overwrites ``grads['weight'|'bias']``."""
         grad_out, (conv_input, conv_padding, stride, dilation, read, length) = self._saved_for_backward(grad_out)
         grad_input = _conv_gradients(self, _OPS_1D, grad_out, conv_input, stride, conv_padding, dilation,
-                                     self.groups, self.algorithm)
+                                     self.groups, self.algorithm, {"layout": self.layout})
         if read is None:  # padding_mode 'zeros'
             return grad_input
+        if self._channels_last:
+            return np.ascontiguousarray(channels_last(_fold_read(channels_first(grad_input, 1), -1, read, length), 1))
         return np.ascontiguousarray(_fold_read(grad_input, -1, read, length))
 
     def extra_repr(self) -> str:
@@ -672,6 +737,8 @@ class Conv1d(Module):
             text += f", padding_mode={self.padding_mode!r}"
         if self.algorithm != "direct":
             text += f", algorithm={self.algorithm!r}"
+        if self._channels_last:
+            text += f", layout={self.layout!r}"
         return text + f", dtype={self.dtype}"
 
 
