@@ -859,17 +859,29 @@ def conv2d_backward(
     x, _ = _batched(x)
     plan = _plan_conv(_first(x, last).shape, weight.shape, stride, padding, dilation, groups, layout=layout)
     _check_grad_out(grad_out, plan, last)
-    if last:
+    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
+    hw = x.shape[1:3]
+    if last and not winograd and (_pointwise(weight.shape, plan, hw) or _last_kernels(weight.shape, plan, hw)):
         # each gradient channels last where its kernels take it, else in parts copied channels first
         grad_x = conv2d_backward_input(grad_out, weight, x.shape, stride, padding, dilation, groups,
                                        algorithm=algorithm, layout=layout)
         grad_w = conv2d_backward_weight(grad_out, x, weight.shape, stride, padding, dilation, groups,
                                         algorithm=algorithm, layout=layout)
         return _unbatch(grad_x, unbatched), grad_w, conv2d_backward_bias(grad_out, layout=layout)
-    winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     grad_x = np.empty(x.shape, dtype=dtype)
     grad_w = np.zeros(weight.shape, dtype=dtype)
     grad_b = np.zeros(plan.out_channels, dtype=dtype)
+    if last:
+        # the fused backward of the channels-first kernels, in parts copied channels first and back
+        for part in _layout_parts(plan.batch, 2 * x[:1].size + grad_out[:1].size):
+            gx, gw, gb = conv2d_backward(
+                np.ascontiguousarray(channels_first(grad_out[part])), np.ascontiguousarray(channels_first(x[part])),
+                weight, stride, padding, dilation, groups, algorithm=algorithm,
+            )
+            grad_x[part] = channels_last(gx)
+            grad_w += gw
+            grad_b += gb
+        return _unbatch(grad_x, unbatched), grad_w, grad_b
     if plan.batch:
         grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
         kept = _kernel_plan(x.shape[2:], weight.shape[2:], plan)
