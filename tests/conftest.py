@@ -98,3 +98,19 @@ def rng():
 def torch():
     """The torch module, or a clean skip when PyTorch is not installed."""
     return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def torch_on_one_thread():
+    """PyTorch as the oracle on arrays of a few hundred elements: its own OpenMP team spinning
+    beside convx's makes each of its calls slow on a busy 2-core machine. A test module takes it
+    with ``pytestmark = pytest.mark.usefixtures("torch_on_one_thread")``."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -26,17 +26,7 @@ def last(a):
     return np.moveaxis(a, -3, -1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_on_one_thread():
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 # (x shape NHWC, weight shape, kwargs): direct rows and images, pointwise, strided 1x1, depthwise,

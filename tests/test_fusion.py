@@ -22,19 +22,7 @@ import convx.functional as F
 from convx import nn
 from convx.functional import conv as conv_module
 
-@pytest.fixture(scope="module", autouse=True)
-def _torch_on_one_thread():
-    """PyTorch is only the oracle here, on arrays of a few hundred elements: its own OpenMP team
-    spinning beside convx's makes each of its calls slow on a busy 2-core machine."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 # Fused against unfused where the two may round differently: issue 18's bound, relative to the
