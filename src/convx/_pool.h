@@ -150,6 +150,11 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
     return convx_avg_share_rows(g) * convx_avg_share_stride(g) + 16;
 }
 
+/* The int32 array after n elements from ptr, at the next multiple of 4 bytes (the same place for
+ * float and double; past the padding for the 8-bit types, which the callers' 64 bytes of slack hold). */
+#define CONVX_POOL_INT32_AFTER(ptr, n) \
+    ((int32_t *)(void *)((char *)(ptr) + ((size_t)(n) * sizeof(*(ptr)) + 3) / 4 * 4))
+
 #define PT float
 #define PU uint32_t
 #define PS f
@@ -165,5 +170,19 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
 #undef PT
 #undef PU
 #undef PS
+
+#define CONVX_POOL_MAX_ONLY 1
+#define PT int8_t
+#define PS i8
+#include "_pool_body.h"
+#undef PT
+#undef PS
+
+#define PT uint8_t
+#define PS u8
+#include "_pool_body.h"
+#undef PT
+#undef PS
+#undef CONVX_POOL_MAX_ONLY
 
 #endif

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional
-from .._checks import as_bool, as_int, as_pair, as_single
+from .._checks import MAX_POOL_DTYPES, as_bool, as_int, as_pair, as_single
 from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
 from ..functional.lppool import _norm_type
 from ..functional.pooling import _window_values
@@ -49,7 +49,7 @@ class _MaxPoolNd(Module):
         """Max over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
         y, indices = pool(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
         )
@@ -251,7 +251,7 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
         """Max of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, over adaptive windows; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
         y, indices = pool(x, self._size(x), return_indices=True)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
@@ -370,7 +370,7 @@ class GlobalMaxPool2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
-        x = check_input(self, x, (3, 4))
+        x = check_input(self, x, (3, 4), dtypes=MAX_POOL_DTYPES)
         y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
         if not self.keepdims:
             y = y[..., 0, 0]
