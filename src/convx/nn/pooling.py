@@ -130,7 +130,8 @@ class MaxPool2d(_MaxPoolNd):
     -----
     Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out). The backward pass sends each
     output's gradient to the input element that won its window (the first maximum); the winners'
-    indices are kept from ``forward``.
+    indices are kept from ``forward``. An int8 or uint8 input is pooled exactly in its dtype (its
+    backward is refused: integers have no gradient).
 
     Examples
     --------
@@ -295,6 +296,11 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     output_size : int or (int or None, int or None)
         (H_out, W_out); None keeps that input dimension.
 
+    Notes
+    -----
+    Takes float32, float64, int8 and uint8 input, as :func:`convx.adaptive_max_pool2d` (the
+    backward of an integer forward is refused).
+
     Examples
     --------
     >>> import numpy as np
@@ -406,7 +412,8 @@ class MaxPool1d(_MaxPoolNd):
     Notes
     -----
     Input (N, C, L) or (C, L); output (N, C, L_out). ``backward(grad_out)`` takes the gradient of
-    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum.
+    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum. An int8
+    or uint8 input is pooled exactly in its dtype (its backward is refused).
 
     Examples
     --------
