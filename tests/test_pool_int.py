@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convx
 import convx.functional as F
+import convx.functional.pooling as pooling_module
 from convx import _threads, nn
 
 INT_DTYPES = [np.int8, np.uint8]
@@ -105,6 +105,15 @@ def rng():
     return np.random.default_rng(20)
 
 
+@pytest.fixture(params=["chosen", "separable", "direct"])
+def kernel_choice(request, monkeypatch):
+    """The 8-bit max forward's kernel as convx.functional.pooling chooses it, or forced: the separable
+    one (no window is cheap enough for the other), or the direct one (every window is)."""
+    if request.param != "chosen":
+        monkeypatch.setattr(pooling_module, "PHASE_TAP_RATIO", 0 if request.param == "separable" else 10**12)
+    return request.param
+
+
 @pytest.fixture
 def num_threads():
     before = _threads.get_num_threads()
@@ -131,7 +140,7 @@ GEOMETRIES = [
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 11, 5), (3, 1, 8, 8)])
 @pytest.mark.parametrize("kind", ["random", "few"])
-def test_max_pool2d_matches_reference(rng, dtype, geometry, shape, kind):
+def test_max_pool2d_matches_reference(rng, dtype, geometry, shape, kind, kernel_choice):
     kernel, stride, sides, dilation, ceil_mode = geometry
     x = make_int(rng, shape, dtype, kind)
     y, indices = F.max_pool2d(x, kernel, stride, sides, dilation, ceil_mode, return_indices=True)
@@ -149,7 +158,7 @@ def test_max_pool2d_matches_reference(rng, dtype, geometry, shape, kind):
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("kind", ["low", "high", "few"])
 @pytest.mark.parametrize("geometry", GEOMETRIES[:6])
-def test_max_pool2d_extremes_and_ties(rng, dtype, kind, geometry):
+def test_max_pool2d_extremes_and_ties(rng, dtype, kind, geometry, kernel_choice):
     # All the type's lowest value (0 for uint8: padding must not win a window of zeros), all its
     # highest, or three values with many ties: every window reports its first maximum.
     kernel, stride, sides, dilation, ceil_mode = geometry
@@ -160,7 +169,7 @@ def test_max_pool2d_extremes_and_ties(rng, dtype, kind, geometry):
     np.testing.assert_array_equal(indices, indices_ref)
 
 
-def test_max_pool2d_padding_never_wins_for_uint8():
+def test_max_pool2d_padding_never_wins_for_uint8(kernel_choice):
     # Windows hanging over the padding hold only zeros inside the input: the maximum is 0, at the
     # window's first tap inside the input (never a position in the padding).
     x = np.zeros((1, 1, 3, 3), np.uint8)
@@ -176,7 +185,7 @@ def test_max_pool2d_padding_never_wins_for_uint8():
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("word", ["valid", "same", "same_lower"])
 @pytest.mark.parametrize(("kernel", "stride", "dilation"), [(3, 2, 1), ((2, 5), (1, 2), (2, 1)), (4, 3, 1)])
-def test_max_pool2d_padding_words(rng, dtype, word, kernel, stride, dilation):
+def test_max_pool2d_padding_words(rng, dtype, word, kernel, stride, dilation, kernel_choice):
     x = make_int(rng, (2, 2, 9, 12), dtype)
     kernel2, stride2, dilation2 = (np.broadcast_to(v, 2).tolist() for v in (kernel, stride, dilation))
     if word == "valid":
@@ -237,7 +246,7 @@ def test_max_pool1d_matches_reference_and_torch(rng, dtype, kernel, stride, padd
     [(2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 1, True), ((3, 2), (2, 1), (1, 1), (2, 1), True),
      ((5, 3), (2, 3), (2, 1), (1, 2), False), (4, 1, 2, 1, False)],
 )
-def test_max_pool2d_matches_torch(rng, dtype, kind, kernel, stride, padding, dilation, ceil_mode):
+def test_max_pool2d_matches_torch(rng, dtype, kind, kernel, stride, padding, dilation, ceil_mode, kernel_choice):
     torch = pytest.importorskip("torch")
     x = make_int(rng, (2, 3, 13, 10), dtype, kind)
     y, indices = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
@@ -290,7 +299,7 @@ def test_adaptive_max_pool1d_matches_reference_and_torch(rng, dtype, length, out
 
 
 @pytest.mark.parametrize("dtype", INT_DTYPES)
-def test_large_planes_and_windows(rng, dtype):
+def test_large_planes_and_windows(rng, dtype, kernel_choice):
     # Planes tall and wide enough for the column pass to go in several chunks of output columns,
     # and windows large against the plane.
     x = make_int(rng, (1, 2, 70, 150), dtype, "few")
@@ -298,11 +307,23 @@ def test_large_planes_and_windows(rng, dtype):
         ((9, 9), (1, 1), ((4, 4), (4, 4)), (1, 1)),
         ((3, 17), (2, 1), ((1, 1), (8, 8)), (1, 1)),
         ((5, 5), (1, 1), ((4, 4), (6, 6)), (2, 3)),
+        ((17, 17), (2, 3), ((8, 8), (8, 8)), (1, 1)),  # more taps than the direct kernel numbers
     ]:
         y, indices = F.max_pool2d(x, kernel, stride, sides, dilation, return_indices=True)
         y_ref, indices_ref = ref_max_pool2d(x, kernel, stride, sides, dilation)
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(indices, indices_ref)
+
+
+def test_kernel_choice_for_8_bit():
+    choose = pooling_module._max_pool_separable
+    for dtype in INT_DTYPES:
+        # Small windows: the direct kernel; windows large against the plane: the separable one.
+        assert not choose(np.dtype(dtype), 56, 56, 28, 28, (3, 3), (2, 2), (1, 1), (1, 1))
+        assert choose(np.dtype(dtype), 9, 9, 9, 9, (9, 9), (1, 1), (4, 4), (1, 1))
+        # Windows of more than 256 taps: the separable kernel, however cheap the direct one would be.
+        assert not choose(np.dtype(dtype), 4096, 4096, 256, 256, (16, 16), (16, 16), (0, 0), (1, 1))
+        assert choose(np.dtype(dtype), 4096, 4096, 240, 256, (17, 16), (17, 16), (0, 0), (1, 1))
 
 
 # --- layouts, empty batches, threads ----------------------------------------------------------------
@@ -329,7 +350,7 @@ def _assert_same(results, expected):
 
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("layout", ["fortran", "strided", "transposed", "readonly", "offset"])
-def test_any_layout_gives_the_same_result_and_is_not_modified(rng, dtype, layout):
+def test_any_layout_gives_the_same_result_and_is_not_modified(rng, dtype, layout, kernel_choice):
     x = make_int(rng, (2, 3, 9, 11), dtype)
     expected = _int_ops(x)
     if layout == "fortran":
@@ -366,7 +387,7 @@ def test_empty_batch_and_unbatched(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", INT_DTYPES)
-def test_thread_count_does_not_change_results(rng, num_threads, dtype):
+def test_thread_count_does_not_change_results(rng, num_threads, dtype, kernel_choice):
     # Enough planes and elements for teams of more than one thread (pooling's grain is 32768).
     x = make_int(rng, (4, 8, 40, 64), dtype, "few")
     num_threads(1)

@@ -171,18 +171,36 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
 #undef PU
 #undef PS
 
+/* The 8-bit direct max forward (_pool_direct_body.h) numbers a window's taps in a byte. */
+#define CONVX_POOL_DIRECT_TAPS 256
+
+/* Bytes of scratch one thread needs for it: a maximum and a tap number per output column. */
+static inline ptrdiff_t convx_max_direct_scratch(const convx_pool_geometry *g) {
+    return 2 * g->out_w;
+}
+
+/* The NaN tests (v != v) of the shared max code are always false for integers, as intended. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtautological-compare"
+#endif
 #define CONVX_POOL_MAX_ONLY 1
 #define PT int8_t
 #define PS i8
 #include "_pool_body.h"
+#include "_pool_direct_body.h"
 #undef PT
 #undef PS
 
 #define PT uint8_t
 #define PS u8
 #include "_pool_body.h"
+#include "_pool_direct_body.h"
 #undef PT
 #undef PS
 #undef CONVX_POOL_MAX_ONLY
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #endif

@@ -26,7 +26,8 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 
 # The element types of max pooling: the floating types, and the 8-bit integers (exact, no float
-# round trip), whose only plane kernel is the separable one (it pads nothing and needs no -inf).
+# round trip), which take the separable kernel (it pads nothing and needs no -inf) or a direct
+# one of their own in place of the phase split (_pool_direct_body.h).
 ctypedef fused max_pooled:
     float
     double
@@ -79,6 +80,11 @@ cdef extern from "_pool.h" nogil:
                                      int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
                                      const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
                                      Py_ssize_t chunk)
+    Py_ssize_t convx_max_direct_scratch(const PoolGeometry* g)
+    void convx_max_pool_direct_i8(const int8_t* plane, int8_t* out, int64_t* indices, int8_t* scratch,
+                                  const PoolGeometry* g)
+    void convx_max_pool_direct_u8(const uint8_t* plane, uint8_t* out, int64_t* indices, uint8_t* scratch,
+                                  const PoolGeometry* g)
     Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
     int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                    int64_t* corners)
@@ -183,7 +189,10 @@ cdef inline void _max_window(const max_pooled* plane, Py_ssize_t width, Py_ssize
         for j in range(j_lo, j_hi):
             pos = (h0 + i * dilation_h) * width + w0 + j * dilation_w
             v = plane[pos]
-            take = (v > best) | (v != v)
+            if max_pooled is float or max_pooled is double:
+                take = (v > best) | (v != v)
+            else:
+                take = v > best
             best = v if take else best
             best_pos = pos if take else best_pos
     value[0] = best
@@ -195,11 +204,17 @@ cdef inline void _max_pool_plane(const max_pooled* plane, max_pooled* out, int64
                                  const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
                                  Py_ssize_t chunk, bint separable) noexcept nogil:
     if max_pooled is int8_t:
-        convx_max_pool_separable_i8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win, col_win,
-                                    chunk)
+        if separable:
+            convx_max_pool_separable_i8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                        col_win, chunk)
+        else:
+            convx_max_pool_direct_i8(plane, out, indices, scratch, g)
     elif max_pooled is uint8_t:
-        convx_max_pool_separable_u8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win, col_win,
-                                    chunk)
+        if separable:
+            convx_max_pool_separable_u8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                        col_win, chunk)
+        else:
+            convx_max_pool_direct_u8(plane, out, indices, scratch, g)
     elif separable:
         if max_pooled is float:
             convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
@@ -271,10 +286,9 @@ def max_pool2d_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1
 
     ``separable``: the row-then-column deque kernel (time linear in the plane, any window), else the
     phase-split one, whose window offsets the caller has checked fit the floating-point type exactly
-    and whose scratch it has checked is bounded (convx.functional.pooling decides); int8 and uint8
-    always take the separable kernel."""
-    if max_pooled is int8_t or max_pooled is uint8_t:
-        separable = True
+    and whose scratch it has checked is bounded (convx.functional.pooling decides); for int8 and
+    uint8, the direct one in place of the phase split, whose windows the caller has checked have
+    at most 256 taps."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_w = out.shape[3], out_size = out.shape[2] * out_w
@@ -301,9 +315,15 @@ def max_pool2d_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1
     cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
     # Each thread's slot starts on its own cache lines (slots sharing a line would bounce it
     # between the cores on every store), a whole number of 8 bytes so that int64s stay aligned.
-    cdef Py_ssize_t slot = convx_max_pool_scratch(&g) if not separable else (
-        ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2 if item >= 4 else
-        (max(row_bytes, column_bytes) + 64 + 7) // 8 * 8 // item)
+    # (Bytes, for the 8-bit types: a whole number of 8 of them.)
+    cdef Py_ssize_t slot
+    if separable:
+        slot = (((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2 if item >= 4 else
+                (max(row_bytes, column_bytes) + 64 + 7) // 8 * 8)
+    elif max_pooled is int8_t or max_pooled is uint8_t:
+        slot = (convx_max_direct_scratch(&g) + 64 + 7) // 8 * 8
+    else:
+        slot = convx_max_pool_scratch(&g)
     cdef max_pooled[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
     # The separable kernel's arrays (held by these names while it runs), as pointers: NULL where

@@ -279,6 +279,10 @@ PHASE_TAP_RATIO = 4
 PHASE_SCRATCH_SLACK = 1 << 16
 
 
+# Taps a window of int8 or uint8 may have for the direct kernel (CONVX_POOL_DIRECT_TAPS of _pool.h).
+DIRECT_TAPS = 256
+
+
 def _phase_scratch(
     width: int, out_h: int, out_w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: int,
     dilation: tuple[int, int],
@@ -304,14 +308,17 @@ def _max_pool_separable(
     stride phases (scratch that grows with strides larger than the kernel) and tracks window
     offsets in the floating-point type, exact below 2^24 (float32) or 2^31 (float64); the
     separable kernel costs three passes of a few steps per element (by blocks, or by deque where
-    dilated), whatever the window, in scratch of about a plane.
+    dilated), whatever the window, in scratch of about a plane. int8 and uint8 have a direct
+    kernel in the phase split's place (a sweep per tap, windows of up to 256 taps).
     """
-    if dtype.kind != "f":  # the phase split is for the floating types only
-        return True
     (kh, kw), (dh, dw) = kernel, dilation
     plane, outputs = height * width, out_h * out_w
-    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
     cheap = kh * kw * outputs <= PHASE_TAP_RATIO * (plane + height * out_w + outputs)
+    if dtype.kind != "f":
+        # int8 and uint8 take a direct kernel in place of the phase split: a sweep per tap too, the
+        # winning tap numbered in a byte (CONVX_POOL_DIRECT_TAPS of _pool.h), scratch of one output row.
+        return not (cheap and kh * kw <= DIRECT_TAPS)
+    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
     return not (
         exact and cheap
         and _phase_scratch(width, out_h, out_w, kernel, stride, padding[1], dilation)
