@@ -1,6 +1,7 @@
 """Transposed convolutions with per-side padding, 'same' / 'same_lower' (ONNX ConvTranspose's
 auto_pad) and ``output_size`` (PyTorch's ConvTranspose2d.forward(x, output_size)): against a NumPy
-reference written here, PyTorch, ONNX Runtime where installed, central differences, and refusals."""
+reference written here, PyTorch, ONNX Runtime where installed, central differences, and refusals.
+ONNX's own ConvTranspose conformance cases run in test_onnx_conformance.py."""
 
 from __future__ import annotations
 
@@ -133,41 +134,6 @@ def test_same_padding_matches_onnx_runtime(word, rng):
     y = F.conv_transpose2d(x, weight, stride=(2, 3), padding=padding, output_padding=(1, 0))
     assert y.shape == expected.shape == (2, 3, 10, 18)
     assert_close(y, expected, np.float32)
-
-
-def test_onnx_conformance_cases():
-    # ONNX's own ConvTranspose node cases (shipped in the onnx wheel), through an adapter that only
-    # maps attributes to arguments: every 1-D and 2-D one passes (the 3-D one has no convx op).
-    pytest.importorskip("onnx")
-    import warnings
-
-    from onnx import helper
-    from onnx.backend.test.case.node import collect_testcases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # generating the other operators' cases warns (casts to NaN)
-        cases = [case for case in collect_testcases("ConvTranspose") if case.name.startswith("test_convtranspose")]
-    words = {b"SAME_UPPER": "same", b"SAME_LOWER": "same_lower", b"VALID": "valid"}
-    ran = []
-    for case in cases:
-        attrs = {a.name: helper.get_attribute_value(a) for a in case.model.graph.node[0].attribute}
-        for inputs, outputs in case.data_sets:
-            x, weight = inputs[:2]
-            dims = x.ndim - 2
-            if dims == 3:
-                continue
-            pads = attrs.get("pads", [0] * 2 * dims)
-            y = (F.conv_transpose2d if dims == 2 else F.conv_transpose1d)(
-                x, weight, inputs[2] if len(inputs) > 2 else None, stride=tuple(attrs.get("strides", [1] * dims)),
-                padding=words.get(attrs.get("auto_pad"), tuple((pads[i], pads[i + dims]) for i in range(dims))),
-                output_padding=tuple(attrs.get("output_padding", [0] * dims)), groups=attrs.get("group", 1),
-                dilation=tuple(attrs.get("dilations", [1] * dims)), output_size=attrs.get("output_shape"),
-            )
-            assert y.shape == outputs[0].shape, case.name
-            assert_close(y, outputs[0], np.float32)
-            ran.append(case.name)
-    assert {"test_convtranspose_autopad_same", "test_convtranspose_output_shape", "test_convtranspose_pads",
-            "test_convtranspose_kernel_shape", "test_convtranspose_1d"} <= set(ran)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -18,10 +18,12 @@ def case(case_id, exception, message, op, *args, **kwargs):
 def window_op_cases(op):
     """Bad arguments shared by max_pool2d and avg_pool2d."""
     name = op.__name__
+    # Max pooling also takes the 8-bit integers (issue 20).
+    dtypes = "float32, float64, int8 or uint8" if name.startswith(("max", "adaptive_max")) else "float32 or float64"
     return [
-        case(f"{name}-int-dtype", TypeError, "x must have dtype float32 or float64, got dtype int64",
+        case(f"{name}-int-dtype", TypeError, f"x must have dtype {dtypes}, got dtype int64",
              op, X.astype(np.int64), 2),
-        case(f"{name}-float16", TypeError, "float32 or float64, got dtype float16", op, X.astype(np.float16), 2),
+        case(f"{name}-float16", TypeError, f"{dtypes}, got dtype float16", op, X.astype(np.float16), 2),
         case(f"{name}-complex", TypeError, "got dtype complex128", op, X.astype(np.complex128), 2),
         case(f"{name}-scalar", TypeError, "x must be a numpy.ndarray", op, 1.0, 2),
         case(f"{name}-2d", ValueError, r"x must be 3 or 4-dimensional, got an array of shape \(6, 7\)",
@@ -56,8 +58,9 @@ def window_op_cases(op):
 def adaptive_op_cases(op):
     """Bad arguments shared by the adaptive pools."""
     name = op.__name__
+    dtypes = "float32, float64, int8 or uint8" if name.startswith(("max", "adaptive_max")) else "float32 or float64"
     return [
-        case(f"{name}-int-dtype", TypeError, "float32 or float64, got dtype int32", op, X.astype(np.int32), 2),
+        case(f"{name}-int-dtype", TypeError, f"{dtypes}, got dtype int32", op, X.astype(np.int32), 2),
         case(f"{name}-2d", ValueError, "x must be 3 or 4-dimensional", op, X[0, 0], 2),
         case(f"{name}-size-0", ValueError, "output_size must be positive, got 0", op, X, 0),
         case(f"{name}-size-negative", ValueError, r"output_size\[1\] must be positive, got -1", op, X, (2, -1)),

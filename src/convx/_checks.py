@@ -18,27 +18,38 @@ from ._typing import PaddingWord
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_NAMES = "float32 or float64"
+# Max pooling compares and copies, so it also takes the 8-bit integers, exactly.
+MAX_POOL_DTYPES = (*SUPPORTED_DTYPES, np.dtype(np.int8), np.dtype(np.uint8))
 
 
-def as_float_array(name: str, value: object, ndims: Sequence[int]) -> npt.NDArray[Any]:
-    """Return ``value`` as a float32/float64 ndarray with one of the allowed ``ndims``.
+def _dtype_names(dtypes: Sequence[np.dtype[Any]]) -> str:
+    """``float32 or float64``; ``float32, float64, int8 or uint8``."""
+    names = [str(dtype) for dtype in dtypes]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
-    The array is not copied or cast; a dtype outside float32/float64 is a TypeError. A subclass
+
+def as_float_array(
+    name: str, value: object, ndims: Sequence[int], dtypes: Sequence[np.dtype[Any]] = SUPPORTED_DTYPES
+) -> npt.NDArray[Any]:
+    """Return ``value`` as a float32/float64 ndarray (or one of ``dtypes``) with one of the allowed ``ndims``.
+
+    The array is not copied or cast; another dtype is a TypeError. A subclass
     comes back as a plain ndarray view of its data (see :func:`plain_array`).
     """
+    names = _DTYPE_NAMES if dtypes is SUPPORTED_DTYPES else _dtype_names(dtypes)
     if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array (its mask would be ignored)")
     if isinstance(value, np.ndarray):
         value = plain_array(value)
     else:
         if np.isscalar(value) or value is None:
-            raise TypeError(f"{name} must be a numpy.ndarray of {_DTYPE_NAMES}, got {type(value).__name__}")
+            raise TypeError(f"{name} must be a numpy.ndarray of {names}, got {type(value).__name__}")
         try:
             value = np.asarray(value)
         except Exception as exc:  # ragged sequences and other non-arrays
-            raise TypeError(f"{name} must be a numpy.ndarray of {_DTYPE_NAMES}, got {type(value).__name__}") from exc
-    if value.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must have dtype {_DTYPE_NAMES}, got dtype {value.dtype}; cast it explicitly first")
+            raise TypeError(f"{name} must be a numpy.ndarray of {names}, got {type(value).__name__}") from exc
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {names}, got dtype {value.dtype}; cast it explicitly first")
     if value.ndim not in ndims:
         allowed = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must be {allowed}-dimensional, got an array of shape {value.shape}")
@@ -111,10 +122,13 @@ def as_single(name: str, value: object, minimum: int | None = None) -> int:
     return as_int(name, value, minimum)
 
 
-def as_layout_array(op: str, name: str, value: object, ndims: Sequence[int], layout: str) -> npt.NDArray[Any]:
+def as_layout_array(
+    op: str, name: str, value: object, ndims: Sequence[int], layout: str,
+    dtypes: Sequence[np.dtype[Any]] = SUPPORTED_DTYPES,
+) -> npt.NDArray[Any]:
     """:func:`as_float_array` for an op whose arrays have a named layout: a wrong ndim is refused
     naming the op and the layouts it takes (``conv1d expects x of shape (N, C_in, L) or (C_in, L)``)."""
-    array = as_float_array(name, value, range(33))
+    array = as_float_array(name, value, range(33), dtypes)
     if array.ndim not in ndims:
         raise ValueError(f"{op} expects {name} of shape {layout}, got an array of shape {array.shape}")
     return array

@@ -1,7 +1,7 @@
 """Type stubs for the compiled kernels (private: call the public functions in convx.functional).
 
 Every kernel writes into caller-allocated, C-contiguous outputs of the inputs' dtype
-(float32 or float64) and returns None (but winograd_forward: a flag); ``n_threads`` is the
+(float32 or float64; max pooling also int8 and uint8) and returns None (but winograd_forward: a flag); ``n_threads`` is the
 OpenMP team size.
 """
 
@@ -12,6 +12,8 @@ import numpy.typing as npt
 
 _Float = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 _Index = npt.NDArray[np.int64]
+# Max pooling's element types: the floating ones and the 8-bit integers.
+_MaxPooled = _Float | npt.NDArray[np.int8] | npt.NDArray[np.uint8]
 
 def openmp_enabled() -> bool: ...
 def default_num_threads() -> int: ...
@@ -141,7 +143,7 @@ def winograd_backward_weight(
 # Pooling: geometry arguments are kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w (and
 # dilation for max pooling); indices are int64 flat h*W + w positions in each input plane.
 def max_pool2d_forward(
-    x: _Float, out: _Float, indices: _Index,
+    x: _MaxPooled, out: _MaxPooled, indices: _Index,
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
     pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
     separable: bool, row_begin: int, row_end: int, n_threads: int,
@@ -160,7 +162,7 @@ def avg_pool2d_backward(
 # Adaptive pooling: windows [floor(o*In/Out), ceil((o+1)*In/Out)) along each axis, from the shapes.
 def adaptive_avg_pool2d_forward(x: _Float, out: _Float, n_threads: int) -> None: ...
 def adaptive_avg_pool2d_backward(grad_out: _Float, grad_in: _Float, n_threads: int) -> None: ...
-def adaptive_max_pool2d_forward(x: _Float, out: _Float, indices: _Index, n_threads: int) -> None: ...
+def adaptive_max_pool2d_forward(x: _MaxPooled, out: _MaxPooled, indices: _Index, n_threads: int) -> None: ...
 
 # Resampling and padding (_resample.pxi) over (N*C, H, W) planes, through one int64 table per axis:
 # gather tables name one source element per output (negative: the constant ``value``), bilinear

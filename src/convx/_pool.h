@@ -150,6 +150,11 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
     return convx_avg_share_rows(g) * convx_avg_share_stride(g) + 16;
 }
 
+/* The int32 array after n elements from ptr, at the next multiple of 4 bytes (the same place for
+ * float and double; past the padding for the 8-bit types, which the callers' 64 bytes of slack hold). */
+#define CONVX_POOL_INT32_AFTER(ptr, n) \
+    ((int32_t *)(void *)((char *)(ptr) + ((size_t)(n) * sizeof(*(ptr)) + 3) / 4 * 4))
+
 #define PT float
 #define PU uint32_t
 #define PS f
@@ -165,5 +170,37 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
 #undef PT
 #undef PU
 #undef PS
+
+/* The 8-bit direct max forward (_pool_direct_body.h) numbers a window's taps in a byte. */
+#define CONVX_POOL_DIRECT_TAPS 256
+
+/* Bytes of scratch one thread needs for it: a maximum and a tap number per output column. */
+static inline ptrdiff_t convx_max_direct_scratch(const convx_pool_geometry *g) {
+    return 2 * g->out_w;
+}
+
+/* The NaN tests (v != v) of the shared max code are always false for integers, as intended. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtautological-compare"
+#endif
+#define CONVX_POOL_MAX_ONLY 1
+#define PT int8_t
+#define PS i8
+#include "_pool_body.h"
+#include "_pool_direct_body.h"
+#undef PT
+#undef PS
+
+#define PT uint8_t
+#define PS u8
+#include "_pool_body.h"
+#include "_pool_direct_body.h"
+#undef PT
+#undef PS
+#undef CONVX_POOL_MAX_ONLY
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #endif

@@ -22,7 +22,17 @@
 # summation order come out exactly as in the one-window-at-a-time loop (and as in PyTorch).
 
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+
+
+# The element types of max pooling: the floating types, and the 8-bit integers (exact, no float
+# round trip), which take the separable kernel (it pads nothing and needs no -inf) or a direct
+# one of their own in place of the phase split (_pool_direct_body.h).
+ctypedef fused max_pooled:
+    float
+    double
+    int8_t
+    uint8_t
 
 
 cdef enum:
@@ -62,6 +72,19 @@ cdef extern from "_pool.h" nogil:
                                     int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
                                     const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
                                     Py_ssize_t chunk)
+    void convx_max_pool_separable_i8(const int8_t* plane, int8_t* out, int64_t* indices, int8_t* scratch,
+                                     int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                     const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                     Py_ssize_t chunk)
+    void convx_max_pool_separable_u8(const uint8_t* plane, uint8_t* out, int64_t* indices, uint8_t* scratch,
+                                     int32_t* rcol, const PoolGeometry* g, const int64_t* row_order,
+                                     const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
+                                     Py_ssize_t chunk)
+    Py_ssize_t convx_max_direct_scratch(const PoolGeometry* g)
+    void convx_max_pool_direct_i8(const int8_t* plane, int8_t* out, int64_t* indices, int8_t* scratch,
+                                  const PoolGeometry* g)
+    void convx_max_pool_direct_u8(const uint8_t* plane, uint8_t* out, int64_t* indices, uint8_t* scratch,
+                                  const PoolGeometry* g)
     Py_ssize_t convx_max_backward_scratch(Py_ssize_t out_h, Py_ssize_t out_w)
     int convx_max_backward_corners(Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                    int64_t* corners)
@@ -145,13 +168,20 @@ cdef PoolGeometry _pool_geometry(Py_ssize_t height, Py_ssize_t width, Py_ssize_t
 # ---------------------------------------------------------------------------------------------
 # Max pooling
 
-cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
+cdef inline void _max_window(const max_pooled* plane, Py_ssize_t width, Py_ssize_t h0, Py_ssize_t i_lo,
                              Py_ssize_t i_hi, Py_ssize_t dilation_h, Py_ssize_t w0, Py_ssize_t j_lo,
-                             Py_ssize_t j_hi, Py_ssize_t dilation_w, floating* value,
+                             Py_ssize_t j_hi, Py_ssize_t dilation_w, max_pooled* value,
                              int64_t* where) noexcept nogil:
     """value, where = max and flat index of plane over taps [i_lo, i_hi) x [j_lo, j_hi) (NaN wins, last NaN)."""
     cdef Py_ssize_t i, j, pos
-    cdef floating v, best = -INFINITY
+    cdef max_pooled v, best
+    # The type's lowest value: a window of nothing else reports its first tap, as one of -inf does.
+    if max_pooled is int8_t:
+        best = -128
+    elif max_pooled is uint8_t:
+        best = 0
+    else:
+        best = -INFINITY
     # If no tap beats -inf, PyTorch reports the first tap inside the input.
     cdef int64_t best_pos = (h0 + i_lo * dilation_h) * width + w0 + j_lo * dilation_w
     cdef bint take
@@ -159,25 +189,40 @@ cdef inline void _max_window(const floating* plane, Py_ssize_t width, Py_ssize_t
         for j in range(j_lo, j_hi):
             pos = (h0 + i * dilation_h) * width + w0 + j * dilation_w
             v = plane[pos]
-            take = (v > best) | (v != v)
+            if max_pooled is float or max_pooled is double:
+                take = (v > best) | (v != v)
+            else:
+                take = v > best
             best = v if take else best
             best_pos = pos if take else best_pos
     value[0] = best
     where[0] = best_pos
 
 
-cdef inline void _max_pool_plane(const floating* plane, floating* out, int64_t* indices, floating* scratch,
+cdef inline void _max_pool_plane(const max_pooled* plane, max_pooled* out, int64_t* indices, max_pooled* scratch,
                                  int32_t* rcol, PoolGeometry* g, const int64_t* row_order,
                                  const int64_t* col_order, const int64_t* row_win, const int64_t* col_win,
                                  Py_ssize_t chunk, bint separable) noexcept nogil:
-    if separable:
-        if floating is float:
+    if max_pooled is int8_t:
+        if separable:
+            convx_max_pool_separable_i8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                        col_win, chunk)
+        else:
+            convx_max_pool_direct_i8(plane, out, indices, scratch, g)
+    elif max_pooled is uint8_t:
+        if separable:
+            convx_max_pool_separable_u8(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
+                                        col_win, chunk)
+        else:
+            convx_max_pool_direct_u8(plane, out, indices, scratch, g)
+    elif separable:
+        if max_pooled is float:
             convx_max_pool_separable_f(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
                                        col_win, chunk)
         else:
             convx_max_pool_separable_d(plane, out, indices, scratch, rcol, g, row_order, col_order, row_win,
                                        col_win, chunk)
-    elif floating is float:
+    elif max_pooled is float:
         convx_max_pool_plane_f(plane, out, indices, scratch, g)
     else:
         convx_max_pool_plane_d(plane, out, indices, scratch, g)
@@ -230,7 +275,7 @@ cdef enum:
     POOL_COLUMN_BUDGET = 1 << 24
 
 
-def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def max_pool2d_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] indices,
                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
@@ -241,7 +286,9 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
 
     ``separable``: the row-then-column deque kernel (time linear in the plane, any window), else the
     phase-split one, whose window offsets the caller has checked fit the floating-point type exactly
-    and whose scratch it has checked is bounded (convx.functional.pooling decides)."""
+    and whose scratch it has checked is bounded (convx.functional.pooling decides); for int8 and
+    uint8, the direct one in place of the phase split, whose windows the caller has checked have
+    at most 256 taps."""
     cdef Py_ssize_t n_planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t height = x.shape[2], width = x.shape[3], plane_size = height * width
     cdef Py_ssize_t out_w = out.shape[3], out_size = out.shape[2] * out_w
@@ -259,7 +306,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     # The separable kernel goes by blocks along an axis of dilation 1, by deque along the others;
     # its column pass by blocks of as many output columns as the budget holds (with int32 rows), or
     # else one column at a time by deque.
-    cdef Py_ssize_t item = sizeof(floating), rows = last - first
+    cdef Py_ssize_t item = sizeof(max_pooled), rows = last - first
     cdef Py_ssize_t chunk = min(<Py_ssize_t> POOL_COLUMN_CHUNK, out_w,
                                 <Py_ssize_t> POOL_COLUMN_BUDGET // (rows * (2 * item + 8)))
     if rows > 2**31 - 1:
@@ -267,10 +314,17 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef Py_ssize_t row_bytes = width * (2 * item + 8) if dilation_w == 1 else width * (8 + item)
     cdef Py_ssize_t column_bytes = rows * chunk * (2 * item + 8) if dilation_h == 1 and chunk else rows * (8 + item)
     # Each thread's slot starts on its own cache lines (slots sharing a line would bounce it
-    # between the cores on every store), an even number of elements so that int64s stay aligned.
-    cdef Py_ssize_t slot = convx_max_pool_scratch(&g) if not separable else (
-        ((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2)
-    cdef floating[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
+    # between the cores on every store), a whole number of 8 bytes so that int64s stay aligned.
+    # (Bytes, for the 8-bit types: a whole number of 8 of them.)
+    cdef Py_ssize_t slot
+    if separable:
+        slot = (((max(row_bytes, column_bytes) + 64) // item + 1) // 2 * 2 if item >= 4 else
+                (max(row_bytes, column_bytes) + 64 + 7) // 8 * 8)
+    elif max_pooled is int8_t or max_pooled is uint8_t:
+        slot = (convx_max_direct_scratch(&g) + 64 + 7) // 8 * 8
+    else:
+        slot = convx_max_pool_scratch(&g)
+    cdef max_pooled[::1] scratch = np.empty(n_threads * slot, dtype=np.asarray(out).dtype)
     cdef Py_ssize_t rcol_slot = ((last - first) * out_w + 31) // 16 * 16 if separable else 0
     # The separable kernel's arrays (held by these names while it runs), as pointers: NULL where
     # unused, so that the phase split's calls acquire no buffers for them.
@@ -701,7 +755,7 @@ def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, floating
                                          height, width, out_h, out_w)
 
 
-cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t height, Py_ssize_t width, floating* out,
+cdef void _adaptive_max_plane(const max_pooled* plane, Py_ssize_t height, Py_ssize_t width, max_pooled* out,
                               int64_t* indices, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
     """out[oh, ow] = max over window (oh, ow), indices[oh, ow] = its flat index (indices may be NULL)."""
     cdef AdaptiveWalk rows, cols = _adaptive_walk(width, out_w)
@@ -723,7 +777,7 @@ cdef void _adaptive_max_plane(const floating* plane, Py_ssize_t height, Py_ssize
         ow0 += n
 
 
-def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def adaptive_max_pool2d_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                                 int64_t[:, :, :, ::1] indices, int n_threads):
     """out[n, c, oh, ow] = max_{h, w in window(oh, ow)} x[n, c, h, w] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""

@@ -1,5 +1,9 @@
 /* The pooling plane kernels for one element type: included by _pool.h with PT the type (float,
- * double), PU the unsigned integer of its width and PS its suffix (f, d). */
+ * double), PU the unsigned integer of its width and PS its suffix (f, d). With
+ * CONVX_POOL_MAX_ONLY (the 8-bit integers: i8, u8) only the separable max forward, which never
+ * pads, tracks positions as integers and needs no -inf: max pooling without a float round trip. */
+
+#if !CONVX_POOL_MAX_ONLY
 
 /* best[f], offset[f] for the lanes f of [0, lanes): the maximum over the taps (i, j) of
  * phases[tap_at(i, j) + f] (NaN wins, the last NaN in tap order) and, with track, the winner's
@@ -512,6 +516,8 @@ CONVX_CLONES static void CONVX_POOL(convx_avg_gather_plane)(const PT *CONVX_REST
     }
 }
 
+#endif /* !CONVX_POOL_MAX_ONLY */
+
 /* The separable max pool's sweep along one line of the plane, for the windows of one axis: output
  * o's window holds the in-input positions t = first(o) + j * dil, j < count(o), with first(o) =
  * o * stride - pad + lo[o] * dil and count(o) = hi[o] - lo[o] (windows clipped to the input, so
@@ -713,7 +719,7 @@ CONVX_CLONES static void CONVX_POOL(convx_max_pool_separable)(const PT *CONVX_RE
     int64_t *dq_pos = (int64_t *)(void *)scratch;
     if (col_win != NULL) {
         PT *pre_val = scratch, *suf_val = pre_val + width;
-        int32_t *pre_pos = (int32_t *)(void *)(suf_val + width), *suf_pos = pre_pos + width;
+        int32_t *pre_pos = CONVX_POOL_INT32_AFTER(suf_val, width), *suf_pos = pre_pos + width;
         const ptrdiff_t last_phase = (width - 1) % g->kernel_w;
         for (ptrdiff_t h = 0; h < height; h++)
             CONVX_POOL(convx_max_row_blocks)(plane + h * width, width, g->kernel_w, last_phase, out_w, col_win,
@@ -726,7 +732,7 @@ CONVX_CLONES static void CONVX_POOL(convx_max_pool_separable)(const PT *CONVX_RE
     }
     if (row_win != NULL && chunk > 0) {
         PT *pre_val = scratch, *suf_val = pre_val + height * chunk;
-        int32_t *pre_row = (int32_t *)(void *)(suf_val + height * chunk), *suf_row = pre_row + height * chunk;
+        int32_t *pre_row = CONVX_POOL_INT32_AFTER(suf_val, height * chunk), *suf_row = pre_row + height * chunk;
         for (ptrdiff_t ow0 = 0; ow0 < out_w; ow0 += chunk)
             CONVX_POOL(convx_max_column_blocks)(plane, width, height, rcol, out_w, ow0,
                                                 out_w - ow0 < chunk ? out_w - ow0 : chunk, g->kernel_h, out_h,

@@ -10,6 +10,9 @@ import numpy.typing as npt
 #: The two dtypes every op supports; an op returns arrays of its inputs' dtype.
 Float = TypeVar("Float", np.float32, np.float64)
 
+#: Max pooling's dtypes: the two floating ones and the 8-bit integers (compared exactly).
+MaxPooled = TypeVar("MaxPooled", np.float32, np.float64, np.int8, np.uint8)
+
 #: An ``int`` for both spatial axes, or ``(height, width)``.
 IntPair = Union[int, tuple[int, int]]
 

@@ -19,11 +19,12 @@ from numpy.typing import DTypeLike, NDArray
 from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import (
-    as_bool, as_float_array, as_int, as_pair, as_padding, as_padding_1d, as_shape, as_single, contiguous, plain_array,
+    MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_float_array, as_int, as_pair, as_padding, as_padding_1d, as_shape,
+    as_single, contiguous, plain_array,
 )
 from .._shapes import pool_first_empty_window, pool_output_size, pool_padding_sides
 from .._threads import kernel_threads
-from .._typing import AdaptiveSize, AnyArray, Float, IntPair, Padding, PaddingWord, Shape
+from .._typing import AdaptiveSize, AnyArray, Float, IntPair, MaxPooled, Padding, PaddingWord, Shape
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -39,9 +40,9 @@ __all__ = [
 _MAX_PARAM = 2**31 - 1
 
 
-def _batched(name: str, array: object) -> tuple[AnyArray, bool]:
-    """``array`` as a float32/float64 NCHW array and whether it came without the batch axis."""
-    array = as_float_array(name, array, (3, 4))
+def _batched(name: str, array: object, dtypes: tuple[np.dtype, ...] = SUPPORTED_DTYPES) -> tuple[AnyArray, bool]:
+    """``array`` as a float32/float64 (or ``dtypes``) NCHW array and whether it came without the batch axis."""
+    array = as_float_array(name, array, (3, 4), dtypes)
     if array.ndim == 3:
         return array[np.newaxis], True
     return array, False
@@ -278,6 +279,10 @@ PHASE_TAP_RATIO = 4
 PHASE_SCRATCH_SLACK = 1 << 16
 
 
+# Taps a window of int8 or uint8 may have for the direct kernel (CONVX_POOL_DIRECT_TAPS of _pool.h).
+DIRECT_TAPS = 256
+
+
 def _phase_scratch(
     width: int, out_h: int, out_w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: int,
     dilation: tuple[int, int],
@@ -303,12 +308,17 @@ def _max_pool_separable(
     stride phases (scratch that grows with strides larger than the kernel) and tracks window
     offsets in the floating-point type, exact below 2^24 (float32) or 2^31 (float64); the
     separable kernel costs three passes of a few steps per element (by blocks, or by deque where
-    dilated), whatever the window, in scratch of about a plane.
+    dilated), whatever the window, in scratch of about a plane. int8 and uint8 have a direct
+    kernel in the phase split's place (a sweep per tap, windows of up to 256 taps).
     """
     (kh, kw), (dh, dw) = kernel, dilation
     plane, outputs = height * width, out_h * out_w
-    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
     cheap = kh * kw * outputs <= PHASE_TAP_RATIO * (plane + height * out_w + outputs)
+    if dtype.kind != "f":
+        # int8 and uint8 take a direct kernel in place of the phase split: a sweep per tap too, the
+        # winning tap numbered in a byte (CONVX_POOL_DIRECT_TAPS of _pool.h), scratch of one output row.
+        return not (cheap and kh * kw <= DIRECT_TAPS)
+    exact = dh * (kh - 1) * width + dw * (kw - 1) < (2**24 if dtype == np.float32 else 2**31)
     return not (
         exact and cheap
         and _phase_scratch(width, out_h, out_w, kernel, stride, padding[1], dilation)
@@ -349,29 +359,31 @@ def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: i
 
 @overload
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
+    x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
     dilation: IntPair = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
-) -> NDArray[Float]: ...
+) -> NDArray[MaxPooled]: ...
 @overload
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
+    x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
     dilation: IntPair = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
-) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def max_pool2d(
-    x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
+    x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
     dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False,
-) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
+) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
 
     ``y[n, c, oh, ow]`` is the maximum of ``x[n, c, oh*sh - top + i*dh, ow*sw - left + j*dw]`` over
     the taps ``0 <= i < kh``, ``0 <= j < kw`` that fall inside the input (padding counts as -inf).
     NaN propagates: a window holding NaN gives NaN (and points at its last NaN); otherwise the
     first maximum in row-major window order wins ties. Time and scratch memory grow with the
-    input and output sizes only, not with the window, stride, padding or dilation.
+    input and output sizes only, not with the window, stride, padding or dilation. int8 and
+    uint8 inputs are pooled exactly in their own type (padding never wins: a window's maximum is
+    over its taps inside the input).
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+    x : ndarray of float32, float64, int8 or uint8, shape (N, C, H, W) or (C, H, W)
         Input, any memory layout; not modified.
     kernel_size : int or (int, int)
         Window size ``(kh, kw)``, positive.
@@ -405,7 +417,7 @@ def max_pool2d(
     Raises
     ------
     TypeError
-        For a dtype other than float32/float64, or non-int geometry or non-bool flags.
+        For a dtype other than float32, float64, int8 or uint8, or non-int geometry or non-bool flags.
     ValueError
         For a wrong ndim, non-positive sizes, a side's padding over ``dilation * (kernel_size - 1)``,
         a flat 4-tuple or unknown word as padding, ``'same'`` with ``ceil_mode``, or an empty output.
@@ -427,8 +439,10 @@ def max_pool2d(
     >>> max_pool2d(x, 3, stride=2, padding="same")[0, 0]
     array([[10., 11.],
            [14., 15.]], dtype=float32)
+    >>> max_pool2d(np.array([[[0, 255], [7, 255]]], dtype=np.uint8), 2, return_indices=True)
+    (array([[[255]]], dtype=uint8), array([[[1]]]))
     """
-    x, unbatched = _batched("x", x)
+    x, unbatched = _batched("x", x, MAX_POOL_DTYPES)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     kernel, stride, spec, dilation = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
@@ -838,24 +852,24 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
 
 @overload
 def adaptive_max_pool2d(
-    x: NDArray[Float], output_size: AdaptiveSize, return_indices: Literal[False] = ...
-) -> NDArray[Float]: ...
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[False] = ...
+) -> NDArray[MaxPooled]: ...
 @overload
 def adaptive_max_pool2d(
-    x: NDArray[Float], output_size: AdaptiveSize, return_indices: Literal[True]
-) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[True]
+) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def adaptive_max_pool2d(
-    x: NDArray[Float], output_size: AdaptiveSize, return_indices: bool = False
-) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: bool = False
+) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
 
     Output ``(oh, ow)`` is the maximum over rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and
     columns ``[floor(ow*W/out_w), ceil((ow+1)*W/out_w))``, with :func:`max_pool2d`'s rules for
-    ties and NaN.
+    ties and NaN (and its dtypes: int8 and uint8 exactly).
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (N, C, H, W) or (C, H, W)
+    x : ndarray of float32, float64, int8 or uint8, shape (N, C, H, W) or (C, H, W)
         Input with ``H, W >= 1``, any memory layout; not modified.
     output_size : int or (int or None, int or None)
         ``(out_h, out_w)``, positive; None keeps that input dimension.
@@ -873,7 +887,8 @@ def adaptive_max_pool2d(
     Raises
     ------
     TypeError
-        For a dtype other than float32/float64, a non-int ``output_size`` or a non-bool flag.
+        For a dtype other than float32, float64, int8 or uint8, a non-int ``output_size`` or a
+        non-bool flag.
     ValueError
         For a wrong ndim, an empty plane or a non-positive ``output_size``.
 
@@ -888,7 +903,7 @@ def adaptive_max_pool2d(
     >>> indices
     array([[[1, 5]]])
     """
-    x, unbatched = _batched("x", x)
+    x, unbatched = _batched("x", x, MAX_POOL_DTYPES)
     n, c, height, width = x.shape
     _nonempty_plane("x", height, width)
     out_h, out_w = _adaptive_output_size(output_size, height, width)

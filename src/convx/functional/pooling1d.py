@@ -14,8 +14,8 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import as_bool, as_layout_array, as_single
-from .._typing import AnyArray, Float, IntSingle, Padding1d, Shape
+from .._checks import MAX_POOL_DTYPES, as_bool, as_layout_array, as_single
+from .._typing import AnyArray, Float, IntSingle, MaxPooled, Padding1d, Shape
 from .pooling import (
     _as_indices,
     _avg_values,
@@ -70,26 +70,27 @@ def _grad_out_shape(grad_out: AnyArray, input_shape: Shape, out_length: int) -> 
 
 @overload
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
+    x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
     dilation: IntSingle = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
-) -> NDArray[Float]: ...
+) -> NDArray[MaxPooled]: ...
 @overload
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
+    x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
     dilation: IntSingle = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
-) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def max_pool1d(
-    x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
+    x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
     dilation: IntSingle = 1, ceil_mode: bool = False, return_indices: bool = False,
-) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
+) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """1-D max pooling, as ``torch.nn.functional.max_pool1d`` (:func:`max_pool2d` on views).
 
     ``y[n, c, o]`` is the maximum of ``x[n, c, o*s - left + i*d]`` over the taps ``0 <= i < k``
-    inside the input, with :func:`max_pool2d`'s rules for ties (the first maximum) and NaN.
+    inside the input, with :func:`max_pool2d`'s rules for ties (the first maximum) and NaN, and its
+    dtypes (int8 and uint8 pooled exactly).
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (N, C, L) or (C, L)
+    x : ndarray of float32, float64, int8 or uint8, shape (N, C, L) or (C, L)
         Input, any memory layout; not modified.
     kernel_size : int or (int,)
     stride : int or (int,), optional
@@ -119,7 +120,7 @@ def max_pool1d(
     >>> y, indices
     (array([[3., 5.]]), array([[1, 3]]))
     """
-    x = as_layout_array("max_pool1d", "x", x, (2, 3), _LAYOUT)
+    x = as_layout_array("max_pool1d", "x", x, (2, 3), _LAYOUT, MAX_POOL_DTYPES)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     (kernel,), (stride_,), spec, (dilation_,) = _window_values(kernel_size, stride, padding, dilation, 1, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
@@ -316,23 +317,23 @@ def adaptive_avg_pool1d_backward(grad_out: NDArray[Float], input_shape: Shape) -
 
 @overload
 def adaptive_max_pool1d(
-    x: NDArray[Float], output_size: IntSingle, return_indices: Literal[False] = ...
-) -> NDArray[Float]: ...
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[False] = ...
+) -> NDArray[MaxPooled]: ...
 @overload
 def adaptive_max_pool1d(
-    x: NDArray[Float], output_size: IntSingle, return_indices: Literal[True]
-) -> tuple[NDArray[Float], NDArray[np.int64]]: ...
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[True]
+) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def adaptive_max_pool1d(
-    x: NDArray[Float], output_size: IntSingle, return_indices: bool = False
-) -> NDArray[Float] | tuple[NDArray[Float], NDArray[np.int64]]:
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: bool = False
+) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """1-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool1d``.
 
     Output ``o`` is the maximum of ``x[..., floor(o*L/L_out):ceil((o+1)*L/L_out)]``, with
-    :func:`max_pool1d`'s rules for ties and NaN; its backward is :func:`max_pool1d_backward`.
+    :func:`max_pool1d`'s rules for ties and NaN and its dtypes; its backward is :func:`max_pool1d_backward`.
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (N, C, L) or (C, L)
+    x : ndarray of float32, float64, int8 or uint8, shape (N, C, L) or (C, L)
         Input with ``L >= 1``; not modified.
     output_size : int or (int,)
         ``L_out``, positive.
@@ -352,7 +353,7 @@ def adaptive_max_pool1d(
     >>> adaptive_max_pool1d(np.array([[1., 5., 2., 4., 3.]]), 2, return_indices=True)
     (array([[5., 4.]]), array([[1, 3]]))
     """
-    x = as_layout_array("adaptive_max_pool1d", "x", x, (2, 3), _LAYOUT)
+    x = as_layout_array("adaptive_max_pool1d", "x", x, (2, 3), _LAYOUT, MAX_POOL_DTYPES)
     _nonempty_length("x", x.shape)
     size = (1, _adaptive_length(output_size))
     if as_bool("return_indices", return_indices):

@@ -855,10 +855,13 @@ def _holds(values: Any, array: np.ndarray) -> bool:
     return isinstance(values, tuple) and any(_holds(value, array) for value in values)
 
 
-def check_input(module: Module, x: object, ndims: Sequence[int], dtype: np.dtype[Any] | None = None) -> np.ndarray:
-    """Validate a layer's input: a float32/float64 ndarray of an allowed ndim and, for layers
-    with parameters, of the parameters' dtype."""
-    array = as_float_array("x", x, ndims)
+def check_input(
+    module: Module, x: object, ndims: Sequence[int], dtype: np.dtype[Any] | None = None,
+    dtypes: Sequence[np.dtype[Any]] = SUPPORTED_DTYPES,
+) -> np.ndarray:
+    """Validate a layer's input: a float32/float64 (or ``dtypes``) ndarray of an allowed ndim and, for
+    layers with parameters, of the parameters' dtype."""
+    array = as_float_array("x", x, ndims, dtypes)
     if dtype is not None and array.dtype != dtype:
         raise TypeError(
             f"{type(module).__name__} has {dtype} parameters but x has dtype {array.dtype}; cast x "
@@ -869,6 +872,11 @@ def check_input(module: Module, x: object, ndims: Sequence[int], dtype: np.dtype
 
 def check_grad_out(module: Module, grad_out: object, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     """Validate ``grad_out`` against the forward output's shape and dtype."""
+    if dtype.kind != "f":  # a max-pooling layer run forward on int8 or uint8
+        raise TypeError(
+            f"{type(module).__name__}.backward: the forward input had dtype {dtype}, and integer inputs have no "
+            f"gradient; run the forward on float32 or float64 to backpropagate through this layer"
+        )
     array = as_float_array("grad_out", grad_out, range(33))
     if array.shape != tuple(shape):
         raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional
-from .._checks import as_bool, as_int, as_pair, as_single
+from .._checks import MAX_POOL_DTYPES, as_bool, as_int, as_pair, as_single
 from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
 from ..functional.lppool import _norm_type
 from ..functional.pooling import _window_values
@@ -49,7 +49,7 @@ class _MaxPoolNd(Module):
         """Max over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
         y, indices = pool(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
         )
@@ -130,7 +130,8 @@ class MaxPool2d(_MaxPoolNd):
     -----
     Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out). The backward pass sends each
     output's gradient to the input element that won its window (the first maximum); the winners'
-    indices are kept from ``forward``.
+    indices are kept from ``forward``. An int8 or uint8 input is pooled exactly in its dtype (its
+    backward is refused: integers have no gradient).
 
     Examples
     --------
@@ -251,7 +252,7 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
         """Max of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, over adaptive windows; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
         y, indices = pool(x, self._size(x), return_indices=True)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
@@ -294,6 +295,11 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     ----------
     output_size : int or (int or None, int or None)
         (H_out, W_out); None keeps that input dimension.
+
+    Notes
+    -----
+    Takes float32, float64, int8 and uint8 input, as :func:`convx.adaptive_max_pool2d` (the
+    backward of an integer forward is refused).
 
     Examples
     --------
@@ -370,7 +376,7 @@ class GlobalMaxPool2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
-        x = check_input(self, x, (3, 4))
+        x = check_input(self, x, (3, 4), dtypes=MAX_POOL_DTYPES)
         y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
         if not self.keepdims:
             y = y[..., 0, 0]
@@ -406,7 +412,8 @@ class MaxPool1d(_MaxPoolNd):
     Notes
     -----
     Input (N, C, L) or (C, L); output (N, C, L_out). ``backward(grad_out)`` takes the gradient of
-    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum.
+    ``y`` (also with ``return_indices``) and sends each to its window's (first) maximum. An int8
+    or uint8 input is pooled exactly in its dtype (its backward is refused).
 
     Examples
     --------
