@@ -375,3 +375,40 @@ def test_adaptive_against_torch_channels_last(dtype):
         yt, it = torch.nn.functional.adaptive_max_pool2d(xt, size, return_indices=True)
         assert np.array_equal(y, yt.permute(0, 2, 3, 1).numpy())
         assert np.array_equal(indices, it.permute(0, 2, 3, 1).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Power-average pooling (on the channels-last average pooling)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", [dict(kernel_size=2), dict(kernel_size=3, stride=2, ceil_mode=True),
+                                     dict(kernel_size=3, stride=2, padding="same", dilation=1)])
+def test_lp_pool_matches_channels_first(options, dtype):
+    kwargs = dict(options)
+    kernel_size = kwargs.pop("kernel_size")
+    x = np.abs(grads((2, 3, 9, 8), dtype, seed=11))
+    y = F.lp_pool2d(x, 2, kernel_size, **kwargs)
+    assert same(first(F.lp_pool2d(last(x), 2, kernel_size, **kwargs, layout="NHWC")), y)
+    grad = grads(y.shape, dtype)
+    assert same(first(F.lp_pool2d_backward(last(grad), last(x), 2, kernel_size, **kwargs, layout="NHWC")),
+                F.lp_pool2d_backward(grad, x, 2, kernel_size, **kwargs))
+    line = x[:, :, 0]
+    y1 = F.lp_pool1d(line, 3, kernel_size, **kwargs)
+    assert same(first(F.lp_pool1d(last(line, 1), 3, kernel_size, **kwargs, layout="NWC"), 1), y1)
+    grad1 = grads(y1.shape, dtype)
+    assert same(first(F.lp_pool1d_backward(last(grad1, 1), last(line, 1), 3, kernel_size, **kwargs, layout="NWC"), 1),
+                F.lp_pool1d_backward(grad1, line, 3, kernel_size, **kwargs))
+    with pytest.raises(ValueError, match=r"lp_pool2d expects x of shape \(N, H, W, C\)"):
+        F.lp_pool2d(line[0], 2, 2, layout="NHWC")
+
+
+@pytest.mark.parametrize("layer, dims", [(nn.LPPool2d, 2), (nn.LPPool1d, 1)])
+def test_lp_layers_match_channels_first(layer, dims):
+    x = np.abs(grads((2, 4, 7, 6)[: dims + 2], np.float64))
+    pool, pool_last = layer(2, 2), layer(2, 2, layout="NHWC" if dims == 2 else "NWC")
+    assert "layout=" in repr(pool_last)
+    y = pool(x)
+    assert same(first(pool_last(last(x, dims)), dims), y)
+    grad = grads(y.shape, np.float64)
+    assert same(first(pool_last.backward(last(grad, dims)), dims), pool.backward(grad))

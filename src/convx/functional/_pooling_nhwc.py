@@ -21,8 +21,8 @@ from .._checks import as_bool, as_layout_array, as_shape, as_single, contiguous
 from .._threads import kernel_threads
 from .._typing import AnyArray, Shape
 from .pooling import (
-    AVG_TAP_WORK, MAX_TAP_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_values, _nonempty_plane,
-    _pool_output_shape, _refuse_indices, _unbatch, _window_values, _work,
+    AVG_TAP_WORK, MAX_TAP_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_args, _avg_values,
+    _nonempty_plane, _pool_output_shape, _refuse_indices, _unbatch, _window_params, _window_values, _work,
 )
 
 _CAUSE = "kernel_size, stride, padding, dilation and ceil_mode"
@@ -70,7 +70,7 @@ def max_pool2d(
 ) -> Any:
     x, unbatched = _batched(op, "x", x)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
-    kernel, stride_, spec, dilation_ = _window_values(kernel_size, stride, padding, dilation, 2, ceil_mode)
+    kernel, stride_, spec, dilation_ = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
     n, height, width, c = x.shape
     (out_h, out_w), sides = _pool_output_shape("x", (height, width), kernel, stride_, spec, dilation_, ceil_mode)
@@ -116,8 +116,8 @@ def avg_pool2d(
     divisor_override: object, dilation: object, op: str = "avg_pool2d",
 ) -> AnyArray:
     x, unbatched = _batched(op, "x", x)
-    kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_values(
-        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override, 2  # type: ignore[arg-type]
+    kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override  # type: ignore[arg-type]
     )
     n, height, width, c = x.shape
     (out_h, out_w), ((top, bottom), (left, right)) = _pool_output_shape(
@@ -138,8 +138,8 @@ def avg_pool2d_backward(
 ) -> AnyArray:
     grad_out = as_layout_array("avg_pool2d_backward", "grad_out", grad_out, (3, 4), _shape_text(2, True))
     shape, unbatched = _input_shape(input_shape, grad_out)
-    kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_values(
-        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override, 2  # type: ignore[arg-type]
+    kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_args(
+        kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override  # type: ignore[arg-type]
     )
     (out_h, out_w), ((top, bottom), (left, right)) = _pool_output_shape(
         "input_shape", shape[1:3], kernel, stride_, spec, dilation_, ceil_flag

@@ -701,6 +701,7 @@ class _LPPoolNd(Module):
     kernel_size: Any
     stride: Any
     ceil_mode: bool
+    layout: str
 
     def _options(self) -> tuple[Any, ...]:
         return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
@@ -708,8 +709,8 @@ class _LPPoolNd(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The ``norm_type``-norm of each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
         pool = functional.lp_pool1d if self._DIMS == 1 else functional.lp_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
-        y = pool(x, *self._options())
+        x = check_input(self, x, _input_ndims(self))
+        y = pool(x, *self._options(), layout=self.layout)
         self._save_for_backward(y, x)
         return y
 
@@ -717,10 +718,13 @@ class _LPPoolNd(Module):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         gather = functional.lp_pool1d_backward if self._DIMS == 1 else functional.lp_pool2d_backward
-        return gather(grad_out, x, *self._options())
+        return gather(grad_out, x, *self._options(), layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}"
+        return (
+            f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"ceil_mode={self.ceil_mode}{_layout_text(self)}"
+        )
 
 
 class LPPool2d(_LPPoolNd):
@@ -734,6 +738,9 @@ class LPPool2d(_LPPoolNd):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     ceil_mode : bool, default False
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients.
 
     Notes
     -----
@@ -754,9 +761,11 @@ class LPPool2d(_LPPoolNd):
     _DIMS = 2
 
     def __init__(
-        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False,
+        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False, *,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.norm_type = _norm_type(norm_type)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
@@ -774,6 +783,8 @@ class LPPool1d(_LPPoolNd):
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
     ceil_mode : bool, default False
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``.
 
     Notes
     -----
@@ -790,9 +801,11 @@ class LPPool1d(_LPPoolNd):
     _DIMS = 1
 
     def __init__(
-        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False,
+        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False, *,
+        layout: str = "NCW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.norm_type = _norm_type(norm_type)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
