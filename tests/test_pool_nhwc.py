@@ -412,3 +412,37 @@ def test_lp_layers_match_channels_first(layer, dims):
     assert same(first(pool_last(last(x, dims)), dims), y)
     grad = grads(y.shape, np.float64)
     assert same(first(pool_last.backward(last(grad, dims)), dims), pool.backward(grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# Max unpooling
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_unpool_matches_channels_first(dtype):
+    x = data((2, 3, 9, 8), dtype)
+    y, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)  # overlapping windows: shared positions
+    unpooled = F.max_unpool2d(y, indices, 3, 2, 1, output_size=(9, 8))
+    unpooled_last = F.max_unpool2d(last(y), last(indices), 3, 2, 1, output_size=(9, 8), layout="NHWC")
+    assert same(first(unpooled_last), unpooled)
+    whole = F.max_unpool2d(last(y), last(indices), 3, 2, 1, output_size=(2, 9, 8, 3), layout="NHWC")
+    assert same(whole, unpooled_last)
+    grad = grads(unpooled.shape, dtype)
+    assert same(first(F.max_unpool2d_backward(last(grad), last(indices), layout="NHWC")),
+                F.max_unpool2d_backward(grad, indices))
+    assert same(first(F.max_unpool2d(last(y[0]), last(indices[0]), 3, 2, 1, output_size=(9, 8), layout="NHWC")),
+                unpooled[0])
+    line = x[:, :, 0]
+    y1, i1 = F.max_pool1d(line, 2, return_indices=True)
+    assert same(first(F.max_unpool1d(last(y1, 1), last(i1, 1), 2, output_size=(8,), layout="NWC"), 1),
+                F.max_unpool1d(y1, i1, 2, output_size=(8,)))
+    grad1 = grads((2, 3, 8), dtype)
+    assert same(first(F.max_unpool1d_backward(last(grad1, 1), last(i1, 1), layout="NWC"), 1),
+                F.max_unpool1d_backward(grad1, i1))
+    layer = nn.MaxUnpool2d(3, 2, 1, layout="NHWC")
+    assert same(first(layer(last(y), last(indices), output_size=(9, 8))), unpooled)
+    assert same(first(layer.backward(last(grad))), F.max_unpool2d_backward(grad, indices))
+    with pytest.raises(ValueError, match=r"max_unpool2d expects x of shape \(N, H, W, C\)"):
+        F.max_unpool2d(np.zeros((2, 2)), np.zeros((2, 2), np.int64), 2, layout="NHWC")
+    with pytest.raises(ValueError, match="batch and channel axes"):
+        F.max_unpool2d_backward(last(grad), last(indices)[..., :2], layout="NHWC")

@@ -600,13 +600,14 @@ class _MaxUnpoolNd(Module):
     kernel_size: Any
     stride: Any
     padding: Any
+    layout: str
 
     def forward(  # type: ignore[override]  # PyTorch's signature: the indices are a second input
         self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
     ) -> np.ndarray:
         """Write ``x`` at ``indices`` (a max pooling's) in zero planes; see :func:`convx.max_unpool2d`."""
         unpool = functional.max_unpool1d if self._DIMS == 1 else functional.max_unpool2d
-        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size, layout=self.layout)
         # The indices are the forward's to gather with: a copy, so that the caller may reuse its array.
         self._save_for_backward(y, np.array(indices))
         return y
@@ -615,10 +616,10 @@ class _MaxUnpoolNd(Module):
         """Gradient of ``x`` for ``grad_out`` (the output's shape): ``grad_out`` gathered at the indices."""
         grad_out, (indices,) = self._saved_for_backward(grad_out)
         gather = functional.max_unpool1d_backward if self._DIMS == 1 else functional.max_unpool2d_backward
-        return gather(grad_out, indices)
+        return gather(grad_out, indices, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}{_layout_text(self)}"
 
 
 class MaxUnpool2d(_MaxUnpoolNd):
@@ -630,6 +631,8 @@ class MaxUnpool2d(_MaxUnpoolNd):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int or (int, int), default 0
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for x, the indices and the output.
 
     Notes
     -----
@@ -653,8 +656,11 @@ class MaxUnpool2d(_MaxUnpoolNd):
 
     _DIMS = 2
 
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, *, layout: str = "NCHW"
+    ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
         self.padding = as_pair("padding", padding, 0)
@@ -669,6 +675,8 @@ class MaxUnpool1d(_MaxUnpoolNd):
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
     padding : int or (int,), default 0
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, for x, the indices and the output.
 
     Notes
     -----
@@ -686,8 +694,11 @@ class MaxUnpool1d(_MaxUnpoolNd):
 
     _DIMS = 1
 
-    def __init__(self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0) -> None:
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0, *, layout: str = "NCW"
+    ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.padding = as_single("padding", padding, 0)
