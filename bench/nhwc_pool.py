@@ -15,14 +15,37 @@ import numpy as np
 import convx
 from convx import functional as F
 
-# (name, op, kwargs): every op takes (x, ...) in either layout.
+
+def _max_backward(x, layout, **kwargs):
+    y, indices = F.max_pool2d(x, **kwargs, return_indices=True, layout=layout)
+    return lambda: F.max_pool2d_backward(y, indices, x.shape, layout=layout)
+
+
+def _avg_backward(x, layout, **kwargs):
+    y = F.avg_pool2d(x, **kwargs, layout=layout)
+    return lambda: F.avg_pool2d_backward(y, x.shape, **kwargs, layout=layout)
+
+
+def _op(op, **fixed):
+    def build(x, layout, **kwargs):
+        return lambda: op(x, **kwargs, **fixed, layout=layout)
+    return build
+
+
+K3S2 = dict(kernel_size=3, stride=2, padding=1)
+K2S2 = dict(kernel_size=2, stride=2)
+# (name, build(x, layout, **kwargs) -> the call to time, kwargs)
 CASES = [
-    ("max_pool2d 3x3/2 p1", F.max_pool2d, dict(kernel_size=3, stride=2, padding=1)),
-    ("max_pool2d 2x2/2", F.max_pool2d, dict(kernel_size=2, stride=2)),
-    ("avg_pool2d 3x3/2 p1", F.avg_pool2d, dict(kernel_size=3, stride=2, padding=1)),
-    ("avg_pool2d 2x2/2", F.avg_pool2d, dict(kernel_size=2, stride=2)),
+    ("max_pool2d 3x3/2 p1", _op(F.max_pool2d), K3S2),
+    ("max_pool2d 2x2/2", _op(F.max_pool2d), K2S2),
+    ("max_pool2d 3x3/2 +idx", _op(F.max_pool2d, return_indices=True), K3S2),
+    ("avg_pool2d 3x3/2 p1", _op(F.avg_pool2d), K3S2),
+    ("avg_pool2d 2x2/2", _op(F.avg_pool2d), K2S2),
+    ("max_pool2d_bwd 3x3/2", _max_backward, K3S2),
+    ("avg_pool2d_bwd 3x3/2", _avg_backward, K3S2),
+    ("adaptive_avg_pool2d 1", _op(F.adaptive_avg_pool2d), dict(output_size=1)),
 ]
-SHAPES = [(64, 64, 56, 56), (64, 64, 32, 32)]  # NCHW: C=64 56x56 (ResNet stem), C=64 32x32
+SHAPES = [(64, 64, 56, 56), (64, 64, 32, 32)]  # NCHW: C=64 56x56 (ResNet's first pooling), C=64 32x32
 
 
 def _time(fn, repeat: int) -> list[float]:
@@ -47,9 +70,9 @@ def main() -> None:
     for shape in SHAPES:
         x_nchw = rng.standard_normal(shape, dtype=np.float32)
         x_nhwc = np.ascontiguousarray(np.moveaxis(x_nchw, 1, -1))
-        for name, op, kwargs in CASES:
-            first = lambda: op(x_nchw, **kwargs)  # noqa: E731
-            last = lambda: op(x_nhwc, layout="NHWC", **kwargs)  # noqa: E731
+        for name, build, kwargs in CASES:
+            first = build(x_nchw, "NCHW", **kwargs)
+            last = build(x_nhwc, "NHWC", **kwargs)
             first(), last()
             t_first, t_last = [], []
             for _ in range(args.repeat):

@@ -148,22 +148,27 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
 }
 
 /* grad_in (plane x channels, overwritten) = 0, then grad_in[indices[o, c], c] += grad[o, c] over the
- * outputs o in order. 1 (grad_in partly written) at the first index outside [0, plane): each index
- * is read once and checked before it is used as an address. */
-static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad, const int64_t *CONVX_RESTRICT indices,
-                                              NT *CONVX_RESTRICT grad_in, ptrdiff_t plane, ptrdiff_t outputs,
-                                              ptrdiff_t channels) {
+ * outputs o in order. 1 (grad_in partly written) if an index lies outside [0, plane). Each index
+ * is read once, and one outside the plane sends its write to the plane's first row (adding 0), so
+ * no index, whatever another thread writes meanwhile, becomes an address outside grad_in. The
+ * channels of one output go to distinct elements (their c differ), so they scatter as a vector. */
+CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
+                                                           const int64_t *CONVX_RESTRICT indices,
+                                                           NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
+                                                           ptrdiff_t outputs, ptrdiff_t channels) {
+    uint64_t stray = 0;
     memset(grad_in, 0, (size_t)(plane * channels) * sizeof(NT));
     for (ptrdiff_t o = 0; o < outputs; o++) {
         const NT *CONVX_RESTRICT g = grad + o * channels;
         const int64_t *CONVX_RESTRICT at = indices + o * channels;
-        for (ptrdiff_t c = 0; c < channels; c++) {
+        CONVX_NHWC_SIMD_OR(stray) for (ptrdiff_t c = 0; c < channels; c++) {
             const int64_t k = at[c];
-            if ((uint64_t)k >= (uint64_t)plane) return 1;
-            grad_in[k * channels + c] += g[c];
+            const uint64_t outside = (uint64_t)k >= (uint64_t)plane;
+            stray |= outside;
+            grad_in[(outside ? 0 : k) * channels + c] += outside ? (NT)0 : g[c];
         }
     }
-    return 0;
+    return stray != 0;
 }
 
 #undef CONVX_NHWC_BLOCK
