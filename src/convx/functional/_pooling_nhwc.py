@@ -68,6 +68,7 @@ def max_pool2d(
     x: object, kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: object,
     return_indices: object, op: str = "max_pool2d",
 ) -> Any:
+    """:func:`convx.functional.max_pool2d` with ``layout='NHWC'``."""
     x, unbatched = _batched(op, "x", x)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     kernel, stride_, spec, dilation_ = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
@@ -105,6 +106,7 @@ def scatter_maxima(grad_out: AnyArray, indices: NDArray[np.int64], shape: Shape,
 
 
 def max_pool2d_backward(grad_out: object, indices: object, input_shape: object) -> AnyArray:
+    """:func:`convx.functional.max_pool2d_backward` with ``layout='NHWC'``."""
     grad_out = as_layout_array("max_pool2d_backward", "grad_out", grad_out, (3, 4), _shape_text(2, True))
     indices = _as_indices(indices, grad_out)
     shape, unbatched = _input_shape(input_shape, grad_out)
@@ -115,6 +117,7 @@ def avg_pool2d(
     x: object, kernel_size: object, stride: object, padding: object, ceil_mode: object, count_include_pad: object,
     divisor_override: object, dilation: object, op: str = "avg_pool2d",
 ) -> AnyArray:
+    """:func:`convx.functional.avg_pool2d` with ``layout='NHWC'``."""
     x, unbatched = _batched(op, "x", x)
     kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_args(
         kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override  # type: ignore[arg-type]
@@ -136,6 +139,7 @@ def avg_pool2d_backward(
     grad_out: object, input_shape: object, kernel_size: object, stride: object, padding: object, ceil_mode: object,
     count_include_pad: object, divisor_override: object, dilation: object,
 ) -> AnyArray:
+    """:func:`convx.functional.avg_pool2d_backward` with ``layout='NHWC'``."""
     grad_out = as_layout_array("avg_pool2d_backward", "grad_out", grad_out, (3, 4), _shape_text(2, True))
     shape, unbatched = _input_shape(input_shape, grad_out)
     kernel, stride_, spec, dilation_, ceil_flag, include_pad, divisor = _avg_args(
@@ -161,6 +165,7 @@ def avg_pool2d_backward(
 
 
 def adaptive_avg_pool2d(x: object, output_size: Any, op: str = "adaptive_avg_pool2d") -> AnyArray:
+    """:func:`convx.functional.adaptive_avg_pool2d` with ``layout='NHWC'``."""
     x, unbatched = _batched(op, "x", x)
     n, height, width, c = x.shape
     _nonempty_plane("x", height, width)
@@ -174,6 +179,7 @@ def adaptive_avg_pool2d(x: object, output_size: Any, op: str = "adaptive_avg_poo
 
 
 def adaptive_avg_pool2d_backward(grad_out: object, input_shape: object) -> AnyArray:
+    """:func:`convx.functional.adaptive_avg_pool2d_backward` with ``layout='NHWC'``."""
     grad_out = as_layout_array("adaptive_avg_pool2d_backward", "grad_out", grad_out, (3, 4), _shape_text(2, True))
     shape, unbatched = _input_shape(input_shape, grad_out)
     _nonempty_plane("input_shape", shape[1], shape[2])
@@ -189,6 +195,7 @@ def adaptive_avg_pool2d_backward(grad_out: object, input_shape: object) -> AnyAr
 
 
 def adaptive_max_pool2d(x: object, output_size: Any, return_indices: object, op: str = "adaptive_max_pool2d") -> Any:
+    """:func:`convx.functional.adaptive_max_pool2d` with ``layout='NHWC'``."""
     x, unbatched = _batched(op, "x", x)
     n, height, width, c = x.shape
     _nonempty_plane("x", height, width)
@@ -224,6 +231,7 @@ def _plane_shape(shape: Shape) -> Shape:
 
 def _length_args(kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: bool,
                  length: int, name: str) -> tuple[int, int, tuple[int, int], int]:
+    """A 1-D op's kernel, stride, (left, right) padding and dilation, validated against the length."""
     (kernel,), (stride_,), spec, (dilation_,) = _window_values(kernel_size, stride, padding, dilation, 1, ceil_mode)
     _, (sides,) = _pool_output_shape(name, (length,), (kernel,), (stride_,), spec, (dilation_,), ceil_mode)
     return kernel, stride_, sides, dilation_
@@ -231,6 +239,7 @@ def _length_args(kernel_size: object, stride: object, padding: object, dilation:
 
 def max_pool1d(x: object, kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: object,
                return_indices: object) -> Any:
+    """:func:`convx.functional.max_pool1d` with ``layout='NWC'``."""
     x, unbatched = _batched("max_pool1d", "x", x, dims=1)
     ceil_flag = as_bool("ceil_mode", ceil_mode)
     kernel, stride_, sides, dilation_ = _length_args(kernel_size, stride, padding, dilation, ceil_flag, x.shape[1], "x")
@@ -244,6 +253,7 @@ def max_pool1d(x: object, kernel_size: object, stride: object, padding: object, 
 
 
 def max_pool1d_backward(grad_out: object, indices: object, input_shape: object) -> AnyArray:
+    """:func:`convx.functional.max_pool1d_backward` with ``layout='NWC'``."""
     grad_out = as_layout_array("max_pool1d_backward", "grad_out", grad_out, (2, 3), _shape_text(1, True))
     indices = _as_indices(indices, grad_out)
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
@@ -255,6 +265,7 @@ def max_pool1d_backward(grad_out: object, indices: object, input_shape: object) 
 
 def avg_pool1d(x: object, kernel_size: object, stride: object, padding: object, ceil_mode: object,
                count_include_pad: object, dilation: object) -> AnyArray:
+    """:func:`convx.functional.avg_pool1d` with ``layout='NWC'``."""
     x, unbatched = _batched("avg_pool1d", "x", x, dims=1)
     (kernel,), (stride_,), spec, (dilation_,), ceil_flag, include_pad, _ = _avg_values(
         kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, None, 1  # type: ignore[arg-type]
@@ -267,6 +278,7 @@ def avg_pool1d(x: object, kernel_size: object, stride: object, padding: object, 
 
 def avg_pool1d_backward(grad_out: object, input_shape: object, kernel_size: object, stride: object, padding: object,
                         ceil_mode: object, count_include_pad: object, dilation: object) -> AnyArray:
+    """:func:`convx.functional.avg_pool1d_backward` with ``layout='NWC'``."""
     grad_out = as_layout_array("avg_pool1d_backward", "grad_out", grad_out, (2, 3), _shape_text(1, True))
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
     (kernel,), (stride_,), spec, (dilation_,), ceil_flag, include_pad, _ = _avg_values(
@@ -295,6 +307,7 @@ def _nonempty_length(name: str, shape: Shape) -> None:
 
 
 def adaptive_avg_pool1d(x: object, output_size: object) -> AnyArray:
+    """:func:`convx.functional.adaptive_avg_pool1d` with ``layout='NWC'``."""
     x, unbatched = _batched("adaptive_avg_pool1d", "x", x, dims=1)
     _nonempty_length("x", x.shape)
     y = adaptive_avg_pool2d(_plane(x), (1, as_single("output_size", output_size, 1)))
@@ -302,6 +315,7 @@ def adaptive_avg_pool1d(x: object, output_size: object) -> AnyArray:
 
 
 def adaptive_avg_pool1d_backward(grad_out: object, input_shape: object) -> AnyArray:
+    """:func:`convx.functional.adaptive_avg_pool1d_backward` with ``layout='NWC'``."""
     grad_out = as_layout_array("adaptive_avg_pool1d_backward", "grad_out", grad_out, (2, 3), _shape_text(1, True))
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
     _nonempty_length("input_shape", shape)
@@ -312,6 +326,7 @@ def adaptive_avg_pool1d_backward(grad_out: object, input_shape: object) -> AnyAr
 
 
 def adaptive_max_pool1d(x: object, output_size: object, return_indices: object) -> Any:
+    """:func:`convx.functional.adaptive_max_pool1d` with ``layout='NWC'``."""
     x, unbatched = _batched("adaptive_max_pool1d", "x", x, dims=1)
     _nonempty_length("x", x.shape)
     size = (1, as_single("output_size", output_size, 1))
