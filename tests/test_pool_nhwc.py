@@ -289,6 +289,8 @@ def test_layer_refusals():
     with pytest.raises(ValueError, match=r"max_pool2d expects x of shape \(N, H, W, C\) or \(H, W, C\) with "
                                          r"layout='NHWC', got an array of shape \(4, 4\)"):
         nn.MaxPool2d(2, layout="NHWC")(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool2d expects x of shape \(N, H, W, C\)"):
+        nn.AdaptiveAvgPool2d((3, None), layout="NHWC")(np.zeros((4, 4)))
 
 
 # ---------------------------------------------------------------------------------------------

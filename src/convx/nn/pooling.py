@@ -260,7 +260,7 @@ class _AdaptiveAvgPoolNd(Module):
     layout: str
 
     def _size(self, x: np.ndarray) -> Any:
-        if self._DIMS == 1:
+        if self._DIMS == 1 or x.ndim not in (3, 4):  # (the op refuses a wrong ndim, naming the layout)
             return self.output_size
         return _resolve_output_size(self.output_size, x, self.layout == "NHWC")
 
