@@ -448,3 +448,26 @@ def test_max_unpool_matches_channels_first(dtype):
         F.max_unpool2d(np.zeros((2, 2)), np.zeros((2, 2), np.int64), 2, layout="NHWC")
     with pytest.raises(ValueError, match="batch and channel axes"):
         F.max_unpool2d_backward(last(grad), last(indices)[..., :2], layout="NHWC")
+
+
+# ---------------------------------------------------------------------------------------------
+# Central differences, float64, on the channels-last layers themselves
+
+
+@pytest.mark.parametrize("layer", [
+    nn.MaxPool2d(3, 2, 1, layout="NHWC"),
+    nn.AvgPool2d(3, 2, padding=((0, 2), (1, 0)), count_include_pad=False, layout="NHWC"),
+    nn.AdaptiveAvgPool2d((3, 2), layout="NHWC"),
+    nn.AdaptiveMaxPool2d(3, layout="NHWC"),
+    nn.MaxPool1d(3, 2, 1, layout="NWC"),
+    nn.AvgPool1d(3, 2, 1, layout="NWC"),
+    nn.LPPool2d(2, 2, layout="NHWC"),
+], ids=repr)
+def test_gradcheck_channels_last(layer):
+    import convx
+
+    dims = 1 if layer.layout == "NWC" else 2
+    shape = (2, 7, 3) if dims == 1 else (2, 7, 6, 3)
+    # Distinct values well apart, so that no central difference moves a window's maximum.
+    x = np.random.default_rng(4).permutation(np.prod(shape)).reshape(shape) * 0.1 + 1.0
+    assert convx.gradcheck(layer, x)
