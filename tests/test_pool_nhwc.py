@@ -471,3 +471,18 @@ def test_gradcheck_channels_last(layer):
     # Distinct values well apart, so that no central difference moves a window's maximum.
     x = np.random.default_rng(4).permutation(np.prod(shape)).reshape(shape) * 0.1 + 1.0
     assert convx.gradcheck(layer, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [dict(kernel_size=7, stride=1, padding=3), dict(kernel_size=(9, 2), stride=1),
+                                    dict(kernel_size=3, stride=2, padding=2, dilation=3)])
+def test_max_pool2d_minus_inf_nan_and_large_windows(window, dtype):
+    # Windows of -inf only (each reports its first tap inside the input), NaN in a few, and windows
+    # large enough that the NCHW op takes its separable kernel.
+    x = np.full((2, 3, 13, 12), -np.inf, dtype)
+    x[0, 1, 4, 5] = x[1, 2, 0, 0] = x[1, 2, 0, 1] = np.nan
+    x[0, 0, 6, 6] = 1.0
+    for data_ in (x, data((2, 3, 13, 12), dtype, seed=6)):
+        y, indices = F.max_pool2d(data_, **window, return_indices=True)
+        y_last, indices_last = F.max_pool2d(last(data_), **window, return_indices=True, layout="NHWC")
+        assert same(first(y_last), y) and same(first(indices_last), indices)
