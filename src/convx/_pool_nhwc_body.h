@@ -58,14 +58,15 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_wind
                                             channels, 0);
 }
 
-/* sum[c] = 0 + the taps of one window for the channels [c0, c1), row-major; ``block`` as above. */
-static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_sum_channels)(
-    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT sum, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
+ * / a / b; ``block`` as above (the sums then stay in registers until divided). */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
     ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
-    ptrdiff_t block) {
+    ptrdiff_t block, NT a, NT b, int two_step) {
     const ptrdiff_t n = block ? block : c1 - c0;
-    NT b[CONVX_NHWC_BLOCK];
-    NT *CONVX_RESTRICT acc = block ? b : sum + c0;
+    NT sums[CONVX_NHWC_BLOCK];
+    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
     ptrdiff_t c;
     CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
     for (ptrdiff_t i = 0; i < rows; i++) {
@@ -74,7 +75,15 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_sum_chan
             CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
         }
     }
-    if (block) CONVX_SIMD for (c = 0; c < n; c++) sum[c0 + c] = b[c];
+    if (block) {
+        NT *CONVX_RESTRICT dst = out + c0;
+        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
+        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
+    } else if (two_step) {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
+    } else {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
+    }
 }
 
 /* One output row of max pooling of one (H, W, C) image: out[ow, c] = the maximum over window ow,
@@ -85,13 +94,37 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
     ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh,
     const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw) {
     for (ptrdiff_t ow = 0; ow < out_w; ow++) {
-        if (where != NULL)
-            CONVX_NHWC(convx_nhwc_max_window)(image, out + ow * channels, where + ow * channels, width, channels,
-                                              h0, rows, dh, col_first[ow], col_count[ow], dw, 1);
+        NT *best = out + ow * channels;
+        int64_t *pos = where != NULL ? where + ow * channels : NULL;
+        const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
+        /* Literal windows of the common sizes, so that the taps unroll. */
+#define CONVX_NHWC_MAX(ROWS, DH, COLS, DW)                                                                    \
+    do {                                                                                                    \
+        if (pos != NULL)                                                                                    \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, pos, width, channels, h0, ROWS, DH, w0, COLS, DW, 1); \
+        else                                                                                                \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, NULL, width, channels, h0, ROWS, DH, w0, COLS, DW, 0); \
+    } while (0)
+        if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
+            CONVX_NHWC_MAX(2, 1, 2, 1);
+        else if (rows == 3 && cols == 3 && dh == 1 && dw == 1)
+            CONVX_NHWC_MAX(3, 1, 3, 1);
         else
-            CONVX_NHWC(convx_nhwc_max_window)(image, out + ow * channels, NULL, width, channels, h0, rows, dh,
-                                              col_first[ow], col_count[ow], dw, 0);
+            CONVX_NHWC_MAX(rows, dh, cols, dw);
+#undef CONVX_NHWC_MAX
     }
+}
+
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_window)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT mean, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, NT a, NT b, int two_step) {
+    ptrdiff_t c0 = 0;
+    for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0,
+                                             c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK, a, b, two_step);
+    if (c0 < channels)
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0, channels,
+                                             0, a, b, two_step);
 }
 
 /* One output row of average pooling of one (H, W, C) image, windows as in convx_nhwc_max_row:
@@ -102,24 +135,19 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_row)(
     ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, const int64_t *CONVX_RESTRICT col_first,
     const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw, int64_t row_div, const int64_t *CONVX_RESTRICT col_div,
     int two_step) {
-    ptrdiff_t c;
     for (ptrdiff_t ow = 0; ow < out_w; ow++) {
-        NT *CONVX_RESTRICT acc = out + ow * channels;
+        NT *CONVX_RESTRICT mean = out + ow * channels;
         const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
-        ptrdiff_t c0 = 0;
-        for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
-            CONVX_NHWC(convx_nhwc_sum_channels)(image, acc, width, channels, h0, rows, dh, w0, cols, dw, c0,
-                                                c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK);
-        if (c0 < channels)
-            CONVX_NHWC(convx_nhwc_sum_channels)(image, acc, width, channels, h0, rows, dh, w0, cols, dw, c0, channels,
-                                                0);
-        if (two_step) {
-            const NT a = (NT)row_div, b = (NT)col_div[ow];
-            CONVX_SIMD for (c = 0; c < channels; c++) acc[c] = acc[c] / a / b;
-        } else {
-            const NT d = (NT)(row_div * col_div[ow]);
-            CONVX_SIMD for (c = 0; c < channels; c++) acc[c] = acc[c] / d;
-        }
+        /* The divisions of the NCHW kernels: by the product of the two axes' counts, or by each. */
+        const NT a = two_step ? (NT)row_div : (NT)(row_div * col_div[ow]), b = (NT)col_div[ow];
+        /* Literal windows of the common sizes, so that the taps unroll. */
+        if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 2, 1, w0, 2, 1, a, b, two_step);
+        else if (rows == 3 && cols == 3 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 3, 1, w0, 3, 1, a, b, two_step);
+        else
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, a, b,
+                                               two_step);
     }
 }
 
