@@ -22,12 +22,6 @@
 #define CONVX_NHWC_JOIN(a, b) CONVX_NHWC_JOIN2(a, b)
 #define CONVX_NHWC(name) CONVX_NHWC_JOIN(name, NS)
 
-#if defined(_MSC_VER)
-#define CONVX_NHWC_SIMD_OR(var)
-#else
-#define CONVX_NHWC_SIMD_OR(var) CONVX_PRAGMA(omp simd reduction(|:var))
-#endif
-
 #define NT float
 #define NS f
 #include "_pool_nhwc_body.h"
