@@ -166,6 +166,20 @@ def _kernel_call(name, batch):
         "adaptive_avg_pool2d_backward": (core.adaptive_avg_pool2d_backward, (small, pooled, 1)),
         "adaptive_max_pool2d_forward": (core.adaptive_max_pool2d_forward,
                                         (x, small, np.empty(small.shape, dtype=np.int64), 1)),
+        # Channels last: the same arrays read as (batch, 32, 24, 24) = (N, H, W, C), 24 channels.
+        "max_pool2d_nhwc_forward": (core.max_pool2d_nhwc_forward, (x, pooled, indices, *window, 1, 1, 1)),
+        "max_pool2d_nhwc_backward": (core.max_pool2d_nhwc_backward,
+                                     (np.repeat(x, 4, axis=0), np.zeros((4 * batch, 32, 24, 24), dtype=np.int64),
+                                      np.empty((4 * batch, 32, 24, 24)), 1)),
+        "avg_pool2d_nhwc_forward": (core.avg_pool2d_nhwc_forward, (x, pooled, *window, 2, 2, 1, 1, True, 0, 1)),
+        "avg_pool2d_nhwc_backward": (core.avg_pool2d_nhwc_backward, (x, pooled, *window, 2, 2, 1, 1, True, 0, 1)),
+        "adaptive_avg_pool2d_nhwc_forward": (core.adaptive_avg_pool2d_nhwc_forward,
+                                             (x, np.empty((batch, 7, 7, 24)), 1)),
+        "adaptive_avg_pool2d_nhwc_backward": (core.adaptive_avg_pool2d_nhwc_backward,
+                                              (np.empty((batch, 7, 7, 24)), pooled, 1)),
+        "adaptive_max_pool2d_nhwc_forward": (core.adaptive_max_pool2d_nhwc_forward,
+                                             (x, np.empty((batch, 7, 7, 24)), np.empty((batch, 7, 7, 24), dtype=np.int64),
+                                              1)),
     }[name]
 
 
@@ -180,6 +194,8 @@ KERNELS = [
     "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add", "channel_dropout",
     "softmax_forward", "softmax_backward", "layer_norm_normalize", "layer_norm_row_sums", "layer_norm_input_grad",
     "layer_norm_param_grads", "unfold_forward", "fold_forward",
+    "max_pool2d_nhwc_forward", "max_pool2d_nhwc_backward", "avg_pool2d_nhwc_forward", "avg_pool2d_nhwc_backward",
+    "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
 ]
 
 

@@ -45,6 +45,7 @@ def default_num_threads():
 include "_conv.pxi"
 include "_depthwise.pxi"
 include "_pool.pxi"
+include "_pool_nhwc.pxi"
 include "_resample.pxi"
 include "_winograd.pxi"
 include "_threads.pxi"

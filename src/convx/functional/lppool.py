@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import as_bool, as_float_array, as_layout_array
+from .._checks import as_bool, as_data_layout, as_float_array, as_layout_array
 from .._typing import AnyArray, Float, IntPair, IntSingle, Padding, Padding1d, PaddingWord
 from .pooling import _Sides, _window_values, avg_pool2d, avg_pool2d_backward
 
@@ -43,13 +43,22 @@ def _lp_args(
 
 
 def _powered_average(x: AnyArray, p: float, kernel: tuple[int, ...], stride: tuple[int, ...],
-                     ceil_mode: bool, padding: PaddingWord | _Sides, dilation: tuple[int, ...]) -> AnyArray:
+                     ceil_mode: bool, padding: PaddingWord | _Sides, dilation: tuple[int, ...],
+                     layout: str = "NCHW") -> AnyArray:
     """``avg_pool2d(x ** p)`` with PyTorch's divisor (the taps inside the zero-padded input: all of a
     window's, but for a ceil_mode window hanging past it)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         powered = np.power(x, x.dtype.type(p))
     return avg_pool2d(powered, (kernel[0], kernel[1]), (stride[0], stride[1]), cast(Padding, padding), ceil_mode,
-                      dilation=(dilation[0], dilation[1]))
+                      dilation=(dilation[0], dilation[1]), layout=layout)
+
+
+def _images(op: str, name: str, value: object, layout: str, out: bool = False) -> AnyArray:
+    """A 2-D op's float array, (N, C, H, W) or (C, H, W), or channels last with ``layout='NHWC'``."""
+    if as_data_layout(layout):
+        plane = "out_h, out_w" if out else "H, W"
+        return as_layout_array(op, name, value, (3, 4), f"(N, {plane}, C) or ({plane}, C) with layout='NHWC'")
+    return as_float_array(name, value, (3, 4))
 
 
 def _root(average: AnyArray, p: float, taps: int) -> AnyArray:
@@ -60,7 +69,7 @@ def _root(average: AnyArray, p: float, taps: int) -> AnyArray:
 
 def lp_pool2d(
     x: NDArray[Float], norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False,
-    *, padding: Padding = 0, dilation: IntPair = 1,
+    *, padding: Padding = 0, dilation: IntPair = 1, layout: str = "NCHW",
 ) -> NDArray[Float]:
     """2-D power-average pooling, as ``torch.nn.functional.lp_pool2d``.
 
@@ -86,10 +95,13 @@ def lp_pool2d(
         Keyword only: zero padding, as :func:`avg_pool2d` takes it.
     dilation : int or (int, int), default 1
         Keyword only: spacing between a window's taps.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, H, W, C)`` or
+        ``(H, W, C)``, for ``x`` and ``y`` (on the native channels-last average pooling).
 
     Returns
     -------
-    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w); (N, out_h, out_w, C) or (out_h, out_w, C) for NHWC
         Same dtype as ``x``; ``out_h = (H + top + bottom - dh(kh - 1) - 1) // sh + 1`` (see
         ``ceil_mode``), likewise ``out_w``.
 
@@ -112,15 +124,17 @@ def lp_pool2d(
     >>> lp_pool2d(x, 1, 2)
     array([[[7.]]])
     """
-    x = as_float_array("x", x, (3, 4))
+    x = _images("lp_pool2d", "x", x, layout)
     p, kernel, stride_, ceil_mode, spec, dilation_ = _lp_args(norm_type, kernel_size, stride, ceil_mode, 2, padding,
                                                               dilation)
-    return _root(_powered_average(x, p, kernel, stride_, ceil_mode, spec, dilation_), p, kernel[0] * kernel[1])
+    return _root(_powered_average(x, p, kernel, stride_, ceil_mode, spec, dilation_, layout), p,
+                 kernel[0] * kernel[1])
 
 
 def lp_pool2d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], norm_type: float, kernel_size: IntPair,
     stride: IntPair | None = None, ceil_mode: bool = False, *, padding: Padding = 0, dilation: IntPair = 1,
+    layout: str = "NCHW",
 ) -> NDArray[Float]:
     """Gradient of :func:`lp_pool2d` with respect to its input.
 
@@ -134,8 +148,8 @@ def lp_pool2d_backward(
         Gradient of the loss with respect to the output; the forward output's shape.
     x : ndarray, shape (N, C, H, W) or (C, H, W)
         The forward input, same dtype as ``grad_out``.
-    norm_type, kernel_size, stride, ceil_mode, padding, dilation
-        As in :func:`lp_pool2d`.
+    norm_type, kernel_size, stride, ceil_mode, padding, dilation, layout
+        As in :func:`lp_pool2d` (with ``'NHWC'``, ``grad_out`` and ``x`` are channels last).
 
     Returns
     -------
@@ -156,13 +170,13 @@ def lp_pool2d_backward(
     >>> lp_pool2d_backward(np.ones((1, 1, 1)), np.array([[[3., 4.]]]), 2, (1, 2))
     array([[[0.6, 0.8]]])
     """
-    grad_out = as_float_array("grad_out", grad_out, (3, 4))
-    x = as_float_array("x", x, (3, 4))
+    grad_out = _images("lp_pool2d_backward", "grad_out", grad_out, layout, out=True)
+    x = _images("lp_pool2d_backward", "x", x, layout)
     if x.dtype != grad_out.dtype:
         raise TypeError(f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
     p, kernel, stride_, ceil_mode, spec, dilation_ = _lp_args(norm_type, kernel_size, stride, ceil_mode, 2, padding,
                                                               dilation)
-    average = _powered_average(x, p, kernel, stride_, ceil_mode, spec, dilation_)
+    average = _powered_average(x, p, kernel, stride_, ceil_mode, spec, dilation_, layout)
     if grad_out.shape != average.shape:
         raise ValueError(
             f"grad_out must have the forward output shape {average.shape} for x of shape {x.shape} and these "
@@ -172,12 +186,24 @@ def lp_pool2d_backward(
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         scale = np.where(average != 0, grad_out * y / np.where(average != 0, average, 1), 0).astype(grad_out.dtype)
         spread = avg_pool2d_backward(scale, x.shape, (kernel[0], kernel[1]), (stride_[0], stride_[1]),
-                                     cast(Padding, spec), ceil_mode, dilation=(dilation_[0], dilation_[1]))
+                                     cast(Padding, spec), ceil_mode, dilation=(dilation_[0], dilation_[1]),
+                                     layout=layout)
         grad_x: AnyArray = (spread * np.power(x, x.dtype.type(p - 1))).astype(grad_out.dtype, copy=False)
     return grad_x
 
 
 _LAYOUT = "(N, C, L) or (C, L)"
+_LAYOUT_NWC = "(N, L, C) or (L, C) with layout='NWC'"
+
+
+def _plane(array: AnyArray, channels_last: bool) -> AnyArray:
+    """A 1-D array viewed as 2-D with one row: (..., C, L) -> (..., C, 1, L), or (..., L, C) -> (..., 1, L, C)."""
+    return array[..., None, :, :] if channels_last else array[..., None, :]
+
+
+def _line(array: AnyArray, channels_last: bool) -> AnyArray:
+    """The inverse view of :func:`_plane`."""
+    return array[..., 0, :, :] if channels_last else array[..., 0, :]
 
 
 def _plane_padding(spec: PaddingWord | _Sides) -> Padding:
@@ -187,7 +213,7 @@ def _plane_padding(spec: PaddingWord | _Sides) -> Padding:
 
 def lp_pool1d(
     x: NDArray[Float], norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None,
-    ceil_mode: bool = False, *, padding: Padding1d = 0, dilation: IntSingle = 1,
+    ceil_mode: bool = False, *, padding: Padding1d = 0, dilation: IntSingle = 1, layout: str = "NCW",
 ) -> NDArray[Float]:
     """1-D power-average pooling, as ``torch.nn.functional.lp_pool1d`` (:func:`lp_pool2d` on views).
 
@@ -208,10 +234,13 @@ def lp_pool1d(
         Keyword only: zero padding, as :func:`avg_pool1d` takes it (ONNX's LpPool pads).
     dilation : int or (int,), default 1
         Keyword only: spacing between a window's taps.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)`` or ``(L, C)``,
+        for ``x`` and ``y``.
 
     Returns
     -------
-    y : ndarray, shape (N, C, L_out) or (C, L_out)
+    y : ndarray, shape (N, C, L_out) or (C, L_out); (N, L_out, C) or (L_out, C) for NWC
         ``L_out = (L + left + right - d(k - 1) - 1) // s + 1`` (see ``ceil_mode``).
 
     Examples
@@ -221,16 +250,19 @@ def lp_pool1d(
     >>> lp_pool1d(np.array([[3., 4., 6., 8.]]), 2, 2)
     array([[ 5., 10.]])
     """
-    x = as_layout_array("lp_pool1d", "x", x, (2, 3), _LAYOUT)
+    last = as_data_layout(layout, 1)
+    x = as_layout_array("lp_pool1d", "x", x, (2, 3), _LAYOUT_NWC if last else _LAYOUT)
     p, (kernel,), (stride_,), ceil_mode, spec, (dilation_,) = _lp_args(norm_type, kernel_size, stride, ceil_mode, 1,
                                                                        padding, dilation)
-    return lp_pool2d(x[..., None, :], p, (1, kernel), (1, stride_), ceil_mode, padding=_plane_padding(spec),
-                     dilation=(1, dilation_))[..., 0, :]
+    y = lp_pool2d(_plane(x, last), p, (1, kernel), (1, stride_), ceil_mode, padding=_plane_padding(spec),
+                  dilation=(1, dilation_), layout="NHWC" if last else "NCHW")
+    return _line(y, last)
 
 
 def lp_pool1d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], norm_type: float, kernel_size: IntSingle,
     stride: IntSingle | None = None, ceil_mode: bool = False, *, padding: Padding1d = 0, dilation: IntSingle = 1,
+    layout: str = "NCW",
 ) -> NDArray[Float]:
     """Gradient of :func:`lp_pool1d` with respect to its input (see :func:`lp_pool2d_backward`).
 
@@ -240,8 +272,8 @@ def lp_pool1d_backward(
         The forward output's shape.
     x : ndarray, shape (N, C, L) or (C, L)
         The forward input, same dtype as ``grad_out``.
-    norm_type, kernel_size, stride, ceil_mode, padding, dilation
-        As in :func:`lp_pool1d`.
+    norm_type, kernel_size, stride, ceil_mode, padding, dilation, layout
+        As in :func:`lp_pool1d` (with ``'NWC'``, ``grad_out`` and ``x`` are channels last).
 
     Returns
     -------
@@ -254,11 +286,14 @@ def lp_pool1d_backward(
     >>> lp_pool1d_backward(np.ones((1, 1)), np.array([[3., 4.]]), 2, 2)
     array([[0.6, 0.8]])
     """
-    grad_out = as_layout_array("lp_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
-    x = as_layout_array("lp_pool1d_backward", "x", x, (2, 3), _LAYOUT)
+    last = as_data_layout(layout, 1)
+    grad_out = as_layout_array("lp_pool1d_backward", "grad_out", grad_out, (2, 3),
+                               "(N, L_out, C) or (L_out, C) with layout='NWC'" if last else "(N, C, L_out) or (C, L_out)")
+    x = as_layout_array("lp_pool1d_backward", "x", x, (2, 3), _LAYOUT_NWC if last else _LAYOUT)
     if grad_out.ndim != x.ndim:
         raise ValueError(f"grad_out must have the ndim of x ({x.ndim}), got shape {grad_out.shape}")
     p, (kernel,), (stride_,), ceil_mode, spec, (dilation_,) = _lp_args(norm_type, kernel_size, stride, ceil_mode, 1,
                                                                        padding, dilation)
-    return lp_pool2d_backward(grad_out[..., None, :], x[..., None, :], p, (1, kernel), (1, stride_), ceil_mode,
-                              padding=_plane_padding(spec), dilation=(1, dilation_))[..., 0, :]
+    grad_x = lp_pool2d_backward(_plane(grad_out, last), _plane(x, last), p, (1, kernel), (1, stride_), ceil_mode,
+                                padding=_plane_padding(spec), dilation=(1, dilation_), layout="NHWC" if last else "NCHW")
+    return _line(grad_x, last)

@@ -19,8 +19,8 @@ from numpy.typing import DTypeLike, NDArray
 from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import (
-    MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_float_array, as_int, as_pair, as_padding, as_padding_1d, as_shape,
-    as_single, contiguous, plain_array,
+    MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_data_layout, as_float_array, as_int, as_pair, as_padding,
+    as_padding_1d, as_shape, as_single, contiguous, plain_array,
 )
 from .._shapes import pool_first_empty_window, pool_output_size, pool_padding_sides
 from .._threads import kernel_threads
@@ -360,16 +360,16 @@ def _row_bands(work_per_image: int, planes: int, rows_read: int, rows_written: i
 @overload
 def max_pool2d(
     x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
-    dilation: IntPair = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+    dilation: IntPair = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ..., *, layout: str = ...,
 ) -> NDArray[MaxPooled]: ...
 @overload
 def max_pool2d(
     x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = ..., padding: Padding = ...,
-    dilation: IntPair = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
+    dilation: IntPair = ..., ceil_mode: bool = ..., *, return_indices: Literal[True], layout: str = ...,
 ) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def max_pool2d(
     x: NDArray[MaxPooled], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
-    dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False,
+    dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False, *, layout: str = "NCHW",
 ) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """2-D max pooling over the planes of ``x``, as ``torch.nn.functional.max_pool2d``.
 
@@ -404,15 +404,19 @@ def max_pool2d(
         right padding).
     return_indices : bool, default False
         Also return the position of every maximum.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: the memory layout of ``x`` and the outputs, channels first (PyTorch's) or
+        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes).
 
     Returns
     -------
-    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w); (N, out_h, out_w, C) or (out_h, out_w, C) for NHWC
         Same dtype as ``x``; ``out_h = (H + top + bottom - dh(kh - 1) - 1) // sh + 1`` (see
         ``ceil_mode``), likewise ``out_w``.
     indices : ndarray of int64, same shape as ``y``
         Only with ``return_indices``: the flat position ``h * W + w`` of each maximum within its
-        (unpadded) plane, the format of ``max_unpool2d`` and of :func:`max_pool2d_backward`.
+        (unpadded) plane, the format of ``max_unpool2d`` and of :func:`max_pool2d_backward` (the
+        same values in either layout).
 
     Raises
     ------
@@ -441,7 +445,13 @@ def max_pool2d(
            [14., 15.]], dtype=float32)
     >>> max_pool2d(np.array([[[0, 255], [7, 255]]], dtype=np.uint8), 2, return_indices=True)
     (array([[[255]]], dtype=uint8), array([[[1]]]))
+    >>> x_last = np.moveaxis(x, 1, -1)  # (1, 4, 4, 1), channels last
+    >>> max_pool2d(x_last, 2, layout="NHWC")[0, ..., 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
     """
+    if as_data_layout(layout):
+        return _nhwc.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[no-any-return]
     x, unbatched = _batched("x", x, MAX_POOL_DTYPES)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     kernel, stride, spec, dilation = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
@@ -474,7 +484,9 @@ def max_pool2d(
     return _unbatch(y, unbatched)
 
 
-def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape) -> NDArray[Float]:
+def max_pool2d_backward(
+    grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape, *, layout: str = "NCHW"
+) -> NDArray[Float]:
     """Gradient of :func:`max_pool2d` (and :func:`adaptive_max_pool2d`) with respect to its input.
 
     Every ``grad_out[n, c, oh, ow]`` is added to ``grad_x[n, c]`` at the flat position
@@ -489,6 +501,9 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
         ``[0, H * W)``.
     input_shape : tuple of int
         ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: with ``'NHWC'``, ``grad_out`` and ``indices`` are ``(N, out_h, out_w, C)``
+        or ``(out_h, out_w, C)``, ``input_shape`` and ``grad_x`` ``(N, H, W, C)`` or ``(H, W, C)``.
 
     Returns
     -------
@@ -512,6 +527,8 @@ def max_pool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
     array([[[0., 0.],
             [1., 0.]]])
     """
+    if as_data_layout(layout):
+        return _nhwc.max_pool2d_backward(grad_out, indices, input_shape)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     indices = _as_indices(indices, grad_out)
     shape, unbatched = _input_shape(input_shape, grad_out)
@@ -594,7 +611,7 @@ def _avg_values(
 def avg_pool2d(
     x: NDArray[Float], kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
-    dilation: IntPair = 1,
+    dilation: IntPair = 1, *, layout: str = "NCHW",
 ) -> NDArray[Float]:
     """2-D average pooling over the planes of ``x``, as ``torch.nn.functional.avg_pool2d``.
 
@@ -623,10 +640,13 @@ def avg_pool2d(
     dilation : int or (int, int), default 1
         Spacing ``(dh, dw)`` between the taps of a window, positive (ONNX's AveragePool
         ``dilations``; PyTorch has none).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: the memory layout of ``x`` and the outputs, channels first (PyTorch's) or
+        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes).
 
     Returns
     -------
-    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w); (N, out_h, out_w, C) or (out_h, out_w, C) for NHWC
         Same dtype as ``x``; ``out_h = (H + top + bottom - dh(kh - 1) - 1) // sh + 1`` (see
         ``ceil_mode``), likewise ``out_w``.
 
@@ -652,7 +672,13 @@ def avg_pool2d(
     >>> avg_pool2d(x, 2, padding=((0, 1), (0, 1)), dilation=2, count_include_pad=False)
     array([[[[ 5.,  6.],
              [ 9., 10.]]]])
+    >>> avg_pool2d(np.moveaxis(x, 1, -1), 2, layout="NHWC")[0, ..., 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
     """
+    if as_data_layout(layout):
+        return _nhwc.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                                dilation)
     x, unbatched = _batched("x", x)
     kernel, stride, spec, dilation, ceil_mode, count_include_pad, divisor = _avg_args(
         kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, divisor_override
@@ -685,6 +711,8 @@ def avg_pool2d_backward(
     count_include_pad: bool = True,
     divisor_override: int | None = None,
     dilation: IntPair = 1,
+    *,
+    layout: str = "NCHW",
 ) -> NDArray[Float]:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
@@ -700,6 +728,9 @@ def avg_pool2d_backward(
         ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input.
     kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation
         As in :func:`avg_pool2d`.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: with ``'NHWC'``, ``grad_out`` is ``(N, out_h, out_w, C)`` or
+        ``(out_h, out_w, C)``, ``input_shape`` and ``grad_x`` ``(N, H, W, C)`` or ``(H, W, C)``.
 
     Returns
     -------
@@ -723,6 +754,9 @@ def avg_pool2d_backward(
            [0.25, 0.25, 0.25, 0.25],
            [0.25, 0.25, 0.25, 0.25]])
     """
+    if as_data_layout(layout):
+        return _nhwc.avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, ceil_mode,
+                                         count_include_pad, divisor_override, dilation)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     shape, unbatched = _input_shape(input_shape, grad_out)
     kernel, stride, spec, dilation, ceil_mode, count_include_pad, divisor = _avg_args(
@@ -754,7 +788,7 @@ def avg_pool2d_backward(
     return _unbatch(grad_x, unbatched)
 
 
-def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray[Float]:
+def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize, *, layout: str = "NCHW") -> NDArray[Float]:
     """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
 
     Output ``(oh, ow)`` averages rows ``[floor(oh*H/out_h), ceil((oh+1)*H/out_h))`` and columns
@@ -766,10 +800,13 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
         Input with ``H, W >= 1``, any memory layout; not modified.
     output_size : int or (int or None, int or None)
         ``(out_h, out_w)``, positive; None keeps that input dimension.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: the memory layout of ``x`` and the outputs, channels first (PyTorch's) or
+        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes).
 
     Returns
     -------
-    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w); (N, out_h, out_w, C) or (out_h, out_w, C) for NHWC
         Same dtype as ``x``.
 
     Raises
@@ -788,7 +825,11 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     array([[[6., 8.]]])
     >>> adaptive_avg_pool2d(x, 1)
     array([[[7.]]])
+    >>> adaptive_avg_pool2d(np.moveaxis(x, 0, -1), 1, layout="NHWC")  # (3, 5, 1) -> (1, 1, 1)
+    array([[[7.]]])
     """
+    if as_data_layout(layout):
+        return _nhwc.adaptive_avg_pool2d(x, output_size)
     x, unbatched = _batched("x", x)
     n, c, height, width = x.shape
     _nonempty_plane("x", height, width)
@@ -802,7 +843,9 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize) -> NDArray
     return _unbatch(y, unbatched)
 
 
-def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -> NDArray[Float]:
+def adaptive_avg_pool2d_backward(
+    grad_out: NDArray[Float], input_shape: Shape, *, layout: str = "NCHW"
+) -> NDArray[Float]:
     """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
 
     The output size is read from ``grad_out``'s last two axes; each ``grad_out[n, c, oh, ow]``,
@@ -814,6 +857,9 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
         Gradient of the loss with respect to the pooled output, ``out_h, out_w >= 1``.
     input_shape : tuple of int
         ``(N, C, H, W)`` or ``(C, H, W)``, the shape of the forward input, ``H, W >= 1``.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: with ``'NHWC'``, ``grad_out`` is ``(N, out_h, out_w, C)`` or
+        ``(out_h, out_w, C)``, ``input_shape`` and ``grad_x`` ``(N, H, W, C)`` or ``(H, W, C)``.
 
     Returns
     -------
@@ -835,6 +881,8 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     array([[[0.25, 0.25, 0.25, 0.25],
             [0.25, 0.25, 0.25, 0.25]]])
     """
+    if as_data_layout(layout):
+        return _nhwc.adaptive_avg_pool2d_backward(grad_out, input_shape)
     grad_out = as_float_array("grad_out", grad_out, (3, 4))
     shape, unbatched = _input_shape(input_shape, grad_out)
     _nonempty_plane("input_shape", shape[2], shape[3])
@@ -852,14 +900,14 @@ def adaptive_avg_pool2d_backward(grad_out: NDArray[Float], input_shape: Shape) -
 
 @overload
 def adaptive_max_pool2d(
-    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[False] = ...
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[False] = ..., *, layout: str = ...
 ) -> NDArray[MaxPooled]: ...
 @overload
 def adaptive_max_pool2d(
-    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[True]
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: Literal[True], *, layout: str = ...
 ) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def adaptive_max_pool2d(
-    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: bool = False
+    x: NDArray[MaxPooled], output_size: AdaptiveSize, return_indices: bool = False, *, layout: str = "NCHW"
 ) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
 
@@ -875,10 +923,13 @@ def adaptive_max_pool2d(
         ``(out_h, out_w)``, positive; None keeps that input dimension.
     return_indices : bool, default False
         Also return the position of every maximum.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: the memory layout of ``x`` and the outputs, channels first (PyTorch's) or
+        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes).
 
     Returns
     -------
-    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w)
+    y : ndarray, shape (N, C, out_h, out_w) or (C, out_h, out_w); (N, out_h, out_w, C) or (out_h, out_w, C) for NHWC
         Same dtype as ``x``.
     indices : ndarray of int64, same shape as ``y``
         Only with ``return_indices``: flat ``h * W + w`` positions within each plane, as
@@ -903,6 +954,8 @@ def adaptive_max_pool2d(
     >>> indices
     array([[[1, 5]]])
     """
+    if as_data_layout(layout):
+        return _nhwc.adaptive_max_pool2d(x, output_size, return_indices)  # type: ignore[no-any-return]
     x, unbatched = _batched("x", x, MAX_POOL_DTYPES)
     n, c, height, width = x.shape
     _nonempty_plane("x", height, width)
@@ -918,3 +971,7 @@ def adaptive_max_pool2d(
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
+
+
+# The channels-last side, which reuses the helpers above (so imported once they are defined).
+from . import _pooling_nhwc as _nhwc  # noqa: E402

@@ -14,8 +14,9 @@ from typing import Literal, overload
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import MAX_POOL_DTYPES, as_bool, as_layout_array, as_single
+from .._checks import MAX_POOL_DTYPES, as_bool, as_data_layout, as_layout_array, as_single
 from .._typing import AnyArray, Float, IntSingle, MaxPooled, Padding1d, Shape
+from . import _pooling_nhwc as _nhwc
 from .pooling import (
     _as_indices,
     _avg_values,
@@ -71,16 +72,16 @@ def _grad_out_shape(grad_out: AnyArray, input_shape: Shape, out_length: int) -> 
 @overload
 def max_pool1d(
     x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
-    dilation: IntSingle = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+    dilation: IntSingle = ..., ceil_mode: bool = ..., return_indices: Literal[False] = ..., *, layout: str = ...,
 ) -> NDArray[MaxPooled]: ...
 @overload
 def max_pool1d(
     x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = ..., padding: Padding1d = ...,
-    dilation: IntSingle = ..., ceil_mode: bool = ..., *, return_indices: Literal[True],
+    dilation: IntSingle = ..., ceil_mode: bool = ..., *, return_indices: Literal[True], layout: str = ...,
 ) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def max_pool1d(
     x: NDArray[MaxPooled], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
-    dilation: IntSingle = 1, ceil_mode: bool = False, return_indices: bool = False,
+    dilation: IntSingle = 1, ceil_mode: bool = False, return_indices: bool = False, *, layout: str = "NCW",
 ) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """1-D max pooling, as ``torch.nn.functional.max_pool1d`` (:func:`max_pool2d` on views).
 
@@ -104,10 +105,13 @@ def max_pool1d(
         Round the output length up, keeping a last partial window.
     return_indices : bool, default False
         Also return the position in ``[0, L)`` of every maximum.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: the memory layout of the arrays, channels first (PyTorch's) or channels
+        last, ``(N, L, C)`` or ``(L, C)`` (then the outputs are too). NWC runs natively.
 
     Returns
     -------
-    y : ndarray, shape (N, C, L_out) or (C, L_out)
+    y : ndarray, shape (N, C, L_out) or (C, L_out); (N, L_out, C) or (L_out, C) for NWC
         ``L_out = (L + 2p - d(k - 1) - 1) // s + 1`` (see ``ceil_mode``).
     indices : ndarray of int64, same shape as ``y``
         Only with ``return_indices``, as :func:`max_pool1d_backward` takes them.
@@ -119,7 +123,12 @@ def max_pool1d(
     >>> y, indices = max_pool1d(np.array([[1., 3., 2., 5., 4.]]), 2, return_indices=True)
     >>> y, indices
     (array([[3., 5.]]), array([[1, 3]]))
+    >>> max_pool1d(np.array([[1.], [3.], [2.], [5.], [4.]]), 2, layout="NWC")  # (L, C) = (5, 1)
+    array([[3.],
+           [5.]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.max_pool1d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[no-any-return]
     x = as_layout_array("max_pool1d", "x", x, (2, 3), _LAYOUT, MAX_POOL_DTYPES)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     (kernel,), (stride_,), spec, (dilation_,) = _window_values(kernel_size, stride, padding, dilation, 1, ceil_mode)
@@ -133,7 +142,9 @@ def max_pool1d(
     return _line(max_pool2d(_plane(x), (1, kernel), (1, stride_), padding2d, (1, dilation_), ceil_mode))
 
 
-def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape) -> NDArray[Float]:
+def max_pool1d_backward(
+    grad_out: NDArray[Float], indices: NDArray[np.int64], input_shape: Shape, *, layout: str = "NCW"
+) -> NDArray[Float]:
     """Gradient of :func:`max_pool1d` (and :func:`adaptive_max_pool1d`) with respect to its input.
 
     Every ``grad_out[n, c, o]`` is added to ``grad_x[n, c, indices[n, c, o]]``.
@@ -145,6 +156,9 @@ def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
         The forward pass's indices, each in ``[0, L)``.
     input_shape : tuple of int
         ``(N, C, L)`` or ``(C, L)``, the shape of the forward input.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: with ``'NWC'``, every array and shape has its channel axis last:
+        ``(N, L, C)`` or ``(L, C)``.
 
     Returns
     -------
@@ -157,6 +171,8 @@ def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
     >>> max_pool1d_backward(np.ones((1, 2)), np.array([[1, 3]]), (1, 5))
     array([[0., 1., 0., 1., 0.]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.max_pool1d_backward(grad_out, indices, input_shape)
     grad_out = as_layout_array("max_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
     indices = _as_indices(indices, grad_out)
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
@@ -167,7 +183,7 @@ def max_pool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
 
 def avg_pool1d(
     x: NDArray[Float], kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
-    ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
+    ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1, *, layout: str = "NCW",
 ) -> NDArray[Float]:
     """1-D average pooling, as ``torch.nn.functional.avg_pool1d`` (:func:`avg_pool2d` on views).
 
@@ -188,10 +204,13 @@ def avg_pool1d(
     count_include_pad : bool, default True
     dilation : int or (int,), default 1
         Spacing between the taps of a window (ONNX's AveragePool ``dilations``).
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: the memory layout of the arrays, channels first (PyTorch's) or channels
+        last, ``(N, L, C)`` or ``(L, C)`` (then the outputs are too). NWC runs natively.
 
     Returns
     -------
-    y : ndarray, shape (N, C, L_out) or (C, L_out)
+    y : ndarray, shape (N, C, L_out) or (C, L_out); (N, L_out, C) or (L_out, C) for NWC
         ``L_out = (L + left + right - d(k - 1) - 1) // s + 1`` (see ``ceil_mode``).
 
     Examples
@@ -201,6 +220,8 @@ def avg_pool1d(
     >>> avg_pool1d(np.array([[1., 2., 3., 4., 5.]]), 3, stride=2, padding=1, count_include_pad=False)
     array([[1.5, 3. , 4.5]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.avg_pool1d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, dilation)
     x = as_layout_array("avg_pool1d", "x", x, (2, 3), _LAYOUT)
     (kernel,), (stride_,), spec, (dilation_,), ceil_mode, count_include_pad, _ = _avg_values(
         kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, None, 1
@@ -212,7 +233,8 @@ def avg_pool1d(
 
 def avg_pool1d_backward(
     grad_out: NDArray[Float], input_shape: Shape, kernel_size: IntSingle, stride: IntSingle | None = None,
-    padding: Padding1d = 0, ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
+    padding: Padding1d = 0, ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1, *,
+    layout: str = "NCW",
 ) -> NDArray[Float]:
     """Gradient of :func:`avg_pool1d` with respect to its input.
 
@@ -224,6 +246,9 @@ def avg_pool1d_backward(
         ``(N, C, L)`` or ``(C, L)``, the shape of the forward input.
     kernel_size, stride, padding, ceil_mode, count_include_pad, dilation
         As in :func:`avg_pool1d`.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: with ``'NWC'``, every array and shape has its channel axis last:
+        ``(N, L, C)`` or ``(L, C)``.
 
     Returns
     -------
@@ -236,6 +261,9 @@ def avg_pool1d_backward(
     >>> avg_pool1d_backward(np.ones((1, 2)), (1, 4), 2)
     array([[0.5, 0.5, 0.5, 0.5]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.avg_pool1d_backward(grad_out, input_shape, kernel_size, stride, padding, ceil_mode,
+                                         count_include_pad, dilation)
     grad_out = as_layout_array("avg_pool1d_backward", "grad_out", grad_out, (2, 3), "(N, C, L_out) or (C, L_out)")
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
     (kernel,), (stride_,), spec, (dilation_,), ceil_mode, count_include_pad, _ = _avg_values(
@@ -258,7 +286,7 @@ def _nonempty_length(name: str, shape: Shape) -> None:
         raise ValueError(f"{name} must have a non-empty length L for adaptive pooling, got shape {tuple(shape)}")
 
 
-def adaptive_avg_pool1d(x: NDArray[Float], output_size: IntSingle) -> NDArray[Float]:
+def adaptive_avg_pool1d(x: NDArray[Float], output_size: IntSingle, *, layout: str = "NCW") -> NDArray[Float]:
     """1-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool1d``.
 
     Output ``o`` averages ``x[..., floor(o*L/L_out):ceil((o+1)*L/L_out)]``.
@@ -269,10 +297,13 @@ def adaptive_avg_pool1d(x: NDArray[Float], output_size: IntSingle) -> NDArray[Fl
         Input with ``L >= 1``; not modified.
     output_size : int or (int,)
         ``L_out``, positive.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: the memory layout of the arrays, channels first (PyTorch's) or channels
+        last, ``(N, L, C)`` or ``(L, C)`` (then the outputs are too). NWC runs natively.
 
     Returns
     -------
-    y : ndarray, shape (N, C, L_out) or (C, L_out)
+    y : ndarray, shape (N, C, L_out) or (C, L_out); (N, L_out, C) or (L_out, C) for NWC
 
     Examples
     --------
@@ -281,12 +312,16 @@ def adaptive_avg_pool1d(x: NDArray[Float], output_size: IntSingle) -> NDArray[Fl
     >>> adaptive_avg_pool1d(np.array([[1., 2., 3., 4., 5.]]), 2)
     array([[2., 4.]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.adaptive_avg_pool1d(x, output_size)
     x = as_layout_array("adaptive_avg_pool1d", "x", x, (2, 3), _LAYOUT)
     _nonempty_length("x", x.shape)
     return _line(adaptive_avg_pool2d(_plane(x), (1, _adaptive_length(output_size))))
 
 
-def adaptive_avg_pool1d_backward(grad_out: NDArray[Float], input_shape: Shape) -> NDArray[Float]:
+def adaptive_avg_pool1d_backward(
+    grad_out: NDArray[Float], input_shape: Shape, *, layout: str = "NCW"
+) -> NDArray[Float]:
     """Gradient of :func:`adaptive_avg_pool1d` with respect to its input; the output length is ``grad_out``'s last.
 
     Parameters
@@ -294,6 +329,9 @@ def adaptive_avg_pool1d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     grad_out : ndarray of float32 or float64, shape (N, C, L_out) or (C, L_out)
     input_shape : tuple of int
         ``(N, C, L)`` or ``(C, L)``, ``L >= 1``.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: with ``'NWC'``, every array and shape has its channel axis last:
+        ``(N, L, C)`` or ``(L, C)``.
 
     Returns
     -------
@@ -306,6 +344,8 @@ def adaptive_avg_pool1d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     >>> adaptive_avg_pool1d_backward(np.ones((1, 1)), (1, 4))
     array([[0.25, 0.25, 0.25, 0.25]])
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.adaptive_avg_pool1d_backward(grad_out, input_shape)
     grad_out = as_layout_array("adaptive_avg_pool1d_backward", "grad_out", grad_out, (2, 3),
                                "(N, C, L_out) or (C, L_out)")
     shape, unbatched = _input_shape(input_shape, grad_out, dims=1)
@@ -317,14 +357,14 @@ def adaptive_avg_pool1d_backward(grad_out: NDArray[Float], input_shape: Shape) -
 
 @overload
 def adaptive_max_pool1d(
-    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[False] = ...
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[False] = ..., *, layout: str = ...
 ) -> NDArray[MaxPooled]: ...
 @overload
 def adaptive_max_pool1d(
-    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[True]
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: Literal[True], *, layout: str = ...
 ) -> tuple[NDArray[MaxPooled], NDArray[np.int64]]: ...
 def adaptive_max_pool1d(
-    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: bool = False
+    x: NDArray[MaxPooled], output_size: IntSingle, return_indices: bool = False, *, layout: str = "NCW"
 ) -> NDArray[MaxPooled] | tuple[NDArray[MaxPooled], NDArray[np.int64]]:
     """1-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool1d``.
 
@@ -339,10 +379,13 @@ def adaptive_max_pool1d(
         ``L_out``, positive.
     return_indices : bool, default False
         Also return the position in ``[0, L)`` of every maximum.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: the memory layout of the arrays, channels first (PyTorch's) or channels
+        last, ``(N, L, C)`` or ``(L, C)`` (then the outputs are too). NWC runs natively.
 
     Returns
     -------
-    y : ndarray, shape (N, C, L_out) or (C, L_out)
+    y : ndarray, shape (N, C, L_out) or (C, L_out); (N, L_out, C) or (L_out, C) for NWC
     indices : ndarray of int64, same shape as ``y``
         Only with ``return_indices``.
 
@@ -353,6 +396,8 @@ def adaptive_max_pool1d(
     >>> adaptive_max_pool1d(np.array([[1., 5., 2., 4., 3.]]), 2, return_indices=True)
     (array([[5., 4.]]), array([[1, 3]]))
     """
+    if as_data_layout(layout, 1):
+        return _nhwc.adaptive_max_pool1d(x, output_size, return_indices)  # type: ignore[no-any-return]
     x = as_layout_array("adaptive_max_pool1d", "x", x, (2, 3), _LAYOUT, MAX_POOL_DTYPES)
     _nonempty_length("x", x.shape)
     size = (1, _adaptive_length(output_size))

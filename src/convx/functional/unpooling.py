@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import as_int, as_layout_array, plain_array
+from .._checks import as_data_layout, as_int, as_layout_array, channels_first_shape, plain_array
 from .._shapes import conv_transpose_output_size
 from .._typing import AnyArray, Float, IntPair, IntSingle, Shape
 from .pooling import _bounded
@@ -22,6 +22,7 @@ from .pooling import _bounded
 __all__ = ["max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward"]
 
 _LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)"}
+_LAYOUTS_LAST = {1: "(N, L, C) or (L, C) with layout='NWC'", 2: "(N, H, W, C) or (H, W, C) with layout='NHWC'"}
 _PLANE = {1: "L_out", 2: "H_out*W_out"}
 
 
@@ -77,18 +78,23 @@ def _output_sizes(
 
 def _max_unpool(
     op: str, x: object, indices: object, kernel_size: object, stride: object, padding: object,
-    output_size: Sequence[int] | None, dims: int,
+    output_size: Sequence[int] | None, dims: int, layout: object = None,
 ) -> AnyArray:
-    x = as_layout_array(op, "x", x, (dims + 1, dims + 2), _LAYOUTS[dims])
+    channels_last = layout is not None and as_data_layout(layout, dims)
+    x = as_layout_array(op, "x", x, (dims + 1, dims + 2), (_LAYOUTS_LAST if channels_last else _LAYOUTS)[dims])
     flat_indices = _as_indices(op, indices, x.shape)
     kernel = _bounded("kernel_size", kernel_size, 1, dims)
     stride_ = kernel if stride is None else _bounded("stride", stride, 1, dims)
     padding_ = _bounded("padding", padding, 0, dims)
-    spatial = x.shape[-dims:]
+    # Channels last: the shapes as channels first (a whole output_size too), the data as it is.
+    shape = channels_first_shape(x.shape, dims) if channels_last else x.shape
+    if channels_last and isinstance(output_size, (tuple, list)) and len(output_size) == x.ndim:
+        output_size = channels_first_shape(output_size, dims)
+    spatial = shape[-dims:]
     default = tuple(
         conv_transpose_output_size(size, k, s, p, 0, 1) for size, k, s, p in zip(spatial, kernel, stride_, padding_)
     )
-    out = _output_sizes(output_size, default, stride_, x.shape[:-dims])
+    out = _output_sizes(output_size, default, stride_, shape[:-dims])
     if min(out) < 1:
         raise ValueError(
             f"{op}: the output would be {'x'.join(map(str, out))} for an input of spatial shape {spatial} with "
@@ -96,6 +102,13 @@ def _max_unpool(
         )
     plane_size = math.prod(out)
     _check_range(op, flat_indices, plane_size, dims, out)
+    if channels_last:
+        batch, channels = x.shape[:-dims - 1], x.shape[-1]
+        images = math.prod(batch)
+        y = np.zeros((images, plane_size, channels), dtype=x.dtype)
+        if y.size and x.size:
+            np.put_along_axis(y, flat_indices.reshape(images, -1, channels), x.reshape(images, -1, channels), axis=1)
+        return y.reshape(*batch, *out, channels)
     leading = x.shape[:-dims]
     planes = math.prod(leading)
     y = np.zeros((planes, plane_size), dtype=x.dtype)
@@ -104,10 +117,14 @@ def _max_unpool(
     return y.reshape(*leading, *out)
 
 
-def _max_unpool_backward(op: str, grad_out: object, indices: object, dims: int) -> AnyArray:
-    grad_out = as_layout_array(op, "grad_out", grad_out, (dims + 1, dims + 2), _LAYOUTS[dims])
+def _max_unpool_backward(op: str, grad_out: object, indices: object, dims: int, layout: object = None) -> AnyArray:
+    channels_last = layout is not None and as_data_layout(layout, dims)
+    grad_out = as_layout_array(op, "grad_out", grad_out, (dims + 1, dims + 2),
+                               (_LAYOUTS_LAST if channels_last else _LAYOUTS)[dims])
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"{op}: indices must be a numpy.ndarray of int64, got {type(indices).__name__}")
+    if channels_last:
+        return _gather_channels_last(op, grad_out, indices, dims)
     if indices.ndim != grad_out.ndim or indices.shape[:-dims] != grad_out.shape[:-dims]:
         raise ValueError(
             f"{op}: indices must have grad_out's leading axes {grad_out.shape[:-dims]} and {grad_out.ndim} "
@@ -125,9 +142,29 @@ def _max_unpool_backward(op: str, grad_out: object, indices: object, dims: int) 
     return np.ascontiguousarray(gathered.reshape(flat_indices.shape))
 
 
+def _gather_channels_last(op: str, grad_out: AnyArray, indices: np.ndarray, dims: int) -> AnyArray:
+    """The backward of a channels-last unpooling: grad_out (N, *out, C) gathered at indices (N, *in, C)."""
+    batch, channels = grad_out.shape[:-dims - 1], grad_out.shape[-1]
+    if indices.ndim != grad_out.ndim or indices.shape[:-dims - 1] != batch or indices.shape[-1] != channels:
+        raise ValueError(
+            f"{op}: indices must have grad_out's batch and channel axes {(*batch, channels)} (first and last, "
+            f"channels last) and {grad_out.ndim} dimensions, got shape {indices.shape}"
+        )
+    flat_indices = _as_indices(op, indices, indices.shape)
+    out = grad_out.shape[-dims - 1:-1]
+    plane_size = math.prod(out)
+    _check_range(op, flat_indices, plane_size, dims, out)
+    if flat_indices.size == 0:
+        return np.zeros(flat_indices.shape, dtype=grad_out.dtype)
+    images = math.prod(batch)
+    gathered = np.take_along_axis(grad_out.reshape(images, plane_size, channels),
+                                  flat_indices.reshape(images, -1, channels), axis=1)
+    return np.ascontiguousarray(gathered.reshape(flat_indices.shape))
+
+
 def max_unpool2d(
     x: NDArray[Float], indices: NDArray[np.int64], kernel_size: IntPair, stride: IntPair | None = None,
-    padding: IntPair = 0, output_size: Sequence[int] | None = None,
+    padding: IntPair = 0, output_size: Sequence[int] | None = None, *, layout: str = "NCHW",
 ) -> NDArray[Float]:
     """Partial inverse of :func:`max_pool2d`, as ``torch.nn.functional.max_unpool2d``.
 
@@ -150,10 +187,14 @@ def max_unpool2d(
         ``(H_out, W_out)`` (or the whole output shape), each strictly within ``stride`` of the
         default ``(H - 1) * stride - 2 * padding + kernel_size``; it resolves the input size that
         a strided pooling rounded away.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: with ``'NHWC'``, ``x``, ``indices`` and ``y`` are channels last,
+        ``(N, H, W, C)`` or ``(H, W, C)`` (as :func:`max_pool2d` gives them with that layout), and a
+        whole ``output_size`` is ``(N, H_out, W_out, C)``.
 
     Returns
     -------
-    y : ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out)
+    y : ndarray, shape (N, C, H_out, W_out) or (C, H_out, W_out); (N, H_out, W_out, C) or (H_out, W_out, C) for NHWC
 
     Examples
     --------
@@ -164,10 +205,12 @@ def max_unpool2d(
     array([[[0., 5., 0., 0.],
             [0., 0., 0., 7.]]])
     """
-    return _max_unpool("max_unpool2d", x, indices, kernel_size, stride, padding, output_size, 2)
+    return _max_unpool("max_unpool2d", x, indices, kernel_size, stride, padding, output_size, 2, layout)
 
 
-def max_unpool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) -> NDArray[Float]:
+def max_unpool2d_backward(
+    grad_out: NDArray[Float], indices: NDArray[np.int64], *, layout: str = "NCHW"
+) -> NDArray[Float]:
     """Gradient of :func:`max_unpool2d` with respect to ``x``: ``grad_out`` gathered at ``indices``.
 
     Parameters
@@ -175,6 +218,8 @@ def max_unpool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) 
     grad_out : ndarray of float32 or float64, shape (N, C, H_out, W_out) or (C, H_out, W_out)
     indices : ndarray of int64, shape (N, C, H, W) or (C, H, W)
         As given to :func:`max_unpool2d`; each in ``[0, H_out * W_out)``.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: with ``'NHWC'``, every array is channels last.
 
     Returns
     -------
@@ -187,12 +232,12 @@ def max_unpool2d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) 
     >>> convx.max_unpool2d_backward(grad_out, np.array([[[1, 7]]]))
     array([[[1., 7.]]])
     """
-    return _max_unpool_backward("max_unpool2d_backward", grad_out, indices, 2)
+    return _max_unpool_backward("max_unpool2d_backward", grad_out, indices, 2, layout)
 
 
 def max_unpool1d(
     x: NDArray[Float], indices: NDArray[np.int64], kernel_size: IntSingle, stride: IntSingle | None = None,
-    padding: IntSingle = 0, output_size: Sequence[int] | None = None,
+    padding: IntSingle = 0, output_size: Sequence[int] | None = None, *, layout: str = "NCW",
 ) -> NDArray[Float]:
     """Partial inverse of :func:`max_pool1d`, as ``torch.nn.functional.max_unpool1d``.
 
@@ -211,6 +256,9 @@ def max_unpool1d(
     padding : int or (int,), default 0
     output_size : tuple of int, optional
         ``(L_out,)`` (or the whole output shape), strictly within ``stride`` of the default.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: with ``'NWC'``, ``x``, ``indices`` and ``y`` are channels last, ``(N, L, C)``
+        or ``(L, C)``.
 
     Returns
     -------
@@ -223,10 +271,12 @@ def max_unpool1d(
     >>> convx.max_unpool1d(pooled, indices, 2, output_size=(5,))
     array([[0., 3., 0., 5., 0.]])
     """
-    return _max_unpool("max_unpool1d", x, indices, kernel_size, stride, padding, output_size, 1)
+    return _max_unpool("max_unpool1d", x, indices, kernel_size, stride, padding, output_size, 1, layout)
 
 
-def max_unpool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) -> NDArray[Float]:
+def max_unpool1d_backward(
+    grad_out: NDArray[Float], indices: NDArray[np.int64], *, layout: str = "NCW"
+) -> NDArray[Float]:
     """Gradient of :func:`max_unpool1d` with respect to ``x``: ``grad_out`` gathered at ``indices``.
 
     Parameters
@@ -234,6 +284,8 @@ def max_unpool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) 
     grad_out : ndarray of float32 or float64, shape (N, C, L_out) or (C, L_out)
     indices : ndarray of int64, shape (N, C, L) or (C, L)
         Each in ``[0, L_out)``.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: with ``'NWC'``, every array is channels last.
 
     Returns
     -------
@@ -245,4 +297,4 @@ def max_unpool1d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64]) 
     >>> convx.max_unpool1d_backward(np.array([[0., 1., 2., 3., 4.]]), np.array([[1, 3]]))
     array([[1., 3.]])
     """
-    return _max_unpool_backward("max_unpool1d_backward", grad_out, indices, 1)
+    return _max_unpool_backward("max_unpool1d_backward", grad_out, indices, 1, layout)

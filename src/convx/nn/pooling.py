@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional
-from .._checks import MAX_POOL_DTYPES, as_bool, as_int, as_pair, as_single
+from .._checks import DATA_LAYOUTS, MAX_POOL_DTYPES, as_bool, as_data_layout, as_int, as_pair, as_single
 from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
 from ..functional.lppool import _norm_type
 from ..functional.pooling import _window_values
@@ -34,6 +34,23 @@ def _output_size_arg(value: Any) -> Any:
     return as_pair("output_size", value, 1)
 
 
+def _layout_arg(layout: object, dims: int) -> str:
+    """A layer's ``layout``: checked as the functional ops check it, kept as given."""
+    as_data_layout(layout, dims)
+    return str(layout)
+
+
+def _layout_text(module: Any) -> str:
+    """``, layout='NHWC'`` for a channels-last layer's repr; nothing for the default."""
+    return "" if module.layout == DATA_LAYOUTS[module._DIMS][0] else f", layout={module.layout!r}"
+
+
+def _input_ndims(module: Any) -> Any:
+    """The ndims check_input allows: any for a channels-last layer, whose op names its layout in the refusal."""
+    last = module.layout == DATA_LAYOUTS[module._DIMS][1]
+    return range(33) if last else (module._DIMS + 1, module._DIMS + 2)
+
+
 class _MaxPoolNd(Module):
     """The forward, backward and repr of MaxPool1d and MaxPool2d."""
 
@@ -44,14 +61,16 @@ class _MaxPoolNd(Module):
     padding: Any
     dilation: Any
     ceil_mode: bool
+    layout: str
 
     def forward(self, x: np.ndarray) -> Any:
-        """Max over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``; ``(y, indices)`` with
-        ``return_indices``."""
+        """Max over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)`` (channels last with a
+        channels-last ``layout``); ``(y, indices)`` with ``return_indices``."""
         pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
+        x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
         y, indices = pool(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True,
+            layout=self.layout,
         )
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
@@ -60,12 +79,12 @@ class _MaxPoolNd(Module):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
-        return scatter(grad_out, indices, input_shape)
+        return scatter(grad_out, indices, input_shape, layout=self.layout)
 
     def extra_repr(self) -> str:
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}{_layout_text(self)}"
         )
 
 
@@ -81,16 +100,17 @@ class _AvgPoolNd(Module):
     count_include_pad: bool
 
     dilation: Any
+    layout: str
 
     def _options(self) -> dict[str, Any]:
         options = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode,
-                       count_include_pad=self.count_include_pad, dilation=self.dilation)
+                       count_include_pad=self.count_include_pad, dilation=self.dilation, layout=self.layout)
         return options if self._DIMS == 1 else {**options, "divisor_override": self.divisor_override}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Mean over each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
         pool = functional.avg_pool1d if self._DIMS == 1 else functional.avg_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
+        x = check_input(self, x, _input_ndims(self))
         y = pool(x, **self._options())
         self._save_for_backward(y, x.shape)
         return y
@@ -108,7 +128,7 @@ class _AvgPoolNd(Module):
             text += f", divisor_override={self.divisor_override}"
         if self.dilation not in (1, (1, 1)):
             text += f", dilation={self.dilation}"
-        return text
+        return text + _layout_text(self)
 
 
 class MaxPool2d(_MaxPoolNd):
@@ -125,10 +145,14 @@ class MaxPool2d(_MaxPoolNd):
     dilation : int or (int, int), default 1
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients (``(N, H, W, C)``: NHWC runs natively).
 
     Notes
     -----
-    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out). The backward pass sends each
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out) (with ``layout='NHWC'``:
+    (N, H, W, C) and (N, H_out, W_out, C)). The backward pass sends each
     output's gradient to the input element that won its window (the first maximum); the winners'
     indices are kept from ``forward``. An int8 or uint8 input is pooled exactly in its dtype (its
     backward is refused: integers have no gradient).
@@ -146,15 +170,19 @@ class MaxPool2d(_MaxPoolNd):
            [0., 1., 0., 1.],
            [0., 0., 0., 0.],
            [0., 1., 0., 1.]])
+    >>> nn.MaxPool2d(2, layout="NHWC")(np.arange(16.0).reshape(1, 4, 4, 1))[0, ..., 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
     """
 
     _DIMS = 2
 
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0, dilation: IntPair = 1,
-        ceil_mode: bool = False,
+        ceil_mode: bool = False, *, layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
         self.dilation = as_pair("dilation", dilation, 1)
@@ -180,10 +208,14 @@ class AvgPool2d(_AvgPoolNd):
         Divide every window sum by this instead.
     dilation : int or (int, int), default 1
         Spacing between a window's taps (ONNX's AveragePool ``dilations``; not in PyTorch).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients (``(N, H, W, C)``: NHWC runs natively).
 
     Notes
     -----
-    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out).
+    Input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out) (with ``layout='NHWC'``:
+    (N, H, W, C) and (N, H_out, W_out, C)).
 
     Examples
     --------
@@ -198,9 +230,11 @@ class AvgPool2d(_AvgPoolNd):
 
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0, ceil_mode: bool = False,
-        count_include_pad: bool = True, divisor_override: int | None = None, dilation: IntPair = 1,
+        count_include_pad: bool = True, divisor_override: int | None = None, dilation: IntPair = 1, *,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
         self.dilation = as_pair("dilation", dilation, 1)
@@ -211,8 +245,11 @@ class AvgPool2d(_AvgPoolNd):
 
 
 
-def _resolve_output_size(output_size: tuple[int | None, int | None], x: np.ndarray) -> tuple[int, int]:
-    height, width = (size if wanted is None else wanted for wanted, size in zip(output_size, x.shape[-2:]))
+def _resolve_output_size(
+    output_size: tuple[int | None, int | None], x: np.ndarray, channels_last: bool = False
+) -> tuple[int, int]:
+    plane = x.shape[-3:-1] if channels_last else x.shape[-2:]
+    height, width = (size if wanted is None else wanted for wanted, size in zip(output_size, plane))
     return height, width
 
 
@@ -221,15 +258,18 @@ class _AdaptiveAvgPoolNd(Module):
 
     _DIMS: int
     output_size: Any
+    layout: str
 
     def _size(self, x: np.ndarray) -> Any:
-        return self.output_size if self._DIMS == 1 else _resolve_output_size(self.output_size, x)
+        if self._DIMS == 1 or x.ndim not in (3, 4):  # (the op refuses a wrong ndim, naming the layout)
+            return self.output_size
+        return _resolve_output_size(self.output_size, x, self.layout == "NHWC")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Average ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, down to the output size."""
         pool = functional.adaptive_avg_pool1d if self._DIMS == 1 else functional.adaptive_avg_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
-        y = pool(x, self._size(x))
+        x = check_input(self, x, _input_ndims(self))
+        y = pool(x, self._size(x), layout=self.layout)
         self._save_for_backward(y, x.shape)
         return y
 
@@ -237,10 +277,10 @@ class _AdaptiveAvgPoolNd(Module):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
         gather = functional.adaptive_avg_pool1d_backward if self._DIMS == 1 else functional.adaptive_avg_pool2d_backward
-        return gather(grad_out, input_shape)
+        return gather(grad_out, input_shape, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+        return f"output_size={self.output_size}{_layout_text(self)}"
 
 
 class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
@@ -252,8 +292,8 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
         """Max of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``, over adaptive windows; ``(y, indices)`` with
         ``return_indices``."""
         pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2), dtypes=MAX_POOL_DTYPES)
-        y, indices = pool(x, self._size(x), return_indices=True)
+        x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
+        y, indices = pool(x, self._size(x), return_indices=True, layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
@@ -261,7 +301,7 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
         scatter = functional.max_pool1d_backward if self._DIMS == 1 else functional.max_pool2d_backward
-        return scatter(grad_out, indices, input_shape)
+        return scatter(grad_out, indices, input_shape, layout=self.layout)
 
 
 class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
@@ -272,6 +312,9 @@ class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     output_size : int or (int or None, int or None)
         (H_out, W_out); None keeps that input dimension. Output ``i`` averages the input range
         ``[floor(i*H/H_out), ceil((i+1)*H/H_out))``.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients (``(N, H, W, C)``: NHWC runs natively).
 
     Examples
     --------
@@ -283,8 +326,9 @@ class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
 
     _DIMS = 2
 
-    def __init__(self, output_size: AdaptiveSize) -> None:
+    def __init__(self, output_size: AdaptiveSize, *, layout: str = "NCHW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.output_size = _output_size_arg(output_size)
 
 
@@ -295,6 +339,9 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     ----------
     output_size : int or (int or None, int or None)
         (H_out, W_out); None keeps that input dimension.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients (``(N, H, W, C)``: NHWC runs natively).
 
     Notes
     -----
@@ -311,8 +358,9 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
 
     _DIMS = 2
 
-    def __init__(self, output_size: AdaptiveSize) -> None:
+    def __init__(self, output_size: AdaptiveSize, *, layout: str = "NCHW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.output_size = _output_size_arg(output_size)
 
 
@@ -408,6 +456,9 @@ class MaxPool1d(_MaxPoolNd):
         ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
     ceil_mode : bool, default False
         Round the output length up, keeping a last partial window.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``, for the input,
+        the output and the gradients.
 
     Notes
     -----
@@ -430,9 +481,10 @@ class MaxPool1d(_MaxPoolNd):
 
     def __init__(
         self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
-        dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False,
+        dilation: IntSingle = 1, return_indices: bool = False, ceil_mode: bool = False, *, layout: str = "NCW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.dilation = as_single("dilation", dilation, 1)
@@ -457,10 +509,13 @@ class AvgPool1d(_AvgPoolNd):
         Whether padded zeros count in each window's divisor.
     dilation : int or (int,), default 1
         Spacing between a window's taps (ONNX's AveragePool ``dilations``; not in PyTorch).
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``, for the input,
+        the output and the gradients.
 
     Notes
     -----
-    Input (N, C, L) or (C, L); output (N, C, L_out).
+    Input (N, C, L) or (C, L); output (N, C, L_out) (``(N, L, C)``, ``(N, L_out, C)`` with ``layout='NWC'``).
 
     Examples
     --------
@@ -474,9 +529,10 @@ class AvgPool1d(_AvgPoolNd):
 
     def __init__(
         self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: Padding1d = 0,
-        ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1,
+        ceil_mode: bool = False, count_include_pad: bool = True, dilation: IntSingle = 1, *, layout: str = "NCW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.dilation = as_single("dilation", dilation, 1)
@@ -493,6 +549,9 @@ class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
     ----------
     output_size : int or (int,)
         L_out; output ``i`` averages the input range ``[floor(i*L/L_out), ceil((i+1)*L/L_out))``.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``, for the input,
+        the output and the gradients.
 
     Examples
     --------
@@ -505,8 +564,9 @@ class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
 
     _DIMS = 1
 
-    def __init__(self, output_size: IntSingle) -> None:
+    def __init__(self, output_size: IntSingle, *, layout: str = "NCW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.output_size = as_single("output_size", output_size, 1)
 
 
@@ -519,6 +579,9 @@ class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
         L_out.
     return_indices : bool, default False
         ``forward`` returns ``(y, indices)``, the positions in ``[0, L)`` of the maxima.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``, for the input,
+        the output and the gradients.
 
     Examples
     --------
@@ -530,8 +593,9 @@ class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
 
     _DIMS = 1
 
-    def __init__(self, output_size: IntSingle, return_indices: bool = False) -> None:
+    def __init__(self, output_size: IntSingle, return_indices: bool = False, *, layout: str = "NCW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.output_size = as_single("output_size", output_size, 1)
         self.return_indices = as_bool("return_indices", return_indices)
 
@@ -543,13 +607,14 @@ class _MaxUnpoolNd(Module):
     kernel_size: Any
     stride: Any
     padding: Any
+    layout: str
 
     def forward(  # type: ignore[override]  # PyTorch's signature: the indices are a second input
         self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
     ) -> np.ndarray:
         """Write ``x`` at ``indices`` (a max pooling's) in zero planes; see :func:`convx.max_unpool2d`."""
         unpool = functional.max_unpool1d if self._DIMS == 1 else functional.max_unpool2d
-        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size, layout=self.layout)
         # The indices are the forward's to gather with: a copy, so that the caller may reuse its array.
         self._save_for_backward(y, np.array(indices))
         return y
@@ -558,10 +623,10 @@ class _MaxUnpoolNd(Module):
         """Gradient of ``x`` for ``grad_out`` (the output's shape): ``grad_out`` gathered at the indices."""
         grad_out, (indices,) = self._saved_for_backward(grad_out)
         gather = functional.max_unpool1d_backward if self._DIMS == 1 else functional.max_unpool2d_backward
-        return gather(grad_out, indices)
+        return gather(grad_out, indices, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}{_layout_text(self)}"
 
 
 class MaxUnpool2d(_MaxUnpoolNd):
@@ -573,6 +638,8 @@ class MaxUnpool2d(_MaxUnpoolNd):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int or (int, int), default 0
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for x, the indices and the output.
 
     Notes
     -----
@@ -596,8 +663,11 @@ class MaxUnpool2d(_MaxUnpoolNd):
 
     _DIMS = 2
 
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, *, layout: str = "NCHW"
+    ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
         self.padding = as_pair("padding", padding, 0)
@@ -612,6 +682,8 @@ class MaxUnpool1d(_MaxUnpoolNd):
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
     padding : int or (int,), default 0
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, for x, the indices and the output.
 
     Notes
     -----
@@ -629,8 +701,11 @@ class MaxUnpool1d(_MaxUnpoolNd):
 
     _DIMS = 1
 
-    def __init__(self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0) -> None:
+    def __init__(
+        self, kernel_size: IntSingle, stride: IntSingle | None = None, padding: IntSingle = 0, *, layout: str = "NCW"
+    ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)
         self.padding = as_single("padding", padding, 0)
@@ -644,6 +719,7 @@ class _LPPoolNd(Module):
     kernel_size: Any
     stride: Any
     ceil_mode: bool
+    layout: str
 
     def _options(self) -> tuple[Any, ...]:
         return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
@@ -651,8 +727,8 @@ class _LPPoolNd(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The ``norm_type``-norm of each window of ``x``, shape ``(N, C, *spatial)`` or ``(C, *spatial)``."""
         pool = functional.lp_pool1d if self._DIMS == 1 else functional.lp_pool2d
-        x = check_input(self, x, (self._DIMS + 1, self._DIMS + 2))
-        y = pool(x, *self._options())
+        x = check_input(self, x, _input_ndims(self))
+        y = pool(x, *self._options(), layout=self.layout)
         self._save_for_backward(y, x)
         return y
 
@@ -660,10 +736,13 @@ class _LPPoolNd(Module):
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
         gather = functional.lp_pool1d_backward if self._DIMS == 1 else functional.lp_pool2d_backward
-        return gather(grad_out, x, *self._options())
+        return gather(grad_out, x, *self._options(), layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode}"
+        return (
+            f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"ceil_mode={self.ceil_mode}{_layout_text(self)}"
+        )
 
 
 class LPPool2d(_LPPoolNd):
@@ -677,6 +756,9 @@ class LPPool2d(_LPPoolNd):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     ceil_mode : bool, default False
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output
+        and the gradients.
 
     Notes
     -----
@@ -697,9 +779,11 @@ class LPPool2d(_LPPoolNd):
     _DIMS = 2
 
     def __init__(
-        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False,
+        self, norm_type: float, kernel_size: IntPair, stride: IntPair | None = None, ceil_mode: bool = False, *,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 2)
         self.norm_type = _norm_type(norm_type)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
@@ -717,6 +801,8 @@ class LPPool1d(_LPPoolNd):
     stride : int or (int,), optional
         Defaults to ``kernel_size``.
     ceil_mode : bool, default False
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        Keyword only: channels first (PyTorch's) or channels last, ``(N, L, C)``.
 
     Notes
     -----
@@ -733,9 +819,11 @@ class LPPool1d(_LPPoolNd):
     _DIMS = 1
 
     def __init__(
-        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False,
+        self, norm_type: float, kernel_size: IntSingle, stride: IntSingle | None = None, ceil_mode: bool = False, *,
+        layout: str = "NCW",
     ) -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 1)
         self.norm_type = _norm_type(norm_type)
         self.kernel_size = as_single("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_single("stride", stride, 1)

@@ -1,0 +1,37 @@
+/* Channels-last (NHWC) pooling kernels, compiled once per instruction-set level (see _simd.h).
+ *
+ * An image is (H, W, C) with the channels innermost: every tap of a window is one contiguous
+ * C-vector, so each kernel combines whole C-vectors, one unit-stride loop over the channels per
+ * tap, with the taps visited in the row-major order of the NCHW kernels (_pool_body.h): the
+ * same comparisons and the same sums in the same order, bit for bit, channel by channel.
+ *
+ * Windows are given by their first tap inside the input and their count of taps inside it,
+ * along each axis (the callers compute them once per output row and column, from the pooling's
+ * geometry or from adaptive pooling's windows), and their step (the dilation).
+ */
+#ifndef CONVX_POOL_NHWC_H
+#define CONVX_POOL_NHWC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include "_simd.h"
+
+#define CONVX_NHWC_JOIN2(a, b) a##_##b
+#define CONVX_NHWC_JOIN(a, b) CONVX_NHWC_JOIN2(a, b)
+#define CONVX_NHWC(name) CONVX_NHWC_JOIN(name, NS)
+
+#define NT float
+#define NS f
+#include "_pool_nhwc_body.h"
+#undef NT
+#undef NS
+
+#define NT double
+#define NS d
+#include "_pool_nhwc_body.h"
+#undef NT
+#undef NS
+
+#endif

@@ -1,0 +1,261 @@
+# Channels-last pooling kernels: (N, H, W, C) arrays, forward and backward of max, average and
+# adaptive pooling, native (no transposes).
+#
+# The forwards split the N * out_h output rows between the threads, the average backwards the
+# N * H input rows (each gathers the shares of the windows over it, in output order), the max
+# backward the images (a scatter by indices, whose targets only the image's own outputs know).
+# Every row of an output or input gradient is written by one thread. Inside a row, each window
+# combines its taps' C-vectors with the channel axis innermost (_pool_nhwc.h), in the row-major
+# tap order of the NCHW kernels, so that the results are theirs bit for bit.
+
+cdef extern from "_pool_nhwc.h" nogil:
+    void convx_nhwc_max_row_f(const float* image, float* out, int64_t* where, Py_ssize_t width,
+                              Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                              Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_max_row_d(const double* image, double* out, int64_t* where, Py_ssize_t width,
+                              Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                              Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_avg_row_f(const float* image, float* out, Py_ssize_t width, Py_ssize_t channels,
+                              Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows, Py_ssize_t dh,
+                              const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw, int64_t row_div,
+                              const int64_t* col_div, int two_step)
+    void convx_nhwc_avg_row_d(const double* image, double* out, Py_ssize_t width, Py_ssize_t channels,
+                              Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows, Py_ssize_t dh,
+                              const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw, int64_t row_div,
+                              const int64_t* col_div, int two_step)
+    void convx_nhwc_avg_spread_row_f(const float* grad, float* dst, float* share, Py_ssize_t channels,
+                                     Py_ssize_t out_w, const int64_t* col_first, const int64_t* col_count,
+                                     Py_ssize_t dw, int64_t row_div, const int64_t* col_div, int two_step)
+    void convx_nhwc_avg_spread_row_d(const double* grad, double* dst, double* share, Py_ssize_t channels,
+                                     Py_ssize_t out_w, const int64_t* col_first, const int64_t* col_count,
+                                     Py_ssize_t dw, int64_t row_div, const int64_t* col_div, int two_step)
+    int convx_nhwc_max_scatter_f(const float* grad, const int64_t* indices, float* grad_in, Py_ssize_t plane,
+                                 Py_ssize_t outputs, Py_ssize_t channels)
+    int convx_nhwc_max_scatter_d(const double* grad, const int64_t* indices, double* grad_in, Py_ssize_t plane,
+                                 Py_ssize_t outputs, Py_ssize_t channels)
+
+
+cdef object _nhwc_axis(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
+                       Py_ssize_t pad_after, Py_ssize_t dilation, bint count_include_pad, Py_ssize_t divisor):
+    """The windows of one axis as int64 [first, count, divisor] (out_size entries each): window o's
+    first tap inside the input, its number of taps inside it, and its divisor along this axis
+    (``divisor`` when positive, as _avg_divisors has them)."""
+    cdef int64_t[::1] axis = np.empty(3 * out_size, dtype=np.int64)
+    cdef int64_t lo, hi
+    cdef Py_ssize_t o, start
+    for o in range(out_size):
+        start = o * stride - pad
+        _tap_range(start, size, kernel, dilation, &lo, &hi)
+        axis[o] = start + lo * dilation
+        axis[out_size + o] = hi - lo
+        axis[2 * out_size + o] = divisor if divisor > 0 else _avg_count(start, size, pad_after, kernel, dilation, lo,
+                                                                         hi, count_include_pad)
+    return np.asarray(axis)
+
+
+cdef object _nhwc_adaptive_axis(Py_ssize_t size, Py_ssize_t out_size):
+    """Adaptive pooling's windows of one axis as int64 [first, count, count] (as :func:`_nhwc_axis`)."""
+    cdef int64_t[::1] axis = np.empty(3 * out_size, dtype=np.int64)
+    cdef AdaptiveWalk walk = _adaptive_walk(size, out_size)
+    cdef Py_ssize_t o
+    for o in range(out_size):
+        axis[o] = walk.start
+        axis[out_size + o] = walk.end - walk.start
+        axis[2 * out_size + o] = walk.end - walk.start
+        _adaptive_next(&walk)
+    return np.asarray(axis)
+
+
+cdef void _nhwc_max_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+                         const int64_t[::1] rows, const int64_t[::1] cols, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t taps, int n_threads) noexcept:
+    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2], n_rows = out.shape[0] * out_h
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef int team = _team_size(n_threads, n_rows, (taps + 1) * out_w * channels)
+    cdef Py_ssize_t t, image, oh
+    cdef int64_t* where
+    with nogil:
+        for t in prange(n_rows, schedule='static', num_threads=team):
+            image = t // out_h
+            oh = t - image * out_h
+            where = &indices[0, 0, 0, 0] + t * out_w * channels if want_indices else NULL
+            if floating is float:
+                convx_nhwc_max_row_f(&x[0, 0, 0, 0] + image * height * width * channels,
+                                     &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                     rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+            else:
+                convx_nhwc_max_row_d(&x[0, 0, 0, 0] + image * height * width * channels,
+                                     &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                     rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+
+
+def max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                            int64_t[:, :, :, ::1] indices,
+                            Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
+                            int n_threads):
+    """out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] (padding -inf, NaN wins),
+    indices[n, oh, ow, c] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
+    cdef const int64_t[::1] rows = _nhwc_axis(x.shape[1], out.shape[1], kernel_h, stride_h, pad_h, 0, dilation_h,
+                                              False, 1)
+    cdef const int64_t[::1] cols = _nhwc_axis(x.shape[2], out.shape[2], kernel_w, stride_w, pad_w, 0, dilation_w,
+                                              False, 1)
+    _nhwc_max_rows(x, out, indices, rows, cols, dilation_h, dilation_w, kernel_h * kernel_w, n_threads)
+
+
+def adaptive_max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                                     int64_t[:, :, :, ::1] indices, int n_threads):
+    """out[n, oh, ow, c] = max_{h, w in window(oh, ow)} x[n, h, w, c] (NaN wins), indices = its flat h*W + w;
+    a zero-batch ``indices`` skips them."""
+    cdef const int64_t[::1] rows = _nhwc_adaptive_axis(x.shape[1], out.shape[1])
+    cdef const int64_t[::1] cols = _nhwc_adaptive_axis(x.shape[2], out.shape[2])
+    cdef Py_ssize_t taps = (x.shape[1] // out.shape[1] + 1) * (x.shape[2] // out.shape[2] + 1)
+    _nhwc_max_rows(x, out, indices, rows, cols, 1, 1, taps, n_threads)
+
+
+def max_pool2d_nhwc_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, :, :, ::1] indices,
+                             floating[:, :, :, ::1] grad_in, int n_threads):
+    """grad_in[n, :, :, c].flat[indices[n, oh, ow, c]] += grad_out[n, oh, ow, c]; grad_in is overwritten.
+
+    Returns the number of images left unfinished because one of their indices lies outside the
+    plane (each index is read once, checked and only then used as an address)."""
+    cdef Py_ssize_t n = grad_in.shape[0], channels = grad_in.shape[3]
+    cdef Py_ssize_t plane = grad_in.shape[1] * grad_in.shape[2], outputs = grad_out.shape[1] * grad_out.shape[2]
+    cdef int team = _team_size(n_threads, n, (plane + outputs) * channels)
+    cdef Py_ssize_t image, refused = 0
+    cdef int outside
+    with nogil:
+        for image in prange(n, schedule='static', num_threads=team):
+            if floating is float:
+                outside = convx_nhwc_max_scatter_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
+                                                   channels)
+            else:
+                outside = convx_nhwc_max_scatter_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
+                                                   channels)
+            refused += outside
+    return refused
+
+
+cdef void _nhwc_avg_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const int64_t[::1] rows,
+                         const int64_t[::1] cols, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t taps, bint two_step,
+                         int n_threads) noexcept:
+    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2], n_rows = out.shape[0] * out_h
+    cdef int team = _team_size(n_threads, n_rows, (taps + 1) * out_w * channels)
+    cdef Py_ssize_t t, image, oh
+    with nogil:
+        for t in prange(n_rows, schedule='static', num_threads=team):
+            image = t // out_h
+            oh = t - image * out_h
+            if floating is float:
+                convx_nhwc_avg_row_f(&x[0, 0, 0, 0] + image * height * width * channels,
+                                     &out[0, 0, 0, 0] + t * out_w * channels, width, channels, out_w, rows[oh],
+                                     rows[out_h + oh], dh, &cols[0], &cols[out_w], dw, rows[2 * out_h + oh],
+                                     &cols[2 * out_w], two_step)
+            else:
+                convx_nhwc_avg_row_d(&x[0, 0, 0, 0] + image * height * width * channels,
+                                     &out[0, 0, 0, 0] + t * out_w * channels, width, channels, out_w, rows[oh],
+                                     rows[out_h + oh], dh, &cols[0], &cols[out_w], dw, rows[2 * out_h + oh],
+                                     &cols[2 * out_w], two_step)
+
+
+def avg_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                            Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
+                            Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
+                            Py_ssize_t divisor_override, int n_threads):
+    """out[n, oh, ow, c] = sum_{i, j} x_zero_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] / divisor(oh, ow), the
+    divisor as in avg_pool2d_forward."""
+    cdef const int64_t[::1] rows = _nhwc_axis(x.shape[1], out.shape[1], kernel_h, stride_h, pad_h, pad_bottom,
+                                              dilation_h, count_include_pad, divisor_override)
+    cdef const int64_t[::1] cols = _nhwc_axis(x.shape[2], out.shape[2], kernel_w, stride_w, pad_w, pad_right,
+                                              dilation_w, count_include_pad, 1 if divisor_override > 0 else 0)
+    _nhwc_avg_rows(x, out, rows, cols, dilation_h, dilation_w, kernel_h * kernel_w, False, n_threads)
+
+
+def adaptive_avg_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int n_threads):
+    """out[n, oh, ow, c] = sum_{h, w in window(oh, ow)} x[n, h, w, c] / window_h / window_w."""
+    cdef const int64_t[::1] rows = _nhwc_adaptive_axis(x.shape[1], out.shape[1])
+    cdef const int64_t[::1] cols = _nhwc_adaptive_axis(x.shape[2], out.shape[2])
+    cdef Py_ssize_t taps = (x.shape[1] // out.shape[1] + 1) * (x.shape[2] // out.shape[2] + 1)
+    _nhwc_avg_rows(x, out, rows, cols, 1, 1, taps, True, n_threads)
+
+
+cdef void _nhwc_avg_gather(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                           const int64_t[::1] rows, const int64_t[::1] cols, const int64_t[::1] over,
+                           Py_ssize_t dh, Py_ssize_t dw, bint two_step, int n_threads) noexcept:
+    """Each input row h of grad_in, zeroed, takes the shares of the output rows over[h] <= oh <
+    over[height + h] whose windows hold it, in order."""
+    cdef Py_ssize_t height = grad_in.shape[1], width = grad_in.shape[2], channels = grad_in.shape[3]
+    cdef Py_ssize_t out_h = grad_out.shape[1], out_w = grad_out.shape[2], n_rows = grad_in.shape[0] * height
+    cdef int team = _team_size(n_threads, n_rows, (width + 2 * out_w) * channels)
+    # One C-vector of shares per thread, each on its own cache lines.
+    cdef Py_ssize_t slot = (channels + 15) // 16 * 16 + 16
+    cdef floating[::1] shares = np.empty(team * slot, dtype=np.asarray(grad_in).dtype)
+    cdef Py_ssize_t t, image, h, oh, tid, offset
+    cdef floating* dst
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for t in prange(n_rows, schedule='static'):
+            image = t // height
+            h = t - image * height
+            dst = &grad_in[0, 0, 0, 0] + t * width * channels
+            memset(dst, 0, width * channels * sizeof(floating))
+            for oh in range(over[h], over[height + h]):
+                offset = h - rows[oh]
+                if offset < 0 or offset % dh != 0 or offset // dh >= rows[out_h + oh]:
+                    continue
+                if floating is float:
+                    convx_nhwc_avg_spread_row_f(&grad_out[0, 0, 0, 0] + (image * out_h + oh) * out_w * channels, dst,
+                                                &shares[tid * slot], channels, out_w, &cols[0], &cols[out_w], dw,
+                                                rows[2 * out_h + oh], &cols[2 * out_w], two_step)
+                else:
+                    convx_nhwc_avg_spread_row_d(&grad_out[0, 0, 0, 0] + (image * out_h + oh) * out_w * channels, dst,
+                                                &shares[tid * slot], channels, out_w, &cols[0], &cols[out_w], dw,
+                                                rows[2 * out_h + oh], &cols[2 * out_w], two_step)
+
+
+def avg_pool2d_nhwc_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                             Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
+                             Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
+                             Py_ssize_t divisor_override, int n_threads):
+    """grad_in[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] += grad_out[n, oh, ow, c] / divisor(oh, ow) over
+    the taps inside the input, windows in output order; grad_in is overwritten."""
+    cdef Py_ssize_t height = grad_in.shape[1], out_h = grad_out.shape[1], h, t
+    cdef const int64_t[::1] rows = _nhwc_axis(height, out_h, kernel_h, stride_h, pad_h, pad_bottom,
+                                              dilation_h, count_include_pad, divisor_override)
+    cdef const int64_t[::1] cols = _nhwc_axis(grad_in.shape[2], grad_out.shape[2], kernel_w, stride_w, pad_w,
+                                              pad_right, dilation_w, count_include_pad,
+                                              1 if divisor_override > 0 else 0)
+    # The windows over input row h: those starting at most h rows into the padded input, and at
+    # least h - (kernel_h - 1) * dilation_h.
+    cdef int64_t[::1] over = np.empty(2 * height, dtype=np.int64)
+    for h in range(height):
+        t = h + pad_h - (kernel_h - 1) * dilation_h
+        over[h] = 0 if t <= 0 else min(out_h, (t + stride_h - 1) // stride_h)
+        over[height + h] = max(over[h], min(out_h, (h + pad_h) // stride_h + 1))
+    _nhwc_avg_gather(grad_out, grad_in, rows, cols, over, dilation_h, dilation_w, False, n_threads)
+
+
+def adaptive_avg_pool2d_nhwc_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1] grad_in,
+                                      int n_threads):
+    """grad_in[n, h, w, c] = sum_{(oh, ow) whose window holds (h, w)} grad_out[n, oh, ow, c] / window_h / window_w."""
+    cdef Py_ssize_t height = grad_in.shape[1], out_h = grad_out.shape[1], h, oh
+    cdef const int64_t[::1] rows = _nhwc_adaptive_axis(height, out_h)
+    cdef const int64_t[::1] cols = _nhwc_adaptive_axis(grad_in.shape[2], grad_out.shape[2])
+    # Adaptive windows start and end in output order: the ones over a row are a run.
+    cdef int64_t[::1] over = np.empty(2 * height, dtype=np.int64)
+    for h in range(height):
+        over[h] = out_h
+        over[height + h] = 0
+    for oh in range(out_h):
+        for h in range(rows[oh], rows[oh] + rows[out_h + oh]):
+            over[h] = min(over[h], oh)
+            over[height + h] = oh + 1
+    _nhwc_avg_gather(grad_out, grad_in, rows, cols, over, 1, 1, True, n_threads)

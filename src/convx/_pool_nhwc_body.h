@@ -1,0 +1,200 @@
+/* The NHWC pooling kernels for one floating type NT (suffix NS), included twice by _pool_nhwc.h. */
+
+/* Channels a window keeps in registers at once: two AVX-512 vectors, four AVX2 ones. */
+#define CONVX_NHWC_BLOCK (128 / (ptrdiff_t)sizeof(NT))
+
+/* best[c], pos[c] for the channels [c0, c1) over the taps of one window, row-major: strict > from
+ * -inf, so the first maximum wins, and NaN wins (the last NaN), as _max_window in _pool.pxi; a
+ * window that ends at -inf reports its first tap inside the input. ``track`` (a literal): whether
+ * pos is kept. ``block`` (a literal, or 0): c1 - c0, to keep the running maxima in registers. */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_channels)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
+    ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw,
+    int track, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t block) {
+    const ptrdiff_t n = block ? block : c1 - c0;
+    NT b[CONVX_NHWC_BLOCK];
+    int64_t at[CONVX_NHWC_BLOCK];
+    NT *CONVX_RESTRICT run = block ? b : best + c0;
+    int64_t *CONVX_RESTRICT where = block ? at : pos + c0;
+    ptrdiff_t c;
+    const int64_t first = (int64_t)h0 * width + w0;
+    CONVX_SIMD for (c = 0; c < n; c++) run[c] = (NT)-INFINITY;
+    if (track) CONVX_SIMD for (c = 0; c < n; c++) where[c] = first;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        for (ptrdiff_t j = 0; j < cols; j++) {
+            const int64_t p = (int64_t)(h0 + i * dh) * width + w0 + j * dw;
+            const NT *CONVX_RESTRICT src = image + p * channels + c0;
+            if (track) {
+                CONVX_SIMD for (c = 0; c < n; c++) {
+                    const NT v = src[c];
+                    const int take = (v > run[c]) | (v != v);
+                    run[c] = take ? v : run[c];
+                    where[c] = take ? p : where[c];
+                }
+            } else {
+                CONVX_SIMD for (c = 0; c < n; c++) {
+                    const NT v = src[c];
+                    run[c] = ((v > run[c]) | (v != v)) ? v : run[c];
+                }
+            }
+        }
+    }
+    if (block) {
+        CONVX_SIMD for (c = 0; c < n; c++) best[c0 + c] = b[c];
+        if (track) CONVX_SIMD for (c = 0; c < n; c++) pos[c0 + c] = at[c];
+    }
+}
+
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_window)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
+    ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw,
+    int track) {
+    ptrdiff_t c0 = 0;
+    for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
+        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, h0, rows, dh, w0, cols, dw, track, c0,
+                                            c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK);
+    if (c0 < channels)
+        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, h0, rows, dh, w0, cols, dw, track, c0,
+                                            channels, 0);
+}
+
+/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
+ * / a / b; ``block`` as above (the sums then stay in registers until divided). */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
+    ptrdiff_t block, NT a, NT b, int two_step) {
+    const ptrdiff_t n = block ? block : c1 - c0;
+    NT sums[CONVX_NHWC_BLOCK];
+    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
+    ptrdiff_t c;
+    CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        for (ptrdiff_t j = 0; j < cols; j++) {
+            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
+            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
+        }
+    }
+    if (block) {
+        NT *CONVX_RESTRICT dst = out + c0;
+        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
+        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
+    } else if (two_step) {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
+    } else {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
+    }
+}
+
+/* One output row of max pooling of one (H, W, C) image: out[ow, c] = the maximum over window ow,
+ * where[ow, c] = its flat h * W + w (where may be NULL). The row's windows take the input rows
+ * h0 + i * dh, i < rows, window ow the columns col_first[ow] + j * dw, j < col_count[ow]. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, int64_t *CONVX_RESTRICT where, ptrdiff_t width,
+    ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh,
+    const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw) {
+    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        NT *best = out + ow * channels;
+        int64_t *pos = where != NULL ? where + ow * channels : NULL;
+        const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
+        /* Literal windows of the common sizes, so that the taps unroll. */
+#define CONVX_NHWC_MAX(ROWS, DH, COLS, DW)                                                                    \
+    do {                                                                                                    \
+        if (pos != NULL)                                                                                    \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, pos, width, channels, h0, ROWS, DH, w0, COLS, DW, 1); \
+        else                                                                                                \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, NULL, width, channels, h0, ROWS, DH, w0, COLS, DW, 0); \
+    } while (0)
+        if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
+            CONVX_NHWC_MAX(2, 1, 2, 1);
+        else if (rows == 3 && cols == 3 && dh == 1 && dw == 1)
+            CONVX_NHWC_MAX(3, 1, 3, 1);
+        else
+            CONVX_NHWC_MAX(rows, dh, cols, dw);
+#undef CONVX_NHWC_MAX
+    }
+}
+
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_window)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT mean, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, NT a, NT b, int two_step) {
+    ptrdiff_t c0 = 0;
+    for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0,
+                                             c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK, a, b, two_step);
+    if (c0 < channels)
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0, channels,
+                                             0, a, b, two_step);
+}
+
+/* One output row of average pooling of one (H, W, C) image, windows as in convx_nhwc_max_row:
+ * out[ow, c] = (0 + the window's taps in row-major order) / (row_div * col_div[ow]), or with
+ * ``two_step`` (adaptive pooling, PyTorch's order) / row_div / col_div[ow]. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_row)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t out_w,
+    ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, const int64_t *CONVX_RESTRICT col_first,
+    const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw, int64_t row_div, const int64_t *CONVX_RESTRICT col_div,
+    int two_step) {
+    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        NT *CONVX_RESTRICT mean = out + ow * channels;
+        const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
+        /* The divisions of the NCHW kernels: by the product of the two axes' counts, or by each. */
+        const NT a = two_step ? (NT)row_div : (NT)(row_div * col_div[ow]), b = (NT)col_div[ow];
+        /* Literal windows of the common sizes, so that the taps unroll. */
+        if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 2, 1, w0, 2, 1, a, b, two_step);
+        else if (rows == 3 && cols == 3 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 3, 1, w0, 3, 1, a, b, two_step);
+        else
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, a, b,
+                                               two_step);
+    }
+}
+
+/* The shares of one output row of average pooling added to one input row (W, C) that its
+ * windows hold: dst[col_first[ow] + j * dw, c] += grad[ow, c] / divisor(ow), ow in order
+ * (the divisor as in convx_nhwc_avg_row). share: ``channels`` elements of scratch. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
+    const NT *CONVX_RESTRICT grad, NT *CONVX_RESTRICT dst, NT *CONVX_RESTRICT share, ptrdiff_t channels,
+    ptrdiff_t out_w, const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw,
+    int64_t row_div, const int64_t *CONVX_RESTRICT col_div, int two_step) {
+    ptrdiff_t c;
+    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        const NT *CONVX_RESTRICT g = grad + ow * channels;
+        if (two_step) {
+            const NT a = (NT)row_div, b = (NT)col_div[ow];
+            CONVX_SIMD for (c = 0; c < channels; c++) share[c] = g[c] / a / b;
+        } else {
+            const NT d = (NT)(row_div * col_div[ow]);
+            CONVX_SIMD for (c = 0; c < channels; c++) share[c] = g[c] / d;
+        }
+        for (ptrdiff_t j = 0; j < col_count[ow]; j++) {
+            NT *CONVX_RESTRICT to = dst + (col_first[ow] + j * dw) * channels;
+            CONVX_SIMD for (c = 0; c < channels; c++) to[c] += share[c];
+        }
+    }
+}
+
+/* grad_in (plane x channels, overwritten) = 0, then grad_in[indices[o, c], c] += grad[o, c] over the
+ * outputs o in order. 1 (grad_in partly written) at the first index outside [0, plane): each index
+ * is read once and checked before it is used as an address. A scalar loop on purpose: overlapping
+ * windows often share their maximum, so consecutive outputs add to one element, which a vector
+ * scatter then gather of it cannot forward (1.3x slower on 64x64x56x56 float32, 3x3 stride 2). */
+CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
+                                                           const int64_t *CONVX_RESTRICT indices,
+                                                           NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
+                                                           ptrdiff_t outputs, ptrdiff_t channels) {
+    memset(grad_in, 0, (size_t)(plane * channels) * sizeof(NT));
+    for (ptrdiff_t o = 0; o < outputs; o++) {
+        const NT *CONVX_RESTRICT g = grad + o * channels;
+        const int64_t *CONVX_RESTRICT at = indices + o * channels;
+        for (ptrdiff_t c = 0; c < channels; c++) {
+            const int64_t k = at[c];
+            if ((uint64_t)k >= (uint64_t)plane) return 1;
+            grad_in[k * channels + c] += g[c];
+        }
+    }
+    return 0;
+}
+
+#undef CONVX_NHWC_BLOCK
