@@ -41,7 +41,14 @@ def _kernel_call(name, batch):
     if name.endswith("channels_last"):
         weight = rng.standard_normal((32, 32, 3, 3))
         x_last = rng.standard_normal((batch, 24, 24, 32))
+        filters, same = rng.standard_normal((32, 1, 5, 5)), (1, 1, 2, 2, 1, 1)
         return {
+            "depthwise_forward_channels_last": (core.depthwise_forward_channels_last,
+                                                (x_last, filters, np.empty(0), np.empty_like(x_last), *same, 32, 1)),
+            "depthwise_backward_input_channels_last": (core.depthwise_backward_input_channels_last,
+                                                       (x_last, filters, np.empty_like(x_last), *same, 32, 1)),
+            "depthwise_backward_weight_channels_last": (core.depthwise_backward_weight_channels_last,
+                                                        (x_last, x_last, np.empty_like(filters), *same, 32, 1)),
             "conv2d_forward_channels_last": (core.conv2d_forward_channels_last,
                                              (x_last, weight, np.empty(0), np.empty_like(x_last), *geometry, 1, 1)),
             "conv2d_backward_input_channels_last": (core.conv2d_backward_input_channels_last,
@@ -187,6 +194,8 @@ KERNELS = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
     "conv2d_forward_channels_last", "conv2d_backward_input_channels_last", "conv2d_backward_weight_channels_last",
     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+    "depthwise_forward_channels_last", "depthwise_backward_input_channels_last",
+    "depthwise_backward_weight_channels_last",
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
     "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",

@@ -386,3 +386,127 @@ def test_nhwc_huge_padding_and_stride_stay_small(kernel, rng):
     rx, rw, rb = F.conv2d_backward(np.ones_like(first(y)), np.ascontiguousarray(first(x)), weight, **kwargs)
     assert_close(gx, last(rx))
     assert_close(gw, rw)
+
+
+# Depthwise convolutions with one filter per channel (weight (C, 1, kH, kW), groups=C): their own
+# channels-last kernels. (x shape NHWC, kernel, kwargs).
+DEPTHWISE = {
+    "3x3": ((3, 9, 8, 37), (3, 3), dict(padding=1)),
+    "3x3-stride2": ((2, 11, 10, 20), (3, 3), dict(stride=2, padding=1)),
+    "5x5": ((2, 8, 9, 16), (5, 5), dict(padding=2)),
+    "dilated": ((2, 12, 11, 7), (3, 3), dict(dilation=2, padding=2)),
+    "per-side": ((2, 9, 10, 12), (3, 2), dict(padding=((0, 2), (1, 0)))),
+    "strided-asymmetric": ((2, 10, 13, 9), (2, 4), dict(stride=(3, 2), padding=(1, 2), dilation=(1, 2))),
+    "1x1": ((3, 5, 6, 40), (1, 1), {}),
+    "kernel-past-image": ((2, 3, 4, 5), (7, 7), dict(padding=3)),
+    "one-channel-block": ((1, 6, 6, 64), (3, 3), dict(padding=1)),
+}
+
+
+def _depthwise_arrays(rng, dtype, geometry):
+    x_shape, kernel, kwargs = DEPTHWISE[geometry]
+    x, weight, bias = _arrays(rng, dtype, x_shape, (x_shape[3], 1, *kernel))
+    return x, weight, bias, dict(kwargs, groups=x_shape[3])
+
+
+def _moved(x):
+    return np.ascontiguousarray(first(x))
+
+
+@pytest.fixture
+def restore_threads():
+    original = convx.get_num_threads()
+    yield
+    convx.set_num_threads(original)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", list(DEPTHWISE))
+def test_depthwise_nhwc_is_nchw_moved(geometry, dtype, threads, rng, restore_threads):
+    convx.set_num_threads(threads)
+    x, weight, bias, kwargs = _depthwise_arrays(rng, dtype, geometry)
+    y = F.conv2d(x, weight, bias, **kwargs, layout="NHWC")
+    assert y.flags.c_contiguous and y.dtype == dtype
+    assert_close(y, last(F.conv2d(_moved(x), weight, bias, **kwargs)))
+    relu = F.conv2d(x, weight, bias, **kwargs, layout="NHWC", activation="relu")
+    assert_close(relu, last(F.conv2d(_moved(x), weight, bias, **kwargs, activation="relu")))
+    np.testing.assert_array_equal(relu, F.relu(y))
+    assert_close(F.conv2d(x, weight, **kwargs, layout="NHWC"), last(F.conv2d(_moved(x), weight, **kwargs)))
+    grad_out = rng.standard_normal(y.shape).astype(dtype)
+    rx, rw, rb = F.conv2d_backward(_moved(grad_out), _moved(x), weight, **kwargs)
+    gx, gw, gb = F.conv2d_backward(grad_out, x, weight, **kwargs, layout="NHWC")
+    assert_close(gx, last(rx))
+    assert_close(gw, rw)
+    assert_close(gb, rb)
+    assert_close(F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs, layout="NHWC"), last(rx))
+    assert_close(F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs, layout="NHWC"), rw)
+
+
+def test_depthwise_nhwc_weight_gradient_does_not_depend_on_the_threads(rng, restore_threads):
+    x, weight, _, kwargs = _depthwise_arrays(rng, np.float32, "3x3")
+    x = np.repeat(x, 30, axis=0)
+    grad_out = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        convx.set_num_threads(threads)
+        results.append(F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs, layout="NHWC"))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "weight-padding-only", "grad_out"])
+@pytest.mark.parametrize("geometry", ["3x3", "3x3-stride2", "per-side", "kernel-past-image"])
+def test_depthwise_nhwc_non_finite_values_as_nchw(geometry, where, rng):
+    x, weight, bias, kwargs = _depthwise_arrays(rng, np.float64, geometry)
+    grad_out = rng.standard_normal(F.conv2d(x, weight, **kwargs, layout="NHWC").shape)
+    if where == "x":
+        x[0, 1, 2, :3] = [np.nan, np.inf, -np.inf]
+    elif where == "weight":
+        weight[:3, 0, 0, 0] = [np.nan, np.inf, -np.inf]
+    elif where == "weight-padding-only":
+        # the corner taps of a padded kernel read padding at the image's corners: NaN there only
+        weight[1, 0, -1, -1] = np.inf
+    else:
+        grad_out[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+        grad_out[-1, -1, -1, -1] = np.inf
+    y = F.conv2d(x, weight, bias, **kwargs, layout="NHWC")
+    expected = last(F.conv2d(_moved(x), weight, bias, **kwargs))
+    rx, rw, rb = F.conv2d_backward(_moved(grad_out), _moved(x), weight, **kwargs)
+    gx, gw, gb = F.conv2d_backward(grad_out, x, weight, **kwargs, layout="NHWC")
+    for actual, reference in [(y, expected), (gx, last(rx)), (gw, rw), (gb, rb),
+                              (F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs, layout="NHWC"), last(rx)),
+                              (F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs, layout="NHWC"), rw)]:
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(reference))
+        np.testing.assert_array_equal(np.isinf(actual), np.isinf(reference))
+        finite = np.isfinite(reference)
+        assert_close(actual[finite], reference[finite])
+
+
+@pytest.mark.parametrize("geometry", list(DEPTHWISE))
+def test_depthwise_nhwc_runs_without_a_copy(geometry, rng, monkeypatch):
+    import convx.functional.conv as conv_module
+
+    x, weight, bias, kwargs = _depthwise_arrays(rng, np.float32, geometry)
+
+    def refuse(batch, image_elements):
+        raise AssertionError("the channels-first fallback ran")
+
+    monkeypatch.setattr(conv_module, "_layout_parts", refuse)
+    y = F.conv2d(x, weight, bias, **kwargs, layout="NHWC", activation="relu")
+    F.conv2d_backward_input(y, weight, x.shape, **kwargs, layout="NHWC")
+    F.conv2d_backward_weight(y, x, weight.shape, **kwargs, layout="NHWC")
+    F.conv2d_backward(y, x, weight, **kwargs, layout="NHWC")
+    if weight.shape[2:] != (1, 1):
+        assert all(convx._core.conv_ran()[op] == "depthwise-direct" for op in ("forward", "input", "weight"))
+
+
+def test_depthwise_nhwc_kernels_decline_other_multipliers(rng):
+    # two filters per channel: the channels-last kernels say no, and the fallback computes it
+    x = rng.standard_normal((2, 6, 6, 4))
+    weight = rng.standard_normal((8, 1, 3, 3))
+    out = np.zeros((2, 6, 6, 8))
+    assert not convx._core.depthwise_forward_channels_last(x, weight, np.empty(0), out, 1, 1, 1, 1, 1, 1, 4, 1)
+    assert not out.any()
+    assert_close(F.conv2d(x, weight, padding=1, groups=4, layout="NHWC"),
+                 last(F.conv2d(_moved(x), weight, padding=1, groups=4)))

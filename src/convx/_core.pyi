@@ -91,6 +91,21 @@ def conv2d_backward_weight_channels_last(
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
     groups: int, n_threads: int,
 ) -> bool: ...
+def depthwise_forward_channels_last(
+    x: _Float, weight: _Float, bias: _Float, out: _Float,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
+    groups: int, n_threads: int, activation: int = ..., p0: float = ..., p1: float = ...,
+) -> bool: ...
+def depthwise_backward_input_channels_last(
+    grad_out: _Float, weight: _Float, grad_in: _Float,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
+    groups: int, n_threads: int,
+) -> bool: ...
+def depthwise_backward_weight_channels_last(
+    grad_out: _Float, x: _Float, grad_weight: _Float,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
+    groups: int, n_threads: int,
+) -> bool: ...
 def conv2d_backward_input(
     grad_out: _Float, weight: _Float, grad_in: _Float,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,

@@ -270,11 +270,12 @@ def _pointwise(weight_shape: Shape, plan: _ConvPlan, input_hw: Shape) -> bool:
 
 
 def _last_kernels(weight_shape: Shape, plan: _ConvPlan, input_hw: Shape) -> _ConvPlan | None:
-    """The plan the direct kernels take a channels-last convolution by (``_kernel_plan``'s), or None
-    where they do not (the depthwise kernels, and convolutions with outputs to cut off, take channels
-    first)."""
+    """The plan the direct (or, with one filter per channel, the depthwise) kernels take a channels-last
+    convolution by (``_kernel_plan``'s), or None where they do not (depthwise convolutions with more
+    filters per channel, and convolutions with outputs to cut off, take channels first)."""
     kept = _kernel_plan(input_hw, weight_shape[2:], plan)
-    return None if _is_depthwise(weight_shape, plan.groups) or kept.trims(plan) else kept.plan
+    multiplied = _is_depthwise(weight_shape, plan.groups) and weight_shape[0] != plan.groups
+    return None if multiplied or kept.trims(plan) else kept.plan
 
 
 def _last_forward(
@@ -297,9 +298,10 @@ def _last_forward(
     if inner is None:
         return False
     bias_arg = _no_bias(y.dtype) if bias is None else contiguous(bias)
+    depthwise = _is_depthwise(weight.shape, plan.groups)
+    kernel = _core.depthwise_forward_channels_last if depthwise else _core.conv2d_forward_channels_last
     for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, x.shape)):
-        if not _core.conv2d_forward_channels_last(x[part], weight, bias_arg, y[part], *inner.kernel_args(), n_threads,
-                                                  *(epilogue or ())):
+        if not kernel(x[part], weight, bias_arg, y[part], *inner.kernel_args(), n_threads, *(epilogue or ())):
             return False
     return True
 
@@ -316,9 +318,10 @@ def _last_input(grad_out: AnyArray, weight: AnyArray, plan: _ConvPlan, grad_x: A
     inner = _last_kernels(weight.shape, plan, grad_x.shape[1:3])
     if inner is None:
         return False
+    depthwise = _is_depthwise(weight.shape, plan.groups)
+    kernel = _core.depthwise_backward_input_channels_last if depthwise else _core.conv2d_backward_input_channels_last
     for part in sub_batches(plan.batch, conv_work(weight.shape, plan.out_h * plan.out_w, grad_x.shape)):
-        if not _core.conv2d_backward_input_channels_last(grad_out[part], weight, grad_x[part], *inner.kernel_args(),
-                                                         n_threads):
+        if not kernel(grad_out[part], weight, grad_x[part], *inner.kernel_args(), n_threads):
             return False
     return True
 
@@ -334,12 +337,13 @@ def _last_weight(grad_out: AnyArray, x: AnyArray, plan: _ConvPlan, grad_w: AnyAr
     if not pointwise and inner is None:
         return False
     work = conv_work(grad_w.shape, plan.out_h * plan.out_w, x.shape)
+    depthwise = _is_depthwise(grad_w.shape, plan.groups)
+    kernel = _core.depthwise_backward_weight_channels_last if depthwise else _core.conv2d_backward_weight_channels_last
     for part, (total,) in summed_sub_batches(plan.batch, work, (grad_w,)):
         if pointwise:
             matmul(grad_out[part].reshape(-1, c_out).T, x[part].reshape(-1, c_in), total.reshape(c_out, c_in),
                    n_threads)
-        elif inner is None or not _core.conv2d_backward_weight_channels_last(grad_out[part], x[part], total,
-                                                                             *inner.kernel_args(), n_threads):
+        elif inner is None or not kernel(grad_out[part], x[part], total, *inner.kernel_args(), n_threads):
             grad_w[...] = 0
             return False
     return True
