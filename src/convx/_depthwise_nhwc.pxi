@@ -11,18 +11,18 @@
 
 cdef extern from "_depthwise_nhwc.h" nogil:
     void convx_dwl_forward_row_f(const float* image, const float* wt, const float* bias, float* out,
-                                 const float** ptrs, Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
+                                 Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
                                  Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t oh, Py_ssize_t sh,
                                  Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
     void convx_dwl_forward_row_d(const double* image, const double* wt, const double* bias, double* out,
-                                 const double** ptrs, Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
+                                 Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
                                  Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t oh, Py_ssize_t sh,
                                  Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
-    void convx_dwl_input_row_f(const float* grad, const float* wt, float* grad_in, const float** ptrs,
+    void convx_dwl_input_row_f(const float* grad, const float* wt, float* grad_in,
                                Py_ssize_t width, Py_ssize_t channels, Py_ssize_t out_h, Py_ssize_t out_w,
                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ih, Py_ssize_t sh, Py_ssize_t sw,
                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
-    void convx_dwl_input_row_d(const double* grad, const double* wt, double* grad_in, const double** ptrs,
+    void convx_dwl_input_row_d(const double* grad, const double* wt, double* grad_in,
                                Py_ssize_t width, Py_ssize_t channels, Py_ssize_t out_h, Py_ssize_t out_w,
                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ih, Py_ssize_t sh, Py_ssize_t sw,
                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
@@ -75,21 +75,17 @@ def depthwise_forward_channels_last(const floating[:, :, :, ::1] x, const floati
     cdef const floating* bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef Py_ssize_t row_size = g.out_w * channels
     cdef Py_ssize_t t, image, oh
-    cdef const floating** ptrs
-    # per thread, the image and weight C-vectors of a window's taps inside the image
-    cdef Py_ssize_t[:, ::1] scratch = np.empty((team, 2 * taps), dtype=np.intp)
     _ran(OP_FORWARD, IMPL_DEPTHWISE_DIRECT, 0)
-    with nogil, parallel(num_threads=team):
-        ptrs = <const floating**> &scratch[threadid(), 0]
-        for t in prange(n_rows, schedule='static'):
+    with nogil:
+        for t in prange(n_rows, schedule='static', num_threads=team):
             image = t // g.out_h
             oh = t - image * g.out_h
             if floating is float:
-                convx_dwl_forward_row_f(&x[image, 0, 0, 0], &wt[0, 0], bias_ptr, &out[image, oh, 0, 0], ptrs,
+                convx_dwl_forward_row_f(&x[image, 0, 0, 0], &wt[0, 0], bias_ptr, &out[image, oh, 0, 0],
                                         g.height, g.width, channels, g.out_w, g.kernel_h, g.kernel_w, oh,
                                         g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
             else:
-                convx_dwl_forward_row_d(&x[image, 0, 0, 0], &wt[0, 0], bias_ptr, &out[image, oh, 0, 0], ptrs,
+                convx_dwl_forward_row_d(&x[image, 0, 0, 0], &wt[0, 0], bias_ptr, &out[image, oh, 0, 0],
                                         g.height, g.width, channels, g.out_w, g.kernel_h, g.kernel_w, oh,
                                         g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
             if epi != NULL:
@@ -114,20 +110,17 @@ def depthwise_backward_input_channels_last(const floating[:, :, :, ::1] grad_out
     cdef const floating[:, ::1] wt = _dwl_taps_first(weight)
     cdef int team = _team_size(n_threads, n_rows, (taps + 1) * g.width * channels)
     cdef Py_ssize_t t, image, ih
-    cdef const floating** ptrs
-    cdef Py_ssize_t[:, ::1] scratch = np.empty((team, 2 * taps), dtype=np.intp)
     _ran(OP_INPUT, IMPL_DEPTHWISE_DIRECT, 0)
-    with nogil, parallel(num_threads=team):
-        ptrs = <const floating**> &scratch[threadid(), 0]
-        for t in prange(n_rows, schedule='static'):
+    with nogil:
+        for t in prange(n_rows, schedule='static', num_threads=team):
             image = t // g.height
             ih = t - image * g.height
             if floating is float:
-                convx_dwl_input_row_f(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0], ptrs,
+                convx_dwl_input_row_f(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0],
                                       g.width, channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, ih,
                                       g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
             else:
-                convx_dwl_input_row_d(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0], ptrs,
+                convx_dwl_input_row_d(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0],
                                       g.width, channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, ih,
                                       g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
     return True

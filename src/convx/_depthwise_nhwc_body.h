@@ -1,118 +1,209 @@
 /* The NHWC depthwise kernels for one floating type NT (suffix NS), included twice by _depthwise_nhwc.h. */
 
-/* Channels a window keeps in registers at once: two AVX-512 vectors, four AVX2 ones. */
-#define CONVX_DWL_BLOCK (128 / (ptrdiff_t)sizeof(NT))
+#ifdef CONVX_DWL_VECTORS
+/* 64 bytes of NT (one AVX-512 register, two AVX2 ones, four SSE ones: each clone splits it as its
+ * instruction set has them), loaded and stored unaligned. */
+typedef NT CONVX_DWL(convx_dwl_vec) __attribute__((vector_size(64), aligned(sizeof(NT))));
+#define VEC CONVX_DWL(convx_dwl_vec)
+#define LANES ((ptrdiff_t)(64 / sizeof(NT)))
+#endif
 
-/* out[c0 + c] = first[c] (0 without it) + sum over the n_taps (src[t], w[t]) pairs of
- * w[t][c0 + c] * src[t][c0 + c], for c < c1 - c0, the taps in order. ``block`` (a literal, or 0):
- * c1 - c0, to keep the sums in registers. */
-static inline __attribute__((always_inline)) void CONVX_DWL(convx_dwl_channels)(
-    const NT *const *CONVX_RESTRICT src, const NT *const *CONVX_RESTRICT w, ptrdiff_t n_taps,
-    const NT *CONVX_RESTRICT first, NT *CONVX_RESTRICT out, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t block) {
-    const ptrdiff_t n = block ? block : c1 - c0;
-    NT b[CONVX_DWL_BLOCK];
-    NT *CONVX_RESTRICT run = block ? b : out + c0;
-    ptrdiff_t c;
-    if (first) {
-        CONVX_SIMD for (c = 0; c < n; c++) run[c] = first[c0 + c];
-    } else {
-        CONVX_SIMD for (c = 0; c < n; c++) run[c] = 0;
-    }
-    for (ptrdiff_t t = 0; t < n_taps; t++) {
-        const NT *CONVX_RESTRICT s = src[t] + c0;
-        const NT *CONVX_RESTRICT k = w[t] + c0;
-        CONVX_SIMD for (c = 0; c < n; c++) run[c] += k[c] * s[c];
-    }
-    if (block) CONVX_SIMD for (c = 0; c < n; c++) out[c0 + c] = run[c];
-}
-
-/* out[0..channels) from the window's taps, a register block of channels at a time. */
-static inline __attribute__((always_inline)) void CONVX_DWL(convx_dwl_window)(
-    const NT *const *src, const NT *const *w, ptrdiff_t n_taps, const NT *first, NT *out, ptrdiff_t channels) {
-    ptrdiff_t c0 = 0;
-    for (; c0 + CONVX_DWL_BLOCK <= channels; c0 += CONVX_DWL_BLOCK)
-        CONVX_DWL(convx_dwl_channels)(src, w, n_taps, first, out, c0, c0 + CONVX_DWL_BLOCK, CONVX_DWL_BLOCK);
-    if (c0 < channels) CONVX_DWL(convx_dwl_channels)(src, w, n_taps, first, out, c0, channels, 0);
+/* Taps [*lo, *hi) of an axis land inside [0, size) for a window starting at ``start`` (dilation d). */
+static inline void CONVX_DWL(convx_dwl_taps)(ptrdiff_t start, ptrdiff_t size, ptrdiff_t kernel, ptrdiff_t d,
+                                             ptrdiff_t *lo, ptrdiff_t *hi) {
+    ptrdiff_t a = start < 0 ? (-start + d - 1) / d : 0;
+    ptrdiff_t b = size - start <= 0 ? 0 : (size - start + d - 1) / d;
+    *lo = a < kernel ? a : kernel;
+    *hi = b < kernel ? b : kernel;
+    if (*hi < *lo) *hi = *lo;
 }
 
 /* One output row oh of one image (height x width x channels): out[ow, c] = bias[c] (0 where bias
  * is NULL) + sum over the taps (i, j) inside the image of wt[i * kw + j, c] * image[ih, iw, c],
- * ih = oh * sh - ph + i * dh, iw = ow * sw - pw + j * dw. ``ptrs``: 2 * kh * kw pointers of scratch. */
+ * ih = oh * sh - ph + i * dh, iw = ow * sw - pw + j * dw, the taps in row-major order; blocks of
+ * channels summed in registers over the window's taps. */
 CONVX_CLONES static void CONVX_DWL(convx_dwl_forward_row)(
-    const NT *image, const NT *wt, const NT *bias, NT *out, const NT **ptrs, ptrdiff_t height, ptrdiff_t width,
-    ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oh, ptrdiff_t sh, ptrdiff_t sw,
-    ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
-    const NT **src = ptrs, **w = ptrs + kh * kw;
+    const NT *CONVX_RESTRICT image, const NT *CONVX_RESTRICT wt, const NT *CONVX_RESTRICT bias,
+    NT *CONVX_RESTRICT out, ptrdiff_t height, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t kh,
+    ptrdiff_t kw, ptrdiff_t oh, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
     const ptrdiff_t ih0 = oh * sh - ph;
+    ptrdiff_t i_lo, i_hi;
+    CONVX_DWL(convx_dwl_taps)(ih0, height, kh, dh, &i_lo, &i_hi);
     for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        NT *CONVX_RESTRICT o = out + ow * channels;
         const ptrdiff_t iw0 = ow * sw - pw;
-        ptrdiff_t n_taps = 0;
-        for (ptrdiff_t i = 0; i < kh; i++) {
-            const ptrdiff_t ih = ih0 + i * dh;
-            if (ih < 0 || ih >= height) continue;
-            for (ptrdiff_t j = 0; j < kw; j++) {
-                const ptrdiff_t iw = iw0 + j * dw;
-                if (iw < 0 || iw >= width) continue;
-                src[n_taps] = image + (ih * width + iw) * channels;
-                w[n_taps] = wt + (i * kw + j) * channels;
-                n_taps++;
+        ptrdiff_t j_lo, j_hi, c0 = 0;
+        CONVX_DWL(convx_dwl_taps)(iw0, width, kw, dw, &j_lo, &j_hi);
+#ifdef CONVX_DWL_VECTORS
+        for (; c0 + 2 * LANES <= channels; c0 += 2 * LANES) {
+            VEC a0 = {0}, a1 = {0};
+            if (bias) {
+                a0 = *(const VEC *)(bias + c0);
+                a1 = *(const VEC *)(bias + c0 + LANES);
             }
+            for (ptrdiff_t i = i_lo; i < i_hi; i++)
+                for (ptrdiff_t j = j_lo; j < j_hi; j++) {
+                    const NT *s = image + ((ih0 + i * dh) * width + iw0 + j * dw) * channels + c0;
+                    const NT *k = wt + (i * kw + j) * channels + c0;
+                    a0 += *(const VEC *)k * *(const VEC *)s;
+                    a1 += *(const VEC *)(k + LANES) * *(const VEC *)(s + LANES);
+                }
+            *(VEC *)(o + c0) = a0;
+            *(VEC *)(o + c0 + LANES) = a1;
         }
-        CONVX_DWL(convx_dwl_window)(src, w, n_taps, bias, out + ow * channels, channels);
+        if (c0 + LANES <= channels) {
+            VEC a0 = {0};
+            if (bias) a0 = *(const VEC *)(bias + c0);
+            for (ptrdiff_t i = i_lo; i < i_hi; i++)
+                for (ptrdiff_t j = j_lo; j < j_hi; j++)
+                    a0 += *(const VEC *)(wt + (i * kw + j) * channels + c0)
+                          * *(const VEC *)(image + ((ih0 + i * dh) * width + iw0 + j * dw) * channels + c0);
+            *(VEC *)(o + c0) = a0;
+            c0 += LANES;
+        }
+#endif
+        if (c0 < channels) {
+            const ptrdiff_t n = channels - c0;
+            NT *CONVX_RESTRICT r = o + c0;
+            if (bias) {
+                memcpy(r, bias + c0, (size_t)n * sizeof(NT));
+            } else {
+                memset(r, 0, (size_t)n * sizeof(NT));
+            }
+            for (ptrdiff_t i = i_lo; i < i_hi; i++)
+                for (ptrdiff_t j = j_lo; j < j_hi; j++) {
+                    const NT *CONVX_RESTRICT s = image + ((ih0 + i * dh) * width + iw0 + j * dw) * channels + c0;
+                    const NT *CONVX_RESTRICT k = wt + (i * kw + j) * channels + c0;
+                    CONVX_SIMD for (ptrdiff_t c = 0; c < n; c++) r[c] += k[c] * s[c];
+                }
+        }
     }
+}
+
+/* The output (oh) that tap i of an axis (kernel index, step s, padding p, dilation d) reads input
+ * position x from, or -1 where there is none (out of [0, out) or between strides). */
+static inline ptrdiff_t CONVX_DWL(convx_dwl_source)(ptrdiff_t x, ptrdiff_t i, ptrdiff_t s, ptrdiff_t p,
+                                                    ptrdiff_t d, ptrdiff_t out) {
+    const ptrdiff_t t = x + p - i * d;
+    if (t < 0) return -1;
+    const ptrdiff_t o = s == 1 ? t : (t % s ? -1 : t / s);
+    return o < out ? o : -1;
 }
 
 /* One input-gradient row ih of one image, overwritten: grad_in[iw, c] = sum over the taps (i, j)
  * and outputs (oh, ow) with oh * sh - ph + i * dh = ih and ow * sw - pw + j * dw = iw of
- * wt[i * kw + j, c] * grad[oh, ow, c] (grad: out_h x out_w x channels). */
+ * wt[i * kw + j, c] * grad[oh, ow, c] (grad: out_h x out_w x channels), the taps in row-major order. */
 CONVX_CLONES static void CONVX_DWL(convx_dwl_input_row)(
-    const NT *grad, const NT *wt, NT *grad_in, const NT **ptrs, ptrdiff_t width, ptrdiff_t channels,
-    ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ih, ptrdiff_t sh, ptrdiff_t sw,
-    ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
-    const NT **src = ptrs, **w = ptrs + kh * kw;
+    const NT *CONVX_RESTRICT grad, const NT *CONVX_RESTRICT wt, NT *CONVX_RESTRICT grad_in, ptrdiff_t width,
+    ptrdiff_t channels, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ih, ptrdiff_t sh,
+    ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
     for (ptrdiff_t iw = 0; iw < width; iw++) {
-        ptrdiff_t n_taps = 0;
-        for (ptrdiff_t i = 0; i < kh; i++) {
-            const ptrdiff_t th = ih + ph - i * dh;
-            if (th < 0 || th % sh) continue;
-            const ptrdiff_t oh = th / sh;
-            if (oh >= out_h) continue;
-            for (ptrdiff_t j = 0; j < kw; j++) {
-                const ptrdiff_t tw = iw + pw - j * dw;
-                if (tw < 0 || tw % sw) continue;
-                const ptrdiff_t ow = tw / sw;
-                if (ow >= out_w) continue;
-                src[n_taps] = grad + (oh * out_w + ow) * channels;
-                w[n_taps] = wt + (i * kw + j) * channels;
-                n_taps++;
+        NT *CONVX_RESTRICT o = grad_in + iw * channels;
+        ptrdiff_t c0 = 0;
+#ifdef CONVX_DWL_VECTORS
+        for (; c0 + 2 * LANES <= channels; c0 += 2 * LANES) {
+            VEC a0 = {0}, a1 = {0};
+            for (ptrdiff_t i = 0; i < kh; i++) {
+                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
+                if (oh < 0) continue;
+                for (ptrdiff_t j = 0; j < kw; j++) {
+                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
+                    if (ow < 0) continue;
+                    const NT *g = grad + (oh * out_w + ow) * channels + c0;
+                    const NT *k = wt + (i * kw + j) * channels + c0;
+                    a0 += *(const VEC *)k * *(const VEC *)g;
+                    a1 += *(const VEC *)(k + LANES) * *(const VEC *)(g + LANES);
+                }
+            }
+            *(VEC *)(o + c0) = a0;
+            *(VEC *)(o + c0 + LANES) = a1;
+        }
+        if (c0 + LANES <= channels) {
+            VEC a0 = {0};
+            for (ptrdiff_t i = 0; i < kh; i++) {
+                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
+                if (oh < 0) continue;
+                for (ptrdiff_t j = 0; j < kw; j++) {
+                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
+                    if (ow >= 0)
+                        a0 += *(const VEC *)(wt + (i * kw + j) * channels + c0)
+                              * *(const VEC *)(grad + (oh * out_w + ow) * channels + c0);
+                }
+            }
+            *(VEC *)(o + c0) = a0;
+            c0 += LANES;
+        }
+#endif
+        if (c0 < channels) {
+            const ptrdiff_t n = channels - c0;
+            NT *CONVX_RESTRICT r = o + c0;
+            memset(r, 0, (size_t)n * sizeof(NT));
+            for (ptrdiff_t i = 0; i < kh; i++) {
+                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
+                if (oh < 0) continue;
+                for (ptrdiff_t j = 0; j < kw; j++) {
+                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
+                    if (ow < 0) continue;
+                    const NT *CONVX_RESTRICT g = grad + (oh * out_w + ow) * channels + c0;
+                    const NT *CONVX_RESTRICT k = wt + (i * kw + j) * channels + c0;
+                    CONVX_SIMD for (ptrdiff_t c = 0; c < n; c++) r[c] += k[c] * g[c];
+                }
             }
         }
-        CONVX_DWL(convx_dwl_window)(src, w, n_taps, NULL, grad_in + iw * channels, channels);
     }
 }
 
-/* partial[i * kw + j, c] += grad[oh, ow, c] * image[ih, iw, c] over the outputs ow of row oh and
- * the taps (i, j) inside the image (geometry as convx_dwl_forward_row). */
+/* partial[i * kw + j, c] += sum over the outputs ow of row oh whose tap (i, j) lands inside the
+ * image of grad[ow, c] * image[ih, iw, c] (geometry as convx_dwl_forward_row): per tap, blocks of
+ * channels summed in registers along the row. */
 CONVX_CLONES static void CONVX_DWL(convx_dwl_weight_row)(
     const NT *CONVX_RESTRICT grad, const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT partial, ptrdiff_t height,
     ptrdiff_t width, ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t oh, ptrdiff_t sh,
     ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
     const ptrdiff_t ih0 = oh * sh - ph;
-    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
-        const NT *CONVX_RESTRICT g = grad + ow * channels;
-        const ptrdiff_t iw0 = ow * sw - pw;
-        for (ptrdiff_t i = 0; i < kh; i++) {
-            const ptrdiff_t ih = ih0 + i * dh;
-            if (ih < 0 || ih >= height) continue;
-            for (ptrdiff_t j = 0; j < kw; j++) {
-                const ptrdiff_t iw = iw0 + j * dw;
-                if (iw < 0 || iw >= width) continue;
-                const NT *CONVX_RESTRICT s = image + (ih * width + iw) * channels;
-                NT *CONVX_RESTRICT p = partial + (i * kw + j) * channels;
-                CONVX_SIMD for (ptrdiff_t c = 0; c < channels; c++) p[c] += g[c] * s[c];
+    ptrdiff_t i_lo, i_hi;
+    CONVX_DWL(convx_dwl_taps)(ih0, height, kh, dh, &i_lo, &i_hi);
+    for (ptrdiff_t j = 0; j < kw; j++) {
+        /* the outputs ow with 0 <= ow * sw - pw + j * dw < width: [ow_lo, ow_hi) */
+        const ptrdiff_t first = pw - j * dw, past = width + pw - j * dw;
+        ptrdiff_t ow_lo = first <= 0 ? 0 : (first + sw - 1) / sw;
+        ptrdiff_t ow_hi = past <= 0 ? 0 : (past + sw - 1) / sw;
+        if (ow_hi > out_w) ow_hi = out_w;
+        if (ow_lo > ow_hi) ow_lo = ow_hi;
+        for (ptrdiff_t i = i_lo; i < i_hi; i++) {
+            const ptrdiff_t row = ((ih0 + i * dh) * width - pw + j * dw) * channels;  /* the offset at ow = 0 */
+            NT *CONVX_RESTRICT p = partial + (i * kw + j) * channels;
+            ptrdiff_t c0 = 0;
+#ifdef CONVX_DWL_VECTORS
+            for (; c0 + 2 * LANES <= channels; c0 += 2 * LANES) {
+                VEC a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+                ptrdiff_t ow = ow_lo;
+                for (; ow + 1 < ow_hi; ow += 2) {
+                    const NT *g = grad + ow * channels + c0, *s = image + row + ow * sw * channels + c0;
+                    const NT *g2 = g + channels, *s2 = s + sw * channels;
+                    a0 += *(const VEC *)g * *(const VEC *)s;
+                    a1 += *(const VEC *)(g + LANES) * *(const VEC *)(s + LANES);
+                    b0 += *(const VEC *)g2 * *(const VEC *)s2;
+                    b1 += *(const VEC *)(g2 + LANES) * *(const VEC *)(s2 + LANES);
+                }
+                if (ow < ow_hi) {
+                    const NT *g = grad + ow * channels + c0, *s = image + row + ow * sw * channels + c0;
+                    a0 += *(const VEC *)g * *(const VEC *)s;
+                    a1 += *(const VEC *)(g + LANES) * *(const VEC *)(s + LANES);
+                }
+                *(VEC *)(p + c0) += a0 + b0;
+                *(VEC *)(p + c0 + LANES) += a1 + b1;
+            }
+#endif
+            for (ptrdiff_t ow = ow_lo; c0 < channels && ow < ow_hi; ow++) {
+                const NT *CONVX_RESTRICT g = grad + ow * channels, *CONVX_RESTRICT s = image + row + ow * sw * channels;
+                CONVX_SIMD for (ptrdiff_t c = c0; c < channels; c++) p[c] += g[c] * s[c];
             }
         }
     }
 }
 
-#undef CONVX_DWL_BLOCK
+#ifdef CONVX_DWL_VECTORS
+#undef VEC
+#undef LANES
+#endif
