@@ -456,7 +456,7 @@ def test_depthwise_nhwc_weight_gradient_does_not_depend_on_the_threads(rng, rest
 
 
 @pytest.mark.parametrize("where", ["x", "weight", "weight-padding-only", "grad_out"])
-@pytest.mark.parametrize("geometry", ["3x3", "3x3-stride2", "per-side", "kernel-past-image"])
+@pytest.mark.parametrize("geometry", ["3x3", "3x3-stride2", "per-side", "kernel-past-image", "1x1"])
 def test_depthwise_nhwc_non_finite_values_as_nchw(geometry, where, rng):
     x, weight, bias, kwargs = _depthwise_arrays(rng, np.float64, geometry)
     grad_out = rng.standard_normal(F.conv2d(x, weight, **kwargs, layout="NHWC").shape)

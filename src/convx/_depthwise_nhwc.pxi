@@ -139,8 +139,6 @@ def depthwise_backward_weight_channels_last(const floating[:, :, :, ::1] grad_ou
     cdef Py_ssize_t channels = x.shape[3], taps = g.kernel_h * g.kernel_w, n_rows = g.batch * g.out_h
     if not _dwl_applies(channels, grad_weight.shape[0], grad_weight.shape[1], groups) or taps == 0:
         return False
-    if _reaches_padding(&g) and not _all_finite(&grad_out[0, 0, 0, 0], n_rows * g.out_w * channels):
-        return False
     cdef Py_ssize_t tile = taps * channels
     # Fixed blocks of output rows (from the geometry alone, never from the thread count).
     cdef Py_ssize_t n_blocks = max(1, min(min(n_rows, <Py_ssize_t> DWL_BLOCKS), DWL_PARTIAL_ELEMENTS // max(1, tile)))
@@ -148,7 +146,10 @@ def depthwise_backward_weight_channels_last(const floating[:, :, :, ::1] grad_ou
     cdef floating[:, ::1] total = np.zeros((taps, channels), dtype=np.asarray(grad_weight).dtype)
     cdef int team = _team_size(n_threads, n_blocks, (n_rows // n_blocks + 1) * (taps + 1) * g.out_w * channels)
     cdef Py_ssize_t block, t, image, oh, k, c
-    _ran(OP_WEIGHT, IMPL_DEPTHWISE_DIRECT, 0)
+    # rows of grad_out holding inf or NaN, whose products with the padding are NaN (each row checked
+    # right after its products, while it is in cache)
+    cdef bint padded = _reaches_padding(&g)
+    cdef Py_ssize_t non_finite = 0
     with nogil:
         for block in prange(n_blocks, schedule='static', num_threads=team):
             for t in range(block * n_rows // n_blocks, (block + 1) * n_rows // n_blocks):
@@ -162,6 +163,12 @@ def depthwise_backward_weight_channels_last(const floating[:, :, :, ::1] grad_ou
                     convx_dwl_weight_row_d(&grad_out[image, oh, 0, 0], &x[image, 0, 0, 0], &partials[block, 0],
                                            g.height, g.width, channels, g.out_w, g.kernel_h, g.kernel_w, oh,
                                            g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
+                if padded and not _all_finite(&grad_out[image, oh, 0, 0], g.out_w * channels):
+                    non_finite += 1
+    if non_finite:
+        return False
+    _ran(OP_WEIGHT, IMPL_DEPTHWISE_DIRECT, 0)
+    with nogil:
         for block in range(n_blocks):
             for k in range(taps):
                 for c in range(channels):
