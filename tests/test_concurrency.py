@@ -48,6 +48,8 @@ def _kernel_call(name, batch):
                                                     (x_last, weight, np.empty_like(x_last), *geometry, 1, 1)),
             "conv2d_backward_weight_channels_last": (core.conv2d_backward_weight_channels_last,
                                                      (x_last, x_last, np.empty_like(weight), *geometry, 1, 1)),
+            "conv2d_backward_bias_channels_last": (core.conv2d_backward_bias_channels_last,
+                                                   (x_last.reshape(-1, 32), np.empty(32), 1)),
         }[name]
     if name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"):
         weight = rng.standard_normal((32, 32, 3, 3))
@@ -186,7 +188,7 @@ def _kernel_call(name, batch):
 KERNELS = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
     "conv2d_forward_channels_last", "conv2d_backward_input_channels_last", "conv2d_backward_weight_channels_last",
-    "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+    "conv2d_backward_bias_channels_last", "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward", "matmul",
     "activation_forward", "activation_backward", "batch_norm_moments", "batch_norm_grad_sums",

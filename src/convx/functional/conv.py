@@ -802,9 +802,10 @@ def conv2d_backward_bias(grad_out: NDArray[Float], *, layout: str = "NCHW") -> N
     grad_out, _ = _batched(grad_out)
     channels = grad_out.shape[-1 if last else 1]
     grad_b = np.zeros(channels, dtype=grad_out.dtype)
-    if grad_out.size:
-        # channels last, the pixels are the images of a batch of 1x1 planes
-        _bias_gradient(contiguous(grad_out).reshape(-1, channels, 1, 1) if last else contiguous(grad_out), grad_b)
+    if grad_out.size and last:
+        _core.conv2d_backward_bias_channels_last(contiguous(grad_out).reshape(-1, channels), grad_b, kernel_threads())
+    elif grad_out.size:
+        _bias_gradient(contiguous(grad_out), grad_b)
     return grad_b
 
 
