@@ -71,23 +71,15 @@ def _as_layout(name: str, value: object, layout: str, channels_last: bool) -> ND
     return array.reshape(array.shape[0], array.shape[1], int(np.prod(array.shape[2:])))
 
 
-class _Kernels:
-    """The four batch-norm kernels of one layout (the same arguments in both)."""
-
-    def __init__(self, channels_last: bool) -> None:
-        suffix = "_nhwc" if channels_last else ""
-        self.channel_axis = 2 if channels_last else 1
-        self.moments = getattr(_core, "batch_norm_moments" + suffix)
-        self.normalize = getattr(_core, "batch_norm_normalize" + suffix)
-        self.grad_sums = getattr(_core, "batch_norm_grad_sums" + suffix)
-        self.input_grad = getattr(_core, "batch_norm_input_grad" + suffix)
+def _channel_axis(channels_last: bool) -> int:
+    """The channel axis of the (N, C, rest) or channels-last (N, rest, C) view of :func:`_as_layout`."""
+    return 2 if channels_last else 1
 
 
-_CHANNELS_FIRST, _CHANNELS_LAST = _Kernels(False), _Kernels(True)
-
-
-def _kernels(channels_last: bool) -> _Kernels:
-    return _CHANNELS_LAST if channels_last else _CHANNELS_FIRST
+def _kernel(name: str, channels_last: bool) -> Any:
+    """The batch-norm kernel ``name`` of a layout (the same arguments in both), looked up at each
+    call (so that a test may wrap it)."""
+    return getattr(_core, f"batch_norm_{name}_nhwc" if channels_last else f"batch_norm_{name}")
 
 
 def _channel_vector(name: str, value: object, channels: int, dtype: np.dtype[Any]) -> NDArray[np.float64] | None:
@@ -118,14 +110,14 @@ def _work(x: NDArray[Any]) -> int:
 def batch_moments(x: NDArray[Any], channels_last: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Each channel's mean and biased variance over every axis but the channels' of a validated
     (N, C, L) array, or (N, L, C) ``channels_last``."""
-    kernels = _kernels(channels_last)
-    channels = x.shape[kernels.channel_axis]
+    axis = _channel_axis(channels_last)
+    channels = x.shape[axis]
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
     count = 0
     for part in sub_batches(x.shape[0], _work(x)):
-        kernels.moments(x[part], float(count), mean, m2, kernel_threads())
-        count += (part.stop - part.start) * x.shape[3 - kernels.channel_axis]
+        _kernel("moments", channels_last)(x[part], float(count), mean, m2, kernel_threads())
+        count += (part.stop - part.start) * x.shape[3 - axis]
     return mean, m2 / max(count, 1)
 
 
@@ -144,9 +136,8 @@ def normalize(
     scale = inv_std if weight is None else inv_std * weight
     shift = np.zeros_like(mean) if bias is None else bias
     out = np.empty(x.shape, dtype=x.dtype)
-    kernel = _kernels(channels_last).normalize
     for part in sub_batches(x.shape[0], 2 * _work(x)):
-        kernel(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
+        _kernel("normalize", channels_last)(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
     return out
 
 
@@ -248,7 +239,7 @@ def batch_norm_forward(
     array = as_float_array("x", x, _NDIMS)
     shape = array.shape
     flat = _as_layout("x", array, layout_name, channels_last)
-    channels = flat.shape[_kernels(channels_last).channel_axis]
+    channels = flat.shape[_channel_axis(channels_last)]
     is_training = as_bool("training", training)
     eps_value = _number("eps", eps, 0.0)
     momentum_value = _number("momentum", momentum, 0.0, 1.0)
@@ -265,7 +256,7 @@ def batch_norm_forward(
             stats.append(as_float_array(name, value, (1,)))
     if stats and is_training and not all(s.flags.writeable for s in stats):
         raise ValueError("running_mean and running_var are updated in place when training: pass writeable arrays")
-    count = flat.shape[0] * flat.shape[3 - _kernels(channels_last).channel_axis]
+    count = flat.shape[0] * flat.shape[3 - _channel_axis(channels_last)]
     if count == 0:
         # Nothing to normalise (as PyTorch: an empty result, the running statistics untouched).
         return np.empty(shape, dtype=array.dtype), np.zeros(channels), np.ones(channels)
@@ -354,7 +345,6 @@ def batch_norm_backward(
     ((2, 2, 1, 2), array([2., 2.]))
     """
     layout_name, channels_last = _batch_layout(layout)
-    kernels = _kernels(channels_last)
     grad = as_float_array("grad_out", grad_out, _NDIMS)
     source = as_float_array("x", x, _NDIMS)
     if grad.shape != source.shape or grad.dtype != source.dtype:
@@ -382,7 +372,7 @@ def batch_norm_backward(
                 f"{y_array.dtype}"
             )
         flat_y = _as_layout("output", y_array, layout_name, channels_last)
-    channels = flat_x.shape[kernels.channel_axis]
+    channels = flat_x.shape[_channel_axis(channels_last)]
     mean64 = as_float_array("mean", mean, (1,)).astype(np.float64)
     inv64 = as_float_array("inv_std", inv_std, (1,)).astype(np.float64)
     if mean64.shape != (channels,) or inv64.shape != (channels,):
@@ -394,7 +384,7 @@ def batch_norm_backward(
     bias_vector = _channel_vector("bias", bias, channels, source.dtype)
     use_batch = as_bool("batch_stats", batch_stats)
     want_params = as_bool("needs_param_grads", needs_param_grads)
-    count = flat_x.shape[0] * flat_x.shape[3 - kernels.channel_axis]
+    count = flat_x.shape[0] * flat_x.shape[3 - _channel_axis(channels_last)]
     # the forward's scale and shift (see normalize)
     scale = inv64 if weight_vector is None else inv64 * weight_vector
     shift = np.zeros(channels) if bias_vector is None else bias_vector
@@ -403,8 +393,8 @@ def batch_norm_backward(
         sum_grad = np.zeros(channels)
         sum_centered = np.zeros(channels)
         for part in sub_batches(flat_x.shape[0], 2 * _work(flat_x)):
-            kernels.grad_sums(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, mean64, scale,
-                              shift, sum_grad, sum_centered, kernel_threads())
+            _kernel("grad_sums", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
+                                                *act, mean64, scale, shift, sum_grad, sum_centered, kernel_threads())
         if want_params:
             grad_weight = (sum_centered * inv64).astype(source.dtype)
             grad_bias = sum_grad.astype(source.dtype)
@@ -416,8 +406,9 @@ def batch_norm_backward(
         k_0 = np.zeros(channels)
     grad_x = np.empty(flat_x.shape, dtype=source.dtype)
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
-        kernels.input_grad(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, shift,
-                           grad_x[part], mean64, scale, k_centered, k_0, kernel_threads())
+        _kernel("input_grad", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
+                                             *act, shift, grad_x[part], mean64, scale, k_centered, k_0,
+                                             kernel_threads())
     return grad_x.reshape(source.shape), grad_weight, grad_bias
 
 
