@@ -18,6 +18,11 @@
  * one) before being merged into the chunk's running figures. */
 #define CONVX_BN_ROWS_BLOCK 4096
 
+/* Elements the element-wise passes take per block (whole periods, at least one): with the
+ * input, the output's gradient, the scratch of a recomputed activation and the result, four
+ * blocks must stay in L1 together. */
+#define CONVX_BN_ROWS_PASS 1024
+
 /* Chan, Golub and LeVeque's update: the figures (count_b, mean_b[c], m2_b[c]) of a set of values
  * merged into (count, mean[c], m2[c]), for c < channels. */
 static inline void convx_bn_merge_moments(double count, double count_b, const double *mean_b, const double *m2_b,

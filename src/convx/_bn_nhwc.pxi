@@ -53,10 +53,12 @@ cdef inline Py_ssize_t _bn_chunk_rows(Py_ssize_t channels) noexcept nogil:
     return max(1, BN_ROWS_CHUNK // channels)
 
 
-def _bn_repeated(figures, Py_ssize_t period, dtype):
-    """Per-channel figures (rows of (k, C)) each repeated over a period: (k, period) of dtype."""
-    table = np.asarray(figures, dtype=dtype)
-    return np.ascontiguousarray(np.tile(table, (1, period // table.shape[1])))
+cdef void _bn_repeat(const double[::1] figures, floating* out, Py_ssize_t period) noexcept nogil:
+    """out[j] = figures[j % C] for j < period (a multiple of C), rounded to out's type."""
+    cdef Py_ssize_t channels = figures.shape[0], k, c
+    for k in range(period // channels):
+        for c in range(channels):
+            out[k * channels + c] = <floating> figures[c]
 
 
 def batch_norm_moments_nhwc(const floating[:, :, ::1] x, double count, double[::1] mean, double[::1] m2,
@@ -101,11 +103,13 @@ def batch_norm_normalize_nhwc(const floating[:, :, ::1] x, floating[:, :, ::1] o
     cdef Py_ssize_t period = _bn_period(channels), chunk_rows = _bn_chunk_rows(channels)
     cdef Py_ssize_t n_chunks = (rows + chunk_rows - 1) // chunk_rows
     cdef int team = _elementwise_team(n_threads, n_chunks, 2 * rows * channels)
-    cdef floating[:, ::1] rep = _bn_repeated([np.asarray(mean), np.asarray(scale), np.asarray(shift)], period,
-                                             np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] rep = np.empty((3, period), dtype=np.float32 if floating is float else np.float64)
     cdef const floating* src = &x[0, 0, 0]
     cdef floating* dst = &out[0, 0, 0]
     with nogil:
+        _bn_repeat(mean, &rep[0, 0], period)
+        _bn_repeat(scale, &rep[1, 0], period)
+        _bn_repeat(shift, &rep[2, 0], period)
         for k in prange(n_chunks, schedule='static', num_threads=team):
             r0 = k * chunk_rows
             if floating is float:
@@ -133,8 +137,8 @@ def batch_norm_grad_sums_nhwc(const floating[:, :, ::1] grad_out, const floating
     cdef Py_ssize_t block = convx_bn_rows_block_f(period)
     cdef int team = _elementwise_team(n_threads, n_chunks, 2 * rows * channels)
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] rep = _bn_repeated([np.asarray(mean), np.asarray(scale), np.asarray(shift)], period, dtype)
-    cdef double[::1] mean_rep = _bn_repeated([np.asarray(mean)], period, np.float64)[0]
+    cdef floating[:, ::1] rep = np.empty((3, period), dtype=dtype)
+    cdef double[::1] mean_rep = np.empty(period)
     cdef double[:, ::1] partial = np.empty((2 * n_chunks, channels))
     cdef floating[:, ::1] scratch = np.empty((team, block), dtype=dtype)
     cdef double[:, ::1] acc = np.empty((team, 2 * period))
@@ -143,6 +147,10 @@ def batch_norm_grad_sums_nhwc(const floating[:, :, ::1] grad_out, const floating
     cdef const floating* g0 = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
     with nogil:
+        _bn_repeat(mean, &rep[0, 0], period)
+        _bn_repeat(scale, &rep[1, 0], period)
+        _bn_repeat(shift, &rep[2, 0], period)
+        _bn_repeat(mean, &mean_rep[0], period)
         with parallel(num_threads=team):
             tid = threadid()
             for k in prange(n_chunks, schedule='static'):
@@ -178,15 +186,19 @@ def batch_norm_input_grad_nhwc(const floating[:, :, ::1] grad_out, const floatin
     cdef Py_ssize_t block = convx_bn_rows_block_f(period)
     cdef int team = _elementwise_team(n_threads, n_chunks, 3 * rows * channels)
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] rep = _bn_repeated(
-        [np.asarray(mean), np.asarray(k_grad), np.asarray(shift), np.asarray(k_centered), np.asarray(k_0)], period,
-        dtype)
+    cdef floating[:, ::1] rep = np.empty((5, period), dtype=dtype)
     cdef floating[:, ::1] scratch = np.empty((team, block), dtype=dtype)
     cdef bint recompute = kind >= 0 and y is None
     cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 and not recompute else NULL
     cdef const floating* g0 = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
     cdef floating* dst = &grad_in[0, 0, 0]
+    with nogil:
+        _bn_repeat(mean, &rep[0, 0], period)
+        _bn_repeat(k_grad, &rep[1, 0], period)
+        _bn_repeat(shift, &rep[2, 0], period)
+        _bn_repeat(k_centered, &rep[3, 0], period)
+        _bn_repeat(k_0, &rep[4, 0], period)
     with nogil, parallel(num_threads=team):
         tid = threadid()
         for k in prange(n_chunks, schedule='static'):

@@ -1,11 +1,13 @@
 /* The channels-last batch-normalisation kernels for one element type: included by _bn_nhwc.h with
  * ET the type (float, double) and ES its suffix (f, d). Every chunk starts at a row, so element j
  * of a chunk belongs to channel j % C and period position j % P; `*_rep` arrays hold a
- * per-channel figure repeated over a period (rep[j] = figure[j % C], j < P). */
+ * per-channel figure repeated over a period (rep[j] = figure[j % C], j < P). The loops take four
+ * periods at a time where they can, so that each load of a per-channel figure (or of a sum kept
+ * per period position) serves four elements: one would cost as much as the element itself. */
 
 /* Elements of a chunk taken per block by the element-wise passes: whole periods, at least one. */
 static inline ptrdiff_t CONVX_EW(convx_bn_rows_block)(ptrdiff_t period) {
-    return period * (CONVX_BN_BLOCK > period ? CONVX_BN_BLOCK / period : 1);
+    return period * (CONVX_BN_ROWS_PASS > period ? CONVX_BN_ROWS_PASS / period : 1);
 }
 
 /* The mean[c] and sum of squared deviations m2[c] of each channel over a chunk of `rows` rows
@@ -25,18 +27,37 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_moments)(const ET *CONVX_RESTRIC
         const ET *CONVX_RESTRICT src = x + r0 * channels;
         const double len = (double)len_rows;
         memset(first, 0, (size_t)period * sizeof(double));
-        for (ptrdiff_t b = 0; b < n; b += period) {
+        ptrdiff_t b = 0;
+        for (; b + 4 * period <= n; b += 4 * period) {
+            const ET *CONVX_RESTRICT s0 = src + b, *CONVX_RESTRICT s1 = s0 + period;
+            const ET *CONVX_RESTRICT s2 = s1 + period, *CONVX_RESTRICT s3 = s2 + period;
+            CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++)
+                first[j] += ((double)s0[j] + (double)s1[j]) + ((double)s2[j] + (double)s3[j]);
+        }
+        for (; b < n; b += period) {
             const ptrdiff_t seg = n - b < period ? n - b : period;
             CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) first[j] += (double)src[b + j];
         }
         convx_bn_fold(first, period, channels, block_mean);
         for (ptrdiff_t c = 0; c < channels; c++) block_mean[c] /= len;
-        for (ptrdiff_t j = 0; j < period; j++) rough[j] = block_mean[j % channels];
+        for (ptrdiff_t k = 0; k < period; k += channels)
+            for (ptrdiff_t c = 0; c < channels; c++) rough[k + c] = block_mean[c];
         /* The deviations' own sum corrects the mean for the rounding of the first sum, and the
          * squares for the offset (as convx_bn_channel_moments). */
         memset(first, 0, (size_t)period * sizeof(double));
         memset(second, 0, (size_t)period * sizeof(double));
-        for (ptrdiff_t b = 0; b < n; b += period) {
+        for (b = 0; b + 4 * period <= n; b += 4 * period) {
+            const ET *CONVX_RESTRICT s0 = src + b, *CONVX_RESTRICT s1 = s0 + period;
+            const ET *CONVX_RESTRICT s2 = s1 + period, *CONVX_RESTRICT s3 = s2 + period;
+            CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
+                const double r = rough[j];
+                const double d0 = (double)s0[j] - r, d1 = (double)s1[j] - r;
+                const double d2 = (double)s2[j] - r, d3 = (double)s3[j] - r;
+                first[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                second[j] += (d0 + d1) + (d2 + d3);
+            }
+        }
+        for (; b < n; b += period) {
             const ptrdiff_t seg = n - b < period ? n - b : period;
             CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) {
                 const double d = (double)src[b + j] - rough[j];
@@ -63,6 +84,33 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_moments)(const ET *CONVX_RESTRIC
     }
 }
 
+/* out = (x - mean) * scale + shift over n elements starting at a row. */
+static inline void CONVX_EW(convx_bn_rows_affine)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT out, ptrdiff_t n,
+                                                  ptrdiff_t period, const ET *CONVX_RESTRICT mean_rep,
+                                                  const ET *CONVX_RESTRICT scale_rep,
+                                                  const ET *CONVX_RESTRICT shift_rep) {
+    ptrdiff_t b = 0;
+    for (; b + 4 * period <= n; b += 4 * period) {
+        const ET *CONVX_RESTRICT x0 = x + b, *CONVX_RESTRICT x1 = x0 + period;
+        const ET *CONVX_RESTRICT x2 = x1 + period, *CONVX_RESTRICT x3 = x2 + period;
+        ET *CONVX_RESTRICT o0 = out + b, *CONVX_RESTRICT o1 = o0 + period;
+        ET *CONVX_RESTRICT o2 = o1 + period, *CONVX_RESTRICT o3 = o2 + period;
+        CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
+            const ET m = mean_rep[j], sc = scale_rep[j], sh = shift_rep[j];
+            o0[j] = (x0[j] - m) * sc + sh;
+            o1[j] = (x1[j] - m) * sc + sh;
+            o2[j] = (x2[j] - m) * sc + sh;
+            o3[j] = (x3[j] - m) * sc + sh;
+        }
+    }
+    for (; b < n; b += period) {
+        const ptrdiff_t seg = n - b < period ? n - b : period;
+        const ET *CONVX_RESTRICT src = x + b;
+        ET *CONVX_RESTRICT dst = out + b;
+        CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) dst[j] = (src[j] - mean_rep[j]) * scale_rep[j] + shift_rep[j];
+    }
+}
+
 /* out = act((x - mean) * scale + shift) over the n elements (whole rows) of a chunk, a block at a
  * time while it is in L1, act the activation `kind` (< 0: none). */
 CONVX_CLONES static void CONVX_EW(convx_bn_rows_normalize)(const ET *CONVX_RESTRICT x, ET *CONVX_RESTRICT out,
@@ -74,12 +122,7 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_normalize)(const ET *CONVX_RESTR
     const ptrdiff_t block = CONVX_EW(convx_bn_rows_block)(period);
     for (ptrdiff_t b0 = 0; b0 < n; b0 += block) {
         const ptrdiff_t len = n - b0 < block ? n - b0 : block;
-        for (ptrdiff_t b = b0; b < b0 + len; b += period) {
-            const ptrdiff_t seg = b0 + len - b < period ? b0 + len - b : period;
-            const ET *CONVX_RESTRICT src = x + b;
-            ET *CONVX_RESTRICT dst = out + b;
-            CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) dst[j] = (src[j] - mean_rep[j]) * scale_rep[j] + shift_rep[j];
-        }
+        CONVX_EW(convx_bn_rows_affine)(x + b0, out + b0, len, period, mean_rep, scale_rep, shift_rep);
         if (kind >= 0) CONVX_EW(convx_activation_forward)(kind, out + b0, out + b0, len, p0, p1);
     }
 }
@@ -95,12 +138,7 @@ static inline const ET *CONVX_EW(convx_bn_rows_incoming)(const ET *grad_out, con
                                                          ptrdiff_t n) {
     if (kind < 0) return grad_out;
     if (y == NULL) {
-        for (ptrdiff_t b = 0; b < n; b += period) {
-            const ptrdiff_t seg = n - b < period ? n - b : period;
-            const ET *CONVX_RESTRICT src = x + b;
-            ET *CONVX_RESTRICT dst = scratch + b;
-            CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) dst[j] = (src[j] - mean_rep[j]) * scale_rep[j] + shift_rep[j];
-        }
+        CONVX_EW(convx_bn_rows_affine)(x, scratch, n, period, mean_rep, scale_rep, shift_rep);
         CONVX_EW(convx_activation_forward)(kind, scratch, scratch, n, p0, p1);
         y = scratch;
     }
@@ -125,14 +163,29 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_grad_sums)(const ET *grad_out, c
         const ptrdiff_t len = n - b0 < block ? n - b0 : block;
         const ET *g = CONVX_EW(convx_bn_rows_incoming)(grad_out + b0, x + b0, y ? y + b0 : NULL, kind, p0, p1, period,
                                                        mean_rep, scale_rep, shift_rep, scratch, len);
-        for (ptrdiff_t b = 0; b < len; b += period) {
+        const ET *CONVX_RESTRICT src = x + b0;
+        ptrdiff_t b = 0;
+        for (; b + 4 * period <= len; b += 4 * period) {
+            const ET *CONVX_RESTRICT g0 = g + b, *CONVX_RESTRICT g1 = g0 + period;
+            const ET *CONVX_RESTRICT g2 = g1 + period, *CONVX_RESTRICT g3 = g2 + period;
+            const ET *CONVX_RESTRICT x0 = src + b, *CONVX_RESTRICT x1 = x0 + period;
+            const ET *CONVX_RESTRICT x2 = x1 + period, *CONVX_RESTRICT x3 = x2 + period;
+            CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
+                const double m = mean_rep_d[j];
+                const double a0 = (double)g0[j], a1 = (double)g1[j], a2 = (double)g2[j], a3 = (double)g3[j];
+                acc_grad[j] += (a0 + a1) + (a2 + a3);
+                acc_centered[j] += (a0 * ((double)x0[j] - m) + a1 * ((double)x1[j] - m)) +
+                                   (a2 * ((double)x2[j] - m) + a3 * ((double)x3[j] - m));
+            }
+        }
+        for (; b < len; b += period) {
             const ptrdiff_t seg = len - b < period ? len - b : period;
             const ET *CONVX_RESTRICT gb = g + b;
-            const ET *CONVX_RESTRICT src = x + b0 + b;
+            const ET *CONVX_RESTRICT xb = src + b;
             CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++) {
                 const double gj = (double)gb[j];
                 acc_grad[j] += gj;
-                acc_centered[j] += gj * ((double)src[j] - mean_rep_d[j]);
+                acc_centered[j] += gj * ((double)xb[j] - mean_rep_d[j]);
             }
         }
     }
@@ -155,13 +208,31 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_input_grad)(const ET *grad_out, 
         const ptrdiff_t len = n - b0 < block ? n - b0 : block;
         const ET *g = CONVX_EW(convx_bn_rows_incoming)(grad_out + b0, x + b0, y ? y + b0 : NULL, kind, p0, p1, period,
                                                        mean_rep, scale_rep, shift_rep, scratch, len);
-        for (ptrdiff_t b = 0; b < len; b += period) {
+        const ET *CONVX_RESTRICT src = x + b0;
+        ET *CONVX_RESTRICT dst = grad_in + b0;
+        ptrdiff_t b = 0;
+        for (; b + 4 * period <= len; b += 4 * period) {
+            const ET *CONVX_RESTRICT g0 = g + b, *CONVX_RESTRICT g1 = g0 + period;
+            const ET *CONVX_RESTRICT g2 = g1 + period, *CONVX_RESTRICT g3 = g2 + period;
+            const ET *CONVX_RESTRICT x0 = src + b, *CONVX_RESTRICT x1 = x0 + period;
+            const ET *CONVX_RESTRICT x2 = x1 + period, *CONVX_RESTRICT x3 = x2 + period;
+            ET *CONVX_RESTRICT d0 = dst + b, *CONVX_RESTRICT d1 = d0 + period;
+            ET *CONVX_RESTRICT d2 = d1 + period, *CONVX_RESTRICT d3 = d2 + period;
+            CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
+                const ET kg = scale_rep[j], kc = k_centered_rep[j], m = mean_rep[j], k0 = k_0_rep[j];
+                d0[j] = kg * g0[j] + kc * (x0[j] - m) + k0;
+                d1[j] = kg * g1[j] + kc * (x1[j] - m) + k0;
+                d2[j] = kg * g2[j] + kc * (x2[j] - m) + k0;
+                d3[j] = kg * g3[j] + kc * (x3[j] - m) + k0;
+            }
+        }
+        for (; b < len; b += period) {
             const ptrdiff_t seg = len - b < period ? len - b : period;
             const ET *CONVX_RESTRICT gb = g + b;
-            const ET *CONVX_RESTRICT src = x + b0 + b;
-            ET *CONVX_RESTRICT dst = grad_in + b0 + b;
+            const ET *CONVX_RESTRICT xb = src + b;
+            ET *CONVX_RESTRICT db = dst + b;
             CONVX_SIMD for (ptrdiff_t j = 0; j < seg; j++)
-                dst[j] = scale_rep[j] * gb[j] + k_centered_rep[j] * (src[j] - mean_rep[j]) + k_0_rep[j];
+                db[j] = scale_rep[j] * gb[j] + k_centered_rep[j] * (xb[j] - mean_rep[j]) + k_0_rep[j];
         }
     }
 }
