@@ -53,6 +53,21 @@ cdef inline Py_ssize_t _bn_chunk_rows(Py_ssize_t channels) noexcept nogil:
     return max(1, BN_ROWS_CHUNK // channels)
 
 
+cdef inline Py_ssize_t _bn_row(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """n elements rounded up to whole 64-byte lines: the stride of a table's rows."""
+    return (n * itemsize + 63) // 64 * 64 // itemsize
+
+
+def _bn_aligned(Py_ssize_t n, dtype):
+    """An empty (n,) array of dtype starting on a 64-byte boundary: the kernels load the repeated
+    figures and the period sums a vector at a time, and an AVX-512 vector off a line boundary is
+    two loads."""
+    cdef Py_ssize_t itemsize = np.dtype(dtype).itemsize
+    buffer = np.empty(n + 64 // itemsize, dtype=dtype)
+    start = (-buffer.ctypes.data % 64) // itemsize
+    return buffer[start:start + n]
+
+
 cdef void _bn_repeat(const double[::1] figures, floating* out, Py_ssize_t period) noexcept nogil:
     """out[j] = figures[j % C] for j < period (a multiple of C), rounded to out's type."""
     cdef Py_ssize_t channels = figures.shape[0], k, c
@@ -72,7 +87,8 @@ def batch_norm_moments_nhwc(const floating[:, :, ::1] x, double count, double[::
     cdef Py_ssize_t n_chunks = (rows + chunk_rows - 1) // chunk_rows
     cdef int team = _elementwise_team(n_threads, n_chunks, rows * channels)
     cdef double[:, ::1] partial = np.empty((2 * n_chunks, channels))
-    cdef double[:, ::1] scratch = np.empty((team, 3 * period + 2 * channels))
+    cdef Py_ssize_t stride = _bn_row(3 * period + 2 * channels, 8)
+    cdef double[::1] scratch = _bn_aligned(team * stride, np.float64)
     cdef const floating* src = &x[0, 0, 0]
     with nogil:
         with parallel(num_threads=team):
@@ -81,10 +97,10 @@ def batch_norm_moments_nhwc(const floating[:, :, ::1] x, double count, double[::
                 r0 = k * chunk_rows
                 if floating is float:
                     convx_bn_rows_moments_f(src + r0 * channels, min(chunk_rows, rows - r0), channels, period,
-                                            &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid, 0])
+                                            &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid * stride])
                 else:
                     convx_bn_rows_moments_d(src + r0 * channels, min(chunk_rows, rows - r0), channels, period,
-                                            &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid, 0])
+                                            &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid * stride])
         for k in range(n_chunks):
             r0 = min(chunk_rows, rows - k * chunk_rows)
             convx_bn_merge_moments(count, <double> r0, &partial[2 * k, 0], &partial[2 * k + 1, 0], &mean[0], &m2[0],
@@ -103,23 +119,24 @@ def batch_norm_normalize_nhwc(const floating[:, :, ::1] x, floating[:, :, ::1] o
     cdef Py_ssize_t period = _bn_period(channels), chunk_rows = _bn_chunk_rows(channels)
     cdef Py_ssize_t n_chunks = (rows + chunk_rows - 1) // chunk_rows
     cdef int team = _elementwise_team(n_threads, n_chunks, 2 * rows * channels)
-    cdef floating[:, ::1] rep = np.empty((3, period), dtype=np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t stride = _bn_row(period, sizeof(floating))
+    cdef floating[::1] rep = _bn_aligned(3 * stride, np.float32 if floating is float else np.float64)
     cdef const floating* src = &x[0, 0, 0]
     cdef floating* dst = &out[0, 0, 0]
     with nogil:
-        _bn_repeat(mean, &rep[0, 0], period)
-        _bn_repeat(scale, &rep[1, 0], period)
-        _bn_repeat(shift, &rep[2, 0], period)
+        _bn_repeat(mean, &rep[0], period)
+        _bn_repeat(scale, &rep[stride], period)
+        _bn_repeat(shift, &rep[2 * stride], period)
         for k in prange(n_chunks, schedule='static', num_threads=team):
             r0 = k * chunk_rows
             if floating is float:
                 convx_bn_rows_normalize_f(src + r0 * channels, dst + r0 * channels,
-                                          min(chunk_rows, rows - r0) * channels, period, &rep[0, 0], &rep[1, 0],
-                                          &rep[2, 0], kind, p0, p1)
+                                          min(chunk_rows, rows - r0) * channels, period, &rep[0], &rep[stride],
+                                          &rep[2 * stride], kind, p0, p1)
             else:
                 convx_bn_rows_normalize_d(src + r0 * channels, dst + r0 * channels,
-                                          min(chunk_rows, rows - r0) * channels, period, &rep[0, 0], &rep[1, 0],
-                                          &rep[2, 0], kind, p0, p1)
+                                          min(chunk_rows, rows - r0) * channels, period, &rep[0], &rep[stride],
+                                          &rep[2 * stride], kind, p0, p1)
 
 
 def batch_norm_grad_sums_nhwc(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
@@ -137,19 +154,21 @@ def batch_norm_grad_sums_nhwc(const floating[:, :, ::1] grad_out, const floating
     cdef Py_ssize_t block = convx_bn_rows_block_f(period)
     cdef int team = _elementwise_team(n_threads, n_chunks, 2 * rows * channels)
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] rep = np.empty((3, period), dtype=dtype)
-    cdef double[::1] mean_rep = np.empty(period)
+    cdef Py_ssize_t stride = _bn_row(period, sizeof(floating)), block_stride = _bn_row(block, sizeof(floating))
+    cdef Py_ssize_t acc_stride = _bn_row(2 * period, 8)
+    cdef floating[::1] rep = _bn_aligned(3 * stride, dtype)
+    cdef double[::1] mean_rep = _bn_aligned(period, np.float64)
     cdef double[:, ::1] partial = np.empty((2 * n_chunks, channels))
-    cdef floating[:, ::1] scratch = np.empty((team, block), dtype=dtype)
-    cdef double[:, ::1] acc = np.empty((team, 2 * period))
+    cdef floating[::1] scratch = _bn_aligned(team * block_stride, dtype)
+    cdef double[::1] acc = _bn_aligned(team * acc_stride, np.float64)
     cdef bint recompute = kind >= 0 and y is None
     cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 and not recompute else NULL
     cdef const floating* g0 = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
     with nogil:
-        _bn_repeat(mean, &rep[0, 0], period)
-        _bn_repeat(scale, &rep[1, 0], period)
-        _bn_repeat(shift, &rep[2, 0], period)
+        _bn_repeat(mean, &rep[0], period)
+        _bn_repeat(scale, &rep[stride], period)
+        _bn_repeat(shift, &rep[2 * stride], period)
         _bn_repeat(mean, &mean_rep[0], period)
         with parallel(num_threads=team):
             tid = threadid()
@@ -158,13 +177,15 @@ def batch_norm_grad_sums_nhwc(const floating[:, :, ::1] grad_out, const floating
                 if floating is float:
                     convx_bn_rows_grad_sums_f(g0 + r0, src + r0, y0 + r0 if y0 else NULL, kind, p0, p1,
                                               min(chunk_rows, rows - k * chunk_rows) * channels, channels, period,
-                                              &rep[0, 0], &rep[1, 0], &rep[2, 0], &mean_rep[0], &partial[2 * k, 0],
-                                              &partial[2 * k + 1, 0], &scratch[tid, 0], &acc[tid, 0])
+                                              &rep[0], &rep[stride], &rep[2 * stride], &mean_rep[0],
+                                              &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid * block_stride],
+                                              &acc[tid * acc_stride])
                 else:
                     convx_bn_rows_grad_sums_d(g0 + r0, src + r0, y0 + r0 if y0 else NULL, kind, p0, p1,
                                               min(chunk_rows, rows - k * chunk_rows) * channels, channels, period,
-                                              &rep[0, 0], &rep[1, 0], &rep[2, 0], &mean_rep[0], &partial[2 * k, 0],
-                                              &partial[2 * k + 1, 0], &scratch[tid, 0], &acc[tid, 0])
+                                              &rep[0], &rep[stride], &rep[2 * stride], &mean_rep[0],
+                                              &partial[2 * k, 0], &partial[2 * k + 1, 0], &scratch[tid * block_stride],
+                                              &acc[tid * acc_stride])
         for k in range(n_chunks):
             for c in range(channels):
                 sum_grad[c] += partial[2 * k, c]
@@ -186,30 +207,31 @@ def batch_norm_input_grad_nhwc(const floating[:, :, ::1] grad_out, const floatin
     cdef Py_ssize_t block = convx_bn_rows_block_f(period)
     cdef int team = _elementwise_team(n_threads, n_chunks, 3 * rows * channels)
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] rep = np.empty((5, period), dtype=dtype)
-    cdef floating[:, ::1] scratch = np.empty((team, block), dtype=dtype)
+    cdef Py_ssize_t stride = _bn_row(period, sizeof(floating)), block_stride = _bn_row(block, sizeof(floating))
+    cdef floating[::1] rep = _bn_aligned(5 * stride, dtype)
+    cdef floating[::1] scratch = _bn_aligned(team * block_stride, dtype)
     cdef bint recompute = kind >= 0 and y is None
     cdef const floating* y0 = &y[0, 0, 0] if kind >= 0 and not recompute else NULL
     cdef const floating* g0 = &grad_out[0, 0, 0]
     cdef const floating* src = &x[0, 0, 0]
     cdef floating* dst = &grad_in[0, 0, 0]
     with nogil:
-        _bn_repeat(mean, &rep[0, 0], period)
-        _bn_repeat(k_grad, &rep[1, 0], period)
-        _bn_repeat(shift, &rep[2, 0], period)
-        _bn_repeat(k_centered, &rep[3, 0], period)
-        _bn_repeat(k_0, &rep[4, 0], period)
+        _bn_repeat(mean, &rep[0], period)
+        _bn_repeat(k_grad, &rep[stride], period)
+        _bn_repeat(shift, &rep[2 * stride], period)
+        _bn_repeat(k_centered, &rep[3 * stride], period)
+        _bn_repeat(k_0, &rep[4 * stride], period)
     with nogil, parallel(num_threads=team):
         tid = threadid()
         for k in prange(n_chunks, schedule='static'):
             r0 = k * chunk_rows * channels
             if floating is float:
                 convx_bn_rows_input_grad_f(g0 + r0, src + r0, y0 + r0 if y0 else NULL, kind, p0, p1,
-                                           min(chunk_rows, rows - k * chunk_rows) * channels, period, &rep[0, 0],
-                                           &rep[1, 0], &rep[2, 0], &rep[3, 0], &rep[4, 0], dst + r0,
-                                           &scratch[tid, 0])
+                                           min(chunk_rows, rows - k * chunk_rows) * channels, period, &rep[0],
+                                           &rep[stride], &rep[2 * stride], &rep[3 * stride], &rep[4 * stride],
+                                           dst + r0, &scratch[tid * block_stride])
             else:
                 convx_bn_rows_input_grad_d(g0 + r0, src + r0, y0 + r0 if y0 else NULL, kind, p0, p1,
-                                           min(chunk_rows, rows - k * chunk_rows) * channels, period, &rep[0, 0],
-                                           &rep[1, 0], &rep[2, 0], &rep[3, 0], &rep[4, 0], dst + r0,
-                                           &scratch[tid, 0])
+                                           min(chunk_rows, rows - k * chunk_rows) * channels, period, &rep[0],
+                                           &rep[stride], &rep[2 * stride], &rep[3 * stride], &rep[4 * stride],
+                                           dst + r0, &scratch[tid * block_stride])

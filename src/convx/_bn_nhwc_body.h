@@ -1,9 +1,11 @@
 /* The channels-last batch-normalisation kernels for one element type: included by _bn_nhwc.h with
  * ET the type (float, double) and ES its suffix (f, d). Every chunk starts at a row, so element j
  * of a chunk belongs to channel j % C and period position j % P; `*_rep` arrays hold a
- * per-channel figure repeated over a period (rep[j] = figure[j % C], j < P). The loops take four
- * periods at a time where they can, so that each load of a per-channel figure (or of a sum kept
- * per period position) serves four elements: one would cost as much as the element itself. */
+ * per-channel figure repeated over a period (rep[j] = figure[j % C], j < P). The loops that sum
+ * take four periods at a time where they can, so that each load and store of a sum kept per
+ * period position serves four elements; the loops that write an array go straight along it
+ * (four periods side by side there measured slower: the hardware prefetcher follows one
+ * ascending stream best, and a loop that waits for memory has time for the extra loads). */
 
 /* Elements of a chunk taken per block by the element-wise passes: whole periods, at least one. */
 static inline ptrdiff_t CONVX_EW(convx_bn_rows_block)(ptrdiff_t period) {
@@ -89,21 +91,7 @@ static inline void CONVX_EW(convx_bn_rows_affine)(const ET *CONVX_RESTRICT x, ET
                                                   ptrdiff_t period, const ET *CONVX_RESTRICT mean_rep,
                                                   const ET *CONVX_RESTRICT scale_rep,
                                                   const ET *CONVX_RESTRICT shift_rep) {
-    ptrdiff_t b = 0;
-    for (; b + 4 * period <= n; b += 4 * period) {
-        const ET *CONVX_RESTRICT x0 = x + b, *CONVX_RESTRICT x1 = x0 + period;
-        const ET *CONVX_RESTRICT x2 = x1 + period, *CONVX_RESTRICT x3 = x2 + period;
-        ET *CONVX_RESTRICT o0 = out + b, *CONVX_RESTRICT o1 = o0 + period;
-        ET *CONVX_RESTRICT o2 = o1 + period, *CONVX_RESTRICT o3 = o2 + period;
-        CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
-            const ET m = mean_rep[j], sc = scale_rep[j], sh = shift_rep[j];
-            o0[j] = (x0[j] - m) * sc + sh;
-            o1[j] = (x1[j] - m) * sc + sh;
-            o2[j] = (x2[j] - m) * sc + sh;
-            o3[j] = (x3[j] - m) * sc + sh;
-        }
-    }
-    for (; b < n; b += period) {
+    for (ptrdiff_t b = 0; b < n; b += period) {
         const ptrdiff_t seg = n - b < period ? n - b : period;
         const ET *CONVX_RESTRICT src = x + b;
         ET *CONVX_RESTRICT dst = out + b;
@@ -210,23 +198,7 @@ CONVX_CLONES static void CONVX_EW(convx_bn_rows_input_grad)(const ET *grad_out, 
                                                        mean_rep, scale_rep, shift_rep, scratch, len);
         const ET *CONVX_RESTRICT src = x + b0;
         ET *CONVX_RESTRICT dst = grad_in + b0;
-        ptrdiff_t b = 0;
-        for (; b + 4 * period <= len; b += 4 * period) {
-            const ET *CONVX_RESTRICT g0 = g + b, *CONVX_RESTRICT g1 = g0 + period;
-            const ET *CONVX_RESTRICT g2 = g1 + period, *CONVX_RESTRICT g3 = g2 + period;
-            const ET *CONVX_RESTRICT x0 = src + b, *CONVX_RESTRICT x1 = x0 + period;
-            const ET *CONVX_RESTRICT x2 = x1 + period, *CONVX_RESTRICT x3 = x2 + period;
-            ET *CONVX_RESTRICT d0 = dst + b, *CONVX_RESTRICT d1 = d0 + period;
-            ET *CONVX_RESTRICT d2 = d1 + period, *CONVX_RESTRICT d3 = d2 + period;
-            CONVX_SIMD for (ptrdiff_t j = 0; j < period; j++) {
-                const ET kg = scale_rep[j], kc = k_centered_rep[j], m = mean_rep[j], k0 = k_0_rep[j];
-                d0[j] = kg * g0[j] + kc * (x0[j] - m) + k0;
-                d1[j] = kg * g1[j] + kc * (x1[j] - m) + k0;
-                d2[j] = kg * g2[j] + kc * (x2[j] - m) + k0;
-                d3[j] = kg * g3[j] + kc * (x3[j] - m) + k0;
-            }
-        }
-        for (; b < len; b += period) {
+        for (ptrdiff_t b = 0; b < len; b += period) {
             const ptrdiff_t seg = len - b < period ? len - b : period;
             const ET *CONVX_RESTRICT gb = g + b;
             const ET *CONVX_RESTRICT xb = src + b;
