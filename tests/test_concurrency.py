@@ -55,6 +55,8 @@ def _kernel_call(name, batch):
                                                     (x_last, weight, np.empty_like(x_last), *geometry, 1, 1)),
             "conv2d_backward_weight_channels_last": (core.conv2d_backward_weight_channels_last,
                                                      (x_last, x_last, np.empty_like(weight), *geometry, 1, 1)),
+            "conv2d_backward_bias_channels_last": (core.conv2d_backward_bias_channels_last,
+                                                   (x_last.reshape(-1, 32), np.empty(32), 1)),
         }[name]
     if name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"):
         weight = rng.standard_normal((32, 32, 3, 3))
@@ -123,6 +125,19 @@ def _kernel_call(name, batch):
             "layer_norm_param_grads": (core.layer_norm_param_grads,
                                        (rows, rows, *per_row[:2], np.zeros(rows.shape[1]), np.zeros(rows.shape[1]),
                                         1)),
+        }[name]
+    if name.startswith("batch_norm") and name.endswith("_nhwc"):
+        rows = np.ascontiguousarray(np.moveaxis(planes, 1, 2))  # (4 * batch, 576, 32): channels last
+        return {
+            "batch_norm_moments_nhwc": (core.batch_norm_moments_nhwc, (rows, 0.0, np.zeros(32), np.zeros(32), 1)),
+            "batch_norm_grad_sums_nhwc": (core.batch_norm_grad_sums_nhwc,
+                                          (rows, rows, None, core.ACTIVATIONS["relu"], 0.0, 0.0, *per_channel[:3],
+                                           np.zeros(32), np.zeros(32), 1)),
+            "batch_norm_normalize_nhwc": (core.batch_norm_normalize_nhwc,
+                                          (rows, np.empty_like(rows), *per_channel[:3], gelu, 0.0, 0.0, 1)),
+            "batch_norm_input_grad_nhwc": (core.batch_norm_input_grad_nhwc,
+                                           (rows, rows, None, core.ACTIVATIONS["relu"], 0.0, 0.0, per_channel[2],
+                                            np.empty_like(rows), *per_channel, 1)),
         }[name]
     if name.startswith("batch_norm"):
         return {
@@ -193,7 +208,7 @@ def _kernel_call(name, batch):
 KERNELS = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "conv2d_backward_bias",
     "conv2d_forward_channels_last", "conv2d_backward_input_channels_last", "conv2d_backward_weight_channels_last",
-    "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+    "conv2d_backward_bias_channels_last", "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
     "depthwise_forward_channels_last", "depthwise_backward_input_channels_last",
     "depthwise_backward_weight_channels_last",
     "winograd_forward", "winograd_backward_weight", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
@@ -205,6 +220,7 @@ KERNELS = [
     "layer_norm_param_grads", "unfold_forward", "fold_forward",
     "max_pool2d_nhwc_forward", "max_pool2d_nhwc_backward", "avg_pool2d_nhwc_forward", "avg_pool2d_nhwc_backward",
     "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
+    "batch_norm_moments_nhwc", "batch_norm_grad_sums_nhwc", "batch_norm_normalize_nhwc", "batch_norm_input_grad_nhwc",
 ]
 
 
@@ -284,6 +300,9 @@ def _every_op(arrays):
         *F.batch_norm_forward(x, training=True, activation="relu"),
         *F.batch_norm_backward(x, x, x.mean(axis=(0, 2, 3)), 1 / (x.std(axis=(0, 2, 3)) + 1), activation="relu",
                                output=x),
+        *F.batch_norm_forward(x, training=True, activation="relu", layout="NHWC"),
+        *F.batch_norm_backward(x, x, x.mean(axis=(0, 1, 2)), 1 / (x.std(axis=(0, 1, 2)) + 1), activation="relu",
+                               bias=x[0, 0, 0].copy(), layout="NHWC"),
         F.interpolate(x, scale_factor=(1.5, 0.7), mode="bilinear"),
         F.interpolate_backward(x, (x.shape[0], x.shape[1], 5, 7), size=x.shape[2:], mode="bilinear",
                                align_corners=True),

@@ -510,3 +510,33 @@ def test_depthwise_nhwc_kernels_decline_other_multipliers(rng):
     assert not out.any()
     assert_close(F.conv2d(x, weight, padding=1, groups=4, layout="NHWC"),
                  last(F.conv2d(_moved(x), weight, padding=1, groups=4)))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nhwc_sequential_fuses_as_nchw(training, rng):
+    # Conv2d + BatchNorm2d (folded in evaluation) + ReLU, MaxPool2d, Conv2d 1x1 + ReLU, channels
+    # last against the same layers channels first.
+    def build(layout):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, dtype=np.float64, layout=layout),
+                             nn.BatchNorm2d(8, dtype=np.float64, layout=layout), nn.ReLU(),
+                             nn.MaxPool2d(2, layout=layout), nn.Conv2d(8, 4, 1, dtype=np.float64, layout=layout),
+                             nn.ReLU())
+    ref_net, last_net = build("NCHW"), build("NHWC")
+    last_net.load_state_dict(ref_net.state_dict())
+    x = rng.standard_normal((4, 3, 10, 10))
+    x_last = np.ascontiguousarray(last(x))
+    if not training:
+        ref_net(x), last_net(x_last)  # running statistics, in training mode
+        ref_net.eval(), last_net.eval()
+    y = last_net(x_last)
+    assert_close(y, last(ref_net(x)))
+    if training:
+        grad_out = rng.standard_normal(y.shape)
+        assert_close(last_net.backward(grad_out), last(ref_net.backward(np.ascontiguousarray(first(grad_out)))))
+
+
+def test_nhwc_batch_norm_of_another_layout_is_not_folded(rng):
+    net = nn.Sequential(nn.Conv2d(3, 4, 1, dtype=np.float64, layout="NHWC"), nn.BatchNorm2d(4, dtype=np.float64))
+    net.eval()
+    with pytest.raises(ValueError, match="expects 4"):
+        net(rng.standard_normal((2, 5, 5, 3)))

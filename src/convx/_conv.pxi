@@ -17,6 +17,10 @@
 # and run it.
 
 include "_conv_base.pxi"
+
+cdef enum:
+    # rows of a block of conv2d_backward_bias_channels_last's sums
+    BIAS_ROWS = 256
 include "_conv_packed.pxi"
 include "_conv_flat.pxi"
 include "_conv_plane.pxi"
@@ -323,6 +327,29 @@ def conv2d_backward_params(const floating[:, :, :, ::1] grad_out, const floating
             _sum_partials(&w_parts[0], n_threads, w_size, &grad_weight[0, 0, 0, 0])
         if want_bias:
             _sum_partials(&b_parts[0], n_threads, c_out, &grad_bias[0])
+
+
+def conv2d_backward_bias_channels_last(const floating[:, ::1] grad_out, floating[::1] grad_bias, int n_threads):
+    """grad_bias[c] = sum over the rows (pixels) of grad_out (N*H*W, C): blocks of BIAS_ROWS rows
+    summed by the threads, vectorised along the channels, then the blocks' sums added in order (the
+    same blocks and order whatever the thread count)."""
+    cdef Py_ssize_t rows = grad_out.shape[0], channels = grad_out.shape[1]
+    cdef Py_ssize_t n_blocks = (rows + BIAS_ROWS - 1) // BIAS_ROWS, blk, r, c
+    cdef floating[:, ::1] sums = np.zeros((max(1, n_blocks), channels), dtype=np.asarray(grad_bias).dtype)
+    cdef floating* block
+    cdef const floating* row
+    with nogil:
+        for blk in prange(n_blocks, schedule='static', num_threads=_team(n_threads, n_blocks)):
+            block = &sums[blk, 0]
+            for r in range(blk * BIAS_ROWS, min(rows, (blk + 1) * BIAS_ROWS)):
+                row = &grad_out[r, 0]
+                for c in range(channels):
+                    block[c] = block[c] + row[c]
+        for c in range(channels):
+            grad_bias[c] = 0
+        for blk in range(n_blocks):
+            for c in range(channels):
+                grad_bias[c] = grad_bias[c] + sums[blk, c]
 
 
 def conv2d_backward_bias(const floating[:, :, :, ::1] grad_out, floating[::1] grad_bias, int n_threads):

@@ -117,6 +117,7 @@ def conv2d_backward_params(
     groups: int, n_threads: int,
 ) -> None: ...
 def conv2d_backward_bias(grad_out: _Float, grad_bias: _Float, n_threads: int) -> None: ...
+def conv2d_backward_bias_channels_last(grad_out: _Float, grad_bias: _Float, n_threads: int) -> None: ...
 def matmul(a: _Float, trans_a: bool, b: _Float, trans_b: bool, out: _Float, n_threads: int) -> None: ...
 def depthwise_forward(
     x: _Float, weight: _Float, bias: _Float, out: _Float,
@@ -237,6 +238,24 @@ def batch_norm_normalize(
     shift: npt.NDArray[np.float64], kind: int, p0: float, p1: float, n_threads: int,
 ) -> None: ...
 def batch_norm_input_grad(
+    grad_out: _Float, x: _Float, y: _Float | None, kind: int, p0: float, p1: float, shift: npt.NDArray[np.float64],
+    grad_in: _Float,
+    mean: npt.NDArray[np.float64], k_grad: npt.NDArray[np.float64], k_centered: npt.NDArray[np.float64],
+    k_0: npt.NDArray[np.float64], n_threads: int,
+) -> None: ...
+def batch_norm_moments_nhwc(
+    x: _Float, count: float, mean: npt.NDArray[np.float64], m2: npt.NDArray[np.float64], n_threads: int,
+) -> None: ...
+def batch_norm_grad_sums_nhwc(
+    grad_out: _Float, x: _Float, y: _Float | None, kind: int, p0: float, p1: float, mean: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float64], shift: npt.NDArray[np.float64],
+    sum_grad: npt.NDArray[np.float64], sum_grad_centered: npt.NDArray[np.float64], n_threads: int,
+) -> None: ...
+def batch_norm_normalize_nhwc(
+    x: _Float, out: _Float, mean: npt.NDArray[np.float64], scale: npt.NDArray[np.float64],
+    shift: npt.NDArray[np.float64], kind: int, p0: float, p1: float, n_threads: int,
+) -> None: ...
+def batch_norm_input_grad_nhwc(
     grad_out: _Float, x: _Float, y: _Float | None, kind: int, p0: float, p1: float, shift: npt.NDArray[np.float64],
     grad_in: _Float,
     mean: npt.NDArray[np.float64], k_grad: npt.NDArray[np.float64], k_centered: npt.NDArray[np.float64],

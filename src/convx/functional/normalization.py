@@ -1,12 +1,15 @@
 """Batch, group and layer normalisation, as PyTorch's.
 
-Batch normalisation works over the channels (dimension 1) of (N, C, ...) arrays; group and
-layer normalisation over groups of each sample's elements (see the section further down).
+Batch normalisation works over the channels of (N, C, ...) arrays (dimension 1), or of
+channels-last ones (``layout='NHWC'``: (N, H, W, C), the channels innermost); group and layer
+normalisation over groups of each sample's elements (see the section further down).
 
 Training statistics take one pass over the input (each block of a plane summed twice while it
 is in L1, the blocks merged by Chan's update) and the normalisation a second; the backward
 takes two (the channel sums, then the input gradient). Statistics and sums run in float64
-whatever the dtype; the element-wise passes in the array's dtype.
+whatever the dtype; the element-wise passes in the array's dtype. Channels-last arrays run on
+their own kernels over the (N*H*W, C) matrix (each pass along rows, the channels contiguous), with
+the same formulas and precision: no transposed copy.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_float_array, as_int, contiguous
+from .._checks import DATA_LAYOUTS, as_bool, as_data_layout, as_float_array, as_int, as_layout_array, contiguous
 from .._threads import kernel_threads
 from .activations import check_no_activation_params, forward_kernel, output_backward_kernel
 
@@ -41,6 +44,42 @@ def _as_nchw(name: str, value: object) -> NDArray[Any]:
     """``value`` validated, as a C-contiguous (N, C, rest) view (or copy)."""
     array = contiguous(as_float_array(name, value, _NDIMS))
     return array.reshape(array.shape[0], array.shape[1], int(np.prod(array.shape[2:])))
+
+
+# The shape each batch-norm layout names ('NCHW', the default, is PyTorch's (N, C, *): any rank).
+_LAYOUT_SHAPES = {
+    "NCW": "(N, C, L)", "NWC": "(N, L, C)", "NCHW": "(N, C) or (N, C, ...)", "NHWC": "(N, H, W, C)",
+    "NCDHW": "(N, C, D, H, W)", "NDHWC": "(N, D, H, W, C)",
+}
+
+
+def _batch_layout(value: object) -> tuple[str, bool]:
+    """A batch norm's ``layout`` and whether it is channels last: a name of DATA_LAYOUTS."""
+    dims = len(value) - 2 if isinstance(value, str) and len(value) - 2 in DATA_LAYOUTS else 2
+    return str(value), as_data_layout(value, dims)
+
+
+def _as_layout(name: str, value: object, layout: str, channels_last: bool) -> NDArray[Any]:
+    """``value`` validated for ``layout``, as a C-contiguous (N, C, rest) view (or copy), or
+    (N, rest, C) channels last: the matrix the channels-last kernels read as (N*rest, C)."""
+    if layout == "NCHW":
+        return _as_nchw(name, value)
+    ndims = (len(layout),)
+    array = contiguous(as_layout_array("batch_norm", name, value, ndims, f"{_LAYOUT_SHAPES[layout]} ({layout})"))
+    if channels_last:
+        return array.reshape(array.shape[0], int(np.prod(array.shape[1:-1])), array.shape[-1])
+    return array.reshape(array.shape[0], array.shape[1], int(np.prod(array.shape[2:])))
+
+
+def _channel_axis(channels_last: bool) -> int:
+    """The channel axis of the (N, C, rest) or channels-last (N, rest, C) view of :func:`_as_layout`."""
+    return 2 if channels_last else 1
+
+
+def _kernel(name: str, channels_last: bool) -> Any:
+    """The batch-norm kernel ``name`` of a layout (the same arguments in both), looked up at each
+    call (so that a test may wrap it)."""
+    return getattr(_core, f"batch_norm_{name}_nhwc" if channels_last else f"batch_norm_{name}")
 
 
 def _channel_vector(name: str, value: object, channels: int, dtype: np.dtype[Any]) -> NDArray[np.float64] | None:
@@ -68,15 +107,17 @@ def _work(x: NDArray[Any]) -> int:
     return int(np.prod(x.shape[1:]))
 
 
-def batch_moments(x: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Each channel's mean and biased variance over every axis but 1 of a validated (N, C, L) array."""
-    channels = x.shape[1]
+def batch_moments(x: NDArray[Any], channels_last: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each channel's mean and biased variance over every axis but the channels' of a validated
+    (N, C, L) array, or (N, L, C) ``channels_last``."""
+    axis = _channel_axis(channels_last)
+    channels = x.shape[axis]
     mean = np.zeros(channels)
     m2 = np.zeros(channels)
     count = 0
     for part in sub_batches(x.shape[0], _work(x)):
-        _core.batch_norm_moments(x[part], float(count), mean, m2, kernel_threads())
-        count += (part.stop - part.start) * x.shape[2]
+        _kernel("moments", channels_last)(x[part], float(count), mean, m2, kernel_threads())
+        count += (part.stop - part.start) * x.shape[3 - axis]
     return mean, m2 / max(count, 1)
 
 
@@ -88,14 +129,15 @@ _UNUSED = np.zeros(0)
 def normalize(
     x: NDArray[Any], mean: NDArray[np.float64], inv_std: NDArray[np.float64],
     weight: NDArray[np.float64] | None, bias: NDArray[np.float64] | None,
-    activation: tuple[int, float, float] = _NO_ACTIVATION,
+    activation: tuple[int, float, float] = _NO_ACTIVATION, channels_last: bool = False,
 ) -> NDArray[Any]:
-    """``act((x - mean) * inv_std * weight + bias)`` per channel of a validated (N, C, L) array."""
+    """``act((x - mean) * inv_std * weight + bias)`` per channel of a validated (N, C, L) array,
+    or (N, L, C) ``channels_last``."""
     scale = inv_std if weight is None else inv_std * weight
     shift = np.zeros_like(mean) if bias is None else bias
     out = np.empty(x.shape, dtype=x.dtype)
     for part in sub_batches(x.shape[0], 2 * _work(x)):
-        _core.batch_norm_normalize(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
+        _kernel("normalize", channels_last)(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
     return out
 
 
@@ -111,6 +153,7 @@ def batch_norm(
     *,
     activation: str | None = None,
     activation_params: dict[str, Any] | None = None,
+    layout: str = "NCHW",
 ) -> NDArray[Any]:
     """Normalise each channel of ``x``, as ``torch.nn.functional.batch_norm``.
 
@@ -120,7 +163,9 @@ def batch_norm(
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, shape (N, C) or (N, C, ...)
+    x : ndarray of float32 or float64
+        Shape (N, C) or (N, C, ...) (``layout='NCHW'``), or channels last, (N, H, W, C)
+        (``layout='NHWC'``).
     running_mean, running_var : ndarray (C,) of x's dtype, optional
         With ``training``, updated in place (as in PyTorch):
         ``running = (1 - momentum) * running + momentum * batch``, the variance unbiased
@@ -135,11 +180,17 @@ def batch_norm(
         (each block of a plane while it is in L1): no second output array.
     activation_params : dict, optional
         Its keyword arguments (``{'negative_slope': 0.1}``).
+    layout : str, default 'NCHW'
+        Where x keeps its channels: ``'NCHW'``, dimension 1 of (N, C) or (N, C, ...), PyTorch's;
+        ``'NHWC'``, the last of (N, H, W, C), which runs natively (kernels along the rows of
+        the (N*H*W, C) matrix, no transposed copy). Also ``'NCW'`` / ``'NWC'`` for (N, C, L) /
+        (N, L, C) and ``'NCDHW'`` / ``'NDHWC'`` for 3-D images. The statistics, parameters and
+        results are the same in every layout (to rounding: sums are taken in another order).
 
     Returns
     -------
     ndarray
-        ``y`` (after the activation), x's shape and dtype.
+        ``y`` (after the activation), x's shape (and layout) and dtype.
 
     Examples
     --------
@@ -149,9 +200,22 @@ def batch_norm(
     >>> batch_norm(x, training=True, eps=0.0)
     array([[-1., -1.],
            [ 1.,  1.]])
+
+    Channels last: the same images as (N, H, W, C), the result in that layout.
+
+    >>> images = np.arange(8.0).reshape(2, 2, 1, 2)   # N=2, H=2, W=1, C=2
+    >>> batch_norm(images, training=True, eps=0.0, layout="NHWC")[..., 0]
+    array([[[-1.34164079],
+            [-0.4472136 ]],
+    <BLANKLINE>
+           [[ 0.4472136 ],
+            [ 1.34164079]]])
+    >>> np.allclose(batch_norm(images, training=True, layout="NHWC"),
+    ...             np.moveaxis(batch_norm(np.moveaxis(images, 3, 1), training=True), 1, 3))
+    True
     """
     y, _, _ = batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
-                                 activation=activation, activation_params=activation_params)
+                                 activation=activation, activation_params=activation_params, layout=layout)
     return y
 
 
@@ -167,13 +231,15 @@ def batch_norm_forward(
     *,
     activation: str | None = None,
     activation_params: dict[str, Any] | None = None,
+    layout: str = "NCHW",
 ) -> tuple[NDArray[Any], NDArray[np.float64], NDArray[np.float64]]:
     """:func:`batch_norm`, also returning the mean and ``1 / sqrt(var + eps)`` it used (float64,
     (C,)): what :func:`batch_norm_backward` needs."""
+    layout_name, channels_last = _batch_layout(layout)
     array = as_float_array("x", x, _NDIMS)
     shape = array.shape
-    flat = _as_nchw("x", array)
-    channels = flat.shape[1]
+    flat = _as_layout("x", array, layout_name, channels_last)
+    channels = flat.shape[_channel_axis(channels_last)]
     is_training = as_bool("training", training)
     eps_value = _number("eps", eps, 0.0)
     momentum_value = _number("momentum", momentum, 0.0, 1.0)
@@ -190,14 +256,14 @@ def batch_norm_forward(
             stats.append(as_float_array(name, value, (1,)))
     if stats and is_training and not all(s.flags.writeable for s in stats):
         raise ValueError("running_mean and running_var are updated in place when training: pass writeable arrays")
-    count = flat.shape[0] * flat.shape[2]
+    count = flat.shape[0] * flat.shape[3 - _channel_axis(channels_last)]
     if count == 0:
         # Nothing to normalise (as PyTorch: an empty result, the running statistics untouched).
         return np.empty(shape, dtype=array.dtype), np.zeros(channels), np.ones(channels)
     if is_training or not stats:
         if is_training and count < 2:
             raise ValueError(f"batch_norm needs more than one value per channel when training, got x of shape {shape}")
-        mean, var = batch_moments(flat)
+        mean, var = batch_moments(flat, channels_last)
         if is_training and stats:
             unbiased = var * (count / (count - 1))
             for running, batch in zip(stats, (mean, unbiased)):
@@ -206,7 +272,7 @@ def batch_norm_forward(
     else:
         mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
     inv_std = 1.0 / np.sqrt(var + eps_value)
-    y = normalize(flat, mean, inv_std, weight_vector, bias_vector, act)
+    y = normalize(flat, mean, inv_std, weight_vector, bias_vector, act, channels_last)
     return y.reshape(shape), mean, inv_std
 
 
@@ -223,12 +289,13 @@ def batch_norm_backward(
     activation_params: dict[str, Any] | None = None,
     output: NDArray[Any] | None = None,
     bias: NDArray[Any] | None = None,
+    layout: str = "NCHW",
 ) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`batch_norm` for ``grad_out``.
 
     Parameters
     ----------
-    grad_out, x : ndarray (N, C, ...), one shape and dtype
+    grad_out, x : ndarray (N, C, ...), or (N, H, W, C) with ``layout='NHWC'``; one shape and dtype
         The output's gradient and the forward's input.
     mean, inv_std : ndarray (C,)
         What the forward normalised with (:func:`batch_norm_forward` returns them).
@@ -250,10 +317,12 @@ def batch_norm_backward(
         exactly as the forward computed it, and reads a third less memory.
     bias : ndarray (C,), optional
         The forward's shift (0 when absent), read with ``activation`` and no ``output``.
+    layout : str, default 'NCHW'
+        The forward's layout (see :func:`batch_norm`); ``grad_x`` comes back in it.
 
     Returns
     -------
-    grad_x : ndarray, x's shape and dtype
+    grad_x : ndarray, x's shape (and layout) and dtype
     grad_weight, grad_bias : ndarray (C,) of x's dtype, or None
 
     Examples
@@ -265,14 +334,25 @@ def batch_norm_backward(
     >>> grad_x, grad_weight, grad_bias = batch_norm_backward(np.array([[1.0], [0.0]]), x, mean, inv_std)
     >>> grad_x[:, 0], grad_weight, grad_bias
     (array([0., 0.]), array([-1.]), array([1.]))
+
+    Channels last, with the activation's output recomputed from x (``bias=``):
+
+    >>> images = np.arange(8.0).reshape(2, 2, 1, 2)
+    >>> y, mean, inv_std = batch_norm_forward(images, training=True, activation="relu", layout="NHWC")
+    >>> grad_x, _, grad_bias = batch_norm_backward(np.ones_like(y), images, mean, inv_std, activation="relu",
+    ...                                            bias=np.zeros(2), layout="NHWC")
+    >>> grad_x.shape, grad_bias
+    ((2, 2, 1, 2), array([2., 2.]))
     """
+    layout_name, channels_last = _batch_layout(layout)
     grad = as_float_array("grad_out", grad_out, _NDIMS)
     source = as_float_array("x", x, _NDIMS)
     if grad.shape != source.shape or grad.dtype != source.dtype:
         raise ValueError(
             f"grad_out must have x's shape and dtype {source.shape} {source.dtype}, got {grad.shape} {grad.dtype}"
         )
-    flat_grad, flat_x = _as_nchw("grad_out", grad), _as_nchw("x", source)
+    flat_x = _as_layout("x", source, layout_name, channels_last)
+    flat_grad = _as_layout("grad_out", grad, layout_name, channels_last)
     act = _NO_ACTIVATION
     flat_y = flat_x
     check_no_activation_params(activation, activation_params)
@@ -291,8 +371,8 @@ def batch_norm_backward(
                 f"output must have x's shape and dtype {source.shape} {source.dtype}, got {y_array.shape} "
                 f"{y_array.dtype}"
             )
-        flat_y = _as_nchw("output", y_array)
-    channels = flat_x.shape[1]
+        flat_y = _as_layout("output", y_array, layout_name, channels_last)
+    channels = flat_x.shape[_channel_axis(channels_last)]
     mean64 = as_float_array("mean", mean, (1,)).astype(np.float64)
     inv64 = as_float_array("inv_std", inv_std, (1,)).astype(np.float64)
     if mean64.shape != (channels,) or inv64.shape != (channels,):
@@ -304,7 +384,7 @@ def batch_norm_backward(
     bias_vector = _channel_vector("bias", bias, channels, source.dtype)
     use_batch = as_bool("batch_stats", batch_stats)
     want_params = as_bool("needs_param_grads", needs_param_grads)
-    count = flat_x.shape[0] * flat_x.shape[2]
+    count = flat_x.shape[0] * flat_x.shape[3 - _channel_axis(channels_last)]
     # the forward's scale and shift (see normalize)
     scale = inv64 if weight_vector is None else inv64 * weight_vector
     shift = np.zeros(channels) if bias_vector is None else bias_vector
@@ -313,8 +393,8 @@ def batch_norm_backward(
         sum_grad = np.zeros(channels)
         sum_centered = np.zeros(channels)
         for part in sub_batches(flat_x.shape[0], 2 * _work(flat_x)):
-            _core.batch_norm_grad_sums(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, mean64,
-                                       scale, shift, sum_grad, sum_centered, kernel_threads())
+            _kernel("grad_sums", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
+                                                *act, mean64, scale, shift, sum_grad, sum_centered, kernel_threads())
         if want_params:
             grad_weight = (sum_centered * inv64).astype(source.dtype)
             grad_bias = sum_grad.astype(source.dtype)
@@ -326,8 +406,9 @@ def batch_norm_backward(
         k_0 = np.zeros(channels)
     grad_x = np.empty(flat_x.shape, dtype=source.dtype)
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
-        _core.batch_norm_input_grad(flat_grad[part], flat_x[part], None if recompute else flat_y[part], *act, shift,
-                                    grad_x[part], mean64, scale, k_centered, k_0, kernel_threads())
+        _kernel("input_grad", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
+                                             *act, shift, grad_x[part], mean64, scale, k_centered, k_0,
+                                             kernel_threads())
     return grad_x.reshape(source.shape), grad_weight, grad_bias
 
 

@@ -46,7 +46,7 @@ def _fusion_at(layers: list[Module], start: int) -> _Fusion | None:
     if (
         not conv.training and type(following) is BatchNorm2d and not following.training
         and following.track_running_stats and following.num_features == conv.out_channels
-        and following.dtype == conv.dtype
+        and following.dtype == conv.dtype and following.layout == conv.layout
     ):
         batch_norm, stop = following, stop + 1
     following = layers[stop] if stop < len(layers) else None

@@ -1,4 +1,4 @@
-"""Batch normalisation over the channels of NCHW images; group and layer normalisation over each sample."""
+"""Batch normalisation over the channels of NCHW (or NHWC) images; group and layer normalisation over each sample."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .._checks import as_bool, as_int
+from .._checks import DATA_LAYOUTS, as_bool, as_data_layout, as_int
 from ..functional.normalization import (
     batch_norm_backward,
     batch_norm_forward,
@@ -40,6 +40,10 @@ class BatchNorm2d(Module):
         Keep running statistics and use them in evaluation mode; without them the batch's own
         statistics are used in both modes.
     dtype : float32 or float64, default float32
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        The layout of the input and output: channels first (N, C, H, W), PyTorch's, or
+        channels last (N, H, W, C), normalised natively (no transposed copy). Parameters,
+        buffers and ``state_dict`` are the same in both.
 
     Attributes
     ----------
@@ -52,7 +56,7 @@ class BatchNorm2d(Module):
 
     Notes
     -----
-    Input and output (N, C, H, W).
+    Input and output (N, C, H, W), or (N, H, W, C) with ``layout='NHWC'``.
 
     Examples
     --------
@@ -63,22 +67,36 @@ class BatchNorm2d(Module):
     >>> y = bn(x)
     >>> bool(abs(y.mean()) < 1e-5), bn.buffers["num_batches_tracked"]
     (True, array(1))
+
+    Channels last: the same images as (N, H, W, C).
+
+    >>> bn_last = nn.BatchNorm2d(3, layout="NHWC")
+    >>> y_last = bn_last(np.moveaxis(x, 1, 3))
+    >>> y_last.shape, bool(np.allclose(y_last, np.moveaxis(y, 1, 3), atol=1e-6))
+    ((8, 4, 4, 3), True)
+    >>> bn_last
+    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, dtype=float32, layout='NHWC')
     """
 
     _INPUT_NDIMS: tuple[int, ...] = (4,)
-    _INPUT_LAYOUT = "(N, C, H, W)"
+    # The spatial dimensions of the layout's names (convx._checks.DATA_LAYOUTS).
+    _LAYOUT_DIMS = 2
+    _INPUT_LAYOUTS = {"NCHW": "(N, C, H, W)", "NHWC": "(N, H, W, C)"}
     num_features: int
     eps: float
     momentum: float | None
     affine: bool
     track_running_stats: bool
     dtype: np.dtype[Any]
+    layout: str
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-        track_running_stats: bool = True, *, dtype: DTypeLike = np.float32,
+        track_running_stats: bool = True, *, dtype: DTypeLike = np.float32, layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self._channels_last = as_data_layout(layout, self._LAYOUT_DIMS)
+        self.layout = DATA_LAYOUTS[self._LAYOUT_DIMS][self._channels_last]
         self.num_features = as_int("num_features", num_features, 1)
         if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real) or not float(eps) >= 0:
             raise ValueError(f"eps must be a non-negative number, got {eps!r}")
@@ -100,17 +118,25 @@ class BatchNorm2d(Module):
             self._buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Normalise ``x`` (N, C, H, W)."""
+        """Normalise ``x`` (N, C, H, W), or (N, H, W, C) with ``layout='NHWC'``."""
         return self._normalize(x)
+
+    def _functional_layout(self, x: np.ndarray) -> str:
+        """The layout to hand convx.functional for a validated input: the layer's, but for
+        inputs without spatial axes ((N, C) of BatchNorm1d), which are the same in both."""
+        return self.layout if x.ndim > 2 else "NCHW"
 
     def _normalize(self, x: np.ndarray, activation: str | None = None,
                    activation_params: dict[str, Any] | None = None) -> np.ndarray:
         """The forward, followed by an activation in the same pass (for nn.Sequential)."""
         name = type(self).__name__
         x = check_input(self, x, self._INPUT_NDIMS, self.dtype)
-        if x.shape[1] != self.num_features:
+        layout = self._functional_layout(x)
+        channel_axis = -1 if self._channels_last else 1
+        if x.shape[channel_axis] != self.num_features:
             raise ValueError(
-                f"{name} expects {self.num_features} channels, got x of shape {x.shape} (layout {self._INPUT_LAYOUT})"
+                f"{name} expects {self.num_features} channels, got x of shape {x.shape} (layout "
+                f"{self._INPUT_LAYOUTS[self.layout]})"
             )
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and x.size == x.shape[1]:
@@ -128,22 +154,24 @@ class BatchNorm2d(Module):
         bias = self._params["bias"] if self.affine else None
         # The running statistics are updated in place: state_dict consumers and callers may hold them.
         y, mean, inv_std = batch_norm_forward(x, *running, weight, bias, use_batch_stats, momentum, self.eps,
-                                              activation=activation, activation_params=activation_params)
+                                              activation=activation, activation_params=activation_params,
+                                              layout=layout)
         # The input itself (not a copy): the backward recomputes x_hat (and the activation's
         # output) from it.
         fused = None if activation is None else (activation, activation_params)
-        self._save_for_backward(y, x, mean, inv_std, use_batch_stats, fused)
+        self._save_for_backward(y, x, mean, inv_std, use_batch_stats, fused, layout)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Input gradient for ``grad_out`` (N, C, H, W); overwrites ``grads['weight'|'bias']``."""
-        grad_out, (x, mean, inv_std, used_batch_stats, fused) = self._saved_for_backward(grad_out)
+        """Input gradient for ``grad_out`` (the output's shape and layout); overwrites
+        ``grads['weight'|'bias']``."""
+        grad_out, (x, mean, inv_std, used_batch_stats, fused, layout) = self._saved_for_backward(grad_out)
         weight = self._params["weight"] if self.affine else None
         activation, activation_params = (None, None) if fused is None else fused
         bias = self._params["bias"] if self.affine and activation is not None else None
         grad_x, grad_weight, grad_bias = batch_norm_backward(
             grad_out, x, mean, inv_std, weight, used_batch_stats, needs_param_grads=self.affine,
-            activation=activation, activation_params=activation_params, bias=bias,
+            activation=activation, activation_params=activation_params, bias=bias, layout=layout,
         )
         if self.affine:
             self._store_grad("weight", grad_weight)
@@ -154,6 +182,7 @@ class BatchNorm2d(Module):
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"
+            + ("" if self.layout == DATA_LAYOUTS[self._LAYOUT_DIMS][0] else f", layout={self.layout!r}")
         )
 
 
@@ -352,6 +381,9 @@ class BatchNorm1d(BatchNorm2d):
         Channels C.
     eps, momentum, affine, track_running_stats, dtype
         As for :class:`BatchNorm2d`.
+    layout : {'NCW', 'NWC'}, default 'NCW'
+        The layout of (N, C, L) inputs, PyTorch's, or channels last, (N, L, C) (natively, as
+        :class:`BatchNorm2d`'s ``'NHWC'``). (N, C) inputs are the same in both.
 
     Examples
     --------
@@ -363,7 +395,16 @@ class BatchNorm1d(BatchNorm2d):
     ((16, 4, 10), True)
     >>> bn(np.ones((8, 4), dtype=np.float32)).shape
     (8, 4)
+    >>> nn.BatchNorm1d(4, layout="NWC")(np.ones((8, 10, 4), dtype=np.float32)).shape
+    (8, 10, 4)
     """
 
     _INPUT_NDIMS = (2, 3)
-    _INPUT_LAYOUT = "(N, C) or (N, C, L)"
+    _LAYOUT_DIMS = 1
+    _INPUT_LAYOUTS = {"NCW": "(N, C) or (N, C, L)", "NWC": "(N, C) or (N, L, C)"}
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+        track_running_stats: bool = True, *, dtype: DTypeLike = np.float32, layout: str = "NCW",
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype, layout=layout)
