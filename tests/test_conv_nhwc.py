@@ -400,6 +400,7 @@ DEPTHWISE = {
     "1x1": ((3, 5, 6, 40), (1, 1), {}),
     "kernel-past-image": ((2, 3, 4, 5), (7, 7), dict(padding=3)),
     "one-channel-block": ((1, 6, 6, 64), (3, 3), dict(padding=1)),
+    "padding-past-reach": ((2, 9, 8, 10), (3, 3), dict(padding=3)),  # kept whole: 9 of 11 rows read x
 }
 
 

@@ -48,9 +48,10 @@ cdef inline bint _dwl_applies(Py_ssize_t channels, Py_ssize_t filters, Py_ssize_
     return filters == channels and weight_channels == 1 and groups == channels
 
 
-cdef object _dwl_taps_first(const floating[:, :, :, ::1] weight):
+cdef object _dwl_taps_first(object weight):
     """The weight (C, 1, kH, kW) as (kH * kW, C), C-contiguous."""
-    return np.ascontiguousarray(np.asarray(weight).reshape(weight.shape[0], -1).T)
+    weight = np.asarray(weight)
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
 
 
 def depthwise_forward_channels_last(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
@@ -107,10 +108,28 @@ def depthwise_backward_input_channels_last(const floating[:, :, :, ::1] grad_out
     cdef Py_ssize_t channels = grad_in.shape[3], taps = g.kernel_h * g.kernel_w, n_rows = g.batch * g.height
     if not _dwl_applies(channels, weight.shape[0], weight.shape[1], groups) or taps == 0:
         return False
-    cdef const floating[:, ::1] wt = _dwl_taps_first(weight)
     cdef int team = _team_size(n_threads, n_rows, (taps + 1) * g.width * channels)
     cdef Py_ssize_t t, image, ih
+    # At stride 1, the correlation of grad_out, padded by (k - 1) * d - p (negative: cropped), with the
+    # kernel rotated by 180 degrees: the forward's rows, with no tap between strides to skip.
+    cdef bint rotated = g.stride_h == 1 and g.stride_w == 1
+    cdef Py_ssize_t rot_h = (g.kernel_h - 1) * g.dilation_h - g.pad_h, rot_w = (g.kernel_w - 1) * g.dilation_w - g.pad_w
+    cdef const floating[:, ::1] wt = _dwl_taps_first(np.asarray(weight)[:, :, ::-1, ::-1] if rotated else weight)
     _ran(OP_INPUT, IMPL_DEPTHWISE_DIRECT, 0)
+    if rotated:
+        with nogil:
+            for t in prange(n_rows, schedule='static', num_threads=team):
+                image = t // g.height
+                ih = t - image * g.height
+                if floating is float:
+                    convx_dwl_forward_row_f(&grad_out[image, 0, 0, 0], &wt[0, 0], NULL, &grad_in[image, ih, 0, 0],
+                                            g.out_h, g.out_w, channels, g.width, g.kernel_h, g.kernel_w, ih, 1, 1,
+                                            rot_h, rot_w, g.dilation_h, g.dilation_w)
+                else:
+                    convx_dwl_forward_row_d(&grad_out[image, 0, 0, 0], &wt[0, 0], NULL, &grad_in[image, ih, 0, 0],
+                                            g.out_h, g.out_w, channels, g.width, g.kernel_h, g.kernel_w, ih, 1, 1,
+                                            rot_h, rot_w, g.dilation_h, g.dilation_w)
+        return True
     with nogil:
         for t in prange(n_rows, schedule='static', num_threads=team):
             image = t // g.height
