@@ -18,14 +18,12 @@ cdef extern from "_depthwise_nhwc.h" nogil:
                                  Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
                                  Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t oh, Py_ssize_t sh,
                                  Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
-    void convx_dwl_input_row_f(const float* grad, const float* wt, float* grad_in,
-                               Py_ssize_t width, Py_ssize_t channels, Py_ssize_t out_h, Py_ssize_t out_w,
-                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ih, Py_ssize_t sh, Py_ssize_t sw,
-                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
-    void convx_dwl_input_row_d(const double* grad, const double* wt, double* grad_in,
-                               Py_ssize_t width, Py_ssize_t channels, Py_ssize_t out_h, Py_ssize_t out_w,
-                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ih, Py_ssize_t sh, Py_ssize_t sw,
-                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw)
+    void convx_dwl_input_row_f(const float* grad, const float* wt, float* grad_in, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw,
+                               const int64_t* rows, const int64_t* cols)
+    void convx_dwl_input_row_d(const double* grad, const double* wt, double* grad_in, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t kh, Py_ssize_t kw,
+                               const int64_t* rows, const int64_t* cols)
     void convx_dwl_weight_row_f(const float* grad, const float* image, float* partial, Py_ssize_t height,
                                 Py_ssize_t width, Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t kh,
                                 Py_ssize_t kw, Py_ssize_t oh, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
@@ -46,6 +44,15 @@ cdef inline bint _dwl_applies(Py_ssize_t channels, Py_ssize_t filters, Py_ssize_
                               int groups) noexcept nogil:
     """One filter per channel: the kernels' case (other channel multipliers are not theirs)."""
     return filters == channels and weight_channels == 1 and groups == channels
+
+
+cdef object _dwl_sources(Py_ssize_t size, Py_ssize_t out, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
+                         Py_ssize_t dilation):
+    """int64 (size, kernel): the output o with o * stride - pad + k * dilation = x for input x and tap k,
+    -1 where there is none."""
+    t = np.arange(size, dtype=np.int64)[:, None] + pad - np.arange(kernel, dtype=np.int64)[None, :] * dilation
+    o = t // stride
+    return np.ascontiguousarray(np.where((t >= 0) & (t % stride == 0) & (o < out), o, -1))
 
 
 cdef object _dwl_taps_first(object weight):
@@ -130,18 +137,18 @@ def depthwise_backward_input_channels_last(const floating[:, :, :, ::1] grad_out
                                             g.out_h, g.out_w, channels, g.width, g.kernel_h, g.kernel_w, ih, 1, 1,
                                             rot_h, rot_w, g.dilation_h, g.dilation_w)
         return True
+    cdef const int64_t[:, ::1] rows = _dwl_sources(g.height, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h)
+    cdef const int64_t[:, ::1] cols = _dwl_sources(g.width, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w)
     with nogil:
         for t in prange(n_rows, schedule='static', num_threads=team):
             image = t // g.height
             ih = t - image * g.height
             if floating is float:
-                convx_dwl_input_row_f(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0],
-                                      g.width, channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, ih,
-                                      g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
+                convx_dwl_input_row_f(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0], g.width,
+                                      channels, g.out_w, g.kernel_h, g.kernel_w, &rows[ih, 0], &cols[0, 0])
             else:
-                convx_dwl_input_row_d(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0],
-                                      g.width, channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, ih,
-                                      g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
+                convx_dwl_input_row_d(&grad_out[image, 0, 0, 0], &wt[0, 0], &grad_in[image, ih, 0, 0], g.width,
+                                      channels, g.out_w, g.kernel_h, g.kernel_w, &rows[ih, 0], &cols[0, 0])
     return True
 
 

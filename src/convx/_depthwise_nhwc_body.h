@@ -80,36 +80,26 @@ CONVX_CLONES static void CONVX_DWL(convx_dwl_forward_row)(
     }
 }
 
-/* The output (oh) that tap i of an axis (kernel index, step s, padding p, dilation d) reads input
- * position x from, or -1 where there is none (out of [0, out) or between strides). */
-static inline ptrdiff_t CONVX_DWL(convx_dwl_source)(ptrdiff_t x, ptrdiff_t i, ptrdiff_t s, ptrdiff_t p,
-                                                    ptrdiff_t d, ptrdiff_t out) {
-    const ptrdiff_t t = x + p - i * d;
-    if (t < 0) return -1;
-    const ptrdiff_t o = s == 1 ? t : (t % s ? -1 : t / s);
-    return o < out ? o : -1;
-}
-
 /* One input-gradient row ih of one image, overwritten: grad_in[iw, c] = sum over the taps (i, j)
  * and outputs (oh, ow) with oh * sh - ph + i * dh = ih and ow * sw - pw + j * dw = iw of
- * wt[i * kw + j, c] * grad[oh, ow, c] (grad: out_h x out_w x channels), the taps in row-major order. */
+ * wt[i * kw + j, c] * grad[oh, ow, c] (grad: out_h x out_w x channels), the taps in row-major order.
+ * rows[i]: the oh of tap i for this ih, cols[iw * kw + j]: the ow of tap j for iw; -1 where there is
+ * none (outside grad, or between strides). */
 CONVX_CLONES static void CONVX_DWL(convx_dwl_input_row)(
     const NT *CONVX_RESTRICT grad, const NT *CONVX_RESTRICT wt, NT *CONVX_RESTRICT grad_in, ptrdiff_t width,
-    ptrdiff_t channels, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ih, ptrdiff_t sh,
-    ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw) {
+    ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t kh, ptrdiff_t kw, const int64_t *rows, const int64_t *cols) {
     for (ptrdiff_t iw = 0; iw < width; iw++) {
         NT *CONVX_RESTRICT o = grad_in + iw * channels;
+        const int64_t *col = cols + iw * kw;
         ptrdiff_t c0 = 0;
 #ifdef CONVX_DWL_VECTORS
         for (; c0 + 2 * LANES <= channels; c0 += 2 * LANES) {
             VEC a0 = {0}, a1 = {0};
             for (ptrdiff_t i = 0; i < kh; i++) {
-                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
-                if (oh < 0) continue;
+                if (rows[i] < 0) continue;
                 for (ptrdiff_t j = 0; j < kw; j++) {
-                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
-                    if (ow < 0) continue;
-                    const NT *g = grad + (oh * out_w + ow) * channels + c0;
+                    if (col[j] < 0) continue;
+                    const NT *g = grad + (rows[i] * out_w + col[j]) * channels + c0;
                     const NT *k = wt + (i * kw + j) * channels + c0;
                     a0 += *(const VEC *)k * *(const VEC *)g;
                     a1 += *(const VEC *)(k + LANES) * *(const VEC *)(g + LANES);
@@ -121,14 +111,11 @@ CONVX_CLONES static void CONVX_DWL(convx_dwl_input_row)(
         if (c0 + LANES <= channels) {
             VEC a0 = {0};
             for (ptrdiff_t i = 0; i < kh; i++) {
-                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
-                if (oh < 0) continue;
-                for (ptrdiff_t j = 0; j < kw; j++) {
-                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
-                    if (ow >= 0)
+                if (rows[i] < 0) continue;
+                for (ptrdiff_t j = 0; j < kw; j++)
+                    if (col[j] >= 0)
                         a0 += *(const VEC *)(wt + (i * kw + j) * channels + c0)
-                              * *(const VEC *)(grad + (oh * out_w + ow) * channels + c0);
-                }
+                              * *(const VEC *)(grad + (rows[i] * out_w + col[j]) * channels + c0);
             }
             *(VEC *)(o + c0) = a0;
             c0 += LANES;
@@ -139,12 +126,10 @@ CONVX_CLONES static void CONVX_DWL(convx_dwl_input_row)(
             NT *CONVX_RESTRICT r = o + c0;
             memset(r, 0, (size_t)n * sizeof(NT));
             for (ptrdiff_t i = 0; i < kh; i++) {
-                const ptrdiff_t oh = CONVX_DWL(convx_dwl_source)(ih, i, sh, ph, dh, out_h);
-                if (oh < 0) continue;
+                if (rows[i] < 0) continue;
                 for (ptrdiff_t j = 0; j < kw; j++) {
-                    const ptrdiff_t ow = CONVX_DWL(convx_dwl_source)(iw, j, sw, pw, dw, out_w);
-                    if (ow < 0) continue;
-                    const NT *CONVX_RESTRICT g = grad + (oh * out_w + ow) * channels + c0;
+                    if (col[j] < 0) continue;
+                    const NT *CONVX_RESTRICT g = grad + (rows[i] * out_w + col[j]) * channels + c0;
                     const NT *CONVX_RESTRICT k = wt + (i * kw + j) * channels + c0;
                     CONVX_SIMD for (ptrdiff_t c = 0; c < n; c++) r[c] += k[c] * g[c];
                 }
