@@ -150,10 +150,10 @@ static inline ptrdiff_t convx_avg_backward_scratch(const convx_pool_geometry *g)
     return convx_avg_share_rows(g) * convx_avg_share_stride(g) + 16;
 }
 
-/* The int32 array after n elements from ptr, at the next multiple of 4 bytes (the same place for
- * float and double; past the padding for the 8-bit types, which the callers' 64 bytes of slack hold). */
-#define CONVX_POOL_INT32_AFTER(ptr, n) \
-    ((int32_t *)(void *)((char *)(ptr) + ((size_t)(n) * sizeof(*(ptr)) + 3) / 4 * 4))
+/* The int32 array after n elements from ptr, at the next address that is a multiple of 4 (the
+ * same place for float and double; up to 3 bytes on for the 8-bit types, whose ptr + n may be
+ * anywhere: the callers' 64 bytes of slack hold them). */
+#define CONVX_POOL_INT32_AFTER(ptr, n) ((int32_t *)(void *)(((uintptr_t)((ptr) + (n)) + 3) & ~(uintptr_t)3))
 
 #define PT float
 #define PU uint32_t
