@@ -43,7 +43,12 @@ def sub_batches(batch: int, work_per_image: int) -> Iterator[slice]:
     """Consecutive slices covering ``range(batch)``, each at most ``SUB_BATCH_WORK`` per thread
     (but at least one image), as equal in size as whole images allow: a short last sub-batch
     would leave threads idle."""
-    most = max(1, SUB_BATCH_WORK * kernel_threads() // max(1, work_per_image))
+    return even_slices(batch, max(1, SUB_BATCH_WORK * kernel_threads() // max(1, work_per_image)))
+
+
+def even_slices(batch: int, most: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(batch)``, each at most ``most`` long, as equal in size as
+    whole images allow."""
     n_parts = -(-batch // most)
     for index in range(n_parts):
         yield slice(index * batch // n_parts, (index + 1) * batch // n_parts)

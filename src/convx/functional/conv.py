@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _autotune, _core
-from .._batching import conv_work, sub_batches, summed_sub_batches
+from .._batching import conv_work, even_slices, sub_batches, summed_sub_batches
 from .._checks import (
     as_data_layout,
     as_float_array,
@@ -363,10 +363,7 @@ _LAYOUT_PART_ELEMENTS = 1 << 22
 def _layout_parts(batch: int, image_elements: int) -> Iterator[slice]:
     """Consecutive slices covering ``range(batch)``, each image's arrays ``image_elements`` elements, as
     equal in size as whole images allow."""
-    most = max(kernel_threads(), _LAYOUT_PART_ELEMENTS // max(1, image_elements))
-    n_parts = -(-batch // most)
-    for index in range(n_parts):
-        yield slice(index * batch // n_parts, (index + 1) * batch // n_parts)
+    return even_slices(batch, max(kernel_threads(), _LAYOUT_PART_ELEMENTS // max(1, image_elements)))
 
 
 _ALL = slice(None)
