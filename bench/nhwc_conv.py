@@ -21,6 +21,8 @@ CASES = {
     "vgg 32->32 32x32": (32, 32, 32, 32, 3, dict(padding=1)),
     "vgg 64->64 16x16": (64, 16, 16, 64, 3, dict(padding=1)),
     "resnet 64->128 s2": (64, 16, 16, 128, 3, dict(stride=2, padding=1)),
+    "resnet 32->64 s2 32x32": (32, 32, 32, 64, 3, dict(stride=2, padding=1)),
+    "projection 1x1 s2": (64, 16, 16, 128, 1, dict(stride=2)),
     "pointwise 64->128": (64, 16, 16, 128, 1, {}),
     "depthwise 64 3x3": (64, 16, 16, 64, 3, dict(padding=1, groups=64)),
 }
@@ -37,12 +39,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), help="a subset of the cases (by name)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {convx.get_num_threads()} threads, batch {args.batch}, "
           f"float32, medians of {args.runs} interleaved runs")
     print(f"{'case':22} {'op':9} {'NCHW ms':>9} {'NHWC ms':>9} {'NHWC/NCHW':>10}")
-    for name, (c_in, h, w, c_out, k, kwargs) in CASES.items():
+    for name in args.cases:
+        c_in, h, w, c_out, k, kwargs = CASES[name]
         groups = kwargs.get("groups", 1)
         x = rng.standard_normal((args.batch, c_in, h, w), dtype=np.float32)
         weight = rng.standard_normal((c_out, c_in // groups, k, k), dtype=np.float32)
@@ -54,6 +58,8 @@ def main() -> None:
         ops = {
             "forward": (lambda: convx.conv2d(x, weight, bias, **kwargs),
                         lambda: convx.conv2d(x_last, weight, bias, **kwargs, layout="NHWC")),
+            "input": (lambda: convx.conv2d_backward_input(g, weight, x.shape, **kwargs),
+                      lambda: convx.conv2d_backward_input(g_last, weight, x_last.shape, **kwargs, layout="NHWC")),
             "backward": (lambda: convx.conv2d_backward(g, x, weight, **kwargs),
                          lambda: convx.conv2d_backward(g_last, x_last, weight, **kwargs, layout="NHWC")),
         }

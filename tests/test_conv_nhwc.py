@@ -93,7 +93,9 @@ def test_conv2d_nhwc_gradients_are_nchw_moved(geometry, dtype, rng):
             assert_close(F.conv2d_backward_bias(grad_out, layout="NHWC"), rb)
 
 
-@pytest.mark.parametrize("geometry", ["3x3", "3x3-narrow-rows", "strided-grouped", "pointwise", "dilated"])
+@pytest.mark.parametrize(
+    "geometry", ["3x3", "3x3-narrow-rows", "strided-grouped", "pointwise", "pointwise-strided", "dilated", "same-stride2"]
+)
 def test_channels_last_kernels_run_without_a_copy(geometry, rng, monkeypatch):
     # The direct kernels (and pointwise products) take these channels last; the tests above would
     # pass through the channels-first fallback too, so check that it was not taken, and which
@@ -112,13 +114,63 @@ def test_channels_last_kernels_run_without_a_copy(geometry, rng, monkeypatch):
     y = F.conv2d(x, weight, bias, **kwargs, layout="NHWC")
     if w_shape[2:] != (1, 1):
         assert "direct" in convx._core.conv_ran()["forward"]
-    if kwargs.get("stride", 1) == 1:
-        F.conv2d_backward_input(y, weight, x.shape, **kwargs, layout="NHWC")
-        if w_shape[2:] != (1, 1):
-            assert "direct" in convx._core.conv_ran()["input"]
+    F.conv2d_backward_input(y, weight, x.shape, **kwargs, layout="NHWC")
+    assert "direct" in convx._core.conv_ran()["input"]
     F.conv2d_backward_weight(y, x, weight.shape, **kwargs, layout="NHWC")
     if w_shape[2:] != (1, 1):
         assert "direct" in convx._core.conv_ran()["weight"]
+
+
+# A strided convolution's input gradient, channels last, is one stride-1 convolution per phase
+# of the input (the pixels a stride apart): taps that reach no phase (1x1, stride 2), phases
+# whose subgrid of taps differs in size (3x3 and 4x4 at stride 2 or 3), dilation sharing a
+# factor with the stride, odd sizes, one-row images and groups.
+STRIDED_INPUT_GRID = [
+    # (N, H, W, C_in), (C_out, C_in / groups, kh, kw), stride, padding, dilation, groups
+    ((3, 9, 10, 4), (6, 4, 3, 3), 2, 1, 1, 1),
+    ((2, 9, 10, 4), (6, 4, 3, 3), 2, 0, 1, 1),
+    ((2, 8, 11, 4), (5, 4, 1, 1), 2, 0, 1, 1),
+    ((2, 8, 11, 4), (5, 4, 1, 1), (3, 2), 0, 1, 1),
+    ((2, 13, 12, 3), (8, 3, 7, 7), 2, 3, 1, 1),
+    ((2, 11, 9, 6), (4, 3, 4, 4), (3, 2), (1, 2), 1, 2),
+    ((2, 12, 11, 5), (7, 5, 3, 2), (2, 3), (2, 1), (2, 3), 1),
+    ((3, 1, 7, 8), (16, 8, 3, 3), 2, 1, 1, 1),
+    ((2, 10, 10, 20), (24, 20, 2, 2), 2, 0, 1, 1),
+    ((2, 9, 9, 4), (4, 4, 3, 3), 4, 0, 1, 1),
+    ((9, 7, 7, 16), (48, 16, 3, 3), 2, 1, 1, 1),
+    # phase 3 of each axis reads grad_out from its second row on (a negative padding, which the
+    # kernels do not take): copied channels first
+    ((2, 9, 9, 4), (4, 4, 3, 3), 4, 1, 1, 1),
+]
+_COPIED = {len(STRIDED_INPUT_GRID) - 1}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(STRIDED_INPUT_GRID)))
+def test_strided_input_gradient_runs_by_phases(case, dtype, rng, monkeypatch, restore_threads):
+    import convx.functional.conv as conv_module
+    from convx.reference import conv as reference
+
+    x_shape, w_shape, stride, padding, dilation, groups = STRIDED_INPUT_GRID[case]
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out_shape = F.conv2d(np.zeros(x_shape, dtype), weight, **kwargs, layout="NHWC").shape
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    expected = last(reference.conv2d_backward_input(first(grad_out), weight, first(np.zeros(x_shape)).shape, **kwargs))
+    native = len(convx._core.supported_gemm_kernels()) > 1 and case not in _COPIED
+    if native:
+
+        def refuse(batch, image_elements):
+            raise AssertionError("the channels-first fallback ran")
+
+        monkeypatch.setattr(conv_module, "_layout_parts", refuse)
+    for threads in (1, 2, 3):
+        convx.set_num_threads(threads)
+        grad_x = F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC")
+        assert grad_x.shape == x_shape and grad_x.dtype == dtype
+        assert_close(grad_x, expected)
+        if native:
+            assert "direct" in convx._core.conv_ran()["input"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -136,14 +136,20 @@ def conv2d_backward_input_channels_last(const floating[:, :, :, ::1] grad_out, c
                                         floating[:, :, :, ::1] grad_in, int stride_h, int stride_w, int pad_h,
                                         int pad_w, int dilation_h, int dilation_w, int groups, int n_threads):
     """conv2d_backward_input of channels-last grad_out (N, H_out, W_out, C_out) into channels-last
-    grad_in (N, H, W, C_in), where the direct kernels take it (stride 1); returns whether they did."""
+    grad_in (N, H, W, C_in), where the direct kernels take it (a strided convolution phase by phase);
+    returns whether they did (else grad_in is untouched)."""
     cdef ConvGeometry g = _geometry(grad_in.shape[0], grad_in.shape[3], grad_in.shape[1], grad_in.shape[2],
                                     weight.shape[0], weight.shape[2], weight.shape[3],
                                     grad_out.shape[1], grad_out.shape[2], groups,
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef convx_conv_shape adjoint
-    cdef int mode = _direct_input_mode(&g, &adjoint, floating is float, True) if g.batch else DIRECT_OFF
-    cdef int level = _level()
+    cdef int mode, level = _level()
+    if g.batch and (stride_h > 1 or stride_w > 1):
+        if not _phased_input_gradient(grad_out, weight, grad_in, &g, n_threads, &mode):
+            return False
+        _ran(OP_INPUT, IMPL_DIRECT_ROWS if mode == DIRECT_ROWS else IMPL_DIRECT_IMAGES, level)
+        return True
+    mode = _direct_input_mode(&g, &adjoint, floating is float, True) if g.batch else DIRECT_OFF
     if mode == DIRECT_OFF or not _direct_input_gradient(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
                                                         &grad_in[0, 0, 0, 0], &g, &adjoint, n_threads, mode):
         return False

@@ -96,6 +96,8 @@ cdef extern from "_gemm.h" nogil:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
         int x_last, out_last
+        Py_ssize_t o_h, o_w, o_sh, o_sw
+    Py_ssize_t convx_out_image(const convx_conv_shape* s)
     ctypedef struct convx_epilogue:
         int kind
         double p0, p1

@@ -106,7 +106,7 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
     if finite < s.groups * blocks:
         return 0
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
-    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    cdef Py_ssize_t image_out = convx_out_image(s)
     cdef floating[::1] buf
     if mode == DIRECT_ROWS:
         per_image = 1
@@ -358,6 +358,10 @@ cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float,
     a.dw = g.dilation_w
     a.x_last = channels_last
     a.out_last = channels_last
+    a.o_h = a.out_h
+    a.o_w = a.out_w
+    a.o_sh = 1
+    a.o_sw = 1
     return _direct_choice(a, g.batch, is_float, channels_last)
 
 
@@ -369,3 +373,136 @@ cdef int _direct_input_gradient(const floating* grad_out, const floating* weight
     cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
     return _direct_conv(grad_out, weight + (taps - 1), g.c_out_g * g.col_rows, taps, g.col_rows, -1, NULL, NULL,
                         grad_in, a, g.batch, n_threads, mode)
+
+
+# A strided convolution's input gradient as stride_h x stride_w stride-1 convolutions of grad_out,
+# one per phase of the input (the pixels (r_h + stride_h * q, r_w + stride_w * p) for one (r_h,
+# r_w)): a tap i of the kernel lands on an input of phase r only where stride divides
+# r + pad - i * dilation, so each phase reads a subgrid of the taps, nothing of the zeros that
+# dilating grad_out by the stride would insert. Channels last only, where a phase is a strided
+# view of grad_in; more phases than PHASES_MOST decline (each is a call of the kernels).
+cdef enum:
+    PHASES_MOST = 64
+
+
+cdef struct PhaseTaps:
+    Py_ssize_t first     # the kernel's first tap that lands on the phase, or -1: none does
+    Py_ssize_t count     # its taps: first, first + step, ... (count of them)
+    Py_ssize_t step
+    Py_ssize_t pad       # the phase convolution's padding and dilation (over grad_out)
+    Py_ssize_t dilation
+    Py_ssize_t size      # the phase's inputs r, r + stride, ... below the input's size
+
+
+cdef inline Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+cdef void _phase_taps(Py_ssize_t r, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
+                      Py_ssize_t dilation, PhaseTaps* p) noexcept nogil:
+    """The taps of one axis of the kernel that land on phase r of the input (r < stride): tap i
+    reaches input r + stride * q from grad_out's q + (r + pad - i * dilation) / stride, so the
+    last of them is the phase convolution's first tap (its padding minus that offset)."""
+    cdef Py_ssize_t g = _gcd(stride, dilation), i, last, reach
+    p.step = stride // g
+    p.dilation = dilation // g
+    p.size = (size - r + stride - 1) // stride if size > r else 0
+    p.first = -1
+    p.count = 0
+    p.pad = 0
+    for i in range(min(kernel, p.step)):
+        reach = r + pad - i * dilation
+        if ((reach % stride) + stride) % stride == 0:
+            p.first = i
+            break
+    if p.first < 0:
+        return
+    p.count = (kernel - 1 - p.first) // p.step + 1
+    last = p.first + (p.count - 1) * p.step
+    p.pad = -((r + pad - last * dilation) // stride)  # (an exact division)
+
+
+cdef int _phase_shape(ConvGeometry* g, PhaseTaps* rows, PhaseTaps* cols, convx_conv_shape* a) noexcept nogil:
+    """a := the phase's stride-1 convolution of channels-last grad_out (as _direct_input_mode
+    for stride 1), written into every stride_h-th row and stride_w-th column of grad_in."""
+    a.groups = g.groups
+    a.c_in_g = g.c_out_g
+    a.c_out_g = g.c_in_g
+    a.height = g.out_h
+    a.width = g.out_w
+    a.out_h = rows.size
+    a.out_w = cols.size
+    a.kh = rows.count
+    a.kw = cols.count
+    a.sh = 1
+    a.sw = 1
+    a.ph = rows.pad
+    a.pw = cols.pad
+    a.dh = rows.dilation
+    a.dw = cols.dilation
+    a.x_last = 1
+    a.out_last = 1
+    a.o_h = g.height
+    a.o_w = g.width
+    a.o_sh = g.stride_h
+    a.o_sw = g.stride_w
+    return 0
+
+
+cdef bint _phased_input_gradient(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
+                                 floating[:, :, :, ::1] grad_in, ConvGeometry* g, int n_threads, int* first_mode) except -1:
+    """grad_in (channels last) of a strided convolution by the direct kernels, phase by phase; returns
+    False, having written nothing, where they do not take every phase (first_mode: the first
+    phase's mode). A phase that no tap reaches is zero."""
+    cdef Py_ssize_t n_phases = g.stride_h * g.stride_w, phase, rh, rw, taps
+    cdef PhaseTaps rows, cols
+    cdef convx_conv_shape a
+    cdef int mode
+    cdef const floating[:, :, :, ::1] sub
+    if n_phases > PHASES_MOST:
+        return False
+    modes = []
+    for phase in range(n_phases):
+        rh = phase // g.stride_w
+        rw = phase % g.stride_w
+        _phase_taps(rh, g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, &rows)
+        _phase_taps(rw, g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, &cols)
+        if rows.size == 0 or cols.size == 0 or rows.first < 0 or cols.first < 0:
+            modes.append(DIRECT_OFF)
+            continue
+        _phase_shape(g, &rows, &cols, &a)
+        mode = _direct_choice(&a, g.batch, floating is float, True)
+        if mode == DIRECT_OFF:
+            return False
+        modes.append(mode)
+    if not any(modes):
+        return False
+    # every weight finite, or no phase would run (each packs its subgrid of the weight and declines otherwise)
+    w = np.asarray(weight)
+    if not np.isfinite(w).all():
+        return False
+    out = np.asarray(grad_in)
+    first_mode[0] = DIRECT_OFF
+    for phase in range(n_phases):
+        rh = phase // g.stride_w
+        rw = phase % g.stride_w
+        _phase_taps(rh, g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, &rows)
+        _phase_taps(rw, g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, &cols)
+        if rows.size == 0 or cols.size == 0:
+            continue
+        if modes[phase] == DIRECT_OFF:
+            out[:, rh::g.stride_h, rw::g.stride_w, :] = 0
+            continue
+        if first_mode[0] == DIRECT_OFF:
+            first_mode[0] = modes[phase]
+        _phase_shape(g, &rows, &cols, &a)
+        # the phase's subgrid of the kernel, its taps then reversed as _direct_input_gradient's
+        sub = np.ascontiguousarray(w[:, :, rows.first::rows.step, cols.first::cols.step])
+        taps = a.kh * a.kw
+        mode = modes[phase]
+        _direct_conv(&grad_out[0, 0, 0, 0], &sub[0, 0, 0, 0] + (taps - 1), g.c_out_g * g.c_in_g * taps, taps,
+                     g.c_in_g * taps, -1, NULL, NULL, &grad_in[0, rh, rw, 0], &a, g.batch, n_threads, mode)
+    return True
+

@@ -20,6 +20,10 @@ cdef inline convx_conv_shape _conv_shape(ConvGeometry* g) noexcept nogil:
     s.dw = g.dilation_w
     s.x_last = 0
     s.out_last = 0
+    s.o_h = g.out_h
+    s.o_w = g.out_w
+    s.o_sh = 1
+    s.o_sw = 1
     return s
 
 

@@ -228,9 +228,8 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
             GN(convx_direct_padded_row)(x + ih * s->width, plane, channels, s->width, s->pw, wb,
                                         buf + (ih - ih0) * wb * channels);
     }
-    const ptrdiff_t c_out = s->groups * s->c_out_g;
-    /* where output (co, oh, ow) is, and the steps to the next pixel and channel */
-    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = s->out_last ? c_out : 1;
+    /* where output (co, oh, ow) is: the steps to the next channel, pixel and row */
+    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = convx_out_px(s), o_row = convx_out_row(s);
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t grp = 0; grp < s->groups; grp++)
         for (ptrdiff_t blk = 0; blk < blocks; blk++) {
@@ -252,7 +251,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                     const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
                     GN(convx_direct_tile_exact)(
                         buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
-                        out + co * o_ch + (oh * s->out_w + ow) * o_px, o_px, o_ch, rows, lanes);
+                        out + co * o_ch + oh * o_row + ow * o_px, o_px, o_ch, rows, lanes);
                 }
             }
         }
@@ -268,7 +267,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
                                                  GT *CONVX_RESTRICT buf) {
     const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
     const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR, k = s->c_in_g * s->kh * s->kw;
-    const ptrdiff_t image = plane * channels, c_out = s->groups * s->c_out_g;
+    const ptrdiff_t image = plane * channels;
     for (ptrdiff_t n = 0; n < n_images; n++) {
         if (s->x_last) {
             memcpy(buf + n * image, x + n * image, (size_t)image * sizeof(GT));
@@ -278,7 +277,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
             GN(convx_direct_row_nhwc)(x + n * image + ih * s->width, plane, channels, s->width,
                                       buf + n * image + ih * s->width * channels, channels);
     }
-    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = s->out_last ? c_out : 1;
+    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = convx_out_px(s), o_row = convx_out_row(s);
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t u = blk0; u < blk1; u++) {
         const ptrdiff_t grp = u / blocks, blk = u % blocks;
@@ -301,7 +300,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
                     }
                 }
                 GN(convx_direct_tile)(buf, image, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
-                                      out + co * o_ch + (oh * s->out_w + ow) * o_px, c_out * n_out, o_ch, n_images,
+                                      out + co * o_ch + oh * o_row + ow * o_px, convx_out_image(s), o_ch, n_images,
                                       lanes);
             }
     }

@@ -29,7 +29,25 @@ typedef struct {
     ptrdiff_t groups, c_in_g, c_out_g, height, width, out_h, out_w;
     ptrdiff_t kh, kw, sh, sw, ph, pw, dh, dw;
     int x_last, out_last;
+    /* Channels last, the output may be one phase of a larger plane (the input gradient of a
+     * strided convolution, _conv_direct.pxi): output (oh, ow) is then pixel (oh * o_sh, ow * o_sw)
+     * of a plane of o_h x o_w pixels. Otherwise o_h, o_w are out_h, out_w and o_sh, o_sw 1. */
+    ptrdiff_t o_h, o_w, o_sh, o_sw;
 } convx_conv_shape;
+
+/* Elements from one image of the direct kernels' output to the next, from one output row to the
+ * next, and from one output pixel to the next. */
+static inline ptrdiff_t convx_out_image(const convx_conv_shape *s) {
+    return s->groups * s->c_out_g * (s->out_last ? s->o_h * s->o_w : s->out_h * s->out_w);
+}
+
+static inline ptrdiff_t convx_out_row(const convx_conv_shape *s) {
+    return s->out_last ? s->o_sh * s->o_w * s->groups * s->c_out_g : s->out_w;
+}
+
+static inline ptrdiff_t convx_out_px(const convx_conv_shape *s) {
+    return s->out_last ? s->o_sw * s->groups * s->c_out_g : 1;
+}
 
 /* An activation the direct kernels apply to each register tile before storing it
  * (convx_activation_forward's kind and parameters); NULL where there is none. */
