@@ -297,6 +297,28 @@ def test_conv_transpose2d_nhwc_is_nchw_moved(kwargs, dtype, rng):
     assert_close(y, expected)
 
 
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1, output_padding=1), dict(stride=2, padding="same"),
+                                    dict(groups=2, dilation=2), dict(stride=3, output_size=(13, 16)), {}])
+def test_conv_transpose2d_nhwc_runs_without_a_copy(kwargs, rng, monkeypatch):
+    # conv_transpose2d is conv2d's input gradient: channels last, the same direct kernels take it.
+    import convx.functional.conv as conv_module
+
+    if len(convx._core.supported_gemm_kernels()) == 1:
+        pytest.skip("BLAS only: no direct kernels on this CPU")
+    groups = kwargs.get("groups", 1)
+    x = rng.standard_normal((3, 4, 5, 16)).astype(np.float32)
+    weight = rng.standard_normal((16, 24 // groups, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    expected = last(F.conv_transpose2d(np.ascontiguousarray(first(x)), weight, bias, **kwargs))
+
+    def refuse(batch, image_elements):
+        raise AssertionError("the channels-first fallback ran")
+
+    monkeypatch.setattr(conv_module, "_layout_parts", refuse)
+    assert_close(F.conv_transpose2d(x, weight, bias, **kwargs, layout="NHWC"), expected)
+    assert "direct" in convx._core.conv_ran()["input"]
+
+
 def test_layout_errors_name_the_layout(rng):
     x, weight, _ = _arrays(rng, np.float32, (2, 9, 9, 3), (8, 3, 3, 3))
     with pytest.raises(ValueError, match=r"layout must be 'NCHW' \(channels first, PyTorch's\) or 'NHWC'"):

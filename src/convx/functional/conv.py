@@ -1141,28 +1141,38 @@ def conv_transpose2d(
         bias = as_float_array("bias", bias, (1,))
     dtype = same_dtype(x=x, weight=weight, bias=bias)
     x, unbatched = _batched(x)
-    if last:
-        if output_size is not None and not isinstance(output_size, (int, np.integer)) and len(output_size) == 4:
-            output_size = channels_first_shape(as_shape("output_size", output_size, (4,)))
-        return _unbatch(_transpose_channels_last(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                                                 output_size, algorithm), unbatched)
+    if last and output_size is not None and not isinstance(output_size, (int, np.integer)) and len(output_size) == 4:
+        output_size = channels_first_shape(as_shape("output_size", output_size, (4,)))
     stride = as_pair("stride", stride, 1)
     dilation = as_pair("dilation", dilation, 1)
     parsed = as_padding(padding)
     out_pad = as_pair("output_padding", output_padding, 0)
     groups = as_int("groups", groups, 1)
-    batch, c_in, height, width = x.shape
+    first_shape = _first(x, last).shape
+    batch, c_in, height, width = first_shape
     sides, out_pad_ = transpose_padding(parsed, out_pad, output_size, (height, width), weight.shape[2:], stride,
                                         dilation)
-    out_h, out_w = check_transpose_geometry(x.shape, weight.shape, stride, sides, out_pad_, dilation, groups)
+    out_h, out_w = check_transpose_geometry(first_shape, weight.shape, stride, sides, out_pad_, dilation, groups)
     c_out = weight.shape[1] * groups
     # Transposed convolution is conv2d's input gradient with x as the output gradient (per-side
     # padding as conv2d's: its top/left padding places the output, the bottom/right only sizes it).
     pad = (sides[0], sides[1])
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
-    _check_grad_out(x, plan._replace(out_h=height, out_w=width))
+    _check_grad_out(x, plan._replace(out_h=height, out_w=width), last)
     _check_bias(bias, c_out)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
+    if last:
+        y = np.empty((batch, out_h, out_w, c_out), dtype=dtype)
+        if batch and not winograd and _last_input(x, weight, plan._replace(out_h=height, out_w=width), y):
+            if bias is not None:
+                y += bias
+        elif batch:
+            for part in _layout_parts(batch, x[:1].size + y[:1].size):
+                y[part] = channels_last(conv_transpose2d(
+                    np.ascontiguousarray(channels_first(x[part])), weight, bias, stride, padding, output_padding,
+                    groups, dilation, output_size=output_size, algorithm=algorithm,
+                ))
+        return _unbatch(y, unbatched)
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)
@@ -1183,20 +1193,3 @@ def conv_transpose2d(
             y += bias[:, None, None]
     return _unbatch(y, unbatched)
 
-
-def _transpose_channels_last(
-    x: AnyArray, weight: AnyArray, bias: AnyArray | None, stride: IntPair, padding: Padding,
-    output_padding: IntPair, groups: int, dilation: IntPair, output_size: Shape | None, algorithm: str,
-) -> AnyArray:
-    """conv_transpose2d of a channels-last batch (N, H, W, C_in), in parts copied channels first; the
-    whole batch's geometry is checked before any part runs (an empty batch's too)."""
-    first = channels_first(x)
-    checked = conv_transpose2d(np.empty((0, *first.shape[1:]), dtype=x.dtype), weight, bias, stride, padding,
-                               output_padding, groups, dilation, output_size=output_size, algorithm=algorithm)
-    y = np.empty((x.shape[0], *checked.shape[2:], checked.shape[1]), dtype=x.dtype)
-    for part in _layout_parts(x.shape[0], x[:1].size + y[:1].size):
-        y[part] = channels_last(conv_transpose2d(
-            np.ascontiguousarray(first[part]), weight, bias, stride, padding, output_padding, groups, dilation,
-            output_size=output_size, algorithm=algorithm,
-        ))
-    return y
