@@ -665,15 +665,8 @@ def conv2d_backward_input(
     _check_grad_out(grad_out, plan, last)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     if last:
-        grad_x_last = np.empty(input_shape, dtype=dtype)
-        if not plan.batch or (not winograd and _last_input(grad_out, weight, plan, grad_x_last)):
-            return _unbatch(grad_x_last, unbatched)
-        for part in _layout_parts(plan.batch, grad_out[:1].size + grad_x_last[:1].size):
-            grad_x_last[part] = channels_last(conv2d_backward_input(
-                np.ascontiguousarray(channels_first(grad_out[part])), weight,
-                (part.stop - part.start, *first_shape[1:]), stride, padding, dilation, groups, algorithm=algorithm,
-            ))
-        return _unbatch(grad_x_last, unbatched)
+        conv_args = (stride, padding, dilation, groups)
+        return _unbatch(_input_last(grad_out, weight, plan, input_shape, winograd, conv_args, algorithm), unbatched)
     grad_x = np.empty(input_shape, dtype=dtype)
     if plan.batch:
         grad_out, weight = contiguous(grad_out), contiguous(weight)
@@ -691,6 +684,24 @@ def conv2d_backward_input(
 
         _tuned("input", input_shape, weight.shape, inner, dtype, algorithm, winograd, compute)
     return _unbatch(grad_x, unbatched)
+
+
+def _input_last(
+    grad_out: AnyArray, weight: AnyArray, plan: _ConvPlan, input_shape: Shape, winograd: bool,
+    conv_args: tuple[IntPair, Padding, IntPair, int], algorithm: str,
+) -> AnyArray:
+    """conv2d_backward_input of a checked channels-last batch: on the channels-last kernels where they
+    take it, else in bounded parts copied channels first and back."""
+    grad_x = np.empty(input_shape, dtype=grad_out.dtype)
+    if not plan.batch or (not winograd and _last_input(grad_out, weight, plan, grad_x)):
+        return grad_x
+    first_shape = channels_first_shape(input_shape)
+    for part in _layout_parts(plan.batch, grad_out[:1].size + grad_x[:1].size):
+        grad_x[part] = channels_last(conv2d_backward_input(
+            np.ascontiguousarray(channels_first(grad_out[part])), weight, (part.stop - part.start, *first_shape[1:]),
+            *conv_args, algorithm=algorithm,
+        ))
+    return grad_x
 
 
 def conv2d_backward_weight(
@@ -735,16 +746,9 @@ def conv2d_backward_weight(
     plan = _plan_conv(_first(x, last).shape, weight_shape, stride, padding, dilation, groups, layout=layout)
     _check_grad_out(grad_out, plan, last)
     winograd = _winograd(algorithm, weight_shape, plan, dtype.itemsize)
-    grad_w = np.zeros(weight_shape, dtype=dtype)
     if last:
-        if not plan.batch or (not winograd and _last_weight(grad_out, x, plan, grad_w)):
-            return grad_w
-        for part in _layout_parts(plan.batch, x[:1].size + grad_out[:1].size):
-            grad_w += conv2d_backward_weight(
-                np.ascontiguousarray(channels_first(grad_out[part])), np.ascontiguousarray(channels_first(x[part])),
-                weight_shape, stride, padding, dilation, groups, algorithm=algorithm,
-            )
-        return grad_w
+        return _weight_last(grad_out, x, weight_shape, plan, winograd, (stride, padding, dilation, groups), algorithm)
+    grad_w = np.zeros(weight_shape, dtype=dtype)
     if plan.batch:
         grad_out, x = contiguous(grad_out), contiguous(x)
         kept = _kernel_plan(x.shape[2:], weight_shape[2:], plan)
@@ -761,6 +765,22 @@ def conv2d_backward_weight(
                 _padding_weight_gradient(grad_out, kept, grad_w)
 
         _tuned("weight", x.shape, weight_shape, inner, dtype, algorithm, winograd, compute)
+    return grad_w
+
+
+def _weight_last(
+    grad_out: AnyArray, x: AnyArray, weight_shape: Shape, plan: _ConvPlan, winograd: bool,
+    conv_args: tuple[IntPair, Padding, IntPair, int], algorithm: str,
+) -> AnyArray:
+    """conv2d_backward_weight of a checked channels-last batch, as :func:`_input_last`."""
+    grad_w = np.zeros(weight_shape, dtype=x.dtype)
+    if not plan.batch or (not winograd and _last_weight(grad_out, x, plan, grad_w)):
+        return grad_w
+    for part in _layout_parts(plan.batch, x[:1].size + grad_out[:1].size):
+        grad_w += conv2d_backward_weight(
+            np.ascontiguousarray(channels_first(grad_out[part])), np.ascontiguousarray(channels_first(x[part])),
+            weight_shape, *conv_args, algorithm=algorithm,
+        )
     return grad_w
 
 
@@ -871,10 +891,9 @@ def conv2d_backward(
     hw = x.shape[1:3]
     if last and not winograd and (_pointwise(weight.shape, plan, hw) or _last_kernels(weight.shape, plan, hw)):
         # each gradient channels last where its kernels take it, else in parts copied channels first
-        grad_x = conv2d_backward_input(grad_out, weight, x.shape, stride, padding, dilation, groups,
-                                       algorithm=algorithm, layout=layout)
-        grad_w = conv2d_backward_weight(grad_out, x, weight.shape, stride, padding, dilation, groups,
-                                        algorithm=algorithm, layout=layout)
+        conv_args = (stride, padding, dilation, groups)
+        grad_x = _input_last(grad_out, weight, plan, x.shape, winograd, conv_args, algorithm)
+        grad_w = _weight_last(grad_out, x, weight.shape, plan, winograd, conv_args, algorithm)
         return _unbatch(grad_x, unbatched), grad_w, conv2d_backward_bias(grad_out, layout=layout)
     grad_x = np.empty(x.shape, dtype=dtype)
     grad_w = np.zeros(weight.shape, dtype=dtype)
