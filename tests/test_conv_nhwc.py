@@ -173,6 +173,50 @@ def test_strided_input_gradient_runs_by_phases(case, dtype, rng, monkeypatch, re
             assert "direct" in convx._core.conv_ran()["input"]
 
 
+# Few input channels (a stem's 3): the input gradient as a product over (tap, input channel)
+# lanes added into grad_x at the taps' pixels (every product taken, as the col2im of the
+# channels-first path), at any stride, dilation and padding, with groups.
+SCATTER_GRID = [
+    # (N, H, W, C_in), (C_out, C_in / groups, kh, kw), stride, padding, dilation, groups
+    ((3, 12, 13, 3), (32, 3, 3, 3), 1, 1, 1, 1),
+    ((2, 15, 14, 3), (24, 3, 7, 7), 2, 3, 1, 1),
+    ((2, 9, 11, 4), (6, 2, 3, 3), 1, (2, 0), 2, 2),
+    ((2, 10, 9, 2), (8, 2, 5, 4), (3, 2), ((0, 3), (2, 1)), 1, 1),
+    ((1, 1, 7, 3), (5, 3, 3, 3), 1, 1, 1, 1),
+    ((9, 6, 5, 8), (16, 8, 3, 3), 2, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(SCATTER_GRID)))
+def test_few_channels_input_gradient_scatters(case, dtype, rng, restore_threads):
+    from convx.reference import conv as reference
+
+    x_shape, w_shape, stride, padding, dilation, groups = SCATTER_GRID[case]
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out_shape = F.conv2d(np.zeros(x_shape, dtype), weight, **kwargs, layout="NHWC").shape
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    expected = last(reference.conv2d_backward_input(first(grad_out), weight, first(np.zeros(x_shape)).shape, **kwargs))
+    results = []
+    for threads in (1, 2, 3):
+        convx.set_num_threads(threads)
+        results.append(F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC"))
+        if len(convx._core.supported_gemm_kernels()) > 1:
+            assert convx._core.conv_ran()["input"].endswith("direct-scatter")
+        assert_close(results[-1], expected)
+    # each image is one thread's: the same sums in the same order whatever the thread count
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+    # a non-finite weight or gradient spreads as through the channels-first path's col2im
+    weight[0, 0, 0, 0] = np.nan
+    grad_out[0, 0, 0, 0] = np.inf
+    grad_x = F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC")
+    expected = last(F.conv2d_backward_input(np.ascontiguousarray(first(grad_out)), weight, first(np.zeros(x_shape)).shape,
+                                            **kwargs))
+    np.testing.assert_array_equal(np.isnan(grad_x), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(grad_x), np.isinf(expected))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 def test_conv2d_nhwc_against_torch_channels_last(geometry, dtype, rng):

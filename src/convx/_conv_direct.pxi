@@ -506,3 +506,64 @@ cdef bint _phased_input_gradient(const floating[:, :, :, ::1] grad_out, const fl
                      g.c_in_g * taps, -1, NULL, NULL, &grad_in[0, rh, rw, 0], &a, g.batch, n_threads, mode)
     return True
 
+
+
+cdef bint _scatter_wanted(ConvGeometry* g, bint is_float) noexcept nogil:
+    """Whether convx_direct_input_scatter takes the channels-last input gradient of g: its input
+    channels would leave a quarter of the adjoint convolution's lanes idle, and its (tap, input
+    channel) pairs fill more of them (a 3x3 stem's 27 of 32, against 3 of 32)."""
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w, m = g.c_in_g * taps
+    cdef Py_ssize_t lanes = convx_direct_lanes_f(_level()) if is_float else convx_direct_lanes_d(_level())
+    if _level() == CONVX_GEMM_BLAS or _dmode() != MODE_AUTO or g.batch == 0 or g.c_in_g == 0 or g.c_out_g == 0:
+        return False
+    if taps == 1 or _fills_lanes(g.c_in_g, is_float):
+        return False
+    # m / its lanes > c_in_g / its lanes
+    return m * ((g.c_in_g + lanes - 1) // lanes) > g.c_in_g * ((m + lanes - 1) // lanes)
+
+
+cdef int _scatter_input_gradient(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
+                                 floating[:, :, :, ::1] grad_in, ConvGeometry* g, int n_threads) except -1:
+    """grad_in (channels last) by convx_direct_input_scatter, threads taking whole images."""
+    cdef int level = _level(), team, t
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w, m = g.c_in_g * taps, lanes, mr, group_size, u, blocks, n
+    cdef Py_ssize_t image_in = grad_in.shape[1] * grad_in.shape[2] * grad_in.shape[3]
+    cdef Py_ssize_t image_out = grad_out.shape[1] * grad_out.shape[2] * grad_out.shape[3]
+    cdef convx_conv_shape shape = _conv_shape(g)
+    if floating is float:
+        lanes = convx_direct_lanes_f(level)
+        mr = convx_direct_rows_f(level)
+        group_size = convx_direct_weight_size_f(level, m, g.c_out_g)
+        dtype = np.float32
+    else:
+        lanes = convx_direct_lanes_d(level)
+        mr = convx_direct_rows_d(level)
+        group_size = convx_direct_weight_size_d(level, m, g.c_out_g)
+        dtype = np.float64
+    blocks = (m + lanes - 1) // lanes
+    # W with its taps before its input channels: each output channel's row is then the lanes m
+    cdef const floating[:, :, ::1] tapped = np.ascontiguousarray(
+        np.asarray(weight).reshape(weight.shape[0], weight.shape[1], taps).transpose(0, 2, 1))
+    cdef floating[::1] packed = np.empty(g.groups * group_size, dtype=dtype)
+    cdef floating[::1] buf
+    team = _team(n_threads, g.groups * blocks)
+    with nogil:
+        for u in prange(g.groups * blocks, schedule='static', num_threads=team):
+            if floating is float:
+                convx_direct_pack_weight_f(level, &tapped[(u // blocks) * g.c_out_g, 0, 0], m, g.c_out_g, 1, 1, m, 0,
+                                           u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * g.c_out_g * lanes])
+            else:
+                convx_direct_pack_weight_d(level, &tapped[(u // blocks) * g.c_out_g, 0, 0], m, g.c_out_g, 1, 1, m, 0,
+                                           u % blocks, &packed[(u // blocks) * group_size + (u % blocks) * g.c_out_g * lanes])
+    team = _team(n_threads, g.batch)
+    buf = np.empty(team * mr * blocks * lanes, dtype=dtype)
+    with nogil, parallel(num_threads=team):
+        t = threadid()
+        for n in prange(g.batch, schedule='static'):
+            if floating is float:
+                convx_direct_input_scatter_f(level, &shape, &packed[0], group_size, &grad_out[0, 0, 0, 0] + n * image_out,
+                                             &grad_in[0, 0, 0, 0] + n * image_in, &buf[t * mr * blocks * lanes])
+            else:
+                convx_direct_input_scatter_d(level, &shape, &packed[0], group_size, &grad_out[0, 0, 0, 0] + n * image_out,
+                                             &grad_in[0, 0, 0, 0] + n * image_in, &buf[t * mr * blocks * lanes])
+    return 1

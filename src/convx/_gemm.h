@@ -485,6 +485,13 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         else                                                                                              \
             convx_direct_conv_rows_##S##256(s, packed, group_size, bias, epi, x, out, r0, r1, buf);       \
     }                                                                                                     \
+    static void convx_direct_input_scatter_##S(int level, const convx_conv_shape *s, const T *packed,     \
+                                               size_t group_size, const T *grad_out, T *grad_x, T *buf) { \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_input_scatter_##S##512(s, packed, group_size, grad_out, grad_x, buf);            \
+        else                                                                                              \
+            convx_direct_input_scatter_##S##256(s, packed, group_size, grad_out, grad_x, buf);            \
+    }                                                                                                     \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
                                              size_t group_size, const T *bias, const convx_epilogue *epi, \
                                              const T *x, T *out, ptrdiff_t n_images, ptrdiff_t blk0,      \
@@ -625,6 +632,8 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            size_t group_size, const T *bias, const convx_epilogue *epi,   \
                                            const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, T *buf) {}     \
+    static void convx_direct_input_scatter_##S(int level, const convx_conv_shape *s, const T *packed,     \
+                                               size_t group_size, const T *grad_out, T *grad_x, T *buf) {} \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
                                              size_t group_size, const T *bias, const convx_epilogue *epi, \
                                              const T *x, T *out, ptrdiff_t n_images, ptrdiff_t blk0,      \
