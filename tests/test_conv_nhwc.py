@@ -145,18 +145,26 @@ STRIDED_INPUT_GRID = [
 _COPIED = {len(STRIDED_INPUT_GRID) - 1}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", range(len(STRIDED_INPUT_GRID)))
-def test_strided_input_gradient_runs_by_phases(case, dtype, rng, monkeypatch, restore_threads):
-    import convx.functional.conv as conv_module
+def _input_gradient_case(case, dtype, rng):
+    """x's shape, weight, grad_out, the conv2d keywords and the reference input gradient (NHWC) of
+    one grid case."""
     from convx.reference import conv as reference
 
-    x_shape, w_shape, stride, padding, dilation, groups = STRIDED_INPUT_GRID[case]
+    x_shape, w_shape, stride, padding, dilation, groups = case
     weight = rng.standard_normal(w_shape).astype(dtype)
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     out_shape = F.conv2d(np.zeros(x_shape, dtype), weight, **kwargs, layout="NHWC").shape
     grad_out = rng.standard_normal(out_shape).astype(dtype)
     expected = last(reference.conv2d_backward_input(first(grad_out), weight, first(np.zeros(x_shape)).shape, **kwargs))
+    return x_shape, weight, grad_out, kwargs, expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(STRIDED_INPUT_GRID)))
+def test_strided_input_gradient_runs_by_phases(case, dtype, rng, monkeypatch, restore_threads):
+    import convx.functional.conv as conv_module
+
+    x_shape, weight, grad_out, kwargs, expected = _input_gradient_case(STRIDED_INPUT_GRID[case], dtype, rng)
     native = len(convx._core.supported_gemm_kernels()) > 1 and case not in _COPIED
     if native:
 
@@ -190,14 +198,7 @@ SCATTER_GRID = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", range(len(SCATTER_GRID)))
 def test_few_channels_input_gradient_scatters(case, dtype, rng, restore_threads):
-    from convx.reference import conv as reference
-
-    x_shape, w_shape, stride, padding, dilation, groups = SCATTER_GRID[case]
-    weight = rng.standard_normal(w_shape).astype(dtype)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    out_shape = F.conv2d(np.zeros(x_shape, dtype), weight, **kwargs, layout="NHWC").shape
-    grad_out = rng.standard_normal(out_shape).astype(dtype)
-    expected = last(reference.conv2d_backward_input(first(grad_out), weight, first(np.zeros(x_shape)).shape, **kwargs))
+    x_shape, weight, grad_out, kwargs, expected = _input_gradient_case(SCATTER_GRID[case], dtype, rng)
     results = []
     for threads in (1, 2, 3):
         convx.set_num_threads(threads)
