@@ -15,6 +15,12 @@ cdef extern from "_pool_nhwc.h" nogil:
     void convx_nhwc_max_row_d(const double* image, double* out, int64_t* where, Py_ssize_t width,
                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_max_row_i8(const int8_t* image, int8_t* out, int64_t* where, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_max_row_u8(const uint8_t* image, uint8_t* out, int64_t* where, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
     void convx_nhwc_avg_row_f(const float* image, float* out, Py_ssize_t width, Py_ssize_t channels,
                               Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows, Py_ssize_t dh,
                               const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw, int64_t row_div,
@@ -66,7 +72,7 @@ cdef object _nhwc_adaptive_axis(Py_ssize_t size, Py_ssize_t out_size):
     return np.asarray(axis)
 
 
-cdef void _nhwc_max_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+cdef void _nhwc_max_rows(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
                          const int64_t[::1] rows, const int64_t[::1] cols, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t taps, int n_threads) noexcept:
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
@@ -80,22 +86,30 @@ cdef void _nhwc_max_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] 
             image = t // out_h
             oh = t - image * out_h
             where = &indices[0, 0, 0, 0] + t * out_w * channels if want_indices else NULL
-            if floating is float:
+            if max_pooled is float:
                 convx_nhwc_max_row_f(&x[0, 0, 0, 0] + image * height * width * channels,
                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
-            else:
+            elif max_pooled is double:
                 convx_nhwc_max_row_d(&x[0, 0, 0, 0] + image * height * width * channels,
                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+            elif max_pooled is int8_t:
+                convx_nhwc_max_row_i8(&x[0, 0, 0, 0] + image * height * width * channels,
+                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+            else:
+                convx_nhwc_max_row_u8(&x[0, 0, 0, 0] + image * height * width * channels,
+                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
 
 
-def max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def max_pool2d_nhwc_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                             int64_t[:, :, :, ::1] indices,
                             Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
                             int n_threads):
-    """out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] (padding -inf, NaN wins),
+    """out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] (padding never wins, NaN does),
     indices[n, oh, ow, c] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
     cdef const int64_t[::1] rows = _nhwc_axis(x.shape[1], out.shape[1], kernel_h, stride_h, pad_h, 0, dilation_h,
                                               False, 1)
@@ -104,7 +118,7 @@ def max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::
     _nhwc_max_rows(x, out, indices, rows, cols, dilation_h, dilation_w, kernel_h * kernel_w, n_threads)
 
 
-def adaptive_max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def adaptive_max_pool2d_nhwc_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                                      int64_t[:, :, :, ::1] indices, int n_threads):
     """out[n, oh, ow, c] = max_{h, w in window(oh, ow)} x[n, h, w, c] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""

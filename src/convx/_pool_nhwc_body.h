@@ -1,11 +1,15 @@
-/* The NHWC pooling kernels for one floating type NT (suffix NS), included twice by _pool_nhwc.h. */
+/* The NHWC pooling kernels for one element type NT (suffix NS) whose lowest value is NT_LOWEST,
+ * included by _pool_nhwc.h: every kernel for float and double, the max forward alone (with
+ * CONVX_NHWC_MAX_ONLY) for int8_t and uint8_t. */
 
 /* Channels a window keeps in registers at once: two AVX-512 vectors, four AVX2 ones. */
 #define CONVX_NHWC_BLOCK (128 / (ptrdiff_t)sizeof(NT))
 
 /* best[c], pos[c] for the channels [c0, c1) over the taps of one window, row-major: strict > from
- * -inf, so the first maximum wins, and NaN wins (the last NaN), as _max_window in _pool.pxi; a
- * window that ends at -inf reports its first tap inside the input. ``track`` (a literal): whether
+ * NT_LOWEST (-inf, or the integer type's minimum), so the first maximum wins, and NaN wins (the
+ * last NaN), as _max_window in _pool.pxi; a window that ends at NT_LOWEST reports its first tap
+ * inside the input. For the integers this is the NCHW kernels' start from the window's first tap:
+ * that tap either exceeds the minimum and wins, or equals it and nothing later can win over it. ``track`` (a literal): whether
  * pos is kept. ``block`` (a literal, or 0): c1 - c0, to keep the running maxima in registers. */
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_channels)(
     const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
@@ -18,7 +22,7 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_chan
     int64_t *CONVX_RESTRICT where = block ? at : pos + c0;
     ptrdiff_t c;
     const int64_t first = (int64_t)h0 * width + w0;
-    CONVX_SIMD for (c = 0; c < n; c++) run[c] = (NT)-INFINITY;
+    CONVX_SIMD for (c = 0; c < n; c++) run[c] = NT_LOWEST;
     if (track) CONVX_SIMD for (c = 0; c < n; c++) where[c] = first;
     for (ptrdiff_t i = 0; i < rows; i++) {
         for (ptrdiff_t j = 0; j < cols; j++) {
@@ -58,34 +62,6 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_wind
                                             channels, 0);
 }
 
-/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
- * / a / b; ``block`` as above (the sums then stay in registers until divided). */
-static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
-    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
-    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
-    ptrdiff_t block, NT a, NT b, int two_step) {
-    const ptrdiff_t n = block ? block : c1 - c0;
-    NT sums[CONVX_NHWC_BLOCK];
-    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
-    ptrdiff_t c;
-    CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        for (ptrdiff_t j = 0; j < cols; j++) {
-            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
-            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
-        }
-    }
-    if (block) {
-        NT *CONVX_RESTRICT dst = out + c0;
-        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
-        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
-    } else if (two_step) {
-        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
-    } else {
-        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
-    }
-}
-
 /* One output row of max pooling of one (H, W, C) image: out[ow, c] = the maximum over window ow,
  * where[ow, c] = its flat h * W + w (where may be NULL). The row's windows take the input rows
  * h0 + i * dh, i < rows, window ow the columns col_first[ow] + j * dw, j < col_count[ow]. */
@@ -112,6 +88,35 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
         else
             CONVX_NHWC_MAX(rows, dh, cols, dw);
 #undef CONVX_NHWC_MAX
+    }
+}
+
+#ifndef CONVX_NHWC_MAX_ONLY
+/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
+ * / a / b; ``block`` as above (the sums then stay in registers until divided). */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
+    ptrdiff_t block, NT a, NT b, int two_step) {
+    const ptrdiff_t n = block ? block : c1 - c0;
+    NT sums[CONVX_NHWC_BLOCK];
+    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
+    ptrdiff_t c;
+    CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        for (ptrdiff_t j = 0; j < cols; j++) {
+            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
+            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
+        }
+    }
+    if (block) {
+        NT *CONVX_RESTRICT dst = out + c0;
+        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
+        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
+    } else if (two_step) {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
+    } else {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
     }
 }
 
@@ -196,5 +201,7 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTR
     }
     return 0;
 }
+
+#endif /* CONVX_NHWC_MAX_ONLY */
 
 #undef CONVX_NHWC_BLOCK
