@@ -462,6 +462,10 @@ def test_max_unpool_matches_channels_first(dtype):
     nn.MaxPool1d(3, 2, 1, layout="NWC"),
     nn.AvgPool1d(3, 2, 1, layout="NWC"),
     nn.LPPool2d(2, 2, layout="NHWC"),
+    nn.GlobalAvgPool2d(layout="NHWC"),
+    nn.GlobalAvgPool2d(keepdims=True, layout="NHWC"),
+    nn.GlobalMaxPool2d(layout="NHWC"),
+    nn.GlobalMaxPool2d(keepdims=True, layout="NHWC"),
 ], ids=repr)
 def test_gradcheck_channels_last(layer):
     import convx
@@ -486,3 +490,68 @@ def test_max_pool2d_minus_inf_nan_and_large_windows(window, dtype):
         y, indices = F.max_pool2d(data_, **window, return_indices=True)
         y_last, indices_last = F.max_pool2d(last(data_), **window, return_indices=True, layout="NHWC")
         assert same(first(y_last), y) and same(first(indices_last), indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global pooling layers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (3, 1, 1, 7), (1, 131, 4, 3), (0, 3, 4, 5), (4, 6, 5)])
+def test_global_pooling_matches_channels_first(kind, keepdims, shape, dtype):
+    layer_class = getattr(nn, f"Global{kind}Pool2d")
+    pool, pool_last = layer_class(keepdims=keepdims), layer_class(keepdims=keepdims, layout="NHWC")
+    assert repr(pool_last) == f"Global{kind}Pool2d(keepdims={keepdims}, layout='NHWC')"
+    assert "layout" not in repr(pool) and pool.layout == "NCHW" and pool_last.layout == "NHWC"
+    x = data(shape, dtype, specials=kind == "Max") + grads(shape, dtype)
+    y, y_last = pool(x), pool_last(last(x))
+    assert y_last.dtype == y.dtype and y_last.flags.c_contiguous
+    # Without keepdims both layouts give (N, C); with it, (N, C, 1, 1) and (N, 1, 1, C).
+    assert same(first(y_last) if keepdims else y_last, y)
+    # The reference: means and maxima over the plane, from the formulas.
+    plane = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+    expected = np.max(plane, axis=-1) if kind == "Max" else plane.sum(axis=-1) / plane.shape[-1]
+    if kind == "Max":
+        assert same((first(y_last) if keepdims else y_last).reshape(expected.shape), expected)
+    else:
+        np.testing.assert_allclose((first(y_last) if keepdims else y_last).reshape(expected.shape), expected,
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+    grad = grads(y.shape, dtype)
+    grad_last = last(grad) if keepdims else grad
+    assert same(first(pool_last.backward(grad_last)), pool.backward(grad))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_global_max_pooling_channels_last_integers(dtype):
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(3).integers(info.min, info.max, (2, 6, 5, 3), endpoint=True).astype(dtype)
+    x[1, :, :, 2] = info.min
+    x[0, 2, 3, 1] = info.max
+    layer = nn.GlobalMaxPool2d(layout="NHWC")
+    y = layer(x)
+    assert y.dtype == dtype and same(y, nn.GlobalMaxPool2d()(first(x)))
+    assert same(y, x.max(axis=(1, 2)))
+    with pytest.raises(TypeError, match="integer inputs have no gradient"):
+        layer.backward(np.ones(y.shape, np.float32))
+
+
+def test_global_pooling_refusals():
+    with pytest.raises(ValueError, match="layout must be 'NCHW'"):
+        nn.GlobalAvgPool2d(layout="NWC")
+    with pytest.raises(ValueError, match="layout must be 'NCHW'"):
+        nn.GlobalMaxPool2d(layout="nhwc")
+    with pytest.raises(TypeError, match="keepdims must be a bool"):
+        nn.GlobalAvgPool2d(keepdims=1, layout="NHWC")
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool2d expects x of shape \(N, H, W, C\) or \(H, W, C\) "
+                                         r"with layout='NHWC', got an array of shape \(4, 4\)"):
+        nn.GlobalAvgPool2d(layout="NHWC")(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"adaptive_max_pool2d expects x of shape \(N, H, W, C\)"):
+        nn.GlobalMaxPool2d(layout="NHWC")(np.zeros((1, 2, 3, 4, 5)))
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+        nn.GlobalAvgPool2d(layout="NHWC")(np.zeros((1, 4, 4, 2), np.int8))
+    layer = nn.GlobalAvgPool2d(layout="NHWC")
+    layer(np.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"grad_out must have the forward output's shape \(2, 3\)"):
+        layer.backward(np.zeros((2, 1, 1, 3)))
