@@ -199,6 +199,59 @@ def test_max_backward_refuses_bad_indices():
         F.max_pool2d_backward(grad, indices, (1, 4, 4, 3), layout="NHWC")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 9, 11), (1, 70, 5, 4), (2, 1, 2, 2), (2, 4, 13, 2)])
+def test_max_backward_of_2x2_blocks_matches_nchw(shape, dtype):
+    # Indices each in their own 2x2 block take the one-pass kernel: the same bits as the scatter onto
+    # zeros (0 + g: -0.0 becomes +0.0, NaN and inf pass), the rows and columns past the blocks zero.
+    x = data(shape, dtype)
+    y, indices = F.max_pool2d(x, 2, return_indices=True)
+    grad = grads(y.shape, dtype)
+    flat = grad.reshape(-1)
+    flat[::7], flat[1::11], flat[2::13] = -0.0, np.nan, -np.inf
+    expected = F.max_pool2d_backward(grad, indices, x.shape)
+    got = F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+    assert same(first(got), expected)
+    assert not np.signbit(got[got == 0]).any()
+    # Unbatched, and with 2 threads over the images.
+    assert same(first(F.max_pool2d_backward(last(grad[0]), last(indices[0]), last_shape(x.shape[1:]),
+                                            layout="NHWC")), expected[0])
+
+
+@pytest.mark.parametrize("row", [0, 1, -1])
+def test_max_backward_with_an_index_outside_its_block(row):
+    # One index in the plane but outside its 2x2 block (in the first, second or last output row):
+    # that image goes to the scatter (the rows already written are redone), the others stay in one
+    # pass; all as channels first. An index outside the plane is refused either way.
+    x = data((3, 4, 10, 9), np.float64, specials=False) + grads((3, 4, 10, 9), np.float64)
+    y, indices = F.max_pool2d(x, 2, return_indices=True)
+    indices = indices.copy()
+    indices[1, 2, row, 3] = 0
+    indices[2, 0, row, 0] = 9 * 10 - 1
+    grad = grads(y.shape, np.float64)
+    expected = F.max_pool2d_backward(grad, indices, x.shape)
+    got = F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+    assert same(first(got), expected)
+    for bad, shown in ((90, "90"), (-2, "-2")):
+        indices[2, 3, row, 2] = bad
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, H\*W\) = \[0, 90\) .*got {shown}"):
+            F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+
+
+def test_max_backward_threads_agree_on_blocks_and_scatter(num_threads):
+    x = data((8, 16, 24, 20), np.float32, specials=False) + grads((8, 16, 24, 20), np.float32)
+    for window in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):
+        y, indices = F.max_pool2d(last(x), **window, return_indices=True, layout="NHWC")
+        grad = grads(y.shape, np.float32)
+        results = []
+        for n in (1, 2, 3):
+            num_threads(n)
+            results.append(F.max_pool2d_backward(grad, indices, last(x).shape, layout="NHWC"))
+        assert same(results[0], results[1]) and same(results[0], results[2])
+        _, indices_first = F.max_pool2d(x, **window, return_indices=True)
+        assert same(first(results[0]), F.max_pool2d_backward(first(grad), indices_first, x.shape))
+
+
 # ---------------------------------------------------------------------------------------------
 # 1-D ops
 

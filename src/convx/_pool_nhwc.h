@@ -22,6 +22,14 @@
 #define CONVX_NHWC_JOIN(a, b) CONVX_NHWC_JOIN2(a, b)
 #define CONVX_NHWC(name) CONVX_NHWC_JOIN(name, NS)
 
+#ifndef CONVX_SIMD_OR
+#if defined(_MSC_VER)
+#define CONVX_SIMD_OR(var)
+#else
+#define CONVX_SIMD_OR(var) CONVX_PRAGMA(omp simd reduction(|:var))
+#endif
+#endif
+
 #define NT float
 #define NS f
 #define NT_LOWEST (-INFINITY)

@@ -35,10 +35,16 @@ cdef extern from "_pool_nhwc.h" nogil:
     void convx_nhwc_avg_spread_row_d(const double* grad, double* dst, double* share, Py_ssize_t channels,
                                      Py_ssize_t out_w, const int64_t* col_first, const int64_t* col_count,
                                      Py_ssize_t dw, int64_t row_div, const int64_t* col_div, int two_step)
+    int convx_nhwc_max_blocks_f(const float* grad, const int64_t* indices, float* grad_in, int32_t* code,
+                                Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t channels)
+    int convx_nhwc_max_blocks_d(const double* grad, const int64_t* indices, double* grad_in, int32_t* code,
+                                Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t channels)
     int convx_nhwc_max_scatter_f(const float* grad, const int64_t* indices, float* grad_in, Py_ssize_t plane,
-                                 Py_ssize_t outputs, Py_ssize_t channels)
+                                 Py_ssize_t width, Py_ssize_t outputs, Py_ssize_t channels)
     int convx_nhwc_max_scatter_d(const double* grad, const int64_t* indices, double* grad_in, Py_ssize_t plane,
-                                 Py_ssize_t outputs, Py_ssize_t channels)
+                                 Py_ssize_t width, Py_ssize_t outputs, Py_ssize_t channels)
 
 
 cdef object _nhwc_axis(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
@@ -133,24 +139,45 @@ def max_pool2d_nhwc_backward(const floating[:, :, :, ::1] grad_out, const int64_
     """grad_in[n, :, :, c].flat[indices[n, oh, ow, c]] += grad_out[n, oh, ow, c]; grad_in is overwritten.
 
     Returns the number of images left unfinished because one of their indices lies outside the
-    plane (each index is read once, checked and only then used as an address)."""
-    cdef Py_ssize_t n = grad_in.shape[0], channels = grad_in.shape[3]
-    cdef Py_ssize_t plane = grad_in.shape[1] * grad_in.shape[2], outputs = grad_out.shape[1] * grad_out.shape[2]
+    plane (each index is read once, checked and only then used as an address). Where the 2x2
+    blocks of the outputs fit the plane, an image whose indices all lie in their own block is
+    written in one pass (convx_nhwc_max_blocks), the others by the scatter."""
+    cdef Py_ssize_t n = grad_in.shape[0], height = grad_in.shape[1], width = grad_in.shape[2]
+    cdef Py_ssize_t channels = grad_in.shape[3], out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t plane = height * width, outputs = out_h * out_w
     cdef int team = _team_size(n_threads, n, (plane + outputs) * channels)
-    cdef Py_ssize_t image, refused = 0
+    cdef bint blocks = 2 * out_h <= height and 2 * out_w <= width
+    # One output row of codes per thread, each on its own cache lines.
+    cdef Py_ssize_t slot = (out_w * channels + 15) // 16 * 16 + 16 if blocks else 0
+    cdef int32_t[::1] codes = np.empty(max(1, team * slot), dtype=np.int32)
+    cdef Py_ssize_t image, tid, refused = 0
     cdef int outside
-    with nogil:
-        for image in prange(n, schedule='static', num_threads=team):
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for image in prange(n, schedule='static'):
+            outside = 1
             if floating is float:
-                outside = convx_nhwc_max_scatter_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
-                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
-                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
-                                                   channels)
+                if blocks:
+                    outside = convx_nhwc_max_blocks_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                      &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                      &grad_in[0, 0, 0, 0] + image * plane * channels,
+                                                      &codes[tid * slot], height, width, out_h, out_w, channels)
+                if outside:
+                    outside = convx_nhwc_max_scatter_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                       &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                       &grad_in[0, 0, 0, 0] + image * plane * channels, plane,
+                                                       width, outputs, channels)
             else:
-                outside = convx_nhwc_max_scatter_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
-                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
-                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
-                                                   channels)
+                if blocks:
+                    outside = convx_nhwc_max_blocks_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                      &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                      &grad_in[0, 0, 0, 0] + image * plane * channels,
+                                                      &codes[tid * slot], height, width, out_h, out_w, channels)
+                if outside:
+                    outside = convx_nhwc_max_scatter_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                       &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                       &grad_in[0, 0, 0, 0] + image * plane * channels, plane,
+                                                       width, outputs, channels)
             refused += outside
     return refused
 

@@ -184,21 +184,90 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
  * outputs o in order. 1 (grad_in partly written) at the first index outside [0, plane): each index
  * is read once and checked before it is used as an address. A scalar loop on purpose: overlapping
  * windows often share their maximum, so consecutive outputs add to one element, which a vector
- * scatter then gather of it cannot forward (1.3x slower on 64x64x56x56 float32, 3x3 stride 2). */
+ * scatter then gather of it cannot forward (1.3x slower on 64x64x56x56 float32, 3x3 stride 2).
+ * The zeros go in row by row as the indices first reach each input row (every row before the
+ * highest reached is zeroed), not in one fill of the image ahead: the scatter then adds into rows
+ * still in cache (a 56x56x64 float32 image is 800 KB; the fill ahead made it 1.1x the NCHW time,
+ * whose planes are 12.5 KB). */
 CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
                                                            const int64_t *CONVX_RESTRICT indices,
                                                            NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
-                                                           ptrdiff_t outputs, ptrdiff_t channels) {
-    memset(grad_in, 0, (size_t)(plane * channels) * sizeof(NT));
+                                                           ptrdiff_t width, ptrdiff_t outputs, ptrdiff_t channels) {
+    const ptrdiff_t row = width * channels;
+    /* Input rows [0, zeroed) hold zeros or sums; limit = zeroed * width, the first index beyond them. */
+    ptrdiff_t zeroed = 0;
+    uint64_t limit = 0;
     for (ptrdiff_t o = 0; o < outputs; o++) {
         const NT *CONVX_RESTRICT g = grad + o * channels;
         const int64_t *CONVX_RESTRICT at = indices + o * channels;
         for (ptrdiff_t c = 0; c < channels; c++) {
             const int64_t k = at[c];
-            if ((uint64_t)k >= (uint64_t)plane) return 1;
+            if ((uint64_t)k >= limit) {
+                if ((uint64_t)k >= (uint64_t)plane) return 1;
+                const ptrdiff_t reach = (ptrdiff_t)(k / width) + 1;
+                memset(grad_in + zeroed * row, 0, (size_t)((reach - zeroed) * row) * sizeof(NT));
+                zeroed = reach;
+                limit = (uint64_t)(zeroed * width);
+            }
             grad_in[k * channels + c] += g[c];
         }
     }
+    if (zeroed * width < plane) memset(grad_in + zeroed * row, 0, (size_t)(plane * channels - zeroed * row) * sizeof(NT));
+    return 0;
+}
+
+/* The max backward of one (H, W, C) image whose indices each lie in their output's own 2x2 block
+ * (rows 2oh, 2oh + 1, columns 2ow, 2ow + 1: what a 2x2 stride-2 max pool records; the caller has
+ * checked that 2 * out_h <= H and 2 * out_w <= W). No two outputs then share an input, and each
+ * input element is written once: 0 + its block's gradient where it is the recorded maximum, else 0,
+ * which is what the scatter onto zeros gives, bit for bit, in one pass instead of a zero fill and a
+ * scalar scatter. Output row by output row, the indices are read once each into codes (2 * row in
+ * the block + column in it), then the two input rows are written from the codes alone; 1, with
+ * grad_in partly written, at the first row holding an index outside its block (the caller then
+ * runs convx_nhwc_max_scatter on the image). code: out_w * channels int32 elements of scratch. */
+CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_blocks)(const NT *CONVX_RESTRICT grad,
+                                                          const int64_t *CONVX_RESTRICT indices,
+                                                          NT *CONVX_RESTRICT grad_in, int32_t *CONVX_RESTRICT code,
+                                                          ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,
+                                                          ptrdiff_t out_w, ptrdiff_t channels) {
+    const ptrdiff_t row = out_w * channels, tail = (width - 2 * out_w) * channels;
+    ptrdiff_t c;
+    for (ptrdiff_t oh = 0; oh < out_h; oh++) {
+        const int64_t *CONVX_RESTRICT at = indices + oh * row;
+        const NT *CONVX_RESTRICT g = grad + oh * row;
+        uint64_t stray = 0;
+        for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+            const int64_t corner = (int64_t)(2 * oh) * width + 2 * ow;
+            const int64_t *CONVX_RESTRICT a = at + ow * channels;
+            int32_t *CONVX_RESTRICT to = code + ow * channels;
+            CONVX_SIMD_OR(stray) for (c = 0; c < channels; c++) {
+                const int64_t k = a[c] - corner;
+                /* In its block: k is 0, 1, width or width + 1: within [0, width + 1], not in [2, width). */
+                stray |= (uint64_t)(((uint64_t)k > (uint64_t)(width + 1)) |
+                                    ((uint64_t)(k - 2) < (uint64_t)(width - 2)));
+                const int64_t below = k >= width;
+                to[c] = (int32_t)(2 * below + k - below * width);
+            }
+        }
+        if (stray) return 1;
+        for (ptrdiff_t r = 0; r < 2; r++) {
+            NT *CONVX_RESTRICT dst = grad_in + (2 * oh + r) * width * channels;
+            const int32_t left = (int32_t)(2 * r), right = left + 1;
+            for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+                const NT *CONVX_RESTRICT gv = g + ow * channels;
+                const int32_t *CONVX_RESTRICT k = code + ow * channels;
+                NT *CONVX_RESTRICT d0 = dst + 2 * ow * channels;
+                NT *CONVX_RESTRICT d1 = d0 + channels;
+                CONVX_SIMD for (c = 0; c < channels; c++) {
+                    d0[c] = (NT)0 + (k[c] == left ? gv[c] : (NT)0);
+                    d1[c] = (NT)0 + (k[c] == right ? gv[c] : (NT)0);
+                }
+            }
+            if (tail) memset(dst + 2 * out_w * channels, 0, (size_t)tail * sizeof(NT));
+        }
+    }
+    if (2 * out_h < height)
+        memset(grad_in + 2 * out_h * width * channels, 0, (size_t)((height - 2 * out_h) * width * channels) * sizeof(NT));
     return 0;
 }
 
