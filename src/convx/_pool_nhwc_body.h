@@ -181,14 +181,16 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
 }
 
 /* grad_in (plane x channels, overwritten) = 0, then grad_in[indices[o, c], c] += grad[o, c] over the
- * outputs o in order. 1 (grad_in partly written) at the first index outside [0, plane): each index
- * is read once and checked before it is used as an address. A scalar loop on purpose: overlapping
- * windows often share their maximum, so consecutive outputs add to one element, which a vector
- * scatter then gather of it cannot forward (1.3x slower on 64x64x56x56 float32, 3x3 stride 2).
- * The zeros go in row by row as the indices first reach each input row (every row before the
- * highest reached is zeroed), not in one fill of the image ahead: the scatter then adds into rows
- * still in cache (a 56x56x64 float32 image is 800 KB; the fill ahead made it 1.1x the NCHW time,
- * whose planes are 12.5 KB). */
+ * outputs o in order. 1 (grad_in partly written) at the first chunk of channels holding an index
+ * outside [0, plane): each index is read once, into a checked offset, before it is used as an
+ * address. The additions are scalar on purpose: overlapping windows often share their maximum, so
+ * consecutive outputs add to one element, which a vector scatter then gather of it cannot forward
+ * (1.3x slower on 64x64x56x56 float32, 3x3 stride 2); the offsets and their check are vectors,
+ * CONVX_NHWC_CHUNK channels at a time (the scalar loop with them was 12 instructions per element,
+ * 1.2x the NCHW time on 64x64x32x32 float32, 3x3 stride 2). The zeros go in row by row as the
+ * indices first reach each input row (every row before the highest reached is zeroed), not in one
+ * fill of the image ahead, so that the rows added into are still in cache. */
+#define CONVX_NHWC_CHUNK 64
 CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
                                                            const int64_t *CONVX_RESTRICT indices,
                                                            NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
@@ -197,24 +199,33 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTR
     /* Input rows [0, zeroed) hold zeros or sums; limit = zeroed * width, the first index beyond them. */
     ptrdiff_t zeroed = 0;
     uint64_t limit = 0;
+    int64_t offset[CONVX_NHWC_CHUNK];
     for (ptrdiff_t o = 0; o < outputs; o++) {
         const NT *CONVX_RESTRICT g = grad + o * channels;
         const int64_t *CONVX_RESTRICT at = indices + o * channels;
-        for (ptrdiff_t c = 0; c < channels; c++) {
-            const int64_t k = at[c];
-            if ((uint64_t)k >= limit) {
-                if ((uint64_t)k >= (uint64_t)plane) return 1;
-                const ptrdiff_t reach = (ptrdiff_t)(k / width) + 1;
+        for (ptrdiff_t c0 = 0; c0 < channels; c0 += CONVX_NHWC_CHUNK) {
+            const ptrdiff_t n = channels - c0 < CONVX_NHWC_CHUNK ? channels - c0 : CONVX_NHWC_CHUNK;
+            uint64_t top = 0;
+            CONVX_PRAGMA(omp simd reduction(max:top)) for (ptrdiff_t i = 0; i < n; i++) {
+                const int64_t k = at[c0 + i];
+                top = (uint64_t)k > top ? (uint64_t)k : top;
+                offset[i] = k * channels + c0 + i;
+            }
+            if (top >= limit) {
+                if (top >= (uint64_t)plane) return 1;
+                const ptrdiff_t reach = (ptrdiff_t)(top / (uint64_t)width) + 1;
                 memset(grad_in + zeroed * row, 0, (size_t)((reach - zeroed) * row) * sizeof(NT));
                 zeroed = reach;
                 limit = (uint64_t)(zeroed * width);
             }
-            grad_in[k * channels + c] += g[c];
+            const NT *CONVX_RESTRICT gc = g + c0;
+            for (ptrdiff_t i = 0; i < n; i++) grad_in[offset[i]] += gc[i];
         }
     }
     if (zeroed * width < plane) memset(grad_in + zeroed * row, 0, (size_t)(plane * channels - zeroed * row) * sizeof(NT));
     return 0;
 }
+#undef CONVX_NHWC_CHUNK
 
 /* The max backward of one (H, W, C) image whose indices each lie in their output's own 2x2 block
  * (rows 2oh, 2oh + 1, columns 2ow, 2ow + 1: what a 2x2 stride-2 max pool records; the caller has
