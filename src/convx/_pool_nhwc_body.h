@@ -269,9 +269,14 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_blocks)(const NT *CONVX_RESTRI
                 const int32_t *CONVX_RESTRICT k = code + ow * channels;
                 NT *CONVX_RESTRICT d0 = dst + 2 * ow * channels;
                 NT *CONVX_RESTRICT d1 = d0 + channels;
+                /* One column after the other, so that the stores run in one stream along the row. */
                 CONVX_SIMD for (c = 0; c < channels; c++) {
-                    d0[c] = (NT)0 + (k[c] == left ? gv[c] : (NT)0);
-                    d1[c] = (NT)0 + (k[c] == right ? gv[c] : (NT)0);
+                    const NT v = gv[c];
+                    d0[c] = (NT)0 + (k[c] == left ? v : (NT)0);
+                }
+                CONVX_SIMD for (c = 0; c < channels; c++) {
+                    const NT v = gv[c];
+                    d1[c] = (NT)0 + (k[c] == right ? v : (NT)0);
                 }
             }
             if (tail) memset(dst + 2 * out_w * channels, 0, (size_t)tail * sizeof(NT));
