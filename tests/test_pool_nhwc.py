@@ -199,6 +199,18 @@ def test_max_backward_refuses_bad_indices():
         F.max_pool2d_backward(grad, indices, (1, 4, 4, 3), layout="NHWC")
 
 
+@pytest.mark.parametrize("bad", [np.iinfo(np.int64).min, np.iinfo(np.int64).max, 2**62, -(2**40), 2**40])
+@pytest.mark.parametrize("out_shape", [(2, 2), (3, 4)])  # within the 2x2 blocks of a 4x4 plane, or not
+def test_max_backward_refuses_far_indices(bad, out_shape):
+    # Indices far outside the plane (whose offsets k * C + c would overflow int64) are refused, by
+    # the 2x2-block kernel and by the scatter alike.
+    grad = np.ones((2, *out_shape, 70))
+    indices = np.zeros((2, *out_shape, 70), dtype=np.int64)
+    indices[1, -1, -1, 69] = bad
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, H\*W\) = \[0, 16\) .*got {bad}"):
+        F.max_pool2d_backward(grad, indices, (2, 4, 4, 70), layout="NHWC")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 9, 11), (1, 70, 5, 4), (2, 1, 2, 2), (2, 4, 13, 2)])
 def test_max_backward_of_2x2_blocks_matches_nchw(shape, dtype):

@@ -212,7 +212,8 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTR
             CONVX_PRAGMA(omp simd reduction(max:top)) for (ptrdiff_t i = 0; i < n; i++) {
                 const int64_t k = at[c0 + i];
                 top = (uint64_t)k > top ? (uint64_t)k : top;
-                offset[i] = k * channels + c0 + i;
+                /* Unsigned: an index far outside wraps here (and is refused below) instead of overflowing. */
+                offset[i] = (int64_t)((uint64_t)k * (uint64_t)channels + (uint64_t)(c0 + i));
             }
             if (top >= limit) {
                 if (top >= (uint64_t)plane) return 1;
@@ -257,13 +258,13 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_blocks)(const NT *CONVX_RESTRI
             const int64_t corner = (int64_t)(2 * oh) * width + 2 * ow;
             const int64_t *CONVX_RESTRICT a = at + ow * channels;
             int32_t *CONVX_RESTRICT to = code + ow * channels;
+            /* Unsigned arithmetic: any int64 index, however far off, wraps instead of overflowing. */
             CONVX_SIMD_OR(stray) for (c = 0; c < channels; c++) {
-                const int64_t k = a[c] - corner;
+                const uint64_t k = (uint64_t)a[c] - (uint64_t)corner;
                 /* In its block: k is 0, 1, width or width + 1: within [0, width + 1], not in [2, width). */
-                stray |= (uint64_t)(((uint64_t)k > (uint64_t)(width + 1)) |
-                                    ((uint64_t)(k - 2) < (uint64_t)(width - 2)));
-                const int64_t below = k >= width;
-                to[c] = (int32_t)(2 * below + k - below * width);
+                stray |= (uint64_t)((k > (uint64_t)(width + 1)) | ((k - 2) < (uint64_t)(width - 2)));
+                const uint64_t below = k >= (uint64_t)width;
+                to[c] = (int32_t)(2 * below + k - below * (uint64_t)width);
             }
         }
         if (stray) return 1;
