@@ -43,6 +43,7 @@ CASES = [
     ("avg_pool2d 3x3/2 p1", _op(F.avg_pool2d), K3S2),
     ("avg_pool2d 2x2/2", _op(F.avg_pool2d), K2S2),
     ("max_pool2d_bwd 3x3/2", _max_backward, K3S2),
+    ("max_pool2d_bwd 2x2/2", _max_backward, K2S2),
     ("avg_pool2d_bwd 3x3/2", _avg_backward, K3S2),
     ("adaptive_avg_pool2d 1", _op(F.adaptive_avg_pool2d), dict(output_size=1)),
 ]

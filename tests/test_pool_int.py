@@ -510,3 +510,303 @@ def test_backward_functions_take_float_grad_out_only(dtype):
         F.max_pool1d_backward(y1, indices1, x[0].shape)
     grad1 = F.max_pool1d_backward(np.ones(y1.shape), indices1, x[0].shape)
     np.testing.assert_array_equal(grad1[0], [[0, 1, 0, 1]] * 4)
+
+
+# --- channels last (layout='NHWC' / 'NWC') ----------------------------------------------------------
+# The same ops on (N, H, W, C) and (N, L, C) arrays, natively: against the reference above on the
+# channels-first copy, and against the channels-first integer result (the same values and indices,
+# moved).
+
+
+def to_last(array, dims=2):
+    """An (N, C, *spatial) array as (N, *spatial, C), C-contiguous."""
+    return np.ascontiguousarray(np.moveaxis(array, 1, -1)) if array.ndim == dims + 2 else array
+
+
+def to_first(array):
+    return np.moveaxis(array, -1, 1)
+
+
+def _int_ops_last(x):
+    """_int_ops on x (N, H, W, C) with channels last, the results moved to channels first."""
+    n, height, width, c = x.shape
+    line = x.reshape(n, 1, height * width, c)[:, 0]
+    results = {
+        "max_pool2d": F.max_pool2d(x, 3, 2, 1, return_indices=True, layout="NHWC"),
+        "max_pool2d_dilated": F.max_pool2d(x, (2, 3), (1, 2), ((1, 0), (2, 1)), (2, 2), True, return_indices=True,
+                                           layout="NHWC"),
+        "max_pool1d": F.max_pool1d(line, 4, 3, 2, return_indices=True, layout="NWC"),
+        "adaptive_max_pool2d": F.adaptive_max_pool2d(x, (3, 5), return_indices=True, layout="NHWC"),
+        "adaptive_max_pool1d": F.adaptive_max_pool1d(line, 7, return_indices=True, layout="NWC"),
+    }
+    return {name: tuple(to_first(a) for a in pair) for name, pair in results.items()}
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 130, 11, 9), (3, 1, 8, 8)])
+@pytest.mark.parametrize("kind", ["random", "few", "low", "high"])
+def test_nhwc_max_pool2d_matches_reference_and_nchw(rng, dtype, geometry, shape, kind):
+    # 130 channels: one whole block of 128 8-bit channels and a remainder.
+    kernel, stride, sides, dilation, ceil_mode = geometry
+    x = make_int(rng, shape, dtype, kind)
+    y, indices = F.max_pool2d(to_last(x), kernel, stride, sides, dilation, ceil_mode, return_indices=True,
+                              layout="NHWC")
+    assert y.dtype == dtype and indices.dtype == np.int64 and y.flags.c_contiguous and indices.flags.c_contiguous
+    y_ref, indices_ref = ref_max_pool2d(x, kernel, stride, sides, dilation, ceil_mode)
+    np.testing.assert_array_equal(to_first(y), y_ref)
+    np.testing.assert_array_equal(to_first(indices), indices_ref)
+    y_first, indices_first = F.max_pool2d(x, kernel, stride, sides, dilation, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(y, to_last(y_first))
+    np.testing.assert_array_equal(indices, to_last(indices_first))
+    np.testing.assert_array_equal(
+        F.max_pool2d(to_last(x), kernel, stride, sides, dilation, ceil_mode, layout="NHWC"), y
+    )
+
+
+def test_nhwc_padding_never_wins_for_uint8():
+    x = np.zeros((1, 3, 3, 2), np.uint8)
+    y, indices = F.max_pool2d(x, 3, 2, 2, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y, 0)
+    for c in range(2):
+        np.testing.assert_array_equal(indices[0, :, :, c], [[0, 0, 2], [0, 0, 2], [6, 6, 8]])
+    x = np.array([[[[0], [0], [200]]]], np.uint8)  # (1, 1, 3, 1)
+    y, indices = F.max_pool2d(x, (1, 3), 1, ((0, 0), (2, 2)), return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y[0, 0, :, 0], [0, 0, 200, 200, 200])
+    np.testing.assert_array_equal(indices[0, 0, :, 0], [0, 0, 2, 2, 2])
+    x = np.full((1, 2, 2, 3), -128, np.int8)
+    y, indices = F.max_pool2d(x, 2, 1, 1, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y, -128)
+    np.testing.assert_array_equal(indices[0, :, :, 1], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("word", ["valid", "same", "same_lower"])
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(3, 2, 1), ((2, 5), (1, 2), (2, 1)), (4, 3, 1)])
+def test_nhwc_max_pool2d_padding_words(rng, dtype, word, kernel, stride, dilation):
+    x = make_int(rng, (2, 5, 9, 12), dtype, "few")
+    y, indices = F.max_pool2d(to_last(x), kernel, stride, word, dilation, return_indices=True, layout="NHWC")
+    y_first, indices_first = F.max_pool2d(x, kernel, stride, word, dilation, return_indices=True)
+    np.testing.assert_array_equal(to_first(y), y_first)
+    np.testing.assert_array_equal(to_first(indices), indices_first)
+    kernel2, stride2, dilation2 = (np.broadcast_to(v, 2).tolist() for v in (kernel, stride, dilation))
+    sides = ((0, 0), (0, 0)) if word == "valid" else tuple(
+        same_sides(size, k, s, d, lower=word == "same_lower")
+        for size, k, s, d in zip(x.shape[2:], kernel2, stride2, dilation2)
+    )
+    y_ref, indices_ref = ref_max_pool2d(x, kernel2, stride2, sides, dilation2)
+    np.testing.assert_array_equal(to_first(y), y_ref)
+    np.testing.assert_array_equal(to_first(indices), indices_ref)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("kind", ["random", "few", "low", "high"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "ceil_mode"),
+    [(3, 1, 1, 1, False), (2, 2, 0, 1, True), (4, 3, 2, 2, True), (5, 2, 2, 3, False), (3, 3, 1, 1, True),
+     (3, 2, "same", 1, False), (3, 2, ((2, 0),), 1, True)],
+)
+def test_nwc_max_pool1d_matches_reference_and_ncw(rng, dtype, kind, kernel, stride, padding, dilation, ceil_mode):
+    x = make_int(rng, (2, 5, 17), dtype, kind)
+    y, indices = F.max_pool1d(to_last(x, 1), kernel, stride, padding, dilation, ceil_mode, return_indices=True,
+                              layout="NWC")
+    assert y.dtype == dtype
+    y_first, indices_first = F.max_pool1d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+    np.testing.assert_array_equal(to_first(y), y_first)
+    np.testing.assert_array_equal(to_first(indices), indices_first)
+    if isinstance(padding, int):
+        y_ref, indices_ref = ref_max_pool2d(x[:, :, None], (1, kernel), (1, stride), ((0, 0), (padding, padding)),
+                                           (1, dilation), ceil_mode)
+        np.testing.assert_array_equal(to_first(y), y_ref[:, :, 0])
+        np.testing.assert_array_equal(to_first(indices), indices_ref[:, :, 0])
+    # Unbatched (L, C).
+    y1, indices1 = F.max_pool1d(to_last(x, 1)[0], kernel, stride, padding, dilation, ceil_mode, return_indices=True,
+                                layout="NWC")
+    np.testing.assert_array_equal(y1, y[0])
+    np.testing.assert_array_equal(indices1, indices[0])
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("kind", ["random", "few", "low", "high"])
+@pytest.mark.parametrize(("shape", "output_size"), [((2, 3, 7, 9), (3, 4)), ((1, 2, 5, 5), 1), ((2, 1, 4, 6), (6, 9)),
+                                                    ((1, 131, 9, 7), (2, None))])
+def test_nhwc_adaptive_max_pool2d_matches_reference_and_nchw(rng, dtype, kind, shape, output_size):
+    x = make_int(rng, shape, dtype, kind)
+    y, indices = F.adaptive_max_pool2d(to_last(x), output_size, return_indices=True, layout="NHWC")
+    assert y.dtype == dtype
+    y_first, indices_first = F.adaptive_max_pool2d(x, output_size, return_indices=True)
+    np.testing.assert_array_equal(to_first(y), y_first)
+    np.testing.assert_array_equal(to_first(indices), indices_first)
+    out_h, out_w = y_first.shape[2:]
+    y_ref, indices_ref = ref_adaptive_max_pool2d(x, out_h, out_w)
+    np.testing.assert_array_equal(to_first(y), y_ref)
+    np.testing.assert_array_equal(to_first(indices), indices_ref)
+    np.testing.assert_array_equal(F.adaptive_max_pool2d(to_last(x), output_size, layout="NHWC"), y)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize(("length", "output_size"), [(11, 4), (5, 5), (3, 7), (9, 1)])
+def test_nwc_adaptive_max_pool1d_matches_reference_and_ncw(rng, dtype, length, output_size):
+    x = make_int(rng, (2, 3, length), dtype, "few")
+    y, indices = F.adaptive_max_pool1d(to_last(x, 1), output_size, return_indices=True, layout="NWC")
+    y_first, indices_first = F.adaptive_max_pool1d(x, output_size, return_indices=True)
+    np.testing.assert_array_equal(to_first(y), y_first)
+    np.testing.assert_array_equal(to_first(indices), indices_first)
+    y_ref, indices_ref = ref_adaptive_max_pool2d(x[:, :, None], 1, output_size)
+    np.testing.assert_array_equal(to_first(y), y_ref[:, :, 0])
+    np.testing.assert_array_equal(to_first(indices), indices_ref[:, :, 0])
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("layout", ["fortran", "strided", "transposed", "readonly", "offset"])
+def test_nhwc_any_layout_gives_the_same_result_and_is_not_modified(rng, dtype, layout):
+    x = to_last(make_int(rng, (2, 3, 9, 11), dtype))
+    expected = _int_ops(to_first(x))
+    _assert_same(_int_ops_last(x), expected)
+    if layout == "fortran":
+        view = np.asfortranarray(x)
+    elif layout == "strided":
+        view = np.repeat(x, 2, axis=3)[..., ::2]
+    elif layout == "transposed":
+        view = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    elif layout == "readonly":
+        view = x.copy()
+        view.flags.writeable = False
+    else:
+        buffer = np.empty(x.size + 1, dtype)
+        view = buffer[1:].reshape(x.shape)
+        view[...] = x
+    assert not view.flags.c_contiguous or layout in ("readonly", "offset")
+    before = view.copy()
+    _assert_same(_int_ops_last(view), expected)
+    np.testing.assert_array_equal(view, before)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_nhwc_empty_batch_and_unbatched(rng, dtype):
+    for name, (y, indices) in _int_ops_last(np.empty((0, 6, 6, 3), dtype)).items():
+        assert y.shape[0] == 0 and y.dtype == dtype and indices.dtype == np.int64, name
+    x = make_int(rng, (6, 6, 3), dtype)
+    y, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True, layout="NHWC")
+    y4, indices4 = F.max_pool2d(x[None], 3, 2, 1, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y, y4[0])
+    np.testing.assert_array_equal(indices, indices4[0])
+    np.testing.assert_array_equal(F.adaptive_max_pool2d(x, 2, layout="NHWC"),
+                                  F.adaptive_max_pool2d(x[None], 2, layout="NHWC")[0])
+    # No channels: empty outputs of the right shape.
+    y, indices = F.max_pool2d(np.empty((2, 6, 6, 0), dtype), 2, return_indices=True, layout="NHWC")
+    assert y.shape == indices.shape == (2, 3, 3, 0) and y.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_nhwc_thread_counts_do_not_change_results(rng, num_threads, dtype):
+    # Enough rows and elements for teams of more than one thread (pooling's grain is 32768).
+    x = to_last(make_int(rng, (4, 8, 40, 64), dtype, "few"))
+    num_threads(1)
+    one = _int_ops_last(x)
+    _assert_same(one, _int_ops(to_first(x)))
+    for n in (2, 3):
+        num_threads(n)
+        _assert_same(_int_ops_last(x), one)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_nhwc_backward_of_integer_indices_matches_nchw(rng, dtype):
+    # The backward takes float grads whatever the forward's dtype: the integer forward's indices
+    # send them where the channels-first ones do.
+    x = make_int(rng, (2, 4, 9, 10), dtype, "few")
+    y, indices = F.max_pool2d(to_last(x), 3, 2, 1, return_indices=True, layout="NHWC")
+    grad_out = rng.standard_normal(y.shape).astype(np.float32)
+    grad = F.max_pool2d_backward(grad_out, indices, to_last(x).shape, layout="NHWC")
+    _, indices_first = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(to_first(grad), F.max_pool2d_backward(to_first(grad_out), indices_first, x.shape))
+    line = to_last(x[:, :, 0], 1)
+    y1, indices1 = F.adaptive_max_pool1d(line, 4, return_indices=True, layout="NWC")
+    grad_out1 = np.ones(y1.shape)
+    grad1 = F.max_pool1d_backward(grad_out1, indices1, line.shape, layout="NWC")
+    _, indices1_first = F.adaptive_max_pool1d(x[:, :, 0], 4, return_indices=True)
+    np.testing.assert_array_equal(to_first(grad1), F.max_pool1d_backward(to_first(grad_out1), indices1_first,
+                                                                         x[:, :, 0].shape))
+    with pytest.raises(TypeError, match=rf"grad_out must have dtype float32 or float64, got dtype {np.dtype(dtype)}"):
+        F.max_pool2d_backward(y, indices, to_last(x).shape, layout="NHWC")
+
+
+NHWC_LAYERS = [
+    (lambda: nn.MaxPool2d(3, 2, 1, layout="NHWC"), (2, 7, 8, 3), lambda x: F.max_pool2d(x, 3, 2, 1, layout="NHWC")),
+    (lambda: nn.MaxPool1d(3, 2, 1, ceil_mode=True, layout="NWC"), (2, 9, 3),
+     lambda x: F.max_pool1d(x, 3, 2, 1, ceil_mode=True, layout="NWC")),
+    (lambda: nn.AdaptiveMaxPool2d((2, 3), layout="NHWC"), (2, 7, 8, 3),
+     lambda x: F.adaptive_max_pool2d(x, (2, 3), layout="NHWC")),
+    (lambda: nn.AdaptiveMaxPool1d(4, layout="NWC"), (2, 9, 3), lambda x: F.adaptive_max_pool1d(x, 4, layout="NWC")),
+]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize(("make", "shape", "pool"), NHWC_LAYERS)
+def test_nhwc_layers_pool_integers_and_refuse_their_backward(rng, dtype, make, shape, pool):
+    layer = make()
+    x = make_int(rng, shape, dtype)
+    y = layer(x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, pool(x))
+    name = type(layer).__name__
+    with pytest.raises(TypeError, match=rf"{name}\.backward: the forward input had dtype {np.dtype(dtype)}, "
+                                        r"and integer inputs have no gradient"):
+        layer.backward(np.ones(y.shape, np.float32))
+    x_float = x.astype(np.float32)
+    layer(x_float)
+    grad = layer.backward(np.ones(y.shape, np.float32))
+    assert grad.shape == x.shape and grad.dtype == np.float32
+
+
+def test_nhwc_layers_return_indices_with_integers(rng):
+    x = make_int(rng, (1, 9, 2), np.uint8, "few")
+    for layer, pool in [
+        (nn.MaxPool1d(3, 2, 1, return_indices=True, layout="NWC"),
+         lambda a: F.max_pool1d(a, 3, 2, 1, return_indices=True)),
+        (nn.AdaptiveMaxPool1d(4, return_indices=True, layout="NWC"),
+         lambda a: F.adaptive_max_pool1d(a, 4, return_indices=True)),
+    ]:
+        (y, indices), (y_ref, indices_ref) = layer(x), pool(to_first(x))
+        assert y.dtype == np.uint8
+        np.testing.assert_array_equal(to_first(y), y_ref)
+        np.testing.assert_array_equal(to_first(indices), indices_ref)
+
+
+NHWC_MAX_OPS = [
+    ("max_pool2d", lambda x: F.max_pool2d(x, 2, layout="NHWC"), 4),
+    ("max_pool1d", lambda x: F.max_pool1d(x, 2, layout="NWC"), 3),
+    ("adaptive_max_pool2d", lambda x: F.adaptive_max_pool2d(x, 2, layout="NHWC"), 4),
+    ("adaptive_max_pool1d", lambda x: F.adaptive_max_pool1d(x, 2, layout="NWC"), 3),
+    ("MaxPool2d", lambda x: nn.MaxPool2d(2, layout="NHWC")(x), 4),
+    ("AdaptiveMaxPool1d", lambda x: nn.AdaptiveMaxPool1d(2, layout="NWC")(x), 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint16, np.bool_, np.float16, np.complex64])
+@pytest.mark.parametrize(("name", "op", "ndim"), NHWC_MAX_OPS)
+def test_nhwc_max_pools_refuse_other_dtypes(dtype, name, op, ndim):
+    x = np.zeros((1, 4, 4, 2)[-ndim:], dtype)
+    with pytest.raises(TypeError, match=rf"x must have dtype float32, float64, int8 or uint8, got dtype "
+                                        rf"{np.dtype(dtype)}; cast it explicitly first"):
+        op(x)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_nhwc_refusals_with_integers(dtype):
+    x = np.zeros((1, 4, 4, 2), dtype)
+    for op in (lambda: F.avg_pool2d(x, 2, layout="NHWC"), lambda: F.adaptive_avg_pool1d(x[0], 1, layout="NWC"),
+               lambda: nn.AvgPool2d(2, layout="NHWC")(x)):
+        with pytest.raises(TypeError, match=rf"x must have dtype float32 or float64, got dtype {np.dtype(dtype)}"):
+            op()
+    with pytest.raises(ValueError, match=r"max_pool2d expects x of shape \(N, H, W, C\) or \(H, W, C\) with "
+                                         r"layout='NHWC', got an array of shape \(4, 4\)"):
+        F.max_pool2d(x[0, ..., 0], 2, layout="NHWC")
+    with pytest.raises(ValueError, match="kernel_size"):
+        F.max_pool2d(x, 0, layout="NHWC")
+    with pytest.raises(ValueError, match="padding"):
+        F.max_pool2d(x, 2, padding=2, layout="NHWC")
+    with pytest.raises(ValueError, match="layout"):
+        F.max_pool2d(x, 2, layout="NWC")
+    with pytest.raises(ValueError, match="output_size"):
+        F.adaptive_max_pool2d(x, 0, layout="NHWC")

@@ -199,6 +199,71 @@ def test_max_backward_refuses_bad_indices():
         F.max_pool2d_backward(grad, indices, (1, 4, 4, 3), layout="NHWC")
 
 
+@pytest.mark.parametrize("bad", [np.iinfo(np.int64).min, np.iinfo(np.int64).max, 2**62, -(2**40), 2**40])
+@pytest.mark.parametrize("out_shape", [(2, 2), (3, 4)])  # within the 2x2 blocks of a 4x4 plane, or not
+def test_max_backward_refuses_far_indices(bad, out_shape):
+    # Indices far outside the plane (whose offsets k * C + c would overflow int64) are refused, by
+    # the 2x2-block kernel and by the scatter alike.
+    grad = np.ones((2, *out_shape, 70))
+    indices = np.zeros((2, *out_shape, 70), dtype=np.int64)
+    indices[1, -1, -1, 69] = bad
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, H\*W\) = \[0, 16\) .*got {bad}"):
+        F.max_pool2d_backward(grad, indices, (2, 4, 4, 70), layout="NHWC")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 9, 11), (1, 70, 5, 4), (2, 1, 2, 2), (2, 4, 13, 2)])
+def test_max_backward_of_2x2_blocks_matches_nchw(shape, dtype):
+    # Indices each in their own 2x2 block take the one-pass kernel: the same bits as the scatter onto
+    # zeros (0 + g: -0.0 becomes +0.0, NaN and inf pass), the rows and columns past the blocks zero.
+    x = data(shape, dtype)
+    y, indices = F.max_pool2d(x, 2, return_indices=True)
+    grad = grads(y.shape, dtype)
+    flat = grad.reshape(-1)
+    flat[::7], flat[1::11], flat[2::13] = -0.0, np.nan, -np.inf
+    expected = F.max_pool2d_backward(grad, indices, x.shape)
+    got = F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+    assert same(first(got), expected)
+    assert not np.signbit(got[got == 0]).any()
+    # Unbatched, and with 2 threads over the images.
+    assert same(first(F.max_pool2d_backward(last(grad[0]), last(indices[0]), last_shape(x.shape[1:]),
+                                            layout="NHWC")), expected[0])
+
+
+@pytest.mark.parametrize("row", [0, 1, -1])
+def test_max_backward_with_an_index_outside_its_block(row):
+    # One index in the plane but outside its 2x2 block (in the first, second or last output row):
+    # that image goes to the scatter (the rows already written are redone), the others stay in one
+    # pass; all as channels first. An index outside the plane is refused either way.
+    x = data((3, 4, 10, 9), np.float64, specials=False) + grads((3, 4, 10, 9), np.float64)
+    y, indices = F.max_pool2d(x, 2, return_indices=True)
+    indices = indices.copy()
+    indices[1, 2, row, 3] = 0
+    indices[2, 0, row, 0] = 9 * 10 - 1
+    grad = grads(y.shape, np.float64)
+    expected = F.max_pool2d_backward(grad, indices, x.shape)
+    got = F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+    assert same(first(got), expected)
+    for bad, shown in ((90, "90"), (-2, "-2")):
+        indices[2, 3, row, 2] = bad
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, H\*W\) = \[0, 90\) .*got {shown}"):
+            F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+
+
+def test_max_backward_threads_agree_on_blocks_and_scatter(num_threads):
+    x = data((8, 16, 24, 20), np.float32, specials=False) + grads((8, 16, 24, 20), np.float32)
+    for window in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):
+        y, indices = F.max_pool2d(last(x), **window, return_indices=True, layout="NHWC")
+        grad = grads(y.shape, np.float32)
+        results = []
+        for n in (1, 2, 3):
+            num_threads(n)
+            results.append(F.max_pool2d_backward(grad, indices, last(x).shape, layout="NHWC"))
+        assert same(results[0], results[1]) and same(results[0], results[2])
+        _, indices_first = F.max_pool2d(x, **window, return_indices=True)
+        assert same(first(results[0]), F.max_pool2d_backward(first(grad), indices_first, x.shape))
+
+
 # ---------------------------------------------------------------------------------------------
 # 1-D ops
 
@@ -462,6 +527,10 @@ def test_max_unpool_matches_channels_first(dtype):
     nn.MaxPool1d(3, 2, 1, layout="NWC"),
     nn.AvgPool1d(3, 2, 1, layout="NWC"),
     nn.LPPool2d(2, 2, layout="NHWC"),
+    nn.GlobalAvgPool2d(layout="NHWC"),
+    nn.GlobalAvgPool2d(keepdims=True, layout="NHWC"),
+    nn.GlobalMaxPool2d(layout="NHWC"),
+    nn.GlobalMaxPool2d(keepdims=True, layout="NHWC"),
 ], ids=repr)
 def test_gradcheck_channels_last(layer):
     import convx
@@ -486,3 +555,68 @@ def test_max_pool2d_minus_inf_nan_and_large_windows(window, dtype):
         y, indices = F.max_pool2d(data_, **window, return_indices=True)
         y_last, indices_last = F.max_pool2d(last(data_), **window, return_indices=True, layout="NHWC")
         assert same(first(y_last), y) and same(first(indices_last), indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Global pooling layers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (3, 1, 1, 7), (1, 131, 4, 3), (0, 3, 4, 5), (4, 6, 5)])
+def test_global_pooling_matches_channels_first(kind, keepdims, shape, dtype):
+    layer_class = getattr(nn, f"Global{kind}Pool2d")
+    pool, pool_last = layer_class(keepdims=keepdims), layer_class(keepdims=keepdims, layout="NHWC")
+    assert repr(pool_last) == f"Global{kind}Pool2d(keepdims={keepdims}, layout='NHWC')"
+    assert "layout" not in repr(pool) and pool.layout == "NCHW" and pool_last.layout == "NHWC"
+    x = data(shape, dtype, specials=kind == "Max") + grads(shape, dtype)
+    y, y_last = pool(x), pool_last(last(x))
+    assert y_last.dtype == y.dtype and y_last.flags.c_contiguous
+    # Without keepdims both layouts give (N, C); with it, (N, C, 1, 1) and (N, 1, 1, C).
+    assert same(first(y_last) if keepdims else y_last, y)
+    # The reference: means and maxima over the plane, from the formulas.
+    plane = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+    expected = np.max(plane, axis=-1) if kind == "Max" else plane.sum(axis=-1) / plane.shape[-1]
+    if kind == "Max":
+        assert same((first(y_last) if keepdims else y_last).reshape(expected.shape), expected)
+    else:
+        np.testing.assert_allclose((first(y_last) if keepdims else y_last).reshape(expected.shape), expected,
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+    grad = grads(y.shape, dtype)
+    grad_last = last(grad) if keepdims else grad
+    assert same(first(pool_last.backward(grad_last)), pool.backward(grad))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_global_max_pooling_channels_last_integers(dtype):
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(3).integers(info.min, info.max, (2, 6, 5, 3), endpoint=True).astype(dtype)
+    x[1, :, :, 2] = info.min
+    x[0, 2, 3, 1] = info.max
+    layer = nn.GlobalMaxPool2d(layout="NHWC")
+    y = layer(x)
+    assert y.dtype == dtype and same(y, nn.GlobalMaxPool2d()(first(x)))
+    assert same(y, x.max(axis=(1, 2)))
+    with pytest.raises(TypeError, match="integer inputs have no gradient"):
+        layer.backward(np.ones(y.shape, np.float32))
+
+
+def test_global_pooling_refusals():
+    with pytest.raises(ValueError, match="layout must be 'NCHW'"):
+        nn.GlobalAvgPool2d(layout="NWC")
+    with pytest.raises(ValueError, match="layout must be 'NCHW'"):
+        nn.GlobalMaxPool2d(layout="nhwc")
+    with pytest.raises(TypeError, match="keepdims must be a bool"):
+        nn.GlobalAvgPool2d(keepdims=1, layout="NHWC")
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool2d expects x of shape \(N, H, W, C\) or \(H, W, C\) "
+                                         r"with layout='NHWC', got an array of shape \(4, 4\)"):
+        nn.GlobalAvgPool2d(layout="NHWC")(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"adaptive_max_pool2d expects x of shape \(N, H, W, C\)"):
+        nn.GlobalMaxPool2d(layout="NHWC")(np.zeros((1, 2, 3, 4, 5)))
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+        nn.GlobalAvgPool2d(layout="NHWC")(np.zeros((1, 4, 4, 2), np.int8))
+    layer = nn.GlobalAvgPool2d(layout="NHWC")
+    layer(np.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"grad_out must have the forward output's shape \(2, 3\)"):
+        layer.backward(np.zeros((2, 1, 1, 3)))

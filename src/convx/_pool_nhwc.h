@@ -22,16 +22,55 @@
 #define CONVX_NHWC_JOIN(a, b) CONVX_NHWC_JOIN2(a, b)
 #define CONVX_NHWC(name) CONVX_NHWC_JOIN(name, NS)
 
+#ifndef CONVX_SIMD_OR
+#if defined(_MSC_VER)
+#define CONVX_SIMD_OR(var)
+#else
+#define CONVX_SIMD_OR(var) CONVX_PRAGMA(omp simd reduction(|:var))
+#endif
+#endif
+
 #define NT float
 #define NS f
+#define NT_LOWEST (-INFINITY)
 #include "_pool_nhwc_body.h"
 #undef NT
 #undef NS
+#undef NT_LOWEST
 
 #define NT double
 #define NS d
+#define NT_LOWEST (-INFINITY)
 #include "_pool_nhwc_body.h"
 #undef NT
 #undef NS
+#undef NT_LOWEST
+
+/* The 8-bit integers, max pooling only, exact in their type; the NaN tests (v != v) are always
+ * false for them, as intended. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtautological-compare"
+#endif
+#define CONVX_NHWC_MAX_ONLY 1
+#define NT int8_t
+#define NS i8
+#define NT_LOWEST INT8_MIN
+#include "_pool_nhwc_body.h"
+#undef NT
+#undef NS
+#undef NT_LOWEST
+
+#define NT uint8_t
+#define NS u8
+#define NT_LOWEST 0
+#include "_pool_nhwc_body.h"
+#undef NT
+#undef NS
+#undef NT_LOWEST
+#undef CONVX_NHWC_MAX_ONLY
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #endif

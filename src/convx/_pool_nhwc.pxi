@@ -15,6 +15,12 @@ cdef extern from "_pool_nhwc.h" nogil:
     void convx_nhwc_max_row_d(const double* image, double* out, int64_t* where, Py_ssize_t width,
                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_max_row_i8(const int8_t* image, int8_t* out, int64_t* where, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
+    void convx_nhwc_max_row_u8(const uint8_t* image, uint8_t* out, int64_t* where, Py_ssize_t width,
+                               Py_ssize_t channels, Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows,
+                               Py_ssize_t dh, const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw)
     void convx_nhwc_avg_row_f(const float* image, float* out, Py_ssize_t width, Py_ssize_t channels,
                               Py_ssize_t out_w, Py_ssize_t h0, Py_ssize_t rows, Py_ssize_t dh,
                               const int64_t* col_first, const int64_t* col_count, Py_ssize_t dw, int64_t row_div,
@@ -29,10 +35,16 @@ cdef extern from "_pool_nhwc.h" nogil:
     void convx_nhwc_avg_spread_row_d(const double* grad, double* dst, double* share, Py_ssize_t channels,
                                      Py_ssize_t out_w, const int64_t* col_first, const int64_t* col_count,
                                      Py_ssize_t dw, int64_t row_div, const int64_t* col_div, int two_step)
+    int convx_nhwc_max_blocks_f(const float* grad, const int64_t* indices, float* grad_in, int32_t* code,
+                                Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t channels)
+    int convx_nhwc_max_blocks_d(const double* grad, const int64_t* indices, double* grad_in, int32_t* code,
+                                Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
+                                Py_ssize_t channels)
     int convx_nhwc_max_scatter_f(const float* grad, const int64_t* indices, float* grad_in, Py_ssize_t plane,
-                                 Py_ssize_t outputs, Py_ssize_t channels)
+                                 Py_ssize_t width, Py_ssize_t outputs, Py_ssize_t channels)
     int convx_nhwc_max_scatter_d(const double* grad, const int64_t* indices, double* grad_in, Py_ssize_t plane,
-                                 Py_ssize_t outputs, Py_ssize_t channels)
+                                 Py_ssize_t width, Py_ssize_t outputs, Py_ssize_t channels)
 
 
 cdef object _nhwc_axis(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad,
@@ -66,7 +78,7 @@ cdef object _nhwc_adaptive_axis(Py_ssize_t size, Py_ssize_t out_size):
     return np.asarray(axis)
 
 
-cdef void _nhwc_max_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
+cdef void _nhwc_max_rows(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out, int64_t[:, :, :, ::1] indices,
                          const int64_t[::1] rows, const int64_t[::1] cols, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t taps, int n_threads) noexcept:
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
@@ -80,22 +92,30 @@ cdef void _nhwc_max_rows(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] 
             image = t // out_h
             oh = t - image * out_h
             where = &indices[0, 0, 0, 0] + t * out_w * channels if want_indices else NULL
-            if floating is float:
+            if max_pooled is float:
                 convx_nhwc_max_row_f(&x[0, 0, 0, 0] + image * height * width * channels,
                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
-            else:
+            elif max_pooled is double:
                 convx_nhwc_max_row_d(&x[0, 0, 0, 0] + image * height * width * channels,
                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+            elif max_pooled is int8_t:
+                convx_nhwc_max_row_i8(&x[0, 0, 0, 0] + image * height * width * channels,
+                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
+            else:
+                convx_nhwc_max_row_u8(&x[0, 0, 0, 0] + image * height * width * channels,
+                                      &out[0, 0, 0, 0] + t * out_w * channels, where, width, channels, out_w,
+                                      rows[oh], rows[out_h + oh], dh, &cols[0], &cols[out_w], dw)
 
 
-def max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def max_pool2d_nhwc_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                             int64_t[:, :, :, ::1] indices,
                             Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
                             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_h, Py_ssize_t dilation_w,
                             int n_threads):
-    """out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] (padding -inf, NaN wins),
+    """out[n, oh, ow, c] = max_{i, j} x_padded[n, oh*sh + i*dh, ow*sw + j*dw, c] (padding never wins, NaN does),
     indices[n, oh, ow, c] = the flat h*W + w of that maximum; a zero-batch ``indices`` skips them."""
     cdef const int64_t[::1] rows = _nhwc_axis(x.shape[1], out.shape[1], kernel_h, stride_h, pad_h, 0, dilation_h,
                                               False, 1)
@@ -104,7 +124,7 @@ def max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::
     _nhwc_max_rows(x, out, indices, rows, cols, dilation_h, dilation_w, kernel_h * kernel_w, n_threads)
 
 
-def adaptive_max_pool2d_nhwc_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+def adaptive_max_pool2d_nhwc_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,
                                      int64_t[:, :, :, ::1] indices, int n_threads):
     """out[n, oh, ow, c] = max_{h, w in window(oh, ow)} x[n, h, w, c] (NaN wins), indices = its flat h*W + w;
     a zero-batch ``indices`` skips them."""
@@ -119,24 +139,45 @@ def max_pool2d_nhwc_backward(const floating[:, :, :, ::1] grad_out, const int64_
     """grad_in[n, :, :, c].flat[indices[n, oh, ow, c]] += grad_out[n, oh, ow, c]; grad_in is overwritten.
 
     Returns the number of images left unfinished because one of their indices lies outside the
-    plane (each index is read once, checked and only then used as an address)."""
-    cdef Py_ssize_t n = grad_in.shape[0], channels = grad_in.shape[3]
-    cdef Py_ssize_t plane = grad_in.shape[1] * grad_in.shape[2], outputs = grad_out.shape[1] * grad_out.shape[2]
+    plane (each index is read once, checked and only then used as an address). Where the 2x2
+    blocks of the outputs fit the plane, an image whose indices all lie in their own block is
+    written in one pass (convx_nhwc_max_blocks), the others by the scatter."""
+    cdef Py_ssize_t n = grad_in.shape[0], height = grad_in.shape[1], width = grad_in.shape[2]
+    cdef Py_ssize_t channels = grad_in.shape[3], out_h = grad_out.shape[1], out_w = grad_out.shape[2]
+    cdef Py_ssize_t plane = height * width, outputs = out_h * out_w
     cdef int team = _team_size(n_threads, n, (plane + outputs) * channels)
-    cdef Py_ssize_t image, refused = 0
+    cdef bint blocks = 2 * out_h <= height and 2 * out_w <= width
+    # One output row of codes per thread, each on its own cache lines.
+    cdef Py_ssize_t slot = (out_w * channels + 15) // 16 * 16 + 16 if blocks else 0
+    cdef int32_t[::1] codes = np.empty(max(1, team * slot), dtype=np.int32)
+    cdef Py_ssize_t image, tid, refused = 0
     cdef int outside
-    with nogil:
-        for image in prange(n, schedule='static', num_threads=team):
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for image in prange(n, schedule='static'):
+            outside = 1
             if floating is float:
-                outside = convx_nhwc_max_scatter_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
-                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
-                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
-                                                   channels)
+                if blocks:
+                    outside = convx_nhwc_max_blocks_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                      &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                      &grad_in[0, 0, 0, 0] + image * plane * channels,
+                                                      &codes[tid * slot], height, width, out_h, out_w, channels)
+                if outside:
+                    outside = convx_nhwc_max_scatter_f(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                       &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                       &grad_in[0, 0, 0, 0] + image * plane * channels, plane,
+                                                       width, outputs, channels)
             else:
-                outside = convx_nhwc_max_scatter_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
-                                                   &indices[0, 0, 0, 0] + image * outputs * channels,
-                                                   &grad_in[0, 0, 0, 0] + image * plane * channels, plane, outputs,
-                                                   channels)
+                if blocks:
+                    outside = convx_nhwc_max_blocks_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                      &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                      &grad_in[0, 0, 0, 0] + image * plane * channels,
+                                                      &codes[tid * slot], height, width, out_h, out_w, channels)
+                if outside:
+                    outside = convx_nhwc_max_scatter_d(&grad_out[0, 0, 0, 0] + image * outputs * channels,
+                                                       &indices[0, 0, 0, 0] + image * outputs * channels,
+                                                       &grad_in[0, 0, 0, 0] + image * plane * channels, plane,
+                                                       width, outputs, channels)
             refused += outside
     return refused
 

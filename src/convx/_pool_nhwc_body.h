@@ -1,11 +1,15 @@
-/* The NHWC pooling kernels for one floating type NT (suffix NS), included twice by _pool_nhwc.h. */
+/* The NHWC pooling kernels for one element type NT (suffix NS) whose lowest value is NT_LOWEST,
+ * included by _pool_nhwc.h: every kernel for float and double, the max forward alone (with
+ * CONVX_NHWC_MAX_ONLY) for int8_t and uint8_t. */
 
 /* Channels a window keeps in registers at once: two AVX-512 vectors, four AVX2 ones. */
 #define CONVX_NHWC_BLOCK (128 / (ptrdiff_t)sizeof(NT))
 
 /* best[c], pos[c] for the channels [c0, c1) over the taps of one window, row-major: strict > from
- * -inf, so the first maximum wins, and NaN wins (the last NaN), as _max_window in _pool.pxi; a
- * window that ends at -inf reports its first tap inside the input. ``track`` (a literal): whether
+ * NT_LOWEST (-inf, or the integer type's minimum), so the first maximum wins, and NaN wins (the
+ * last NaN), as _max_window in _pool.pxi; a window that ends at NT_LOWEST reports its first tap
+ * inside the input. For the integers this is the NCHW kernels' start from the window's first tap:
+ * that tap either exceeds the minimum and wins, or equals it and nothing later can win over it. ``track`` (a literal): whether
  * pos is kept. ``block`` (a literal, or 0): c1 - c0, to keep the running maxima in registers. */
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_channels)(
     const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
@@ -18,7 +22,7 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_chan
     int64_t *CONVX_RESTRICT where = block ? at : pos + c0;
     ptrdiff_t c;
     const int64_t first = (int64_t)h0 * width + w0;
-    CONVX_SIMD for (c = 0; c < n; c++) run[c] = (NT)-INFINITY;
+    CONVX_SIMD for (c = 0; c < n; c++) run[c] = NT_LOWEST;
     if (track) CONVX_SIMD for (c = 0; c < n; c++) where[c] = first;
     for (ptrdiff_t i = 0; i < rows; i++) {
         for (ptrdiff_t j = 0; j < cols; j++) {
@@ -58,34 +62,6 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_wind
                                             channels, 0);
 }
 
-/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
- * / a / b; ``block`` as above (the sums then stay in registers until divided). */
-static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
-    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
-    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
-    ptrdiff_t block, NT a, NT b, int two_step) {
-    const ptrdiff_t n = block ? block : c1 - c0;
-    NT sums[CONVX_NHWC_BLOCK];
-    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
-    ptrdiff_t c;
-    CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        for (ptrdiff_t j = 0; j < cols; j++) {
-            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
-            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
-        }
-    }
-    if (block) {
-        NT *CONVX_RESTRICT dst = out + c0;
-        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
-        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
-    } else if (two_step) {
-        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
-    } else {
-        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
-    }
-}
-
 /* One output row of max pooling of one (H, W, C) image: out[ow, c] = the maximum over window ow,
  * where[ow, c] = its flat h * W + w (where may be NULL). The row's windows take the input rows
  * h0 + i * dh, i < rows, window ow the columns col_first[ow] + j * dw, j < col_count[ow]. */
@@ -112,6 +88,35 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
         else
             CONVX_NHWC_MAX(rows, dh, cols, dw);
 #undef CONVX_NHWC_MAX
+    }
+}
+
+#ifndef CONVX_NHWC_MAX_ONLY
+/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
+ * / a / b; ``block`` as above (the sums then stay in registers until divided). */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
+    ptrdiff_t block, NT a, NT b, int two_step) {
+    const ptrdiff_t n = block ? block : c1 - c0;
+    NT sums[CONVX_NHWC_BLOCK];
+    NT *CONVX_RESTRICT acc = block ? sums : out + c0;
+    ptrdiff_t c;
+    CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        for (ptrdiff_t j = 0; j < cols; j++) {
+            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
+            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
+        }
+    }
+    if (block) {
+        NT *CONVX_RESTRICT dst = out + c0;
+        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
+        else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
+    } else if (two_step) {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
+    } else {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
     }
 }
 
@@ -176,25 +181,119 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
 }
 
 /* grad_in (plane x channels, overwritten) = 0, then grad_in[indices[o, c], c] += grad[o, c] over the
- * outputs o in order. 1 (grad_in partly written) at the first index outside [0, plane): each index
- * is read once and checked before it is used as an address. A scalar loop on purpose: overlapping
- * windows often share their maximum, so consecutive outputs add to one element, which a vector
- * scatter then gather of it cannot forward (1.3x slower on 64x64x56x56 float32, 3x3 stride 2). */
+ * outputs o in order. 1 (grad_in partly written) at the first chunk of channels holding an index
+ * outside [0, plane): each index is read once, into a checked offset, before it is used as an
+ * address. The additions are scalar on purpose: overlapping windows often share their maximum, so
+ * consecutive outputs add to one element, which a vector scatter then gather of it cannot forward
+ * (1.3x slower on 64x64x56x56 float32, 3x3 stride 2); the offsets and their check are vectors,
+ * CONVX_NHWC_CHUNK channels at a time (a bound for the stack, not a tuned size: 64 int64 offsets).
+ * On an Intel Xeon (lscpu "Intel(R) Xeon(R) Processor", AVX-512 clone, 1 thread, 64x64x32x32
+ * float32, 3x3 stride 2) the all-scalar loop spent 0.61 s in the kernel per 300 calls (perf), 12
+ * instructions per element, 1.2x the NCHW time; this one 0.43 s, 0.91-1.05x (interleaved medians,
+ * machine load 4-6 on 2 cores: noisy). The zeros go in row by row as the
+ * indices first reach each input row (every row before the highest reached is zeroed), not in one
+ * fill of the image ahead, so that the rows added into are still in cache. */
+#define CONVX_NHWC_CHUNK 64
 CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
                                                            const int64_t *CONVX_RESTRICT indices,
                                                            NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
-                                                           ptrdiff_t outputs, ptrdiff_t channels) {
-    memset(grad_in, 0, (size_t)(plane * channels) * sizeof(NT));
+                                                           ptrdiff_t width, ptrdiff_t outputs, ptrdiff_t channels) {
+    const ptrdiff_t row = width * channels;
+    /* Input rows [0, zeroed) hold zeros or sums; limit = zeroed * width, the first index beyond them. */
+    ptrdiff_t zeroed = 0;
+    uint64_t limit = 0;
+    int64_t offset[CONVX_NHWC_CHUNK];
     for (ptrdiff_t o = 0; o < outputs; o++) {
         const NT *CONVX_RESTRICT g = grad + o * channels;
         const int64_t *CONVX_RESTRICT at = indices + o * channels;
-        for (ptrdiff_t c = 0; c < channels; c++) {
-            const int64_t k = at[c];
-            if ((uint64_t)k >= (uint64_t)plane) return 1;
-            grad_in[k * channels + c] += g[c];
+        for (ptrdiff_t c0 = 0; c0 < channels; c0 += CONVX_NHWC_CHUNK) {
+            const ptrdiff_t n = channels - c0 < CONVX_NHWC_CHUNK ? channels - c0 : CONVX_NHWC_CHUNK;
+            uint64_t top = 0;
+            CONVX_PRAGMA(omp simd reduction(max:top)) for (ptrdiff_t i = 0; i < n; i++) {
+                const int64_t k = at[c0 + i];
+                top = (uint64_t)k > top ? (uint64_t)k : top;
+                /* Unsigned: an index far outside wraps here (and is refused below) instead of overflowing. */
+                offset[i] = (int64_t)((uint64_t)k * (uint64_t)channels + (uint64_t)(c0 + i));
+            }
+            if (top >= limit) {
+                if (top >= (uint64_t)plane) return 1;
+                const ptrdiff_t reach = (ptrdiff_t)(top / (uint64_t)width) + 1;
+                memset(grad_in + zeroed * row, 0, (size_t)((reach - zeroed) * row) * sizeof(NT));
+                zeroed = reach;
+                limit = (uint64_t)(zeroed * width);
+            }
+            const NT *CONVX_RESTRICT gc = g + c0;
+            for (ptrdiff_t i = 0; i < n; i++) grad_in[offset[i]] += gc[i];
         }
     }
+    if (zeroed * width < plane) memset(grad_in + zeroed * row, 0, (size_t)(plane * channels - zeroed * row) * sizeof(NT));
     return 0;
 }
+#undef CONVX_NHWC_CHUNK
+
+/* The max backward of one (H, W, C) image whose indices each lie in their output's own 2x2 block
+ * (rows 2oh, 2oh + 1, columns 2ow, 2ow + 1: what a 2x2 stride-2 max pool records; the caller has
+ * checked that 2 * out_h <= H and 2 * out_w <= W). No two outputs then share an input, and each
+ * input element is written once: 0 + its block's gradient where it is the recorded maximum, else 0,
+ * which is what the scatter onto zeros gives, bit for bit, in one pass instead of a zero fill and a
+ * scalar scatter. Output row by output row, the indices are read once each into codes (2 * row in
+ * the block + column in it), then the two input rows are written from the codes alone; 1, with
+ * grad_in partly written, at the first row holding an index outside its block (the caller then
+ * runs convx_nhwc_max_scatter on the image). code: out_w * channels int32 elements of scratch.
+ * The two columns of a block are written by two loops, one C-vector after the other: with both in
+ * one loop (two store streams 4*C bytes apart, gv read by masked loads) the kernel took 1.5x the
+ * NCHW kernel's time on the Xeon above (64x64x32x32 float32, 1 thread, perf), this way 1.04x. */
+CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_blocks)(const NT *CONVX_RESTRICT grad,
+                                                          const int64_t *CONVX_RESTRICT indices,
+                                                          NT *CONVX_RESTRICT grad_in, int32_t *CONVX_RESTRICT code,
+                                                          ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,
+                                                          ptrdiff_t out_w, ptrdiff_t channels) {
+    const ptrdiff_t row = out_w * channels, tail = (width - 2 * out_w) * channels;
+    ptrdiff_t c;
+    for (ptrdiff_t oh = 0; oh < out_h; oh++) {
+        const int64_t *CONVX_RESTRICT at = indices + oh * row;
+        const NT *CONVX_RESTRICT g = grad + oh * row;
+        uint64_t stray = 0;
+        for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+            const int64_t corner = (int64_t)(2 * oh) * width + 2 * ow;
+            const int64_t *CONVX_RESTRICT a = at + ow * channels;
+            int32_t *CONVX_RESTRICT to = code + ow * channels;
+            /* Unsigned arithmetic: any int64 index, however far off, wraps instead of overflowing. */
+            CONVX_SIMD_OR(stray) for (c = 0; c < channels; c++) {
+                const uint64_t k = (uint64_t)a[c] - (uint64_t)corner;
+                /* In its block: k is 0, 1, width or width + 1: within [0, width + 1], not in [2, width). */
+                stray |= (uint64_t)((k > (uint64_t)(width + 1)) | ((k - 2) < (uint64_t)(width - 2)));
+                const uint64_t below = k >= (uint64_t)width;
+                to[c] = (int32_t)(2 * below + k - below * (uint64_t)width);
+            }
+        }
+        if (stray) return 1;
+        for (ptrdiff_t r = 0; r < 2; r++) {
+            NT *CONVX_RESTRICT dst = grad_in + (2 * oh + r) * width * channels;
+            const int32_t left = (int32_t)(2 * r), right = left + 1;
+            for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+                const NT *CONVX_RESTRICT gv = g + ow * channels;
+                const int32_t *CONVX_RESTRICT k = code + ow * channels;
+                NT *CONVX_RESTRICT d0 = dst + 2 * ow * channels;
+                NT *CONVX_RESTRICT d1 = d0 + channels;
+                /* One column after the other, so that the stores run in one stream along the row. */
+                CONVX_SIMD for (c = 0; c < channels; c++) {
+                    const NT v = gv[c];
+                    d0[c] = (NT)0 + (k[c] == left ? v : (NT)0);
+                }
+                CONVX_SIMD for (c = 0; c < channels; c++) {
+                    const NT v = gv[c];
+                    d1[c] = (NT)0 + (k[c] == right ? v : (NT)0);
+                }
+            }
+            if (tail) memset(dst + 2 * out_w * channels, 0, (size_t)tail * sizeof(NT));
+        }
+    }
+    if (2 * out_h < height)
+        memset(grad_in + 2 * out_h * width * channels, 0, (size_t)((height - 2 * out_h) * width * channels) * sizeof(NT));
+    return 0;
+}
+
+#endif /* CONVX_NHWC_MAX_ONLY */
 
 #undef CONVX_NHWC_BLOCK

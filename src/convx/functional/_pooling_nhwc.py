@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from .. import _core
 from .._batching import sub_batches
-from .._checks import as_bool, as_layout_array, as_shape, as_single, contiguous
+from .._checks import MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_layout_array, as_shape, as_single, contiguous
 from .._threads import kernel_threads
 from .._typing import AnyArray, Shape
 from .pooling import (
@@ -37,9 +37,11 @@ def _shape_text(dims: int, out: bool = False) -> str:
     return f"(N, {plane}, C) or ({plane}, C) with layout='NHWC'"
 
 
-def _batched(op: str, name: str, value: object, dims: int = 2, out: bool = False) -> tuple[AnyArray, bool]:
-    """``value`` as a float32/float64 channels-last batch and whether it came without the batch axis."""
-    array = as_layout_array(op, name, value, (dims + 1, dims + 2), _shape_text(dims, out))
+def _batched(op: str, name: str, value: object, dims: int = 2, out: bool = False,
+             dtypes: tuple[np.dtype[Any], ...] = SUPPORTED_DTYPES) -> tuple[AnyArray, bool]:
+    """``value`` as a float32/float64 (or ``dtypes``) channels-last batch and whether it came without
+    the batch axis."""
+    array = as_layout_array(op, name, value, (dims + 1, dims + 2), _shape_text(dims, out), dtypes)
     if array.ndim == dims + 1:
         return array[np.newaxis], True
     return array, False
@@ -68,8 +70,8 @@ def max_pool2d(
     x: object, kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: object,
     return_indices: object, op: str = "max_pool2d",
 ) -> Any:
-    """:func:`convx.functional.max_pool2d` with ``layout='NHWC'``."""
-    x, unbatched = _batched(op, "x", x)
+    """:func:`convx.functional.max_pool2d` with ``layout='NHWC'`` (int8 and uint8 too, exact)."""
+    x, unbatched = _batched(op, "x", x, dtypes=MAX_POOL_DTYPES)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     kernel, stride_, spec, dilation_ = _window_params(kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = as_bool("return_indices", return_indices)
@@ -195,8 +197,8 @@ def adaptive_avg_pool2d_backward(grad_out: object, input_shape: object) -> AnyAr
 
 
 def adaptive_max_pool2d(x: object, output_size: Any, return_indices: object, op: str = "adaptive_max_pool2d") -> Any:
-    """:func:`convx.functional.adaptive_max_pool2d` with ``layout='NHWC'``."""
-    x, unbatched = _batched(op, "x", x)
+    """:func:`convx.functional.adaptive_max_pool2d` with ``layout='NHWC'`` (int8 and uint8 too, exact)."""
+    x, unbatched = _batched(op, "x", x, dtypes=MAX_POOL_DTYPES)
     n, height, width, c = x.shape
     _nonempty_plane("x", height, width)
     out_h, out_w = _adaptive_output_size(output_size, height, width)
@@ -240,7 +242,7 @@ def _length_args(kernel_size: object, stride: object, padding: object, dilation:
 def max_pool1d(x: object, kernel_size: object, stride: object, padding: object, dilation: object, ceil_mode: object,
                return_indices: object) -> Any:
     """:func:`convx.functional.max_pool1d` with ``layout='NWC'``."""
-    x, unbatched = _batched("max_pool1d", "x", x, dims=1)
+    x, unbatched = _batched("max_pool1d", "x", x, dims=1, dtypes=MAX_POOL_DTYPES)
     ceil_flag = as_bool("ceil_mode", ceil_mode)
     kernel, stride_, sides, dilation_ = _length_args(kernel_size, stride, padding, dilation, ceil_flag, x.shape[1], "x")
     return_indices = as_bool("return_indices", return_indices)
@@ -327,7 +329,7 @@ def adaptive_avg_pool1d_backward(grad_out: object, input_shape: object) -> AnyAr
 
 def adaptive_max_pool1d(x: object, output_size: object, return_indices: object) -> Any:
     """:func:`convx.functional.adaptive_max_pool1d` with ``layout='NWC'``."""
-    x, unbatched = _batched("adaptive_max_pool1d", "x", x, dims=1)
+    x, unbatched = _batched("adaptive_max_pool1d", "x", x, dims=1, dtypes=MAX_POOL_DTYPES)
     _nonempty_length("x", x.shape)
     size = (1, as_single("output_size", output_size, 1))
     if as_bool("return_indices", return_indices):

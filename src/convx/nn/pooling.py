@@ -364,13 +364,40 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
         self.output_size = _output_size_arg(output_size)
 
 
-class GlobalAvgPool2d(Module):
+class _GlobalPool2d(Module):
+    """The layout handling of GlobalAvgPool2d and GlobalMaxPool2d: adaptive pooling to 1x1."""
+
+    _DIMS = 2
+    keepdims: bool
+    layout: str
+
+    def _squeezed(self, y: np.ndarray) -> np.ndarray:
+        """The 1x1 pooled ``y`` without its spatial axes, unless ``keepdims``."""
+        if self.keepdims:
+            return y
+        return y[..., 0, 0, :] if self.layout == "NHWC" else y[..., 0, 0]
+
+    def _pooled_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The 1x1 pooled shape of an input of ``input_shape``, with its spatial axes."""
+        if self.layout == "NHWC":
+            return (*input_shape[:-3], 1, 1, input_shape[-1])
+        return (*input_shape[:-2], 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"keepdims={self.keepdims}{_layout_text(self)}"
+
+
+class GlobalAvgPool2d(_GlobalPool2d):
     """Mean over all spatial positions of each channel.
 
     Parameters
     ----------
     keepdims : bool, default False
         Output (N, C, 1, 1) instead of (N, C) (or (C, 1, 1) instead of (C,) unbatched).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last for the input and the
+        gradients: ``(N, H, W, C)`` or ``(H, W, C)`` in, ``(N, C)`` out (``(N, 1, 1, C)`` with
+        ``keepdims``). NHWC runs natively, on the channels-last adaptive average kernels.
 
     Examples
     --------
@@ -378,37 +405,46 @@ class GlobalAvgPool2d(Module):
     >>> from convx import nn
     >>> nn.GlobalAvgPool2d()(np.ones((2, 3, 4, 4), dtype=np.float32)).shape
     (2, 3)
+    >>> nn.GlobalAvgPool2d(keepdims=True, layout="NHWC")(np.ones((2, 4, 4, 3), dtype=np.float32)).shape
+    (2, 1, 1, 3)
     """
 
-    def __init__(self, keepdims: bool = False) -> None:
+    def __init__(self, keepdims: bool = False, *, layout: str = "NCHW") -> None:
         super().__init__()
         self.keepdims = as_bool("keepdims", keepdims)
+        self.layout = _layout_arg(layout, 2)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Channel means of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
-        x = check_input(self, x, (3, 4))
-        y = functional.adaptive_avg_pool2d(x, (1, 1))
-        if not self.keepdims:
-            y = y[..., 0, 0]
+        """Channel means of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims
+        (with ``layout='NHWC'``: ``x`` (N, H, W, C), (N, 1, 1, C) with keepdims)."""
+        x = check_input(self, x, _input_ndims(self))
+        y = self._squeezed(functional.adaptive_avg_pool2d(x, (1, 1), layout=self.layout))
         self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape): each position gets 1/(H*W) of its channel's."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.adaptive_avg_pool2d_backward(grad_out.reshape(*input_shape[:-2], 1, 1), input_shape)
-
-    def extra_repr(self) -> str:
-        return f"keepdims={self.keepdims}"
+        return functional.adaptive_avg_pool2d_backward(grad_out.reshape(self._pooled_shape(input_shape)), input_shape,
+                                                       layout=self.layout)
 
 
-class GlobalMaxPool2d(Module):
+class GlobalMaxPool2d(_GlobalPool2d):
     """Maximum over all spatial positions of each channel.
 
     Parameters
     ----------
     keepdims : bool, default False
         Output (N, C, 1, 1) instead of (N, C) (or (C, 1, 1) instead of (C,) unbatched).
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Keyword only: channels first (PyTorch's) or channels last for the input and the
+        gradients: ``(N, H, W, C)`` or ``(H, W, C)`` in, ``(N, C)`` out (``(N, 1, 1, C)`` with
+        ``keepdims``). NHWC runs natively, on the channels-last adaptive max kernels.
+
+    Notes
+    -----
+    Takes float32, float64, int8 and uint8 input, as :func:`convx.adaptive_max_pool2d` (the
+    backward of an integer forward is refused).
 
     Examples
     --------
@@ -416,28 +452,29 @@ class GlobalMaxPool2d(Module):
     >>> from convx import nn
     >>> nn.GlobalMaxPool2d()(np.arange(8.0).reshape(1, 2, 2, 2))
     array([[3., 7.]])
+    >>> nn.GlobalMaxPool2d(layout="NHWC")(np.arange(8.0).reshape(1, 2, 2, 2))
+    array([[6., 7.]])
     """
 
-    def __init__(self, keepdims: bool = False) -> None:
+    def __init__(self, keepdims: bool = False, *, layout: str = "NCHW") -> None:
         super().__init__()
         self.keepdims = as_bool("keepdims", keepdims)
+        self.layout = _layout_arg(layout, 2)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims."""
-        x = check_input(self, x, (3, 4), dtypes=MAX_POOL_DTYPES)
-        y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True)
-        if not self.keepdims:
-            y = y[..., 0, 0]
+        """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims
+        (with ``layout='NHWC'``: ``x`` (N, H, W, C), (N, 1, 1, C) with keepdims)."""
+        x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
+        y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True, layout=self.layout)
+        y = self._squeezed(y)
         self._save_for_backward(y, indices, x.shape)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape): each channel's goes to its (first) maximum."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool2d_backward(grad_out.reshape(indices.shape), indices, input_shape)
-
-    def extra_repr(self) -> str:
-        return f"keepdims={self.keepdims}"
+        return functional.max_pool2d_backward(grad_out.reshape(indices.shape), indices, input_shape,
+                                              layout=self.layout)
 
 
 class MaxPool1d(_MaxPoolNd):
