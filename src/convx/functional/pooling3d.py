@@ -297,9 +297,9 @@ def avg_pool3d(
     >>> x = np.arange(8, dtype=np.float64).reshape(1, 2, 2, 2)
     >>> avg_pool3d(x, 2)
     array([[[[3.5]]]])
-    >>> avg_pool3d(x, (1, 1, 2), padding=(0, 0, 1), count_include_pad=False)[0, 0]
-    array([[0. , 1. ],
-           [2. , 3. ]])
+    >>> avg_pool3d(x, (1, 1, 2), stride=1, padding=(0, 0, 1), count_include_pad=False)[0, 0]
+    array([[0. , 0.5, 1. ],
+           [2. , 2.5, 3. ]])
     """
     x, unbatched = _volumes("avg_pool3d", "x", x)
     kernel, stride_, padding_, ceil_mode, count_include_pad, divisor = _avg_args(
