@@ -333,9 +333,9 @@ def _all_ops(x):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_thread_count_does_not_change_results(rng, num_threads, dtype):
-    # 3*7 = 21 volumes of 6*20*30 elements: every thread count of 1-3 gets a share (the kernels'
+    # 3*7 = 21 volumes of 10*30*40 elements: every thread count of 1-3 gets a share (the kernels'
     # grain is 32768 elements per thread).
-    x = rng.standard_normal((3, 7, 6, 20, 30)).astype(dtype)
+    x = rng.standard_normal((3, 7, 10, 30, 40)).astype(dtype)
     num_threads(1)
     serial = _all_ops(x)
     for n in (2, 3):

@@ -168,7 +168,7 @@ def max_pool3d(
     kernel, stride_, padding_, dilation_ = _window_args(kernel_size, stride, padding, dilation)
     return_indices = as_bool("return_indices", return_indices)
     n, c, *sizes = x.shape
-    out = _output_size("x", tuple(sizes), kernel, stride_, padding_, dilation_, ceil_mode)
+    out: _Triple = _output_size("x", tuple(sizes), kernel, stride_, padding_, dilation_, ceil_mode)
 
     cause = "kernel_size, stride, padding, dilation and ceil_mode"
     y = _allocate((n, c, *out), x.dtype, cause)
@@ -225,6 +225,7 @@ def max_pool3d_backward(grad_out: NDArray[Float], indices: NDArray[np.int64], in
     """
     grad_out = as_layout_array("max_pool3d_backward", "grad_out", grad_out, (4, 5), _OUT_LAYOUT)
     indices = _as_indices(indices, grad_out)
+    shape: tuple[int, ...]
     shape, unbatched = _input_shape(input_shape, grad_out, dims=3)
     # The flat index d*H*W + h*W + w is that of row d*H + h of a (D*H, W) plane: the 2-D kernel scatters.
     planes = (*shape[:2], shape[2] * shape[3], shape[4])
@@ -306,7 +307,7 @@ def avg_pool3d(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     n, c, *sizes = x.shape
-    out = _output_size("x", tuple(sizes), kernel, stride_, padding_, (1, 1, 1), ceil_mode)
+    out: _Triple = _output_size("x", tuple(sizes), kernel, stride_, padding_, (1, 1, 1), ceil_mode)
 
     y = _allocate((n, c, *out), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
@@ -366,7 +367,7 @@ def avg_pool3d_backward(
     kernel, stride_, padding_, ceil_mode, count_include_pad, divisor = _avg_args(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
-    out = _output_size("input_shape", shape[2:], kernel, stride_, padding_, (1, 1, 1), ceil_mode)
+    out: _Triple = _output_size("input_shape", shape[2:], kernel, stride_, padding_, (1, 1, 1), ceil_mode)
     _check_grad_out(grad_out, input_shape, out)
 
     grad_x = _allocate(shape, grad_out.dtype, "input_shape")
@@ -441,7 +442,7 @@ def adaptive_avg_pool3d(x: NDArray[Float], output_size: AdaptiveSize3d) -> NDArr
     x, unbatched = _volumes("adaptive_avg_pool3d", "x", x)
     n, c, *sizes = x.shape
     _nonempty_volume("x", tuple(sizes))
-    out = _adaptive_output_size(output_size, tuple(sizes))
+    out: _Triple = _adaptive_output_size(output_size, tuple(sizes))
 
     y = _allocate((n, c, *out), x.dtype, "output_size")
     if y.size:
@@ -546,7 +547,7 @@ def adaptive_max_pool3d(
     x, unbatched = _volumes("adaptive_max_pool3d", "x", x)
     n, c, *sizes = x.shape
     _nonempty_volume("x", tuple(sizes))
-    out = _adaptive_output_size(output_size, tuple(sizes))
+    out: _Triple = _adaptive_output_size(output_size, tuple(sizes))
     return_indices = as_bool("return_indices", return_indices)
 
     y = _allocate((n, c, *out), x.dtype, "output_size")

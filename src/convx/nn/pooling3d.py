@@ -15,7 +15,7 @@ from .module import Module, check_input
 _NDIMS = (4, 5)
 
 
-def _shown(values: tuple[int, ...]) -> int | tuple[int, ...]:
+def _shown(values: tuple[int, int, int]) -> IntTriple:
     """An argument as PyTorch keeps it: an int where every axis has the same value."""
     return values[0] if len(set(values)) == 1 else values
 
