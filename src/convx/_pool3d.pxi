@@ -39,13 +39,26 @@ cdef inline Py_ssize_t _first_inside(Py_ssize_t start, Py_ssize_t dilation) noex
     return start + (-start + dilation - 1) // dilation * dilation
 
 
+cdef inline void _max_sweep(const floating* src, floating* best, int64_t* at, Py_ssize_t lo, Py_ssize_t hi,
+                            Py_ssize_t stride, int64_t position) noexcept nogil:
+    """best[o], at[o] = src[o * stride], position + o * stride where that is larger or NaN, for lo <= o < hi."""
+    cdef Py_ssize_t o
+    cdef floating value
+    cdef bint take
+    # Selects, not branches: the compiler turns them into vector blends.
+    for o in range(lo, hi):
+        value = src[o * stride]
+        take = (value > best[o]) | (value != value)
+        best[o] = value if take else best[o]
+        at[o] = position + o * stride if take else at[o]
+
+
 cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, int64_t* row_where,
                              Pool3dGeometry* g) noexcept nogil:
     """y = max over each window (NaN wins), where = its flat d*H*W + h*W + w (row_where: scratch for
     one row of them when where is NULL)."""
     cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, first_d, first_h
     cdef Py_ssize_t plane = g.height * g.width
-    cdef floating value
     cdef floating* best
     cdef int64_t* at
     cdef const floating* src
@@ -74,11 +87,13 @@ cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, int
                         offset = c * g.dilation[2] - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
-                        for ow in range(lo, hi):
-                            value = src[ow * g.stride[2] + offset]
-                            if value > best[ow] or value != value:
-                                best[ow] = value
-                                at[ow] = base + ow * g.stride[2] + offset
+                        # The common strides as literals, so that the compiler vectorises the sweep.
+                        if g.stride[2] == 1:
+                            _max_sweep(src + offset, best, at, lo, hi, 1, base + offset)
+                        elif g.stride[2] == 2:
+                            _max_sweep(src + offset, best, at, lo, hi, 2, base + offset)
+                        else:
+                            _max_sweep(src + offset, best, at, lo, hi, g.stride[2], base + offset)
 
 
 cdef Pool3dGeometry _pool3d_geometry(const Py_ssize_t* sizes, Py_ssize_t kernel_d, Py_ssize_t kernel_h,
