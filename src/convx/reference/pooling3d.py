@@ -130,9 +130,10 @@ def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     n, c, *sizes = x.shape
     kernel, stride, padding, _, out = _geometry(sizes, kernel_size, stride, padding, 1, ceil_mode)
     total = np.zeros((n, c, *out), dtype=x.dtype)
-    for offsets in itertools.product(*(range(k) for k in kernel)):
-        value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, (1, 1, 1)), sizes)
-        total += np.where(inside, value, 0)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
+        for offsets in itertools.product(*(range(k) for k in kernel)):
+            value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, (1, 1, 1)), sizes)
+            total += np.where(inside, value, 0)
     divisor = _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad, divisor_override)
     return _unbatch(total / divisor.astype(x.dtype), unbatched)
 
@@ -182,8 +183,9 @@ def adaptive_avg_pool3d(x, output_size):
     n, c, *sizes = x.shape
     out = _adaptive_size(output_size, sizes)
     y = np.empty((n, c, *out), dtype=x.dtype)
-    for index, window in _adaptive_windows(sizes, out):
-        y[(slice(None), slice(None), *index)] = x[(..., *window)].mean(axis=(2, 3, 4))
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
+        for index, window in _adaptive_windows(sizes, out):
+            y[(slice(None), slice(None), *index)] = x[(..., *window)].mean(axis=(2, 3, 4))
     return _unbatch(y, unbatched)
 
 
@@ -216,7 +218,8 @@ def adaptive_max_pool3d(x, output_size, return_indices=False):
     indices = np.empty((n, c, *out), dtype=np.int64)
     for index, window in _adaptive_windows(sizes, out):
         extent = tuple(s.stop - s.start for s in window)
-        values = x[(..., *window)].reshape(n, c, -1) if n * c else np.empty((0, 0, int(np.prod(extent))), x.dtype)
+        # Explicit sizes: -1 cannot be inferred for an empty batch.
+        values = x[(..., *window)].reshape(n, c, int(np.prod(extent)))
         is_nan = np.isnan(values)
         last_nan = values.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
         first_max = np.argmax(np.where(is_nan, -np.inf, values), axis=-1)
