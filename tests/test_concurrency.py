@@ -181,13 +181,14 @@ def _kernel_call(name, batch):
         window3d = (3, 3, 3, 1, 1, 1, 1, 1, 1)
         return {
             "max_pool3d_forward": (core.max_pool3d_forward,
-                                   (volumes, out3d, np.empty(volumes.shape, dtype=np.int64), *window3d, 1, 1, 1, 1)),
-            "avg_pool3d_forward": (core.avg_pool3d_forward, (volumes, out3d, *window3d, True, 0, 1)),
-            "avg_pool3d_backward": (core.avg_pool3d_backward, (volumes, out3d, *window3d, True, 0, 1)),
-            "adaptive_avg_pool3d_forward": (core.adaptive_avg_pool3d_forward, (volumes, small3d, 1)),
-            "adaptive_avg_pool3d_backward": (core.adaptive_avg_pool3d_backward, (small3d, out3d, 1)),
+                                   (volumes, out3d, np.empty(volumes.shape, dtype=np.int64), *window3d, 1, 1, 1, 0, 8,
+                                    1)),
+            "avg_pool3d_forward": (core.avg_pool3d_forward, (volumes, out3d, *window3d, True, 0, 0, 8, 1)),
+            "avg_pool3d_backward": (core.avg_pool3d_backward, (volumes, out3d, *window3d, True, 0, 0, 8, 1)),
+            "adaptive_avg_pool3d_forward": (core.adaptive_avg_pool3d_forward, (volumes, small3d, 0, 4, 1)),
+            "adaptive_avg_pool3d_backward": (core.adaptive_avg_pool3d_backward, (small3d, out3d, 0, 4, 1)),
             "adaptive_max_pool3d_forward": (core.adaptive_max_pool3d_forward,
-                                            (volumes, small3d, np.empty(small3d.shape, dtype=np.int64), 1)),
+                                            (volumes, small3d, np.empty(small3d.shape, dtype=np.int64), 0, 4, 1)),
         }[name]
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
     pooled = np.empty_like(x)

@@ -344,6 +344,62 @@ def test_thread_count_does_not_change_results(rng, num_threads, dtype):
             np.testing.assert_array_equal(result, serial[name], err_msg=f"{name} with {n} threads")
 
 
+def _banded(op, kernel_name, *args):
+    """op(*args) with a sub-batch budget far below one image (so every volume goes in bands of one
+    output depth each), and the (od_begin, od_end) of each kernel call."""
+    import convx._batching
+    import convx._core
+
+    real = getattr(convx._core, kernel_name)
+    calls = []
+
+    def counting(*call):
+        calls.append(call[-3:-1])
+        return real(*call)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(convx._batching, "SUB_BATCH_WORK", 64)
+        patch.setattr(convx._core, kernel_name, counting)
+        result = op(*args)
+    return result, calls
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bands_of_output_depths_give_what_one_call_gives(rng, num_threads, dtype, n_threads):
+    # Huge volumes go in bands of output depths, one kernel call each (Ctrl-C is seen between them);
+    # the backward kernels scatter, the first band zeroing: bands must not change one bit.
+    num_threads(n_threads)
+    x = rng.standard_normal((2, 3, 9, 8, 7)).astype(dtype)
+    y, indices = convx.max_pool3d(x, 3, 2, 1, return_indices=True)
+    averaged = convx.avg_pool3d(x, 3, (2, 1, 2), 1, ceil_mode=True)
+    cases = [
+        ("max_pool3d_forward", lambda: convx.max_pool3d(x, 3, 2, 1, return_indices=True), (y, indices)),
+        ("avg_pool3d_forward", lambda: convx.avg_pool3d(x, 3, (2, 1, 2), 1, ceil_mode=True), averaged),
+        ("avg_pool3d_backward", lambda: convx.avg_pool3d_backward(averaged, x.shape, 3, (2, 1, 2), 1, True),
+         convx.avg_pool3d_backward(averaged, x.shape, 3, (2, 1, 2), 1, True)),
+        ("adaptive_avg_pool3d_forward", lambda: convx.adaptive_avg_pool3d(x, (4, 3, 5)),
+         convx.adaptive_avg_pool3d(x, (4, 3, 5))),
+        ("adaptive_avg_pool3d_backward", lambda: convx.adaptive_avg_pool3d_backward(averaged, x.shape),
+         convx.adaptive_avg_pool3d_backward(averaged, x.shape)),
+        ("adaptive_max_pool3d_forward", lambda: convx.adaptive_max_pool3d(x, (4, 3, 5), return_indices=True),
+         convx.adaptive_max_pool3d(x, (4, 3, 5), return_indices=True)),
+    ]
+    for kernel_name, op, expected in cases:
+        result, calls = _banded(op, kernel_name)
+        first = expected[0] if isinstance(expected, tuple) else expected
+        out_d = averaged.shape[2] if "backward" in kernel_name else first.shape[2]  # the depths banded
+        # Several bands per volume (max pooling's overlap of kd - 1 depths limits them), covering the
+        # output depths in order, the same for each image.
+        per_image = len(calls) // x.shape[0]
+        bands = calls[:per_image]
+        assert per_image >= 2 and calls == bands * x.shape[0], (kernel_name, calls)
+        assert [begin for begin, _ in bands] + [out_d] == [0] + [end for _, end in bands], (kernel_name, calls)
+        for got, want in zip(result if isinstance(result, tuple) else (result,),
+                             expected if isinstance(expected, tuple) else (expected,)):
+            np.testing.assert_array_equal(got, want, err_msg=kernel_name)
+
+
 # --- gradients by central differences -----------------------------------------------------------------
 
 

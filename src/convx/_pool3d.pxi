@@ -7,6 +7,11 @@
 # order are those of the one-window-at-a-time loop, while the inner loop is a strided sweep over
 # the outputs that a tap reaches inside the input (unit stride at stride 1, which vectorises).
 # max_pool3d's backward is max_pool2d_backward on (D*H, W) views: its flat indices are the same.
+#
+# Every kernel takes a band [od_begin, od_end) of output depths, so that a huge volume is pooled by
+# several calls (and Ctrl-C is seen between them). The backward kernels scatter, so the band that
+# starts at depth 0 zeroes the input gradient first and the bands must run in order; each input
+# element then takes its shares in the order one call would give them.
 
 
 cdef struct Pool3dGeometry:
@@ -54,7 +59,7 @@ cdef inline void _max_sweep(const floating* src, floating* best, int64_t* at, Py
 
 
 cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, int64_t* row_where,
-                             Pool3dGeometry* g) noexcept nogil:
+                             Pool3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
     """y = max over each window (NaN wins), where = its flat d*H*W + h*W + w (row_where: scratch for
     one row of them when where is NULL)."""
     cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, first_d, first_h
@@ -63,7 +68,7 @@ cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, int
     cdef int64_t* at
     cdef const floating* src
     cdef int64_t base
-    for od in range(g.out_d):
+    for od in range(od_begin, od_end):
         first_d = _first_inside(od * g.stride[0] - g.pad[0], g.dilation[0])
         for oh in range(g.out_h):
             first_h = _first_inside(oh * g.stride[1] - g.pad[1], g.dilation[1])
@@ -113,9 +118,11 @@ def max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
                        int64_t[:, :, :, :, ::1] indices, Py_ssize_t kernel_d, Py_ssize_t kernel_h,
                        Py_ssize_t kernel_w, Py_ssize_t stride_d, Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t dilation_d,
-                       Py_ssize_t dilation_h, Py_ssize_t dilation_w, int n_threads):
+                       Py_ssize_t dilation_h, Py_ssize_t dilation_w, Py_ssize_t od_begin, Py_ssize_t od_end,
+                       int n_threads):
     """out[n, c, od, oh, ow] = max_{a, b, c} x_(-inf)-padded[n, c, od*sd + a*dd, oh*sh + b*dh, ow*sw + c*dw]
-    (NaN wins), indices = its flat d*H*W + h*W + w; a zero-batch ``indices`` skips them."""
+    (NaN wins), indices = its flat d*H*W + h*W + w, for od in [od_begin, od_end); a zero-batch
+    ``indices`` skips them."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                                              pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
@@ -130,7 +137,7 @@ def max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
         for p in prange(n_volumes, schedule='static'):
             _max_pool3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume,
                                &indices[0, 0, 0, 0, 0] + p * out_volume if want_indices else NULL,
-                               &row_scratch[tid * g.out_w], &g)
+                               &row_scratch[tid * g.out_w], &g, od_begin, od_end)
 
 
 cdef inline Py_ssize_t _avg_extent(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t pad,
@@ -158,15 +165,15 @@ cdef void _avg_divisors3d(Pool3dGeometry* g, bint count_include_pad, Py_ssize_t 
         offset += outs[axis]
 
 
-cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g,
-                             const Py_ssize_t* divisors) noexcept nogil:
+cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g, const Py_ssize_t* divisors,
+                             Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
     """y = sum of each window's taps inside the input / its divisor."""
     cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi
     cdef Py_ssize_t plane = g.height * g.width
     cdef floating* total
     cdef const floating* src
     cdef Py_ssize_t row_divisor
-    for od in range(g.out_d):
+    for od in range(od_begin, od_end):
         for oh in range(g.out_h):
             total = y + (od * g.out_h + oh) * g.out_w
             for ow in range(g.out_w):
@@ -194,9 +201,11 @@ cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g,
 def avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out,
                        Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                        Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                       bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
+                       bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t od_begin,
+                       Py_ssize_t od_end, int n_threads):
     """out[n, c, od, oh, ow] = sum_{a, b, c} x_zero_padded[n, c, od*sd + a, oh*sh + b, ow*sw + c] / divisor
-    (divisor_override when positive, else the window's taps in the padded input or in the input)."""
+    (divisor_override when positive, else the window's taps in the padded input or in the input), for od
+    in [od_begin, od_end)."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                                              pad_d, pad_h, pad_w, 1, 1, 1)
@@ -209,19 +218,21 @@ def avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
         for p in prange(n_volumes, schedule='static',
                         num_threads=_team_size(n_threads, n_volumes, volume + out_volume)):
             _avg_pool3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume, &g,
-                               &divisors[0])
+                               &divisors[0], od_begin, od_end)
 
 
 cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_in, floating* share,
-                                      Pool3dGeometry* g, const Py_ssize_t* divisors) noexcept nogil:
+                                      Pool3dGeometry* g, const Py_ssize_t* divisors, Py_ssize_t od_begin,
+                                      Py_ssize_t od_end) noexcept nogil:
     """grad_in = every window's grad_out / divisor added to its taps inside the input (share: one row)."""
     cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi
     cdef Py_ssize_t plane = g.height * g.width
     cdef const floating* src
     cdef floating* dst
     cdef Py_ssize_t row_divisor
-    memset(grad_in, 0, g.depth * plane * sizeof(floating))
-    for od in range(g.out_d):
+    if od_begin == 0:
+        memset(grad_in, 0, g.depth * plane * sizeof(floating))
+    for od in range(od_begin, od_end):
         for oh in range(g.out_h):
             src = grad_out + (od * g.out_h + oh) * g.out_w
             row_divisor = divisors[od] * divisors[g.out_d + oh]
@@ -247,8 +258,10 @@ cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_i
 def avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :, :, :, ::1] grad_in,
                         Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                         Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                        bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """grad_in[n, c, d, h, w] = sum over the windows holding (d, h, w) of grad_out / divisor; overwritten."""
+                        bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t od_begin,
+                        Py_ssize_t od_end, int n_threads):
+    """grad_in[n, c, d, h, w] += grad_out / divisor of each window over (d, h, w) with od in [od_begin, od_end);
+    grad_in is zeroed first where od_begin is 0."""
     cdef Py_ssize_t[6] dims = [grad_in.shape[2], grad_in.shape[3], grad_in.shape[4],
                                grad_out.shape[2], grad_out.shape[3], grad_out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
@@ -265,7 +278,7 @@ def avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :,
         for p in prange(n_volumes, schedule='static'):
             _avg_pool3d_backward_volume(&grad_out[0, 0, 0, 0, 0] + p * out_volume,
                                         &grad_in[0, 0, 0, 0, 0] + p * volume, &shares[tid * g.out_w], &g,
-                                        &divisors[0])
+                                        &divisors[0], od_begin, od_end)
 
 
 cdef inline void _adaptive_range(Py_ssize_t index, Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t* start,
@@ -275,11 +288,12 @@ cdef inline void _adaptive_range(Py_ssize_t index, Py_ssize_t size, Py_ssize_t o
     end[0] = ((index + 1) * size + out_size - 1) // out_size
 
 
-cdef void _adaptive_avg3d_volume(const floating* x, floating* y, const Py_ssize_t* dims) noexcept nogil:
+cdef void _adaptive_avg3d_volume(const floating* x, floating* y, const Py_ssize_t* dims, Py_ssize_t od_begin,
+                                 Py_ssize_t od_end) noexcept nogil:
     cdef Py_ssize_t od, oh, ow, d, h, w, d0, d1, h0, h1, w0, w1
     cdef Py_ssize_t plane = dims[1] * dims[2]
     cdef floating total
-    for od in range(dims[3]):
+    for od in range(od_begin, od_end):
         _adaptive_range(od, dims[0], dims[3], &d0, &d1)
         for oh in range(dims[4]):
             _adaptive_range(oh, dims[1], dims[4], &h0, &h1)
@@ -295,8 +309,10 @@ cdef void _adaptive_avg3d_volume(const floating* x, floating* y, const Py_ssize_
                                                          / <floating> (w1 - w0))
 
 
-def adaptive_avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out, int n_threads):
-    """out[n, c, od, oh, ow] = sum over window (od, oh, ow) of x / window_d / window_h / window_w."""
+def adaptive_avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out,
+                                Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
+    """out[n, c, od, oh, ow] = sum over window (od, oh, ow) of x / window_d / window_h / window_w, for od in
+    [od_begin, od_end)."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Py_ssize_t n_volumes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t volume = dims[0] * dims[1] * dims[2], out_volume = dims[3] * dims[4] * dims[5]
@@ -304,16 +320,18 @@ def adaptive_avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :
     with nogil:
         for p in prange(n_volumes, schedule='static',
                         num_threads=_team_size(n_threads, n_volumes, volume + out_volume)):
-            _adaptive_avg3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume, dims)
+            _adaptive_avg3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume, dims,
+                                   od_begin, od_end)
 
 
-cdef void _adaptive_avg3d_backward_volume(const floating* grad_out, floating* grad_in,
-                                          const Py_ssize_t* dims) noexcept nogil:
+cdef void _adaptive_avg3d_backward_volume(const floating* grad_out, floating* grad_in, const Py_ssize_t* dims,
+                                          Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
     cdef Py_ssize_t od, oh, ow, d, h, w, d0, d1, h0, h1, w0, w1
     cdef Py_ssize_t plane = dims[1] * dims[2]
     cdef floating share
-    memset(grad_in, 0, dims[0] * plane * sizeof(floating))
-    for od in range(dims[3]):
+    if od_begin == 0:
+        memset(grad_in, 0, dims[0] * plane * sizeof(floating))
+    for od in range(od_begin, od_end):
         _adaptive_range(od, dims[0], dims[3], &d0, &d1)
         for oh in range(dims[4]):
             _adaptive_range(oh, dims[1], dims[4], &h0, &h1)
@@ -328,8 +346,9 @@ cdef void _adaptive_avg3d_backward_volume(const floating* grad_out, floating* gr
 
 
 def adaptive_avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :, :, :, ::1] grad_in,
-                                 int n_threads):
-    """grad_in[n, c, d, h, w] = sum over the windows holding (d, h, w) of grad_out / window volume; overwritten."""
+                                 Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
+    """grad_in[n, c, d, h, w] += grad_out / window volume of each window over (d, h, w) with od in
+    [od_begin, od_end); grad_in is zeroed first where od_begin is 0."""
     cdef Py_ssize_t[6] dims = [grad_in.shape[2], grad_in.shape[3], grad_in.shape[4],
                                grad_out.shape[2], grad_out.shape[3], grad_out.shape[4]]
     cdef Py_ssize_t n_volumes = grad_in.shape[0] * grad_in.shape[1]
@@ -339,15 +358,16 @@ def adaptive_avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, float
         for p in prange(n_volumes, schedule='static',
                         num_threads=_team_size(n_threads, n_volumes, volume + out_volume)):
             _adaptive_avg3d_backward_volume(&grad_out[0, 0, 0, 0, 0] + p * out_volume,
-                                            &grad_in[0, 0, 0, 0, 0] + p * volume, dims)
+                                            &grad_in[0, 0, 0, 0, 0] + p * volume, dims, od_begin, od_end)
 
 
-cdef void _adaptive_max3d_volume(const floating* x, floating* y, int64_t* where, const Py_ssize_t* dims) noexcept nogil:
+cdef void _adaptive_max3d_volume(const floating* x, floating* y, int64_t* where, const Py_ssize_t* dims,
+                                 Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
     cdef Py_ssize_t od, oh, ow, d, h, w, d0, d1, h0, h1, w0, w1, o
     cdef Py_ssize_t plane = dims[1] * dims[2]
     cdef floating best, value
     cdef int64_t at
-    for od in range(dims[3]):
+    for od in range(od_begin, od_end):
         _adaptive_range(od, dims[0], dims[3], &d0, &d1)
         for oh in range(dims[4]):
             _adaptive_range(oh, dims[1], dims[4], &h0, &h1)
@@ -369,9 +389,10 @@ cdef void _adaptive_max3d_volume(const floating* x, floating* y, int64_t* where,
 
 
 def adaptive_max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out,
-                                int64_t[:, :, :, :, ::1] indices, int n_threads):
+                                int64_t[:, :, :, :, ::1] indices, Py_ssize_t od_begin, Py_ssize_t od_end,
+                                int n_threads):
     """out[n, c, od, oh, ow] = max over window (od, oh, ow) of x (NaN wins), indices = its flat
-    d*H*W + h*W + w; a zero-batch ``indices`` skips them."""
+    d*H*W + h*W + w, for od in [od_begin, od_end); a zero-batch ``indices`` skips them."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Py_ssize_t n_volumes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t volume = dims[0] * dims[1] * dims[2], out_volume = dims[3] * dims[4] * dims[5]
@@ -381,4 +402,5 @@ def adaptive_max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :
         for p in prange(n_volumes, schedule='static',
                         num_threads=_team_size(n_threads, n_volumes, volume + out_volume)):
             _adaptive_max3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume,
-                                   &indices[0, 0, 0, 0, 0] + p * out_volume if want_indices else NULL, dims)
+                                   &indices[0, 0, 0, 0, 0] + p * out_volume if want_indices else NULL, dims,
+                                   od_begin, od_end)

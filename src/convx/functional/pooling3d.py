@@ -4,7 +4,8 @@ semantics of the same names.
 Every function validates its arguments (as PyTorch: ``padding`` at most half the kernel on each
 axis), computes the output size with ``convx._shapes`` (through the 2-D ops' helpers, which refuse
 empty outputs and windows wholly in the padding), allocates C-contiguous outputs and calls one
-kernel of ``convx._core`` per bounded sub-batch. Inputs are never modified; any memory layout is
+kernel of ``convx._core`` per bounded sub-batch, and per band of output depths of a huge volume
+(so that Ctrl-C is seen between calls, as the 2-D ops band rows). Inputs are never modified; any memory layout is
 accepted. Indices of maxima are flat ``d * H * W + h * W + w`` positions in each volume.
 """
 
@@ -21,8 +22,8 @@ from .._checks import as_bool, as_int, as_layout_array, as_triple, contiguous
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize3d, AnyArray, Float, IntTriple, Shape
 from .pooling import (
-    _MAX_PARAM, AVG_TAP_WORK, MAX_TAP_WORK, _allocate, _as_indices, _input_shape, _pool_output_shape,
-    _scatter_maxima, _unbatch, _work,
+    _MAX_PARAM, AVG_TAP_WORK, MAX_TAP_WORK, _allocate, _as_indices, _band_edges, _input_shape, _pool_output_shape,
+    _row_bands, _scatter_maxima, _unbatch, _work,
 )
 
 __all__ = [
@@ -177,9 +178,11 @@ def max_pool3d(
         x = contiguous(x)
         work = _work(c, sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2],
                      MAX_TAP_WORK * kernel[0] * kernel[1] * kernel[2])
+        bands = _row_bands(work, c, sizes[0], out[0], (kernel[0] - 1) * dilation_[0])
         for part in sub_batches(n, work):
-            _core.max_pool3d_forward(x[part], y[part], indices[part], *kernel, *stride_, *padding_, *dilation_,
-                                     kernel_threads())
+            for begin, end in _band_edges(out[0], bands):
+                _core.max_pool3d_forward(x[part], y[part], indices[part], *kernel, *stride_, *padding_, *dilation_,
+                                         begin, end, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -314,9 +317,12 @@ def avg_pool3d(
         x = contiguous(x)
         work = _work(c, sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2],
                      AVG_TAP_WORK * kernel[0] * kernel[1] * kernel[2])
+        # Each output depth is summed on its own, so bands repeat no work (reach 0).
+        bands = _row_bands(work, c, sizes[0], out[0], 0)
         for part in sub_batches(n, work):
-            _core.avg_pool3d_forward(x[part], y[part], *kernel, *stride_, *padding_, count_include_pad, divisor,
-                                     kernel_threads())
+            for begin, end in _band_edges(out[0], bands):
+                _core.avg_pool3d_forward(x[part], y[part], *kernel, *stride_, *padding_, count_include_pad, divisor,
+                                         begin, end, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -375,9 +381,12 @@ def avg_pool3d_backward(
         grad_out5 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         work = _work(shape[1], shape[2] * shape[3] * shape[4], out[0] * out[1] * out[2],
                      AVG_TAP_WORK * kernel[0] * kernel[1] * kernel[2])
+        # Bands of output depths, in order: the kernel scatters, the first band zeroing grad_x.
+        bands = _row_bands(work, shape[1], out[0], out[0], 0)
         for part in sub_batches(shape[0], work):
-            _core.avg_pool3d_backward(grad_out5[part], grad_x[part], *kernel, *stride_, *padding_, count_include_pad,
-                                      divisor, kernel_threads())
+            for begin, end in _band_edges(out[0], bands):
+                _core.avg_pool3d_backward(grad_out5[part], grad_x[part], *kernel, *stride_, *padding_,
+                                          count_include_pad, divisor, begin, end, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -447,8 +456,10 @@ def adaptive_avg_pool3d(x: NDArray[Float], output_size: AdaptiveSize3d) -> NDArr
     y = _allocate((n, c, *out), x.dtype, "output_size")
     if y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)):
-            _core.adaptive_avg_pool3d_forward(x[part], y[part], kernel_threads())
+        work = _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)
+        for part in sub_batches(n, work):
+            for begin, end in _band_edges(out[0], _row_bands(work, c, sizes[0], out[0], 0)):
+                _core.adaptive_avg_pool3d_forward(x[part], y[part], begin, end, kernel_threads())
     return _unbatch(y, unbatched)
 
 
@@ -492,8 +503,11 @@ def adaptive_avg_pool3d_backward(grad_out: NDArray[Float], input_shape: Shape) -
     grad_x = _allocate(shape, grad_out.dtype, "input_shape")
     if grad_x.size:
         grad_out5 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
-        for part in sub_batches(shape[0], _work(shape[1], 8 * shape[2] * shape[3] * shape[4], out[0] * out[1] * out[2], 8)):
-            _core.adaptive_avg_pool3d_backward(grad_out5[part], grad_x[part], kernel_threads())
+        work = _work(shape[1], 8 * shape[2] * shape[3] * shape[4], out[0] * out[1] * out[2], 8)
+        for part in sub_batches(shape[0], work):
+            # In order: the kernel scatters, the first band zeroing grad_x.
+            for begin, end in _band_edges(out[0], _row_bands(work, shape[1], out[0], out[0], 0)):
+                _core.adaptive_avg_pool3d_backward(grad_out5[part], grad_x[part], begin, end, kernel_threads())
     return _unbatch(grad_x, unbatched)
 
 
@@ -554,8 +568,10 @@ def adaptive_max_pool3d(
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0, 0), np.int64, "output_size")
     if y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)):
-            _core.adaptive_max_pool3d_forward(x[part], y[part], indices[part], kernel_threads())
+        work = _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)
+        for part in sub_batches(n, work):
+            for begin, end in _band_edges(out[0], _row_bands(work, c, sizes[0], out[0], 0)):
+                _core.adaptive_max_pool3d_forward(x[part], y[part], indices[part], begin, end, kernel_threads())
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
