@@ -276,6 +276,15 @@ def test_avg_pool3d_propagates_nan_and_inf(dtype):
     assert np.isnan(y[0, 0, 0, 0, 0]) and np.isinf(y[0, 0, 1, 1, 1])
 
 
+def test_max_pool3d_time_does_not_grow_with_taps_in_the_padding():
+    # 2**90 taps per window, all but eight in the padding: only those inside are visited.
+    x = np.arange(8.0).reshape(1, 1, 2, 2, 2)
+    y, indices = convx.max_pool3d(x, 2**30, 1, 2**29, return_indices=True)
+    assert y.shape == (1, 1, 3, 3, 3)
+    np.testing.assert_array_equal(y, 7.0)
+    np.testing.assert_array_equal(indices, 7)
+
+
 def test_empty_batch_and_channels():
     for shape in [(0, 3, 4, 5, 6), (2, 0, 4, 5, 6)]:
         x = np.ones(shape, np.float32)

@@ -46,11 +46,18 @@ cdef inline Py_ssize_t _first_inside(Py_ssize_t start, Py_ssize_t dilation) noex
 
 cdef inline void _max_sweep(const floating* src, floating* best, int64_t* at, Py_ssize_t lo, Py_ssize_t hi,
                             Py_ssize_t stride, int64_t position) noexcept nogil:
-    """best[o], at[o] = src[o * stride], position + o * stride where that is larger or NaN, for lo <= o < hi."""
+    """best[o] = src[o * stride] where that is larger or NaN, for lo <= o < hi, and at[o] = position +
+    o * stride there (at NULL: the values only)."""
     cdef Py_ssize_t o
     cdef floating value
     cdef bint take
     # Selects, not branches: the compiler turns them into vector blends.
+    if at == NULL:
+        for o in range(lo, hi):
+            value = src[o * stride]
+            take = (value > best[o]) | (value != value)
+            best[o] = value if take else best[o]
+        return
     for o in range(lo, hi):
         value = src[o * stride]
         take = (value > best[o]) | (value != value)
@@ -58,37 +65,49 @@ cdef inline void _max_sweep(const floating* src, floating* best, int64_t* at, Py
         at[o] = position + o * stride if take else at[o]
 
 
-cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, int64_t* row_where,
-                             Pool3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
-    """y = max over each window (NaN wins), where = its flat d*H*W + h*W + w (row_where: scratch for
-    one row of them when where is NULL)."""
-    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, first_d, first_h
+cdef inline void _taps_inside(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t dilation,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the taps t of a window starting at ``start`` with 0 <= start + t*dilation < size."""
+    lo[0] = 0 if start >= 0 else (-start + dilation - 1) // dilation
+    hi[0] = 0 if start >= size else min(kernel, (size - 1 - start) // dilation + 1)
+
+
+cdef void _max_pool3d_volume(const floating* x, floating* y, int64_t* where, Pool3dGeometry* g,
+                             Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
+    """y = max over each window (NaN wins), where (unless NULL) = its flat d*H*W + h*W + w.
+
+    Only the taps inside the input are visited (time does not grow with a window mostly in the
+    padding), the column taps limited to those that some output of the row reaches."""
+    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, a_lo, a_hi, b_lo, b_hi, c_lo, c_hi, unused
     cdef Py_ssize_t plane = g.height * g.width
     cdef floating* best
-    cdef int64_t* at
+    cdef int64_t* at = NULL
     cdef const floating* src
     cdef int64_t base
+    # Column taps some output reaches: the last output's first one inside, the first output's last one.
+    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], g.dilation[2], &c_lo, &unused)
+    _taps_inside(-g.pad[2], g.width, g.kernel[2], g.dilation[2], &unused, &c_hi)
     for od in range(od_begin, od_end):
-        first_d = _first_inside(od * g.stride[0] - g.pad[0], g.dilation[0])
+        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], g.dilation[0], &a_lo, &a_hi)
         for oh in range(g.out_h):
-            first_h = _first_inside(oh * g.stride[1] - g.pad[1], g.dilation[1])
+            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], g.dilation[1], &b_lo, &b_hi)
             best = y + (od * g.out_h + oh) * g.out_w
-            at = where + (od * g.out_h + oh) * g.out_w if where != NULL else row_where
-            # Padding is -inf; a window of -inf only points at its first tap inside the input.
             for ow in range(g.out_w):
                 best[ow] = -INFINITY
-                at[ow] = first_d * plane + first_h * g.width + _first_inside(ow * g.stride[2] - g.pad[2], g.dilation[2])
-            for a in range(g.kernel[0]):
+            if where != NULL:
+                # Padding is -inf; a window of -inf only points at its first tap inside the input.
+                at = where + (od * g.out_h + oh) * g.out_w
+                base = (od * g.stride[0] - g.pad[0] + a_lo * g.dilation[0]) * plane + (
+                    oh * g.stride[1] - g.pad[1] + b_lo * g.dilation[1]) * g.width
+                for ow in range(g.out_w):
+                    at[ow] = base + _first_inside(ow * g.stride[2] - g.pad[2], g.dilation[2])
+            for a in range(a_lo, a_hi):
                 d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
-                if d < 0 or d >= g.depth:
-                    continue
-                for b in range(g.kernel[1]):
+                for b in range(b_lo, b_hi):
                     h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
-                    if h < 0 or h >= g.height:
-                        continue
                     base = d * plane + h * g.width
                     src = x + base
-                    for c in range(g.kernel[2]):
+                    for c in range(c_lo, c_hi):
                         offset = c * g.dilation[2] - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
@@ -130,14 +149,12 @@ def max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
     cdef Py_ssize_t volume = g.depth * g.height * g.width, out_volume = g.out_d * g.out_h * g.out_w
     cdef int team = _team_size(n_threads, n_volumes, volume + out_volume)
     cdef bint want_indices = indices.shape[0] > 0
-    cdef int64_t[::1] row_scratch = np.empty(team * g.out_w, dtype=np.int64)
-    cdef Py_ssize_t p, tid
-    with nogil, parallel(num_threads=team):
-        tid = threadid()
-        for p in prange(n_volumes, schedule='static'):
+    cdef Py_ssize_t p
+    with nogil:
+        for p in prange(n_volumes, schedule='static', num_threads=team):
             _max_pool3d_volume(&x[0, 0, 0, 0, 0] + p * volume, &out[0, 0, 0, 0, 0] + p * out_volume,
-                               &indices[0, 0, 0, 0, 0] + p * out_volume if want_indices else NULL,
-                               &row_scratch[tid * g.out_w], &g, od_begin, od_end)
+                               &indices[0, 0, 0, 0, 0] + p * out_volume if want_indices else NULL, &g, od_begin,
+                               od_end)
 
 
 cdef inline Py_ssize_t _avg_extent(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t pad,
