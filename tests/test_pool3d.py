@@ -285,6 +285,15 @@ def test_max_pool3d_time_does_not_grow_with_taps_in_the_padding():
     np.testing.assert_array_equal(indices, 7)
 
 
+def test_avg_pool3d_time_does_not_grow_with_taps_in_the_padding():
+    x = np.arange(8.0).reshape(1, 1, 2, 2, 2)
+    y = convx.avg_pool3d(x, 2**20, 1, 2**19, count_include_pad=False)
+    assert y.shape == (1, 1, 3, 3, 3)
+    np.testing.assert_array_equal(y, 3.5)
+    grad_x = convx.avg_pool3d_backward(np.ones_like(y), x.shape, 2**20, 1, 2**19, count_include_pad=False)
+    np.testing.assert_array_equal(grad_x, 27 / 8)
+
+
 def test_empty_batch_and_channels():
     for shape in [(0, 3, 4, 5, 6), (2, 0, 4, 5, 6)]:
         x = np.ones(shape, np.float32)

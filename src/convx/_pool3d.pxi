@@ -184,27 +184,27 @@ cdef void _avg_divisors3d(Pool3dGeometry* g, bint count_include_pad, Py_ssize_t 
 
 cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g, const Py_ssize_t* divisors,
                              Py_ssize_t od_begin, Py_ssize_t od_end) noexcept nogil:
-    """y = sum of each window's taps inside the input / its divisor."""
-    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi
+    """y = sum of each window's taps inside the input / its divisor (only those taps visited)."""
+    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, a_lo, a_hi, b_lo, b_hi, c_lo, c_hi, unused
     cdef Py_ssize_t plane = g.height * g.width
     cdef floating* total
     cdef const floating* src
     cdef Py_ssize_t row_divisor
+    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], 1, &c_lo, &unused)
+    _taps_inside(-g.pad[2], g.width, g.kernel[2], 1, &unused, &c_hi)
     for od in range(od_begin, od_end):
+        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], 1, &a_lo, &a_hi)
         for oh in range(g.out_h):
+            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], 1, &b_lo, &b_hi)
             total = y + (od * g.out_h + oh) * g.out_w
             for ow in range(g.out_w):
                 total[ow] = 0
-            for a in range(g.kernel[0]):
+            for a in range(a_lo, a_hi):
                 d = od * g.stride[0] - g.pad[0] + a
-                if d < 0 or d >= g.depth:
-                    continue
-                for b in range(g.kernel[1]):
+                for b in range(b_lo, b_hi):
                     h = oh * g.stride[1] - g.pad[1] + b
-                    if h < 0 or h >= g.height:
-                        continue
                     src = x + d * plane + h * g.width
-                    for c in range(g.kernel[2]):
+                    for c in range(c_lo, c_hi):
                         offset = c - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
@@ -242,29 +242,29 @@ cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_i
                                       Pool3dGeometry* g, const Py_ssize_t* divisors, Py_ssize_t od_begin,
                                       Py_ssize_t od_end) noexcept nogil:
     """grad_in = every window's grad_out / divisor added to its taps inside the input (share: one row)."""
-    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi
+    cdef Py_ssize_t od, oh, ow, a, b, c, d, h, offset, lo, hi, a_lo, a_hi, b_lo, b_hi, c_lo, c_hi, unused
     cdef Py_ssize_t plane = g.height * g.width
     cdef const floating* src
     cdef floating* dst
     cdef Py_ssize_t row_divisor
     if od_begin == 0:
         memset(grad_in, 0, g.depth * plane * sizeof(floating))
+    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], 1, &c_lo, &unused)
+    _taps_inside(-g.pad[2], g.width, g.kernel[2], 1, &unused, &c_hi)
     for od in range(od_begin, od_end):
+        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], 1, &a_lo, &a_hi)
         for oh in range(g.out_h):
+            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], 1, &b_lo, &b_hi)
             src = grad_out + (od * g.out_h + oh) * g.out_w
             row_divisor = divisors[od] * divisors[g.out_d + oh]
             for ow in range(g.out_w):
                 share[ow] = src[ow] / <floating> (row_divisor * divisors[g.out_d + g.out_h + ow])
-            for a in range(g.kernel[0]):
+            for a in range(a_lo, a_hi):
                 d = od * g.stride[0] - g.pad[0] + a
-                if d < 0 or d >= g.depth:
-                    continue
-                for b in range(g.kernel[1]):
+                for b in range(b_lo, b_hi):
                     h = oh * g.stride[1] - g.pad[1] + b
-                    if h < 0 or h >= g.height:
-                        continue
                     dst = grad_in + d * plane + h * g.width
-                    for c in range(g.kernel[2]):
+                    for c in range(c_lo, c_hi):
                         offset = c - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
