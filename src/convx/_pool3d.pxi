@@ -5,8 +5,9 @@
 # sweep one output row (od, oh) at a time with the taps outside and the row's outputs inside: each
 # output still meets its taps in window order (depth, rows, columns), so ties, NaN and summation
 # order are those of the one-window-at-a-time loop, while the inner loop is a strided sweep over
-# the outputs that a tap reaches inside the input (unit stride at stride 1, which vectorises).
-# max_pool3d's backward is max_pool2d_backward on (D*H, W) views: its flat indices are the same.
+# the outputs that a tap reaches inside the input (strides 1 and 2 as literals, which vectorise;
+# without indices the max sweep is values only). Only taps inside the input are visited, so time
+# does not grow with a window mostly in the padding. max_pool3d's backward is max_pool2d_backward on (D*H, W) views: its flat indices are the same.
 #
 # Every kernel takes a band [od_begin, od_end) of output depths, so that a huge volume is pooled by
 # several calls (and Ctrl-C is seen between them). The backward kernels scatter, so the band that
