@@ -174,6 +174,22 @@ def _kernel_call(name, batch):
             "bilinear2d_forward": (core.bilinear2d_forward, (planes, up, pairs, weights, pairs, weights, 1)),
             "bilinear2d_backward": (core.bilinear2d_backward, (up, planes.copy(), pairs, weights, pairs, weights, 1)),
         }[name]
+    if name.endswith("pool3d_forward") or name.endswith("pool3d_backward"):
+        # 3-D pooling: 3x3x3 windows, stride 1, padding 1 over (batch, 32, 8, 24, 24) volumes.
+        volumes = rng.standard_normal((batch, 32, 8, 24, 24))
+        out3d, small3d = np.empty_like(volumes), np.empty((batch, 32, 4, 7, 7))
+        window3d = (3, 3, 3, 1, 1, 1, 1, 1, 1)
+        return {
+            "max_pool3d_forward": (core.max_pool3d_forward,
+                                   (volumes, out3d, np.empty(volumes.shape, dtype=np.int64), *window3d, 1, 1, 1, 0, 8,
+                                    1)),
+            "avg_pool3d_forward": (core.avg_pool3d_forward, (volumes, out3d, *window3d, True, 0, 0, 8, 1)),
+            "avg_pool3d_backward": (core.avg_pool3d_backward, (volumes, out3d, *window3d, True, 0, 0, 8, 1)),
+            "adaptive_avg_pool3d_forward": (core.adaptive_avg_pool3d_forward, (volumes, small3d, 0, 4, 1)),
+            "adaptive_avg_pool3d_backward": (core.adaptive_avg_pool3d_backward, (small3d, out3d, 0, 4, 1)),
+            "adaptive_max_pool3d_forward": (core.adaptive_max_pool3d_forward,
+                                            (volumes, small3d, np.empty(small3d.shape, dtype=np.int64), 0, 4, 1)),
+        }[name]
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
     pooled = np.empty_like(x)
     indices = np.empty(x.shape, dtype=np.int64)
@@ -224,6 +240,8 @@ KERNELS = [
     "max_pool2d_nhwc_forward", "max_pool2d_nhwc_backward", "avg_pool2d_nhwc_forward", "avg_pool2d_nhwc_backward",
     "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
     "batch_norm_moments_nhwc", "batch_norm_grad_sums_nhwc", "batch_norm_normalize_nhwc", "batch_norm_input_grad_nhwc",
+    "max_pool3d_forward", "avg_pool3d_forward", "avg_pool3d_backward", "adaptive_avg_pool3d_forward",
+    "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward",
 ]
 
 
@@ -275,6 +293,20 @@ def test_kernels_release_the_gil(name):
 # ---------------------------------------------------------------------------------------------
 # Many Python threads at once
 
+def _pool3d_ops(x):
+    """The 3-D pooling ops on x read as (N, C, D, H, W) volumes of depth 2 (C halved)."""
+    volumes = x.reshape(x.shape[0], x.shape[1] // 2, 2, *x.shape[2:]) if x.shape[1] % 2 == 0 else x[:, :, None]
+    y, indices = F.max_pool3d(volumes, (1, 3, 3), (1, 2, 2), (0, 1, 1), return_indices=True)
+    averaged = F.avg_pool3d(volumes, (2, 3, 3), (1, 2, 2), (1, 1, 1), ceil_mode=True, count_include_pad=False)
+    return [
+        y, indices, F.max_pool3d_backward(y, indices, volumes.shape), averaged,
+        F.avg_pool3d_backward(averaged, volumes.shape, (2, 3, 3), (1, 2, 2), (1, 1, 1), True, False),
+        F.adaptive_avg_pool3d(volumes, (1, 5, 3)),
+        F.adaptive_avg_pool3d_backward(averaged, volumes.shape),
+        *F.adaptive_max_pool3d(volumes, (2, 4, 4), return_indices=True),
+    ]
+
+
 def _every_op(arrays):
     x, weight, grad_out, depthwise = arrays
     winograd_grad = x[:, :1].repeat(weight.shape[0], axis=1)  # a stride-1 output's shape
@@ -295,6 +327,7 @@ def _every_op(arrays):
         F.adaptive_avg_pool2d(x, (5, 3)),
         F.adaptive_avg_pool2d_backward(y, x.shape),
         *F.adaptive_max_pool2d(x, 4, return_indices=True),
+        *_pool3d_ops(x),
         F.conv2d(x, weight, padding=1, algorithm="winograd"),
         *F.conv2d_backward(winograd_grad, x, weight, padding=1, algorithm="winograd"),
         F.conv2d(x, weight, padding=1, activation="gelu"),

@@ -56,6 +56,14 @@ def _every_op(x, weight, grad_out, pooled_grad, indices):
     F.unfold(x, 2, padding=1)
     F.fold_backward(grad_out, 3, stride=2)
     F.fold(x[:, 0], (2, 4), (1, 2))  # (2, 6, 6) as columns: 3 channels of 1x2 blocks, 2x3 of them
+    # 3-D pooling, x read as unbatched (C, D, H, W) volumes: pooled_grad is a (1, 2, 2) pool's output.
+    F.max_pool3d(x, (1, 2, 2), return_indices=True)
+    F.max_pool3d_backward(pooled_grad, indices, x.shape)
+    F.avg_pool3d(x, (1, 2, 2))
+    F.avg_pool3d_backward(pooled_grad, x.shape, (1, 2, 2))
+    F.adaptive_avg_pool3d(x, 3)
+    F.adaptive_avg_pool3d_backward(pooled_grad, x.shape)
+    F.adaptive_max_pool3d(x, 3, return_indices=True)
 
 
 @pytest.mark.parametrize("layout", ["c-contiguous", *LAYOUTS])
@@ -71,7 +79,8 @@ def test_kernels_get_contiguous_aligned_arrays(dtype, layout, kernel_arrays, rng
     _every_op(*(make(a) for a in (x, weight, grad_out, pooled_grad, indices)))
     assert {name for name, _ in kernel_arrays} >= {"conv2d_forward", "depthwise_forward", "max_pool2d_backward",
                                                    "bilinear2d_backward", "gather2d_forward", "unfold_forward",
-                                                   "fold_forward"}
+                                                   "fold_forward", "max_pool3d_forward", "avg_pool3d_backward",
+                                                   "adaptive_max_pool3d_forward"}
     for name, array in kernel_arrays:
         assert array.flags.c_contiguous, (name, array.shape, array.strides)
         assert array.flags.aligned, (name, array.shape)

@@ -20,6 +20,7 @@ MODULES = [
     "convx.nn.normalization",
     "convx.nn.padding",
     "convx.nn.pooling",
+    "convx.nn.pooling3d",
     "convx.nn.utils",
     "convx.optim.lr_scheduler",
     "convx.nn.resample",

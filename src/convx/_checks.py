@@ -104,6 +104,23 @@ def as_pair(name: str, value: object, minimum: int | None = None) -> tuple[int, 
     return v, v
 
 
+def as_triple(name: str, value: object, minimum: int | None = None) -> tuple[int, int, int]:
+    """``int | (int, int, int)`` normalised to a triple of Python ints (depth, height, width), each at
+    least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3:
+            raise ValueError(
+                f"{name} must be an int or a triple of ints (depth, height, width), got a sequence of length "
+                f"{len(value)}: {value!r}"
+            )
+        first, second, third = (as_int(f"{name}[{k}]", v, minimum) for k, v in enumerate(value))
+        return first, second, third
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be an int or a tuple of three ints, got an ndarray")
+    v = as_int(name, value, minimum)
+    return v, v, v
+
+
 def as_single(name: str, value: object, minimum: int | None = None) -> int:
     """A 1-D op's size argument: an int or PyTorch's 1-tuple ``(int,)``, at least ``minimum``.
 

@@ -179,6 +179,33 @@ def avg_pool2d_backward(
 def adaptive_avg_pool2d_forward(x: _Float, out: _Float, n_threads: int) -> None: ...
 def adaptive_avg_pool2d_backward(grad_out: _Float, grad_in: _Float, n_threads: int) -> None: ...
 def adaptive_max_pool2d_forward(x: _MaxPooled, out: _MaxPooled, indices: _Index, n_threads: int) -> None: ...
+# 3-D pooling (_pool3d.pxi): (N, C, D, H, W) arrays, (N, C, D_out, H_out, W_out) outputs; indices are
+# flat d*H*W + h*W + w (a zero-batch ``indices`` skips them); each call writes the output depths
+# [od_begin, od_end) (a backward call adds their shares, zeroing grad_in first where od_begin is 0). max_pool3d's backward is max_pool2d_backward
+# on (D*H, W) views.
+def max_pool3d_forward(
+    x: _Float, out: _Float, indices: _Index,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int,
+    od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def avg_pool3d_forward(
+    x: _Float, out: _Float,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
+    od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def avg_pool3d_backward(
+    grad_out: _Float, grad_in: _Float,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
+    od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def adaptive_avg_pool3d_forward(x: _Float, out: _Float, od_begin: int, od_end: int, n_threads: int) -> None: ...
+def adaptive_avg_pool3d_backward(grad_out: _Float, grad_in: _Float, od_begin: int, od_end: int, n_threads: int) -> None: ...
+def adaptive_max_pool3d_forward(
+    x: _Float, out: _Float, indices: _Index, od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
 # Channels-last pooling (_pool_nhwc.pxi): (N, H, W, C) arrays, (N, out_h, out_w, C) outputs and
 # indices (the same flat h*W + w values), the geometry as above.
 def max_pool2d_nhwc_forward(

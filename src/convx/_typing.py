@@ -30,6 +30,9 @@ Padding1d = Union[IntSingle, tuple[tuple[int, int]], PaddingWord]
 
 #: Adaptive pooling's output size: an int, or ``(height, width)`` where ``None`` keeps that input size.
 AdaptiveSize = Union[int, tuple[Union[int, None], Union[int, None]]]
+# A 3-D op's size argument, one int for every axis or (depth, height, width).
+IntTriple = Union[int, tuple[int, int, int]]
+AdaptiveSize3d = Union[int, tuple[Union[int, None], Union[int, None], Union[int, None]]]
 
 #: A shape argument such as ``input_shape`` (a tuple of ints).
 Shape = tuple[int, ...]

@@ -64,6 +64,15 @@ from .pooling1d import (
     max_pool1d,
     max_pool1d_backward,
 )
+from .pooling3d import (
+    adaptive_avg_pool3d,
+    adaptive_avg_pool3d_backward,
+    adaptive_max_pool3d,
+    avg_pool3d,
+    avg_pool3d_backward,
+    max_pool3d,
+    max_pool3d_backward,
+)
 from .unfold import fold, fold_backward, unfold, unfold_backward
 from .unpooling import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
@@ -74,14 +83,19 @@ __all__ = [
     "adaptive_avg_pool1d",
     "adaptive_avg_pool1d_backward",
     "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
     "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool3d_backward",
     "adaptive_max_pool1d",
     "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
     "add",
     "avg_pool1d",
     "avg_pool1d_backward",
     "avg_pool2d",
+    "avg_pool3d",
     "avg_pool2d_backward",
+    "avg_pool3d_backward",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
@@ -121,7 +135,9 @@ __all__ = [
     "max_pool1d",
     "max_pool1d_backward",
     "max_pool2d",
+    "max_pool3d",
     "max_pool2d_backward",
+    "max_pool3d_backward",
     "max_unpool1d",
     "max_unpool1d_backward",
     "max_unpool2d",

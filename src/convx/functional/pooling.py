@@ -127,7 +127,7 @@ def _shown_padding(sides: PaddingWord | _Sides) -> object:
     return _shown(tuple(before for before, _ in sides))
 
 
-_AXES = {1: ("length",), 2: ("height", "width")}
+_AXES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
 
 def _pool_output_shape(
@@ -146,7 +146,7 @@ def _pool_output_shape(
         f"dilation={_shown(dilation)}"
     )
     if min(out) < 1:
-        sized = f"a {'x'.join(map(str, sizes))} input" if len(sizes) == 2 else f"an input of length {sizes[0]}"
+        sized = f"a {'x'.join(map(str, sizes))} input" if len(sizes) >= 2 else f"an input of length {sizes[0]}"
         raise ValueError(
             f"the pooling output of {name} would be {'x'.join(map(str, out))} for {sized} with {geometry}; "
             f"the input (plus padding) must hold at least one dilated kernel"

@@ -3,6 +3,6 @@
 They are the test suite's oracle and the benchmark's pure-NumPy baseline.
 """
 
-from . import activations, conv, normalization, pooling
+from . import activations, conv, conv3d, normalization, pooling, pooling3d
 
-__all__ = ["activations", "conv", "normalization", "pooling"]
+__all__ = ["activations", "conv", "conv3d", "normalization", "pooling", "pooling3d"]

@@ -1,0 +1,238 @@
+"""3-D pooling layers (``torch.nn.MaxPool3d`` and friends) on :mod:`convx.functional.pooling3d`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional
+from .._checks import as_bool, as_int
+from .._typing import AdaptiveSize3d, IntTriple
+from ..functional.pooling3d import _avg_args, _window_args
+from .module import Module, check_input
+
+_NDIMS = (4, 5)
+
+
+def _shown(values: tuple[int, int, int]) -> IntTriple:
+    """An argument as PyTorch keeps it: an int where every axis has the same value."""
+    return values[0] if len(set(values)) == 1 else values
+
+
+class MaxPool3d(Module):
+    """3-D max pooling, ``torch.nn.MaxPool3d`` on the convx kernels (:func:`convx.max_pool3d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int, int)
+        Window size ``(kd, kh, kw)``.
+    stride : int or (int, int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int, int), default 0
+        Implicit ``-inf`` on both sides of each axis, at most half the kernel.
+    dilation : int or (int, int, int), default 1
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the flat ``d * H * W + h * W + w`` positions of the maxima.
+    ceil_mode : bool, default False
+        Round the output size up, keeping a last partial window.
+
+    Notes
+    -----
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out). ``backward(grad_out)``
+    takes the gradient of ``y`` (also with ``return_indices``) and sends each to its window's maximum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.MaxPool3d(2)
+    >>> pool(np.arange(8.0).reshape(1, 1, 2, 2, 2))
+    array([[[[[7.]]]]])
+    >>> pool.backward(np.ones((1, 1, 1, 1, 1)))[0, 0, 1]
+    array([[0., 0.],
+           [0., 1.]])
+    """
+
+    def __init__(
+        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0,
+        dilation: IntTriple = 1, return_indices: bool = False, ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        kernel, stride_, padding_, dilation_ = _window_args(kernel_size, stride, padding, dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            _shown(kernel), _shown(stride_), _shown(padding_), _shown(dilation_))
+        self.return_indices = as_bool("return_indices", return_indices)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W); ``(y, indices)`` with ``return_indices``."""
+        x = check_input(self, x, _NDIMS)
+        y, indices = functional.max_pool3d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                           self.ceil_mode, return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool3d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class AvgPool3d(Module):
+    """3-D average pooling, ``torch.nn.AvgPool3d`` on the convx kernels (:func:`convx.avg_pool3d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int, int)
+    stride : int or (int, int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int, int), default 0
+        Implicit zeros on both sides of each axis, at most half the kernel.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Whether padded zeros count in each window's divisor.
+    divisor_override : int, optional
+        A positive divisor for every window instead.
+
+    Notes
+    -----
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.AvgPool3d(2)
+    >>> pool(np.arange(8.0).reshape(1, 1, 2, 2, 2))
+    array([[[[[3.5]]]]])
+    >>> pool.backward(np.ones((1, 1, 1, 1, 1)))[0, 0, 0]
+    array([[0.125, 0.125],
+           [0.125, 0.125]])
+    """
+
+    def __init__(
+        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0,
+        ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    ) -> None:
+        super().__init__()
+        kernel, stride_, padding_, self.ceil_mode, self.count_include_pad, divisor = _avg_args(
+            kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        self.kernel_size, self.stride, self.padding = _shown(kernel), _shown(stride_), _shown(padding_)
+        self.divisor_override = divisor or None
+
+    def _options(self) -> dict[str, Any]:
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode,
+                    count_include_pad=self.count_include_pad, divisor_override=self.divisor_override)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Mean over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W)."""
+        x = check_input(self, x, _NDIMS)
+        y = functional.avg_pool3d(x, **self._options())
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.avg_pool3d_backward(grad_out, input_shape, **self._options())
+
+    def extra_repr(self) -> str:
+        text = (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        return text
+
+
+def _output_size_arg(value: Any) -> Any:
+    """``int | (int | None, int | None, int | None)``: None keeps that input size (as in PyTorch)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3:
+            raise ValueError(
+                f"output_size must be an int or a triple, got a sequence of length {len(value)}: {value!r}")
+        return tuple(None if v is None else as_int(f"output_size[{i}]", v, 1) for i, v in enumerate(value))
+    return as_int("output_size", value, 1)
+
+
+class AdaptiveAvgPool3d(Module):
+    """Average pooling to a fixed output size, ``torch.nn.AdaptiveAvgPool3d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None, int or None)
+        (D_out, H_out, W_out); None keeps that input size. Output ``i`` averages the input range
+        ``[floor(i*D/D_out), ceil((i+1)*D/D_out))`` along depth, likewise the others.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveAvgPool3d((1, 1, 2))(np.arange(8.0).reshape(1, 1, 2, 2, 2))[0, 0]
+    array([[[3., 4.]]])
+    """
+
+    def __init__(self, output_size: AdaptiveSize3d) -> None:
+        super().__init__()
+        self.output_size = _output_size_arg(output_size)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Average ``x``, shape (N, C, D, H, W) or (C, D, H, W), down to the output size."""
+        x = check_input(self, x, _NDIMS)
+        y = functional.adaptive_avg_pool3d(x, self.output_size)
+        self._save_for_backward(y, x.shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (input_shape,) = self._saved_for_backward(grad_out)
+        return functional.adaptive_avg_pool3d_backward(grad_out, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool3d(Module):
+    """Max pooling to a fixed output size, ``torch.nn.AdaptiveMaxPool3d`` on the convx kernels.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None, int or None)
+        (D_out, H_out, W_out); None keeps that input size.
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``, the flat ``d * H * W + h * W + w`` positions of the maxima.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> nn.AdaptiveMaxPool3d(1)(np.arange(8.0).reshape(1, 1, 2, 2, 2))
+    array([[[[[7.]]]]])
+    """
+
+    def __init__(self, output_size: AdaptiveSize3d, return_indices: bool = False) -> None:
+        super().__init__()
+        self.output_size = _output_size_arg(output_size)
+        self.return_indices = as_bool("return_indices", return_indices)
+
+    def forward(self, x: np.ndarray) -> Any:
+        """Max of ``x``, shape (N, C, D, H, W) or (C, D, H, W), over adaptive windows; ``(y, indices)`` with
+        ``return_indices``."""
+        x = check_input(self, x, _NDIMS)
+        y, indices = functional.adaptive_max_pool3d(x, self.output_size, return_indices=True)
+        self._save_for_backward(y, indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
+        return functional.max_pool3d_backward(grad_out, indices, input_shape)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"

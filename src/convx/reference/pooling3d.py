@@ -1,0 +1,233 @@
+"""Reference 3-D pooling in pure NumPy, written from the formulas: the test oracle for
+``convx.functional.pooling3d``.
+
+Signatures mirror the public functions (and ``torch.nn.functional``); arguments are trusted.
+Everything is vectorised over N and C and over the outputs; the loops run over kernel taps in
+window order (depth, then rows, then columns) or over adaptive outputs. Indices of maxima are
+flat ``d * H * W + h * W + w`` positions in each unpadded volume, as PyTorch's.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .._shapes import adaptive_window, pool_output_size
+
+__all__ = [
+    "adaptive_avg_pool3d",
+    "adaptive_avg_pool3d_backward",
+    "adaptive_max_pool3d",
+    "avg_pool3d",
+    "avg_pool3d_backward",
+    "max_pool3d",
+    "max_pool3d_backward",
+]
+
+
+def _triple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)
+
+
+def _batched(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    x = np.asarray(x)
+    return (x[np.newaxis], True) if x.ndim == 4 else (x, False)
+
+
+def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
+    return array[0] if unbatched else array
+
+
+def _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode):
+    kernel = _triple(kernel_size)
+    stride = kernel if stride is None else _triple(stride)
+    padding, dilation = _triple(padding), _triple(dilation)
+    out = tuple(
+        pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d in zip(sizes, kernel, stride, padding, dilation)
+    )
+    return kernel, stride, padding, dilation, out
+
+
+def _tap_positions(offsets, out, stride, padding, dilation):
+    """Per axis, the input position ``o*s - p + t*d`` of tap ``t`` for every output ``o``."""
+    return [np.arange(o) * s - p + t * d for t, o, s, p, d in zip(offsets, out, stride, padding, dilation)]
+
+
+def _gather(x, positions, sizes):
+    """x at the (clipped) positions, shape (N, C, D_out, H_out, W_out), and which positions are inside."""
+    d, h, w = (np.clip(pos, 0, size - 1) for pos, size in zip(positions, sizes))
+    inside = [(pos >= 0) & (pos < size) for pos, size in zip(positions, sizes)]
+    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    return x[:, :, d[:, None, None], h[None, :, None], w[None, None, :]], mask
+
+
+def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """y = max over the in-input taps of each window (padding is -inf): the last NaN if any, else the first maximum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.reference.pooling3d import max_pool3d
+    >>> max_pool3d(np.arange(8.0).reshape(1, 2, 2, 2), 2, return_indices=True)
+    (array([[[[7.]]]]), array([[[[7]]]]))
+    """
+    x, unbatched = _batched(x)
+    n, c, *sizes = x.shape
+    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
+    best = np.full((n, c, *out), -np.inf, dtype=x.dtype)
+    where = np.full((n, c, *out), -1, dtype=np.int64)
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        positions = _tap_positions(offsets, out, stride, padding, dilation)
+        value, inside = _gather(x, positions, sizes)
+        # The first tap inside the input is taken whatever it holds (even -inf), as PyTorch starts there.
+        take = inside & ((where < 0) | (value > best) | np.isnan(value))
+        flat = (positions[0][:, None, None] * sizes[1] + positions[1][None, :, None]) * sizes[2] + positions[2]
+        best = np.where(take, value, best)
+        where = np.where(take, flat, where)
+    if return_indices:
+        return _unbatch(best, unbatched), _unbatch(where, unbatched)
+    return _unbatch(best, unbatched)
+
+
+def max_pool3d_backward(grad_out, indices, input_shape):
+    """grad_x[n, c].flat[indices[n, c, od, oh, ow]] += grad_out[n, c, od, oh, ow]."""
+    grad_out, unbatched = _batched(grad_out)
+    indices, _ = _batched(indices)
+    n, c = grad_out.shape[:2]
+    volume = int(np.prod(input_shape[-3:]))
+    outputs = int(np.prod(grad_out.shape[2:]))
+    grad_x = np.zeros((n * c, volume), dtype=grad_out.dtype)
+    np.add.at(grad_x, (np.arange(n * c)[:, None], indices.reshape(n * c, outputs)), grad_out.reshape(n * c, outputs))
+    return grad_x.reshape(tuple(input_shape))
+
+
+def _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad, divisor_override):
+    """(D_out, H_out, W_out) divisors: the override; the window clipped to the padded input; or its inside part."""
+    if divisor_override is not None:
+        return np.full(out, divisor_override, dtype=np.int64)
+    counts = []
+    for size, o, k, s, p in zip(sizes, out, kernel, stride, padding):
+        start = np.arange(o) * s - p
+        if count_include_pad:
+            counts.append(np.minimum(start + k, size + p) - start)
+        else:
+            counts.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+
+
+def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """y = (sum of the in-input taps of each window) / divisor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.reference.pooling3d import avg_pool3d
+    >>> avg_pool3d(np.arange(8.0).reshape(1, 2, 2, 2), 2)
+    array([[[[3.5]]]])
+    """
+    x, unbatched = _batched(x)
+    n, c, *sizes = x.shape
+    kernel, stride, padding, _, out = _geometry(sizes, kernel_size, stride, padding, 1, ceil_mode)
+    total = np.zeros((n, c, *out), dtype=x.dtype)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
+        for offsets in itertools.product(*(range(k) for k in kernel)):
+            value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, (1, 1, 1)), sizes)
+            total += np.where(inside, value, 0)
+    divisor = _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad, divisor_override)
+    return _unbatch(total / divisor.astype(x.dtype), unbatched)
+
+
+def avg_pool3d_backward(
+    grad_out, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None,
+):
+    """The adjoint of :func:`avg_pool3d`: every in-input tap of a window gets grad_out / divisor."""
+    grad_out, unbatched = _batched(grad_out)
+    n, c = grad_out.shape[:2]
+    sizes = tuple(input_shape[-3:])
+    kernel, stride, padding, _, out = _geometry(sizes, kernel_size, stride, padding, 1, ceil_mode)
+    share = grad_out / _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad,
+                                    divisor_override).astype(grad_out.dtype)
+    grad_x = np.zeros((n, c, *sizes), dtype=grad_out.dtype)
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        d, h, w = _tap_positions(offsets, out, stride, padding, (1, 1, 1))
+        d_in, h_in, w_in = ((pos >= 0) & (pos < size) for pos, size in zip((d, h, w), sizes))
+        # One tap maps distinct outputs to distinct inputs, so a fancy-indexed += is exact.
+        grad_x[:, :, d[d_in][:, None, None], h[h_in][None, :, None], w[w_in][None, None, :]] += (
+            share[:, :, d_in][:, :, :, h_in][:, :, :, :, w_in])
+    return _unbatch(grad_x, unbatched)
+
+
+def _adaptive_size(output_size, sizes):
+    return tuple(size if o is None else o for o, size in zip(_triple(output_size), sizes))
+
+
+def _adaptive_windows(sizes, out):
+    """Every adaptive output (od, oh, ow) with its window's slices."""
+    for index in itertools.product(*(range(o) for o in out)):
+        yield index, tuple(slice(*adaptive_window(i, size, o)) for i, size, o in zip(index, sizes, out))
+
+
+def adaptive_avg_pool3d(x, output_size):
+    """y[..., od, oh, ow] = mean of x over ``[floor(o*In/Out), ceil((o+1)*In/Out))`` along each axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.reference.pooling3d import adaptive_avg_pool3d
+    >>> adaptive_avg_pool3d(np.arange(8.0).reshape(1, 2, 2, 2), (1, 1, 2))
+    array([[[[3., 4.]]]])
+    """
+    x, unbatched = _batched(x)
+    n, c, *sizes = x.shape
+    out = _adaptive_size(output_size, sizes)
+    y = np.empty((n, c, *out), dtype=x.dtype)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
+        for index, window in _adaptive_windows(sizes, out):
+            y[(slice(None), slice(None), *index)] = x[(..., *window)].mean(axis=(2, 3, 4))
+    return _unbatch(y, unbatched)
+
+
+def adaptive_avg_pool3d_backward(grad_out, input_shape):
+    """Every element of window (od, oh, ow) gets grad_out[..., od, oh, ow] / (window size)."""
+    grad_out, unbatched = _batched(grad_out)
+    n, c, *out = grad_out.shape
+    sizes = tuple(input_shape[-3:])
+    grad_x = np.zeros((n, c, *sizes), dtype=grad_out.dtype)
+    for index, window in _adaptive_windows(sizes, out):
+        count = np.prod([s.stop - s.start for s in window])
+        grad_x[(..., *window)] += grad_out[(slice(None), slice(None), *index)][..., None, None, None] / count
+    return _unbatch(grad_x, unbatched)
+
+
+def adaptive_max_pool3d(x, output_size, return_indices=False):
+    """y[..., od, oh, ow] = max of x over the adaptive window: the last NaN if any, else the first maximum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.reference.pooling3d import adaptive_max_pool3d
+    >>> adaptive_max_pool3d(np.arange(8.0).reshape(1, 2, 2, 2), (1, 1, 2), return_indices=True)
+    (array([[[[6., 7.]]]]), array([[[[6, 7]]]]))
+    """
+    x, unbatched = _batched(x)
+    n, c, *sizes = x.shape
+    out = _adaptive_size(output_size, sizes)
+    y = np.empty((n, c, *out), dtype=x.dtype)
+    indices = np.empty((n, c, *out), dtype=np.int64)
+    for index, window in _adaptive_windows(sizes, out):
+        extent = tuple(s.stop - s.start for s in window)
+        # Explicit sizes: -1 cannot be inferred for an empty batch.
+        values = x[(..., *window)].reshape(n, c, int(np.prod(extent)))
+        is_nan = np.isnan(values)
+        last_nan = values.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
+        first_max = np.argmax(np.where(is_nan, -np.inf, values), axis=-1)
+        local = np.where(is_nan.any(axis=-1), last_nan, first_max)
+        at = (slice(None), slice(None), *index)
+        y[at] = np.take_along_axis(values, local[..., None], axis=-1)[..., 0]
+        d, h, w = np.unravel_index(local, extent)
+        indices[at] = ((d + window[0].start) * sizes[1] + h + window[1].start) * sizes[2] + w + window[2].start
+    if return_indices:
+        return _unbatch(y, unbatched), _unbatch(indices, unbatched)
+    return _unbatch(y, unbatched)
