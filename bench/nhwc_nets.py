@@ -44,6 +44,24 @@ def _gradients(model: nn.Module, x: np.ndarray, target: np.ndarray) -> tuple[np.
     return logits, {p.name: p.grad.copy() for p in model.parameters() if p.grad is not None}
 
 
+def _copies(run: object) -> int:
+    """How many times ``run()`` took a convolution's channels-first fallback (a bounded-parts copy)."""
+    from convx.functional import conv as conv_module
+
+    original, count = conv_module._layout_parts, [0]
+
+    def counted(batch: int, image_elements: int):  # type: ignore[no-untyped-def]
+        count[0] += 1
+        return original(batch, image_elements)
+
+    conv_module._layout_parts = counted
+    try:
+        run()  # type: ignore[operator]
+    finally:
+        conv_module._layout_parts = original
+    return count[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
@@ -61,6 +79,8 @@ def main() -> None:
         x_last = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         logits, grads = _gradients(first, x, target)
         logits_last, grads_last = _gradients(last, x_last, target)
+        copies = _copies(lambda: _gradients(last, x_last, target)), _copies(lambda: last.eval()(x_last))
+        print(f"{name}: channels-first copies in a channels-last training step {copies[0]}, inference {copies[1]}")
         worst = float(np.abs(logits - logits_last).max() / max(1e-30, np.abs(logits).max()))
         for key, value in grads.items():
             worst = max(worst, float(np.abs(value - grads_last[key]).max() / max(1e-30, np.abs(value).max())))
