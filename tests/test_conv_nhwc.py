@@ -47,6 +47,12 @@ GEOMETRIES = {
 }
 
 
+# what takes a channels-last input gradient without a copy: the direct kernels, or (few input
+# channels) the channels-first tiles on transposed images
+_DIRECT = ("direct-rows", "direct-images")
+_LAST_INPUT = (*_DIRECT, "im2col")
+
+
 def _arrays(rng, dtype, x_shape, w_shape):
     x = rng.standard_normal(x_shape).astype(dtype)
     weight = rng.standard_normal(w_shape).astype(dtype)
@@ -115,7 +121,7 @@ def test_channels_last_kernels_run_without_a_copy(geometry, rng, monkeypatch):
     if w_shape[2:] != (1, 1):
         assert "direct" in convx._core.conv_ran()["forward"]
     F.conv2d_backward_input(y, weight, x.shape, **kwargs, layout="NHWC")
-    assert "direct" in convx._core.conv_ran()["input"]
+    assert convx._core.conv_ran()["input"].split("/")[1] in _LAST_INPUT
     F.conv2d_backward_weight(y, x, weight.shape, **kwargs, layout="NHWC")
     if w_shape[2:] != (1, 1):
         assert "direct" in convx._core.conv_ran()["weight"]
@@ -172,19 +178,21 @@ def test_strided_input_gradient_runs_by_phases(case, dtype, rng, monkeypatch, re
             raise AssertionError("the channels-first fallback ran")
 
         monkeypatch.setattr(conv_module, "_layout_parts", refuse)
-    for threads in (1, 2, 3):
+    # auto (few input channels go to the transposed-image tiles), then the phases forced
+    for direct, threads in [("auto", 1), ("auto", 2), ("auto", 3), ("rows", 2), ("images", 3)]:
         convx.set_num_threads(threads)
-        grad_x = F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC")
+        with convx._core.ConvConfig(direct=direct):
+            grad_x = F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC")
         assert grad_x.shape == x_shape and grad_x.dtype == dtype
         assert_close(grad_x, expected)
         if native:
-            assert "direct" in convx._core.conv_ran()["input"]
+            assert convx._core.conv_ran()["input"].split("/")[1] in (_LAST_INPUT if direct == "auto" else _DIRECT)
 
 
-# Few input channels (a stem's 3): the input gradient as a product over (tap, input channel)
-# lanes added into grad_x at the taps' pixels (every product taken, as the col2im of the
-# channels-first path), at any stride, dilation and padding, with groups.
-SCATTER_GRID = [
+# Few input channels (a stem's 3): the input gradient by the channels-first im2col tiles, each
+# image transposed into a buffer and back (no copy of the batch), at any stride, dilation and
+# padding, with groups.
+FEW_CHANNELS_GRID = [
     # (N, H, W, C_in), (C_out, C_in / groups, kh, kw), stride, padding, dilation, groups
     ((3, 12, 13, 3), (32, 3, 3, 3), 1, 1, 1, 1),
     ((2, 15, 14, 3), (24, 3, 7, 7), 2, 3, 1, 1),
@@ -196,19 +204,28 @@ SCATTER_GRID = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", range(len(SCATTER_GRID)))
-def test_few_channels_input_gradient_scatters(case, dtype, rng, restore_threads):
-    x_shape, weight, grad_out, kwargs, expected = _input_gradient_case(SCATTER_GRID[case], dtype, rng)
+@pytest.mark.parametrize("case", range(len(FEW_CHANNELS_GRID)))
+def test_few_channels_input_gradient_by_transposed_images(case, dtype, rng, monkeypatch, restore_threads):
+    import convx.functional.conv as conv_module
+
+    x_shape, weight, grad_out, kwargs, expected = _input_gradient_case(FEW_CHANNELS_GRID[case], dtype, rng)
+    native = len(convx._core.supported_gemm_kernels()) > 1
+    if native:
+
+        def refuse(batch, image_elements):
+            raise AssertionError("the channels-first fallback ran")
+
+        monkeypatch.setattr(conv_module, "_layout_parts", refuse)
     results = []
     for threads in (1, 2, 3):
         convx.set_num_threads(threads)
         results.append(F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC"))
-        if len(convx._core.supported_gemm_kernels()) > 1:
-            assert convx._core.conv_ran()["input"].endswith("direct-scatter")
+        if native:
+            assert convx._core.conv_ran()["input"].endswith("im2col")
         assert_close(results[-1], expected)
     # each image is one thread's: the same sums in the same order whatever the thread count
     assert all(np.array_equal(r, results[0]) for r in results[1:])
-    # a non-finite weight or gradient spreads as through the channels-first path's col2im
+    # a non-finite weight or gradient spreads as through the channels-first path
     weight[0, 0, 0, 0] = np.nan
     grad_out[0, 0, 0, 0] = np.inf
     grad_x = F.conv2d_backward_input(grad_out, weight, x_shape, **kwargs, layout="NHWC")
@@ -361,7 +378,7 @@ def test_conv_transpose2d_nhwc_runs_without_a_copy(kwargs, rng, monkeypatch):
 
     monkeypatch.setattr(conv_module, "_layout_parts", refuse)
     assert_close(F.conv_transpose2d(x, weight, bias, **kwargs, layout="NHWC"), expected)
-    assert "direct" in convx._core.conv_ran()["input"]
+    assert convx._core.conv_ran()["input"].split("/")[1] in _LAST_INPUT
 
 
 def test_layout_errors_name_the_layout(rng):

@@ -144,9 +144,8 @@ def conv2d_backward_input_channels_last(const floating[:, :, :, ::1] grad_out, c
                                     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, n_threads)
     cdef convx_conv_shape adjoint
     cdef int mode, level = _level()
-    if _scatter_wanted(&g, floating is float):
-        _scatter_input_gradient(grad_out, weight, grad_in, &g, n_threads)
-        _ran(OP_INPUT, IMPL_DIRECT_SCATTER, level)
+    if _transposed_wanted(&g, floating is float):
+        _ran(OP_INPUT, IMPL_IM2COL, _transposed_input_gradient(grad_out, weight, grad_in, &g, n_threads))
         return True
     if g.batch and (stride_h > 1 or stride_w > 1):
         if not _phased_input_gradient(grad_out, weight, grad_in, &g, n_threads, &mode):

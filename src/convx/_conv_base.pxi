@@ -199,10 +199,10 @@ cdef extern from "_gemm.h" nogil:
     void convx_direct_conv_images_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                                     const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t n_images,
                                     Py_ssize_t blk0, Py_ssize_t blk1, double* buf)
-    void convx_direct_input_scatter_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
-                                      const float* grad_out, float* grad_x, float* buf)
-    void convx_direct_input_scatter_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
-                                      const double* grad_out, double* grad_x, double* buf)
+    void convx_direct_row_nhwc_f(int level, const float* src, Py_ssize_t plane, Py_ssize_t channels, Py_ssize_t width,
+                                 float* dst, Py_ssize_t ld)
+    void convx_direct_row_nhwc_d(int level, const double* src, Py_ssize_t plane, Py_ssize_t channels,
+                                 Py_ssize_t width, double* dst, Py_ssize_t ld)
     size_t convx_flat_work_size_f(int level)
     size_t convx_flat_work_size_d(int level)
     Py_ssize_t convx_flat_strips_f(int level, const float* c, Py_ssize_t n_pix, int stream)

@@ -16,11 +16,9 @@ cdef enum:
     IMPL_DIRECT_BY_CHANNELS = 9  # _direct_weight_gradient, threads split the output channels
     IMPL_DEPTHWISE_SPLIT = 10   # _depthwise.pxi's phase-split sweeps (no GEMM level)
     IMPL_DEPTHWISE_DIRECT = 11  # _depthwise.pxi's row loops
-    IMPL_DIRECT_SCATTER = 12    # _scatter_input_gradient (channels last)
 
 IMPLEMENTATIONS = ("none", "flat", "plane", "direct-rows", "direct-images", "packed", "im2col", "direct-outer",
-                   "direct-split-images", "direct-split-channels", "depthwise-split", "depthwise-direct",
-                   "direct-scatter")
+                   "direct-split-images", "direct-split-channels", "depthwise-split", "depthwise-direct")
 
 cdef extern from *:
     """

@@ -306,48 +306,6 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
     }
 }
 
-/* The input gradient of one channels-last image where the input channels are too few to fill the
- * lanes (a stem's 3: the stride-1 convolution of grad_out would leave 29 of 32 lanes idle), as a
- * product and a col2im: a register tile holds GMR pixels of grad_out by GNR (tap, input channel)
- * pairs m = t * c_in_g + ci, its depth the pixel's output channels (contiguous), and each pixel's
- * row of m values is then added into grad_x at its taps' pixels, c_in_g contiguous channels per
- * tap. packed holds each group's W^T (convx_direct_pack_weight of W with its taps before its
- * channels: lanes m, depth the output channels; group_size elements apart); buf GMR rows of
- * ceil(m / GNR) * GNR elements. Every product of grad_out and W is taken (none is with padding),
- * as the channels-first col2im takes them. */
-GTARGET static void GN(convx_direct_input_scatter)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
-                                                   size_t group_size, const GT *CONVX_RESTRICT grad_out,
-                                                   GT *CONVX_RESTRICT grad_x, GT *CONVX_RESTRICT buf) {
-    const ptrdiff_t taps = s->kh * s->kw, m = s->c_in_g * taps, blocks = (m + GNR - 1) / GNR, row = blocks * GNR;
-    const ptrdiff_t c_in = s->groups * s->c_in_g, c_out = s->groups * s->c_out_g;
-    const ptrdiff_t aoff[1] = {0}, boff[1] = {0};
-    memset(grad_x, 0, (size_t)(s->height * s->width * c_in) * sizeof(GT));
-    for (ptrdiff_t grp = 0; grp < s->groups; grp++)
-        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-            for (ptrdiff_t ow = 0; ow < s->out_w; ow += GMR) {
-                const ptrdiff_t rows = s->out_w - ow < GMR ? s->out_w - ow : GMR;
-                const GT *a = grad_out + (oh * s->out_w + ow) * c_out + grp * s->c_out_g;
-                for (ptrdiff_t blk = 0; blk < blocks; blk++) {
-                    const ptrdiff_t lanes = m - blk * GNR < GNR ? m - blk * GNR : GNR;
-                    GN(convx_direct_tile_exact)(a, c_out, aoff, boff, 1, s->c_out_g,
-                                                packed + grp * group_size + blk * s->c_out_g * GNR, NULL, NULL,
-                                                buf + blk * GNR, row, 1, rows, lanes);
-                }
-                for (ptrdiff_t t = 0; t < taps; t++) {
-                    const ptrdiff_t ih = oh * s->sh - s->ph + t / s->kw * s->dh;
-                    if (ih < 0 || ih >= s->height) continue;
-                    const ptrdiff_t j = t % s->kw * s->dw - s->pw;
-                    for (ptrdiff_t r = 0; r < rows; r++) {
-                        const ptrdiff_t iw = (ow + r) * s->sw + j;
-                        if (iw < 0 || iw >= s->width) continue;
-                        GT *dst = grad_x + (ih * s->width + iw) * c_in + grp * s->c_in_g;
-                        const GT *src = buf + r * row + t * s->c_in_g;
-                        for (ptrdiff_t ci = 0; ci < s->c_in_g; ci++) dst[ci] += src[ci];
-                    }
-                }
-            }
-}
-
 /* part[r * GNR + l] += the sum over the segments u and their pixels p < len of
  * a[aoff[u] + roff[r] + p * astep] * b[boff[u] + p * bstep + l] for r < GMR. */
 GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_weight_tile_body)(

@@ -485,12 +485,12 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         else                                                                                              \
             convx_direct_conv_rows_##S##256(s, packed, group_size, bias, epi, x, out, r0, r1, buf);       \
     }                                                                                                     \
-    static void convx_direct_input_scatter_##S(int level, const convx_conv_shape *s, const T *packed,     \
-                                               size_t group_size, const T *grad_out, T *grad_x, T *buf) { \
+    static void convx_direct_row_nhwc_##S(int level, const T *src, ptrdiff_t plane, ptrdiff_t channels,   \
+                                          ptrdiff_t width, T *dst, ptrdiff_t ld) {                        \
         if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_direct_input_scatter_##S##512(s, packed, group_size, grad_out, grad_x, buf);            \
+            convx_direct_row_nhwc_##S##512(src, plane, channels, width, dst, ld);                         \
         else                                                                                              \
-            convx_direct_input_scatter_##S##256(s, packed, group_size, grad_out, grad_x, buf);            \
+            convx_direct_row_nhwc_##S##256(src, plane, channels, width, dst, ld);                         \
     }                                                                                                     \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
                                              size_t group_size, const T *bias, const convx_epilogue *epi, \
@@ -632,8 +632,11 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            size_t group_size, const T *bias, const convx_epilogue *epi,   \
                                            const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, T *buf) {}     \
-    static void convx_direct_input_scatter_##S(int level, const convx_conv_shape *s, const T *packed,     \
-                                               size_t group_size, const T *grad_out, T *grad_x, T *buf) {} \
+    static void convx_direct_row_nhwc_##S(int level, const T *src, ptrdiff_t plane, ptrdiff_t channels,   \
+                                          ptrdiff_t width, T *dst, ptrdiff_t ld) {                        \
+        for (ptrdiff_t c = 0; c < channels; c++)                                                          \
+            for (ptrdiff_t iw = 0; iw < width; iw++) dst[iw * ld + c] = src[c * plane + iw];              \
+    }                                                                                                     \
     static void convx_direct_conv_images_##S(int level, const convx_conv_shape *s, const T *packed,       \
                                              size_t group_size, const T *bias, const convx_epilogue *epi, \
                                              const T *x, T *out, ptrdiff_t n_images, ptrdiff_t blk0,      \
