@@ -457,22 +457,26 @@ cdef bint _phased_input_gradient(const floating[:, :, :, ::1] grad_out, const fl
     False, having written nothing, where they do not take every phase (first_mode: the first
     phase's mode). A phase that no tap reaches is zero."""
     cdef Py_ssize_t n_phases = g.stride_h * g.stride_w, phase, rh, rw, taps
-    cdef PhaseTaps rows, cols
+    cdef PhaseTaps row_taps[PHASES_MOST]
+    cdef PhaseTaps col_taps[PHASES_MOST]
     cdef convx_conv_shape a
     cdef int mode
     cdef const floating[:, :, :, ::1] sub
     if n_phases > PHASES_MOST:
         return False
+    for rh in range(g.stride_h):
+        _phase_taps(rh, g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, &row_taps[rh])
+    for rw in range(g.stride_w):
+        _phase_taps(rw, g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, &col_taps[rw])
+    # each phase's mode: DIRECT_OFF for a phase with no inputs or no taps
     modes = []
     for phase in range(n_phases):
         rh = phase // g.stride_w
         rw = phase % g.stride_w
-        _phase_taps(rh, g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, &rows)
-        _phase_taps(rw, g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, &cols)
-        if rows.size == 0 or cols.size == 0 or rows.first < 0 or cols.first < 0:
+        if row_taps[rh].size == 0 or col_taps[rw].size == 0 or row_taps[rh].first < 0 or col_taps[rw].first < 0:
             modes.append(DIRECT_OFF)
             continue
-        _phase_shape(g, &rows, &cols, &a)
+        _phase_shape(g, &row_taps[rh], &col_taps[rw], &a)
         mode = _direct_choice(&a, g.batch, floating is float, True)
         if mode == DIRECT_OFF:
             return False
@@ -488,24 +492,21 @@ cdef bint _phased_input_gradient(const floating[:, :, :, ::1] grad_out, const fl
     for phase in range(n_phases):
         rh = phase // g.stride_w
         rw = phase % g.stride_w
-        _phase_taps(rh, g.height, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, &rows)
-        _phase_taps(rw, g.width, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, &cols)
-        if rows.size == 0 or cols.size == 0:
+        if row_taps[rh].size == 0 or col_taps[rw].size == 0:
             continue
         if modes[phase] == DIRECT_OFF:
             out[:, rh::g.stride_h, rw::g.stride_w, :] = 0
             continue
-        if first_mode[0] == DIRECT_OFF:
-            first_mode[0] = modes[phase]
-        _phase_shape(g, &rows, &cols, &a)
-        # the phase's subgrid of the kernel, its taps then reversed as _direct_input_gradient's
-        sub = np.ascontiguousarray(w[:, :, rows.first::rows.step, cols.first::cols.step])
-        taps = a.kh * a.kw
         mode = modes[phase]
+        if first_mode[0] == DIRECT_OFF:
+            first_mode[0] = mode
+        _phase_shape(g, &row_taps[rh], &col_taps[rw], &a)
+        # the phase's subgrid of the kernel, its taps then reversed as _direct_input_gradient's
+        sub = np.ascontiguousarray(w[:, :, row_taps[rh].first::row_taps[rh].step, col_taps[rw].first::col_taps[rw].step])
+        taps = a.kh * a.kw
         _direct_conv(&grad_out[0, 0, 0, 0], &sub[0, 0, 0, 0] + (taps - 1), g.c_out_g * g.c_in_g * taps, taps,
                      g.c_in_g * taps, -1, NULL, NULL, &grad_in[0, rh, rw, 0], &a, g.batch, n_threads, mode)
     return True
-
 
 
 cdef bint _transposed_wanted(ConvGeometry* g, bint is_float) noexcept nogil:

@@ -47,7 +47,7 @@ cdef str _impl_name(int code):
     if code < 0:
         return None
     impl, level = divmod(code, 4)
-    if impl == IMPL_DEPTHWISE_SPLIT or impl == IMPL_DEPTHWISE_DIRECT:
+    if impl >= IMPL_DEPTHWISE_SPLIT:
         return IMPLEMENTATIONS[impl]
     return f"{GEMM_KERNELS[level]}/{IMPLEMENTATIONS[impl]}"
 

@@ -1177,12 +1177,15 @@ def conv_transpose2d(
     # padding as conv2d's: its top/left padding places the output, the bottom/right only sizes it).
     pad = (sides[0], sides[1])
     plan = _plan_conv((batch, c_out, out_h, out_w), weight.shape, stride, pad, dilation, groups, input_name="output")
-    _check_grad_out(x, plan._replace(out_h=height, out_w=width), last)
+    # x is the output gradient of the convolution of y (output_padding may give that convolution
+    # more outputs than x has: the kernels take x's).
+    full = plan._replace(out_h=height, out_w=width)
+    _check_grad_out(x, full, last)
     _check_bias(bias, c_out)
     winograd = _winograd(algorithm, weight.shape, plan, dtype.itemsize)
     if last:
         y = np.empty((batch, out_h, out_w, c_out), dtype=dtype)
-        if batch and not winograd and _last_input(x, weight, plan._replace(out_h=height, out_w=width), y):
+        if batch and not winograd and _last_input(x, weight, full, y):
             if bias is not None:
                 y += bias
         elif batch:
@@ -1195,9 +1198,6 @@ def conv_transpose2d(
     y = np.empty((batch, c_out, out_h, out_w), dtype=dtype)
     if batch:
         x, weight = contiguous(x), contiguous(weight)
-        # x is the output gradient of the convolution of y (output_padding may give that convolution
-        # more outputs than x has: the kernels take x's).
-        full = plan._replace(out_h=height, out_w=width)
         kept = _kernel_plan((out_h, out_w), weight.shape[2:], full)
         inner = kept.plan
         if inner.out_h == 0 or inner.out_w == 0:
