@@ -92,6 +92,10 @@ cdef extern from "_gemm.h" nogil:
                       const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc, int accumulate, float* work)
     void convx_gemm_d(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* packed,
                       const double* b, Py_ssize_t ldb, double* c, Py_ssize_t ldc, int accumulate, double* work)
+    void convx_gemm_bt_f(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* packed,
+                         const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc, int accumulate, float* work)
+    void convx_gemm_bt_d(int level, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* packed,
+                         const double* b, Py_ssize_t ldb, double* c, Py_ssize_t ldc, int accumulate, double* work)
     ctypedef struct convx_conv_shape:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw

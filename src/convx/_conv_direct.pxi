@@ -512,10 +512,9 @@ cdef bint _phased_input_gradient(const floating[:, :, :, ::1] grad_out, const fl
 cdef bint _transposed_wanted(ConvGeometry* g, bint is_float) noexcept nogil:
     """Whether _transposed_input_gradient takes the channels-last input gradient of g: where its
     input channels would leave a quarter of the adjoint convolution's lanes idle (a stem's 3 fill 3
-    of 32). Fastest of 21 interleaved runs, batch 64 (Xeon family 6 model 167, AVX-512, 2 threads),
-    channels last this way / channels first: 3->32 3x3 32x32 1.37 / 1.06 ms; 3->64 7x7 stride 2
-    64x64 19.0 / 18.6; 16->32 3x3 12.4 / 11.5; 8->64 3x3 stride 2 5.3 / 4.6. The direct kernels
-    took 8.6 ms on the first and 2.4 on the last."""
+    of 32). VGG-style 3->32 3x3 32x32, batch 64 (Xeon family 6 model 167, AVX-512, 2 threads,
+    medians of 11 interleaved runs, machine shared): 1.00 ms this way against 1.00 channels first;
+    the direct kernels took 8.6 ms."""
     if _level() == CONVX_GEMM_BLAS or _dmode() != MODE_AUTO or g.batch == 0 or g.c_in_g == 0 or g.c_out_g == 0:
         return False
     return g.kernel_h * g.kernel_w > 1 and not _fills_lanes(g.c_in_g, is_float)
@@ -524,37 +523,31 @@ cdef bint _transposed_wanted(ConvGeometry* g, bint is_float) noexcept nogil:
 cdef int _transposed_input_gradient(const floating[:, :, :, ::1] grad_out, const floating[:, :, :, ::1] weight,
                                     floating[:, :, :, ::1] grad_in, ConvGeometry* g, int n_threads) except -1:
     """grad_in (channels last) by the channels-first im2col tiles, one image at a time: each
-    thread transposes its image of grad_out channels first, takes _backward_input_tile into a
-    channels-first image and transposes that back (both in its own buffers, in cache)."""
+    thread's GEMM reads its image of grad_out channels last (packing B's strips from pixel rows),
+    col2im writes a channels-first image in its own buffer (in cache), which is transposed into
+    grad_in."""
     cdef WeightProduct wp
     packed = _pack_weight(weight, g.groups, True, &wp)
     cdef int level = _level(), t
-    cdef Py_ssize_t n_out = g.out_h * g.out_w, plane = g.height * g.width, n
-    cdef Py_ssize_t c_out = g.groups * g.c_out_g, c_in = g.groups * g.c_in_g
-    cdef Py_ssize_t col_size = _col_size(g), gathered_size = _gathered_size(g)
+    cdef Py_ssize_t plane = g.height * g.width, n
+    cdef Py_ssize_t c_in = g.groups * g.c_in_g
+    cdef Py_ssize_t col_size = _col_size(g)
     cdef Py_ssize_t work_size = _product_work_size(&wp, floating is float)
-    cdef Py_ssize_t image_size = c_out * n_out + c_in * plane
+    cdef Py_ssize_t image_size = c_in * plane
     cdef int team = _team(n_threads, g.batch)
     dtype = np.asarray(grad_in).dtype
     cdef floating[::1] col = np.empty(team * col_size, dtype=dtype)
-    cdef floating[::1] gathered = np.empty(team * gathered_size, dtype=dtype)
     cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
     cdef floating[::1] images = np.empty(team * image_size, dtype=dtype)
-    cdef floating* go
     cdef floating* gx
     with _blas_limit(wp.level == CONVX_GEMM_BLAS):
         with nogil, parallel(num_threads=team):
             t = threadid()
             for n in prange(g.batch, schedule='static'):
-                go = &images[t * image_size]
-                gx = go + c_out * n_out
-                # (N_out pixels x C_out) -> (C_out x N_out), and (C_in x plane) -> (plane x C_in)
-                if floating is float:
-                    convx_direct_row_nhwc_f(level, &grad_out[n, 0, 0, 0], c_out, n_out, c_out, go, n_out)
-                else:
-                    convx_direct_row_nhwc_d(level, &grad_out[n, 0, 0, 0], c_out, n_out, c_out, go, n_out)
-                _backward_input_tile(go, &wp, gx, g, 1, &col[t * col_size], &gathered[t * gathered_size],
-                                     &work[t * work_size])
+                gx = &images[t * image_size]
+                _backward_input_image_last(&grad_out[n, 0, 0, 0], &wp, gx, g, &col[t * col_size],
+                                           &work[t * work_size])
+                # (C_in x plane) -> (plane x C_in)
                 if floating is float:
                     convx_direct_row_nhwc_f(level, gx, plane, c_in, plane, &grad_in[n, 0, 0, 0], c_in)
                 else:

@@ -339,6 +339,34 @@ cdef void _backward_input_tile(const floating* grad_out, WeightProduct* wp, floa
             row0 = row1
 
 
+cdef void _backward_input_image_last(const floating* grad_out, WeightProduct* wp, floating* grad_in,
+                                    ConvGeometry* g, floating* col, floating* work) noexcept nogil:
+    """grad_in = col2im(W_grp^T @ grad_out_grp^T) for one image: _backward_input_tile's product
+    with grad_out channels last (out_h x out_w x C_out), grad_in channels first, overwritten."""
+    cdef Py_ssize_t plane = g.height * g.width, c_out = g.groups * g.c_out_g
+    cdef Py_ssize_t grp, row0, row1, col0, col1, n_cols
+    cdef const floating* go
+    if not g.direct_1x1:
+        memset(grad_in, 0, g.groups * g.c_in_g * plane * sizeof(floating))
+    for grp in range(g.groups):
+        row0 = 0
+        while row0 < g.out_h:
+            row1 = min(row0 + g.chunk_rows, g.out_h)
+            col0 = 0
+            while col0 < g.out_w:
+                col1 = min(col0 + g.chunk_cols, g.out_w)
+                n_cols = (row1 - row0) * (col1 - col0)
+                go = grad_out + (row0 * g.out_w + col0) * c_out + grp * g.c_out_g
+                if g.direct_1x1:
+                    _product_t(wp, grp, n_cols, go, c_out, grad_in + grp * g.c_in_g * plane + row0 * g.out_w + col0,
+                               plane, work)
+                else:
+                    _product_t(wp, grp, n_cols, go, c_out, col, n_cols, work)
+                    _col2im(col, g, row0, row1, col0, col1, grad_in + grp * g.c_in_g * plane, n_cols)
+                col0 = col1
+            row0 = row1
+
+
 cdef void _backward_weight_tile(const floating* grad_out, const floating* x, floating* grad_weight,
                                 ConvGeometry* g, Py_ssize_t n_images,
                                 floating* col, floating* gathered) noexcept nogil:

@@ -80,6 +80,20 @@ cdef inline void _product(WeightProduct* p, Py_ssize_t grp, Py_ssize_t n, const 
         convx_gemm_d(p.level, p.m, n, p.k, <const double*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
 
 
+cdef inline void _product_t(WeightProduct* p, Py_ssize_t grp, Py_ssize_t n, const floating* b, Py_ssize_t ldb,
+                            floating* c, Py_ssize_t ldc, floating* work) noexcept nogil:
+    """C (p.m x n, row stride ldc) = op(W_grp) @ B^T, B (n x p.k, row stride ldb): _product with
+    B's columns given as rows (a channels-last image's pixels)."""
+    if p.level == CONVX_GEMM_BLAS:
+        _gemm(p.transpose, True, p.m, n, p.k, 1,
+              <const floating*> p.weight + grp * p.m * p.k, p.k if not p.transpose else p.m,
+              b, ldb, 0, c, ldc)
+    elif floating is float:
+        convx_gemm_bt_f(p.level, p.m, n, p.k, <const float*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
+    else:
+        convx_gemm_bt_d(p.level, p.m, n, p.k, <const double*> p.packed + grp * p.group_size, b, ldb, c, ldc, 0, work)
+
+
 cdef int _implicit_conv(const floating* x, WeightProduct* wp, const floating* bias, const convx_epilogue* epi,
                         floating* out, convx_conv_shape* s, Py_ssize_t batch, int n_threads) except -1:
     """out = act(conv(x) + bias) (bias and the activation of epi where given) by convx_conv_block:

@@ -524,6 +524,14 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         else                                                                                              \
             convx_gemm_##S##256(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                       \
     }                                                                                                     \
+    static void convx_gemm_bt_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,      \
+                                  const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate,         \
+                                  T *work) {                                                              \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_gemm_bt_##S##512(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                    \
+        else                                                                                              \
+            convx_gemm_bt_##S##256(m, n, k, packed, b, ldb, c, ldc, accumulate, work);                    \
+    }                                                                                                     \
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
                                      size_t group_size, const T *bias, const convx_epilogue *epi,         \
                                      const T *x, T *out, ptrdiff_t q0, ptrdiff_t nc, T *work) {           \
@@ -533,7 +541,7 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
             convx_conv_block_##S##256(s, packed, group_size, bias, epi, x, out, q0, nc, work);            \
     }                                                                                                     \
     static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
-                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs, \
                                              ptrdiff_t cs2, T *packed) {                                  \
         if (level == CONVX_GEMM_AVX512)                                                                   \
             convx_gemm_pack_a_cyclic_##S##512(m, k, a, rcycle, rs, rs2, kcycle, cs, cs2, packed);         \
@@ -647,11 +655,14 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                                       ptrdiff_t cs, T *packed) {}                                         \
     static void convx_gemm_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,         \
                                const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate, T *work) {} \
+    static void convx_gemm_bt_##S(int level, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed,      \
+                                  const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int accumulate,         \
+                                  T *work) {}                                                             \
     static void convx_conv_block_##S(int level, const convx_conv_shape *s, const T *packed,               \
                                      size_t group_size, const T *bias, const convx_epilogue *epi,         \
                                      const T *x, T *out, ptrdiff_t q0, ptrdiff_t nc, T *work) {}          \
     static void convx_gemm_pack_a_cyclic_##S(int level, ptrdiff_t m, ptrdiff_t k, const T *a, ptrdiff_t rcycle, \
-                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs,  \
+                                             ptrdiff_t rs, ptrdiff_t rs2, ptrdiff_t kcycle, ptrdiff_t cs, \
                                              ptrdiff_t cs2, T *packed) {}                                 \
     static void convx_conv_input_block_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            ptrdiff_t grp, ptrdiff_t c0, ptrdiff_t nch, const T *grad_out, \

@@ -110,11 +110,26 @@ static void GN(convx_gemm_pack_a)(ptrdiff_t m, ptrdiff_t k, const GT *CONVX_REST
     GN(convx_gemm_pack_a_cyclic)(m, k, a, m > 0 ? m : 1, rs, 0, k > 0 ? k : 1, cs, 0, packed);
 }
 
+/* dst[kk * GNR + lane] = src[lane * ld + kk] for kk < kc, lane < lanes (lanes <= GNR), and 0
+ * for the lanes past `lanes`: GNR rows of a row-major matrix as convx_gemm's B strip. */
+GTARGET static inline void GN(convx_transpose_strip)(const GT *CONVX_RESTRICT src, ptrdiff_t ld, ptrdiff_t kc,
+                                                     ptrdiff_t lanes, GT *CONVX_RESTRICT dst) {
+    ptrdiff_t kk = 0;
+#ifdef GTRANSPOSE
+    if (lanes == GNR)
+        for (; kk + GVL <= kc; kk += GVL)
+            for (int v = 0; v < GNV; v++) GTRANSPOSE(src + v * GVL * ld + kk, ld, dst + kk * GNR + v * GVL, GNR);
+#endif
+    for (; kk < kc; kk++)
+        for (ptrdiff_t lane = 0; lane < GNR; lane++) dst[kk * GNR + lane] = lane < lanes ? src[lane * ld + kk] : 0;
+}
+
 /* C (m x n, ldc) = (accumulate ? C : 0) + A @ B, with A packed by convx_gemm_pack_a and B
- * (k x n) row-major with row stride ldb; work holds convx_gemm_work_size elements. */
-static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed,
-                           const GT *CONVX_RESTRICT b, ptrdiff_t ldb, GT *CONVX_RESTRICT c, ptrdiff_t ldc,
-                           int accumulate, GT *CONVX_RESTRICT work) {
+ * (k x n) row-major with row stride ldb, or with b_trans its transpose (n x k) row-major:
+ * element (p, j) at b[j * ldb + p]; work holds convx_gemm_work_size elements. */
+static inline __attribute__((always_inline)) void GN(convx_gemm_any)(
+    ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed, const GT *CONVX_RESTRICT b,
+    ptrdiff_t ldb, int b_trans, GT *CONVX_RESTRICT c, ptrdiff_t ldc, int accumulate, GT *CONVX_RESTRICT work) {
     const ptrdiff_t panels = (m + GMR - 1) / GMR;
     if (m <= 0 || n <= 0)
         return;
@@ -130,8 +145,12 @@ static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONV
             const ptrdiff_t kc = k - p0 < GKC ? k - p0 : GKC;
             for (ptrdiff_t jp = 0; jp < strips; jp++) {
                 const ptrdiff_t cols = nc - jp * GNR < GNR ? nc - jp * GNR : GNR;
-                const GT *src = b + p0 * ldb + j0 + jp * GNR;
                 GT *dst = work + jp * kc * GNR;
+                if (b_trans) {
+                    GN(convx_transpose_strip)(b + (j0 + jp * GNR) * ldb + p0, ldb, kc, cols, dst);
+                    continue;
+                }
+                const GT *src = b + p0 * ldb + j0 + jp * GNR;
                 for (ptrdiff_t j = 0; j < kc; j++) {
                     memcpy(dst + j * GNR, src + j * ldb, (size_t)cols * sizeof(GT));
                     if (cols < GNR) memset(dst + j * GNR + cols, 0, (size_t)(GNR - cols) * sizeof(GT));
@@ -152,6 +171,20 @@ static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONV
             }
         }
     }
+}
+
+static void GN(convx_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed,
+                           const GT *CONVX_RESTRICT b, ptrdiff_t ldb, GT *CONVX_RESTRICT c, ptrdiff_t ldc,
+                           int accumulate, GT *CONVX_RESTRICT work) {
+    GN(convx_gemm_any)(m, n, k, packed, b, ldb, 0, c, ldc, accumulate, work);
+}
+
+/* convx_gemm with B given transposed: element (p, j) at b[j * ldb + p] (a channels-last image's
+ * pixels as B's columns). */
+static void GN(convx_gemm_bt)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const GT *CONVX_RESTRICT packed,
+                              const GT *CONVX_RESTRICT b, ptrdiff_t ldb, GT *CONVX_RESTRICT c, ptrdiff_t ldc,
+                              int accumulate, GT *CONVX_RESTRICT work) {
+    GN(convx_gemm_any)(m, n, k, packed, b, ldb, 1, c, ldc, accumulate, work);
 }
 
 
@@ -473,20 +506,6 @@ GTARGET static void GN(convx_column_rows)(const convx_conv_shape *s, const GT *C
 static size_t GN(convx_conv_weight_work_size)(ptrdiff_t m) {
     const ptrdiff_t strips = (m + GNR - 1) / GNR;
     return (size_t)GKC * (size_t)(strips * GNR) + (size_t)GKC * (GMC + GMR);
-}
-
-/* dst[kk * GNR + lane] = src[lane * ld + kk] for kk < kc, lane < lanes (lanes <= GNR), and 0
- * for the lanes past `lanes`: GNR rows of a row-major matrix as convx_gemm's B strip. */
-GTARGET static inline void GN(convx_transpose_strip)(const GT *CONVX_RESTRICT src, ptrdiff_t ld, ptrdiff_t kc,
-                                                     ptrdiff_t lanes, GT *CONVX_RESTRICT dst) {
-    ptrdiff_t kk = 0;
-#ifdef GTRANSPOSE
-    if (lanes == GNR)
-        for (; kk + GVL <= kc; kk += GVL)
-            for (int v = 0; v < GNV; v++) GTRANSPOSE(src + v * GVL * ld + kk, ld, dst + kk * GNR + v * GVL, GNR);
-#endif
-    for (; kk < kc; kk++)
-        for (ptrdiff_t lane = 0; lane < GNR; lane++) dst[kk * GNR + lane] = lane < lanes ? src[lane * ld + kk] : 0;
 }
 
 /* partial[k, co] += sum_q col[k, q] grad_out[n, co, pixel] over the columns q of [q0, q0 + nc)
