@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="a subset of the cases (by name)")
+    parser.add_argument("--ops", nargs="*", default=["forward", "input", "weight", "backward"],
+                        help="a subset of the ops")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {convx.get_num_threads()} threads, batch {args.batch}, "
@@ -61,10 +63,14 @@ def main() -> None:
                         lambda: convx.conv2d(x_last, weight, bias, **kwargs, layout="NHWC")),
             "input": (lambda: convx.conv2d_backward_input(g, weight, x.shape, **kwargs),
                       lambda: convx.conv2d_backward_input(g_last, weight, x_last.shape, **kwargs, layout="NHWC")),
+            "weight": (lambda: convx.conv2d_backward_weight(g, x, weight.shape, **kwargs),
+                       lambda: convx.conv2d_backward_weight(g_last, x_last, weight.shape, **kwargs, layout="NHWC")),
             "backward": (lambda: convx.conv2d_backward(g, x, weight, **kwargs),
                          lambda: convx.conv2d_backward(g_last, x_last, weight, **kwargs, layout="NHWC")),
         }
         for op, (first, last) in ops.items():
+            if op not in args.ops:
+                continue
             first(), last()
             times: dict[str, list[float]] = {"first": [], "last": []}
             for _ in range(args.runs):

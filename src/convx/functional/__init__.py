@@ -74,7 +74,9 @@ from .pooling3d import (
     max_pool3d_backward,
 )
 from .unfold import fold, fold_backward, unfold, unfold_backward
-from .unpooling import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
+from .unpooling import (
+    max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward, max_unpool3d, max_unpool3d_backward,
+)
 from .resample import interpolate, interpolate_backward, pixel_shuffle, pixel_unshuffle
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
@@ -142,6 +144,8 @@ __all__ = [
     "max_unpool1d_backward",
     "max_unpool2d",
     "max_unpool2d_backward",
+    "max_unpool3d",
+    "max_unpool3d_backward",
     "pad",
     "pad_backward",
     "pixel_shuffle",

@@ -20,7 +20,7 @@ from .. import _batching, _core
 from .._batching import sub_batches
 from .._checks import (
     MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_data_layout, as_float_array, as_int, as_pair, as_padding,
-    as_padding_1d, as_shape, as_single, contiguous, plain_array,
+    as_padding_1d, as_shape, as_single, as_triple, contiguous, plain_array,
 )
 from .._shapes import pool_first_empty_window, pool_output_size, pool_padding_sides
 from .._threads import kernel_threads
@@ -49,8 +49,12 @@ def _batched(name: str, array: object, dtypes: tuple[np.dtype, ...] = SUPPORTED_
 
 
 def _bounded(name: str, value: object, minimum: int, dims: int = 2) -> tuple[int, ...]:
-    """An ``int | (int, int)`` argument as a pair (``dims`` 2), or ``int | (int,)`` as a 1-tuple (``dims`` 1)."""
-    values = as_pair(name, value, minimum) if dims == 2 else (as_single(name, value, minimum),)
+    """An ``int | (int, int)`` argument as a pair (``dims`` 2), ``int | (int,)`` as a 1-tuple (``dims`` 1), or
+    ``int | (int, int, int)`` as a triple (``dims`` 3)."""
+    if dims == 3:
+        values: tuple[int, ...] = as_triple(name, value, minimum)
+    else:
+        values = as_pair(name, value, minimum) if dims == 2 else (as_single(name, value, minimum),)
     for v in values:
         if v > _MAX_PARAM:
             raise ValueError(f"{name} must be at most {_MAX_PARAM}, got {value!r}")

@@ -1,4 +1,4 @@
-"""Max unpooling, ``torch.nn.functional.max_unpool1d`` / ``max_unpool2d`` semantics, and its backward.
+"""Max unpooling, ``torch.nn.functional.max_unpool1d`` / ``2d`` / ``3d`` semantics, and its backward.
 
 Each input value is written at its index in a zero output plane: one vectorised scatter
 (``numpy.put_along_axis`` over the flattened planes) after every index has been checked, on a
@@ -16,14 +16,20 @@ from numpy.typing import NDArray
 
 from .._checks import as_data_layout, as_int, as_layout_array, channels_first_shape, plain_array
 from .._shapes import conv_transpose_output_size
-from .._typing import AnyArray, Float, IntPair, IntSingle, Shape
+from .._typing import AnyArray, Float, IntPair, IntSingle, IntTriple, Shape
 from .pooling import _bounded
 
-__all__ = ["max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward"]
+__all__ = [
+    "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "max_unpool3d",
+    "max_unpool3d_backward",
+]
 
-_LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)"}
-_LAYOUTS_LAST = {1: "(N, L, C) or (L, C) with layout='NWC'", 2: "(N, H, W, C) or (H, W, C) with layout='NHWC'"}
-_PLANE = {1: "L_out", 2: "H_out*W_out"}
+_LAYOUTS = {1: "(N, C, L) or (C, L)", 2: "(N, C, H, W) or (C, H, W)", 3: "(N, C, D, H, W) or (C, D, H, W)"}
+_LAYOUTS_LAST = {
+    1: "(N, L, C) or (L, C) with layout='NWC'", 2: "(N, H, W, C) or (H, W, C) with layout='NHWC'",
+    3: "(N, D, H, W, C) or (D, H, W, C) with layout='NDHWC'",
+}
+_PLANE = {1: "L_out", 2: "H_out*W_out", 3: "D_out*H_out*W_out"}
 
 
 def _as_indices(op: str, indices: object, shape: Shape) -> NDArray[np.int64]:
@@ -298,3 +304,76 @@ def max_unpool1d_backward(
     array([[1., 3.]])
     """
     return _max_unpool_backward("max_unpool1d_backward", grad_out, indices, 1, layout)
+
+
+def max_unpool3d(
+    x: NDArray[Float], indices: NDArray[np.int64], kernel_size: IntTriple, stride: IntTriple | None = None,
+    padding: IntTriple = 0, output_size: Sequence[int] | None = None, *, layout: str = "NCDHW",
+) -> NDArray[Float]:
+    """Partial inverse of :func:`max_pool3d`, as ``torch.nn.functional.max_unpool3d``.
+
+    As :func:`max_unpool2d` over volumes: ``x[n, c, i, j, k]`` is written at the flat position
+    ``indices[n, c, i, j, k]`` of a zero ``D_out x H_out x W_out`` volume, each output size
+    ``(size - 1) * stride - 2 * padding + kernel_size`` (or ``output_size``).
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, D, H, W) or (C, D, H, W)
+    indices : ndarray of int64, shape of ``x``
+        Flat ``d * H_out * W_out + h * W_out + w`` positions, as :func:`max_pool3d` returns them;
+        each must lie in ``[0, D_out * H_out * W_out)`` (refused otherwise, before anything is
+        written).
+    kernel_size : int or (int, int, int)
+    stride : int or (int, int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int, int), default 0
+    output_size : tuple of int, optional
+        ``(D_out, H_out, W_out)`` (or the whole output shape), each strictly within ``stride`` of
+        the default.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: with ``'NDHWC'``, ``x``, ``indices`` and ``y`` are channels last,
+        ``(N, D, H, W, C)`` or ``(D, H, W, C)``, and a whole ``output_size`` is
+        ``(N, D_out, H_out, W_out, C)``.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out); channels last for NDHWC
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.arange(8.0).reshape(1, 1, 2, 2, 2)
+    >>> pooled, indices = convx.max_pool3d(x, 2, return_indices=True)
+    >>> pooled.ravel(), indices.ravel()
+    (array([7.]), array([7]))
+    >>> convx.max_unpool3d(pooled, indices, 2).ravel()
+    array([0., 0., 0., 0., 0., 0., 0., 7.])
+    """
+    return _max_unpool("max_unpool3d", x, indices, kernel_size, stride, padding, output_size, 3, layout)
+
+
+def max_unpool3d_backward(
+    grad_out: NDArray[Float], indices: NDArray[np.int64], *, layout: str = "NCDHW"
+) -> NDArray[Float]:
+    """Gradient of :func:`max_unpool3d` with respect to ``x``: ``grad_out`` gathered at ``indices``.
+
+    Parameters
+    ----------
+    grad_out : ndarray of float32 or float64, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)
+    indices : ndarray of int64, shape (N, C, D, H, W) or (C, D, H, W)
+        As given to :func:`max_unpool3d`; each in ``[0, D_out * H_out * W_out)``.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: with ``'NDHWC'``, every array is channels last.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``indices``
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> grad_out = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> convx.max_unpool3d_backward(grad_out, np.array([[[[1, 7]]]]))
+    array([[[[1., 7.]]]])
+    """
+    return _max_unpool_backward("max_unpool3d_backward", grad_out, indices, 3, layout)

@@ -408,3 +408,43 @@ class BatchNorm1d(BatchNorm2d):
         track_running_stats: bool = True, *, dtype: DTypeLike = np.float32, layout: str = "NCW",
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype, layout=layout)
+
+
+class BatchNorm3d(BatchNorm2d):
+    """Normalise each channel of (N, C, D, H, W) volumes, as ``torch.nn.BatchNorm3d``.
+
+    The same statistics, parameters, buffers and ``state_dict`` keys as :class:`BatchNorm2d`, over
+    the batch and the three spatial axes, on the same kernels (a volume is read as one plane of
+    D*H*W values, no copy); the running variance is divided by ``N*D*H*W - 1``.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C.
+    eps, momentum, affine, track_running_stats, dtype
+        As for :class:`BatchNorm2d`.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        The layout of the input and output: channels first, PyTorch's, or channels last,
+        (N, D, H, W, C) (natively, as :class:`BatchNorm2d`'s ``'NHWC'``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> bn = nn.BatchNorm3d(4)
+    >>> y = bn(np.random.default_rng(0).normal(3.0, 2.0, (2, 4, 3, 5, 5)).astype(np.float32))
+    >>> y.shape, bool(abs(y.mean()) < 1e-5)
+    ((2, 4, 3, 5, 5), True)
+    >>> nn.BatchNorm3d(4, layout="NDHWC")(np.ones((2, 3, 5, 5, 4), dtype=np.float32)).shape
+    (2, 3, 5, 5, 4)
+    """
+
+    _INPUT_NDIMS = (5,)
+    _LAYOUT_DIMS = 3
+    _INPUT_LAYOUTS = {"NCDHW": "(N, C, D, H, W)", "NDHWC": "(N, D, H, W, C)"}
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+        track_running_stats: bool = True, *, dtype: DTypeLike = np.float32, layout: str = "NCDHW",
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype, layout=layout)

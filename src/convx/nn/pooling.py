@@ -638,7 +638,7 @@ class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
 
 
 class _MaxUnpoolNd(Module):
-    """The forward and backward of MaxUnpool1d and MaxUnpool2d."""
+    """The forward and backward of MaxUnpool1d, MaxUnpool2d and MaxUnpool3d."""
 
     _DIMS: int
     kernel_size: Any
@@ -650,7 +650,7 @@ class _MaxUnpoolNd(Module):
         self, x: np.ndarray, indices: np.ndarray, output_size: Sequence[int] | None = None
     ) -> np.ndarray:
         """Write ``x`` at ``indices`` (a max pooling's) in zero planes; see :func:`convx.max_unpool2d`."""
-        unpool = functional.max_unpool1d if self._DIMS == 1 else functional.max_unpool2d
+        unpool = {1: functional.max_unpool1d, 2: functional.max_unpool2d, 3: functional.max_unpool3d}[self._DIMS]
         y = unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size, layout=self.layout)
         # The indices are the forward's to gather with: a copy, so that the caller may reuse its array.
         self._save_for_backward(y, np.array(indices))
@@ -659,7 +659,9 @@ class _MaxUnpoolNd(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Gradient of ``x`` for ``grad_out`` (the output's shape): ``grad_out`` gathered at the indices."""
         grad_out, (indices,) = self._saved_for_backward(grad_out)
-        gather = functional.max_unpool1d_backward if self._DIMS == 1 else functional.max_unpool2d_backward
+        gather = {
+            1: functional.max_unpool1d_backward, 2: functional.max_unpool2d_backward, 3: functional.max_unpool3d_backward,
+        }[self._DIMS]
         return gather(grad_out, indices, layout=self.layout)
 
     def extra_repr(self) -> str:

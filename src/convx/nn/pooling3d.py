@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 
 from .. import functional
-from .._checks import as_bool, as_int
+from .._checks import as_bool, as_int, as_triple
 from .._typing import AdaptiveSize3d, IntTriple
 from ..functional.pooling3d import _avg_args, _window_args
 from .module import Module, check_input
+from .pooling import _layout_arg, _MaxUnpoolNd
 
 _NDIMS = (4, 5)
 
@@ -236,3 +237,45 @@ class AdaptiveMaxPool3d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class MaxUnpool3d(_MaxUnpoolNd):
+    """Partial inverse of :class:`MaxPool3d`, ``torch.nn.MaxUnpool3d`` (:func:`convx.max_unpool3d`).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int, int)
+    stride : int or (int, int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int, int), default 0
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for x, the indices and the output.
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)``: x and indices (N, C, D, H, W) or (C, D, H, W), the
+    indices flat positions in each output volume (as :func:`convx.max_pool3d` returns them).
+    Where two inputs of a volume name one position, the later one is written, as in PyTorch;
+    ``backward`` gives each input its position's gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> import convx
+    >>> y, indices = convx.max_pool3d(np.arange(8.0).reshape(1, 1, 2, 2, 2), 2, return_indices=True)
+    >>> nn.MaxUnpool3d(2)(y, indices).ravel()
+    array([0., 0., 0., 0., 0., 0., 0., 7.])
+    """
+
+    _DIMS = 3
+
+    def __init__(
+        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0, *,
+        layout: str = "NCDHW",
+    ) -> None:
+        super().__init__()
+        self.layout = _layout_arg(layout, 3)
+        self.kernel_size = as_triple("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else as_triple("stride", stride, 1)
+        self.padding = as_triple("padding", padding, 0)
