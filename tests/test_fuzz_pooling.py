@@ -219,6 +219,72 @@ def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
 
 
 @st.composite
+def lines(draw):
+    """A 1-D pooling call's input and window: (shape, dtype, values kind, channels last, seed),
+    and (spelling, plain) of kernel, stride, padding and dilation as ``window_args`` gives them,
+    the padding an int, ``(p,)``, ``((left, right),)`` or a word."""
+    batch, channels, length = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.integers(0, 12))
+    line = dict(shape=(batch, channels, length), dtype=draw(st.sampled_from(DTYPES)),
+                kind=draw(st.sampled_from(["normal", "ties", "special"])), last=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**32 - 1)))
+    kernel, dilation = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    stride = draw(st.one_of(st.none(), st.integers(1, 4)))
+    form = draw(st.sampled_from(["int", "1-tuple", "sides", "word"]))
+    if form == "word":
+        padding = spelling = draw(st.sampled_from(PADDING_WORDS))
+    else:
+        before, after = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        if form != "sides":
+            after = before
+        padding = ((0, 0), (before, after))
+        spelling = {"int": before, "1-tuple": (before,), "sides": ((before, after),)}[form]
+    plain = dict(kernel=(1, kernel), stride=(1, kernel if stride is None else stride), padding=padding,
+                 dilation=(1, dilation))
+    return line, dict(kernel_size=kernel, stride=stride, padding=spelling, dilation=dilation), plain
+
+
+@given(call=lines(), ceil_mode=st.booleans(), count_include_pad=st.booleans())
+def test_pool1d_padding_spellings_match_the_2d_reference_or_refuse(call, ceil_mode, count_include_pad):
+    # The 1-D ops against the 2-D reference on a height-1 view: kernel, stride and dilation 1
+    # along the height, and no padding there ('same' and 'same_lower' give none over one row).
+    line, kwargs, plain = call
+    rng = np.random.default_rng(line["seed"])
+    x = _values(rng, line["shape"], line["dtype"], line["kind"])
+    layout = "NWC" if line["last"] else "NCW"
+
+    def laid(array):
+        """A (N, C, 1, L) reference result as the 1-D op in ``layout`` gives it."""
+        return np.moveaxis(array[:, :, 0], 1, -1) if line["last"] else array[:, :, 0]
+
+    laid_out = laid(x[:, :, np.newaxis])
+    reasons = _window_reasons(1, line["shape"][-1], *plain.values(), ceil_mode)
+    max_call = lambda: F.max_pool1d(laid_out, **kwargs, ceil_mode=ceil_mode, return_indices=True,  # noqa: E731
+                                    layout=layout)
+    avg_flags = dict(ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    avg_call = lambda: F.avg_pool1d(laid_out, **kwargs, **avg_flags, layout=layout)  # noqa: E731
+    if reasons:
+        assert_refused(max_call, reasons)
+        assert_refused(avg_call, reasons)
+        return
+    geometry = dict(kernel_size=plain["kernel"], stride=plain["stride"], padding=plain["padding"],
+                    dilation=plain["dilation"])
+    view = x[:, :, np.newaxis, :]
+    y, indices = max_call()
+    expected_y, expected_indices = reference.max_pool2d(view, **geometry, ceil_mode=ceil_mode, return_indices=True)
+    assert_matches(y, laid(expected_y), line["dtype"])
+    assert_matches(indices, laid(expected_indices), line["dtype"])
+    grad_out = _values(rng, expected_y.shape, line["dtype"], "normal")
+    grad_x = F.max_pool1d_backward(laid(grad_out), indices, laid_out.shape, layout=layout)
+    expected = reference.max_pool2d_backward(grad_out, expected_indices, view.shape)
+    assert_matches(grad_x, laid(expected), line["dtype"])
+    with np.errstate(invalid="ignore"):
+        assert_matches(avg_call(), laid(reference.avg_pool2d(view, **geometry, **avg_flags)), line["dtype"])
+        grad_x = F.avg_pool1d_backward(laid(grad_out), laid_out.shape, **kwargs, **avg_flags, layout=layout)
+        expected = reference.avg_pool2d_backward(grad_out, view.shape, **geometry, **avg_flags)
+        assert_matches(grad_x, laid(expected), line["dtype"])
+
+
+@st.composite
 def output_sizes(draw):
     """(spelling, function of (H, W) giving the model's (out_h, out_w))."""
     kind = draw(st.sampled_from(["int", "pair", "none"]))
