@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import convx
@@ -62,7 +63,7 @@ def test_pytest_benchmark_suite_runs():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    assert "8 passed" in done.stdout  # 4 ops, convx channels first ("convx") and last ("convx_nhwc")
 
 
 def test_large_window_cases_run(capsys):
@@ -288,3 +289,115 @@ def test_the_command_keeps_freed_memory_unless_told_not_to(tmp_path):
                         "--repeat", "1", "--no-numpy", "--no-torch", "--no-winograd", "--json", str(out), *extra],
                        check=True, capture_output=True, cwd=ROOT)
         assert json.loads(out.read_text())["machine"]["freed_memory_reused"] is expected
+
+
+# -- --layout: convx channels last, alone or beside channels first (issue 20's 1.05x target) --
+
+
+def test_layout_both_times_each_op_in_both_layouts_and_compares_their_outputs(tmp_path, capsys):
+    out = tmp_path / "layout.json"
+    assert main(["--quick", "--case", "lenet_c2", "--case", "maxpool_3x3_s2", "--case", "avgpool_2x2",
+                 "--repeat", "1", "--no-torch", "--no-winograd", "--layout", "both", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header = "\n".join(line for line in text.splitlines() if "NHWC time" in line or "/ NCHW" in line)
+    assert "NHWC time" in header and "/ NCHW" in header and "convx NCHW" in header
+    assert "NHWC time / NCHW: convx's time channels last / its time channels first" in " ".join(text.split())
+    said = " ".join(text.split("\nChannels last, convx took", 1)[1].split("\nWARNING")[0].split())
+    assert "its channels-first time (geomean of 8 ops), at worst" in said and "of 8 ops took more than 1.05x" in said
+    assert "The two layouts' outputs agreed to" in said
+    payload = json.loads(out.read_text())
+    assert payload["layout"] == "both"
+    assert {(r["case"], r["op"]) for r in payload["results"]} == {
+        *((("lenet_c2", op) for op in ("forward", "backward_input", "backward_weight", "backward"))),
+        *(((case, op) for case in ("maxpool_3x3_s2", "avgpool_2x2") for op in ("forward", "backward")))}
+    for result in payload["results"]:
+        assert result["layout"] == "both"
+        assert set(result["times"]) == {"convx", "convx_nhwc", "numpy"}
+        assert result["runs"]["convx_nhwc"] == 1 and result["times"]["convx_nhwc"] > 0
+        # Same products summed in other orders: float32 rounding apart, no more; pooling exactly.
+        bound = 1e-5 if result["kind"] == "conv" else 0.0
+        assert 0.0 <= result["layout_error"] <= bound, result
+    ratio = payload["results"][0]["times"]["convx_nhwc"] / payload["results"][0]["times"]["convx"]
+    assert f"{ratio:.2f}" in next(line for line in text.splitlines() if line.startswith("lenet_c2 forward"))
+
+
+def test_layout_nhwc_runs_convx_and_torch_channels_last(tmp_path, capsys, torch):
+    out = tmp_path / "nhwc.json"
+    assert main(["--quick", "--case", "depthwise", "--case", "maxpool_2x2", "--op", "forward", "--op", "backward",
+                 "--repeat", "1", "--no-numpy", "--layout", "NHWC", "--memory", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "convx NHWC" in text and "NHWC time" not in text and "convx channels last (NHWC)" in " ".join(text.split())
+    assert "PyTorch's in torch.channels_last memory format" in " ".join(text.split())
+    payload = json.loads(out.read_text())
+    assert payload["layout"] == "NHWC" and payload["memory"]
+    for result in payload["results"]:
+        assert result["layout"] == "NHWC" and result["layout_error"] is None
+        assert set(result["times"]) == {"convx", "torch"}
+
+
+@pytest.mark.parametrize("case_name", ["resnet_3x3_s2", "vgg_3x3", "maxpool_3x3_s2", "avgpool_2x2"])
+def test_layout_calls_take_channels_last_arrays_and_agree_with_channels_first(case_name, torch):
+    from convx.bench.cases import CASES, quick
+    from convx.bench.implementations import channels_first_outputs, convx_calls, torch_calls, winograd_calls
+
+    case = quick(CASES[case_name])
+    arrays = case.arrays(np.random.default_rng(1))
+    first, last = convx_calls(case, arrays), convx_calls(case, arrays, "NHWC")
+    torch_last = torch_calls(case, arrays, "NHWC")
+    for op in case.ops:
+        expected = first[op]()
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = last[op]()
+        flat = got if isinstance(got, tuple) else (got,)
+        if op == "forward":  # the data output is (N, H, W, C)
+            assert flat[0].shape == np.moveaxis(expected[0], 1, -1).shape and flat[0].flags.c_contiguous
+        for value, reference in zip(channels_first_outputs(case, op, got), expected):
+            np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+        peer = torch_last[op]()
+        peer = peer[0] if isinstance(peer, tuple) else peer
+        if peer is not None and peer.dim() == 4 and peer.shape[1] > 1:
+            assert peer.is_contiguous(memory_format=torch.channels_last)
+    if case_name == "vgg_3x3":  # Winograd channels last too
+        got = winograd_calls(case, arrays, "NHWC")["forward"]()
+        np.testing.assert_allclose(np.moveaxis(got, -1, 1), first["forward"](), rtol=1e-3, atol=1e-3)
+
+
+def test_layout_table_and_summary_from_made_up_runs():
+    from convx.bench.table import Trust, format_table, layout_summary, summary
+
+    rows = [_result("lenet_c1", "forward", {"convx": [1e-3] * 3, "convx_nhwc": [1.2e-3] * 3, "numpy": [7e-3] * 3,
+                                             "torch": [2e-3] * 3}),
+            _result("lenet_c1", "backward", {"convx": [2e-3] * 3, "convx_nhwc": [1e-3] * 3, "numpy": [4e-3] * 3,
+                                              "torch": [2e-3] * 3}),
+            _result("maxpool_large_1x1_k2049", "backward", {"convx": [1e-3] * 3, "convx_nhwc": [1.04e-3] * 3,
+                                                             "numpy": [1e-3] * 3, "torch": [4e-3] * 3},
+                    kind="pool", flops=1.0, bytes_moved=3_000_000)]
+    for row, error in zip(rows, (2e-7, 0.0, 0.0)):
+        row.layout, row.layout_error = "both", error
+    for wide in (False, True):
+        text = format_table(rows, 3, wide=wide)
+        assert "NHWC time" in text and "/ NCHW" in text
+        assert wide or max(len(line) for line in text.splitlines()) <= 100
+    narrow = format_table(rows, 3)
+    assert narrow.splitlines()[4].split()[-1] == "1.20" and "NHWC time / NCHW 0.77" in narrow
+    assert "convx NHWC" in format_table(rows, 3, wide=True) and "7.00 ±" not in narrow  # NumPy ms: --wide
+    said = " ".join(layout_summary(rows).split())
+    geomean = (1.2 * 0.5 * 1.04) ** (1 / 3)
+    assert said.startswith(f"Channels last, convx took {geomean:.2f}x its channels-first time (geomean of 3 ops), "
+                           "at worst 1.20x (lenet_c1 forward); 1 of 3 ops took more than 1.05x")
+    assert "agreed to 2.0e-07 relative error at worst (lenet_c1 forward" in said
+    assert said in " ".join(summary(rows).split()) and layout_summary(STEADY) == ""
+    assert Trust(0.01, {}, None).warnings(rows, 3) == []
+    rows[1].layout_error = 0.5
+    warned = " ".join(Trust(0.01, {}, None).warnings(rows, 3))
+    assert "channels-last outputs differ from its channels-first ones" in warned
+    assert "lenet_c1 backward (5.0e-01)" in warned
+
+
+def test_layout_option_is_checked():
+    for argv in (["--layout", "nhwc"], ["--layout", "NHWC", "--nets"], ["--layout", "both", "--tune"],
+                 ["--layout", "NHWC", "--layers"]):
+        with pytest.raises(SystemExit):
+            main(argv)

@@ -1,8 +1,9 @@
 """Property-based tests of the pooling ops (Hypothesis; profiles in conftest.py).
 
-Random planes (empty batches and channels too), windows, strides, paddings, dilations, flags,
+Random planes (empty batches and channels too), windows, strides, paddings (pairs, per side
+and the words 'valid', 'same' and 'same_lower'), dilations (average pooling's too), flags,
 argument spellings and memory layouts, values with ties, NaN and +-inf: calls that PyTorch's
-rules allow (modelled here from those rules, not from convx's checks) agree with
+rules allow, with ONNX's padding (modelled here from those rules, not from convx's checks), agree with
 ``convx.reference.pooling``, forward and backward, indices included; the others raise
 ValueError or TypeError with a message. Then one argument at a time is replaced by a value
 that is wrong in any context.
@@ -45,32 +46,58 @@ def _values(rng, shape, dtype, kind):
     return values
 
 
-def _pool_out(size, kernel, stride, padding, dilation, ceil_mode):
-    """PyTorch's pooling_output_shape, written out again."""
-    numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+def _pool_out(size, kernel, stride, before, after, dilation, ceil_mode):
+    """PyTorch's pooling_output_shape, written out again, with the padding per side (ONNX's)."""
+    numerator = size + before + after - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     out = numerator // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
+    if ceil_mode and (out - 1) * stride >= size + before:
         out -= 1
     return out
 
 
-def _has_empty_window(size, out, kernel, stride, padding, dilation) -> bool:
+def _has_empty_window(size, out, kernel, stride, before, dilation) -> bool:
     return any(
-        not any(0 <= o * stride - padding + t * dilation < size for t in range(kernel)) for o in range(max(out, 0))
+        not any(0 <= o * stride - before + t * dilation < size for t in range(kernel)) for o in range(max(out, 0))
     )
 
 
+PADDING_WORDS = ("valid", "same", "same_lower")
+
+
+def _model_sides(padding, sizes, kernel, stride, dilation):
+    """((top, bottom), (left, right)) of a padding spelled as a pair, per side or as a word: 'same'
+    (ONNX's SAME_UPPER) gives ceil(size / stride) outputs with the least total padding, the odd one
+    after; 'same_lower' puts it before; 'valid' pads nothing."""
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if isinstance(padding, str):
+        sides = []
+        for size, k, s, d in zip(sizes, kernel, stride, dilation):
+            total = max(0, (-(-size // s) - 1) * s + d * (k - 1) + 1 - size)
+            half, rest = total // 2, total - total // 2
+            sides.append((rest, half) if padding == "same_lower" else (half, rest))
+        return tuple(sides)
+    if isinstance(padding[0], tuple):
+        return padding
+    return tuple((p, p) for p in padding)
+
+
 def _window_reasons(height, width, kernel, stride, padding, dilation, ceil_mode) -> tuple[str, ...]:
-    """Empty when the rules allow the window sweep (PyTorch's, with ONNX's padding limit: up to
-    dilation * (kernel - 1) per side), else words one of which the error names."""
+    """Empty when the rules allow the window sweep (PyTorch's, with ONNX's padding: per side, up to
+    dilation * (kernel - 1) on each, and the words, which fix the output size and so take no
+    ceil_mode), else words one of which the error names."""
+    if padding in ("same", "same_lower") and ceil_mode:
+        return ("ceil_mode", "padding")
+    sides = _model_sides(padding, (height, width), kernel, stride, dilation)
     words = []
-    if any(p > d * (k - 1) for p, k, d in zip(padding, kernel, dilation)):
+    if any(side > d * (k - 1) for pair, k, d in zip(sides, kernel, dilation) for side in pair):
         words += ["padding"]
-    outs = [_pool_out(*args, ceil_mode) for args in zip((height, width), kernel, stride, padding, dilation)]
+    outs = [_pool_out(size, k, s, before, after, d, ceil_mode)
+            for size, k, s, (before, after), d in zip((height, width), kernel, stride, sides, dilation)]
     if min(outs) < 1:
         words += ["output", "would be"]
-    elif any(_has_empty_window(size, out, *args) for size, out, *args in
-             zip((height, width), outs, kernel, stride, padding, dilation)):
+    elif any(_has_empty_window(size, out, k, s, before, d) for size, out, k, s, (before, _), d in
+             zip((height, width), outs, kernel, stride, sides, dilation)):
         words += ["padding", "dilation"]
     return tuple(words)
 
@@ -100,13 +127,30 @@ def _pair_draw(draw, low, high):
 
 
 @st.composite
+def paddings(draw):
+    """(spelling, plain value) of a padding: a pair as ``spelled``, per side ((top, bottom), (left,
+    right)) as tuples or lists of Python or NumPy ints, or a word."""
+    form = draw(st.sampled_from(["pair", "pair", "sides", "word"]))
+    if form == "word":
+        word = draw(st.sampled_from(PADDING_WORDS))
+        return word, word
+    if form == "pair":
+        pair = _pair_draw(draw, 0, 3)
+        return draw(spelled(pair)), pair
+    sides = (_pair_draw(draw, 0, 3), _pair_draw(draw, 0, 3))
+    inner = [draw(st.sampled_from([tuple, list]))((np.int64(before) if draw(st.booleans()) else before, after))
+             for before, after in sides]
+    return draw(st.sampled_from([tuple, list]))(inner), sides
+
+
+@st.composite
 def window_args(draw, with_dilation):
     kernel = _pair_draw(draw, 1, 5)
     stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
-    padding = _pair_draw(draw, 0, 3)
+    padding_spelling, padding = draw(paddings())
     dilation = _pair_draw(draw, 1, 3) if with_dilation else (1, 1)
     spelling = dict(kernel_size=draw(spelled(kernel)), stride=None if stride is None else draw(spelled(stride)),
-                    padding=draw(spelled(padding)))
+                    padding=padding_spelling)
     if with_dilation:
         spelling["dilation"] = draw(spelled(dilation))
     plain = dict(kernel=kernel, stride=kernel if stride is None else stride, padding=padding, dilation=dilation)
@@ -147,7 +191,7 @@ def test_max_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
     assert_matches(grad_x, reference.max_pool2d_backward(grad_out, indices, x.shape), plane["dtype"])
 
 
-@given(plane=planes(), window=window_args(with_dilation=False), ceil_mode=st.booleans(),
+@given(plane=planes(), window=window_args(with_dilation=True), ceil_mode=st.booleans(),
        count_include_pad=st.booleans(), divisor_override=st.one_of(st.none(), st.integers(1, 7)))
 def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ceil_mode, count_include_pad,
                                                                divisor_override):
@@ -161,7 +205,7 @@ def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
         assert_refused(lambda: F.avg_pool2d_backward(grad_out, x.shape, **kwargs, **flags), reasons)
         return
     y = F.avg_pool2d(laid_out, **kwargs, **flags)
-    plain = _plain_kwargs(geometry, False)
+    plain = _plain_kwargs(geometry, True)
     with np.errstate(invalid="ignore"):
         assert_matches(y, reference.avg_pool2d(x, **plain, **flags), plane["dtype"])
     grad_out = _values(grad_rng, y.shape, plane["dtype"], plane["kind"])
@@ -172,6 +216,72 @@ def test_avg_pool2d_and_backward_match_the_reference_or_refuse(plane, window, ce
     # A grad_out of another output size is refused.
     wrong = np.zeros((*y.shape[:-1], y.shape[-1] + 1), dtype=plane["dtype"])
     assert_refused(lambda: F.avg_pool2d_backward(wrong, x.shape, **kwargs, **flags), ("grad_out",))
+
+
+@st.composite
+def lines(draw):
+    """A 1-D pooling call's input and window: (shape, dtype, values kind, channels last, seed),
+    and (spelling, plain) of kernel, stride, padding and dilation as ``window_args`` gives them,
+    the padding an int, ``(p,)``, ``((left, right),)`` or a word."""
+    batch, channels, length = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.integers(0, 12))
+    line = dict(shape=(batch, channels, length), dtype=draw(st.sampled_from(DTYPES)),
+                kind=draw(st.sampled_from(["normal", "ties", "special"])), last=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**32 - 1)))
+    kernel, dilation = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    stride = draw(st.one_of(st.none(), st.integers(1, 4)))
+    form = draw(st.sampled_from(["int", "1-tuple", "sides", "word"]))
+    if form == "word":
+        padding = spelling = draw(st.sampled_from(PADDING_WORDS))
+    else:
+        before, after = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        if form != "sides":
+            after = before
+        padding = ((0, 0), (before, after))
+        spelling = {"int": before, "1-tuple": (before,), "sides": ((before, after),)}[form]
+    plain = dict(kernel=(1, kernel), stride=(1, kernel if stride is None else stride), padding=padding,
+                 dilation=(1, dilation))
+    return line, dict(kernel_size=kernel, stride=stride, padding=spelling, dilation=dilation), plain
+
+
+@given(call=lines(), ceil_mode=st.booleans(), count_include_pad=st.booleans())
+def test_pool1d_padding_spellings_match_the_2d_reference_or_refuse(call, ceil_mode, count_include_pad):
+    # The 1-D ops against the 2-D reference on a height-1 view: kernel, stride and dilation 1
+    # along the height, and no padding there ('same' and 'same_lower' give none over one row).
+    line, kwargs, plain = call
+    rng = np.random.default_rng(line["seed"])
+    x = _values(rng, line["shape"], line["dtype"], line["kind"])
+    layout = "NWC" if line["last"] else "NCW"
+
+    def laid(array):
+        """A (N, C, 1, L) reference result as the 1-D op in ``layout`` gives it."""
+        return np.moveaxis(array[:, :, 0], 1, -1) if line["last"] else array[:, :, 0]
+
+    laid_out = laid(x[:, :, np.newaxis])
+    reasons = _window_reasons(1, line["shape"][-1], *plain.values(), ceil_mode)
+    max_call = lambda: F.max_pool1d(laid_out, **kwargs, ceil_mode=ceil_mode, return_indices=True,  # noqa: E731
+                                    layout=layout)
+    avg_flags = dict(ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    avg_call = lambda: F.avg_pool1d(laid_out, **kwargs, **avg_flags, layout=layout)  # noqa: E731
+    if reasons:
+        assert_refused(max_call, reasons)
+        assert_refused(avg_call, reasons)
+        return
+    geometry = dict(kernel_size=plain["kernel"], stride=plain["stride"], padding=plain["padding"],
+                    dilation=plain["dilation"])
+    view = x[:, :, np.newaxis, :]
+    y, indices = max_call()
+    expected_y, expected_indices = reference.max_pool2d(view, **geometry, ceil_mode=ceil_mode, return_indices=True)
+    assert_matches(y, laid(expected_y), line["dtype"])
+    assert_matches(indices, laid(expected_indices), line["dtype"])
+    grad_out = _values(rng, expected_y.shape, line["dtype"], "normal")
+    grad_x = F.max_pool1d_backward(laid(grad_out), indices, laid_out.shape, layout=layout)
+    expected = reference.max_pool2d_backward(grad_out, expected_indices, view.shape)
+    assert_matches(grad_x, laid(expected), line["dtype"])
+    with np.errstate(invalid="ignore"):
+        assert_matches(avg_call(), laid(reference.avg_pool2d(view, **geometry, **avg_flags)), line["dtype"])
+        grad_x = F.avg_pool1d_backward(laid(grad_out), laid_out.shape, **kwargs, **avg_flags, layout=layout)
+        expected = reference.avg_pool2d_backward(grad_out, view.shape, **geometry, **avg_flags)
+        assert_matches(grad_x, laid(expected), line["dtype"])
 
 
 @st.composite

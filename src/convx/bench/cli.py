@@ -11,7 +11,7 @@ import textwrap
 from .. import _threads
 from . import _load
 from .cases import CASES, QUICK_BATCH, quick
-from .implementations import winograd_applies
+from .implementations import LAYOUTS, winograd_applies
 from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
@@ -43,6 +43,11 @@ def parse_args(argv):
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-winograd", action="store_true",
                         help="skip convx's algorithm='winograd' on the 3x3 stride-1 cases")
+    parser.add_argument("--layout", choices=LAYOUTS, default="NCHW",
+                        help="convx's data layout: NCHW (channels first, the default) or NHWC (channels last: "
+                             "inputs made (N, H, W, C) before timing, weights unchanged; PyTorch in "
+                             "torch.channels_last); 'both' times convx in both, interleaved, and compares their "
+                             "outputs and times (issue 20's target: NHWC at most 1.05x NCHW)")
     parser.add_argument("--memory", action="store_true", help="also report convx's extra memory at batch N and 4N")
     parser.add_argument("--ceiling", action="store_true",
                         help="also time numpy's GEMM on each convolution's forward product (the im2col ceiling), "
@@ -96,6 +101,8 @@ def parse_args(argv):
         parser.error("--tune is a separate benchmark: run it without --nets / --layers")
     if args.layers and args.nets:
         parser.error("--layers and --nets are separate benchmarks: run one at a time")
+    if args.layout != "NCHW" and (args.tune or args.layers):
+        parser.error(f"--layout {args.layout}: the single-op benchmark's option, not for --tune / --layers")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
@@ -103,7 +110,8 @@ def parse_args(argv):
     if args.batch is not None and args.batch < 2:
         parser.error(f"--batch must be at least 2 (BatchNorm's batch statistics), got {args.batch}")
     op_options = {"--case": args.case, "--op": args.op, "--memory": args.memory, "--ceiling": args.ceiling,
-                  "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd, "--wide": args.wide}
+                  "--no-numpy": args.no_numpy, "--no-winograd": args.no_winograd, "--wide": args.wide,
+                  "--layout": args.layout != "NCHW"}
     if args.retry_busy < 0:
         parser.error(f"--retry-busy must be at least 0, got {args.retry_busy}")
     net_options = {"--net": args.net, "--batch": args.batch, "--no-onnx": args.no_onnx, "--profile": args.profile,
@@ -248,15 +256,20 @@ def main(argv=None, reuse_memory: bool = False) -> int:
         print(f"[{index}/{len(cases)}] {case.name}: {case.describe()}", file=sys.stderr, flush=True)
         case_load = _load.OtherLoad()
         results += time_case(case, ops, implementations, repeat,
-                             reference_seconds=QUICK_REFERENCE_SECONDS if args.quick else None)
+                             reference_seconds=QUICK_REFERENCE_SECONDS if args.quick else None, layout=args.layout)
         load_by_case[case.name] = case_load.fraction()
+    shown = ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch")
     trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()),
-                  ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch"))
+                  shown + (("convx_nhwc",) if args.layout == "both" else ()))
     batches = sorted({c.batch for c in cases})
     print(textwrap.fill(f"convx {info['convx']}, {threads} threads, {info['cpu']} ({info['cores']} cores); "
                         f"{'--quick: ' if args.quick else ''}batch "
-                        f"{'-'.join(str(b) for b in batches[::len(batches) - 1 or 1])}, {repeat} runs per op", WIDTH))
+                        f"{'-'.join(str(b) for b in batches[::len(batches) - 1 or 1])}, {repeat} runs per op"
+                        + {"NCHW": "", "NHWC": "; convx channels last (NHWC)",
+                           "both": "; convx channels first and last (NCHW and NHWC)"}[args.layout], WIDTH))
     print(format_table(results, repeat, wide=args.wide))
+    # --ceiling and --memory measure convx in its layout (channels first with 'both').
+    own_layout = "NHWC" if args.layout == "NHWC" else "NCHW"
 
     ceilings = []
     if args.ceiling and any(case.kind == "conv" for case in cases):
@@ -268,7 +281,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
                 continue
             rate = gemm_ceiling(case, threads, repeat)
             convx_rate = forward.flops / forward.times["convx"]
-            one, many = thread_scaling(case, "forward", threads, repeat)
+            one, many = thread_scaling(case, "forward", threads, repeat, layout=own_layout)
             ceilings.append({"case": case.name, "gemm_flops_per_s": rate, "convx_forward_flops_per_s": convx_rate,
                              "forward_1_thread_s": one, f"forward_{threads}_threads_s": many})
             print(f"  {case.name:15s} GEMM {rate / 1e9:7.1f} GFLOP/s   convx forward {convx_rate / 1e9:7.1f} "
@@ -280,7 +293,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
         for case in cases:
             if case.kind != "conv":
                 continue
-            together, apart = fused_backward(case, repeat)
+            together, apart = fused_backward(case, repeat, layout=own_layout)
             fused.append({"case": case.name, "fused_s": together, "separate_s": apart})
             print(f"  {case.name:15s} fused {together * 1e3:8.2f} ms   separate {apart * 1e3:8.2f} ms   "
                   f"{100 * (1 - together / apart):5.1f}% cheaper")
@@ -308,7 +321,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
                     continue
                 with_winograd = "winograd" in implementations and winograd_applies(case)
                 for name in ["convx", "winograd"] if with_winograd else ["convx"]:
-                    small, large = (extra_memory(case, op, b, name) for b in (case.batch, 4 * case.batch))
+                    small, large = (extra_memory(case, op, b, name, own_layout) for b in (case.batch, 4 * case.batch))
                     memory.append({"case": case.name, "op": op, "implementation": name, "batch": case.batch,
                                    "extra_bytes": small, "batch_x4": 4 * case.batch, "extra_bytes_x4": large})
                     label = op if name == "convx" else f"{op} (wino)"
@@ -317,7 +330,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
 
     if args.json:
         payload = {"machine": info, "threads": threads, "repeat": repeat, "quick": args.quick,
-                   "results": [dataclasses.asdict(r) for r in results], "memory": memory,
+                   "layout": args.layout, "results": [dataclasses.asdict(r) for r in results], "memory": memory,
                    "ceilings": ceilings, "fused": fused, "copies": copies, "summary": summary(results),
                    "trust": trust.as_json(results)}
         with open(args.json, "w") as f:

@@ -11,9 +11,36 @@ from .cases import ConvCase, PoolCase
 
 Calls = dict[str, Callable[[], object]]
 
+# ``--layout``: the layouts convx's ops run in; "both" times each op in both, interleaved.
+LAYOUTS = ("NCHW", "NHWC", "both")
+# Which outputs of each op are data in the op's layout (True) and which are not (the weight and
+# bias gradients: (C_out, C_in / groups, kH, kW) and (C_out,) in both layouts).
+LAYOUT_OUTPUTS = {("conv", "forward"): (True,), ("conv", "backward_input"): (True,),
+                  ("conv", "backward_weight"): (False,), ("conv", "backward"): (True, False, False),
+                  ("max", "forward"): (True, True), ("avg", "forward"): (True,),
+                  ("max", "backward"): (True,), ("avg", "backward"): (True,)}
+
+
+def channels_last(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with the images and output gradients copied to (N, H, W, C), C-contiguous (the
+    weight unchanged): what a channels-last net holds, made before any timing."""
+    return {name: a if name == "weight" else np.ascontiguousarray(np.moveaxis(a, 1, -1)) for name, a in arrays.items()}
+
+
+def channels_first_outputs(case: ConvCase | PoolCase, op: str, outputs: object) -> tuple[np.ndarray, ...]:
+    """The outputs of ``op`` as a tuple, those in the op's data layout moved from (N, H, W, C)
+    to (N, C, H, W), so that a channels-last run can be compared with a channels-first one."""
+    flat = outputs if isinstance(outputs, tuple) else (outputs,)
+    key = (case.kind if case.kind == "conv" else case.mode, op)  # type: ignore[union-attr]
+    return tuple(np.moveaxis(a, -1, 1) if data else a for a, data in zip(flat, LAYOUT_OUTPUTS[key]))
+
 
 def _conv_args(case: ConvCase) -> dict:
     return dict(stride=case.stride, padding=case.padding, dilation=1, groups=case.groups)
+
+
+def _in_layout(arrays: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
+    return channels_last(arrays) if layout == "NHWC" else arrays
 
 
 def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
@@ -27,14 +54,14 @@ def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> 
     }
 
 
-def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray]) -> Calls:
+def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
     x, grad_out = arrays["x"], arrays["grad_out"]
-    args = dict(kernel_size=case.kernel, stride=case.stride, padding=case.padding)
+    args = dict(kernel_size=case.kernel, stride=case.stride, padding=case.padding, **extra)
     if case.mode == "max":
         _, indices = ops.max_pool2d(x, return_indices=True, **args)
         return {
             "forward": lambda: ops.max_pool2d(x, return_indices=True, **args),
-            "backward": lambda: ops.max_pool2d_backward(grad_out, indices, x.shape),
+            "backward": lambda: ops.max_pool2d_backward(grad_out, indices, x.shape, **extra),
         }
     return {
         "forward": lambda: ops.avg_pool2d(x, **args),
@@ -42,24 +69,33 @@ def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray]) -> Calls:
     }
 
 
-def convx_calls(case, arrays) -> Calls:
+def convx_calls(case, arrays, layout: str = "NCHW") -> Calls:
+    """convx's ops; with ``layout="NHWC"`` on channels-last copies of ``arrays`` (made here, before any timing)."""
     builder = _conv_calls if case.kind == "conv" else _pool_calls
-    return builder(convx_ops, case, arrays)
+    extra = {"layout": "NHWC"} if layout == "NHWC" else {}
+    return builder(convx_ops, case, _in_layout(arrays, layout), **extra)
+
+
+def convx_nhwc_calls(case, arrays, layout: str = "NCHW") -> Calls:
+    """convx's ops channels-last whatever ``layout`` says: ``--layout both`` times them beside ``convx_calls``."""
+    return convx_calls(case, arrays, "NHWC")
 
 
 def winograd_applies(case: ConvCase | PoolCase) -> bool:
     return case.kind == "conv" and (case.kernel, case.stride, case.groups) == (3, 1, 1)
 
 
-def winograd_calls(case, arrays) -> Calls | None:
+def winograd_calls(case, arrays, layout: str = "NCHW") -> Calls | None:
     """convx with ``algorithm="winograd"``, on the cases it applies to (3x3, stride 1, one group)."""
     if not winograd_applies(case):
         return None
-    return _conv_calls(convx_ops, case, arrays, algorithm="winograd")
+    extra = {"layout": "NHWC"} if layout == "NHWC" else {}
+    return _conv_calls(convx_ops, case, _in_layout(arrays, layout), algorithm="winograd", **extra)
 
 
-def numpy_calls(case, arrays) -> Calls:
-    """The pure-NumPy reference (``convx.reference``), the baseline a NumPy user starts from."""
+def numpy_calls(case, arrays, layout: str = "NCHW") -> Calls:
+    """The pure-NumPy reference (``convx.reference``), the baseline a NumPy user starts from;
+    channels first whatever ``layout`` says (the reference has no other)."""
     from .. import reference
 
     module = reference.conv if case.kind == "conv" else reference.pooling
@@ -71,24 +107,37 @@ def numpy_calls(case, arrays) -> Calls:
     return calls
 
 
-def separate_backward(ops, case: ConvCase, arrays: dict[str, np.ndarray]) -> Callable[[], object]:
-    """The three calls a fused ``conv2d_backward`` replaces (input, weight and bias gradients), in ``ops``."""
-    calls = _conv_calls(ops, case, arrays)
+def separate_backward(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> Callable[[], object]:
+    """The three calls a fused ``conv2d_backward`` replaces (input, weight and bias gradients), in
+    ``ops``; ``extra``: ``layout="NHWC"`` on channels-last ``arrays``."""
+    calls = _conv_calls(ops, case, arrays, **extra)
     grad_out = arrays["grad_out"]
-    return lambda: (calls["backward_input"](), calls["backward_weight"](), ops.conv2d_backward_bias(grad_out))
+    return lambda: (calls["backward_input"](), calls["backward_weight"](), ops.conv2d_backward_bias(grad_out, **extra))
 
 
-def torch_calls(case, arrays) -> Calls | None:
-    """PyTorch CPU on the same arrays (shared memory, no copies), or None when it is not installed."""
+def torch_calls(case, arrays, layout: str = "NCHW") -> Calls | None:
+    """PyTorch CPU on the same arrays (shared memory, no copies), or None when it is not installed.
+
+    With ``layout="NHWC"``: on channels-last copies of the images and output gradients, seen by
+    PyTorch as (N, C, H, W) tensors in ``torch.channels_last`` memory format, and the weight
+    copied to that format too, as ``model.to(memory_format=torch.channels_last)`` would do.
+    """
     try:
         import torch
     except ImportError:
         return None
     aten = torch.ops.aten
-    x = torch.from_numpy(arrays["x"])
-    grad_out = torch.from_numpy(arrays["grad_out"])
+    if layout == "NHWC":
+        last = channels_last(arrays)
+        x = torch.from_numpy(last["x"]).permute(0, 3, 1, 2)
+        grad_out = torch.from_numpy(last["grad_out"]).permute(0, 3, 1, 2)
+    else:
+        x = torch.from_numpy(arrays["x"])
+        grad_out = torch.from_numpy(arrays["grad_out"])
     if case.kind == "conv":
         weight = torch.from_numpy(arrays["weight"])
+        if layout == "NHWC":
+            weight = weight.contiguous(memory_format=torch.channels_last)
         geometry = ([case.stride] * 2, [case.padding] * 2, [1, 1], False, [0, 0], case.groups)
 
         def backward(mask):
@@ -115,7 +164,7 @@ def torch_calls(case, arrays) -> Calls | None:
     }
 
 
-def copy_calls(case: ConvCase | PoolCase, arrays: dict[str, np.ndarray]) -> Calls | None:
+def copy_calls(case: ConvCase | PoolCase, arrays: dict[str, np.ndarray], layout: str = "NCHW") -> Calls | None:
     """Pooling's memory-speed yardstick: one-thread ``np.copyto`` of (read + written) / 2 bytes, so
     that it reads and writes as many bytes as the op must (timed interleaved with the others, so
     it finds the caches as they do)."""
@@ -130,5 +179,7 @@ def copy_calls(case: ConvCase | PoolCase, arrays: dict[str, np.ndarray]) -> Call
     return calls
 
 
-IMPLEMENTATIONS = {"convx": convx_calls, "winograd": winograd_calls, "numpy": numpy_calls, "torch": torch_calls,
-                   "copy": copy_calls}
+# name -> builder(case, arrays, layout): the arrays are always channels first; each builder makes
+# the channels-last copies it needs.
+IMPLEMENTATIONS = {"convx": convx_calls, "convx_nhwc": convx_nhwc_calls, "winograd": winograd_calls,
+                   "numpy": numpy_calls, "torch": torch_calls, "copy": copy_calls}

@@ -19,7 +19,7 @@ from .. import _core, _threads
 from .._version import __version__
 from ._load import relative_iqr
 from .cases import ConvCase, PoolCase
-from .implementations import IMPLEMENTATIONS
+from .implementations import IMPLEMENTATIONS, channels_first_outputs
 
 
 @dataclasses.dataclass
@@ -35,6 +35,10 @@ class Result:
     spread: dict[str, float] = dataclasses.field(default_factory=dict)
     kind: str = "conv"  # "conv" or "pool"
     bytes_moved: int | None = None  # pooling: the bytes the op must read and write at least
+    layout: str = "NCHW"  # convx's layout ("both": "convx" channels first, "convx_nhwc" channels last)
+    # --layout both: the worst relative error (measure.relative_error) of the channels-last
+    # outputs against the channels-first ones, over the op's outputs
+    layout_error: float | None = None
 
     def time(self, name: str) -> float | None:
         """Median seconds of ``name``; ``'auto'``: Winograd's where it ran, else convx's."""
@@ -212,6 +216,7 @@ def time_case(
     seed: int = 0,
     max_seconds: float = 20.0,
     reference_seconds: float | None = None,
+    layout: str = "NCHW",
 ) -> list[Result]:
     """Every run of each op of ``case`` for each implementation, and their median.
 
@@ -225,11 +230,19 @@ def time_case(
     is warmed up (``_warm_up``) before its timed runs. One whose calls exceed ``max_seconds`` in
     total (the NumPy reference: ``reference_seconds``, if given) stops early with the runs it has
     (at least one).
+
+    ``layout``: convx's (and its Winograd variant's and PyTorch's, as ``torch.channels_last``)
+    data layout, ``'NCHW'`` or ``'NHWC'`` (the NumPy reference stays channels first); ``'both'``
+    adds convx channels last as ``'convx_nhwc'``, timed in the same rounds as the others, and
+    compares its outputs with convx's channels-first ones (``Result.layout_error``).
     """
     arrays = case.arrays(np.random.default_rng(seed))
+    implementations = list(implementations)
+    if layout == "both" and "convx" in implementations and "convx_nhwc" not in implementations:
+        implementations.insert(implementations.index("convx") + 1, "convx_nhwc")
     calls = {}
     for name in implementations:
-        made = IMPLEMENTATIONS[name](case, arrays)
+        made = IMPLEMENTATIONS[name](case, arrays, layout)
         if made is not None:
             calls[name] = made
     together = [name for name in calls if name != "numpy"]
@@ -260,6 +273,9 @@ def time_case(
     for op in selected:
         run(op, together)
         runs = samples[op]
+        layout_error = None
+        if "convx" in calls and "convx_nhwc" in calls:
+            layout_error = layout_agreement(case, op, calls["convx"][op], calls["convx_nhwc"][op])
         results.append(
             Result(
                 case.name,
@@ -271,16 +287,31 @@ def time_case(
                 spread={name: relative_iqr(s) for name, s in runs.items()},
                 kind=case.kind,
                 bytes_moved=sum(case.bytes_moved(op)) if isinstance(case, PoolCase) else None,
+                layout=layout,
+                layout_error=layout_error,
             )
         )
     return results
 
 
-def extra_memory(case: ConvCase | PoolCase, op: str, batch: int, implementation: str = "convx") -> int:
+def layout_agreement(case: ConvCase | PoolCase, op: str, first: Callable[[], object],
+                     last: Callable[[], object]) -> float:
+    """The worst relative error of the channels-last call's outputs against the channels-first
+    call's, each output in channels-first order (as ``--nets`` measures libraries' agreement)."""
+    from .nets.measure import relative_error
+
+    references = first()
+    references = references if isinstance(references, tuple) else (references,)
+    values = channels_first_outputs(case, op, last())
+    return max(relative_error(value, reference) for value, reference in zip(values, references))
+
+
+def extra_memory(case: ConvCase | PoolCase, op: str, batch: int, implementation: str = "convx",
+                 layout: str = "NCHW") -> int:
     """Peak bytes convx allocates for ``op`` beyond its outputs (traced by tracemalloc)."""
     sized = dataclasses.replace(case, batch=batch)
     arrays = sized.arrays(np.random.default_rng(0))
-    call = IMPLEMENTATIONS[implementation](sized, arrays)[op]
+    call = IMPLEMENTATIONS[implementation](sized, arrays, layout)[op]
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -311,11 +342,12 @@ def gemm_ceiling(case: ConvCase, threads: int, repeat: int, seed: int = 0) -> fl
     return case.groups * 2.0 * a.shape[0] * k * b.shape[1] / seconds
 
 
-def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int = 0) -> tuple[float, float]:
+def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int = 0,
+                   layout: str = "NCHW") -> tuple[float, float]:
     """Median seconds of convx's ``op`` on ``case`` with one thread and with ``threads``, interleaved."""
     from .implementations import convx_calls
 
-    call = convx_calls(case, case.arrays(np.random.default_rng(seed)))[op]
+    call = convx_calls(case, case.arrays(np.random.default_rng(seed)), layout)[op]
     previous = _threads.get_num_threads()
     samples: dict[int, list[float]] = {1: [], threads: []}
     try:
@@ -331,15 +363,18 @@ def thread_scaling(case: ConvCase, op: str, threads: int, repeat: int, seed: int
     return statistics.median(samples[1]), statistics.median(samples[threads])
 
 
-def fused_backward(case: ConvCase, repeat: int, seed: int = 0) -> tuple[float, float]:
+def fused_backward(case: ConvCase, repeat: int, seed: int = 0, layout: str = "NCHW") -> tuple[float, float]:
     """Median seconds of convx's fused ``conv2d_backward`` on ``case`` and of the three separate
     calls it replaces (input, weight and bias gradients, back to back), interleaved."""
     from .. import functional
-    from .implementations import convx_calls, separate_backward
+    from .implementations import channels_last, convx_calls, separate_backward
 
     arrays = case.arrays(np.random.default_rng(seed))
-    fused = convx_calls(case, arrays)["backward"]
-    separate = separate_backward(functional, case, arrays)
+    fused = convx_calls(case, arrays, layout)["backward"]
+    if layout == "NHWC":
+        separate = separate_backward(functional, case, channels_last(arrays), layout="NHWC")
+    else:
+        separate = separate_backward(functional, case, arrays)
     samples: dict[str, list[float]] = {"fused": [], "separate": []}
     _time_once(fused)
     _time_once(separate)

@@ -16,9 +16,15 @@ SPREAD_LIMIT = 0.15
 # A reference convolution slower (or faster) by more than this at the end than at the start.
 CALIBRATION_LIMIT = 0.15
 WIDTH = 100
+# issue 20: convx channels last at most this many times its channels-first time
+LAYOUT_TARGET = 1.05
+# --layout both: the channels-last outputs within this relative error (max |difference| / max
+# |channels-first output|) of the channels-first ones. Both sum the same products in other
+# orders: float32 rounding differs by about 1e-6 of the scale; a layout mistake, by about 1.
+LAYOUT_AGREEMENT = 1e-4
 
 PEERS = {"numpy": "NumPy", "torch": "PyTorch", "winograd": "wino"}
-NAMES = {"numpy": "NumPy", "torch": "PyTorch", "winograd": "convx's Winograd"}
+NAMES = {"numpy": "NumPy", "torch": "PyTorch", "winograd": "convx's Winograd", "convx_nhwc": "convx NHWC"}
 SHORT_OPS = {"forward": "forward", "backward_input": "bwd input", "backward_weight": "bwd weight",
              "backward": "backward"}
 
@@ -61,14 +67,24 @@ class Column:
     left: bool = False
 
 
+def _layout_ratio(result: Result) -> float | None:
+    """convx's channels-last time / its channels-first time (``--layout both``)."""
+    return result.ratio("convx_nhwc", "convx")
+
+
 def _columns(results: Sequence[Result], kind: str, wide: bool) -> list[Column]:
     ran = {name for r in results for name in r.times}
+    both = "convx_nhwc" in ran
     case_width = max(4, *(len(r.case) for r in results))
     ops = {r.op: r.op if wide else SHORT_OPS.get(r.op, r.op) for r in results}
+    layout = "NCHW" if both else results[0].layout
     columns = [Column("", "case", case_width, lambda r: r.case, left=True),
                Column("", "op", max(2, *(len(v) for v in ops.values())), lambda r: ops[r.op], left=True),
-               Column("convx", "ms", 12, lambda r: _cell(r, "convx"))]
-    peers = ["winograd", "numpy", "torch"] if wide else ["numpy", "torch"]
+               Column("convx" if layout == "NCHW" and not both else f"convx {layout}", "ms", 12,
+                      lambda r: _cell(r, "convx"))]
+    if both and wide:
+        columns.append(Column("convx NHWC", "ms", 12, lambda r: _cell(r, "convx_nhwc")))
+    peers = ["winograd", "numpy", "torch"] if wide else ["torch"] if both else ["numpy", "torch"]
     for name in peers:
         if name in ran:
             columns.append(Column(PEERS[name], "ms", 12, lambda r, name=name: _cell(r, name)))
@@ -79,6 +95,8 @@ def _columns(results: Sequence[Result], kind: str, wide: bool) -> list[Column]:
         columns.append(Column("time /", "PyTorch", 7, lambda r: _ratio(r.ratio("convx", "torch"))))
         if wide and "winograd" in ran:
             columns.append(Column("wino time", "/ PyTorch", 9, lambda r: _ratio(r.ratio("winograd", "torch"))))
+    if both:
+        columns.append(Column("NHWC time", "/ NCHW", 9, lambda r: _ratio(_layout_ratio(r))))
     return columns
 
 
@@ -121,6 +139,8 @@ def format_table(results: Sequence[Result], repeat: int, wide: bool = False) -> 
             means.append(f"time / PyTorch {geomean(ratios):.2f}")
         if wide and kind == "conv" and "winograd" in ran and (ratios := _ratios(rows, "auto", "torch")):
             means.append(f"with algorithm='auto' (Winograd where it applies) {geomean(ratios):.2f}")
+        if "convx_nhwc" in ran and (ratios := _ratios(rows, "convx_nhwc", "convx")):
+            means.append(f"NHWC time / NCHW {geomean(ratios):.2f}")
         if means:
             lines += _wrap(f"geometric mean over {len(rows)} ops: {', '.join(means)}")
     lines.append("")
@@ -131,6 +151,21 @@ def format_table(results: Sequence[Result], repeat: int, wide: bool = False) -> 
         legend.append("x faster than NumPy: NumPy's time / convx's (higher is better).")
     if "torch" in ran:
         legend.append("time / PyTorch: convx's time / PyTorch's (lower is better; below 1, convx is faster).")
+    layouts = {r.layout for r in results}
+    if "convx_nhwc" in ran:
+        legend.append("NHWC time / NCHW: convx's time channels last / its time channels first, the two timed in "
+                      f"the same rounds (lower is better; issue 20's target: at most {LAYOUT_TARGET:g}).")
+        if "torch" in ran:
+            legend.append("PyTorch ran channels first.")
+        if not wide and "numpy" in ran:
+            legend.append("NumPy's times: with --wide.")
+    elif "NHWC" in layouts:
+        said = ["convx NHWC: convx's inputs and outputs channels last, (N, H, W, C)"]
+        if "torch" in ran:
+            said.append("PyTorch's in torch.channels_last memory format")
+        if "numpy" in ran:
+            said.append("the NumPy reference's channels first")
+        legend.append("; ".join(said) + ".")
     legend.append("GFLOP/s: 2 x multiply-adds / time; GB/s: bytes the op must read and write / time.")
     if not wide:
         legend.append("bwd input, bwd weight: one gradient alone; backward: all of them in one call. "
@@ -160,9 +195,33 @@ def summary(results: Sequence[Result]) -> str:
         faster = f"{mean:.1f}x faster" if mean >= 1 else f"{1 / mean:.1f}x slower"
         faster += f" than pure NumPy (geomean of {len(numpy)} ops)"
         parts.append(f"it was {faster}" if parts else f"convx was {faster}")
+    layout = layout_summary(results)
     if not parts:
+        if layout:
+            return layout
         return "convx ran alone: no NumPy or PyTorch timings to compare with."
-    return "\n".join(_wrap("; ".join(parts) + "."))
+    return "\n".join(_wrap("; ".join(parts) + ".") + ([layout] if layout else []))
+
+
+def layout_summary(results: Sequence[Result]) -> str:
+    """``--layout both``: convx's channels-last time against its channels-first time in words
+    (geomean, worst op, how many above the target) and how far apart their outputs were;
+    empty without channels-last timings."""
+    pairs = [(x, r) for r in results if (x := _layout_ratio(r))]
+    if not pairs:
+        return ""
+    worst, worst_result = max(pairs, key=lambda pair: pair[0])
+    above = sum(x > LAYOUT_TARGET for x, _ in pairs)
+    text = (f"Channels last, convx took {geomean([x for x, _ in pairs]):.2f}x its channels-first time (geomean of "
+            f"{len(pairs)} op{'s' if len(pairs) > 1 else ''}), at worst {worst:.2f}x ({worst_result.case} "
+            f"{worst_result.op}); {above} of {len(pairs)} op{'s' if len(pairs) > 1 else ''} took more than "
+            f"{LAYOUT_TARGET:g}x (issue 20's target).")
+    errors = [(r.layout_error, r) for r in results if r.layout_error is not None]
+    if errors:
+        error, error_result = max(errors, key=lambda pair: pair[0])
+        text += (f" The two layouts' outputs agreed to {error:.1e} relative error at worst ({error_result.case} "
+                 f"{error_result.op}; bound {LAYOUT_AGREEMENT:g}).")
+    return "\n".join(_wrap(text))
 
 
 @dataclass
@@ -197,6 +256,12 @@ class Trust:
             found.append(f"WARNING: {len(ops)} of {len(results)} ops varied by more than ±{50 * SPREAD_LIMIT:g}% "
                          f"between their {repeat} runs (marked *; worst: {named}). Rerun on an idle machine, "
                          "or with a larger --repeat.")
+        disagree = [r for r in results if r.layout_error is not None and r.layout_error > LAYOUT_AGREEMENT]
+        if disagree:
+            named = ", ".join(f"{r.case} {r.op} ({r.layout_error:.1e})" for r in disagree[:4])
+            found.append(f"WARNING: convx's channels-last outputs differ from its channels-first ones by more than "
+                         f"{LAYOUT_AGREEMENT:g} (relative) in {len(disagree)} op{'s' if len(disagree) > 1 else ''}: "
+                         f"{named}.")
         if self.calibration is not None:
             start, end = self.calibration
             if abs(end / start - 1) > CALIBRATION_LIMIT:

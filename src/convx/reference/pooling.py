@@ -3,15 +3,16 @@ benchmark baseline for ``convx.functional.pooling``.
 
 Signatures mirror the public functions. Arguments are trusted (no validation). Everything is
 vectorised over N and C; the loops run over kernel taps (max/avg pooling) or over outputs
-(adaptive pooling), so each line reads like the formula it implements. Output sizes and
-adaptive windows come from ``convx._shapes``, like everywhere else.
+(adaptive pooling), so each line reads like the formula it implements. The padding words and
+the output sizes of the window sweeps are worked out here again from their definitions (not
+with ``convx._shapes``, which the compiled ops use); adaptive windows come from there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._shapes import adaptive_window, pool_output_size
+from .._shapes import adaptive_window
 
 
 def _pair(value) -> tuple[int, int]:
@@ -27,11 +28,44 @@ def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
     return array[0] if unbatched else array
 
 
+def _sides(padding, sizes, kernel, stride, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``padding`` as ((top, bottom), (left, right)).
+
+    ``p`` pads every side, ``(ph, pw)`` both sides of each axis; ``'valid'`` pads nothing.
+    ``'same'`` (ONNX's SAME_UPPER) pads an axis of length ``n`` by the least total that gives
+    ``ceil(n / s)`` windows, ``(ceil(n / s) - 1) * s + d * (k - 1) + 1 - n`` (not below 0), half
+    before and the odd one after; ``'same_lower'`` puts the odd one before.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        sides = []
+        for n, k, s, d in zip(sizes, kernel, stride, dilation):
+            total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+            half, rest = total // 2, total - total // 2
+            sides.append((half, rest) if padding == "same" else (rest, half))
+        return sides[0], sides[1]
+    first, second = _pair(padding)
+    return _pair(first), _pair(second)
+
+
+def _out_size(size, kernel, stride, before, after, dilation, ceil_mode) -> int:
+    """Windows of span ``d * (k - 1) + 1`` starting every ``s`` over ``before + size + after``:
+    ``floor((size + before + after - span) / s) + 1``, rounded up instead with ``ceil_mode``,
+    but never a last window starting in the trailing padding."""
+    reach = size + before + after - dilation * (kernel - 1) - 1
+    out = (-(-reach // stride) if ceil_mode else reach // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + before:
+        out -= 1
+    return out
+
+
 def _taps(size, out_size, kernel, stride, padding, dilation):
     """For each tap t in order: positions o*stride - padding + t*dilation of every output o, and which are inside.
 
-    Taps that land outside the input for every output (all padding) are skipped: they add
-    nothing, and a huge kernel over a tiny input has billions of them.
+    ``padding`` is the padding before the axis. Taps that land outside the input for every output
+    (all padding) are skipped: they add nothing, and a huge kernel over a tiny input has billions
+    of them.
     """
     start = np.arange(out_size) * stride - padding
     first, end = 0, kernel
@@ -44,20 +78,22 @@ def _taps(size, out_size, kernel, stride, padding, dilation):
 
 
 def _geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """kernel, stride, ((top, bottom), (left, right)), dilation, out_h and out_w."""
     _, _, height, width = x_shape
     kernel = _pair(kernel_size)
     stride = kernel if stride is None else _pair(stride)
-    padding, dilation = _pair(padding), _pair(dilation)
-    out_h = pool_output_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    out_w = pool_output_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    return kernel, stride, padding, dilation, out_h, out_w
+    dilation = _pair(dilation)
+    sides = _sides(padding, (height, width), kernel, stride, dilation)
+    out_h, out_w = (_out_size(size, k, s, before, after, d, ceil_mode)
+                    for size, k, s, (before, after), d in zip((height, width), kernel, stride, sides, dilation))
+    return kernel, stride, sides, dilation, out_h, out_w
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """y = max over the in-input taps of each window; NaN wins (the last one), else the first maximum."""
     x, unbatched = _nchw(x)
     n, c, height, width = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), out_h, out_w = _geometry(
+    (kh, kw), (sh, sw), ((ph, _), (pw, _)), (dh, dw), out_h, out_w = _geometry(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode
     )
     best = np.full((n, c, out_h, out_w), -np.inf, dtype=x.dtype)
@@ -89,51 +125,55 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     return grad_x.reshape(input_shape)
 
 
-def _avg_divisor(height, width, out_h, out_w, kernel, stride, padding, count_include_pad, divisor_override):
-    """The (out_h, out_w) divisors: the override; or the window clipped to the padded input; or its inside part."""
+def _avg_divisor(height, width, out_h, out_w, kernel, stride, sides, dilation, count_include_pad,
+                 divisor_override):
+    """The (out_h, out_w) divisors: the override; or the window's taps inside the padded input
+    (a ceil_mode window clipped to it); or those inside the input."""
     if divisor_override is not None:
         return np.full((out_h, out_w), divisor_override, dtype=np.int64)
     counts = []
-    for size, out_size, k, s, p in ((height, out_h, kernel[0], stride[0], padding[0]),
-                                    (width, out_w, kernel[1], stride[1], padding[1])):
-        start = np.arange(out_size) * s - p
-        if count_include_pad:
-            counts.append(np.minimum(start + k, size + p) - start)
-        else:
-            counts.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    for size, out_size, k, s, (before, after), d in zip((height, width), (out_h, out_w), kernel, stride, sides,
+                                                        dilation):
+        pos = (np.arange(out_size) * s - before)[:, None] + np.arange(k)[None, :] * d
+        low, high = (-before, size + after) if count_include_pad else (0, size)
+        counts.append(((pos >= low) & (pos < high)).sum(axis=1))
     return counts[0][:, None] * counts[1][None, :]
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,
+               dilation=1):
     """y = (sum of the in-input taps of each window) / divisor."""
     x, unbatched = _nchw(x)
     n, c, height, width = x.shape
-    kernel, stride, padding, _, out_h, out_w = _geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    kernel, stride, sides, dilation, out_h, out_w = _geometry(x.shape, kernel_size, stride, padding, dilation,
+                                                              ceil_mode)
     total = np.zeros((n, c, out_h, out_w), dtype=x.dtype)
-    for h, h_in in _taps(height, out_h, kernel[0], stride[0], padding[0], 1):
-        for w, w_in in _taps(width, out_w, kernel[1], stride[1], padding[1], 1):
+    for h, h_in in _taps(height, out_h, kernel[0], stride[0], sides[0][0], dilation[0]):
+        for w, w_in in _taps(width, out_w, kernel[1], stride[1], sides[1][0], dilation[1]):
             value = x[:, :, np.clip(h, 0, height - 1)[:, None], np.clip(w, 0, width - 1)[None, :]]
             total += np.where(h_in[:, None] & w_in[None, :], value, 0)
-    divisor = _avg_divisor(height, width, out_h, out_w, kernel, stride, padding, count_include_pad, divisor_override)
+    divisor = _avg_divisor(height, width, out_h, out_w, kernel, stride, sides, dilation, count_include_pad,
+                           divisor_override)
     return _unbatch(total / divisor.astype(x.dtype), unbatched)
 
 
 def avg_pool2d_backward(
     grad_out, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-    divisor_override=None,
+    divisor_override=None, dilation=1,
 ):
     """The adjoint of avg_pool2d: every in-input tap of a window gets grad_out / divisor."""
     grad_out, unbatched = _nchw(grad_out)
     n, c = grad_out.shape[:2]
     height, width = input_shape[-2:]
-    kernel, stride, padding, _, out_h, out_w = _geometry(
-        (n, c, height, width), kernel_size, stride, padding, 1, ceil_mode
+    kernel, stride, sides, dilation, out_h, out_w = _geometry(
+        (n, c, height, width), kernel_size, stride, padding, dilation, ceil_mode
     )
-    divisor = _avg_divisor(height, width, out_h, out_w, kernel, stride, padding, count_include_pad, divisor_override)
+    divisor = _avg_divisor(height, width, out_h, out_w, kernel, stride, sides, dilation, count_include_pad,
+                           divisor_override)
     share = grad_out / divisor.astype(grad_out.dtype)
     grad_x = np.zeros((n, c, height, width), dtype=grad_out.dtype)
-    for h, h_in in _taps(height, out_h, kernel[0], stride[0], padding[0], 1):
-        for w, w_in in _taps(width, out_w, kernel[1], stride[1], padding[1], 1):
+    for h, h_in in _taps(height, out_h, kernel[0], stride[0], sides[0][0], dilation[0]):
+        for w, w_in in _taps(width, out_w, kernel[1], stride[1], sides[1][0], dilation[1]):
             # One tap maps distinct outputs to distinct inputs, so a fancy-indexed += is exact.
             grad_x[:, :, h[h_in][:, None], w[w_in][None, :]] += share[:, :, h_in][:, :, :, w_in]
     return _unbatch(grad_x, unbatched)
