@@ -134,9 +134,14 @@ def _avg_divisor(height, width, out_h, out_w, kernel, stride, sides, dilation, c
     counts = []
     for size, out_size, k, s, (before, after), d in zip((height, width), (out_h, out_w), kernel, stride, sides,
                                                         dilation):
-        pos = (np.arange(out_size) * s - before)[:, None] + np.arange(k)[None, :] * d
+        # Window o's taps sit at start + i * d, i < k; those in [low, high) run from the first i
+        # with start + i * d >= low to the last with start + i * d < high (counted, not listed:
+        # a kernel may have 2**31 taps).
+        start = np.arange(out_size, dtype=np.int64) * s - before
         low, high = (-before, size + after) if count_include_pad else (0, size)
-        counts.append(((pos >= low) & (pos < high)).sum(axis=1))
+        first = np.maximum(0, -((start - low) // d))
+        end = np.minimum(k, -((start - high) // d))
+        counts.append(np.maximum(0, end - first))
     return counts[0][:, None] * counts[1][None, :]
 
 
