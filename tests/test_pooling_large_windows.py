@@ -17,7 +17,9 @@ from _child import interrupt_child
 from conftest import DTYPES
 from test_pooling import make_input, torch_max_pool
 
+import convx
 import convx._batching
+import convx.functional._pooling_nhwc
 import convx.functional as F
 import convx.functional.pooling as pooling
 import convx.reference.pooling as R
@@ -82,6 +84,46 @@ def test_large_windows_match_reference_and_torch(
     _assert_same(result, R.max_pool2d(x, *args, return_indices=True))
     _assert_same(result, torch_max_pool(torch, x, *args))
     np.testing.assert_array_equal(F.max_pool2d(x, *args), result[0])
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, np.int8, np.uint8])
+@pytest.mark.parametrize("shape, kernel_size, stride, padding, dilation, ceil_mode", LARGE_CASES[::2])
+def test_large_windows_channels_last_match_channels_first(
+    rng, shape, kernel_size, stride, padding, dilation, ceil_mode, dtype, monkeypatch
+):
+    # Channels last, large windows take the separable kernel on channels-first copies of bounded
+    # parts of the batch (parts of one image here): the same values and indices, transposed.
+    monkeypatch.setattr(convx.functional._pooling_nhwc, "_SEPARABLE_PART_ELEMENTS", 1)
+    x = _input(rng, (3, *shape[1:]), np.float64, "ties")
+    if np.dtype(dtype).kind != "f":
+        info = np.iinfo(dtype)
+        x = np.clip(np.round(x * 40) - info.min - 128, info.min, info.max)
+    x = x.astype(dtype)
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    y, indices = F.max_pool2d(x, *args, return_indices=True)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y_last, indices_last = F.max_pool2d(x_last, *args, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(F.max_pool2d(x_last, *args, layout="NHWC"), y_last)
+
+
+def test_large_windows_channels_last_take_the_separable_kernel(rng, torch, monkeypatch):
+    x = _input(rng, (1, 2, 128, 128), np.float32, "ties")
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    calls = []
+    original = convx._core.max_pool2d_forward
+
+    def spy(*args):
+        calls.append(args[-4])  # the separable flag
+        return original(*args)
+
+    monkeypatch.setattr(convx._core, "max_pool2d_forward", spy)
+    y_last, indices_last = F.max_pool2d(x_last, 127, 1, 63, return_indices=True, layout="NHWC")
+    assert calls and all(calls)
+    y, indices = torch_max_pool(torch, x, 127, 1, 63, 1, False)
+    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

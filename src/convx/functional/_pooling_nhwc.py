@@ -16,16 +16,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _core
-from .._batching import sub_batches
+from .._batching import even_slices, sub_batches
 from .._checks import MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_layout_array, as_shape, as_single, contiguous
 from .._threads import kernel_threads
 from .._typing import AnyArray, Shape
 from .pooling import (
     AVG_TAP_WORK, MAX_TAP_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_args, _avg_values,
-    _nonempty_plane, _pool_output_shape, _refuse_indices, _unbatch, _window_params, _window_values, _work,
+    _max_pool_separable, _nonempty_plane, _pool_output_shape, _refuse_indices, _unbatch, _window_params,
+    _window_values, _work,
 )
+from .pooling import max_pool2d as _max_pool2d_first
 
 _CAUSE = "kernel_size, stride, padding, dilation and ceil_mode"
+
+# Windows large against the image take the separable max pool, which has only a channels-first
+# kernel: the batch goes to it in parts of at most this many input elements (one image at least),
+# each copied channels first and its output back, a pass over memory beside a pooling that costs
+# tens of passes. 1x4x128x128 float32, k127 stride 1 padding 63, with indices: 574 ms on the
+# channels-last kernel (every tap of every window), 9.3 ms channels first (Xeon family 6 model 167).
+_SEPARABLE_PART_ELEMENTS = 1 << 20
 
 
 def _shape_text(dims: int, out: bool = False) -> str:
@@ -80,11 +89,20 @@ def max_pool2d(
 
     y = _allocate((n, out_h, out_w, c), x.dtype, _CAUSE)
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, _CAUSE)
-    if y.size:
+    padding_ = (sides[0][0], sides[1][0])
+    if y.size and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_):
+        for part in even_slices(n, max(1, _SEPARABLE_PART_ELEMENTS // (height * width * c))):
+            result = _max_pool2d_first(np.ascontiguousarray(x[part].transpose(0, 3, 1, 2)), kernel, stride_, spec,
+                                       dilation_, ceil_mode, return_indices=return_indices)
+            y_part, indices_part = result if return_indices else (result, None)
+            y[part] = y_part.transpose(0, 2, 3, 1)
+            if indices_part is not None:
+                indices[part] = indices_part.transpose(0, 2, 3, 1)
+    elif y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])):
             _core.max_pool2d_nhwc_forward(x[part], y[part], indices[part], *kernel, *stride_, sides[0][0],
-                                          sides[1][0], *dilation_, kernel_threads())
+                                          sides[1][0], *dilation_, kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -100,7 +118,8 @@ def scatter_maxima(grad_out: AnyArray, indices: NDArray[np.int64], shape: Shape,
         indices4 = contiguous(indices[np.newaxis] if unbatched else indices)
         outputs = grad_out4.shape[1] * grad_out4.shape[2]
         for part in sub_batches(shape[0], _work(shape[3], plane_size, outputs, 1)):
-            if _core.max_pool2d_nhwc_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads()):
+            if _core.max_pool2d_nhwc_backward(grad_out4[part], indices4[part], grad_x[part],
+                                              kernel_threads(elements=grad_x[part].size)):
                 _refuse_indices(indices, plane_size, tuple(input_shape), plane)  # type: ignore[arg-type]
     elif indices.size:  # an empty input plane, where no index is valid
         _refuse_indices(indices, plane_size, tuple(input_shape), plane)  # type: ignore[arg-type]
@@ -133,7 +152,7 @@ def avg_pool2d(
         x = contiguous(x)
         for part in sub_batches(n, _work(c, height * width, out_h * out_w, AVG_TAP_WORK * kernel[0] * kernel[1])):
             _core.avg_pool2d_nhwc_forward(x[part], y[part], *kernel, *stride_, top, left, bottom, right, *dilation_,
-                                          include_pad, divisor, kernel_threads())
+                                          include_pad, divisor, kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -162,7 +181,7 @@ def avg_pool2d_backward(
         work = _work(shape[3], shape[1] * shape[2], out_h * out_w, AVG_TAP_WORK * kernel[0] * kernel[1])
         for part in sub_batches(shape[0], work):
             _core.avg_pool2d_nhwc_backward(grad_out4[part], grad_x[part], *kernel, *stride_, top, left, bottom, right,
-                                           *dilation_, include_pad, divisor, kernel_threads())
+                                           *dilation_, include_pad, divisor, kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -176,7 +195,7 @@ def adaptive_avg_pool2d(x: object, output_size: Any, op: str = "adaptive_avg_poo
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_nhwc_forward(x[part], y[part], kernel_threads())
+            _core.adaptive_avg_pool2d_nhwc_forward(x[part], y[part], kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -192,7 +211,8 @@ def adaptive_avg_pool2d_backward(grad_out: object, input_shape: object) -> AnyAr
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         for part in sub_batches(shape[0], _work(shape[3], 4 * shape[1] * shape[2], out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_nhwc_backward(grad_out4[part], grad_x[part], kernel_threads())
+            _core.adaptive_avg_pool2d_nhwc_backward(grad_out4[part], grad_x[part],
+                                                    kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -208,7 +228,8 @@ def adaptive_max_pool2d(x: object, output_size: Any, return_indices: object, op:
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_nhwc_forward(x[part], y[part], indices[part], kernel_threads())
+            _core.adaptive_max_pool2d_nhwc_forward(x[part], y[part], indices[part],
+                                                   kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)

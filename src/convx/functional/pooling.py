@@ -410,7 +410,9 @@ def max_pool2d(
         Also return the position of every maximum.
     layout : {'NCHW', 'NHWC'}, default 'NCHW'
         Keyword only: the memory layout of ``x`` and the outputs, channels first (PyTorch's) or
-        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes).
+        channels last, ``(N, H, W, C)`` or ``(H, W, C)``. NHWC runs natively (no transposes),
+        but for windows large against the image: parts of the batch (2**20 elements at most)
+        are pooled channels first by the kernel whose time does not grow with the window.
 
     Returns
     -------
@@ -482,7 +484,7 @@ def max_pool2d(
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out_h, bands):
                 _core.max_pool2d_forward(x[part], y[part], indices[part], *kernel, *stride, *padding, *dilation,
-                                         separable, begin, end, kernel_threads())
+                                         separable, begin, end, kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -566,7 +568,8 @@ def _scatter_maxima(
             # Indices become write addresses: the kernel reads each once, checks it and writes
             # where that read said, and stops a plane at the first outside [0, H*W). They are not
             # copied: another thread rewriting them can change the result, never the memory written.
-            if _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part], kernel_threads()):
+            if _core.max_pool2d_backward(grad_out4[part], indices4[part], grad_x[part],
+                                         kernel_threads(elements=grad_x[part].size)):
                 _refuse_indices(indices, plane_size, input_shape, plane)
     elif indices.size:  # an empty input plane, where no index is valid
         _refuse_indices(indices, plane_size, input_shape, plane)
@@ -701,7 +704,7 @@ def avg_pool2d(
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out_h, bands):
                 _core.avg_pool2d_forward(x[part], y[part], *kernel, *stride, top, left, bottom, right, *dilation,
-                                         count_include_pad, divisor, begin, end, kernel_threads())
+                                         count_include_pad, divisor, begin, end, kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -788,7 +791,8 @@ def avg_pool2d_backward(
         for part in sub_batches(shape[0], work):
             for begin, end in _band_edges(height, bands):
                 _core.avg_pool2d_backward(grad_out4[part], grad_x[part], *kernel, *stride, top, left, bottom, right,
-                                          *dilation, count_include_pad, divisor, begin, end, kernel_threads())
+                                          *dilation, count_include_pad, divisor, begin, end,
+                                          kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -843,7 +847,7 @@ def adaptive_avg_pool2d(x: NDArray[Float], output_size: AdaptiveSize, *, layout:
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_forward(x[part], y[part], kernel_threads())
+            _core.adaptive_avg_pool2d_forward(x[part], y[part], kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -898,7 +902,8 @@ def adaptive_avg_pool2d_backward(
     if grad_x.size:
         grad_out4 = contiguous(grad_out[np.newaxis] if unbatched else grad_out)
         for part in sub_batches(shape[0], _work(shape[1], 4 * shape[2] * shape[3], out_h * out_w, 4)):
-            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part], kernel_threads())
+            _core.adaptive_avg_pool2d_backward(grad_out4[part], grad_x[part],
+                                               kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -971,7 +976,7 @@ def adaptive_max_pool2d(
     if y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, 4 * height * width, out_h * out_w, 4)):
-            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], kernel_threads())
+            _core.adaptive_max_pool2d_forward(x[part], y[part], indices[part], kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
