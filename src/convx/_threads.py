@@ -68,6 +68,12 @@ def get_num_threads() -> int:
 # Multiply-adds of a convolution below which one more thread costs more than it saves: its
 # start-up and the closing barrier, and on a loaded machine the wait for a descheduled thread.
 CONV_GRAIN = 1 << 20
+# Elements of a memory-bound pass (an activation, a normalisation, a pooling, a sum) below which
+# one more thread likewise costs more than it saves: 32768, PyTorch's grain for such loops
+# (at::internal::GRAIN_SIZE). A 2x6x28x28 bias gradient (9,408 elements) took 6 us on one thread
+# and a median of 5.4 ms on two on a 2-core Xeon (family 6 model 167) with another process
+# running: the second thread waited for a core.
+ELEMENT_GRAIN = 1 << 15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,14 +165,17 @@ def _warn_capped(wanted: int) -> None:
     )
 
 
-def kernel_threads(macs: int | None = None) -> int:
+def kernel_threads(macs: int | None = None, *, elements: int | None = None) -> int:
     """The count handed to kernels: 1 when the extension has no OpenMP, or in a forked child
     that cannot start threads (see :func:`set_num_threads`); given a convolution's multiply-adds,
-    no more than one thread per ``CONV_GRAIN`` of them."""
+    no more than one thread per ``CONV_GRAIN`` of them, and given the elements a memory-bound
+    pass reads, no more than one per ``ELEMENT_GRAIN`` of those."""
     global _teams_started
     n_threads = _num_threads if _core.openmp_enabled() else 1
     if macs is not None:
         n_threads = max(1, min(n_threads, macs // CONV_GRAIN))
+    if elements is not None:
+        n_threads = max(1, min(n_threads, elements // ELEMENT_GRAIN))
     if n_threads > 1:
         if _fork_cap_reason:
             _warn_capped(n_threads)

@@ -105,7 +105,8 @@ def _forward(x: object, name: str, kind: str, p0: float = 0.0, p1: float = 0.0, 
     flat_in, flat_out = source.reshape(-1), out.reshape(-1)
     code = _core.ACTIVATIONS[kind]
     for part in _chunks(flat_in.size):
-        _core.activation_forward(flat_in[part], flat_out[part], code, p0, p1, kernel_threads())
+        _core.activation_forward(flat_in[part], flat_out[part], code, p0, p1,
+                                 kernel_threads(elements=part.stop - part.start))
     return out
 
 
@@ -380,7 +381,8 @@ class Epilogue(NamedTuple):
         """Apply the activation in place to the C-contiguous float array ``out``."""
         flat = out.reshape(-1)
         for part in _chunks(flat.size):
-            _core.activation_forward(flat[part], flat[part], self.kind, self.p0, self.p1, kernel_threads())
+            _core.activation_forward(flat[part], flat[part], self.kind, self.p0, self.p1,
+                                     kernel_threads(elements=part.stop - part.start))
 
 
 def activation_epilogue(name: object, params: Mapping[str, Any] | None = None) -> Epilogue:
@@ -476,7 +478,8 @@ def activation_backward(
     flat_grad, flat_saved, flat_in = grad.reshape(-1), values.reshape(-1), grad_in.reshape(-1)
     code = _core.ACTIVATIONS[kind]
     for part in _chunks(flat_grad.size):
-        _core.activation_backward(flat_grad[part], flat_saved[part], flat_in[part], code, p0, p1, kernel_threads())
+        _core.activation_backward(flat_grad[part], flat_saved[part], flat_in[part], code, p0, p1,
+                                  kernel_threads(elements=part.stop - part.start))
     return grad_in
 
 
@@ -520,5 +523,6 @@ def add(
     out = np.empty(first.shape, dtype=first.dtype)
     flat_a, flat_b, flat_out = first.reshape(-1), second.reshape(-1), out.reshape(-1)
     for part in _chunks(flat_a.size):
-        _core.add(flat_a[part], flat_b[part], flat_out[part], code, p0, p1, kernel_threads())
+        _core.add(flat_a[part], flat_b[part], flat_out[part], code, p0, p1,
+                  kernel_threads(elements=part.stop - part.start))
     return out

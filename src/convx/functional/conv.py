@@ -830,7 +830,8 @@ def conv2d_backward_bias(grad_out: NDArray[Float], *, layout: str = "NCHW") -> N
     channels = grad_out.shape[-1 if last else 1]
     grad_b = np.zeros(channels, dtype=grad_out.dtype)
     if grad_out.size and last:
-        _core.conv2d_backward_bias_channels_last(contiguous(grad_out).reshape(-1, channels), grad_b, kernel_threads())
+        _core.conv2d_backward_bias_channels_last(contiguous(grad_out).reshape(-1, channels), grad_b,
+                                                 kernel_threads(elements=grad_out.size))
     elif grad_out.size:
         _bias_gradient(contiguous(grad_out), grad_b)
     return grad_b
@@ -839,7 +840,7 @@ def conv2d_backward_bias(grad_out: NDArray[Float], *, layout: str = "NCHW") -> N
 def _bias_gradient(grad_out: AnyArray, grad_b: AnyArray) -> None:
     """grad_b := grad_out summed over N, H and W, for a non-empty C-contiguous grad_out."""
     for part, (grad_b_part,) in summed_sub_batches(grad_out.shape[0], grad_out[:1].size, (grad_b,)):
-        _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads())
+        _core.conv2d_backward_bias(grad_out[part], grad_b_part, kernel_threads(elements=grad_out[part].size))
 
 
 def conv2d_backward(

@@ -116,7 +116,7 @@ def batch_moments(x: NDArray[Any], channels_last: bool = False) -> tuple[NDArray
     m2 = np.zeros(channels)
     count = 0
     for part in sub_batches(x.shape[0], _work(x)):
-        _kernel("moments", channels_last)(x[part], float(count), mean, m2, kernel_threads())
+        _kernel("moments", channels_last)(x[part], float(count), mean, m2, kernel_threads(elements=x[part].size))
         count += (part.stop - part.start) * x.shape[3 - axis]
     return mean, m2 / max(count, 1)
 
@@ -137,7 +137,8 @@ def normalize(
     shift = np.zeros_like(mean) if bias is None else bias
     out = np.empty(x.shape, dtype=x.dtype)
     for part in sub_batches(x.shape[0], 2 * _work(x)):
-        _kernel("normalize", channels_last)(x[part], out[part], mean, scale, shift, *activation, kernel_threads())
+        _kernel("normalize", channels_last)(x[part], out[part], mean, scale, shift, *activation,
+                                            kernel_threads(elements=x[part].size))
     return out
 
 
@@ -394,7 +395,8 @@ def batch_norm_backward(
         sum_centered = np.zeros(channels)
         for part in sub_batches(flat_x.shape[0], 2 * _work(flat_x)):
             _kernel("grad_sums", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
-                                                *act, mean64, scale, shift, sum_grad, sum_centered, kernel_threads())
+                                                *act, mean64, scale, shift, sum_grad, sum_centered,
+                                                kernel_threads(elements=flat_x[part].size))
         if want_params:
             grad_weight = (sum_centered * inv64).astype(source.dtype)
             grad_bias = sum_grad.astype(source.dtype)
@@ -408,7 +410,7 @@ def batch_norm_backward(
     for part in sub_batches(flat_x.shape[0], 3 * _work(flat_x)):
         _kernel("input_grad", channels_last)(flat_grad[part], flat_x[part], None if recompute else flat_y[part],
                                              *act, shift, grad_x[part], mean64, scale, k_centered, k_0,
-                                             kernel_threads())
+                                             kernel_threads(elements=flat_x[part].size))
     return grad_x.reshape(source.shape), grad_weight, grad_bias
 
 
@@ -429,7 +431,8 @@ def _row_moments(rows: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.fl
     mean = np.zeros(rows.shape[0])
     m2 = np.zeros(rows.shape[0])
     for part in sub_batches(rows.shape[0], rows.shape[1]):
-        _core.batch_norm_moments(rows[part][np.newaxis], 0.0, mean[part], m2[part], kernel_threads())
+        _core.batch_norm_moments(rows[part][np.newaxis], 0.0, mean[part], m2[part],
+                                 kernel_threads(elements=rows[part].size))
     return mean, m2 / rows.shape[1]
 
 
@@ -439,7 +442,7 @@ def _plane_normalize(planes: NDArray[Any], mean: NDArray[np.float64], scale: NDA
     out = np.empty(planes.shape, dtype=planes.dtype)
     for part in sub_batches(planes.shape[0], 2 * planes.shape[1]):
         _core.batch_norm_normalize(planes[part][np.newaxis], out[part][np.newaxis], mean[part], scale[part],
-                                   shift[part], *_NO_ACTIVATION, kernel_threads())
+                                   shift[part], *_NO_ACTIVATION, kernel_threads(elements=planes[part].size))
     return out
 
 
@@ -451,7 +454,7 @@ def _plane_grad_sums(grad: NDArray[Any], planes: NDArray[Any],
     for part in sub_batches(planes.shape[0], 2 * planes.shape[1]):
         view = planes[part][np.newaxis]
         _core.batch_norm_grad_sums(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, mean[part], _UNUSED, _UNUSED,
-                                   sum_grad[part], sum_centered[part], kernel_threads())
+                                   sum_grad[part], sum_centered[part], kernel_threads(elements=planes[part].size))
     return sum_grad, sum_centered
 
 
@@ -464,7 +467,7 @@ def _plane_input_grad(grad: NDArray[Any], planes: NDArray[Any], mean: NDArray[np
         view = planes[part][np.newaxis]
         _core.batch_norm_input_grad(grad[part][np.newaxis], view, view, *_NO_ACTIVATION, _UNUSED,
                                     grad_in[part][np.newaxis], mean[part], k_grad[part], k_centered[part], k_0[part],
-                                    kernel_threads())
+                                    kernel_threads(elements=planes[part].size))
     return grad_in
 
 
@@ -719,7 +722,8 @@ def layer_norm_forward(
         y = np.empty(source.shape, dtype=array.dtype)
         for part in sub_batches(rows, 2 * k):
             _core.layer_norm_normalize(source[part], y[part], mean[part], inv_std[part], weight_vector,
-                                       no_bias if bias_vector is None else bias_vector, kernel_threads())
+                                       no_bias if bias_vector is None else bias_vector,
+                                       kernel_threads(elements=source[part].size))
     return y.reshape(array.shape), mean.reshape(leading), inv_std.reshape(leading)
 
 
@@ -784,7 +788,7 @@ def layer_norm_backward(
         sum_bias = np.zeros(k)
         for part in sub_batches(rows, 2 * k):
             _core.layer_norm_param_grads(grad_rows[part], planes[part], mean64[part], inv64[part], sum_weight,
-                                         sum_bias, kernel_threads())
+                                         sum_bias, kernel_threads(elements=planes[part].size))
         grad_weight = sum_weight.astype(source.dtype).reshape(shape)
         grad_bias = sum_bias.astype(source.dtype).reshape(shape)
     if weight_vector is None:
@@ -794,7 +798,7 @@ def layer_norm_backward(
         sum_centered = np.empty(rows)
         for part in sub_batches(rows, 2 * k):
             _core.layer_norm_row_sums(grad_rows[part], planes[part], weight_vector, mean64[part], sum_grad[part],
-                                      sum_centered[part], kernel_threads())
+                                      sum_centered[part], kernel_threads(elements=planes[part].size))
     k_centered = -inv64**3 * sum_centered / k
     k_0 = -inv64 * sum_grad / k
     if weight_vector is None:
@@ -803,5 +807,6 @@ def layer_norm_backward(
         grad_x = np.empty(planes.shape, dtype=source.dtype)
         for part in sub_batches(rows, 3 * k):
             _core.layer_norm_input_grad(grad_rows[part], planes[part], weight_vector, grad_x[part], mean64[part],
-                                        inv64[part], k_centered[part], k_0[part], kernel_threads())
+                                        inv64[part], k_centered[part], k_0[part],
+                                        kernel_threads(elements=planes[part].size))
     return grad_x.reshape(source.shape), grad_weight, grad_bias

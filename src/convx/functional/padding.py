@@ -189,7 +189,8 @@ def pad(
         out = y.reshape(n_planes, len(rows), len(cols))
         run = counting_run(cols)
         for part in sub_batches(n_planes, 2 * len(rows) * len(cols)):
-            _core.gather2d_forward(planes[part], out[part], rows, cols, *run, fill, kernel_threads())
+            _core.gather2d_forward(planes[part], out[part], rows, cols, *run, fill,
+                                   kernel_threads(elements=out[part].size))
     return y
 
 
@@ -241,5 +242,6 @@ def pad_backward(
         grad_planes = contiguous(grad_out).reshape(n_planes, len(rows), len(cols))
         planes = grad_x.reshape(n_planes, height, width)
         for part in sub_batches(n_planes, height * width + 2 * len(rows) * len(cols)):
-            _core.gather2d_backward(grad_planes[part], planes[part], rows, cols, kernel_threads())
+            _core.gather2d_backward(grad_planes[part], planes[part], rows, cols,
+                                    kernel_threads(elements=planes[part].size))
     return grad_x

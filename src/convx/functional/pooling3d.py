@@ -182,7 +182,7 @@ def max_pool3d(
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out[0], bands):
                 _core.max_pool3d_forward(x[part], y[part], indices[part], *kernel, *stride_, *padding_, *dilation_,
-                                         begin, end, kernel_threads())
+                                         begin, end, kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)
@@ -322,7 +322,7 @@ def avg_pool3d(
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out[0], bands):
                 _core.avg_pool3d_forward(x[part], y[part], *kernel, *stride_, *padding_, count_include_pad, divisor,
-                                         begin, end, kernel_threads())
+                                         begin, end, kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -386,7 +386,8 @@ def avg_pool3d_backward(
         for part in sub_batches(shape[0], work):
             for begin, end in _band_edges(out[0], bands):
                 _core.avg_pool3d_backward(grad_out5[part], grad_x[part], *kernel, *stride_, *padding_,
-                                          count_include_pad, divisor, begin, end, kernel_threads())
+                                          count_include_pad, divisor, begin, end,
+                                          kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -459,7 +460,7 @@ def adaptive_avg_pool3d(x: NDArray[Float], output_size: AdaptiveSize3d) -> NDArr
         work = _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out[0], _row_bands(work, c, sizes[0], out[0], 0)):
-                _core.adaptive_avg_pool3d_forward(x[part], y[part], begin, end, kernel_threads())
+                _core.adaptive_avg_pool3d_forward(x[part], y[part], begin, end, kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
@@ -507,7 +508,8 @@ def adaptive_avg_pool3d_backward(grad_out: NDArray[Float], input_shape: Shape) -
         for part in sub_batches(shape[0], work):
             # In order: the kernel scatters, the first band zeroing grad_x.
             for begin, end in _band_edges(out[0], _row_bands(work, shape[1], out[0], out[0], 0)):
-                _core.adaptive_avg_pool3d_backward(grad_out5[part], grad_x[part], begin, end, kernel_threads())
+                _core.adaptive_avg_pool3d_backward(grad_out5[part], grad_x[part], begin, end,
+                                                   kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)
 
 
@@ -571,7 +573,8 @@ def adaptive_max_pool3d(
         work = _work(c, 8 * sizes[0] * sizes[1] * sizes[2], out[0] * out[1] * out[2], 8)
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out[0], _row_bands(work, c, sizes[0], out[0], 0)):
-                _core.adaptive_max_pool3d_forward(x[part], y[part], indices[part], begin, end, kernel_threads())
+                _core.adaptive_max_pool3d_forward(x[part], y[part], indices[part], begin, end,
+                                                  kernel_threads(elements=x[part].size))
     if return_indices:
         return _unbatch(y, unbatched), _unbatch(indices, unbatched)
     return _unbatch(y, unbatched)

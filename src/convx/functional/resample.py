@@ -261,12 +261,13 @@ def interpolate(
             cols, col_weights = _linear_table(width, out_w, scales[1], corners, x.dtype)
             for part in parts:
                 _core.bilinear2d_forward(planes[part], out[part], rows, row_weights, cols, col_weights,
-                                         kernel_threads())
+                                         kernel_threads(elements=out[part].size))
         else:
             rows, cols = _nearest_tables(height, width, out_h, out_w, scales, kind)
             run = counting_run(cols)
             for part in parts:
-                _core.gather2d_forward(planes[part], out[part], rows, cols, *run, 0.0, kernel_threads())
+                _core.gather2d_forward(planes[part], out[part], rows, cols, *run, 0.0,
+                                       kernel_threads(elements=out[part].size))
     return y
 
 
@@ -336,11 +337,12 @@ def interpolate_backward(
             cols, col_weights = _linear_table(width, out_w, scales[1], corners, grad_out.dtype)
             for part in parts:
                 _core.bilinear2d_backward(grad_planes[part], planes[part], rows, row_weights, cols, col_weights,
-                                          kernel_threads())
+                                          kernel_threads(elements=planes[part].size))
         else:
             rows, cols = _nearest_tables(height, width, out_h, out_w, scales, kind)
             for part in parts:
-                _core.gather2d_backward(grad_planes[part], planes[part], rows, cols, kernel_threads())
+                _core.gather2d_backward(grad_planes[part], planes[part], rows, cols,
+                                        kernel_threads(elements=planes[part].size))
     return grad_x
 
 

@@ -43,7 +43,7 @@ def _forward(x: object, dim: object, log_out: bool) -> NDArray[Any]:
     source = contiguous(array).reshape(outer, length, inner)
     out = np.empty(source.shape, dtype=array.dtype)
     for part in sub_batches(outer, 3 * length * inner):
-        _core.softmax_forward(source[part], out[part], log_out, kernel_threads())
+        _core.softmax_forward(source[part], out[part], log_out, kernel_threads(elements=source[part].size))
     return out.reshape(array.shape)
 
 
@@ -59,7 +59,7 @@ def _backward(grad_out: object, output: object, dim: object, log_out: bool) -> N
     y3 = contiguous(y).reshape(outer, length, inner)
     grad_in = np.empty(y3.shape, dtype=y.dtype)
     for part in sub_batches(outer, 3 * length * inner):
-        _core.softmax_backward(grad3[part], y3[part], grad_in[part], log_out, kernel_threads())
+        _core.softmax_backward(grad3[part], y3[part], grad_in[part], log_out, kernel_threads(elements=grad3[part].size))
     return grad_in.reshape(y.shape)
 
 

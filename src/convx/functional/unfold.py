@@ -67,7 +67,7 @@ def _unfold(x: AnyArray, geometry: _Geometry, name: str) -> AnyArray:
     kernel_h, kernel_w = geometry.kernel
     cols = _allocate((batch, channels * kernel_h * kernel_w, out_h * out_w), x.dtype, "unfold's kernel_size")
     if cols.size:
-        _core.unfold_forward(contiguous(x), cols, *geometry.args(), out_h, out_w, kernel_threads())
+        _core.unfold_forward(contiguous(x), cols, *geometry.args(), out_h, out_w, kernel_threads(elements=cols.size))
     result: AnyArray = cols[0] if unbatched else cols
     return result
 
@@ -96,7 +96,7 @@ def _fold(cols: AnyArray, output_size: tuple[int, int], geometry: _Geometry, nam
         )
     out = _allocate((batch, rows // taps, *output_size), cols.dtype, "fold's output_size")
     if out.size:
-        _core.fold_forward(contiguous(cols), out, *geometry.args(), out_h, out_w, kernel_threads())
+        _core.fold_forward(contiguous(cols), out, *geometry.args(), out_h, out_w, kernel_threads(elements=cols.size))
     result: AnyArray = out[0] if unbatched else out
     return result
 

@@ -69,7 +69,8 @@ class Dropout(Module):
         scale = 1.0 / (1.0 - self.p)
         flat_in, flat_out = source.reshape(-1), out.reshape(-1)
         for part in _chunks(flat_in.size):
-            _core.dropout(flat_in[part], flat_out[part], part.start, seed, threshold, scale, kernel_threads())
+            _core.dropout(flat_in[part], flat_out[part], part.start, seed, threshold, scale,
+                          kernel_threads(elements=part.stop - part.start))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` of any shape, masked and rescaled in training mode."""
@@ -143,7 +144,7 @@ class _ChannelDropout(Dropout):
         flat_out = out.reshape(planes, -1)
         for part in sub_batches(planes, 2 * flat_in.shape[1]):
             _core.channel_dropout(flat_in[part], flat_out[part], part.start, seed, threshold, scale,
-                                  kernel_threads())
+                                  kernel_threads(elements=flat_in[part].size))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x`` with whole channels zeroed and the rest rescaled, in training mode."""

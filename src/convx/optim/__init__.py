@@ -179,7 +179,7 @@ class Optimizer:
         gradient = np.ascontiguousarray(grad).reshape(-1)
         _core.optimizer_step(
             _core.OPTIMIZERS[self._kernel_name], param.reshape(-1), gradient, arrays[0], arrays[1], arrays[2],
-            np.asarray(hyper, dtype=np.float64), kernel_threads(),
+            np.asarray(hyper, dtype=np.float64), kernel_threads(elements=param.size),
         )
         return True
 
