@@ -46,6 +46,19 @@ if settings is not None:
     settings.load_profile(os.environ.get("CONVX_HYPOTHESIS_PROFILE", "ci"))
 
 
+import convx._threads  # noqa: E402
+
+# Memory-bound kernels run one thread per ELEMENT_GRAIN elements at most, and tests use small
+# arrays: with the grain at 1 every test runs its kernels on the threads it sets (the parallel
+# code stays under test); test_threads checks the grain itself at its real value, kept here.
+REAL_ELEMENT_GRAIN = convx._threads.ELEMENT_GRAIN
+
+
+@pytest.fixture(autouse=True)
+def _threads_at_any_size(monkeypatch):
+    monkeypatch.setattr(convx._threads, "ELEMENT_GRAIN", 1)
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from _helpers import CONV_OPS, DTYPE_IDS, SPECIAL_CASES, TRANSPOSE_CASES, ConvCase, run_conv_op
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, REAL_ELEMENT_GRAIN, assert_close
 
 import convx
 import convx._threads
@@ -176,3 +176,25 @@ def test_concurrent_calls_from_python_threads_match_serial_calls(n_threads, rng,
         for got, expected in zip(results, serial[i], strict=True):
             assert got.shape == expected.shape
             assert_close(got, expected, dtype)
+
+
+def test_memory_bound_kernels_take_one_thread_per_grain_of_elements(monkeypatch, restore_threads, rng):
+    monkeypatch.setattr(convx._threads, "ELEMENT_GRAIN", REAL_ELEMENT_GRAIN)
+    convx.set_num_threads(2)
+    grain = REAL_ELEMENT_GRAIN
+    assert convx._threads.kernel_threads(elements=0) == 1
+    assert convx._threads.kernel_threads(elements=2 * grain - 1) == 1
+    assert convx._threads.kernel_threads(elements=2 * grain) == 2
+    assert convx._threads.kernel_threads(elements=10**12) == 2
+    assert convx._threads.kernel_threads(10**12, elements=grain) == 1
+    # What the kernels are handed: a small array's activation and bias gradient on one thread, a
+    # large one's on two, with the same results.
+    handed = []
+    for name in ("activation_forward", "conv2d_backward_bias"):
+        real = getattr(convx._core, name)
+        monkeypatch.setattr(convx._core, name, lambda *args, real=real: handed.append(args[-1]) or real(*args))
+    for shape in [(2, 6, 28, 28), (8, 16, 32, 32)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(F.relu(x), np.maximum(x, 0))
+        assert_close(F.conv2d_backward_bias(x), x.sum(axis=(0, 2, 3), dtype=np.float64), np.float32)
+    assert handed == [1, 1, 2, 2]
