@@ -16,9 +16,9 @@ With onnx 1.23.2: 116 cases of these operators, 91 of them 1-D or 2-D (node test
 ConvTranspose 10, MaxPool 15 (one uint8), AveragePool 14, GlobalAveragePool 2, GlobalMaxPool 2,
 LpPool 7, MaxUnpool 2; PyTorch's: Conv 20, ConvTranspose 3, MaxPool 6, AveragePool 4), all passing
 but one (an expected failure, see XFAIL). Of the 25 3-D cases (Conv 7, AveragePool 9, MaxPool 7,
-ConvTranspose 1, LpPool 1; issue 21) the pools run through ``max_pool3d`` and ``avg_pool3d``: the
-7 MaxPool and 4 AveragePool ones pass, the 5 dilated AveragePool ones are expected failures (no
-dilation in ``avg_pool3d``); the others are left out at collection (OPS_3D).
+ConvTranspose 1, LpPool 1; issue 21) the 7 MaxPool and 9 AveragePool ones run through
+``max_pool3d`` and ``avg_pool3d`` (with ONNX's ``dilation``) and pass; the others are left out at
+collection (OPS_3D).
 
 Two conventions differ and are mapped, not the data: ONNX's max-pooling indices count over the
 whole tensor (and, with ``storage_order=1``, column-major within a plane) where convx's count
@@ -195,9 +195,8 @@ def _max_pool(attrs, dims, x):
 def _average_pool(attrs, dims, x):
     stride, padding, dilation = _window(attrs, dims)
     if dims == 3:
-        assert dilation == (1, 1, 1), dilation
         return [F.avg_pool3d(x, tuple(attrs["kernel_shape"]), stride, _symmetric(padding),
-                             bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0)))]
+                             bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0)), dilation=dilation)]
     pool = F.avg_pool1d if dims == 1 else F.avg_pool2d
     return [pool(x, tuple(attrs["kernel_shape"]), stride, padding, bool(attrs.get("ceil_mode", 0)),
                  bool(attrs.get("count_include_pad", 0)), dilation=dilation)]
@@ -272,18 +271,6 @@ XFAIL = {
         "the manual padding the adapter may not do"
     ),
 }
-
-# 3-D cases convx cannot express yet (issue 21), and why.
-XFAIL.update({
-    name: "avg_pool3d has no dilation yet (ONNX's AveragePool has; PyTorch's avg_pool3d has not)"
-    for name in (
-        "test_averagepool_3d_dilations_small",
-        "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True",
-        "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False",
-        "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True",
-        "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False",
-    )
-})
 
 # (rtol, atol) of the float32 pools that average.
 POOL_TOLERANCES = {"AveragePool": (1e-5, 1e-6), "GlobalAveragePool": (1e-5, 1e-6), "LpPool": (1e-5, 1e-5)}

@@ -223,6 +223,35 @@ def test_avg_pool3d(case, dtype, rng):
     assert_close(grad_x, ref.avg_pool3d_backward(grad_out, x.shape, *args))
 
 
+DILATED_AVG_CASES = {
+    "d2": ((2, 3, 7, 8, 9), 2, 1, 0, 2, False, True),
+    "d-per-axis-pad": ((1, 2, 9, 7, 8), (3, 2, 3), (2, 1, 3), (1, 1, 1), (2, 3, 1), False, True),
+    "ceil-no-pad-count": ((1, 2, 10, 9, 11), 3, 2, 1, (1, 2, 2), True, False),
+    "ceil-pad-count": ((2, 1, 8, 8, 8), (2, 3, 2), 3, (1, 1, 1), 3, True, True),
+}
+
+
+@pytest.mark.parametrize("case", DILATED_AVG_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dilated_avg_pool3d(case, dtype, rng):
+    # ONNX's AveragePool has dilations (PyTorch's avg_pool3d has not): against the reference, and
+    # against avg_pool2d's dilation on one-slice volumes.
+    shape, kernel, stride, padding, dilation, ceil_mode, count_include_pad = DILATED_AVG_CASES[case]
+    args = (kernel, stride, padding, ceil_mode, count_include_pad, None, dilation)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = convx.avg_pool3d(x, *args)
+    assert_close(y, ref.avg_pool3d(x, *args))
+    grad_out = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(convx.avg_pool3d_backward(grad_out, x.shape, *args), ref.avg_pool3d_backward(grad_out, x.shape, *args))
+    k, s, p, d = (np.broadcast_to(v, 3) for v in (kernel, stride, padding, dilation))
+    one_slice = x[:, :, :1]
+    flat = convx.avg_pool3d(one_slice, (1, k[1], k[2]), (1, s[1], s[2]), (0, p[1], p[2]), ceil_mode, count_include_pad,
+                            None, (1, d[1], d[2]))
+    planes = convx.avg_pool2d(one_slice[:, :, 0], (k[1], k[2]), (s[1], s[2]), (int(p[1]), int(p[2])), ceil_mode,
+                              count_include_pad, dilation=(int(d[1]), int(d[2])))
+    assert_close(flat[:, :, 0], planes)
+
+
 @pytest.mark.parametrize("case", ADAPTIVE_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_adaptive_pool3d(case, dtype, rng):
@@ -426,6 +455,8 @@ def test_bands_of_output_depths_give_what_one_call_gives(rng, num_threads, dtype
     dict(kernel_size=(3, 2, 3), stride=(2, 1, 2), padding=(1, 1, 1), ceil_mode=True),
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
     dict(kernel_size=(2, 3, 3), stride=1, padding=(1, 1, 0), divisor_override=4),
+    dict(kernel_size=(2, 2, 3), stride=(1, 2, 1), padding=1, dilation=(2, 1, 2), ceil_mode=True),
+    dict(kernel_size=2, stride=1, dilation=3, count_include_pad=False),
 ])
 def test_avg_pool3d_gradcheck(kwargs, rng):
     x = rng.standard_normal((2, 2, 4, 5, 5))

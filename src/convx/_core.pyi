@@ -192,13 +192,15 @@ def max_pool3d_forward(
 def avg_pool3d_forward(
     x: _Float, out: _Float,
     kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
-    pad_d: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
+    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
+    divisor_override: int,
     od_begin: int, od_end: int, n_threads: int,
 ) -> None: ...
 def avg_pool3d_backward(
     grad_out: _Float, grad_in: _Float,
     kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
-    pad_d: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
+    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
+    divisor_override: int,
     od_begin: int, od_end: int, n_threads: int,
 ) -> None: ...
 def adaptive_avg_pool3d_forward(x: _Float, out: _Float, od_begin: int, od_end: int, n_threads: int) -> None: ...

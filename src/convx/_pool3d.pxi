@@ -159,11 +159,15 @@ def max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
 
 
 cdef inline Py_ssize_t _avg_extent(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t pad,
-                                   bint count_include_pad) noexcept nogil:
+                                   Py_ssize_t dilation, bint count_include_pad) noexcept nogil:
     """Taps of a window starting at ``start`` counted by the divisor: inside the padded input, or the input."""
+    cdef Py_ssize_t lo, hi
     if count_include_pad:
-        return min(start + kernel, size + pad) - start
-    return min(start + kernel, size) - max(start, 0)
+        # start >= -pad always; a ceil_mode window is clipped at size + pad
+        _taps_inside(start + pad, size + 2 * pad, kernel, dilation, &lo, &hi)
+    else:
+        _taps_inside(start, size, kernel, dilation, &lo, &hi)
+    return max(0, hi - lo)
 
 
 cdef void _avg_divisors3d(Pool3dGeometry* g, bint count_include_pad, Py_ssize_t divisor_override,
@@ -179,7 +183,7 @@ cdef void _avg_divisors3d(Pool3dGeometry* g, bint count_include_pad, Py_ssize_t 
                 divisors[offset + o] = divisor_override if axis == 0 else 1
             else:
                 divisors[offset + o] = _avg_extent(o * g.stride[axis] - g.pad[axis], sizes[axis], g.kernel[axis],
-                                                   g.pad[axis], count_include_pad)
+                                                   g.pad[axis], g.dilation[axis], count_include_pad)
         offset += outs[axis]
 
 
@@ -191,22 +195,22 @@ cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g, 
     cdef floating* total
     cdef const floating* src
     cdef Py_ssize_t row_divisor
-    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], 1, &c_lo, &unused)
-    _taps_inside(-g.pad[2], g.width, g.kernel[2], 1, &unused, &c_hi)
+    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], g.dilation[2], &c_lo, &unused)
+    _taps_inside(-g.pad[2], g.width, g.kernel[2], g.dilation[2], &unused, &c_hi)
     for od in range(od_begin, od_end):
-        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], 1, &a_lo, &a_hi)
+        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], g.dilation[0], &a_lo, &a_hi)
         for oh in range(g.out_h):
-            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], 1, &b_lo, &b_hi)
+            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], g.dilation[1], &b_lo, &b_hi)
             total = y + (od * g.out_h + oh) * g.out_w
             for ow in range(g.out_w):
                 total[ow] = 0
             for a in range(a_lo, a_hi):
-                d = od * g.stride[0] - g.pad[0] + a
+                d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
                 for b in range(b_lo, b_hi):
-                    h = oh * g.stride[1] - g.pad[1] + b
+                    h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
                     src = x + d * plane + h * g.width
                     for c in range(c_lo, c_hi):
-                        offset = c - g.pad[2]
+                        offset = c * g.dilation[2] - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
                         for ow in range(lo, hi):
@@ -219,14 +223,14 @@ cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g, 
 def avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out,
                        Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                        Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                       bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t od_begin,
-                       Py_ssize_t od_end, int n_threads):
-    """out[n, c, od, oh, ow] = sum_{a, b, c} x_zero_padded[n, c, od*sd + a, oh*sh + b, ow*sw + c] / divisor
+                       Py_ssize_t dilation_d, Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
+                       Py_ssize_t divisor_override, Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
+    """out[n, c, od, oh, ow] = sum_{a, b, c} x_zero_padded[n, c, od*sd + a*dd, oh*sh + b*dh, ow*sw + c*dw] / divisor
     (divisor_override when positive, else the window's taps in the padded input or in the input), for od
     in [od_begin, od_end)."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
-                                             pad_d, pad_h, pad_w, 1, 1, 1)
+                                             pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t n_volumes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t volume = g.depth * g.height * g.width, out_volume = g.out_d * g.out_h * g.out_w
     cdef Py_ssize_t[::1] divisors = np.empty(g.out_d + g.out_h + g.out_w, dtype=np.intp)
@@ -250,23 +254,23 @@ cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_i
     cdef Py_ssize_t row_divisor
     if od_begin == 0:
         memset(grad_in, 0, g.depth * plane * sizeof(floating))
-    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], 1, &c_lo, &unused)
-    _taps_inside(-g.pad[2], g.width, g.kernel[2], 1, &unused, &c_hi)
+    _taps_inside((g.out_w - 1) * g.stride[2] - g.pad[2], g.width, g.kernel[2], g.dilation[2], &c_lo, &unused)
+    _taps_inside(-g.pad[2], g.width, g.kernel[2], g.dilation[2], &unused, &c_hi)
     for od in range(od_begin, od_end):
-        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], 1, &a_lo, &a_hi)
+        _taps_inside(od * g.stride[0] - g.pad[0], g.depth, g.kernel[0], g.dilation[0], &a_lo, &a_hi)
         for oh in range(g.out_h):
-            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], 1, &b_lo, &b_hi)
+            _taps_inside(oh * g.stride[1] - g.pad[1], g.height, g.kernel[1], g.dilation[1], &b_lo, &b_hi)
             src = grad_out + (od * g.out_h + oh) * g.out_w
             row_divisor = divisors[od] * divisors[g.out_d + oh]
             for ow in range(g.out_w):
                 share[ow] = src[ow] / <floating> (row_divisor * divisors[g.out_d + g.out_h + ow])
             for a in range(a_lo, a_hi):
-                d = od * g.stride[0] - g.pad[0] + a
+                d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
                 for b in range(b_lo, b_hi):
-                    h = oh * g.stride[1] - g.pad[1] + b
+                    h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
                     dst = grad_in + d * plane + h * g.width
                     for c in range(c_lo, c_hi):
-                        offset = c - g.pad[2]
+                        offset = c * g.dilation[2] - g.pad[2]
                         lo = _first_reaching(offset, g.stride[2])
                         hi = _end_reaching(offset, g.stride[2], g.width, g.out_w)
                         for ow in range(lo, hi):
@@ -276,14 +280,14 @@ cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_i
 def avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :, :, :, ::1] grad_in,
                         Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                         Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                        bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t od_begin,
-                        Py_ssize_t od_end, int n_threads):
+                        Py_ssize_t dilation_d, Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
+                        Py_ssize_t divisor_override, Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
     """grad_in[n, c, d, h, w] += grad_out / divisor of each window over (d, h, w) with od in [od_begin, od_end);
     grad_in is zeroed first where od_begin is 0."""
     cdef Py_ssize_t[6] dims = [grad_in.shape[2], grad_in.shape[3], grad_in.shape[4],
                                grad_out.shape[2], grad_out.shape[3], grad_out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
-                                             pad_d, pad_h, pad_w, 1, 1, 1)
+                                             pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t n_volumes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t volume = g.depth * g.height * g.width, out_volume = g.out_d * g.out_h * g.out_w
     cdef Py_ssize_t[::1] divisors = np.empty(g.out_d + g.out_h + g.out_w, dtype=np.intp)

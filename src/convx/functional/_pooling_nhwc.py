@@ -10,7 +10,7 @@ channels-first 1-D ops view (N, C, L) as (N, C, 1, L). Indices are the channels-
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +19,7 @@ from .. import _core
 from .._batching import even_slices, sub_batches
 from .._checks import MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_layout_array, as_shape, as_single, contiguous
 from .._threads import kernel_threads
-from .._typing import AnyArray, Shape
+from .._typing import AnyArray, Padding, Shape
 from .pooling import (
     AVG_TAP_WORK, MAX_TAP_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_args, _avg_values,
     _max_pool_separable, _nonempty_plane, _pool_output_shape, _refuse_indices, _unbatch, _window_params,
@@ -91,13 +91,16 @@ def max_pool2d(
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, _CAUSE)
     padding_ = (sides[0][0], sides[1][0])
     if y.size and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_):
+        padding = cast(Padding, spec)
         for part in even_slices(n, max(1, _SEPARABLE_PART_ELEMENTS // (height * width * c))):
-            result = _max_pool2d_first(np.ascontiguousarray(x[part].transpose(0, 3, 1, 2)), kernel, stride_, spec,
-                                       dilation_, ceil_mode, return_indices=return_indices)
-            y_part, indices_part = result if return_indices else (result, None)
-            y[part] = y_part.transpose(0, 2, 3, 1)
-            if indices_part is not None:
-                indices[part] = indices_part.transpose(0, 2, 3, 1)
+            first = np.ascontiguousarray(x[part].transpose(0, 3, 1, 2))
+            if return_indices:
+                y_first, indices_first = _max_pool2d_first(first, kernel, stride_, padding, dilation_, ceil_mode,
+                                                           return_indices=True)
+                indices[part] = indices_first.transpose(0, 2, 3, 1)
+            else:
+                y_first = _max_pool2d_first(first, kernel, stride_, padding, dilation_, ceil_mode)
+            y[part] = y_first.transpose(0, 2, 3, 1)
     elif y.size:
         x = contiguous(x)
         for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])):

@@ -257,13 +257,14 @@ def _avg_args(
 def avg_pool3d(
     x: NDArray[Float], kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0,
     ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+    dilation: IntTriple = 1,
 ) -> NDArray[Float]:
     """3-D average pooling over the volumes of ``x``, as ``torch.nn.functional.avg_pool3d``.
 
-    ``y[n, c, od, oh, ow]`` is the sum of ``x[n, c, od*sd - pd + a, oh*sh - ph + b, ow*sw - pw + c]``
-    over the taps inside the input, divided by ``divisor_override`` if given, else by the number of
-    the window's taps inside the zero-padded input (``count_include_pad``; a ``ceil_mode`` window
-    hanging past the padding is clipped to it) or inside the input.
+    ``y[n, c, od, oh, ow]`` is the sum of ``x[n, c, od*sd - pd + a*dd, oh*sh - ph + b*dh, ow*sw - pw +
+    c*dw]`` over the taps inside the input, divided by ``divisor_override`` if given, else by the
+    number of the window's taps inside the zero-padded input (``count_include_pad``; a
+    ``ceil_mode`` window hanging past the padding is clipped to it) or inside the input.
 
     Parameters
     ----------
@@ -281,11 +282,15 @@ def avg_pool3d(
         Count the padding in the divisor.
     divisor_override : int, optional
         A positive divisor used for every window instead.
+    dilation : int or (int, int, int), default 1
+        Spacing of the window's taps, as ONNX's AveragePool has it (PyTorch's ``avg_pool3d`` has
+        none).
 
     Returns
     -------
     y : ndarray, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)
-        Same dtype as ``x``; ``D_out = (D + 2pd - kd) // sd + 1`` (see ``ceil_mode``), likewise the others.
+        Same dtype as ``x``; ``D_out = (D + 2pd - dd*(kd - 1) - 1) // sd + 1`` (see ``ceil_mode``),
+        likewise the others.
 
     Raises
     ------
@@ -309,8 +314,9 @@ def avg_pool3d(
     kernel, stride_, padding_, ceil_mode, count_include_pad, divisor = _avg_args(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
+    dilation_ = _triple("dilation", dilation, 1)
     n, c, *sizes = x.shape
-    out: _Triple = _output_size("x", tuple(sizes), kernel, stride_, padding_, (1, 1, 1), ceil_mode)
+    out: _Triple = _output_size("x", tuple(sizes), kernel, stride_, padding_, dilation_, ceil_mode)
 
     y = _allocate((n, c, *out), x.dtype, "kernel_size, stride, padding and ceil_mode")
     if y.size:
@@ -321,15 +327,15 @@ def avg_pool3d(
         bands = _row_bands(work, c, sizes[0], out[0], 0)
         for part in sub_batches(n, work):
             for begin, end in _band_edges(out[0], bands):
-                _core.avg_pool3d_forward(x[part], y[part], *kernel, *stride_, *padding_, count_include_pad, divisor,
-                                         begin, end, kernel_threads(elements=x[part].size))
+                _core.avg_pool3d_forward(x[part], y[part], *kernel, *stride_, *padding_, *dilation_, count_include_pad,
+                                         divisor, begin, end, kernel_threads(elements=x[part].size))
     return _unbatch(y, unbatched)
 
 
 def avg_pool3d_backward(
     grad_out: NDArray[Float], input_shape: Shape, kernel_size: IntTriple, stride: IntTriple | None = None,
     padding: IntTriple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-    divisor_override: int | None = None,
+    divisor_override: int | None = None, dilation: IntTriple = 1,
 ) -> NDArray[Float]:
     """Gradient of :func:`avg_pool3d` with respect to its input.
 
@@ -342,7 +348,7 @@ def avg_pool3d_backward(
         The forward output's shape for these arguments.
     input_shape : tuple of int
         ``(N, C, D, H, W)`` or ``(C, D, H, W)``, the shape of the forward input.
-    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation
         As in :func:`avg_pool3d`.
 
     Returns
@@ -373,7 +379,8 @@ def avg_pool3d_backward(
     kernel, stride_, padding_, ceil_mode, count_include_pad, divisor = _avg_args(
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
-    out: _Triple = _output_size("input_shape", shape[2:], kernel, stride_, padding_, (1, 1, 1), ceil_mode)
+    dilation_ = _triple("dilation", dilation, 1)
+    out: _Triple = _output_size("input_shape", shape[2:], kernel, stride_, padding_, dilation_, ceil_mode)
     _check_grad_out(grad_out, input_shape, out)
 
     grad_x = _allocate(shape, grad_out.dtype, "input_shape")
@@ -385,7 +392,7 @@ def avg_pool3d_backward(
         bands = _row_bands(work, shape[1], out[0], out[0], 0)
         for part in sub_batches(shape[0], work):
             for begin, end in _band_edges(out[0], bands):
-                _core.avg_pool3d_backward(grad_out5[part], grad_x[part], *kernel, *stride_, *padding_,
+                _core.avg_pool3d_backward(grad_out5[part], grad_x[part], *kernel, *stride_, *padding_, *dilation_,
                                           count_include_pad, divisor, begin, end,
                                           kernel_threads(elements=grad_x[part].size))
     return _unbatch(grad_x, unbatched)

@@ -102,21 +102,24 @@ def max_pool3d_backward(grad_out, indices, input_shape):
     return grad_x.reshape(tuple(input_shape))
 
 
-def _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad, divisor_override):
-    """(D_out, H_out, W_out) divisors: the override; the window clipped to the padded input; or its inside part."""
+def _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override):
+    """(D_out, H_out, W_out) divisors: the override; the window's taps inside the padded input (a
+    ceil_mode window clipped to it); or those inside the input."""
     if divisor_override is not None:
         return np.full(out, divisor_override, dtype=np.int64)
     counts = []
-    for size, o, k, s, p in zip(sizes, out, kernel, stride, padding):
-        start = np.arange(o) * s - p
-        if count_include_pad:
-            counts.append(np.minimum(start + k, size + p) - start)
-        else:
-            counts.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    for size, o, k, s, p, d in zip(sizes, out, kernel, stride, padding, dilation):
+        # taps start + i*d, i < k, counted in [low, high) from the first inside to the last
+        start = np.arange(o, dtype=np.int64) * s - p
+        low, high = (-p, size + p) if count_include_pad else (0, size)
+        first = np.maximum(0, -((start - low) // d))
+        end = np.minimum(k, -((start - high) // d))
+        counts.append(np.maximum(0, end - first))
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
-def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,
+               dilation=1):
     """y = (sum of the in-input taps of each window) / divisor.
 
     Examples
@@ -128,30 +131,30 @@ def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     x, unbatched = _batched(x)
     n, c, *sizes = x.shape
-    kernel, stride, padding, _, out = _geometry(sizes, kernel_size, stride, padding, 1, ceil_mode)
+    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
     total = np.zeros((n, c, *out), dtype=x.dtype)
     with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
         for offsets in itertools.product(*(range(k) for k in kernel)):
-            value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, (1, 1, 1)), sizes)
+            value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, dilation), sizes)
             total += np.where(inside, value, 0)
-    divisor = _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad, divisor_override)
+    divisor = _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override)
     return _unbatch(total / divisor.astype(x.dtype), unbatched)
 
 
 def avg_pool3d_backward(
     grad_out, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-    divisor_override=None,
+    divisor_override=None, dilation=1,
 ):
     """The adjoint of :func:`avg_pool3d`: every in-input tap of a window gets grad_out / divisor."""
     grad_out, unbatched = _batched(grad_out)
     n, c = grad_out.shape[:2]
     sizes = tuple(input_shape[-3:])
-    kernel, stride, padding, _, out = _geometry(sizes, kernel_size, stride, padding, 1, ceil_mode)
-    share = grad_out / _avg_divisor(sizes, out, kernel, stride, padding, count_include_pad,
+    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
+    share = grad_out / _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad,
                                     divisor_override).astype(grad_out.dtype)
     grad_x = np.zeros((n, c, *sizes), dtype=grad_out.dtype)
     for offsets in itertools.product(*(range(k) for k in kernel)):
-        d, h, w = _tap_positions(offsets, out, stride, padding, (1, 1, 1))
+        d, h, w = _tap_positions(offsets, out, stride, padding, dilation)
         d_in, h_in, w_in = ((pos >= 0) & (pos < size) for pos, size in zip((d, h, w), sizes))
         # One tap maps distinct outputs to distinct inputs, so a fancy-indexed += is exact.
         grad_x[:, :, d[d_in][:, None, None], h[h_in][None, :, None], w[w_in][None, None, :]] += (
