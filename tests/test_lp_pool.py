@@ -203,3 +203,73 @@ def test_lp_pool2d_padding_and_dilation_as_onnx(rng, dtype, norm_type, kernel, s
     g2 = F.lp_pool2d_backward(np.ones_like(y1)[:, :, None], line[:, :, None], norm_type, (1, kernel[1]),
                               (1, stride[1]), padding=((0, 0), sides[1]), dilation=(1, dilation[1]))
     np.testing.assert_array_equal(g1, g2[:, :, 0])
+
+
+# --- 3-D -------------------------------------------------------------------------------------------
+
+CASES_3D = [  # norm_type, kernel, stride, ceil_mode
+    (2, 2, None, False),
+    (3, (2, 3, 2), (1, 2, 1), True),
+    (1.5, 3, 2, True),
+    (1, (1, 2, 2), 1, False),
+]
+
+
+def reference_3d(x, p, kernel, stride, ceil_mode):
+    """Window by window from the definition: (sum of x ** p over the window's taps inside x, scaled
+    to the whole window where a ceil_mode window hangs past x) ** (1 / p)."""
+    kernel = np.broadcast_to(kernel, 3)
+    stride = kernel if stride is None else np.broadcast_to(stride, 3)
+    sizes = x.shape[-3:]
+    out = [(-(-(s - k) // st) if ceil_mode else (s - k) // st) + 1 for s, k, st in zip(sizes, kernel, stride)]
+    out = [o - 1 if ceil_mode and (o - 1) * st >= s else o for o, s, st in zip(out, sizes, stride)]
+    y = np.empty((*x.shape[:-3], *out), x.dtype)
+    for index in np.ndindex(*out):
+        window = tuple(slice(i * st, min(i * st + k, s)) for i, st, k, s in zip(index, stride, kernel, sizes))
+        block = x[(..., *window)] ** p
+        taps = np.prod([w.stop - w.start for w in window])
+        y[(..., *index)] = (block.sum(axis=(-3, -2, -1)) * np.prod(kernel) / taps) ** (1 / p)
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_type, kernel, stride, ceil_mode", CASES_3D)
+def test_lp_pool3d_against_reference_and_torch(rng, torch, dtype, norm_type, kernel, stride, ceil_mode):
+    x = np.abs(rng.standard_normal((2, 3, 5, 6, 7))).astype(dtype)
+    y = F.lp_pool3d(x, norm_type, kernel, stride, ceil_mode)
+    assert y.dtype == dtype
+    assert_close(y, reference_3d(x.astype(np.float64), norm_type, kernel, stride, ceil_mode), dtype)
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.lp_pool3d(tx, norm_type, kernel, stride, ceil_mode)
+    assert_close(y, ty.detach().numpy(), dtype)
+    grad_out = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.from_numpy(grad_out))
+    assert_close(F.lp_pool3d_backward(grad_out, x, norm_type, kernel, stride, ceil_mode), tx.grad.numpy(), dtype)
+    # unbatched
+    assert_close(F.lp_pool3d(x[0], norm_type, kernel, stride, ceil_mode), y[0], dtype)
+
+
+@pytest.mark.parametrize("norm_type, kernel, stride, ceil_mode", CASES_3D)
+def test_lp_pool3d_backward_by_central_differences(rng, norm_type, kernel, stride, ceil_mode):
+    x = 0.5 + np.abs(rng.standard_normal((1, 2, 4, 5, 4)))
+    assert convx.gradcheck(lambda v: F.lp_pool3d(v, norm_type, kernel, stride, ceil_mode), [x],
+                           lambda g: [F.lp_pool3d_backward(g, x, norm_type, kernel, stride, ceil_mode)])
+
+
+def test_lp_pool3d_layer_and_refusals(rng, torch):
+    x = np.abs(rng.standard_normal((2, 3, 4, 6, 6)))
+    layer = nn.LPPool3d(2, (2, 2, 3), 2)
+    y = layer(x)
+    np.testing.assert_allclose(y, torch.nn.LPPool3d(2, (2, 2, 3), 2)(torch.from_numpy(x)).numpy(), rtol=1e-12)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+    assert repr(layer) == "LPPool3d(norm_type=2.0, kernel_size=(2, 2, 3), stride=2, ceil_mode=False)"
+    with pytest.raises(ValueError, match="norm_type"):
+        F.lp_pool3d(x, 0, 2)
+    with pytest.raises(ValueError, match="kernel_size"):
+        F.lp_pool3d(x, 2, (2, 2))
+    with pytest.raises(ValueError, match=r"\(N, C, D, H, W\)"):
+        F.lp_pool3d(x[0, 0], 2, 2)
+    with pytest.raises(ValueError, match="forward output shape"):
+        F.lp_pool3d_backward(np.ones((2, 3, 1, 1, 1)), x, 2, 2)
+    with pytest.raises(TypeError, match="dtype of grad_out"):
+        F.lp_pool3d_backward(np.ones((2, 3, 2, 3, 3), np.float32), x, 2, 2)

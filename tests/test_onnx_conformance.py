@@ -16,9 +16,9 @@ With onnx 1.23.2: 116 cases of these operators, 91 of them 1-D or 2-D (node test
 ConvTranspose 10, MaxPool 15 (one uint8), AveragePool 14, GlobalAveragePool 2, GlobalMaxPool 2,
 LpPool 7, MaxUnpool 2; PyTorch's: Conv 20, ConvTranspose 3, MaxPool 6, AveragePool 4), all passing
 but one (an expected failure, see XFAIL). Of the 25 3-D cases (Conv 7, AveragePool 9, MaxPool 7,
-ConvTranspose 1, LpPool 1; issue 21) the 7 MaxPool and 9 AveragePool ones run through
-``max_pool3d`` and ``avg_pool3d`` (with ONNX's ``dilation``) and pass; the others are left out at
-collection (OPS_3D).
+ConvTranspose 1, LpPool 1; issue 21) the 7 MaxPool, 9 AveragePool and 1 LpPool ones run through
+``max_pool3d``, ``avg_pool3d`` (with ONNX's ``dilation``) and ``lp_pool3d`` and pass; the others
+are left out at collection (OPS_3D).
 
 Two conventions differ and are mapped, not the data: ONNX's max-pooling indices count over the
 whole tensor (and, with ``storage_order=1``, column-major within a plane) where convx's count
@@ -119,7 +119,7 @@ def _generated_node_cases():
 
 
 # The operators convx has for volumes (issue 21); the 3-D cases of the others are left out.
-OPS_3D = ("MaxPool", "AveragePool")
+OPS_3D = ("MaxPool", "AveragePool", "LpPool")
 
 
 def _discover():
@@ -205,6 +205,9 @@ def _average_pool(attrs, dims, x):
 def _lp_pool(attrs, dims, x):
     stride, padding, dilation = _window(attrs, dims)
     p = attrs.get("p", 2)
+    if dims == 3:
+        return [F.lp_pool3d(np.abs(x) if p % 2 else x, p, tuple(attrs["kernel_shape"]), stride,
+                            bool(attrs.get("ceil_mode", 0)), padding=_symmetric(padding), dilation=dilation)]
     pool = F.lp_pool1d if dims == 1 else F.lp_pool2d
     return [pool(np.abs(x) if p % 2 else x, p, tuple(attrs["kernel_shape"]), stride,
                  bool(attrs.get("ceil_mode", 0)), padding=padding, dilation=dilation)]
@@ -308,7 +311,7 @@ def test_every_operator_and_both_dimensions_are_covered():
         by_op.setdefault(case.op, set()).add(case.spatial_dims)
     assert set(by_op) == set(OPS)
     assert by_op["Conv"] == {1, 2}
-    assert by_op["MaxPool"] == by_op["AveragePool"] == {1, 2, 3}
+    assert by_op["MaxPool"] == by_op["AveragePool"] == by_op["LpPool"] == {1, 2, 3}
     assert any(case.data_sets[0][0][0].dtype == np.uint8 for case in CASES if case.op == "MaxPool")
     assert any(_attributes(node).get("storage_order") for case in CASES for node in case.model.graph.node)
     assert set(XFAIL) <= {case.name for case in CASES}

@@ -45,7 +45,7 @@ from .normalization import (
     layer_norm_backward,
     layer_norm_forward,
 )
-from .lppool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backward
+from .lppool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backward, lp_pool3d, lp_pool3d_backward
 from .pooling import (
     adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward,
@@ -134,6 +134,8 @@ __all__ = [
     "lp_pool1d_backward",
     "lp_pool2d",
     "lp_pool2d_backward",
+    "lp_pool3d",
+    "lp_pool3d_backward",
     "max_pool1d",
     "max_pool1d_backward",
     "max_pool2d",

@@ -1,4 +1,4 @@
-"""Power-average (Lp) pooling, as ``torch.nn.functional.lp_pool2d`` and ``lp_pool1d``.
+"""Power-average (Lp) pooling, as ``torch.nn.functional.lp_pool2d``, ``lp_pool1d`` and ``lp_pool3d``.
 
 ``y = (kh * kw * avg_pool(x ** p)) ** (1 / p)`` on the average-pooling kernel (no padding, as
 PyTorch), with its backward pass from the same quantities. Arguments are validated here, before
@@ -14,10 +14,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._checks import as_bool, as_data_layout, as_float_array, as_layout_array
-from .._typing import AnyArray, Float, IntPair, IntSingle, Padding, Padding1d, PaddingWord
+from .._typing import AnyArray, Float, IntPair, IntSingle, IntTriple, Padding, Padding1d, PaddingWord
 from .pooling import _Sides, _window_values, avg_pool2d, avg_pool2d_backward
+from .pooling3d import _triple, _volumes, _window_args, avg_pool3d, avg_pool3d_backward
 
-__all__ = ["lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward"]
+__all__ = ["lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward", "lp_pool3d", "lp_pool3d_backward"]
 
 
 def _norm_type(norm_type: object) -> float:
@@ -297,3 +298,115 @@ def lp_pool1d_backward(
     grad_x = lp_pool2d_backward(_plane(grad_out, last), _plane(x, last), p, (1, kernel), (1, stride_), ceil_mode,
                                 padding=_plane_padding(spec), dilation=(1, dilation_), layout="NHWC" if last else "NCHW")
     return _line(grad_x, last)
+
+
+def _powered_average3d(x: AnyArray, p: float, kernel: tuple[int, int, int], stride: tuple[int, int, int],
+                       ceil_mode: bool, padding: tuple[int, int, int], dilation: tuple[int, int, int]) -> AnyArray:
+    """``avg_pool3d(x ** p)`` with PyTorch's divisor, as :func:`_powered_average` in 2-D."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        powered = np.power(x, x.dtype.type(p))
+    return avg_pool3d(powered, kernel, stride, padding, ceil_mode, dilation=dilation)
+
+
+def _lp3d_args(
+    norm_type: object, kernel_size: object, stride: object, ceil_mode: object, padding: object, dilation: object,
+) -> tuple[float, tuple[int, int, int], tuple[int, int, int], bool, tuple[int, int, int], tuple[int, int, int]]:
+    p = _norm_type(norm_type)
+    ceil_flag = as_bool("ceil_mode", ceil_mode)
+    kernel, stride_, padding_, _ = _window_args(kernel_size, stride, padding, 1)
+    return p, kernel, stride_, ceil_flag, padding_, _triple("dilation", dilation, 1)
+
+
+def lp_pool3d(
+    x: NDArray[Float], norm_type: float, kernel_size: IntTriple, stride: IntTriple | None = None,
+    ceil_mode: bool = False, *, padding: IntTriple = 0, dilation: IntTriple = 1,
+) -> NDArray[Float]:
+    """3-D power-average pooling, as ``torch.nn.functional.lp_pool3d``.
+
+    ``y[n, c, od, oh, ow] = (kd * kh * kw * mean(x[n, c, window] ** p)) ** (1 / p)`` on the 3-D
+    average-pooling kernel, with :func:`lp_pool2d`'s rules for ``ceil_mode`` windows and NaN.
+    ``padding`` and ``dilation`` are ONNX's LpPool's (PyTorch has neither).
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, shape (N, C, D, H, W) or (C, D, H, W)
+        Input, any memory layout; not modified.
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int, int, int)
+        Window size ``(kd, kh, kw)``, positive.
+    stride : int or (int, int, int), optional
+        Window step, positive; defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+        Round the output size up, keeping a last partial window.
+    padding : int or (int, int, int), default 0
+        Keyword only: zeros on both sides of each axis, at most half the kernel.
+    dilation : int or (int, int, int), default 1
+        Keyword only: spacing between a window's taps.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)
+        Same dtype as ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import lp_pool3d
+    >>> lp_pool3d(np.array([[[[3., 4.]]]]), 2, (1, 1, 2))
+    array([[[[5.]]]])
+    """
+    volumes, unbatched = _volumes("lp_pool3d", "x", x)
+    p, kernel, stride_, ceil_mode, padding_, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
+                                                                    padding, dilation)
+    y = _root(_powered_average3d(volumes, p, kernel, stride_, ceil_mode, padding_, dilation_), p, math.prod(kernel))
+    return y[0] if unbatched else y
+
+
+def lp_pool3d_backward(
+    grad_out: NDArray[Float], x: NDArray[Float], norm_type: float, kernel_size: IntTriple,
+    stride: IntTriple | None = None, ceil_mode: bool = False, *, padding: IntTriple = 0, dilation: IntTriple = 1,
+) -> NDArray[Float]:
+    """Gradient of :func:`lp_pool3d` with respect to its input (see :func:`lp_pool2d_backward`).
+
+    Parameters
+    ----------
+    grad_out : ndarray of float32 or float64, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)
+        The forward output's shape.
+    x : ndarray, shape (N, C, D, H, W) or (C, D, H, W)
+        The forward input, same dtype as ``grad_out``.
+    norm_type, kernel_size, stride, ceil_mode, padding, dilation
+        As in :func:`lp_pool3d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx.functional import lp_pool3d_backward
+    >>> lp_pool3d_backward(np.ones((1, 1, 1, 1)), np.array([[[[3., 4.]]]]), 2, (1, 1, 2))
+    array([[[[0.6, 0.8]]]])
+    """
+    grad5, unbatched = _volumes("lp_pool3d_backward", "grad_out", grad_out,
+                                "(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)")
+    x5, x_unbatched = _volumes("lp_pool3d_backward", "x", x)
+    if unbatched != x_unbatched:
+        raise ValueError(f"grad_out must have the ndim of x ({np.ndim(x)}), got shape {np.shape(grad_out)}")
+    if x5.dtype != grad5.dtype:
+        raise TypeError(f"x must have the dtype of grad_out ({grad5.dtype}), got {x5.dtype}")
+    p, kernel, stride_, ceil_mode, padding_, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
+                                                                    padding, dilation)
+    average = _powered_average3d(x5, p, kernel, stride_, ceil_mode, padding_, dilation_)
+    if grad5.shape != average.shape:
+        raise ValueError(
+            f"grad_out must have the forward output shape {average.shape[1:] if unbatched else average.shape} for x "
+            f"of shape {np.shape(x)} and these pooling arguments, got {np.shape(grad_out)}"
+        )
+    y = _root(average, p, math.prod(kernel))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        scale = np.where(average != 0, grad5 * y / np.where(average != 0, average, 1), 0).astype(grad5.dtype)
+        spread = avg_pool3d_backward(scale, x5.shape, kernel, stride_, padding_, ceil_mode, dilation=dilation_)
+        grad_x: AnyArray = (spread * np.power(x5, x5.dtype.type(p - 1))).astype(grad5.dtype, copy=False)
+    return grad_x[0] if unbatched else grad_x

@@ -9,6 +9,7 @@ import numpy as np
 from .. import functional
 from .._checks import as_bool, as_int, as_triple
 from .._typing import AdaptiveSize3d, IntTriple
+from ..functional.lppool import _norm_type
 from ..functional.pooling3d import _avg_args, _window_args
 from .module import Module, check_input
 from .pooling import _layout_arg, _MaxUnpoolNd
@@ -279,3 +280,59 @@ class MaxUnpool3d(_MaxUnpoolNd):
         self.kernel_size = as_triple("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_triple("stride", stride, 1)
         self.padding = as_triple("padding", padding, 0)
+
+
+class LPPool3d(Module):
+    """3-D power-average pooling, ``torch.nn.LPPool3d`` (:func:`convx.lp_pool3d`).
+
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p``, positive and finite.
+    kernel_size : int or (int, int, int)
+    stride : int or (int, int, int), optional
+        Defaults to ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Notes
+    -----
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out), each window's
+    ``(sum of x ** p) ** (1 / p)``. The input is kept from ``forward`` for the backward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convx import nn
+    >>> pool = nn.LPPool3d(2, (1, 1, 2))
+    >>> pool(np.array([[[[[3., 4.]]]]]))
+    array([[[[[5.]]]]])
+    >>> pool.backward(np.ones((1, 1, 1, 1, 1)))
+    array([[[[[0.6, 0.8]]]]])
+    """
+
+    def __init__(self, norm_type: float, kernel_size: IntTriple, stride: IntTriple | None = None,
+                 ceil_mode: bool = False) -> None:
+        super().__init__()
+        self.norm_type = _norm_type(norm_type)
+        kernel, stride_, _, _ = _window_args(kernel_size, stride, 0, 1)
+        self.kernel_size, self.stride = _shown(kernel), _shown(stride_)
+        self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+
+    def _options(self) -> tuple[Any, ...]:
+        return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The ``norm_type``-norm of each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W)."""
+        x = check_input(self, x, _NDIMS)
+        y = functional.lp_pool3d(x, *self._options())
+        self._save_for_backward(y, x)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Input gradient for ``grad_out`` (the output's shape)."""
+        grad_out, (x,) = self._saved_for_backward(grad_out)
+        return functional.lp_pool3d_backward(grad_out, x, *self._options())
+
+    def extra_repr(self) -> str:
+        return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"ceil_mode={self.ceil_mode}")
