@@ -248,6 +248,30 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, num_threads, dtype, 
         assert_close(ours, expected)
 
 
+@pytest.mark.parametrize("kernel", ["blas", "default"])
+def test_forward_of_a_range_of_output_depth_slices(rng, kernel):
+    """One kernel call for the output rows of depth slices [1, 3) writes those slices, as the whole
+    call does (the packed kernel's path takes whole depth slices), and nothing else."""
+    import importlib
+
+    module = importlib.import_module("convx.functional.conv3d")
+    x, weight, bias, kwargs = _arrays(rng, "odd-stride-2", np.float32)
+    plan = module._plan_conv3d(x.shape, weight.shape, kwargs["stride"], kwargs["padding"], 1, 1)
+    whole = convx.conv3d(x, weight, bias, **kwargs)
+    level = convx._core.gemm_kernel()
+    if kernel == "blas":
+        convx._core.set_gemm_kernel("blas")
+    try:
+        out = np.full_like(whole, 7.0)
+        out_h = whole.shape[3]
+        convx._core.conv3d_forward(x, weight.reshape(weight.shape[0], -1), bias, out, *plan.kernel_args(),
+                                   out_h, 3 * out_h, 2)
+    finally:
+        convx._core.set_gemm_kernel(level)
+    assert_close(out[:, :, 1:3], whole[:, :, 1:3])
+    np.testing.assert_array_equal(out[:, :, [0, 3]], 7.0)
+
+
 def test_empty_batch(rng):
     x = np.zeros((0, 3, 4, 5, 6), dtype=np.float32)
     weight = rng.standard_normal((2, 3, 3, 3, 3)).astype(np.float32)
@@ -321,9 +345,9 @@ def test_every_gemm_kernel_gives_the_reference(rng, kernel):
         _core.set_gemm_kernel(before)
 
 
-def test_large_kernel_over_small_volume_splits_the_columns(rng):
-    """A kernel whose column matrix for one output row exceeds the per-thread budget: tiles of that
-    row's columns."""
+def test_large_kernel_over_small_volume(rng):
+    """A kernel whose column matrix for one output row exceeds the per-thread budget: tiles of part
+    of a row."""
     x = rng.standard_normal((1, 64, 3, 3, 40)).astype(np.float32)
     weight = rng.standard_normal((2, 64, 3, 3, 40)).astype(np.float32)
     kwargs = dict(padding=(1, 1, 39))
@@ -335,6 +359,32 @@ def test_large_kernel_over_small_volume_splits_the_columns(rng):
     grads_t = torch.autograd.grad(TF.conv3d(x_t, w_t, padding=(1, 1, 39)), (x_t, w_t), _t(grad_out))
     assert_close(grads[0], grads_t[0].numpy())
     assert_close(grads[1], grads_t[1].numpy())
+
+
+@pytest.mark.parametrize("kernel", ["blas", "default"])
+@pytest.mark.parametrize("budget_rows", [1, 5, 13])
+@pytest.mark.parametrize("case", ["odd-stride-2", "per-side", "groups", "depthwise-multiplier"])
+def test_tiles_of_any_length_give_the_reference(rng, num_threads, case, budget_rows, kernel):
+    """Column tiles of a few output voxels (starting and ending inside output rows, one voxel at a
+    time) give what whole volumes give ('blas': the forward through the tiles too, not the
+    packed kernel's own columns)."""
+    num_threads(2)
+    x, weight, bias, kwargs = _arrays(rng, case, np.float64)
+    col_rows = weight[0].size
+    before = convx._core.set_conv3d_column_budget(budget_rows * col_rows)
+    level = convx._core.gemm_kernel()
+    if kernel == "blas":
+        convx._core.set_gemm_kernel("blas")
+    try:
+        y = convx.conv3d(x, weight, bias, **kwargs)
+        grad_out = rng.standard_normal(y.shape)
+        grad_x, grad_w, _ = convx.conv3d_backward(grad_out, x, weight, **kwargs)
+    finally:
+        convx._core.set_conv3d_column_budget(before)
+        convx._core.set_gemm_kernel(level)
+    assert_close(y, ref.conv3d(x, weight, bias, **kwargs))
+    assert_close(grad_x, ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+    assert_close(grad_w, ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
 
 
 # --- refusals -----------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 # 3-D convolution kernels over NCDHW volumes: Caffe's scheme with the depth among the taps.
 #
-# A tile is a band of output voxels of one image: output rows r = od * H_out + oh in [r0, r1),
-# every column of them (or, where one row's column matrix alone would exceed COL_BUDGET, a part
-# of one row's columns). vol2col unfolds the tile into a column matrix of (C_in/groups * kD*kH*kW)
+# A tile is a run of consecutive output voxels of one image, q = (od * H_out + oh) * W_out + ow in
+# [q0, q1), whole rows or not. vol2col unfolds the tile into a column matrix of (C_in/groups * kD*kH*kW)
 # rows in a per-thread buffer, so that scratch is bounded whatever the batch or volume; the
 # forward is W_grp @ col, the input gradient col2vol(W_grp^T @ grad_out), the weight gradient
 # grad_out @ col^T summed in per-thread partials that are added up after the parallel block.
-# A 1x1x1 kernel with stride 1 and no padding reads the input volume as its column matrix.
+# A 1x1x1 kernel with stride 1 and no padding reads the input volume as its column matrix. With
+# convx's GEMM, the forward of one group without depth dilation packs its column blocks straight
+# from a depth-major copy of each image instead (_implicit_forward3d: the depth taps become input
+# channels of the 2-D packed kernel, convx_conv_block), which saves writing and reading the tile.
 #
 # Every entry point takes a range [row_begin, row_end) of output rows, so that the public ops
 # split a huge volume into several calls (and Ctrl-C is seen between them). The input and weight
@@ -14,6 +16,24 @@
 #
 # The products are convx's packed GEMM (_gemm.h) where _level() picks it, else BLAS; the weight
 # gradient's products are BLAS's at every level (as the 2-D im2col tiles').
+
+# Elements of one thread's column tile. Smaller than the 2-D tiles' COL_BUDGET: a 3x3x3 kernel over
+# 64 channels has 1728 rows per output voxel, and a tile that leaves the L2 cache between vol2col
+# writing it and the product reading it costs both a trip to memory.
+cdef Py_ssize_t _col3d_budget = COL_BUDGET
+
+
+def set_conv3d_column_budget(Py_ssize_t elements):
+    """Bound the elements of the 3-D kernels' per-thread column tile (for tests and tuning; not
+    thread-safe against running calls); returns the bound before."""
+    global _col3d_budget
+    before = _col3d_budget
+    _col3d_budget = max(1, elements)
+    return before
+
+
+from libc.string cimport memcpy
+
 
 cdef struct Conv3dGeometry:
     Py_ssize_t groups, c_in_g, c_out_g
@@ -26,8 +46,7 @@ cdef struct Conv3dGeometry:
     Py_ssize_t col_rows      # c_in_g * taps
     Py_ssize_t volume        # D * H * W
     Py_ssize_t n_out         # D_out * H_out * W_out
-    Py_ssize_t band_rows     # output rows per tile
-    Py_ssize_t band_cols     # output columns per tile (out_w unless band_rows is 1)
+    Py_ssize_t tile_cols     # output voxels per tile
     bint direct_1x1          # the input volume is already the column matrix
 
 
@@ -75,53 +94,47 @@ cdef Conv3dGeometry _conv3d_geometry(Py_ssize_t c_in, Py_ssize_t depth, Py_ssize
     g.n_out = out_d * out_h * out_w
     g.direct_1x1 = (g.taps == 1 and stride_d == 1 and stride_h == 1 and stride_w == 1 and pad_d == 0
                     and pad_h == 0 and pad_w == 0 and out_d == depth and out_h == height and out_w == width)
-    g.band_rows = 1
-    g.band_cols = out_w
+    g.tile_cols = 1
     return g
 
 
-cdef void _conv3d_bands(Conv3dGeometry* g, Py_ssize_t n_images, Py_ssize_t n_rows, int n_threads) noexcept nogil:
-    """Tiles of at most COL_BUDGET column elements (a 1x1x1 direct tile: the whole range), cut
-    further where n_threads is given (> 0) so that n_images images give every thread a tile."""
+cdef void _conv3d_tiles(Conv3dGeometry* g, Py_ssize_t n_images, Py_ssize_t n_voxels, int n_threads) noexcept nogil:
+    """Tiles of at most _col3d_budget column elements (a 1x1x1 direct tile: the whole range of
+    n_voxels), cut further where n_threads is given (> 0) so that n_images images give every thread
+    a tile."""
     cdef Py_ssize_t want
-    g.band_rows = max(1, n_rows)
-    g.band_cols = g.out_w
-    if not g.direct_1x1 and g.col_rows * g.out_w * g.band_rows > COL_BUDGET:
-        g.band_rows = max(1, COL_BUDGET // max(1, g.col_rows * g.out_w))
-        if g.col_rows * g.out_w > COL_BUDGET:
-            g.band_cols = max(1, COL_BUDGET // g.col_rows)
-    if n_threads > 0 and n_images < n_threads and g.band_cols == g.out_w:
+    g.tile_cols = max(1, n_voxels)
+    if not g.direct_1x1 and g.col_rows * g.tile_cols > _col3d_budget:
+        g.tile_cols = max(1, _col3d_budget // max(1, g.col_rows))
+    if n_threads > 0 and n_images < n_threads:
         want = (n_threads + n_images - 1) // n_images
-        g.band_rows = min(g.band_rows, max(1, (n_rows + want - 1) // want))
+        g.tile_cols = min(g.tile_cols, max(1, (n_voxels + want - 1) // want))
 
 
-cdef inline Py_ssize_t _n_tiles3d(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
-    """Tiles of one image's output rows [row_begin, row_end)."""
-    return ((row_end - row_begin + g.band_rows - 1) // g.band_rows) * ((g.out_w + g.band_cols - 1) // g.band_cols)
+cdef inline Py_ssize_t _n_tiles3d(Conv3dGeometry* g, Py_ssize_t q_begin, Py_ssize_t q_end) noexcept nogil:
+    """Tiles of one image's output voxels [q_begin, q_end)."""
+    return (q_end - q_begin + g.tile_cols - 1) // g.tile_cols
 
 
-cdef inline void _tile3d(Conv3dGeometry* g, Py_ssize_t tile, Py_ssize_t row_begin, Py_ssize_t row_end,
-                         Py_ssize_t* r0, Py_ssize_t* r1, Py_ssize_t* c0, Py_ssize_t* c1) noexcept nogil:
-    """The output rows [r0, r1) and columns [c0, c1) of tile number ``tile`` (row-major over the range)."""
-    cdef Py_ssize_t per_row = (g.out_w + g.band_cols - 1) // g.band_cols
-    r0[0] = row_begin + (tile // per_row) * g.band_rows
-    r1[0] = min(r0[0] + g.band_rows, row_end)
-    c0[0] = (tile % per_row) * g.band_cols
-    c1[0] = min(c0[0] + g.band_cols, g.out_w)
+cdef inline void _tile3d(Conv3dGeometry* g, Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end,
+                         Py_ssize_t* q0, Py_ssize_t* q1) noexcept nogil:
+    """The output voxels [q0, q1) of tile number ``tile`` of [q_begin, q_end)."""
+    q0[0] = q_begin + tile * g.tile_cols
+    q1[0] = min(q0[0] + g.tile_cols, q_end)
 
 
 cdef inline Py_ssize_t _col_size3d(Conv3dGeometry* g) noexcept nogil:
     if g.direct_1x1:
         return 1
-    return g.col_rows * g.band_rows * g.band_cols
+    return g.col_rows * g.tile_cols
 
 
-cdef void _vol2col(const floating* image, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t r0, Py_ssize_t r1,
-                   Py_ssize_t c0, Py_ssize_t c1, floating* col) noexcept nogil:
-    """col[(c, a, b, e), (r - r0) * (c1 - c0) + ow - c0] = image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH,
-    ow*sW - pW + e*dW] (0 outside) for r = od*H_out + oh in [r0, r1), ow in [c0, c1), c < channels."""
-    cdef Py_ssize_t n = c1 - c0, ld = (r1 - r0) * (c1 - c0)
-    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, ow
+cdef void _vol2col(const floating* image, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t q0, Py_ssize_t q1,
+                   floating* col) noexcept nogil:
+    """col[(c, a, b, e), q - q0] = image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH, ow*sW - pW + e*dW]
+    (0 outside) for the output voxels q = (od*H_out + oh)*W_out + ow in [q0, q1), c < channels."""
+    cdef Py_ssize_t ld = q1 - q0, r_first = q0 // g.out_w, r_last = (q1 - 1) // g.out_w
+    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, lo_row, hi_row, ow, c0, c1, n
     cdef Py_ssize_t sw = g.stride[2]
     cdef floating* dst
     cdef const floating* src
@@ -130,17 +143,23 @@ cdef void _vol2col(const floating* image, Conv3dGeometry* g, Py_ssize_t channels
             for b in range(g.kernel[1]):
                 for e in range(g.kernel[2]):
                     iw0 = e * g.dilation[2] - g.pad[2]
-                    _valid_range(iw0, sw, g.width, g.out_w, &lo, &hi)
-                    _clip_range(c0, c1, &lo, &hi)
+                    _valid_range(iw0, sw, g.width, g.out_w, &lo_row, &hi_row)
                     dst = col + (((c * g.kernel[0] + a) * g.kernel[1] + b) * g.kernel[2] + e) * ld
-                    od = r0 // g.out_h
-                    oh = r0 - od * g.out_h
-                    for r in range(r0, r1):
+                    od = r_first // g.out_h
+                    oh = r_first - od * g.out_h
+                    for r in range(r_first, r_last + 1):
+                        # this row's columns [c0, c1) of the tile
+                        c0 = q0 - r * g.out_w if r == r_first else 0
+                        c1 = q1 - r * g.out_w if r == r_last else g.out_w
+                        n = c1 - c0
                         in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
                         in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
                         if in_d < 0 or in_d >= g.depth or in_h < 0 or in_h >= g.height:
                             memset(dst, 0, n * sizeof(floating))
                         else:
+                            lo = lo_row
+                            hi = hi_row
+                            _clip_range(c0, c1, &lo, &hi)
                             # output column c0 + ow reads src[ow * stride_w]
                             src = image + ((c * g.depth + in_d) * g.height + in_h) * g.width + iw0 + c0 * sw
                             for ow in range(lo):
@@ -164,12 +183,12 @@ cdef void _vol2col(const floating* image, Conv3dGeometry* g, Py_ssize_t channels
                             od = od + 1
 
 
-cdef void _col2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t r0, Py_ssize_t r1,
-                   Py_ssize_t c0, Py_ssize_t c1, floating* image) noexcept nogil:
-    """image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH, ow*sW - pW + e*dW] += col[(c, a, b, e), ...]
+cdef void _col2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t q0, Py_ssize_t q1,
+                   floating* image) noexcept nogil:
+    """image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH, ow*sW - pW + e*dW] += col[(c, a, b, e), q - q0]
     (the adjoint of _vol2col, same arguments)."""
-    cdef Py_ssize_t n = c1 - c0, ld = (r1 - r0) * (c1 - c0)
-    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, ow
+    cdef Py_ssize_t ld = q1 - q0, r_first = q0 // g.out_w, r_last = (q1 - 1) // g.out_w
+    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, lo_row, hi_row, ow, c0, c1
     cdef Py_ssize_t sw = g.stride[2]
     cdef const floating* src
     cdef floating* dst
@@ -178,15 +197,19 @@ cdef void _col2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t channels, 
             for b in range(g.kernel[1]):
                 for e in range(g.kernel[2]):
                     iw0 = e * g.dilation[2] - g.pad[2]
-                    _valid_range(iw0, sw, g.width, g.out_w, &lo, &hi)
-                    _clip_range(c0, c1, &lo, &hi)
+                    _valid_range(iw0, sw, g.width, g.out_w, &lo_row, &hi_row)
                     src = col + (((c * g.kernel[0] + a) * g.kernel[1] + b) * g.kernel[2] + e) * ld
-                    od = r0 // g.out_h
-                    oh = r0 - od * g.out_h
-                    for r in range(r0, r1):
+                    od = r_first // g.out_h
+                    oh = r_first - od * g.out_h
+                    for r in range(r_first, r_last + 1):
+                        c0 = q0 - r * g.out_w if r == r_first else 0
+                        c1 = q1 - r * g.out_w if r == r_last else g.out_w
                         in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
                         in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
                         if in_d >= 0 and in_d < g.depth and in_h >= 0 and in_h < g.height:
+                            lo = lo_row
+                            hi = hi_row
+                            _clip_range(c0, c1, &lo, &hi)
                             dst = image + ((c * g.depth + in_d) * g.height + in_h) * g.width + iw0 + c0 * sw
                             if sw == 1:
                                 for ow in range(lo, hi):
@@ -197,7 +220,7 @@ cdef void _col2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t channels, 
                             else:
                                 for ow in range(lo, hi):
                                     dst[ow * sw] += src[ow]
-                        src += n
+                        src += c1 - c0
                         oh = oh + 1
                         if oh == g.out_h:
                             oh = 0
@@ -293,29 +316,100 @@ cdef inline void _product3d(Product3d* p, Py_ssize_t grp, Py_ssize_t q, Py_ssize
 
 
 cdef void _forward_tile3d(const floating* x, Product3d* p, const floating* bias, floating* out, Conv3dGeometry* g,
-                          Py_ssize_t tile, Py_ssize_t row_begin, Py_ssize_t row_end, floating* col,
+                          Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col,
                           floating* work) noexcept nogil:
     """out[co, tile] = bias[co] + W_grp @ vol2col(x[grp], tile) for one image's tile and every group."""
-    cdef Py_ssize_t r0, r1, c0, c1, n, grp, co, i, offset
+    cdef Py_ssize_t q0, q1, n, grp, co, i
     cdef floating* dst
     cdef floating value
-    _tile3d(g, tile, row_begin, row_end, &r0, &r1, &c0, &c1)
-    n = (r1 - r0) * (c1 - c0)
-    offset = r0 * g.out_w + c0
+    _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+    n = q1 - q0
     for grp in range(g.groups):
         if g.direct_1x1:
-            _product3d(p, grp, 0, 0, g.c_out_g, n, x + grp * g.c_in_g * g.volume + offset, g.volume,
-                       out + grp * g.c_out_g * g.n_out + offset, g.n_out, False, work)
+            _product3d(p, grp, 0, 0, g.c_out_g, n, x + grp * g.c_in_g * g.volume + q0, g.volume,
+                       out + grp * g.c_out_g * g.n_out + q0, g.n_out, False, work)
         else:
-            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, r0, r1, c0, c1, col)
-            _product3d(p, grp, 0, 0, g.c_out_g, n, col, n, out + grp * g.c_out_g * g.n_out + offset, g.n_out,
+            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, q0, q1, col)
+            _product3d(p, grp, 0, 0, g.c_out_g, n, col, n, out + grp * g.c_out_g * g.n_out + q0, g.n_out,
                        False, work)
     if bias != NULL:
         for co in range(g.groups * g.c_out_g):
-            dst = out + co * g.n_out + offset
+            dst = out + co * g.n_out + q0
             value = bias[co]
             for i in range(n):
                 dst[i] += value
+
+
+cdef inline bint _implicit3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """Whether _implicit_forward3d computes these output rows: convx's GEMM, one group, depth
+    dilation 1, whole output depth slices, and the depths read at most a few times the input's."""
+    cdef Py_ssize_t span
+    if (_level() == CONVX_GEMM_BLAS or g.groups != 1 or g.dilation[0] != 1 or g.direct_1x1 or g.c_out_g == 0
+            or row_begin % g.out_h or row_end % g.out_h):
+        return False
+    span = (row_end // g.out_h - 1 - row_begin // g.out_h) * g.stride[0] + g.kernel[0]
+    return span <= 2 * (g.depth + g.kernel[0])
+
+
+cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating* bias,
+                             floating[:, :, :, :, ::1] out, Conv3dGeometry* g, Py_ssize_t od_begin,
+                             Py_ssize_t od_end, int n_threads) except -1:
+    """out[n, :, od] for od in [od_begin, od_end) by convx_conv_block (_implicit_conv), which packs its
+    column blocks straight from the input, with no column matrix: each image is copied depth-major,
+    (D, C_in, H, W), its depth padding as zero slices, so that the kD depth taps of an output depth
+    slice are kD * C_in consecutive planes, the channels of one 2-D convolution whose weight is
+    (C_out, kD * C_in, kH, kW); its (C_out, H_out * W_out) output goes through a buffer into out."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t n, t, c, d, od, co
+    dtype = np.asarray(out).dtype
+    # weight[co, a * C_in + c, b, e] = W[co, c, a, b, e]
+    w4 = np.ascontiguousarray(np.asarray(weight).reshape(c_out, c_in, kd, g.kernel[1], g.kernel[2])
+                              .transpose(0, 2, 1, 3, 4).reshape(c_out, kd * c_in, g.kernel[1], g.kernel[2]))
+    cdef const floating[:, :, :, ::1] w4_view = w4
+    cdef WeightProduct wp
+    packed = _pack_weight(w4_view, 1, False, &wp)
+    cdef convx_conv_shape s
+    s.groups = 1
+    s.c_in_g = kd * c_in
+    s.c_out_g = c_out
+    s.height = g.height
+    s.width = g.width
+    s.out_h = g.out_h
+    s.out_w = g.out_w
+    s.kh = g.kernel[1]
+    s.kw = g.kernel[2]
+    s.sh = g.stride[1]
+    s.sw = g.stride[2]
+    s.ph = g.pad[1]
+    s.pw = g.pad[2]
+    s.dh = g.dilation[1]
+    s.dw = g.dilation[2]
+    s.x_last = 0
+    s.out_last = 0
+    s.o_h = g.out_h
+    s.o_w = g.out_w
+    s.o_sh = 1
+    s.o_sw = 1
+    cdef floating[:, :, ::1] depth_major = np.empty((span, c_in, plane), dtype=dtype)
+    cdef floating[:, ::1] buf = np.empty((c_out, n_out), dtype=dtype)
+    cdef int team = _team(n_threads, span)
+    for n in range(x.shape[0]):
+        with nogil:
+            for t in prange(span, schedule='static', num_threads=team):
+                d = d_first + t
+                for c in range(c_in):
+                    if d >= 0 and d < g.depth:
+                        memcpy(&depth_major[t, c, 0], &x[n, c, d, 0, 0], plane * sizeof(floating))
+                    else:
+                        memset(&depth_major[t, c, 0], 0, plane * sizeof(floating))
+        for od in range(od_begin, od_end):
+            _implicit_conv(&depth_major[(od - od_begin) * sd, 0, 0], &wp, bias, NULL, &buf[0, 0], &s, 1, n_threads)
+            with nogil:
+                for co in range(c_out):
+                    memcpy(&out[n, co, od, 0, 0], &buf[co, 0], n_out * sizeof(floating))
+    return 0
 
 
 def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
@@ -330,11 +424,16 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
                                              groups, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w,
                                              dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, work_size
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     cdef bint has_bias = bias.shape[0] > 0
     if batch == 0 or row_end <= row_begin or g.n_out == 0:
         return
-    _conv3d_bands(&g, batch, row_end - row_begin, n_threads)
-    per_image = _n_tiles3d(&g, row_begin, row_end)
+    if _implicit3d_applies(&g, row_begin, row_end):
+        _implicit_forward3d(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin // g.out_h,
+                            row_end // g.out_h, n_threads)
+        return
+    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
     cdef int team = _team(n_threads, n_items)
     cdef Product3d p
@@ -349,16 +448,16 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
             tid = threadid()
             for item in prange(n_items, schedule='static'):
                 _forward_tile3d(&x[item // per_image, 0, 0, 0, 0], &p, &bias[0] if has_bias else NULL,
-                                &out[item // per_image, 0, 0, 0, 0], &g, item % per_image, row_begin, row_end,
+                                &out[item // per_image, 0, 0, 0, 0], &g, item % per_image, q_begin, q_end,
                                 &col[tid * col_size], &work[tid * work_size])
 
 
 cdef void _input_item3d(const floating* grad_out, Product3d* p, floating* grad_in, Conv3dGeometry* g,
-                        Py_ssize_t grp, Py_ssize_t q, Py_ssize_t row_begin, Py_ssize_t row_end, floating* col,
+                        Py_ssize_t grp, Py_ssize_t q, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col,
                         floating* work) noexcept nogil:
     """grad_in[grp's channels of part q] += col2vol(W_grp^T[part q] @ grad_out[grp]) over one image's
-    tiles of the rows [row_begin, row_end), in order."""
-    cdef Py_ssize_t ch0, ch1, m, tile, n_tiles, r0, r1, c0, c1, n, offset
+    tiles of the output voxels [q_begin, q_end), in order."""
+    cdef Py_ssize_t ch0, ch1, m, tile, n_tiles, q0, q1, n
     cdef const floating* dy = grad_out + grp * g.c_out_g * g.n_out
     cdef floating* dx
     _channel_part(g, p.parts, q, &ch0, &ch1)
@@ -366,16 +465,15 @@ cdef void _input_item3d(const floating* grad_out, Product3d* p, floating* grad_i
         return
     m = (ch1 - ch0) * g.taps
     dx = grad_in + (grp * g.c_in_g + ch0) * g.volume
-    n_tiles = _n_tiles3d(g, row_begin, row_end)
+    n_tiles = _n_tiles3d(g, q_begin, q_end)
     for tile in range(n_tiles):
-        _tile3d(g, tile, row_begin, row_end, &r0, &r1, &c0, &c1)
-        n = (r1 - r0) * (c1 - c0)
-        offset = r0 * g.out_w + c0
+        _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+        n = q1 - q0
         if g.direct_1x1:
-            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + offset, g.n_out, dx + offset, g.volume, True, work)
+            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + q0, g.n_out, dx + q0, g.volume, True, work)
         else:
-            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + offset, g.n_out, col, n, False, work)
-            _col2vol(col, g, ch1 - ch0, r0, r1, c0, c1, dx)
+            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + q0, g.n_out, col, n, False, work)
+            _col2vol(col, g, ch1 - ch0, q0, q1, dx)
 
 
 def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
@@ -390,9 +488,10 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
                                              grad_out.shape[3], grad_out.shape[4], groups, stride_d, stride_h, stride_w,
                                              pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t batch = grad_in.shape[0], parts, n_items, item, tid, col_size, work_size, per_image
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
-    _conv3d_bands(&g, batch, row_end - row_begin, 0)
+    _conv3d_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
     parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))
     per_image = groups * parts
@@ -410,28 +509,27 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
             tid = threadid()
             for item in prange(n_items, schedule='static'):
                 _input_item3d(&grad_out[item // per_image, 0, 0, 0, 0], &p, &grad_in[item // per_image, 0, 0, 0, 0],
-                              &g, (item % per_image) // parts, item % parts, row_begin, row_end,
+                              &g, (item % per_image) // parts, item % parts, q_begin, q_end,
                               &col[tid * col_size], &work[tid * work_size])
 
 
 cdef void _weight_tile3d(const floating* grad_out, const floating* x, floating* partial, Conv3dGeometry* g,
-                         Py_ssize_t tile, Py_ssize_t row_begin, Py_ssize_t row_end, floating* col) noexcept nogil:
+                         Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col) noexcept nogil:
     """partial_grp += grad_out[grp, tile] @ vol2col(x[grp], tile)^T for one image's tile and every group."""
-    cdef Py_ssize_t r0, r1, c0, c1, n, grp, offset
+    cdef Py_ssize_t q0, q1, n, grp
     cdef const floating* columns
     cdef Py_ssize_t ld
-    _tile3d(g, tile, row_begin, row_end, &r0, &r1, &c0, &c1)
-    n = (r1 - r0) * (c1 - c0)
-    offset = r0 * g.out_w + c0
+    _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+    n = q1 - q0
     for grp in range(g.groups):
         if g.direct_1x1:
-            columns = x + grp * g.c_in_g * g.volume + offset
+            columns = x + grp * g.c_in_g * g.volume + q0
             ld = g.volume
         else:
-            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, r0, r1, c0, c1, col)
+            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, q0, q1, col)
             columns = col
             ld = n
-        _gemm(False, True, g.c_out_g, g.col_rows, n, 1, grad_out + grp * g.c_out_g * g.n_out + offset, g.n_out,
+        _gemm(False, True, g.c_out_g, g.col_rows, n, 1, grad_out + grp * g.c_out_g * g.n_out + q0, g.n_out,
               columns, ld, 1, partial + grp * g.c_out_g * g.col_rows, g.col_rows)
 
 
@@ -449,10 +547,11 @@ def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const float
                                              pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, i, t
     cdef Py_ssize_t w_size = grad_weight.shape[0] * grad_weight.shape[1]
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
         return
-    _conv3d_bands(&g, batch, row_end - row_begin, n_threads)
-    per_image = _n_tiles3d(&g, row_begin, row_end)
+    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
     cdef int team = _team(n_threads, n_items)
     col_size = _col_size3d(&g)
@@ -465,7 +564,7 @@ def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const float
             tid = threadid()
             for item in prange(n_items, schedule='static'):
                 _weight_tile3d(&grad_out[item // per_image, 0, 0, 0, 0], &x[item // per_image, 0, 0, 0, 0],
-                               &parts[tid * w_size], &g, item % per_image, row_begin, row_end, &col[tid * col_size])
+                               &parts[tid * w_size], &g, item % per_image, q_begin, q_end, &col[tid * col_size])
     with nogil:
         for t in range(team):
             for i in range(w_size):

@@ -198,10 +198,11 @@ def _units(plan: _Conv3dPlan, weight_shape: Shape, input_shape: Shape) -> Iterat
         return
     per_row = max(1, per_image // plan.rows)
     band = max(1, budget // per_row)
-    n_bands = -(-plan.rows // band)
+    if band >= plan.out_size[1]:
+        band -= band % plan.out_size[1]  # whole output depth slices, which the kernels may take as such
     for image in range(plan.batch):
-        for index in range(n_bands):
-            yield slice(image, image + 1), index * plan.rows // n_bands, (index + 1) * plan.rows // n_bands
+        for row in range(0, plan.rows, band):
+            yield slice(image, image + 1), row, min(row + band, plan.rows)
 
 
 def _flat(weight: AnyArray) -> AnyArray:
