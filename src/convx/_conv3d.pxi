@@ -392,9 +392,21 @@ cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:
     s.o_w = g.out_w
     s.o_sh = 1
     s.o_sw = 1
+    # Enough depth slices: each thread takes whole slices (one team per image, not one per slice:
+    # a team that waits at every slice for its slowest thread loses most on a busy machine);
+    # else every slice's columns are split over the team.
+    cdef bint by_slices = od_end - od_begin >= 2 * n_threads
+    cdef int team = _team(n_threads, span), slice_team = _team(n_threads, od_end - od_begin), tid
+    cdef Py_ssize_t block, work_size, q0, nc
+    if floating is float:
+        block = convx_conv_block_cols_f(wp.level)
+        work_size = convx_gemm_work_size_f(wp.level)
+    else:
+        block = convx_conv_block_cols_d(wp.level)
+        work_size = convx_gemm_work_size_d(wp.level)
     cdef floating[:, :, ::1] depth_major = np.empty((span, c_in, plane), dtype=dtype)
-    cdef floating[:, ::1] buf = np.empty((c_out, n_out), dtype=dtype)
-    cdef int team = _team(n_threads, span)
+    cdef floating[:, :, ::1] buf = np.empty((slice_team if by_slices else 1, c_out, n_out), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((slice_team, work_size), dtype=dtype)
     for n in range(x.shape[0]):
         with nogil:
             for t in prange(span, schedule='static', num_threads=team):
@@ -404,11 +416,31 @@ cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:
                         memcpy(&depth_major[t, c, 0], &x[n, c, d, 0, 0], plane * sizeof(floating))
                     else:
                         memset(&depth_major[t, c, 0], 0, plane * sizeof(floating))
+        if by_slices:
+            with nogil, parallel(num_threads=slice_team):
+                tid = threadid()
+                for od in prange(od_begin, od_end, schedule='static'):
+                    q0 = 0
+                    while q0 < n_out:
+                        nc = min(block, n_out - q0)
+                        if floating is float:
+                            convx_conv_block_f(wp.level, &s, <const float*> wp.packed, wp.group_size, bias, NULL,
+                                               &depth_major[(od - od_begin) * sd, 0, 0], &buf[tid, 0, 0], q0, nc,
+                                               &work[tid, 0])
+                        else:
+                            convx_conv_block_d(wp.level, &s, <const double*> wp.packed, wp.group_size, bias, NULL,
+                                               &depth_major[(od - od_begin) * sd, 0, 0], &buf[tid, 0, 0], q0, nc,
+                                               &work[tid, 0])
+                        q0 = q0 + nc
+                    for co in range(c_out):
+                        memcpy(&out[n, co, od, 0, 0], &buf[tid, co, 0], n_out * sizeof(floating))
+            continue
         for od in range(od_begin, od_end):
-            _implicit_conv(&depth_major[(od - od_begin) * sd, 0, 0], &wp, bias, NULL, &buf[0, 0], &s, 1, n_threads)
+            _implicit_conv(&depth_major[(od - od_begin) * sd, 0, 0], &wp, bias, NULL, &buf[0, 0, 0], &s, 1,
+                           n_threads)
             with nogil:
                 for co in range(c_out):
-                    memcpy(&out[n, co, od, 0, 0], &buf[co, 0], n_out * sizeof(floating))
+                    memcpy(&out[n, co, od, 0, 0], &buf[0, co, 0], n_out * sizeof(floating))
     return 0
 
 
