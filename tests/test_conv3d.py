@@ -58,6 +58,9 @@ CASES = {
     "flat-depth": ((3, 2, 1, 9, 10), (4, 2, 1, 3, 3), dict(stride=(1, 2, 2), padding=(0, 1, 1))),
     "size-one": ((2, 1, 1, 1, 1), (2, 1, 1, 1, 1), dict()),
     "unbatched": ((3, 4, 5, 6), (2, 3, 2, 2, 2), dict(stride=(2, 1, 1))),
+    # 32 output channels or more: the packed weight gradient's path
+    "wide": ((2, 3, 6, 5, 7), (32, 3, 3, 2, 3), dict(padding=((1, 0), (1, 1), (0, 2)))),
+    "wide-strided": ((1, 5, 9, 6, 5), (40, 5, 2, 3, 3), dict(stride=(2, 1, 2), padding=1, dilation=(1, 2, 1))),
 }
 # 'same' at a stride (ONNX's SAME_UPPER, SAME_LOWER) and per-side padding: PyTorch has no such
 # argument (compared after F.pad where it can be; the words against the reference only).
@@ -212,8 +215,9 @@ def test_conv_transpose3d_is_the_adjoint_of_conv3d(rng):
 # --- threads, bands, odd inputs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_thread_counts_give_the_same_results(rng, num_threads, dtype):
-    x, weight, bias, kwargs = _arrays(rng, "odd-stride-2", dtype)
+@pytest.mark.parametrize("case", ["odd-stride-2", "wide-strided"])
+def test_thread_counts_give_the_same_results(rng, num_threads, dtype, case):
+    x, weight, bias, kwargs = _arrays(rng, case, dtype)
     grad_out = rng.standard_normal(convx.conv3d(x, weight, bias, **kwargs).shape).astype(dtype)
     results = []
     for n in (1, 2, 3):

@@ -351,6 +351,34 @@ cdef inline bint _implicit3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py
     return span <= 2 * (g.depth + g.kernel[0])
 
 
+cdef convx_conv_shape _depth_major_shape(Conv3dGeometry* g) noexcept nogil:
+    """The 2-D convolution of one output depth slice over a depth-major copy (_implicit_forward3d):
+    kD * C_in input channels, the kernel's height and width."""
+    cdef convx_conv_shape s
+    s.groups = 1
+    s.c_in_g = g.kernel[0] * g.c_in_g
+    s.c_out_g = g.c_out_g
+    s.height = g.height
+    s.width = g.width
+    s.out_h = g.out_h
+    s.out_w = g.out_w
+    s.kh = g.kernel[1]
+    s.kw = g.kernel[2]
+    s.sh = g.stride[1]
+    s.sw = g.stride[2]
+    s.ph = g.pad[1]
+    s.pw = g.pad[2]
+    s.dh = g.dilation[1]
+    s.dw = g.dilation[2]
+    s.x_last = 0
+    s.out_last = 0
+    s.o_h = g.out_h
+    s.o_w = g.out_w
+    s.o_sh = 1
+    s.o_sw = 1
+    return s
+
+
 cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating* bias,
                              floating[:, :, :, :, ::1] out, Conv3dGeometry* g, Py_ssize_t od_begin,
                              Py_ssize_t od_end, int n_threads) except -1:
@@ -370,28 +398,7 @@ cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:
     cdef const floating[:, :, :, ::1] w4_view = w4
     cdef WeightProduct wp
     packed = _pack_weight(w4_view, 1, False, &wp)
-    cdef convx_conv_shape s
-    s.groups = 1
-    s.c_in_g = kd * c_in
-    s.c_out_g = c_out
-    s.height = g.height
-    s.width = g.width
-    s.out_h = g.out_h
-    s.out_w = g.out_w
-    s.kh = g.kernel[1]
-    s.kw = g.kernel[2]
-    s.sh = g.stride[1]
-    s.sw = g.stride[2]
-    s.ph = g.pad[1]
-    s.pw = g.pad[2]
-    s.dh = g.dilation[1]
-    s.dw = g.dilation[2]
-    s.x_last = 0
-    s.out_last = 0
-    s.o_h = g.out_h
-    s.o_w = g.out_w
-    s.o_sh = 1
-    s.o_sw = 1
+    cdef convx_conv_shape s = _depth_major_shape(g)
     # Enough depth slices: each thread takes whole slices (one team per image, not one per slice:
     # a team that waits at every slice for its slowest thread loses most on a busy machine);
     # else every slice's columns are split over the team.
@@ -545,6 +552,78 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
                               &col[tid * col_size], &work[tid * work_size])
 
 
+cdef inline bint _implicit_weight3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """Whether _implicit_weight3d computes the weight gradient of these output rows: as
+    _implicit3d_applies, with the 2-D packed weight gradient's own limits (at least 32 output
+    channels, at most PACKED_WEIGHT_MOST elements; BLAS does better outside them)."""
+    return (_implicit3d_applies(g, row_begin, row_end) and g.c_out_g >= 32
+            and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
+
+
+cdef int _implicit_weight3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
+                            floating* grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
+                            int n_threads) except -1:
+    """grad_weight += the weight gradient of the output depth slices [od_begin, od_end) by
+    convx_conv_weight_block over depth-major copies of each image (as _implicit_forward3d): each
+    thread takes whole slices, copies the slice's output gradient into its buffer and sums into its
+    own partial; the partials are added, in thread order, after every image."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0], taps2 = g.kernel[1] * g.kernel[2]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t w_size = c_out * g.col_rows, channels = kd * c_in
+    cdef Py_ssize_t n, t, c, d, od, co, q0, nc, block, work_size, a, tap, i
+    cdef int level = _level(), team = _team(n_threads, span), slice_team = _team(n_threads, od_end - od_begin), tid
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    dtype = np.asarray(x).dtype
+    if floating is float:
+        block = convx_conv_weight_cols_f(level)
+        work_size = convx_conv_weight_work_size_f(level, c_out)
+    else:
+        block = convx_conv_weight_cols_d(level)
+        work_size = convx_conv_weight_work_size_d(level, c_out)
+    cdef floating[:, :, ::1] depth_major = np.empty((span, c_in, plane), dtype=dtype)
+    cdef floating[:, :, ::1] buf = np.empty((slice_team, c_out, n_out), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((slice_team, work_size), dtype=dtype)
+    cdef floating[:, ::1] parts = np.zeros((slice_team, w_size), dtype=dtype)
+    for n in range(x.shape[0]):
+        with nogil:
+            for t in prange(span, schedule='static', num_threads=team):
+                d = d_first + t
+                for c in range(c_in):
+                    if d >= 0 and d < g.depth:
+                        memcpy(&depth_major[t, c, 0], &x[n, c, d, 0, 0], plane * sizeof(floating))
+                    else:
+                        memset(&depth_major[t, c, 0], 0, plane * sizeof(floating))
+        with nogil, parallel(num_threads=slice_team):
+            tid = threadid()
+            for od in prange(od_begin, od_end, schedule='static'):
+                for co in range(c_out):
+                    memcpy(&buf[tid, co, 0], &grad_out[n, co, od, 0, 0], n_out * sizeof(floating))
+                q0 = 0
+                while q0 < n_out:
+                    nc = min(block, n_out - q0)
+                    if floating is float:
+                        convx_conv_weight_block_f(level, &s, &buf[tid, 0, 0], &depth_major[(od - od_begin) * sd, 0, 0],
+                                                  q0, nc, &parts[tid, 0], &work[tid, 0])
+                    else:
+                        convx_conv_weight_block_d(level, &s, &buf[tid, 0, 0], &depth_major[(od - od_begin) * sd, 0, 0],
+                                                  q0, nc, &parts[tid, 0], &work[tid, 0])
+                    q0 = q0 + nc
+    with nogil:
+        for t in range(1, slice_team):
+            for i in range(w_size):
+                parts[0, i] += parts[t, i]
+        # the blocks sum the transposed gradient, its rows tap-major: row tap * (kD * C_in) + a * C_in + c
+        # is grad_weight[co, (c * kD + a) * kH * kW + tap]
+        for co in range(c_out):
+            for c in range(c_in):
+                for a in range(kd):
+                    for tap in range(taps2):
+                        grad_weight[co * g.col_rows + (c * kd + a) * taps2 + tap] += parts[
+                            0, (tap * channels + a * c_in + c) * c_out + co]
+    return 0
+
+
 cdef void _weight_tile3d(const floating* grad_out, const floating* x, floating* partial, Conv3dGeometry* g,
                          Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col) noexcept nogil:
     """partial_grp += grad_out[grp, tile] @ vol2col(x[grp], tile)^T for one image's tile and every group."""
@@ -581,6 +660,9 @@ def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const float
     cdef Py_ssize_t w_size = grad_weight.shape[0] * grad_weight.shape[1]
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
+        return
+    if _implicit_weight3d_applies(&g, row_begin, row_end):
+        _implicit_weight3d(grad_out, x, &grad_weight[0, 0], &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
         return
     _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
