@@ -544,3 +544,24 @@ def test_layer_repr():
     assert "Conv3d(2, 4, kernel_size=(3, 3, 3), stride=(1, 2, 2), padding=(1, 1, 1)" in repr(layer)
     layer = nn.ConvTranspose3d(2, 4, 2, stride=2, padding=((1, 0), (0, 0), (0, 1)), rng=0)
     assert "padding=((1, 0), (0, 0), (0, 1))" in repr(layer)
+
+
+def test_calls_from_several_python_threads_at_once(rng):
+    """The kernels keep their scratch per call: calls from several Python threads at once give
+    what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = ["plain", "wide", "groups", "odd-stride-2"]
+    inputs = [_arrays(rng, case, np.float32) for case in cases]
+
+    def run(args):
+        x, weight, bias, kwargs = args
+        y = convx.conv3d(x, weight, bias, **kwargs)
+        return (y, *convx.conv3d_backward(np.ones_like(y), x, weight, **kwargs))
+
+    alone = [run(args) for args in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, inputs * 3))
+    for index, results in enumerate(together):
+        for ours, expected in zip(results, alone[index % len(cases)]):
+            assert_close(ours, expected)
