@@ -61,6 +61,9 @@ CASES = {
     # 32 output channels or more: the packed weight gradient's path
     "wide": ((2, 3, 6, 5, 7), (32, 3, 3, 2, 3), dict(padding=((1, 0), (1, 1), (0, 2)))),
     "wide-strided": ((1, 5, 9, 6, 5), (40, 5, 2, 3, 3), dict(stride=(2, 1, 2), padding=1, dilation=(1, 2, 1))),
+    # 8 input channels per thread or more: the packed input gradient's path
+    "wide-in": ((2, 24, 5, 6, 5), (4, 24, 3, 2, 3), dict(stride=(2, 1, 1), padding=((1, 1), (0, 1), (1, 0)))),
+    "wide-both": ((1, 17, 6, 5, 7), (33, 17, 2, 3, 2), dict(stride=(1, 2, 1), padding=(0, 1, 1), dilation=(1, 1, 2))),
 }
 # 'same' at a stride (ONNX's SAME_UPPER, SAME_LOWER) and per-side padding: PyTorch has no such
 # argument (compared after F.pad where it can be; the words against the reference only).
@@ -215,7 +218,7 @@ def test_conv_transpose3d_is_the_adjoint_of_conv3d(rng):
 # --- threads, bands, odd inputs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ["odd-stride-2", "wide-strided"])
+@pytest.mark.parametrize("case", ["odd-stride-2", "wide-strided", "wide-in"])
 def test_thread_counts_give_the_same_results(rng, num_threads, dtype, case):
     x, weight, bias, kwargs = _arrays(rng, case, dtype)
     grad_out = rng.standard_normal(convx.conv3d(x, weight, bias, **kwargs).shape).astype(dtype)
@@ -339,7 +342,7 @@ def test_every_gemm_kernel_gives_the_reference(rng, kernel):
     before = _core.gemm_kernel()
     _core.set_gemm_kernel(kernel)
     try:
-        for case in ("plain", "groups", "bias-free-1x1x1", "depthwise-multiplier"):
+        for case in ("plain", "groups", "bias-free-1x1x1", "depthwise-multiplier", "wide-both"):
             x, weight, bias, kwargs = _arrays(rng, case, np.float32)
             grad_out = rng.standard_normal(ref.conv3d(x, weight, bias, **kwargs).shape).astype(np.float32)
             assert_close(convx.conv3d(x, weight, bias, **kwargs), ref.conv3d(x, weight, bias, **kwargs))

@@ -515,6 +515,101 @@ cdef void _input_item3d(const floating* grad_out, Product3d* p, floating* grad_i
             _col2vol(col, g, ch1 - ch0, q0, q1, dx)
 
 
+cdef inline bint _implicit_input3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end,
+                                           int n_threads) noexcept nogil:
+    """Whether _implicit_input3d computes the input gradient of these output rows: as
+    _implicit3d_applies, with enough input channels for each thread to take eight (as the 2-D
+    packed input gradient, _packed_input)."""
+    return _implicit3d_applies(g, row_begin, row_end) and g.c_in_g >= 8 * max(1, n_threads)
+
+
+cdef int _implicit_input3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                           floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t od_begin,
+                           Py_ssize_t od_end, int n_threads) except -1:
+    """grad_in += the input gradient of the output depth slices [od_begin, od_end) by
+    convx_conv_input_block, with no column matrix: per image, the output gradient is copied
+    depth-major (D_out, C_out, H_out*W_out) and the gradient summed into a depth-major buffer (D,
+    C_in, H, W) as the 2-D input gradients of kD * C_in channels (as _implicit_forward3d); each thread
+    owns a range of the real input channels, that is kD ranges of those channels (its rows of W^T
+    packed once), so that no two threads write one element, and walks every slice and column block."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0], taps2 = g.kernel[1] * g.kernel[2]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t n_slices = od_end - od_begin, channels = kd * c_in, col_rows2 = channels * taps2
+    cdef Py_ssize_t n, t, c, d, od, co, q0, nc, block, work_size, a, c_lo, c_hi, most, slot
+    cdef int level = _level(), team = _team(n_threads, c_in), copy_team = _team(n_threads, span), tid
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    dtype = np.asarray(grad_in).dtype
+    w4 = np.ascontiguousarray(np.asarray(weight).reshape(c_out, c_in, kd, g.kernel[1], g.kernel[2])
+                              .transpose(0, 2, 1, 3, 4).reshape(c_out, col_rows2))
+    cdef const floating[:, ::1] w_view = w4
+    if floating is float:
+        block = convx_conv_block_cols_f(level)
+        work_size = convx_gemm_work_size_f(level)
+        slot = convx_gemm_packed_size_f(level, ((c_in + team - 1) // team) * taps2, c_out)
+    else:
+        block = convx_conv_block_cols_d(level)
+        work_size = convx_gemm_work_size_d(level)
+        slot = convx_gemm_packed_size_d(level, ((c_in + team - 1) // team) * taps2, c_out)
+    cdef floating[::1] packed = np.empty(max(1, team * kd * slot), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((team, work_size), dtype=dtype)
+    cdef floating[:, :, ::1] out_major = np.empty((n_slices, c_out, n_out), dtype=dtype)
+    cdef floating[:, :, ::1] in_major = np.empty((span, c_in, plane), dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            c_lo = t * c_in // team
+            c_hi = (t + 1) * c_in // team
+            for a in range(kd):
+                # rows of W^T for the pseudo-channels a * C_in + [c_lo, c_hi), tap-major
+                if floating is float:
+                    convx_gemm_pack_a_cyclic_f(level, (c_hi - c_lo) * taps2, c_out, &w_view[0, (a * c_in + c_lo) * taps2],
+                                               c_hi - c_lo, taps2, 1, c_out, col_rows2, 0,
+                                               &packed[(t * kd + a) * slot])
+                else:
+                    convx_gemm_pack_a_cyclic_d(level, (c_hi - c_lo) * taps2, c_out, &w_view[0, (a * c_in + c_lo) * taps2],
+                                               c_hi - c_lo, taps2, 1, c_out, col_rows2, 0,
+                                               &packed[(t * kd + a) * slot])
+    for n in range(grad_in.shape[0]):
+        with nogil:
+            for od in prange(od_begin, od_end, schedule='static', num_threads=_team(n_threads, n_slices)):
+                for co in range(c_out):
+                    memcpy(&out_major[od - od_begin, co, 0], &grad_out[n, co, od, 0, 0], n_out * sizeof(floating))
+            with parallel(num_threads=team):
+                tid = threadid()
+                for t in prange(team, schedule='static'):
+                    c_lo = t * c_in // team
+                    c_hi = (t + 1) * c_in // team
+                    for d in range(span):
+                        memset(&in_major[d, c_lo, 0], 0, (c_hi - c_lo) * plane * sizeof(floating))
+                    for od in range(od_begin, od_end):
+                        for a in range(kd):
+                            q0 = 0
+                            while q0 < n_out:
+                                nc = min(block, n_out - q0)
+                                if floating is float:
+                                    convx_conv_input_block_f(level, &s, &packed[(t * kd + a) * slot], 0, a * c_in + c_lo,
+                                                             c_hi - c_lo, &out_major[od - od_begin, 0, 0],
+                                                             &in_major[(od - od_begin) * sd, 0, 0], q0, nc,
+                                                             &work[tid, 0])
+                                else:
+                                    convx_conv_input_block_d(level, &s, &packed[(t * kd + a) * slot], 0, a * c_in + c_lo,
+                                                             c_hi - c_lo, &out_major[od - od_begin, 0, 0],
+                                                             &in_major[(od - od_begin) * sd, 0, 0], q0, nc,
+                                                             &work[tid, 0])
+                                q0 = q0 + nc
+                    for c in range(c_lo, c_hi):
+                        for d in range(span):
+                            if d_first + d >= 0 and d_first + d < g.depth:
+                                _add_plane(&in_major[d, c, 0], &grad_in[n, c, d_first + d, 0, 0], plane)
+    return 0
+
+
+cdef inline void _add_plane(const floating* src, floating* dst, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(size):
+        dst[i] += src[i]
+
+
 def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
                           floating[:, :, :, :, ::1] grad_in, int kernel_d, int kernel_h, int kernel_w,
                           int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -529,6 +624,9 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t batch = grad_in.shape[0], parts, n_items, item, tid, col_size, work_size, per_image
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
+        return
+    if _implicit_input3d_applies(&g, row_begin, row_end, n_threads):
+        _implicit_input3d(grad_out, weight, grad_in, &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
         return
     _conv3d_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
