@@ -568,3 +568,44 @@ def test_calls_from_several_python_threads_at_once(rng):
     for index, results in enumerate(together):
         for ours, expected in zip(results, alone[index % len(cases)]):
             assert_close(ours, expected)
+
+
+CHILD = """
+import time
+import numpy as np
+import convx
+from convx.reference import conv3d as reference
+
+rng = np.random.default_rng(0)
+# One volume whose work is many kernel calls' (bands of whole output depth slices), a few seconds
+# in all, within 30 MB.
+x = rng.standard_normal((1, 64, 96, 32, 32)).astype(np.float32)
+weight = (rng.standard_normal((64, 64, 7, 7, 7)) * 0.01).astype(np.float32)
+for name, op in (("conv3d", lambda: convx.conv3d(x, weight, padding=3)),
+                 ("conv3d_backward", lambda: convx.conv3d_backward(x, x, weight, padding=3))):
+    print("start", name, flush=True)
+    start = time.time()
+    try:
+        op()
+    except KeyboardInterrupt:
+        print("interrupted", name, time.time(), time.time() - start, flush=True)
+    else:
+        print("finished", name, time.time(), time.time() - start, flush=True)
+small = rng.standard_normal((2, 3, 4, 5, 6))
+small_w = rng.standard_normal((4, 3, 3, 3, 3))
+assert np.allclose(convx.conv3d(small, small_w, padding=1), reference.conv3d(small, small_w, padding=1))
+print("usable", flush=True)
+"""
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="SIGINT cannot be sent to a child on Windows")
+def test_ctrl_c_interrupts_one_huge_volume_between_bands():
+    from _child import interrupt_child
+
+    lines = interrupt_child(CHILD, delay=0.3, timeout=120)
+    reports = [(end[0], end[1], sent, float(end[2])) for (_, sent), (end, _) in zip(lines[::2], lines[1::2])]
+    assert [r[1] for r in reports] == ["conv3d", "conv3d_backward"], reports
+    for outcome, name, sent, caught in reports:
+        assert outcome == "interrupted", reports
+        # stopped within a band or two of the signal (tens to hundreds of milliseconds each)
+        assert caught - sent < 1.5, (name, caught - sent)
