@@ -182,6 +182,7 @@ def adaptive_max_pool2d_forward(x: _MaxPooled, out: _MaxPooled, indices: _Index,
 # 3-D convolution (_conv3d.pxi): (N, C, D, H, W) arrays, the weight as (C_out, C_in/groups * kD*kH*kW);
 # each call takes the output rows od*H_out + oh in [row_begin, row_end). The gradients add into
 # grad_in / grad_weight (zeroed by the caller once).
+def set_conv3d_column_budget(elements: int) -> int: ...
 def conv3d_forward(
     x: _Float, weight: _Float, bias: _Float, out: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
     stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
