@@ -179,6 +179,25 @@ def avg_pool2d_backward(
 def adaptive_avg_pool2d_forward(x: _Float, out: _Float, n_threads: int) -> None: ...
 def adaptive_avg_pool2d_backward(grad_out: _Float, grad_in: _Float, n_threads: int) -> None: ...
 def adaptive_max_pool2d_forward(x: _MaxPooled, out: _MaxPooled, indices: _Index, n_threads: int) -> None: ...
+# 3-D convolution (_conv3d.pxi): (N, C, D, H, W) arrays, the weight as (C_out, C_in/groups * kD*kH*kW);
+# each call takes the output rows od*H_out + oh in [row_begin, row_end). The gradients add into
+# grad_in / grad_weight (zeroed by the caller once).
+def set_conv3d_column_budget(elements: int) -> int: ...
+def conv3d_forward(
+    x: _Float, weight: _Float, bias: _Float, out: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
+def conv3d_backward_input(
+    grad_out: _Float, weight: _Float, grad_in: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
+def conv3d_backward_weight(
+    grad_out: _Float, x: _Float, grad_weight: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
 # 3-D pooling (_pool3d.pxi): (N, C, D, H, W) arrays, (N, C, D_out, H_out, W_out) outputs; indices are
 # flat d*H*W + h*W + w (a zero-batch ``indices`` skips them); each call writes the output depths
 # [od_begin, od_end) (a backward call adds their shares, zeroing grad_in first where od_begin is 0). max_pool3d's backward is max_pool2d_backward

@@ -32,6 +32,14 @@ from .conv1d import (
     conv1d_backward_weight,
     conv_transpose1d,
 )
+from .conv3d import (
+    conv3d,
+    conv3d_backward,
+    conv3d_backward_bias,
+    conv3d_backward_input,
+    conv3d_backward_weight,
+    conv_transpose3d,
+)
 from .normalization import batch_norm, batch_norm_backward, batch_norm_forward
 from .padding import pad, pad_backward
 from .normalization import (
@@ -111,8 +119,14 @@ __all__ = [
     "conv2d_backward_bias",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "conv3d",
+    "conv3d_backward",
+    "conv3d_backward_bias",
+    "conv3d_backward_input",
+    "conv3d_backward_weight",
     "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
     "elu",
     "fold",
     "fold_backward",

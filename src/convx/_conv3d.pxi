@@ -1,0 +1,791 @@
+# 3-D convolution kernels over NCDHW volumes: Caffe's scheme with the depth among the taps.
+#
+# A tile is a run of consecutive output voxels of one image, q = (od * H_out + oh) * W_out + ow in
+# [q0, q1), whole rows or not. vol2col unfolds the tile into a column matrix of (C_in/groups * kD*kH*kW)
+# rows in a per-thread buffer, so that scratch is bounded whatever the batch or volume; the
+# forward is W_grp @ col, the input gradient col2vol(W_grp^T @ grad_out), the weight gradient
+# grad_out @ col^T summed in per-thread partials that are added up after the parallel block.
+# A 1x1x1 kernel with stride 1 and no padding reads the input volume as its column matrix.
+#
+# With convx's GEMM, one group and no depth dilation, the three ops run on the 2-D packed kernels
+# instead (_implicit_forward3d, _implicit_input3d, _implicit_weight3d, where the 2-D packed paths'
+# own conditions hold): each image is copied depth-major, (D, C_in, H, W), its depth padding as
+# zero slices, so that the kD depth taps of one output depth slice are kD * C_in consecutive
+# planes, the input channels of one 2-D convolution with the weight (C_out, kD * C_in, kH, kW);
+# convx_conv_block / convx_conv_input_block / convx_conv_weight_block pack their column blocks
+# straight from it, with no column matrix written and read back. Their scratch is one image's
+# copies and a slice's buffers, whatever the batch.
+#
+# Every entry point takes a range [row_begin, row_end) of output rows, so that the public ops
+# split a huge volume into several calls (and Ctrl-C is seen between them); the packed paths take
+# ranges of whole output depth slices only. The input and weight gradients add into their outputs
+# (which the caller zeroes once): each band adds its share.
+#
+# The tiles' products are convx's packed GEMM (_gemm.h) where _level() picks it, else BLAS; the
+# tiles' weight gradient products are BLAS's at every level (as the 2-D im2col tiles').
+
+# Elements of one thread's column tile: the 2-D tiles' bound (set_conv3d_column_budget lowers it for
+# tests). Smaller tiles were slower on a C3D layer (2x64x16x56x56, 3x3x3, 64->64, 2 threads, the
+# tiles then whole output rows, machine shared; forward / input / weight gradient in ms): 1 Mi
+# elements 219 / 200 / 239, 256 Ki 240 / 224 / 255, 64 Ki 378 / 349 / 316.
+cdef Py_ssize_t _col3d_budget = COL_BUDGET
+
+
+def set_conv3d_column_budget(Py_ssize_t elements):
+    """Bound the elements of the 3-D kernels' per-thread column tile (for tests and tuning; not
+    thread-safe against running calls); returns the bound before."""
+    global _col3d_budget
+    before = _col3d_budget
+    _col3d_budget = max(1, elements)
+    return before
+
+
+from libc.string cimport memcpy
+
+
+cdef struct Conv3dGeometry:
+    Py_ssize_t groups, c_in_g, c_out_g
+    Py_ssize_t depth, height, width, out_d, out_h, out_w
+    Py_ssize_t kernel[3]
+    Py_ssize_t stride[3]
+    Py_ssize_t pad[3]
+    Py_ssize_t dilation[3]
+    Py_ssize_t taps          # kD * kH * kW
+    Py_ssize_t col_rows      # c_in_g * taps
+    Py_ssize_t volume        # D * H * W
+    Py_ssize_t n_out         # D_out * H_out * W_out
+    Py_ssize_t tile_cols     # output voxels per tile
+    bint direct_1x1          # the input volume is already the column matrix
+
+
+cdef struct Product3d:
+    # rows [row0, row0 + m) of op(W_grp) @ B for each group: op(W) = W (k = col_rows) or W^T
+    # (k = c_out_g), W the weight as (C_out, col_rows) row-major. With level CONVX_GEMM_BLAS from
+    # weight, else from packed: the rows of part q of group grp at packed + (grp * parts + q) * slot.
+    int level
+    bint transpose
+    Py_ssize_t k, col_rows, group_elements, parts, slot
+    const void* weight
+    void* packed
+
+
+cdef Conv3dGeometry _conv3d_geometry(Py_ssize_t c_in, Py_ssize_t depth, Py_ssize_t height, Py_ssize_t width,
+                                     Py_ssize_t c_out, Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                                     Py_ssize_t out_d, Py_ssize_t out_h, Py_ssize_t out_w, int groups,
+                                     int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
+                                     int dilation_d, int dilation_h, int dilation_w) noexcept nogil:
+    cdef Conv3dGeometry g
+    g.groups = groups
+    g.c_in_g = c_in // groups
+    g.c_out_g = c_out // groups
+    g.depth = depth
+    g.height = height
+    g.width = width
+    g.out_d = out_d
+    g.out_h = out_h
+    g.out_w = out_w
+    g.kernel[0] = kernel_d
+    g.kernel[1] = kernel_h
+    g.kernel[2] = kernel_w
+    g.stride[0] = stride_d
+    g.stride[1] = stride_h
+    g.stride[2] = stride_w
+    g.pad[0] = pad_d
+    g.pad[1] = pad_h
+    g.pad[2] = pad_w
+    g.dilation[0] = dilation_d
+    g.dilation[1] = dilation_h
+    g.dilation[2] = dilation_w
+    g.taps = kernel_d * kernel_h * kernel_w
+    g.col_rows = g.c_in_g * g.taps
+    g.volume = depth * height * width
+    g.n_out = out_d * out_h * out_w
+    g.direct_1x1 = (g.taps == 1 and stride_d == 1 and stride_h == 1 and stride_w == 1 and pad_d == 0
+                    and pad_h == 0 and pad_w == 0 and out_d == depth and out_h == height and out_w == width)
+    g.tile_cols = 1
+    return g
+
+
+cdef void _conv3d_tiles(Conv3dGeometry* g, Py_ssize_t n_images, Py_ssize_t n_voxels, int n_threads) noexcept nogil:
+    """Tiles of at most _col3d_budget column elements (a 1x1x1 direct tile: the whole range of
+    n_voxels), cut further where n_threads is given (> 0) so that n_images images give every thread
+    a tile."""
+    cdef Py_ssize_t want
+    g.tile_cols = max(1, n_voxels)
+    if not g.direct_1x1 and g.col_rows * g.tile_cols > _col3d_budget:
+        g.tile_cols = max(1, _col3d_budget // max(1, g.col_rows))
+    if n_threads > 0 and n_images < n_threads:
+        want = (n_threads + n_images - 1) // n_images
+        g.tile_cols = min(g.tile_cols, max(1, (n_voxels + want - 1) // want))
+
+
+cdef inline Py_ssize_t _n_tiles3d(Conv3dGeometry* g, Py_ssize_t q_begin, Py_ssize_t q_end) noexcept nogil:
+    """Tiles of one image's output voxels [q_begin, q_end)."""
+    return (q_end - q_begin + g.tile_cols - 1) // g.tile_cols
+
+
+cdef inline void _tile3d(Conv3dGeometry* g, Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end,
+                         Py_ssize_t* q0, Py_ssize_t* q1) noexcept nogil:
+    """The output voxels [q0, q1) of tile number ``tile`` of [q_begin, q_end)."""
+    q0[0] = q_begin + tile * g.tile_cols
+    q1[0] = min(q0[0] + g.tile_cols, q_end)
+
+
+cdef inline Py_ssize_t _col_size3d(Conv3dGeometry* g) noexcept nogil:
+    if g.direct_1x1:
+        return 1
+    return g.col_rows * g.tile_cols
+
+
+cdef void _vol2col(const floating* image, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t q0, Py_ssize_t q1,
+                   floating* col) noexcept nogil:
+    """col[(c, a, b, e), q - q0] = image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH, ow*sW - pW + e*dW]
+    (0 outside) for the output voxels q = (od*H_out + oh)*W_out + ow in [q0, q1), c < channels."""
+    cdef Py_ssize_t ld = q1 - q0, r_first = q0 // g.out_w, r_last = (q1 - 1) // g.out_w
+    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, lo_row, hi_row, ow, c0, c1, n
+    cdef Py_ssize_t sw = g.stride[2]
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(channels):
+        for a in range(g.kernel[0]):
+            for b in range(g.kernel[1]):
+                for e in range(g.kernel[2]):
+                    iw0 = e * g.dilation[2] - g.pad[2]
+                    _valid_range(iw0, sw, g.width, g.out_w, &lo_row, &hi_row)
+                    dst = col + (((c * g.kernel[0] + a) * g.kernel[1] + b) * g.kernel[2] + e) * ld
+                    od = r_first // g.out_h
+                    oh = r_first - od * g.out_h
+                    for r in range(r_first, r_last + 1):
+                        # this row's columns [c0, c1) of the tile
+                        c0 = q0 - r * g.out_w if r == r_first else 0
+                        c1 = q1 - r * g.out_w if r == r_last else g.out_w
+                        n = c1 - c0
+                        in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
+                        in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
+                        if in_d < 0 or in_d >= g.depth or in_h < 0 or in_h >= g.height:
+                            memset(dst, 0, n * sizeof(floating))
+                        else:
+                            lo = lo_row
+                            hi = hi_row
+                            _clip_range(c0, c1, &lo, &hi)
+                            # output column c0 + ow reads src[ow * stride_w]
+                            src = image + ((c * g.depth + in_d) * g.height + in_h) * g.width + iw0 + c0 * sw
+                            for ow in range(lo):
+                                dst[ow] = 0
+                            if sw == 1:
+                                for ow in range(lo, hi):
+                                    dst[ow] = src[ow]
+                            elif sw == 2:
+                                # A literal stride lets the compiler vectorise the gather.
+                                for ow in range(lo, hi):
+                                    dst[ow] = src[2 * ow]
+                            else:
+                                for ow in range(lo, hi):
+                                    dst[ow] = src[ow * sw]
+                            for ow in range(hi, n):
+                                dst[ow] = 0
+                        dst += n
+                        oh = oh + 1
+                        if oh == g.out_h:
+                            oh = 0
+                            od = od + 1
+
+
+cdef void _col2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t channels, Py_ssize_t q0, Py_ssize_t q1,
+                   floating* image) noexcept nogil:
+    """image[c, od*sD - pD + a*dD, oh*sH - pH + b*dH, ow*sW - pW + e*dW] += col[(c, a, b, e), q - q0]
+    (the adjoint of _vol2col, same arguments)."""
+    cdef Py_ssize_t ld = q1 - q0, r_first = q0 // g.out_w, r_last = (q1 - 1) // g.out_w
+    cdef Py_ssize_t c, a, b, e, r, od, oh, in_d, in_h, iw0, lo, hi, lo_row, hi_row, ow, c0, c1
+    cdef Py_ssize_t sw = g.stride[2]
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(channels):
+        for a in range(g.kernel[0]):
+            for b in range(g.kernel[1]):
+                for e in range(g.kernel[2]):
+                    iw0 = e * g.dilation[2] - g.pad[2]
+                    _valid_range(iw0, sw, g.width, g.out_w, &lo_row, &hi_row)
+                    src = col + (((c * g.kernel[0] + a) * g.kernel[1] + b) * g.kernel[2] + e) * ld
+                    od = r_first // g.out_h
+                    oh = r_first - od * g.out_h
+                    for r in range(r_first, r_last + 1):
+                        c0 = q0 - r * g.out_w if r == r_first else 0
+                        c1 = q1 - r * g.out_w if r == r_last else g.out_w
+                        in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
+                        in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
+                        if in_d >= 0 and in_d < g.depth and in_h >= 0 and in_h < g.height:
+                            lo = lo_row
+                            hi = hi_row
+                            _clip_range(c0, c1, &lo, &hi)
+                            dst = image + ((c * g.depth + in_d) * g.height + in_h) * g.width + iw0 + c0 * sw
+                            if sw == 1:
+                                for ow in range(lo, hi):
+                                    dst[ow] += src[ow]
+                            elif sw == 2:
+                                for ow in range(lo, hi):
+                                    dst[2 * ow] += src[ow]
+                            else:
+                                for ow in range(lo, hi):
+                                    dst[ow * sw] += src[ow]
+                        src += c1 - c0
+                        oh = oh + 1
+                        if oh == g.out_h:
+                            oh = 0
+                            od = od + 1
+
+
+cdef object _pack3d(const floating[:, ::1] weight, Conv3dGeometry* g, bint transpose, Py_ssize_t parts,
+                    Product3d* p):
+    """Fill p for op(W) of each group of weight (C_out, col_rows), W^T cut into ``parts`` near-equal
+    ranges of input channels (_channel_part); returns the array holding the packing, which must
+    outlive every use of p."""
+    cdef Py_ssize_t grp, q, ch0, ch1, most
+    cdef floating[::1] packed
+    cdef const floating* w = &weight[0, 0] if weight.shape[0] and weight.shape[1] else NULL
+    p.level = _level()
+    p.transpose = transpose
+    p.k = g.c_out_g if transpose else g.col_rows
+    p.col_rows = g.col_rows
+    p.group_elements = g.c_out_g * g.col_rows
+    p.parts = parts if transpose else 1
+    p.slot = 0
+    p.weight = w
+    p.packed = NULL
+    if p.level == CONVX_GEMM_BLAS or p.group_elements == 0:
+        p.level = CONVX_GEMM_BLAS
+        return None
+    most = ((g.c_in_g + p.parts - 1) // p.parts) * g.taps if transpose else g.c_out_g
+    if floating is float:
+        p.slot = convx_gemm_packed_size_f(p.level, most, p.k)
+    else:
+        p.slot = convx_gemm_packed_size_d(p.level, most, p.k)
+    packed = np.empty(max(1, g.groups * p.parts * p.slot), dtype=np.asarray(weight).dtype)
+    with nogil:
+        for grp in range(g.groups):
+            for q in range(p.parts):
+                if transpose:
+                    # W^T's element (r, j) is w_grp[r + j * col_rows]
+                    _channel_part(g, p.parts, q, &ch0, &ch1)
+                    if ch1 == ch0:
+                        continue
+                    if floating is float:
+                        convx_gemm_pack_a_f(p.level, (ch1 - ch0) * g.taps, p.k, w + grp * p.group_elements + ch0 * g.taps,
+                                            1, g.col_rows, &packed[(grp * p.parts + q) * p.slot])
+                    else:
+                        convx_gemm_pack_a_d(p.level, (ch1 - ch0) * g.taps, p.k, w + grp * p.group_elements + ch0 * g.taps,
+                                            1, g.col_rows, &packed[(grp * p.parts + q) * p.slot])
+                elif floating is float:
+                    convx_gemm_pack_a_f(p.level, g.c_out_g, p.k, w + grp * p.group_elements, g.col_rows, 1,
+                                        &packed[grp * p.slot])
+                else:
+                    convx_gemm_pack_a_d(p.level, g.c_out_g, p.k, w + grp * p.group_elements, g.col_rows, 1,
+                                        &packed[grp * p.slot])
+    p.packed = &packed[0]
+    return packed
+
+
+cdef inline void _channel_part(Conv3dGeometry* g, Py_ssize_t parts, Py_ssize_t q, Py_ssize_t* ch0,
+                               Py_ssize_t* ch1) noexcept nogil:
+    """[ch0, ch1): part q of parts near-equal ranges of a group's input channels."""
+    ch0[0] = q * g.c_in_g // parts
+    ch1[0] = (q + 1) * g.c_in_g // parts
+
+
+cdef inline Py_ssize_t _product3d_work(Product3d* p, bint is_float) noexcept nogil:
+    """Scratch elements one thread needs for _product3d."""
+    if p.level == CONVX_GEMM_BLAS:
+        return 1
+    if is_float:
+        return convx_gemm_work_size_f(p.level)
+    return convx_gemm_work_size_d(p.level)
+
+
+cdef inline void _product3d(Product3d* p, Py_ssize_t grp, Py_ssize_t q, Py_ssize_t row0, Py_ssize_t m, Py_ssize_t n,
+                            const floating* b, Py_ssize_t ldb, floating* c, Py_ssize_t ldc, bint accumulate,
+                            floating* work) noexcept nogil:
+    """C (m x n, row stride ldc) (+)= rows [row0, row0 + m) of op(W_grp) @ B (p.k x n, row stride ldb),
+    those rows being part q's (row0 0 for op(W) = W)."""
+    cdef const floating* w = <const floating*> p.weight + grp * p.group_elements
+    cdef floating beta = 1 if accumulate else 0
+    if m == 0 or n == 0:
+        return
+    if p.level == CONVX_GEMM_BLAS:
+        if p.transpose:
+            _gemm(True, False, m, n, p.k, 1, w + row0, p.col_rows, b, ldb, beta, c, ldc)
+        else:
+            _gemm(False, False, m, n, p.k, 1, w + row0 * p.col_rows, p.col_rows, b, ldb, beta, c, ldc)
+    elif floating is float:
+        convx_gemm_f(p.level, m, n, p.k, <const float*> p.packed + (grp * p.parts + q) * p.slot, b, ldb, c, ldc,
+                     accumulate, work)
+    else:
+        convx_gemm_d(p.level, m, n, p.k, <const double*> p.packed + (grp * p.parts + q) * p.slot, b, ldb, c, ldc,
+                     accumulate, work)
+
+
+cdef void _forward_tile3d(const floating* x, Product3d* p, const floating* bias, floating* out, Conv3dGeometry* g,
+                          Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col,
+                          floating* work) noexcept nogil:
+    """out[co, tile] = bias[co] + W_grp @ vol2col(x[grp], tile) for one image's tile and every group."""
+    cdef Py_ssize_t q0, q1, n, grp, co, i
+    cdef floating* dst
+    cdef floating value
+    _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+    n = q1 - q0
+    for grp in range(g.groups):
+        if g.direct_1x1:
+            _product3d(p, grp, 0, 0, g.c_out_g, n, x + grp * g.c_in_g * g.volume + q0, g.volume,
+                       out + grp * g.c_out_g * g.n_out + q0, g.n_out, False, work)
+        else:
+            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, q0, q1, col)
+            _product3d(p, grp, 0, 0, g.c_out_g, n, col, n, out + grp * g.c_out_g * g.n_out + q0, g.n_out,
+                       False, work)
+    if bias != NULL:
+        for co in range(g.groups * g.c_out_g):
+            dst = out + co * g.n_out + q0
+            value = bias[co]
+            for i in range(n):
+                dst[i] += value
+
+
+cdef inline bint _implicit3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """Whether _implicit_forward3d computes these output rows: convx's GEMM, one group, depth
+    dilation 1, whole output depth slices, and the depths read at most a few times the input's."""
+    cdef Py_ssize_t span
+    if (_level() == CONVX_GEMM_BLAS or g.groups != 1 or g.dilation[0] != 1 or g.direct_1x1 or g.c_out_g == 0
+            or row_begin % g.out_h or row_end % g.out_h):
+        return False
+    span = (row_end // g.out_h - 1 - row_begin // g.out_h) * g.stride[0] + g.kernel[0]
+    return span <= 2 * (g.depth + g.kernel[0])
+
+
+cdef convx_conv_shape _depth_major_shape(Conv3dGeometry* g) noexcept nogil:
+    """The 2-D convolution of one output depth slice over a depth-major copy (_implicit_forward3d):
+    kD * C_in input channels, the kernel's height and width."""
+    cdef convx_conv_shape s
+    s.groups = 1
+    s.c_in_g = g.kernel[0] * g.c_in_g
+    s.c_out_g = g.c_out_g
+    s.height = g.height
+    s.width = g.width
+    s.out_h = g.out_h
+    s.out_w = g.out_w
+    s.kh = g.kernel[1]
+    s.kw = g.kernel[2]
+    s.sh = g.stride[1]
+    s.sw = g.stride[2]
+    s.ph = g.pad[1]
+    s.pw = g.pad[2]
+    s.dh = g.dilation[1]
+    s.dw = g.dilation[2]
+    s.x_last = 0
+    s.out_last = 0
+    s.o_h = g.out_h
+    s.o_w = g.out_w
+    s.o_sh = 1
+    s.o_sw = 1
+    return s
+
+
+cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating* bias,
+                             floating[:, :, :, :, ::1] out, Conv3dGeometry* g, Py_ssize_t od_begin,
+                             Py_ssize_t od_end, int n_threads) except -1:
+    """out[n, :, od] for od in [od_begin, od_end) by convx_conv_block (_implicit_conv), which packs its
+    column blocks straight from the input, with no column matrix: each image is copied depth-major,
+    (D, C_in, H, W), its depth padding as zero slices, so that the kD depth taps of an output depth
+    slice are kD * C_in consecutive planes, the channels of one 2-D convolution whose weight is
+    (C_out, kD * C_in, kH, kW); its (C_out, H_out * W_out) output goes through a buffer into out."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t n, t, c, d, od, co
+    dtype = np.asarray(out).dtype
+    # weight[co, a * C_in + c, b, e] = W[co, c, a, b, e]
+    w4 = np.ascontiguousarray(np.asarray(weight).reshape(c_out, c_in, kd, g.kernel[1], g.kernel[2])
+                              .transpose(0, 2, 1, 3, 4).reshape(c_out, kd * c_in, g.kernel[1], g.kernel[2]))
+    cdef const floating[:, :, :, ::1] w4_view = w4
+    cdef WeightProduct wp
+    packed = _pack_weight(w4_view, 1, False, &wp)
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    # Enough depth slices: each thread takes whole slices (one team per image, not one per slice:
+    # a team that waits at every slice for its slowest thread loses most on a busy machine);
+    # else every slice's columns are split over the team.
+    cdef bint by_slices = od_end - od_begin >= 2 * n_threads
+    cdef int team = _team(n_threads, span), slice_team = _team(n_threads, od_end - od_begin), tid
+    cdef Py_ssize_t block, work_size, q0, nc
+    if floating is float:
+        block = convx_conv_block_cols_f(wp.level)
+        work_size = convx_gemm_work_size_f(wp.level)
+    else:
+        block = convx_conv_block_cols_d(wp.level)
+        work_size = convx_gemm_work_size_d(wp.level)
+    cdef floating[:, :, ::1] depth_major = np.empty((span, c_in, plane), dtype=dtype)
+    cdef floating[:, :, ::1] buf = np.empty((slice_team if by_slices else 1, c_out, n_out), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((slice_team, work_size), dtype=dtype)
+    for n in range(x.shape[0]):
+        with nogil:
+            for t in prange(span, schedule='static', num_threads=team):
+                d = d_first + t
+                for c in range(c_in):
+                    if d >= 0 and d < g.depth:
+                        memcpy(&depth_major[t, c, 0], &x[n, c, d, 0, 0], plane * sizeof(floating))
+                    else:
+                        memset(&depth_major[t, c, 0], 0, plane * sizeof(floating))
+        if by_slices:
+            with nogil, parallel(num_threads=slice_team):
+                tid = threadid()
+                for od in prange(od_begin, od_end, schedule='static'):
+                    q0 = 0
+                    while q0 < n_out:
+                        nc = min(block, n_out - q0)
+                        if floating is float:
+                            convx_conv_block_f(wp.level, &s, <const float*> wp.packed, wp.group_size, bias, NULL,
+                                               &depth_major[(od - od_begin) * sd, 0, 0], &buf[tid, 0, 0], q0, nc,
+                                               &work[tid, 0])
+                        else:
+                            convx_conv_block_d(wp.level, &s, <const double*> wp.packed, wp.group_size, bias, NULL,
+                                               &depth_major[(od - od_begin) * sd, 0, 0], &buf[tid, 0, 0], q0, nc,
+                                               &work[tid, 0])
+                        q0 = q0 + nc
+                    for co in range(c_out):
+                        memcpy(&out[n, co, od, 0, 0], &buf[tid, co, 0], n_out * sizeof(floating))
+            continue
+        for od in range(od_begin, od_end):
+            _implicit_conv(&depth_major[(od - od_begin) * sd, 0, 0], &wp, bias, NULL, &buf[0, 0, 0], &s, 1,
+                           n_threads)
+            with nogil:
+                for co in range(c_out):
+                    memcpy(&out[n, co, od, 0, 0], &buf[0, co, 0], n_out * sizeof(floating))
+    return 0
+
+
+def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
+                   floating[:, :, :, :, ::1] out, int kernel_d, int kernel_h, int kernel_w,
+                   int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
+                   int dilation_d, int dilation_h, int dilation_w, int groups,
+                   Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
+    """out[n, co, r] = bias[co] + W_grp @ vol2col(x[n, grp]) for the output rows r = od*H_out + oh in
+    [row_begin, row_end); weight is (C_out, C_in/groups * kD*kH*kW)."""
+    cdef Conv3dGeometry g = _conv3d_geometry(x.shape[1], x.shape[2], x.shape[3], x.shape[4], weight.shape[0],
+                                             kernel_d, kernel_h, kernel_w, out.shape[2], out.shape[3], out.shape[4],
+                                             groups, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w,
+                                             dilation_d, dilation_h, dilation_w)
+    cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, work_size
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
+    cdef bint has_bias = bias.shape[0] > 0
+    if batch == 0 or row_end <= row_begin or g.n_out == 0:
+        return
+    if _implicit3d_applies(&g, row_begin, row_end):
+        _implicit_forward3d(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin // g.out_h,
+                            row_end // g.out_h, n_threads)
+        return
+    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    per_image = _n_tiles3d(&g, q_begin, q_end)
+    n_items = batch * per_image
+    cdef int team = _team(n_threads, n_items)
+    cdef Product3d p
+    packed = _pack3d(weight, &g, False, 1, &p)
+    col_size = _col_size3d(&g)
+    work_size = _product3d_work(&p, floating is float)
+    dtype = np.asarray(out).dtype
+    cdef floating[::1] col = np.empty(team * col_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with _blas_limit(p.level == CONVX_GEMM_BLAS):
+        with nogil, parallel(num_threads=team):
+            tid = threadid()
+            for item in prange(n_items, schedule='static'):
+                _forward_tile3d(&x[item // per_image, 0, 0, 0, 0], &p, &bias[0] if has_bias else NULL,
+                                &out[item // per_image, 0, 0, 0, 0], &g, item % per_image, q_begin, q_end,
+                                &col[tid * col_size], &work[tid * work_size])
+
+
+cdef void _input_item3d(const floating* grad_out, Product3d* p, floating* grad_in, Conv3dGeometry* g,
+                        Py_ssize_t grp, Py_ssize_t q, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col,
+                        floating* work) noexcept nogil:
+    """grad_in[grp's channels of part q] += col2vol(W_grp^T[part q] @ grad_out[grp]) over one image's
+    tiles of the output voxels [q_begin, q_end), in order."""
+    cdef Py_ssize_t ch0, ch1, m, tile, n_tiles, q0, q1, n
+    cdef const floating* dy = grad_out + grp * g.c_out_g * g.n_out
+    cdef floating* dx
+    _channel_part(g, p.parts, q, &ch0, &ch1)
+    if ch1 == ch0:
+        return
+    m = (ch1 - ch0) * g.taps
+    dx = grad_in + (grp * g.c_in_g + ch0) * g.volume
+    n_tiles = _n_tiles3d(g, q_begin, q_end)
+    for tile in range(n_tiles):
+        _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+        n = q1 - q0
+        if g.direct_1x1:
+            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + q0, g.n_out, dx + q0, g.volume, True, work)
+        else:
+            _product3d(p, grp, q, ch0 * g.taps, m, n, dy + q0, g.n_out, col, n, False, work)
+            _col2vol(col, g, ch1 - ch0, q0, q1, dx)
+
+
+cdef inline bint _implicit_input3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end,
+                                           int n_threads) noexcept nogil:
+    """Whether _implicit_input3d computes the input gradient of these output rows: as
+    _implicit3d_applies, with enough input channels for each thread to take eight (as the 2-D
+    packed input gradient, _packed_input)."""
+    return _implicit3d_applies(g, row_begin, row_end) and g.c_in_g >= 8 * max(1, n_threads)
+
+
+cdef int _implicit_input3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                           floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t od_begin,
+                           Py_ssize_t od_end, int n_threads) except -1:
+    """grad_in += the input gradient of the output depth slices [od_begin, od_end) by
+    convx_conv_input_block, with no column matrix: per image, the output gradient is copied
+    depth-major (D_out, C_out, H_out*W_out) and the gradient summed into a depth-major buffer (D,
+    C_in, H, W) as the 2-D input gradients of kD * C_in channels (as _implicit_forward3d); each thread
+    owns a range of the real input channels, that is kD ranges of those channels (its rows of W^T
+    packed once), so that no two threads write one element, and walks every slice and column block."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0], taps2 = g.kernel[1] * g.kernel[2]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t n_slices = od_end - od_begin, channels = kd * c_in, col_rows2 = channels * taps2
+    cdef Py_ssize_t n, t, c, d, od, co, q0, nc, block, work_size, a, c_lo, c_hi, most, slot
+    cdef int level = _level(), team = _team(n_threads, c_in), copy_team = _team(n_threads, span), tid
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    dtype = np.asarray(grad_in).dtype
+    w4 = np.ascontiguousarray(np.asarray(weight).reshape(c_out, c_in, kd, g.kernel[1], g.kernel[2])
+                              .transpose(0, 2, 1, 3, 4).reshape(c_out, col_rows2))
+    cdef const floating[:, ::1] w_view = w4
+    if floating is float:
+        block = convx_conv_block_cols_f(level)
+        work_size = convx_gemm_work_size_f(level)
+        slot = convx_gemm_packed_size_f(level, ((c_in + team - 1) // team) * taps2, c_out)
+    else:
+        block = convx_conv_block_cols_d(level)
+        work_size = convx_gemm_work_size_d(level)
+        slot = convx_gemm_packed_size_d(level, ((c_in + team - 1) // team) * taps2, c_out)
+    cdef floating[::1] packed = np.empty(max(1, team * kd * slot), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((team, work_size), dtype=dtype)
+    cdef floating[:, :, ::1] out_major = np.empty((n_slices, c_out, n_out), dtype=dtype)
+    cdef floating[:, :, ::1] in_major = np.empty((span, c_in, plane), dtype=dtype)
+    with nogil:
+        for t in prange(team, schedule='static', num_threads=team):
+            c_lo = t * c_in // team
+            c_hi = (t + 1) * c_in // team
+            for a in range(kd):
+                # rows of W^T for the pseudo-channels a * C_in + [c_lo, c_hi), tap-major
+                if floating is float:
+                    convx_gemm_pack_a_cyclic_f(level, (c_hi - c_lo) * taps2, c_out, &w_view[0, (a * c_in + c_lo) * taps2],
+                                               c_hi - c_lo, taps2, 1, c_out, col_rows2, 0,
+                                               &packed[(t * kd + a) * slot])
+                else:
+                    convx_gemm_pack_a_cyclic_d(level, (c_hi - c_lo) * taps2, c_out, &w_view[0, (a * c_in + c_lo) * taps2],
+                                               c_hi - c_lo, taps2, 1, c_out, col_rows2, 0,
+                                               &packed[(t * kd + a) * slot])
+    for n in range(grad_in.shape[0]):
+        with nogil:
+            for od in prange(od_begin, od_end, schedule='static', num_threads=_team(n_threads, n_slices)):
+                for co in range(c_out):
+                    memcpy(&out_major[od - od_begin, co, 0], &grad_out[n, co, od, 0, 0], n_out * sizeof(floating))
+            with parallel(num_threads=team):
+                tid = threadid()
+                for t in prange(team, schedule='static'):
+                    c_lo = t * c_in // team
+                    c_hi = (t + 1) * c_in // team
+                    for d in range(span):
+                        memset(&in_major[d, c_lo, 0], 0, (c_hi - c_lo) * plane * sizeof(floating))
+                    for od in range(od_begin, od_end):
+                        for a in range(kd):
+                            q0 = 0
+                            while q0 < n_out:
+                                nc = min(block, n_out - q0)
+                                if floating is float:
+                                    convx_conv_input_block_f(level, &s, &packed[(t * kd + a) * slot], 0, a * c_in + c_lo,
+                                                             c_hi - c_lo, &out_major[od - od_begin, 0, 0],
+                                                             &in_major[(od - od_begin) * sd, 0, 0], q0, nc,
+                                                             &work[tid, 0])
+                                else:
+                                    convx_conv_input_block_d(level, &s, &packed[(t * kd + a) * slot], 0, a * c_in + c_lo,
+                                                             c_hi - c_lo, &out_major[od - od_begin, 0, 0],
+                                                             &in_major[(od - od_begin) * sd, 0, 0], q0, nc,
+                                                             &work[tid, 0])
+                                q0 = q0 + nc
+                    for c in range(c_lo, c_hi):
+                        for d in range(span):
+                            if d_first + d >= 0 and d_first + d < g.depth:
+                                _add_plane(&in_major[d, c, 0], &grad_in[n, c, d_first + d, 0, 0], plane)
+    return 0
+
+
+cdef inline void _add_plane(const floating* src, floating* dst, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(size):
+        dst[i] += src[i]
+
+
+def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                          floating[:, :, :, :, ::1] grad_in, int kernel_d, int kernel_h, int kernel_w,
+                          int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
+                          int dilation_d, int dilation_h, int dilation_w, int groups,
+                          Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
+    """grad_in += col2vol(W^T @ grad_out) over the output rows [row_begin, row_end): each thread takes
+    (image, group, range of input channels) items, which write disjoint parts of grad_in."""
+    cdef Conv3dGeometry g = _conv3d_geometry(grad_in.shape[1], grad_in.shape[2], grad_in.shape[3], grad_in.shape[4],
+                                             weight.shape[0], kernel_d, kernel_h, kernel_w, grad_out.shape[2],
+                                             grad_out.shape[3], grad_out.shape[4], groups, stride_d, stride_h, stride_w,
+                                             pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
+    cdef Py_ssize_t batch = grad_in.shape[0], parts, n_items, item, tid, col_size, work_size, per_image
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
+    if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
+        return
+    if _implicit_input3d_applies(&g, row_begin, row_end, n_threads):
+        _implicit_input3d(grad_out, weight, grad_in, &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
+        return
+    _conv3d_tiles(&g, batch, q_end - q_begin, 0)
+    # Few images and groups: their input channels split too, so that every thread has an item.
+    parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))
+    per_image = groups * parts
+    n_items = batch * per_image
+    cdef int team = _team(n_threads, n_items)
+    cdef Product3d p
+    packed = _pack3d(weight, &g, True, parts, &p)
+    col_size = _col_size3d(&g)
+    work_size = _product3d_work(&p, floating is float)
+    dtype = np.asarray(grad_in).dtype
+    cdef floating[::1] col = np.empty(team * col_size, dtype=dtype)
+    cdef floating[::1] work = np.empty(team * work_size, dtype=dtype)
+    with _blas_limit(p.level == CONVX_GEMM_BLAS):
+        with nogil, parallel(num_threads=team):
+            tid = threadid()
+            for item in prange(n_items, schedule='static'):
+                _input_item3d(&grad_out[item // per_image, 0, 0, 0, 0], &p, &grad_in[item // per_image, 0, 0, 0, 0],
+                              &g, (item % per_image) // parts, item % parts, q_begin, q_end,
+                              &col[tid * col_size], &work[tid * work_size])
+
+
+cdef inline bint _implicit_weight3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """Whether _implicit_weight3d computes the weight gradient of these output rows: as
+    _implicit3d_applies, with the 2-D packed weight gradient's own limits (at least 32 output
+    channels, at most PACKED_WEIGHT_MOST elements; BLAS does better outside them)."""
+    return (_implicit3d_applies(g, row_begin, row_end) and g.c_out_g >= 32
+            and g.c_out_g * g.col_rows <= PACKED_WEIGHT_MOST)
+
+
+cdef int _implicit_weight3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
+                            floating* grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
+                            int n_threads) except -1:
+    """grad_weight += the weight gradient of the output depth slices [od_begin, od_end) by
+    convx_conv_weight_block over depth-major copies of each image (as _implicit_forward3d): each
+    thread takes whole slices, copies the slice's output gradient into its buffer and sums into its
+    own partial; the partials are added, in thread order, after every image."""
+    cdef Py_ssize_t c_in = g.c_in_g, kd = g.kernel[0], plane = g.height * g.width, n_out = g.out_h * g.out_w
+    cdef Py_ssize_t c_out = g.c_out_g, sd = g.stride[0], taps2 = g.kernel[1] * g.kernel[2]
+    cdef Py_ssize_t d_first = od_begin * sd - g.pad[0], span = (od_end - 1 - od_begin) * sd + kd
+    cdef Py_ssize_t w_size = c_out * g.col_rows, channels = kd * c_in
+    cdef Py_ssize_t n, t, c, d, od, co, q0, nc, block, work_size, a, tap, i
+    cdef int level = _level(), team = _team(n_threads, span), slice_team = _team(n_threads, od_end - od_begin), tid
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    dtype = np.asarray(x).dtype
+    if floating is float:
+        block = convx_conv_weight_cols_f(level)
+        work_size = convx_conv_weight_work_size_f(level, c_out)
+    else:
+        block = convx_conv_weight_cols_d(level)
+        work_size = convx_conv_weight_work_size_d(level, c_out)
+    cdef floating[:, :, ::1] depth_major = np.empty((span, c_in, plane), dtype=dtype)
+    cdef floating[:, :, ::1] buf = np.empty((slice_team, c_out, n_out), dtype=dtype)
+    cdef floating[:, ::1] work = np.empty((slice_team, work_size), dtype=dtype)
+    cdef floating[:, ::1] parts = np.zeros((slice_team, w_size), dtype=dtype)
+    for n in range(x.shape[0]):
+        with nogil:
+            for t in prange(span, schedule='static', num_threads=team):
+                d = d_first + t
+                for c in range(c_in):
+                    if d >= 0 and d < g.depth:
+                        memcpy(&depth_major[t, c, 0], &x[n, c, d, 0, 0], plane * sizeof(floating))
+                    else:
+                        memset(&depth_major[t, c, 0], 0, plane * sizeof(floating))
+        with nogil, parallel(num_threads=slice_team):
+            tid = threadid()
+            for od in prange(od_begin, od_end, schedule='static'):
+                for co in range(c_out):
+                    memcpy(&buf[tid, co, 0], &grad_out[n, co, od, 0, 0], n_out * sizeof(floating))
+                q0 = 0
+                while q0 < n_out:
+                    nc = min(block, n_out - q0)
+                    if floating is float:
+                        convx_conv_weight_block_f(level, &s, &buf[tid, 0, 0], &depth_major[(od - od_begin) * sd, 0, 0],
+                                                  q0, nc, &parts[tid, 0], &work[tid, 0])
+                    else:
+                        convx_conv_weight_block_d(level, &s, &buf[tid, 0, 0], &depth_major[(od - od_begin) * sd, 0, 0],
+                                                  q0, nc, &parts[tid, 0], &work[tid, 0])
+                    q0 = q0 + nc
+    with nogil:
+        for t in range(1, slice_team):
+            for i in range(w_size):
+                parts[0, i] += parts[t, i]
+        # the blocks sum the transposed gradient, its rows tap-major: row tap * (kD * C_in) + a * C_in + c
+        # is grad_weight[co, (c * kD + a) * kH * kW + tap]
+        for co in range(c_out):
+            for c in range(c_in):
+                for a in range(kd):
+                    for tap in range(taps2):
+                        grad_weight[co * g.col_rows + (c * kd + a) * taps2 + tap] += parts[
+                            0, (tap * channels + a * c_in + c) * c_out + co]
+    return 0
+
+
+cdef void _weight_tile3d(const floating* grad_out, const floating* x, floating* partial, Conv3dGeometry* g,
+                         Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col) noexcept nogil:
+    """partial_grp += grad_out[grp, tile] @ vol2col(x[grp], tile)^T for one image's tile and every group."""
+    cdef Py_ssize_t q0, q1, n, grp
+    cdef const floating* columns
+    cdef Py_ssize_t ld
+    _tile3d(g, tile, q_begin, q_end, &q0, &q1)
+    n = q1 - q0
+    for grp in range(g.groups):
+        if g.direct_1x1:
+            columns = x + grp * g.c_in_g * g.volume + q0
+            ld = g.volume
+        else:
+            _vol2col(x + grp * g.c_in_g * g.volume, g, g.c_in_g, q0, q1, col)
+            columns = col
+            ld = n
+        _gemm(False, True, g.c_out_g, g.col_rows, n, 1, grad_out + grp * g.c_out_g * g.n_out + q0, g.n_out,
+              columns, ld, 1, partial + grp * g.c_out_g * g.col_rows, g.col_rows)
+
+
+def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
+                           floating[:, ::1] grad_weight, int kernel_d, int kernel_h, int kernel_w,
+                           int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
+                           int dilation_d, int dilation_h, int dilation_w, int groups,
+                           Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
+    """grad_weight += sum_n grad_out[n, rows] @ vol2col(x[n], rows)^T over the output rows [row_begin,
+    row_end); grad_weight is (C_out, C_in/groups * kD*kH*kW). Each thread sums its tiles in its own
+    partial; the partials are added in thread order after the parallel block."""
+    cdef Conv3dGeometry g = _conv3d_geometry(x.shape[1], x.shape[2], x.shape[3], x.shape[4], grad_weight.shape[0],
+                                             kernel_d, kernel_h, kernel_w, grad_out.shape[2], grad_out.shape[3],
+                                             grad_out.shape[4], groups, stride_d, stride_h, stride_w,
+                                             pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
+    cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, i, t
+    cdef Py_ssize_t w_size = grad_weight.shape[0] * grad_weight.shape[1]
+    cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
+    if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
+        return
+    if _implicit_weight3d_applies(&g, row_begin, row_end):
+        _implicit_weight3d(grad_out, x, &grad_weight[0, 0], &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
+        return
+    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    per_image = _n_tiles3d(&g, q_begin, q_end)
+    n_items = batch * per_image
+    cdef int team = _team(n_threads, n_items)
+    col_size = _col_size3d(&g)
+    dtype = np.asarray(grad_weight).dtype
+    cdef floating[::1] col = np.empty(team * col_size, dtype=dtype)
+    cdef floating[::1] parts = np.zeros(team * w_size, dtype=dtype)
+    cdef floating* total = &grad_weight[0, 0]
+    with _blas_limit(True):
+        with nogil, parallel(num_threads=team):
+            tid = threadid()
+            for item in prange(n_items, schedule='static'):
+                _weight_tile3d(&grad_out[item // per_image, 0, 0, 0, 0], &x[item // per_image, 0, 0, 0, 0],
+                               &parts[tid * w_size], &g, item % per_image, q_begin, q_end, &col[tid * col_size])
+    with nogil:
+        for t in range(team):
+            for i in range(w_size):
+                total[i] += parts[t * w_size + i]

@@ -1,0 +1,536 @@
+"""Public 3-D convolution ops over NCDHW volumes: validate, normalise, allocate, then call the
+kernels of ``convx._core`` (``_conv3d.pxi``).
+
+Semantics follow ``torch.nn.functional.conv3d`` / ``conv_transpose3d`` and ``torch.nn.grad``.
+Unbatched (C, D, H, W) input gives unbatched output. The kernels are called once per bounded unit
+of work (a sub-batch of whole volumes, or a band of output rows of one huge volume), so that Ctrl-C
+is seen between calls (``convx._batching``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import NamedTuple, Union, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .. import _batching, _core
+from .._batching import conv_work, sub_batches
+from .._checks import as_float_array, as_int, as_shape, as_triple, contiguous, same_dtype
+from .._shapes import conv_output_size
+from .._threads import kernel_threads
+from .._typing import AnyArray, Float, IntTriple, PaddingWord, Shape
+from .conv import _INT32_LIMIT, check_conv_shapes, check_transpose_geometry, transpose_padding
+
+__all__ = [
+    "conv3d",
+    "conv3d_backward",
+    "conv3d_backward_bias",
+    "conv3d_backward_input",
+    "conv3d_backward_weight",
+    "conv_transpose3d",
+]
+
+_Triple = tuple[int, int, int]
+_Sides = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+#: conv3d's padding: an int, ``(pD, pH, pW)``, ``((front, back), (top, bottom), (left, right))``,
+#: ``'valid'``, ``'same'`` or ``'same_lower'``.
+Padding3d = Union[IntTriple, _Sides, PaddingWord]
+
+_PADDING_WORDS = ("valid", "same", "same_lower")
+_SPELLINGS = "an int, (pD, pH, pW), ((front, back), (top, bottom), (left, right)), 'valid', 'same' or 'same_lower'"
+
+
+def as_padding3d(value: object, name: str = "padding") -> PaddingWord | _Sides:
+    """A 3-D convolution's padding: a word, or ``((front, back), (top, bottom), (left, right))`` of
+    ints >= 0 from an int (every side), ``(pD, pH, pW)`` (both sides of each axis) or the nested
+    pairs themselves; six flat numbers are refused as ambiguous."""
+    if isinstance(value, str):
+        if value not in _PADDING_WORDS:
+            raise ValueError(f"{name} must be {_SPELLINGS}, got {value!r}")
+        return cast(PaddingWord, value)
+    if isinstance(value, (tuple, list)) and len(value) == 6:
+        raise ValueError(
+            f"{name} as six numbers {tuple(value)!r} is ambiguous (PyTorch's F.pad reads them from the last axis "
+            f"first): give ((front, back), (top, bottom), (left, right))"
+        )
+    if isinstance(value, (tuple, list)) and len(value) == 3 and any(isinstance(v, (tuple, list)) for v in value):
+        if not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in value):
+            raise ValueError(f"{name} must be {_SPELLINGS}, got {value!r}")
+        front_back, top_bottom, left_right = (
+            (as_int(f"{name}[{axis}][0]", v[0], 0), as_int(f"{name}[{axis}][1]", v[1], 0))
+            for axis, v in enumerate(value)
+        )
+        return front_back, top_bottom, left_right
+    if isinstance(value, (tuple, list)) and len(value) != 3:
+        raise ValueError(f"{name} must be {_SPELLINGS}, got a sequence of length {len(value)}: {value!r}")
+    pad_d, pad_h, pad_w = as_triple(name, value, 0)
+    return (pad_d, pad_d), (pad_h, pad_h), (pad_w, pad_w)
+
+
+def padding_sides3d(
+    padding: PaddingWord | _Sides, sizes: Shape, kernel: Shape, stride: _Triple, dilation: _Triple
+) -> _Sides:
+    """``(before, after)`` per axis of a padding checked by :func:`as_padding3d`: ``'same'`` gives
+    ``ceil(size / stride)`` outputs per axis, the extra zero of an odd total after (ONNX's
+    SAME_UPPER; PyTorch's 'same' at stride 1), ``'same_lower'`` before."""
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return (0, 0), (0, 0), (0, 0)
+    sides = []
+    for size, k, s, d in zip(sizes, kernel, stride, dilation):
+        total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        sides.append((small, large) if padding == "same" else (large, small))
+    return sides[0], sides[1], sides[2]
+
+
+# kernel (3), stride (3), padding (3), dilation (3), groups: the geometry every kernel entry point takes
+_KernelArgs = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int]
+
+
+class _Conv3dPlan(NamedTuple):
+    """Everything a 3-D convolution kernel needs besides the arrays, validated."""
+
+    batch: int
+    out_channels: int
+    out_size: _Triple  # D_out, H_out, W_out
+    kernel: _Triple
+    stride: _Triple
+    pad: _Triple  # front, top, left; the back/bottom/right padding only affects the output size
+    dilation: _Triple
+    groups: int
+
+    def kernel_args(self) -> _KernelArgs:
+        return (*self.kernel, *self.stride, *self.pad, *self.dilation, self.groups)
+
+    @property
+    def rows(self) -> int:
+        """Output rows (od, oh) of one volume: the unit the kernels' bands are cut in."""
+        return self.out_size[0] * self.out_size[1]
+
+    def threads(self, weight_shape: Shape) -> int:
+        """Kernel threads for one pass over the batch: small convolutions run on fewer."""
+        return kernel_threads(self.batch * math.prod(self.out_size) * math.prod(weight_shape))
+
+
+def _plan_conv3d(
+    input_shape: Shape, weight_shape: Shape, stride: IntTriple, padding: Padding3d, dilation: IntTriple, groups: int,
+    input_name: str = "x",
+) -> _Conv3dPlan:
+    """Validate a 3-D convolution's geometry and compute its output size; ``input_shape`` is (N, C_in,
+    D, H, W), ``weight_shape`` (C_out, C_in / groups, kD, kH, kW)."""
+    stride_ = as_triple("stride", stride, 1)
+    dilation_ = as_triple("dilation", dilation, 1)
+    groups = as_int("groups", groups, 1)
+    parsed = as_padding3d(padding)
+    kernel = cast(_Triple, tuple(weight_shape[2:]))
+    if min(kernel) < 1:
+        raise ValueError(
+            f"kernel size should be greater than zero, but got kernel_depth: {kernel[0]}, kernel_height: {kernel[1]}, "
+            f"kernel_width: {kernel[2]} (weight shape {tuple(weight_shape)})"
+        )
+    check_conv_shapes(input_shape, weight_shape, groups, input_name)
+    sizes = tuple(input_shape[2:])
+    sides = padding_sides3d(parsed, sizes, kernel, stride_, dilation_)
+    for name, values in (("stride", stride_), ("dilation", dilation_), ("padding", tuple(max(s) for s in sides))):
+        if max(values) > _INT32_LIMIT:
+            raise ValueError(f"{name} is {max(values)}, larger than convx supports (at most {_INT32_LIMIT})")
+    out = tuple(
+        conv_output_size(size, k, s, before, after, d)
+        for size, k, s, (before, after), d in zip(sizes, kernel, stride_, sides, dilation_)
+    )
+    if min(out) < 1:
+        spans = "x".join(str(d * (k - 1) + 1) for k, d in zip(kernel, dilation_))
+        padded = "x".join(str(size + before + after) for size, (before, after) in zip(sizes, sides))
+        raise ValueError(
+            f"the dilated kernel ({spans}) is larger than the padded input ({padded}); the output would be "
+            f"{'x'.join(map(str, out))} (kernel {'x'.join(map(str, kernel))}, dilation={dilation_}, padding={sides})"
+        )
+    c_in_group = weight_shape[1]
+    for name, value in (
+        (f"{input_name} volume D*H*W", math.prod(sizes)),
+        ("output volume D_out*H_out*W_out", math.prod(out)),
+        ("C_in/groups * kD * kH * kW", c_in_group * math.prod(kernel)),
+    ):
+        if value > _INT32_LIMIT:
+            raise ValueError(f"{name} is {value}, larger than convx supports (at most {_INT32_LIMIT})")
+    return _Conv3dPlan(
+        input_shape[0], weight_shape[0], cast(_Triple, out), kernel, stride_,
+        cast(_Triple, tuple(before for before, _ in sides)), dilation_, groups,
+    )
+
+
+def _volumes(name: str, value: object) -> tuple[AnyArray, bool]:
+    """``value`` as a float array (N, C, D, H, W) and whether it came without the batch axis."""
+    array = as_float_array(name, value, (4, 5))
+    if array.ndim == 4:
+        return array[None], True
+    return array, False
+
+
+def _unbatch(array: AnyArray, unbatched: bool) -> AnyArray:
+    return array[0] if unbatched else array
+
+
+def _check_grad_out(grad_out: AnyArray, plan: _Conv3dPlan) -> None:
+    expected = (plan.batch, plan.out_channels, *plan.out_size)
+    if grad_out.shape != expected:
+        raise ValueError(f"grad_out must have the forward output's shape {expected}, got {grad_out.shape}")
+
+
+def _check_bias(bias: AnyArray | None, channels: int) -> None:
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"bias must have shape ({channels},), one value per output channel, got {bias.shape}")
+
+
+def _units(plan: _Conv3dPlan, weight_shape: Shape, input_shape: Shape) -> Iterator[tuple[slice, int, int]]:
+    """(images, first output row, end row) of each kernel call: sub-batches of whole volumes, or for a
+    volume whose work alone exceeds a call's (``SUB_BATCH_WORK`` per thread), bands of its output rows."""
+    per_image = conv_work(weight_shape, math.prod(plan.out_size), input_shape)
+    budget = _batching.SUB_BATCH_WORK * kernel_threads()
+    if per_image <= budget:
+        for part in sub_batches(plan.batch, per_image):
+            yield part, 0, plan.rows
+        return
+    per_row = max(1, per_image // plan.rows)
+    band = max(1, budget // per_row)
+    if band >= plan.out_size[1]:
+        band -= band % plan.out_size[1]  # whole output depth slices, which the kernels may take as such
+    for image in range(plan.batch):
+        for row in range(0, plan.rows, band):
+            yield slice(image, image + 1), row, min(row + band, plan.rows)
+
+
+def _flat(weight: AnyArray) -> AnyArray:
+    """The weight (C_out, C_in/groups, kD, kH, kW) as the kernels' (C_out, C_in/groups*kD*kH*kW)."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _input_gradient(grad_out: AnyArray, weight: AnyArray, grad_x: AnyArray, plan: _Conv3dPlan) -> None:
+    """grad_x := conv3d's input gradient for C-contiguous arrays (grad_x is zeroed first)."""
+    grad_x[...] = 0
+    n_threads = plan.threads(weight.shape)
+    flat = _flat(weight)
+    for part, row0, row1 in _units(plan, weight.shape, grad_x.shape):
+        _core.conv3d_backward_input(grad_out[part], flat, grad_x[part], *plan.kernel_args(), row0, row1, n_threads)
+
+
+def _weight_gradient(grad_out: AnyArray, x: AnyArray, grad_w: AnyArray, plan: _Conv3dPlan) -> None:
+    """grad_w += conv3d's weight gradient for C-contiguous arrays."""
+    n_threads = plan.threads(grad_w.shape)
+    flat = _flat(grad_w)
+    for part, row0, row1 in _units(plan, grad_w.shape, x.shape):
+        _core.conv3d_backward_weight(grad_out[part], x[part], flat, *plan.kernel_args(), row0, row1, n_threads)
+
+
+def _bias_gradient(grad_out: AnyArray, grad_b: AnyArray) -> None:
+    """grad_b := grad_out summed over N, D, H and W, for a C-contiguous grad_out."""
+    n, c = grad_out.shape[:2]
+    if n == 0:
+        grad_b[...] = 0
+        return
+    _core.conv2d_backward_bias(grad_out.reshape(n, c, -1, grad_out.shape[4]), grad_b, kernel_threads())
+
+
+def conv3d(
+    x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None,
+    stride: IntTriple = 1, padding: Padding3d = 0, dilation: IntTriple = 1, groups: int = 1,
+) -> NDArray[Float]:
+    """3-D convolution (cross-correlation) of a batch of volumes.
+
+    ``y[n, co, od, oh, ow] = bias[co] + sum_{ci, a, b, c} weight[co, ci, a, b, c] *
+    x_pad[n, g*C_in/groups + ci, od*sD + a*dD, oh*sH + b*dH, ow*sW + c*dW]`` with ``g`` the group of ``co``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+        Input volumes, float32 or float64, any memory layout.
+    weight : ndarray, shape (C_out, C_in / groups, kD, kH, kW)
+        Filters, same dtype as ``x``.
+    bias : ndarray, shape (C_out,), optional
+        Added to every output position of each channel.
+    stride : int or (int, int, int), default 1
+        Step between windows along (depth, height, width), positive.
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros on both sides of each axis, or per side as ``((front, back), (top, bottom),
+        (left, right))``. ``'same'`` gives ``ceil(size / stride)`` outputs per axis (at stride 1 the
+        input's size), the extra zero of an odd total at the back/bottom/right (PyTorch's
+        ``'same'`` at stride 1, ONNX's ``SAME_UPPER``); ``'same_lower'`` puts it in front.
+    dilation : int or (int, int, int), default 1
+        Spacing between kernel taps, positive.
+    groups : int, default 1
+        Split channels into this many independent convolutions; must divide C_in and C_out.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+        ``D_out = floor((D + front + back - dD*(kD - 1) - 1) / sD) + 1``, likewise ``H_out``, ``W_out``.
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((1, 1, 3, 3, 3), dtype=np.float32)
+    >>> w = np.ones((1, 1, 3, 3, 3), dtype=np.float32)
+    >>> convx.conv3d(x, w, padding=1)[0, 0, 0]
+    array([[ 8., 12.,  8.],
+           [12., 18., 12.],
+           [ 8., 12.,  8.]], dtype=float32)
+    """
+    x, unbatched = _volumes("x", x)
+    weight = as_float_array("weight", weight, (5,))
+    if bias is not None:
+        bias = as_float_array("bias", bias, (1,))
+    dtype = same_dtype(x=x, weight=weight, bias=bias)
+    plan: _Conv3dPlan = _plan_conv3d(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_bias(bias, plan.out_channels)
+    out = np.empty((plan.batch, plan.out_channels, *plan.out_size), dtype=dtype)
+    if plan.batch:
+        x, weight = contiguous(x), contiguous(weight)
+        bias_arg = np.empty(0, dtype=dtype) if bias is None else contiguous(bias)
+        n_threads = plan.threads(weight.shape)
+        flat = _flat(weight)
+        for part, row0, row1 in _units(plan, weight.shape, x.shape):
+            _core.conv3d_forward(x[part], flat, bias_arg, out[part], *plan.kernel_args(), row0, row1, n_threads)
+    return _unbatch(out, unbatched)
+
+
+def conv3d_backward_input(
+    grad_out: NDArray[Float], weight: NDArray[Float], input_shape: Shape,
+    stride: IntTriple = 1, padding: Padding3d = 0, dilation: IntTriple = 1, groups: int = 1,
+) -> NDArray[Float]:
+    """Gradient of :func:`conv3d` with respect to its input: ``grad_x = col2vol(weight^T @ grad_out)``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+        Gradient of the loss with respect to the convolution's output.
+    weight : ndarray, shape (C_out, C_in / groups, kD, kH, kW)
+        The forward pass's filters, same dtype as ``grad_out``.
+    input_shape : tuple of int, (N, C_in, D, H, W) or (C_in, D, H, W)
+        Shape of the forward input ``x`` (its size cannot always be recovered from the output).
+    stride, padding, dilation, groups
+        As given to :func:`conv3d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape ``input_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> w = np.ones((1, 1, 2, 2, 2))
+    >>> convx.conv3d_backward_input(np.ones((1, 1, 1, 1, 2)), w, (1, 1, 2, 2, 3))[0, 0, 0]
+    array([[1., 2., 1.],
+           [1., 2., 1.]])
+    """
+    grad_out, unbatched = _volumes("grad_out", grad_out)
+    weight = as_float_array("weight", weight, (5,))
+    dtype = same_dtype(grad_out=grad_out, weight=weight)
+    input_shape = as_shape("input_shape", input_shape, (4 + (not unbatched),))
+    if unbatched:
+        input_shape = (1, *input_shape)
+    plan: _Conv3dPlan = _plan_conv3d(input_shape, weight.shape, stride, padding, dilation, groups, "input_shape")
+    _check_grad_out(grad_out, plan)
+    grad_x = np.zeros(input_shape, dtype=dtype)
+    if plan.batch:
+        _input_gradient(contiguous(grad_out), contiguous(weight), grad_x, plan)
+    return _unbatch(grad_x, unbatched)
+
+
+def conv3d_backward_weight(
+    grad_out: NDArray[Float], x: NDArray[Float], weight_shape: Shape,
+    stride: IntTriple = 1, padding: Padding3d = 0, dilation: IntTriple = 1, groups: int = 1,
+) -> NDArray[Float]:
+    """Gradient of :func:`conv3d` with respect to its weight.
+
+    ``grad_w[co, ci, a, b, c] = sum_{n, od, oh, ow} grad_out[n, co, od, oh, ow] *
+    x_pad[n, ci', od*sD + a*dD, oh*sH + b*dH, ow*sW + c*dW]``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+    x : ndarray, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+        The forward pass's input, same dtype as ``grad_out``.
+    weight_shape : tuple of int, (C_out, C_in / groups, kD, kH, kW)
+    stride, padding, dilation, groups
+        As given to :func:`conv3d`.
+
+    Returns
+    -------
+    grad_w : ndarray, shape ``weight_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.arange(8.0).reshape(1, 1, 2, 2, 2)
+    >>> convx.conv3d_backward_weight(np.ones((1, 1, 1, 1, 1)), x, (1, 1, 2, 2, 2)).ravel()
+    array([0., 1., 2., 3., 4., 5., 6., 7.])
+    """
+    grad_out, unbatched = _volumes("grad_out", grad_out)
+    x = as_float_array("x", x, (grad_out.ndim - unbatched,))
+    dtype = same_dtype(grad_out=grad_out, x=x)
+    weight_shape = as_shape("weight_shape", weight_shape, (5,))
+    if unbatched:
+        x = x[None]
+    plan: _Conv3dPlan = _plan_conv3d(x.shape, weight_shape, stride, padding, dilation, groups)
+    _check_grad_out(grad_out, plan)
+    grad_w = np.zeros(weight_shape, dtype=dtype)
+    if plan.batch:
+        _weight_gradient(contiguous(grad_out), contiguous(x), grad_w, plan)
+    return grad_w
+
+
+def conv3d_backward_bias(grad_out: NDArray[Float]) -> NDArray[Float]:
+    """Gradient of :func:`conv3d` with respect to its bias: ``grad_out`` summed over N, D, H and W.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+
+    Returns
+    -------
+    grad_b : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> convx.conv3d_backward_bias(np.ones((2, 3, 2, 4, 4), dtype=np.float32))
+    array([64., 64., 64.], dtype=float32)
+    """
+    grad_out, _ = _volumes("grad_out", grad_out)
+    grad_b = np.zeros(grad_out.shape[1], dtype=grad_out.dtype)
+    _bias_gradient(contiguous(grad_out), grad_b)
+    return grad_b
+
+
+def conv3d_backward(
+    grad_out: NDArray[Float], x: NDArray[Float], weight: NDArray[Float],
+    stride: IntTriple = 1, padding: Padding3d = 0, dilation: IntTriple = 1, groups: int = 1,
+) -> tuple[NDArray[Float], NDArray[Float], NDArray[Float]]:
+    """All three gradients of :func:`conv3d`: those of :func:`conv3d_backward_input`,
+    :func:`conv3d_backward_weight` and :func:`conv3d_backward_bias`, validated once.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+    x : ndarray, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+        The forward pass's input.
+    weight : ndarray, shape (C_out, C_in / groups, kD, kH, kW)
+        The forward pass's filters.
+    stride, padding, dilation, groups
+        As given to :func:`conv3d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_w : ndarray, shape of ``weight``
+    grad_b : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((2, 3, 4, 4, 4)); w = np.ones((4, 3, 3, 3, 3))
+    >>> gx, gw, gb = convx.conv3d_backward(np.ones((2, 4, 2, 2, 2)), x, w)
+    >>> gx.shape, gw.shape, gb.tolist()
+    ((2, 3, 4, 4, 4), (4, 3, 3, 3, 3), [16.0, 16.0, 16.0, 16.0])
+    """
+    grad_out, unbatched = _volumes("grad_out", grad_out)
+    x = as_float_array("x", x, (grad_out.ndim - unbatched,))
+    weight = as_float_array("weight", weight, (5,))
+    dtype = same_dtype(grad_out=grad_out, x=x, weight=weight)
+    if unbatched:
+        x = x[None]
+    plan: _Conv3dPlan = _plan_conv3d(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_grad_out(grad_out, plan)
+    grad_x = np.zeros(x.shape, dtype=dtype)
+    grad_w = np.zeros(weight.shape, dtype=dtype)
+    grad_b = np.zeros(plan.out_channels, dtype=dtype)
+    if plan.batch:
+        grad_out, x, weight = contiguous(grad_out), contiguous(x), contiguous(weight)
+        _input_gradient(grad_out, weight, grad_x, plan)
+        _weight_gradient(grad_out, x, grad_w, plan)
+        _bias_gradient(grad_out, grad_b)
+    return _unbatch(grad_x, unbatched), grad_w, grad_b
+
+
+def conv_transpose3d(
+    x: NDArray[Float], weight: NDArray[Float], bias: NDArray[Float] | None = None, stride: IntTriple = 1,
+    padding: Padding3d = 0, output_padding: IntTriple = 0, groups: int = 1, dilation: IntTriple = 1, *,
+    output_size: Shape | None = None,
+) -> NDArray[Float]:
+    """3-D transposed convolution ("deconvolution"): the adjoint of :func:`conv3d` as a map of its input.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, D, H, W) or (C_in, D, H, W)
+    weight : ndarray, shape (C_in, C_out / groups, kD, kH, kW)
+        Same layout as PyTorch's ``ConvTranspose3d.weight``.
+    bias : ndarray, shape (C_out,), optional
+    stride : int or (int, int, int), default 1
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Elements removed from each side of each axis of the full transposed convolution, or per
+        side ``((front, back), (top, bottom), (left, right))``. ``'same'`` and ``'same_lower'`` are
+        ONNX ConvTranspose's auto_pad SAME_UPPER / SAME_LOWER: the output is ``size * stride`` per
+        axis (or ``output_size``), the odd element removed at the end ('same') or the start.
+    output_padding : int or (int, int, int), default 0
+        Extra elements at the end of each axis; each smaller than its stride or dilation.
+    groups : int, default 1
+    dilation : int or (int, int, int), default 1
+    output_size : (D_out, H_out, W_out) or (N, C_out, D_out, H_out, W_out), optional
+        The output size wanted, as PyTorch's ``ConvTranspose3d.forward(x, output_size)``: with
+        numeric padding it sets output_padding; with 'same' / 'same_lower' it replaces ``size * stride``.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, D_out, H_out, W_out) or (C_out, D_out, H_out, W_out)
+        ``D_out = (D - 1)*sD - front - back + dD*(kD - 1) + output_padding_D + 1``, likewise the others.
+
+    Examples
+    --------
+    >>> import numpy as np, convx
+    >>> x = np.ones((1, 1, 2, 2, 2)); w = np.ones((1, 1, 2, 2, 2))
+    >>> convx.conv_transpose3d(x, w, stride=2).shape
+    (1, 1, 4, 4, 4)
+    >>> float(convx.conv_transpose3d(x, w).max())
+    8.0
+    """
+    x, unbatched = _volumes("x", x)
+    weight = as_float_array("weight", weight, (5,))
+    if bias is not None:
+        bias = as_float_array("bias", bias, (1,))
+    dtype = same_dtype(x=x, weight=weight, bias=bias)
+    stride_ = as_triple("stride", stride, 1)
+    dilation_ = as_triple("dilation", dilation, 1)
+    out_pad = as_triple("output_padding", output_padding, 0)
+    groups = as_int("groups", groups, 1)
+    parsed = as_padding3d(padding)
+    batch, c_in = x.shape[:2]
+    if weight.shape[0] != c_in:
+        raise ValueError(
+            f"weight of shape {weight.shape} must have x's {c_in} input channels first (transposed layout "
+            f"(C_in, C_out / groups, kD, kH, kW)), got weight.shape[0] = {weight.shape[0]}"
+        )
+    if min(weight.shape[2:]) < 1 or weight.shape[1] < 1:
+        raise ValueError(f"weight must have non-empty channel and kernel dimensions, got shape {weight.shape}")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {x.shape}")
+    sides, out_pad_ = transpose_padding(parsed, out_pad, output_size, x.shape[2:], weight.shape[2:], stride_,
+                                        dilation_)
+    out: tuple[int, ...] = check_transpose_geometry(x.shape, weight.shape, stride_, sides, out_pad_, dilation_, groups)
+    c_out = weight.shape[1] * groups
+    # conv3d's input gradient with x as the output gradient (output_padding may give that convolution
+    # more outputs than x has: the kernels take x's).
+    plan: _Conv3dPlan = _plan_conv3d((batch, c_out, *out), weight.shape, stride_, cast(_Sides, sides), dilation_, groups,
+                        "output")
+    plan = plan._replace(out_size=cast(_Triple, tuple(x.shape[2:])))
+    _check_bias(bias, c_out)
+    y = np.zeros((batch, c_out, *out), dtype=dtype)
+    if batch:
+        _input_gradient(contiguous(x), contiguous(weight), y, plan)
+        if bias is not None:
+            y += bias[:, None, None, None]
+    return _unbatch(y, unbatched)
