@@ -10,7 +10,7 @@ import textwrap
 
 from .. import _threads
 from . import _load
-from .cases import CASES, QUICK_BATCH, quick
+from .cases import CASES, CASES_3D, QUICK_BATCH, quick
 from .implementations import LAYOUTS, winograd_applies
 from . import layers as layer_bench
 from .nets import models as net_models
@@ -34,7 +34,11 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true",
                         help=f"batch {QUICK_BATCH}, {QUICK_REPEAT} repetitions (the NumPy reference: as many as fit in "
                              f"{QUICK_REFERENCE_SECONDS:g} s, at least one): a check in under a minute")
-    parser.add_argument("--case", action="append", choices=sorted(CASES), help="only this case (repeatable)")
+    parser.add_argument("--suite", choices=("2d", "3d"), default="2d",
+                        help="the layers timed: 2d, the image layers of classic CNNs (the default), or 3d, "
+                             "volume layers (C3D, 3-D U-Net, a strided stem, depthwise, pointwise, max pools)")
+    parser.add_argument("--case", action="append", choices=sorted({**CASES, **CASES_3D}),
+                        help="only this case (repeatable; of the --suite chosen)")
     parser.add_argument("--op", action="append", choices=ALL_OPS, help="only this op (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="threads for convx and PyTorch (default: convx's)")
     parser.add_argument("--repeat", type=int, default=None,
@@ -103,6 +107,16 @@ def parse_args(argv):
         parser.error("--layers and --nets are separate benchmarks: run one at a time")
     if args.layout != "NCHW" and (args.tune or args.layers):
         parser.error(f"--layout {args.layout}: the single-op benchmark's option, not for --tune / --layers")
+    if args.suite == "3d":
+        others = [name for name in args.case or () if name not in CASES_3D]
+        if others:
+            parser.error(f"--case {', '.join(others)}: not in --suite 3d (its cases: {', '.join(CASES_3D)})")
+        for option, given in (("--layout", args.layout != "NCHW"), ("--ceiling", args.ceiling), ("--tune", args.tune),
+                              ("--nets", args.nets), ("--layers", args.layers)):
+            if given:
+                parser.error(f"{option} is not available with --suite 3d (channels-first volumes, single ops)")
+    elif args.case and (others := [name for name in args.case if name not in CASES]):
+        parser.error(f"--case {', '.join(others)}: a --suite 3d case")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
@@ -240,7 +254,8 @@ def main(argv=None, reuse_memory: bool = False) -> int:
             implementations.remove("torch")
             print("PyTorch is not installed: comparing with NumPy only.", file=sys.stderr)
     repeat = args.repeat or (QUICK_REPEAT if args.quick else REPEAT)
-    cases = [CASES[name] for name in args.case] if args.case else list(CASES.values())
+    suite = CASES_3D if args.suite == "3d" else CASES
+    cases = [suite[name] for name in args.case] if args.case else list(suite.values())
     if args.quick:
         cases = [quick(c) for c in cases]
     ops = tuple(args.op) if args.op else ALL_OPS
@@ -325,7 +340,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
                     memory.append({"case": case.name, "op": op, "implementation": name, "batch": case.batch,
                                    "extra_bytes": small, "batch_x4": 4 * case.batch, "extra_bytes_x4": large})
                     label = op if name == "convx" else f"{op} (wino)"
-                    print(f"  {case.name:15s} {label:23s} N={case.batch:<3d} {small / 2**20:8.2f}   "
+                    print(f"  {case.name:18s} {label:23s} N={case.batch:<3d} {small / 2**20:8.2f}   "
                           f"N={4 * case.batch:<3d} {large / 2**20:8.2f}")
 
     if args.json:

@@ -39,6 +39,11 @@ def _conv_args(case: ConvCase) -> dict:
     return dict(stride=case.stride, padding=case.padding, dilation=1, groups=case.groups)
 
 
+def _op(ops, name: str, case: ConvCase | PoolCase):
+    """``ops``'s op ``name`` for the case's dimensions: ``conv{}d`` -> ``conv2d`` or ``conv3d``."""
+    return getattr(ops, name.format(case.dims))
+
+
 def _in_layout(arrays: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
     return channels_last(arrays) if layout == "NHWC" else arrays
 
@@ -46,26 +51,33 @@ def _in_layout(arrays: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarr
 def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
     x, weight, grad_out = arrays["x"], arrays["weight"], arrays["grad_out"]
     args = dict(_conv_args(case), **extra)
-    return {
-        "forward": lambda: ops.conv2d(x, weight, None, **args),
-        "backward_input": lambda: ops.conv2d_backward_input(grad_out, weight, x.shape, **args),
-        "backward_weight": lambda: ops.conv2d_backward_weight(grad_out, x, weight.shape, **args),
-        "backward": lambda: ops.conv2d_backward(grad_out, x, weight, **args),
+    conv, backward_input = _op(ops, "conv{}d", case), _op(ops, "conv{}d_backward_input", case)
+    backward_weight = _op(ops, "conv{}d_backward_weight", case)
+    calls: Calls = {
+        "forward": lambda: conv(x, weight, None, **args),
+        "backward_input": lambda: backward_input(grad_out, weight, x.shape, **args),
+        "backward_weight": lambda: backward_weight(grad_out, x, weight.shape, **args),
     }
+    if hasattr(ops, f"conv{case.dims}d_backward"):
+        backward = _op(ops, "conv{}d_backward", case)
+        calls["backward"] = lambda: backward(grad_out, x, weight, **args)
+    return calls
 
 
 def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
     x, grad_out = arrays["x"], arrays["grad_out"]
     args = dict(kernel_size=case.kernel, stride=case.stride, padding=case.padding, **extra)
     if case.mode == "max":
-        _, indices = ops.max_pool2d(x, return_indices=True, **args)
+        pool, backward = _op(ops, "max_pool{}d", case), _op(ops, "max_pool{}d_backward", case)
+        _, indices = pool(x, return_indices=True, **args)
         return {
-            "forward": lambda: ops.max_pool2d(x, return_indices=True, **args),
-            "backward": lambda: ops.max_pool2d_backward(grad_out, indices, x.shape, **extra),
+            "forward": lambda: pool(x, return_indices=True, **args),
+            "backward": lambda: backward(grad_out, indices, x.shape, **extra),
         }
+    pool, backward = _op(ops, "avg_pool{}d", case), _op(ops, "avg_pool{}d_backward", case)
     return {
-        "forward": lambda: ops.avg_pool2d(x, **args),
-        "backward": lambda: ops.avg_pool2d_backward(grad_out, x.shape, **args),
+        "forward": lambda: pool(x, **args),
+        "backward": lambda: backward(grad_out, x.shape, **args),
     }
 
 
@@ -82,7 +94,7 @@ def convx_nhwc_calls(case, arrays, layout: str = "NCHW") -> Calls:
 
 
 def winograd_applies(case: ConvCase | PoolCase) -> bool:
-    return case.kind == "conv" and (case.kernel, case.stride, case.groups) == (3, 1, 1)
+    return case.kind == "conv" and case.dims == 2 and (case.kernel, case.stride, case.groups) == (3, 1, 1)
 
 
 def winograd_calls(case, arrays, layout: str = "NCHW") -> Calls | None:
@@ -98,7 +110,10 @@ def numpy_calls(case, arrays, layout: str = "NCHW") -> Calls:
     channels first whatever ``layout`` says (the reference has no other)."""
     from .. import reference
 
-    module = reference.conv if case.kind == "conv" else reference.pooling
+    if case.dims == 3:
+        module = reference.conv3d if case.kind == "conv" else reference.pooling3d
+    else:
+        module = reference.conv if case.kind == "conv" else reference.pooling
     builder = _conv_calls if case.kind == "conv" else _pool_calls
     calls = builder(module, case, arrays)
     if case.kind == "conv":
@@ -112,7 +127,12 @@ def separate_backward(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extr
     ``ops``; ``extra``: ``layout="NHWC"`` on channels-last ``arrays``."""
     calls = _conv_calls(ops, case, arrays, **extra)
     grad_out = arrays["grad_out"]
-    return lambda: (calls["backward_input"](), calls["backward_weight"](), ops.conv2d_backward_bias(grad_out, **extra))
+    if hasattr(ops, f"conv{case.dims}d_backward_bias"):
+        bias = _op(ops, "conv{}d_backward_bias", case)
+        return lambda: (calls["backward_input"](), calls["backward_weight"](), bias(grad_out, **extra))
+    # the 3-D reference has no bias gradient: the sum over N and the volume
+    axes = (0, *range(2, grad_out.ndim))
+    return lambda: (calls["backward_input"](), calls["backward_weight"](), grad_out.sum(axis=axes))
 
 
 def torch_calls(case, arrays, layout: str = "NCHW") -> Calls | None:
@@ -134,33 +154,37 @@ def torch_calls(case, arrays, layout: str = "NCHW") -> Calls | None:
     else:
         x = torch.from_numpy(arrays["x"])
         grad_out = torch.from_numpy(arrays["grad_out"])
+    d = case.dims
     if case.kind == "conv":
         weight = torch.from_numpy(arrays["weight"])
         if layout == "NHWC":
             weight = weight.contiguous(memory_format=torch.channels_last)
-        geometry = ([case.stride] * 2, [case.padding] * 2, [1, 1], False, [0, 0], case.groups)
+        geometry = ([case.stride] * d, [case.padding] * d, [1] * d, False, [0] * d, case.groups)
+        conv = torch.nn.functional.conv3d if d == 3 else torch.nn.functional.conv2d
 
         def backward(mask):
             return lambda: aten.convolution_backward(grad_out, x, weight, None, *geometry, mask)
 
         return {
-            "forward": lambda: torch.nn.functional.conv2d(x, weight, None, case.stride, case.padding, 1, case.groups),
+            "forward": lambda: conv(x, weight, None, case.stride, case.padding, 1, case.groups),
             "backward_input": backward([True, False, False]),
             "backward_weight": backward([False, True, False]),
             "backward": backward([True, True, True]),
         }
-    kernel, stride, padding = [case.kernel] * 2, [case.stride] * 2, [case.padding] * 2
+    kernel, stride, padding = [case.kernel] * d, [case.stride] * d, [case.padding] * d
     if case.mode == "max":
-        _, indices = aten.max_pool2d_with_indices(x, kernel, stride, padding)
+        pool = aten.max_pool3d_with_indices if d == 3 else aten.max_pool2d_with_indices
+        pool_backward = aten.max_pool3d_with_indices_backward if d == 3 else aten.max_pool2d_with_indices_backward
+        _, indices = pool(x, kernel, stride, padding)
         return {
-            "forward": lambda: aten.max_pool2d_with_indices(x, kernel, stride, padding),
-            "backward": lambda: aten.max_pool2d_with_indices_backward(
-                grad_out, x, kernel, stride, padding, [1, 1], False, indices
-            ),
+            "forward": lambda: pool(x, kernel, stride, padding),
+            "backward": lambda: pool_backward(grad_out, x, kernel, stride, padding, [1] * d, False, indices),
         }
+    avg = torch.nn.functional.avg_pool3d if d == 3 else torch.nn.functional.avg_pool2d
+    avg_backward = aten.avg_pool3d_backward if d == 3 else aten.avg_pool2d_backward
     return {
-        "forward": lambda: torch.nn.functional.avg_pool2d(x, kernel, stride, padding),
-        "backward": lambda: aten.avg_pool2d_backward(grad_out, x, kernel, stride, padding, False, True, None),
+        "forward": lambda: avg(x, kernel, stride, padding),
+        "backward": lambda: avg_backward(grad_out, x, kernel, stride, padding, False, True, None),
     }
 
 
