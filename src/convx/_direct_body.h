@@ -391,6 +391,11 @@ GTARGET static void GN(convx_direct_weight_images)(const convx_conv_shape *s, co
     /* grad_out (an output of the forward): where (co, oh, ow) is, and the step to the next pixel */
     const ptrdiff_t g_ch = s->out_last ? 1 : n_out, g_px = s->out_last ? s->groups * s->c_out_g : 1;
     ptrdiff_t per = CONVX_DIRECT_SEGS / n_images;
+    if (s->out_last) {
+        const ptrdiff_t row_bytes = (ptrdiff_t)(wb * channels * sizeof(GT)) * s->sh + s->out_w * 64;
+        const ptrdiff_t band = CONVX_DIRECT_LAST_BAND_BYTES / (n_images * row_bytes);
+        if (per > band) per = band;
+    }
     if (per > s->out_h) per = s->out_h;
     if (per < 1) per = 1;
     ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS];

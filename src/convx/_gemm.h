@@ -160,6 +160,14 @@ static inline ptrdiff_t convx_padded_width(const convx_conv_shape *s) {
 #define CONVX_DIRECT_TAPS 128
 /* Segments (runs along one output row) of one tile of convx_direct_weight_images at most. */
 #define CONVX_DIRECT_SEGS 512
+/* Bytes of input rows (channels last in the image buffer) and output-gradient rows (a cache line a
+ * pixel) one band of output rows of convx_direct_weight_images reads, at most, with grad_out channels
+ * last: every tile of output channels and block of input channels reads the band again, which then
+ * comes from L2. Whole images (the channels-first band) took 2-3x longer on large ones: 16 images of
+ * 56x56, weight gradient 256->64 1x1 26.5 ms whole, 9.8-10.8 in bands of 2-8 rows; 64->256 1x1 27.0
+ * against 9.0-11.3; 64->64 3x3 16.2 against 14.2-15.2 (Xeon family 6 model 167, 2 threads, medians of
+ * 7; channels first, flat or direct, 8.3 / 10.7 / 12.2). */
+#define CONVX_DIRECT_LAST_BAND_BYTES (128 * 1024)
 
 /* Pixels of convx_direct_conv_rows's tiles for a register tile of mr rows: mr, or mr - 1 where
  * that covers the output row with fewer (14, 28 pixels wide: 7 tiles of 7 lanes, not 8). */
