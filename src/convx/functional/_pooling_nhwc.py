@@ -31,10 +31,18 @@ _CAUSE = "kernel_size, stride, padding, dilation and ceil_mode"
 
 # Windows large against the image take the separable max pool, which has only a channels-first
 # kernel: the batch goes to it in parts of at most this many input elements (one image at least),
-# each copied channels first and its output back, a pass over memory beside a pooling that costs
-# tens of passes. 1x4x128x128 float32, k127 stride 1 padding 63, with indices: 574 ms on the
-# channels-last kernel (every tap of every window), 9.3 ms channels first (Xeon family 6 model 167).
+# each copied channels first and its output back.
 _SEPARABLE_PART_ELEMENTS = 1 << 20
+# ... where the channels-last kernel's taps times outputs exceed this many times the separable
+# kernel's elements (plane, row pass, output), and the channels-first rule takes the separable kernel
+# too. The channels-last kernel sweeps every tap over every output, a vector of channels at a time;
+# the separable one plus the copies cost a few passes. With indices, float32, 2 threads, ms (Xeon
+# family 6 model 167, medians of 5-7), ratio: channels-last kernel / separable: 8x32x56x56 k5 s1 (6):
+# 1.05 / 10.5; k9 s1 (27): 2.9 / 10.3; k11 s1 (40): 3.7 / 15.0; k13 s1 (56): 5.1 / 14.6; k15 s1 (75):
+# 6.6 / 9.9; k19 s1 (120): 9.9 / 9.4; k15 s2 (32): 1.6 / 4.1; k21 s2 (63): 3.0 / 4.1; 4x16x64x64
+# k21 s2 (63): 3.5 / 1.3; k25 s3 (51): 2.3 / 1.2; k31 s2 (137): 5.8 / 1.4; 1x4x128x128 k127 s1:
+# 354 / 0.6.
+_SEPARABLE_TAP_RATIO = 64
 
 
 def _shape_text(dims: int, out: bool = False) -> str:
@@ -90,7 +98,9 @@ def max_pool2d(
     y = _allocate((n, out_h, out_w, c), x.dtype, _CAUSE)
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, _CAUSE)
     padding_ = (sides[0][0], sides[1][0])
-    if y.size and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_):
+    separable_work = height * width + height * out_w + out_h * out_w
+    if (y.size and kernel[0] * kernel[1] * out_h * out_w > _SEPARABLE_TAP_RATIO * separable_work
+            and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_)):
         padding = cast(Padding, spec)
         for part in even_slices(n, max(1, _SEPARABLE_PART_ELEMENTS // (height * width * c))):
             first = np.ascontiguousarray(x[part].transpose(0, 3, 1, 2))
