@@ -174,6 +174,19 @@ def _kernel_call(name, batch):
             "bilinear2d_forward": (core.bilinear2d_forward, (planes, up, pairs, weights, pairs, weights, 1)),
             "bilinear2d_backward": (core.bilinear2d_backward, (up, planes.copy(), pairs, weights, pairs, weights, 1)),
         }[name]
+    if name.startswith("conv3d_"):
+        # 3x3x3 convolutions, 8 -> 8 channels, padding 1, over (batch, 8, 8, 16, 16) volumes.
+        volumes = rng.standard_normal((batch, 8, 8, 16, 16))
+        weight = rng.standard_normal((8, 8 * 27))
+        geometry = (3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 8 * 16)
+        return {
+            "conv3d_forward": (core.conv3d_forward, (volumes, weight, np.zeros(8), np.empty_like(volumes), *geometry,
+                                                     1)),
+            "conv3d_backward_input": (core.conv3d_backward_input, (volumes, weight, np.zeros_like(volumes), *geometry,
+                                                                   1)),
+            "conv3d_backward_weight": (core.conv3d_backward_weight, (volumes, volumes, np.zeros_like(weight),
+                                                                     *geometry, 1)),
+        }[name]
     if name.endswith("pool3d_forward") or name.endswith("pool3d_backward"):
         # 3-D pooling: 3x3x3 windows, stride 1, padding 1 over (batch, 32, 8, 24, 24) volumes.
         volumes = rng.standard_normal((batch, 32, 8, 24, 24))
@@ -241,7 +254,8 @@ KERNELS = [
     "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
     "batch_norm_moments_nhwc", "batch_norm_grad_sums_nhwc", "batch_norm_normalize_nhwc", "batch_norm_input_grad_nhwc",
     "max_pool3d_forward", "avg_pool3d_forward", "avg_pool3d_backward", "adaptive_avg_pool3d_forward",
-    "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward",
+    "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward", "conv3d_forward", "conv3d_backward_input",
+    "conv3d_backward_weight",
 ]
 
 
@@ -250,7 +264,8 @@ def test_every_kernel_is_listed():
     assert public - {"openmp_enabled", "default_num_threads", "gemm_kernel", "set_gemm_kernel", "direct_conv",
                      "set_direct_conv", "depthwise_kernel", "set_depthwise_kernel",
                      "depthwise_implementation", "supported_gemm_kernels", "conv_implementation", "conv_ran",
-                     "ConvConfig", "CachedMemory", "set_memory_cache_limit", "memory_cache_stats"} == set(KERNELS)
+                     "ConvConfig", "CachedMemory", "set_memory_cache_limit", "memory_cache_stats",
+                     "set_conv3d_column_budget"} == set(KERNELS)
 
 
 @pytest.mark.parametrize("name", KERNELS)
