@@ -15,10 +15,10 @@ convx arguments: no manual padding, no reshapes. The cases come from
 With onnx 1.23.2: 116 cases of these operators, 91 of them 1-D or 2-D (node tests: Conv 6,
 ConvTranspose 10, MaxPool 15 (one uint8), AveragePool 14, GlobalAveragePool 2, GlobalMaxPool 2,
 LpPool 7, MaxUnpool 2; PyTorch's: Conv 20, ConvTranspose 3, MaxPool 6, AveragePool 4), all passing
-but one (an expected failure, see XFAIL). Of the 25 3-D cases (Conv 7, AveragePool 9, MaxPool 7,
-ConvTranspose 1, LpPool 1; issue 21) the 7 MaxPool, 9 AveragePool and 1 LpPool ones run through
-``max_pool3d``, ``avg_pool3d`` (with ONNX's ``dilation``) and ``lp_pool3d`` and pass; the others
-are left out at collection (OPS_3D).
+but one (an expected failure, see XFAIL). The 25 3-D cases (Conv 7, AveragePool 9, MaxPool 7,
+ConvTranspose 1, LpPool 1; issue 21) run through the 3-D ops (``conv3d``, ``conv_transpose3d``,
+``max_pool3d``, ``avg_pool3d`` with ONNX's ``dilation``, ``lp_pool3d``) with the same attribute
+mapping, and pass too.
 
 Two conventions differ and are mapped, not the data: ONNX's max-pooling indices count over the
 whole tensor (and, with ``storage_order=1``, column-major within a plane) where convx's count
@@ -118,22 +118,17 @@ def _generated_node_cases():
     ]
 
 
-# The operators convx has for volumes (issue 21); the 3-D cases of the others are left out.
-OPS_3D = ("MaxPool", "AveragePool", "LpPool")
-
-
 def _discover():
-    """(cases of 1 and 2 spatial dimensions, and the 3-D ones of OPS_3D; count of 3-D cases left out)."""
+    """Every case of OPS in one, two or three spatial dimensions."""
     node_dir = DATA / "node"
     cases = _scan(node_dir, "node") if node_dir.is_dir() else _generated_node_cases()
     cases += _scan(DATA / "pytorch-converted", "pytorch-converted")
     cases += _scan(DATA / "pytorch-operator", "pytorch-operator")
-    kept = [case for case in cases if case.spatial_dims in (1, 2) or case.op in OPS_3D]
-    assert all(case.spatial_dims == 3 for case in cases if case not in kept)
-    return kept, len(cases) - len(kept)
+    assert all(case.spatial_dims in (1, 2, 3) for case in cases)
+    return cases
 
 
-CASES, THREE_D = _discover()
+CASES = _discover()
 
 
 # --- the adapters: ONNX attributes -> convx arguments ----------------------------------------------
@@ -151,14 +146,14 @@ def _window(attrs, dims):
 def _conv(attrs, dims, x, weight, bias=None):
     stride, padding, dilation = _window(attrs, dims)
     assert tuple(attrs.get("kernel_shape", weight.shape[2:])) == weight.shape[2:]
-    conv = F.conv1d if dims == 1 else F.conv2d
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
     return [conv(x, weight, bias, stride, padding, dilation, attrs.get("group", 1))]
 
 
 def _conv_transpose(attrs, dims, x, weight, bias=None):
     stride, padding, dilation = _window(attrs, dims)
     assert tuple(attrs.get("kernel_shape", weight.shape[2:])) == weight.shape[2:]
-    conv = F.conv_transpose1d if dims == 1 else F.conv_transpose2d
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
     output_shape = attrs.get("output_shape")
     return [conv(x, weight, bias, stride, padding, tuple(attrs.get("output_padding", [0] * dims)),
                  attrs.get("group", 1), dilation, output_size=None if output_shape is None else tuple(output_shape))]
@@ -310,8 +305,8 @@ def test_every_operator_and_both_dimensions_are_covered():
     for case in CASES:
         by_op.setdefault(case.op, set()).add(case.spatial_dims)
     assert set(by_op) == set(OPS)
-    assert by_op["Conv"] == {1, 2}
-    assert by_op["MaxPool"] == by_op["AveragePool"] == by_op["LpPool"] == {1, 2, 3}
+    assert by_op["Conv"] == by_op["ConvTranspose"] == by_op["MaxPool"] == by_op["AveragePool"] == {1, 2, 3}
+    assert by_op["LpPool"] == {1, 2, 3}
     assert any(case.data_sets[0][0][0].dtype == np.uint8 for case in CASES if case.op == "MaxPool")
     assert any(_attributes(node).get("storage_order") for case in CASES for node in case.model.graph.node)
     assert set(XFAIL) <= {case.name for case in CASES}
