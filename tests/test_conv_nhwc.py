@@ -38,6 +38,7 @@ GEOMETRIES = {
     "strided-grouped": ((3, 10, 9, 12), (36, 6, 3, 3), dict(stride=2, padding=1, groups=2)),
     "pointwise": ((2, 7, 9, 24), (33, 24, 1, 1), {}),
     "pointwise-strided": ((2, 8, 9, 24), (16, 24, 1, 1), dict(stride=2)),
+    "pointwise-wide-input": ((2, 5, 6, 256), (20, 256, 1, 1), {}),
     "depthwise": ((3, 9, 8, 6), (12, 1, 3, 3), dict(padding=1, groups=6)),
     "dilated": ((2, 12, 11, 5), (7, 5, 3, 2), dict(dilation=(2, 3), padding=(2, 1))),
     "per-side": ((2, 9, 10, 4), (6, 4, 3, 3), dict(padding=((0, 2), (1, 0)))),
@@ -97,6 +98,25 @@ def test_conv2d_nhwc_gradients_are_nchw_moved(geometry, dtype, rng):
             assert_close(F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs, layout="NHWC"), last(rx))
             assert_close(F.conv2d_backward_weight(grad_out, x, weight.shape, **kwargs, layout="NHWC"), rw)
             assert_close(F.conv2d_backward_bias(grad_out, layout="NHWC"), rb)
+
+
+def test_pointwise_input_gradient_with_many_input_channels_is_one_product(rng, monkeypatch):
+    # C_in >= POINTWISE_INPUT_PRODUCT_CHANNELS: the input gradient is the product of the pixels by
+    # the weight (not the direct kernels, not the channels-first fallback), as the forward's 1x1 is.
+    import convx.functional.conv as conv_module
+
+    x_shape, w_shape, kwargs = GEOMETRIES["pointwise-wide-input"]
+    assert w_shape[1] >= conv_module.POINTWISE_INPUT_PRODUCT_CHANNELS
+    x, weight, _ = _arrays(rng, np.float32, x_shape, w_shape)
+    grad_out = rng.standard_normal((*x_shape[:3], w_shape[0])).astype(np.float32)
+    products = []
+    real = conv_module.matmul
+    monkeypatch.setattr(conv_module, "matmul", lambda *args: products.append(args[0].shape) or real(*args))
+    monkeypatch.setattr(conv_module, "_layout_parts", lambda *args: pytest.fail("the channels-first fallback ran"))
+    grad_x = F.conv2d_backward_input(grad_out, weight, x.shape, **kwargs, layout="NHWC")
+    assert products == [(2 * 5 * 6, 20)]
+    expected = F.conv2d_backward_input(np.moveaxis(grad_out, -1, 1), weight, np.moveaxis(x, -1, 1).shape, **kwargs)
+    assert_close(grad_x, np.moveaxis(expected, 1, -1), np.float32)
 
 
 @pytest.mark.parametrize(
