@@ -131,18 +131,23 @@ def _avg_divisor(height, width, out_h, out_w, kernel, stride, sides, dilation, c
     (a ceil_mode window clipped to it); or those inside the input."""
     if divisor_override is not None:
         return np.full((out_h, out_w), divisor_override, dtype=np.int64)
-    counts = []
-    for size, out_size, k, s, (before, after), d in zip((height, width), (out_h, out_w), kernel, stride, sides,
-                                                        dilation):
-        # Window o's taps sit at start + i * d, i < k; those in [low, high) run from the first i
-        # with start + i * d >= low to the last with start + i * d < high (counted, not listed:
-        # a kernel may have 2**31 taps).
-        start = np.arange(out_size, dtype=np.int64) * s - before
-        low, high = (-before, size + after) if count_include_pad else (0, size)
-        first = np.maximum(0, -((start - low) // d))
-        end = np.minimum(k, -((start - high) // d))
-        counts.append(np.maximum(0, end - first))
+    counts = [
+        _taps_within(out_size, k, s, before, d, (-before, size + after) if count_include_pad else (0, size))
+        for size, out_size, k, s, (before, after), d in zip((height, width), (out_h, out_w), kernel, stride, sides,
+                                                            dilation)
+    ]
     return counts[0][:, None] * counts[1][None, :]
+
+
+def _taps_within(out_size, kernel, stride, before, dilation, bounds):
+    """Per output o along one axis, how many of its window's taps ``o*stride - before + i*dilation``
+    (i < kernel) lie in ``[low, high) = bounds``: from the first such i to the last, counted, not
+    listed (a kernel may have 2**31 taps)."""
+    low, high = bounds
+    start = np.arange(out_size, dtype=np.int64) * stride - before
+    first = np.maximum(0, -((start - low) // dilation))
+    end = np.minimum(kernel, -((start - high) // dilation))
+    return np.maximum(0, end - first)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,

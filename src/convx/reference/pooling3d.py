@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 
 from .._shapes import adaptive_window, pool_output_size
+from .pooling import _taps_within
 
 __all__ = [
     "adaptive_avg_pool3d",
@@ -107,14 +108,8 @@ def _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pa
     ceil_mode window clipped to it); or those inside the input."""
     if divisor_override is not None:
         return np.full(out, divisor_override, dtype=np.int64)
-    counts = []
-    for size, o, k, s, p, d in zip(sizes, out, kernel, stride, padding, dilation):
-        # taps start + i*d, i < k, counted in [low, high) from the first inside to the last
-        start = np.arange(o, dtype=np.int64) * s - p
-        low, high = (-p, size + p) if count_include_pad else (0, size)
-        first = np.maximum(0, -((start - low) // d))
-        end = np.minimum(k, -((start - high) // d))
-        counts.append(np.maximum(0, end - first))
+    counts = [_taps_within(o, k, s, p, d, (-p, size + p) if count_include_pad else (0, size))
+              for size, o, k, s, p, d in zip(sizes, out, kernel, stride, padding, dilation)]
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
