@@ -8,6 +8,7 @@ any array is computed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -183,13 +184,20 @@ def lp_pool2d_backward(
             f"grad_out must have the forward output shape {average.shape} for x of shape {x.shape} and these "
             f"pooling arguments, got {grad_out.shape}"
         )
-    y = _root(average, p, kernel[0] * kernel[1])
+    return _lp_gradient(grad_out, x, average, p, kernel[0] * kernel[1], lambda scale: avg_pool2d_backward(
+        scale, x.shape, (kernel[0], kernel[1]), (stride_[0], stride_[1]), cast(Padding, spec), ceil_mode,
+        dilation=(dilation_[0], dilation_[1]), layout=layout,
+    ))
+
+
+def _lp_gradient(grad_out: AnyArray, x: AnyArray, average: AnyArray, p: float, taps: int,
+                 spread: Callable[[AnyArray], AnyArray]) -> AnyArray:
+    """``spread(grad_out * y / a) * x ** (p - 1)``, with ``a`` each window's mean of ``x ** p``, ``y``
+    its output and ``spread`` the average pool's backward; a window whose mean is 0 passes none."""
+    y = _root(average, p, taps)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         scale = np.where(average != 0, grad_out * y / np.where(average != 0, average, 1), 0).astype(grad_out.dtype)
-        spread = avg_pool2d_backward(scale, x.shape, (kernel[0], kernel[1]), (stride_[0], stride_[1]),
-                                     cast(Padding, spec), ceil_mode, dilation=(dilation_[0], dilation_[1]),
-                                     layout=layout)
-        grad_x: AnyArray = (spread * np.power(x, x.dtype.type(p - 1))).astype(grad_out.dtype, copy=False)
+        grad_x: AnyArray = (spread(scale) * np.power(x, x.dtype.type(p - 1))).astype(grad_out.dtype, copy=False)
     return grad_x
 
 
@@ -404,9 +412,6 @@ def lp_pool3d_backward(
             f"grad_out must have the forward output shape {average.shape[1:] if unbatched else average.shape} for x "
             f"of shape {np.shape(x)} and these pooling arguments, got {np.shape(grad_out)}"
         )
-    y = _root(average, p, math.prod(kernel))
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        scale = np.where(average != 0, grad5 * y / np.where(average != 0, average, 1), 0).astype(grad5.dtype)
-        spread = avg_pool3d_backward(scale, x5.shape, kernel, stride_, padding_, ceil_mode, dilation=dilation_)
-        grad_x: AnyArray = (spread * np.power(x5, x5.dtype.type(p - 1))).astype(grad5.dtype, copy=False)
+    grad_x = _lp_gradient(grad5, x5, average, p, math.prod(kernel), lambda scale: avg_pool3d_backward(
+        scale, x5.shape, kernel, stride_, padding_, ceil_mode, dilation=dilation_))
     return grad_x[0] if unbatched else grad_x
