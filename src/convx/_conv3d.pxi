@@ -30,6 +30,34 @@
 # elements 219 / 200 / 239, 256 Ki 240 / 224 / 255, 64 Ki 378 / 349 / 316.
 cdef Py_ssize_t _col3d_budget = COL_BUDGET
 
+# Bytes of one thread's channels-last rows in _direct3d (its kD slots): a slice's output rows are
+# cut into chunks whose input rows fit, so that scratch stays bounded whatever the plane. Time
+# hardly depends on it: C3D forward (2x64x16x56x56, 3x3x3, 64->64; Xeon family 6 model 167,
+# AVX-512, 1 thread, machine busy, medians of 5) 138 ms at 256 KiB, 135 at 512 KiB, 1 MiB, 2 MiB
+# and 16 MiB (whole slices).
+cdef Py_ssize_t _direct3d_rows_bytes = 512 * 1024
+
+
+# What the last forward and input gradient ran (for tests): "direct", "packed" (the depth-major
+# 2-D packed kernels) or "tiles" (vol2col / col2vol).
+_conv3d_ran = {"forward": None, "input": None}
+
+
+def conv3d_ran():
+    """{"forward": ..., "input": ...}: the implementation the last 3-D forward and input gradient
+    ran ("direct", "packed" or "tiles"; None before any)."""
+    return dict(_conv3d_ran)
+
+
+def set_conv3d_direct_rows(Py_ssize_t nbytes):
+    """Bound the bytes of _direct3d's per-thread channels-last rows (for tests, which cut slices
+    into chunks of rows with it, and tuning; not thread-safe against running calls); returns the
+    bound before."""
+    global _direct3d_rows_bytes
+    before = _direct3d_rows_bytes
+    _direct3d_rows_bytes = max(1, nbytes)
+    return before
+
 
 def set_conv3d_column_budget(Py_ssize_t elements):
     """Bound the elements of the 3-D kernels' per-thread column tile (for tests and tuning; not
@@ -384,6 +412,7 @@ cdef convx_conv_shape _depth_major_shape(Conv3dGeometry* g) noexcept nogil:
     s.o_w = g.out_w
     s.o_sh = 1
     s.o_sw = 1
+    s.o_cs = 0
     return s
 
 
@@ -459,6 +488,101 @@ cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:
     return 0
 
 
+
+
+cdef convx_conv_shape _slice_shape(Conv3dGeometry* g) noexcept nogil:
+    """The 2-D shape of one depth slice of the convolution g, for convx_direct_conv3d_rows: channels
+    first, the output's channels a volume apart."""
+    cdef convx_conv_shape s = _depth_major_shape(g)
+    s.groups = g.groups
+    s.c_in_g = g.c_in_g
+    s.o_cs = g.n_out
+    return s
+
+
+cdef bint _direct3d_applies(Conv3dGeometry* g, Py_ssize_t batch, Py_ssize_t row_begin, Py_ssize_t row_end,
+                            bint is_float) noexcept nogil:
+    """Whether _direct3d computes these output rows: convx's GEMM level, whole output depth slices,
+    the taps within the kernel's bounds, and the 2-D direct kernel would take a slice in rows
+    (_direct_mode_wanted: enough output channels to fill its lanes, not 1x1, ...)."""
+    cdef convx_conv_shape s
+    if (_level() == CONVX_GEMM_BLAS or g.direct_1x1 or g.c_out_g == 0 or g.c_in_g == 0
+            or row_begin % g.out_h or row_end % g.out_h or g.kernel[0] > CONVX_DIRECT3D_DEPTH_TAPS
+            or g.taps > CONVX_DIRECT3D_TAPS):
+        return False
+    s = _slice_shape(g)
+    return _direct_mode_wanted(&s, batch * (row_end - row_begin) // g.out_h, is_float, False) == DIRECT_ROWS
+
+
+cdef int _direct3d(const floating* x, Py_ssize_t batch, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m,
+                   Py_ssize_t s_c, Py_ssize_t s_t, const floating* bias, floating* out, Py_ssize_t out_image,
+                   Py_ssize_t out_channel, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
+                   Py_ssize_t in_lo, Py_ssize_t in_hi, int n_threads) except -1:
+    """Output slices [od_begin, od_end) of the convolution g of x (N, C_in, D, H, W) plus bias, by
+    convx_direct_conv3d_rows: the 2-D direct tile with the depth taps among its taps, reading
+    each input slice's rows channels last from a slot that keeps them for the next output slices;
+    the input slices outside [in_lo, in_hi) count as zeros. out points at image 0's slice od_begin,
+    out_image and out_channel elements from one image, and one channel, to the next. Group grp's
+    weight of output channel co, input channel c and tap t (t = (a * kH + i) * kW + j) is
+    weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take (image, chunk of rows, run of
+    output slices) items, the chunks cut so that a thread's slots hold at most
+    _direct3d_rows_bytes. Returns 0, having written nothing, where a weight is not finite."""
+    cdef Py_ssize_t kd = g.kernel[0], n_slices = od_end - od_begin, image_in = g.groups * g.c_in_g * g.volume
+    cdef Py_ssize_t out_slice = g.out_h * g.out_w
+    cdef Py_ssize_t item, n, r0, r1, od0, od1, mr, chunk, per_slice, runs, per_image, n_items, slots, group_size
+    cdef int level = _level(), tid, team
+    cdef convx_conv_shape s = _slice_shape(g)
+    cdef convx_depth_axis axis
+    axis.depth = g.depth
+    axis.kd = kd
+    axis.sd = g.stride[0]
+    axis.pd = g.pad[0]
+    axis.dd = g.dilation[0]
+    axis.lo = in_lo
+    axis.hi = in_hi
+    s.o_cs = out_channel
+    packing = _direct_pack(weight, s_g, s_m, s_c, s_t, bias, &s, n_threads, g.taps)
+    if packing is None:
+        return 0
+    cdef floating[::1] packed = packing[0]
+    cdef floating[::1] lane_bias
+    cdef const floating* b = NULL
+    if packing[1] is not None:
+        lane_bias = packing[1]
+        b = &lane_bias[0]
+    group_size = packed.shape[0] // g.groups
+    mr = convx_direct_rows_f(level) if floating is float else convx_direct_rows_d(level)
+    chunk = g.out_h
+    while chunk > 1 and kd * convx_direct_buffer_size(&s, mr, chunk) * sizeof(floating) > <size_t> _direct3d_rows_bytes:
+        chunk = (chunk + 1) // 2
+    per_slice = (g.out_h + chunk - 1) // chunk
+    # runs of output slices: as long as every thread still gets two items
+    runs = min(n_slices, max(1, (2 * n_threads + batch * per_slice - 1) // (batch * per_slice)))
+    per_image = per_slice * runs
+    n_items = batch * per_image
+    team = _team(n_threads, n_items)
+    slots = kd * convx_direct_buffer_size(&s, mr, chunk)
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] buf = np.empty(team * slots, dtype=dtype)
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for item in prange(n_items, schedule='static'):
+            n = item // per_image
+            r0 = (item % per_slice) * chunk
+            r1 = min(r0 + chunk, g.out_h)
+            od0 = od_begin + (item % per_image // per_slice) * n_slices // runs
+            od1 = od_begin + (item % per_image // per_slice + 1) * n_slices // runs
+            if floating is float:
+                convx_direct_conv3d_rows_f(level, &s, &axis, &packed[0], group_size, b, NULL, x + n * image_in,
+                                           out + n * out_image + (od0 - od_begin) * out_slice, out_slice, od0, od1,
+                                           r0, r1, &buf[tid * slots])
+            else:
+                convx_direct_conv3d_rows_d(level, &s, &axis, &packed[0], group_size, b, NULL, x + n * image_in,
+                                           out + n * out_image + (od0 - od_begin) * out_slice, out_slice, od0, od1,
+                                           r0, r1, &buf[tid * slots])
+    return 1
+
+
 def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
                    floating[:, :, :, :, ::1] out, int kernel_d, int kernel_h, int kernel_w,
                    int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -475,10 +599,19 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
     cdef bint has_bias = bias.shape[0] > 0
     if batch == 0 or row_end <= row_begin or g.n_out == 0:
         return
+    if _direct3d_applies(&g, batch, row_begin, row_end, floating is float):
+        if _direct3d(&x[0, 0, 0, 0, 0], batch, &weight[0, 0], g.c_out_g * g.col_rows, g.col_rows, g.taps, 1,
+                     &bias[0] if has_bias else NULL, &out[0, 0, row_begin // g.out_h, 0, 0],
+                     groups * g.c_out_g * g.n_out, g.n_out, &g, row_begin // g.out_h, row_end // g.out_h, 0, g.depth,
+                     n_threads):
+            _conv3d_ran["forward"] = "direct"
+            return
     if _implicit3d_applies(&g, row_begin, row_end):
+        _conv3d_ran["forward"] = "packed"
         _implicit_forward3d(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin // g.out_h,
                             row_end // g.out_h, n_threads)
         return
+    _conv3d_ran["forward"] = "tiles"
     _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
@@ -618,6 +751,54 @@ cdef inline void _add_plane(const floating* src, floating* dst, Py_ssize_t size)
         dst[i] += src[i]
 
 
+cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                          floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t row_begin,
+                          Py_ssize_t row_end, int n_threads) except -1:
+    """grad_in += the input gradient of a stride-1 convolution's output rows [row_begin, row_end)
+    (whole depth slices) by _direct3d, where it applies: the convolution of grad_out with W's
+    channels swapped and taps reversed, padded by dilation * (kernel - 1) - pad, over grad_out's
+    slices in the band. Whole volumes are stored straight into grad_in (which the caller zeroes
+    first); a band's input slices go through a buffer and are added. Returns whether it ran."""
+    cdef Py_ssize_t kd = g.kernel[0], dd = g.dilation[0], od0 = row_begin // g.out_h, od1 = row_end // g.out_h
+    cdef Py_ssize_t batch = grad_in.shape[0], plane = g.height * g.width, c_in = g.groups * g.c_in_g
+    cdef Py_ssize_t d_lo, d_hi, nd, i, u
+    cdef Conv3dGeometry a = _conv3d_geometry(g.groups * g.c_out_g, g.out_d, g.out_h, g.out_w, c_in,
+                                             kd, g.kernel[1], g.kernel[2], g.depth, g.height, g.width, g.groups,
+                                             1, 1, 1, dd * (kd - 1) - g.pad[0],
+                                             g.dilation[1] * (g.kernel[1] - 1) - g.pad[1],
+                                             g.dilation[2] * (g.kernel[2] - 1) - g.pad[2],
+                                             dd, g.dilation[1], g.dilation[2])
+    if (a.pad[0] < 0 or a.pad[1] < 0 or a.pad[2] < 0 or row_begin % g.out_h or row_end % g.out_h
+            or not _direct3d_applies(&a, batch, 0, a.out_d * a.out_h, floating is float)):
+        return False
+    # W^T: output channel c's weight of input channel co at tap t is W[co, c, taps - 1 - t]
+    if od0 == 0 and od1 == g.out_d:
+        return _direct3d(&grad_out[0, 0, 0, 0, 0], batch, &weight[0, 0] + (g.taps - 1), g.c_out_g * g.col_rows,
+                         g.taps, g.col_rows, -1, NULL, &grad_in[0, 0, 0, 0, 0], c_in * g.volume, g.volume, &a, 0,
+                         a.out_d, 0, g.out_d, n_threads) != 0
+    # the input slices d whose taps d - pad' + k * dilation reach the band's slices
+    d_lo = max(0, od0 + a.pad[0] - (kd - 1) * dd)
+    d_hi = min(g.depth, od1 + a.pad[0])
+    if d_hi <= d_lo:
+        return True
+    nd = d_hi - d_lo
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, :, :, ::1] part = np.empty((batch, c_in, nd, plane), dtype=dtype)
+    if not _direct3d(&grad_out[0, 0, 0, 0, 0], batch, &weight[0, 0] + (g.taps - 1), g.c_out_g * g.col_rows,
+                     g.taps, g.col_rows, -1, NULL, &part[0, 0, 0, 0], c_in * nd * plane, nd * plane, &a, d_lo, d_hi,
+                     od0, od1, n_threads):
+        return False
+    cdef floating* dst
+    cdef const floating* src
+    with nogil:
+        for u in prange(batch * c_in, schedule='static', num_threads=_team(n_threads, batch * c_in)):
+            dst = &grad_in[u // c_in, u % c_in, d_lo, 0, 0]
+            src = &part[u // c_in, u % c_in, 0, 0]
+            for i in range(nd * plane):
+                dst[i] = dst[i] + src[i]
+    return True
+
+
 def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
                           floating[:, :, :, :, ::1] grad_in, int kernel_d, int kernel_h, int kernel_w,
                           int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -633,9 +814,15 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
+    if stride_d == 1 and stride_h == 1 and stride_w == 1 and _direct_input3d(grad_out, weight, grad_in, &g,
+                                                                             row_begin, row_end, n_threads):
+        _conv3d_ran["input"] = "direct"
+        return
     if _implicit_input3d_applies(&g, row_begin, row_end, n_threads):
+        _conv3d_ran["input"] = "packed"
         _implicit_input3d(grad_out, weight, grad_in, &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
         return
+    _conv3d_ran["input"] = "tiles"
     _conv3d_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
     parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))

@@ -100,7 +100,7 @@ cdef extern from "_gemm.h" nogil:
         Py_ssize_t groups, c_in_g, c_out_g, height, width, out_h, out_w
         Py_ssize_t kh, kw, sh, sw, ph, pw, dh, dw
         int x_last, out_last
-        Py_ssize_t o_h, o_w, o_sh, o_sw
+        Py_ssize_t o_h, o_w, o_sh, o_sw, o_cs
     Py_ssize_t convx_out_image(const convx_conv_shape* s)
     ctypedef struct convx_epilogue:
         int kind
@@ -135,6 +135,10 @@ cdef extern from "_gemm.h" nogil:
                                    Py_ssize_t q0, Py_ssize_t nc, double* partial, double* work)
     enum:
         CONVX_DIRECT_TAPS
+        CONVX_DIRECT3D_TAPS
+        CONVX_DIRECT3D_DEPTH_TAPS
+    ctypedef struct convx_depth_axis:
+        Py_ssize_t depth, kd, sd, pd, dd, lo, hi
     int convx_conv_flat(const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_f(int level, const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_d(int level, const convx_conv_shape* s)
@@ -197,6 +201,14 @@ cdef extern from "_gemm.h" nogil:
     void convx_direct_conv_rows_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                                   const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t r0, Py_ssize_t r1,
                                   double* buf)
+    void convx_direct_conv3d_rows_f(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                    const float* packed, size_t group_size, const float* bias,
+                                    const convx_epilogue* epi, const float* x, float* out, Py_ssize_t out_slice,
+                                    Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t r0, Py_ssize_t r1, float* buf)
+    void convx_direct_conv3d_rows_d(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                    const double* packed, size_t group_size, const double* bias,
+                                    const convx_epilogue* epi, const double* x, double* out, Py_ssize_t out_slice,
+                                    Py_ssize_t od0, Py_ssize_t od1, Py_ssize_t r0, Py_ssize_t r1, double* buf)
     void convx_direct_conv_images_f(int level, const convx_conv_shape* s, const float* packed, size_t group_size,
                                     const float* bias, const convx_epilogue* epi, const float* x, float* out, Py_ssize_t n_images,
                                     Py_ssize_t blk0, Py_ssize_t blk1, float* buf)

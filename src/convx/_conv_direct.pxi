@@ -60,37 +60,37 @@ cdef int _direct_mode_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_floa
     return DIRECT_ROWS
 
 
-cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
-                      Py_ssize_t s_t, const floating* bias, const convx_epilogue* epi, floating* out,
-                      convx_conv_shape* s, Py_ssize_t batch, int n_threads, int mode) except -1:
-    """out = act(conv(x) + bias) (bias and the activation of epi where given) by
-    convx_direct_conv_rows or _images (mode). Group
-    grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
-    weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take whole images (or
-    chunks of their output rows, or of their output channels, where the batch is too small to go
-    round), each with its own channels-last buffer. Returns 0, having written nothing, where a
-    weight is not finite (the caller then takes another path: see convx_direct_pack_weight)."""
-    cdef int level = _level(), team, t
-    cdef Py_ssize_t taps = s.kh * s.kw, k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks, u, co, grp
-    cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
+cdef object _direct_pack(const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c, Py_ssize_t s_t,
+                         const floating* bias, convx_conv_shape* s, int n_threads, Py_ssize_t taps=0):
+    """(packed weight, lane bias or None) for convx_direct_conv_rows / _images (convx_direct_pack_weight,
+    each group's blocks of lanes; the bias padded to whole blocks), or None where a weight is not
+    finite. Group grp's weight of output channel co, input channel c and tap t (t = i * kw + j) is
+    weight[grp * s_g + co * s_m + c * s_c + t * s_t]; taps, where given, replaces kh * kw (the 3-D
+    kernel's depth taps join them)."""
+    cdef int level = _level(), team
+    cdef Py_ssize_t k, lanes, blocks, u, co, grp, group_size
+    if taps == 0:
+        taps = s.kh * s.kw
+    k = s.c_in_g * taps
     if floating is float:
         lanes = convx_direct_lanes_f(level)
-        mr = convx_direct_rows_f(level)
         group_size = convx_direct_weight_size_f(level, s.c_out_g, k)
         dtype = np.float32
     else:
         lanes = convx_direct_lanes_d(level)
-        mr = convx_direct_rows_d(level)
         group_size = convx_direct_weight_size_d(level, s.c_out_g, k)
         dtype = np.float64
     blocks = (s.c_out_g + lanes - 1) // lanes
-    cdef floating[::1] packed = np.empty(s.groups * group_size, dtype=dtype)
-    cdef floating[::1] lane_bias = np.zeros(s.groups * blocks * lanes if bias != NULL else 1, dtype=dtype)
+    packed_array = np.empty(s.groups * group_size, dtype=dtype)
+    cdef floating[::1] packed = packed_array
+    lane_bias = None
+    cdef floating[::1] lanes_view
     if bias != NULL:
+        lane_bias = np.zeros(s.groups * blocks * lanes, dtype=dtype)
+        lanes_view = lane_bias
         for grp in range(s.groups):
             for co in range(s.c_out_g):
-                lane_bias[grp * blocks * lanes + co] = bias[grp * s.c_out_g + co]
-    cdef const floating* b = &lane_bias[0] if bias != NULL else NULL
+                lanes_view[grp * blocks * lanes + co] = bias[grp * s.c_out_g + co]
     team = _team(n_threads, s.groups * blocks)
     cdef Py_ssize_t finite = 0
     with nogil:
@@ -104,7 +104,42 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
                                                      taps, s_m, s_c, s_t, u % blocks,
                                                      &packed[(u // blocks) * group_size + (u % blocks) * k * lanes])
     if finite < s.groups * blocks:
+        return None
+    return packed_array, lane_bias
+
+
+cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m, Py_ssize_t s_c,
+                      Py_ssize_t s_t, const floating* bias, const convx_epilogue* epi, floating* out,
+                      convx_conv_shape* s, Py_ssize_t batch, int n_threads, int mode) except -1:
+    """out = act(conv(x) + bias) (bias and the activation of epi where given) by
+    convx_direct_conv_rows or _images (mode); the weight as _direct_pack takes it. Threads take
+    whole images (or chunks of their output rows, or of their output channels, where the batch is
+    too small to go round), each with its own channels-last buffer. Returns 0, having written
+    nothing, where a weight is not finite (the caller then takes another path: see
+    convx_direct_pack_weight)."""
+    cdef int level = _level(), team, t
+    cdef Py_ssize_t k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks
+    cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
+    if floating is float:
+        lanes = convx_direct_lanes_f(level)
+        mr = convx_direct_rows_f(level)
+        group_size = convx_direct_weight_size_f(level, s.c_out_g, k)
+        dtype = np.float32
+    else:
+        lanes = convx_direct_lanes_d(level)
+        mr = convx_direct_rows_d(level)
+        group_size = convx_direct_weight_size_d(level, s.c_out_g, k)
+        dtype = np.float64
+    blocks = (s.c_out_g + lanes - 1) // lanes
+    packing = _direct_pack(weight, s_g, s_m, s_c, s_t, bias, s, n_threads)
+    if packing is None:
         return 0
+    cdef floating[::1] packed = packing[0]
+    cdef floating[::1] lane_bias
+    cdef const floating* b = NULL
+    if packing[1] is not None:
+        lane_bias = packing[1]
+        b = &lane_bias[0]
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
     cdef Py_ssize_t image_out = convx_out_image(s)
     cdef floating[::1] buf
@@ -362,6 +397,7 @@ cdef int _direct_input_mode(ConvGeometry* g, convx_conv_shape* a, bint is_float,
     a.o_w = a.out_w
     a.o_sh = 1
     a.o_sw = 1
+    a.o_cs = 0
     return _direct_choice(a, g.batch, is_float, channels_last)
 
 
@@ -448,6 +484,7 @@ cdef int _phase_shape(ConvGeometry* g, PhaseTaps* rows, PhaseTaps* cols, convx_c
     a.o_w = g.width
     a.o_sh = g.stride_h
     a.o_sw = g.stride_w
+    a.o_cs = 0
     return 0
 
 

@@ -24,6 +24,7 @@ cdef inline convx_conv_shape _conv_shape(ConvGeometry* g) noexcept nogil:
     s.o_w = g.out_w
     s.o_sh = 1
     s.o_sw = 1
+    s.o_cs = 0
     return s
 
 

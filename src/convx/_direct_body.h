@@ -213,7 +213,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                                                size_t group_size, const GT *CONVX_RESTRICT bias,
                                                const convx_epilogue *epi, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
                                                ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
-    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width;
     const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), tile = convx_direct_row_tile(s, GMR);
     const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR;
     const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
@@ -229,7 +229,7 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
                                         buf + (ih - ih0) * wb * channels);
     }
     /* where output (co, oh, ow) is: the steps to the next channel, pixel and row */
-    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = convx_out_px(s), o_row = convx_out_row(s);
+    const ptrdiff_t o_ch = convx_out_channel(s), o_px = convx_out_px(s), o_row = convx_out_row(s);
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t grp = 0; grp < s->groups; grp++)
         for (ptrdiff_t blk = 0; blk < blocks; blk++) {
@@ -257,6 +257,94 @@ GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const 
         }
 }
 
+/* A 3-D convolution's output rows [r0, r1) of its output depth slices [od0, od1), one image, by
+ * convx_direct_tile with the kd depth taps among the taps. s is the 2-D shape of one depth slice
+ * (its o_cs, x_last and out_last say the layouts: channels first with x's channel step
+ * depth * height * width, or channels last), d the depth axis, packed each group's weight packed
+ * with kd * kh * kw taps, out_slice the step from one output depth slice to the next; x points at
+ * the image, out at its output slice od0. buf holds kd slots of convx_direct_buffer_size(s, GMR, r1 - r0) elements:
+ * the input rows [ih0, ih1) of one input depth slice each, channels last, and a slot keeps its
+ * slice from one output slice to the next, so that a run of output slices copies each input
+ * slice's rows once. */
+GTARGET static void GN(convx_direct_conv3d_rows)(const convx_conv_shape *s, const convx_depth_axis *d,
+                                                 const GT *CONVX_RESTRICT packed, size_t group_size,
+                                                 const GT *CONVX_RESTRICT bias, const convx_epilogue *epi,
+                                                 const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
+                                                 ptrdiff_t out_slice, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t r0,
+                                                 ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width;
+    const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), tile = convx_direct_row_tile(s, GMR);
+    const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR, taps2 = s->kh * s->kw;
+    const ptrdiff_t k = s->c_in_g * d->kd * taps2;
+    const ptrdiff_t slot_size = (ptrdiff_t)convx_direct_buffer_size(s, GMR, r1 - r0);
+    ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
+    if (ih0 < 0) ih0 = 0;
+    if (ih1 > s->height) ih1 = s->height;
+    const ptrdiff_t o_ch = convx_out_channel(s), o_px = convx_out_px(s), o_row = convx_out_row(s);
+    ptrdiff_t held[CONVX_DIRECT3D_DEPTH_TAPS], slot_of[CONVX_DIRECT3D_DEPTH_TAPS];
+    ptrdiff_t aoff[CONVX_DIRECT3D_TAPS], boff[CONVX_DIRECT3D_TAPS];
+    for (ptrdiff_t a = 0; a < d->kd; a++) held[a] = -1;
+    for (ptrdiff_t od = od0; od < od1; od++) {
+        const ptrdiff_t first = od * d->sd - d->pd;
+        /* each depth tap's slot: the one holding its input slice, else one no tap of od needs */
+        for (ptrdiff_t a = 0; a < d->kd; a++) {
+            const ptrdiff_t id = first + a * d->dd;
+            slot_of[a] = -1;
+            if (id < d->lo || id >= d->hi) continue;
+            for (ptrdiff_t q = 0; q < d->kd; q++)
+                if (held[q] == id) slot_of[a] = q;
+        }
+        for (ptrdiff_t a = 0; a < d->kd; a++) {
+            const ptrdiff_t id = first + a * d->dd;
+            if (id < d->lo || id >= d->hi || slot_of[a] >= 0) continue;
+            for (ptrdiff_t q = 0; q < d->kd && slot_of[a] < 0; q++) {
+                int needed = 0;
+                for (ptrdiff_t b = 0; b < d->kd; b++) needed |= slot_of[b] == q;
+                if (!needed) slot_of[a] = q;
+            }
+            held[slot_of[a]] = id;
+            GT *slot = buf + slot_of[a] * slot_size;
+            for (ptrdiff_t ih = ih0; ih < ih1; ih++) {
+                if (s->x_last)
+                    GN(convx_direct_padded_row_last)(x + ((id * s->height + ih) * s->width) * channels, channels,
+                                                     s->width, s->pw, wb, slot + (ih - ih0) * wb * channels);
+                else
+                    GN(convx_direct_padded_row)(x + id * plane + ih * s->width, d->depth * plane, channels, s->width,
+                                                s->pw, wb, slot + (ih - ih0) * wb * channels);
+            }
+        }
+        for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+            for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+                const GT *b = packed + grp * group_size + blk * k * GNR;
+                const GT *b_bias = bias ? bias + (grp * blocks + blk) * GNR : NULL;
+                const ptrdiff_t co = grp * s->c_out_g + blk * GNR;
+                const ptrdiff_t lanes = s->c_out_g - blk * GNR < GNR ? s->c_out_g - blk * GNR : GNR;
+                for (ptrdiff_t oh = r0; oh < r1; oh++) {
+                    ptrdiff_t taps = 0;
+                    for (ptrdiff_t a = 0; a < d->kd; a++) {
+                        if (slot_of[a] < 0) continue;
+                        for (ptrdiff_t i = 0; i < s->kh; i++) {
+                            const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
+                            if (ih < 0 || ih >= s->height) continue;
+                            for (ptrdiff_t j = 0; j < s->kw; j++, taps++) {
+                                aoff[taps] = slot_of[a] * slot_size + ((ih - ih0) * wb + j * s->dw) * channels +
+                                             grp * s->c_in_g;
+                                boff[taps] = ((a * s->kh + i) * s->kw + j) * s->c_in_g * GNR;
+                            }
+                        }
+                    }
+                    for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
+                        const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
+                        GN(convx_direct_tile_exact)(buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps,
+                                                    s->c_in_g, b, b_bias, epi,
+                                                    out + (od - od0) * out_slice + co * o_ch + oh * o_row + ow * o_px, o_px,
+                                                    o_ch, rows, lanes);
+                    }
+                }
+            }
+    }
+}
+
 /* Output channel blocks [blk0, blk1) (counted over all groups) of images [0, n_images) of
  * x and out, n_images <= GMR, one tile per output pixel with the images as its rows (epi as in
  * convx_direct_conv_rows); buf holds GMR channels-last planes, those past n_images initialised (they feed only rows not stored). */
@@ -265,7 +353,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
                                                  const convx_epilogue *epi, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out,
                                                  ptrdiff_t n_images, ptrdiff_t blk0, ptrdiff_t blk1,
                                                  GT *CONVX_RESTRICT buf) {
-    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width, n_out = s->out_h * s->out_w;
+    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width;
     const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR, k = s->c_in_g * s->kh * s->kw;
     const ptrdiff_t image = plane * channels;
     for (ptrdiff_t n = 0; n < n_images; n++) {
@@ -277,7 +365,7 @@ GTARGET static void GN(convx_direct_conv_images)(const convx_conv_shape *s, cons
             GN(convx_direct_row_nhwc)(x + n * image + ih * s->width, plane, channels, s->width,
                                       buf + n * image + ih * s->width * channels, channels);
     }
-    const ptrdiff_t o_ch = s->out_last ? 1 : n_out, o_px = convx_out_px(s), o_row = convx_out_row(s);
+    const ptrdiff_t o_ch = convx_out_channel(s), o_px = convx_out_px(s), o_row = convx_out_row(s);
     ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
     for (ptrdiff_t u = blk0; u < blk1; u++) {
         const ptrdiff_t grp = u / blocks, blk = u % blocks;

@@ -33,12 +33,20 @@ typedef struct {
      * strided convolution, _conv_direct.pxi): output (oh, ow) is then pixel (oh * o_sh, ow * o_sw)
      * of a plane of o_h x o_w pixels. Otherwise o_h, o_w are out_h, out_w and o_sh, o_sw 1. */
     ptrdiff_t o_h, o_w, o_sh, o_sw;
+    /* Channels first, the direct kernels' step from one output channel to the next where the
+     * output is one depth slice of a volume (_conv3d.pxi); 0: out_h * out_w, the plane. */
+    ptrdiff_t o_cs;
 } convx_conv_shape;
 
 /* Elements from one image of the direct kernels' output to the next, from one output row to the
  * next, and from one output pixel to the next. */
 static inline ptrdiff_t convx_out_image(const convx_conv_shape *s) {
     return s->groups * s->c_out_g * (s->out_last ? s->o_h * s->o_w : s->out_h * s->out_w);
+}
+
+/* Elements from one output channel of the direct kernels to the next. */
+static inline ptrdiff_t convx_out_channel(const convx_conv_shape *s) {
+    return s->out_last ? 1 : s->o_cs ? s->o_cs : s->out_h * s->out_w;
 }
 
 static inline ptrdiff_t convx_out_row(const convx_conv_shape *s) {
@@ -158,6 +166,17 @@ static inline ptrdiff_t convx_padded_width(const convx_conv_shape *s) {
 
 /* Taps of a kernel convx_direct_conv_* take at most. */
 #define CONVX_DIRECT_TAPS 128
+
+/* Taps of the 3-D direct kernel (convx_direct_conv3d_rows: kd * kh * kw), and its depth taps. */
+#define CONVX_DIRECT3D_TAPS 512
+#define CONVX_DIRECT3D_DEPTH_TAPS 16
+
+/* The depth axis of a 3-D convolution for convx_direct_conv3d_rows: input depth, kernel depth,
+ * stride, leading padding and dilation, and the input slices [lo, hi) it reads (the others count
+ * as zeros: a band of grad_out's slices in the input gradient; [0, depth) otherwise). */
+typedef struct {
+    ptrdiff_t depth, kd, sd, pd, dd, lo, hi;
+} convx_depth_axis;
 /* Segments (runs along one output row) of one tile of convx_direct_weight_images at most. */
 #define CONVX_DIRECT_SEGS 512
 /* Bytes of input rows (channels last in the image buffer) and output-gradient rows (a cache line a
@@ -493,6 +512,18 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         else                                                                                              \
             convx_direct_conv_rows_##S##256(s, packed, group_size, bias, epi, x, out, r0, r1, buf);       \
     }                                                                                                     \
+    static void convx_direct_conv3d_rows_##S(int level, const convx_conv_shape *s, const convx_depth_axis *d, \
+                                             const T *packed, size_t group_size, const T *bias,           \
+                                             const convx_epilogue *epi, const T *x, T *out,               \
+                                             ptrdiff_t out_slice, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t r0, \
+                                             ptrdiff_t r1, T *buf) {                                      \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_conv3d_rows_##S##512(s, d, packed, group_size, bias, epi, x, out, out_slice, od0, od1, \
+                                              r0, r1, buf);                                               \
+        else                                                                                              \
+            convx_direct_conv3d_rows_##S##256(s, d, packed, group_size, bias, epi, x, out, out_slice, od0, od1, \
+                                              r0, r1, buf);                                               \
+    }                                                                                                     \
     static void convx_direct_row_nhwc_##S(int level, const T *src, ptrdiff_t plane, ptrdiff_t channels,   \
                                           ptrdiff_t width, T *dst, ptrdiff_t ld) {                        \
         if (level == CONVX_GEMM_AVX512)                                                                   \
@@ -648,6 +679,11 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static void convx_direct_conv_rows_##S(int level, const convx_conv_shape *s, const T *packed,         \
                                            size_t group_size, const T *bias, const convx_epilogue *epi,   \
                                            const T *x, T *out, ptrdiff_t r0, ptrdiff_t r1, T *buf) {}     \
+    static void convx_direct_conv3d_rows_##S(int level, const convx_conv_shape *s, const convx_depth_axis *d, \
+                                             const T *packed, size_t group_size, const T *bias,           \
+                                             const convx_epilogue *epi, const T *x, T *out,               \
+                                             ptrdiff_t out_slice, ptrdiff_t od0, ptrdiff_t od1, ptrdiff_t r0, \
+                                             ptrdiff_t r1, T *buf) {}                                     \
     static void convx_direct_row_nhwc_##S(int level, const T *src, ptrdiff_t plane, ptrdiff_t channels,   \
                                           ptrdiff_t width, T *dst, ptrdiff_t ld) {                        \
         for (ptrdiff_t c = 0; c < channels; c++)                                                          \

@@ -1,0 +1,220 @@
+"""The 3-D direct kernel (convx_direct_conv3d_rows: the 2-D direct tile with the depth taps among its
+taps) behind conv3d's forward and its stride-1 input gradient, where there are enough output
+channels to fill its lanes: against the NumPy reference of ``convx.reference.conv3d`` and against
+the packed and tiled paths (the direct kernels turned off), over strides, dilations, per-side
+padding, groups, deep and wide kernels, chunks of rows, thread counts, GEMM levels, NaN and inf,
+and non-finite weights (which it leaves to the other paths)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convx
+from convx import _core, _threads
+from convx.reference import conv3d as ref
+from conftest import DTYPES, assert_close
+
+# (input shape, weight shape, keywords); every case has enough output channels per group for the
+# direct kernel's lanes in float32 and float64 on AVX2 and AVX-512 (at least 3/4 of whole blocks
+# of 8-32 lanes), and output rows of 24 or 26 pixels, which whole register
+# tiles cover (narrower rows go to the other paths, as the 2-D direct kernel's rule says).
+CASES = {
+    "3x3x3": ((2, 5, 5, 7, 24), (32, 5, 3, 3, 3), dict(padding=1)),
+    "partial-lanes": ((1, 7, 4, 6, 26), (48, 7, 3, 3, 3), dict(padding=(1, 0, 1))),
+    "strided-dilated-per-side": ((1, 3, 7, 9, 49), (48, 3, 2, 3, 3),
+                                 dict(stride=(2, 1, 2), dilation=(2, 1, 2), padding=((1, 0), (2, 1), (0, 2)))),
+    "dilated-stride-1": ((2, 24, 5, 6, 26), (32, 24, 3, 2, 3), dict(dilation=(2, 1, 1), padding=(2, 1, 0))),
+    "groups": ((1, 48, 4, 5, 24), (64, 24, 3, 3, 3), dict(padding=1, groups=2)),
+    "deep-kernel-in-padding": ((1, 24, 3, 5, 24), (32, 24, 5, 3, 3), dict(padding=(2, 1, 1))),
+    "depth-stride-3": ((2, 4, 10, 6, 24), (32, 4, 3, 3, 3), dict(stride=(3, 1, 1), padding=(0, 1, 1))),
+    "stem-7x7x7-s2": ((1, 3, 9, 20, 48), (32, 3, 7, 7, 7), dict(stride=2, padding=3)),
+    "same": ((1, 24, 4, 7, 24), (32, 24, 2, 3, 2), dict(padding="same")),
+    "one-slice": ((3, 24, 1, 8, 24), (32, 24, 1, 3, 3), dict(padding=(0, 1, 1))),
+}
+# the cases whose input gradient the direct kernel takes: stride 1, and input channels for its lanes
+STRIDE_1 = [name for name, (_, w, kw) in CASES.items() if kw.get("stride", 1) == 1 and w[1] >= 24]
+
+
+@pytest.fixture
+def threads():
+    before = _threads.get_num_threads()
+    yield _threads.set_num_threads
+    _threads.set_num_threads(before)
+
+
+@pytest.fixture
+def direct_rows():
+    """Set the bytes of the direct kernel's per-thread rows (chunks of a slice's rows)."""
+    before = _core.set_conv3d_direct_rows(1 << 19)
+    _core.set_conv3d_direct_rows(before)
+    yield _core.set_conv3d_direct_rows
+    _core.set_conv3d_direct_rows(before)
+
+
+def _arrays(rng, name, dtype):
+    x_shape, w_shape, kwargs = CASES[name]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, weight, bias, kwargs
+
+
+def _without_direct(call):
+    before = _core.direct_conv()
+    _core.set_direct_conv("off")
+    try:
+        return call()
+    finally:
+        _core.set_direct_conv(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_runs_direct_and_matches_the_reference(rng, name, dtype):
+    x, weight, bias, kwargs = _arrays(rng, name, dtype)
+    y = convx.conv3d(x, weight, bias, **kwargs)
+    assert _core.conv3d_ran()["forward"] == "direct"
+    assert_close(y, ref.conv3d(x, weight, bias, **kwargs))
+    other = _without_direct(lambda: convx.conv3d(x, weight, bias, **kwargs))
+    assert _core.conv3d_ran()["forward"] != "direct"
+    assert_close(y, other)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", STRIDE_1)
+def test_stride_1_input_gradient_runs_direct_and_matches_the_reference(rng, name, dtype):
+    x, weight, _, kwargs = _arrays(rng, name, dtype)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(dtype)
+    grad_x = convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)
+    assert _core.conv3d_ran()["input"] == "direct"
+    assert_close(grad_x, ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+    assert_close(grad_x, _without_direct(lambda: convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)))
+
+
+def test_strided_input_gradient_is_not_direct(rng):
+    x, weight, _, kwargs = _arrays(rng, "depth-stride-3", np.float32)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(np.float32)
+    grad_x = convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)
+    assert _core.conv3d_ran()["input"] != "direct"
+    assert_close(grad_x, ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+
+
+@pytest.mark.parametrize("nbytes", [1, 20_000, 200_000])
+@pytest.mark.parametrize("name", ["3x3x3", "strided-dilated-per-side", "deep-kernel-in-padding", "stem-7x7x7-s2"])
+def test_chunks_of_rows(rng, direct_rows, name, nbytes):
+    """Slices cut into chunks of rows down to one row; each chunk reads only its input rows."""
+    x, weight, bias, kwargs = _arrays(rng, name, np.float64)
+    direct_rows(nbytes)
+    y = convx.conv3d(x, weight, bias, **kwargs)
+    assert _core.conv3d_ran()["forward"] == "direct"
+    assert_close(y, ref.conv3d(x, weight, bias, **kwargs))
+    if name in STRIDE_1:
+        grad_out = rng.standard_normal(y.shape)
+        assert_close(convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs),
+                     ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("name", ["3x3x3", "groups", "one-slice", "depth-stride-3"])
+def test_threads_give_the_same_bits(rng, threads, name, n_threads):
+    """Each output element is one tile's sum in a fixed order, whatever thread computes it."""
+    x, weight, bias, kwargs = _arrays(rng, name, np.float32)
+    threads(1)
+    expected = convx.conv3d(x, weight, bias, **kwargs)
+    threads(n_threads)
+    np.testing.assert_array_equal(convx.conv3d(x, weight, bias, **kwargs), expected)
+    assert _core.conv3d_ran()["forward"] == "direct"
+
+
+@pytest.mark.parametrize("kernel", ["avx2", "avx512"])
+def test_every_simd_level(rng, kernel):
+    if kernel not in _core.GEMM_KERNELS[: _core.GEMM_KERNELS.index(_core.gemm_kernel()) + 1]:
+        pytest.skip(f"this CPU does not run the {kernel!r} kernel")
+    before = _core.gemm_kernel()
+    _core.set_gemm_kernel(kernel)
+    try:
+        for name in ("3x3x3", "partial-lanes", "groups", "stem-7x7x7-s2"):
+            for dtype in DTYPES:
+                x, weight, bias, kwargs = _arrays(rng, name, dtype)
+                assert_close(convx.conv3d(x, weight, bias, **kwargs), ref.conv3d(x, weight, bias, **kwargs))
+                assert _core.conv3d_ran()["forward"] == "direct"
+    finally:
+        _core.set_gemm_kernel(before)
+
+
+def test_nan_and_inf_in_the_input_propagate_as_the_reference(rng):
+    x, weight, bias, kwargs = _arrays(rng, "3x3x3", np.float64)
+    x[0, 1, 2, 3, 4] = np.nan
+    x[1, 0, 0, 0, 0] = np.inf
+    x[1, 4, 4, 6, 23] = -np.inf
+    y = convx.conv3d(x, weight, bias, **kwargs)
+    assert _core.conv3d_ran()["forward"] == "direct"
+    expected = ref.conv3d(x, weight, bias, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(y[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
+    assert_close(y[finite], expected[finite])
+
+
+def test_non_finite_weights_take_another_path(rng):
+    """The direct kernel skips taps in the padding, which only multiplying by a finite weight makes
+    equal to adding zero: with inf or NaN in the weight, the padding's NaNs must appear."""
+    x, weight, bias, kwargs = _arrays(rng, "3x3x3", np.float64)
+    weight[3, 2, 0, 0, 0] = np.inf
+    y = convx.conv3d(x, weight, bias, **kwargs)
+    assert _core.conv3d_ran()["forward"] != "direct"
+    expected = ref.conv3d(x, weight, bias, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    grad_out = rng.standard_normal(y.shape)
+    grad_x = convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)
+    assert _core.conv3d_ran()["input"] != "direct"
+    np.testing.assert_array_equal(np.isnan(grad_x), np.isnan(ref.conv3d_backward_input(grad_out, weight, x.shape,
+                                                                                       **kwargs)))
+
+
+def test_few_output_channels_stay_off_the_direct_kernel(rng):
+    x = rng.standard_normal((1, 4, 4, 5, 6)).astype(np.float32)
+    weight = rng.standard_normal((3, 4, 3, 3, 3)).astype(np.float32)
+    assert_close(convx.conv3d(x, weight, padding=1), ref.conv3d(x, weight, padding=1))
+    assert _core.conv3d_ran()["forward"] != "direct"
+
+
+def test_fused_backward_and_layer_use_it(rng):
+    """nn.Conv3d's forward and backward go through the same entry points."""
+    x, weight, bias, kwargs = _arrays(rng, "3x3x3", np.float64)
+    layer = convx.nn.Conv3d(5, 32, 3, padding=1, dtype=np.float64)
+    layer._params["weight"][...] = weight
+    layer._params["bias"][...] = bias
+    y = layer.forward(x)
+    assert _core.conv3d_ran()["forward"] == "direct"
+    grad_out = rng.standard_normal(y.shape)
+    grad_x = layer.backward(grad_out)
+    assert_close(grad_x, ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+
+
+@pytest.mark.parametrize("whole_slices", [False, True])
+@pytest.mark.parametrize("name", ["dilated-stride-1", "deep-kernel-in-padding", "same", "groups"])
+def test_bands_of_slices(rng, monkeypatch, name, whole_slices):
+    """A volume cut into bands of output rows (one row, which the other paths take, or about a
+    third of the volume in whole slices): the forward writes each band's slices; the input
+    gradient of a band goes to a buffer of the input slices its taps reach, which is added, so
+    that overlapping bands sum."""
+    from convx import _batching
+
+    x, weight, bias, kwargs = _arrays(rng, name, np.float64)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape)
+    work = _batching.conv_work(weight.shape, int(np.prod(grad_out.shape[2:])), x.shape)
+    monkeypatch.setattr(_batching, "SUB_BATCH_WORK", work // (3 * _threads.kernel_threads()) if whole_slices else 1)
+    forward = _core.conv3d_forward
+    backward_input = _core.conv3d_backward_input
+    bands = []
+    monkeypatch.setattr(_core, "conv3d_forward", lambda *args: bands.append(args[-3:-1]) or forward(*args))
+    monkeypatch.setattr(_core, "conv3d_backward_input",
+                        lambda *args: bands.append(args[-3:-1]) or backward_input(*args))
+    assert_close(convx.conv3d(x, weight, bias, **kwargs), ref.conv3d(x, weight, bias, **kwargs))
+    assert_close(convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs),
+                 ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+    assert len(bands) > 2 * x.shape[0]
+    if whole_slices:
+        assert _core.conv3d_ran() == {"forward": "direct", "input": "direct"}
