@@ -7,8 +7,12 @@ refusals (each naming the layout it assumed)."""
 
 from __future__ import annotations
 
+import sys
+import textwrap
+
 import numpy as np
 import pytest
+from _child import interrupt_child
 
 import convx
 import convx.functional as F
@@ -346,3 +350,55 @@ def test_wrong_shapes_name_the_layout():
         F.adaptive_max_pool3d(np.zeros((1, 4, 0, 4, 3)), 2, layout="NDHWC")
     with pytest.raises(TypeError, match="dtype"):
         F.max_pool3d(np.zeros((1, 4, 4, 4, 2), np.int32), 2, layout="NDHWC")
+
+
+# The child: one channels-last volume of 64x256x256 with 4 channels (64 MiB), average-pooled with
+# 7x7x7 windows at stride 1 (seconds on one core, forward and backward), with the default sub-batch
+# budget (bands of output depths forward, of input depths backward, some tens of milliseconds each);
+# each call is interrupted by the parent shortly after it starts.
+CHILD = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import convx.functional as F
+    x = np.random.default_rng(0).standard_normal((1, 64, 256, 256, 4)).astype(np.float32)
+    grad_out = np.ones_like(x)
+    ops = {
+        "forward": lambda depth: F.avg_pool3d(x[:, :depth], 7, 1, 3, layout="NDHWC"),
+        "backward": lambda depth: F.avg_pool3d_backward(grad_out[:, :depth], (1, depth, 256, 256, 4), 7, 1, 3,
+                                                        layout="NDHWC"),
+    }
+    for name, op in ops.items():
+        op(2)  # warm-up
+        start = time.perf_counter()
+        op(8)
+        estimate = 8 * (time.perf_counter() - start)
+        print("start", name, estimate, flush=True)
+        start = time.time()
+        try:
+            op(64)
+        except KeyboardInterrupt:
+            print("interrupted", name, time.time(), time.time() - start, flush=True)
+        else:
+            print("finished", name, time.time(), time.time() - start, flush=True)
+    small = np.ascontiguousarray(x[:, :4, :9, :9])
+    first = np.ascontiguousarray(np.moveaxis(small, -1, 1))
+    assert np.array_equal(np.moveaxis(F.avg_pool3d(small, 3, 1, 1, layout="NDHWC"), -1, 1),
+                          F.avg_pool3d(first, 3, 1, 1))
+    print("usable", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
+def test_ctrl_c_stops_a_single_huge_channels_last_volume_between_bands():
+    lines = interrupt_child(CHILD, delay=0.2, OMP_NUM_THREADS="1")
+    reports = [(start[1], float(start[2]), sent, end[0], float(end[2]), float(end[3]))
+               for (start, sent), (end, _) in zip(lines[::2], lines[1::2])]
+    assert [r[0] for r in reports] == ["forward", "backward"], reports
+    for name, estimate, sent, outcome, caught, elapsed in reports:
+        assert outcome == "interrupted", (name, estimate, elapsed)
+        # Bands of some tens of milliseconds: the signal is seen within a fraction of a second,
+        # long before the seconds the whole volume takes.
+        assert caught - sent < 0.5, (name, caught - sent)
+        assert elapsed < 0.5 * estimate, (name, estimate, elapsed)
