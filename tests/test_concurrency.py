@@ -187,7 +187,7 @@ def _kernel_call(name, batch):
             "conv3d_backward_weight": (core.conv3d_backward_weight, (volumes, volumes, np.zeros_like(weight),
                                                                      *geometry, 1)),
         }[name]
-    if name.endswith("pool3d_forward") or name.endswith("pool3d_backward"):
+    if "pool3d_" in name:
         # 3-D pooling: 3x3x3 windows, stride 1, padding 1 over (batch, 32, 8, 24, 24) volumes.
         volumes = rng.standard_normal((batch, 32, 8, 24, 24))
         out3d, small3d = np.empty_like(volumes), np.empty((batch, 32, 4, 7, 7))
@@ -196,12 +196,29 @@ def _kernel_call(name, batch):
             "max_pool3d_forward": (core.max_pool3d_forward,
                                    (volumes, out3d, np.empty(volumes.shape, dtype=np.int64), *window3d, 1, 1, 1, 0, 8,
                                     1)),
-            "avg_pool3d_forward": (core.avg_pool3d_forward, (volumes, out3d, *window3d, 1, 1, 1, True, 0, 0, 8, 1)),
-            "avg_pool3d_backward": (core.avg_pool3d_backward, (volumes, out3d, *window3d, 1, 1, 1, True, 0, 0, 8, 1)),
+            "avg_pool3d_forward": (core.avg_pool3d_forward,
+                                   (volumes, out3d, *window3d, 1, 1, 1, 1, 1, 1, True, 0, 0, 8, 1)),
+            "avg_pool3d_backward": (core.avg_pool3d_backward,
+                                    (volumes, out3d, *window3d, 1, 1, 1, 1, 1, 1, True, 0, 0, 8, 1)),
             "adaptive_avg_pool3d_forward": (core.adaptive_avg_pool3d_forward, (volumes, small3d, 0, 4, 1)),
             "adaptive_avg_pool3d_backward": (core.adaptive_avg_pool3d_backward, (small3d, out3d, 0, 4, 1)),
             "adaptive_max_pool3d_forward": (core.adaptive_max_pool3d_forward,
                                             (volumes, small3d, np.empty(small3d.shape, dtype=np.int64), 0, 4, 1)),
+            # Channels last: the same volumes read as (batch, 32, 8, 24, 24) = (N, D, H, W, C), 24 channels.
+            "max_pool3d_ndhwc_forward": (core.max_pool3d_ndhwc_forward,
+                                         (volumes, out3d, np.empty(volumes.shape, dtype=np.int64), *window3d, 1, 1, 1,
+                                          0, 32, 1)),
+            "avg_pool3d_ndhwc_forward": (core.avg_pool3d_ndhwc_forward,
+                                         (volumes, out3d, *window3d, 1, 1, 1, 1, 1, 1, True, 0, 0, 32, 1)),
+            "avg_pool3d_ndhwc_backward": (core.avg_pool3d_ndhwc_backward,
+                                          (volumes, out3d, *window3d, 1, 1, 1, 1, 1, 1, True, 0, 0, 32, 1)),
+            "adaptive_avg_pool3d_ndhwc_forward": (core.adaptive_avg_pool3d_ndhwc_forward,
+                                                  (volumes, np.empty((batch, 4, 7, 7, 24)), 0, 4, 1)),
+            "adaptive_avg_pool3d_ndhwc_backward": (core.adaptive_avg_pool3d_ndhwc_backward,
+                                                   (np.empty((batch, 4, 7, 7, 24)), out3d, 0, 32, 1)),
+            "adaptive_max_pool3d_ndhwc_forward": (core.adaptive_max_pool3d_ndhwc_forward,
+                                                  (volumes, np.empty((batch, 4, 7, 7, 24)),
+                                                   np.empty((batch, 4, 7, 7, 24), dtype=np.int64), 0, 4, 1)),
         }[name]
     # Pooling: 5x5 windows, stride 1, padding 2, so every plane is a few thousand taps of work.
     pooled = np.empty_like(x)
@@ -254,8 +271,10 @@ KERNELS = [
     "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
     "batch_norm_moments_nhwc", "batch_norm_grad_sums_nhwc", "batch_norm_normalize_nhwc", "batch_norm_input_grad_nhwc",
     "max_pool3d_forward", "avg_pool3d_forward", "avg_pool3d_backward", "adaptive_avg_pool3d_forward",
-    "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward", "conv3d_forward", "conv3d_backward_input",
-    "conv3d_backward_weight",
+    "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward", "max_pool3d_ndhwc_forward",
+    "avg_pool3d_ndhwc_forward", "avg_pool3d_ndhwc_backward", "adaptive_avg_pool3d_ndhwc_forward",
+    "adaptive_avg_pool3d_ndhwc_backward", "adaptive_max_pool3d_ndhwc_forward", "conv3d_forward",
+    "conv3d_backward_input", "conv3d_backward_weight",
 ]
 
 

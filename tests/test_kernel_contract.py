@@ -64,6 +64,15 @@ def _every_op(x, weight, grad_out, pooled_grad, indices):
     F.adaptive_avg_pool3d(x, 3)
     F.adaptive_avg_pool3d_backward(pooled_grad, x.shape)
     F.adaptive_max_pool3d(x, 3, return_indices=True)
+    # Channels last: x read as an unbatched (D, H, W, C) volume of six channels.
+    _, indices_last = F.max_pool3d(x, (1, 1, 2), return_indices=True, layout="NDHWC")
+    grad_last = grad_out[:, :, :3]
+    F.max_pool3d_backward(grad_last, indices_last, x.shape, layout="NDHWC")
+    F.avg_pool3d(x, (1, 2, 2), padding=((0, 0), (1, 0), (0, 1)), layout="NDHWC")
+    F.avg_pool3d_backward(grad_last, x.shape, (1, 1, 2), layout="NDHWC")
+    F.adaptive_avg_pool3d(x, 2, layout="NDHWC")
+    F.adaptive_avg_pool3d_backward(grad_last, x.shape, layout="NDHWC")
+    F.adaptive_max_pool3d(x, 2, return_indices=True, layout="NDHWC")
 
 
 @pytest.mark.parametrize("layout", ["c-contiguous", *LAYOUTS])
@@ -80,7 +89,8 @@ def test_kernels_get_contiguous_aligned_arrays(dtype, layout, kernel_arrays, rng
     assert {name for name, _ in kernel_arrays} >= {"conv2d_forward", "depthwise_forward", "max_pool2d_backward",
                                                    "bilinear2d_backward", "gather2d_forward", "unfold_forward",
                                                    "fold_forward", "max_pool3d_forward", "avg_pool3d_backward",
-                                                   "adaptive_max_pool3d_forward"}
+                                                   "adaptive_max_pool3d_forward", "max_pool3d_ndhwc_forward",
+                                                   "avg_pool3d_ndhwc_backward", "adaptive_avg_pool3d_ndhwc_backward"}
     for name, array in kernel_arrays:
         assert array.flags.c_contiguous, (name, array.shape, array.strides)
         assert array.flags.aligned, (name, array.shape)

@@ -171,16 +171,8 @@ def _onnx_indices(indices, shape, storage_order):
     return indices + (np.arange(n * c).reshape(n, c, *[1] * len(spatial)) * plane)
 
 
-def _symmetric(padding):
-    """Per-side padding as the 3-D ops take it (PyTorch's: one value per axis, both sides)."""
-    assert not isinstance(padding, str) and all(before == after for before, after in padding), padding
-    return tuple(before for before, _ in padding)
-
-
 def _max_pool(attrs, dims, x):
     stride, padding, dilation = _window(attrs, dims)
-    if dims == 3:
-        padding = _symmetric(padding)
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
     y, indices = pool(x, tuple(attrs["kernel_shape"]), stride, padding, dilation, bool(attrs.get("ceil_mode", 0)),
                       return_indices=True)
@@ -189,10 +181,7 @@ def _max_pool(attrs, dims, x):
 
 def _average_pool(attrs, dims, x):
     stride, padding, dilation = _window(attrs, dims)
-    if dims == 3:
-        return [F.avg_pool3d(x, tuple(attrs["kernel_shape"]), stride, _symmetric(padding),
-                             bool(attrs.get("ceil_mode", 0)), bool(attrs.get("count_include_pad", 0)), dilation=dilation)]
-    pool = F.avg_pool1d if dims == 1 else F.avg_pool2d
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
     return [pool(x, tuple(attrs["kernel_shape"]), stride, padding, bool(attrs.get("ceil_mode", 0)),
                  bool(attrs.get("count_include_pad", 0)), dilation=dilation)]
 
@@ -200,10 +189,7 @@ def _average_pool(attrs, dims, x):
 def _lp_pool(attrs, dims, x):
     stride, padding, dilation = _window(attrs, dims)
     p = attrs.get("p", 2)
-    if dims == 3:
-        return [F.lp_pool3d(np.abs(x) if p % 2 else x, p, tuple(attrs["kernel_shape"]), stride,
-                            bool(attrs.get("ceil_mode", 0)), padding=_symmetric(padding), dilation=dilation)]
-    pool = F.lp_pool1d if dims == 1 else F.lp_pool2d
+    pool = {1: F.lp_pool1d, 2: F.lp_pool2d, 3: F.lp_pool3d}[dims]
     return [pool(np.abs(x) if p % 2 else x, p, tuple(attrs["kernel_shape"]), stride,
                  bool(attrs.get("ceil_mode", 0)), padding=padding, dilation=dilation)]
 

@@ -525,7 +525,7 @@ def test_layers_gradcheck(rng):
 
 
 def test_layers_refuse_bad_arguments():
-    with pytest.raises(ValueError, match="padding must be at most half of kernel_size"):
+    with pytest.raises(ValueError, match=r"padding on each side must be at most dilation \* \(kernel_size - 1\) = \(1, 1, 1\)"):
         nn.MaxPool3d(2, padding=2)
     with pytest.raises(ValueError, match="kernel_size must be an int or a triple"):
         nn.AvgPool3d((2, 2))
@@ -552,8 +552,8 @@ X = np.ones((1, 2, 4, 5, 6))
     (lambda: convx.max_pool3d(X, 2, stride=(1, 0, 1)), ValueError, r"stride\[1\] must be positive, got 0"),
     (lambda: convx.max_pool3d(X, 2, padding=-1), ValueError, "padding must be at least 0, got -1"),
     (lambda: convx.max_pool3d(X, (3, 2, 3), padding=(1, 2, 1)), ValueError,
-     r"padding must be at most half of kernel_size on each axis, kernel_size // 2 = 1 for "
-     r"kernel_size=\(3, 2, 3\), got padding=\(1, 2, 1\)"),
+     r"padding on each side must be at most dilation \* \(kernel_size - 1\) = \(2, 1, 2\) for "
+     r"kernel_size=\(3, 2, 3\) and dilation=\(1, 1, 1\) \(a window must reach the input\), got padding=\(1, 2, 1\)"),
     (lambda: convx.max_pool3d(X, 2, dilation=0), ValueError, "dilation must be positive, got 0"),
     (lambda: convx.max_pool3d(X, 5), ValueError, "the pooling output of x would be 0x1x1 for a 4x5x6 input"),
     (lambda: convx.max_pool3d(X, 2, dilation=4), ValueError, "the pooling output of x would be"),
@@ -562,7 +562,9 @@ X = np.ones((1, 2, 4, 5, 6))
     (lambda: convx.max_pool3d(np.ones((1, 1, 2, 2, 2)), 2, 1, 1, 3), ValueError, "has every tap in the padding"),
     (lambda: convx.avg_pool3d(X, 2, divisor_override=0), ValueError, "divisor_override must be positive, got 0"),
     (lambda: convx.avg_pool3d(X, 2, count_include_pad=None), TypeError, "count_include_pad must be a bool"),
-    (lambda: convx.avg_pool3d(X, 2, padding=(1, 1)), ValueError, "padding must be an int or a triple"),
+    (lambda: convx.avg_pool3d(X, 2, padding=(1, 1)), ValueError,
+     r"padding must be an int, \(pD, pH, pW\), \(\(front, back\), \(top, bottom\), \(left, right\)\), 'valid', "
+     r"'same' or 'same_lower', got a sequence of length 2"),
     (lambda: convx.avg_pool3d_backward(np.ones((1, 2, 2, 2, 2)), X.shape, 2), ValueError,
      r"grad_out must have the forward output shape \(1, 2, 2, 2, 3\)"),
     (lambda: convx.avg_pool3d_backward(np.ones((1, 3, 2, 2, 3)), X.shape, 2), ValueError,
@@ -593,7 +595,8 @@ def test_bad_arguments(call, error, message):
 
 
 def test_pytorch_refuses_what_convx_refuses():
-    # The half-kernel padding rule and the empty output are PyTorch's too.
+    # Padding past the kernel's reach and the empty output are refused by PyTorch too (its rule,
+    # half the kernel, is stricter than convx's, ONNX's).
     with pytest.raises(RuntimeError):
         TF.max_pool3d(_t(X), 2, padding=2)
     with pytest.raises(RuntimeError):

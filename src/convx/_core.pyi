@@ -213,14 +213,14 @@ def max_pool3d_forward(
 def avg_pool3d_forward(
     x: _Float, out: _Float,
     kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
-    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
+    pad_d: int, pad_h: int, pad_w: int, pad_back: int, pad_bottom: int, pad_right: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
     divisor_override: int,
     od_begin: int, od_end: int, n_threads: int,
 ) -> None: ...
 def avg_pool3d_backward(
     grad_out: _Float, grad_in: _Float,
     kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
-    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
+    pad_d: int, pad_h: int, pad_w: int, pad_back: int, pad_bottom: int, pad_right: int, dilation_d: int, dilation_h: int, dilation_w: int, count_include_pad: bool,
     divisor_override: int,
     od_begin: int, od_end: int, n_threads: int,
 ) -> None: ...
@@ -228,6 +228,36 @@ def adaptive_avg_pool3d_forward(x: _Float, out: _Float, od_begin: int, od_end: i
 def adaptive_avg_pool3d_backward(grad_out: _Float, grad_in: _Float, od_begin: int, od_end: int, n_threads: int) -> None: ...
 def adaptive_max_pool3d_forward(
     x: _Float, out: _Float, indices: _Index, od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+# Channels-last 3-D pooling (_pool3d_ndhwc.pxi): (N, D, H, W, C) arrays, (N, D_out, H_out, W_out, C)
+# outputs and indices (the same flat d*H*W + h*W + w values), the geometry as above; forwards write
+# the output depths [od_begin, od_end), backwards overwrite the input depths [d_begin, d_end).
+def max_pool3d_ndhwc_forward(
+    x: _Float, out: _Float, indices: _Index,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, dilation_d: int, dilation_h: int, dilation_w: int,
+    od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def adaptive_max_pool3d_ndhwc_forward(
+    x: _Float, out: _Float, indices: _Index, od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def avg_pool3d_ndhwc_forward(
+    x: _Float, out: _Float,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, pad_back: int, pad_bottom: int, pad_right: int, dilation_d: int,
+    dilation_h: int, dilation_w: int, count_include_pad: bool, divisor_override: int,
+    od_begin: int, od_end: int, n_threads: int,
+) -> None: ...
+def adaptive_avg_pool3d_ndhwc_forward(x: _Float, out: _Float, od_begin: int, od_end: int, n_threads: int) -> None: ...
+def avg_pool3d_ndhwc_backward(
+    grad_out: _Float, grad_in: _Float,
+    kernel_d: int, kernel_h: int, kernel_w: int, stride_d: int, stride_h: int, stride_w: int,
+    pad_d: int, pad_h: int, pad_w: int, pad_back: int, pad_bottom: int, pad_right: int, dilation_d: int,
+    dilation_h: int, dilation_w: int, count_include_pad: bool, divisor_override: int,
+    d_begin: int, d_end: int, n_threads: int,
+) -> None: ...
+def adaptive_avg_pool3d_ndhwc_backward(
+    grad_out: _Float, grad_in: _Float, d_begin: int, d_end: int, n_threads: int,
 ) -> None: ...
 # Channels-last pooling (_pool_nhwc.pxi): (N, H, W, C) arrays, (N, out_h, out_w, C) outputs and
 # indices (the same flat h*W + w values), the geometry as above.

@@ -19,7 +19,8 @@ cdef struct Pool3dGeometry:
     Py_ssize_t depth, height, width, out_d, out_h, out_w
     Py_ssize_t kernel[3]
     Py_ssize_t stride[3]
-    Py_ssize_t pad[3]
+    Py_ssize_t pad[3]          # before each axis: front, top, left
+    Py_ssize_t pad_after[3]    # after it: back, bottom, right (only average pooling's divisor reads them)
     Py_ssize_t dilation[3]
 
 
@@ -130,6 +131,7 @@ cdef Pool3dGeometry _pool3d_geometry(const Py_ssize_t* sizes, Py_ssize_t kernel_
     g.kernel[0], g.kernel[1], g.kernel[2] = kernel_d, kernel_h, kernel_w
     g.stride[0], g.stride[1], g.stride[2] = stride_d, stride_h, stride_w
     g.pad[0], g.pad[1], g.pad[2] = pad_d, pad_h, pad_w
+    g.pad_after[0], g.pad_after[1], g.pad_after[2] = pad_d, pad_h, pad_w
     g.dilation[0], g.dilation[1], g.dilation[2] = dilation_d, dilation_h, dilation_w
     return g
 
@@ -159,12 +161,13 @@ def max_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, :
 
 
 cdef inline Py_ssize_t _avg_extent(Py_ssize_t start, Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t pad,
-                                   Py_ssize_t dilation, bint count_include_pad) noexcept nogil:
-    """Taps of a window starting at ``start`` counted by the divisor: inside the padded input, or the input."""
+                                   Py_ssize_t pad_after, Py_ssize_t dilation, bint count_include_pad) noexcept nogil:
+    """Taps of a window starting at ``start`` counted by the divisor: inside the padded input
+    [-pad, size + pad_after), or the input."""
     cdef Py_ssize_t lo, hi
     if count_include_pad:
-        # start >= -pad always; a ceil_mode window is clipped at size + pad
-        _taps_inside(start + pad, size + 2 * pad, kernel, dilation, &lo, &hi)
+        # start >= -pad always; a ceil_mode window is clipped at size + pad_after
+        _taps_inside(start + pad, size + pad + pad_after, kernel, dilation, &lo, &hi)
     else:
         _taps_inside(start, size, kernel, dilation, &lo, &hi)
     return max(0, hi - lo)
@@ -183,7 +186,8 @@ cdef void _avg_divisors3d(Pool3dGeometry* g, bint count_include_pad, Py_ssize_t 
                 divisors[offset + o] = divisor_override if axis == 0 else 1
             else:
                 divisors[offset + o] = _avg_extent(o * g.stride[axis] - g.pad[axis], sizes[axis], g.kernel[axis],
-                                                   g.pad[axis], g.dilation[axis], count_include_pad)
+                                                   g.pad[axis], g.pad_after[axis], g.dilation[axis],
+                                                   count_include_pad)
         offset += outs[axis]
 
 
@@ -223,16 +227,18 @@ cdef void _avg_pool3d_volume(const floating* x, floating* y, Pool3dGeometry* g, 
 def avg_pool3d_forward(const floating[:, :, :, :, ::1] x, floating[:, :, :, :, ::1] out,
                        Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                        Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       Py_ssize_t pad_back, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
                        Py_ssize_t dilation_d, Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
                        Py_ssize_t divisor_override, Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
     """out[n, c, od, oh, ow] = sum_{a, b, c} x_zero_padded[n, c, od*sd + a*dd, oh*sh + b*dh, ow*sw + c*dw] / divisor
-    (divisor_override when positive, else the window's taps in the padded input or in the input), for od
-    in [od_begin, od_end)."""
+    (divisor_override when positive, else the window's taps in the input padded by pad_d/h/w before and
+    pad_back/bottom/right after, or in the input), for od in [od_begin, od_end)."""
     cdef Py_ssize_t[6] dims = [x.shape[2], x.shape[3], x.shape[4], out.shape[2], out.shape[3], out.shape[4]]
     cdef Pool3dGeometry g = _pool3d_geometry(dims, kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                                              pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t n_volumes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t volume = g.depth * g.height * g.width, out_volume = g.out_d * g.out_h * g.out_w
+    g.pad_after[0], g.pad_after[1], g.pad_after[2] = pad_back, pad_bottom, pad_right
     cdef Py_ssize_t[::1] divisors = np.empty(g.out_d + g.out_h + g.out_w, dtype=np.intp)
     _avg_divisors3d(&g, count_include_pad, divisor_override, &divisors[0])
     cdef Py_ssize_t p
@@ -280,6 +286,7 @@ cdef void _avg_pool3d_backward_volume(const floating* grad_out, floating* grad_i
 def avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :, :, :, ::1] grad_in,
                         Py_ssize_t kernel_d, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_d,
                         Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_d, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       Py_ssize_t pad_back, Py_ssize_t pad_bottom, Py_ssize_t pad_right,
                         Py_ssize_t dilation_d, Py_ssize_t dilation_h, Py_ssize_t dilation_w, bint count_include_pad,
                         Py_ssize_t divisor_override, Py_ssize_t od_begin, Py_ssize_t od_end, int n_threads):
     """grad_in[n, c, d, h, w] += grad_out / divisor of each window over (d, h, w) with od in [od_begin, od_end);
@@ -290,6 +297,7 @@ def avg_pool3d_backward(const floating[:, :, :, :, ::1] grad_out, floating[:, :,
                                              pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w)
     cdef Py_ssize_t n_volumes = grad_in.shape[0] * grad_in.shape[1]
     cdef Py_ssize_t volume = g.depth * g.height * g.width, out_volume = g.out_d * g.out_h * g.out_w
+    g.pad_after[0], g.pad_after[1], g.pad_after[2] = pad_back, pad_bottom, pad_right
     cdef Py_ssize_t[::1] divisors = np.empty(g.out_d + g.out_h + g.out_w, dtype=np.intp)
     _avg_divisors3d(&g, count_include_pad, divisor_override, &divisors[0])
     cdef int team = _team_size(n_threads, n_volumes, volume + out_volume)

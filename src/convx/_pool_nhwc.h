@@ -8,6 +8,9 @@
  * Windows are given by their first tap inside the input and their count of taps inside it,
  * along each axis (the callers compute them once per output row and column, from the pooling's
  * geometry or from adaptive pooling's windows), and their step (the dilation).
+ *
+ * The 3-D (NDHWC) kernels are the same windows with a depth axis in front: a (D, H, W, C) volume's
+ * taps in the (depth, rows, columns) order of the NCDHW kernels (_pool3d.pxi).
  */
 #ifndef CONVX_POOL_NHWC_H
 #define CONVX_POOL_NHWC_H

@@ -13,32 +13,34 @@
  * pos is kept. ``block`` (a literal, or 0): c1 - c0, to keep the running maxima in registers. */
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_channels)(
     const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
-    ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw,
-    int track, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t block) {
+    ptrdiff_t channels, ptrdiff_t plane, ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0, ptrdiff_t rows,
+    ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, int track, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t block) {
     const ptrdiff_t n = block ? block : c1 - c0;
     NT b[CONVX_NHWC_BLOCK];
     int64_t at[CONVX_NHWC_BLOCK];
     NT *CONVX_RESTRICT run = block ? b : best + c0;
     int64_t *CONVX_RESTRICT where = block ? at : pos + c0;
     ptrdiff_t c;
-    const int64_t first = (int64_t)h0 * width + w0;
+    const int64_t first = (int64_t)d0 * plane + (int64_t)h0 * width + w0;
     CONVX_SIMD for (c = 0; c < n; c++) run[c] = NT_LOWEST;
     if (track) CONVX_SIMD for (c = 0; c < n; c++) where[c] = first;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        for (ptrdiff_t j = 0; j < cols; j++) {
-            const int64_t p = (int64_t)(h0 + i * dh) * width + w0 + j * dw;
-            const NT *CONVX_RESTRICT src = image + p * channels + c0;
-            if (track) {
-                CONVX_SIMD for (c = 0; c < n; c++) {
-                    const NT v = src[c];
-                    const int take = (v > run[c]) | (v != v);
-                    run[c] = take ? v : run[c];
-                    where[c] = take ? p : where[c];
-                }
-            } else {
-                CONVX_SIMD for (c = 0; c < n; c++) {
-                    const NT v = src[c];
-                    run[c] = ((v > run[c]) | (v != v)) ? v : run[c];
+    for (ptrdiff_t a = 0; a < depths; a++) {
+        for (ptrdiff_t i = 0; i < rows; i++) {
+            for (ptrdiff_t j = 0; j < cols; j++) {
+                const int64_t p = (int64_t)(d0 + a * dd) * plane + (int64_t)(h0 + i * dh) * width + w0 + j * dw;
+                const NT *CONVX_RESTRICT src = image + p * channels + c0;
+                if (track) {
+                    CONVX_SIMD for (c = 0; c < n; c++) {
+                        const NT v = src[c];
+                        const int take = (v > run[c]) | (v != v);
+                        run[c] = take ? v : run[c];
+                        where[c] = take ? p : where[c];
+                    }
+                } else {
+                    CONVX_SIMD for (c = 0; c < n; c++) {
+                        const NT v = src[c];
+                        run[c] = ((v > run[c]) | (v != v)) ? v : run[c];
+                    }
                 }
             }
         }
@@ -49,17 +51,19 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_chan
     }
 }
 
+/* A window of a 2-D pooling (depths 1: d0, dd and plane unused) or of a 3-D one, whose taps are the
+ * depths d0 + a * dd, a < depths, of planes of ``plane`` pixels. */
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_max_window)(
     const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT best, int64_t *CONVX_RESTRICT pos, ptrdiff_t width,
-    ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw,
-    int track) {
+    ptrdiff_t channels, ptrdiff_t plane, ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0, ptrdiff_t rows,
+    ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, int track) {
     ptrdiff_t c0 = 0;
     for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
-        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, h0, rows, dh, w0, cols, dw, track, c0,
-                                            c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK);
+        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, plane, d0, depths, dd, h0, rows, dh, w0,
+                                            cols, dw, track, c0, c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK);
     if (c0 < channels)
-        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, h0, rows, dh, w0, cols, dw, track, c0,
-                                            channels, 0);
+        CONVX_NHWC(convx_nhwc_max_channels)(image, best, pos, width, channels, plane, d0, depths, dd, h0, rows, dh, w0,
+                                            cols, dw, track, c0, channels, 0);
 }
 
 /* One output row of max pooling of one (H, W, C) image: out[ow, c] = the maximum over window ow,
@@ -77,9 +81,11 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
 #define CONVX_NHWC_MAX(ROWS, DH, COLS, DW)                                                                    \
     do {                                                                                                    \
         if (pos != NULL)                                                                                    \
-            CONVX_NHWC(convx_nhwc_max_window)(image, best, pos, width, channels, h0, ROWS, DH, w0, COLS, DW, 1); \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, pos, width, channels, 0, 0, 1, 0, h0, ROWS, DH, w0, COLS, \
+                                              DW, 1);                                                         \
         else                                                                                                \
-            CONVX_NHWC(convx_nhwc_max_window)(image, best, NULL, width, channels, h0, ROWS, DH, w0, COLS, DW, 0); \
+            CONVX_NHWC(convx_nhwc_max_window)(image, best, NULL, width, channels, 0, 0, 1, 0, h0, ROWS, DH, w0, COLS,\
+                                              DW, 0);                                                         \
     } while (0)
         if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
             CONVX_NHWC_MAX(2, 1, 2, 1);
@@ -92,28 +98,35 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_row)(
 }
 
 #ifndef CONVX_NHWC_MAX_ONLY
-/* out[c] = (0 + the taps of one window for the channels [c0, c1), row-major) / a, or with ``two_step``
- * / a / b; ``block`` as above (the sums then stay in registers until divided). */
+/* out[c] = (0 + the taps of one window for the channels [c0, c1), depth by depth, each row-major) / a, or
+ * with ``divisions`` 2 / a / b, with 3 / a / b / e (2-D windows: depths 1, as convx_nhwc_max_window);
+ * ``block`` as above (the sums then stay in registers until divided). */
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_channels)(
-    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
-    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1,
-    ptrdiff_t block, NT a, NT b, int two_step) {
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT out, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t plane,
+    ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0,
+    ptrdiff_t cols, ptrdiff_t dw, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t block, NT a, NT b, NT e, int divisions) {
     const ptrdiff_t n = block ? block : c1 - c0;
     NT sums[CONVX_NHWC_BLOCK];
     NT *CONVX_RESTRICT acc = block ? sums : out + c0;
     ptrdiff_t c;
     CONVX_SIMD for (c = 0; c < n; c++) acc[c] = 0;
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        for (ptrdiff_t j = 0; j < cols; j++) {
-            const NT *CONVX_RESTRICT src = image + ((h0 + i * dh) * width + w0 + j * dw) * channels + c0;
-            CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
+    for (ptrdiff_t k = 0; k < depths; k++) {
+        for (ptrdiff_t i = 0; i < rows; i++) {
+            for (ptrdiff_t j = 0; j < cols; j++) {
+                const NT *CONVX_RESTRICT src =
+                    image + ((d0 + k * dd) * plane + (h0 + i * dh) * width + w0 + j * dw) * channels + c0;
+                CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] + src[c];
+            }
         }
     }
     if (block) {
         NT *CONVX_RESTRICT dst = out + c0;
-        if (two_step) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
+        if (divisions == 3) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b / e;
+        else if (divisions == 2) CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a / b;
         else CONVX_SIMD for (c = 0; c < n; c++) dst[c] = sums[c] / a;
-    } else if (two_step) {
+    } else if (divisions == 3) {
+        CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b / e;
+    } else if (divisions == 2) {
         CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a / b;
     } else {
         CONVX_SIMD for (c = 0; c < n; c++) acc[c] = acc[c] / a;
@@ -121,15 +134,16 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_cha
 }
 
 static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_mean_window)(
-    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT mean, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0,
-    ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t cols, ptrdiff_t dw, NT a, NT b, int two_step) {
+    const NT *CONVX_RESTRICT image, NT *CONVX_RESTRICT mean, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t plane,
+    ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh, ptrdiff_t w0,
+    ptrdiff_t cols, ptrdiff_t dw, NT a, NT b, NT e, int divisions) {
     ptrdiff_t c0 = 0;
     for (; c0 + CONVX_NHWC_BLOCK <= channels; c0 += CONVX_NHWC_BLOCK)
-        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0,
-                                             c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK, a, b, two_step);
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, plane, d0, depths, dd, h0, rows, dh, w0,
+                                             cols, dw, c0, c0 + CONVX_NHWC_BLOCK, CONVX_NHWC_BLOCK, a, b, e, divisions);
     if (c0 < channels)
-        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, c0, channels,
-                                             0, a, b, two_step);
+        CONVX_NHWC(convx_nhwc_mean_channels)(image, mean, width, channels, plane, d0, depths, dd, h0, rows, dh, w0,
+                                             cols, dw, c0, channels, 0, a, b, e, divisions);
 }
 
 /* One output row of average pooling of one (H, W, C) image, windows as in convx_nhwc_max_row:
@@ -145,14 +159,17 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_row)(
         const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
         /* The divisions of the NCHW kernels: by the product of the two axes' counts, or by each. */
         const NT a = two_step ? (NT)row_div : (NT)(row_div * col_div[ow]), b = (NT)col_div[ow];
+        const int divisions = two_step ? 2 : 1;
         /* Literal windows of the common sizes, so that the taps unroll. */
         if (rows == 2 && cols == 2 && dh == 1 && dw == 1)
-            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 2, 1, w0, 2, 1, a, b, two_step);
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, 0, 0, 1, 0, h0, 2, 1, w0, 2, 1, a, b, 1,
+                                               divisions);
         else if (rows == 3 && cols == 3 && dh == 1 && dw == 1)
-            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, 3, 1, w0, 3, 1, a, b, two_step);
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, 0, 0, 1, 0, h0, 3, 1, w0, 3, 1, a, b, 1,
+                                               divisions);
         else
-            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, h0, rows, dh, w0, cols, dw, a, b,
-                                               two_step);
+            CONVX_NHWC(convx_nhwc_mean_window)(image, mean, width, channels, 0, 0, 1, 0, h0, rows, dh, w0, cols, dw,
+                                               a, b, 1, divisions);
     }
 }
 
@@ -292,6 +309,95 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_blocks)(const NT *CONVX_RESTRI
     if (2 * out_h < height)
         memset(grad_in + 2 * out_h * width * channels, 0, (size_t)((height - 2 * out_h) * width * channels) * sizeof(NT));
     return 0;
+}
+
+/* One output row (od, oh) of 3-D max pooling of one (D, H, W, C) volume: as convx_nhwc_max_row,
+ * the row's windows taking also the depths d0 + a * dd, a < depths; where[ow, c] = the flat
+ * d * H * W + h * W + w of each maximum, in the window order (depth, rows, columns) of the NCDHW
+ * kernels (_pool3d.pxi). */
+CONVX_CLONES static void CONVX_NHWC(convx_ndhwc_max_row)(
+    const NT *CONVX_RESTRICT volume, NT *CONVX_RESTRICT out, int64_t *CONVX_RESTRICT where, ptrdiff_t height,
+    ptrdiff_t width, ptrdiff_t channels, ptrdiff_t out_w, ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0,
+    ptrdiff_t rows, ptrdiff_t dh, const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count,
+    ptrdiff_t dw) {
+    const ptrdiff_t plane = height * width;
+    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        NT *best = out + ow * channels;
+        int64_t *pos = where != NULL ? where + ow * channels : NULL;
+        const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
+#define CONVX_NDHWC_MAX(DEPTHS, DD, ROWS, DH, COLS, DW)                                                        \
+    do {                                                                                                    \
+        if (pos != NULL)                                                                                    \
+            CONVX_NHWC(convx_nhwc_max_window)(volume, best, pos, width, channels, plane, d0, DEPTHS, DD, h0, ROWS,  \
+                                              DH, w0, COLS, DW, 1);                                           \
+        else                                                                                                \
+            CONVX_NHWC(convx_nhwc_max_window)(volume, best, NULL, width, channels, plane, d0, DEPTHS, DD, h0, ROWS, \
+                                              DH, w0, COLS, DW, 0);                                           \
+    } while (0)
+        if (depths == 2 && rows == 2 && cols == 2 && dd == 1 && dh == 1 && dw == 1)
+            CONVX_NDHWC_MAX(2, 1, 2, 1, 2, 1);
+        else if (depths == 3 && rows == 3 && cols == 3 && dd == 1 && dh == 1 && dw == 1)
+            CONVX_NDHWC_MAX(3, 1, 3, 1, 3, 1);
+        else
+            CONVX_NDHWC_MAX(depths, dd, rows, dh, cols, dw);
+#undef CONVX_NDHWC_MAX
+    }
+}
+
+/* One output row (od, oh) of 3-D average pooling of one (D, H, W, C) volume, windows as in
+ * convx_ndhwc_max_row: out[ow, c] = (0 + the window's taps, depth by depth, row-major) /
+ * (depth_div * row_div * col_div[ow]) as one division, or with ``adaptive`` (PyTorch's order for
+ * adaptive pooling) / depth_div / row_div / col_div[ow]: the NCDHW kernels' divisions. */
+CONVX_CLONES static void CONVX_NHWC(convx_ndhwc_avg_row)(
+    const NT *CONVX_RESTRICT volume, NT *CONVX_RESTRICT out, ptrdiff_t height, ptrdiff_t width, ptrdiff_t channels,
+    ptrdiff_t out_w, ptrdiff_t d0, ptrdiff_t depths, ptrdiff_t dd, ptrdiff_t h0, ptrdiff_t rows, ptrdiff_t dh,
+    const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw,
+    int64_t depth_div, int64_t row_div, const int64_t *CONVX_RESTRICT col_div, int adaptive) {
+    const ptrdiff_t plane = height * width;
+    for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+        NT *CONVX_RESTRICT mean = out + ow * channels;
+        const ptrdiff_t w0 = col_first[ow], cols = col_count[ow];
+        const NT a = adaptive ? (NT)depth_div : (NT)(depth_div * row_div * col_div[ow]);
+        const NT b = (NT)row_div, e = (NT)col_div[ow];
+        const int divisions = adaptive ? 3 : 1;
+        if (depths == 2 && rows == 2 && cols == 2 && dd == 1 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(volume, mean, width, channels, plane, d0, 2, 1, h0, 2, 1, w0, 2, 1, a,
+                                               b, e, divisions);
+        else if (depths == 3 && rows == 3 && cols == 3 && dd == 1 && dh == 1 && dw == 1)
+            CONVX_NHWC(convx_nhwc_mean_window)(volume, mean, width, channels, plane, d0, 3, 1, h0, 3, 1, w0, 3, 1, a,
+                                               b, e, divisions);
+        else
+            CONVX_NHWC(convx_nhwc_mean_window)(volume, mean, width, channels, plane, d0, depths, dd, h0, rows, dh, w0,
+                                               cols, dw, a, b, e, divisions);
+    }
+}
+
+/* The shares of one output row (od, oh) of 3-D average pooling added to one input row (W, C) that
+ * its windows hold: dst[col_first[ow] + j * dw, c] += grad[ow, c] / divisor(ow), the divisions of
+ * convx_ndhwc_avg_row. The windows go from the last to the first, the order in which the NCDHW
+ * kernel's column taps reach an input element, or with ``adaptive`` from the first (that kernel's
+ * window order), so that every element takes its shares in the NCDHW order. share: ``channels``
+ * elements of scratch. */
+CONVX_CLONES static void CONVX_NHWC(convx_ndhwc_avg_spread_row)(
+    const NT *CONVX_RESTRICT grad, NT *CONVX_RESTRICT dst, NT *CONVX_RESTRICT share, ptrdiff_t channels,
+    ptrdiff_t out_w, const int64_t *CONVX_RESTRICT col_first, const int64_t *CONVX_RESTRICT col_count, ptrdiff_t dw,
+    int64_t depth_div, int64_t row_div, const int64_t *CONVX_RESTRICT col_div, int adaptive) {
+    ptrdiff_t c;
+    for (ptrdiff_t k = 0; k < out_w; k++) {
+        const ptrdiff_t ow = adaptive ? k : out_w - 1 - k;
+        const NT *CONVX_RESTRICT g = grad + ow * channels;
+        if (adaptive) {
+            const NT a = (NT)depth_div, b = (NT)row_div, e = (NT)col_div[ow];
+            CONVX_SIMD for (c = 0; c < channels; c++) share[c] = g[c] / a / b / e;
+        } else {
+            const NT d = (NT)(depth_div * row_div * col_div[ow]);
+            CONVX_SIMD for (c = 0; c < channels; c++) share[c] = g[c] / d;
+        }
+        for (ptrdiff_t j = 0; j < col_count[ow]; j++) {
+            NT *CONVX_RESTRICT to = dst + (col_first[ow] + j * dw) * channels;
+            CONVX_SIMD for (c = 0; c < channels; c++) to[c] += share[c];
+        }
+    }
 }
 
 #endif /* CONVX_NHWC_MAX_ONLY */

@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 from .._checks import as_bool, as_data_layout, as_float_array, as_layout_array
 from .._typing import AnyArray, Float, IntPair, IntSingle, IntTriple, Padding, Padding1d, PaddingWord
 from .pooling import _Sides, _window_values, avg_pool2d, avg_pool2d_backward
-from .pooling3d import _triple, _volumes, _window_args, avg_pool3d, avg_pool3d_backward
+from .conv3d import Padding3d
+from .pooling3d import _layout_volumes, _window_args, avg_pool3d, avg_pool3d_backward
 
 __all__ = ["lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward", "lp_pool3d", "lp_pool3d_backward"]
 
@@ -309,25 +310,26 @@ def lp_pool1d_backward(
 
 
 def _powered_average3d(x: AnyArray, p: float, kernel: tuple[int, int, int], stride: tuple[int, int, int],
-                       ceil_mode: bool, padding: tuple[int, int, int], dilation: tuple[int, int, int]) -> AnyArray:
+                       ceil_mode: bool, padding: PaddingWord | _Sides, dilation: tuple[int, int, int],
+                       layout: str) -> AnyArray:
     """``avg_pool3d(x ** p)`` with PyTorch's divisor, as :func:`_powered_average` in 2-D."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         powered = np.power(x, x.dtype.type(p))
-    return avg_pool3d(powered, kernel, stride, padding, ceil_mode, dilation=dilation)
+    return avg_pool3d(powered, kernel, stride, cast(Padding3d, padding), ceil_mode, dilation=dilation, layout=layout)
 
 
 def _lp3d_args(
     norm_type: object, kernel_size: object, stride: object, ceil_mode: object, padding: object, dilation: object,
-) -> tuple[float, tuple[int, int, int], tuple[int, int, int], bool, tuple[int, int, int], tuple[int, int, int]]:
+) -> tuple[float, tuple[int, int, int], tuple[int, int, int], bool, PaddingWord | _Sides, tuple[int, int, int]]:
     p = _norm_type(norm_type)
     ceil_flag = as_bool("ceil_mode", ceil_mode)
-    kernel, stride_, padding_, _ = _window_args(kernel_size, stride, padding, 1)
-    return p, kernel, stride_, ceil_flag, padding_, _triple("dilation", dilation, 1)
+    kernel, stride_, spec, dilation_ = _window_args(kernel_size, stride, padding, dilation, ceil_flag)
+    return p, kernel, stride_, ceil_flag, spec, dilation_
 
 
 def lp_pool3d(
     x: NDArray[Float], norm_type: float, kernel_size: IntTriple, stride: IntTriple | None = None,
-    ceil_mode: bool = False, *, padding: IntTriple = 0, dilation: IntTriple = 1,
+    ceil_mode: bool = False, *, padding: Padding3d = 0, dilation: IntTriple = 1, layout: str = "NCDHW",
 ) -> NDArray[Float]:
     """3-D power-average pooling, as ``torch.nn.functional.lp_pool3d``.
 
@@ -338,7 +340,8 @@ def lp_pool3d(
     Parameters
     ----------
     x : ndarray of float32 or float64, shape (N, C, D, H, W) or (C, D, H, W)
-        Input, any memory layout; not modified.
+        Input, any memory layout; not modified. ``(N, D, H, W, C)`` or ``(D, H, W, C)`` with
+        ``layout='NDHWC'``.
     norm_type : float
         The power ``p``, positive and finite.
     kernel_size : int or (int, int, int)
@@ -347,15 +350,28 @@ def lp_pool3d(
         Window step, positive; defaults to ``kernel_size``.
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
-    padding : int or (int, int, int), default 0
-        Keyword only: zeros on both sides of each axis, at most half the kernel.
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Keyword only: zero padding, as :func:`avg_pool3d` takes it (ONNX's LpPool pads): each side
+        at most ``dilation * (kernel_size - 1)``.
     dilation : int or (int, int, int), default 1
         Keyword only: spacing between a window's taps.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: the memory layout of ``x`` and the output, channels first (PyTorch's) or
+        channels last (natively, no transposes).
 
     Returns
     -------
-    y : ndarray, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)
+    y : ndarray, shape (N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out); channels last for NDHWC
         Same dtype as ``x``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32/float64, or a non-real ``norm_type``, non-int geometry or a
+        non-bool flag.
+    ValueError
+        For a non-positive ``norm_type``, or invalid geometry, padding or ``layout`` (as
+        :func:`avg_pool3d`).
 
     Examples
     --------
@@ -364,16 +380,19 @@ def lp_pool3d(
     >>> lp_pool3d(np.array([[[[3., 4.]]]]), 2, (1, 1, 2))
     array([[[[5.]]]])
     """
-    volumes, unbatched = _volumes("lp_pool3d", "x", x)
-    p, kernel, stride_, ceil_mode, padding_, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
-                                                                    padding, dilation)
-    y = _root(_powered_average3d(volumes, p, kernel, stride_, ceil_mode, padding_, dilation_), p, math.prod(kernel))
+    last = as_data_layout(layout, 3)
+    volumes, unbatched = _layout_volumes("lp_pool3d", "x", x, last)
+    p, kernel, stride_, ceil_mode, spec, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
+                                                                padding, dilation)
+    y = _root(_powered_average3d(volumes, p, kernel, stride_, ceil_mode, spec, dilation_, layout), p,
+              math.prod(kernel))
     return y[0] if unbatched else y
 
 
 def lp_pool3d_backward(
     grad_out: NDArray[Float], x: NDArray[Float], norm_type: float, kernel_size: IntTriple,
-    stride: IntTriple | None = None, ceil_mode: bool = False, *, padding: IntTriple = 0, dilation: IntTriple = 1,
+    stride: IntTriple | None = None, ceil_mode: bool = False, *, padding: Padding3d = 0, dilation: IntTriple = 1,
+    layout: str = "NCDHW",
 ) -> NDArray[Float]:
     """Gradient of :func:`lp_pool3d` with respect to its input (see :func:`lp_pool2d_backward`).
 
@@ -383,8 +402,8 @@ def lp_pool3d_backward(
         The forward output's shape.
     x : ndarray, shape (N, C, D, H, W) or (C, D, H, W)
         The forward input, same dtype as ``grad_out``.
-    norm_type, kernel_size, stride, ceil_mode, padding, dilation
-        As in :func:`lp_pool3d`.
+    norm_type, kernel_size, stride, ceil_mode, padding, dilation, layout
+        As in :func:`lp_pool3d` (with ``'NDHWC'``, ``grad_out`` and ``x`` are channels last).
 
     Returns
     -------
@@ -397,21 +416,21 @@ def lp_pool3d_backward(
     >>> lp_pool3d_backward(np.ones((1, 1, 1, 1)), np.array([[[[3., 4.]]]]), 2, (1, 1, 2))
     array([[[[0.6, 0.8]]]])
     """
-    grad5, unbatched = _volumes("lp_pool3d_backward", "grad_out", grad_out,
-                                "(N, C, D_out, H_out, W_out) or (C, D_out, H_out, W_out)")
-    x5, x_unbatched = _volumes("lp_pool3d_backward", "x", x)
+    last = as_data_layout(layout, 3)
+    grad5, unbatched = _layout_volumes("lp_pool3d_backward", "grad_out", grad_out, last, out=True)
+    x5, x_unbatched = _layout_volumes("lp_pool3d_backward", "x", x, last)
     if unbatched != x_unbatched:
         raise ValueError(f"grad_out must have the ndim of x ({np.ndim(x)}), got shape {np.shape(grad_out)}")
     if x5.dtype != grad5.dtype:
         raise TypeError(f"x must have the dtype of grad_out ({grad5.dtype}), got {x5.dtype}")
-    p, kernel, stride_, ceil_mode, padding_, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
-                                                                    padding, dilation)
-    average = _powered_average3d(x5, p, kernel, stride_, ceil_mode, padding_, dilation_)
+    p, kernel, stride_, ceil_mode, spec, dilation_ = _lp3d_args(norm_type, kernel_size, stride, ceil_mode,
+                                                                padding, dilation)
+    average = _powered_average3d(x5, p, kernel, stride_, ceil_mode, spec, dilation_, layout)
     if grad5.shape != average.shape:
         raise ValueError(
             f"grad_out must have the forward output shape {average.shape[1:] if unbatched else average.shape} for x "
             f"of shape {np.shape(x)} and these pooling arguments, got {np.shape(grad_out)}"
         )
     grad_x = _lp_gradient(grad5, x5, average, p, math.prod(kernel), lambda scale: avg_pool3d_backward(
-        scale, x5.shape, kernel, stride_, padding_, ceil_mode, dilation=dilation_))
+        scale, x5.shape, kernel, stride_, cast(Padding3d, spec), ceil_mode, dilation=dilation_, layout=layout))
     return grad_x[0] if unbatched else grad_x

@@ -25,6 +25,7 @@ from .._checks import (
 from .._shapes import pool_first_empty_window, pool_output_size, pool_padding_sides
 from .._threads import kernel_threads
 from .._typing import AdaptiveSize, AnyArray, Float, IntPair, MaxPooled, Padding, PaddingWord, Shape
+from .conv3d import as_padding3d
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -75,6 +76,8 @@ def _padding_spec(padding: object, dims: int) -> PaddingWord | _Sides:
     """A pooling's padding as given: a padding word, or ``dims`` (before, after) pairs."""
     if dims == 2:
         return as_padding(padding)
+    if dims == 3:
+        return as_padding3d(padding)
     if isinstance(padding, (tuple, list)) and len(padding) != 1:
         raise ValueError(
             f"padding of a 1-D op must be an int or a 1-tuple ((p,), or ((left, right),) per side), 'valid', "
@@ -88,7 +91,7 @@ def _window_values(
     kernel_size: object, stride: object, padding: object, dilation: object = 1, dims: int = 2,
     ceil_mode: bool = False,
 ) -> tuple[tuple[int, ...], tuple[int, ...], PaddingWord | _Sides, tuple[int, ...]]:
-    """kernel, stride and dilation as pairs (1-tuples for ``dims`` 1), and the padding as given (a word,
+    """kernel, stride and dilation as pairs (1-tuples for ``dims`` 1, triples for 3), and the padding as given (a word,
     resolved with the input's size by :func:`_pool_output_shape`) or as (before, after) pairs, each side
     at most ``dilation * (kernel_size - 1)`` (ONNX's rule), so that no window lies wholly in the padding."""
     kernel = _bounded("kernel_size", kernel_size, 1, dims)
@@ -138,7 +141,7 @@ def _pool_output_shape(
     name: str, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
     padding: PaddingWord | _Sides, dilation: tuple[int, ...], ceil_mode: bool,
 ) -> tuple[tuple[int, ...], _Sides]:
-    """The output sizes of a window sweep over an input of spatial ``sizes`` (1-D or 2-D), refusing
+    """The output sizes of a window sweep over an input of spatial ``sizes`` (1-D, 2-D or 3-D), refusing
     empty results, and the padding resolved to (before, after) pairs."""
     sides = pool_padding_sides(padding, sizes, kernel, stride, dilation)
     out = tuple(

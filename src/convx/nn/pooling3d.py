@@ -9,17 +9,27 @@ import numpy as np
 from .. import functional
 from .._checks import as_bool, as_int, as_triple
 from .._typing import AdaptiveSize3d, IntTriple
+from ..functional.conv3d import Padding3d
 from ..functional.lppool import _norm_type
 from ..functional.pooling3d import _avg_args, _window_args
 from .module import Module, check_input
-from .pooling import _layout_arg, _MaxUnpoolNd
+from .pooling import _input_ndims, _layout_arg, _layout_text, _MaxUnpoolNd
 
-_NDIMS = (4, 5)
 
 
 def _shown(values: tuple[int, int, int]) -> IntTriple:
     """An argument as PyTorch keeps it: an int where every axis has the same value."""
     return values[0] if len(set(values)) == 1 else values
+
+
+def _padding_kept(spec: Any) -> Any:
+    """A layer's checked padding as kept: a word, the per-axis amounts (an int where all agree) where
+    every axis is padded alike on both sides, as PyTorch keeps them, or the per-side pairs."""
+    if isinstance(spec, str) or any(before != after for before, after in spec):
+        return spec
+    return _shown((spec[0][0], spec[1][0], spec[2][0]))
+
+
 
 
 class MaxPool3d(Module):
@@ -31,17 +41,22 @@ class MaxPool3d(Module):
         Window size ``(kd, kh, kw)``.
     stride : int or (int, int, int), optional
         Defaults to ``kernel_size``.
-    padding : int or (int, int, int), default 0
-        Implicit ``-inf`` on both sides of each axis, at most half the kernel.
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit ``-inf``, as :func:`convx.max_pool3d` takes it: per side up to ``dilation *
+        (kernel_size - 1)``; ``'same'`` gives ``ceil(size / stride)`` outputs.
     dilation : int or (int, int, int), default 1
     return_indices : bool, default False
         ``forward`` returns ``(y, indices)``, the flat ``d * H * W + h * W + w`` positions of the maxima.
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output and
+        the gradients (``(N, D, H, W, C)``: NDHWC runs natively).
 
     Notes
     -----
-    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out). ``backward(grad_out)``
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out) (with
+    ``layout='NDHWC'``: (N, D, H, W, C) and (N, D_out, H_out, W_out, C)). ``backward(grad_out)``
     takes the gradient of ``y`` (also with ``return_indices``) and sends each to its window's maximum.
 
     Examples
@@ -56,34 +71,38 @@ class MaxPool3d(Module):
            [0., 1.]])
     """
 
+    _DIMS = 3
+
     def __init__(
-        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0,
-        dilation: IntTriple = 1, return_indices: bool = False, ceil_mode: bool = False,
+        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: Padding3d = 0,
+        dilation: IntTriple = 1, return_indices: bool = False, ceil_mode: bool = False, *, layout: str = "NCDHW",
     ) -> None:
         super().__init__()
-        kernel, stride_, padding_, dilation_ = _window_args(kernel_size, stride, padding, dilation)
-        self.kernel_size, self.stride, self.padding, self.dilation = (
-            _shown(kernel), _shown(stride_), _shown(padding_), _shown(dilation_))
+        self.layout = _layout_arg(layout, 3)
         self.return_indices = as_bool("return_indices", return_indices)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        kernel, stride_, spec, dilation_ = _window_args(kernel_size, stride, padding, dilation, self.ceil_mode)
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            _shown(kernel), _shown(stride_), _padding_kept(spec), _shown(dilation_))
 
     def forward(self, x: np.ndarray) -> Any:
-        """Max over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W); ``(y, indices)`` with ``return_indices``."""
-        x = check_input(self, x, _NDIMS)
+        """Max over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with
+        ``layout='NDHWC'``); ``(y, indices)`` with ``return_indices``."""
+        x = check_input(self, x, _input_ndims(self))
         y, indices = functional.max_pool3d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                           self.ceil_mode, return_indices=True)
+                                           self.ceil_mode, return_indices=True, layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool3d_backward(grad_out, indices, input_shape)
+        return functional.max_pool3d_backward(grad_out, indices, input_shape, layout=self.layout)
 
     def extra_repr(self) -> str:
         return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}{_layout_text(self)}"
         )
 
 
@@ -95,17 +114,24 @@ class AvgPool3d(Module):
     kernel_size : int or (int, int, int)
     stride : int or (int, int, int), optional
         Defaults to ``kernel_size``.
-    padding : int or (int, int, int), default 0
-        Implicit zeros on both sides of each axis, at most half the kernel.
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Implicit zeros, as :func:`convx.avg_pool3d` takes them: per side up to ``dilation *
+        (kernel_size - 1)``; ``'same'`` gives ``ceil(size / stride)`` outputs.
     ceil_mode : bool, default False
     count_include_pad : bool, default True
         Whether padded zeros count in each window's divisor.
     divisor_override : int, optional
         A positive divisor for every window instead.
+    dilation : int or (int, int, int), default 1
+        Spacing between a window's taps (ONNX's AveragePool ``dilations``; not in PyTorch).
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output and
+        the gradients (``(N, D, H, W, C)``: NDHWC runs natively).
 
     Notes
     -----
-    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out).
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out) (with
+    ``layout='NDHWC'``: (N, D, H, W, C) and (N, D_out, H_out, W_out, C)).
 
     Examples
     --------
@@ -119,23 +145,30 @@ class AvgPool3d(Module):
            [0.125, 0.125]])
     """
 
+    _DIMS = 3
+
     def __init__(
-        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: IntTriple = 0,
+        self, kernel_size: IntTriple, stride: IntTriple | None = None, padding: Padding3d = 0,
         ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+        dilation: IntTriple = 1, *, layout: str = "NCDHW",
     ) -> None:
         super().__init__()
-        kernel, stride_, padding_, self.ceil_mode, self.count_include_pad, divisor = _avg_args(
-            kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-        self.kernel_size, self.stride, self.padding = _shown(kernel), _shown(stride_), _shown(padding_)
+        self.layout = _layout_arg(layout, 3)
+        kernel, stride_, spec, dilation_, self.ceil_mode, self.count_include_pad, divisor = _avg_args(
+            kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation)
+        self.kernel_size, self.stride, self.padding = _shown(kernel), _shown(stride_), _padding_kept(spec)
+        self.dilation = _shown(dilation_)
         self.divisor_override = divisor or None
 
     def _options(self) -> dict[str, Any]:
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad, divisor_override=self.divisor_override)
+                    count_include_pad=self.count_include_pad, divisor_override=self.divisor_override,
+                    dilation=self.dilation, layout=self.layout)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Mean over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W)."""
-        x = check_input(self, x, _NDIMS)
+        """Mean over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with
+        ``layout='NDHWC'``)."""
+        x = check_input(self, x, _input_ndims(self))
         y = functional.avg_pool3d(x, **self._options())
         self._save_for_backward(y, x.shape)
         return y
@@ -146,11 +179,13 @@ class AvgPool3d(Module):
         return functional.avg_pool3d_backward(grad_out, input_shape, **self._options())
 
     def extra_repr(self) -> str:
-        text = (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+        text = (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
                 f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
         if self.divisor_override is not None:
             text += f", divisor_override={self.divisor_override}"
-        return text
+        if self.dilation != 1:
+            text += f", dilation={self.dilation}"
+        return text + _layout_text(self)
 
 
 def _output_size_arg(value: Any) -> Any:
@@ -171,6 +206,9 @@ class AdaptiveAvgPool3d(Module):
     output_size : int or (int or None, int or None, int or None)
         (D_out, H_out, W_out); None keeps that input size. Output ``i`` averages the input range
         ``[floor(i*D/D_out), ceil((i+1)*D/D_out))`` along depth, likewise the others.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output and
+        the gradients (``(N, D, H, W, C)``: NDHWC runs natively).
 
     Examples
     --------
@@ -180,24 +218,28 @@ class AdaptiveAvgPool3d(Module):
     array([[[3., 4.]]])
     """
 
-    def __init__(self, output_size: AdaptiveSize3d) -> None:
+    _DIMS = 3
+
+    def __init__(self, output_size: AdaptiveSize3d, *, layout: str = "NCDHW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 3)
         self.output_size = _output_size_arg(output_size)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Average ``x``, shape (N, C, D, H, W) or (C, D, H, W), down to the output size."""
-        x = check_input(self, x, _NDIMS)
-        y = functional.adaptive_avg_pool3d(x, self.output_size)
+        """Average ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with ``layout='NDHWC'``),
+        down to the output size."""
+        x = check_input(self, x, _input_ndims(self))
+        y = functional.adaptive_avg_pool3d(x, self.output_size, layout=self.layout)
         self._save_for_backward(y, x.shape)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (input_shape,) = self._saved_for_backward(grad_out)
-        return functional.adaptive_avg_pool3d_backward(grad_out, input_shape)
+        return functional.adaptive_avg_pool3d_backward(grad_out, input_shape, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+        return f"output_size={self.output_size}{_layout_text(self)}"
 
 
 class AdaptiveMaxPool3d(Module):
@@ -209,6 +251,9 @@ class AdaptiveMaxPool3d(Module):
         (D_out, H_out, W_out); None keeps that input size.
     return_indices : bool, default False
         ``forward`` returns ``(y, indices)``, the flat ``d * H * W + h * W + w`` positions of the maxima.
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output and
+        the gradients (``(N, D, H, W, C)``: NDHWC runs natively).
 
     Examples
     --------
@@ -218,26 +263,29 @@ class AdaptiveMaxPool3d(Module):
     array([[[[[7.]]]]])
     """
 
-    def __init__(self, output_size: AdaptiveSize3d, return_indices: bool = False) -> None:
+    _DIMS = 3
+
+    def __init__(self, output_size: AdaptiveSize3d, return_indices: bool = False, *, layout: str = "NCDHW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 3)
         self.output_size = _output_size_arg(output_size)
         self.return_indices = as_bool("return_indices", return_indices)
 
     def forward(self, x: np.ndarray) -> Any:
-        """Max of ``x``, shape (N, C, D, H, W) or (C, D, H, W), over adaptive windows; ``(y, indices)`` with
-        ``return_indices``."""
-        x = check_input(self, x, _NDIMS)
-        y, indices = functional.adaptive_max_pool3d(x, self.output_size, return_indices=True)
+        """Max of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with ``layout='NDHWC'``), over
+        adaptive windows; ``(y, indices)`` with ``return_indices``."""
+        x = check_input(self, x, _input_ndims(self))
+        y, indices = functional.adaptive_max_pool3d(x, self.output_size, return_indices=True, layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (indices, input_shape) = self._saved_for_backward(grad_out)
-        return functional.max_pool3d_backward(grad_out, indices, input_shape)
+        return functional.max_pool3d_backward(grad_out, indices, input_shape, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+        return f"output_size={self.output_size}{_layout_text(self)}"
 
 
 class MaxUnpool3d(_MaxUnpoolNd):
@@ -293,11 +341,20 @@ class LPPool3d(Module):
     stride : int or (int, int, int), optional
         Defaults to ``kernel_size``.
     ceil_mode : bool, default False
+    padding : int, (int, int, int), ((int, int), (int, int), (int, int)), 'valid', 'same' or 'same_lower', default 0
+        Keyword only: zeros, as :func:`convx.lp_pool3d` takes them (ONNX's LpPool pads; not in
+        PyTorch).
+    dilation : int or (int, int, int), default 1
+        Keyword only: spacing between a window's taps (ONNX's; not in PyTorch).
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        Keyword only: channels first (PyTorch's) or channels last, for the input, the output and
+        the gradients (``(N, D, H, W, C)``: NDHWC runs natively).
 
     Notes
     -----
-    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out), each window's
-    ``(sum of x ** p) ** (1 / p)``. The input is kept from ``forward`` for the backward pass.
+    Input (N, C, D, H, W) or (C, D, H, W); output (N, C, D_out, H_out, W_out) (channels last with
+    ``layout='NDHWC'``), each window's ``(sum of x ** p) ** (1 / p)``. The input is kept from
+    ``forward`` for the backward pass.
 
     Examples
     --------
@@ -310,29 +367,43 @@ class LPPool3d(Module):
     array([[[[[0.6, 0.8]]]]])
     """
 
+    _DIMS = 3
+
     def __init__(self, norm_type: float, kernel_size: IntTriple, stride: IntTriple | None = None,
-                 ceil_mode: bool = False) -> None:
+                 ceil_mode: bool = False, *, padding: Padding3d = 0, dilation: IntTriple = 1,
+                 layout: str = "NCDHW") -> None:
         super().__init__()
+        self.layout = _layout_arg(layout, 3)
         self.norm_type = _norm_type(norm_type)
-        kernel, stride_, _, _ = _window_args(kernel_size, stride, 0, 1)
-        self.kernel_size, self.stride = _shown(kernel), _shown(stride_)
         self.ceil_mode = as_bool("ceil_mode", ceil_mode)
+        kernel, stride_, spec, dilation_ = _window_args(kernel_size, stride, padding, dilation, self.ceil_mode)
+        self.kernel_size, self.stride = _shown(kernel), _shown(stride_)
+        self.padding, self.dilation = _padding_kept(spec), _shown(dilation_)
 
     def _options(self) -> tuple[Any, ...]:
         return self.norm_type, self.kernel_size, self.stride, self.ceil_mode
 
+    def _keywords(self) -> dict[str, Any]:
+        return dict(padding=self.padding, dilation=self.dilation, layout=self.layout)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """The ``norm_type``-norm of each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W)."""
-        x = check_input(self, x, _NDIMS)
-        y = functional.lp_pool3d(x, *self._options())
+        """The ``norm_type``-norm of each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels
+        last with ``layout='NDHWC'``)."""
+        x = check_input(self, x, _input_ndims(self))
+        y = functional.lp_pool3d(x, *self._options(), **self._keywords())
         self._save_for_backward(y, x)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         """Input gradient for ``grad_out`` (the output's shape)."""
         grad_out, (x,) = self._saved_for_backward(grad_out)
-        return functional.lp_pool3d_backward(grad_out, x, *self._options())
+        return functional.lp_pool3d_backward(grad_out, x, *self._options(), **self._keywords())
 
     def extra_repr(self) -> str:
-        return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+        text = (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"ceil_mode={self.ceil_mode}")
+        if self.padding != 0:
+            text += f", padding={self.padding!r}"
+        if self.dilation != 1:
+            text += f", dilation={self.dilation}"
+        return text + _layout_text(self)

@@ -1,7 +1,8 @@
 """Reference 3-D pooling in pure NumPy, written from the formulas: the test oracle for
 ``convx.functional.pooling3d``.
 
-Signatures mirror the public functions (and ``torch.nn.functional``); arguments are trusted.
+Signatures mirror the public functions (and ``torch.nn.functional``), padding in every spelling
+they take (per side, 'valid', 'same', 'same_lower'), channels first only; arguments are trusted.
 Everything is vectorised over N and C and over the outputs; the loops run over kernel taps in
 window order (depth, then rows, then columns) or over adaptive outputs. Indices of maxima are
 flat ``d * H * W + h * W + w`` positions in each unpadded volume, as PyTorch's.
@@ -40,14 +41,41 @@ def _unbatch(array: np.ndarray, unbatched: bool) -> np.ndarray:
     return array[0] if unbatched else array
 
 
+def _sides(padding, sizes, kernel, stride, dilation) -> tuple:
+    """``padding`` as ((front, back), (top, bottom), (left, right)).
+
+    ``p`` pads every side, ``(pd, ph, pw)`` both sides of each axis, nested pairs each side as
+    given; ``'valid'`` pads nothing. ``'same'`` (ONNX's SAME_UPPER) pads an axis of length ``n`` by
+    the least total that gives ``ceil(n / s)`` windows, ``(ceil(n / s) - 1) * s + d * (k - 1) + 1 -
+    n`` (not below 0), half before and the odd one after; ``'same_lower'`` puts the odd one before.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0), (0, 0)
+        sides = []
+        for n, k, s, d in zip(sizes, kernel, stride, dilation):
+            total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+            half, rest = total // 2, total - total // 2
+            sides.append((half, rest) if padding == "same" else (rest, half))
+        return tuple(sides)
+    if isinstance(padding, (tuple, list)) and isinstance(padding[0], (tuple, list)):
+        return tuple((int(before), int(after)) for before, after in padding)
+    return tuple((p, p) for p in _triple(padding))
+
+
 def _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode):
+    """kernel, stride, the padding before each axis, dilation, the output sizes and the padding
+    after each axis."""
     kernel = _triple(kernel_size)
     stride = kernel if stride is None else _triple(stride)
-    padding, dilation = _triple(padding), _triple(dilation)
+    dilation = _triple(dilation)
+    sides = _sides(padding, sizes, kernel, stride, dilation)
+    before, after = tuple(b for b, _ in sides), tuple(a for _, a in sides)
     out = tuple(
-        pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d in zip(sizes, kernel, stride, padding, dilation)
+        pool_output_size(size, k, s, b, d, ceil_mode, a)
+        for size, k, s, b, a, d in zip(sizes, kernel, stride, before, after, dilation)
     )
-    return kernel, stride, padding, dilation, out
+    return kernel, stride, before, dilation, out, after
 
 
 def _tap_positions(offsets, out, stride, padding, dilation):
@@ -75,7 +103,7 @@ def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """
     x, unbatched = _batched(x)
     n, c, *sizes = x.shape
-    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
+    kernel, stride, padding, dilation, out, after = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
     best = np.full((n, c, *out), -np.inf, dtype=x.dtype)
     where = np.full((n, c, *out), -1, dtype=np.int64)
     for offsets in itertools.product(*(range(k) for k in kernel)):
@@ -103,13 +131,14 @@ def max_pool3d_backward(grad_out, indices, input_shape):
     return grad_x.reshape(tuple(input_shape))
 
 
-def _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override):
-    """(D_out, H_out, W_out) divisors: the override; the window's taps inside the padded input (a
-    ceil_mode window clipped to it); or those inside the input."""
+def _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override, after):
+    """(D_out, H_out, W_out) divisors: the override; the window's taps inside the padded input,
+    ``padding`` before and ``after`` after each axis (a ceil_mode window clipped to it); or those
+    inside the input."""
     if divisor_override is not None:
         return np.full(out, divisor_override, dtype=np.int64)
-    counts = [_taps_within(o, k, s, p, d, (-p, size + p) if count_include_pad else (0, size))
-              for size, o, k, s, p, d in zip(sizes, out, kernel, stride, padding, dilation)]
+    counts = [_taps_within(o, k, s, p, d, (-p, size + a) if count_include_pad else (0, size))
+              for size, o, k, s, p, d, a in zip(sizes, out, kernel, stride, padding, dilation, after)]
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
@@ -126,13 +155,13 @@ def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     x, unbatched = _batched(x)
     n, c, *sizes = x.shape
-    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
+    kernel, stride, padding, dilation, out, after = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
     total = np.zeros((n, c, *out), dtype=x.dtype)
     with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in the kernels
         for offsets in itertools.product(*(range(k) for k in kernel)):
             value, inside = _gather(x, _tap_positions(offsets, out, stride, padding, dilation), sizes)
             total += np.where(inside, value, 0)
-    divisor = _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override)
+    divisor = _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad, divisor_override, after)
     return _unbatch(total / divisor.astype(x.dtype), unbatched)
 
 
@@ -144,9 +173,9 @@ def avg_pool3d_backward(
     grad_out, unbatched = _batched(grad_out)
     n, c = grad_out.shape[:2]
     sizes = tuple(input_shape[-3:])
-    kernel, stride, padding, dilation, out = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
+    kernel, stride, padding, dilation, out, after = _geometry(sizes, kernel_size, stride, padding, dilation, ceil_mode)
     share = grad_out / _avg_divisor(sizes, out, kernel, stride, padding, dilation, count_include_pad,
-                                    divisor_override).astype(grad_out.dtype)
+                                    divisor_override, after).astype(grad_out.dtype)
     grad_x = np.zeros((n, c, *sizes), dtype=grad_out.dtype)
     for offsets in itertools.product(*(range(k) for k in kernel)):
         d, h, w = _tap_positions(offsets, out, stride, padding, dilation)
