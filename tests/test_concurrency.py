@@ -284,7 +284,8 @@ def test_every_kernel_is_listed():
                      "set_direct_conv", "depthwise_kernel", "set_depthwise_kernel",
                      "depthwise_implementation", "supported_gemm_kernels", "conv_implementation", "conv_ran",
                      "ConvConfig", "CachedMemory", "set_memory_cache_limit", "memory_cache_stats",
-                     "set_conv3d_column_budget", "set_conv3d_direct_rows", "conv3d_ran"} == set(KERNELS)
+                     "set_conv3d_column_budget", "set_conv3d_direct_rows", "set_conv3d_weight_band",
+                     "conv3d_ran"} == set(KERNELS)
 
 
 @pytest.mark.parametrize("name", KERNELS)

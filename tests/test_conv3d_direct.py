@@ -1,6 +1,7 @@
-"""The 3-D direct kernel (convx_direct_conv3d_rows: the 2-D direct tile with the depth taps among its
-taps) behind conv3d's forward and its stride-1 input gradient, where there are enough output
-channels to fill its lanes: against the NumPy reference of ``convx.reference.conv3d`` and against
+"""The 3-D direct kernels behind conv3d's forward and its stride-1 input gradient
+(convx_direct_conv3d_rows: the 2-D direct tile with the depth taps among its taps) and its weight
+gradient (convx_direct_weight_outer3d: the output channels as lanes), where there are enough output
+channels to fill their lanes: against the NumPy reference of ``convx.reference.conv3d`` and against
 the packed and tiled paths (the direct kernels turned off), over strides, dilations, per-side
 padding, groups, deep and wide kernels, chunks of rows, thread counts, GEMM levels, NaN and inf,
 and non-finite weights (which it leaves to the other paths)."""
@@ -41,6 +42,15 @@ def threads():
     before = _threads.get_num_threads()
     yield _threads.set_num_threads
     _threads.set_num_threads(before)
+
+
+@pytest.fixture
+def weight_band():
+    """Set the bytes of the direct weight gradient's per-thread buffer (bands of output slices)."""
+    before = _core.set_conv3d_weight_band(1 << 22)
+    _core.set_conv3d_weight_band(before)
+    yield _core.set_conv3d_weight_band
+    _core.set_conv3d_weight_band(before)
 
 
 @pytest.fixture
@@ -92,6 +102,32 @@ def test_stride_1_input_gradient_runs_direct_and_matches_the_reference(rng, name
     assert_close(grad_x, _without_direct(lambda: convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_weight_gradient_runs_direct_and_matches_the_reference(rng, name, dtype):
+    x, weight, _, kwargs = _arrays(rng, name, dtype)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(dtype)
+    grad_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    assert _core.conv3d_ran()["weight"] == "direct"
+    assert_close(grad_w, ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+    other = _without_direct(lambda: convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+    assert _core.conv3d_ran()["weight"] != "direct"
+    assert_close(grad_w, other)
+
+
+@pytest.mark.parametrize("nbytes", [1, 100_000])
+@pytest.mark.parametrize("name", ["3x3x3", "strided-dilated-per-side", "deep-kernel-in-padding", "depth-stride-3"])
+def test_weight_gradient_in_bands_of_slices(rng, weight_band, name, nbytes):
+    """Each thread's buffer holds a band of output slices (down to one) and the input slices it
+    reads; the bands' sums are added."""
+    x, weight, _, kwargs = _arrays(rng, name, np.float64)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape)
+    weight_band(nbytes)
+    assert_close(convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                 ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+    assert _core.conv3d_ran()["weight"] == "direct"
+
+
 def test_strided_input_gradient_is_not_direct(rng):
     x, weight, _, kwargs = _arrays(rng, "depth-stride-3", np.float32)
     grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(np.float32)
@@ -120,11 +156,16 @@ def test_chunks_of_rows(rng, direct_rows, name, nbytes):
 def test_threads_give_the_same_bits(rng, threads, name, n_threads):
     """Each output element is one tile's sum in a fixed order, whatever thread computes it."""
     x, weight, bias, kwargs = _arrays(rng, name, np.float32)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(np.float32)
     threads(1)
     expected = convx.conv3d(x, weight, bias, **kwargs)
+    expected_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
     threads(n_threads)
     np.testing.assert_array_equal(convx.conv3d(x, weight, bias, **kwargs), expected)
     assert _core.conv3d_ran()["forward"] == "direct"
+    # the weight gradient's threads sum partials over their shares: equal to rounding
+    assert_close(convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs), expected_w)
+    assert _core.conv3d_ran()["weight"] == "direct"
 
 
 @pytest.mark.parametrize("kernel", ["avx2", "avx512"])
@@ -139,6 +180,10 @@ def test_every_simd_level(rng, kernel):
                 x, weight, bias, kwargs = _arrays(rng, name, dtype)
                 assert_close(convx.conv3d(x, weight, bias, **kwargs), ref.conv3d(x, weight, bias, **kwargs))
                 assert _core.conv3d_ran()["forward"] == "direct"
+                grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(dtype)
+                assert_close(convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                             ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+                assert _core.conv3d_ran()["weight"] == "direct"
     finally:
         _core.set_gemm_kernel(before)
 
@@ -155,6 +200,14 @@ def test_nan_and_inf_in_the_input_propagate_as_the_reference(rng):
     finite = np.isfinite(expected)
     np.testing.assert_array_equal(y[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
     assert_close(y[finite], expected[finite])
+    grad_out = rng.standard_normal(y.shape)
+    grad_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    assert _core.conv3d_ran()["weight"] == "direct"
+    expected_w = ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(expected_w))
+    infinite = np.isinf(expected_w)
+    np.testing.assert_array_equal(grad_w[infinite], expected_w[infinite])
+    assert_close(grad_w[np.isfinite(expected_w)], expected_w[np.isfinite(expected_w)])
 
 
 def test_non_finite_weights_take_another_path(rng):
@@ -215,6 +268,8 @@ def test_bands_of_slices(rng, monkeypatch, name, whole_slices):
     assert_close(convx.conv3d(x, weight, bias, **kwargs), ref.conv3d(x, weight, bias, **kwargs))
     assert_close(convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs),
                  ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs))
+    assert_close(convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs),
+                 ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
     assert len(bands) > 2 * x.shape[0]
     if whole_slices:
-        assert _core.conv3d_ran() == {"forward": "direct", "input": "direct"}
+        assert _core.conv3d_ran() == {"forward": "direct", "input": "direct", "weight": "direct"}

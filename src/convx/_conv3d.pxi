@@ -38,14 +38,14 @@ cdef Py_ssize_t _col3d_budget = COL_BUDGET
 cdef Py_ssize_t _direct3d_rows_bytes = 512 * 1024
 
 
-# What the last forward and input gradient ran (for tests): "direct", "packed" (the depth-major
+# What the last forward, input and weight gradient ran (for tests): "direct", "packed" (the depth-major
 # 2-D packed kernels) or "tiles" (vol2col / col2vol).
-_conv3d_ran = {"forward": None, "input": None}
+_conv3d_ran = {"forward": None, "input": None, "weight": None}
 
 
 def conv3d_ran():
-    """{"forward": ..., "input": ...}: the implementation the last 3-D forward and input gradient
-    ran ("direct", "packed" or "tiles"; None before any)."""
+    """{"forward": ..., "input": ..., "weight": ...}: the implementation the last 3-D forward, input
+    gradient and weight gradient ran ("direct", "packed" or "tiles"; None before any)."""
     return dict(_conv3d_ran)
 
 
@@ -937,6 +937,109 @@ cdef void _weight_tile3d(const floating* grad_out, const floating* x, floating* 
               columns, ld, 1, partial + grp * g.c_out_g * g.col_rows, g.col_rows)
 
 
+# Bytes of one thread's buffer in _direct_weight3d (the zero-padded input slices of a band of output
+# slices, and the band's grad_out channels last): bands of output slices are cut to fit, so that
+# scratch stays bounded whatever the volume (C3D's whole 16 slices take 28 MB, one slice 3.4 MB).
+# Time hardly depends on it since the kernel reads grad_out in runs of rows that fit L2: C3D weight
+# gradient (2x64x16x56x56, 3x3x3, 64->64; Xeon family 6 model 167, AVX-512, 1 thread, machine
+# busy, medians of 5) 153-158 ms from 2 to 64 MiB; before the runs, 160 ms at 4 MiB, 340 at 16.
+cdef Py_ssize_t _outer3d_bytes = 4 << 20
+
+
+def set_conv3d_weight_band(Py_ssize_t nbytes):
+    """Bound the bytes of the 3-D direct weight gradient's per-thread buffer (for tests, which cut
+    volumes into bands of one output slice with it, and tuning; not thread-safe against running
+    calls); returns the bound before."""
+    global _outer3d_bytes
+    before = _outer3d_bytes
+    _outer3d_bytes = max(1, nbytes)
+    return before
+
+
+cdef bint _direct_weight3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end,
+                                   bint is_float) noexcept nogil:
+    """Whether _direct_weight3d computes the weight gradient of these output rows: convx's GEMM
+    level, whole output depth slices, not 1x1x1, output channels that fill the lanes, and the
+    direct kernels not turned off."""
+    if (_level() == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or g.direct_1x1 or g.c_out_g == 0 or g.c_in_g == 0
+            or row_begin % g.out_h or row_end % g.out_h):
+        return False
+    return _fills_lanes(g.c_out_g, is_float)
+
+
+cdef inline size_t _outer3d_buffer_bytes(int level, convx_conv_shape* s, convx_depth_axis* axis, Py_ssize_t band,
+                                        bint is_float) noexcept nogil:
+    if is_float:
+        return convx_direct_outer3d_buffer_size_f(level, s, axis, band) * sizeof(float)
+    return convx_direct_outer3d_buffer_size_d(level, s, axis, band) * sizeof(double)
+
+
+cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_t batch,
+                          floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
+                          int n_threads) except -1:
+    """grad_weight += the weight gradient of the output slices [od_begin, od_end) by
+    convx_direct_weight_outer3d (the output channels as lanes, rows of the gradient broadcast from
+    zero-padded input slices): threads take (image, band of output slices) items, each summing
+    into its own partial; the partials are added in thread order."""
+    cdef int level = _level(), team, tid
+    cdef convx_conv_shape s = _slice_shape(g)
+    cdef convx_conv_shape flat = s
+    cdef convx_depth_axis axis
+    cdef Py_ssize_t n_slices = od_end - od_begin, band, bands, n_items, item, part_size, buf_size, n, od0, od1
+    cdef Py_ssize_t image_in = g.groups * g.c_in_g * g.volume, image_out = g.groups * g.c_out_g * g.n_out, i
+    axis.depth = g.depth
+    axis.kd = g.kernel[0]
+    axis.sd = g.stride[0]
+    axis.pd = g.pad[0]
+    axis.dd = g.dilation[0]
+    axis.lo = 0
+    axis.hi = g.depth
+    flat.kh = g.kernel[0] * g.kernel[1]  # the partial's rows run over kD * kH * kW taps
+    cdef bint is_float = False
+    if floating is float:
+        is_float = True
+    band = n_slices
+    while band > 1 and _outer3d_buffer_bytes(level, &s, &axis, band, is_float) > <size_t> _outer3d_bytes:
+        band = (band + 1) // 2
+    if batch * ((n_slices + band - 1) // band) < 2 * n_threads:
+        band = max(1, min(band, n_slices * batch // (2 * n_threads)))
+    bands = (n_slices + band - 1) // band
+    n_items = batch * bands
+    team = _team(n_threads, n_items)
+    if floating is float:
+        part_size = convx_direct_outer_part_size_f(level, &flat)
+        buf_size = convx_direct_outer3d_buffer_size_f(level, &s, &axis, band)
+        dtype = np.float32
+    else:
+        part_size = convx_direct_outer_part_size_d(level, &flat)
+        buf_size = convx_direct_outer3d_buffer_size_d(level, &s, &axis, band)
+        dtype = np.float64
+    cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
+    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
+    cdef floating[:, ::1] total = np.empty_like(np.asarray(grad_weight))
+    with nogil:
+        with parallel(num_threads=team):
+            tid = threadid()
+            for item in prange(n_items, schedule='static'):
+                n = item // bands
+                od0 = od_begin + (item % bands) * band
+                od1 = min(od0 + band, od_end)
+                if floating is float:
+                    convx_direct_weight_outer3d_f(level, &s, &axis, grad_out + n * image_out, x + n * image_in,
+                                                  g.out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
+                else:
+                    convx_direct_weight_outer3d_d(level, &s, &axis, grad_out + n * image_out, x + n * image_in,
+                                                  g.out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
+        _sum_partials(&parts[0], team, part_size, &parts[0])
+        if floating is float:
+            convx_direct_outer_store_f(level, &flat, &parts[0], &total[0, 0])
+        else:
+            convx_direct_outer_store_d(level, &flat, &parts[0], &total[0, 0])
+        for i in range(total.shape[0] * total.shape[1]):
+            (&grad_weight[0, 0])[i] += (&total[0, 0])[i]
+    return 1
+
+
 def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
                            floating[:, ::1] grad_weight, int kernel_d, int kernel_h, int kernel_w,
                            int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -954,9 +1057,16 @@ def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const float
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
         return
+    if _direct_weight3d_applies(&g, row_begin, row_end, floating is float):
+        _direct_weight3d(&grad_out[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], batch, grad_weight, &g, row_begin // g.out_h,
+                         row_end // g.out_h, n_threads)
+        _conv3d_ran["weight"] = "direct"
+        return
     if _implicit_weight3d_applies(&g, row_begin, row_end):
+        _conv3d_ran["weight"] = "packed"
         _implicit_weight3d(grad_out, x, &grad_weight[0, 0], &g, row_begin // g.out_h, row_end // g.out_h, n_threads)
         return
+    _conv3d_ran["weight"] = "tiles"
     _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image

@@ -201,6 +201,16 @@ cdef extern from "_gemm.h" nogil:
     void convx_direct_conv_rows_d(int level, const convx_conv_shape* s, const double* packed, size_t group_size,
                                   const double* bias, const convx_epilogue* epi, const double* x, double* out, Py_ssize_t r0, Py_ssize_t r1,
                                   double* buf)
+    size_t convx_direct_outer3d_buffer_size_f(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                              Py_ssize_t slices)
+    size_t convx_direct_outer3d_buffer_size_d(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                              Py_ssize_t slices)
+    void convx_direct_weight_outer3d_f(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                       const float* grad_out, const float* x, Py_ssize_t out_d, Py_ssize_t od0,
+                                       Py_ssize_t od1, float* part, float* buf)
+    void convx_direct_weight_outer3d_d(int level, const convx_conv_shape* s, const convx_depth_axis* d,
+                                       const double* grad_out, const double* x, Py_ssize_t out_d, Py_ssize_t od0,
+                                       Py_ssize_t od1, double* part, double* buf)
     void convx_direct_conv3d_rows_f(int level, const convx_conv_shape* s, const convx_depth_axis* d,
                                     const float* packed, size_t group_size, const float* bias,
                                     const convx_epilogue* epi, const float* x, float* out, Py_ssize_t out_slice,

@@ -614,6 +614,81 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
     }
 }
 
+/* convx_direct_weight_outer for a 3-D convolution: the output slices [od0, od1) of one image (x and
+ * grad_out point at it; channels first, or channels last where s says so) added to part, whose rows
+ * k = ci * taps + t run over kd * kh * kw taps, t = (a * kh + i) * kw + j (part as
+ * convx_direct_outer_part_size for s with kh replaced by kd * kh). buf holds
+ * convx_direct_outer3d_buffer_size(s, d, od1 - od0) elements: the input slices the band reads,
+ * zero-padded, and the band's grad_out channels last. */
+static size_t GN(convx_direct_outer3d_buffer_size)(const convx_conv_shape *s, const convx_depth_axis *d,
+                                                   ptrdiff_t slices) {
+    const ptrdiff_t hp = convx_padded_height(s), wp = convx_padded_width(s);
+    const ptrdiff_t span = (slices - 1) * d->sd + (d->kd - 1) * d->dd + 1;
+    return (size_t)(s->groups * s->c_in_g * span * hp * wp) +
+           (size_t)(slices * s->out_h * s->out_w * s->groups * s->c_out_g) + GNR;
+}
+
+GTARGET static void GN(convx_direct_weight_outer3d)(const convx_conv_shape *s, const convx_depth_axis *d,
+                                                    const GT *CONVX_RESTRICT grad_out, const GT *CONVX_RESTRICT x,
+                                                    ptrdiff_t out_d, ptrdiff_t od0, ptrdiff_t od1,
+                                                    GT *CONVX_RESTRICT part, GT *CONVX_RESTRICT buf) {
+    const ptrdiff_t channels = s->groups * s->c_in_g, c_out = s->groups * s->c_out_g, taps2 = s->kh * s->kw;
+    const ptrdiff_t taps = d->kd * taps2, hp = convx_padded_height(s), wp = convx_padded_width(s);
+    const ptrdiff_t n_out = s->out_h * s->out_w, slices = od1 - od0;
+    const ptrdiff_t span = (slices - 1) * d->sd + (d->kd - 1) * d->dd + 1, first = od0 * d->sd - d->pd;
+    const ptrdiff_t k = s->c_in_g * taps, row_tiles = (k + GMR - 1) / GMR, blocks = (s->c_out_g + GNR - 1) / GNR;
+    GT *xp = buf, *go = buf + channels * span * hp * wp;
+    ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS], roff[GMR];
+    memset(go + slices * n_out * c_out, 0, GNR * sizeof(GT));
+    memset(xp, 0, (size_t)(channels * span * hp * wp) * sizeof(GT));
+    for (ptrdiff_t z = 0; z < span; z++) {
+        const ptrdiff_t id = first + z;
+        if (id < 0 || id >= d->depth) continue;
+        for (ptrdiff_t c = 0; c < channels; c++)
+            for (ptrdiff_t ih = 0; ih < s->height; ih++) {
+                GT *row = xp + ((c * span + z) * hp + ih + s->ph) * wp + s->pw;
+                if (s->x_last) {
+                    const GT *src = x + ((id * s->height + ih) * s->width) * channels + c;
+                    for (ptrdiff_t iw = 0; iw < s->width; iw++) row[iw] = src[iw * channels];
+                } else {
+                    memcpy(row, x + ((c * d->depth + id) * s->height + ih) * s->width, (size_t)s->width * sizeof(GT));
+                }
+            }
+    }
+    if (s->out_last)
+        memcpy(go, grad_out + od0 * n_out * c_out, (size_t)(slices * n_out * c_out) * sizeof(GT));
+    else
+        for (ptrdiff_t row = 0; row < slices * s->out_h; row++)
+            GN(convx_direct_row_nhwc)(grad_out + (od0 * s->out_h + row) * s->out_w, out_d * n_out, c_out, s->out_w,
+                                      go + row * s->out_w * c_out, c_out);
+    /* runs of output rows whose grad_out fits in L2 beside the input rows, as every row tile reads them */
+    ptrdiff_t run = CONVX_DIRECT_LAST_BAND_BYTES / (ptrdiff_t)((size_t)(s->out_w * c_out) * sizeof(GT));
+    if (run < 1) run = 1;
+    if (run > CONVX_DIRECT_SEGS) run = CONVX_DIRECT_SEGS;
+    for (ptrdiff_t o0 = 0; o0 < slices * s->out_h; o0 += run) {
+        const ptrdiff_t segs = slices * s->out_h - o0 < run ? slices * s->out_h - o0 : run;
+        for (ptrdiff_t u = 0; u < segs; u++) {
+            const ptrdiff_t row = o0 + u;
+            aoff[u] = ((row / s->out_h) * d->sd * hp + (row % s->out_h) * s->sh) * wp;
+            boff[u] = row * s->out_w * c_out;
+        }
+        for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+            for (ptrdiff_t rt = 0; rt < row_tiles; rt++) {
+                for (int r = 0; r < GMR; r++) {
+                    const ptrdiff_t kr = rt * GMR + r < k ? rt * GMR + r : k - 1;
+                    const ptrdiff_t ci = kr / taps, a = kr % taps / taps2, t = kr % taps2;
+                    roff[r] = (((grp * s->c_in_g + ci) * span + a * d->dd) * hp + t / s->kw * s->dh) * wp +
+                              t % s->kw * s->dw;
+                }
+                GT *tile_part = part + (grp * row_tiles + rt) * blocks * GMR * GNR;
+                for (ptrdiff_t blk = 0; blk < blocks; blk++)
+                    GN(convx_direct_weight_tile_strided)(xp, roff, s->sw, aoff, boff, segs, s->out_w, c_out,
+                                                         go + grp * s->c_out_g + blk * GNR,
+                                                         tile_part + blk * GMR * GNR);
+            }
+    }
+}
+
 /* grad_weight from convx_direct_weight_outer's partial. */
 static void GN(convx_direct_outer_store)(const convx_conv_shape *s, const GT *CONVX_RESTRICT part,
                                          GT *CONVX_RESTRICT grad_weight) {

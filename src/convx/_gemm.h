@@ -455,6 +455,19 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         else                                                                                              \
             convx_direct_weight_outer_##S##256(s, grad_out, x, n_images, part, buf);                      \
     }                                                                                                     \
+    static size_t convx_direct_outer3d_buffer_size_##S(int level, const convx_conv_shape *s,              \
+                                                       const convx_depth_axis *d, ptrdiff_t slices) {      \
+        return level == CONVX_GEMM_AVX512 ? convx_direct_outer3d_buffer_size_##S##512(s, d, slices)       \
+                                          : convx_direct_outer3d_buffer_size_##S##256(s, d, slices);      \
+    }                                                                                                     \
+    static void convx_direct_weight_outer3d_##S(int level, const convx_conv_shape *s, const convx_depth_axis *d, \
+                                                const T *grad_out, const T *x, ptrdiff_t out_d, ptrdiff_t od0, \
+                                                ptrdiff_t od1, T *part, T *buf) {                         \
+        if (level == CONVX_GEMM_AVX512)                                                                   \
+            convx_direct_weight_outer3d_##S##512(s, d, grad_out, x, out_d, od0, od1, part, buf);          \
+        else                                                                                              \
+            convx_direct_weight_outer3d_##S##256(s, d, grad_out, x, out_d, od0, od1, part, buf);          \
+    }                                                                                                     \
     static void convx_direct_outer_store_##S(int level, const convx_conv_shape *s, const T *part,         \
                                              T *grad_weight) {                                            \
         if (level == CONVX_GEMM_AVX512)                                                                   \
@@ -658,6 +671,11 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
     static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }  \
     static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \
                                               const T *x, ptrdiff_t n_images, T *part, T *buf) {}         \
+    static size_t convx_direct_outer3d_buffer_size_##S(int level, const convx_conv_shape *s,              \
+                                                       const convx_depth_axis *d, ptrdiff_t slices) { return 0; } \
+    static void convx_direct_weight_outer3d_##S(int level, const convx_conv_shape *s, const convx_depth_axis *d, \
+                                                const T *grad_out, const T *x, ptrdiff_t out_d, ptrdiff_t od0, \
+                                                ptrdiff_t od1, T *part, T *buf) {}                        \
     static void convx_direct_outer_store_##S(int level, const convx_conv_shape *s, const T *part,         \
                                              T *grad_weight) {}                                           \
     static size_t convx_direct_weight_part_size_##S(int level, const convx_conv_shape *s, ptrdiff_t tiles) { \
