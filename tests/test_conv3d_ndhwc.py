@@ -21,7 +21,9 @@ import convx.functional as F
 from convx import _batching, _threads, nn
 from convx.reference import conv3d as ref
 from conftest import DTYPES, assert_close
-from test_conv3d import ALL_CASES, CASES, GRADIENT_CASES, REFERENCE_PADDING, _arrays, _t, _torch_padding
+from test_conv3d import ALL_CASES as FIRST_CASES
+from test_conv3d import CASES as FIRST_TORCH_CASES
+from test_conv3d import GRADIENT_CASES, REFERENCE_PADDING, _t, _torch_padding
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -44,6 +46,27 @@ def first(array):
 
 
 NDHWC = dict(layout="NDHWC")
+
+# test_conv3d's cases, and more with one input channel per group (the channels-last kernels'
+# depthwise loops) and few channels per group (their products per group).
+EXTRA_CASES = {
+    "depthwise-dilated": ((2, 5, 7, 6, 8), (5, 1, 3, 2, 3), dict(groups=5, dilation=(2, 1, 2), stride=(2, 1, 3),
+                                                                 padding=((1, 2), (0, 1), (2, 0)))),
+    "depthwise-multiplier-3": ((1, 4, 5, 4, 6), (12, 1, 2, 3, 3), dict(groups=4, padding=(0, 1, 1), stride=(1, 1, 2))),
+    "depthwise-1x1x1": ((2, 6, 3, 4, 5), (6, 1, 1, 1, 1), dict(groups=6)),
+    "pointwise-grouped": ((2, 6, 3, 4, 5), (9, 2, 1, 1, 1), dict(groups=3)),
+    "7x7x7-stride-2": ((1, 3, 9, 10, 11), (8, 3, 7, 7, 7), dict(stride=2, padding=3)),
+}
+CASES = {**FIRST_TORCH_CASES, **EXTRA_CASES}
+ALL_CASES = {**FIRST_CASES, **EXTRA_CASES}
+
+
+def _arrays(rng, case, dtype):
+    x_shape, w_shape, kwargs = ALL_CASES[case]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = None if case.startswith("bias-free") else rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, weight, bias, kwargs
 
 
 # --- against channels first, the reference and PyTorch ----------------------------------------------
@@ -174,7 +197,8 @@ def test_ndhwc_gradients_match_central_differences(case, rng):
 # --- threads, bands, odd inputs -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ["odd-stride-2", "wide-strided", "groups", "depthwise", "1x1x1-strided"])
+@pytest.mark.parametrize("case", ["odd-stride-2", "wide-strided", "groups", "depthwise", "depthwise-multiplier-3",
+                                  "1x1x1-strided"])
 def test_thread_counts_give_the_same_results(rng, num_threads, dtype, case):
     x, weight, bias, kwargs = _arrays(rng, case, dtype)
     x = last(x)
@@ -193,16 +217,21 @@ def test_thread_counts_give_the_same_results(rng, num_threads, dtype, case):
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bands_of_output_rows_give_what_one_call_gives(rng, num_threads, dtype, n_threads, monkeypatch):
+@pytest.mark.parametrize("case", ["odd-stride-2", "depthwise-dilated", "depthwise-multiplier-3"])
+def test_bands_of_output_rows_give_what_one_call_gives(rng, num_threads, dtype, n_threads, case, monkeypatch):
+    """A volume whose work exceeds one call's is computed in bands of output rows (Ctrl-C is seen
+    between them): the same outputs, the gradients summed or scattered band after band."""
     num_threads(n_threads)
-    x, weight, bias, kwargs = _arrays(rng, "odd-stride-2", dtype)
+    x, weight, bias, kwargs = _arrays(rng, case, dtype)
     x = last(x)
     grad_out = rng.standard_normal(convx.conv3d(x, weight, bias, **kwargs, **NDHWC).shape).astype(dtype)
 
     def run():
         return (convx.conv3d(x, weight, bias, **kwargs, **NDHWC),
                 *convx.conv3d_backward(grad_out, x, weight, **kwargs, **NDHWC),
-                convx.conv_transpose3d(grad_out, weight, stride=2, padding=1, output_size=x.shape[1:4], **NDHWC))
+                convx.conv_transpose3d(grad_out, weight, **kwargs, output_size=x.shape[1:4], **NDHWC),
+                convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs, **NDHWC),
+                convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs, **NDHWC))
 
     whole = run()
     calls = []
@@ -213,6 +242,7 @@ def test_bands_of_output_rows_give_what_one_call_gives(rng, num_threads, dtype, 
     assert len(calls) == x.shape[0] * whole[0].shape[1] * whole[0].shape[2]  # one call per output row of each image
     for ours, expected in zip(banded, whole):
         assert_close(ours, expected)
+
 
 
 @pytest.mark.parametrize("budget", [1, 7, 64])
@@ -341,17 +371,19 @@ def _extra_memory(call):
     return peak - sum(array.nbytes for array in returned)
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("op", ["forward", "input", "weight", "fused", "transpose"])
-def test_scratch_memory_does_not_grow_with_the_batch(rng, num_threads, op):
+def test_scratch_memory_does_not_grow_with_the_batch(rng, num_threads, op, depthwise):
     """The column tiles are per thread and bounded: a batch of 16 volumes takes no more scratch than
     one of 2 beyond what its contiguous copies of the inputs need (none here: they are contiguous)."""
     num_threads(2)
-    weight = rng.standard_normal((8, 6, 3, 3, 3)).astype(np.float32)
-    kwargs = dict(padding=1)
+    weight = rng.standard_normal((6, 1, 3, 3, 3) if depthwise else (8, 6, 3, 3, 3)).astype(np.float32)
+    c_out = weight.shape[0]
+    kwargs = dict(padding=1, groups=6 if depthwise else 1)
 
     def extra(batch):
         x = rng.standard_normal((batch, 8, 10, 12, 6)).astype(np.float32)
-        grad_out = rng.standard_normal((batch, 8, 10, 12, 8)).astype(np.float32)
+        grad_out = rng.standard_normal((batch, 8, 10, 12, c_out)).astype(np.float32)
         calls = {
             "forward": lambda: convx.conv3d(x, weight, **kwargs, **NDHWC),
             "input": lambda: convx.conv3d_backward_input(grad_out, weight, x.shape, **kwargs, **NDHWC),

@@ -72,6 +72,7 @@ cdef void _row2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t c_in, Py_s
     + e)*nch + c]: the adjoint of _vol2row, same arguments."""
     cdef Py_ssize_t q, od, oh, ow, a, b, e, in_d, in_h, in_w, rest, c
     cdef Py_ssize_t kh = g.kernel[1], kw = g.kernel[2], plane = g.out_h * g.out_w
+    cdef bint whole_row = g.dilation[2] == 1 and nch == c_in  # the kW taps of a row add to one run
     cdef const floating* src = col
     cdef floating* dst
     od = q0 // plane
@@ -90,6 +91,12 @@ cdef void _row2vol(const floating* col, Conv3dGeometry* g, Py_ssize_t c_in, Py_s
                     src += kw * nch
                     continue
                 in_w = ow * g.stride[2] - g.pad[2]
+                if whole_row and in_w >= 0 and in_w + kw <= g.width:
+                    dst = image + ((in_d * g.height + in_h) * g.width + in_w) * c_in + c0
+                    for c in range(kw * nch):
+                        dst[c] += src[c]
+                    src += kw * nch
+                    continue
                 for e in range(kw):
                     if in_w >= 0 and in_w < g.width:
                         dst = image + ((in_d * g.height + in_h) * g.width + in_w) * c_in + c0
@@ -162,6 +169,9 @@ def conv3d_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, 
     cdef bint has_bias = bias.shape[0] > 0
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
+    if _depthwise_last(&g):
+        _depthwise_forward_last(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
+        return
     _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
@@ -223,6 +233,9 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
+    if _depthwise_last(&g):
+        _depthwise_input_last(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
+        return
     _conv3d_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
     parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))
@@ -250,7 +263,9 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
 
 cdef void _weight_tile_last(const floating* grad_out, const floating* x, floating* partial, Conv3dGeometry* g,
                             Py_ssize_t tile, Py_ssize_t q_begin, Py_ssize_t q_end, floating* col) noexcept nogil:
-    """partial[grp] += grad_out[tile, grp]^T @ vol2row(x[grp], tile) for one image's tile and every group."""
+    """partial[grp] += vol2row(x[grp], tile)^T @ grad_out[tile, grp] for one image's tile and every group:
+    the gradient transposed, (kD*kH*kW * C_in/groups, C_out/groups) per group (BLAS took 0.90 of the
+    untransposed product's time on the C3D layer's tiles, 606 x 1728 x 64, one thread)."""
     cdef Py_ssize_t q0, q1, n, grp
     cdef Py_ssize_t c_in = g.groups * g.c_in_g, c_out = g.groups * g.c_out_g
     cdef const floating* rows
@@ -265,8 +280,9 @@ cdef void _weight_tile_last(const floating* grad_out, const floating* x, floatin
             _vol2row(x, g, c_in, grp * g.c_in_g, g.c_in_g, q0, q1, col)
             rows = col
             ld = <int> g.col_rows
-        _gemm(True, False, <int> g.c_out_g, <int> g.col_rows, <int> n, 1, grad_out + q0 * c_out + grp * g.c_out_g,
-              <int> c_out, rows, ld, 1, partial + grp * g.c_out_g * g.col_rows, <int> g.col_rows)
+        _gemm(True, False, <int> g.col_rows, <int> g.c_out_g, <int> n, 1, rows, ld,
+              grad_out + q0 * c_out + grp * g.c_out_g, <int> c_out, 1, partial + grp * g.c_out_g * g.col_rows,
+              <int> g.c_out_g)
 
 
 def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
@@ -276,15 +292,19 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
                                 Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads):
     """grad_weight += sum_n grad_out[n, rows]^T @ vol2row(x[n], rows) over the output rows [row_begin,
     row_end), channels last; grad_weight is (C_out, kD*kH*kW * C_in/groups), tap-major. Each thread
-    sums its tiles in its own partial; the partials are added in thread order after the parallel block."""
+    sums its tiles in its own partial (transposed per group); the partials are added in thread order
+    after the parallel block."""
     cdef Conv3dGeometry g = _last_geometry(x.shape[4], x.shape[1], x.shape[2], x.shape[3], grad_out.shape[4],
                                            grad_out.shape[1], grad_out.shape[2], grad_out.shape[3],
                                            kernel_d, kernel_h, kernel_w, stride_d, stride_h, stride_w,
                                            pad_d, pad_h, pad_w, dilation_d, dilation_h, dilation_w, groups)
-    cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, i, t
+    cdef Py_ssize_t batch = x.shape[0], per_image, n_items, item, tid, col_size, i, t, grp, co, k
     cdef Py_ssize_t w_size = grad_weight.shape[0] * grad_weight.shape[1]
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
+        return
+    if _depthwise_last(&g):
+        _depthwise_weight_last(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)
         return
     _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
@@ -302,6 +322,200 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
                 _weight_tile_last(&grad_out[item // per_image, 0, 0, 0, 0], &x[item // per_image, 0, 0, 0, 0],
                                   &parts[tid * w_size], &g, item % per_image, q_begin, q_end, &col[tid * col_size])
     with nogil:
-        for t in range(team):
+        for t in range(1, team):
             for i in range(w_size):
-                total[i] += parts[t * w_size + i]
+                parts[i] += parts[t * w_size + i]
+        for grp in range(groups):
+            for co in range(g.c_out_g):
+                for k in range(g.col_rows):
+                    total[(grp * g.c_out_g + co) * g.col_rows + k] += parts[(grp * g.col_rows + k) * g.c_out_g + co]
+
+
+# One input channel per group (depthwise, any multiplier m = C_out / groups): a product per group
+# of P voxels by kD*kH*kW taps by m filters leaves BLAS nothing to block (the benchmark's depthwise3d,
+# 2x64x16x56x56 3x3x3, took 4-7x the channels-first kernels' time that way); these loops run along
+# the channels instead, contiguous in every row, with the weight as (taps, C_out).
+
+cdef inline bint _depthwise_last(Conv3dGeometry* g) noexcept nogil:
+    """Whether the channels-last kernels take this convolution by their depthwise loops."""
+    return g.c_in_g == 1 and g.groups > 1
+
+
+cdef void _depthwise_row_forward(const floating* x, const floating* weight, const floating* bias, floating* out,
+                                 Conv3dGeometry* g, Py_ssize_t od, Py_ssize_t oh) noexcept nogil:
+    """out[od, oh, :, co] = bias[co] + sum_taps x[tap's voxel, co // m] * weight[tap, co] for one output
+    row of one image; weight is (taps, C_out)."""
+    cdef Py_ssize_t c_out = g.groups * g.c_out_g, c_in = g.groups, m = g.c_out_g
+    cdef Py_ssize_t ow, a, b, e, c, j, in_d, in_h, in_w, tap
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* w
+    for ow in range(g.out_w):
+        dst = out + ((od * g.out_h + oh) * g.out_w + ow) * c_out
+        if bias != NULL:
+            for c in range(c_out):
+                dst[c] = bias[c]
+        else:
+            memset(dst, 0, c_out * sizeof(floating))
+        for a in range(g.kernel[0]):
+            in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
+            if in_d < 0 or in_d >= g.depth:
+                continue
+            for b in range(g.kernel[1]):
+                in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
+                if in_h < 0 or in_h >= g.height:
+                    continue
+                for e in range(g.kernel[2]):
+                    in_w = ow * g.stride[2] - g.pad[2] + e * g.dilation[2]
+                    if in_w < 0 or in_w >= g.width:
+                        continue
+                    tap = (a * g.kernel[1] + b) * g.kernel[2] + e
+                    src = x + ((in_d * g.height + in_h) * g.width + in_w) * c_in
+                    w = weight + tap * c_out
+                    if m == 1:
+                        for c in range(c_out):
+                            dst[c] += src[c] * w[c]
+                    else:
+                        for c in range(c_in):
+                            for j in range(m):
+                                dst[c * m + j] += src[c] * w[c * m + j]
+
+
+cdef int _depthwise_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, ::1] weight,
+                                 const floating* bias, floating[:, :, :, :, ::1] out, Conv3dGeometry* g,
+                                 Py_ssize_t row_begin, Py_ssize_t row_end, int n_threads) except -1:
+    """The forward of the output rows [row_begin, row_end) by _depthwise_row_forward, one (image, row)
+    item at a time; weight as the forward's (groups, taps, m)."""
+    cdef Py_ssize_t rows = row_end - row_begin, n_items = x.shape[0] * rows, item, r
+    by_tap = np.ascontiguousarray(np.asarray(weight).transpose(1, 0, 2)).reshape(g.taps, -1)
+    cdef const floating[:, ::1] w = by_tap
+    with nogil:
+        for item in prange(n_items, schedule='static', num_threads=_team(n_threads, n_items)):
+            r = row_begin + item % rows
+            _depthwise_row_forward(&x[item // rows, 0, 0, 0, 0], &w[0, 0], bias, &out[item // rows, 0, 0, 0, 0], g,
+                                   r // g.out_h, r % g.out_h)
+    return 0
+
+
+cdef inline bint _tap_output(Py_ssize_t i, Py_ssize_t k, Conv3dGeometry* g, int axis, Py_ssize_t size,
+                             Py_ssize_t* o) noexcept nogil:
+    """Whether input position i is read by tap k of an output o along ``axis`` (o set where it is)."""
+    cdef Py_ssize_t t = i + g.pad[axis] - k * g.dilation[axis]
+    if t < 0 or t % g.stride[axis]:
+        return False
+    o[0] = t // g.stride[axis]
+    return o[0] < size
+
+
+cdef void _depthwise_row_input(const floating* grad_out, const floating* weight, floating* grad_in,
+                               Conv3dGeometry* g, Py_ssize_t in_d, Py_ssize_t in_h, Py_ssize_t row_begin,
+                               Py_ssize_t row_end) noexcept nogil:
+    """grad_in[in_d, in_h, :, c] += sum over the taps and filters reading it from the output rows
+    [row_begin, row_end) of grad_out[.., c*m + j] * weight[tap, c*m + j]: one input row gathered."""
+    cdef Py_ssize_t c_out = g.groups * g.c_out_g, c_in = g.groups, m = g.c_out_g
+    cdef Py_ssize_t iw, a, b, e, c, j, od, oh, ow, r, tap
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* w
+    cdef floating total
+    for a in range(g.kernel[0]):
+        if not _tap_output(in_d, a, g, 0, g.out_d, &od):
+            continue
+        for b in range(g.kernel[1]):
+            if not _tap_output(in_h, b, g, 1, g.out_h, &oh):
+                continue
+            r = od * g.out_h + oh
+            if r < row_begin or r >= row_end:
+                continue
+            for iw in range(g.width):
+                dst = grad_in + ((in_d * g.height + in_h) * g.width + iw) * c_in
+                for e in range(g.kernel[2]):
+                    if not _tap_output(iw, e, g, 2, g.out_w, &ow):
+                        continue
+                    tap = (a * g.kernel[1] + b) * g.kernel[2] + e
+                    src = grad_out + (r * g.out_w + ow) * c_out
+                    w = weight + tap * c_out
+                    if m == 1:
+                        for c in range(c_in):
+                            dst[c] += src[c] * w[c]
+                    else:
+                        for c in range(c_in):
+                            total = 0
+                            for j in range(m):
+                                total = total + src[c * m + j] * w[c * m + j]
+                            dst[c] += total
+
+
+cdef int _depthwise_input_last(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                               floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t row_begin,
+                               Py_ssize_t row_end, int n_threads) except -1:
+    """grad_in += the input gradient of the output rows [row_begin, row_end), gathered per input row
+    (_depthwise_row_input): each (image, input row) item writes its own row; weight is PyTorch's (C_out, taps)."""
+    cdef Py_ssize_t rows = g.depth * g.height, n_items = grad_in.shape[0] * rows, item, r
+    by_tap = np.ascontiguousarray(np.asarray(weight).T)
+    cdef const floating[:, ::1] w = by_tap
+    with nogil:
+        for item in prange(n_items, schedule='static', num_threads=_team(n_threads, n_items)):
+            r = item % rows
+            _depthwise_row_input(&grad_out[item // rows, 0, 0, 0, 0], &w[0, 0], &grad_in[item // rows, 0, 0, 0, 0], g,
+                                 r // g.height, r % g.height, row_begin, row_end)
+    return 0
+
+
+cdef void _depthwise_row_weight(const floating* grad_out, const floating* x, floating* partial, Conv3dGeometry* g,
+                                Py_ssize_t od, Py_ssize_t oh) noexcept nogil:
+    """partial[tap, co] += sum_ow grad_out[od, oh, ow, co] * x[tap's voxel, co // m] for one output row."""
+    cdef Py_ssize_t c_out = g.groups * g.c_out_g, c_in = g.groups, m = g.c_out_g
+    cdef Py_ssize_t ow, a, b, e, c, j, in_d, in_h, in_w, tap
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* dy
+    for ow in range(g.out_w):
+        dy = grad_out + ((od * g.out_h + oh) * g.out_w + ow) * c_out
+        for a in range(g.kernel[0]):
+            in_d = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
+            if in_d < 0 or in_d >= g.depth:
+                continue
+            for b in range(g.kernel[1]):
+                in_h = oh * g.stride[1] - g.pad[1] + b * g.dilation[1]
+                if in_h < 0 or in_h >= g.height:
+                    continue
+                for e in range(g.kernel[2]):
+                    in_w = ow * g.stride[2] - g.pad[2] + e * g.dilation[2]
+                    if in_w < 0 or in_w >= g.width:
+                        continue
+                    tap = (a * g.kernel[1] + b) * g.kernel[2] + e
+                    src = x + ((in_d * g.height + in_h) * g.width + in_w) * c_in
+                    dst = partial + tap * c_out
+                    if m == 1:
+                        for c in range(c_out):
+                            dst[c] += dy[c] * src[c]
+                    else:
+                        for c in range(c_in):
+                            for j in range(m):
+                                dst[c * m + j] += dy[c * m + j] * src[c]
+
+
+cdef int _depthwise_weight_last(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
+                                floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t row_begin,
+                                Py_ssize_t row_end, int n_threads) except -1:
+    """grad_weight (C_out, taps) += the weight gradient of the output rows [row_begin, row_end): (image,
+    output row) items summed into per-thread (taps, C_out) partials, added in thread order after."""
+    cdef Py_ssize_t rows = row_end - row_begin, n_items = x.shape[0] * rows, item, r, t, tap, co
+    cdef Py_ssize_t c_out = g.groups * g.c_out_g, w_size = g.taps * c_out
+    cdef int team = _team(n_threads, n_items), tid
+    cdef floating[:, ::1] parts = np.zeros((team, w_size), dtype=np.asarray(grad_weight).dtype)
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        for item in prange(n_items, schedule='static'):
+            r = row_begin + item % rows
+            _depthwise_row_weight(&grad_out[item // rows, 0, 0, 0, 0], &x[item // rows, 0, 0, 0, 0], &parts[tid, 0],
+                                  g, r // g.out_h, r % g.out_h)
+    with nogil:
+        for t in range(1, team):
+            for tap in range(w_size):
+                parts[0, tap] += parts[t, tap]
+        for co in range(c_out):
+            for tap in range(g.taps):
+                grad_weight[co, tap] += parts[0, tap * c_out + co]
+    return 0

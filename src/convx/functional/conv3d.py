@@ -249,7 +249,10 @@ def _forward(x: AnyArray, weight: AnyArray, bias: AnyArray | None, out: AnyArray
 def _input_gradient(grad_out: AnyArray, weight: AnyArray, grad_x: AnyArray, plan: _Conv3dPlan,
                     last: bool = False) -> None:
     """grad_x := conv3d's input gradient for C-contiguous arrays in the layout ``last`` says (grad_x is
-    zeroed first)."""
+    zeroed first). Channels last, the columns' products are scattered back at every stride: a
+    stride-1 convolution's gradient as the forward kernels' correlation of grad_out with the flipped
+    weight (no scatter) took 0.98x the scatter's time on the benchmark's C3D layer and 1.34x on its
+    3-D U-Net layer (32 <- 64 channels: a product 32 columns wide), one thread, busy machine."""
     grad_x[...] = 0
     n_threads = plan.threads(weight.shape)
     flat = _flat(weight)
