@@ -16,6 +16,23 @@
 # BLAS is held at one thread while the team calls it.
 
 
+# Elements of one thread's column tile at most here (and at most the 3-D kernels' budget, which
+# tests lower): a quarter of the channels-first tiles' bound. The tile is written and read back by
+# BLAS, and 1 Mi float elements (4 MiB) leave the cache in between: the benchmark's C3D layer
+# (2x64x16x56x56, 3x3x3, one thread, busy machine; forward / input / weight gradient in ms) took
+# 178 / 184 / 202 with 1 Mi, 182 / 182 / 171 with 256 Ki, 199 / 201 / 167 with 128 Ki; its
+# 7x7x7 stride-2 stem 59 / 60 / 67, 55 / 56 / 62 and 59 / 60 / 58.
+cdef enum:
+    LAST_TILE_ELEMENTS = 1 << 18
+
+
+cdef void _last_tiles(Conv3dGeometry* g, Py_ssize_t n_images, Py_ssize_t n_voxels, int n_threads) noexcept nogil:
+    """_conv3d_tiles, the column tile held to LAST_TILE_ELEMENTS too."""
+    _conv3d_tiles(g, n_images, n_voxels, n_threads)
+    if not g.direct_1x1:
+        g.tile_cols = min(g.tile_cols, max(1, LAST_TILE_ELEMENTS // max(1, g.col_rows)))
+
+
 cdef void _vol2row(const floating* image, Conv3dGeometry* g, Py_ssize_t c_in, Py_ssize_t c0, Py_ssize_t nch,
                    Py_ssize_t q0, Py_ssize_t q1, floating* col) noexcept nogil:
     """col[q - q0, ((a*kH + b)*kW + e)*nch + c] = image[od*sD - pD + a*dD, oh*sH - pH + b*dH,
@@ -172,7 +189,7 @@ def conv3d_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, 
     if _depthwise_last(&g):
         _depthwise_forward_last(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
         return
-    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    _last_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
     cdef int team = _team(n_threads, n_items)
@@ -236,7 +253,7 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
     if _depthwise_last(&g):
         _depthwise_input_last(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
         return
-    _conv3d_tiles(&g, batch, q_end - q_begin, 0)
+    _last_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
     parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))
     per_image = groups * parts
@@ -306,7 +323,7 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
     if _depthwise_last(&g):
         _depthwise_weight_last(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)
         return
-    _conv3d_tiles(&g, batch, q_end - q_begin, n_threads)
+    _last_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
     cdef int team = _team(n_threads, n_items)
