@@ -179,6 +179,7 @@ def _kernel_call(name, batch):
         volumes = rng.standard_normal((batch, 8, 8, 16, 16))
         weight = rng.standard_normal((8, 8 * 27))
         geometry = (3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 8 * 16)
+        last = np.ascontiguousarray(np.moveaxis(volumes, 1, -1))
         return {
             "conv3d_forward": (core.conv3d_forward, (volumes, weight, np.zeros(8), np.empty_like(volumes), *geometry,
                                                      1)),
@@ -186,6 +187,13 @@ def _kernel_call(name, batch):
                                                                    1)),
             "conv3d_backward_weight": (core.conv3d_backward_weight, (volumes, volumes, np.zeros_like(weight),
                                                                      *geometry, 1)),
+            # channels last: (batch, 8, 16, 16, 8) volumes, the forward's weight (groups, taps * C_in, C_out)
+            "conv3d_forward_last": (core.conv3d_forward_last, (last, weight.reshape(1, 8 * 27, 8), np.zeros(8),
+                                                               np.empty_like(last), *geometry, 1)),
+            "conv3d_backward_input_last": (core.conv3d_backward_input_last, (last, weight, np.zeros_like(last),
+                                                                             *geometry, 1)),
+            "conv3d_backward_weight_last": (core.conv3d_backward_weight_last, (last, last, np.zeros_like(weight),
+                                                                               *geometry, 1)),
         }[name]
     if "pool3d_" in name:
         # 3-D pooling: 3x3x3 windows, stride 1, padding 1 over (batch, 32, 8, 24, 24) volumes.
@@ -274,7 +282,8 @@ KERNELS = [
     "adaptive_avg_pool3d_backward", "adaptive_max_pool3d_forward", "max_pool3d_ndhwc_forward",
     "avg_pool3d_ndhwc_forward", "avg_pool3d_ndhwc_backward", "adaptive_avg_pool3d_ndhwc_forward",
     "adaptive_avg_pool3d_ndhwc_backward", "adaptive_max_pool3d_ndhwc_forward", "conv3d_forward",
-    "conv3d_backward_input", "conv3d_backward_weight",
+    "conv3d_backward_input", "conv3d_backward_weight", "conv3d_forward_last", "conv3d_backward_input_last",
+    "conv3d_backward_weight_last",
 ]
 
 

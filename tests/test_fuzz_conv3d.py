@@ -1,9 +1,10 @@
 """Property-based tests of the 3-D convolutions (Hypothesis; profiles in conftest.py).
 
 Random volumes (empty batches, empty spatial axes), kernels, strides, dilations, groups, every
-padding spelling and memory layout, values with NaN and +-inf: calls with a non-empty output agree
-with ``convx.reference.conv3d``, forward, both gradients and the transposed convolution; the
-others raise ValueError naming what is wrong.
+padding spelling, data layout (NCDHW, NDHWC) and memory layout, values with NaN and +-inf: calls
+with a non-empty output agree with ``convx.reference.conv3d`` (channels last: on the transposed
+data), forward, both gradients and the transposed convolution; the others raise ValueError naming
+what is wrong.
 """
 
 from __future__ import annotations
@@ -59,7 +60,18 @@ def convolutions(draw):
     x = _values(rng, (batch, c_in, *sizes), dtype, special)
     weight = _values(rng, (c_out, c_in // groups, *kernel), dtype, False)
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return x, in_layout(x, draw(st.sampled_from(LAYOUT_NAMES))), weight, kwargs, rng
+    data_layout = draw(st.sampled_from(["NCDHW", "NDHWC"]))
+    laid = _to_layout(x, data_layout)
+    return x, in_layout(np.ascontiguousarray(laid), draw(st.sampled_from(LAYOUT_NAMES))), weight, kwargs, rng, data_layout
+
+
+def _to_layout(array, data_layout):
+    """A channels-first batch (N, C, D, H, W) in ``data_layout`` (a view)."""
+    return np.moveaxis(array, 1, -1) if data_layout == "NDHWC" else array
+
+
+def _to_first(array, data_layout):
+    return np.moveaxis(array, -1, 1) if data_layout == "NDHWC" else array
 
 
 def _sides(padding, sizes, kernel, stride, dilation):
@@ -80,7 +92,8 @@ def _sides(padding, sizes, kernel, stride, dilation):
 
 @given(case=convolutions())
 def test_conv3d_matches_reference_or_refuses(case):
-    x, x_laid, weight, kwargs, rng = case
+    x, x_laid, weight, kwargs, rng, data_layout = case
+    kwargs = {**kwargs, "layout": data_layout}
     sizes, kernel = x.shape[2:], weight.shape[2:]
     if min(sizes) < 1:
         assert_refused(lambda: convx.conv3d(x_laid, weight, **kwargs), ("non-empty",))
@@ -92,18 +105,21 @@ def test_conv3d_matches_reference_or_refuses(case):
         assert_refused(lambda: convx.conv3d(x_laid, weight, **kwargs), ("dilated kernel",))
         return
     y = convx.conv3d(x_laid, weight, **kwargs)
-    grad_out = rng.standard_normal(y.shape).astype(x.dtype)
-    grad_x, grad_w, grad_b = convx.conv3d_backward(grad_out, x_laid, weight, **kwargs)
+    grad_out = rng.standard_normal((x.shape[0], weight.shape[0], *out)).astype(x.dtype)
+    grad_out_laid = np.ascontiguousarray(_to_layout(grad_out, data_layout))
+    grad_x, grad_w, grad_b = convx.conv3d_backward(grad_out_laid, x_laid, weight, **kwargs)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "layout"}
     with np.errstate(invalid="ignore", over="ignore"):  # the reference's NumPy products of inf and 0
-        expected = (reference.conv3d(x, weight, **kwargs),
-                    reference.conv3d_backward_input(grad_out, weight, x.shape, **kwargs),
-                    reference.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
-    assert_matches(y, expected[0], x.dtype)
-    assert_matches(grad_x, expected[1], x.dtype)
+        expected = (reference.conv3d(x, weight, **ref_kwargs),
+                    reference.conv3d_backward_input(grad_out, weight, x.shape, **ref_kwargs),
+                    reference.conv3d_backward_weight(grad_out, x, weight.shape, **ref_kwargs))
+    assert_matches(_to_first(y, data_layout), expected[0], x.dtype)
+    assert_matches(_to_first(grad_x, data_layout), expected[1], x.dtype)
     assert_matches(grad_w, expected[2], x.dtype)
     assert_matches(grad_b, grad_out.sum(axis=(0, 2, 3, 4)), x.dtype)
     if x.shape[0] and not isinstance(kwargs["padding"], str):
         # conv_transpose3d is the input gradient, given the input's size
-        back = convx.conv_transpose3d(grad_out, weight, stride=kwargs["stride"], padding=sides,
-                                      dilation=kwargs["dilation"], groups=kwargs["groups"], output_size=sizes)
+        back = convx.conv_transpose3d(grad_out_laid, weight, stride=kwargs["stride"], padding=sides,
+                                      dilation=kwargs["dilation"], groups=kwargs["groups"], output_size=sizes,
+                                      layout=data_layout)
         assert_matches(back, grad_x, x.dtype)

@@ -201,6 +201,25 @@ def conv3d_backward_weight(
     stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
     dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
 ) -> None: ...
+# 3-D convolution channels last (_conv3d_last.pxi): x / grad_in (N, D, H, W, C_in), out / grad_out
+# (N, D_out, H_out, W_out, C_out); the forward's weight is (groups, kD*kH*kW * C_in/groups, C_out/groups)
+# and the weight gradient (C_out, kD*kH*kW * C_in/groups), both tap-major; the input gradient's weight is
+# PyTorch's (C_out, C_in/groups * kD*kH*kW). Output rows and accumulation as the channels-first kernels.
+def conv3d_forward_last(
+    x: _Float, weight: _Float, bias: _Float, out: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
+def conv3d_backward_input_last(
+    grad_out: _Float, weight: _Float, grad_in: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
+def conv3d_backward_weight_last(
+    grad_out: _Float, x: _Float, grad_weight: _Float, kernel_d: int, kernel_h: int, kernel_w: int,
+    stride_d: int, stride_h: int, stride_w: int, pad_d: int, pad_h: int, pad_w: int,
+    dilation_d: int, dilation_h: int, dilation_w: int, groups: int, row_begin: int, row_end: int, n_threads: int,
+) -> None: ...
 # 3-D pooling (_pool3d.pxi): (N, C, D, H, W) arrays, (N, C, D_out, H_out, W_out) outputs; indices are
 # flat d*H*W + h*W + w (a zero-batch ``indices`` skips them); each call writes the output depths
 # [od_begin, od_end) (a backward call adds their shares, zeroing grad_in first where od_begin is 0). max_pool3d's backward is max_pool2d_backward

@@ -44,6 +44,7 @@ def default_num_threads():
 
 include "_conv.pxi"
 include "_conv3d.pxi"
+include "_conv3d_last.pxi"
 include "_depthwise.pxi"
 include "_pool.pxi"
 include "_pool_nhwc.pxi"

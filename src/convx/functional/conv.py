@@ -144,6 +144,7 @@ _KERNEL_AXES = {1: ("kernel_length",), 2: ("kernel_height", "kernel_width")}
 # How each layout reads an input's shape, for messages.
 _LAYOUT_SHAPES = {
     "NCW": "(N, C_in, L)", "NWC": "(N, L, C_in)", "NCHW": "(N, C_in, H, W)", "NHWC": "(N, H, W, C_in)",
+    "NCDHW": "(N, C_in, D, H, W)", "NDHWC": "(N, D, H, W, C_in)",
 }
 
 
@@ -181,7 +182,7 @@ def _layout_read(name: str, layout: str | None) -> str:
     """How the layout assumed read an array's shape, and the other layout, for a shape that does not fit."""
     if layout is None:
         return ""
-    other = {"NCW": "NWC", "NWC": "NCW", "NCHW": "NHWC", "NHWC": "NCHW"}[layout]
+    other = {"NCW": "NWC", "NWC": "NCW", "NCHW": "NHWC", "NHWC": "NCHW", "NCDHW": "NDHWC", "NDHWC": "NCDHW"}[layout]
     return (
         f" ({name} read as {_LAYOUT_SHAPES[layout]}, layout={layout!r}; if it is {_LAYOUT_SHAPES[other]}, pass "
         f"layout={other!r})"

@@ -37,13 +37,16 @@ PADDING_MODES = ("zeros", *_NUMPY_PAD_MODES)
 
 _LAYOUTS = {
     "NCW": "(N, C, L) or (C, L)", "NWC": "(N, L, C) or (L, C)", "NCHW": "(N, C, H, W) or (C, H, W)", "NHWC": "(N, H, W, C) or (H, W, C)",
+    "NCDHW": "(N, C, D, H, W) or (C, D, H, W)", "NDHWC": "(N, D, H, W, C) or (D, H, W, C)",
 }
+# The channels-last layouts among them.
+_LAST_LAYOUTS = ("NWC", "NHWC", "NDHWC")
 
 
 def _check_channels(module: Module, x: np.ndarray, expected: int, dims: int = 2, layout: str | None = None) -> None:
     """x's channels (axis -dims-1 of an input with ``dims`` spatial axes, -1 channels last) are ``expected``."""
-    layout = layout or ("NCW" if dims == 1 else "NCHW")
-    channels = x.shape[-1 if layout in ("NHWC", "NWC") else -dims - 1]
+    layout = layout or {1: "NCW", 2: "NCHW", 3: "NCDHW"}[dims]
+    channels = x.shape[-1 if layout in _LAST_LAYOUTS else -dims - 1]
     if channels != expected:
         raise ValueError(
             f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} "
@@ -414,9 +417,9 @@ class _ConvTransposeNd(Module):
         dims = len(self.kernel_size)
         x = check_input(self, x, (dims + 1, dims + 2), self.dtype)
         _check_channels(self, x, self.in_channels, dims, self.layout)
-        last = self.layout == "NHWC"
+        last = self.layout in _LAST_LAYOUTS
         if last and output_size is not None and not isinstance(output_size, int) and len(output_size) == dims + 2:
-            output_size = channels_first_shape(as_shape("output_size", output_size, (dims + 2,)))
+            output_size = channels_first_shape(as_shape("output_size", output_size, (dims + 2,)), dims)
         padding = self._padding_per_axis()
         numeric = not isinstance(padding, str) or padding == "valid"
         output_padding = (0,) * dims if output_size is not None and numeric else self.output_padding
@@ -440,9 +443,9 @@ class _ConvTransposeNd(Module):
         grad_x = self._OPS.conv(grad_out, weight, None, self.stride, sides, self.dilation, self.groups,
                                 algorithm=self.algorithm, **self._layout())
         dims = len(self.kernel_size)
-        if self.layout == "NHWC":
+        if self.layout in _LAST_LAYOUTS:
             # the same steps on channels-first views
-            grad_x, x, grad_out = channels_first(grad_x), channels_first(x), channels_first(grad_out)
+            grad_x, x, grad_out = channels_first(grad_x, dims), channels_first(x, dims), channels_first(grad_out, dims)
         sizes = x.shape[-dims:]
         if grad_x.shape[-dims:] != sizes:
             # output_padding >= stride (possible when dilation > stride): the forward pass saw x
@@ -452,8 +455,8 @@ class _ConvTransposeNd(Module):
             x = np.pad(x, [(0, 0)] * (x.ndim - dims) + extra)
             crop: tuple[Any, ...] = (Ellipsis,) + tuple(slice(0, size) for size in sizes)
             grad_x = np.ascontiguousarray(grad_x[crop])
-        if self.layout == "NHWC":
-            grad_x, x, grad_out = channels_last(grad_x), channels_last(x), channels_last(grad_out)
+        if self.layout in _LAST_LAYOUTS:
+            grad_x, x, grad_out = channels_last(grad_x, dims), channels_last(x, dims), channels_last(grad_out, dims)
         if self._needs_grad("weight"):
             self._store_grad("weight", self._OPS.backward_weight(
                 x, grad_out, weight.shape, self.stride, sides, self.dilation, self.groups, algorithm=self.algorithm,
@@ -478,7 +481,7 @@ class _ConvTransposeNd(Module):
             text += ", bias=False"
         if self.algorithm != "direct":
             text += f", algorithm={self.algorithm!r}"
-        if self.layout == "NHWC":
+        if self.layout in _LAST_LAYOUTS:
             text += f", layout={self.layout!r}"
         return text + f", dtype={self.dtype}"
 

@@ -8,10 +8,10 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .. import functional
-from .._checks import as_int, as_triple
+from .._checks import as_data_layout, as_int, as_triple
 from .._typing import IntTriple, PaddingWord
 from ..functional.conv3d import Padding3d, as_padding3d
-from .conv import _check_groups, _ConvOps, _ConvTransposeNd, _init_params
+from .conv import _check_channels, _check_groups, _ConvOps, _ConvTransposeNd, _init_params
 from .init import RngLike
 from .module import Module, as_dtype, check_input
 
@@ -40,14 +40,6 @@ def _torch_padding(sides: PaddingWord | tuple[tuple[int, int], ...]) -> Any:
     return tuple(before for before, _ in sides)
 
 
-def _check_channels3d(module: Module, x: np.ndarray, expected: int) -> None:
-    if x.shape[-4] != expected:
-        raise ValueError(
-            f"{type(module).__name__} expects {expected} input channels, got x of shape {x.shape} with "
-            f"{x.shape[-4]} channels (layout (N, C, D, H, W) or (C, D, H, W))"
-        )
-
-
 class Conv3d(Module):
     """3-D convolution layer, ``torch.nn.Conv3d`` on the convx kernels (:func:`convx.conv3d`).
 
@@ -69,6 +61,9 @@ class Conv3d(Module):
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's default: :func:`convx.nn.init.kaiming_uniform`
         with ``a = sqrt(5)``, bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        The layout of the input and output (:func:`convx.conv3d`): channels last, input (N, D, H,
+        W, C_in) and output (N, D_out, H_out, W_out, C_out); the weight is the same in both.
 
     Attributes
     ----------
@@ -77,7 +72,8 @@ class Conv3d(Module):
 
     Notes
     -----
-    Input (N, C_in, D, H, W) or (C_in, D, H, W); output (N, C_out, D_out, H_out, W_out).
+    Input (N, C_in, D, H, W) or (C_in, D, H, W); output (N, C_out, D_out, H_out, W_out) (channels
+    last: (N, D, H, W, C_in) and (N, D_out, H_out, W_out, C_out)).
     ``backward(grad_out)`` returns the input gradient and overwrites ``grads``.
 
     Examples
@@ -106,8 +102,11 @@ class Conv3d(Module):
         *,
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
+        layout: str = "NCDHW",
     ) -> None:
         super().__init__()
+        as_data_layout(layout, 3)
+        self.layout = layout
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = as_triple("kernel_size", kernel_size, 1)
@@ -124,11 +123,12 @@ class Conv3d(Module):
         _init_params(self, weight_shape, self.out_channels, bias, rng, dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Convolve ``x`` (N, C_in, D, H, W) or (C_in, D, H, W); returns (N, C_out, D_out, H_out, W_out) or unbatched."""
+        """Convolve ``x`` (N, C_in, D, H, W) or (C_in, D, H, W); returns (N, C_out, D_out, H_out, W_out) or
+        unbatched (channels last: (N, D, H, W, C_in) to (N, D_out, H_out, W_out, C_out))."""
         x = check_input(self, x, (4, 5), self.dtype)
-        _check_channels3d(self, x, self.in_channels)
+        _check_channels(self, x, self.in_channels, 3, self.layout)
         y = functional.conv3d(x, self._params["weight"], self._params.get("bias"), self.stride, self.padding,
-                              self.dilation, self.groups)
+                              self.dilation, self.groups, layout=self.layout)
         self._save_for_backward(y, x)
         return y
 
@@ -139,15 +139,16 @@ class Conv3d(Module):
         grad_bias: np.ndarray | None = None
         if self._needs_grad("weight"):
             grad_x, grad_weight, grad_bias = functional.conv3d_backward(
-                grad_out, x, weight, self.stride, self.padding, self.dilation, self.groups
+                grad_out, x, weight, self.stride, self.padding, self.dilation, self.groups, layout=self.layout
             )
             self._store_grad("weight", grad_weight)
         else:
             grad_x = functional.conv3d_backward_input(
-                grad_out, weight, x.shape, self.stride, self.padding, self.dilation, self.groups
+                grad_out, weight, x.shape, self.stride, self.padding, self.dilation, self.groups, layout=self.layout
             )
         if self._needs_grad("bias"):
-            self._store_grad("bias", grad_bias if grad_bias is not None else functional.conv3d_backward_bias(grad_out))
+            self._store_grad("bias", grad_bias if grad_bias is not None
+                             else functional.conv3d_backward_bias(grad_out, layout=self.layout))
         return grad_x
 
     def extra_repr(self) -> str:
@@ -160,6 +161,8 @@ class Conv3d(Module):
             text += f", groups={self.groups}"
         if "bias" not in self._params:
             text += ", bias=False"
+        if self.layout != "NCDHW":
+            text += f", layout={self.layout!r}"
         return text + f", dtype={self.dtype}"
 
 
@@ -184,6 +187,9 @@ class ConvTranspose3d(_ConvTransposeNd):
     rng : None, int or numpy.random.Generator
         Source of the initial weights (PyTorch's defaults, with PyTorch's fan-in
         ``C_out / groups * kD * kH * kW``).
+    layout : {'NCDHW', 'NDHWC'}, default 'NCDHW'
+        The layout of the input and output (:func:`convx.conv_transpose3d`); the weight is the
+        same in both.
 
     Attributes
     ----------
@@ -221,8 +227,11 @@ class ConvTranspose3d(_ConvTransposeNd):
         *,
         dtype: DTypeLike = np.float32,
         rng: RngLike = None,
+        layout: str = "NCDHW",
     ) -> None:
         super().__init__()
+        as_data_layout(layout, 3)
+        self.layout = layout
         self.in_channels = as_int("in_channels", in_channels, 1)
         self.out_channels = as_int("out_channels", out_channels, 1)
         self.kernel_size = as_triple("kernel_size", kernel_size, 1)
@@ -251,5 +260,5 @@ class ConvTranspose3d(_ConvTransposeNd):
         spatial sizes, alone or after (N, C_out)) picks the output's size as PyTorch's
         ``forward(x, output_size)``."""
         x = check_input(self, x, (4, 5), self.dtype)
-        _check_channels3d(self, x, self.in_channels)
+        _check_channels(self, x, self.in_channels, 3, self.layout)
         return super().forward(x, output_size)
