@@ -273,3 +273,40 @@ def test_bands_of_slices(rng, monkeypatch, name, whole_slices):
     assert len(bands) > 2 * x.shape[0]
     if whole_slices:
         assert _core.conv3d_ran() == {"forward": "direct", "input": "direct", "weight": "direct"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_channels_last_runs_direct_and_matches_the_reference(rng, name, dtype):
+    """layout='NDHWC' takes the same kernels, reading and writing (N, D, H, W, C) rows."""
+    x, weight, bias, kwargs = _arrays(rng, name, dtype)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape).astype(dtype)
+    last = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+    y = convx.conv3d(last(x), weight, bias, layout="NDHWC", **kwargs)
+    assert _core.conv3d_ran()["forward"] == "direct"
+    assert_close(y, last(ref.conv3d(x, weight, bias, **kwargs)))
+    grad_w = convx.conv3d_backward_weight(last(grad_out), last(x), weight.shape, layout="NDHWC", **kwargs)
+    assert _core.conv3d_ran()["weight"] == "direct"
+    assert_close(grad_w, ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+    grad_x = convx.conv3d_backward_input(last(grad_out), weight, last(x).shape, layout="NDHWC", **kwargs)
+    if name in STRIDE_1:
+        assert _core.conv3d_ran()["input"] == "direct"
+    assert_close(grad_x, last(ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)))
+
+
+@pytest.mark.parametrize("name", ["dilated-stride-1", "deep-kernel-in-padding"])
+def test_channels_last_bands_of_slices(rng, monkeypatch, name):
+    from convx import _batching
+
+    x, weight, bias, kwargs = _arrays(rng, name, np.float64)
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, **kwargs).shape)
+    work = _batching.conv_work(weight.shape, int(np.prod(grad_out.shape[2:])), x.shape)
+    monkeypatch.setattr(_batching, "SUB_BATCH_WORK", work // (3 * _threads.kernel_threads()))
+    last = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
+    assert_close(convx.conv3d(last(x), weight, bias, layout="NDHWC", **kwargs),
+                 last(ref.conv3d(x, weight, bias, **kwargs)))
+    assert_close(convx.conv3d_backward_input(last(grad_out), weight, last(x).shape, layout="NDHWC", **kwargs),
+                 last(ref.conv3d_backward_input(grad_out, weight, x.shape, **kwargs)))
+    assert_close(convx.conv3d_backward_weight(last(grad_out), last(x), weight.shape, layout="NDHWC", **kwargs),
+                 ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+    assert _core.conv3d_ran() == {"forward": "direct", "input": "direct", "weight": "direct"}

@@ -490,18 +490,20 @@ cdef int _implicit_forward3d(const floating[:, :, :, :, ::1] x, const floating[:
 
 
 
-cdef convx_conv_shape _slice_shape(Conv3dGeometry* g) noexcept nogil:
+cdef convx_conv_shape _slice_shape(Conv3dGeometry* g, bint last=False) noexcept nogil:
     """The 2-D shape of one depth slice of the convolution g, for convx_direct_conv3d_rows: channels
-    first, the output's channels a volume apart."""
+    first, the output's channels a volume apart, or channels last (NDHWC)."""
     cdef convx_conv_shape s = _depth_major_shape(g)
     s.groups = g.groups
     s.c_in_g = g.c_in_g
-    s.o_cs = g.n_out
+    s.x_last = last
+    s.out_last = last
+    s.o_cs = 0 if last else g.n_out
     return s
 
 
 cdef bint _direct3d_applies(Conv3dGeometry* g, Py_ssize_t batch, Py_ssize_t row_begin, Py_ssize_t row_end,
-                            bint is_float) noexcept nogil:
+                            bint is_float, bint last=False) noexcept nogil:
     """Whether _direct3d computes these output rows: convx's GEMM level, whole output depth slices,
     the taps within the kernel's bounds, and the 2-D direct kernel would take a slice in rows
     (_direct_mode_wanted: enough output channels to fill its lanes, not 1x1, ...)."""
@@ -510,28 +512,29 @@ cdef bint _direct3d_applies(Conv3dGeometry* g, Py_ssize_t batch, Py_ssize_t row_
             or row_begin % g.out_h or row_end % g.out_h or g.kernel[0] > CONVX_DIRECT3D_DEPTH_TAPS
             or g.taps > CONVX_DIRECT3D_TAPS):
         return False
-    s = _slice_shape(g)
-    return _direct_mode_wanted(&s, batch * (row_end - row_begin) // g.out_h, is_float, False) == DIRECT_ROWS
+    s = _slice_shape(g, last)
+    return _direct_mode_wanted(&s, batch * (row_end - row_begin) // g.out_h, is_float, last) == DIRECT_ROWS
 
 
 cdef int _direct3d(const floating* x, Py_ssize_t batch, const floating* weight, Py_ssize_t s_g, Py_ssize_t s_m,
                    Py_ssize_t s_c, Py_ssize_t s_t, const floating* bias, floating* out, Py_ssize_t out_image,
                    Py_ssize_t out_channel, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
-                   Py_ssize_t in_lo, Py_ssize_t in_hi, int n_threads) except -1:
+                   Py_ssize_t in_lo, Py_ssize_t in_hi, int n_threads, bint last=False) except -1:
     """Output slices [od_begin, od_end) of the convolution g of x (N, C_in, D, H, W) plus bias, by
     convx_direct_conv3d_rows: the 2-D direct tile with the depth taps among its taps, reading
     each input slice's rows channels last from a slot that keeps them for the next output slices;
     the input slices outside [in_lo, in_hi) count as zeros. out points at image 0's slice od_begin,
-    out_image and out_channel elements from one image, and one channel, to the next. Group grp's
+    out_image and out_channel elements from one image, and one channel, to the next; with last, x
+    and out are channels last (N, D, H, W, C) and out_channel is not read. Group grp's
     weight of output channel co, input channel c and tap t (t = (a * kH + i) * kW + j) is
     weight[grp * s_g + co * s_m + c * s_c + t * s_t]. Threads take (image, chunk of rows, run of
     output slices) items, the chunks cut so that a thread's slots hold at most
     _direct3d_rows_bytes. Returns 0, having written nothing, where a weight is not finite."""
     cdef Py_ssize_t kd = g.kernel[0], n_slices = od_end - od_begin, image_in = g.groups * g.c_in_g * g.volume
-    cdef Py_ssize_t out_slice = g.out_h * g.out_w
+    cdef Py_ssize_t out_slice = g.out_h * g.out_w * (g.groups * g.c_out_g if last else 1)
     cdef Py_ssize_t item, n, r0, r1, od0, od1, mr, chunk, per_slice, runs, per_image, n_items, slots, group_size
     cdef int level = _level(), tid, team
-    cdef convx_conv_shape s = _slice_shape(g)
+    cdef convx_conv_shape s = _slice_shape(g, last)
     cdef convx_depth_axis axis
     axis.depth = g.depth
     axis.kd = kd
@@ -540,7 +543,8 @@ cdef int _direct3d(const floating* x, Py_ssize_t batch, const floating* weight, 
     axis.dd = g.dilation[0]
     axis.lo = in_lo
     axis.hi = in_hi
-    s.o_cs = out_channel
+    if not last:
+        s.o_cs = out_channel
     packing = _direct_pack(weight, s_g, s_m, s_c, s_t, bias, &s, n_threads, g.taps)
     if packing is None:
         return 0
@@ -753,12 +757,13 @@ cdef inline void _add_plane(const floating* src, floating* dst, Py_ssize_t size)
 
 cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
                           floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t row_begin,
-                          Py_ssize_t row_end, int n_threads) except -1:
+                          Py_ssize_t row_end, int n_threads, bint last=False) except -1:
     """grad_in += the input gradient of a stride-1 convolution's output rows [row_begin, row_end)
     (whole depth slices) by _direct3d, where it applies: the convolution of grad_out with W's
     channels swapped and taps reversed, padded by dilation * (kernel - 1) - pad, over grad_out's
     slices in the band. Whole volumes are stored straight into grad_in (which the caller zeroes
-    first); a band's input slices go through a buffer and are added. Returns whether it ran."""
+    first); a band's input slices go through a buffer and are added. With last, grad_out and grad_in
+    are channels last (N, D, H, W, C). Returns whether it ran."""
     cdef Py_ssize_t kd = g.kernel[0], dd = g.dilation[0], od0 = row_begin // g.out_h, od1 = row_end // g.out_h
     cdef Py_ssize_t batch = grad_in.shape[0], plane = g.height * g.width, c_in = g.groups * g.c_in_g
     cdef Py_ssize_t d_lo, d_hi, nd, i, u
@@ -769,13 +774,13 @@ cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floati
                                              g.dilation[2] * (g.kernel[2] - 1) - g.pad[2],
                                              dd, g.dilation[1], g.dilation[2])
     if (a.pad[0] < 0 or a.pad[1] < 0 or a.pad[2] < 0 or row_begin % g.out_h or row_end % g.out_h
-            or not _direct3d_applies(&a, batch, 0, a.out_d * a.out_h, floating is float)):
+            or not _direct3d_applies(&a, batch, 0, a.out_d * a.out_h, floating is float, last)):
         return False
     # W^T: output channel c's weight of input channel co at tap t is W[co, c, taps - 1 - t]
     if od0 == 0 and od1 == g.out_d:
         return _direct3d(&grad_out[0, 0, 0, 0, 0], batch, &weight[0, 0] + (g.taps - 1), g.c_out_g * g.col_rows,
                          g.taps, g.col_rows, -1, NULL, &grad_in[0, 0, 0, 0, 0], c_in * g.volume, g.volume, &a, 0,
-                         a.out_d, 0, g.out_d, n_threads) != 0
+                         a.out_d, 0, g.out_d, n_threads, last) != 0
     # the input slices d whose taps d - pad' + k * dilation reach the band's slices
     d_lo = max(0, od0 + a.pad[0] - (kd - 1) * dd)
     d_hi = min(g.depth, od1 + a.pad[0])
@@ -786,13 +791,17 @@ cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floati
     cdef floating[:, :, :, ::1] part = np.empty((batch, c_in, nd, plane), dtype=dtype)
     if not _direct3d(&grad_out[0, 0, 0, 0, 0], batch, &weight[0, 0] + (g.taps - 1), g.c_out_g * g.col_rows,
                      g.taps, g.col_rows, -1, NULL, &part[0, 0, 0, 0], c_in * nd * plane, nd * plane, &a, d_lo, d_hi,
-                     od0, od1, n_threads):
+                     od0, od1, n_threads, last):
         return False
     cdef floating* dst
     cdef const floating* src
     with nogil:
+        # (part holds the band's slices in grad_in's layout: per channel, or per image channels last)
         for u in prange(batch * c_in, schedule='static', num_threads=_team(n_threads, batch * c_in)):
-            dst = &grad_in[u // c_in, u % c_in, d_lo, 0, 0]
+            if last:
+                dst = &grad_in[u // c_in, d_lo, 0, 0, 0] + (u % c_in) * nd * plane
+            else:
+                dst = &grad_in[u // c_in, u % c_in, d_lo, 0, 0]
             src = &part[u // c_in, u % c_in, 0, 0]
             for i in range(nd * plane):
                 dst[i] = dst[i] + src[i]
@@ -957,14 +966,14 @@ def set_conv3d_weight_band(Py_ssize_t nbytes):
 
 
 cdef bint _direct_weight3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end,
-                                   bint is_float) noexcept nogil:
+                                   bint is_float, bint last=False) noexcept nogil:
     """Whether _direct_weight3d computes the weight gradient of these output rows: convx's GEMM
     level, whole output depth slices, not 1x1x1, output channels that fill the lanes, and the
     direct kernels not turned off."""
     if (_level() == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or g.direct_1x1 or g.c_out_g == 0 or g.c_in_g == 0
             or row_begin % g.out_h or row_end % g.out_h):
         return False
-    return _fills_lanes(g.c_out_g, is_float)
+    return last or _fills_lanes(g.c_out_g, is_float)
 
 
 cdef inline size_t _outer3d_buffer_bytes(int level, convx_conv_shape* s, convx_depth_axis* axis, Py_ssize_t band,
@@ -976,13 +985,14 @@ cdef inline size_t _outer3d_buffer_bytes(int level, convx_conv_shape* s, convx_d
 
 cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_t batch,
                           floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
-                          int n_threads) except -1:
+                          int n_threads, bint last=False) except -1:
     """grad_weight += the weight gradient of the output slices [od_begin, od_end) by
     convx_direct_weight_outer3d (the output channels as lanes, rows of the gradient broadcast from
     zero-padded input slices): threads take (image, band of output slices) items, each summing
-    into its own partial; the partials are added in thread order."""
+    into its own partial; the partials are added in thread order. With last, grad_out and x are
+    channels last and grad_weight (C_out, kD*kH*kW * C_in/groups) tap-major."""
     cdef int level = _level(), team, tid
-    cdef convx_conv_shape s = _slice_shape(g)
+    cdef convx_conv_shape s = _slice_shape(g, last)
     cdef convx_conv_shape flat = s
     cdef convx_depth_axis axis
     cdef Py_ssize_t n_slices = od_end - od_begin, band, bands, n_items, item, part_size, buf_size, n, od0, od1
@@ -1001,8 +1011,9 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
     band = n_slices
     while band > 1 and _outer3d_buffer_bytes(level, &s, &axis, band, is_float) > <size_t> _outer3d_bytes:
         band = (band + 1) // 2
-    if batch * ((n_slices + band - 1) // band) < 2 * n_threads:
-        band = max(1, min(band, n_slices * batch // (2 * n_threads)))
+    # bands for two items a thread from one image (not from the batch, so that scratch is the same
+    # whatever the batch)
+    band = max(1, min(band, n_slices // (2 * n_threads)))
     bands = (n_slices + band - 1) // band
     n_items = batch * bands
     team = _team(n_threads, n_items)
@@ -1035,8 +1046,14 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
             convx_direct_outer_store_f(level, &flat, &parts[0], &total[0, 0])
         else:
             convx_direct_outer_store_d(level, &flat, &parts[0], &total[0, 0])
-        for i in range(total.shape[0] * total.shape[1]):
-            (&grad_weight[0, 0])[i] += (&total[0, 0])[i]
+        if last:
+            for i in range(total.shape[0] * total.shape[1]):
+                # total[co, ci * taps + t] to grad_weight[co, t * C_in/groups + ci]
+                grad_weight[i // total.shape[1], i % g.taps * g.c_in_g + i % total.shape[1] // g.taps] += \
+                    (&total[0, 0])[i]
+        else:
+            for i in range(total.shape[0] * total.shape[1]):
+                (&grad_weight[0, 0])[i] += (&total[0, 0])[i]
     return 1
 
 

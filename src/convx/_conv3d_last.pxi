@@ -189,6 +189,14 @@ def conv3d_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, 
     if _depthwise_last(&g):
         _depthwise_forward_last(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
         return
+    # the direct kernel (_conv3d.pxi): weight[grp, t * C_in/groups + c, co]
+    if _direct3d_applies(&g, batch, row_begin, row_end, floating is float, True) and _direct3d(
+            &x[0, 0, 0, 0, 0], batch, &weight[0, 0, 0], g.taps * g.c_in_g * g.c_out_g, 1, g.c_out_g,
+            g.c_in_g * g.c_out_g, &bias[0] if has_bias else NULL, &out[0, row_begin // g.out_h, 0, 0, 0],
+            groups * g.c_out_g * g.n_out, 0, &g, row_begin // g.out_h, row_end // g.out_h, 0, g.depth, n_threads, True):
+        _conv3d_ran["forward"] = "direct"
+        return
+    _conv3d_ran["forward"] = "tiles"
     _last_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image
@@ -253,6 +261,11 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
     if _depthwise_last(&g):
         _depthwise_input_last(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
         return
+    if stride_d == 1 and stride_h == 1 and stride_w == 1 and _direct_input3d(grad_out, weight, grad_in, &g,
+                                                                             row_begin, row_end, n_threads, True):
+        _conv3d_ran["input"] = "direct"
+        return
+    _conv3d_ran["input"] = "tiles"
     _last_tiles(&g, batch, q_end - q_begin, 0)
     # Few images and groups: their input channels split too, so that every thread has an item.
     parts = min(g.c_in_g, max(1, (n_threads + batch * groups - 1) // (batch * groups)))
@@ -323,6 +336,12 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
     if _depthwise_last(&g):
         _depthwise_weight_last(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)
         return
+    if _direct_weight3d_applies(&g, row_begin, row_end, floating is float, True):
+        _direct_weight3d(&grad_out[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], batch, grad_weight, &g, row_begin // g.out_h,
+                         row_end // g.out_h, n_threads, True)
+        _conv3d_ran["weight"] = "direct"
+        return
+    _conv3d_ran["weight"] = "tiles"
     _last_tiles(&g, batch, q_end - q_begin, n_threads)
     per_image = _n_tiles3d(&g, q_begin, q_end)
     n_items = batch * per_image

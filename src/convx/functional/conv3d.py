@@ -237,7 +237,9 @@ def _forward(x: AnyArray, weight: AnyArray, bias: AnyArray | None, out: AnyArray
              last: bool) -> None:
     """out := conv3d(x, weight) + bias for C-contiguous x and weight in the layout ``last`` says.
 
-    Channels last, the tiles' products are BLAS's, which writes the strided output rows itself:
+    Both layouts run the direct kernel where it applies (_conv3d.pxi: enough output channels for
+    its lanes, or channels last; not 1x1x1). Otherwise, channels last, the tiles' products are
+    BLAS's, which writes the strided output rows itself:
     convx's packed GEMM of W^T by the transposed tile, through a buffer copied into the rows, took
     1.18x, 1.28x and 1.36x the NCDHW time on the benchmark's C3D, 7x7x7-stem and pointwise layers
     against BLAS's 1.14x, 1.22x and 0.47x (one thread, busy machine)."""
@@ -254,10 +256,11 @@ def _forward(x: AnyArray, weight: AnyArray, bias: AnyArray | None, out: AnyArray
 def _input_gradient(grad_out: AnyArray, weight: AnyArray, grad_x: AnyArray, plan: _Conv3dPlan,
                     last: bool = False) -> None:
     """grad_x := conv3d's input gradient for C-contiguous arrays in the layout ``last`` says (grad_x is
-    zeroed first). Channels last, the columns' products are scattered back at every stride: a
-    stride-1 convolution's gradient as the forward kernels' correlation of grad_out with the flipped
-    weight (no scatter) took 0.98x the scatter's time on the benchmark's C3D layer and 1.34x on its
-    3-D U-Net layer (32 <- 64 channels: a product 32 columns wide), one thread, busy machine."""
+    zeroed first). At stride 1, both layouts run the direct kernel's correlation of grad_out with the
+    flipped weight where it applies (_conv3d.pxi); C3D's 1.03x and U-Net's 0.97x NDHWC / NCDHW
+    time, one thread, busy machine. Otherwise, channels last, the columns' products are scattered
+    back (a correlation through those tiles took 0.98x the scatter's time on C3D, 1.34x on
+    U-Net)."""
     grad_x[...] = 0
     n_threads = plan.threads(weight.shape)
     flat = _flat(weight)
