@@ -310,3 +310,29 @@ def test_channels_last_bands_of_slices(rng, monkeypatch, name):
     assert_close(convx.conv3d_backward_weight(last(grad_out), last(x), weight.shape, layout="NDHWC", **kwargs),
                  ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
     assert _core.conv3d_ran() == {"forward": "direct", "input": "direct", "weight": "direct"}
+
+
+@pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_input_gradient_on_the_2d_kernels(rng, layout, groups):
+    """A 1x1x1 kernel at stride 1, unpadded, is a 2-D one over (D*H, W) planes: its input gradient
+    runs on the 2-D kernels, through views."""
+    x = rng.standard_normal((2, 8, 3, 5, 6))
+    weight = rng.standard_normal((12, 8 // groups, 1, 1, 1))
+    grad_out = rng.standard_normal((2, 12, 3, 5, 6))
+    expected = ref.conv3d_backward_input(grad_out, weight, x.shape, groups=groups)
+    if layout == "NDHWC":
+        grad_x = convx.conv3d_backward_input(np.moveaxis(grad_out, 1, -1), weight, (2, 3, 5, 6, 8), groups=groups,
+                                             layout=layout)
+        expected = np.moveaxis(expected, 1, -1)
+    else:
+        grad_x = convx.conv3d_backward_input(grad_out, weight, x.shape, groups=groups)
+    assert_close(grad_x, expected)
+    assert grad_x.flags.c_contiguous
+    # unbatched, and a padded 1x1x1 kernel, which stays on the 3-D kernels
+    assert_close(convx.conv3d_backward_input(grad_out[0], weight, x.shape[1:], groups=groups),
+                 ref.conv3d_backward_input(grad_out[:1], weight, (1, *x.shape[1:]), groups=groups)[0])
+    padded = ref.conv3d(x, weight, groups=groups, padding=1)
+    g = rng.standard_normal(padded.shape)
+    assert_close(convx.conv3d_backward_input(g, weight, x.shape, groups=groups, padding=1),
+                 ref.conv3d_backward_input(g, weight, x.shape, groups=groups, padding=1))
