@@ -336,3 +336,47 @@ def test_pointwise_input_gradient_on_the_2d_kernels(rng, layout, groups):
     g = rng.standard_normal(padded.shape)
     assert_close(convx.conv3d_backward_input(g, weight, x.shape, groups=groups, padding=1),
                  ref.conv3d_backward_input(g, weight, x.shape, groups=groups, padding=1))
+
+
+DEPTHWISE = {
+    "3x3x3": ((2, 4, 5, 6, 7), (4, 1, 3, 3, 3), dict(padding=1, groups=4)),
+    "multiplier-strided-dilated": ((1, 3, 7, 8, 9), (6, 1, 3, 2, 3),
+                                   dict(groups=3, stride=(2, 1, 3), dilation=(1, 2, 2), padding=((1, 0), (2, 1), (0, 2)))),
+    "wider-than-input": ((1, 2, 2, 3, 2), (2, 1, 3, 3, 3), dict(groups=2, padding=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("banded", [False, True])
+@pytest.mark.parametrize("name", list(DEPTHWISE))
+def test_depthwise_forward_loops(rng, monkeypatch, name, banded, dtype):
+    """Channels first, a depthwise forward sums shifted input rows per output row, in any band of
+    rows (down to one row)."""
+    from convx import _batching
+
+    x_shape, w_shape, kwargs = DEPTHWISE[name]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    if banded:
+        monkeypatch.setattr(_batching, "SUB_BATCH_WORK", 1)
+    y = convx.conv3d(x, weight, bias, **kwargs)
+    assert _core.conv3d_ran()["forward"] == "depthwise"
+    assert_close(y, ref.conv3d(x, weight, bias, **kwargs))
+    x[0, 0, 1, 1, 1] = np.nan
+    x[0, -1, 0, 0, 0] = np.inf
+    y = convx.conv3d(x, weight, **kwargs)
+    expected = ref.conv3d(x, weight, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+
+
+def test_depthwise_forward_with_a_non_finite_weight_takes_the_tiles(rng):
+    x = rng.standard_normal((1, 2, 3, 4, 5))
+    weight = rng.standard_normal((2, 1, 3, 3, 3))
+    weight[1, 0, 0, 0, 0] = np.inf
+    y = convx.conv3d(x, weight, padding=1, groups=2)
+    assert _core.conv3d_ran()["forward"] == "tiles"
+    expected = ref.conv3d(x, weight, padding=1, groups=2)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isnan(y[0, 1, 0, 0, 0])

@@ -39,7 +39,7 @@ cdef Py_ssize_t _direct3d_rows_bytes = 512 * 1024
 
 
 # What the last forward, input and weight gradient ran (for tests): "direct", "packed" (the depth-major
-# 2-D packed kernels) or "tiles" (vol2col / col2vol).
+# 2-D packed kernels), "depthwise" (the forward's depthwise loops) or "tiles" (vol2col / col2vol).
 _conv3d_ran = {"forward": None, "input": None, "weight": None}
 
 
@@ -587,6 +587,53 @@ cdef int _direct3d(const floating* x, Py_ssize_t batch, const floating* weight, 
     return 1
 
 
+cdef void _depthwise_volume3d(const floating* x, const floating* w, floating b, floating* out, Conv3dGeometry* g,
+                              Py_ssize_t row_begin, Py_ssize_t row_end) noexcept nogil:
+    """out[r] = b + the taps of w (kD, kH, kW) over the channel's input volume x, for the output rows
+    r = od * H_out + oh in [row_begin, row_end) of one output channel (out at its volume), each
+    row a sum of shifted input rows along W."""
+    cdef Py_ssize_t r, od, oh, a, i, j, ow, lo, hi, id_, ih, step = g.stride[2]
+    cdef floating v
+    cdef floating* orow
+    cdef const floating* xrow
+    for r in range(row_begin, row_end):
+        od = r // g.out_h
+        oh = r % g.out_h
+        orow = out + r * g.out_w
+        for ow in range(g.out_w):
+            orow[ow] = b
+        for a in range(g.kernel[0]):
+            id_ = od * g.stride[0] - g.pad[0] + a * g.dilation[0]
+            if id_ < 0 or id_ >= g.depth:
+                continue
+            for i in range(g.kernel[1]):
+                ih = oh * g.stride[1] - g.pad[1] + i * g.dilation[1]
+                if ih < 0 or ih >= g.height:
+                    continue
+                for j in range(g.kernel[2]):
+                    v = w[(a * g.kernel[1] + i) * g.kernel[2] + j]
+                    _valid_range(j * g.dilation[2] - g.pad[2], step, g.width, g.out_w, &lo, &hi)
+                    xrow = x + (id_ * g.height + ih) * g.width + j * g.dilation[2] - g.pad[2]
+                    if step == 1:
+                        for ow in range(lo, hi):
+                            orow[ow] = orow[ow] + v * xrow[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            orow[ow] = orow[ow] + v * xrow[ow * step]
+
+
+cdef void _depthwise_forward3d(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating* bias,
+                               floating[:, :, :, :, ::1] out, Conv3dGeometry* g, Py_ssize_t row_begin,
+                               Py_ssize_t row_end, int n_threads) noexcept nogil:
+    """A depthwise convolution's output rows [row_begin, row_end) (one input channel per group, any
+    multiplier): threads take (image, output channel) volumes."""
+    cdef Py_ssize_t c_out = g.groups * g.c_out_g, u
+    for u in prange(x.shape[0] * c_out, schedule='static', num_threads=_team(n_threads, x.shape[0] * c_out)):
+        _depthwise_volume3d(&x[u // c_out, (u % c_out) // g.c_out_g, 0, 0, 0], &weight[u % c_out, 0],
+                            bias[u % c_out] if bias != NULL else 0, &out[u // c_out, u % c_out, 0, 0, 0], g,
+                            row_begin, row_end)
+
+
 def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
                    floating[:, :, :, :, ::1] out, int kernel_d, int kernel_h, int kernel_w,
                    int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -602,6 +649,12 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     cdef bint has_bias = bias.shape[0] > 0
     if batch == 0 or row_end <= row_begin or g.n_out == 0:
+        return
+    # (taps in the padding are skipped, which only a finite weight makes equal to adding zero)
+    if g.c_in_g == 1 and g.groups > 1 and np.isfinite(np.asarray(weight)).all():
+        with nogil:
+            _depthwise_forward3d(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
+        _conv3d_ran["forward"] = "depthwise"
         return
     if _direct3d_applies(&g, batch, row_begin, row_end, floating is float):
         if _direct3d(&x[0, 0, 0, 0, 0], batch, &weight[0, 0], g.c_out_g * g.col_rows, g.col_rows, g.taps, 1,
