@@ -44,22 +44,24 @@ def threads():
     _threads.set_num_threads(before)
 
 
+def _setting(setter):
+    """Yield setter, restoring its value (setter returns the value before) afterwards."""
+    before = setter(1 << 20)
+    setter(before)
+    yield setter
+    setter(before)
+
+
 @pytest.fixture
 def weight_band():
     """Set the bytes of the direct weight gradient's per-thread buffer (bands of output slices)."""
-    before = _core.set_conv3d_weight_band(1 << 22)
-    _core.set_conv3d_weight_band(before)
-    yield _core.set_conv3d_weight_band
-    _core.set_conv3d_weight_band(before)
+    yield from _setting(_core.set_conv3d_weight_band)
 
 
 @pytest.fixture
 def direct_rows():
     """Set the bytes of the direct kernel's per-thread rows (chunks of a slice's rows)."""
-    before = _core.set_conv3d_direct_rows(1 << 19)
-    _core.set_conv3d_direct_rows(before)
-    yield _core.set_conv3d_direct_rows
-    _core.set_conv3d_direct_rows(before)
+    yield from _setting(_core.set_conv3d_direct_rows)
 
 
 def _arrays(rng, name, dtype):
