@@ -622,16 +622,17 @@ cdef void _depthwise_volume3d(const floating* x, const floating* w, floating b, 
                             orow[ow] = orow[ow] + v * xrow[ow * step]
 
 
-cdef void _depthwise_forward3d(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating* bias,
-                               floating[:, :, :, :, ::1] out, Conv3dGeometry* g, Py_ssize_t row_begin,
-                               Py_ssize_t row_end, int n_threads) noexcept nogil:
+cdef void _depthwise_forward3d(const floating* x, Py_ssize_t batch, const floating* weight, const floating* bias,
+                               floating* out, Conv3dGeometry* g, Py_ssize_t row_begin, Py_ssize_t row_end,
+                               int n_threads) noexcept nogil:
     """A depthwise convolution's output rows [row_begin, row_end) (one input channel per group, any
-    multiplier): threads take (image, output channel) volumes."""
+    multiplier) of x (N, C_in, D, H, W) into out (N, C_out, D_out, H_out, W_out), the weight
+    (C_out, kD * kH * kW): threads take (image, output channel) volumes."""
     cdef Py_ssize_t c_out = g.groups * g.c_out_g, u
-    for u in prange(x.shape[0] * c_out, schedule='static', num_threads=_team(n_threads, x.shape[0] * c_out)):
-        _depthwise_volume3d(&x[u // c_out, (u % c_out) // g.c_out_g, 0, 0, 0], &weight[u % c_out, 0],
-                            bias[u % c_out] if bias != NULL else 0, &out[u // c_out, u % c_out, 0, 0, 0], g,
-                            row_begin, row_end)
+    for u in prange(batch * c_out, schedule='static', num_threads=_team(n_threads, batch * c_out)):
+        _depthwise_volume3d(x + ((u // c_out) * g.groups + (u % c_out) // g.c_out_g) * g.volume,
+                            weight + (u % c_out) * g.taps, bias[u % c_out] if bias != NULL else 0,
+                            out + u * g.n_out, g, row_begin, row_end)
 
 
 def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
@@ -653,7 +654,8 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
     # (taps in the padding are skipped, which only a finite weight makes equal to adding zero)
     if g.c_in_g == 1 and g.groups > 1 and np.isfinite(np.asarray(weight)).all():
         with nogil:
-            _depthwise_forward3d(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
+            _depthwise_forward3d(&x[0, 0, 0, 0, 0], batch, &weight[0, 0], &bias[0] if has_bias else NULL,
+                                 &out[0, 0, 0, 0, 0], &g, row_begin, row_end, n_threads)
         _conv3d_ran["forward"] = "depthwise"
         return
     if _direct3d_applies(&g, batch, row_begin, row_end, floating is float):
