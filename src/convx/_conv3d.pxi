@@ -45,7 +45,8 @@ _conv3d_ran = {"forward": None, "input": None, "weight": None}
 
 def conv3d_ran():
     """{"forward": ..., "input": ..., "weight": ...}: the implementation the last 3-D forward, input
-    gradient and weight gradient ran ("direct", "packed" or "tiles"; None before any)."""
+    gradient and weight gradient ran ("direct", "packed", "depthwise" or "tiles"; None before
+    any)."""
     return dict(_conv3d_ran)
 
 
@@ -502,6 +503,19 @@ cdef convx_conv_shape _slice_shape(Conv3dGeometry* g, bint last=False) noexcept 
     return s
 
 
+cdef convx_depth_axis _depth_axis(Conv3dGeometry* g, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The depth axis of g for the 3-D direct kernels, reading the input slices [lo, hi)."""
+    cdef convx_depth_axis axis
+    axis.depth = g.depth
+    axis.kd = g.kernel[0]
+    axis.sd = g.stride[0]
+    axis.pd = g.pad[0]
+    axis.dd = g.dilation[0]
+    axis.lo = lo
+    axis.hi = hi
+    return axis
+
+
 cdef bint _direct3d_applies(Conv3dGeometry* g, Py_ssize_t batch, Py_ssize_t row_begin, Py_ssize_t row_end,
                             bint is_float, bint last=False) noexcept nogil:
     """Whether _direct3d computes these output rows: convx's GEMM level, whole output depth slices,
@@ -535,14 +549,7 @@ cdef int _direct3d(const floating* x, Py_ssize_t batch, const floating* weight, 
     cdef Py_ssize_t item, n, r0, r1, od0, od1, mr, chunk, per_slice, runs, per_image, n_items, slots, group_size
     cdef int level = _level(), tid, team
     cdef convx_conv_shape s = _slice_shape(g, last)
-    cdef convx_depth_axis axis
-    axis.depth = g.depth
-    axis.kd = kd
-    axis.sd = g.stride[0]
-    axis.pd = g.pad[0]
-    axis.dd = g.dilation[0]
-    axis.lo = in_lo
-    axis.hi = in_hi
+    cdef convx_depth_axis axis = _depth_axis(g, in_lo, in_hi)
     if not last:
         s.o_cs = out_channel
     packing = _direct_pack(weight, s_g, s_m, s_c, s_t, bias, &s, n_threads, g.taps)
@@ -821,7 +828,7 @@ cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floati
     are channels last (N, D, H, W, C). Returns whether it ran."""
     cdef Py_ssize_t kd = g.kernel[0], dd = g.dilation[0], od0 = row_begin // g.out_h, od1 = row_end // g.out_h
     cdef Py_ssize_t batch = grad_in.shape[0], plane = g.height * g.width, c_in = g.groups * g.c_in_g
-    cdef Py_ssize_t d_lo, d_hi, nd, i, u
+    cdef Py_ssize_t d_lo, d_hi, nd, u
     cdef Conv3dGeometry a = _conv3d_geometry(g.groups * g.c_out_g, g.out_d, g.out_h, g.out_w, c_in,
                                              kd, g.kernel[1], g.kernel[2], g.depth, g.height, g.width, g.groups,
                                              1, 1, 1, dd * (kd - 1) - g.pad[0],
@@ -849,7 +856,6 @@ cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floati
                      od0, od1, n_threads, last):
         return False
     cdef floating* dst
-    cdef const floating* src
     with nogil:
         # (part holds the band's slices in grad_in's layout: per channel, or per image channels last)
         for u in prange(batch * c_in, schedule='static', num_threads=_team(n_threads, batch * c_in)):
@@ -857,9 +863,7 @@ cdef bint _direct_input3d(const floating[:, :, :, :, ::1] grad_out, const floati
                 dst = &grad_in[u // c_in, d_lo, 0, 0, 0] + (u % c_in) * nd * plane
             else:
                 dst = &grad_in[u // c_in, u % c_in, d_lo, 0, 0]
-            src = &part[u // c_in, u % c_in, 0, 0]
-            for i in range(nd * plane):
-                dst[i] = dst[i] + src[i]
+            _add_plane(&part[u // c_in, u % c_in, 0, 0], dst, nd * plane)
     return True
 
 
@@ -1031,11 +1035,12 @@ cdef bint _direct_weight3d_applies(Conv3dGeometry* g, Py_ssize_t row_begin, Py_s
     return last or _fills_lanes(g.c_out_g, is_float)
 
 
-cdef inline size_t _outer3d_buffer_bytes(int level, convx_conv_shape* s, convx_depth_axis* axis, Py_ssize_t band,
-                                        bint is_float) noexcept nogil:
+cdef inline size_t _outer3d_buffer(int level, convx_conv_shape* s, convx_depth_axis* axis, Py_ssize_t band,
+                                  bint is_float) noexcept nogil:
+    """Elements of convx_direct_weight_outer3d's buffer for bands of band output slices."""
     if is_float:
-        return convx_direct_outer3d_buffer_size_f(level, s, axis, band) * sizeof(float)
-    return convx_direct_outer3d_buffer_size_d(level, s, axis, band) * sizeof(double)
+        return convx_direct_outer3d_buffer_size_f(level, s, axis, band)
+    return convx_direct_outer3d_buffer_size_d(level, s, axis, band)
 
 
 cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_t batch,
@@ -1049,22 +1054,15 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
     cdef int level = _level(), team, tid
     cdef convx_conv_shape s = _slice_shape(g, last)
     cdef convx_conv_shape flat = s
-    cdef convx_depth_axis axis
+    cdef convx_depth_axis axis = _depth_axis(g, 0, g.depth)
     cdef Py_ssize_t n_slices = od_end - od_begin, band, bands, n_items, item, part_size, buf_size, n, od0, od1
     cdef Py_ssize_t image_in = g.groups * g.c_in_g * g.volume, image_out = g.groups * g.c_out_g * g.n_out, i
-    axis.depth = g.depth
-    axis.kd = g.kernel[0]
-    axis.sd = g.stride[0]
-    axis.pd = g.pad[0]
-    axis.dd = g.dilation[0]
-    axis.lo = 0
-    axis.hi = g.depth
     flat.kh = g.kernel[0] * g.kernel[1]  # the partial's rows run over kD * kH * kW taps
     cdef bint is_float = False
     if floating is float:
         is_float = True
     band = n_slices
-    while band > 1 and _outer3d_buffer_bytes(level, &s, &axis, band, is_float) > <size_t> _outer3d_bytes:
+    while band > 1 and _outer3d_buffer(level, &s, &axis, band, is_float) * sizeof(floating) > <size_t> _outer3d_bytes:
         band = (band + 1) // 2
     # bands for two items a thread from one image (not from the batch, so that scratch is the same
     # whatever the batch)
@@ -1072,13 +1070,12 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
     bands = (n_slices + band - 1) // band
     n_items = batch * bands
     team = _team(n_threads, n_items)
+    buf_size = _outer3d_buffer(level, &s, &axis, band, is_float)
     if floating is float:
         part_size = convx_direct_outer_part_size_f(level, &flat)
-        buf_size = convx_direct_outer3d_buffer_size_f(level, &s, &axis, band)
         dtype = np.float32
     else:
         part_size = convx_direct_outer_part_size_d(level, &flat)
-        buf_size = convx_direct_outer3d_buffer_size_d(level, &s, &axis, band)
         dtype = np.float64
     cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
     cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
@@ -1107,8 +1104,7 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
                 grad_weight[i // total.shape[1], i % g.taps * g.c_in_g + i % total.shape[1] // g.taps] += \
                     (&total[0, 0])[i]
         else:
-            for i in range(total.shape[0] * total.shape[1]):
-                (&grad_weight[0, 0])[i] += (&total[0, 0])[i]
+            _add_plane(&total[0, 0], &grad_weight[0, 0], total.shape[0] * total.shape[1])
     return 1
 
 

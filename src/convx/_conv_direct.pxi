@@ -118,23 +118,22 @@ cdef int _direct_conv(const floating* x, const floating* weight, Py_ssize_t s_g,
     nothing, where a weight is not finite (the caller then takes another path: see
     convx_direct_pack_weight)."""
     cdef int level = _level(), team, t
-    cdef Py_ssize_t k = s.c_in_g * s.kh * s.kw, lanes, mr, blocks
+    cdef Py_ssize_t lanes, mr, blocks
     cdef Py_ssize_t group_size, n_items, per_image, chunk, buf_size, item, n, r0, r1, splits, chunks, b0, b1
     if floating is float:
         lanes = convx_direct_lanes_f(level)
         mr = convx_direct_rows_f(level)
-        group_size = convx_direct_weight_size_f(level, s.c_out_g, k)
         dtype = np.float32
     else:
         lanes = convx_direct_lanes_d(level)
         mr = convx_direct_rows_d(level)
-        group_size = convx_direct_weight_size_d(level, s.c_out_g, k)
         dtype = np.float64
     blocks = (s.c_out_g + lanes - 1) // lanes
     packing = _direct_pack(weight, s_g, s_m, s_c, s_t, bias, s, n_threads)
     if packing is None:
         return 0
     cdef floating[::1] packed = packing[0]
+    group_size = packed.shape[0] // s.groups
     cdef floating[::1] lane_bias
     cdef const floating* b = NULL
     if packing[1] is not None:

@@ -204,59 +204,6 @@ GTARGET static void GN(convx_direct_tile_exact)(const GT *CONVX_RESTRICT a, ptrd
 #undef CONVX_TILE_ROWS
 }
 
-/* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
- * out point at the image, packed holds each group's weight (convx_direct_pack_weight, group_size
- * elements apart), bias (NULL or) each group's ceil(c_out_g / GNR) * GNR lanes, epi (NULL or)
- * the activation applied to each tile, buf convx_direct_buffer_size elements (the rows the output rows read, channels last, with zero
- * columns for the padding and the last tile's spare pixels). Padding must not be negative. */
-GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
-                                               size_t group_size, const GT *CONVX_RESTRICT bias,
-                                               const convx_epilogue *epi, const GT *CONVX_RESTRICT x, GT *CONVX_RESTRICT out, ptrdiff_t r0,
-                                               ptrdiff_t r1, GT *CONVX_RESTRICT buf) {
-    const ptrdiff_t channels = s->groups * s->c_in_g, plane = s->height * s->width;
-    const ptrdiff_t wb = convx_direct_buffer_width(s, GMR), tile = convx_direct_row_tile(s, GMR);
-    const ptrdiff_t blocks = (s->c_out_g + GNR - 1) / GNR;
-    const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
-    ptrdiff_t ih0 = r0 * s->sh - s->ph, ih1 = (r1 - 1) * s->sh - s->ph + (s->kh - 1) * s->dh + 1;
-    if (ih0 < 0) ih0 = 0;
-    if (ih1 > s->height) ih1 = s->height;
-    for (ptrdiff_t ih = ih0; ih < ih1; ih++) {
-        if (s->x_last)
-            GN(convx_direct_padded_row_last)(x + ih * s->width * channels, channels, s->width, s->pw, wb,
-                                             buf + (ih - ih0) * wb * channels);
-        else
-            GN(convx_direct_padded_row)(x + ih * s->width, plane, channels, s->width, s->pw, wb,
-                                        buf + (ih - ih0) * wb * channels);
-    }
-    /* where output (co, oh, ow) is: the steps to the next channel, pixel and row */
-    const ptrdiff_t o_ch = convx_out_channel(s), o_px = convx_out_px(s), o_row = convx_out_row(s);
-    ptrdiff_t aoff[CONVX_DIRECT_TAPS], boff[CONVX_DIRECT_TAPS];
-    for (ptrdiff_t grp = 0; grp < s->groups; grp++)
-        for (ptrdiff_t blk = 0; blk < blocks; blk++) {
-            const GT *b = packed + grp * group_size + blk * k * GNR;
-            const GT *b_bias = bias ? bias + (grp * blocks + blk) * GNR : NULL;
-            const ptrdiff_t co = grp * s->c_out_g + blk * GNR;
-            const ptrdiff_t lanes = s->c_out_g - blk * GNR < GNR ? s->c_out_g - blk * GNR : GNR;
-            for (ptrdiff_t oh = r0; oh < r1; oh++) {
-                ptrdiff_t taps = 0;
-                for (ptrdiff_t i = 0; i < s->kh; i++) {
-                    const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
-                    if (ih < 0 || ih >= s->height) continue;
-                    for (ptrdiff_t j = 0; j < s->kw; j++, taps++) {
-                        aoff[taps] = ((ih - ih0) * wb + j * s->dw) * channels + grp * s->c_in_g;
-                        boff[taps] = (i * s->kw + j) * s->c_in_g * GNR;
-                    }
-                }
-                for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
-                    const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
-                    GN(convx_direct_tile_exact)(
-                        buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps, s->c_in_g, b, b_bias, epi,
-                        out + co * o_ch + oh * o_row + ow * o_px, o_px, o_ch, rows, lanes);
-                }
-            }
-        }
-}
-
 /* A 3-D convolution's output rows [r0, r1) of its output depth slices [od0, od1), one image, by
  * convx_direct_tile with the kd depth taps among the taps. s is the 2-D shape of one depth slice
  * (its o_cs, x_last and out_last say the layouts: channels first with x's channel step
@@ -343,6 +290,21 @@ GTARGET static void GN(convx_direct_conv3d_rows)(const convx_conv_shape *s, cons
                 }
             }
     }
+}
+
+/* Output rows [r0, r1) of one image, every group and output channel, by convx_direct_tile: x and
+ * out point at the image, packed holds each group's weight (convx_direct_pack_weight, group_size
+ * elements apart), bias (NULL or) each group's ceil(c_out_g / GNR) * GNR lanes, epi (NULL or)
+ * the activation applied to each tile, buf convx_direct_buffer_size elements (the rows the output
+ * rows read, channels last, with zero columns for the padding and the last tile's spare pixels).
+ * Padding must not be negative. It is the 3-D kernel's single slot over a volume of one slice. */
+GTARGET static void GN(convx_direct_conv_rows)(const convx_conv_shape *s, const GT *CONVX_RESTRICT packed,
+                                               size_t group_size, const GT *CONVX_RESTRICT bias,
+                                               const convx_epilogue *epi, const GT *CONVX_RESTRICT x,
+                                               GT *CONVX_RESTRICT out, ptrdiff_t r0, ptrdiff_t r1,
+                                               GT *CONVX_RESTRICT buf) {
+    const convx_depth_axis one_slice = {1, 1, 1, 0, 1, 0, 1};
+    GN(convx_direct_conv3d_rows)(s, &one_slice, packed, group_size, bias, epi, x, out, 0, 0, 1, r0, r1, buf);
 }
 
 /* Output channel blocks [blk0, blk1) (counted over all groups) of images [0, n_images) of
