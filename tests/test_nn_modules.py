@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
+import convx
 from convx import nn, optim
 
 DTYPES = [np.float32, np.float64]
@@ -607,6 +608,51 @@ def test_no_grad_keeps_nothing_and_changes_nothing(mode, rng):
         with nn.set_grad_enabled(False), nn.set_grad_enabled(True):
             net(x)
         net.backward(np.ones_like(expected))  # the inner block kept what backward needs
+
+
+MAX_POOL_LAYERS = [  # (layer maker, input shape, whether it takes return_indices)
+    (lambda **kw: nn.MaxPool1d(3, 2, padding=1, **kw), (2, 3, 9), True),
+    (lambda **kw: nn.MaxPool2d(2, **kw), (2, 3, 6, 7), False),
+    (lambda **kw: nn.MaxPool2d(3, 2, padding=1, layout="NHWC", **kw), (2, 6, 7, 3), False),
+    (lambda **kw: nn.MaxPool3d(2, **kw), (2, 3, 4, 5, 4), True),
+    (lambda **kw: nn.AdaptiveMaxPool1d(4, **kw), (2, 3, 9), True),
+    (lambda **kw: nn.AdaptiveMaxPool2d((3, 2), **kw), (2, 3, 7, 5), False),
+    (lambda **kw: nn.AdaptiveMaxPool3d(2, **kw), (2, 3, 5, 4, 3), True),
+    (lambda **kw: nn.GlobalMaxPool2d(), (2, 3, 5, 4), False),
+]
+
+
+@pytest.mark.parametrize("make, shape, returns_indices", MAX_POOL_LAYERS)
+def test_max_pooling_under_no_grad_computes_no_indices_unless_returned(make, shape, returns_indices, rng,
+                                                                       monkeypatch):
+    """Under no_grad nothing reads a max pooling's argmax indices, so the layer asks for none (they
+    are an int64 array as large as the output); with return_indices it still returns them."""
+    x = rng.standard_normal(shape)
+    x.flat[::7] = np.nan
+    layer = make()
+    expected = layer(x)
+    asked = []
+    for name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                 "adaptive_max_pool3d"):
+        original = getattr(convx.functional, name)
+
+        def recording(*args, _original=original, **kwargs):
+            asked.append(kwargs["return_indices"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(convx.functional, name, recording)
+    with nn.no_grad():
+        np.testing.assert_array_equal(layer(x), expected)
+    assert asked == [False]
+    if not returns_indices:
+        return
+    returning = make(return_indices=True)
+    y, indices = returning(x)
+    with nn.no_grad():
+        y_no_grad, indices_no_grad = returning(x)
+    np.testing.assert_array_equal(y_no_grad, y)
+    np.testing.assert_array_equal(indices_no_grad, indices)
+    assert asked[-2:] == [True, True]
 
 
 def test_no_grad_is_per_thread(rng):

@@ -134,6 +134,7 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_tile_b
     for (ptrdiff_t t = 0; t < taps; t++) {
         const GT *pa = a + aoff[t];
         const GT *pb = b + boff[t];
+        CONVX_UNROLL(4)
         for (ptrdiff_t c = 0; c < channels; c++) {
             GV bv[GNV];
             for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);
@@ -368,6 +369,7 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_direct_weight
         const GT *ra[GMR];
         for (int r = 0; r < GMR; r++) ra[r] = a + aoff[u] + roff[r];
         const GT *pb = b + boff[u];
+        CONVX_UNROLL(4)
         for (ptrdiff_t p = 0; p < len; p++) {
             GV bv[GNV];
             for (int v = 0; v < GNV; v++) bv[v] = GLOAD(pb + v * GVL);

@@ -30,6 +30,7 @@ GTARGET static inline void GN(convx_flat_tile)(ptrdiff_t kc, const GT *CONVX_RES
     for (int r = 0; r < GMR; r++)
         for (int v = 0; v < GFV; v++)
             acc[r][v] = r >= rows ? GZERO() : accumulate ? GLOAD(c + r * ldc + v * GVL) : bias ? GSET1(bias[r]) : GZERO();
+    CONVX_UNROLL(4)
     for (ptrdiff_t k = 0; k < kc; k++) {
         GV bv[GFV];
         for (int v = 0; v < GFV; v++) bv[v] = GLOAD(b + k * ldb + v * GVL);

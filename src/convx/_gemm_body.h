@@ -29,6 +29,7 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_gemm_tile_str
     for (int r = 0; r < GMR; r++)
         for (int v = 0; v < GNV; v++)
             acc[r][v] = !full ? GZERO() : accumulate ? GLOAD(c + r * ldc + v * GVL) : bias ? GSET1(bias[r]) : GZERO();
+    CONVX_UNROLL(4)
     for (ptrdiff_t k = 0; k < kc; k++) {
         GV bv[GNV];
         for (int v = 0; v < GNV; v++) bv[v] = GLOAD(b + v * GVL);

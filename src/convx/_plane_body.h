@@ -57,6 +57,7 @@ GTARGET static inline __attribute__((always_inline)) void GN(convx_plane_tile_bo
         const GV start = GSET1(bias[c]);
         for (int v = 0; v < nv; v++) acc[c][v] = start;
     }
+    CONVX_UNROLL(4)
     for (ptrdiff_t k = 0; k < depth; k++) {
         const GT *pa = a + off[k];
         GV xv[GPV];

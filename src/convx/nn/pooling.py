@@ -12,7 +12,17 @@ from .._checks import DATA_LAYOUTS, MAX_POOL_DTYPES, as_bool, as_data_layout, as
 from .._typing import AdaptiveSize, IntPair, IntSingle, Padding, Padding1d
 from ..functional.lppool import _norm_type
 from ..functional.pooling import _window_values
-from .module import Module, check_input
+from .module import Module, check_input, is_grad_enabled
+
+
+def _maxima(module: Module, pool: Any, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``pool``'s maxima and their argmax indices, or the maxima and None where nothing will read
+    the indices: ``module`` does not return them and keeps nothing for a backward (under
+    :class:`no_grad`). The indices are as large as the output again, in int64."""
+    if getattr(module, "return_indices", False) or is_grad_enabled():
+        y, indices = pool(*args, return_indices=True, **kwargs)
+        return y, indices
+    return pool(*args, return_indices=False, **kwargs), None
 
 
 def _padding_arg(padding: Any, kernel_size: Any, dilation: Any, ceil_mode: bool, dims: int) -> Any:
@@ -68,8 +78,8 @@ class _MaxPoolNd(Module):
         channels-last ``layout``); ``(y, indices)`` with ``return_indices``."""
         pool = functional.max_pool1d if self._DIMS == 1 else functional.max_pool2d
         x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
-        y, indices = pool(
-            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True,
+        y, indices = _maxima(
+            self, pool, x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
             layout=self.layout,
         )
         self._save_for_backward(y, indices, x.shape)
@@ -293,7 +303,7 @@ class _AdaptiveMaxPoolNd(_AdaptiveAvgPoolNd):
         ``return_indices``."""
         pool = functional.adaptive_max_pool1d if self._DIMS == 1 else functional.adaptive_max_pool2d
         x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
-        y, indices = pool(x, self._size(x), return_indices=True, layout=self.layout)
+        y, indices = _maxima(self, pool, x, self._size(x), layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
@@ -465,7 +475,7 @@ class GlobalMaxPool2d(_GlobalPool2d):
         """Channel maxima of ``x`` (N, C, H, W) or (C, H, W): (N, C), or (N, C, 1, 1) with keepdims
         (with ``layout='NHWC'``: ``x`` (N, H, W, C), (N, 1, 1, C) with keepdims)."""
         x = check_input(self, x, _input_ndims(self), dtypes=MAX_POOL_DTYPES)
-        y, indices = functional.adaptive_max_pool2d(x, (1, 1), return_indices=True, layout=self.layout)
+        y, indices = _maxima(self, functional.adaptive_max_pool2d, x, (1, 1), layout=self.layout)
         y = self._squeezed(y)
         self._save_for_backward(y, indices, x.shape)
         return y

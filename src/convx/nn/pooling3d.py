@@ -13,7 +13,7 @@ from ..functional.conv3d import Padding3d
 from ..functional.lppool import _norm_type
 from ..functional.pooling3d import _avg_args, _window_args
 from .module import Module, check_input
-from .pooling import _input_ndims, _layout_arg, _layout_text, _MaxUnpoolNd
+from .pooling import _input_ndims, _layout_arg, _layout_text, _maxima, _MaxUnpoolNd
 
 
 
@@ -89,8 +89,8 @@ class MaxPool3d(Module):
         """Max over each window of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with
         ``layout='NDHWC'``); ``(y, indices)`` with ``return_indices``."""
         x = check_input(self, x, _input_ndims(self))
-        y, indices = functional.max_pool3d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                           self.ceil_mode, return_indices=True, layout=self.layout)
+        y, indices = _maxima(self, functional.max_pool3d, x, self.kernel_size, self.stride, self.padding,
+                             self.dilation, self.ceil_mode, layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
@@ -275,7 +275,7 @@ class AdaptiveMaxPool3d(Module):
         """Max of ``x``, shape (N, C, D, H, W) or (C, D, H, W) (channels last with ``layout='NDHWC'``), over
         adaptive windows; ``(y, indices)`` with ``return_indices``."""
         x = check_input(self, x, _input_ndims(self))
-        y, indices = functional.adaptive_max_pool3d(x, self.output_size, return_indices=True, layout=self.layout)
+        y, indices = _maxima(self, functional.adaptive_max_pool3d, x, self.output_size, layout=self.layout)
         self._save_for_backward(y, indices, x.shape)
         return (y, indices) if self.return_indices else y
 
