@@ -28,6 +28,11 @@ def _dtype_names(dtypes: Sequence[np.dtype[Any]]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def _names(dtypes: Sequence[np.dtype[Any]]) -> str:
+    """The dtypes' names for an error message (only then: naming a dtype takes microseconds)."""
+    return _DTYPE_NAMES if dtypes is SUPPORTED_DTYPES else _dtype_names(dtypes)
+
+
 def as_float_array(
     name: str, value: object, ndims: Sequence[int], dtypes: Sequence[np.dtype[Any]] = SUPPORTED_DTYPES
 ) -> npt.NDArray[Any]:
@@ -36,20 +41,19 @@ def as_float_array(
     The array is not copied or cast; another dtype is a TypeError. A subclass
     comes back as a plain ndarray view of its data (see :func:`plain_array`).
     """
-    names = _DTYPE_NAMES if dtypes is SUPPORTED_DTYPES else _dtype_names(dtypes)
     if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array (its mask would be ignored)")
     if isinstance(value, np.ndarray):
         value = plain_array(value)
     else:
         if np.isscalar(value) or value is None:
-            raise TypeError(f"{name} must be a numpy.ndarray of {names}, got {type(value).__name__}")
+            raise TypeError(f"{name} must be a numpy.ndarray of {_names(dtypes)}, got {type(value).__name__}")
         try:
             value = np.asarray(value)
         except Exception as exc:  # ragged sequences and other non-arrays
-            raise TypeError(f"{name} must be a numpy.ndarray of {names}, got {type(value).__name__}") from exc
+            raise TypeError(f"{name} must be a numpy.ndarray of {_names(dtypes)}, got {type(value).__name__}") from exc
     if value.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype {names}, got dtype {value.dtype}; cast it explicitly first")
+        raise TypeError(f"{name} must have dtype {_names(dtypes)}, got dtype {value.dtype}; cast it explicitly first")
     if value.ndim not in ndims:
         allowed = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must be {allowed}-dimensional, got an array of shape {value.shape}")
