@@ -95,3 +95,23 @@ def test_every_convolution_layer_of_the_benchmark_is_pinned():
     layers = {(c.name, b) for c in CASES.values() if c.kind == "conv" and not (c.groups > 1 and c.c_in == c.groups)
               for b in (c.batch, quick(c).batch)}
     assert layers == {(name, batch) for name, batch, _ in PINNED}
+
+
+@pytest.mark.parametrize("level", ["avx512", "avx2"])
+@pytest.mark.parametrize("c_in, size, dtype_is_float, expected", [
+    # (the image's channels-last copy, x (H + 2 padding columns) x C_in)
+    (64, 56, True, "direct-split-images"),  # 0.79 MiB
+    (256, 28, True, "direct-split-images"),  # 0.82 MiB
+    (192, 56, True, "direct-outer"),  # 2.38 MiB: the split kernels would re-read it from memory per tile
+    (96, 56, True, "direct-outer"),  # 1.19 MiB
+    (32, 56, False, "direct-split-images"),  # 0.79 MiB in float64
+    (64, 56, False, "direct-outer"),  # 1.59 MiB in float64
+])
+def test_the_weight_gradient_splits_over_images_only_while_an_image_copy_fits_l2(level, c_in, size, dtype_is_float,
+                                                                                   expected):
+    if level not in _core.supported_gemm_kernels():
+        pytest.skip(f"this CPU does not run the {level!r} kernels, so their choice never applies here")
+    with _core.ConvConfig(level, "auto"):
+        picked = _core.conv_implementation("weight", 8, c_in, size, size, 64, 3, 3, size, size, 1, 1, 1, 1, 1, 1, 1,
+                                           dtype_is_float, 2)
+    assert picked == f"{level}/{expected}"

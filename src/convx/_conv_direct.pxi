@@ -195,6 +195,17 @@ cdef enum:
     DIRECT_OUTER = 3
     # Largest per-thread partial (elements) the split over images sums.
     DIRECT_PARTIAL_MOST = 1 << 18
+    # Largest channels-last copy of one image (bytes) for which the weight gradient splits over
+    # images or channels (channels first, 3x3 padding 1); above it, DIRECT_OUTER. GFLOP/s split /
+    # outer, 1 thread, Intel Xeon (KVM, family 6 model 167, AVX-512, 2 MiB L2 per core):
+    #   copy 0.41 MiB (16x128->128 28x28) 151 / 146; 0.79 (16x64->64 56x56) 137 / 133;
+    #   0.82 (16x256->256 28x28) 145 / 136; 1.19 (8x96->64 56x56) 117 / 135;
+    #   1.59 (8x128->64 56x56) 94 / 143, (8x128->128 56x56) 127 / 129, (8x64->64 80x80) 99 / 115;
+    #   2.38 (8x192->64 56x56) 84 / 153, (2x192->64) 65 / 143; 3.17 (8x256->64 56x56) 74 / 157;
+    #   float64: 3.09 MiB (4x96->64 64x64) 26 / 35, 4.76 (4x192->64 56x56) 29 / 54.
+    # No layer of the 2-D benchmark has a copy above it (the largest, vgg_3x3: 0.79 MiB), so the
+    # rules measured on the EPYCs are unchanged there.
+    DIRECT_SPLIT_IMAGE_MOST = 1 << 20
 
 
 cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads,
@@ -234,6 +245,7 @@ cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
     other kernels would take only through transposes."""
     cdef int level = _level()
     cdef Py_ssize_t tiles, part
+    cdef double copy
     if level == CONVX_GEMM_BLAS or _dmode() == MODE_OFF or batch == 0 or s.c_out_g == 0 or s.c_in_g == 0:
         return DIRECT_OFF
     if s.ph < 0 or s.pw < 0:
@@ -254,6 +266,12 @@ cdef int _direct_weight_wanted(convx_conv_shape* s, Py_ssize_t batch, bint is_fl
         return DIRECT_OUTER
     if not channels_last and (not _fills_lanes(s.c_in_g, is_float) or convx_conv_flat(s)):
         return DIRECT_OFF
+    # The split kernels read a whole image's channels-last copy once per tile of output channels:
+    # beyond L2 each pass comes from memory, while the outer kernel reads a band of rows at a time.
+    copy = (<double> s.height * <double> convx_direct_buffer_width(s, 1) * <double> (s.groups * s.c_in_g)
+            * (4 if is_float else 8))
+    if not channels_last and _fills_lanes(s.c_out_g, is_float) and s.kh * s.kw > 1 and copy > DIRECT_SPLIT_IMAGE_MOST:
+        return DIRECT_OUTER
     if is_float:
         tiles = s.groups * convx_direct_weight_tiles_f(level, s)
         part = convx_direct_weight_part_size_f(level, s, tiles)
