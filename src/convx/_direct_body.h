@@ -229,6 +229,10 @@ GTARGET static void GN(convx_direct_conv3d_rows)(const convx_conv_shape *s, cons
     if (ih0 < 0) ih0 = 0;
     if (ih1 > s->height) ih1 = s->height;
     const ptrdiff_t o_ch = convx_out_channel(s), o_px = convx_out_px(s), o_row = convx_out_row(s);
+    /* Undilated and ungrouped, a kernel row's taps read kw * c_in consecutive elements of a buffer
+     * row and of the packed weight: one run of the tile's depth loop (3x3 from 3 channels: 3 runs
+     * of 9, not 9 of 3). */
+    const ptrdiff_t row_taps = s->dw == 1 && s->groups == 1 ? s->kw : 1;
     ptrdiff_t held[CONVX_DIRECT3D_DEPTH_TAPS], slot_of[CONVX_DIRECT3D_DEPTH_TAPS];
     ptrdiff_t aoff[CONVX_DIRECT3D_TAPS], boff[CONVX_DIRECT3D_TAPS];
     for (ptrdiff_t a = 0; a < d->kd; a++) held[a] = -1;
@@ -274,7 +278,7 @@ GTARGET static void GN(convx_direct_conv3d_rows)(const convx_conv_shape *s, cons
                         for (ptrdiff_t i = 0; i < s->kh; i++) {
                             const ptrdiff_t ih = oh * s->sh - s->ph + i * s->dh;
                             if (ih < 0 || ih >= s->height) continue;
-                            for (ptrdiff_t j = 0; j < s->kw; j++, taps++) {
+                            for (ptrdiff_t j = 0; j < s->kw; j += row_taps, taps++) {
                                 aoff[taps] = slot_of[a] * slot_size + ((ih - ih0) * wb + j * s->dw) * channels +
                                              grp * s->c_in_g;
                                 boff[taps] = ((a * s->kh + i) * s->kw + j) * s->c_in_g * GNR;
@@ -284,7 +288,7 @@ GTARGET static void GN(convx_direct_conv3d_rows)(const convx_conv_shape *s, cons
                     for (ptrdiff_t ow = 0; ow < s->out_w; ow += tile) {
                         const ptrdiff_t rows = s->out_w - ow < tile ? s->out_w - ow : tile;
                         GN(convx_direct_tile_exact)(buf + ow * s->sw * channels, s->sw * channels, aoff, boff, taps,
-                                                    s->c_in_g, b, b_bias, epi,
+                                                    row_taps * s->c_in_g, b, b_bias, epi,
                                                     out + (od - od0) * out_slice + co * o_ch + oh * o_row + ow * o_px, o_px,
                                                     o_ch, rows, lanes);
                     }
