@@ -39,7 +39,8 @@ cdef Py_ssize_t _direct3d_rows_bytes = 512 * 1024
 
 
 # What the last forward, input and weight gradient ran (for tests): "direct", "packed" (the depth-major
-# 2-D packed kernels), "depthwise" (the forward's depthwise loops) or "tiles" (vol2col / col2vol).
+# 2-D packed kernels), "depthwise" (the depthwise loops: _depthwise_forward3d, _depthwise_input3d,
+# _depthwise_weight3d) or "tiles" (vol2col / col2vol).
 _conv3d_ran = {"forward": None, "input": None, "weight": None}
 
 
@@ -642,6 +643,146 @@ cdef void _depthwise_forward3d(const floating* x, Py_ssize_t batch, const floati
                             out + u * g.n_out, g, row_begin, row_end)
 
 
+# The two gradients of a depthwise convolution (_depthwise3d.h): per (image, channel) volume, rows
+# of W-contiguous products as the forward's. Their scratch is a row of column sums per tap and thread.
+
+cdef extern from "_depthwise3d.h" nogil:
+    ctypedef struct convx_dw3d_shape:
+        Py_ssize_t depth, height, width, out_d, out_h, out_w
+        Py_ssize_t kd, kh, kw, sd, sh, sw, pd, ph, pw, dd, dh, dw
+    void convx_dw3d_input_f(const float* grad_out, Py_ssize_t m, const float* weight, float* grad_in,
+                            const convx_dw3d_shape* s, Py_ssize_t row_begin, Py_ssize_t row_end,
+                            const Py_ssize_t* lo, const Py_ssize_t* hi)
+    void convx_dw3d_input_d(const double* grad_out, Py_ssize_t m, const double* weight, double* grad_in,
+                            const convx_dw3d_shape* s, Py_ssize_t row_begin, Py_ssize_t row_end,
+                            const Py_ssize_t* lo, const Py_ssize_t* hi)
+    int convx_dw3d_weight_f(const float* grad_out, const float* x, float* partial, float* wsum,
+                            const convx_dw3d_shape* s, Py_ssize_t row_begin, Py_ssize_t row_end,
+                            const Py_ssize_t* lo, const Py_ssize_t* hi, int check)
+    int convx_dw3d_weight_d(const double* grad_out, const double* x, double* partial, double* wsum,
+                            const convx_dw3d_shape* s, Py_ssize_t row_begin, Py_ssize_t row_end,
+                            const Py_ssize_t* lo, const Py_ssize_t* hi, int check)
+
+
+cdef inline bint _depthwise3d(Conv3dGeometry* g) noexcept nogil:
+    """Whether g is depthwise: one input channel per group, any multiplier."""
+    return g.c_in_g == 1 and g.groups > 1
+
+
+cdef convx_dw3d_shape _dw3d_shape(Conv3dGeometry* g) noexcept nogil:
+    cdef convx_dw3d_shape s
+    s.depth, s.height, s.width = g.depth, g.height, g.width
+    s.out_d, s.out_h, s.out_w = g.out_d, g.out_h, g.out_w
+    s.kd, s.kh, s.kw = g.kernel[0], g.kernel[1], g.kernel[2]
+    s.sd, s.sh, s.sw = g.stride[0], g.stride[1], g.stride[2]
+    s.pd, s.ph, s.pw = g.pad[0], g.pad[1], g.pad[2]
+    s.dd, s.dh, s.dw = g.dilation[0], g.dilation[1], g.dilation[2]
+    return s
+
+
+cdef Py_ssize_t[::1] _dw3d_columns(Conv3dGeometry* g):
+    """lo[e], then hi[e] (one array): the output columns ow whose tap e lands inside the input row."""
+    cdef Py_ssize_t kw = g.kernel[2], e
+    cdef Py_ssize_t[::1] ranges = np.empty(2 * kw, dtype=np.intp)
+    for e in range(kw):
+        _valid_range(e * g.dilation[2] - g.pad[2], g.stride[2], g.width, g.out_w, &ranges[e], &ranges[kw + e])
+    return ranges
+
+
+cdef bint _reaches_padding3d(Conv3dGeometry* g) noexcept nogil:
+    """Whether some tap of some output falls outside the input (before it, or after it where the
+    output overshoots)."""
+    cdef int axis
+    cdef Py_ssize_t size[3]
+    cdef Py_ssize_t out[3]
+    size[0], size[1], size[2] = g.depth, g.height, g.width
+    out[0], out[1], out[2] = g.out_d, g.out_h, g.out_w
+    for axis in range(3):
+        if g.pad[axis] > 0:
+            return True
+        if (out[axis] - 1) * g.stride[axis] - g.pad[axis] + (g.kernel[axis] - 1) * g.dilation[axis] >= size[axis]:
+            return True
+    return False
+
+
+cdef bint _depthwise_weight3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
+                              floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t row_begin,
+                              Py_ssize_t row_end, int n_threads) except -1:
+    """grad_weight (C_out, kD*kH*kW) += a depthwise convolution's weight gradient over the output rows
+    [row_begin, row_end): threads take (image, output channel) volumes (convx_dw3d_weight), each
+    summed into its own row of taps; the rows are added per channel in image order after the
+    parallel block, so that the result does not depend on the threads. Where a tap reaches the
+    padding, grad_out must be finite (the products with the padding's zeros are skipped): returns
+    False, having written nothing, where it is not."""
+    cdef Py_ssize_t batch = x.shape[0], c_out = g.groups * g.c_out_g, n_items = batch * c_out, taps = g.taps
+    cdef Py_ssize_t item, n, co, t
+    # one row of column sums per tap and thread, each thread's on its own cache lines
+    cdef Py_ssize_t slot = (taps * g.out_w + 15) // 16 * 16 + 16
+    cdef int team = _team(n_threads, n_items), tid, check = _reaches_padding3d(g)
+    cdef convx_dw3d_shape s = _dw3d_shape(g)
+    cdef Py_ssize_t[::1] ranges = _dw3d_columns(g)
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] partials = np.empty(team * slot, dtype=dtype)
+    cdef floating[:, ::1] sums = np.empty((n_items, taps), dtype=dtype)
+    cdef unsigned char[::1] finite = np.empty(n_items, dtype=np.uint8)
+    cdef const floating* dy = &grad_out[0, 0, 0, 0, 0]
+    cdef const floating* xs = &x[0, 0, 0, 0, 0]
+    cdef const floating* image
+    cdef floating total
+    with nogil:
+        with parallel(num_threads=team):
+            tid = threadid()
+            for item in prange(n_items, schedule='static'):
+                # image n's output channel co reads input channel co // m
+                n = item // c_out
+                co = item % c_out
+                image = xs + n * g.groups * g.volume
+                if floating is float:
+                    finite[item] = convx_dw3d_weight_f(dy + item * g.n_out, image + (co // g.c_out_g) * g.volume,
+                                                       &partials[tid * slot], &sums[item, 0], &s, row_begin, row_end,
+                                                       &ranges[0], &ranges[g.kernel[2]], check)
+                else:
+                    finite[item] = convx_dw3d_weight_d(dy + item * g.n_out, image + (co // g.c_out_g) * g.volume,
+                                                       &partials[tid * slot], &sums[item, 0], &s, row_begin, row_end,
+                                                       &ranges[0], &ranges[g.kernel[2]], check)
+        for item in range(n_items):
+            if not finite[item]:
+                return False
+        for co in range(c_out):
+            for t in range(taps):
+                total = sums[co, t]
+                for n in range(1, batch):
+                    total = total + sums[n * c_out + co, t]
+                grad_weight[co, t] += total
+    return True
+
+
+cdef int _depthwise_input3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, ::1] weight,
+                            floating[:, :, :, :, ::1] grad_in, Conv3dGeometry* g, Py_ssize_t row_begin,
+                            Py_ssize_t row_end, int n_threads) except -1:
+    """grad_in += a depthwise convolution's input gradient from the output rows [row_begin, row_end),
+    any stride: threads take (image, input channel) volumes (convx_dw3d_input), each adding its
+    channel's m output channels' rows into its own volume, so that no two threads write one element
+    and each element's sum runs in one order whatever the threads. Only the products landing in the
+    input are computed, as col2vol keeps only those: exact for any weight and grad_out."""
+    cdef Py_ssize_t batch = grad_in.shape[0], c_in = g.groups, m = g.c_out_g, n_items = batch * c_in, item
+    cdef convx_dw3d_shape s = _dw3d_shape(g)
+    cdef Py_ssize_t[::1] ranges = _dw3d_columns(g)
+    cdef const floating* dy = &grad_out[0, 0, 0, 0, 0]
+    cdef const floating* w = &weight[0, 0]
+    cdef floating* dx = &grad_in[0, 0, 0, 0, 0]
+    with nogil:
+        for item in prange(n_items, schedule='static', num_threads=_team(n_threads, n_items)):
+            # image n's input channel ci: item = n * C_in + ci, its output channels item * m + [0, m)
+            if floating is float:
+                convx_dw3d_input_f(dy + item * m * g.n_out, m, w + (item % c_in) * m * g.taps, dx + item * g.volume,
+                                   &s, row_begin, row_end, &ranges[0], &ranges[g.kernel[2]])
+            else:
+                convx_dw3d_input_d(dy + item * m * g.n_out, m, w + (item % c_in) * m * g.taps, dx + item * g.volume,
+                                   &s, row_begin, row_end, &ranges[0], &ranges[g.kernel[2]])
+    return 0
+
+
 def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
                    floating[:, :, :, :, ::1] out, int kernel_d, int kernel_h, int kernel_w,
                    int stride_d, int stride_h, int stride_w, int pad_d, int pad_h, int pad_w,
@@ -659,7 +800,7 @@ def conv3d_forward(const floating[:, :, :, :, ::1] x, const floating[:, ::1] wei
     if batch == 0 or row_end <= row_begin or g.n_out == 0:
         return
     # (taps in the padding are skipped, which only a finite weight makes equal to adding zero)
-    if g.c_in_g == 1 and g.groups > 1 and np.isfinite(np.asarray(weight)).all():
+    if _depthwise3d(&g) and np.isfinite(np.asarray(weight)).all():
         with nogil:
             _depthwise_forward3d(&x[0, 0, 0, 0, 0], batch, &weight[0, 0], &bias[0] if has_bias else NULL,
                                  &out[0, 0, 0, 0, 0], &g, row_begin, row_end, n_threads)
@@ -881,6 +1022,10 @@ def conv3d_backward_input(const floating[:, :, :, :, ::1] grad_out, const floati
     cdef Py_ssize_t batch = grad_in.shape[0], parts, n_items, item, tid, col_size, work_size, per_image
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
+        return
+    if _depthwise3d(&g):
+        _depthwise_input3d(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
+        _conv3d_ran["input"] = "depthwise"
         return
     if stride_d == 1 and stride_h == 1 and stride_w == 1 and _direct_input3d(grad_out, weight, grad_in, &g,
                                                                              row_begin, row_end, n_threads):
@@ -1124,6 +1269,13 @@ def conv3d_backward_weight(const floating[:, :, :, :, ::1] grad_out, const float
     cdef Py_ssize_t w_size = grad_weight.shape[0] * grad_weight.shape[1]
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
+        return
+    # (strided along W the loops gather every other input column, once per output channel, where a
+    # tile's columns serve the group's m channels: 2x64x16x56x56 3x3x3 stride 2, multiplier 2, one
+    # thread, busy machine, 22.6 ms against the tiles' 12.8; multiplier 1, 13.0 and 13.3)
+    if (_depthwise3d(&g) and g.stride[2] == 1
+            and _depthwise_weight3d(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)):
+        _conv3d_ran["weight"] = "depthwise"
         return
     if _direct_weight3d_applies(&g, row_begin, row_end, floating is float):
         _direct_weight3d(&grad_out[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], batch, grad_weight, &g, row_begin // g.out_h,
