@@ -344,6 +344,49 @@ def test_nan_and_inf_propagate_as_in_pytorch(rng):
     assert np.isnan(y[0, 0, 0, 0, 1]) and np.isposinf(y[0, 2, 2, 2, 1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_nan_and_inf_meet_the_padding_as_in_the_reference(rng, dtype, multiplier):
+    """The depthwise loops skip the taps in the padding: an infinite weight (the forward) or a
+    non-finite grad_out (the weight gradient) times the padding's zeros must still be NaN, as in
+    the reference, PyTorch and the channels-first kernels."""
+    from convx import _core
+
+    x = rng.standard_normal((1, 2, 3, 4, 5)).astype(dtype)
+    weight = rng.standard_normal((2 * multiplier, 1, 3, 3, 3)).astype(dtype)
+    kwargs = dict(padding=1, groups=2)
+    weight[0, 0, 0, 0, 0] = np.inf
+    y = convx.conv3d(last(x), weight, **kwargs, **NDHWC)
+    expected = ref.conv3d(x, weight, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(last(expected)))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(last(expected)))
+    assert np.isnan(y).sum() > 1
+    finite = np.isfinite(expected)
+    assert_close(first(y)[finite], expected[finite])
+    weight[0, 0, 0, 0, 0] = 0.5
+    grad_out = rng.standard_normal(expected.shape).astype(dtype)
+    grad_out[0, 0, 1, 2, 3] = np.nan
+    grad_out[0, -1, 0, 0, 0] = -np.inf
+    grad_w = convx.conv3d_backward_weight(last(grad_out), last(x), weight.shape, **kwargs, **NDHWC)
+    expected_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    torch_w = torch.ops.aten.convolution_backward(
+        _t(grad_out), _t(x), _t(weight), None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 2, [False, True, False])[1]
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(torch_w.numpy()))
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(expected_w))
+    np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(expected_w))
+    assert np.isnan(grad_w[0]).all()  # the NaN meets every tap, the padding's zeros too
+    finite = np.isfinite(expected_w)
+    assert_close(grad_w[finite], expected_w[finite])
+    # without the padding, the loops take the same non-finite values
+    grad_out = rng.standard_normal(ref.conv3d(x, weight, groups=2).shape).astype(dtype)
+    grad_out[0, 0, 0, 1, 1] = np.inf
+    grad_w = convx.conv3d_backward_weight(last(grad_out), last(x), weight.shape, groups=2, **NDHWC)
+    assert _core.conv3d_ran()["weight"] == "depthwise"
+    expected_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, groups=2)
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(expected_w))
+    np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(expected_w))
+
+
 @pytest.mark.parametrize("kernel", ["blas", "default"])
 def test_gemm_kernel_setting_gives_the_same(rng, kernel):
     """The channels-last kernels call BLAS whatever convx's GEMM setting (the channels-first ones

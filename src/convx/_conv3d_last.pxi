@@ -186,8 +186,11 @@ def conv3d_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, 
     cdef bint has_bias = bias.shape[0] > 0
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
-    if _depthwise_last(&g):
+    # (taps in the padding are skipped, which only a finite weight makes equal to adding zero)
+    if _depthwise_last(&g) and (not _reaches_padding3d(&g)
+                                or _all_finite(&weight[0, 0, 0], weight.shape[0] * weight.shape[1] * weight.shape[2])):
         _depthwise_forward_last(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
+        _conv3d_ran["forward"] = "depthwise"
         return
     # the direct kernel (_conv3d.pxi): weight[grp, t * C_in/groups + c, co]
     if _direct3d_applies(&g, batch, row_begin, row_end, floating is float, True) and _direct3d(
@@ -260,6 +263,7 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
         return
     if _depthwise_last(&g):
         _depthwise_input_last(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
+        _conv3d_ran["input"] = "depthwise"
         return
     if stride_d == 1 and stride_h == 1 and stride_w == 1 and _direct_input3d(grad_out, weight, grad_in, &g,
                                                                              row_begin, row_end, n_threads, True):
@@ -333,8 +337,11 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
         return
-    if _depthwise_last(&g):
+    # (taps in the padding are skipped, which only a finite grad_out makes equal to adding zero)
+    if _depthwise_last(&g) and (not _reaches_padding3d(&g) or _all_finite(
+            &grad_out[0, 0, 0, 0, 0], batch * g.n_out * g.groups * g.c_out_g)):
         _depthwise_weight_last(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)
+        _conv3d_ran["weight"] = "depthwise"
         return
     if _direct_weight3d_applies(&g, row_begin, row_end, floating is float, True):
         _direct_weight3d(&grad_out[0, 0, 0, 0, 0], &x[0, 0, 0, 0, 0], batch, grad_weight, &g, row_begin // g.out_h,
