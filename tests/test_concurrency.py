@@ -5,6 +5,7 @@ threads, nesting and exceptions, and is released at the end.
 """
 
 import contextlib
+import math
 import random
 import threading
 import time
@@ -33,14 +34,21 @@ def restore_threads():
 # ---------------------------------------------------------------------------------------------
 # The GIL
 
+def _batch(rng, shape):
+    """Normal values of ``shape``: one image drawn and repeated over the batch (axis 0). The test times
+    the kernel, not distinct images, and drawing every image anew took most of its time (batches
+    doubled up to 256 images of up to 300 MB each, drawn for all 76 kernels)."""
+    return np.repeat(rng.standard_normal((1, *shape[1:])), shape[0], axis=0)
+
+
 def _kernel_call(name, batch):
     """(kernel, args) of a direct ``convx._core`` call on ``batch`` images, on one OpenMP thread."""
     rng = np.random.default_rng(0)
     geometry = (1, 1, 1, 1, 1, 1)  # stride, padding (top/left), dilation
-    x = rng.standard_normal((batch, 32, 24, 24))
+    x = _batch(rng, (batch, 32, 24, 24))
     if name.endswith("channels_last"):
         weight = rng.standard_normal((32, 32, 3, 3))
-        x_last = rng.standard_normal((batch, 24, 24, 32))
+        x_last = _batch(rng, (batch, 24, 24, 32))
         filters, same = rng.standard_normal((32, 1, 5, 5)), (1, 1, 2, 2, 1, 1)
         return {
             "depthwise_forward_channels_last": (core.depthwise_forward_channels_last,
@@ -63,7 +71,7 @@ def _kernel_call(name, batch):
         }[name]
     if name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"):
         weight = rng.standard_normal((32, 32, 3, 3))
-        grad_out = rng.standard_normal((batch, 32, 24, 24))
+        grad_out = _batch(rng, (batch, 32, 24, 24))
         return {
             "conv2d_forward": (core.conv2d_forward, (x, weight, np.empty(0), np.empty_like(x), *geometry, 1, 1)),
             "conv2d_backward_input": (core.conv2d_backward_input,
@@ -176,7 +184,7 @@ def _kernel_call(name, batch):
         }[name]
     if name.startswith("conv3d_"):
         # 3x3x3 convolutions, 8 -> 8 channels, padding 1, over (batch, 8, 8, 16, 16) volumes.
-        volumes = rng.standard_normal((batch, 8, 8, 16, 16))
+        volumes = _batch(rng, (batch, 8, 8, 16, 16))
         weight = rng.standard_normal((8, 8 * 27))
         geometry = (3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 8 * 16)
         last = np.ascontiguousarray(np.moveaxis(volumes, 1, -1))
@@ -197,7 +205,7 @@ def _kernel_call(name, batch):
         }[name]
     if "pool3d_" in name:
         # 3-D pooling: 3x3x3 windows, stride 1, padding 1 over (batch, 32, 8, 24, 24) volumes.
-        volumes = rng.standard_normal((batch, 32, 8, 24, 24))
+        volumes = _batch(rng, (batch, 32, 8, 24, 24))
         out3d, small3d = np.empty_like(volumes), np.empty((batch, 32, 4, 7, 7))
         window3d = (3, 3, 3, 1, 1, 1, 1, 1, 1)
         return {
@@ -301,15 +309,18 @@ def test_every_kernel_is_listed():
 def test_kernels_release_the_gil(name):
     # A Python thread stamps the time in a loop; it can only run while it holds the GIL. If
     # the kernel held the GIL, no stamp could fall inside the call; while it runs without it,
-    # the other core keeps stamping. The batch grows until a call lasts 60 ms.
+    # the other core keeps stamping. The batch grows until a call lasts 60 ms: it doubles while a
+    # call is too short to time, then jumps to the batch that should last 80 ms (building the
+    # arrays of each batch tried costs more than the calls, so the batches between are skipped).
     batch = 1
     while True:
         kernel, args = _kernel_call(name, batch)
         start = time.perf_counter()
         kernel(*args)
-        if time.perf_counter() - start > 0.06 or batch >= 256:
+        elapsed = time.perf_counter() - start
+        if elapsed > 0.06 or batch >= 256:
             break
-        batch *= 2
+        batch = min(256, 2 * batch if elapsed < 0.005 else 1 << math.ceil(math.log2(batch * 0.08 / elapsed)))
     stamps = []
     stop = threading.Event()
 

@@ -10,6 +10,8 @@ packing), dilation, padding of any size, and 1, 2 or 3
 threads (their shares of the batch's pixels start anywhere).
 """
 
+import functools
+
 import numpy as np
 import pytest
 from _helpers import ConvCase, run_conv_op
@@ -285,24 +287,35 @@ def test_flat_kernel_matches_reference(own_kernel, flat, dtype, geometry, op, th
     _check_against_reference(_case(geometry), dtype, op, threads, rng)
 
 
-@pytest.mark.parametrize("offset", [0, 1, 3, 5])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_flat_kernel_streams_large_outputs_at_any_alignment(kernel, dtype, offset, rng):
-    # Outputs of 16 MiB or more are stored past the caches, which needs cache-line-aligned
-    # strips: a plane's first strip is cut short to get there, from wherever the output starts.
-    # Every element is written (the output starts as NaN), from 2 threads.
+@functools.cache
+def _large_1x1_case(dtype):
+    """x, weight, bias and the float64 products W x of test_flat_kernel_streams_large_outputs_at_any_alignment:
+    the reference einsum over 4 M outputs, once per dtype instead of twice in each of its 12 tests."""
+    rng = np.random.default_rng(12345)
     x = rng.standard_normal((2, 8, 184, 184)).astype(dtype)
     weight = rng.standard_normal((64, 8, 1, 1)).astype(dtype)
     bias = rng.standard_normal(64).astype(dtype)
-    w64 = weight[:, :, 0, 0].astype(np.float64)
+    products = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0].astype(np.float64), x.astype(np.float64))
+    for array in (x, weight, bias, products):
+        array.flags.writeable = False  # shared by the tests: none may change them
+    return x, weight, bias, products
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 5])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_flat_kernel_streams_large_outputs_at_any_alignment(kernel, dtype, offset):
+    # Outputs of 16 MiB or more are stored past the caches, which needs cache-line-aligned
+    # strips: a plane's first strip is cut short to get there, from wherever the output starts.
+    # Every element is written (the output starts as NaN), from 2 threads.
+    x, weight, bias, products = _large_1x1_case(dtype)
+    x, weight, bias = x.copy(), weight.copy(), bias.copy()  # writeable, as the kernels' inputs always are
     buffer = np.full(2 * 64 * 184 * 184 + offset, np.nan, dtype)
     out = buffer[offset:].reshape(2, 64, 184, 184)
     core.conv2d_forward(x, weight, bias, out, 1, 1, 0, 0, 1, 1, 1, 2)
-    want = np.einsum("oc,nchw->nohw", w64, x.astype(np.float64)) + bias[:, None, None]
-    assert_close(out, want, dtype)
+    assert_close(out, products + bias[:, None, None], dtype)
     grad_in = np.full(2 * 64 * 184 * 184 + offset, np.nan, dtype)[offset:].reshape(2, 64, 184, 184)
     core.conv2d_backward_input(x, weight.transpose(1, 0, 2, 3).copy(), grad_in, 1, 1, 0, 0, 1, 1, 1, 2)
-    assert_close(grad_in, np.einsum("oc,nchw->nohw", w64, x.astype(np.float64)), dtype)
+    assert_close(grad_in, products, dtype)
 
 
 @pytest.mark.parametrize("offsets", [(0, 0), (1, 1), (4, 9), (7, 0), (12, 3), (15, 15)], ids=str)

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import assert_close
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
 
 try:
     from numpy._core.multiarray import get_handler_name
@@ -60,16 +60,19 @@ class _Tracer:
         return self._event
 
 
-def _blas_counts():
-    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+def _blas_counts(controller=None):
+    """The thread count of each BLAS loaded: from a fresh scan of the process's libraries, or
+    from ``controller`` (a ThreadpoolController: the libraries it found, their counts read now)."""
+    info = threadpool_info() if controller is None else controller.info()
+    return [lib["num_threads"] for lib in info if lib["user_api"] == "blas"]
 
 
-def _global_state():
+def _global_state(controller=None):
     users, restore = core._blas_state()
     return {
         "blas_users": users,
         "blas_restore": [n for _, n in restore],
-        "blas_counts": _blas_counts(),
+        "blas_counts": _blas_counts(controller),
         "numpy_errstate": np.geterr(),
         "gemm_kernel": core.gemm_kernel(),
         "direct_conv": core.direct_conv(),
@@ -87,6 +90,11 @@ def _interrupt_everywhere(call, expected_state, most=200_000):
     checking ``_global_state()`` after every run. Returns (runs interrupted, of which while
     the limit was held)."""
     held = 0
+    # The BLAS libraries are looked up once, their counts read after every run: a fresh scan
+    # of the process's libraries after every run (1 ms, thousands of runs) took most of these
+    # tests' time. A library loaded during the runs stays loaded, so the fresh scan after the
+    # last run (below) still sees it and its count.
+    controller = ThreadpoolController()
     # No collections during a run: a gc callback (Hypothesis installs one) would be traced too,
     # and its interrupt reported as unraisable rather than reaching the call.
     collecting = gc.isenabled()
@@ -104,10 +112,12 @@ def _interrupt_everywhere(call, expected_state, most=200_000):
             sys.settrace(None)
             if collecting:
                 gc.enable()
-        state = _global_state()
+        state = _global_state(controller)
         assert state == expected_state, (fire_at, tracer.held_when_fired, state, expected_state)
         held += tracer.held_when_fired
         if not interrupted:
+            state = _global_state()
+            assert state == expected_state, ("after the last run, every library scanned anew", state, expected_state)
             return fire_at - 1, held
     pytest.fail(f"{call} still interrupted after {most} events")
 
@@ -249,7 +259,7 @@ def test_blas_gemm_and_matmul_calls_interrupted_anywhere_restore_everything(smal
 FIRST_USE = textwrap.dedent(
     """
     import sys
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
     import convx._core as core, convx._threads
 
     STRIDE = int(sys.argv[1])

@@ -6,6 +6,8 @@ refused backward; and the refusals of every op and dtype that stays float-only."
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -298,19 +300,32 @@ def test_adaptive_max_pool1d_matches_reference_and_torch(rng, dtype, length, out
     np.testing.assert_array_equal(indices, indices_t.numpy())
 
 
+# (kernel, stride, padding per side, dilation) of test_large_planes_and_windows.
+_LARGE_WINDOWS = [
+    ((9, 9), (1, 1), ((4, 4), (4, 4)), (1, 1)),
+    ((3, 17), (2, 1), ((1, 1), (8, 8)), (1, 1)),
+    ((5, 5), (1, 1), ((4, 4), (6, 6)), (2, 3)),
+    ((17, 17), (2, 3), ((8, 8), (8, 8)), (1, 1)),  # more taps than the direct kernel numbers
+]
+
+
+@functools.cache
+def _large_planes_case(dtype):
+    """x and the reference's (y, indices) for each of _LARGE_WINDOWS: the pure-Python reference takes
+    about a second per dtype here, so it runs once per dtype, not once per kernel choice too."""
+    x = make_int(np.random.default_rng(12345), (1, 2, 70, 150), dtype, "few")
+    x.flags.writeable = False  # shared by the kernel choices' tests: none may change it
+    return x, [ref_max_pool2d(x, *window) for window in _LARGE_WINDOWS]
+
+
 @pytest.mark.parametrize("dtype", INT_DTYPES)
-def test_large_planes_and_windows(rng, dtype, kernel_choice):
+def test_large_planes_and_windows(dtype, kernel_choice):
     # Planes tall and wide enough for the column pass to go in several chunks of output columns,
     # and windows large against the plane.
-    x = make_int(rng, (1, 2, 70, 150), dtype, "few")
-    for kernel, stride, sides, dilation in [
-        ((9, 9), (1, 1), ((4, 4), (4, 4)), (1, 1)),
-        ((3, 17), (2, 1), ((1, 1), (8, 8)), (1, 1)),
-        ((5, 5), (1, 1), ((4, 4), (6, 6)), (2, 3)),
-        ((17, 17), (2, 3), ((8, 8), (8, 8)), (1, 1)),  # more taps than the direct kernel numbers
-    ]:
+    x, references = _large_planes_case(dtype)
+    x = x.copy()  # writeable and C-contiguous, as the rng fixture's array was
+    for (kernel, stride, sides, dilation), (y_ref, indices_ref) in zip(_LARGE_WINDOWS, references):
         y, indices = F.max_pool2d(x, kernel, stride, sides, dilation, return_indices=True)
-        y_ref, indices_ref = ref_max_pool2d(x, kernel, stride, sides, dilation)
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(indices, indices_ref)
 
