@@ -187,8 +187,8 @@ def conv3d_forward_last(const floating[:, :, :, :, ::1] x, const floating[:, :, 
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
     # (taps in the padding are skipped, which only a finite weight makes equal to adding zero)
-    if _depthwise_last(&g) and (not _reaches_padding3d(&g)
-                                or _all_finite(&weight[0, 0, 0], weight.shape[0] * weight.shape[1] * weight.shape[2])):
+    if _depthwise3d(&g) and (not _reaches_padding3d(&g)
+                             or _all_finite(&weight[0, 0, 0], weight.shape[0] * weight.shape[1] * weight.shape[2])):
         _depthwise_forward_last(x, weight, &bias[0] if has_bias else NULL, out, &g, row_begin, row_end, n_threads)
         _conv3d_ran["forward"] = "depthwise"
         return
@@ -261,7 +261,7 @@ def conv3d_backward_input_last(const floating[:, :, :, :, ::1] grad_out, const f
     cdef Py_ssize_t q_begin = row_begin * g.out_w, q_end = row_end * g.out_w
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or g.c_out_g == 0:
         return
-    if _depthwise_last(&g):
+    if _depthwise3d(&g):
         _depthwise_input_last(grad_out, weight, grad_in, &g, row_begin, row_end, n_threads)
         _conv3d_ran["input"] = "depthwise"
         return
@@ -338,7 +338,7 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
     if batch == 0 or row_end <= row_begin or g.n_out == 0 or w_size == 0:
         return
     # (taps in the padding are skipped, which only a finite grad_out makes equal to adding zero)
-    if _depthwise_last(&g) and (not _reaches_padding3d(&g) or _all_finite(
+    if _depthwise3d(&g) and (not _reaches_padding3d(&g) or _all_finite(
             &grad_out[0, 0, 0, 0, 0], batch * g.n_out * g.groups * g.c_out_g)):
         _depthwise_weight_last(grad_out, x, grad_weight, &g, row_begin, row_end, n_threads)
         _conv3d_ran["weight"] = "depthwise"
@@ -378,11 +378,6 @@ def conv3d_backward_weight_last(const floating[:, :, :, :, ::1] grad_out, const 
 # of P voxels by kD*kH*kW taps by m filters leaves BLAS nothing to block (the benchmark's depthwise3d,
 # 2x64x16x56x56 3x3x3, took 4-7x the channels-first kernels' time that way); these loops run along
 # the channels instead, contiguous in every row, with the weight as (taps, C_out).
-
-cdef inline bint _depthwise_last(Conv3dGeometry* g) noexcept nogil:
-    """Whether the channels-last kernels take this convolution by their depthwise loops."""
-    return g.c_in_g == 1 and g.groups > 1
-
 
 cdef void _depthwise_row_forward(const floating* x, const floating* weight, const floating* bias, floating* out,
                                  Conv3dGeometry* g, Py_ssize_t od, Py_ssize_t oh) noexcept nogil:
