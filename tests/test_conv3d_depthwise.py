@@ -7,6 +7,8 @@ multipliers, bands of output rows, thread counts, NaN and inf, and the transpose
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 torch = pytest.importorskip("torch")
@@ -148,6 +150,52 @@ def test_threads_give_the_same_bits(rng, monkeypatch, name, dtype):
             np.testing.assert_array_equal(grad_w, results[0][1])
         else:  # the tiles' per-thread partials: equal to rounding
             assert_close(grad_w, results[0][1], tolerances=TIGHT)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["3x3x3-pad-1", "multiplier-2", "one-slice-5x5"])
+def test_weight_gradient_in_blocks_of_images(rng, monkeypatch, name, dtype):
+    """The weight gradient takes the batch in blocks of images (``DW3D_WEIGHT_ITEMS`` (image, channel)
+    volumes at least), adding each block's rows per channel in image order: one image per block, a
+    block that does not divide the batch and the whole batch in one block give the same bits, and a
+    NaN in a later block's grad_out (where taps reach the padding) still sends the gradient to the
+    tiles, having added nothing."""
+    x, weight, _, grad_out, kwargs = _arrays(rng, name, dtype)
+    x = np.concatenate([x] * 5)
+    grad_out = np.concatenate([grad_out, 2 * grad_out, -grad_out, 0.5 * grad_out, grad_out[:, ::-1]])
+    channels = weight.shape[0]
+    results = []
+    for items in (1, 2 * channels, 10**6):
+        monkeypatch.setattr(_core, "DW3D_WEIGHT_ITEMS", items)
+        results.append(convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+        assert _core.conv3d_ran()["weight"] == "depthwise"
+    for grad_w in results[1:]:
+        np.testing.assert_array_equal(grad_w, results[0])
+    assert_close(results[0], ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs), tolerances=TIGHT)
+    monkeypatch.setattr(_core, "DW3D_WEIGHT_ITEMS", 1)
+    grad_out[-1, 0, 0, 0, 0] = np.nan
+    grad_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs)
+    assert _core.conv3d_ran()["weight"] == "tiles"
+    _assert_same_non_finite(grad_w, ref.conv3d_backward_weight(grad_out, x, weight.shape, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradient_scratch_does_not_grow_with_the_batch(rng, dtype):
+    """The weight gradient's scratch (rows of taps for one block of images, the per-channel totals,
+    a row of column sums per thread) is the same at batch 4 and 64."""
+    weight = rng.standard_normal((16, 1, 3, 3, 3)).astype(dtype)
+    extras = []
+    for batch in (4, 64):
+        x = rng.standard_normal((batch, 16, 4, 5, 6)).astype(dtype)
+        grad_out = rng.standard_normal((batch, 16, 4, 5, 6)).astype(dtype)
+        tracemalloc.start()
+        try:
+            grad_w = convx.conv3d_backward_weight(grad_out, x, weight.shape, padding=1, groups=16)
+            extras.append(tracemalloc.get_traced_memory()[1] - grad_w.nbytes)
+        finally:
+            tracemalloc.stop()
+        assert _core.conv3d_ran()["weight"] == "depthwise"
+    assert extras[1] <= extras[0] + 4096, extras
 
 
 def _assert_same_non_finite(actual, expected):

@@ -705,17 +705,24 @@ cdef bint _reaches_padding3d(Conv3dGeometry* g) noexcept nogil:
     return False
 
 
+# Images whose (image, channel) volumes one parallel block of the depthwise weight gradient takes
+# at least this many of: the block's rows of taps, summed per channel in image order after it, are
+# the only scratch, so it is bounded by the channels, not by the batch.
+DW3D_WEIGHT_ITEMS = 64
+
+
 cdef bint _depthwise_weight3d(const floating[:, :, :, :, ::1] grad_out, const floating[:, :, :, :, ::1] x,
                               floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t row_begin,
                               Py_ssize_t row_end, int n_threads) except -1:
     """grad_weight (C_out, kD*kH*kW) += a depthwise convolution's weight gradient over the output rows
-    [row_begin, row_end): threads take (image, output channel) volumes (convx_dw3d_weight), each
-    summed into its own row of taps; the rows are added per channel in image order after the
-    parallel block, so that the result does not depend on the threads. Where a tap reaches the
-    padding, grad_out must be finite (the products with the padding's zeros are skipped): returns
-    False, having written nothing, where it is not."""
-    cdef Py_ssize_t batch = x.shape[0], c_out = g.groups * g.c_out_g, n_items = batch * c_out, taps = g.taps
-    cdef Py_ssize_t item, n, co, t
+    [row_begin, row_end): threads take (image, output channel) volumes (convx_dw3d_weight) of a block
+    of images, each summed into its own row of taps; after each block the rows are added per channel
+    in image order, so that the result does not depend on the threads or the blocks. Where a tap
+    reaches the padding, grad_out must be finite (the products with the padding's zeros are skipped):
+    returns False, having written nothing, where it is not."""
+    cdef Py_ssize_t batch = x.shape[0], c_out = g.groups * g.c_out_g, taps = g.taps
+    cdef Py_ssize_t block = min(batch, max(1, (DW3D_WEIGHT_ITEMS + c_out - 1) // c_out))
+    cdef Py_ssize_t n_items = block * c_out, first, count, item, n, co, t
     # one row of column sums per tap and thread, each thread's on its own cache lines
     cdef Py_ssize_t slot = (taps * g.out_w + 15) // 16 * 16 + 16
     cdef int team = _team(n_threads, n_items), tid, check = _reaches_padding3d(g)
@@ -724,36 +731,47 @@ cdef bint _depthwise_weight3d(const floating[:, :, :, :, ::1] grad_out, const fl
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] partials = np.empty(team * slot, dtype=dtype)
     cdef floating[:, ::1] sums = np.empty((n_items, taps), dtype=dtype)
+    cdef floating[:, ::1] totals = np.empty((c_out, taps), dtype=dtype)
     cdef unsigned char[::1] finite = np.empty(n_items, dtype=np.uint8)
     cdef const floating* dy = &grad_out[0, 0, 0, 0, 0]
     cdef const floating* xs = &x[0, 0, 0, 0, 0]
     cdef const floating* image
-    cdef floating total
     with nogil:
-        with parallel(num_threads=team):
-            tid = threadid()
-            for item in prange(n_items, schedule='static'):
-                # image n's output channel co reads input channel co // m
-                n = item // c_out
+        first = 0
+        while first < batch:
+            count = min(block, batch - first) * c_out
+            with parallel(num_threads=team):
+                tid = threadid()
+                for item in prange(count, schedule='static'):
+                    # image first + item // c_out's output channel co reads input channel co // m
+                    n = first + item // c_out
+                    co = item % c_out
+                    image = xs + n * g.groups * g.volume
+                    if floating is float:
+                        finite[item] = convx_dw3d_weight_f(dy + (first * c_out + item) * g.n_out,
+                                                           image + (co // g.c_out_g) * g.volume,
+                                                           &partials[tid * slot], &sums[item, 0], &s, row_begin,
+                                                           row_end, &ranges[0], &ranges[g.kernel[2]], check)
+                    else:
+                        finite[item] = convx_dw3d_weight_d(dy + (first * c_out + item) * g.n_out,
+                                                           image + (co // g.c_out_g) * g.volume,
+                                                           &partials[tid * slot], &sums[item, 0], &s, row_begin,
+                                                           row_end, &ranges[0], &ranges[g.kernel[2]], check)
+            for item in range(count):
+                if not finite[item]:
+                    return False
+            for item in range(count):
                 co = item % c_out
-                image = xs + n * g.groups * g.volume
-                if floating is float:
-                    finite[item] = convx_dw3d_weight_f(dy + item * g.n_out, image + (co // g.c_out_g) * g.volume,
-                                                       &partials[tid * slot], &sums[item, 0], &s, row_begin, row_end,
-                                                       &ranges[0], &ranges[g.kernel[2]], check)
+                if first == 0 and item < c_out:
+                    for t in range(taps):
+                        totals[co, t] = sums[item, t]
                 else:
-                    finite[item] = convx_dw3d_weight_d(dy + item * g.n_out, image + (co // g.c_out_g) * g.volume,
-                                                       &partials[tid * slot], &sums[item, 0], &s, row_begin, row_end,
-                                                       &ranges[0], &ranges[g.kernel[2]], check)
-        for item in range(n_items):
-            if not finite[item]:
-                return False
+                    for t in range(taps):
+                        totals[co, t] = totals[co, t] + sums[item, t]
+            first += block
         for co in range(c_out):
             for t in range(taps):
-                total = sums[co, t]
-                for n in range(1, batch):
-                    total = total + sums[n * c_out + co, t]
-                grad_weight[co, t] += total
+                grad_weight[co, t] += totals[co, t]
     return True
 
 
