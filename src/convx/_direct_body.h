@@ -565,12 +565,21 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
                 aoff[u] = (o0 + u) * s->sh * wp;
                 boff[u] = (o0 + u) * s->out_w * c_out;
             }
-            for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+            for (ptrdiff_t grp = 0; grp < s->groups; grp++) {
+                /* row kr = (ci * kh + i) * kw + j, counted up without divisions */
+                ptrdiff_t ci = 0, i = 0, j = 0, kr = 0;
                 for (ptrdiff_t rt = 0; rt < row_tiles; rt++) {
                     for (int r = 0; r < GMR; r++) {
-                        const ptrdiff_t kr = rt * GMR + r < k ? rt * GMR + r : k - 1;
-                        const ptrdiff_t ci = kr / taps, t = kr % taps;
-                        roff[r] = ((grp * s->c_in_g + ci) * hp + t / s->kw * s->dh) * wp + t % s->kw * s->dw;
+                        if (kr < k) {
+                            roff[r] = ((grp * s->c_in_g + ci) * hp + i * s->dh) * wp + j * s->dw;
+                            kr++;
+                            if (++j == s->kw) {
+                                j = 0;
+                                if (++i == s->kh) i = 0, ci++;
+                            }
+                        } else {
+                            roff[r] = roff[r > 0 ? r - 1 : 0];
+                        }
                     }
                     GT *tile_part = part + (grp * row_tiles + rt) * blocks * GMR * GNR;
                     for (ptrdiff_t blk = 0; blk < blocks; blk++)
@@ -578,6 +587,7 @@ GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, con
                                                              go + grp * s->c_out_g + blk * GNR,
                                                              tile_part + blk * GMR * GNR);
                 }
+            }
         }
     }
 }
@@ -640,13 +650,24 @@ GTARGET static void GN(convx_direct_weight_outer3d)(const convx_conv_shape *s, c
             aoff[u] = ((row / s->out_h) * d->sd * hp + (row % s->out_h) * s->sh) * wp;
             boff[u] = row * s->out_w * c_out;
         }
-        for (ptrdiff_t grp = 0; grp < s->groups; grp++)
+        for (ptrdiff_t grp = 0; grp < s->groups; grp++) {
+            /* row kr = ((ci * kd + a) * kh + i) * kw + j, counted up without divisions */
+            ptrdiff_t ci = 0, a = 0, i = 0, j = 0, kr = 0;
             for (ptrdiff_t rt = 0; rt < row_tiles; rt++) {
                 for (int r = 0; r < GMR; r++) {
-                    const ptrdiff_t kr = rt * GMR + r < k ? rt * GMR + r : k - 1;
-                    const ptrdiff_t ci = kr / taps, a = kr % taps / taps2, t = kr % taps2;
-                    roff[r] = (((grp * s->c_in_g + ci) * span + a * d->dd) * hp + t / s->kw * s->dh) * wp +
-                              t % s->kw * s->dw;
+                    if (kr < k) {
+                        roff[r] = (((grp * s->c_in_g + ci) * span + a * d->dd) * hp + i * s->dh) * wp + j * s->dw;
+                        kr++;
+                        if (++j == s->kw) {
+                            j = 0;
+                            if (++i == s->kh) {
+                                i = 0;
+                                if (++a == d->kd) a = 0, ci++;
+                            }
+                        }
+                    } else {
+                        roff[r] = roff[r > 0 ? r - 1 : 0];
+                    }
                 }
                 GT *tile_part = part + (grp * row_tiles + rt) * blocks * GMR * GNR;
                 for (ptrdiff_t blk = 0; blk < blocks; blk++)
@@ -654,6 +675,7 @@ GTARGET static void GN(convx_direct_weight_outer3d)(const convx_conv_shape *s, c
                                                          go + grp * s->c_out_g + blk * GNR,
                                                          tile_part + blk * GMR * GNR);
             }
+        }
     }
 }
 
