@@ -144,6 +144,9 @@ DIRECT_GEOMETRIES = {
     # zero-padded copies must reach the last row and column a window reads
     "direct-same-even-kernel": (3, 4, 6, 5, 20, (2, 3), 1, "same", 1, 1),
     "direct-same-dilated": (2, 3, 7, 9, 40, (4, 2), 1, "same", (1, 2), 1),
+    # rows of grad_out of 16 KiB (32 in float64): the outer weight gradient takes an image in runs
+    # of 8 (4) output rows that fit L2, the last one shorter
+    "direct-outer-runs-of-rows": (2, 3, 20, 64, 64, (3, 3), 1, 1, 1, 1),
 }
 
 
