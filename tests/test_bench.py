@@ -47,11 +47,49 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
     assert all(c["copy_s"] > 0 for c in copies.values()) and "the copy" in table
 
 
+def test_quick_spreads_each_ops_runs_over_passes(tmp_path, capsys):
+    """--quick times every case in passes (the NumPy reference in the first only): each op has its
+    runs from every pass, in the order taken, their median and spread."""
+    out = tmp_path / "results.json"
+    assert main(["--quick", "--case", "lenet_c1", "--case", "maxpool_2x2", "--op", "forward", "--repeat", "4",
+                 "--passes", "2", "--no-torch", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "4 runs per op in 2 passes" in " ".join(captured.out.split())
+    assert "pass 2/2" in captured.err
+    payload = json.loads(out.read_text())
+    assert {(r["case"], r["op"]) for r in payload["results"]} == {("lenet_c1", "forward"), ("maxpool_2x2", "forward")}
+    for result in payload["results"]:
+        assert result["runs"]["convx"] == len(result["samples"]["convx"]) == 4
+        assert result["times"]["convx"] == pytest.approx(float(np.median(result["samples"]["convx"])))
+        assert 1 <= result["runs"]["numpy"] <= 4
+
+
+def test_merge_passes_keeps_every_run_in_order():
+    from convx.bench.runner import Result, merge_passes
+
+    first = [Result("a", "forward", 1.0, {"convx": 2.0}, {"convx": 2}, samples={"convx": [1.0, 3.0]},
+                    spread={"convx": 1.0}, layout_error=None),
+             Result("a", "backward", 1.0, {"convx": 5.0}, {"convx": 1}, samples={"convx": [5.0]})]
+    reference = [Result("a", "forward", 1.0, {"numpy": 9.0}, {"numpy": 1}, samples={"numpy": [9.0]})]
+    second = [Result("a", "forward", 1.0, {"convx": 4.0}, {"convx": 2}, samples={"convx": [4.0, 4.0]},
+                     layout_error=0.5)]
+    merged = merge_passes([reference, first, second])
+    assert [(r.case, r.op) for r in merged] == [("a", "forward"), ("a", "backward")]
+    forward = merged[0]
+    assert forward.samples == {"numpy": [9.0], "convx": [1.0, 3.0, 4.0, 4.0]}
+    assert forward.times == {"numpy": 9.0, "convx": 3.5} and forward.runs == {"numpy": 1, "convx": 4}
+    assert forward.spread["numpy"] == 0.0 and forward.spread["convx"] > 0
+    assert forward.layout_error == 0.5
+    assert first[0].samples == {"convx": [1.0, 3.0]}  # the passes' results are left as they were
+
+
 def test_cli_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         main(["--threads", "0"])
     with pytest.raises(SystemExit):
         main(["--case", "no_such_case"])
+    with pytest.raises(SystemExit):
+        main(["--passes", "0"])
 
 
 def test_pytest_benchmark_suite_runs():

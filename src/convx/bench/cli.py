@@ -15,13 +15,19 @@ from .implementations import LAYOUTS, winograd_applies
 from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
-from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info,
+from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info, merge_passes,
                      reuse_freed_memory, thread_scaling, time_case)
 from .table import WIDTH, Trust, format_table, summary
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 REPEAT = 7
-QUICK_REPEAT = 5
+# --quick: 6 runs per op in 3 passes over the cases, so that a state of the machine lasting less than
+# a pass (seconds) moves one op's median little. Three consecutive runs of the 5 runs back to back
+# (the idle Xeon, family 6 model 167, 2 threads): 148 of 150 medians within ±15% of their three-run
+# median; the two others (resnet_1x1's input gradient and backward: 0.71-0.94 ms within runs whose
+# own spread was ±2%) moved with each process's thread scaling, not within one.
+QUICK_REPEAT = 6
+QUICK_PASSES = 3
 # --quick's budget per op for the NumPy reference (at least one call): its slowest calls take seconds.
 QUICK_REFERENCE_SECONDS = 0.5
 
@@ -43,6 +49,9 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None, help="threads for convx and PyTorch (default: convx's)")
     parser.add_argument("--repeat", type=int, default=None,
                         help=f"timed runs per op (median and spread reported; default {REPEAT})")
+    parser.add_argument("--passes", type=int, default=None,
+                        help=f"spread each op's runs over this many passes over the cases (the NumPy reference "
+                             f"in the first; default {QUICK_PASSES} with --quick, else 1)")
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-winograd", action="store_true",
@@ -121,6 +130,8 @@ def parse_args(argv):
         parser.error(f"--threads must be positive, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be positive, got {args.repeat}")
+    if args.passes is not None and args.passes < 1:
+        parser.error(f"--passes must be positive, got {args.passes}")
     if args.batch is not None and args.batch < 2:
         parser.error(f"--batch must be at least 2 (BatchNorm's batch statistics), got {args.batch}")
     op_options = {"--case": args.case, "--op": args.op, "--memory": args.memory, "--ceiling": args.ceiling,
@@ -267,12 +278,28 @@ def main(argv=None, reuse_memory: bool = False) -> int:
     run_load = _load.OtherLoad()
     start_calibration = calibration()
     load_by_case: dict[str, float | None] = {}
-    for index, case in enumerate(cases, 1):
-        print(f"[{index}/{len(cases)}] {case.name}: {case.describe()}", file=sys.stderr, flush=True)
-        case_load = _load.OtherLoad()
-        results += time_case(case, ops, implementations, repeat,
-                             reference_seconds=QUICK_REFERENCE_SECONDS if args.quick else None, layout=args.layout)
-        load_by_case[case.name] = case_load.fraction()
+    passes = min(args.passes or (QUICK_PASSES if args.quick else 1), repeat)
+    per_pass = -(-repeat // passes)
+    repeat = per_pass * passes
+    reference_seconds = QUICK_REFERENCE_SECONDS if args.quick else None
+    timed: list[list[Result]] = []
+    for turn in range(passes):
+        for index, case in enumerate(cases, 1):
+            print(f"[{index}/{len(cases)}]{f' pass {turn + 1}/{passes}' if passes > 1 else ''} {case.name}: "
+                  f"{case.describe()}", file=sys.stderr, flush=True)
+            case_load = _load.OtherLoad()
+            if turn == 0 and "numpy" in implementations:
+                timed.append(time_case(case, ops, ["numpy"], repeat, reference_seconds=reference_seconds,
+                                       layout=args.layout))
+            others = [name for name in implementations if name != "numpy"]
+            timed.append(time_case(case, ops, others, per_pass, reference_seconds=reference_seconds,
+                                   layout=args.layout))
+            load = case_load.fraction()
+            if load is not None:
+                load_by_case[case.name] = max(load, load_by_case.get(case.name) or 0.0)
+            else:
+                load_by_case.setdefault(case.name, None)
+    results = merge_passes(timed)
     shown = ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch")
     trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()),
                   shown + (("convx_nhwc",) if args.layout == "both" else ()))
@@ -280,6 +307,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
     print(textwrap.fill(f"convx {info['convx']}, {threads} threads, {info['cpu']} ({info['cores']} cores); "
                         f"{'--quick: ' if args.quick else ''}batch "
                         f"{'-'.join(str(b) for b in batches[::len(batches) - 1 or 1])}, {repeat} runs per op"
+                        + (f" in {passes} passes" if passes > 1 else "")
                         + {"NCHW": "", "NHWC": "; convx channels last (NHWC)",
                            "both": "; convx channels first and last (NCHW and NHWC)"}[args.layout], WIDTH))
     print(format_table(results, repeat, wide=args.wide))

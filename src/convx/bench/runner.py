@@ -294,6 +294,28 @@ def time_case(
     return results
 
 
+def merge_passes(timed: Iterable[list[Result]]) -> list[Result]:
+    """One result per (case, op) from the results of several passes over the cases (and of the NumPy
+    reference timed apart): each implementation's runs in the order taken, their median and spread;
+    the other fields from the first pass that timed the op."""
+    merged: dict[tuple[str, str], Result] = {}
+    for results in timed:
+        for result in results:
+            key = (result.case, result.op)
+            if key not in merged:
+                merged[key] = dataclasses.replace(result, times={}, runs={}, samples={}, spread={})
+            first = merged[key]
+            for name, runs in result.samples.items():
+                first.samples.setdefault(name, []).extend(runs)
+            if first.layout_error is None:
+                first.layout_error = result.layout_error
+    for result in merged.values():
+        result.times = {name: statistics.median(runs) for name, runs in result.samples.items()}
+        result.runs = {name: len(runs) for name, runs in result.samples.items()}
+        result.spread = {name: relative_iqr(runs) for name, runs in result.samples.items()}
+    return list(merged.values())
+
+
 def layout_agreement(case: ConvCase | PoolCase, op: str, first: Callable[[], object],
                      last: Callable[[], object]) -> float:
     """The worst relative error of the channels-last call's outputs against the channels-first
