@@ -142,12 +142,6 @@ cdef extern from "_gemm.h" nogil:
     int convx_conv_flat(const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_f(int level, const convx_conv_shape* s)
     size_t convx_direct_outer_part_size_d(int level, const convx_conv_shape* s)
-    size_t convx_direct_outer_buffer_size_f(int level, const convx_conv_shape* s)
-    size_t convx_direct_outer_buffer_size_d(int level, const convx_conv_shape* s)
-    void convx_direct_weight_outer_f(int level, const convx_conv_shape* s, const float* grad_out, const float* x,
-                                     Py_ssize_t n_images, float* part, float* buf)
-    void convx_direct_weight_outer_d(int level, const convx_conv_shape* s, const double* grad_out, const double* x,
-                                     Py_ssize_t n_images, double* part, double* buf)
     void convx_direct_outer_store_f(int level, const convx_conv_shape* s, const float* part, float* grad_weight)
     void convx_direct_outer_store_d(int level, const convx_conv_shape* s, const double* part, double* grad_weight)
     size_t convx_direct_weight_part_size_f(int level, const convx_conv_shape* s, Py_ssize_t tiles)

@@ -206,6 +206,9 @@ cdef enum:
     # No layer of the 2-D benchmark has a copy above it (the largest, vgg_3x3: 0.79 MiB), so the
     # rules measured on the EPYCs are unchanged there.
     DIRECT_SPLIT_IMAGE_MOST = 1 << 20
+    # Bytes of one thread's buffer in _direct_outer_weight_gradient (a band of output rows' input
+    # rows zero-padded and its grad_out rows channels last), as _outer3d_bytes for the volumes.
+    DIRECT_OUTER_BAND_BYTES = 4 << 20
 
 
 cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads,
@@ -353,32 +356,64 @@ cdef int _direct_weight_gradient(const floating* grad_out, const floating* x, co
 
 cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
                                        Py_ssize_t batch, floating* grad_weight, int n_threads) except -1:
-    """grad_weight by convx_direct_weight_outer (the output channels as lanes, every product of
-    im2col taken): threads take shares of the batch, each summing a partial."""
-    cdef int level = _level(), team = _team(n_threads, batch), t
-    cdef Py_ssize_t part_size, buf_size, n0, n1
+    """grad_weight by convx_direct_weight_outer3d (the output channels as lanes, every product of
+    im2col taken), each image taken as a volume of one-row slices: threads take (image, band of
+    output rows) items, each summing into its own partial; the partials are added in thread order.
+    A band's input rows are copied zero-padded and its grad_out rows channels last, so that a
+    batch smaller than the threads keeps them all busy and an image's grad_out need not fit L2."""
+    cdef int level = _level(), team, t
+    cdef Py_ssize_t part_size, buf_size, band, bands, n_items, item, n, o0
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
     cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    cdef convx_conv_shape rows = s[0]
+    cdef convx_depth_axis axis
+    rows.height = 1
+    rows.out_h = 1
+    rows.kh = 1
+    rows.sh = 1
+    rows.ph = 0
+    rows.dh = 1
+    axis.depth = s.height
+    axis.kd = s.kh
+    axis.sd = s.sh
+    axis.pd = s.ph
+    axis.dd = s.dh
+    axis.lo = 0
+    axis.hi = s.height
+    cdef bint is_float = False
+    if floating is float:
+        is_float = True
+    band = s.out_h
+    while band > 1 and _outer3d_buffer(level, &rows, &axis, band, is_float) * sizeof(floating) > DIRECT_OUTER_BAND_BYTES:
+        band = (band + 1) // 2
+    # two items a thread from one image (not from the batch, so that scratch is the same whatever the batch)
+    band = max(1, min(band, s.out_h // (2 * n_threads)))
+    bands = (s.out_h + band - 1) // band
+    n_items = batch * bands
+    team = _team(n_threads, n_items)
+    buf_size = _outer3d_buffer(level, &rows, &axis, band, is_float)
     if floating is float:
         part_size = convx_direct_outer_part_size_f(level, s)
-        buf_size = convx_direct_outer_buffer_size_f(level, s)
         dtype = np.float32
     else:
         part_size = convx_direct_outer_part_size_d(level, s)
-        buf_size = convx_direct_outer_buffer_size_d(level, s)
         dtype = np.float64
     cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
     cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
     with nogil:
-        for t in prange(team, schedule='static', num_threads=team):
-            n0 = t * batch // team
-            n1 = (t + 1) * batch // team
-            if floating is float:
-                convx_direct_weight_outer_f(level, s, grad_out + n0 * image_out, x + n0 * image_in, n1 - n0,
-                                            &parts[t * part_size], &buf[t * buf_size])
-            else:
-                convx_direct_weight_outer_d(level, s, grad_out + n0 * image_out, x + n0 * image_in, n1 - n0,
-                                            &parts[t * part_size], &buf[t * buf_size])
+        with parallel(num_threads=team):
+            t = threadid()
+            for item in prange(n_items, schedule='static'):
+                n = item // bands
+                o0 = (item % bands) * band
+                if floating is float:
+                    convx_direct_weight_outer3d_f(level, &rows, &axis, grad_out + n * image_out, x + n * image_in,
+                                                  s.out_h, o0, min(o0 + band, s.out_h), &parts[t * part_size],
+                                                  &buf[t * buf_size])
+                else:
+                    convx_direct_weight_outer3d_d(level, &rows, &axis, grad_out + n * image_out, x + n * image_in,
+                                                  s.out_h, o0, min(o0 + band, s.out_h), &parts[t * part_size],
+                                                  &buf[t * buf_size])
         _sum_partials(&parts[0], team, part_size, &parts[0])
         if floating is float:
             convx_direct_outer_store_f(level, s, &parts[0], grad_weight)

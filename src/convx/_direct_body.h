@@ -514,91 +514,18 @@ static int GN(convx_direct_weight_store)(const convx_conv_shape *s, const GT *CO
     return finite;
 }
 
-/* The weight gradient the other way round, for layers with few input channels per group: tiles
- * of GMR rows k = ci * taps + t of the gradient (t = i * kw + j) by GNR output channels, the
- * input broadcast from a zero-padded copy of its planes (every product of im2col, the
- * padding's zeros included) and grad_out read channels last. Images [0, n_images) of grad_out
- * and x are added to part (convx_direct_outer_part_size elements: group, row tile, block of
- * GNR output channels, then GMR x GNR); buf holds convx_direct_outer_buffer_size elements. */
+/* The weight gradient the other way round (convx_direct_weight_outer3d below; a 2-D image is a
+ * volume of one-row slices to it), for layers with few input channels per group: tiles of GMR
+ * rows k = ci * taps + t of the gradient by GNR output channels, the input broadcast from a
+ * zero-padded copy of its rows (every product of im2col, the padding's zeros included) and
+ * grad_out read channels last. The partial has convx_direct_outer_part_size elements: group,
+ * row tile, block of GNR output channels, then GMR x GNR. */
 static size_t GN(convx_direct_outer_part_size)(const convx_conv_shape *s) {
     const ptrdiff_t k = s->c_in_g * s->kh * s->kw;
     return (size_t)(s->groups * ((k + GMR - 1) / GMR) * ((s->c_out_g + GNR - 1) / GNR)) * GMR * GNR;
 }
 
-static size_t GN(convx_direct_outer_buffer_size)(const convx_conv_shape *s) {
-    const ptrdiff_t hp = convx_padded_height(s), wp = convx_padded_width(s);
-    return (size_t)(s->groups * s->c_in_g * hp * wp) + (size_t)(s->out_h * s->out_w * s->groups * s->c_out_g) + GNR;
-}
-
-GTARGET static void GN(convx_direct_weight_outer)(const convx_conv_shape *s, const GT *CONVX_RESTRICT grad_out,
-                                                  const GT *CONVX_RESTRICT x, ptrdiff_t n_images,
-                                                  GT *CONVX_RESTRICT part, GT *CONVX_RESTRICT buf) {
-    const ptrdiff_t channels = s->groups * s->c_in_g, c_out = s->groups * s->c_out_g, taps = s->kh * s->kw;
-    const ptrdiff_t hp = convx_padded_height(s), wp = convx_padded_width(s), n_out = s->out_h * s->out_w;
-    const ptrdiff_t k = s->c_in_g * taps, row_tiles = (k + GMR - 1) / GMR, blocks = (s->c_out_g + GNR - 1) / GNR;
-    GT *xp = buf, *go = buf + channels * hp * wp;
-    ptrdiff_t aoff[CONVX_DIRECT_SEGS], boff[CONVX_DIRECT_SEGS], roff[GMR];
-    memset(go + n_out * c_out, 0, GNR * sizeof(GT));
-    /* runs of output rows whose grad_out fits in L2 beside the input rows, as every row tile reads them:
-     * whole images took 19.2 ms against 8.4-8.5 in runs for resnet's stem (8 images of 3x224x224, 7x7
-     * stride 2, 64 output channels: 3.2 MB of grad_out an image; Xeon family 6 model 167, 2 threads) */
-    ptrdiff_t run = CONVX_DIRECT_LAST_BAND_BYTES / (ptrdiff_t)((size_t)(s->out_w * c_out) * sizeof(GT));
-    if (run < 1) run = 1;
-    if (run > CONVX_DIRECT_SEGS) run = CONVX_DIRECT_SEGS;
-    for (ptrdiff_t n = 0; n < n_images; n++) {
-        const GT *xn = x + n * channels * s->height * s->width, *gn = grad_out + n * c_out * n_out;
-        memset(xp, 0, (size_t)(channels * hp * wp) * sizeof(GT));
-        if (s->x_last) {
-            for (ptrdiff_t ih = 0; ih < s->height; ih++)
-                for (ptrdiff_t iw = 0; iw < s->width; iw++)
-                    for (ptrdiff_t c = 0; c < channels; c++)
-                        xp[(c * hp + ih + s->ph) * wp + s->pw + iw] = xn[(ih * s->width + iw) * channels + c];
-        } else {
-            for (ptrdiff_t c = 0; c < channels; c++)
-                for (ptrdiff_t ih = 0; ih < s->height; ih++)
-                    memcpy(xp + (c * hp + ih + s->ph) * wp + s->pw, xn + (c * s->height + ih) * s->width,
-                           (size_t)s->width * sizeof(GT));
-        }
-        if (s->out_last)
-            memcpy(go, gn, (size_t)(n_out * c_out) * sizeof(GT));
-        else
-            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-                GN(convx_direct_row_nhwc)(gn + oh * s->out_w, n_out, c_out, s->out_w, go + oh * s->out_w * c_out,
-                                          c_out);
-        for (ptrdiff_t o0 = 0; o0 < s->out_h; o0 += run) {
-            const ptrdiff_t segs = s->out_h - o0 < run ? s->out_h - o0 : run;
-            for (ptrdiff_t u = 0; u < segs; u++) {
-                aoff[u] = (o0 + u) * s->sh * wp;
-                boff[u] = (o0 + u) * s->out_w * c_out;
-            }
-            for (ptrdiff_t grp = 0; grp < s->groups; grp++) {
-                /* row kr = (ci * kh + i) * kw + j, counted up without divisions */
-                ptrdiff_t ci = 0, i = 0, j = 0, kr = 0;
-                for (ptrdiff_t rt = 0; rt < row_tiles; rt++) {
-                    for (int r = 0; r < GMR; r++) {
-                        if (kr < k) {
-                            roff[r] = ((grp * s->c_in_g + ci) * hp + i * s->dh) * wp + j * s->dw;
-                            kr++;
-                            if (++j == s->kw) {
-                                j = 0;
-                                if (++i == s->kh) i = 0, ci++;
-                            }
-                        } else {
-                            roff[r] = roff[r > 0 ? r - 1 : 0];
-                        }
-                    }
-                    GT *tile_part = part + (grp * row_tiles + rt) * blocks * GMR * GNR;
-                    for (ptrdiff_t blk = 0; blk < blocks; blk++)
-                        GN(convx_direct_weight_tile_strided)(xp, roff, s->sw, aoff, boff, segs, s->out_w, c_out,
-                                                             go + grp * s->c_out_g + blk * GNR,
-                                                             tile_part + blk * GMR * GNR);
-                }
-            }
-        }
-    }
-}
-
-/* convx_direct_weight_outer for a 3-D convolution: the output slices [od0, od1) of one image (x and
+/* The outer weight gradient of a 3-D convolution: the output slices [od0, od1) of one image (x and
  * grad_out point at it; channels first, or channels last where s says so) added to part, whose rows
  * k = ci * taps + t run over kd * kh * kw taps, t = (a * kh + i) * kw + j (part as
  * convx_direct_outer_part_size for s with kh replaced by kd * kh). buf holds
@@ -685,7 +612,7 @@ GTARGET static void GN(convx_direct_weight_outer3d)(const convx_conv_shape *s, c
     }
 }
 
-/* grad_weight from convx_direct_weight_outer's partial. */
+/* grad_weight from convx_direct_weight_outer3d's partial. */
 static void GN(convx_direct_outer_store)(const convx_conv_shape *s, const GT *CONVX_RESTRICT part,
                                          GT *CONVX_RESTRICT grad_weight) {
     const ptrdiff_t k = s->c_in_g * s->kh * s->kw, row_tiles = (k + GMR - 1) / GMR;

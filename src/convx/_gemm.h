@@ -444,17 +444,6 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
         return level == CONVX_GEMM_AVX512 ? convx_direct_outer_part_size_##S##512(s)                      \
                                           : convx_direct_outer_part_size_##S##256(s);                     \
     }                                                                                                     \
-    static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) {              \
-        return level == CONVX_GEMM_AVX512 ? convx_direct_outer_buffer_size_##S##512(s)                    \
-                                          : convx_direct_outer_buffer_size_##S##256(s);                   \
-    }                                                                                                     \
-    static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \
-                                              const T *x, ptrdiff_t n_images, T *part, T *buf) {          \
-        if (level == CONVX_GEMM_AVX512)                                                                   \
-            convx_direct_weight_outer_##S##512(s, grad_out, x, n_images, part, buf);                      \
-        else                                                                                              \
-            convx_direct_weight_outer_##S##256(s, grad_out, x, n_images, part, buf);                      \
-    }                                                                                                     \
     static size_t convx_direct_outer3d_buffer_size_##S(int level, const convx_conv_shape *s,              \
                                                        const convx_depth_axis *d, ptrdiff_t slices) {      \
         return level == CONVX_GEMM_AVX512 ? convx_direct_outer3d_buffer_size_##S##512(s, d, slices)       \
@@ -668,9 +657,6 @@ __attribute__((target("avx2,fma"))) static inline double convx_reduce4_d(__m256d
                                       ptrdiff_t batch, const T *gy, const T *x, T *gw, ptrdiff_t u0,      \
                                       ptrdiff_t u1) {}                                                    \
     static size_t convx_direct_outer_part_size_##S(int level, const convx_conv_shape *s) { return 0; }    \
-    static size_t convx_direct_outer_buffer_size_##S(int level, const convx_conv_shape *s) { return 0; }  \
-    static void convx_direct_weight_outer_##S(int level, const convx_conv_shape *s, const T *grad_out,    \
-                                              const T *x, ptrdiff_t n_images, T *part, T *buf) {}         \
     static size_t convx_direct_outer3d_buffer_size_##S(int level, const convx_conv_shape *s,              \
                                                        const convx_depth_axis *d, ptrdiff_t slices) { return 0; } \
     static void convx_direct_weight_outer3d_##S(int level, const convx_conv_shape *s, const convx_depth_axis *d, \
