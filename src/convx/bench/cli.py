@@ -22,10 +22,10 @@ from .table import WIDTH, Trust, format_table, summary
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
 REPEAT = 7
 # --quick: 6 runs per op in 3 passes over the cases, so that a state of the machine lasting less than
-# a pass (seconds) moves one op's median little. Three consecutive runs of the 5 runs back to back
-# (the idle Xeon, family 6 model 167, 2 threads): 148 of 150 medians within ±15% of their three-run
-# median; the two others (resnet_1x1's input gradient and backward: 0.71-0.94 ms within runs whose
-# own spread was ±2%) moved with each process's thread scaling, not within one.
+# a pass (seconds) moves one op's median little. On the idle Xeon (family 6 model 167, 2 threads),
+# four runs of each alternating, the (case, op, library) medians outside ±15% of their three-run
+# median, over the four choices of three runs: 5 runs back to back 19-32 of 150, 3 passes of 2
+# 3-7 (4 of those the NumPy reference's, timed in the first pass only).
 QUICK_REPEAT = 6
 QUICK_PASSES = 3
 # --quick's budget per op for the NumPy reference (at least one call): its slowest calls take seconds.
