@@ -209,6 +209,14 @@ cdef enum:
     # Bytes of one thread's buffer in _direct_outer_weight_gradient (a band of output rows' input
     # rows zero-padded and its grad_out rows channels last), as _outer3d_bytes for the volumes.
     DIRECT_OUTER_BAND_BYTES = 4 << 20
+    # Bytes of grad_out rows below which _direct_outer_weight_gradient does not cut an image into
+    # bands for more items: each band copies the input rows its windows reach, zero-padded. Weight
+    # gradient / PyTorch, whole images (the kernel before bands) against bands (Xeon family 6 model
+    # 167, 2 threads, alternating processes, medians of 9): lenet_c2 (64 images, 640 B rows of
+    # grad_out) 0.58-0.64 whole, 0.83-0.87 in bands of 2 rows, 0.57-0.65 at this bound (whole);
+    # resnet_3x3_s2 (16 images, 14 KiB rows) 1.04-1.07 whole, 1.01-1.12 in bands of 19 rows;
+    # resnet_stem (8 images, 28 KiB rows) 0.84-0.88 whole, 0.78-0.79 in bands of 28 rows.
+    DIRECT_OUTER_BAND_LEAST = 256 << 10
 
 
 cdef int _direct_weight_choice(convx_conv_shape* s, Py_ssize_t batch, bint is_float, int n_threads,
@@ -362,7 +370,8 @@ cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating*
     A band's input rows are copied zero-padded and its grad_out rows channels last, so that a
     batch smaller than the threads keeps them all busy and an image's grad_out need not fit L2."""
     cdef int level = _level(), team, t
-    cdef Py_ssize_t part_size, buf_size, band, bands, n_items, item, n, o0
+    cdef Py_ssize_t part_size, buf_size, band, bands, n_items, item, n, o0, least
+    cdef Py_ssize_t row_bytes = max(1, s.groups * s.c_out_g * s.out_w * <Py_ssize_t> sizeof(floating))
     cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
     cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
     cdef convx_conv_shape rows = s[0]
@@ -386,8 +395,10 @@ cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating*
     band = s.out_h
     while band > 1 and _outer3d_buffer(level, &rows, &axis, band, is_float) * sizeof(floating) > DIRECT_OUTER_BAND_BYTES:
         band = (band + 1) // 2
-    # two items a thread from one image (not from the batch, so that scratch is the same whatever the batch)
-    band = max(1, min(band, s.out_h // (2 * n_threads)))
+    # two items a thread from one image (not from the batch, so that scratch is the same whatever the
+    # batch), but no band of less than DIRECT_OUTER_BAND_LEAST bytes of grad_out rows
+    least = (DIRECT_OUTER_BAND_LEAST + row_bytes - 1) // row_bytes
+    band = max(1, min(band, max(least, s.out_h // (2 * n_threads))))
     bands = (s.out_h + band - 1) // band
     n_items = batch * bands
     team = _team(n_threads, n_items)
