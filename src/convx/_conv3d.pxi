@@ -1206,43 +1206,41 @@ cdef inline size_t _outer3d_buffer(int level, convx_conv_shape* s, convx_depth_a
     return convx_direct_outer3d_buffer_size_d(level, s, axis, band)
 
 
-cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_t batch,
-                          floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
-                          int n_threads, bint last=False) except -1:
-    """grad_weight += the weight gradient of the output slices [od_begin, od_end) by
-    convx_direct_weight_outer3d (the output channels as lanes, rows of the gradient broadcast from
-    zero-padded input slices): threads take (image, band of output slices) items, each summing
-    into its own partial; the partials are added in thread order. With last, grad_out and x are
-    channels last and grad_weight (C_out, kD*kH*kW * C_in/groups) tap-major."""
-    cdef int level = _level(), team, tid
-    cdef convx_conv_shape s = _slice_shape(g, last)
-    cdef convx_conv_shape flat = s
-    cdef convx_depth_axis axis = _depth_axis(g, 0, g.depth)
-    cdef Py_ssize_t n_slices = od_end - od_begin, band, bands, n_items, item, part_size, buf_size, n, od0, od1
-    cdef Py_ssize_t image_in = g.groups * g.c_in_g * g.volume, image_out = g.groups * g.c_out_g * g.n_out, i
-    flat.kh = g.kernel[0] * g.kernel[1]  # the partial's rows run over kD * kH * kW taps
-    cdef bint is_float = False
-    if floating is float:
-        is_float = True
-    band = n_slices
-    while band > 1 and _outer3d_buffer(level, &s, &axis, band, is_float) * sizeof(floating) > <size_t> _outer3d_bytes:
+cdef Py_ssize_t _outer3d_band(int level, convx_conv_shape* s, convx_depth_axis* axis, Py_ssize_t n_slices,
+                              size_t most_bytes, Py_ssize_t least, int n_threads, bint is_float) noexcept nogil:
+    """Output slices of one item of _outer3d_weight: halved until the item's buffer fits most_bytes,
+    then cut for two items a thread from one image (not from the batch, so that scratch is the same
+    whatever the batch), but to no fewer than least slices."""
+    cdef Py_ssize_t band = n_slices
+    cdef size_t item_size = sizeof(float) if is_float else sizeof(double)
+    while band > 1 and _outer3d_buffer(level, s, axis, band, is_float) * item_size > most_bytes:
         band = (band + 1) // 2
-    # bands for two items a thread from one image (not from the batch, so that scratch is the same
-    # whatever the batch)
-    band = max(1, min(band, n_slices // (2 * n_threads)))
-    bands = (n_slices + band - 1) // band
-    n_items = batch * bands
+    return max(1, min(band, max(least, n_slices // (2 * n_threads))))
+
+
+cdef int _outer3d_weight(const floating* grad_out, const floating* x, Py_ssize_t batch, convx_conv_shape* s,
+                         convx_depth_axis* axis, convx_conv_shape* flat, Py_ssize_t out_d, Py_ssize_t od_begin,
+                         Py_ssize_t od_end, Py_ssize_t band, int n_threads, floating* grad_weight) except -1:
+    """grad_weight (overwritten, as convx_direct_outer_store for flat) = the weight gradient of the
+    output slices [od_begin, od_end) of images [0, batch) by convx_direct_weight_outer3d (the output
+    channels as lanes, rows of the gradient broadcast from zero-padded input slices): threads take
+    (image, band of output slices) items, each summing into its own partial; the partials are added
+    in thread order."""
+    cdef int level = _level(), team, tid
+    cdef Py_ssize_t bands = (od_end - od_begin + band - 1) // band, n_items = batch * bands
+    cdef Py_ssize_t item, part_size, buf_size, n, od0, od1
+    cdef Py_ssize_t image_in = s.groups * s.c_in_g * axis.depth * s.height * s.width
+    cdef Py_ssize_t image_out = s.groups * s.c_out_g * out_d * s.out_h * s.out_w
     team = _team(n_threads, n_items)
-    buf_size = _outer3d_buffer(level, &s, &axis, band, is_float)
+    buf_size = _outer3d_buffer(level, s, axis, band, floating is float)
     if floating is float:
-        part_size = convx_direct_outer_part_size_f(level, &flat)
+        part_size = convx_direct_outer_part_size_f(level, flat)
         dtype = np.float32
     else:
-        part_size = convx_direct_outer_part_size_d(level, &flat)
+        part_size = convx_direct_outer_part_size_d(level, flat)
         dtype = np.float64
     cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
     cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
-    cdef floating[:, ::1] total = np.empty_like(np.asarray(grad_weight))
     with nogil:
         with parallel(num_threads=team):
             tid = threadid()
@@ -1251,16 +1249,34 @@ cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_
                 od0 = od_begin + (item % bands) * band
                 od1 = min(od0 + band, od_end)
                 if floating is float:
-                    convx_direct_weight_outer3d_f(level, &s, &axis, grad_out + n * image_out, x + n * image_in,
-                                                  g.out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
+                    convx_direct_weight_outer3d_f(level, s, axis, grad_out + n * image_out, x + n * image_in,
+                                                  out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
                 else:
-                    convx_direct_weight_outer3d_d(level, &s, &axis, grad_out + n * image_out, x + n * image_in,
-                                                  g.out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
+                    convx_direct_weight_outer3d_d(level, s, axis, grad_out + n * image_out, x + n * image_in,
+                                                  out_d, od0, od1, &parts[tid * part_size], &buf[tid * buf_size])
         _sum_partials(&parts[0], team, part_size, &parts[0])
         if floating is float:
-            convx_direct_outer_store_f(level, &flat, &parts[0], &total[0, 0])
+            convx_direct_outer_store_f(level, flat, &parts[0], grad_weight)
         else:
-            convx_direct_outer_store_d(level, &flat, &parts[0], &total[0, 0])
+            convx_direct_outer_store_d(level, flat, &parts[0], grad_weight)
+    return 0
+
+
+cdef int _direct_weight3d(const floating* grad_out, const floating* x, Py_ssize_t batch,
+                          floating[:, ::1] grad_weight, Conv3dGeometry* g, Py_ssize_t od_begin, Py_ssize_t od_end,
+                          int n_threads, bint last=False) except -1:
+    """grad_weight += the weight gradient of the output slices [od_begin, od_end) by _outer3d_weight.
+    With last, grad_out and x are channels last and grad_weight (C_out, kD*kH*kW * C_in/groups)
+    tap-major."""
+    cdef convx_conv_shape s = _slice_shape(g, last)
+    cdef convx_conv_shape flat = s
+    cdef convx_depth_axis axis = _depth_axis(g, 0, g.depth)
+    cdef Py_ssize_t band, i
+    flat.kh = g.kernel[0] * g.kernel[1]  # the partial's rows run over kD * kH * kW taps
+    band = _outer3d_band(_level(), &s, &axis, od_end - od_begin, _outer3d_bytes, 1, n_threads, floating is float)
+    cdef floating[:, ::1] total = np.empty_like(np.asarray(grad_weight))
+    _outer3d_weight(grad_out, x, batch, &s, &axis, &flat, g.out_d, od_begin, od_end, band, n_threads, &total[0, 0])
+    with nogil:
         if last:
             for i in range(total.shape[0] * total.shape[1]):
                 # total[co, ci * taps + t] to grad_weight[co, t * C_in/groups + ci]

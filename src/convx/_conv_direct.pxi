@@ -364,18 +364,13 @@ cdef int _direct_weight_gradient(const floating* grad_out, const floating* x, co
 
 cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating* x, convx_conv_shape* s,
                                        Py_ssize_t batch, floating* grad_weight, int n_threads) except -1:
-    """grad_weight by convx_direct_weight_outer3d (the output channels as lanes, every product of
-    im2col taken), each image taken as a volume of one-row slices: threads take (image, band of
-    output rows) items, each summing into its own partial; the partials are added in thread order.
-    A band's input rows are copied zero-padded and its grad_out rows channels last, so that a
-    batch smaller than the threads keeps them all busy and an image's grad_out need not fit L2."""
-    cdef int level = _level(), team, t
-    cdef Py_ssize_t part_size, buf_size, band, bands, n_items, item, n, o0, least
-    cdef Py_ssize_t row_bytes = max(1, s.groups * s.c_out_g * s.out_w * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t image_in = s.groups * s.c_in_g * s.height * s.width
-    cdef Py_ssize_t image_out = s.groups * s.c_out_g * s.out_h * s.out_w
+    """grad_weight (overwritten) by _outer3d_weight, each image taken as a volume of one-row slices:
+    threads take (image, band of output rows) items, so that a batch smaller than the threads keeps
+    them all busy and an image's grad_out need not fit L2."""
     cdef convx_conv_shape rows = s[0]
     cdef convx_depth_axis axis
+    cdef Py_ssize_t row_bytes = max(1, s.groups * s.c_out_g * s.out_w * <Py_ssize_t> sizeof(floating))
+    cdef Py_ssize_t band
     rows.height = 1
     rows.out_h = 1
     rows.kh = 1
@@ -389,47 +384,10 @@ cdef int _direct_outer_weight_gradient(const floating* grad_out, const floating*
     axis.dd = s.dh
     axis.lo = 0
     axis.hi = s.height
-    cdef bint is_float = False
-    if floating is float:
-        is_float = True
-    band = s.out_h
-    while band > 1 and _outer3d_buffer(level, &rows, &axis, band, is_float) * sizeof(floating) > DIRECT_OUTER_BAND_BYTES:
-        band = (band + 1) // 2
-    # two items a thread from one image (not from the batch, so that scratch is the same whatever the
-    # batch), but no band of less than DIRECT_OUTER_BAND_LEAST bytes of grad_out rows
-    least = (DIRECT_OUTER_BAND_LEAST + row_bytes - 1) // row_bytes
-    band = max(1, min(band, max(least, s.out_h // (2 * n_threads))))
-    bands = (s.out_h + band - 1) // band
-    n_items = batch * bands
-    team = _team(n_threads, n_items)
-    buf_size = _outer3d_buffer(level, &rows, &axis, band, is_float)
-    if floating is float:
-        part_size = convx_direct_outer_part_size_f(level, s)
-        dtype = np.float32
-    else:
-        part_size = convx_direct_outer_part_size_d(level, s)
-        dtype = np.float64
-    cdef floating[::1] parts = np.zeros(team * part_size, dtype=dtype)
-    cdef floating[::1] buf = np.empty(team * buf_size, dtype=dtype)
-    with nogil:
-        with parallel(num_threads=team):
-            t = threadid()
-            for item in prange(n_items, schedule='static'):
-                n = item // bands
-                o0 = (item % bands) * band
-                if floating is float:
-                    convx_direct_weight_outer3d_f(level, &rows, &axis, grad_out + n * image_out, x + n * image_in,
-                                                  s.out_h, o0, min(o0 + band, s.out_h), &parts[t * part_size],
-                                                  &buf[t * buf_size])
-                else:
-                    convx_direct_weight_outer3d_d(level, &rows, &axis, grad_out + n * image_out, x + n * image_in,
-                                                  s.out_h, o0, min(o0 + band, s.out_h), &parts[t * part_size],
-                                                  &buf[t * buf_size])
-        _sum_partials(&parts[0], team, part_size, &parts[0])
-        if floating is float:
-            convx_direct_outer_store_f(level, s, &parts[0], grad_weight)
-        else:
-            convx_direct_outer_store_d(level, s, &parts[0], grad_weight)
+    # no band of less than DIRECT_OUTER_BAND_LEAST bytes of grad_out rows
+    band = _outer3d_band(_level(), &rows, &axis, s.out_h, DIRECT_OUTER_BAND_BYTES,
+                         (DIRECT_OUTER_BAND_LEAST + row_bytes - 1) // row_bytes, n_threads, floating is float)
+    _outer3d_weight(grad_out, x, batch, &rows, &axis, s, s.out_h, 0, s.out_h, band, n_threads, grad_weight)
     return 1
 
 
