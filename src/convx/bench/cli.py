@@ -292,8 +292,7 @@ def main(argv=None, reuse_memory: bool = False) -> int:
                 timed.append(time_case(case, ops, ["numpy"], repeat, reference_seconds=reference_seconds,
                                        layout=args.layout))
             others = [name for name in implementations if name != "numpy"]
-            timed.append(time_case(case, ops, others, per_pass, reference_seconds=reference_seconds,
-                                   layout=args.layout))
+            timed.append(time_case(case, ops, others, per_pass, layout=args.layout))
             load = case_load.fraction()
             if load is not None:
                 load_by_case[case.name] = max(load, load_by_case.get(case.name) or 0.0)

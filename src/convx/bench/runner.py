@@ -277,21 +277,30 @@ def time_case(
         if "convx" in calls and "convx_nhwc" in calls:
             layout_error = layout_agreement(case, op, calls["convx"][op], calls["convx_nhwc"][op])
         results.append(
-            Result(
-                case.name,
-                op,
-                case.flops(op),
-                {name: statistics.median(s) for name, s in runs.items()},
-                {name: len(s) for name, s in runs.items()},
-                samples={name: list(s) for name, s in runs.items()},
-                spread={name: relative_iqr(s) for name, s in runs.items()},
-                kind=case.kind,
-                bytes_moved=sum(case.bytes_moved(op)) if isinstance(case, PoolCase) else None,
-                layout=layout,
-                layout_error=layout_error,
+            _summarised(
+                Result(
+                    case.name,
+                    op,
+                    case.flops(op),
+                    {},
+                    {},
+                    samples={name: list(s) for name, s in runs.items()},
+                    kind=case.kind,
+                    bytes_moved=sum(case.bytes_moved(op)) if isinstance(case, PoolCase) else None,
+                    layout=layout,
+                    layout_error=layout_error,
+                )
             )
         )
     return results
+
+
+def _summarised(result: Result) -> Result:
+    """``result`` with each implementation's median, count and spread set from its runs."""
+    result.times = {name: statistics.median(runs) for name, runs in result.samples.items()}
+    result.runs = {name: len(runs) for name, runs in result.samples.items()}
+    result.spread = {name: relative_iqr(runs) for name, runs in result.samples.items()}
+    return result
 
 
 def merge_passes(timed: Iterable[list[Result]]) -> list[Result]:
@@ -309,11 +318,7 @@ def merge_passes(timed: Iterable[list[Result]]) -> list[Result]:
                 first.samples.setdefault(name, []).extend(runs)
             if first.layout_error is None:
                 first.layout_error = result.layout_error
-    for result in merged.values():
-        result.times = {name: statistics.median(runs) for name, runs in result.samples.items()}
-        result.runs = {name: len(runs) for name, runs in result.samples.items()}
-        result.spread = {name: relative_iqr(runs) for name, runs in result.samples.items()}
-    return list(merged.values())
+    return [_summarised(result) for result in merged.values()]
 
 
 def layout_agreement(case: ConvCase | PoolCase, op: str, first: Callable[[], object],
