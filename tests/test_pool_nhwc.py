@@ -250,6 +250,27 @@ def test_max_backward_with_an_index_outside_its_block(row):
             F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 4, 15, 16, 17, 32, 33, 64, 65, 100])
+@pytest.mark.parametrize("window", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=9, stride=1, padding=4),
+                                    dict(kernel_size=15, stride=2, padding=7)])
+def test_max_backward_scatter_matches_nchw_at_every_channel_count(window, channels, dtype):
+    # The scatter takes few channels one at a time and many as vectors of offsets, in chunks of 64
+    # (the last one shorter): the same sums in the same order as channels first at any count, with
+    # large windows sending runs of outputs to one maximum, and with ties, NaN and inf in x.
+    x = data((2, channels, 13, 12), dtype)
+    y, indices = F.max_pool2d(x, **window, return_indices=True)
+    grad = grads(y.shape, dtype)
+    grad.reshape(-1)[::5] = -0.0
+    expected = F.max_pool2d_backward(grad, indices, x.shape)
+    got = F.max_pool2d_backward(last(grad), last(indices), last_shape(x.shape), layout="NHWC")
+    assert same(first(got), expected)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 156\)"):
+        bad = last(indices)
+        bad[1, -1, -1, channels - 1] = 156
+        F.max_pool2d_backward(last(grad), bad, last_shape(x.shape), layout="NHWC")
+
+
 def test_max_backward_threads_agree_on_blocks_and_scatter(num_threads):
     x = data((8, 16, 24, 20), np.float32, specials=False) + grads((8, 16, 24, 20), np.float32)
     for window in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):

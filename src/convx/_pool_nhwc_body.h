@@ -209,8 +209,15 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_avg_spread_row)(
  * instructions per element, 1.2x the NCHW time; this one 0.43 s, 0.91-1.05x (interleaved medians,
  * machine load 4-6 on 2 cores: noisy). The zeros go in row by row as the
  * indices first reach each input row (every row before the highest reached is zeroed), not in one
- * fill of the image ahead, so that the rows added into are still in cache. */
+ * fill of the image ahead, so that the rows added into are still in cache.
+ * Chunks of fewer than CONVX_NHWC_VECTOR_LEAST channels take their offsets in a scalar loop: the
+ * vector loop's reduction went through the stack at every output, which made 1x128x128x4 float32,
+ * 127x127 windows (16384 outputs on 4-7 maxima per channel) 262 us against 127 scalar (same Xeon,
+ * 1 thread, medians of 50). 2x56x56xC 3x3 stride 2 / 2x64x64xC 31x31 stride 2, us, vector
+ * against scalar: C = 16: 41 / 57 against 46 / 65; C = 24: 83 / 117 against 61 / 88 (the masked
+ * tail); C = 32: 108 / 118 against 81 / 125 (noisy, one build each). */
 #define CONVX_NHWC_CHUNK 64
+#define CONVX_NHWC_VECTOR_LEAST 16
 CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTRICT grad,
                                                            const int64_t *CONVX_RESTRICT indices,
                                                            NT *CONVX_RESTRICT grad_in, ptrdiff_t plane,
@@ -226,11 +233,19 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTR
         for (ptrdiff_t c0 = 0; c0 < channels; c0 += CONVX_NHWC_CHUNK) {
             const ptrdiff_t n = channels - c0 < CONVX_NHWC_CHUNK ? channels - c0 : CONVX_NHWC_CHUNK;
             uint64_t top = 0;
-            CONVX_PRAGMA(omp simd reduction(max:top)) for (ptrdiff_t i = 0; i < n; i++) {
-                const int64_t k = at[c0 + i];
-                top = (uint64_t)k > top ? (uint64_t)k : top;
-                /* Unsigned: an index far outside wraps here (and is refused below) instead of overflowing. */
-                offset[i] = (int64_t)((uint64_t)k * (uint64_t)channels + (uint64_t)(c0 + i));
+            if (n < CONVX_NHWC_VECTOR_LEAST) {
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    const int64_t k = at[c0 + i];
+                    top = (uint64_t)k > top ? (uint64_t)k : top;
+                    offset[i] = (int64_t)((uint64_t)k * (uint64_t)channels + (uint64_t)(c0 + i));
+                }
+            } else {
+                CONVX_PRAGMA(omp simd reduction(max:top)) for (ptrdiff_t i = 0; i < n; i++) {
+                    const int64_t k = at[c0 + i];
+                    top = (uint64_t)k > top ? (uint64_t)k : top;
+                    /* Unsigned: an index far outside wraps here (and is refused below) instead of overflowing. */
+                    offset[i] = (int64_t)((uint64_t)k * (uint64_t)channels + (uint64_t)(c0 + i));
+                }
             }
             if (top >= limit) {
                 if (top >= (uint64_t)plane) return 1;
@@ -247,6 +262,7 @@ CONVX_CLONES static int CONVX_NHWC(convx_nhwc_max_scatter)(const NT *CONVX_RESTR
     return 0;
 }
 #undef CONVX_NHWC_CHUNK
+#undef CONVX_NHWC_VECTOR_LEAST
 
 /* The max backward of one (H, W, C) image whose indices each lie in their output's own 2x2 block
  * (rows 2oh, 2oh + 1, columns 2ow, 2ow + 1: what a 2x2 stride-2 max pool records; the caller has

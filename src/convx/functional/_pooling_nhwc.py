@@ -45,6 +45,11 @@ _SEPARABLE_PART_ELEMENTS = 1 << 20
 _SEPARABLE_TAP_RATIO = 64
 
 
+def _inside_taps(kernel: int, dilation: int, size: int) -> int:
+    """The most taps of a window along an axis of ``size`` that lie inside the input (1 at least)."""
+    return max(1, min(kernel, (size - 1) // dilation + 1))
+
+
 def _shape_text(dims: int, out: bool = False) -> str:
     """The shapes a channels-last array may have, naming the layout, for a refusal."""
     if dims == 1:
@@ -99,7 +104,9 @@ def max_pool2d(
     indices = _allocate(y.shape if return_indices else (0, 0, 0, 0), np.int64, _CAUSE)
     padding_ = (sides[0][0], sides[1][0])
     separable_work = height * width + height * out_w + out_h * out_w
-    if (y.size and kernel[0] * kernel[1] * out_h * out_w > _SEPARABLE_TAP_RATIO * separable_work
+    # The channels-last kernel sweeps the taps of each window inside the input only.
+    taps = _inside_taps(kernel[0], dilation_[0], height) * _inside_taps(kernel[1], dilation_[1], width)
+    if (y.size and taps * out_h * out_w > _SEPARABLE_TAP_RATIO * separable_work
             and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_)):
         padding = cast(Padding, spec)
         for part in even_slices(n, max(1, _SEPARABLE_PART_ELEMENTS // (height * width * c))):
@@ -113,7 +120,7 @@ def max_pool2d(
             y[part] = y_first.transpose(0, 2, 3, 1)
     elif y.size:
         x = contiguous(x)
-        for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * kernel[0] * kernel[1])):
+        for part in sub_batches(n, _work(c, height * width, out_h * out_w, MAX_TAP_WORK * taps)):
             _core.max_pool2d_nhwc_forward(x[part], y[part], indices[part], *kernel, *stride_, sides[0][0],
                                           sides[1][0], *dilation_, kernel_threads(elements=x[part].size))
     if return_indices:
