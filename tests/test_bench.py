@@ -48,8 +48,8 @@ def test_cli_quick_run_writes_json(tmp_path, capsys):
 
 
 def test_quick_spreads_each_ops_runs_over_passes(tmp_path, capsys):
-    """--quick times every case in passes (the NumPy reference in the first only): each op has its
-    runs from every pass, in the order taken, their median and spread."""
+    """--quick times every case in passes (the NumPy reference too, at least once a pass within its
+    budget): each op has its runs from every pass, in the order taken, their median and spread."""
     out = tmp_path / "results.json"
     assert main(["--quick", "--case", "lenet_c1", "--case", "maxpool_2x2", "--op", "forward", "--repeat", "4",
                  "--passes", "2", "--no-torch", "--json", str(out)]) == 0
@@ -61,7 +61,7 @@ def test_quick_spreads_each_ops_runs_over_passes(tmp_path, capsys):
     for result in payload["results"]:
         assert result["runs"]["convx"] == len(result["samples"]["convx"]) == 4
         assert result["times"]["convx"] == pytest.approx(float(np.median(result["samples"]["convx"])))
-        assert 1 <= result["runs"]["numpy"] <= 4
+        assert 2 <= result["runs"]["numpy"] <= 4
 
 
 def test_merge_passes_keeps_every_run_in_order():

@@ -25,10 +25,11 @@ REPEAT = 7
 # a pass (seconds) moves one op's median little. On the idle Xeon (family 6 model 167, 2 threads),
 # four runs of each alternating, the (case, op, library) medians outside ±15% of their three-run
 # median, over the four choices of three runs: 5 runs back to back 19-32 of 150, 3 passes of 2
-# 3-7 (4 of those the NumPy reference's, timed in the first pass only).
+# 3-7 (4 of those the NumPy reference's, then timed in the first pass only; now in every pass).
 QUICK_REPEAT = 6
 QUICK_PASSES = 3
-# --quick's budget per op for the NumPy reference (at least one call): its slowest calls take seconds.
+# --quick's budget per op for the NumPy reference (at least one call a pass, this much in all): its
+# slowest calls take seconds.
 QUICK_REFERENCE_SECONDS = 0.5
 
 
@@ -50,8 +51,8 @@ def parse_args(argv):
     parser.add_argument("--repeat", type=int, default=None,
                         help=f"timed runs per op (median and spread reported; default {REPEAT})")
     parser.add_argument("--passes", type=int, default=None,
-                        help=f"spread each op's runs over this many passes over the cases (the NumPy reference "
-                             f"in the first; default {QUICK_PASSES} with --quick, else 1)")
+                        help=f"spread each op's runs over this many passes over the cases (default "
+                             f"{QUICK_PASSES} with --quick, else 1)")
     parser.add_argument("--no-numpy", action="store_true", help="skip the pure-NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-winograd", action="store_true",
@@ -281,15 +282,15 @@ def main(argv=None, reuse_memory: bool = False) -> int:
     passes = min(args.passes or (QUICK_PASSES if args.quick else 1), repeat)
     per_pass = -(-repeat // passes)
     repeat = per_pass * passes
-    reference_seconds = QUICK_REFERENCE_SECONDS if args.quick else None
+    reference_seconds = QUICK_REFERENCE_SECONDS / passes if args.quick else None
     timed: list[list[Result]] = []
     for turn in range(passes):
         for index, case in enumerate(cases, 1):
             print(f"[{index}/{len(cases)}]{f' pass {turn + 1}/{passes}' if passes > 1 else ''} {case.name}: "
                   f"{case.describe()}", file=sys.stderr, flush=True)
             case_load = _load.OtherLoad()
-            if turn == 0 and "numpy" in implementations:
-                timed.append(time_case(case, ops, ["numpy"], repeat, reference_seconds=reference_seconds,
+            if "numpy" in implementations:
+                timed.append(time_case(case, ops, ["numpy"], per_pass, reference_seconds=reference_seconds,
                                        layout=args.layout))
             others = [name for name in implementations if name != "numpy"]
             timed.append(time_case(case, ops, others, per_pass, layout=args.layout))
