@@ -1210,12 +1210,17 @@ cdef Py_ssize_t _outer3d_band(int level, convx_conv_shape* s, convx_depth_axis* 
                               size_t most_bytes, Py_ssize_t least, int n_threads, bint is_float) noexcept nogil:
     """Output slices of one item of _outer3d_weight: halved until the item's buffer fits most_bytes,
     then cut for two items a thread from one image (not from the batch, so that scratch is the same
-    whatever the batch), but to no fewer than least slices."""
+    whatever the batch), but to no fewer than least slices; then evened out over the bands that
+    makes (28 slices in bands of at most 19: 14 + 14, not 19 + 9)."""
     cdef Py_ssize_t band = n_slices
     cdef size_t item_size = sizeof(float) if is_float else sizeof(double)
     while band > 1 and _outer3d_buffer(level, s, axis, band, is_float) * item_size > most_bytes:
         band = (band + 1) // 2
-    return max(1, min(band, max(least, n_slices // (2 * n_threads))))
+    band = max(1, min(band, max(least, n_slices // (2 * n_threads))))
+    if band >= n_slices:
+        return band
+    cdef Py_ssize_t bands = (n_slices + band - 1) // band
+    return (n_slices + bands - 1) // bands
 
 
 cdef int _outer3d_weight(const floating* grad_out, const floating* x, Py_ssize_t batch, convx_conv_shape* s,
