@@ -64,6 +64,19 @@ def test_quick_spreads_each_ops_runs_over_passes(tmp_path, capsys):
         assert 2 <= result["runs"]["numpy"] <= 4
 
 
+def test_quick_times_the_reference_again_only_within_its_budget(tmp_path, monkeypatch):
+    """An op whose NumPy reference has spent --quick's budget (one call of seconds) is not timed again
+    in later passes: with no budget, one run each, from the first pass."""
+    from convx.bench import cli
+
+    monkeypatch.setattr(cli, "QUICK_REFERENCE_SECONDS", 0.0)
+    out = tmp_path / "results.json"
+    assert main(["--quick", "--case", "lenet_c1", "--case", "maxpool_2x2", "--op", "forward", "--repeat", "4",
+                 "--passes", "2", "--no-torch", "--json", str(out)]) == 0
+    for result in json.loads(out.read_text())["results"]:
+        assert result["runs"]["numpy"] == 1 and result["runs"]["convx"] == 4
+
+
 def test_merge_passes_keeps_every_run_in_order():
     from convx.bench.runner import Result, merge_passes
 

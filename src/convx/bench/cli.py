@@ -16,7 +16,7 @@ from . import layers as layer_bench
 from .nets import models as net_models
 from .nets import report as net_report
 from .runner import (Result, calibration, extra_memory, fused_backward, gemm_ceiling, machine_info, merge_passes,
-                     reuse_freed_memory, thread_scaling, time_case)
+                     reuse_freed_memory, settle, thread_scaling, time_case)
 from .table import WIDTH, Trust, format_table, summary
 
 ALL_OPS = ("forward", "backward_input", "backward_weight", "backward")
@@ -28,8 +28,8 @@ REPEAT = 7
 # 3-7 (4 of those the NumPy reference's, then timed in the first pass only; now in every pass).
 QUICK_REPEAT = 6
 QUICK_PASSES = 3
-# --quick's budget per op for the NumPy reference (at least one call a pass, this much in all): its
-# slowest calls take seconds.
+# --quick's budget per op for the NumPy reference: this much in all, spread over the passes (at least
+# one call in the first; none in later ones once spent): its slowest calls take seconds.
 QUICK_REFERENCE_SECONDS = 0.5
 
 
@@ -284,21 +284,42 @@ def main(argv=None, reuse_memory: bool = False) -> int:
     repeat = per_pass * passes
     reference_seconds = QUICK_REFERENCE_SECONDS / passes if args.quick else None
     timed: list[list[Result]] = []
+    # The NumPy reference's seconds so far per (case, op): with a budget, an op that has spent it
+    # (one call of seconds) is not timed again in later passes.
+    reference_spent: dict[tuple[str, str], float] = {}
+    others = [name for name in implementations if name != "numpy"]
+
+    def note_load(case_name: str, case_load: _load.OtherLoad) -> None:
+        load = case_load.fraction()
+        if load is not None:
+            load_by_case[case_name] = max(load, load_by_case.get(case_name) or 0.0)
+        else:
+            load_by_case.setdefault(case_name, None)
+
     for turn in range(passes):
+        label = f" pass {turn + 1}/{passes}" if passes > 1 else ""
+        if "numpy" in implementations:
+            # Every case's reference, then one pause for the BLAS threads its products leave spinning.
+            print(f"NumPy reference{label}", file=sys.stderr, flush=True)
+            for case in cases:
+                left = [op for op in ops if reference_seconds is None or turn == 0
+                        or reference_spent.get((case.name, op), 0.0) < QUICK_REFERENCE_SECONDS]
+                if not left:
+                    continue
+                case_load = _load.OtherLoad()
+                reference = time_case(case, left, ["numpy"], per_pass, reference_seconds=reference_seconds,
+                                      layout=args.layout, settle_after=False)
+                for result in reference:
+                    key = (result.case, result.op)
+                    reference_spent[key] = reference_spent.get(key, 0.0) + sum(result.samples.get("numpy", []))
+                timed.append(reference)
+                note_load(case.name, case_load)
+            settle()
         for index, case in enumerate(cases, 1):
-            print(f"[{index}/{len(cases)}]{f' pass {turn + 1}/{passes}' if passes > 1 else ''} {case.name}: "
-                  f"{case.describe()}", file=sys.stderr, flush=True)
+            print(f"[{index}/{len(cases)}]{label} {case.name}: {case.describe()}", file=sys.stderr, flush=True)
             case_load = _load.OtherLoad()
-            if "numpy" in implementations:
-                timed.append(time_case(case, ops, ["numpy"], per_pass, reference_seconds=reference_seconds,
-                                       layout=args.layout))
-            others = [name for name in implementations if name != "numpy"]
             timed.append(time_case(case, ops, others, per_pass, layout=args.layout))
-            load = case_load.fraction()
-            if load is not None:
-                load_by_case[case.name] = max(load, load_by_case.get(case.name) or 0.0)
-            else:
-                load_by_case.setdefault(case.name, None)
+            note_load(case.name, case_load)
     results = merge_passes(timed)
     shown = ("convx", "numpy", "torch", "winograd") if args.wide else ("convx", "numpy", "torch")
     trust = Trust(run_load.fraction(), load_by_case, (start_calibration, calibration()),

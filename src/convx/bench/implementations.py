@@ -64,12 +64,14 @@ def _conv_calls(ops, case: ConvCase, arrays: dict[str, np.ndarray], **extra) -> 
     return calls
 
 
-def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray], **extra) -> Calls:
+def _pool_calls(ops, case: PoolCase, arrays: dict[str, np.ndarray], index_ops=None, **extra) -> Calls:
+    """The pooling ops of ``ops``; max pooling's backward takes the indices of ``index_ops``'s forward
+    (``ops``'s by default), computed here, before any timing."""
     x, grad_out = arrays["x"], arrays["grad_out"]
     args = dict(kernel_size=case.kernel, stride=case.stride, padding=case.padding, **extra)
     if case.mode == "max":
         pool, backward = _op(ops, "max_pool{}d", case), _op(ops, "max_pool{}d_backward", case)
-        _, indices = pool(x, return_indices=True, **args)
+        _, indices = _op(index_ops or ops, "max_pool{}d", case)(x, return_indices=True, **args)
         return {
             "forward": lambda: pool(x, return_indices=True, **args),
             "backward": lambda: backward(grad_out, indices, x.shape, **extra),
@@ -114,8 +116,12 @@ def numpy_calls(case, arrays, layout: str = "NCHW") -> Calls:
         module = reference.conv3d if case.kind == "conv" else reference.pooling3d
     else:
         module = reference.conv if case.kind == "conv" else reference.pooling
-    builder = _conv_calls if case.kind == "conv" else _pool_calls
-    calls = builder(module, case, arrays)
+    if case.kind == "conv":
+        calls = _conv_calls(module, case, arrays)
+    else:
+        # convx's indices, which equal the reference's (tests/test_pooling*.py): the reference's
+        # forward takes seconds on the large windows, and every pass makes the calls anew.
+        calls = _pool_calls(module, case, arrays, index_ops=convx_ops)
     if case.kind == "conv":
         # The reference has no fused pass: a NumPy user makes the three calls.
         calls["backward"] = separate_backward(module, case, arrays)

@@ -217,6 +217,7 @@ def time_case(
     max_seconds: float = 20.0,
     reference_seconds: float | None = None,
     layout: str = "NCHW",
+    settle_after: bool = True,
 ) -> list[Result]:
     """Every run of each op of ``case`` for each implementation, and their median.
 
@@ -229,7 +230,8 @@ def time_case(
     milliseconds), which would steal a core from whichever library ran next. Each implementation
     is warmed up (``_warm_up``) before its timed runs. One whose calls exceed ``max_seconds`` in
     total (the NumPy reference: ``reference_seconds``, if given) stops early with the runs it has
-    (at least one).
+    (at least one). ``settle_after=False`` leaves the pause after the NumPy reference to the caller
+    (which times other cases' references first).
 
     ``layout``: convx's (and its Winograd variant's and PyTorch's, as ``torch.channels_last``)
     data layout, ``'NCHW'`` or ``'NHWC'`` (the NumPy reference stays channels first); ``'both'``
@@ -268,7 +270,8 @@ def time_case(
     if "numpy" in calls:
         for op in selected:
             run(op, ["numpy"])
-        settle()
+        if settle_after:
+            settle()
     results = []
     for op in selected:
         run(op, together)
