@@ -228,6 +228,37 @@ def test_pooling_matches_torch(case, dtype, torch, rng):
     compare_with_torch(torch, getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs), x, rng)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pooling_return_indices_as_torch(dtype, layout, torch, rng):
+    # PyTorch's positional order (kernel_size, stride, padding, dilation, return_indices, ceil_mode):
+    # (y, indices) from forward, PyTorch's pair exactly; backward still takes y's gradient alone.
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    tx = torch.from_numpy(x)
+    last = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if layout == "NHWC" else (lambda a: a)
+    first = (lambda a: np.moveaxis(a, -1, 1)) if layout == "NHWC" else (lambda a: a)
+    for ours, theirs in [
+        (nn.MaxPool2d(3, 2, 1, 1, True, True, layout=layout), torch.nn.MaxPool2d(3, 2, 1, 1, True, True)),
+        (nn.MaxPool2d(2, return_indices=True, layout=layout), torch.nn.MaxPool2d(2, return_indices=True)),
+        (nn.AdaptiveMaxPool2d((3, 2), True, layout=layout), torch.nn.AdaptiveMaxPool2d((3, 2), True)),
+    ]:
+        y, indices = ours(last(x))
+        ty, tindices = theirs(tx)
+        np.testing.assert_array_equal(first(y), ty.numpy())
+        np.testing.assert_array_equal(first(indices), tindices.numpy())
+        assert indices.dtype == np.int64
+        grad = rng.standard_normal(y.shape).astype(dtype)
+        tx.requires_grad_(True)
+        theirs(tx)[0].backward(torch.from_numpy(first(grad).copy()))
+        np.testing.assert_array_equal(first(ours.backward(grad)), tx.grad.numpy())
+        tx = torch.from_numpy(x)
+    assert not isinstance(nn.MaxPool2d(2)(x), tuple) and not isinstance(nn.AdaptiveMaxPool2d(2)(x), tuple)
+    with pytest.raises(TypeError, match="return_indices must be a bool"):
+        nn.MaxPool2d(2, return_indices="yes")
+    with pytest.raises(TypeError, match="return_indices must be a bool"):
+        nn.AdaptiveMaxPool2d(2, return_indices=1)
+
+
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["Avg", "Max"])

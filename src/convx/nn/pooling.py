@@ -153,6 +153,10 @@ class MaxPool2d(_MaxPoolNd):
         Implicit ``-inf``, as :func:`convx.max_pool2d` takes it: per side up to
         ``dilation * (kernel_size - 1)``; ``'same'`` gives ``ceil(size / stride)`` outputs.
     dilation : int or (int, int), default 1
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``: each maximum's flat ``h * W + w`` in its plane
+        (int64, ``y``'s shape), as :func:`convx.max_pool2d` gives them and
+        :func:`convx.max_unpool2d` takes them.
     ceil_mode : bool, default False
         Round the output size up, keeping a last partial window.
     layout : {'NCHW', 'NHWC'}, default 'NCHW'
@@ -189,10 +193,11 @@ class MaxPool2d(_MaxPoolNd):
 
     def __init__(
         self, kernel_size: IntPair, stride: IntPair | None = None, padding: Padding = 0, dilation: IntPair = 1,
-        ceil_mode: bool = False, *, layout: str = "NCHW",
+        return_indices: bool = False, ceil_mode: bool = False, *, layout: str = "NCHW",
     ) -> None:
         super().__init__()
         self.layout = _layout_arg(layout, 2)
+        self.return_indices = as_bool("return_indices", return_indices)
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else as_pair("stride", stride, 1)
         self.dilation = as_pair("dilation", dilation, 1)
@@ -349,6 +354,9 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     ----------
     output_size : int or (int or None, int or None)
         (H_out, W_out); None keeps that input dimension.
+    return_indices : bool, default False
+        ``forward`` returns ``(y, indices)``: each maximum's flat ``h * W + w`` in its plane
+        (int64, ``y``'s shape).
     layout : {'NCHW', 'NHWC'}, default 'NCHW'
         Keyword only: channels first (PyTorch's) or channels last, for the input, the output
         and the gradients (``(N, H, W, C)``: NHWC runs natively).
@@ -368,9 +376,10 @@ class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
 
     _DIMS = 2
 
-    def __init__(self, output_size: AdaptiveSize, *, layout: str = "NCHW") -> None:
+    def __init__(self, output_size: AdaptiveSize, return_indices: bool = False, *, layout: str = "NCHW") -> None:
         super().__init__()
         self.layout = _layout_arg(layout, 2)
+        self.return_indices = as_bool("return_indices", return_indices)
         self.output_size = _output_size_arg(output_size)
 
 
