@@ -255,6 +255,7 @@ def _kernel_call(name, batch):
                                         (x, small, np.empty(small.shape, dtype=np.int64), 1)),
         # Channels last: the same arrays read as (batch, 32, 24, 24) = (N, H, W, C), 24 channels.
         "max_pool2d_nhwc_forward": (core.max_pool2d_nhwc_forward, (x, pooled, indices, *window, 1, 1, 1)),
+        "max_pool2d_nhwc_separable": (core.max_pool2d_nhwc_separable, (x, pooled, indices, 5, 5, 1, 1, 2, 2, 1)),
         "max_pool2d_nhwc_backward": (core.max_pool2d_nhwc_backward,
                                      (np.repeat(x, 4, axis=0), np.zeros((4 * batch, 32, 24, 24), dtype=np.int64),
                                       np.empty((4 * batch, 32, 24, 24)), 1)),
@@ -283,7 +284,7 @@ KERNELS = [
     "batch_norm_normalize", "batch_norm_input_grad", "dropout", "optimizer_step", "add", "channel_dropout",
     "softmax_forward", "softmax_backward", "layer_norm_normalize", "layer_norm_row_sums", "layer_norm_input_grad",
     "layer_norm_param_grads", "unfold_forward", "fold_forward",
-    "max_pool2d_nhwc_forward", "max_pool2d_nhwc_backward", "avg_pool2d_nhwc_forward", "avg_pool2d_nhwc_backward",
+    "max_pool2d_nhwc_forward", "max_pool2d_nhwc_separable", "max_pool2d_nhwc_backward", "avg_pool2d_nhwc_forward", "avg_pool2d_nhwc_backward",
     "adaptive_avg_pool2d_nhwc_forward", "adaptive_avg_pool2d_nhwc_backward", "adaptive_max_pool2d_nhwc_forward",
     "batch_norm_moments_nhwc", "batch_norm_grad_sums_nhwc", "batch_norm_normalize_nhwc", "batch_norm_input_grad_nhwc",
     "max_pool3d_forward", "avg_pool3d_forward", "avg_pool3d_backward", "adaptive_avg_pool3d_forward",

@@ -109,21 +109,78 @@ def test_large_windows_channels_last_match_channels_first(
 
 
 def test_large_windows_channels_last_take_the_separable_kernel(rng, torch, monkeypatch):
+    # Undilated windows take the channels-last separable kernel (no copies); dilated ones the
+    # channels-first one on copies.
     x = _input(rng, (1, 2, 128, 128), np.float32, "ties")
     x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    calls = []
-    original = convx._core.max_pool2d_forward
+    calls = {"first": [], "last": 0}
+    first, last = convx._core.max_pool2d_forward, convx._core.max_pool2d_nhwc_separable
 
-    def spy(*args):
-        calls.append(args[-4])  # the separable flag
-        return original(*args)
+    def spy_first(*args):
+        calls["first"].append(args[-4])  # the separable flag
+        return first(*args)
 
-    monkeypatch.setattr(convx._core, "max_pool2d_forward", spy)
+    def spy_last(*args):
+        calls["last"] += 1
+        return last(*args)
+
+    monkeypatch.setattr(convx._core, "max_pool2d_forward", spy_first)
+    monkeypatch.setattr(convx._core, "max_pool2d_nhwc_separable", spy_last)
     y_last, indices_last = F.max_pool2d(x_last, 127, 1, 63, return_indices=True, layout="NHWC")
-    assert calls and all(calls)
+    assert calls["last"] and not calls["first"]
     y, indices = torch_max_pool(torch, x, 127, 1, 63, 1, False)
     np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
+    calls["last"] = 0
+    y_last, indices_last = F.max_pool2d(x_last, 63, 1, 31, 2, return_indices=True, layout="NHWC")
+    assert calls["first"] and all(calls["first"]) and not calls["last"]
+    y, indices = torch_max_pool(torch, x, 63, 1, 31, 2, False)
+    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
+
+
+# Undilated windows of every kind the blocks see: a window within one block at the start of the
+# line or clipped at its end, across two blocks, stride above the kernel, windows over the whole
+# plane, one row or column, asymmetric padding and ceil_mode's last partial window.
+SEPARABLE_LAST_CASES = [
+    ((3, 5, 9, 11), 3, 2, 1, False),
+    ((2, 3, 13, 12), (5, 4), (1, 3), (2, 1), True),
+    ((2, 17, 7, 10), (7, 2), (5, 3), (3, 0), True),
+    ((1, 4, 12, 13), 13, 1, 6, False),
+    ((2, 3, 1, 30), (1, 29), 1, (0, 14), True),
+    ((2, 3, 30, 1), (29, 1), (3, 1), (14, 0), False),
+    ((2, 2, 11, 9), 4, 3, ((0, 2), (1, 0)), True),
+    ((1, 70, 10, 12), (9, 5), (2, 1), "same", False),
+    ((2, 3, 40, 37), (21, 17), (1, 2), (10, 8), True),
+]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["normal", "ties", "special"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kernel_size, stride, padding, ceil_mode", SEPARABLE_LAST_CASES)
+def test_channels_last_separable_kernel_matches_channels_first(
+    rng, torch, threads, monkeypatch, shape, kernel_size, stride, padding, ceil_mode, dtype, kind, n_threads
+):
+    # Every geometry sent to the channels-last separable kernel (a tap ratio of 0), with few and
+    # many channels and lanes cut into runs for the column pass: the channels-first values and
+    # indices exactly (NaN where NaN wins, the first maximum among ties), and PyTorch's.
+    monkeypatch.setattr(convx.functional._pooling_nhwc, "_SEPARABLE_TAP_RATIO", 0)
+    monkeypatch.setattr(convx.functional._pooling_nhwc, "_max_pool2d_first", None)  # no copies
+    threads(n_threads)
+    x = _input(rng, shape, dtype, kind)
+    args = (kernel_size, stride, padding, 1, ceil_mode)
+    y, indices = F.max_pool2d(x, *args, return_indices=True)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y_last, indices_last = F.max_pool2d(x_last, *args, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(F.max_pool2d(x_last, *args, layout="NHWC"), y_last)
+    if isinstance(padding, str) or (isinstance(padding, tuple) and not all(isinstance(p, int) for p in padding)):
+        return  # padding PyTorch does not take
+    y_torch, indices_torch = torch_max_pool(torch, x, *args)
+    np.testing.assert_array_equal(y_last, y_torch.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices_torch.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -286,6 +286,10 @@ def max_pool2d_nhwc_forward(
     kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
     pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, n_threads: int,
 ) -> None: ...
+def max_pool2d_nhwc_separable(
+    x: _Float, out: _Float, indices: _Index, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
+    pad_h: int, pad_w: int, n_threads: int,
+) -> None: ...
 def max_pool2d_nhwc_backward(grad_out: _Float, indices: _Index, grad_in: _Float, n_threads: int) -> int: ...
 def avg_pool2d_nhwc_forward(
     x: _Float, out: _Float,

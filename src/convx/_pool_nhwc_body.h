@@ -416,6 +416,155 @@ CONVX_CLONES static void CONVX_NHWC(convx_ndhwc_avg_spread_row)(
     }
 }
 
+/* The separable max pool of convx_max_pool_separable (_pool_body.h) channels last, for windows of
+ * dilation 1: van Herk / Gil-Werman blocks along each axis, every step a unit-stride loop over a
+ * row's lanes (its C channels in the row pass, its out_w * C output columns and channels in the
+ * column pass), with the same comparisons in the same order as the channels-first kernel, so the
+ * same winners: NaN wins (the last NaN), else the first maximum in row-major window order.
+ * win: convx_max_row_blocks's (first tap, last tap, kind) per output along the axis. */
+
+/* Row pass of input rows [h0, h1) of one (H, W, C) image: rval / rcol[h, ow, c] = the winner of
+ * row h's taps of window column ow (value, column). pre_* / suf_*: width * C entries each. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_rows)(
+    const NT *CONVX_RESTRICT image, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t h1,
+    ptrdiff_t kernel_w, ptrdiff_t out_w, const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val,
+    int32_t *CONVX_RESTRICT pre_pos, NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_pos,
+    NT *CONVX_RESTRICT rval, int32_t *CONVX_RESTRICT rcol) {
+    const ptrdiff_t C = channels, last_phase = (width - 1) % kernel_w;
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_w, *CONVX_RESTRICT kind = win + 2 * out_w;
+    ptrdiff_t c;
+    for (ptrdiff_t h = h0; h < h1; h++) {
+        const NT *CONVX_RESTRICT line = image + h * width * C;
+        ptrdiff_t phase = 0;
+        for (ptrdiff_t t = 0; t < width; t++) {
+            const NT *CONVX_RESTRICT v = line + t * C;
+            NT *CONVX_RESTRICT pv = pre_val + t * C;
+            int32_t *CONVX_RESTRICT pp = pre_pos + t * C;
+            if (phase == 0) {
+                CONVX_SIMD for (c = 0; c < C; c++) {
+                    pv[c] = v[c];
+                    pp[c] = (int32_t)t;
+                }
+            } else {
+                const NT *CONVX_RESTRICT up = pv - C;
+                const int32_t *CONVX_RESTRICT up_pos = pp - C;
+                CONVX_SIMD for (c = 0; c < C; c++) {
+                    const int take = (v[c] > up[c]) | (v[c] != v[c]);
+                    pv[c] = take ? v[c] : up[c];
+                    pp[c] = take ? (int32_t)t : up_pos[c];
+                }
+            }
+            phase = phase == kernel_w - 1 ? 0 : phase + 1;
+        }
+        phase = last_phase;
+        for (ptrdiff_t t = width - 1; t >= 0; t--) {
+            const NT *CONVX_RESTRICT v = line + t * C;
+            NT *CONVX_RESTRICT sv = suf_val + t * C;
+            int32_t *CONVX_RESTRICT sp = suf_pos + t * C;
+            if (t == width - 1 || phase == kernel_w - 1) {
+                CONVX_SIMD for (c = 0; c < C; c++) {
+                    sv[c] = v[c];
+                    sp[c] = (int32_t)t;
+                }
+            } else {
+                const NT *CONVX_RESTRICT down = sv + C;
+                const int32_t *CONVX_RESTRICT down_pos = sp + C;
+                CONVX_SIMD for (c = 0; c < C; c++) {
+                    const int keep = (down[c] > v[c]) | (down[c] != down[c]);
+                    sv[c] = keep ? down[c] : v[c];
+                    sp[c] = keep ? down_pos[c] : (int32_t)t;
+                }
+            }
+            phase = phase == 0 ? kernel_w - 1 : phase - 1;
+        }
+        NT *CONVX_RESTRICT rv_row = rval + h * out_w * C;
+        int32_t *CONVX_RESTRICT rc_row = rcol + h * out_w * C;
+        for (ptrdiff_t o = 0; o < out_w; o++) {
+            const NT *CONVX_RESTRICT pv = pre_val + last[o] * C, *CONVX_RESTRICT sv = suf_val + first[o] * C;
+            const int32_t *CONVX_RESTRICT pp = pre_pos + last[o] * C, *CONVX_RESTRICT sp = suf_pos + first[o] * C;
+            NT *CONVX_RESTRICT dst = rv_row + o * C;
+            int32_t *CONVX_RESTRICT at = rc_row + o * C;
+            const int64_t k = kind[o];
+            CONVX_SIMD for (c = 0; c < C; c++) {
+                const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+                dst[c] = later ? pv[c] : sv[c];
+                at[c] = later ? pp[c] : sp[c];
+            }
+        }
+    }
+}
+
+/* Column pass for the lanes [l0, l0 + n) of rval / rcol (H rows of L = out_w * C lanes): out /
+ * indices[oh, lane] (rows of L) = the winner of window row oh's row winners, indices its flat
+ * h * W + w (indices may be NULL). pre_* / suf_*: height * n entries each. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_columns)(
+    const NT *CONVX_RESTRICT rval, const int32_t *CONVX_RESTRICT rcol, ptrdiff_t height, ptrdiff_t width,
+    ptrdiff_t lanes, ptrdiff_t l0, ptrdiff_t n, ptrdiff_t kernel_h, ptrdiff_t out_h,
+    const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val, int32_t *CONVX_RESTRICT pre_row,
+    NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_row, NT *CONVX_RESTRICT out,
+    int64_t *CONVX_RESTRICT indices) {
+    ptrdiff_t c, phase = 0;
+    for (ptrdiff_t h = 0; h < height; h++) {
+        const NT *CONVX_RESTRICT v = rval + h * lanes + l0;
+        NT *CONVX_RESTRICT pv = pre_val + h * n;
+        int32_t *CONVX_RESTRICT pr = pre_row + h * n;
+        if (phase == 0) {
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                pv[c] = v[c];
+                pr[c] = (int32_t)h;
+            }
+        } else {
+            const NT *CONVX_RESTRICT up = pv - n;
+            const int32_t *CONVX_RESTRICT up_row = pr - n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const int take = (v[c] > up[c]) | (v[c] != v[c]);
+                pv[c] = take ? v[c] : up[c];
+                pr[c] = take ? (int32_t)h : up_row[c];
+            }
+        }
+        phase = phase == kernel_h - 1 ? 0 : phase + 1;
+    }
+    phase = (height - 1) % kernel_h;
+    for (ptrdiff_t h = height - 1; h >= 0; h--) {
+        const NT *CONVX_RESTRICT v = rval + h * lanes + l0;
+        NT *CONVX_RESTRICT sv = suf_val + h * n;
+        int32_t *CONVX_RESTRICT sr = suf_row + h * n;
+        if (h == height - 1 || phase == kernel_h - 1) {
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                sv[c] = v[c];
+                sr[c] = (int32_t)h;
+            }
+        } else {
+            const NT *CONVX_RESTRICT down = sv + n;
+            const int32_t *CONVX_RESTRICT down_row = sr + n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const int keep = (down[c] > v[c]) | (down[c] != down[c]);
+                sv[c] = keep ? down[c] : v[c];
+                sr[c] = keep ? down_row[c] : (int32_t)h;
+            }
+        }
+        phase = phase == 0 ? kernel_h - 1 : phase - 1;
+    }
+    const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h, *CONVX_RESTRICT kind = win + 2 * out_h;
+    for (ptrdiff_t o = 0; o < out_h; o++) {
+        const NT *CONVX_RESTRICT pv = pre_val + last[o] * n, *CONVX_RESTRICT sv = suf_val + first[o] * n;
+        const int32_t *CONVX_RESTRICT pr = pre_row + last[o] * n, *CONVX_RESTRICT sr = suf_row + first[o] * n;
+        NT *CONVX_RESTRICT dst = out + o * lanes + l0;
+        const int64_t k = kind[o];
+        CONVX_SIMD for (c = 0; c < n; c++) {
+            const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+            dst[c] = later ? pv[c] : sv[c];
+        }
+        if (indices == NULL) continue;
+        int64_t *CONVX_RESTRICT where = indices + o * lanes + l0;
+        for (c = 0; c < n; c++) {
+            const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+            const ptrdiff_t r = later ? pr[c] : sr[c];
+            where[c] = (int64_t)r * width + rcol[r * lanes + l0 + c];
+        }
+    }
+}
+
 #endif /* CONVX_NHWC_MAX_ONLY */
 
 #undef CONVX_NHWC_BLOCK

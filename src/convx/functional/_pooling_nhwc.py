@@ -21,7 +21,7 @@ from .._checks import MAX_POOL_DTYPES, SUPPORTED_DTYPES, as_bool, as_layout_arra
 from .._threads import kernel_threads
 from .._typing import AnyArray, Padding, Shape
 from .pooling import (
-    AVG_TAP_WORK, MAX_TAP_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_args, _avg_values,
+    AVG_TAP_WORK, MAX_TAP_WORK, SEPARABLE_WORK, _adaptive_output_size, _allocate, _as_indices, _avg_args, _avg_values,
     _max_pool_separable, _nonempty_plane, _pool_output_shape, _refuse_indices, _unbatch, _window_params,
     _window_values, _work,
 )
@@ -29,20 +29,26 @@ from .pooling import max_pool2d as _max_pool2d_first
 
 _CAUSE = "kernel_size, stride, padding, dilation and ceil_mode"
 
-# Windows large against the image take the separable max pool, which has only a channels-first
-# kernel: the batch goes to it in parts of at most this many input elements (one image at least),
-# each copied channels first and its output back.
+# Windows large against the image take the separable max pool: undilated float ones its
+# channels-last kernel; dilated or 8-bit ones the channels-first kernel, to which the batch goes in
+# parts of at most this many input elements (one image at least), each copied channels first and
+# its output back.
 _SEPARABLE_PART_ELEMENTS = 1 << 20
-# ... where the channels-last kernel's taps times outputs exceed this many times the separable
-# kernel's elements (plane, row pass, output), and the channels-first rule takes the separable kernel
-# too. The channels-last kernel sweeps every tap over every output, a vector of channels at a time;
-# the separable one plus the copies cost a few passes. With indices, float32, 2 threads, ms (Xeon
-# family 6 model 167, medians of 5-7), ratio: channels-last kernel / separable: 8x32x56x56 k5 s1 (6):
-# 1.05 / 10.5; k9 s1 (27): 2.9 / 10.3; k11 s1 (40): 3.7 / 15.0; k13 s1 (56): 5.1 / 14.6; k15 s1 (75):
-# 6.6 / 9.9; k19 s1 (120): 9.9 / 9.4; k15 s2 (32): 1.6 / 4.1; k21 s2 (63): 3.0 / 4.1; 4x16x64x64
-# k21 s2 (63): 3.5 / 1.3; k25 s3 (51): 2.3 / 1.2; k31 s2 (137): 5.8 / 1.4; 1x4x128x128 k127 s1:
-# 354 / 0.6.
-_SEPARABLE_TAP_RATIO = 64
+# ... where the channels-last direct kernel's taps (inside the input) times outputs exceed these
+# many times the separable kernel's elements (plane, row pass, output), and the channels-first rule
+# takes the separable kernel too. The direct kernel sweeps every tap over every output, a vector of
+# channels at a time; the separable one costs a few passes (plus, on copies, the copies). With
+# indices, float32, 2 threads, ms (Xeon family 6 model 167, medians), ratio: direct / separable.
+# Channels-last separable kernel (medians of 3 x 7): 8x32x56x56 k5 s1 (8): 1.31 / 3.65; k9 s1 (27):
+# 3.41 / 3.37; k13 s1 (56): 6.7 / 3.3; k15 s1 (75): 8.8 / 3.0; k19 s1 (120): 13.4 / 2.8; k15 s2 (32):
+# 2.2 / 1.3; k21 s2 (63): 3.9 / 1.3; 4x16x64x64 k21 s2 (63): 4.8 / 0.44; k25 s3 (51): 2.6 / 0.36;
+# k31 s2 (137): 9.1 / 0.43; 1x4x128x128 k127 s1: 445 / 0.59.
+_SEPARABLE_TAP_RATIO = 24
+# On channels-first copies (medians of 5-7): 8x32x56x56 k5 s1 (6): 1.05 / 10.5; k9 s1 (27): 2.9 /
+# 10.3; k11 s1 (40): 3.7 / 15.0; k13 s1 (56): 5.1 / 14.6; k15 s1 (75): 6.6 / 9.9; k19 s1 (120): 9.9
+# / 9.4; k15 s2 (32): 1.6 / 4.1; k21 s2 (63): 3.0 / 4.1; 4x16x64x64 k21 s2 (63): 3.5 / 1.3; k25 s3
+# (51): 2.3 / 1.2; k31 s2 (137): 5.8 / 1.4; 1x4x128x128 k127 s1: 354 / 0.6.
+_SEPARABLE_COPY_TAP_RATIO = 64
 
 
 def _inside_taps(kernel: int, dilation: int, size: int) -> int:
@@ -106,8 +112,17 @@ def max_pool2d(
     separable_work = height * width + height * out_w + out_h * out_w
     # The channels-last kernel sweeps the taps of each window inside the input only.
     taps = _inside_taps(kernel[0], dilation_[0], height) * _inside_taps(kernel[1], dilation_[1], width)
-    if (y.size and taps * out_h * out_w > _SEPARABLE_TAP_RATIO * separable_work
-            and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_, dilation_)):
+    native = dilation_ == (1, 1) and x.dtype in SUPPORTED_DTYPES and max(height, width) < 2**31
+    ratio = _SEPARABLE_TAP_RATIO if native else _SEPARABLE_COPY_TAP_RATIO
+    separable = bool(y.size and taps * out_h * out_w > ratio * separable_work
+                     and _max_pool_separable(x.dtype, height, width, out_h, out_w, kernel, stride_, padding_,
+                                             dilation_))
+    if separable and native:
+        x = contiguous(x)
+        for part in sub_batches(n, SEPARABLE_WORK * c * separable_work):
+            _core.max_pool2d_nhwc_separable(x[part], y[part], indices[part], *kernel, *stride_, *padding_,
+                                            kernel_threads(elements=x[part].size))
+    elif separable:
         padding = cast(Padding, spec)
         for part in even_slices(n, max(1, _SEPARABLE_PART_ELEMENTS // (height * width * c))):
             first = np.ascontiguousarray(x[part].transpose(0, 3, 1, 2))
