@@ -37,6 +37,18 @@ def _assert_same(actual, expected):
     np.testing.assert_array_equal(actual[1], expected[1])
 
 
+def _channels_last_matches_first(x, args):
+    """Max pooling of ``x`` channels last (with and without indices) equals channels first, moved;
+    the channels-last (values, indices)."""
+    y, indices = F.max_pool2d(x, *args, return_indices=True)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y_last, indices_last = F.max_pool2d(x_last, *args, return_indices=True, layout="NHWC")
+    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(F.max_pool2d(x_last, *args, layout="NHWC"), y_last)
+    return y_last, indices_last
+
+
 @pytest.fixture
 def threads():
     before = _threads.get_num_threads()
@@ -100,12 +112,7 @@ def test_large_windows_channels_last_match_channels_first(
         x = np.clip(np.round(x * 40) - info.min - 128, info.min, info.max)
     x = x.astype(dtype)
     args = (kernel_size, stride, padding, dilation, ceil_mode)
-    y, indices = F.max_pool2d(x, *args, return_indices=True)
-    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    y_last, indices_last = F.max_pool2d(x_last, *args, return_indices=True, layout="NHWC")
-    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(F.max_pool2d(x_last, *args, layout="NHWC"), y_last)
+    _channels_last_matches_first(x, args)
 
 
 def test_large_windows_channels_last_take_the_separable_kernel(rng, torch, monkeypatch):
@@ -170,12 +177,7 @@ def test_channels_last_separable_kernel_matches_channels_first(
     threads(n_threads)
     x = _input(rng, shape, dtype, kind)
     args = (kernel_size, stride, padding, 1, ceil_mode)
-    y, indices = F.max_pool2d(x, *args, return_indices=True)
-    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    y_last, indices_last = F.max_pool2d(x_last, *args, return_indices=True, layout="NHWC")
-    np.testing.assert_array_equal(y_last, y.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(indices_last, indices.transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(F.max_pool2d(x_last, *args, layout="NHWC"), y_last)
+    y_last, indices_last = _channels_last_matches_first(x, args)
     if isinstance(padding, str) or (isinstance(padding, tuple) and not all(isinstance(p, int) for p in padding)):
         return  # padding PyTorch does not take
     y_torch, indices_torch = torch_max_pool(torch, x, *args)

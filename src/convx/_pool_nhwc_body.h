@@ -418,10 +418,62 @@ CONVX_CLONES static void CONVX_NHWC(convx_ndhwc_avg_spread_row)(
 
 /* The separable max pool of convx_max_pool_separable (_pool_body.h) channels last, for windows of
  * dilation 1: van Herk / Gil-Werman blocks along each axis, every step a unit-stride loop over a
- * row's lanes (its C channels in the row pass, its out_w * C output columns and channels in the
- * column pass), with the same comparisons in the same order as the channels-first kernel, so the
- * same winners: NaN wins (the last NaN), else the first maximum in row-major window order.
+ * position's n lanes (a row's C channels in the row pass, its out_w * C output columns and channels
+ * in the column pass), with the same comparisons in the same order as the channels-first kernel,
+ * so the same winners: NaN wins (the last NaN), else the first maximum in row-major window order.
  * win: convx_max_row_blocks's (first tap, last tap, kind) per output along the axis. */
+
+/* The winners of each block's prefixes (ascending) and suffixes (descending) along an axis of
+ * `count` positions, position p's n lanes at values + p * step: pre_* / suf_*[p * n + lane], the
+ * value and the position it came from. Blocks of `kernel` positions from 0; a suffix also restarts
+ * at the last position. */
+static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_sep_blocks)(
+    const NT *CONVX_RESTRICT values, ptrdiff_t step, ptrdiff_t count, ptrdiff_t n, ptrdiff_t kernel,
+    NT *CONVX_RESTRICT pre_val, int32_t *CONVX_RESTRICT pre_pos, NT *CONVX_RESTRICT suf_val,
+    int32_t *CONVX_RESTRICT suf_pos) {
+    ptrdiff_t c, phase = 0;
+    for (ptrdiff_t p = 0; p < count; p++) {
+        const NT *CONVX_RESTRICT v = values + p * step;
+        NT *CONVX_RESTRICT pv = pre_val + p * n;
+        int32_t *CONVX_RESTRICT pp = pre_pos + p * n;
+        if (phase == 0) {
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                pv[c] = v[c];
+                pp[c] = (int32_t)p;
+            }
+        } else {
+            const NT *CONVX_RESTRICT up = pv - n;
+            const int32_t *CONVX_RESTRICT up_pos = pp - n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const int take = (v[c] > up[c]) | (v[c] != v[c]);
+                pv[c] = take ? v[c] : up[c];
+                pp[c] = take ? (int32_t)p : up_pos[c];
+            }
+        }
+        phase = phase == kernel - 1 ? 0 : phase + 1;
+    }
+    phase = (count - 1) % kernel;
+    for (ptrdiff_t p = count - 1; p >= 0; p--) {
+        const NT *CONVX_RESTRICT v = values + p * step;
+        NT *CONVX_RESTRICT sv = suf_val + p * n;
+        int32_t *CONVX_RESTRICT sp = suf_pos + p * n;
+        if (p == count - 1 || phase == kernel - 1) {
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                sv[c] = v[c];
+                sp[c] = (int32_t)p;
+            }
+        } else {
+            const NT *CONVX_RESTRICT down = sv + n;
+            const int32_t *CONVX_RESTRICT down_pos = sp + n;
+            CONVX_SIMD for (c = 0; c < n; c++) {
+                const int keep = (down[c] > v[c]) | (down[c] != down[c]);
+                sv[c] = keep ? down[c] : v[c];
+                sp[c] = keep ? down_pos[c] : (int32_t)p;
+            }
+        }
+        phase = phase == 0 ? kernel - 1 : phase - 1;
+    }
+}
 
 /* Row pass of input rows [h0, h1) of one (H, W, C) image: rval / rcol[h, ow, c] = the winner of
  * row h's taps of window column ow (value, column). pre_* / suf_*: width * C entries each. */
@@ -430,53 +482,11 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_rows)(
     ptrdiff_t kernel_w, ptrdiff_t out_w, const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val,
     int32_t *CONVX_RESTRICT pre_pos, NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_pos,
     NT *CONVX_RESTRICT rval, int32_t *CONVX_RESTRICT rcol) {
-    const ptrdiff_t C = channels, last_phase = (width - 1) % kernel_w;
+    const ptrdiff_t C = channels;
     const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_w, *CONVX_RESTRICT kind = win + 2 * out_w;
-    ptrdiff_t c;
     for (ptrdiff_t h = h0; h < h1; h++) {
-        const NT *CONVX_RESTRICT line = image + h * width * C;
-        ptrdiff_t phase = 0;
-        for (ptrdiff_t t = 0; t < width; t++) {
-            const NT *CONVX_RESTRICT v = line + t * C;
-            NT *CONVX_RESTRICT pv = pre_val + t * C;
-            int32_t *CONVX_RESTRICT pp = pre_pos + t * C;
-            if (phase == 0) {
-                CONVX_SIMD for (c = 0; c < C; c++) {
-                    pv[c] = v[c];
-                    pp[c] = (int32_t)t;
-                }
-            } else {
-                const NT *CONVX_RESTRICT up = pv - C;
-                const int32_t *CONVX_RESTRICT up_pos = pp - C;
-                CONVX_SIMD for (c = 0; c < C; c++) {
-                    const int take = (v[c] > up[c]) | (v[c] != v[c]);
-                    pv[c] = take ? v[c] : up[c];
-                    pp[c] = take ? (int32_t)t : up_pos[c];
-                }
-            }
-            phase = phase == kernel_w - 1 ? 0 : phase + 1;
-        }
-        phase = last_phase;
-        for (ptrdiff_t t = width - 1; t >= 0; t--) {
-            const NT *CONVX_RESTRICT v = line + t * C;
-            NT *CONVX_RESTRICT sv = suf_val + t * C;
-            int32_t *CONVX_RESTRICT sp = suf_pos + t * C;
-            if (t == width - 1 || phase == kernel_w - 1) {
-                CONVX_SIMD for (c = 0; c < C; c++) {
-                    sv[c] = v[c];
-                    sp[c] = (int32_t)t;
-                }
-            } else {
-                const NT *CONVX_RESTRICT down = sv + C;
-                const int32_t *CONVX_RESTRICT down_pos = sp + C;
-                CONVX_SIMD for (c = 0; c < C; c++) {
-                    const int keep = (down[c] > v[c]) | (down[c] != down[c]);
-                    sv[c] = keep ? down[c] : v[c];
-                    sp[c] = keep ? down_pos[c] : (int32_t)t;
-                }
-            }
-            phase = phase == 0 ? kernel_w - 1 : phase - 1;
-        }
+        CONVX_NHWC(convx_nhwc_sep_blocks)(image + h * width * C, C, width, C, kernel_w, pre_val, pre_pos, suf_val,
+                                          suf_pos);
         NT *CONVX_RESTRICT rv_row = rval + h * out_w * C;
         int32_t *CONVX_RESTRICT rc_row = rcol + h * out_w * C;
         for (ptrdiff_t o = 0; o < out_w; o++) {
@@ -485,7 +495,7 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_rows)(
             NT *CONVX_RESTRICT dst = rv_row + o * C;
             int32_t *CONVX_RESTRICT at = rc_row + o * C;
             const int64_t k = kind[o];
-            CONVX_SIMD for (c = 0; c < C; c++) {
+            CONVX_SIMD for (ptrdiff_t c = 0; c < C; c++) {
                 const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
                 dst[c] = later ? pv[c] : sv[c];
                 at[c] = later ? pp[c] : sp[c];
@@ -503,48 +513,8 @@ CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_columns)(
     const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val, int32_t *CONVX_RESTRICT pre_row,
     NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_row, NT *CONVX_RESTRICT out,
     int64_t *CONVX_RESTRICT indices) {
-    ptrdiff_t c, phase = 0;
-    for (ptrdiff_t h = 0; h < height; h++) {
-        const NT *CONVX_RESTRICT v = rval + h * lanes + l0;
-        NT *CONVX_RESTRICT pv = pre_val + h * n;
-        int32_t *CONVX_RESTRICT pr = pre_row + h * n;
-        if (phase == 0) {
-            CONVX_SIMD for (c = 0; c < n; c++) {
-                pv[c] = v[c];
-                pr[c] = (int32_t)h;
-            }
-        } else {
-            const NT *CONVX_RESTRICT up = pv - n;
-            const int32_t *CONVX_RESTRICT up_row = pr - n;
-            CONVX_SIMD for (c = 0; c < n; c++) {
-                const int take = (v[c] > up[c]) | (v[c] != v[c]);
-                pv[c] = take ? v[c] : up[c];
-                pr[c] = take ? (int32_t)h : up_row[c];
-            }
-        }
-        phase = phase == kernel_h - 1 ? 0 : phase + 1;
-    }
-    phase = (height - 1) % kernel_h;
-    for (ptrdiff_t h = height - 1; h >= 0; h--) {
-        const NT *CONVX_RESTRICT v = rval + h * lanes + l0;
-        NT *CONVX_RESTRICT sv = suf_val + h * n;
-        int32_t *CONVX_RESTRICT sr = suf_row + h * n;
-        if (h == height - 1 || phase == kernel_h - 1) {
-            CONVX_SIMD for (c = 0; c < n; c++) {
-                sv[c] = v[c];
-                sr[c] = (int32_t)h;
-            }
-        } else {
-            const NT *CONVX_RESTRICT down = sv + n;
-            const int32_t *CONVX_RESTRICT down_row = sr + n;
-            CONVX_SIMD for (c = 0; c < n; c++) {
-                const int keep = (down[c] > v[c]) | (down[c] != down[c]);
-                sv[c] = keep ? down[c] : v[c];
-                sr[c] = keep ? down_row[c] : (int32_t)h;
-            }
-        }
-        phase = phase == 0 ? kernel_h - 1 : phase - 1;
-    }
+    ptrdiff_t c;
+    CONVX_NHWC(convx_nhwc_sep_blocks)(rval + l0, lanes, height, n, kernel_h, pre_val, pre_row, suf_val, suf_row);
     const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h, *CONVX_RESTRICT kind = win + 2 * out_h;
     for (ptrdiff_t o = 0; o < out_h; o++) {
         const NT *CONVX_RESTRICT pv = pre_val + last[o] * n, *CONVX_RESTRICT sv = suf_val + first[o] * n;
