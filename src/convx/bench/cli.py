@@ -282,11 +282,13 @@ def main(argv=None, reuse_memory: bool = False) -> int:
     passes = min(args.passes or (QUICK_PASSES if args.quick else 1), repeat)
     per_pass = -(-repeat // passes)
     repeat = per_pass * passes
-    reference_seconds = QUICK_REFERENCE_SECONDS / passes if args.quick else None
-    timed: list[list[Result]] = []
-    # The NumPy reference's seconds so far per (case, op): with a budget, an op that has spent it
-    # (one call of seconds) is not timed again in later passes.
+    # The NumPy reference's budget per op over all passes (None: unbounded), each pass's share, and
+    # its seconds so far per (case, op): an op that has spent the budget (one call of seconds) is not
+    # timed again in later passes.
+    reference_budget = QUICK_REFERENCE_SECONDS if args.quick else None
+    reference_seconds = reference_budget / passes if reference_budget is not None else None
     reference_spent: dict[tuple[str, str], float] = {}
+    timed: list[list[Result]] = []
     others = [name for name in implementations if name != "numpy"]
 
     def note_load(case_name: str, case_load: _load.OtherLoad) -> None:
@@ -302,8 +304,8 @@ def main(argv=None, reuse_memory: bool = False) -> int:
             # Every case's reference, then one pause for the BLAS threads its products leave spinning.
             print(f"NumPy reference{label}", file=sys.stderr, flush=True)
             for case in cases:
-                left = [op for op in ops if reference_seconds is None or turn == 0
-                        or reference_spent.get((case.name, op), 0.0) < QUICK_REFERENCE_SECONDS]
+                left = [op for op in ops if reference_budget is None or turn == 0
+                        or reference_spent.get((case.name, op), 0.0) < reference_budget]
                 if not left:
                     continue
                 case_load = _load.OtherLoad()

@@ -116,15 +116,13 @@ def numpy_calls(case, arrays, layout: str = "NCHW") -> Calls:
         module = reference.conv3d if case.kind == "conv" else reference.pooling3d
     else:
         module = reference.conv if case.kind == "conv" else reference.pooling
-    if case.kind == "conv":
-        calls = _conv_calls(module, case, arrays)
-    else:
+    if case.kind != "conv":
         # convx's indices, which equal the reference's (tests/test_pooling*.py): the reference's
         # forward takes seconds on the large windows, and every pass makes the calls anew.
-        calls = _pool_calls(module, case, arrays, index_ops=convx_ops)
-    if case.kind == "conv":
-        # The reference has no fused pass: a NumPy user makes the three calls.
-        calls["backward"] = separate_backward(module, case, arrays)
+        return _pool_calls(module, case, arrays, index_ops=convx_ops)
+    calls = _conv_calls(module, case, arrays)
+    # The reference has no fused pass: a NumPy user makes the three calls.
+    calls["backward"] = separate_backward(module, case, arrays)
     return calls
 
 
