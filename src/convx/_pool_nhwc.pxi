@@ -41,22 +41,20 @@ cdef extern from "_pool_nhwc.h" nogil:
     int convx_nhwc_max_blocks_d(const double* grad, const int64_t* indices, double* grad_in, int32_t* code,
                                 Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h, Py_ssize_t out_w,
                                 Py_ssize_t channels)
-    void convx_nhwc_max_sep_rows_f(const float* image, Py_ssize_t width, Py_ssize_t channels, Py_ssize_t h0,
-                                   Py_ssize_t h1, Py_ssize_t kernel_w, Py_ssize_t out_w, const int64_t* win,
-                                   float* pre_val, int32_t* pre_pos, float* suf_val, int32_t* suf_pos, float* rval,
-                                   int32_t* rcol)
-    void convx_nhwc_max_sep_rows_d(const double* image, Py_ssize_t width, Py_ssize_t channels, Py_ssize_t h0,
-                                   Py_ssize_t h1, Py_ssize_t kernel_w, Py_ssize_t out_w, const int64_t* win,
-                                   double* pre_val, int32_t* pre_pos, double* suf_val, int32_t* suf_pos, double* rval,
-                                   int32_t* rcol)
+    void convx_nhwc_max_sep_row_f(const float* image, Py_ssize_t width, Py_ssize_t channels, Py_ssize_t h,
+                                  Py_ssize_t kernel_w, Py_ssize_t out_w, const int64_t* win, float* scratch,
+                                  float* rval, int32_t* rcol)
+    void convx_nhwc_max_sep_row_d(const double* image, Py_ssize_t width, Py_ssize_t channels, Py_ssize_t h,
+                                  Py_ssize_t kernel_w, Py_ssize_t out_w, const int64_t* win, double* scratch,
+                                  double* rval, int32_t* rcol)
     void convx_nhwc_max_sep_columns_f(const float* rval, const int32_t* rcol, Py_ssize_t height, Py_ssize_t width,
                                       Py_ssize_t lanes, Py_ssize_t l0, Py_ssize_t n, Py_ssize_t kernel_h,
-                                      Py_ssize_t out_h, const int64_t* win, float* pre_val, int32_t* pre_row,
-                                      float* suf_val, int32_t* suf_row, float* out, int64_t* indices)
+                                      Py_ssize_t out_h, const int64_t* win, float* scratch, float* out,
+                                      int64_t* indices)
     void convx_nhwc_max_sep_columns_d(const double* rval, const int32_t* rcol, Py_ssize_t height, Py_ssize_t width,
                                       Py_ssize_t lanes, Py_ssize_t l0, Py_ssize_t n, Py_ssize_t kernel_h,
-                                      Py_ssize_t out_h, const int64_t* win, double* pre_val, int32_t* pre_row,
-                                      double* suf_val, int32_t* suf_row, double* out, int64_t* indices)
+                                      Py_ssize_t out_h, const int64_t* win, double* scratch, double* out,
+                                      int64_t* indices)
     int convx_nhwc_max_scatter_f(const float* grad, const int64_t* indices, float* grad_in, Py_ssize_t plane,
                                  Py_ssize_t width, Py_ssize_t outputs, Py_ssize_t channels)
     int convx_nhwc_max_scatter_d(const double* grad, const int64_t* indices, double* grad_in, Py_ssize_t plane,
@@ -170,52 +168,38 @@ def max_pool2d_nhwc_separable(const floating[:, :, :, ::1] x, floating[:, :, :, 
     cdef int row_team = _team_size(n_threads, height, 3 * width * channels)
     cdef int column_team = _team_size(n_threads, n_chunks, 3 * height * chunk)
     cdef int team = max(row_team, column_team)
-    # Per thread, on its own cache lines: the row pass's prefixes and suffixes, or the column pass's.
-    cdef Py_ssize_t slot = (max(2 * width * channels, 2 * height * chunk) * (item + 4) + 128) // 8 * 8
-    cdef uint8_t[::1] scratch = np.empty(team * slot, dtype=np.uint8)
+    # Per thread, on its own cache lines: the row pass's prefixes and suffixes, or the column pass's
+    # (values, then int32 positions), in whole values.
+    cdef Py_ssize_t slot = (max(2 * width * channels, 2 * height * chunk) * (item + 4) + 128) // item
+    cdef floating[::1] scratch = np.empty(team * slot, dtype=np.asarray(out).dtype)
     cdef floating[::1] rval = np.empty(max(1, height * lanes), dtype=np.asarray(out).dtype)
     cdef int32_t[::1] rcol = np.empty(max(1, height * lanes), dtype=np.int32)
-    cdef Py_ssize_t image, h, k, l0, tid, w_items = width * channels, h_items = height * chunk
-    cdef uint8_t* mine
+    cdef Py_ssize_t image, h, k, l0, tid
     cdef int64_t* where
     with nogil:
         for image in range(n):
             with parallel(num_threads=row_team):
                 tid = threadid()
-                mine = &scratch[0] + tid * slot
                 for h in prange(height, schedule='static'):
                     if floating is float:
-                        convx_nhwc_max_sep_rows_f(&x[image, 0, 0, 0], width, channels, h, h + 1, kernel_w, out_w,
-                                                  &col_win[0], <float*> mine, <int32_t*> (mine + 2 * w_items * item),
-                                                  <float*> mine + w_items,
-                                                  <int32_t*> (mine + 2 * w_items * item) + w_items,
-                                                  &rval[0], &rcol[0])
+                        convx_nhwc_max_sep_row_f(&x[image, 0, 0, 0], width, channels, h, kernel_w, out_w,
+                                                 &col_win[0], &scratch[tid * slot], &rval[0], &rcol[0])
                     else:
-                        convx_nhwc_max_sep_rows_d(&x[image, 0, 0, 0], width, channels, h, h + 1, kernel_w, out_w,
-                                                  &col_win[0], <double*> mine, <int32_t*> (mine + 2 * w_items * item),
-                                                  <double*> mine + w_items,
-                                                  <int32_t*> (mine + 2 * w_items * item) + w_items,
-                                                  &rval[0], &rcol[0])
+                        convx_nhwc_max_sep_row_d(&x[image, 0, 0, 0], width, channels, h, kernel_w, out_w,
+                                                 &col_win[0], &scratch[tid * slot], &rval[0], &rcol[0])
+            where = &indices[image, 0, 0, 0] if want_indices else NULL
             with parallel(num_threads=column_team):
                 tid = threadid()
-                mine = &scratch[0] + tid * slot
                 for k in prange(n_chunks, schedule='static'):
                     l0 = k * chunk
-                    where = &indices[image, 0, 0, 0] if want_indices else NULL
                     if floating is float:
                         convx_nhwc_max_sep_columns_f(&rval[0], &rcol[0], height, width, lanes, l0,
                                                      min(chunk, lanes - l0), kernel_h, out_h, &row_win[0],
-                                                     <float*> mine, <int32_t*> (mine + 2 * h_items * item),
-                                                     <float*> mine + h_items,
-                                                     <int32_t*> (mine + 2 * h_items * item) + h_items,
-                                                     &out[image, 0, 0, 0], where)
+                                                     &scratch[tid * slot], &out[image, 0, 0, 0], where)
                     else:
                         convx_nhwc_max_sep_columns_d(&rval[0], &rcol[0], height, width, lanes, l0,
                                                      min(chunk, lanes - l0), kernel_h, out_h, &row_win[0],
-                                                     <double*> mine, <int32_t*> (mine + 2 * h_items * item),
-                                                     <double*> mine + h_items,
-                                                     <int32_t*> (mine + 2 * h_items * item) + h_items,
-                                                     &out[image, 0, 0, 0], where)
+                                                     &scratch[tid * slot], &out[image, 0, 0, 0], where)
 
 
 def adaptive_max_pool2d_nhwc_forward(const max_pooled[:, :, :, ::1] x, max_pooled[:, :, :, ::1] out,

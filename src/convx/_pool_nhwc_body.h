@@ -475,44 +475,44 @@ static inline __attribute__((always_inline)) void CONVX_NHWC(convx_nhwc_sep_bloc
     }
 }
 
-/* Row pass of input rows [h0, h1) of one (H, W, C) image: rval / rcol[h, ow, c] = the winner of
- * row h's taps of window column ow (value, column). pre_* / suf_*: width * C entries each. */
-CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_rows)(
-    const NT *CONVX_RESTRICT image, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h0, ptrdiff_t h1,
-    ptrdiff_t kernel_w, ptrdiff_t out_w, const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val,
-    int32_t *CONVX_RESTRICT pre_pos, NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_pos,
-    NT *CONVX_RESTRICT rval, int32_t *CONVX_RESTRICT rcol) {
-    const ptrdiff_t C = channels;
+/* Row pass of input row h of one (H, W, C) image: rval / rcol[h, ow, c] = the winner of row h's
+ * taps of window column ow (value, column). scratch: 2 * width * C values, then as many int32. */
+CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_row)(
+    const NT *CONVX_RESTRICT image, ptrdiff_t width, ptrdiff_t channels, ptrdiff_t h, ptrdiff_t kernel_w,
+    ptrdiff_t out_w, const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT scratch, NT *CONVX_RESTRICT rval,
+    int32_t *CONVX_RESTRICT rcol) {
+    const ptrdiff_t C = channels, m = width * C;
+    NT *pre_val = scratch, *suf_val = scratch + m;
+    int32_t *pre_pos = (int32_t *)(void *)(suf_val + m), *suf_pos = pre_pos + m;
     const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_w, *CONVX_RESTRICT kind = win + 2 * out_w;
-    for (ptrdiff_t h = h0; h < h1; h++) {
-        CONVX_NHWC(convx_nhwc_sep_blocks)(image + h * width * C, C, width, C, kernel_w, pre_val, pre_pos, suf_val,
-                                          suf_pos);
-        NT *CONVX_RESTRICT rv_row = rval + h * out_w * C;
-        int32_t *CONVX_RESTRICT rc_row = rcol + h * out_w * C;
-        for (ptrdiff_t o = 0; o < out_w; o++) {
-            const NT *CONVX_RESTRICT pv = pre_val + last[o] * C, *CONVX_RESTRICT sv = suf_val + first[o] * C;
-            const int32_t *CONVX_RESTRICT pp = pre_pos + last[o] * C, *CONVX_RESTRICT sp = suf_pos + first[o] * C;
-            NT *CONVX_RESTRICT dst = rv_row + o * C;
-            int32_t *CONVX_RESTRICT at = rc_row + o * C;
-            const int64_t k = kind[o];
-            CONVX_SIMD for (ptrdiff_t c = 0; c < C; c++) {
-                const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
-                dst[c] = later ? pv[c] : sv[c];
-                at[c] = later ? pp[c] : sp[c];
-            }
+    CONVX_NHWC(convx_nhwc_sep_blocks)(image + h * m, C, width, C, kernel_w, pre_val, pre_pos, suf_val, suf_pos);
+    NT *CONVX_RESTRICT rv_row = rval + h * out_w * C;
+    int32_t *CONVX_RESTRICT rc_row = rcol + h * out_w * C;
+    for (ptrdiff_t o = 0; o < out_w; o++) {
+        const NT *CONVX_RESTRICT pv = pre_val + last[o] * C, *CONVX_RESTRICT sv = suf_val + first[o] * C;
+        const int32_t *CONVX_RESTRICT pp = pre_pos + last[o] * C, *CONVX_RESTRICT sp = suf_pos + first[o] * C;
+        NT *CONVX_RESTRICT dst = rv_row + o * C;
+        int32_t *CONVX_RESTRICT at = rc_row + o * C;
+        const int64_t k = kind[o];
+        CONVX_SIMD for (ptrdiff_t c = 0; c < C; c++) {
+            const int later = (k == 0) | ((k == 2) & ((pv[c] > sv[c]) | (pv[c] != pv[c])));
+            dst[c] = later ? pv[c] : sv[c];
+            at[c] = later ? pp[c] : sp[c];
         }
     }
 }
 
 /* Column pass for the lanes [l0, l0 + n) of rval / rcol (H rows of L = out_w * C lanes): out /
  * indices[oh, lane] (rows of L) = the winner of window row oh's row winners, indices its flat
- * h * W + w (indices may be NULL). pre_* / suf_*: height * n entries each. */
+ * h * W + w (indices may be NULL). scratch: 2 * height * n values, then as many int32. */
 CONVX_CLONES static void CONVX_NHWC(convx_nhwc_max_sep_columns)(
     const NT *CONVX_RESTRICT rval, const int32_t *CONVX_RESTRICT rcol, ptrdiff_t height, ptrdiff_t width,
     ptrdiff_t lanes, ptrdiff_t l0, ptrdiff_t n, ptrdiff_t kernel_h, ptrdiff_t out_h,
-    const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT pre_val, int32_t *CONVX_RESTRICT pre_row,
-    NT *CONVX_RESTRICT suf_val, int32_t *CONVX_RESTRICT suf_row, NT *CONVX_RESTRICT out,
+    const int64_t *CONVX_RESTRICT win, NT *CONVX_RESTRICT scratch, NT *CONVX_RESTRICT out,
     int64_t *CONVX_RESTRICT indices) {
+    const ptrdiff_t m = height * n;
+    NT *pre_val = scratch, *suf_val = scratch + m;
+    int32_t *pre_row = (int32_t *)(void *)(suf_val + m), *suf_row = pre_row + m;
     ptrdiff_t c;
     CONVX_NHWC(convx_nhwc_sep_blocks)(rval + l0, lanes, height, n, kernel_h, pre_val, pre_row, suf_val, suf_row);
     const int64_t *CONVX_RESTRICT first = win, *CONVX_RESTRICT last = win + out_h, *CONVX_RESTRICT kind = win + 2 * out_h;
